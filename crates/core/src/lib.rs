@@ -1,0 +1,17 @@
+//! Fleetgate's domain: users and roles, settings, the configuration document that
+//! revisions and export/import carry, JSON diffs and validation errors.
+//!
+//! Nothing here performs I/O; the store, the manager and the data plane all build on
+//! these types.
+
+pub mod config;
+pub mod diff;
+pub mod error;
+pub mod settings;
+pub mod time;
+pub mod user;
+
+pub use config::{ConfigDocument, ConfigSnapshot};
+pub use error::{FieldError, ValidationError};
+pub use settings::Settings;
+pub use user::{Role, UserName};

@@ -1,0 +1,180 @@
+//! Runtime settings kept in the store and changed through `/api/v1/settings`.
+//!
+//! Listen addresses and database URLs are start-up configuration (the TOML file);
+//! everything here can change while Fleetgate runs and is part of every revision.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::ValidationError;
+
+/// All runtime settings. Missing sections and fields take their defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub general: GeneralSettings,
+    pub security: SecuritySettings,
+    pub api: ApiSettings,
+    pub audit: AuditSettings,
+    pub webhooks: WebhookSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeneralSettings {
+    /// Shown in the dashboard title and in exported documents' context.
+    pub instance_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySettings {
+    /// Lifetime of a browser session, in seconds (300 s to 30 days).
+    pub session_ttl_secs: u64,
+    /// Failed logins allowed per client IP within `login_window_secs` (1 to 100).
+    pub login_max_failures: u32,
+    /// Window of the login limit, in seconds (10 to 3600).
+    pub login_window_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Requests per minute per API key or session on `/api/*`; 0 turns the limit off.
+    pub rate_limit_per_minute: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Days an audit entry is kept (1 to 3650).
+    pub retention_days: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Allow webhook destinations on loopback and private addresses.
+    pub allow_private_targets: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            general: GeneralSettings::default(),
+            security: SecuritySettings::default(),
+            api: ApiSettings::default(),
+            audit: AuditSettings::default(),
+            webhooks: WebhookSettings::default(),
+        }
+    }
+}
+
+impl Default for GeneralSettings {
+    fn default() -> Self {
+        Self {
+            instance_name: "fleetgate".into(),
+        }
+    }
+}
+
+impl Default for SecuritySettings {
+    fn default() -> Self {
+        Self {
+            session_ttl_secs: 12 * 3600,
+            login_max_failures: 5,
+            login_window_secs: 60,
+        }
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_minute: 100,
+        }
+    }
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self { retention_days: 90 }
+    }
+}
+
+#[allow(clippy::derivable_impls)]
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            allow_private_targets: false,
+        }
+    }
+}
+
+impl Settings {
+    /// Checks every bound; field paths are relative to the settings object.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let mut e = ValidationError::new();
+        let name = &self.general.instance_name;
+        if name.trim().is_empty() || name.chars().count() > 100 {
+            e.push("general.instance_name", "must be 1 to 100 characters");
+        } else if name.chars().any(char::is_control) {
+            e.push(
+                "general.instance_name",
+                "must not contain control characters",
+            );
+        }
+        let s = &self.security;
+        if !(300..=30 * 86_400).contains(&s.session_ttl_secs) {
+            e.push(
+                "security.session_ttl_secs",
+                "must be between 300 and 2592000",
+            );
+        }
+        if !(1..=100).contains(&s.login_max_failures) {
+            e.push("security.login_max_failures", "must be between 1 and 100");
+        }
+        if !(10..=3600).contains(&s.login_window_secs) {
+            e.push("security.login_window_secs", "must be between 10 and 3600");
+        }
+        if self.api.rate_limit_per_minute > 1_000_000 {
+            e.push(
+                "api.rate_limit_per_minute",
+                "must be at most 1000000 (0 turns the limit off)",
+            );
+        }
+        if !(1..=3650).contains(&self.audit.retention_days) {
+            e.push("audit.retention_days", "must be between 1 and 3650");
+        }
+        e.into_result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Settings::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn partial_documents_take_defaults() {
+        let s: Settings =
+            serde_json::from_str(r#"{"api":{"rate_limit_per_minute":5}}"#).expect("valid settings");
+        assert_eq!(s.api.rate_limit_per_minute, 5);
+        assert_eq!(s.security, SecuritySettings::default());
+    }
+
+    #[test]
+    fn names_the_failing_field() {
+        let mut s = Settings::default();
+        s.security.login_window_secs = 1;
+        s.audit.retention_days = 0;
+        let err = s.validate().expect_err("invalid");
+        assert_eq!(err.first_field(), Some("security.login_window_secs"));
+        assert_eq!(err.errors.len(), 2);
+        assert!(serde_json::from_str::<Settings>(r#"{"api":{"nope":1}}"#).is_err());
+    }
+}

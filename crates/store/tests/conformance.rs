@@ -1,0 +1,562 @@
+//! One conformance suite for every backend of the store: each case runs on SQLite
+//! (a fresh file) and on PostgreSQL (a fresh schema) when
+//! `FLEETGATE_TEST_POSTGRES_URL` is set, so the two can never drift.
+
+use fleetgate_core::time::now_ms;
+use fleetgate_core::user::Role;
+use fleetgate_store::{
+    Actor, ApiKeyRecord, AuditEvent, AuditFilter, PageRequest, ResourceSet, SessionRecord,
+    SqlStore, Store, StoreError, StoreOptions, UserRecord,
+};
+use serde_json::json;
+
+struct Harness {
+    store: SqlStore,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/store.db", dir.path().display());
+    let store = SqlStore::open_and_migrate(&StoreOptions::new(url))
+        .await
+        .expect("open sqlite");
+    Harness {
+        store,
+        _dir: Some(dir),
+    }
+}
+
+/// A fresh schema on the test PostgreSQL, or `None` (with the reason printed).
+async fn postgres() -> Option<Harness> {
+    let Ok(base) = std::env::var("FLEETGATE_TEST_POSTGRES_URL") else {
+        eprintln!("skipping PostgreSQL case: FLEETGATE_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let schema = format!("fg_store_{}", uuid::Uuid::new_v4().simple());
+    let admin = SqlStore::open(&StoreOptions::new(base.clone()))
+        .await
+        .expect("connect to FLEETGATE_TEST_POSTGRES_URL");
+    admin
+        .execute_raw(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("create schema");
+    admin.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let store = SqlStore::open_and_migrate(&StoreOptions::new(url))
+        .await
+        .expect("open postgres schema");
+    Some(Harness { store, _dir: None })
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let h = super::sqlite().await;
+                    super::$name(&h.store).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if let Some(h) = super::postgres().await {
+                        super::$name(&h.store).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    migrations_are_current_and_idempotent,
+    users_crud_with_versions,
+    usernames_are_unique,
+    last_super_admin_is_kept,
+    sessions_expire_and_go_with_their_user,
+    login_failures_are_counted_per_ip,
+    api_keys_by_hash,
+    audit_filters_and_pagination,
+    resources_and_revisions,
+    replace_resources_is_one_revision,
+    concurrent_config_writes_get_distinct_revisions,
+    backup_writes_a_file,
+    hostile_text_is_stored_verbatim,
+);
+
+fn actor() -> Actor {
+    Actor {
+        name: "tester".into(),
+        id: Some("u-test".into()),
+        role: Role::SuperAdmin,
+        client_ip: Some("127.0.0.1".into()),
+        request_id: Some("req-1".into()),
+    }
+}
+
+fn user(id: &str, name: &str, role: Role) -> UserRecord {
+    let now = now_ms();
+    UserRecord {
+        id: id.into(),
+        username: name.into(),
+        display_name: format!("{name} display"),
+        email: None,
+        role,
+        password_hash: "$argon2id$fake".into(),
+        allowed_node_ids: None,
+        disabled: false,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        last_login_at: None,
+    }
+}
+
+fn page(limit: i64, offset: i64) -> PageRequest {
+    PageRequest { limit, offset }
+}
+
+async fn migrations_are_current_and_idempotent(s: &SqlStore) {
+    let status = s.migration_status().await.expect("status");
+    assert!(status.is_current(), "{status:?}");
+    s.migrate().await.expect("second migrate is a no-op");
+    s.ping().await.expect("ping");
+    assert_eq!(s.latest_revision().await.expect("latest"), 0);
+}
+
+async fn users_crud_with_versions(s: &SqlStore) {
+    let a = actor();
+    s.create_user(&a, &user("u1", "alice", Role::Admin))
+        .await
+        .expect("create");
+    s.create_user(&a, &user("u2", "bob", Role::Viewer))
+        .await
+        .expect("create");
+    assert_eq!(s.count_users().await.expect("count"), 2);
+    let mut alice = s
+        .get_user_by_username("alice")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(alice.role, Role::Admin);
+    alice.allowed_node_ids = Some(vec!["n1".into(), "n2".into()]);
+    alice.display_name = "Alice A.".into();
+    let updated = s.update_user(&a, &alice, Some(1)).await.expect("update");
+    assert_eq!(updated.version, 2);
+    assert_eq!(
+        updated.allowed_node_ids,
+        Some(vec!["n1".into(), "n2".into()])
+    );
+    match s.update_user(&a, &alice, Some(1)).await {
+        Err(StoreError::VersionMismatch { current: 2 }) => {}
+        other => panic!("expected a version mismatch, got {other:?}"),
+    }
+    let list = s.list_users(page(1, 1)).await.expect("list");
+    assert_eq!(list.total, 2);
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].username, "bob");
+    s.delete_user(&a, "u2", None).await.expect("delete");
+    assert!(s.get_user("u2").await.expect("get").is_none());
+    assert!(matches!(
+        s.delete_user(&a, "u2", None).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                target_type: Some("user".into()),
+                ..Default::default()
+            },
+            page(50, 0),
+        )
+        .await
+        .expect("audit");
+    let actions: Vec<_> = audit.items.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["user.delete", "user.update", "user.create", "user.create"]
+    );
+    let upd = &audit.items[1];
+    assert_eq!(
+        upd.before.as_ref().expect("before")["display_name"],
+        "alice display"
+    );
+    assert_eq!(
+        upd.after.as_ref().expect("after")["display_name"],
+        "Alice A."
+    );
+    assert!(!upd
+        .after
+        .as_ref()
+        .expect("after")
+        .to_string()
+        .contains("argon2"));
+    assert_eq!(upd.client_ip.as_deref(), Some("127.0.0.1"));
+}
+
+async fn usernames_are_unique(s: &SqlStore) {
+    let a = actor();
+    s.create_user(&a, &user("u1", "alice", Role::Admin))
+        .await
+        .expect("create");
+    let err = s.create_user(&a, &user("u9", "alice", Role::Viewer)).await;
+    assert!(matches!(err, Err(StoreError::Conflict(_))), "{err:?}");
+    // The failed insert left nothing behind, audit included.
+    let audit = s
+        .list_audit(&AuditFilter::default(), page(10, 0))
+        .await
+        .expect("audit");
+    assert_eq!(audit.total, 1);
+}
+
+async fn last_super_admin_is_kept(s: &SqlStore) {
+    let a = actor();
+    s.create_user(&a, &user("root", "root", Role::SuperAdmin))
+        .await
+        .expect("create");
+    assert!(matches!(
+        s.delete_user(&a, "root", None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut root = s.get_user("root").await.expect("get").expect("exists");
+    root.role = Role::Admin;
+    assert!(matches!(
+        s.update_user(&a, &root, None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.create_user(&a, &user("root2", "root2", Role::SuperAdmin))
+        .await
+        .expect("create");
+    s.update_user(&a, &root, None).await.expect("now allowed");
+}
+
+async fn sessions_expire_and_go_with_their_user(s: &SqlStore) {
+    let a = actor();
+    s.create_user(&a, &user("u1", "alice", Role::Admin))
+        .await
+        .expect("create");
+    let now = now_ms();
+    let session = SessionRecord {
+        token_hash: "h1".into(),
+        user_id: "u1".into(),
+        csrf_token: "c1".into(),
+        client_ip: Some("10.0.0.1".into()),
+        created_at: now,
+        expires_at: now + 60_000,
+    };
+    s.create_session(&a, &session).await.expect("session");
+    let (got, u) = s.get_session("h1", now).await.expect("get").expect("live");
+    assert_eq!(got, session);
+    assert_eq!(u.username, "alice");
+    assert!(s
+        .get_session("h1", now + 60_000)
+        .await
+        .expect("get")
+        .is_none());
+    assert_eq!(s.prune_sessions(now + 60_001).await.expect("prune"), 1);
+    s.create_session(
+        &a,
+        &SessionRecord {
+            token_hash: "h2".into(),
+            ..session.clone()
+        },
+    )
+    .await
+    .expect("session");
+    s.delete_user(&a, "u1", None).await.expect("delete");
+    assert!(s.get_session("h2", now).await.expect("get").is_none());
+    assert!(!s.delete_session(&a, "h2").await.expect("delete"));
+}
+
+async fn login_failures_are_counted_per_ip(s: &SqlStore) {
+    let t = now_ms();
+    for i in 0..3 {
+        s.record_login_failure("1.2.3.4", t + i)
+            .await
+            .expect("record");
+    }
+    s.record_login_failure("5.6.7.8", t).await.expect("record");
+    assert_eq!(
+        s.login_failures("1.2.3.4", t - 1).await.expect("count"),
+        (3, Some(t))
+    );
+    assert_eq!(s.login_failures("1.2.3.4", t).await.expect("count").0, 2);
+    s.clear_login_failures("1.2.3.4").await.expect("clear");
+    assert_eq!(
+        s.login_failures("1.2.3.4", 0).await.expect("count"),
+        (0, None)
+    );
+    assert_eq!(s.login_failures("5.6.7.8", 0).await.expect("count").0, 1);
+}
+
+async fn api_keys_by_hash(s: &SqlStore) {
+    let a = actor();
+    s.create_user(&a, &user("u1", "alice", Role::Admin))
+        .await
+        .expect("create");
+    let key = ApiKeyRecord {
+        id: "k1".into(),
+        name: "ci".into(),
+        prefix: "fg_ab".into(),
+        key_hash: "hash-1".into(),
+        role: Role::Operator,
+        user_id: Some("u1".into()),
+        created_at: now_ms(),
+        last_used_at: None,
+    };
+    s.create_api_key(&a, &key).await.expect("create");
+    s.create_api_key(
+        &a,
+        &ApiKeyRecord {
+            id: "k2".into(),
+            key_hash: "hash-2".into(),
+            user_id: None,
+            ..key.clone()
+        },
+    )
+    .await
+    .expect("create");
+    assert_eq!(
+        s.find_api_key_by_hash("hash-1").await.expect("find"),
+        Some(key.clone())
+    );
+    assert!(s
+        .find_api_key_by_hash("nope")
+        .await
+        .expect("find")
+        .is_none());
+    assert_eq!(
+        s.list_api_keys(Some("u1"), page(10, 0))
+            .await
+            .expect("list")
+            .total,
+        1
+    );
+    assert_eq!(
+        s.list_api_keys(None, page(10, 0))
+            .await
+            .expect("list")
+            .total,
+        2
+    );
+    s.touch_api_key("k1", 42).await.expect("touch");
+    assert_eq!(
+        s.get_api_key("k1")
+            .await
+            .expect("get")
+            .expect("exists")
+            .last_used_at,
+        Some(42)
+    );
+    s.delete_api_key(&a, "k1").await.expect("delete");
+    assert!(matches!(
+        s.delete_api_key(&a, "k1").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn audit_filters_and_pagination(s: &SqlStore) {
+    let a = actor();
+    for i in 0..5 {
+        s.append_audit(
+            &a,
+            AuditEvent::new("thing.poke", "thing", Some(&i.to_string())),
+        )
+        .await
+        .expect("append");
+    }
+    s.append_audit(
+        &Actor::system(),
+        AuditEvent::new("backup.create", "backup", None),
+    )
+    .await
+    .expect("append");
+    let all = s
+        .list_audit(&AuditFilter::default(), page(2, 0))
+        .await
+        .expect("list");
+    assert_eq!(all.total, 6);
+    assert_eq!(all.items.len(), 2);
+    assert_eq!(all.items[0].action, "backup.create");
+    let by_actor = s
+        .list_audit(
+            &AuditFilter {
+                actor: Some("tester".into()),
+                action: Some("thing.poke".into()),
+                ..Default::default()
+            },
+            page(10, 3),
+        )
+        .await
+        .expect("list");
+    assert_eq!(by_actor.total, 5);
+    assert_eq!(by_actor.items.len(), 2);
+    let future = s
+        .list_audit(
+            &AuditFilter {
+                since: Some(now_ms() + 60_000),
+                ..Default::default()
+            },
+            page(10, 0),
+        )
+        .await
+        .expect("list");
+    assert_eq!(future.total, 0);
+    assert_eq!(s.prune_audit(now_ms() + 1).await.expect("prune"), 6);
+}
+
+async fn resources_and_revisions(s: &SqlStore) {
+    let a = actor();
+    let (r, rev) = s
+        .put_resource(
+            &a,
+            "settings",
+            "global",
+            &json!({"api": {"rate_limit_per_minute": 10}}),
+            Some(0),
+            "first",
+        )
+        .await
+        .expect("put");
+    assert_eq!((r.version, rev), (1, 1));
+    let conflict = s
+        .put_resource(&a, "settings", "global", &json!({}), Some(0), "again")
+        .await;
+    assert!(
+        matches!(conflict, Err(StoreError::VersionMismatch { current: 1 })),
+        "{conflict:?}"
+    );
+    let (r2, rev2) = s
+        .put_resource(
+            &a,
+            "settings",
+            "global",
+            &json!({"api": {"rate_limit_per_minute": 20}}),
+            Some(1),
+            "second",
+        )
+        .await
+        .expect("put");
+    assert_eq!(
+        (r2.version, rev2),
+        (2, 2),
+        "a failed write must not consume a revision number"
+    );
+    s.put_resource(&a, "route", "r1", &json!({"path": "/a"}), None, "route")
+        .await
+        .expect("put");
+    let set = s.resource_set().await.expect("set");
+    assert_eq!(set["route"]["r1"], json!({"path": "/a"}));
+    assert_eq!(s.list_resources("route").await.expect("list").len(), 1);
+    let rev3 = s
+        .delete_resource(&a, "route", "r1", Some(1), "bye")
+        .await
+        .expect("delete");
+    assert_eq!(rev3, 4);
+    assert_eq!(s.latest_revision().await.expect("latest"), 4);
+    let revs = s.list_revisions(page(10, 0)).await.expect("list");
+    assert_eq!(revs.total, 4);
+    assert_eq!(revs.items[0].number, 4);
+    assert_eq!(revs.items[3].message, "first");
+    let r3 = s.get_revision(3).await.expect("get").expect("exists");
+    assert_eq!(r3.snapshot.expect("snapshot")["route"]["r1"]["path"], "/a");
+    assert_eq!(r3.author, "tester");
+    assert!(s.get_revision(99).await.expect("get").is_none());
+}
+
+async fn replace_resources_is_one_revision(s: &SqlStore) {
+    let a = actor();
+    s.put_resource(&a, "route", "old", &json!(1), None, "m")
+        .await
+        .expect("put");
+    s.put_resource(&a, "route", "kept", &json!(2), None, "m")
+        .await
+        .expect("put");
+    let mut set = ResourceSet::new();
+    set.entry("route".into())
+        .or_default()
+        .insert("kept".into(), json!(2));
+    set.entry("route".into())
+        .or_default()
+        .insert("new".into(), json!(3));
+    let rev = s
+        .replace_resources(&a, &set, "config.import", "import")
+        .await
+        .expect("replace");
+    assert_eq!(rev, 3);
+    assert_eq!(s.resource_set().await.expect("set"), set);
+    assert_eq!(
+        s.get_resource("route", "kept")
+            .await
+            .expect("get")
+            .expect("kept")
+            .version,
+        1
+    );
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                action: Some("config.import".into()),
+                ..Default::default()
+            },
+            page(10, 0),
+        )
+        .await
+        .expect("audit");
+    assert_eq!(audit.total, 1);
+    assert_eq!(
+        audit.items[0].before.as_ref().expect("before")["route"]["old"],
+        1
+    );
+}
+
+async fn concurrent_config_writes_get_distinct_revisions(s: &SqlStore) {
+    let a = actor();
+    let writes = (0..8).map(|i| {
+        let a = a.clone();
+        async move {
+            s.put_resource(&a, "route", &format!("r{i}"), &json!(i), None, "concurrent")
+                .await
+                .expect("put")
+                .1
+        }
+    });
+    let mut revs = futures::future::join_all(writes).await;
+    revs.sort_unstable();
+    assert_eq!(revs, (1..=8).collect::<Vec<_>>());
+}
+
+async fn backup_writes_a_file(s: &SqlStore) {
+    let a = actor();
+    s.create_user(&a, &user("u1", "alice", Role::Admin))
+        .await
+        .expect("create");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b1.backup");
+    s.backup(&path).await.expect("backup");
+    let meta = std::fs::metadata(&path).expect("backup exists");
+    assert!(meta.len() > 0);
+    assert!(matches!(
+        s.backup(&path).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn hostile_text_is_stored_verbatim(s: &SqlStore) {
+    let a = actor();
+    let name = "x'); DROP TABLE users;--";
+    let mut u = user("u1", "mallory", Role::Viewer);
+    u.display_name = name.into();
+    u.email = Some("\u{0}nul\u{7f}é😀".replace('\u{0}', ""));
+    s.create_user(&a, &u).await.expect("create");
+    let got = s.get_user("u1").await.expect("get").expect("exists");
+    assert_eq!(got.display_name, name);
+    assert_eq!(got.email, u.email);
+    assert_eq!(s.count_users().await.expect("count"), 1);
+}
