@@ -4,7 +4,10 @@
 //! configuration with one, and the data plane receives it as a [`ConfigSnapshot`].
 //! Its serialized form is deterministic, so export → import → export is stable.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::{Settings, ValidationError};
@@ -51,10 +54,73 @@ impl ConfigDocument {
     }
 }
 
+/// All configuration objects as stored, keyed by kind then name. Deterministically ordered.
+pub type ResourceSet = BTreeMap<String, BTreeMap<String, Value>>;
+
+/// Kind and name under which the settings object is stored.
+pub const SETTINGS_KIND: &str = "settings";
+pub const SETTINGS_NAME: &str = "global";
+
+impl ConfigDocument {
+    /// Builds the document from stored objects; missing objects take their defaults.
+    pub fn from_resources(set: &ResourceSet) -> Result<Self, ValidationError> {
+        let mut doc = ConfigDocument::default();
+        let mut e = ValidationError::new();
+        for (kind, objects) in set {
+            match kind.as_str() {
+                SETTINGS_KIND => {
+                    for (name, body) in objects {
+                        if name != SETTINGS_NAME {
+                            e.push(format!("settings.{name}"), "unknown settings object");
+                            continue;
+                        }
+                        match serde_json::from_value::<Settings>(body.clone()) {
+                            Ok(s) => doc.settings = s,
+                            Err(err) => e.push("settings", err.to_string()),
+                        }
+                    }
+                }
+                other => e.push(other.to_string(), "unknown configuration kind"),
+            }
+        }
+        e.into_result().map(|()| doc)
+    }
+
+    /// The stored objects that make up this document.
+    pub fn to_resources(&self) -> ResourceSet {
+        let mut set = ResourceSet::new();
+        let settings = serde_json::to_value(&self.settings).unwrap_or(Value::Null);
+        set.entry(SETTINGS_KIND.to_string())
+            .or_default()
+            .insert(SETTINGS_NAME.to_string(), settings);
+        set
+    }
+}
+
 /// A revision of the configuration as the data plane receives it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ConfigSnapshot {
     /// The revision number; 0 before the first change.
     pub revision: u64,
     pub document: ConfigDocument,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_round_trip() {
+        let mut doc = ConfigDocument::default();
+        doc.settings.api.rate_limit_per_minute = 7;
+        let back = ConfigDocument::from_resources(&doc.to_resources()).expect("valid");
+        assert_eq!(back, doc);
+        assert_eq!(
+            ConfigDocument::from_resources(&ResourceSet::new()).expect("empty"),
+            ConfigDocument::default()
+        );
+        let mut bad = ResourceSet::new();
+        bad.entry("nonsense".into()).or_default().insert("x".into(), Value::Null);
+        assert!(ConfigDocument::from_resources(&bad).is_err());
+    }
 }

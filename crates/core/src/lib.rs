@@ -11,7 +11,7 @@ pub mod settings;
 pub mod time;
 pub mod user;
 
-pub use config::{ConfigDocument, ConfigSnapshot};
+pub use config::{ConfigDocument, ConfigSnapshot, ResourceSet};
 pub use error::{FieldError, ValidationError};
 pub use settings::Settings;
 pub use user::{Role, UserName};

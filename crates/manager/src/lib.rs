@@ -1,1 +1,256 @@
+//! Fleetgate's manager: the admin API under `/api/v1`, authentication, the audit
+//! log, configuration revisions, settings, backup, export/import, health and
+//! metrics. It owns the path from a configuration change to the data plane: every
+//! change becomes a revision, and the revision's document is published as an
+//! `Arc<ConfigSnapshot>` on a watch channel that the gateway reads.
 
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod middleware;
+pub mod openapi;
+pub mod ratelimit;
+
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetgate_core::time::now_ms;
+use fleetgate_core::user::Role;
+use fleetgate_core::{ConfigDocument, ConfigSnapshot, Settings};
+use fleetgate_store::{Actor, ApiKeyRecord, Store, StoreError, UserRecord};
+use tokio::sync::watch;
+
+/// Start-up options of the manager (from the configuration file and flags).
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    /// Where backups are written (`<data_dir>/backups`).
+    pub data_dir: PathBuf,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Mark cookies `Secure` (when the API is served over HTTPS).
+    pub secure_cookies: bool,
+    pub redis_url: Option<String>,
+    pub nats_url: Option<String>,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./fleetgate-data"),
+            max_body_bytes: 1024 * 1024,
+            secure_cookies: false,
+            redis_url: None,
+            nats_url: None,
+        }
+    }
+}
+
+pub struct Inner {
+    pub store: Arc<dyn Store>,
+    pub options: ManagerOptions,
+    pub snapshots: watch::Sender<Arc<ConfigSnapshot>>,
+    pub limiter: ratelimit::ApiRateLimiter,
+    pub metrics: metrics::HttpMetrics,
+    pub started_at: Instant,
+    pub redis: Option<redis::Client>,
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Builds the state and loads the current configuration snapshot.
+    pub async fn new(store: Arc<dyn Store>, options: ManagerOptions) -> anyhow::Result<Self> {
+        let redis = match &options.redis_url {
+            Some(url) => Some(
+                redis::Client::open(url.as_str())
+                    .map_err(|e| anyhow::anyhow!("invalid Redis URL: {e}"))?,
+            ),
+            None => None,
+        };
+        let (snapshots, _) = watch::channel(Arc::new(ConfigSnapshot::default()));
+        let state = AppState(Arc::new(Inner {
+            store,
+            options,
+            snapshots,
+            limiter: ratelimit::ApiRateLimiter::new(redis.clone()),
+            metrics: metrics::HttpMetrics::default(),
+            started_at: Instant::now(),
+            redis,
+        }));
+        state.publish_current().await?;
+        Ok(state)
+    }
+
+    /// The snapshot channel the data plane subscribes to.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ConfigSnapshot>> {
+        self.snapshots.subscribe()
+    }
+
+    /// The settings in force (those of the latest published snapshot).
+    pub fn settings(&self) -> Settings {
+        self.snapshots.borrow().document.settings.clone()
+    }
+
+    /// Reads the latest revision from the store and publishes it if it is newer
+    /// than the one published. Called after every change and periodically, so
+    /// changes made through another manager replica arrive too.
+    pub async fn publish_current(&self) -> Result<(), StoreError> {
+        let revision = self.store.latest_revision().await?;
+        let published = self.snapshots.borrow().revision;
+        if revision as u64 == published && revision != 0 {
+            return Ok(());
+        }
+        let set = self.store.resource_set().await?;
+        match ConfigDocument::from_resources(&set) {
+            Ok(document) => {
+                let snap = Arc::new(ConfigSnapshot {
+                    revision: revision as u64,
+                    document,
+                });
+                self.snapshots.send_if_modified(|cur| {
+                    if cur.revision < snap.revision || (cur.revision == 0 && snap.revision == 0) {
+                        *cur = snap.clone();
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!(revision, error = %e, "stored configuration does not validate; keeping the previous snapshot");
+            }
+        }
+        Ok(())
+    }
+
+    /// Background work: follow revisions made elsewhere, prune expired sessions
+    /// and old audit entries. Ends when `shutdown` flips to true.
+    pub fn spawn_background(&self, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut last_prune = Instant::now() - Duration::from_secs(3600);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.changed() => return,
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+                if let Err(e) = state.publish_current().await {
+                    tracing::warn!(error = %e, "could not read the latest revision");
+                }
+                if last_prune.elapsed() >= Duration::from_secs(3600) {
+                    last_prune = Instant::now();
+                    let now = now_ms();
+                    let keep_days = i64::from(state.settings().audit.retention_days);
+                    if let Err(e) = state.store.prune_sessions(now).await {
+                        tracing::warn!(error = %e, "session pruning failed");
+                    }
+                    match state.store.prune_audit(now - keep_days * 86_400_000).await {
+                        Ok(n) if n > 0 => tracing::info!(removed = n, "pruned audit entries past retention"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "audit pruning failed"),
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// What the first start created.
+#[derive(Debug, Default)]
+pub struct Bootstrap {
+    /// The generated admin password, when none was given: to be shown once.
+    pub generated_admin_password: Option<String>,
+    pub created_admin: bool,
+    pub created_bootstrap_key: bool,
+}
+
+/// First-start setup: the `admin` user when no user exists (password from
+/// `admin_password` or generated), and a super_admin API key whose value is
+/// `bootstrap_token` when no key with that value exists. Safe to run on several
+/// replicas at once.
+pub async fn bootstrap(
+    store: &dyn Store,
+    admin_password: Option<&str>,
+    bootstrap_token: Option<&str>,
+) -> anyhow::Result<Bootstrap> {
+    let mut out = Bootstrap::default();
+    let system = Actor::system();
+    if store.count_users().await? == 0 {
+        let (password, generated) = match admin_password {
+            Some(p) if !p.is_empty() => (p.to_string(), false),
+            _ => (auth::random_token(18), true),
+        };
+        let hash = auth::hash_password_blocking(password.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        let now = now_ms();
+        let admin = UserRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            username: "admin".into(),
+            display_name: "Administrator".into(),
+            email: None,
+            role: Role::SuperAdmin,
+            password_hash: hash,
+            allowed_node_ids: None,
+            disabled: false,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            last_login_at: None,
+        };
+        match store.create_user(&system, &admin).await {
+            Ok(()) => {
+                out.created_admin = true;
+                if generated {
+                    out.generated_admin_password = Some(password);
+                }
+            }
+            // Another replica created it first.
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(token) = bootstrap_token.filter(|t| !t.is_empty()) {
+        let hash = auth::hash_token(token);
+        if store.find_api_key_by_hash(&hash).await?.is_none() {
+            let key = ApiKeyRecord {
+                id: uuid::Uuid::new_v4().to_string(),
+                name: "bootstrap".into(),
+                prefix: "bootstrap".into(),
+                key_hash: hash,
+                role: Role::SuperAdmin,
+                user_id: None,
+                created_at: now_ms(),
+                last_used_at: None,
+            };
+            match store.create_api_key(&system, &key).await {
+                Ok(()) => out.created_bootstrap_key = true,
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The whole manager HTTP application.
+pub fn router(state: AppState) -> axum::Router {
+    api::router(state)
+}

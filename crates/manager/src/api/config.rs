@@ -1,0 +1,93 @@
+//! Export and import of the whole configuration as one JSON document.
+
+use axum::extract::State;
+use axum::Json;
+use fleetgate_core::diff::{diff, Change};
+use fleetgate_core::user::Role;
+use fleetgate_core::ConfigDocument;
+use fleetgate_store::Actor;
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::AuthContext;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBody, QueryParams};
+use crate::AppState;
+
+#[derive(Serialize, ToSchema)]
+pub struct ImportResult {
+    /// True when nothing was written.
+    pub dry_run: bool,
+    /// What the import changes (or would change).
+    pub changes: Vec<Change>,
+    /// The revision the import created; null for a dry run or when nothing changed.
+    pub revision: Option<i64>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ImportQuery {
+    /// Validate and report the changes without writing anything.
+    dry_run: Option<bool>,
+}
+
+/// The configuration in force, as a document.
+pub async fn current_document(state: &AppState) -> ApiResult<ConfigDocument> {
+    let set = state.store.resource_set().await?;
+    ConfigDocument::from_resources(&set)
+        .map_err(|e| ApiError::internal("stored configuration does not validate", e))
+}
+
+pub fn document_value(doc: &ConfigDocument) -> serde_json::Value {
+    serde_json::to_value(doc).unwrap_or(serde_json::Value::Null)
+}
+
+/// Replaces the whole configuration with `doc` (validated first), as one revision,
+/// and publishes it. Returns the changes and the revision (None when unchanged).
+pub async fn apply_document(
+    state: &AppState,
+    actor: &Actor,
+    doc: &ConfigDocument,
+    action: &str,
+    message: &str,
+) -> ApiResult<(Vec<Change>, Option<i64>)> {
+    doc.validate()?;
+    let current = current_document(state).await?;
+    let changes = diff(&document_value(&current), &document_value(doc));
+    if changes.is_empty() {
+        return Ok((changes, None));
+    }
+    let revision = state
+        .store
+        .replace_resources(actor, &doc.to_resources(), action, message)
+        .await?;
+    state.publish_current().await?;
+    Ok((changes, Some(revision)))
+}
+
+#[utoipa::path(get, path = "/api/v1/export", tag = "config",
+    responses((status = 200, description = "All configuration as one document", body = ConfigDocument)))]
+pub async fn export(State(state): State<AppState>, _auth: AuthContext) -> ApiResult<Json<ConfigDocument>> {
+    Ok(Json(current_document(&state).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/import", tag = "config", params(ImportQuery), request_body = ConfigDocument,
+    responses((status = 200, description = "Imported (or validated, for a dry run)", body = ImportResult)))]
+pub async fn import(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    q: QueryParams,
+    JsonBody(doc): JsonBody<ConfigDocument>,
+) -> ApiResult<Json<ImportResult>> {
+    auth.require(Role::Admin)?;
+    let dry_run = q.flag("dry_run")?;
+    if dry_run {
+        doc.validate()?;
+        let current = current_document(&state).await?;
+        let changes = diff(&document_value(&current), &document_value(&doc));
+        return Ok(Json(ImportResult { dry_run, changes, revision: None }));
+    }
+    let (changes, revision) = apply_document(&state, &auth.actor, &doc, "config.import", "import").await?;
+    Ok(Json(ImportResult { dry_run, changes, revision }))
+}

@@ -1,0 +1,89 @@
+//! The admin API's routes, assembled with their OpenAPI description.
+
+pub mod audit;
+pub mod backup;
+pub mod config;
+pub mod health;
+pub mod keys;
+pub mod revisions;
+pub mod session;
+pub mod settings;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::get;
+use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::require_auth;
+use crate::middleware::{method_not_allowed, not_found, rate_limit, request_id, track_metrics};
+use crate::openapi::ApiDoc;
+use crate::AppState;
+
+/// Every route of the manager, with middleware, state and the OpenAPI document.
+pub fn router(state: AppState) -> Router {
+    let (router, openapi) = api_router(state.clone()).split_for_parts();
+    let spec = Arc::new(crate::openapi::finish(openapi));
+    let spec_json = spec.clone();
+    router
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let spec = spec_json.clone();
+                async move { axum::Json((*spec).clone()) }
+            }),
+        )
+        .route("/api/v1/docs", get(crate::openapi::docs_page))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), rate_limit))
+        .layer(from_fn_with_state(state.clone(), track_metrics))
+        .layer(from_fn(request_id))
+        .layer(DefaultBodyLimit::max(state.options.max_body_bytes))
+        .with_state(state)
+}
+
+/// The routes that carry OpenAPI descriptions.
+pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
+    let public = OpenApiRouter::new()
+        .routes(routes!(health::health))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::deep))
+        .routes(routes!(health::ping))
+        .routes(routes!(health::prometheus))
+        .routes(routes!(health::metrics_alias))
+        .routes(routes!(session::login))
+        .routes(routes!(session::status));
+    let protected = OpenApiRouter::new()
+        .routes(routes!(session::logout))
+        .routes(routes!(session::me))
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::get, users::update, users::delete))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::delete))
+        .routes(routes!(audit::list))
+        .routes(routes!(revisions::list))
+        .routes(routes!(revisions::get))
+        .routes(routes!(revisions::diff_revisions))
+        .routes(routes!(revisions::rollback))
+        .routes(routes!(settings::get, settings::put))
+        .routes(routes!(backup::create))
+        .routes(routes!(backup::list))
+        .routes(routes!(config::export))
+        .routes(routes!(config::import))
+        .route_layer(from_fn_with_state(state, require_auth));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(public)
+        .merge(protected)
+}
+
+/// Pages through a listing in the API's envelope.
+pub(crate) fn rfc3339(ms: i64) -> String {
+    fleetgate_core::time::rfc3339(ms)
+}

@@ -1,0 +1,191 @@
+//! Login, logout and who-am-I.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fleetgate_core::time::now_ms;
+use fleetgate_core::user::Role;
+use fleetgate_store::{Actor, AuditEvent, SessionRecord};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::users::UserView;
+use crate::auth::{
+    decoy_hash, hash_token, random_token, verify_password, AuthContext, Credential, CSRF_COOKIE,
+    SESSION_COOKIE,
+};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ClientIp, JsonBody, RequestId};
+use crate::AppState;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LoginResponse {
+    pub user: UserView,
+    /// Send this value as `X-CSRF-Token` on every mutation made with the session.
+    pub csrf_token: String,
+    pub expires_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuthStatus {
+    /// Always true: every API endpoint but health and login needs credentials.
+    pub auth_enabled: bool,
+    /// `session` (cookie + CSRF) and `api_key` (Bearer).
+    pub methods: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MeResponse {
+    /// The signed-in user; null for the bootstrap API key, which has no user.
+    pub user: Option<UserView>,
+    pub role: Role,
+    /// `session` or `api_key`.
+    pub auth_method: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<String>,
+}
+
+fn cookie_header(name: &str, value: &str, max_age: i64, http_only: bool, secure: bool) -> HeaderValue {
+    let mut c = format!("{name}={value}; Path=/; SameSite=Lax; Max-Age={max_age}");
+    if http_only {
+        c.push_str("; HttpOnly");
+    }
+    if secure {
+        c.push_str("; Secure");
+    }
+    HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, description = "Logged in; sets the session and csrf_token cookies", body = LoginResponse),
+              (status = 401, description = "Wrong user name or password", body = crate::error::ErrorBody),
+              (status = 429, description = "Too many failed attempts from this address", body = crate::error::ErrorBody)))]
+pub async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    request_id: Option<axum::Extension<RequestId>>,
+    JsonBody(body): JsonBody<LoginRequest>,
+) -> ApiResult<Response> {
+    let settings = state.settings();
+    let now = now_ms();
+    let window_ms = settings.security.login_window_secs as i64 * 1000;
+    let (failures, oldest) = state.store.login_failures(&ip, now - window_ms).await?;
+    if failures >= i64::from(settings.security.login_max_failures) {
+        let retry = ((oldest.unwrap_or(now) + window_ms - now) / 1000).max(1) as u64;
+        return Err(ApiError::too_many(
+            format!("too many failed logins from {ip}; retry in {retry} s"),
+            retry,
+        ));
+    }
+    let user = if body.username.len() <= 64 {
+        state.store.get_user_by_username(&body.username).await?
+    } else {
+        None
+    };
+    let hash = user
+        .as_ref()
+        .map(|u| u.password_hash.clone())
+        .unwrap_or_else(|| decoy_hash().to_string());
+    let password = body.password;
+    let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .map_err(|e| ApiError::internal("password check task failed", e))?;
+    let request_id = request_id.map(|r| r.0 .0.clone());
+    let user = match user {
+        Some(u) if matches && !u.disabled => u,
+        _ => {
+            state.store.record_login_failure(&ip, now).await?;
+            let actor = Actor {
+                name: body.username.chars().take(64).collect(),
+                id: None,
+                role: Role::Viewer,
+                client_ip: Some(ip.clone()),
+                request_id,
+            };
+            state
+                .store
+                .append_audit(&actor, AuditEvent::new("auth.login_failed", "session", None))
+                .await?;
+            return Err(ApiError::unauthorized("wrong user name or password"));
+        }
+    };
+    state.store.clear_login_failures(&ip).await?;
+    let token = random_token(32);
+    let csrf = random_token(24);
+    let ttl = settings.security.session_ttl_secs as i64;
+    let session = SessionRecord {
+        token_hash: hash_token(&token),
+        user_id: user.id.clone(),
+        csrf_token: csrf.clone(),
+        client_ip: Some(ip.clone()),
+        created_at: now,
+        expires_at: now + ttl * 1000,
+    };
+    let actor = Actor {
+        name: user.username.clone(),
+        id: Some(user.id.clone()),
+        role: user.role,
+        client_ip: Some(ip),
+        request_id,
+    };
+    state.store.create_session(&actor, &session).await?;
+    state.store.record_login(&user.id, now).await?;
+    let secure = state.options.secure_cookies;
+    let mut resp = Json(LoginResponse {
+        user: UserView::from(&user),
+        csrf_token: csrf.clone(),
+        expires_at: crate::api::rfc3339(session.expires_at),
+    })
+    .into_response();
+    let h = resp.headers_mut();
+    h.append(header::SET_COOKIE, cookie_header(SESSION_COOKIE, &token, ttl, true, secure));
+    h.append(header::SET_COOKIE, cookie_header(CSRF_COOKIE, &csrf, ttl, false, secure));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+    responses((status = 204, description = "The session is revoked and its cookies cleared")))]
+pub async fn logout(State(state): State<AppState>, auth: AuthContext) -> ApiResult<Response> {
+    if let Credential::Session { token_hash } = &auth.credential {
+        state.store.delete_session(&auth.actor, token_hash).await?;
+    }
+    let secure = state.options.secure_cookies;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let h = resp.headers_mut();
+    h.append(header::SET_COOKIE, cookie_header(SESSION_COOKIE, "", 0, true, secure));
+    h.append(header::SET_COOKIE, cookie_header(CSRF_COOKIE, "", 0, false, secure));
+    Ok(resp)
+}
+
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
+    responses((status = 200, description = "The caller", body = MeResponse)))]
+pub async fn me(auth: AuthContext) -> Json<MeResponse> {
+    let (method, key) = match &auth.credential {
+        Credential::Session { .. } => ("session", None),
+        Credential::ApiKey(k) => ("api_key", Some(k.id.clone())),
+    };
+    Json(MeResponse {
+        user: auth.user.as_ref().map(UserView::from),
+        role: auth.role,
+        auth_method: method.into(),
+        api_key_id: key,
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/auth/status", tag = "auth",
+    responses((status = 200, description = "Whether authentication is enabled", body = AuthStatus)))]
+pub async fn status(_headers: HeaderMap) -> Json<AuthStatus> {
+    Json(AuthStatus {
+        auth_enabled: true,
+        methods: vec!["session".into(), "api_key".into()],
+    })
+}

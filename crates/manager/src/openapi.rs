@@ -1,0 +1,121 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations, and the
+//! offline docs page that renders it (no CDN: everything is in the binary).
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi as Spec, Ref, ResponseBuilder};
+use utoipa::OpenApi;
+
+use crate::error::ErrorBody;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Fleetgate manager API",
+        description = "Admin API of Fleetgate: users, API keys, audit log, revisions, settings, backup, export/import and health.",
+    ),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "health", description = "Probes and metrics (no authentication)"),
+        (name = "auth", description = "Sessions and the caller"),
+        (name = "users", description = "User accounts (admins)"),
+        (name = "api-keys", description = "API keys for clients"),
+        (name = "audit", description = "Who changed what"),
+        (name = "revisions", description = "Configuration history, diff and rollback"),
+        (name = "settings", description = "Runtime settings and backups"),
+        (name = "config", description = "Export and import of the whole configuration"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Status codes every operation may answer with the error envelope.
+const COMMON_ERRORS: &[(&str, &str, bool)] = &[
+    ("400", "Invalid input; `details.field` names the field", true),
+    ("401", "Missing or invalid credentials", false),
+    ("403", "Not allowed for this role, or missing CSRF token", false),
+    ("404", "Not found", true),
+    ("405", "Method not allowed on this path", true),
+    ("409", "Conflicts with the current state", true),
+    ("412", "If-Match does not match the current version", true),
+    ("413", "Request body too large", true),
+    ("415", "The body must be JSON", true),
+    ("429", "Rate limited; see Retry-After", true),
+    ("503", "The store is unavailable", true),
+];
+
+fn error_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+        )
+        .build()
+        .into()
+}
+
+fn add_errors(op: &mut Operation, public: bool) {
+    for (code, description, always) in COMMON_ERRORS {
+        if !always && public {
+            continue;
+        }
+        op.responses
+            .responses
+            .entry(code.to_string())
+            .or_insert_with(|| error_response(description));
+    }
+}
+
+/// Adds security schemes, the shared error responses and the server-side facts
+/// the annotations do not carry.
+pub fn finish(mut spec: Spec) -> serde_json::Value {
+    let components = spec.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("An API key")).build()),
+    );
+    components.add_security_scheme(
+        "session",
+        SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+            "session",
+            "Browser session; mutations also need X-CSRF-Token",
+        ))),
+    );
+    for (path, item) in spec.paths.paths.iter_mut() {
+        let public = path.starts_with("/health")
+            || path.starts_with("/prometheus")
+            || path == "/metrics"
+            || path == "/api/v1/auth/login"
+            || path == "/api/v1/auth/status";
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            add_errors(op, public);
+            if !public {
+                let mut bearer = utoipa::openapi::security::SecurityRequirement::new::<_, _, &str>("bearer", []);
+                let session = utoipa::openapi::security::SecurityRequirement::new::<_, _, &str>("session", []);
+                bearer = bearer.add::<_, _, &str>("bearer", []);
+                op.security = Some(vec![bearer, session]);
+            }
+        }
+    }
+    spec.info.version = env!("CARGO_PKG_VERSION").to_string();
+    serde_json::to_value(&spec).unwrap_or(serde_json::Value::Null)
+}
+
+/// The offline API docs page.
+pub async fn docs_page() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../assets/docs.html"),
+    )
+}
