@@ -120,7 +120,9 @@ mod tests {
             ConfigDocument::default()
         );
         let mut bad = ResourceSet::new();
-        bad.entry("nonsense".into()).or_default().insert("x".into(), Value::Null);
+        bad.entry("nonsense".into())
+            .or_default()
+            .insert("x".into(), Value::Null);
         assert!(ConfigDocument::from_resources(&bad).is_err());
     }
 }

@@ -1,1 +1,122 @@
-fn main() {}
+//! `fleetgate`: the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fleetgate::config::{Config, Overrides};
+use fleetgate::{init_logging, open_store, shutdown_signal, start, BootstrapSecrets};
+use fleetgate_store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "fleetgate",
+    version,
+    about = "API gateway and edge fleet control plane in one binary"
+)]
+struct Cli {
+    /// TOML configuration file (also FLEETGATE_CONFIG).
+    #[arg(long, global = true, value_name = "FILE", env = "FLEETGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manager and built-in gateway on one host (SQLite by default, no services needed).
+    Serve(#[command(flatten)] Overrides),
+    /// Manager only (several replicas may share one PostgreSQL).
+    Manager(#[command(flatten)] Overrides),
+    /// Apply the store's migrations and exit.
+    Migrate(#[command(flatten)] Overrides),
+    /// Configuration file commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print it in effect, secrets redacted.
+    Check(#[command(flatten)] Overrides),
+}
+
+fn load(cli_config: &Option<PathBuf>, flags: &Overrides) -> Result<Config, ExitCode> {
+    Config::load(cli_config.as_deref(), std::env::vars(), flags).map_err(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(2)
+    })
+}
+
+async fn run(cli: Cli) -> Result<(), ExitCode> {
+    match cli.command {
+        Command::Version => {
+            println!("fleetgate {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check(flags),
+        } => {
+            let config = load(&cli.config, &flags)?;
+            println!("# configuration is valid\n{}", config.redacted_toml());
+            Ok(())
+        }
+        Command::Migrate(flags) => {
+            let config = load(&cli.config, &flags)?;
+            init_logging(&config);
+            let store = open_store(&config).await.map_err(fail)?;
+            let status = store.migration_status().await.map_err(|e| fail(e.into()))?;
+            println!("migrations applied: {:?}", status.applied);
+            store.close().await;
+            Ok(())
+        }
+        Command::Serve(flags) => serve(&cli.config, &flags, true).await,
+        Command::Manager(flags) => serve(&cli.config, &flags, false).await,
+    }
+}
+
+async fn serve(
+    file: &Option<PathBuf>,
+    flags: &Overrides,
+    with_gateway: bool,
+) -> Result<(), ExitCode> {
+    let config = load(file, flags)?;
+    init_logging(&config);
+    let running = start(
+        config,
+        BootstrapSecrets::from_env(),
+        with_gateway,
+        shutdown_signal(),
+    )
+    .await
+    .map_err(fail)?;
+    running.wait().await.map_err(fail)
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    tracing::error!("{e:#}");
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}

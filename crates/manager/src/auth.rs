@@ -99,7 +99,11 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
 /// Whether `password` matches the PHC `hash`.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -146,7 +150,10 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 }
 
 /// Resolves the caller from a bearer key or a session cookie, or `None`.
-pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Option<AuthContext>, ApiError> {
+pub async fn authenticate(
+    state: &AppState,
+    parts: &Parts,
+) -> Result<Option<AuthContext>, ApiError> {
     let ip = client_ip(parts);
     let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
     let now = now_ms();
@@ -157,7 +164,11 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Option<Auth
         let user = match &key.user_id {
             Some(id) => match state.store.get_user(id).await? {
                 Some(u) if !u.disabled => Some(u),
-                _ => return Err(ApiError::unauthorized("the owner of this API key is disabled or gone")),
+                _ => {
+                    return Err(ApiError::unauthorized(
+                        "the owner of this API key is disabled or gone",
+                    ))
+                }
             },
             None => None,
         };
@@ -184,7 +195,9 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Option<Auth
     };
     let token_hash = hash_token(token);
     let Some((session, user)) = state.store.get_session(&token_hash, now).await? else {
-        return Err(ApiError::unauthorized("the session has expired; log in again"));
+        return Err(ApiError::unauthorized(
+            "the session has expired; log in again",
+        ));
     };
     if user.disabled {
         return Err(ApiError::unauthorized("this account is disabled"));
@@ -219,13 +232,19 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Option<Auth
 
 /// Middleware of every protected route: 401 without credentials, 403 for a
 /// viewer's mutation, otherwise the [`AuthContext`] goes into the extensions.
-pub async fn require_auth(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_auth(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let (mut parts, body) = req.into_parts();
     let ctx = match parts.extensions.get::<Arc<AuthContext>>() {
         Some(c) => (**c).clone(),
-        None => authenticate(&state, &parts)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("authentication required: log in or send Authorization: Bearer <api key>"))?,
+        None => authenticate(&state, &parts).await?.ok_or_else(|| {
+            ApiError::unauthorized(
+                "authentication required: log in or send Authorization: Bearer <api key>",
+            )
+        })?,
     };
     let logout = parts.uri.path() == "/api/v1/auth/logout";
     if is_mutation(&parts.method) && !ctx.role.can_mutate() && !logout {

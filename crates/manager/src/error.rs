@@ -51,12 +51,20 @@ impl ApiError {
 
     pub fn bad_request(field: &str, message: impl Into<String>) -> Self {
         let message = message.into();
-        Self::new(StatusCode::BAD_REQUEST, "VALIDATION_FAILED", format!("{field}: {message}"))
-            .with_details(json!({ "field": field, "errors": [{ "field": field, "message": message }] }))
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_FAILED",
+            format!("{field}: {message}"),
+        )
+        .with_details(json!({ "field": field, "errors": [{ "field": field, "message": message }] }))
     }
 
     pub fn not_found(what: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("{} not found", what.into()))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("{} not found", what.into()),
+        )
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -107,10 +115,16 @@ impl From<StoreError> for ApiError {
                 format!("If-Match does not match the current version \"{current}\""),
             )
             .with_details(json!({ "current_version": current })),
-            StoreError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_FAILED", m),
+            StoreError::Invalid(m) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_FAILED", m)
+            }
             e if e.is_unavailable() => {
                 tracing::error!(error = %e, "store unavailable");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE", "the store is unavailable; retry later")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "STORE_UNAVAILABLE",
+                    "the store is unavailable; retry later",
+                )
             }
             other => ApiError::internal("store error", other),
         }

@@ -36,8 +36,14 @@ where
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|ct| {
-                let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+                let mime = ct
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                mime == "application/json"
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
             })
             .unwrap_or(false);
         if !is_json {
@@ -55,7 +61,10 @@ where
                     "the request body is larger than the configured limit",
                 )
             } else {
-                ApiError::bad_request("body", format!("could not read the request body: {rejection}"))
+                ApiError::bad_request(
+                    "body",
+                    format!("could not read the request body: {rejection}"),
+                )
             }
         })?;
         parse_json(&bytes).map(JsonBody)
@@ -68,7 +77,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        let field = if path == "." || path.is_empty() { "body".to_string() } else { path };
+        let field = if path == "." || path.is_empty() {
+            "body".to_string()
+        } else {
+            path
+        };
         let message = match inner.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 format!("malformed JSON: {inner}")
@@ -155,7 +168,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Pagination {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let limit = query_int(parts, "limit")?.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
+        let limit = query_int(parts, "limit")?
+            .unwrap_or(DEFAULT_PAGE)
+            .min(MAX_PAGE);
         let offset = query_int(parts, "offset")?.unwrap_or(0);
         Ok(Pagination(PageRequest { limit, offset }))
     }
@@ -286,43 +301,66 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(QueryParams(
-            parts.uri.query().map(form_pairs).unwrap_or_default().into_iter().collect(),
+            parts
+                .uri
+                .query()
+                .map(form_pairs)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
         ))
     }
 }
 
 impl QueryParams {
     pub fn text(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|s| !s.is_empty())
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
 
     /// A time given as RFC 3339 text or Unix milliseconds.
     pub fn time(&self, name: &str) -> Result<Option<i64>, ApiError> {
-        let Some(v) = self.text(name) else { return Ok(None) };
+        let Some(v) = self.text(name) else {
+            return Ok(None);
+        };
         if let Ok(ms) = v.parse::<i64>() {
             return Ok(Some(ms));
         }
-        fleetgate_core::time::parse_rfc3339(v).map(Some).ok_or_else(|| {
-            ApiError::bad_request(name, format!("must be an RFC 3339 time or Unix milliseconds, got {v:?}"))
-        })
+        fleetgate_core::time::parse_rfc3339(v)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    name,
+                    format!("must be an RFC 3339 time or Unix milliseconds, got {v:?}"),
+                )
+            })
     }
 
     pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
         match self.text(name) {
             None | Some("false") | Some("0") => Ok(false),
             Some("true") | Some("1") => Ok(true),
-            Some(v) => Err(ApiError::bad_request(name, format!("must be true or false, got {v:?}"))),
+            Some(v) => Err(ApiError::bad_request(
+                name,
+                format!("must be true or false, got {v:?}"),
+            )),
         }
     }
 
     /// A required positive integer.
     pub fn int(&self, name: &str) -> Result<Option<i64>, ApiError> {
-        let Some(v) = self.text(name) else { return Ok(None) };
+        let Some(v) = self.text(name) else {
+            return Ok(None);
+        };
         v.parse::<i64>()
             .ok()
             .filter(|n| *n >= 0)
             .map(Some)
-            .ok_or_else(|| ApiError::bad_request(name, format!("must be a non-negative integer, got {v:?}")))
+            .ok_or_else(|| {
+                ApiError::bad_request(name, format!("must be a non-negative integer, got {v:?}"))
+            })
     }
 }
 
@@ -343,9 +381,12 @@ where
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() == "0");
         let has_type = req.headers().contains_key(header::CONTENT_TYPE);
-        if empty_by_header || (!has_type && !req.headers().contains_key(header::TRANSFER_ENCODING)) {
+        if empty_by_header || (!has_type && !req.headers().contains_key(header::TRANSFER_ENCODING))
+        {
             return Ok(OptionalJson(None));
         }
-        JsonBody::<T>::from_request(req, state).await.map(|JsonBody(v)| OptionalJson(Some(v)))
+        JsonBody::<T>::from_request(req, state)
+            .await
+            .map(|JsonBody(v)| OptionalJson(Some(v)))
     }
 }

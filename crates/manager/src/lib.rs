@@ -138,7 +138,10 @@ impl AppState {
 
     /// Background work: follow revisions made elsewhere, prune expired sessions
     /// and old audit entries. Ends when `shutdown` flips to true.
-    pub fn spawn_background(&self, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_background(
+        &self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
         let state = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -162,7 +165,9 @@ impl AppState {
                         tracing::warn!(error = %e, "session pruning failed");
                     }
                     match state.store.prune_audit(now - keep_days * 86_400_000).await {
-                        Ok(n) if n > 0 => tracing::info!(removed = n, "pruned audit entries past retention"),
+                        Ok(n) if n > 0 => {
+                            tracing::info!(removed = n, "pruned audit entries past retention")
+                        }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "audit pruning failed"),
                     }

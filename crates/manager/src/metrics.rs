@@ -8,7 +8,9 @@ use std::sync::Mutex;
 
 use fleetgate_store::PoolStats;
 
-const BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 #[derive(Default, Clone)]
 struct Series {
@@ -54,9 +56,15 @@ impl HttpMetrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self, pool: PoolStats, uptime_secs: f64) -> String {
-        let map = self.series.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let map = self
+            .series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut out = String::with_capacity(4096);
-        out.push_str("# HELP fleetgate_api_requests_total Admin API requests by method, route and status.\n");
+        out.push_str(
+            "# HELP fleetgate_api_requests_total Admin API requests by method, route and status.\n",
+        );
         out.push_str("# TYPE fleetgate_api_requests_total counter\n");
         for ((m, r, st), s) in &map {
             let _ = writeln!(
@@ -86,15 +94,39 @@ impl HttpMetrics {
                     s.buckets[i]
                 );
             }
-            let _ = writeln!(out, "fleetgate_api_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
-            let _ = writeln!(out, "fleetgate_api_request_duration_seconds_sum{{{labels}}} {}", s.sum);
-            let _ = writeln!(out, "fleetgate_api_request_duration_seconds_count{{{labels}}} {}", s.count);
+            let _ = writeln!(
+                out,
+                "fleetgate_api_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                s.count
+            );
+            let _ = writeln!(
+                out,
+                "fleetgate_api_request_duration_seconds_sum{{{labels}}} {}",
+                s.sum
+            );
+            let _ = writeln!(
+                out,
+                "fleetgate_api_request_duration_seconds_count{{{labels}}} {}",
+                s.count
+            );
         }
         out.push_str("# HELP fleetgate_store_pool_connections Store connections by state.\n");
         out.push_str("# TYPE fleetgate_store_pool_connections gauge\n");
-        let _ = writeln!(out, "fleetgate_store_pool_connections{{state=\"open\"}} {}", pool.size);
-        let _ = writeln!(out, "fleetgate_store_pool_connections{{state=\"idle\"}} {}", pool.idle);
-        let _ = writeln!(out, "fleetgate_store_pool_connections{{state=\"max\"}} {}", pool.max);
+        let _ = writeln!(
+            out,
+            "fleetgate_store_pool_connections{{state=\"open\"}} {}",
+            pool.size
+        );
+        let _ = writeln!(
+            out,
+            "fleetgate_store_pool_connections{{state=\"idle\"}} {}",
+            pool.idle
+        );
+        let _ = writeln!(
+            out,
+            "fleetgate_store_pool_connections{{state=\"max\"}} {}",
+            pool.max
+        );
         out.push_str("# HELP fleetgate_uptime_seconds Seconds since this process started.\n");
         out.push_str("# TYPE fleetgate_uptime_seconds gauge\n");
         let _ = writeln!(out, "fleetgate_uptime_seconds {uptime_secs:.3}");
@@ -103,7 +135,9 @@ impl HttpMetrics {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -116,8 +150,17 @@ mod tests {
         m.observe("GET", "/api/v1/users", 200, 0.003);
         m.observe("GET", "/api/v1/users", 200, 0.2);
         m.observe("GET", "/api/v1/users", 404, 0.002);
-        let text = m.render(PoolStats { size: 2, idle: 1, max: 8 }, 1.0);
-        assert!(text.contains("fleetgate_api_requests_total{method=\"GET\",route=\"/api/v1/users\",status=\"200\"} 2"));
+        let text = m.render(
+            PoolStats {
+                size: 2,
+                idle: 1,
+                max: 8,
+            },
+            1.0,
+        );
+        assert!(text.contains(
+            "fleetgate_api_requests_total{method=\"GET\",route=\"/api/v1/users\",status=\"200\"} 2"
+        ));
         assert!(text.contains("fleetgate_api_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/users\",le=\"0.005\"} 2"));
         assert!(text.contains("fleetgate_api_request_duration_seconds_count{method=\"GET\",route=\"/api/v1/users\"} 3"));
         assert!(text.contains("fleetgate_store_pool_connections{state=\"max\"} 8"));

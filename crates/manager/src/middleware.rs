@@ -21,7 +21,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
-    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_string())
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| s.to_string())
 }
 
 /// Echoes `X-Request-Id` (or generates one) and runs the request inside a span
@@ -37,7 +38,11 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     let mut resp = async move {
         let started = Instant::now();
         let resp = next.run(req).await;
-        tracing::debug!(status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "handled");
+        tracing::debug!(
+            status = resp.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "handled"
+        );
         resp
     }
     .instrument(span)
@@ -58,9 +63,12 @@ pub async fn track_metrics(State(state): State<AppState>, req: Request, next: Ne
     let method = method_label(req.method());
     let started = Instant::now();
     let resp = next.run(req).await;
-    state
-        .metrics
-        .observe(method, &route, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    state.metrics.observe(
+        method,
+        &route,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     resp
 }
 
@@ -81,7 +89,9 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
         Ok(Some(ctx)) => {
             let key = match &ctx.credential {
                 Credential::ApiKey(k) => format!("key:{}", k.id),
-                Credential::Session { token_hash } => format!("session:{}", &token_hash[..16.min(token_hash.len())]),
+                Credential::Session { token_hash } => {
+                    format!("session:{}", &token_hash[..16.min(token_hash.len())])
+                }
             };
             parts.extensions.insert(Arc::new(ctx));
             key
@@ -94,7 +104,10 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
     } else {
         let retry = (d.reset - now_ms() / 1000).max(1) as u64;
         ApiError::too_many(
-            format!("rate limit of {} requests per minute exceeded; retry in {retry} s", d.limit),
+            format!(
+                "rate limit of {} requests per minute exceeded; retry in {retry} s",
+                d.limit
+            ),
             retry,
         )
         .into_response()

@@ -32,9 +32,17 @@ pub struct ApiDoc;
 
 /// Status codes every operation may answer with the error envelope.
 const COMMON_ERRORS: &[(&str, &str, bool)] = &[
-    ("400", "Invalid input; `details.field` names the field", true),
+    (
+        "400",
+        "Invalid input; `details.field` names the field",
+        true,
+    ),
     ("401", "Missing or invalid credentials", false),
-    ("403", "Not allowed for this role, or missing CSRF token", false),
+    (
+        "403",
+        "Not allowed for this role, or missing CSRF token",
+        false,
+    ),
     ("404", "Not found", true),
     ("405", "Method not allowed on this path", true),
     ("409", "Conflicts with the current state", true),
@@ -50,7 +58,9 @@ fn error_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::
         .description(description)
         .content(
             "application/json",
-            ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
         )
         .build()
         .into()
@@ -74,7 +84,12 @@ pub fn finish(mut spec: Spec) -> serde_json::Value {
     let components = spec.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "bearer",
-        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("An API key")).build()),
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some("An API key"))
+                .build(),
+        ),
     );
     components.add_security_scheme(
         "session",
@@ -101,8 +116,12 @@ pub fn finish(mut spec: Spec) -> serde_json::Value {
         {
             add_errors(op, public);
             if !public {
-                let mut bearer = utoipa::openapi::security::SecurityRequirement::new::<_, _, &str>("bearer", []);
-                let session = utoipa::openapi::security::SecurityRequirement::new::<_, _, &str>("session", []);
+                let mut bearer =
+                    utoipa::openapi::security::SecurityRequirement::new::<_, _, &str>("bearer", []);
+                let session = utoipa::openapi::security::SecurityRequirement::new::<_, _, &str>(
+                    "session",
+                    [],
+                );
                 bearer = bearer.add::<_, _, &str>("bearer", []);
                 op.security = Some(vec![bearer, session]);
             }

@@ -121,6 +121,9 @@ mod tests {
         }
         assert!(!l.check("a", 3, t + 1).await.allowed);
         assert!(l.check("b", 3, t).await.allowed);
-        assert!(l.check("a", 3, t + WINDOW_MS).await.allowed, "a new window starts over");
+        assert!(
+            l.check("a", 3, t + WINDOW_MS).await.allowed,
+            "a new window starts over"
+        );
     }
 }

@@ -38,7 +38,10 @@ impl From<AuditRecord> for AuditView {
     fn from(r: AuditRecord) -> Self {
         let null = serde_json::Value::Null;
         let changes = if r.before.is_some() || r.after.is_some() {
-            diff(r.before.as_ref().unwrap_or(&null), r.after.as_ref().unwrap_or(&null))
+            diff(
+                r.before.as_ref().unwrap_or(&null),
+                r.after.as_ref().unwrap_or(&null),
+            )
         } else {
             Vec::new()
         };
@@ -93,5 +96,9 @@ pub async fn list(
         until: q.time("until")?,
     };
     let p = state.store.list_audit(&filter, page).await?;
-    Ok(Json(ListEnvelope::new(p.items.into_iter().map(AuditView::from).collect(), p.total, page)))
+    Ok(Json(ListEnvelope::new(
+        p.items.into_iter().map(AuditView::from).collect(),
+        p.total,
+        page,
+    )))
 }

@@ -36,7 +36,9 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
         && !name.contains("..")
 }
 
@@ -56,21 +58,23 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<BackupView>)> {
     auth.require(Role::Admin)?;
     let body = body.unwrap_or_default();
-    let name = match body.name {
-        Some(n) if valid_name(&n) => n,
-        Some(_) => {
-            return Err(ApiError::bad_request(
+    let name =
+        match body.name {
+            Some(n) if valid_name(&n) => n,
+            Some(_) => return Err(ApiError::bad_request(
                 "name",
                 "must be 1 to 64 characters of letters, digits, _ - and ., not starting with a dot",
-            ))
-        }
-        None => format!("fleetgate-{}", chrono_name(now_ms())),
-    };
+            )),
+            None => format!("fleetgate-{}", chrono_name(now_ms())),
+        };
     let file = format!("{name}.{}", extension(state.store.backend()));
     let dir = state.options.data_dir.join("backups");
     let path = dir.join(&file);
     state.store.backup(&path).await?;
-    let size_bytes = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
+    let size_bytes = tokio::fs::metadata(&path)
+        .await
+        .map(|m| m.len())
+        .unwrap_or(0);
     state
         .store
         .append_audit(
@@ -102,35 +106,48 @@ fn chrono_name(ms: i64) -> String {
 
 #[utoipa::path(get, path = "/api/v1/settings/backups", tag = "settings",
     responses((status = 200, description = "Backups on this host, newest first", body = ListEnvelope<BackupView>)))]
-pub async fn list(State(state): State<AppState>, auth: AuthContext) -> ApiResult<Json<ListEnvelope<BackupView>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    auth: AuthContext,
+) -> ApiResult<Json<ListEnvelope<BackupView>>> {
     auth.require(Role::Admin)?;
     let dir = state.options.data_dir.join("backups");
     let mut items = Vec::new();
     if let Ok(mut rd) = tokio::fs::read_dir(&dir).await {
         while let Ok(Some(entry)) = rd.next_entry().await {
             let file = entry.file_name().to_string_lossy().into_owned();
-            let Some((name, ext)) = file.rsplit_once('.') else { continue };
+            let Some((name, ext)) = file.rsplit_once('.') else {
+                continue;
+            };
             if !matches!(ext, "sqlite" | "json") {
                 continue;
             }
-            let Ok(meta) = entry.metadata().await else { continue };
+            let Ok(meta) = entry.metadata().await else {
+                continue;
+            };
             let modified = meta
                 .modified()
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0);
-            items.push((modified, BackupView {
-                name: name.to_string(),
-                file: file.clone(),
-                size_bytes: meta.len(),
-                created_at: rfc3339(modified),
-            }));
+            items.push((
+                modified,
+                BackupView {
+                    name: name.to_string(),
+                    file: file.clone(),
+                    size_bytes: meta.len(),
+                    created_at: rfc3339(modified),
+                },
+            ));
         }
     }
     items.sort_by(|a, b| b.0.cmp(&a.0));
     let total = items.len() as i64;
     let items: Vec<_> = items.into_iter().map(|(_, v)| v).collect();
-    let page = fleetgate_store::PageRequest { limit: total.max(1), offset: 0 };
+    let page = fleetgate_store::PageRequest {
+        limit: total.max(1),
+        offset: 0,
+    };
     Ok(Json(ListEnvelope::new(items, total, page)))
 }

@@ -68,7 +68,10 @@ pub async fn apply_document(
 
 #[utoipa::path(get, path = "/api/v1/export", tag = "config",
     responses((status = 200, description = "All configuration as one document", body = ConfigDocument)))]
-pub async fn export(State(state): State<AppState>, _auth: AuthContext) -> ApiResult<Json<ConfigDocument>> {
+pub async fn export(
+    State(state): State<AppState>,
+    _auth: AuthContext,
+) -> ApiResult<Json<ConfigDocument>> {
     Ok(Json(current_document(&state).await?))
 }
 
@@ -86,8 +89,17 @@ pub async fn import(
         doc.validate()?;
         let current = current_document(&state).await?;
         let changes = diff(&document_value(&current), &document_value(&doc));
-        return Ok(Json(ImportResult { dry_run, changes, revision: None }));
+        return Ok(Json(ImportResult {
+            dry_run,
+            changes,
+            revision: None,
+        }));
     }
-    let (changes, revision) = apply_document(&state, &auth.actor, &doc, "config.import", "import").await?;
-    Ok(Json(ImportResult { dry_run, changes, revision }))
+    let (changes, revision) =
+        apply_document(&state, &auth.actor, &doc, "config.import", "import").await?;
+    Ok(Json(ImportResult {
+        dry_run,
+        changes,
+        revision,
+    }))
 }

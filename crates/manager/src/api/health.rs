@@ -77,7 +77,11 @@ pub struct ProbeBody {
 
 fn probe(checks: std::collections::BTreeMap<String, CheckResult>) -> (StatusCode, Json<ProbeBody>) {
     let healthy = checks.values().all(|c| c.status != "error");
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         Json(ProbeBody {
@@ -138,7 +142,13 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             c.details = Some(serde_json::json!({ "applied": s.applied, "expected": s.expected }));
             c
         }
-        Ok(s) => CheckResult::error(started, format!("migrations pending: applied {:?}, expected {:?}", s.applied, s.expected)),
+        Ok(s) => CheckResult::error(
+            started,
+            format!(
+                "migrations pending: applied {:?}, expected {:?}",
+                s.applied, s.expected
+            ),
+        ),
         Err(e) => CheckResult::error(started, e),
     };
     checks.insert("migrations".to_string(), migrations);
@@ -191,7 +201,8 @@ async fn nats_check(state: &AppState) -> CheckResult {
     responses((status = 200, description = "Every configured dependency is healthy", body = ProbeBody),
               (status = 503, description = "A dependency is unhealthy", body = ProbeBody)))]
 pub async fn deep(State(state): State<AppState>) -> impl IntoResponse {
-    let (store, redis, nats) = tokio::join!(store_check(&state), redis_check(&state), nats_check(&state));
+    let (store, redis, nats) =
+        tokio::join!(store_check(&state), redis_check(&state), nats_check(&state));
     let mut checks = std::collections::BTreeMap::new();
     checks.insert("store".to_string(), store);
     checks.insert("redis".to_string(), redis);
@@ -211,10 +222,14 @@ pub async fn ping() -> StatusCode {
 
 fn render_metrics(state: &AppState) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state
-            .metrics
-            .render(state.store.pool_stats(), state.started_at.elapsed().as_secs_f64()),
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(
+            state.store.pool_stats(),
+            state.started_at.elapsed().as_secs_f64(),
+        ),
     )
 }
 

@@ -62,21 +62,40 @@ pub struct CreatedApiKey {
 
 #[utoipa::path(get, path = "/api/v1/api-keys", tag = "api-keys", params(PageParams),
     responses((status = 200, description = "Your keys (all keys for admins)", body = ListEnvelope<ApiKeyView>)))]
-pub async fn list(State(state): State<AppState>, auth: AuthContext, Pagination(page): Pagination) -> ApiResult<Json<ListEnvelope<ApiKeyView>>> {
-    let owner = if auth.role.is_admin() { None } else { auth.user_id() };
+pub async fn list(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Pagination(page): Pagination,
+) -> ApiResult<Json<ListEnvelope<ApiKeyView>>> {
+    let owner = if auth.role.is_admin() {
+        None
+    } else {
+        auth.user_id()
+    };
     if owner.is_none() && !auth.role.is_admin() {
         return Ok(Json(ListEnvelope::new(Vec::new(), 0, page)));
     }
     let p = state.store.list_api_keys(owner, page).await?;
-    Ok(Json(ListEnvelope::new(p.items.iter().map(ApiKeyView::from).collect(), p.total, page)))
+    Ok(Json(ListEnvelope::new(
+        p.items.iter().map(ApiKeyView::from).collect(),
+        p.total,
+        page,
+    )))
 }
 
 #[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys", request_body = CreateApiKey,
     responses((status = 201, description = "Created; the key is in this response only", body = CreatedApiKey)))]
-pub async fn create(State(state): State<AppState>, auth: AuthContext, JsonBody(body): JsonBody<CreateApiKey>) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
+pub async fn create(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    JsonBody(body): JsonBody<CreateApiKey>,
+) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("name", "must be 1 to 100 characters without control characters"));
+        return Err(ApiError::bad_request(
+            "name",
+            "must be 1 to 100 characters without control characters",
+        ));
     }
     let role = body.role.unwrap_or(auth.role);
     if role > auth.role {
@@ -108,7 +127,11 @@ pub async fn create(State(state): State<AppState>, auth: AuthContext, JsonBody(b
 
 #[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id")),
     responses((status = 204, description = "Revoked")))]
-pub async fn delete(State(state): State<AppState>, auth: AuthContext, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let key = state
         .store
         .get_api_key(&id)
@@ -120,7 +143,9 @@ pub async fn delete(State(state): State<AppState>, auth: AuthContext, Path(id): 
         return Err(ApiError::not_found(format!("API key {id}")));
     }
     if key.role > auth.role {
-        return Err(ApiError::forbidden("cannot revoke a key with more rights than yours"));
+        return Err(ApiError::forbidden(
+            "cannot revoke a key with more rights than yours",
+        ));
     }
     state.store.delete_api_key(&auth.actor, &id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -68,7 +68,10 @@ fn view(r: &RevisionRecord) -> RevisionView {
 }
 
 /// The document of revision `n`; revision 0 is the configuration before any change.
-async fn document_at(state: &AppState, n: i64) -> ApiResult<(Option<RevisionRecord>, ConfigDocument)> {
+async fn document_at(
+    state: &AppState,
+    n: i64,
+) -> ApiResult<(Option<RevisionRecord>, ConfigDocument)> {
     if n == 0 {
         return Ok((None, ConfigDocument::default()));
     }
@@ -83,32 +86,54 @@ async fn document_at(state: &AppState, n: i64) -> ApiResult<(Option<RevisionReco
 }
 
 fn revision_number(raw: &str) -> ApiResult<i64> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|n| *n >= 1)
-        .ok_or_else(|| ApiError::bad_request("n", format!("must be a revision number (1 or more), got {raw:?}")))
+    raw.parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+        ApiError::bad_request(
+            "n",
+            format!("must be a revision number (1 or more), got {raw:?}"),
+        )
+    })
 }
 
 #[utoipa::path(get, path = "/api/v1/revisions", tag = "revisions", params(PageParams),
     responses((status = 200, description = "Revisions, newest first", body = ListEnvelope<RevisionView>)))]
-pub async fn list(State(state): State<AppState>, _auth: AuthContext, Pagination(page): Pagination) -> ApiResult<Json<ListEnvelope<RevisionView>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    _auth: AuthContext,
+    Pagination(page): Pagination,
+) -> ApiResult<Json<ListEnvelope<RevisionView>>> {
     let p = state.store.list_revisions(page).await?;
-    Ok(Json(ListEnvelope::new(p.items.iter().map(view).collect(), p.total, page)))
+    Ok(Json(ListEnvelope::new(
+        p.items.iter().map(view).collect(),
+        p.total,
+        page,
+    )))
 }
 
 #[utoipa::path(get, path = "/api/v1/revisions/{n}", tag = "revisions", params(("n" = i64, Path, description = "Revision number", minimum = 1)),
     responses((status = 200, description = "The revision and its whole configuration", body = RevisionDetail)))]
-pub async fn get(State(state): State<AppState>, _auth: AuthContext, Path(n): Path<String>) -> ApiResult<Json<RevisionDetail>> {
+pub async fn get(
+    State(state): State<AppState>,
+    _auth: AuthContext,
+    Path(n): Path<String>,
+) -> ApiResult<Json<RevisionDetail>> {
     let n = revision_number(&n)?;
     let (r, document) = document_at(&state, n).await?;
     let r = r.ok_or_else(|| ApiError::not_found(format!("revision {n}")))?;
-    Ok(Json(RevisionDetail { info: view(&r), document }))
+    Ok(Json(RevisionDetail {
+        info: view(&r),
+        document,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/revisions/{n}/diff", tag = "revisions",
     params(("n" = i64, Path, description = "Revision number", minimum = 1), DiffQuery),
     responses((status = 200, description = "What changed from `against` to `n`", body = RevisionDiff)))]
-pub async fn diff_revisions(State(state): State<AppState>, _auth: AuthContext, Path(n): Path<String>, q: QueryParams) -> ApiResult<Json<RevisionDiff>> {
+pub async fn diff_revisions(
+    State(state): State<AppState>,
+    _auth: AuthContext,
+    Path(n): Path<String>,
+    q: QueryParams,
+) -> ApiResult<Json<RevisionDiff>> {
     let n = revision_number(&n)?;
     let against = q.int("against")?.unwrap_or(n - 1);
     let (_, to) = document_at(&state, n).await?;
@@ -120,14 +145,27 @@ pub async fn diff_revisions(State(state): State<AppState>, _auth: AuthContext, P
     }))
 }
 
-
 #[utoipa::path(post, path = "/api/v1/revisions/{n}/rollback", tag = "revisions", params(("n" = i64, Path, description = "Revision number", minimum = 1)),
     responses((status = 200, description = "The configuration of revision n is back in force, as a new revision", body = RollbackResult)))]
-pub async fn rollback(State(state): State<AppState>, auth: AuthContext, Path(n): Path<String>) -> ApiResult<Json<RollbackResult>> {
+pub async fn rollback(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(n): Path<String>,
+) -> ApiResult<Json<RollbackResult>> {
     auth.require(Role::Admin)?;
     let n = revision_number(&n)?;
     let (_, doc) = document_at(&state, n).await?;
-    let (changes, revision) =
-        apply_document(&state, &auth.actor, &doc, "config.rollback", &format!("rollback to revision {n}")).await?;
-    Ok(Json(RollbackResult { revision, rolled_back_to: n, changes }))
+    let (changes, revision) = apply_document(
+        &state,
+        &auth.actor,
+        &doc,
+        "config.rollback",
+        &format!("rollback to revision {n}"),
+    )
+    .await?;
+    Ok(Json(RollbackResult {
+        revision,
+        rolled_back_to: n,
+        changes,
+    }))
 }

@@ -53,7 +53,13 @@ pub struct MeResponse {
     pub api_key_id: Option<String>,
 }
 
-fn cookie_header(name: &str, value: &str, max_age: i64, http_only: bool, secure: bool) -> HeaderValue {
+fn cookie_header(
+    name: &str,
+    value: &str,
+    max_age: i64,
+    http_only: bool,
+    secure: bool,
+) -> HeaderValue {
     let mut c = format!("{name}={value}; Path=/; SameSite=Lax; Max-Age={max_age}");
     if http_only {
         c.push_str("; HttpOnly");
@@ -112,7 +118,10 @@ pub async fn login(
             };
             state
                 .store
-                .append_audit(&actor, AuditEvent::new("auth.login_failed", "session", None))
+                .append_audit(
+                    &actor,
+                    AuditEvent::new("auth.login_failed", "session", None),
+                )
                 .await?;
             return Err(ApiError::unauthorized("wrong user name or password"));
         }
@@ -146,8 +155,14 @@ pub async fn login(
     })
     .into_response();
     let h = resp.headers_mut();
-    h.append(header::SET_COOKIE, cookie_header(SESSION_COOKIE, &token, ttl, true, secure));
-    h.append(header::SET_COOKIE, cookie_header(CSRF_COOKIE, &csrf, ttl, false, secure));
+    h.append(
+        header::SET_COOKIE,
+        cookie_header(SESSION_COOKIE, &token, ttl, true, secure),
+    );
+    h.append(
+        header::SET_COOKIE,
+        cookie_header(CSRF_COOKIE, &csrf, ttl, false, secure),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
 }
@@ -161,8 +176,14 @@ pub async fn logout(State(state): State<AppState>, auth: AuthContext) -> ApiResu
     let secure = state.options.secure_cookies;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let h = resp.headers_mut();
-    h.append(header::SET_COOKIE, cookie_header(SESSION_COOKIE, "", 0, true, secure));
-    h.append(header::SET_COOKIE, cookie_header(CSRF_COOKIE, "", 0, false, secure));
+    h.append(
+        header::SET_COOKIE,
+        cookie_header(SESSION_COOKIE, "", 0, true, secure),
+    );
+    h.append(
+        header::SET_COOKIE,
+        cookie_header(CSRF_COOKIE, "", 0, false, secure),
+    );
     Ok(resp)
 }
 

@@ -24,7 +24,11 @@ fn respond(settings: &Settings, version: i64) -> Response {
 #[utoipa::path(get, path = "/api/v1/settings", tag = "settings",
     responses((status = 200, description = "The settings in force; ETag carries their version", body = Settings)))]
 pub async fn get(State(state): State<AppState>, _auth: AuthContext) -> ApiResult<Response> {
-    let (settings, version) = match state.store.get_resource(SETTINGS_KIND, SETTINGS_NAME).await? {
+    let (settings, version) = match state
+        .store
+        .get_resource(SETTINGS_KIND, SETTINGS_NAME)
+        .await?
+    {
         Some(r) => (
             serde_json::from_value::<Settings>(r.body)
                 .map_err(|e| ApiError::internal("stored settings do not parse", e))?,
@@ -45,10 +49,18 @@ pub async fn put(
 ) -> ApiResult<Response> {
     auth.require(Role::Admin)?;
     settings.validate()?;
-    let body = serde_json::to_value(&settings).map_err(|e| ApiError::internal("settings serialization", e))?;
+    let body = serde_json::to_value(&settings)
+        .map_err(|e| ApiError::internal("settings serialization", e))?;
     let (record, _revision) = state
         .store
-        .put_resource(&auth.actor, SETTINGS_KIND, SETTINGS_NAME, &body, expected, "update settings")
+        .put_resource(
+            &auth.actor,
+            SETTINGS_KIND,
+            SETTINGS_NAME,
+            &body,
+            expected,
+            "update settings",
+        )
         .await?;
     state.publish_current().await?;
     Ok(respond(&settings, record.version))

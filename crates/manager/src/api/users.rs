@@ -97,17 +97,24 @@ pub struct UpdateUser {
 }
 
 /// Distinguishes an explicit `null` (Some(None)) from an absent field (None).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
 fn validate_profile(display_name: &str, email: Option<&str>, e: &mut ValidationError) {
     if display_name.chars().count() > 100 || display_name.chars().any(char::is_control) {
-        e.push("display_name", "must be at most 100 characters without control characters");
+        e.push(
+            "display_name",
+            "must be at most 100 characters without control characters",
+        );
     }
     if let Some(email) = email {
         let ok = email.len() <= 254
-            && email.split_once('@').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())
+            && email
+                .split_once('@')
+                .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())
             && !email.chars().any(|c| c.is_whitespace() || c.is_control());
         if !ok {
             e.push("email", "must be an e-mail address like ops@example.com");
@@ -118,7 +125,9 @@ fn validate_profile(display_name: &str, email: Option<&str>, e: &mut ValidationE
 /// Only a super admin may create, change or remove super admins.
 fn may_manage(auth: &AuthContext, role: Role) -> ApiResult<()> {
     if role == Role::SuperAdmin && auth.role != Role::SuperAdmin {
-        return Err(ApiError::forbidden("only a super_admin can manage super_admin users"));
+        return Err(ApiError::forbidden(
+            "only a super_admin can manage super_admin users",
+        ));
     }
     Ok(())
 }
@@ -133,19 +142,33 @@ fn with_etag(status: StatusCode, u: &UserRecord) -> Response {
 
 #[utoipa::path(get, path = "/api/v1/users", tag = "users", params(PageParams),
     responses((status = 200, description = "Users, by name", body = ListEnvelope<UserView>)))]
-pub async fn list(State(state): State<AppState>, auth: AuthContext, Pagination(page): Pagination) -> ApiResult<Json<ListEnvelope<UserView>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Pagination(page): Pagination,
+) -> ApiResult<Json<ListEnvelope<UserView>>> {
     auth.require(Role::Admin)?;
     let p = state.store.list_users(page).await?;
-    Ok(Json(ListEnvelope::new(p.items.iter().map(UserView::from).collect(), p.total, page)))
+    Ok(Json(ListEnvelope::new(
+        p.items.iter().map(UserView::from).collect(),
+        p.total,
+        page,
+    )))
 }
 
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = CreateUser,
     responses((status = 201, description = "Created", body = UserView)))]
-pub async fn create(State(state): State<AppState>, auth: AuthContext, JsonBody(body): JsonBody<CreateUser>) -> ApiResult<Response> {
+pub async fn create(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    JsonBody(body): JsonBody<CreateUser>,
+) -> ApiResult<Response> {
     auth.require(Role::Admin)?;
     may_manage(&auth, body.role)?;
     let mut e = ValidationError::new();
-    let username = UserName::parse(&body.username).map_err(|m| e.push("username", m)).ok();
+    let username = UserName::parse(&body.username)
+        .map_err(|m| e.push("username", m))
+        .ok();
     validate_password("password", &body.password, &mut e);
     let display_name = body.display_name.unwrap_or_default();
     validate_profile(&display_name, body.email.as_deref(), &mut e);
@@ -185,7 +208,11 @@ async fn load(state: &AppState, id: &str) -> ApiResult<UserRecord> {
 
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", params(("id" = String, Path, description = "User id")),
     responses((status = 200, description = "The user", body = UserView)))]
-pub async fn get(State(state): State<AppState>, auth: AuthContext, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn get(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     auth.require(Role::Admin)?;
     Ok(with_etag(StatusCode::OK, &load(&state, &id).await?))
 }
@@ -239,7 +266,10 @@ pub async fn update(
     if let Some(p) = body.password {
         user.password_hash = hash_password_blocking(p).await?;
     }
-    let updated = state.store.update_user(&auth.actor, &user, expected).await?;
+    let updated = state
+        .store
+        .update_user(&auth.actor, &user, expected)
+        .await?;
     Ok(with_etag(StatusCode::OK, &updated))
 }
 

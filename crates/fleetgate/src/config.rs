@@ -1,0 +1,478 @@
+//! Start-up configuration: defaults, then the TOML file (`--config`), then
+//! `FLEETGATE_*` environment variables, then command-line flags — each later
+//! source overriding the earlier ones.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// Everything Fleetgate needs to start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the SQLite database, backups and certificates live.
+    pub data_dir: PathBuf,
+    pub manager: ManagerSection,
+    pub gateway: GatewaySection,
+    pub database: DatabaseSection,
+    pub redis: UrlSection,
+    pub nats: UrlSection,
+    pub shutdown: ShutdownSection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManagerSection {
+    /// Address of the manager API and dashboard.
+    pub listen: SocketAddr,
+    /// Largest accepted API request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Mark session cookies `Secure` (set when the API is behind HTTPS).
+    pub secure_cookies: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// Address of the HTTP gateway (`fleetgate serve` only).
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// `postgres://…` or `sqlite://…`; defaults to `sqlite://<data_dir>/fleetgate.db`.
+    pub url: Option<String>,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UrlSection {
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSection {
+    /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
+    pub drain_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// A tracing filter such as `info` or `fleetgate_manager=debug,info`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./fleetgate-data"),
+            manager: ManagerSection::default(),
+            gateway: GatewaySection::default(),
+            database: DatabaseSection::default(),
+            redis: UrlSection::default(),
+            nats: UrlSection::default(),
+            shutdown: ShutdownSection::default(),
+            log: LogSection::default(),
+        }
+    }
+}
+
+impl Default for ManagerSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3001)),
+            max_body_bytes: 1024 * 1024,
+            secure_cookies: false,
+        }
+    }
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
+    }
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        Self {
+            drain_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Int,
+    Bool,
+}
+
+/// The environment variables that override configuration keys.
+const ENV_KEYS: &[(&str, &str, Kind)] = &[
+    ("FLEETGATE_DATA_DIR", "data_dir", Kind::Text),
+    ("FLEETGATE_MANAGER_LISTEN", "manager.listen", Kind::Text),
+    (
+        "FLEETGATE_MANAGER_MAX_BODY_BYTES",
+        "manager.max_body_bytes",
+        Kind::Int,
+    ),
+    (
+        "FLEETGATE_MANAGER_SECURE_COOKIES",
+        "manager.secure_cookies",
+        Kind::Bool,
+    ),
+    ("FLEETGATE_GATEWAY_LISTEN", "gateway.listen", Kind::Text),
+    ("FLEETGATE_DATABASE_URL", "database.url", Kind::Text),
+    (
+        "FLEETGATE_DATABASE_MAX_CONNECTIONS",
+        "database.max_connections",
+        Kind::Int,
+    ),
+    ("FLEETGATE_REDIS_URL", "redis.url", Kind::Text),
+    ("FLEETGATE_NATS_URL", "nats.url", Kind::Text),
+    (
+        "FLEETGATE_SHUTDOWN_DRAIN_TIMEOUT_SECS",
+        "shutdown.drain_timeout_secs",
+        Kind::Int,
+    ),
+    ("FLEETGATE_LOG_LEVEL", "log.level", Kind::Text),
+    ("FLEETGATE_LOG_FORMAT", "log.format", Kind::Text),
+];
+
+/// Variables read elsewhere (secrets, the config path, tests), not config keys.
+const OTHER_VARS: &[&str] = &[
+    "FLEETGATE_CONFIG",
+    "FLEETGATE_ADMIN_PASSWORD",
+    "FLEETGATE_BOOTSTRAP_TOKEN",
+];
+
+/// Flags that override the file and environment.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Data directory (SQLite database, backups).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Manager API address.
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub manager_listen: Option<SocketAddr>,
+    /// Gateway address (`serve` only).
+    #[arg(long, value_name = "ADDR")]
+    pub gateway_listen: Option<SocketAddr>,
+    /// Store URL: postgres://… or sqlite://…
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Redis URL for cluster-wide rate limits.
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// NATS URL for the event bus between manager replicas.
+    #[arg(long, value_name = "URL")]
+    pub nats_url: Option<String>,
+}
+
+impl Config {
+    /// Loads the configuration from its sources in order of precedence.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> anyhow::Result<Self> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("config file {} is not valid TOML", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            if !name.starts_with("FLEETGATE_")
+                || name.starts_with("FLEETGATE_TEST_")
+                || OTHER_VARS.contains(&name.as_str())
+            {
+                continue;
+            }
+            let Some((_, key, kind)) = ENV_KEYS.iter().find(|(n, _, _)| *n == name) else {
+                bail!(
+                    "unknown environment variable {name}: known are {}",
+                    env_names()
+                );
+            };
+            let v = match kind {
+                Kind::Text => toml::Value::String(value),
+                Kind::Int => toml::Value::Integer(
+                    value
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("{name} must be an integer, got {value:?}"))?,
+                ),
+                Kind::Bool => toml::Value::Boolean(match value.trim() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    other => bail!("{name} must be true or false, got {other:?}"),
+                }),
+            };
+            set_path(&mut table, key, v);
+        }
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                anyhow::anyhow!("invalid configuration: {}", e.message().trim())
+            })
+            .context("configuration rejected")?;
+        if let Some(v) = &flags.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = flags.manager_listen {
+            config.manager.listen = v;
+        }
+        if let Some(v) = flags.gateway_listen {
+            config.gateway.listen = v;
+        }
+        if let Some(v) = &flags.database_url {
+            config.database.url = Some(v.clone());
+        }
+        if let Some(v) = &flags.redis_url {
+            config.redis.url = Some(v.clone());
+        }
+        if let Some(v) = &flags.nats_url {
+            config.nats.url = Some(v.clone());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot check.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.database.url {
+            fleetgate_store::Backend::from_url(url)
+                .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+        }
+        if self.database.max_connections == 0 || self.database.max_connections > 1000 {
+            bail!("database.max_connections must be between 1 and 1000");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!(
+                "log.format must be \"text\" or \"json\", got {:?}",
+                self.log.format
+            );
+        }
+        if self.manager.max_body_bytes < 1024 {
+            bail!("manager.max_body_bytes must be at least 1024");
+        }
+        for (name, url) in [("redis.url", &self.redis.url), ("nats.url", &self.nats.url)] {
+            if let Some(u) = url {
+                if !u.contains("://") {
+                    bail!("{name} must be a URL such as redis://127.0.0.1:6379, got {u:?}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The store URL in force.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("fleetgate.db").display()),
+        }
+    }
+
+    /// The effective configuration as TOML, with passwords in URLs replaced by `***`.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        c.database.url = Some(redact_url(&self.database_url()));
+        c.redis.url = c.redis.url.as_deref().map(redact_url);
+        c.nats.url = c.nats.url.as_deref().map(redact_url);
+        toml::to_string_pretty(&c).unwrap_or_default()
+    }
+}
+
+fn env_names() -> String {
+    ENV_KEYS
+        .iter()
+        .map(|(n, _, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) {
+    match path.split_once('.') {
+        None => {
+            table.insert(path.to_string(), value);
+        }
+        Some((head, rest)) => {
+            let entry = table
+                .entry(head.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(t) = entry {
+                set_path(t, rest, value);
+            }
+        }
+    }
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host`; also hides `password=` query values.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                let start = rest_start + colon + 1;
+                out.replace_range(start..rest_start + at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (base, query) = out.split_at(q + 1);
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out = format!("{base}{}", redacted.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ports() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).expect("defaults");
+        assert_eq!(c.manager.listen.to_string(), "127.0.0.1:3001");
+        assert_eq!(c.gateway.listen.to_string(), "0.0.0.0:8080");
+        assert!(c.database_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.toml");
+        std::fs::write(&path, "data_dir = \"/from/file\"\n[manager]\nlisten = \"127.0.0.1:1111\"\n[shutdown]\ndrain_timeout_secs = 5\n").expect("write");
+        let c = Config::load(Some(&path), env(&[]), &Overrides::default()).expect("file");
+        assert_eq!(c.manager.listen.port(), 1111);
+        assert_eq!(c.shutdown.drain_timeout_secs, 5);
+        let e = env(&[
+            ("FLEETGATE_MANAGER_LISTEN", "127.0.0.1:2222"),
+            ("FLEETGATE_SHUTDOWN_DRAIN_TIMEOUT_SECS", "9"),
+            ("FLEETGATE_ADMIN_PASSWORD", "x"),
+            ("PATH", "/bin"),
+        ]);
+        let c = Config::load(Some(&path), e.clone(), &Overrides::default()).expect("env");
+        assert_eq!(c.manager.listen.port(), 2222);
+        assert_eq!(c.shutdown.drain_timeout_secs, 9);
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        let flags = Overrides {
+            manager_listen: Some("127.0.0.1:3333".parse().expect("addr")),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&path), e, &flags).expect("flags");
+        assert_eq!(c.manager.listen.port(), 3333);
+    }
+
+    #[test]
+    fn rejects_bad_input_naming_it() {
+        let bad = Config::load(
+            None,
+            env(&[("FLEETGATE_SHUTDOWN_DRAIN_TIMEOUT_SECS", "soon")]),
+            &Overrides::default(),
+        );
+        assert!(format!("{:#}", bad.expect_err("bad int"))
+            .contains("FLEETGATE_SHUTDOWN_DRAIN_TIMEOUT_SECS"));
+        let bad = Config::load(None, env(&[("FLEETGATE_NOPE", "1")]), &Overrides::default());
+        assert!(format!("{:#}", bad.expect_err("unknown")).contains("FLEETGATE_NOPE"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.toml");
+        std::fs::write(&path, "[manager]\nlisten = 5\n").expect("write");
+        let err = format!(
+            "{:#}",
+            Config::load(Some(&path), env(&[]), &Overrides::default()).expect_err("type")
+        );
+        assert!(err.contains("listen"), "{err}");
+        std::fs::write(&path, "[managr]\n").expect("write");
+        let err = format!(
+            "{:#}",
+            Config::load(Some(&path), env(&[]), &Overrides::default()).expect_err("unknown")
+        );
+        assert!(err.contains("managr"), "{err}");
+        let bad = Config::load(
+            None,
+            env(&[("FLEETGATE_DATABASE_URL", "mysql://x")]),
+            &Overrides::default(),
+        );
+        assert!(format!("{:#}", bad.expect_err("scheme")).contains("database.url"));
+    }
+
+    #[test]
+    fn redacts_secrets() {
+        assert_eq!(
+            redact_url("postgres://fg:s3cret@db:5432/fg?sslmode=require&password=x"),
+            "postgres://fg:***@db:5432/fg?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url("redis://:pw@127.0.0.1:6379"),
+            "redis://:***@127.0.0.1:6379"
+        );
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        let c = Config {
+            database: DatabaseSection {
+                url: Some("postgres://u:hunter2@h/db".into()),
+                max_connections: 8,
+            },
+            ..Default::default()
+        };
+        let text = c.redacted_toml();
+        assert!(!text.contains("hunter2"));
+        assert!(text.contains("u:***@h"));
+    }
+}

@@ -1,0 +1,241 @@
+//! The `fleetgate` binary's assembly: configuration, logging, and the roles it runs
+//! (`serve` = manager + built-in gateway, `manager`), with graceful shutdown.
+
+pub mod config;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fleetgate_manager::{AppState, ManagerOptions};
+use fleetgate_proxy::Gateway;
+use fleetgate_store::{SqlStore, Store, StoreOptions};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+pub use config::Config;
+
+/// Secrets read from the environment at first start.
+#[derive(Debug, Clone, Default)]
+pub struct BootstrapSecrets {
+    pub admin_password: Option<String>,
+    pub bootstrap_token: Option<String>,
+}
+
+impl BootstrapSecrets {
+    pub fn from_env() -> Self {
+        Self {
+            admin_password: std::env::var("FLEETGATE_ADMIN_PASSWORD").ok(),
+            bootstrap_token: std::env::var("FLEETGATE_BOOTSTRAP_TOKEN").ok(),
+        }
+    }
+}
+
+/// Opens the store named by the configuration and applies its migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
+    let mut options = StoreOptions::new(config.database_url());
+    options.max_connections = config.database.max_connections;
+    let store = SqlStore::open(&options).await.with_context(|| {
+        format!(
+            "cannot open the store at {}",
+            config::redact_url(&options.url)
+        )
+    })?;
+    store
+        .migrate()
+        .await
+        .context("cannot apply store migrations")?;
+    Ok(store)
+}
+
+/// A running Fleetgate: its bound addresses and a handle to stop it.
+pub struct Running {
+    pub manager_addr: SocketAddr,
+    pub gateway_addr: Option<SocketAddr>,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests, closes the store.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.context("server task panicked")?
+    }
+
+    /// Waits until the server ends by itself (for `main`).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task panicked")?
+    }
+}
+
+/// Starts the manager (and the gateway when `with_gateway`) on the configured
+/// addresses; returns once both listen. `shutdown` ends them gracefully.
+pub async fn start(
+    config: Config,
+    secrets: BootstrapSecrets,
+    with_gateway: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    let store = Arc::new(open_store(&config).await?);
+    let boot = fleetgate_manager::bootstrap(
+        store.as_ref(),
+        secrets.admin_password.as_deref(),
+        secrets.bootstrap_token.as_deref(),
+    )
+    .await
+    .context("first-start setup failed")?;
+    if let Some(pw) = &boot.generated_admin_password {
+        // Shown exactly once, at the start that created the account.
+        eprintln!(
+            "\n  Fleetgate created the user `admin` with the generated password:\n\n      {pw}\n\n  It is not shown again. Log in and change it, or set FLEETGATE_ADMIN_PASSWORD before the first start.\n"
+        );
+        tracing::warn!("created user admin with a generated password (printed once on stderr)");
+    } else if boot.created_admin {
+        tracing::info!("created user admin with the password from FLEETGATE_ADMIN_PASSWORD");
+    }
+    if boot.created_bootstrap_key {
+        tracing::info!("created the bootstrap API key from FLEETGATE_BOOTSTRAP_TOKEN");
+    }
+
+    let options = ManagerOptions {
+        data_dir: config.data_dir.clone(),
+        max_body_bytes: config.manager.max_body_bytes,
+        secure_cookies: config.manager.secure_cookies,
+        redis_url: config.redis.url.clone(),
+        nats_url: config.nats.url.clone(),
+    };
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let state = AppState::new(dyn_store, options).await?;
+
+    let manager_listener = TcpListener::bind(config.manager.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (manager.listen)",
+                config.manager.listen
+            )
+        })?;
+    let manager_addr = manager_listener.local_addr()?;
+    let gateway = if with_gateway {
+        let l = TcpListener::bind(config.gateway.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (gateway.listen)",
+                    config.gateway.listen
+                )
+            })?;
+        Some(l)
+    } else {
+        None
+    };
+    let gateway_addr = gateway.as_ref().map(TcpListener::local_addr).transpose()?;
+
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (down_tx, down_rx) = watch::channel(false);
+    let background = state.spawn_background(down_rx.clone());
+    let drain = Duration::from_secs(config.shutdown.drain_timeout_secs);
+    let app = fleetgate_manager::router(state.clone());
+    let gw = Gateway::new(state.subscribe());
+    let task_state = state.clone();
+
+    let task = tokio::spawn(async move {
+        let mut down = down_rx.clone();
+        let manager = axum::serve(
+            manager_listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = down.wait_for(|d| *d).await;
+        });
+        let manager_task = tokio::spawn(async move { manager.await });
+        let gateway_task = gateway.map(|l| {
+            let mut down = down_rx.clone();
+            tokio::spawn(gw.serve(
+                l,
+                async move {
+                    let _ = down.wait_for(|d| *d).await;
+                },
+                drain,
+            ))
+        });
+        tokio::select! {
+            () = shutdown => {}
+            _ = stop_rx => {}
+        }
+        tracing::info!("shutting down: no new connections; draining in-flight requests");
+        let _ = down_tx.send(true);
+        match tokio::time::timeout(drain, manager_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "manager server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "manager server task failed"),
+            Err(_) => tracing::warn!("manager drain timed out; closing remaining connections"),
+        }
+        if let Some(t) = gateway_task {
+            let _ = t.await;
+        }
+        let _ = background.await;
+        task_state.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    });
+
+    tracing::info!(%manager_addr, gateway = ?gateway_addr, store = store.backend().as_str(), "fleetgate is running");
+    Ok(Running {
+        manager_addr,
+        gateway_addr,
+        state,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// Installs the log subscriber (stderr, text or JSON lines).
+pub fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&config.log.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if config.log.format == "json" {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}
