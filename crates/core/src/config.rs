@@ -20,6 +20,7 @@ pub const FORMAT_VERSION: u32 = 1;
 #[serde(deny_unknown_fields)]
 pub struct ConfigDocument {
     /// Always 1 for this release.
+    #[schema(minimum = 1, maximum = 1)]
     pub format_version: u32,
     #[serde(default)]
     pub settings: Settings,

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use crate::ValidationError;
 
 /// All runtime settings. Missing sections and fields take their defaults.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub general: GeneralSettings,
@@ -22,7 +22,13 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct GeneralSettings {
-    /// Shown in the dashboard title and in exported documents' context.
+    /// Shown in the dashboard title and in exported documents' context;
+    /// 1 to 100 characters without control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*\S[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub instance_name: String,
 }
 
@@ -30,10 +36,13 @@ pub struct GeneralSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct SecuritySettings {
     /// Lifetime of a browser session, in seconds (300 s to 30 days).
+    #[schema(minimum = 300, maximum = 2_592_000)]
     pub session_ttl_secs: u64,
     /// Failed logins allowed per client IP within `login_window_secs` (1 to 100).
+    #[schema(minimum = 1, maximum = 100)]
     pub login_max_failures: u32,
     /// Window of the login limit, in seconds (10 to 3600).
+    #[schema(minimum = 10, maximum = 3600)]
     pub login_window_secs: u64,
 }
 
@@ -41,6 +50,7 @@ pub struct SecuritySettings {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
     /// Requests per minute per API key or session on `/api/*`; 0 turns the limit off.
+    #[schema(minimum = 0, maximum = 1_000_000)]
     pub rate_limit_per_minute: u32,
 }
 
@@ -48,26 +58,15 @@ pub struct ApiSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSettings {
     /// Days an audit entry is kept (1 to 3650).
+    #[schema(minimum = 1, maximum = 3650)]
     pub retention_days: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookSettings {
     /// Allow webhook destinations on loopback and private addresses.
     pub allow_private_targets: bool,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            general: GeneralSettings::default(),
-            security: SecuritySettings::default(),
-            api: ApiSettings::default(),
-            audit: AuditSettings::default(),
-            webhooks: WebhookSettings::default(),
-        }
-    }
 }
 
 impl Default for GeneralSettings {
@@ -99,15 +98,6 @@ impl Default for ApiSettings {
 impl Default for AuditSettings {
     fn default() -> Self {
         Self { retention_days: 90 }
-    }
-}
-
-#[allow(clippy::derivable_impls)]
-impl Default for WebhookSettings {
-    fn default() -> Self {
-        Self {
-            allow_private_targets: false,
-        }
     }
 }
 

@@ -244,12 +244,17 @@ impl Config {
             };
             set_path(&mut table, key, v);
         }
-        let mut config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| {
-                anyhow::anyhow!("invalid configuration: {}", e.message().trim())
-            })
-            .context("configuration rejected")?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let msg = inner.message().trim().to_string();
+                if path == "." {
+                    anyhow::anyhow!("invalid configuration: {msg}")
+                } else {
+                    anyhow::anyhow!("invalid configuration at {path}: {msg}")
+                }
+            })?;
         if let Some(v) = &flags.data_dir {
             config.data_dir = v.clone();
         }

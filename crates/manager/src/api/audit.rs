@@ -80,7 +80,7 @@ pub struct AuditQuery {
     until: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
+#[utoipa::path(get, path = "/api/v1/audit", operation_id = "list_audit", tag = "audit", params(AuditQuery),
     responses((status = 200, description = "Audit entries, newest first", body = ListEnvelope<AuditView>)))]
 pub async fn list(
     State(state): State<AppState>,

@@ -17,9 +17,10 @@ use crate::AppState;
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct BackupRequest {
-    /// 1 to 64 characters of `[A-Za-z0-9_.-]`, not starting with a dot;
-    /// defaults to `fleetgate-<UTC time>`.
+    /// 1 to 64 characters of `[A-Za-z0-9_.-]`, not starting with a dot and
+    /// without `..`; defaults to `fleetgate-<UTC time>`.
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")]
     pub name: Option<String>,
 }
 
@@ -49,7 +50,7 @@ fn extension(backend: Backend) -> &'static str {
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/settings/backup", tag = "settings", request_body(content = Option<BackupRequest>, description = "Optional; an empty body picks a name"),
+#[utoipa::path(post, path = "/api/v1/settings/backup", operation_id = "create_backup", tag = "settings", request_body(content = Option<BackupRequest>, description = "Optional; an empty body picks a name"),
     responses((status = 201, description = "The backup was written", body = BackupView)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -104,7 +105,7 @@ fn chrono_name(ms: i64) -> String {
         + "Z"
 }
 
-#[utoipa::path(get, path = "/api/v1/settings/backups", tag = "settings",
+#[utoipa::path(get, path = "/api/v1/settings/backups", operation_id = "list_backups", tag = "settings",
     responses((status = 200, description = "Backups on this host, newest first", body = ListEnvelope<BackupView>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -142,7 +143,7 @@ pub async fn list(
             ));
         }
     }
-    items.sort_by(|a, b| b.0.cmp(&a.0));
+    items.sort_by_key(|item| std::cmp::Reverse(item.0));
     let total = items.len() as i64;
     let items: Vec<_> = items.into_iter().map(|(_, v)| v).collect();
     let page = fleetgate_store::PageRequest {

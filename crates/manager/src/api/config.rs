@@ -66,7 +66,7 @@ pub async fn apply_document(
     Ok((changes, Some(revision)))
 }
 
-#[utoipa::path(get, path = "/api/v1/export", tag = "config",
+#[utoipa::path(get, path = "/api/v1/export", operation_id = "export_config", tag = "config",
     responses((status = 200, description = "All configuration as one document", body = ConfigDocument)))]
 pub async fn export(
     State(state): State<AppState>,
@@ -75,7 +75,7 @@ pub async fn export(
     Ok(Json(current_document(&state).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/import", tag = "config", params(ImportQuery), request_body = ConfigDocument,
+#[utoipa::path(post, path = "/api/v1/import", operation_id = "import_config", tag = "config", params(ImportQuery), request_body = ConfigDocument,
     responses((status = 200, description = "Imported (or validated, for a dry run)", body = ImportResult)))]
 pub async fn import(
     State(state): State<AppState>,

@@ -45,7 +45,12 @@ impl From<&ApiKeyRecord> for ApiKeyView {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
-    /// 1 to 100 characters.
+    /// 1 to 100 characters (surrounding spaces are trimmed), no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*\S[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
     /// At most the creator's role; defaults to it.
     #[serde(default)]
@@ -60,7 +65,7 @@ pub struct CreatedApiKey {
     pub key: String,
 }
 
-#[utoipa::path(get, path = "/api/v1/api-keys", tag = "api-keys", params(PageParams),
+#[utoipa::path(get, path = "/api/v1/api-keys", operation_id = "list_api_keys", tag = "api-keys", params(PageParams),
     responses((status = 200, description = "Your keys (all keys for admins)", body = ListEnvelope<ApiKeyView>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -83,7 +88,7 @@ pub async fn list(
     )))
 }
 
-#[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys", request_body = CreateApiKey,
+#[utoipa::path(post, path = "/api/v1/api-keys", operation_id = "create_api_key", tag = "api-keys", request_body = CreateApiKey,
     responses((status = 201, description = "Created; the key is in this response only", body = CreatedApiKey)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -125,7 +130,7 @@ pub async fn create(
     ))
 }
 
-#[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "Key id")),
+#[utoipa::path(delete, path = "/api/v1/api-keys/{id}", operation_id = "delete_api_key", tag = "api-keys", params(("id" = String, Path, description = "Key id")),
     responses((status = 204, description = "Revoked")))]
 pub async fn delete(
     State(state): State<AppState>,

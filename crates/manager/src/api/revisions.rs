@@ -94,7 +94,7 @@ fn revision_number(raw: &str) -> ApiResult<i64> {
     })
 }
 
-#[utoipa::path(get, path = "/api/v1/revisions", tag = "revisions", params(PageParams),
+#[utoipa::path(get, path = "/api/v1/revisions", operation_id = "list_revisions", tag = "revisions", params(PageParams),
     responses((status = 200, description = "Revisions, newest first", body = ListEnvelope<RevisionView>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -109,7 +109,7 @@ pub async fn list(
     )))
 }
 
-#[utoipa::path(get, path = "/api/v1/revisions/{n}", tag = "revisions", params(("n" = i64, Path, description = "Revision number", minimum = 1)),
+#[utoipa::path(get, path = "/api/v1/revisions/{n}", operation_id = "get_revision", tag = "revisions", params(("n" = i64, Path, description = "Revision number", minimum = 1)),
     responses((status = 200, description = "The revision and its whole configuration", body = RevisionDetail)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -125,7 +125,7 @@ pub async fn get(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/revisions/{n}/diff", tag = "revisions",
+#[utoipa::path(get, path = "/api/v1/revisions/{n}/diff", operation_id = "diff_revisions", tag = "revisions",
     params(("n" = i64, Path, description = "Revision number", minimum = 1), DiffQuery),
     responses((status = 200, description = "What changed from `against` to `n`", body = RevisionDiff)))]
 pub async fn diff_revisions(
@@ -145,7 +145,7 @@ pub async fn diff_revisions(
     }))
 }
 
-#[utoipa::path(post, path = "/api/v1/revisions/{n}/rollback", tag = "revisions", params(("n" = i64, Path, description = "Revision number", minimum = 1)),
+#[utoipa::path(post, path = "/api/v1/revisions/{n}/rollback", operation_id = "rollback_revision", tag = "revisions", params(("n" = i64, Path, description = "Revision number", minimum = 1)),
     responses((status = 200, description = "The configuration of revision n is back in force, as a new revision", body = RollbackResult)))]
 pub async fn rollback(
     State(state): State<AppState>,

@@ -21,7 +21,7 @@ fn respond(settings: &Settings, version: i64) -> Response {
     resp
 }
 
-#[utoipa::path(get, path = "/api/v1/settings", tag = "settings",
+#[utoipa::path(get, path = "/api/v1/settings", operation_id = "get_settings", tag = "settings",
     responses((status = 200, description = "The settings in force; ETag carries their version", body = Settings)))]
 pub async fn get(State(state): State<AppState>, _auth: AuthContext) -> ApiResult<Response> {
     let (settings, version) = match state
@@ -39,7 +39,7 @@ pub async fn get(State(state): State<AppState>, _auth: AuthContext) -> ApiResult
     Ok(respond(&settings, version))
 }
 
-#[utoipa::path(put, path = "/api/v1/settings", tag = "settings", request_body = Settings,
+#[utoipa::path(put, path = "/api/v1/settings", operation_id = "put_settings", tag = "settings", request_body = Settings,
     responses((status = 200, description = "Saved as a new revision", body = Settings)))]
 pub async fn put(
     State(state): State<AppState>,

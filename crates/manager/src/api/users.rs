@@ -56,14 +56,21 @@ impl From<&UserRecord> for UserView {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// 1 to 64 characters of `[A-Za-z0-9_.@-]`.
+    #[schema(pattern = r"^[A-Za-z0-9_.@-]{1,64}$")]
     pub username: String,
+    /// 8 to 256 characters.
+    #[schema(min_length = 8, max_length = 256)]
     pub password: String,
     /// Defaults to `viewer`.
     #[serde(default = "default_role")]
     pub role: Role,
+    /// At most 100 characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub display_name: Option<String>,
     #[serde(default)]
+    #[schema(format = Email, max_length = 254)]
     pub email: Option<String>,
     #[serde(default)]
     pub allowed_node_ids: Option<Vec<String>>,
@@ -79,15 +86,18 @@ fn default_role() -> Role {
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_.@-]{1,64}$")]
     pub username: Option<String>,
     #[serde(default)]
+    #[schema(min_length = 8, max_length = 256)]
     pub password: Option<String>,
     #[serde(default)]
     pub role: Option<Role>,
     #[serde(default)]
+    #[schema(max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub display_name: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = Email, max_length = 254)]
     pub email: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Vec<String>>)]
@@ -140,7 +150,7 @@ fn with_etag(status: StatusCode, u: &UserRecord) -> Response {
     resp
 }
 
-#[utoipa::path(get, path = "/api/v1/users", tag = "users", params(PageParams),
+#[utoipa::path(get, path = "/api/v1/users", operation_id = "list_users", tag = "users", params(PageParams),
     responses((status = 200, description = "Users, by name", body = ListEnvelope<UserView>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -156,7 +166,7 @@ pub async fn list(
     )))
 }
 
-#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = CreateUser,
+#[utoipa::path(post, path = "/api/v1/users", operation_id = "create_user", tag = "users", request_body = CreateUser,
     responses((status = 201, description = "Created", body = UserView)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -206,7 +216,7 @@ async fn load(state: &AppState, id: &str) -> ApiResult<UserRecord> {
         .ok_or_else(|| ApiError::not_found(format!("user {id}")))
 }
 
-#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", params(("id" = String, Path, description = "User id")),
+#[utoipa::path(get, path = "/api/v1/users/{id}", operation_id = "get_user", tag = "users", params(("id" = String, Path, description = "User id")),
     responses((status = 200, description = "The user", body = UserView)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -217,7 +227,7 @@ pub async fn get(
     Ok(with_etag(StatusCode::OK, &load(&state, &id).await?))
 }
 
-#[utoipa::path(put, path = "/api/v1/users/{id}", tag = "users", params(("id" = String, Path, description = "User id")),
+#[utoipa::path(put, path = "/api/v1/users/{id}", operation_id = "update_user", tag = "users", params(("id" = String, Path, description = "User id")),
     request_body = UpdateUser,
     responses((status = 200, description = "Updated", body = UserView)))]
 pub async fn update(
@@ -273,7 +283,7 @@ pub async fn update(
     Ok(with_etag(StatusCode::OK, &updated))
 }
 
-#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", params(("id" = String, Path, description = "User id")),
+#[utoipa::path(delete, path = "/api/v1/users/{id}", operation_id = "delete_user", tag = "users", params(("id" = String, Path, description = "User id")),
     responses((status = 204, description = "Deleted, with the user's sessions and API keys")))]
 pub async fn delete(
     State(state): State<AppState>,

@@ -1,0 +1,131 @@
+//! Two managers on one PostgreSQL: no state lives only in one process.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::{config_in, postgres_schema_url, spawn_with, ADMIN_PASSWORD};
+
+#[tokio::test]
+async fn two_managers_share_sessions_limits_and_revisions() {
+    let Some(url) = postgres_schema_url().await else {
+        return;
+    };
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let mut ca = config_in(dir_a.path());
+    ca.database.url = Some(url.clone());
+    let mut cb = config_in(dir_b.path());
+    cb.database.url = Some(url);
+    // Both start at once: first-start setup must not trip over itself.
+    let (a, b) = tokio::join!(spawn_with(ca, dir_a), spawn_with(cb, dir_b));
+    assert_eq!(a.get_json("/health").await["store"], "postgres");
+    assert_eq!(
+        a.get_json("/api/v1/users").await["total"],
+        1,
+        "exactly one admin was created"
+    );
+
+    // A session made on A works on B, CSRF included.
+    // reqwest's jar is per host:port, so replay the cookies to B by hand.
+    let jar_cookies = login_cookies(&a.url("/api/v1/auth/login")).await;
+    let me = Client::new()
+        .get(b.url("/api/v1/auth/me"))
+        .header("cookie", &jar_cookies.0)
+        .send()
+        .await
+        .expect("me on B");
+    assert_eq!(me.status(), StatusCode::OK);
+    let put = Client::new()
+        .put(b.url("/api/v1/settings"))
+        .header("cookie", &jar_cookies.0)
+        .header("x-csrf-token", &jar_cookies.1)
+        .json(&json!({"general": {"instance_name": "from-b"}}))
+        .send()
+        .await
+        .expect("put on B");
+    assert_eq!(put.status(), StatusCode::OK);
+
+    // A sees B's change at once through the store, and its data plane follows.
+    assert_eq!(
+        a.get_json("/api/v1/settings").await["general"]["instance_name"],
+        "from-b"
+    );
+    let state_a = a.running.as_ref().expect("running").state.clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state_a.settings().general.instance_name != "from-b" {
+        assert!(
+            Instant::now() < deadline,
+            "manager A never picked up revision made on B"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Concurrent changes through both managers get distinct, dense revision numbers.
+    let writes = (0..10).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        app.admin(Method::PUT, "/api/v1/settings")
+            .json(&json!({"general": {"instance_name": format!("w{i}")}}))
+            .send()
+    });
+    for r in futures::future::join_all(writes).await {
+        assert_eq!(r.expect("put").status(), StatusCode::OK);
+    }
+    let revs = a.get_json("/api/v1/revisions?limit=100").await;
+    let mut numbers: Vec<i64> = revs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|r| r["number"].as_i64().expect("n"))
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=11).collect::<Vec<_>>());
+
+    // Failed logins count across managers: 3 on A and 2 on B use up the budget.
+    for (app, n) in [(&a, 3), (&b, 2)] {
+        for _ in 0..n {
+            let r = Client::new()
+                .post(app.url("/api/v1/auth/login"))
+                .json(&json!({"username": "admin", "password": "nope-nope"}))
+                .send()
+                .await
+                .expect("login");
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        }
+    }
+    let r = Client::new()
+        .post(a.url("/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Logs in and returns the `Cookie` header value and the CSRF token.
+async fn login_cookies(login_url: &str) -> (String, String) {
+    let r = Client::new()
+        .post(login_url)
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .expect("login");
+    let cookies: Vec<String> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|c| c.split(';').next())
+        .map(str::to_string)
+        .collect();
+    let body: Value = r.json().await.expect("json");
+    (
+        cookies.join("; "),
+        body["csrf_token"].as_str().expect("csrf").to_string(),
+    )
+}

@@ -1,0 +1,12 @@
+//! The manager API, tested through the real server: `fleetgate::start` on port 0,
+//! real HTTP, a real database (SQLite in a temp dir; PostgreSQL in its own schema
+//! where a case says so and `FLEETGATE_TEST_POSTGRES_URL` is set). One binary.
+
+mod auth;
+mod cluster;
+mod config;
+mod conventions;
+mod health;
+mod process;
+mod support;
+mod users;

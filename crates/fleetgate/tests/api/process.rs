@@ -1,0 +1,381 @@
+//! The `fleetgate` binary as a process: subcommands, first-start password,
+//! graceful shutdown on SIGTERM, and consistency after `kill -9` mid-write.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::TOKEN;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn command(data: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLEETGATE_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("FLEETGATE_DATA_DIR", data)
+        .env("FLEETGATE_LOG_LEVEL", "info");
+    c
+}
+
+struct Proc {
+    child: Child,
+    port: u16,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn start(data: &Path, extra_env: &[(&str, &str)]) -> Proc {
+        let port = free_port();
+        let gw = free_port();
+        let mut c = command(data);
+        c.args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--gateway-listen",
+            &format!("127.0.0.1:{gw}"),
+        ])
+        .env("FLEETGATE_BOOTSTRAP_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().expect("spawn fleetgate");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let pipe = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().expect("lock");
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let p = Proc {
+            child,
+            port,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http(p.port, "GET", "/health", None, &[]).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "fleetgate did not start:\n{}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fleetgate did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal blocking HTTP/1.1 exchange; returns status and body.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn bearer() -> (&'static str, String) {
+    ("Authorization", format!("Bearer {TOKEN}"))
+}
+
+#[test]
+fn version_and_config_check() {
+    let out = Command::new(BIN).arg("version").output().expect("run");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("fleetgate {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("fleetgate.toml");
+    std::fs::write(&file, "[database]\nurl = \"postgres://fg:hunter2@db.internal/fg\"\n[manager]\nlisten = \"127.0.0.1:4000\"\n").expect("write");
+    let out = command(dir.path())
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .env("FLEETGATE_GATEWAY_LISTEN", "127.0.0.1:9090")
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("postgres://fg:***@db.internal/fg"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2"));
+    assert!(
+        stdout.contains("127.0.0.1:4000") && stdout.contains("127.0.0.1:9090"),
+        "{stdout}"
+    );
+
+    std::fs::write(&file, "[manager]\nlisten = \"not an address\"\n").expect("write");
+    let out = command(dir.path())
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("listen") || stderr.contains("address"),
+        "{stderr}"
+    );
+    let out = command(dir.path())
+        .args(["config", "check"])
+        .env("FLEETGATE_LOG_FORMAT", "xml")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log.format"));
+}
+
+#[test]
+fn migrate_prepares_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = command(dir.path()).arg("migrate").output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[1]"));
+    assert!(dir.path().join("fleetgate.db").exists());
+}
+
+#[test]
+fn first_start_prints_a_generated_password_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut p = Proc::start(dir.path(), &[]);
+    let log = p.log();
+    let password = log
+        .lines()
+        .skip_while(|l| !l.contains("generated password"))
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.contains("generated password"))
+        .expect("password line")
+        .to_string();
+    let (status, _) = http(
+        p.port,
+        "POST",
+        "/api/v1/auth/login",
+        Some(&json!({"username": "admin", "password": password})),
+        &[],
+    )
+    .expect("login");
+    assert_eq!(status, 200);
+    p.signal("-TERM");
+    assert!(p.wait_exit(Duration::from_secs(15)).success());
+    let mut p = Proc::start(dir.path(), &[]);
+    assert!(
+        !p.log().contains(&password),
+        "the password is shown only at the first start"
+    );
+    p.signal("-TERM");
+    assert!(p.wait_exit(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut p = Proc::start(dir.path(), &[]);
+    // Send half of a request body, then SIGTERM, then the rest: the request
+    // started before the signal must still be answered.
+    let body = json!({"general": {"instance_name": "drained"}}).to_string();
+    let (head, tail) = body.split_at(body.len() / 2);
+    let mut s = TcpStream::connect(("127.0.0.1", p.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "PUT /api/v1/settings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+        body.len()
+    )
+    .expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal("-TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    // New connections are refused once shutdown began.
+    assert!(
+        http(p.port, "GET", "/health", None, &[]).is_none(),
+        "still accepting after SIGTERM"
+    );
+    s.write_all(tail.as_bytes()).expect("write rest");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("response");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let status = p.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}\n{}", p.log());
+    // The change is durable.
+    let p = Proc::start(dir.path(), &[]);
+    let (_, body) = http(
+        p.port,
+        "GET",
+        "/api/v1/settings",
+        None,
+        &[(bearer().0, &bearer().1)],
+    )
+    .expect("get");
+    assert!(body.contains("drained"), "{body}");
+}
+
+#[test]
+fn kill_9_during_writes_leaves_a_consistent_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut p = Proc::start(dir.path(), &[]);
+    let port = p.port;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut i = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 10_000 {
+                    let body = if w % 2 == 0 {
+                        json!({"general": {"instance_name": format!("w{w}-{i}")}})
+                    } else {
+                        json!({"username": format!("u{w}x{i}"), "password": "password-123"})
+                    };
+                    let path = if w % 2 == 0 {
+                        ("PUT", "/api/v1/settings")
+                    } else {
+                        ("POST", "/api/v1/users")
+                    };
+                    if http(
+                        port,
+                        path.0,
+                        path.1,
+                        Some(&body),
+                        &[(bearer().0, &bearer().1)],
+                    )
+                    .is_none()
+                    {
+                        break;
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    p.signal("-KILL");
+    p.wait_exit(Duration::from_secs(10));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        let _ = w.join();
+    }
+
+    let p = Proc::start(dir.path(), &[]);
+    let auth = bearer();
+    let get = |path: &str| -> Value {
+        let (status, body) = http(p.port, "GET", path, None, &[(auth.0, &auth.1)]).expect("get");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("json")
+    };
+    assert_eq!(get("/health/ready")["status"], "ok");
+    let revisions = get("/api/v1/revisions?limit=1");
+    let total = revisions["total"].as_i64().expect("total");
+    assert!(total > 0, "no write landed before the kill");
+    // Every revision has its audit entry (same transaction), and the newest
+    // revision is exactly the configuration in force.
+    let audited = get("/api/v1/audit?target_type=settings&limit=1")["total"]
+        .as_i64()
+        .expect("total");
+    assert_eq!(audited, total);
+    let latest = revisions["items"][0]["number"].as_i64().expect("n");
+    assert_eq!(latest, total, "revision numbers are dense");
+    let doc = get(&format!("/api/v1/revisions/{latest}"));
+    assert_eq!(doc["document"]["settings"], get("/api/v1/settings"));
+    let users = get("/api/v1/users?limit=1")["total"]
+        .as_i64()
+        .expect("total");
+    let user_audits = get("/api/v1/audit?action=user.create&limit=1")["total"]
+        .as_i64()
+        .expect("total");
+    assert_eq!(
+        users, user_audits,
+        "every user has its audit entry, admin included"
+    );
+}

@@ -1,0 +1,176 @@
+//! `spawn_app()`: a fresh Fleetgate on port 0 with its own store, and helpers.
+
+use std::net::SocketAddr;
+
+use fleetgate::config::Config;
+use fleetgate::{BootstrapSecrets, Running};
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
+use serde_json::Value;
+
+pub const TOKEN: &str = "test-bootstrap-token-0123456789";
+pub const ADMIN_PASSWORD: &str = "admin-password-123";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub gateway: Option<SocketAddr>,
+    pub client: Client,
+    pub running: Option<Running>,
+    pub config: Config,
+    pub _dir: tempfile::TempDir,
+}
+
+pub fn config_in(dir: &std::path::Path) -> Config {
+    let mut c = Config {
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    c.manager.listen = "127.0.0.1:0".parse().expect("addr");
+    c.gateway.listen = "127.0.0.1:0".parse().expect("addr");
+    c.shutdown.drain_timeout_secs = 5;
+    c
+}
+
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_in(dir.path());
+    spawn_with(config, dir).await
+}
+
+pub async fn spawn_with(config: Config, dir: tempfile::TempDir) -> TestApp {
+    let secrets = BootstrapSecrets {
+        admin_password: Some(ADMIN_PASSWORD.into()),
+        bootstrap_token: Some(TOKEN.into()),
+    };
+    let running = fleetgate::start(config.clone(), secrets, true, std::future::pending())
+        .await
+        .expect("fleetgate starts");
+    TestApp {
+        addr: running.manager_addr,
+        gateway: running.gateway_addr,
+        client: Client::builder()
+            .cookie_store(true)
+            .build()
+            .expect("client"),
+        running: Some(running),
+        config,
+        _dir: dir,
+    }
+}
+
+/// A fresh PostgreSQL schema URL, or `None` with the reason printed.
+pub async fn postgres_schema_url() -> Option<String> {
+    let Ok(base) = std::env::var("FLEETGATE_TEST_POSTGRES_URL") else {
+        eprintln!("skipping PostgreSQL case: FLEETGATE_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let schema = format!("fg_api_{}", uuid::Uuid::new_v4().simple());
+    let admin = fleetgate_store::SqlStore::open(&fleetgate_store::StoreOptions::new(base.clone()))
+        .await
+        .expect("connect to FLEETGATE_TEST_POSTGRES_URL");
+    admin
+        .execute_raw(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("create schema");
+    fleetgate_store::Store::close(&admin).await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A request with the bootstrap (super_admin) key.
+    pub fn admin(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(TOKEN)
+    }
+
+    pub fn anon(&self, method: Method, path: &str) -> RequestBuilder {
+        Client::new().request(method, self.url(path))
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self.admin(Method::GET, path).send().await.expect("request");
+        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+        r.json().await.expect("json")
+    }
+
+    /// Creates a user with `role` and returns an API key acting as that user.
+    pub async fn key_for_role(&self, username: &str, role: &str) -> String {
+        let r = self
+            .admin(Method::POST, "/api/v1/users")
+            .json(&serde_json::json!({"username": username, "password": "password-123", "role": role}))
+            .send()
+            .await
+            .expect("create user");
+        assert_eq!(r.status(), StatusCode::CREATED);
+        // Log in as the user with a separate cookie jar and create a key.
+        let c = Client::builder()
+            .cookie_store(true)
+            .build()
+            .expect("client");
+        let login: Value = c
+            .post(self.url("/api/v1/auth/login"))
+            .json(&serde_json::json!({"username": username, "password": "password-123"}))
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("json");
+        let csrf = login["csrf_token"].as_str().expect("csrf").to_string();
+        if role == "viewer" {
+            // Viewers cannot create keys (a mutation); the bootstrap admin makes one.
+            let r: Value = self
+                .admin(Method::POST, "/api/v1/api-keys")
+                .json(&serde_json::json!({"name": format!("{username}-key"), "role": "viewer"}))
+                .send()
+                .await
+                .expect("key")
+                .json()
+                .await
+                .expect("json");
+            return r["key"].as_str().expect("key").to_string();
+        }
+        let r: Value = c
+            .post(self.url("/api/v1/api-keys"))
+            .header("x-csrf-token", csrf)
+            .json(&serde_json::json!({"name": format!("{username}-key"), "role": role}))
+            .send()
+            .await
+            .expect("key")
+            .json()
+            .await
+            .expect("json");
+        r["key"].as_str().expect("key").to_string()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+/// Asserts the error envelope and returns it.
+pub async fn expect_error(r: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(r.status(), status, "status");
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(ct.starts_with("application/json"), "content-type {ct}");
+    let body: Value = r.json().await.expect("json error body");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|s| !s.is_empty()),
+        "{body}"
+    );
+    assert!(body["details"].is_object(), "{body}");
+    body
+}
