@@ -253,3 +253,51 @@ pub async fn require_auth(
     parts.extensions.insert(Arc::new(ctx));
     Ok(next.run(Request::from_parts(parts, body)).await)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn finds_cookies_among_many() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            "a=1; session=abc; csrf_token=x=y".parse().expect("header"),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie(&h, CSRF_COOKIE), Some("x=y"));
+        assert_eq!(cookie(&h, "missing"), None);
+        h.insert(
+            header::AUTHORIZATION,
+            "bearer  tok ".parse().expect("header"),
+        );
+        assert_eq!(bearer(&h), Some("tok"));
+    }
+
+    #[test]
+    fn passwords_verify_only_against_their_hash() {
+        let h = hash_password("correct horse").expect("hash");
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong horse", &h));
+        assert!(!verify_password("correct horse", "not a phc string"));
+    }
+
+    proptest! {
+        #[test]
+        fn header_parsing_never_panics(c in "[ -~]{0,120}", a in "[ -~]{0,120}") {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = c.parse() { h.insert(header::COOKIE, v); }
+            if let Ok(v) = a.parse() { h.insert(header::AUTHORIZATION, v); }
+            let _ = cookie(&h, SESSION_COOKIE);
+            let _ = bearer(&h);
+        }
+
+        #[test]
+        fn same_secret_is_equality(a in "[a-z]{0,8}", b in "[a-z]{0,8}") {
+            prop_assert_eq!(same_secret(&a, &b), a == b);
+        }
+    }
+}

@@ -20,7 +20,10 @@ use crate::error::ApiError;
 pub const MAX_PAGE: i64 = 1000;
 pub const DEFAULT_PAGE: i64 = 50;
 
-/// A JSON request body, parsed with the failing field named on error.
+/// A JSON object request body, parsed with the failing field named on error.
+///
+/// Every request body of the API is an object. serde would also fill a struct
+/// from a JSON array (field by field, in order), so arrays are refused here.
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
@@ -67,8 +70,22 @@ where
                 )
             }
         })?;
+        if first_token(&bytes) == Some(b'[') {
+            return Err(ApiError::bad_request(
+                "body",
+                "must be a JSON object, not an array",
+            ));
+        }
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// The first byte of a JSON text that is not whitespace.
+fn first_token(bytes: &[u8]) -> Option<u8> {
+    bytes
+        .iter()
+        .copied()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
 }
 
 /// Parses JSON, naming the path of the first field that failed.
@@ -290,6 +307,40 @@ mod tests {
         let err = parse_json::<Outer>(b"\xff\xfe").expect_err("not utf-8");
         assert_eq!(err.status, StatusCode::BAD_REQUEST);
     }
+
+    #[tokio::test]
+    async fn refuses_arrays_where_an_object_is_expected() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Patch {
+            #[serde(default)]
+            a: Option<String>,
+            #[serde(default)]
+            b: Option<String>,
+        }
+        // serde alone would accept this as {"a": null, "b": null}.
+        assert!(parse_json::<Patch>(b"[null, null]").is_ok());
+        for body in [&b"[null, null]"[..], b" \n [\"x\"]"] {
+            let req = Request::builder()
+                .method("PUT")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from(body.to_vec()))
+                .expect("request");
+            let err = match JsonBody::<Patch>::from_request(req, &()).await {
+                Ok(_) => panic!("an array was accepted as an object"),
+                Err(e) => e,
+            };
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert_eq!(err.details["field"], "body");
+        }
+        let req = Request::builder()
+            .method("PUT")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(&b" {\"a\": \"x\"}"[..]))
+            .expect("request");
+        let ok = JsonBody::<Patch>::from_request(req, &()).await;
+        assert!(matches!(ok, Ok(JsonBody(Patch { a: Some(_), .. }))));
+    }
 }
 
 /// The decoded query parameters of a request; the last value of a repeated name wins.
@@ -388,5 +439,37 @@ where
         JsonBody::<T>::from_request(req, state)
             .await
             .map(|JsonBody(v)| OptionalJson(Some(v)))
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode(s: &str) -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn query_parsing_never_panics(q in ".{0,200}") {
+            let _ = form_pairs(&q);
+        }
+
+        #[test]
+        fn encoded_pairs_decode_to_themselves(k in "[a-z_]{1,8}", v in "\\PC{0,40}") {
+            let q = format!("{}={}&other=1", encode(&k), encode(&v));
+            let pairs = form_pairs(&q);
+            prop_assert_eq!(&pairs[0], &(k, v));
+        }
     }
 }

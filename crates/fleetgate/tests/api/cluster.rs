@@ -129,3 +129,61 @@ async fn login_cookies(login_url: &str) -> (String, String) {
         body["csrf_token"].as_str().expect("csrf").to_string(),
     )
 }
+
+#[tokio::test]
+async fn api_rate_limit_is_shared_through_redis() {
+    let Ok(redis) = std::env::var("FLEETGATE_TEST_REDIS_URL") else {
+        eprintln!("skipping: FLEETGATE_TEST_REDIS_URL is not set");
+        return;
+    };
+    let Some(url) = postgres_schema_url().await else {
+        return;
+    };
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let mut ca = config_in(dir_a.path());
+    ca.database.url = Some(url.clone());
+    ca.redis.url = Some(redis.clone());
+    let mut cb = config_in(dir_b.path());
+    cb.database.url = Some(url);
+    cb.redis.url = Some(redis);
+    let a = spawn_with(ca, dir_a).await;
+    let b = spawn_with(cb, dir_b).await;
+    let r = a
+        .admin(Method::PUT, "/api/v1/settings")
+        .json(&json!({"api": {"rate_limit_per_minute": 6}}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::OK);
+    // B follows the settings revision within its polling interval.
+    let state_b = b.running.as_ref().expect("running").state.clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state_b.settings().api.rate_limit_per_minute != 6 {
+        assert!(Instant::now() < deadline, "B never saw the new limit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One key, alternating managers: together they admit the limit once.
+    let mut ok = 0;
+    let mut limited = 0;
+    for i in 0..12 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let r = app
+            .admin(Method::GET, "/api/v1/auth/me")
+            .send()
+            .await
+            .expect("req");
+        match r.status() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            s => panic!("unexpected {s}"),
+        }
+    }
+    // The PUT counted too, unless the minute rolled over in between.
+    assert!((5..=6).contains(&ok), "ok={ok} limited={limited}");
+    assert_eq!(ok + limited, 12);
+    a.stop().await;
+    b.stop().await;
+}
