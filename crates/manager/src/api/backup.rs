@@ -50,7 +50,7 @@ fn extension(backend: Backend) -> &'static str {
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/settings/backup", operation_id = "create_backup", tag = "settings", request_body(content = Option<BackupRequest>, description = "Optional; an empty body picks a name"),
+#[utoipa::path(post, path = "/api/v1/settings/backup", operation_id = "create_backup", tag = "settings", request_body(content = BackupRequest, description = "Optional; an empty body picks a name"),
     responses((status = 201, description = "The backup was written", body = BackupView)))]
 pub async fn create(
     State(state): State<AppState>,
