@@ -78,6 +78,10 @@ fn add_errors(op: &mut Operation, public: bool) {
     }
 }
 
+/// Operations whose JSON body may be left out (utoipa marks a body required
+/// unless its type is an `Option`, which would also document `null` as valid).
+const OPTIONAL_BODIES: &[(&str, &str)] = &[("post", "/api/v1/settings/backup")];
+
 /// Adds security schemes, the shared error responses and the server-side facts
 /// the annotations do not carry.
 pub fn finish(mut spec: Spec) -> serde_json::Value {
@@ -104,6 +108,19 @@ pub fn finish(mut spec: Spec) -> serde_json::Value {
             || path == "/metrics"
             || path == "/api/v1/auth/login"
             || path == "/api/v1/auth/status";
+        for (method, optional_path) in OPTIONAL_BODIES {
+            let op = match *method {
+                "post" => item.post.as_mut(),
+                "put" => item.put.as_mut(),
+                _ => None,
+            };
+            if let Some(body) = op
+                .filter(|_| path == optional_path)
+                .and_then(|op| op.request_body.as_mut())
+            {
+                body.required = Some(utoipa::openapi::Required::False);
+            }
+        }
         for op in [
             &mut item.get,
             &mut item.put,
