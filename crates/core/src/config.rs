@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::gateway::{Route, Upstream};
 use crate::{Settings, ValidationError};
 
 /// The document format this build reads and writes.
@@ -24,6 +25,12 @@ pub struct ConfigDocument {
     pub format_version: u32,
     #[serde(default)]
     pub settings: Settings,
+    /// Upstream pools, by name.
+    #[serde(default)]
+    pub upstreams: Vec<Upstream>,
+    /// Routes, by id.
+    #[serde(default)]
+    pub routes: Vec<Route>,
 }
 
 impl Default for ConfigDocument {
@@ -31,11 +38,19 @@ impl Default for ConfigDocument {
         Self {
             format_version: FORMAT_VERSION,
             settings: Settings::default(),
+            upstreams: Vec::new(),
+            routes: Vec::new(),
         }
     }
 }
 
 impl ConfigDocument {
+    /// Puts upstreams and routes in their canonical order (by name, by id).
+    pub fn normalize(&mut self) {
+        self.upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+        self.routes.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+
     /// Validates the whole document; field paths are relative to its root.
     pub fn validate(&self) -> Result<(), ValidationError> {
         let mut e = ValidationError::new();
@@ -51,7 +66,55 @@ impl ConfigDocument {
         if let Err(s) = self.settings.validate() {
             e.extend_prefixed("settings", s);
         }
+        let mut names = std::collections::HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            if let Err(err) = u.validate() {
+                e.extend_prefixed(&format!("upstreams[{i}]"), err);
+            }
+            if !names.insert(u.name.as_str()) {
+                e.push(
+                    format!("upstreams[{i}].name"),
+                    format!("upstream {:?} is defined twice", u.name),
+                );
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut keys = std::collections::HashMap::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if let Err(err) = r.validate() {
+                e.extend_prefixed(&format!("routes[{i}]"), err);
+            }
+            if !ids.insert(r.id.as_str()) {
+                e.push(
+                    format!("routes[{i}].id"),
+                    format!("route {:?} is defined twice", r.id),
+                );
+            }
+            e.extend_prefixed(
+                &format!("routes[{i}]"),
+                self.check_route_refs(r, keys.get(&r.match_key()).copied()),
+            );
+            keys.entry(r.match_key()).or_insert(r.id.as_str());
+        }
         e.into_result()
+    }
+
+    /// Checks what a route refers to within this document: its upstream exists and
+    /// no other route (`twin`) matches exactly the same requests.
+    pub fn check_route_refs(&self, r: &Route, twin: Option<&str>) -> ValidationError {
+        let mut e = ValidationError::new();
+        if !r.upstream.contains("://") && !self.upstreams.iter().any(|u| u.name == r.upstream) {
+            e.push("upstream", format!("no upstream named {:?}", r.upstream));
+        }
+        if let Some(other) = twin {
+            if other != r.id {
+                e.push(
+                    "path",
+                    format!("route {other:?} already matches the same hosts, path and methods"),
+                );
+            }
+        }
+        e
     }
 }
 
@@ -61,6 +124,10 @@ pub type ResourceSet = BTreeMap<String, BTreeMap<String, Value>>;
 /// Kind and name under which the settings object is stored.
 pub const SETTINGS_KIND: &str = "settings";
 pub const SETTINGS_NAME: &str = "global";
+/// Kind of upstream objects, stored by name.
+pub const UPSTREAM_KIND: &str = "upstream";
+/// Kind of route objects, stored by id.
+pub const ROUTE_KIND: &str = "route";
 
 impl ConfigDocument {
     /// Builds the document from stored objects; missing objects take their defaults.
@@ -81,6 +148,22 @@ impl ConfigDocument {
                         }
                     }
                 }
+                UPSTREAM_KIND => {
+                    for (name, body) in objects {
+                        match serde_json::from_value::<Upstream>(body.clone()) {
+                            Ok(u) => doc.upstreams.push(u),
+                            Err(err) => e.push(format!("upstreams.{name}"), err.to_string()),
+                        }
+                    }
+                }
+                ROUTE_KIND => {
+                    for (id, body) in objects {
+                        match serde_json::from_value::<Route>(body.clone()) {
+                            Ok(r) => doc.routes.push(r),
+                            Err(err) => e.push(format!("routes.{id}"), err.to_string()),
+                        }
+                    }
+                }
                 other => e.push(other.to_string(), "unknown configuration kind"),
             }
         }
@@ -94,6 +177,17 @@ impl ConfigDocument {
         set.entry(SETTINGS_KIND.to_string())
             .or_default()
             .insert(SETTINGS_NAME.to_string(), settings);
+        for u in &self.upstreams {
+            set.entry(UPSTREAM_KIND.to_string()).or_default().insert(
+                u.name.clone(),
+                serde_json::to_value(u).unwrap_or(Value::Null),
+            );
+        }
+        for r in &self.routes {
+            set.entry(ROUTE_KIND.to_string())
+                .or_default()
+                .insert(r.id.clone(), serde_json::to_value(r).unwrap_or(Value::Null));
+        }
         set
     }
 }

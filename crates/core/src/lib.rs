@@ -4,9 +4,12 @@
 //! Nothing here performs I/O; the store, the manager and the data plane all build on
 //! these types.
 
+pub mod breaker;
 pub mod config;
 pub mod diff;
 pub mod error;
+pub mod gateway;
+pub mod routing;
 pub mod settings;
 pub mod time;
 pub mod user;

@@ -57,6 +57,8 @@ pub struct Inner {
     pub metrics: metrics::HttpMetrics,
     pub started_at: Instant,
     pub redis: Option<redis::Client>,
+    /// The gateway running in this process, if any, for its health and breaker views.
+    pub data_plane: std::sync::OnceLock<Arc<dyn fleetgate_core::gateway::DataPlaneStatus>>,
 }
 
 /// Shared state of every handler.
@@ -89,6 +91,7 @@ impl AppState {
             metrics: metrics::HttpMetrics::default(),
             started_at: Instant::now(),
             redis,
+            data_plane: std::sync::OnceLock::new(),
         }));
         state.publish_current().await?;
         Ok(state)

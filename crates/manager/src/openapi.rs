@@ -26,6 +26,7 @@ use crate::error::ErrorBody;
         (name = "revisions", description = "Configuration history, diff and rollback"),
         (name = "settings", description = "Runtime settings and backups"),
         (name = "config", description = "Export and import of the whole configuration"),
+        (name = "gateway", description = "Upstreams, routes, target health and circuit breakers"),
     )
 )]
 pub struct ApiDoc;

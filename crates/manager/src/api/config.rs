@@ -53,6 +53,9 @@ pub async fn apply_document(
     message: &str,
 ) -> ApiResult<(Vec<Change>, Option<i64>)> {
     doc.validate()?;
+    let mut doc = doc.clone();
+    doc.normalize();
+    let doc = &doc;
     let current = current_document(state).await?;
     let changes = diff(&document_value(&current), &document_value(doc));
     if changes.is_empty() {
@@ -87,6 +90,8 @@ pub async fn import(
     let dry_run = q.flag("dry_run")?;
     if dry_run {
         doc.validate()?;
+        let mut doc = doc;
+        doc.normalize();
         let current = current_document(&state).await?;
         let changes = diff(&document_value(&current), &document_value(&doc));
         return Ok(Json(ImportResult {

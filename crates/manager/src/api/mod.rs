@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod backup;
 pub mod config;
+pub mod gateway;
 pub mod health;
 pub mod keys;
 pub mod revisions;
@@ -77,6 +78,20 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(backup::list))
         .routes(routes!(config::export))
         .routes(routes!(config::import))
+        .routes(routes!(gateway::list_upstreams, gateway::create_upstream))
+        .routes(routes!(
+            gateway::get_upstream,
+            gateway::update_upstream,
+            gateway::delete_upstream
+        ))
+        .routes(routes!(gateway::upstream_health))
+        .routes(routes!(gateway::circuit_breakers))
+        .routes(routes!(gateway::list_routes, gateway::create_route))
+        .routes(routes!(
+            gateway::get_route,
+            gateway::update_route,
+            gateway::delete_route
+        ))
         .route_layer(from_fn_with_state(state, require_auth));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(public)
