@@ -430,6 +430,21 @@ const METHODS: &[&str] = &[
 ];
 
 impl Upstream {
+    /// A pool of one target with every other setting at its default.
+    pub fn single(name: String, url: String) -> Self {
+        Self {
+            name,
+            targets: vec![Target { url, weight: 1 }],
+            load_balancing: LoadBalancing::default(),
+            hash_on: default_hash_on(),
+            health_check: HealthCheck::default(),
+            circuit_breaker: BreakerConfig::default(),
+            timeouts: Timeouts::default(),
+            retries: Retries::default(),
+            tls: UpstreamTls::default(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ValidationError> {
         let mut e = ValidationError::new();
         if !valid_name(&self.name) {
@@ -877,4 +892,6 @@ pub trait DataPlaneStatus: Send + Sync + 'static {
     /// Target health of one upstream, or `None` when the data plane has no such upstream.
     fn upstream_health(&self, upstream: &str) -> Option<Vec<TargetHealth>>;
     fn breakers(&self) -> Vec<BreakerStatus>;
+    /// Appends the data plane's Prometheus lines.
+    fn render_metrics(&self, out: &mut String);
 }

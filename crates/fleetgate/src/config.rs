@@ -39,6 +39,8 @@ pub struct ManagerSection {
 pub struct GatewaySection {
     /// Address of the HTTP gateway (`fleetgate serve` only).
     pub listen: SocketAddr,
+    /// Log one JSON-able line per proxied request (target `fleetgate::access`).
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +102,7 @@ impl Default for GatewaySection {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            access_log: false,
         }
     }
 }
@@ -152,6 +155,11 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         Kind::Bool,
     ),
     ("FLEETGATE_GATEWAY_LISTEN", "gateway.listen", Kind::Text),
+    (
+        "FLEETGATE_GATEWAY_ACCESS_LOG",
+        "gateway.access_log",
+        Kind::Bool,
+    ),
     ("FLEETGATE_DATABASE_URL", "database.url", Kind::Text),
     (
         "FLEETGATE_DATABASE_MAX_CONNECTIONS",

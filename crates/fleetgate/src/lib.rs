@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fleetgate_manager::{AppState, ManagerOptions};
-use fleetgate_proxy::Gateway;
+use fleetgate_proxy::{Gateway, GatewayOptions};
 use fleetgate_store::{SqlStore, Store, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -142,7 +142,15 @@ pub async fn start(
     let background = state.spawn_background(down_rx.clone());
     let drain = Duration::from_secs(config.shutdown.drain_timeout_secs);
     let app = fleetgate_manager::router(state.clone());
-    let gw = Gateway::new(state.subscribe());
+    let gw = Gateway::new(
+        state.subscribe(),
+        GatewayOptions {
+            access_log: config.gateway.access_log,
+        },
+    );
+    if with_gateway {
+        let _ = state.data_plane.set(Arc::new(gw.clone()));
+    }
     let task_state = state.clone();
 
     let task = tokio::spawn(async move {

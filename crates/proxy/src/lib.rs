@@ -1,62 +1,128 @@
 //! Fleetgate's HTTP gateway. It serves from the latest configuration snapshot it
 //! was handed on a watch channel — the built-in gateway of `fleetgate serve` gets
-//! it in-process, an edge node will get the same snapshots over `/ws/node` — and
-//! never touches the store or waits on the manager.
+//! it in-process, an edge node gets the same snapshots over `/ws/node` — and never
+//! touches the store or waits on the manager.
 //!
-//! Routing arrives with the gateway issue; until then every request is answered
-//! with a JSON 404 naming what was asked for.
+//! Each snapshot is compiled into an immutable [`compiled::Compiled`] (route table,
+//! upstream runtimes) and swapped in atomically; requests in flight keep the one
+//! they started with, so a change never drops them.
+
+mod clock;
+pub mod compiled;
+mod forward;
+pub mod limit;
+pub mod metrics;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
+use arc_swap::ArcSwap;
+use fleetgate_core::gateway::{BreakerStatus, DataPlaneStatus, TargetHealth};
 use fleetgate_core::ConfigSnapshot;
-use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// The gateway's view of the configuration: always the latest snapshot.
+use compiled::Compiled;
+pub use forward::ProxyBody;
+use metrics::MetricsRegistry;
+
+/// Start-up options of the gateway.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayOptions {
+    /// Log one line per request (target `fleetgate::access`).
+    pub access_log: bool,
+}
+
+pub struct GatewayInner {
+    pub(crate) current: ArcSwap<Compiled>,
+    pub(crate) metrics: MetricsRegistry,
+    pub(crate) access_log: bool,
+}
+
+/// A random number fixed for the process, prefixing generated request ids.
+pub(crate) fn process_nonce() -> u32 {
+    static N: OnceLock<u32> = OnceLock::new();
+    *N.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        t ^ std::process::id().rotate_left(16)
+    })
+}
+
+/// The gateway: cheap to clone, all clones share one compiled configuration.
 #[derive(Clone)]
 pub struct Gateway {
-    snapshots: watch::Receiver<Arc<ConfigSnapshot>>,
+    inner: Arc<GatewayInner>,
 }
 
 impl Gateway {
-    pub fn new(snapshots: watch::Receiver<Arc<ConfigSnapshot>>) -> Self {
-        Self { snapshots }
+    /// Builds the gateway and follows `snapshots`: each new revision is compiled and
+    /// swapped in; one that does not compile is logged and the previous one kept.
+    pub fn new(
+        mut snapshots: watch::Receiver<Arc<ConfigSnapshot>>,
+        options: GatewayOptions,
+    ) -> Self {
+        let inner = Arc::new(GatewayInner {
+            current: ArcSwap::from_pointee(Compiled::empty()),
+            metrics: MetricsRegistry::default(),
+            access_log: options.access_log,
+        });
+        let gw = Gateway { inner };
+        let first = snapshots.borrow_and_update().clone();
+        gw.apply(&first);
+        let weak = Arc::downgrade(&gw.inner);
+        tokio::spawn(async move {
+            while snapshots.changed().await.is_ok() {
+                let snap = snapshots.borrow_and_update().clone();
+                let Some(inner) = weak.upgrade() else { return };
+                Gateway { inner }.apply(&snap);
+            }
+        });
+        gw
+    }
+
+    /// Compiles and swaps in one snapshot. Returns whether it was applied.
+    pub fn apply(&self, snap: &ConfigSnapshot) -> bool {
+        let previous = self.inner.current.load_full();
+        if snap.revision != 0 && snap.revision <= previous.revision {
+            return false;
+        }
+        match Compiled::build(snap, &previous, &self.inner.metrics) {
+            Ok(c) => {
+                tracing::info!(target: "fleetgate::events", event = "config.applied", revision = snap.revision, routes = c.table.len(), "gateway applied configuration");
+                self.inner.current.store(Arc::new(c));
+                true
+            }
+            Err(e) => {
+                tracing::error!(target: "fleetgate::events", event = "config.rejected", revision = snap.revision, error = %e, "gateway rejected configuration; previous one keeps serving");
+                false
+            }
+        }
     }
 
     /// The revision currently served.
     pub fn revision(&self) -> u64 {
-        self.snapshots.borrow().revision
+        self.inner.current.load().revision
     }
 
-    /// Answers one request from the current snapshot.
-    pub fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
-        let revision = self.revision();
-        let body = format!(
-            "{{\"error\":\"no route matches {} {}\",\"code\":\"ROUTE_NOT_FOUND\",\"details\":{{\"revision\":{revision}}}}}",
-            json_escape(req.method().as_str()),
-            json_escape(req.uri().path()),
-        );
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
-        *resp.status_mut() = StatusCode::NOT_FOUND;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(id) = req.headers().get("x-request-id") {
-            resp.headers_mut().insert("x-request-id", id.clone());
-        }
-        resp
+    /// Handles one request (used by the server and by in-process callers).
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> hyper::Response<ProxyBody> {
+        forward::handle(self.inner.clone(), req, client).await
     }
 
     /// Accepts connections until `shutdown` resolves, then lets open connections
@@ -108,12 +174,17 @@ impl Gateway {
         peer: SocketAddr,
         mut stop: watch::Receiver<bool>,
     ) {
-        let gw = self.clone();
+        let inner = self.inner.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let resp = gw.handle(&req);
-            async move { Ok::<_, Infallible>(resp) }
+            let inner = inner.clone();
+            async move { Ok::<_, Infallible>(forward::handle(inner, req, peer).await) }
         });
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .max_buf_size(64 * 1024);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(conn);
         tokio::select! {
@@ -128,40 +199,51 @@ impl Gateway {
             }
         }
     }
-}
 
-fn json_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
+    /// Prometheus lines of the gateway's metrics.
+    pub fn render_metrics(&self, out: &mut String) {
+        self.inner.metrics.render(out);
     }
-    out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl DataPlaneStatus for Gateway {
+    fn upstream_health(&self, upstream: &str) -> Option<Vec<TargetHealth>> {
+        self.inner
+            .current
+            .load()
+            .upstreams
+            .get(upstream)
+            .map(|u| u.health())
+    }
 
-    #[test]
-    fn answers_404_json_with_the_revision() {
-        let (tx, rx) = watch::channel(Arc::new(ConfigSnapshot::default()));
-        let gw = Gateway::new(rx);
-        let req = Request::get("/a\"b")
-            .header("x-request-id", "r1")
-            .body(())
-            .expect("request");
-        let resp = gw.handle(&req);
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-        assert_eq!(resp.headers()["x-request-id"], "r1");
-        tx.send_replace(Arc::new(ConfigSnapshot {
-            revision: 7,
-            ..Default::default()
-        }));
-        assert_eq!(gw.revision(), 7);
+    fn breakers(&self) -> Vec<BreakerStatus> {
+        let compiled = self.inner.current.load();
+        let mut out: Vec<BreakerStatus> = compiled
+            .upstreams
+            .values()
+            .map(|u| {
+                let now = clock::now_ms();
+                let mut b = u.breaker.lock().unwrap_or_else(|p| p.into_inner());
+                let (total, failed) = b.window(now);
+                BreakerStatus {
+                    upstream: u.name.clone(),
+                    state: b.state().as_str().into(),
+                    failure_rate: if total == 0 {
+                        0.0
+                    } else {
+                        f64::from(failed) / f64::from(total)
+                    },
+                    requests_in_window: u64::from(total),
+                    opened_at: b.opened_at().map(clock::rfc3339),
+                    next_trial_at: b.next_trial_at().map(clock::rfc3339),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.upstream.cmp(&b.upstream));
+        out
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        Gateway::render_metrics(self, out);
     }
 }

@@ -1,0 +1,154 @@
+//! A configuration revision compiled for the data plane: the route table, each
+//! route's runtime (limits, header rules, IP rules) and the upstream runtimes.
+//! Immutable once built; the gateway swaps whole `Compiled` values atomically.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fleetgate_core::gateway::{parse_cidr, Route, Upstream};
+use fleetgate_core::routing::RouteTable;
+use fleetgate_core::ConfigSnapshot;
+use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+use crate::limit::RouteLimiter;
+use crate::metrics::{MetricsRegistry, RouteMetrics, UpstreamMetrics};
+use crate::upstream::UpstreamRuntime;
+
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    fn new(rules: &fleetgate_core::gateway::HeaderRules) -> Self {
+        Self {
+            set: rules
+                .set
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect(),
+            remove: rules
+                .remove
+                .iter()
+                .filter_map(|k| HeaderName::from_bytes(k.as_bytes()).ok())
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+pub struct RouteRuntime {
+    pub route: Route,
+    pub upstream: Arc<UpstreamRuntime>,
+    pub upstream_metrics: Arc<UpstreamMetrics>,
+    pub limiter: Option<RouteLimiter>,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub metrics: Arc<RouteMetrics>,
+}
+
+pub struct Compiled {
+    pub revision: u64,
+    pub table: RouteTable,
+    /// Parallel to the document's routes (disabled ones included, for indices).
+    pub routes: Vec<RouteRuntime>,
+    pub upstreams: HashMap<String, Arc<UpstreamRuntime>>,
+}
+
+impl Compiled {
+    pub fn empty() -> Self {
+        Self {
+            revision: 0,
+            table: RouteTable::default(),
+            routes: Vec::new(),
+            upstreams: HashMap::new(),
+        }
+    }
+
+    /// Compiles a snapshot, reusing upstream runtimes from `previous` whose
+    /// configuration did not change.
+    pub fn build(
+        snapshot: &ConfigSnapshot,
+        previous: &Compiled,
+        metrics: &MetricsRegistry,
+    ) -> Result<Self, String> {
+        let doc = &snapshot.document;
+        let table = RouteTable::build(&doc.routes).map_err(|e| e.to_string())?;
+        let mut upstreams: HashMap<String, Arc<UpstreamRuntime>> = HashMap::new();
+        let reuse = |u: &Upstream| -> Arc<UpstreamRuntime> {
+            match previous.upstreams.get(&u.name) {
+                Some(old) if old.config == *u => old.clone(),
+                _ => UpstreamRuntime::new(u.clone()),
+            }
+        };
+        for u in &doc.upstreams {
+            upstreams.insert(u.name.clone(), reuse(u));
+        }
+        let mut routes = Vec::with_capacity(doc.routes.len());
+        for r in &doc.routes {
+            let upstream = if r.upstream.contains("://") {
+                // A URL upstream: a one-target pool of its own, named after the route.
+                let u = Upstream::single(format!("route:{}", r.id), r.upstream.clone());
+                let rt = reuse(&u);
+                upstreams.insert(u.name.clone(), rt.clone());
+                rt
+            } else {
+                upstreams.get(&r.upstream).cloned().ok_or_else(|| {
+                    format!(
+                        "route {:?} refers to unknown upstream {:?}",
+                        r.id, r.upstream
+                    )
+                })?
+            };
+            let limiter = r
+                .rate_limit
+                .as_ref()
+                .filter(|l| l.enabled)
+                .map(|l| RouteLimiter::new(l.max, l.window_ms));
+            routes.push(RouteRuntime {
+                route: r.clone(),
+                upstream_metrics: metrics.upstream(&upstream.name),
+                upstream,
+                limiter,
+                allow: r.ip_allow.iter().filter_map(|c| parse_cidr(c)).collect(),
+                deny: r.ip_deny.iter().filter_map(|c| parse_cidr(c)).collect(),
+                request_headers: HeaderOps::new(&r.request_headers),
+                response_headers: HeaderOps::new(&r.response_headers),
+                metrics: metrics.route(&r.id),
+            });
+        }
+        for u in upstreams.values() {
+            u.start_health_checks();
+        }
+        metrics.retain(
+            doc.routes.iter().map(|r| r.id.as_str()),
+            upstreams.keys().map(String::as_str),
+        );
+        Ok(Self {
+            revision: snapshot.revision,
+            table,
+            routes,
+            upstreams,
+        })
+    }
+}

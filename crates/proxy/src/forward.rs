@@ -1,0 +1,625 @@
+//! The request pipeline, in the order a request meets it:
+//! route lookup → IP rules → CORS preflight → rate limit → body limit →
+//! circuit breaker → target choice → forward (retrying within the budget) →
+//! response rules. Bodies stream in both directions; nothing is buffered.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fleetgate_core::breaker::Admission;
+use fleetgate_core::gateway::{Cors, RetryCondition, RetryOn};
+use fleetgate_core::routing::{stripped_path, Lookup};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Empty, Full, Limited};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::TokioIo;
+
+use crate::clock;
+use crate::compiled::{Compiled, RouteRuntime};
+use crate::upstream::UpstreamBody;
+use crate::GatewayInner;
+
+/// Bodies sent to clients: an upstream's body as is, or one the gateway made.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get("x-request-id") {
+        if !v.is_empty() && v.len() <= 128 {
+            return v.clone();
+        }
+    }
+    let n = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
+    let nonce = crate::process_nonce();
+    HeaderValue::from_str(&format!("{nonce:08x}-{n:012x}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// A JSON error response in the API's envelope.
+pub fn json_error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    extra: Option<(&str, serde_json::Value)>,
+) -> Response<ProxyBody> {
+    let mut body = serde_json::json!({ "error": message, "code": code, "details": {} });
+    if let Some((k, v)) = extra {
+        body[k] = v;
+    }
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in
+/// `Connection`; keeps `Upgrade`/`Connection: upgrade` when `upgrade` is set.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        headers.remove(n);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn append_forwarded(headers: &mut HeaderMap, client: &SocketAddr, host: &str, proto: &str) {
+    let ip = client.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+        _ => ip.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
+    );
+    if let Ok(v) = HeaderValue::from_str(host) {
+        headers.insert("x-forwarded-host", v);
+    }
+    let node = if client.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip
+    };
+    let element = format!(
+        "for={node};host=\"{}\";proto={proto}",
+        host.replace(['"', '\\'], "")
+    );
+    let fwd = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {element}"),
+        _ => element,
+    };
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        headers.insert(header::FORWARDED, v);
+    }
+}
+
+fn origin_allowed<'a>(cors: &Cors, origin: &'a str) -> Option<&'a str> {
+    if cors.allow_origins.iter().any(|o| o == "*") {
+        return Some(if cors.allow_credentials { origin } else { "*" });
+    }
+    cors.allow_origins
+        .iter()
+        .any(|o| o.eq_ignore_ascii_case(origin))
+        .then_some(origin)
+}
+
+fn add_cors(headers: &mut HeaderMap, cors: &Cors, origin: &str) {
+    let Some(allowed) = origin_allowed(cors, origin) else {
+        return;
+    };
+    if let Ok(v) = HeaderValue::from_str(allowed) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    if cors.allow_credentials {
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    if !cors.expose_headers.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&cors.expose_headers.join(", ")) {
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+        }
+    }
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+fn preflight(cors: &Cors, req_headers: &HeaderMap, origin: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    add_cors(h, cors, origin);
+    if let Ok(v) = HeaderValue::from_str(&cors.allow_methods.join(", ")) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
+    }
+    let allow_headers = if cors.allow_headers.iter().any(|x| x == "*") {
+        req_headers
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
+    } else {
+        HeaderValue::from_str(&cors.allow_headers.join(", ")).ok()
+    };
+    if let Some(v) = allow_headers {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&cors.max_age_secs.to_string()) {
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, v);
+    }
+    resp
+}
+
+fn limit_key<'a>(key: &str, headers: &'a HeaderMap, ip: &'a str) -> std::borrow::Cow<'a, str> {
+    let from_header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+    };
+    let v = match key {
+        "api_key" => from_header("authorization").or_else(|| from_header("x-api-key")),
+        k => k.strip_prefix("header:").and_then(from_header),
+    };
+    match v {
+        Some(v) => std::borrow::Cow::Owned(format!("{key}={v}")),
+        None => std::borrow::Cow::Borrowed(ip),
+    }
+}
+
+fn set_limit_headers(h: &mut HeaderMap, limit: u32, remaining: u32, reset_at: u64) {
+    let reset_epoch = (clock::to_wall_ms(reset_at) + 999) / 1000;
+    for (name, value) in [
+        ("x-ratelimit-limit", limit as u64),
+        ("x-ratelimit-remaining", remaining as u64),
+        ("x-ratelimit-reset", reset_epoch.max(0) as u64),
+    ] {
+        h.insert(HeaderName::from_static(name), HeaderValue::from(value));
+    }
+}
+
+/// Whether the request carries no body, so it can be sent again on retry.
+fn bodyless(parts: &http::request::Parts, body: &Incoming) -> bool {
+    body.is_end_stream()
+        || (!parts.headers.contains_key(header::TRANSFER_ENCODING)
+            && parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .is_none_or(|v| v.as_bytes() == b"0"))
+}
+
+fn retry_on(rt: &RouteRuntime, cond: RetryOn) -> bool {
+    rt.upstream.config.retries.on.contains(&cond)
+}
+
+/// Handles one request from `client`.
+pub async fn handle(
+    gw: Arc<GatewayInner>,
+    req: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let compiled: Arc<Compiled> = gw.current.load_full();
+    let (mut parts, body) = req.into_parts();
+    let rid = request_id(&parts.headers);
+    let host: String = match parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(h) => h.to_string(),
+        None => parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default(),
+    };
+    let lookup = compiled
+        .table
+        .lookup(&host, parts.uri.path(), parts.method.as_str());
+    let m = match lookup {
+        Lookup::Found(m) => m,
+        Lookup::MethodNotAllowed => {
+            gw.metrics.unmatched.fetch_add(1, Ordering::Relaxed);
+            let mut r = json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                &format!("{} is not allowed on {}", parts.method, parts.uri.path()),
+                None,
+            );
+            r.headers_mut().insert("x-request-id", rid);
+            return r;
+        }
+        Lookup::NotFound => {
+            gw.metrics.unmatched.fetch_add(1, Ordering::Relaxed);
+            let mut r = json_error(
+                StatusCode::NOT_FOUND,
+                "ROUTE_NOT_FOUND",
+                &format!("no route matches {} {}", parts.method, parts.uri.path()),
+                Some((
+                    "details",
+                    serde_json::json!({ "revision": compiled.revision }),
+                )),
+            );
+            r.headers_mut().insert("x-request-id", rid);
+            return r;
+        }
+    };
+    let rt = &compiled.routes[m.index];
+    let mut resp = proxy(rt, &mut parts, body, client, &host, m.matched_len, &rid).await;
+    let status = resp.status().as_u16();
+    rt.metrics
+        .observe(status, started.elapsed().as_micros() as u64);
+    resp.headers_mut().insert("x-request-id", rid.clone());
+    if gw.access_log {
+        tracing::info!(
+            target: "fleetgate::access",
+            request_id = rid.to_str().unwrap_or(""),
+            client = %client.ip(),
+            method = %parts.method,
+            host = %host,
+            path = parts.uri.path(),
+            status,
+            route = %rt.route.id,
+            upstream = %rt.upstream.name,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+    resp
+}
+
+async fn proxy(
+    rt: &RouteRuntime,
+    req: &mut http::request::Parts,
+    body: Incoming,
+    client: SocketAddr,
+    host: &str,
+    matched_len: usize,
+    rid: &HeaderValue,
+) -> Response<ProxyBody> {
+    let route = &rt.route;
+    // IP rules: deny wins, then a non-empty allow list must contain the client.
+    let ip = client.ip();
+    if rt.deny.iter().any(|n| n.contains(&ip))
+        || (!rt.allow.is_empty() && !rt.allow.iter().any(|n| n.contains(&ip)))
+    {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "IP_FORBIDDEN",
+            &format!("{ip} may not use this route"),
+            None,
+        );
+    }
+    let origin = req
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let (Some(cors), Some(origin)) = (&route.cors, &origin) {
+        if req.method == Method::OPTIONS
+            && req
+                .headers
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            return preflight(cors, &req.headers, origin);
+        }
+    }
+    // Rate limit.
+    let mut limit_headers = None;
+    if let Some(limiter) = &rt.limiter {
+        let ip_text = ip.to_string();
+        let key_spec = route.rate_limit.as_ref().map_or("ip", |l| l.key.as_str());
+        let key = limit_key(key_spec, &req.headers, &ip_text);
+        let v = limiter.check(&key, clock::now_ms());
+        limit_headers = Some((limiter.max, v.remaining, v.reset_at));
+        if !v.allowed {
+            rt.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let retry = v
+                .reset_at
+                .saturating_sub(clock::now_ms())
+                .div_ceil(1000)
+                .max(1);
+            let message = route
+                .rate_limit
+                .as_ref()
+                .map_or("Too many requests", |l| l.message.as_str());
+            let mut r = json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                message,
+                Some(("retryAfter", retry.into())),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry));
+            set_limit_headers(r.headers_mut(), limiter.max, 0, v.reset_at);
+            return r;
+        }
+    }
+    let mut resp = forward(rt, req, body, client, host, matched_len, rid).await;
+    let h = resp.headers_mut();
+    if let Some((limit, remaining, reset)) = limit_headers {
+        set_limit_headers(h, limit, remaining, reset);
+    }
+    if let (Some(cors), Some(origin)) = (&route.cors, &origin) {
+        add_cors(h, cors, origin);
+    }
+    resp
+}
+
+async fn forward(
+    rt: &RouteRuntime,
+    req: &mut http::request::Parts,
+    body: Incoming,
+    client: SocketAddr,
+    host: &str,
+    matched_len: usize,
+    rid: &HeaderValue,
+) -> Response<ProxyBody> {
+    let route = &rt.route;
+    let up = &rt.upstream;
+    if let Some(max) = route.max_body_bytes {
+        let declared = req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                &format!("request bodies on this route are limited to {max} bytes"),
+                None,
+            );
+        }
+    }
+    match up.admit() {
+        Admission::Allowed => {}
+        Admission::Rejected { retry_after_ms } => {
+            rt.upstream_metrics
+                .breaker_rejections
+                .fetch_add(1, Ordering::Relaxed);
+            let secs = retry_after_ms.div_ceil(1000).max(1);
+            let mut r = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "CIRCUIT_OPEN",
+                &format!(
+                    "upstream {} is failing; its circuit breaker is open",
+                    up.name
+                ),
+                Some(("retryAfter", secs.into())),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return r;
+        }
+    }
+    let upgrade = route.websocket && is_upgrade(&req.headers);
+    let client_upgrade = if upgrade {
+        req.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    let path = if route.strip_path {
+        stripped_path(req.uri.path(), matched_len)
+    } else {
+        req.uri.path()
+    };
+    let query = req.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let path_and_query = format!("{path}{query}");
+    let retryable = bodyless(req, &body);
+    let mut headers = std::mem::take(&mut req.headers);
+    strip_hop_by_hop(&mut headers, upgrade);
+    append_forwarded(&mut headers, &client, host, "http");
+    headers.insert("x-request-id", rid.clone());
+    rt.request_headers.apply(&mut headers);
+    let attempts = 1 + if retryable {
+        up.config.retries.attempts
+    } else {
+        0
+    };
+    let mut body = Some(match route.max_body_bytes {
+        Some(max) => Either::Right(Either::Left(Limited::new(body, max as usize))),
+        None => Either::Left(body),
+    });
+    let request_timeout = Duration::from_millis(up.config.timeouts.request_ms);
+    let mut tried: Vec<usize> = Vec::with_capacity(2);
+    let mut last_error: Option<Response<ProxyBody>> = None;
+    for attempt in 0..attempts {
+        let Some(ti) = up.pick(
+            hash_key(&up.config.hash_on, &headers, &client).as_deref(),
+            &tried,
+        ) else {
+            break;
+        };
+        tried.push(ti);
+        if attempt > 0 {
+            rt.upstream_metrics.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        rt.upstream_metrics.requests.fetch_add(1, Ordering::Relaxed);
+        let target = &up.targets[ti];
+        let uri = match Uri::builder()
+            .scheme(target.scheme.clone())
+            .authority(target.authority.clone())
+            .path_and_query(format!("{}{}", target.base_path, path_and_query))
+            .build()
+        {
+            Ok(u) => u,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_REQUEST",
+                    &format!("cannot forward this path: {e}"),
+                    None,
+                )
+            }
+        };
+        let mut out = Request::new(
+            body.take()
+                .unwrap_or(Either::Right(Either::Right(Empty::new()))) as UpstreamBody,
+        );
+        *out.method_mut() = req.method.clone();
+        *out.uri_mut() = uri;
+        *out.headers_mut() = headers.clone();
+        if let Ok(v) = HeaderValue::from_str(target.authority.as_str()) {
+            out.headers_mut().insert(header::HOST, v);
+        }
+        target.active.fetch_add(1, Ordering::Relaxed);
+        let res = tokio::time::timeout(request_timeout, up.client.request(out)).await;
+        target.active.fetch_sub(1, Ordering::Relaxed);
+        let more = attempt + 1 < attempts;
+        match res {
+            Ok(Ok(mut resp)) => {
+                let status = resp.status();
+                let failed = status.is_server_error();
+                up.record(ti, !failed, failed.then(|| format!("answered {status}")));
+                if failed {
+                    rt.upstream_metrics.failures.fetch_add(1, Ordering::Relaxed);
+                    if more && retry_on(rt, RetryOn::Status(status.as_u16())) && up.try_retry() {
+                        continue;
+                    }
+                }
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_upgrade) = client_upgrade {
+                        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(async move {
+                            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                                Ok((c, u)) => {
+                                    let _ = tokio::io::copy_bidirectional(
+                                        &mut TokioIo::new(c),
+                                        &mut TokioIo::new(u),
+                                    )
+                                    .await;
+                                }
+                                Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+                            }
+                        });
+                    }
+                    let (parts, body) = resp.into_parts();
+                    return Response::from_parts(parts, Either::Left(body));
+                }
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers, false);
+                rt.response_headers.apply(&mut parts.headers);
+                return Response::from_parts(parts, Either::Left(body));
+            }
+            Ok(Err(e)) => {
+                let connect = e.is_connect();
+                up.record(ti, false, Some(format!("{e}")));
+                rt.upstream_metrics.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(upstream = %up.name, target = %target.url, error = %e, "upstream request failed");
+                last_error = Some(json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "UPSTREAM_ERROR",
+                    &format!("upstream {} could not be reached", up.name),
+                    None,
+                ));
+                if more
+                    && connect
+                    && retry_on(rt, RetryOn::Condition(RetryCondition::ConnectError))
+                    && up.try_retry()
+                {
+                    continue;
+                }
+                break;
+            }
+            Err(_) => {
+                up.record(
+                    ti,
+                    false,
+                    Some(format!(
+                        "no response within {} ms",
+                        request_timeout.as_millis()
+                    )),
+                );
+                rt.upstream_metrics.failures.fetch_add(1, Ordering::Relaxed);
+                last_error = Some(json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "UPSTREAM_TIMEOUT",
+                    &format!(
+                        "upstream {} did not answer within {} ms",
+                        up.name,
+                        request_timeout.as_millis()
+                    ),
+                    None,
+                ));
+                if more
+                    && retry_on(rt, RetryOn::Condition(RetryCondition::Timeout))
+                    && up.try_retry()
+                {
+                    continue;
+                }
+                break;
+            }
+        }
+    }
+    last_error.unwrap_or_else(|| {
+        json_error(
+            StatusCode::BAD_GATEWAY,
+            "NO_TARGET",
+            &format!("upstream {} has no usable target", up.name),
+            None,
+        )
+    })
+}
+
+fn hash_key(spec: &str, headers: &HeaderMap, client: &SocketAddr) -> Option<Vec<u8>> {
+    if let Some(name) = spec.strip_prefix("header:") {
+        return headers.get(name).map(|v| v.as_bytes().to_vec());
+    }
+    if let Some(name) = spec.strip_prefix("cookie:") {
+        return headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_bytes().to_vec());
+    }
+    Some(client.ip().to_string().into_bytes())
+}

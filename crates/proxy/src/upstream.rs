@@ -1,0 +1,408 @@
+//! An upstream at run time: its targets with live state, load balancing, the
+//! circuit breaker, the retry budget, the connection pool and the active health
+//! checker. A runtime outlives configuration revisions that leave its upstream
+//! unchanged, so pools, breaker state and health survive unrelated changes.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fleetgate_core::breaker::{Admission, CircuitBreaker, Transition};
+use fleetgate_core::gateway::{LoadBalancing, TargetHealth, Upstream};
+use http::Uri;
+use http_body_util::{Either, Empty, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::clock;
+
+/// Bodies sent upstream: a client's body as is, with a size limit, or none.
+pub type UpstreamBody = Either<Incoming, Either<Limited<Incoming>, Empty<Bytes>>>;
+
+/// One target and what the gateway knows about it.
+pub struct TargetState {
+    pub url: String,
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Path prefix of the target URL without a trailing slash (often empty).
+    pub base_path: String,
+    pub weight: u32,
+    pub active: AtomicU64,
+    pub consecutive_failures: AtomicU32,
+    pub ejected_until: AtomicU64,
+    /// Result of active checks; true until a check says otherwise.
+    pub healthy: AtomicBool,
+    health_streak: AtomicU32,
+    pub last_check: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl TargetState {
+    fn new(url: &str, weight: u32) -> Option<Self> {
+        let uri: Uri = fleetgate_core::gateway::parse_target_url(url).ok()?;
+        let parts = uri.into_parts();
+        let base_path = parts
+            .path_and_query
+            .map(|p| p.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        Some(Self {
+            url: url.to_string(),
+            scheme: parts.scheme?,
+            authority: parts.authority?,
+            base_path,
+            weight,
+            active: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            health_streak: AtomicU32::new(0),
+            last_check: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    fn available(&self, now: u64) -> bool {
+        self.weight > 0
+            && self.healthy.load(Ordering::Relaxed)
+            && self.ejected_until.load(Ordering::Relaxed) <= now
+    }
+
+    fn set_error(&self, e: impl Into<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.into());
+    }
+}
+
+/// Retries allowed as a share of recent requests, in two 10-second halves.
+struct RetryBudget {
+    percent: u64,
+    epoch: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl RetryBudget {
+    fn roll(&self, now: u64) {
+        let epoch = now / 10_000;
+        if self.epoch.swap(epoch, Ordering::Relaxed) != epoch {
+            self.requests.store(0, Ordering::Relaxed);
+            self.retries.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn record_request(&self, now: u64) {
+        self.roll(now);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the budget if there is room (always at least 3 per window).
+    fn try_retry(&self) -> bool {
+        let allowed = (self.requests.load(Ordering::Relaxed) * self.percent / 100).max(3);
+        if self.retries.fetch_add(1, Ordering::Relaxed) < allowed {
+            true
+        } else {
+            self.retries.fetch_sub(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// Aborts the task when dropped, so a replaced upstream stops its health checks.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub struct UpstreamRuntime {
+    pub name: String,
+    pub config: Upstream,
+    pub targets: Vec<TargetState>,
+    rr: AtomicUsize,
+    swrr: Mutex<Vec<i64>>,
+    ring: Vec<(u64, usize)>,
+    pub breaker: Mutex<CircuitBreaker>,
+    budget: RetryBudget,
+    pub client: Client<HttpConnector, UpstreamBody>,
+    health_task: Mutex<Option<AbortOnDrop>>,
+}
+
+/// What a breaker transition should tell the world.
+pub fn report_transition(upstream: &str, t: Transition) {
+    tracing::warn!(
+        target: "fleetgate::events",
+        event = %format!("circuit_breaker.{}", t.to.as_str()),
+        upstream,
+        from = t.from.as_str(),
+        "circuit breaker {} -> {}",
+        t.from.as_str(),
+        t.to.as_str()
+    );
+}
+
+fn hash64(v: impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+impl UpstreamRuntime {
+    /// Builds the runtime; targets whose URL does not parse are skipped (validation
+    /// rejects them before they get here).
+    pub fn new(config: Upstream) -> Arc<Self> {
+        let targets: Vec<TargetState> = config
+            .targets
+            .iter()
+            .filter_map(|t| TargetState::new(&t.url, t.weight))
+            .collect();
+        let mut ring = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            // 100 virtual nodes per weight unit (at least one set) keep the spread even.
+            for v in 0..(100 * t.weight.max(1)) {
+                ring.push((hash64((&t.url, v)), i));
+            }
+        }
+        ring.sort_unstable();
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(config.timeouts.connect_ms)));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_millis(config.timeouts.idle_ms))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        let n = targets.len();
+        Arc::new(Self {
+            name: config.name.clone(),
+            breaker: Mutex::new(CircuitBreaker::new(config.circuit_breaker.clone())),
+            budget: RetryBudget {
+                percent: u64::from(config.retries.budget_percent),
+                epoch: AtomicU64::new(0),
+                requests: AtomicU64::new(0),
+                retries: AtomicU64::new(0),
+            },
+            config,
+            targets,
+            rr: AtomicUsize::new(0),
+            swrr: Mutex::new(vec![0; n]),
+            ring,
+            client,
+            health_task: Mutex::new(None),
+        })
+    }
+
+    /// Starts active health checks if configured (idempotent).
+    pub fn start_health_checks(self: &Arc<Self>) {
+        let Some(active) = self.config.health_check.active.clone() else {
+            return;
+        };
+        let mut slot = self.health_task.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let handle = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(active.interval_ms));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(up) = weak.upgrade() else { return };
+                up.check_all(&active).await;
+            }
+        });
+        *slot = Some(AbortOnDrop(handle));
+    }
+
+    async fn check_all(&self, active: &fleetgate_core::gateway::ActiveCheck) {
+        let checks = self.targets.iter().map(|t| async move {
+            let uri = format!("{}://{}{}{}", t.scheme, t.authority, t.base_path, active.path);
+            let req = http::Request::get(uri)
+                .header(http::header::USER_AGENT, "fleetgate-health-check")
+                .body(Either::Right(Either::Right(Empty::<Bytes>::new())));
+            let outcome = match req {
+                Ok(req) => match tokio::time::timeout(Duration::from_millis(active.timeout_ms), self.client.request(req)).await {
+                    Ok(Ok(resp)) if active.expected_statuses.contains(&resp.status().as_u16()) => Ok(()),
+                    Ok(Ok(resp)) => Err(format!("health check answered {}", resp.status())),
+                    Ok(Err(e)) => Err(format!("health check failed: {e}")),
+                    Err(_) => Err(format!("health check timed out after {} ms", active.timeout_ms)),
+                },
+                Err(e) => Err(format!("bad health check request: {e}")),
+            };
+            t.last_check.store(clock::now_ms(), Ordering::Relaxed);
+            let healthy = t.healthy.load(Ordering::Relaxed);
+            match outcome {
+                Ok(()) => {
+                    let streak = if healthy { 0 } else { t.health_streak.fetch_add(1, Ordering::Relaxed) + 1 };
+                    if !healthy && streak >= active.healthy_threshold {
+                        t.healthy.store(true, Ordering::Relaxed);
+                        t.health_streak.store(0, Ordering::Relaxed);
+                        tracing::info!(target: "fleetgate::events", event = "health.target_up", upstream = %self.name, target = %t.url, "target is healthy again");
+                    } else if healthy {
+                        t.health_streak.store(0, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    t.set_error(e.clone());
+                    let streak = if healthy { t.health_streak.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 };
+                    if healthy && streak >= active.unhealthy_threshold {
+                        t.healthy.store(false, Ordering::Relaxed);
+                        t.health_streak.store(0, Ordering::Relaxed);
+                        tracing::warn!(target: "fleetgate::events", event = "health.target_down", upstream = %self.name, target = %t.url, error = %e, "target is unhealthy");
+                    } else if !healthy {
+                        t.health_streak.store(0, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        futures::future::join_all(checks).await;
+    }
+
+    /// Chooses a target, skipping unavailable ones and those in `tried`. When every
+    /// target is unavailable, any untried target is used rather than none.
+    pub fn pick(&self, hash_key: Option<&[u8]>, tried: &[usize]) -> Option<usize> {
+        let n = self.targets.len();
+        if n == 0 {
+            return None;
+        }
+        let now = clock::now_ms();
+        let usable = |i: usize, strict: bool| -> bool {
+            !tried.contains(&i)
+                && self.targets[i].weight > 0
+                && (!strict || self.targets[i].available(now))
+        };
+        for strict in [true, false] {
+            let pick = match self.config.load_balancing {
+                LoadBalancing::RoundRobin => {
+                    let start = self.rr.fetch_add(1, Ordering::Relaxed);
+                    (0..n).map(|k| (start + k) % n).find(|&i| usable(i, strict))
+                }
+                LoadBalancing::LeastConnections => {
+                    let start = self.rr.fetch_add(1, Ordering::Relaxed);
+                    (0..n)
+                        .map(|k| (start + k) % n)
+                        .filter(|&i| usable(i, strict))
+                        .min_by_key(|&i| {
+                            self.targets[i].active.load(Ordering::Relaxed) * 1000
+                                / u64::from(self.targets[i].weight.max(1))
+                        })
+                }
+                LoadBalancing::Weighted => {
+                    let mut cw = self.swrr.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut total = 0i64;
+                    let mut best: Option<usize> = None;
+                    for i in 0..n {
+                        if !usable(i, strict) {
+                            continue;
+                        }
+                        let w = i64::from(self.targets[i].weight);
+                        cw[i] += w;
+                        total += w;
+                        if best.is_none_or(|b| cw[i] > cw[b]) {
+                            best = Some(i);
+                        }
+                    }
+                    if let Some(b) = best {
+                        cw[b] -= total;
+                    }
+                    best
+                }
+                LoadBalancing::ConsistentHash => {
+                    let h = hash64(hash_key.unwrap_or_default());
+                    let start = self.ring.partition_point(|(k, _)| *k < h);
+                    let len = self.ring.len();
+                    (0..len)
+                        .map(|k| self.ring[(start + k) % len].1)
+                        .find(|&i| usable(i, strict))
+                }
+            };
+            if pick.is_some() {
+                return pick;
+            }
+        }
+        None
+    }
+
+    pub fn admit(&self) -> Admission {
+        let now = clock::now_ms();
+        self.budget.record_request(now);
+        let (adm, t) = self
+            .breaker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(now);
+        if let Some(t) = t {
+            report_transition(&self.name, t);
+        }
+        adm
+    }
+
+    /// Records an attempt's outcome on the breaker and the target's passive health.
+    pub fn record(&self, target: usize, success: bool, error: Option<String>) {
+        let now = clock::now_ms();
+        let t = self
+            .breaker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(now, success);
+        if let Some(t) = t {
+            report_transition(&self.name, t);
+        }
+        let Some(ts) = self.targets.get(target) else {
+            return;
+        };
+        if success {
+            ts.consecutive_failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        if let Some(e) = error {
+            ts.set_error(e);
+        }
+        let failures = ts.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(p) = &self.config.health_check.passive {
+            if failures >= p.max_failures {
+                ts.ejected_until.store(now + p.eject_ms, Ordering::Relaxed);
+                ts.consecutive_failures.store(0, Ordering::Relaxed);
+                tracing::warn!(target: "fleetgate::events", event = "health.target_down", upstream = %self.name, target = %ts.url, "target ejected after {failures} consecutive failures");
+            }
+        }
+    }
+
+    pub fn try_retry(&self) -> bool {
+        self.budget.try_retry()
+    }
+
+    pub fn health(&self) -> Vec<TargetHealth> {
+        let now = clock::now_ms();
+        self.targets
+            .iter()
+            .map(|t| {
+                let state = if t.ejected_until.load(Ordering::Relaxed) > now {
+                    "ejected"
+                } else if t.healthy.load(Ordering::Relaxed) {
+                    "healthy"
+                } else {
+                    "unhealthy"
+                };
+                let last = t.last_check.load(Ordering::Relaxed);
+                TargetHealth {
+                    url: t.url.clone(),
+                    state: state.into(),
+                    last_check: (last > 0).then(|| clock::rfc3339(last)),
+                    consecutive_failures: t.consecutive_failures.load(Ordering::Relaxed),
+                    active_connections: t.active.load(Ordering::Relaxed),
+                    last_error: t
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                }
+            })
+            .collect()
+    }
+}
