@@ -889,6 +889,8 @@ pub struct BreakerStatus {
 
 /// What the manager can ask of a data plane running in its process.
 pub trait DataPlaneStatus: Send + Sync + 'static {
+    /// The configuration revision the data plane serves.
+    fn revision(&self) -> u64;
     /// Target health of one upstream, or `None` when the data plane has no such upstream.
     fn upstream_health(&self, upstream: &str) -> Option<Vec<TargetHealth>>;
     fn breakers(&self) -> Vec<BreakerStatus>;

@@ -259,9 +259,16 @@ pub async fn handle(
             .map(|a| a.as_str().to_string())
             .unwrap_or_default(),
     };
-    let lookup = compiled
-        .table
-        .lookup(&host, parts.uri.path(), parts.method.as_str());
+    // A CORS preflight is routed as the request it announces.
+    let method = match parts.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD) {
+        Some(m)
+            if parts.method == Method::OPTIONS && parts.headers.contains_key(header::ORIGIN) =>
+        {
+            m.to_str().unwrap_or("OPTIONS")
+        }
+        _ => parts.method.as_str(),
+    };
+    let lookup = compiled.table.lookup(&host, parts.uri.path(), method);
     let m = match lookup {
         Lookup::Found(m) => m,
         Lookup::MethodNotAllowed => {

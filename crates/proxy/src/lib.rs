@@ -207,6 +207,10 @@ impl Gateway {
 }
 
 impl DataPlaneStatus for Gateway {
+    fn revision(&self) -> u64 {
+        Gateway::revision(self)
+    }
+
     fn upstream_health(&self, upstream: &str) -> Option<Vec<TargetHealth>> {
         self.inner
             .current

@@ -228,7 +228,11 @@ async fn invalid_imports_are_rejected_whole() {
             json!({"format_version": 1, "settings": {"general": {"instance_name": "after"}, "audit": {"retention_days": 0}}}),
             "settings.audit.retention_days",
         ),
-        (json!({"format_version": 1, "routes": []}), "routes"),
+        (json!({"format_version": 1, "listeners": []}), "listeners"),
+        (
+            json!({"format_version": 1, "routes": [{"id": "r", "path": "/", "upstream": "missing"}]}),
+            "routes[0].upstream",
+        ),
         (
             json!({"format_version": 1, "settings": {"api": {"rate_limit_per_minute": "many"}}}),
             "settings.api.rate_limit_per_minute",

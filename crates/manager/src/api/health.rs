@@ -20,8 +20,11 @@ pub struct HealthBody {
     /// `sqlite` or `postgres`.
     pub store: String,
     pub uptime_secs: u64,
-    /// The configuration revision this process serves.
+    /// The newest configuration revision this manager published.
     pub revision: u64,
+    /// The revision the built-in gateway serves (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_revision: Option<u64>,
 }
 
 /// One dependency's state.
@@ -100,6 +103,7 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthBody> {
         store: state.store.backend().as_str().into(),
         uptime_secs: state.started_at.elapsed().as_secs(),
         revision: state.snapshots.borrow().revision,
+        gateway_revision: state.data_plane.get().map(|d| d.revision()),
     })
 }
 
@@ -221,15 +225,19 @@ pub async fn ping() -> StatusCode {
 }
 
 fn render_metrics(state: &AppState) -> impl IntoResponse {
+    let mut text = state.metrics.render(
+        state.store.pool_stats(),
+        state.started_at.elapsed().as_secs_f64(),
+    );
+    if let Some(dp) = state.data_plane.get() {
+        dp.render_metrics(&mut text);
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(
-            state.store.pool_stats(),
-            state.started_at.elapsed().as_secs_f64(),
-        ),
+        text,
     )
 }
 

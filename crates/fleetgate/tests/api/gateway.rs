@@ -1,0 +1,722 @@
+//! The gateway end to end: configured through the API, traffic through the real
+//! listener to real upstreams on loopback.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::{expect_error, spawn_app, TestApp};
+use crate::upstream;
+
+impl TestApp {
+    pub fn gw(&self, path: &str) -> String {
+        format!("http://{}{}", self.gateway.expect("gateway"), path)
+    }
+
+    pub async fn post_ok(&self, path: &str, body: Value) -> Value {
+        let r = self
+            .admin(Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        let status = r.status();
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(status, StatusCode::CREATED, "POST {path}: {v}");
+        v
+    }
+
+    /// Waits until the built-in gateway serves the newest revision.
+    pub async fn settle(&self) {
+        let state = &self.running.as_ref().expect("running").state;
+        let want = state.subscribe().borrow().revision;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let served = self.get_json("/health").await["gateway_revision"].as_u64();
+            if served == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway never reached revision {want} (serves {served:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn client() -> Client {
+    Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client")
+}
+
+#[tokio::test]
+async fn proxies_with_strip_path_forwarded_headers_and_header_rules() {
+    let app = spawn_app().await;
+    let up = upstream::spawn("one").await;
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "svc", "targets": [{"url": up.url()}]}),
+    )
+    .await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({
+            "id": "api", "path": "/api", "upstream": "svc", "stripPath": true,
+            "requestHeaders": {"set": {"x-added": "yes"}, "remove": ["x-secret"]},
+            "response_headers": {"set": {"x-served-by": "fleetgate"}, "remove": ["x-upstream"]}
+        }),
+    )
+    .await;
+    app.settle().await;
+    let r = client()
+        .get(app.gw("/api/users/7?q=1"))
+        .header("x-secret", "s")
+        .header("x-request-id", "trace-1")
+        .header("x-forwarded-for", "10.9.9.9")
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-served-by"], "fleetgate");
+    assert!(!r.headers().contains_key("x-upstream"));
+    assert!(
+        !r.headers().contains_key("keep-alive"),
+        "hop-by-hop headers are not passed on"
+    );
+    assert_eq!(r.headers()["x-request-id"], "trace-1");
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["uri"], "/users/7?q=1");
+    let h = &body["headers"];
+    assert_eq!(h["x-added"], "yes");
+    assert!(h.get("x-secret").is_none());
+    assert_eq!(h["x-request-id"], "trace-1");
+    assert_eq!(h["x-forwarded-for"], "10.9.9.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert!(h["forwarded"]
+        .as_str()
+        .expect("forwarded")
+        .contains("for=127.0.0.1"));
+    assert_eq!(h["host"], up.addr.to_string());
+
+    // Without strip_path the path goes through whole; a missing route is a JSON 404.
+    let r = client()
+        .get(app.gw("/nothing/here"))
+        .send()
+        .await
+        .expect("req");
+    let e = expect_error(r, StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND").await;
+    assert!(e["details"]["revision"].as_u64().is_some());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn route_validation_names_the_field() {
+    let app = spawn_app().await;
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "svc", "targets": [{"url": "http://127.0.0.1:9"}]}),
+    )
+    .await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "a", "path": "/a", "upstream": "svc"}),
+    )
+    .await;
+    for (body, field) in [
+        (json!({"path": "/x", "upstream": "nope"}), "upstream"),
+        (
+            json!({"path": "(", "match": "regex", "upstream": "svc"}),
+            "path",
+        ),
+        (json!({"path": "/a", "upstream": "svc"}), "path"),
+        (
+            json!({"path": "/b", "upstream": "svc", "ip_allow": ["10.0.0.0/40"]}),
+            "ip_allow[0]",
+        ),
+        (
+            json!({"path": "/b", "upstream": "svc", "rateLimit": {"max": 0, "windowMs": 1000}}),
+            "rate_limit.max",
+        ),
+        (
+            json!({"path": "/b", "upstream": "svc", "methods": ["BREW"]}),
+            "methods[0]",
+        ),
+        (
+            json!({"path": "/b", "upstream": "svc", "bogus": 1}),
+            "bogus",
+        ),
+    ] {
+        let r = app
+            .admin(Method::POST, "/api/v1/routes")
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        let e = expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+        assert_eq!(e["details"]["field"], field, "{body}: {e}");
+    }
+    let r = app
+        .admin(Method::POST, "/api/v1/upstreams")
+        .json(&json!({"name": "bad", "targets": [{"url": "ftp://x"}]}))
+        .send()
+        .await
+        .expect("post");
+    let e = expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    assert_eq!(e["details"]["field"], "targets[0].url");
+    let r = app
+        .admin(Method::DELETE, "/api/v1/upstreams/svc")
+        .send()
+        .await
+        .expect("delete");
+    expect_error(r, StatusCode::CONFLICT, "CONFLICT").await;
+    // Routes and upstreams are revisions and part of the exported document.
+    let doc = app.get_json("/api/v1/export").await;
+    assert_eq!(doc["routes"][0]["id"], "a");
+    assert_eq!(doc["upstreams"][0]["name"], "svc");
+    assert_eq!(app.get_json("/api/v1/revisions").await["total"], 2);
+    app.stop().await;
+}
+
+async fn distribution(app: &TestApp, path: &str, n: usize) -> HashMap<String, usize> {
+    let c = Client::new();
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let r = c.get(app.gw(path)).send().await.expect("req");
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.expect("json");
+        *seen
+            .entry(v["server"].as_str().expect("server").to_string())
+            .or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test]
+async fn load_balancing_round_robin_weighted_and_consistent_hash() {
+    let app = spawn_app().await;
+    let ups = [
+        upstream::spawn("a").await,
+        upstream::spawn("b").await,
+        upstream::spawn("c").await,
+    ];
+    let targets: Vec<Value> = ups.iter().map(|u| json!({"url": u.url()})).collect();
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "rr", "targets": targets}),
+    )
+    .await;
+    let weighted: Vec<Value> = ups
+        .iter()
+        .zip([1, 2, 3])
+        .map(|(u, w)| json!({"url": u.url(), "weight": w}))
+        .collect();
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "wt", "targets": weighted, "load_balancing": "weighted"}),
+    )
+    .await;
+    app.post_ok("/api/v1/upstreams", json!({"name": "ch", "targets": targets, "load_balancing": "consistent_hash", "hash_on": "header:x-user"})).await;
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "lc", "targets": targets, "loadBalancing": "least-connections"}),
+    )
+    .await;
+    for (id, up) in [("rr", "rr"), ("wt", "wt"), ("ch", "ch"), ("lc", "lc")] {
+        app.post_ok(
+            "/api/v1/routes",
+            json!({"id": id, "path": format!("/{id}"), "upstream": up}),
+        )
+        .await;
+    }
+    app.settle().await;
+    let rr = distribution(&app, "/rr", 30).await;
+    assert_eq!(
+        rr.values().copied().collect::<Vec<_>>(),
+        vec![10, 10, 10],
+        "{rr:?}"
+    );
+    let wt = distribution(&app, "/wt", 60).await;
+    assert_eq!((wt["a"], wt["b"], wt["c"]), (10, 20, 30), "{wt:?}");
+    let lc = distribution(&app, "/lc", 30).await;
+    assert_eq!(lc.len(), 3, "idle targets all get traffic: {lc:?}");
+    let c = Client::new();
+    let mut owners = HashMap::new();
+    for user in 0..20 {
+        let mut first = None;
+        for _ in 0..3 {
+            let v: Value = c
+                .get(app.gw("/ch"))
+                .header("x-user", format!("u{user}"))
+                .send()
+                .await
+                .expect("req")
+                .json()
+                .await
+                .expect("json");
+            let s = v["server"].as_str().expect("server").to_string();
+            assert!(
+                first.as_ref().is_none_or(|f| *f == s),
+                "user {user} moved between targets"
+            );
+            first = Some(s);
+        }
+        *owners.entry(first.expect("owner")).or_insert(0) += 1;
+    }
+    assert!(owners.len() >= 2, "20 users should spread: {owners:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn failover_and_passive_ejection_when_a_target_dies() {
+    let app = spawn_app().await;
+    let (a, b) = (upstream::spawn("a").await, upstream::spawn("b").await);
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "svc", "targets": [{"url": a.url()}, {"url": b.url()}],
+               "health_check": {"passive": {"max_failures": 2, "eject_ms": 60000}},
+               "circuit_breaker": {"enabled": false}}),
+    )
+    .await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "r", "path": "/", "upstream": "svc"}),
+    )
+    .await;
+    app.settle().await;
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Every request still succeeds: connect errors are retried on the other target.
+    let seen = distribution(&app, "/x", 20).await;
+    assert_eq!(seen.get("b"), Some(&20), "{seen:?}");
+    let health: Value = app.get_json("/api/v1/upstreams/svc/health").await;
+    let dead = health
+        .as_array()
+        .expect("targets")
+        .iter()
+        .find(|t| t["url"] == a.url().as_str())
+        .expect("a")
+        .clone();
+    assert_eq!(dead["state"], "ejected", "{health}");
+    assert!(dead["last_error"].is_string());
+    // POST bodies are not replayed, but an ejected target gets no traffic at all.
+    let r = Client::new()
+        .post(app.gw("/x"))
+        .body("payload")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn active_health_checks_eject_and_restore_targets() {
+    let app = spawn_app().await;
+    let (a, b) = (upstream::spawn("a").await, upstream::spawn("b").await);
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "svc", "targets": [{"url": a.url()}, {"url": b.url()}],
+               "health_check": {"active": {"path": "/health", "interval_ms": 100, "timeout_ms": 500, "healthy_threshold": 2, "unhealthy_threshold": 2}}}),
+    )
+    .await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "r", "path": "/", "upstream": "svc"}),
+    )
+    .await;
+    app.settle().await;
+    a.healthy.store(false, Ordering::Relaxed);
+    let state_of = |h: &Value, url: &str| {
+        h.as_array()
+            .expect("targets")
+            .iter()
+            .find(|t| t["url"] == url)
+            .expect("target")["state"]
+            .clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let h = app.get_json("/api/v1/upstreams/svc/health").await;
+        if state_of(&h, &a.url()) == "unhealthy" {
+            assert!(h[0]["last_check"].is_string());
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never became unhealthy: {h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = distribution(&app, "/", 10).await;
+    assert_eq!(seen.get("b"), Some(&10), "{seen:?}");
+    a.healthy.store(true, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let h = app.get_json("/api/v1/upstreams/svc/health").await;
+        if state_of(&h, &a.url()) == "healthy" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never came back: {h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = distribution(&app, "/", 10).await;
+    assert_eq!(seen.get("a"), Some(&5), "{seen:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn circuit_breaker_opens_half_opens_and_closes_with_exact_counts() {
+    let app = spawn_app().await;
+    let up = upstream::spawn("flaky").await;
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "svc", "targets": [{"url": up.url()}], "retries": {"attempts": 0},
+               "circuit_breaker": {"open_ms": 700}}),
+    )
+    .await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "r", "path": "/", "upstream": "svc"}),
+    )
+    .await;
+    app.settle().await;
+    let c = Client::new();
+    // 5 successes then 5 failures: the 10th request makes 50% of 10 and opens it.
+    for i in 0..10 {
+        up.status
+            .store(if i < 5 { 200 } else { 500 }, Ordering::Relaxed);
+        let r = c.get(app.gw("/x")).send().await.expect("req");
+        assert_eq!(
+            r.status().as_u16(),
+            if i < 5 { 200 } else { 500 },
+            "request {i}"
+        );
+    }
+    let hits_when_open = up.hits.load(Ordering::Relaxed);
+    let r = c.get(app.gw("/x")).send().await.expect("req");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("secs");
+    assert_eq!(retry_after, 1);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["code"], "CIRCUIT_OPEN");
+    assert_eq!(body["retryAfter"], 1);
+    assert_eq!(
+        up.hits.load(Ordering::Relaxed),
+        hits_when_open,
+        "an open breaker sends nothing upstream"
+    );
+    let breakers = app.get_json("/api/v1/circuit-breakers").await;
+    assert_eq!(breakers[0]["state"], "open");
+    assert!(breakers[0]["next_trial_at"].is_string());
+
+    // After open_ms: three trials go through; all succeed, so it closes.
+    up.status.store(200, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for _ in 0..3 {
+        assert_eq!(
+            c.get(app.gw("/x")).send().await.expect("req").status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        app.get_json("/api/v1/circuit-breakers").await[0]["state"],
+        "closed"
+    );
+
+    // Open it again, then fail the first trial: it reopens.
+    up.status.store(500, Ordering::Relaxed);
+    for _ in 0..10 {
+        c.get(app.gw("/x")).send().await.expect("req");
+    }
+    assert_eq!(
+        app.get_json("/api/v1/circuit-breakers").await[0]["state"],
+        "open"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        c.get(app.gw("/x"))
+            .send()
+            .await
+            .expect("req")
+            .status()
+            .as_u16(),
+        500
+    );
+    assert_eq!(
+        app.get_json("/api/v1/circuit-breakers").await[0]["state"],
+        "open"
+    );
+    let metrics = Client::new()
+        .get(app.url("/prometheus/metrics"))
+        .send()
+        .await
+        .expect("req")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("fleetgate_upstream_breaker_rejections_total{upstream=\"svc\"} 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_headers_and_429() {
+    let app = spawn_app().await;
+    let up = upstream::spawn("u").await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "limited", "path": "/", "upstream": up.url(),
+               "rateLimit": {"max": 3, "windowMs": 60000, "message": "slow down"}}),
+    )
+    .await;
+    app.settle().await;
+    let c = Client::new();
+    for expected in [2, 1, 0] {
+        let r = c.get(app.gw("/")).send().await.expect("req");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["x-ratelimit-limit"], "3");
+        assert_eq!(
+            r.headers()["x-ratelimit-remaining"],
+            expected.to_string().as_str()
+        );
+        assert!(
+            r.headers()["x-ratelimit-reset"]
+                .to_str()
+                .expect("ascii")
+                .parse::<u64>()
+                .expect("epoch")
+                > 1_700_000_000
+        );
+    }
+    let r = c.get(app.gw("/")).send().await.expect("req");
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"], "slow down");
+    assert_eq!(up.hits.load(Ordering::Relaxed), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ip_rules_cors_methods_and_body_limits() {
+    let app = spawn_app().await;
+    let up = upstream::spawn("u").await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "deny", "path": "/deny", "upstream": up.url(), "ip_deny": ["127.0.0.0/8"]}),
+    )
+    .await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "allow", "path": "/allow", "upstream": up.url(), "ip_allow": ["10.0.0.0/8"]}),
+    )
+    .await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "cors", "path": "/cors", "upstream": up.url(), "methods": ["GET", "PUT"], "max_body_bytes": 10,
+               "cors": {"allow_origins": ["https://app.example"], "allow_methods": ["GET", "PUT"]}}),
+    )
+    .await;
+    app.settle().await;
+    let c = Client::new();
+    for p in ["/deny", "/allow"] {
+        let r = c.get(app.gw(p)).send().await.expect("req");
+        expect_error(r, StatusCode::FORBIDDEN, "IP_FORBIDDEN").await;
+    }
+    let r = c
+        .request(Method::OPTIONS, app.gw("/cors"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "PUT")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(r.headers()["access-control-allow-methods"], "GET, PUT");
+    let r = c
+        .get(app.gw("/cors"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let r = c
+        .get(app.gw("/cors"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("req");
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    let r = c.delete(app.gw("/cors")).send().await.expect("req");
+    expect_error(r, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED").await;
+    let r = c
+        .put(app.gw("/cors"))
+        .body("this is longer than ten bytes")
+        .send()
+        .await
+        .expect("req");
+    expect_error(r, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE").await;
+    let r = c
+        .put(app.gw("/cors"))
+        .body("short")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_through() {
+    let app = spawn_app().await;
+    let up = upstream::spawn("ws").await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "ws", "path": "/ws", "upstream": up.url()}),
+    )
+    .await;
+    app.settle().await;
+    let gw = app.gateway.expect("gateway");
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(gw).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").expect("write");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).expect("read head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let mut out = Vec::new();
+        for msg in [&b"hello"[..], b" through the gateway"] {
+            s.write_all(msg).expect("write frame");
+            let mut buf = vec![0u8; msg.len()];
+            s.read_exact(&mut buf).expect("echo");
+            out.extend_from_slice(&buf);
+        }
+        String::from_utf8(out).expect("utf8")
+    })
+    .await
+    .expect("ws task");
+    assert_eq!(echoed, "hello through the gateway");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn config_changes_under_load_drop_nothing() {
+    let app = spawn_app().await;
+    let r = app
+        .admin(Method::PUT, "/api/v1/settings")
+        .json(&json!({"api": {"rate_limit_per_minute": 0}}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::OK);
+    let (a, b) = (upstream::spawn("a").await, upstream::spawn("b").await);
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "svc", "targets": [{"url": a.url()}, {"url": b.url()}]}),
+    )
+    .await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "main", "path": "/", "upstream": "svc"}),
+    )
+    .await;
+    app.settle().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loaders: Vec<_> = (0..4)
+        .map(|_| {
+            let url = app.gw("/load");
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let c = Client::new();
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(Ordering::Relaxed) && ok < 100_000 {
+                    match c.get(&url).send().await {
+                        Ok(r) if r.status() == StatusCode::OK => ok += 1,
+                        Ok(r) => failed.push(r.status().to_string()),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    for i in 0..100 {
+        let body =
+            json!({"id": format!("extra-{i}"), "path": format!("/extra/{i}"), "upstream": "svc"});
+        let r = app
+            .admin(Method::POST, "/api/v1/routes")
+            .json(&body)
+            .send()
+            .await
+            .expect("change");
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    app.settle().await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for l in loaders {
+        let (ok, failed) = l.await.expect("loader");
+        assert!(
+            failed.is_empty(),
+            "failed requests during config changes: {failed:?}"
+        );
+        total += ok;
+    }
+    assert!(total > 100, "the load loop ran ({total} requests)");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_get_4xx_and_the_gateway_survives() {
+    let app = spawn_app().await;
+    let gw = app.gateway.expect("gateway");
+    let exchange = move |raw: Vec<u8>| -> String {
+        let mut s = std::net::TcpStream::connect(gw).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = s.write_all(&raw);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).to_string()
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"NOT A REQUEST\r\n\r\n".to_vec(), "HTTP/1.1 400"),
+        (format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100_000)).into_bytes(), "HTTP/1.1 431"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nbad\r\n0\r\n\r\n".to_vec(), ""),
+    ];
+    for (raw, expect) in cases {
+        let out = tokio::task::spawn_blocking(move || exchange(raw))
+            .await
+            .expect("task");
+        assert!(out.starts_with(expect), "expected {expect:?}, got {out:?}");
+    }
+    let r = Client::new()
+        .get(app.gw("/after"))
+        .send()
+        .await
+        .expect("still serving");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    app.stop().await;
+}
