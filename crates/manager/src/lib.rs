@@ -124,7 +124,12 @@ impl AppState {
                     document,
                 });
                 self.snapshots.send_if_modified(|cur| {
-                    if cur.revision < snap.revision || (cur.revision == 0 && snap.revision == 0) {
+                    // Before the first revision the number cannot tell a new
+                    // document from the one published: compare the documents,
+                    // or every periodic call would wake the data plane again.
+                    let first =
+                        cur.revision == 0 && snap.revision == 0 && cur.document != snap.document;
+                    if cur.revision < snap.revision || first {
                         *cur = snap.clone();
                         true
                     } else {
@@ -261,4 +266,34 @@ pub async fn bootstrap(
 /// The whole manager HTTP application.
 pub fn router(state: AppState) -> axum::Router {
     api::router(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetgate_store::{SqlStore, StoreOptions};
+
+    #[tokio::test]
+    async fn an_unchanged_configuration_is_published_once() {
+        let dir = std::env::temp_dir().join(format!("fleetgate-manager-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let url = format!("sqlite://{}", dir.join("t.db").display());
+        let store = SqlStore::open_and_migrate(&StoreOptions::new(url))
+            .await
+            .expect("store");
+        let state = AppState::new(Arc::new(store), ManagerOptions::default())
+            .await
+            .expect("state");
+        let mut rx = state.subscribe();
+        rx.borrow_and_update();
+        for _ in 0..3 {
+            state.publish_current().await.expect("publish");
+        }
+        assert!(
+            !rx.has_changed().expect("channel open"),
+            "revision 0 was published again although nothing changed"
+        );
+        state.store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
