@@ -198,8 +198,8 @@ pub fn method_bit(method: &str) -> u16 {
 #[derive(Default)]
 pub struct RouteTable {
     exact_hosts: HashMap<Box<str>, PathTable>,
-    /// `(".example.com", table)`, longest suffix first.
-    wildcard_hosts: Vec<(Box<str>, PathTable)>,
+    /// `".example.com"` → table; a host tries its suffixes from the longest.
+    wildcard_hosts: HashMap<Box<str>, PathTable>,
     any_host: PathTable,
     len: usize,
 }
@@ -256,14 +256,13 @@ impl RouteTable {
             finish(table, h);
         }
         finish(&mut t.any_host, "any host");
-        let mut wild: Vec<(Box<str>, PathTable)> = wild
+        let mut wild: HashMap<Box<str>, PathTable> = wild
             .into_iter()
             .map(|(k, v)| (k.into_boxed_str(), v))
             .collect();
         for (h, table) in wild.iter_mut() {
             finish(table, h);
         }
-        wild.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         t.wildcard_hosts = wild;
         fail.into_result().map(|()| t)
     }
@@ -304,10 +303,13 @@ impl RouteTable {
                 }
             }
         }
-        for (suffix, table) in &self.wildcard_hosts {
-            if host.len() > suffix.len() && host.ends_with(&**suffix) {
-                if let Some(m) = consider(table) {
-                    return Lookup::Found(m);
+        if !self.wildcard_hosts.is_empty() {
+            // `a.b.example.com` tries `.b.example.com`, then `.example.com`, then `.com`.
+            for (i, _) in host.match_indices('.').filter(|(i, _)| *i > 0) {
+                if let Some(table) = self.wildcard_hosts.get(&host[i..]) {
+                    if let Some(m) = consider(table) {
+                        return Lookup::Found(m);
+                    }
                 }
             }
         }
