@@ -41,6 +41,9 @@ pub struct GatewaySection {
     pub listen: SocketAddr,
     /// Log one JSON-able line per proxied request (target `fleetgate::access`).
     pub access_log: bool,
+    /// With `redis.url` set and Redis not answering: admit requests on
+    /// rate-limited routes (true, the default) or refuse them with 503.
+    pub rate_limit_fail_open: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,6 +106,7 @@ impl Default for GatewaySection {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             access_log: false,
+            rate_limit_fail_open: true,
         }
     }
 }
@@ -158,6 +162,11 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     (
         "FLEETGATE_GATEWAY_ACCESS_LOG",
         "gateway.access_log",
+        Kind::Bool,
+    ),
+    (
+        "FLEETGATE_GATEWAY_RATE_LIMIT_FAIL_OPEN",
+        "gateway.rate_limit_fail_open",
         Kind::Bool,
     ),
     ("FLEETGATE_DATABASE_URL", "database.url", Kind::Text),

@@ -146,6 +146,8 @@ pub async fn start(
         state.subscribe(),
         GatewayOptions {
             access_log: config.gateway.access_log,
+            redis_url: config.redis.url.clone(),
+            rate_limit_fail_open: config.gateway.rate_limit_fail_open,
         },
     );
     if with_gateway {

@@ -298,7 +298,18 @@ pub async fn handle(
         }
     };
     let rt = &compiled.routes[m.index];
-    let mut resp = proxy(rt, &mut parts, body, client, &host, m.matched_len, &rid).await;
+    let shared = gw.shared_limits.as_ref();
+    let mut resp = proxy(
+        rt,
+        shared,
+        &mut parts,
+        body,
+        client,
+        &host,
+        m.matched_len,
+        &rid,
+    )
+    .await;
     let status = resp.status().as_u16();
     rt.metrics
         .observe(status, started.elapsed().as_micros() as u64);
@@ -320,8 +331,10 @@ pub async fn handle(
     resp
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn proxy(
     rt: &RouteRuntime,
+    shared: Option<&crate::limit::SharedCounter>,
     req: &mut http::request::Parts,
     body: Incoming,
     client: SocketAddr,
@@ -362,7 +375,29 @@ async fn proxy(
         let ip_text = ip.to_string();
         let key_spec = route.rate_limit.as_ref().map_or("ip", |l| l.key.as_str());
         let key = limit_key(key_spec, &req.headers, &ip_text);
-        let v = limiter.check(&key, clock::now_ms());
+        let now = clock::now_ms();
+        let v = match shared {
+            None => limiter.check(&key, now),
+            Some(counter) => match counter
+                .check(&route.id, limiter, &key, now, clock::to_wall_ms(now))
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    counter.report(&e, now);
+                    if !counter.fail_open {
+                        return json_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "RATE_LIMIT_UNAVAILABLE",
+                            "the shared rate limit store is unavailable; retry later",
+                            None,
+                        );
+                    }
+                    // Fail-open: admit, and count locally so one gateway still limits.
+                    limiter.check(&key, now)
+                }
+            },
+        };
         limit_headers = Some((limiter.max, v.remaining, v.reset_at));
         if !v.allowed {
             rt.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);

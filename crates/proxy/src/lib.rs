@@ -40,12 +40,17 @@ use metrics::MetricsRegistry;
 pub struct GatewayOptions {
     /// Log one line per request (target `fleetgate::access`).
     pub access_log: bool,
+    /// Share rate-limit counters with other gateways through this Redis.
+    pub redis_url: Option<String>,
+    /// Without Redis answering, admit requests on limited routes (true) or refuse them.
+    pub rate_limit_fail_open: bool,
 }
 
 pub struct GatewayInner {
     pub(crate) current: ArcSwap<Compiled>,
     pub(crate) metrics: MetricsRegistry,
     pub(crate) access_log: bool,
+    pub(crate) shared_limits: Option<limit::SharedCounter>,
 }
 
 /// A random number fixed for the process, prefixing generated request ids.
@@ -77,6 +82,15 @@ impl Gateway {
             current: ArcSwap::from_pointee(Compiled::empty()),
             metrics: MetricsRegistry::default(),
             access_log: options.access_log,
+            shared_limits: options.redis_url.as_deref().and_then(|url| {
+                match limit::SharedCounter::new(url, options.rate_limit_fail_open) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::error!(error = %e, "shared rate limits disabled");
+                        None
+                    }
+                }
+            }),
         });
         let gw = Gateway { inner };
         let first = snapshots.borrow_and_update().clone();

@@ -84,3 +84,110 @@ mod tests {
         assert!(l.check("a", 1000).allowed);
     }
 }
+
+/// Rate-limit counters shared by every gateway on one Redis: one atomic `INCR`
+/// per request on a key per route, caller and window, so all gateways together
+/// admit exactly the limit. When Redis cannot answer, the request is admitted
+/// (fail-open) or refused (fail-closed) as configured, and an event is logged.
+pub struct SharedCounter {
+    client: redis::Client,
+    conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    pub fail_open: bool,
+    last_error_report: std::sync::atomic::AtomicU64,
+}
+
+/// Why a shared count could not be taken.
+#[derive(Debug)]
+pub struct SharedCounterError(pub String);
+
+impl SharedCounter {
+    pub fn new(url: &str, fail_open: bool) -> Result<Self, String> {
+        Ok(Self {
+            client: redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?,
+            conn: tokio::sync::Mutex::new(None),
+            fail_open,
+            last_error_report: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, SharedCounterError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            self.client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| SharedCounterError("connecting to Redis timed out".into()))?
+        .map_err(|e| SharedCounterError(format!("cannot connect to Redis: {e}")))?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Counts one request of `key` in the window of `limiter` at `now`.
+    pub async fn check(
+        &self,
+        route: &str,
+        limiter: &RouteLimiter,
+        key: &str,
+        now: u64,
+        wall_ms: i64,
+    ) -> Result<Verdict, SharedCounterError> {
+        // Windows are aligned on wall time so that every gateway agrees on them.
+        let window = (wall_ms.max(0) as u64) / limiter.window_ms;
+        let rkey = format!("fleetgate:rl:{route}:{window}:{key}");
+        let mut conn = self.connection().await?;
+        let res: redis::RedisResult<(u32,)> = tokio::time::timeout(
+            std::time::Duration::from_millis(250),
+            redis::pipe()
+                .atomic()
+                .incr(&rkey, 1u32)
+                .pexpire(&rkey, (limiter.window_ms * 2) as i64)
+                .ignore()
+                .query_async(&mut conn),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "Redis timed out",
+            )))
+        });
+        match res {
+            Ok((count,)) => {
+                let wall_reset = (window + 1) * limiter.window_ms;
+                let until_reset = wall_reset.saturating_sub(wall_ms.max(0) as u64);
+                Ok(Verdict {
+                    allowed: count <= limiter.max,
+                    remaining: limiter.max.saturating_sub(count),
+                    reset_at: now + until_reset,
+                })
+            }
+            Err(e) => {
+                *self.conn.lock().await = None;
+                Err(SharedCounterError(format!("Redis error: {e}")))
+            }
+        }
+    }
+
+    /// Logs `rate_limit.redis_unavailable` at most every 10 seconds.
+    pub fn report(&self, err: &SharedCounterError, now: u64) {
+        let last = self
+            .last_error_report
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if last == 0 || now.saturating_sub(last) >= 10_000 {
+            self.last_error_report
+                .store(now, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                target: "fleetgate::events",
+                event = "rate_limit.redis_unavailable",
+                fail_open = self.fail_open,
+                error = %err.0,
+                "shared rate limits unavailable; requests are {}",
+                if self.fail_open { "admitted (fail-open)" } else { "refused (fail-closed)" }
+            );
+        }
+    }
+}

@@ -37,6 +37,7 @@ fn command(data: &Path) -> Command {
 struct Proc {
     child: Child,
     port: u16,
+    gw: u16,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -72,6 +73,7 @@ impl Proc {
         let p = Proc {
             child,
             port,
+            gw,
             stderr,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -378,4 +380,127 @@ fn kill_9_during_writes_leaves_a_consistent_store() {
         users, user_audits,
         "every user has its audit entry, admin included"
     );
+}
+
+#[test]
+fn two_gateway_processes_share_a_rate_limit_through_redis() {
+    let Ok(redis) = std::env::var("FLEETGATE_TEST_REDIS_URL") else {
+        eprintln!("skipping: FLEETGATE_TEST_REDIS_URL is not set");
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let up = rt.block_on(crate::upstream::spawn("shared"));
+    let (d1, d2) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let env = [("FLEETGATE_REDIS_URL", redis.as_str())];
+    let procs = [Proc::start(d1.path(), &env), Proc::start(d2.path(), &env)];
+    let id = format!(
+        "shared-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis()
+    );
+    let auth = bearer();
+    for p in &procs {
+        let route = json!({"id": id, "path": "/", "upstream": up.url(), "rateLimit": {"max": 100, "windowMs": 60000}});
+        let (status, body) = http(
+            p.port,
+            "POST",
+            "/api/v1/routes",
+            Some(&route),
+            &[(auth.0, &auth.1)],
+        )
+        .expect("route");
+        assert_eq!(status, 201, "{body}");
+        wait_applied(p);
+    }
+    // Stay inside one wall-clock window: the gateways align windows on wall time.
+    let into_window = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        % 60_000;
+    if into_window > 45_000 {
+        std::thread::sleep(Duration::from_millis((60_000 - into_window + 200) as u64));
+    }
+    let mut admitted = [0u32; 2];
+    let mut limited = 0;
+    for i in 0..300 {
+        let p = &procs[i % 2];
+        let (status, _) = http(p.gw, "GET", "/x", None, &[]).expect("proxied");
+        match status {
+            200 => admitted[i % 2] += 1,
+            429 => limited += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    let total = admitted[0] + admitted[1];
+    assert!(
+        (95..=105).contains(&total),
+        "admitted {admitted:?}, limited {limited}"
+    );
+    assert!(
+        admitted[0] > 0 && admitted[1] > 0,
+        "both gateways served: {admitted:?}"
+    );
+    drop(up);
+}
+
+fn wait_applied(p: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, h) = http(p.port, "GET", "/health", None, &[]).expect("health");
+        let h: Value = serde_json::from_str(&h).expect("json");
+        if h["gateway_revision"] == h["revision"] {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not apply the configuration: {h}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn redis_down_fails_open_by_default_and_closed_when_configured() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let up = rt.block_on(crate::upstream::spawn("u"));
+    let auth = bearer();
+    for (fail_open, expect) in [("true", 200), ("false", 503)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Proc::start(
+            dir.path(),
+            &[
+                ("FLEETGATE_REDIS_URL", "redis://127.0.0.1:1"),
+                ("FLEETGATE_GATEWAY_RATE_LIMIT_FAIL_OPEN", fail_open),
+            ],
+        );
+        let route = json!({"id": "limited", "path": "/", "upstream": up.url(), "rateLimit": {"max": 5, "windowMs": 1000}});
+        let (status, body) = http(
+            p.port,
+            "POST",
+            "/api/v1/routes",
+            Some(&route),
+            &[(auth.0, &auth.1)],
+        )
+        .expect("route");
+        assert_eq!(status, 201, "{body}");
+        wait_applied(&p);
+        let (status, body) = http(p.gw, "GET", "/x", None, &[]).expect("proxied");
+        assert_eq!(status, expect, "fail_open={fail_open}: {body}");
+        if expect == 503 {
+            assert!(body.contains("RATE_LIMIT_UNAVAILABLE"), "{body}");
+        }
+        let log = p.log();
+        assert!(
+            log.contains("rate_limit.redis_unavailable"),
+            "an event is logged:\n{log}"
+        );
+    }
+    drop(up);
 }
