@@ -720,3 +720,90 @@ async fn malformed_requests_get_4xx_and_the_gateway_survives() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn troubleshooting_probes_upstreams_and_reports() {
+    let app = spawn_app().await;
+    let up = upstream::spawn("t").await;
+    let probe = |url: String| {
+        app.admin(Method::POST, "/api/v1/troubleshooting/test-upstream")
+            .json(&json!({"url": url, "timeout_ms": 2000}))
+            .send()
+    };
+    let r: Value = probe(format!("{}/health", up.url()))
+        .await
+        .expect("probe")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(r["reachable"], true, "{r}");
+    assert_eq!(r["dns"]["status"], "ok");
+    assert_eq!(r["connect"]["status"], "ok");
+    assert_eq!(r["tls"]["status"], "skipped");
+    assert_eq!(r["http"]["details"]["status"], 200);
+    assert!(r["total_ms"].as_f64().expect("ms") >= 0.0);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let r: Value = probe(format!("http://{dead}/"))
+        .await
+        .expect("probe")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(r["reachable"], false);
+    assert_eq!(r["connect"]["status"], "error", "{r}");
+    assert_eq!(r["http"]["status"], "skipped");
+    let r: Value = probe(format!("https://{}/", up.addr))
+        .await
+        .expect("probe")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        r["tls"]["status"], "error",
+        "a plain-HTTP server fails the TLS step: {r}"
+    );
+    let r: Value = probe("http://no-such-host.invalid/".into())
+        .await
+        .expect("probe")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(r["dns"]["status"], "error", "{r}");
+    let r = probe("ftp://x".into()).await.expect("probe");
+    let e = expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    assert_eq!(e["details"]["field"], "url");
+
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "svc", "targets": [{"url": up.url()}], "retries": {"attempts": 0}, "circuit_breaker": {"min_requests": 2}}),
+    )
+    .await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "r", "path": "/", "upstream": "svc"}),
+    )
+    .await;
+    app.settle().await;
+    let conns = app.get_json("/api/v1/troubleshooting/connections").await;
+    assert_eq!(conns["dependencies"]["store"]["status"], "ok");
+    assert_eq!(conns["upstreams"][0]["name"], "svc");
+    assert_eq!(conns["upstreams"][0]["targets"][0]["state"], "healthy");
+    let report = app.get_json("/api/v1/troubleshooting/health").await;
+    assert_eq!(report["status"], "ok", "{report}");
+    up.status.store(502, Ordering::Relaxed);
+    for _ in 0..2 {
+        Client::new().get(app.gw("/")).send().await.expect("req");
+    }
+    let report = app.get_json("/api/v1/troubleshooting/health").await;
+    assert_eq!(report["status"], "degraded", "{report}");
+    assert_eq!(report["open_breakers"][0]["upstream"], "svc");
+    assert!(report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .any(|f| f.as_str().expect("text").contains("circuit breaker")));
+    app.stop().await;
+}

@@ -205,17 +205,25 @@ async fn nats_check(state: &AppState) -> CheckResult {
     responses((status = 200, description = "Every configured dependency is healthy", body = ProbeBody),
               (status = 503, description = "A dependency is unhealthy", body = ProbeBody)))]
 pub async fn deep(State(state): State<AppState>) -> impl IntoResponse {
-    let (store, redis, nats) =
-        tokio::join!(store_check(&state), redis_check(&state), nats_check(&state));
-    let mut checks = std::collections::BTreeMap::new();
-    checks.insert("store".to_string(), store);
-    checks.insert("redis".to_string(), redis);
-    checks.insert("nats".to_string(), nats);
+    let mut checks = dependency_checks(&state).await;
     let mut nodes = CheckResult::ok(Instant::now());
     nodes.latency_ms = None;
     nodes.details = Some(serde_json::json!({ "connected": 0 }));
     checks.insert("nodes".to_string(), nodes);
     probe(checks)
+}
+
+/// Store, Redis and NATS, checked concurrently.
+pub async fn dependency_checks(
+    state: &AppState,
+) -> std::collections::BTreeMap<String, CheckResult> {
+    let (store, redis, nats) =
+        tokio::join!(store_check(state), redis_check(state), nats_check(state));
+    let mut checks = std::collections::BTreeMap::new();
+    checks.insert("store".to_string(), store);
+    checks.insert("redis".to_string(), redis);
+    checks.insert("nats".to_string(), nats);
+    checks
 }
 
 #[utoipa::path(get, path = "/health/ping", tag = "health",

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod revisions;
 pub mod session;
 pub mod settings;
+pub mod troubleshooting;
 pub mod users;
 
 use std::sync::Arc;
@@ -87,6 +88,9 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(gateway::upstream_health))
         .routes(routes!(gateway::circuit_breakers))
         .routes(routes!(gateway::list_routes, gateway::create_route))
+        .routes(routes!(troubleshooting::test_upstream))
+        .routes(routes!(troubleshooting::connections))
+        .routes(routes!(troubleshooting::health))
         .routes(routes!(
             gateway::get_route,
             gateway::update_route,
