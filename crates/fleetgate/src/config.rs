@@ -44,6 +44,8 @@ pub struct GatewaySection {
     /// With `redis.url` set and Redis not answering: admit requests on
     /// rate-limited routes (true, the default) or refuse them with 503.
     pub rate_limit_fail_open: bool,
+    /// Clients must send their request headers within this many milliseconds.
+    pub header_read_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,6 +109,7 @@ impl Default for GatewaySection {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             access_log: false,
             rate_limit_fail_open: true,
+            header_read_timeout_ms: 10_000,
         }
     }
 }
@@ -168,6 +171,11 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "FLEETGATE_GATEWAY_RATE_LIMIT_FAIL_OPEN",
         "gateway.rate_limit_fail_open",
         Kind::Bool,
+    ),
+    (
+        "FLEETGATE_GATEWAY_HEADER_READ_TIMEOUT_MS",
+        "gateway.header_read_timeout_ms",
+        Kind::Int,
     ),
     ("FLEETGATE_DATABASE_URL", "database.url", Kind::Text),
     (
@@ -308,6 +316,9 @@ impl Config {
                 "log.format must be \"text\" or \"json\", got {:?}",
                 self.log.format
             );
+        }
+        if !(100..=600_000).contains(&self.gateway.header_read_timeout_ms) {
+            bail!("gateway.header_read_timeout_ms must be between 100 and 600000");
         }
         if self.manager.max_body_bytes < 1024 {
             bail!("manager.max_body_bytes must be at least 1024");

@@ -148,6 +148,7 @@ pub async fn start(
             access_log: config.gateway.access_log,
             redis_url: config.redis.url.clone(),
             rate_limit_fail_open: config.gateway.rate_limit_fail_open,
+            header_read_timeout: Duration::from_millis(config.gateway.header_read_timeout_ms),
         },
     );
     if with_gateway {

@@ -36,7 +36,7 @@ pub use forward::ProxyBody;
 use metrics::MetricsRegistry;
 
 /// Start-up options of the gateway.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct GatewayOptions {
     /// Log one line per request (target `fleetgate::access`).
     pub access_log: bool,
@@ -44,6 +44,19 @@ pub struct GatewayOptions {
     pub redis_url: Option<String>,
     /// Without Redis answering, admit requests on limited routes (true) or refuse them.
     pub rate_limit_fail_open: bool,
+    /// A client must send its request headers within this time (slow clients are cut off).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            access_log: false,
+            redis_url: None,
+            rate_limit_fail_open: true,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 pub struct GatewayInner {
@@ -51,6 +64,7 @@ pub struct GatewayInner {
     pub(crate) metrics: MetricsRegistry,
     pub(crate) access_log: bool,
     pub(crate) shared_limits: Option<limit::SharedCounter>,
+    pub(crate) header_read_timeout: Duration,
 }
 
 /// A random number fixed for the process, prefixing generated request ids.
@@ -82,6 +96,7 @@ impl Gateway {
             current: ArcSwap::from_pointee(Compiled::empty()),
             metrics: MetricsRegistry::default(),
             access_log: options.access_log,
+            header_read_timeout: options.header_read_timeout,
             shared_limits: options.redis_url.as_deref().and_then(|url| {
                 match limit::SharedCounter::new(url, options.rate_limit_fail_open) {
                     Ok(c) => Some(c),
@@ -197,7 +212,7 @@ impl Gateway {
         builder
             .http1()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(self.inner.header_read_timeout)
             .max_buf_size(64 * 1024);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(conn);

@@ -807,3 +807,57 @@ async fn troubleshooting_probes_upstreams_and_reports() {
         .any(|f| f.as_str().expect("text").contains("circuit breaker")));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_without_starving_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::support::config_in(dir.path());
+    config.gateway.header_read_timeout_ms = 500;
+    let app = crate::support::spawn_with(config, dir).await;
+    let up = upstream::spawn("u").await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "r", "path": "/", "upstream": up.url()}),
+    )
+    .await;
+    app.settle().await;
+    let gw = app.gateway.expect("gateway");
+    // 20 slowloris connections trickle header bytes and never finish.
+    let slow: Vec<_> = (0..20)
+        .map(|_| {
+            tokio::task::spawn_blocking(move || {
+                let mut s = std::net::TcpStream::connect(gw).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                let started = Instant::now();
+                let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n");
+                for _ in 0..20 {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if s.write_all(b"X-Slow: 1\r\n").is_err() {
+                        break;
+                    }
+                }
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf);
+                (started.elapsed(), String::from_utf8_lossy(&buf).to_string())
+            })
+        })
+        .collect();
+    // Meanwhile ordinary clients are served promptly.
+    let c = Client::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let r = c.get(app.gw("/ok")).send().await.expect("served");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    for s in slow {
+        let (elapsed, out) = s.await.expect("slow client");
+        assert!(
+            elapsed < Duration::from_millis(1900),
+            "a slow client was kept for {elapsed:?}"
+        );
+        assert!(out.is_empty() || out.starts_with("HTTP/1.1 408"), "{out:?}");
+    }
+    app.stop().await;
+}
