@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod routing;
 pub mod settings;
 pub mod time;
+pub mod tls;
 pub mod user;
 
 pub use config::{ConfigDocument, ConfigSnapshot, ResourceSet};

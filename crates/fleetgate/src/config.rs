@@ -39,6 +39,8 @@ pub struct ManagerSection {
 pub struct GatewaySection {
     /// Address of the HTTP gateway (`fleetgate serve` only).
     pub listen: SocketAddr,
+    /// Address of the HTTPS gateway, serving the uploaded certificates by SNI.
+    pub tls_listen: SocketAddr,
     /// Log one JSON-able line per proxied request (target `fleetgate::access`).
     pub access_log: bool,
     /// With `redis.url` set and Redis not answering: admit requests on
@@ -107,6 +109,7 @@ impl Default for GatewaySection {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
             access_log: false,
             rate_limit_fail_open: true,
             header_read_timeout_ms: 10_000,
@@ -163,6 +166,11 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ),
     ("FLEETGATE_GATEWAY_LISTEN", "gateway.listen", Kind::Text),
     (
+        "FLEETGATE_GATEWAY_TLS_LISTEN",
+        "gateway.tls_listen",
+        Kind::Text,
+    ),
+    (
         "FLEETGATE_GATEWAY_ACCESS_LOG",
         "gateway.access_log",
         Kind::Bool,
@@ -213,6 +221,9 @@ pub struct Overrides {
     /// Gateway address (`serve` only).
     #[arg(long, value_name = "ADDR")]
     pub gateway_listen: Option<SocketAddr>,
+    /// Gateway HTTPS address (`serve` only).
+    #[arg(long, value_name = "ADDR")]
+    pub gateway_tls_listen: Option<SocketAddr>,
     /// Store URL: postgres://… or sqlite://…
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
@@ -288,6 +299,9 @@ impl Config {
         }
         if let Some(v) = flags.gateway_listen {
             config.gateway.listen = v;
+        }
+        if let Some(v) = flags.gateway_tls_listen {
+            config.gateway.tls_listen = v;
         }
         if let Some(v) = &flags.database_url {
             config.database.url = Some(v.clone());

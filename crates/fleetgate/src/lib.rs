@@ -54,6 +54,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
 pub struct Running {
     pub manager_addr: SocketAddr,
     pub gateway_addr: Option<SocketAddr>,
+    /// The HTTPS listener of the gateway.
+    pub gateway_tls_addr: Option<SocketAddr>,
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -103,12 +105,18 @@ pub async fn start(
         tracing::info!("created the bootstrap API key from FLEETGATE_BOOTSTRAP_TOKEN");
     }
 
+    let secret_key = fleetgate_manager::secrets::load_or_create_key(
+        std::env::var("FLEETGATE_SECRET_KEY").ok().as_deref(),
+        &config.data_dir,
+    )
+    .map_err(anyhow::Error::msg)?;
     let options = ManagerOptions {
         data_dir: config.data_dir.clone(),
         max_body_bytes: config.manager.max_body_bytes,
         secure_cookies: config.manager.secure_cookies,
         redis_url: config.redis.url.clone(),
         nats_url: config.nats.url.clone(),
+        secret_key: Some(secret_key),
     };
     let dyn_store: Arc<dyn Store> = store.clone();
     let state = AppState::new(dyn_store, options).await?;
@@ -136,6 +144,24 @@ pub async fn start(
         None
     };
     let gateway_addr = gateway.as_ref().map(TcpListener::local_addr).transpose()?;
+    let gateway_tls = if with_gateway {
+        Some(
+            TcpListener::bind(config.gateway.tls_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} (gateway.tls_listen)",
+                        config.gateway.tls_listen
+                    )
+                })?,
+        )
+    } else {
+        None
+    };
+    let gateway_tls_addr = gateway_tls
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (down_tx, down_rx) = watch::channel(false);
@@ -155,6 +181,7 @@ pub async fn start(
         let _ = state.data_plane.set(Arc::new(gw.clone()));
     }
     let task_state = state.clone();
+    let tls_certificates = state.subscribe_certificates();
 
     let task = tokio::spawn(async move {
         let mut down = down_rx.clone();
@@ -166,6 +193,17 @@ pub async fn start(
             let _ = down.wait_for(|d| *d).await;
         });
         let manager_task = tokio::spawn(async move { manager.await });
+        let tls_task = gateway_tls.map(|l| {
+            let mut down = down_rx.clone();
+            tokio::spawn(gw.clone().serve_tls(
+                l,
+                tls_certificates,
+                async move {
+                    let _ = down.wait_for(|d| *d).await;
+                },
+                drain,
+            ))
+        });
         let gateway_task = gateway.map(|l| {
             let mut down = down_rx.clone();
             tokio::spawn(gw.serve(
@@ -188,7 +226,7 @@ pub async fn start(
             Ok(Err(e)) => tracing::warn!(error = %e, "manager server task failed"),
             Err(_) => tracing::warn!("manager drain timed out; closing remaining connections"),
         }
-        if let Some(t) = gateway_task {
+        for t in [gateway_task, tls_task].into_iter().flatten() {
             let _ = t.await;
         }
         let _ = background.await;
@@ -201,6 +239,7 @@ pub async fn start(
     Ok(Running {
         manager_addr,
         gateway_addr,
+        gateway_tls_addr,
         state,
         stop: Some(stop_tx),
         task,

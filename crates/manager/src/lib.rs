@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod ratelimit;
+pub mod secrets;
 
 use std::ops::Deref;
 use std::path::PathBuf;
@@ -35,6 +36,8 @@ pub struct ManagerOptions {
     pub secure_cookies: bool,
     pub redis_url: Option<String>,
     pub nats_url: Option<String>,
+    /// Key that encrypts secrets at rest; `None` makes an ephemeral one (tests).
+    pub secret_key: Option<[u8; 32]>,
 }
 
 impl Default for ManagerOptions {
@@ -45,6 +48,7 @@ impl Default for ManagerOptions {
             secure_cookies: false,
             redis_url: None,
             nats_url: None,
+            secret_key: None,
         }
     }
 }
@@ -59,6 +63,9 @@ pub struct Inner {
     pub redis: Option<redis::Client>,
     /// The gateway running in this process, if any, for its health and breaker views.
     pub data_plane: std::sync::OnceLock<Arc<dyn fleetgate_core::gateway::DataPlaneStatus>>,
+    pub secrets: secrets::SecretBox,
+    /// Certificates (with keys, in memory only) for the gateway's TLS listener.
+    pub certificates: watch::Sender<Arc<Vec<fleetgate_core::tls::TlsBundle>>>,
 }
 
 /// Shared state of every handler.
@@ -83,6 +90,12 @@ impl AppState {
             None => None,
         };
         let (snapshots, _) = watch::channel(Arc::new(ConfigSnapshot::default()));
+        let (certificates, _) = watch::channel(Arc::new(Vec::new()));
+        let key = options.secret_key.unwrap_or_else(|| {
+            let mut k = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
+            k
+        });
         let state = AppState(Arc::new(Inner {
             store,
             options,
@@ -92,8 +105,11 @@ impl AppState {
             started_at: Instant::now(),
             redis,
             data_plane: std::sync::OnceLock::new(),
+            secrets: secrets::SecretBox::new(&key),
+            certificates,
         }));
         state.publish_current().await?;
+        state.publish_certificates().await?;
         Ok(state)
     }
 
@@ -144,6 +160,43 @@ impl AppState {
         Ok(())
     }
 
+    /// The certificate channel the gateway's TLS listener subscribes to.
+    pub fn subscribe_certificates(
+        &self,
+    ) -> watch::Receiver<Arc<Vec<fleetgate_core::tls::TlsBundle>>> {
+        self.certificates.subscribe()
+    }
+
+    /// Loads and decrypts every certificate and publishes the set if it changed.
+    /// A certificate whose key does not decrypt is left out and logged.
+    pub async fn publish_certificates(&self) -> Result<(), StoreError> {
+        let mut set = Vec::new();
+        for rec in self.store.list_certificates().await? {
+            match self.secrets.open(&rec.key_encrypted).map(String::from_utf8) {
+                Ok(Ok(key_pem)) => set.push(fleetgate_core::tls::TlsBundle {
+                    name: rec.name,
+                    cert_pem: rec.cert_pem,
+                    key_pem,
+                }),
+                Ok(Err(_)) => {
+                    tracing::error!(certificate = %rec.name, "stored key is not text; not served")
+                }
+                Err(e) => {
+                    tracing::error!(certificate = %rec.name, error = %e, "certificate key does not decrypt; not served")
+                }
+            }
+        }
+        self.certificates.send_if_modified(|cur| {
+            if **cur == set {
+                false
+            } else {
+                *cur = Arc::new(set);
+                true
+            }
+        });
+        Ok(())
+    }
+
     /// Background work: follow revisions made elsewhere, prune expired sessions
     /// and old audit entries. Ends when `shutdown` flips to true.
     pub fn spawn_background(
@@ -164,6 +217,9 @@ impl AppState {
                 }
                 if let Err(e) = state.publish_current().await {
                     tracing::warn!(error = %e, "could not read the latest revision");
+                }
+                if let Err(e) = state.publish_certificates().await {
+                    tracing::warn!(error = %e, "could not read the certificates");
                 }
                 if last_prune.elapsed() >= Duration::from_secs(3600) {
                     last_prune = Instant::now();

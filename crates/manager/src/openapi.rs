@@ -27,6 +27,7 @@ use crate::error::ErrorBody;
         (name = "settings", description = "Runtime settings and backups"),
         (name = "config", description = "Export and import of the whole configuration"),
         (name = "gateway", description = "Upstreams, routes, target health and circuit breakers"),
+        (name = "certificates", description = "TLS certificates served by the gateway"),
         (name = "troubleshooting", description = "Probes of upstreams and reports of every connection"),
     )
 )]

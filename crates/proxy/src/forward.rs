@@ -238,10 +238,21 @@ fn retry_on(rt: &RouteRuntime, cond: RetryOn) -> bool {
 }
 
 /// Handles one request from `client`.
+/// What the pipeline knows about the request besides its parts.
+struct Ctx<'a> {
+    client: SocketAddr,
+    host: &'a str,
+    matched_len: usize,
+    rid: &'a HeaderValue,
+    /// The request arrived over TLS.
+    tls: bool,
+}
+
 pub async fn handle(
     gw: Arc<GatewayInner>,
     req: Request<Incoming>,
     client: SocketAddr,
+    tls: bool,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let compiled: Arc<Compiled> = gw.current.load_full();
@@ -298,18 +309,19 @@ pub async fn handle(
         }
     };
     let rt = &compiled.routes[m.index];
-    let shared = gw.shared_limits.as_ref();
-    let mut resp = proxy(
-        rt,
-        shared,
-        &mut parts,
-        body,
+    let ctx = Ctx {
         client,
-        &host,
-        m.matched_len,
-        &rid,
-    )
-    .await;
+        host: &host,
+        matched_len: m.matched_len,
+        rid: &rid,
+        tls,
+    };
+    let https_port = gw.https_port.load(Ordering::Relaxed);
+    let mut resp = if !tls && rt.route.https_redirect && https_port != 0 {
+        https_redirect(&parts, &host, https_port)
+    } else {
+        proxy(rt, gw.shared_limits.as_ref(), &mut parts, body, &ctx).await
+    };
     let status = resp.status().as_u16();
     rt.metrics
         .observe(status, started.elapsed().as_micros() as u64);
@@ -331,18 +343,45 @@ pub async fn handle(
     resp
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `308` to the same host and path on the HTTPS listener.
+fn https_redirect(
+    parts: &http::request::Parts,
+    host: &str,
+    https_port: u16,
+) -> Response<ProxyBody> {
+    let name = fleetgate_core::routing::strip_port(host);
+    let name = if name.contains(':') {
+        format!("[{name}]")
+    } else {
+        name.to_string()
+    };
+    let authority = if https_port == 443 {
+        name
+    } else {
+        format!("{name}:{https_port}")
+    };
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+    *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{authority}{pq}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
 async fn proxy(
     rt: &RouteRuntime,
     shared: Option<&crate::limit::SharedCounter>,
     req: &mut http::request::Parts,
     body: Incoming,
-    client: SocketAddr,
-    host: &str,
-    matched_len: usize,
-    rid: &HeaderValue,
+    ctx: &Ctx<'_>,
 ) -> Response<ProxyBody> {
     let route = &rt.route;
+    let client = ctx.client;
     // IP rules: deny wins, then a non-empty allow list must contain the client.
     let ip = client.ip();
     if rt.deny.iter().any(|n| n.contains(&ip))
@@ -422,7 +461,7 @@ async fn proxy(
             return r;
         }
     }
-    let mut resp = forward(rt, req, body, client, host, matched_len, rid).await;
+    let mut resp = forward(rt, req, body, ctx).await;
     let h = resp.headers_mut();
     if let Some((limit, remaining, reset)) = limit_headers {
         set_limit_headers(h, limit, remaining, reset);
@@ -437,11 +476,9 @@ async fn forward(
     rt: &RouteRuntime,
     req: &mut http::request::Parts,
     body: Incoming,
-    client: SocketAddr,
-    host: &str,
-    matched_len: usize,
-    rid: &HeaderValue,
+    ctx: &Ctx<'_>,
 ) -> Response<ProxyBody> {
+    let (client, host, matched_len, rid) = (ctx.client, ctx.host, ctx.matched_len, ctx.rid);
     let route = &rt.route;
     let up = &rt.upstream;
     if let Some(max) = route.max_body_bytes {
@@ -496,7 +533,12 @@ async fn forward(
     let retryable = bodyless(req, &body);
     let mut headers = std::mem::take(&mut req.headers);
     strip_hop_by_hop(&mut headers, upgrade);
-    append_forwarded(&mut headers, &client, host, "http");
+    append_forwarded(
+        &mut headers,
+        &client,
+        host,
+        if ctx.tls { "https" } else { "http" },
+    );
     headers.insert("x-request-id", rid.clone());
     rt.request_headers.apply(&mut headers);
     let attempts = 1 + if retryable {

@@ -12,6 +12,7 @@ pub mod compiled;
 mod forward;
 pub mod limit;
 pub mod metrics;
+pub mod tls;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -65,6 +66,8 @@ pub struct GatewayInner {
     pub(crate) access_log: bool,
     pub(crate) shared_limits: Option<limit::SharedCounter>,
     pub(crate) header_read_timeout: Duration,
+    /// Port of the HTTPS listener once bound, for HTTP→HTTPS redirects (0 = none).
+    pub(crate) https_port: std::sync::atomic::AtomicU16,
 }
 
 /// A random number fixed for the process, prefixing generated request ids.
@@ -97,6 +100,7 @@ impl Gateway {
             metrics: MetricsRegistry::default(),
             access_log: options.access_log,
             header_read_timeout: options.header_read_timeout,
+            https_port: std::sync::atomic::AtomicU16::new(0),
             shared_limits: options.redis_url.as_deref().and_then(|url| {
                 match limit::SharedCounter::new(url, options.rate_limit_fail_open) {
                     Ok(c) => Some(c),
@@ -151,14 +155,59 @@ impl Gateway {
         req: Request<Incoming>,
         client: SocketAddr,
     ) -> hyper::Response<ProxyBody> {
-        forward::handle(self.inner.clone(), req, client).await
+        forward::handle(self.inner.clone(), req, client, false).await
     }
 
-    /// Accepts connections until `shutdown` resolves, then lets open connections
-    /// finish their in-flight requests for up to `drain`.
+    /// Accepts plain-HTTP connections until `shutdown` resolves, then lets open
+    /// connections finish their in-flight requests for up to `drain`.
     pub async fn serve(
         self,
         listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        drain: Duration,
+    ) -> std::io::Result<()> {
+        self.accept_loop(listener, None, shutdown, drain).await
+    }
+
+    /// Like [`Gateway::serve`] over TLS, with the certificates `certificates`
+    /// publishes (chosen by SNI; updated without a restart).
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        mut certificates: watch::Receiver<Arc<Vec<fleetgate_core::tls::TlsBundle>>>,
+        shutdown: impl Future<Output = ()>,
+        drain: Duration,
+    ) -> std::io::Result<()> {
+        let resolver = Arc::new(tls::SniResolver::default());
+        resolver.update(&certificates.borrow_and_update());
+        let config = tls::server_config(resolver.clone()).map_err(std::io::Error::other)?;
+        let follower = tokio::spawn(async move {
+            while certificates.changed().await.is_ok() {
+                let set = certificates.borrow_and_update().clone();
+                resolver.update(&set);
+            }
+        });
+        if let Ok(addr) = listener.local_addr() {
+            self.inner
+                .https_port
+                .store(addr.port(), std::sync::atomic::Ordering::Relaxed);
+        }
+        let res = self
+            .accept_loop(
+                listener,
+                Some(tokio_rustls::TlsAcceptor::from(config)),
+                shutdown,
+                drain,
+            )
+            .await;
+        follower.abort();
+        res
+    }
+
+    async fn accept_loop(
+        self,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: impl Future<Output = ()>,
         drain: Duration,
     ) -> std::io::Result<()> {
@@ -177,7 +226,24 @@ impl Gateway {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(self.clone().connection(stream, peer, stop_rx.clone()));
+                    let gw = self.clone();
+                    let stop = stop_rx.clone();
+                    match &tls {
+                        None => {
+                            conns.spawn(gw.connection(stream, peer, false, stop));
+                        }
+                        Some(acceptor) => {
+                            let acceptor = acceptor.clone();
+                            let limit = self.inner.header_read_timeout;
+                            conns.spawn(async move {
+                                match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                                    Ok(Ok(tls_stream)) => gw.connection(tls_stream, peer, true, stop).await,
+                                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 () = &mut shutdown => break,
@@ -197,16 +263,19 @@ impl Gateway {
         Ok(())
     }
 
-    async fn connection(
+    async fn connection<I>(
         self,
-        stream: tokio::net::TcpStream,
+        io: I,
         peer: SocketAddr,
+        tls: bool,
         mut stop: watch::Receiver<bool>,
-    ) {
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let inner = self.inner.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let inner = inner.clone();
-            async move { Ok::<_, Infallible>(forward::handle(inner, req, peer).await) }
+            async move { Ok::<_, Infallible>(forward::handle(inner, req, peer, tls).await) }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -214,7 +283,7 @@ impl Gateway {
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(self.inner.header_read_timeout)
             .max_buf_size(64 * 1024);
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         tokio::select! {
             res = conn.as_mut() => {

@@ -245,6 +245,19 @@ pub struct RevisionRecord {
     pub snapshot: Option<ResourceSet>,
 }
 
+/// A TLS certificate with its private key encrypted by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRecord {
+    pub name: String,
+    /// The certificate chain, PEM.
+    pub cert_pem: String,
+    /// The private key, encrypted; the store never sees it in clear.
+    pub key_encrypted: String,
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
 /// State of the embedded migrations against the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationStatus {
@@ -381,6 +394,18 @@ pub trait Store: Send + Sync + 'static {
     async fn latest_revision(&self) -> Result<i64>;
     async fn list_revisions(&self, page: PageRequest) -> Result<Page<RevisionRecord>>;
     async fn get_revision(&self, number: i64) -> Result<Option<RevisionRecord>>;
+
+    // TLS certificates (not configuration revisions: they carry secrets).
+    /// Creates or replaces a certificate; `expected_version` as for resources.
+    async fn put_certificate(
+        &self,
+        actor: &Actor,
+        cert: &CertificateRecord,
+        expected_version: Option<i64>,
+    ) -> Result<CertificateRecord>;
+    async fn get_certificate(&self, name: &str) -> Result<Option<CertificateRecord>>;
+    async fn list_certificates(&self) -> Result<Vec<CertificateRecord>>;
+    async fn delete_certificate(&self, actor: &Actor, name: &str) -> Result<()>;
 
     /// Writes a consistent copy of the whole store to `path` (a new file).
     async fn backup(&self, path: &std::path::Path) -> Result<()>;

@@ -24,9 +24,9 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyConnection, AnyPool, Row};
 
 use crate::{
-    Actor, ApiKeyRecord, AuditEvent, AuditFilter, AuditRecord, MigrationStatus, Page, PageRequest,
-    PoolStats, ResourceRecord, ResourceSet, Result, RevisionRecord, SessionRecord, Store,
-    StoreError, UserRecord,
+    Actor, ApiKeyRecord, AuditEvent, AuditFilter, AuditRecord, CertificateRecord, MigrationStatus,
+    Page, PageRequest, PoolStats, ResourceRecord, ResourceSet, Result, RevisionRecord,
+    SessionRecord, Store, StoreError, UserRecord,
 };
 
 /// Which database a [`SqlStore`] runs on.
@@ -78,12 +78,20 @@ impl StoreOptions {
 }
 
 /// Versions, descriptions and per-backend SQL of the embedded migrations.
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "certificates",
+        include_str!("../migrations/sqlite/0002_certificates.sql"),
+        include_str!("../migrations/postgres/0002_certificates.sql"),
+    ),
+];
 
 fn migrator(backend: Backend) -> Migrator {
     let migrations = MIGRATIONS
@@ -248,6 +256,19 @@ fn key_from_row(r: &AnyRow) -> Result<ApiKeyRecord> {
         user_id: r.try_get("user_id")?,
         created_at: r.try_get("created_at")?,
         last_used_at: r.try_get("last_used_at")?,
+    })
+}
+
+const CERT_COLUMNS: &str = "name, cert_pem, key_encrypted, version, created_at, updated_at";
+
+fn cert_from_row(r: &AnyRow) -> Result<CertificateRecord> {
+    Ok(CertificateRecord {
+        name: r.try_get("name")?,
+        cert_pem: r.try_get("cert_pem")?,
+        key_encrypted: r.try_get("key_encrypted")?,
+        version: r.try_get("version")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
     })
 }
 
@@ -1151,6 +1172,109 @@ impl Store for SqlStore {
         }))
     }
 
+    async fn put_certificate(
+        &self,
+        actor: &Actor,
+        c: &CertificateRecord,
+        expected_version: Option<i64>,
+    ) -> Result<CertificateRecord> {
+        let mut tx = self.pool.begin().await?;
+        // Lock the row (or, for SQLite, take the write lock) before reading it.
+        sqlx::query("UPDATE certificates SET version = version WHERE name = $1")
+            .bind(c.name.clone())
+            .execute(&mut *tx)
+            .await?;
+        let before = sqlx::query(&format!(
+            "SELECT {CERT_COLUMNS} FROM certificates WHERE name = $1"
+        ))
+        .bind(c.name.clone())
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| cert_from_row(&r))
+        .transpose()?;
+        check_version(expected_version, before.as_ref().map_or(0, |b| b.version))?;
+        let now = now_ms();
+        let stored = CertificateRecord {
+            version: before.as_ref().map_or(1, |b| b.version + 1),
+            created_at: before.as_ref().map_or(now, |b| b.created_at),
+            updated_at: now,
+            ..c.clone()
+        };
+        sqlx::query("DELETE FROM certificates WHERE name = $1")
+            .bind(c.name.clone())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO certificates (name, cert_pem, key_encrypted, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(stored.name.clone())
+        .bind(stored.cert_pem.clone())
+        .bind(stored.key_encrypted.clone())
+        .bind(stored.version)
+        .bind(stored.created_at)
+        .bind(stored.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        let view = |r: &CertificateRecord| serde_json::json!({ "name": r.name, "cert_pem": r.cert_pem, "version": r.version });
+        let mut ev = AuditEvent::new(
+            if before.is_some() {
+                "certificate.update"
+            } else {
+                "certificate.create"
+            },
+            "certificate",
+            Some(&c.name),
+        )
+        .after(view(&stored));
+        if let Some(b) = &before {
+            ev = ev.before(view(b));
+        }
+        insert_audit(&mut tx, actor, &ev).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn get_certificate(&self, name: &str) -> Result<Option<CertificateRecord>> {
+        sqlx::query(&format!(
+            "SELECT {CERT_COLUMNS} FROM certificates WHERE name = $1"
+        ))
+        .bind(name.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| cert_from_row(&r))
+        .transpose()
+    }
+
+    async fn list_certificates(&self) -> Result<Vec<CertificateRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CERT_COLUMNS} FROM certificates ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(cert_from_row).collect()
+    }
+
+    async fn delete_certificate(&self, actor: &Actor, name: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("DELETE FROM certificates WHERE name = $1")
+            .bind(name.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("certificate {name}")));
+        }
+        insert_audit(
+            &mut tx,
+            actor,
+            &AuditEvent::new("certificate.delete", "certificate", Some(name)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn backup(&self, path: &Path) -> Result<()> {
         if path.exists() {
             return Err(StoreError::Conflict(format!(
@@ -1181,6 +1305,7 @@ impl Store for SqlStore {
                     .await?;
                 let mut tables = serde_json::Map::new();
                 for table in [
+                    "certificates",
                     "users",
                     "api_keys",
                     "resources",

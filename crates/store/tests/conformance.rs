@@ -5,8 +5,8 @@
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
 use fleetgate_store::{
-    Actor, ApiKeyRecord, AuditEvent, AuditFilter, PageRequest, ResourceSet, SessionRecord,
-    SqlStore, Store, StoreError, StoreOptions, UserRecord,
+    Actor, ApiKeyRecord, AuditEvent, AuditFilter, CertificateRecord, PageRequest, ResourceSet,
+    SessionRecord, SqlStore, Store, StoreError, StoreOptions, UserRecord,
 };
 use serde_json::json;
 
@@ -88,6 +88,7 @@ conformance!(
     concurrent_config_writes_get_distinct_revisions,
     backup_writes_a_file,
     hostile_text_is_stored_verbatim,
+    certificates_crud_with_versions,
 );
 
 fn actor() -> Actor {
@@ -559,4 +560,83 @@ async fn hostile_text_is_stored_verbatim(s: &SqlStore) {
     assert_eq!(got.display_name, name);
     assert_eq!(got.email, u.email);
     assert_eq!(s.count_users().await.expect("count"), 1);
+}
+
+async fn certificates_crud_with_versions(s: &SqlStore) {
+    let a = actor();
+    let c = CertificateRecord {
+        name: "site".into(),
+        cert_pem: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+        key_encrypted: "v1:opaque".into(),
+        version: 0,
+        created_at: 0,
+        updated_at: 0,
+    };
+    let stored = s.put_certificate(&a, &c, Some(0)).await.expect("create");
+    assert_eq!(stored.version, 1);
+    assert!(matches!(
+        s.put_certificate(&a, &c, Some(0)).await,
+        Err(StoreError::VersionMismatch { current: 1 })
+    ));
+    let again = s
+        .put_certificate(
+            &a,
+            &CertificateRecord {
+                key_encrypted: "v1:new".into(),
+                ..c.clone()
+            },
+            Some(1),
+        )
+        .await
+        .expect("replace");
+    assert_eq!((again.version, again.created_at), (2, stored.created_at));
+    assert_eq!(
+        s.get_certificate("site")
+            .await
+            .expect("get")
+            .expect("exists")
+            .key_encrypted,
+        "v1:new"
+    );
+    s.put_certificate(
+        &a,
+        &CertificateRecord {
+            name: "api".into(),
+            ..c.clone()
+        },
+        None,
+    )
+    .await
+    .expect("second");
+    let names: Vec<String> = s
+        .list_certificates()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["api", "site"]);
+    s.delete_certificate(&a, "site").await.expect("delete");
+    assert!(matches!(
+        s.delete_certificate(&a, "site").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                target_type: Some("certificate".into()),
+                ..Default::default()
+            },
+            page(10, 0),
+        )
+        .await
+        .expect("audit");
+    assert_eq!(audit.total, 4);
+    assert!(
+        !audit
+            .items
+            .iter()
+            .any(|e| format!("{:?}{:?}", e.before, e.after).contains("opaque")),
+        "keys stay out of the audit log"
+    );
 }

@@ -10,5 +10,6 @@ mod gateway;
 mod health;
 mod process;
 mod support;
+mod tls;
 mod upstream;
 mod users;

@@ -52,6 +52,8 @@ impl Proc {
             &format!("127.0.0.1:{port}"),
             "--gateway-listen",
             &format!("127.0.0.1:{gw}"),
+            "--gateway-tls-listen",
+            "127.0.0.1:0",
         ])
         .env("FLEETGATE_BOOTSTRAP_TOKEN", TOKEN)
         .stdout(Stdio::null())

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod backup;
+pub mod certificates;
 pub mod config;
 pub mod gateway;
 pub mod health;
@@ -88,6 +89,12 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(gateway::upstream_health))
         .routes(routes!(gateway::circuit_breakers))
         .routes(routes!(gateway::list_routes, gateway::create_route))
+        .routes(routes!(certificates::list, certificates::create))
+        .routes(routes!(
+            certificates::get,
+            certificates::replace,
+            certificates::delete
+        ))
         .routes(routes!(troubleshooting::test_upstream))
         .routes(routes!(troubleshooting::connections))
         .routes(routes!(troubleshooting::health))
