@@ -48,6 +48,9 @@ pub struct GatewaySection {
     pub rate_limit_fail_open: bool,
     /// Clients must send their request headers within this many milliseconds.
     pub header_read_timeout_ms: u64,
+    /// Gateway worker threads, each with its own single-threaded runtime;
+    /// 0 means one per CPU.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +116,7 @@ impl Default for GatewaySection {
             access_log: false,
             rate_limit_fail_open: true,
             header_read_timeout_ms: 10_000,
+            workers: 0,
         }
     }
 }
@@ -185,6 +189,7 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "gateway.header_read_timeout_ms",
         Kind::Int,
     ),
+    ("FLEETGATE_GATEWAY_WORKERS", "gateway.workers", Kind::Int),
     ("FLEETGATE_DATABASE_URL", "database.url", Kind::Text),
     (
         "FLEETGATE_DATABASE_MAX_CONNECTIONS",
@@ -333,6 +338,9 @@ impl Config {
         }
         if !(100..=600_000).contains(&self.gateway.header_read_timeout_ms) {
             bail!("gateway.header_read_timeout_ms must be between 100 and 600000");
+        }
+        if self.gateway.workers > 256 {
+            bail!("gateway.workers must be between 0 (one per CPU) and 256");
         }
         if self.manager.max_body_bytes < 1024 {
             bail!("manager.max_body_bytes must be at least 1024");

@@ -144,6 +144,7 @@ pub async fn start(
         None
     };
     let gateway_addr = gateway.as_ref().map(TcpListener::local_addr).transpose()?;
+    let gateway = gateway.map(TcpListener::into_std).transpose()?;
     let gateway_tls = if with_gateway {
         Some(
             TcpListener::bind(config.gateway.tls_listen)
@@ -162,6 +163,11 @@ pub async fn start(
         .as_ref()
         .map(TcpListener::local_addr)
         .transpose()?;
+    let gateway_tls = gateway_tls.map(TcpListener::into_std).transpose()?;
+    let workers = match config.gateway.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (down_tx, down_rx) = watch::channel(false);
@@ -194,26 +200,16 @@ pub async fn start(
         });
         let manager_task = tokio::spawn(async move { manager.await });
         let tls_task = gateway_tls.map(|l| {
-            let mut down = down_rx.clone();
-            tokio::spawn(gw.clone().serve_tls(
+            tokio::spawn(gw.clone().serve_on_threads(
                 l,
-                tls_certificates,
-                async move {
-                    let _ = down.wait_for(|d| *d).await;
-                },
+                Some(tls_certificates),
+                workers,
+                down_rx.clone(),
                 drain,
             ))
         });
-        let gateway_task = gateway.map(|l| {
-            let mut down = down_rx.clone();
-            tokio::spawn(gw.serve(
-                l,
-                async move {
-                    let _ = down.wait_for(|d| *d).await;
-                },
-                drain,
-            ))
-        });
+        let gateway_task = gateway
+            .map(|l| tokio::spawn(gw.serve_on_threads(l, None, workers, down_rx.clone(), drain)));
         tokio::select! {
             () = shutdown => {}
             _ = stop_rx => {}

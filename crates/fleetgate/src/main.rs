@@ -8,6 +8,11 @@ use fleetgate::config::{Config, Overrides};
 use fleetgate::{init_logging, open_store, shutdown_signal, start, BootstrapSecrets};
 use fleetgate_store::Store;
 
+// mimalloc: the gateway allocates per request, and the system allocator was a
+// quarter of its instructions per request under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "fleetgate",

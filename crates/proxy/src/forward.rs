@@ -28,16 +28,58 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// The client of a connection, with the header forms of its address made once.
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The IP as `X-Forwarded-For` carries it.
+    ip: HeaderValue,
+    /// The IP as a `Forwarded` node (`1.2.3.4` or `"[::1]"`).
+    node: Box<str>,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = addr.ip().to_string();
+        let node = if addr.is_ipv6() {
+            format!("\"[{ip}]\"")
+        } else {
+            ip.clone()
+        };
+        Self {
+            addr,
+            ip: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            node: node.into_boxed_str(),
+        }
+    }
+}
+
 fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get("x-request-id") {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
         if !v.is_empty() && v.len() <= 128 {
             return v.clone();
         }
     }
+    // `<8 hex digits of the process nonce>-<12 hex digits of a counter>`, without fmt.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
     let nonce = crate::process_nonce();
-    HeaderValue::from_str(&format!("{nonce:08x}-{n:012x}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    let mut buf = [0u8; 21];
+    for (i, b) in buf[..8].iter_mut().enumerate() {
+        *b = HEX[((nonce >> (28 - 4 * i)) & 0xf) as usize];
+    }
+    buf[8] = b'-';
+    for (i, b) in buf[9..].iter_mut().enumerate() {
+        *b = HEX[((n >> (44 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// A JSON error response in the API's envelope.
@@ -73,6 +115,16 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in
 /// `Connection`; keeps `Upgrade`/`Connection: upgrade` when `upgrade` is set.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of these; one pass over the names settles it.
+    let present = headers
+        .keys()
+        .any(|k| HOP_BY_HOP.contains(k) || (!upgrade && k == header::UPGRADE));
+    if !present {
+        if upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -106,35 +158,48 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
-fn append_forwarded(headers: &mut HeaderMap, client: &SocketAddr, host: &str, proto: &str) {
-    let ip = client.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip.clone(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+fn append_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &str, proto: &'static str) {
+    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => {
+            let mut xff = String::with_capacity(prev.len() + 2 + peer.ip.len());
+            xff.push_str(prev);
+            xff.push_str(", ");
+            xff.push_str(peer.ip.to_str().unwrap_or(""));
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                headers.insert(X_FORWARDED_FOR, v);
+            }
+        }
+        _ => {
+            headers.insert(X_FORWARDED_FOR, peer.ip.clone());
+        }
     }
-    headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
-    );
-    if let Ok(v) = HeaderValue::from_str(host) {
-        headers.insert("x-forwarded-host", v);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    match headers.get(header::HOST).cloned() {
+        Some(v) => {
+            headers.insert(X_FORWARDED_HOST, v);
+        }
+        None => {
+            if let Ok(v) = HeaderValue::from_str(host) {
+                headers.insert(X_FORWARDED_HOST, v);
+            }
+        }
     }
-    let node = if client.is_ipv6() {
-        format!("\"[{ip}]\"")
-    } else {
-        ip
-    };
-    let element = format!(
-        "for={node};host=\"{}\";proto={proto}",
-        host.replace(['"', '\\'], "")
-    );
-    let fwd = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {element}"),
-        _ => element,
-    };
+    let prev = headers
+        .get(header::FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| !p.is_empty());
+    let mut fwd =
+        String::with_capacity(prev.map_or(0, |p| p.len() + 2) + peer.node.len() + host.len() + 24);
+    if let Some(p) = prev {
+        fwd.push_str(p);
+        fwd.push_str(", ");
+    }
+    fwd.push_str("for=");
+    fwd.push_str(&peer.node);
+    fwd.push_str(";host=\"");
+    fwd.extend(host.chars().filter(|c| *c != '"' && *c != '\\'));
+    fwd.push_str("\";proto=");
+    fwd.push_str(proto);
     if let Ok(v) = HeaderValue::from_str(&fwd) {
         headers.insert(header::FORWARDED, v);
     }
@@ -214,13 +279,12 @@ fn limit_key<'a>(key: &str, headers: &'a HeaderMap, ip: &'a str) -> std::borrow:
 
 fn set_limit_headers(h: &mut HeaderMap, limit: u32, remaining: u32, reset_at: u64) {
     let reset_epoch = (clock::to_wall_ms(reset_at) + 999) / 1000;
-    for (name, value) in [
-        ("x-ratelimit-limit", limit as u64),
-        ("x-ratelimit-remaining", remaining as u64),
-        ("x-ratelimit-reset", reset_epoch.max(0) as u64),
-    ] {
-        h.insert(HeaderName::from_static(name), HeaderValue::from(value));
-    }
+    h.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
+    h.insert(X_RATELIMIT_REMAINING, HeaderValue::from(remaining));
+    h.insert(
+        X_RATELIMIT_RESET,
+        HeaderValue::from(reset_epoch.max(0) as u64),
+    );
 }
 
 /// Whether the request carries no body, so it can be sent again on retry.
@@ -237,9 +301,9 @@ fn retry_on(rt: &RouteRuntime, cond: RetryOn) -> bool {
     rt.upstream.config.retries.on.contains(&cond)
 }
 
-/// Handles one request from `client`.
 /// What the pipeline knows about the request besides its parts.
 struct Ctx<'a> {
+    peer: &'a Peer,
     client: SocketAddr,
     host: &'a str,
     matched_len: usize,
@@ -248,12 +312,14 @@ struct Ctx<'a> {
     tls: bool,
 }
 
+/// Handles one request from `peer`.
 pub async fn handle(
     gw: Arc<GatewayInner>,
     req: Request<Incoming>,
-    client: SocketAddr,
+    peer: Arc<Peer>,
     tls: bool,
 ) -> Response<ProxyBody> {
+    let client = peer.addr;
     let started = Instant::now();
     let compiled: Arc<Compiled> = gw.current.load_full();
     let (mut parts, body) = req.into_parts();
@@ -290,7 +356,7 @@ pub async fn handle(
                 &format!("{} is not allowed on {}", parts.method, parts.uri.path()),
                 None,
             );
-            r.headers_mut().insert("x-request-id", rid);
+            r.headers_mut().insert(X_REQUEST_ID, rid);
             return r;
         }
         Lookup::NotFound => {
@@ -304,12 +370,13 @@ pub async fn handle(
                     serde_json::json!({ "revision": compiled.revision }),
                 )),
             );
-            r.headers_mut().insert("x-request-id", rid);
+            r.headers_mut().insert(X_REQUEST_ID, rid);
             return r;
         }
     };
     let rt = &compiled.routes[m.index];
     let ctx = Ctx {
+        peer: &peer,
         client,
         host: &host,
         matched_len: m.matched_len,
@@ -325,7 +392,7 @@ pub async fn handle(
     let status = resp.status().as_u16();
     rt.metrics
         .observe(status, started.elapsed().as_micros() as u64);
-    resp.headers_mut().insert("x-request-id", rid.clone());
+    resp.headers_mut().insert(X_REQUEST_ID, rid.clone());
     if gw.access_log {
         tracing::info!(
             target: "fleetgate::access",
@@ -523,23 +590,31 @@ async fn forward(
     } else {
         None
     };
-    let path = if route.strip_path {
-        stripped_path(req.uri.path(), matched_len)
+    // The path and query to forward; without strip_path the original is reused as is.
+    let path_and_query: std::borrow::Cow<'_, str> = if route.strip_path {
+        let path = stripped_path(req.uri.path(), matched_len);
+        match req.uri.query() {
+            Some(q) => format!("{path}?{q}").into(),
+            None => path.into(),
+        }
     } else {
-        req.uri.path()
+        req.uri.path_and_query().map_or("/", |p| p.as_str()).into()
     };
-    let query = req.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let path_and_query = format!("{path}{query}");
+    let reuse_pq = if route.strip_path {
+        None
+    } else {
+        req.uri.path_and_query().cloned()
+    };
     let retryable = bodyless(req, &body);
     let mut headers = std::mem::take(&mut req.headers);
     strip_hop_by_hop(&mut headers, upgrade);
     append_forwarded(
         &mut headers,
-        &client,
+        ctx.peer,
         host,
         if ctx.tls { "https" } else { "http" },
     );
-    headers.insert("x-request-id", rid.clone());
+    headers.insert(X_REQUEST_ID, rid.clone());
     rt.request_headers.apply(&mut headers);
     let attempts = 1 + if retryable {
         up.config.retries.attempts
@@ -553,11 +628,14 @@ async fn forward(
     let request_timeout = Duration::from_millis(up.config.timeouts.request_ms);
     let mut tried: Vec<usize> = Vec::with_capacity(2);
     let mut last_error: Option<Response<ProxyBody>> = None;
+    let key = match up.config.load_balancing {
+        fleetgate_core::gateway::LoadBalancing::ConsistentHash => {
+            hash_key(&up.config.hash_on, &headers, &client)
+        }
+        _ => None,
+    };
     for attempt in 0..attempts {
-        let Some(ti) = up.pick(
-            hash_key(&up.config.hash_on, &headers, &client).as_deref(),
-            &tried,
-        ) else {
+        let Some(ti) = up.pick(key.as_deref(), &tried) else {
             break;
         };
         tried.push(ti);
@@ -566,12 +644,19 @@ async fn forward(
         }
         rt.upstream_metrics.requests.fetch_add(1, Ordering::Relaxed);
         let target = &up.targets[ti];
-        let uri = match Uri::builder()
-            .scheme(target.scheme.clone())
-            .authority(target.authority.clone())
-            .path_and_query(format!("{}{}", target.base_path, path_and_query))
-            .build()
-        {
+        let pq = match &reuse_pq {
+            Some(pq) if target.base_path.is_empty() => Ok(pq.clone()),
+            _ => {
+                http::uri::PathAndQuery::try_from(format!("{}{}", target.base_path, path_and_query))
+            }
+        };
+        let uri = match pq.map_err(http::Error::from).and_then(|pq| {
+            Uri::builder()
+                .scheme(target.scheme.clone())
+                .authority(target.authority.clone())
+                .path_and_query(pq)
+                .build()
+        }) {
             Ok(u) => u,
             Err(e) => {
                 return json_error(
@@ -588,14 +673,18 @@ async fn forward(
         );
         *out.method_mut() = req.method.clone();
         *out.uri_mut() = uri;
-        *out.headers_mut() = headers.clone();
-        if let Ok(v) = HeaderValue::from_str(target.authority.as_str()) {
-            out.headers_mut().insert(header::HOST, v);
-        }
+        let more = attempt + 1 < attempts;
+        // The last possible attempt takes the headers; earlier ones keep a copy for retries.
+        *out.headers_mut() = if more {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
+        out.headers_mut()
+            .insert(header::HOST, target.host_header.clone());
         target.active.fetch_add(1, Ordering::Relaxed);
         let res = tokio::time::timeout(request_timeout, up.client.request(out)).await;
         target.active.fetch_sub(1, Ordering::Relaxed);
-        let more = attempt + 1 < attempts;
         match res {
             Ok(Ok(mut resp)) => {
                 let status = resp.status();

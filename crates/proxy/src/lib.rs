@@ -155,7 +155,13 @@ impl Gateway {
         req: Request<Incoming>,
         client: SocketAddr,
     ) -> hyper::Response<ProxyBody> {
-        forward::handle(self.inner.clone(), req, client, false).await
+        forward::handle(
+            self.inner.clone(),
+            req,
+            Arc::new(forward::Peer::new(client)),
+            false,
+        )
+        .await
     }
 
     /// Accepts plain-HTTP connections until `shutdown` resolves, then lets open
@@ -202,6 +208,74 @@ impl Gateway {
             .await;
         follower.abort();
         res
+    }
+
+    /// Serves on `workers` dedicated threads, each running its own single-threaded
+    /// runtime and accepting from the same listener, until `stop` turns true.
+    /// Requests never hop between threads, which is what makes one worker per core
+    /// fast. Returns when every worker has drained.
+    pub async fn serve_on_threads(
+        self,
+        listener: std::net::TcpListener,
+        tls_certificates: Option<watch::Receiver<Arc<Vec<fleetgate_core::tls::TlsBundle>>>>,
+        workers: usize,
+        stop: watch::Receiver<bool>,
+        drain: Duration,
+    ) -> std::io::Result<()> {
+        listener.set_nonblocking(true)?;
+        let acceptor = match tls_certificates {
+            None => None,
+            Some(mut certs) => {
+                let resolver = Arc::new(tls::SniResolver::default());
+                resolver.update(&certs.borrow_and_update());
+                let config = tls::server_config(resolver.clone()).map_err(std::io::Error::other)?;
+                if let Ok(addr) = listener.local_addr() {
+                    self.inner
+                        .https_port
+                        .store(addr.port(), std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::spawn(async move {
+                    while certs.changed().await.is_ok() {
+                        let set = certs.borrow_and_update().clone();
+                        resolver.update(&set);
+                    }
+                });
+                Some(tokio_rustls::TlsAcceptor::from(config))
+            }
+        };
+        let mut threads = Vec::new();
+        for i in 0..workers.max(1) {
+            let l = listener.try_clone()?;
+            let gw = self.clone();
+            let acceptor = acceptor.clone();
+            let mut stop = stop.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("fleetgate-gw-{i}"))
+                .spawn(move || -> std::io::Result<()> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async move {
+                        let l = TcpListener::from_std(l)?;
+                        let shutdown = async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        };
+                        gw.accept_loop(l, acceptor, shutdown, drain).await
+                    })
+                })?;
+            threads.push(handle);
+        }
+        tokio::task::spawn_blocking(move || {
+            for t in threads {
+                match t.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "gateway worker failed"),
+                    Err(_) => tracing::error!("gateway worker panicked"),
+                }
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)
     }
 
     async fn accept_loop(
@@ -273,9 +347,11 @@ impl Gateway {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let inner = self.inner.clone();
+        let client = Arc::new(forward::Peer::new(peer));
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let inner = inner.clone();
-            async move { Ok::<_, Infallible>(forward::handle(inner, req, peer, tls).await) }
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(forward::handle(inner, req, client, tls).await) }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

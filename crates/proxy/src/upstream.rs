@@ -29,6 +29,8 @@ pub struct TargetState {
     pub url: String,
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
+    /// `Host` header value sent to this target.
+    pub host_header: http::HeaderValue,
     /// Path prefix of the target URL without a trailing slash (often empty).
     pub base_path: String,
     pub weight: u32,
@@ -50,10 +52,12 @@ impl TargetState {
             .path_and_query
             .map(|p| p.path().trim_end_matches('/').to_string())
             .unwrap_or_default();
+        let authority = parts.authority?;
         Some(Self {
             url: url.to_string(),
             scheme: parts.scheme?,
-            authority: parts.authority?,
+            host_header: http::HeaderValue::from_str(authority.as_str()).ok()?,
+            authority,
             base_path,
             weight,
             active: AtomicU64::new(0),
