@@ -212,6 +212,7 @@ const OTHER_VARS: &[&str] = &[
     "FLEETGATE_CONFIG",
     "FLEETGATE_ADMIN_PASSWORD",
     "FLEETGATE_BOOTSTRAP_TOKEN",
+    "FLEETGATE_SECRET_KEY",
 ];
 
 /// Flags that override the file and environment.
@@ -461,6 +462,7 @@ mod tests {
             ("FLEETGATE_MANAGER_LISTEN", "127.0.0.1:2222"),
             ("FLEETGATE_SHUTDOWN_DRAIN_TIMEOUT_SECS", "9"),
             ("FLEETGATE_ADMIN_PASSWORD", "x"),
+            ("FLEETGATE_SECRET_KEY", "y"),
             ("PATH", "/bin"),
         ]);
         let c = Config::load(Some(&path), e.clone(), &Overrides::default()).expect("env");
