@@ -24,7 +24,7 @@ use crate::upstream::UpstreamBody;
 use crate::GatewayInner;
 
 /// Bodies sent to clients: an upstream's body as is, or one the gateway made.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<crate::pool::PooledBody, Full<Bytes>>;
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -650,13 +650,8 @@ async fn forward(
                 http::uri::PathAndQuery::try_from(format!("{}{}", target.base_path, path_and_query))
             }
         };
-        let uri = match pq.map_err(http::Error::from).and_then(|pq| {
-            Uri::builder()
-                .scheme(target.scheme.clone())
-                .authority(target.authority.clone())
-                .path_and_query(pq)
-                .build()
-        }) {
+        // Origin form (`/path?query`): the connection already names the target.
+        let uri = match pq.map_err(http::Error::from).map(Uri::from) {
             Ok(u) => u,
             Err(e) => {
                 return json_error(
@@ -683,7 +678,7 @@ async fn forward(
         out.headers_mut()
             .insert(header::HOST, target.host_header.clone());
         target.active.fetch_add(1, Ordering::Relaxed);
-        let res = tokio::time::timeout(request_timeout, up.client.request(out)).await;
+        let res = tokio::time::timeout(request_timeout, target.pool.send(out)).await;
         target.active.fetch_sub(1, Ordering::Relaxed);
         match res {
             Ok(Ok(mut resp)) => {
@@ -721,7 +716,7 @@ async fn forward(
                 return Response::from_parts(parts, Either::Left(body));
             }
             Ok(Err(e)) => {
-                let connect = e.is_connect();
+                let connect = matches!(e, crate::pool::SendError::Connect(_));
                 up.record(ti, false, Some(format!("{e}")));
                 rt.upstream_metrics.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(upstream = %up.name, target = %target.url, error = %e, "upstream request failed");

@@ -12,6 +12,7 @@ pub mod compiled;
 mod forward;
 pub mod limit;
 pub mod metrics;
+pub mod pool;
 pub mod tls;
 pub mod upstream;
 

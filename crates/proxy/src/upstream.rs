@@ -31,6 +31,8 @@ pub struct TargetState {
     pub authority: http::uri::Authority,
     /// `Host` header value sent to this target.
     pub host_header: http::HeaderValue,
+    /// Keep-alive connections to this target.
+    pub pool: Arc<crate::pool::Pool>,
     /// Path prefix of the target URL without a trailing slash (often empty).
     pub base_path: String,
     pub weight: u32,
@@ -45,7 +47,7 @@ pub struct TargetState {
 }
 
 impl TargetState {
-    fn new(url: &str, weight: u32) -> Option<Self> {
+    fn new(url: &str, weight: u32, timeouts: &fleetgate_core::gateway::Timeouts) -> Option<Self> {
         let uri: Uri = fleetgate_core::gateway::parse_target_url(url).ok()?;
         let parts = uri.into_parts();
         let base_path = parts
@@ -53,7 +55,15 @@ impl TargetState {
             .map(|p| p.path().trim_end_matches('/').to_string())
             .unwrap_or_default();
         let authority = parts.authority?;
+        let https = parts.scheme.as_ref().is_some_and(|s| s.as_str() == "https");
+        let pool = crate::pool::Pool::new(
+            &authority,
+            https,
+            Duration::from_millis(timeouts.connect_ms),
+            Duration::from_millis(timeouts.idle_ms),
+        );
         Some(Self {
+            pool,
             url: url.to_string(),
             scheme: parts.scheme?,
             host_header: http::HeaderValue::from_str(authority.as_str()).ok()?,
@@ -163,7 +173,7 @@ impl UpstreamRuntime {
         let targets: Vec<TargetState> = config
             .targets
             .iter()
-            .filter_map(|t| TargetState::new(&t.url, t.weight))
+            .filter_map(|t| TargetState::new(&t.url, t.weight, &config.timeouts))
             .collect();
         let mut ring = Vec::new();
         for (i, t) in targets.iter().enumerate() {

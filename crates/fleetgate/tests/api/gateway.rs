@@ -861,3 +861,81 @@ async fn slow_clients_are_cut_off_without_starving_others() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::support::config_in(dir.path());
+    config.gateway.workers = 1;
+    let app = crate::support::spawn_with(config, dir).await;
+    let up = upstream::spawn("pooled").await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "r", "path": "/", "upstream": up.url()}),
+    )
+    .await;
+    app.settle().await;
+    let c = Client::new();
+    for i in 0..30 {
+        let r = if i % 3 == 0 {
+            c.post(app.gw("/x"))
+                .body(format!("body {i}"))
+                .send()
+                .await
+                .expect("post")
+        } else {
+            c.get(app.gw("/x")).send().await.expect("get")
+        };
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.expect("json");
+        if i % 3 == 0 {
+            assert_eq!(body["body_len"], format!("body {i}").len());
+        }
+    }
+    assert_eq!(
+        up.connections.load(Ordering::Relaxed),
+        1,
+        "one keep-alive connection served all 30 requests"
+    );
+    // HEAD and empty bodies also hand their connection back.
+    for _ in 0..5 {
+        let r = c.head(app.gw("/x")).send().await.expect("head");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert_eq!(up.connections.load(Ordering::Relaxed), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connections_closed_by_the_upstream_are_not_reused() {
+    let app = spawn_app().await;
+    let up = upstream::spawn("first").await;
+    let addr = up.addr.to_string();
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "r", "path": "/", "upstream": up.url()}),
+    )
+    .await;
+    app.settle().await;
+    let c = Client::new();
+    assert_eq!(
+        c.get(app.gw("/a")).send().await.expect("get").status(),
+        StatusCode::OK
+    );
+    // The target restarts: its pooled connection is now closed.
+    up.kill();
+    drop(up);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = upstream::spawn_on("second", &addr).await;
+    let r = c
+        .post(app.gw("/b"))
+        .body("not replayed, sent once")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["server"], "second");
+    assert_eq!(again.hits.load(Ordering::Relaxed), 1);
+    app.stop().await;
+}

@@ -23,6 +23,8 @@ pub struct Upstream {
     pub status: Arc<AtomicU16>,
     /// Whether `/health` answers 200.
     pub healthy: Arc<AtomicBool>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -44,7 +46,12 @@ impl Drop for Upstream {
 }
 
 pub async fn spawn(name: &str) -> Upstream {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    spawn_on(name, "127.0.0.1:0").await
+}
+
+/// Like [`spawn`], on a given address (to bring a target back on its old port).
+pub async fn spawn_on(name: &str, addr: &str) -> Upstream {
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .expect("bind upstream");
     let addr = listener.local_addr().expect("addr");
@@ -57,12 +64,15 @@ pub async fn spawn(name: &str) -> Upstream {
         healthy.clone(),
         name.to_string(),
     );
+    let connections = Arc::new(AtomicU64::new(0));
+    let accepted = connections.clone();
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            accepted.fetch_add(1, Ordering::Relaxed);
             let (h, s, hl, n) = (h.clone(), s.clone(), hl.clone(), n.clone());
             conns.spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
@@ -79,6 +89,7 @@ pub async fn spawn(name: &str) -> Upstream {
         hits,
         status,
         healthy,
+        connections,
         task,
     }
 }
