@@ -13,7 +13,9 @@
 //! If routes match the path but none allows the method, the answer is
 //! [`Lookup::MethodNotAllowed`] rather than a 404.
 
-use std::collections::HashMap;
+/// Keys here are request paths and hosts, chosen by clients: foldhash is fast and
+/// randomly seeded per table, so crafted collisions are not predictable.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use regex::RegexSet;
 
@@ -216,7 +218,7 @@ impl RouteTable {
     /// Compiles the enabled routes of `routes`; indices in results refer to `routes`.
     pub fn build(routes: &[Route]) -> Result<Self, ValidationError> {
         let mut t = RouteTable::default();
-        let mut wild: HashMap<String, PathTable> = HashMap::new();
+        let mut wild: HashMap<String, PathTable> = HashMap::default();
         for (i, r) in routes.iter().enumerate() {
             if !r.enabled {
                 continue;

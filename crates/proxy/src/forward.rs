@@ -115,33 +115,45 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in
 /// `Connection`; keeps `Upgrade`/`Connection: upgrade` when `upgrade` is set.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry none of these; one pass over the names settles it.
-    let present = headers
-        .keys()
-        .any(|k| HOP_BY_HOP.contains(k) || (!upgrade && k == header::UPGRADE));
-    if !present {
-        if upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    // One pass over the names finds which of them are present (usually none,
+    // or just `Connection: keep-alive`); only those are removed.
+    let mut present = 0u8;
+    let mut has_upgrade = false;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        } else if k == header::UPGRADE {
+            has_upgrade = true;
         }
-        return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(upgrade && n == header::UPGRADE))
-        .collect();
-    for n in named {
-        headers.remove(n);
+    if present & 1 != 0 {
+        // Headers named by `Connection` are hop-by-hop too (`keep-alive`, `close`
+        // and `upgrade` name nothing else to remove).
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("keep-alive")
+                    && !t.eq_ignore_ascii_case("close")
+                    && !t.eq_ignore_ascii_case("upgrade")
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
-    for n in &HOP_BY_HOP {
-        headers.remove(n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(n);
+        }
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if has_upgrade {
         headers.remove(header::UPGRADE);
     }
 }
@@ -790,4 +802,31 @@ fn hash_key(spec: &str, headers: &HeaderMap, client: &SocketAddr) -> Option<Vec<
             .map(|(_, v)| v.as_bytes().to_vec());
     }
     Some(client.ip().to_string().into_bytes())
+}
+
+#[cfg(test)]
+mod hop_tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private, Upgrade"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let mut plain = h.clone();
+        strip_hop_by_hop(&mut plain, false);
+        let names: Vec<&str> = plain.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert!(!h.contains_key("x-private") && !h.contains_key("keep-alive"));
+    }
 }

@@ -498,6 +498,11 @@ fn redis_down_fails_open_by_default_and_closed_when_configured() {
         if expect == 503 {
             assert!(body.contains("RATE_LIMIT_UNAVAILABLE"), "{body}");
         }
+        // The log is read from the child's stderr by another thread: give it a moment.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !p.log().contains("rate_limit.redis_unavailable") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let log = p.log();
         assert!(
             log.contains("rate_limit.redis_unavailable"),
