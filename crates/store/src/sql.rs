@@ -371,6 +371,22 @@ async fn insert_revision(
     Ok(())
 }
 
+async fn get_resource_in(
+    conn: &mut AnyConnection,
+    kind: &str,
+    name: &str,
+) -> Result<Option<ResourceRecord>> {
+    sqlx::query(
+        "SELECT kind, name, body, version, updated_at FROM resources WHERE kind = $1 AND name = $2",
+    )
+    .bind(kind.to_string())
+    .bind(name.to_string())
+    .fetch_optional(conn)
+    .await?
+    .map(|r| resource_from_row(&r))
+    .transpose()
+}
+
 async fn get_user_in(conn: &mut AnyConnection, id: &str) -> Result<Option<UserRecord>> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
     sqlx::query(&sql)
@@ -941,15 +957,8 @@ impl Store for SqlStore {
     }
 
     async fn get_resource(&self, kind: &str, name: &str) -> Result<Option<ResourceRecord>> {
-        sqlx::query(
-            "SELECT kind, name, body, version, updated_at FROM resources WHERE kind = $1 AND name = $2",
-        )
-        .bind(kind.to_string())
-        .bind(name.to_string())
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| resource_from_row(&r))
-        .transpose()
+        let mut conn = self.pool.acquire().await?;
+        get_resource_in(&mut conn, kind, name).await
     }
 
     async fn list_resources(&self, kind: &str) -> Result<Vec<ResourceRecord>> {
@@ -973,15 +982,7 @@ impl Store for SqlStore {
     ) -> Result<(ResourceRecord, i64)> {
         let mut tx = self.pool.begin().await?;
         let revision = next_revision(&mut tx).await?;
-        let before = sqlx::query(
-            "SELECT kind, name, body, version, updated_at FROM resources WHERE kind = $1 AND name = $2",
-        )
-        .bind(kind.to_string())
-        .bind(name.to_string())
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| resource_from_row(&r))
-        .transpose()?;
+        let before = get_resource_in(&mut tx, kind, name).await?;
         check_version(expected_version, before.as_ref().map_or(0, |b| b.version))?;
         let version = before.as_ref().map_or(1, |b| b.version + 1);
         let now = now_ms();
@@ -1033,16 +1034,9 @@ impl Store for SqlStore {
     ) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
         let revision = next_revision(&mut tx).await?;
-        let before = sqlx::query(
-            "SELECT kind, name, body, version, updated_at FROM resources WHERE kind = $1 AND name = $2",
-        )
-        .bind(kind.to_string())
-        .bind(name.to_string())
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| resource_from_row(&r))
-        .transpose()?
-        .ok_or_else(|| StoreError::NotFound(format!("{kind} {name}")))?;
+        let before = get_resource_in(&mut tx, kind, name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("{kind} {name}")))?;
         check_version(expected_version, before.version)?;
         sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
             .bind(kind.to_string())
