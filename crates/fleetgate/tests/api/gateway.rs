@@ -939,3 +939,36 @@ async fn connections_closed_by_the_upstream_are_not_reused() {
     assert_eq!(again.hits.load(Ordering::Relaxed), 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn server_sent_events_stream_through_unbuffered() {
+    let app = spawn_app().await;
+    let up = upstream::spawn("events").await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "sse", "path": "/sse", "upstream": up.url()}),
+    )
+    .await;
+    app.settle().await;
+    let mut r = Client::new()
+        .get(app.gw("/sse"))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    // The upstream holds its second event until the first has reached the client:
+    // a buffering proxy would never deliver the first, and this would time out.
+    let first = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+        .await
+        .expect("first event in time")
+        .expect("chunk");
+    assert_eq!(first.as_deref(), Some(&b"data: first\n\n"[..]));
+    up.release.notify_one();
+    let second = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+        .await
+        .expect("second event")
+        .expect("chunk");
+    assert_eq!(second.as_deref(), Some(&b"data: second\n\n"[..]));
+    app.stop().await;
+}

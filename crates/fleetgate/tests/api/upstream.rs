@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -25,6 +27,8 @@ pub struct Upstream {
     pub healthy: Arc<AtomicBool>,
     /// Connections accepted.
     pub connections: Arc<AtomicU64>,
+    /// `/sse` sends its first event, then waits for this before the second.
+    pub release: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -66,6 +70,8 @@ pub async fn spawn_on(name: &str, addr: &str) -> Upstream {
     );
     let connections = Arc::new(AtomicU64::new(0));
     let accepted = connections.clone();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         loop {
@@ -74,9 +80,17 @@ pub async fn spawn_on(name: &str, addr: &str) -> Upstream {
             };
             accepted.fetch_add(1, Ordering::Relaxed);
             let (h, s, hl, n) = (h.clone(), s.clone(), hl.clone(), n.clone());
+            let gate = gate.clone();
             conns.spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    serve(req, h.clone(), s.clone(), hl.clone(), n.clone())
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (h, s, hl, n, gate) =
+                        (h.clone(), s.clone(), hl.clone(), n.clone(), gate.clone());
+                    async move {
+                        if req.uri().path() == "/sse" {
+                            return Ok::<_, Infallible>(event_stream(gate));
+                        }
+                        serve(req, h, s, hl, n).await.map(|r| r.map(|b| b.boxed()))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -90,8 +104,28 @@ pub async fn spawn_on(name: &str, addr: &str) -> Upstream {
         status,
         healthy,
         connections,
+        release,
         task,
     }
+}
+
+/// `text/event-stream` with one event now and one after `gate` is notified.
+fn event_stream(gate: Arc<tokio::sync::Notify>) -> Response<BoxBody<Bytes, Infallible>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        let _ = tx.send(Bytes::from_static(b"data: first\n\n")).await;
+        gate.notified().await;
+        let _ = tx.send(Bytes::from_static(b"data: second\n\n")).await;
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(BoxBody::new(StreamBody::new(stream)))
+        .expect("response")
 }
 
 async fn serve(
