@@ -41,10 +41,17 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// How to speak TLS to an `https://` target.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
 pub struct Pool {
     host: String,
     port: u16,
-    https: bool,
+    tls: Option<UpstreamTls>,
     idle: Mutex<Vec<(Sender, Instant)>>,
     max_idle: usize,
     idle_timeout: Duration,
@@ -54,7 +61,7 @@ pub struct Pool {
 impl Pool {
     pub fn new(
         authority: &http::uri::Authority,
-        https: bool,
+        tls: Option<UpstreamTls>,
         connect_timeout: Duration,
         idle_timeout: Duration,
     ) -> Arc<Self> {
@@ -64,9 +71,11 @@ impl Pool {
             .trim_end_matches(']')
             .to_string();
         Arc::new(Self {
-            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            port: authority
+                .port_u16()
+                .unwrap_or(if tls.is_some() { 443 } else { 80 }),
             host,
-            https,
+            tls,
             idle: Mutex::new(Vec::new()),
             max_idle: 1024,
             idle_timeout,
@@ -95,11 +104,6 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Sender, SendError> {
-        if self.https {
-            return Err(SendError::Connect(
-                "https upstream targets are not supported yet".into(),
-            ));
-        }
         let stream = tokio::time::timeout(
             self.connect_timeout,
             tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
@@ -113,11 +117,42 @@ impl Pool {
         })?
         .map_err(|e| SendError::Connect(format!("{}:{}: {e}", self.host, self.port)))?;
         let _ = stream.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return self.handshake(stream).await;
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            connector.connect(tls.server_name.clone(), stream),
+        )
+        .await
+        .map_err(|_| {
+            SendError::Connect(format!(
+                "TLS handshake with {}:{} timed out",
+                self.host, self.port
+            ))
+        })?
+        .map_err(|e| {
+            SendError::Connect(format!(
+                "TLS handshake with {}:{}: {e}",
+                self.host, self.port
+            ))
+        })?;
+        self.handshake(stream).await
+    }
+
+    async fn handshake<I>(&self, io: I) -> Result<Sender, SendError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| {
-                SendError::Connect(format!("handshake with {}:{}: {e}", self.host, self.port))
+                SendError::Connect(format!(
+                    "HTTP handshake with {}:{}: {e}",
+                    self.host, self.port
+                ))
             })?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
@@ -205,4 +240,85 @@ impl Drop for PooledBody {
             }
         }
     }
+}
+
+/// Accepts any server certificate: for upstreams configured with `tls.verify = false`.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The TLS client settings of one upstream: the system's roots plus `ca_pem`, or no
+/// verification at all when `verify` is off.
+pub fn client_config(
+    tls: &fleetgate_core::gateway::UpstreamTls,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let mut config = if tls.verify {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        if let Some(pem) = &tls.ca_pem {
+            for der in fleetgate_core::tls::pem_certificates(pem)? {
+                roots
+                    .add(rustls::pki_types::CertificateDer::from(der))
+                    .map_err(|e| format!("tls.ca_pem: {e}"))?;
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }

@@ -15,9 +15,6 @@ use fleetgate_core::gateway::{LoadBalancing, TargetHealth, Upstream};
 use http::Uri;
 use http_body_util::{Either, Empty, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::clock;
 
@@ -47,7 +44,13 @@ pub struct TargetState {
 }
 
 impl TargetState {
-    fn new(url: &str, weight: u32, timeouts: &fleetgate_core::gateway::Timeouts) -> Option<Self> {
+    fn new(
+        url: &str,
+        weight: u32,
+        config: &Upstream,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Option<Self> {
+        let timeouts = &config.timeouts;
         let uri: Uri = fleetgate_core::gateway::parse_target_url(url).ok()?;
         let parts = uri.into_parts();
         let base_path = parts
@@ -56,9 +59,24 @@ impl TargetState {
             .unwrap_or_default();
         let authority = parts.authority?;
         let https = parts.scheme.as_ref().is_some_and(|s| s.as_str() == "https");
+        let upstream_tls = if https {
+            let name = config.tls.sni.clone().unwrap_or_else(|| {
+                authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string()
+            });
+            Some(crate::pool::UpstreamTls {
+                config: tls?.clone(),
+                server_name: rustls::pki_types::ServerName::try_from(name).ok()?,
+            })
+        } else {
+            None
+        };
         let pool = crate::pool::Pool::new(
             &authority,
-            https,
+            upstream_tls,
             Duration::from_millis(timeouts.connect_ms),
             Duration::from_millis(timeouts.idle_ms),
         );
@@ -143,7 +161,7 @@ pub struct UpstreamRuntime {
     ring: Vec<(u64, usize)>,
     pub breaker: Mutex<CircuitBreaker>,
     budget: RetryBudget,
-    pub client: Client<HttpConnector, UpstreamBody>,
+
     health_task: Mutex<Option<AbortOnDrop>>,
 }
 
@@ -170,10 +188,22 @@ impl UpstreamRuntime {
     /// Builds the runtime; targets whose URL does not parse are skipped (validation
     /// rejects them before they get here).
     pub fn new(config: Upstream) -> Arc<Self> {
+        let needs_tls = config.targets.iter().any(|t| t.url.starts_with("https://"));
+        let tls = if needs_tls {
+            match crate::pool::client_config(&config.tls) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(upstream = %config.name, error = %e, "TLS settings unusable; https targets are skipped");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let targets: Vec<TargetState> = config
             .targets
             .iter()
-            .filter_map(|t| TargetState::new(&t.url, t.weight, &config.timeouts))
+            .filter_map(|t| TargetState::new(&t.url, t.weight, &config, tls.as_ref()))
             .collect();
         let mut ring = Vec::new();
         for (i, t) in targets.iter().enumerate() {
@@ -183,14 +213,7 @@ impl UpstreamRuntime {
             }
         }
         ring.sort_unstable();
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(config.timeouts.connect_ms)));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_millis(config.timeouts.idle_ms))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+
         let n = targets.len();
         Arc::new(Self {
             name: config.name.clone(),
@@ -206,7 +229,6 @@ impl UpstreamRuntime {
             rr: AtomicUsize::new(0),
             swrr: Mutex::new(vec![0; n]),
             ring,
-            client,
             health_task: Mutex::new(None),
         })
     }
@@ -235,14 +257,22 @@ impl UpstreamRuntime {
 
     async fn check_all(&self, active: &fleetgate_core::gateway::ActiveCheck) {
         let checks = self.targets.iter().map(|t| async move {
-            let uri = format!("{}://{}{}{}", t.scheme, t.authority, t.base_path, active.path);
-            let req = http::Request::get(uri)
+                        let req = http::Request::get(format!("{}{}", t.base_path, active.path))
+                .header(http::header::HOST, t.host_header.clone())
                 .header(http::header::USER_AGENT, "fleetgate-health-check")
                 .body(Either::Right(Either::Right(Empty::<Bytes>::new())));
             let outcome = match req {
-                Ok(req) => match tokio::time::timeout(Duration::from_millis(active.timeout_ms), self.client.request(req)).await {
-                    Ok(Ok(resp)) if active.expected_statuses.contains(&resp.status().as_u16()) => Ok(()),
-                    Ok(Ok(resp)) => Err(format!("health check answered {}", resp.status())),
+                                Ok(req) => match tokio::time::timeout(Duration::from_millis(active.timeout_ms), async {
+                    // Read the (small) body so the connection goes back to the pool.
+                    let resp = t.pool.send(req).await?;
+                    let status = resp.status();
+                    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                    Ok::<_, crate::pool::SendError>(status)
+                })
+                .await
+                {
+                    Ok(Ok(status)) if active.expected_statuses.contains(&status.as_u16()) => Ok(()),
+                    Ok(Ok(status)) => Err(format!("health check answered {status}")),
                     Ok(Err(e)) => Err(format!("health check failed: {e}")),
                     Err(_) => Err(format!("health check timed out after {} ms", active.timeout_ms)),
                 },

@@ -267,3 +267,100 @@ async fn certificates_are_served_by_sni_over_http1_and_http2() {
     );
     app.stop().await;
 }
+
+/// An HTTPS upstream with a self-signed certificate for `upstream.test` and 127.0.0.1.
+async fn tls_upstream(c: &Cert) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use rustls::pki_types::pem::PemObject;
+    let chain = vec![CertificateDer::from(c.der.clone())];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(c.key.as_bytes()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(Bytes::from(format!("tls ok {host}"))),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_against_the_configured_ca() {
+    let app = spawn_app().await;
+    let c = cert(&["upstream.test", "127.0.0.1"], 30);
+    let (addr, _server) = tls_upstream(&c).await;
+    let url = format!("https://{addr}");
+    for (name, tls) in [
+        ("trusted", json!({"ca_pem": c.pem})),
+        ("by-name", json!({"ca_pem": c.pem, "sni": "upstream.test"})),
+        ("unverified", json!({"verify": false})),
+        ("untrusted", json!({})),
+    ] {
+        app.post_ok("/api/v1/upstreams", json!({"name": name, "targets": [{"url": url}], "tls": tls, "retries": {"attempts": 0}})).await;
+        app.post_ok(
+            "/api/v1/routes",
+            json!({"id": name, "path": format!("/{name}"), "upstream": name}),
+        )
+        .await;
+    }
+    app.settle().await;
+    let c2 = Client::new();
+    for name in ["trusted", "by-name", "unverified"] {
+        let r = c2
+            .get(app.gw(&format!("/{name}")))
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(r.status(), StatusCode::OK, "{name}");
+        assert!(
+            r.text().await.expect("text").starts_with("tls ok"),
+            "{name}"
+        );
+    }
+    let r = c2.get(app.gw("/untrusted")).send().await.expect("req");
+    let e = expect_error(r, StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR").await;
+    assert!(
+        e["error"].as_str().expect("msg").contains("untrusted"),
+        "{e}"
+    );
+    let health = app.get_json("/api/v1/upstreams/untrusted/health").await;
+    assert!(
+        health[0]["last_error"]
+            .as_str()
+            .expect("error")
+            .contains("TLS handshake"),
+        "{health}"
+    );
+    app.stop().await;
+}
