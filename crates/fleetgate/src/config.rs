@@ -41,8 +41,10 @@ pub struct GatewaySection {
     pub listen: SocketAddr,
     /// Address of the HTTPS gateway, serving the uploaded certificates by SNI.
     pub tls_listen: SocketAddr,
-    /// Log one JSON-able line per proxied request (target `fleetgate::access`).
+    /// Print one JSON line per proxied request on standard output.
     pub access_log: bool,
+    /// Fields of the access log lines; empty means all of them.
+    pub access_log_fields: Vec<String>,
     /// With `redis.url` set and Redis not answering: admit requests on
     /// rate-limited routes (true, the default) or refuse them with 503.
     pub rate_limit_fail_open: bool,
@@ -114,6 +116,7 @@ impl Default for GatewaySection {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             tls_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
             access_log: false,
+            access_log_fields: Vec::new(),
             rate_limit_fail_open: true,
             header_read_timeout_ms: 10_000,
             workers: 0,
@@ -150,6 +153,8 @@ impl Default for LogSection {
 #[derive(Clone, Copy)]
 enum Kind {
     Text,
+    /// Comma-separated values.
+    List,
     Int,
     Bool,
 }
@@ -190,6 +195,11 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         Kind::Int,
     ),
     ("FLEETGATE_GATEWAY_WORKERS", "gateway.workers", Kind::Int),
+    (
+        "FLEETGATE_GATEWAY_ACCESS_LOG_FIELDS",
+        "gateway.access_log_fields",
+        Kind::List,
+    ),
     ("FLEETGATE_DATABASE_URL", "database.url", Kind::Text),
     (
         "FLEETGATE_DATABASE_MAX_CONNECTIONS",
@@ -272,6 +282,14 @@ impl Config {
             };
             let v = match kind {
                 Kind::Text => toml::Value::String(value),
+                Kind::List => toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(|v| toml::Value::String(v.to_string()))
+                        .collect(),
+                ),
                 Kind::Int => toml::Value::Integer(
                     value
                         .trim()
@@ -340,6 +358,8 @@ impl Config {
         if !(100..=600_000).contains(&self.gateway.header_read_timeout_ms) {
             bail!("gateway.header_read_timeout_ms must be between 100 and 600000");
         }
+        fleetgate_proxy::access_log::AccessLog::new(&self.gateway.access_log_fields)
+            .map_err(|e| anyhow::anyhow!("gateway.access_log_fields: {e}"))?;
         if self.gateway.workers > 256 {
             bail!("gateway.workers must be between 0 (one per CPU) and 256");
         }

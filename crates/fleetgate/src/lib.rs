@@ -177,7 +177,14 @@ pub async fn start(
     let gw = Gateway::new(
         state.subscribe(),
         GatewayOptions {
-            access_log: config.gateway.access_log,
+            access_log: config
+                .gateway
+                .access_log
+                .then(|| {
+                    fleetgate_proxy::access_log::AccessLog::new(&config.gateway.access_log_fields)
+                })
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
             redis_url: config.redis.url.clone(),
             rate_limit_fail_open: config.gateway.rate_limit_fail_open,
             header_read_timeout: Duration::from_millis(config.gateway.header_read_timeout_ms),

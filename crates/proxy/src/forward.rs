@@ -405,19 +405,23 @@ pub async fn handle(
     rt.metrics
         .observe(status, started.elapsed().as_micros() as u64);
     resp.headers_mut().insert(X_REQUEST_ID, rid.clone());
-    if gw.access_log {
-        tracing::info!(
-            target: "fleetgate::access",
-            request_id = rid.to_str().unwrap_or(""),
-            client = %client.ip(),
-            method = %parts.method,
-            host = %host,
-            path = parts.uri.path(),
+    if let Some(log) = &gw.access_log {
+        log.write(&crate::access_log::Entry {
+            request_id: rid.to_str().unwrap_or(""),
+            client: client.ip(),
+            method: parts.method.as_str(),
+            host: &host,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
             status,
-            route = %rt.route.id,
-            upstream = %rt.upstream.name,
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        );
+            route: &rt.route.id,
+            upstream: &rt.upstream.name,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            user_agent: parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+        });
     }
     resp
 }

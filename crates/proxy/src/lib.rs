@@ -7,6 +7,7 @@
 //! upstream runtimes) and swapped in atomically; requests in flight keep the one
 //! they started with, so a change never drops them.
 
+pub mod access_log;
 mod clock;
 pub mod compiled;
 mod forward;
@@ -40,8 +41,8 @@ use metrics::MetricsRegistry;
 /// Start-up options of the gateway.
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
-    /// Log one line per request (target `fleetgate::access`).
-    pub access_log: bool,
+    /// Print one JSON line per proxied request on standard output.
+    pub access_log: Option<access_log::AccessLog>,
     /// Share rate-limit counters with other gateways through this Redis.
     pub redis_url: Option<String>,
     /// Without Redis answering, admit requests on limited routes (true) or refuse them.
@@ -53,7 +54,7 @@ pub struct GatewayOptions {
 impl Default for GatewayOptions {
     fn default() -> Self {
         Self {
-            access_log: false,
+            access_log: None,
             redis_url: None,
             rate_limit_fail_open: true,
             header_read_timeout: Duration::from_secs(10),
@@ -64,7 +65,7 @@ impl Default for GatewayOptions {
 pub struct GatewayInner {
     pub(crate) current: ArcSwap<Compiled>,
     pub(crate) metrics: MetricsRegistry,
-    pub(crate) access_log: bool,
+    pub(crate) access_log: Option<access_log::AccessLog>,
     pub(crate) shared_limits: Option<limit::SharedCounter>,
     pub(crate) header_read_timeout: Duration,
     /// Port of the HTTPS listener once bound, for HTTP→HTTPS redirects (0 = none).

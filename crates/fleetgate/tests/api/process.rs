@@ -39,6 +39,21 @@ struct Proc {
     port: u16,
     gw: u16,
     stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+}
+
+/// Collects a child's output lines into a shared string on a thread of its own.
+fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let out = Arc::new(Mutex::new(String::new()));
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut s = sink.lock().expect("lock");
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    out
 }
 
 impl Proc {
@@ -56,27 +71,20 @@ impl Proc {
             "127.0.0.1:0",
         ])
         .env("FLEETGATE_BOOTSTRAP_TOKEN", TOKEN)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         for (k, v) in extra_env {
             c.env(k, v);
         }
         let mut child = c.spawn().expect("spawn fleetgate");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let pipe = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock().expect("lock");
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
+        let stderr = collect(child.stderr.take().expect("stderr"));
+        let stdout = collect(child.stdout.take().expect("stdout"));
         let p = Proc {
             child,
             port,
             gw,
             stderr,
+            stdout,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while http(p.port, "GET", "/health", None, &[]).is_none() {
@@ -510,4 +518,61 @@ fn redis_down_fails_open_by_default_and_closed_when_configured() {
         );
     }
     drop(up);
+}
+
+#[test]
+fn access_log_prints_the_configured_fields_as_json_lines() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let up = rt.block_on(crate::upstream::spawn("logged"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Proc::start(
+        dir.path(),
+        &[
+            ("FLEETGATE_GATEWAY_ACCESS_LOG", "true"),
+            (
+                "FLEETGATE_GATEWAY_ACCESS_LOG_FIELDS",
+                "method, path, status, route",
+            ),
+        ],
+    );
+    let auth = bearer();
+    let route = json!({"id": "logged", "path": "/", "upstream": up.url()});
+    let (status, body) = http(
+        p.port,
+        "POST",
+        "/api/v1/routes",
+        Some(&route),
+        &[(auth.0, &auth.1)],
+    )
+    .expect("route");
+    assert_eq!(status, 201, "{body}");
+    wait_applied(&p);
+    let (status, _) = http(p.gw, "GET", "/some/path?secret=1", None, &[]).expect("proxied");
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let out = p.stdout.lock().expect("lock").clone();
+        if let Some(l) = out.lines().find(|l| l.contains("/some/path")) {
+            break l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access log line; stdout:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let v: Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(
+        v,
+        json!({"method": "GET", "path": "/some/path", "status": 200, "route": "logged"})
+    );
+    drop(up);
+
+    let out = command(dir.path())
+        .args(["config", "check"])
+        .env("FLEETGATE_GATEWAY_ACCESS_LOG_FIELDS", "path,password")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("password"));
 }
