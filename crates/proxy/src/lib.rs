@@ -166,52 +166,6 @@ impl Gateway {
         .await
     }
 
-    /// Accepts plain-HTTP connections until `shutdown` resolves, then lets open
-    /// connections finish their in-flight requests for up to `drain`.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-        drain: Duration,
-    ) -> std::io::Result<()> {
-        self.accept_loop(listener, None, shutdown, drain).await
-    }
-
-    /// Like [`Gateway::serve`] over TLS, with the certificates `certificates`
-    /// publishes (chosen by SNI; updated without a restart).
-    pub async fn serve_tls(
-        self,
-        listener: TcpListener,
-        mut certificates: watch::Receiver<Arc<Vec<fleetgate_core::tls::TlsBundle>>>,
-        shutdown: impl Future<Output = ()>,
-        drain: Duration,
-    ) -> std::io::Result<()> {
-        let resolver = Arc::new(tls::SniResolver::default());
-        resolver.update(&certificates.borrow_and_update());
-        let config = tls::server_config(resolver.clone()).map_err(std::io::Error::other)?;
-        let follower = tokio::spawn(async move {
-            while certificates.changed().await.is_ok() {
-                let set = certificates.borrow_and_update().clone();
-                resolver.update(&set);
-            }
-        });
-        if let Ok(addr) = listener.local_addr() {
-            self.inner
-                .https_port
-                .store(addr.port(), std::sync::atomic::Ordering::Relaxed);
-        }
-        let res = self
-            .accept_loop(
-                listener,
-                Some(tokio_rustls::TlsAcceptor::from(config)),
-                shutdown,
-                drain,
-            )
-            .await;
-        follower.abort();
-        res
-    }
-
     /// Serves on `workers` dedicated threads, each running its own single-threaded
     /// runtime and accepting from the same listener, until `stop` turns true.
     /// Requests never hop between threads, which is what makes one worker per core
