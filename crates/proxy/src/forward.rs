@@ -336,17 +336,24 @@ pub async fn handle(
     let compiled: Arc<Compiled> = gw.current.load_full();
     let (mut parts, body) = req.into_parts();
     let rid = request_id(&parts.headers);
-    let host: String = match parts
-        .headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(h) => h.to_string(),
-        None => parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .unwrap_or_default(),
+    // The Host value is shared (not copied): the headers move upstream later.
+    let host_value = parts.headers.get(header::HOST).cloned();
+    let authority_host;
+    let host: &str = match host_value.as_ref().and_then(|v| v.to_str().ok()) {
+        Some(h) => h,
+        None => {
+            authority_host = parts
+                .uri
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .unwrap_or_default();
+            &authority_host
+        }
+    };
+    let user_agent = if gw.access_log.is_some() {
+        parts.headers.get(header::USER_AGENT).cloned()
+    } else {
+        None
     };
     // A CORS preflight is routed as the request it announces.
     let method = match parts.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD) {
@@ -357,7 +364,7 @@ pub async fn handle(
         }
         _ => parts.method.as_str(),
     };
-    let lookup = compiled.table.lookup(&host, parts.uri.path(), method);
+    let lookup = compiled.table.lookup(host, parts.uri.path(), method);
     let m = match lookup {
         Lookup::Found(m) => m,
         Lookup::MethodNotAllowed => {
@@ -390,14 +397,14 @@ pub async fn handle(
     let ctx = Ctx {
         peer: &peer,
         client,
-        host: &host,
+        host,
         matched_len: m.matched_len,
         rid: &rid,
         tls,
     };
     let https_port = gw.https_port.load(Ordering::Relaxed);
     let mut resp = if !tls && rt.route.https_redirect && https_port != 0 {
-        https_redirect(&parts, &host, https_port)
+        https_redirect(&parts, host, https_port)
     } else {
         proxy(rt, gw.shared_limits.as_ref(), &mut parts, body, &ctx).await
     };
@@ -410,17 +417,14 @@ pub async fn handle(
             request_id: rid.to_str().unwrap_or(""),
             client: client.ip(),
             method: parts.method.as_str(),
-            host: &host,
+            host,
             path: parts.uri.path(),
             query: parts.uri.query(),
             status,
             route: &rt.route.id,
             upstream: &rt.upstream.name,
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-            user_agent: parts
-                .headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok()),
+            user_agent: user_agent.as_ref().and_then(|v| v.to_str().ok()),
         });
     }
     resp

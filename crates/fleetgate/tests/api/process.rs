@@ -531,7 +531,7 @@ fn access_log_prints_the_configured_fields_as_json_lines() {
             ("FLEETGATE_GATEWAY_ACCESS_LOG", "true"),
             (
                 "FLEETGATE_GATEWAY_ACCESS_LOG_FIELDS",
-                "method, path, status, route",
+                "method, path, status, route, user_agent",
             ),
         ],
     );
@@ -547,7 +547,14 @@ fn access_log_prints_the_configured_fields_as_json_lines() {
     .expect("route");
     assert_eq!(status, 201, "{body}");
     wait_applied(&p);
-    let (status, _) = http(p.gw, "GET", "/some/path?secret=1", None, &[]).expect("proxied");
+    let (status, _) = http(
+        p.gw,
+        "GET",
+        "/some/path?secret=1",
+        None,
+        &[("User-Agent", "probe/1")],
+    )
+    .expect("proxied");
     assert_eq!(status, 200);
     let deadline = Instant::now() + Duration::from_secs(5);
     let line = loop {
@@ -564,7 +571,7 @@ fn access_log_prints_the_configured_fields_as_json_lines() {
     let v: Value = serde_json::from_str(&line).expect("a JSON line");
     assert_eq!(
         v,
-        json!({"method": "GET", "path": "/some/path", "status": 200, "route": "logged"})
+        json!({"method": "GET", "path": "/some/path", "status": 200, "route": "logged", "user_agent": "probe/1"})
     );
     drop(up);
 
