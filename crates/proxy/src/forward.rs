@@ -177,7 +177,7 @@ fn append_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &str, proto: &'s
             xff.push_str(prev);
             xff.push_str(", ");
             xff.push_str(peer.ip.to_str().unwrap_or(""));
-            if let Ok(v) = HeaderValue::from_str(&xff) {
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
                 headers.insert(X_FORWARDED_FOR, v);
             }
         }
@@ -212,7 +212,8 @@ fn append_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &str, proto: &'s
     fwd.extend(host.chars().filter(|c| *c != '"' && *c != '\\'));
     fwd.push_str("\";proto=");
     fwd.push_str(proto);
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
+    // The String's buffer becomes the header value without another copy.
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(fwd)) {
         headers.insert(header::FORWARDED, v);
     }
 }
@@ -646,7 +647,9 @@ async fn forward(
         None => Either::Left(body),
     });
     let request_timeout = Duration::from_millis(up.config.timeouts.request_ms);
-    let mut tried: Vec<usize> = Vec::with_capacity(2);
+    // Targets already tried (at most 1 + 5 retries): a fixed array, no allocation.
+    let mut tried_buf = [usize::MAX; 6];
+    let mut tried_len = 0usize;
     let mut last_error: Option<Response<ProxyBody>> = None;
     let key = match up.config.load_balancing {
         fleetgate_core::gateway::LoadBalancing::ConsistentHash => {
@@ -655,10 +658,13 @@ async fn forward(
         _ => None,
     };
     for attempt in 0..attempts {
-        let Some(ti) = up.pick(key.as_deref(), &tried) else {
+        let Some(ti) = up.pick(key.as_deref(), &tried_buf[..tried_len]) else {
             break;
         };
-        tried.push(ti);
+        if tried_len < tried_buf.len() {
+            tried_buf[tried_len] = ti;
+            tried_len += 1;
+        }
         if attempt > 0 {
             rt.upstream_metrics.retries.fetch_add(1, Ordering::Relaxed);
         }
