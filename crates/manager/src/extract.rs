@@ -125,24 +125,11 @@ pub struct PageParams {
     pub offset: Option<i64>,
 }
 
-/// Reads one query parameter as a non-negative integer.
-pub fn query_int(parts: &Parts, name: &str) -> Result<Option<i64>, ApiError> {
-    let Some(query) = parts.uri.query() else {
-        return Ok(None);
-    };
-    let mut value = None;
-    for (k, v) in form_pairs(query) {
-        if k == name {
-            let n: i64 = v.trim().parse().map_err(|_| {
-                ApiError::bad_request(name, format!("must be a non-negative integer, got {v:?}"))
-            })?;
-            if n < 0 {
-                return Err(ApiError::bad_request(name, "must not be negative"));
-            }
-            value = Some(n);
-        }
-    }
-    Ok(value)
+/// Parses a query value as a non-negative integer, naming `name` on error.
+fn non_negative(name: &str, v: &str) -> Result<i64, ApiError> {
+    v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        ApiError::bad_request(name, format!("must be a non-negative integer, got {v:?}"))
+    })
 }
 
 /// Decoded `key=value` pairs of a query string.
@@ -185,10 +172,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Pagination {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let limit = query_int(parts, "limit")?
-            .unwrap_or(DEFAULT_PAGE)
-            .min(MAX_PAGE);
-        let offset = query_int(parts, "offset")?.unwrap_or(0);
+        // Unlike other parameters, an empty `limit=` or `offset=` is an error.
+        let q = QueryParams::from_parts(parts);
+        let int = |name: &str| {
+            q.0.get(name)
+                .map(|v| non_negative(name, v.trim()))
+                .transpose()
+        };
+        let limit = int("limit")?.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
+        let offset = int("offset")?.unwrap_or(0);
         Ok(Pagination(PageRequest { limit, offset }))
     }
 }
@@ -351,7 +343,13 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(QueryParams(
+        Ok(QueryParams::from_parts(parts))
+    }
+}
+
+impl QueryParams {
+    pub fn from_parts(parts: &Parts) -> Self {
+        QueryParams(
             parts
                 .uri
                 .query()
@@ -359,11 +357,9 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
                 .unwrap_or_default()
                 .into_iter()
                 .collect(),
-        ))
+        )
     }
-}
 
-impl QueryParams {
     pub fn text(&self, name: &str) -> Option<&str> {
         self.0
             .get(name)
@@ -405,13 +401,7 @@ impl QueryParams {
         let Some(v) = self.text(name) else {
             return Ok(None);
         };
-        v.parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError::bad_request(name, format!("must be a non-negative integer, got {v:?}"))
-            })
+        non_negative(name, v).map(Some)
     }
 }
 
