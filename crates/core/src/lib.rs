@@ -9,6 +9,7 @@ pub mod config;
 pub mod diff;
 pub mod error;
 pub mod gateway;
+pub mod redirects;
 pub mod routing;
 pub mod settings;
 pub mod time;

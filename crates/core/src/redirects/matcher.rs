@@ -1,0 +1,1 @@
+//! The compiled rule set of one project (placeholder module, filled in next).
