@@ -91,6 +91,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0002_certificates.sql"),
         include_str!("../migrations/postgres/0002_certificates.sql"),
     ),
+    (
+        3,
+        "redirects",
+        include_str!("../migrations/sqlite/0003_redirects.sql"),
+        include_str!("../migrations/postgres/0003_redirects.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {
@@ -117,8 +123,8 @@ fn migrator(backend: Backend) -> Migrator {
 
 /// The store on SQLite or PostgreSQL.
 pub struct SqlStore {
-    pool: AnyPool,
-    backend: Backend,
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
     max_connections: u32,
 }
 
@@ -299,11 +305,15 @@ fn resource_from_row(r: &AnyRow) -> Result<ResourceRecord> {
     })
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-async fn insert_audit(conn: &mut AnyConnection, actor: &Actor, ev: &AuditEvent) -> Result<()> {
+pub(crate) async fn insert_audit(
+    conn: &mut AnyConnection,
+    actor: &Actor,
+    ev: &AuditEvent,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO audit_log (at, actor, actor_id, action, target_type, target_id, \
          client_ip, request_id, before_json, after_json) \
@@ -414,7 +424,7 @@ async fn keep_a_super_admin(conn: &mut AnyConnection, excluding: &str) -> Result
     Ok(())
 }
 
-fn check_version(expected: Option<i64>, current: i64) -> Result<()> {
+pub(crate) fn check_version(expected: Option<i64>, current: i64) -> Result<()> {
     match expected {
         Some(v) if v != current => Err(StoreError::VersionMismatch { current }),
         _ => Ok(()),
@@ -1300,6 +1310,13 @@ impl Store for SqlStore {
                 let mut tables = serde_json::Map::new();
                 for table in [
                     "certificates",
+                    "namespaces",
+                    "projects",
+                    "redirects",
+                    "pages",
+                    "project_versions",
+                    "project_tokens",
+                    "project_agents",
                     "users",
                     "api_keys",
                     "resources",

@@ -5,8 +5,10 @@
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
 use fleetgate_store::{
-    Actor, ApiKeyRecord, AuditEvent, AuditFilter, CertificateRecord, PageRequest, ResourceSet,
-    SessionRecord, SqlStore, Store, StoreError, StoreOptions, UserRecord,
+    Actor, AgentRecord, ApiKeyRecord, AuditEvent, AuditFilter, CertificateRecord, DraftState,
+    NamespaceRecord, PageRequest, ProjectRecord, ProjectTokenRecord, RedirectStore, ResourceSet,
+    RuleData, RuleFilter, RuleTable, SessionRecord, SqlStore, Store, StoreError, StoreOptions,
+    TokenScope, UserRecord,
 };
 use serde_json::json;
 
@@ -89,6 +91,10 @@ conformance!(
     backup_writes_a_file,
     hostile_text_is_stored_verbatim,
     certificates_crud_with_versions,
+    namespaces_and_projects,
+    rule_drafts_publish_and_discard,
+    rule_import_merge_and_replace,
+    project_tokens_and_agents,
 );
 
 fn actor() -> Actor {
@@ -639,4 +645,447 @@ async fn certificates_crud_with_versions(s: &SqlStore) {
             .any(|e| format!("{:?}{:?}", e.before, e.after).contains("opaque")),
         "keys stay out of the audit log"
     );
+}
+
+async fn project_fixture(s: &SqlStore, ns: &str, name: &str, hosts: &[&str]) -> ProjectRecord {
+    let now = now_ms();
+    if s.get_namespace(ns).await.expect("get ns").is_none() {
+        s.create_namespace(
+            &actor(),
+            &NamespaceRecord {
+                name: ns.into(),
+                description: String::new(),
+                version: 1,
+                created_at: now,
+                updated_at: now,
+            },
+        )
+        .await
+        .expect("namespace");
+    }
+    let p = ProjectRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        namespace: ns.into(),
+        name: name.into(),
+        description: "d".into(),
+        hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        published_version: 0,
+        published_at: None,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    s.create_project(&actor(), &p).await.expect("project");
+    p
+}
+
+fn rd(kind: &str, key: &str, value: &str) -> RuleData {
+    RuleData {
+        kind: kind.into(),
+        key: key.into(),
+        value: value.into(),
+        flavor: "FOUND".into(),
+    }
+}
+
+async fn namespaces_and_projects(s: &SqlStore) {
+    let p = project_fixture(s, "prod", "site", &["a.example.com"]).await;
+    let dup = s
+        .create_namespace(
+            &actor(),
+            &NamespaceRecord {
+                name: "prod".into(),
+                description: String::new(),
+                version: 1,
+                created_at: 0,
+                updated_at: 0,
+            },
+        )
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))));
+    // A host belongs to one project only; names are unique per namespace.
+    let mut other = p.clone();
+    other.id = "other".into();
+    other.name = "other".into();
+    let err = s
+        .create_project(&actor(), &other)
+        .await
+        .expect_err("host taken");
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("a.example.com")),
+        "{err}"
+    );
+    other.hosts = vec!["b.example.com".into()];
+    s.create_project(&actor(), &other)
+        .await
+        .expect("other project");
+    let mut same_name = other.clone();
+    same_name.id = "third".into();
+    same_name.hosts = vec![];
+    assert!(matches!(
+        s.create_project(&actor(), &same_name).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let got = s
+        .get_project("prod", "site")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(got.hosts, vec!["a.example.com".to_string()]);
+    assert_eq!(got.published_version, 0);
+    let mut edit = got.clone();
+    edit.hosts = vec!["b.example.com".into()];
+    assert!(matches!(
+        s.update_project(&actor(), &edit, None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    edit.hosts = vec!["c.example.com".into()];
+    assert!(matches!(
+        s.update_project(&actor(), &edit, Some(7)).await,
+        Err(StoreError::VersionMismatch { current: 1 })
+    ));
+    let updated = s
+        .update_project(&actor(), &edit, Some(1))
+        .await
+        .expect("update");
+    assert_eq!(updated.version, 2);
+    let listed = s.list_projects("prod", page(10, 0)).await.expect("list");
+    assert_eq!(listed.total, 2);
+    assert_eq!(s.all_projects().await.expect("all").len(), 2);
+    assert!(matches!(
+        s.delete_namespace(&actor(), "prod").await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.create_rule(
+        &actor(),
+        RuleTable::Redirects,
+        &p.id,
+        &rd("BASIC", "/a", "/b"),
+    )
+    .await
+    .expect("rule");
+    s.delete_project(&actor(), &p.id)
+        .await
+        .expect("delete project");
+    s.delete_project(&actor(), &other.id)
+        .await
+        .expect("delete other");
+    assert!(s.get_project("prod", "site").await.expect("get").is_none());
+    s.delete_namespace(&actor(), "prod")
+        .await
+        .expect("delete namespace");
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                target_type: Some("project".into()),
+                ..Default::default()
+            },
+            page(50, 0),
+        )
+        .await
+        .expect("audit");
+    assert!(audit.items.iter().any(|a| a.action == "project.delete"));
+}
+
+async fn rule_drafts_publish_and_discard(s: &SqlStore) {
+    let p = project_fixture(s, "ns", "p", &[]).await;
+    let t = RuleTable::Redirects;
+    let a = s
+        .create_rule(&actor(), t, &p.id, &rd("BASIC", "/a", "/x"))
+        .await
+        .expect("a");
+    let b = s
+        .create_rule(&actor(), t, &p.id, &rd("REGEX", "^/b/(.*)$", "/y/$1"))
+        .await
+        .expect("b");
+    assert_eq!(a.state, DraftState::Created);
+    assert!(matches!(
+        s.create_rule(&actor(), t, &p.id, &rd("BASIC_HOST", "/a", "https://x"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Nothing is served before the first publish.
+    let served = s
+        .published_rules(t, &p.id, page(100, 0))
+        .await
+        .expect("published");
+    assert_eq!((served.total, served.items.len()), (0, 0));
+    let pub1 = s.publish(&actor(), &p.id).await.expect("publish");
+    assert_eq!(pub1.version, 1);
+    assert_eq!(pub1.summary["redirects"]["created"], 2);
+    assert!(matches!(
+        s.publish(&actor(), &p.id).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let served = s
+        .published_rules(t, &p.id, page(1, 1))
+        .await
+        .expect("published");
+    assert_eq!(served.total, 2);
+    assert_eq!(served.items, vec![rd("REGEX", "^/b/(.*)$", "/y/$1")]);
+    // Edits and deletes are drafts: agents keep the published set.
+    s.update_rule(&actor(), t, &p.id, a.id, &rd("BASIC", "/a", "/z"))
+        .await
+        .expect("update");
+    s.delete_rule(&actor(), t, &p.id, b.id)
+        .await
+        .expect("delete");
+    let c = s
+        .create_rule(&actor(), t, &p.id, &rd("BASIC", "/c", "/x"))
+        .await
+        .expect("c");
+    let drafts = s.drafts(&p.id, 10).await.expect("drafts");
+    assert_eq!(
+        (
+            drafts.redirects.created,
+            drafts.redirects.updated,
+            drafts.redirects.deleted
+        ),
+        (1, 1, 1)
+    );
+    let served = s
+        .published_rules(t, &p.id, page(10, 0))
+        .await
+        .expect("published");
+    assert_eq!(
+        served.items,
+        vec![rd("BASIC", "/a", "/x"), rd("REGEX", "^/b/(.*)$", "/y/$1")]
+    );
+    let listed = s
+        .list_rules(t, &p.id, &RuleFilter::default(), page(10, 0))
+        .await
+        .expect("list");
+    assert_eq!(
+        listed.total, 2,
+        "the deleted rule is hidden from the working set"
+    );
+    let with_deleted = RuleFilter {
+        include_deleted: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        s.list_rules(t, &p.id, &with_deleted, page(10, 0))
+            .await
+            .expect("list")
+            .total,
+        3
+    );
+    let q = RuleFilter {
+        q: Some("/C".into()),
+        ..Default::default()
+    };
+    let found = s
+        .list_rules(t, &p.id, &q, page(10, 0))
+        .await
+        .expect("search");
+    assert_eq!(
+        found.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![c.id]
+    );
+    let kind = RuleFilter {
+        kind: Some("REGEX".into()),
+        include_deleted: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        s.list_rules(t, &p.id, &kind, page(10, 0))
+            .await
+            .expect("kind")
+            .total,
+        1
+    );
+    // Discard restores the published set as the working set.
+    assert_eq!(s.discard_drafts(&actor(), &p.id).await.expect("discard"), 3);
+    let working = s.working_rules(t, &p.id).await.expect("working");
+    assert_eq!(
+        working,
+        vec![rd("BASIC", "/a", "/x"), rd("REGEX", "^/b/(.*)$", "/y/$1")]
+    );
+    // An edit back to the published value is no draft; a re-created deleted key is an edit.
+    s.update_rule(&actor(), t, &p.id, a.id, &rd("BASIC", "/a", "/x"))
+        .await
+        .expect("noop");
+    assert_eq!(
+        s.drafts(&p.id, 10).await.expect("drafts").redirects.total(),
+        0
+    );
+    s.delete_rule(&actor(), t, &p.id, a.id)
+        .await
+        .expect("delete a");
+    let again = s
+        .create_rule(&actor(), t, &p.id, &rd("BASIC", "/a", "/new"))
+        .await
+        .expect("re-create");
+    assert_eq!((again.id, again.state), (a.id, DraftState::Updated));
+    // Pages have their own table and count in the same publish.
+    s.create_rule(
+        &actor(),
+        RuleTable::Pages,
+        &p.id,
+        &RuleData {
+            kind: "BASIC".into(),
+            key: "/robots.txt".into(),
+            value: "User-agent: *".into(),
+            flavor: "TEXT_PLAIN".into(),
+        },
+    )
+    .await
+    .expect("page");
+    let pub2 = s.publish(&actor(), &p.id).await.expect("publish 2");
+    assert_eq!(pub2.version, 2);
+    assert_eq!(pub2.summary["pages"]["created"], 1);
+    assert_eq!(
+        s.get_project("ns", "p")
+            .await
+            .expect("get")
+            .expect("p")
+            .published_version,
+        2
+    );
+    let history = s.list_publishes(&p.id, page(10, 0)).await.expect("history");
+    assert_eq!(
+        history.items.iter().map(|h| h.version).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    let pages = s
+        .published_rules(RuleTable::Pages, &p.id, page(10, 0))
+        .await
+        .expect("pages");
+    assert_eq!(pages.items[0].value, "User-agent: *");
+}
+
+async fn rule_import_merge_and_replace(s: &SqlStore) {
+    let p = project_fixture(s, "ns", "imp", &[]).await;
+    let t = RuleTable::Redirects;
+    let rows: Vec<RuleData> = (0..1200)
+        .map(|i| rd("BASIC", &format!("/r{i}"), "/t"))
+        .collect();
+    let sum = s
+        .import_rules(&actor(), t, &p.id, &rows, false)
+        .await
+        .expect("import");
+    assert_eq!((sum.created, sum.updated, sum.unchanged), (1200, 0, 0));
+    s.publish(&actor(), &p.id).await.expect("publish");
+    let mut next: Vec<RuleData> = (0..600)
+        .map(|i| rd("BASIC", &format!("/r{i}"), "/t"))
+        .collect();
+    next[0].value = "/changed".into();
+    next.push(rd("BASIC", "/new", "/t"));
+    let sum = s
+        .import_rules(&actor(), t, &p.id, &next, true)
+        .await
+        .expect("replace");
+    assert_eq!(
+        (sum.created, sum.updated, sum.unchanged, sum.deleted),
+        (1, 1, 599, 600)
+    );
+    let working = s.working_rules(t, &p.id).await.expect("working");
+    assert_eq!(working.len(), 601);
+    assert_eq!(working[0].value, "/changed");
+    assert_eq!(working.last().map(|r| r.key.as_str()), Some("/new"));
+    let published = s
+        .published_rules(t, &p.id, page(2000, 0))
+        .await
+        .expect("published");
+    assert_eq!(published.total, 1200, "imports are drafts until published");
+    let p2 = s.publish(&actor(), &p.id).await.expect("publish");
+    assert_eq!(p2.summary["truncated"], true);
+    assert_eq!(
+        p2.summary["changes"].as_array().map(Vec::len),
+        Some(fleetgate_store::PUBLISH_CHANGES_LISTED)
+    );
+    assert_eq!(
+        s.published_rules(t, &p.id, page(1, 0))
+            .await
+            .expect("published")
+            .total,
+        601
+    );
+}
+
+async fn project_tokens_and_agents(s: &SqlStore) {
+    let p = project_fixture(s, "ns", "tok", &[]).await;
+    let scope = |resource: &str, action: &str| TokenScope {
+        namespace: "ns".into(),
+        project: "tok".into(),
+        resource: resource.into(),
+        action: action.into(),
+    };
+    let token = ProjectTokenRecord {
+        id: "t1".into(),
+        project_id: p.id.clone(),
+        name: "edge".into(),
+        token_hash: "ab".repeat(32),
+        preview: "flecto_abcd...wxyz".into(),
+        scopes: vec![scope("redirect", "read"), scope("agent", "write")],
+        created_at: now_ms(),
+        expires_at: None,
+        last_used_at: None,
+    };
+    s.create_project_token(&actor(), &token)
+        .await
+        .expect("token");
+    let found = s
+        .find_project_token(&"ab".repeat(32))
+        .await
+        .expect("find")
+        .expect("found");
+    assert_eq!(found.scopes, token.scopes);
+    assert!(found.scopes[0].grants("ns", "tok", Some("redirect"), "read"));
+    assert!(
+        !found.scopes[1].grants("ns", "tok", Some("agent"), "read"),
+        "write does not imply read"
+    );
+    assert!(!found.scopes[0].grants("ns", "other", Some("redirect"), "read"));
+    s.touch_project_token("t1", 5).await.expect("touch");
+    assert_eq!(
+        s.list_project_tokens(&p.id).await.expect("list")[0].last_used_at,
+        Some(5)
+    );
+    let now = now_ms();
+    let agent = AgentRecord {
+        project_id: p.id.clone(),
+        name: "edge-1".into(),
+        kind: "traefik".into(),
+        loaded_version: 3,
+        status: "success".into(),
+        error: String::new(),
+        load_duration_ns: 1_500_000,
+        created_at: now,
+        updated_at: now,
+        last_hit_at: now,
+    };
+    assert!(s.report_agent(&actor(), &agent).await.expect("report"));
+    assert!(!s
+        .report_agent(
+            &actor(),
+            &AgentRecord {
+                loaded_version: 4,
+                ..agent.clone()
+            }
+        )
+        .await
+        .expect("again"));
+    s.hit_agent(&p.id, "edge-1", now + 10).await.expect("hit");
+    s.hit_agent(&p.id, "never-registered", now + 20)
+        .await
+        .expect("hit unknown");
+    let agents = s.list_agents(&p.id).await.expect("agents");
+    assert_eq!(agents.len(), 2);
+    assert_eq!(
+        (agents[0].loaded_version, agents[0].last_hit_at),
+        (4, now + 10)
+    );
+    assert_eq!(agents[1].loaded_version, 0);
+    s.delete_agent(&actor(), &p.id, "edge-1")
+        .await
+        .expect("delete agent");
+    s.delete_project_token(&actor(), &p.id, "t1")
+        .await
+        .expect("revoke");
+    assert!(s
+        .find_project_token(&"ab".repeat(32))
+        .await
+        .expect("find")
+        .is_none());
 }
