@@ -31,6 +31,9 @@ OUT=${OUT:-BENCHMARKS.md}
 ROUTES=1000 # plus the benchmarked /bench route
 BODY_BYTES=1024
 
+# shellcheck source=lib/keep-sections.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/keep-sections.sh"
+
 log() { printf '[proxy.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
     printf 'proxy.sh: error: %s\n' "$*" >&2
@@ -952,7 +955,10 @@ ratio_cell() { fmt "$1" '%.3f'; }
     echo "  revision; measured once \`GET /health\` showed \`gateway_revision\` = \`revision\` = $FG_REVISION."
     echo "  The gateway's defaults otherwise (its own forwarded headers, metrics, breaker accounting)."
     echo "- Before measuring, each target's /bench was checked to answer 200 with the $BODY_BYTES-byte body."
-} >"$OUT_PATH"
+} >"$OUT_PATH.new"
+# Sections other bench scripts own (bench/redirects.sh, the matcher's criterion numbers) stay.
+keep_sections "$OUT_PATH" "$OUT_PATH.new"
+mv "$OUT_PATH.new" "$OUT_PATH"
 cp "$OUT_PATH" "$RAW/"
 
 log "wrote $OUT: $VERDICT (Fleetgate/nginx $(ratio_cell "$rps_ratio")×, p99 ratio $(ratio_cell "$p99_ratio")×); total ${TOTAL_SECS} s"

@@ -17,6 +17,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub audit: AuditSettings,
     pub webhooks: WebhookSettings,
+    pub redirects: RedirectSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -67,6 +68,31 @@ pub struct AuditSettings {
 pub struct WebhookSettings {
     /// Allow webhook destinations on loopback and private addresses.
     pub allow_private_targets: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedirectSettings {
+    /// Largest page body, in bytes (1 to 16777216; default 1 MiB).
+    #[schema(minimum = 1, maximum = 16_777_216)]
+    pub page_size_limit_bytes: u64,
+    /// An agent that has not checked in for this long is stale, in seconds
+    /// (60 to 2592000; default 6 hours).
+    #[schema(minimum = 60, maximum = 2_592_000)]
+    pub agent_stale_after_secs: u64,
+    /// The request header agents send their token in (default `Authorization`).
+    #[schema(min_length = 1, max_length = 64)]
+    pub agent_auth_header: String,
+}
+
+impl Default for RedirectSettings {
+    fn default() -> Self {
+        Self {
+            page_size_limit_bytes: crate::redirects::DEFAULT_PAGE_SIZE_LIMIT as u64,
+            agent_stale_after_secs: 6 * 3600,
+            agent_auth_header: "Authorization".into(),
+        }
+    }
 }
 
 impl Default for GeneralSettings {
@@ -135,6 +161,28 @@ impl Settings {
         }
         if !(1..=3650).contains(&self.audit.retention_days) {
             e.push("audit.retention_days", "must be between 1 and 3650");
+        }
+        let r = &self.redirects;
+        if !(1..=16_777_216).contains(&r.page_size_limit_bytes) {
+            e.push(
+                "redirects.page_size_limit_bytes",
+                "must be between 1 and 16777216",
+            );
+        }
+        if !(60..=2_592_000).contains(&r.agent_stale_after_secs) {
+            e.push(
+                "redirects.agent_stale_after_secs",
+                "must be between 60 and 2592000",
+            );
+        }
+        if r.agent_auth_header.is_empty()
+            || r.agent_auth_header.len() > 64
+            || http::HeaderName::from_bytes(r.agent_auth_header.as_bytes()).is_err()
+        {
+            e.push(
+                "redirects.agent_auth_header",
+                "must be a valid HTTP header name of at most 64 characters",
+            );
         }
         e.into_result()
     }

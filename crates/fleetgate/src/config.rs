@@ -19,6 +19,7 @@ pub struct Config {
     pub database: DatabaseSection,
     pub redis: UrlSection,
     pub nats: UrlSection,
+    pub flecto: FlectoSection,
     pub shutdown: ShutdownSection,
     pub log: LogSection,
 }
@@ -69,6 +70,62 @@ pub struct UrlSection {
     pub url: Option<String>,
 }
 
+/// Sync redirects and pages from a Flecto-compatible manager, as one of its agents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlectoSection {
+    /// The manager's base URL (`https://flecto.example.com`); unset turns this off.
+    pub url: Option<String>,
+    pub namespace: String,
+    pub project: String,
+    /// The project token (sent as `Bearer`); never printed.
+    pub token: Option<String>,
+    /// Time between version checks, in milliseconds (100 to 86400000; default 5 min).
+    pub interval_ms: u64,
+    /// Name this agent reports (`[A-Za-z0-9_-]`); default `fleetgate-<hostname>`.
+    pub agent_name: String,
+    /// Header carrying the token (default `Authorization`).
+    pub auth_header: String,
+}
+
+impl Default for FlectoSection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            namespace: String::new(),
+            project: String::new(),
+            token: None,
+            interval_ms: 300_000,
+            agent_name: String::new(),
+            auth_header: "Authorization".into(),
+        }
+    }
+}
+
+impl FlectoSection {
+    /// The agent name in force: the configured one or `fleetgate-<hostname>` with
+    /// characters Flecto refuses replaced by `-`.
+    pub fn effective_agent_name(&self) -> String {
+        if !self.agent_name.is_empty() {
+            return self.agent_name.clone();
+        }
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+        let clean: String = host
+            .trim()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        format!("fleetgate-{clean}").chars().take(100).collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownSection {
@@ -94,6 +151,7 @@ impl Default for Config {
             database: DatabaseSection::default(),
             redis: UrlSection::default(),
             nats: UrlSection::default(),
+            flecto: FlectoSection::default(),
             shutdown: ShutdownSection::default(),
             log: LogSection::default(),
         }
@@ -208,6 +266,25 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ),
     ("FLEETGATE_REDIS_URL", "redis.url", Kind::Text),
     ("FLEETGATE_NATS_URL", "nats.url", Kind::Text),
+    ("FLEETGATE_FLECTO_URL", "flecto.url", Kind::Text),
+    ("FLEETGATE_FLECTO_NAMESPACE", "flecto.namespace", Kind::Text),
+    ("FLEETGATE_FLECTO_PROJECT", "flecto.project", Kind::Text),
+    ("FLEETGATE_FLECTO_TOKEN", "flecto.token", Kind::Text),
+    (
+        "FLEETGATE_FLECTO_INTERVAL_MS",
+        "flecto.interval_ms",
+        Kind::Int,
+    ),
+    (
+        "FLEETGATE_FLECTO_AGENT_NAME",
+        "flecto.agent_name",
+        Kind::Text,
+    ),
+    (
+        "FLEETGATE_FLECTO_AUTH_HEADER",
+        "flecto.auth_header",
+        Kind::Text,
+    ),
     (
         "FLEETGATE_SHUTDOWN_DRAIN_TIMEOUT_SECS",
         "shutdown.drain_timeout_secs",
@@ -249,6 +326,18 @@ pub struct Overrides {
     /// NATS URL for the event bus between manager replicas.
     #[arg(long, value_name = "URL")]
     pub nats_url: Option<String>,
+    /// Sync redirects and pages from this Flecto-compatible manager.
+    #[arg(long, value_name = "URL")]
+    pub flecto_url: Option<String>,
+    /// Namespace of the synced project.
+    #[arg(long, value_name = "NAME")]
+    pub flecto_namespace: Option<String>,
+    /// The synced project.
+    #[arg(long, value_name = "NAME")]
+    pub flecto_project: Option<String>,
+    /// Project token (prefer FLEETGATE_FLECTO_TOKEN: flags show in process lists).
+    #[arg(long, value_name = "TOKEN")]
+    pub flecto_token: Option<String>,
 }
 
 impl Config {
@@ -336,6 +425,18 @@ impl Config {
         if let Some(v) = &flags.nats_url {
             config.nats.url = Some(v.clone());
         }
+        if let Some(v) = &flags.flecto_url {
+            config.flecto.url = Some(v.clone());
+        }
+        if let Some(v) = &flags.flecto_namespace {
+            config.flecto.namespace = v.clone();
+        }
+        if let Some(v) = &flags.flecto_project {
+            config.flecto.project = v.clone();
+        }
+        if let Some(v) = &flags.flecto_token {
+            config.flecto.token = Some(v.clone());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -366,6 +467,44 @@ impl Config {
         if self.manager.max_body_bytes < 1024 {
             bail!("manager.max_body_bytes must be at least 1024");
         }
+        let f = &self.flecto;
+        if let Some(url) = &f.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("flecto.url must be an http:// or https:// URL, got {url:?}");
+            }
+            let code = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 100
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            };
+            if !code(&f.namespace) || !code(&f.project) {
+                bail!("flecto.namespace and flecto.project are required with flecto.url ([A-Za-z0-9_-])");
+            }
+            if f.token.as_deref().is_none_or(str::is_empty) {
+                bail!("flecto.token is required with flecto.url (FLEETGATE_FLECTO_TOKEN)");
+            }
+            if !f.agent_name.is_empty() && !code(&f.agent_name) {
+                bail!(
+                    "flecto.agent_name must match ^[a-zA-Z0-9_-]+$, got {:?}",
+                    f.agent_name
+                );
+            }
+            if f.auth_header.is_empty()
+                || !f
+                    .auth_header
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                bail!(
+                    "flecto.auth_header must be an HTTP header name, got {:?}",
+                    f.auth_header
+                );
+            }
+        }
+        if !(100..=86_400_000).contains(&f.interval_ms) {
+            bail!("flecto.interval_ms must be between 100 and 86400000");
+        }
         for (name, url) in [("redis.url", &self.redis.url), ("nats.url", &self.nats.url)] {
             if let Some(u) = url {
                 if !u.contains("://") {
@@ -390,6 +529,9 @@ impl Config {
         c.database.url = Some(redact_url(&self.database_url()));
         c.redis.url = c.redis.url.as_deref().map(redact_url);
         c.nats.url = c.nats.url.as_deref().map(redact_url);
+        if c.flecto.token.is_some() {
+            c.flecto.token = Some("***".into());
+        }
         toml::to_string_pretty(&c).unwrap_or_default()
     }
 }

@@ -2,6 +2,7 @@
 //! (`serve` = manager + built-in gateway, `manager`), with graceful shutdown.
 
 pub mod config;
+pub mod flecto_agent;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -190,6 +191,13 @@ pub async fn start(
             header_read_timeout: Duration::from_millis(config.gateway.header_read_timeout_ms),
         },
     );
+    gw.follow_redirects(state.subscribe_redirects());
+    if with_gateway && config.flecto.url.is_some() {
+        let mut cfg = config.flecto.clone();
+        cfg.agent_name = cfg.effective_agent_name();
+        let agent = flecto_agent::Agent::new(cfg, gw.clone())?;
+        tokio::spawn(agent.run(down_rx.clone()));
+    }
     if with_gateway {
         let _ = state.data_plane.set(Arc::new(gw.clone()));
     }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod ratelimit;
+pub mod redirect_rules;
 pub mod secrets;
 
 use std::ops::Deref;
@@ -66,6 +67,10 @@ pub struct Inner {
     pub secrets: secrets::SecretBox,
     /// Certificates (with keys, in memory only) for the gateway's TLS listener.
     pub certificates: watch::Sender<Arc<Vec<fleetgate_core::tls::TlsBundle>>>,
+    /// Compiled redirect and page rules of every project, by host, for the gateway.
+    pub redirect_rules: watch::Sender<Arc<fleetgate_core::redirects::HostRules>>,
+    /// Wakes the redirect compiler after a publish or a project change.
+    pub redirects_changed: tokio::sync::Notify,
 }
 
 /// Shared state of every handler.
@@ -107,6 +112,8 @@ impl AppState {
             data_plane: std::sync::OnceLock::new(),
             secrets: secrets::SecretBox::new(&key),
             certificates,
+            redirect_rules: watch::channel(Arc::new(Default::default())).0,
+            redirects_changed: tokio::sync::Notify::new(),
         }));
         state.publish_current().await?;
         state.publish_certificates().await?;
@@ -197,12 +204,51 @@ impl AppState {
         Ok(())
     }
 
+    /// The compiled redirect rules the data plane subscribes to.
+    pub fn subscribe_redirects(
+        &self,
+    ) -> watch::Receiver<Arc<fleetgate_core::redirects::HostRules>> {
+        self.redirect_rules.subscribe()
+    }
+
+    /// Asks the redirect compiler to look for changes now.
+    pub fn refresh_redirects(&self) {
+        self.redirects_changed.notify_one();
+    }
+
+    /// Compiles published redirect sets after each change here and once a second
+    /// for changes made through other replicas. Ends when `shutdown` flips to true.
+    fn spawn_redirect_compiler(&self, mut shutdown: watch::Receiver<bool>) {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut compiler = redirect_rules::Compiler::default();
+            loop {
+                match compiler.run(state.store.as_ref()).await {
+                    Ok(Some(rules)) => {
+                        state.redirect_rules.send_replace(Arc::new(rules));
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not compile redirect rules"),
+                }
+                tokio::select! {
+                    _ = state.redirects_changed.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return,
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+        });
+    }
+
     /// Background work: follow revisions made elsewhere, prune expired sessions
     /// and old audit entries. Ends when `shutdown` flips to true.
     pub fn spawn_background(
         &self,
         mut shutdown: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
+        self.spawn_redirect_compiler(shutdown.clone());
         let state = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fleetgate_core::breaker::Admission;
 use fleetgate_core::gateway::{Cors, RetryCondition, RetryOn};
+use fleetgate_core::redirects::matcher::Hit;
 use fleetgate_core::routing::{stripped_path, Lookup};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -325,6 +326,55 @@ struct Ctx<'a> {
     tls: bool,
 }
 
+/// Answers from a project's published pages and redirects when one matches. The
+/// match key is the raw `Host` (port included, as sent) and the request-target's path
+/// with its query string, exactly as Flecto agents match; see
+/// [`fleetgate_core::redirects::matcher`] for the order and rules.
+fn redirect_or_page(gw: &GatewayInner, host: &str, uri: &Uri) -> Option<Response<ProxyBody>> {
+    let local = gw.redirects.load();
+    let remote = gw.remote_redirects.load();
+    if local.is_empty() && remote.is_none() {
+        return None;
+    }
+    let set = local.for_host(host).or(remote.as_deref())?;
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let hit = set.lookup(host, target)?;
+    let mut resp = match hit {
+        Hit::Page {
+            content,
+            content_type,
+        } => {
+            let mut r = Response::new(Either::Right(Full::new(content.clone())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type.mime()),
+            );
+            r
+        }
+        Hit::Redirect { status, location } => {
+            let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+            *r.status_mut() = StatusCode::from_u16(status.code()).unwrap_or(StatusCode::FOUND);
+            match HeaderValue::from_bytes(location.as_bytes()) {
+                Ok(v) => {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                Err(_) => {
+                    return Some(json_error(
+                        StatusCode::BAD_GATEWAY,
+                        "BAD_REDIRECT",
+                        "the matching redirect produced a Location that is not a valid header",
+                        None,
+                    ))
+                }
+            }
+            r
+        }
+    };
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Some(resp)
+}
+
 /// Handles one request from `peer`.
 pub async fn handle(
     gw: Arc<GatewayInner>,
@@ -351,6 +401,10 @@ pub async fn handle(
             &authority_host
         }
     };
+    if let Some(mut r) = redirect_or_page(&gw, host, &parts.uri) {
+        r.headers_mut().insert(X_REQUEST_ID, rid);
+        return r;
+    }
     let user_agent = if gw.access_log.is_some() {
         parts.headers.get(header::USER_AGENT).cloned()
     } else {

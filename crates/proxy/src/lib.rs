@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use fleetgate_core::gateway::{BreakerStatus, DataPlaneStatus, TargetHealth};
+use fleetgate_core::redirects::matcher::RuleSet;
+use fleetgate_core::redirects::HostRules;
 use fleetgate_core::ConfigSnapshot;
 use hyper::body::Incoming;
 use hyper::Request;
@@ -64,6 +66,10 @@ impl Default for GatewayOptions {
 
 pub struct GatewayInner {
     pub(crate) current: ArcSwap<Compiled>,
+    /// Published redirect and page rules of the manager's projects, by host.
+    pub(crate) redirects: ArcSwap<HostRules>,
+    /// Rules synced from a Flecto-compatible manager, for every other host.
+    pub(crate) remote_redirects: arc_swap::ArcSwapOption<RuleSet>,
     pub(crate) metrics: MetricsRegistry,
     pub(crate) access_log: Option<access_log::AccessLog>,
     pub(crate) shared_limits: Option<limit::SharedCounter>,
@@ -99,6 +105,8 @@ impl Gateway {
     ) -> Self {
         let inner = Arc::new(GatewayInner {
             current: ArcSwap::from_pointee(Compiled::empty()),
+            redirects: ArcSwap::from_pointee(HostRules::default()),
+            remote_redirects: arc_swap::ArcSwapOption::empty(),
             metrics: MetricsRegistry::default(),
             access_log: options.access_log,
             header_read_timeout: options.header_read_timeout,
@@ -144,6 +152,26 @@ impl Gateway {
                 false
             }
         }
+    }
+
+    /// Follows the manager's compiled redirect rules: each new set is swapped in whole.
+    pub fn follow_redirects(&self, mut rules: watch::Receiver<Arc<HostRules>>) {
+        self.inner
+            .redirects
+            .store(rules.borrow_and_update().clone());
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            while rules.changed().await.is_ok() {
+                let next = rules.borrow_and_update().clone();
+                let Some(inner) = weak.upgrade() else { return };
+                inner.redirects.store(next);
+            }
+        });
+    }
+
+    /// Serves `rules` for every host no project claims (or stops, with `None`).
+    pub fn set_remote_redirects(&self, rules: Option<Arc<RuleSet>>) {
+        self.inner.remote_redirects.store(rules);
     }
 
     /// The revision currently served.

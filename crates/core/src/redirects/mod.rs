@@ -228,6 +228,48 @@ pub struct Page {
     pub content_type: PageContentType,
 }
 
+/// The compiled rules the gateway answers with, by request host.
+#[derive(Default)]
+pub struct HostRules {
+    /// Projects by host (lower case, no port).
+    pub by_host: std::collections::HashMap<String, std::sync::Arc<matcher::RuleSet>>,
+}
+
+impl HostRules {
+    pub fn is_empty(&self) -> bool {
+        self.by_host.is_empty()
+    }
+
+    /// The rules for a request's `Host` (port and letter case ignored here; matching
+    /// itself sees the raw header).
+    pub fn for_host(&self, host: &str) -> Option<&matcher::RuleSet> {
+        if self.by_host.is_empty() {
+            return None;
+        }
+        let name = strip_port(host);
+        let found = match self.by_host.get(name) {
+            Some(r) => Some(r),
+            None if name.bytes().any(|b| b.is_ascii_uppercase()) => {
+                self.by_host.get(&name.to_ascii_lowercase())
+            }
+            None => None,
+        };
+        found.map(|r| r.as_ref())
+    }
+}
+
+/// `host` without a trailing `:port` (IPv6 literals keep their brackets).
+pub fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i)
+            if !host[i..].contains(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            &host[..i]
+        }
+        _ => host,
+    }
+}
+
 /// Compiles a redirect source the way the gateway runs it: Go RE2's dialect as Flecto
 /// agents use it, so `\d`, `\w`, `\s` and `\b` are ASCII classes and matching is done on
 /// the request's bytes.
@@ -265,7 +307,7 @@ pub fn expand_target(target: &str, group: impl Fn(usize) -> Option<String>) -> S
 fn split_host(s: &str) -> Option<(&str, &str)> {
     let i = s.find('/')?;
     let (host, path) = s.split_at(i);
-    (!host.is_empty() && path.len() >= 1).then_some((host, path))
+    (!host.is_empty() && !path.is_empty()).then_some((host, path))
 }
 
 fn check_host_source(field: &str, s: &str, e: &mut ValidationError) {

@@ -9,6 +9,7 @@ mod conventions;
 mod gateway;
 mod health;
 mod process;
+mod redirects;
 mod support;
 mod tls;
 mod upstream;

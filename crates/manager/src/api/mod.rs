@@ -4,9 +4,11 @@ pub mod audit;
 pub mod backup;
 pub mod certificates;
 pub mod config;
+pub mod flecto;
 pub mod gateway;
 pub mod health;
 pub mod keys;
+pub mod redirects;
 pub mod revisions;
 pub mod session;
 pub mod settings;
@@ -28,6 +30,12 @@ use crate::middleware::{method_not_allowed, not_found, rate_limit, request_id, t
 use crate::openapi::ApiDoc;
 use crate::AppState;
 
+/// Largest redirect import accepted (about a million CSV rows).
+const IMPORT_BODY_LIMIT: usize = 128 * 1024 * 1024;
+
+/// Largest page create/update body: the largest page size setting plus JSON overhead.
+const PAGE_BODY_LIMIT: usize = 17 * 1024 * 1024;
+
 /// Every route of the manager, with middleware, state and the OpenAPI document.
 pub fn router(state: AppState) -> Router {
     let (router, openapi) = api_router(state.clone()).split_for_parts();
@@ -42,6 +50,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route("/api/v1/docs", get(crate::openapi::docs_page))
+        .merge(flecto::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(state.clone(), rate_limit))
@@ -103,6 +112,56 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
             gateway::update_route,
             gateway::delete_route
         ))
+        .routes(routes!(
+            redirects::list_namespaces,
+            redirects::create_namespace
+        ))
+        .routes(routes!(
+            redirects::get_namespace,
+            redirects::update_namespace,
+            redirects::delete_namespace
+        ))
+        .routes(routes!(redirects::list_projects, redirects::create_project))
+        .routes(routes!(
+            redirects::get_project,
+            redirects::update_project,
+            redirects::delete_project
+        ))
+        .routes(routes!(
+            redirects::list_redirects,
+            redirects::create_redirect
+        ))
+        .routes(routes!(
+            redirects::get_redirect,
+            redirects::update_redirect,
+            redirects::delete_redirect
+        ))
+        .routes(routes!(redirects::export_redirects))
+        .merge(
+            // Pages may be as large as the page size setting allows (up to 16 MiB), so
+            // that an oversized page is refused by validation naming the field.
+            OpenApiRouter::new()
+                .routes(routes!(redirects::list_pages, redirects::create_page))
+                .routes(routes!(
+                    redirects::get_page,
+                    redirects::update_page,
+                    redirects::delete_page
+                ))
+                .layer(DefaultBodyLimit::max(PAGE_BODY_LIMIT)),
+        )
+        .routes(routes!(redirects::drafts))
+        .routes(routes!(redirects::publish))
+        .routes(routes!(redirects::discard))
+        .routes(routes!(redirects::versions))
+        .routes(routes!(redirects::list_tokens, redirects::create_token))
+        .routes(routes!(redirects::revoke_token))
+        .routes(routes!(redirects::list_agents))
+        .routes(routes!(redirects::delete_agent))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(redirects::import_redirects))
+                .layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT)),
+        )
         .route_layer(from_fn_with_state(state, require_auth));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(public)
