@@ -1,0 +1,77 @@
+//! The matching rule written as plainly as possible: every rule tried in the
+//! documented order, regexes compiled on the spot. [`super::RuleSet::lookup`] must
+//! answer exactly like it; the tests and the fuzz target check that.
+
+use crate::redirects::{compile_regex, Page, PageType, Redirect, RedirectType};
+
+use super::literal_prefix;
+
+/// What [`naive_lookup`] answers: the status (200 for a page) and the Location or the
+/// page's content.
+pub type NaiveAnswer = (u16, String);
+
+/// The answer for `host` and `uri` over `redirects` and `pages`, found by trying every
+/// rule (see the [module documentation](super) for the rule).
+pub fn naive_lookup(
+    redirects: &[Redirect],
+    pages: &[Page],
+    host: &str,
+    uri: &str,
+) -> Option<NaiveAnswer> {
+    let host_uri = format!("{host}{uri}");
+    // Exact types: the last rule with the key wins.
+    for (kind, key) in [
+        (PageType::BasicHost, host_uri.as_str()),
+        (PageType::Basic, uri),
+    ] {
+        if let Some(p) = pages.iter().rev().find(|p| p.kind == kind && p.path == key) {
+            return Some((200, p.content.clone()));
+        }
+    }
+    for (kind, key) in [
+        (RedirectType::BasicHost, host_uri.as_str()),
+        (RedirectType::Basic, uri),
+    ] {
+        if let Some(r) = redirects
+            .iter()
+            .rev()
+            .find(|r| r.kind == kind && r.source == key)
+        {
+            return Some((r.status.code(), r.target.clone()));
+        }
+    }
+    for (kind, key) in [
+        (RedirectType::RegexHost, host_uri.as_str()),
+        (RedirectType::Regex, uri),
+    ] {
+        let mut candidates: Vec<(&Redirect, regex::bytes::Regex)> = redirects
+            .iter()
+            .filter(|r| r.kind == kind)
+            .filter(|r| key.starts_with(literal_prefix(&r.source).as_str()))
+            .filter_map(|r| Some((r, compile_regex(&r.source).ok()?)))
+            .collect();
+        // Stable: equal lengths keep list order.
+        candidates.sort_by_key(|(r, _)| std::cmp::Reverse(r.source.len()));
+        for (r, re) in candidates {
+            let Some(caps) = re.captures(key.as_bytes()) else {
+                continue;
+            };
+            let group = |n: usize| -> String {
+                caps.get(n)
+                    .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+                    .unwrap_or_default()
+            };
+            // Flecto: for i from the last group down to 1, replace "$" + ('0' + i).
+            let mut location = r.target.clone();
+            for i in (1..caps.len()).rev() {
+                let placeholder = match char::from_u32(u32::from(b'0') + i as u32) {
+                    Some(c) => format!("${c}"),
+                    None => "$\u{FFFD}".to_string(),
+                };
+                location = location.replace(&placeholder, &group(i));
+            }
+            return Some((r.status.code(), location));
+        }
+    }
+    None
+}
