@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod config;
 pub mod diff;
 pub mod error;
+pub mod events;
 pub mod gateway;
 pub mod redirects;
 pub mod routing;

@@ -18,6 +18,7 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub webhooks: WebhookSettings,
     pub redirects: RedirectSettings,
+    pub events: EventSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -83,6 +84,26 @@ pub struct RedirectSettings {
     /// The request header agents send their token in (default `Authorization`).
     #[schema(min_length = 1, max_length = 64)]
     pub agent_auth_header: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventSettings {
+    /// Days an event is kept (1 to 3650; default 30).
+    #[schema(minimum = 1, maximum = 3650)]
+    pub retention_days: u32,
+    /// Most events kept; the oldest go first (1000 to 10000000; default 100000).
+    #[schema(minimum = 1000, maximum = 10_000_000)]
+    pub max_events: u32,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            retention_days: 30,
+            max_events: 100_000,
+        }
+    }
 }
 
 impl Default for RedirectSettings {
@@ -161,6 +182,12 @@ impl Settings {
         }
         if !(1..=3650).contains(&self.audit.retention_days) {
             e.push("audit.retention_days", "must be between 1 and 3650");
+        }
+        if !(1..=3650).contains(&self.events.retention_days) {
+            e.push("events.retention_days", "must be between 1 and 3650");
+        }
+        if !(1000..=10_000_000).contains(&self.events.max_events) {
+            e.push("events.max_events", "must be between 1000 and 10000000");
         }
         let r = &self.redirects;
         if !(1..=16_777_216).contains(&r.page_size_limit_bytes) {

@@ -189,6 +189,7 @@ pub async fn start(
             redis_url: config.redis.url.clone(),
             rate_limit_fail_open: config.gateway.rate_limit_fail_open,
             header_read_timeout: Duration::from_millis(config.gateway.header_read_timeout_ms),
+            events: Some(state.event_sink()),
         },
     );
     gw.follow_redirects(state.subscribe_redirects());

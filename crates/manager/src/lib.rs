@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod metrics;
 pub mod middleware;
@@ -71,6 +72,8 @@ pub struct Inner {
     pub redirect_rules: watch::Sender<Arc<fleetgate_core::redirects::HostRules>>,
     /// Wakes the redirect compiler after a publish or a project change.
     pub redirects_changed: tokio::sync::Notify,
+    /// Events of this process: stored, then streamed.
+    pub events: Arc<events::EventHub>,
 }
 
 /// Shared state of every handler.
@@ -114,6 +117,7 @@ impl AppState {
             certificates,
             redirect_rules: watch::channel(Arc::new(Default::default())).0,
             redirects_changed: tokio::sync::Notify::new(),
+            events: Arc::new(events::EventHub::default()),
         }));
         state.publish_current().await?;
         state.publish_certificates().await?;
@@ -204,6 +208,32 @@ impl AppState {
         Ok(())
     }
 
+    /// Where the gateway in this process sends its events.
+    pub fn event_sink(&self) -> Arc<dyn fleetgate_core::events::EventSink> {
+        Arc::new(events::HubSink(self.events.clone()))
+    }
+
+    /// Logs, stores and streams an event raised by the manager.
+    pub fn emit(&self, event: fleetgate_core::events::NewEvent) {
+        fleetgate_core::events::emit(Some(&self.event_sink()), event.source("manager"));
+    }
+
+    /// Publishes the configuration after a change made by `actor` and records a
+    /// `config.changed` event naming the new revision.
+    pub async fn publish_change(&self, actor: &Actor) -> Result<(), StoreError> {
+        let revision = self.store.latest_revision().await?;
+        self.publish_current().await?;
+        self.emit(
+            fleetgate_core::events::NewEvent::new(
+                "config.changed",
+                fleetgate_core::events::Severity::Info,
+                format!("{} made revision {revision}", actor.name),
+            )
+            .details(serde_json::json!({"revision": revision, "actor": actor.name})),
+        );
+        Ok(())
+    }
+
     /// The compiled redirect rules the data plane subscribes to.
     pub fn subscribe_redirects(
         &self,
@@ -249,6 +279,8 @@ impl AppState {
         mut shutdown: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         self.spawn_redirect_compiler(shutdown.clone());
+        self.events
+            .spawn_writer(self.store.clone(), shutdown.clone());
         let state = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -273,6 +305,19 @@ impl AppState {
                     let keep_days = i64::from(state.settings().audit.retention_days);
                     if let Err(e) = state.store.prune_sessions(now).await {
                         tracing::warn!(error = %e, "session pruning failed");
+                    }
+                    let ev = state.settings().events;
+                    let before = now - i64::from(ev.retention_days) * 86_400_000;
+                    match state
+                        .store
+                        .prune_events(before, i64::from(ev.max_events))
+                        .await
+                    {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(removed = n, "pruned events past retention")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "event pruning failed"),
                     }
                     match state.store.prune_audit(now - keep_days * 86_400_000).await {
                         Ok(n) if n > 0 => {

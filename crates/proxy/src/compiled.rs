@@ -91,6 +91,7 @@ impl Compiled {
         snapshot: &ConfigSnapshot,
         previous: &Compiled,
         metrics: &MetricsRegistry,
+        events: Option<&Arc<dyn fleetgate_core::events::EventSink>>,
     ) -> Result<Self, String> {
         let doc = &snapshot.document;
         let table = RouteTable::build(&doc.routes).map_err(|e| e.to_string())?;
@@ -98,7 +99,7 @@ impl Compiled {
         let reuse = |u: &Upstream| -> Arc<UpstreamRuntime> {
             match previous.upstreams.get(&u.name) {
                 Some(old) if old.config == *u => old.clone(),
-                _ => UpstreamRuntime::new(u.clone()),
+                _ => UpstreamRuntime::new(u.clone(), events.cloned()),
             }
         };
         for u in &doc.upstreams {

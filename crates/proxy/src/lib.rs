@@ -24,6 +24,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use fleetgate_core::events::{emit, EventSink, NewEvent, Severity};
 use fleetgate_core::gateway::{BreakerStatus, DataPlaneStatus, TargetHealth};
 use fleetgate_core::redirects::matcher::RuleSet;
 use fleetgate_core::redirects::HostRules;
@@ -51,6 +52,8 @@ pub struct GatewayOptions {
     pub rate_limit_fail_open: bool,
     /// A client must send its request headers within this time (slow clients are cut off).
     pub header_read_timeout: Duration,
+    /// Where the gateway's events go (the manager's event hub).
+    pub events: Option<Arc<dyn EventSink>>,
 }
 
 impl Default for GatewayOptions {
@@ -60,6 +63,7 @@ impl Default for GatewayOptions {
             redis_url: None,
             rate_limit_fail_open: true,
             header_read_timeout: Duration::from_secs(10),
+            events: None,
         }
     }
 }
@@ -74,8 +78,60 @@ pub struct GatewayInner {
     pub(crate) access_log: Option<access_log::AccessLog>,
     pub(crate) shared_limits: Option<limit::SharedCounter>,
     pub(crate) header_read_timeout: Duration,
+    pub(crate) events: Option<Arc<dyn EventSink>>,
     /// Port of the HTTPS listener once bound, for HTTP→HTTPS redirects (0 = none).
     pub(crate) https_port: std::sync::atomic::AtomicU16,
+}
+
+/// Seconds between the gateway's aggregated events.
+pub const EVENT_WINDOW: Duration = Duration::from_secs(10);
+
+/// Turns per-request counters into one event per route or upstream and window:
+/// `rate_limit.exceeded` (rejections by a route's rate limit) and
+/// `proxy.upstream_error` (failed attempts to an upstream), never one per request.
+async fn aggregate_events(inner: std::sync::Weak<GatewayInner>) {
+    let mut last_routes: std::collections::HashMap<String, u64> = Default::default();
+    let mut last_upstreams: std::collections::HashMap<String, u64> = Default::default();
+    let mut tick = tokio::time::interval(EVENT_WINDOW);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let (routes, upstreams) = inner.metrics.event_counters();
+        let secs = EVENT_WINDOW.as_secs();
+        for (id, total) in routes {
+            let before = last_routes.insert(id.clone(), total).unwrap_or(0);
+            let n = total.saturating_sub(before);
+            if n > 0 {
+                emit(
+                    inner.events.as_ref(),
+                    NewEvent::new(
+                        "rate_limit.exceeded",
+                        Severity::Warning,
+                        format!("route {id}: {n} requests refused by its rate limit in the last {secs} s"),
+                    )
+                    .route(&id)
+                    .details(serde_json::json!({"count": n, "window_secs": secs})),
+                );
+            }
+        }
+        for (name, total) in upstreams {
+            let before = last_upstreams.insert(name.clone(), total).unwrap_or(0);
+            let n = total.saturating_sub(before);
+            if n > 0 {
+                emit(
+                    inner.events.as_ref(),
+                    NewEvent::new(
+                        "proxy.upstream_error",
+                        Severity::Warning,
+                        format!("upstream {name}: {n} failed attempts in the last {secs} s"),
+                    )
+                    .upstream(&name)
+                    .details(serde_json::json!({"count": n, "window_secs": secs})),
+                );
+            }
+        }
+    }
 }
 
 /// A random number fixed for the process, prefixing generated request ids.
@@ -110,6 +166,7 @@ impl Gateway {
             metrics: MetricsRegistry::default(),
             access_log: options.access_log,
             header_read_timeout: options.header_read_timeout,
+            events: options.events,
             https_port: std::sync::atomic::AtomicU16::new(0),
             shared_limits: options.redis_url.as_deref().and_then(|url| {
                 match limit::SharedCounter::new(url, options.rate_limit_fail_open) {
@@ -124,6 +181,9 @@ impl Gateway {
         let gw = Gateway { inner };
         let first = snapshots.borrow_and_update().clone();
         gw.apply(&first);
+        if gw.inner.events.is_some() {
+            tokio::spawn(aggregate_events(Arc::downgrade(&gw.inner)));
+        }
         let weak = Arc::downgrade(&gw.inner);
         tokio::spawn(async move {
             while snapshots.changed().await.is_ok() {
@@ -141,14 +201,44 @@ impl Gateway {
         if snap.revision != 0 && snap.revision <= previous.revision {
             return false;
         }
-        match Compiled::build(snap, &previous, &self.inner.metrics) {
+        match Compiled::build(
+            snap,
+            &previous,
+            &self.inner.metrics,
+            self.inner.events.as_ref(),
+        ) {
             Ok(c) => {
-                tracing::info!(target: "fleetgate::events", event = "config.applied", revision = snap.revision, routes = c.table.len(), "gateway applied configuration");
+                emit(
+                    self.inner.events.as_ref(),
+                    NewEvent::new(
+                        "config.applied",
+                        Severity::Info,
+                        format!(
+                            "gateway applied revision {} ({} routes)",
+                            snap.revision,
+                            c.table.len()
+                        ),
+                    )
+                    .details(
+                        serde_json::json!({"revision": snap.revision, "routes": c.table.len()}),
+                    ),
+                );
                 self.inner.current.store(Arc::new(c));
                 true
             }
             Err(e) => {
-                tracing::error!(target: "fleetgate::events", event = "config.rejected", revision = snap.revision, error = %e, "gateway rejected configuration; previous one keeps serving");
+                emit(
+                    self.inner.events.as_ref(),
+                    NewEvent::new(
+                        "config.rejected",
+                        Severity::Critical,
+                        format!(
+                            "gateway rejected revision {}: {e}; the previous one keeps serving",
+                            snap.revision
+                        ),
+                    )
+                    .details(serde_json::json!({"revision": snap.revision, "error": e})),
+                );
                 false
             }
         }

@@ -40,6 +40,9 @@ pub struct UpstreamMetrics {
     pub breaker_rejections: AtomicU64,
 }
 
+/// Running totals by route id or upstream name.
+pub type Counters = Vec<(String, u64)>;
+
 /// All metric series of one gateway.
 #[derive(Default)]
 pub struct MetricsRegistry {
@@ -65,6 +68,25 @@ impl MetricsRegistry {
             .entry(name.to_string())
             .or_default()
             .clone()
+    }
+
+    /// Rate-limited responses per route and failed attempts per upstream, so far.
+    pub fn event_counters(&self) -> (Counters, Counters) {
+        let routes = self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, m)| (k.clone(), m.rate_limited.load(Ordering::Relaxed)))
+            .collect();
+        let upstreams = self
+            .upstreams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, m)| (k.clone(), m.failures.load(Ordering::Relaxed)))
+            .collect();
+        (routes, upstreams)
     }
 
     /// Forgets series of routes and upstreams no longer configured.

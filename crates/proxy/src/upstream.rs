@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fleetgate_core::breaker::{Admission, CircuitBreaker, Transition};
+use fleetgate_core::breaker::{Admission, BreakerState, CircuitBreaker, Transition};
+use fleetgate_core::events::{emit, EventSink, NewEvent, Severity};
 use fleetgate_core::gateway::{LoadBalancing, TargetHealth, Upstream};
 use http::Uri;
 use http_body_util::{Either, Empty, Limited};
@@ -163,19 +164,28 @@ pub struct UpstreamRuntime {
     budget: RetryBudget,
 
     health_task: Mutex<Option<AbortOnDrop>>,
+    events: Option<Arc<dyn EventSink>>,
 }
 
-/// What a breaker transition should tell the world.
-pub fn report_transition(upstream: &str, t: Transition) {
-    tracing::warn!(
-        target: "fleetgate::events",
-        event = %format!("circuit_breaker.{}", t.to.as_str()),
-        upstream,
-        from = t.from.as_str(),
-        "circuit breaker {} -> {}",
-        t.from.as_str(),
-        t.to.as_str()
-    );
+/// The event of a breaker transition: opened (critical), half_open (warning) or
+/// closed (info).
+fn transition_event(upstream: &str, t: &Transition) -> NewEvent {
+    let (kind, severity) = match t.to {
+        BreakerState::Open => ("circuit_breaker.opened", Severity::Critical),
+        BreakerState::HalfOpen => ("circuit_breaker.half_open", Severity::Warning),
+        BreakerState::Closed => ("circuit_breaker.closed", Severity::Info),
+    };
+    NewEvent::new(
+        kind,
+        severity,
+        format!(
+            "circuit breaker of upstream {upstream}: {} -> {}",
+            t.from.as_str(),
+            t.to.as_str()
+        ),
+    )
+    .upstream(upstream)
+    .details(serde_json::json!({"from": t.from.as_str(), "to": t.to.as_str()}))
 }
 
 fn hash64(v: impl Hash) -> u64 {
@@ -187,7 +197,7 @@ fn hash64(v: impl Hash) -> u64 {
 impl UpstreamRuntime {
     /// Builds the runtime; targets whose URL does not parse are skipped (validation
     /// rejects them before they get here).
-    pub fn new(config: Upstream) -> Arc<Self> {
+    pub fn new(config: Upstream, events: Option<Arc<dyn EventSink>>) -> Arc<Self> {
         let needs_tls = config.targets.iter().any(|t| t.url.starts_with("https://"));
         let tls = if needs_tls {
             match crate::pool::client_config(&config.tls) {
@@ -230,6 +240,7 @@ impl UpstreamRuntime {
             swrr: Mutex::new(vec![0; n]),
             ring,
             health_task: Mutex::new(None),
+            events,
         })
     }
 
@@ -286,7 +297,12 @@ impl UpstreamRuntime {
                     if !healthy && streak >= active.healthy_threshold {
                         t.healthy.store(true, Ordering::Relaxed);
                         t.health_streak.store(0, Ordering::Relaxed);
-                        tracing::info!(target: "fleetgate::events", event = "health.target_up", upstream = %self.name, target = %t.url, "target is healthy again");
+                        emit(
+                            self.events.as_ref(),
+                            NewEvent::new("health.target_up", Severity::Info, format!("target {} of upstream {} is healthy again", t.url, self.name))
+                                .upstream(&self.name)
+                                .details(serde_json::json!({"target": t.url})),
+                        );
                     } else if healthy {
                         t.health_streak.store(0, Ordering::Relaxed);
                     }
@@ -297,7 +313,12 @@ impl UpstreamRuntime {
                     if healthy && streak >= active.unhealthy_threshold {
                         t.healthy.store(false, Ordering::Relaxed);
                         t.health_streak.store(0, Ordering::Relaxed);
-                        tracing::warn!(target: "fleetgate::events", event = "health.target_down", upstream = %self.name, target = %t.url, error = %e, "target is unhealthy");
+                        emit(
+                            self.events.as_ref(),
+                            NewEvent::new("health.target_down", Severity::Warning, format!("target {} of upstream {} is unhealthy: {e}", t.url, self.name))
+                                .upstream(&self.name)
+                                .details(serde_json::json!({"target": t.url, "reason": "active", "error": e.to_string()})),
+                        );
                     } else if !healthy {
                         t.health_streak.store(0, Ordering::Relaxed);
                     }
@@ -381,7 +402,7 @@ impl UpstreamRuntime {
             .unwrap_or_else(|p| p.into_inner())
             .admit(now);
         if let Some(t) = t {
-            report_transition(&self.name, t);
+            emit(self.events.as_ref(), transition_event(&self.name, &t));
         }
         adm
     }
@@ -395,7 +416,7 @@ impl UpstreamRuntime {
             .unwrap_or_else(|p| p.into_inner())
             .record(now, success);
         if let Some(t) = t {
-            report_transition(&self.name, t);
+            emit(self.events.as_ref(), transition_event(&self.name, &t));
         }
         let Some(ts) = self.targets.get(target) else {
             return;
@@ -412,7 +433,16 @@ impl UpstreamRuntime {
             if failures >= p.max_failures {
                 ts.ejected_until.store(now + p.eject_ms, Ordering::Relaxed);
                 ts.consecutive_failures.store(0, Ordering::Relaxed);
-                tracing::warn!(target: "fleetgate::events", event = "health.target_down", upstream = %self.name, target = %ts.url, "target ejected after {failures} consecutive failures");
+                emit(
+                    self.events.as_ref(),
+                    NewEvent::new(
+                        "health.target_down",
+                        Severity::Warning,
+                        format!("target {} of upstream {} ejected after {failures} consecutive failures", ts.url, self.name),
+                    )
+                    .upstream(&self.name)
+                    .details(serde_json::json!({"target": ts.url, "reason": "passive", "failures": failures})),
+                );
             }
         }
     }

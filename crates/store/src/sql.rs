@@ -97,6 +97,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0003_redirects.sql"),
         include_str!("../migrations/postgres/0003_redirects.sql"),
     ),
+    (
+        4,
+        "events",
+        include_str!("../migrations/sqlite/0004_events.sql"),
+        include_str!("../migrations/postgres/0004_events.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {
@@ -1317,6 +1323,7 @@ impl Store for SqlStore {
                     "project_versions",
                     "project_tokens",
                     "project_agents",
+                    "events",
                     "users",
                     "api_keys",
                     "resources",

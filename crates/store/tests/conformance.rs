@@ -2,13 +2,14 @@
 //! (a fresh file) and on PostgreSQL (a fresh schema) when
 //! `FLEETGATE_TEST_POSTGRES_URL` is set, so the two can never drift.
 
+use fleetgate_core::events::{NewEvent, Severity};
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
 use fleetgate_store::{
     Actor, AgentRecord, ApiKeyRecord, AuditEvent, AuditFilter, CertificateRecord, DraftState,
-    NamespaceRecord, PageRequest, ProjectRecord, ProjectTokenRecord, RedirectStore, ResourceSet,
-    RuleData, RuleFilter, RuleTable, SessionRecord, SqlStore, Store, StoreError, StoreOptions,
-    TokenScope, UserRecord,
+    EventFilter, EventStore, NamespaceRecord, PageRequest, ProjectRecord, ProjectTokenRecord,
+    RedirectStore, ResourceSet, RuleData, RuleFilter, RuleTable, SessionRecord, SqlStore, Store,
+    StoreError, StoreOptions, TokenScope, UserRecord,
 };
 use serde_json::json;
 
@@ -95,6 +96,7 @@ conformance!(
     rule_drafts_publish_and_discard,
     rule_import_merge_and_replace,
     project_tokens_and_agents,
+    events_filters_ack_and_retention,
 );
 
 fn actor() -> Actor {
@@ -1088,4 +1090,123 @@ async fn project_tokens_and_agents(s: &SqlStore) {
         .await
         .expect("find")
         .is_none());
+}
+
+async fn events_filters_ack_and_retention(s: &SqlStore) {
+    let now = now_ms();
+    let mut batch = Vec::new();
+    for i in 0..6 {
+        let (t, sev) = match i % 3 {
+            0 => ("circuit_breaker.opened", Severity::Critical),
+            1 => ("rate_limit.exceeded", Severity::Warning),
+            _ => ("config.applied", Severity::Info),
+        };
+        let mut e = NewEvent::new(t, sev, format!("event {i}")).upstream("api");
+        e.created_at = now - (6 - i) * 1000;
+        e.details = json!({"i": i, "text": "it's \"quoted\""});
+        batch.push(e);
+    }
+    let stored = s.insert_events(&batch).await.expect("insert");
+    assert_eq!(stored.len(), 6);
+    assert!(
+        stored.windows(2).all(|w| w[0].id < w[1].id),
+        "ids follow insertion order"
+    );
+    let all = s
+        .list_events(&EventFilter::default(), page(10, 0))
+        .await
+        .expect("list");
+    assert_eq!(all.total, 6);
+    assert_eq!(all.items[0].id, stored[5].id, "newest first");
+    assert_eq!(all.items[0].event, batch[5]);
+    let crit = EventFilter {
+        severity: Some(Severity::Critical),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.list_events(&crit, page(10, 0)).await.expect("list").total,
+        2
+    );
+    let alerts = EventFilter {
+        min_severity: Some(Severity::Warning),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.list_events(&alerts, page(10, 0))
+            .await
+            .expect("list")
+            .total,
+        4
+    );
+    let cat = EventFilter {
+        category: Some("rate_limit".into()),
+        since: Some(now - 4500),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.list_events(&cat, page(10, 0)).await.expect("list").total,
+        1
+    );
+    let after = s
+        .events_after(stored[2].id, &alerts, 10)
+        .await
+        .expect("after");
+    assert_eq!(
+        after.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![stored[3].id, stored[4].id]
+    );
+    assert!(s.ack_event(stored[0].id, "alice", now).await.expect("ack"));
+    assert!(!s.ack_event(stored[0].id, "bob", now).await.expect("again"));
+    assert!(matches!(
+        s.ack_event(999_999, "bob", now).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let got = s
+        .get_event(stored[0].id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(got.acknowledged_by.as_deref(), Some("alice"));
+    let counts = s.count_unacked().await.expect("count");
+    assert_eq!(
+        (counts.critical, counts.warning, counts.info, counts.total),
+        (1, 2, 2, 5)
+    );
+    let n = s
+        .ack_events(
+            &EventFilter {
+                category: Some("rate_limit".into()),
+                ..Default::default()
+            },
+            "bob",
+            now,
+        )
+        .await
+        .expect("bulk");
+    assert_eq!(n, 2);
+    let unacked = EventFilter {
+        unacknowledged: Some(true),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.list_events(&unacked, page(10, 0))
+            .await
+            .expect("list")
+            .total,
+        3
+    );
+    // Retention: by age, then by count.
+    assert_eq!(
+        s.prune_events(now - 5500, 1000).await.expect("prune age"),
+        1
+    );
+    assert_eq!(s.prune_events(0, 2).await.expect("prune count"), 3);
+    let left = s
+        .list_events(&EventFilter::default(), page(10, 0))
+        .await
+        .expect("list");
+    assert_eq!(
+        left.items.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![stored[5].id, stored[4].id]
+    );
 }

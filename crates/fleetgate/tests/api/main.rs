@@ -6,6 +6,7 @@ mod auth;
 mod cluster;
 mod config;
 mod conventions;
+mod events;
 mod gateway;
 mod health;
 mod process;

@@ -65,7 +65,7 @@ pub async fn apply_document(
         .store
         .replace_resources(actor, &doc.to_resources(), action, message)
         .await?;
-    state.publish_current().await?;
+    state.publish_change(actor).await?;
     Ok((changes, Some(revision)))
 }
 

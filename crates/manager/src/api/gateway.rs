@@ -60,7 +60,7 @@ async fn save(
         .store
         .put_resource(&auth.actor, kind, name, &body, expected, &message)
         .await?;
-    state.publish_current().await?;
+    state.publish_change(&auth.actor).await?;
     Ok(record)
 }
 
@@ -214,7 +214,7 @@ pub async fn delete_upstream(
             &format!("delete upstream {name}"),
         )
         .await?;
-    state.publish_current().await?;
+    state.publish_change(&auth.actor).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -386,6 +386,6 @@ pub async fn delete_route(
             &format!("delete route {id}"),
         )
         .await?;
-    state.publish_current().await?;
+    state.publish_change(&auth.actor).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod backup;
 pub mod certificates;
 pub mod config;
+pub mod events;
 pub mod flecto;
 pub mod gateway;
 pub mod health;
@@ -107,6 +108,12 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(troubleshooting::test_upstream))
         .routes(routes!(troubleshooting::connections))
         .routes(routes!(troubleshooting::health))
+        .routes(routes!(events::list))
+        .routes(routes!(events::count))
+        .routes(routes!(events::ack))
+        .routes(routes!(events::ack_many))
+        .routes(routes!(events::stream_events))
+        .routes(routes!(events::stream_alerts))
         .routes(routes!(
             gateway::get_route,
             gateway::update_route,

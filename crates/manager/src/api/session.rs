@@ -109,6 +109,14 @@ pub async fn login(
         Some(u) if matches && !u.disabled => u,
         _ => {
             state.store.record_login_failure(&ip, now).await?;
+            state.emit(
+                fleetgate_core::events::NewEvent::new(
+                    "auth.login_failed",
+                    fleetgate_core::events::Severity::Warning,
+                    format!("failed login for {:?} from {ip}", body.username.chars().take(64).collect::<String>()),
+                )
+                .details(serde_json::json!({"username": body.username.chars().take(64).collect::<String>(), "client_ip": ip})),
+            );
             let actor = Actor {
                 name: body.username.chars().take(64).collect(),
                 id: None,

@@ -62,6 +62,6 @@ pub async fn put(
             "update settings",
         )
         .await?;
-    state.publish_current().await?;
+    state.publish_change(&auth.actor).await?;
     Ok(respond(&settings, record.version))
 }
