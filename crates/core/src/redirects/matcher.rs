@@ -176,6 +176,7 @@ impl RuleSet {
         };
         let mut host_regexes = Vec::new();
         let mut regexes = Vec::new();
+        let mut analyzer = regexes::Analyzer::default();
         for (index, r) in redirects.into_iter().enumerate() {
             match r.kind {
                 RedirectType::Basic | RedirectType::BasicHost => {
@@ -192,7 +193,7 @@ impl RuleSet {
                     table.upsert(&set.hashing, r.source, |a: &mut Answers| a.redirect = t);
                 }
                 RedirectType::Regex | RedirectType::RegexHost => {
-                    let analysis = match regexes::analyze(&r.source) {
+                    let analysis = match analyzer.analyze(&r.source) {
                         Ok(a) => a,
                         Err(message) => {
                             set.skipped.push(Skipped {

@@ -76,11 +76,11 @@ fn combine(host: u64, path: u64) -> u64 {
     path ^ host.rotate_left(23).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// Keys to [`Answers`]: either whole URIs or `host+uri` keys stored split.
+/// Keys to [`Answers`]: either whole URIs or `host+uri` keys stored split. Entries sit
+/// in the table itself, so a hit reads the control bytes, the entry and its key.
 pub(super) struct ExactTable {
     host_keys: bool,
-    table: HashTable<u32>,
-    entries: Vec<Entry>,
+    table: HashTable<Entry>,
 }
 
 impl ExactTable {
@@ -88,82 +88,58 @@ impl ExactTable {
         Self {
             host_keys,
             table: HashTable::with_capacity(capacity),
-            entries: Vec::with_capacity(capacity),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.table.is_empty()
     }
 
     /// Applies `update` to the answers of `key`, adding the key if it is new.
     pub fn upsert(&mut self, hashing: &Hashing, key: String, update: impl FnOnce(&mut Answers)) {
-        let split = if self.host_keys { host_split(&key) } else { 0 };
-        let hash = if self.host_keys {
-            let (h, p) = key.split_at(split);
-            hashing.two(h, p)
-        } else {
-            hashing.one(&key)
+        let entry = Entry {
+            split: if self.host_keys {
+                host_split(&key) as u32
+            } else {
+                0
+            },
+            key: key.into_boxed_str(),
+            answers: Answers {
+                page: NONE,
+                redirect: NONE,
+            },
         };
-        let Self {
-            host_keys,
-            table,
-            entries,
-        } = self;
-        let found = table
-            .find(hash, |&i| *entries[i as usize].key == *key)
-            .copied();
-        let i = match found {
-            Some(i) => i,
-            None => {
-                // Rule lists are far below u32::MAX entries; the sync API pages them.
-                let i = entries.len() as u32;
-                entries.push(Entry {
-                    key: key.into_boxed_str(),
-                    split: split as u32,
-                    answers: Answers {
-                        page: NONE,
-                        redirect: NONE,
-                    },
-                });
-                let all = &*entries;
-                table.insert_unique(hash, i, |&j| {
-                    entry_hash(hashing, *host_keys, &all[j as usize])
-                });
-                i
-            }
+        let host_keys = self.host_keys;
+        let hash = entry_hash(hashing, host_keys, &entry);
+        let rehash = |e: &Entry| entry_hash(hashing, host_keys, e);
+        let slot = match self.table.entry(hash, |e| e.key == entry.key, rehash) {
+            hashbrown::hash_table::Entry::Occupied(o) => o.into_mut(),
+            hashbrown::hash_table::Entry::Vacant(v) => v.insert(entry).into_mut(),
         };
-        update(&mut entries[i as usize].answers);
+        update(&mut slot.answers);
     }
 
     pub fn shrink(&mut self, hashing: &Hashing) {
-        self.entries.shrink_to_fit();
-        let Self {
-            host_keys,
-            table,
-            entries,
-        } = self;
-        table.shrink_to_fit(|&j| entry_hash(hashing, *host_keys, &entries[j as usize]));
+        let host_keys = self.host_keys;
+        self.table
+            .shrink_to_fit(|e| entry_hash(hashing, host_keys, e));
     }
 
     /// The answers of a whole key.
     #[inline]
     pub fn get(&self, hash: u64, key: &str) -> Option<Answers> {
-        self.table
-            .find(hash, |&i| *self.entries[i as usize].key == *key)
-            .map(|&i| self.entries[i as usize].answers)
+        self.table.find(hash, |e| *e.key == *key).map(|e| e.answers)
     }
 
     /// The answers of a `host+uri` key given as its host part and its path part.
     #[inline]
     pub fn get_split(&self, hash: u64, host: &str, path: &str) -> Option<Answers> {
         self.table
-            .find(hash, |&i| {
-                let e = &self.entries[i as usize];
+            .find(hash, |e| {
                 let (h, p) = e.key.split_at(e.split as usize);
                 h == host && p == path
             })
-            .map(|&i| self.entries[i as usize].answers)
+            .map(|e| e.answers)
     }
 
     /// The answers of `host+uri` for any `host` and `uri`: ordinary requests use the

@@ -6,18 +6,15 @@ use crate::redirects::{compile_regex, Page, PageType, Redirect, RedirectType};
 
 use super::literal_prefix;
 
-/// What [`naive_lookup`] answers: the status (200 for a page) and the Location or the
-/// page's content.
-pub type NaiveAnswer = (u16, String);
-
 /// The answer for `host` and `uri` over `redirects` and `pages`, found by trying every
-/// rule (see the [module documentation](super) for the rule).
+/// rule (see the [module documentation](super) for the rule): the status (200 for a
+/// page) and the Location, or the page's content.
 pub fn naive_lookup(
     redirects: &[Redirect],
     pages: &[Page],
     host: &str,
     uri: &str,
-) -> Option<NaiveAnswer> {
+) -> Option<(u16, String)> {
     let host_uri = format!("{host}{uri}");
     // Exact types: the last rule with the key wins.
     for (kind, key) in [

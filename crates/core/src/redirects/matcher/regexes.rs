@@ -40,25 +40,71 @@ pub(super) struct Analysis {
     pub required: Option<Vec<Vec<u8>>>,
 }
 
-/// Checks `source` the way [`crate::redirects::compile_regex`] parses it and finds
-/// what its rule is indexed under, without compiling it.
-pub(super) fn analyze(source: &str) -> Result<Analysis, String> {
-    let invalid =
-        |e: &dyn std::fmt::Display| format!("is not a valid regex: {}", e.to_string().trim());
-    let parsed = prefix::parser().parse(source).map_err(|e| invalid(&e))?;
-    let hir = regex_syntax::hir::translate::TranslatorBuilder::new()
-        .unicode(false)
-        .utf8(false)
-        .build()
-        .translate(source, &parsed)
-        .map_err(|e| invalid(&e))?;
-    let prefix = prefix::literal_prefix_of(source, &parsed);
-    let required = if prefix.is_empty() {
-        required_texts(&hir)
-    } else {
-        None
-    };
-    Ok(Analysis { prefix, required })
+/// Parses regex sources for [`analyze`]; one per build, reused.
+pub(super) struct Analyzer {
+    parser: regex_syntax::ast::parse::Parser,
+    translator: regex_syntax::hir::translate::Translator,
+}
+
+impl Default for Analyzer {
+    fn default() -> Self {
+        Self {
+            parser: prefix::parser(),
+            translator: regex_syntax::hir::translate::TranslatorBuilder::new()
+                .unicode(false)
+                .utf8(false)
+                .build(),
+        }
+    }
+}
+
+impl Analyzer {
+    /// Checks `source` the way [`crate::redirects::compile_regex`] parses it and finds
+    /// what its rule is indexed under, without compiling it.
+    pub fn analyze(&mut self, source: &str) -> Result<Analysis, String> {
+        let invalid =
+            |e: &dyn std::fmt::Display| format!("is not a valid regex: {}", e.to_string().trim());
+        let parsed = match self.parser.parse(source) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                // A parser or translator that failed may keep state; start afresh.
+                *self = Analyzer::default();
+                return Err(invalid(&e));
+            }
+        };
+        let prefix = prefix::literal_prefix_of(source, &parsed);
+        // Translation can only fail on Unicode: non-ASCII text, `\p` classes, escapes
+        // naming a code point, the `u` flag. A prefixed pattern without any of them is
+        // not translated (it is not needed for indexing it).
+        if !prefix.is_empty() && !may_fail_translation(source) {
+            return Ok(Analysis {
+                prefix,
+                required: None,
+            });
+        }
+        let hir = match self.translator.translate(source, &parsed) {
+            Ok(hir) => hir,
+            Err(e) => {
+                *self = Analyzer::default();
+                return Err(invalid(&e));
+            }
+        };
+        let required = if prefix.is_empty() {
+            required_texts(&hir)
+        } else {
+            None
+        };
+        Ok(Analysis { prefix, required })
+    }
+}
+
+/// Whether translating a parsed `source` to HIR (bytes, no Unicode) might fail.
+fn may_fail_translation(source: &str) -> bool {
+    !source.is_ascii()
+        || source.contains("(?")
+        || ["\\x", "\\u", "\\U", "\\p", "\\P"]
+            .iter()
+            .any(|e| source.contains(e))
 }
 
 /// A set of texts one of which occurs in every match of `hir`: the possible starts of
@@ -218,7 +264,7 @@ fn location<'a>(
             _ => String::new(),
         }
     };
-    let mut t = target.to_string();
+    let mut t = Cow::Borrowed(target);
     for n in (10..groups).rev() {
         let c = u32::try_from(n)
             .ok()
@@ -226,7 +272,7 @@ fn location<'a>(
             .unwrap_or(char::REPLACEMENT_CHARACTER);
         let placeholder = format!("${c}");
         if t.contains(&placeholder) {
-            t = t.replace(&placeholder, &text(n));
+            t = Cow::Owned(t.replace(&placeholder, &text(n)));
         }
     }
     Cow::Owned(expand_target(&t, |n| {

@@ -415,6 +415,8 @@ fn bad_regexes_are_skipped_and_later_duplicates_win() {
             r(RedirectType::RegexHost, "[z-a]", "/x", found),
             r(RedirectType::BasicHost, "h/d", "https://t/first", found),
             r(RedirectType::BasicHost, "h/d", "https://t/second", found),
+            rx("^/a\\pL", "/x"),
+            rx("^/a[é]", "/x"),
         ],
         vec![
             page(PageType::Basic, "/p", "first", PageContentType::TextPlain),
@@ -422,7 +424,18 @@ fn bad_regexes_are_skipped_and_later_duplicates_win() {
         ],
     );
     let skipped: Vec<(usize, &str)> = set.skipped().iter().map(|s| (s.index, s.kind)).collect();
-    assert_eq!(skipped, [(0, "redirect"), (3, "redirect")]);
+    assert_eq!(
+        skipped,
+        [
+            (0, "redirect"),
+            (3, "redirect"),
+            (6, "redirect"),
+            (7, "redirect")
+        ]
+    );
+    for s in set.skipped() {
+        assert!(s.message.starts_with("is not a valid regex"), "{s:?}");
+    }
     assert!(
         set.skipped()[0].message.starts_with("is not a valid regex"),
         "{:?}",
