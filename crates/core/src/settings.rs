@@ -64,11 +64,33 @@ pub struct AuditSettings {
     pub retention_days: u32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookSettings {
     /// Allow webhook destinations on loopback and private addresses.
     pub allow_private_targets: bool,
+    /// Attempts per delivery, the first included (1 to 10; default 4: three retries).
+    #[schema(minimum = 1, maximum = 10)]
+    pub max_attempts: u32,
+    /// Delay before the first retry, in ms; doubled for each next one, with jitter
+    /// (10 to 600000; default 1000).
+    #[schema(minimum = 10, maximum = 600_000)]
+    pub retry_base_ms: u64,
+    /// A webhook is disabled after this many failed attempts in a row (1 to 1000;
+    /// default 20).
+    #[schema(minimum = 1, maximum = 1000)]
+    pub disable_after_failures: u32,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            allow_private_targets: false,
+            max_attempts: 4,
+            retry_base_ms: 1000,
+            disable_after_failures: 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -182,6 +204,19 @@ impl Settings {
         }
         if !(1..=3650).contains(&self.audit.retention_days) {
             e.push("audit.retention_days", "must be between 1 and 3650");
+        }
+        let w = &self.webhooks;
+        if !(1..=10).contains(&w.max_attempts) {
+            e.push("webhooks.max_attempts", "must be between 1 and 10");
+        }
+        if !(10..=600_000).contains(&w.retry_base_ms) {
+            e.push("webhooks.retry_base_ms", "must be between 10 and 600000");
+        }
+        if !(1..=1000).contains(&w.disable_after_failures) {
+            e.push(
+                "webhooks.disable_after_failures",
+                "must be between 1 and 1000",
+            );
         }
         if !(1..=3650).contains(&self.events.retention_days) {
             e.push("events.retention_days", "must be between 1 and 3650");

@@ -1,6 +1,7 @@
 //! The manager's event hub: events from the gateway and the manager are queued without
 //! blocking their producer, written to the store in batches by one task, then handed
-//! to live subscribers (SSE streams) with their store ids.
+//! to webhooks (queued deliveries) and live subscribers (SSE streams) with their
+//! store ids.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,6 +61,7 @@ impl EventHub {
     pub fn spawn_writer(
         self: &Arc<Self>,
         store: Arc<dyn Store>,
+        webhooks: Arc<tokio::sync::Notify>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let Some(mut rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
@@ -98,6 +100,11 @@ impl EventHub {
                 }
                 match store.insert_events(&batch).await {
                     Ok(stored) => {
+                        if let Err(e) =
+                            crate::webhooks::fan_out(store.as_ref(), &stored, &webhooks).await
+                        {
+                            tracing::error!(error = %e, "could not queue webhook deliveries");
+                        }
                         for e in stored {
                             let _ = hub.live.send(Arc::new(e));
                         }

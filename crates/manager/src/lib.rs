@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod redirect_rules;
 pub mod secrets;
+pub mod webhooks;
 
 use std::ops::Deref;
 use std::path::PathBuf;
@@ -74,6 +75,10 @@ pub struct Inner {
     pub redirects_changed: tokio::sync::Notify,
     /// Events of this process: stored, then streamed.
     pub events: Arc<events::EventHub>,
+    /// Wakes the webhook worker when deliveries are queued.
+    pub webhooks_wake: Arc<tokio::sync::Notify>,
+    /// Outgoing HTTP (webhook deliveries).
+    pub http: reqwest::Client,
 }
 
 /// Shared state of every handler.
@@ -118,6 +123,11 @@ impl AppState {
             redirect_rules: watch::channel(Arc::new(Default::default())).0,
             redirects_changed: tokio::sync::Notify::new(),
             events: Arc::new(events::EventHub::default()),
+            webhooks_wake: Arc::new(tokio::sync::Notify::new()),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?,
         }));
         state.publish_current().await?;
         state.publish_certificates().await?;
@@ -279,8 +289,12 @@ impl AppState {
         mut shutdown: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         self.spawn_redirect_compiler(shutdown.clone());
-        self.events
-            .spawn_writer(self.store.clone(), shutdown.clone());
+        self.events.spawn_writer(
+            self.store.clone(),
+            self.webhooks_wake.clone(),
+            shutdown.clone(),
+        );
+        webhooks::spawn_worker(self.clone(), self.webhooks_wake.clone(), shutdown.clone());
         let state = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -8,6 +8,7 @@
 mod events;
 mod redirects;
 mod sql;
+mod webhooks;
 
 use async_trait::async_trait;
 use fleetgate_core::user::Role;
@@ -20,6 +21,7 @@ pub use redirects::{
     RuleTable, TokenScope, PUBLISH_CHANGES_LISTED,
 };
 pub use sql::{Backend, SqlStore, StoreOptions};
+pub use webhooks::{AttemptOutcome, AttemptRecord, DeliveryRecord, WebhookRecord, WebhookStore};
 
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -290,7 +292,7 @@ pub struct PoolStats {
 /// Everything Fleetgate keeps. Implementations must be safe to share between several
 /// manager processes on one database: no state lives only in one process's memory.
 #[async_trait]
-pub trait Store: RedirectStore + EventStore + Send + Sync + 'static {
+pub trait Store: RedirectStore + EventStore + WebhookStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> Backend;
     /// A round trip to the database.

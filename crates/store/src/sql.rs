@@ -103,6 +103,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0004_events.sql"),
         include_str!("../migrations/postgres/0004_events.sql"),
     ),
+    (
+        5,
+        "webhooks",
+        include_str!("../migrations/sqlite/0005_webhooks.sql"),
+        include_str!("../migrations/postgres/0005_webhooks.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {
@@ -1324,6 +1330,9 @@ impl Store for SqlStore {
                     "project_tokens",
                     "project_agents",
                     "events",
+                    "webhooks",
+                    "webhook_deliveries",
+                    "webhook_attempts",
                     "users",
                     "api_keys",
                     "resources",

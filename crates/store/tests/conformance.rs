@@ -11,6 +11,7 @@ use fleetgate_store::{
     RedirectStore, ResourceSet, RuleData, RuleFilter, RuleTable, SessionRecord, SqlStore, Store,
     StoreError, StoreOptions, TokenScope, UserRecord,
 };
+use fleetgate_store::{AttemptOutcome, DeliveryRecord, WebhookRecord, WebhookStore};
 use serde_json::json;
 
 struct Harness {
@@ -97,6 +98,7 @@ conformance!(
     rule_import_merge_and_replace,
     project_tokens_and_agents,
     events_filters_ack_and_retention,
+    webhook_deliveries_are_claimed_once,
 );
 
 fn actor() -> Actor {
@@ -1208,5 +1210,130 @@ async fn events_filters_ack_and_retention(s: &SqlStore) {
     assert_eq!(
         left.items.iter().map(|e| e.id).collect::<Vec<_>>(),
         vec![stored[5].id, stored[4].id]
+    );
+}
+
+async fn webhook_deliveries_are_claimed_once(s: &SqlStore) {
+    let now = now_ms();
+    let hook = WebhookRecord {
+        id: "w1".into(),
+        url: "https://hooks.example.test/x".into(),
+        events: vec!["*".into()],
+        secret_encrypted: "sealed".into(),
+        headers: vec![("x-team".into(), "sealed-value".into())],
+        enabled: true,
+        consecutive_failures: 0,
+        disabled_reason: None,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    s.create_webhook(&actor(), &hook).await.expect("create");
+    assert_eq!(s.get_webhook("w1").await.expect("get"), Some(hook.clone()));
+    let deliveries: Vec<DeliveryRecord> = (0..10)
+        .map(|i| DeliveryRecord {
+            id: format!("d{i}"),
+            webhook_id: "w1".into(),
+            event_id: Some(i),
+            event_type: "config.changed".into(),
+            payload: format!("{{\"n\":{i}}}"),
+            status: "pending".into(),
+            attempts: 0,
+            next_attempt_at: if i < 8 { now - 10 } else { now + 60_000 },
+            last_status_code: None,
+            last_error: None,
+            last_latency_ms: None,
+            created_at: now,
+            updated_at: now,
+        })
+        .collect();
+    s.enqueue_deliveries(&deliveries).await.expect("enqueue");
+    // Two claimers at once get disjoint sets; nothing not yet due is claimed.
+    let (a, b) = tokio::join!(
+        s.claim_deliveries(now, 30_000, 5),
+        s.claim_deliveries(now, 30_000, 5)
+    );
+    let (a, b) = (a.expect("claim a"), b.expect("claim b"));
+    let mut ids: Vec<String> = a.iter().chain(b.iter()).map(|d| d.id.clone()).collect();
+    ids.sort();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), before, "a delivery was claimed twice");
+    assert_eq!(ids.len(), 8);
+    assert!(
+        s.claim_deliveries(now, 30_000, 5)
+            .await
+            .expect("again")
+            .is_empty(),
+        "claimed ones are leased"
+    );
+    // After the lease runs out an unfinished delivery can be claimed again.
+    assert_eq!(
+        s.claim_deliveries(now + 31_000, 30_000, 20)
+            .await
+            .expect("later")
+            .len(),
+        8
+    );
+    let fail = AttemptOutcome {
+        at: now,
+        status_code: Some(500),
+        latency_ms: 3,
+        error: Some("answered 500".into()),
+        success: false,
+        retry_at: Some(now + 100),
+    };
+    assert_eq!(s.record_attempt("d0", &fail).await.expect("attempt"), 1);
+    let ok = AttemptOutcome {
+        at: now + 200,
+        status_code: Some(200),
+        latency_ms: 2,
+        error: None,
+        success: true,
+        retry_at: None,
+    };
+    assert_eq!(
+        s.record_attempt("d0", &ok).await.expect("attempt"),
+        0,
+        "a success resets the streak"
+    );
+    let d0 = s.get_delivery("d0").await.expect("get").expect("exists");
+    assert_eq!(
+        (d0.status.as_str(), d0.attempts, d0.last_status_code),
+        ("success", 2, Some(200))
+    );
+    let log = s.list_attempts("d0").await.expect("attempts");
+    assert_eq!(
+        log.iter().map(|a| a.status_code).collect::<Vec<_>>(),
+        vec![Some(500), Some(200)]
+    );
+    let requeued = s
+        .requeue_delivery(&actor(), "d0", now + 300)
+        .await
+        .expect("requeue");
+    assert_eq!(requeued.status, "pending");
+    assert_eq!(
+        s.list_deliveries("w1", page(3, 0))
+            .await
+            .expect("list")
+            .total,
+        10
+    );
+    s.disable_webhook("w1", "too many failures")
+        .await
+        .expect("disable");
+    let w = s.get_webhook("w1").await.expect("get").expect("exists");
+    assert!(!w.enabled);
+    let mut enable = w.clone();
+    enable.enabled = true;
+    let w = s
+        .update_webhook(&actor(), &enable, Some(w.version))
+        .await
+        .expect("enable");
+    assert_eq!((w.consecutive_failures, w.disabled_reason), (0, None));
+    s.delete_webhook(&actor(), "w1").await.expect("delete");
+    assert!(
+        s.get_delivery("d1").await.expect("get").is_none(),
+        "deliveries go with their webhook"
     );
 }

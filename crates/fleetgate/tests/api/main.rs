@@ -15,3 +15,4 @@ mod support;
 mod tls;
 mod upstream;
 mod users;
+mod webhooks;

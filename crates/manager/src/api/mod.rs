@@ -15,6 +15,7 @@ pub mod session;
 pub mod settings;
 pub mod troubleshooting;
 pub mod users;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -114,6 +115,11 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(events::ack_many))
         .routes(routes!(events::stream_events))
         .routes(routes!(events::stream_alerts))
+        .routes(routes!(webhooks::list, webhooks::create))
+        .routes(routes!(webhooks::get, webhooks::update, webhooks::delete))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::redeliver))
+        .routes(routes!(webhooks::test))
         .routes(routes!(
             gateway::get_route,
             gateway::update_route,

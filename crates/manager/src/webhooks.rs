@@ -1,0 +1,410 @@
+//! Webhook delivery: stored events fan out into queued deliveries (one per matching
+//! webhook), and a worker in each manager claims due deliveries and POSTs them, signed:
+//!
+//! - body `{"id","type","created_at","data"}` (`id` is the event id, `data` the event);
+//! - `X-Webhook-Signature: sha256=<hex HMAC-SHA256 of the raw body with the secret>`,
+//!   `X-Webhook-Event: <type>`, `X-Webhook-Delivery: <delivery id>`, plus the
+//!   webhook's own headers;
+//! - 10 s timeout; a 2xx answer is success; otherwise retried with exponential backoff
+//!   and jitter up to `webhooks.max_attempts`; each attempt is logged;
+//! - a webhook that fails `webhooks.disable_after_failures` times in a row is disabled,
+//!   with a `webhook.disabled` event; a delivery that gives up raises
+//!   `webhook.delivery_failed`. Events of the `webhook` category are not themselves
+//!   delivered, so a failing endpoint cannot feed itself.
+//!
+//! Destinations that resolve to loopback, private or link-local addresses are refused
+//! unless `webhooks.allow_private_targets` is on.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetgate_core::events::{type_matches, NewEvent, Severity};
+use fleetgate_core::time::now_ms;
+use fleetgate_store::{AttemptOutcome, DeliveryRecord, EventRecord, Store, StoreError};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::{watch, Notify};
+
+use crate::AppState;
+
+/// Time allowed to one delivery attempt.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a claimed delivery is reserved for the manager that claimed it.
+const LEASE_MS: i64 = 30_000;
+/// Deliveries claimed per round.
+const CLAIM: i64 = 32;
+
+/// `sha256=<hex>` of the body, keyed by the secret.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The body sent for an event.
+pub fn payload(e: &EventRecord) -> String {
+    serde_json::json!({
+        "id": e.id,
+        "type": e.event.event_type,
+        "created_at": fleetgate_core::time::rfc3339(e.event.created_at),
+        "data": crate::api::events::event_view(e),
+    })
+    .to_string()
+}
+
+/// Queues one delivery per stored event and enabled webhook whose patterns match.
+pub async fn fan_out(
+    store: &dyn Store,
+    events: &[EventRecord],
+    wake: &Notify,
+) -> Result<(), StoreError> {
+    let events: Vec<&EventRecord> = events
+        .iter()
+        .filter(|e| e.event.category != "webhook")
+        .collect();
+    if events.is_empty() {
+        return Ok(());
+    }
+    let hooks = store.list_webhooks().await?;
+    let now = now_ms();
+    let mut queued = Vec::new();
+    for e in events {
+        for h in hooks.iter().filter(|h| h.enabled) {
+            if h.events
+                .iter()
+                .any(|p| type_matches(p, &e.event.event_type))
+            {
+                queued.push(DeliveryRecord {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    webhook_id: h.id.clone(),
+                    event_id: Some(e.id),
+                    event_type: e.event.event_type.clone(),
+                    payload: payload(e),
+                    status: "pending".into(),
+                    attempts: 0,
+                    next_attempt_at: now,
+                    last_status_code: None,
+                    last_error: None,
+                    last_latency_ms: None,
+                    created_at: now,
+                    updated_at: now,
+                });
+            }
+        }
+    }
+    if !queued.is_empty() {
+        store.enqueue_deliveries(&queued).await?;
+        wake.notify_one();
+    }
+    Ok(())
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_private(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// Refuses destinations on loopback/private addresses unless allowed.
+pub async fn check_destination(url: &str, allow_private: bool) -> Result<(), String> {
+    let parsed: http::Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
+    if !matches!(parsed.scheme_str(), Some("http" | "https")) {
+        return Err("the URL must be http:// or https://".into());
+    }
+    let host = parsed.host().ok_or("the URL has no host")?;
+    if allow_private {
+        return Ok(());
+    }
+    let port = parsed
+        .port_u16()
+        .unwrap_or(if parsed.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    match addrs.iter().find(|ip| is_private(**ip)) {
+        Some(ip) => Err(format!(
+            "destination {host} is a private or loopback address ({ip}); the setting webhooks.allow_private_targets allows it"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The result of sending one delivery once.
+pub struct Sent {
+    pub status_code: Option<i64>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+}
+
+impl Sent {
+    pub fn success(&self) -> bool {
+        self.error.is_none() && self.status_code.is_some_and(|c| (200..300).contains(&c))
+    }
+}
+
+/// POSTs a delivery to its webhook.
+pub async fn send(
+    state: &AppState,
+    hook: &fleetgate_store::WebhookRecord,
+    delivery_id: &str,
+    event_type: &str,
+    body: &str,
+) -> Sent {
+    let started = Instant::now();
+    let allow = state.settings().webhooks.allow_private_targets;
+    if let Err(e) = check_destination(&hook.url, allow).await {
+        return Sent {
+            status_code: None,
+            latency_ms: 0,
+            error: Some(e),
+        };
+    }
+    let secret = match state.secrets.open(&hook.secret_encrypted) {
+        Ok(s) => s,
+        Err(e) => {
+            return Sent {
+                status_code: None,
+                latency_ms: 0,
+                error: Some(format!("secret unreadable: {e}")),
+            }
+        }
+    };
+    let mut req = state
+        .http
+        .post(&hook.url)
+        .timeout(TIMEOUT)
+        .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            concat!("fleetgate-webhooks/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("x-webhook-signature", signature(&secret, body.as_bytes()))
+        .header("x-webhook-event", event_type)
+        .header("x-webhook-delivery", delivery_id);
+    for (k, sealed) in &hook.headers {
+        match state.secrets.open(sealed) {
+            Ok(v) => req = req.header(k.as_str(), v),
+            Err(e) => {
+                return Sent {
+                    status_code: None,
+                    latency_ms: 0,
+                    error: Some(format!("header {k} unreadable: {e}")),
+                }
+            }
+        }
+    }
+    let res = req.body(body.to_string()).send().await;
+    let latency_ms = started.elapsed().as_millis() as i64;
+    match res {
+        Ok(r) => {
+            let code = i64::from(r.status().as_u16());
+            let error = (!r.status().is_success()).then(|| format!("answered {}", r.status()));
+            Sent {
+                status_code: Some(code),
+                latency_ms,
+                error,
+            }
+        }
+        Err(e) => {
+            let error = if e.is_timeout() {
+                format!("timed out after {} s", TIMEOUT.as_secs())
+            } else {
+                format!("request failed: {e}")
+            };
+            Sent {
+                status_code: None,
+                latency_ms,
+                error: Some(error),
+            }
+        }
+    }
+}
+
+/// Backoff before attempt `n + 1` (after `n` attempts): base × 2^(n-1), ±50% jitter.
+fn backoff_ms(base: u64, attempts: i64) -> i64 {
+    let exp = base.saturating_mul(1u64 << (attempts.clamp(1, 16) - 1) as u32);
+    let jitter = 0.5 + rand::random::<f64>();
+    (exp as f64 * jitter) as i64
+}
+
+async fn attempt(state: &AppState, d: DeliveryRecord) {
+    let Ok(Some(hook)) = state.store.get_webhook(&d.webhook_id).await else {
+        return;
+    };
+    let settings = state.settings().webhooks;
+    let sent = if hook.enabled {
+        send(state, &hook, &d.id, &d.event_type, &d.payload).await
+    } else {
+        Sent {
+            status_code: None,
+            latency_ms: 0,
+            error: Some("webhook is disabled".into()),
+        }
+    };
+    let now = now_ms();
+    let attempts = d.attempts + 1;
+    let success = sent.success();
+    let retry_at = (!success && hook.enabled && attempts < i64::from(settings.max_attempts))
+        .then(|| now + backoff_ms(settings.retry_base_ms, attempts));
+    let outcome = AttemptOutcome {
+        at: now,
+        status_code: sent.status_code,
+        latency_ms: sent.latency_ms,
+        error: sent.error.clone(),
+        success,
+        retry_at,
+    };
+    let failures = match state.store.record_attempt(&d.id, &outcome).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, delivery = %d.id, "could not record a webhook attempt");
+            return;
+        }
+    };
+    if !success && retry_at.is_none() {
+        state.emit(
+            NewEvent::new(
+                "webhook.delivery_failed",
+                Severity::Warning,
+                format!("delivery {} of {} to {} failed after {attempts} attempts: {}", d.id, d.event_type, hook.url, sent.error.as_deref().unwrap_or("")),
+            )
+            .details(serde_json::json!({"webhook_id": hook.id, "delivery_id": d.id, "attempts": attempts, "status_code": sent.status_code})),
+        );
+    }
+    if !success && hook.enabled && failures >= i64::from(settings.disable_after_failures) {
+        let reason = format!("{failures} failed attempts in a row");
+        if state.store.disable_webhook(&hook.id, &reason).await.is_ok() {
+            state.emit(
+                NewEvent::new(
+                    "webhook.disabled",
+                    Severity::Critical,
+                    format!("webhook {} to {} disabled: {reason}", hook.id, hook.url),
+                )
+                .details(serde_json::json!({"webhook_id": hook.id, "failures": failures})),
+            );
+        }
+    }
+}
+
+/// Claims and sends due deliveries until `shutdown`; woken early by `wake`.
+pub fn spawn_worker(state: AppState, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            match state
+                .store
+                .claim_deliveries(now_ms(), LEASE_MS, CLAIM)
+                .await
+            {
+                Ok(batch) => {
+                    let n = batch.len();
+                    let tasks: Vec<_> = batch
+                        .into_iter()
+                        .map(|d| {
+                            let s = state.clone();
+                            tokio::spawn(async move { attempt(&s, d).await })
+                        })
+                        .collect();
+                    for t in tasks {
+                        let _ = t.await;
+                    }
+                    if n as i64 == CLAIM {
+                        continue;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not claim webhook deliveries"),
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_hmac_sha256_hex() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn private_addresses_are_recognised() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.5",
+            "169.254.1.1",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(is_private(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:2800:220:1::1", "100.128.0.1"] {
+            assert!(!is_private(ip.parse().expect("ip")), "{ip}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter() {
+        for attempts in 1..=3 {
+            let b = backoff_ms(1000, attempts);
+            let base = 1000 * (1 << (attempts - 1));
+            assert!(b >= base / 2 && b <= base * 3 / 2, "{attempts}: {b}");
+        }
+    }
+
+    #[tokio::test]
+    async fn destinations_are_checked() {
+        assert!(check_destination("http://127.0.0.1:9/x", false)
+            .await
+            .is_err());
+        assert!(check_destination("http://127.0.0.1:9/x", true)
+            .await
+            .is_ok());
+        assert!(check_destination("ftp://example.com/", true).await.is_err());
+        assert!(check_destination("http://[::1]/", false).await.is_err());
+    }
+}
