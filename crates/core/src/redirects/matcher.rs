@@ -110,6 +110,8 @@ pub struct RuleSet {
     /// `BASIC` pages and redirects, by `uri`.
     exact: ExactTable,
     pages: Vec<PageBody>,
+    /// Whether any `BASIC` page exists: if not, a `BASIC_HOST` redirect hit is final.
+    plain_pages: bool,
     targets: Vec<Target>,
     host_regexes: RegexTable,
     regexes: RegexTable,
@@ -141,6 +143,7 @@ impl RuleSet {
             host_exact: ExactTable::new(true, 0),
             exact: ExactTable::new(false, 0),
             pages: Vec::new(),
+            plain_pages: false,
             targets: Vec::new(),
             host_regexes: RegexTable::default(),
             regexes: RegexTable::default(),
@@ -223,6 +226,7 @@ impl RuleSet {
                 content: Bytes::from(p.content),
                 content_type: p.content_type,
             });
+            set.plain_pages |= p.kind == PageType::Basic;
             let table = match p.kind {
                 PageType::Basic => &mut set.exact,
                 PageType::BasicHost => &mut set.host_exact,
@@ -285,8 +289,14 @@ impl RuleSet {
             self.host_exact
                 .get_host_uri(&self.hashing, &hashes, host, uri)
         };
-        if let Some(a) = by_host.filter(|a| a.page != NONE) {
-            return Some(self.page(a.page));
+        if let Some(a) = by_host {
+            if a.page != NONE {
+                return Some(self.page(a.page));
+            }
+            if !self.plain_pages && a.redirect != NONE {
+                // Only a `BASIC` page could come before this redirect.
+                return Some(self.redirect(a.redirect));
+            }
         }
         let by_uri = if self.exact.is_empty() {
             None
@@ -301,11 +311,15 @@ impl RuleSet {
             .flatten()
             .map(|a| a.redirect)
             .find(|&r| r != NONE)?;
-        let t = &self.targets[redirect as usize];
-        Some(Hit::Redirect {
+        Some(self.redirect(redirect))
+    }
+
+    fn redirect(&self, i: u32) -> Hit<'_> {
+        let t = &self.targets[i as usize];
+        Hit::Redirect {
             status: t.status,
             location: Cow::Borrowed(&t.target),
-        })
+        }
     }
 
     fn page(&self, i: u32) -> Hit<'_> {
