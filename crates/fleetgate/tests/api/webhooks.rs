@@ -292,3 +292,74 @@ async fn failing_endpoints_give_up_and_are_disabled_with_events() {
     assert_eq!(disabled["total"], 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn pending_deliveries_survive_a_restart() {
+    let app = spawn_app().await;
+    settings(&app, json!({"api": {"rate_limit_per_minute": 0}, "webhooks": {"allow_private_targets": true, "retry_base_ms": 1500}})).await;
+    // The receiver's port is free now: the first attempt fails and a retry is queued.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let hook: Value = app
+        .post_ok("/api/v1/webhooks", json!({"url": format!("http://127.0.0.1:{port}/hook"), "events": ["config.changed"], "secret": "restart-secret"}))
+        .await;
+    let id = hook["id"].as_str().expect("id").to_string();
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "a", "targets": [{"url": "http://127.0.0.1:9"}]}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = app
+            .get_json(&format!("/api/v1/webhooks/{id}/deliveries"))
+            .await;
+        if log["items"][0]["attempts"] == 1 {
+            assert_eq!(log["items"][0]["status"], "pending");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no first attempt: {log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Stop the manager with the retry pending, bring the receiver up, start again.
+    let TestApp {
+        running,
+        config,
+        _dir,
+        ..
+    } = app;
+    running
+        .expect("running")
+        .shutdown()
+        .await
+        .expect("clean shutdown");
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = got.clone();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().expect("lock").push(body);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("rebind the receiver port");
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let app = crate::support::spawn_with(config, _dir).await;
+    wait_for("the resumed delivery", || {
+        (!got.lock().expect("lock").is_empty()).then_some(())
+    })
+    .await;
+    let payload: Value = serde_json::from_str(&got.lock().expect("lock")[0]).expect("json");
+    assert_eq!(payload["type"], "config.changed");
+    let log = wait_for_log(&app, &id, "success").await;
+    assert_eq!(log["items"][0]["attempts"], 2);
+    app.stop().await;
+}
