@@ -287,8 +287,10 @@ pub fn compile_regex(source: &str) -> Result<regex::bytes::Regex, String> {
 
 /// Substitutes `$1`…`$9` in `target` with the groups of a regex match, as Flecto's
 /// agents do: from `$9` down to `$1`, every occurrence, one number at a time (so `$10`
-/// becomes group 1 followed by `0`); `$0` is left as it is; a group that did not take
-/// part, or that the pattern does not have, becomes the empty string.
+/// becomes group 1 followed by `0`); `$0` is left as it is. `group(n)` gives group
+/// `n`'s text; `None` (a group that did not take part) becomes the empty string. What a
+/// group the pattern does not have becomes is the caller's choice: the matcher keeps
+/// `$n` as written, as Flecto's agents do.
 pub fn expand_target(target: &str, group: impl Fn(usize) -> Option<String>) -> String {
     if !target.contains('$') {
         return target.to_string();
