@@ -272,6 +272,7 @@ UP_PORT=$(free_port)
 NGX_PORT=$(free_port)
 HAP_PORT=$(free_port)
 FG_API_PORT=$(free_port)
+FG_TLS_PORT=$(free_port)
 FG_GW_PORT=$(free_port)
 
 mkdir -p "$WORK/upstream" "$WORK/nginx" "$WORK/haproxy"
@@ -411,7 +412,8 @@ mkdir -p "$WORK/fleetgate-data"
     export FLEETGATE_BOOTSTRAP_TOKEN="$TOKEN" FLEETGATE_ADMIN_PASSWORD="$ADMIN_PASSWORD"
     export FLEETGATE_LOG_LEVEL=warn TOKIO_WORKER_THREADS=1
     exec $PRIO taskset -c 1 "$FLEETGATE" serve --data-dir "$WORK/fleetgate-data" \
-        --listen "127.0.0.1:$FG_API_PORT" --gateway-listen "127.0.0.1:$FG_GW_PORT"
+        --listen "127.0.0.1:$FG_API_PORT" --gateway-listen "127.0.0.1:$FG_GW_PORT" \
+        --gateway-tls-listen "127.0.0.1:$FG_TLS_PORT"
 ) >"$WORK/fleetgate.log" 2>&1 &
 FG_PID=$!
 PIDS+=("$FG_PID")

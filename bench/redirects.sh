@@ -73,13 +73,15 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 API_PORT=$(free_port)
 GW_PORT=$(free_port)
+TLS_PORT=$(free_port)
 TOKEN="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 (
     while read -r var; do unset "$var"; done < <(compgen -e | grep '^FLEETGATE_' || true)
     export FLEETGATE_BOOTSTRAP_TOKEN="$TOKEN" FLEETGATE_ADMIN_PASSWORD="$TOKEN-admin"
     export FLEETGATE_LOG_LEVEL=warn FLEETGATE_GATEWAY_WORKERS=1
     exec taskset -c 1 "$FLEETGATE" serve --data-dir "$WORK/data" \
-        --listen "127.0.0.1:$API_PORT" --gateway-listen "127.0.0.1:$GW_PORT"
+        --listen "127.0.0.1:$API_PORT" --gateway-listen "127.0.0.1:$GW_PORT" \
+        --gateway-tls-listen "127.0.0.1:$TLS_PORT"
 ) >"$RAW/fleetgate.log" 2>&1 &
 PID=$!
 API="http://127.0.0.1:$API_PORT"
