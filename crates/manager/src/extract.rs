@@ -237,6 +237,20 @@ pub fn etag(version: i64) -> String {
     format!("\"{version}\"")
 }
 
+/// A JSON response carrying the ETag of `version`.
+pub fn json_with_etag<T: Serialize>(
+    status: StatusCode,
+    version: i64,
+    body: T,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Ok(h) = header::HeaderValue::from_str(&etag(version)) {
+        resp.headers_mut().insert(header::ETAG, h);
+    }
+    resp
+}
+
 /// The peer address of the connection, as text.
 #[derive(Debug, Clone)]
 pub struct ClientIp(pub String);

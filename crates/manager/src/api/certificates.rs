@@ -3,8 +3,8 @@
 //! status (valid, expiring within 30 days, expired).
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
 use fleetgate_core::time::{now_ms, rfc3339};
 use fleetgate_core::tls::{certified_key, inspect, status, CertificateInfo};
@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{etag, IfMatch, JsonBody, ListEnvelope};
+use crate::extract::{IfMatch, JsonBody, ListEnvelope};
 use crate::AppState;
 
 #[derive(Deserialize, ToSchema)]
@@ -76,12 +76,7 @@ fn stored_view(rec: &CertificateRecord) -> ApiResult<CertificateView> {
 }
 
 fn with_etag(status: StatusCode, v: CertificateView) -> Response {
-    let version = v.version;
-    let mut resp = (status, Json(v)).into_response();
-    if let Ok(h) = HeaderValue::from_str(&etag(version)) {
-        resp.headers_mut().insert(header::ETAG, h);
-    }
-    resp
+    crate::extract::json_with_etag(status, v.version, &v)
 }
 
 fn valid_name(s: &str) -> bool {

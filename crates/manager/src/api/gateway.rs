@@ -5,8 +5,8 @@
 //! (references, overlapping routes), records a revision and publishes it.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
 use fleetgate_core::config::{ROUTE_KIND, UPSTREAM_KIND};
 use fleetgate_core::gateway::{BreakerStatus, Route, TargetHealth, Upstream};
@@ -19,15 +19,11 @@ use serde_json::Value;
 use crate::api::config::current_document;
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{etag, parse_json, IfMatch, JsonBody, ListEnvelope, PageParams, Pagination};
+use crate::extract::{parse_json, IfMatch, JsonBody, ListEnvelope, PageParams, Pagination};
 use crate::AppState;
 
 fn with_etag<T: Serialize>(status: StatusCode, body: &T, version: i64) -> Response {
-    let mut resp = (status, Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&etag(version)) {
-        resp.headers_mut().insert(header::ETAG, v);
-    }
-    resp
+    crate::extract::json_with_etag(status, version, body)
 }
 
 fn page_of<T: Clone>(all: &[T], page: fleetgate_store::PageRequest) -> Vec<T> {

@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleetgate_core::redirects::{
@@ -24,7 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::rfc3339;
 use crate::auth::{hash_token, random_token, AuthContext};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{etag, IfMatch, JsonBody, ListEnvelope, Pagination, QueryParams};
+use crate::extract::{IfMatch, JsonBody, ListEnvelope, Pagination, QueryParams};
 use crate::AppState;
 
 /// Most bad rows an import reports by line; the count covers all of them.
@@ -61,13 +61,7 @@ fn check_description(s: &str) -> ApiResult<()> {
     Ok(())
 }
 
-fn with_etag<T: Serialize>(status: StatusCode, version: i64, body: T) -> Response {
-    let mut resp = (status, Json(body)).into_response();
-    if let Ok(h) = HeaderValue::from_str(&etag(version)) {
-        resp.headers_mut().insert(header::ETAG, h);
-    }
-    resp
-}
+use crate::extract::json_with_etag as with_etag;
 
 // ---------------------------------------------------------------- namespaces
 

@@ -1,8 +1,8 @@
 //! Users CRUD, for admins and super admins.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::{validate_node_ids, validate_password, Role, UserName};
@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use crate::api::rfc3339;
 use crate::auth::{hash_password_blocking, AuthContext};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{etag, IfMatch, JsonBody, ListEnvelope, PageParams, Pagination};
+use crate::extract::{IfMatch, JsonBody, ListEnvelope, PageParams, Pagination};
 use crate::AppState;
 
 /// A user as the API shows it (never the password hash).
@@ -143,11 +143,7 @@ fn may_manage(auth: &AuthContext, role: Role) -> ApiResult<()> {
 }
 
 fn with_etag(status: StatusCode, u: &UserRecord) -> Response {
-    let mut resp = (status, Json(UserView::from(u))).into_response();
-    if let Ok(v) = HeaderValue::from_str(&etag(u.version)) {
-        resp.headers_mut().insert(header::ETAG, v);
-    }
-    resp
+    crate::extract::json_with_etag(status, u.version, UserView::from(u))
 }
 
 #[utoipa::path(get, path = "/api/v1/users", operation_id = "list_users", tag = "users", params(PageParams),

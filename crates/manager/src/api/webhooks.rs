@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleetgate_core::time::now_ms;
@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use super::rfc3339;
 use crate::auth::{random_token, AuthContext};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{etag, IfMatch, JsonBody, ListEnvelope, Pagination};
+use crate::extract::{IfMatch, JsonBody, ListEnvelope, Pagination};
 use crate::webhooks::{check_destination, send};
 use crate::AppState;
 
@@ -74,12 +74,7 @@ fn view(w: &WebhookRecord, secret: Option<String>) -> WebhookView {
 }
 
 fn with_etag(status: StatusCode, v: WebhookView) -> Response {
-    let version = v.version;
-    let mut resp = (status, Json(v)).into_response();
-    if let Ok(h) = HeaderValue::from_str(&etag(version)) {
-        resp.headers_mut().insert(header::ETAG, h);
-    }
-    resp
+    crate::extract::json_with_etag(status, v.version, &v)
 }
 
 const RESERVED_HEADERS: [&str; 7] = [
