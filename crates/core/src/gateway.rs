@@ -896,4 +896,6 @@ pub trait DataPlaneStatus: Send + Sync + 'static {
     fn breakers(&self) -> Vec<BreakerStatus>;
     /// Appends the data plane's Prometheus lines.
     fn render_metrics(&self, out: &mut String);
+    /// A reading of the data plane's cumulative traffic counters.
+    fn traffic(&self) -> crate::metrics::TrafficCounters;
 }

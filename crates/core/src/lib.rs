@@ -10,6 +10,7 @@ pub mod diff;
 pub mod error;
 pub mod events;
 pub mod gateway;
+pub mod metrics;
 pub mod redirects;
 pub mod routing;
 pub mod settings;

@@ -19,6 +19,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub redirects: RedirectSettings,
     pub events: EventSettings,
+    pub metrics: MetricSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -117,6 +118,47 @@ pub struct EventSettings {
     /// Most events kept; the oldest go first (1000 to 10000000; default 100000).
     #[schema(minimum = 1000, maximum = 10_000_000)]
     pub max_events: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricSettings {
+    /// Hours the 10-second series are kept (1 to 168; default 24).
+    #[schema(minimum = 1, maximum = 168)]
+    pub raw_retention_hours: u32,
+    /// Days the 1-minute series are kept (1 to 90; default 7).
+    #[schema(minimum = 1, maximum = 90)]
+    pub minute_retention_days: u32,
+    /// Days the 1-hour series are kept (1 to 3650; default 90).
+    #[schema(minimum = 1, maximum = 3650)]
+    pub hour_retention_days: u32,
+    /// Most routes and upstreams with their own series; the busiest are kept
+    /// (10 to 10000; default 500).
+    #[schema(minimum = 10, maximum = 10_000)]
+    pub max_series_scopes: u32,
+}
+
+impl Default for MetricSettings {
+    fn default() -> Self {
+        Self {
+            raw_retention_hours: 24,
+            minute_retention_days: 7,
+            hour_retention_days: 90,
+            max_series_scopes: 500,
+        }
+    }
+}
+
+impl MetricSettings {
+    /// How long rows of a resolution (seconds) are kept, in ms.
+    pub fn retention_ms(&self, resolution: i64) -> i64 {
+        let hours = match resolution {
+            10 => i64::from(self.raw_retention_hours),
+            60 => i64::from(self.minute_retention_days) * 24,
+            _ => i64::from(self.hour_retention_days) * 24,
+        };
+        hours * 3_600_000
+    }
 }
 
 impl Default for EventSettings {
@@ -223,6 +265,19 @@ impl Settings {
         }
         if !(1000..=10_000_000).contains(&self.events.max_events) {
             e.push("events.max_events", "must be between 1000 and 10000000");
+        }
+        let m = &self.metrics;
+        if !(1..=168).contains(&m.raw_retention_hours) {
+            e.push("metrics.raw_retention_hours", "must be between 1 and 168");
+        }
+        if !(1..=90).contains(&m.minute_retention_days) {
+            e.push("metrics.minute_retention_days", "must be between 1 and 90");
+        }
+        if !(1..=3650).contains(&m.hour_retention_days) {
+            e.push("metrics.hour_retention_days", "must be between 1 and 3650");
+        }
+        if !(10..=10_000).contains(&m.max_series_scopes) {
+            e.push("metrics.max_series_scopes", "must be between 10 and 10000");
         }
         let r = &self.redirects;
         if !(1..=16_777_216).contains(&r.page_size_limit_bytes) {

@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod redirect_rules;
 pub mod secrets;
+pub mod traffic;
 pub mod webhooks;
 
 use std::ops::Deref;
@@ -79,6 +80,8 @@ pub struct Inner {
     pub webhooks_wake: Arc<tokio::sync::Notify>,
     /// Outgoing HTTP (webhook deliveries).
     pub http: reqwest::Client,
+    /// The latest live traffic snapshot (renewed every second by the sampler).
+    pub traffic: traffic::SnapshotWatch,
 }
 
 /// Shared state of every handler.
@@ -128,6 +131,7 @@ impl AppState {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?,
+            traffic: watch::channel(Arc::new(traffic::MetricsSnapshot::empty())).0,
         }));
         state.publish_current().await?;
         state.publish_certificates().await?;
@@ -295,6 +299,7 @@ impl AppState {
             shutdown.clone(),
         );
         webhooks::spawn_worker(self.clone(), self.webhooks_wake.clone(), shutdown.clone());
+        traffic::spawn_sampler(self.clone(), shutdown.clone());
         let state = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

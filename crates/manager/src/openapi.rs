@@ -29,6 +29,7 @@ use crate::error::ErrorBody;
         (name = "gateway", description = "Upstreams, routes, target health and circuit breakers"),
         (name = "certificates", description = "TLS certificates served by the gateway"),
         (name = "events", description = "Events of the gateway and the manager: listing, acknowledgement and live SSE streams"),
+        (name = "metrics", description = "Traffic metrics: the live snapshot, stored series and the snapshot stream"),
         (name = "webhooks", description = "Signed event deliveries to HTTP endpoints, with retries and a delivery log"),
         (name = "redirects", description = "Namespaces and projects of redirects and pages: drafts, publishing, import/export, agent tokens and agents. Agents sync through Flecto's own API under /api/namespace/… (not described here)"),
         (name = "troubleshooting", description = "Probes of upstreams and reports of every connection"),

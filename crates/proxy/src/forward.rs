@@ -758,8 +758,12 @@ async fn forward(
         out.headers_mut()
             .insert(header::HOST, target.host_header.clone());
         target.active.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
         let res = tokio::time::timeout(request_timeout, target.pool.send(out)).await;
         target.active.fetch_sub(1, Ordering::Relaxed);
+        rt.upstream_metrics
+            .latency
+            .record(sent.elapsed().as_micros() as u64);
         match res {
             Ok(Ok(mut resp)) => {
                 let status = resp.status();
@@ -825,6 +829,7 @@ async fn forward(
                     )),
                 );
                 rt.upstream_metrics.failures.fetch_add(1, Ordering::Relaxed);
+                rt.upstream_metrics.timeouts.fetch_add(1, Ordering::Relaxed);
                 last_error = Some(json_error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "UPSTREAM_TIMEOUT",

@@ -87,46 +87,60 @@ pub struct GatewayInner {
 pub const EVENT_WINDOW: Duration = Duration::from_secs(10);
 
 /// Turns per-request counters into one event per route or upstream and window:
-/// `rate_limit.exceeded` (rejections by a route's rate limit) and
-/// `proxy.upstream_error` (failed attempts to an upstream), never one per request.
+/// `rate_limit.exceeded` (rejections by a route's rate limit), `proxy.timeout`
+/// (attempts an upstream did not answer in time) and `proxy.upstream_error` (other
+/// failed attempts), never one per request.
 async fn aggregate_events(inner: std::sync::Weak<GatewayInner>) {
-    let mut last_routes: std::collections::HashMap<String, u64> = Default::default();
-    let mut last_upstreams: std::collections::HashMap<String, u64> = Default::default();
+    let mut last = fleetgate_core::metrics::TrafficCounters::default();
     let mut tick = tokio::time::interval(EVENT_WINDOW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let (routes, upstreams) = inner.metrics.event_counters();
+        let now = inner.metrics.traffic();
+        let d = now.since(&last);
+        last = now;
         let secs = EVENT_WINDOW.as_secs();
-        for (id, total) in routes {
-            let before = last_routes.insert(id.clone(), total).unwrap_or(0);
-            let n = total.saturating_sub(before);
+        let sink = inner.events.as_ref();
+        for (id, r) in &d.routes {
+            let n = r.rate_limited;
             if n > 0 {
                 emit(
-                    inner.events.as_ref(),
+                    sink,
                     NewEvent::new(
                         "rate_limit.exceeded",
                         Severity::Warning,
                         format!("route {id}: {n} requests refused by its rate limit in the last {secs} s"),
                     )
-                    .route(&id)
+                    .route(id)
                     .details(serde_json::json!({"count": n, "window_secs": secs})),
                 );
             }
         }
-        for (name, total) in upstreams {
-            let before = last_upstreams.insert(name.clone(), total).unwrap_or(0);
-            let n = total.saturating_sub(before);
+        for (name, u) in &d.upstreams {
+            if u.timeouts > 0 {
+                let n = u.timeouts;
+                emit(
+                    sink,
+                    NewEvent::new(
+                        "proxy.timeout",
+                        Severity::Warning,
+                        format!("upstream {name}: {n} attempts got no answer in time in the last {secs} s"),
+                    )
+                    .upstream(name)
+                    .details(serde_json::json!({"count": n, "window_secs": secs})),
+                );
+            }
+            let n = u.failures.saturating_sub(u.timeouts);
             if n > 0 {
                 emit(
-                    inner.events.as_ref(),
+                    sink,
                     NewEvent::new(
                         "proxy.upstream_error",
                         Severity::Warning,
                         format!("upstream {name}: {n} failed attempts in the last {secs} s"),
                     )
-                    .upstream(&name)
+                    .upstream(name)
                     .details(serde_json::json!({"count": n, "window_secs": secs})),
                 );
             }
@@ -166,10 +180,14 @@ impl Gateway {
             metrics: MetricsRegistry::default(),
             access_log: options.access_log,
             header_read_timeout: options.header_read_timeout,
-            events: options.events,
+            events: options.events.clone(),
             https_port: std::sync::atomic::AtomicU16::new(0),
             shared_limits: options.redis_url.as_deref().and_then(|url| {
-                match limit::SharedCounter::new(url, options.rate_limit_fail_open) {
+                match limit::SharedCounter::new(
+                    url,
+                    options.rate_limit_fail_open,
+                    options.events.clone(),
+                ) {
                     Ok(c) => Some(c),
                     Err(e) => {
                         tracing::error!(error = %e, "shared rate limits disabled");
@@ -451,6 +469,20 @@ impl Gateway {
     /// Prometheus lines of the gateway's metrics.
     pub fn render_metrics(&self, out: &mut String) {
         self.inner.metrics.render(out);
+        use std::fmt::Write;
+        out.push_str("# HELP fleetgate_circuit_breaker_state Circuit breaker state per upstream (0 closed, 1 half-open, 2 open).\n# TYPE fleetgate_circuit_breaker_state gauge\n");
+        for b in DataPlaneStatus::breakers(self) {
+            let v = match b.state.as_str() {
+                "open" => 2,
+                "half_open" => 1,
+                _ => 0,
+            };
+            let _ = writeln!(
+                out,
+                "fleetgate_circuit_breaker_state{{upstream=\"{}\"}} {v}",
+                b.upstream.replace('\\', "\\\\").replace('"', "\\\"")
+            );
+        }
     }
 }
 
@@ -497,5 +529,9 @@ impl DataPlaneStatus for Gateway {
 
     fn render_metrics(&self, out: &mut String) {
         Gateway::render_metrics(self, out);
+    }
+
+    fn traffic(&self) -> fleetgate_core::metrics::TrafficCounters {
+        self.inner.metrics.traffic()
     }
 }

@@ -94,19 +94,32 @@ pub struct SharedCounter {
     conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     pub fail_open: bool,
     last_error_report: std::sync::atomic::AtomicU64,
+    last_event: std::sync::atomic::AtomicU64,
+    failing: std::sync::atomic::AtomicBool,
+    events: Option<std::sync::Arc<dyn fleetgate_core::events::EventSink>>,
 }
+
+/// While Redis stays unavailable, `rate_limit.redis_unavailable` is repeated this often.
+const REDIS_EVENT_REPEAT_MS: u64 = 5 * 60 * 1000;
 
 /// Why a shared count could not be taken.
 #[derive(Debug)]
 pub struct SharedCounterError(pub String);
 
 impl SharedCounter {
-    pub fn new(url: &str, fail_open: bool) -> Result<Self, String> {
+    pub fn new(
+        url: &str,
+        fail_open: bool,
+        events: Option<std::sync::Arc<dyn fleetgate_core::events::EventSink>>,
+    ) -> Result<Self, String> {
         Ok(Self {
             client: redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?,
             conn: tokio::sync::Mutex::new(None),
             fail_open,
             last_error_report: std::sync::atomic::AtomicU64::new(0),
+            last_event: std::sync::atomic::AtomicU64::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
+            events,
         })
     }
 
@@ -157,6 +170,7 @@ impl SharedCounter {
         });
         match res {
             Ok((count,)) => {
+                self.recovered();
                 let wall_reset = (window + 1) * limiter.window_ms;
                 let until_reset = wall_reset.saturating_sub(wall_ms.max(0) as u64);
                 Ok(Verdict {
@@ -172,8 +186,51 @@ impl SharedCounter {
         }
     }
 
-    /// Logs `rate_limit.redis_unavailable` at most every 10 seconds.
+    /// After an outage: one `rate_limit.redis_recovered` event.
+    fn recovered(&self) {
+        use fleetgate_core::events::{emit, NewEvent, Severity};
+        use std::sync::atomic::Ordering;
+        if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed) {
+            self.last_event.store(0, Ordering::Relaxed);
+            emit(
+                self.events.as_ref(),
+                NewEvent::new(
+                    "rate_limit.redis_recovered",
+                    Severity::Info,
+                    "shared rate limits are available again",
+                ),
+            );
+        }
+    }
+
+    /// Logs `rate_limit.redis_unavailable` at most every 10 seconds, and raises it
+    /// as an event when an outage starts and every 5 minutes while it lasts.
     pub fn report(&self, err: &SharedCounterError, now: u64) {
+        use fleetgate_core::events::{emit, NewEvent, Severity};
+        use std::sync::atomic::Ordering;
+        self.failing.store(true, Ordering::Relaxed);
+        let last = self.last_event.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= REDIS_EVENT_REPEAT_MS)
+            && self
+                .last_event
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let (severity, outcome) = if self.fail_open {
+                (Severity::Warning, "admitted (fail-open)")
+            } else {
+                (Severity::Critical, "refused (fail-closed)")
+            };
+            emit(
+                self.events.as_ref(),
+                NewEvent::new(
+                    "rate_limit.redis_unavailable",
+                    severity,
+                    format!("shared rate limits unavailable; requests are {outcome}"),
+                )
+                .details(serde_json::json!({"fail_open": self.fail_open, "error": err.0})),
+            );
+        }
         let last = self
             .last_error_report
             .load(std::sync::atomic::Ordering::Relaxed);

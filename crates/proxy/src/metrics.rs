@@ -7,27 +7,68 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-const BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000];
+use fleetgate_core::metrics::{
+    bucket_of, Histogram, RouteCounters, TrafficCounters, UpstreamCounters, BUCKETS,
+    LATENCY_BUCKETS_US,
+};
+
+/// A latency histogram written with relaxed atomic adds.
+pub struct AtomicHistogram {
+    buckets: [AtomicU64; BUCKETS],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Default for AtomicHistogram {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl AtomicHistogram {
+    pub fn record(&self, micros: u64) {
+        self.buckets[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(micros, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn read(&self) -> Histogram {
+        let mut h = Histogram::default();
+        for (i, b) in self.buckets.iter().enumerate() {
+            h.buckets[i] = b.load(Ordering::Relaxed);
+        }
+        h.sum_us = self.sum_us.load(Ordering::Relaxed);
+        // The count is the buckets' sum, so a reading is consistent in itself even
+        // while requests are being recorded.
+        h.count = h.buckets.iter().sum();
+        h
+    }
+}
 
 #[derive(Default)]
 pub struct RouteMetrics {
     /// Responses by status class 1xx..5xx.
     pub by_class: [AtomicU64; 5],
     pub rate_limited: AtomicU64,
-    latency: [AtomicU64; BUCKETS_MS.len()],
-    latency_sum_us: AtomicU64,
-    count: AtomicU64,
+    latency: AtomicHistogram,
 }
 
 impl RouteMetrics {
     pub fn observe(&self, status: u16, micros: u64) {
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
-        let ms = micros / 1000;
-        if let Some(i) = BUCKETS_MS.iter().position(|b| ms < *b) {
-            self.latency[i].fetch_add(1, Ordering::Relaxed);
+        self.latency.record(micros);
+    }
+
+    fn read(&self) -> RouteCounters {
+        RouteCounters {
+            by_class: std::array::from_fn(|i| self.by_class[i].load(Ordering::Relaxed)),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            latency: self.latency.read(),
         }
     }
 }
@@ -36,12 +77,25 @@ impl RouteMetrics {
 pub struct UpstreamMetrics {
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    pub timeouts: AtomicU64,
     pub retries: AtomicU64,
     pub breaker_rejections: AtomicU64,
+    /// Time from sending an attempt to the upstream's response head (or timeout).
+    pub latency: AtomicHistogram,
 }
 
-/// Running totals by route id or upstream name.
-pub type Counters = Vec<(String, u64)>;
+impl UpstreamMetrics {
+    fn read(&self) -> UpstreamCounters {
+        UpstreamCounters {
+            requests: self.requests.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            breaker_rejections: self.breaker_rejections.load(Ordering::Relaxed),
+            latency: self.latency.read(),
+        }
+    }
+}
 
 /// All metric series of one gateway.
 #[derive(Default)]
@@ -70,23 +124,26 @@ impl MetricsRegistry {
             .clone()
     }
 
-    /// Rate-limited responses per route and failed attempts per upstream, so far.
-    pub fn event_counters(&self) -> (Counters, Counters) {
+    /// A reading of every counter.
+    pub fn traffic(&self) -> TrafficCounters {
         let routes = self
             .routes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, m)| (k.clone(), m.rate_limited.load(Ordering::Relaxed)))
-            .collect();
+            .clone();
         let upstreams = self
             .upstreams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, m)| (k.clone(), m.failures.load(Ordering::Relaxed)))
-            .collect();
-        (routes, upstreams)
+            .clone();
+        TrafficCounters {
+            routes: routes.iter().map(|(k, m)| (k.clone(), m.read())).collect(),
+            upstreams: upstreams
+                .iter()
+                .map(|(k, m)| (k.clone(), m.read()))
+                .collect(),
+            unmatched: self.unmatched.load(Ordering::Relaxed),
+        }
     }
 
     /// Forgets series of routes and upstreams no longer configured.
@@ -108,97 +165,133 @@ impl MetricsRegistry {
     }
 
     pub fn render(&self, out: &mut String) {
-        let routes = self
-            .routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        out.push_str("# HELP fleetgate_gateway_requests_total Gateway responses by route and status class.\n");
-        out.push_str("# TYPE fleetgate_gateway_requests_total counter\n");
-        for (id, m) in &routes {
+        let t = self.traffic();
+        help(
+            out,
+            "fleetgate_gateway_requests_total",
+            "Gateway responses by route and status class.",
+            "counter",
+        );
+        for (id, m) in &t.routes {
             for (i, c) in m.by_class.iter().enumerate() {
                 let _ = writeln!(
                     out,
-                    "fleetgate_gateway_requests_total{{route=\"{}\",class=\"{}xx\"}} {}",
+                    "fleetgate_gateway_requests_total{{route=\"{}\",class=\"{}xx\"}} {c}",
                     esc(id),
                     i + 1,
-                    c.load(Ordering::Relaxed)
                 );
             }
         }
         let _ = writeln!(
             out,
             "fleetgate_gateway_requests_total{{route=\"\",class=\"4xx\"}} {}",
-            self.unmatched.load(Ordering::Relaxed)
+            t.unmatched
         );
-        out.push_str("# HELP fleetgate_gateway_rate_limited_total Requests refused by a route's rate limit.\n");
-        out.push_str("# TYPE fleetgate_gateway_rate_limited_total counter\n");
-        for (id, m) in &routes {
+        help(
+            out,
+            "fleetgate_gateway_rate_limited_total",
+            "Requests refused by a route's rate limit.",
+            "counter",
+        );
+        for (id, m) in &t.routes {
             let _ = writeln!(
                 out,
                 "fleetgate_gateway_rate_limited_total{{route=\"{}\"}} {}",
                 esc(id),
-                m.rate_limited.load(Ordering::Relaxed)
+                m.rate_limited
             );
         }
-        out.push_str(
-            "# HELP fleetgate_gateway_request_duration_seconds Gateway latency by route.\n",
+        help(
+            out,
+            "fleetgate_gateway_request_duration_seconds",
+            "Gateway latency by route.",
+            "histogram",
         );
-        out.push_str("# TYPE fleetgate_gateway_request_duration_seconds histogram\n");
-        for (id, m) in &routes {
-            let mut cumulative = 0;
-            for (i, b) in BUCKETS_MS.iter().enumerate() {
-                cumulative += m.latency[i].load(Ordering::Relaxed);
-                let _ = writeln!(out, "fleetgate_gateway_request_duration_seconds_bucket{{route=\"{}\",le=\"{}\"}} {cumulative}", esc(id), *b as f64 / 1000.0);
-            }
-            let count = m.count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "fleetgate_gateway_request_duration_seconds_bucket{{route=\"{}\",le=\"+Inf\"}} {count}", esc(id));
-            let _ = writeln!(
+        for (id, m) in &t.routes {
+            histogram(
                 out,
-                "fleetgate_gateway_request_duration_seconds_sum{{route=\"{}\"}} {}",
-                esc(id),
-                m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "fleetgate_gateway_request_duration_seconds_count{{route=\"{}\"}} {count}",
-                esc(id)
+                "fleetgate_gateway_request_duration_seconds",
+                "route",
+                id,
+                &m.latency,
             );
         }
-        let ups = self
-            .upstreams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for (metric, help, get) in [
+        for (metric, help_text, get) in [
             (
                 "fleetgate_upstream_requests_total",
                 "Attempts sent to an upstream.",
-                (|m: &UpstreamMetrics| m.requests.load(Ordering::Relaxed))
-                    as fn(&UpstreamMetrics) -> u64,
+                (|m: &UpstreamCounters| m.requests) as fn(&UpstreamCounters) -> u64,
             ),
             (
                 "fleetgate_upstream_failures_total",
                 "Failed attempts (errors, timeouts, 5xx).",
-                |m| m.failures.load(Ordering::Relaxed),
+                |m| m.failures,
+            ),
+            (
+                "fleetgate_upstream_timeouts_total",
+                "Attempts without an answer within the request timeout.",
+                |m| m.timeouts,
             ),
             (
                 "fleetgate_upstream_retries_total",
                 "Retried attempts.",
-                |m| m.retries.load(Ordering::Relaxed),
+                |m| m.retries,
             ),
             (
                 "fleetgate_upstream_breaker_rejections_total",
                 "Requests refused by an open circuit breaker.",
-                |m| m.breaker_rejections.load(Ordering::Relaxed),
+                |m| m.breaker_rejections,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
-            for (name, m) in &ups {
+            help(out, metric, help_text, "counter");
+            for (name, m) in &t.upstreams {
                 let _ = writeln!(out, "{metric}{{upstream=\"{}\"}} {}", esc(name), get(m));
             }
         }
+        help(
+            out,
+            "fleetgate_upstream_response_seconds",
+            "Time to an upstream's response head.",
+            "histogram",
+        );
+        for (name, m) in &t.upstreams {
+            histogram(
+                out,
+                "fleetgate_upstream_response_seconds",
+                "upstream",
+                name,
+                &m.latency,
+            );
+        }
     }
+}
+
+fn help(out: &mut String, metric: &str, text: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {metric} {text}\n# TYPE {metric} {kind}");
+}
+
+fn histogram(out: &mut String, metric: &str, label: &str, value: &str, h: &Histogram) {
+    let value = esc(value);
+    let mut cumulative = 0;
+    for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+        cumulative += h.buckets[i];
+        let _ = writeln!(
+            out,
+            "{metric}_bucket{{{label}=\"{value}\",le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1e6
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{metric}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}",
+        h.count
+    );
+    let _ = writeln!(
+        out,
+        "{metric}_sum{{{label}=\"{value}\"}} {}",
+        h.sum_us as f64 / 1e6
+    );
+    let _ = writeln!(out, "{metric}_count{{{label}=\"{value}\"}} {}", h.count);
 }
 
 fn esc(s: &str) -> String {

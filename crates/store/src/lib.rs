@@ -6,6 +6,7 @@
 //! changes also record a numbered revision holding the whole configuration document.
 
 mod events;
+mod metrics;
 mod redirects;
 mod sql;
 mod webhooks;
@@ -15,6 +16,7 @@ use fleetgate_core::user::Role;
 use serde_json::Value;
 
 pub use events::{EventFilter, EventRecord, EventStore, UnackedCounts};
+pub use metrics::{MetricPoint, MetricStore, RESOLUTIONS};
 pub use redirects::{
     change_view, AgentRecord, ChangeCounts, DraftState, Drafts, ImportSummary, NamespaceRecord,
     ProjectRecord, ProjectTokenRecord, PublishRecord, RedirectStore, RuleData, RuleFilter, RuleRow,
@@ -292,7 +294,9 @@ pub struct PoolStats {
 /// Everything Fleetgate keeps. Implementations must be safe to share between several
 /// manager processes on one database: no state lives only in one process's memory.
 #[async_trait]
-pub trait Store: RedirectStore + EventStore + WebhookStore + Send + Sync + 'static {
+pub trait Store:
+    RedirectStore + EventStore + WebhookStore + MetricStore + Send + Sync + 'static
+{
     /// `sqlite` or `postgres`.
     fn backend(&self) -> Backend;
     /// A round trip to the database.

@@ -109,6 +109,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0005_webhooks.sql"),
         include_str!("../migrations/postgres/0005_webhooks.sql"),
     ),
+    (
+        6,
+        "metrics",
+        include_str!("../migrations/sqlite/0006_metrics.sql"),
+        include_str!("../migrations/postgres/0006_metrics.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

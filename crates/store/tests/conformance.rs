@@ -12,6 +12,7 @@ use fleetgate_store::{
     StoreError, StoreOptions, TokenScope, UserRecord,
 };
 use fleetgate_store::{AttemptOutcome, DeliveryRecord, WebhookRecord, WebhookStore};
+use fleetgate_store::{MetricPoint, MetricStore};
 use serde_json::json;
 
 struct Harness {
@@ -99,6 +100,7 @@ conformance!(
     project_tokens_and_agents,
     events_filters_ack_and_retention,
     webhook_deliveries_are_claimed_once,
+    metric_points_roll_up_and_prune,
 );
 
 fn actor() -> Actor {
@@ -1335,5 +1337,110 @@ async fn webhook_deliveries_are_claimed_once(s: &SqlStore) {
     assert!(
         s.get_delivery("d1").await.expect("get").is_none(),
         "deliveries go with their webhook"
+    );
+}
+
+async fn metric_points_roll_up_and_prune(s: &SqlStore) {
+    // An hour boundary, so the three resolutions line up: 2026-01-01T00:00:00Z.
+    let hour = 1_767_225_600_000i64;
+    let point = |ts: i64, source: &str, requests: i64, p50: f64| MetricPoint {
+        ts,
+        scope: "route:r1".into(),
+        source: source.into(),
+        requests,
+        errors: 1,
+        client_errors: 2,
+        rate_limited: 3,
+        timeouts: 0,
+        retries: 0,
+        latency_count: requests,
+        p50_weighted: p50 * requests as f64,
+        p95_weighted: 2.0 * p50 * requests as f64,
+        p99_weighted: 3.0 * p50 * requests as f64,
+    };
+    // Six 10 s readings in the first minute from one gateway, one from another,
+    // and one reading in the next minute.
+    let mut points: Vec<MetricPoint> = (0..6)
+        .map(|i| point(hour + i * 10_000, "a", 10, 1.5))
+        .collect();
+    points.push(point(hour + 20_000, "b", 30, 0.5));
+    points.push(point(hour + 60_000, "a", 5, 4.0));
+    s.record_metric_points(&points).await.expect("record");
+    // The same reading again adds up (two writes of one interval are summed).
+    s.record_metric_points(&[point(hour + 60_000, "a", 5, 4.0)])
+        .await
+        .expect("record again");
+
+    let raw = s
+        .metric_points(10, "route:r1", hour, hour + 3_600_000)
+        .await
+        .expect("raw");
+    assert_eq!(raw.len(), 7, "{raw:?}");
+    assert_eq!(raw[2].ts, hour + 20_000);
+    assert_eq!(raw[2].requests, 40, "sources are summed");
+    assert_eq!(raw[6].requests, 10);
+    assert_eq!(raw[6].errors, 2);
+    assert!((raw[2].p50_weighted - (15.0 + 15.0)).abs() < 1e-9);
+
+    let minutes = s
+        .metric_points(60, "route:r1", hour, hour + 3_600_000)
+        .await
+        .expect("minutes");
+    assert_eq!(
+        minutes
+            .iter()
+            .map(|p| (p.ts, p.requests))
+            .collect::<Vec<_>>(),
+        vec![(hour, 90), (hour + 60_000, 10)]
+    );
+    let hours = s
+        .metric_points(3600, "route:r1", hour - 3_600_000, hour + 3_600_000)
+        .await
+        .expect("hours");
+    assert_eq!(hours.len(), 1);
+    assert_eq!(hours[0].requests, 100);
+    assert_eq!(hours[0].rate_limited, 3 * 9);
+    // Another scope is separate; an empty range is empty.
+    assert!(s
+        .metric_points(10, "", hour, hour + 3_600_000)
+        .await
+        .expect("other scope")
+        .is_empty());
+    assert!(s
+        .metric_points(10, "route:r1", hour + 70_000, hour + 80_000)
+        .await
+        .expect("empty")
+        .is_empty());
+
+    // Binning 10 s rows into 30 s steps.
+    let binned = MetricPoint::bin(&raw, 30_000);
+    assert_eq!(
+        binned
+            .iter()
+            .map(|p| (p.ts, p.requests))
+            .collect::<Vec<_>>(),
+        vec![(hour, 60), (hour + 30_000, 30), (hour + 60_000, 10)]
+    );
+
+    // Pruning is per resolution.
+    assert_eq!(
+        s.prune_metric_points(10, hour + 30_000)
+            .await
+            .expect("prune"),
+        4
+    );
+    assert_eq!(
+        s.metric_points(10, "route:r1", 0, i64::MAX)
+            .await
+            .expect("raw after prune")
+            .len(),
+        4
+    );
+    assert_eq!(
+        s.metric_points(60, "route:r1", 0, i64::MAX)
+            .await
+            .expect("minutes after prune")
+            .len(),
+        2
     );
 }

@@ -12,14 +12,15 @@ use serde_json::{json, Value};
 use crate::support::{spawn_app, TestApp, TOKEN};
 use crate::upstream;
 
-/// An SSE client: yields (id, event type, data) as events arrive.
-struct SseClient {
+/// An SSE client: yields (id, event type, data) as events arrive (id 0 when the
+/// event has none).
+pub(crate) struct SseClient {
     buf: String,
     body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
 }
 
 impl SseClient {
-    async fn open(app: &TestApp, path: &str, last_event_id: Option<i64>) -> Self {
+    pub(crate) async fn open(app: &TestApp, path: &str, last_event_id: Option<i64>) -> Self {
         let mut req = Client::new().get(app.url(path)).bearer_auth(TOKEN);
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id.to_string());
@@ -37,7 +38,7 @@ impl SseClient {
     }
 
     /// The next event within `wait`, skipping heartbeats.
-    async fn next(&mut self, wait: Duration) -> Option<(i64, String, Value)> {
+    pub(crate) async fn next(&mut self, wait: Duration) -> Option<(i64, String, Value)> {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(end) = self.buf.find("\n\n") {
@@ -52,8 +53,9 @@ impl SseClient {
                         data.push_str(v.trim());
                     }
                 }
-                if let Some(id) = id {
-                    return Some((id, kind, serde_json::from_str(&data).expect("event JSON")));
+                if id.is_some() || !kind.is_empty() {
+                    let value = serde_json::from_str(&data).expect("event JSON");
+                    return Some((id.unwrap_or(0), kind, value));
                 }
                 continue;
             }
@@ -66,7 +68,7 @@ impl SseClient {
     }
 
     /// The next event of `kind`, skipping others.
-    async fn next_of(&mut self, kind: &str, wait: Duration) -> (i64, Value) {
+    pub(crate) async fn next_of(&mut self, kind: &str, wait: Duration) -> (i64, Value) {
         let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -9,6 +9,7 @@ mod conventions;
 mod events;
 mod gateway;
 mod health;
+mod metrics;
 mod process;
 mod redirects;
 mod support;

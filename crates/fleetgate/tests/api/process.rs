@@ -233,7 +233,7 @@ fn migrate_prepares_the_store() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("[1, 2, 3, 4, 5]"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[1, 2, 3, 4, 5, 6]"));
     assert!(dir.path().join("fleetgate.db").exists());
 }
 
@@ -516,6 +516,28 @@ fn redis_down_fails_open_by_default_and_closed_when_configured() {
             log.contains("rate_limit.redis_unavailable"),
             "an event is logged:\n{log}"
         );
+        // And stored once for the outage, however many requests it refused.
+        let _ = http(p.gw, "GET", "/x", None, &[]).expect("second request");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let events = loop {
+            let (status, body) = http(
+                p.port,
+                "GET",
+                "/api/v1/events?type=rate_limit.redis_unavailable",
+                None,
+                &[(auth.0, &auth.1)],
+            )
+            .expect("events");
+            assert_eq!(status, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            if v["total"] != 0 || Instant::now() > deadline {
+                break v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(events["total"], 1, "{events}");
+        let severity = if expect == 200 { "warning" } else { "critical" };
+        assert_eq!(events["items"][0]["severity"], severity, "{events}");
     }
     drop(up);
 }

@@ -298,7 +298,7 @@ fn event_stream(
 
 /// A stream fed by a task through a one-slot channel: the task waits while the client
 /// does not read, so an unread stream holds one event, not a growing queue.
-fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<SseEvent, Infallible>>
+pub(crate) fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<SseEvent, Infallible>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<SseEvent>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -327,7 +327,7 @@ fn last_event_id(headers: &HeaderMap, q: &QueryParams) -> ApiResult<Option<i64>>
     .transpose()
 }
 
-fn sse(
+pub(crate) fn sse(
     stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     Sse::new(stream).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))

@@ -4,11 +4,13 @@ pub mod audit;
 pub mod backup;
 pub mod certificates;
 pub mod config;
+pub mod dashboard_ws;
 pub mod events;
 pub mod flecto;
 pub mod gateway;
 pub mod health;
 pub mod keys;
+pub mod metrics;
 pub mod redirects;
 pub mod revisions;
 pub mod session;
@@ -52,6 +54,11 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route("/api/v1/docs", get(crate::openapi::docs_page))
+        .route(
+            "/ws/dashboard",
+            get(dashboard_ws::dashboard)
+                .route_layer(from_fn_with_state(state.clone(), require_auth)),
+        )
         .merge(flecto::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -115,6 +122,9 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(events::ack_many))
         .routes(routes!(events::stream_events))
         .routes(routes!(events::stream_alerts))
+        .routes(routes!(metrics::snapshot))
+        .routes(routes!(metrics::series))
+        .routes(routes!(metrics::stream))
         .routes(routes!(webhooks::list, webhooks::create))
         .routes(routes!(webhooks::get, webhooks::update, webhooks::delete))
         .routes(routes!(webhooks::deliveries))
