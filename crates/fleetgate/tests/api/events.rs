@@ -218,26 +218,9 @@ async fn a_slow_stream_client_is_dropped_not_buffered() {
         .await
         .expect("stream");
     assert_eq!(r.status(), StatusCode::OK);
-    let state = app.running.as_ref().expect("running").state.clone();
     // More than the socket buffers between the server and this client can hold.
     const N: usize = 20_000;
-    for i in 0..N {
-        state.emit(fleetgate_core::events::NewEvent::new(
-            "test.flood",
-            fleetgate_core::events::Severity::Info,
-            format!("event {i} {}", "x".repeat(1000)),
-        ));
-        if (i + 1) % 1000 == 0 {
-            // Let the writer store this chunk, so none is dropped from a full queue.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while app.get_json("/api/v1/events?type=test.flood&limit=1").await["total"].as_u64()
-                < Some(i as u64 + 1)
-            {
-                assert!(Instant::now() < deadline, "events were not stored");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    flood(&app, N).await;
     // The unread stream ends (the server closed it) instead of growing without bound.
     let mut body = Box::pin(r.bytes_stream());
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -263,4 +246,26 @@ async fn a_slow_stream_client_is_dropped_not_buffered() {
         "every event is stored even when a client is dropped"
     );
     app.stop().await;
+}
+
+/// Raises `n` large `test.flood` events and waits until all are stored.
+pub(crate) async fn flood(app: &TestApp, n: usize) {
+    let state = app.running.as_ref().expect("running").state.clone();
+    for i in 0..n {
+        state.emit(fleetgate_core::events::NewEvent::new(
+            "test.flood",
+            fleetgate_core::events::Severity::Info,
+            format!("event {i} {}", "x".repeat(1000)),
+        ));
+        if (i + 1) % 1000 == 0 || i + 1 == n {
+            // Let the writer store this chunk, so none is dropped from a full queue.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while app.get_json("/api/v1/events?type=test.flood&limit=1").await["total"].as_u64()
+                < Some(i as u64 + 1)
+            {
+                assert!(Instant::now() < deadline, "events were not stored");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::events::SseClient;
+use crate::events::{flood, SseClient};
 use crate::support::{expect_error, spawn_app, TestApp, ADMIN_PASSWORD};
 use crate::upstream;
 
@@ -408,5 +408,53 @@ async fn dashboard_websocket_streams_metrics_and_events_to_a_session() {
         .expect("junk");
     assert!(next_json(&mut ws, "error").await["message"].is_string());
     ws.close(None).await.expect("close");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_dashboard_socket_that_is_not_read_is_dropped() {
+    let app = spawn_app().await;
+    let r = app
+        .admin(Method::PUT, "/api/v1/settings")
+        .json(&json!({"api": {"rate_limit_per_minute": 0}}))
+        .send()
+        .await
+        .expect("settings");
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut req = format!("ws://{}/ws/dashboard", app.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "cookie",
+        session_cookie(&app).await.parse().expect("cookie"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connect");
+    // Never read while more events are raised than the socket buffers hold.
+    const N: usize = 20_000;
+    flood(&app, N).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut events = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if t.contains(r#""type":"event""#) {
+                    events += 1;
+                }
+            }
+            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => break,
+            Ok(Some(Ok(_))) => {}
+            Err(_) => panic!("the socket neither ended nor delivered ({events} events)"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slow socket was never dropped ({events} events)"
+        );
+    }
+    assert!(
+        events < N,
+        "a dropped client gets less than everything ({events})"
+    );
     app.stop().await;
 }
