@@ -54,6 +54,8 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route("/api/v1/docs", get(crate::openapi::docs_page))
+        .route("/", get(crate::dashboard::index))
+        .route("/assets/{*path}", get(crate::dashboard::asset))
         .route(
             "/ws/dashboard",
             get(dashboard_ws::dashboard)

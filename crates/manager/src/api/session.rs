@@ -1,7 +1,8 @@
 //! Login, logout and who-am-I.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleetgate_core::time::now_ms;
@@ -40,6 +41,9 @@ pub struct AuthStatus {
     pub auth_enabled: bool,
     /// `session` (cookie + CSRF) and `api_key` (Bearer).
     pub methods: Vec<String>,
+    /// The caller, when the request carries a valid session or key; null otherwise
+    /// (so a page can ask whether it is signed in without provoking a 401).
+    pub me: Option<MeResponse>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -198,23 +202,33 @@ pub async fn logout(State(state): State<AppState>, auth: AuthContext) -> ApiResu
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
     responses((status = 200, description = "The caller", body = MeResponse)))]
 pub async fn me(auth: AuthContext) -> Json<MeResponse> {
+    Json(me_of(&auth))
+}
+
+fn me_of(auth: &AuthContext) -> MeResponse {
     let (method, key) = match &auth.credential {
         Credential::Session { .. } => ("session", None),
         Credential::ApiKey(k) => ("api_key", Some(k.id.clone())),
     };
-    Json(MeResponse {
+    MeResponse {
         user: auth.user.as_ref().map(UserView::from),
         role: auth.role,
         auth_method: method.into(),
         api_key_id: key,
-    })
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/auth/status", tag = "auth",
-    responses((status = 200, description = "Whether authentication is enabled", body = AuthStatus)))]
-pub async fn status(_headers: HeaderMap) -> Json<AuthStatus> {
+    responses((status = 200, description = "Whether authentication is enabled, and who the caller is if signed in", body = AuthStatus)))]
+pub async fn status(State(state): State<AppState>, parts: Parts) -> Json<AuthStatus> {
+    // Credentials that do not check out simply mean "not signed in" here.
+    let me = match crate::auth::authenticate(&state, &parts).await {
+        Ok(Some(ctx)) => Some(me_of(&ctx)),
+        _ => None,
+    };
     Json(AuthStatus {
         auth_enabled: true,
         methods: vec!["session".into(), "api_key".into()],
+        me,
     })
 }

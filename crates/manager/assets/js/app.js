@@ -1,0 +1,133 @@
+// The dashboard shell: sign-in, the navigation, and the views addressed by the URL
+// fragment (#/routes, #/routes/edit/api, ...). Each view module exports
+// `render(main, ctx, params)` and may return a function that stops its live parts.
+
+import { api, ApiError, get, post } from './api.js';
+import { h, mount, field, values, showErrors } from './ui.js';
+import { stop as stopLive } from './live.js';
+
+const VIEWS = [
+  { path: 'overview', label: 'Overview', module: './pages/overview.js' },
+];
+
+const state = { user: null, role: null, cleanup: null };
+
+function canEdit(role) {
+  return role && role !== 'viewer';
+}
+
+function atLeast(role, wanted) {
+  const order = ['viewer', 'operator', 'admin', 'super_admin'];
+  return order.indexOf(role) >= order.indexOf(wanted);
+}
+
+async function boot() {
+  window.addEventListener('fg:unauthorized', () => {
+    if (state.user !== null) {
+      state.user = null;
+      showLogin('Your session ended; sign in again.');
+    }
+  });
+  try {
+    // Answers whether this browser is signed in without a 401.
+    const status = await get('/api/v1/auth/status');
+    if (status.me) signedIn(status.me);
+    else showLogin();
+  } catch (e) {
+    mount(document.getElementById('app'), h('p', { class: 'boot' }, `Fleetgate is not reachable: ${e.message}`));
+  }
+}
+
+function showLogin(message) {
+  stopView();
+  const error = h('div', { class: 'form-error', role: 'alert' }, message || '');
+  const form = h('form', { class: 'login', 'aria-label': 'Sign in' },
+    h('h1', {}, h('img', { src: '/assets/favicon.svg', alt: '', width: 24, height: 24 }), 'Fleetgate'),
+    error,
+    field({ name: 'username', label: 'Username', autocomplete: 'username', required: true }),
+    field({ name: 'password', label: 'Password', type: 'password', autocomplete: 'current-password', required: true }),
+    h('button', { class: 'primary', type: 'submit' }, 'Sign in'));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const v = values(form);
+    try {
+      await post('/api/v1/auth/login', { username: v.username, password: v.password });
+      signedIn(await get('/api/v1/auth/me'));
+    } catch (e) {
+      showErrors(form, e.status === 401 ? new Error('Wrong username or password.') : e);
+    }
+  });
+  mount(document.getElementById('app'), form);
+  form.querySelector('input').focus();
+}
+
+function signedIn(me) {
+  state.user = me.user ? me.user.username : 'api key';
+  state.role = me.role;
+  renderShell();
+  route();
+}
+
+function renderShell() {
+  const nav = h('nav', { 'aria-label': 'Sections' },
+    VIEWS.filter((v) => !v.min || atLeast(state.role, v.min))
+      .map((v) => h('a', { href: `#/${v.path}`, dataset: { view: v.path } }, v.label)));
+  const side = h('aside', { class: 'side' },
+    h('div', { class: 'brand' }, h('img', { src: '/assets/favicon.svg', alt: '' }), 'Fleetgate'),
+    h('button', { class: 'menu-toggle small', type: 'button', 'aria-label': 'Menu',
+      onclick: () => side.classList.toggle('open') }, 'Menu'),
+    nav,
+    h('div', { class: 'who' },
+      h('div', {}, 'Signed in as ', h('strong', { id: 'who-user' }, state.user)),
+      h('div', {}, 'Role: ', h('span', { id: 'who-role' }, state.role)),
+      h('button', { type: 'button', id: 'logout', onclick: logout }, 'Sign out')));
+  nav.addEventListener('click', () => side.classList.remove('open'));
+  mount(document.getElementById('app'),
+    h('a', { class: 'skip', href: '#main' }, 'Skip to content'),
+    h('div', { class: 'shell' }, side, h('main', { id: 'main', tabindex: '-1' })));
+}
+
+async function logout() {
+  try { await api('POST', '/api/v1/auth/logout'); } catch { /* the session may be gone already */ }
+  state.user = null;
+  stopLive();
+  showLogin('Signed out.');
+}
+
+function stopView() {
+  if (typeof state.cleanup === 'function') {
+    try { state.cleanup(); } catch { /* nothing to do */ }
+  }
+  state.cleanup = null;
+}
+
+async function route() {
+  if (state.user === null) return;
+  const raw = location.hash.replace(/^#\/?/, '') || 'overview';
+  const parts = raw.split('/').map(decodeURIComponent);
+  const view = VIEWS.find((v) => v.path === parts[0]) || VIEWS[0];
+  for (const a of document.querySelectorAll('.side nav a')) {
+    if (a.dataset.view === view.path) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+  stopView();
+  const main = document.getElementById('main');
+  if (!main) return;
+  mount(main, h('p', { class: 'empty' }, 'Loading…'));
+  const ctx = { user: state.user, role: state.role, canEdit: canEdit(state.role),
+    atLeast: (r) => atLeast(state.role, r) };
+  try {
+    const mod = await import(view.module);
+    const token = Symbol('view');
+    state.token = token;
+    const cleanup = await mod.render(main, ctx, parts.slice(1));
+    if (state.token === token) state.cleanup = cleanup;
+    else if (typeof cleanup === 'function') cleanup();
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) return;
+    mount(main, h('h1', {}, view.label), h('div', { class: 'form-error', role: 'alert' }, e.message || String(e)));
+  }
+}
+
+window.addEventListener('hashchange', route);
+boot();

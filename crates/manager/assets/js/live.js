@@ -1,0 +1,49 @@
+// The dashboard's live feed (/ws/dashboard), shared by every view: one socket,
+// reconnected with backoff, fanned out to subscribers by message type.
+
+const handlers = { metrics: new Set(), event: new Set(), status: new Set() };
+let socket = null;
+let retry = 0;
+let timer = null;
+let wanted = false;
+
+function connect() {
+  timer = null;
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  socket = new WebSocket(`${scheme}://${location.host}/ws/dashboard`);
+  socket.addEventListener('open', () => { retry = 0; emit('status', 'live'); });
+  socket.addEventListener('message', (m) => {
+    let msg;
+    try { msg = JSON.parse(m.data); } catch { return; }
+    emit(msg.type, msg.data);
+  });
+  socket.addEventListener('close', () => {
+    socket = null;
+    emit('status', 'reconnecting');
+    if (!wanted) return;
+    retry = Math.min(retry + 1, 6);
+    timer = setTimeout(connect, 500 * 2 ** retry);
+  });
+}
+
+function emit(type, data) {
+  for (const fn of handlers[type] || []) {
+    try { fn(data); } catch (e) { console.warn('live handler failed', e); }
+  }
+}
+
+/// Calls `fn(data)` for each message of `type` ('metrics', 'event' or 'status');
+/// returns the function that unsubscribes.
+export function subscribe(type, fn) {
+  handlers[type].add(fn);
+  if (!socket && !timer) { wanted = true; connect(); }
+  return () => handlers[type].delete(fn);
+}
+
+/// Closes the socket (on sign-out).
+export function stop() {
+  wanted = false;
+  clearTimeout(timer);
+  timer = null;
+  if (socket) socket.close();
+}

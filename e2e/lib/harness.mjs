@@ -1,0 +1,155 @@
+// Starts a real `fleetgate serve` (SQLite in a temporary directory, free loopback
+// ports), a local upstream, and headless Chromium; collects console errors and
+// screenshots. Nothing here reaches the internet.
+
+import { spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const ROOT = path.resolve(here, '..', '..');
+export const ARTIFACTS = path.join(ROOT, 'e2e', 'artifacts');
+export const TOKEN = 'e2e-bootstrap-token-0123456789abcdef';
+export const ADMIN_PASSWORD = 'admin-password-123';
+
+const BIN = process.env.FLEETGATE_BIN || path.join(ROOT, 'target', 'debug', 'fleetgate');
+const CHROMIUM = process.env.FLEETGATE_CHROMIUM || '/usr/bin/chromium';
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/// A running Fleetgate: `url` (manager and dashboard), `gw` (gateway), `api()`.
+export async function startFleetgate(extraEnv = {}) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'fleetgate-e2e-'));
+  const port = await freePort();
+  const gwPort = await freePort();
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('FLEETGATE_')));
+  Object.assign(env, {
+    FLEETGATE_DATA_DIR: dir,
+    FLEETGATE_BOOTSTRAP_TOKEN: TOKEN,
+    FLEETGATE_ADMIN_PASSWORD: ADMIN_PASSWORD,
+    FLEETGATE_LOG_LEVEL: 'warn',
+    ...extraEnv,
+  });
+  const child = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`,
+    '--gateway-listen', `127.0.0.1:${gwPort}`, '--gateway-tls-listen', '127.0.0.1:0'],
+  { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout.on('data', (d) => { log += d; });
+  child.stderr.on('data', (d) => { log += d; });
+  const url = `http://127.0.0.1:${port}`;
+  const fg = {
+    url,
+    gw: `http://127.0.0.1:${gwPort}`,
+    log: () => log,
+    async api(method, p, body) {
+      const r = await fetch(url + p, {
+        method,
+        headers: { authorization: `Bearer ${TOKEN}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+        body: body ? JSON.stringify(body) : undefined,
+      });
+      const text = await r.text();
+      let json = null;
+      try { json = JSON.parse(text); } catch { /* not JSON */ }
+      if (!r.ok) throw new Error(`${method} ${p}: ${r.status} ${text}`);
+      return json;
+    },
+    async stop() {
+      child.kill('SIGTERM');
+      await new Promise((r) => { if (child.exitCode !== null) r(); else child.once('exit', r); });
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      const r = await fetch(`${url}/health`);
+      if (r.ok) break;
+    } catch { /* not up yet */ }
+    if (child.exitCode !== null || Date.now() > deadline) {
+      throw new Error(`fleetgate did not start (${BIN}):\n${log}`);
+    }
+    await sleep(50);
+  }
+  return fg;
+}
+
+/// A local upstream answering every request with `state.status`.
+export async function startUpstream() {
+  const state = { status: 200, hits: 0 };
+  const server = http.createServer((req, res) => {
+    state.hits += 1;
+    res.writeHead(state.status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ path: req.url, status: state.status }));
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    state,
+    url: `http://127.0.0.1:${server.address().port}`,
+    stop: () => new Promise((r) => server.close(r)),
+  };
+}
+
+export async function launch() {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+  });
+}
+
+/// A page that records console errors and uncaught exceptions; `assertClean()`
+/// fails the test if the page logged any.
+export async function newPage(browser, { width = 1280, height = 860 } = {}) {
+  const context = await browser.newContext({ viewport: { width, height } });
+  const page = await context.newPage();
+  const problems = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(`console: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => problems.push(`exception: ${e.message}`));
+  page.assertClean = (allow = []) => {
+    const left = problems.filter((p) => !allow.some((a) => p.includes(a)));
+    if (left.length) throw new Error(`the page logged errors:\n${left.join('\n')}`);
+  };
+  page.problems = problems;
+  return page;
+}
+
+export async function screenshot(page, name) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
+
+export async function login(page, fg, username = 'admin', password = ADMIN_PASSWORD) {
+  await page.goto(fg.url + '/');
+  await page.getByLabel('Username').fill(username);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.locator('#who-user').waitFor({ state: 'attached' });
+}
+
+/// Polls `fn` until it returns a truthy value.
+export async function until(what, fn, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
