@@ -5,6 +5,7 @@
 //! same transaction, so no change can land without its record. Configuration
 //! changes also record a numbered revision holding the whole configuration document.
 
+mod alerts;
 mod events;
 mod redirects;
 mod sql;
@@ -14,6 +15,9 @@ use async_trait::async_trait;
 use fleetgate_core::user::Role;
 use serde_json::Value;
 
+pub use alerts::{
+    AlertRuleRecord, AlertStore, IncidentFilter, IncidentRecord, NewTimelineEntry, TimelineEntry,
+};
 pub use events::{EventFilter, EventRecord, EventStore, UnackedCounts};
 pub use redirects::{
     change_view, AgentRecord, ChangeCounts, DraftState, Drafts, ImportSummary, NamespaceRecord,
@@ -292,7 +296,9 @@ pub struct PoolStats {
 /// Everything Fleetgate keeps. Implementations must be safe to share between several
 /// manager processes on one database: no state lives only in one process's memory.
 #[async_trait]
-pub trait Store: RedirectStore + EventStore + WebhookStore + Send + Sync + 'static {
+pub trait Store:
+    RedirectStore + EventStore + WebhookStore + AlertStore + Send + Sync + 'static
+{
     /// `sqlite` or `postgres`.
     fn backend(&self) -> Backend;
     /// A round trip to the database.

@@ -109,6 +109,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0005_webhooks.sql"),
         include_str!("../migrations/postgres/0005_webhooks.sql"),
     ),
+    (
+        7,
+        "alerts",
+        include_str!("../migrations/sqlite/0007_alerts.sql"),
+        include_str!("../migrations/postgres/0007_alerts.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {
@@ -1333,6 +1339,9 @@ impl Store for SqlStore {
                     "webhooks",
                     "webhook_deliveries",
                     "webhook_attempts",
+                    "alert_rules",
+                    "incidents",
+                    "incident_timeline",
                     "users",
                     "api_keys",
                     "resources",
