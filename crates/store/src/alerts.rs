@@ -189,6 +189,8 @@ pub trait AlertStore: Send + Sync {
     async fn get_incident(&self, id: &str) -> Result<Option<IncidentRecord>>;
     /// The open or acknowledged incident of a rule, if any.
     async fn active_incident_of_rule(&self, rule_id: &str) -> Result<Option<IncidentRecord>>;
+    /// Every open or acknowledged incident that a rule opened.
+    async fn active_rule_incidents(&self) -> Result<Vec<IncidentRecord>>;
     /// Incidents, newest first.
     async fn list_incidents(
         &self,
@@ -596,6 +598,18 @@ impl AlertStore for SqlStore {
         .as_ref()
         .map(incident_from_row)
         .transpose()
+    }
+
+    async fn active_rule_incidents(&self) -> Result<Vec<IncidentRecord>> {
+        sqlx::query(&format!(
+            "SELECT {INCIDENT_COLS} FROM incidents \
+             WHERE rule_id IS NOT NULL AND status <> 'resolved' ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(incident_from_row)
+        .collect()
     }
 
     async fn list_incidents(

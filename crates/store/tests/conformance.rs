@@ -1509,6 +1509,15 @@ async fn one_active_incident_per_rule(s: &SqlStore) {
         .expect("active")
         .expect("one");
     assert_eq!(active.id, first);
+    s.create_incident(&actor(), &incident("m0", None, Severity::Info, now), &[])
+        .await
+        .expect("manual");
+    let all_active = s.active_rule_incidents().await.expect("active");
+    assert_eq!(
+        all_active.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        vec![first],
+        "only incidents of rules"
+    );
     // Acknowledged is still active.
     let mut acked = active.clone();
     acked.status = IncidentStatus::Acknowledged;
