@@ -430,18 +430,22 @@ impl EventWindow {
         self.push(id, at);
     }
 
-    fn push(&mut self, id: i64, at: i64) {
+    /// Adds an event; `false` when it was already counted (seen live and loaded).
+    fn push(&mut self, id: i64, at: i64) -> bool {
+        if self.recent.iter().any(|(i, _)| *i == id) {
+            return false;
+        }
         self.recent.push_back((id, at));
         while self.recent.len() > self.count {
             self.recent.pop_front();
         }
         self.last_match_at = Some(self.last_match_at.map_or(at, |t| t.max(at)));
+        true
     }
 
-    /// A matching event arrived at `now`.
+    /// A matching event arrived at `now`. An event already counted changes nothing.
     pub fn observe(&mut self, id: i64, at: i64, now: i64) -> Transition {
-        self.push(id, at);
-        if self.firing {
+        if !self.push(id, at) || self.firing {
             return Transition::Stay;
         }
         let since = now - self.window_ms;
@@ -613,6 +617,8 @@ mod tests {
         let mut w = EventWindow::new(&event_cond(2, 60), false);
         w.remember(1, 1_000);
         assert_eq!(w.tick(2_000), Transition::Stay);
+        // The same event seen live after it was loaded counts once.
+        assert_eq!(w.observe(1, 1_000, 2_000), Transition::Stay);
         assert_eq!(w.observe(2, 2_000, 2_000), Transition::Fire);
         // Restarted with an active incident but no matching event in the window.
         let mut w = EventWindow::new(&event_cond(2, 60), true);

@@ -4,6 +4,7 @@
 //! change becomes a revision, and the revision's document is published as an
 //! `Arc<ConfigSnapshot>` on a watch channel that the gateway reads.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod error;
@@ -79,6 +80,9 @@ pub struct Inner {
     pub webhooks_wake: Arc<tokio::sync::Notify>,
     /// Outgoing HTTP (webhook deliveries).
     pub http: reqwest::Client,
+    /// Current metric values for the alert evaluator's metric rules; installed once
+    /// by whoever owns the metrics snapshot. Unset: metric conditions never hold.
+    pub metric_reader: std::sync::OnceLock<Arc<dyn alerts::MetricReader>>,
 }
 
 /// Shared state of every handler.
@@ -128,6 +132,7 @@ impl AppState {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?,
+            metric_reader: std::sync::OnceLock::new(),
         }));
         state.publish_current().await?;
         state.publish_certificates().await?;
@@ -295,6 +300,7 @@ impl AppState {
             shutdown.clone(),
         );
         webhooks::spawn_worker(self.clone(), self.webhooks_wake.clone(), shutdown.clone());
+        alerts::spawn_evaluator(self.clone(), shutdown.clone());
         let state = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
