@@ -5,9 +5,10 @@
 //! clock, and acts on the transitions they return.
 //!
 //! Firing and clearing:
-//! - An **event** rule fires when a matching event arrives and at least `count`
-//!   matching events were raised within the last `window_secs` seconds. It clears
-//!   when no matching event has been raised for `window_secs` seconds.
+//! - An **event** rule fires when at least `count` matching events were raised within
+//!   the last `window_secs` seconds (checked as matching events arrive, and when the
+//!   rule is loaded against the stored events of its window). It clears when no
+//!   matching event has been raised for `window_secs` seconds.
 //! - A **metric** rule fires when its comparison has held at every evaluation for
 //!   `duration_secs` seconds, and clears when it has not held at any evaluation for
 //!   `duration_secs` seconds (hysteresis: a single sample either way changes
@@ -424,10 +425,25 @@ impl EventWindow {
         self.firing
     }
 
-    /// Remembers a matching event raised earlier (loaded from the store after a
-    /// restart) without firing: only an arriving event fires a rule.
+    /// Remembers a matching event raised earlier (loaded from the store when the rule
+    /// is loaded); [`EventWindow::evaluate`] then tells whether they make it fire.
     pub fn remember(&mut self, id: i64, at: i64) {
         self.push(id, at);
+    }
+
+    /// Fires if enough remembered events fall within the window at `now` (a rule
+    /// created or reloaded after the events that satisfy it were raised).
+    pub fn evaluate(&mut self, now: i64) -> Transition {
+        if self.firing {
+            return Transition::Stay;
+        }
+        let since = now - self.window_ms;
+        if self.recent.iter().filter(|(_, t)| *t > since).count() >= self.count {
+            self.firing = true;
+            Transition::Fire
+        } else {
+            Transition::Stay
+        }
     }
 
     /// Adds an event; `false` when it was already counted (seen live and loaded).
@@ -445,17 +461,10 @@ impl EventWindow {
 
     /// A matching event arrived at `now`. An event already counted changes nothing.
     pub fn observe(&mut self, id: i64, at: i64, now: i64) -> Transition {
-        if !self.push(id, at) || self.firing {
+        if !self.push(id, at) {
             return Transition::Stay;
         }
-        let since = now - self.window_ms;
-        let within = self.recent.iter().filter(|(_, t)| *t > since).count();
-        if within >= self.count {
-            self.firing = true;
-            Transition::Fire
-        } else {
-            Transition::Stay
-        }
+        self.evaluate(now)
     }
 
     /// The clock moved to `now`: a firing rule clears after a window without events.
@@ -613,9 +622,10 @@ mod tests {
     }
 
     #[test]
-    fn remembered_events_count_but_do_not_fire_and_an_idle_restarted_rule_clears() {
+    fn remembered_events_count_once_and_an_idle_restarted_rule_clears() {
         let mut w = EventWindow::new(&event_cond(2, 60), false);
         w.remember(1, 1_000);
+        assert_eq!(w.evaluate(2_000), Transition::Stay);
         assert_eq!(w.tick(2_000), Transition::Stay);
         // The same event seen live after it was loaded counts once.
         assert_eq!(w.observe(1, 1_000, 2_000), Transition::Stay);
@@ -625,8 +635,20 @@ mod tests {
         assert_eq!(w.tick(5_000), Transition::Clear);
         let mut w = EventWindow::new(&event_cond(2, 60), true);
         w.remember(9, 4_000);
+        w.remember(10, 4_500);
+        assert_eq!(w.evaluate(5_000), Transition::Stay, "already firing");
         assert_eq!(w.tick(5_000), Transition::Stay);
-        assert_eq!(w.tick(64_000), Transition::Clear);
+        assert_eq!(w.tick(64_500), Transition::Clear);
+        // Events that satisfy a rule loaded after them fire it at load.
+        let mut w = EventWindow::new(&event_cond(2, 60), false);
+        w.remember(1, 1_000);
+        w.remember(2, 2_000);
+        assert_eq!(
+            w.evaluate(61_000),
+            Transition::Stay,
+            "the first left the window"
+        );
+        assert_eq!(w.evaluate(3_000), Transition::Fire);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! into incidents.
 //!
 //! - **Event rules** are fed the live events of the [`EventHub`](crate::events::EventHub)
-//!   (stored events, with their ids) and fire on the event that completes the count;
+//!   (stored events, with their ids) and fire once `count` of them fall in their window;
 //!   they clear once no matching event has been raised for their window.
 //! - **Metric rules** are evaluated every second against the [`MetricReader`] the
 //!   process installs in [`Inner::metric_reader`](crate::Inner::metric_reader); without
@@ -21,7 +21,9 @@
 //!
 //! State survives a restart: rules are reloaded from the store (every second, so
 //! changes through any manager apply), a rule with an active incident starts firing,
-//! and event rules recount the matching events of their window from the store.
+//! and event rules recount the matching events of their window from the store (and
+//! fire at once if those already reach the count: events raised between a rule's
+//! creation and its first load are not lost).
 //!
 //! An operator who resolves an incident while its rule still fires silences the rule
 //! until it clears; the next firing opens a new incident.
@@ -172,6 +174,7 @@ impl Evaluator {
             .into_iter()
             .filter_map(|i| i.rule_id.clone().map(|r| (r, i)))
             .collect();
+        let mut fired = Vec::new();
         for rule in changed {
             let incident = active.get(&rule.id).map(|i| i.id.clone());
             let firing = incident.is_some();
@@ -185,6 +188,10 @@ impl Evaluator {
                         if seen.len() > MAX_LINKED {
                             seen.pop_front();
                         }
+                    }
+                    // Events raised before the rule was loaded count too.
+                    if w.evaluate(now) == Transition::Fire {
+                        fired.push(rule.id.clone());
                     }
                     Eval::Event(w)
                 }
@@ -202,6 +209,12 @@ impl Evaluator {
                     last_value: None,
                 },
             );
+        }
+        for id in fired {
+            if let Some(t) = self.rules.get_mut(&id) {
+                t.needs_open = true;
+            }
+            self.open(&id, now).await;
         }
         Ok(())
     }
