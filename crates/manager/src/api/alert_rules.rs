@@ -24,6 +24,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{IfMatch, JsonBody, ListEnvelope, Pagination};
 use crate::AppState;
 
+/// Whether `id` could be a stored id: ids are generated UUIDs, and text with control
+/// characters (a NUL cannot even be bound on PostgreSQL) can only be "not found".
+pub(crate) fn storable_id(id: &str) -> bool {
+    !id.chars().any(char::is_control)
+}
+
 /// Whether `s` has nothing but white space (as JSON Schema's `\s` counts it).
 pub(crate) fn blank(s: &str) -> bool {
     s.chars().all(|c| c.is_whitespace() || c == '\u{feff}')
@@ -144,6 +150,13 @@ pub fn parse_condition(v: &Value) -> ApiResult<AlertCondition> {
             "must be an object with kind event or metric",
         ));
     };
+    // serde would fill the filter struct from an array, field by field.
+    if obj.get("filter").is_some_and(Value::is_array) {
+        return Err(ApiError::bad_request(
+            "condition.filter",
+            "must be an object",
+        ));
+    }
     let condition = match obj.get("kind").and_then(Value::as_str) {
         Some("event") => AlertCondition::Event(parse_at::<EventCondition>("condition", v)?),
         Some("metric") => AlertCondition::Metric(parse_at::<MetricCondition>("condition", v)?),
@@ -167,6 +180,9 @@ fn with_etag(status: StatusCode, v: AlertRuleView) -> Response {
 }
 
 async fn rule(state: &AppState, id: &str) -> ApiResult<AlertRuleRecord> {
+    if !storable_id(id) {
+        return Err(ApiError::not_found(format!("alert rule {id:?}")));
+    }
     state
         .store
         .get_alert_rule(id)
@@ -295,6 +311,7 @@ pub async fn delete(
     IfMatch(expected): IfMatch,
 ) -> ApiResult<StatusCode> {
     auth.require(Role::Admin)?;
+    rule(&state, &id).await?;
     state
         .store
         .delete_alert_rule(&auth.actor, &id, expected)
@@ -331,6 +348,12 @@ mod tests {
         assert_eq!(
             field(json!({"kind": "event", "event_type": "a", "count": 0, "window_secs": 1})),
             "condition.count"
+        );
+        assert_eq!(
+            field(
+                json!({"kind": "event", "event_type": "a", "count": 1, "window_secs": 1, "filter": [null]})
+            ),
+            "condition.filter"
         );
         assert_eq!(
             field(json!({"kind": "event", "event_type": "a b", "count": 1, "window_secs": 1})),

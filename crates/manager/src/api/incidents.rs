@@ -150,6 +150,9 @@ async fn respond(state: &AppState, status: StatusCode, i: &IncidentRecord) -> Ap
 }
 
 async fn incident(state: &AppState, id: &str) -> ApiResult<IncidentRecord> {
+    if !super::alert_rules::storable_id(id) {
+        return Err(ApiError::not_found(format!("incident {id:?}")));
+    }
     state
         .store
         .get_incident(id)
@@ -206,24 +209,34 @@ pub async fn list(
     q: QueryParams,
     Pagination(page): Pagination,
 ) -> ApiResult<Json<ListEnvelope<IncidentSummaryView>>> {
+    // A parameter given empty is not a value of its enum: refused like any other.
+    let param = |name: &str| q.0.get(name).map(String::as_str);
+    let rule_id = param("rule_id").map(str::to_string);
+    if rule_id
+        .as_deref()
+        .is_some_and(|r| !super::alert_rules::storable_id(r))
+    {
+        return Err(ApiError::bad_request(
+            "rule_id",
+            "must not contain control characters",
+        ));
+    }
     let filter = IncidentFilter {
-        status: q
-            .text("status")
+        status: param("status")
             .map(|s| {
                 IncidentStatus::parse(s).ok_or_else(|| {
                     ApiError::bad_request("status", "must be open, acknowledged or resolved")
                 })
             })
             .transpose()?,
-        severity: q
-            .text("severity")
+        severity: param("severity")
             .map(|s| {
                 Severity::parse(s).ok_or_else(|| {
                     ApiError::bad_request("severity", "must be critical, warning or info")
                 })
             })
             .transpose()?,
-        rule_id: q.text("rule_id").map(str::to_string),
+        rule_id,
     };
     let p = state.store.list_incidents(&filter, page).await?;
     Ok(Json(ListEnvelope::new(
@@ -461,6 +474,7 @@ pub async fn delete(
     IfMatch(expected): IfMatch,
 ) -> ApiResult<StatusCode> {
     auth.require(Role::Admin)?;
+    incident(&state, &id).await?;
     state
         .store
         .delete_incident(&auth.actor, &id, expected)
@@ -491,6 +505,7 @@ pub async fn add_note(
 ) -> ApiResult<Response> {
     auth.require(Role::Operator)?;
     let message = check_note("message", &body.message)?;
+    incident(&state, &id).await?;
     let entry = NewTimelineEntry::note(now_ms(), message, &auth.actor.name);
     let (i, _) = state
         .store
