@@ -26,7 +26,13 @@
 //! creation and its first load are not lost).
 //!
 //! An operator who resolves an incident while its rule still fires silences the rule
-//! until it clears; the next firing opens a new incident.
+//! until it clears; the next firing opens a new incident. A disabled or deleted rule
+//! stops being evaluated; its active incident stays until an operator resolves it.
+//!
+//! Event rules see the events of this manager's hub. With several managers and no
+//! shared event bus, each counts the events raised through it (the store still keeps
+//! one incident per rule); once the hub carries the events of every manager (NATS),
+//! every manager counts them all.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
