@@ -800,3 +800,55 @@ async fn viewers_read_alerts_and_incidents_but_cannot_change_them() {
     assert_eq!(app.get_json("/api/v1/alert-rules").await["total"], 1);
     app.stop().await;
 }
+
+/// A metric reader whose error rate for route `checkout` the test sets.
+#[derive(Default)]
+struct FakeMetrics(std::sync::Mutex<Option<f64>>);
+
+impl fleetgate_manager::alerts::MetricReader for FakeMetrics {
+    fn value(&self, metric: &str, route: Option<&str>, upstream: Option<&str>) -> Option<f64> {
+        match (metric, route, upstream) {
+            ("error_rate", Some("checkout"), None) => *self.0.lock().expect("lock"),
+            _ => None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_metric_rule_fires_and_clears_from_the_installed_metric_reader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = start(dir.path(), None).await;
+    let metrics = std::sync::Arc::new(FakeMetrics::default());
+    let state = &app.running.as_ref().expect("running").state;
+    assert!(state.metric_reader.set(metrics.clone()).is_ok());
+    let r = send(
+        &app,
+        Method::POST,
+        "/api/v1/alert-rules",
+        json!({"name": "Checkout errors", "severity": "warning", "condition": {"kind": "metric", "metric": "error_rate", "route": "checkout", "op": ">=", "threshold": 0.1, "duration_secs": 1}}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let rule = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    *metrics.0.lock().expect("lock") = Some(0.25);
+    let id = eventually("an incident", 10, || async {
+        let list = incidents_of(&app, &rule).await;
+        (list["total"] == 1).then(|| list["items"][0]["id"].as_str().map(str::to_string))?
+    })
+    .await;
+    let fired = app.get_json("/api/v1/events?type=alert.fired").await;
+    assert_eq!(fired["items"][0]["severity"], "warning");
+    assert_eq!(fired["items"][0]["route_id"], "checkout");
+    assert_eq!(fired["items"][0]["details"]["value"], 0.25);
+    *metrics.0.lock().expect("lock") = Some(0.0);
+    eventually("the incident to resolve", 10, || async {
+        let i = app.get_json(&format!("/api/v1/incidents/{id}")).await;
+        (i["status"] == "resolved").then_some(())
+    })
+    .await;
+    assert_eq!(incidents_of(&app, &rule).await["total"], 1);
+    app.stop().await;
+}
