@@ -83,7 +83,7 @@ async fn start(dir: &std::path::Path, database_url: Option<String>) -> TestApp {
 async fn event_rule_fires_once_and_resolves(database_url: Option<String>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = start(dir.path(), database_url).await;
-    let rule = login_rule(&app, 3, 2).await;
+    let rule = login_rule(&app, 3, 4).await;
 
     // Two failures are not enough; the third within the window fires the rule.
     failed_login(&app).await;
@@ -167,7 +167,7 @@ async fn event_rule_fires_once_and_resolves(database_url: Option<String>) {
         "no second incident"
     );
 
-    // Two quiet seconds: resolved by the rule, with a timeline entry and an event.
+    // A quiet window: resolved by the rule, with a timeline entry and an event.
     let resolved = eventually("the incident to resolve", 15, || async {
         let i = app.get_json(&format!("/api/v1/incidents/{id}")).await;
         (i["status"] == "resolved").then_some(i)
