@@ -4,6 +4,7 @@
 //! change becomes a revision, and the revision's document is published as an
 //! `Arc<ConfigSnapshot>` on a watch channel that the gateway reads.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod dashboard;
@@ -83,6 +84,9 @@ pub struct Inner {
     pub http: reqwest::Client,
     /// The latest live traffic snapshot (renewed every second by the sampler).
     pub traffic: traffic::SnapshotWatch,
+    /// Current metric values for the alert evaluator's metric rules; installed once
+    /// by whoever owns the metrics snapshot. Unset: metric conditions never hold.
+    pub metric_reader: std::sync::OnceLock<Arc<dyn alerts::MetricReader>>,
 }
 
 /// Shared state of every handler.
@@ -133,6 +137,7 @@ impl AppState {
                 .build()
                 .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?,
             traffic: watch::channel(Arc::new(traffic::MetricsSnapshot::empty())).0,
+            metric_reader: std::sync::OnceLock::new(),
         }));
         state.publish_current().await?;
         state.publish_certificates().await?;
@@ -301,6 +306,7 @@ impl AppState {
         );
         webhooks::spawn_worker(self.clone(), self.webhooks_wake.clone(), shutdown.clone());
         traffic::spawn_sampler(self.clone(), shutdown.clone());
+        alerts::spawn_evaluator(self.clone(), shutdown.clone());
         let state = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -31,6 +31,8 @@ use crate::error::ErrorBody;
         (name = "events", description = "Events of the gateway and the manager: listing, acknowledgement and live SSE streams"),
         (name = "metrics", description = "Traffic metrics: the live snapshot, stored series and the snapshot stream"),
         (name = "webhooks", description = "Signed event deliveries to HTTP endpoints, with retries and a delivery log"),
+        (name = "alerts", description = "Alert rules: event counts in a window or metric thresholds held for a duration; a firing rule opens an incident"),
+        (name = "incidents", description = "Incidents opened by alert rules or by hand: status, timeline of related events, notes"),
         (name = "redirects", description = "Namespaces and projects of redirects and pages: drafts, publishing, import/export, agent tokens and agents. Agents sync through Flecto's own API under /api/namespace/… (not described here)"),
         (name = "troubleshooting", description = "Probes of upstreams and reports of every connection"),
     )

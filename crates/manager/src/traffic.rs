@@ -122,6 +122,9 @@ impl MetricsSnapshot {
     /// The value an alert rule or a dashboard asks for: `metric` of all traffic,
     /// of one route or of one upstream.
     pub fn value(&self, metric: &str, route: Option<&str>, upstream: Option<&str>) -> Option<f64> {
+        if !self.data_plane {
+            return None;
+        }
         if let Some(name) = upstream {
             let u = self.upstreams.iter().find(|u| u.upstream == name)?;
             return Some(match metric {
@@ -140,9 +143,8 @@ impl MetricsSnapshot {
         let t = match route {
             Some(id) => match self.routes.iter().find(|r| r.route == id) {
                 Some(r) => &r.traffic,
-                // A configured route without requests in the window.
-                None if self.data_plane => &TrafficView::default(),
-                None => return None,
+                // A route without requests in the window.
+                None => &TrafficView::default(),
             },
             None => &self.totals,
         };
@@ -159,6 +161,15 @@ impl MetricsSnapshot {
             "latency_p99_ms" => t.latency_ms.p99?,
             _ => return None,
         })
+    }
+}
+
+/// Alert rules' metric values from the latest snapshot of this process.
+pub struct SnapshotReader(pub watch::Receiver<Arc<MetricsSnapshot>>);
+
+impl crate::alerts::MetricReader for SnapshotReader {
+    fn value(&self, metric: &str, route: Option<&str>, upstream: Option<&str>) -> Option<f64> {
+        self.0.borrow().value(metric, route, upstream)
     }
 }
 

@@ -5,6 +5,7 @@
 //! same transaction, so no change can land without its record. Configuration
 //! changes also record a numbered revision holding the whole configuration document.
 
+mod alerts;
 mod events;
 mod metrics;
 mod redirects;
@@ -15,6 +16,9 @@ use async_trait::async_trait;
 use fleetgate_core::user::Role;
 use serde_json::Value;
 
+pub use alerts::{
+    AlertRuleRecord, AlertStore, IncidentFilter, IncidentRecord, NewTimelineEntry, TimelineEntry,
+};
 pub use events::{EventFilter, EventRecord, EventStore, UnackedCounts};
 pub use metrics::{MetricPoint, MetricStore, RESOLUTIONS};
 pub use redirects::{
@@ -295,7 +299,7 @@ pub struct PoolStats {
 /// manager processes on one database: no state lives only in one process's memory.
 #[async_trait]
 pub trait Store:
-    RedirectStore + EventStore + WebhookStore + MetricStore + Send + Sync + 'static
+    RedirectStore + EventStore + WebhookStore + MetricStore + AlertStore + Send + Sync + 'static
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> Backend;

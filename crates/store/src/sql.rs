@@ -115,6 +115,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0006_metrics.sql"),
         include_str!("../migrations/postgres/0006_metrics.sql"),
     ),
+    (
+        7,
+        "alerts",
+        include_str!("../migrations/sqlite/0007_alerts.sql"),
+        include_str!("../migrations/postgres/0007_alerts.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {
@@ -1339,6 +1345,9 @@ impl Store for SqlStore {
                     "webhooks",
                     "webhook_deliveries",
                     "webhook_attempts",
+                    "alert_rules",
+                    "incidents",
+                    "incident_timeline",
                     "users",
                     "api_keys",
                     "resources",

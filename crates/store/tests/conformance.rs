@@ -11,6 +11,9 @@ use fleetgate_store::{
     RedirectStore, ResourceSet, RuleData, RuleFilter, RuleTable, SessionRecord, SqlStore, Store,
     StoreError, StoreOptions, TokenScope, UserRecord,
 };
+use fleetgate_store::{
+    AlertRuleRecord, AlertStore, IncidentFilter, IncidentRecord, NewTimelineEntry,
+};
 use fleetgate_store::{AttemptOutcome, DeliveryRecord, WebhookRecord, WebhookStore};
 use fleetgate_store::{MetricPoint, MetricStore};
 use serde_json::json;
@@ -101,6 +104,9 @@ conformance!(
     events_filters_ack_and_retention,
     webhook_deliveries_are_claimed_once,
     metric_points_roll_up_and_prune,
+    alert_rules_crud_with_versions,
+    one_active_incident_per_rule,
+    incident_timelines_filters_and_deletion,
 );
 
 fn actor() -> Actor {
@@ -1442,5 +1448,463 @@ async fn metric_points_roll_up_and_prune(s: &SqlStore) {
             .expect("minutes after prune")
             .len(),
         2
+    );
+}
+
+fn alert_rule(id: &str, event_type: &str) -> AlertRuleRecord {
+    use fleetgate_core::alerts::{AlertCondition, EventCondition, EventKind, EventRuleFilter};
+    let now = now_ms();
+    AlertRuleRecord {
+        id: id.into(),
+        name: format!("rule {id}"),
+        description: "it's \"quoted\"".into(),
+        enabled: true,
+        severity: Severity::Warning,
+        condition: AlertCondition::Event(EventCondition {
+            kind: EventKind::Event,
+            event_type: event_type.into(),
+            count: 3,
+            window_secs: 60,
+            filter: EventRuleFilter {
+                route_id: Some("r1".into()),
+                ..Default::default()
+            },
+        }),
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn incident(
+    id: &str,
+    rule_id: Option<&str>,
+    severity: Severity,
+    created_at: i64,
+) -> IncidentRecord {
+    IncidentRecord {
+        id: id.into(),
+        title: format!("incident {id}"),
+        status: IncidentStatus::Open,
+        severity,
+        rule_id: rule_id.map(str::to_string),
+        created_at,
+        updated_at: created_at,
+        acknowledged_by: None,
+        acknowledged_at: None,
+        resolved_by: None,
+        resolved_at: None,
+        analysis: None,
+        version: 1,
+    }
+}
+
+use fleetgate_core::alerts::{IncidentStatus, TimelineKind};
+
+async fn alert_rules_crud_with_versions(s: &SqlStore) {
+    use fleetgate_core::alerts::{
+        AlertCondition, CompareOp, MetricCondition, MetricKind, MetricName,
+    };
+    let a = alert_rule("a1", "auth.login_failed");
+    s.create_alert_rule(&actor(), &a).await.expect("create");
+    assert!(matches!(
+        s.create_alert_rule(&actor(), &a).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.get_alert_rule("a1").await.expect("get"), Some(a.clone()));
+    let mut b = alert_rule("a2", "proxy.*");
+    b.created_at += 1;
+    b.condition = AlertCondition::Metric(MetricCondition {
+        kind: MetricKind::Metric,
+        metric: MetricName::LatencyP95Ms,
+        route: None,
+        upstream: Some("api".into()),
+        op: CompareOp::Ge,
+        threshold: 250.5,
+        duration_secs: 30,
+    });
+    s.create_alert_rule(&actor(), &b).await.expect("create b");
+    let listed = s.list_alert_rules(page(1, 1)).await.expect("list");
+    assert_eq!((listed.total, listed.items.len()), (2, 1));
+    assert_eq!(listed.items[0], b, "metric conditions round-trip");
+    assert_eq!(s.all_alert_rules().await.expect("all").len(), 2);
+
+    let mut changed = a.clone();
+    changed.enabled = false;
+    changed.severity = Severity::Critical;
+    assert!(matches!(
+        s.update_alert_rule(&actor(), &changed, Some(7)).await,
+        Err(StoreError::VersionMismatch { current: 1 })
+    ));
+    let stored = s
+        .update_alert_rule(&actor(), &changed, Some(1))
+        .await
+        .expect("update");
+    assert_eq!((stored.version, stored.enabled), (2, false));
+    assert_eq!(s.get_alert_rule("a1").await.expect("get"), Some(stored));
+    let mut ghost = a.clone();
+    ghost.id = "nope".into();
+    assert!(matches!(
+        s.update_alert_rule(&actor(), &ghost, None).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.delete_alert_rule(&actor(), "a1", Some(1)).await,
+        Err(StoreError::VersionMismatch { current: 2 })
+    ));
+    s.delete_alert_rule(&actor(), "a1", Some(2))
+        .await
+        .expect("delete");
+    assert!(s.get_alert_rule("a1").await.expect("get").is_none());
+    assert!(matches!(
+        s.delete_alert_rule(&actor(), "a1", None).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                target_type: Some("alert_rule".into()),
+                ..Default::default()
+            },
+            page(10, 0),
+        )
+        .await
+        .expect("audit");
+    let actions: Vec<&str> = audit.items.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        vec![
+            "alert_rule.delete",
+            "alert_rule.update",
+            "alert_rule.create",
+            "alert_rule.create"
+        ]
+    );
+    assert_eq!(
+        audit.items[1].before.as_ref().expect("before")["enabled"],
+        true
+    );
+    assert_eq!(
+        audit.items[1].after.as_ref().expect("after")["enabled"],
+        false
+    );
+}
+
+async fn one_active_incident_per_rule(s: &SqlStore) {
+    let now = now_ms();
+    let system = Actor::system();
+    // Two managers see the rule fire at the same moment: exactly one incident opens.
+    let (i1, i2) = (
+        incident("i1", Some("r1"), Severity::Critical, now),
+        incident("i2", Some("r1"), Severity::Critical, now),
+    );
+    let (x, y) = tokio::join!(
+        s.create_incident(&system, &i1, &[]),
+        s.create_incident(&system, &i2, &[])
+    );
+    let opened: Vec<&str> = [("i1", &x), ("i2", &y)]
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(opened.len(), 1, "{x:?} {y:?}");
+    assert!(matches!(x, Err(StoreError::Conflict(_))) || matches!(y, Err(StoreError::Conflict(_))));
+    let first = opened[0];
+    let active = s
+        .active_incident_of_rule("r1")
+        .await
+        .expect("active")
+        .expect("one");
+    assert_eq!(active.id, first);
+    s.create_incident(&actor(), &incident("m0", None, Severity::Info, now), &[])
+        .await
+        .expect("manual");
+    let all_active = s.active_rule_incidents().await.expect("active");
+    assert_eq!(
+        all_active.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        vec![first],
+        "only incidents of rules"
+    );
+    // Acknowledged is still active.
+    let mut acked = active.clone();
+    acked.status = IncidentStatus::Acknowledged;
+    acked.acknowledged_by = Some("alice".into());
+    acked.acknowledged_at = Some(now + 1);
+    let acked = s
+        .update_incident(&actor(), &acked, Some(1), &[])
+        .await
+        .expect("ack");
+    assert!(matches!(
+        s.create_incident(
+            &system,
+            &incident("i3", Some("r1"), Severity::Warning, now),
+            &[]
+        )
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Manual incidents (no rule) are not limited.
+    for id in ["m1", "m2"] {
+        s.create_incident(&actor(), &incident(id, None, Severity::Info, now), &[])
+            .await
+            .expect("manual");
+    }
+    // Resolving happens once, whoever tries.
+    let (r1, r2) = tokio::join!(
+        s.resolve_incident(&system, first, now + 2, "cleared"),
+        s.resolve_incident(&system, first, now + 2, "cleared")
+    );
+    let (r1, r2) = (r1.expect("resolve"), r2.expect("resolve"));
+    assert_eq!(
+        usize::from(r1.is_some()) + usize::from(r2.is_some()),
+        1,
+        "{r1:?} {r2:?}"
+    );
+    let resolved = r1.or(r2).expect("resolved");
+    assert_eq!(resolved.status, IncidentStatus::Resolved);
+    assert_eq!(resolved.version, acked.version + 1);
+    assert_eq!(
+        (resolved.resolved_by.as_deref(), resolved.resolved_at),
+        (Some("system"), Some(now + 2))
+    );
+    assert!(s
+        .active_incident_of_rule("r1")
+        .await
+        .expect("none")
+        .is_none());
+    // The rule may fire again; the old incident can then not be reopened.
+    s.create_incident(
+        &system,
+        &incident("i4", Some("r1"), Severity::Critical, now + 3),
+        &[],
+    )
+    .await
+    .expect("fires again");
+    let mut reopen = resolved.clone();
+    reopen.status = IncidentStatus::Open;
+    reopen.resolved_at = None;
+    reopen.resolved_by = None;
+    assert!(matches!(
+        s.update_incident(&actor(), &reopen, None, &[]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.resolve_incident(&system, "i4", now + 4, "cleared")
+        .await
+        .expect("resolve")
+        .expect("was active");
+    let reopened = s
+        .update_incident(&actor(), &reopen, Some(resolved.version), &[])
+        .await
+        .expect("reopen once nothing else is active");
+    assert_eq!(reopened.status, IncidentStatus::Open);
+    let timeline = s.incident_timeline(first).await.expect("timeline");
+    assert_eq!(
+        timeline
+            .iter()
+            .map(|e| (e.kind, e.status, e.actor.as_deref()))
+            .collect::<Vec<_>>(),
+        vec![(
+            TimelineKind::Status,
+            Some(IncidentStatus::Resolved),
+            Some("system")
+        )],
+        "one resolution entry"
+    );
+}
+
+async fn incident_timelines_filters_and_deletion(s: &SqlStore) {
+    let now = now_ms();
+    let opened = vec![
+        NewTimelineEntry::status(now, IncidentStatus::Open, "opened by rule r9", "system"),
+        NewTimelineEntry::event(now - 10, 101, "proxy.upstream_error", "it's \"down\"", None),
+        NewTimelineEntry::event(now - 5, 102, "proxy.upstream_error", "still down", None),
+    ];
+    s.create_incident(
+        &Actor::system(),
+        &incident("t1", Some("r9"), Severity::Critical, now),
+        &opened,
+    )
+    .await
+    .expect("create");
+    // Linking the same events again (another manager, or an operator) adds nothing.
+    let again = vec![
+        NewTimelineEntry::event(now - 5, 102, "proxy.upstream_error", "still down", None),
+        NewTimelineEntry::event(now + 1, 103, "proxy.timeout", "slow", Some("tester")),
+    ];
+    let (inc, added) = s
+        .append_incident_timeline(&actor(), "t1", &again, Some("incident.link_event"))
+        .await
+        .expect("link");
+    assert_eq!((added, inc.version), (1, 2));
+    let (inc, added) = s
+        .append_incident_timeline(&actor(), "t1", &again, Some("incident.link_event"))
+        .await
+        .expect("link again");
+    assert_eq!(
+        (added, inc.version),
+        (0, 2),
+        "nothing added, no new version"
+    );
+    let (inc, added) = s
+        .append_incident_timeline(
+            &actor(),
+            "t1",
+            &[NewTimelineEntry::note(
+                now + 2,
+                "looking; it's the DB",
+                "tester",
+            )],
+            Some("incident.note"),
+        )
+        .await
+        .expect("note");
+    assert_eq!((added, inc.version, inc.updated_at), (1, 3, now + 2));
+    assert!(matches!(
+        s.append_incident_timeline(&actor(), "nope", &again, None)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let timeline = s.incident_timeline("t1").await.expect("timeline");
+    assert_eq!(
+        timeline
+            .iter()
+            .map(|e| (e.kind, e.event_id))
+            .collect::<Vec<_>>(),
+        vec![
+            (TimelineKind::Status, None),
+            (TimelineKind::Event, Some(101)),
+            (TimelineKind::Event, Some(102)),
+            (TimelineKind::Event, Some(103)),
+            (TimelineKind::Note, None),
+        ]
+    );
+    assert_eq!(timeline[1].message, "it's \"down\"");
+    assert_eq!(timeline[4].actor.as_deref(), Some("tester"));
+
+    // Listing: newest first, filtered, paged.
+    s.create_incident(
+        &actor(),
+        &incident("t2", None, Severity::Warning, now + 10),
+        &[],
+    )
+    .await
+    .expect("t2");
+    s.create_incident(
+        &actor(),
+        &incident("t3", None, Severity::Critical, now + 20),
+        &[],
+    )
+    .await
+    .expect("t3");
+    let mut t3 = s.get_incident("t3").await.expect("get").expect("t3");
+    t3.status = IncidentStatus::Resolved;
+    t3.resolved_at = Some(now + 21);
+    t3.resolved_by = Some("tester".into());
+    t3.title = "renamed".into();
+    let t3 = s
+        .update_incident(
+            &actor(),
+            &t3,
+            Some(1),
+            &[NewTimelineEntry::status(
+                now + 21,
+                IncidentStatus::Resolved,
+                "fixed",
+                "tester",
+            )],
+        )
+        .await
+        .expect("resolve t3");
+    assert!(matches!(
+        s.update_incident(&actor(), &t3, Some(1), &[]).await,
+        Err(StoreError::VersionMismatch { current: 2 })
+    ));
+    let all = s
+        .list_incidents(&IncidentFilter::default(), page(2, 0))
+        .await
+        .expect("list");
+    assert_eq!(all.total, 3);
+    assert_eq!(
+        all.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        vec!["t3", "t2"]
+    );
+    let critical_open = s
+        .list_incidents(
+            &IncidentFilter {
+                status: Some(IncidentStatus::Open),
+                severity: Some(Severity::Critical),
+                ..Default::default()
+            },
+            page(10, 0),
+        )
+        .await
+        .expect("filter");
+    assert_eq!(
+        critical_open
+            .items
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["t1"]
+    );
+    let of_rule = s
+        .list_incidents(
+            &IncidentFilter {
+                rule_id: Some("r9".into()),
+                ..Default::default()
+            },
+            page(10, 0),
+        )
+        .await
+        .expect("by rule");
+    assert_eq!(of_rule.total, 1);
+    let injected = s
+        .list_incidents(
+            &IncidentFilter {
+                rule_id: Some("' OR 1=1 --".into()),
+                ..Default::default()
+            },
+            page(10, 0),
+        )
+        .await
+        .expect("text");
+    assert_eq!(injected.total, 0);
+
+    // Deletion takes the timeline with it; audited throughout.
+    assert!(matches!(
+        s.delete_incident(&actor(), "t1", Some(1)).await,
+        Err(StoreError::VersionMismatch { current: 3 })
+    ));
+    s.delete_incident(&actor(), "t1", Some(3))
+        .await
+        .expect("delete");
+    assert!(s.get_incident("t1").await.expect("get").is_none());
+    assert!(s
+        .incident_timeline("t1")
+        .await
+        .expect("timeline")
+        .is_empty());
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                target_type: Some("incident".into()),
+                ..Default::default()
+            },
+            page(20, 0),
+        )
+        .await
+        .expect("audit");
+    let actions: Vec<&str> = audit.items.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        vec![
+            "incident.delete",
+            "incident.update",
+            "incident.create",
+            "incident.create",
+            "incident.note",
+            "incident.link_event",
+            "incident.create"
+        ]
     );
 }

@@ -48,29 +48,36 @@ async fn snapshot_series_and_timeouts_come_from_real_traffic() {
     app.settle().await;
 
     // 20 answered, 5 failing upstream answers (5xx), 2 timeouts, then 3 refused by
-    // the rate limit: 30 requests admitted, 33 sent.
+    // the rate limit: 30 requests admitted, 33 sent. Each group is sent at once, so
+    // all of them fall in one snapshot window even on a busy machine.
     let c = Client::new();
-    for _ in 0..20 {
-        let r = c.get(app.gw("/ok")).send().await.expect("req");
-        assert_eq!(r.status(), StatusCode::OK);
-    }
-    up.status.store(503, Ordering::Relaxed);
-    for _ in 0..5 {
-        let r = c.get(app.gw("/fail")).send().await.expect("req");
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    }
-    up.status.store(200, Ordering::Relaxed);
-    for _ in 0..2 {
-        let r = c.get(app.gw("/slow/1000")).send().await.expect("req");
-        assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
-    }
-    let mut refused = 0;
-    for _ in 0..6 {
-        let r = c.get(app.gw("/ok")).send().await.expect("req");
-        if r.status() == StatusCode::TOO_MANY_REQUESTS {
-            refused += 1;
+    let burst = |path: &'static str, n: usize| {
+        let c = c.clone();
+        let url = app.gw(path);
+        async move {
+            futures::future::join_all((0..n).map(|_| c.get(&url).send()))
+                .await
+                .into_iter()
+                .map(|r| r.expect("req").status())
+                .collect::<Vec<_>>()
         }
-    }
+    };
+    assert!(burst("/ok", 20).await.iter().all(|s| *s == StatusCode::OK));
+    up.status.store(503, Ordering::Relaxed);
+    assert!(burst("/fail", 5)
+        .await
+        .iter()
+        .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE));
+    up.status.store(200, Ordering::Relaxed);
+    assert!(burst("/slow/1000", 2)
+        .await
+        .iter()
+        .all(|s| *s == StatusCode::GATEWAY_TIMEOUT));
+    let refused = burst("/ok", 6)
+        .await
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
     assert_eq!(refused, 3);
     let sent = 33;
 
@@ -455,6 +462,72 @@ async fn a_dashboard_socket_that_is_not_read_is_dropped() {
     assert!(
         events < N,
         "a dropped client gets less than everything ({events})"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_metric_alert_rule_reads_the_live_snapshot() {
+    let app = spawn_app().await;
+    let up = upstream::spawn("erratic").await;
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "svc", "targets": [{"url": up.url()}], "retries": {"attempts": 0}}),
+    )
+    .await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "checkout", "path": "/", "upstream": "svc"}),
+    )
+    .await;
+    let rule = app
+        .post_ok(
+            "/api/v1/alert-rules",
+            json!({"name": "Checkout failing", "severity": "critical", "condition":
+                {"kind": "metric", "metric": "error_rate", "route": "checkout", "op": ">", "threshold": 0.5, "duration_secs": 1}}),
+        )
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    app.settle().await;
+    let c = Client::new();
+    // Healthy traffic: no incident.
+    for _ in 0..5 {
+        c.get(app.gw("/ok")).send().await.expect("req");
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let list = app
+        .get_json(&format!("/api/v1/incidents?rule_id={rule}"))
+        .await;
+    assert_eq!(list["total"], 0, "{list}");
+    // Mostly failing traffic (the breaker opens too: its 503s are errors as well).
+    up.status.store(502, Ordering::Relaxed);
+    for _ in 0..30 {
+        c.get(app.gw("/fail")).send().await.expect("req");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let incident = loop {
+        let list = app
+            .get_json(&format!("/api/v1/incidents?rule_id={rule}"))
+            .await;
+        if list["total"] == 1 {
+            break list["items"][0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no incident from the live error rate: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(incident["severity"], "critical");
+    assert_eq!(incident["status"], "open");
+    let fired = app.get_json("/api/v1/events?type=alert.fired").await;
+    assert!(
+        fired["items"][0]["details"]["value"]
+            .as_f64()
+            .is_some_and(|v| v > 0.5),
+        "{fired}"
     );
     app.stop().await;
 }

@@ -1,5 +1,6 @@
 //! The admin API's routes, assembled with their OpenAPI description.
 
+pub mod alert_rules;
 pub mod audit;
 pub mod backup;
 pub mod certificates;
@@ -9,6 +10,7 @@ pub mod events;
 pub mod flecto;
 pub mod gateway;
 pub mod health;
+pub mod incidents;
 pub mod keys;
 pub mod metrics;
 pub mod redirects;
@@ -132,6 +134,20 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::deliveries))
         .routes(routes!(webhooks::redeliver))
         .routes(routes!(webhooks::test))
+        .routes(routes!(alert_rules::list, alert_rules::create))
+        .routes(routes!(
+            alert_rules::get,
+            alert_rules::update,
+            alert_rules::delete
+        ))
+        .routes(routes!(incidents::list, incidents::create))
+        .routes(routes!(
+            incidents::get,
+            incidents::update,
+            incidents::delete
+        ))
+        .routes(routes!(incidents::add_note))
+        .routes(routes!(incidents::link_event))
         .routes(routes!(
             gateway::get_route,
             gateway::update_route,
