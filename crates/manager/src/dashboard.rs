@@ -41,6 +41,8 @@ static ASSETS: &[Asset] = assets![
     "js/chart.js" => JS,
     "js/live.js" => JS,
     "js/ui.js" => JS,
+    "js/pages/alert-rules.js" => JS,
+    "js/pages/incidents.js" => JS,
     "js/pages/overview.js" => JS,
 ];
 

@@ -8,6 +8,8 @@ import { stop as stopLive } from './live.js';
 
 const VIEWS = [
   { path: 'overview', label: 'Overview', module: './pages/overview.js' },
+  { path: 'incidents', label: 'Incidents', module: './pages/incidents.js' },
+  { path: 'alert-rules', label: 'Alert rules', module: './pages/alert-rules.js', hidden: true },
 ];
 
 const state = { user: null, role: null, cleanup: null };
@@ -70,7 +72,7 @@ function signedIn(me) {
 
 function renderShell() {
   const nav = h('nav', { 'aria-label': 'Sections' },
-    VIEWS.filter((v) => !v.min || atLeast(state.role, v.min))
+    VIEWS.filter((v) => !v.hidden && (!v.min || atLeast(state.role, v.min)))
       .map((v) => h('a', { href: `#/${v.path}`, dataset: { view: v.path } }, v.label)));
   const side = h('aside', { class: 'side' },
     h('div', { class: 'brand' }, h('img', { src: '/assets/favicon.svg', alt: '' }), 'Fleetgate'),
