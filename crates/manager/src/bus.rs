@@ -107,17 +107,18 @@ pub fn redact(url: &str) -> String {
     format!("{}{kept}{}", &url[..start], &url[start + at..])
 }
 
-/// Checks that `url` names a NATS server (`nats://`, `tls://`, `ws://` or `wss://`).
+/// Checks that `url` names a NATS server (`nats://`, `tls://`, `ws://` or `wss://`);
+/// the error completes "the NATS URL …" and shows the URL redacted.
 pub fn check_url(url: &str) -> Result<(), String> {
-    if !url.contains("://") {
-        return Err(format!(
-            "must be a URL such as nats://127.0.0.1:4222, got {:?}",
+    let valid = url.contains("://") && url.parse::<async_nats::ServerAddr>().is_ok();
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be a URL such as nats://127.0.0.1:4222 (schemes nats, tls, ws, wss), got {:?}",
             redact(url)
-        ));
+        ))
     }
-    url.parse::<async_nats::ServerAddr>()
-        .map(|_| ())
-        .map_err(|e| format!("{e} ({})", redact(url)))
 }
 
 /// An event as published on the bus.
