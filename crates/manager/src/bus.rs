@@ -7,8 +7,14 @@
 //! which the first manager to start creates. The payload is the event as JSON, as the
 //! API shows it (its store `id`, `type`, `severity`, `category`, `message`, `details`,
 //! `source`, `route_id`, `upstream`, `node_id`, `flow_id`, `created_at`), plus
-//! `origin`, the publishing manager's instance id, also sent in the `Fleetgate-Origin`
-//! header; `Nats-Msg-Id` is `<origin>-<id>`, so a retried publish is stored once.
+//! `origin`, the publishing manager's instance id, and `cluster`, also sent in the
+//! `Fleetgate-Origin` and `Fleetgate-Cluster` headers; `Nats-Msg-Id` is
+//! `<origin>-<id>`, so a retried publish is stored once.
+//!
+//! The cluster id is derived from the secret key (HMAC-SHA256, it does not reveal the
+//! key). Managers sharing one database must share that key anyway, and events whose
+//! cluster differs are ignored: another installation using the same NATS server has
+//! its own ids, which must not reach this one's streams.
 //!
 //! Publishing never holds up the event writer: events wait in a bounded queue for a
 //! publisher task; when NATS is unreachable or the queue is full they are not
@@ -47,6 +53,8 @@ pub const STREAM: &str = "FLEETGATE_EVENTS";
 pub const SUBJECTS: &str = "fleetgate.events.>";
 /// The header naming the manager that published an event.
 pub const ORIGIN_HEADER: &str = "Fleetgate-Origin";
+/// The header naming the installation (cluster) of that manager.
+pub const CLUSTER_HEADER: &str = "Fleetgate-Cluster";
 /// How long the stream keeps an event.
 const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// How many events the stream keeps at most (the oldest go first).
@@ -107,6 +115,21 @@ pub fn redact(url: &str) -> String {
     format!("{}{kept}{}", &url[..start], &url[start + at..])
 }
 
+/// The cluster id of the installation whose secret key is `key` (random without one:
+/// such a manager has no key to share, so no cluster).
+pub fn cluster_id(key: Option<&[u8; 32]>) -> String {
+    use hmac::Mac;
+    match key {
+        Some(k) => {
+            let mut mac =
+                hmac::Hmac::<sha2::Sha256>::new_from_slice(k).expect("HMAC takes any key length");
+            mac.update(b"fleetgate events bus cluster");
+            hex::encode(&mac.finalize().into_bytes()[..12])
+        }
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
+
 /// Checks that `url` names a NATS server (`nats://`, `tls://`, `ws://` or `wss://`);
 /// the error completes "the NATS URL …" and shows the URL redacted.
 pub fn check_url(url: &str) -> Result<(), String> {
@@ -128,6 +151,8 @@ pub struct BusEvent {
     pub id: i64,
     /// The instance id of the manager that stored and published it.
     pub origin: String,
+    /// The installation of that manager (see [`cluster_id`]).
+    pub cluster: String,
     #[serde(rename = "type")]
     pub event_type: String,
     pub severity: Severity,
@@ -149,11 +174,12 @@ pub struct BusEvent {
 }
 
 impl BusEvent {
-    pub fn of(r: &EventRecord, origin: &str) -> Self {
+    pub fn of(r: &EventRecord, origin: &str, cluster: &str) -> Self {
         let e = &r.event;
         Self {
             id: r.id,
             origin: origin.to_string(),
+            cluster: cluster.to_string(),
             event_type: e.event_type.clone(),
             severity: e.severity,
             category: e.category.clone(),
@@ -244,6 +270,8 @@ pub struct BusStats {
     pub forwarded: AtomicU64,
     /// Messages that were not events of this format (ignored).
     pub rejected: AtomicU64,
+    /// Events of another installation (cluster id) on the same stream (ignored).
+    pub foreign: AtomicU64,
 }
 
 /// This manager's end of the bus.
@@ -251,6 +279,8 @@ pub struct BusStats {
 pub struct Bus {
     /// This manager's instance id (random per process), the `origin` of its events.
     pub instance: String,
+    /// The installation's id (see [`cluster_id`]).
+    pub cluster: String,
     /// Whether events of other managers are received (PostgreSQL store).
     pub forwarding: bool,
     pub stats: BusStats,
@@ -286,6 +316,7 @@ impl Bus {
     pub fn status(&self) -> Value {
         serde_json::json!({
             "instance": self.instance,
+            "cluster": self.cluster,
             "stream": STREAM,
             "connected": self.connected(),
             "forwarding": self.forwarding,
@@ -294,17 +325,20 @@ impl Bus {
             "not_published": self.stats.not_published.load(Ordering::Relaxed),
             "forwarded": self.stats.forwarded.load(Ordering::Relaxed),
             "rejected": self.stats.rejected.load(Ordering::Relaxed),
+            "foreign": self.stats.foreign.load(Ordering::Relaxed),
         })
     }
 }
 
 /// Attaches the bus to the hub, unless one is attached: connects to NATS (in the
 /// background, reconnecting for as long as it runs), ensures the stream, and
-/// publishes the hub's stored events; with `forwarding`, also hands other managers'
-/// events to the hub's live subscribers. Ends when `shutdown` turns true.
+/// publishes the hub's stored events; with `forwarding`, also hands the events of
+/// other managers of the `cluster` to the hub's live subscribers. Ends when
+/// `shutdown` turns true.
 pub fn attach(
     hub: &Arc<EventHub>,
     url: &str,
+    cluster: String,
     forwarding: bool,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -315,6 +349,7 @@ pub fn attach(
     let (tx, rx) = mpsc::channel(QUEUE);
     let bus = Arc::new(Bus {
         instance: uuid::Uuid::new_v4().simple().to_string(),
+        cluster,
         forwarding,
         stats: BusStats::default(),
         connected: AtomicBool::new(false),
@@ -534,9 +569,11 @@ async fn publish_one(
     bus: &Bus,
     e: &EventRecord,
 ) -> Result<AckFuture, String> {
-    let payload = serde_json::to_vec(&BusEvent::of(e, &bus.instance)).map_err(|e| e.to_string())?;
+    let payload = serde_json::to_vec(&BusEvent::of(e, &bus.instance, &bus.cluster))
+        .map_err(|e| e.to_string())?;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(ORIGIN_HEADER, bus.instance.as_str());
+    headers.insert(CLUSTER_HEADER, bus.cluster.as_str());
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,
         format!("{}-{}", bus.instance, e.id).as_str(),
@@ -553,23 +590,41 @@ async fn publish_one(
     }
 }
 
-/// What a bus message holds for this manager: an event of another manager, or
-/// nothing (one of its own).
-fn received(msg: &async_nats::Message, instance: &str) -> Result<Option<EventRecord>, String> {
-    let own = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(ORIGIN_HEADER))
-        .is_some_and(|v| v.as_str() == instance);
-    if own {
-        return Ok(None);
+/// What a bus message is to this manager.
+#[derive(Debug, PartialEq)]
+enum Received {
+    /// An event of another manager of its cluster: to forward.
+    Event(EventRecord),
+    /// One of its own events.
+    Own,
+    /// An event of another installation.
+    Foreign,
+}
+
+fn received(
+    payload: &[u8],
+    headers: Option<&async_nats::HeaderMap>,
+    bus: &Bus,
+) -> Result<Received, String> {
+    let header = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
+    if header(ORIGIN_HEADER).is_some_and(|o| o == bus.instance) {
+        return Ok(Received::Own);
     }
-    let e: BusEvent =
-        serde_json::from_slice(&msg.payload).map_err(|e| format!("not an event: {e}"))?;
-    if e.origin == instance {
-        return Ok(None);
+    if header(CLUSTER_HEADER).is_some_and(|c| c != bus.cluster) {
+        return Ok(Received::Foreign);
     }
-    e.into_record().map(Some)
+    let e: BusEvent = serde_json::from_slice(payload).map_err(|e| format!("not an event: {e}"))?;
+    if e.origin == bus.instance {
+        Ok(Received::Own)
+    } else if e.cluster != bus.cluster {
+        Ok(Received::Foreign)
+    } else {
+        e.into_record().map(Received::Event)
+    }
 }
 
 /// Reads the stream with an ordered consumer (rebuilt after errors, from where it
@@ -621,12 +676,15 @@ async fn forward_loop(
                                     start_sequence: info.stream_sequence + 1,
                                 };
                             }
-                            match received(&msg, &bus.instance) {
-                                Ok(Some(r)) => {
+                            match received(&msg.payload, msg.headers.as_ref(), &bus) {
+                                Ok(Received::Event(r)) => {
                                     bus.stats.forwarded.fetch_add(1, Ordering::Relaxed);
                                     hub.broadcast(Arc::new(r));
                                 }
-                                Ok(None) => {}
+                                Ok(Received::Own) => {}
+                                Ok(Received::Foreign) => {
+                                    bus.stats.foreign.fetch_add(1, Ordering::Relaxed);
+                                }
                                 Err(e) => {
                                     bus.stats.rejected.fetch_add(1, Ordering::Relaxed);
                                     if let Some(more) = bad.check(Instant::now()) {
@@ -862,19 +920,53 @@ mod tests {
         r.event.details = serde_json::json!({"revision": 3});
         r.event.route_id = Some("r1".into());
         r.event.created_at = 1_700_000_000_123;
-        let wire = serde_json::to_string(&BusEvent::of(&r, "abc")).expect("json");
+        let wire = serde_json::to_string(&BusEvent::of(&r, "abc", "k1")).expect("json");
         let v: Value = serde_json::from_str(&wire).expect("json");
         assert_eq!(
             (v["id"].as_i64(), v["origin"].as_str(), v["type"].as_str()),
             (Some(42), Some("abc"), Some("config.changed"))
         );
-        assert_eq!(v["severity"], "info");
+        assert_eq!(
+            (v["severity"].as_str(), v["cluster"].as_str()),
+            (Some("info"), Some("k1"))
+        );
         let back: BusEvent = serde_json::from_str(&wire).expect("parse");
         assert_eq!(back.into_record().expect("record"), r);
         let bad: BusEvent =
-            serde_json::from_value(serde_json::json!({"id": 0, "origin": "o", "type": "t", "severity": "info", "category": "t", "message": "", "source": "manager", "created_at": "2024-01-01T00:00:00Z"}))
+            serde_json::from_value(serde_json::json!({"id": 0, "origin": "o", "cluster": "k1", "type": "t", "severity": "info", "category": "t", "message": "", "source": "manager", "created_at": "2024-01-01T00:00:00Z"}))
                 .expect("parse");
         assert!(bad.into_record().is_err());
+
+        // What a manager makes of messages: its own, another installation's, a peer's.
+        let (tx, _rx) = mpsc::channel(1);
+        let bus = Bus {
+            instance: "me".into(),
+            cluster: "k1".into(),
+            forwarding: true,
+            stats: BusStats::default(),
+            connected: AtomicBool::new(true),
+            subscribed: AtomicBool::new(true),
+            tx,
+            full: Mutex::new(Throttle::new()),
+            url: String::new(),
+        };
+        let msg = |origin: &str, cluster: &str| {
+            serde_json::to_vec(&BusEvent::of(&r, origin, cluster)).expect("json")
+        };
+        assert_eq!(received(&msg("me", "k1"), None, &bus), Ok(Received::Own));
+        assert_eq!(received(&msg("b", "k2"), None, &bus), Ok(Received::Foreign));
+        assert_eq!(
+            received(&msg("b", "k1"), None, &bus),
+            Ok(Received::Event(r.clone()))
+        );
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(CLUSTER_HEADER, "k2");
+        assert_eq!(received(b"not json", Some(&h), &bus), Ok(Received::Foreign));
+        assert!(received(b"not json", None, &bus).is_err());
+        let k = [7u8; 32];
+        assert_eq!(cluster_id(Some(&k)), cluster_id(Some(&k)));
+        assert_ne!(cluster_id(Some(&k)), cluster_id(Some(&[8u8; 32])));
+        assert_ne!(cluster_id(None), cluster_id(None));
     }
 
     #[test]

@@ -293,7 +293,8 @@ impl AppState {
         if let Some(url) = &self.options.nats_url {
             // Other managers' events are forwarded only on a store they can share.
             let shared = self.store.backend() == fleetgate_store::Backend::Postgres;
-            if let Err(e) = bus::attach(&self.events, url, shared, shutdown.clone()) {
+            let cluster = bus::cluster_id(self.options.secret_key.as_ref());
+            if let Err(e) = bus::attach(&self.events, url, cluster, shared, shutdown.clone()) {
                 tracing::error!(error = %e, "nats.url is not usable; events are not published");
             }
         }
