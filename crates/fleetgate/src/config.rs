@@ -672,7 +672,11 @@ mod tests {
             &Overrides::default(),
         );
         assert!(format!("{:#}", bad.expect_err("scheme")).contains("database.url"));
-        for url in ["http://127.0.0.1:4222", "127.0.0.1:4222", "nats://u:pw@h:port"] {
+        for url in [
+            "http://127.0.0.1:4222",
+            "127.0.0.1:4222",
+            "nats://u:pw@h:port",
+        ] {
             let bad = Config::load(
                 None,
                 env(&[("FLEETGATE_NATS_URL", url)]),

@@ -11,6 +11,7 @@ mod gateway;
 mod health;
 mod process;
 mod redirects;
+mod scale_out;
 mod support;
 mod tls;
 mod upstream;
