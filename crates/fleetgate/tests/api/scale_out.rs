@@ -147,6 +147,8 @@ impl Sse {
 
 /// Each event once, and the SSE ids of a stream strictly increasing.
 fn assert_well_ordered(stream: &str, msgs: &[Msg]) {
+    let late = msgs.iter().filter(|m| m.id.is_none()).count();
+    eprintln!("{stream}: {} events, {late} late", msgs.len());
     let mut seen = HashSet::new();
     let mut last = 0;
     for m in msgs {
@@ -300,22 +302,31 @@ async fn events_raised_on_one_manager_stream_from_the_other() {
             })
             .await,
     );
+    // Once quiet, B's stream has had every event stored since it opened, once.
+    while let Some(m) = b_all.next(Duration::from_millis(1000)).await {
+        on_b.push(m);
+    }
     assert_well_ordered("B all", &on_b);
+    let mut streamed: Vec<i64> = on_b
+        .iter()
+        .map(|m| m.data["id"].as_i64().expect("id"))
+        .collect();
+    streamed.sort_unstable();
+    let mut stored: Vec<i64> = b.get_json("/api/v1/events?limit=1000").await["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| e["id"].as_i64().expect("id"))
+        .filter(|id| *id >= streamed[0])
+        .collect();
+    stored.sort_unstable();
+    assert_eq!(streamed, stored, "B's stream has what the store has");
 
     // Resuming on B from the middle replays what the store holds after that id, in
     // order, whichever manager raised it.
-    let ids: Vec<i64> = on_b.iter().filter_map(|m| m.id).collect();
-    let from = ids[ids.len() / 2];
+    let from = stored[stored.len() / 2];
+    let want: Vec<i64> = stored.into_iter().filter(|id| *id > from).collect();
     let mut resumed = Sse::open(&b, "/api/v1/stream/events", Some(from)).await;
-    let want: Vec<i64> = {
-        let mut all: Vec<i64> = on_b
-            .iter()
-            .map(|m| m.data["id"].as_i64().expect("id"))
-            .filter(|id| *id > from)
-            .collect();
-        all.sort_unstable();
-        all
-    };
     let replayed = resumed
         .until(Duration::from_secs(10), |ms| ms.len() >= want.len())
         .await;
