@@ -594,7 +594,7 @@ async fn publish_one(
 #[derive(Debug, PartialEq)]
 enum Received {
     /// An event of another manager of its cluster: to forward.
-    Event(EventRecord),
+    Event(Box<EventRecord>),
     /// One of its own events.
     Own,
     /// An event of another installation.
@@ -623,7 +623,7 @@ fn received(
     } else if e.cluster != bus.cluster {
         Ok(Received::Foreign)
     } else {
-        e.into_record().map(Received::Event)
+        e.into_record().map(|r| Received::Event(Box::new(r)))
     }
 }
 
@@ -649,7 +649,7 @@ async fn forward_loop(
             let consumer = stream
                 .create_consumer(jetstream::consumer::pull::OrderedConfig {
                     filter_subject: SUBJECTS.into(),
-                    deliver_policy: policy.clone(),
+                    deliver_policy: policy,
                     ..Default::default()
                 })
                 .await
@@ -679,7 +679,7 @@ async fn forward_loop(
                             match received(&msg.payload, msg.headers.as_ref(), &bus) {
                                 Ok(Received::Event(r)) => {
                                     bus.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                                    hub.broadcast(Arc::new(r));
+                                    hub.broadcast(Arc::new(*r));
                                 }
                                 Ok(Received::Own) => {}
                                 Ok(Received::Foreign) => {
@@ -957,7 +957,7 @@ mod tests {
         assert_eq!(received(&msg("b", "k2"), None, &bus), Ok(Received::Foreign));
         assert_eq!(
             received(&msg("b", "k1"), None, &bus),
-            Ok(Received::Event(r.clone()))
+            Ok(Received::Event(Box::new(r.clone())))
         );
         let mut h = async_nats::HeaderMap::new();
         h.insert(CLUSTER_HEADER, "k2");
