@@ -286,6 +286,8 @@ pub struct Bus {
     pub stats: BusStats,
     connected: AtomicBool,
     subscribed: AtomicBool,
+    /// Counts connections to NATS (the consumer is made again after each).
+    connections: watch::Sender<u64>,
     tx: mpsc::Sender<Arc<EventRecord>>,
     full: Mutex<Throttle>,
     url: String,
@@ -354,6 +356,7 @@ pub fn attach(
         stats: BusStats::default(),
         connected: AtomicBool::new(false),
         subscribed: AtomicBool::new(false),
+        connections: watch::channel(0).0,
         tx,
         full: Mutex::new(Throttle::new()),
         url: redact(url),
@@ -406,10 +409,12 @@ async fn connect(
                 match event {
                     async_nats::Event::Connected => {
                         b.connected.store(true, Ordering::Relaxed);
+                        b.connections.send_modify(|n| *n += 1);
                         tracing::info!(url = %b.url, "connected to NATS");
                     }
                     async_nats::Event::Disconnected => {
                         b.connected.store(false, Ordering::Relaxed);
+                        b.subscribed.store(false, Ordering::Relaxed);
                         tracing::warn!(url = %b.url, "lost the connection to NATS; reconnecting (events are still stored and streamed here)");
                     }
                     async_nats::Event::Closed => {
@@ -627,8 +632,10 @@ fn received(
     }
 }
 
-/// Reads the stream with an ordered consumer (rebuilt after errors, from where it
-/// stopped) and forwards other managers' events to the hub's live subscribers.
+/// Reads the stream with an ordered consumer and forwards other managers' events to
+/// the hub's live subscribers. The consumer is made again, from where it stopped,
+/// after an error and after every reconnection (a restarted server may have lost
+/// it); when the stream was emptied meanwhile (a new server), from its end.
 async fn forward_loop(
     js: jetstream::Context,
     hub: Arc<EventHub>,
@@ -641,11 +648,28 @@ async fn forward_loop(
     let start = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(started_ms) * 1_000_000)
         .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
     let mut policy = DeliverPolicy::ByStartTime { start_time: start };
+    let mut connections = bus.connections.subscribe();
     let mut log = Throttle::new();
     let mut bad = Throttle::new();
     loop {
+        let generation = *connections.borrow_and_update();
         let made = async {
-            let stream = js.get_stream(STREAM).await.map_err(|e| e.to_string())?;
+            let mut stream = js
+                .get_or_create_stream(stream_config())
+                .await
+                .map_err(|e| e.to_string())?;
+            if let DeliverPolicy::ByStartSequence { start_sequence } = policy {
+                let last = stream
+                    .info()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .state
+                    .last_sequence;
+                if last + 1 < start_sequence {
+                    // Fewer messages than were read: a new stream.
+                    policy = DeliverPolicy::New;
+                }
+            }
             let consumer = stream
                 .create_consumer(jetstream::consumer::pull::OrderedConfig {
                     filter_subject: SUBJECTS.into(),
@@ -664,6 +688,13 @@ async fn forward_loop(
                 loop {
                     let m = tokio::select! {
                         m = messages.next() => m,
+                        changed = connections.changed() => {
+                            if changed.is_err() || *connections.borrow_and_update() != generation {
+                                tracing::debug!("reconnected to NATS; making the event consumer again");
+                                break;
+                            }
+                            continue;
+                        }
                         _ = stopped(&mut shutdown) => {
                             bus.subscribed.store(false, Ordering::Relaxed);
                             return;
@@ -703,17 +734,26 @@ async fn forward_loop(
                     }
                 }
                 bus.subscribed.store(false, Ordering::Relaxed);
+                continue_after(&mut shutdown, Duration::from_millis(100)).await;
             }
             Err(e) => {
                 if let Some(more) = log.check(Instant::now()) {
                     tracing::warn!(url = %bus.url, stream = STREAM, error = %e, suppressed = more, "cannot read the event stream; retrying");
                 }
+                continue_after(&mut shutdown, Duration::from_secs(1)).await;
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stopped(&mut shutdown) => return,
+        if *shutdown.borrow() {
+            return;
         }
+    }
+}
+
+/// Waits `pause`, or until the manager stops.
+async fn continue_after(shutdown: &mut watch::Receiver<bool>, pause: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => {}
+        _ = stopped(shutdown) => {}
     }
 }
 
@@ -946,6 +986,7 @@ mod tests {
             stats: BusStats::default(),
             connected: AtomicBool::new(true),
             subscribed: AtomicBool::new(true),
+            connections: watch::channel(0).0,
             tx,
             full: Mutex::new(Throttle::new()),
             url: String::new(),

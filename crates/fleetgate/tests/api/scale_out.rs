@@ -26,6 +26,10 @@ async fn pair() -> Option<(TestApp, TestApp)> {
         return None;
     };
     let url = postgres_schema_url().await?;
+    Some(pair_on(&url, &nats).await)
+}
+
+async fn pair_on(url: &str, nats: &str) -> (TestApp, TestApp) {
     // Replicas sharing a database share the key that encrypts secrets at rest.
     let key = hex::encode(rand_bytes());
     let mut apps = Vec::new();
@@ -33,29 +37,44 @@ async fn pair() -> Option<(TestApp, TestApp)> {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("secret.key"), &key).expect("key file");
         let mut c = config_in(dir.path());
-        c.database.url = Some(url.clone());
-        c.nats.url = Some(nats.clone());
+        c.database.url = Some(url.to_string());
+        c.nats.url = Some(nats.to_string());
         apps.push((c, dir));
     }
     let (cb, db) = apps.pop().expect("b");
     let (ca, da) = apps.pop().expect("a");
     let (a, b) = tokio::join!(spawn_with(ca, da), spawn_with(cb, db));
     for app in [&a, &b] {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let deep = app.get_json("/health/deep").await;
-            let bus = &deep["checks"]["nats"]["details"]["events_bus"];
-            if bus["subscribed"] == true && bus["connected"] == true {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the manager never subscribed to the event stream: {deep}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_bus(app, Duration::from_secs(15)).await;
     }
-    Some((a, b))
+    (a, b)
+}
+
+/// The event bus's state as `/health/deep` shows it.
+async fn bus_status(app: &TestApp) -> Value {
+    let r = app
+        .anon(Method::GET, "/health/deep")
+        .send()
+        .await
+        .expect("deep health");
+    let deep: Value = r.json().await.expect("json");
+    deep["checks"]["nats"]["details"]["events_bus"].clone()
+}
+
+/// Waits until the manager is connected to NATS and receives other managers' events.
+async fn wait_for_bus(app: &TestApp, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let bus = bus_status(app).await;
+        if bus["subscribed"] == true && bus["connected"] == true {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the manager never (re)subscribed to the event stream: {bus}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn rand_bytes() -> [u8; 32] {
@@ -568,4 +587,190 @@ async fn concurrent_claims_take_each_delivery_once() {
     for s in stores {
         fleetgate_store::Store::close(s.as_ref()).await;
     }
+}
+
+/// A NATS server of this test's own (JetStream, files in `dir`) on `port`.
+async fn nats_server(port: u16, dir: &std::path::Path) -> tokio::process::Child {
+    let child = tokio::process::Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start nats-server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child
+}
+
+/// Raises a `test.bus` event on `app` with a marker in its details.
+fn raise(app: &TestApp, marker: &str) {
+    let state = &app.running.as_ref().expect("running").state;
+    state.emit(
+        fleetgate_core::events::NewEvent::new(
+            "test.bus",
+            fleetgate_core::events::Severity::Info,
+            marker,
+        )
+        .details(json!({ "marker": marker })),
+    );
+}
+
+#[tokio::test]
+async fn the_bus_survives_a_nats_restart() {
+    if std::process::Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping: no nats-server on PATH to restart");
+        return;
+    }
+    let Some(url) = postgres_schema_url().await else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let store = tempfile::tempdir().expect("tempdir");
+    let mut server = nats_server(port, store.path()).await;
+    let (a, b) = pair_on(&url, &format!("nats://127.0.0.1:{port}")).await;
+    let marker = format!("restart-{}", uuid::Uuid::new_v4().simple());
+    let mut a_test = Sse::open(&a, "/api/v1/stream/events?category=test", None).await;
+    let mut b_test = Sse::open(&b, "/api/v1/stream/events?category=test", None).await;
+    let named = |n: usize| {
+        let name = format!("{marker}-{n}");
+        move |ms: &[Msg]| ms.iter().any(|m| m.data["details"]["marker"] == name)
+    };
+    raise(&a, &format!("{marker}-1"));
+    b_test.until(Duration::from_secs(10), named(1)).await;
+
+    // NATS goes away: A still stores its events and streams them to its clients,
+    // at once; it counts what it could not publish.
+    server.kill().await.expect("stop nats-server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bus_status(&a).await["connected"] != false {
+        assert!(Instant::now() < deadline, "A never noticed NATS was gone");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let raised = Instant::now();
+    raise(&a, &format!("{marker}-2"));
+    a_test.until(Duration::from_secs(5), named(2)).await;
+    assert!(
+        raised.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        raised.elapsed()
+    );
+    let listed = a.get_json("/api/v1/events?type=test.bus").await;
+    assert!(
+        listed["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|e| e["details"]["marker"] == format!("{marker}-2")),
+        "stored during the outage: {listed}"
+    );
+    let bus = bus_status(&a).await;
+    assert!(bus["not_published"].as_u64() >= Some(1), "{bus}");
+
+    // NATS comes back: both reconnect and forward again by themselves.
+    let back = Instant::now();
+    let _server = nats_server(port, store.path()).await;
+    for app in [&a, &b] {
+        wait_for_bus(app, Duration::from_secs(30)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut n = 3;
+    // The consumer may be rebuilt a moment after the connection: raise events until
+    // one arrives.
+    'resumed: loop {
+        raise(&a, &format!("{marker}-{n}"));
+        let wait = Instant::now() + Duration::from_secs(2);
+        while let Some(m) = b_test
+            .next(wait.saturating_duration_since(Instant::now()))
+            .await
+        {
+            let from_a = m.data["details"]["marker"]
+                .as_str()
+                .and_then(|v| v.strip_prefix(&format!("{marker}-")))
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|k| k >= 3);
+            if from_a {
+                eprintln!(
+                    "forwarding resumed {:?} after NATS came back",
+                    back.elapsed()
+                );
+                break 'resumed;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never received A's events again: {}",
+            bus_status(&b).await
+        );
+        n += 1;
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn unreachable_nats_slows_nothing_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config_in(dir.path());
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    config.nats.url = Some(format!("nats://user:hunter2@{closed}"));
+    let app = spawn_with(config, dir).await;
+    let mut all = Sse::open(&app, "/api/v1/stream/events?type=test.nats_down", None).await;
+    let state = app.running.as_ref().expect("running").state.clone();
+    const N: usize = 200;
+    let started = Instant::now();
+    for i in 0..N {
+        state.emit(fleetgate_core::events::NewEvent::new(
+            "test.nats_down",
+            fleetgate_core::events::Severity::Info,
+            format!("event {i}"),
+        ));
+    }
+    let got = all.until(Duration::from_secs(10), |ms| ms.len() >= N).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_well_ordered("local", &got);
+    assert_eq!(
+        app.get_json("/api/v1/events?type=test.nats_down&limit=1")
+            .await["total"],
+        N
+    );
+    let bus = bus_status(&app).await;
+    assert_eq!(bus["connected"], false, "{bus}");
+    assert!(bus["not_published"].as_u64() >= Some(N as u64), "{bus}");
+    // SQLite cannot be shared: this manager only publishes.
+    assert_eq!(bus["forwarding"], false, "{bus}");
+    // The password is not shown.
+    let deep = app
+        .anon(Method::GET, "/health/deep")
+        .send()
+        .await
+        .expect("deep")
+        .text()
+        .await
+        .expect("text");
+    assert!(!deep.contains("hunter2"), "{deep}");
+    app.stop().await;
 }
