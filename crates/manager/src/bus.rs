@@ -260,7 +260,7 @@ fn throttled(t: &Mutex<Throttle>) -> Option<u64> {
 }
 
 /// Counters of the bus, for the health check.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct BusStats {
     /// Events acknowledged by JetStream.
     pub published: AtomicU64,

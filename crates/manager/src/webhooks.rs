@@ -62,7 +62,8 @@ pub fn payload(e: &EventRecord) -> String {
     .to_string()
 }
 
-/// Queues one delivery per stored event and enabled webhook whose patterns match.
+/// Queues one delivery per stored event and enabled webhook whose patterns match and
+/// that existed when the event was raised.
 pub async fn fan_out(
     store: &dyn Store,
     events: &[EventRecord],
@@ -79,7 +80,12 @@ pub async fn fan_out(
     let now = now_ms();
     let mut queued = Vec::new();
     for e in events {
-        for h in hooks.iter().filter(|h| h.enabled) {
+        // A webhook gets the events raised after it was made, not those still on
+        // their way to the store when it was.
+        for h in hooks
+            .iter()
+            .filter(|h| h.enabled && h.created_at <= e.event.created_at)
+        {
             if h.events
                 .iter()
                 .any(|p| type_matches(p, &e.event.event_type))
