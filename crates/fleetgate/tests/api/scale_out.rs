@@ -446,16 +446,21 @@ async fn webhook_deliveries_happen_once_across_managers() {
     // delivery; both workers look for due deliveries.
     const N: usize = 30;
     let marker = uuid::Uuid::new_v4().simple().to_string();
-    // (A PUT replaces all settings: each keeps private targets allowed.)
-    let writes = (0..N).map(|i| {
-        let app = if i % 2 == 0 { &a } else { &b };
+    // In waves of one change on each manager, so both workers have work at once;
+    // then a burst. (A PUT replaces all settings: each keeps private targets allowed.)
+    let change = |app: &'static str, i: usize| {
+        let app = if app == "a" { &a } else { &b };
         put_settings(
             app,
             json!({"general": {"instance_name": format!("{marker}-{i}")}, "api": {"rate_limit_per_minute": 0}, "webhooks": {"allow_private_targets": true}}),
         )
-    });
-    futures::future::join_all(writes).await;
-    // Every change after the webhook was made, whichever manager stored it.
+    };
+    for wave in 0..N / 4 {
+        tokio::join!(change("a", 2 * wave), change("b", 2 * wave + 1));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let burst = (N / 4 * 2..N).map(|i| change(if i % 2 == 0 { "a" } else { "b" }, i));
+    futures::future::join_all(burst).await;
     // Every change after the webhook was made, whichever manager stored it (the
     // writers store events a moment after the requests return).
     let deadline = Instant::now() + Duration::from_secs(10);
