@@ -505,12 +505,13 @@ impl Config {
         if !(100..=86_400_000).contains(&f.interval_ms) {
             bail!("flecto.interval_ms must be between 100 and 86400000");
         }
-        for (name, url) in [("redis.url", &self.redis.url), ("nats.url", &self.nats.url)] {
-            if let Some(u) = url {
-                if !u.contains("://") {
-                    bail!("{name} must be a URL such as redis://127.0.0.1:6379, got {u:?}");
-                }
+        if let Some(u) = &self.redis.url {
+            if !u.contains("://") {
+                bail!("redis.url must be a URL such as redis://127.0.0.1:6379, got {u:?}");
             }
+        }
+        if let Some(u) = &self.nats.url {
+            fleetgate_manager::bus::check_url(u).map_err(|e| anyhow::anyhow!("nats.url {e}"))?;
         }
         Ok(())
     }
@@ -528,7 +529,8 @@ impl Config {
         let mut c = self.clone();
         c.database.url = Some(redact_url(&self.database_url()));
         c.redis.url = c.redis.url.as_deref().map(redact_url);
-        c.nats.url = c.nats.url.as_deref().map(redact_url);
+        // A NATS user without a password is a token: hidden too.
+        c.nats.url = c.nats.url.as_deref().map(fleetgate_manager::bus::redact);
         if c.flecto.token.is_some() {
             c.flecto.token = Some("***".into());
         }
@@ -670,6 +672,20 @@ mod tests {
             &Overrides::default(),
         );
         assert!(format!("{:#}", bad.expect_err("scheme")).contains("database.url"));
+        for url in [
+            "http://127.0.0.1:4222",
+            "127.0.0.1:4222",
+            "nats://u:pw@h:port",
+        ] {
+            let bad = Config::load(
+                None,
+                env(&[("FLEETGATE_NATS_URL", url)]),
+                &Overrides::default(),
+            );
+            let err = format!("{:#}", bad.expect_err("bad NATS URL"));
+            assert!(err.contains("nats.url"), "{err}");
+            assert!(!err.contains("pw"), "credentials are not shown: {err}");
+        }
     }
 
     #[test]
@@ -693,5 +709,10 @@ mod tests {
         let text = c.redacted_toml();
         assert!(!text.contains("hunter2"));
         assert!(text.contains("u:***@h"));
+        let mut c = Config::default();
+        c.nats.url = Some("nats://s3cr3t-token@nats:4222".into());
+        let text = c.redacted_toml();
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains("nats://***@nats:4222"), "{text}");
     }
 }

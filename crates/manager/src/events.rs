@@ -1,10 +1,12 @@
 //! The manager's event hub: events from the gateway and the manager are queued without
 //! blocking their producer, written to the store in batches by one task, then handed
 //! to webhooks (queued deliveries) and live subscribers (SSE streams) with their
-//! store ids.
+//! store ids. With NATS configured, stored events are also published on the bus, and
+//! other managers' events reach the live subscribers too (see [`crate::bus`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use fleetgate_core::events::{EventSink, NewEvent};
 use fleetgate_store::{EventRecord, Store};
@@ -24,6 +26,8 @@ pub struct EventHub {
     live: broadcast::Sender<Arc<EventRecord>>,
     /// Events lost because the queue was full.
     pub dropped: AtomicU64,
+    /// The NATS event bus, when configured.
+    pub bus: OnceLock<Arc<crate::bus::Bus>>,
 }
 
 impl Default for EventHub {
@@ -34,6 +38,7 @@ impl Default for EventHub {
             rx: Mutex::new(Some(rx)),
             live: broadcast::channel(LIVE_BUFFER).0,
             dropped: AtomicU64::new(0),
+            bus: OnceLock::new(),
         }
     }
 }
@@ -51,9 +56,24 @@ impl EventSink for HubSink {
 }
 
 impl EventHub {
-    /// Live events as they are stored.
+    /// Live events as they are stored: this manager's, and with the NATS bus those
+    /// other managers stored (which are not this manager's to deliver to webhooks).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>> {
         self.live.subscribe()
+    }
+
+    /// Hands an event stored by another manager to the live subscribers.
+    pub(crate) fn broadcast(&self, e: Arc<EventRecord>) {
+        let _ = self.live.send(e);
+    }
+
+    /// How long a live stream holds an event back for lower ids still on their way
+    /// from other managers: zero unless other managers' events arrive here.
+    pub fn reorder_window(&self) -> Duration {
+        match self.bus.get() {
+            Some(b) if b.forwarding => crate::bus::REORDER_WINDOW,
+            _ => Duration::ZERO,
+        }
     }
 
     /// Starts the writer; a second call does nothing. It drains the queue after
@@ -105,8 +125,13 @@ impl EventHub {
                         {
                             tracing::error!(error = %e, "could not queue webhook deliveries");
                         }
+                        let bus = hub.bus.get();
                         for e in stored {
-                            let _ = hub.live.send(Arc::new(e));
+                            let e = Arc::new(e);
+                            if let Some(bus) = bus {
+                                bus.publish(&e);
+                            }
+                            let _ = hub.live.send(e);
                         }
                     }
                     Err(e) => {

@@ -7,6 +7,7 @@
 pub mod alerts;
 pub mod api;
 pub mod auth;
+pub mod bus;
 pub mod dashboard;
 pub mod error;
 pub mod events;
@@ -299,6 +300,14 @@ impl AppState {
         mut shutdown: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         self.spawn_redirect_compiler(shutdown.clone());
+        if let Some(url) = &self.options.nats_url {
+            // Other managers' events are forwarded only on a store they can share.
+            let shared = self.store.backend() == fleetgate_store::Backend::Postgres;
+            let cluster = bus::cluster_id(self.options.secret_key.as_ref());
+            if let Err(e) = bus::attach(&self.events, url, cluster, shared, shutdown.clone()) {
+                tracing::error!(error = %e, "nats.url is not usable; events are not published");
+            }
+        }
         self.events.spawn_writer(
             self.store.clone(),
             self.webhooks_wake.clone(),

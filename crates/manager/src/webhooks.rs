@@ -14,6 +14,12 @@
 //!
 //! Destinations that resolve to loopback, private or link-local addresses are refused
 //! unless `webhooks.allow_private_targets` is on.
+//!
+//! Several managers on one PostgreSQL store deliver each event once: its deliveries
+//! are queued by the manager that stored it (events other managers receive over NATS
+//! are only streamed), and every worker claims due deliveries with
+//! `FOR UPDATE SKIP LOCKED` and a 30 s lease before sending; an attempt is cut off
+//! after 20 s, so a lease does not run out while its delivery is being sent.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,6 +38,9 @@ use crate::AppState;
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a claimed delivery is reserved for the manager that claimed it.
 const LEASE_MS: i64 = 30_000;
+/// Time allowed to one attempt as a whole (address check, DNS, request): well within
+/// the lease, so no other manager claims a delivery while it is being sent.
+const ATTEMPT_BUDGET: Duration = Duration::from_secs(20);
 /// Deliveries claimed per round.
 const CLAIM: i64 = 32;
 
@@ -53,7 +62,8 @@ pub fn payload(e: &EventRecord) -> String {
     .to_string()
 }
 
-/// Queues one delivery per stored event and enabled webhook whose patterns match.
+/// Queues one delivery per stored event and enabled webhook whose patterns match and
+/// that existed when the event was raised.
 pub async fn fan_out(
     store: &dyn Store,
     events: &[EventRecord],
@@ -70,7 +80,12 @@ pub async fn fan_out(
     let now = now_ms();
     let mut queued = Vec::new();
     for e in events {
-        for h in hooks.iter().filter(|h| h.enabled) {
+        // A webhook gets the events raised after it was made, not those still on
+        // their way to the store when it was.
+        for h in hooks
+            .iter()
+            .filter(|h| h.enabled && h.created_at <= e.event.created_at)
+        {
             if h.events
                 .iter()
                 .any(|p| type_matches(p, &e.event.event_type))
@@ -260,7 +275,19 @@ async fn attempt(state: &AppState, d: DeliveryRecord) {
     };
     let settings = state.settings().webhooks;
     let sent = if hook.enabled {
-        send(state, &hook, &d.id, &d.event_type, &d.payload).await
+        tokio::time::timeout(
+            ATTEMPT_BUDGET,
+            send(state, &hook, &d.id, &d.event_type, &d.payload),
+        )
+        .await
+        .unwrap_or_else(|_| Sent {
+            status_code: None,
+            latency_ms: ATTEMPT_BUDGET.as_millis() as i64,
+            error: Some(format!(
+                "no answer within {} s (address check included)",
+                ATTEMPT_BUDGET.as_secs()
+            )),
+        })
     } else {
         Sent {
             status_code: None,

@@ -13,6 +13,7 @@ mod health;
 mod metrics;
 mod process;
 mod redirects;
+mod scale_out;
 mod support;
 mod tls;
 mod upstream;

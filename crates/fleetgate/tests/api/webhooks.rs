@@ -229,6 +229,23 @@ async fn wait_for_log(app: &TestApp, id: &str, status: &str) -> Value {
     }
 }
 
+/// Waits until exactly `n` events of `event_type` are stored (and stay `n`).
+async fn wait_for_events(app: &TestApp, event_type: &str, n: u64) {
+    let path = format!("/api/v1/events?type={event_type}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let total = app.get_json(&path).await["total"].as_u64();
+        if total == Some(n) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && total < Some(n),
+            "{total:?} {event_type} events, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn failing_endpoints_give_up_and_are_disabled_with_events() {
     let app = spawn_app().await;
@@ -261,10 +278,8 @@ async fn failing_endpoints_give_up_and_are_disabled_with_events() {
     assert!(log["items"][0]["last_error"]
         .as_str()
         .is_some_and(|e| e.contains("request failed")));
-    let failed = app
-        .get_json("/api/v1/events?type=webhook.delivery_failed")
-        .await;
-    assert_eq!(failed["total"], 1);
+    // Events are stored a moment after they are raised.
+    wait_for_events(&app, "webhook.delivery_failed", 1).await;
     app.post_ok(
         "/api/v1/upstreams",
         json!({"name": "b", "targets": [{"url": "http://127.0.0.1:9"}]}),
@@ -288,19 +303,7 @@ async fn failing_endpoints_give_up_and_are_disabled_with_events() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The event is stored by the hub's writer shortly after the webhook is disabled.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let disabled = app.get_json("/api/v1/events?type=webhook.disabled").await;
-        if disabled["total"] == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no webhook.disabled event: {disabled}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_events(&app, "webhook.disabled", 1).await;
     app.stop().await;
 }
 

@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 
 use super::rfc3339;
 use crate::auth::AuthContext;
+use crate::bus::{Release, StreamOrder};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, ListEnvelope, Pagination, QueryParams};
 use crate::AppState;
@@ -243,8 +244,21 @@ fn sse_event(r: &EventRecord) -> SseEvent {
         .data(data)
 }
 
+/// An event that arrived after one with a higher id was sent (from another manager):
+/// without an SSE id, so the client's `Last-Event-ID` stays at the highest id it got.
+fn late_sse_event(r: &EventRecord) -> SseEvent {
+    let data = serde_json::to_string(&event_view(r)).unwrap_or_else(|_| "{}".into());
+    SseEvent::default()
+        .event(r.event.event_type.clone())
+        .data(data)
+}
+
 /// The stream after `after`: stored events first (resume), then live ones; ends when
 /// the client falls more than the live buffer behind (a slow client is dropped).
+///
+/// SSE ids are store ids and only go up on a stream. With several managers (NATS),
+/// live events are put in id order by [`StreamOrder`]: an event arriving after a
+/// higher id was sent is sent without an SSE id, and none is sent twice.
 fn event_stream(
     state: AppState,
     filter: EventFilter,
@@ -252,9 +266,9 @@ fn event_stream(
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     // Subscribing first means nothing stored meanwhile is missed; ids dedupe.
     let mut live = state.events.subscribe();
+    let mut order = StreamOrder::new(after, state.events.reorder_window());
     async_stream(move |tx| async move {
-        let mut last = after.unwrap_or(0);
-        if after.is_some() {
+        if let Some(mut last) = after {
             loop {
                 let batch = match state.store.events_after(last, &filter, RESUME_BATCH).await {
                     Ok(b) => b,
@@ -266,6 +280,7 @@ fn event_stream(
                 let n = batch.len();
                 for r in batch {
                     last = r.id;
+                    order.passed(r.id);
                     if tx.send(sse_event(&r)).await.is_err() {
                         return;
                     }
@@ -275,22 +290,33 @@ fn event_stream(
                 }
             }
         }
+        let mut out = Vec::new();
         loop {
-            match live.recv().await {
-                Ok(r) => {
-                    if r.id <= last || !filter.accepts(&r.event, r.acknowledged_at.is_some()) {
-                        continue;
-                    }
-                    last = r.id;
-                    if tx.send(sse_event(&r)).await.is_err() {
+            let due = order.deadline().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                r = live.recv() => match r {
+                    Ok(r) => order.push(r, std::time::Instant::now(), &mut out),
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::info!(missed, "dropping a slow event stream client");
                         return;
                     }
+                    Err(RecvError::Closed) => return,
+                },
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    order.release_due(std::time::Instant::now(), &mut out);
                 }
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::info!(missed, "dropping a slow event stream client");
+            }
+            for release in out.drain(..) {
+                let (r, event) = match &release {
+                    Release::InOrder(r) => (r, sse_event(r)),
+                    Release::Late(r) => (r, late_sse_event(r)),
+                };
+                if !filter.accepts(&r.event, r.acknowledged_at.is_some()) {
+                    continue;
+                }
+                if tx.send(event).await.is_err() {
                     return;
                 }
-                Err(RecvError::Closed) => return,
             }
         }
     })

@@ -190,7 +190,7 @@ async fn nats_check(state: &AppState) -> CheckResult {
         let info = client.server_info();
         Ok::<_, String>(serde_json::json!({ "server": info.server_name, "version": info.version }))
     };
-    match tokio::time::timeout(Duration::from_secs(3), attempt).await {
+    let mut c = match tokio::time::timeout(Duration::from_secs(3), attempt).await {
         Ok(Ok(details)) => {
             let mut c = CheckResult::ok(started);
             c.details = Some(details);
@@ -198,7 +198,13 @@ async fn nats_check(state: &AppState) -> CheckResult {
         }
         Ok(Err(e)) => CheckResult::error(started, e),
         Err(_) => CheckResult::error(started, "timed out after 3 s"),
+    };
+    // The event bus's own connection and counters.
+    if let Some(bus) = state.events.bus.get() {
+        let details = c.details.get_or_insert_with(|| serde_json::json!({}));
+        details["events_bus"] = bus.status();
     }
+    c
 }
 
 #[utoipa::path(get, path = "/health/deep", tag = "health",
