@@ -4,6 +4,7 @@
 // incidents by themselves (#/alert-rules).
 
 import { get, post, patch, del, enc } from '../api.js';
+import { subscribe } from '../live.js';
 import {
   h, mount, table, field, values, showErrors, confirm, dialog, toast, attempt, time,
   severityBadge, badge,
@@ -50,6 +51,13 @@ async function renderList(main, ctx) {
       ctx.canEdit && h('button', { class: 'primary', type: 'button', onclick: () => createDialog() }, 'Open incident')),
     h('section', { class: 'panel' }, listBox));
   await load();
+  // Rules open and resolve incidents: follow their events live.
+  let pending = null;
+  return subscribe('event', (e) => {
+    if (!e.type.startsWith('alert.')) return;
+    clearTimeout(pending);
+    pending = setTimeout(() => load().catch(() => {}), 200);
+  });
 }
 
 function createDialog() {
@@ -79,8 +87,20 @@ function createDialog() {
 }
 
 async function renderOne(main, ctx, id) {
+  await showOne(main, ctx, id);
+  // Events linked while the rule fires, and its resolution, show up live.
+  let pending = null;
+  return subscribe('event', () => {
+    clearTimeout(pending);
+    pending = setTimeout(() => {
+      if (!main.querySelector('form textarea:focus, form input:focus')) showOne(main, ctx, id).catch(() => {});
+    }, 500);
+  });
+}
+
+async function showOne(main, ctx, id) {
   const inc = await get(`/api/v1/incidents/${enc(id)}`);
-  const reload = () => renderOne(main, ctx, id);
+  const reload = () => showOne(main, ctx, id);
   const setStatus = (status) => attempt(async () => {
     await patch(`/api/v1/incidents/${enc(id)}`, { status });
     await reload();
