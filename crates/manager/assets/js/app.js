@@ -8,6 +8,13 @@ import { stop as stopLive } from './live.js';
 
 const VIEWS = [
   { path: 'overview', label: 'Overview', module: './pages/overview.js' },
+  // Operations views (ui-ops).
+  { path: 'redirects', label: 'Redirects & pages', module: './pages/redirects.js' },
+  { path: 'events', label: 'Events', module: './pages/events.js' },
+  { path: 'webhooks', label: 'Webhooks', module: './pages/webhooks.js' },
+  { path: 'settings', label: 'Settings', module: './pages/settings.js' },
+  { path: 'keys', label: 'API keys', module: './pages/keys.js' },
+  { path: 'users', label: 'Users', module: './pages/users.js', min: 'admin' },
 ];
 
 const state = { user: null, role: null, cleanup: null };
