@@ -141,3 +141,30 @@ export function fact(label, value) {
 
 /// The version an ETag names, as If-Match wants it.
 export const etagOf = (version) => `"${version}"`;
+
+/// Lets a table turn into one card per row at phone width: each cell gets its
+/// column's name (shown before it by the CSS of `table.stack`). `el` is the table or
+/// the element whose direct children include it.
+export function stack(el) {
+  const tables = el.tagName === 'TABLE' ? [el] : [...el.children].filter((c) => c.tagName === 'TABLE');
+  for (const t of tables) {
+    t.classList.add('stack');
+    const heads = [...t.querySelectorAll(':scope > thead > tr > th')].map((th) => (
+      th.classList.contains('actions') || th.classList.contains('select') ? '' : th.textContent.trim()));
+    for (const tr of t.querySelectorAll(':scope > tbody > tr')) stackRow(tr, heads);
+  }
+  return el;
+}
+
+/// One row of a stacked table (also for rows added later).
+export function stackRow(tr, heads) {
+  [...tr.children].forEach((td, i) => {
+    if (td.dataset.label !== undefined) return;
+    td.dataset.label = heads[i] || '';
+    const inner = document.createElement('div');
+    inner.className = 'cell';
+    inner.append(...td.childNodes);
+    td.append(inner);
+  });
+  return tr;
+}

@@ -5,7 +5,7 @@
 import { get, post } from '../api.js';
 import { subscribe } from '../live.js';
 import { h, mount, badge, time, num, toast, attempt, confirm, severityBadge } from '../ui.js';
-import { pager, debounce } from '../widgets.js';
+import { pager, debounce, stack, stackRow } from '../widgets.js';
 
 const LIMIT = 50;
 const SINCE = [
@@ -134,7 +134,7 @@ export async function render(main, ctx) {
           for (const id of openOnPage) { if (ev.target.checked) selected.add(id); else selected.delete(id); }
           draw();
         } }) : null;
-      mount(listBox, h('table', { class: 'events' },
+      mount(listBox, stack(h('table', { class: 'events' },
         h('thead', {}, h('tr', {},
           canAck ? h('th', { class: 'select', scope: 'col' }, all) : null,
           h('th', { scope: 'col' }, 'Severity'),
@@ -142,7 +142,7 @@ export async function render(main, ctx) {
           h('th', { scope: 'col' }, 'Message'),
           h('th', { scope: 'col' }, 'When'),
           h('th', { scope: 'col', class: 'actions' }, h('span', { class: 'sr-only' }, 'Actions')))),
-        h('tbody', {}, items.map((e) => row(e)))));
+        h('tbody', {}, items.map((e) => row(e))))));
     }
     mount(pagerBox, pager(total, offset, LIMIT, (o) => { offset = o; load(); }));
     drawBulk();
@@ -291,7 +291,9 @@ export async function render(main, ctx) {
       total += 1;
       const tbody = listBox.querySelector('tbody');
       if (tbody && items.length > 1) {
-        tbody.prepend(row(e, true));
+        const heads = [...listBox.querySelectorAll('thead th')].map((th) => (
+          th.classList.contains('actions') || th.classList.contains('select') ? '' : th.textContent.trim()));
+        tbody.prepend(stackRow(row(e, true), heads));
         while (tbody.children.length > LIMIT) tbody.lastChild.remove();
         mount(pagerBox, pager(total, offset, LIMIT, (o) => { offset = o; load(); }));
       } else {

@@ -3,7 +3,7 @@
 
 import { get, post, del, enc, getAll } from '../api.js';
 import { h, mount, table, field, values, badge, time, toast, attempt, confirm } from '../ui.js';
-import { formDialog, showSecret } from '../widgets.js';
+import { formDialog, showSecret, stack } from '../widgets.js';
 
 const ROLES = ['viewer', 'operator', 'admin', 'super_admin'];
 const LIMIT = 50;
@@ -46,7 +46,7 @@ export async function render(main, ctx) {
         },
       }, 'Revoke')) });
     }
-    mount(box, table(cols, r.items, { empty: 'No API keys yet.' }),
+    mount(box, stack(table(cols, r.items, { empty: 'No API keys yet.' })),
       r.total > r.items.length ? h('p', { class: 'muted' }, `The first ${r.items.length} of ${r.total} keys are listed.`) : null);
   }
 

@@ -9,7 +9,7 @@ import {
   clearErrors, showErrors,
 } from '../ui.js';
 import {
-  formDialog, fieldError, tabs, segmented, pager, showSecret, debounce, lines, fact, etagOf,
+  formDialog, fieldError, tabs, segmented, pager, showSecret, debounce, lines, fact, etagOf, stack,
 } from '../widgets.js';
 
 const REDIRECT_TYPES = [
@@ -82,13 +82,13 @@ async function renderNamespaces(main, ctx) {
               if (!await confirm(`Delete namespace ${n.name}?`, { action: 'Delete' })) return;
               if (await attempt(() => del(base), `Namespace ${n.name} deleted.`) !== undefined) load();
             } }, 'Delete')) : null),
-      h('div', { class: 'table-wrap' }, table([
+      h('div', { class: 'table-wrap' }, stack(table([
         { label: 'Project', render: (p) => h('a', { href: `#/redirects/${enc(n.name)}/${enc(p.name)}` }, p.name) },
         { label: 'Hosts', class: 'hide-narrow', render: (p) => (p.hosts.length ? p.hosts.join(', ') : h('span', { class: 'muted' }, 'none')) },
         { label: 'Published', render: (p) => (p.version ? badge(`v${p.version}`, 'info') : badge('never', 'muted')) },
         { label: 'Last publish', class: 'hide-narrow', render: (p) => time(p.published_at) },
         { label: 'Description', class: 'hide-narrow', render: (p) => p.description || '—' },
-      ], items, { empty: 'No projects in this namespace yet.' })));
+      ], items, { empty: 'No projects in this namespace yet.' }))));
   }
 
   async function createNamespace() {
@@ -285,10 +285,10 @@ function ruleList(p, spec) {
           onclick: () => remove(row) }, 'Delete')]) });
     }
     const filtered = st.type || st.q;
-    mount(tableBox, table(cols, r.items, {
+    mount(tableBox, stack(table(cols, r.items, {
       empty: filtered ? `No ${spec.noun}s match.` : `No ${spec.noun}s yet.`,
       rowAttrs: (row) => ({ class: row.state === 'deleted' ? 'deleted' : undefined, dataset: { id: row.id } }),
-    }));
+    })));
     mount(pagerBox, pager(r.total, st.offset, LIMIT, (o) => { st.offset = o; load(); }));
   }
 
@@ -322,14 +322,16 @@ function ruleList(p, spec) {
     h('input', { type: 'checkbox', onchange: (e) => { st.deleted = e.target.checked; st.offset = 0; load(); } }),
     'Show deleted drafts');
   const el = h('section', { class: 'panel' },
-    h('div', { class: 'toolbar' },
+    h('div', { class: 'panel-head' },
+      h('h2', { class: 'grow' }, spec.heading),
+      h('div', { class: 'actions' },
+        spec.extra || null,
+        p.operator ? h('button', { type: 'button', class: 'primary', onclick: add }, `Add ${spec.noun}`) : null)),
+    h('div', { class: 'toolbar filters-row' },
       segmented('Type', [['', 'All'], ...spec.types.map(([t]) => [t, t])], '', (t) => {
         st.type = t; st.offset = 0; load();
       }),
-      searchBox, deletedBox,
-      h('span', { class: 'grow' }),
-      spec.extra || null,
-      p.operator ? h('button', { type: 'button', class: 'primary', onclick: add }, `Add ${spec.noun}`) : null),
+      searchBox, deletedBox),
     tableBox, pagerBox);
   return { el, load };
 }
@@ -344,7 +346,7 @@ async function redirectsTab(p) {
     h('a', { class: 'button', href: `${p.base}/redirects/export`, download: `${p.ns}-${p.name}-redirects.csv` }, 'Export CSV'),
   ];
   const list = ruleList(p, {
-    kind: 'redirects', noun: 'redirect', title: 'Redirect', key: 'source', types: REDIRECT_TYPES,
+    kind: 'redirects', noun: 'redirect', title: 'Redirect', heading: 'Redirects', key: 'source', types: REDIRECT_TYPES,
     searchLabel: 'Search source or target', extra,
     columns: [
       { label: 'Type', render: (r) => badge(r.type, 'muted') },
@@ -385,7 +387,7 @@ function redirectDialog(p, row) {
 
 async function pagesTab(p) {
   const list = ruleList(p, {
-    kind: 'pages', noun: 'page', title: 'Page', key: 'path', types: PAGE_TYPES,
+    kind: 'pages', noun: 'page', title: 'Page', heading: 'Pages', key: 'path', types: PAGE_TYPES,
     searchLabel: 'Search path or content',
     columns: [
       { label: 'Type', render: (r) => badge(r.type, 'muted') },
@@ -662,7 +664,7 @@ async function agentsTab(p) {
           if (await attempt(() => del(`${p.base}/agents/${enc(a.name)}`), `Agent ${a.name} forgotten.`) !== undefined) load();
         } }, 'Forget') });
     }
-    mount(box, table(cols, r.items, { empty: 'No agent has reported yet.' }));
+    mount(box, stack(table(cols, r.items, { empty: 'No agent has reported yet.' })));
   }
   const sync = `${location.origin}/api/namespace/${p.ns}/project/${p.name}`;
   mount(p.body, h('section', { class: 'panel' },
@@ -706,7 +708,7 @@ async function tokensTab(p) {
           if (await attempt(() => del(`${p.base}/tokens/${enc(t.id)}`), `Token ${t.name} revoked.`) !== undefined) load();
         } }, 'Revoke') });
     }
-    mount(box, table(cols, r.items, { empty: 'No tokens. Agents need a token to sync this project.' }));
+    mount(box, stack(table(cols, r.items, { empty: 'No tokens. Agents need a token to sync this project.' })));
   }
   async function create() {
     const created = await formDialog('New project token', [

@@ -3,7 +3,7 @@
 
 import { get, post, put, del, enc } from '../api.js';
 import { h, mount, table, field, values, badge, time, toast, attempt, confirm } from '../ui.js';
-import { formDialog, pager, etagOf } from '../widgets.js';
+import { formDialog, pager, etagOf, stack } from '../widgets.js';
 
 const ROLES = [
   ['viewer', 'Viewer', 'Sees everything in the dashboard and the API; changes nothing.'],
@@ -46,7 +46,7 @@ export async function render(main, ctx) {
           onclick: () => remove(u) }, 'Delete'),
       ] : h('span', { class: 'muted' }, 'super admins only')) });
     }
-    mount(box, table(cols, r.items, { empty: 'No users.', rowAttrs: (u) => ({ dataset: { username: u.username } }) }));
+    mount(box, stack(table(cols, r.items, { empty: 'No users.', rowAttrs: (u) => ({ dataset: { username: u.username } }) })));
     mount(pagerBox, pager(r.total, offset, LIMIT, (o) => { offset = o; load(); }));
   }
 

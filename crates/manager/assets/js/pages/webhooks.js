@@ -3,7 +3,7 @@
 
 import { get, post, put, del, enc } from '../api.js';
 import { h, mount, table, field, values, badge, time, num, toast, attempt, confirm } from '../ui.js';
-import { formDialog, fieldError, pager, showSecret, lines, fact, etagOf } from '../widgets.js';
+import { formDialog, fieldError, pager, showSecret, lines, fact, etagOf, stack } from '../widgets.js';
 
 const LIMIT = 25;
 
@@ -106,7 +106,7 @@ async function renderList(main, ctx) {
         onclick: async () => { if (await webhookDialog(w)) { toast('Webhook saved.'); load(); } } }, 'Edit'),
       ' ', h('button', { type: 'button', class: 'small danger', 'aria-label': `Delete ${w.url}`,
         onclick: () => remove(w, load) }, 'Delete')] : null] });
-    mount(box, table(cols, r.items, { empty: 'No webhooks yet. A webhook POSTs each matching event to a URL.' }));
+    mount(box, stack(table(cols, r.items, { empty: 'No webhooks yet. A webhook POSTs each matching event to a URL.' })));
   }
 
   mount(main,
@@ -190,10 +190,10 @@ async function renderOne(main, ctx, id) {
           if (r2) loadLog();
         } }, 'Redeliver') });
     }
-    mount(log, table(cols, r.items, {
+    mount(log, stack(table(cols, r.items, {
       empty: 'No deliveries yet. Send a test, or wait for an event that matches.',
       rowAttrs: (d) => ({ dataset: { id: d.id, status: d.status } }),
-    }));
+    })));
     mount(pagerBox, pager(r.total, offset, LIMIT, (o) => { offset = o; loadLog(); }));
     // While deliveries are pending, follow them.
     clearTimeout(timer);
