@@ -52,6 +52,7 @@ export async function render(main, ctx) {
     items = r.items;
     total = r.total;
     selected.clear();
+    clearButton.hidden = !anyFilter();
     draw();
   }
 
@@ -240,6 +241,12 @@ export async function render(main, ctx) {
     return h('div', { class: 'filter' }, h('label', { for: `filter-${name}` }, label), i,
       h('datalist', { id: `${name}-options` }));
   };
+  const clearButton = h('button', { type: 'button', class: 'small clear', onclick: () => {
+    Object.keys(filters).forEach((k) => { filters[k] = ''; });
+    offset = 0;
+    drawFilters();
+    load();
+  } }, 'Clear filters');
   function drawFilters() {
     mount(filterBox,
       sel('severity', 'Severity', [['', 'All'], ['critical', 'Critical'], ['warning', 'Warning'], ['info', 'Info']]),
@@ -247,12 +254,8 @@ export async function render(main, ctx) {
       text('category', 'Category', 'e.g. circuit_breaker'),
       text('type', 'Type', 'e.g. auth.login_failed'),
       sel('since', 'Time', SINCE),
-      anyFilter() ? h('button', { type: 'button', class: 'small clear', onclick: () => {
-        Object.keys(filters).forEach((k) => { filters[k] = ''; });
-        offset = 0;
-        drawFilters();
-        load();
-      } }, 'Clear filters') : null);
+      clearButton);
+    clearButton.hidden = !anyFilter();
     suggest();
   }
   /// Category and type suggestions from the events on screen.
