@@ -115,6 +115,7 @@ test('type filters, search, a page, a token shown once and an agent behind the p
   await until('only the regex', async () => (await rows.count()) === 1);
   assert.match(await rows.first().textContent(), /posts/);
   await page.getByRole('group', { name: 'Type' }).getByRole('button', { name: 'All' }).click();
+  await until('all types again', async () => (await rows.count()) === 3);
   await page.locator('#redirects-search').fill('about');
   await until('the search result', async () => (await rows.count()) === 1);
   assert.match(await rows.first().textContent(), /old-about/);
@@ -174,6 +175,16 @@ test('type filters, search, a page, a token shown once and an agent behind the p
   assert.match(await agent.textContent(), /of v2/);
   assert.match(await agent.textContent(), /stale: behind/);
   await screenshot(page, 'redirects-agents');
+
+  // Revoking the token locks the agent out.
+  await page.locator('#tab-tokens').click();
+  await page.getByRole('button', { name: 'Revoke token edge-1' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Revoke' }).click();
+  await page.getByText('No tokens.').waitFor();
+  const refused = await fetch(`${fg.url}/api/namespace/acme/project/web/version`, {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  assert.equal(refused.status, 401);
   page.assertClean(['400']);
   await page.context().close();
 });
@@ -186,6 +197,12 @@ test('discarding drafts, and the project page at phone width', async () => {
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 1, `the page scrolls sideways by ${overflow}px`);
   await screenshot(page, 'redirects-phone');
+  // The export link downloads the working set as CSV, as import takes it.
+  const href = await page.getByRole('link', { name: 'Export CSV' }).getAttribute('href');
+  const csv = await page.evaluate(async (u) => (await fetch(u)).text(), href);
+  assert.match(csv, /^type,source,target,status\n/);
+  assert.match(csv, /BASIC,\/old-home,\/welcome,MOVED_PERMANENT/);
+  assert.match(csv, /shop/, 'drafts are in the working set');
   await page.locator('#discard').click();
   await page.getByRole('dialog').getByRole('button', { name: 'Discard' }).click();
   await page.locator('#drafts-count').filter({ hasText: 'none' }).waitFor();

@@ -26,6 +26,7 @@ export async function render(main, ctx) {
   let items = [];
   let total = 0;
   let sinceMs = null;
+  let loadSeq = 0;
   const selected = new Set();
   let alive = true;
 
@@ -47,8 +48,9 @@ export async function render(main, ctx) {
 
   async function load() {
     sinceMs = filters.since ? Date.now() - SINCE_MS[filters.since] : null;
+    const seq = ++loadSeq;
     const r = await get(`/api/v1/events?${query({ limit: String(LIMIT), offset: String(offset) })}`);
-    if (!alive) return;
+    if (!alive || seq !== loadSeq) return; // a newer filter's answer wins
     items = r.items;
     total = r.total;
     selected.clear();

@@ -262,7 +262,7 @@ function stateBadgeOf(state) {
 
 /// A table of rules with type filter, search, paging and add/edit/delete.
 function ruleList(p, spec) {
-  const st = { type: '', q: '', offset: 0, deleted: false };
+  const st = { type: '', q: '', offset: 0, deleted: false, seq: 0 };
   const tableBox = h('div', { class: 'table-wrap', id: `${spec.kind}-table` });
   const pagerBox = h('div');
 
@@ -271,7 +271,9 @@ function ruleList(p, spec) {
     if (st.type) qs.set('type', st.type);
     if (st.q) qs.set('q', st.q);
     if (st.deleted) qs.set('include_deleted', 'true');
+    const seq = ++st.seq;
     const r = await get(`${p.base}/${spec.kind}?${qs}`);
+    if (seq !== st.seq) return undefined; // a newer filter's answer wins
     if (r.items.length === 0 && st.offset > 0 && r.total > 0) {
       st.offset = Math.max(0, Math.floor((r.total - 1) / LIMIT) * LIMIT);
       return load();
