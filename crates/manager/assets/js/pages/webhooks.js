@@ -55,7 +55,6 @@ function webhookDialog(w) {
   if (w && w.headers.length) {
     fields.splice(4, 0, field({ name: 'clear_headers', label: 'Remove all extra headers', type: 'checkbox' }));
   }
-  fields[2].querySelector('input').setAttribute('autocomplete', 'new-password');
   return formDialog(w ? 'Edit webhook' : 'New webhook', fields, (form) => {
     const v = values(form);
     const body = { url: v.url.trim(), events: lines(v.events), enabled: v.enabled };
