@@ -44,6 +44,14 @@ static ASSETS: &[Asset] = assets![
     "js/pages/alert-rules.js" => JS,
     "js/pages/incidents.js" => JS,
     "js/pages/overview.js" => JS,
+    // Operations views (ui-ops).
+    "js/widgets.js" => JS,
+    "js/pages/events.js" => JS,
+    "js/pages/keys.js" => JS,
+    "js/pages/redirects.js" => JS,
+    "js/pages/settings.js" => JS,
+    "js/pages/users.js" => JS,
+    "js/pages/webhooks.js" => JS,
 ];
 
 /// Content Security Policy of the dashboard: only its own scripts, styles and

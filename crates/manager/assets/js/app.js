@@ -8,8 +8,15 @@ import { stop as stopLive } from './live.js';
 
 const VIEWS = [
   { path: 'overview', label: 'Overview', module: './pages/overview.js' },
+  // Operations views (ui-ops).
+  { path: 'redirects', label: 'Redirects & pages', module: './pages/redirects.js' },
+  { path: 'events', label: 'Events', module: './pages/events.js' },
   { path: 'incidents', label: 'Incidents', module: './pages/incidents.js' },
   { path: 'alert-rules', label: 'Alert rules', module: './pages/alert-rules.js', hidden: true },
+  { path: 'webhooks', label: 'Webhooks', module: './pages/webhooks.js' },
+  { path: 'settings', label: 'Settings', module: './pages/settings.js' },
+  { path: 'keys', label: 'API keys', module: './pages/keys.js' },
+  { path: 'users', label: 'Users', module: './pages/users.js', min: 'admin' },
 ];
 
 const state = { user: null, role: null, cleanup: null };
@@ -115,19 +122,22 @@ async function route() {
   stopView();
   const main = document.getElementById('main');
   if (!main) return;
-  mount(main, h('p', { class: 'empty' }, 'Loading…'));
+  // Each visit renders into its own container: a slower view that was left
+  // before it finished renders into a detached element, not over the next one.
+  const container = h('div', { class: 'view' }, h('p', { class: 'empty' }, 'Loading…'));
+  mount(main, container);
   const ctx = { user: state.user, role: state.role, canEdit: canEdit(state.role),
     atLeast: (r) => atLeast(state.role, r) };
+  const token = Symbol('view');
+  state.token = token;
   try {
     const mod = await import(view.module);
-    const token = Symbol('view');
-    state.token = token;
-    const cleanup = await mod.render(main, ctx, parts.slice(1));
+    const cleanup = await mod.render(container, ctx, parts.slice(1));
     if (state.token === token) state.cleanup = cleanup;
     else if (typeof cleanup === 'function') cleanup();
   } catch (e) {
     if (e instanceof ApiError && e.status === 401) return;
-    mount(main, h('h1', {}, view.label), h('div', { class: 'form-error', role: 'alert' }, e.message || String(e)));
+    mount(container, h('h1', {}, view.label), h('div', { class: 'form-error', role: 'alert' }, e.message || String(e)));
   }
 }
 

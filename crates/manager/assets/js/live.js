@@ -37,6 +37,8 @@ function emit(type, data) {
 export function subscribe(type, fn) {
   handlers[type].add(fn);
   if (!socket && !timer) { wanted = true; connect(); }
+  // A view opened after the socket: tell it the feed is already live.
+  else if (type === 'status' && socket && socket.readyState === WebSocket.OPEN) queueMicrotask(() => fn('live'));
   return () => handlers[type].delete(fn);
 }
 

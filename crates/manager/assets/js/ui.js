@@ -73,7 +73,7 @@ export function field(spec) {
       h('div', { class: 'error', role: 'alert' }));
   } else {
     input = h('input', { ...common, type: spec.type || 'text', value: spec.value ?? '',
-      min: spec.min, step: spec.step, autocomplete: spec.autocomplete || 'off' });
+      min: spec.min, max: spec.max, step: spec.step, autocomplete: spec.autocomplete || 'off' });
   }
   return h('div', { class: `field${spec.wide ? ' wide' : ''}`, dataset: { field: spec.name } },
     h('label', { for: id }, spec.label),
