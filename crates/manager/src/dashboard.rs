@@ -42,6 +42,12 @@ static ASSETS: &[Asset] = assets![
     "js/live.js" => JS,
     "js/ui.js" => JS,
     "js/pages/overview.js" => JS,
+    "js/forms.js" => JS,
+    "js/diff.js" => JS,
+    "js/pages/routes.js" => JS,
+    "js/pages/upstreams.js" => JS,
+    "js/pages/breakers.js" => JS,
+    "js/pages/revisions.js" => JS,
 ];
 
 /// Content Security Policy of the dashboard: only its own scripts, styles and

@@ -8,6 +8,10 @@ import { stop as stopLive } from './live.js';
 
 const VIEWS = [
   { path: 'overview', label: 'Overview', module: './pages/overview.js' },
+  { path: 'routes', label: 'Routes', module: './pages/routes.js' },
+  { path: 'upstreams', label: 'Upstreams', module: './pages/upstreams.js' },
+  { path: 'breakers', label: 'Breakers & limits', module: './pages/breakers.js' },
+  { path: 'revisions', label: 'Revisions', module: './pages/revisions.js' },
 ];
 
 const state = { user: null, role: null, cleanup: null };
