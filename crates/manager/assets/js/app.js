@@ -117,19 +117,22 @@ async function route() {
   stopView();
   const main = document.getElementById('main');
   if (!main) return;
-  mount(main, h('p', { class: 'empty' }, 'Loading…'));
+  // Each visit renders into its own box: a slower earlier view that finishes
+  // late fills a box no longer on the page instead of replacing this one.
+  const box = h('div', { class: 'view' }, h('p', { class: 'empty' }, 'Loading…'));
+  mount(main, box);
   const ctx = { user: state.user, role: state.role, canEdit: canEdit(state.role),
     atLeast: (r) => atLeast(state.role, r) };
+  const token = Symbol('view');
+  state.token = token;
   try {
     const mod = await import(view.module);
-    const token = Symbol('view');
-    state.token = token;
-    const cleanup = await mod.render(main, ctx, parts.slice(1));
+    const cleanup = await mod.render(box, ctx, parts.slice(1));
     if (state.token === token) state.cleanup = cleanup;
     else if (typeof cleanup === 'function') cleanup();
   } catch (e) {
     if (e instanceof ApiError && e.status === 401) return;
-    mount(main, h('h1', {}, view.label), h('div', { class: 'form-error', role: 'alert' }, e.message || String(e)));
+    mount(box, h('h1', {}, view.label), h('div', { class: 'form-error', role: 'alert' }, e.message || String(e)));
   }
 }
 

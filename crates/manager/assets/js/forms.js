@@ -150,7 +150,7 @@ export function control(spec, value) {
         group,
         spec.help && h('div', { class: 'help' }, spec.help),
         h('div', { class: 'error', role: 'alert' }));
-      return { el, path: spec.path, spec, read: () => boxes.filter((b) => b.checked).map((b) => b.value) };
+      return { el, path: spec.path, spec, read: (target) => setPath(target, spec.path, boxes.filter((b) => b.checked).map((b) => b.value)) };
     }
     default: {
       // text, list, ints, retry_on

@@ -64,7 +64,7 @@ export async function render(main) {
       return;
     }
     mount(breakersBox, table([
-      { label: 'Upstream', render: (b) => h('a', { href: `#/upstreams/view/${enc(b.upstream)}` }, b.upstream) },
+      { label: 'Upstream', render: (b) => upstreamCell(b.upstream) },
       { label: 'State', render: (b) => (b.config && !b.config.enabled ? badge('disabled', 'muted')
         : b.state ? stateBadge(b.state) : badge('no traffic yet', 'muted')) },
       { label: 'Failure rate', render: failureCell },
@@ -108,7 +108,7 @@ export async function render(main) {
       { label: 'When', render: (e) => time(e.created_at) },
       { label: 'Severity', class: 'hide-narrow', render: (e) => severityBadge(e.severity) },
       { label: 'Change', render: (e) => transition(e) },
-      { label: 'Where', render: (e) => (e.upstream ? h('a', { href: `#/upstreams/view/${enc(e.upstream)}` }, e.upstream)
+      { label: 'Where', render: (e) => (e.upstream ? upstreamCell(e.upstream)
         : e.route_id ? h('a', { href: `#/routes/edit/${enc(e.route_id)}` }, e.route_id) : '—') },
       { label: 'Details', class: 'hide-narrow', key: 'message' },
     ], events, { empty: 'No breaker transitions or rate-limit events yet.', rowAttrs: (e) => ({ dataset: { type: e.type } }) }));
@@ -147,6 +147,15 @@ export async function render(main) {
     }),
   ];
   return () => offs.forEach((off) => off());
+}
+
+/// A route whose upstream is a URL gets a one-target pool named route:<id>.
+function upstreamCell(name) {
+  const route = name.startsWith('route:') ? name.slice(6) : null;
+  if (route !== null) {
+    return h('span', {}, h('a', { href: `#/routes/edit/${enc(route)}` }, route), h('span', { class: 'muted small' }, ' (URL of the route)'));
+  }
+  return h('a', { href: `#/upstreams/view/${enc(name)}` }, name);
 }
 
 function mergeEvents(list) {

@@ -53,7 +53,7 @@ function matchCell(r) {
     r.methods.length ? r.methods.map((m) => badge(m, 'info')) : null,
     h('code', {}, r.path),
     r.match !== 'prefix' ? badge(r.match, 'muted') : null,
-    r.hosts.length ? h('div', { class: 'muted small' }, r.hosts.join(', ')) : null);
+    r.hosts.length ? h('div', { class: 'hosts muted small' }, r.hosts.join(', ')) : null);
 }
 
 function features(r) {
@@ -319,7 +319,8 @@ async function editor(main, ctx, id) {
     h('p', { class: 'help' }, 'The route exactly as the API stores it. Field names are those of the API reference.'),
     jsonArea, h('div', { class: 'error', role: 'alert' })));
 
-  const modeButton = h('button', { type: 'button', class: 'small', 'aria-pressed': 'false', onclick: () => switchMode() }, 'Edit as JSON');
+  const [asJson, asForm] = readonly ? ['Show as JSON', 'Show as form'] : ['Edit as JSON', 'Edit as form'];
+  const modeButton = h('button', { type: 'button', class: 'small', 'aria-pressed': 'false', onclick: () => switchMode() }, asJson);
   function switchMode() {
     clearErrors(form);
     if (mode === 'form') {
@@ -327,7 +328,7 @@ async function editor(main, ctx, id) {
       try { route = gather(); } catch (e) { showErrors(form, e); return; }
       jsonArea.value = JSON.stringify(route, null, 2);
       body.hidden = true; jsonBox.hidden = false; mode = 'json';
-      modeButton.textContent = 'Edit as form'; modeButton.setAttribute('aria-pressed', 'true');
+      modeButton.textContent = asForm; modeButton.setAttribute('aria-pressed', 'true');
       jsonArea.focus();
     } else {
       let route;
@@ -337,7 +338,7 @@ async function editor(main, ctx, id) {
       }
       build({ ...newRoute(), ...route });
       body.hidden = false; jsonBox.hidden = true; mode = 'form';
-      modeButton.textContent = 'Edit as JSON'; modeButton.setAttribute('aria-pressed', 'false');
+      modeButton.textContent = asJson; modeButton.setAttribute('aria-pressed', 'false');
     }
   }
 
@@ -374,7 +375,7 @@ async function editor(main, ctx, id) {
         // Back to the form, so the API's field messages have their fields.
         build({ ...newRoute(), ...route });
         body.hidden = false; jsonBox.hidden = true; mode = 'form';
-        modeButton.textContent = 'Edit as JSON'; modeButton.setAttribute('aria-pressed', 'false');
+        modeButton.textContent = asJson; modeButton.setAttribute('aria-pressed', 'false');
       } else {
         route = gather();
       }

@@ -67,7 +67,7 @@ async function list(main, ctx) {
     const t = live.get(name);
     return [
       t ? breakerBadge(t.breaker) : breakerBadge(null),
-      t ? `${num(t.requests_per_second, 1)}/s · ${pct(t.failure_rate)} failed` : '—',
+      t ? `${num(t.requests_per_second, 1)}/s${t.failure_rate ? ` · ${pct(t.failure_rate)} failed` : ''}` : '—',
     ];
   }
 
