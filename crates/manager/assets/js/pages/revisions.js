@@ -164,6 +164,10 @@ export function summarize(before, after) {
   return out;
 }
 
+function plural(n, word) {
+  return `${num(n)} ${word}${n === 1 ? '' : 's'}`;
+}
+
 function short(v) {
   const s = JSON.stringify(v);
   return s === undefined ? '—' : s.length > 80 ? `${s.slice(0, 77)}…` : s;
@@ -229,7 +233,7 @@ async function detail(main, ctx, n, against) {
         h('dt', {}, 'Change'), h('dd', {}, rev.message),
         h('dt', {}, 'By'), h('dd', {}, rev.author),
         h('dt', {}, 'When'), h('dd', {}, time(rev.created_at), ' ', h('span', { class: 'muted small' }, new Date(rev.created_at).toLocaleString())),
-        h('dt', {}, 'Contents'), h('dd', {}, `${num((rev.document.routes || []).length)} routes, ${num((rev.document.upstreams || []).length)} upstreams`))),
+        h('dt', {}, 'Contents'), h('dd', {}, `${plural((rev.document.routes || []).length, 'route')}, ${plural((rev.document.upstreams || []).length, 'upstream')}`))),
     h('section', { class: 'panel', id: 'change-summary' },
       h('div', { class: 'panel-head' },
         h('h2', {}, against === n - 1 ? `What #${n} changed` : `From #${leftN} to #${rightN}`),

@@ -165,7 +165,7 @@ async function detail(main, ctx, name) {
         { label: 'Target', render: (t) => h('code', {}, t.url) },
         { label: 'Health', render: (t) => stateBadge(t.state) },
         { label: 'Weight', class: 'hide-narrow num', render: (t) => num(weights.get(t.url)) },
-        { label: 'Failures in a row', class: 'num', render: (t) => num(t.consecutive_failures) },
+        { label: 'Failures in a row', class: 'hide-narrow num', render: (t) => num(t.consecutive_failures) },
         { label: 'Connections', class: 'hide-narrow num', render: (t) => num(t.active_connections) },
         { label: 'Last check', class: 'hide-narrow', render: (t) => time(t.last_check) },
         { label: 'Last error', render: (t) => (t.last_error ? h('span', { class: 'error-text' }, t.last_error) : h('span', { class: 'muted' }, '—')) },
