@@ -189,13 +189,46 @@ test('an edit of a route someone else changed meanwhile is refused with a clear 
   await page.context().close();
 });
 
+test('a route is edited as JSON, with JSON mistakes shown before anything is sent', async () => {
+  const page = await newPage(browser);
+  await login(page, fg);
+  await page.goto(`${fg.url}/#/routes/edit/broken`);
+  await page.getByRole('button', { name: 'Edit as JSON' }).click();
+  const area = page.getByLabel('Route as JSON');
+  const doc = JSON.parse(await area.inputValue());
+  assert.equal(doc.id, 'broken');
+  assert.equal(doc.match, 'regex');
+  await area.fill('{ "id": "broken", ');
+  await page.getByRole('button', { name: 'Save changes' }).click();
+  await page.locator('[data-field="_json"] .error').filter({ hasText: 'not valid JSON' }).waitFor();
+  await area.fill(JSON.stringify({ ...doc, priority: 42, hosts: ['api.example.com'], description: 'from JSON' }, null, 2));
+  await screenshot(page, 'route-json');
+  await page.getByRole('button', { name: 'Save changes' }).click();
+  await page.locator('#routes-table tr[data-route="broken"]').waitFor();
+  const saved = await fg.api('GET', '/api/v1/routes/broken');
+  assert.equal(saved.priority, 42);
+  assert.deepEqual(saved.hosts, ['api.example.com']);
+  assert.equal(saved.description, 'from JSON');
+  // Back in the form, JSON edits show in the fields.
+  await page.goto(`${fg.url}/#/routes/edit/broken`);
+  await page.getByRole('button', { name: 'Edit as JSON' }).click();
+  await area.fill(JSON.stringify({ ...saved, priority: 3 }));
+  await page.getByRole('button', { name: 'Edit as form' }).click();
+  assert.equal(await page.getByLabel('Priority').inputValue(), '3');
+  page.assertClean();
+  await page.context().close();
+});
+
 test('routes are filtered, switched off and on from the list, and deleted after a confirmation', async () => {
-  await fg.api('POST', '/api/v1/routes', { id: 'old-api', path: '/old', upstream: 'shop', tags: ['legacy'] });
   const page = await newPage(browser);
   await login(page, fg);
   await page.goto(`${fg.url}/#/routes`);
   const rows = page.locator('#routes-table tbody tr');
+  await page.locator('tr[data-route="shop"]').waitFor();
+  // A route added elsewhere appears in the open list, its tag in the filter.
+  await fg.api('POST', '/api/v1/routes', { id: 'old-api', path: '/old', upstream: 'shop', tags: ['legacy'] });
   await page.locator('tr[data-route="old-api"]').waitFor();
+  await page.getByLabel('Filter by tag').locator('option[value="legacy"]').waitFor({ state: 'attached' });
   assert.equal(await rows.count(), 3);
 
   // Search, tag and upstream filters.

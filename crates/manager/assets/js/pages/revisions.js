@@ -6,6 +6,7 @@
 import { get, post } from '../api.js';
 import { crumbs } from '../forms.js';
 import { sideBySide } from '../diff.js';
+import { subscribe } from '../live.js';
 import {
   attempt, badge, dialog, h, mount, num, table, time, toast,
 } from '../ui.js';
@@ -95,7 +96,14 @@ async function history(main, ctx) {
     h('div', { class: 'filters' }, compareButton, pickHint),
     box, pager);
   await load();
-  return undefined;
+  // New revisions (from anyone) appear at the top of the first page.
+  let timer = null;
+  const off = subscribe('event', (e) => {
+    if (e.type !== 'config.changed' || pageOffset !== 0) return;
+    clearTimeout(timer);
+    timer = setTimeout(() => load().catch(() => {}), 250);
+  });
+  return () => { clearTimeout(timer); off(); };
 }
 
 // ---------------------------------------------------------------- one revision

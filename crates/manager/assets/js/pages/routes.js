@@ -79,14 +79,17 @@ async function list(main, ctx) {
   const countEl = h('span', { class: 'muted', id: 'route-count' });
   const tableBox = h('div', { class: 'panel', id: 'routes-table' });
 
-  const upstreams = [...new Set(routes.map((r) => r.upstream))].sort();
-  const tags = [...new Set(routes.flatMap((r) => r.tags))].sort();
-  if (filters.upstream && !upstreams.includes(filters.upstream)) filters.upstream = '';
-  if (filters.tag && !tags.includes(filters.tag)) filters.tag = '';
+  const upstreamNames = () => [...new Set(routes.map((r) => r.upstream))].sort();
+  const tagNames = () => [...new Set(routes.flatMap((r) => r.tags))].sort();
+  if (filters.upstream && !upstreamNames().includes(filters.upstream)) filters.upstream = '';
+  if (filters.tag && !tagNames().includes(filters.tag)) filters.tag = '';
 
+  const setOptions = (el, key, options) => {
+    el.replaceChildren(...options.map(([v, l]) => h('option', { value: v, selected: filters[key] === v }, l)));
+  };
   const select = (label, key, options) => {
-    const el = h('select', { 'aria-label': label, onchange: () => { filters[key] = el.value; draw(); } },
-      options.map(([v, l]) => h('option', { value: v, selected: filters[key] === v }, l)));
+    const el = h('select', { 'aria-label': label, onchange: () => { filters[key] = el.value; draw(); } });
+    setOptions(el, key, options);
     return el;
   };
   const searchBox = search('Search routes', (t) => { filters.text = t; draw(); });
@@ -183,8 +186,10 @@ async function list(main, ctx) {
   }
 
   const enabledSel = select('Filter by state', 'enabled', [['', 'Any state'], ['on', 'Enabled'], ['off', 'Disabled']]);
-  const upstreamSel = select('Filter by upstream', 'upstream', [['', 'Any upstream'], ...upstreams.map((u) => [u, u])]);
-  const tagSel = select('Filter by tag', 'tag', [['', 'Any tag'], ...tags.map((t) => [t, t])]);
+  const upstreamOptions = () => [['', 'Any upstream'], ...upstreamNames().map((u) => [u, u])];
+  const tagOptions = () => [['', 'Any tag'], ...tagNames().map((t) => [t, t])];
+  const upstreamSel = select('Filter by upstream', 'upstream', upstreamOptions());
+  const tagSel = select('Filter by tag', 'tag', tagOptions());
   function reset() {
     Object.assign(filters, { text: '', enabled: '', upstream: '', tag: '' });
     searchBox.value = ''; enabledSel.value = ''; upstreamSel.value = ''; tagSel.value = '';
@@ -205,7 +210,26 @@ async function list(main, ctx) {
   };
   if (snap) updateTraffic(snap);
   draw();
-  return subscribe('metrics', updateTraffic);
+  // Changes made elsewhere (another operator, the API, a rollback) show up here.
+  let reloadTimer = null;
+  const reload = async () => {
+    try {
+      const fresh = await getAll('/api/v1/routes');
+      routes.splice(0, routes.length, ...fresh);
+      setOptions(upstreamSel, 'upstream', upstreamOptions());
+      setOptions(tagSel, 'tag', tagOptions());
+      draw();
+    } catch { /* the next change tries again */ }
+  };
+  const offs = [
+    subscribe('metrics', updateTraffic),
+    subscribe('event', (e) => {
+      if (e.type !== 'config.changed') return;
+      clearTimeout(reloadTimer);
+      reloadTimer = setTimeout(reload, 250);
+    }),
+  ];
+  return () => { clearTimeout(reloadTimer); offs.forEach((off) => off()); };
 }
 
 // ---------------------------------------------------------------- editor

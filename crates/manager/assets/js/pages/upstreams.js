@@ -61,6 +61,7 @@ async function list(main, ctx) {
   const live = new Map();
   const cells = new Map();
   const box = h('div', { class: 'panel', id: 'upstreams-table' });
+  const countEl = h('span', { class: 'muted' }, String(upstreams.length));
   const usedBy = (name) => routes.filter((r) => r.upstream === name).map((r) => r.id);
 
   function liveCells(name) {
@@ -128,13 +129,32 @@ async function list(main, ctx) {
 
   mount(main,
     h('div', { class: 'toolbar' },
-      h('h1', { class: 'grow' }, 'Upstreams ', h('span', { class: 'muted' }, `${upstreams.length}`)),
+      h('h1', { class: 'grow' }, 'Upstreams ', countEl),
       ctx.canEdit ? h('a', { class: 'button primary', href: '#/upstreams/new' }, 'New upstream') : null),
     h('div', { class: 'filters' }, search('Search upstreams and targets', (t) => { text = t; draw(); })),
     box);
   if (snap) update(snap);
   draw();
-  return subscribe('metrics', update);
+  // Changes made elsewhere show up here.
+  let reloadTimer = null;
+  const reload = async () => {
+    try {
+      const [fresh, freshRoutes] = await Promise.all([getAll('/api/v1/upstreams'), getAll('/api/v1/routes')]);
+      upstreams.splice(0, upstreams.length, ...fresh);
+      routes.splice(0, routes.length, ...freshRoutes);
+      countEl.textContent = String(upstreams.length);
+      draw();
+    } catch { /* the next change tries again */ }
+  };
+  const offs = [
+    subscribe('metrics', update),
+    subscribe('event', (e) => {
+      if (e.type !== 'config.changed') return;
+      clearTimeout(reloadTimer);
+      reloadTimer = setTimeout(reload, 250);
+    }),
+  ];
+  return () => { clearTimeout(reloadTimer); offs.forEach((off) => off()); };
 }
 
 // ---------------------------------------------------------------- detail
