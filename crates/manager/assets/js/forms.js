@@ -4,7 +4,7 @@
 // wrapper carries the path as data-field, so ui.showErrors places the API's field
 // messages next to it.
 
-import { h } from './ui.js';
+import { h, showErrors } from './ui.js';
 
 let seq = 0;
 
@@ -252,4 +252,17 @@ export function showStale(form, what, reload) {
     h('button', { type: 'button', class: 'small', onclick: reload }, 'Load the current version'),
     ' (your edits here will be discarded).');
   box.focus?.();
+}
+
+/// showErrors, plus a line at the top of the form when every message went next
+/// to a field (which may be scrolled out of view).
+export function report(form, err) {
+  showErrors(form, err);
+  const box = form.querySelector('.form-error');
+  const placed = form.querySelectorAll('.field.invalid').length;
+  if (box && !box.textContent && placed) {
+    box.textContent = placed === 1
+      ? 'One field needs attention: see the message next to it.'
+      : `${placed} fields need attention: see the messages next to them.`;
+  }
 }

@@ -4,11 +4,11 @@
 
 import { ApiError, del, enc, get, getAll, getVersioned, post, put } from '../api.js';
 import {
-  clone, control, crumbs, duration, FieldErrors, readInto, section, showStale,
+  clone, control, crumbs, duration, FieldErrors, readInto, report, section, showStale,
 } from '../forms.js';
 import { subscribe } from '../live.js';
 import {
-  attempt, badge, clearErrors, confirm, h, mount, num, pct, search, showErrors, toast,
+  attempt, badge, clearErrors, confirm, h, mount, num, pct, search, toast,
 } from '../ui.js';
 
 export async function render(main, ctx, params) {
@@ -108,7 +108,8 @@ async function list(main, ctx) {
   function trafficText(id) {
     const t = traffic.get(id);
     if (!t) return '—';
-    return `${num(t.requests_per_second, 1)}/s${t.error_rate ? ` · ${pct(t.error_rate)} err` : ''}`;
+    return h('span', {}, `${num(t.requests_per_second, 1)}/s`,
+      t.error_rate ? h('span', { class: 'error-text' }, ` · ${pct(t.error_rate)} err`) : null);
   }
 
   function stateControl(r) {
@@ -206,7 +207,7 @@ async function list(main, ctx) {
   const updateTraffic = (s) => {
     traffic.clear();
     for (const r of s.routes || []) traffic.set(r.route, r);
-    for (const [id, cell] of trafficCells) cell.textContent = trafficText(id);
+    for (const [id, cell] of trafficCells) cell.replaceChildren(trafficText(id));
   };
   if (snap) updateTraffic(snap);
   draw();
@@ -349,7 +350,7 @@ async function editor(main, ctx, id) {
     clearErrors(form);
     if (mode === 'form') {
       let route;
-      try { route = gather(); } catch (e) { showErrors(form, e); return; }
+      try { route = gather(); } catch (e) { report(form, e); return; }
       jsonArea.value = JSON.stringify(route, null, 2);
       body.hidden = true; jsonBox.hidden = false; mode = 'json';
       modeButton.textContent = asForm; modeButton.setAttribute('aria-pressed', 'true');
@@ -357,7 +358,7 @@ async function editor(main, ctx, id) {
     } else {
       let route;
       try { route = JSON.parse(jsonArea.value); } catch (e) {
-        showErrors(form, new FieldErrors([{ field: '_json', message: `not valid JSON (${e.message})` }]));
+        report(form, new FieldErrors([{ field: '_json', message: `not valid JSON (${e.message})` }]));
         return;
       }
       build({ ...newRoute(), ...route });
@@ -404,7 +405,7 @@ async function editor(main, ctx, id) {
         route = gather();
       }
     } catch (e) {
-      showErrors(form, e);
+      report(form, e);
       return;
     }
     saveButton.disabled = true;
@@ -418,9 +419,9 @@ async function editor(main, ctx, id) {
       if (e instanceof ApiError && e.status === 412) {
         showStale(form, 'route', reload);
       } else if (e instanceof ApiError && e.status === 409 && !id) {
-        showErrors(form, new FieldErrors([{ field: 'id', message: e.message }]));
+        report(form, new FieldErrors([{ field: 'id', message: e.message }]));
       } else {
-        showErrors(form, e);
+        report(form, e);
       }
     } finally {
       saveButton.disabled = false;

@@ -4,11 +4,11 @@
 
 import { ApiError, del, enc, get, getAll, getVersioned, post, put } from '../api.js';
 import {
-  clone, control, crumbs, duration, FieldErrors, readInto, section, showStale, showWhen,
+  clone, control, crumbs, duration, FieldErrors, readInto, report, section, showStale, showWhen,
 } from '../forms.js';
 import { subscribe } from '../live.js';
 import {
-  attempt, badge, clearErrors, confirm, h, mount, ms, num, pct, search, severityBadge, showErrors,
+  attempt, badge, clearErrors, confirm, h, mount, ms, num, pct, search, severityBadge,
   stateBadge, table, time, toast,
 } from '../ui.js';
 
@@ -448,7 +448,7 @@ async function editor(main, ctx, name) {
     if (readonly) return;
     clearErrors(form);
     let u;
-    try { u = gather(); } catch (e) { showErrors(form, e); return; }
+    try { u = gather(); } catch (e) { report(form, e); return; }
     saveButton.disabled = true;
     try {
       const saved = name
@@ -458,8 +458,8 @@ async function editor(main, ctx, name) {
       location.hash = `#/upstreams/view/${enc(saved.name)}`;
     } catch (e) {
       if (e instanceof ApiError && e.status === 412) showStale(form, 'upstream', reload);
-      else if (e instanceof ApiError && e.status === 409 && !name) showErrors(form, new FieldErrors([{ field: 'name', message: e.message }]));
-      else showErrors(form, e);
+      else if (e instanceof ApiError && e.status === 409 && !name) report(form, new FieldErrors([{ field: 'name', message: e.message }]));
+      else report(form, e);
     } finally {
       saveButton.disabled = false;
     }
