@@ -173,6 +173,7 @@ test('an edit of a route someone else changed meanwhile is refused with a clear 
   await fg.api('PUT', '/api/v1/routes/shop', { ...(await fg.api('GET', '/api/v1/routes/shop')), description: 'changed elsewhere' });
   await page.getByRole('button', { name: 'Save changes' }).click();
   await page.locator('.form-error').filter({ hasText: 'changed by someone else' }).waitFor();
+  await page.locator('.form-error').filter({ hasText: 'Changed meanwhile: description.' }).waitFor();
   await screenshot(page, 'route-stale-edit');
   assert.equal((await fg.api('GET', '/api/v1/routes/shop')).priority, 0);
   // Loading the current version, then saving again, works.

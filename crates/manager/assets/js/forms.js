@@ -244,14 +244,23 @@ export function crumbs(...parts) {
       Array.isArray(p) ? h('a', { href: p[1] }, p[0]) : h('span', { 'aria-current': 'page' }, p)]));
 }
 
-/// A 412 from an update: explains it in the form's error box, with a reload link.
-export function showStale(form, what, reload) {
+/// Top-level fields whose values differ between two objects.
+export function changedFields(a, b) {
+  const keys = new Set([...Object.keys(a || {}), ...Object.keys(b || {})]);
+  return [...keys].filter((k) => JSON.stringify(a?.[k]) !== JSON.stringify(b?.[k]));
+}
+
+/// A 412 from an update: explains it in the form's error box (with the fields
+/// changed meanwhile, when known) and offers to load the current version.
+export function showStale(form, what, reload, changed = []) {
   const box = form.querySelector('.form-error');
   box.replaceChildren(
-    `This ${what} was changed by someone else after you opened it, so your changes were not saved. `,
+    `This ${what} was changed by someone else after you opened it, so your changes were not saved.`,
+    changed.length ? h('span', {}, ' Changed meanwhile: ', changed.map((f, i) => [i ? ', ' : '', h('code', {}, f)]), '.') : '',
+    ' ',
     h('button', { type: 'button', class: 'small', onclick: reload }, 'Load the current version'),
     ' (your edits here will be discarded).');
-  box.focus?.();
+  box.scrollIntoView({ block: 'nearest' });
 }
 
 /// showErrors, plus a line at the top of the form when every message went next

@@ -4,7 +4,7 @@
 
 import { ApiError, del, enc, get, getAll, getVersioned, post, put } from '../api.js';
 import {
-  clone, control, crumbs, duration, FieldErrors, readInto, report, section, showStale,
+  changedFields, clone, control, crumbs, duration, FieldErrors, readInto, report, section, showStale,
 } from '../forms.js';
 import { subscribe } from '../live.js';
 import {
@@ -251,6 +251,7 @@ async function editor(main, ctx, id) {
   const jsonBox = h('div', { class: 'json-edit', hidden: true });
   let mode = 'form';
   let parts = null;
+  let hadLimit = false;
 
   function build(route) {
     const c = (spec) => control({ ...spec, readonly: readonly || spec.readonly }, spec.value !== undefined ? spec.value : valueAt(route, spec.path));
@@ -307,6 +308,7 @@ async function editor(main, ctx, id) {
       c({ path: 'ip_deny', label: 'Deny', kind: 'lines', placeholder: '203.0.113.0/24', help: 'Checked before the allow list.' }),
     ]);
     parts = { basics, matching, forward, rate, headers, corsSection, ip };
+    hadLimit = !!route.rate_limit;
     mount(body, Object.values(parts).map((s) => s.el),
       h('datalist', { id: 'limit-keys' }, ['ip', 'api_key', 'header:X-API-Key'].map((v) => h('option', { value: v }))));
   }
@@ -321,7 +323,8 @@ async function editor(main, ctx, id) {
     const errors = [];
     const p = parts;
     for (const s of [p.basics, p.matching, p.forward, p.headers, p.ip]) readInto(out, s.controls, errors);
-    if (p.rate.on() || original.rate_limit) {
+    // Switched off, a configured limit is kept (disabled) rather than dropped.
+    if (p.rate.on() || hadLimit) {
       out.rate_limit = {};
       readInto(out, p.rate.controls, errors);
       out.rate_limit.enabled = p.rate.on();
@@ -417,7 +420,8 @@ async function editor(main, ctx, id) {
       location.hash = '#/routes';
     } catch (e) {
       if (e instanceof ApiError && e.status === 412) {
-        showStale(form, 'route', reload);
+        const now = await get(`/api/v1/routes/${enc(id)}`).catch(() => null);
+        showStale(form, 'route', reload, now ? changedFields(original, now) : []);
       } else if (e instanceof ApiError && e.status === 409 && !id) {
         report(form, new FieldErrors([{ field: 'id', message: e.message }]));
       } else {

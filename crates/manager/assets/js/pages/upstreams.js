@@ -4,7 +4,7 @@
 
 import { ApiError, del, enc, get, getAll, getVersioned, post, put } from '../api.js';
 import {
-  clone, control, crumbs, duration, FieldErrors, readInto, report, section, showStale, showWhen,
+  changedFields, clone, control, crumbs, duration, FieldErrors, readInto, report, section, showStale, showWhen,
 } from '../forms.js';
 import { subscribe } from '../live.js';
 import {
@@ -457,7 +457,10 @@ async function editor(main, ctx, name) {
       toast(name ? `Upstream ${saved.name} saved.` : `Upstream ${saved.name} created.`);
       location.hash = `#/upstreams/view/${enc(saved.name)}`;
     } catch (e) {
-      if (e instanceof ApiError && e.status === 412) showStale(form, 'upstream', reload);
+      if (e instanceof ApiError && e.status === 412) {
+        const now = await get(`/api/v1/upstreams/${enc(name)}`).catch(() => null);
+        showStale(form, 'upstream', reload, now ? changedFields(original, now) : []);
+      }
       else if (e instanceof ApiError && e.status === 409 && !name) report(form, new FieldErrors([{ field: 'name', message: e.message }]));
       else report(form, e);
     } finally {
