@@ -57,14 +57,17 @@ function wrap(spec, id, input, extra) {
 
 const METHOD_LIST = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT'];
 
-/// One control. spec: {path, label, kind, help, placeholder, options, nullable,
+/// One control. spec: {path, label, kind, help, placeholder, emptyText (shown
+/// when read-only and empty), options, nullable,
 /// wide, readonly, list (a datalist id), rows}. kind is one of text, textarea,
 /// int, bool, select, list (comma/newline separated), lines (one per line),
 /// ints, retry_on, headers ("Name: value" lines), methods, json.
 /// Returns {el, path, read(target, errors)}.
 export function control(spec, value) {
   const id = `fc${++seq}`;
-  const common = { id, 'aria-describedby': spec.help ? `${id}-help` : undefined, placeholder: spec.placeholder,
+  // Read-only, an example placeholder could pass for a value: say it is empty instead.
+  const placeholder = spec.readonly ? (spec.emptyText ?? '—') : spec.placeholder;
+  const common = { id, 'aria-describedby': spec.help ? `${id}-help` : undefined, placeholder,
     readonly: spec.readonly, required: spec.required };
   let input;
   let read;

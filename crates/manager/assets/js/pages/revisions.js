@@ -74,7 +74,7 @@ async function history(main, ctx) {
       { label: 'By', class: 'hide-narrow', key: 'author' },
       { label: 'When', render: (r) => time(r.created_at) },
       { label: h('span', { class: 'sr-only' }, 'Actions'), class: 'actions', render: (r) => [
-        h('a', { class: 'button small', href: `#/revisions/${r.number}`, 'aria-label': `Changes of revision ${r.number}` }, 'Changes'),
+        h('a', { class: 'button small hide-narrow', href: `#/revisions/${r.number}`, 'aria-label': `Changes of revision ${r.number}` }, 'Changes'),
         canRollback && r.number !== latest ? [' ', h('button', { type: 'button', class: 'small', 'aria-label': `Roll back to revision ${r.number}`,
           onclick: () => rollback(r.number, latest, () => load()) }, 'Roll back')] : null,
       ] },

@@ -267,14 +267,14 @@ async function editor(main, ctx, id) {
     const matching = section('Match requests', [
       c({ path: 'path', label: 'Path', required: true, placeholder: '/api' }),
       matchType,
-      c({ path: 'hosts', label: 'Hosts', kind: 'list', placeholder: 'api.example.com, *.example.com', help: 'Empty matches any host.' }),
+      c({ path: 'hosts', label: 'Hosts', kind: 'list', placeholder: 'api.example.com, *.example.com', emptyText: 'any host', help: 'Empty matches any host.' }),
       c({ path: 'priority', label: 'Priority', kind: 'int', help: 'Among equally specific matches, the higher priority wins.' }),
       c({ path: 'methods', label: 'Methods (none selected allows all)', kind: 'methods', wide: true }),
     ]);
     const forward = section('Forward to', [
       c({ path: 'upstream', label: 'Upstream', required: true, list: 'upstream-names', placeholder: 'an upstream name or http://host:port',
         help: 'The name of an upstream, or a URL for a single target.' }),
-      c({ path: 'max_body_bytes', label: 'Maximum request body (bytes)', kind: 'int', nullable: true, min: 0, placeholder: 'no limit' }),
+      c({ path: 'max_body_bytes', label: 'Maximum request body (bytes)', kind: 'int', nullable: true, min: 0, placeholder: 'no limit', emptyText: 'no limit' }),
       c({ path: 'strip_path', label: 'Strip the matched prefix before forwarding', kind: 'bool' }),
       c({ path: 'websocket', label: 'Allow WebSocket upgrades', kind: 'bool' }),
       c({ path: 'https_redirect', label: 'Redirect plain HTTP to HTTPS', kind: 'bool' }),

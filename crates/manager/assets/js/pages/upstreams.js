@@ -413,7 +413,7 @@ async function editor(main, ctx, name) {
     ]);
     const tls = section('TLS to the targets', [
       c({ path: 'tls.verify', label: 'Verify the targets\' certificates', kind: 'bool', wide: true }),
-      c({ path: 'tls.sni', label: 'Server name (SNI)', nullable: true, placeholder: 'the target\'s host' }),
+      c({ path: 'tls.sni', label: 'Server name (SNI)', nullable: true, placeholder: 'the target\'s host', emptyText: 'the target\'s host' }),
       c({ path: 'tls.ca_pem', label: 'Extra CA certificates (PEM)', kind: 'textarea', nullable: true, wide: true, rows: 3,
         placeholder: '-----BEGIN CERTIFICATE-----' }),
     ]);
