@@ -278,6 +278,41 @@ test('routes are filtered, switched off and on from the list, and deleted after 
   await page.context().close();
 });
 
+test('an upstream is edited (targets, balancing, health check) and deleted from its own page', async () => {
+  await fg.api('POST', '/api/v1/upstreams', { name: 'spare', targets: [{ url: upstream.url }] });
+  const page = await newPage(browser);
+  await login(page, fg);
+  await page.goto(`${fg.url}/#/upstreams/view/spare`);
+  await page.locator('#target-health tr[data-state]').first().waitFor();
+  await page.getByRole('link', { name: 'Edit', exact: true }).click();
+  await page.getByRole('button', { name: 'Add target' }).click();
+  await page.getByLabel('Target 2 URL').fill(flaky.url);
+  await page.getByLabel('Target 2 weight').fill('3');
+  await page.getByLabel('Load balancing').selectOption('weighted');
+  await page.getByLabel('Probe every target on a schedule').check();
+  await page.getByLabel('Every (ms)').fill('1000');
+  await page.getByRole('button', { name: 'Save changes' }).click();
+  await page.getByRole('heading', { name: 'Upstream spare' }).waitFor();
+  await until('both targets in the health table', async () => (await page.locator('#target-health tr[data-state]').count()) === 2);
+  await page.getByText('GET /health every 1 s').waitFor();
+  const u = await fg.api('GET', '/api/v1/upstreams/spare');
+  assert.equal(u.load_balancing, 'weighted');
+  assert.deepEqual(u.targets, [{ url: upstream.url, weight: 1 }, { url: flaky.url, weight: 3 }]);
+  assert.equal(u.health_check.active.interval_ms, 1000);
+  assert.equal(u.health_check.active.path, '/health');
+  // The active checks run: each target gets a last-check time.
+  await until('an active check of each target', async () => (await page.locator('#target-health time').count()) === 2, 15_000);
+  await screenshot(page, 'upstream-edited');
+
+  await page.getByRole('button', { name: 'Delete', exact: true }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Delete upstream' }).click();
+  await page.locator('#upstreams-table').waitFor();
+  await assert.rejects(fg.api('GET', '/api/v1/upstreams/spare'), /404/);
+  assert.equal(await page.locator('tr[data-upstream="spare"]').count(), 0);
+  page.assertClean();
+  await page.context().close();
+});
+
 test('a circuit breaker opens live on #/breakers and on the upstream\'s page', async () => {
   await fg.api('POST', '/api/v1/upstreams', { name: 'flaky', targets: [{ url: flaky.url }], retries: { attempts: 0 } });
   await fg.api('POST', '/api/v1/routes', { id: 'flaky', path: '/flaky', upstream: 'flaky' });
