@@ -52,6 +52,13 @@ static ASSETS: &[Asset] = assets![
     "js/pages/settings.js" => JS,
     "js/pages/users.js" => JS,
     "js/pages/webhooks.js" => JS,
+    // Gateway views (ui-gw).
+    "js/forms.js" => JS,
+    "js/diff.js" => JS,
+    "js/pages/routes.js" => JS,
+    "js/pages/upstreams.js" => JS,
+    "js/pages/breakers.js" => JS,
+    "js/pages/revisions.js" => JS,
 ];
 
 /// Content Security Policy of the dashboard: only its own scripts, styles and

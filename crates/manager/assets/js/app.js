@@ -8,12 +8,15 @@ import { stop as stopLive } from './live.js';
 
 const VIEWS = [
   { path: 'overview', label: 'Overview', module: './pages/overview.js' },
-  // Operations views (ui-ops).
+  { path: 'routes', label: 'Routes', module: './pages/routes.js' },
+  { path: 'upstreams', label: 'Upstreams', module: './pages/upstreams.js' },
+  { path: 'breakers', label: 'Breakers & limits', module: './pages/breakers.js' },
   { path: 'redirects', label: 'Redirects & pages', module: './pages/redirects.js' },
   { path: 'events', label: 'Events', module: './pages/events.js' },
   { path: 'incidents', label: 'Incidents', module: './pages/incidents.js' },
   { path: 'alert-rules', label: 'Alert rules', module: './pages/alert-rules.js', hidden: true },
   { path: 'webhooks', label: 'Webhooks', module: './pages/webhooks.js' },
+  { path: 'revisions', label: 'Revisions', module: './pages/revisions.js' },
   { path: 'settings', label: 'Settings', module: './pages/settings.js' },
   { path: 'keys', label: 'API keys', module: './pages/keys.js' },
   { path: 'users', label: 'Users', module: './pages/users.js', min: 'admin' },

@@ -6,6 +6,8 @@ let socket = null;
 let retry = 0;
 let timer = null;
 let wanted = false;
+// The socket's last status, told at once to a view that subscribes later.
+let lastStatus = null;
 
 function connect() {
   timer = null;
@@ -27,6 +29,7 @@ function connect() {
 }
 
 function emit(type, data) {
+  if (type === 'status') lastStatus = data;
   for (const fn of handlers[type] || []) {
     try { fn(data); } catch (e) { console.warn('live handler failed', e); }
   }
@@ -37,8 +40,9 @@ function emit(type, data) {
 export function subscribe(type, fn) {
   handlers[type].add(fn);
   if (!socket && !timer) { wanted = true; connect(); }
-  // A view opened after the socket: tell it the feed is already live.
-  else if (type === 'status' && socket && socket.readyState === WebSocket.OPEN) queueMicrotask(() => fn('live'));
+  if (type === 'status' && lastStatus && socket) {
+    try { fn(lastStatus); } catch (e) { console.warn('live handler failed', e); }
+  }
   return () => handlers[type].delete(fn);
 }
 
