@@ -268,9 +268,17 @@ export async function render(main, ctx) {
     }
   }
 
-  // Incidents: another part of the dashboard (alert rules and incidents from
-  // /api/v1/incidents) fills this section; it stays hidden until then.
-  const incidents = h('section', { id: 'incidents', class: 'incidents-slot', hidden: true, 'aria-label': 'Incidents' });
+  // Open incidents, above the events that may have caused them (#/incidents).
+  const incidents = h('section', { id: 'incidents', class: 'panel', hidden: true, 'aria-label': 'Open incidents' });
+  const loadIncidents = async () => {
+    const open = await get('/api/v1/incidents?status=open&limit=5');
+    incidents.hidden = open.total === 0;
+    mount(incidents,
+      h('h2', {}, h('a', { href: '#/incidents' }, `Open incidents (${num(open.total)})`)),
+      h('ul', { class: 'change-list' }, open.items.map((i) => h('li', { class: 'change' },
+        severityBadge(i.severity), ' ', h('a', { href: `#/incidents/${encodeURIComponent(i.id)}` }, i.title), ' ',
+        time(i.created_at)))));
+  };
 
   mount(main,
     h('div', { class: 'toolbar' }, h('h1', { class: 'grow' }, 'Events'), liveBadge),
@@ -283,12 +291,13 @@ export async function render(main, ctx) {
       listBox));
 
   drawFilters();
-  await Promise.all([load(), loadCounts()]);
+  await Promise.all([load(), loadCounts(), loadIncidents()]);
   suggest();
 
   const offs = [
     subscribe('event', (e) => {
       refreshCounts();
+      if (e.type.startsWith('alert.')) loadIncidents().catch(() => {});
       if (offset !== 0 || !matches(e)) return;
       if (sinceMs && Date.parse(e.created_at) < sinceMs) return;
       if (items.some((x) => x.id === e.id)) return;
