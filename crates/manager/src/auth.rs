@@ -176,16 +176,22 @@ pub async fn authenticate(
         if key.last_used_at.is_none_or(|t| now - t > 60_000) {
             state.store.touch_api_key(&key.id, now).await?;
         }
+        // A key never acts above its owner's current role: demoting a user demotes
+        // the keys they made.
+        let role = match &user {
+            Some(u) => key.role.min(u.role),
+            None => key.role,
+        };
         let actor = Actor {
             name: format!("api_key:{}", key.name),
             id: Some(key.id.clone()),
-            role: key.role,
+            role,
             client_ip: Some(ip),
             request_id,
         };
         return Ok(Some(AuthContext {
             actor,
-            role: key.role,
+            role,
             user,
             credential: Credential::ApiKey(key),
         }));

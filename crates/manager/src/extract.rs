@@ -76,8 +76,37 @@ where
                 "must be a JSON object, not an array",
             ));
         }
+        if has_escaped_nul(&bytes) {
+            return Err(ApiError::bad_request(
+                "body",
+                "strings must not contain the NUL character (\\u0000)",
+            ));
+        }
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// Whether a JSON text holds a `\u0000` escape (an odd run of backslashes before
+/// `u0000`). No store keeps NUL in text (PostgreSQL refuses it outright), so such
+/// input is refused up front with a clear message.
+pub fn has_escaped_nul(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(pos) = bytes[i..]
+        .windows(5)
+        .position(|w| w.eq_ignore_ascii_case(b"u0000"))
+    {
+        let at = i + pos;
+        let slashes = bytes[..at]
+            .iter()
+            .rev()
+            .take_while(|b| **b == b'\\')
+            .count();
+        if slashes % 2 == 1 {
+            return true;
+        }
+        i = at + 5;
+    }
+    false
 }
 
 /// The first byte of a JSON text that is not whitespace.
@@ -448,6 +477,18 @@ where
 
 #[cfg(test)]
 mod properties {
+
+    #[test]
+    fn escaped_nul_is_found_and_escaped_backslashes_are_not() {
+        assert!(has_escaped_nul(br#"{"a":"x\u0000"}"#));
+        assert!(has_escaped_nul(br#"{"a":"\U0000"}"#));
+        assert!(has_escaped_nul(br#"{"a":"\\\u0000"}"#));
+        // `\\u0000` is a backslash followed by the text u0000.
+        assert!(!has_escaped_nul(br#"{"a":"\\u0000"}"#));
+        assert!(!has_escaped_nul(br#"{"u0000":"u00001"}"#));
+        assert!(!has_escaped_nul(b""));
+    }
+
     use super::*;
     use proptest::prelude::*;
 

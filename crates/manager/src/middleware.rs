@@ -25,9 +25,25 @@ fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
         .then(|| s.to_string())
 }
 
+/// Whether a URI's path or query holds an encoded NUL (`%00`), which no store
+/// can keep in text.
+fn has_encoded_nul(uri: &axum::http::Uri) -> bool {
+    let text = uri.path_and_query().map_or("", |p| p.as_str());
+    text.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0')
+}
+
 /// Echoes `X-Request-Id` (or generates one) and runs the request inside a span
-/// that carries it.
+/// that carries it. A URI with an encoded NUL is refused here with a 400.
 pub async fn request_id(mut req: Request, next: Next) -> Response {
+    if has_encoded_nul(req.uri()) {
+        return crate::error::ApiError::bad_request(
+            "uri",
+            "the path and query must not contain an encoded NUL (%00)",
+        )
+        .into_response();
+    }
     let id = req
         .headers()
         .get(&REQUEST_ID)

@@ -125,7 +125,11 @@ mod tests {
         );
         // Change one character in the middle, where every bit of it is payload.
         let mid = sealed.len() / 2;
-        let swap = if sealed.as_bytes()[mid] == b'A' { "B" } else { "A" };
+        let swap = if sealed.as_bytes()[mid] == b'A' {
+            "B"
+        } else {
+            "A"
+        };
         let tampered = format!("{}{swap}{}", &sealed[..mid], &sealed[mid + 1..]);
         assert_ne!(tampered, sealed);
         assert!(b.open(&tampered).is_err());

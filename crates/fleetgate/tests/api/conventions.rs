@@ -279,3 +279,33 @@ async fn small_body_limit_from_configuration() {
     expect_error(r, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn nul_characters_are_refused_with_a_400() {
+    let app = spawn_app().await;
+    // In a JSON string (no store keeps NUL in text; PostgreSQL refuses it).
+    let r = app
+        .admin(Method::POST, "/api/v1/webhooks")
+        .header("content-type", "application/json")
+        .body(r#"{"url":"https://hooks.example.com/x","events":["*"],"secret":"a\u0000b"}"#)
+        .send()
+        .await
+        .expect("post");
+    let body = expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("body:")),
+        "{body}"
+    );
+    // In a path or a query.
+    for path in ["/api/v1/alert-rules/x%00y", "/api/v1/events?type=a%00"] {
+        let r = app.admin(Method::GET, path).send().await.expect("get");
+        let body = expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains("NUL")),
+            "{path}: {body}"
+        );
+    }
+    app.stop().await;
+}

@@ -287,3 +287,54 @@ async fn a_password_change_ends_sessions_and_disabled_users_cannot_log_in() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_demoted_users_keys_lose_the_role_too() {
+    let app = spawn_app().await;
+    let key = app.key_for_role("ops", "admin").await;
+    let with_key = |method: Method, path: &str| {
+        reqwest::Client::new()
+            .request(method, app.url(path))
+            .bearer_auth(&key)
+    };
+    let me: Value = with_key(Method::GET, "/api/v1/auth/me")
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["role"], "admin");
+    let users = app.get_json("/api/v1/users").await;
+    let id = users["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|u| u["username"] == "ops")
+        .and_then(|u| u["id"].as_str())
+        .expect("ops")
+        .to_string();
+    let r = app
+        .admin(Method::PUT, &format!("/api/v1/users/{id}"))
+        .json(&json!({"role": "viewer"}))
+        .send()
+        .await
+        .expect("demote");
+    assert_eq!(r.status(), StatusCode::OK);
+    // The admin key now acts as a viewer: it reads, and changes nothing.
+    let me: Value = with_key(Method::GET, "/api/v1/auth/me")
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["role"], "viewer");
+    let r = with_key(Method::PUT, "/api/v1/settings")
+        .json(&json!({"general": {"instance_name": "taken-over"}}))
+        .send()
+        .await
+        .expect("put");
+    expect_error(r, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    app.stop().await;
+}
