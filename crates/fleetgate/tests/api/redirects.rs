@@ -262,6 +262,7 @@ async fn csv_import_is_all_or_nothing_and_export_round_trips() {
         "REGEX,^/x/(,/y,FOUND",
         "BASIC,/c,/d,",
         "BASIC,/a,/e,FOUND",
+        "BASIC,/f,/g,MOVED_TEMPORARILY",
     ]);
     let r = import(&app, "", "text/csv", bad).await;
     let e = expect_error(r, StatusCode::BAD_REQUEST, "IMPORT_REJECTED").await;
@@ -278,7 +279,18 @@ async fn csv_import_is_all_or_nothing_and_export_round_trips() {
         .collect();
     assert_eq!(
         lines,
-        vec![(3, "source".to_string()), (5, "source".to_string())]
+        vec![
+            (3, "source".to_string()),
+            (5, "source".to_string()),
+            (6, "status".to_string())
+        ],
+        "rows that do not parse and rows that do not validate are listed together"
+    );
+    assert!(
+        e["error"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("3 of 5 rows are invalid")),
+        "{e}"
     );
     assert_eq!(
         app.get_json(&format!("{P}/redirects")).await["total"],

@@ -758,7 +758,10 @@ fn import_failed(errors: Vec<ImportRowError>, rows: usize) -> ApiError {
 
 /// Parses CSV rows `type,source,target,status` (a header line is optional; status
 /// may be empty for FOUND). Returns each row with its line number.
-fn parse_csv(bytes: &[u8]) -> Result<Vec<(u64, Redirect)>, Vec<ImportRowError>> {
+/// Rows that parsed, and the rows that did not (both by line).
+type Parsed = (Vec<(u64, Redirect)>, Vec<ImportRowError>);
+
+fn parse_csv(bytes: &[u8]) -> Parsed {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -844,21 +847,21 @@ fn parse_csv(bytes: &[u8]) -> Result<Vec<(u64, Redirect)>, Vec<ImportRowError>> 
             },
         ));
     }
-    if errors.is_empty() {
-        Ok(rows)
-    } else {
-        Err(errors)
-    }
+    (rows, errors)
 }
 
-fn parse_json_rows(bytes: &[u8]) -> Result<Vec<(u64, Redirect)>, Vec<ImportRowError>> {
-    let values: Vec<Value> = serde_json::from_slice(bytes).map_err(|e| {
-        vec![ImportRowError {
-            line: e.line() as u64,
-            field: "body".into(),
-            message: format!("expected a JSON array of redirects: {e}"),
-        }]
-    })?;
+fn parse_json_rows(bytes: &[u8]) -> Parsed {
+    let values: Vec<Value> = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            let error = ImportRowError {
+                line: e.line() as u64,
+                field: "body".into(),
+                message: format!("expected a JSON array of redirects: {e}"),
+            };
+            return (Vec::new(), vec![error]);
+        }
+    };
     let mut rows = Vec::with_capacity(values.len());
     let mut errors = Vec::new();
     for (i, v) in values.into_iter().enumerate() {
@@ -872,11 +875,7 @@ fn parse_json_rows(bytes: &[u8]) -> Result<Vec<(u64, Redirect)>, Vec<ImportRowEr
             }),
         }
     }
-    if errors.is_empty() {
-        Ok(rows)
-    } else {
-        Err(errors)
-    }
+    (rows, errors)
 }
 
 /// Validates every row and the uniqueness of sources within the file.
@@ -950,10 +949,14 @@ pub async fn import_redirects(
         }
     };
     let p = project(&state, &ns, &name).await?;
-    let rows = parsed.map_err(|errors| import_failed(errors, 0))?;
-    let count = rows.len();
+    let (rows, parse_errors) = parsed;
+    // Rows that did not parse and rows that parsed but do not validate are
+    // reported together, in line order.
+    let count = rows.len() + parse_errors.len();
     let checked = tokio::task::spawn_blocking(move || {
-        let errors = validate_rows(&rows);
+        let mut errors = parse_errors;
+        errors.extend(validate_rows(&rows));
+        errors.sort_by_key(|e| e.line);
         (rows, errors)
     })
     .await
