@@ -53,3 +53,16 @@ export function stop() {
   timer = null;
   if (socket) socket.close();
 }
+
+/// Calls `fn()` once, `ms` after the last live event that `match(event)` accepts
+/// (a burst of changes reloads a view once); returns the function that
+/// unsubscribes and cancels a pending call.
+export function onEvents(match, fn, ms = 250) {
+  let timer = null;
+  const off = subscribe('event', (e) => {
+    if (!match(e)) return;
+    clearTimeout(timer);
+    timer = setTimeout(fn, ms);
+  });
+  return () => { clearTimeout(timer); off(); };
+}

@@ -4,7 +4,7 @@
 // incidents by themselves (#/alert-rules).
 
 import { get, post, patch, del, enc } from '../api.js';
-import { subscribe } from '../live.js';
+import { onEvents } from '../live.js';
 import {
   h, mount, table, field, values, showErrors, confirm, dialog, toast, attempt, time,
   severityBadge, badge,
@@ -52,12 +52,7 @@ async function renderList(main, ctx) {
     h('section', { class: 'panel' }, listBox));
   await load();
   // Rules open and resolve incidents: follow their events live.
-  let pending = null;
-  return subscribe('event', (e) => {
-    if (!e.type.startsWith('alert.')) return;
-    clearTimeout(pending);
-    pending = setTimeout(() => load().catch(() => {}), 200);
-  });
+  return onEvents((e) => e.type.startsWith('alert.'), () => load().catch(() => {}), 200);
 }
 
 function createDialog() {
@@ -88,14 +83,11 @@ function createDialog() {
 
 async function renderOne(main, ctx, id) {
   await showOne(main, ctx, id);
-  // Events linked while the rule fires, and its resolution, show up live.
-  let pending = null;
-  return subscribe('event', () => {
-    clearTimeout(pending);
-    pending = setTimeout(() => {
-      if (!main.querySelector('form textarea:focus, form input:focus')) showOne(main, ctx, id).catch(() => {});
-    }, 500);
-  });
+  // Events linked while the rule fires, and its resolution, show up live (not
+  // while the operator is typing a note).
+  return onEvents(() => true, () => {
+    if (!main.querySelector('form textarea:focus, form input:focus')) showOne(main, ctx, id).catch(() => {});
+  }, 500);
 }
 
 async function showOne(main, ctx, id) {

@@ -6,7 +6,7 @@ import { ApiError, del, enc, get, getAll, getVersioned, post, put } from '../api
 import {
   changedFields, clone, control, crumbs, duration, FieldErrors, readInto, report, section, showStale,
 } from '../forms.js';
-import { subscribe } from '../live.js';
+import { subscribe, onEvents } from '../live.js';
 import {
   attempt, badge, clearErrors, confirm, h, mount, num, pct, search, toast,
 } from '../ui.js';
@@ -212,7 +212,6 @@ async function list(main, ctx) {
   if (snap) updateTraffic(snap);
   draw();
   // Changes made elsewhere (another operator, the API, a rollback) show up here.
-  let reloadTimer = null;
   const reload = async () => {
     try {
       const fresh = await getAll('/api/v1/routes');
@@ -224,13 +223,9 @@ async function list(main, ctx) {
   };
   const offs = [
     subscribe('metrics', updateTraffic),
-    subscribe('event', (e) => {
-      if (e.type !== 'config.changed') return;
-      clearTimeout(reloadTimer);
-      reloadTimer = setTimeout(reload, 250);
-    }),
+    onEvents((e) => e.type === 'config.changed', reload),
   ];
-  return () => { clearTimeout(reloadTimer); offs.forEach((off) => off()); };
+  return () => offs.forEach((off) => off());
 }
 
 // ---------------------------------------------------------------- editor

@@ -6,7 +6,7 @@ import { ApiError, del, enc, get, getAll, getVersioned, post, put } from '../api
 import {
   changedFields, clone, control, crumbs, duration, FieldErrors, readInto, report, section, showStale, showWhen,
 } from '../forms.js';
-import { subscribe } from '../live.js';
+import { subscribe, onEvents } from '../live.js';
 import {
   attempt, badge, clearErrors, confirm, h, mount, ms, num, pct, search, severityBadge,
   stateBadge, table, time, toast,
@@ -136,7 +136,6 @@ async function list(main, ctx) {
   if (snap) update(snap);
   draw();
   // Changes made elsewhere show up here.
-  let reloadTimer = null;
   const reload = async () => {
     try {
       const [fresh, freshRoutes] = await Promise.all([getAll('/api/v1/upstreams'), getAll('/api/v1/routes')]);
@@ -148,13 +147,9 @@ async function list(main, ctx) {
   };
   const offs = [
     subscribe('metrics', update),
-    subscribe('event', (e) => {
-      if (e.type !== 'config.changed') return;
-      clearTimeout(reloadTimer);
-      reloadTimer = setTimeout(reload, 250);
-    }),
+    onEvents((e) => e.type === 'config.changed', reload),
   ];
-  return () => { clearTimeout(reloadTimer); offs.forEach((off) => off()); };
+  return () => offs.forEach((off) => off());
 }
 
 // ---------------------------------------------------------------- detail
