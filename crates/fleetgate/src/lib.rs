@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use fleetgate_core::ConfigSnapshot;
 use fleetgate_manager::{AppState, ManagerOptions};
 use fleetgate_proxy::{Gateway, GatewayOptions};
 use fleetgate_store::{SqlStore, Store, StoreOptions};
@@ -253,6 +254,105 @@ pub async fn start(
         gateway_addr,
         gateway_tls_addr,
         state,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+/// A running edge: a gateway without a manager of its own.
+pub struct RunningEdge {
+    pub gateway_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningEdge {
+    /// Stops accepting and drains in-flight requests.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.context("edge task panicked")?
+    }
+
+    /// Waits until the edge ends by itself (for `main`).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("edge task panicked")?
+    }
+}
+
+/// Starts an edge: the gateway alone on `gateway.listen`, its redirects and pages
+/// synced from a Flecto-compatible manager (`flecto.*`, required), no store and no
+/// admin API. Requests for hosts no synced rule answers get the gateway's 404.
+pub async fn start_edge(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RunningEdge> {
+    if config.flecto.url.is_none() {
+        anyhow::bail!(
+            "fleetgate edge needs a manager to sync from: set flecto.url (--flecto-url or \
+             FLEETGATE_FLECTO_URL) with --flecto-namespace, --flecto-project and --flecto-token"
+        );
+    }
+    let listener = TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (gateway.listen)",
+                config.gateway.listen
+            )
+        })?;
+    let gateway_addr = listener.local_addr()?;
+    let listener = listener.into_std()?;
+    let workers = match config.gateway.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // No routes: the edge answers the synced project's hosts and 404 for the rest.
+    let (config_tx, config_rx) = watch::channel(Arc::new(ConfigSnapshot::default()));
+    let gw = Gateway::new(
+        config_rx,
+        GatewayOptions {
+            access_log: config
+                .gateway
+                .access_log
+                .then(|| {
+                    fleetgate_proxy::access_log::AccessLog::new(&config.gateway.access_log_fields)
+                })
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
+            redis_url: config.redis.url.clone(),
+            rate_limit_fail_open: config.gateway.rate_limit_fail_open,
+            header_read_timeout: Duration::from_millis(config.gateway.header_read_timeout_ms),
+            events: None,
+        },
+    );
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (down_tx, down_rx) = watch::channel(false);
+    let mut cfg = config.flecto.clone();
+    cfg.agent_name = cfg.effective_agent_name();
+    let agent = flecto_agent::Agent::new(cfg, gw.clone())?;
+    let agent_task = tokio::spawn(agent.run(down_rx.clone()));
+    let drain = Duration::from_secs(config.shutdown.drain_timeout_secs);
+    let task = tokio::spawn(async move {
+        let gateway_task =
+            tokio::spawn(gw.serve_on_threads(listener, None, workers, down_rx.clone(), drain));
+        tokio::select! {
+            () = shutdown => {}
+            _ = stop_rx => {}
+        }
+        tracing::info!("shutting down: no new connections; draining in-flight requests");
+        let _ = down_tx.send(true);
+        let _ = gateway_task.await;
+        let _ = agent_task.await;
+        // The sender lives until here, so the gateway never sees its configuration end.
+        drop(config_tx);
+        tracing::info!("stopped");
+        Ok(())
+    });
+    tracing::info!(gateway = %gateway_addr, "fleetgate edge is running");
+    Ok(RunningEdge {
+        gateway_addr,
         stop: Some(stop_tx),
         task,
     })

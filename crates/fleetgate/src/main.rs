@@ -33,6 +33,9 @@ enum Command {
     Serve(#[command(flatten)] Overrides),
     /// Manager only (several replicas may share one PostgreSQL).
     Manager(#[command(flatten)] Overrides),
+    /// Gateway only, no store or admin API: serves the redirects and pages of a
+    /// Flecto-compatible manager's project (--flecto-url, -namespace, -project, -token).
+    Edge(#[command(flatten)] Overrides),
     /// Apply the store's migrations and exit.
     Migrate(#[command(flatten)] Overrides),
     /// Configuration file commands.
@@ -81,6 +84,17 @@ async fn run(cli: Cli) -> Result<(), ExitCode> {
         }
         Command::Serve(flags) => serve(&cli.config, &flags, true).await,
         Command::Manager(flags) => serve(&cli.config, &flags, false).await,
+        Command::Edge(flags) => {
+            let config = load(&cli.config, &flags)?;
+            init_logging(&config);
+            let running = fleetgate::start_edge(config, shutdown_signal())
+                .await
+                .map_err(|e| {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                })?;
+            running.wait().await.map_err(fail)
+        }
     }
 }
 

@@ -225,6 +225,23 @@ fn version_and_config_check() {
 }
 
 #[test]
+fn edge_without_a_manager_to_sync_from_says_what_it_needs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = command(dir.path())
+        .args(["edge", "--gateway-listen", "127.0.0.1:0"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--flecto-url"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("dir").count(),
+        0,
+        "no store was created"
+    );
+}
+
+#[test]
 fn migrate_prepares_the_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = command(dir.path()).arg("migrate").output().expect("run");

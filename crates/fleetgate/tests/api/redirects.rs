@@ -907,3 +907,75 @@ async fn fleetgate_syncs_from_a_flecto_manager_and_survives_its_outage() {
     );
     edge.stop().await;
 }
+
+#[tokio::test]
+async fn an_edge_serves_a_flecto_project_without_a_store_of_its_own() {
+    let manager = spawn_app().await;
+    project(&manager, &[]).await;
+    post(
+        &manager,
+        "/redirects",
+        json!({"type": "BASIC_HOST", "source": "shop.test/sale", "target": "https://shop.test/offers", "status": "TEMPORARY_REDIRECT"}),
+    )
+    .await;
+    publish(&manager).await;
+    let token: Value = post(&manager, "/tokens", json!({"name": "edge"}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::support::config_in(dir.path());
+    config.flecto.url = Some(format!("http://{}", manager.addr));
+    config.flecto.namespace = "prod".into();
+    config.flecto.project = "site".into();
+    config.flecto.token = token["token"].as_str().map(str::to_string);
+    config.flecto.interval_ms = 200;
+    config.flecto.agent_name = "edge-b".into();
+    let edge = fleetgate::start_edge(config, std::future::pending())
+        .await
+        .expect("edge starts");
+    let http = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let get = |host: &'static str, uri: &'static str| {
+        http.get(format!("http://{}{uri}", edge.gateway_addr))
+            .header("host", host)
+            .send()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get("shop.test", "/sale").await.expect("edge request");
+        if r.status() == StatusCode::TEMPORARY_REDIRECT {
+            assert_eq!(location(&r), "https://shop.test/offers");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edge never synced: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Other hosts and paths: the gateway's JSON 404 (the edge has no routes).
+    let r = get("other.test", "/sale").await.expect("edge request");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // The manager lists the edge as an agent; the edge keeps nothing on disk.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while manager.get_json(&format!("{P}/agents")).await["items"][0]["name"] != "edge-b" {
+        assert!(Instant::now() < deadline, "the edge never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("dir").count(),
+        0,
+        "an edge has no store"
+    );
+    // Without its manager the edge serves the last good set.
+    manager.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = get("shop.test", "/sale").await.expect("edge request");
+    assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+    edge.shutdown().await.expect("clean shutdown");
+}
