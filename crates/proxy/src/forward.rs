@@ -682,6 +682,9 @@ async fn forward(
     };
     let retryable = bodyless(req, &body);
     let mut headers = std::mem::take(&mut req.headers);
+    // Room for the five headers added below at once: a client's map is sized for
+    // what it sent, and growing it one insert at a time rehashes it repeatedly.
+    headers.reserve(5);
     strip_hop_by_hop(&mut headers, upgrade);
     append_forwarded(
         &mut headers,
