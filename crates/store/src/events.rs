@@ -34,10 +34,13 @@ pub struct EventFilter {
     pub until: Option<i64>,
     /// Only unacknowledged (true) or only acknowledged (false) events.
     pub unacknowledged: Option<bool>,
+    /// Only these events (acknowledging a selection).
+    pub ids: Option<Vec<i64>>,
 }
 
 impl EventFilter {
-    /// Whether a live event passes the filter (the same rule the SQL applies).
+    /// Whether a live event passes the filter (the same rule the SQL applies; a
+    /// filter naming `ids` selects stored events only and passes no live one).
     pub fn accepts(&self, e: &NewEvent, acknowledged: bool) -> bool {
         self.severity.is_none_or(|s| e.severity == s)
             && self.min_severity.is_none_or(|s| e.severity >= s)
@@ -58,6 +61,7 @@ impl EventFilter {
             && self.since.is_none_or(|t| e.created_at >= t)
             && self.until.is_none_or(|t| e.created_at <= t)
             && self.unacknowledged.is_none_or(|u| u != acknowledged)
+            && self.ids.is_none()
     }
 
     /// The WHERE clause and its text arguments, numbered from `first`.
@@ -112,6 +116,15 @@ impl EventFilter {
         }
         if let Some(t) = self.until {
             push("created_at <= ?", Arg::Int(t), &mut parts, &mut args);
+        }
+        if let Some(ids) = &self.ids {
+            // Integers only, so they are written into the statement as they are.
+            let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+            parts.push(if list.is_empty() {
+                "1 = 0".into()
+            } else {
+                format!("id IN ({})", list.join(", "))
+            });
         }
         match self.unacknowledged {
             Some(true) => parts.push("acknowledged_at IS NULL".into()),

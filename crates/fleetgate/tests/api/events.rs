@@ -329,3 +329,66 @@ async fn events_past_the_retention_count_are_pruned() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_selection_of_events_is_acknowledged_in_one_request() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        let r = Client::new()
+            .post(app.url("/api/v1/auth/login"))
+            .json(&json!({"username": "admin", "password": format!("wrong-{i}")}))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let listed = loop {
+        let l = app.get_json("/api/v1/events?type=auth.login_failed").await;
+        if l["total"] == 3 {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "events were not stored: {l}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ids: Vec<i64> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["id"].as_i64())
+        .collect();
+    let r = app
+        .admin(Method::POST, "/api/v1/events/ack")
+        .json(&json!({"ids": [ids[0], ids[1]]}))
+        .send()
+        .await
+        .expect("ack");
+    assert_eq!(r.json::<Value>().await.expect("json")["acknowledged"], 2);
+    let open = app
+        .get_json("/api/v1/events?type=auth.login_failed&acknowledged=false")
+        .await;
+    assert_eq!(open["total"], 1);
+    assert_eq!(open["items"][0]["id"], ids[2]);
+    for (body, why) in [
+        (json!({"ids": [0]}), "positive"),
+        (
+            json!({"ids": (1..=1001).collect::<Vec<i64>>()}),
+            "at most 1000",
+        ),
+    ] {
+        let r = app
+            .admin(Method::POST, "/api/v1/events/ack")
+            .json(&body)
+            .send()
+            .await
+            .expect("ack");
+        let e = crate::support::expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+        assert!(
+            e["error"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("ids:") && m.contains(why)),
+            "{e}"
+        );
+    }
+    app.stop().await;
+}

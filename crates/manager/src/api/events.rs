@@ -195,7 +195,13 @@ pub struct AckFilter {
     pub since: Option<i64>,
     /// Unix milliseconds.
     pub until: Option<i64>,
+    /// Only these events (up to 1000), e.g. a selection in the dashboard.
+    #[schema(max_items = 1000)]
+    pub ids: Option<Vec<i64>>,
 }
+
+/// Most event ids one acknowledgement may name.
+const MAX_ACK_IDS: usize = 1000;
 
 #[derive(Serialize, ToSchema)]
 pub struct AckResult {
@@ -210,6 +216,20 @@ pub async fn ack_many(
     auth: AuthContext,
     JsonBody(body): JsonBody<AckFilter>,
 ) -> ApiResult<Json<AckResult>> {
+    if let Some(ids) = &body.ids {
+        if ids.len() > MAX_ACK_IDS {
+            return Err(ApiError::bad_request(
+                "ids",
+                format!("at most {MAX_ACK_IDS} ids, got {}", ids.len()),
+            ));
+        }
+        if let Some(bad) = ids.iter().find(|id| **id <= 0) {
+            return Err(ApiError::bad_request(
+                "ids",
+                format!("event ids are positive integers, got {bad}"),
+            ));
+        }
+    }
     let filter = EventFilter {
         severity: body.severity,
         category: body.category,
@@ -219,6 +239,7 @@ pub async fn ack_many(
         upstream: body.upstream,
         since: body.since,
         until: body.until,
+        ids: body.ids,
         ..Default::default()
     };
     let n = state

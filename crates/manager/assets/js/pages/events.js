@@ -184,20 +184,13 @@ export async function render(main, ctx) {
 
   async function ackSelected() {
     const ids = [...selected];
-    let done = 0;
-    let failed = null;
-    for (const id of ids) {
-      try {
-        replace(await post(`/api/v1/events/${id}/ack`));
-        selected.delete(id);
-        done += 1;
-      } catch (err) {
-        failed = err;
-      }
-    }
-    if (failed) toast(`Acknowledged ${done} of ${ids.length}: ${failed.message}`, 'bad');
-    else toast(`Acknowledged ${done} event${done === 1 ? '' : 's'}.`);
-    draw();
+    const r = await attempt(() => post('/api/v1/events/ack', { ids }));
+    if (!r) return;
+    selected.clear();
+    const skipped = ids.length - r.acknowledged;
+    toast(`Acknowledged ${num(r.acknowledged)} event${r.acknowledged === 1 ? '' : 's'}`
+      + `${skipped > 0 ? ` (${skipped} already were)` : ''}.`);
+    await load();
     loadCounts();
   }
 
