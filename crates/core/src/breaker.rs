@@ -51,6 +51,8 @@ pub struct CircuitBreaker {
     /// Outcomes in the window, in 1-second buckets: (bucket start, total, failures).
     buckets: VecDeque<(u64, u32, u32)>,
     opened_at: u64,
+    /// Requests and failures of the window that opened the breaker.
+    opened_with: (u32, u32),
     trials_started: u32,
     trials_succeeded: u32,
 }
@@ -64,6 +66,7 @@ impl CircuitBreaker {
             state: BreakerState::Closed,
             buckets: VecDeque::new(),
             opened_at: 0,
+            opened_with: (0, 0),
             trials_started: 0,
             trials_succeeded: 0,
         }
@@ -80,6 +83,16 @@ impl CircuitBreaker {
     /// When the breaker last opened (meaningful while open or half-open).
     pub fn opened_at(&self) -> Option<u64> {
         (self.state != BreakerState::Closed).then_some(self.opened_at)
+    }
+
+    /// Requests and failures counted: of the current window while closed, of the
+    /// window that opened it while open or half-open (its own window starts empty).
+    pub fn reported_window(&mut self, now: u64) -> (u32, u32) {
+        if self.state == BreakerState::Closed {
+            self.window(now)
+        } else {
+            self.opened_with
+        }
     }
 
     /// When an open breaker will admit trials.
@@ -204,6 +217,13 @@ impl CircuitBreaker {
     }
 
     fn open(&mut self, now: u64) {
+        // From half-open the window is empty: the failed trial and those before it.
+        let w = self.window(now);
+        self.opened_with = if w.0 > 0 {
+            w
+        } else {
+            (self.trials_succeeded + 1, 1)
+        };
         self.state = BreakerState::Open;
         self.opened_at = now;
         self.buckets.clear();
@@ -219,6 +239,18 @@ mod tests {
 
     fn breaker() -> CircuitBreaker {
         CircuitBreaker::new(BreakerConfig::default())
+    }
+
+    #[test]
+    fn an_open_breaker_reports_the_window_that_opened_it() {
+        let mut b = breaker();
+        for i in 0..10 {
+            b.admit(i);
+            b.record(i, i % 2 == 0);
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.reported_window(20), (10, 5));
+        assert_eq!(b.window(20), (0, 0), "its own window starts empty");
     }
 
     #[test]

@@ -879,7 +879,8 @@ pub struct BreakerStatus {
     pub upstream: String,
     /// `closed`, `open` or `half_open`.
     pub state: String,
-    /// Failed share of the requests in the current window, 0 to 1.
+    /// Failed share of the requests in the current window, 0 to 1; for an open or
+    /// half-open breaker, of the window that opened it.
     pub failure_rate: f64,
     pub requests_in_window: u64,
     pub opened_at: Option<String>,

@@ -508,7 +508,7 @@ impl DataPlaneStatus for Gateway {
             .map(|u| {
                 let now = clock::now_ms();
                 let mut b = u.breaker.lock().unwrap_or_else(|p| p.into_inner());
-                let (total, failed) = b.window(now);
+                let (total, failed) = b.reported_window(now);
                 BreakerStatus {
                     upstream: u.name.clone(),
                     state: b.state().as_str().into(),

@@ -416,6 +416,16 @@ async fn circuit_breaker_opens_half_opens_and_closes_with_exact_counts() {
     let breakers = app.get_json("/api/v1/circuit-breakers").await;
     assert_eq!(breakers[0]["state"], "open");
     assert!(breakers[0]["next_trial_at"].is_string());
+    // It reports the window that opened it, not its own empty one.
+    assert!(
+        breakers[0]["failure_rate"]
+            .as_f64()
+            .is_some_and(|r| r >= 0.5)
+            && breakers[0]["requests_in_window"]
+                .as_u64()
+                .is_some_and(|n| n >= 10),
+        "{breakers}"
+    );
 
     // After open_ms: three trials go through; all succeed, so it closes.
     up.status.store(200, Ordering::Relaxed);
