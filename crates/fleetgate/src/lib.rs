@@ -166,10 +166,7 @@ pub async fn start(
         .map(TcpListener::local_addr)
         .transpose()?;
     let gateway_tls = gateway_tls.map(TcpListener::into_std).transpose()?;
-    let workers = match config.gateway.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let workers = gateway_workers(&config);
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (down_tx, down_rx) = watch::channel(false);
@@ -178,20 +175,7 @@ pub async fn start(
     let app = fleetgate_manager::router(state.clone());
     let gw = Gateway::new(
         state.subscribe(),
-        GatewayOptions {
-            access_log: config
-                .gateway
-                .access_log
-                .then(|| {
-                    fleetgate_proxy::access_log::AccessLog::new(&config.gateway.access_log_fields)
-                })
-                .transpose()
-                .map_err(anyhow::Error::msg)?,
-            redis_url: config.redis.url.clone(),
-            rate_limit_fail_open: config.gateway.rate_limit_fail_open,
-            header_read_timeout: Duration::from_millis(config.gateway.header_read_timeout_ms),
-            events: Some(state.event_sink()),
-        },
+        gateway_options(&config, Some(state.event_sink()))?,
     );
     gw.follow_redirects(state.subscribe_redirects());
     if with_gateway && config.flecto.url.is_some() {
@@ -259,6 +243,33 @@ pub async fn start(
     })
 }
 
+/// The gateway's options from the configuration; `events` go to the manager's hub.
+fn gateway_options(
+    config: &Config,
+    events: Option<Arc<dyn fleetgate_core::events::EventSink>>,
+) -> anyhow::Result<GatewayOptions> {
+    Ok(GatewayOptions {
+        access_log: config
+            .gateway
+            .access_log
+            .then(|| fleetgate_proxy::access_log::AccessLog::new(&config.gateway.access_log_fields))
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        redis_url: config.redis.url.clone(),
+        rate_limit_fail_open: config.gateway.rate_limit_fail_open,
+        header_read_timeout: Duration::from_millis(config.gateway.header_read_timeout_ms),
+        events,
+    })
+}
+
+/// Gateway worker threads: `gateway.workers`, or one per CPU when it is 0.
+fn gateway_workers(config: &Config) -> usize {
+    match config.gateway.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
 /// A running edge: a gateway without a manager of its own.
 pub struct RunningEdge {
     pub gateway_addr: SocketAddr,
@@ -304,29 +315,10 @@ pub async fn start_edge(
         })?;
     let gateway_addr = listener.local_addr()?;
     let listener = listener.into_std()?;
-    let workers = match config.gateway.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let workers = gateway_workers(&config);
     // No routes: the edge answers the synced project's hosts and 404 for the rest.
     let (config_tx, config_rx) = watch::channel(Arc::new(ConfigSnapshot::default()));
-    let gw = Gateway::new(
-        config_rx,
-        GatewayOptions {
-            access_log: config
-                .gateway
-                .access_log
-                .then(|| {
-                    fleetgate_proxy::access_log::AccessLog::new(&config.gateway.access_log_fields)
-                })
-                .transpose()
-                .map_err(anyhow::Error::msg)?,
-            redis_url: config.redis.url.clone(),
-            rate_limit_fail_open: config.gateway.rate_limit_fail_open,
-            header_read_timeout: Duration::from_millis(config.gateway.header_read_timeout_ms),
-            events: None,
-        },
-    );
+    let gw = Gateway::new(config_rx, gateway_options(&config, None)?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (down_tx, down_rx) = watch::channel(false);
     let mut cfg = config.flecto.clone();

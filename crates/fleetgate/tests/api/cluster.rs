@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::support::{config_in, postgres_schema_url, spawn_with, ADMIN_PASSWORD};
+use crate::support::{config_in, login_cookies, postgres_schema_url, spawn_with, ADMIN_PASSWORD};
 
 #[tokio::test]
 async fn two_managers_share_sessions_limits_and_revisions() {
@@ -108,27 +108,6 @@ async fn two_managers_share_sessions_limits_and_revisions() {
 }
 
 /// Logs in and returns the `Cookie` header value and the CSRF token.
-async fn login_cookies(login_url: &str) -> (String, String) {
-    let r = Client::new()
-        .post(login_url)
-        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
-        .send()
-        .await
-        .expect("login");
-    let cookies: Vec<String> = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|c| c.split(';').next())
-        .map(str::to_string)
-        .collect();
-    let body: Value = r.json().await.expect("json");
-    (
-        cookies.join("; "),
-        body["csrf_token"].as_str().expect("csrf").to_string(),
-    )
-}
 
 #[tokio::test]
 async fn api_rate_limit_is_shared_through_redis() {

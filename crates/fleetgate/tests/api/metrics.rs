@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::events::{flood, SseClient};
-use crate::support::{expect_error, spawn_app, TestApp, ADMIN_PASSWORD};
+use crate::support::{expect_error, login_cookies, spawn_app, TestApp};
 use crate::upstream;
 
 /// Polls `/api/v1/metrics` until `ok` holds for the snapshot.
@@ -307,20 +307,7 @@ async fn metrics_stream_sends_a_snapshot_every_second() {
 }
 
 async fn session_cookie(app: &TestApp) -> String {
-    let r = Client::new()
-        .post(app.url("/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(r.status(), StatusCode::OK);
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|c| c.split(';').next())
-        .collect::<Vec<_>>()
-        .join("; ")
+    login_cookies(&app.url("/api/v1/auth/login")).await.0
 }
 
 async fn next_json(

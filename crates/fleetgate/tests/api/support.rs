@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use fleetgate::config::Config;
 use fleetgate::{BootstrapSecrets, Running};
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub const TOKEN: &str = "test-bootstrap-token-0123456789";
 pub const ADMIN_PASSWORD: &str = "admin-password-123";
@@ -174,4 +174,27 @@ pub async fn expect_error(r: Response, status: StatusCode, code: &str) -> Value 
     );
     assert!(body["details"].is_object(), "{body}");
     body
+}
+
+/// Logs in as `admin` and returns the session's `Cookie` header value and its CSRF token.
+pub async fn login_cookies(login_url: &str) -> (String, String) {
+    let r = Client::new()
+        .post(login_url)
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .expect("login");
+    let cookies: Vec<String> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|c| c.split(';').next())
+        .map(str::to_string)
+        .collect();
+    let body: Value = r.json().await.expect("json");
+    (
+        cookies.join("; "),
+        body["csrf_token"].as_str().expect("csrf").to_string(),
+    )
 }
