@@ -5,6 +5,7 @@
 // messages next to it.
 
 import { h, showErrors } from './ui.js';
+import { lines } from './widgets.js';
 
 let seq = 0;
 
@@ -25,15 +26,6 @@ export function setPath(obj, path, value) {
 
 export function clone(v) {
   return v === undefined ? undefined : JSON.parse(JSON.stringify(v));
-}
-
-/// Splits a comma or newline separated list, dropping blanks.
-export function splitList(text) {
-  return String(text || '').split(/[\n,]/).map((s) => s.trim()).filter(Boolean);
-}
-
-function splitLines(text) {
-  return String(text || '').split('\n').map((s) => s.trim()).filter(Boolean);
 }
 
 /// A field error shaped like the API's, so showErrors can place it.
@@ -117,10 +109,10 @@ export function control(spec, value) {
       else if (spec.kind === 'json') input.value = value === null || value === undefined ? '' : JSON.stringify(value, null, 2);
       else input.value = value ?? '';
       read = (errors) => {
-        if (spec.kind === 'lines') return splitLines(input.value);
+        if (spec.kind === 'lines') return lines(input.value, { commas: false });
         if (spec.kind === 'headers') {
           const out = {};
-          for (const line of splitLines(input.value)) {
+          for (const line of lines(input.value, { commas: false })) {
             const i = line.indexOf(':');
             if (i <= 0) {
               errors.push({ field: spec.path, message: `"${line}" is not "Name: value"` });
@@ -163,10 +155,10 @@ export function control(spec, value) {
         spellcheck: 'false' });
       read = (errors) => {
         const t = input.value.trim();
-        if (spec.kind === 'list') return splitList(t);
+        if (spec.kind === 'list') return lines(t);
         if (spec.kind === 'ints' || spec.kind === 'retry_on') {
           const out = [];
-          for (const item of splitList(t)) {
+          for (const item of lines(t)) {
             if (/^\d+$/.test(item)) out.push(Number(item));
             else if (spec.kind === 'retry_on') out.push(item);
             else errors.push({ field: spec.path, message: `"${item}" is not a number` });
