@@ -11,6 +11,7 @@ pub mod diff;
 pub mod error;
 pub mod events;
 pub mod gateway;
+pub mod h1;
 pub mod metrics;
 pub mod redirects;
 pub mod routing;

@@ -219,6 +219,91 @@ fn append_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &str, proto: &'s
     }
 }
 
+/// The forwarding headers written into a bodyless request's head (see
+/// [`write_request_head`]), in place of the client's own.
+struct Forwarding<'a> {
+    peer: &'a Peer,
+    host: &'a str,
+    proto: &'static str,
+    rid: &'a HeaderValue,
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the HTTP/1.1 head of a bodyless request to `out`: the request line, `Host`
+/// naming the target, the client's headers without hop-by-hop ones (RFC 9110 §7.6.1;
+/// headers named in `Connection` must be gone already) and, with `fwd`, the
+/// forwarding headers `append_forwarded` would add (`X-Forwarded-For` and `Forwarded`
+/// extend what the client sent), and `X-Request-Id`. Without `fwd`, they are in
+/// `headers` already. One pass over the client's headers, no header map built.
+fn write_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    path: [&str; 2],
+    target_host: &HeaderValue,
+    headers: &HeaderMap,
+    fwd: Option<&Forwarding<'_>>,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path[0].as_bytes());
+    out.extend_from_slice(path[1].as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    push_header(out, b"host", target_host.as_bytes());
+    let mut xff: Option<&HeaderValue> = None;
+    let mut forwarded: Option<&HeaderValue> = None;
+    for (name, value) in headers {
+        if *name == header::HOST || HOP_BY_HOP.iter().any(|h| h == name) || *name == header::UPGRADE
+        {
+            continue;
+        }
+        if fwd.is_some() {
+            if *name == X_FORWARDED_FOR {
+                xff = xff.or(Some(value));
+                continue;
+            }
+            if *name == header::FORWARDED {
+                forwarded = forwarded.or(Some(value));
+                continue;
+            }
+            if *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST || *name == X_REQUEST_ID {
+                continue;
+            }
+        }
+        push_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(f) = fwd {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prev) = xff.filter(|v| !v.is_empty()) {
+            out.extend_from_slice(prev.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(f.peer.ip.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        push_header(out, b"x-forwarded-proto", f.proto.as_bytes());
+        push_header(out, b"x-forwarded-host", f.host.as_bytes());
+        out.extend_from_slice(b"forwarded: ");
+        if let Some(prev) = forwarded.filter(|v| !v.is_empty()) {
+            out.extend_from_slice(prev.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(b"for=");
+        out.extend_from_slice(f.peer.node.as_bytes());
+        out.extend_from_slice(b";host=\"");
+        out.extend(f.host.bytes().filter(|c| *c != b'"' && *c != b'\\'));
+        out.extend_from_slice(b"\";proto=");
+        out.extend_from_slice(f.proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        push_header(out, b"x-request-id", f.rid.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 fn origin_allowed<'a>(cors: &Cors, origin: &'a str) -> Option<&'a str> {
     if cors.allow_origins.iter().any(|o| o == "*") {
         return Some(if cors.allow_credentials { origin } else { "*" });
@@ -681,19 +766,31 @@ async fn forward(
         req.uri.path_and_query().cloned()
     };
     let retryable = bodyless(req, &body);
+    // A bodyless request that does not upgrade is written out as bytes on a
+    // connection this task drives (pool.rs); the others go through hyper's client.
+    let direct = retryable && !upgrade;
+    let proto = if ctx.tls { "https" } else { "http" };
     let mut headers = std::mem::take(&mut req.headers);
-    // Room for the five headers added below at once: a client's map is sized for
-    // what it sent, and growing it one insert at a time rehashes it repeatedly.
-    headers.reserve(5);
-    strip_hop_by_hop(&mut headers, upgrade);
-    append_forwarded(
-        &mut headers,
-        ctx.peer,
+    // Without header rules, a direct request's forwarding headers are written with
+    // its head; otherwise they go into the map first, where the rules can change them.
+    let fwd = (direct && rt.request_headers.is_empty()).then_some(Forwarding {
+        peer: ctx.peer,
         host,
-        if ctx.tls { "https" } else { "http" },
-    );
-    headers.insert(X_REQUEST_ID, rid.clone());
-    rt.request_headers.apply(&mut headers);
+        proto,
+        rid,
+    });
+    if fwd.is_none() {
+        // Room for the five headers added below at once: a client's map is sized for
+        // what it sent, and growing it one insert at a time rehashes it repeatedly.
+        headers.reserve(5);
+        strip_hop_by_hop(&mut headers, upgrade);
+        append_forwarded(&mut headers, ctx.peer, host, proto);
+        headers.insert(X_REQUEST_ID, rid.clone());
+        rt.request_headers.apply(&mut headers);
+    } else if headers.contains_key(header::CONNECTION) {
+        strip_hop_by_hop(&mut headers, false);
+    }
+    let mut head = Vec::new();
     let attempts = 1 + if retryable {
         up.config.retries.attempts
     } else {
@@ -727,42 +824,64 @@ async fn forward(
         }
         rt.upstream_metrics.requests.fetch_add(1, Ordering::Relaxed);
         let target = &up.targets[ti];
-        let pq = match &reuse_pq {
-            Some(pq) if target.base_path.is_empty() => Ok(pq.clone()),
-            _ => {
-                http::uri::PathAndQuery::try_from(format!("{}{}", target.base_path, path_and_query))
-            }
-        };
-        // Origin form (`/path?query`): the connection already names the target.
-        let uri = match pq.map_err(http::Error::from).map(Uri::from) {
-            Ok(u) => u,
-            Err(e) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "BAD_REQUEST",
-                    &format!("cannot forward this path: {e}"),
-                    None,
-                )
-            }
-        };
-        let mut out = Request::new(
-            body.take()
-                .unwrap_or(Either::Right(Either::Right(Empty::new()))) as UpstreamBody,
-        );
-        *out.method_mut() = req.method.clone();
-        *out.uri_mut() = uri;
         let more = attempt + 1 < attempts;
-        // The last possible attempt takes the headers; earlier ones keep a copy for retries.
-        *out.headers_mut() = if more {
-            headers.clone()
-        } else {
-            std::mem::take(&mut headers)
-        };
-        out.headers_mut()
-            .insert(header::HOST, target.host_header.clone());
         target.active.fetch_add(1, Ordering::Relaxed);
         let sent = Instant::now();
-        let res = tokio::time::timeout(request_timeout, target.pool.send(out)).await;
+        let res = if direct {
+            head.clear();
+            head.reserve(512);
+            write_request_head(
+                &mut head,
+                &req.method,
+                [&target.base_path, &path_and_query],
+                &target.host_header,
+                &headers,
+                fwd.as_ref(),
+            );
+            let send = target.pool.send_bodyless(
+                &head,
+                req.method == Method::HEAD,
+                crate::pool::idempotent(&req.method),
+            );
+            tokio::time::timeout(request_timeout, send).await
+        } else {
+            let pq = match &reuse_pq {
+                Some(pq) if target.base_path.is_empty() => Ok(pq.clone()),
+                _ => http::uri::PathAndQuery::try_from(format!(
+                    "{}{}",
+                    target.base_path, path_and_query
+                )),
+            };
+            // Origin form (`/path?query`): the connection already names the target.
+            let uri = match pq.map_err(http::Error::from).map(Uri::from) {
+                Ok(u) => u,
+                Err(e) => {
+                    target.active.fetch_sub(1, Ordering::Relaxed);
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        "BAD_REQUEST",
+                        &format!("cannot forward this path: {e}"),
+                        None,
+                    );
+                }
+            };
+            let mut out = Request::new(
+                body.take()
+                    .unwrap_or(Either::Right(Either::Right(Empty::new())))
+                    as UpstreamBody,
+            );
+            *out.method_mut() = req.method.clone();
+            *out.uri_mut() = uri;
+            // The last possible attempt takes the headers; earlier ones keep a copy for retries.
+            *out.headers_mut() = if more {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
+            out.headers_mut()
+                .insert(header::HOST, target.host_header.clone());
+            tokio::time::timeout(request_timeout, target.pool.send(out)).await
+        };
         target.active.fetch_sub(1, Ordering::Relaxed);
         rt.upstream_metrics
             .latency
@@ -798,7 +917,10 @@ async fn forward(
                     return Response::from_parts(parts, Either::Left(body));
                 }
                 let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers, false);
+                if !direct {
+                    // A direct connection's response comes without them already.
+                    strip_hop_by_hop(&mut parts.headers, false);
+                }
                 rt.response_headers.apply(&mut parts.headers);
                 return Response::from_parts(parts, Either::Left(body));
             }

@@ -1,23 +1,39 @@
 //! Keep-alive connections to one upstream target, reused across requests.
 //!
-//! Each connection is a `hyper::client::conn::http1` sender whose connection task
-//! runs on the runtime of the worker that opened it. A sender goes back to the
-//! pool when its response body has been read to the end; a response abandoned
-//! half-way closes its connection instead, since the stream position is unknown.
-//! A request the pool could not even start on a reused connection (it had just
-//! closed) comes back whole from `try_send_request` and is sent on another one,
-//! whatever its method.
+//! Two kinds of connection share a pool's target:
+//! - Requests without a body (the common case: GET, HEAD, DELETE…) go through
+//!   [`Pool::send_bodyless`] on a [`Conn`] the gateway drives itself, inside the
+//!   task of the request it serves: the request head is written as bytes, the
+//!   response head parsed with [`fleetgate_core::h1`], and the body read straight
+//!   off the socket as the client's connection asks for it. No connection task,
+//!   no channel, no copy of the header map.
+//! - Requests with a body and WebSocket upgrades use a `hyper::client::conn::http1`
+//!   sender whose connection task runs on the worker that opened it, since their
+//!   request and response can be in flight at once.
+//!
+//! Either kind goes back to the pool when its response body has been read to the
+//! end; a response abandoned half-way closes its connection instead, since the
+//! stream position is unknown. A request that could not be sent on a reused
+//! connection (the upstream had just closed it) is sent on another one; a
+//! bodyless request whose reused connection closed before any byte of an answer is
+//! sent again only when its method is idempotent.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
+use bytes::{Buf, Bytes, BytesMut};
+use fleetgate_core::h1::{self, ChunkedDecoder, Decoded, Framing};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 use crate::upstream::UpstreamBody;
 
@@ -29,8 +45,10 @@ pub enum SendError {
     /// No connection could be opened: nothing was sent.
     Connect(String),
     /// The exchange failed after the request was (at least partly) sent.
-    Failed(hyper::Error),
+    Failed(BoxError),
 }
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -52,7 +70,8 @@ pub struct Pool {
     host: String,
     port: u16,
     tls: Option<UpstreamTls>,
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    /// Idle connections, most recently used last.
+    idle_conns: Mutex<Vec<(Conn, Instant)>>,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -76,37 +95,18 @@ impl Pool {
                 .unwrap_or(if tls.is_some() { 443 } else { 80 }),
             host,
             tls,
-            idle: Mutex::new(Vec::new()),
+            idle_conns: Mutex::new(Vec::new()),
             max_idle: 1024,
             idle_timeout,
             connect_timeout,
         })
     }
 
-    fn checkout(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < self.idle_timeout {
-                return Some(sender);
-            }
-        }
-        None
-    }
-
-    fn put(&self, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < self.max_idle {
-            idle.push((sender, Instant::now()));
-        }
-    }
-
-    async fn connect(&self) -> Result<Sender, SendError> {
+    /// Opens a TCP connection (and TLS session) to the target.
+    async fn open(&self) -> Result<Io, SendError> {
         let stream = tokio::time::timeout(
             self.connect_timeout,
-            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+            TcpStream::connect((self.host.as_str(), self.port)),
         )
         .await
         .map_err(|_| {
@@ -118,7 +118,7 @@ impl Pool {
         .map_err(|e| SendError::Connect(format!("{}:{}: {e}", self.host, self.port)))?;
         let _ = stream.set_nodelay(true);
         let Some(tls) = &self.tls else {
-            return self.handshake(stream).await;
+            return Ok(Io::Tcp(stream));
         };
         let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
         let stream = tokio::time::timeout(
@@ -138,15 +138,21 @@ impl Pool {
                 self.host, self.port
             ))
         })?;
-        self.handshake(stream).await
+        Ok(Io::Tls(Box::new(stream)))
     }
 
-    async fn handshake<I>(&self, io: I) -> Result<Sender, SendError>
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(io))
+    /// Hands a pooled (or new) connection to hyper's HTTP/1 client for one request.
+    /// Its connection task gives the socket back to the pool once the exchange
+    /// ended cleanly (`clean` set by the response body), unless the request asks to
+    /// upgrade: an upgraded connection belongs to the upgrade.
+    async fn handshake(
+        self: &Arc<Self>,
+        conn: Conn,
+        upgrade: bool,
+        clean: Arc<AtomicBool>,
+    ) -> Result<Sender, SendError> {
+        let (sender, hyper_conn) = http1::Builder::new()
+            .handshake(TokioIo::new(conn.io))
             .await
             .map_err(|e| {
                 SendError::Connect(format!(
@@ -154,23 +160,41 @@ impl Pool {
                     self.host, self.port
                 ))
             })?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
+        if upgrade {
+            tokio::spawn(async move {
+                let _ = hyper_conn.with_upgrades().await;
+            });
+        } else {
+            let pool = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let Ok(parts) = hyper_conn.without_shutdown().await else {
+                    return;
+                };
+                if clean.load(Ordering::Acquire) && parts.read_buf.is_empty() {
+                    if let Some(pool) = pool.upgrade() {
+                        pool.put_conn(Conn::new(parts.io.into_inner()));
+                    }
+                }
+            });
+        }
         Ok(sender)
     }
 
-    /// Sends `req` on a pooled connection (or a new one) and returns the response
-    /// with a body that gives the connection back when read to the end.
+    /// Sends `req` (one with a body, or an upgrade) through hyper's client on a pooled
+    /// connection or a new one, and returns the response with a body that gives the
+    /// connection back when read to the end.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
+        let upgrade = req.headers().contains_key(header::UPGRADE);
         loop {
-            let (mut sender, reused) = match self.checkout() {
-                Some(s) => (s, true),
-                None => (self.connect().await?, false),
+            let (conn, reused) = match self.checkout_conn() {
+                Some(c) => (c, true),
+                None => (Conn::new(self.open().await?), false),
             };
+            let clean = Arc::new(AtomicBool::new(false));
+            let mut sender = self.handshake(conn, upgrade, clean.clone()).await?;
             if sender.ready().await.is_err() {
                 if reused {
                     continue;
@@ -182,51 +206,495 @@ impl Pool {
             }
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
                     let (parts, body) = resp.into_parts();
-                    let ret = (!upgraded).then(|| (sender, self.clone()));
-                    return Ok(Response::from_parts(parts, PooledBody { inner: body, ret }));
+                    return Ok(Response::from_parts(
+                        parts,
+                        PooledBody::Hyper {
+                            inner: body,
+                            ret: Some((sender, clean)),
+                        },
+                    ));
                 }
                 Err(mut e) => match e.take_message() {
                     // Never sent: a reused connection closed under us; try another.
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(SendError::Failed(e.into_error())),
+                    _ => return Err(SendError::Failed(e.into_error().into())),
                 },
             }
         }
     }
 }
 
+/// The stream under a pooled connection.
+pub(crate) enum Io {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Io::Tcp(s) => s,
+            Io::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// Whether the upstream sent anything (bytes, FIN, RST) on an idle connection
+    /// since its last response was read: then it is not reusable. Asks the runtime's
+    /// readiness state, not the kernel: no system call.
+    fn touched_while_idle(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.tcp().poll_read_ready(&mut cx).is_ready()
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Tcp(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Free room kept in a connection's read buffer before each read, and how much
+/// is added when it runs short.
+const READ_MIN: usize = 4 * 1024;
+const READ_GROW: usize = 16 * 1024;
+
+/// Reads once into the spare room of `buf` (grown first when short).
+fn poll_fill(
+    io: &mut Io,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_MIN {
+        buf.reserve(READ_GROW);
+    }
+    // `read_buf` keeps no state between polls: a fresh future per poll is a plain read.
+    let fut = io.read_buf(buf);
+    std::pin::pin!(fut).poll(cx)
+}
+
+/// A keep-alive HTTP/1.1 connection for bodyless requests, driven by the task of
+/// the request it carries (see the module documentation).
+pub(crate) struct Conn {
+    io: Io,
+    /// Bytes read from the upstream and not consumed yet.
+    buf: BytesMut,
+    /// Where the last response head's header lines were (reused).
+    spans: Vec<h1::HeaderSpan>,
+}
+
+/// How one exchange on a [`Conn`] failed.
+enum ExchangeError {
+    /// The request could not be written: the upstream never got all of it.
+    Write(std::io::Error),
+    /// The upstream closed (or reset) the connection before any byte of an answer.
+    Closed,
+    /// Anything after the first byte of the answer.
+    Failed(BoxError),
+}
+
+impl Conn {
+    fn new(io: Io) -> Self {
+        Self {
+            io,
+            buf: BytesMut::with_capacity(READ_GROW),
+            spans: Vec::new(),
+        }
+    }
+
+    /// Writes `head` and reads until a final (non-1xx) response head is complete.
+    async fn exchange(
+        &mut self,
+        head: &[u8],
+        head_request: bool,
+    ) -> Result<h1::ResponseHead, ExchangeError> {
+        self.io
+            .write_all(head)
+            .await
+            .map_err(ExchangeError::Write)?;
+        self.io.flush().await.map_err(ExchangeError::Write)?;
+        let mut received = false;
+        loop {
+            if !self.buf.is_empty() {
+                match h1::parse_response_head(&self.buf, head_request, &mut self.spans) {
+                    Ok(Some(h)) if h.status == 101 => {
+                        return Err(ExchangeError::Failed(
+                            "the upstream switched protocols without being asked to".into(),
+                        ))
+                    }
+                    // Informational answers (103 Early Hints, a stray 100) are not forwarded.
+                    Ok(Some(h)) if h.status < 200 => {
+                        self.buf.advance(h.len);
+                        continue;
+                    }
+                    Ok(Some(h)) => return Ok(h),
+                    Ok(None) => {}
+                    Err(e) => return Err(ExchangeError::Failed(e.into())),
+                }
+            }
+            let read = std::future::poll_fn(|cx| poll_fill(&mut self.io, &mut self.buf, cx)).await;
+            match read {
+                Ok(0) | Err(_) if !received => return Err(ExchangeError::Closed),
+                Ok(0) => {
+                    return Err(ExchangeError::Failed(
+                        "the upstream closed the connection in the middle of a response head"
+                            .into(),
+                    ))
+                }
+                Ok(_) => received = true,
+                Err(e) => return Err(ExchangeError::Failed(e.into())),
+            }
+        }
+    }
+}
+
+/// Whether a request with this method may be sent again when its connection closed
+/// without an answer (RFC 9110 §9.2.2).
+pub fn idempotent(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
+}
+
+/// Hop-by-hop response headers (RFC 9110 §7.6.1), never forwarded to the client.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::PROXY_AUTHENTICATE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+impl Pool {
+    fn checkout_conn(&self) -> Option<Conn> {
+        let mut idle = self.idle_conns.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((conn, since)) = idle.pop() {
+            if since.elapsed() < self.idle_timeout && !conn.io.touched_while_idle() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put_conn(&self, conn: Conn) {
+        // Bytes after a complete response mean the stream is out of step.
+        if !conn.buf.is_empty() {
+            return;
+        }
+        let mut idle = self.idle_conns.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push((conn, Instant::now()));
+        }
+    }
+
+    /// Sends a request without a body, written out in full in `head` (request line,
+    /// headers, blank line), on a pooled connection or a new one. `head_request`: the
+    /// method is HEAD (the answer has no body); `idempotent`: it may be sent again
+    /// when a reused connection closes without answering.
+    pub async fn send_bodyless(
+        self: &Arc<Self>,
+        head: &[u8],
+        head_request: bool,
+        idempotent: bool,
+    ) -> Result<Response<PooledBody>, SendError> {
+        loop {
+            let (mut conn, reused) = match self.checkout_conn() {
+                Some(c) => (c, true),
+                None => (Conn::new(self.open().await?), false),
+            };
+            match conn.exchange(head, head_request).await {
+                Ok(parsed) => return self.response(conn, parsed).map_err(SendError::Failed),
+                Err(ExchangeError::Write(_)) if reused => continue,
+                Err(ExchangeError::Closed) if reused && idempotent => continue,
+                Err(ExchangeError::Write(e)) => return Err(SendError::Failed(e.into())),
+                Err(ExchangeError::Closed) => {
+                    return Err(SendError::Failed(
+                        format!(
+                            "{}:{} closed the connection without answering",
+                            self.host, self.port
+                        )
+                        .into(),
+                    ))
+                }
+                Err(ExchangeError::Failed(e)) => return Err(SendError::Failed(e)),
+            }
+        }
+    }
+
+    /// Turns a parsed head into the response handed to the client, its header values
+    /// sharing the bytes read (no copy), and the connection into its body.
+    fn response(
+        self: &Arc<Self>,
+        mut conn: Conn,
+        head: h1::ResponseHead,
+    ) -> Result<Response<PooledBody>, BoxError> {
+        let status = StatusCode::from_u16(head.status)?;
+        let raw = conn.buf.split_to(head.len).freeze();
+        let mut headers = HeaderMap::with_capacity(conn.spans.len());
+        let mut connection: Option<HeaderValue> = None;
+        for span in &conn.spans {
+            let name = HeaderName::from_bytes(span.name(&raw))?;
+            let value = HeaderValue::from_maybe_shared(
+                raw.slice(span.value.0 as usize..span.value.1 as usize),
+            )?;
+            if hop_by_hop(&name) {
+                if name == header::CONNECTION {
+                    connection = Some(value);
+                }
+                continue;
+            }
+            headers.append(name, value);
+        }
+        // Headers the upstream named in `Connection` are hop-by-hop too.
+        if let Some(v) = connection.as_ref().and_then(|v| v.to_str().ok()) {
+            for token in v.split(',').map(str::trim) {
+                if !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive")
+                {
+                    if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                        headers.remove(n);
+                    }
+                }
+            }
+        }
+        let body = match head.framing {
+            Framing::Empty => {
+                if head.keep_alive {
+                    self.put_conn(conn);
+                }
+                PooledBody::Whole(None)
+            }
+            Framing::Length(n) if conn.buf.len() as u64 >= n => {
+                // The whole body came with the head: the connection is free already.
+                let data = conn.buf.split_to(n as usize).freeze();
+                if head.keep_alive {
+                    self.put_conn(conn);
+                }
+                PooledBody::Whole(Some(data))
+            }
+            framing => PooledBody::Stream(Box::new(StreamBody {
+                conn: Some(conn),
+                pool: self.clone(),
+                framing: match framing {
+                    Framing::Length(n) => Remaining::Length(n),
+                    Framing::Chunked => Remaining::Chunked(ChunkedDecoder::new()),
+                    _ => Remaining::UntilClose,
+                },
+                keep_alive: head.keep_alive,
+            })),
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        Ok(resp)
+    }
+}
+
+enum Remaining {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+}
+
+/// A response body read off a [`Conn`] as the client takes it.
+pub struct StreamBody {
+    conn: Option<Conn>,
+    pool: Arc<Pool>,
+    framing: Remaining,
+    keep_alive: bool,
+}
+
+impl StreamBody {
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive {
+                self.pool.put_conn(conn);
+            }
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if !conn.buf.is_empty() {
+                match &mut self.framing {
+                    Remaining::Length(left) => {
+                        let take = (*left).min(conn.buf.len() as u64);
+                        *left -= take;
+                        let data = conn.buf.split_to(take as usize).freeze();
+                        if *left == 0 {
+                            self.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Remaining::Chunked(dec) => match dec.decode(&conn.buf) {
+                        Ok(Decoded::Data { framing, data }) => {
+                            conn.buf.advance(framing);
+                            let data = conn.buf.split_to(data).freeze();
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Ok(Decoded::NeedMore { framing }) => conn.buf.advance(framing),
+                        Ok(Decoded::End { framing }) => {
+                            conn.buf.advance(framing);
+                            self.finish();
+                            return Poll::Ready(None);
+                        }
+                        Err(e) => {
+                            self.conn = None;
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                    },
+                    Remaining::UntilClose => {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                continue;
+            }
+            if let Remaining::Length(0) = self.framing {
+                self.finish();
+                return Poll::Ready(None);
+            }
+            match std::task::ready!(poll_fill(&mut conn.io, &mut conn.buf, cx)) {
+                Ok(0) => {
+                    self.conn = None;
+                    return Poll::Ready(match self.framing {
+                        Remaining::UntilClose => None,
+                        _ => Some(Err(
+                            "the upstream closed the connection before the end of the body".into(),
+                        )),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+}
+
 /// An upstream response body that returns its connection to the pool at its end.
-pub struct PooledBody {
-    inner: Incoming,
-    ret: Option<(Sender, Arc<Pool>)>,
+pub enum PooledBody {
+    /// A body read by hyper's client (requests with a body, upgrades, health checks).
+    Hyper {
+        inner: Incoming,
+        /// Dropped at the end of the body, which ends the connection task; `clean`
+        /// tells it the socket may go back to the pool.
+        ret: Option<(Sender, Arc<AtomicBool>)>,
+    },
+    /// A body that arrived whole with its head (or none at all); its connection is back in the pool.
+    Whole(Option<Bytes>),
+    /// A body still being read off its connection.
+    Stream(Box<StreamBody>),
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) = r {
-            if let Some((sender, pool)) = this.ret.take() {
-                pool.put(sender);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            PooledBody::Hyper { inner, ret } => {
+                let r = Pin::new(inner).poll_frame(cx);
+                if let Poll::Ready(None) = r {
+                    if let Some((_sender, clean)) = ret.take() {
+                        clean.store(true, Ordering::Release);
+                    }
+                }
+                r.map(|o| o.map(|r| r.map_err(Into::into)))
             }
+            PooledBody::Whole(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            PooledBody::Stream(s) => s.poll_frame(cx),
         }
-        r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            PooledBody::Hyper { inner, .. } => inner.is_end_stream(),
+            PooledBody::Whole(data) => data.is_none(),
+            PooledBody::Stream(s) => s.conn.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            PooledBody::Hyper { inner, .. } => inner.size_hint(),
+            PooledBody::Whole(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            PooledBody::Stream(s) => match s.framing {
+                Remaining::Length(n) => SizeHint::with_exact(n),
+                _ => SizeHint::default(),
+            },
+        }
     }
 }
 
@@ -234,9 +702,11 @@ impl Drop for PooledBody {
     fn drop(&mut self) {
         // A body never polled to its end may still be complete (empty bodies,
         // HEAD); otherwise the connection is not reusable and is dropped.
-        if let Some((sender, pool)) = self.ret.take() {
-            if self.inner.is_end_stream() {
-                pool.put(sender);
+        if let PooledBody::Hyper { inner, ret } = self {
+            if let Some((_sender, clean)) = ret.take() {
+                if inner.is_end_stream() {
+                    clean.store(true, Ordering::Release);
+                }
             }
         }
     }

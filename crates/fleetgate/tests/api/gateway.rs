@@ -982,3 +982,137 @@ async fn server_sent_events_stream_through_unbuffered() {
     assert_eq!(second.as_deref(), Some(&b"data: second\n\n"[..]));
     app.stop().await;
 }
+
+/// A scripted HTTP/1.1 upstream answering each request with canned bytes chosen by
+/// its path, to exercise the gateway's own response framing. Returns its address
+/// and the number of connections it accepted.
+async fn scripted_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    let (reply, close): (&[u8], bool) = match path.as_str() {
+                        "/chunked" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Checksum: 1\r\n\r\n", false),
+                        "/hints" => (b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal", false),
+                        "/named" => (b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\nX-Secret: 1\r\nX-Public: 2\r\nContent-Length: 2\r\n\r\nok", false),
+                        "/until-close" => (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of this until the end", true),
+                        "/garbage" => (b"SMTP ready\r\n\r\n", true),
+                        "/silent-close" => (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce", true),
+                        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", false),
+                    };
+                    if s.write_all(reply).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_responses_are_framed_and_cleaned_by_the_gateway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::support::config_in(dir.path());
+    config.gateway.workers = 1;
+    let app = crate::support::spawn_with(config, dir).await;
+    let (addr, accepted) = scripted_upstream().await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "s", "path": "/", "upstream": format!("http://{addr}")}),
+    )
+    .await;
+    app.settle().await;
+    let c = Client::new();
+    let get = |path: &str| c.get(app.gw(path)).send();
+
+    // Chunked with an extension and trailers: decoded, and the connection is reused.
+    let r = get("/chunked").await.expect("chunked");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r
+        .headers()
+        .get("transfer-encoding")
+        .is_none_or(|v| v == "chunked"));
+    assert_eq!(r.text().await.expect("body"), "hello, world");
+    let r = get("/plain").await.expect("plain");
+    assert_eq!(r.text().await.expect("body"), "hi");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the chunked response's connection was reused"
+    );
+
+    // Informational answers are skipped; the final one is forwarded.
+    let r = get("/hints").await.expect("hints");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().get("link").is_none());
+    assert_eq!(r.text().await.expect("body"), "final");
+
+    // Hop-by-hop response headers, and those named in Connection, stay behind.
+    let r = get("/named").await.expect("named");
+    assert!(r.headers().get("x-secret").is_none(), "{:?}", r.headers());
+    assert!(r.headers().get("keep-alive").is_none());
+    assert_eq!(r.headers()["x-public"], "2");
+    assert_eq!(r.text().await.expect("body"), "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    // A body delimited by the upstream closing: read to the end, connection not reused.
+    let r = get("/until-close").await.expect("until close");
+    assert_eq!(r.text().await.expect("body"), "all of this until the end");
+    assert_eq!(
+        get("/plain")
+            .await
+            .expect("plain")
+            .text()
+            .await
+            .expect("body"),
+        "hi"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a new connection after a close-delimited body"
+    );
+
+    // An upstream that closes a keep-alive connection without saying so: the next
+    // requests (GET, and a POST without a body, which is never replayed) still succeed.
+    let r = get("/silent-close").await.expect("silent close");
+    assert_eq!(r.text().await.expect("body"), "once");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = c.post(app.gw("/plain")).send().await.expect("post");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.expect("body"), "hi");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+
+    // Bytes that are not HTTP: a 502 JSON answer naming the upstream, not a hang or a 500.
+    let r = get("/garbage").await.expect("garbage");
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["code"], "UPSTREAM_ERROR");
+    app.stop().await;
+}
