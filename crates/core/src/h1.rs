@@ -1,6 +1,7 @@
-//! The HTTP/1.1 response framing the gateway's upstream client reads (RFC 9112):
-//! the response head, how its body is delimited, and a streaming decoder for
-//! chunked bodies. No I/O: the client feeds bytes as they arrive, in any split.
+//! HTTP/1.1 framing for the gateway (RFC 9112): request heads its client-facing
+//! server reads, response heads and how their bodies are delimited for its upstream
+//! client, and a streaming decoder for chunked bodies. No I/O: callers feed bytes as
+//! they arrive, in any split.
 //!
 //! Upstream bytes are untrusted: every limit is explicit (head size, header count,
 //! chunk-size digits, extension and trailer length) and every violation is an
@@ -202,6 +203,101 @@ pub fn parse_response_head(
         len,
         framing,
         keep_alive: !close && framing != Framing::UntilClose,
+    }))
+}
+
+/// A parsed request head; positions refer to the parsed buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: (u32, u32),
+    /// The request-target as sent (origin form `/path?query`, or absolute form).
+    pub target: (u32, u32),
+    /// `1` for HTTP/1.1, `0` for HTTP/1.0.
+    pub minor: u8,
+    /// Bytes of the head, including the blank line that ends it.
+    pub len: usize,
+    /// A body follows (`Transfer-Encoding`, or a `Content-Length` above 0).
+    pub has_body: bool,
+    /// The client asks to switch protocols (`Upgrade`) or to be told to go on (`Expect`).
+    pub upgrade_or_expect: bool,
+    /// The client wants the connection closed after the response (`Connection: close`,
+    /// or HTTP/1.0 without `keep-alive`).
+    pub close: bool,
+}
+
+impl RequestHead {
+    pub fn method<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.method.0 as usize..self.method.1 as usize]
+    }
+
+    pub fn target<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.target.0 as usize..self.target.1 as usize]
+    }
+}
+
+/// Parses a request head at the start of `buf` (HTTP/1.0 or 1.1); `headers` gets where
+/// each header line is. `Ok(None)`: more bytes are needed and fewer than
+/// [`MAX_HEAD_BYTES`] arrived so far.
+pub fn parse_request_head(
+    buf: &[u8],
+    headers: &mut Vec<HeaderSpan>,
+) -> Result<Option<RequestHead>, FramingError> {
+    headers.clear();
+    let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, &mut raw);
+    let len = match parsed {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            return Err(FramingError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(httparse_reason(e)),
+    };
+    if len > MAX_HEAD_BYTES {
+        return Err(FramingError::HeadTooLarge);
+    }
+    let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(FramingError::Malformed("request line"));
+    };
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let start = (s.as_ptr() as usize - base) as u32;
+        (start, start + s.len() as u32)
+    };
+    headers.reserve(req.headers.len());
+    let mut has_body = false;
+    let mut upgrade_or_expect = false;
+    let mut close = minor == 0;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        headers.push(HeaderSpan {
+            name: span(name),
+            value: span(h.value),
+        });
+        if name.eq_ignore_ascii_case(b"content-length") {
+            has_body |= h.value.trim_ascii() != b"0";
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            has_body = true;
+        } else if name.eq_ignore_ascii_case(b"upgrade") || name.eq_ignore_ascii_case(b"expect") {
+            upgrade_or_expect = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if has_token(h.value, "close") {
+                close = true;
+            } else if minor == 0 && has_token(h.value, "keep-alive") {
+                close = false;
+            }
+        }
+    }
+    Ok(Some(RequestHead {
+        method: span(method.as_bytes()),
+        target: span(path.as_bytes()),
+        minor,
+        len,
+        has_body,
+        upgrade_or_expect,
+        close,
     }))
 }
 
@@ -513,6 +609,47 @@ mod tests {
         );
     }
 
+    #[test]
+    fn reads_request_heads_and_what_they_ask_for() {
+        let buf = b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\nGET";
+        let mut spans = Vec::new();
+        let h = parse_request_head(buf, &mut spans)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(
+            (h.method(buf), h.target(buf), h.minor),
+            (&b"GET"[..], &b"/a?b=1"[..], 1)
+        );
+        assert_eq!(h.len, buf.len() - 3);
+        assert!(!h.has_body && !h.upgrade_or_expect && !h.close);
+        assert_eq!(spans[0].value(buf), b"x");
+        let ask = |t: &str| {
+            parse_request_head(t.as_bytes(), &mut Vec::new())
+                .expect("valid")
+                .expect("complete")
+        };
+        assert!(ask("POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n").has_body);
+        assert!(ask("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").has_body);
+        assert!(ask("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").upgrade_or_expect);
+        assert!(ask("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").close);
+        assert!(ask("GET / HTTP/1.0\r\n\r\n").close);
+        assert!(!ask("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").close);
+        assert_eq!(
+            parse_request_head(b"GET / HTTP/1.1\r\nHost", &mut Vec::new()),
+            Ok(None)
+        );
+        assert!(parse_request_head(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &mut Vec::new()).is_err());
+        assert!(
+            parse_request_head(b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", &mut Vec::new())
+                .is_err()
+        );
+        let big = format!("GET / HTTP/1.1\r\nA: {}", "b".repeat(MAX_HEAD_BYTES));
+        assert_eq!(
+            parse_request_head(big.as_bytes(), &mut Vec::new()),
+            Err(FramingError::HeadTooLarge)
+        );
+    }
+
     fn decode_all(
         dec: &mut ChunkedDecoder,
         mut input: &[u8],
@@ -617,6 +754,12 @@ mod tests {
             let mut spans = Vec::new();
             if let Ok(Some(h)) = parse_response_head(&data, head, &mut spans) {
                 prop_assert!(h.len <= data.len());
+                for s in &spans {
+                    prop_assert!(s.value.1 as usize <= h.len && s.name.1 as usize <= h.len);
+                }
+            }
+            if let Ok(Some(h)) = parse_request_head(&data, &mut spans) {
+                prop_assert!(h.len <= data.len() && h.target.1 as usize <= h.len);
                 for s in &spans {
                     prop_assert!(s.value.1 as usize <= h.len && s.name.1 as usize <= h.len);
                 }

@@ -387,8 +387,8 @@ fn set_limit_headers(h: &mut HeaderMap, limit: u32, remaining: u32, reset_at: u6
 }
 
 /// Whether the request carries no body, so it can be sent again on retry.
-fn bodyless(parts: &http::request::Parts, body: &Incoming) -> bool {
-    body.is_end_stream()
+fn bodyless(parts: &http::request::Parts, body: &Option<Incoming>) -> bool {
+    body.as_ref().is_none_or(Body::is_end_stream)
         || (!parts.headers.contains_key(header::TRANSFER_ENCODING)
             && parts
                 .headers
@@ -463,7 +463,7 @@ fn redirect_or_page(gw: &GatewayInner, host: &str, uri: &Uri) -> Option<Response
 /// Handles one request from `peer`.
 pub async fn handle(
     gw: Arc<GatewayInner>,
-    req: Request<Incoming>,
+    req: Request<Option<Incoming>>,
     peer: Arc<Peer>,
     tls: bool,
 ) -> Response<ProxyBody> {
@@ -604,7 +604,7 @@ async fn proxy(
     rt: &RouteRuntime,
     shared: Option<&crate::limit::SharedCounter>,
     req: &mut http::request::Parts,
-    body: Incoming,
+    body: Option<Incoming>,
     ctx: &Ctx<'_>,
 ) -> Response<ProxyBody> {
     let route = &rt.route;
@@ -702,7 +702,7 @@ async fn proxy(
 async fn forward(
     rt: &RouteRuntime,
     req: &mut http::request::Parts,
-    body: Incoming,
+    body: Option<Incoming>,
     ctx: &Ctx<'_>,
 ) -> Response<ProxyBody> {
     let (client, host, matched_len, rid) = (ctx.client, ctx.host, ctx.matched_len, ctx.rid);
@@ -796,9 +796,10 @@ async fn forward(
     } else {
         0
     };
-    let mut body = Some(match route.max_body_bytes {
-        Some(max) => Either::Right(Either::Left(Limited::new(body, max as usize))),
-        None => Either::Left(body),
+    let mut body = Some(match (body, route.max_body_bytes) {
+        (None, _) => Either::Right(Either::Right(Empty::new())),
+        (Some(b), Some(max)) => Either::Right(Either::Left(Limited::new(b, max as usize))),
+        (Some(b), None) => Either::Left(b),
     });
     let request_timeout = Duration::from_millis(up.config.timeouts.request_ms);
     // Targets already tried (at most 1 + 5 retries): a fixed array, no allocation.

@@ -14,6 +14,7 @@ mod forward;
 pub mod limit;
 pub mod metrics;
 pub mod pool;
+mod server;
 pub mod tls;
 pub mod upstream;
 
@@ -295,7 +296,7 @@ impl Gateway {
     ) -> hyper::Response<ProxyBody> {
         forward::handle(
             self.inner.clone(),
-            req,
+            req.map(Some),
             Arc::new(forward::Peer::new(client)),
             false,
         )
@@ -396,14 +397,18 @@ impl Gateway {
                     let stop = stop_rx.clone();
                     match &tls {
                         None => {
-                            conns.spawn(gw.connection(stream, peer, false, stop));
+                            conns.spawn(server::serve(gw, stream, peer, false, stop));
                         }
                         Some(acceptor) => {
                             let acceptor = acceptor.clone();
                             let limit = self.inner.header_read_timeout;
                             conns.spawn(async move {
                                 match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                                    Ok(Ok(tls_stream)) => gw.connection(tls_stream, peer, true, stop).await,
+                                    // HTTP/2 is hyper's; HTTP/1.1 is served like plain connections.
+                                    Ok(Ok(tls_stream)) if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                                        gw.connection(tls_stream, peer, true, stop).await
+                                    }
+                                    Ok(Ok(tls_stream)) => server::serve(gw, tls_stream, peer, true, stop).await,
                                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                                 }
@@ -443,7 +448,7 @@ impl Gateway {
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let inner = inner.clone();
             let client = client.clone();
-            async move { Ok::<_, Infallible>(forward::handle(inner, req, client, tls).await) }
+            async move { Ok::<_, Infallible>(forward::handle(inner, req.map(Some), client, tls).await) }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

@@ -312,8 +312,8 @@ const READ_MIN: usize = 4 * 1024;
 const READ_GROW: usize = 16 * 1024;
 
 /// Reads once into the spare room of `buf` (grown first when short).
-fn poll_fill(
-    io: &mut Io,
+pub(crate) fn poll_fill<R: AsyncRead + Unpin>(
+    io: &mut R,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
