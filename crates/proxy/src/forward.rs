@@ -839,12 +839,15 @@ async fn forward(
                 &headers,
                 fwd.as_ref(),
             );
-            let send = target.pool.send_bodyless(
-                &head,
-                req.method == Method::HEAD,
-                crate::pool::idempotent(&req.method),
-            );
-            tokio::time::timeout(request_timeout, send).await
+            target
+                .pool
+                .send_bodyless(
+                    &head,
+                    req.method == Method::HEAD,
+                    crate::pool::idempotent(&req.method),
+                    request_timeout,
+                )
+                .await
         } else {
             let pq = match &reuse_pq {
                 Some(pq) if target.base_path.is_empty() => Ok(pq.clone()),
@@ -881,14 +884,16 @@ async fn forward(
             };
             out.headers_mut()
                 .insert(header::HOST, target.host_header.clone());
-            tokio::time::timeout(request_timeout, target.pool.send(out)).await
+            tokio::time::timeout(request_timeout, target.pool.send(out))
+                .await
+                .unwrap_or(Err(crate::pool::SendError::TimedOut))
         };
         target.active.fetch_sub(1, Ordering::Relaxed);
         rt.upstream_metrics
             .latency
             .record(sent.elapsed().as_micros() as u64);
         match res {
-            Ok(Ok(mut resp)) => {
+            Ok(mut resp) => {
                 let status = resp.status();
                 let failed = status.is_server_error();
                 up.record(ti, !failed, failed.then(|| format!("answered {status}")));
@@ -925,27 +930,7 @@ async fn forward(
                 rt.response_headers.apply(&mut parts.headers);
                 return Response::from_parts(parts, Either::Left(body));
             }
-            Ok(Err(e)) => {
-                let connect = matches!(e, crate::pool::SendError::Connect(_));
-                up.record(ti, false, Some(format!("{e}")));
-                rt.upstream_metrics.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(upstream = %up.name, target = %target.url, error = %e, "upstream request failed");
-                last_error = Some(json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "UPSTREAM_ERROR",
-                    &format!("upstream {} could not be reached", up.name),
-                    None,
-                ));
-                if more
-                    && connect
-                    && retry_on(rt, RetryOn::Condition(RetryCondition::ConnectError))
-                    && up.try_retry()
-                {
-                    continue;
-                }
-                break;
-            }
-            Err(_) => {
+            Err(crate::pool::SendError::TimedOut) => {
                 up.record(
                     ti,
                     false,
@@ -968,6 +953,26 @@ async fn forward(
                 ));
                 if more
                     && retry_on(rt, RetryOn::Condition(RetryCondition::Timeout))
+                    && up.try_retry()
+                {
+                    continue;
+                }
+                break;
+            }
+            Err(e) => {
+                let connect = matches!(e, crate::pool::SendError::Connect(_));
+                up.record(ti, false, Some(format!("{e}")));
+                rt.upstream_metrics.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(upstream = %up.name, target = %target.url, error = %e, "upstream request failed");
+                last_error = Some(json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "UPSTREAM_ERROR",
+                    &format!("upstream {} could not be reached", up.name),
+                    None,
+                ));
+                if more
+                    && connect
+                    && retry_on(rt, RetryOn::Condition(RetryCondition::ConnectError))
                     && up.try_retry()
                 {
                     continue;

@@ -46,6 +46,8 @@ pub enum SendError {
     Connect(String),
     /// The exchange failed after the request was (at least partly) sent.
     Failed(BoxError),
+    /// No response head came within the request timeout.
+    TimedOut,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -55,6 +57,7 @@ impl std::fmt::Display for SendError {
         match self {
             SendError::Connect(m) => write!(f, "connect: {m}"),
             SendError::Failed(e) => write!(f, "{e}"),
+            SendError::TimedOut => write!(f, "no response in time"),
         }
     }
 }
@@ -333,6 +336,43 @@ pub(crate) struct Conn {
     buf: BytesMut,
     /// Where the last response head's header lines were (reused).
     spans: Vec<h1::HeaderSpan>,
+    /// The request timeout's timer, armed once per connection (see [`within`]).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// Runs `fut` until it completes, or until `deadline` passes (`None`). The
+/// connection's one timer is armed on first use and moved only when it fires
+/// before the current deadline, so an exchange on a busy connection costs a clock
+/// read, not a timer update.
+async fn within<F: Future>(
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: Instant,
+    fut: F,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let polled = std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            let t =
+                timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+            if t.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        match polled {
+            Some(v) => return Some(v),
+            None if Instant::now() >= deadline => return None,
+            None => {
+                if let Some(t) = timer.as_mut() {
+                    t.as_mut().reset(deadline.into());
+                }
+            }
+        }
+    }
 }
 
 /// How one exchange on a [`Conn`] failed.
@@ -343,6 +383,8 @@ enum ExchangeError {
     Closed,
     /// Anything after the first byte of the answer.
     Failed(BoxError),
+    /// The deadline passed before a complete response head.
+    TimedOut,
 }
 
 impl Conn {
@@ -351,6 +393,7 @@ impl Conn {
             io,
             buf: BytesMut::with_capacity(READ_GROW),
             spans: Vec::new(),
+            timer: None,
         }
     }
 
@@ -359,12 +402,19 @@ impl Conn {
         &mut self,
         head: &[u8],
         head_request: bool,
+        deadline: Instant,
     ) -> Result<h1::ResponseHead, ExchangeError> {
-        self.io
-            .write_all(head)
-            .await
-            .map_err(ExchangeError::Write)?;
-        self.io.flush().await.map_err(ExchangeError::Write)?;
+        let io = &mut self.io;
+        let written = within(&mut self.timer, deadline, async {
+            io.write_all(head).await?;
+            io.flush().await
+        })
+        .await;
+        match written {
+            None => return Err(ExchangeError::TimedOut),
+            Some(Err(e)) => return Err(ExchangeError::Write(e)),
+            Some(Ok(())) => {}
+        }
         let mut received = false;
         loop {
             if !self.buf.is_empty() {
@@ -384,7 +434,14 @@ impl Conn {
                     Err(e) => return Err(ExchangeError::Failed(e.into())),
                 }
             }
-            let read = std::future::poll_fn(|cx| poll_fill(&mut self.io, &mut self.buf, cx)).await;
+            let (io, buf) = (&mut self.io, &mut self.buf);
+            let read = within(
+                &mut self.timer,
+                deadline,
+                std::future::poll_fn(|cx| poll_fill(io, buf, cx)),
+            )
+            .await
+            .ok_or(ExchangeError::TimedOut)?;
             match read {
                 Ok(0) | Err(_) if !received => return Err(ExchangeError::Closed),
                 Ok(0) => {
@@ -452,19 +509,22 @@ impl Pool {
     /// Sends a request without a body, written out in full in `head` (request line,
     /// headers, blank line), on a pooled connection or a new one. `head_request`: the
     /// method is HEAD (the answer has no body); `idempotent`: it may be sent again
-    /// when a reused connection closes without answering.
+    /// when a reused connection closes without answering; `timeout`: how long the
+    /// upstream has, once connected, to take the request and answer with a head.
     pub async fn send_bodyless(
         self: &Arc<Self>,
         head: &[u8],
         head_request: bool,
         idempotent: bool,
+        timeout: Duration,
     ) -> Result<Response<PooledBody>, SendError> {
+        let deadline = Instant::now() + timeout;
         loop {
             let (mut conn, reused) = match self.checkout_conn() {
                 Some(c) => (c, true),
                 None => (Conn::new(self.open().await?), false),
             };
-            match conn.exchange(head, head_request).await {
+            match conn.exchange(head, head_request, deadline).await {
                 Ok(parsed) => return self.response(conn, parsed).map_err(SendError::Failed),
                 Err(ExchangeError::Write(_)) if reused => continue,
                 Err(ExchangeError::Closed) if reused && idempotent => continue,
@@ -479,6 +539,7 @@ impl Pool {
                     ))
                 }
                 Err(ExchangeError::Failed(e)) => return Err(SendError::Failed(e)),
+                Err(ExchangeError::TimedOut) => return Err(SendError::TimedOut),
             }
         }
     }

@@ -1116,3 +1116,46 @@ async fn upstream_responses_are_framed_and_cleaned_by_the_gateway() {
     assert_eq!(v["code"], "UPSTREAM_ERROR");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn request_timeouts_hold_on_a_long_lived_upstream_connection() {
+    // The upstream connection's timer is armed once and moved only when it fires:
+    // after many quick requests spanning several timeouts, a slow one must still be
+    // cut off near its own deadline, and quick ones must not be cut off early.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::support::config_in(dir.path());
+    config.gateway.workers = 1;
+    let app = crate::support::spawn_with(config, dir).await;
+    let up = upstream::spawn("timed").await;
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "timed", "targets": [{"url": up.url()}],
+               "timeouts": {"request_ms": 300}, "retries": {"attempts": 0}}),
+    )
+    .await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "t", "path": "/", "upstream": "timed"}),
+    )
+    .await;
+    app.settle().await;
+    let c = Client::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1000) {
+        // 200 ms answers: each within its own 300 ms, though past earlier deadlines.
+        let r = c.get(app.gw("/slow/200")).send().await.expect("quick");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert_eq!(up.connections.load(Ordering::Relaxed), 1);
+    let t = Instant::now();
+    let r = c.get(app.gw("/slow/2000")).send().await.expect("slow");
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(280) && took < Duration::from_millis(1500),
+        "cut off after {took:?}"
+    );
+    let r = c.get(app.gw("/ok")).send().await.expect("after");
+    assert_eq!(r.status(), StatusCode::OK);
+    app.stop().await;
+}
