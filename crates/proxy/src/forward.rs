@@ -27,6 +27,16 @@ use crate::GatewayInner;
 /// Bodies sent to clients: an upstream's body as is, or one the gateway made.
 pub type ProxyBody = Either<crate::pool::PooledBody, Full<Bytes>>;
 
+/// Moves the upstream header lines a response may still carry as raw bytes into its
+/// header map: for every consumer but the gateway's own HTTP/1.1 server.
+pub fn materialize(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    let (mut parts, mut body) = resp.into_parts();
+    if let Either::Left(pooled) = &mut body {
+        crate::pool::materialize(&mut parts.headers, pooled);
+    }
+    Response::from_parts(parts, body)
+}
+
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -922,10 +932,13 @@ async fn forward(
                     let (parts, body) = resp.into_parts();
                     return Response::from_parts(parts, Either::Left(body));
                 }
-                let (mut parts, body) = resp.into_parts();
+                let (mut parts, mut body) = resp.into_parts();
                 if !direct {
                     // A direct connection's response comes without them already.
                     strip_hop_by_hop(&mut parts.headers, false);
+                } else if !rt.response_headers.is_empty() || route.cors.is_some() {
+                    // Rules and CORS edit the upstream's own headers: they need them as a map.
+                    crate::pool::materialize(&mut parts.headers, &mut body);
                 }
                 rt.response_headers.apply(&mut parts.headers);
                 return Response::from_parts(parts, Either::Left(body));

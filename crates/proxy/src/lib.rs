@@ -294,13 +294,15 @@ impl Gateway {
         req: Request<Incoming>,
         client: SocketAddr,
     ) -> hyper::Response<ProxyBody> {
-        forward::handle(
-            self.inner.clone(),
-            req.map(Some),
-            Arc::new(forward::Peer::new(client)),
-            false,
+        forward::materialize(
+            forward::handle(
+                self.inner.clone(),
+                req.map(Some),
+                Arc::new(forward::Peer::new(client)),
+                false,
+            )
+            .await,
         )
-        .await
     }
 
     /// Serves on `workers` dedicated threads, each running its own single-threaded
@@ -448,7 +450,10 @@ impl Gateway {
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let inner = inner.clone();
             let client = client.clone();
-            async move { Ok::<_, Infallible>(forward::handle(inner, req.map(Some), client, tls).await) }
+            async move {
+                let resp = forward::handle(inner, req.map(Some), client, tls).await;
+                Ok::<_, Infallible>(forward::materialize(resp))
+            }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

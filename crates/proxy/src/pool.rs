@@ -472,16 +472,75 @@ pub fn idempotent(method: &http::Method) -> bool {
 }
 
 /// Hop-by-hop response headers (RFC 9110 §7.6.1), never forwarded to the client.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::UPGRADE
-        || *name == header::PROXY_AUTHORIZATION
-        || *name == header::PROXY_AUTHENTICATE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+fn hop_by_hop_name(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"proxy-connection",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// The header names a `Connection` value lists (`close` and `keep-alive` name none).
+fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+        })
+}
+
+/// The header lines of an upstream response, kept as the bytes they arrived in,
+/// hop-by-hop lines left out. The gateway's HTTP/1.1 server writes them as they
+/// are; every other consumer turns them into header map entries first
+/// ([`materialize`]). Entries of the response's own header map win over lines
+/// of the same name.
+pub struct RawHead {
+    bytes: Bytes,
+    spans: Vec<h1::HeaderSpan>,
+}
+
+impl RawHead {
+    /// Each line's name and value.
+    pub fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans
+            .iter()
+            .map(|s| (s.name(&self.bytes), s.value(&self.bytes)))
+    }
+}
+
+/// Moves a response's raw upstream header lines (if any) into its header map,
+/// behind nothing: entries already in the map win over lines of the same name.
+/// Lines that are not valid header map entries are dropped.
+pub fn materialize(headers: &mut HeaderMap, body: &mut PooledBody) {
+    let Some(raw) = body.take_raw_head() else {
+        return;
+    };
+    let mut map = HeaderMap::with_capacity(raw.spans.len() + headers.len());
+    for (name, value) in raw.lines() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_maybe_shared(raw.bytes.slice_ref(value)),
+        ) else {
+            continue;
+        };
+        if !headers.contains_key(&name) {
+            map.append(name, value);
+        }
+    }
+    for (name, value) in headers.iter() {
+        map.append(name.clone(), value.clone());
+    }
+    *headers = map;
 }
 
 impl Pool {
@@ -552,39 +611,38 @@ impl Pool {
         head: h1::ResponseHead,
     ) -> Result<Response<PooledBody>, BoxError> {
         let status = StatusCode::from_u16(head.status)?;
-        let raw = conn.buf.split_to(head.len).freeze();
-        let mut headers = HeaderMap::with_capacity(conn.spans.len());
-        let mut connection: Option<HeaderValue> = None;
-        for span in &conn.spans {
-            let name = HeaderName::from_bytes(span.name(&raw))?;
-            let value = HeaderValue::from_maybe_shared(
-                raw.slice(span.value.0 as usize..span.value.1 as usize),
-            )?;
-            if hop_by_hop(&name) {
-                if name == header::CONNECTION {
-                    connection = Some(value);
-                }
-                continue;
-            }
-            headers.append(name, value);
+        let bytes = conn.buf.split_to(head.len).freeze();
+        let mut spans = std::mem::take(&mut conn.spans);
+        // Headers the upstream named in `Connection` are hop-by-hop too (nginx and
+        // most servers send only `keep-alive` there, which names nothing).
+        let mut named = false;
+        for s in spans
+            .iter()
+            .filter(|s| s.name(&bytes).eq_ignore_ascii_case(b"connection"))
+        {
+            named |= connection_tokens(s.value(&bytes)).next().is_some();
         }
-        // Headers the upstream named in `Connection` are hop-by-hop too.
-        if let Some(v) = connection.as_ref().and_then(|v| v.to_str().ok()) {
-            for token in v.split(',').map(str::trim) {
-                if !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive")
-                {
-                    if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
-                        headers.remove(n);
-                    }
-                }
-            }
+        if named {
+            let listed: Vec<h1::HeaderSpan> = spans
+                .iter()
+                .filter(|s| s.name(&bytes).eq_ignore_ascii_case(b"connection"))
+                .copied()
+                .collect();
+            spans.retain(|s| {
+                let name = s.name(&bytes);
+                !listed.iter().any(|c| {
+                    connection_tokens(c.value(&bytes)).any(|t| t.eq_ignore_ascii_case(name))
+                })
+            });
         }
+        spans.retain(|s| !hop_by_hop_name(s.name(&bytes)));
+        let raw = Some(RawHead { bytes, spans });
         let body = match head.framing {
             Framing::Empty => {
                 if head.keep_alive {
                     self.put_conn(conn);
                 }
-                PooledBody::Whole(None)
+                PooledBody::Whole { data: None, raw }
             }
             Framing::Length(n) if conn.buf.len() as u64 >= n => {
                 // The whole body came with the head: the connection is free already.
@@ -592,7 +650,10 @@ impl Pool {
                 if head.keep_alive {
                     self.put_conn(conn);
                 }
-                PooledBody::Whole(Some(data))
+                PooledBody::Whole {
+                    data: Some(data),
+                    raw,
+                }
             }
             framing => PooledBody::Stream(Box::new(StreamBody {
                 conn: Some(conn),
@@ -603,11 +664,11 @@ impl Pool {
                     _ => Remaining::UntilClose,
                 },
                 keep_alive: head.keep_alive,
+                raw,
             })),
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
-        *resp.headers_mut() = headers;
         Ok(resp)
     }
 }
@@ -624,6 +685,7 @@ pub struct StreamBody {
     pool: Arc<Pool>,
     framing: Remaining,
     keep_alive: bool,
+    raw: Option<RawHead>,
 }
 
 impl StreamBody {
@@ -709,9 +771,23 @@ pub enum PooledBody {
         ret: Option<(Sender, Arc<AtomicBool>)>,
     },
     /// A body that arrived whole with its head (or none at all); its connection is back in the pool.
-    Whole(Option<Bytes>),
+    Whole {
+        data: Option<Bytes>,
+        raw: Option<RawHead>,
+    },
     /// A body still being read off its connection.
     Stream(Box<StreamBody>),
+}
+
+impl PooledBody {
+    /// Takes the upstream's header lines this body still carries (see [`RawHead`]).
+    pub fn take_raw_head(&mut self) -> Option<RawHead> {
+        match self {
+            PooledBody::Hyper { .. } => None,
+            PooledBody::Whole { raw, .. } => raw.take(),
+            PooledBody::Stream(s) => s.raw.take(),
+        }
+    }
 }
 
 impl Body for PooledBody {
@@ -732,7 +808,7 @@ impl Body for PooledBody {
                 }
                 r.map(|o| o.map(|r| r.map_err(Into::into)))
             }
-            PooledBody::Whole(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            PooledBody::Whole { data, .. } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             PooledBody::Stream(s) => s.poll_frame(cx),
         }
     }
@@ -740,7 +816,7 @@ impl Body for PooledBody {
     fn is_end_stream(&self) -> bool {
         match self {
             PooledBody::Hyper { inner, .. } => inner.is_end_stream(),
-            PooledBody::Whole(data) => data.is_none(),
+            PooledBody::Whole { data, .. } => data.is_none(),
             PooledBody::Stream(s) => s.conn.is_none(),
         }
     }
@@ -748,7 +824,7 @@ impl Body for PooledBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             PooledBody::Hyper { inner, .. } => inner.size_hint(),
-            PooledBody::Whole(data) => {
+            PooledBody::Whole { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             PooledBody::Stream(s) => match s.framing {

@@ -26,7 +26,7 @@ use futures::future::FusedFuture;
 use futures::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
@@ -222,6 +222,28 @@ where
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut has_date = parts.headers.contains_key(header::DATE);
+    // An upstream's header lines as they arrived (hop-by-hop ones already gone);
+    // the response's own map wins over lines of the same name.
+    let raw = match &mut body {
+        Either::Left(pooled) => pooled.take_raw_head(),
+        Either::Right(_) => None,
+    };
+    for (name, value) in raw.iter().flat_map(|r| r.lines()) {
+        if (delimit != Delimit::None && name.eq_ignore_ascii_case(b"content-length"))
+            || parts
+                .headers
+                .keys()
+                .any(|k| k.as_str().as_bytes().eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        has_date |= name.eq_ignore_ascii_case(b"date");
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in &parts.headers {
         if *name == header::TRANSFER_ENCODING
             || *name == header::CONNECTION
@@ -243,7 +265,7 @@ where
         (Delimit::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !has_date {
         push_date(out);
     }
     if !keep {

@@ -1109,6 +1109,31 @@ async fn upstream_responses_are_framed_and_cleaned_by_the_gateway() {
     assert_eq!(r.text().await.expect("body"), "hi");
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 
+    // Header rules and CORS edit the upstream's own header lines.
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "rules", "path": "/named", "upstream": format!("http://{addr}"),
+               "response_headers": {"set": {"x-added": "1"}, "remove": ["x-public"]},
+               "cors": {"allow_origins": ["https://app.example"]}}),
+    )
+    .await;
+    app.settle().await;
+    let r = c
+        .get(app.gw("/named"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .expect("rules");
+    let h = r.headers();
+    assert!(
+        h.get("x-public").is_none() && h.get("x-secret").is_none(),
+        "{h:?}"
+    );
+    assert_eq!(h["x-added"], "1");
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert_eq!(h["content-length"], "2");
+    assert_eq!(r.text().await.expect("body"), "ok");
+
     // Bytes that are not HTTP: a 502 JSON answer naming the upstream, not a hang or a 500.
     let r = get("/garbage").await.expect("garbage");
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);

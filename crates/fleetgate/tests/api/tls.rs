@@ -219,6 +219,14 @@ async fn certificates_are_served_by_sni_over_http1_and_http2() {
         .expect("response");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    // The upstream's own headers reach HTTP/2 clients too (the HTTP/1.1 path keeps
+    // them as raw lines; hyper's server gets them as a header map).
+    assert!(
+        resp.headers().contains_key("x-upstream"),
+        "{:?}",
+        resp.headers()
+    );
+    assert_eq!(resp.headers()["content-type"], "application/json");
 
     // HTTP -> HTTPS redirect where the route asks for it.
     let tls_port = app
