@@ -737,10 +737,10 @@ else
 fi
 
 # ---------------------------------------------------------------------------- versions + machine
-NGINX_V=$("$NGINX" -v 2>&1 | head -n 1)
-HAPROXY_V=$("$HAPROXY" -v 2>&1 | head -n 1)
-WRK_V=$("$WRK" -v 2>&1 | head -n 1 | cut -c1-60 || true)
-FG_V=$("$FLEETGATE" version 2>&1 | head -n 1)
+NGINX_V=$("$NGINX" -v 2>&1 | sed -n 1p)
+HAPROXY_V=$("$HAPROXY" -v 2>&1 | sed -n 1p)
+WRK_V=$("$WRK" -v 2>&1 | sed -n 1p | cut -c1-60 || true)
+FG_V=$("$FLEETGATE" version 2>&1 | sed -n 1p)
 GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 GIT_SUBJECT=$(git log -1 --format=%s 2>/dev/null | cut -c1-100 || true)
 GIT_DIRTY=$(git status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock 2>/dev/null | wc -l)
