@@ -156,10 +156,10 @@ echo "profiles and the top of Fleetgate's in $OUT"
 per_req() { awk -v n="$1" -v r="$REQUESTS" 'BEGIN {printf "%\047d", n / r}'; }
 incl_of() { # function-name pattern -> inclusive Ir of the first matching line
     callgrind_annotate --inclusive=yes --threshold=100 "$fg_file" 2>/dev/null |
-        awk -v pat="$1" 'index($0, pat) {gsub(",", "", $1); print $1; exit}'
+        awk -v pat="$1" '!done && index($0, pat) {gsub(",", "", $1); print $1; done = 1}'
 }
 gw_ir=$(incl_of 'fleetgate_proxy::server::serve')
-mt_ir=$(incl_of 'tokio::runtime::scheduler::multi_thread::worker::run ')
+mt_ir=$(incl_of 'tokio::runtime::scheduler::multi_thread::worker::Context::run_task ')
 section=$(mktemp)
 {
     echo "## Instructions per request (callgrind)"
@@ -177,7 +177,7 @@ section=$(mktemp)
     echo
     echo "Of Fleetgate's count, the client connections' tasks (\`server::serve\`, inclusive: parsing,"
     echo "routing, the upstream exchange, writing the response) took $(per_req "${gw_ir:-0}") per request; the"
-    echo "manager's threads (tokio multi-thread workers: the once-a-second metrics sampler, the store)"
+    echo "manager's tasks (its multi-thread runtime: the once-a-second metrics sampler, the store)"
     echo "took $(per_req "${mt_ir:-0}"), a share valgrind inflates since it slows requests, not the clock."
     echo
     echo "Where Fleetgate's go (self cost per request, top functions):"

@@ -1,11 +1,11 @@
-//! The upstream response framing on untrusted bytes: the first byte picks whether the
-//! request was HEAD and where to split the rest; the head parser and the chunked decoder
-//! must never panic, never point outside their input, and decode the same payload
-//! whether the body arrives whole or in two pieces.
+//! HTTP/1.1 framing on untrusted bytes: the first byte picks whether the request was
+//! HEAD and where to split the rest; the request and response head parsers and the
+//! chunked decoder must never panic, never point outside their input, and the decoder
+//! must give the same payload whether the body arrives whole or in two pieces.
 
 #![no_main]
 
-use fleetgate_core::h1::{parse_response_head, ChunkedDecoder, Decoded};
+use fleetgate_core::h1::{parse_request_head, parse_response_head, ChunkedDecoder, Decoded};
 use libfuzzer_sys::fuzz_target;
 
 fn decode(dec: &mut ChunkedDecoder, mut input: &[u8], out: &mut Vec<u8>) -> Option<bool> {
@@ -33,6 +33,13 @@ fuzz_target!(|data: &[u8]| {
     let mut spans = Vec::new();
     if let Ok(Some(head)) = parse_response_head(rest, first & 1 == 1, &mut spans) {
         assert!(head.len <= rest.len());
+        for h in &spans {
+            let _ = (h.name(rest), h.value(rest));
+        }
+    }
+    if let Ok(Some(head)) = parse_request_head(rest, &mut spans) {
+        assert!(head.len <= rest.len());
+        let _ = (head.method(rest), head.target(rest));
         for h in &spans {
             let _ = (h.name(rest), h.value(rest));
         }
