@@ -99,6 +99,23 @@ fn httparse_reason(e: httparse::Error) -> FramingError {
     }
 }
 
+/// The length of a head httparse found complete, `None` while it is partial and
+/// within [`MAX_HEAD_BYTES`], or why it is refused.
+fn head_len(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+) -> Result<Option<usize>, FramingError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD_BYTES => Ok(Some(n)),
+        Ok(httparse::Status::Complete(_)) => Err(FramingError::HeadTooLarge),
+        Ok(httparse::Status::Partial) if buffered >= MAX_HEAD_BYTES => {
+            Err(FramingError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(httparse_reason(e)),
+    }
+}
+
 fn has_token(value: &[u8], token: &str) -> bool {
     value
         .split(|b| *b == b',')
@@ -120,17 +137,9 @@ pub fn parse_response_head(
     let mut resp = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default()
         .parse_response_with_uninit_headers(&mut resp, buf, &mut raw);
-    let len = match parsed {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
-            return Err(FramingError::HeadTooLarge)
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(httparse_reason(e)),
+    let Some(len) = head_len(parsed, buf.len())? else {
+        return Ok(None);
     };
-    if len > MAX_HEAD_BYTES {
-        return Err(FramingError::HeadTooLarge);
-    }
     let status = resp.code.ok_or(FramingError::Malformed("status code"))?;
     let minor = resp
         .version
@@ -247,17 +256,9 @@ pub fn parse_request_head(
     let mut req = httparse::Request::new(&mut []);
     let parsed = httparse::ParserConfig::default()
         .parse_request_with_uninit_headers(&mut req, buf, &mut raw);
-    let len = match parsed {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
-            return Err(FramingError::HeadTooLarge)
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(httparse_reason(e)),
+    let Some(len) = head_len(parsed, buf.len())? else {
+        return Ok(None);
     };
-    if len > MAX_HEAD_BYTES {
-        return Err(FramingError::HeadTooLarge);
-    }
     let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(FramingError::Malformed("request line"));
     };
