@@ -37,7 +37,7 @@ use tokio::net::TcpStream;
 
 use crate::upstream::UpstreamBody;
 
-type Sender = http1::SendRequest<UpstreamBody>;
+type Sender = http1::SendRequest<Tracked>;
 
 /// Why a request could not be exchanged with the target.
 #[derive(Debug)]
@@ -153,6 +153,7 @@ impl Pool {
         conn: Conn,
         upgrade: bool,
         clean: Arc<AtomicBool>,
+        sent: Arc<AtomicBool>,
     ) -> Result<Sender, SendError> {
         let (sender, hyper_conn) = http1::Builder::new()
             .handshake(TokioIo::new(conn.io))
@@ -173,7 +174,12 @@ impl Pool {
                 let Ok(parts) = hyper_conn.without_shutdown().await else {
                     return;
                 };
-                if clean.load(Ordering::Acquire) && parts.read_buf.is_empty() {
+                // Reusable only when the request went out whole and the response was
+                // read to its end on a connection both sides keep open.
+                if clean.load(Ordering::Acquire)
+                    && sent.load(Ordering::Acquire)
+                    && parts.read_buf.is_empty()
+                {
                     if let Some(pool) = pool.upgrade() {
                         pool.put_conn(Conn::new(parts.io.into_inner()));
                     }
@@ -188,16 +194,21 @@ impl Pool {
     /// connection back when read to the end.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<UpstreamBody>,
+        req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         let upgrade = req.headers().contains_key(header::UPGRADE);
+        let close_asked = asks_close(req.headers());
+        let sent = Arc::new(AtomicBool::new(false));
+        let mut req = req.map(|inner| Tracked::new(inner, sent.clone()));
         loop {
             let (conn, reused) = match self.checkout_conn() {
                 Some(c) => (c, true),
                 None => (Conn::new(self.open().await?), false),
             };
             let clean = Arc::new(AtomicBool::new(false));
-            let mut sender = self.handshake(conn, upgrade, clean.clone()).await?;
+            let mut sender = self
+                .handshake(conn, upgrade, clean.clone(), sent.clone())
+                .await?;
             if sender.ready().await.is_err() {
                 if reused {
                     continue;
@@ -209,12 +220,22 @@ impl Pool {
             }
             match sender.try_send_request(req).await {
                 Ok(resp) => {
+                    let keep_alive = !close_asked
+                        && resp.version() == http::Version::HTTP_11
+                        && !asks_close(resp.headers());
+                    // A connection either side closes never goes back: its body's end
+                    // sets a flag the connection task does not look at.
+                    let flag = if keep_alive {
+                        clean
+                    } else {
+                        Arc::new(AtomicBool::new(false))
+                    };
                     let (parts, body) = resp.into_parts();
                     return Ok(Response::from_parts(
                         parts,
                         PooledBody::Hyper {
                             inner: body,
-                            ret: Some((sender, clean)),
+                            ret: Some((sender, flag)),
                         },
                     ));
                 }
@@ -225,6 +246,61 @@ impl Pool {
                 },
             }
         }
+    }
+}
+
+/// Whether headers carry `Connection: close`.
+fn asks_close(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+/// A request body handed to hyper's client that records when it was sent to its end
+/// (a connection whose request body was cut short is not reusable).
+pub struct Tracked {
+    inner: UpstreamBody,
+    sent: Arc<AtomicBool>,
+}
+
+impl Tracked {
+    fn new(inner: UpstreamBody, sent: Arc<AtomicBool>) -> Self {
+        if inner.is_end_stream() {
+            sent.store(true, Ordering::Release);
+        }
+        Self { inner, sent }
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        // hyper stops polling a body whose length it knows once it has it all.
+        if matches!(r, Poll::Ready(None)) || this.inner.is_end_stream() {
+            this.sent.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.sent.store(true, Ordering::Release);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -1015,6 +1015,20 @@ async fn scripted_upstream() -> (
                     };
                     let head = String::from_utf8_lossy(&buf[..end]).to_string();
                     buf.drain(..end);
+                    // Read (and drop) a Content-Length body.
+                    let body_len = head
+                        .lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    while buf.len() < body_len {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..body_len);
                     let path = head.split(' ').nth(1).unwrap_or("/").to_string();
                     let (reply, close): (&[u8], bool) = match path.as_str() {
                         "/chunked" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Checksum: 1\r\n\r\n", false),
@@ -1023,6 +1037,12 @@ async fn scripted_upstream() -> (
                         "/until-close" => (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of this until the end", true),
                         "/garbage" => (b"SMTP ready\r\n\r\n", true),
                         "/silent-close" => (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce", true),
+                        "/close-later" => {
+                            // Says it closes, but lingers before doing so.
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok").await;
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            return;
+                        }
                         _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", false),
                     };
                     if s.write_all(reply).await.is_err() || close {
@@ -1133,6 +1153,32 @@ async fn upstream_responses_are_framed_and_cleaned_by_the_gateway() {
     assert_eq!(h["access-control-allow-origin"], "https://app.example");
     assert_eq!(h["content-length"], "2");
     assert_eq!(r.text().await.expect("body"), "ok");
+
+    // A request with a body (hyper's client) answered with `Connection: close`: that
+    // connection is not reused, even before the upstream actually closes it.
+    let before = accepted.load(Ordering::SeqCst);
+    let r = c
+        .post(app.gw("/close-later"))
+        .body("abc")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.text().await.expect("body"), "ok");
+    let r = c
+        .post(app.gw("/plain"))
+        .body("def")
+        .send()
+        .await
+        .expect("post again");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.expect("body"), "hi");
+    let r = c.get(app.gw("/plain")).send().await.expect("get after");
+    assert_eq!(r.text().await.expect("body"), "hi");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        before + 1,
+        "one new connection after the close"
+    );
 
     // Bytes that are not HTTP: a 502 JSON answer naming the upstream, not a hang or a 500.
     let r = get("/garbage").await.expect("garbage");
