@@ -393,7 +393,7 @@ fn already_active(rule_id: &Option<String>) -> StoreError {
 #[async_trait]
 impl AlertStore for SqlStore {
     async fn create_alert_rule(&self, actor: &Actor, rule: &AlertRuleRecord) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(&format!(
             "INSERT INTO alert_rules ({RULE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         ))
@@ -466,7 +466,7 @@ impl AlertStore for SqlStore {
         rule: &AlertRuleRecord,
         expected_version: Option<i64>,
     ) -> Result<AlertRuleRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let before = get_rule_in(&mut tx, &rule.id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("alert rule {}", rule.id)))?;
@@ -513,7 +513,7 @@ impl AlertStore for SqlStore {
         id: &str,
         expected_version: Option<i64>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let before = get_rule_in(&mut tx, id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("alert rule {id}")))?;
@@ -539,7 +539,7 @@ impl AlertStore for SqlStore {
         incident: &IncidentRecord,
         timeline: &[NewTimelineEntry],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO incidents ({INCIDENT_COLS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
@@ -664,7 +664,7 @@ impl AlertStore for SqlStore {
         expected_version: Option<i64>,
         timeline: &[NewTimelineEntry],
     ) -> Result<IncidentRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let before = get_incident_in(&mut tx, &incident.id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("incident {}", incident.id)))?;
@@ -720,7 +720,7 @@ impl AlertStore for SqlStore {
         at: i64,
         message: &str,
     ) -> Result<Option<IncidentRecord>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query(
             "UPDATE incidents SET status = 'resolved', resolved_by = $1, resolved_at = $2, \
              updated_at = $2, version = version + 1 WHERE id = $3 AND status <> 'resolved'",
@@ -765,7 +765,7 @@ impl AlertStore for SqlStore {
         timeline: &[NewTimelineEntry],
         action: Option<&str>,
     ) -> Result<(IncidentRecord, u64)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Bump first: takes the row lock (and SQLite's write lock) before reading.
         let now = timeline
             .iter()
@@ -829,7 +829,7 @@ impl AlertStore for SqlStore {
         id: &str,
         expected_version: Option<i64>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let before = get_incident_in(&mut tx, id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("incident {id}")))?;

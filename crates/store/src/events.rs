@@ -220,7 +220,7 @@ pub trait EventStore: Send + Sync {
 #[async_trait]
 impl EventStore for SqlStore {
     async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<EventRecord>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut out = Vec::with_capacity(events.len());
         for e in events {
             let id: i64 = sqlx::query(

@@ -111,7 +111,7 @@ impl MetricStore for SqlStore {
             }
         }
         let rows: Vec<(i64, MetricPoint)> = merged.into_iter().map(|((r, ..), p)| (r, p)).collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in rows.chunks(CHUNK) {
             let mut sql = String::from(
                 "INSERT INTO metric_points (resolution, ts, scope, source, requests, errors, \

@@ -754,7 +754,7 @@ fn hosts_text(hosts: &[String]) -> Result<String> {
 #[async_trait]
 impl RedirectStore for SqlStore {
     async fn create_namespace(&self, actor: &Actor, ns: &NamespaceRecord) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query(
             "INSERT INTO namespaces (name, description, version, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -817,7 +817,7 @@ impl RedirectStore for SqlStore {
         ns: &NamespaceRecord,
         expected_version: Option<i64>,
     ) -> Result<NamespaceRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let before = sqlx::query(
             "SELECT name, description, version, created_at, updated_at FROM namespaces WHERE name = $1",
         )
@@ -850,7 +850,7 @@ impl RedirectStore for SqlStore {
     }
 
     async fn delete_namespace(&self, actor: &Actor, name: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let projects = sqlx::query("SELECT COUNT(*) FROM projects WHERE namespace = $1")
             .bind(name.to_string())
             .fetch_one(&mut *tx)
@@ -880,7 +880,7 @@ impl RedirectStore for SqlStore {
     }
 
     async fn create_project(&self, actor: &Actor, p: &ProjectRecord) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Touching the namespace serializes project creation, so the host check holds.
         let n = sqlx::query("UPDATE namespaces SET updated_at = updated_at WHERE name = $1")
             .bind(p.namespace.clone())
@@ -980,7 +980,7 @@ impl RedirectStore for SqlStore {
         p: &ProjectRecord,
         expected_version: Option<i64>,
     ) -> Result<ProjectRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         lock_project(&mut tx, &p.id).await?;
         let before = sqlx::query(&format!(
             "SELECT {PROJECT_COLS} FROM projects WHERE id = $1"
@@ -1022,7 +1022,7 @@ impl RedirectStore for SqlStore {
     }
 
     async fn delete_project(&self, actor: &Actor, project_id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         lock_project(&mut tx, project_id).await?;
         let before = sqlx::query(&format!(
             "SELECT {PROJECT_COLS} FROM projects WHERE id = $1"
@@ -1128,7 +1128,7 @@ impl RedirectStore for SqlStore {
         project_id: &str,
         rule: &RuleData,
     ) -> Result<RuleRow> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         lock_project(&mut tx, project_id).await?;
         let id = match get_rule_by_key(&mut tx, table, project_id, &rule.key).await? {
             // A rule deleted in the draft comes back as an edit of the published one.
@@ -1174,7 +1174,7 @@ impl RedirectStore for SqlStore {
         id: i64,
         rule: &RuleData,
     ) -> Result<RuleRow> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         lock_project(&mut tx, project_id).await?;
         let row = get_rule_in(&mut tx, table, project_id, id)
             .await?
@@ -1203,7 +1203,7 @@ impl RedirectStore for SqlStore {
         project_id: &str,
         id: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         lock_project(&mut tx, project_id).await?;
         let row = get_rule_in(&mut tx, table, project_id, id)
             .await?
@@ -1241,7 +1241,7 @@ impl RedirectStore for SqlStore {
         rules: &[RuleData],
         replace: bool,
     ) -> Result<ImportSummary> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         lock_project(&mut tx, project_id).await?;
         let existing = {
             let sql = format!(
@@ -1337,7 +1337,7 @@ impl RedirectStore for SqlStore {
     ) -> Result<Page<RuleData>> {
         let (k, v, f) = table.cols();
         // One read transaction, so the total and the page agree.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let total: i64 = sqlx::query(&format!(
             "SELECT COUNT(*) FROM {} WHERE project_id = $1 AND pub_{k} IS NOT NULL",
             table.table()
@@ -1378,7 +1378,7 @@ impl RedirectStore for SqlStore {
     }
 
     async fn publish(&self, actor: &Actor, project_id: &str) -> Result<PublishRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         lock_project(&mut tx, project_id).await?;
         let drafts = drafts_in(&mut tx, project_id, PUBLISH_CHANGES_LISTED).await?;
         let total = drafts.redirects.total() + drafts.pages.total();
@@ -1451,7 +1451,7 @@ impl RedirectStore for SqlStore {
     }
 
     async fn discard_drafts(&self, actor: &Actor, project_id: &str) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         lock_project(&mut tx, project_id).await?;
         let mut dropped = 0;
         for table in RuleTable::ALL {
@@ -1508,7 +1508,7 @@ impl RedirectStore for SqlStore {
     }
 
     async fn create_project_token(&self, actor: &Actor, t: &ProjectTokenRecord) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         lock_project(&mut tx, &t.project_id).await?;
         sqlx::query(
             "INSERT INTO project_tokens (id, project_id, name, token_hash, preview, scopes, \
@@ -1553,7 +1553,7 @@ impl RedirectStore for SqlStore {
     }
 
     async fn delete_project_token(&self, actor: &Actor, project_id: &str, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let before = sqlx::query("SELECT * FROM project_tokens WHERE id = $1 AND project_id = $2")
             .bind(id.to_string())
             .bind(project_id.to_string())
@@ -1584,7 +1584,7 @@ impl RedirectStore for SqlStore {
     }
 
     async fn report_agent(&self, actor: &Actor, a: &AgentRecord) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE project_agents SET kind = $1, loaded_version = $2, status = $3, error = $4, \
              load_duration_ns = $5, updated_at = $6, last_hit_at = $7 WHERE project_id = $8 AND name = $9",
@@ -1672,7 +1672,7 @@ impl RedirectStore for SqlStore {
     }
 
     async fn delete_agent(&self, actor: &Actor, project_id: &str, name: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query("DELETE FROM project_agents WHERE project_id = $1 AND name = $2")
             .bind(project_id.to_string())
             .bind(name.to_string())

@@ -204,6 +204,17 @@ impl SqlStore {
         Ok(store)
     }
 
+    /// Starts a transaction that may write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`, waiting up to the busy timeout): a deferred transaction
+    /// that reads and then writes after another connection committed fails at once
+    /// with SQLITE_BUSY_SNAPSHOT ("database is locked") instead of waiting its turn.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            _ => self.pool.begin().await?,
+        })
+    }
+
     async fn count(&self, sql: &str, args: &[Arg]) -> Result<i64> {
         let mut q = sqlx::query(sql);
         for a in args {
@@ -507,7 +518,7 @@ impl Store for SqlStore {
     }
 
     async fn create_user(&self, actor: &Actor, u: &UserRecord) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query(
             "INSERT INTO users (id, username, display_name, email, role, password_hash, \
              allowed_node_ids, disabled, version, created_at, updated_at, last_login_at) \
@@ -579,7 +590,7 @@ impl Store for SqlStore {
         u: &UserRecord,
         expected_version: Option<i64>,
     ) -> Result<UserRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Take the write lock first (SQLite) and lock the row (PostgreSQL).
         let bumped = sqlx::query("UPDATE users SET version = version WHERE id = $1")
             .bind(u.id.clone())
@@ -655,7 +666,7 @@ impl Store for SqlStore {
         id: &str,
         expected_version: Option<i64>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let locked = sqlx::query("UPDATE users SET version = version WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -701,7 +712,7 @@ impl Store for SqlStore {
     }
 
     async fn create_session(&self, actor: &Actor, s: &SessionRecord) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO sessions (token_hash, user_id, csrf_token, client_ip, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -751,7 +762,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_session(&self, actor: &Actor, token_hash: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
             .bind(token_hash.to_string())
             .execute(&mut *tx)
@@ -811,7 +822,7 @@ impl Store for SqlStore {
     }
 
     async fn create_api_key(&self, actor: &Actor, k: &ApiKeyRecord) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query(
             "INSERT INTO api_keys (id, name, prefix, key_hash, role, user_id, created_at, last_used_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -894,7 +905,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_api_key(&self, actor: &Actor, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
         let before = sqlx::query(&sql)
             .bind(id.to_string())
@@ -1014,7 +1025,7 @@ impl Store for SqlStore {
         expected_version: Option<i64>,
         message: &str,
     ) -> Result<(ResourceRecord, i64)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let revision = next_revision(&mut tx).await?;
         let before = get_resource_in(&mut tx, kind, name).await?;
         check_version(expected_version, before.as_ref().map_or(0, |b| b.version))?;
@@ -1066,7 +1077,7 @@ impl Store for SqlStore {
         expected_version: Option<i64>,
         message: &str,
     ) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let revision = next_revision(&mut tx).await?;
         let before = get_resource_in(&mut tx, kind, name)
             .await?
@@ -1100,7 +1111,7 @@ impl Store for SqlStore {
         action: &str,
         message: &str,
     ) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let revision = next_revision(&mut tx).await?;
         let before = resource_set_in(&mut tx).await?;
         let old_versions: std::collections::HashMap<(String, String), i64> =
@@ -1206,7 +1217,7 @@ impl Store for SqlStore {
         c: &CertificateRecord,
         expected_version: Option<i64>,
     ) -> Result<CertificateRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Lock the row (or, for SQLite, take the write lock) before reading it.
         sqlx::query("UPDATE certificates SET version = version WHERE name = $1")
             .bind(c.name.clone())
@@ -1284,7 +1295,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_certificate(&self, actor: &Actor, name: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query("DELETE FROM certificates WHERE name = $1")
             .bind(name.to_string())
             .execute(&mut *tx)
@@ -1327,7 +1338,7 @@ impl Store for SqlStore {
             }
             Backend::Postgres => {
                 // A logical export of every table from one consistent snapshot.
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     .execute(&mut *tx)
                     .await?;

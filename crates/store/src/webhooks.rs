@@ -166,7 +166,7 @@ fn text(v: &impl serde::Serialize) -> Result<String> {
 #[async_trait]
 impl WebhookStore for SqlStore {
     async fn create_webhook(&self, actor: &Actor, w: &WebhookRecord) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(&format!(
             "INSERT INTO webhooks ({WEBHOOK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
@@ -222,7 +222,7 @@ impl WebhookStore for SqlStore {
         w: &WebhookRecord,
         expected_version: Option<i64>,
     ) -> Result<WebhookRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let before = sqlx::query(&format!(
             "SELECT {WEBHOOK_COLS} FROM webhooks WHERE id = $1"
         ))
@@ -267,7 +267,7 @@ impl WebhookStore for SqlStore {
     }
 
     async fn delete_webhook(&self, actor: &Actor, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query("DELETE FROM webhooks WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -298,7 +298,7 @@ impl WebhookStore for SqlStore {
         if deliveries.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for d in deliveries {
             sqlx::query(&format!(
                 "INSERT INTO webhook_deliveries ({DELIVERY_COLS}) \
@@ -352,7 +352,7 @@ impl WebhookStore for SqlStore {
     }
 
     async fn record_attempt(&self, delivery_id: &str, o: &AttemptOutcome) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let d = sqlx::query(&format!(
             "SELECT {DELIVERY_COLS} FROM webhook_deliveries WHERE id = $1"
         ))
@@ -484,7 +484,7 @@ impl WebhookStore for SqlStore {
     }
 
     async fn requeue_delivery(&self, actor: &Actor, id: &str, now: i64) -> Result<DeliveryRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query(
             "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $1, claimed_until = NULL, \
              updated_at = $1 WHERE id = $2",

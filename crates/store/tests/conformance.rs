@@ -94,6 +94,7 @@ conformance!(
     resources_and_revisions,
     replace_resources_is_one_revision,
     concurrent_config_writes_get_distinct_revisions,
+    concurrent_read_then_write_transactions_all_succeed,
     backup_writes_a_file,
     hostile_text_is_stored_verbatim,
     certificates_crud_with_versions,
@@ -549,6 +550,57 @@ async fn concurrent_config_writes_get_distinct_revisions(s: &SqlStore) {
     let mut revs = futures::future::join_all(writes).await;
     revs.sort_unstable();
     assert_eq!(revs, (1..=8).collect::<Vec<_>>());
+}
+
+/// Transactions that read, then write (an update checking the current version)
+/// while other connections commit: none may fail with a busy/locked error.
+async fn concurrent_read_then_write_transactions_all_succeed(s: &SqlStore) {
+    for i in 0..8 {
+        s.create_alert_rule(&actor(), &alert_rule(&format!("c{i}"), "auth.*"))
+            .await
+            .expect("create");
+    }
+    let updates = (0..8).map(|w| async move {
+        for n in 0..10 {
+            let mut rule = s
+                .get_alert_rule(&format!("c{w}"))
+                .await
+                .expect("get")
+                .expect("rule");
+            rule.name = format!("writer {w} pass {n}");
+            s.update_alert_rule(&actor(), &rule, None)
+                .await
+                .expect("an update among concurrent writers");
+        }
+    });
+    let puts = (0..8).map(|i| async move {
+        s.put_resource(
+            &actor(),
+            "route",
+            &format!("busy{i}"),
+            &json!(i),
+            None,
+            "concurrent",
+        )
+        .await
+        .expect("put");
+    });
+    futures::future::join(
+        futures::future::join_all(updates),
+        futures::future::join_all(puts),
+    )
+    .await;
+    let versions: i64 = futures::future::join_all((0..8).map(|i| async move {
+        s.get_alert_rule(&format!("c{i}"))
+            .await
+            .expect("get")
+            .expect("rule")
+            .version
+    }))
+    .await
+    .into_iter()
+    .sum();
+    assert_eq!(versions, 8 + 80, "every update counted once");
 }
 
 async fn backup_writes_a_file(s: &SqlStore) {
