@@ -436,6 +436,9 @@ impl Gateway {
         Ok(())
     }
 
+    /// Serves a connection with hyper (HTTP/1.1 and HTTP/2): TLS connections that
+    /// negotiated h2, and connections the gateway's own HTTP/1.1 server handed over
+    /// (see `server.rs`).
     async fn connection<I>(
         self,
         io: I,
