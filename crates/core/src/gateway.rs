@@ -171,6 +171,15 @@ pub struct Timeouts {
     /// Idle keep-alive connections to the upstream are closed after this.
     #[serde(alias = "idleMs")]
     pub idle_ms: u64,
+    /// The longest pause between two reads of an upstream's response body (nginx's
+    /// `proxy_read_timeout`); a stalled upstream is cut and so is its client.
+    #[serde(alias = "readMs")]
+    pub read_ms: u64,
+    /// The longest a write may stall: request body bytes to the upstream, response
+    /// bytes to a client that stopped reading (nginx's `proxy_send_timeout` and
+    /// `send_timeout`). Both connections of the exchange are then closed.
+    #[serde(alias = "sendMs")]
+    pub send_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -179,6 +188,8 @@ impl Default for Timeouts {
             connect_ms: 5_000,
             request_ms: 30_000,
             idle_ms: 60_000,
+            read_ms: 60_000,
+            send_ms: 60_000,
         }
     }
 }
@@ -305,6 +316,11 @@ pub struct Route {
     /// Allow WebSocket upgrades through this route.
     #[serde(default = "yes")]
     pub websocket: bool,
+    /// Other protocols a client may switch to through this route (`Upgrade`
+    /// tokens such as `h2c`). A request asking for any other upgrade is forwarded
+    /// as a plain request, without its `Upgrade`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upgrades: Vec<String>,
     /// Answer plain-HTTP requests with a redirect to HTTPS.
     #[serde(default, alias = "httpsRedirect")]
     pub https_redirect: bool,
@@ -564,6 +580,8 @@ impl Upstream {
             ("timeouts.connect_ms", t.connect_ms, 600_000),
             ("timeouts.request_ms", t.request_ms, 86_400_000),
             ("timeouts.idle_ms", t.idle_ms, 86_400_000),
+            ("timeouts.read_ms", t.read_ms, 86_400_000),
+            ("timeouts.send_ms", t.send_ms, 86_400_000),
         ] {
             if v == 0 || v > max {
                 e.push(field, format!("must be between 1 and {max}"));
@@ -639,6 +657,21 @@ impl Route {
             PathMatch::Prefix | PathMatch::Exact => {
                 if !self.path.starts_with('/') || self.path.len() > 1024 {
                     e.push("path", "must start with / and be at most 1024 characters");
+                } else if let Some(canonical) = crate::request_target::normalize_path(&self.path)
+                    .ok()
+                    .filter(|c| *c != self.path.as_str())
+                {
+                    // Requests are routed on their canonical path: another form
+                    // of the same path would never match.
+                    e.push(
+                        "path",
+                        format!("must be in canonical form ({canonical:?}): requests are matched after '.', '..', '//' and encoded unreserved characters are resolved"),
+                    );
+                } else if crate::request_target::normalize_path(&self.path).is_err() {
+                    e.push(
+                        "path",
+                        "must not contain '..' above '/', an encoded '/', '\\' or NUL, or a bad %-escape",
+                    );
                 } else if self
                     .path
                     .chars()
@@ -661,6 +694,14 @@ impl Route {
         for (i, m) in self.methods.iter().enumerate() {
             if !METHODS.contains(&m.to_ascii_uppercase().as_str()) {
                 e.push(format!("methods[{i}]"), format!("unknown method {m:?}"));
+            }
+        }
+        for (i, u) in self.upgrades.iter().enumerate() {
+            if !valid_header_name(u) || u.len() > 64 {
+                e.push(
+                    format!("upgrades[{i}]"),
+                    "must be a protocol token such as h2c (at most 64 characters)",
+                );
             }
         }
         for (i, h) in self.hosts.iter().enumerate() {

@@ -206,12 +206,16 @@ pub fn parse_response_head(
             None => Framing::UntilClose,
         }
     };
+    // Both lengths: the body is framed by the coding, but a peer that framed it by
+    // the length would read the stream differently; never send another request
+    // on such a connection (RFC 9112 §6.3).
+    let ambiguous = transfer_encoding && length.is_some();
     Ok(Some(ResponseHead {
         status,
         minor,
         len,
         framing,
-        keep_alive: !close && framing != Framing::UntilClose,
+        keep_alive: !close && !ambiguous && framing != Framing::UntilClose,
     }))
 }
 

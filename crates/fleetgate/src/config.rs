@@ -51,6 +51,12 @@ pub struct GatewaySection {
     pub rate_limit_fail_open: bool,
     /// Clients must send their request headers within this many milliseconds.
     pub header_read_timeout_ms: u64,
+    /// A client sending a request body may pause at most this long between two
+    /// reads (nginx's `client_body_timeout`).
+    pub client_body_timeout_ms: u64,
+    /// A client that stops reading its response is cut after this long without
+    /// progress (nginx's `send_timeout`); the upstream connection goes with it.
+    pub client_send_timeout_ms: u64,
     /// Gateway worker threads, each with its own single-threaded runtime;
     /// 0 means one per CPU.
     pub workers: usize,
@@ -177,6 +183,8 @@ impl Default for GatewaySection {
             access_log_fields: Vec::new(),
             rate_limit_fail_open: true,
             header_read_timeout_ms: 10_000,
+            client_body_timeout_ms: 60_000,
+            client_send_timeout_ms: 60_000,
             workers: 0,
         }
     }
@@ -250,6 +258,16 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     (
         "FLEETGATE_GATEWAY_HEADER_READ_TIMEOUT_MS",
         "gateway.header_read_timeout_ms",
+        Kind::Int,
+    ),
+    (
+        "FLEETGATE_GATEWAY_CLIENT_BODY_TIMEOUT_MS",
+        "gateway.client_body_timeout_ms",
+        Kind::Int,
+    ),
+    (
+        "FLEETGATE_GATEWAY_CLIENT_SEND_TIMEOUT_MS",
+        "gateway.client_send_timeout_ms",
         Kind::Int,
     ),
     ("FLEETGATE_GATEWAY_WORKERS", "gateway.workers", Kind::Int),
@@ -458,6 +476,12 @@ impl Config {
         }
         if !(100..=600_000).contains(&self.gateway.header_read_timeout_ms) {
             bail!("gateway.header_read_timeout_ms must be between 100 and 600000");
+        }
+        if !(100..=3_600_000).contains(&self.gateway.client_body_timeout_ms) {
+            bail!("gateway.client_body_timeout_ms must be between 100 and 3600000");
+        }
+        if !(100..=3_600_000).contains(&self.gateway.client_send_timeout_ms) {
+            bail!("gateway.client_send_timeout_ms must be between 100 and 3600000");
         }
         fleetgate_proxy::access_log::AccessLog::new(&self.gateway.access_log_fields)
             .map_err(|e| anyhow::anyhow!("gateway.access_log_fields: {e}"))?;

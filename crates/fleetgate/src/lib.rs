@@ -258,6 +258,8 @@ fn gateway_options(
         redis_url: config.redis.url.clone(),
         rate_limit_fail_open: config.gateway.rate_limit_fail_open,
         header_read_timeout: Duration::from_millis(config.gateway.header_read_timeout_ms),
+        client_body_timeout: Duration::from_millis(config.gateway.client_body_timeout_ms),
+        client_send_timeout: Duration::from_millis(config.gateway.client_send_timeout_ms),
         events,
     })
 }

@@ -59,7 +59,7 @@ pub struct RouteRuntime {
     pub route: Route,
     pub upstream: Arc<UpstreamRuntime>,
     pub upstream_metrics: Arc<UpstreamMetrics>,
-    pub limiter: Option<RouteLimiter>,
+    pub limiter: Option<Arc<RouteLimiter>>,
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
     pub request_headers: HeaderOps,
@@ -105,6 +105,12 @@ impl Compiled {
         for u in &doc.upstreams {
             upstreams.insert(u.name.clone(), reuse(u));
         }
+        let previous_limited: HashMap<&str, &RouteRuntime> = previous
+            .routes
+            .iter()
+            .filter(|r| r.limiter.is_some())
+            .map(|r| (r.route.id.as_str(), r))
+            .collect();
         let mut routes = Vec::with_capacity(doc.routes.len());
         for r in &doc.routes {
             let upstream = if r.upstream.contains("://") {
@@ -121,11 +127,18 @@ impl Compiled {
                     )
                 })?
             };
-            let limiter = r
-                .rate_limit
-                .as_ref()
-                .filter(|l| l.enabled)
-                .map(|l| RouteLimiter::new(l.max, l.window_ms));
+            // A route whose limit did not change keeps its counters.
+            let limiter = r.rate_limit.as_ref().filter(|l| l.enabled).map(|l| {
+                previous_limited
+                    .get(r.id.as_str())
+                    .filter(|old| {
+                        old.route.rate_limit.as_ref().is_some_and(|o| {
+                            o.max == l.max && o.window_ms == l.window_ms && o.key == l.key
+                        })
+                    })
+                    .and_then(|old| old.limiter.clone())
+                    .unwrap_or_else(|| Arc::new(RouteLimiter::new(l.max, l.window_ms)))
+            });
             routes.push(RouteRuntime {
                 route: r.clone(),
                 upstream_metrics: metrics.upstream(&upstream.name),

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use fleetgate_core::breaker::Admission;
 use fleetgate_core::gateway::{Cors, RetryCondition, RetryOn};
 use fleetgate_core::redirects::matcher::Hit;
+use fleetgate_core::request_target::{self, TargetError};
 use fleetgate_core::routing::{stripped_path, Lookup};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -72,9 +73,19 @@ impl Peer {
     }
 }
 
+/// The client's `X-Request-Id` when it is a sane token (1–128 characters of
+/// letters, digits and `-._~:+/=`: UUIDs, ULIDs, base64 and trace ids fit), or a new
+/// one: an id that logs and upstreams echo must not carry spaces, quotes or
+/// separators a client chose.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
-        if !v.is_empty() && v.len() <= 128 {
+        if !v.is_empty()
+            && v.len() <= 128
+            && v.as_bytes().iter().all(|b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'+' | b'/' | b'=')
+            })
+        {
             return v.clone();
         }
     }
@@ -169,6 +180,34 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// The protocol names (without versions) of `Upgrade` values.
+fn upgrade_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','))
+        .map(|t| t.split('/').next().unwrap_or("").trim())
+}
+
+/// Whether a request asks to switch protocols and the route allows every protocol
+/// it names: `websocket` when the route allows WebSockets, and those it lists.
+fn upgrade_allowed(route: &fleetgate_core::gateway::Route, headers: &HeaderMap) -> bool {
+    is_upgrade(headers)
+        && upgrade_tokens(headers).all(|t| {
+            (route.websocket && t.eq_ignore_ascii_case("websocket"))
+                || route.upgrades.iter().any(|u| u.eq_ignore_ascii_case(t))
+        })
+}
+
+/// Whether an upstream's `101` switches to a protocol the request asked for.
+fn upgrade_answered(requested: &HeaderMap, answer: &HeaderMap) -> bool {
+    let mut got = upgrade_tokens(answer);
+    match (got.next(), got.next()) {
+        (Some(p), None) => upgrade_tokens(requested).any(|r| r.eq_ignore_ascii_case(p)),
+        _ => false,
+    }
+}
+
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers
@@ -181,19 +220,28 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
-fn append_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &str, proto: &'static str) {
-    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => {
-            let mut xff = String::with_capacity(prev.len() + 2 + peer.ip.len());
-            xff.push_str(prev);
-            xff.push_str(", ");
-            xff.push_str(peer.ip.to_str().unwrap_or(""));
-            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
-                headers.insert(X_FORWARDED_FOR, v);
-            }
+/// Every non-empty line of a list header, in order, as one comma-separated list
+/// (RFC 9110 §5.3): a client may split `X-Forwarded-For` over several lines.
+fn joined_list(headers: &HeaderMap, name: &HeaderName) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in headers.get_all(name).iter().filter(|v| !v.is_empty()) {
+        if !out.is_empty() {
+            out.extend_from_slice(b", ");
         }
-        _ => {
-            headers.insert(X_FORWARDED_FOR, peer.ip.clone());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out
+}
+
+fn append_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &str, proto: &'static str) {
+    let mut xff = joined_list(headers, &X_FORWARDED_FOR);
+    if xff.is_empty() {
+        headers.insert(X_FORWARDED_FOR, peer.ip.clone());
+    } else {
+        xff.extend_from_slice(b", ");
+        xff.extend_from_slice(peer.ip.as_bytes());
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+            headers.insert(X_FORWARDED_FOR, v);
         }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -207,22 +255,16 @@ fn append_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &str, proto: &'s
             }
         }
     }
-    let prev = headers
-        .get(header::FORWARDED)
-        .and_then(|v| v.to_str().ok())
-        .filter(|p| !p.is_empty());
-    let mut fwd =
-        String::with_capacity(prev.map_or(0, |p| p.len() + 2) + peer.node.len() + host.len() + 24);
-    if let Some(p) = prev {
-        fwd.push_str(p);
-        fwd.push_str(", ");
+    let mut fwd = joined_list(headers, &header::FORWARDED);
+    if !fwd.is_empty() {
+        fwd.extend_from_slice(b", ");
     }
-    fwd.push_str("for=");
-    fwd.push_str(&peer.node);
-    fwd.push_str(";host=\"");
-    fwd.extend(host.chars().filter(|c| *c != '"' && *c != '\\'));
-    fwd.push_str("\";proto=");
-    fwd.push_str(proto);
+    fwd.extend_from_slice(b"for=");
+    fwd.extend_from_slice(peer.node.as_bytes());
+    fwd.extend_from_slice(b";host=\"");
+    fwd.extend(host.bytes().filter(|c| *c != b'"' && *c != b'\\'));
+    fwd.extend_from_slice(b"\";proto=");
+    fwd.extend_from_slice(proto.as_bytes());
     // The String's buffer becomes the header value without another copy.
     if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(fwd)) {
         headers.insert(header::FORWARDED, v);
@@ -265,8 +307,9 @@ fn write_request_head(
     out.extend_from_slice(path[1].as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     push_header(out, b"host", target_host.as_bytes());
-    let mut xff: Option<&HeaderValue> = None;
-    let mut forwarded: Option<&HeaderValue> = None;
+    // Every line a client sent of these two lists, in order (usually none or one).
+    let mut xff: Vec<&HeaderValue> = Vec::new();
+    let mut forwarded: Vec<&HeaderValue> = Vec::new();
     for (name, value) in headers {
         if *name == header::HOST || HOP_BY_HOP.iter().any(|h| h == name) || *name == header::UPGRADE
         {
@@ -274,11 +317,11 @@ fn write_request_head(
         }
         if fwd.is_some() {
             if *name == X_FORWARDED_FOR {
-                xff = xff.or(Some(value));
+                xff.push(value);
                 continue;
             }
             if *name == header::FORWARDED {
-                forwarded = forwarded.or(Some(value));
+                forwarded.push(value);
                 continue;
             }
             if *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST || *name == X_REQUEST_ID {
@@ -289,7 +332,7 @@ fn write_request_head(
     }
     if let Some(f) = fwd {
         out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(prev) = xff.filter(|v| !v.is_empty()) {
+        for prev in xff.iter().filter(|v| !v.is_empty()) {
             out.extend_from_slice(prev.as_bytes());
             out.extend_from_slice(b", ");
         }
@@ -298,7 +341,7 @@ fn write_request_head(
         push_header(out, b"x-forwarded-proto", f.proto.as_bytes());
         push_header(out, b"x-forwarded-host", f.host.as_bytes());
         out.extend_from_slice(b"forwarded: ");
-        if let Some(prev) = forwarded.filter(|v| !v.is_empty()) {
+        for prev in forwarded.iter().filter(|v| !v.is_empty()) {
             out.extend_from_slice(prev.as_bytes());
             out.extend_from_slice(b", ");
         }
@@ -380,8 +423,14 @@ fn limit_key<'a>(key: &str, headers: &'a HeaderMap, ip: &'a str) -> std::borrow:
         "api_key" => from_header("authorization").or_else(|| from_header("x-api-key")),
         k => k.strip_prefix("header:").and_then(from_header),
     };
+    // A credential or header value is counted by its digest: the counter key (in
+    // memory and in Redis) holds no API key in clear and has a fixed size.
     match v {
-        Some(v) => std::borrow::Cow::Owned(format!("{key}={v}")),
+        Some(v) => {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(v.as_bytes());
+            std::borrow::Cow::Owned(format!("{key}#{}", hex::encode(&digest[..16])))
+        }
         None => std::borrow::Cow::Borrowed(ip),
     }
 }
@@ -396,14 +445,11 @@ fn set_limit_headers(h: &mut HeaderMap, limit: u32, remaining: u32, reset_at: u6
     );
 }
 
-/// Whether the request carries no body, so it can be sent again on retry.
-fn bodyless(parts: &http::request::Parts, body: &Option<Incoming>) -> bool {
+/// Whether the request carries no body. An HTTP/2 request's body is announced by
+/// its frames, not by `Content-Length` (which it may leave out), so the body itself
+/// is asked: hyper gives a request with nothing to read an empty body.
+fn bodyless(body: &Option<Incoming>) -> bool {
     body.as_ref().is_none_or(Body::is_end_stream)
-        || (!parts.headers.contains_key(header::TRANSFER_ENCODING)
-            && parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .is_none_or(|v| v.as_bytes() == b"0"))
 }
 
 fn retry_on(rt: &RouteRuntime, cond: RetryOn) -> bool {
@@ -419,6 +465,7 @@ struct Ctx<'a> {
     rid: &'a HeaderValue,
     /// The request arrived over TLS.
     tls: bool,
+    client_body_timeout: Duration,
 }
 
 /// Answers from a project's published pages and redirects when one matches. The
@@ -470,6 +517,139 @@ fn redirect_or_page(gw: &GatewayInner, host: &str, uri: &Uri) -> Option<Response
     Some(resp)
 }
 
+/// A 400 for a request the gateway will not route, closing the connection (as
+/// nginx does: what follows such a request cannot be trusted to be framed right).
+fn bad_request(what: &str) -> Response<ProxyBody> {
+    let mut r = json_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", what, None);
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Checks the method, request-target and `Host` of a request before anything is
+/// routed on them, puts the path in its canonical form
+/// ([`fleetgate_core::request_target`]) and returns the host to route by:
+/// - `CONNECT`, authority-form targets and `*` with any method but `OPTIONS` are
+///   refused; `OPTIONS *` is answered here (it asks about the server, not a
+///   resource);
+/// - an absolute-form target (and HTTP/2's `:authority`) names the host; a `Host`
+///   header beside it must name the same one (RFC 9112 §3.2.2, RFC 9113 §8.3.1);
+/// - HTTP/1.1 needs exactly one `Host`, not empty and without a path (nginx: 400).
+#[allow(clippy::result_large_err)]
+fn admit_target(parts: &mut http::request::Parts) -> Result<HeaderValue, Response<ProxyBody>> {
+    use std::borrow::Cow;
+    let bad_host = |e: TargetError| bad_request(&e.to_string());
+    if parts.method == Method::CONNECT {
+        return Err(bad_request("CONNECT is not supported by this gateway"));
+    }
+    if parts.uri.path() == "*" && parts.uri.authority().is_none() {
+        if parts.method != Method::OPTIONS {
+            return Err(bad_request(
+                "the request-target '*' is only valid for OPTIONS",
+            ));
+        }
+        let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+        r.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return Err(r);
+    }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(bad_request("the request has more than one Host header"));
+    }
+    // The host to route by, as a header value: the client's own bytes (shared, not
+    // copied) when they are in canonical form already.
+    let as_value = |raw: &HeaderValue, h: Cow<'_, str>| match h {
+        Cow::Borrowed(_) => Ok(raw.clone()),
+        Cow::Owned(h) => HeaderValue::from_maybe_shared(Bytes::from(h))
+            .map_err(|_| bad_host(TargetError::BadHost)),
+    };
+    let host_header = match host_header {
+        None => None,
+        Some(v) => {
+            let h = v.to_str().map_err(|_| bad_host(TargetError::BadHost))?;
+            Some(as_value(
+                v,
+                request_target::normalize_host(h).map_err(bad_host)?,
+            )?)
+        }
+    };
+    let authority = match (parts.uri.scheme_str(), parts.uri.authority()) {
+        (None, None) => None,
+        (Some("http" | "https"), Some(a)) => {
+            if a.as_str().contains('@') {
+                return Err(bad_request(
+                    "the request-target's authority may not carry user information",
+                ));
+            }
+            let h = request_target::normalize_host(a.as_str()).map_err(bad_host)?;
+            Some(HeaderValue::from_str(&h).map_err(|_| bad_host(TargetError::BadHost))?)
+        }
+        (Some(_), _) => {
+            return Err(bad_request(
+                "the request-target's scheme must be http or https",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(bad_request(
+                "the request-target must be a path starting with '/' or an absolute URI",
+            ))
+        }
+    };
+    let host = match (authority, host_header) {
+        (Some(a), Some(h)) if a != h => {
+            return Err(bad_request(
+                "the Host header does not name the host of the request-target",
+            ))
+        }
+        (Some(a), _) if parts.version != http::Version::HTTP_11 => a,
+        (Some(_), None) => return Err(bad_request("the request has no Host header")),
+        (Some(a), Some(_)) => a,
+        (None, Some(h)) => h,
+        (None, None) if parts.version == http::Version::HTTP_10 => HeaderValue::from_static(""),
+        (None, None) => return Err(bad_request("the request has no Host header")),
+    };
+    match request_target::normalize_path(parts.uri.path()) {
+        Ok(Cow::Borrowed(_)) => {}
+        Ok(Cow::Owned(path)) => {
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.path_and_query = Some(
+                http::uri::PathAndQuery::try_from(pq)
+                    .map_err(|_| bad_host(TargetError::BadPercentEncoding))?,
+            );
+            parts.uri = Uri::from_parts(uri).map_err(|_| bad_request("invalid request-target"))?;
+        }
+        Err(e) => return Err(bad_request(&e.to_string())),
+    }
+    Ok(host)
+}
+
+/// HTTP/2 may split `Cookie` into one field per cookie; an HTTP/1.1 upstream
+/// expects one line, joined with `; ` (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut all = headers.get_all(header::COOKIE).iter();
+    if all.nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// Handles one request from `peer`.
 pub async fn handle(
     gw: Arc<GatewayInner>,
@@ -482,20 +662,14 @@ pub async fn handle(
     let compiled: Arc<Compiled> = gw.current.load_full();
     let (mut parts, body) = req.into_parts();
     let rid = request_id(&parts.headers);
-    // The Host value is shared (not copied): the headers move upstream later.
-    let host_value = parts.headers.get(header::HOST).cloned();
-    let authority_host;
-    let host: &str = match host_value.as_ref().and_then(|v| v.to_str().ok()) {
-        Some(h) => h,
-        None => {
-            authority_host = parts
-                .uri
-                .authority()
-                .map(|a| a.as_str().to_string())
-                .unwrap_or_default();
-            &authority_host
+    let host = match admit_target(&mut parts) {
+        Ok(h) => h,
+        Err(mut r) => {
+            r.headers_mut().insert(X_REQUEST_ID, rid);
+            return r;
         }
     };
+    let host: &str = host.to_str().unwrap_or("");
     if let Some(mut r) = redirect_or_page(&gw, host, &parts.uri) {
         r.headers_mut().insert(X_REQUEST_ID, rid);
         return r;
@@ -505,16 +679,29 @@ pub async fn handle(
     } else {
         None
     };
-    // A CORS preflight is routed as the request it announces.
-    let method = match parts.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD) {
+    if parts.version == http::Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
+    // A CORS preflight is routed as the request it announces, to a route that
+    // answers preflights (one with `cors`); any other route sees the OPTIONS it is.
+    let preflight_for = match parts.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD) {
         Some(m)
             if parts.method == Method::OPTIONS && parts.headers.contains_key(header::ORIGIN) =>
         {
-            m.to_str().unwrap_or("OPTIONS")
+            Some(m.to_str().unwrap_or("OPTIONS"))
         }
-        _ => parts.method.as_str(),
+        _ => None,
     };
-    let lookup = compiled.table.lookup(host, parts.uri.path(), method);
+    let mut lookup = compiled.table.lookup(
+        host,
+        parts.uri.path(),
+        preflight_for.unwrap_or(parts.method.as_str()),
+    );
+    if let (Some(_), Lookup::Found(m)) = (preflight_for, lookup) {
+        if compiled.routes[m.index].route.cors.is_none() {
+            lookup = compiled.table.lookup(host, parts.uri.path(), "OPTIONS");
+        }
+    }
     let m = match lookup {
         Lookup::Found(m) => m,
         Lookup::MethodNotAllowed => {
@@ -551,6 +738,7 @@ pub async fn handle(
         matched_len: m.matched_len,
         rid: &rid,
         tls,
+        client_body_timeout: gw.client_body_timeout,
     };
     let https_port = gw.https_port.load(Ordering::Relaxed);
     let mut resp = if !tls && rt.route.https_redirect && https_port != 0 {
@@ -754,7 +942,17 @@ async fn forward(
             return r;
         }
     }
-    let upgrade = route.websocket && is_upgrade(&req.headers);
+    let upgrade = upgrade_allowed(route, &req.headers);
+    // What the client asked to switch to, to check the upstream's answer against.
+    let asked_upgrade = if upgrade {
+        let mut asked = HeaderMap::new();
+        for v in req.headers.get_all(header::UPGRADE) {
+            asked.append(header::UPGRADE, v.clone());
+        }
+        asked
+    } else {
+        HeaderMap::new()
+    };
     let client_upgrade = if upgrade {
         req.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
@@ -775,7 +973,11 @@ async fn forward(
     } else {
         req.uri.path_and_query().cloned()
     };
-    let retryable = bodyless(req, &body);
+    let retryable = bodyless(&body);
+    // Only an idempotent request may be sent again after it reached an upstream
+    // (RFC 9110 §9.2.2): a POST answered 502 or cut by a timeout may have taken
+    // effect. Any bodyless request may try another target when it never got there.
+    let idempotent = crate::pool::idempotent(&req.method);
     // A bodyless request that does not upgrade is written out as bytes on a
     // connection this task drives (pool.rs); the others go through hyper's client.
     let direct = retryable && !upgrade;
@@ -797,6 +999,15 @@ async fn forward(
         append_forwarded(&mut headers, ctx.peer, host, proto);
         headers.insert(X_REQUEST_ID, rid.clone());
         rt.request_headers.apply(&mut headers);
+        // A body of unknown length (chunked from an HTTP/1.1 client, DATA frames
+        // from an HTTP/2 one) goes upstream chunked: left to itself hyper's client
+        // would send a GET's body as empty.
+        if !retryable && !upgrade && !headers.contains_key(header::CONTENT_LENGTH) {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
     } else if headers.contains_key(header::CONNECTION) {
         strip_hop_by_hop(&mut headers, false);
     }
@@ -806,10 +1017,12 @@ async fn forward(
     } else {
         0
     };
+    let client_body_timeout = ctx.client_body_timeout;
+    let stalled = |b| crate::stall::StallBody::new(b, client_body_timeout, "the client");
     let mut body = Some(match (body, route.max_body_bytes) {
         (None, _) => Either::Right(Either::Right(Empty::new())),
-        (Some(b), Some(max)) => Either::Right(Either::Left(Limited::new(b, max as usize))),
-        (Some(b), None) => Either::Left(b),
+        (Some(b), Some(max)) => Either::Right(Either::Left(Limited::new(stalled(b), max as usize))),
+        (Some(b), None) => Either::Left(stalled(b)),
     });
     let request_timeout = Duration::from_millis(up.config.timeouts.request_ms);
     // Targets already tried (at most 1 + 5 retries): a fixed array, no allocation.
@@ -909,11 +1122,29 @@ async fn forward(
                 up.record(ti, !failed, failed.then(|| format!("answered {status}")));
                 if failed {
                     rt.upstream_metrics.failures.fetch_add(1, Ordering::Relaxed);
-                    if more && retry_on(rt, RetryOn::Status(status.as_u16())) && up.try_retry() {
+                    if more
+                        && idempotent
+                        && retry_on(rt, RetryOn::Status(status.as_u16()))
+                        && up.try_retry()
+                    {
                         continue;
                     }
                 }
                 if status == StatusCode::SWITCHING_PROTOCOLS {
+                    // A switch nobody asked for, or to another protocol than asked,
+                    // would hand the client's connection to something it did not
+                    // choose.
+                    if !upgrade || !upgrade_answered(&asked_upgrade, resp.headers()) {
+                        return json_error(
+                            StatusCode::BAD_GATEWAY,
+                            "UPSTREAM_ERROR",
+                            &format!(
+                                "upstream {} switched protocols without being asked to",
+                                up.name
+                            ),
+                            None,
+                        );
+                    }
                     if let Some(client_upgrade) = client_upgrade {
                         let upstream_upgrade = hyper::upgrade::on(&mut resp);
                         tokio::spawn(async move {
@@ -934,6 +1165,12 @@ async fn forward(
                 }
                 let (mut parts, mut body) = resp.into_parts();
                 if !direct {
+                    // A length beside Transfer-Encoding is not the length of what
+                    // the client gets (RFC 9112 §6.3); hyper framed the body by the
+                    // coding, and the connection is not reused (pool.rs).
+                    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+                        parts.headers.remove(header::CONTENT_LENGTH);
+                    }
                     // A direct connection's response comes without them already.
                     strip_hop_by_hop(&mut parts.headers, false);
                 } else if !rt.response_headers.is_empty() || route.cors.is_some() {
@@ -965,6 +1202,7 @@ async fn forward(
                     None,
                 ));
                 if more
+                    && idempotent
                     && retry_on(rt, RetryOn::Condition(RetryCondition::Timeout))
                     && up.try_retry()
                 {

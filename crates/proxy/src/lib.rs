@@ -15,6 +15,7 @@ pub mod limit;
 pub mod metrics;
 pub mod pool;
 mod server;
+mod stall;
 pub mod tls;
 pub mod upstream;
 
@@ -53,6 +54,10 @@ pub struct GatewayOptions {
     pub rate_limit_fail_open: bool,
     /// A client must send its request headers within this time (slow clients are cut off).
     pub header_read_timeout: Duration,
+    /// A client may pause this long between two parts of its request body.
+    pub client_body_timeout: Duration,
+    /// A client that reads nothing of its response for this long is cut off.
+    pub client_send_timeout: Duration,
     /// Where the gateway's events go (the manager's event hub).
     pub events: Option<Arc<dyn EventSink>>,
 }
@@ -64,6 +69,8 @@ impl Default for GatewayOptions {
             redis_url: None,
             rate_limit_fail_open: true,
             header_read_timeout: Duration::from_secs(10),
+            client_body_timeout: Duration::from_secs(60),
+            client_send_timeout: Duration::from_secs(60),
             events: None,
         }
     }
@@ -79,6 +86,8 @@ pub struct GatewayInner {
     pub(crate) access_log: Option<access_log::AccessLog>,
     pub(crate) shared_limits: Option<limit::SharedCounter>,
     pub(crate) header_read_timeout: Duration,
+    pub(crate) client_body_timeout: Duration,
+    pub(crate) client_send_timeout: Duration,
     pub(crate) events: Option<Arc<dyn EventSink>>,
     /// Port of the HTTPS listener once bound, for HTTP→HTTPS redirects (0 = none).
     pub(crate) https_port: std::sync::atomic::AtomicU16,
@@ -181,6 +190,8 @@ impl Gateway {
             metrics: MetricsRegistry::default(),
             access_log: options.access_log,
             header_read_timeout: options.header_read_timeout,
+            client_body_timeout: options.client_body_timeout,
+            client_send_timeout: options.client_send_timeout,
             events: options.events.clone(),
             https_port: std::sync::atomic::AtomicU16::new(0),
             shared_limits: options.redis_url.as_deref().and_then(|url| {
@@ -464,6 +475,9 @@ impl Gateway {
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(self.inner.header_read_timeout)
             .max_buf_size(64 * 1024);
+        // A client that stops reading is cut after the send timeout, on HTTP/1 and
+        // HTTP/2 alike (hyper's server has no write timeout of its own).
+        let io = crate::stall::WriteStall::new(io, self.inner.client_send_timeout);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         tokio::select! {

@@ -1,13 +1,35 @@
 //! Per-route rate limits counted in this process: a fixed window per key.
+//!
+//! A route's counters live as long as its limit stays the same: a new revision
+//! that keeps the route's `rate_limit` keeps them (see `compiled.rs`), so a
+//! configuration change does not hand every client a fresh window.
+//!
+//! Keys may be chosen by clients (`api_key`, `header:<name>`), so memory is
+//! bounded: a route tracks at most [`MAX_KEYS`] keys; past that, keys it has not
+//! seen in this window share one overflow counter (so inventing keys buys nothing),
+//! and stale entries are swept at most once per window (never a scan per request).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+/// Keys one route tracks before new ones share the overflow counter.
+pub const MAX_KEYS: usize = 100_000;
+
+/// The key that keys past [`MAX_KEYS`] are counted under.
+const OVERFLOW: &str = "\u{0}overflow";
+
+struct Counters {
+    map: HashMap<Box<str>, (u64, u32)>,
+    /// The window in which stale entries were last swept.
+    swept: u64,
+}
 
 /// Counters of one route.
 pub struct RouteLimiter {
     pub max: u32,
     pub window_ms: u64,
-    counters: Mutex<HashMap<Box<str>, (u64, u32)>>,
+    max_keys: usize,
+    counters: Mutex<Counters>,
 }
 
 /// The limiter's answer for one request.
@@ -21,21 +43,46 @@ pub struct Verdict {
 
 impl RouteLimiter {
     pub fn new(max: u32, window_ms: u64) -> Self {
+        Self::with_max_keys(max, window_ms, MAX_KEYS)
+    }
+
+    pub fn with_max_keys(max: u32, window_ms: u64, max_keys: usize) -> Self {
         Self {
             max,
             window_ms: window_ms.max(1),
-            counters: Mutex::new(HashMap::new()),
+            max_keys: max_keys.max(1),
+            counters: Mutex::new(Counters {
+                map: HashMap::new(),
+                swept: u64::MAX,
+            }),
         }
+    }
+
+    /// Keys tracked now (the overflow counter included).
+    pub fn tracked_keys(&self) -> usize {
+        self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .len()
     }
 
     pub fn check(&self, key: &str, now: u64) -> Verdict {
         let window = now / self.window_ms;
         let reset_at = (window + 1) * self.window_ms;
-        let mut map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 200_000 {
-            map.retain(|_, (w, _)| *w == window);
+        let mut guard = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let c = &mut *guard;
+        let mut key = key;
+        if !c.map.contains_key(key) && c.map.len() >= self.max_keys {
+            if c.swept != window {
+                c.swept = window;
+                c.map.retain(|_, (w, _)| *w == window);
+            }
+            if c.map.len() >= self.max_keys {
+                key = OVERFLOW;
+            }
         }
-        let count = match map.get_mut(key) {
+        let count = match c.map.get_mut(key) {
             Some(entry) => {
                 if entry.0 != window {
                     *entry = (window, 0);
@@ -44,7 +91,7 @@ impl RouteLimiter {
                 entry.1
             }
             None => {
-                map.insert(key.into(), (window, 1));
+                c.map.insert(key.into(), (window, 1));
                 1
             }
         };
@@ -82,6 +129,25 @@ mod tests {
         );
         assert!(l.check("b", 30).allowed);
         assert!(l.check("a", 1000).allowed);
+    }
+
+    #[test]
+    fn keys_a_client_invents_are_bounded_and_still_limited() {
+        let l = RouteLimiter::with_max_keys(3, 1000, 100);
+        for i in 0..100 {
+            assert!(l.check(&format!("k{i}"), 10).allowed);
+        }
+        // Past the bound, new keys share one counter of the same limit.
+        let admitted = (0..1000)
+            .filter(|i| l.check(&format!("new{i}"), 20).allowed)
+            .count();
+        assert_eq!(admitted, 3);
+        assert!(l.tracked_keys() <= 101, "{}", l.tracked_keys());
+        // Keys already known keep their own counters.
+        assert!(l.check("k0", 30).allowed);
+        // In the next window the stale entries are swept once and new keys fit again.
+        assert!(l.check("fresh", 1500).allowed);
+        assert_eq!(l.tracked_keys(), 1);
     }
 }
 

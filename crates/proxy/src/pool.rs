@@ -78,6 +78,10 @@ pub struct Pool {
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    /// The longest pause between two reads of a response body.
+    read_timeout: Duration,
+    /// The longest a write of a request body may stall.
+    send_timeout: Duration,
 }
 
 impl Pool {
@@ -86,6 +90,8 @@ impl Pool {
         tls: Option<UpstreamTls>,
         connect_timeout: Duration,
         idle_timeout: Duration,
+        read_timeout: Duration,
+        send_timeout: Duration,
     ) -> Arc<Self> {
         let host = authority
             .host()
@@ -102,6 +108,8 @@ impl Pool {
             max_idle: 1024,
             idle_timeout,
             connect_timeout,
+            read_timeout,
+            send_timeout,
         })
     }
 
@@ -155,8 +163,10 @@ impl Pool {
         clean: Arc<AtomicBool>,
         sent: Arc<AtomicBool>,
     ) -> Result<Sender, SendError> {
+        // An upstream that stops reading the request body is cut after the send timeout.
+        let io = crate::stall::WriteStall::new(conn.io, self.send_timeout);
         let (sender, hyper_conn) = http1::Builder::new()
-            .handshake(TokioIo::new(conn.io))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| {
                 SendError::Connect(format!(
@@ -181,7 +191,7 @@ impl Pool {
                     && parts.read_buf.is_empty()
                 {
                     if let Some(pool) = pool.upgrade() {
-                        pool.put_conn(Conn::new(parts.io.into_inner()));
+                        pool.put_conn(Conn::new(parts.io.into_inner().into_inner()));
                     }
                 }
             });
@@ -220,7 +230,12 @@ impl Pool {
             }
             match sender.try_send_request(req).await {
                 Ok(resp) => {
+                    // Content-Length beside Transfer-Encoding: the upstream's framing
+                    // is in doubt (RFC 9112 §6.3), so its connection is not reused.
+                    let both_lengths = resp.headers().contains_key(header::TRANSFER_ENCODING)
+                        && resp.headers().contains_key(header::CONTENT_LENGTH);
                     let keep_alive = !close_asked
+                        && !both_lengths
                         && resp.version() == http::Version::HTTP_11
                         && !asks_close(resp.headers());
                     // A connection either side closes never goes back: its body's end
@@ -234,7 +249,11 @@ impl Pool {
                     return Ok(Response::from_parts(
                         parts,
                         PooledBody::Hyper {
-                            inner: body,
+                            inner: crate::stall::StallBody::new(
+                                body,
+                                self.read_timeout,
+                                "the upstream",
+                            ),
                             ret: Some((sender, flag)),
                         },
                     ));
@@ -711,7 +730,15 @@ impl Pool {
                 })
             });
         }
-        spans.retain(|s| !hop_by_hop_name(s.name(&bytes)));
+        // With Transfer-Encoding, a Content-Length line does not describe the body the
+        // client gets (RFC 9112 §6.3): it goes too.
+        let coded = spans
+            .iter()
+            .any(|s| s.name(&bytes).eq_ignore_ascii_case(b"transfer-encoding"));
+        spans.retain(|s| {
+            let name = s.name(&bytes);
+            !(hop_by_hop_name(name) || (coded && name.eq_ignore_ascii_case(b"content-length")))
+        });
         let raw = Some(RawHead { bytes, spans });
         let body = match head.framing {
             Framing::Empty => {
@@ -741,6 +768,7 @@ impl Pool {
                 },
                 keep_alive: head.keep_alive,
                 raw,
+                stall: crate::stall::Stall::new(self.read_timeout),
             })),
         };
         let mut resp = Response::new(body);
@@ -762,6 +790,8 @@ pub struct StreamBody {
     framing: Remaining,
     keep_alive: bool,
     raw: Option<RawHead>,
+    /// The upstream may pause at most the read timeout between two reads.
+    stall: crate::stall::Stall,
 }
 
 impl StreamBody {
@@ -817,7 +847,23 @@ impl StreamBody {
                 self.finish();
                 return Poll::Ready(None);
             }
-            match std::task::ready!(poll_fill(&mut conn.io, &mut conn.buf, cx)) {
+            let filled = match poll_fill(&mut conn.io, &mut conn.buf, cx) {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    if self.stall.poll_expired(cx) {
+                        // The connection is dropped: its stream position is lost.
+                        self.conn = None;
+                        return Poll::Ready(Some(Err(format!(
+                            "the upstream sent nothing for {} ms in the middle of a body",
+                            self.stall.limit().as_millis()
+                        )
+                        .into())));
+                    }
+                    return Poll::Pending;
+                }
+            };
+            self.stall.progress();
+            match filled {
                 Ok(0) => {
                     self.conn = None;
                     return Poll::Ready(match self.framing {
@@ -841,7 +887,7 @@ impl StreamBody {
 pub enum PooledBody {
     /// A body read by hyper's client (requests with a body, upgrades, health checks).
     Hyper {
-        inner: Incoming,
+        inner: crate::stall::StallBody<Incoming>,
         /// Dropped at the end of the body, which ends the connection task; `clean`
         /// tells it the socket may go back to the pool.
         ret: Option<(Sender, Arc<AtomicBool>)>,
@@ -882,7 +928,7 @@ impl Body for PooledBody {
                         clean.store(true, Ordering::Release);
                     }
                 }
-                r.map(|o| o.map(|r| r.map_err(Into::into)))
+                r
             }
             PooledBody::Whole { data, .. } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             PooledBody::Stream(s) => s.poll_frame(cx),
@@ -891,7 +937,7 @@ impl Body for PooledBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            PooledBody::Hyper { inner, .. } => inner.is_end_stream(),
+            PooledBody::Hyper { inner, .. } => inner.get_ref().is_end_stream(),
             PooledBody::Whole { data, .. } => data.is_none(),
             PooledBody::Stream(s) => s.conn.is_none(),
         }
@@ -899,7 +945,7 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            PooledBody::Hyper { inner, .. } => inner.size_hint(),
+            PooledBody::Hyper { inner, .. } => inner.get_ref().size_hint(),
             PooledBody::Whole { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
@@ -917,7 +963,7 @@ impl Drop for PooledBody {
         // HEAD); otherwise the connection is not reusable and is dropped.
         if let PooledBody::Hyper { inner, ret } = self {
             if let Some((_sender, clean)) = ret.take() {
-                if inner.is_end_stream() {
+                if inner.get_ref().is_end_stream() {
                     clean.store(true, Ordering::Release);
                 }
             }

@@ -60,6 +60,7 @@ pub(crate) async fn serve<I>(
     let inner = gw.inner.clone();
     let client = Arc::new(Peer::new(peer));
     let limit = inner.header_read_timeout;
+    let send_limit = inner.client_send_timeout;
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(4 * 1024);
     let mut spans = Vec::new();
@@ -138,11 +139,20 @@ pub(crate) async fn serve<I>(
             head_request = req.method() == Method::HEAD;
             forward::handle(inner.clone(), req, client.clone(), tls).await
         };
-        let keep =
-            match write_response(&mut io, &mut out, resp, head_request, head.minor, close).await {
-                Ok(keep) => keep,
-                Err(_) => return,
-            };
+        let keep = match write_response(
+            &mut io,
+            &mut out,
+            resp,
+            head_request,
+            head.minor,
+            close,
+            send_limit,
+        )
+        .await
+        {
+            Ok(keep) => keep,
+            Err(_) => return,
+        };
         if !keep {
             let _ = io.shutdown().await;
             return;
@@ -196,6 +206,7 @@ async fn write_response<I>(
     head_request: bool,
     minor: u8,
     close: bool,
+    send_limit: std::time::Duration,
 ) -> std::io::Result<bool>
 where
     I: AsyncWrite + Unpin,
@@ -215,7 +226,14 @@ where
     } else {
         Delimit::Close
     };
-    let keep = !close && delimit != Delimit::Close;
+    // The pipeline asks for the connection to end after a request it refused as
+    // malformed (`Connection: close` in the response's own map).
+    let keep = !close
+        && delimit != Delimit::Close
+        && parts
+            .headers
+            .get(header::CONNECTION)
+            .is_none_or(|v| !v.as_bytes().eq_ignore_ascii_case(b"close"));
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -275,8 +293,8 @@ where
     }
     out.extend_from_slice(b"\r\n");
     if delimit == Delimit::None {
-        io.write_all(out).await?;
-        io.flush().await?;
+        crate::stall::write_all(io, out, send_limit).await?;
+        crate::stall::flush(io, send_limit).await?;
         return Ok(keep);
     }
     loop {
@@ -288,8 +306,8 @@ where
             Poll::Ready(f) => f,
             Poll::Pending => {
                 if !out.is_empty() {
-                    io.write_all(out).await?;
-                    io.flush().await?;
+                    crate::stall::write_all(io, out, send_limit).await?;
+                    crate::stall::flush(io, send_limit).await?;
                     out.clear();
                 }
                 body.frame().await
@@ -309,9 +327,9 @@ where
                 if data.len() <= COALESCE_MAX {
                     out.extend_from_slice(&data);
                 } else {
-                    io.write_all(out).await?;
+                    crate::stall::write_all(io, out, send_limit).await?;
                     out.clear();
-                    io.write_all(&data).await?;
+                    crate::stall::write_all(io, &data, send_limit).await?;
                 }
                 if delimit == Delimit::Chunked {
                     out.extend_from_slice(b"\r\n");
@@ -322,7 +340,7 @@ where
                 // the connection closing before the body's end.
                 tracing::debug!(error = %e, "response body failed; closing the client connection");
                 if !out.is_empty() {
-                    let _ = io.write_all(out).await;
+                    let _ = crate::stall::write_all(io, out, send_limit).await;
                 }
                 return Ok(false);
             }
@@ -330,8 +348,8 @@ where
                 if delimit == Delimit::Chunked {
                     out.extend_from_slice(b"0\r\n\r\n");
                 }
-                io.write_all(out).await?;
-                io.flush().await?;
+                crate::stall::write_all(io, out, send_limit).await?;
+                crate::stall::flush(io, send_limit).await?;
                 return Ok(keep);
             }
         }

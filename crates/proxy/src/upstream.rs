@@ -20,7 +20,10 @@ use hyper::body::Incoming;
 use crate::clock;
 
 /// Bodies sent upstream: a client's body as is, with a size limit, or none.
-pub type UpstreamBody = Either<Incoming, Either<Limited<Incoming>, Empty<Bytes>>>;
+pub type UpstreamBody = Either<
+    crate::stall::StallBody<Incoming>,
+    Either<Limited<crate::stall::StallBody<Incoming>>, Empty<Bytes>>,
+>;
 
 /// One target and what the gateway knows about it.
 pub struct TargetState {
@@ -80,6 +83,8 @@ impl TargetState {
             upstream_tls,
             Duration::from_millis(timeouts.connect_ms),
             Duration::from_millis(timeouts.idle_ms),
+            Duration::from_millis(timeouts.read_ms),
+            Duration::from_millis(timeouts.send_ms),
         );
         Some(Self {
             pool,

@@ -13,13 +13,13 @@ use serde_json::{json, Value};
 use crate::support::{expect_error, spawn_app, TestApp};
 use crate::upstream;
 
-struct Cert {
-    pem: String,
-    key: String,
-    der: Vec<u8>,
+pub(crate) struct Cert {
+    pub pem: String,
+    pub key: String,
+    pub der: Vec<u8>,
 }
 
-fn cert(names: &[&str], days_valid: i64) -> Cert {
+pub(crate) fn cert(names: &[&str], days_valid: i64) -> Cert {
     let mut params =
         rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .expect("params");
@@ -35,7 +35,7 @@ fn cert(names: &[&str], days_valid: i64) -> Cert {
     }
 }
 
-async fn upload(app: &TestApp, name: &str, c: &Cert) -> reqwest::Response {
+pub(crate) async fn upload(app: &TestApp, name: &str, c: &Cert) -> reqwest::Response {
     app.admin(Method::POST, "/api/v1/certificates")
         .json(&json!({"name": name, "cert_pem": c.pem, "key_pem": c.key}))
         .send()
