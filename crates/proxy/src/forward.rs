@@ -542,7 +542,7 @@ fn admit_target(parts: &mut http::request::Parts) -> Result<HeaderValue, Respons
     if parts.method == Method::CONNECT {
         return Err(bad_request("CONNECT is not supported by this gateway"));
     }
-    if parts.uri.path() == "*" && parts.uri.authority().is_none() {
+    if parts.uri.path() == "*" {
         if parts.method != Method::OPTIONS {
             return Err(bad_request(
                 "the request-target '*' is only valid for OPTIONS",

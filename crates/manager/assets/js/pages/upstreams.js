@@ -25,7 +25,7 @@ const DEFAULTS = {
   name: '', targets: [{ url: '', weight: 1 }], load_balancing: 'round_robin', hash_on: 'ip',
   health_check: { active: null, passive: null },
   circuit_breaker: { enabled: true, failure_rate_percent: 50, min_requests: 10, window_ms: 10_000, open_ms: 30_000, half_open_requests: 3 },
-  timeouts: { connect_ms: 5000, request_ms: 30_000, idle_ms: 60_000 },
+  timeouts: { connect_ms: 5000, request_ms: 30_000, idle_ms: 60_000, read_ms: 60_000, send_ms: 60_000 },
   retries: { attempts: 1, on: ['connect_error', 502, 503, 504], budget_percent: 20 },
   tls: { verify: true, sni: null, ca_pem: null },
 };
@@ -399,6 +399,8 @@ async function editor(main, ctx, name) {
       c({ path: 'timeouts.connect_ms', label: 'Connect (ms)', kind: 'int' }),
       c({ path: 'timeouts.request_ms', label: 'Response headers (ms)', kind: 'int' }),
       c({ path: 'timeouts.idle_ms', label: 'Idle keep-alive (ms)', kind: 'int' }),
+      c({ path: 'timeouts.read_ms', label: 'Pause in a response body (ms)', kind: 'int' }),
+      c({ path: 'timeouts.send_ms', label: 'Stalled request body write (ms)', kind: 'int' }),
     ]);
     const retries = section('Retries', [
       c({ path: 'retries.attempts', label: 'Extra attempts (0–5)', kind: 'int', min: 0 }),
