@@ -9,6 +9,7 @@ mod config;
 mod conventions;
 mod events;
 mod gateway;
+mod hardening;
 mod health;
 mod metrics;
 mod process;
