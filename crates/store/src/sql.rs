@@ -24,9 +24,9 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyConnection, AnyPool, Row};
 
 use crate::{
-    Actor, ApiKeyRecord, AuditEvent, AuditFilter, AuditRecord, CertificateRecord, MigrationStatus,
-    Page, PageRequest, PoolStats, ResourceRecord, ResourceSet, Result, RevisionRecord,
-    SessionRecord, Store, StoreError, UserRecord,
+    Actor, ApiKeyRecord, AuditEvent, AuditFilter, AuditRecord, CertificateRecord, LoginAttempt,
+    MigrationStatus, Page, PageRequest, PoolStats, ResourceRecord, ResourceSet, Result,
+    RevisionRecord, SessionRecord, Store, StoreError, UserRecord,
 };
 
 /// Which database a [`SqlStore`] runs on.
@@ -816,6 +816,66 @@ impl Store for SqlStore {
     async fn clear_login_failures(&self, client_ip: &str) -> Result<()> {
         sqlx::query("DELETE FROM login_failures WHERE client_ip = $1")
             .bind(client_ip.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn reserve_login_attempt(
+        &self,
+        client_ip: &str,
+        at: i64,
+        since: i64,
+        max: i64,
+    ) -> Result<LoginAttempt> {
+        // The count and the insert must not interleave with another attempt of the
+        // same address: SQLite's write transaction (BEGIN IMMEDIATE) serializes them
+        // outright; on PostgreSQL, whose READ COMMITTED transactions would each see
+        // only their own uncommitted row, a transaction-scoped advisory lock on the
+        // address does (replicas sharing the database share the lock).
+        let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query(
+                "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtext('fleetgate.login:' || $1))) AS l",
+            )
+            .bind(client_ip.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        }
+        let r = sqlx::query(
+            "SELECT COUNT(*), MIN(at) FROM login_failures WHERE client_ip = $1 AND at > $2",
+        )
+        .bind(client_ip.to_string())
+        .bind(since)
+        .fetch_one(&mut *tx)
+        .await?;
+        let count: i64 = r.try_get(0)?;
+        let oldest: Option<i64> = r.try_get(1)?;
+        if count >= max {
+            tx.rollback().await?;
+            return Ok(LoginAttempt::Refused {
+                oldest: oldest.unwrap_or(at),
+            });
+        }
+        let id: i64 =
+            sqlx::query("INSERT INTO login_failures (client_ip, at) VALUES ($1, $2) RETURNING id")
+                .bind(client_ip.to_string())
+                .bind(at)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+        // Old attempts are worthless; keep the table small as it is written.
+        sqlx::query("DELETE FROM login_failures WHERE at < $1")
+            .bind(at - 86_400_000)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(LoginAttempt::Admitted { id })
+    }
+
+    async fn release_login_attempt(&self, id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM login_failures WHERE id = $1")
+            .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -100,3 +100,103 @@ async fn sync_api_refuses_keys_of_disabled_owners_and_demotes_keys_of_demoted_on
     assert_eq!(read().await.expect("read").status(), StatusCode::OK);
     app.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Item 12: the login limit counts attempts atomically and a success erases nothing.
+
+async fn login(app: &TestApp, client: &Client, password: &str) -> reqwest::Response {
+    client
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": password}))
+        .send()
+        .await
+        .expect("login request")
+}
+
+fn retry_after(r: &reqwest::Response) -> u64 {
+    r.headers()
+        .get("retry-after")
+        .expect("Retry-After")
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds")
+}
+
+#[tokio::test]
+async fn concurrent_wrong_logins_get_at_most_five_401s() {
+    let app = spawn_app().await;
+    let client = Client::new();
+    let attempts = (0..40).map(|i| {
+        let client = client.clone();
+        let url = app.url("/api/v1/auth/login");
+        async move {
+            client
+                .post(url)
+                .json(&json!({"username": "admin", "password": format!("guess-{i}")}))
+                .send()
+                .await
+                .expect("login request")
+        }
+    });
+    let responses = futures::future::join_all(attempts).await;
+    let mut unauthorized = 0;
+    let mut limited = 0;
+    for r in responses {
+        match r.status() {
+            StatusCode::UNAUTHORIZED => unauthorized += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                let retry = retry_after(&r);
+                assert!((1..=60).contains(&retry), "Retry-After {retry}");
+                let body: Value = r.json().await.expect("json");
+                assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+                limited += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        (1..=5).contains(&unauthorized),
+        "{unauthorized} guesses had their password checked; the limit is 5"
+    );
+    assert_eq!(unauthorized + limited, 40);
+    // The right password is refused too while the address is limited.
+    let r = login(&app, &client, crate::support::ADMIN_PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_successful_login_does_not_reset_the_failures_of_its_address() {
+    let app = spawn_app().await;
+    let client = Client::new();
+    for _ in 0..2 {
+        let r = login(&app, &client, "wrong-password").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = login(&app, &client, crate::support::ADMIN_PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // Three more failures make five: a success did not wipe the first two.
+    for _ in 0..3 {
+        let r = login(&app, &client, "wrong-password").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = login(&app, &client, "wrong-password").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!((1..=60).contains(&retry_after(&r)));
+    let r = login(&app, &client, crate::support::ADMIN_PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn successful_logins_do_not_use_up_the_limit() {
+    let app = spawn_app().await;
+    let client = Client::new();
+    // A success does not count itself: many sign-ins from one address keep working.
+    for _ in 0..8 {
+        let r = login(&app, &client, crate::support::ADMIN_PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    app.stop().await;
+}
