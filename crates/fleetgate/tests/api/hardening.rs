@@ -200,3 +200,144 @@ async fn successful_logins_do_not_use_up_the_limit() {
     }
     app.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Item 16: outbound destinations of test-upstream and webhooks.
+
+async fn put_settings(app: &TestApp, body: Value) {
+    let r = app
+        .admin(Method::PUT, "/api/v1/settings")
+        .json(&body)
+        .send()
+        .await
+        .expect("settings");
+    assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
+}
+
+#[tokio::test]
+async fn test_upstream_applies_the_destination_policy() {
+    let app = spawn_app().await;
+    let port = app.addr.port();
+    let probe = |url: String| {
+        app.admin(Method::POST, "/api/v1/troubleshooting/test-upstream")
+            .json(&json!({"url": url, "timeout_ms": 2000}))
+            .send()
+    };
+    // The manager itself, however the address is spelled, and other special ranges.
+    for url in [
+        format!("http://127.0.0.1:{port}/health"),
+        format!("http://localhost:{port}/health"),
+        format!("http://[::127.0.0.1]:{port}/health"),
+        format!("http://[::ffff:127.0.0.1]:{port}/health"),
+        format!("http://[::ffff:7f00:1]:{port}/health"),
+        format!("http://[64:ff9b::127.0.0.1]:{port}/health"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://[::ffff:169.254.169.254]/".to_string(),
+        "http://198.18.0.1/".to_string(),
+        "http://10.0.0.1/".to_string(),
+        "http://[fd00::1]/".to_string(),
+        "http://0.0.0.0/".to_string(),
+    ] {
+        let r = probe(url.clone()).await.expect("probe");
+        let body =
+            crate::support::expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+        assert_eq!(body["details"]["field"], "url", "{url}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("allow_private_targets")),
+            "{url}: {body}"
+        );
+    }
+    // A configured upstream target may be probed: the gateway sends traffic there anyway.
+    let up = crate::upstream::spawn("probed").await;
+    let r = app
+        .admin(Method::POST, "/api/v1/upstreams")
+        .json(&json!({"name": "probed", "targets": [{"url": up.url()}]}))
+        .send()
+        .await
+        .expect("upstream");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r: Value = probe(format!("{}/health", up.url()))
+        .await
+        .expect("probe")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(r["reachable"], true, "{r}");
+    assert_eq!(r["connect"]["details"]["address"], up.addr.to_string());
+    // With the opt-in, private destinations are probed, at the checked address.
+    put_settings(&app, json!({"webhooks": {"allow_private_targets": true}})).await;
+    let r: Value = probe(format!("http://[::ffff:127.0.0.1]:{port}/health/ping"))
+        .await
+        .expect("probe")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(r["reachable"], true, "{r}");
+    assert_eq!(r["http"]["details"]["status"], 204, "{r}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn webhooks_refuse_ipv6_spellings_of_private_addresses() {
+    let app = spawn_app().await;
+    let port = app.addr.port();
+    for url in [
+        format!("http://[::127.0.0.1]:{port}/hook"),
+        format!("http://[64:ff9b::a9fe:a9fe]:{port}/hook"),
+        "http://198.19.0.5/hook".to_string(),
+        "http://[2002:7f00:1::1]/hook".to_string(),
+    ] {
+        let r = app
+            .admin(Method::POST, "/api/v1/webhooks")
+            .json(&json!({"url": url, "events": ["*"]}))
+            .send()
+            .await
+            .expect("create webhook");
+        let body =
+            crate::support::expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+        assert_eq!(body["details"]["field"], "url", "{url}: {body}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_deliveries_check_the_addresses_a_name_resolves_to() {
+    let app = spawn_app().await;
+    let receiver = crate::upstream::spawn("receiver").await;
+    let url = format!("http://localhost:{}/hook", receiver.addr.port());
+    put_settings(&app, json!({"webhooks": {"allow_private_targets": true}})).await;
+    let r = app
+        .admin(Method::POST, "/api/v1/webhooks")
+        .json(&json!({"url": url, "events": ["*"]}))
+        .send()
+        .await
+        .expect("create webhook");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let hook: Value = r.json().await.expect("json");
+    let id = hook["id"].as_str().expect("id").to_string();
+    let test = || async {
+        app.admin(Method::POST, &format!("/api/v1/webhooks/{id}/test"))
+            .send()
+            .await
+            .expect("test")
+            .json::<Value>()
+            .await
+            .expect("json")
+    };
+    let d = test().await;
+    assert!(d["last_status_code"].is_i64(), "delivered: {d}");
+    // The opt-in is read at each delivery: without it the name's addresses are refused
+    // by the delivery client's own resolver, and nothing is sent.
+    put_settings(&app, json!({})).await;
+    let d = test().await;
+    assert!(d["last_status_code"].is_null(), "{d}");
+    assert!(
+        d["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a public address")),
+        "{d}"
+    );
+    app.stop().await;
+}
