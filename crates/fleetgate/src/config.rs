@@ -33,6 +33,9 @@ pub struct ManagerSection {
     pub max_body_bytes: usize,
     /// Mark session cookies `Secure` (set when the API is behind HTTPS).
     pub secure_cookies: bool,
+    /// Serve `/metrics` and `/prometheus/metrics` to anyone; by default they need
+    /// an API key or session (any role).
+    pub metrics_public: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +167,7 @@ impl Default for ManagerSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 3001)),
             max_body_bytes: 1024 * 1024,
             secure_cookies: false,
+            metrics_public: false,
         }
     }
 }
@@ -229,6 +233,11 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     (
         "FLEETGATE_MANAGER_SECURE_COOKIES",
         "manager.secure_cookies",
+        Kind::Bool,
+    ),
+    (
+        "FLEETGATE_MANAGER_METRICS_PUBLIC",
+        "manager.metrics_public",
         Kind::Bool,
     ),
     ("FLEETGATE_GATEWAY_LISTEN", "gateway.listen", Kind::Text),

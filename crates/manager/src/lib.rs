@@ -42,6 +42,9 @@ pub struct ManagerOptions {
     pub max_body_bytes: usize,
     /// Mark cookies `Secure` (when the API is served over HTTPS).
     pub secure_cookies: bool,
+    /// Serve `/metrics` and `/prometheus/metrics` without credentials. Off by
+    /// default: the series name routes, upstreams and their error rates.
+    pub metrics_public: bool,
     pub redis_url: Option<String>,
     pub nats_url: Option<String>,
     /// Key that encrypts secrets at rest; `None` makes an ephemeral one (tests).
@@ -54,6 +57,7 @@ impl Default for ManagerOptions {
             data_dir: PathBuf::from("./fleetgate-data"),
             max_body_bytes: 1024 * 1024,
             secure_cookies: false,
+            metrics_public: false,
             redis_url: None,
             nats_url: None,
             secret_key: None,

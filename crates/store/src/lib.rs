@@ -7,6 +7,7 @@
 
 mod alerts;
 mod events;
+pub mod files;
 mod metrics;
 mod redirects;
 mod sql;

@@ -171,10 +171,13 @@ impl SqlStore {
                 ));
             }
             if let Some(parent) = Path::new(path).parent() {
-                if !parent.as_os_str().is_empty() {
-                    std::fs::create_dir_all(parent)?;
+                if !parent.as_os_str().is_empty() && !parent.exists() {
+                    crate::files::private_dir(parent)?;
                 }
             }
+            // The database, its WAL and shared-memory files hold every secret's
+            // hash and ciphertext: 0600, including files an earlier start left.
+            crate::files::private_sqlite_files(Path::new(path))?;
             if !url.contains('?') {
                 url.push_str("?mode=rwc");
             }
@@ -1375,19 +1378,38 @@ impl Store for SqlStore {
     }
 
     async fn backup(&self, path: &Path) -> Result<()> {
-        if path.exists() {
-            return Err(StoreError::Conflict(format!(
-                "backup {} already exists",
-                path.display()
-            )));
-        }
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await?;
+            crate::files::private_dir(parent)?;
+        }
+        // The backup file is created here, empty and 0600, before anything is
+        // written to it (VACUUM INTO accepts an empty file); creating it fails if
+        // it exists, so two backups of one name cannot both write.
+        match crate::files::create_private_file(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::Conflict(format!(
+                    "backup {} already exists",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(e.into()),
         }
         let target = path
             .to_str()
             .ok_or_else(|| StoreError::Invalid("backup path is not UTF-8".into()))?
             .to_string();
+        let written = self.write_backup(path, target).await;
+        if written.is_err() {
+            // No empty or partial file is left to pass for a backup.
+            let _ = std::fs::remove_file(path);
+        }
+        written
+    }
+}
+
+impl SqlStore {
+    /// Writes a backup into `path`, which exists, empty and private.
+    async fn write_backup(&self, path: &Path, target: String) -> Result<()> {
         match self.backend {
             Backend::Sqlite => {
                 // An online, transactionally consistent copy of the whole database file.
@@ -1449,7 +1471,10 @@ impl Store for SqlStore {
                 let bytes = serde_json::to_vec_pretty(&doc)
                     .map_err(|e| StoreError::Invalid(e.to_string()))?;
                 let tmp = path.with_extension("partial");
-                tokio::fs::write(&tmp, bytes).await?;
+                let _ = std::fs::remove_file(&tmp);
+                let mut f = crate::files::create_private_file(&tmp)?;
+                std::io::Write::write_all(&mut f, &bytes)?;
+                f.sync_all()?;
                 tokio::fs::rename(&tmp, path).await?;
             }
         }

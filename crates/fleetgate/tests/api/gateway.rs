@@ -464,8 +464,8 @@ async fn circuit_breaker_opens_half_opens_and_closes_with_exact_counts() {
         app.get_json("/api/v1/circuit-breakers").await[0]["state"],
         "open"
     );
-    let metrics = Client::new()
-        .get(app.url("/prometheus/metrics"))
+    let metrics = app
+        .admin(Method::GET, "/prometheus/metrics")
         .send()
         .await
         .expect("req")

@@ -341,3 +341,137 @@ async fn webhook_deliveries_check_the_addresses_a_name_resolves_to() {
     );
     app.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Item 15: private files, and credentials for the metrics.
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn set_mode(path: &std::path::Path, m: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(m)).expect("chmod");
+}
+
+/// Every file of the data directory tree, with its mode, and every directory's.
+fn modes_under(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, bool, u32)>) {
+    out.push((dir.to_path_buf(), true, mode(dir)));
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            modes_under(&path, out);
+        } else {
+            out.push((path.clone(), false, mode(&path)));
+        }
+    }
+}
+
+fn assert_private(dir: &std::path::Path) {
+    let mut all = Vec::new();
+    modes_under(dir, &mut all);
+    for (path, is_dir, m) in all {
+        let want = if is_dir { 0o700 } else { 0o600 };
+        assert_eq!(m, want, "{} is {m:o}, expected {want:o}", path.display());
+    }
+}
+
+#[tokio::test]
+async fn database_wal_backups_and_their_directories_are_private() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let data = parent.path().join("data");
+    let config = crate::support::config_in(&data);
+    let secrets = || fleetgate::BootstrapSecrets {
+        admin_password: Some(crate::support::ADMIN_PASSWORD.into()),
+        bootstrap_token: Some(crate::support::TOKEN.into()),
+    };
+    // The umask would give 0644 files in 0755 directories; the modes must not
+    // depend on it.
+    let running = fleetgate::start(config.clone(), secrets(), false, std::future::pending())
+        .await
+        .expect("starts");
+    let c = Client::new();
+    let r = c
+        .post(format!(
+            "http://{}/api/v1/settings/backup",
+            running.manager_addr
+        ))
+        .bearer_auth(crate::support::TOKEN)
+        .json(&json!({"name": "modes"}))
+        .send()
+        .await
+        .expect("backup");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(data.join("fleetgate.db").is_file());
+    assert!(
+        data.join("fleetgate.db-wal").is_file(),
+        "WAL file exists while running"
+    );
+    assert!(data.join("backups/modes.sqlite").is_file());
+    assert_private(&data);
+    running.shutdown().await.expect("stops");
+
+    // Files an earlier version left readable are corrected at the next start.
+    set_mode(&data, 0o755);
+    set_mode(&data.join("backups"), 0o755);
+    for f in ["fleetgate.db", "secret.key", "backups/modes.sqlite"] {
+        set_mode(&data.join(f), 0o644);
+    }
+    for f in ["fleetgate.db-wal", "fleetgate.db-shm"] {
+        if data.join(f).exists() {
+            set_mode(&data.join(f), 0o644);
+        }
+    }
+    let running = fleetgate::start(config, secrets(), false, std::future::pending())
+        .await
+        .expect("starts again");
+    assert_private(&data);
+    running.shutdown().await.expect("stops");
+}
+
+#[tokio::test]
+async fn metrics_need_credentials_unless_opened() {
+    let app = spawn_app().await;
+    for path in ["/prometheus/metrics", "/metrics"] {
+        let r = app.anon(Method::GET, path).send().await.expect("anon");
+        crate::support::expect_error(r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+        let r = app
+            .anon(Method::GET, path)
+            .bearer_auth("not-a-key")
+            .send()
+            .await
+            .expect("bad key");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let viewer = app
+            .key_for_role(&format!("viewer{}", path.len()), "viewer")
+            .await;
+        let r = app
+            .anon(Method::GET, path)
+            .bearer_auth(&viewer)
+            .send()
+            .await
+            .expect("viewer");
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(r
+            .text()
+            .await
+            .expect("text")
+            .contains("fleetgate_api_requests_total"));
+    }
+    app.stop().await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::support::config_in(dir.path());
+    config.manager.metrics_public = true;
+    let app = crate::support::spawn_with(config, dir).await;
+    for path in ["/prometheus/metrics", "/metrics"] {
+        let r = app.anon(Method::GET, path).send().await.expect("anon");
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+    }
+    app.stop().await;
+}
