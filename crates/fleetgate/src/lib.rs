@@ -205,18 +205,21 @@ pub async fn start(
         let _ = state.data_plane.set(Arc::new(gw.clone()));
     }
     let task_state = state.clone();
+    let manager_limits = fleetgate_manager::server::ServerLimits {
+        header_read_timeout: Duration::from_millis(config.manager.header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(config.manager.body_read_timeout_ms),
+        max_pending_connections: config.manager.max_pending_connections,
+    };
     let tls_certificates = state.subscribe_certificates();
 
     let task = tokio::spawn(async move {
-        let mut down = down_rx.clone();
-        let manager = axum::serve(
+        let manager = fleetgate_manager::server::serve(
             manager_listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = down.wait_for(|d| *d).await;
-        });
-        let manager_task = tokio::spawn(async move { manager.await });
+            app,
+            manager_limits,
+            down_rx.clone(),
+        );
+        let manager_task = tokio::spawn(manager);
         let tls_task = gateway_tls.map(|l| {
             tokio::spawn(gw.clone().serve_on_threads(
                 l,
@@ -235,8 +238,7 @@ pub async fn start(
         tracing::info!("shutting down: no new connections; draining in-flight requests");
         let _ = down_tx.send(true);
         match tokio::time::timeout(drain, manager_task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "manager server ended with an error"),
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "manager server task failed"),
             Err(_) => tracing::warn!("manager drain timed out; closing remaining connections"),
         }

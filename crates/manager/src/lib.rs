@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod redirect_rules;
 pub mod secrets;
+pub mod server;
 pub mod traffic;
 pub mod webhooks;
 

@@ -475,3 +475,184 @@ async fn metrics_need_credentials_unless_opened() {
     }
     app.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Item 11: slow and silent clients on the manager.
+
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Long enough for any machine to act on a timeout of a few hundred ms; a server
+/// without the limits never closes these connections at all.
+const CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(15);
+
+async fn spawn_limited(header_ms: u64, body_ms: u64, max_pending: usize) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::support::config_in(dir.path());
+    config.manager.header_read_timeout_ms = header_ms;
+    config.manager.body_read_timeout_ms = body_ms;
+    config.manager.max_pending_connections = max_pending;
+    crate::support::spawn_with(config, dir).await
+}
+
+/// Everything the server sends until it closes the connection; panics if it keeps
+/// the connection open for [`CLOSE_WITHIN`].
+async fn read_until_closed(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(CLOSE_WITHIN, s.read(&mut buf)).await {
+            Err(_) => panic!(
+                "the server kept the connection open; it sent {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => return String::from_utf8_lossy(&out).into_owned(),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_and_partial_heads_and_idle_keep_alives_are_cut_off() {
+    let app = spawn_limited(300, 60_000, 1024).await;
+    // Connects and sends nothing.
+    let mut silent = TcpStream::connect(app.addr).await.expect("connect");
+    // Sends half a head.
+    let mut partial = TcpStream::connect(app.addr).await.expect("connect");
+    partial
+        .write_all(b"GET /health HTTP/1.1\r\nHost: manager\r\nX-Slow: ")
+        .await
+        .expect("write");
+    // Sends a head one byte at a time, each well within the timeout: the time for
+    // the whole head is what counts.
+    let mut dribble = TcpStream::connect(app.addr).await.expect("connect");
+    let dribbling = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        for b in
+            b"GET /health HTTP/1.1\r\nHost: manager\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                .iter()
+                .cycle()
+        {
+            if dribble.write_all(&[*b]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if started.elapsed() > CLOSE_WITHIN {
+                return false;
+            }
+        }
+        false
+    });
+    // A complete request on a kept-alive connection, then nothing.
+    let mut idle = TcpStream::connect(app.addr).await.expect("connect");
+    idle.write_all(b"GET /health/ping HTTP/1.1\r\nHost: manager\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(read_until_closed(&mut silent).await, "");
+    assert_eq!(read_until_closed(&mut partial).await, "");
+    let answered = read_until_closed(&mut idle).await;
+    assert!(answered.starts_with("HTTP/1.1 204"), "{answered:?}");
+    let cut = tokio::time::timeout(CLOSE_WITHIN + CLOSE_WITHIN, dribbling)
+        .await
+        .expect("dribbler ends")
+        .expect("task");
+    assert!(cut, "a head sent byte by byte was never cut off");
+    // Working clients are unaffected.
+    let r = app
+        .anon(Method::GET, "/health")
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(r.status(), StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_and_is_closed() {
+    let app = spawn_limited(10_000, 300, 1024).await;
+    let mut s = TcpStream::connect(app.addr).await.expect("connect");
+    s.write_all(
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: manager\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"username\":\"adm",
+    )
+    .await
+    .expect("write");
+    let out = read_until_closed(&mut s).await;
+    assert!(out.starts_with("HTTP/1.1 408"), "{out:?}");
+    assert!(out.contains("\"code\":\"REQUEST_TIMEOUT\""), "{out:?}");
+    // A body that keeps coming, slower than the timeout in total but never
+    // pausing that long, is read to the end.
+    let r = app
+        .anon(Method::POST, "/api/v1/auth/login")
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(
+            futures::stream::iter(
+                [
+                    "{\"username\":",
+                    "\"admin\",",
+                    "\"password\":",
+                    "\"wrong\"}",
+                ]
+                .into_iter()
+                .map(Ok::<_, std::io::Error>),
+            )
+            .then(|chunk| async move {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                chunk
+            }),
+        ))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connections_without_a_request_are_capped() {
+    let app = spawn_limited(60_000, 60_000, 3).await;
+    // A connection that has made a request no longer counts against the cap.
+    let mut served = TcpStream::connect(app.addr).await.expect("connect");
+    served
+        .write_all(b"GET /health/ping HTTP/1.1\r\nHost: manager\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 512];
+    let n = served.read(&mut buf).await.expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 204"));
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(app.addr).await.expect("connect"));
+    }
+    // Let the server accept those three before the fourth arrives.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut extra = TcpStream::connect(app.addr).await.expect("connect");
+    assert_eq!(
+        read_until_closed(&mut extra).await,
+        "",
+        "the fourth is refused"
+    );
+    // The three held ones were kept and are served when they speak.
+    for s in &mut silent {
+        s.write_all(b"GET /health/ping HTTP/1.1\r\nHost: manager\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let out = read_until_closed(s).await;
+        assert!(out.starts_with("HTTP/1.1 204"), "{out:?}");
+    }
+    // Their places are free again.
+    let r = app
+        .anon(Method::GET, "/health")
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(r.status(), StatusCode::OK);
+    // And the connection that made a request is still open and served.
+    served
+        .write_all(b"GET /health/ping HTTP/1.1\r\nHost: manager\r\n\r\n")
+        .await
+        .expect("write");
+    let n = served.read(&mut buf).await.expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 204"));
+    app.stop().await;
+}
