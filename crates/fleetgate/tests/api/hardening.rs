@@ -656,3 +656,54 @@ async fn connections_without_a_request_are_capped() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 204"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_wrong_logins_across_two_replicas_share_one_limit() {
+    let Some(url) = crate::support::postgres_schema_url().await else {
+        return;
+    };
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let mut ca = crate::support::config_in(dir_a.path());
+    ca.database.url = Some(url.clone());
+    let mut cb = crate::support::config_in(dir_b.path());
+    cb.database.url = Some(url);
+    let a = crate::support::spawn_with(ca, dir_a).await;
+    let b = crate::support::spawn_with(cb, dir_b).await;
+    let client = Client::new();
+    let attempts = (0..40).map(|i| {
+        let url = if i % 2 == 0 {
+            a.url("/api/v1/auth/login")
+        } else {
+            b.url("/api/v1/auth/login")
+        };
+        let client = client.clone();
+        async move {
+            client
+                .post(url)
+                .json(&json!({"username": "admin", "password": format!("guess-{i}")}))
+                .send()
+                .await
+                .expect("login request")
+                .status()
+        }
+    });
+    let statuses = futures::future::join_all(attempts).await;
+    let unauthorized = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(
+        (1..=5).contains(&unauthorized),
+        "{unauthorized} guesses were checked across both replicas; the limit is 5"
+    );
+    assert_eq!(unauthorized + limited, 40, "{statuses:?}");
+    a.stop().await;
+    b.stop().await;
+}

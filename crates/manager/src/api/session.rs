@@ -102,8 +102,10 @@ pub async fn login(
     let attempt_id = match attempt {
         LoginAttempt::Admitted { id } => id,
         LoginAttempt::Refused { oldest } => {
-            // Rounded up, so a client that waits this long is admitted.
-            let retry = ((oldest + window_ms - now + 999) / 1000).max(1) as u64;
+            // Rounded up, so a client that waits this long is admitted; never more
+            // than the window (a concurrent attempt may be stamped after `now`).
+            let wait_ms = (oldest + window_ms - now).clamp(1, window_ms);
+            let retry = ((wait_ms + 999) / 1000) as u64;
             return Err(ApiError::too_many(
                 format!("too many failed logins from {limit_key}; retry in {retry} s"),
                 retry,
