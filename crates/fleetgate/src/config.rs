@@ -33,6 +33,18 @@ pub struct ManagerSection {
     pub max_body_bytes: usize,
     /// Mark session cookies `Secure` (set when the API is behind HTTPS).
     pub secure_cookies: bool,
+    /// Serve `/metrics` and `/prometheus/metrics` to anyone; by default they need
+    /// an API key or session (any role).
+    pub metrics_public: bool,
+    /// A connection waiting for a request must send the whole head within this
+    /// many milliseconds (counted from when the wait began); otherwise it is closed.
+    pub header_read_timeout_ms: u64,
+    /// While a request body is read, some of it must arrive this often (ms), or
+    /// the request ends with 408.
+    pub body_read_timeout_ms: u64,
+    /// Most connections open at once that have not yet sent a complete request;
+    /// more are closed as soon as they are accepted.
+    pub max_pending_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +182,10 @@ impl Default for ManagerSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 3001)),
             max_body_bytes: 1024 * 1024,
             secure_cookies: false,
+            metrics_public: false,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 60_000,
+            max_pending_connections: 1024,
         }
     }
 }
@@ -238,6 +254,26 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "FLEETGATE_MANAGER_SECURE_COOKIES",
         "manager.secure_cookies",
         Kind::Bool,
+    ),
+    (
+        "FLEETGATE_MANAGER_METRICS_PUBLIC",
+        "manager.metrics_public",
+        Kind::Bool,
+    ),
+    (
+        "FLEETGATE_MANAGER_HEADER_READ_TIMEOUT_MS",
+        "manager.header_read_timeout_ms",
+        Kind::Int,
+    ),
+    (
+        "FLEETGATE_MANAGER_BODY_READ_TIMEOUT_MS",
+        "manager.body_read_timeout_ms",
+        Kind::Int,
+    ),
+    (
+        "FLEETGATE_MANAGER_MAX_PENDING_CONNECTIONS",
+        "manager.max_pending_connections",
+        Kind::Int,
     ),
     ("FLEETGATE_GATEWAY_LISTEN", "gateway.listen", Kind::Text),
     (
@@ -487,6 +523,15 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("gateway.access_log_fields: {e}"))?;
         if self.gateway.workers > 256 {
             bail!("gateway.workers must be between 0 (one per CPU) and 256");
+        }
+        if !(100..=600_000).contains(&self.manager.header_read_timeout_ms) {
+            bail!("manager.header_read_timeout_ms must be between 100 and 600000");
+        }
+        if !(100..=3_600_000).contains(&self.manager.body_read_timeout_ms) {
+            bail!("manager.body_read_timeout_ms must be between 100 and 3600000");
+        }
+        if !(1..=1_000_000).contains(&self.manager.max_pending_connections) {
+            bail!("manager.max_pending_connections must be between 1 and 1000000");
         }
         if self.manager.max_body_bytes < 1024 {
             bail!("manager.max_body_bytes must be at least 1024");

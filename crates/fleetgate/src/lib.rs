@@ -37,6 +37,7 @@ impl BootstrapSecrets {
 
 /// Opens the store named by the configuration and applies its migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
+    private_data_dir(config)?;
     let mut options = StoreOptions::new(config.database_url());
     options.max_connections = config.database.max_connections;
     let store = SqlStore::open(&options).await.with_context(|| {
@@ -50,6 +51,21 @@ pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
         .await
         .context("cannot apply store migrations")?;
     Ok(store)
+}
+
+/// Makes the data directory, its backups and the secret key private (0700
+/// directories, 0600 files), creating the directory if needed; corrects what an
+/// earlier version left world-readable. The SQLite files are the store's to fix.
+fn private_data_dir(config: &Config) -> anyhow::Result<()> {
+    use fleetgate_store::files;
+    let dir = &config.data_dir;
+    files::private_dir(dir)
+        .with_context(|| format!("cannot make the data directory {} private", dir.display()))?;
+    files::private_tree(&dir.join("backups"))
+        .with_context(|| format!("cannot make {}/backups private", dir.display()))?;
+    files::private_file_if_exists(&dir.join("secret.key"))
+        .with_context(|| format!("cannot make {}/secret.key private", dir.display()))?;
+    Ok(())
 }
 
 /// A running Fleetgate: its bound addresses and a handle to stop it.
@@ -116,6 +132,7 @@ pub async fn start(
         data_dir: config.data_dir.clone(),
         max_body_bytes: config.manager.max_body_bytes,
         secure_cookies: config.manager.secure_cookies,
+        metrics_public: config.manager.metrics_public,
         redis_url: config.redis.url.clone(),
         nats_url: config.nats.url.clone(),
         secret_key: Some(secret_key),
@@ -188,18 +205,21 @@ pub async fn start(
         let _ = state.data_plane.set(Arc::new(gw.clone()));
     }
     let task_state = state.clone();
+    let manager_limits = fleetgate_manager::server::ServerLimits {
+        header_read_timeout: Duration::from_millis(config.manager.header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(config.manager.body_read_timeout_ms),
+        max_pending_connections: config.manager.max_pending_connections,
+    };
     let tls_certificates = state.subscribe_certificates();
 
     let task = tokio::spawn(async move {
-        let mut down = down_rx.clone();
-        let manager = axum::serve(
+        let manager = fleetgate_manager::server::serve(
             manager_listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = down.wait_for(|d| *d).await;
-        });
-        let manager_task = tokio::spawn(async move { manager.await });
+            app,
+            manager_limits,
+            down_rx.clone(),
+        );
+        let manager_task = tokio::spawn(manager);
         let tls_task = gateway_tls.map(|l| {
             tokio::spawn(gw.clone().serve_on_threads(
                 l,
@@ -218,8 +238,7 @@ pub async fn start(
         tracing::info!("shutting down: no new connections; draining in-flight requests");
         let _ = down_tx.send(true);
         match tokio::time::timeout(drain, manager_task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "manager server ended with an error"),
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "manager server task failed"),
             Err(_) => tracing::warn!("manager drain timed out; closing remaining connections"),
         }

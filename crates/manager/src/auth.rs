@@ -149,6 +149,31 @@ pub fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Why an API key whose owner may no longer act is refused.
+pub const OWNER_GONE: &str = "the owner of this API key is disabled or gone";
+
+/// The user behind an API key and the role the key acts with, or `None` when the
+/// key belongs to a user who is disabled or deleted. A key never acts above its
+/// owner's current role: demoting a user demotes the keys they made. Every surface
+/// that accepts API keys (`/api/v1`, the Flecto sync API) goes through this, so a
+/// disabled user's keys stop working everywhere at once.
+pub async fn key_owner(
+    store: &dyn fleetgate_store::Store,
+    key: &ApiKeyRecord,
+) -> Result<Option<(Option<UserRecord>, Role)>, fleetgate_store::StoreError> {
+    let Some(id) = &key.user_id else {
+        // The bootstrap key has no user: its own role is all there is.
+        return Ok(Some((None, key.role)));
+    };
+    Ok(match store.get_user(id).await? {
+        Some(u) if !u.disabled => {
+            let role = key.role.min(u.role);
+            Some((Some(u), role))
+        }
+        _ => None,
+    })
+}
+
 /// Resolves the caller from a bearer key or a session cookie, or `None`.
 pub async fn authenticate(
     state: &AppState,
@@ -161,27 +186,13 @@ pub async fn authenticate(
         let Some(key) = state.store.find_api_key_by_hash(&hash_token(token)).await? else {
             return Err(ApiError::unauthorized("invalid API key"));
         };
-        let user = match &key.user_id {
-            Some(id) => match state.store.get_user(id).await? {
-                Some(u) if !u.disabled => Some(u),
-                _ => {
-                    return Err(ApiError::unauthorized(
-                        "the owner of this API key is disabled or gone",
-                    ))
-                }
-            },
-            None => None,
+        let Some((user, role)) = key_owner(state.store.as_ref(), &key).await? else {
+            return Err(ApiError::unauthorized(OWNER_GONE));
         };
         // Write last-use at most once a minute per key.
         if key.last_used_at.is_none_or(|t| now - t > 60_000) {
             state.store.touch_api_key(&key.id, now).await?;
         }
-        // A key never acts above its owner's current role: demoting a user demotes
-        // the keys they made.
-        let role = match &user {
-            Some(u) => key.role.min(u.role),
-            None => key.role,
-        };
         let actor = Actor {
             name: format!("api_key:{}", key.name),
             id: Some(key.id.clone()),

@@ -63,6 +63,12 @@ where
                     "PAYLOAD_TOO_LARGE",
                     "the request body is larger than the configured limit",
                 )
+            } else if crate::server::is_body_timeout(&rejection) {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "REQUEST_TIMEOUT",
+                    format!("{rejection}: send the body without pauses longer than manager.body_read_timeout_ms"),
+                )
             } else {
                 ApiError::bad_request(
                     "body",

@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod bus;
 pub mod dashboard;
+pub mod destination;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -18,6 +19,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod redirect_rules;
 pub mod secrets;
+pub mod server;
 pub mod traffic;
 pub mod webhooks;
 
@@ -41,6 +43,9 @@ pub struct ManagerOptions {
     pub max_body_bytes: usize,
     /// Mark cookies `Secure` (when the API is served over HTTPS).
     pub secure_cookies: bool,
+    /// Serve `/metrics` and `/prometheus/metrics` without credentials. Off by
+    /// default: the series name routes, upstreams and their error rates.
+    pub metrics_public: bool,
     pub redis_url: Option<String>,
     pub nats_url: Option<String>,
     /// Key that encrypts secrets at rest; `None` makes an ephemeral one (tests).
@@ -53,6 +58,7 @@ impl Default for ManagerOptions {
             data_dir: PathBuf::from("./fleetgate-data"),
             max_body_bytes: 1024 * 1024,
             secure_cookies: false,
+            metrics_public: false,
             redis_url: None,
             nats_url: None,
             secret_key: None,
@@ -81,7 +87,7 @@ pub struct Inner {
     pub events: Arc<events::EventHub>,
     /// Wakes the webhook worker when deliveries are queued.
     pub webhooks_wake: Arc<tokio::sync::Notify>,
-    /// Outgoing HTTP (webhook deliveries).
+    /// Outgoing HTTP (webhook deliveries), through the destination policy's resolver.
     pub http: reqwest::Client,
     /// The latest live traffic snapshot (renewed every second by the sampler).
     pub traffic: traffic::SnapshotWatch,
@@ -112,6 +118,16 @@ impl AppState {
             None => None,
         };
         let (snapshots, _) = watch::channel(Arc::new(ConfigSnapshot::default()));
+        // Webhook deliveries connect only to addresses the destination policy
+        // admitted, with the opt-in read live from the settings in force.
+        let live = snapshots.subscribe();
+        let resolver = destination::PolicyResolver::new(move || {
+            live.borrow()
+                .document
+                .settings
+                .webhooks
+                .allow_private_targets
+        });
         let (certificates, _) = watch::channel(Arc::new(Vec::new()));
         let key = options.secret_key.unwrap_or_else(|| {
             let mut k = [0u8; 32];
@@ -135,6 +151,10 @@ impl AppState {
             webhooks_wake: Arc::new(tokio::sync::Notify::new()),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .dns_resolver(Arc::new(resolver))
+                // No pooled connections: a kept-alive connection would skip the
+                // resolver's check, e.g. after the opt-in was turned off.
+                .pool_max_idle_per_host(0)
                 .build()
                 .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?,
             traffic: watch::channel(Arc::new(traffic::MetricsSnapshot::empty())).0,

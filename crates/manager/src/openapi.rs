@@ -112,9 +112,8 @@ pub fn finish(mut spec: Spec) -> serde_json::Value {
         ))),
     );
     for (path, item) in spec.paths.paths.iter_mut() {
+        // The metrics are public only when manager.metrics_public says so.
         let public = path.starts_with("/health")
-            || path.starts_with("/prometheus")
-            || path == "/metrics"
             || path == "/api/v1/auth/login"
             || path == "/api/v1/auth/status";
         for (method, optional_path) in OPTIONAL_BODIES {

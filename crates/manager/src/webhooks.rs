@@ -12,8 +12,9 @@
 //!   `webhook.delivery_failed`. Events of the `webhook` category are not themselves
 //!   delivered, so a failing endpoint cannot feed itself.
 //!
-//! Destinations that resolve to loopback, private or link-local addresses are refused
-//! unless `webhooks.allow_private_targets` is on.
+//! Destinations that resolve to loopback, private, link-local or other non-public
+//! addresses are refused unless `webhooks.allow_private_targets` is on
+//! ([`crate::destination`]); deliveries connect only to addresses that were checked.
 //!
 //! Several managers on one PostgreSQL store deliver each event once: its deliveries
 //! are queued by the manager that stored it (events other managers receive over NATS
@@ -115,60 +116,50 @@ pub async fn fan_out(
     Ok(())
 }
 
-fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| is_private(IpAddr::V4(v4)))
-        }
+/// Checks a webhook URL against the destination policy (see [`crate::destination`]):
+/// its scheme, and every address its host resolves to. Used when a webhook is
+/// created or changed, to refuse a bad destination with a clear error.
+pub async fn check_destination(url: &str, allow_private: bool) -> Result<(), String> {
+    let (host, port) = http_host_port(url)?;
+    crate::destination::resolve_checked(&host, port, allow_private, TIMEOUT)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// The scheme check, and the policy for a host written as an IP address. Names are
+/// not looked up here: the delivery client's resolver ([`crate::destination::PolicyResolver`])
+/// checks the addresses it connects to, so a name is resolved once per attempt.
+fn check_before_send(url: &str, allow_private: bool) -> Result<(), String> {
+    let (host, _) = http_host_port(url)?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) if !allow_private => match crate::destination::restriction(ip) {
+            Some(why) => Err(format!(
+                "destination {bare} is not a public address ({why}); the setting webhooks.allow_private_targets allows it"
+            )),
+            None => Ok(()),
+        },
+        _ => Ok(()),
     }
 }
 
-/// Refuses destinations on loopback/private addresses unless allowed.
-pub async fn check_destination(url: &str, allow_private: bool) -> Result<(), String> {
+/// The host and port of an `http://` or `https://` URL.
+fn http_host_port(url: &str) -> Result<(String, u16), String> {
     let parsed: http::Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
-    if !matches!(parsed.scheme_str(), Some("http" | "https")) {
-        return Err("the URL must be http:// or https://".into());
-    }
-    let host = parsed.host().ok_or("the URL has no host")?;
-    if allow_private {
-        return Ok(());
-    }
-    let port = parsed
-        .port_u16()
-        .unwrap_or(if parsed.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        });
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?
-            .map(|a| a.ip())
-            .collect(),
+    let https = match parsed.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err("the URL must be http:// or https://".into()),
     };
-    match addrs.iter().find(|ip| is_private(**ip)) {
-        Some(ip) => Err(format!(
-            "destination {host} is a private or loopback address ({ip}); the setting webhooks.allow_private_targets allows it"
-        )),
-        None => Ok(()),
-    }
+    let host = parsed
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or("the URL has no host")?;
+    Ok((
+        host.to_string(),
+        parsed.port_u16().unwrap_or(if https { 443 } else { 80 }),
+    ))
 }
 
 /// The result of sending one delivery once.
@@ -194,7 +185,7 @@ pub async fn send(
 ) -> Sent {
     let started = Instant::now();
     let allow = state.settings().webhooks.allow_private_targets;
-    if let Err(e) = check_destination(&hook.url, allow).await {
+    if let Err(e) = check_before_send(&hook.url, allow) {
         return Sent {
             status_code: None,
             latency_ms: 0,
@@ -251,7 +242,15 @@ pub async fn send(
             let error = if e.is_timeout() {
                 format!("timed out after {} s", TIMEOUT.as_secs())
             } else {
-                format!("request failed: {e}")
+                // The causes say why (a refused or unresolvable destination, a
+                // refused connection); reqwest's own message names only the URL.
+                let mut text = format!("request failed: {e}");
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    text.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                text
             };
             Sent {
                 status_code: None,
@@ -393,28 +392,6 @@ mod tests {
     }
 
     #[test]
-    fn private_addresses_are_recognised() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.0.1",
-            "172.16.5.5",
-            "169.254.1.1",
-            "100.64.0.1",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "0.0.0.0",
-        ] {
-            assert!(is_private(ip.parse().expect("ip")), "{ip}");
-        }
-        for ip in ["93.184.216.34", "2606:2800:220:1::1", "100.128.0.1"] {
-            assert!(!is_private(ip.parse().expect("ip")), "{ip}");
-        }
-    }
-
-    #[test]
     fn backoff_grows_with_jitter() {
         for attempts in 1..=3 {
             let b = backoff_ms(1000, attempts);
@@ -433,5 +410,14 @@ mod tests {
             .is_ok());
         assert!(check_destination("ftp://example.com/", true).await.is_err());
         assert!(check_destination("http://[::1]/", false).await.is_err());
+        assert!(check_destination("http://[::127.0.0.1]/", false)
+            .await
+            .is_err());
+        assert!(check_before_send("http://[::ffff:169.254.169.254]/", false).is_err());
+        assert!(check_before_send("http://[::ffff:169.254.169.254]/", true).is_ok());
+        assert!(check_before_send("http://198.18.0.1/", false).is_err());
+        assert!(check_before_send("gopher://1.1.1.1/", true).is_err());
+        // Names are left to the delivery client's resolver.
+        assert!(check_before_send("http://localhost/", false).is_ok());
     }
 }

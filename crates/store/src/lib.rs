@@ -7,6 +7,7 @@
 
 mod alerts;
 mod events;
+pub mod files;
 mod metrics;
 mod redirects;
 mod sql;
@@ -68,6 +69,15 @@ impl StoreError {
             )
         )
     }
+}
+
+/// The outcome of [`Store::reserve_login_attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginAttempt {
+    /// Counted; the id releases it.
+    Admitted { id: i64 },
+    /// Over the limit; `oldest` is the time of the oldest attempt in the window.
+    Refused { oldest: i64 },
 }
 
 /// Who made a change, for the audit log and revision authorship.
@@ -350,6 +360,22 @@ pub trait Store:
     /// Failures since `since` and the time of the oldest of them.
     async fn login_failures(&self, client_ip: &str, since: i64) -> Result<(i64, Option<i64>)>;
     async fn clear_login_failures(&self, client_ip: &str) -> Result<()>;
+    /// Counts one login attempt of `client_ip` at `at` before its password is
+    /// checked, atomically across every manager sharing the store: when fewer than
+    /// `max` attempts were recorded after `since`, records this one (it stays
+    /// counted as a failure unless [`Store::release_login_attempt`] forgets it) and
+    /// admits it; otherwise records nothing and refuses it. Concurrent attempts can
+    /// therefore never all pass the check together.
+    async fn reserve_login_attempt(
+        &self,
+        client_ip: &str,
+        at: i64,
+        since: i64,
+        max: i64,
+    ) -> Result<LoginAttempt>;
+    /// Forgets one admitted attempt (a successful login does not count against its
+    /// address; the other attempts still do).
+    async fn release_login_attempt(&self, id: i64) -> Result<()>;
 
     // API keys.
     async fn create_api_key(&self, actor: &Actor, key: &ApiKeyRecord) -> Result<()>;

@@ -24,9 +24,9 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyConnection, AnyPool, Row};
 
 use crate::{
-    Actor, ApiKeyRecord, AuditEvent, AuditFilter, AuditRecord, CertificateRecord, MigrationStatus,
-    Page, PageRequest, PoolStats, ResourceRecord, ResourceSet, Result, RevisionRecord,
-    SessionRecord, Store, StoreError, UserRecord,
+    Actor, ApiKeyRecord, AuditEvent, AuditFilter, AuditRecord, CertificateRecord, LoginAttempt,
+    MigrationStatus, Page, PageRequest, PoolStats, ResourceRecord, ResourceSet, Result,
+    RevisionRecord, SessionRecord, Store, StoreError, UserRecord,
 };
 
 /// Which database a [`SqlStore`] runs on.
@@ -171,10 +171,13 @@ impl SqlStore {
                 ));
             }
             if let Some(parent) = Path::new(path).parent() {
-                if !parent.as_os_str().is_empty() {
-                    std::fs::create_dir_all(parent)?;
+                if !parent.as_os_str().is_empty() && !parent.exists() {
+                    crate::files::private_dir(parent)?;
                 }
             }
+            // The database, its WAL and shared-memory files hold every secret's
+            // hash and ciphertext: 0600, including files an earlier start left.
+            crate::files::private_sqlite_files(Path::new(path))?;
             if !url.contains('?') {
                 url.push_str("?mode=rwc");
             }
@@ -821,6 +824,66 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn reserve_login_attempt(
+        &self,
+        client_ip: &str,
+        at: i64,
+        since: i64,
+        max: i64,
+    ) -> Result<LoginAttempt> {
+        // The count and the insert must not interleave with another attempt of the
+        // same address: SQLite's write transaction (BEGIN IMMEDIATE) serializes them
+        // outright; on PostgreSQL, whose READ COMMITTED transactions would each see
+        // only their own uncommitted row, a transaction-scoped advisory lock on the
+        // address does (replicas sharing the database share the lock).
+        let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query(
+                "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtext('fleetgate.login:' || $1))) AS l",
+            )
+            .bind(client_ip.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        }
+        let r = sqlx::query(
+            "SELECT COUNT(*), MIN(at) FROM login_failures WHERE client_ip = $1 AND at > $2",
+        )
+        .bind(client_ip.to_string())
+        .bind(since)
+        .fetch_one(&mut *tx)
+        .await?;
+        let count: i64 = r.try_get(0)?;
+        let oldest: Option<i64> = r.try_get(1)?;
+        if count >= max {
+            tx.rollback().await?;
+            return Ok(LoginAttempt::Refused {
+                oldest: oldest.unwrap_or(at),
+            });
+        }
+        let id: i64 =
+            sqlx::query("INSERT INTO login_failures (client_ip, at) VALUES ($1, $2) RETURNING id")
+                .bind(client_ip.to_string())
+                .bind(at)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+        // Old attempts are worthless; keep the table small as it is written.
+        sqlx::query("DELETE FROM login_failures WHERE at < $1")
+            .bind(at - 86_400_000)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(LoginAttempt::Admitted { id })
+    }
+
+    async fn release_login_attempt(&self, id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM login_failures WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn create_api_key(&self, actor: &Actor, k: &ApiKeyRecord) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let res = sqlx::query(
@@ -1315,19 +1378,38 @@ impl Store for SqlStore {
     }
 
     async fn backup(&self, path: &Path) -> Result<()> {
-        if path.exists() {
-            return Err(StoreError::Conflict(format!(
-                "backup {} already exists",
-                path.display()
-            )));
-        }
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await?;
+            crate::files::private_dir(parent)?;
+        }
+        // The backup file is created here, empty and 0600, before anything is
+        // written to it (VACUUM INTO accepts an empty file); creating it fails if
+        // it exists, so two backups of one name cannot both write.
+        match crate::files::create_private_file(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::Conflict(format!(
+                    "backup {} already exists",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(e.into()),
         }
         let target = path
             .to_str()
             .ok_or_else(|| StoreError::Invalid("backup path is not UTF-8".into()))?
             .to_string();
+        let written = self.write_backup(path, target).await;
+        if written.is_err() {
+            // No empty or partial file is left to pass for a backup.
+            let _ = std::fs::remove_file(path);
+        }
+        written
+    }
+}
+
+impl SqlStore {
+    /// Writes a backup into `path`, which exists, empty and private.
+    async fn write_backup(&self, path: &Path, target: String) -> Result<()> {
         match self.backend {
             Backend::Sqlite => {
                 // An online, transactionally consistent copy of the whole database file.
@@ -1389,7 +1471,10 @@ impl Store for SqlStore {
                 let bytes = serde_json::to_vec_pretty(&doc)
                     .map_err(|e| StoreError::Invalid(e.to_string()))?;
                 let tmp = path.with_extension("partial");
-                tokio::fs::write(&tmp, bytes).await?;
+                let _ = std::fs::remove_file(&tmp);
+                let mut f = crate::files::create_private_file(&tmp)?;
+                std::io::Write::write_all(&mut f, &bytes)?;
+                f.sync_all()?;
                 tokio::fs::rename(&tmp, path).await?;
             }
         }

@@ -15,7 +15,7 @@ use fleetgate_store::{
     AlertRuleRecord, AlertStore, IncidentFilter, IncidentRecord, NewTimelineEntry,
 };
 use fleetgate_store::{AttemptOutcome, DeliveryRecord, WebhookRecord, WebhookStore};
-use fleetgate_store::{MetricPoint, MetricStore};
+use fleetgate_store::{LoginAttempt, MetricPoint, MetricStore};
 use serde_json::json;
 
 struct Harness {
@@ -89,6 +89,7 @@ conformance!(
     last_super_admin_is_kept,
     sessions_expire_and_go_with_their_user,
     login_failures_are_counted_per_ip,
+    login_attempts_are_reserved_atomically,
     api_keys_by_hash,
     audit_filters_and_pagination,
     resources_and_revisions,
@@ -313,6 +314,57 @@ async fn login_failures_are_counted_per_ip(s: &SqlStore) {
         (0, None)
     );
     assert_eq!(s.login_failures("5.6.7.8", 0).await.expect("count").0, 1);
+}
+
+async fn login_attempts_are_reserved_atomically(s: &SqlStore) {
+    let t = now_ms();
+    // Twenty attempts at once against a limit of five: exactly five are admitted.
+    let outcomes = futures::future::join_all(
+        (0..20).map(|i| s.reserve_login_attempt("9.9.9.9", t + i, t - 60_000, 5)),
+    )
+    .await;
+    let admitted: Vec<i64> = outcomes
+        .iter()
+        .filter_map(|o| match o.as_ref().expect("reserve") {
+            LoginAttempt::Admitted { id } => Some(*id),
+            LoginAttempt::Refused { .. } => None,
+        })
+        .collect();
+    assert_eq!(admitted.len(), 5, "{outcomes:?}");
+    for o in &outcomes {
+        if let LoginAttempt::Refused { oldest } = o.as_ref().expect("reserve") {
+            assert!((t..t + 20).contains(oldest), "{oldest}");
+        }
+    }
+    // Refused attempts are not recorded; another address is unaffected.
+    assert_eq!(s.login_failures("9.9.9.9", 0).await.expect("count").0, 5);
+    assert!(matches!(
+        s.reserve_login_attempt("8.8.8.8", t, t - 60_000, 5)
+            .await
+            .expect("reserve"),
+        LoginAttempt::Admitted { .. }
+    ));
+    // Releasing one frees exactly one place.
+    s.release_login_attempt(admitted[0]).await.expect("release");
+    assert!(matches!(
+        s.reserve_login_attempt("9.9.9.9", t + 30, t - 60_000, 5)
+            .await
+            .expect("reserve"),
+        LoginAttempt::Admitted { .. }
+    ));
+    assert!(matches!(
+        s.reserve_login_attempt("9.9.9.9", t + 31, t - 60_000, 5)
+            .await
+            .expect("reserve"),
+        LoginAttempt::Refused { .. }
+    ));
+    // Outside the window the old attempts no longer count.
+    assert!(matches!(
+        s.reserve_login_attempt("9.9.9.9", t + 61_000, t + 1_000, 5)
+            .await
+            .expect("reserve"),
+        LoginAttempt::Admitted { .. }
+    ));
 }
 
 async fn api_keys_by_hash(s: &SqlStore) {

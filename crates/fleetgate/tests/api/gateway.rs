@@ -464,8 +464,8 @@ async fn circuit_breaker_opens_half_opens_and_closes_with_exact_counts() {
         app.get_json("/api/v1/circuit-breakers").await[0]["state"],
         "open"
     );
-    let metrics = Client::new()
-        .get(app.url("/prometheus/metrics"))
+    let metrics = app
+        .admin(Method::GET, "/prometheus/metrics")
         .send()
         .await
         .expect("req")
@@ -734,6 +734,15 @@ async fn malformed_requests_get_4xx_and_the_gateway_survives() {
 #[tokio::test]
 async fn troubleshooting_probes_upstreams_and_reports() {
     let app = spawn_app().await;
+    // The probes below go to 127.0.0.1, which the destination policy refuses
+    // without this opt-in (see hardening::test_upstream_applies_the_destination_policy).
+    let r = app
+        .admin(Method::PUT, "/api/v1/settings")
+        .json(&json!({"webhooks": {"allow_private_targets": true}}))
+        .send()
+        .await
+        .expect("settings");
+    assert_eq!(r.status(), StatusCode::OK);
     let up = upstream::spawn("t").await;
     let probe = |url: String| {
         app.admin(Method::POST, "/api/v1/troubleshooting/test-upstream")

@@ -116,7 +116,7 @@ async fn prometheus_metrics_count_api_requests_by_route() {
         .await
         .expect("req");
     for path in ["/prometheus/metrics", "/metrics"] {
-        let r = app.anon(Method::GET, path).send().await.expect("req");
+        let r = app.admin(Method::GET, path).send().await.expect("req");
         assert_eq!(r.status(), StatusCode::OK);
         assert!(r.headers()["content-type"]
             .to_str()

@@ -11,6 +11,7 @@ mod events;
 mod gateway;
 mod hardening;
 mod health;
+mod manager_hardening;
 mod metrics;
 mod process;
 mod redirects;

@@ -129,7 +129,7 @@ async fn snapshot_series_and_timeouts_come_from_real_traffic() {
     assert_eq!(snap["breakers"][0]["upstream"], "svc");
     // Prometheus carries the same counters.
     let prom = app
-        .anon(Method::GET, "/prometheus/metrics")
+        .admin(Method::GET, "/prometheus/metrics")
         .send()
         .await
         .expect("prom");

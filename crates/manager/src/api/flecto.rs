@@ -174,10 +174,15 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> SyncResult<Calle
         .find_api_key_by_hash(&hash)
         .await?
         .ok_or_else(|| SyncError::msg(StatusCode::UNAUTHORIZED, "invalid API token"))?;
+    // The same owner checks as /api/v1: a disabled owner's key is refused, a
+    // demoted owner's key acts with the owner's current role.
+    let (_, role) = crate::auth::key_owner(state.store.as_ref(), &key)
+        .await?
+        .ok_or_else(|| SyncError::msg(StatusCode::UNAUTHORIZED, crate::auth::OWNER_GONE))?;
     Ok(Caller::Key {
         name: key.name,
         id: key.id,
-        role: key.role,
+        role,
     })
 }
 

@@ -3,12 +3,14 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::error::ApiError;
 use crate::AppState;
 
 /// Basic status of this process.
@@ -255,14 +257,40 @@ fn render_metrics(state: &AppState) -> impl IntoResponse {
     )
 }
 
+/// The metrics need credentials (an API key or session of any role) unless
+/// `manager.metrics_public` opens them: they name routes, upstreams and their
+/// error rates, which an anonymous caller has no business reading.
+async fn metrics_access(state: &AppState, parts: &Parts) -> Result<(), ApiError> {
+    if state.options.metrics_public {
+        return Ok(());
+    }
+    match crate::auth::authenticate(state, parts).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::unauthorized(
+            "metrics need credentials: send Authorization: Bearer <api key> (any role), \
+             or set manager.metrics_public to serve them to anyone",
+        )),
+    }
+}
+
 #[utoipa::path(get, path = "/prometheus/metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
-pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
-    render_metrics(&state)
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
+              (status = 401, description = "No credentials, and manager.metrics_public is off", body = crate::error::ErrorBody)))]
+pub async fn prometheus(
+    State(state): State<AppState>,
+    parts: Parts,
+) -> Result<impl IntoResponse, ApiError> {
+    metrics_access(&state, &parts).await?;
+    Ok(render_metrics(&state))
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Same as /prometheus/metrics", body = String, content_type = "text/plain")))]
-pub async fn metrics_alias(State(state): State<AppState>) -> impl IntoResponse {
-    render_metrics(&state)
+    responses((status = 200, description = "Same as /prometheus/metrics", body = String, content_type = "text/plain"),
+              (status = 401, description = "No credentials, and manager.metrics_public is off", body = crate::error::ErrorBody)))]
+pub async fn metrics_alias(
+    State(state): State<AppState>,
+    parts: Parts,
+) -> Result<impl IntoResponse, ApiError> {
+    metrics_access(&state, &parts).await?;
+    Ok(render_metrics(&state))
 }

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
-use fleetgate_store::{Actor, AuditEvent, SessionRecord};
+use fleetgate_store::{Actor, AuditEvent, LoginAttempt, SessionRecord};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -87,14 +87,31 @@ pub async fn login(
     let settings = state.settings();
     let now = now_ms();
     let window_ms = settings.security.login_window_secs as i64 * 1000;
-    let (failures, oldest) = state.store.login_failures(&ip, now - window_ms).await?;
-    if failures >= i64::from(settings.security.login_max_failures) {
-        let retry = ((oldest.unwrap_or(now) + window_ms - now) / 1000).max(1) as u64;
-        return Err(ApiError::too_many(
-            format!("too many failed logins from {ip}; retry in {retry} s"),
-            retry,
-        ));
-    }
+    // The attempt is counted before the password is checked, in one atomic step
+    // with the check of the limit: concurrent guesses cannot all slip under it.
+    let limit_key = login_limit_key(&ip);
+    let attempt = state
+        .store
+        .reserve_login_attempt(
+            &limit_key,
+            now,
+            now - window_ms,
+            i64::from(settings.security.login_max_failures),
+        )
+        .await?;
+    let attempt_id = match attempt {
+        LoginAttempt::Admitted { id } => id,
+        LoginAttempt::Refused { oldest } => {
+            // Rounded up, so a client that waits this long is admitted; never more
+            // than the window (a concurrent attempt may be stamped after `now`).
+            let wait_ms = (oldest + window_ms - now).clamp(1, window_ms);
+            let retry = ((wait_ms + 999) / 1000) as u64;
+            return Err(ApiError::too_many(
+                format!("too many failed logins from {limit_key}; retry in {retry} s"),
+                retry,
+            ));
+        }
+    };
     let user = if body.username.len() <= 64 {
         state.store.get_user_by_username(&body.username).await?
     } else {
@@ -112,7 +129,7 @@ pub async fn login(
     let user = match user {
         Some(u) if matches && !u.disabled => u,
         _ => {
-            state.store.record_login_failure(&ip, now).await?;
+            // The attempt reserved above stays counted as this failure.
             state.emit(
                 fleetgate_core::events::NewEvent::new(
                     "auth.login_failed",
@@ -138,7 +155,9 @@ pub async fn login(
             return Err(ApiError::unauthorized("wrong user name or password"));
         }
     };
-    state.store.clear_login_failures(&ip).await?;
+    // A success forgets only its own attempt: the failures before it (perhaps
+    // someone else's guesses from the same address) keep counting.
+    state.store.release_login_attempt(attempt_id).await?;
     let token = random_token(32);
     let csrf = random_token(24);
     let ttl = settings.security.session_ttl_secs as i64;
@@ -231,4 +250,48 @@ pub async fn status(State(state): State<AppState>, parts: Parts) -> Json<AuthSta
         methods: vec!["session".into(), "api_key".into()],
         me,
     })
+}
+
+/// What the login limit counts attempts by: the client's IPv4 address, or the /64
+/// network of an IPv6 client (one host usually holds a whole /64 and could
+/// otherwise guess from a fresh address every time). IPv4-mapped IPv6 addresses
+/// count as the IPv4 address they carry.
+pub fn login_limit_key(ip: &str) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => v4.to_string(),
+        Ok(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                format!("{net}/64")
+            }
+        },
+        Err(_) => ip.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::login_limit_key;
+
+    #[test]
+    fn ipv6_clients_are_limited_by_their_64() {
+        assert_eq!(login_limit_key("203.0.113.7"), "203.0.113.7");
+        assert_eq!(
+            login_limit_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            login_limit_key("2001:db8:1:2::1"),
+            login_limit_key("2001:db8:1:2:ffff::9")
+        );
+        assert_ne!(
+            login_limit_key("2001:db8:1:2::1"),
+            login_limit_key("2001:db8:1:3::1")
+        );
+        assert_eq!(login_limit_key("::ffff:198.51.100.1"), "198.51.100.1");
+        assert_eq!(login_limit_key("::1"), "::/64");
+        assert_eq!(login_limit_key("unknown"), "unknown");
+    }
 }

@@ -103,9 +103,10 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
 
 #[utoipa::path(post, path = "/api/v1/troubleshooting/test-upstream", operation_id = "test_upstream", tag = "troubleshooting",
     request_body = TestUpstreamRequest,
-    responses((status = 200, description = "Each step's outcome and timing", body = TestUpstreamReport)))]
+    responses((status = 200, description = "Each step's outcome and timing", body = TestUpstreamReport),
+              (status = 400, description = "Bad URL or timeout, or a destination the outbound policy refuses (not a public address, not a configured upstream target, and webhooks.allow_private_targets off)", body = crate::error::ErrorBody)))]
 pub async fn test_upstream(
-    _s: State<AppState>,
+    State(state): State<AppState>,
     auth: AuthContext,
     JsonBody(req): JsonBody<TestUpstreamRequest>,
 ) -> ApiResult<Json<TestUpstreamReport>> {
@@ -141,19 +142,24 @@ pub async fn test_upstream(
         r.total_ms = ms(total);
         Ok(Json(r))
     };
+    // The destination policy of webhooks applies here too: the manager must not be
+    // made to probe itself or the link-local metadata service on a caller's behalf.
+    // A configured upstream target may be probed, since the gateway sends traffic
+    // there anyway. The host is resolved once and the checked address is the one
+    // connected to.
+    let allow = state.settings().webhooks.allow_private_targets
+        || is_configured_target(&state, &host, port);
     let t = Instant::now();
-    let addrs: Vec<std::net::SocketAddr> =
-        match tokio::time::timeout(limit, tokio::net::lookup_host((host.as_str(), port))).await {
-            Ok(Ok(a)) => a.collect(),
-            Ok(Err(e)) => {
-                report.dns = Step::error(t, format!("cannot resolve {host}: {e}"));
-                return finish(report);
-            }
-            Err(_) => {
-                report.dns = Step::error(t, "timed out");
-                return finish(report);
-            }
-        };
+    let addrs = match crate::destination::resolve_checked(&host, port, allow, limit).await {
+        Ok(a) => a,
+        Err(crate::destination::Refusal::Forbidden(m)) => {
+            return Err(ApiError::bad_request("url", m));
+        }
+        Err(crate::destination::Refusal::Resolve(m)) => {
+            report.dns = Step::error(t, m);
+            return finish(report);
+        }
+    };
     let Some(addr) = addrs.first().copied() else {
         report.dns = Step::error(t, format!("{host} has no address"));
         return finish(report);
@@ -240,6 +246,25 @@ pub async fn test_upstream(
         Err(_) => report.http = Step::error(t, "no response in time"),
     }
     finish(report)
+}
+
+/// Whether `host:port` is a target of a configured upstream pool.
+fn is_configured_target(state: &AppState, host: &str, port: u16) -> bool {
+    let snapshot = state.snapshots.borrow().clone();
+    snapshot
+        .document
+        .upstreams
+        .iter()
+        .flat_map(|u| &u.targets)
+        .filter_map(|t| parse_target_url(&t.url).ok())
+        .any(|u| {
+            let https = u.scheme_str() == Some("https");
+            let h = u.host().unwrap_or_default();
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .eq_ignore_ascii_case(host)
+                && u.port_u16().unwrap_or(if https { 443 } else { 80 }) == port
+        })
 }
 
 #[derive(Serialize, ToSchema)]
