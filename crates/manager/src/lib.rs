@@ -95,6 +95,9 @@ pub struct Inner {
     /// The newest revision found not to compile (0: none), so that it is judged,
     /// and reported, once rather than on every poll.
     pub refused_revision: std::sync::atomic::AtomicI64,
+    /// The newest revision this process wrote after compiling its whole document
+    /// (0: none), so that publishing it does not compile it a second time.
+    pub checked_revision: std::sync::atomic::AtomicI64,
 }
 
 /// Revisions looked back at, at most, for one that compiles when the newest does
@@ -153,6 +156,7 @@ impl AppState {
             metric_reader: std::sync::OnceLock::new(),
             config_write: tokio::sync::Mutex::new(()),
             refused_revision: std::sync::atomic::AtomicI64::new(0),
+            checked_revision: std::sync::atomic::AtomicI64::new(0),
         }));
         state.publish_current().await?;
         state.publish_certificates().await?;
@@ -196,10 +200,14 @@ impl AppState {
                 return Ok(());
             }
         };
-        let checked = document.clone();
-        let compiles = tokio::task::spawn_blocking(move || checked.check_compiles())
-            .await
-            .map_err(|e| StoreError::Invalid(format!("configuration check failed: {e}")))?;
+        let compiles = if self.checked_revision.load(Ordering::Relaxed) == revision {
+            Ok(())
+        } else {
+            let checked = document.clone();
+            tokio::task::spawn_blocking(move || checked.check_compiles())
+                .await
+                .map_err(|e| StoreError::Invalid(format!("configuration check failed: {e}")))?
+        };
         match compiles {
             Ok(()) => {
                 self.send_snapshot(ConfigSnapshot {
@@ -241,6 +249,13 @@ impl AppState {
             }
         }
         Ok(())
+    }
+
+    /// Records that `revision` was written by this process after its whole document
+    /// was checked to compile (under [`Inner::config_write`]).
+    pub fn mark_checked(&self, revision: i64) {
+        self.checked_revision
+            .store(revision, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Swaps `snap` in unless a newer revision is already published.

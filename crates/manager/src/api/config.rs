@@ -76,6 +76,7 @@ pub async fn apply_document(
         .store
         .replace_resources(actor, &doc.to_resources(), action, message)
         .await?;
+    state.mark_checked(revision);
     state.publish_change(actor).await?;
     Ok((changes, Some(revision)))
 }

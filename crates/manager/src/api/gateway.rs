@@ -45,7 +45,9 @@ async fn load(state: &AppState, kind: &str, name: &str, what: &str) -> ApiResult
         .ok_or_else(|| ApiError::not_found(format!("{what} {name}")))
 }
 
-/// Stores one object as a new revision and publishes it.
+/// Stores one object as a new revision and publishes it. `checked`: the whole
+/// resulting document was compiled already (under the config write lock).
+#[allow(clippy::too_many_arguments)]
 async fn save(
     state: &AppState,
     auth: &AuthContext,
@@ -54,11 +56,15 @@ async fn save(
     body: Value,
     expected: Option<i64>,
     message: String,
+    checked: bool,
 ) -> ApiResult<ResourceRecord> {
-    let (record, _revision) = state
+    let (record, revision) = state
         .store
         .put_resource(&auth.actor, kind, name, &body, expected, &message)
         .await?;
+    if checked {
+        state.mark_checked(revision);
+    }
     state.publish_change(&auth.actor).await?;
     Ok(record)
 }
@@ -122,6 +128,7 @@ pub async fn create_upstream(
         value,
         Some(0),
         format!("create upstream {}", upstream.name),
+        false,
     )
     .await?;
     Ok(with_etag(StatusCode::CREATED, &upstream, rec.version))
@@ -175,6 +182,7 @@ pub async fn update_upstream(
         value,
         Some(expected.unwrap_or(current.version)),
         format!("update upstream {name}"),
+        false,
     )
     .await?;
     Ok(with_etag(StatusCode::OK, &upstream, rec.version))
@@ -339,6 +347,7 @@ pub async fn create_route(
         value,
         Some(0),
         format!("create route {}", route.id),
+        true,
     )
     .await?;
     Ok(with_etag(StatusCode::CREATED, &route, rec.version))
@@ -390,6 +399,7 @@ pub async fn update_route(
         value,
         Some(expected.unwrap_or(current.version)),
         format!("update route {id}"),
+        true,
     )
     .await?;
     Ok(with_etag(StatusCode::OK, &route, rec.version))
