@@ -73,14 +73,14 @@ test('namespace and project made in the UI; CSV import names the bad line; publi
   await until('three redirects', async () => (await rows.count()) === 3);
   await page.locator('#drafts-count').filter({ hasText: '3' }).waitFor();
 
-  // Publish: version 1.
+  // Publish: version 2 (a new project is at version 1, as Flecto's).
   await page.locator('#publish').click();
   await page.getByRole('dialog').getByRole('button', { name: 'Publish' }).click();
-  await page.locator('#project-version').filter({ hasText: 'v1' }).waitFor();
+  await page.locator('#project-version').filter({ hasText: 'v2' }).waitFor();
   await page.locator('#drafts-count').filter({ hasText: 'none' }).waitFor();
-  assert.equal((await fg.api('GET', '/api/v1/namespaces/acme/projects/web')).version, 1);
+  assert.equal((await fg.api('GET', '/api/v1/namespaces/acme/projects/web')).version, 2);
 
-  // A draft edit shows as a diff, then publishes as version 2.
+  // A draft edit shows as a diff, then publishes as version 3.
   await page.getByRole('button', { name: 'Edit /old-home' }).click();
   dlg = page.getByRole('dialog');
   await dlg.getByLabel('Target').fill('/welcome');
@@ -94,11 +94,11 @@ test('namespace and project made in the UI; CSV import names the bad line; publi
   await screenshot(page, 'redirects-changes');
   await page.locator('#publish').click();
   await page.getByRole('dialog').getByRole('button', { name: 'Publish' }).click();
-  await page.locator('#project-version').filter({ hasText: 'v2' }).waitFor();
+  await page.locator('#project-version').filter({ hasText: 'v3' }).waitFor();
   await page.getByText('No unpublished changes').waitFor();
   await page.locator('#tab-history').click();
   await page.locator('#versions > li').nth(1).waitFor();
-  assert.match(await page.locator('#versions > li').first().textContent(), /v2/);
+  assert.match(await page.locator('#versions > li').first().textContent(), /v3/);
   page.assertClean(['400']);
   await page.context().close();
 });
@@ -161,7 +161,7 @@ test('type filters, search, a page, a token shown once and an agent behind the p
   await page.locator('#tokens').getByText('edge-1').waitFor();
   assert.equal(await page.getByText(token).count(), 0, 'the token is not shown again');
 
-  // An agent reports version 1 while version 2 is published: it is behind.
+  // An agent reports version 1 while version 3 is published: it is behind.
   const r = await fetch(`${fg.url}/api/namespace/acme/project/web/agents`, {
     method: 'POST',
     headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
@@ -172,7 +172,7 @@ test('type filters, search, a page, a token shown once and an agent behind the p
   const agent = page.locator('#agents tbody tr', { hasText: 'edge-eu-1' });
   await agent.waitFor();
   assert.match(await agent.textContent(), /v1/);
-  assert.match(await agent.textContent(), /of v2/);
+  assert.match(await agent.textContent(), /of v3/);
   assert.match(await agent.textContent(), /stale: behind/);
   await screenshot(page, 'redirects-agents');
 

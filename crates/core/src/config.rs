@@ -96,6 +96,32 @@ impl ConfigDocument {
             );
             keys.entry(r.match_key()).or_insert(r.id.as_str());
         }
+        if e.is_empty() {
+            // Routes valid one by one can still fail together (their regexes are
+            // compiled as one set per host): a document is valid only if the
+            // gateway can build its route table.
+            if let Err(err) = self.check_compiles() {
+                e = err;
+            }
+        }
+        e.into_result()
+    }
+
+    /// Whether the gateway can compile this document: its routes build one route
+    /// table and every route's upstream exists. The errors name the routes.
+    pub fn check_compiles(&self) -> Result<(), ValidationError> {
+        let mut e = ValidationError::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if !r.upstream.contains("://") && !self.upstreams.iter().any(|u| u.name == r.upstream) {
+                e.push(
+                    format!("routes[{i}].upstream"),
+                    format!("route {:?}: no upstream named {:?}", r.id, r.upstream),
+                );
+            }
+        }
+        if let Err(err) = crate::routing::RouteTable::build(&self.routes) {
+            e.errors.extend(err.errors);
+        }
         e.into_result()
     }
 

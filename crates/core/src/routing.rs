@@ -102,7 +102,7 @@ impl PathTable {
             self.regex_sources.sort_by(|a, b| order(&a.1, &b.1));
             let set =
                 regex::RegexSetBuilder::new(self.regex_sources.iter().map(|(s, _)| s.as_str()))
-                    .size_limit(64 << 20)
+                    .size_limit(REGEX_SET_SIZE_LIMIT)
                     .build()?;
             self.regex = Some((set, self.regex_sources.iter().map(|(_, e)| *e).collect()));
         }
@@ -168,6 +168,34 @@ impl PathTable {
             Found::No
         }
     }
+}
+
+/// Compiled size allowed to the regex routes of one host, all together: the
+/// gateway matches them in one pass, so they are compiled as one set.
+pub const REGEX_SET_SIZE_LIMIT: usize = 64 << 20;
+
+/// Why the regex routes `names` of one host (`what`) cannot be compiled together,
+/// naming them (the first 20) so the operator knows which to change.
+fn regex_set_error(names: &[&str], what: &str, e: &regex::Error) -> String {
+    let shown: Vec<String> = names.iter().take(20).map(|n| format!("{n:?}")).collect();
+    let more = match names.len().saturating_sub(20) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    let why = match e {
+        regex::Error::CompiledTooBig(_) => format!(
+            "together they exceed the compiled size limit of {} MiB (Unicode classes \
+             such as \\w, \\d or . under a repetition are the usual cause: \
+             [A-Za-z0-9_] is far smaller than \\w)",
+            REGEX_SET_SIZE_LIMIT >> 20
+        ),
+        other => other.to_string(),
+    };
+    format!(
+        "the {} regex routes for {what} ({}{more}) do not compile together: {why}",
+        names.len(),
+        shown.join(", ")
+    )
 }
 
 /// `/api/` → `/api`; `/` stays `/`.
@@ -248,9 +276,14 @@ impl RouteTable {
         let mut fail = ValidationError::new();
         let mut finish = |table: &mut PathTable, what: &str| {
             if let Err(e) = table.finish(&ids) {
+                let names: Vec<&str> = table
+                    .regex_sources
+                    .iter()
+                    .map(|(_, entry)| ids[entry.index as usize])
+                    .collect();
                 fail.push(
                     format!("routes ({what})"),
-                    format!("regular expressions do not compile together: {e}"),
+                    regex_set_error(&names, what, &e),
                 );
             }
         };

@@ -52,7 +52,8 @@ pub struct SecuritySettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
-    /// Requests per minute per API key or session on `/api/*`; 0 turns the limit off.
+    /// Requests per minute per API key or session on `/api/*` (the agent sync API
+    /// under `/api/namespace/` has its own limit); 0 turns the limit off.
     #[schema(minimum = 0, maximum = 1_000_000)]
     pub rate_limit_per_minute: u32,
 }
@@ -107,6 +108,11 @@ pub struct RedirectSettings {
     /// The request header agents send their token in (default `Authorization`).
     #[schema(min_length = 1, max_length = 64)]
     pub agent_auth_header: String,
+    /// Requests per minute per agent token on the agent sync API
+    /// (`/api/namespace/…`), counted apart from the admin API's limit; 0 turns it
+    /// off (0 to 1000000; default 600). A token shared by a fleet shares the budget.
+    #[schema(minimum = 0, maximum = 1_000_000)]
+    pub agent_rate_limit_per_minute: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -176,6 +182,7 @@ impl Default for RedirectSettings {
             page_size_limit_bytes: crate::redirects::DEFAULT_PAGE_SIZE_LIMIT as u64,
             agent_stale_after_secs: 6 * 3600,
             agent_auth_header: "Authorization".into(),
+            agent_rate_limit_per_minute: 600,
         }
     }
 }
@@ -299,6 +306,12 @@ impl Settings {
             e.push(
                 "redirects.agent_auth_header",
                 "must be a valid HTTP header name of at most 64 characters",
+            );
+        }
+        if r.agent_rate_limit_per_minute > 1_000_000 {
+            e.push(
+                "redirects.agent_rate_limit_per_minute",
+                "must be at most 1000000 (0 turns the limit off)",
             );
         }
         e.into_result()

@@ -94,7 +94,22 @@ pub struct Inner {
     /// Current metric values for the alert evaluator's metric rules; installed once
     /// by whoever owns the metrics snapshot. Unset: metric conditions never hold.
     pub metric_reader: std::sync::OnceLock<Arc<dyn alerts::MetricReader>>,
+    /// Held from reading the configuration to writing its next revision, so that a
+    /// change is validated against the document it actually replaces (two route
+    /// creations that each compile alone cannot both pass against the same base).
+    pub config_write: tokio::sync::Mutex<()>,
+    /// The newest revision found not to compile (0: none), so that it is judged,
+    /// and reported, once rather than on every poll.
+    pub refused_revision: std::sync::atomic::AtomicI64,
+    /// The newest revision this process wrote after compiling its whole document
+    /// (0: none), so that publishing it does not compile it a second time.
+    pub checked_revision: std::sync::atomic::AtomicI64,
 }
+
+/// Revisions looked back at, at most, for one that compiles when the newest does
+/// not: each is a whole document to compile, and with writes checked only a few
+/// can be bad in a row.
+const FALLBACK_SEARCH: i64 = 100;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -159,6 +174,9 @@ impl AppState {
                 .map_err(|e| anyhow::anyhow!("HTTP client: {e}"))?,
             traffic: watch::channel(Arc::new(traffic::MetricsSnapshot::empty())).0,
             metric_reader: std::sync::OnceLock::new(),
+            config_write: tokio::sync::Mutex::new(()),
+            refused_revision: std::sync::atomic::AtomicI64::new(0),
+            checked_revision: std::sync::atomic::AtomicI64::new(0),
         }));
         state.publish_current().await?;
         state.publish_certificates().await?;
@@ -178,38 +196,133 @@ impl AppState {
     /// Reads the latest revision from the store and publishes it if it is newer
     /// than the one published. Called after every change and periodically, so
     /// changes made through another manager replica arrive too.
+    ///
+    /// A revision whose document the gateway cannot compile (say, regex routes too
+    /// large together, stored before writes checked that) is never published: the
+    /// one in force keeps serving, or, when nothing is published yet (at start), the
+    /// newest earlier revision that compiles. Either way a critical
+    /// `config.revision_refused` event names the revision and the routes at fault.
     pub async fn publish_current(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
         let revision = self.store.latest_revision().await?;
         let published = self.snapshots.borrow().revision;
         if revision as u64 == published && revision != 0 {
             return Ok(());
         }
+        if revision != 0 && self.refused_revision.load(Ordering::Relaxed) == revision {
+            return Ok(());
+        }
         let set = self.store.resource_set().await?;
-        match ConfigDocument::from_resources(&set) {
-            Ok(document) => {
-                let snap = Arc::new(ConfigSnapshot {
+        let document = match ConfigDocument::from_resources(&set) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(revision, error = %e, "stored configuration does not validate; keeping the previous snapshot");
+                return Ok(());
+            }
+        };
+        let compiles = if self.checked_revision.load(Ordering::Relaxed) == revision {
+            Ok(())
+        } else {
+            let checked = document.clone();
+            tokio::task::spawn_blocking(move || checked.check_compiles())
+                .await
+                .map_err(|e| StoreError::Invalid(format!("configuration check failed: {e}")))?
+        };
+        match compiles {
+            Ok(()) => {
+                self.send_snapshot(ConfigSnapshot {
                     revision: revision as u64,
                     document,
                 });
-                self.snapshots.send_if_modified(|cur| {
-                    // Before the first revision the number cannot tell a new
-                    // document from the one published: compare the documents,
-                    // or every periodic call would wake the data plane again.
-                    let first =
-                        cur.revision == 0 && snap.revision == 0 && cur.document != snap.document;
-                    if cur.revision < snap.revision || first {
-                        *cur = snap.clone();
-                        true
-                    } else {
-                        false
-                    }
-                });
             }
             Err(e) => {
-                tracing::error!(revision, error = %e, "stored configuration does not validate; keeping the previous snapshot");
+                self.refused_revision.store(revision, Ordering::Relaxed);
+                let fallback = if published == 0 {
+                    self.newest_compiling_before(revision).await?
+                } else {
+                    None
+                };
+                let served = match fallback {
+                    Some(snap) => {
+                        let n = snap.revision;
+                        self.send_snapshot(snap);
+                        Some(n)
+                    }
+                    None => (published != 0).then_some(published),
+                };
+                let serving = match served {
+                    Some(n) => format!("revision {n} keeps serving"),
+                    None => "no earlier revision compiles; the gateway serves no routes".into(),
+                };
+                self.emit(
+                    fleetgate_core::events::NewEvent::new(
+                        "config.revision_refused",
+                        fleetgate_core::events::Severity::Critical,
+                        format!("revision {revision} cannot be compiled by the gateway ({e}); {serving}"),
+                    )
+                    .details(serde_json::json!({
+                        "revision": revision,
+                        "serving_revision": served,
+                        "errors": e.errors,
+                    })),
+                );
             }
         }
         Ok(())
+    }
+
+    /// Records that `revision` was written by this process after its whole document
+    /// was checked to compile (under [`Inner::config_write`]).
+    pub fn mark_checked(&self, revision: i64) {
+        self.checked_revision
+            .store(revision, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Swaps `snap` in unless a newer revision is already published.
+    fn send_snapshot(&self, snap: ConfigSnapshot) {
+        let snap = Arc::new(snap);
+        self.snapshots.send_if_modified(|cur| {
+            // Before the first revision the number cannot tell a new
+            // document from the one published: compare the documents,
+            // or every periodic call would wake the data plane again.
+            let first = cur.revision == 0 && snap.revision == 0 && cur.document != snap.document;
+            if cur.revision < snap.revision || first {
+                *cur = snap.clone();
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The newest revision before `revision` whose document compiles, looking back
+    /// at most [`FALLBACK_SEARCH`] revisions.
+    async fn newest_compiling_before(
+        &self,
+        revision: i64,
+    ) -> Result<Option<ConfigSnapshot>, StoreError> {
+        let oldest = (revision - FALLBACK_SEARCH).max(1);
+        for n in (oldest..revision).rev() {
+            let Some(rec) = self.store.get_revision(n).await? else {
+                continue;
+            };
+            let Ok(document) = ConfigDocument::from_resources(
+                rec.snapshot.as_ref().unwrap_or(&Default::default()),
+            ) else {
+                continue;
+            };
+            let checked = document.clone();
+            let ok = tokio::task::spawn_blocking(move || checked.check_compiles().is_ok())
+                .await
+                .unwrap_or(false);
+            if ok {
+                return Ok(Some(ConfigSnapshot {
+                    revision: n as u64,
+                    document,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// The certificate channel the gateway's TLS listener subscribes to.

@@ -88,10 +88,12 @@ pub async fn track_metrics(State(state): State<AppState>, req: Request, next: Ne
     resp
 }
 
-/// The admin API rate limit on `/api/*`, keyed by API key, session or client IP,
-/// with `X-RateLimit-*` headers on every response it covers.
+/// The admin API rate limit on `/api/*` except the agent sync API, keyed by API key,
+/// session or client IP, with `X-RateLimit-*` headers on every response it covers.
 pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !req.uri().path().starts_with("/api/") {
+    // The agent sync API counts per token under its own limit (see `api::flecto`).
+    let path = req.uri().path();
+    if !path.starts_with("/api/") || path.starts_with(crate::api::flecto::SYNC_PREFIX) {
         return next.run(req).await;
     }
     let limit = state.settings().api.rate_limit_per_minute;

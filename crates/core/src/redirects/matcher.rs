@@ -7,12 +7,16 @@
 //! directly by `uri`, with no separator (`example.com:8080/p?x=1`). The first hit
 //! wins, in this order:
 //!
-//! 1. a `BASIC_HOST` page whose path equals `host+uri`;
-//! 2. a `BASIC` page whose path equals `uri`;
-//! 3. a `BASIC_HOST` redirect whose source equals `host+uri`;
-//! 4. a `BASIC` redirect whose source equals `uri`;
-//! 5. a `REGEX_HOST` redirect whose regex matches `host+uri`;
-//! 6. a `REGEX` redirect whose regex matches `uri`.
+//! 1. a `BASIC_HOST` redirect whose source equals `host+uri`;
+//! 2. a `BASIC` redirect whose source equals `uri`;
+//! 3. a `REGEX_HOST` redirect whose regex matches `host+uri`;
+//! 4. a `REGEX` redirect whose regex matches `uri`;
+//! 5. a `BASIC_HOST` page whose path equals `host+uri`;
+//! 6. a `BASIC` page whose path equals `uri`.
+//!
+//! Redirects come before pages because Flecto's Traefik middleware asks for a
+//! redirect first and serves a page only when none matches; a gateway and an agent
+//! in front of the same project must answer a request the same way.
 //!
 //! Exact comparisons are byte for byte: the query string is part of the key, and a
 //! port in `Host` is kept (`example.com:8080` + `/x` is not `example.com/x`). When two
@@ -33,7 +37,10 @@
 //! of `$n` is replaced by that group (so `$10` is group 1 followed by `0`); a group
 //! that did not take part is empty; `$0`, and `$n` for a group the pattern does not
 //! have, stay as written. Nothing else touches the query string: it is not carried
-//! over to the target.
+//! over to the target. Every Location, exact or substituted, goes out through
+//! [`encode_location`](super::encode_location): non-ASCII text and characters a URI
+//! cannot hold are percent-encoded, everything else (`%XX`, reserved characters) is
+//! kept as written.
 //!
 //! Rules whose regex does not parse are left out and reported by [`RuleSet::skipped`]
 //! (a Flecto agent would refuse the whole set). A regex that parses but exceeds the
@@ -64,7 +71,9 @@ use bytes::Bytes;
 pub use prefix::literal_prefix;
 pub use reference::naive_lookup;
 
-use super::{Page, PageContentType, PageType, Redirect, RedirectStatus, RedirectType};
+use super::{
+    encode_location, Page, PageContentType, PageType, Redirect, RedirectStatus, RedirectType,
+};
 use exact::{Answers, ExactTable, Hashing, NONE};
 use regexes::{Analyzed, RegexRule, RegexTable};
 
@@ -110,8 +119,6 @@ pub struct RuleSet {
     /// `BASIC` pages and redirects, by `uri`.
     exact: ExactTable,
     pages: Vec<PageBody>,
-    /// Whether any `BASIC` page exists: if not, a `BASIC_HOST` redirect hit is final.
-    plain_pages: bool,
     targets: Vec<Target>,
     host_regexes: RegexTable,
     regexes: RegexTable,
@@ -143,7 +150,6 @@ impl RuleSet {
             host_exact: ExactTable::new(true, 0),
             exact: ExactTable::new(false, 0),
             pages: Vec::new(),
-            plain_pages: false,
             targets: Vec::new(),
             host_regexes: RegexTable::default(),
             regexes: RegexTable::default(),
@@ -184,8 +190,13 @@ impl RuleSet {
             match r.kind {
                 RedirectType::Basic | RedirectType::BasicHost => {
                     let t = set.targets.len() as u32;
+                    // Encoded once here, so that an exact hit stays a borrow.
+                    let target = match encode_location(&r.target) {
+                        Cow::Borrowed(_) => r.target,
+                        Cow::Owned(encoded) => encoded,
+                    };
                     set.targets.push(Target {
-                        target: r.target.into_boxed_str(),
+                        target: target.into_boxed_str(),
                         status: r.status,
                     });
                     let table = if r.kind == RedirectType::Basic {
@@ -226,7 +237,6 @@ impl RuleSet {
                 content: Bytes::from(p.content),
                 content_type: p.content_type,
             });
-            set.plain_pages |= p.kind == PageType::Basic;
             let table = match p.kind {
                 PageType::Basic => &mut set.exact,
                 PageType::BasicHost => &mut set.host_exact,
@@ -265,23 +275,47 @@ impl RuleSet {
     /// The page or redirect answering `host` (the raw `Host` header, port included,
     /// as sent) and `uri` (the request-target with its query string), if any.
     pub fn lookup(&self, host: &str, uri: &str) -> Option<Hit<'_>> {
-        if !(self.exact.is_empty() && self.host_exact.is_empty()) {
-            if let Some(hit) = self.lookup_exact(host, uri) {
-                return Some(hit);
-            }
-        }
-        let (rule, location) = match self.host_regexes.find(host, uri) {
-            Some(found) => found,
-            None => self.regexes.find("", uri)?,
+        let exact = if self.exact.is_empty() && self.host_exact.is_empty() {
+            None
+        } else {
+            Some(self.lookup_exact(host, uri))
         };
-        Some(Hit::Redirect {
-            status: rule.status,
-            location,
-        })
+        // Redirects first, in the order BASIC_HOST, BASIC, REGEX_HOST, REGEX.
+        let exact_redirect = exact
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|a| a.redirect)
+            .find(|&r| r != NONE);
+        if let Some(r) = exact_redirect {
+            return Some(self.redirect(r));
+        }
+        let regex_hit = match self.host_regexes.find(host, uri) {
+            Some(found) => Some(found),
+            None => self.regexes.find("", uri),
+        };
+        if let Some((rule, location)) = regex_hit {
+            let location = match location {
+                Cow::Borrowed(b) => encode_location(b),
+                Cow::Owned(o) => Cow::Owned(encode_location(&o).into_owned()),
+            };
+            return Some(Hit::Redirect {
+                status: rule.status,
+                location,
+            });
+        }
+        // Then pages: BASIC_HOST, BASIC.
+        let page = exact?
+            .into_iter()
+            .flatten()
+            .map(|a| a.page)
+            .find(|&p| p != NONE)?;
+        Some(self.page(page))
     }
 
+    /// The exact-key answers for `host+uri` and for `uri`, in that order.
     #[inline]
-    fn lookup_exact(&self, host: &str, uri: &str) -> Option<Hit<'_>> {
+    fn lookup_exact(&self, host: &str, uri: &str) -> [Option<Answers>; 2] {
         let hashes = self.hashing.request(host, uri, !self.host_exact.is_empty());
         let by_host = if self.host_exact.is_empty() {
             None
@@ -289,29 +323,12 @@ impl RuleSet {
             self.host_exact
                 .get_host_uri(&self.hashing, &hashes, host, uri)
         };
-        if let Some(a) = by_host {
-            if a.page != NONE {
-                return Some(self.page(a.page));
-            }
-            if !self.plain_pages && a.redirect != NONE {
-                // Only a `BASIC` page could come before this redirect.
-                return Some(self.redirect(a.redirect));
-            }
-        }
         let by_uri = if self.exact.is_empty() {
             None
         } else {
             self.exact.get(hashes.uri, uri)
         };
-        if let Some(a) = by_uri.filter(|a| a.page != NONE) {
-            return Some(self.page(a.page));
-        }
-        let redirect = [by_host, by_uri]
-            .into_iter()
-            .flatten()
-            .map(|a| a.redirect)
-            .find(|&r| r != NONE)?;
-        Some(self.redirect(redirect))
+        [by_host, by_uri]
     }
 
     fn redirect(&self, i: u32) -> Hit<'_> {

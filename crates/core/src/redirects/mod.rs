@@ -285,6 +285,47 @@ pub fn compile_regex(source: &str) -> Result<regex::bytes::Regex, String> {
         })
 }
 
+/// A redirect target made fit for a `Location` header: bytes of non-ASCII text and
+/// characters a URI cannot hold (controls, space, `"`, `<`, `>`, `\`, `^`, a backtick,
+/// `{`, `|`, `}`, and a `%` that does not start a `%XX` escape) are percent-encoded;
+/// everything else, existing `%XX` escapes and reserved characters included, is kept
+/// exactly as written. Raw UTF-8 in a
+/// header is not portable (clients read it as Latin-1 or refuse it), and encoding only
+/// what a URI cannot hold never changes what a valid target points at.
+pub fn encode_location(target: &str) -> std::borrow::Cow<'_, str> {
+    fn needs(bytes: &[u8], i: usize) -> bool {
+        let b = bytes[i];
+        match b {
+            0x00..=0x20 | 0x7f..=0xff => true,
+            b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}' => true,
+            b'%' => {
+                !(i + 2 < bytes.len()
+                    && bytes[i + 1].is_ascii_hexdigit()
+                    && bytes[i + 2].is_ascii_hexdigit())
+            }
+            _ => false,
+        }
+    }
+    let bytes = target.as_bytes();
+    let Some(first) = (0..bytes.len()).find(|&i| needs(bytes, i)) else {
+        return std::borrow::Cow::Borrowed(target);
+    };
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(target.len() + 16);
+    out.push_str(&target[..first]);
+    for i in first..bytes.len() {
+        let b = bytes[i];
+        if needs(bytes, i) {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xf)] as char);
+        } else {
+            out.push(b as char);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Substitutes `$1`…`$9` in `target` with the groups of a regex match, as Flecto's
 /// agents do: from `$9` down to `$1`, every occurrence, one number at a time (so `$10`
 /// becomes group 1 followed by `0`); `$0` is left as it is. `group(n)` gives group

@@ -1239,3 +1239,224 @@ async fn request_timeouts_hold_on_a_long_lived_upstream_connection() {
     assert_eq!(r.status(), StatusCode::OK);
     app.stop().await;
 }
+
+/// A regex route as in the review: valid alone, large once compiled (`\w` is a
+/// Unicode class), so that some dozens of them exceed what one set may compile to.
+fn heavy_regex_route(n: usize) -> Value {
+    json!({"id": format!("ow{n}"), "path": format!("^/ow{n}/\\w{{20}}"), "match": "regex", "upstream": "svc"})
+}
+
+#[tokio::test]
+async fn regex_routes_that_cannot_compile_together_are_refused_naming_the_route() {
+    let app = spawn_app().await;
+    let r = app
+        .admin(Method::PUT, "/api/v1/settings")
+        .json(&json!({"api": {"rate_limit_per_minute": 0}}))
+        .send()
+        .await
+        .expect("settings");
+    assert_eq!(r.status(), StatusCode::OK);
+    let up = upstream::spawn("one").await;
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "svc", "targets": [{"url": up.url()}]}),
+    )
+    .await;
+    // The first 60 in one import (each write compiles the whole table, which is
+    // slow in a debug build), then one at a time up to 68.
+    let mut doc = app.get_json("/api/v1/export").await;
+    for i in 0..60 {
+        doc["routes"]
+            .as_array_mut()
+            .expect("routes")
+            .push(heavy_regex_route(i));
+    }
+    let r = app
+        .admin(Method::POST, "/api/v1/import")
+        .json(&doc)
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
+    let mut refused = None;
+    for n in 60..68 {
+        let r = app
+            .admin(Method::POST, "/api/v1/routes")
+            .json(&heavy_regex_route(n))
+            .send()
+            .await
+            .expect("post");
+        if r.status() == StatusCode::CREATED {
+            continue;
+        }
+        let e = expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+        refused = Some((n, e));
+        break;
+    }
+    let (n, e) = refused.expect("68 such routes cannot all be accepted");
+    assert!(n > 60, "sixty compile together: refused at {n}");
+    let message = e["error"].as_str().expect("message");
+    assert!(
+        message.contains(&format!("\"ow{n}\"")) && message.contains("compile"),
+        "the refusal names the route: {e}"
+    );
+    assert_eq!(e["details"]["field"], "path");
+    // Nothing was written for it, and the gateway serves every earlier route.
+    let r = app
+        .admin(Method::GET, &format!("/api/v1/routes/ow{n}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    app.settle().await;
+    for i in [0, n - 1] {
+        let r = client()
+            .get(app.gw(&format!("/ow{i}/abcdefghijklmnopqrst")))
+            .send()
+            .await
+            .expect("proxied");
+        assert_eq!(r.status(), StatusCode::OK, "route ow{i} is served");
+    }
+    // Other changes still go through and reach the gateway.
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "plain", "path": "/plain", "upstream": "svc"}),
+    )
+    .await;
+    app.settle().await;
+    let r = client().get(app.gw("/plain")).send().await.expect("plain");
+    assert_eq!(r.status(), StatusCode::OK);
+    // An import that would add the rest is refused whole, naming the routes.
+    let mut doc = app.get_json("/api/v1/export").await;
+    let before = app.get_json("/api/v1/revisions").await["total"].clone();
+    for i in n..68 {
+        doc["routes"]
+            .as_array_mut()
+            .expect("routes")
+            .push(heavy_regex_route(i));
+    }
+    let r = app
+        .admin(Method::POST, "/api/v1/import")
+        .json(&doc)
+        .send()
+        .await
+        .expect("import");
+    let e = expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    assert!(
+        e["error"].as_str().is_some_and(|m| m.contains("\"ow0\"")),
+        "{e}"
+    );
+    assert_eq!(app.get_json("/api/v1/revisions").await["total"], before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stored_revision_that_cannot_compile_falls_back_to_the_last_good_one() {
+    use fleetgate_store::{Actor, SqlStore, Store, StoreOptions};
+    let app = spawn_app().await;
+    let r = app
+        .admin(Method::PUT, "/api/v1/settings")
+        .json(&json!({"api": {"rate_limit_per_minute": 0}}))
+        .send()
+        .await
+        .expect("settings");
+    assert_eq!(r.status(), StatusCode::OK);
+    let up = upstream::spawn("one").await;
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "svc", "targets": [{"url": up.url()}]}),
+    )
+    .await;
+    app.post_ok(
+        "/api/v1/routes",
+        json!({"id": "good", "path": "/good", "upstream": "svc"}),
+    )
+    .await;
+    app.settle().await;
+    let good = app.get_json("/health").await["gateway_revision"].clone();
+    // Stop, then store a newest revision the gateway cannot compile, as an older
+    // release accepted it: the API refuses to write one now.
+    let crate::support::TestApp {
+        running,
+        config,
+        _dir,
+        ..
+    } = app;
+    running
+        .expect("running")
+        .shutdown()
+        .await
+        .expect("clean shutdown");
+    let store = SqlStore::open(&StoreOptions::new(config.database_url()))
+        .await
+        .expect("open the store");
+    let mut set = store.resource_set().await.expect("resources");
+    for n in 0..80 {
+        let route = heavy_regex_route(n);
+        set.entry("route".to_string())
+            .or_default()
+            .insert(format!("ow{n}"), route);
+    }
+    let bad = store
+        .replace_resources(
+            &Actor::system(),
+            &set,
+            "config.import",
+            "too many regex routes",
+        )
+        .await
+        .expect("write the bad revision");
+    assert!(bad > good.as_i64().expect("revision"));
+    store.close().await;
+
+    let app = crate::support::spawn_with(config, _dir).await;
+    app.settle().await;
+    let health = app.get_json("/health").await;
+    assert_eq!(
+        health["gateway_revision"], good,
+        "the last revision that compiles is served"
+    );
+    let r = client().get(app.gw("/good")).send().await.expect("good");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "routes are served after a restart"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let event = loop {
+        let list = app
+            .get_json("/api/v1/events?type=config.revision_refused")
+            .await;
+        if list["total"].as_i64() > Some(0) {
+            break list["items"][0].clone();
+        }
+        assert!(Instant::now() < deadline, "no event: {list}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(event["severity"], "critical");
+    assert_eq!(event["details"]["revision"], bad);
+    assert_eq!(event["details"]["serving_revision"], good);
+    assert!(
+        event["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("\"ow0\"")),
+        "{event}"
+    );
+    // Rolling back to the good revision is served again as a new revision.
+    let r = app
+        .admin(Method::POST, &format!("/api/v1/revisions/{good}/rollback"))
+        .send()
+        .await
+        .expect("rollback");
+    assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
+    let latest = app.get_json("/api/v1/revisions").await["items"][0]["number"].clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.get_json("/health").await["gateway_revision"] != latest {
+        assert!(
+            Instant::now() < deadline,
+            "the fixed revision is never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.stop().await;
+}

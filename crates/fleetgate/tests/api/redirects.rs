@@ -163,10 +163,11 @@ async fn drafts_publish_and_versions() {
     let drafts = app.get_json(&format!("{P}/drafts")).await;
     assert_eq!(drafts["total"], 3);
     assert_eq!(drafts["redirects"]["created"], 2);
-    assert_eq!(app.get_json(P).await["version"], 0);
+    // A new project is at version 1, as in Flecto; the first publish makes it 2.
+    assert_eq!(app.get_json(P).await["version"], 1);
 
     let published = publish(&app).await;
-    assert_eq!(published["version"], 1);
+    assert_eq!(published["version"], 2);
     assert_eq!(published["summary"]["redirects"]["created"], 2);
     let r = post(&app, "/publish", json!({})).await;
     expect_error(r, StatusCode::CONFLICT, "CONFLICT").await;
@@ -210,10 +211,10 @@ async fn drafts_publish_and_versions() {
             second["version"].as_i64(),
             second["summary"]["redirects"]["deleted"].as_i64()
         ),
-        (Some(2), Some(1))
+        (Some(3), Some(1))
     );
     let versions = app.get_json(&format!("{P}/versions")).await;
-    assert_eq!(versions["items"][0]["version"], 2);
+    assert_eq!(versions["items"][0]["version"], 3);
     assert_eq!(versions["total"], 2);
     let r = app
         .admin(Method::GET, &format!("{P}/redirects/abc"))
@@ -453,8 +454,9 @@ async fn a_flecto_agent_syncs_from_fleetgate() {
         token: secret.clone(),
         http: Client::new(),
     };
-    // Before the first publish the version is 0 and nothing is served.
-    assert_eq!(agent.version().await, 0);
+    // Before the first publish the version is 1 (never 0, which Flecto's client
+    // takes for "nothing to load") and nothing is served.
+    assert_eq!(agent.version().await, 1);
     assert!(agent.fetch_all("redirects").await.is_empty());
     publish(&app).await;
 
@@ -468,7 +470,7 @@ async fn a_flecto_agent_syncs_from_fleetgate() {
         .to_str()
         .expect("ct")
         .starts_with("application/json"));
-    assert_eq!(raw.text().await.expect("body"), "1\n");
+    assert_eq!(raw.text().await.expect("body"), "2\n");
     let v = agent.version().await;
     let redirects = agent.fetch_all("redirects").await;
     let pages = agent.fetch_all("pages").await;
@@ -510,7 +512,7 @@ async fn a_flecto_agent_syncs_from_fleetgate() {
             a["type"].as_str(),
             a["version"].as_i64()
         ),
-        (Some("probe-agent"), Some("default"), Some(1))
+        (Some("probe-agent"), Some("default"), Some(2))
     );
     assert_eq!(
         (
@@ -527,7 +529,7 @@ async fn a_flecto_agent_syncs_from_fleetgate() {
         json!({"type": "BASIC", "source": "/fresh", "target": "/x"}),
     )
     .await;
-    assert_eq!(publish(&app).await["version"], 2);
+    assert_eq!(publish(&app).await["version"], 3);
     let agents = app.get_json(&format!("{P}/agents")).await;
     assert_eq!(
         (
@@ -536,9 +538,9 @@ async fn a_flecto_agent_syncs_from_fleetgate() {
         ),
         (Some(true), Some("behind"))
     );
-    assert_eq!(agent.version().await, 2);
+    assert_eq!(agent.version().await, 3);
 
-    // Limits: default 500, clamped to the maximum, never an error for a large ask.
+    // Limits: default 500; any limit is honoured in full, as Flecto does.
     let page: Value = agent
         .req(Method::GET, "/redirects")
         .send()
@@ -559,7 +561,13 @@ async fn a_flecto_agent_syncs_from_fleetgate() {
         .json()
         .await
         .expect("json");
-    assert_eq!(page["limit"], 5000);
+    assert_eq!(
+        (
+            page["limit"].as_i64(),
+            page["items"].as_array().map(Vec::len)
+        ),
+        (Some(1_000_000), Some(147))
+    );
     let r = agent
         .req(Method::GET, "/redirects?limit=abc")
         .send()
@@ -745,7 +753,7 @@ async fn the_gateway_answers_a_projects_hosts() {
         );
     }
     post(&app, "/pages", json!({"type": "BASIC", "path": "/robots.txt", "content": "User-agent: *", "content_type": "TEXT_PLAIN"})).await;
-    post(&app, "/pages", json!({"type": "BASIC", "path": "/old", "content": "a page wins over a redirect", "content_type": "TEXT_PLAIN"})).await;
+    post(&app, "/pages", json!({"type": "BASIC", "path": "/old", "content": "a redirect wins over this page", "content_type": "TEXT_PLAIN"})).await;
     post(&app, "/pages", json!({"type": "BASIC_HOST", "path": "redirects.test/sitemap.xml", "content": "<urlset/>", "content_type": "XML"})).await;
     // Nothing is served before publishing.
     let gw = app.gateway.expect("gateway");
@@ -769,8 +777,12 @@ async fn the_gateway_answers_a_projects_hosts() {
         (r.status(), r.headers()["content-type"].to_str().ok()),
         (StatusCode::OK, Some("application/xml"))
     );
+    // Redirects come before pages, as Flecto's Traefik middleware answers.
     let r = gateway_until(&app, "redirects.test", "/old", |_| true).await;
-    assert_eq!(r.text().await.expect("body"), "a page wins over a redirect");
+    assert_eq!(
+        (r.status(), location(&r)),
+        (StatusCode::MOVED_PERMANENTLY, "/new")
+    );
     let cases: &[(&str, &str, u16, &str)] = &[
         ("redirects.test", "/q?x=1", 302, "/query-hit"),
         ("redirects.test", "/hosted", 308, "https://elsewhere.test/h"),
@@ -871,7 +883,7 @@ async fn fleetgate_syncs_from_a_flecto_manager_and_survives_its_outage() {
                     a["version"].as_i64(),
                     a["status"].as_str()
                 ),
-                (Some("fleetgate"), Some(1), Some("success"))
+                (Some("fleetgate"), Some(2), Some("success"))
             );
             assert!(a["load_duration_ns"].as_i64().is_some_and(|n| n > 0));
             break;
@@ -978,4 +990,318 @@ async fn an_edge_serves_a_flecto_project_without_a_store_of_its_own() {
     let r = get("shop.test", "/sale").await.expect("edge request");
     assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
     edge.shutdown().await.expect("clean shutdown");
+}
+
+/// A project token with the scopes an agent needs.
+async fn agent_token(app: &TestApp, name: &str) -> String {
+    let r = post(app, "/tokens", json!({"name": name})).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.expect("json")["token"]
+        .as_str()
+        .expect("token")
+        .to_string()
+}
+
+fn agent(app: &TestApp, token: &str) -> Agent {
+    Agent {
+        base: format!("http://{}/api/namespace/prod/project/site", app.addr),
+        token: token.to_string(),
+        http: Client::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_wins_over_a_page_it_covers_at_the_gateway() {
+    let app = spawn_app().await;
+    project(&app, &["collide.test"]).await;
+    post(&app, "/pages", json!({"type": "BASIC", "path": "/collide", "content": "the page under the redirect", "content_type": "TEXT_PLAIN"})).await;
+    post(&app, "/pages", json!({"type": "BASIC", "path": "/plain", "content": "no redirect covers me", "content_type": "TEXT_PLAIN"})).await;
+    post(&app, "/pages", json!({"type": "BASIC_HOST", "path": "collide.test/hosted", "content": "host page", "content_type": "TEXT_PLAIN"})).await;
+    for body in [
+        json!({"type": "REGEX", "source": "^/col(.*)$", "target": "/elsewhere/$1", "status": "FOUND"}),
+        json!({"type": "BASIC", "source": "/hosted", "target": "/hosted-redirect", "status": "MOVED_PERMANENT"}),
+    ] {
+        assert_eq!(
+            post(&app, "/redirects", body).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    publish(&app).await;
+    let r = gateway_until(&app, "collide.test", "/collide", |r| {
+        r.status() != StatusCode::NOT_FOUND
+    })
+    .await;
+    assert_eq!(
+        (r.status(), location(&r)),
+        (StatusCode::FOUND, "/elsewhere/lide"),
+        "a REGEX redirect is tried before a BASIC page"
+    );
+    let r = gateway_until(&app, "collide.test", "/hosted", |_| true).await;
+    assert_eq!(
+        (r.status(), location(&r)),
+        (StatusCode::MOVED_PERMANENTLY, "/hosted-redirect"),
+        "a BASIC redirect is tried before a BASIC_HOST page"
+    );
+    let r = gateway_until(&app, "collide.test", "/plain", |_| true).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.expect("body"), "no redirect covers me");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_registers_on_a_never_published_project() {
+    let app = spawn_app().await;
+    project(&app, &[]).await;
+    let agent = agent(&app, &agent_token(&app, "edge").await);
+    // What Flecto's client does on Init(): the version is 1, so it loads (an empty
+    // set) and registers; with 0 it would only ever send heartbeats.
+    let v = agent.version().await;
+    assert_eq!(v, 1);
+    for what in ["redirects", "pages"] {
+        let page: Value = agent
+            .req(Method::GET, &format!("/{what}?limit=100&offset=0"))
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(page["items"], json!([]), "{what}: {page}");
+        assert_eq!(page["total"], 0);
+    }
+    let r = agent
+        .req(Method::POST, "/agents")
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"name":"fresh-agent","status":"success","type":"traefik","version":{v},"load_duration":1200,"error":""}}"#))
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(r.status(), StatusCode::OK);
+    let agents = app.get_json(&format!("{P}/agents")).await;
+    assert_eq!(agents["items"][0]["name"], "fresh-agent");
+    assert_eq!(agents["items"][0]["version"], 1);
+    assert_eq!(agents["items"][0]["stale"], false);
+    assert_eq!(app.get_json(P).await["version"], 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn non_ascii_locations_are_percent_encoded() {
+    let app = spawn_app().await;
+    project(&app, &["intl.test"]).await;
+    for body in [
+        json!({"type": "BASIC", "source": "/umlaut", "target": "/über/ça%20va?q=é&x=[1]", "status": "FOUND"}),
+        json!({"type": "REGEX", "source": "^/r/(.*)$", "target": "https://intl.test/ré/$1", "status": "FOUND"}),
+        json!({"type": "BASIC", "source": "/ascii", "target": "/a/b?c=d&e=%2F#frag", "status": "FOUND"}),
+    ] {
+        let r = post(&app, "/redirects", body.clone()).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{body}");
+    }
+    publish(&app).await;
+    for (uri, want) in [
+        ("/umlaut", "/%C3%BCber/%C3%A7a%20va?q=%C3%A9&x=[1]"),
+        ("/r/x%20y", "https://intl.test/r%C3%A9/x%20y"),
+        ("/ascii", "/a/b?c=d&e=%2F#frag"),
+    ] {
+        let r = gateway_until(&app, "intl.test", uri, |r| {
+            r.status() != StatusCode::NOT_FOUND
+        })
+        .await;
+        let raw = r.headers()["location"].as_bytes().to_vec();
+        assert_eq!(
+            (r.status(), String::from_utf8_lossy(&raw).into_owned()),
+            (StatusCode::FOUND, want.to_string()),
+            "{uri}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn limit_zero_lists_every_published_rule() {
+    let app = spawn_app().await;
+    project(&app, &[]).await;
+    let mut csv = String::from("type,source,target,status\n");
+    for i in 0..620 {
+        csv.push_str(&format!("BASIC,/old/{i},/new/{i},FOUND\n"));
+    }
+    assert_eq!(
+        import(&app, "", "text/csv", csv).await.status(),
+        StatusCode::OK
+    );
+    publish(&app).await;
+    let agent = agent(&app, &agent_token(&app, "edge").await);
+    let list = |q: &'static str| {
+        let r = agent.req(Method::GET, &format!("/redirects{q}"));
+        async move {
+            let r = r.send().await.expect("list");
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.expect("json")
+        }
+    };
+    let all = list("?limit=0").await;
+    assert_eq!(
+        (
+            all["items"].as_array().map(Vec::len),
+            all["total"].as_i64(),
+            all["limit"].as_i64()
+        ),
+        (Some(620), Some(620), Some(0)),
+        "limit=0 means every row, as with Flecto"
+    );
+    assert_eq!(all["items"][619]["source"], "/old/619");
+    let tail = list("?limit=0&offset=600").await;
+    assert_eq!(tail["items"].as_array().map(Vec::len), Some(20));
+    let default = list("").await;
+    assert_eq!(default["items"].as_array().map(Vec::len), Some(500));
+    app.stop().await;
+}
+
+/// One full sync as Flecto's client does it after a version change, then a heartbeat;
+/// returns every status seen.
+async fn full_sync(agent: &Agent, name: &str) -> Vec<StatusCode> {
+    let mut seen = Vec::new();
+    for path in [
+        "/version",
+        "/version",
+        "/redirects?limit=100&offset=0",
+        "/pages?limit=100&offset=0",
+    ] {
+        seen.push(
+            agent
+                .req(Method::GET, path)
+                .send()
+                .await
+                .expect("sync")
+                .status(),
+        );
+    }
+    let r = agent
+        .req(Method::POST, "/agents")
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"name":"{name}","status":"success","type":"traefik","version":2,"load_duration":1000,"error":""}}"#))
+        .send()
+        .await
+        .expect("report");
+    seen.push(r.status());
+    let r = agent
+        .req(Method::PATCH, &format!("/agents/{name}/hit"))
+        .header("content-length", "0")
+        .send()
+        .await
+        .expect("hit");
+    seen.push(r.status());
+    seen
+}
+
+#[tokio::test]
+async fn a_fleet_behind_one_address_syncs_under_its_own_per_token_limit() {
+    let app = spawn_app().await;
+    project(&app, &[]).await;
+    post(
+        &app,
+        "/redirects",
+        json!({"type": "BASIC", "source": "/old", "target": "/new"}),
+    )
+    .await;
+    publish(&app).await;
+    // 30 agents, all from 127.0.0.1: 15 share one token, 15 have their own. Three
+    // full syncs each are 540 requests from one address, far over the admin API's
+    // 100 per minute per IP.
+    let shared = agent_token(&app, "shared").await;
+    let mut tokens = vec![shared.clone(); 15];
+    for i in 0..15 {
+        tokens.push(agent_token(&app, &format!("own-{i}")).await);
+    }
+    let mut tasks = Vec::new();
+    for (i, token) in tokens.into_iter().enumerate() {
+        let agent = agent(&app, &token);
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                seen.extend(full_sync(&agent, &format!("agent-{i}")).await);
+            }
+            seen
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        let seen = t.await.expect("agent task");
+        total += seen.len();
+        assert!(
+            seen.iter().all(|s| *s == StatusCode::OK),
+            "every sync request succeeds: {seen:?}"
+        );
+    }
+    assert_eq!(total, 30 * 3 * 6);
+    let agents = app.get_json(&format!("{P}/agents")).await;
+    assert_eq!(agents["total"], 30, "every agent registered");
+    // The admin API's own budget was not spent by the agents.
+    let r = app
+        .admin(Method::GET, "/api/v1/namespaces")
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // A token over its limit gets 429 in Flecto's shape, with Retry-After; other
+    // tokens keep syncing.
+    let r = app
+        .admin(Method::PUT, "/api/v1/settings")
+        .json(&json!({"redirects": {"agent_rate_limit_per_minute": 5}}))
+        .send()
+        .await
+        .expect("settings");
+    assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
+    let greedy = agent(&app, &agent_token(&app, "greedy").await);
+    let mut limited = None;
+    // Fixed one-minute windows: 11 requests cannot all fit in two windows of 5.
+    for _ in 0..11 {
+        let r = greedy
+            .req(Method::GET, "/version")
+            .send()
+            .await
+            .expect("version");
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = limited.expect("the greedy token is limited");
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .expect("retry-after")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(r.headers()["x-ratelimit-limit"], "5");
+    let body: Value = r.json().await.expect("json");
+    let obj = body.as_object().expect("object");
+    assert_eq!(obj.len(), 1, "only a message, as Flecto's errors: {body}");
+    assert!(obj["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("rate limit")));
+    let other = agent(&app, &agent_token(&app, "patient").await);
+    assert_eq!(other.version().await, 2, "another token has its own budget");
+    // Unknown tokens count per client IP, so guessing tokens is limited too.
+    let mut statuses = Vec::new();
+    for i in 0..11 {
+        let r = Client::new()
+            .get(format!(
+                "http://{}/api/namespace/prod/project/site/version",
+                app.addr
+            ))
+            .bearer_auth(format!("flecto_guess{i}"))
+            .send()
+            .await
+            .expect("guess");
+        statuses.push(r.status());
+    }
+    assert!(statuses.contains(&StatusCode::UNAUTHORIZED), "{statuses:?}");
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    app.stop().await;
 }

@@ -43,6 +43,16 @@ pub fn document_value(doc: &ConfigDocument) -> serde_json::Value {
     serde_json::to_value(doc).unwrap_or(serde_json::Value::Null)
 }
 
+/// Validates a whole document off the async runtime: it includes compiling the
+/// route table, which for many regex routes takes a while.
+pub async fn validate_document(doc: &ConfigDocument) -> ApiResult<()> {
+    let doc = doc.clone();
+    tokio::task::spawn_blocking(move || doc.validate())
+        .await
+        .map_err(|e| ApiError::internal("configuration check", e))??;
+    Ok(())
+}
+
 /// Replaces the whole configuration with `doc` (validated first), as one revision,
 /// and publishes it. Returns the changes and the revision (None when unchanged).
 pub async fn apply_document(
@@ -52,7 +62,8 @@ pub async fn apply_document(
     action: &str,
     message: &str,
 ) -> ApiResult<(Vec<Change>, Option<i64>)> {
-    doc.validate()?;
+    let _write = state.config_write.lock().await;
+    validate_document(doc).await?;
     let mut doc = doc.clone();
     doc.normalize();
     let doc = &doc;
@@ -65,6 +76,7 @@ pub async fn apply_document(
         .store
         .replace_resources(actor, &doc.to_resources(), action, message)
         .await?;
+    state.mark_checked(revision);
     state.publish_change(actor).await?;
     Ok((changes, Some(revision)))
 }
@@ -89,7 +101,7 @@ pub async fn import(
     auth.require(Role::Admin)?;
     let dry_run = q.flag("dry_run")?;
     if dry_run {
-        doc.validate()?;
+        validate_document(&doc).await?;
         let mut doc = doc;
         doc.normalize();
         let current = current_document(&state).await?;

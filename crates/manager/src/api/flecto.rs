@@ -4,9 +4,10 @@
 //! - `GET /api/namespace/{ns}/project/{p}/version` → 200, the published version as a
 //!   bare JSON integer (`42`, never `"42"`);
 //! - `GET .../redirects?limit&offset` and `GET .../pages?limit&offset` → the published
-//!   rules in creation order in `{"items","total","limit","offset"}` (default limit 500;
-//!   larger limits are clamped to [`MAX_LIMIT`], never below what a client asked up to
-//!   that; `limit=0` means as many as allowed);
+//!   rules in creation order in `{"items","total","limit","offset"}` (default limit
+//!   500; `limit=0` means every row, and no limit is capped, as with Flecto: its
+//!   client pages on by the limit it asked for, so a capped page would silently skip
+//!   rows);
 //! - `POST .../agents` (a status report) and `PATCH .../agents/{name}/hit` (heartbeat)
 //!   → exactly 200 with an empty body.
 //!
@@ -15,6 +16,13 @@
 //! scopes) or a Fleetgate API key (viewers may read, other roles may also write). A bad
 //! token is 401, a missing scope 403 with an empty body, an unknown project 404; error
 //! bodies are `{"message": …}` as Flecto's.
+//!
+//! Rate limit: these routes are outside the admin API's per-IP limit, because a fleet
+//! of agents often reaches the manager from one address (a NAT, a load balancer) and
+//! would starve itself. They count per token instead, against the setting
+//! `redirects.agent_rate_limit_per_minute` (default 600); requests whose token is
+//! missing or unknown count per client IP against the same number, so guessing tokens
+//! stays limited. Over the limit: 429 with `Retry-After` and `{"message": …}`.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -33,8 +41,6 @@ use crate::AppState;
 
 /// Default page size of the rule listings (Flecto's).
 pub const DEFAULT_LIMIT: i64 = 500;
-/// Largest page served; larger requests are clamped to it.
-pub const MAX_LIMIT: i64 = 5000;
 /// Longest agent error text kept (Flecto's column size).
 const MAX_AGENT_ERROR: usize = 500;
 /// A token's last use is written at most this often.
@@ -59,22 +65,51 @@ pub fn router() -> Router<AppState> {
         )
 }
 
+/// The path prefix of every sync route; the admin API's rate limit leaves it alone.
+pub const SYNC_PREFIX: &str = "/api/namespace/";
+
 /// A failure answered in Flecto's shape.
 #[derive(Debug)]
-struct SyncError(StatusCode, Option<String>);
+struct SyncError(StatusCode, Option<String>, Option<Limited>);
+
+/// What a 429 tells the client about the limit it hit.
+#[derive(Debug)]
+struct Limited {
+    limit: u32,
+    reset: i64,
+    retry_after: i64,
+}
 
 impl SyncError {
     fn msg(status: StatusCode, m: impl Into<String>) -> Self {
-        Self(status, Some(m.into()))
+        Self(status, Some(m.into()), None)
+    }
+
+    fn bare(status: StatusCode) -> Self {
+        Self(status, None, None)
     }
 }
 
 impl IntoResponse for SyncError {
     fn into_response(self) -> Response {
-        match self.1 {
+        let mut resp = match self.1 {
             Some(m) => (self.0, axum::Json(json!({ "message": m }))).into_response(),
             None => self.0.into_response(),
+        };
+        if let Some(l) = self.2 {
+            let h = resp.headers_mut();
+            for (name, value) in [
+                ("retry-after", l.retry_after.to_string()),
+                ("x-ratelimit-limit", l.limit.to_string()),
+                ("x-ratelimit-remaining", "0".to_string()),
+                ("x-ratelimit-reset", l.reset.to_string()),
+            ] {
+                if let Ok(v) = header::HeaderValue::from_str(&value) {
+                    h.insert(header::HeaderName::from_static(name), v);
+                }
+            }
         }
+        resp
     }
 }
 
@@ -115,6 +150,14 @@ impl Caller {
         }
     }
 
+    /// The rate-limit bucket of this caller: its token (or API key), not its address.
+    fn limit_key(&self) -> String {
+        match self {
+            Caller::Token(t) => format!("agent:token:{}", t.id),
+            Caller::Key { id, .. } => format!("agent:key:{id}"),
+        }
+    }
+
     fn actor(&self, headers: &HeaderMap, ip: String) -> Actor {
         let request_id = headers
             .get("x-request-id")
@@ -139,7 +182,48 @@ impl Caller {
     }
 }
 
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> SyncResult<Caller> {
+/// Counts one request in `key`'s bucket of the agent limit; 429 once it is spent.
+async fn spend(state: &AppState, key: &str) -> SyncResult<()> {
+    let limit = state.settings().redirects.agent_rate_limit_per_minute;
+    if limit == 0 {
+        return Ok(());
+    }
+    let now = now_ms();
+    let d = state.limiter.check(key, limit, now).await;
+    if d.allowed {
+        return Ok(());
+    }
+    let retry_after = (d.reset - now / 1000).max(1);
+    Err(SyncError(
+        StatusCode::TOO_MANY_REQUESTS,
+        Some(format!(
+            "rate limit of {limit} requests per minute exceeded; retry in {retry_after} s"
+        )),
+        Some(Limited {
+            limit,
+            reset: d.reset,
+            retry_after,
+        }),
+    ))
+}
+
+/// Resolves the caller and counts the request against the agent limit: per token
+/// when the token is good, per client IP when it is missing or unknown.
+async fn authenticate(state: &AppState, headers: &HeaderMap, ip: &str) -> SyncResult<Caller> {
+    match resolve_caller(state, headers).await {
+        Ok(caller) => {
+            spend(state, &caller.limit_key()).await?;
+            Ok(caller)
+        }
+        Err(e) if e.0 == StatusCode::UNAUTHORIZED => {
+            spend(state, &format!("agent:ip:{ip}")).await?;
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn resolve_caller(state: &AppState, headers: &HeaderMap) -> SyncResult<Caller> {
     let header_name = state.settings().redirects.agent_auth_header;
     let missing = || {
         SyncError::msg(
@@ -189,14 +273,14 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> SyncResult<Calle
 /// Authenticates, checks the scope (403 with an empty body), then finds the project.
 async fn authorize(
     state: &AppState,
-    headers: &HeaderMap,
+    (headers, ip): (&HeaderMap, &str),
     (ns, project): (&str, &str),
     resource: Option<&str>,
     action: &str,
 ) -> SyncResult<(Caller, ProjectRecord)> {
-    let caller = authenticate(state, headers).await?;
+    let caller = authenticate(state, headers, ip).await?;
     if !caller.grants(ns, project, resource, action) {
-        return Err(SyncError(StatusCode::FORBIDDEN, None));
+        return Err(SyncError::bare(StatusCode::FORBIDDEN));
     }
     let p = state.store.get_project(ns, project).await?.ok_or_else(|| {
         SyncError::msg(
@@ -222,13 +306,15 @@ async fn version(
     State(state): State<AppState>,
     Path((ns, project)): Path<(String, String)>,
     headers: HeaderMap,
+    ClientIp(ip): ClientIp,
 ) -> SyncResult<Response> {
-    let (_, p) = authorize(&state, &headers, (&ns, &project), None, "read").await?;
+    let (_, p) = authorize(&state, (&headers, &ip), (&ns, &project), None, "read").await?;
     Ok(json_body(&json!(p.published_version)))
 }
 
-/// `limit` and `offset` as Flecto's server reads them, with our clamp.
-fn page_of(q: &QueryParams) -> SyncResult<PageRequest> {
+/// `limit` and `offset` as Flecto's server reads them: `limit=0` is every row, and
+/// the limit asked for is honoured in full. The first value is the limit to echo.
+fn page_of(q: &QueryParams) -> SyncResult<(i64, PageRequest)> {
     let int = |name: &str, default: i64| -> SyncResult<i64> {
         match q.text(name) {
             None => Ok(default),
@@ -245,25 +331,26 @@ fn page_of(q: &QueryParams) -> SyncResult<PageRequest> {
                 }),
         }
     };
-    let limit = match int("limit", DEFAULT_LIMIT)? {
-        0 => MAX_LIMIT,
-        n => n.min(MAX_LIMIT),
-    };
-    Ok(PageRequest {
-        limit,
-        offset: int("offset", 0)?,
-    })
+    let asked = int("limit", DEFAULT_LIMIT)?;
+    let limit = if asked == 0 { i64::MAX } else { asked };
+    Ok((
+        asked,
+        PageRequest {
+            limit,
+            offset: int("offset", 0)?,
+        },
+    ))
 }
 
 async fn list(
     state: &AppState,
     (ns, project): (&str, &str),
-    headers: &HeaderMap,
+    who: (&HeaderMap, &str),
     q: &QueryParams,
     table: RuleTable,
 ) -> SyncResult<Response> {
-    let page = page_of(q)?;
-    let (_, p) = authorize(state, headers, (ns, project), Some(table.noun()), "read").await?;
+    let (asked, page) = page_of(q)?;
+    let (_, p) = authorize(state, who, (ns, project), Some(table.noun()), "read").await?;
     let rows = state.store.published_rules(table, &p.id, page).await?;
     let items: Vec<Value> = rows
         .items
@@ -280,7 +367,7 @@ async fn list(
     Ok(json_body(&json!({
         "items": items,
         "total": rows.total,
-        "limit": page.limit,
+        "limit": asked,
         "offset": page.offset,
     })))
 }
@@ -289,18 +376,34 @@ async fn redirects(
     State(state): State<AppState>,
     Path((ns, project)): Path<(String, String)>,
     headers: HeaderMap,
+    ClientIp(ip): ClientIp,
     q: QueryParams,
 ) -> SyncResult<Response> {
-    list(&state, (&ns, &project), &headers, &q, RuleTable::Redirects).await
+    list(
+        &state,
+        (&ns, &project),
+        (&headers, &ip),
+        &q,
+        RuleTable::Redirects,
+    )
+    .await
 }
 
 async fn pages(
     State(state): State<AppState>,
     Path((ns, project)): Path<(String, String)>,
     headers: HeaderMap,
+    ClientIp(ip): ClientIp,
     q: QueryParams,
 ) -> SyncResult<Response> {
-    list(&state, (&ns, &project), &headers, &q, RuleTable::Pages).await
+    list(
+        &state,
+        (&ns, &project),
+        (&headers, &ip),
+        &q,
+        RuleTable::Pages,
+    )
+    .await
 }
 
 /// Agent names as Flecto's client and server accept them.
@@ -444,7 +547,14 @@ async fn report(
     ClientIp(ip): ClientIp,
     body: Bytes,
 ) -> SyncResult<StatusCode> {
-    let (caller, p) = authorize(&state, &headers, (&ns, &project), Some("agent"), "write").await?;
+    let (caller, p) = authorize(
+        &state,
+        (&headers, &ip),
+        (&ns, &project),
+        Some("agent"),
+        "write",
+    )
+    .await?;
     let r = parse_report(&body)?;
     let now = now_ms();
     let exists = state
@@ -480,8 +590,16 @@ async fn hit(
     State(state): State<AppState>,
     Path((ns, project, name)): Path<(String, String, String)>,
     headers: HeaderMap,
+    ClientIp(ip): ClientIp,
 ) -> SyncResult<StatusCode> {
-    let (_, p) = authorize(&state, &headers, (&ns, &project), Some("agent"), "write").await?;
+    let (_, p) = authorize(
+        &state,
+        (&headers, &ip),
+        (&ns, &project),
+        Some("agent"),
+        "write",
+    )
+    .await?;
     if !valid_agent_name(&name) {
         return Err(invalid(
             "name must match ^[a-zA-Z0-9_-]+$ (at most 100 characters)",

@@ -2,7 +2,9 @@
 //! plane's view of upstream health and circuit breakers.
 //!
 //! Every write validates the object, then the whole document it would produce
-//! (references, overlapping routes), records a revision and publishes it.
+//! (references, overlapping routes, and for routes the route table the gateway
+//! compiles from all of them), records a revision and publishes it. Writes that read
+//! the document hold [`crate::Inner::config_write`] until their revision is stored.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -10,8 +12,9 @@ use axum::response::Response;
 use axum::Json;
 use fleetgate_core::config::{ROUTE_KIND, UPSTREAM_KIND};
 use fleetgate_core::gateway::{BreakerStatus, Route, TargetHealth, Upstream};
+use fleetgate_core::routing::RouteTable;
 use fleetgate_core::user::Role;
-use fleetgate_core::ConfigDocument;
+use fleetgate_core::{ConfigDocument, ValidationError};
 use fleetgate_store::ResourceRecord;
 use serde::Serialize;
 use serde_json::Value;
@@ -42,7 +45,9 @@ async fn load(state: &AppState, kind: &str, name: &str, what: &str) -> ApiResult
         .ok_or_else(|| ApiError::not_found(format!("{what} {name}")))
 }
 
-/// Stores one object as a new revision and publishes it.
+/// Stores one object as a new revision and publishes it. `checked`: the whole
+/// resulting document was compiled already (under the config write lock).
+#[allow(clippy::too_many_arguments)]
 async fn save(
     state: &AppState,
     auth: &AuthContext,
@@ -51,11 +56,15 @@ async fn save(
     body: Value,
     expected: Option<i64>,
     message: String,
+    checked: bool,
 ) -> ApiResult<ResourceRecord> {
-    let (record, _revision) = state
+    let (record, revision) = state
         .store
         .put_resource(&auth.actor, kind, name, &body, expected, &message)
         .await?;
+    if checked {
+        state.mark_checked(revision);
+    }
     state.publish_change(&auth.actor).await?;
     Ok(record)
 }
@@ -119,6 +128,7 @@ pub async fn create_upstream(
         value,
         Some(0),
         format!("create upstream {}", upstream.name),
+        false,
     )
     .await?;
     Ok(with_etag(StatusCode::CREATED, &upstream, rec.version))
@@ -172,6 +182,7 @@ pub async fn update_upstream(
         value,
         Some(expected.unwrap_or(current.version)),
         format!("update upstream {name}"),
+        false,
     )
     .await?;
     Ok(with_etag(StatusCode::OK, &upstream, rec.version))
@@ -187,6 +198,7 @@ pub async fn delete_upstream(
 ) -> ApiResult<StatusCode> {
     auth.require(Role::Operator)?;
     load(&state, UPSTREAM_KIND, &name, "upstream").await?;
+    let _write = state.config_write.lock().await;
     let doc = current_document(&state).await?;
     let users: Vec<&str> = doc
         .routes
@@ -251,6 +263,30 @@ pub async fn circuit_breakers(
 
 // ---------------------------------------------------------------- routes
 
+/// Refuses `route` when the document with it in place would not compile as one
+/// route table (regex routes valid one by one can be too large together): the
+/// gateway would refuse that revision and every later one.
+async fn check_table(doc: &ConfigDocument, route: &Route) -> ApiResult<()> {
+    let mut routes = doc.routes.clone();
+    match routes.iter_mut().find(|r| r.id == route.id) {
+        Some(r) => *r = route.clone(),
+        None => routes.push(route.clone()),
+    }
+    let built = tokio::task::spawn_blocking(move || RouteTable::build(&routes).map(|_| ()))
+        .await
+        .map_err(|e| ApiError::internal("route table check", e))?;
+    built.map_err(|e| {
+        let mut v = ValidationError::new();
+        for fe in e.errors {
+            v.push(
+                "path",
+                format!("route {:?} cannot be saved: {}", route.id, fe.message),
+            );
+        }
+        v.into()
+    })
+}
+
 fn check_route(doc: &ConfigDocument, route: &Route) -> ApiResult<()> {
     route.validate()?;
     let twin = doc
@@ -292,6 +328,7 @@ pub async fn create_route(
         }
         Ok(())
     })?;
+    let _write = state.config_write.lock().await;
     let doc = current_document(&state).await?;
     check_route(&doc, &route)?;
     if doc.routes.iter().any(|r| r.id == route.id) {
@@ -300,6 +337,7 @@ pub async fn create_route(
             route.id
         )));
     }
+    check_table(&doc, &route).await?;
     let value = serde_json::to_value(&route).map_err(|e| ApiError::internal("serialize", e))?;
     let rec = save(
         &state,
@@ -309,6 +347,7 @@ pub async fn create_route(
         value,
         Some(0),
         format!("create route {}", route.id),
+        true,
     )
     .await?;
     Ok(with_etag(StatusCode::CREATED, &route, rec.version))
@@ -347,8 +386,10 @@ pub async fn update_route(
         }
         Ok(())
     })?;
+    let _write = state.config_write.lock().await;
     let doc = current_document(&state).await?;
     check_route(&doc, &route)?;
+    check_table(&doc, &route).await?;
     let value = serde_json::to_value(&route).map_err(|e| ApiError::internal("serialize", e))?;
     let rec = save(
         &state,
@@ -358,6 +399,7 @@ pub async fn update_route(
         value,
         Some(expected.unwrap_or(current.version)),
         format!("update route {id}"),
+        true,
     )
     .await?;
     Ok(with_etag(StatusCode::OK, &route, rec.version))

@@ -215,7 +215,8 @@ pub struct ProjectView {
     pub name: String,
     pub description: String,
     pub hosts: Vec<String>,
-    /// The published version agents are served (0 before the first publish).
+    /// The published version agents are served: 1 for a new project (nothing
+    /// published yet, as with Flecto), one more after each publish.
     pub version: i64,
     pub published_at: Option<String>,
     /// Version of the project record (its ETag).
@@ -322,7 +323,9 @@ pub async fn create_project(
         name,
         description: body.description,
         hosts,
-        published_version: 0,
+        // Flecto starts a project at version 1: its agents treat version 0 as
+        // "nothing loaded yet" and never fetch nor register while the manager says 0.
+        published_version: 1,
         published_at: None,
         version: 1,
         created_at: now,

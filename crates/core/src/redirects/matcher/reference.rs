@@ -2,7 +2,7 @@
 //! documented order, regexes compiled on the spot. [`super::RuleSet::lookup`] must
 //! answer exactly like it; the tests and the fuzz target check that.
 
-use crate::redirects::{compile_regex, Page, PageType, Redirect, RedirectType};
+use crate::redirects::{compile_regex, encode_location, Page, PageType, Redirect, RedirectType};
 
 use super::literal_prefix;
 
@@ -16,15 +16,7 @@ pub fn naive_lookup(
     uri: &str,
 ) -> Option<(u16, String)> {
     let host_uri = format!("{host}{uri}");
-    // Exact types: the last rule with the key wins.
-    for (kind, key) in [
-        (PageType::BasicHost, host_uri.as_str()),
-        (PageType::Basic, uri),
-    ] {
-        if let Some(p) = pages.iter().rev().find(|p| p.kind == kind && p.path == key) {
-            return Some((200, p.content.clone()));
-        }
-    }
+    // Redirects before pages. Exact types: the last rule with the key wins.
     for (kind, key) in [
         (RedirectType::BasicHost, host_uri.as_str()),
         (RedirectType::Basic, uri),
@@ -34,7 +26,7 @@ pub fn naive_lookup(
             .rev()
             .find(|r| r.kind == kind && r.source == key)
         {
-            return Some((r.status.code(), r.target.clone()));
+            return Some((r.status.code(), encode_location(&r.target).into_owned()));
         }
     }
     for (kind, key) in [
@@ -67,7 +59,15 @@ pub fn naive_lookup(
                 };
                 location = location.replace(&placeholder, &group(i));
             }
-            return Some((r.status.code(), location));
+            return Some((r.status.code(), encode_location(&location).into_owned()));
+        }
+    }
+    for (kind, key) in [
+        (PageType::BasicHost, host_uri.as_str()),
+        (PageType::Basic, uri),
+    ] {
+        if let Some(p) = pages.iter().rev().find(|p| p.kind == kind && p.path == key) {
+            return Some((200, p.content.clone()));
         }
     }
     None

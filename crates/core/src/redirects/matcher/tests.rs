@@ -340,35 +340,93 @@ fn the_order_between_types() {
         ),
         page(PageType::Basic, "/x", "page", PageContentType::TextPlain),
         page(PageType::Basic, "/y", "page y", PageContentType::TextPlain),
+        page(PageType::Basic, "/p", "page p", PageContentType::TextPlain),
+        page(
+            PageType::Basic,
+            "/collide",
+            "page c",
+            PageContentType::TextPlain,
+        ),
     ];
     let redirects = [
-        rx("^/(.*)$", "/regex"),
-        r(RegexHost, "^h/(.*)$", "https://t/regex-host", found),
+        rx("^/[a-o]", "/regex"),
+        r(RegexHost, "^h/[a-o]", "https://t/regex-host", found),
         r(Basic, "/x", "/basic", found),
-        r(Basic, "/z", "/basic z", found),
+        r(Basic, "/z", "/basic-z", found),
         r(BasicHost, "h/x", "https://t/basic-host", found),
-        r(BasicHost, "h/y", "https://t/basic-host y", found),
-        r(BasicHost, "h/z", "https://t/basic-host z", found),
+        r(BasicHost, "h/y", "https://t/basic-host-y", found),
+        r(BasicHost, "h/z", "https://t/basic-host-z", found),
     ];
-    check(&redirects, &pages, "h", "/x", Some((200, "host page")));
-    check(&redirects, &pages, "g", "/x", Some((200, "page")));
-    check(&redirects, &pages, "h", "/y", Some((200, "page y")));
+    // Redirects before pages (BASIC_HOST, BASIC, REGEX_HOST, REGEX), as Flecto's
+    // Traefik middleware answers.
+    check(
+        &redirects,
+        &pages,
+        "h",
+        "/x",
+        Some((302, "https://t/basic-host")),
+    );
+    check(&redirects, &pages, "g", "/x", Some((302, "/basic")));
+    check(
+        &redirects,
+        &pages,
+        "h",
+        "/y",
+        Some((302, "https://t/basic-host-y")),
+    );
+    check(&redirects, &pages, "g", "/y", Some((200, "page y")));
     check(
         &redirects,
         &pages,
         "h",
         "/z",
-        Some((302, "https://t/basic-host z")),
+        Some((302, "https://t/basic-host-z")),
     );
-    check(&redirects, &pages, "g", "/z", Some((302, "/basic z")));
+    check(&redirects, &pages, "g", "/z", Some((302, "/basic-z")));
     check(
         &redirects,
         &pages,
         "h",
-        "/w",
+        "/collide",
         Some((302, "https://t/regex-host")),
     );
-    check(&redirects, &pages, "g", "/w", Some((302, "/regex")));
+    check(&redirects, &pages, "g", "/collide", Some((302, "/regex")));
+    check(&redirects, &pages, "g", "/p", Some((200, "page p")));
+    // Pages answer when no redirect matches; the host page first.
+    let plain = [r(Basic, "/other", "/o", found)];
+    check(&plain, &pages, "h", "/x", Some((200, "host page")));
+    check(&plain, &pages, "g", "/x", Some((200, "page")));
+    check(&plain, &pages, "g", "/other", Some((302, "/o")));
+}
+
+#[test]
+fn locations_are_percent_encoded_where_a_uri_needs_it() {
+    use crate::redirects::encode_location;
+    assert!(matches!(
+        encode_location("/a/b?c=d&e=%2F#f"),
+        std::borrow::Cow::Borrowed(_)
+    ));
+    assert_eq!(encode_location("/café"), "/caf%C3%A9");
+    assert_eq!(encode_location("/a b"), "/a%20b");
+    assert_eq!(encode_location("/50%"), "/50%25");
+    assert_eq!(encode_location("/%zz%41"), "/%25zz%41");
+    assert_eq!(
+        encode_location("https://ex.test/ü?q=\"x\"|{}"),
+        "https://ex.test/%C3%BC?q=%22x%22%7C%7B%7D"
+    );
+    let found = RedirectStatus::Found;
+    let redirects = [
+        r(RedirectType::Basic, "/old", "/naïve", found),
+        rx("^/r/(.*)$", "/ré/$1"),
+    ];
+    check(&redirects, &[], "h", "/old", Some((302, "/na%C3%AFve")));
+    check(
+        &redirects,
+        &[],
+        "h",
+        "/r/x%20y",
+        Some((302, "/r%C3%A9/x%20y")),
+    );
 }
 
 #[test]

@@ -85,7 +85,8 @@ async function renderNamespaces(main, ctx) {
       h('div', { class: 'table-wrap' }, stack(table([
         { label: 'Project', render: (p) => h('a', { href: `#/redirects/${enc(n.name)}/${enc(p.name)}` }, p.name) },
         { label: 'Hosts', class: 'hide-narrow', render: (p) => (p.hosts.length ? p.hosts.join(', ') : h('span', { class: 'muted' }, 'none')) },
-        { label: 'Published', render: (p) => (p.version ? badge(`v${p.version}`, 'info') : badge('never', 'muted')) },
+        // A new project is at version 1 before its first publish (as Flecto's).
+        { label: 'Published', render: (p) => (p.published_at ? badge(`v${p.version}`, 'info') : badge('never', 'muted')) },
         { label: 'Last publish', class: 'hide-narrow', render: (p) => time(p.published_at) },
         { label: 'Description', class: 'hide-narrow', render: (p) => p.description || '—' },
       ], items, { empty: 'No projects in this namespace yet.' }))));
@@ -174,7 +175,7 @@ async function renderProject(main, ctx, ns, name, tab) {
         admin ? h('button', { type: 'button', class: 'danger', onclick: deleteProject }, 'Delete project') : null),
       h('div', { class: 'facts' },
         fact('Published version', h('span', { id: 'project-version' },
-          project.version ? `v${project.version}` : 'not published yet')),
+          project.published_at ? `v${project.version}` : `not published yet (v${project.version})`)),
         fact('Unpublished changes', h('span', { id: 'drafts-count' }, pending
           ? h('a', { href: href('changes') }, num(pending)) : 'none')),
         fact('Last publish', time(project.published_at)),
