@@ -158,60 +158,42 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, TargetError> {
 
 /// Checks a `Host` value (or an absolute target's authority) and returns the form
 /// the gateway routes on: lower-case, the name without a trailing dot, the port
-/// kept as sent. Borrows `host` when it is in that form already.
+/// kept as sent. Borrows `host` when it is in that form already. One pass over the
+/// bytes: this runs for every request.
 pub fn normalize_host(host: &str) -> Result<Cow<'_, str>, TargetError> {
-    if host.is_empty() {
+    let b = host.as_bytes();
+    match b.first() {
+        None => return Err(TargetError::EmptyHost),
+        Some(b'[') => return normalize_ip_literal(host),
+        Some(_) => {}
+    }
+    let mut colon = None;
+    let mut upper = false;
+    let mut prev = 0u8;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
+            b'A'..=b'Z' => upper = true,
+            b'.' if i > 0 && prev != b'.' && colon.is_none() => {}
+            b':' if colon.is_none() => colon = Some(i),
+            _ => return Err(TargetError::BadHost),
+        }
+        prev = c;
+    }
+    let (name, port) = match colon {
+        Some(i) => (&host[..i], Some(&host[i + 1..])),
+        None => (host, None),
+    };
+    if name.is_empty() {
         return Err(TargetError::EmptyHost);
     }
-    let b = host.as_bytes();
-    // Split off the port: after `]` for IP literals, after the only ':' otherwise.
-    let (name, port) = if b[0] == b'[' {
-        let close = host.find(']').ok_or(TargetError::BadHost)?;
-        let literal = &host[1..close];
-        if literal.is_empty()
-            || !literal
-                .bytes()
-                .all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.'))
-            || literal.parse::<std::net::Ipv6Addr>().is_err()
-        {
-            return Err(TargetError::BadHost);
-        }
-        match &host[close + 1..] {
-            "" => (&host[..=close], None),
-            p => (
-                &host[..=close],
-                Some(p.strip_prefix(':').ok_or(TargetError::BadHost)?),
-            ),
-        }
-    } else {
-        match host.split_once(':') {
-            Some((n, p)) => (n, Some(p)),
-            None => (host, None),
-        }
-    };
     if let Some(p) = port {
         if p.is_empty() || p.len() > 5 || !p.bytes().all(|c| c.is_ascii_digit()) {
             return Err(TargetError::BadHost);
         }
     }
-    if !name.starts_with('[') {
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
-        {
-            return Err(if name.is_empty() {
-                TargetError::EmptyHost
-            } else {
-                TargetError::BadHost
-            });
-        }
-        if name.starts_with('.') || name.contains("..") {
-            return Err(TargetError::BadHost);
-        }
-    }
     let dotted = name.len() > 1 && name.ends_with('.');
-    if !dotted && !name.bytes().any(|c| c.is_ascii_uppercase()) {
+    if !dotted && !upper {
         return Ok(Cow::Borrowed(host));
     }
     let mut out = String::with_capacity(host.len());
@@ -226,6 +208,33 @@ pub fn normalize_host(host: &str) -> Result<Cow<'_, str>, TargetError> {
         out.push_str(p);
     }
     Ok(Cow::Owned(out))
+}
+
+/// `[v6-address]` with an optional port.
+fn normalize_ip_literal(host: &str) -> Result<Cow<'_, str>, TargetError> {
+    let close = host.find(']').ok_or(TargetError::BadHost)?;
+    let literal = &host[1..close];
+    if literal.is_empty()
+        || !literal
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.'))
+        || literal.parse::<std::net::Ipv6Addr>().is_err()
+    {
+        return Err(TargetError::BadHost);
+    }
+    match &host[close + 1..] {
+        "" => {}
+        rest => {
+            let p = rest.strip_prefix(':').ok_or(TargetError::BadHost)?;
+            if p.is_empty() || p.len() > 5 || !p.bytes().all(|c| c.is_ascii_digit()) {
+                return Err(TargetError::BadHost);
+            }
+        }
+    }
+    if literal.bytes().any(|c| c.is_ascii_uppercase()) {
+        return Ok(Cow::Owned(host.to_ascii_lowercase()));
+    }
+    Ok(Cow::Borrowed(host))
 }
 
 #[cfg(test)]

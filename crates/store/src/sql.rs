@@ -121,6 +121,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0007_alerts.sql"),
         include_str!("../migrations/postgres/0007_alerts.sql"),
     ),
+    (
+        8,
+        "projects start at version one",
+        include_str!("../migrations/sqlite/0008_projects_start_at_version_one.sql"),
+        include_str!("../migrations/postgres/0008_projects_start_at_version_one.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {
