@@ -14,6 +14,11 @@ let fg; let browser; let upstream; let flaky;
 
 before(async () => {
   [fg, browser, upstream, flaky] = await Promise.all([startFleetgate(), launch(), startUpstream(), startUpstream()]);
+  // The test upstreams are on loopback, which the reachability test (like webhooks)
+  // refuses unless the setting allows private destinations.
+  const settings = await fg.api('GET', '/api/v1/settings');
+  settings.webhooks.allow_private_targets = true;
+  await fg.api('PUT', '/api/v1/settings', settings);
 });
 
 after(async () => {
