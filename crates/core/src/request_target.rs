@@ -71,14 +71,11 @@ fn hex(b: u8) -> Option<u8> {
 /// Whether `path` may already be canonical: no `%`, no `//`, and no segment that
 /// starts with a dot. A cheap scan that lets the common request skip the rewrite.
 fn plain(path: &[u8]) -> bool {
-    let mut prev = 0u8;
-    for &b in path {
-        if b == b'%' || (prev == b'/' && (b == b'/' || b == b'.')) {
-            return false;
-        }
-        prev = b;
-    }
-    true
+    // `%` anywhere, or `/` followed by `/` or `.`: compared a pair at a time.
+    !path.contains(&b'%')
+        && !path
+            .windows(2)
+            .any(|w| w[0] == b'/' && matches!(w[1], b'/' | b'.'))
 }
 
 /// The canonical form of a request path (see the module documentation). Borrows
@@ -156,6 +153,34 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, TargetError> {
     Ok(Cow::Owned(canonical))
 }
 
+const INVALID: u8 = 0;
+const NAME: u8 = 1;
+const UPPER: u8 = 2;
+const DOT: u8 = 3;
+const COLON: u8 = 4;
+
+/// What each byte may be in a host name with a port: one table lookup per byte.
+static HOST_BYTES: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = if b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' {
+            NAME
+        } else if b.is_ascii_uppercase() {
+            UPPER
+        } else if b == b'.' {
+            DOT
+        } else if b == b':' {
+            COLON
+        } else {
+            INVALID
+        };
+        c += 1;
+    }
+    t
+};
+
 /// Checks a `Host` value (or an absolute target's authority) and returns the form
 /// the gateway routes on: lower-case, the name without a trailing dot, the port
 /// kept as sent. Borrows `host` when it is in that form already. One pass over the
@@ -171,11 +196,11 @@ pub fn normalize_host(host: &str) -> Result<Cow<'_, str>, TargetError> {
     let mut upper = false;
     let mut prev = 0u8;
     for (i, &c) in b.iter().enumerate() {
-        match c {
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
-            b'A'..=b'Z' => upper = true,
-            b'.' if i > 0 && prev != b'.' && colon.is_none() => {}
-            b':' if colon.is_none() => colon = Some(i),
+        match HOST_BYTES[usize::from(c)] {
+            NAME => {}
+            UPPER => upper = true,
+            DOT if i > 0 && prev != b'.' && colon.is_none() => {}
+            COLON if colon.is_none() => colon = Some(i),
             _ => return Err(TargetError::BadHost),
         }
         prev = c;

@@ -944,15 +944,13 @@ async fn forward(
     }
     let upgrade = upgrade_allowed(route, &req.headers);
     // What the client asked to switch to, to check the upstream's answer against.
-    let asked_upgrade = if upgrade {
+    let asked_upgrade = upgrade.then(|| {
         let mut asked = HeaderMap::new();
         for v in req.headers.get_all(header::UPGRADE) {
             asked.append(header::UPGRADE, v.clone());
         }
         asked
-    } else {
-        HeaderMap::new()
-    };
+    });
     let client_upgrade = if upgrade {
         req.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
@@ -1134,7 +1132,10 @@ async fn forward(
                     // A switch nobody asked for, or to another protocol than asked,
                     // would hand the client's connection to something it did not
                     // choose.
-                    if !upgrade || !upgrade_answered(&asked_upgrade, resp.headers()) {
+                    if !asked_upgrade
+                        .as_ref()
+                        .is_some_and(|asked| upgrade_answered(asked, resp.headers()))
+                    {
                         return json_error(
                             StatusCode::BAD_GATEWAY,
                             "UPSTREAM_ERROR",

@@ -230,10 +230,11 @@ where
     // malformed (`Connection: close` in the response's own map).
     let keep = !close
         && delimit != Delimit::Close
-        && parts
-            .headers
-            .get(header::CONNECTION)
-            .is_none_or(|v| !v.as_bytes().eq_ignore_ascii_case(b"close"));
+        && (status != StatusCode::BAD_REQUEST
+            || parts
+                .headers
+                .get(header::CONNECTION)
+                .is_none_or(|v| !v.as_bytes().eq_ignore_ascii_case(b"close")));
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
