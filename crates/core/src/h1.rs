@@ -57,6 +57,9 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// Whether the connection may carry another request after this response's body.
     pub keep_alive: bool,
+    /// The head has `Transfer-Encoding`: a `Content-Length` beside it does not
+    /// describe the body (RFC 9112 §6.3).
+    pub transfer_encoding: bool,
 }
 
 /// Why an upstream's bytes are not a usable HTTP/1 response.
@@ -216,6 +219,7 @@ pub fn parse_response_head(
         len,
         framing,
         keep_alive: !close && !ambiguous && framing != Framing::UntilClose,
+        transfer_encoding,
     }))
 }
 

@@ -153,13 +153,15 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, TargetError> {
     Ok(Cow::Owned(canonical))
 }
 
-const INVALID: u8 = 0;
 const NAME: u8 = 1;
 const UPPER: u8 = 2;
-const DOT: u8 = 3;
-const COLON: u8 = 4;
+const DOT: u8 = 4;
+const COLON: u8 = 8;
+const INVALID: u8 = 16;
 
-/// What each byte may be in a host name with a port: one table lookup per byte.
+/// The class of each byte in a host name with a port, as a bit: a host's bytes are
+/// classified by OR-ing their bits (a loop the compiler vectorises), and only the
+/// classes present decide what else to check.
 static HOST_BYTES: [u8; 256] = {
     let mut t = [INVALID; 256];
     let mut c = 0;
@@ -181,10 +183,14 @@ static HOST_BYTES: [u8; 256] = {
     t
 };
 
+fn valid_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit())
+}
+
 /// Checks a `Host` value (or an absolute target's authority) and returns the form
 /// the gateway routes on: lower-case, the name without a trailing dot, the port
-/// kept as sent. Borrows `host` when it is in that form already. One pass over the
-/// bytes: this runs for every request.
+/// kept as sent. Borrows `host` when it is in that form already. This runs for
+/// every request, so the common host costs one pass that classifies its bytes.
 pub fn normalize_host(host: &str) -> Result<Cow<'_, str>, TargetError> {
     let b = host.as_bytes();
     match b.first() {
@@ -192,33 +198,29 @@ pub fn normalize_host(host: &str) -> Result<Cow<'_, str>, TargetError> {
         Some(b'[') => return normalize_ip_literal(host),
         Some(_) => {}
     }
-    let mut colon = None;
-    let mut upper = false;
-    let mut prev = 0u8;
-    for (i, &c) in b.iter().enumerate() {
-        match HOST_BYTES[usize::from(c)] {
-            NAME => {}
-            UPPER => upper = true,
-            DOT if i > 0 && prev != b'.' && colon.is_none() => {}
-            COLON if colon.is_none() => colon = Some(i),
+    let seen = b
+        .iter()
+        .fold(0u8, |acc, &c| acc | HOST_BYTES[usize::from(c)]);
+    if seen & INVALID != 0 {
+        return Err(TargetError::BadHost);
+    }
+    let (name, port) = if seen & COLON != 0 {
+        match host.split_once(':') {
+            Some((n, p)) if valid_port(p) => (n, Some(p)),
             _ => return Err(TargetError::BadHost),
         }
-        prev = c;
-    }
-    let (name, port) = match colon {
-        Some(i) => (&host[..i], Some(&host[i + 1..])),
-        None => (host, None),
+    } else {
+        (host, None)
     };
     if name.is_empty() {
         return Err(TargetError::EmptyHost);
     }
-    if let Some(p) = port {
-        if p.is_empty() || p.len() > 5 || !p.bytes().all(|c| c.is_ascii_digit()) {
-            return Err(TargetError::BadHost);
-        }
+    if seen & DOT != 0 && (name.starts_with('.') || name.as_bytes().windows(2).any(|w| w == b".."))
+    {
+        return Err(TargetError::BadHost);
     }
     let dotted = name.len() > 1 && name.ends_with('.');
-    if !dotted && !upper {
+    if !dotted && seen & UPPER == 0 {
         return Ok(Cow::Borrowed(host));
     }
     let mut out = String::with_capacity(host.len());
@@ -250,8 +252,7 @@ fn normalize_ip_literal(host: &str) -> Result<Cow<'_, str>, TargetError> {
     match &host[close + 1..] {
         "" => {}
         rest => {
-            let p = rest.strip_prefix(':').ok_or(TargetError::BadHost)?;
-            if p.is_empty() || p.len() > 5 || !p.bytes().all(|c| c.is_ascii_digit()) {
+            if !rest.strip_prefix(':').is_some_and(valid_port) {
                 return Err(TargetError::BadHost);
             }
         }

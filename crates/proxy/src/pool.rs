@@ -732,9 +732,7 @@ impl Pool {
         }
         // With Transfer-Encoding, a Content-Length line does not describe the body the
         // client gets (RFC 9112 §6.3): it goes too.
-        let coded = spans
-            .iter()
-            .any(|s| s.name(&bytes).eq_ignore_ascii_case(b"transfer-encoding"));
+        let coded = head.transfer_encoding;
         spans.retain(|s| {
             let name = s.name(&bytes);
             !(hop_by_hop_name(name) || (coded && name.eq_ignore_ascii_case(b"content-length")))
