@@ -642,6 +642,20 @@ fn access_log_prints_the_configured_fields_as_json_lines() {
 /// configuration already holds the health-checked upstream.
 #[test]
 fn manager_role_runs_no_gateway_and_no_health_checks() {
+    manager_role_check(&[]);
+}
+
+/// The same on PostgreSQL, in a fresh schema, when FLEETGATE_TEST_POSTGRES_URL is set.
+#[test]
+fn manager_role_runs_no_gateway_and_no_health_checks_postgres() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let Some(url) = rt.block_on(crate::support::postgres_schema_url()) else {
+        return;
+    };
+    manager_role_check(&[("FLEETGATE_DATABASE_URL", url.as_str())]);
+}
+
+fn manager_role_check(env: &[(&str, &str)]) {
     let target = crate::support::ConnectionCounter::spawn();
     let dir = tempfile::tempdir().expect("tempdir");
     let auth = bearer();
@@ -664,8 +678,10 @@ fn manager_role_runs_no_gateway_and_no_health_checks() {
         assert_eq!(get(p, "/api/v1/metrics")["data_plane"], false);
     };
 
-    let mut p = Proc::start_role("manager", Some(free_port()), dir.path(), &[]);
+    let mut p = Proc::start_role("manager", Some(free_port()), dir.path(), env);
     assert_no_data_plane(&p);
+    let store = if env.is_empty() { "sqlite" } else { "postgres" };
+    assert_eq!(get(&p, "/health")["store"], store);
     let revision = |p: &Proc| {
         get(p, "/api/v1/revisions?limit=1")["total"]
             .as_i64()
@@ -700,7 +716,7 @@ fn manager_role_runs_no_gateway_and_no_health_checks() {
         p.log()
     );
 
-    let mut p = Proc::start_role("manager", Some(free_port()), dir.path(), &[]);
+    let mut p = Proc::start_role("manager", Some(free_port()), dir.path(), env);
     assert_no_data_plane(&p);
     assert_eq!(get(&p, "/health")["revision"], before + 2);
     std::thread::sleep(Duration::from_millis(1200));
