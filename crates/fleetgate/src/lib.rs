@@ -95,7 +95,8 @@ impl Running {
 }
 
 /// Starts the manager (and the gateway when `with_gateway`) on the configured
-/// addresses; returns once both listen. `shutdown` ends them gracefully.
+/// addresses; returns once both listen. `shutdown` ends them gracefully. Without
+/// `with_gateway` (the `manager` role) no gateway is built and no gateway port opened.
 pub async fn start(
     config: Config,
     secrets: BootstrapSecrets,
@@ -190,20 +191,27 @@ pub async fn start(
     let background = state.spawn_background(down_rx.clone());
     let drain = Duration::from_secs(config.shutdown.drain_timeout_secs);
     let app = fleetgate_manager::router(state.clone());
-    let gw = Gateway::new(
-        state.subscribe(),
-        gateway_options(&config, Some(state.event_sink()))?,
-    );
-    gw.follow_redirects(state.subscribe_redirects());
-    if with_gateway && config.flecto.url.is_some() {
-        let mut cfg = config.flecto.clone();
-        cfg.agent_name = cfg.effective_agent_name();
-        let agent = flecto_agent::Agent::new(cfg, gw.clone())?;
-        tokio::spawn(agent.run(down_rx.clone()));
-    }
-    if with_gateway {
+    // The manager role builds no gateway at all: a gateway compiles every revision,
+    // runs the upstreams' active health checks and raises `config.applied` and
+    // `health.*` events, none of which a manager without a data plane may do. Its
+    // API then reports that no data plane runs here (`data_plane` stays unset).
+    let gw = if with_gateway {
+        let gw = Gateway::new(
+            state.subscribe(),
+            gateway_options(&config, Some(state.event_sink()))?,
+        );
+        gw.follow_redirects(state.subscribe_redirects());
+        if config.flecto.url.is_some() {
+            let mut cfg = config.flecto.clone();
+            cfg.agent_name = cfg.effective_agent_name();
+            let agent = flecto_agent::Agent::new(cfg, gw.clone())?;
+            tokio::spawn(agent.run(down_rx.clone()));
+        }
         let _ = state.data_plane.set(Arc::new(gw.clone()));
-    }
+        Some(gw)
+    } else {
+        None
+    };
     let task_state = state.clone();
     let manager_limits = fleetgate_manager::server::ServerLimits {
         header_read_timeout: Duration::from_millis(config.manager.header_read_timeout_ms),
@@ -220,8 +228,9 @@ pub async fn start(
             down_rx.clone(),
         );
         let manager_task = tokio::spawn(manager);
-        let tls_task = gateway_tls.map(|l| {
-            tokio::spawn(gw.clone().serve_on_threads(
+        // The listeners exist exactly when the gateway does (`with_gateway`).
+        let tls_task = gw.clone().zip(gateway_tls).map(|(gw, l)| {
+            tokio::spawn(gw.serve_on_threads(
                 l,
                 Some(tls_certificates),
                 workers,
@@ -229,8 +238,9 @@ pub async fn start(
                 drain,
             ))
         });
-        let gateway_task = gateway
-            .map(|l| tokio::spawn(gw.serve_on_threads(l, None, workers, down_rx.clone(), drain)));
+        let gateway_task = gw.zip(gateway).map(|(gw, l)| {
+            tokio::spawn(gw.serve_on_threads(l, None, workers, down_rx.clone(), drain))
+        });
         tokio::select! {
             () = shutdown => {}
             _ = stop_rx => {}

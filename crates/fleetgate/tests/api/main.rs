@@ -12,6 +12,7 @@ mod gateway;
 mod hardening;
 mod health;
 mod manager_hardening;
+mod manager_role;
 mod metrics;
 mod process;
 mod redirects;

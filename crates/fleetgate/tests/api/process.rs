@@ -38,6 +38,8 @@ struct Proc {
     child: Child,
     port: u16,
     gw: u16,
+    /// `gateway.tls_listen`'s port, when the test chose one (else port 0).
+    gw_tls: Option<u16>,
     stderr: Arc<Mutex<String>>,
     stdout: Arc<Mutex<String>>,
 }
@@ -58,17 +60,27 @@ fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
 
 impl Proc {
     fn start(data: &Path, extra_env: &[(&str, &str)]) -> Proc {
+        Proc::start_role("serve", None, data, extra_env)
+    }
+
+    /// Starts `fleetgate <role>`; `gw_tls` fixes the HTTPS gateway port (else 0).
+    fn start_role(
+        role: &str,
+        gw_tls: Option<u16>,
+        data: &Path,
+        extra_env: &[(&str, &str)],
+    ) -> Proc {
         let port = free_port();
         let gw = free_port();
         let mut c = command(data);
         c.args([
-            "serve",
+            role,
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--gateway-listen",
             &format!("127.0.0.1:{gw}"),
             "--gateway-tls-listen",
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{}", gw_tls.unwrap_or(0)),
         ])
         .env("FLEETGATE_BOOTSTRAP_TOKEN", TOKEN)
         .stdout(Stdio::piped())
@@ -83,6 +95,7 @@ impl Proc {
             child,
             port,
             gw,
+            gw_tls,
             stderr,
             stdout,
         };
@@ -621,4 +634,103 @@ fn access_log_prints_the_configured_fields_as_json_lines() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("password"));
+}
+
+/// `fleetgate manager` runs the manager alone: its API works, and no gateway port
+/// is bound, no health check is sent to an upstream's target and no event of a
+/// local data plane is raised — also after a restart, when the stored
+/// configuration already holds the health-checked upstream.
+#[test]
+fn manager_role_runs_no_gateway_and_no_health_checks() {
+    manager_role_check(&[]);
+}
+
+/// The same on PostgreSQL, in a fresh schema, when FLEETGATE_TEST_POSTGRES_URL is set.
+#[test]
+fn manager_role_runs_no_gateway_and_no_health_checks_postgres() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let Some(url) = rt.block_on(crate::support::postgres_schema_url()) else {
+        return;
+    };
+    manager_role_check(&[("FLEETGATE_DATABASE_URL", url.as_str())]);
+}
+
+fn manager_role_check(env: &[(&str, &str)]) {
+    let target = crate::support::ConnectionCounter::spawn();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = bearer();
+    let headers = [(auth.0, auth.1.as_str())];
+    let get = |p: &Proc, path: &str| -> Value {
+        let (status, body) = http(p.port, "GET", path, None, &headers).expect("get");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("json")
+    };
+    let assert_no_data_plane = |p: &Proc| {
+        for port in [p.gw, p.gw_tls.expect("fixed TLS port")] {
+            assert!(
+                TcpStream::connect(("127.0.0.1", port)).is_err(),
+                "something listens on gateway port {port}\n{}",
+                p.log()
+            );
+        }
+        let health = get(p, "/health");
+        assert!(health["gateway_revision"].is_null(), "{health}");
+        assert_eq!(get(p, "/api/v1/metrics")["data_plane"], false);
+    };
+
+    let mut p = Proc::start_role("manager", Some(free_port()), dir.path(), env);
+    assert_no_data_plane(&p);
+    let store = if env.is_empty() { "sqlite" } else { "postgres" };
+    assert_eq!(get(&p, "/health")["store"], store);
+    let revision = |p: &Proc| {
+        get(p, "/api/v1/revisions?limit=1")["total"]
+            .as_i64()
+            .expect("total")
+    };
+    let before = revision(&p);
+    let upstream = json!({"name": "probed", "targets": [{"url": target.url()}],
+        "health_check": {"active": {"path": "/health", "interval_ms": 200, "timeout_ms": 500,
+            "healthy_threshold": 1, "unhealthy_threshold": 1}}});
+    let (status, body) = http(
+        p.port,
+        "POST",
+        "/api/v1/upstreams",
+        Some(&upstream),
+        &headers,
+    )
+    .expect("upstream");
+    assert_eq!(status, 201, "{body}");
+    let route = json!({"id": "to-probed", "path": "/", "upstream": "probed"});
+    let (status, body) =
+        http(p.port, "POST", "/api/v1/routes", Some(&route), &headers).expect("route");
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(revision(&p), before + 2, "each write made a revision");
+    assert_eq!(get(&p, "/health")["revision"], before + 2);
+    // Six health-check intervals.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(target.connections(), 0, "a health check reached the target");
+    p.signal("-TERM");
+    assert!(
+        p.wait_exit(Duration::from_secs(15)).success(),
+        "{}",
+        p.log()
+    );
+
+    let mut p = Proc::start_role("manager", Some(free_port()), dir.path(), env);
+    assert_no_data_plane(&p);
+    assert_eq!(get(&p, "/health")["revision"], before + 2);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(target.connections(), 0, "a health check reached the target");
+    for query in ["type=config.applied", "category=health"] {
+        let events = get(&p, &format!("/api/v1/events?{query}"));
+        assert_eq!(events["total"], 0, "{query}: {events}");
+    }
+    let log = p.log();
+    assert!(!log.contains("config.applied"), "{log}");
+    p.signal("-TERM");
+    assert!(
+        p.wait_exit(Duration::from_secs(15)).success(),
+        "{}",
+        p.log()
+    );
 }
