@@ -46,6 +46,12 @@ async fn snapshot_series_and_timeouts_come_from_real_traffic() {
     )
     .await;
     app.settle().await;
+    // The sampler's first reading of the data plane is the window's baseline: traffic
+    // sent before it would be counted in the baseline, not in the window.
+    snapshot_until(&app, "the sampler's first reading", |s| {
+        s["data_plane"] == true
+    })
+    .await;
 
     // 20 answered, 5 failing upstream answers (5xx), 2 timeouts, then 3 refused by
     // the rate limit: 30 requests admitted, 33 sent. Each group is sent at once, so
