@@ -359,17 +359,16 @@ impl RouteTable {
     }
 }
 
-/// `example.com:8080` → `example.com`; `[::1]:80` → `::1`.
+/// `example.com:8080` → `example.com`; `[::1]:80` → `::1`. Byte loops rather than
+/// `rfind`/`find`: this runs for every request and hosts are short.
 pub fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
-    match host.rfind(':') {
-        Some(i)
-            if host[i + 1..].bytes().all(|b| b.is_ascii_digit())
-                && host[..i].find(':').is_none() =>
-        {
-            &host[..i]
+    let b = host.as_bytes();
+    match b.iter().rposition(|&c| c == b':') {
+        Some(i) if b[i + 1..].iter().all(u8::is_ascii_digit) && !b[..i].contains(&b':') => {
+            host.get(..i).unwrap_or(host)
         }
         _ => host,
     }

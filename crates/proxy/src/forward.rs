@@ -570,7 +570,10 @@ fn admit_target(parts: &mut http::request::Parts) -> Result<HeaderValue, Respons
     let host_header = match host_header {
         None => None,
         Some(v) => {
-            let h = v.to_str().map_err(|_| bad_host(TargetError::BadHost))?;
+            // UTF-8 is all `normalize_host` needs to be handed: it accepts only ASCII
+            // host characters (and from_utf8 checks ASCII a word at a time).
+            let h =
+                std::str::from_utf8(v.as_bytes()).map_err(|_| bad_host(TargetError::BadHost))?;
             Some(as_value(
                 v,
                 request_target::normalize_host(h).map_err(bad_host)?,
@@ -669,7 +672,8 @@ pub async fn handle(
             return r;
         }
     };
-    let host: &str = host.to_str().unwrap_or("");
+    // Checked by admit_target: ASCII host characters only.
+    let host: &str = std::str::from_utf8(host.as_bytes()).unwrap_or("");
     if let Some(mut r) = redirect_or_page(&gw, host, &parts.uri) {
         r.headers_mut().insert(X_REQUEST_ID, rid);
         return r;
