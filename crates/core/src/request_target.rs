@@ -183,65 +183,77 @@ static HOST_BYTES: [u8; 256] = {
     t
 };
 
-fn valid_port(p: &str) -> bool {
-    !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit())
+fn valid_port(p: &[u8]) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit)
 }
 
 /// Checks a `Host` value (or an absolute target's authority) and returns the form
 /// the gateway routes on: lower-case, the name without a trailing dot, the port
-/// kept as sent. Borrows `host` when it is in that form already. This runs for
-/// every request, so the common host costs one pass that classifies its bytes.
+/// kept as sent. Borrows `host` when it is in that form already.
 pub fn normalize_host(host: &str) -> Result<Cow<'_, str>, TargetError> {
-    let b = host.as_bytes();
+    match canonical_host(host.as_bytes())? {
+        None => Ok(Cow::Borrowed(host)),
+        Some(owned) => Ok(Cow::Owned(owned)),
+    }
+}
+
+/// [`normalize_host`] on a header value's bytes: `Ok(None)` when they are in canonical
+/// form already (and then they are ASCII host characters only, so valid UTF-8).
+/// This runs for every request: one branch-free pass classifies the bytes (and
+/// catches `..` and a leading dot), and only the classes present decide what else
+/// to look at.
+pub fn canonical_host(b: &[u8]) -> Result<Option<String>, TargetError> {
     match b.first() {
         None => return Err(TargetError::EmptyHost),
-        Some(b'[') => return normalize_ip_literal(host),
+        Some(b'[') => return canonical_ip_literal(b),
         Some(_) => {}
     }
-    let seen = b
-        .iter()
-        .fold(0u8, |acc, &c| acc | HOST_BYTES[usize::from(c)]);
+    // A dot after a dot (or first: `prev` starts as one) sets the INVALID bit.
+    let mut seen = 0u8;
+    let mut prev = DOT;
+    for &x in b {
+        let c = HOST_BYTES[usize::from(x)];
+        seen |= c | ((prev & c & DOT) << 2);
+        prev = c;
+    }
     if seen & INVALID != 0 {
         return Err(TargetError::BadHost);
     }
     let (name, port) = if seen & COLON != 0 {
-        // A byte loop, not `split_once`: its char searcher costs more than the
-        // whole check on a short host.
         let i = b.iter().position(|&c| c == b':').unwrap_or(b.len());
-        match (host.get(..i), host.get(i + 1..)) {
-            (Some(n), Some(p)) if valid_port(p) => (n, Some(p)),
-            _ => return Err(TargetError::BadHost),
+        let (name, port) = (&b[..i], &b[(i + 1).min(b.len())..]);
+        if !valid_port(port) {
+            return Err(TargetError::BadHost);
         }
+        (name, Some(port))
     } else {
-        (host, None)
+        (b, None)
     };
     if name.is_empty() {
         return Err(TargetError::EmptyHost);
     }
-    if seen & DOT != 0 && (name.starts_with('.') || name.as_bytes().windows(2).any(|w| w == b".."))
-    {
-        return Err(TargetError::BadHost);
-    }
-    let dotted = name.len() > 1 && name.ends_with('.');
+    let dotted = name.len() > 1 && name.ends_with(b".");
     if !dotted && seen & UPPER == 0 {
-        return Ok(Cow::Borrowed(host));
+        return Ok(None);
     }
-    let mut out = String::with_capacity(host.len());
-    out.push_str(if dotted {
+    let name = if dotted {
         &name[..name.len() - 1]
     } else {
         name
-    });
-    out.make_ascii_lowercase();
+    };
+    let mut out = String::with_capacity(b.len());
+    // Only ASCII passed the table above.
+    out.extend(name.iter().map(|c| char::from(c.to_ascii_lowercase())));
     if let Some(p) = port {
         out.push(':');
-        out.push_str(p);
+        out.extend(p.iter().map(|&c| char::from(c)));
     }
-    Ok(Cow::Owned(out))
+    Ok(Some(out))
 }
 
 /// `[v6-address]` with an optional port.
-fn normalize_ip_literal(host: &str) -> Result<Cow<'_, str>, TargetError> {
+fn canonical_ip_literal(b: &[u8]) -> Result<Option<String>, TargetError> {
+    let host = std::str::from_utf8(b).map_err(|_| TargetError::BadHost)?;
     let close = host.find(']').ok_or(TargetError::BadHost)?;
     let literal = &host[1..close];
     if literal.is_empty()
@@ -255,15 +267,18 @@ fn normalize_ip_literal(host: &str) -> Result<Cow<'_, str>, TargetError> {
     match &host[close + 1..] {
         "" => {}
         rest => {
-            if !rest.strip_prefix(':').is_some_and(valid_port) {
+            if !rest
+                .strip_prefix(':')
+                .is_some_and(|p| valid_port(p.as_bytes()))
+            {
                 return Err(TargetError::BadHost);
             }
         }
     }
     if literal.bytes().any(|c| c.is_ascii_uppercase()) {
-        return Ok(Cow::Owned(host.to_ascii_lowercase()));
+        return Ok(Some(host.to_ascii_lowercase()));
     }
-    Ok(Cow::Borrowed(host))
+    Ok(None)
 }
 
 #[cfg(test)]

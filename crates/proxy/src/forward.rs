@@ -562,23 +562,17 @@ fn admit_target(parts: &mut http::request::Parts) -> Result<HeaderValue, Respons
     }
     // The host to route by, as a header value: the client's own bytes (shared, not
     // copied) when they are in canonical form already.
-    let as_value = |raw: &HeaderValue, h: Cow<'_, str>| match h {
-        Cow::Borrowed(_) => Ok(raw.clone()),
-        Cow::Owned(h) => HeaderValue::from_maybe_shared(Bytes::from(h))
+    let as_value = |raw: &HeaderValue, canonical: Option<String>| match canonical {
+        None => Ok(raw.clone()),
+        Some(h) => HeaderValue::from_maybe_shared(Bytes::from(h))
             .map_err(|_| bad_host(TargetError::BadHost)),
     };
     let host_header = match host_header {
         None => None,
-        Some(v) => {
-            // UTF-8 is all `normalize_host` needs to be handed: it accepts only ASCII
-            // host characters (and from_utf8 checks ASCII a word at a time).
-            let h =
-                std::str::from_utf8(v.as_bytes()).map_err(|_| bad_host(TargetError::BadHost))?;
-            Some(as_value(
-                v,
-                request_target::normalize_host(h).map_err(bad_host)?,
-            )?)
-        }
+        Some(v) => Some(as_value(
+            v,
+            request_target::canonical_host(v.as_bytes()).map_err(bad_host)?,
+        )?),
     };
     let authority = match (parts.uri.scheme_str(), parts.uri.authority()) {
         (None, None) => None,
@@ -672,8 +666,7 @@ pub async fn handle(
             return r;
         }
     };
-    // Checked by admit_target: ASCII host characters only.
-    let host: &str = std::str::from_utf8(host.as_bytes()).unwrap_or("");
+    let host: &str = host.to_str().unwrap_or("");
     if let Some(mut r) = redirect_or_page(&gw, host, &parts.uri) {
         r.headers_mut().insert(X_REQUEST_ID, rid);
         return r;
