@@ -191,21 +191,23 @@ fn valid_port(p: &[u8]) -> bool {
 /// the gateway routes on: lower-case, the name without a trailing dot, the port
 /// kept as sent. Borrows `host` when it is in that form already.
 pub fn normalize_host(host: &str) -> Result<Cow<'_, str>, TargetError> {
-    match canonical_host(host.as_bytes())? {
+    match canonical_host(host.as_bytes())?.0 {
         None => Ok(Cow::Borrowed(host)),
         Some(owned) => Ok(Cow::Owned(owned)),
     }
 }
 
-/// [`normalize_host`] on a header value's bytes: `Ok(None)` when they are in canonical
-/// form already (and then they are ASCII host characters only, so valid UTF-8).
+/// [`normalize_host`] on a header value's bytes: `None` when they are in canonical
+/// form already (and then they are ASCII host characters only, so valid UTF-8), and
+/// how many bytes of the canonical form are the name without the port (`None` for
+/// an IP literal in brackets, whose routing name drops the brackets).
 /// This runs for every request: one branch-free pass classifies the bytes (and
 /// catches `..` and a leading dot), and only the classes present decide what else
 /// to look at.
-pub fn canonical_host(b: &[u8]) -> Result<Option<String>, TargetError> {
+pub fn canonical_host(b: &[u8]) -> Result<(Option<String>, Option<usize>), TargetError> {
     match b.first() {
         None => return Err(TargetError::EmptyHost),
-        Some(b'[') => return canonical_ip_literal(b),
+        Some(b'[') => return canonical_ip_literal(b).map(|h| (h, None)),
         Some(_) => {}
     }
     // A dot after a dot (or first: `prev` starts as one) sets the INVALID bit.
@@ -234,13 +236,14 @@ pub fn canonical_host(b: &[u8]) -> Result<Option<String>, TargetError> {
     }
     let dotted = name.len() > 1 && name.ends_with(b".");
     if !dotted && seen & UPPER == 0 {
-        return Ok(None);
+        return Ok((None, Some(name.len())));
     }
     let name = if dotted {
         &name[..name.len() - 1]
     } else {
         name
     };
+    let name_len = name.len();
     let mut out = String::with_capacity(b.len());
     // Only ASCII passed the table above.
     out.extend(name.iter().map(|c| char::from(c.to_ascii_lowercase())));
@@ -248,7 +251,7 @@ pub fn canonical_host(b: &[u8]) -> Result<Option<String>, TargetError> {
         out.push(':');
         out.extend(p.iter().map(|&c| char::from(c)));
     }
-    Ok(Some(out))
+    Ok((Some(out), Some(name_len)))
 }
 
 /// `[v6-address]` with an optional port.
@@ -381,6 +384,14 @@ mod tests {
             assert!(normalize_host(raw).is_err(), "{raw}");
         }
         assert_eq!(normalize_host(""), Err(TargetError::EmptyHost));
+        // The routing name: the canonical form's bytes before the port.
+        assert_eq!(
+            canonical_host(b"Admin.Test.:8080"),
+            Ok((Some("admin.test:8080".into()), Some(10)))
+        );
+        assert_eq!(canonical_host(b"a.test:80"), Ok((None, Some(6))));
+        assert_eq!(canonical_host(b"a.test"), Ok((None, Some(6))));
+        assert_eq!(canonical_host(b"[::1]:80"), Ok((None, None)));
     }
 
     /// The reference: decode unreserved escapes, then resolve segments with a stack.

@@ -313,15 +313,17 @@ impl RouteTable {
 
     /// Finds the route for a request. `host` may carry a port and any case.
     pub fn lookup(&self, host: &str, path: &str, method: &str) -> Lookup {
-        let bit = method_bit(method);
         let host = strip_port(host);
-        let lowered;
-        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            lowered = host.to_ascii_lowercase();
-            lowered.as_str()
-        } else {
-            host
-        };
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.lookup_name(&host.to_ascii_lowercase(), path, method);
+        }
+        self.lookup_name(host, path, method)
+    }
+
+    /// [`RouteTable::lookup`] for a host name already lower-case and without a port
+    /// (as [`crate::request_target::canonical_host`] gives it).
+    pub fn lookup_name(&self, host: &str, path: &str, method: &str) -> Lookup {
+        let bit = method_bit(method);
         let mut method_only = false;
         let mut consider = |table: &PathTable| match table.lookup(path, bit) {
             Found::Yes(m) => Some(m),

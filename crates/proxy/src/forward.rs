@@ -536,7 +536,9 @@ fn bad_request(what: &str) -> Response<ProxyBody> {
 ///   header beside it must name the same one (RFC 9112 §3.2.2, RFC 9113 §8.3.1);
 /// - HTTP/1.1 needs exactly one `Host`, not empty and without a path (nginx: 400).
 #[allow(clippy::result_large_err)]
-fn admit_target(parts: &mut http::request::Parts) -> Result<HeaderValue, Response<ProxyBody>> {
+fn admit_target(
+    parts: &mut http::request::Parts,
+) -> Result<(HeaderValue, Option<usize>), Response<ProxyBody>> {
     use std::borrow::Cow;
     let bad_host = |e: TargetError| bad_request(&e.to_string());
     if parts.method == Method::CONNECT {
@@ -562,17 +564,18 @@ fn admit_target(parts: &mut http::request::Parts) -> Result<HeaderValue, Respons
     }
     // The host to route by, as a header value: the client's own bytes (shared, not
     // copied) when they are in canonical form already.
-    let as_value = |raw: &HeaderValue, canonical: Option<String>| match canonical {
-        None => Ok(raw.clone()),
-        Some(h) => HeaderValue::from_maybe_shared(Bytes::from(h))
-            .map_err(|_| bad_host(TargetError::BadHost)),
-    };
     let host_header = match host_header {
         None => None,
-        Some(v) => Some(as_value(
-            v,
-            request_target::canonical_host(v.as_bytes()).map_err(bad_host)?,
-        )?),
+        Some(v) => {
+            let (canonical, name_len) =
+                request_target::canonical_host(v.as_bytes()).map_err(bad_host)?;
+            let value = match canonical {
+                None => v.clone(),
+                Some(h) => HeaderValue::from_maybe_shared(Bytes::from(h))
+                    .map_err(|_| bad_host(TargetError::BadHost))?,
+            };
+            Some((value, name_len))
+        }
     };
     let authority = match (parts.uri.scheme_str(), parts.uri.authority()) {
         (None, None) => None,
@@ -582,8 +585,13 @@ fn admit_target(parts: &mut http::request::Parts) -> Result<HeaderValue, Respons
                     "the request-target's authority may not carry user information",
                 ));
             }
-            let h = request_target::normalize_host(a.as_str()).map_err(bad_host)?;
-            Some(HeaderValue::from_str(&h).map_err(|_| bad_host(TargetError::BadHost))?)
+            let (canonical, name_len) =
+                request_target::canonical_host(a.as_str().as_bytes()).map_err(bad_host)?;
+            let h = canonical.as_deref().unwrap_or(a.as_str());
+            Some((
+                HeaderValue::from_str(h).map_err(|_| bad_host(TargetError::BadHost))?,
+                name_len,
+            ))
         }
         (Some(_), _) => {
             return Err(bad_request(
@@ -597,7 +605,7 @@ fn admit_target(parts: &mut http::request::Parts) -> Result<HeaderValue, Respons
         }
     };
     let host = match (authority, host_header) {
-        (Some(a), Some(h)) if a != h => {
+        (Some(a), Some(h)) if a.0 != h.0 => {
             return Err(bad_request(
                 "the Host header does not name the host of the request-target",
             ))
@@ -606,7 +614,9 @@ fn admit_target(parts: &mut http::request::Parts) -> Result<HeaderValue, Respons
         (Some(_), None) => return Err(bad_request("the request has no Host header")),
         (Some(a), Some(_)) => a,
         (None, Some(h)) => h,
-        (None, None) if parts.version == http::Version::HTTP_10 => HeaderValue::from_static(""),
+        (None, None) if parts.version == http::Version::HTTP_10 => {
+            (HeaderValue::from_static(""), Some(0))
+        }
         (None, None) => return Err(bad_request("the request has no Host header")),
     };
     match request_target::normalize_path(parts.uri.path()) {
@@ -659,7 +669,7 @@ pub async fn handle(
     let compiled: Arc<Compiled> = gw.current.load_full();
     let (mut parts, body) = req.into_parts();
     let rid = request_id(&parts.headers);
-    let host = match admit_target(&mut parts) {
+    let (host, name_len) = match admit_target(&mut parts) {
         Ok(h) => h,
         Err(mut r) => {
             r.headers_mut().insert(X_REQUEST_ID, rid);
@@ -667,6 +677,9 @@ pub async fn handle(
         }
     };
     let host: &str = host.to_str().unwrap_or("");
+    // The name to route by: canonical already (lower-case, no port) unless an IP
+    // literal in brackets, which the table's own lookup unwraps.
+    let route_name = name_len.and_then(|n| host.get(..n));
     if let Some(mut r) = redirect_or_page(&gw, host, &parts.uri) {
         r.headers_mut().insert(X_REQUEST_ID, rid);
         return r;
@@ -689,14 +702,14 @@ pub async fn handle(
         }
         _ => None,
     };
-    let mut lookup = compiled.table.lookup(
-        host,
-        parts.uri.path(),
-        preflight_for.unwrap_or(parts.method.as_str()),
-    );
+    let route = |method: &str| match route_name {
+        Some(name) => compiled.table.lookup_name(name, parts.uri.path(), method),
+        None => compiled.table.lookup(host, parts.uri.path(), method),
+    };
+    let mut lookup = route(preflight_for.unwrap_or(parts.method.as_str()));
     if let (Some(_), Lookup::Found(m)) = (preflight_for, lookup) {
         if compiled.routes[m.index].route.cors.is_none() {
-            lookup = compiled.table.lookup(host, parts.uri.path(), "OPTIONS");
+            lookup = route("OPTIONS");
         }
     }
     let m = match lookup {
