@@ -1,0 +1,221 @@
+//! The gateway on its own: configurations built by hand and handed over a watch
+//! channel, real upstreams and real HTTP on loopback, no manager and no store —
+//! the way a remote edge will run it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fleetgate_core::{ConfigDocument, ConfigSnapshot};
+use fleetgate_proxy::{Gateway, GatewayOptions};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// An upstream answering JSON with what it got; counts requests.
+async fn upstream(name: &'static str) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let uri = req.uri().to_string();
+                        let len = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .unwrap_or(0);
+                        let body = json!({"server": name, "uri": uri, "body_len": len});
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body.to_string()))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+fn snapshot(revision: u64, upstreams: Value, routes: Value) -> Arc<ConfigSnapshot> {
+    let document = ConfigDocument {
+        upstreams: serde_json::from_value(upstreams).expect("upstreams"),
+        routes: serde_json::from_value(routes).expect("routes"),
+        ..ConfigDocument::default()
+    };
+    Arc::new(ConfigSnapshot { revision, document })
+}
+
+struct Running {
+    addr: SocketAddr,
+    config: watch::Sender<Arc<ConfigSnapshot>>,
+    gateway: Gateway,
+    _stop: watch::Sender<bool>,
+}
+
+/// A gateway serving `first` on one worker thread.
+async fn start(first: Arc<ConfigSnapshot>) -> Running {
+    let (config, rx) = watch::channel(first);
+    let gateway = Gateway::new(rx, GatewayOptions::default());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stop_rx) = watch::channel(false);
+    let serving = Gateway::clone(&gateway);
+    tokio::spawn(async move {
+        let _ = serving
+            .serve_on_threads(listener, None, 1, stop_rx, Duration::from_secs(1))
+            .await;
+    });
+    Running {
+        addr,
+        config,
+        gateway,
+        _stop: stop,
+    }
+}
+
+impl Running {
+    /// Publishes a snapshot and waits until the gateway serves `expect` (the
+    /// snapshot's own revision, or the previous one when it must be refused).
+    async fn publish(&self, snap: Arc<ConfigSnapshot>, expect: u64) {
+        self.config.send_replace(snap);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // A refused snapshot leaves the revision as it was: give the gateway its
+        // moment to look at it first.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while self.gateway.revision() != expect {
+            assert!(Instant::now() < deadline, "never served revision {expect}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// One request on its own connection: the status and the body.
+    async fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        let mut s = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+            .await
+            .expect("the gateway closes the connection")
+            .expect("read");
+        let end = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head");
+        let head = String::from_utf8_lossy(&got[..end]).to_string();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        (status, got[end + 4..].to_vec())
+    }
+
+    async fn served_by(&self, path: &str) -> String {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        v["server"].as_str().expect("server").to_string()
+    }
+}
+
+#[tokio::test]
+async fn serves_hand_built_revisions_and_keeps_the_last_good_one() {
+    let (a, _) = upstream("a").await;
+    let (b, _) = upstream("b").await;
+    let gw = start(snapshot(
+        1,
+        json!([{"name": "a", "targets": [{"url": format!("http://{a}")}]}]),
+        json!([{"id": "all", "path": "/", "upstream": "a"}]),
+    ))
+    .await;
+    assert_eq!(gw.gateway.revision(), 1);
+    assert_eq!(gw.served_by("/x").await, "a");
+    // Unknown paths and the request checks answer without an upstream.
+    let (status, _) = gw.get("/../etc").await;
+    assert_eq!(status, 400);
+
+    // Revision 2 moves the route to another upstream.
+    gw.publish(
+        snapshot(
+            2,
+            json!([{"name": "b", "targets": [{"url": format!("http://{b}")}]}]),
+            json!([{"id": "all", "path": "/", "upstream": "b"}]),
+        ),
+        2,
+    )
+    .await;
+    assert_eq!(gw.served_by("/x").await, "b");
+
+    // Revision 3 names an upstream that does not exist: refused, 2 keeps serving.
+    gw.publish(
+        snapshot(
+            3,
+            json!([]),
+            json!([{"id": "all", "path": "/", "upstream": "missing"}]),
+        ),
+        2,
+    )
+    .await;
+    assert_eq!(gw.served_by("/x").await, "b");
+
+    // An older revision arriving late is not applied over a newer one.
+    gw.publish(
+        snapshot(
+            1,
+            json!([{"name": "a", "targets": [{"url": format!("http://{a}")}]}]),
+            json!([{"id": "all", "path": "/", "upstream": "a"}]),
+        ),
+        2,
+    )
+    .await;
+    assert_eq!(gw.served_by("/x").await, "b");
+}
+
+#[tokio::test]
+async fn limiter_state_survives_a_new_revision() {
+    let (a, hits) = upstream("a").await;
+    let upstreams = json!([{"name": "a", "targets": [{"url": format!("http://{a}")}]}]);
+    let limited = json!({"id": "limited", "path": "/limited", "upstream": "a",
+                         "rate_limit": {"max": 2, "window_ms": 60000}});
+    let gw = start(snapshot(1, upstreams.clone(), json!([limited]))).await;
+    assert_eq!(gw.get("/limited").await.0, 200);
+    assert_eq!(gw.get("/limited").await.0, 200);
+    // A new revision that keeps the route's limit keeps its count.
+    gw.publish(
+        snapshot(
+            2,
+            upstreams.clone(),
+            json!([limited, {"id": "other", "path": "/other", "upstream": "a"}]),
+        ),
+        2,
+    )
+    .await;
+    assert_eq!(gw.get("/limited").await.0, 429);
+    assert_eq!(gw.served_by("/other").await, "a");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        3,
+        "the refused request never left"
+    );
+}
