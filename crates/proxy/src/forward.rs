@@ -220,13 +220,14 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
-/// Every non-empty line of a list header, in order, as one comma-separated list
-/// (RFC 9110 §5.3): a client may split `X-Forwarded-For` over several lines.
-fn joined_list(headers: &HeaderMap, name: &HeaderName) -> Vec<u8> {
+/// Every non-empty line of a header, in order, joined with `sep`: `", "` for a list
+/// header a client split over several lines (RFC 9110 §5.3), `"; "` for HTTP/2's
+/// cookie fields (RFC 9113 §8.2.3).
+fn joined_lines(headers: &HeaderMap, name: &HeaderName, sep: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     for v in headers.get_all(name).iter().filter(|v| !v.is_empty()) {
         if !out.is_empty() {
-            out.extend_from_slice(b", ");
+            out.extend_from_slice(sep);
         }
         out.extend_from_slice(v.as_bytes());
     }
@@ -234,7 +235,7 @@ fn joined_list(headers: &HeaderMap, name: &HeaderName) -> Vec<u8> {
 }
 
 fn append_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &str, proto: &'static str) {
-    let mut xff = joined_list(headers, &X_FORWARDED_FOR);
+    let mut xff = joined_lines(headers, &X_FORWARDED_FOR, b", ");
     if xff.is_empty() {
         headers.insert(X_FORWARDED_FOR, peer.ip.clone());
     } else {
@@ -255,7 +256,7 @@ fn append_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &str, proto: &'s
             }
         }
     }
-    let mut fwd = joined_list(headers, &header::FORWARDED);
+    let mut fwd = joined_lines(headers, &header::FORWARDED, b", ");
     if !fwd.is_empty() {
         fwd.extend_from_slice(b", ");
     }
@@ -645,13 +646,7 @@ fn join_cookies(headers: &mut HeaderMap) {
     if all.nth(1).is_none() {
         return;
     }
-    let mut joined = Vec::new();
-    for v in headers.get_all(header::COOKIE) {
-        if !joined.is_empty() {
-            joined.extend_from_slice(b"; ");
-        }
-        joined.extend_from_slice(v.as_bytes());
-    }
+    let joined = joined_lines(headers, &header::COOKIE, b"; ");
     if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
         headers.insert(header::COOKIE, v);
     }
