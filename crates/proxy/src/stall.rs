@@ -58,6 +58,16 @@ impl Stall {
     pub fn limit(&self) -> Duration {
         self.limit
     }
+
+    /// For an I/O operation that returned `Pending`: stays pending, or fails with
+    /// `TimedOut` (naming `what`) once it has waited the limit without progress.
+    fn poll_io<T>(&mut self, cx: &mut Context<'_>, what: &str) -> Poll<std::io::Result<T>> {
+        if self.poll_expired(cx) {
+            Poll::Ready(Err(timed_out(what, self.limit)))
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 fn timed_out(what: &str, limit: Duration) -> std::io::Error {
@@ -96,16 +106,9 @@ impl<I> WriteStall<I> {
                 self.stall.progress();
                 Poll::Ready(v)
             }
-            Poll::Pending => {
-                if self.stall.poll_expired(cx) {
-                    Poll::Ready(Err(timed_out(
-                        "the peer has not read what was sent",
-                        self.stall.limit(),
-                    )))
-                } else {
-                    Poll::Pending
-                }
-            }
+            Poll::Pending => self
+                .stall
+                .poll_io(cx, "the peer has not read what was sent"),
         }
     }
 }
@@ -221,6 +224,8 @@ where
     }
 }
 
+const NOT_READ: &str = "the client has not read the response";
+
 /// Writes all of `buf`, failing when a write makes no progress for `limit`. No
 /// timer is touched unless the peer's receive window is full.
 pub async fn write_all<W: AsyncWrite + Unpin>(
@@ -243,15 +248,9 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    let s = stall.get_or_insert_with(|| Stall::new(limit));
-                    return if s.poll_expired(cx) {
-                        Poll::Ready(Err(timed_out(
-                            "the client has not read the response",
-                            limit,
-                        )))
-                    } else {
-                        Poll::Pending
-                    };
+                    return stall
+                        .get_or_insert_with(|| Stall::new(limit))
+                        .poll_io(cx, NOT_READ);
                 }
             }
         }
@@ -265,17 +264,9 @@ pub async fn flush<W: AsyncWrite + Unpin>(io: &mut W, limit: Duration) -> std::i
     let mut stall: Option<Stall> = None;
     std::future::poll_fn(|cx| match Pin::new(&mut *io).poll_flush(cx) {
         Poll::Ready(r) => Poll::Ready(r),
-        Poll::Pending => {
-            let s = stall.get_or_insert_with(|| Stall::new(limit));
-            if s.poll_expired(cx) {
-                Poll::Ready(Err(timed_out(
-                    "the client has not read the response",
-                    limit,
-                )))
-            } else {
-                Poll::Pending
-            }
-        }
+        Poll::Pending => stall
+            .get_or_insert_with(|| Stall::new(limit))
+            .poll_io(cx, NOT_READ),
     })
     .await
 }
