@@ -708,6 +708,36 @@ async fn stalled_exchanges_free_both_connections() {
     });
     app.route(json!({"id": "waits", "path": "/waits", "upstream": format!("http://{waits}")}))
         .await;
+
+    // 4. An upstream that takes the request head and reads nothing more until told:
+    // then it drains what it got, and sees the end only if the gateway let go.
+    let deaf_closed = Arc::new(AtomicBool::new(false));
+    let drain = Arc::new(tokio::sync::Notify::new());
+    let (flag, go) = (deaf_closed.clone(), drain.clone());
+    let (deaf, _) = raw_upstream(move |mut s, _| {
+        let (flag, go) = (flag.clone(), go.clone());
+        async move {
+            if read_head(&mut s).await.is_none() {
+                return;
+            }
+            go.notified().await;
+            let mut sink = vec![0u8; 1 << 16];
+            while let Ok(n) = s.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            flag.store(true, Ordering::SeqCst);
+        }
+    });
+    app.post_ok(
+        "/api/v1/upstreams",
+        json!({"name": "deaf", "targets": [{"url": format!("http://{deaf}")}],
+               "timeouts": {"send_ms": 300}, "retries": {"attempts": 0}}),
+    )
+    .await;
+    app.route(json!({"id": "deaf", "path": "/deaf", "upstream": "deaf"}))
+        .await;
     app.settle().await;
     let gw = app.gw_addr();
 
@@ -754,6 +784,35 @@ async fn stalled_exchanges_free_both_connections() {
         .await
         .expect("the client connection is closed too")
         .ok();
+
+    // 4: an upstream that stops reading the request body is cut after its send
+    // timeout, and the client is answered and let go.
+    let len: usize = 256 << 20;
+    let s = TcpStream::connect(gw).await.expect("connect");
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let head = format!("POST /deaf HTTP/1.1\r\nHost: a.test\r\nContent-Length: {len}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'z'; 1 << 20];
+        for _ in 0..(len >> 20) {
+            wr.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), rd.read_to_end(&mut got))
+        .await
+        .expect("the gateway answers and closes the client connection")
+        .ok();
+    let head = String::from_utf8_lossy(&got).to_string();
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    drain.notify_one();
+    wait_for(
+        "the upstream connection that stopped reading was never closed",
+        &deaf_closed,
+    )
+    .await;
+    writer.abort();
 }
 
 #[tokio::test]
