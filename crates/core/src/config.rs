@@ -1,7 +1,7 @@
 //! The configuration document: everything an operator configures, as one value.
 //!
 //! Revisions store it, export returns it, import and rollback replace the live
-//! configuration with one, and the data plane receives it as a [`ConfigSnapshot`].
+//! configuration with one, and the data plane receives it with its revision number.
 //! Its serialized form is deterministic, so export → import → export is stable.
 
 use std::collections::BTreeMap;
@@ -216,14 +216,6 @@ impl ConfigDocument {
         }
         set
     }
-}
-
-/// A revision of the configuration as the data plane receives it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ConfigSnapshot {
-    /// The revision number; 0 before the first change.
-    pub revision: u64,
-    pub document: ConfigDocument,
 }
 
 #[cfg(test)]

@@ -928,16 +928,3 @@ pub struct BreakerStatus {
     /// When an open breaker lets trial requests through.
     pub next_trial_at: Option<String>,
 }
-
-/// What the manager can ask of a data plane running in its process.
-pub trait DataPlaneStatus: Send + Sync + 'static {
-    /// The configuration revision the data plane serves.
-    fn revision(&self) -> u64;
-    /// Target health of one upstream, or `None` when the data plane has no such upstream.
-    fn upstream_health(&self, upstream: &str) -> Option<Vec<TargetHealth>>;
-    fn breakers(&self) -> Vec<BreakerStatus>;
-    /// Appends the data plane's Prometheus lines.
-    fn render_metrics(&self, out: &mut String);
-    /// A reading of the data plane's cumulative traffic counters.
-    fn traffic(&self) -> crate::metrics::TrafficCounters;
-}

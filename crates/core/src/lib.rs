@@ -21,7 +21,7 @@ pub mod time;
 pub mod tls;
 pub mod user;
 
-pub use config::{ConfigDocument, ConfigSnapshot, ResourceSet};
+pub use config::{ConfigDocument, ResourceSet};
 pub use error::{FieldError, ValidationError};
 pub use settings::Settings;
 pub use user::{Role, UserName};

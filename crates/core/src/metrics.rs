@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Upper bounds (inclusive, µs) of the latency buckets; one more bucket counts the rest.
 pub const LATENCY_BUCKETS_US: [u64; 18] = [
@@ -26,7 +26,7 @@ pub fn bucket_of(micros: u64) -> usize {
 
 /// A reading of a latency histogram: per-bucket counts (not cumulative), their sum
 /// and count.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Histogram {
     pub buckets: [u64; BUCKETS],
     pub sum_us: u64,
@@ -111,7 +111,7 @@ impl Histogram {
 }
 
 /// Cumulative counters of one route.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteCounters {
     /// Responses by status class 1xx..5xx.
     pub by_class: [u64; 5],
@@ -149,7 +149,7 @@ impl RouteCounters {
 }
 
 /// Cumulative counters of one upstream (per attempt, retries included).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpstreamCounters {
     pub requests: u64,
     /// Failed attempts: connection errors, timeouts and 5xx answers.
@@ -181,7 +181,7 @@ impl UpstreamCounters {
 }
 
 /// One reading of every counter of a data plane.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrafficCounters {
     pub routes: BTreeMap<String, RouteCounters>,
     pub upstreams: BTreeMap<String, UpstreamCounters>,

@@ -28,7 +28,7 @@ pub struct CertificateInfo {
 }
 
 /// A certificate and its key, in clear, for the data plane only (never stored or logged).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsBundle {
     pub name: String,
     pub cert_pem: String,

@@ -3,7 +3,8 @@
 //! from this gateway for every host no local project claims.
 //!
 //! Each cycle asks for the project's version; when it differs from the loaded one the
-//! whole set is fetched page by page, compiled, swapped in at once and reported
+//! whole set is fetched page by page, handed to the data-plane input (the gateway
+//! compiles it and swaps it in at once) and reported
 //! (`POST …/agents` with the load duration); otherwise a heartbeat is sent (`PATCH
 //! …/agents/{name}/hit`). A failed fetch keeps the last good set serving and reports
 //! the error. Nothing is kept on disk: an agent that starts while the manager is down
@@ -13,11 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use fleetgate_core::redirects::matcher::RuleSet;
 use fleetgate_core::redirects::{
     Page, PageContentType, PageType, Redirect, RedirectStatus, RedirectType,
 };
-use fleetgate_proxy::Gateway;
+use fleetgate_protocol::{ConfigFeed, Site};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -65,13 +65,14 @@ pub struct Agent {
     cfg: FlectoSection,
     base: String,
     http: reqwest::Client,
-    gateway: Gateway,
+    /// The data-plane input the synced rules go into.
+    feed: ConfigFeed,
     /// Version of the set being served; 0 before the first successful load.
     loaded: i64,
 }
 
 impl Agent {
-    pub fn new(cfg: FlectoSection, gateway: Gateway) -> anyhow::Result<Self> {
+    pub fn new(cfg: FlectoSection, feed: ConfigFeed) -> anyhow::Result<Self> {
         let url = cfg
             .url
             .clone()
@@ -91,7 +92,7 @@ impl Agent {
             cfg,
             base,
             http,
-            gateway,
+            feed,
             loaded: 0,
         })
     }
@@ -213,17 +214,17 @@ impl Agent {
         }
         let started = Instant::now();
         match self.load().await {
-            Ok((set, version)) => {
+            Ok(site) => {
                 let elapsed = started.elapsed();
+                let version = site.version;
                 tracing::info!(
                     version,
-                    redirects = set.redirect_count(),
-                    pages = set.page_count(),
-                    skipped = set.skipped().len(),
+                    redirects = site.redirects.len(),
+                    pages = site.pages.len(),
                     ms = elapsed.as_millis() as u64,
                     "loaded rules from the Flecto manager"
                 );
-                self.gateway.set_remote_redirects(Some(Arc::new(set)));
+                self.feed.publish_synced(Some(Arc::new(site)));
                 self.loaded = version;
                 self.report(version, elapsed, None).await;
             }
@@ -235,7 +236,9 @@ impl Agent {
         }
     }
 
-    async fn load(&self) -> anyhow::Result<(RuleSet, i64)> {
+    /// Fetches the project's rules as one set for the data plane (which compiles
+    /// it, skipping and logging rules it cannot run).
+    async fn load(&self) -> anyhow::Result<Site> {
         let version = self.version().await?;
         let redirects: Vec<Redirect> = self
             .fetch_all::<Value>("redirects")
@@ -249,13 +252,14 @@ impl Agent {
             .iter()
             .filter_map(page_of)
             .collect();
-        let set = tokio::task::spawn_blocking(move || RuleSet::build(redirects, pages))
-            .await
-            .context("compiling the rules")?;
-        for s in set.skipped() {
-            tracing::warn!(kind = s.kind, index = s.index, reason = %s.message, "rule skipped");
-        }
-        Ok((set, version))
+        Ok(Site {
+            id: format!("flecto:{}/{}", self.cfg.namespace, self.cfg.project),
+            label: format!("{}/{}", self.cfg.namespace, self.cfg.project),
+            version,
+            hosts: Vec::new(),
+            redirects,
+            pages,
+        })
     }
 
     /// Runs cycles every `interval_ms` until `shutdown` turns true.

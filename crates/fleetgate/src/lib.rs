@@ -10,14 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fleetgate_core::ConfigSnapshot;
 use fleetgate_manager::{AppState, ManagerOptions};
+use fleetgate_protocol::{ConfigFeed, DataPlaneConfig, RateLimitSettings};
 use fleetgate_proxy::{Gateway, GatewayOptions};
 use fleetgate_store::{SqlStore, Store, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 pub use config::Config;
+
+/// How often the gateway reports its status when nothing asks or changes.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// Secrets read from the environment at first start.
 #[derive(Debug, Clone, Default)]
@@ -188,7 +191,7 @@ pub async fn start(
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (down_tx, down_rx) = watch::channel(false);
-    let background = state.spawn_background(down_rx.clone());
+    let background = state.spawn_background(down_rx.clone()).await;
     let drain = Duration::from_secs(config.shutdown.drain_timeout_secs);
     let app = fleetgate_manager::router(state.clone());
     // The manager role builds no gateway at all: a gateway compiles every revision,
@@ -196,18 +199,26 @@ pub async fn start(
     // `health.*` events, none of which a manager without a data plane may do. Its
     // API then reports that no data plane runs here (`data_plane` stays unset).
     let gw = if with_gateway {
+        // One input: the manager's revisions, certificates and published sets, the
+        // rate-limit behaviour, and the Flecto agent's synced rules.
+        state.feed.publish_rate_limits(RateLimitSettings {
+            fail_open: config.gateway.rate_limit_fail_open,
+        });
         let gw = Gateway::new(
             state.subscribe(),
             gateway_options(&config, Some(state.event_sink()))?,
         );
-        gw.follow_redirects(state.subscribe_redirects());
         if config.flecto.url.is_some() {
             let mut cfg = config.flecto.clone();
             cfg.agent_name = cfg.effective_agent_name();
-            let agent = flecto_agent::Agent::new(cfg, gw.clone())?;
+            let agent = flecto_agent::Agent::new(cfg, state.feed.clone())?;
             tokio::spawn(agent.run(down_rx.clone()));
         }
-        let _ = state.data_plane.set(Arc::new(gw.clone()));
+        let metrics = gw.clone();
+        let _ = state.data_plane.set(fleetgate_manager::DataPlane {
+            status: gw.report_status(STATUS_EVERY),
+            metrics: Arc::new(move |out: &mut String| metrics.render_metrics(out)),
+        });
         Some(gw)
     } else {
         None
@@ -218,7 +229,6 @@ pub async fn start(
         body_read_timeout: Duration::from_millis(config.manager.body_read_timeout_ms),
         max_pending_connections: config.manager.max_pending_connections,
     };
-    let tls_certificates = state.subscribe_certificates();
 
     let task = tokio::spawn(async move {
         let manager = fleetgate_manager::server::serve(
@@ -230,16 +240,10 @@ pub async fn start(
         let manager_task = tokio::spawn(manager);
         // The listeners exist exactly when the gateway does (`with_gateway`).
         let tls_task = gw.clone().zip(gateway_tls).map(|(gw, l)| {
-            tokio::spawn(gw.serve_on_threads(
-                l,
-                Some(tls_certificates),
-                workers,
-                down_rx.clone(),
-                drain,
-            ))
+            tokio::spawn(gw.serve_on_threads(l, true, workers, down_rx.clone(), drain))
         });
         let gateway_task = gw.zip(gateway).map(|(gw, l)| {
-            tokio::spawn(gw.serve_on_threads(l, None, workers, down_rx.clone(), drain))
+            tokio::spawn(gw.serve_on_threads(l, false, workers, down_rx.clone(), drain))
         });
         tokio::select! {
             () = shutdown => {}
@@ -285,7 +289,6 @@ fn gateway_options(
             .transpose()
             .map_err(anyhow::Error::msg)?,
         redis_url: config.redis.url.clone(),
-        rate_limit_fail_open: config.gateway.rate_limit_fail_open,
         header_read_timeout: Duration::from_millis(config.gateway.header_read_timeout_ms),
         client_body_timeout: Duration::from_millis(config.gateway.client_body_timeout_ms),
         client_send_timeout: Duration::from_millis(config.gateway.client_send_timeout_ms),
@@ -348,18 +351,23 @@ pub async fn start_edge(
     let listener = listener.into_std()?;
     let workers = gateway_workers(&config);
     // No routes: the edge answers the synced project's hosts and 404 for the rest.
-    let (config_tx, config_rx) = watch::channel(Arc::new(ConfigSnapshot::default()));
-    let gw = Gateway::new(config_rx, gateway_options(&config, None)?);
+    let feed = ConfigFeed::new(DataPlaneConfig {
+        rate_limits: RateLimitSettings {
+            fail_open: config.gateway.rate_limit_fail_open,
+        },
+        ..DataPlaneConfig::default()
+    });
+    let gw = Gateway::new(feed.subscribe(), gateway_options(&config, None)?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (down_tx, down_rx) = watch::channel(false);
     let mut cfg = config.flecto.clone();
     cfg.agent_name = cfg.effective_agent_name();
-    let agent = flecto_agent::Agent::new(cfg, gw.clone())?;
+    let agent = flecto_agent::Agent::new(cfg, feed.clone())?;
     let agent_task = tokio::spawn(agent.run(down_rx.clone()));
     let drain = Duration::from_secs(config.shutdown.drain_timeout_secs);
     let task = tokio::spawn(async move {
         let gateway_task =
-            tokio::spawn(gw.serve_on_threads(listener, None, workers, down_rx.clone(), drain));
+            tokio::spawn(gw.serve_on_threads(listener, false, workers, down_rx.clone(), drain));
         tokio::select! {
             () = shutdown => {}
             _ = stop_rx => {}
@@ -368,8 +376,8 @@ pub async fn start_edge(
         let _ = down_tx.send(true);
         let _ = gateway_task.await;
         let _ = agent_task.await;
-        // The sender lives until here, so the gateway never sees its configuration end.
-        drop(config_tx);
+        // The feed lives until here, so the gateway never sees its configuration end.
+        drop(feed);
         tracing::info!("stopped");
         Ok(())
     });

@@ -115,6 +115,7 @@ impl From<StoreError> for ApiError {
                 format!("If-Match does not match the current version \"{current}\""),
             )
             .with_details(json!({ "current_version": current })),
+            StoreError::Rejected(v) => v.into(),
             StoreError::Invalid(m) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_FAILED", m)
             }

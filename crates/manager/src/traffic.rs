@@ -8,9 +8,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use fleetgate_core::gateway::{BreakerStatus, DataPlaneStatus};
+use fleetgate_core::gateway::BreakerStatus;
 use fleetgate_core::metrics::{ratio, round3, Quantiles, RouteCounters, TrafficCounters};
 use fleetgate_core::time::{now_ms, rfc3339};
+use fleetgate_protocol::DataPlaneStatus;
 use fleetgate_store::{MetricPoint, RESOLUTIONS};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -186,10 +187,10 @@ pub fn snapshot_of(
     now: &TrafficCounters,
     earlier: &TrafficCounters,
     secs: f64,
-    dp: &dyn DataPlaneStatus,
+    status: &DataPlaneStatus,
 ) -> MetricsSnapshot {
     let d = now.since(earlier);
-    let breakers = dp.breakers();
+    let breakers = status.breakers();
     let mut routes: Vec<RouteTraffic> = d
         .routes
         .iter()
@@ -228,7 +229,7 @@ pub fn snapshot_of(
         at: rfc3339(now_ms()),
         window_secs: round3(secs),
         data_plane: true,
-        revision: Some(dp.revision()),
+        revision: Some(status.applied.revision),
         totals: TrafficView::of(&d.total(), secs),
         routes,
         upstreams,
@@ -351,7 +352,8 @@ pub fn spawn_sampler(state: AppState, mut shutdown: watch::Receiver<bool>) {
             let Some(dp) = state.data_plane.get().cloned() else {
                 continue;
             };
-            let reading = dp.traffic();
+            let status = dp.fresh().await;
+            let reading = status.traffic.clone();
             readings.push_back((now, reading.clone()));
             while readings.len() > SNAPSHOT_WINDOW_SECS as usize + 1 {
                 readings.pop_front();
@@ -362,7 +364,7 @@ pub fn spawn_sampler(state: AppState, mut shutdown: watch::Receiver<bool>) {
             } else {
                 (now - then) as f64 / 1000.0
             };
-            let snap = snapshot_of(&reading, &earlier, secs, dp.as_ref());
+            let snap = snapshot_of(&reading, &earlier, secs, &status);
             state.traffic.send_replace(Arc::new(snap));
 
             // Series: one row set per finished 10 s interval of wall time.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fleetgate_core::gateway::{parse_cidr, Route, Upstream};
 use fleetgate_core::routing::RouteTable;
-use fleetgate_core::ConfigSnapshot;
+use fleetgate_core::ConfigDocument;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
@@ -85,15 +85,15 @@ impl Compiled {
         }
     }
 
-    /// Compiles a snapshot, reusing upstream runtimes from `previous` whose
-    /// configuration did not change.
+    /// Compiles revision `revision`'s document, reusing upstream runtimes from
+    /// `previous` whose configuration did not change.
     pub fn build(
-        snapshot: &ConfigSnapshot,
+        revision: u64,
+        doc: &ConfigDocument,
         previous: &Compiled,
         metrics: &MetricsRegistry,
         events: Option<&Arc<dyn fleetgate_core::events::EventSink>>,
     ) -> Result<Self, String> {
-        let doc = &snapshot.document;
         let table = RouteTable::build(&doc.routes).map_err(|e| e.to_string())?;
         let mut upstreams: HashMap<String, Arc<UpstreamRuntime>> = HashMap::new();
         let reuse = |u: &Upstream| -> Arc<UpstreamRuntime> {
@@ -159,7 +159,7 @@ impl Compiled {
             upstreams.keys().map(String::as_str),
         );
         Ok(Self {
-            revision: snapshot.revision,
+            revision,
             table,
             routes,
             upstreams,

@@ -854,7 +854,7 @@ async fn proxy(
                 Ok(v) => v,
                 Err(e) => {
                     counter.report(&e, now);
-                    if !counter.fail_open {
+                    if !counter.fail_open() {
                         return json_error(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "RATE_LIMIT_UNAVAILABLE",

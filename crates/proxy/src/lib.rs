@@ -1,11 +1,15 @@
-//! Fleetgate's HTTP gateway. It serves from the latest configuration snapshot it
-//! was handed on a watch channel — the built-in gateway of `fleetgate serve` gets
-//! it in-process, an edge node gets the same snapshots over `/ws/node` — and never
-//! touches the store or waits on the manager.
+//! Fleetgate's HTTP gateway. It serves from one input, a watch channel of
+//! [`DataPlaneConfig`] (routes, upstreams, certificates, redirect and page sets,
+//! synced rules) — the built-in gateway of `fleetgate serve` gets it in-process, an
+//! edge gets the same value over the node protocol — and never touches the store
+//! or waits on the manager. It reports back on a status channel
+//! ([`Gateway::report_status`]).
 //!
-//! Each snapshot is compiled into an immutable [`compiled::Compiled`] (route table,
-//! upstream runtimes) and swapped in atomically; requests in flight keep the one
-//! they started with, so a change never drops them.
+//! Each part is validated and compiled when its version changes (the route table
+//! and upstream runtimes into an immutable [`compiled::Compiled`], rule sets into
+//! matchers) and swapped in atomically; requests in flight keep what they started
+//! with, so a change never drops them. A part that does not compile is refused
+//! with an event and the last good one keeps serving.
 
 pub mod access_log;
 mod clock;
@@ -19,18 +23,21 @@ mod stall;
 pub mod tls;
 pub mod upstream;
 
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use fleetgate_core::events::{emit, EventSink, NewEvent, Severity};
-use fleetgate_core::gateway::{BreakerStatus, DataPlaneStatus, TargetHealth};
+use fleetgate_core::gateway::{BreakerStatus, TargetHealth};
 use fleetgate_core::redirects::matcher::RuleSet;
 use fleetgate_core::redirects::HostRules;
-use fleetgate_core::ConfigSnapshot;
+use fleetgate_core::ConfigDocument;
+use fleetgate_protocol::{AppliedVersions, ConfigFault, LimiterStatus, Site, UpstreamStatus};
+pub use fleetgate_protocol::{DataPlaneConfig, DataPlaneStatus, StatusLink};
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -48,10 +55,10 @@ use metrics::MetricsRegistry;
 pub struct GatewayOptions {
     /// Print one JSON line per proxied request on standard output.
     pub access_log: Option<access_log::AccessLog>,
-    /// Share rate-limit counters with other gateways through this Redis.
+    /// Share rate-limit counters with other gateways through this Redis (whether
+    /// requests are admitted while it cannot answer is configuration:
+    /// [`DataPlaneConfig::rate_limits`]).
     pub redis_url: Option<String>,
-    /// Without Redis answering, admit requests on limited routes (true) or refuse them.
-    pub rate_limit_fail_open: bool,
     /// A client must send its request headers within this time (slow clients are cut off).
     pub header_read_timeout: Duration,
     /// A client may pause this long between two parts of its request body.
@@ -67,7 +74,6 @@ impl Default for GatewayOptions {
         Self {
             access_log: None,
             redis_url: None,
-            rate_limit_fail_open: true,
             header_read_timeout: Duration::from_secs(10),
             client_body_timeout: Duration::from_secs(60),
             client_send_timeout: Duration::from_secs(60),
@@ -91,6 +97,51 @@ pub struct GatewayInner {
     pub(crate) events: Option<Arc<dyn EventSink>>,
     /// Port of the HTTPS listener once bound, for HTTP→HTTPS redirects (0 = none).
     pub(crate) https_port: std::sync::atomic::AtomicU16,
+    /// Certificates of the HTTPS listener, by SNI name.
+    pub(crate) tls: Arc<tls::SniResolver>,
+    /// What has been applied of the input, and what was refused.
+    applied: Mutex<Applied>,
+    /// Signalled after each apply, so that a status report follows it.
+    applied_notify: tokio::sync::Notify,
+}
+
+/// Faults kept for the status report.
+const FAULTS_KEPT: usize = 8;
+
+/// The gateway's memory of its input between applies.
+#[derive(Default)]
+struct Applied {
+    versions: AppliedVersions,
+    /// The document compiled last (or refused last), to skip it when it comes again.
+    document: Option<Arc<ConfigDocument>>,
+    /// Compiled rule sets by site id, with the version they were built from.
+    sites: HashMap<String, (i64, Arc<RuleSet>)>,
+    /// The synced site compiled last.
+    synced: Option<Arc<Site>>,
+    faults: VecDeque<ConfigFault>,
+}
+
+impl Applied {
+    fn fault(&mut self, part: &str, version: i64, message: String) {
+        if self.faults.len() == FAULTS_KEPT {
+            self.faults.pop_front();
+        }
+        self.faults.push_back(ConfigFault {
+            part: part.into(),
+            version,
+            message,
+            at_ms: fleetgate_core::time::now_ms(),
+        });
+    }
+}
+
+/// Compiles one site's rules, logging those skipped.
+fn compile_site(site: &Site) -> RuleSet {
+    let set = RuleSet::build(site.redirects.clone(), site.pages.clone());
+    for s in set.skipped() {
+        tracing::warn!(site = %site.label, kind = s.kind, index = s.index, reason = %s.message, "rule skipped");
+    }
+    set
 }
 
 /// Seconds between the gateway's aggregated events.
@@ -177,12 +228,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds the gateway and follows `snapshots`: each new revision is compiled and
-    /// swapped in; one that does not compile is logged and the previous one kept.
-    pub fn new(
-        mut snapshots: watch::Receiver<Arc<ConfigSnapshot>>,
-        options: GatewayOptions,
-    ) -> Self {
+    /// Builds the gateway and follows `config`, its one input: each new value is
+    /// applied (see [`Gateway::apply`]) off the async runtime's worker, since
+    /// compiling large rule sets takes a while.
+    pub fn new(mut config: watch::Receiver<Arc<DataPlaneConfig>>, options: GatewayOptions) -> Self {
+        let first = config.borrow_and_update().clone();
         let inner = Arc::new(GatewayInner {
             current: ArcSwap::from_pointee(Compiled::empty()),
             redirects: ArcSwap::from_pointee(HostRules::default()),
@@ -194,10 +244,13 @@ impl Gateway {
             client_send_timeout: options.client_send_timeout,
             events: options.events.clone(),
             https_port: std::sync::atomic::AtomicU16::new(0),
+            tls: Arc::new(tls::SniResolver::default()),
+            applied: Mutex::new(Applied::default()),
+            applied_notify: tokio::sync::Notify::new(),
             shared_limits: options.redis_url.as_deref().and_then(|url| {
                 match limit::SharedCounter::new(
                     url,
-                    options.rate_limit_fail_open,
+                    first.rate_limits.fail_open,
                     options.events.clone(),
                 ) {
                     Ok(c) => Some(c),
@@ -209,89 +262,233 @@ impl Gateway {
             }),
         });
         let gw = Gateway { inner };
-        let first = snapshots.borrow_and_update().clone();
         gw.apply(&first);
         if gw.inner.events.is_some() {
             tokio::spawn(aggregate_events(Arc::downgrade(&gw.inner)));
         }
         let weak = Arc::downgrade(&gw.inner);
         tokio::spawn(async move {
-            while snapshots.changed().await.is_ok() {
-                let snap = snapshots.borrow_and_update().clone();
+            while config.changed().await.is_ok() {
+                let next = config.borrow_and_update().clone();
                 let Some(inner) = weak.upgrade() else { return };
-                Gateway { inner }.apply(&snap);
+                let gw = Gateway { inner };
+                if tokio::task::spawn_blocking(move || gw.apply(&next))
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(
+                        "applying a configuration panicked; the previous one keeps serving"
+                    );
+                }
             }
         });
         gw
     }
 
-    /// Compiles and swaps in one snapshot. Returns whether it was applied.
-    pub fn apply(&self, snap: &ConfigSnapshot) -> bool {
+    /// Validates, compiles and swaps in every part of `config` whose version
+    /// differs from what is served. A part that does not compile is refused — a
+    /// critical `config.rejected` event, a fault in the status report — and the
+    /// one in force keeps serving; the other parts still apply. Returns whether
+    /// anything changed.
+    pub fn apply(&self, config: &DataPlaneConfig) -> bool {
+        let mut applied = self.inner.applied.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = self.apply_revision(&mut applied, config);
+        if config.certificates.version != applied.versions.certificates {
+            self.inner.tls.update(&config.certificates.bundles);
+            applied.versions.certificates = config.certificates.version;
+            changed = true;
+        }
+        if config.sites.version != applied.versions.sites {
+            self.apply_sites(&mut applied, config);
+            changed = true;
+        }
+        let same_synced = match (&applied.synced, &config.synced) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_synced {
+            let set = config.synced.as_ref().map(|s| Arc::new(compile_site(s)));
+            self.inner.remote_redirects.store(set);
+            applied.synced = config.synced.clone();
+            applied.versions.synced = config.synced.as_ref().map(|s| s.version);
+            changed = true;
+        }
+        if let Some(counter) = &self.inner.shared_limits {
+            counter.set_fail_open(config.rate_limits.fail_open);
+        }
+        drop(applied);
+        if changed {
+            self.inner.applied_notify.notify_one();
+        }
+        changed
+    }
+
+    /// The routes, upstreams and settings part: compiled when the revision is newer
+    /// than the one served (or, before the first revision, when it differs).
+    fn apply_revision(&self, applied: &mut Applied, config: &DataPlaneConfig) -> bool {
         let previous = self.inner.current.load_full();
-        if snap.revision != 0 && snap.revision <= previous.revision {
+        if applied
+            .document
+            .as_ref()
+            .is_some_and(|d| Arc::ptr_eq(d, &config.gateway) || **d == *config.gateway)
+            && applied.versions.revision == config.revision
+        {
             return false;
         }
+        if config.revision != 0 && config.revision <= previous.revision {
+            return false;
+        }
+        applied.document = Some(config.gateway.clone());
+        let events = self.inner.events.as_ref();
         match Compiled::build(
-            snap,
+            config.revision,
+            &config.gateway,
             &previous,
             &self.inner.metrics,
-            self.inner.events.as_ref(),
+            events,
         ) {
             Ok(c) => {
                 emit(
-                    self.inner.events.as_ref(),
+                    events,
                     NewEvent::new(
                         "config.applied",
                         Severity::Info,
                         format!(
                             "gateway applied revision {} ({} routes)",
-                            snap.revision,
+                            config.revision,
                             c.table.len()
                         ),
                     )
                     .details(
-                        serde_json::json!({"revision": snap.revision, "routes": c.table.len()}),
+                        serde_json::json!({"revision": config.revision, "routes": c.table.len()}),
                     ),
                 );
                 self.inner.current.store(Arc::new(c));
+                applied.versions.revision = config.revision;
                 true
             }
             Err(e) => {
                 emit(
-                    self.inner.events.as_ref(),
+                    events,
                     NewEvent::new(
                         "config.rejected",
                         Severity::Critical,
                         format!(
                             "gateway rejected revision {}: {e}; the previous one keeps serving",
-                            snap.revision
+                            config.revision
                         ),
                     )
-                    .details(serde_json::json!({"revision": snap.revision, "error": e})),
+                    .details(serde_json::json!({"revision": config.revision, "error": e})),
                 );
-                false
+                let version = i64::try_from(config.revision).unwrap_or(i64::MAX);
+                applied.fault("revision", version, e);
+                true
             }
         }
     }
 
-    /// Follows the manager's compiled redirect rules: each new set is swapped in whole.
-    pub fn follow_redirects(&self, mut rules: watch::Receiver<Arc<HostRules>>) {
-        self.inner
-            .redirects
-            .store(rules.borrow_and_update().clone());
-        let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            while rules.changed().await.is_ok() {
-                let next = rules.borrow_and_update().clone();
-                let Some(inner) = weak.upgrade() else { return };
-                inner.redirects.store(next);
+    /// The published redirect and page sets: sites whose version is unchanged keep
+    /// their compiled rules; the host map is rebuilt and swapped whole.
+    fn apply_sites(&self, applied: &mut Applied, config: &DataPlaneConfig) {
+        let mut compiled = HashMap::with_capacity(config.sites.sites.len());
+        let mut rules = HostRules::default();
+        for site in &config.sites.sites {
+            let set = match applied.sites.remove(&site.id) {
+                Some((v, set)) if v == site.version => set,
+                _ => {
+                    let started = std::time::Instant::now();
+                    let set = Arc::new(compile_site(site));
+                    tracing::info!(
+                        site = %site.label,
+                        version = site.version,
+                        redirects = set.redirect_count(),
+                        pages = set.page_count(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "compiled published rules"
+                    );
+                    set
+                }
+            };
+            for h in &site.hosts {
+                rules.by_host.insert(h.clone(), set.clone());
             }
-        });
+            compiled.insert(site.id.clone(), (site.version, set));
+        }
+        applied.sites = compiled;
+        self.inner.redirects.store(Arc::new(rules));
+        applied.versions.sites = config.sites.version;
     }
 
-    /// Serves `rules` for every host no project claims (or stops, with `None`).
-    pub fn set_remote_redirects(&self, rules: Option<Arc<RuleSet>>) {
-        self.inner.remote_redirects.store(rules);
+    /// A report of what the gateway serves and how its upstreams and limits fare.
+    pub fn status(&self) -> DataPlaneStatus {
+        let compiled = self.inner.current.load();
+        let (versions, errors) = {
+            let a = self.inner.applied.lock().unwrap_or_else(|p| p.into_inner());
+            (a.versions, a.faults.iter().cloned().collect())
+        };
+        let traffic = self.inner.metrics.traffic();
+        let mut upstreams: Vec<UpstreamStatus> = compiled
+            .upstreams
+            .values()
+            .map(|u| UpstreamStatus {
+                name: u.name.clone(),
+                targets: u.health(),
+                breaker: breaker_status(u),
+            })
+            .collect();
+        upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+        let limiter = LimiterStatus {
+            local_keys: compiled
+                .routes
+                .iter()
+                .filter_map(|r| r.limiter.as_ref())
+                .map(|l| l.tracked_keys())
+                .sum(),
+            shared: self.inner.shared_limits.is_some(),
+            shared_reachable: self
+                .inner
+                .shared_limits
+                .as_ref()
+                .is_some_and(|c| !c.failing()),
+            rejected: traffic.routes.values().map(|r| r.rate_limited).sum(),
+        };
+        DataPlaneStatus {
+            seq: 0,
+            at_ms: fleetgate_core::time::now_ms(),
+            applied: versions,
+            routes: compiled.table.len(),
+            errors,
+            upstreams,
+            limiter,
+            traffic,
+        }
+    }
+
+    /// Starts reporting status: a report after every apply, whenever the reader
+    /// asks for a fresh one, and every `every` otherwise. Returns the reader's end.
+    pub fn report_status(&self, every: Duration) -> StatusLink {
+        let (reporter, link) = fleetgate_protocol::status_link();
+        let weak = Arc::downgrade(&self.inner);
+        reporter.publish(self.status());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = reporter.asked() => {}
+                    () = inner.applied_notify.notified() => {}
+                }
+                if reporter.is_closed() {
+                    return;
+                }
+                reporter.publish(Gateway { inner }.status());
+            }
+        });
+        link
     }
 
     /// The revision currently served.
@@ -323,31 +520,24 @@ impl Gateway {
     pub async fn serve_on_threads(
         self,
         listener: std::net::TcpListener,
-        tls_certificates: Option<watch::Receiver<Arc<Vec<fleetgate_core::tls::TlsBundle>>>>,
+        tls: bool,
         workers: usize,
         stop: watch::Receiver<bool>,
         drain: Duration,
     ) -> std::io::Result<()> {
         listener.set_nonblocking(true)?;
-        let acceptor = match tls_certificates {
-            None => None,
-            Some(mut certs) => {
-                let resolver = Arc::new(tls::SniResolver::default());
-                resolver.update(&certs.borrow_and_update());
-                let config = tls::server_config(resolver.clone()).map_err(std::io::Error::other)?;
-                if let Ok(addr) = listener.local_addr() {
-                    self.inner
-                        .https_port
-                        .store(addr.port(), std::sync::atomic::Ordering::Relaxed);
-                }
-                tokio::spawn(async move {
-                    while certs.changed().await.is_ok() {
-                        let set = certs.borrow_and_update().clone();
-                        resolver.update(&set);
-                    }
-                });
-                Some(tokio_rustls::TlsAcceptor::from(config))
+        // The certificates are configuration: the resolver follows what is applied.
+        let acceptor = if tls {
+            let config =
+                tls::server_config(self.inner.tls.clone()).map_err(std::io::Error::other)?;
+            if let Ok(addr) = listener.local_addr() {
+                self.inner
+                    .https_port
+                    .store(addr.port(), std::sync::atomic::Ordering::Relaxed);
             }
+            Some(tokio_rustls::TlsAcceptor::from(config))
+        } else {
+            None
         };
         let mut threads = Vec::new();
         for i in 0..workers.max(1) {
@@ -498,7 +688,7 @@ impl Gateway {
         self.inner.metrics.render(out);
         use std::fmt::Write;
         out.push_str("# HELP fleetgate_circuit_breaker_state Circuit breaker state per upstream (0 closed, 1 half-open, 2 open).\n# TYPE fleetgate_circuit_breaker_state gauge\n");
-        for b in DataPlaneStatus::breakers(self) {
+        for b in self.breakers() {
             let v = match b.state.as_str() {
                 "open" => 2,
                 "half_open" => 1,
@@ -513,12 +703,9 @@ impl Gateway {
     }
 }
 
-impl DataPlaneStatus for Gateway {
-    fn revision(&self) -> u64 {
-        Gateway::revision(self)
-    }
-
-    fn upstream_health(&self, upstream: &str) -> Option<Vec<TargetHealth>> {
+impl Gateway {
+    /// Target health of one upstream, or `None` when the gateway has no such upstream.
+    pub fn upstream_health(&self, upstream: &str) -> Option<Vec<TargetHealth>> {
         self.inner
             .current
             .load()
@@ -527,38 +714,38 @@ impl DataPlaneStatus for Gateway {
             .map(|u| u.health())
     }
 
-    fn breakers(&self) -> Vec<BreakerStatus> {
+    /// Every upstream's circuit breaker, by upstream name.
+    pub fn breakers(&self) -> Vec<BreakerStatus> {
         let compiled = self.inner.current.load();
         let mut out: Vec<BreakerStatus> = compiled
             .upstreams
             .values()
-            .map(|u| {
-                let now = clock::now_ms();
-                let mut b = u.breaker.lock().unwrap_or_else(|p| p.into_inner());
-                let (total, failed) = b.reported_window(now);
-                BreakerStatus {
-                    upstream: u.name.clone(),
-                    state: b.state().as_str().into(),
-                    failure_rate: if total == 0 {
-                        0.0
-                    } else {
-                        f64::from(failed) / f64::from(total)
-                    },
-                    requests_in_window: u64::from(total),
-                    opened_at: b.opened_at().map(clock::rfc3339),
-                    next_trial_at: b.next_trial_at().map(clock::rfc3339),
-                }
-            })
+            .map(|u| breaker_status(u))
             .collect();
         out.sort_by(|a, b| a.upstream.cmp(&b.upstream));
         out
     }
 
-    fn render_metrics(&self, out: &mut String) {
-        Gateway::render_metrics(self, out);
-    }
-
-    fn traffic(&self) -> fleetgate_core::metrics::TrafficCounters {
+    /// A reading of the gateway's cumulative traffic counters.
+    pub fn traffic(&self) -> fleetgate_core::metrics::TrafficCounters {
         self.inner.metrics.traffic()
+    }
+}
+
+fn breaker_status(u: &upstream::UpstreamRuntime) -> BreakerStatus {
+    let now = clock::now_ms();
+    let mut b = u.breaker.lock().unwrap_or_else(|p| p.into_inner());
+    let (total, failed) = b.reported_window(now);
+    BreakerStatus {
+        upstream: u.name.clone(),
+        state: b.state().as_str().into(),
+        failure_rate: if total == 0 {
+            0.0
+        } else {
+            f64::from(failed) / f64::from(total)
+        },
+        requests_in_window: u64::from(total),
+        opened_at: b.opened_at().map(clock::rfc3339),
+        next_trial_at: b.next_trial_at().map(clock::rfc3339),
     }
 }

@@ -158,7 +158,8 @@ mod tests {
 pub struct SharedCounter {
     client: redis::Client,
     conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
-    pub fail_open: bool,
+    /// Set from the configuration (`rate_limits.fail_open`); may change at any time.
+    fail_open: std::sync::atomic::AtomicBool,
     last_error_report: std::sync::atomic::AtomicU64,
     last_event: std::sync::atomic::AtomicU64,
     failing: std::sync::atomic::AtomicBool,
@@ -181,12 +182,27 @@ impl SharedCounter {
         Ok(Self {
             client: redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?,
             conn: tokio::sync::Mutex::new(None),
-            fail_open,
+            fail_open: std::sync::atomic::AtomicBool::new(fail_open),
             last_error_report: std::sync::atomic::AtomicU64::new(0),
             last_event: std::sync::atomic::AtomicU64::new(0),
             failing: std::sync::atomic::AtomicBool::new(false),
             events,
         })
+    }
+
+    /// Whether requests are admitted while Redis cannot answer.
+    pub fn fail_open(&self) -> bool {
+        self.fail_open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_fail_open(&self, fail_open: bool) {
+        self.fail_open
+            .store(fail_open, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the last request to Redis failed.
+    pub fn failing(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, SharedCounterError> {
@@ -282,7 +298,7 @@ impl SharedCounter {
                 .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            let (severity, outcome) = if self.fail_open {
+            let (severity, outcome) = if self.fail_open() {
                 (Severity::Warning, "admitted (fail-open)")
             } else {
                 (Severity::Critical, "refused (fail-closed)")
@@ -294,7 +310,7 @@ impl SharedCounter {
                     severity,
                     format!("shared rate limits unavailable; requests are {outcome}"),
                 )
-                .details(serde_json::json!({"fail_open": self.fail_open, "error": err.0})),
+                .details(serde_json::json!({"fail_open": self.fail_open(), "error": err.0})),
             );
         }
         let last = self
@@ -306,10 +322,10 @@ impl SharedCounter {
             tracing::warn!(
                 target: "fleetgate::events",
                 event = "rate_limit.redis_unavailable",
-                fail_open = self.fail_open,
+                fail_open = self.fail_open(),
                 error = %err.0,
                 "shared rate limits unavailable; requests are {}",
-                if self.fail_open { "admitted (fail-open)" } else { "refused (fail-closed)" }
+                if self.fail_open() { "admitted (fail-open)" } else { "refused (fail-closed)" }
             );
         }
     }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fleetgate_core::{ConfigDocument, ConfigSnapshot};
-use fleetgate_proxy::{Gateway, GatewayOptions};
+use fleetgate_core::ConfigDocument;
+use fleetgate_proxy::{DataPlaneConfig, Gateway, GatewayOptions};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -54,24 +54,29 @@ async fn upstream(name: &'static str) -> (SocketAddr, Arc<AtomicU64>) {
     (addr, hits)
 }
 
-fn snapshot(revision: u64, upstreams: Value, routes: Value) -> Arc<ConfigSnapshot> {
+/// A data-plane input holding revision `revision` of routes and upstreams.
+fn snapshot(revision: u64, upstreams: Value, routes: Value) -> Arc<DataPlaneConfig> {
     let document = ConfigDocument {
         upstreams: serde_json::from_value(upstreams).expect("upstreams"),
         routes: serde_json::from_value(routes).expect("routes"),
         ..ConfigDocument::default()
     };
-    Arc::new(ConfigSnapshot { revision, document })
+    Arc::new(DataPlaneConfig {
+        revision,
+        gateway: Arc::new(document),
+        ..DataPlaneConfig::default()
+    })
 }
 
 struct Running {
     addr: SocketAddr,
-    config: watch::Sender<Arc<ConfigSnapshot>>,
+    config: watch::Sender<Arc<DataPlaneConfig>>,
     gateway: Gateway,
     _stop: watch::Sender<bool>,
 }
 
 /// A gateway serving `first` on one worker thread.
-async fn start(first: Arc<ConfigSnapshot>) -> Running {
+async fn start(first: Arc<DataPlaneConfig>) -> Running {
     let (config, rx) = watch::channel(first);
     let gateway = Gateway::new(rx, GatewayOptions::default());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -80,7 +85,7 @@ async fn start(first: Arc<ConfigSnapshot>) -> Running {
     let serving = Gateway::clone(&gateway);
     tokio::spawn(async move {
         let _ = serving
-            .serve_on_threads(listener, None, 1, stop_rx, Duration::from_secs(1))
+            .serve_on_threads(listener, false, 1, stop_rx, Duration::from_secs(1))
             .await;
     });
     Running {
@@ -94,7 +99,7 @@ async fn start(first: Arc<ConfigSnapshot>) -> Running {
 impl Running {
     /// Publishes a snapshot and waits until the gateway serves `expect` (the
     /// snapshot's own revision, or the previous one when it must be refused).
-    async fn publish(&self, snap: Arc<ConfigSnapshot>, expect: u64) {
+    async fn publish(&self, snap: Arc<DataPlaneConfig>, expect: u64) {
         self.config.send_replace(snap);
         let deadline = Instant::now() + Duration::from_secs(5);
         // A refused snapshot leaves the revision as it was: give the gateway its
@@ -178,6 +183,12 @@ async fn serves_hand_built_revisions_and_keeps_the_last_good_one() {
     )
     .await;
     assert_eq!(gw.served_by("/x").await, "b");
+    // The refusal is reported back on the status channel.
+    let status = gw.gateway.status();
+    assert_eq!(status.applied.revision, 2);
+    let fault = status.errors.last().expect("a fault reported");
+    assert_eq!((fault.part.as_str(), fault.version), ("revision", 3));
+    assert!(fault.message.contains("missing"), "{}", fault.message);
 
     // An older revision arriving late is not applied over a newer one.
     gw.publish(
@@ -217,5 +228,98 @@ async fn limiter_state_survives_a_new_revision() {
         hits.load(Ordering::SeqCst),
         3,
         "the refused request never left"
+    );
+}
+
+#[tokio::test]
+async fn published_sites_and_synced_rules_come_in_the_same_input() {
+    use fleetgate_core::redirects::{Redirect, RedirectStatus, RedirectType};
+    use fleetgate_protocol::{ConfigFeed, Site};
+    let redirect = |source: &str, target: &str| Redirect {
+        kind: RedirectType::Basic,
+        source: source.into(),
+        target: target.into(),
+        status: RedirectStatus::default(),
+    };
+    let feed = ConfigFeed::default();
+    let gateway = Gateway::new(feed.subscribe(), GatewayOptions::default());
+    let link = gateway.report_status(Duration::from_secs(60));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (_stop, stop_rx) = watch::channel(false);
+    let serving = gateway.clone();
+    tokio::spawn(async move {
+        let _ = serving
+            .serve_on_threads(listener, false, 1, stop_rx, Duration::from_secs(1))
+            .await;
+    });
+    let location = |host: &'static str, path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.expect("read");
+        let text = String::from_utf8_lossy(&got).to_string();
+        let status: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let location = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("location: ")
+                    .or_else(|| l.strip_prefix("Location: "))
+            })
+            .map(str::to_string);
+        (status, location)
+    };
+    // A project's published set, answered for its host.
+    feed.publish_sites(vec![Arc::new(Site {
+        id: "p1".into(),
+        label: "ns/p1".into(),
+        version: 1,
+        hosts: vec!["site.test".into()],
+        redirects: vec![redirect("/old", "/new")],
+        pages: vec![],
+    })]);
+    let status = link.fresh(Duration::from_secs(5)).await;
+    assert_eq!(status.applied.sites, 1);
+    assert_eq!(
+        location("site.test", "/old").await,
+        (302, Some("/new".to_string()))
+    );
+    // Rules synced from a Flecto-compatible manager answer every other host.
+    feed.publish_synced(Some(Arc::new(Site {
+        id: "flecto:ns/p".into(),
+        label: "ns/p".into(),
+        version: 9,
+        hosts: vec![],
+        redirects: vec![redirect("/synced", "/there")],
+        pages: vec![],
+    })));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while link.fresh(Duration::from_secs(1)).await.applied.synced != Some(9) {
+        assert!(Instant::now() < deadline, "synced rules never applied");
+    }
+    assert_eq!(
+        location("other.test", "/synced").await,
+        (302, Some("/there".to_string()))
+    );
+    // A new published version replaces the project's set.
+    feed.publish_sites(vec![Arc::new(Site {
+        id: "p1".into(),
+        label: "ns/p1".into(),
+        version: 2,
+        hosts: vec!["site.test".into()],
+        redirects: vec![redirect("/old", "/newer")],
+        pages: vec![],
+    })]);
+    while link.fresh(Duration::from_secs(1)).await.applied.sites != 2 {
+        assert!(Instant::now() < deadline, "the new set never applied");
+    }
+    assert_eq!(
+        location("site.test", "/old").await,
+        (302, Some("/newer".to_string()))
     );
 }

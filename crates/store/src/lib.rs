@@ -47,6 +47,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// A configuration change was refused by its check (see [`ConfigCheck`]): the
+    /// document it would produce does not validate or does not compile.
+    #[error("{0}")]
+    Rejected(fleetgate_core::ValidationError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration error: {0}")]
@@ -261,6 +265,78 @@ pub struct ResourceRecord {
 pub type ResourceSet =
     std::collections::BTreeMap<String, std::collections::BTreeMap<String, Value>>;
 
+/// One change to the configuration, written as one revision by [`Store::write_config`].
+#[derive(Debug, Clone, Copy)]
+pub enum ConfigEdit<'a> {
+    /// Creates or replaces one object. `expected_version` is checked when given;
+    /// 0 means "must not exist".
+    Put {
+        kind: &'a str,
+        name: &'a str,
+        body: &'a Value,
+        expected_version: Option<i64>,
+    },
+    /// Deletes one object (which must exist).
+    Delete {
+        kind: &'a str,
+        name: &'a str,
+        expected_version: Option<i64>,
+    },
+    /// Replaces the whole configuration (import, rollback); `action` names the
+    /// audit entry. A set equal to the current one writes nothing.
+    Replace {
+        set: &'a ResourceSet,
+        action: &'a str,
+    },
+}
+
+/// Judges the configuration a change would produce. It runs inside the change's
+/// write transaction, after every earlier change committed and before any later
+/// one can start, so what it sees as `before` is exactly what the change replaces.
+/// An error aborts the write (nothing is stored) and is returned as is.
+#[async_trait]
+pub trait ConfigCheck: Send + Sync {
+    async fn check(&self, before: &ResourceSet, after: &ResourceSet) -> Result<Verdict>;
+}
+
+/// A [`ConfigCheck`]'s answer for a change it does not refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Write the change as a new revision.
+    Write,
+    /// The change means nothing new (say, an import of the configuration in
+    /// force): write nothing and record no revision.
+    Unchanged,
+}
+
+/// Accepts every change (store tests, tools).
+pub struct NoCheck;
+
+#[async_trait]
+impl ConfigCheck for NoCheck {
+    async fn check(&self, _before: &ResourceSet, _after: &ResourceSet) -> Result<Verdict> {
+        Ok(Verdict::Write)
+    }
+}
+
+/// What [`Store::write_config`] committed: the revision and the whole configuration
+/// it holds, as written — the document to publish, with no second read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommittedRevision {
+    /// The new revision's number; when nothing was written, the current one's.
+    pub number: i64,
+    /// False when the change turned out to change nothing (a `Replace` with the
+    /// current set, or one its check found [`Verdict::Unchanged`]): no revision
+    /// was recorded.
+    pub written: bool,
+    /// The configuration the change replaced.
+    pub before: ResourceSet,
+    /// The configuration of revision `number`.
+    pub after: ResourceSet,
+    /// The object a `Put` stored, with its new version.
+    pub record: Option<ResourceRecord>,
+}
+
 /// A revision's header; `snapshot` is loaded only when asked for one revision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RevisionRecord {
@@ -403,9 +479,21 @@ pub trait Store:
     // Configuration and revisions.
     async fn get_resource(&self, kind: &str, name: &str) -> Result<Option<ResourceRecord>>;
     async fn list_resources(&self, kind: &str) -> Result<Vec<ResourceRecord>>;
-    /// Creates or replaces one configuration object, checks `expected_version` when
-    /// given (0 means "must not exist"), records a revision and an audit entry.
-    /// Returns the stored object and the revision number.
+    /// Applies one configuration change as one revision, in one write transaction:
+    /// takes the next revision number (which serialises configuration writes across
+    /// every manager sharing the store), reads the configuration, applies `edit`,
+    /// lets `check` judge the result, writes the rows, the revision (holding the
+    /// whole resulting configuration) and the audit entry, and commits. Returns the
+    /// committed configuration so that it can be published without reading it again.
+    async fn write_config(
+        &self,
+        actor: &Actor,
+        edit: ConfigEdit<'_>,
+        message: &str,
+        check: &dyn ConfigCheck,
+    ) -> Result<CommittedRevision>;
+    /// Creates or replaces one configuration object without a check; returns the
+    /// stored object and the revision number.
     async fn put_resource(
         &self,
         actor: &Actor,
@@ -414,8 +502,20 @@ pub trait Store:
         body: &Value,
         expected_version: Option<i64>,
         message: &str,
-    ) -> Result<(ResourceRecord, i64)>;
-    /// Deletes one configuration object and records a revision; returns its number.
+    ) -> Result<(ResourceRecord, i64)> {
+        let edit = ConfigEdit::Put {
+            kind,
+            name,
+            body,
+            expected_version,
+        };
+        let c = self.write_config(actor, edit, message, &NoCheck).await?;
+        let record = c
+            .record
+            .ok_or_else(|| StoreError::Corrupt("a put stored no object".into()))?;
+        Ok((record, c.number))
+    }
+    /// Deletes one configuration object without a check; returns the revision.
     async fn delete_resource(
         &self,
         actor: &Actor,
@@ -423,18 +523,33 @@ pub trait Store:
         name: &str,
         expected_version: Option<i64>,
         message: &str,
-    ) -> Result<i64>;
+    ) -> Result<i64> {
+        let edit = ConfigEdit::Delete {
+            kind,
+            name,
+            expected_version,
+        };
+        Ok(self
+            .write_config(actor, edit, message, &NoCheck)
+            .await?
+            .number)
+    }
     /// The whole configuration as it is now.
     async fn resource_set(&self) -> Result<ResourceSet>;
-    /// Replaces the whole configuration with `set` in one transaction (import,
-    /// rollback); records one revision and one audit entry. Returns the revision.
+    /// Replaces the whole configuration without a check; returns the revision.
     async fn replace_resources(
         &self,
         actor: &Actor,
         set: &ResourceSet,
         action: &str,
         message: &str,
-    ) -> Result<i64>;
+    ) -> Result<i64> {
+        let edit = ConfigEdit::Replace { set, action };
+        Ok(self
+            .write_config(actor, edit, message, &NoCheck)
+            .await?
+            .number)
+    }
     async fn latest_revision(&self) -> Result<i64>;
     async fn list_revisions(&self, page: PageRequest) -> Result<Page<RevisionRecord>>;
     async fn get_revision(&self, number: i64) -> Result<Option<RevisionRecord>>;

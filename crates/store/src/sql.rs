@@ -403,14 +403,29 @@ async fn resource_set_in(conn: &mut AnyConnection) -> Result<ResourceSet> {
     Ok(set)
 }
 
+use crate::{CommittedRevision, ConfigCheck, ConfigEdit, Verdict};
+
+impl SqlStore {
+    /// The answer to a configuration change that wrote nothing.
+    async fn unchanged(&self, current: ResourceSet) -> Result<CommittedRevision> {
+        Ok(CommittedRevision {
+            number: self.latest_revision().await?,
+            written: false,
+            before: current.clone(),
+            after: current,
+            record: None,
+        })
+    }
+}
+
 async fn insert_revision(
     conn: &mut AnyConnection,
     number: i64,
     actor: &Actor,
     message: &str,
+    set: &ResourceSet,
 ) -> Result<()> {
-    let set = resource_set_in(&mut *conn).await?;
-    let snapshot = serde_json::to_string(&set).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let snapshot = serde_json::to_string(set).map_err(|e| StoreError::Invalid(e.to_string()))?;
     sqlx::query(
         "INSERT INTO revisions (number, created_at, author, message, snapshot) \
          VALUES ($1, $2, $3, $4, $5)",
@@ -1085,149 +1100,160 @@ impl Store for SqlStore {
         rows.iter().map(resource_from_row).collect()
     }
 
-    async fn put_resource(
+    async fn write_config(
         &self,
         actor: &Actor,
-        kind: &str,
-        name: &str,
-        body: &Value,
-        expected_version: Option<i64>,
+        edit: ConfigEdit<'_>,
         message: &str,
-    ) -> Result<(ResourceRecord, i64)> {
+        check: &dyn ConfigCheck,
+    ) -> Result<CommittedRevision> {
         let mut tx = self.begin_write().await?;
-        let revision = next_revision(&mut tx).await?;
-        let before = get_resource_in(&mut tx, kind, name).await?;
-        check_version(expected_version, before.as_ref().map_or(0, |b| b.version))?;
-        let version = before.as_ref().map_or(1, |b| b.version + 1);
-        let now = now_ms();
-        let text = body.to_string();
-        if before.is_some() {
-            sqlx::query(
-                "UPDATE resources SET body = $3, version = $4, updated_at = $5 WHERE kind = $1 AND name = $2",
-            )
-        } else {
-            sqlx::query(
-                "INSERT INTO resources (kind, name, body, version, updated_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-        }
-        .bind(kind.to_string())
-        .bind(name.to_string())
-        .bind(text)
-        .bind(version)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        insert_revision(&mut tx, revision, actor, message).await?;
-        let action = if before.is_some() { "update" } else { "create" };
-        let mut ev =
-            AuditEvent::new(&format!("{kind}.{action}"), kind, Some(name)).after(body.clone());
-        if let Some(b) = &before {
-            ev = ev.before(b.body.clone());
-        }
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
-        Ok((
-            ResourceRecord {
-                kind: kind.into(),
-                name: name.into(),
-                body: body.clone(),
-                version,
-                updated_at: now,
-            },
-            revision,
-        ))
-    }
-
-    async fn delete_resource(
-        &self,
-        actor: &Actor,
-        kind: &str,
-        name: &str,
-        expected_version: Option<i64>,
-        message: &str,
-    ) -> Result<i64> {
-        let mut tx = self.begin_write().await?;
-        let revision = next_revision(&mut tx).await?;
-        let before = get_resource_in(&mut tx, kind, name)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("{kind} {name}")))?;
-        check_version(expected_version, before.version)?;
-        sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
-            .bind(kind.to_string())
-            .bind(name.to_string())
-            .execute(&mut *tx)
-            .await?;
-        insert_revision(&mut tx, revision, actor, message).await?;
-        insert_audit(
-            &mut tx,
-            actor,
-            &AuditEvent::new(&format!("{kind}.delete"), kind, Some(name)).before(before.body),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(revision)
-    }
-
-    async fn resource_set(&self) -> Result<ResourceSet> {
-        let mut conn = self.pool.acquire().await?;
-        resource_set_in(&mut conn).await
-    }
-
-    async fn replace_resources(
-        &self,
-        actor: &Actor,
-        set: &ResourceSet,
-        action: &str,
-        message: &str,
-    ) -> Result<i64> {
-        let mut tx = self.begin_write().await?;
-        let revision = next_revision(&mut tx).await?;
+        // The counter row is the lock every configuration write takes first.
+        let number = next_revision(&mut tx).await?;
         let before = resource_set_in(&mut tx).await?;
-        let old_versions: std::collections::HashMap<(String, String), i64> =
-            sqlx::query("SELECT kind, name, version FROM resources")
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)))
-                .collect::<Result<_>>()?;
-        sqlx::query("DELETE FROM resources")
-            .execute(&mut *tx)
-            .await?;
+        let mut after = before.clone();
         let now = now_ms();
-        for (kind, objects) in set {
-            for (name, body) in objects {
-                let key = (kind.clone(), name.clone());
-                let unchanged = before.get(kind).and_then(|m| m.get(name)) == Some(body);
-                let old = old_versions.get(&key).copied();
-                let version = match old {
-                    Some(v) if unchanged => v,
-                    Some(v) => v + 1,
-                    None => 1,
-                };
-                sqlx::query(
-                    "INSERT INTO resources (kind, name, body, version, updated_at) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(kind.clone())
-                .bind(name.clone())
+        let (record, audit) = match edit {
+            ConfigEdit::Put {
+                kind,
+                name,
+                body,
+                expected_version,
+            } => {
+                let current = get_resource_in(&mut tx, kind, name).await?;
+                check_version(expected_version, current.as_ref().map_or(0, |b| b.version))?;
+                after
+                    .entry(kind.to_string())
+                    .or_default()
+                    .insert(name.to_string(), body.clone());
+                if check.check(&before, &after).await? == Verdict::Unchanged {
+                    tx.rollback().await?;
+                    return self.unchanged(before).await;
+                }
+                let version = current.as_ref().map_or(1, |b| b.version + 1);
+                if current.is_some() {
+                    sqlx::query(
+                        "UPDATE resources SET body = $3, version = $4, updated_at = $5 WHERE kind = $1 AND name = $2",
+                    )
+                } else {
+                    sqlx::query(
+                        "INSERT INTO resources (kind, name, body, version, updated_at) VALUES ($1, $2, $3, $4, $5)",
+                    )
+                }
+                .bind(kind.to_string())
+                .bind(name.to_string())
                 .bind(body.to_string())
                 .bind(version)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                let action = if current.is_some() {
+                    "update"
+                } else {
+                    "create"
+                };
+                let mut ev = AuditEvent::new(&format!("{kind}.{action}"), kind, Some(name))
+                    .after(body.clone());
+                if let Some(b) = current {
+                    ev = ev.before(b.body);
+                }
+                let record = ResourceRecord {
+                    kind: kind.into(),
+                    name: name.into(),
+                    body: body.clone(),
+                    version,
+                    updated_at: now,
+                };
+                (Some(record), ev)
             }
-        }
-        insert_revision(&mut tx, revision, actor, message).await?;
-        let to_value = |s: &ResourceSet| serde_json::to_value(s).unwrap_or(Value::Null);
-        insert_audit(
-            &mut tx,
-            actor,
-            &AuditEvent::new(action, "config", Some(&revision.to_string()))
-                .before(to_value(&before))
-                .after(to_value(set)),
-        )
-        .await?;
+            ConfigEdit::Delete {
+                kind,
+                name,
+                expected_version,
+            } => {
+                let current = get_resource_in(&mut tx, kind, name)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(format!("{kind} {name}")))?;
+                check_version(expected_version, current.version)?;
+                if let Some(objects) = after.get_mut(kind) {
+                    objects.remove(name);
+                    if objects.is_empty() {
+                        after.remove(kind);
+                    }
+                }
+                if check.check(&before, &after).await? == Verdict::Unchanged {
+                    tx.rollback().await?;
+                    return self.unchanged(before).await;
+                }
+                sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
+                    .bind(kind.to_string())
+                    .bind(name.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                let ev = AuditEvent::new(&format!("{kind}.delete"), kind, Some(name))
+                    .before(current.body);
+                (None, ev)
+            }
+            ConfigEdit::Replace { set, action } => {
+                after = set.clone();
+                after.retain(|_, objects| !objects.is_empty());
+                if after == before || check.check(&before, &after).await? == Verdict::Unchanged {
+                    // Nothing to record: give the number back with the transaction.
+                    tx.rollback().await?;
+                    return self.unchanged(before).await;
+                }
+                let old_versions: std::collections::HashMap<(String, String), i64> =
+                    sqlx::query("SELECT kind, name, version FROM resources")
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)))
+                        .collect::<Result<_>>()?;
+                sqlx::query("DELETE FROM resources")
+                    .execute(&mut *tx)
+                    .await?;
+                for (kind, objects) in &after {
+                    for (name, body) in objects {
+                        let unchanged = before.get(kind).and_then(|m| m.get(name)) == Some(body);
+                        let version = match old_versions.get(&(kind.clone(), name.clone())) {
+                            Some(v) if unchanged => *v,
+                            Some(v) => v + 1,
+                            None => 1,
+                        };
+                        sqlx::query(
+                            "INSERT INTO resources (kind, name, body, version, updated_at) VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(kind.clone())
+                        .bind(name.clone())
+                        .bind(body.to_string())
+                        .bind(version)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                let to_value = |s: &ResourceSet| serde_json::to_value(s).unwrap_or(Value::Null);
+                let ev = AuditEvent::new(action, "config", Some(&number.to_string()))
+                    .before(to_value(&before))
+                    .after(to_value(&after));
+                (None, ev)
+            }
+        };
+        insert_revision(&mut tx, number, actor, message, &after).await?;
+        insert_audit(&mut tx, actor, &audit).await?;
         tx.commit().await?;
-        Ok(revision)
+        Ok(CommittedRevision {
+            number,
+            written: true,
+            before,
+            after,
+            record,
+        })
+    }
+
+    async fn resource_set(&self) -> Result<ResourceSet> {
+        let mut conn = self.pool.acquire().await?;
+        resource_set_in(&mut conn).await
     }
 
     async fn latest_revision(&self) -> Result<i64> {

@@ -6,6 +6,7 @@ mod alerts;
 mod auth;
 mod cluster;
 mod config;
+mod config_path;
 mod conventions;
 mod events;
 mod gateway;

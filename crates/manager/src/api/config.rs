@@ -32,7 +32,7 @@ pub struct ImportQuery {
     dry_run: Option<bool>,
 }
 
-/// The configuration in force, as a document.
+/// The configuration as stored now, as a document.
 pub async fn current_document(state: &AppState) -> ApiResult<ConfigDocument> {
     let set = state.store.resource_set().await?;
     ConfigDocument::from_resources(&set)
@@ -62,23 +62,16 @@ pub async fn apply_document(
     action: &str,
     message: &str,
 ) -> ApiResult<(Vec<Change>, Option<i64>)> {
-    let _write = state.config_write.lock().await;
     validate_document(doc).await?;
     let mut doc = doc.clone();
     doc.normalize();
-    let doc = &doc;
-    let current = current_document(state).await?;
-    let changes = diff(&document_value(&current), &document_value(doc));
-    if changes.is_empty() {
-        return Ok((changes, None));
-    }
-    let revision = state
-        .store
-        .replace_resources(actor, &doc.to_resources(), action, message)
-        .await?;
-    state.mark_checked(revision);
-    state.publish_change(actor).await?;
-    Ok((changes, Some(revision)))
+    let set = doc.to_resources();
+    let edit = fleetgate_store::ConfigEdit::Replace { set: &set, action };
+    let committed = state.change_config(actor, edit, message, None).await?;
+    let before = ConfigDocument::from_resources(&committed.before)
+        .map_err(|e| ApiError::internal("stored configuration does not validate", e))?;
+    let changes = diff(&document_value(&before), &document_value(&doc));
+    Ok((changes, committed.written.then_some(committed.number)))
 }
 
 #[utoipa::path(get, path = "/api/v1/export", operation_id = "export_config", tag = "config",

@@ -1,10 +1,10 @@
 //! Gateway configuration: `/api/v1/upstreams` and `/api/v1/routes`, plus the data
 //! plane's view of upstream health and circuit breakers.
 //!
-//! Every write validates the object, then the whole document it would produce
-//! (references, overlapping routes, and for routes the route table the gateway
-//! compiles from all of them), records a revision and publishes it. Writes that read
-//! the document hold [`crate::Inner::config_write`] until their revision is stored.
+//! Every write validates the object, then — inside its write transaction, against
+//! the document it replaces (see [`crate::revisions`]) — the whole document it
+//! produces (references, overlapping routes, the route table the gateway compiles
+//! from all of them), records a revision and publishes it.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -12,10 +12,9 @@ use axum::response::Response;
 use axum::Json;
 use fleetgate_core::config::{ROUTE_KIND, UPSTREAM_KIND};
 use fleetgate_core::gateway::{BreakerStatus, Route, TargetHealth, Upstream};
-use fleetgate_core::routing::RouteTable;
 use fleetgate_core::user::Role;
-use fleetgate_core::{ConfigDocument, ValidationError};
-use fleetgate_store::ResourceRecord;
+use fleetgate_core::ConfigDocument;
+use fleetgate_store::{ConfigEdit, ResourceRecord, StoreError};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -23,6 +22,7 @@ use crate::api::config::current_document;
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_json, IfMatch, JsonBody, ListEnvelope, PageParams, Pagination};
+use crate::revisions::ExtraCheck;
 use crate::AppState;
 
 fn with_etag<T: Serialize>(status: StatusCode, body: &T, version: i64) -> Response {
@@ -45,8 +45,8 @@ async fn load(state: &AppState, kind: &str, name: &str, what: &str) -> ApiResult
         .ok_or_else(|| ApiError::not_found(format!("{what} {name}")))
 }
 
-/// Stores one object as a new revision and publishes it. `checked`: the whole
-/// resulting document was compiled already (under the config write lock).
+/// Stores one object as a new revision and publishes it; `extra` judges the
+/// change against the document it replaces, inside the write.
 #[allow(clippy::too_many_arguments)]
 async fn save(
     state: &AppState,
@@ -56,17 +56,56 @@ async fn save(
     body: Value,
     expected: Option<i64>,
     message: String,
-    checked: bool,
+    extra: Option<ExtraCheck<'_>>,
 ) -> ApiResult<ResourceRecord> {
-    let (record, revision) = state
-        .store
-        .put_resource(&auth.actor, kind, name, &body, expected, &message)
+    let edit = ConfigEdit::Put {
+        kind,
+        name,
+        body: &body,
+        expected_version: expected,
+    };
+    let committed = match state
+        .change_config(&auth.actor, edit, &message, extra)
+        .await
+    {
+        Ok(c) => c,
+        // The whole route table did not compile with this route in it: say so of
+        // the route being saved (the table's own message may list others first).
+        Err(StoreError::Rejected(mut v)) if kind == ROUTE_KIND => {
+            for e in &mut v.errors {
+                if e.field.starts_with("routes") {
+                    e.field = "path".into();
+                    e.message = format!("route {name:?} cannot be saved: {}", e.message);
+                }
+            }
+            return Err(v.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    committed
+        .record
+        .ok_or_else(|| ApiError::internal("save", "the store returned no object"))
+}
+
+/// Deletes one object as a new revision and publishes it.
+async fn remove(
+    state: &AppState,
+    auth: &AuthContext,
+    kind: &str,
+    name: &str,
+    expected: Option<i64>,
+    message: String,
+    extra: Option<ExtraCheck<'_>>,
+) -> ApiResult<()> {
+    let edit = ConfigEdit::Delete {
+        kind,
+        name,
+        expected_version: expected,
+    };
+    state
+        .change_config(&auth.actor, edit, &message, extra)
         .await?;
-    if checked {
-        state.mark_checked(revision);
-    }
-    state.publish_change(&auth.actor).await?;
-    Ok(record)
+    Ok(())
 }
 
 /// Parses a JSON body into `T` after letting `fill` complete it (e.g. the id from the path).
@@ -108,27 +147,25 @@ pub async fn create_upstream(
     auth.require(Role::Operator)?;
     let upstream: Upstream = parse_object(body, |_| Ok(()))?;
     upstream.validate()?;
-    if state
-        .store
-        .get_resource(UPSTREAM_KIND, &upstream.name)
-        .await?
-        .is_some()
-    {
-        return Err(ApiError::conflict(format!(
-            "upstream {:?} already exists",
-            upstream.name
-        )));
-    }
     let value = serde_json::to_value(&upstream).map_err(|e| ApiError::internal("serialize", e))?;
+    let name = upstream.name.clone();
+    let absent = move |before: &ConfigDocument, _: &ConfigDocument| {
+        if before.upstreams.iter().any(|u| u.name == name) {
+            return Err(StoreError::Conflict(format!(
+                "upstream {name:?} already exists"
+            )));
+        }
+        Ok(())
+    };
     let rec = save(
         &state,
         &auth,
         UPSTREAM_KIND,
         &upstream.name,
         value,
-        Some(0),
+        None,
         format!("create upstream {}", upstream.name),
-        false,
+        Some(&absent),
     )
     .await?;
     Ok(with_etag(StatusCode::CREATED, &upstream, rec.version))
@@ -182,7 +219,7 @@ pub async fn update_upstream(
         value,
         Some(expected.unwrap_or(current.version)),
         format!("update upstream {name}"),
-        false,
+        None,
     )
     .await?;
     Ok(with_etag(StatusCode::OK, &upstream, rec.version))
@@ -198,31 +235,32 @@ pub async fn delete_upstream(
 ) -> ApiResult<StatusCode> {
     auth.require(Role::Operator)?;
     load(&state, UPSTREAM_KIND, &name, "upstream").await?;
-    let _write = state.config_write.lock().await;
-    let doc = current_document(&state).await?;
-    let users: Vec<&str> = doc
-        .routes
-        .iter()
-        .filter(|r| r.upstream == name)
-        .map(|r| r.id.as_str())
-        .collect();
-    if !users.is_empty() {
-        return Err(ApiError::conflict(format!(
+    let unused = |before: &ConfigDocument, _: &ConfigDocument| {
+        let users: Vec<&str> = before
+            .routes
+            .iter()
+            .filter(|r| r.upstream == name)
+            .map(|r| r.id.as_str())
+            .collect();
+        if users.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::Conflict(format!(
             "upstream {name:?} is used by routes {}",
             users.join(", ")
-        )));
-    }
-    state
-        .store
-        .delete_resource(
-            &auth.actor,
-            UPSTREAM_KIND,
-            &name,
-            expected,
-            &format!("delete upstream {name}"),
-        )
-        .await?;
-    state.publish_change(&auth.actor).await?;
+        )))
+    };
+    let message = format!("delete upstream {name}");
+    remove(
+        &state,
+        &auth,
+        UPSTREAM_KIND,
+        &name,
+        expected,
+        message,
+        Some(&unused),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -242,7 +280,13 @@ pub async fn upstream_health(
         ));
     };
     // The data plane may not have applied the newest revision yet.
-    Ok(Json(dp.upstream_health(&name).unwrap_or_default()))
+    let status = dp.fresh().await;
+    Ok(Json(
+        status
+            .upstream_health(&name)
+            .map(<[TargetHealth]>::to_vec)
+            .unwrap_or_default(),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/circuit-breakers", operation_id = "list_circuit_breakers", tag = "gateway",
@@ -258,44 +302,56 @@ pub async fn circuit_breakers(
             "no gateway runs in this process",
         ));
     };
-    Ok(Json(dp.breakers()))
+    Ok(Json(dp.fresh().await.breakers()))
+}
+
+/// The data plane in this process as it reports itself.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DataPlaneView {
+    /// The revision the manager published to the data plane.
+    pub published_revision: u64,
+    /// Whether the data plane serves the published revision.
+    pub in_sync: bool,
+    /// The data plane's own report, made on this request.
+    pub status: fleetgate_protocol::DataPlaneStatus,
+}
+
+#[utoipa::path(get, path = "/api/v1/data-plane", operation_id = "data_plane_status", tag = "gateway",
+    responses((status = 200, description = "What the data plane in this process applied (revision, certificates, published sets), what it refused, its upstreams and limits", body = DataPlaneView)))]
+pub async fn data_plane(
+    State(state): State<AppState>,
+    _auth: AuthContext,
+) -> ApiResult<Json<DataPlaneView>> {
+    let Some(dp) = state.data_plane.get() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NO_DATA_PLANE",
+            "no gateway runs in this process",
+        ));
+    };
+    let status = dp.fresh().await;
+    let published_revision = state.revision();
+    Ok(Json(DataPlaneView {
+        published_revision,
+        in_sync: status.applied.revision == published_revision,
+        status: (*status).clone(),
+    }))
 }
 
 // ---------------------------------------------------------------- routes
 
-/// Refuses `route` when the document with it in place would not compile as one
-/// route table (regex routes valid one by one can be too large together): the
-/// gateway would refuse that revision and every later one.
-async fn check_table(doc: &ConfigDocument, route: &Route) -> ApiResult<()> {
-    let mut routes = doc.routes.clone();
-    match routes.iter_mut().find(|r| r.id == route.id) {
-        Some(r) => *r = route.clone(),
-        None => routes.push(route.clone()),
-    }
-    let built = tokio::task::spawn_blocking(move || RouteTable::build(&routes).map(|_| ()))
-        .await
-        .map_err(|e| ApiError::internal("route table check", e))?;
-    built.map_err(|e| {
-        let mut v = ValidationError::new();
-        for fe in e.errors {
-            v.push(
-                "path",
-                format!("route {:?} cannot be saved: {}", route.id, fe.message),
-            );
-        }
-        v.into()
-    })
-}
-
-fn check_route(doc: &ConfigDocument, route: &Route) -> ApiResult<()> {
-    route.validate()?;
+/// Judges a route against the document it goes into (inside the write): its
+/// references, and that no other route has the same match. The route table of the
+/// whole document is compiled by the standard check.
+fn check_route(doc: &ConfigDocument, route: &Route) -> Result<(), StoreError> {
     let twin = doc
         .routes
         .iter()
         .find(|r| r.id != route.id && r.match_key() == route.match_key())
         .map(|r| r.id.as_str());
-    doc.check_route_refs(route, twin).into_result()?;
-    Ok(())
+    doc.check_route_refs(route, twin)
+        .into_result()
+        .map_err(StoreError::Rejected)
 }
 
 #[utoipa::path(get, path = "/api/v1/routes", operation_id = "list_routes", tag = "gateway", params(PageParams),
@@ -328,26 +384,26 @@ pub async fn create_route(
         }
         Ok(())
     })?;
-    let _write = state.config_write.lock().await;
-    let doc = current_document(&state).await?;
-    check_route(&doc, &route)?;
-    if doc.routes.iter().any(|r| r.id == route.id) {
-        return Err(ApiError::conflict(format!(
-            "route {:?} already exists",
-            route.id
-        )));
-    }
-    check_table(&doc, &route).await?;
+    route.validate()?;
     let value = serde_json::to_value(&route).map_err(|e| ApiError::internal("serialize", e))?;
+    let judge = |before: &ConfigDocument, _: &ConfigDocument| {
+        if before.routes.iter().any(|r| r.id == route.id) {
+            return Err(StoreError::Conflict(format!(
+                "route {:?} already exists",
+                route.id
+            )));
+        }
+        check_route(before, &route)
+    };
     let rec = save(
         &state,
         &auth,
         ROUTE_KIND,
         &route.id,
         value,
-        Some(0),
+        None,
         format!("create route {}", route.id),
-        true,
+        Some(&judge),
     )
     .await?;
     Ok(with_etag(StatusCode::CREATED, &route, rec.version))
@@ -386,11 +442,9 @@ pub async fn update_route(
         }
         Ok(())
     })?;
-    let _write = state.config_write.lock().await;
-    let doc = current_document(&state).await?;
-    check_route(&doc, &route)?;
-    check_table(&doc, &route).await?;
+    route.validate()?;
     let value = serde_json::to_value(&route).map_err(|e| ApiError::internal("serialize", e))?;
+    let judge = |before: &ConfigDocument, _: &ConfigDocument| check_route(before, &route);
     let rec = save(
         &state,
         &auth,
@@ -399,7 +453,7 @@ pub async fn update_route(
         value,
         Some(expected.unwrap_or(current.version)),
         format!("update route {id}"),
-        true,
+        Some(&judge),
     )
     .await?;
     Ok(with_etag(StatusCode::OK, &route, rec.version))
@@ -414,16 +468,7 @@ pub async fn delete_route(
     IfMatch(expected): IfMatch,
 ) -> ApiResult<StatusCode> {
     auth.require(Role::Operator)?;
-    state
-        .store
-        .delete_resource(
-            &auth.actor,
-            ROUTE_KIND,
-            &id,
-            expected,
-            &format!("delete route {id}"),
-        )
-        .await?;
-    state.publish_change(&auth.actor).await?;
+    let message = format!("delete route {id}");
+    remove(&state, &auth, ROUTE_KIND, &id, expected, message, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -104,8 +104,11 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthBody> {
         version: env!("CARGO_PKG_VERSION").into(),
         store: state.store.backend().as_str().into(),
         uptime_secs: state.started_at.elapsed().as_secs(),
-        revision: state.snapshots.borrow().revision,
-        gateway_revision: state.data_plane.get().map(|d| d.revision()),
+        revision: state.revision(),
+        gateway_revision: state
+            .data_plane
+            .get()
+            .map(|d| d.status.latest().applied.revision),
     })
 }
 
@@ -246,7 +249,7 @@ fn render_metrics(state: &AppState) -> impl IntoResponse {
         state.started_at.elapsed().as_secs_f64(),
     );
     if let Some(dp) = state.data_plane.get() {
-        dp.render_metrics(&mut text);
+        (dp.metrics)(&mut text);
     }
     (
         [(

@@ -110,6 +110,7 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(gateway::upstream_health))
         .routes(routes!(gateway::circuit_breakers))
+        .routes(routes!(gateway::data_plane))
         .routes(routes!(gateway::list_routes, gateway::create_route))
         .routes(routes!(certificates::list, certificates::create))
         .routes(routes!(

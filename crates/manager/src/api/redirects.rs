@@ -332,7 +332,7 @@ pub async fn create_project(
         updated_at: now,
     };
     state.store.create_project(&auth.actor, &rec).await?;
-    state.refresh_redirects();
+    state.refresh_data_plane();
     Ok(with_etag(StatusCode::CREATED, 1, project_view(&rec)))
 }
 
@@ -372,7 +372,7 @@ pub async fn update_project(
         .store
         .update_project(&auth.actor, &p, expected)
         .await?;
-    state.refresh_redirects();
+    state.refresh_data_plane();
     Ok(with_etag(StatusCode::OK, p.version, project_view(&p)))
 }
 
@@ -387,7 +387,7 @@ pub async fn delete_project(
     auth.require(Role::Admin)?;
     let p = project(&state, &ns, &name).await?;
     state.store.delete_project(&auth.actor, &p.id).await?;
-    state.refresh_redirects();
+    state.refresh_data_plane();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1122,7 +1122,7 @@ pub async fn publish(
     auth.require(Role::Operator)?;
     let p = project(&state, &ns, &name).await?;
     let rec = state.store.publish(&auth.actor, &p.id).await?;
-    state.refresh_redirects();
+    state.refresh_data_plane();
     Ok(Json(publish_view(&rec)))
 }
 

@@ -51,17 +51,15 @@ pub async fn put(
     settings.validate()?;
     let body = serde_json::to_value(&settings)
         .map_err(|e| ApiError::internal("settings serialization", e))?;
-    let (record, _revision) = state
-        .store
-        .put_resource(
-            &auth.actor,
-            SETTINGS_KIND,
-            SETTINGS_NAME,
-            &body,
-            expected,
-            "update settings",
-        )
+    let edit = fleetgate_store::ConfigEdit::Put {
+        kind: SETTINGS_KIND,
+        name: SETTINGS_NAME,
+        body: &body,
+        expected_version: expected,
+    };
+    let committed = state
+        .change_config(&auth.actor, edit, "update settings", None)
         .await?;
-    state.publish_change(&auth.actor).await?;
-    Ok(respond(&settings, record.version))
+    let version = committed.record.map_or(0, |r| r.version);
+    Ok(respond(&settings, version))
 }

@@ -250,9 +250,9 @@ pub async fn test_upstream(
 
 /// Whether `host:port` is a target of a configured upstream pool.
 fn is_configured_target(state: &AppState, host: &str, port: u16) -> bool {
-    let snapshot = state.snapshots.borrow().clone();
-    snapshot
-        .document
+    let config = state.feed.current();
+    config
+        .gateway
         .upstreams
         .iter()
         .flat_map(|u| &u.targets)
@@ -300,8 +300,11 @@ pub struct DiagnosticReport {
     pub findings: Vec<String>,
 }
 
-async fn pools(state: &AppState) -> ApiResult<Vec<UpstreamPool>> {
-    let Some(dp) = state.data_plane.get() else {
+async fn pools(
+    state: &AppState,
+    status: Option<&fleetgate_protocol::DataPlaneStatus>,
+) -> ApiResult<Vec<UpstreamPool>> {
+    let Some(status) = status else {
         return Ok(Vec::new());
     };
     let doc = crate::api::config::current_document(state).await?;
@@ -310,9 +313,22 @@ async fn pools(state: &AppState) -> ApiResult<Vec<UpstreamPool>> {
         .iter()
         .map(|u| UpstreamPool {
             name: u.name.clone(),
-            targets: dp.upstream_health(&u.name).unwrap_or_default(),
+            targets: status
+                .upstream_health(&u.name)
+                .map(<[_]>::to_vec)
+                .unwrap_or_default(),
         })
         .collect())
+}
+
+/// A fresh status report of the data plane in this process, if one runs.
+async fn data_plane_status(
+    state: &AppState,
+) -> Option<std::sync::Arc<fleetgate_protocol::DataPlaneStatus>> {
+    match state.data_plane.get() {
+        Some(dp) => Some(dp.fresh().await),
+        None => None,
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/troubleshooting/connections", operation_id = "troubleshooting_connections", tag = "troubleshooting",
@@ -323,7 +339,7 @@ pub async fn connections(
 ) -> ApiResult<Json<ConnectionsReport>> {
     Ok(Json(ConnectionsReport {
         dependencies: dependency_checks(&state).await,
-        upstreams: pools(&state).await?,
+        upstreams: pools(&state, data_plane_status(&state).await.as_deref()).await?,
     }))
 }
 
@@ -334,17 +350,18 @@ pub async fn health(
     _auth: AuthContext,
 ) -> ApiResult<Json<DiagnosticReport>> {
     let dependencies = dependency_checks(&state).await;
-    let revision = state.snapshots.borrow().revision;
-    let dp = state.data_plane.get();
-    let gateway_revision = dp.map(|d| d.revision());
-    let open_breakers: Vec<BreakerStatus> = dp
-        .map(|d| d.breakers())
+    let revision = state.revision();
+    let status = data_plane_status(&state).await;
+    let gateway_revision = status.as_ref().map(|s| s.applied.revision);
+    let open_breakers: Vec<BreakerStatus> = status
+        .as_ref()
+        .map(|s| s.breakers())
         .unwrap_or_default()
         .into_iter()
         .filter(|b| b.state != "closed")
         .collect();
     let mut unhealthy_targets = Vec::new();
-    for pool in pools(&state).await? {
+    for pool in pools(&state, status.as_deref()).await? {
         for t in pool.targets.iter().filter(|t| t.state != "healthy") {
             unhealthy_targets.push(format!("{} -> {} ({})", pool.name, t.url, t.state));
         }

@@ -1,0 +1,467 @@
+//! Configuration revisions: the one path from a change to every data plane.
+//!
+//! A change ([`AppState::change_config`]) is one store transaction that takes the
+//! next revision number (the lock every configuration write takes, on every manager
+//! sharing the store), reads the configuration, applies the edit, judges the
+//! resulting document — the object's own rules, references, and the whole route
+//! table compiled as the gateway will compile it — and writes the rows, the
+//! revision and its audit entry. The document judged is the document committed, and
+//! it is what gets published on the data-plane input ([`fleetgate_protocol::ConfigFeed`])
+//! as that revision: nothing is read again after the commit.
+//!
+//! Other managers learn of a revision through NATS (`fleetgate.config.<cluster>`,
+//! when configured) or by polling the store, and publish exactly that revision's
+//! stored document ([`AppState::follow_store`]). The same loop keeps the other
+//! parts of the input current: the published redirect and page sets of every
+//! project (each with its published version) and the certificates.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fleetgate_core::events::{NewEvent, Severity};
+use fleetgate_core::redirects::{
+    Page, PageContentType, PageType, Redirect, RedirectStatus, RedirectType,
+};
+use fleetgate_core::{ConfigDocument, ValidationError};
+use fleetgate_protocol::Site;
+use fleetgate_store::{
+    Actor, CommittedRevision, ConfigCheck, ConfigEdit, PageRequest, ResourceSet, RuleData,
+    RuleTable, Store, StoreError, Verdict,
+};
+use tokio::sync::watch;
+
+use crate::AppState;
+
+/// A check a change adds to the standard ones, given the documents before and after
+/// (say, that an upstream still in use is not deleted).
+pub type ExtraCheck<'a> =
+    &'a (dyn Fn(&ConfigDocument, &ConfigDocument) -> Result<(), StoreError> + Send + Sync);
+
+/// Revisions looked back at, at most, for one that compiles when the newest does
+/// not (only revisions written before writes were checked can fail).
+const FALLBACK_SEARCH: i64 = 100;
+
+/// How often the store is polled for changes made elsewhere: without NATS, and as a
+/// safety net for a missed NATS message.
+const POLL_WITHOUT_NATS: Duration = Duration::from_secs(1);
+const POLL_WITH_NATS: Duration = Duration::from_secs(30);
+
+/// Rows read per query while loading a published rule set.
+const LOAD_BATCH: i64 = 5000;
+
+/// The standard judgement of a configuration change, run inside its transaction.
+struct Judge<'a> {
+    extra: Option<ExtraCheck<'a>>,
+    /// A whole-document replacement: one that changes nothing in the document
+    /// (as the API shows it) is no change at all.
+    replace: bool,
+    /// The document judged good, kept to be published once committed.
+    judged: Mutex<Option<ConfigDocument>>,
+}
+
+fn rejected(e: ValidationError) -> StoreError {
+    StoreError::Rejected(e)
+}
+
+#[async_trait]
+impl ConfigCheck for Judge<'_> {
+    async fn check(
+        &self,
+        before: &ResourceSet,
+        after: &ResourceSet,
+    ) -> Result<Verdict, StoreError> {
+        let doc = ConfigDocument::from_resources(after).map_err(rejected)?;
+        if self.extra.is_some() || self.replace {
+            let mut before = ConfigDocument::from_resources(before).map_err(|e| {
+                StoreError::Corrupt(format!("stored configuration does not validate: {e}"))
+            })?;
+            if let Some(extra) = self.extra {
+                extra(&before, &doc)?;
+            }
+            if self.replace {
+                let mut normalized = doc.clone();
+                normalized.normalize();
+                before.normalize();
+                if before == normalized {
+                    return Ok(Verdict::Unchanged);
+                }
+            }
+        }
+        // Compiling many regex routes takes a while: off the async runtime.
+        let checked = doc.clone();
+        tokio::task::spawn_blocking(move || checked.check_compiles())
+            .await
+            .map_err(|e| StoreError::Invalid(format!("configuration check failed: {e}")))?
+            .map_err(rejected)?;
+        *self.judged.lock().unwrap_or_else(|p| p.into_inner()) = Some(doc);
+        Ok(Verdict::Write)
+    }
+}
+
+impl AppState {
+    /// Applies one configuration change as one revision (see the module notes) and
+    /// publishes the committed document. `extra` adds a check of the change's own.
+    pub async fn change_config(
+        &self,
+        actor: &Actor,
+        edit: ConfigEdit<'_>,
+        message: &str,
+        extra: Option<ExtraCheck<'_>>,
+    ) -> Result<CommittedRevision, StoreError> {
+        let judge = Judge {
+            extra,
+            replace: matches!(edit, ConfigEdit::Replace { .. }),
+            judged: Mutex::new(None),
+        };
+        let committed = self
+            .store
+            .write_config(actor, edit, message, &judge)
+            .await?;
+        if !committed.written {
+            return Ok(committed);
+        }
+        let document = judge
+            .judged
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .ok_or_else(|| StoreError::Invalid("a written revision was not judged".into()))?;
+        let number = committed.number;
+        self.feed
+            .publish_revision(number as u64, Arc::new(document));
+        self.peers.announce(number);
+        self.emit(
+            NewEvent::new(
+                "config.changed",
+                Severity::Info,
+                format!("{} made revision {number}", actor.name),
+            )
+            .details(serde_json::json!({"revision": number, "actor": actor.name})),
+        );
+        Ok(committed)
+    }
+
+    /// The document of revision `n`; revision 0 is the configuration before any change.
+    pub async fn document_at(&self, n: i64) -> Result<Option<ConfigDocument>, StoreError> {
+        if n == 0 {
+            return Ok(Some(ConfigDocument::default()));
+        }
+        let Some(r) = self.store.get_revision(n).await? else {
+            return Ok(None);
+        };
+        ConfigDocument::from_resources(r.snapshot.as_ref().unwrap_or(&Default::default()))
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("revision {n} does not validate: {e}")))
+    }
+
+    /// Publishes the newest stored revision if it is newer than the one published:
+    /// exactly that revision's document, as stored with it. Revisions are written
+    /// only after their document compiled, but one stored by an earlier version may
+    /// not: it is never published (a critical `config.revision_refused` event names
+    /// it and the routes at fault), the one in force keeps serving — or, when
+    /// nothing is published yet, the newest earlier revision that compiles.
+    pub async fn publish_latest(&self) -> Result<(), StoreError> {
+        let revision = self.store.latest_revision().await?;
+        let published = self.feed.current().revision;
+        if revision as u64 <= published {
+            return Ok(());
+        }
+        if self.refused_revision.load(Ordering::Relaxed) == revision {
+            return Ok(());
+        }
+        let Some(document) = self.document_at(revision).await? else {
+            return Ok(());
+        };
+        let checked = document.clone();
+        let compiles = tokio::task::spawn_blocking(move || checked.check_compiles())
+            .await
+            .map_err(|e| StoreError::Invalid(format!("configuration check failed: {e}")))?;
+        let e = match compiles {
+            Ok(()) => {
+                self.feed
+                    .publish_revision(revision as u64, Arc::new(document));
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        self.refused_revision.store(revision, Ordering::Relaxed);
+        let fallback = if published == 0 {
+            self.newest_compiling_before(revision).await?
+        } else {
+            None
+        };
+        let served = match fallback {
+            Some((n, doc)) => {
+                self.feed.publish_revision(n, Arc::new(doc));
+                Some(n)
+            }
+            None => (published != 0).then_some(published),
+        };
+        let serving = match served {
+            Some(n) => format!("revision {n} keeps serving"),
+            None => "no earlier revision compiles; the gateway serves no routes".into(),
+        };
+        self.emit(
+            NewEvent::new(
+                "config.revision_refused",
+                Severity::Critical,
+                format!("revision {revision} cannot be compiled by the gateway ({e}); {serving}"),
+            )
+            .details(serde_json::json!({
+                "revision": revision,
+                "serving_revision": served,
+                "errors": e.errors,
+            })),
+        );
+        Ok(())
+    }
+
+    /// The newest revision before `revision` whose document compiles, looking back
+    /// at most [`FALLBACK_SEARCH`] revisions.
+    async fn newest_compiling_before(
+        &self,
+        revision: i64,
+    ) -> Result<Option<(u64, ConfigDocument)>, StoreError> {
+        let oldest = (revision - FALLBACK_SEARCH).max(1);
+        for n in (oldest..revision).rev() {
+            let Ok(Some(document)) = self.document_at(n).await else {
+                continue;
+            };
+            let checked = document.clone();
+            let ok = tokio::task::spawn_blocking(move || checked.check_compiles().is_ok())
+                .await
+                .unwrap_or(false);
+            if ok {
+                return Ok(Some((n as u64, document)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Loads and decrypts every certificate and publishes the set if it changed.
+    /// A certificate whose key does not decrypt is left out and logged.
+    pub async fn publish_certificates(&self) -> Result<(), StoreError> {
+        let records = self.store.list_certificates().await?;
+        let seen: Vec<(String, i64)> = records
+            .iter()
+            .map(|r| (r.name.clone(), r.version))
+            .collect();
+        {
+            let mut last = self
+                .certificates_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.as_ref() == Some(&seen) {
+                return Ok(());
+            }
+            *last = Some(seen);
+        }
+        let mut set = Vec::new();
+        for rec in records {
+            match self.secrets.open(&rec.key_encrypted).map(String::from_utf8) {
+                Ok(Ok(key_pem)) => set.push(fleetgate_core::tls::TlsBundle {
+                    name: rec.name,
+                    cert_pem: rec.cert_pem,
+                    key_pem,
+                }),
+                Ok(Err(_)) => {
+                    tracing::error!(certificate = %rec.name, "stored key is not text; not served")
+                }
+                Err(e) => {
+                    tracing::error!(certificate = %rec.name, error = %e, "certificate key does not decrypt; not served")
+                }
+            }
+        }
+        self.feed.publish_certificates(set);
+        Ok(())
+    }
+
+    /// Publishes every project's published rule set, loading only those whose
+    /// published version (or hosts) changed.
+    pub async fn publish_sites(&self) -> Result<(), StoreError> {
+        let projects = self.store.all_projects().await?;
+        let mut cache = self.sites.lock().await;
+        let mut next: HashMap<String, Arc<Site>> = HashMap::with_capacity(projects.len());
+        for p in projects {
+            let site = match cache.get(&p.id) {
+                Some(s) if s.version == p.published_version && s.hosts == p.hosts => s.clone(),
+                Some(s) if s.version == p.published_version => Arc::new(Site {
+                    hosts: p.hosts.clone(),
+                    ..Site::clone(s)
+                }),
+                _ => {
+                    let redirects =
+                        load_all(self.store.as_ref(), RuleTable::Redirects, &p.id).await?;
+                    let pages = load_all(self.store.as_ref(), RuleTable::Pages, &p.id).await?;
+                    Arc::new(Site {
+                        id: p.id.clone(),
+                        label: format!("{}/{}", p.namespace, p.name),
+                        version: p.published_version,
+                        hosts: p.hosts.clone(),
+                        redirects: redirects.into_iter().filter_map(redirect_of).collect(),
+                        pages: pages.into_iter().filter_map(page_of).collect(),
+                    })
+                }
+            };
+            next.insert(p.id, site);
+        }
+        self.feed.publish_sites(next.values().cloned().collect());
+        *cache = next;
+        Ok(())
+    }
+
+    /// Asks the follower to look at the store now (after a change made here to
+    /// projects, published sets or certificates).
+    pub fn refresh_data_plane(&self) {
+        self.store_changed.notify_one();
+    }
+
+    /// Keeps the data-plane input in step with the store: after each change made
+    /// here, on word from another manager (NATS), and by polling. Ends when
+    /// `shutdown` turns true.
+    pub fn follow_store(&self, mut shutdown: watch::Receiver<bool>) {
+        let state = self.clone();
+        let poll = if self.peers.enabled() {
+            POLL_WITH_NATS
+        } else {
+            POLL_WITHOUT_NATS
+        };
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = state.publish_latest().await {
+                    tracing::warn!(error = %e, "could not read the latest revision");
+                }
+                if let Err(e) = state.publish_sites().await {
+                    tracing::warn!(error = %e, "could not load published redirect and page sets");
+                }
+                if let Err(e) = state.publish_certificates().await {
+                    tracing::warn!(error = %e, "could not load certificates");
+                }
+                tokio::select! {
+                    () = state.store_changed.notified() => {}
+                    () = state.peers.changed() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = shutdown.changed() => return,
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+async fn load_all(
+    store: &dyn Store,
+    table: RuleTable,
+    project_id: &str,
+) -> Result<Vec<RuleData>, StoreError> {
+    let mut out = Vec::new();
+    loop {
+        let page = store
+            .published_rules(
+                table,
+                project_id,
+                PageRequest {
+                    limit: LOAD_BATCH,
+                    offset: out.len() as i64,
+                },
+            )
+            .await?;
+        let n = page.items.len();
+        out.extend(page.items);
+        if n < LOAD_BATCH as usize || out.len() as i64 >= page.total {
+            return Ok(out);
+        }
+    }
+}
+
+/// A stored redirect row as a rule; rows of an unknown type are left out.
+pub fn redirect_of(d: RuleData) -> Option<Redirect> {
+    Some(Redirect {
+        kind: RedirectType::parse(&d.kind)?,
+        source: d.key,
+        target: d.value,
+        status: RedirectStatus::parse(&d.flavor).unwrap_or_default(),
+    })
+}
+
+/// A stored page row as a page; rows of an unknown type are left out.
+pub fn page_of(d: RuleData) -> Option<Page> {
+    Some(Page {
+        kind: PageType::parse(&d.kind)?,
+        path: d.key,
+        content: d.value,
+        content_type: PageContentType::parse(&d.flavor).unwrap_or_default(),
+    })
+}
+
+/// Word between managers sharing a store that a revision was written, over NATS.
+#[derive(Default)]
+pub struct Peers {
+    client: std::sync::OnceLock<(async_nats::Client, String)>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Peers {
+    /// Whether word from other managers arrives (NATS configured).
+    pub fn enabled(&self) -> bool {
+        self.client.get().is_some()
+    }
+
+    /// Connects to NATS (in the background: an unreachable server is retried) and
+    /// listens on `fleetgate.config.<cluster>`; word from any manager wakes the
+    /// follower. Listening ends with `shutdown`.
+    pub async fn attach(
+        &self,
+        url: &str,
+        cluster: &str,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        use futures::StreamExt;
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let subject = format!("fleetgate.config.{cluster}");
+        let mut sub = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = self.client.set((client, subject));
+        let wake = self.wake.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    msg = sub.next() => match msg {
+                        Some(_) => wake.notify_one(),
+                        None => return,
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Tells the other managers that revision `number` was written.
+    pub fn announce(&self, number: i64) {
+        if let Some((client, subject)) = self.client.get() {
+            let client = client.clone();
+            let subject = subject.clone();
+            tokio::spawn(async move {
+                if let Err(e) = client.publish(subject, number.to_string().into()).await {
+                    tracing::warn!(error = %e, "could not announce the revision over NATS");
+                }
+            });
+        }
+    }
+
+    /// Resolves when another manager announces a change.
+    pub async fn changed(&self) {
+        self.wake.notified().await;
+    }
+}
