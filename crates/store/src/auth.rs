@@ -249,7 +249,7 @@ impl AuthStore for SqlStore {
     }
 
     async fn create_user(&self, actor: &Actor, u: &UserRecord) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let res = sqlx::query(
             "INSERT INTO users (id, username, display_name, email, role, password_hash, \
              allowed_node_ids, disabled, version, created_at, updated_at, last_login_at) \
@@ -278,13 +278,11 @@ impl AuthStore for SqlStore {
             }
             r => r?,
         };
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("user.create", "user", Some(&u.id)).after(u.audit_view()),
         )
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -321,7 +319,7 @@ impl AuthStore for SqlStore {
         u: &UserRecord,
         expected_version: Option<i64>,
     ) -> Result<UserRecord> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         // Take the write lock first (SQLite) and lock the row (PostgreSQL).
         let bumped = sqlx::query("UPDATE users SET version = version WHERE id = $1")
             .bind(u.id.clone())
@@ -379,15 +377,13 @@ impl AuthStore for SqlStore {
         if before.password_hash != after.password_hash {
             after_view["password_changed"] = Value::Bool(true);
         }
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("user.update", "user", Some(&u.id))
                 .before(before.audit_view())
                 .after(after_view),
         )
         .await?;
-        tx.commit().await?;
         Ok(after)
     }
 
@@ -397,7 +393,7 @@ impl AuthStore for SqlStore {
         id: &str,
         expected_version: Option<i64>,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let locked = sqlx::query("UPDATE users SET version = version WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -423,13 +419,11 @@ impl AuthStore for SqlStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("user.delete", "user", Some(id)).before(before.audit_view()),
         )
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -443,7 +437,7 @@ impl AuthStore for SqlStore {
     }
 
     async fn create_session(&self, actor: &Actor, s: &SessionRecord) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         sqlx::query(
             "INSERT INTO sessions (token_hash, user_id, csrf_token, client_ip, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -456,13 +450,11 @@ impl AuthStore for SqlStore {
         .bind(s.expires_at)
         .execute(&mut *tx)
         .await?;
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("auth.login", "session", Some(&s.user_id)),
         )
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -613,7 +605,7 @@ impl AuthStore for SqlStore {
     }
 
     async fn create_api_key(&self, actor: &Actor, k: &ApiKeyRecord) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let res = sqlx::query(
             "INSERT INTO api_keys (id, name, prefix, key_hash, role, user_id, created_at, last_used_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -634,13 +626,11 @@ impl AuthStore for SqlStore {
             }
             r => r?,
         };
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("api_key.create", "api_key", Some(&k.id)).after(k.audit_view()),
         )
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -696,7 +686,7 @@ impl AuthStore for SqlStore {
     }
 
     async fn delete_api_key(&self, actor: &Actor, id: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
         let before = sqlx::query(&sql)
             .bind(id.to_string())
@@ -709,13 +699,11 @@ impl AuthStore for SqlStore {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("api_key.delete", "api_key", Some(id)).before(before.audit_view()),
         )
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use fleetgate_core::time::now_ms;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::sql::{check_version, insert_audit, SqlStore};
+use crate::sql::{check_version, SqlStore};
 use crate::{Actor, AuditEvent, Result, StoreError};
 
 /// A TLS certificate with its private key encrypted by the caller.
@@ -58,7 +58,7 @@ impl CertificateStore for SqlStore {
         c: &CertificateRecord,
         expected_version: Option<i64>,
     ) -> Result<CertificateRecord> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         // Lock the row (or, for SQLite, take the write lock) before reading it.
         sqlx::query("UPDATE certificates SET version = version WHERE name = $1")
             .bind(c.name.clone())
@@ -110,8 +110,7 @@ impl CertificateStore for SqlStore {
         if let Some(b) = &before {
             ev = ev.before(view(b));
         }
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
+        tx.commit(actor, &ev).await?;
         Ok(stored)
     }
 
@@ -136,7 +135,7 @@ impl CertificateStore for SqlStore {
     }
 
     async fn delete_certificate(&self, actor: &Actor, name: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let n = sqlx::query("DELETE FROM certificates WHERE name = $1")
             .bind(name.to_string())
             .execute(&mut *tx)
@@ -145,13 +144,11 @@ impl CertificateStore for SqlStore {
         if n == 0 {
             return Err(StoreError::NotFound(format!("certificate {name}")));
         }
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("certificate.delete", "certificate", Some(name)),
         )
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 }

@@ -227,12 +227,53 @@ impl SqlStore {
         })
     }
 
+    /// Starts an audited write: [`SqlStore::begin_write`] whose only way to commit
+    /// records the change's audit entry in the same transaction.
+    pub(crate) async fn begin_audited(&self) -> Result<AuditedWrite> {
+        Ok(AuditedWrite {
+            tx: self.begin_write().await?,
+        })
+    }
+
     pub(crate) async fn count(&self, sql: &str, args: &[Arg]) -> Result<i64> {
         let mut q = sqlx::query(sql);
         for a in args {
             q = a.bind(q);
         }
         Ok(q.fetch_one(&self.pool).await?.try_get::<i64, _>(0)?)
+    }
+}
+
+/// A write transaction that ends with its audit entry, so no audited change can
+/// land without its record. It reads and writes like the connection it wraps
+/// (`&mut *tx`, `&mut tx`); the caller locks and reads the row, checks the expected
+/// version ([`check_version`]) and writes, then [`AuditedWrite::commit`] inserts
+/// the entry and commits. Dropped without committing (an error, a refused
+/// precondition), it rolls everything back.
+pub(crate) struct AuditedWrite {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl AuditedWrite {
+    /// Records `event` as done by `actor` and commits, as one transaction.
+    pub(crate) async fn commit(mut self, actor: &Actor, event: &AuditEvent) -> Result<()> {
+        insert_audit(&mut self.tx, actor, event).await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for AuditedWrite {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for AuditedWrite {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
     }
 }
 
