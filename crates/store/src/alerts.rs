@@ -393,7 +393,7 @@ fn already_active(rule_id: &Option<String>) -> StoreError {
 #[async_trait]
 impl AlertStore for SqlStore {
     async fn create_alert_rule(&self, actor: &Actor, rule: &AlertRuleRecord) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         sqlx::query(&format!(
             "INSERT INTO alert_rules ({RULE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         ))
@@ -415,14 +415,12 @@ impl AlertStore for SqlStore {
                 e.into()
             }
         })?;
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("alert_rule.create", "alert_rule", Some(&rule.id))
                 .after(rule.audit_view()),
         )
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -466,7 +464,7 @@ impl AlertStore for SqlStore {
         rule: &AlertRuleRecord,
         expected_version: Option<i64>,
     ) -> Result<AlertRuleRecord> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let before = get_rule_in(&mut tx, &rule.id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("alert rule {}", rule.id)))?;
@@ -495,15 +493,13 @@ impl AlertStore for SqlStore {
         if n == 0 {
             return Err(changed_meanwhile(&mut tx, "alert_rules", "alert rule", &rule.id).await);
         }
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("alert_rule.update", "alert_rule", Some(&rule.id))
                 .before(before.audit_view())
                 .after(after.audit_view()),
         )
         .await?;
-        tx.commit().await?;
         Ok(after)
     }
 
@@ -513,7 +509,7 @@ impl AlertStore for SqlStore {
         id: &str,
         expected_version: Option<i64>,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let before = get_rule_in(&mut tx, id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("alert rule {id}")))?;
@@ -522,14 +518,12 @@ impl AlertStore for SqlStore {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("alert_rule.delete", "alert_rule", Some(id))
                 .before(before.audit_view()),
         )
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -539,7 +533,7 @@ impl AlertStore for SqlStore {
         incident: &IncidentRecord,
         timeline: &[NewTimelineEntry],
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO incidents ({INCIDENT_COLS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
@@ -572,14 +566,12 @@ impl AlertStore for SqlStore {
             Err(e) => return Err(e.into()),
         }
         insert_timeline(&mut tx, &incident.id, timeline).await?;
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("incident.create", "incident", Some(&incident.id))
                 .after(incident.audit_view()),
         )
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -664,7 +656,7 @@ impl AlertStore for SqlStore {
         expected_version: Option<i64>,
         timeline: &[NewTimelineEntry],
     ) -> Result<IncidentRecord> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let before = get_incident_in(&mut tx, &incident.id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("incident {}", incident.id)))?;
@@ -701,15 +693,13 @@ impl AlertStore for SqlStore {
             Err(e) => return Err(e.into()),
         }
         insert_timeline(&mut tx, &after.id, timeline).await?;
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("incident.update", "incident", Some(&after.id))
                 .before(before.audit_view())
                 .after(after.audit_view()),
         )
         .await?;
-        tx.commit().await?;
         Ok(after)
     }
 
@@ -720,7 +710,7 @@ impl AlertStore for SqlStore {
         at: i64,
         message: &str,
     ) -> Result<Option<IncidentRecord>> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let n = sqlx::query(
             "UPDATE incidents SET status = 'resolved', resolved_by = $1, resolved_at = $2, \
              updated_at = $2, version = version + 1 WHERE id = $3 AND status <> 'resolved'",
@@ -748,13 +738,11 @@ impl AlertStore for SqlStore {
         let after = get_incident_in(&mut tx, id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("incident {id}")))?;
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("incident.resolve", "incident", Some(id)).after(after.audit_view()),
         )
         .await?;
-        tx.commit().await?;
         Ok(Some(after))
     }
 
@@ -829,7 +817,7 @@ impl AlertStore for SqlStore {
         id: &str,
         expected_version: Option<i64>,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let before = get_incident_in(&mut tx, id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("incident {id}")))?;
@@ -842,13 +830,11 @@ impl AlertStore for SqlStore {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("incident.delete", "incident", Some(id)).before(before.audit_view()),
         )
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 }

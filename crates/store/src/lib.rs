@@ -6,6 +6,10 @@
 //! changes also record a numbered revision holding the whole configuration document.
 
 mod alerts;
+mod audit;
+mod auth;
+mod backup;
+mod certificates;
 mod events;
 pub mod files;
 mod metrics;
@@ -20,6 +24,9 @@ use serde_json::Value;
 pub use alerts::{
     AlertRuleRecord, AlertStore, IncidentFilter, IncidentRecord, NewTimelineEntry, TimelineEntry,
 };
+pub use audit::{AuditEvent, AuditFilter, AuditRecord, AuditStore};
+pub use auth::{ApiKeyRecord, AuthStore, LoginAttempt, SessionRecord, UserRecord};
+pub use certificates::{CertificateRecord, CertificateStore};
 pub use events::{EventFilter, EventRecord, EventStore, UnackedCounts};
 pub use metrics::{MetricPoint, MetricStore, RESOLUTIONS};
 pub use redirects::{
@@ -75,15 +82,6 @@ impl StoreError {
     }
 }
 
-/// The outcome of [`Store::reserve_login_attempt`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginAttempt {
-    /// Counted; the id releases it.
-    Admitted { id: i64 },
-    /// Over the limit; `oldest` is the time of the oldest attempt in the window.
-    Refused { oldest: i64 },
-}
-
 /// Who made a change, for the audit log and revision authorship.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
@@ -107,134 +105,6 @@ impl Actor {
             request_id: None,
         }
     }
-}
-
-/// A user as stored, including the password hash. Never serialized to clients.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserRecord {
-    pub id: String,
-    pub username: String,
-    pub display_name: String,
-    pub email: Option<String>,
-    pub role: Role,
-    pub password_hash: String,
-    pub allowed_node_ids: Option<Vec<String>>,
-    pub disabled: bool,
-    pub version: i64,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub last_login_at: Option<i64>,
-}
-
-impl UserRecord {
-    /// The user as the audit log shows it: everything but the password hash.
-    pub fn audit_view(&self) -> Value {
-        serde_json::json!({
-            "id": self.id,
-            "username": self.username,
-            "display_name": self.display_name,
-            "email": self.email,
-            "role": self.role,
-            "allowed_node_ids": self.allowed_node_ids,
-            "disabled": self.disabled,
-        })
-    }
-}
-
-/// A browser session; the token itself is only ever held by the browser.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionRecord {
-    pub token_hash: String,
-    pub user_id: String,
-    pub csrf_token: String,
-    pub client_ip: Option<String>,
-    pub created_at: i64,
-    pub expires_at: i64,
-}
-
-/// An API key; only the hash of the key is stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiKeyRecord {
-    pub id: String,
-    pub name: String,
-    /// First characters of the key, shown so operators can tell keys apart.
-    pub prefix: String,
-    pub key_hash: String,
-    pub role: Role,
-    /// The user who owns the key; `None` for the bootstrap key.
-    pub user_id: Option<String>,
-    pub created_at: i64,
-    pub last_used_at: Option<i64>,
-}
-
-impl ApiKeyRecord {
-    pub fn audit_view(&self) -> Value {
-        serde_json::json!({
-            "id": self.id,
-            "name": self.name,
-            "prefix": self.prefix,
-            "role": self.role,
-            "user_id": self.user_id,
-        })
-    }
-}
-
-/// One audit log entry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AuditRecord {
-    pub id: i64,
-    pub at: i64,
-    pub actor: String,
-    pub actor_id: Option<String>,
-    pub action: String,
-    pub target_type: String,
-    pub target_id: Option<String>,
-    pub client_ip: Option<String>,
-    pub request_id: Option<String>,
-    pub before: Option<Value>,
-    pub after: Option<Value>,
-}
-
-/// What an audit entry records besides who and when.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AuditEvent {
-    pub action: String,
-    pub target_type: String,
-    pub target_id: Option<String>,
-    pub before: Option<Value>,
-    pub after: Option<Value>,
-}
-
-impl AuditEvent {
-    pub fn new(action: &str, target_type: &str, target_id: Option<&str>) -> Self {
-        Self {
-            action: action.into(),
-            target_type: target_type.into(),
-            target_id: target_id.map(str::to_string),
-            before: None,
-            after: None,
-        }
-    }
-
-    pub fn before(mut self, v: Value) -> Self {
-        self.before = Some(v);
-        self
-    }
-
-    pub fn after(mut self, v: Value) -> Self {
-        self.after = Some(v);
-        self
-    }
-}
-
-/// Filters of the audit log listing; all optional and combined with AND.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AuditFilter {
-    pub actor: Option<String>,
-    pub action: Option<String>,
-    pub target_type: Option<String>,
-    pub since: Option<i64>,
-    pub until: Option<i64>,
 }
 
 /// A page request: `offset` and `limit` are already validated and clamped.
@@ -347,19 +217,6 @@ pub struct RevisionRecord {
     pub snapshot: Option<ResourceSet>,
 }
 
-/// A TLS certificate with its private key encrypted by the caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificateRecord {
-    pub name: String,
-    /// The certificate chain, PEM.
-    pub cert_pem: String,
-    /// The private key, encrypted; the store never sees it in clear.
-    pub key_encrypted: String,
-    pub version: i64,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
 /// State of the embedded migrations against the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationStatus {
@@ -385,7 +242,17 @@ pub struct PoolStats {
 /// manager processes on one database: no state lives only in one process's memory.
 #[async_trait]
 pub trait Store:
-    RedirectStore + EventStore + WebhookStore + MetricStore + AlertStore + Send + Sync + 'static
+    AuthStore
+    + AuditStore
+    + CertificateStore
+    + RedirectStore
+    + EventStore
+    + WebhookStore
+    + MetricStore
+    + AlertStore
+    + Send
+    + Sync
+    + 'static
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> Backend;
@@ -397,84 +264,6 @@ pub trait Store:
     fn pool_stats(&self) -> PoolStats;
     /// Waits for in-flight queries and closes every connection.
     async fn close(&self);
-
-    // Users.
-    async fn count_users(&self) -> Result<i64>;
-    async fn create_user(&self, actor: &Actor, user: &UserRecord) -> Result<()>;
-    async fn get_user(&self, id: &str) -> Result<Option<UserRecord>>;
-    async fn get_user_by_username(&self, username: &str) -> Result<Option<UserRecord>>;
-    async fn list_users(&self, page: PageRequest) -> Result<Page<UserRecord>>;
-    /// Replaces the user with `id` by `user` if its version is `expected_version`
-    /// (when given); bumps the version and returns the stored record.
-    async fn update_user(
-        &self,
-        actor: &Actor,
-        user: &UserRecord,
-        expected_version: Option<i64>,
-    ) -> Result<UserRecord>;
-    async fn delete_user(
-        &self,
-        actor: &Actor,
-        id: &str,
-        expected_version: Option<i64>,
-    ) -> Result<()>;
-    async fn record_login(&self, user_id: &str, at: i64) -> Result<()>;
-
-    // Sessions.
-    async fn create_session(&self, actor: &Actor, session: &SessionRecord) -> Result<()>;
-    /// The session and its user, if the session exists and has not expired at `now`.
-    async fn get_session(
-        &self,
-        token_hash: &str,
-        now: i64,
-    ) -> Result<Option<(SessionRecord, UserRecord)>>;
-    async fn delete_session(&self, actor: &Actor, token_hash: &str) -> Result<bool>;
-    async fn prune_sessions(&self, now: i64) -> Result<u64>;
-
-    // Login limiting, shared between managers.
-    async fn record_login_failure(&self, client_ip: &str, at: i64) -> Result<()>;
-    /// Failures since `since` and the time of the oldest of them.
-    async fn login_failures(&self, client_ip: &str, since: i64) -> Result<(i64, Option<i64>)>;
-    async fn clear_login_failures(&self, client_ip: &str) -> Result<()>;
-    /// Counts one login attempt of `client_ip` at `at` before its password is
-    /// checked, atomically across every manager sharing the store: when fewer than
-    /// `max` attempts were recorded after `since`, records this one (it stays
-    /// counted as a failure unless [`Store::release_login_attempt`] forgets it) and
-    /// admits it; otherwise records nothing and refuses it. Concurrent attempts can
-    /// therefore never all pass the check together.
-    async fn reserve_login_attempt(
-        &self,
-        client_ip: &str,
-        at: i64,
-        since: i64,
-        max: i64,
-    ) -> Result<LoginAttempt>;
-    /// Forgets one admitted attempt (a successful login does not count against its
-    /// address; the other attempts still do).
-    async fn release_login_attempt(&self, id: i64) -> Result<()>;
-
-    // API keys.
-    async fn create_api_key(&self, actor: &Actor, key: &ApiKeyRecord) -> Result<()>;
-    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>>;
-    async fn find_api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
-    /// Keys of one user, or all keys when `user_id` is `None`.
-    async fn list_api_keys(
-        &self,
-        user_id: Option<&str>,
-        page: PageRequest,
-    ) -> Result<Page<ApiKeyRecord>>;
-    async fn delete_api_key(&self, actor: &Actor, id: &str) -> Result<()>;
-    async fn touch_api_key(&self, id: &str, at: i64) -> Result<()>;
-
-    // Audit.
-    /// Records an entry that belongs to no other mutation (logins, logouts, backups).
-    async fn append_audit(&self, actor: &Actor, event: AuditEvent) -> Result<()>;
-    async fn list_audit(
-        &self,
-        filter: &AuditFilter,
-        page: PageRequest,
-    ) -> Result<Page<AuditRecord>>;
-    async fn prune_audit(&self, before: i64) -> Result<u64>;
 
     // Configuration and revisions.
     async fn get_resource(&self, kind: &str, name: &str) -> Result<Option<ResourceRecord>>;
@@ -553,18 +342,6 @@ pub trait Store:
     async fn latest_revision(&self) -> Result<i64>;
     async fn list_revisions(&self, page: PageRequest) -> Result<Page<RevisionRecord>>;
     async fn get_revision(&self, number: i64) -> Result<Option<RevisionRecord>>;
-
-    // TLS certificates (not configuration revisions: they carry secrets).
-    /// Creates or replaces a certificate; `expected_version` as for resources.
-    async fn put_certificate(
-        &self,
-        actor: &Actor,
-        cert: &CertificateRecord,
-        expected_version: Option<i64>,
-    ) -> Result<CertificateRecord>;
-    async fn get_certificate(&self, name: &str) -> Result<Option<CertificateRecord>>;
-    async fn list_certificates(&self) -> Result<Vec<CertificateRecord>>;
-    async fn delete_certificate(&self, actor: &Actor, name: &str) -> Result<()>;
 
     /// Writes a consistent copy of the whole store to `path` (a new file).
     async fn backup(&self, path: &std::path::Path) -> Result<()>;

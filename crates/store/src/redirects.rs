@@ -754,7 +754,7 @@ fn hosts_text(hosts: &[String]) -> Result<String> {
 #[async_trait]
 impl RedirectStore for SqlStore {
     async fn create_namespace(&self, actor: &Actor, ns: &NamespaceRecord) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let res = sqlx::query(
             "INSERT INTO namespaces (name, description, version, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -777,8 +777,7 @@ impl RedirectStore for SqlStore {
         };
         let ev = AuditEvent::new("namespace.create", "namespace", Some(&ns.name))
             .after(json!({"name": ns.name, "description": ns.description}));
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
+        tx.commit(actor, &ev).await?;
         Ok(())
     }
 
@@ -817,7 +816,7 @@ impl RedirectStore for SqlStore {
         ns: &NamespaceRecord,
         expected_version: Option<i64>,
     ) -> Result<NamespaceRecord> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let before = sqlx::query(
             "SELECT name, description, version, created_at, updated_at FROM namespaces WHERE name = $1",
         )
@@ -839,8 +838,7 @@ impl RedirectStore for SqlStore {
         let ev = AuditEvent::new("namespace.update", "namespace", Some(&ns.name))
             .before(json!({"description": before.description}))
             .after(json!({"description": ns.description}));
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
+        tx.commit(actor, &ev).await?;
         Ok(NamespaceRecord {
             description: ns.description.clone(),
             version: before.version + 1,
@@ -850,7 +848,7 @@ impl RedirectStore for SqlStore {
     }
 
     async fn delete_namespace(&self, actor: &Actor, name: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let projects = sqlx::query("SELECT COUNT(*) FROM projects WHERE namespace = $1")
             .bind(name.to_string())
             .fetch_one(&mut *tx)
@@ -869,18 +867,16 @@ impl RedirectStore for SqlStore {
         if n == 0 {
             return Err(StoreError::NotFound(format!("namespace {name}")));
         }
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("namespace.delete", "namespace", Some(name)),
         )
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
     async fn create_project(&self, actor: &Actor, p: &ProjectRecord) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         // Touching the namespace serializes project creation, so the host check holds.
         let n = sqlx::query("UPDATE namespaces SET updated_at = updated_at WHERE name = $1")
             .bind(p.namespace.clone())
@@ -921,8 +917,7 @@ impl RedirectStore for SqlStore {
             Some(&format!("{}/{}", p.namespace, p.name)),
         )
         .after(p.audit_view());
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
+        tx.commit(actor, &ev).await?;
         Ok(())
     }
 
@@ -980,7 +975,7 @@ impl RedirectStore for SqlStore {
         p: &ProjectRecord,
         expected_version: Option<i64>,
     ) -> Result<ProjectRecord> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         lock_project(&mut tx, &p.id).await?;
         let before = sqlx::query(&format!(
             "SELECT {PROJECT_COLS} FROM projects WHERE id = $1"
@@ -1016,13 +1011,12 @@ impl RedirectStore for SqlStore {
         )
         .before(before.audit_view())
         .after(after.audit_view());
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
+        tx.commit(actor, &ev).await?;
         Ok(after)
     }
 
     async fn delete_project(&self, actor: &Actor, project_id: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         lock_project(&mut tx, project_id).await?;
         let before = sqlx::query(&format!(
             "SELECT {PROJECT_COLS} FROM projects WHERE id = $1"
@@ -1054,8 +1048,7 @@ impl RedirectStore for SqlStore {
             Some(&format!("{}/{}", before.namespace, before.name)),
         )
         .before(before.audit_view());
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
+        tx.commit(actor, &ev).await?;
         Ok(())
     }
 
@@ -1128,7 +1121,7 @@ impl RedirectStore for SqlStore {
         project_id: &str,
         rule: &RuleData,
     ) -> Result<RuleRow> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         lock_project(&mut tx, project_id).await?;
         let id = match get_rule_by_key(&mut tx, table, project_id, &rule.key).await? {
             // A rule deleted in the draft comes back as an edit of the published one.
@@ -1161,8 +1154,7 @@ impl RedirectStore for SqlStore {
             Some(&id.to_string()),
         )
         .after(json!({"project_id": project_id, "rule": rule_view(rule)}));
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
+        tx.commit(actor, &ev).await?;
         Ok(row)
     }
 
@@ -1174,7 +1166,7 @@ impl RedirectStore for SqlStore {
         id: i64,
         rule: &RuleData,
     ) -> Result<RuleRow> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         lock_project(&mut tx, project_id).await?;
         let row = get_rule_in(&mut tx, table, project_id, id)
             .await?
@@ -1191,8 +1183,7 @@ impl RedirectStore for SqlStore {
         )
         .before(json!({"project_id": project_id, "rule": rule_view(&row.working)}))
         .after(json!({"project_id": project_id, "rule": rule_view(rule)}));
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
+        tx.commit(actor, &ev).await?;
         Ok(after)
     }
 
@@ -1203,7 +1194,7 @@ impl RedirectStore for SqlStore {
         project_id: &str,
         id: i64,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         lock_project(&mut tx, project_id).await?;
         let row = get_rule_in(&mut tx, table, project_id, id)
             .await?
@@ -1228,8 +1219,7 @@ impl RedirectStore for SqlStore {
             Some(&id.to_string()),
         )
         .before(json!({"project_id": project_id, "rule": rule_view(&row.working)}));
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
+        tx.commit(actor, &ev).await?;
         Ok(())
     }
 
@@ -1241,7 +1231,7 @@ impl RedirectStore for SqlStore {
         rules: &[RuleData],
         replace: bool,
     ) -> Result<ImportSummary> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         lock_project(&mut tx, project_id).await?;
         let existing = {
             let sql = format!(
@@ -1302,8 +1292,7 @@ impl RedirectStore for SqlStore {
             Some(project_id),
         )
         .after(json!({"summary": summary, "replace": replace, "rows": rules.len()}));
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
+        tx.commit(actor, &ev).await?;
         Ok(summary)
     }
 
@@ -1378,7 +1367,7 @@ impl RedirectStore for SqlStore {
     }
 
     async fn publish(&self, actor: &Actor, project_id: &str) -> Result<PublishRecord> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         lock_project(&mut tx, project_id).await?;
         let drafts = drafts_in(&mut tx, project_id, PUBLISH_CHANGES_LISTED).await?;
         let total = drafts.redirects.total() + drafts.pages.total();
@@ -1440,8 +1429,7 @@ impl RedirectStore for SqlStore {
         let ev = AuditEvent::new("project.publish", "project", Some(project_id)).after(json!({
             "version": version, "redirects": drafts.redirects, "pages": drafts.pages,
         }));
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
+        tx.commit(actor, &ev).await?;
         Ok(PublishRecord {
             version,
             published_at: now,
@@ -1451,7 +1439,7 @@ impl RedirectStore for SqlStore {
     }
 
     async fn discard_drafts(&self, actor: &Actor, project_id: &str) -> Result<i64> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         lock_project(&mut tx, project_id).await?;
         let mut dropped = 0;
         for table in RuleTable::ALL {
@@ -1477,8 +1465,7 @@ impl RedirectStore for SqlStore {
         let dropped = i64::try_from(dropped).unwrap_or(i64::MAX);
         let ev = AuditEvent::new("project.discard", "project", Some(project_id))
             .after(json!({"discarded": dropped}));
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
+        tx.commit(actor, &ev).await?;
         Ok(dropped)
     }
 
@@ -1508,7 +1495,7 @@ impl RedirectStore for SqlStore {
     }
 
     async fn create_project_token(&self, actor: &Actor, t: &ProjectTokenRecord) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         lock_project(&mut tx, &t.project_id).await?;
         sqlx::query(
             "INSERT INTO project_tokens (id, project_id, name, token_hash, preview, scopes, \
@@ -1527,8 +1514,7 @@ impl RedirectStore for SqlStore {
         .await?;
         let ev = AuditEvent::new("project_token.create", "project_token", Some(&t.id))
             .after(t.audit_view());
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
+        tx.commit(actor, &ev).await?;
         Ok(())
     }
 
@@ -1553,7 +1539,7 @@ impl RedirectStore for SqlStore {
     }
 
     async fn delete_project_token(&self, actor: &Actor, project_id: &str, id: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let before = sqlx::query("SELECT * FROM project_tokens WHERE id = $1 AND project_id = $2")
             .bind(id.to_string())
             .bind(project_id.to_string())
@@ -1569,8 +1555,7 @@ impl RedirectStore for SqlStore {
             .await?;
         let ev = AuditEvent::new("project_token.delete", "project_token", Some(id))
             .before(before.audit_view());
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
+        tx.commit(actor, &ev).await?;
         Ok(())
     }
 
@@ -1672,7 +1657,7 @@ impl RedirectStore for SqlStore {
     }
 
     async fn delete_agent(&self, actor: &Actor, project_id: &str, name: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let n = sqlx::query("DELETE FROM project_agents WHERE project_id = $1 AND name = $2")
             .bind(project_id.to_string())
             .bind(name.to_string())
@@ -1682,13 +1667,8 @@ impl RedirectStore for SqlStore {
         if n == 0 {
             return Err(StoreError::NotFound(format!("agent {name}")));
         }
-        insert_audit(
-            &mut tx,
-            actor,
-            &AuditEvent::new("agent.delete", "agent", Some(name)),
-        )
-        .await?;
-        tx.commit().await?;
+        tx.commit(actor, &AuditEvent::new("agent.delete", "agent", Some(name)))
+            .await?;
         Ok(())
     }
 }

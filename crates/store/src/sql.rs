@@ -1,5 +1,11 @@
 //! [`SqlStore`]: the store on SQLite or PostgreSQL through sqlx's `Any` driver.
 //!
+//! This module opens and migrates the store, holds the helpers every kind of record
+//! shares (write transactions, audit entries, version checks) and implements the
+//! configuration and its revisions; each other kind of record has its own module
+//! (`auth`, `audit`, `certificates`, `redirects`, `events`, `webhooks`, `metrics`,
+//! `alerts`, and `backup` for the whole-store copy).
+//!
 //! Both backends run the same SQL text: `$n` placeholders (which SQLite accepts),
 //! BIGINT timestamps in Unix milliseconds, JSON kept as TEXT. Only the schema
 //! migrations and the backup differ per backend.
@@ -11,22 +17,19 @@
 
 use std::borrow::Cow;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Once;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use fleetgate_core::time::now_ms;
-use fleetgate_core::user::Role;
 use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyConnection, AnyPool, Row};
 
 use crate::{
-    Actor, ApiKeyRecord, AuditEvent, AuditFilter, AuditRecord, CertificateRecord, LoginAttempt,
-    MigrationStatus, Page, PageRequest, PoolStats, ResourceRecord, ResourceSet, Result,
-    RevisionRecord, SessionRecord, Store, StoreError, UserRecord,
+    Actor, AuditEvent, MigrationStatus, Page, PageRequest, PoolStats, ResourceRecord, ResourceSet,
+    Result, RevisionRecord, Store, StoreError,
 };
 
 /// Which database a [`SqlStore`] runs on.
@@ -224,7 +227,15 @@ impl SqlStore {
         })
     }
 
-    async fn count(&self, sql: &str, args: &[Arg]) -> Result<i64> {
+    /// Starts an audited write: [`SqlStore::begin_write`] whose only way to commit
+    /// records the change's audit entry in the same transaction.
+    pub(crate) async fn begin_audited(&self) -> Result<AuditedWrite> {
+        Ok(AuditedWrite {
+            tx: self.begin_write().await?,
+        })
+    }
+
+    pub(crate) async fn count(&self, sql: &str, args: &[Arg]) -> Result<i64> {
         let mut q = sqlx::query(sql);
         for a in args {
             q = a.bind(q);
@@ -233,15 +244,48 @@ impl SqlStore {
     }
 }
 
+/// A write transaction that ends with its audit entry, so no audited change can
+/// land without its record. It reads and writes like the connection it wraps
+/// (`&mut *tx`, `&mut tx`); the caller locks and reads the row, checks the expected
+/// version ([`check_version`]) and writes, then [`AuditedWrite::commit`] inserts
+/// the entry and commits. Dropped without committing (an error, a refused
+/// precondition), it rolls everything back.
+pub(crate) struct AuditedWrite {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl AuditedWrite {
+    /// Records `event` as done by `actor` and commits, as one transaction.
+    pub(crate) async fn commit(mut self, actor: &Actor, event: &AuditEvent) -> Result<()> {
+        insert_audit(&mut self.tx, actor, event).await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for AuditedWrite {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for AuditedWrite {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+}
+
 /// A bound value of a dynamically built query.
 #[derive(Debug, Clone)]
-enum Arg {
+pub(crate) enum Arg {
     Text(String),
     Int(i64),
 }
 
 impl Arg {
-    fn bind<'q>(
+    pub(crate) fn bind<'q>(
         &self,
         q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
@@ -252,90 +296,8 @@ impl Arg {
     }
 }
 
-fn role_of(s: &str) -> Result<Role> {
-    Role::from_str(s).map_err(StoreError::Corrupt)
-}
-
-fn json_of(s: Option<String>) -> Result<Option<Value>> {
-    s.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
-        .transpose()
-}
-
 fn text_of(v: &Option<Value>) -> Option<String> {
     v.as_ref().map(Value::to_string)
-}
-
-fn node_ids_text(ids: &Option<Vec<String>>) -> Result<Option<String>> {
-    ids.as_ref()
-        .map(|v| serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string())))
-        .transpose()
-}
-
-const USER_COLUMNS: &str = "id, username, display_name, email, role, password_hash, \
-     allowed_node_ids, disabled, version, created_at, updated_at, last_login_at";
-
-fn user_from_row(r: &AnyRow) -> Result<UserRecord> {
-    let ids: Option<String> = r.try_get("allowed_node_ids")?;
-    Ok(UserRecord {
-        id: r.try_get("id")?,
-        username: r.try_get("username")?,
-        display_name: r.try_get("display_name")?,
-        email: r.try_get("email")?,
-        role: role_of(&r.try_get::<String, _>("role")?)?,
-        password_hash: r.try_get("password_hash")?,
-        allowed_node_ids: ids
-            .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .transpose()?,
-        disabled: r.try_get::<i64, _>("disabled")? != 0,
-        version: r.try_get("version")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-        last_login_at: r.try_get("last_login_at")?,
-    })
-}
-
-const KEY_COLUMNS: &str = "id, name, prefix, key_hash, role, user_id, created_at, last_used_at";
-
-fn key_from_row(r: &AnyRow) -> Result<ApiKeyRecord> {
-    Ok(ApiKeyRecord {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        prefix: r.try_get("prefix")?,
-        key_hash: r.try_get("key_hash")?,
-        role: role_of(&r.try_get::<String, _>("role")?)?,
-        user_id: r.try_get("user_id")?,
-        created_at: r.try_get("created_at")?,
-        last_used_at: r.try_get("last_used_at")?,
-    })
-}
-
-const CERT_COLUMNS: &str = "name, cert_pem, key_encrypted, version, created_at, updated_at";
-
-fn cert_from_row(r: &AnyRow) -> Result<CertificateRecord> {
-    Ok(CertificateRecord {
-        name: r.try_get("name")?,
-        cert_pem: r.try_get("cert_pem")?,
-        key_encrypted: r.try_get("key_encrypted")?,
-        version: r.try_get("version")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-    })
-}
-
-fn audit_from_row(r: &AnyRow) -> Result<AuditRecord> {
-    Ok(AuditRecord {
-        id: r.try_get("id")?,
-        at: r.try_get("at")?,
-        actor: r.try_get("actor")?,
-        actor_id: r.try_get("actor_id")?,
-        action: r.try_get("action")?,
-        target_type: r.try_get("target_type")?,
-        target_id: r.try_get("target_id")?,
-        client_ip: r.try_get("client_ip")?,
-        request_id: r.try_get("request_id")?,
-        before: json_of(r.try_get("before_json")?)?,
-        after: json_of(r.try_get("after_json")?)?,
-    })
 }
 
 fn resource_from_row(r: &AnyRow) -> Result<ResourceRecord> {
@@ -456,33 +418,6 @@ async fn get_resource_in(
     .transpose()
 }
 
-async fn get_user_in(conn: &mut AnyConnection, id: &str) -> Result<Option<UserRecord>> {
-    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-    sqlx::query(&sql)
-        .bind(id.to_string())
-        .fetch_optional(conn)
-        .await?
-        .map(|r| user_from_row(&r))
-        .transpose()
-}
-
-/// Refuses a change that would leave no enabled super admin.
-async fn keep_a_super_admin(conn: &mut AnyConnection, excluding: &str) -> Result<()> {
-    let n: i64 = sqlx::query(
-        "SELECT COUNT(*) FROM users WHERE role = 'super_admin' AND disabled = 0 AND id <> $1",
-    )
-    .bind(excluding.to_string())
-    .fetch_one(conn)
-    .await?
-    .try_get(0)?;
-    if n == 0 {
-        return Err(StoreError::Conflict(
-            "this is the last enabled super_admin; create another one first".into(),
-        ));
-    }
-    Ok(())
-}
-
 pub(crate) fn check_version(expected: Option<i64>, current: i64) -> Result<()> {
     match expected {
         Some(v) if v != current => Err(StoreError::VersionMismatch { current }),
@@ -535,554 +470,6 @@ impl Store for SqlStore {
 
     async fn close(&self) {
         self.pool.close().await;
-    }
-
-    async fn count_users(&self) -> Result<i64> {
-        self.count("SELECT COUNT(*) FROM users", &[]).await
-    }
-
-    async fn create_user(&self, actor: &Actor, u: &UserRecord) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        let res = sqlx::query(
-            "INSERT INTO users (id, username, display_name, email, role, password_hash, \
-             allowed_node_ids, disabled, version, created_at, updated_at, last_login_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(u.id.clone())
-        .bind(u.username.clone())
-        .bind(u.display_name.clone())
-        .bind(u.email.clone())
-        .bind(u.role.as_str().to_string())
-        .bind(u.password_hash.clone())
-        .bind(node_ids_text(&u.allowed_node_ids)?)
-        .bind(i64::from(u.disabled))
-        .bind(u.version)
-        .bind(u.created_at)
-        .bind(u.updated_at)
-        .bind(u.last_login_at)
-        .execute(&mut *tx)
-        .await;
-        match res {
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict(format!(
-                    "a user named {:?} already exists",
-                    u.username
-                )))
-            }
-            r => r?,
-        };
-        insert_audit(
-            &mut tx,
-            actor,
-            &AuditEvent::new("user.create", "user", Some(&u.id)).after(u.audit_view()),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn get_user(&self, id: &str) -> Result<Option<UserRecord>> {
-        let mut conn = self.pool.acquire().await?;
-        get_user_in(&mut conn, id).await
-    }
-
-    async fn get_user_by_username(&self, username: &str) -> Result<Option<UserRecord>> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
-        sqlx::query(&sql)
-            .bind(username.to_string())
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| user_from_row(&r))
-            .transpose()
-    }
-
-    async fn list_users(&self, page: PageRequest) -> Result<Page<UserRecord>> {
-        let total = self.count_users().await?;
-        let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY username LIMIT $1 OFFSET $2");
-        let rows = sqlx::query(&sql)
-            .bind(page.limit)
-            .bind(page.offset)
-            .fetch_all(&self.pool)
-            .await?;
-        let items = rows.iter().map(user_from_row).collect::<Result<_>>()?;
-        Ok(Page { items, total })
-    }
-
-    async fn update_user(
-        &self,
-        actor: &Actor,
-        u: &UserRecord,
-        expected_version: Option<i64>,
-    ) -> Result<UserRecord> {
-        let mut tx = self.begin_write().await?;
-        // Take the write lock first (SQLite) and lock the row (PostgreSQL).
-        let bumped = sqlx::query("UPDATE users SET version = version WHERE id = $1")
-            .bind(u.id.clone())
-            .execute(&mut *tx)
-            .await?;
-        if bumped.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("user {}", u.id)));
-        }
-        let before = get_user_in(&mut tx, &u.id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("user {}", u.id)))?;
-        check_version(expected_version, before.version)?;
-        let loses_super = before.role == Role::SuperAdmin
-            && !before.disabled
-            && (u.role != Role::SuperAdmin || u.disabled);
-        if loses_super {
-            keep_a_super_admin(&mut tx, &u.id).await?;
-        }
-        let res = sqlx::query(
-            "UPDATE users SET username = $2, display_name = $3, email = $4, role = $5, \
-             password_hash = $6, allowed_node_ids = $7, disabled = $8, \
-             version = version + 1, updated_at = $9 WHERE id = $1",
-        )
-        .bind(u.id.clone())
-        .bind(u.username.clone())
-        .bind(u.display_name.clone())
-        .bind(u.email.clone())
-        .bind(u.role.as_str().to_string())
-        .bind(u.password_hash.clone())
-        .bind(node_ids_text(&u.allowed_node_ids)?)
-        .bind(i64::from(u.disabled))
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await;
-        match res {
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict(format!(
-                    "a user named {:?} already exists",
-                    u.username
-                )))
-            }
-            r => r?,
-        };
-        if before.password_hash != u.password_hash || u.disabled {
-            // A new password or a disabled account ends every session of the user.
-            sqlx::query("DELETE FROM sessions WHERE user_id = $1")
-                .bind(u.id.clone())
-                .execute(&mut *tx)
-                .await?;
-        }
-        let after = get_user_in(&mut tx, &u.id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("user {}", u.id)))?;
-        let mut after_view = after.audit_view();
-        if before.password_hash != after.password_hash {
-            after_view["password_changed"] = Value::Bool(true);
-        }
-        insert_audit(
-            &mut tx,
-            actor,
-            &AuditEvent::new("user.update", "user", Some(&u.id))
-                .before(before.audit_view())
-                .after(after_view),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(after)
-    }
-
-    async fn delete_user(
-        &self,
-        actor: &Actor,
-        id: &str,
-        expected_version: Option<i64>,
-    ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        let locked = sqlx::query("UPDATE users SET version = version WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        if locked.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("user {id}")));
-        }
-        let before = get_user_in(&mut tx, id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("user {id}")))?;
-        check_version(expected_version, before.version)?;
-        if before.role == Role::SuperAdmin && !before.disabled {
-            keep_a_super_admin(&mut tx, id).await?;
-        }
-        // Sessions and keys go with the user (explicitly, whatever the FK settings).
-        for sql in [
-            "DELETE FROM sessions WHERE user_id = $1",
-            "DELETE FROM api_keys WHERE user_id = $1",
-            "DELETE FROM users WHERE id = $1",
-        ] {
-            sqlx::query(sql)
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        insert_audit(
-            &mut tx,
-            actor,
-            &AuditEvent::new("user.delete", "user", Some(id)).before(before.audit_view()),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn record_login(&self, user_id: &str, at: i64) -> Result<()> {
-        sqlx::query("UPDATE users SET last_login_at = $2 WHERE id = $1")
-            .bind(user_id.to_string())
-            .bind(at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn create_session(&self, actor: &Actor, s: &SessionRecord) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO sessions (token_hash, user_id, csrf_token, client_ip, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(s.token_hash.clone())
-        .bind(s.user_id.clone())
-        .bind(s.csrf_token.clone())
-        .bind(s.client_ip.clone())
-        .bind(s.created_at)
-        .bind(s.expires_at)
-        .execute(&mut *tx)
-        .await?;
-        insert_audit(
-            &mut tx,
-            actor,
-            &AuditEvent::new("auth.login", "session", Some(&s.user_id)),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn get_session(
-        &self,
-        token_hash: &str,
-        now: i64,
-    ) -> Result<Option<(SessionRecord, UserRecord)>> {
-        let row = sqlx::query(
-            "SELECT token_hash, user_id, csrf_token, client_ip, created_at, expires_at \
-             FROM sessions WHERE token_hash = $1 AND expires_at > $2",
-        )
-        .bind(token_hash.to_string())
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else { return Ok(None) };
-        let session = SessionRecord {
-            token_hash: r.try_get("token_hash")?,
-            user_id: r.try_get("user_id")?,
-            csrf_token: r.try_get("csrf_token")?,
-            client_ip: r.try_get("client_ip")?,
-            created_at: r.try_get("created_at")?,
-            expires_at: r.try_get("expires_at")?,
-        };
-        let user = self.get_user(&session.user_id).await?;
-        Ok(user.map(|u| (session, u)))
-    }
-
-    async fn delete_session(&self, actor: &Actor, token_hash: &str) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let n = sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
-            .bind(token_hash.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n > 0 {
-            insert_audit(
-                &mut tx,
-                actor,
-                &AuditEvent::new("auth.logout", "session", actor.id.as_deref()),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(n > 0)
-    }
-
-    async fn prune_sessions(&self, now: i64) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
-    }
-
-    async fn record_login_failure(&self, client_ip: &str, at: i64) -> Result<()> {
-        sqlx::query("INSERT INTO login_failures (client_ip, at) VALUES ($1, $2)")
-            .bind(client_ip.to_string())
-            .bind(at)
-            .execute(&self.pool)
-            .await?;
-        // Old failures are worthless; keep the table small as it is written.
-        sqlx::query("DELETE FROM login_failures WHERE at < $1")
-            .bind(at - 86_400_000)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn login_failures(&self, client_ip: &str, since: i64) -> Result<(i64, Option<i64>)> {
-        let r = sqlx::query(
-            "SELECT COUNT(*), MIN(at) FROM login_failures WHERE client_ip = $1 AND at > $2",
-        )
-        .bind(client_ip.to_string())
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((r.try_get(0)?, r.try_get(1)?))
-    }
-
-    async fn clear_login_failures(&self, client_ip: &str) -> Result<()> {
-        sqlx::query("DELETE FROM login_failures WHERE client_ip = $1")
-            .bind(client_ip.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn reserve_login_attempt(
-        &self,
-        client_ip: &str,
-        at: i64,
-        since: i64,
-        max: i64,
-    ) -> Result<LoginAttempt> {
-        // The count and the insert must not interleave with another attempt of the
-        // same address: SQLite's write transaction (BEGIN IMMEDIATE) serializes them
-        // outright; on PostgreSQL, whose READ COMMITTED transactions would each see
-        // only their own uncommitted row, a transaction-scoped advisory lock on the
-        // address does (replicas sharing the database share the lock).
-        let mut tx = self.begin_write().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query(
-                "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtext('fleetgate.login:' || $1))) AS l",
-            )
-            .bind(client_ip.to_string())
-            .fetch_one(&mut *tx)
-            .await?;
-        }
-        let r = sqlx::query(
-            "SELECT COUNT(*), MIN(at) FROM login_failures WHERE client_ip = $1 AND at > $2",
-        )
-        .bind(client_ip.to_string())
-        .bind(since)
-        .fetch_one(&mut *tx)
-        .await?;
-        let count: i64 = r.try_get(0)?;
-        let oldest: Option<i64> = r.try_get(1)?;
-        if count >= max {
-            tx.rollback().await?;
-            return Ok(LoginAttempt::Refused {
-                oldest: oldest.unwrap_or(at),
-            });
-        }
-        let id: i64 =
-            sqlx::query("INSERT INTO login_failures (client_ip, at) VALUES ($1, $2) RETURNING id")
-                .bind(client_ip.to_string())
-                .bind(at)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
-        // Old attempts are worthless; keep the table small as it is written.
-        sqlx::query("DELETE FROM login_failures WHERE at < $1")
-            .bind(at - 86_400_000)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(LoginAttempt::Admitted { id })
-    }
-
-    async fn release_login_attempt(&self, id: i64) -> Result<()> {
-        sqlx::query("DELETE FROM login_failures WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn create_api_key(&self, actor: &Actor, k: &ApiKeyRecord) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        let res = sqlx::query(
-            "INSERT INTO api_keys (id, name, prefix, key_hash, role, user_id, created_at, last_used_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(k.id.clone())
-        .bind(k.name.clone())
-        .bind(k.prefix.clone())
-        .bind(k.key_hash.clone())
-        .bind(k.role.as_str().to_string())
-        .bind(k.user_id.clone())
-        .bind(k.created_at)
-        .bind(k.last_used_at)
-        .execute(&mut *tx)
-        .await;
-        match res {
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict("this API key already exists".into()))
-            }
-            r => r?,
-        };
-        insert_audit(
-            &mut tx,
-            actor,
-            &AuditEvent::new("api_key.create", "api_key", Some(&k.id)).after(k.audit_view()),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>> {
-        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
-        sqlx::query(&sql)
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| key_from_row(&r))
-            .transpose()
-    }
-
-    async fn find_api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>> {
-        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1");
-        sqlx::query(&sql)
-            .bind(key_hash.to_string())
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| key_from_row(&r))
-            .transpose()
-    }
-
-    async fn list_api_keys(
-        &self,
-        user_id: Option<&str>,
-        page: PageRequest,
-    ) -> Result<Page<ApiKeyRecord>> {
-        let (filter, args) = match user_id {
-            Some(u) => ("WHERE user_id = $1", vec![Arg::Text(u.to_string())]),
-            None => ("", vec![]),
-        };
-        let total = self
-            .count(&format!("SELECT COUNT(*) FROM api_keys {filter}"), &args)
-            .await?;
-        let n = args.len();
-        let sql = format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys {filter} ORDER BY created_at, id LIMIT ${} OFFSET ${}",
-            n + 1,
-            n + 2
-        );
-        let mut q = sqlx::query(&sql);
-        for a in &args {
-            q = a.bind(q);
-        }
-        let rows = q
-            .bind(page.limit)
-            .bind(page.offset)
-            .fetch_all(&self.pool)
-            .await?;
-        let items = rows.iter().map(key_from_row).collect::<Result<_>>()?;
-        Ok(Page { items, total })
-    }
-
-    async fn delete_api_key(&self, actor: &Actor, id: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
-        let before = sqlx::query(&sql)
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| key_from_row(&r))
-            .transpose()?
-            .ok_or_else(|| StoreError::NotFound(format!("API key {id}")))?;
-        sqlx::query("DELETE FROM api_keys WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        insert_audit(
-            &mut tx,
-            actor,
-            &AuditEvent::new("api_key.delete", "api_key", Some(id)).before(before.audit_view()),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn touch_api_key(&self, id: &str, at: i64) -> Result<()> {
-        sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
-            .bind(id.to_string())
-            .bind(at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn append_audit(&self, actor: &Actor, event: AuditEvent) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        insert_audit(&mut conn, actor, &event).await
-    }
-
-    async fn list_audit(&self, f: &AuditFilter, page: PageRequest) -> Result<Page<AuditRecord>> {
-        let mut clauses = Vec::new();
-        let mut args = Vec::new();
-        let mut add = |clause: &str, arg: Arg| {
-            args.push(arg);
-            clauses.push(clause.replace('?', &format!("${}", args.len())));
-        };
-        if let Some(v) = &f.actor {
-            add("actor = ?", Arg::Text(v.clone()));
-        }
-        if let Some(v) = &f.action {
-            add("action = ?", Arg::Text(v.clone()));
-        }
-        if let Some(v) = &f.target_type {
-            add("target_type = ?", Arg::Text(v.clone()));
-        }
-        if let Some(v) = f.since {
-            add("at >= ?", Arg::Int(v));
-        }
-        if let Some(v) = f.until {
-            add("at <= ?", Arg::Int(v));
-        }
-        let filter = if clauses.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", clauses.join(" AND "))
-        };
-        let total = self
-            .count(&format!("SELECT COUNT(*) FROM audit_log {filter}"), &args)
-            .await?;
-        let n = args.len();
-        let sql = format!(
-            "SELECT id, at, actor, actor_id, action, target_type, target_id, client_ip, \
-             request_id, before_json, after_json FROM audit_log {filter} \
-             ORDER BY id DESC LIMIT ${} OFFSET ${}",
-            n + 1,
-            n + 2
-        );
-        let mut q = sqlx::query(&sql);
-        for a in &args {
-            q = a.bind(q);
-        }
-        let rows = q
-            .bind(page.limit)
-            .bind(page.offset)
-            .fetch_all(&self.pool)
-            .await?;
-        let items = rows.iter().map(audit_from_row).collect::<Result<_>>()?;
-        Ok(Page { items, total })
-    }
-
-    async fn prune_audit(&self, before: i64) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM audit_log WHERE at < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
     }
 
     async fn get_resource(&self, kind: &str, name: &str) -> Result<Option<ResourceRecord>> {
@@ -1306,211 +693,8 @@ impl Store for SqlStore {
         }))
     }
 
-    async fn put_certificate(
-        &self,
-        actor: &Actor,
-        c: &CertificateRecord,
-        expected_version: Option<i64>,
-    ) -> Result<CertificateRecord> {
-        let mut tx = self.begin_write().await?;
-        // Lock the row (or, for SQLite, take the write lock) before reading it.
-        sqlx::query("UPDATE certificates SET version = version WHERE name = $1")
-            .bind(c.name.clone())
-            .execute(&mut *tx)
-            .await?;
-        let before = sqlx::query(&format!(
-            "SELECT {CERT_COLUMNS} FROM certificates WHERE name = $1"
-        ))
-        .bind(c.name.clone())
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| cert_from_row(&r))
-        .transpose()?;
-        check_version(expected_version, before.as_ref().map_or(0, |b| b.version))?;
-        let now = now_ms();
-        let stored = CertificateRecord {
-            version: before.as_ref().map_or(1, |b| b.version + 1),
-            created_at: before.as_ref().map_or(now, |b| b.created_at),
-            updated_at: now,
-            ..c.clone()
-        };
-        sqlx::query("DELETE FROM certificates WHERE name = $1")
-            .bind(c.name.clone())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO certificates (name, cert_pem, key_encrypted, version, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(stored.name.clone())
-        .bind(stored.cert_pem.clone())
-        .bind(stored.key_encrypted.clone())
-        .bind(stored.version)
-        .bind(stored.created_at)
-        .bind(stored.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        let view = |r: &CertificateRecord| serde_json::json!({ "name": r.name, "cert_pem": r.cert_pem, "version": r.version });
-        let mut ev = AuditEvent::new(
-            if before.is_some() {
-                "certificate.update"
-            } else {
-                "certificate.create"
-            },
-            "certificate",
-            Some(&c.name),
-        )
-        .after(view(&stored));
-        if let Some(b) = &before {
-            ev = ev.before(view(b));
-        }
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
-        Ok(stored)
-    }
-
-    async fn get_certificate(&self, name: &str) -> Result<Option<CertificateRecord>> {
-        sqlx::query(&format!(
-            "SELECT {CERT_COLUMNS} FROM certificates WHERE name = $1"
-        ))
-        .bind(name.to_string())
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| cert_from_row(&r))
-        .transpose()
-    }
-
-    async fn list_certificates(&self) -> Result<Vec<CertificateRecord>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {CERT_COLUMNS} FROM certificates ORDER BY name"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(cert_from_row).collect()
-    }
-
-    async fn delete_certificate(&self, actor: &Actor, name: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        let n = sqlx::query("DELETE FROM certificates WHERE name = $1")
-            .bind(name.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("certificate {name}")));
-        }
-        insert_audit(
-            &mut tx,
-            actor,
-            &AuditEvent::new("certificate.delete", "certificate", Some(name)),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     async fn backup(&self, path: &Path) -> Result<()> {
-        if let Some(parent) = path.parent() {
-            crate::files::private_dir(parent)?;
-        }
-        // The backup file is created here, empty and 0600, before anything is
-        // written to it (VACUUM INTO accepts an empty file); creating it fails if
-        // it exists, so two backups of one name cannot both write.
-        match crate::files::create_private_file(path) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(StoreError::Conflict(format!(
-                    "backup {} already exists",
-                    path.display()
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let target = path
-            .to_str()
-            .ok_or_else(|| StoreError::Invalid("backup path is not UTF-8".into()))?
-            .to_string();
-        let written = self.write_backup(path, target).await;
-        if written.is_err() {
-            // No empty or partial file is left to pass for a backup.
-            let _ = std::fs::remove_file(path);
-        }
-        written
-    }
-}
-
-impl SqlStore {
-    /// Writes a backup into `path`, which exists, empty and private.
-    async fn write_backup(&self, path: &Path, target: String) -> Result<()> {
-        match self.backend {
-            Backend::Sqlite => {
-                // An online, transactionally consistent copy of the whole database file.
-                sqlx::query("VACUUM INTO $1")
-                    .bind(target)
-                    .execute(&self.pool)
-                    .await?;
-            }
-            Backend::Postgres => {
-                // A logical export of every table from one consistent snapshot.
-                let mut tx = self.begin_write().await?;
-                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .execute(&mut *tx)
-                    .await?;
-                let mut tables = serde_json::Map::new();
-                for table in [
-                    "certificates",
-                    "namespaces",
-                    "projects",
-                    "redirects",
-                    "pages",
-                    "project_versions",
-                    "project_tokens",
-                    "project_agents",
-                    "events",
-                    "webhooks",
-                    "webhook_deliveries",
-                    "webhook_attempts",
-                    "alert_rules",
-                    "incidents",
-                    "incident_timeline",
-                    "users",
-                    "api_keys",
-                    "resources",
-                    "revisions",
-                    "audit_log",
-                    "counters",
-                    "_sqlx_migrations",
-                ] {
-                    let sql = format!("SELECT row_to_json(t)::text FROM {table} t");
-                    let rows = sqlx::query(&sql).fetch_all(&mut *tx).await?;
-                    let mut out = Vec::with_capacity(rows.len());
-                    for r in rows {
-                        let text: String = r.try_get(0)?;
-                        out.push(
-                            serde_json::from_str::<Value>(&text)
-                                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                        );
-                    }
-                    tables.insert(table.to_string(), Value::Array(out));
-                }
-                tx.commit().await?;
-                let doc = serde_json::json!({
-                    "format": "fleetgate-backup/1",
-                    "backend": "postgres",
-                    "created_at": fleetgate_core::time::rfc3339(now_ms()),
-                    "tables": tables,
-                });
-                let bytes = serde_json::to_vec_pretty(&doc)
-                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
-                let tmp = path.with_extension("partial");
-                let _ = std::fs::remove_file(&tmp);
-                let mut f = crate::files::create_private_file(&tmp)?;
-                std::io::Write::write_all(&mut f, &bytes)?;
-                f.sync_all()?;
-                tokio::fs::rename(&tmp, path).await?;
-            }
-        }
-        Ok(())
+        self.backup_to(path).await
     }
 }
 

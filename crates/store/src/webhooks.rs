@@ -166,7 +166,7 @@ fn text(v: &impl serde::Serialize) -> Result<String> {
 #[async_trait]
 impl WebhookStore for SqlStore {
     async fn create_webhook(&self, actor: &Actor, w: &WebhookRecord) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         sqlx::query(&format!(
             "INSERT INTO webhooks ({WEBHOOK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
@@ -183,13 +183,11 @@ impl WebhookStore for SqlStore {
         .bind(w.updated_at)
         .execute(&mut *tx)
         .await?;
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("webhook.create", "webhook", Some(&w.id)).after(w.audit_view()),
         )
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -222,7 +220,7 @@ impl WebhookStore for SqlStore {
         w: &WebhookRecord,
         expected_version: Option<i64>,
     ) -> Result<WebhookRecord> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let before = sqlx::query(&format!(
             "SELECT {WEBHOOK_COLS} FROM webhooks WHERE id = $1"
         ))
@@ -261,13 +259,12 @@ impl WebhookStore for SqlStore {
         let ev = AuditEvent::new("webhook.update", "webhook", Some(&w.id))
             .before(before.audit_view())
             .after(after.audit_view());
-        insert_audit(&mut tx, actor, &ev).await?;
-        tx.commit().await?;
+        tx.commit(actor, &ev).await?;
         Ok(after)
     }
 
     async fn delete_webhook(&self, actor: &Actor, id: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_audited().await?;
         let n = sqlx::query("DELETE FROM webhooks WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -284,13 +281,11 @@ impl WebhookStore for SqlStore {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        insert_audit(
-            &mut tx,
+        tx.commit(
             actor,
             &AuditEvent::new("webhook.delete", "webhook", Some(id)),
         )
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use fleetgate_store::{
     AlertRuleRecord, AlertStore, IncidentFilter, IncidentRecord, NewTimelineEntry,
 };
 use fleetgate_store::{AttemptOutcome, DeliveryRecord, WebhookRecord, WebhookStore};
+use fleetgate_store::{AuditStore, AuthStore, CertificateStore};
 use fleetgate_store::{LoginAttempt, MetricPoint, MetricStore};
 use serde_json::json;
 

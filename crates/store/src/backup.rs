@@ -1,0 +1,117 @@
+//! Backups: a consistent copy of the whole store in a new private file, a copy of the
+//! database file on SQLite and a JSON export of every table on PostgreSQL.
+
+use std::path::Path;
+
+use fleetgate_core::time::now_ms;
+use serde_json::Value;
+use sqlx::Row;
+
+use crate::sql::{Backend, SqlStore};
+use crate::{Result, StoreError};
+
+impl SqlStore {
+    /// Writes a consistent copy of the whole store to `path` (a new file); see
+    /// [`crate::Store::backup`].
+    pub(crate) async fn backup_to(&self, path: &Path) -> Result<()> {
+        if let Some(parent) = path.parent() {
+            crate::files::private_dir(parent)?;
+        }
+        // The backup file is created here, empty and 0600, before anything is
+        // written to it (VACUUM INTO accepts an empty file); creating it fails if
+        // it exists, so two backups of one name cannot both write.
+        match crate::files::create_private_file(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::Conflict(format!(
+                    "backup {} already exists",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let target = path
+            .to_str()
+            .ok_or_else(|| StoreError::Invalid("backup path is not UTF-8".into()))?
+            .to_string();
+        let written = self.write_backup(path, target).await;
+        if written.is_err() {
+            // No empty or partial file is left to pass for a backup.
+            let _ = std::fs::remove_file(path);
+        }
+        written
+    }
+
+    /// Writes a backup into `path`, which exists, empty and private.
+    async fn write_backup(&self, path: &Path, target: String) -> Result<()> {
+        match self.backend {
+            Backend::Sqlite => {
+                // An online, transactionally consistent copy of the whole database file.
+                sqlx::query("VACUUM INTO $1")
+                    .bind(target)
+                    .execute(&self.pool)
+                    .await?;
+            }
+            Backend::Postgres => {
+                // A logical export of every table from one consistent snapshot.
+                let mut tx = self.begin_write().await?;
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .execute(&mut *tx)
+                    .await?;
+                let mut tables = serde_json::Map::new();
+                for table in [
+                    "certificates",
+                    "namespaces",
+                    "projects",
+                    "redirects",
+                    "pages",
+                    "project_versions",
+                    "project_tokens",
+                    "project_agents",
+                    "events",
+                    "webhooks",
+                    "webhook_deliveries",
+                    "webhook_attempts",
+                    "alert_rules",
+                    "incidents",
+                    "incident_timeline",
+                    "users",
+                    "api_keys",
+                    "resources",
+                    "revisions",
+                    "audit_log",
+                    "counters",
+                    "_sqlx_migrations",
+                ] {
+                    let sql = format!("SELECT row_to_json(t)::text FROM {table} t");
+                    let rows = sqlx::query(&sql).fetch_all(&mut *tx).await?;
+                    let mut out = Vec::with_capacity(rows.len());
+                    for r in rows {
+                        let text: String = r.try_get(0)?;
+                        out.push(
+                            serde_json::from_str::<Value>(&text)
+                                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        );
+                    }
+                    tables.insert(table.to_string(), Value::Array(out));
+                }
+                tx.commit().await?;
+                let doc = serde_json::json!({
+                    "format": "fleetgate-backup/1",
+                    "backend": "postgres",
+                    "created_at": fleetgate_core::time::rfc3339(now_ms()),
+                    "tables": tables,
+                });
+                let bytes = serde_json::to_vec_pretty(&doc)
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                let tmp = path.with_extension("partial");
+                let _ = std::fs::remove_file(&tmp);
+                let mut f = crate::files::create_private_file(&tmp)?;
+                std::io::Write::write_all(&mut f, &bytes)?;
+                f.sync_all()?;
+                tokio::fs::rename(&tmp, path).await?;
+            }
+        }
+        Ok(())
+    }
+}
