@@ -13,6 +13,7 @@ pub mod events;
 pub mod gateway;
 pub mod h1;
 pub mod metrics;
+pub mod prom;
 pub mod redirects;
 pub mod request_target;
 pub mod routing;
