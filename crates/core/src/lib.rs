@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod h1;
 pub mod metrics;
 pub mod prom;
+pub mod ratelimit;
 pub mod redact;
 pub mod redirects;
 pub mod request_target;
