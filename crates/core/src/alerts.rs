@@ -20,7 +20,6 @@
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::events::NewEvent;
 use crate::ValidationError;
@@ -33,9 +32,8 @@ pub const MAX_WINDOW_SECS: u64 = 86_400;
 pub const MAX_FILTER_LEN: usize = 200;
 
 /// Lifecycle of an incident.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum IncidentStatus {
     Open,
@@ -83,7 +81,8 @@ impl IncidentStatus {
 }
 
 /// What a timeline entry of an incident records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TimelineKind {
     /// A related event.
@@ -111,7 +110,8 @@ impl TimelineKind {
 }
 
 /// The metrics a metric rule can watch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MetricName {
     /// Share of responses that are 5xx, as a fraction (0.0 to 1.0).
@@ -155,7 +155,8 @@ impl MetricName {
 }
 
 /// How a metric is compared with the threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CompareOp {
     #[serde(rename = ">")]
     Gt,
@@ -188,52 +189,56 @@ impl CompareOp {
 }
 
 /// The `kind` of an event condition: always `event`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Event,
 }
 
 /// The `kind` of a metric condition: always `metric`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MetricKind {
     Metric,
 }
 
 /// Which events an event rule counts besides their type; all given fields must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EventRuleFilter {
     /// Only events of this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 200)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub route_id: Option<String>,
     /// Only events of this upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 200)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub upstream: Option<String>,
     /// Only events of this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 200)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub node_id: Option<String>,
 }
 
 /// Fires when at least `count` matching events were raised within `window_secs`;
 /// clears when no matching event has been raised for `window_secs`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EventCondition {
     pub kind: EventKind,
     /// An event type (`circuit_breaker.opened`) or a prefix pattern
     /// (`circuit_breaker.*`, `*`); `alert.*` events never match.
-    #[schema(min_length = 1, max_length = 100)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 100))]
     pub event_type: String,
     /// Matching events needed within the window (1 to 10000).
-    #[schema(minimum = 1, maximum = 10000)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000))]
     pub count: u32,
     /// The window, in seconds (1 to 86400).
-    #[schema(minimum = 1, maximum = 86400)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86400))]
     pub window_secs: u64,
     #[serde(default)]
     pub filter: EventRuleFilter,
@@ -241,31 +246,33 @@ pub struct EventCondition {
 
 /// Fires when `metric op threshold` has held for `duration_secs`; clears when it
 /// has not held for `duration_secs`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MetricCondition {
     pub kind: MetricKind,
     pub metric: MetricName,
     /// Only this route's series (none: the whole gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 200)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub route: Option<String>,
     /// Only this upstream's series (none: the whole gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 200)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub upstream: Option<String>,
     pub op: CompareOp,
     /// Non-negative; rates are fractions (0.05 is 5%), latencies milliseconds.
-    #[schema(minimum = 0)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub threshold: f64,
     /// How long the comparison must hold before firing, and must not hold before
     /// clearing, in seconds (0 to 86400; 0 acts on the first evaluation).
-    #[schema(minimum = 0, maximum = 86400)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 86400))]
     pub duration_secs: u64,
 }
 
 /// What an alert rule watches, told apart by `kind`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum AlertCondition {
     Event(EventCondition),

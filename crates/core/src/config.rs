@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
 
 use crate::gateway::{Route, Upstream};
 use crate::{Settings, ValidationError};
@@ -17,11 +16,12 @@ use crate::{Settings, ValidationError};
 pub const FORMAT_VERSION: u32 = 1;
 
 /// All configuration of one Fleetgate installation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ConfigDocument {
     /// Always 1 for this release.
-    #[schema(minimum = 1, maximum = 1)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1))]
     pub format_version: u32,
     #[serde(default)]
     pub settings: Settings,

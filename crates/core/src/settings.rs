@@ -4,12 +4,12 @@
 //! everything here can change while Fleetgate runs and is part of every revision.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::ValidationError;
 
 /// All runtime settings. Missing sections and fields take their defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub general: GeneralSettings,
@@ -22,65 +22,73 @@ pub struct Settings {
     pub metrics: MetricSettings,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct GeneralSettings {
     /// Shown in the dashboard title and in exported documents' context;
     /// 1 to 100 characters without control characters.
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 100,
+            pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+        )
     )]
     pub instance_name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct SecuritySettings {
     /// Lifetime of a browser session, in seconds (300 s to 30 days).
-    #[schema(minimum = 300, maximum = 2_592_000)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 300, maximum = 2_592_000))]
     pub session_ttl_secs: u64,
     /// Failed logins allowed per client IP within `login_window_secs` (1 to 100).
-    #[schema(minimum = 1, maximum = 100)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub login_max_failures: u32,
     /// Window of the login limit, in seconds (10 to 3600).
-    #[schema(minimum = 10, maximum = 3600)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 10, maximum = 3600))]
     pub login_window_secs: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
     /// Requests per minute per API key or session on `/api/*` (the agent sync API
     /// under `/api/namespace/` has its own limit); 0 turns the limit off.
-    #[schema(minimum = 0, maximum = 1_000_000)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1_000_000))]
     pub rate_limit_per_minute: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSettings {
     /// Days an audit entry is kept (1 to 3650).
-    #[schema(minimum = 1, maximum = 3650)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3650))]
     pub retention_days: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookSettings {
     /// Allow webhook destinations on loopback and private addresses.
     pub allow_private_targets: bool,
     /// Attempts per delivery, the first included (1 to 10; default 4: three retries).
-    #[schema(minimum = 1, maximum = 10)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10))]
     pub max_attempts: u32,
     /// Delay before the first retry, in ms; doubled for each next one, with jitter
     /// (10 to 600000; default 1000).
-    #[schema(minimum = 10, maximum = 600_000)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 10, maximum = 600_000))]
     pub retry_base_ms: u64,
     /// A webhook is disabled after this many failed attempts in a row (1 to 1000;
     /// default 20).
-    #[schema(minimum = 1, maximum = 1000)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub disable_after_failures: u32,
 }
 
@@ -95,52 +103,55 @@ impl Default for WebhookSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct RedirectSettings {
     /// Largest page body, in bytes (1 to 16777216; default 1 MiB).
-    #[schema(minimum = 1, maximum = 16_777_216)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 16_777_216))]
     pub page_size_limit_bytes: u64,
     /// An agent that has not checked in for this long is stale, in seconds
     /// (60 to 2592000; default 6 hours).
-    #[schema(minimum = 60, maximum = 2_592_000)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 60, maximum = 2_592_000))]
     pub agent_stale_after_secs: u64,
     /// The request header agents send their token in (default `Authorization`).
-    #[schema(min_length = 1, max_length = 64)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub agent_auth_header: String,
     /// Requests per minute per agent token on the agent sync API
     /// (`/api/namespace/…`), counted apart from the admin API's limit; 0 turns it
     /// off (0 to 1000000; default 600). A token shared by a fleet shares the budget.
-    #[schema(minimum = 0, maximum = 1_000_000)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1_000_000))]
     pub agent_rate_limit_per_minute: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct EventSettings {
     /// Days an event is kept (1 to 3650; default 30).
-    #[schema(minimum = 1, maximum = 3650)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3650))]
     pub retention_days: u32,
     /// Most events kept; the oldest go first (1000 to 10000000; default 100000).
-    #[schema(minimum = 1000, maximum = 10_000_000)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1000, maximum = 10_000_000))]
     pub max_events: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricSettings {
     /// Hours the 10-second series are kept (1 to 168; default 24).
-    #[schema(minimum = 1, maximum = 168)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 168))]
     pub raw_retention_hours: u32,
     /// Days the 1-minute series are kept (1 to 90; default 7).
-    #[schema(minimum = 1, maximum = 90)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 90))]
     pub minute_retention_days: u32,
     /// Days the 1-hour series are kept (1 to 3650; default 90).
-    #[schema(minimum = 1, maximum = 3650)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3650))]
     pub hour_retention_days: u32,
     /// Most routes and upstreams with their own series; the busiest are kept
     /// (10 to 10000; default 500).
-    #[schema(minimum = 10, maximum = 10_000)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 10, maximum = 10_000))]
     pub max_series_scopes: u32,
 }
 

@@ -4,13 +4,13 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use utoipa::ToSchema;
 
 /// Days before `not_after` from which a certificate counts as expiring.
 pub const EXPIRING_DAYS: i64 = 30;
 
 /// The facts of a certificate chain's leaf.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertificateInfo {
     pub subject: String,
     pub issuer: String,
@@ -112,27 +112,6 @@ pub fn inspect(pem: &str) -> Result<CertificateInfo, String> {
         self_signed: leaf.subject() == leaf.issuer(),
         chain_length: ders.len(),
     })
-}
-
-/// Loads a bundle for serving: the chain and its private key, checked to match.
-pub fn certified_key(
-    cert_pem: &str,
-    key_pem: &str,
-) -> Result<std::sync::Arc<rustls::sign::CertifiedKey>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain: Vec<CertificateDer<'static>> = pem_certificates(cert_pem)?
-        .into_iter()
-        .map(CertificateDer::from)
-        .collect();
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| format!("the private key is not PEM (PKCS#8, PKCS#1 or SEC1): {e}"))?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| format!("unsupported private key: {e}"))?;
-    let ck = rustls::sign::CertifiedKey::new(chain, signer);
-    ck.keys_match()
-        .map_err(|_| "the private key does not belong to the certificate".to_string())?;
-    Ok(std::sync::Arc::new(ck))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use fleetgate_core::redact::redact_url;
 use serde::{Deserialize, Serialize};
 
 /// Everything Fleetgate needs to start.
@@ -576,7 +577,10 @@ impl Config {
         }
         if let Some(u) = &self.redis.url {
             if !u.contains("://") {
-                bail!("redis.url must be a URL such as redis://127.0.0.1:6379, got {u:?}");
+                bail!(
+                    "redis.url must be a URL such as redis://127.0.0.1:6379, got {:?}",
+                    redact_url(u)
+                );
             }
         }
         if let Some(u) = &self.nats.url {
@@ -598,8 +602,7 @@ impl Config {
         let mut c = self.clone();
         c.database.url = Some(redact_url(&self.database_url()));
         c.redis.url = c.redis.url.as_deref().map(redact_url);
-        // A NATS user without a password is a token: hidden too.
-        c.nats.url = c.nats.url.as_deref().map(fleetgate_manager::bus::redact);
+        c.nats.url = c.nats.url.as_deref().map(redact_url);
         if c.flecto.token.is_some() {
             c.flecto.token = Some("***".into());
         }
@@ -632,36 +635,6 @@ fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) {
             }
         }
     }
-}
-
-/// `scheme://user:secret@host` → `scheme://user:***@host`; also hides `password=` query values.
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                let start = rest_start + colon + 1;
-                out.replace_range(start..rest_start + at, "***");
-            }
-        }
-    }
-    if let Some(q) = out.find('?') {
-        let (base, query) = out.split_at(q + 1);
-        let redacted: Vec<String> = query
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => kv.to_string(),
-            })
-            .collect();
-        out = format!("{base}{}", redacted.join("&"));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -759,15 +732,6 @@ mod tests {
 
     #[test]
     fn redacts_secrets() {
-        assert_eq!(
-            redact_url("postgres://fg:s3cret@db:5432/fg?sslmode=require&password=x"),
-            "postgres://fg:***@db:5432/fg?sslmode=require&password=***"
-        );
-        assert_eq!(
-            redact_url("redis://:pw@127.0.0.1:6379"),
-            "redis://:***@127.0.0.1:6379"
-        );
-        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
         let c = Config {
             database: DatabaseSection {
                 url: Some("postgres://u:hunter2@h/db".into()),

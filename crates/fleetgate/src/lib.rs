@@ -46,7 +46,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
     let store = SqlStore::open(&options).await.with_context(|| {
         format!(
             "cannot open the store at {}",
-            config::redact_url(&options.url)
+            fleetgate_core::redact::redact_url(&options.url)
         )
     })?;
     store

@@ -3,9 +3,9 @@
 //! connection pool.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Mutex;
 
+use fleetgate_core::prom::{Encoder, Kind};
 use fleetgate_store::PoolStats;
 
 const BUCKETS: [f64; 12] = [
@@ -62,20 +62,28 @@ impl HttpMetrics {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let mut out = String::with_capacity(4096);
-        out.push_str(
-            "# HELP fleetgate_api_requests_total Admin API requests by method, route and status.\n",
+        let mut e = Encoder::new(&mut out);
+        e.family(
+            "fleetgate_api_requests_total",
+            "Admin API requests by method, route and status.",
+            Kind::Counter,
         );
-        out.push_str("# TYPE fleetgate_api_requests_total counter\n");
         for ((m, r, st), s) in &map {
-            let _ = writeln!(
-                out,
-                "fleetgate_api_requests_total{{method=\"{m}\",route=\"{}\",status=\"{st}\"}} {}",
-                escape(r),
-                s.count
+            e.sample(
+                "fleetgate_api_requests_total",
+                &[
+                    ("method", m.as_str()),
+                    ("route", r.as_str()),
+                    ("status", &st.to_string()),
+                ],
+                s.count,
             );
         }
-        out.push_str("# HELP fleetgate_api_request_duration_seconds Admin API latency.\n");
-        out.push_str("# TYPE fleetgate_api_request_duration_seconds histogram\n");
+        e.family(
+            "fleetgate_api_request_duration_seconds",
+            "Admin API latency.",
+            Kind::Histogram,
+        );
         let mut by_route: BTreeMap<(String, String), Series> = BTreeMap::new();
         for ((m, r, _), s) in &map {
             let agg = by_route.entry((m.clone(), r.clone())).or_default();
@@ -86,58 +94,34 @@ impl HttpMetrics {
             }
         }
         for ((m, r), s) in &by_route {
-            let labels = format!("method=\"{m}\",route=\"{}\"", escape(r));
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "fleetgate_api_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}",
-                    s.buckets[i]
-                );
-            }
-            let _ = writeln!(
-                out,
-                "fleetgate_api_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                s.count
-            );
-            let _ = writeln!(
-                out,
-                "fleetgate_api_request_duration_seconds_sum{{{labels}}} {}",
-                s.sum
-            );
-            let _ = writeln!(
-                out,
-                "fleetgate_api_request_duration_seconds_count{{{labels}}} {}",
-                s.count
+            e.histogram(
+                "fleetgate_api_request_duration_seconds",
+                &[("method", m.as_str()), ("route", r.as_str())],
+                BUCKETS.into_iter().zip(s.buckets),
+                s.sum,
+                s.count,
             );
         }
-        out.push_str("# HELP fleetgate_store_pool_connections Store connections by state.\n");
-        out.push_str("# TYPE fleetgate_store_pool_connections gauge\n");
-        let _ = writeln!(
-            out,
-            "fleetgate_store_pool_connections{{state=\"open\"}} {}",
-            pool.size
+        e.family(
+            "fleetgate_store_pool_connections",
+            "Store connections by state.",
+            Kind::Gauge,
         );
-        let _ = writeln!(
-            out,
-            "fleetgate_store_pool_connections{{state=\"idle\"}} {}",
-            pool.idle
+        for (state, n) in [("open", pool.size), ("idle", pool.idle), ("max", pool.max)] {
+            e.sample("fleetgate_store_pool_connections", &[("state", state)], n);
+        }
+        e.family(
+            "fleetgate_uptime_seconds",
+            "Seconds since this process started.",
+            Kind::Gauge,
         );
-        let _ = writeln!(
-            out,
-            "fleetgate_store_pool_connections{{state=\"max\"}} {}",
-            pool.max
+        e.sample(
+            "fleetgate_uptime_seconds",
+            &[],
+            format_args!("{uptime_secs:.3}"),
         );
-        out.push_str("# HELP fleetgate_uptime_seconds Seconds since this process started.\n");
-        out.push_str("# TYPE fleetgate_uptime_seconds gauge\n");
-        let _ = writeln!(out, "fleetgate_uptime_seconds {uptime_secs:.3}");
         out
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
 //! The admin API's rate limit: a fixed one-minute window per API key, session or
-//! (for anonymous calls) client IP. Counters live in this process, or in Redis when
-//! one is configured so that every manager replica shares them. Redis errors fail
-//! open: the admin API stays usable when Redis is down.
+//! (for anonymous calls) client IP (`fleetgate_core::ratelimit`). Counters live in
+//! this process, or in Redis when one is configured so that every manager replica
+//! shares them. Redis errors fail open: the admin API stays usable when Redis is
+//! down, counting locally meanwhile.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use fleetgate_core::ratelimit::{FixedWindow, Verdict, Window};
+use fleetgate_shared::RedisCounter;
 
 /// What the limiter decided for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,86 +20,46 @@ pub struct Decision {
 }
 
 pub struct ApiRateLimiter {
-    local: Mutex<HashMap<String, (i64, u32)>>,
-    redis: Option<redis::Client>,
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    local: FixedWindow,
+    redis: Option<RedisCounter>,
 }
 
-const WINDOW_MS: i64 = 60_000;
+const WINDOW_MS: u64 = 60_000;
 
 impl ApiRateLimiter {
     pub fn new(redis: Option<redis::Client>) -> Self {
         Self {
-            local: Mutex::new(HashMap::new()),
-            redis,
-            conn: tokio::sync::Mutex::new(None),
+            local: FixedWindow::new(WINDOW_MS),
+            redis: redis
+                .map(|c| RedisCounter::new(c, Duration::from_secs(1), Duration::from_secs(1))),
         }
     }
 
-    /// Counts one request of `key` at `now_ms` against `limit` per minute.
+    /// Counts one request of `key` at `now_ms` (Unix milliseconds) against `limit`
+    /// per minute.
     pub async fn check(&self, key: &str, limit: u32, now_ms: i64) -> Decision {
-        let window = now_ms.div_euclid(WINDOW_MS);
-        let reset = (window + 1) * WINDOW_MS / 1000;
+        let now = now_ms.max(0) as u64;
+        let window = Window::at(now, WINDOW_MS);
         let count = match self.redis_count(key, window).await {
             Some(n) => n,
-            None => self.local_count(key, window),
+            None => self.local.hit(key, now).0,
         };
+        let v = Verdict::of(count, limit, window.ends_at);
         Decision {
-            allowed: count <= limit,
+            allowed: v.allowed,
             limit,
-            remaining: limit.saturating_sub(count),
-            reset,
+            remaining: v.remaining,
+            reset: (v.reset_at / 1000) as i64,
         }
     }
 
-    fn local_count(&self, key: &str, window: i64) -> u32 {
-        let mut map = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            map.retain(|_, (w, _)| *w == window);
-        }
-        let entry = map.entry(key.to_string()).or_insert((window, 0));
-        if entry.0 != window {
-            *entry = (window, 0);
-        }
-        entry.1 = entry.1.saturating_add(1);
-        entry.1
-    }
-
-    async fn redis_count(&self, key: &str, window: i64) -> Option<u32> {
-        let client = self.redis.as_ref()?;
-        let mut guard = self.conn.lock().await;
-        if guard.is_none() {
-            match tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                client.get_multiplexed_async_connection(),
-            )
-            .await
-            {
-                Ok(Ok(c)) => *guard = Some(c),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "redis unavailable for the API rate limit; counting locally");
-                    return None;
-                }
-                Err(_) => {
-                    tracing::warn!("redis connect timed out; counting the API rate limit locally");
-                    return None;
-                }
-            }
-        }
-        let conn = guard.as_mut()?;
-        let rkey = format!("fleetgate:api_rl:{key}:{window}");
-        let res: redis::RedisResult<(u32,)> = redis::pipe()
-            .atomic()
-            .incr(&rkey, 1u32)
-            .expire(&rkey, 120)
-            .ignore()
-            .query_async(conn)
-            .await;
-        match res {
-            Ok((n,)) => Some(n),
+    async fn redis_count(&self, key: &str, window: Window) -> Option<u32> {
+        let redis = self.redis.as_ref()?;
+        let rkey = format!("fleetgate:api_rl:{key}:{}", window.index);
+        match redis.incr(&rkey, 2 * WINDOW_MS).await {
+            Ok(n) => Some(n),
             Err(e) => {
-                tracing::warn!(error = %e, "redis error in the API rate limit; counting locally");
-                *guard = None;
+                tracing::warn!(error = %e, "redis unavailable for the API rate limit; counting locally");
                 None
             }
         }
@@ -122,8 +83,36 @@ mod tests {
         assert!(!l.check("a", 3, t + 1).await.allowed);
         assert!(l.check("b", 3, t).await.allowed);
         assert!(
-            l.check("a", 3, t + WINDOW_MS).await.allowed,
+            l.check("a", 3, t + WINDOW_MS as i64).await.allowed,
             "a new window starts over"
         );
+    }
+
+    #[tokio::test]
+    async fn replicas_on_one_redis_share_the_count_and_fall_back_locally() {
+        let Ok(url) = std::env::var("FLEETGATE_TEST_REDIS_URL") else {
+            eprintln!("skipping: FLEETGATE_TEST_REDIS_URL is not set");
+            return;
+        };
+        let client = || Some(redis::Client::open(url.as_str()).expect("URL"));
+        let (a, b) = (ApiRateLimiter::new(client()), ApiRateLimiter::new(client()));
+        let key = format!(
+            "test-{}-{}",
+            std::process::id(),
+            fleetgate_core::time::now_ms()
+        );
+        let t = fleetgate_core::time::now_ms();
+        assert!(a.check(&key, 2, t).await.allowed);
+        assert_eq!(b.check(&key, 2, t).await.remaining, 0);
+        assert!(
+            !a.check(&key, 2, t).await.allowed,
+            "the third call of the minute"
+        );
+        // Without Redis (nothing listens on port 1) the count is local: fail-open.
+        let down = ApiRateLimiter::new(Some(
+            redis::Client::open("redis://127.0.0.1:1").expect("URL"),
+        ));
+        assert!(down.check(&key, 1, t).await.allowed);
+        assert!(!down.check(&key, 1, t).await.allowed);
     }
 }

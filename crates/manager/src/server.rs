@@ -35,15 +35,16 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::Service as _;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
-use tower::ServiceExt;
 
 /// Limits of the manager's connections (see the module documentation).
 #[derive(Debug, Clone, Copy)]
@@ -197,9 +198,9 @@ async fn connection(
                 sleep: None,
             })
         });
-        let app = app.clone();
+        let app = TowerToHyperService::new(app.clone());
         async move {
-            let resp = match app.oneshot(req).await {
+            let resp = match app.call(req).await {
                 Ok(r) => r,
                 Err(never) => match never {},
             };

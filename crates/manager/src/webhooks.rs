@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetgate_core::events::{type_matches, NewEvent, Severity};
+use fleetgate_core::redact::redact_url;
 use fleetgate_core::time::now_ms;
 use fleetgate_store::{AttemptOutcome, DeliveryRecord, EventRecord, Store, StoreError};
 use hmac::{Hmac, Mac};
@@ -319,7 +320,7 @@ async fn attempt(state: &AppState, d: DeliveryRecord) {
             NewEvent::new(
                 "webhook.delivery_failed",
                 Severity::Warning,
-                format!("delivery {} of {} to {} failed after {attempts} attempts: {}", d.id, d.event_type, hook.url, sent.error.as_deref().unwrap_or("")),
+                format!("delivery {} of {} to {} failed after {attempts} attempts: {}", d.id, d.event_type, redact_url(&hook.url), sent.error.as_deref().unwrap_or("")),
             )
             .details(serde_json::json!({"webhook_id": hook.id, "delivery_id": d.id, "attempts": attempts, "status_code": sent.status_code})),
         );
@@ -331,7 +332,11 @@ async fn attempt(state: &AppState, d: DeliveryRecord) {
                 NewEvent::new(
                     "webhook.disabled",
                     Severity::Critical,
-                    format!("webhook {} to {} disabled: {reason}", hook.id, hook.url),
+                    format!(
+                        "webhook {} to {} disabled: {reason}",
+                        hook.id,
+                        redact_url(&hook.url)
+                    ),
                 )
                 .details(serde_json::json!({"webhook_id": hook.id, "failures": failures})),
             );

@@ -686,18 +686,22 @@ impl Gateway {
     /// Prometheus lines of the gateway's metrics.
     pub fn render_metrics(&self, out: &mut String) {
         self.inner.metrics.render(out);
-        use std::fmt::Write;
-        out.push_str("# HELP fleetgate_circuit_breaker_state Circuit breaker state per upstream (0 closed, 1 half-open, 2 open).\n# TYPE fleetgate_circuit_breaker_state gauge\n");
+        let mut e = fleetgate_core::prom::Encoder::new(out);
+        e.family(
+            "fleetgate_circuit_breaker_state",
+            "Circuit breaker state per upstream (0 closed, 1 half-open, 2 open).",
+            fleetgate_core::prom::Kind::Gauge,
+        );
         for b in self.breakers() {
             let v = match b.state.as_str() {
                 "open" => 2,
                 "half_open" => 1,
                 _ => 0,
             };
-            let _ = writeln!(
-                out,
-                "fleetgate_circuit_breaker_state{{upstream=\"{}\"}} {v}",
-                b.upstream.replace('\\', "\\\\").replace('"', "\\\"")
+            e.sample(
+                "fleetgate_circuit_breaker_state",
+                &[("upstream", b.upstream.as_str())],
+                v,
             );
         }
     }

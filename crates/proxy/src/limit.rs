@@ -1,44 +1,21 @@
-//! Per-route rate limits counted in this process: a fixed window per key.
+//! Per-route rate limits: a fixed window per key (`fleetgate_core::ratelimit`),
+//! counted in this process or, with Redis configured, across every gateway.
 //!
 //! A route's counters live as long as its limit stays the same: a new revision
 //! that keeps the route's `rate_limit` keeps them (see `compiled.rs`), so a
 //! configuration change does not hand every client a fresh window.
-//!
-//! Keys may be chosen by clients (`api_key`, `header:<name>`), so memory is
-//! bounded: a route tracks at most [`MAX_KEYS`] keys; past that, keys it has not
-//! seen in this window share one overflow counter (so inventing keys buys nothing),
-//! and stale entries are swept at most once per window (never a scan per request).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::time::Duration;
 
-/// Keys one route tracks before new ones share the overflow counter.
-pub const MAX_KEYS: usize = 100_000;
-
-/// The key that keys past [`MAX_KEYS`] are counted under.
-const OVERFLOW: &str = "\u{0}overflow";
-
-struct Counters {
-    map: HashMap<Box<str>, (u64, u32)>,
-    /// The window in which stale entries were last swept.
-    swept: u64,
-}
+use fleetgate_core::ratelimit::{FixedWindow, Window};
+pub use fleetgate_core::ratelimit::{Verdict, MAX_KEYS};
+use fleetgate_shared::RedisCounter;
 
 /// Counters of one route.
 pub struct RouteLimiter {
     pub max: u32,
     pub window_ms: u64,
-    max_keys: usize,
-    counters: Mutex<Counters>,
-}
-
-/// The limiter's answer for one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
-    pub allowed: bool,
-    pub remaining: u32,
-    /// Monotonic milliseconds at which the window ends.
-    pub reset_at: u64,
+    counts: FixedWindow,
 }
 
 impl RouteLimiter {
@@ -47,59 +24,22 @@ impl RouteLimiter {
     }
 
     pub fn with_max_keys(max: u32, window_ms: u64, max_keys: usize) -> Self {
+        let counts = FixedWindow::with_max_keys(window_ms, max_keys);
         Self {
             max,
-            window_ms: window_ms.max(1),
-            max_keys: max_keys.max(1),
-            counters: Mutex::new(Counters {
-                map: HashMap::new(),
-                swept: u64::MAX,
-            }),
+            window_ms: counts.window_ms(),
+            counts,
         }
     }
 
     /// Keys tracked now (the overflow counter included).
     pub fn tracked_keys(&self) -> usize {
-        self.counters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map
-            .len()
+        self.counts.tracked_keys()
     }
 
     pub fn check(&self, key: &str, now: u64) -> Verdict {
-        let window = now / self.window_ms;
-        let reset_at = (window + 1) * self.window_ms;
-        let mut guard = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        let c = &mut *guard;
-        let mut key = key;
-        if !c.map.contains_key(key) && c.map.len() >= self.max_keys {
-            if c.swept != window {
-                c.swept = window;
-                c.map.retain(|_, (w, _)| *w == window);
-            }
-            if c.map.len() >= self.max_keys {
-                key = OVERFLOW;
-            }
-        }
-        let count = match c.map.get_mut(key) {
-            Some(entry) => {
-                if entry.0 != window {
-                    *entry = (window, 0);
-                }
-                entry.1 = entry.1.saturating_add(1);
-                entry.1
-            }
-            None => {
-                c.map.insert(key.into(), (window, 1));
-                1
-            }
-        };
-        Verdict {
-            allowed: count <= self.max,
-            remaining: self.max.saturating_sub(count),
-            reset_at,
-        }
+        let (count, window) = self.counts.hit(key, now);
+        Verdict::of(count, self.max, window.ends_at)
     }
 }
 
@@ -143,11 +83,6 @@ mod tests {
             .count();
         assert_eq!(admitted, 3);
         assert!(l.tracked_keys() <= 101, "{}", l.tracked_keys());
-        // Keys already known keep their own counters.
-        assert!(l.check("k0", 30).allowed);
-        // In the next window the stale entries are swept once and new keys fit again.
-        assert!(l.check("fresh", 1500).allowed);
-        assert_eq!(l.tracked_keys(), 1);
     }
 }
 
@@ -156,8 +91,7 @@ mod tests {
 /// admit exactly the limit. When Redis cannot answer, the request is admitted
 /// (fail-open) or refused (fail-closed) as configured, and an event is logged.
 pub struct SharedCounter {
-    client: redis::Client,
-    conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    counter: RedisCounter,
     /// Set from the configuration (`rate_limits.fail_open`); may change at any time.
     fail_open: std::sync::atomic::AtomicBool,
     last_error_report: std::sync::atomic::AtomicU64,
@@ -180,8 +114,12 @@ impl SharedCounter {
         events: Option<std::sync::Arc<dyn fleetgate_core::events::EventSink>>,
     ) -> Result<Self, String> {
         Ok(Self {
-            client: redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?,
-            conn: tokio::sync::Mutex::new(None),
+            counter: RedisCounter::open(
+                url,
+                Duration::from_millis(500),
+                Duration::from_millis(250),
+            )
+            .map_err(|e| e.0)?,
             fail_open: std::sync::atomic::AtomicBool::new(fail_open),
             last_error_report: std::sync::atomic::AtomicU64::new(0),
             last_event: std::sync::atomic::AtomicU64::new(0),
@@ -205,22 +143,6 @@ impl SharedCounter {
         self.failing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, SharedCounterError> {
-        let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
-        }
-        let c = tokio::time::timeout(
-            std::time::Duration::from_millis(500),
-            self.client.get_multiplexed_async_connection(),
-        )
-        .await
-        .map_err(|_| SharedCounterError("connecting to Redis timed out".into()))?
-        .map_err(|e| SharedCounterError(format!("cannot connect to Redis: {e}")))?;
-        *guard = Some(c.clone());
-        Ok(c)
-    }
-
     /// Counts one request of `key` in the window of `limiter` at `now`.
     pub async fn check(
         &self,
@@ -231,40 +153,16 @@ impl SharedCounter {
         wall_ms: i64,
     ) -> Result<Verdict, SharedCounterError> {
         // Windows are aligned on wall time so that every gateway agrees on them.
-        let window = (wall_ms.max(0) as u64) / limiter.window_ms;
-        let rkey = format!("fleetgate:rl:{route}:{window}:{key}");
-        let mut conn = self.connection().await?;
-        let res: redis::RedisResult<(u32,)> = tokio::time::timeout(
-            std::time::Duration::from_millis(250),
-            redis::pipe()
-                .atomic()
-                .incr(&rkey, 1u32)
-                .pexpire(&rkey, (limiter.window_ms * 2) as i64)
-                .ignore()
-                .query_async(&mut conn),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(redis::RedisError::from((
-                redis::ErrorKind::IoError,
-                "Redis timed out",
-            )))
-        });
-        match res {
-            Ok((count,)) => {
+        let wall = wall_ms.max(0) as u64;
+        let window = Window::at(wall, limiter.window_ms);
+        let rkey = format!("fleetgate:rl:{route}:{}:{key}", window.index);
+        match self.counter.incr(&rkey, limiter.window_ms * 2).await {
+            Ok(count) => {
                 self.recovered();
-                let wall_reset = (window + 1) * limiter.window_ms;
-                let until_reset = wall_reset.saturating_sub(wall_ms.max(0) as u64);
-                Ok(Verdict {
-                    allowed: count <= limiter.max,
-                    remaining: limiter.max.saturating_sub(count),
-                    reset_at: now + until_reset,
-                })
+                let until_reset = window.ends_at.saturating_sub(wall);
+                Ok(Verdict::of(count, limiter.max, now + until_reset))
             }
-            Err(e) => {
-                *self.conn.lock().await = None;
-                Err(SharedCounterError(format!("Redis error: {e}")))
-            }
+            Err(e) => Err(SharedCounterError(e.0)),
         }
     }
 

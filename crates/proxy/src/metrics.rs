@@ -3,7 +3,6 @@
 //! upstream names only, so cardinality is bounded by the configuration.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +10,7 @@ use fleetgate_core::metrics::{
     bucket_of, Histogram, RouteCounters, TrafficCounters, UpstreamCounters, BUCKETS,
     LATENCY_BUCKETS_US,
 };
+use fleetgate_core::prom::{Encoder, Kind};
 
 /// A latency histogram written with relaxed atomic adds.
 pub struct AtomicHistogram {
@@ -166,53 +166,48 @@ impl MetricsRegistry {
 
     pub fn render(&self, out: &mut String) {
         let t = self.traffic();
-        help(
-            out,
+        let mut e = Encoder::new(out);
+        e.family(
             "fleetgate_gateway_requests_total",
             "Gateway responses by route and status class.",
-            "counter",
+            Kind::Counter,
         );
         for (id, m) in &t.routes {
-            for (i, c) in m.by_class.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "fleetgate_gateway_requests_total{{route=\"{}\",class=\"{}xx\"}} {c}",
-                    esc(id),
-                    i + 1,
+            for (class, c) in CLASSES.iter().zip(m.by_class) {
+                e.sample(
+                    "fleetgate_gateway_requests_total",
+                    &[("route", id.as_str()), ("class", class)],
+                    c,
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "fleetgate_gateway_requests_total{{route=\"\",class=\"4xx\"}} {}",
-            t.unmatched
+        e.sample(
+            "fleetgate_gateway_requests_total",
+            &[("route", ""), ("class", "4xx")],
+            t.unmatched,
         );
-        help(
-            out,
+        e.family(
             "fleetgate_gateway_rate_limited_total",
             "Requests refused by a route's rate limit.",
-            "counter",
+            Kind::Counter,
         );
         for (id, m) in &t.routes {
-            let _ = writeln!(
-                out,
-                "fleetgate_gateway_rate_limited_total{{route=\"{}\"}} {}",
-                esc(id),
-                m.rate_limited
+            e.sample(
+                "fleetgate_gateway_rate_limited_total",
+                &[("route", id.as_str())],
+                m.rate_limited,
             );
         }
-        help(
-            out,
+        e.family(
             "fleetgate_gateway_request_duration_seconds",
             "Gateway latency by route.",
-            "histogram",
+            Kind::Histogram,
         );
         for (id, m) in &t.routes {
             histogram(
-                out,
+                &mut e,
                 "fleetgate_gateway_request_duration_seconds",
-                "route",
-                id,
+                ("route", id.as_str()),
                 &m.latency,
             );
         }
@@ -243,57 +238,35 @@ impl MetricsRegistry {
                 |m| m.breaker_rejections,
             ),
         ] {
-            help(out, metric, help_text, "counter");
+            e.family(metric, help_text, Kind::Counter);
             for (name, m) in &t.upstreams {
-                let _ = writeln!(out, "{metric}{{upstream=\"{}\"}} {}", esc(name), get(m));
+                e.sample(metric, &[("upstream", name.as_str())], get(m));
             }
         }
-        help(
-            out,
+        e.family(
             "fleetgate_upstream_response_seconds",
             "Time to an upstream's response head.",
-            "histogram",
+            Kind::Histogram,
         );
         for (name, m) in &t.upstreams {
             histogram(
-                out,
+                &mut e,
                 "fleetgate_upstream_response_seconds",
-                "upstream",
-                name,
+                ("upstream", name.as_str()),
                 &m.latency,
             );
         }
     }
 }
 
-fn help(out: &mut String, metric: &str, text: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {metric} {text}\n# TYPE {metric} {kind}");
-}
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-fn histogram(out: &mut String, metric: &str, label: &str, value: &str, h: &Histogram) {
-    let value = esc(value);
+/// One latency histogram in seconds, its buckets made cumulative.
+fn histogram(e: &mut Encoder<'_>, metric: &str, label: (&str, &str), h: &Histogram) {
     let mut cumulative = 0;
-    for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
-        cumulative += h.buckets[i];
-        let _ = writeln!(
-            out,
-            "{metric}_bucket{{{label}=\"{value}\",le=\"{}\"}} {cumulative}",
-            *bound as f64 / 1e6
-        );
-    }
-    let _ = writeln!(
-        out,
-        "{metric}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}",
-        h.count
-    );
-    let _ = writeln!(
-        out,
-        "{metric}_sum{{{label}=\"{value}\"}} {}",
-        h.sum_us as f64 / 1e6
-    );
-    let _ = writeln!(out, "{metric}_count{{{label}=\"{value}\"}} {}", h.count);
-}
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
+    let buckets = LATENCY_BUCKETS_US.iter().zip(h.buckets).map(|(bound, n)| {
+        cumulative += n;
+        (*bound as f64 / 1e6, cumulative)
+    });
+    e.histogram(metric, &[label], buckets, h.sum_us as f64 / 1e6, h.count);
 }

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use fleetgate_core::tls::{certified_key, inspect, TlsBundle};
+use fleetgate_core::tls::{inspect, TlsBundle};
+use fleetgate_shared::tls::certified_key;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 

@@ -1,0 +1,8 @@
+//! Parts the gateway (`fleetgate-proxy`) and the manager share that cannot live
+//! in `fleetgate-core`, which does no I/O and links no TLS library: the Redis
+//! counter behind their cluster-wide rate limits, and loading TLS keys.
+
+pub mod redis_counter;
+pub mod tls;
+
+pub use redis_counter::{RedisCounter, RedisCounterError};
