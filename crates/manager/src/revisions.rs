@@ -312,10 +312,11 @@ impl AppState {
         Ok(())
     }
 
-    /// Asks the follower to look at the store now (after a change made here to
-    /// projects, published sets or certificates).
+    /// After a change made here to projects, published sets or certificates: the
+    /// follower looks at the store now, and the other managers are told to.
     pub fn refresh_data_plane(&self) {
         self.store_changed.notify_one();
+        self.peers.announce(0);
     }
 
     /// Keeps the data-plane input in step with the store: after each change made
@@ -447,7 +448,8 @@ impl Peers {
         Ok(())
     }
 
-    /// Tells the other managers that revision `number` was written.
+    /// Tells the other managers that revision `number` was written (0: that
+    /// something else in the data-plane input changed).
     pub fn announce(&self, number: i64) {
         if let Some((client, subject)) = self.client.get() {
             let client = client.clone();

@@ -99,8 +99,12 @@ pub struct GatewayInner {
     pub(crate) https_port: std::sync::atomic::AtomicU16,
     /// Certificates of the HTTPS listener, by SNI name.
     pub(crate) tls: Arc<tls::SniResolver>,
-    /// What has been applied of the input, and what was refused.
+    /// What has been applied of the input, and what was refused; held while
+    /// applying (one apply at a time).
     applied: Mutex<Applied>,
+    /// The versions served and the faults kept, as of the last apply: what status
+    /// reports read, never waiting for an apply in progress.
+    reported: Mutex<(AppliedVersions, Vec<ConfigFault>)>,
     /// Signalled after each apply, so that a status report follows it.
     applied_notify: tokio::sync::Notify,
 }
@@ -246,6 +250,7 @@ impl Gateway {
             https_port: std::sync::atomic::AtomicU16::new(0),
             tls: Arc::new(tls::SniResolver::default()),
             applied: Mutex::new(Applied::default()),
+            reported: Mutex::new(Default::default()),
             applied_notify: tokio::sync::Notify::new(),
             shared_limits: options.redis_url.as_deref().and_then(|url| {
                 match limit::SharedCounter::new(
@@ -316,6 +321,14 @@ impl Gateway {
         }
         if let Some(counter) = &self.inner.shared_limits {
             counter.set_fail_open(config.rate_limits.fail_open);
+        }
+        if changed {
+            *self
+                .inner
+                .reported
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) =
+                (applied.versions, applied.faults.iter().cloned().collect());
         }
         drop(applied);
         if changed {
@@ -423,10 +436,12 @@ impl Gateway {
     /// A report of what the gateway serves and how its upstreams and limits fare.
     pub fn status(&self) -> DataPlaneStatus {
         let compiled = self.inner.current.load();
-        let (versions, errors) = {
-            let a = self.inner.applied.lock().unwrap_or_else(|p| p.into_inner());
-            (a.versions, a.faults.iter().cloned().collect())
-        };
+        let (versions, errors) = self
+            .inner
+            .reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let traffic = self.inner.metrics.traffic();
         let mut upstreams: Vec<UpstreamStatus> = compiled
             .upstreams

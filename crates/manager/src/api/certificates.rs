@@ -118,6 +118,7 @@ async fn save(
         .put_certificate(&auth.actor, &rec, expected)
         .await?;
     state.publish_certificates().await?;
+    state.refresh_data_plane();
     Ok(with_etag(status_code, view(&stored, &info)))
 }
 
@@ -229,5 +230,6 @@ pub async fn delete(
     auth.require(Role::Admin)?;
     state.store.delete_certificate(&auth.actor, &name).await?;
     state.publish_certificates().await?;
+    state.refresh_data_plane();
     Ok(StatusCode::NO_CONTENT)
 }
