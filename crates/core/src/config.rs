@@ -53,6 +53,16 @@ impl ConfigDocument {
 
     /// Validates the whole document; field paths are relative to its root.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        self.validate_objects()?;
+        // Routes valid one by one can still fail together (their regexes are
+        // compiled as one set per host): a document is valid only if the gateway
+        // can build its route table.
+        self.check_compiles()
+    }
+
+    /// Validates every object and the references between them, short of compiling
+    /// the route table (which the data plane does anyway when it applies one).
+    pub fn validate_objects(&self) -> Result<(), ValidationError> {
         let mut e = ValidationError::new();
         if self.format_version != FORMAT_VERSION {
             e.push(
@@ -95,14 +105,6 @@ impl ConfigDocument {
                 self.check_route_refs(r, keys.get(&r.match_key()).copied()),
             );
             keys.entry(r.match_key()).or_insert(r.id.as_str());
-        }
-        if e.is_empty() {
-            // Routes valid one by one can still fail together (their regexes are
-            // compiled as one set per host): a document is valid only if the
-            // gateway can build its route table.
-            if let Err(err) = self.check_compiles() {
-                e = err;
-            }
         }
         e.into_result()
     }

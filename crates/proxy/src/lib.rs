@@ -354,13 +354,22 @@ impl Gateway {
         }
         applied.document = Some(config.gateway.clone());
         let events = self.inner.events.as_ref();
-        match Compiled::build(
-            config.revision,
-            &config.gateway,
-            &previous,
-            &self.inner.metrics,
-            events,
-        ) {
+        // What arrives is checked as the manager checked it before committing: an
+        // edge may be sent anything.
+        let built = config
+            .gateway
+            .validate_objects()
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                Compiled::build(
+                    config.revision,
+                    &config.gateway,
+                    &previous,
+                    &self.inner.metrics,
+                    events,
+                )
+            });
+        match built {
             Ok(c) => {
                 emit(
                     events,
