@@ -1,19 +1,14 @@
 //! [`SqlStore`]: the store on SQLite or PostgreSQL through sqlx's `Any` driver.
 //!
-//! This module opens and migrates the store, holds the helpers every kind of record
-//! shares (write transactions, audit entries, version checks) and implements the
-//! configuration and its revisions; each other kind of record has its own module
-//! (`auth`, `audit`, `certificates`, `redirects`, `events`, `webhooks`, `metrics`,
+//! This module opens and migrates the store and holds the helpers every kind of
+//! record shares (write transactions, audit entries, version checks); each kind of
+//! record has its own module (`config` for the configuration and its revisions,
+//! `auth`, `audit`, `certificates`, `redirects`, `events`, `webhooks`, `metrics`,
 //! `alerts`, and `backup` for the whole-store copy).
 //!
 //! Both backends run the same SQL text: `$n` placeholders (which SQLite accepts),
 //! BIGINT timestamps in Unix milliseconds, JSON kept as TEXT. Only the schema
 //! migrations and the backup differ per backend.
-//!
-//! Configuration writes start by bumping the revision counter row. That first write
-//! takes SQLite's write lock at once (no deferred-transaction upgrade can fail later)
-//! and on PostgreSQL serializes concurrent managers on the row lock, so revision
-//! numbers are dense and never handed out twice.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -23,14 +18,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fleetgate_core::time::now_ms;
 use serde_json::Value;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyConnection, AnyPool, Row};
 
-use crate::{
-    Actor, AuditEvent, MigrationStatus, Page, PageRequest, PoolStats, ResourceRecord, ResourceSet,
-    Result, RevisionRecord, Store, StoreError,
-};
+use crate::{Actor, AuditEvent, MigrationStatus, PoolStats, Result, Store, StoreError};
 
 /// Which database a [`SqlStore`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,17 +292,6 @@ fn text_of(v: &Option<Value>) -> Option<String> {
     v.as_ref().map(Value::to_string)
 }
 
-fn resource_from_row(r: &AnyRow) -> Result<ResourceRecord> {
-    let body: String = r.try_get("body")?;
-    Ok(ResourceRecord {
-        kind: r.try_get("kind")?,
-        name: r.try_get("name")?,
-        body: serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        version: r.try_get("version")?,
-        updated_at: r.try_get("updated_at")?,
-    })
-}
-
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
@@ -338,84 +319,6 @@ pub(crate) async fn insert_audit(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// Takes the next revision number; the first write of every configuration change.
-async fn next_revision(conn: &mut AnyConnection) -> Result<i64> {
-    let row = sqlx::query(
-        "UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value",
-    )
-    .fetch_one(conn)
-    .await?;
-    Ok(row.try_get(0)?)
-}
-
-async fn resource_set_in(conn: &mut AnyConnection) -> Result<ResourceSet> {
-    let rows = sqlx::query("SELECT kind, name, body FROM resources ORDER BY kind, name")
-        .fetch_all(conn)
-        .await?;
-    let mut set = ResourceSet::new();
-    for r in rows {
-        let body: String = r.try_get("body")?;
-        set.entry(r.try_get("kind")?).or_default().insert(
-            r.try_get("name")?,
-            serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        );
-    }
-    Ok(set)
-}
-
-use crate::{CommittedRevision, ConfigCheck, ConfigEdit, Verdict};
-
-impl SqlStore {
-    /// The answer to a configuration change that wrote nothing.
-    async fn unchanged(&self, current: ResourceSet) -> Result<CommittedRevision> {
-        Ok(CommittedRevision {
-            number: self.latest_revision().await?,
-            written: false,
-            before: current.clone(),
-            after: current,
-            record: None,
-        })
-    }
-}
-
-async fn insert_revision(
-    conn: &mut AnyConnection,
-    number: i64,
-    actor: &Actor,
-    message: &str,
-    set: &ResourceSet,
-) -> Result<()> {
-    let snapshot = serde_json::to_string(set).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    sqlx::query(
-        "INSERT INTO revisions (number, created_at, author, message, snapshot) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(number)
-    .bind(now_ms())
-    .bind(actor.name.clone())
-    .bind(message.to_string())
-    .bind(snapshot)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-async fn get_resource_in(
-    conn: &mut AnyConnection,
-    kind: &str,
-    name: &str,
-) -> Result<Option<ResourceRecord>> {
-    sqlx::query(
-        "SELECT kind, name, body, version, updated_at FROM resources WHERE kind = $1 AND name = $2",
-    )
-    .bind(kind.to_string())
-    .bind(name.to_string())
-    .fetch_optional(conn)
-    .await?
-    .map(|r| resource_from_row(&r))
-    .transpose()
 }
 
 pub(crate) fn check_version(expected: Option<i64>, current: i64) -> Result<()> {
@@ -470,227 +373,6 @@ impl Store for SqlStore {
 
     async fn close(&self) {
         self.pool.close().await;
-    }
-
-    async fn get_resource(&self, kind: &str, name: &str) -> Result<Option<ResourceRecord>> {
-        let mut conn = self.pool.acquire().await?;
-        get_resource_in(&mut conn, kind, name).await
-    }
-
-    async fn list_resources(&self, kind: &str) -> Result<Vec<ResourceRecord>> {
-        let rows = sqlx::query(
-            "SELECT kind, name, body, version, updated_at FROM resources WHERE kind = $1 ORDER BY name",
-        )
-        .bind(kind.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(resource_from_row).collect()
-    }
-
-    async fn write_config(
-        &self,
-        actor: &Actor,
-        edit: ConfigEdit<'_>,
-        message: &str,
-        check: &dyn ConfigCheck,
-    ) -> Result<CommittedRevision> {
-        let mut tx = self.begin_write().await?;
-        // The counter row is the lock every configuration write takes first.
-        let number = next_revision(&mut tx).await?;
-        let before = resource_set_in(&mut tx).await?;
-        let mut after = before.clone();
-        let now = now_ms();
-        let (record, audit) = match edit {
-            ConfigEdit::Put {
-                kind,
-                name,
-                body,
-                expected_version,
-            } => {
-                let current = get_resource_in(&mut tx, kind, name).await?;
-                check_version(expected_version, current.as_ref().map_or(0, |b| b.version))?;
-                after
-                    .entry(kind.to_string())
-                    .or_default()
-                    .insert(name.to_string(), body.clone());
-                if check.check(&before, &after).await? == Verdict::Unchanged {
-                    tx.rollback().await?;
-                    return self.unchanged(before).await;
-                }
-                let version = current.as_ref().map_or(1, |b| b.version + 1);
-                if current.is_some() {
-                    sqlx::query(
-                        "UPDATE resources SET body = $3, version = $4, updated_at = $5 WHERE kind = $1 AND name = $2",
-                    )
-                } else {
-                    sqlx::query(
-                        "INSERT INTO resources (kind, name, body, version, updated_at) VALUES ($1, $2, $3, $4, $5)",
-                    )
-                }
-                .bind(kind.to_string())
-                .bind(name.to_string())
-                .bind(body.to_string())
-                .bind(version)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                let action = if current.is_some() {
-                    "update"
-                } else {
-                    "create"
-                };
-                let mut ev = AuditEvent::new(&format!("{kind}.{action}"), kind, Some(name))
-                    .after(body.clone());
-                if let Some(b) = current {
-                    ev = ev.before(b.body);
-                }
-                let record = ResourceRecord {
-                    kind: kind.into(),
-                    name: name.into(),
-                    body: body.clone(),
-                    version,
-                    updated_at: now,
-                };
-                (Some(record), ev)
-            }
-            ConfigEdit::Delete {
-                kind,
-                name,
-                expected_version,
-            } => {
-                let current = get_resource_in(&mut tx, kind, name)
-                    .await?
-                    .ok_or_else(|| StoreError::NotFound(format!("{kind} {name}")))?;
-                check_version(expected_version, current.version)?;
-                if let Some(objects) = after.get_mut(kind) {
-                    objects.remove(name);
-                    if objects.is_empty() {
-                        after.remove(kind);
-                    }
-                }
-                if check.check(&before, &after).await? == Verdict::Unchanged {
-                    tx.rollback().await?;
-                    return self.unchanged(before).await;
-                }
-                sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
-                    .bind(kind.to_string())
-                    .bind(name.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                let ev = AuditEvent::new(&format!("{kind}.delete"), kind, Some(name))
-                    .before(current.body);
-                (None, ev)
-            }
-            ConfigEdit::Replace { set, action } => {
-                after = set.clone();
-                after.retain(|_, objects| !objects.is_empty());
-                if after == before || check.check(&before, &after).await? == Verdict::Unchanged {
-                    // Nothing to record: give the number back with the transaction.
-                    tx.rollback().await?;
-                    return self.unchanged(before).await;
-                }
-                let old_versions: std::collections::HashMap<(String, String), i64> =
-                    sqlx::query("SELECT kind, name, version FROM resources")
-                        .fetch_all(&mut *tx)
-                        .await?
-                        .iter()
-                        .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)))
-                        .collect::<Result<_>>()?;
-                sqlx::query("DELETE FROM resources")
-                    .execute(&mut *tx)
-                    .await?;
-                for (kind, objects) in &after {
-                    for (name, body) in objects {
-                        let unchanged = before.get(kind).and_then(|m| m.get(name)) == Some(body);
-                        let version = match old_versions.get(&(kind.clone(), name.clone())) {
-                            Some(v) if unchanged => *v,
-                            Some(v) => v + 1,
-                            None => 1,
-                        };
-                        sqlx::query(
-                            "INSERT INTO resources (kind, name, body, version, updated_at) VALUES ($1, $2, $3, $4, $5)",
-                        )
-                        .bind(kind.clone())
-                        .bind(name.clone())
-                        .bind(body.to_string())
-                        .bind(version)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                let to_value = |s: &ResourceSet| serde_json::to_value(s).unwrap_or(Value::Null);
-                let ev = AuditEvent::new(action, "config", Some(&number.to_string()))
-                    .before(to_value(&before))
-                    .after(to_value(&after));
-                (None, ev)
-            }
-        };
-        insert_revision(&mut tx, number, actor, message, &after).await?;
-        insert_audit(&mut tx, actor, &audit).await?;
-        tx.commit().await?;
-        Ok(CommittedRevision {
-            number,
-            written: true,
-            before,
-            after,
-            record,
-        })
-    }
-
-    async fn resource_set(&self) -> Result<ResourceSet> {
-        let mut conn = self.pool.acquire().await?;
-        resource_set_in(&mut conn).await
-    }
-
-    async fn latest_revision(&self) -> Result<i64> {
-        self.count("SELECT COALESCE(MAX(number), 0) FROM revisions", &[])
-            .await
-    }
-
-    async fn list_revisions(&self, page: PageRequest) -> Result<Page<RevisionRecord>> {
-        let total = self.count("SELECT COUNT(*) FROM revisions", &[]).await?;
-        let rows = sqlx::query(
-            "SELECT number, created_at, author, message FROM revisions \
-             ORDER BY number DESC LIMIT $1 OFFSET $2",
-        )
-        .bind(page.limit)
-        .bind(page.offset)
-        .fetch_all(&self.pool)
-        .await?;
-        let items = rows
-            .iter()
-            .map(|r| {
-                Ok(RevisionRecord {
-                    number: r.try_get("number")?,
-                    created_at: r.try_get("created_at")?,
-                    author: r.try_get("author")?,
-                    message: r.try_get("message")?,
-                    snapshot: None,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(Page { items, total })
-    }
-
-    async fn get_revision(&self, number: i64) -> Result<Option<RevisionRecord>> {
-        let row = sqlx::query(
-            "SELECT number, created_at, author, message, snapshot FROM revisions WHERE number = $1",
-        )
-        .bind(number)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else { return Ok(None) };
-        let snapshot: String = r.try_get("snapshot")?;
-        Ok(Some(RevisionRecord {
-            number: r.try_get("number")?,
-            created_at: r.try_get("created_at")?,
-            author: r.try_get("author")?,
-            message: r.try_get("message")?,
-            snapshot: Some(
-                serde_json::from_str(&snapshot).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            ),
-        }))
     }
 
     async fn backup(&self, path: &Path) -> Result<()> {

@@ -6,10 +6,10 @@ use fleetgate_core::events::{NewEvent, Severity};
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
 use fleetgate_store::{
-    Actor, AgentRecord, ApiKeyRecord, AuditEvent, AuditFilter, CertificateRecord, DraftState,
-    EventFilter, EventStore, NamespaceRecord, PageRequest, ProjectRecord, ProjectTokenRecord,
-    RedirectStore, ResourceSet, RuleData, RuleFilter, RuleTable, SessionRecord, SqlStore, Store,
-    StoreError, StoreOptions, TokenScope, UserRecord,
+    Actor, AgentRecord, ApiKeyRecord, AuditEvent, AuditFilter, CertificateRecord, ConfigStore,
+    DraftState, EventFilter, EventStore, NamespaceRecord, PageRequest, ProjectRecord,
+    ProjectTokenRecord, RedirectStore, ResourceSet, RuleData, RuleFilter, RuleTable, SessionRecord,
+    SqlStore, Store, StoreError, StoreOptions, TokenScope, UserRecord,
 };
 use fleetgate_store::{
     AlertRuleRecord, AlertStore, IncidentFilter, IncidentRecord, NewTimelineEntry,

@@ -294,7 +294,7 @@ async fn backups_are_consistent_files_with_safe_names() {
     )))
     .await
     .expect("open backup");
-    let set = fleetgate_store::Store::resource_set(&copy)
+    let set = fleetgate_store::ConfigStore::resource_set(&copy)
         .await
         .expect("read backup");
     assert_eq!(

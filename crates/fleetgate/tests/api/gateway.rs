@@ -1352,7 +1352,7 @@ async fn regex_routes_that_cannot_compile_together_are_refused_naming_the_route(
 
 #[tokio::test]
 async fn a_stored_revision_that_cannot_compile_falls_back_to_the_last_good_one() {
-    use fleetgate_store::{Actor, SqlStore, Store, StoreOptions};
+    use fleetgate_store::{Actor, ConfigStore, SqlStore, Store, StoreOptions};
     let app = spawn_app().await;
     let r = app
         .admin(Method::PUT, "/api/v1/settings")

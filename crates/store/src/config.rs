@@ -1,0 +1,505 @@
+//! The configuration and its revisions: every change is one revision holding the
+//! whole configuration, written in one transaction with its audit entry after a
+//! [`ConfigCheck`] judged it (see [`ConfigStore::write_config`]).
+//!
+//! Configuration writes start by bumping the revision counter row. That first write
+//! takes SQLite's write lock at once (no deferred-transaction upgrade can fail later)
+//! and on PostgreSQL serializes concurrent managers on the row lock, so revision
+//! numbers are dense and never handed out twice.
+
+use async_trait::async_trait;
+use fleetgate_core::time::now_ms;
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use crate::sql::{check_version, insert_audit, SqlStore};
+use crate::{Actor, AuditEvent, Page, PageRequest, Result, StoreError};
+
+/// A configuration object (settings, routes, upstreams, …) with its version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceRecord {
+    pub kind: String,
+    pub name: String,
+    pub body: Value,
+    pub version: i64,
+    pub updated_at: i64,
+}
+
+/// All configuration objects, keyed by kind then name. Deterministically ordered.
+pub type ResourceSet =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, Value>>;
+
+/// One change to the configuration, written as one revision by [`Store::write_config`].
+#[derive(Debug, Clone, Copy)]
+pub enum ConfigEdit<'a> {
+    /// Creates or replaces one object. `expected_version` is checked when given;
+    /// 0 means "must not exist".
+    Put {
+        kind: &'a str,
+        name: &'a str,
+        body: &'a Value,
+        expected_version: Option<i64>,
+    },
+    /// Deletes one object (which must exist).
+    Delete {
+        kind: &'a str,
+        name: &'a str,
+        expected_version: Option<i64>,
+    },
+    /// Replaces the whole configuration (import, rollback); `action` names the
+    /// audit entry. A set equal to the current one writes nothing.
+    Replace {
+        set: &'a ResourceSet,
+        action: &'a str,
+    },
+}
+
+/// Judges the configuration a change would produce. It runs inside the change's
+/// write transaction, after every earlier change committed and before any later
+/// one can start, so what it sees as `before` is exactly what the change replaces.
+/// An error aborts the write (nothing is stored) and is returned as is.
+#[async_trait]
+pub trait ConfigCheck: Send + Sync {
+    async fn check(&self, before: &ResourceSet, after: &ResourceSet) -> Result<Verdict>;
+}
+
+/// A [`ConfigCheck`]'s answer for a change it does not refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Write the change as a new revision.
+    Write,
+    /// The change means nothing new (say, an import of the configuration in
+    /// force): write nothing and record no revision.
+    Unchanged,
+}
+
+/// Accepts every change (store tests, tools).
+pub struct NoCheck;
+
+#[async_trait]
+impl ConfigCheck for NoCheck {
+    async fn check(&self, _before: &ResourceSet, _after: &ResourceSet) -> Result<Verdict> {
+        Ok(Verdict::Write)
+    }
+}
+
+/// What [`Store::write_config`] committed: the revision and the whole configuration
+/// it holds, as written — the document to publish, with no second read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommittedRevision {
+    /// The new revision's number; when nothing was written, the current one's.
+    pub number: i64,
+    /// False when the change turned out to change nothing (a `Replace` with the
+    /// current set, or one its check found [`Verdict::Unchanged`]): no revision
+    /// was recorded.
+    pub written: bool,
+    /// The configuration the change replaced.
+    pub before: ResourceSet,
+    /// The configuration of revision `number`.
+    pub after: ResourceSet,
+    /// The object a `Put` stored, with its new version.
+    pub record: Option<ResourceRecord>,
+}
+
+/// A revision's header; `snapshot` is loaded only when asked for one revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionRecord {
+    pub number: i64,
+    pub created_at: i64,
+    pub author: String,
+    pub message: String,
+    pub snapshot: Option<ResourceSet>,
+}
+
+/// The configuration and its revisions.
+#[async_trait]
+pub trait ConfigStore: Send + Sync {
+    async fn get_resource(&self, kind: &str, name: &str) -> Result<Option<ResourceRecord>>;
+    async fn list_resources(&self, kind: &str) -> Result<Vec<ResourceRecord>>;
+    /// Applies one configuration change as one revision, in one write transaction:
+    /// takes the next revision number (which serialises configuration writes across
+    /// every manager sharing the store), reads the configuration, applies `edit`,
+    /// lets `check` judge the result, writes the rows, the revision (holding the
+    /// whole resulting configuration) and the audit entry, and commits. Returns the
+    /// committed configuration so that it can be published without reading it again.
+    async fn write_config(
+        &self,
+        actor: &Actor,
+        edit: ConfigEdit<'_>,
+        message: &str,
+        check: &dyn ConfigCheck,
+    ) -> Result<CommittedRevision>;
+    /// Creates or replaces one configuration object without a check; returns the
+    /// stored object and the revision number.
+    async fn put_resource(
+        &self,
+        actor: &Actor,
+        kind: &str,
+        name: &str,
+        body: &Value,
+        expected_version: Option<i64>,
+        message: &str,
+    ) -> Result<(ResourceRecord, i64)> {
+        let edit = ConfigEdit::Put {
+            kind,
+            name,
+            body,
+            expected_version,
+        };
+        let c = self.write_config(actor, edit, message, &NoCheck).await?;
+        let record = c
+            .record
+            .ok_or_else(|| StoreError::Corrupt("a put stored no object".into()))?;
+        Ok((record, c.number))
+    }
+    /// Deletes one configuration object without a check; returns the revision.
+    async fn delete_resource(
+        &self,
+        actor: &Actor,
+        kind: &str,
+        name: &str,
+        expected_version: Option<i64>,
+        message: &str,
+    ) -> Result<i64> {
+        let edit = ConfigEdit::Delete {
+            kind,
+            name,
+            expected_version,
+        };
+        Ok(self
+            .write_config(actor, edit, message, &NoCheck)
+            .await?
+            .number)
+    }
+    /// The whole configuration as it is now.
+    async fn resource_set(&self) -> Result<ResourceSet>;
+    /// Replaces the whole configuration without a check; returns the revision.
+    async fn replace_resources(
+        &self,
+        actor: &Actor,
+        set: &ResourceSet,
+        action: &str,
+        message: &str,
+    ) -> Result<i64> {
+        let edit = ConfigEdit::Replace { set, action };
+        Ok(self
+            .write_config(actor, edit, message, &NoCheck)
+            .await?
+            .number)
+    }
+    async fn latest_revision(&self) -> Result<i64>;
+    async fn list_revisions(&self, page: PageRequest) -> Result<Page<RevisionRecord>>;
+    async fn get_revision(&self, number: i64) -> Result<Option<RevisionRecord>>;
+}
+
+fn resource_from_row(r: &AnyRow) -> Result<ResourceRecord> {
+    let body: String = r.try_get("body")?;
+    Ok(ResourceRecord {
+        kind: r.try_get("kind")?,
+        name: r.try_get("name")?,
+        body: serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        version: r.try_get("version")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+/// Takes the next revision number; the first write of every configuration change.
+async fn next_revision(conn: &mut AnyConnection) -> Result<i64> {
+    let row = sqlx::query(
+        "UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(row.try_get(0)?)
+}
+
+async fn resource_set_in(conn: &mut AnyConnection) -> Result<ResourceSet> {
+    let rows = sqlx::query("SELECT kind, name, body FROM resources ORDER BY kind, name")
+        .fetch_all(conn)
+        .await?;
+    let mut set = ResourceSet::new();
+    for r in rows {
+        let body: String = r.try_get("body")?;
+        set.entry(r.try_get("kind")?).or_default().insert(
+            r.try_get("name")?,
+            serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        );
+    }
+    Ok(set)
+}
+
+impl SqlStore {
+    /// The answer to a configuration change that wrote nothing.
+    async fn unchanged(&self, current: ResourceSet) -> Result<CommittedRevision> {
+        Ok(CommittedRevision {
+            number: self.latest_revision().await?,
+            written: false,
+            before: current.clone(),
+            after: current,
+            record: None,
+        })
+    }
+}
+
+async fn insert_revision(
+    conn: &mut AnyConnection,
+    number: i64,
+    actor: &Actor,
+    message: &str,
+    set: &ResourceSet,
+) -> Result<()> {
+    let snapshot = serde_json::to_string(set).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO revisions (number, created_at, author, message, snapshot) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(number)
+    .bind(now_ms())
+    .bind(actor.name.clone())
+    .bind(message.to_string())
+    .bind(snapshot)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn get_resource_in(
+    conn: &mut AnyConnection,
+    kind: &str,
+    name: &str,
+) -> Result<Option<ResourceRecord>> {
+    sqlx::query(
+        "SELECT kind, name, body, version, updated_at FROM resources WHERE kind = $1 AND name = $2",
+    )
+    .bind(kind.to_string())
+    .bind(name.to_string())
+    .fetch_optional(conn)
+    .await?
+    .map(|r| resource_from_row(&r))
+    .transpose()
+}
+
+#[async_trait]
+impl ConfigStore for SqlStore {
+    async fn get_resource(&self, kind: &str, name: &str) -> Result<Option<ResourceRecord>> {
+        let mut conn = self.pool.acquire().await?;
+        get_resource_in(&mut conn, kind, name).await
+    }
+
+    async fn list_resources(&self, kind: &str) -> Result<Vec<ResourceRecord>> {
+        let rows = sqlx::query(
+            "SELECT kind, name, body, version, updated_at FROM resources WHERE kind = $1 ORDER BY name",
+        )
+        .bind(kind.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(resource_from_row).collect()
+    }
+
+    async fn write_config(
+        &self,
+        actor: &Actor,
+        edit: ConfigEdit<'_>,
+        message: &str,
+        check: &dyn ConfigCheck,
+    ) -> Result<CommittedRevision> {
+        let mut tx = self.begin_write().await?;
+        // The counter row is the lock every configuration write takes first.
+        let number = next_revision(&mut tx).await?;
+        let before = resource_set_in(&mut tx).await?;
+        let mut after = before.clone();
+        let now = now_ms();
+        let (record, audit) = match edit {
+            ConfigEdit::Put {
+                kind,
+                name,
+                body,
+                expected_version,
+            } => {
+                let current = get_resource_in(&mut tx, kind, name).await?;
+                check_version(expected_version, current.as_ref().map_or(0, |b| b.version))?;
+                after
+                    .entry(kind.to_string())
+                    .or_default()
+                    .insert(name.to_string(), body.clone());
+                if check.check(&before, &after).await? == Verdict::Unchanged {
+                    tx.rollback().await?;
+                    return self.unchanged(before).await;
+                }
+                let version = current.as_ref().map_or(1, |b| b.version + 1);
+                if current.is_some() {
+                    sqlx::query(
+                        "UPDATE resources SET body = $3, version = $4, updated_at = $5 WHERE kind = $1 AND name = $2",
+                    )
+                } else {
+                    sqlx::query(
+                        "INSERT INTO resources (kind, name, body, version, updated_at) VALUES ($1, $2, $3, $4, $5)",
+                    )
+                }
+                .bind(kind.to_string())
+                .bind(name.to_string())
+                .bind(body.to_string())
+                .bind(version)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let action = if current.is_some() {
+                    "update"
+                } else {
+                    "create"
+                };
+                let mut ev = AuditEvent::new(&format!("{kind}.{action}"), kind, Some(name))
+                    .after(body.clone());
+                if let Some(b) = current {
+                    ev = ev.before(b.body);
+                }
+                let record = ResourceRecord {
+                    kind: kind.into(),
+                    name: name.into(),
+                    body: body.clone(),
+                    version,
+                    updated_at: now,
+                };
+                (Some(record), ev)
+            }
+            ConfigEdit::Delete {
+                kind,
+                name,
+                expected_version,
+            } => {
+                let current = get_resource_in(&mut tx, kind, name)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(format!("{kind} {name}")))?;
+                check_version(expected_version, current.version)?;
+                if let Some(objects) = after.get_mut(kind) {
+                    objects.remove(name);
+                    if objects.is_empty() {
+                        after.remove(kind);
+                    }
+                }
+                if check.check(&before, &after).await? == Verdict::Unchanged {
+                    tx.rollback().await?;
+                    return self.unchanged(before).await;
+                }
+                sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
+                    .bind(kind.to_string())
+                    .bind(name.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                let ev = AuditEvent::new(&format!("{kind}.delete"), kind, Some(name))
+                    .before(current.body);
+                (None, ev)
+            }
+            ConfigEdit::Replace { set, action } => {
+                after = set.clone();
+                after.retain(|_, objects| !objects.is_empty());
+                if after == before || check.check(&before, &after).await? == Verdict::Unchanged {
+                    // Nothing to record: give the number back with the transaction.
+                    tx.rollback().await?;
+                    return self.unchanged(before).await;
+                }
+                let old_versions: std::collections::HashMap<(String, String), i64> =
+                    sqlx::query("SELECT kind, name, version FROM resources")
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)))
+                        .collect::<Result<_>>()?;
+                sqlx::query("DELETE FROM resources")
+                    .execute(&mut *tx)
+                    .await?;
+                for (kind, objects) in &after {
+                    for (name, body) in objects {
+                        let unchanged = before.get(kind).and_then(|m| m.get(name)) == Some(body);
+                        let version = match old_versions.get(&(kind.clone(), name.clone())) {
+                            Some(v) if unchanged => *v,
+                            Some(v) => v + 1,
+                            None => 1,
+                        };
+                        sqlx::query(
+                            "INSERT INTO resources (kind, name, body, version, updated_at) VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(kind.clone())
+                        .bind(name.clone())
+                        .bind(body.to_string())
+                        .bind(version)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                let to_value = |s: &ResourceSet| serde_json::to_value(s).unwrap_or(Value::Null);
+                let ev = AuditEvent::new(action, "config", Some(&number.to_string()))
+                    .before(to_value(&before))
+                    .after(to_value(&after));
+                (None, ev)
+            }
+        };
+        insert_revision(&mut tx, number, actor, message, &after).await?;
+        insert_audit(&mut tx, actor, &audit).await?;
+        tx.commit().await?;
+        Ok(CommittedRevision {
+            number,
+            written: true,
+            before,
+            after,
+            record,
+        })
+    }
+
+    async fn resource_set(&self) -> Result<ResourceSet> {
+        let mut conn = self.pool.acquire().await?;
+        resource_set_in(&mut conn).await
+    }
+
+    async fn latest_revision(&self) -> Result<i64> {
+        self.count("SELECT COALESCE(MAX(number), 0) FROM revisions", &[])
+            .await
+    }
+
+    async fn list_revisions(&self, page: PageRequest) -> Result<Page<RevisionRecord>> {
+        let total = self.count("SELECT COUNT(*) FROM revisions", &[]).await?;
+        let rows = sqlx::query(
+            "SELECT number, created_at, author, message FROM revisions \
+             ORDER BY number DESC LIMIT $1 OFFSET $2",
+        )
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let items = rows
+            .iter()
+            .map(|r| {
+                Ok(RevisionRecord {
+                    number: r.try_get("number")?,
+                    created_at: r.try_get("created_at")?,
+                    author: r.try_get("author")?,
+                    message: r.try_get("message")?,
+                    snapshot: None,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Page { items, total })
+    }
+
+    async fn get_revision(&self, number: i64) -> Result<Option<RevisionRecord>> {
+        let row = sqlx::query(
+            "SELECT number, created_at, author, message, snapshot FROM revisions WHERE number = $1",
+        )
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let snapshot: String = r.try_get("snapshot")?;
+        Ok(Some(RevisionRecord {
+            number: r.try_get("number")?,
+            created_at: r.try_get("created_at")?,
+            author: r.try_get("author")?,
+            message: r.try_get("message")?,
+            snapshot: Some(
+                serde_json::from_str(&snapshot).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            ),
+        }))
+    }
+}
