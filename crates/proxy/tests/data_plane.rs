@@ -21,6 +21,11 @@ use tokio::sync::watch;
 
 /// An upstream answering JSON with what it got; counts requests.
 async fn upstream(name: &'static str) -> (SocketAddr, Arc<AtomicU64>) {
+    upstream_answering(name, 200).await
+}
+
+/// Like [`upstream`], with every answer's status `status`.
+async fn upstream_answering(name: &'static str, status: u16) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -42,7 +47,10 @@ async fn upstream(name: &'static str) -> (SocketAddr, Arc<AtomicU64>) {
                             .map(|b| b.to_bytes().len())
                             .unwrap_or(0);
                         let body = json!({"server": name, "uri": uri, "body_len": len});
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body.to_string()))))
+                        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+                        *resp.status_mut() =
+                            hyper::StatusCode::from_u16(status).expect("a status code");
+                        Ok::<_, Infallible>(resp)
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -322,4 +330,78 @@ async fn published_sites_and_synced_rules_come_in_the_same_input() {
         location("site.test", "/old").await,
         (302, Some("/newer".to_string()))
     );
+}
+
+/// The state of `upstream`'s circuit breaker, and of its targets, as the gateway
+/// reports them.
+fn breaker_and_targets(gw: &Gateway, upstream: &str) -> (String, Vec<String>) {
+    let breaker = gw
+        .breakers()
+        .into_iter()
+        .find(|b| b.upstream == upstream)
+        .map(|b| b.state)
+        .expect("the upstream's breaker");
+    let targets = gw
+        .upstream_health(upstream)
+        .expect("the upstream's health")
+        .into_iter()
+        .map(|t| t.state)
+        .collect();
+    (breaker, targets)
+}
+
+#[tokio::test]
+async fn breaker_and_ejection_survive_a_revision_that_leaves_the_upstream_unchanged() {
+    let (failing, hits) = upstream_answering("failing", 500).await;
+    let (healthy, _) = upstream("healthy").await;
+    // Three failed requests open the breaker and eject the one target, for a minute.
+    let upstream_with = |target: SocketAddr| {
+        json!([{
+            "name": "a",
+            "targets": [{"url": format!("http://{target}")}],
+            "circuit_breaker": {"enabled": true, "failure_rate_percent": 50, "min_requests": 3,
+                                "window_ms": 60000, "open_ms": 60000, "half_open_requests": 1},
+            "health_check": {"passive": {"max_failures": 3, "eject_ms": 60000}}
+        }])
+    };
+    let x = json!({"id": "x", "path": "/x", "upstream": "a"});
+    let gw = start(snapshot(1, upstream_with(failing), json!([x]))).await;
+    for _ in 0..3 {
+        assert_eq!(gw.get("/x").await.0, 500);
+    }
+    let (status, body) = gw.get("/x").await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("CIRCUIT_OPEN"));
+    assert_eq!(
+        breaker_and_targets(&gw.gateway, "a"),
+        ("open".to_string(), vec!["ejected".to_string()])
+    );
+
+    // Revision 2 adds a route and leaves the upstream as it was: the breaker stays
+    // open (for the new route too) and the target stays ejected.
+    let y = json!({"id": "y", "path": "/y", "upstream": "a"});
+    gw.publish(snapshot(2, upstream_with(failing), json!([x, y])), 2)
+        .await;
+    assert_eq!(gw.get("/x").await.0, 503);
+    assert_eq!(gw.get("/y").await.0, 503);
+    assert_eq!(
+        breaker_and_targets(&gw.gateway, "a"),
+        ("open".to_string(), vec!["ejected".to_string()])
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        3,
+        "the open breaker let nothing through"
+    );
+
+    // Revision 3 changes the upstream's targets: a changed upstream is a new one,
+    // with a closed breaker and targets not ejected.
+    gw.publish(snapshot(3, upstream_with(healthy), json!([x, y])), 3)
+        .await;
+    assert_eq!(
+        breaker_and_targets(&gw.gateway, "a"),
+        ("closed".to_string(), vec!["healthy".to_string()])
+    );
+    assert_eq!(gw.served_by("/x").await, "healthy");
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
 }
