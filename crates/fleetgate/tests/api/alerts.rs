@@ -135,7 +135,16 @@ async fn event_rule_fires_once_and_resolves(database_url: Option<String>) {
         .iter()
         .filter(|e| e["kind"] == "event")
         .all(|e| e["event_type"] == "auth.login_failed"));
-    let fired = app.get_json("/api/v1/events?type=alert.fired").await;
+    // The incident is stored before its `alert.fired` event reaches the store
+    // (events are written by their own task): wait for the event.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let fired = loop {
+        let fired = app.get_json("/api/v1/events?type=alert.fired").await;
+        if fired["total"] != 0 || Instant::now() > deadline {
+            break fired;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(fired["total"], 1);
     assert_eq!(fired["items"][0]["severity"], "critical");
     assert_eq!(fired["items"][0]["details"]["incident_id"], id.as_str());
