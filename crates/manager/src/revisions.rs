@@ -9,6 +9,9 @@
 //! it is what gets published on the data-plane input ([`fleetgate_protocol::ConfigFeed`])
 //! as that revision: nothing is read again after the commit.
 //!
+//! Whole-document changes (import, rollback: [`AppState::replace_config`]) and
+//! diffs between revisions live here too.
+//!
 //! Other managers learn of a revision through NATS (`fleetgate.config.<cluster>`,
 //! when configured) or by polling the store, and publish exactly that revision's
 //! stored document ([`AppState::follow_store`]). The same loop keeps the other
@@ -21,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use fleetgate_core::diff::{diff, Change};
 use fleetgate_core::events::{NewEvent, Severity};
 use fleetgate_core::redirects::{
     Page, PageContentType, PageType, Redirect, RedirectStatus, RedirectType,
@@ -34,6 +38,11 @@ use fleetgate_store::{
 use tokio::sync::watch;
 
 use crate::AppState;
+
+/// A document as the API shows it, for diffs.
+pub fn document_value(doc: &ConfigDocument) -> serde_json::Value {
+    serde_json::to_value(doc).unwrap_or(serde_json::Value::Null)
+}
 
 /// A check a change adds to the standard ones, given the documents before and after
 /// (say, that an upstream still in use is not deleted).
@@ -141,6 +150,64 @@ impl AppState {
             .details(serde_json::json!({"revision": number, "actor": actor.name})),
         );
         Ok(committed)
+    }
+
+    /// Replaces the whole configuration with `doc` (import, rollback) as one
+    /// revision, after validating it whole; `action` names the audit entry. Returns
+    /// what changed and the new revision (`None` when nothing did).
+    pub async fn replace_config(
+        &self,
+        actor: &Actor,
+        doc: &ConfigDocument,
+        action: &str,
+        message: &str,
+    ) -> Result<(Vec<Change>, Option<i64>), StoreError> {
+        let doc = doc.clone();
+        // Compiling the route table of many regex routes takes a while.
+        let doc = tokio::task::spawn_blocking(move || doc.validate().map(|()| doc))
+            .await
+            .map_err(|e| StoreError::Invalid(format!("configuration check failed: {e}")))?
+            .map_err(rejected)
+            .map(|mut d| {
+                d.normalize();
+                d
+            })?;
+        let set = doc.to_resources();
+        let edit = ConfigEdit::Replace { set: &set, action };
+        let committed = self.change_config(actor, edit, message, None).await?;
+        let before = ConfigDocument::from_resources(&committed.before).map_err(|e| {
+            StoreError::Corrupt(format!("stored configuration does not validate: {e}"))
+        })?;
+        let changes = diff(&document_value(&before), &document_value(&doc));
+        Ok((changes, committed.written.then_some(committed.number)))
+    }
+
+    /// What changed from revision `against` to revision `n` (0: the empty
+    /// configuration).
+    pub async fn revision_diff(&self, n: i64, against: i64) -> Result<Vec<Change>, StoreError> {
+        let missing = |r: i64| StoreError::NotFound(format!("revision {r}"));
+        let to = self.document_at(n).await?.ok_or_else(|| missing(n))?;
+        let from = self
+            .document_at(against)
+            .await?
+            .ok_or_else(|| missing(against))?;
+        Ok(diff(&document_value(&from), &document_value(&to)))
+    }
+
+    /// Puts the configuration of revision `n` back in force, as a new revision;
+    /// `None` when there is no revision `n`.
+    pub async fn rollback(
+        &self,
+        actor: &Actor,
+        n: i64,
+    ) -> Result<Option<(Vec<Change>, Option<i64>)>, StoreError> {
+        let Some(doc) = self.document_at(n).await? else {
+            return Ok(None);
+        };
+        let message = format!("rollback to revision {n}");
+        self.replace_config(actor, &doc, "config.rollback", &message)
+            .await
+            .map(Some)
     }
 
     /// The document of revision `n`; revision 0 is the configuration before any change.

@@ -5,13 +5,13 @@ use axum::Json;
 use fleetgate_core::diff::{diff, Change};
 use fleetgate_core::user::Role;
 use fleetgate_core::ConfigDocument;
-use fleetgate_store::Actor;
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, QueryParams};
+use crate::revisions::document_value;
 use crate::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -39,10 +39,6 @@ pub async fn current_document(state: &AppState) -> ApiResult<ConfigDocument> {
         .map_err(|e| ApiError::internal("stored configuration does not validate", e))
 }
 
-pub fn document_value(doc: &ConfigDocument) -> serde_json::Value {
-    serde_json::to_value(doc).unwrap_or(serde_json::Value::Null)
-}
-
 /// Validates a whole document off the async runtime: it includes compiling the
 /// route table, which for many regex routes takes a while.
 pub async fn validate_document(doc: &ConfigDocument) -> ApiResult<()> {
@@ -51,27 +47,6 @@ pub async fn validate_document(doc: &ConfigDocument) -> ApiResult<()> {
         .await
         .map_err(|e| ApiError::internal("configuration check", e))??;
     Ok(())
-}
-
-/// Replaces the whole configuration with `doc` (validated first), as one revision,
-/// and publishes it. Returns the changes and the revision (None when unchanged).
-pub async fn apply_document(
-    state: &AppState,
-    actor: &Actor,
-    doc: &ConfigDocument,
-    action: &str,
-    message: &str,
-) -> ApiResult<(Vec<Change>, Option<i64>)> {
-    validate_document(doc).await?;
-    let mut doc = doc.clone();
-    doc.normalize();
-    let set = doc.to_resources();
-    let edit = fleetgate_store::ConfigEdit::Replace { set: &set, action };
-    let committed = state.change_config(actor, edit, message, None).await?;
-    let before = ConfigDocument::from_resources(&committed.before)
-        .map_err(|e| ApiError::internal("stored configuration does not validate", e))?;
-    let changes = diff(&document_value(&before), &document_value(&doc));
-    Ok((changes, committed.written.then_some(committed.number)))
 }
 
 #[utoipa::path(get, path = "/api/v1/export", operation_id = "export_config", tag = "config",
@@ -105,8 +80,9 @@ pub async fn import(
             revision: None,
         }));
     }
-    let (changes, revision) =
-        apply_document(&state, &auth.actor, &doc, "config.import", "import").await?;
+    let (changes, revision) = state
+        .replace_config(&auth.actor, &doc, "config.import", "import")
+        .await?;
     Ok(Json(ImportResult {
         dry_run,
         changes,

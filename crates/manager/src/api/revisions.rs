@@ -2,14 +2,13 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use fleetgate_core::diff::{diff, Change};
+use fleetgate_core::diff::Change;
 use fleetgate_core::user::Role;
 use fleetgate_core::ConfigDocument;
 use fleetgate_store::RevisionRecord;
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::config::{apply_document, document_value};
 use crate::api::rfc3339;
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
@@ -136,12 +135,11 @@ pub async fn diff_revisions(
 ) -> ApiResult<Json<RevisionDiff>> {
     let n = revision_number(&n)?;
     let against = q.int("against")?.unwrap_or(n - 1);
-    let (_, to) = document_at(&state, n).await?;
-    let (_, from) = document_at(&state, against).await?;
+    let changes = state.revision_diff(n, against).await?;
     Ok(Json(RevisionDiff {
         from: against,
         to: n,
-        changes: diff(&document_value(&from), &document_value(&to)),
+        changes,
     }))
 }
 
@@ -154,15 +152,10 @@ pub async fn rollback(
 ) -> ApiResult<Json<RollbackResult>> {
     auth.require(Role::Admin)?;
     let n = revision_number(&n)?;
-    let (_, doc) = document_at(&state, n).await?;
-    let (changes, revision) = apply_document(
-        &state,
-        &auth.actor,
-        &doc,
-        "config.rollback",
-        &format!("rollback to revision {n}"),
-    )
-    .await?;
+    let (changes, revision) = state
+        .rollback(&auth.actor, n)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("revision {n}")))?;
     Ok(Json(RollbackResult {
         revision,
         rolled_back_to: n,
