@@ -39,6 +39,8 @@ ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 cd "$ROOT"
 # shellcheck source=lib/keep-sections.sh
 source "$SCRIPT_DIR/lib/keep-sections.sh"
+# shellcheck source=lib/fleetgate.sh
+source "$SCRIPT_DIR/lib/fleetgate.sh"
 case $OUT in /*) OUT_PATH=$OUT ;; *) OUT_PATH="$ROOT/$OUT" ;; esac
 
 missing=()
@@ -70,32 +72,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-API_PORT=$(free_port)
-GW_PORT=$(free_port)
-TLS_PORT=$(free_port)
-TOKEN="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-(
-    while read -r var; do unset "$var"; done < <(compgen -e | grep '^FLEETGATE_' || true)
-    export FLEETGATE_BOOTSTRAP_TOKEN="$TOKEN" FLEETGATE_ADMIN_PASSWORD="$TOKEN-admin"
-    export FLEETGATE_LOG_LEVEL=warn FLEETGATE_GATEWAY_WORKERS=1
-    exec taskset -c 1 "$FLEETGATE" serve --data-dir "$WORK/data" \
-        --listen "127.0.0.1:$API_PORT" --gateway-listen "127.0.0.1:$GW_PORT" \
-        --gateway-tls-listen "127.0.0.1:$TLS_PORT"
-) >"$RAW/fleetgate.log" 2>&1 &
-PID=$!
-API="http://127.0.0.1:$API_PORT"
-GW="http://127.0.0.1:$GW_PORT"
-for _ in $(seq 100); do curl -fs "$API/health" >/dev/null 2>&1 && break; sleep 0.1; done
-curl -fs "$API/health" >/dev/null || die "fleetgate did not start; see $RAW/fleetgate.log"
-
-# api METHOD PATH [curl args...]: prints the body, dies on a non-2xx answer.
-api() {
-    local m=$1 p=$2
-    shift 2
-    curl -fsS -X "$m" -H "Authorization: Bearer $TOKEN" "$@" "$API$p" || die "API $m $p failed"
-}
-json() { api "$1" "$2" -H 'Content-Type: application/json' --data "$3" >/dev/null; }
+start_fleetgate "$WORK/data" "$RAW/fleetgate.log"
 
 json PUT /api/v1/settings '{"api":{"rate_limit_per_minute":0}}'
 json POST /api/v1/namespaces '{"name":"bench"}'

@@ -242,6 +242,29 @@ impl SqlStore {
     }
 }
 
+/// Writes one configuration row `(kind, name, body, version, updated_at)`:
+/// replacing the existing one (`update`) or as a new one.
+async fn write_resource(
+    conn: &mut AnyConnection,
+    update: bool,
+    (kind, name, body, version, now): (&str, &str, &Value, i64, i64),
+) -> Result<()> {
+    let sql = if update {
+        "UPDATE resources SET body = $3, version = $4, updated_at = $5 WHERE kind = $1 AND name = $2"
+    } else {
+        "INSERT INTO resources (kind, name, body, version, updated_at) VALUES ($1, $2, $3, $4, $5)"
+    };
+    sqlx::query(sql)
+        .bind(kind.to_string())
+        .bind(name.to_string())
+        .bind(body.to_string())
+        .bind(version)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 async fn insert_revision(
     conn: &mut AnyConnection,
     number: i64,
@@ -328,22 +351,8 @@ impl ConfigStore for SqlStore {
                     return self.unchanged(before).await;
                 }
                 let version = current.as_ref().map_or(1, |b| b.version + 1);
-                if current.is_some() {
-                    sqlx::query(
-                        "UPDATE resources SET body = $3, version = $4, updated_at = $5 WHERE kind = $1 AND name = $2",
-                    )
-                } else {
-                    sqlx::query(
-                        "INSERT INTO resources (kind, name, body, version, updated_at) VALUES ($1, $2, $3, $4, $5)",
-                    )
-                }
-                .bind(kind.to_string())
-                .bind(name.to_string())
-                .bind(body.to_string())
-                .bind(version)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                let row = (kind, name, body, version, now);
+                write_resource(&mut tx, current.is_some(), row).await?;
                 let action = if current.is_some() {
                     "update"
                 } else {
@@ -417,16 +426,8 @@ impl ConfigStore for SqlStore {
                             Some(v) => v + 1,
                             None => 1,
                         };
-                        sqlx::query(
-                            "INSERT INTO resources (kind, name, body, version, updated_at) VALUES ($1, $2, $3, $4, $5)",
-                        )
-                        .bind(kind.clone())
-                        .bind(name.clone())
-                        .bind(body.to_string())
-                        .bind(version)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
+                        let row = (kind.as_str(), name.as_str(), body, version, now);
+                        write_resource(&mut tx, false, row).await?;
                     }
                 }
                 let to_value = |s: &ResourceSet| serde_json::to_value(s).unwrap_or(Value::Null);

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{config_in, postgres_schema_url, spawn_app, spawn_with, TestApp};
+use crate::scale_out::pair_on;
+use crate::support::{postgres_schema_url, spawn_app, TestApp};
 
 async fn send(
     app: &TestApp,
@@ -225,24 +226,6 @@ async fn racing_writes_are_judged_against_the_document_they_replace() {
     app.stop().await;
 }
 
-/// Two managers (each with its gateway) over one PostgreSQL schema; with `nats`,
-/// told of each other's revisions over it.
-async fn replicas(url: &str, nats: Option<&str>) -> (TestApp, TestApp) {
-    let key = hex::encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
-    let mut apps = Vec::new();
-    for _ in 0..2 {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("secret.key"), &key).expect("key file");
-        let mut c = config_in(dir.path());
-        c.database.url = Some(url.to_string());
-        c.nats.url = nats.map(str::to_string);
-        apps.push(spawn_with(c, dir).await);
-    }
-    let b = apps.pop().expect("b");
-    let a = apps.pop().expect("a");
-    (a, b)
-}
-
 async fn revision_crosses_replicas(a: &TestApp, b: &TestApp, within: Duration) {
     let up = upstream("replicated").await;
     let (s, _) = send(
@@ -281,7 +264,7 @@ async fn a_revision_written_on_one_manager_is_served_by_another_over_nats() {
     let Some(url) = postgres_schema_url().await else {
         return;
     };
-    let (a, b) = replicas(&url, Some(&nats)).await;
+    let (a, b) = pair_on(&url, Some(&nats)).await;
     // With NATS the store is polled only every 30 s: arriving within a few
     // seconds shows the word came over NATS.
     revision_crosses_replicas(&a, &b, Duration::from_secs(5)).await;
@@ -294,7 +277,7 @@ async fn a_revision_written_on_one_manager_is_served_by_another_by_polling() {
     let Some(url) = postgres_schema_url().await else {
         return;
     };
-    let (a, b) = replicas(&url, None).await;
+    let (a, b) = pair_on(&url, None).await;
     revision_crosses_replicas(&a, &b, Duration::from_secs(5)).await;
     a.stop().await;
     b.stop().await;

@@ -1,0 +1,36 @@
+# Sourced by bench scripts that drive one `fleetgate serve` through its API.
+#
+# start_fleetgate DATA_DIR LOG: starts the release binary $FLEETGATE on CPU 1 with one
+# gateway worker, a fresh bootstrap token and free ports, and waits for its API. Sets
+# PID, TOKEN, API (base URL), GW (gateway base URL) and GW_PORT. Needs `die` and python3.
+start_fleetgate() {
+    local data=$1 log=$2 api_port tls_port
+    free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+    api_port=$(free_port)
+    GW_PORT=$(free_port)
+    tls_port=$(free_port)
+    TOKEN="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    (
+        while read -r var; do unset "$var"; done < <(compgen -e | grep '^FLEETGATE_' || true)
+        export FLEETGATE_BOOTSTRAP_TOKEN="$TOKEN" FLEETGATE_ADMIN_PASSWORD="$TOKEN-admin"
+        export FLEETGATE_LOG_LEVEL=warn FLEETGATE_GATEWAY_WORKERS=1
+        exec taskset -c 1 "$FLEETGATE" serve --data-dir "$data" \
+            --listen "127.0.0.1:$api_port" --gateway-listen "127.0.0.1:$GW_PORT" \
+            --gateway-tls-listen "127.0.0.1:$tls_port"
+    ) >"$log" 2>&1 &
+    PID=$!
+    API="http://127.0.0.1:$api_port"
+    GW="http://127.0.0.1:$GW_PORT"
+    for _ in $(seq 100); do curl -fs "$API/health" >/dev/null 2>&1 && break; sleep 0.1; done
+    curl -fs "$API/health" >/dev/null || die "fleetgate did not start; see $log"
+}
+
+# api METHOD PATH [curl args...]: prints the body, dies on a non-2xx answer.
+api() {
+    local m=$1 p=$2
+    shift 2
+    curl -fsS -X "$m" -H "Authorization: Bearer $TOKEN" "$@" "$API$p" || die "API $m $p failed"
+}
+
+# json METHOD PATH BODY: a JSON request whose answer is not needed.
+json() { api "$1" "$2" -H 'Content-Type: application/json' --data "$3" >/dev/null; }
