@@ -74,17 +74,17 @@ trap cleanup EXIT
 
 UP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
-# The upstream: answers 200 to everything.
+# The upstream: answers 200 to everything, on kept-alive connections.
 taskset -c 0 python3 - "$UP_PORT" >"$RAW/upstream.log" 2>&1 <<'EOF' &
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
+        # One write for the whole answer: a head and a body written apart would meet
+        # Nagle's algorithm and the gateway's delayed ACK (40 ms) on every request.
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.wfile.flush()
     def log_message(self, *a):
         pass
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
@@ -137,8 +137,14 @@ log "measuring $CHANGES changes"
 taskset -c 0 python3 - "$API_PORT" "$GW_PORT" "$TOKEN" "$CHANGES" "$RAW/changes.csv" <<'EOF'
 import http.client, json, sys, time
 api_port, gw_port, token, changes, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
-api = http.client.HTTPConnection("127.0.0.1", api_port)
-gw = http.client.HTTPConnection("127.0.0.1", gw_port)
+import socket
+def connect(port):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    c.connect()
+    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return c
+api = connect(api_port)
+gw = connect(gw_port)
 auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
 def call(method, path, body):
