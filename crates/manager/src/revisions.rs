@@ -44,10 +44,11 @@ pub fn document_value(doc: &ConfigDocument) -> serde_json::Value {
     serde_json::to_value(doc).unwrap_or(serde_json::Value::Null)
 }
 
-/// A check a change adds to the standard ones, given the documents before and after
-/// (say, that an upstream still in use is not deleted).
+/// A check a change adds to the standard ones, given the configuration it replaces
+/// (as stored: cheap to look up in) and the document it produces (say, that an
+/// upstream still in use is not deleted).
 pub type ExtraCheck<'a> =
-    &'a (dyn Fn(&ConfigDocument, &ConfigDocument) -> Result<(), StoreError> + Send + Sync);
+    &'a (dyn Fn(&ResourceSet, &ConfigDocument) -> Result<(), StoreError> + Send + Sync);
 
 /// Revisions looked back at, at most, for one that compiles when the newest does
 /// not (only revisions written before writes were checked can fail).
@@ -83,20 +84,18 @@ impl ConfigCheck for Judge<'_> {
         after: &ResourceSet,
     ) -> Result<Verdict, StoreError> {
         let doc = ConfigDocument::from_resources(after).map_err(rejected)?;
-        if self.extra.is_some() || self.replace {
+        if let Some(extra) = self.extra {
+            extra(before, &doc)?;
+        }
+        if self.replace {
             let mut before = ConfigDocument::from_resources(before).map_err(|e| {
                 StoreError::Corrupt(format!("stored configuration does not validate: {e}"))
             })?;
-            if let Some(extra) = self.extra {
-                extra(&before, &doc)?;
-            }
-            if self.replace {
-                let mut normalized = doc.clone();
-                normalized.normalize();
-                before.normalize();
-                if before == normalized {
-                    return Ok(Verdict::Unchanged);
-                }
+            let mut normalized = doc.clone();
+            normalized.normalize();
+            before.normalize();
+            if before == normalized {
+                return Ok(Verdict::Unchanged);
             }
         }
         // Compiling many regex routes takes a while: off the async runtime.

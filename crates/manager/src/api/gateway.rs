@@ -14,7 +14,7 @@ use fleetgate_core::config::{ROUTE_KIND, UPSTREAM_KIND};
 use fleetgate_core::gateway::{BreakerStatus, Route, TargetHealth, Upstream};
 use fleetgate_core::user::Role;
 use fleetgate_core::ConfigDocument;
-use fleetgate_store::{ConfigEdit, ResourceRecord, StoreError};
+use fleetgate_store::{ConfigEdit, ResourceRecord, ResourceSet, StoreError};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -149,8 +149,11 @@ pub async fn create_upstream(
     upstream.validate()?;
     let value = serde_json::to_value(&upstream).map_err(|e| ApiError::internal("serialize", e))?;
     let name = upstream.name.clone();
-    let absent = move |before: &ConfigDocument, _: &ConfigDocument| {
-        if before.upstreams.iter().any(|u| u.name == name) {
+    let absent = move |before: &ResourceSet, _: &ConfigDocument| {
+        if before
+            .get(UPSTREAM_KIND)
+            .is_some_and(|u| u.contains_key(&name))
+        {
             return Err(StoreError::Conflict(format!(
                 "upstream {name:?} already exists"
             )));
@@ -235,8 +238,8 @@ pub async fn delete_upstream(
 ) -> ApiResult<StatusCode> {
     auth.require(Role::Operator)?;
     load(&state, UPSTREAM_KIND, &name, "upstream").await?;
-    let unused = |before: &ConfigDocument, _: &ConfigDocument| {
-        let users: Vec<&str> = before
+    let unused = |_: &ResourceSet, after: &ConfigDocument| {
+        let users: Vec<&str> = after
             .routes
             .iter()
             .filter(|r| r.upstream == name)
@@ -340,7 +343,7 @@ pub async fn data_plane(
 
 // ---------------------------------------------------------------- routes
 
-/// Judges a route against the document it goes into (inside the write): its
+/// Judges a route in the document it goes into (inside the write): its
 /// references, and that no other route has the same match. The route table of the
 /// whole document is compiled by the standard check.
 fn check_route(doc: &ConfigDocument, route: &Route) -> Result<(), StoreError> {
@@ -386,14 +389,17 @@ pub async fn create_route(
     })?;
     route.validate()?;
     let value = serde_json::to_value(&route).map_err(|e| ApiError::internal("serialize", e))?;
-    let judge = |before: &ConfigDocument, _: &ConfigDocument| {
-        if before.routes.iter().any(|r| r.id == route.id) {
+    let judge = |before: &ResourceSet, after: &ConfigDocument| {
+        if before
+            .get(ROUTE_KIND)
+            .is_some_and(|r| r.contains_key(&route.id))
+        {
             return Err(StoreError::Conflict(format!(
                 "route {:?} already exists",
                 route.id
             )));
         }
-        check_route(before, &route)
+        check_route(after, &route)
     };
     let rec = save(
         &state,
@@ -444,7 +450,7 @@ pub async fn update_route(
     })?;
     route.validate()?;
     let value = serde_json::to_value(&route).map_err(|e| ApiError::internal("serialize", e))?;
-    let judge = |before: &ConfigDocument, _: &ConfigDocument| check_route(before, &route);
+    let judge = |_: &ResourceSet, after: &ConfigDocument| check_route(after, &route);
     let rec = save(
         &state,
         &auth,
