@@ -162,8 +162,10 @@ impl AppState {
         message: &str,
     ) -> Result<(Vec<Change>, Option<i64>), StoreError> {
         let doc = doc.clone();
-        // Compiling the route table of many regex routes takes a while.
-        let doc = tokio::task::spawn_blocking(move || doc.validate().map(|()| doc))
+        // Every object on its own (a regex route's own regex is compiled): off the
+        // runtime. The route table of the whole document is compiled by the write's
+        // check, once.
+        let doc = tokio::task::spawn_blocking(move || doc.validate_objects().map(|()| doc))
             .await
             .map_err(|e| StoreError::Invalid(format!("configuration check failed: {e}")))?
             .map_err(rejected)

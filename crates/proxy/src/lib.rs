@@ -118,6 +118,8 @@ struct Applied {
     versions: AppliedVersions,
     /// The document compiled last (or refused last), to skip it when it comes again.
     document: Option<Arc<ConfigDocument>>,
+    /// The document served: its objects were validated when it was applied.
+    served: Option<Arc<ConfigDocument>>,
     /// Compiled rule sets by site id, with the version they were built from.
     sites: HashMap<String, (i64, Arc<RuleSet>)>,
     /// The synced site compiled last.
@@ -352,13 +354,15 @@ impl Gateway {
         if config.revision != 0 && config.revision <= previous.revision {
             return false;
         }
+        // What arrives is checked as the manager checked it before committing (an
+        // edge may be sent anything); objects unchanged since the document served
+        // were checked when it was applied.
+        let served = applied.served.clone();
         applied.document = Some(config.gateway.clone());
         let events = self.inner.events.as_ref();
-        // What arrives is checked as the manager checked it before committing: an
-        // edge may be sent anything.
         let built = config
             .gateway
-            .validate_objects()
+            .validate_objects_since(served.as_deref())
             .map_err(|e| e.to_string())
             .and_then(|()| {
                 Compiled::build(
@@ -388,6 +392,7 @@ impl Gateway {
                 );
                 self.inner.current.store(Arc::new(c));
                 applied.versions.revision = config.revision;
+                applied.served = Some(config.gateway.clone());
                 true
             }
             Err(e) => {
