@@ -77,6 +77,8 @@ impl Proc {
             role,
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--node-listen",
+            "127.0.0.1:0",
             "--gateway-listen",
             &format!("127.0.0.1:{gw}"),
             "--gateway-tls-listen",
