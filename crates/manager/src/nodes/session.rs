@@ -206,13 +206,6 @@ async fn run(state: AppState, mut socket: WebSocket, peer: SocketAddr) {
             return refuse(socket, &message).await;
         }
     };
-    if socket
-        .send(Message::Text(admitted.reply.clone().into()))
-        .await
-        .is_err()
-    {
-        return;
-    }
     let node = admitted.node;
     let device_type = DeviceType::parse(&node.device_type).unwrap_or(DeviceType::Edge);
     if let Err(e) = state
@@ -227,12 +220,22 @@ async fn run(state: AppState, mut socket: WebSocket, peer: SocketAddr) {
     {
         tracing::warn!(node = %node.id, error = %e, "could not record that the node was seen");
     }
+    // Attached before the node hears it is in, so that a command sent as soon as it
+    // knows finds it connected; queued commands go out after the reply.
     let (session, outbox, replaced) = state.nodes.attach(
         &node.id,
         device_type,
         admitted.protocol_version,
         peer.to_string(),
     );
+    if socket
+        .send(Message::Text(admitted.reply.clone().into()))
+        .await
+        .is_err()
+    {
+        state.nodes.detach(&session);
+        return;
+    }
     if let Some(old) = replaced {
         state.emit(connection_event(
             "node.replaced",
