@@ -46,6 +46,13 @@ pub struct ManagerSection {
     /// Most connections open at once that have not yet sent a complete request;
     /// more are closed as soon as they are accepted.
     pub max_pending_connections: usize,
+    /// Address of the node listener (`/ws/node`, always TLS).
+    pub node_listen: SocketAddr,
+    /// Certificate chain (PEM) of the node listener; unset: the one in the data
+    /// directory, generated self-signed on first start.
+    pub node_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `node_tls_cert`.
+    pub node_tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,6 +194,9 @@ impl Default for ManagerSection {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 60_000,
             max_pending_connections: 1024,
+            node_listen: SocketAddr::from(([0, 0, 0, 0], 3443)),
+            node_tls_cert: None,
+            node_tls_key: None,
         }
     }
 }
@@ -275,6 +285,21 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "FLEETGATE_MANAGER_MAX_PENDING_CONNECTIONS",
         "manager.max_pending_connections",
         Kind::Int,
+    ),
+    (
+        "FLEETGATE_MANAGER_NODE_LISTEN",
+        "manager.node_listen",
+        Kind::Text,
+    ),
+    (
+        "FLEETGATE_MANAGER_NODE_TLS_CERT",
+        "manager.node_tls_cert",
+        Kind::Text,
+    ),
+    (
+        "FLEETGATE_MANAGER_NODE_TLS_KEY",
+        "manager.node_tls_key",
+        Kind::Text,
     ),
     ("FLEETGATE_GATEWAY_LISTEN", "gateway.listen", Kind::Text),
     (
@@ -366,6 +391,9 @@ pub struct Overrides {
     /// Manager API address.
     #[arg(long = "listen", value_name = "ADDR")]
     pub manager_listen: Option<SocketAddr>,
+    /// Node listener address (`/ws/node`, TLS).
+    #[arg(long, value_name = "ADDR")]
+    pub node_listen: Option<SocketAddr>,
     /// Gateway address (`serve` only).
     #[arg(long, value_name = "ADDR")]
     pub gateway_listen: Option<SocketAddr>,
@@ -465,6 +493,9 @@ impl Config {
         if let Some(v) = flags.manager_listen {
             config.manager.listen = v;
         }
+        if let Some(v) = flags.node_listen {
+            config.manager.node_listen = v;
+        }
         if let Some(v) = flags.gateway_listen {
             config.gateway.listen = v;
         }
@@ -533,6 +564,9 @@ impl Config {
         }
         if !(1..=1_000_000).contains(&self.manager.max_pending_connections) {
             bail!("manager.max_pending_connections must be between 1 and 1000000");
+        }
+        if self.manager.node_tls_cert.is_some() != self.manager.node_tls_key.is_some() {
+            bail!("manager.node_tls_cert and manager.node_tls_key must be set together");
         }
         if self.manager.max_body_bytes < 1024 {
             bail!("manager.max_body_bytes must be at least 1024");

@@ -74,6 +74,8 @@ fn private_data_dir(config: &Config) -> anyhow::Result<()> {
 /// A running Fleetgate: its bound addresses and a handle to stop it.
 pub struct Running {
     pub manager_addr: SocketAddr,
+    /// The node listener (`/ws/node` over TLS).
+    pub node_addr: SocketAddr,
     pub gateway_addr: Option<SocketAddr>,
     /// The HTTPS listener of the gateway.
     pub gateway_tls_addr: Option<SocketAddr>,
@@ -153,6 +155,24 @@ pub async fn start(
             )
         })?;
     let manager_addr = manager_listener.local_addr()?;
+    let node_listener = TcpListener::bind(config.manager.node_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (manager.node_listen)",
+                config.manager.node_listen
+            )
+        })?;
+    let node_addr = node_listener.local_addr()?;
+    let configured_tls = config
+        .manager
+        .node_tls_cert
+        .as_deref()
+        .zip(config.manager.node_tls_key.as_deref());
+    let node_tls =
+        fleetgate_manager::nodes::tls::NodeTls::load_or_create(&config.data_dir, configured_tls)
+            .map_err(|e| anyhow::anyhow!("node listener certificate: {e}"))?;
+    fleetgate_manager::nodes::listener::install_tls(&state, node_tls);
     let gateway = if with_gateway {
         let l = TcpListener::bind(config.gateway.listen)
             .await
@@ -238,6 +258,11 @@ pub async fn start(
             down_rx.clone(),
         );
         let manager_task = tokio::spawn(manager);
+        let node_task = fleetgate_manager::nodes::listener::spawn(
+            node_listener,
+            task_state.clone(),
+            down_rx.clone(),
+        );
         // The listeners exist exactly when the gateway does (`with_gateway`).
         let tls_task = gw.clone().zip(gateway_tls).map(|(gw, l)| {
             tokio::spawn(gw.serve_on_threads(l, true, workers, down_rx.clone(), drain))
@@ -259,15 +284,17 @@ pub async fn start(
         for t in [gateway_task, tls_task].into_iter().flatten() {
             let _ = t.await;
         }
+        let _ = node_task.await;
         let _ = background.await;
         task_state.store.close().await;
         tracing::info!("stopped");
         Ok(())
     });
 
-    tracing::info!(%manager_addr, gateway = ?gateway_addr, store = store.backend().as_str(), "fleetgate is running");
+    tracing::info!(%manager_addr, %node_addr, gateway = ?gateway_addr, store = store.backend().as_str(), "fleetgate is running");
     Ok(Running {
         manager_addr,
+        node_addr,
         gateway_addr,
         gateway_tls_addr,
         state,

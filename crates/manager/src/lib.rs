@@ -17,6 +17,7 @@ pub mod events;
 pub mod extract;
 pub mod metrics;
 pub mod middleware;
+pub mod nodes;
 pub mod openapi;
 pub mod ratelimit;
 pub mod revisions;
@@ -119,6 +120,8 @@ pub struct Inner {
     /// The newest revision found not to compile (0: none), so that it is judged,
     /// and reported, once rather than on every poll.
     pub refused_revision: std::sync::atomic::AtomicI64,
+    /// The nodes connected to this manager.
+    pub nodes: nodes::NodeHub,
 }
 
 /// Shared state of every handler.
@@ -185,6 +188,7 @@ impl AppState {
             traffic: watch::channel(Arc::new(traffic::MetricsSnapshot::empty())).0,
             metric_reader: std::sync::OnceLock::new(),
             refused_revision: std::sync::atomic::AtomicI64::new(0),
+            nodes: nodes::NodeHub::default(),
         }));
         state.publish_latest().await?;
         state.publish_certificates().await?;

@@ -35,6 +35,7 @@ use crate::error::ErrorBody;
         (name = "incidents", description = "Incidents opened by alert rules or by hand: status, timeline of related events, notes"),
         (name = "redirects", description = "Namespaces and projects of redirects and pages: drafts, publishing, import/export, agent tokens and agents. Agents sync through Flecto's own API under /api/namespace/… (not described here)"),
         (name = "troubleshooting", description = "Probes of upstreams and reports of every connection"),
+        (name = "nodes", description = "Fleet nodes (edges and relays): registration tokens, commands and cached configuration. Nodes connect to /ws/node on the node listener (TLS)"),
     )
 )]
 pub struct ApiDoc;

@@ -10,6 +10,8 @@
 //! the [`StatusLink`] (the manager for its in-process gateway, the node connection
 //! for an edge) reads it the same way.
 
+pub mod node;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -77,6 +77,7 @@ impl SqlStore {
                     "incident_timeline",
                     "users",
                     "api_keys",
+                    "nodes",
                     "resources",
                     "revisions",
                     "audit_log",

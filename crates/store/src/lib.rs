@@ -14,6 +14,7 @@ mod config;
 mod events;
 pub mod files;
 mod metrics;
+mod nodes;
 mod redirects;
 mod sql;
 mod webhooks;
@@ -33,6 +34,7 @@ pub use config::{
 };
 pub use events::{EventFilter, EventRecord, EventStore, UnackedCounts};
 pub use metrics::{MetricPoint, MetricStore, RESOLUTIONS};
+pub use nodes::{NodeFilter, NodeRecord, NodeStore};
 pub use redirects::{
     change_view, AgentRecord, ChangeCounts, DraftState, Drafts, ImportSummary, NamespaceRecord,
     ProjectRecord, ProjectTokenRecord, PublishRecord, RedirectStore, RuleData, RuleFilter, RuleRow,
@@ -159,6 +161,7 @@ pub trait Store:
     + WebhookStore
     + MetricStore
     + AlertStore
+    + NodeStore
     + Send
     + Sync
     + 'static

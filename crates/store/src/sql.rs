@@ -122,6 +122,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0008_projects_start_at_version_one.sql"),
         include_str!("../migrations/postgres/0008_projects_start_at_version_one.sql"),
     ),
+    (
+        9,
+        "nodes",
+        include_str!("../migrations/sqlite/0009_nodes.sql"),
+        include_str!("../migrations/postgres/0009_nodes.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

@@ -17,6 +17,7 @@ use fleetgate_store::{
 use fleetgate_store::{AttemptOutcome, DeliveryRecord, WebhookRecord, WebhookStore};
 use fleetgate_store::{AuditStore, AuthStore, CertificateStore};
 use fleetgate_store::{LoginAttempt, MetricPoint, MetricStore};
+use fleetgate_store::{NodeFilter, NodeRecord, NodeStore};
 use serde_json::json;
 
 struct Harness {
@@ -110,6 +111,7 @@ conformance!(
     alert_rules_crud_with_versions,
     one_active_incident_per_rule,
     incident_timelines_filters_and_deletion,
+    nodes_crud_tokens_and_registration,
 );
 
 fn actor() -> Actor {
@@ -2011,5 +2013,199 @@ async fn incident_timelines_filters_and_deletion(s: &SqlStore) {
             "incident.link_event",
             "incident.create"
         ]
+    );
+}
+
+fn node(id: &str, device_type: &str, token_hash: &str) -> NodeRecord {
+    NodeRecord {
+        id: id.into(),
+        name: format!("node {id}"),
+        description: None,
+        device_type: device_type.into(),
+        secret_hash: None,
+        token_hash: Some(token_hash.into()),
+        token_prefix: Some(token_hash.chars().take(8).collect()),
+        token_expires_at: Some(now_ms() + 3_600_000),
+        token_used_at: None,
+        expires_at: None,
+        metadata: json!({}),
+        software_version: None,
+        protocol_version: None,
+        registered_at: None,
+        last_seen_at: None,
+        version: 1,
+        created_at: now_ms(),
+        updated_at: now_ms(),
+    }
+}
+
+async fn nodes_crud_tokens_and_registration(s: &SqlStore) {
+    let a = actor();
+    s.create_node(&a, &node("n1", "edge", "hash-1"))
+        .await
+        .expect("create n1");
+    s.create_node(&a, &node("n2", "relay", "hash-2"))
+        .await
+        .expect("create n2");
+    s.create_node(&a, &node("n3", "edge", "hash-3"))
+        .await
+        .expect("create n3");
+    assert!(matches!(
+        s.create_node(&a, &node("n1", "edge", "hash-x")).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Listing: by device type, by allowed ids, paginated.
+    let all = s
+        .list_nodes(&NodeFilter::default(), page(2, 0))
+        .await
+        .expect("list");
+    assert_eq!((all.total, all.items.len()), (3, 2));
+    let edges = s
+        .list_nodes(
+            &NodeFilter {
+                device_type: Some("edge".into()),
+                ids: None,
+            },
+            page(10, 0),
+        )
+        .await
+        .expect("edges");
+    assert_eq!(
+        edges
+            .items
+            .iter()
+            .map(|n| n.id.as_str())
+            .collect::<Vec<_>>(),
+        ["n1", "n3"]
+    );
+    let limited = s
+        .list_nodes(
+            &NodeFilter {
+                device_type: None,
+                ids: Some(vec!["n2".into(), "n3".into()]),
+            },
+            page(10, 0),
+        )
+        .await
+        .expect("limited");
+    assert_eq!(limited.total, 2);
+    let none = s
+        .list_nodes(
+            &NodeFilter {
+                device_type: None,
+                ids: Some(vec![]),
+            },
+            page(10, 0),
+        )
+        .await
+        .expect("none");
+    assert_eq!(none.total, 0);
+
+    // Update with versions; metadata round-trips.
+    let mut n1 = s.get_node("n1").await.expect("get").expect("n1");
+    n1.name = "renamed".into();
+    n1.description = Some("rack 4".into());
+    n1.metadata = json!({"site": "syd"});
+    let updated = s.update_node(&a, &n1, Some(1)).await.expect("update");
+    assert_eq!((updated.version, updated.name.as_str()), (2, "renamed"));
+    assert!(matches!(
+        s.update_node(&a, &n1, Some(1)).await,
+        Err(StoreError::VersionMismatch { current: 2 })
+    ));
+    let again = s.get_node("n1").await.expect("get").expect("n1");
+    assert_eq!(again.metadata, json!({"site": "syd"}));
+    assert_eq!(
+        again.token_hash.as_deref(),
+        Some("hash-1"),
+        "update keeps the token"
+    );
+
+    // Registration consumes the token once.
+    let found = s
+        .find_node_by_token("hash-1")
+        .await
+        .expect("find")
+        .expect("by token");
+    assert_eq!(found.id, "n1");
+    let now = now_ms();
+    let reg = s
+        .register_node(&a, "n1", "hash-1", "secret-hash", now)
+        .await
+        .expect("register");
+    assert_eq!(reg.secret_hash.as_deref(), Some("secret-hash"));
+    assert_eq!(reg.token_used_at, Some(now));
+    assert!(!reg.token_usable(now));
+    assert!(matches!(
+        s.register_node(&a, "n1", "hash-1", "other", now).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.register_node(&a, "n3", "wrong-hash", "other", now).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // An expired token does not register.
+    assert!(matches!(
+        s.register_node(&a, "n3", "hash-3", "other", now + 7_200_000)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // A new token replaces the old one and is usable again; the secret stays.
+    let t = s
+        .set_node_token(&a, "n1", "hash-1b", "hash-1b-", None)
+        .await
+        .expect("token");
+    assert!(t.token_usable(now));
+    assert_eq!(t.secret_hash.as_deref(), Some("secret-hash"));
+    assert!(s
+        .find_node_by_token("hash-1")
+        .await
+        .expect("find")
+        .is_none());
+
+    s.node_seen("n1", now, Some("0.5.3"), Some(1))
+        .await
+        .expect("seen");
+    s.node_seen("n1", now + 1, None, None)
+        .await
+        .expect("seen again");
+    let seen = s.get_node("n1").await.expect("get").expect("n1");
+    assert_eq!(seen.last_seen_at, Some(now + 1));
+    assert_eq!(seen.software_version.as_deref(), Some("0.5.3"));
+    assert_eq!(seen.protocol_version, Some(1));
+
+    s.delete_node(&a, "n2").await.expect("delete");
+    assert!(s.get_node("n2").await.expect("get").is_none());
+    assert!(matches!(
+        s.delete_node(&a, "n2").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Every change is audited, and no credential hash reaches the log.
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                target_type: Some("node".into()),
+                ..Default::default()
+            },
+            page(100, 0),
+        )
+        .await
+        .expect("audit");
+    let actions: Vec<&str> = audit.items.iter().map(|e| e.action.as_str()).collect();
+    for want in [
+        "node.create",
+        "node.update",
+        "node.register",
+        "node.token",
+        "node.delete",
+    ] {
+        assert!(actions.contains(&want), "{want} missing from {actions:?}");
+    }
+    let text = format!("{:?}", audit.items);
+    assert!(
+        !text.contains("secret-hash") && !text.contains("hash-1b"),
+        "{text}"
     );
 }

@@ -15,6 +15,7 @@ mod health;
 mod manager_hardening;
 mod manager_role;
 mod metrics;
+mod nodes;
 mod process;
 mod redirects;
 mod scale_out;

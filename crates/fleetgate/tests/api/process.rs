@@ -77,6 +77,8 @@ impl Proc {
             role,
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--node-listen",
+            "127.0.0.1:0",
             "--gateway-listen",
             &format!("127.0.0.1:{gw}"),
             "--gateway-tls-listen",
@@ -263,7 +265,7 @@ fn migrate_prepares_the_store() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("[1, 2, 3, 4, 5, 6, 7, 8]"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[1, 2, 3, 4, 5, 6, 7, 8, 9]"));
     assert!(dir.path().join("fleetgate.db").exists());
 }
 

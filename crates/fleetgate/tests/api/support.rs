@@ -25,6 +25,7 @@ pub fn config_in(dir: &std::path::Path) -> Config {
         ..Default::default()
     };
     c.manager.listen = "127.0.0.1:0".parse().expect("addr");
+    c.manager.node_listen = "127.0.0.1:0".parse().expect("addr");
     c.gateway.listen = "127.0.0.1:0".parse().expect("addr");
     c.gateway.tls_listen = "127.0.0.1:0".parse().expect("addr");
     c.shutdown.drain_timeout_secs = 5;

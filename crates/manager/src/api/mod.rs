@@ -13,6 +13,8 @@ pub mod health;
 pub mod incidents;
 pub mod keys;
 pub mod metrics;
+pub mod node_tls;
+pub mod nodes;
 pub mod redirects;
 pub mod revisions;
 pub mod session;
@@ -98,6 +100,18 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(revisions::diff_revisions))
         .routes(routes!(revisions::rollback))
         .routes(routes!(settings::get, settings::put))
+        .routes(routes!(node_tls::get))
+        .routes(routes!(node_tls::upload))
+        .routes(routes!(nodes::list, nodes::create))
+        .routes(routes!(nodes::get, nodes::update, nodes::delete))
+        .routes(routes!(nodes::regenerate_token))
+        .routes(routes!(nodes::config))
+        .routes(routes!(nodes::device_types))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(nodes::command))
+                .layer(DefaultBodyLimit::max(nodes::COMMAND_BODY_LIMIT)),
+        )
         .routes(routes!(backup::create))
         .routes(routes!(backup::list))
         .routes(routes!(config::export))

@@ -1,0 +1,336 @@
+//! The fleet as this manager sees it: the nodes connected to its node listener
+//! ([`NodeHub`]), their latest stats, health and configuration, the commands
+//! waiting for their answer, the authentication lockout, and the TLS identity
+//! the listener presents.
+//!
+//! - [`listener`]: the TLS listener serving `/ws/node`;
+//! - [`session`]: one node connection, from its first frame to its close;
+//! - [`lockout`]: 5 failed authentications in 60 s lock a node id or token prefix;
+//! - [`tls`]: the listener's certificate (generated on first start, or uploaded).
+
+pub mod listener;
+pub mod lockout;
+pub mod session;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use fleetgate_core::time::now_ms;
+use fleetgate_protocol::node::{self, CommandAck, CommandSpec, DeviceType};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// How long a REST command waits for the node's answer.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `GET /nodes/{id}/config` waits for a `config_response`.
+pub const CONFIG_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Frames queued to one node at most; a sender waits for room.
+const OUTBOX: usize = 64;
+
+/// A value a node reported, with when it arrived (Unix ms).
+#[derive(Debug, Clone)]
+pub struct Reported {
+    pub at: i64,
+    pub value: Value,
+}
+
+/// What the latest messages of a connected node said.
+#[derive(Debug, Clone, Default)]
+pub struct Latest {
+    pub stats: Option<Reported>,
+    pub health: Option<Reported>,
+    /// The software version from the latest health message.
+    pub software_version: Option<String>,
+}
+
+/// One live connection of a node.
+#[derive(Debug)]
+pub struct NodeSession {
+    pub node_id: String,
+    /// Tells this connection from a newer one of the same node.
+    pub conn_id: u64,
+    pub device_type: DeviceType,
+    pub connected_at: i64,
+    pub protocol_version: Option<u32>,
+    pub peer: String,
+    outbox: mpsc::Sender<String>,
+    /// Woken when a newer connection of the same node (or a delete) ends this one.
+    pub(crate) closed: Notify,
+    pub(crate) latest: Mutex<Latest>,
+}
+
+impl NodeSession {
+    pub fn latest(&self) -> Latest {
+        self.latest.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// How a node answered a command.
+#[derive(Debug)]
+enum Answer {
+    Ack(CommandAck),
+    Config(Value),
+    /// The connection closed before the answer came.
+    Gone,
+}
+
+/// Why a command got no success.
+#[derive(Debug)]
+pub enum CommandFailure {
+    NotConnected,
+    Timeout,
+    /// The node answered `success: false`.
+    Refused(CommandAck),
+    /// The node's connection ended before it answered.
+    Disconnected,
+}
+
+struct Waiter {
+    node_id: String,
+    conn_id: u64,
+    tx: oneshot::Sender<Answer>,
+}
+
+/// The nodes connected to this manager and what they owe it.
+pub struct NodeHub {
+    sessions: Mutex<HashMap<String, Arc<NodeSession>>>,
+    /// Commands waiting for their `command_ack`, by command id.
+    acks: Mutex<HashMap<String, Waiter>>,
+    /// `get_config` commands waiting for a `config_response`, in sending order.
+    config_waiters: Mutex<Vec<(String, Waiter)>>,
+    /// The configuration each node last reported, by node id.
+    configs: Mutex<HashMap<String, Reported>>,
+    next_conn: AtomicU64,
+    pub lockout: lockout::Lockout,
+    /// The node listener's certificate; set when the listener starts.
+    pub tls: OnceLock<Arc<tls::NodeTls>>,
+    /// Becomes true when the node listener shuts down: sessions close.
+    pub(crate) closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for NodeHub {
+    fn default() -> Self {
+        Self {
+            sessions: Mutex::default(),
+            acks: Mutex::default(),
+            config_waiters: Mutex::default(),
+            configs: Mutex::default(),
+            next_conn: AtomicU64::new(0),
+            lockout: lockout::Lockout::default(),
+            tls: OnceLock::new(),
+            closing: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+impl std::fmt::Debug for NodeHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHub")
+            .field("connected", &self.connected_count())
+            .finish()
+    }
+}
+
+impl NodeHub {
+    /// Adds a connection; a connection of the same node already here is told to
+    /// close and is returned.
+    pub(crate) fn attach(
+        &self,
+        node_id: &str,
+        device_type: DeviceType,
+        protocol_version: Option<u32>,
+        peer: String,
+    ) -> (
+        Arc<NodeSession>,
+        mpsc::Receiver<String>,
+        Option<Arc<NodeSession>>,
+    ) {
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        let session = Arc::new(NodeSession {
+            node_id: node_id.to_string(),
+            conn_id: self.next_conn.fetch_add(1, Ordering::Relaxed) + 1,
+            device_type,
+            connected_at: now_ms(),
+            protocol_version,
+            peer,
+            outbox: tx,
+            closed: Notify::new(),
+            latest: Mutex::new(Latest::default()),
+        });
+        let old = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|mut s| s.insert(node_id.to_string(), session.clone()));
+        if let Some(old) = &old {
+            old.closed.notify_one();
+        }
+        (session, rx, old)
+    }
+
+    /// Removes a connection that ended. `true` when it was the node's current one
+    /// (the node is now offline), `false` when a newer one had replaced it.
+    pub(crate) fn detach(&self, session: &NodeSession) -> bool {
+        let removed = self.sessions.lock().is_ok_and(|mut s| {
+            if s.get(&session.node_id)
+                .is_some_and(|c| c.conn_id == session.conn_id)
+            {
+                s.remove(&session.node_id);
+                true
+            } else {
+                false
+            }
+        });
+        // Whoever waits on this connection will not hear from it.
+        let gone = |w: &Waiter| w.node_id == session.node_id && w.conn_id == session.conn_id;
+        if let Ok(mut acks) = self.acks.lock() {
+            let ids: Vec<String> = acks
+                .iter()
+                .filter(|(_, w)| gone(w))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for id in ids {
+                if let Some(w) = acks.remove(&id) {
+                    let _ = w.tx.send(Answer::Gone);
+                }
+            }
+        }
+        if let Ok(mut cw) = self.config_waiters.lock() {
+            let (gone_now, keep): (Vec<_>, Vec<_>) = cw.drain(..).partition(|(_, w)| gone(w));
+            *cw = keep;
+            for (_, w) in gone_now {
+                let _ = w.tx.send(Answer::Gone);
+            }
+        }
+        removed
+    }
+
+    /// Ends the connection of a node (it was deleted).
+    pub fn disconnect(&self, node_id: &str) {
+        if let Some(s) = self.session(node_id) {
+            s.closed.notify_one();
+        }
+        if let Ok(mut c) = self.configs.lock() {
+            c.remove(node_id);
+        }
+    }
+
+    pub fn session(&self, node_id: &str) -> Option<Arc<NodeSession>> {
+        self.sessions.lock().ok()?.get(node_id).cloned()
+    }
+
+    pub fn connected_count(&self) -> usize {
+        self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// The configuration the node last reported, if any.
+    pub fn cached_config(&self, node_id: &str) -> Option<Reported> {
+        self.configs.lock().ok()?.get(node_id).cloned()
+    }
+
+    /// A `command_ack` arrived: wakes its command. Any command may have changed the
+    /// node's configuration, so the cached copy is dropped.
+    pub(crate) fn on_ack(&self, node_id: &str, ack: CommandAck) {
+        if let Ok(mut c) = self.configs.lock() {
+            c.remove(node_id);
+        }
+        let waiter = self.acks.lock().ok().and_then(|mut a| {
+            // Only the node the command went to may answer it.
+            if a.get(&ack.command_id).is_some_and(|w| w.node_id == node_id) {
+                a.remove(&ack.command_id)
+            } else {
+                None
+            }
+        });
+        match waiter {
+            Some(w) => {
+                let _ = w.tx.send(Answer::Ack(ack));
+            }
+            None => tracing::debug!(node = node_id, "command_ack for no waiting command"),
+        }
+    }
+
+    /// A `config_response` arrived: cached, and every `get_config` of that node
+    /// waiting is answered with it.
+    pub(crate) fn on_config(&self, node_id: &str, config: Value) {
+        if let Ok(mut c) = self.configs.lock() {
+            c.insert(
+                node_id.to_string(),
+                Reported {
+                    at: now_ms(),
+                    value: config.clone(),
+                },
+            );
+        }
+        let mine: Vec<Waiter> = match self.config_waiters.lock() {
+            Ok(mut cw) => {
+                let (mine, rest): (Vec<_>, Vec<_>) =
+                    cw.drain(..).partition(|(_, w)| w.node_id == node_id);
+                *cw = rest;
+                mine.into_iter().map(|(_, w)| w).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for w in mine {
+            let _ = w.tx.send(Answer::Config(config.clone()));
+        }
+    }
+
+    /// Sends `action` (already checked against `spec`) to the node and waits up to
+    /// `wait` for its answer. For `get_config` the answer is the configuration
+    /// (as the ack's `data`).
+    pub async fn command(
+        &self,
+        node_id: &str,
+        spec: &CommandSpec,
+        action: &Value,
+        wait: Duration,
+    ) -> Result<CommandAck, CommandFailure> {
+        let session = self.session(node_id).ok_or(CommandFailure::NotConnected)?;
+        let command_id = uuid::Uuid::new_v4().to_string();
+        let (tx, rx) = oneshot::channel();
+        let waiter = Waiter {
+            node_id: node_id.to_string(),
+            conn_id: session.conn_id,
+            tx,
+        };
+        if spec.answered_by_config {
+            if let Ok(mut cw) = self.config_waiters.lock() {
+                cw.push((command_id.clone(), waiter));
+            }
+        } else if let Ok(mut a) = self.acks.lock() {
+            a.insert(command_id.clone(), waiter);
+        }
+        let frame = node::command(&command_id, action);
+        let outcome = tokio::time::timeout(wait, async {
+            if session.outbox.send(frame).await.is_err() {
+                return Err(CommandFailure::Disconnected);
+            }
+            match rx.await {
+                Ok(Answer::Ack(ack)) if ack.success => Ok(ack),
+                Ok(Answer::Ack(ack)) => Err(CommandFailure::Refused(ack)),
+                Ok(Answer::Config(config)) => Ok(CommandAck {
+                    command_id: command_id.clone(),
+                    success: true,
+                    error: None,
+                    error_code: None,
+                    data: Some(config),
+                }),
+                Ok(Answer::Gone) | Err(_) => Err(CommandFailure::Disconnected),
+            }
+        })
+        .await
+        .unwrap_or(Err(CommandFailure::Timeout));
+        // Whatever happened, nobody waits for this command any more.
+        if let Ok(mut a) = self.acks.lock() {
+            a.remove(&command_id);
+        }
+        if let Ok(mut cw) = self.config_waiters.lock() {
+            cw.retain(|(id, _)| id != &command_id);
+        }
+        outcome
+    }
+}
