@@ -11,6 +11,7 @@
 //! for an edge) reads it the same way.
 
 pub mod node;
+pub mod sync;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -265,6 +266,34 @@ impl ConfigFeed {
         })
     }
 
+    /// Takes a whole configuration made elsewhere (an edge's manager): the revision,
+    /// its document and the rate-limit behaviour as given; the certificates and the
+    /// sites get this feed's own version numbers, moved on only when their contents
+    /// differ (the sender numbers its parts its own way). Synced rules are kept.
+    /// The data plane is always told, and skips what it already serves. Returns
+    /// the versions the data plane reports once it serves the result.
+    pub fn adopt(&self, incoming: &DataPlaneConfig) -> AppliedVersions {
+        self.tx.send_modify(|cur| {
+            let next = Arc::make_mut(cur);
+            next.revision = incoming.revision;
+            next.gateway = incoming.gateway.clone();
+            if next.certificates.bundles != incoming.certificates.bundles {
+                next.certificates = Arc::new(Certificates {
+                    version: next.certificates.version + 1,
+                    bundles: incoming.certificates.bundles.clone(),
+                });
+            }
+            if next.sites.sites != incoming.sites.sites {
+                next.sites = Arc::new(Sites {
+                    version: next.sites.version + 1,
+                    sites: incoming.sites.sites.clone(),
+                });
+            }
+            next.rate_limits = incoming.rate_limits;
+        });
+        self.current().versions()
+    }
+
     /// Sets the rate-limit behaviour.
     pub fn publish_rate_limits(&self, settings: RateLimitSettings) -> bool {
         self.tx.send_if_modified(|cur| {
@@ -395,6 +424,29 @@ mod tests {
                 synced: None
             }
         );
+    }
+
+    #[test]
+    fn an_adopted_configuration_keeps_this_feeds_part_numbers() {
+        let feed = ConfigFeed::default();
+        let mut from_manager = DataPlaneConfig {
+            revision: 9,
+            ..DataPlaneConfig::default()
+        };
+        from_manager.certificates = Arc::new(Certificates {
+            version: 40,
+            bundles: vec![TlsBundle {
+                name: "a.test".into(),
+                cert_pem: "c".into(),
+                key_pem: "k".into(),
+            }],
+        });
+        let v = feed.adopt(&from_manager);
+        assert_eq!((v.revision, v.certificates, v.sites), (9, 1, 0));
+        // The same contents under other numbers change nothing.
+        Arc::make_mut(&mut from_manager.certificates).version = 2;
+        let again = feed.adopt(&from_manager);
+        assert_eq!(again, v);
     }
 
     #[test]

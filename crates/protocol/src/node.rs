@@ -174,6 +174,13 @@ pub enum NodeMessage {
     /// The reply to `get_config`: the node's whole configuration.
     ConfigResponse(Value),
     Pong,
+    /// A Fleetgate edge's applied snapshot, right after authenticating
+    /// (`config_status`, see [`crate::sync`]).
+    ConfigStatus(crate::sync::AppliedConfig),
+    /// A Fleetgate edge applied a snapshot (`config_ack`).
+    ConfigAck(crate::sync::AppliedConfig),
+    /// A Fleetgate edge refused a snapshot (`config_nack`).
+    ConfigNack(crate::sync::ConfigNack),
     /// A type this manager does not know (ignored).
     Unknown(String),
 }
@@ -242,6 +249,15 @@ pub fn parse_node_message(text: &str) -> Result<NodeMessage, FrameError> {
         "pong" => NodeMessage::Pong,
         "event" => NodeMessage::Event(parse_event(payload)?),
         "command_ack" => NodeMessage::CommandAck(parse_ack(payload)?),
+        crate::sync::CONFIG_STATUS => NodeMessage::ConfigStatus(
+            crate::sync::parse_applied(payload).map_err(|e| invalid("config_status", e))?,
+        ),
+        crate::sync::CONFIG_ACK => NodeMessage::ConfigAck(
+            crate::sync::parse_applied(payload).map_err(|e| invalid("config_ack", e))?,
+        ),
+        crate::sync::CONFIG_NACK => NodeMessage::ConfigNack(
+            crate::sync::parse_nack(payload).map_err(|e| invalid("config_nack", e))?,
+        ),
         _ => NodeMessage::Unknown(truncate(kind, 64)),
     })
 }
@@ -732,7 +748,7 @@ mod tests {
 
         #[test]
         fn parsers_never_panic_on_json_shaped_text(
-            kind in prop_oneof![Just("auth".to_string()), Just("event".to_string()), Just("command_ack".to_string()), Just("stats".to_string()), "[a-z_]{0,12}"],
+            kind in prop_oneof![Just("auth".to_string()), Just("event".to_string()), Just("command_ack".to_string()), Just("stats".to_string()), Just("config_status".to_string()), Just("config_ack".to_string()), Just("config_nack".to_string()), "[a-z_]{0,12}"],
             key in "[a-z_]{1,16}",
             val in prop_oneof![Just("null".to_string()), Just("true".to_string()), "-?[0-9]{1,20}", "\"\\PC{0,40}\"", Just("{}".to_string()), Just("[]".to_string())],
         ) {
