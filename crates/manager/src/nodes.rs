@@ -20,8 +20,11 @@ use std::time::Duration;
 
 use fleetgate_core::time::now_ms;
 use fleetgate_protocol::node::{self, CommandAck, CommandSpec, DeviceType};
+use fleetgate_protocol::sync::EncodedSnapshot;
+use fleetgate_protocol::DataPlaneConfig;
+use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 /// How long a REST command waits for the node's answer.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,6 +32,27 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONFIG_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Frames queued to one node at most; a sender waits for room.
 const OUTBOX: usize = 64;
+/// Changes of the data-plane input closer together than this go to edges as one
+/// snapshot.
+pub const SNAPSHOT_COALESCE: Duration = Duration::from_millis(50);
+
+/// Config sync of one Fleetgate edge, as this manager last heard of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ConfigSyncState {
+    /// The revision of the snapshot last sent to the edge.
+    pub sent_revision: Option<u64>,
+    /// The revision the edge serves (from its `config_status` or `config_ack`).
+    pub applied_revision: Option<u64>,
+    /// The digest of the snapshot the edge serves.
+    pub applied_digest: Option<String>,
+    /// Why the edge refused the last snapshot it refused, while it has not
+    /// applied a later one.
+    pub last_error: Option<String>,
+    /// The revision that error is about.
+    pub error_revision: Option<u64>,
+    /// When the edge last reported (Unix ms).
+    pub updated_at: i64,
+}
 
 /// A value a node reported, with when it arrived (Unix ms).
 #[derive(Debug, Clone)]
@@ -109,6 +133,10 @@ pub struct NodeHub {
     pub tls: OnceLock<Arc<tls::NodeTls>>,
     /// Becomes true when the node listener shuts down: sessions close.
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
+    /// The data-plane input as edges get it, encoded once for every session.
+    pub(crate) snapshots: watch::Sender<Option<Arc<EncodedSnapshot>>>,
+    /// Config sync of every Fleetgate edge heard from, by node id.
+    sync: Mutex<HashMap<String, ConfigSyncState>>,
 }
 
 impl Default for NodeHub {
@@ -122,6 +150,8 @@ impl Default for NodeHub {
             lockout: lockout::Lockout::default(),
             tls: OnceLock::new(),
             closing: tokio::sync::watch::Sender::new(false),
+            snapshots: watch::Sender::new(None),
+            sync: Mutex::default(),
         }
     }
 }
@@ -215,6 +245,28 @@ impl NodeHub {
         }
         if let Ok(mut c) = self.configs.lock() {
             c.remove(node_id);
+        }
+        if let Ok(mut s) = self.sync.lock() {
+            s.remove(node_id);
+        }
+    }
+
+    /// The snapshot edges are to serve now, once encoded.
+    pub fn desired_snapshot(&self) -> Option<Arc<EncodedSnapshot>> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// Config sync of a Fleetgate edge; `None` for nodes that never took part.
+    pub fn config_sync(&self, node_id: &str) -> Option<ConfigSyncState> {
+        self.sync.lock().ok()?.get(node_id).cloned()
+    }
+
+    /// Changes the config sync record of `node_id`.
+    pub(crate) fn update_sync(&self, node_id: &str, f: impl FnOnce(&mut ConfigSyncState)) {
+        if let Ok(mut s) = self.sync.lock() {
+            let rec = s.entry(node_id.to_string()).or_default();
+            f(rec);
+            rec.updated_at = now_ms();
         }
     }
 
@@ -333,4 +385,52 @@ impl NodeHub {
         }
         outcome
     }
+}
+
+/// What an edge is sent of the data-plane input: everything but the rules this
+/// manager's own gateway syncs from a Flecto manager (an input of that gateway only).
+pub fn edge_config(current: &DataPlaneConfig) -> DataPlaneConfig {
+    DataPlaneConfig {
+        synced: None,
+        ..current.clone()
+    }
+}
+
+/// Keeps [`NodeHub::desired_snapshot`] current: encodes the data-plane input when
+/// it changes, changes within [`SNAPSHOT_COALESCE`] of each other as one, until
+/// `shutdown`.
+pub fn spawn_snapshot_encoder(
+    state: crate::AppState,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let mut input = state.feed.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let current = input.borrow_and_update().clone();
+            let config = edge_config(&current);
+            let encoded =
+                tokio::task::spawn_blocking(move || EncodedSnapshot::encode(&config)).await;
+            match encoded {
+                Ok(Ok(e)) => {
+                    tracing::debug!(
+                        revision = e.revision,
+                        bytes = e.bytes,
+                        frames = e.frames.len(),
+                        "encoded the edge snapshot"
+                    );
+                    state.nodes.snapshots.send_replace(Some(Arc::new(e)));
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "could not encode the edge snapshot"),
+                Err(e) => tracing::error!(error = %e, "encoding the edge snapshot failed"),
+            }
+            tokio::select! {
+                changed = input.changed() => if changed.is_err() { return },
+                _ = shutdown.wait_for(|down| *down) => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(SNAPSHOT_COALESCE) => {}
+                _ = shutdown.wait_for(|down| *down) => return,
+            }
+        }
+    })
 }

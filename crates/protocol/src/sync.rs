@@ -124,10 +124,7 @@ impl EncodedSnapshot {
                 .enumerate()
                 .map(|(i, p)| {
                     let data = Value::String(p.to_string()).to_string();
-                    format!(
-                        "{}\"part\":{i},\"parts\":{n},\"data\":{data}}}}}",
-                        head("")
-                    )
+                    format!("{}\"part\":{i},\"parts\":{n},\"data\":{data}}}}}", head(""))
                 })
                 .collect()
         };
@@ -183,7 +180,9 @@ struct SnapshotPayload {
 pub enum SnapshotError {
     #[error("config_snapshot is not valid: {0}")]
     Invalid(String),
-    #[error("config_snapshot part {got} came where part {expected} of revision {revision} was expected")]
+    #[error(
+        "config_snapshot part {got} came where part {expected} of revision {revision} was expected"
+    )]
     OutOfOrder {
         revision: u64,
         expected: usize,

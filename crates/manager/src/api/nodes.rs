@@ -61,6 +61,42 @@ pub struct NodeView {
     pub last_stats: Option<Value>,
     /// When the current connection began.
     pub connected_since: Option<String>,
+    /// Config sync of a Fleetgate edge (absent for nodes that do not take part).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigSyncView>,
+}
+
+/// A Fleetgate edge's configuration revisions.
+#[derive(Serialize, ToSchema)]
+pub struct ConfigSyncView {
+    /// The revision the manager wants the edge to serve.
+    pub desired_revision: Option<u64>,
+    /// The revision the edge reports serving.
+    pub applied_revision: Option<u64>,
+    /// Whether the edge serves exactly the snapshot the manager wants.
+    pub in_sync: bool,
+    /// The revision last sent to the edge.
+    pub sent_revision: Option<u64>,
+    /// Why the edge refused a snapshot (until it applies a later one).
+    pub last_error: Option<String>,
+    pub error_revision: Option<u64>,
+    pub updated_at: String,
+}
+
+fn sync_view(state: &AppState, node_id: &str) -> Option<ConfigSyncView> {
+    let s = state.nodes.config_sync(node_id)?;
+    let desired = state.nodes.desired_snapshot();
+    Some(ConfigSyncView {
+        desired_revision: desired.as_ref().map(|d| d.revision),
+        applied_revision: s.applied_revision,
+        in_sync: desired
+            .as_ref()
+            .is_some_and(|d| s.applied_digest.as_deref() == Some(d.digest.as_str())),
+        sent_revision: s.sent_revision,
+        last_error: s.last_error,
+        error_revision: s.error_revision,
+        updated_at: rfc3339(s.updated_at),
+    })
 }
 
 fn view(state: &AppState, n: &NodeRecord, with_stats: bool) -> NodeView {
@@ -107,6 +143,7 @@ fn view(state: &AppState, n: &NodeRecord, with_stats: bool) -> NodeView {
             None
         },
         connected_since: session.map(|s| rfc3339(s.connected_at)),
+        config: sync_view(state, &n.id),
     }
 }
 

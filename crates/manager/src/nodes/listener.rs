@@ -37,6 +37,7 @@ pub async fn serve(listener: TcpListener, state: AppState, mut shutdown: watch::
         tracing::error!("the node listener has no certificate; not serving");
         return;
     };
+    let encoder = super::spawn_snapshot_encoder(state.clone(), shutdown.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
     let app = router(state.clone());
     let mut conns = JoinSet::new();
@@ -65,6 +66,7 @@ pub async fn serve(listener: TcpListener, state: AppState, mut shutdown: watch::
     })
     .await;
     conns.abort_all();
+    let _ = encoder.await;
 }
 
 async fn connection(

@@ -21,6 +21,7 @@ use fleetgate_core::events::{NewEvent, Severity};
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
 use fleetgate_protocol::node::{self, AuthRequest, DeviceType, NodeMessage};
+use fleetgate_protocol::sync::EncodedSnapshot;
 use fleetgate_store::{Actor, NodeRecord, StoreError};
 use serde_json::json;
 
@@ -307,8 +308,22 @@ async fn serve(
     let mut last_heard = tokio::time::Instant::now();
     let mut last_seen_write = now_ms();
     let mut shutdown = state.nodes.closing.subscribe();
+    let mut snapshots = state.nodes.snapshots.subscribe();
+    // Set once the node says it takes part in config sync (a Fleetgate edge).
+    let mut sync: Option<EdgeSync> = None;
     loop {
         tokio::select! {
+            changed = snapshots.changed(), if sync.is_some() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let snap = snapshots.borrow_and_update().clone();
+                if let (Some(sync), Some(snap)) = (sync.as_mut(), snap) {
+                    if !send_snapshot(state, &mut socket, session, sync, &snap).await {
+                        break;
+                    }
+                }
+            }
             frame = outbox.recv() => {
                 let Some(frame) = frame else { break };
                 if socket.send(Message::Text(frame.into())).await.is_err() {
@@ -337,7 +352,54 @@ async fn serve(
                 last_heard = tokio::time::Instant::now();
                 match msg {
                     Message::Text(text) => {
-                        handle(state, session, text.as_str());
+                        match node::parse_node_message(text.as_str()) {
+                            Ok(NodeMessage::ConfigStatus(applied)) => {
+                                let sync = sync.get_or_insert_with(EdgeSync::default);
+                                sync.applied_digest = applied.digest.clone();
+                                state.nodes.update_sync(&session.node_id, |r| {
+                                    r.applied_revision = Some(applied.revision);
+                                    r.applied_digest = applied.digest.clone();
+                                });
+                                let snap = snapshots.borrow_and_update().clone();
+                                if let Some(snap) = snap {
+                                    if !send_snapshot(state, &mut socket, session, sync, &snap).await {
+                                        break;
+                                    }
+                                }
+                            }
+                            Ok(NodeMessage::ConfigAck(applied)) => {
+                                if let Some(sync) = sync.as_mut() {
+                                    sync.applied_digest = applied.digest.clone();
+                                }
+                                tracing::info!(node = %session.node_id, revision = applied.revision, "edge applied the configuration");
+                                state.nodes.update_sync(&session.node_id, |r| {
+                                    r.applied_revision = Some(applied.revision);
+                                    r.applied_digest = applied.digest.clone();
+                                    r.last_error = None;
+                                    r.error_revision = None;
+                                });
+                            }
+                            Ok(NodeMessage::ConfigNack(nack)) => {
+                                tracing::warn!(node = %session.node_id, revision = nack.revision, error = %nack.error, "edge refused the configuration");
+                                let mut e = NewEvent::new(
+                                    "node.config_rejected",
+                                    Severity::Warning,
+                                    format!("Node refused configuration revision {}: {}", nack.revision, nack.error),
+                                )
+                                .node(&session.node_id)
+                                .details(json!({"revision": nack.revision, "error": nack.error}));
+                                e.category = "config".into();
+                                state.emit(e);
+                                state.nodes.update_sync(&session.node_id, |r| {
+                                    r.last_error = Some(nack.error);
+                                    r.error_revision = Some(nack.revision);
+                                });
+                            }
+                            Ok(msg) => handle(state, session, msg),
+                            Err(e) => {
+                                tracing::warn!(node = %session.node_id, bytes = text.len(), error = %e, "dropped a node frame");
+                            }
+                        }
                         let now = now_ms();
                         if now - last_seen_write >= SEEN_EVERY_MS {
                             last_seen_write = now;
@@ -354,16 +416,48 @@ async fn serve(
     }
 }
 
-/// One text frame of an authenticated node.
-fn handle(state: &AppState, session: &NodeSession, text: &str) {
-    let node_id = session.node_id.as_str();
-    let msg = match node::parse_node_message(text) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(node = node_id, bytes = text.len(), error = %e, "dropped a node frame");
-            return;
+/// What this connection knows of an edge's config sync.
+#[derive(Debug, Default)]
+struct EdgeSync {
+    /// The digest of the snapshot the edge serves.
+    applied_digest: Option<String>,
+    /// The digest of the snapshot last sent on this connection.
+    sent_digest: Option<String>,
+}
+
+/// Sends `snap` to the edge unless it serves it or has just been sent it.
+/// `false` when the socket failed.
+async fn send_snapshot(
+    state: &AppState,
+    socket: &mut WebSocket,
+    session: &NodeSession,
+    sync: &mut EdgeSync,
+    snap: &EncodedSnapshot,
+) -> bool {
+    let digest = Some(&snap.digest);
+    if sync.applied_digest.as_ref() == digest || sync.sent_digest.as_ref() == digest {
+        return true;
+    }
+    for frame in &snap.frames {
+        if socket
+            .send(Message::Text(frame.as_str().into()))
+            .await
+            .is_err()
+        {
+            return false;
         }
-    };
+    }
+    sync.sent_digest = Some(snap.digest.clone());
+    tracing::debug!(node = %session.node_id, revision = snap.revision, bytes = snap.bytes, "sent the configuration snapshot");
+    state
+        .nodes
+        .update_sync(&session.node_id, |r| r.sent_revision = Some(snap.revision));
+    true
+}
+
+/// One message of an authenticated node (config sync aside).
+fn handle(state: &AppState, session: &NodeSession, msg: NodeMessage) {
+    let node_id = session.node_id.as_str();
     match msg {
         NodeMessage::Stats(v) => {
             if let Ok(mut l) = session.latest.lock() {
@@ -401,7 +495,10 @@ fn handle(state: &AppState, session: &NodeSession, text: &str) {
         }
         NodeMessage::CommandAck(ack) => state.nodes.on_ack(node_id, ack),
         NodeMessage::ConfigResponse(config) => state.nodes.on_config(node_id, config),
-        NodeMessage::Pong => {}
+        NodeMessage::Pong
+        | NodeMessage::ConfigStatus(_)
+        | NodeMessage::ConfigAck(_)
+        | NodeMessage::ConfigNack(_) => {}
         NodeMessage::Unknown(kind) => {
             tracing::debug!(node = node_id, kind = %kind, "ignored a node message of unknown type");
         }
