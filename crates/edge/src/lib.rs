@@ -232,7 +232,7 @@ impl EdgeAgent {
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
-                _ = shutdown.wait_for(|down| *down) => return,
+                () = async { let _ = shutdown.wait_for(|down| *down).await; } => return,
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -348,7 +348,7 @@ impl EdgeAgent {
         let mut assembler = SnapshotAssembler::default();
         loop {
             let frame = tokio::select! {
-                _ = shutdown.wait_for(|down| *down) => return Ended::Shutdown,
+                () = async { let _ = shutdown.wait_for(|down| *down).await; } => return Ended::Shutdown,
                 _ = health.tick() => {
                     if let Err(e) = send(ws, sync::envelope("health", &self.health())).await {
                         return Ended::AfterAuth(e);

@@ -21,6 +21,7 @@ pub struct Config {
     pub redis: UrlSection,
     pub nats: UrlSection,
     pub flecto: FlectoSection,
+    pub edge: EdgeSection,
     pub shutdown: ShutdownSection,
     pub log: LogSection,
 }
@@ -94,6 +95,29 @@ pub struct DatabaseSection {
 #[serde(deny_unknown_fields, default)]
 pub struct UrlSection {
     pub url: Option<String>,
+}
+
+/// `fleetgate edge` managed by a Fleetgate manager over `/ws/node`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeSection {
+    /// The manager's node listener, `wss://host:3443` (TLS only); unset turns
+    /// this off.
+    pub manager_url: Option<String>,
+    /// The single-use registration token from `POST /api/v1/nodes`; needed only
+    /// until the edge has registered (its identity is then kept in the data
+    /// directory). Never printed.
+    pub token: Option<String>,
+    /// PEM file of the certificate(s) to trust for the manager: its CA, or the
+    /// manager's own `node-tls.crt` when it is self-signed. Checked against the
+    /// URL's host.
+    pub ca_cert: Option<PathBuf>,
+    /// SHA-256 fingerprint (hex) of the manager's node listener certificate, as
+    /// `GET /api/v1/settings/tls` shows it: only that certificate is accepted.
+    pub manager_fingerprint: Option<String>,
+    /// Accept any certificate from the manager (encrypted but unauthenticated).
+    /// For trials only; prefer `ca_cert` or `manager_fingerprint`.
+    pub insecure_skip_verify: bool,
 }
 
 /// Sync redirects and pages from a Flecto-compatible manager, as one of its agents.
@@ -178,6 +202,7 @@ impl Default for Config {
             redis: UrlSection::default(),
             nats: UrlSection::default(),
             flecto: FlectoSection::default(),
+            edge: EdgeSection::default(),
             shutdown: ShutdownSection::default(),
             log: LogSection::default(),
         }
@@ -365,6 +390,19 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "flecto.auth_header",
         Kind::Text,
     ),
+    ("FLEETGATE_EDGE_MANAGER_URL", "edge.manager_url", Kind::Text),
+    ("FLEETGATE_EDGE_TOKEN", "edge.token", Kind::Text),
+    ("FLEETGATE_EDGE_CA_CERT", "edge.ca_cert", Kind::Text),
+    (
+        "FLEETGATE_EDGE_MANAGER_FINGERPRINT",
+        "edge.manager_fingerprint",
+        Kind::Text,
+    ),
+    (
+        "FLEETGATE_EDGE_INSECURE_SKIP_VERIFY",
+        "edge.insecure_skip_verify",
+        Kind::Bool,
+    ),
     (
         "FLEETGATE_SHUTDOWN_DRAIN_TIMEOUT_SECS",
         "shutdown.drain_timeout_secs",
@@ -409,6 +447,21 @@ pub struct Overrides {
     /// NATS URL for the event bus between manager replicas.
     #[arg(long, value_name = "URL")]
     pub nats_url: Option<String>,
+    /// `edge`: the Fleetgate manager's node listener (`wss://host:3443`).
+    #[arg(long = "manager", value_name = "URL")]
+    pub edge_manager_url: Option<String>,
+    /// `edge`: the registration token (also FLEETGATE_EDGE_TOKEN).
+    #[arg(long = "token", value_name = "TOKEN")]
+    pub edge_token: Option<String>,
+    /// `edge`: PEM certificate(s) to trust for the manager.
+    #[arg(long = "manager-ca-cert", value_name = "FILE")]
+    pub edge_ca_cert: Option<PathBuf>,
+    /// `edge`: SHA-256 fingerprint of the manager's certificate to pin.
+    #[arg(long = "manager-fingerprint", value_name = "HEX")]
+    pub edge_manager_fingerprint: Option<String>,
+    /// `edge`: accept any manager certificate (trials only).
+    #[arg(long = "insecure-skip-verify")]
+    pub edge_insecure_skip_verify: bool,
     /// Sync redirects and pages from this Flecto-compatible manager.
     #[arg(long, value_name = "URL")]
     pub flecto_url: Option<String>,
@@ -511,6 +564,21 @@ impl Config {
         if let Some(v) = &flags.nats_url {
             config.nats.url = Some(v.clone());
         }
+        if let Some(v) = &flags.edge_manager_url {
+            config.edge.manager_url = Some(v.clone());
+        }
+        if let Some(v) = &flags.edge_token {
+            config.edge.token = Some(v.clone());
+        }
+        if let Some(v) = &flags.edge_ca_cert {
+            config.edge.ca_cert = Some(v.clone());
+        }
+        if let Some(v) = &flags.edge_manager_fingerprint {
+            config.edge.manager_fingerprint = Some(v.clone());
+        }
+        if flags.edge_insecure_skip_verify {
+            config.edge.insecure_skip_verify = true;
+        }
         if let Some(v) = &flags.flecto_url {
             config.flecto.url = Some(v.clone());
         }
@@ -606,6 +674,22 @@ impl Config {
                 );
             }
         }
+        let e = &self.edge;
+        if let Some(url) = &e.manager_url {
+            fleetgate_edge::ManagerUrl::parse(url)
+                .map_err(|err| anyhow::anyhow!("edge.manager_url {err}"))?;
+            let ways = usize::from(e.ca_cert.is_some())
+                + usize::from(e.manager_fingerprint.is_some())
+                + usize::from(e.insecure_skip_verify);
+            if ways > 1 {
+                bail!("set at most one of edge.ca_cert, edge.manager_fingerprint and edge.insecure_skip_verify");
+            }
+            if let Some(fp) = &e.manager_fingerprint {
+                if fleetgate_edge::tls::normalize_fingerprint(fp).is_none() {
+                    bail!("edge.manager_fingerprint must be a SHA-256 fingerprint: 64 hex digits");
+                }
+            }
+        }
         if !(100..=86_400_000).contains(&f.interval_ms) {
             bail!("flecto.interval_ms must be between 100 and 86400000");
         }
@@ -639,6 +723,9 @@ impl Config {
         c.nats.url = c.nats.url.as_deref().map(redact_url);
         if c.flecto.token.is_some() {
             c.flecto.token = Some("***".into());
+        }
+        if c.edge.token.is_some() {
+            c.edge.token = Some("***".into());
         }
         toml::to_string_pretty(&c).unwrap_or_default()
     }
@@ -781,5 +868,44 @@ mod tests {
         let text = c.redacted_toml();
         assert!(!text.contains("s3cr3t"), "{text}");
         assert!(text.contains("nats://***@nats:4222"), "{text}");
+        let mut c = Config::default();
+        c.edge.token = Some("reg-t0ken".into());
+        assert!(!c.redacted_toml().contains("reg-t0ken"));
+    }
+
+    #[test]
+    fn edge_settings_from_env_and_flags() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("FLEETGATE_EDGE_MANAGER_URL", "wss://m:3443"),
+                ("FLEETGATE_EDGE_TOKEN", "t"),
+            ]),
+            &Overrides {
+                edge_manager_fingerprint: Some("ab".repeat(32)),
+                ..Overrides::default()
+            },
+        )
+        .expect("edge");
+        assert_eq!(c.edge.manager_url.as_deref(), Some("wss://m:3443"));
+        assert_eq!(c.edge.token.as_deref(), Some("t"));
+        let plain = Config::load(
+            None,
+            env(&[("FLEETGATE_EDGE_MANAGER_URL", "ws://m:3443")]),
+            &Overrides::default(),
+        );
+        assert!(plain.is_err());
+        let both = Config::load(
+            None,
+            env(&[
+                ("FLEETGATE_EDGE_MANAGER_URL", "wss://m:3443"),
+                ("FLEETGATE_EDGE_INSECURE_SKIP_VERIFY", "true"),
+            ]),
+            &Overrides {
+                edge_manager_fingerprint: Some("ab".repeat(32)),
+                ..Overrides::default()
+            },
+        );
+        assert!(both.is_err());
     }
 }

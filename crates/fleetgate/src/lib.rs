@@ -353,17 +353,21 @@ impl RunningEdge {
     }
 }
 
-/// Starts an edge: the gateway alone on `gateway.listen`, its redirects and pages
-/// synced from a Flecto-compatible manager (`flecto.*`, required), no store and no
-/// admin API. Requests for hosts no synced rule answers get the gateway's 404.
+/// Starts an edge: the gateway alone on `gateway.listen`, no store and no admin
+/// API. Its configuration comes from a Fleetgate manager (`edge.manager_url`: the
+/// edge agent registers over `/ws/node`, applies the snapshots it is sent and
+/// serves the last applied one from `data_dir` while the manager is away), and/or
+/// its redirects and pages from a Flecto-compatible manager (`flecto.*`). One of
+/// the two is required.
 pub async fn start_edge(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningEdge> {
-    if config.flecto.url.is_none() {
+    if config.flecto.url.is_none() && config.edge.manager_url.is_none() {
         anyhow::bail!(
-            "fleetgate edge needs a manager to sync from: set flecto.url (--flecto-url or \
-             FLEETGATE_FLECTO_URL) with --flecto-namespace, --flecto-project and --flecto-token"
+            "fleetgate edge needs a manager: set edge.manager_url (--manager wss://host:3443 \
+             with --token on first start), or flecto.url (--flecto-url with \
+             --flecto-namespace, --flecto-project and --flecto-token)"
         );
     }
     let listener = TcpListener::bind(config.gateway.listen)
@@ -377,20 +381,67 @@ pub async fn start_edge(
     let gateway_addr = listener.local_addr()?;
     let listener = listener.into_std()?;
     let workers = gateway_workers(&config);
-    // No routes: the edge answers the synced project's hosts and 404 for the rest.
+    // Until a manager says otherwise: no routes (404 for every host no synced
+    // rule answers), or the snapshot last applied.
     let feed = ConfigFeed::new(DataPlaneConfig {
         rate_limits: RateLimitSettings {
             fail_open: config.gateway.rate_limit_fail_open,
         },
         ..DataPlaneConfig::default()
     });
+    let stored = match config.edge.manager_url {
+        Some(_) => fleetgate_edge::stored_snapshot(&config.data_dir),
+        None => None,
+    };
+    if let Some(s) = &stored {
+        tracing::info!(
+            revision = s.revision,
+            "serving the configuration applied last"
+        );
+        feed.adopt(&s.config);
+    }
     let gw = Gateway::new(feed.subscribe(), gateway_options(&config, None)?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (down_tx, down_rx) = watch::channel(false);
-    let mut cfg = config.flecto.clone();
-    cfg.agent_name = cfg.effective_agent_name();
-    let agent = flecto_agent::Agent::new(cfg, feed.clone())?;
-    let agent_task = tokio::spawn(agent.run(down_rx.clone()));
+    let agent_task = match &config.flecto.url {
+        Some(_) => {
+            let mut cfg = config.flecto.clone();
+            cfg.agent_name = cfg.effective_agent_name();
+            let agent = flecto_agent::Agent::new(cfg, feed.clone())?;
+            Some(tokio::spawn(agent.run(down_rx.clone())))
+        }
+        None => None,
+    };
+    let edge_task = match &config.edge.manager_url {
+        Some(url) => {
+            let e = &config.edge;
+            let trust = if let Some(path) = &e.ca_cert {
+                fleetgate_edge::Trust::CaFile(path.clone())
+            } else if let Some(fp) = &e.manager_fingerprint {
+                fleetgate_edge::Trust::Fingerprint(fp.clone())
+            } else if e.insecure_skip_verify {
+                tracing::warn!(
+                    "edge.insecure_skip_verify: the manager's certificate is not checked"
+                );
+                fleetgate_edge::Trust::Insecure
+            } else {
+                fleetgate_edge::Trust::System
+            };
+            let agent = fleetgate_edge::EdgeAgent::new(
+                fleetgate_edge::EdgeOptions {
+                    manager_url: url.clone(),
+                    token: e.token.clone().filter(|t| !t.is_empty()),
+                    data_dir: config.data_dir.clone(),
+                    trust,
+                },
+                feed.clone(),
+                gw.report_status(STATUS_EVERY),
+                stored.as_ref(),
+            )?;
+            Some(tokio::spawn(agent.run(down_rx.clone())))
+        }
+        None => None,
+    };
     let drain = Duration::from_secs(config.shutdown.drain_timeout_secs);
     let task = tokio::spawn(async move {
         let gateway_task =
@@ -402,7 +453,9 @@ pub async fn start_edge(
         tracing::info!("shutting down: no new connections; draining in-flight requests");
         let _ = down_tx.send(true);
         let _ = gateway_task.await;
-        let _ = agent_task.await;
+        for t in [agent_task, edge_task].into_iter().flatten() {
+            let _ = t.await;
+        }
         // The feed lives until here, so the gateway never sees its configuration end.
         drop(feed);
         tracing::info!("stopped");

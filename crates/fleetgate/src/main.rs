@@ -33,8 +33,10 @@ enum Command {
     Serve(#[command(flatten)] Overrides),
     /// Manager only (several replicas may share one PostgreSQL).
     Manager(#[command(flatten)] Overrides),
-    /// Gateway only, no store or admin API: serves the redirects and pages of a
-    /// Flecto-compatible manager's project (--flecto-url, -namespace, -project, -token).
+    /// Gateway only, no store or admin API: configured by a Fleetgate manager
+    /// (--manager wss://host:3443 --token <registration token>) and/or serving the
+    /// redirects and pages of a Flecto-compatible manager's project (--flecto-url,
+    /// -namespace, -project, -token).
     Edge(#[command(flatten)] Overrides),
     /// Apply the store's migrations and exit.
     Migrate(#[command(flatten)] Overrides),
