@@ -16,6 +16,31 @@ use fleetgate_store::Store;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc hands memory freed back to its arenas to the OS only after a delay
+/// (`purge_delay`, 1 s in mimalloc 3), and only when a later free runs the purge:
+/// what a configuration change or a burst of connections frees just before the
+/// process goes quiet stays resident until the next burst. 0 purges at once; the
+/// cost is madvise calls, measured at ~17 a second under the keep-alive benchmark
+/// and ~0.2 per request when every request opens a new connection (BENCHMARKS.md,
+/// "Memory").
+#[cfg(not(feature = "system-allocator"))]
+#[allow(unsafe_code)]
+fn configure_allocator() {
+    extern "C" {
+        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    }
+    /// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` as bundled by
+    /// libmimalloc-sys 0.1.49, which declares no constant for it: check it when
+    /// that crate is updated.
+    const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+    // SAFETY: mi_option_set only stores a value in mimalloc's option table; it
+    // runs first thing in `main`, before any other thread exists.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+}
+
+#[cfg(feature = "system-allocator")]
+fn configure_allocator() {}
+
 #[derive(Parser)]
 #[command(
     name = "fleetgate",
@@ -128,6 +153,7 @@ fn fail(e: anyhow::Error) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    configure_allocator();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
