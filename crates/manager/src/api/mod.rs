@@ -23,9 +23,8 @@ pub mod troubleshooting;
 pub mod users;
 pub mod webhooks;
 
-use std::sync::Arc;
-
 use axum::extract::DefaultBodyLimit;
+use axum::http::header;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::get;
 use axum::Router;
@@ -47,14 +46,15 @@ const PAGE_BODY_LIMIT: usize = 17 * 1024 * 1024;
 /// Every route of the manager, with middleware, state and the OpenAPI document.
 pub fn router(state: AppState) -> Router {
     let (router, openapi) = api_router(state.clone()).split_for_parts();
-    let spec = Arc::new(crate::openapi::finish(openapi));
-    let spec_json = spec.clone();
+    // Kept as its JSON text, made once: as a `serde_json::Value` tree the document
+    // held megabytes of the process's memory (see BENCHMARKS.md, "Memory").
+    let spec = axum::body::Bytes::from(crate::openapi::finish(openapi).to_string());
     router
         .route(
             "/api/v1/openapi.json",
             get(move || {
-                let spec = spec_json.clone();
-                async move { axum::Json((*spec).clone()) }
+                let spec = spec.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], spec) }
             }),
         )
         .route("/api/v1/docs", get(crate::openapi::docs_page))
