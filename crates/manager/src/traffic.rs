@@ -9,7 +9,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fleetgate_core::gateway::BreakerStatus;
-use fleetgate_core::metrics::{ratio, round3, Quantiles, RouteCounters, TrafficCounters};
+use fleetgate_core::metrics::{
+    ratio, round3, Quantiles, RouteCounters, TrafficCounters, UpstreamCounters,
+};
 use fleetgate_core::time::{now_ms, rfc3339};
 use fleetgate_protocol::DataPlaneStatus;
 use fleetgate_store::{MetricPoint, RESOLUTIONS};
@@ -318,6 +320,29 @@ pub fn instance_id() -> &'static str {
     })
 }
 
+/// `counters` without the routes and upstreams that have counted nothing yet, for
+/// a reading kept only to be subtracted from later ones: [`TrafficCounters::since`]
+/// counts what is missing from the earlier reading from zero, so the result is the
+/// same. With a large route table of which few routes carry traffic, the window of
+/// readings would otherwise hold a copy of every route's counters per second.
+fn without_idle(counters: &TrafficCounters) -> TrafficCounters {
+    TrafficCounters {
+        routes: counters
+            .routes
+            .iter()
+            .filter(|(_, c)| **c != RouteCounters::default())
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect(),
+        upstreams: counters
+            .upstreams
+            .iter()
+            .filter(|(_, c)| **c != UpstreamCounters::default())
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect(),
+        unmatched: counters.unmatched,
+    }
+}
+
 /// The latest snapshot, renewed every second.
 pub type SnapshotWatch = watch::Sender<Arc<MetricsSnapshot>>;
 
@@ -354,7 +379,7 @@ pub fn spawn_sampler(state: AppState, mut shutdown: watch::Receiver<bool>) {
             };
             let status = dp.fresh().await;
             let reading = status.traffic.clone();
-            readings.push_back((now, reading.clone()));
+            readings.push_back((now, without_idle(&reading)));
             while readings.len() > SNAPSHOT_WINDOW_SECS as usize + 1 {
                 readings.pop_front();
             }
@@ -370,12 +395,12 @@ pub fn spawn_sampler(state: AppState, mut shutdown: watch::Receiver<bool>) {
             // Series: one row set per finished 10 s interval of wall time.
             let interval = now - now.rem_euclid(SERIES_INTERVAL_MS);
             match &series_base {
-                None => series_base = Some((interval, reading)),
+                None => series_base = Some((interval, without_idle(&reading))),
                 Some((start, base)) if *start < interval => {
                     let d = reading.since(base);
                     let max = state.settings().metrics.max_series_scopes as usize;
                     let points = series_points(&d, *start, instance_id(), max);
-                    series_base = Some((interval, reading));
+                    series_base = Some((interval, without_idle(&reading)));
                     if !points.is_empty() {
                         if let Err(e) = state.store.record_metric_points(&points).await {
                             tracing::warn!(error = %e, "could not store metric series");
@@ -386,4 +411,40 @@ pub fn spawn_sampler(state: AppState, mut shutdown: watch::Receiver<bool>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reading_without_idle_counters_subtracts_the_same() {
+        let mut earlier = TrafficCounters::default();
+        let mut busy = RouteCounters::default();
+        busy.by_class[1] = 7;
+        busy.latency.record(1200);
+        earlier.routes.insert("busy".into(), busy.clone());
+        earlier
+            .routes
+            .insert("idle".into(), RouteCounters::default());
+        earlier
+            .upstreams
+            .insert("up".into(), UpstreamCounters::default());
+        earlier.unmatched = 3;
+        let mut now = earlier.clone();
+        if let Some(r) = now.routes.get_mut("busy") {
+            r.by_class[1] = 9;
+        }
+        if let Some(r) = now.routes.get_mut("idle") {
+            r.by_class[3] = 2;
+        }
+        if let Some(u) = now.upstreams.get_mut("up") {
+            u.requests = 4;
+        }
+        now.unmatched = 5;
+        let kept = without_idle(&earlier);
+        assert_eq!(kept.routes.len(), 1);
+        assert!(kept.upstreams.is_empty());
+        assert_eq!(now.since(&kept), now.since(&earlier));
+    }
 }
