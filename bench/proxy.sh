@@ -742,25 +742,28 @@ two_workers_report() {
         echo "load generator and the upstream compete with the proxy, so no proxy can reach 2× here; the point is each"
         echo "proxy's scaling next to nginx's under the same placement."
         echo
-        echo "| proxy | 1 worker: req/s | p50 | p99 | its CPU | 2 workers: req/s | p50 | p99 | its CPU | scaling (2 ÷ 1) | clean runs |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| proxy | 1 worker: req/s | p50 | p99 | its CPU | CPU/request | 2 workers: req/s | p50 | p99 | its CPU | CPU/request | scaling (2 ÷ 1) | clean runs |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         for p in nginx haproxy fleetgate; do
             a=$p-w1 b=$p-w2
-            printf '| %s | %s | %s ms | %s ms | %s | %s | %s ms | %s ms | %s | **%s×** | %s/%s, %s/%s |\n' "${NAME[$p]}" \
+            printf '| %s | %s | %s ms | %s ms | %s | %s µs | %s | %s ms | %s ms | %s | %s µs | **%s×** | %s/%s, %s/%s |\n' "${NAME[$p]}" \
                 "$(fmt "$(med2 RPS "$a")" '%.0f')" "$(fmt "$(med2 P50 "$a")" '%.3f')" "$(fmt "$(med2 P99 "$a")" '%.3f')" "$(fmt "$(med2 PCPU "$a")" '%.0f%%')" \
+                "$(fmt "$(med2 CPUUS "$a")" '%.1f')" \
                 "$(fmt "$(med2 RPS "$b")" '%.0f')" "$(fmt "$(med2 P50 "$b")" '%.3f')" "$(fmt "$(med2 P99 "$b")" '%.3f')" "$(fmt "$(med2 PCPU "$b")" '%.0f%%')" \
+                "$(fmt "$(med2 CPUUS "$b")" '%.1f')" \
                 "$(fmt "$(ratio2 "$b" "$a")" '%.3f')" \
                 "$(for ((r = 1; r <= REPS; r++)); do ok "$a" "$r" && echo x; done | wc -l)" "$REPS" \
                 "$(for ((r = 1; r <= REPS; r++)); do ok "$b" "$r" && echo x; done | wc -l)" "$REPS"
         done
-        printf '| direct to upstream (no proxy) | %s | %s ms | %s ms | %s | | | | | | %s/%s |\n' \
+        printf '| direct to upstream (no proxy) | %s | %s ms | %s ms | %s | %s µs | | | | | | | %s/%s |\n' \
             "$(fmt "$(med2 RPS upstream)" '%.0f')" "$(fmt "$(med2 P50 upstream)" '%.3f')" "$(fmt "$(med2 P99 upstream)" '%.3f')" \
-            "$(fmt "$(med2 PCPU upstream)" '%.0f%%')" "$(for ((r = 1; r <= REPS; r++)); do ok upstream "$r" && echo x; done | wc -l)" "$REPS"
+            "$(fmt "$(med2 PCPU upstream)" '%.0f%%')" "$(fmt "$(med2 CPUUS upstream)" '%.1f')" "$(for ((r = 1; r <= REPS; r++)); do ok upstream "$r" && echo x; done | wc -l)" "$REPS"
         echo
         echo "Scaling is the median of per-repetition ratios (2-worker req/s ÷ 1-worker req/s of the same proxy);"
         echo "medians use clean runs only. Fleetgate ÷ nginx: **$(fmt "$(ratio2 fleetgate-w1 nginx-w1)" '%.3f')×** with 1 worker,"
         echo "**$(fmt "$(ratio2 fleetgate-w2 nginx-w2)" '%.3f')×** with 2 workers. \"Its CPU\": user + system time of the proxy's"
-        echo "processes during the run, in % of one CPU (200% = both CPUs)."
+        echo "processes during the run, in % of one CPU (200% = both CPUs); \"CPU/request\": that time ÷ requests served,"
+        echo "which shows the cost of a second worker (shared state, wakeups) even where the host's noise moves req/s."
         echo
         echo "| rep | nginx 1 | nginx 2 | scaling | haproxy 1 | haproxy 2 | scaling | Fleetgate 1 | Fleetgate 2 | scaling | direct |"
         echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
