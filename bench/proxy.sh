@@ -14,12 +14,19 @@
 #         OUT=BENCHMARKS.md  report to write (relative to the repo root)
 #         KEEP_TMP=1    keep the temporary work directory (configs, logs, data dir)
 #         NO_BUILD=1    skip `cargo build --release -p fleetgate` (use the existing binary)
+#         BIN=path      with WORKERS=2: measure this Fleetgate binary instead of target/release/fleetgate
+#                       (implies NO_BUILD=1; the report names it)
 #         WAIT_QUIET=30 before each measured run, wait up to this many seconds for a second in which
 #                       processes this script did not start use < QUIET_PCT % of a CPU (0 = never wait)
 #         QUIET_PCT=10  that threshold; a run during which such load reached it is "contended"
 #         RETRIES=2     how many times a contended run is repeated in place (the last attempt counts)
 #         NICE=0        nice value for the upstream, the proxies and wrk (e.g. -10 on a shared host so
 #                       other work takes less of CPUs 0 and 1; negative values need root)
+#         WORKERS=1     1: the method above, writing BENCHMARKS.md apart from its marked sections.
+#                       2: the two-worker comparison instead: each proxy runs twice, with one worker and
+#                       with two (nginx worker_processes, haproxy nbthread, Fleetgate
+#                       FLEETGATE_GATEWAY_WORKERS), and the upstream (nginx, 2 workers), wrk (-t2) and
+#                       every proxy share CPUs 0 and 1; only the `two-workers` section of $OUT is rewritten.
 # Raw wrk outputs and logs are also kept under bench/out/<timestamp>/ (git-ignored).
 set -euo pipefail
 
@@ -47,6 +54,15 @@ PRIO=""
 WAIT_QUIET=${WAIT_QUIET:-30}
 QUIET_PCT=${QUIET_PCT:-10}
 RETRIES=${RETRIES:-2}
+WORKERS=${WORKERS:-1}
+[[ $WORKERS == 1 || $WORKERS == 2 ]] || die "WORKERS must be 1 or 2 (got '$WORKERS')"
+# Placement: WORKERS=1 pins the upstream and wrk to CPU 0 and the proxy to CPU 1; WORKERS=2 lets
+# all of them share both CPUs (the load generator competes with the proxy there).
+if ((WORKERS == 1)); then
+    LOAD_CPUS=0 PROXY_CPUS=1 UP_WORKERS=1 WRK_THREADS=1
+else
+    LOAD_CPUS=0,1 PROXY_CPUS=0,1 UP_WORKERS=2 WRK_THREADS=2
+fi
 for v in REPS DURATION WARMUP CONNECTIONS WAIT_QUIET QUIET_PCT RETRIES; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
 done
@@ -111,12 +127,15 @@ preexisting=$( (pgrep -x nginx; pgrep -x haproxy; pgrep -x wrk) | tr '\n' ' ' ||
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # ---------------------------------------------------------------------------- build
-if [[ ${NO_BUILD:-0} != 1 ]]; then
+BIN=${BIN:-}
+[[ -z $BIN || $WORKERS == 2 ]] || die "BIN is only for WORKERS=2"
+[[ -z $BIN || -x $BIN ]] || die "BIN=$BIN is not an executable"
+if [[ ${NO_BUILD:-0} != 1 && -z $BIN ]]; then
     command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust or set NO_BUILD=1 with an existing build"
     log "building: cargo build --release -p fleetgate"
     cargo build --release -p fleetgate >&2 || die "cargo build --release -p fleetgate failed (see above)"
 fi
-[[ -x target/release/fleetgate ]] || die "target/release/fleetgate is missing"
+[[ -n $BIN || -x target/release/fleetgate ]] || die "target/release/fleetgate is missing"
 
 # ---------------------------------------------------------------------------- work dir + cleanup
 WORK=$(mktemp -d /tmp/fleetgate-bench.XXXXXX)
@@ -125,7 +144,7 @@ RAW="$ROOT/bench/out/proxy-$STAMP"
 mkdir -p "$RAW"
 # Run a private copy so a concurrent rebuild of target/release cannot swap the binary mid-run.
 FLEETGATE="$WORK/fleetgate"
-cp target/release/fleetgate "$FLEETGATE"
+cp "${BIN:-target/release/fleetgate}" "$FLEETGATE"
 
 PIDS=()    # long-running processes this script started directly (its own children)
 CUR_WRK="" # the wrk run in progress, if any
@@ -278,10 +297,10 @@ FG_GW_PORT=$(free_port)
 mkdir -p "$WORK/upstream" "$WORK/nginx" "$WORK/haproxy"
 BODY=$(head -c "$BODY_BYTES" /dev/zero | tr '\0' 'x')
 
-nginx_common() { # $1 = prefix dir
+nginx_common() { # $1 = prefix dir, $2 = worker processes (default 1)
     cat <<EOF
 $NGINX_USER_LINE
-worker_processes 1;
+worker_processes ${2:-1};
 daemon off;
 master_process on;
 pid $1/nginx.pid;
@@ -292,7 +311,7 @@ EOF
 }
 
 {
-    nginx_common "$WORK/upstream"
+    nginx_common "$WORK/upstream" "$UP_WORKERS"
     cat <<EOF
 http {
     access_log off;
@@ -314,25 +333,29 @@ EOF
 
 "$NGINX" -t -q -p "$WORK/upstream" -e "$WORK/upstream/error.log" -c "$WORK/upstream/nginx.conf" 2>"$WORK/upstream.log" ||
     die "upstream nginx config invalid: $(cat "$WORK/upstream.log")"
-$PRIO taskset -c 0 "$NGINX" -p "$WORK/upstream" -e "$WORK/upstream/error.log" -c "$WORK/upstream/nginx.conf" \
+$PRIO taskset -c "$LOAD_CPUS" "$NGINX" -p "$WORK/upstream" -e "$WORK/upstream/error.log" -c "$WORK/upstream/nginx.conf" \
     >>"$WORK/upstream.log" 2>&1 &
 UP_PID=$!
 PIDS+=("$UP_PID")
 wait_http upstream "$UP_PID" "http://127.0.0.1:$UP_PORT/"
 check_body upstream "http://127.0.0.1:$UP_PORT/bench"
-log "upstream nginx on 127.0.0.1:$UP_PORT (CPU 0)"
+log "upstream nginx on 127.0.0.1:$UP_PORT (CPU $LOAD_CPUS)"
 
 # ---------------------------------------------------------------------------- nginx proxy (CPU 1)
-{
-    nginx_common "$WORK/nginx"
-    cat <<EOF
+# start_nginx NAME PORT WORKERS: nginx as the proxy under $WORK/NAME (log $WORK/NAME.log); sets NGX_PID.
+start_nginx() {
+    local name=$1 port=$2 workers=$3 i
+    mkdir -p "$WORK/$name"
+    {
+        nginx_common "$WORK/$name" "$workers"
+        cat <<EOF
 http {
     access_log off;
-    client_body_temp_path $WORK/nginx/tmp-body;
-    proxy_temp_path $WORK/nginx/tmp-proxy;
-    fastcgi_temp_path $WORK/nginx/tmp-fastcgi;
-    uwsgi_temp_path $WORK/nginx/tmp-uwsgi;
-    scgi_temp_path $WORK/nginx/tmp-scgi;
+    client_body_temp_path $WORK/$name/tmp-body;
+    proxy_temp_path $WORK/$name/tmp-proxy;
+    fastcgi_temp_path $WORK/$name/tmp-fastcgi;
+    uwsgi_temp_path $WORK/$name/tmp-uwsgi;
+    scgi_temp_path $WORK/$name/tmp-scgi;
     keepalive_timeout 120s;
     keepalive_requests 1000000;
     upstream bench {
@@ -341,40 +364,45 @@ http {
         keepalive_requests 1000000;
     }
     server {
-        listen 127.0.0.1:$NGX_PORT backlog=4096;
+        listen 127.0.0.1:$port backlog=4096;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
 EOF
-    for ((i = 0; i < ROUTES; i++)); do
-        printf '        location /svc%d { proxy_pass http://bench; }\n' "$i"
-    done
-    cat <<EOF
+        for ((i = 0; i < ROUTES; i++)); do
+            printf '        location /svc%d { proxy_pass http://bench; }\n' "$i"
+        done
+        cat <<EOF
         location /bench { proxy_pass http://bench; }
     }
 }
 EOF
-} >"$WORK/nginx/nginx.conf"
+    } >"$WORK/$name/nginx.conf"
 
-"$NGINX" -t -q -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx.log" ||
-    die "proxy nginx config invalid: $(cat "$WORK/nginx.log")"
-$PRIO taskset -c 1 "$NGINX" -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" \
-    >>"$WORK/nginx.log" 2>&1 &
-NGX_PID=$!
-PIDS+=("$NGX_PID")
-wait_http nginx "$NGX_PID" "http://127.0.0.1:$NGX_PORT/bench"
-check_body nginx "http://127.0.0.1:$NGX_PORT/bench"
-log "nginx proxy on 127.0.0.1:$NGX_PORT (CPU 1)"
+    "$NGINX" -t -q -p "$WORK/$name" -e "$WORK/$name/error.log" -c "$WORK/$name/nginx.conf" 2>"$WORK/$name.log" ||
+        die "proxy nginx config invalid: $(cat "$WORK/$name.log")"
+    $PRIO taskset -c "$PROXY_CPUS" "$NGINX" -p "$WORK/$name" -e "$WORK/$name/error.log" -c "$WORK/$name/nginx.conf" \
+        >>"$WORK/$name.log" 2>&1 &
+    NGX_PID=$!
+    PIDS+=("$NGX_PID")
+    wait_http "$name" "$NGX_PID" "http://127.0.0.1:$port/bench"
+    check_body "$name" "http://127.0.0.1:$port/bench"
+    log "$name proxy on 127.0.0.1:$port (CPU $PROXY_CPUS$( ((WORKERS == 1)) || echo ", $workers worker(s)"))"
+}
 
 # ---------------------------------------------------------------------------- haproxy (CPU 1)
 {
     for ((i = 0; i < ROUTES; i++)); do echo "/svc$i"; done
     echo "/bench"
 } >"$WORK/haproxy/routes.lst"
-cat >"$WORK/haproxy/haproxy.cfg" <<EOF
+# start_haproxy NAME PORT THREADS: haproxy under $WORK/NAME (log $WORK/NAME.log); sets HAP_PID.
+start_haproxy() {
+    local name=$1 port=$2 threads=$3
+    mkdir -p "$WORK/$name"
+    cat >"$WORK/$name/haproxy.cfg" <<EOF
 global
-    nbthread 1
+    nbthread $threads
     maxconn 4096
-    pidfile $WORK/haproxy/haproxy.pid
+    pidfile $WORK/$name/haproxy.pid
 
 defaults
     mode http
@@ -385,7 +413,7 @@ defaults
     timeout http-keep-alive 120s
 
 frontend fe
-    bind 127.0.0.1:$HAP_PORT
+    bind 127.0.0.1:$port
     acl route path_beg -f $WORK/haproxy/routes.lst
     use_backend bench if route
 
@@ -393,35 +421,21 @@ backend bench
     http-reuse always
     server up 127.0.0.1:$UP_PORT
 EOF
-"$HAPROXY" -c -q -f "$WORK/haproxy/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 ||
-    die "haproxy config invalid: $(cat "$WORK/haproxy.log")"
-$PRIO taskset -c 1 "$HAPROXY" -db -f "$WORK/haproxy/haproxy.cfg" >>"$WORK/haproxy.log" 2>&1 &
-HAP_PID=$!
-PIDS+=("$HAP_PID")
-wait_http haproxy "$HAP_PID" "http://127.0.0.1:$HAP_PORT/bench"
-check_body haproxy "http://127.0.0.1:$HAP_PORT/bench"
-log "haproxy on 127.0.0.1:$HAP_PORT (CPU 1)"
+    "$HAPROXY" -c -q -f "$WORK/$name/haproxy.cfg" >"$WORK/$name.log" 2>&1 ||
+        die "haproxy config invalid: $(cat "$WORK/$name.log")"
+    $PRIO taskset -c "$PROXY_CPUS" "$HAPROXY" -db -f "$WORK/$name/haproxy.cfg" >>"$WORK/$name.log" 2>&1 &
+    HAP_PID=$!
+    PIDS+=("$HAP_PID")
+    wait_http "$name" "$HAP_PID" "http://127.0.0.1:$port/bench"
+    check_body "$name" "http://127.0.0.1:$port/bench"
+    log "$name on 127.0.0.1:$port (CPU $PROXY_CPUS$( ((WORKERS == 1)) || echo ", $threads thread(s)"))"
+}
 
 # ---------------------------------------------------------------------------- Fleetgate (CPU 1)
 TOKEN="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 ADMIN_PASSWORD="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" # set so none is generated and logged
-mkdir -p "$WORK/fleetgate-data"
-(
-    # Nothing from the caller's FLEETGATE_* environment may change what is measured.
-    while read -r var; do unset "$var"; done < <(compgen -e | grep '^FLEETGATE_' || true)
-    export FLEETGATE_BOOTSTRAP_TOKEN="$TOKEN" FLEETGATE_ADMIN_PASSWORD="$ADMIN_PASSWORD"
-    export FLEETGATE_LOG_LEVEL=warn TOKIO_WORKER_THREADS=1
-    exec $PRIO taskset -c 1 "$FLEETGATE" serve --data-dir "$WORK/fleetgate-data" \
-        --listen "127.0.0.1:$FG_API_PORT" --gateway-listen "127.0.0.1:$FG_GW_PORT" \
-        --gateway-tls-listen "127.0.0.1:$FG_TLS_PORT"
-) >"$WORK/fleetgate.log" 2>&1 &
-FG_PID=$!
-PIDS+=("$FG_PID")
-API="http://127.0.0.1:$FG_API_PORT"
-wait_http fleetgate "$FG_PID" "$API/health"
-wait_http fleetgate "$FG_PID" "http://127.0.0.1:$FG_GW_PORT/"
 
-# api METHOD PATH JSON WANT_STATUS
+# api METHOD PATH JSON WANT_STATUS (to the instance start_fleetgate last started)
 api() {
     local code
     code=$(curl -sS -o "$WORK/api-response.json" -w '%{http_code}' --max-time 30 -X "$1" \
@@ -430,60 +444,110 @@ api() {
     [[ $code == "$4" ]] || die "Fleetgate API $1 $2 answered $code (want $4): $(head -c 500 "$WORK/api-response.json")"
 }
 
-log "configuring Fleetgate: settings, upstream, $ROUTES + 1 routes"
-api PUT /api/v1/settings '{"api":{"rate_limit_per_minute":0}}' 200
-api POST /api/v1/upstreams "{\"name\":\"bench\",\"targets\":[{\"url\":\"http://127.0.0.1:$UP_PORT\"}],\"circuit_breaker\":{\"enabled\":true}}" 201
+# start_fleetgate NAME API_PORT GW_PORT TLS_PORT [GATEWAY_WORKERS]: a configured `fleetgate serve`
+# (data dir $WORK/NAME-data, log $WORK/NAME.log); sets FG_PID, API, FG_REVISION and FG_THREADS.
+# Without GATEWAY_WORKERS the gateway takes its default (one worker per CPU it may run on).
+start_fleetgate() {
+    local name=$1 api_port=$2 gw_port=$3 tls_port=$4 gw_workers=${5:-} i
+    local routes="$WORK/routes${name#fleetgate}"
+    mkdir -p "$WORK/$name-data"
+    (
+        # Nothing from the caller's FLEETGATE_* environment may change what is measured.
+        while read -r var; do unset "$var"; done < <(compgen -e | grep '^FLEETGATE_' || true)
+        export FLEETGATE_BOOTSTRAP_TOKEN="$TOKEN" FLEETGATE_ADMIN_PASSWORD="$ADMIN_PASSWORD"
+        export FLEETGATE_LOG_LEVEL=warn TOKIO_WORKER_THREADS=1
+        [[ -z $gw_workers ]] || export FLEETGATE_GATEWAY_WORKERS="$gw_workers"
+        exec $PRIO taskset -c "$PROXY_CPUS" "$FLEETGATE" serve --data-dir "$WORK/$name-data" \
+            --listen "127.0.0.1:$api_port" --gateway-listen "127.0.0.1:$gw_port" \
+            --gateway-tls-listen "127.0.0.1:$tls_port"
+    ) >"$WORK/$name.log" 2>&1 &
+    FG_PID=$!
+    PIDS+=("$FG_PID")
+    API="http://127.0.0.1:$api_port"
+    wait_http "$name" "$FG_PID" "$API/health"
+    wait_http "$name" "$FG_PID" "http://127.0.0.1:$gw_port/"
 
-# All route POSTs go through one curl process (one keep-alive connection) from a config file.
-mkdir -p "$WORK/routes"
-{
-    echo 'silent'
-    echo 'show-error'
-    route_block() { # id path
-        cat <<EOF
+    log "configuring Fleetgate${name#fleetgate}: settings, upstream, $ROUTES + 1 routes"
+    api PUT /api/v1/settings '{"api":{"rate_limit_per_minute":0}}' 200
+    api POST /api/v1/upstreams "{\"name\":\"bench\",\"targets\":[{\"url\":\"http://127.0.0.1:$UP_PORT\"}],\"circuit_breaker\":{\"enabled\":true}}" 201
+
+    # All route POSTs go through one curl process (one keep-alive connection) from a config file.
+    mkdir -p "$routes"
+    {
+        echo 'silent'
+        echo 'show-error'
+        route_block() { # id path
+            cat <<EOF
 url = "$API/api/v1/routes"
 request = "POST"
 header = "Authorization: Bearer $TOKEN"
 header = "Content-Type: application/json"
 data = "{\"id\":\"$1\",\"path\":\"$2\",\"upstream\":\"bench\"}"
-output = "$WORK/routes/$1.json"
+output = "$routes/$1.json"
 write-out = "$1 %{http_code}\n"
 max-time = 30
 EOF
-    }
-    for ((i = 0; i < ROUTES; i++)); do
-        route_block "r$i" "/svc$i"
-        echo 'next'
-    done
-    route_block bench /bench
-} >"$WORK/routes.curl"
-curl -K "$WORK/routes.curl" >"$WORK/routes.status" || die "route creation: curl failed"
-bad=$(awk '$2 != "201"' "$WORK/routes.status" | head -n 3)
-created=$(awk '$2 == "201"' "$WORK/routes.status" | wc -l)
-if [[ -n $bad || $created -ne $((ROUTES + 1)) ]]; then
-    first=$(echo "$bad" | head -n 1 | cut -d' ' -f1)
-    die "route creation: $created of $((ROUTES + 1)) answered 201; first failures: $bad; body: $(head -c 400 "$WORK/routes/$first.json" 2>/dev/null)"
-fi
-total_routes=$(curl -s -H "Authorization: Bearer $TOKEN" "$API/api/v1/routes?limit=1" | grep -o '"total":[0-9]*' | cut -d: -f2 || true)
-[[ $total_routes == $((ROUTES + 1)) ]] || die "Fleetgate lists ${total_routes:-?} routes, want $((ROUTES + 1))"
-
-# The built-in gateway must serve the newest revision before measuring.
-FG_REVISION=""
-for i in $(seq 600); do
-    kill -0 "$FG_PID" 2>/dev/null || die "fleetgate exited while applying the configuration: $(tail -n 20 "$WORK/fleetgate.log")"
-    h=$(curl -s --max-time 2 "$API/health" || true)
-    rev=$(grep -o '"revision":[0-9]*' <<<"$h" | cut -d: -f2 || true)
-    grev=$(grep -o '"gateway_revision":[0-9]*' <<<"$h" | cut -d: -f2 || true)
-    if [[ -n $rev && $rev == "$grev" ]]; then
-        FG_REVISION=$rev
-        break
+        }
+        for ((i = 0; i < ROUTES; i++)); do
+            route_block "r$i" "/svc$i"
+            echo 'next'
+        done
+        route_block bench /bench
+    } >"$routes.curl"
+    curl -K "$routes.curl" >"$routes.status" || die "route creation: curl failed"
+    bad=$(awk '$2 != "201"' "$routes.status" | head -n 3)
+    created=$(awk '$2 == "201"' "$routes.status" | wc -l)
+    if [[ -n $bad || $created -ne $((ROUTES + 1)) ]]; then
+        first=$(echo "$bad" | head -n 1 | cut -d' ' -f1)
+        die "route creation: $created of $((ROUTES + 1)) answered 201; first failures: $bad; body: $(head -c 400 "$routes/$first.json" 2>/dev/null)"
     fi
-    sleep 0.1
-done
-[[ -n $FG_REVISION ]] || die "Fleetgate's gateway never reached the newest revision within 60 s (last /health: $h)"
-check_body fleetgate "http://127.0.0.1:$FG_GW_PORT/bench"
-FG_THREADS=$(awk '/^Threads:/ {print $2}' "/proc/$FG_PID/status")
-log "Fleetgate gateway on 127.0.0.1:$FG_GW_PORT (CPU 1), API on $API, revision $FG_REVISION, $FG_THREADS threads"
+    total_routes=$(curl -s -H "Authorization: Bearer $TOKEN" "$API/api/v1/routes?limit=1" | grep -o '"total":[0-9]*' | cut -d: -f2 || true)
+    [[ $total_routes == $((ROUTES + 1)) ]] || die "Fleetgate lists ${total_routes:-?} routes, want $((ROUTES + 1))"
+
+    # The built-in gateway must serve the newest revision before measuring.
+    FG_REVISION=""
+    for i in $(seq 600); do
+        kill -0 "$FG_PID" 2>/dev/null || die "fleetgate exited while applying the configuration: $(tail -n 20 "$WORK/$name.log")"
+        h=$(curl -s --max-time 2 "$API/health" || true)
+        rev=$(grep -o '"revision":[0-9]*' <<<"$h" | cut -d: -f2 || true)
+        grev=$(grep -o '"gateway_revision":[0-9]*' <<<"$h" | cut -d: -f2 || true)
+        if [[ -n $rev && $rev == "$grev" ]]; then
+            FG_REVISION=$rev
+            break
+        fi
+        sleep 0.1
+    done
+    [[ -n $FG_REVISION ]] || die "Fleetgate's gateway never reached the newest revision within 60 s (last /health: $h)"
+    check_body "$name" "http://127.0.0.1:$gw_port/bench"
+    FG_THREADS=$(awk '/^Threads:/ {print $2}' "/proc/$FG_PID/status")
+    log "Fleetgate${name#fleetgate} gateway on 127.0.0.1:$gw_port (CPU $PROXY_CPUS$([[ -z $gw_workers ]] || echo ", $gw_workers worker(s)")), API on $API, revision $FG_REVISION, $FG_THREADS threads"
+}
+
+# ---------------------------------------------------------------------------- start the proxies
+if ((WORKERS == 1)); then
+    start_nginx nginx "$NGX_PORT" 1
+    start_haproxy haproxy "$HAP_PORT" 1
+    start_fleetgate fleetgate "$FG_API_PORT" "$FG_GW_PORT" "$FG_TLS_PORT"
+else
+    # Every proxy twice, one worker and two, under the same placement (CPUs 0 and 1).
+    NGX2_PORT=$(free_port)
+    HAP2_PORT=$(free_port)
+    FG2_API_PORT=$(free_port)
+    FG2_TLS_PORT=$(free_port)
+    FG2_GW_PORT=$(free_port)
+    start_nginx nginx-w1 "$NGX_PORT" 1
+    NGX1_PID=$NGX_PID
+    start_nginx nginx-w2 "$NGX2_PORT" 2
+    NGX2_PID=$NGX_PID
+    start_haproxy haproxy-w1 "$HAP_PORT" 1
+    HAP1_PID=$HAP_PID
+    start_haproxy haproxy-w2 "$HAP2_PORT" 2
+    HAP2_PID=$HAP_PID
+    start_fleetgate fleetgate-w1 "$FG_API_PORT" "$FG_GW_PORT" "$FG_TLS_PORT" 1
+    FG1_PID=$FG_PID
+    start_fleetgate fleetgate-w2 "$FG2_API_PORT" "$FG2_GW_PORT" "$FG2_TLS_PORT" 2
+    FG2_PID=$FG_PID
+fi
 
 # ---------------------------------------------------------------------------- measurement
 TARGETS=(upstream nginx haproxy fleetgate)
@@ -500,13 +564,28 @@ LABEL[upstream]="direct to upstream (ceiling)"
 LABEL[nginx]="nginx"
 LABEL[haproxy]="haproxy"
 LABEL[fleetgate]="Fleetgate"
+if ((WORKERS == 2)); then
+    TARGETS=(upstream nginx-w1 nginx-w2 haproxy-w1 haproxy-w2 fleetgate-w1 fleetgate-w2)
+    URL[nginx-w1]="http://127.0.0.1:$NGX_PORT/bench"
+    URL[nginx-w2]="http://127.0.0.1:$NGX2_PORT/bench"
+    URL[haproxy-w1]="http://127.0.0.1:$HAP_PORT/bench"
+    URL[haproxy-w2]="http://127.0.0.1:$HAP2_PORT/bench"
+    URL[fleetgate-w1]="http://127.0.0.1:$FG_GW_PORT/bench"
+    URL[fleetgate-w2]="http://127.0.0.1:$FG2_GW_PORT/bench"
+    PID_OF[nginx-w1]=$NGX1_PID
+    PID_OF[nginx-w2]=$NGX2_PID
+    PID_OF[haproxy-w1]=$HAP1_PID
+    PID_OF[haproxy-w2]=$HAP2_PID
+    PID_OF[fleetgate-w1]=$FG1_PID
+    PID_OF[fleetgate-w2]=$FG2_PID
+fi
 
 proxy_rss_kib() { # nginx: its worker process(es); others: the process itself
     local t=$1 sum=0 p
     case $t in
     upstream) echo "" ;;
-    nginx)
-        for p in $(pgrep -P "$NGX_PID"); do sum=$((sum + $(rss_kib "$p"))); done
+    nginx*)
+        for p in $(pgrep -P "${PID_OF[$t]}"); do sum=$((sum + $(rss_kib "$p"))); done
         echo "$sum"
         ;;
     *) rss_kib "${PID_OF[$t]}" ;;
@@ -522,7 +601,7 @@ to_ms() { # wrk time like 612.00us / 1.20ms / 2.01s / 1.00m
 }
 
 run_wrk() { # run_wrk SECONDS URL OUTFILE
-    timeout -k 5 $(($1 + 30)) $PRIO taskset -c 0 "$WRK" -t1 -c"$CONNECTIONS" -d"$1s" --latency "$2" >"$3" 2>&1 &
+    timeout -k 5 $(($1 + 30)) $PRIO taskset -c "$LOAD_CPUS" "$WRK" -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$1s" --latency "$2" >"$3" 2>&1 &
     CUR_WRK=$!
     wait "$CUR_WRK" || true
     CUR_WRK=""
@@ -572,7 +651,7 @@ measure() { # measure TARGET REP
     local pids
     case $t in
     upstream) pids=$(pgrep -P "$UP_PID" | tr '\n' ' ' || true) ;;
-    nginx) pids=$(pgrep -P "$NGX_PID" | tr '\n' ' ' || true) ;;
+    nginx*) pids=$(pgrep -P "$pid" | tr '\n' ' ' || true) ;;
     *) pids=$pid ;;
     esac
     # shellcheck disable=SC2086
@@ -610,7 +689,7 @@ sleep 1
 snap_cpu "$WORK/cpu.after"
 IFS=$'\t' read -r IDLE_FOREIGN IDLE_FOREIGN_TOP < <(foreign_cpu "$WORK/cpu.before" "$WORK/cpu.after" 1)
 MEASURE_START=$(date +%s)
-log "measuring: $REPS interleaved repetitions x ${#TARGETS[@]} targets x (${WARMUP}s warm-up + ${DURATION}s), wrk -t1 -c$CONNECTIONS"
+log "measuring: $REPS interleaved repetitions x ${#TARGETS[@]} targets x (${WARMUP}s warm-up + ${DURATION}s), wrk -t$WRK_THREADS -c$CONNECTIONS"
 for ((r = 1; r <= REPS; r++)); do
     # Rotate the order every repetition so no target always runs first or last.
     for ((k = 0; k < ${#TARGETS[@]}; k++)); do
@@ -627,6 +706,113 @@ for ((r = 1; r <= REPS; r++)); do
 done
 MEASURE_SECS=$(($(date +%s) - MEASURE_START))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------------------- WORKERS=2: its own section
+# The two-worker comparison writes only the `two-workers` section of $OUT, then ends here.
+two_workers_report() {
+    local r p t a b content v
+    ok() { [[ -n ${RPS[$1,$2]:-} && -z ${FAIL[$1,$2]:-} ]]; }
+    med2() { # med2 ARRAYNAME TARGET -> median over clean runs
+        local -n arr=$1
+        local r
+        for ((r = 1; r <= REPS; r++)); do if ok "$2" "$r" && [[ -n ${arr[$2,$r]:-} ]]; then echo "${arr[$2,$r]}"; fi; done | median
+    }
+    ratio2() { # ratio2 A B -> median over repetitions of RPS[A]/RPS[B] where both ran cleanly
+        local r
+        for ((r = 1; r <= REPS; r++)); do
+            if ok "$1" "$r" && ok "$2" "$r"; then div "${RPS[$1,$r]}" "${RPS[$2,$r]}"; fi
+        done | median
+    }
+    cell2() { if ok "$1" "$2"; then fmt "${RPS[$1,$2]}" '%.0f'; else echo "FAILED"; fi; }
+    rcell() { if ok "$1" "$3" && ok "$2" "$3"; then fmt "$(div "${RPS[$1,$3]}" "${RPS[$2,$3]}")" '%.3f'; else echo '–'; fi; }
+    declare -A NAME=([nginx]=nginx [haproxy]=haproxy [fleetgate]=Fleetgate)
+    declare -A WHAT=([nginx]='`worker_processes`' [haproxy]='`nbthread`' [fleetgate]='`FLEETGATE_GATEWAY_WORKERS`')
+    content=$(mktemp)
+    {
+        echo "## Two workers on two cores (\`WORKERS=2 bench/proxy.sh\`)"
+        echo
+        echo "Generated by \`WORKERS=2 REPS=$REPS DURATION=$DURATION$( ((NICE == 0)) || echo " NICE=$NICE") bench/proxy.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC')"
+        if [[ -n $BIN ]]; then
+            echo "(raw outputs: \`bench/out/proxy-$STAMP/\`, git-ignored); Fleetgate: the release binary \`$BIN\` (\`$("$FLEETGATE" version 2>&1 | sed -n 1p)\`)."
+        else
+            echo "(raw outputs: \`bench/out/proxy-$STAMP/\`, git-ignored); Fleetgate built from commit \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\`"
+            echo "(\"$(git log -1 --format=%s 2>/dev/null | cut -c1-80)\")$( (($(git status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock 2>/dev/null | wc -l) > 0)) && echo " plus uncommitted changes")."
+        fi
+        echo "Every proxy, the upstream (nginx, 2 workers) and wrk (\`-t2 -c$CONNECTIONS\`) share CPUs 0 and 1: on two cores the"
+        echo "load generator and the upstream compete with the proxy, so no proxy can reach 2× here; the point is each"
+        echo "proxy's scaling next to nginx's under the same placement."
+        echo
+        echo "| proxy | 1 worker: req/s | p50 | p99 | its CPU | CPU/request | 2 workers: req/s | p50 | p99 | its CPU | CPU/request | scaling (2 ÷ 1) | clean runs |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for p in nginx haproxy fleetgate; do
+            a=$p-w1 b=$p-w2
+            printf '| %s | %s | %s ms | %s ms | %s | %s µs | %s | %s ms | %s ms | %s | %s µs | **%s×** | %s/%s, %s/%s |\n' "${NAME[$p]}" \
+                "$(fmt "$(med2 RPS "$a")" '%.0f')" "$(fmt "$(med2 P50 "$a")" '%.3f')" "$(fmt "$(med2 P99 "$a")" '%.3f')" "$(fmt "$(med2 PCPU "$a")" '%.0f%%')" \
+                "$(fmt "$(med2 CPUUS "$a")" '%.1f')" \
+                "$(fmt "$(med2 RPS "$b")" '%.0f')" "$(fmt "$(med2 P50 "$b")" '%.3f')" "$(fmt "$(med2 P99 "$b")" '%.3f')" "$(fmt "$(med2 PCPU "$b")" '%.0f%%')" \
+                "$(fmt "$(med2 CPUUS "$b")" '%.1f')" \
+                "$(fmt "$(ratio2 "$b" "$a")" '%.3f')" \
+                "$(for ((r = 1; r <= REPS; r++)); do ok "$a" "$r" && echo x; done | wc -l)" "$REPS" \
+                "$(for ((r = 1; r <= REPS; r++)); do ok "$b" "$r" && echo x; done | wc -l)" "$REPS"
+        done
+        printf '| direct to upstream (no proxy) | %s | %s ms | %s ms | %s | %s µs | | | | | | | %s/%s |\n' \
+            "$(fmt "$(med2 RPS upstream)" '%.0f')" "$(fmt "$(med2 P50 upstream)" '%.3f')" "$(fmt "$(med2 P99 upstream)" '%.3f')" \
+            "$(fmt "$(med2 PCPU upstream)" '%.0f%%')" "$(fmt "$(med2 CPUUS upstream)" '%.1f')" "$(for ((r = 1; r <= REPS; r++)); do ok upstream "$r" && echo x; done | wc -l)" "$REPS"
+        echo
+        echo "Scaling is the median of per-repetition ratios (2-worker req/s ÷ 1-worker req/s of the same proxy);"
+        echo "medians use clean runs only. Fleetgate ÷ nginx: **$(fmt "$(ratio2 fleetgate-w1 nginx-w1)" '%.3f')×** with 1 worker,"
+        echo "**$(fmt "$(ratio2 fleetgate-w2 nginx-w2)" '%.3f')×** with 2 workers. \"Its CPU\": user + system time of the proxy's"
+        echo "processes during the run, in % of one CPU (200% = both CPUs); \"CPU/request\": that time ÷ requests served,"
+        echo "which shows the cost of a second worker (shared state, wakeups) even where the host's noise moves req/s."
+        echo
+        echo "| rep | nginx 1 | nginx 2 | scaling | haproxy 1 | haproxy 2 | scaling | Fleetgate 1 | Fleetgate 2 | scaling | direct |"
+        echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for ((r = 1; r <= REPS; r++)); do
+            printf '| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$r" \
+                "$(cell2 nginx-w1 "$r")" "$(cell2 nginx-w2 "$r")" "$(rcell nginx-w2 nginx-w1 "$r")" \
+                "$(cell2 haproxy-w1 "$r")" "$(cell2 haproxy-w2 "$r")" "$(rcell haproxy-w2 haproxy-w1 "$r")" \
+                "$(cell2 fleetgate-w1 "$r")" "$(cell2 fleetgate-w2 "$r")" "$(rcell fleetgate-w2 fleetgate-w1 "$r")" \
+                "$(cell2 upstream "$r")"
+        done
+        echo
+        v=""
+        for ((r = 1; r <= REPS; r++)); do
+            for t in "${TARGETS[@]}"; do
+                [[ -z ${FAIL[$t,$r]:-} ]] || v+="${v:+; }rep $r $t: ${FAIL[$t,$r]}"
+            done
+        done
+        [[ -z $v ]] && echo "- No failed run (only 2xx, no socket errors, every process up)." || echo "- Failed runs (left out): $v."
+        v=""
+        for ((r = 1; r <= REPS; r++)); do
+            for t in "${TARGETS[@]}"; do
+                if [[ -n ${FOREIGN[$t,$r]:-} ]] && ((${FOREIGN[$t,$r]} >= QUIET_PCT)); then v+="${v:+, }rep $r $t (${FOREIGN[$t,$r]}%)"; fi
+            done
+        done
+        if [[ -n $v ]]; then
+            echo "- Contended runs (processes this script did not start used ≥ ${QUIET_PCT}% of a CPU): $v."
+        else
+            echo "- No contended run: other processes used < ${QUIET_PCT}% of a CPU during every measured run."
+        fi
+        ((${#REDONE[@]} == 0)) || echo "- Measured again because contended (the last attempt counts): $(IFS=';'; echo "${REDONE[*]}" | sed 's/;/, /g')."
+        echo "- Load average before / after: $LOAD_BEFORE / $LOAD_AFTER; waiting for a quiet host took ${WAITED_TOTAL} s; run time $(($(date +%s) - STARTED_EPOCH)) s."
+        echo "- Method: $REPS interleaved repetitions (order rotating) of a ${WARMUP} s warm-up and a ${DURATION} s"
+        echo "  \`taskset -c 0,1 wrk -t2 -c$CONNECTIONS --latency\` run per target. Each proxy is started twice, with 1 and 2"
+        echo "  workers (nginx ${WHAT[nginx]}, haproxy ${WHAT[haproxy]}, Fleetgate ${WHAT[fleetgate]}), all under"
+        echo "  \`taskset -c 0,1\`, otherwise configured as in the one-worker method (1,000 + 1 routes, keep-alive upstream"
+        echo "  pools, Fleetgate's breaker on and \`TOKIO_WORKER_THREADS=1\` for its manager runtime). The upstream nginx runs"
+        echo "  2 workers on CPUs 0,1 for every target. $NGINX_V2, $HAPROXY_V2."
+    } >"$content"
+    put_section "$OUT_PATH" two-workers "$content"
+    rm -f "$content"
+    cp "$OUT_PATH" "$RAW/"
+    log "wrote the two-workers section of $OUT: scaling nginx $(fmt "$(ratio2 nginx-w2 nginx-w1)" '%.3f')×, haproxy $(fmt "$(ratio2 haproxy-w2 haproxy-w1)" '%.3f')×, Fleetgate $(fmt "$(ratio2 fleetgate-w2 fleetgate-w1)" '%.3f')×"
+}
+if ((WORKERS == 2)); then
+    NGINX_V2=$("$NGINX" -v 2>&1 | sed -n 1p)
+    HAPROXY_V2=$("$HAPROXY" -v 2>&1 | sed -n 1p | sed "s/ - https.*//")
+    two_workers_report
+    exit 0
+fi
 
 # If Fleetgate failed, capture the symptom: status codes over a short diagnostic run and its log.
 FG_DIAG=""

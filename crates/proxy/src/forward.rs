@@ -23,6 +23,7 @@ mod respond;
 mod route;
 mod target;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,6 +52,29 @@ pub fn materialize(resp: Response<ProxyBody>) -> Response<ProxyBody> {
 }
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Request ids are taken from `REQUEST_SEQ` in blocks of this many per thread, so
+/// workers do not write one counter for every request.
+const SEQ_BLOCK: u64 = 1024;
+
+thread_local! {
+    /// The rest of this thread's block of request ids: `(next, end)`.
+    static SEQ: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// A request sequence number no other request of this process gets.
+#[inline]
+fn next_seq() -> u64 {
+    SEQ.with(|seq| {
+        let (mut next, mut end) = seq.get();
+        if next == end {
+            next = REQUEST_SEQ.fetch_add(SEQ_BLOCK, Ordering::Relaxed);
+            end = next + SEQ_BLOCK;
+        }
+        seq.set((next + 1, end));
+        next
+    })
+}
 
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -97,7 +121,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
     // `<8 hex digits of the process nonce>-<12 hex digits of a counter>`, without fmt.
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
+    let n = next_seq();
     let nonce = crate::process_nonce();
     let mut buf = [0u8; 21];
     for (i, b) in buf[..8].iter_mut().enumerate() {

@@ -577,6 +577,9 @@ impl Gateway {
             let handle = std::thread::Builder::new()
                 .name(format!("fleetgate-gw-{i}"))
                 .spawn(move || -> std::io::Result<()> {
+                    // This worker's sockets are registered with its own runtime: it
+                    // keeps its own idle upstream connections.
+                    crate::pool::set_worker(i);
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;

@@ -14,7 +14,10 @@
 //!
 //! Either kind goes back to the pool when its response body has been read to the
 //! end; a response abandoned half-way closes its connection instead, since the
-//! stream position is unknown. A request that could not be sent on a reused
+//! stream position is unknown. Idle connections are kept per gateway worker (see
+//! [`set_worker`]): a socket is registered with the runtime of the worker that
+//! opened it, and a worker reusing another's would have that runtime wake it for
+//! every read; one list per worker also keeps workers from taking one lock. A request that could not be sent on a reused
 //! connection (the upstream had just closed it) is sent on another one; a
 //! bodyless request whose reused connection closed before any byte of an answer is
 //! sent again only when its method is idempotent.
@@ -24,8 +27,9 @@
 mod client;
 mod tls;
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::header;
@@ -64,13 +68,37 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// How many idle lists a pool keeps: one for threads that are not gateway workers
+/// (health checks, tests, the manager's runtime) and one per CPU for the workers.
+fn shard_count() -> usize {
+    static SHARDS: OnceLock<usize> = OnceLock::new();
+    *SHARDS.get_or_init(|| 1 + std::thread::available_parallelism().map_or(1, |n| n.get().min(64)))
+}
+
+thread_local! {
+    /// The idle list this thread uses: 0 unless [`set_worker`] said otherwise.
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes the calling thread gateway worker `index`: it keeps its own idle
+/// connections in every pool (workers beyond one per CPU share lists).
+pub fn set_worker(index: usize) {
+    let workers = shard_count() - 1;
+    SHARD.with(|s| s.set(1 + index % workers));
+}
+
+/// One idle list, on a cache line of its own so workers do not write each other's.
+#[repr(align(64))]
+#[derive(Default)]
+struct IdleList(Mutex<Vec<(Conn, Instant)>>);
+
 /// The idle connections to one target and how to open new ones.
 pub struct Pool {
     host: String,
     port: u16,
     tls: Option<UpstreamTls>,
-    /// Idle connections, most recently used last.
-    idle_conns: Mutex<Vec<(Conn, Instant)>>,
+    /// Idle connections of each worker (see [`set_worker`]), most recently used last.
+    idle_conns: Box<[IdleList]>,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -100,7 +128,7 @@ impl Pool {
                 .unwrap_or(if tls.is_some() { 443 } else { 80 }),
             host,
             tls,
-            idle_conns: Mutex::new(Vec::new()),
+            idle_conns: (0..shard_count()).map(|_| IdleList::default()).collect(),
             max_idle: 1024,
             idle_timeout,
             connect_timeout,
@@ -263,8 +291,15 @@ impl Pool {
         }
     }
 
+    /// This thread's idle list.
+    #[inline]
+    fn idle(&self) -> &Mutex<Vec<(Conn, Instant)>> {
+        // Every pool has `shard_count()` lists and `set_worker` stays below that.
+        &self.idle_conns[SHARD.with(Cell::get)].0
+    }
+
     fn checkout_conn(&self) -> Option<Conn> {
-        let mut idle = self.idle_conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle().lock().unwrap_or_else(|p| p.into_inner());
         while let Some((conn, since)) = idle.pop() {
             if since.elapsed() < self.idle_timeout && !conn.io.touched_while_idle() {
                 return Some(conn);
@@ -278,7 +313,7 @@ impl Pool {
         if !conn.buf.is_empty() {
             return;
         }
-        let mut idle = self.idle_conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle().lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {
             idle.push((conn, Instant::now()));
         }

@@ -126,7 +126,10 @@ struct RetryBudget {
 impl RetryBudget {
     fn roll(&self, now: u64) {
         let epoch = now / 10_000;
-        if self.epoch.swap(epoch, Ordering::Relaxed) != epoch {
+        // Read first: a write every request would move the line between workers.
+        if self.epoch.load(Ordering::Relaxed) != epoch
+            && self.epoch.swap(epoch, Ordering::Relaxed) != epoch
+        {
             self.requests.store(0, Ordering::Relaxed);
             self.retries.store(0, Ordering::Relaxed);
         }
@@ -165,7 +168,10 @@ pub struct UpstreamRuntime {
     rr: AtomicUsize,
     swrr: Mutex<Vec<i64>>,
     ring: Vec<(u64, usize)>,
-    pub breaker: Mutex<CircuitBreaker>,
+    pub(crate) breaker: Mutex<CircuitBreaker>,
+    /// Set while the breaker admits every request without changing (it is closed or
+    /// disabled), written under `breaker`'s lock: admission then reads only this.
+    breaker_closed: AtomicBool,
     budget: RetryBudget,
 
     health_task: Mutex<Option<AbortOnDrop>>,
@@ -233,6 +239,7 @@ impl UpstreamRuntime {
         Arc::new(Self {
             name: config.name.clone(),
             breaker: Mutex::new(CircuitBreaker::new(config.circuit_breaker.clone())),
+            breaker_closed: AtomicBool::new(true),
             budget: RetryBudget {
                 percent: u64::from(config.retries.budget_percent),
                 epoch: AtomicU64::new(0),
@@ -349,7 +356,12 @@ impl UpstreamRuntime {
         for strict in [true, false] {
             let pick = match self.config.load_balancing {
                 LoadBalancing::RoundRobin => {
-                    let start = self.rr.fetch_add(1, Ordering::Relaxed);
+                    // With one target there is no turn to take (and no counter to write).
+                    let start = if n > 1 {
+                        self.rr.fetch_add(1, Ordering::Relaxed)
+                    } else {
+                        0
+                    };
                     (0..n).map(|k| (start + k) % n).find(|&i| usable(i, strict))
                 }
                 LoadBalancing::LeastConnections => {
@@ -401,25 +413,43 @@ impl UpstreamRuntime {
     pub fn admit(&self) -> Admission {
         let now = clock::now_ms();
         self.budget.record_request(now);
-        let (adm, t) = self
-            .breaker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .admit(now);
+        // A closed (or disabled) breaker admits without changing: no lock to take.
+        if self.breaker_closed.load(Ordering::Relaxed) {
+            return Admission::Allowed;
+        }
+        let (adm, t) = {
+            let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+            let out = b.admit(now);
+            self.note_state(&b);
+            out
+        };
         if let Some(t) = t {
             emit(self.events.as_ref(), transition_event(&self.name, &t));
         }
         adm
     }
 
+    /// Mirrors the breaker's state into `breaker_closed` (called under its lock).
+    #[inline]
+    fn note_state(&self, b: &CircuitBreaker) {
+        let closed = !b.config().enabled || b.state() == BreakerState::Closed;
+        if self.breaker_closed.load(Ordering::Relaxed) != closed {
+            self.breaker_closed.store(closed, Ordering::Relaxed);
+        }
+    }
+
     /// Records an attempt's outcome on the breaker and the target's passive health.
     pub fn record(&self, target: usize, success: bool, error: Option<String>) {
         let now = clock::now_ms();
-        let t = self
-            .breaker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record(now, success);
+        // A disabled breaker records nothing.
+        let t = if self.config.circuit_breaker.enabled {
+            let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+            let t = b.record(now, success);
+            self.note_state(&b);
+            t
+        } else {
+            None
+        };
         if let Some(t) = t {
             emit(self.events.as_ref(), transition_event(&self.name, &t));
         }
@@ -427,7 +457,10 @@ impl UpstreamRuntime {
             return;
         };
         if success {
-            ts.consecutive_failures.store(0, Ordering::Relaxed);
+            // Only a change is written, so successes leave the line shared.
+            if ts.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                ts.consecutive_failures.store(0, Ordering::Relaxed);
+            }
             return;
         }
         if let Some(e) = error {
