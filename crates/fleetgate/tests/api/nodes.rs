@@ -181,6 +181,13 @@ async fn nodes_crud_tokens_and_device_types() {
     let token = created["registration_token"].as_str().expect("token");
     assert!(token.len() >= 40, "high-entropy token: {token}");
     let id = created["id"].as_str().expect("id").to_string();
+    // A node that never connected has no configuration to show: 404, not a 5xx.
+    let r = app
+        .admin(Method::GET, &format!("/api/v1/nodes/{id}/config"))
+        .send()
+        .await
+        .expect("config");
+    expect_error(r, StatusCode::NOT_FOUND, "NOT_FOUND").await;
     create_node(&app, json!({"name": "edge-a"})).await;
 
     let all = app.get_json("/api/v1/nodes?limit=1").await;

@@ -616,8 +616,7 @@ pub async fn command(
 #[utoipa::path(get, path = "/api/v1/nodes/{id}/config", operation_id = "get_node_config", tag = "nodes",
     params(("id" = String, Path, description = "Node id")),
     responses((status = 200, description = "The node's configuration as it last reported it (fetched now when none is cached)"),
-              (status = 404, description = "The node sent no configuration"),
-              (status = 502, description = "Nothing cached and the node is not connected")))]
+              (status = 404, description = "The node sent no configuration, or none is cached and the node is not connected")))]
 pub async fn config(
     State(state): State<AppState>,
     auth: AuthContext,
@@ -637,7 +636,10 @@ pub async fn config(
         .await
     {
         Ok(ack) => Ok(Json(ack.data.unwrap_or(Value::Null))),
-        Err(CommandFailure::NotConnected) => Err(failure(&id, CommandFailure::NotConnected)),
+        // Nothing to show is not a failure of the manager: no such configuration.
+        Err(CommandFailure::NotConnected) => Err(ApiError::not_found(format!(
+            "configuration of node {id} (none cached, and the node is not connected)"
+        ))),
         Err(_) => Err(ApiError::not_found(format!(
             "configuration of node {id} (it sent none within {} s)",
             CONFIG_FETCH_TIMEOUT.as_secs()
