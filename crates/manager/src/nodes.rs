@@ -135,6 +135,9 @@ pub struct NodeHub {
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
     /// The data-plane input as edges get it, encoded once for every session.
     pub(crate) snapshots: watch::Sender<Option<Arc<EncodedSnapshot>>>,
+    /// Signalled by a session that starts watching `snapshots`, so that a
+    /// snapshot left unencoded while no session watched is encoded now.
+    pub(crate) snapshot_wanted: tokio::sync::Notify,
     /// Config sync of every Fleetgate edge heard from, by node id.
     sync: Mutex<HashMap<String, ConfigSyncState>>,
 }
@@ -151,6 +154,7 @@ impl Default for NodeHub {
             tls: OnceLock::new(),
             closing: tokio::sync::watch::Sender::new(false),
             snapshots: watch::Sender::new(None),
+            snapshot_wanted: tokio::sync::Notify::new(),
             sync: Mutex::default(),
         }
     }
@@ -396,16 +400,42 @@ pub fn edge_config(current: &DataPlaneConfig) -> DataPlaneConfig {
     }
 }
 
-/// Keeps [`NodeHub::desired_snapshot`] current: encodes the data-plane input when
-/// it changes, changes within [`SNAPSHOT_COALESCE`] of each other as one, until
-/// `shutdown`.
+/// Keeps [`NodeHub::desired_snapshot`] current while node sessions watch it:
+/// encodes the data-plane input when it changes, changes within
+/// [`SNAPSHOT_COALESCE`] of each other as one, until `shutdown`. With no session
+/// watching nothing is encoded (a change then costs the manager nothing here; the
+/// whole input, published redirect sets included, can be megabytes of JSON); the
+/// first session to watch gets it encoded.
 pub fn spawn_snapshot_encoder(
     state: crate::AppState,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let mut input = state.feed.subscribe();
     tokio::spawn(async move {
+        let mut stale = true;
         loop {
+            if stale && state.nodes.snapshots.receiver_count() > 0 {
+                stale = false;
+            } else {
+                let changed = tokio::select! {
+                    changed = input.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        true
+                    }
+                    () = state.nodes.snapshot_wanted.notified() => false,
+                    _ = shutdown.wait_for(|down| *down) => return,
+                };
+                if changed {
+                    stale = true;
+                    tokio::select! {
+                        () = tokio::time::sleep(SNAPSHOT_COALESCE) => {}
+                        _ = shutdown.wait_for(|down| *down) => return,
+                    }
+                }
+                continue;
+            }
             let current = input.borrow_and_update().clone();
             let config = edge_config(&current);
             let encoded =
@@ -422,14 +452,6 @@ pub fn spawn_snapshot_encoder(
                 }
                 Ok(Err(e)) => tracing::error!(error = %e, "could not encode the edge snapshot"),
                 Err(e) => tracing::error!(error = %e, "encoding the edge snapshot failed"),
-            }
-            tokio::select! {
-                changed = input.changed() => if changed.is_err() { return },
-                _ = shutdown.wait_for(|down| *down) => return,
-            }
-            tokio::select! {
-                () = tokio::time::sleep(SNAPSHOT_COALESCE) => {}
-                _ = shutdown.wait_for(|down| *down) => return,
             }
         }
     })

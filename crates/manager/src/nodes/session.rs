@@ -309,6 +309,7 @@ async fn serve(
     let mut last_seen_write = now_ms();
     let mut shutdown = state.nodes.closing.subscribe();
     let mut snapshots = state.nodes.snapshots.subscribe();
+    state.nodes.snapshot_wanted.notify_one();
     // Set once the node says it takes part in config sync (a Fleetgate edge).
     let mut sync: Option<EdgeSync> = None;
     loop {
