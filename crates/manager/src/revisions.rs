@@ -32,12 +32,18 @@ use fleetgate_core::redirects::{
 use fleetgate_core::{ConfigDocument, ValidationError};
 use fleetgate_protocol::Site;
 use fleetgate_store::{
-    Actor, CommittedRevision, ConfigCheck, ConfigEdit, PageRequest, ResourceSet, RuleData,
-    RuleTable, Store, StoreError, Verdict,
+    Actor, CommittedRevision, ConfigCheck, ConfigEdit, PageRequest, ResourceSet, RevisionRecord,
+    RuleData, RuleTable, Store, StoreError, Verdict,
 };
 use tokio::sync::watch;
 
 use crate::AppState;
+
+/// The whole configuration a stored revision holds.
+pub fn revision_document(r: &RevisionRecord) -> Result<ConfigDocument, StoreError> {
+    ConfigDocument::from_resources(r.snapshot.as_ref().unwrap_or(&Default::default()))
+        .map_err(|e| StoreError::Corrupt(format!("revision {} does not validate: {e}", r.number)))
+}
 
 /// A document as the API shows it, for diffs.
 pub fn document_value(doc: &ConfigDocument) -> serde_json::Value {
@@ -219,9 +225,7 @@ impl AppState {
         let Some(r) = self.store.get_revision(n).await? else {
             return Ok(None);
         };
-        ConfigDocument::from_resources(r.snapshot.as_ref().unwrap_or(&Default::default()))
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt(format!("revision {n} does not validate: {e}")))
+        revision_document(&r).map(Some)
     }
 
     /// Publishes the newest stored revision if it is newer than the one published:

@@ -13,6 +13,7 @@ use crate::api::rfc3339;
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ListEnvelope, PageParams, Pagination, QueryParams};
+use crate::revisions::revision_document;
 use crate::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -66,24 +67,6 @@ fn view(r: &RevisionRecord) -> RevisionView {
     }
 }
 
-/// The document of revision `n`; revision 0 is the configuration before any change.
-async fn document_at(
-    state: &AppState,
-    n: i64,
-) -> ApiResult<(Option<RevisionRecord>, ConfigDocument)> {
-    if n == 0 {
-        return Ok((None, ConfigDocument::default()));
-    }
-    let r = state
-        .store
-        .get_revision(n)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("revision {n}")))?;
-    let doc = ConfigDocument::from_resources(r.snapshot.as_ref().unwrap_or(&Default::default()))
-        .map_err(|e| ApiError::internal("stored revision does not validate", e))?;
-    Ok((Some(r), doc))
-}
-
 fn revision_number(raw: &str) -> ApiResult<i64> {
     raw.parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
         ApiError::bad_request(
@@ -116,11 +99,14 @@ pub async fn get(
     Path(n): Path<String>,
 ) -> ApiResult<Json<RevisionDetail>> {
     let n = revision_number(&n)?;
-    let (r, document) = document_at(&state, n).await?;
-    let r = r.ok_or_else(|| ApiError::not_found(format!("revision {n}")))?;
+    let r = state
+        .store
+        .get_revision(n)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("revision {n}")))?;
     Ok(Json(RevisionDetail {
         info: view(&r),
-        document,
+        document: revision_document(&r)?,
     }))
 }
 
