@@ -13,6 +13,7 @@ mod certificates;
 mod config;
 mod events;
 pub mod files;
+mod fleet;
 mod metrics;
 mod nodes;
 mod redirects;
@@ -33,6 +34,7 @@ pub use config::{
     RevisionRecord, Verdict,
 };
 pub use events::{EventFilter, EventRecord, EventStore, UnackedCounts};
+pub use fleet::{FleetStore, NodePresence, NodeSample};
 pub use metrics::{MetricPoint, MetricStore, RESOLUTIONS};
 pub use nodes::{NodeFilter, NodeRecord, NodeStore};
 pub use redirects::{
@@ -162,6 +164,7 @@ pub trait Store:
     + MetricStore
     + AlertStore
     + NodeStore
+    + FleetStore
     + Send
     + Sync
     + 'static

@@ -304,10 +304,16 @@ impl NodeStore for SqlStore {
     async fn delete_node(&self, actor: &Actor, id: &str) -> Result<()> {
         let mut tx = self.begin_audited().await?;
         let before = locked(&mut tx, id).await?;
-        sqlx::query("DELETE FROM nodes WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
+        for table in [
+            "DELETE FROM nodes WHERE id = $1",
+            "DELETE FROM node_presence WHERE node_id = $1",
+            "DELETE FROM node_samples WHERE node_id = $1",
+        ] {
+            sqlx::query(table)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit(
             actor,
             &AuditEvent::new("node.delete", "node", Some(id)).before(before.audit_view()),

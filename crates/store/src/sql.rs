@@ -128,6 +128,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0009_nodes.sql"),
         include_str!("../migrations/postgres/0009_nodes.sql"),
     ),
+    (
+        10,
+        "node presence and history",
+        include_str!("../migrations/sqlite/0010_node_presence_and_history.sql"),
+        include_str!("../migrations/postgres/0010_node_presence_and_history.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

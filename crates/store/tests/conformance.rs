@@ -16,6 +16,7 @@ use fleetgate_store::{
 };
 use fleetgate_store::{AttemptOutcome, DeliveryRecord, WebhookRecord, WebhookStore};
 use fleetgate_store::{AuditStore, AuthStore, CertificateStore};
+use fleetgate_store::{FleetStore, NodePresence, NodeSample};
 use fleetgate_store::{LoginAttempt, MetricPoint, MetricStore};
 use fleetgate_store::{NodeFilter, NodeRecord, NodeStore};
 use serde_json::json;
@@ -112,6 +113,7 @@ conformance!(
     one_active_incident_per_rule,
     incident_timelines_filters_and_deletion,
     nodes_crud_tokens_and_registration,
+    fleet_presence_follows_live_replicas_and_samples_roll,
 );
 
 fn actor() -> Actor {
@@ -2208,4 +2210,137 @@ async fn nodes_crud_tokens_and_registration(s: &SqlStore) {
         !text.contains("secret-hash") && !text.contains("hash-1b"),
         "{text}"
     );
+}
+
+fn presence(node_id: &str, replica: &str, conn_id: i64) -> NodePresence {
+    NodePresence {
+        node_id: node_id.into(),
+        replica: replica.into(),
+        conn_id,
+        connected_at: now_ms(),
+        peer: "192.0.2.1:5000".into(),
+        protocol_version: Some(1),
+    }
+}
+
+async fn fleet_presence_follows_live_replicas_and_samples_roll(s: &SqlStore) {
+    let a = actor();
+    let now = now_ms();
+    for id in ["p1", "p2", "p3"] {
+        s.create_node(&a, &node(id, "edge", &format!("hash-{id}")))
+            .await
+            .expect("create");
+    }
+    s.replica_alive("r-a", now - 1000, now)
+        .await
+        .expect("alive a");
+    s.replica_alive("r-b", now - 1000, now - 60_000)
+        .await
+        .expect("alive b");
+    s.node_connected(&presence("p1", "r-a", 1))
+        .await
+        .expect("p1");
+    s.node_connected(&presence("p2", "r-b", 1))
+        .await
+        .expect("p2");
+    // Only presence on replicas seen since the cut-off counts.
+    let live = s.node_presence(None, now - 30_000).await.expect("presence");
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].node_id, "p1");
+    assert_eq!(live[0].replica, "r-a");
+    assert!(s
+        .node_presence(Some(&["p2".to_string(), "p3".to_string()]), now - 30_000)
+        .await
+        .expect("by id")
+        .is_empty());
+    assert!(s
+        .node_presence(Some(&[]), 0)
+        .await
+        .expect("none asked")
+        .is_empty());
+    // A later connection on another replica replaces the first; the first one's
+    // close then removes nothing.
+    s.replica_alive("r-b", now - 1000, now)
+        .await
+        .expect("b back");
+    s.node_connected(&presence("p1", "r-b", 7))
+        .await
+        .expect("moved");
+    assert!(!s
+        .node_disconnected("p1", "r-a", 1)
+        .await
+        .expect("stale close"));
+    let p1 = s
+        .node_presence(Some(&["p1".to_string()]), now - 30_000)
+        .await
+        .expect("p1");
+    assert_eq!((p1[0].replica.as_str(), p1[0].conn_id), ("r-b", 7));
+    assert!(s.node_disconnected("p1", "r-b", 7).await.expect("close"));
+    // A replica that stopped announcing itself is pruned with its nodes' presence.
+    s.replica_alive("r-b", now - 1000, now - 120_000)
+        .await
+        .expect("b stale");
+    assert_eq!(s.prune_replicas(now - 60_000).await.expect("prune"), 1);
+    assert!(s
+        .node_presence(None, 0)
+        .await
+        .expect("after prune")
+        .is_empty());
+
+    // Samples: replaced per (node, resolution, interval), read in a window, pruned by age.
+    let sample = |node: &str, res: i64, ts: i64, v: f64| NodeSample {
+        node_id: node.into(),
+        resolution: res,
+        ts,
+        metrics: json!({"active_flows": {"avg": v, "min": v, "max": v, "last": v, "n": 1}}),
+    };
+    let many: Vec<NodeSample> = (0..450)
+        .map(|i| sample("p1", 60, i * 60_000, i as f64))
+        .chain([sample("p2", 60, 0, 9.0), sample("p1", 3600, 0, 1.0)])
+        .collect();
+    s.record_node_samples(&many).await.expect("record");
+    s.record_node_samples(&[sample("p1", 60, 60_000, 42.0)])
+        .await
+        .expect("replace");
+    let got = s.node_samples("p1", 60, 0, 180_000).await.expect("window");
+    assert_eq!(
+        got.iter().map(|x| x.ts).collect::<Vec<_>>(),
+        [0, 60_000, 120_000]
+    );
+    assert_eq!(got[1].metrics["active_flows"]["last"], 42.0);
+    assert_eq!(
+        s.node_samples("p1", 60, 0, i64::MAX)
+            .await
+            .expect("all")
+            .len(),
+        450
+    );
+    assert_eq!(
+        s.prune_node_samples(60, 100 * 60_000)
+            .await
+            .expect("prune samples"),
+        101,
+        "p1's first 100 and p2's one"
+    );
+    assert_eq!(
+        s.node_samples("p1", 3600, 0, i64::MAX)
+            .await
+            .expect("hour")
+            .len(),
+        1
+    );
+    // A deleted node takes its presence and samples with it.
+    s.replica_alive("r-a", now - 1000, now)
+        .await
+        .expect("alive a");
+    s.node_connected(&presence("p1", "r-a", 2))
+        .await
+        .expect("p1 again");
+    s.delete_node(&a, "p1").await.expect("delete");
+    assert!(s.node_presence(None, 0).await.expect("presence").is_empty());
+    assert!(s
+        .node_samples("p1", 60, 0, i64::MAX)
+        .await
+        .expect("gone")
+        .is_empty());
 }
