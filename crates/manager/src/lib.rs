@@ -122,6 +122,8 @@ pub struct Inner {
     pub refused_revision: std::sync::atomic::AtomicI64,
     /// The nodes connected to this manager.
     pub nodes: nodes::NodeHub,
+    /// This manager process's id among the replicas sharing its store (random).
+    pub instance: String,
 }
 
 /// Shared state of every handler.
@@ -189,6 +191,7 @@ impl AppState {
             metric_reader: std::sync::OnceLock::new(),
             refused_revision: std::sync::atomic::AtomicI64::new(0),
             nodes: nodes::NodeHub::default(),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
         }));
         state.publish_latest().await?;
         state.publish_certificates().await?;
@@ -241,6 +244,7 @@ impl AppState {
                 tracing::error!(error = %e, "nats.url is not usable; events are not published");
             }
         }
+        nodes::replicas::spawn(self.clone(), shutdown.clone()).await;
         self.follow_store(shutdown.clone());
         self.events.spawn_writer(
             self.store.clone(),

@@ -10,6 +10,7 @@
 
 pub mod listener;
 pub mod lockout;
+pub mod replicas;
 pub mod session;
 pub mod tls;
 
@@ -22,7 +23,7 @@ use fleetgate_core::time::now_ms;
 use fleetgate_protocol::node::{self, CommandAck, CommandSpec, DeviceType};
 use fleetgate_protocol::sync::EncodedSnapshot;
 use fleetgate_protocol::DataPlaneConfig;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
@@ -37,7 +38,7 @@ const OUTBOX: usize = 64;
 pub const SNAPSHOT_COALESCE: Duration = Duration::from_millis(50);
 
 /// Config sync of one Fleetgate edge, as this manager last heard of it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConfigSyncState {
     /// The revision of the snapshot last sent to the edge.
     pub sent_revision: Option<u64>,

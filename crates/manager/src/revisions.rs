@@ -474,7 +474,8 @@ pub fn page_of(d: RuleData) -> Option<Page> {
 /// Word between managers sharing a store that a revision was written, over NATS.
 #[derive(Default)]
 pub struct Peers {
-    client: std::sync::OnceLock<(async_nats::Client, String)>,
+    /// The NATS client, the cluster id and the revision subject.
+    client: std::sync::OnceLock<(async_nats::Client, String, String)>,
     wake: Arc<tokio::sync::Notify>,
 }
 
@@ -504,7 +505,7 @@ impl Peers {
             .subscribe(subject.clone())
             .await
             .map_err(|e| e.to_string())?;
-        let _ = self.client.set((client, subject));
+        let _ = self.client.set((client, cluster.to_string(), subject));
         let wake = self.wake.clone();
         tokio::spawn(async move {
             loop {
@@ -523,7 +524,7 @@ impl Peers {
     /// Tells the other managers that revision `number` was written (0: that
     /// something else in the data-plane input changed).
     pub fn announce(&self, number: i64) {
-        if let Some((client, subject)) = self.client.get() {
+        if let Some((client, _, subject)) = self.client.get() {
             let client = client.clone();
             let subject = subject.clone();
             tokio::spawn(async move {
@@ -532,6 +533,13 @@ impl Peers {
                 }
             });
         }
+    }
+
+    /// The NATS client and the cluster id, once attached.
+    pub fn client(&self) -> Option<(&async_nats::Client, &str)> {
+        self.client
+            .get()
+            .map(|(c, cluster, _)| (c, cluster.as_str()))
     }
 
     /// Resolves when another manager announces a change.

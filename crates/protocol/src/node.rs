@@ -198,7 +198,7 @@ pub struct NodeEvent {
 }
 
 /// A node's answer to a command.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandAck {
     pub command_id: String,
     pub success: bool,

@@ -833,3 +833,138 @@ async fn the_node_listener_certificate_is_shown_and_replaced() {
     assert_eq!(n.auth(json!({})).await["type"], "auth_error");
     app.stop().await;
 }
+
+/// Two managers on one PostgreSQL and NATS: a node connected to A is online on B,
+/// with A's live view of it; B's commands and configuration requests reach it
+/// through A; B's delete closes its connection on A; its disconnection shows on B.
+#[tokio::test]
+async fn a_node_on_one_replica_is_seen_and_commanded_from_the_other() {
+    let Ok(nats) = std::env::var("FLEETGATE_TEST_NATS_URL") else {
+        eprintln!("skipping two-replica node case: FLEETGATE_TEST_NATS_URL is not set");
+        return;
+    };
+    let Some(url) = crate::support::postgres_schema_url().await else {
+        return;
+    };
+    let (a, b) = crate::scale_out::pair_on(&url, Some(&nats)).await;
+    let (mut node, id, _) = registered(&a, "edge").await;
+    node.send(
+        "health",
+        json!({"status": "ok", "version": "0.5.3", "active_flows": 1}),
+    )
+    .await;
+    node.send(
+        "stats",
+        json!({"flows": [], "active_flows": 1, "total_flows": 1}),
+    )
+    .await;
+    let on_a = wait_status(&a, &id, "online").await;
+    let instance_a = on_a["connected_to"].as_str().expect("replica").to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let on_b = loop {
+        let v = status_of(&b, &id).await;
+        if v["status"] == "online" && v["last_stats"]["total_flows"] == 1 {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never saw the node's live state: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(on_b["connected_to"], instance_a.as_str());
+    assert_eq!(on_b["last_health"]["version"], "0.5.3");
+    assert_eq!(on_b["software_version"], "0.5.3");
+    assert_eq!(on_b["connected_since"], on_a["connected_since"]);
+    let listed = b.get_json("/api/v1/nodes").await;
+    assert_eq!(listed["items"][0]["status"], "online", "{listed}");
+
+    // A command through B: the node gets it from A, and its answer comes back.
+    let (r, cmd) = tokio::join!(
+        command(
+            &b,
+            &id,
+            json!({"action": {"type": "stop_flow", "flow_id": "f1"}})
+        ),
+        answer(&mut node, |c| Some((
+            "command_ack".into(),
+            json!({"command_id": c["command_id"], "success": true, "error": null})
+        )))
+    );
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["command_id"], cmd["command_id"]);
+    let (r, _) = tokio::join!(
+        command(
+            &b,
+            &id,
+            json!({"action": {"type": "start_flow", "flow_id": "x"}})
+        ),
+        answer(&mut node, |c| Some((
+            "command_ack".into(),
+            json!({"command_id": c["command_id"], "success": false, "error": "Flow x not found"})
+        )))
+    );
+    let e = expect_error(r, StatusCode::UNPROCESSABLE_ENTITY, "NODE_REFUSED").await;
+    assert_eq!(e["details"]["node_error"], "Flow x not found");
+    // The configuration through B: asked of the node by A.
+    let path = format!("/api/v1/nodes/{id}/config");
+    let (r, _) = tokio::join!(
+        b.admin(Method::GET, &path).send(),
+        answer(&mut node, |_| Some((
+            "config_response".into(),
+            json!({"version": 1, "flows": [{"id": "f9"}]})
+        )))
+    );
+    let r = r.expect("config");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["flows"][0]["id"],
+        "f9"
+    );
+    // A command nobody answers: 504 from B too.
+    let (r, _) = tokio::join!(
+        command(
+            &b,
+            &id,
+            json!({"action": {"type": "restart_flow", "flow_id": "f1"}})
+        ),
+        answer(&mut node, |_| None)
+    );
+    expect_error(r, StatusCode::GATEWAY_TIMEOUT, "NODE_TIMEOUT").await;
+
+    // The node goes away: offline on both.
+    drop(node);
+    wait_status(&a, &id, "offline").await;
+    let off = wait_status(&b, &id, "offline").await;
+    assert!(off["connected_to"].is_null(), "{off}");
+    let r = command(
+        &b,
+        &id,
+        json!({"action": {"type": "stop_flow", "flow_id": "f1"}}),
+    )
+    .await;
+    expect_error(r, StatusCode::BAD_GATEWAY, "NODE_NOT_CONNECTED").await;
+
+    // Deleting it on B closes its connection on A.
+    let created = create_node(&a, json!({"name": "edge-2"})).await;
+    let mut node = connect(&a).await;
+    let reply = node
+        .auth(json!({"registration_token": created["registration_token"], "protocol_version": 1}))
+        .await;
+    let id2 = reply["payload"]["node_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait_status(&b, &id2, "online").await;
+    let r = b
+        .admin(Method::DELETE, &format!("/api/v1/nodes/{id2}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(
+        node.closed().await,
+        "A closed the deleted node's connection"
+    );
+}

@@ -5,6 +5,8 @@
 //! limited to some nodes (`allowed_node_ids`) sees only those and gets 403 for
 //! the others.
 
+use std::collections::HashMap;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -21,7 +23,8 @@ use super::rfc3339;
 use crate::auth::{hash_token, random_token, AuthContext};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json_with_etag, IfMatch, JsonBody, ListEnvelope, Pagination, QueryParams};
-use crate::nodes::{CommandFailure, Reported, COMMAND_TIMEOUT, CONFIG_FETCH_TIMEOUT};
+use crate::nodes::replicas::{LiveView, RemoteFailure, Whereabouts};
+use crate::nodes::{CommandFailure, COMMAND_TIMEOUT, CONFIG_FETCH_TIMEOUT};
 use crate::AppState;
 
 /// Largest command body accepted.
@@ -61,6 +64,8 @@ pub struct NodeView {
     pub last_stats: Option<Value>,
     /// When the current connection began.
     pub connected_since: Option<String>,
+    /// The manager replica holding the node's connection (its instance id).
+    pub connected_to: Option<String>,
     /// Config sync of a Fleetgate edge (absent for nodes that do not take part).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigSyncView>,
@@ -83,46 +88,93 @@ pub struct ConfigSyncView {
     pub updated_at: String,
 }
 
-fn sync_view(state: &AppState, node_id: &str) -> Option<ConfigSyncView> {
-    let s = state.nodes.config_sync(node_id)?;
-    let desired = state.nodes.desired_snapshot();
+fn sync_view(live: &LiveView) -> Option<ConfigSyncView> {
+    let s = live.sync.as_ref()?;
     Some(ConfigSyncView {
-        desired_revision: desired.as_ref().map(|d| d.revision),
+        desired_revision: live.desired_revision,
         applied_revision: s.applied_revision,
-        in_sync: desired
-            .as_ref()
-            .is_some_and(|d| s.applied_digest.as_deref() == Some(d.digest.as_str())),
+        in_sync: live.desired_digest.is_some() && s.applied_digest == live.desired_digest,
         sent_revision: s.sent_revision,
-        last_error: s.last_error,
+        last_error: s.last_error.clone(),
         error_revision: s.error_revision,
         updated_at: rfc3339(s.updated_at),
     })
 }
 
-fn view(state: &AppState, n: &NodeRecord, with_stats: bool) -> NodeView {
-    let session = state.nodes.session(&n.id);
-    let latest = session.as_ref().map(|s| s.latest());
-    let status = if session.is_some() {
+/// A connected node as the replica holding it reports it.
+struct Online {
+    live: LiveView,
+    /// The manager replica holding the connection.
+    replica: String,
+}
+
+/// What is known live of `nodes`: those connected here, and those connected to
+/// other live replicas (with what those replicas say of them, when they answer).
+async fn online(
+    state: &AppState,
+    nodes: &[NodeRecord],
+    with_stats: bool,
+) -> HashMap<String, Online> {
+    let mut out = HashMap::new();
+    let mut elsewhere = Vec::new();
+    for n in nodes {
+        match state.nodes.session(&n.id) {
+            Some(s) => {
+                let mut live = LiveView::of(state, &s);
+                if !with_stats {
+                    live.stats = None;
+                }
+                out.insert(
+                    n.id.clone(),
+                    Online {
+                        live,
+                        replica: state.instance.clone(),
+                    },
+                );
+            }
+            None if n.secret_hash.is_some() => elsewhere.push(n.id.clone()),
+            None => {}
+        }
+    }
+    let remote = state.remote_presence(&elsewhere).await;
+    let mut views = state.remote_views(&remote, with_stats).await;
+    for p in remote {
+        let live = views.remove(&p.node_id).unwrap_or_else(|| LiveView {
+            connected_at: p.connected_at,
+            protocol_version: p.protocol_version.and_then(|v| u32::try_from(v).ok()),
+            ..LiveView::default()
+        });
+        out.insert(
+            p.node_id,
+            Online {
+                live,
+                replica: p.replica,
+            },
+        );
+    }
+    out
+}
+
+fn view(n: &NodeRecord, online: Option<&Online>) -> NodeView {
+    let live = online.map(|o| &o.live);
+    let status = if online.is_some() {
         "online"
     } else if n.secret_hash.is_none() {
         "pending"
     } else {
         "offline"
     };
-    let reported = |r: &Option<Reported>| r.as_ref().map(|r| r.value.clone());
     NodeView {
         id: n.id.clone(),
         name: n.name.clone(),
         description: n.description.clone(),
         device_type: n.device_type.clone(),
         status,
-        software_version: latest
-            .as_ref()
+        software_version: live
             .and_then(|l| l.software_version.clone())
             .or_else(|| n.software_version.clone()),
-        protocol_version: session
-            .as_ref()
-            .and_then(|s| s.protocol_version.map(i64::from))
+        protocol_version: live
+            .and_then(|l| l.protocol_version.map(i64::from))
             .or(n.protocol_version),
         metadata: n.metadata.clone(),
         expires_at: n.expires_at.map(rfc3339),
@@ -136,15 +188,18 @@ fn view(state: &AppState, n: &NodeRecord, with_stats: bool) -> NodeView {
         version: n.version,
         created_at: rfc3339(n.created_at),
         updated_at: rfc3339(n.updated_at),
-        last_health: latest.as_ref().and_then(|l| reported(&l.health)),
-        last_stats: if with_stats {
-            latest.as_ref().and_then(|l| reported(&l.stats))
-        } else {
-            None
-        },
-        connected_since: session.map(|s| rfc3339(s.connected_at)),
-        config: sync_view(state, &n.id),
+        last_health: live.and_then(|l| l.health.clone()),
+        last_stats: live.and_then(|l| l.stats.clone()),
+        connected_since: live.map(|l| rfc3339(l.connected_at)),
+        connected_to: online.map(|o| o.replica.clone()),
+        config: live.and_then(sync_view),
     }
+}
+
+/// The view of one node, live parts included.
+async fn view_one(state: &AppState, n: &NodeRecord) -> NodeView {
+    let online = online(state, std::slice::from_ref(n), true).await;
+    view(n, online.get(&n.id))
 }
 
 /// The node ids the caller is limited to, or `None` for all.
@@ -325,8 +380,9 @@ pub async fn list(
         ids: allowed(&auth).cloned(),
     };
     let p = state.store.list_nodes(&filter, page).await?;
+    let online = online(&state, &p.items, false).await;
     Ok(Json(ListEnvelope::new(
-        p.items.iter().map(|n| view(&state, n, false)).collect(),
+        p.items.iter().map(|n| view(n, online.get(&n.id))).collect(),
         p.total,
         page,
     )))
@@ -383,7 +439,7 @@ pub async fn create(
     Ok((
         StatusCode::CREATED,
         Json(CreatedNode {
-            node: view(&state, &record, false),
+            node: view(&record, None),
             registration_token: token,
             registration_token_expires_at: rfc3339(token_expires_at),
         }),
@@ -402,7 +458,7 @@ pub async fn get(
     Ok(json_with_etag(
         StatusCode::OK,
         n.version,
-        view(&state, &n, true),
+        view_one(&state, &n).await,
     ))
 }
 
@@ -435,7 +491,7 @@ pub async fn update(
     Ok(json_with_etag(
         StatusCode::OK,
         saved.version,
-        view(&state, &saved, true),
+        view_one(&state, &saved).await,
     ))
 }
 
@@ -449,8 +505,10 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     auth.require(Role::Operator)?;
     visible_node(&state, &auth, &id).await?;
+    // Where it is connected goes with the node: ask first.
+    let remote = state.remote_presence(std::slice::from_ref(&id)).await;
     state.store.delete_node(&auth.actor, &id).await?;
-    state.nodes.disconnect(&id);
+    state.disconnect_everywhere(&id, &remote).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -581,6 +639,19 @@ fn failure(id: &str, f: CommandFailure) -> ApiError {
     }
 }
 
+/// A command's failure on another replica, as the API reports it.
+fn remote_failure(id: &str, f: RemoteFailure) -> ApiError {
+    match f {
+        RemoteFailure::Node(f) => failure(id, f),
+        RemoteFailure::Timeout => failure(id, CommandFailure::Timeout),
+        RemoteFailure::Unreachable(why) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "NODE_UNREACHABLE",
+            format!("node {id} cannot be reached: {why}"),
+        ),
+    }
+}
+
 #[utoipa::path(post, path = "/api/v1/nodes/{id}/command", operation_id = "send_node_command", tag = "nodes",
     params(("id" = String, Path, description = "Node id")), request_body = CommandRequest,
     responses((status = 200, description = "The node carried the command out", body = CommandResult),
@@ -600,11 +671,18 @@ pub async fn command(
     let device = DeviceType::parse(&n.device_type).unwrap_or(DeviceType::Edge);
     let spec = validate_command(device, &body.action)
         .map_err(|e| ApiError::bad_request(&e.field(), e.to_string()))?;
-    let ack = state
-        .nodes
-        .command(&id, spec, &body.action, COMMAND_TIMEOUT)
-        .await
-        .map_err(|f| failure(&id, f))?;
+    let ack = match state.whereabouts(&id).await {
+        Whereabouts::Local(_) => state
+            .nodes
+            .command(&id, spec, &body.action, COMMAND_TIMEOUT)
+            .await
+            .map_err(|f| failure(&id, f))?,
+        Whereabouts::Remote(p) => state
+            .remote_command(&p, &body.action, COMMAND_TIMEOUT)
+            .await
+            .map_err(|f| remote_failure(&id, f))?,
+        Whereabouts::Offline => return Err(failure(&id, CommandFailure::NotConnected)),
+    };
     tracing::info!(node = %id, command = spec.name, actor = %auth.actor.name, "node command carried out");
     Ok(Json(CommandResult {
         command_id: ack.command_id,
@@ -622,23 +700,27 @@ pub async fn config(
     auth: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let n = visible_node(&state, &auth, &id).await?;
-    if let Some(c) = state.nodes.cached_config(&id) {
-        return Ok(Json(c.value));
-    }
-    let device = DeviceType::parse(&n.device_type).unwrap_or(DeviceType::Edge);
-    let action = json!({"type": "get_config"});
-    let spec = validate_command(device, &action)
-        .map_err(|e| ApiError::internal("get_config is not in the sheet", e))?;
-    match state
-        .nodes
-        .command(&id, spec, &action, CONFIG_FETCH_TIMEOUT)
-        .await
-    {
+    visible_node(&state, &auth, &id).await?;
+    let fetched = match state.whereabouts(&id).await {
+        Whereabouts::Local(_) => state
+            .node_config_here(&id, CONFIG_FETCH_TIMEOUT)
+            .await
+            .map_err(RemoteFailure::Node),
+        Whereabouts::Remote(p) => state.remote_config(&p, CONFIG_FETCH_TIMEOUT).await,
+        // A node that left may still have told this replica its configuration.
+        Whereabouts::Offline => match state.nodes.cached_config(&id) {
+            Some(c) => return Ok(Json(c.value)),
+            None => Err(RemoteFailure::Node(CommandFailure::NotConnected)),
+        },
+    };
+    match fetched {
         Ok(ack) => Ok(Json(ack.data.unwrap_or(Value::Null))),
         // Nothing to show is not a failure of the manager: no such configuration.
-        Err(CommandFailure::NotConnected) => Err(ApiError::not_found(format!(
-            "configuration of node {id} (none cached, and the node is not connected)"
+        Err(RemoteFailure::Node(CommandFailure::NotConnected)) => Err(ApiError::not_found(
+            format!("configuration of node {id} (none cached, and the node is not connected)"),
+        )),
+        Err(RemoteFailure::Unreachable(why)) => Err(ApiError::not_found(format!(
+            "configuration of node {id} (none cached here, and {why})"
         ))),
         Err(_) => Err(ApiError::not_found(format!(
             "configuration of node {id} (it sent none within {} s)",

@@ -237,6 +237,17 @@ async fn run(state: AppState, mut socket: WebSocket, peer: SocketAddr) {
         state.nodes.detach(&session);
         return;
     }
+    let presence = fleetgate_store::NodePresence {
+        node_id: node.id.clone(),
+        replica: state.instance.clone(),
+        conn_id: session.conn_id as i64,
+        connected_at: session.connected_at,
+        peer: peer.to_string(),
+        protocol_version: admitted.protocol_version.map(i64::from),
+    };
+    if let Err(e) = state.store.node_connected(&presence).await {
+        tracing::warn!(node = %node.id, error = %e, "could not record where the node is connected");
+    }
     if let Some(old) = replaced {
         state.emit(connection_event(
             "node.replaced",
@@ -287,6 +298,13 @@ async fn run(state: AppState, mut socket: WebSocket, peer: SocketAddr) {
     }
     tracing::info!(node = %node.id, %peer, "node disconnected");
     if offline {
+        if let Err(e) = state
+            .store
+            .node_disconnected(&node.id, &state.instance, presence.conn_id)
+            .await
+        {
+            tracing::warn!(node = %node.id, error = %e, "could not record that the node disconnected");
+        }
         state.emit(connection_event(
             "node.offline",
             Severity::Critical,
