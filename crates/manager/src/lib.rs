@@ -245,6 +245,7 @@ impl AppState {
             }
         }
         nodes::replicas::spawn(self.clone(), shutdown.clone()).await;
+        nodes::history::spawn(self.clone(), shutdown.clone());
         self.follow_store(shutdown.clone());
         self.events.spawn_writer(
             self.store.clone(),

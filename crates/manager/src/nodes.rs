@@ -5,9 +5,12 @@
 //!
 //! - [`listener`]: the TLS listener serving `/ws/node`;
 //! - [`session`]: one node connection, from its first frame to its close;
+//! - [`replicas`]: nodes connected to other manager replicas (presence, requests);
+//! - [`history`]: the nodes' stats and health, downsampled and stored;
 //! - [`lockout`]: 5 failed authentications in 60 s lock a node id or token prefix;
 //! - [`tls`]: the listener's certificate (generated on first start, or uploaded).
 
+pub mod history;
 pub mod listener;
 pub mod lockout;
 pub mod replicas;
@@ -141,6 +144,8 @@ pub struct NodeHub {
     pub(crate) snapshot_wanted: tokio::sync::Notify,
     /// Config sync of every Fleetgate edge heard from, by node id.
     sync: Mutex<HashMap<String, ConfigSyncState>>,
+    /// The stats and health of the nodes connected here, downsampled.
+    pub history: history::History,
 }
 
 impl Default for NodeHub {
@@ -157,6 +162,7 @@ impl Default for NodeHub {
             snapshots: watch::Sender::new(None),
             snapshot_wanted: tokio::sync::Notify::new(),
             sync: Mutex::default(),
+            history: history::History::default(),
         }
     }
 }

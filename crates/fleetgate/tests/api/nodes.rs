@@ -968,3 +968,78 @@ async fn a_node_on_one_replica_is_seen_and_commanded_from_the_other() {
         "A closed the deleted node's connection"
     );
 }
+
+/// Stats and health become downsampled history: the minute in progress is served
+/// at once (partial), with totals over the flows; bad windows are refused.
+#[tokio::test]
+async fn stats_and_health_become_history() {
+    let app = spawn_app().await;
+    let (mut node, id, _) = registered(&app, "edge").await;
+    node.send(
+        "health",
+        json!({"status": "ok", "version": "0.5.3", "active_flows": 1}),
+    )
+    .await;
+    for received in [100, 300] {
+        node.send(
+            "stats",
+            json!({"active_flows": 1, "total_flows": 1, "flows": [{"flow_id": "f1", "state": "running",
+                "input": {"bitrate_bps": 8000, "packets_received": received},
+                "outputs": [{"output_id": "o1", "packets_sent": received, "packets_dropped": 2}]}]}),
+        )
+        .await;
+    }
+    let path = format!("/api/v1/nodes/{id}/history");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let h = loop {
+        let h = app.get_json(&path).await;
+        let n = h["points"]
+            .as_array()
+            .and_then(|p| p.last())
+            .map(|p| p["metrics"]["flows.packets_received"]["n"].clone());
+        if n == Some(json!(2)) {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "no history: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(h["resolution"], 60);
+    let last = h["points"]
+        .as_array()
+        .and_then(|p| p.last())
+        .expect("point");
+    assert_eq!(last["partial"], true);
+    let m = &last["metrics"];
+    assert_eq!(m["flows.packets_received"]["avg"], 200.0);
+    assert_eq!(m["flows.packets_received"]["max"], 300.0);
+    assert_eq!(m["flows.packets_received"]["last"], 300.0);
+    assert_eq!(m["flows.running"]["last"], 1.0);
+    assert_eq!(m["flows.packets_dropped"]["last"], 2.0);
+    assert_eq!(m["health.ok"]["last"], 1.0);
+    let hour = app.get_json(&format!("{path}?resolution=3600")).await;
+    assert_eq!(hour["resolution"], 3600);
+    assert!(
+        !hour["points"].as_array().expect("points").is_empty(),
+        "{hour}"
+    );
+    for (q, field) in [
+        ("resolution=5", "resolution"),
+        ("from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "from"),
+        ("from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z", "from"),
+        ("to=yesterday", "to"),
+    ] {
+        let r = app
+            .admin(Method::GET, &format!("{path}?{q}"))
+            .send()
+            .await
+            .expect("get");
+        let e = expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+        assert_eq!(e["details"]["field"], field, "{q}: {e}");
+    }
+    let r = app
+        .admin(Method::GET, "/api/v1/nodes/nope/history")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}

@@ -106,6 +106,7 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(nodes::get, nodes::update, nodes::delete))
         .routes(routes!(nodes::regenerate_token))
         .routes(routes!(nodes::config))
+        .routes(routes!(nodes::history))
         .routes(routes!(nodes::device_types))
         .merge(
             OpenApiRouter::new()

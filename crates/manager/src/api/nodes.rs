@@ -728,3 +728,103 @@ pub async fn config(
         ))),
     }
 }
+
+/// One interval of a node's history.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryPoint {
+    /// Start of the interval.
+    pub ts: String,
+    /// `{"<metric>": {"avg", "min", "max", "last", "n"}}`.
+    #[schema(value_type = Object)]
+    pub metrics: Value,
+    /// The interval is still in progress (not yet stored).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NodeHistory {
+    pub node_id: String,
+    /// Interval length in seconds: 60 or 3600.
+    pub resolution: i64,
+    pub from: String,
+    pub to: String,
+    pub points: Vec<HistoryPoint>,
+}
+
+/// Most intervals one history request returns.
+const MAX_HISTORY_POINTS: i64 = 2000;
+
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/history", operation_id = "get_node_history", tag = "nodes",
+    params(("id" = String, Path, description = "Node id"),
+           ("resolution" = Option<i64>, Query, description = "60 (default, kept 48 h) or 3600 (kept 90 days)"),
+           ("from" = Option<String>, Query, description = "RFC 3339; default 3 hours (60) or 7 days (3600) before `to`"),
+           ("to" = Option<String>, Query, description = "RFC 3339; default now")),
+    responses((status = 200, description = "The node's stats and health, downsampled: the top-level numbers of its messages, totals over its flows and tunnels, and health.ok", body = NodeHistory)))]
+pub async fn history(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+    query: QueryParams,
+) -> ApiResult<Json<NodeHistory>> {
+    visible_node(&state, &auth, &id).await?;
+    let resolution = match query.int("resolution")? {
+        None => 60,
+        Some(r @ (60 | 3600)) => r,
+        Some(r) => {
+            return Err(ApiError::bad_request(
+                "resolution",
+                format!("{r} is not 60 or 3600"),
+            ))
+        }
+    };
+    // Times outside years 1970 to 9999 mean the edge of that range.
+    let clamp = |t: i64| t.clamp(0, 253_402_300_799_999);
+    let to = clamp(query.time("to")?.unwrap_or_else(now_ms));
+    let from = clamp(query.time("from")?.unwrap_or_else(|| {
+        to.saturating_sub(if resolution == 60 {
+            3 * 3_600_000
+        } else {
+            7 * 86_400_000
+        })
+    }));
+    if from >= to {
+        return Err(ApiError::bad_request("from", "must be before `to`"));
+    }
+    if (to - from) / (resolution * 1000) > MAX_HISTORY_POINTS {
+        return Err(ApiError::bad_request(
+            "from",
+            format!("the window holds more than {MAX_HISTORY_POINTS} intervals of {resolution} s"),
+        ));
+    }
+    let mut points: Vec<HistoryPoint> = state
+        .store
+        .node_samples(&id, resolution, from, to)
+        .await?
+        .into_iter()
+        .map(|s| HistoryPoint {
+            ts: rfc3339(s.ts),
+            metrics: s.metrics,
+            partial: false,
+        })
+        .collect();
+    // The interval in progress, when this replica holds the node.
+    if let Some(cur) = state.nodes.history.current(&id, resolution) {
+        if (from..to).contains(&cur.ts) {
+            let ts = rfc3339(cur.ts);
+            points.retain(|p| p.ts != ts);
+            points.push(HistoryPoint {
+                ts,
+                metrics: cur.metrics,
+                partial: true,
+            });
+        }
+    }
+    Ok(Json(NodeHistory {
+        node_id: id,
+        resolution,
+        from: rfc3339(from),
+        to: rfc3339(to),
+        points,
+    }))
+}

@@ -479,6 +479,11 @@ fn handle(state: &AppState, session: &NodeSession, msg: NodeMessage) {
     let node_id = session.node_id.as_str();
     match msg {
         NodeMessage::Stats(v) => {
+            let now = now_ms();
+            state
+                .nodes
+                .history
+                .observe(node_id, now, &super::history::metrics_of_stats(&v));
             if let Ok(mut l) = session.latest.lock() {
                 l.stats = Some(super::Reported {
                     at: now_ms(),
@@ -487,6 +492,10 @@ fn handle(state: &AppState, session: &NodeSession, msg: NodeMessage) {
             }
         }
         NodeMessage::Health(v) => {
+            state
+                .nodes
+                .history
+                .observe(node_id, now_ms(), &super::history::metrics_of_health(&v));
             let version = v
                 .get("version")
                 .and_then(|x| x.as_str())
