@@ -22,11 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fleetgate_core::time::now_ms;
+use fleetgate_protocol::delta::{self, ConfigDelta};
 use fleetgate_protocol::node::{truncate, PROTOCOL_VERSION};
 use fleetgate_protocol::sync::{
     self, AppliedConfig, ConfigNack, ReceivedSnapshot, SnapshotAssembler,
 };
-use fleetgate_protocol::{ConfigFeed, StatusLink};
+use fleetgate_protocol::{ConfigFeed, DataPlaneConfig, StatusLink};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -147,6 +148,8 @@ pub struct EdgeAgent {
     status: StatusLink,
     /// What the gateway serves of the manager's snapshots.
     applied: Mutex<AppliedConfig>,
+    /// The snapshot `applied` names, which a `config_delta` applies to.
+    served: Mutex<Option<Arc<DataPlaneConfig>>>,
     started: Instant,
 }
 
@@ -178,8 +181,9 @@ impl EdgeAgent {
             ));
         }
         // The stored snapshot counts as served only if the gateway took it.
+        let took = served.filter(|s| status.latest().applied.revision == s.config.revision);
         let applied = match served {
-            Some(s) if status.latest().applied.revision == s.config.revision => AppliedConfig {
+            Some(s) if took.is_some() => AppliedConfig {
                 revision: s.revision,
                 digest: Some(s.digest.clone()),
             },
@@ -199,6 +203,7 @@ impl EdgeAgent {
             feed,
             status,
             applied: Mutex::new(applied),
+            served: Mutex::new(took.map(|s| Arc::new(s.config.clone()))),
             started: Instant::now(),
         })
     }
@@ -383,6 +388,13 @@ impl EdgeAgent {
                 .to_string();
             let payload = msg.remove("payload").unwrap_or(Value::Null);
             let reply = match kind.as_str() {
+                delta::CONFIG_DELTA => Some(match self.delta(payload) {
+                    Ok(snap) => self.apply(snap).await,
+                    Err(why) => {
+                        tracing::info!(reason = %why, "asking the manager for the whole configuration");
+                        sync::envelope(sync::CONFIG_STATUS, &self.applied())
+                    }
+                }),
                 sync::CONFIG_SNAPSHOT => match assembler.accept(payload) {
                     Ok(Some(snap)) => Some(self.apply(snap).await),
                     Ok(None) => None,
@@ -403,6 +415,43 @@ impl EdgeAgent {
         }
     }
 
+    /// The snapshot a `config_delta` leads to from the one served; `Err` (why)
+    /// when it does not apply to what is served or does not give its digest.
+    fn delta(&self, payload: Value) -> Result<ReceivedSnapshot, String> {
+        let d: ConfigDelta = serde_json::from_value(payload).map_err(|e| {
+            format!(
+                "config_delta is not valid: {}",
+                truncate(e.to_string(), 512)
+            )
+        })?;
+        let served = self.applied().digest;
+        if served.as_deref() != Some(d.base_digest.as_str()) {
+            return Err(format!(
+                "config_delta of revision {} applies to another snapshot than the one served",
+                d.revision
+            ));
+        }
+        let base = self
+            .served
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .ok_or("no snapshot is held to apply config_delta to")?;
+        let config = d.apply(&base);
+        let json = serde_json::to_string(&config).map_err(|e| e.to_string())?;
+        if sync::digest(&json) != d.digest {
+            return Err(format!(
+                "config_delta of revision {} does not give its digest",
+                d.revision
+            ));
+        }
+        Ok(ReceivedSnapshot {
+            revision: d.revision,
+            digest: d.digest,
+            config,
+        })
+    }
+
     /// Applies a snapshot through the gateway; returns the `config_ack` or
     /// `config_nack` to send.
     async fn apply(&self, snap: ReceivedSnapshot) -> String {
@@ -414,6 +463,9 @@ impl EdgeAgent {
                 };
                 if let Ok(mut a) = self.applied.lock() {
                     *a = applied.clone();
+                }
+                if let Ok(mut s) = self.served.lock() {
+                    *s = Some(Arc::new(snap.config.clone()));
                 }
                 tracing::info!(
                     revision = snap.revision,

@@ -45,6 +45,9 @@ pub const SNAPSHOT_COALESCE: Duration = Duration::from_millis(50);
 pub struct ConfigSyncState {
     /// The revision of the snapshot last sent to the edge.
     pub sent_revision: Option<u64>,
+    /// How it was sent: `snapshot` (whole) or `delta` (the changes since the
+    /// snapshot the edge held).
+    pub sent_as: Option<String>,
     /// The revision the edge serves (from its `config_status` or `config_ack`).
     pub applied_revision: Option<u64>,
     /// The digest of the snapshot the edge serves.
@@ -420,6 +423,8 @@ pub fn spawn_snapshot_encoder(
     let mut input = state.feed.subscribe();
     tokio::spawn(async move {
         let mut stale = true;
+        // The snapshot encoded last, which the next one's delta starts from.
+        let mut previous: Option<(DataPlaneConfig, String)> = None;
         loop {
             if stale && state.nodes.snapshots.receiver_count() > 0 {
                 stale = false;
@@ -445,16 +450,22 @@ pub fn spawn_snapshot_encoder(
             }
             let current = input.borrow_and_update().clone();
             let config = edge_config(&current);
-            let encoded =
-                tokio::task::spawn_blocking(move || EncodedSnapshot::encode(&config)).await;
+            let before = previous.take();
+            let encoded = tokio::task::spawn_blocking(move || {
+                let base = before.as_ref().map(|(c, d)| (c, d.as_str()));
+                EncodedSnapshot::encode_after(&config, base).map(|e| (e, config))
+            })
+            .await;
             match encoded {
-                Ok(Ok(e)) => {
+                Ok(Ok((e, config))) => {
                     tracing::debug!(
                         revision = e.revision,
                         bytes = e.bytes,
                         frames = e.frames.len(),
+                        delta_bytes = e.delta.as_ref().map(|d| d.frame.len()),
                         "encoded the edge snapshot"
                     );
+                    previous = Some((config, e.digest.clone()));
                     state.nodes.snapshots.send_replace(Some(Arc::new(e)));
                 }
                 Ok(Err(e)) => tracing::error!(error = %e, "could not encode the edge snapshot"),

@@ -10,6 +10,7 @@
 //! the [`StatusLink`] (the manager for its in-process gateway, the node connection
 //! for an edge) reads it the same way.
 
+pub mod delta;
 pub mod node;
 pub mod sync;
 

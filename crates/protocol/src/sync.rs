@@ -21,14 +21,20 @@
 //!   sent in order), so that no frame exceeds the protocol's 5 MiB. The edge joins
 //!   the parts and checks the digest before parsing.
 //!
-//! The manager sends a snapshot when an edge's `config_status` digest differs from
-//! its current one, then each new value of its data-plane input (coalesced over
-//! 50 ms). Snapshots are whole; deltas are not sent.
+//! - `config_delta` — the changes from the snapshot the edge holds to the new one
+//!   (see [`crate::delta`]).
+//!
+//! The manager sends a whole snapshot when an edge's `config_status` digest differs
+//! from its current one, then each new value of its data-plane input (coalesced
+//! over 50 ms) as a `config_delta` from the snapshot the edge holds (or was just
+//! sent), or whole when no smaller delta gives it. An edge that cannot apply a
+//! delta answers `config_status`, and gets the whole snapshot.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::delta::{ConfigDelta, CONFIG_DELTA};
 use crate::node::truncate;
 use crate::DataPlaneConfig;
 
@@ -97,6 +103,16 @@ pub struct EncodedSnapshot {
     /// Length of the snapshot's JSON.
     pub bytes: usize,
     pub frames: Vec<String>,
+    /// The same change as a `config_delta` from the snapshot encoded before, when
+    /// one exists and is smaller.
+    pub delta: Option<EncodedDelta>,
+}
+
+/// A `config_delta` frame and the snapshot it applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedDelta {
+    pub base_digest: String,
+    pub frame: String,
 }
 
 impl EncodedSnapshot {
@@ -104,6 +120,27 @@ impl EncodedSnapshot {
     pub fn encode(config: &DataPlaneConfig) -> Result<Self, serde_json::Error> {
         let json = serde_json::to_string(config)?;
         Ok(Self::from_json(config.revision, json))
+    }
+
+    /// Like [`EncodedSnapshot::encode`], with a `config_delta` from `previous`
+    /// (a snapshot and its digest) when it exists and is smaller than the whole.
+    pub fn encode_after(
+        config: &DataPlaneConfig,
+        previous: Option<(&DataPlaneConfig, &str)>,
+    ) -> Result<Self, serde_json::Error> {
+        let mut snap = Self::encode(config)?;
+        if let Some((old, old_digest)) = previous {
+            if let Some(d) = ConfigDelta::between(old, old_digest, config, &snap.digest) {
+                let frame = envelope(CONFIG_DELTA, &d);
+                if frame.len() < snap.bytes.min(INLINE_MAX_BYTES) {
+                    snap.delta = Some(EncodedDelta {
+                        base_digest: old_digest.to_string(),
+                        frame,
+                    });
+                }
+            }
+        }
+        Ok(snap)
     }
 
     fn from_json(revision: u64, json: String) -> Self {
@@ -133,6 +170,7 @@ impl EncodedSnapshot {
             bytes: json.len(),
             digest,
             frames,
+            delta: None,
         }
     }
 }

@@ -82,6 +82,8 @@ pub struct ConfigSyncView {
     pub in_sync: bool,
     /// The revision last sent to the edge.
     pub sent_revision: Option<u64>,
+    /// `snapshot` (whole) or `delta` (changes since what the edge held).
+    pub sent_as: Option<String>,
     /// Why the edge refused a snapshot (until it applies a later one).
     pub last_error: Option<String>,
     pub error_revision: Option<u64>,
@@ -95,6 +97,7 @@ fn sync_view(live: &LiveView) -> Option<ConfigSyncView> {
         applied_revision: s.applied_revision,
         in_sync: live.desired_digest.is_some() && s.applied_digest == live.desired_digest,
         sent_revision: s.sent_revision,
+        sent_as: s.sent_as.clone(),
         last_error: s.last_error.clone(),
         error_revision: s.error_revision,
         updated_at: rfc3339(s.updated_at),

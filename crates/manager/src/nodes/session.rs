@@ -375,6 +375,9 @@ async fn serve(
                             Ok(NodeMessage::ConfigStatus(applied)) => {
                                 let sync = sync.get_or_insert_with(EdgeSync::default);
                                 sync.applied_digest = applied.digest.clone();
+                                // What the edge serves is all it has: whatever was sent
+                                // and not applied is sent again (whole).
+                                sync.sent_digest = None;
                                 state.nodes.update_sync(&session.node_id, |r| {
                                     r.applied_revision = Some(applied.revision);
                                     r.applied_digest = applied.digest.clone();
@@ -457,7 +460,16 @@ async fn send_snapshot(
     if sync.applied_digest.as_ref() == digest || sync.sent_digest.as_ref() == digest {
         return true;
     }
-    for frame in &snap.frames {
+    // The edge holds (or is about to hold) the snapshot the delta starts from.
+    let delta = snap.delta.as_ref().filter(|d| {
+        let base = Some(&d.base_digest);
+        sync.sent_digest.as_ref().or(sync.applied_digest.as_ref()) == base
+    });
+    let frames: &[String] = match delta {
+        Some(d) => std::slice::from_ref(&d.frame),
+        None => &snap.frames,
+    };
+    for frame in frames {
         if socket
             .send(Message::Text(frame.as_str().into()))
             .await
@@ -467,10 +479,11 @@ async fn send_snapshot(
         }
     }
     sync.sent_digest = Some(snap.digest.clone());
-    tracing::debug!(node = %session.node_id, revision = snap.revision, bytes = snap.bytes, "sent the configuration snapshot");
-    state
-        .nodes
-        .update_sync(&session.node_id, |r| r.sent_revision = Some(snap.revision));
+    tracing::debug!(node = %session.node_id, revision = snap.revision, bytes = snap.bytes, delta = delta.is_some(), "sent the configuration");
+    state.nodes.update_sync(&session.node_id, |r| {
+        r.sent_revision = Some(snap.revision);
+        r.sent_as = Some(if delta.is_some() { "delta" } else { "snapshot" }.into());
+    });
     true
 }
 
