@@ -98,9 +98,11 @@ async fn one_input_fans_out_to_every_output_byte_exact() {
         .await
         .expect("created");
     let packets = numbered(200);
+    let ra = tokio::spawn(async move { receive(&a, 200).await });
+    let rb = tokio::spawn(async move { receive(&b, 200).await });
     send_all(port, &packets).await;
-    assert_eq!(receive(&a, 200).await, packets);
-    assert_eq!(receive(&b, 200).await, packets);
+    assert_eq!(ra.await.expect("a"), packets);
+    assert_eq!(rb.await.expect("b"), packets);
     let s = flow_stats(&e, "f").await;
     assert_eq!(s["state"], "running");
     assert_eq!(s["input"]["packets_received"], 200);
