@@ -32,7 +32,7 @@ use running::{RunningFlow, StartError};
 
 pub use config::{INPUT_TYPES, OUTPUT_TYPES};
 
-/// Events waiting for the manager; older ones are dropped past this.
+/// Events waiting for the manager; past this many, new ones are dropped.
 pub const EVENT_QUEUE: usize = 256;
 
 /// Why a flow command failed: the text for `command_ack.error`, and a stable

@@ -476,3 +476,55 @@ async fn update_config_changes_only_the_flows_that_differ() {
     assert_eq!(e.counts().await, (2, 2));
     e.shutdown().await;
 }
+
+#[tokio::test]
+async fn multicast_out_of_one_flow_into_another() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (e, _events) = engine(dir.path());
+    let (a, a_addr) = sink().await;
+    let (entry, group_port) = (free_udp_port(), free_udp_port());
+    let group = format!("239.255.42.7:{group_port}");
+    // Flow "rx" joins the group on loopback; flow "tx" sends to it through loopback.
+    let rx = json!({"id": "rx", "name": "rx",
+        "input": {"type": "udp", "bind_addr": group, "interface_addr": "127.0.0.1"},
+        "outputs": [udp_output("a", a_addr)]});
+    let tx = json!({"id": "tx", "name": "tx",
+        "input": {"type": "udp", "bind_addr": format!("127.0.0.1:{entry}")},
+        "outputs": [{"type": "udp", "id": "m", "name": "m", "dest_addr": group, "interface_addr": "127.0.0.1"}]});
+    run(&e, json!({"type": "create_flow", "flow": rx}))
+        .await
+        .expect("rx");
+    run(&e, json!({"type": "create_flow", "flow": tx}))
+        .await
+        .expect("tx");
+    send_all(entry, &numbered(5)).await;
+    assert_eq!(receive(&a, 5).await, numbered(5));
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tcp_input_dials_its_source_and_forwards_what_it_reads() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let (e, _events) = engine(dir.path());
+    let (a, a_addr) = sink().await;
+    let source = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("source");
+    let flow = json!({"id": "dial", "name": "dial",
+        "input": {"type": "tcp", "connect_addr": source.local_addr().expect("addr").to_string()},
+        "outputs": [udp_output("a", a_addr)]});
+    run(&e, json!({"type": "create_flow", "flow": flow}))
+        .await
+        .expect("created");
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(5), source.accept())
+        .await
+        .expect("the input connects")
+        .expect("accept");
+    conn.write_all(b"over tcp").await.expect("write");
+    assert_eq!(receive(&a, 1).await, vec![b"over tcp".to_vec()]);
+    let s = flow_stats(&e, "dial").await;
+    assert_eq!(s["input"]["state"], "connected");
+    assert_eq!(s["input"]["mode"], "caller");
+    e.shutdown().await;
+}
