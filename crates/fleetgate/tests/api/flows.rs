@@ -386,3 +386,47 @@ async fn a_port_conflict_is_refused_and_stored_as_a_flow_event() {
     );
     f.stop().await;
 }
+
+#[tokio::test]
+async fn flows_run_again_after_the_edge_restarts() {
+    let f = Fleet::start().await;
+    let (a, a_addr) = sink().await;
+    let port = free_udp_port();
+    f.ok(json!({"type": "create_flow", "flow": udp_flow("kept", port, vec![udp_output("a", a_addr)])}))
+        .await;
+    let before =
+        f.app.get_json(&format!("/api/v1/nodes/{}", f.node)).await["connected_since"].clone();
+    let Fleet {
+        app,
+        edge,
+        node,
+        _dirs,
+    } = f;
+    edge.shutdown().await.expect("edge stops");
+    // Started again from its data directory, with its stored identity.
+    let mut config = edge_config(&app, _dirs.1.path(), None);
+    config.edge.token = None;
+    let edge = fleetgate::start_edge(config, std::future::pending())
+        .await
+        .expect("edge restarts");
+    let f = Fleet {
+        app,
+        edge,
+        node,
+        _dirs,
+    };
+    // The edge starts its stored flows before it connects: stats of the new
+    // connection show the flow running.
+    node_until(&f.app, &f.node, "reconnected with the flow running", |v| {
+        v["connected_since"] != before
+            && flow_of(v, "kept").is_some_and(|s| s["state"] == "running")
+    })
+    .await;
+    send_all(port, &numbered(3)).await;
+    assert_eq!(receive(&a, 3).await, numbered(3));
+    f.flow_stats_until("kept", "counted after the restart", |s| {
+        s["input"]["packets_received"] == 3
+    })
+    .await;
+    f.stop().await;
+}
