@@ -89,3 +89,20 @@ async fn update_config(engine: &FlowEngine, config: &Value) -> Result<(), FlowEr
         .collect::<Result<Vec<_>, _>>()?;
     engine.replace_all(parsed).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ACTIONS;
+    use fleetgate_protocol::node::DeviceType;
+
+    #[test]
+    fn every_action_is_on_the_edge_command_sheet() {
+        let sheet: Vec<&str> = DeviceType::Edge.commands().iter().map(|c| c.name).collect();
+        for a in ACTIONS {
+            assert!(
+                sheet.contains(a),
+                "{a} is not an edge command of the protocol"
+            );
+        }
+    }
+}

@@ -88,6 +88,8 @@ pub struct RtpInput {
     /// RTP payload types accepted; empty or absent accepts any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_payload_types: Option<Vec<u8>>,
+    /// Packets beyond this rate (per one-second window) are dropped and
+    /// counted as filtered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bitrate_mbps: Option<f64>,
 }
@@ -328,6 +330,13 @@ impl InputConfig {
                 }
                 for s in sources {
                     SourceFilter::parse_one(s)?;
+                }
+                if let Some(m) = r.max_bitrate_mbps {
+                    if !(m.is_finite() && m > 0.0 && m <= 100_000.0) {
+                        return Err(err(format!(
+                            "input.max_bitrate_mbps must be above 0 and at most 100000, got {m}"
+                        )));
+                    }
                 }
                 let types = r.allowed_payload_types.as_deref().unwrap_or_default();
                 if let Some(pt) = types.iter().find(|pt| **pt > 127) {

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
@@ -33,6 +33,40 @@ pub struct RtpCheck {
     sources: SourceFilter,
     payload_types: Vec<u8>,
     sequence: SequenceTracker,
+    cap: Option<RateCap>,
+}
+
+/// At most `bytes_per_window` bytes per one-second window.
+#[derive(Debug)]
+struct RateCap {
+    bytes_per_window: u64,
+    window_start: Instant,
+    used: u64,
+}
+
+impl RateCap {
+    fn new(mbps: f64) -> Self {
+        RateCap {
+            // Bounded by validation (at most 100 Gbit/s).
+            bytes_per_window: (mbps * 1_000_000.0 / 8.0) as u64,
+            window_start: Instant::now(),
+            used: 0,
+        }
+    }
+
+    /// Whether `len` more bytes fit in the current window (and counts them if so).
+    fn admit(&mut self, len: usize, now: Instant) -> bool {
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            self.window_start = now;
+            self.used = 0;
+        }
+        let len = len as u64;
+        if self.used + len > self.bytes_per_window {
+            return false;
+        }
+        self.used += len;
+        true
+    }
 }
 
 /// What to do with one datagram of an RTP input.
@@ -50,6 +84,7 @@ impl RtpCheck {
             sources: SourceFilter::new(cfg.allowed_sources.as_deref()),
             payload_types: cfg.allowed_payload_types.clone().unwrap_or_default(),
             sequence: SequenceTracker::default(),
+            cap: cfg.max_bitrate_mbps.map(RateCap::new),
         }
     }
 
@@ -62,6 +97,11 @@ impl RtpCheck {
         };
         if !self.payload_types.is_empty() && !self.payload_types.contains(&h.payload_type) {
             return Verdict::Filter;
+        }
+        if let Some(cap) = self.cap.as_mut() {
+            if !cap.admit(packet.len(), Instant::now()) {
+                return Verdict::Filter;
+            }
         }
         Verdict::Forward {
             lost: self.sequence.observe(h.ssrc, h.sequence),
@@ -254,5 +294,16 @@ mod tests {
         assert_eq!(c.check(&rtp(96, 2), ok), Verdict::Filter);
         assert_eq!(c.check(b"not rtp", ok), Verdict::Filter);
         assert_eq!(c.check(&rtp(33, 5), ok), Verdict::Forward { lost: 3 });
+    }
+
+    #[test]
+    fn a_rate_cap_drops_what_exceeds_its_window() {
+        // 0.0008 Mbit/s: 100 bytes a second.
+        let mut cap = RateCap::new(0.0008);
+        let t0 = Instant::now();
+        assert!(cap.admit(60, t0));
+        assert!(cap.admit(40, t0));
+        assert!(!cap.admit(1, t0 + Duration::from_millis(999)));
+        assert!(cap.admit(100, t0 + Duration::from_secs(1)));
     }
 }
