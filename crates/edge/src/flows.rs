@@ -87,7 +87,11 @@ impl FlowEngine {
         let stored = match files::load_flows(&data_dir) {
             Ok(s) => s.map(|s| s.flows).unwrap_or_default(),
             Err(e) => {
-                tracing::error!(error = %e, "cannot load the stored flows; starting without them");
+                // Kept aside, so that storing the next flows does not destroy it.
+                let file = data_dir.join(files::FLOWS_FILE);
+                let aside = file.with_extension("json.invalid");
+                let _ = std::fs::rename(&file, &aside);
+                tracing::error!(error = %e, kept_as = %aside.display(), "cannot load the stored flows; starting without them");
                 Vec::new()
             }
         };

@@ -347,6 +347,13 @@ async fn flows_are_stored_and_started_again() {
     let (again, _events) = engine(dir.path());
     assert_eq!(again.configs().await.len(), 1);
     e.shutdown().await;
+
+    // An unreadable file is kept aside, not overwritten by the next flows stored.
+    std::fs::write(dir.path().join(crate::files::FLOWS_FILE), b"[").expect("write");
+    let (broken, _events) = engine(dir.path());
+    assert!(broken.configs().await.is_empty());
+    let aside = dir.path().join("edge-flows.json.invalid");
+    assert_eq!(std::fs::read(aside).expect("kept aside"), b"[");
 }
 
 #[tokio::test]
@@ -527,4 +534,56 @@ async fn a_tcp_input_dials_its_source_and_forwards_what_it_reads() {
     assert_eq!(s["input"]["state"], "connected");
     assert_eq!(s["input"]["mode"], "caller");
     e.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flow_that_cannot_bind_shows_the_error_in_its_stats() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (e, mut events) = engine(dir.path());
+    let port = free_udp_port();
+    run(
+        &e,
+        json!({"type": "create_flow", "flow": udp_flow("f", port, vec![])}),
+    )
+    .await
+    .expect("created");
+    run(&e, json!({"type": "stop_flow", "flow_id": "f"}))
+        .await
+        .expect("stopped");
+    let holder = std::net::UdpSocket::bind(("127.0.0.1", port)).expect("take the port");
+    let err = run(&e, json!({"type": "restart_flow", "flow_id": "f"}))
+        .await
+        .expect_err("port taken");
+    assert_eq!(err.code, Some("port_conflict"));
+    let s = flow_stats(&e, "f").await;
+    assert_eq!(
+        (s["state"].as_str(), s["health"].as_str()),
+        (Some("idle"), Some("error"))
+    );
+    assert_eq!(s["input"]["state"], "error");
+    assert!(
+        s["error"]
+            .as_str()
+            .is_some_and(|m| m.contains(&port.to_string())),
+        "{s}"
+    );
+    assert_eq!(
+        events.try_recv().expect("event")["details"]["error_code"],
+        "port_conflict"
+    );
+    e.shutdown().await;
+
+    // At the next start the stored flow meets the same conflict: shown and reported.
+    let (again, mut events) = engine(dir.path());
+    again.start_stored().await;
+    assert_eq!(again.counts().await, (0, 1));
+    assert_eq!(flow_stats(&again, "f").await["health"], "error");
+    assert_eq!(events.try_recv().expect("event")["flow_id"], "f");
+    // Once the port is free, restart_flow runs it.
+    drop(holder);
+    run(&again, json!({"type": "restart_flow", "flow_id": "f"}))
+        .await
+        .expect("restarted");
+    assert_eq!(flow_stats(&again, "f").await["health"], "healthy");
+    again.shutdown().await;
 }
