@@ -32,6 +32,8 @@ use running::{RunningFlow, StartError};
 
 pub use config::{INPUT_TYPES, OUTPUT_TYPES};
 
+/// Flows one edge runs at most.
+pub const MAX_FLOWS: usize = 256;
 /// Events waiting for the manager; past this many, new ones are dropped.
 pub const EVENT_QUEUE: usize = 256;
 
@@ -173,6 +175,11 @@ impl FlowEngine {
         let mut flows = self.flows.lock().await;
         if flows.iter().any(|f| f.config.id == config.id) {
             return Err(FlowError::new(format!("Duplicate flow ID: {}", config.id)));
+        }
+        if flows.len() >= MAX_FLOWS {
+            return Err(FlowError::new(format!(
+                "this edge already has {MAX_FLOWS} flows, its maximum"
+            )));
         }
         let mut flow = Flow {
             config,
@@ -353,6 +360,12 @@ impl FlowEngine {
     /// `update_config`: makes the flows those of `target` (validated as a
     /// whole first), creating, removing or updating only the flows that differ.
     pub async fn replace_all(&self, target: Vec<FlowConfig>) -> Result<(), FlowError> {
+        if target.len() > MAX_FLOWS {
+            return Err(FlowError::new(format!(
+                "config.flows has {} flows; this edge runs at most {MAX_FLOWS}",
+                target.len()
+            )));
+        }
         for (i, f) in target.iter().enumerate() {
             f.validate()?;
             if target[..i].iter().any(|p| p.id == f.id) {
