@@ -2,8 +2,9 @@
 //! real manager, driven through `POST /api/v1/nodes/{id}/command`: UDP fan-out
 //! checked byte for byte at local sockets, the counters the manager holds from
 //! the edge's `stats`, RTP loss, stop/start, a flow created disabled, duplicate
-//! ids, outputs added and removed while the flow runs, and a port conflict
-//! reported as an event.
+//! ids, outputs added and removed while the flow runs, a port conflict
+//! reported as an event, `update_config`'s flows, and flows surviving a restart
+//! of the edge.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -428,5 +429,46 @@ async fn flows_run_again_after_the_edge_restarts() {
         s["input"]["packets_received"] == 3
     })
     .await;
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn update_config_sets_the_flows_and_keeps_those_unchanged_running() {
+    let f = Fleet::start().await;
+    let ((a, a_addr), (b, b_addr)) = (sink().await, sink().await);
+    let (p1, p2) = (free_udp_port(), free_udp_port());
+    let keep = udp_flow("keep", p1, vec![udp_output("a", a_addr)]);
+    f.ok(json!({"type": "create_flow", "flow": keep})).await;
+    f.ok(json!({"type": "create_flow", "flow": udp_flow("drop", free_udp_port(), vec![])}))
+        .await;
+    send_all(p1, &numbered(2)).await;
+    assert_eq!(receive(&a, 2).await, numbered(2));
+
+    let config = json!({"version": 1, "device_name": "ignored",
+        "flows": [keep, udp_flow("add", p2, vec![udp_output("b", b_addr)])]});
+    f.ok(json!({"type": "update_config", "config": config}))
+        .await;
+    send_all(p1, &numbered(1)).await;
+    send_all(p2, &numbered(1)).await;
+    assert_eq!(receive(&a, 1).await, numbered(1));
+    assert_eq!(receive(&b, 1).await, numbered(1));
+    let v = node_until(&f.app, &f.node, "shows the new flows", |v| {
+        v["last_stats"]["total_flows"] == 2
+            && flow_of(v, "add").is_some()
+            && flow_of(v, "keep").is_some_and(|s| s["input"]["packets_received"] == 3)
+    })
+    .await;
+    assert!(flow_of(&v, "drop").is_none());
+    let config = f
+        .app
+        .get_json(&format!("/api/v1/nodes/{}/config", f.node))
+        .await;
+    let ids: Vec<&str> = config["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .filter_map(|f| f["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["keep", "add"]);
     f.stop().await;
 }
