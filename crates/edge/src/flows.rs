@@ -4,9 +4,9 @@
 //! restart, with or without the manager.
 //!
 //! [`FlowEngine`] owns the flows; commands go through it one at a time. A
-//! command that fails leaves the flows as they were (a flow whose new
-//! configuration cannot bind is put back as it was), except `start_flow` and
-//! `restart_flow`, which leave the flow stopped with the error shown. Bind
+//! command that fails leaves the flow as it was (a new configuration that
+//! cannot bind is rolled back), except `restart_flow`, which leaves it stopped
+//! with the error in its stats; `update_config` applies each flow on its own. Bind
 //! failures are also reported as `event`s (category `flow`) with a stable
 //! `details.error_code`: `port_conflict` when the address is taken, else
 //! `bind_failed`.
