@@ -1,7 +1,8 @@
 //! What an edge keeps in its data directory, each file mode 0600 and replaced
 //! atomically: `edge-node.json` (the manager URL, node id and node secret from
 //! `register_ack`) and `edge-snapshot.json` (the last snapshot applied, with its
-//! revision and digest; it holds certificate keys).
+//! revision and digest; it holds certificate keys) and `edge-flows.json` (the
+//! flows the manager configured, started again when the edge starts).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub const CREDENTIALS_FILE: &str = "edge-node.json";
 pub const SNAPSHOT_FILE: &str = "edge-snapshot.json";
+pub const FLOWS_FILE: &str = "edge-flows.json";
 
 /// The identity a manager gave this edge.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +120,33 @@ pub fn save_snapshot(dir: &Path, s: &StoredSnapshot) -> std::io::Result<()> {
     write_private(&path(dir, SNAPSHOT_FILE), &bytes)
 }
 
+/// The stored flows: `None` when there are none, `Err` when the file exists
+/// but cannot be read (the edge must not start as if it had no flows).
+pub fn load_flows(dir: &Path) -> Result<Option<StoredFlows>, String> {
+    let p = path(dir, FLOWS_FILE);
+    let bytes = match std::fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| format!("{} is not valid: {e}", p.display()))
+}
+
+pub fn save_flows(dir: &Path, flows: &StoredFlows) -> std::io::Result<()> {
+    ensure_dir(dir)?;
+    let bytes = serde_json::to_vec_pretty(flows).map_err(std::io::Error::other)?;
+    write_private(&path(dir, FLOWS_FILE), &bytes)
+}
+
+/// The flows as kept on disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredFlows {
+    pub version: u32,
+    pub flows: Vec<crate::flows::config::FlowConfig>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +178,14 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
+        let flows = StoredFlows {
+            version: 1,
+            flows: vec![],
+        };
+        save_flows(dir.path(), &flows).expect("save");
+        assert_eq!(load_flows(dir.path()), Ok(Some(flows)));
+        std::fs::write(dir.path().join(FLOWS_FILE), b"[").expect("write");
+        assert!(load_flows(dir.path()).is_err());
         std::fs::write(dir.path().join(SNAPSHOT_FILE), b"{not json").expect("write");
         assert_eq!(load_snapshot(dir.path()), None);
     }

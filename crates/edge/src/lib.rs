@@ -11,10 +11,16 @@
 //! gateway's error (the previous configuration keeps serving). It also sends
 //! `health` (every 15 s) and `stats` (every second) and answers `ping`.
 //!
+//! It also runs the edge's L4 flows ([`flows`]): the manager's flow commands
+//! (`create_flow` … `remove_output`, and the flows of `update_config`) are
+//! carried out and acked, the flows' counters go out in every `stats`, and
+//! their failures as `event`s (queued while the manager is away).
+//!
 //! The manager being unreachable never stops the gateway: it serves the last
 //! applied snapshot, from disk after a restart.
 
 pub mod files;
+pub mod flows;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -30,10 +36,11 @@ use fleetgate_protocol::sync::{
 use fleetgate_protocol::{ConfigFeed, DataPlaneConfig, StatusLink};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 pub use files::StoredSnapshot;
+use flows::FlowEngine;
 pub use tls::Trust;
 
 /// Waits between failed connection attempts: doubling from 1 s to this.
@@ -151,6 +158,9 @@ pub struct EdgeAgent {
     /// The snapshot `applied` names, which a `config_delta` applies to.
     served: Mutex<Option<Arc<DataPlaneConfig>>>,
     started: Instant,
+    flows: FlowEngine,
+    /// Events for the manager, sent while connected (one session at a time).
+    events: tokio::sync::Mutex<mpsc::Receiver<Value>>,
 }
 
 type Ws =
@@ -196,6 +206,8 @@ impl EdgeAgent {
             }
             None => AppliedConfig::default(),
         };
+        let (events_tx, events) = mpsc::channel(flows::EVENT_QUEUE);
+        let flows = FlowEngine::open(options.data_dir.clone(), events_tx);
         Ok(Self {
             options,
             url,
@@ -205,6 +217,8 @@ impl EdgeAgent {
             applied: Mutex::new(applied),
             served: Mutex::new(took.map(|s| Arc::new(s.config.clone()))),
             started: Instant::now(),
+            flows,
+            events: tokio::sync::Mutex::new(events),
         })
     }
 
@@ -218,14 +232,21 @@ impl EdgeAgent {
         self.applied.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
-    /// Connects, and reconnects, until `shutdown` becomes true.
+    /// Starts the stored flows, then connects, and reconnects, until
+    /// `shutdown` becomes true (which stops the flows).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        self.flows.start_stored().await;
+        self.connect_until(&mut shutdown).await;
+        self.flows.shutdown().await;
+    }
+
+    async fn connect_until(&self, shutdown: &mut watch::Receiver<bool>) {
         let mut backoff = Duration::from_secs(1);
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            match self.session(&mut shutdown).await {
+            match self.session(shutdown).await {
                 Ok(Ended::Shutdown) => return,
                 Ok(Ended::AfterAuth(why)) => {
                     tracing::warn!(manager = %self.options.manager_url, reason = %why, "manager connection ended; reconnecting");
@@ -343,9 +364,10 @@ impl EdgeAgent {
         if let Err(e) = send(ws, sync::envelope(sync::CONFIG_STATUS, &self.applied())).await {
             return Ended::AfterAuth(e);
         }
-        if let Err(e) = send(ws, sync::envelope("health", &self.health())).await {
+        if let Err(e) = send(ws, sync::envelope("health", &self.health().await)).await {
             return Ended::AfterAuth(e);
         }
+        let mut events = self.events.lock().await;
         let mut health = tokio::time::interval(HEALTH_EVERY);
         health.tick().await;
         let mut stats = tokio::time::interval(STATS_EVERY);
@@ -355,13 +377,19 @@ impl EdgeAgent {
             let frame = tokio::select! {
                 () = async { let _ = shutdown.wait_for(|down| *down).await; } => return Ended::Shutdown,
                 _ = health.tick() => {
-                    if let Err(e) = send(ws, sync::envelope("health", &self.health())).await {
+                    if let Err(e) = send(ws, sync::envelope("health", &self.health().await)).await {
                         return Ended::AfterAuth(e);
                     }
                     continue;
                 }
                 _ = stats.tick() => {
-                    if let Err(e) = send(ws, sync::envelope("stats", &self.stats())).await {
+                    if let Err(e) = send(ws, sync::envelope("stats", &self.stats().await)).await {
+                        return Ended::AfterAuth(e);
+                    }
+                    continue;
+                }
+                Some(event) = events.recv() => {
+                    if let Err(e) = send(ws, sync::envelope("event", &event)).await {
                         return Ended::AfterAuth(e);
                     }
                     continue;
@@ -404,7 +432,7 @@ impl EdgeAgent {
                     }
                 },
                 "ping" => Some(sync::envelope("pong", &Value::Null)),
-                "command" => Some(self.command(&payload)),
+                "command" => Some(self.command(&payload).await),
                 _ => None,
             };
             if let Some(reply) = reply {
@@ -558,28 +586,35 @@ impl EdgeAgent {
         })
     }
 
-    fn health(&self) -> Value {
+    async fn health(&self) -> Value {
         let status = self.status.latest();
+        let (active, total) = self.flows.counts().await;
         json!({
             "status": if status.errors.is_empty() { "ok" } else { "degraded" },
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_secs": self.started.elapsed().as_secs(),
-            "active_flows": 0,
-            "total_flows": 0,
+            "active_flows": active,
+            "total_flows": total,
             "config_revision": self.applied().revision,
             "routes": status.routes,
+            "capabilities": {
+                "flow_inputs": flows::INPUT_TYPES,
+                "flow_outputs": flows::OUTPUT_TYPES,
+            },
         })
     }
 
-    fn stats(&self) -> Value {
+    async fn stats(&self) -> Value {
         let status = self.status.latest();
         let requests: u64 = status.traffic.routes.values().map(|r| r.requests()).sum();
+        let flows = self.flows.stats().await;
+        let active = flows.iter().filter(|f| f["state"] == "running").count();
         json!({
-            "flows": [],
+            "total_flows": flows.len(),
+            "active_flows": active,
+            "flows": flows,
             "tunnels": [],
             "uptime_secs": self.started.elapsed().as_secs(),
-            "active_flows": 0,
-            "total_flows": 0,
             "gateway": {
                 "revision": status.applied.revision,
                 "routes": status.routes,
@@ -588,9 +623,10 @@ impl EdgeAgent {
         })
     }
 
-    /// Answers a Bilbycast `command`: `get_config` with what is served (no
-    /// secrets), anything else as not supported by this edge.
-    fn command(&self, payload: &Value) -> String {
+    /// Answers a node-protocol `command`: `get_config` with what is served (no
+    /// secrets) and the flows, the flow commands through the flow engine,
+    /// anything else as not supported by this edge.
+    async fn command(&self, payload: &Value) -> String {
         let id = payload
             .get("command_id")
             .and_then(Value::as_str)
@@ -603,20 +639,51 @@ impl EdgeAgent {
             .map(|s| truncate(s.to_string(), 64))
             .unwrap_or_default();
         if action == "get_config" {
-            let applied = self.applied();
-            let status = self.status.latest();
-            return sync::envelope(
-                "config_response",
-                &json!({"revision": applied.revision, "digest": applied.digest,
-                        "routes": status.routes, "flows": []}),
-            );
+            return sync::envelope("config_response", &self.config_document().await);
         }
-        sync::envelope(
-            "command_ack",
-            &json!({"command_id": id, "success": false,
-                    "error": format!("Unknown command: {action}")}),
-        )
+        let result = if flows::commands::ACTIONS.contains(&action.as_str()) {
+            let params = payload.get("action").unwrap_or(&Value::Null);
+            flows::commands::execute(&self.flows, &action, params).await
+        } else {
+            Err(flows::FlowError::new(format!("Unknown command: {action}")))
+        };
+        let ack = match result {
+            Ok(()) => json!({"command_id": id, "success": true, "error": null}),
+            Err(e) => {
+                tracing::info!(command = %action, error = %e, "refused a manager command");
+                json!({"command_id": id, "success": false,
+                       "error": truncate(e.message, MAX_ERROR_BYTES), "error_code": e.code})
+            }
+        };
+        sync::envelope("command_ack", &ack)
     }
+
+    /// What `get_config` answers: the node protocol's configuration shape
+    /// (`version`, `device_name`, `flows`) with the gateway revision served.
+    async fn config_document(&self) -> Value {
+        let applied = self.applied();
+        let status = self.status.latest();
+        json!({
+            "version": 1,
+            "device_name": device_name(),
+            "flows": self.flows.configs().await,
+            "revision": applied.revision,
+            "digest": applied.digest,
+            "routes": status.routes,
+        })
+    }
+}
+
+/// Longest error text put in a `command_ack`.
+const MAX_ERROR_BYTES: usize = 4096;
+
+/// This machine's host name, the edge's `device_name`.
+fn device_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|h| !h.is_empty())
 }
 
 async fn send(ws: &mut Ws, text: String) -> Result<(), String> {

@@ -417,7 +417,11 @@ pub const EDGE_COMMANDS: &[CommandSpec] = &[
         "Replace the node's whole configuration",
         &[("config", O)],
     ),
-    spec("create_flow", "Create and start a flow", &[("flow", O)]),
+    spec(
+        "create_flow",
+        "Create a flow (started unless it says enabled: false)",
+        &[("flow", O)],
+    ),
     CommandSpec {
         optional: &[("flow_id", S)],
         ..spec(

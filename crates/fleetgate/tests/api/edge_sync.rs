@@ -18,7 +18,7 @@ use crate::upstream;
 
 /// An edge's configuration for the manager of `app`, trusting the manager's
 /// generated certificate (`node-tls.crt`, checked for `localhost`).
-fn edge_config(app: &TestApp, dir: &std::path::Path, token: Option<String>) -> Config {
+pub fn edge_config(app: &TestApp, dir: &std::path::Path, token: Option<String>) -> Config {
     let node_port = app.running.as_ref().expect("running").node_addr.port();
     let mut c = config_in(dir);
     c.edge.manager_url = Some(format!("wss://localhost:{node_port}"));
@@ -27,7 +27,7 @@ fn edge_config(app: &TestApp, dir: &std::path::Path, token: Option<String>) -> C
     c
 }
 
-async fn create_node(app: &TestApp, name: &str) -> (String, String) {
+pub async fn create_node(app: &TestApp, name: &str) -> (String, String) {
     let r = app
         .admin(Method::POST, "/api/v1/nodes")
         .json(&json!({"name": name}))
@@ -58,7 +58,7 @@ async fn add_route(app: &TestApp, id: &str, path: &str, upstream: &str) {
 }
 
 /// Waits until the node's view satisfies `ok`; returns it.
-async fn node_until(app: &TestApp, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+pub async fn node_until(app: &TestApp, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let v = app.get_json(&format!("/api/v1/nodes/{id}")).await;

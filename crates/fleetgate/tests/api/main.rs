@@ -10,6 +10,7 @@ mod config_path;
 mod conventions;
 mod edge_sync;
 mod events;
+mod flows;
 mod gateway;
 mod hardening;
 mod health;
