@@ -33,17 +33,20 @@ export function freePort() {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/// A running Fleetgate: `url` (manager and dashboard), `gw` (gateway), `api()`.
+/// A running Fleetgate: `url` (manager and dashboard), `gw` (gateway), `nodeUrl`
+/// (its node listener, for `startEdge`), `dir` (its data directory), `api()`.
 export async function startFleetgate(extraEnv = {}) {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'fleetgate-e2e-'));
   const port = await freePort();
   const gwPort = await freePort();
+  const nodePort = await freePort();
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('FLEETGATE_')));
   Object.assign(env, {
     FLEETGATE_DATA_DIR: dir,
     FLEETGATE_BOOTSTRAP_TOKEN: TOKEN,
     FLEETGATE_ADMIN_PASSWORD: ADMIN_PASSWORD,
     FLEETGATE_LOG_LEVEL: 'warn',
+    FLEETGATE_MANAGER_NODE_LISTEN: `127.0.0.1:${nodePort}`,
     ...extraEnv,
   });
   const child = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`,
@@ -56,6 +59,8 @@ export async function startFleetgate(extraEnv = {}) {
   const fg = {
     url,
     gw: `http://127.0.0.1:${gwPort}`,
+    nodeUrl: `wss://localhost:${nodePort}`,
+    dir,
     log: () => log,
     async api(method, p, body) {
       const r = await fetch(url + p, {
@@ -87,6 +92,33 @@ export async function startFleetgate(extraEnv = {}) {
     await sleep(50);
   }
   return fg;
+}
+
+/// A `fleetgate edge` process registering with `fg`'s node listener with `token`
+/// (trusting the certificate the manager generated); `stop()` ends it.
+export async function startEdge(fg, token) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'fleetgate-e2e-edge-'));
+  const gwPort = await freePort();
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('FLEETGATE_')));
+  env.FLEETGATE_LOG_LEVEL = 'warn';
+  env.FLEETGATE_EDGE_TOKEN = token;
+  const child = spawn(BIN, ['edge', '--data-dir', dir, '--manager', fg.nodeUrl,
+    '--manager-ca-cert', path.join(fg.dir, 'node-tls.crt'),
+    '--gateway-listen', `127.0.0.1:${gwPort}`, '--gateway-tls-listen', '127.0.0.1:0'],
+  { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout.on('data', (d) => { log += d; });
+  child.stderr.on('data', (d) => { log += d; });
+  return {
+    log: () => log,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await new Promise((r) => { if (child.exitCode !== null) r(); else child.once('exit', r); });
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }
 
 /// A local upstream answering every request with `state.status`.
