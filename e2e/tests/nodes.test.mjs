@@ -2,11 +2,13 @@
 // once; a real `fleetgate edge` registers with it and the node goes online with
 // live stats and health (from dashboard_update on /ws/dashboard); a get_config
 // command is answered, a command the edge does not carry out shows as refused;
-// the node is deleted. A viewer sees no create, delete or command controls.
+// the node is deleted. A node reporting flows (a scripted Bilbycast-style edge)
+// shows per-flow and per-output packets, bitrate and drops. A viewer sees no
+// create, delete or command controls.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { launch, login, newPage, screenshot, startEdge, startFleetgate, until } from '../lib/harness.mjs';
+import { connectNode, launch, login, newPage, screenshot, startEdge, startFleetgate, until } from '../lib/harness.mjs';
 
 let fg; let browser; const edges = [];
 
@@ -97,6 +99,51 @@ test('a node created in the UI registers with its one-time token, goes live, ans
   await page.getByText('No nodes yet.').waitFor();
   assert.equal((await fg.api('GET', '/api/v1/nodes')).total, 0);
   page.assertClean(['422']);
+  await page.context().close();
+});
+
+test('a node reporting flows shows per-flow and per-output packets, bitrate and drops, live', async () => {
+  const created = await fg.api('POST', '/api/v1/nodes', { name: 'edge-flows' });
+  const node = await connectNode(fg);
+  const reply = await node.auth({ registration_token: created.registration_token, software_version: '0.5.3', protocol_version: 1 });
+  assert.equal(reply.type, 'register_ack', JSON.stringify(reply));
+  node.send('health', { status: 'ok', version: '0.5.3', uptime_secs: 0, active_flows: 1, total_flows: 1,
+    api_addr: '127.0.0.1:8080', monitor_addr: null });
+  const stats = (packets) => ({ uptime_secs: 30, active_flows: 1, total_flows: 1, tunnels: [], flows: [{
+    flow_id: 'cam-1', flow_name: 'Camera 1', state: 'running', health: 'healthy', uptime_secs: 30,
+    input: { input_type: 'srt', state: 'connected', packets_received: packets, bytes_received: packets * 1316,
+      bitrate_bps: 4_000_000, packets_lost: 7 },
+    outputs: [{ output_id: 'out-1', output_name: 'Studio RTP', output_type: 'rtp', state: 'sending',
+      packets_sent: packets - 7, bytes_sent: (packets - 7) * 1316, bitrate_bps: 3_990_000, packets_dropped: 2 }] }] });
+  node.send('stats', stats(12_000));
+
+  const page = await newPage(browser);
+  await login(page, fg);
+  await page.goto(`${fg.url}/#/nodes/${reply.payload.node_id}`);
+  await page.locator('#node-live', { hasText: 'live' }).waitFor({ timeout: 10_000 });
+  const flow = page.locator('#flows-table tr.flow[data-flow="cam-1"]');
+  await flow.waitFor();
+  const flowText = await flow.textContent();
+  assert.match(flowText, /Camera 1/);
+  assert.match(flowText, /12,000/);
+  assert.match(flowText, /4\.00 Mb\/s/);
+  assert.match(flowText, /7 lost/);
+  const output = page.locator('#flows-table tr.output[data-output="out-1"]');
+  const outText = await output.textContent();
+  assert.match(outText, /Studio RTP/);
+  assert.match(outText, /11,993/);
+  assert.match(outText, /3\.99 Mb\/s/);
+  assert.match(outText, /2 dropped/);
+  assert.match(await page.locator('#node-metrics [data-metric="total_bitrate_bps"]').textContent(), /4\.00 Mb\/s/);
+  await screenshot(page, 'nodes-flows');
+
+  // New stats show with the next update; gone, the node shows as not connected.
+  node.send('stats', stats(15_000));
+  await until('the next update', async () => /15,000/.test(await flow.textContent()), 8_000);
+  node.close();
+  await page.locator('#node-live', { hasText: 'not connected' }).waitFor({ timeout: 8_000 });
+  await page.locator('#node-status', { hasText: 'offline' }).waitFor();
+  page.assertClean();
   await page.context().close();
 });
 

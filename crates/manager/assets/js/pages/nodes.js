@@ -92,7 +92,8 @@ function editDialog(n, etag) {
 function tokenWarning(name, expires) {
   const until = expires ? ` It is valid until ${new Date(expires).toLocaleString()}, for one registration.` : '';
   return `this registration token for ${name} is shown only now and won't be shown again.${until} `
-    + `Start the node with it, e.g. fleetgate edge --manager wss://<this host>:3443 --token <token>.`;
+    + 'Start the node with it, e.g. fleetgate edge --manager wss://<manager host>:3443 --token <token> '
+    + '(3443 is the default port of the node listener).';
 }
 
 async function newToken(n) {
@@ -173,7 +174,7 @@ async function renderList(main, ctx) {
 }
 
 function metricCards(m) {
-  const label = (name) => name.replace(/_/g, ' ').replace(/^./, (c) => c.toUpperCase()).replace(/ bps$/, '');
+  const label = (name) => name.replace(/_(bps|secs)$/, '').replace(/_/g, ' ').replace(/^./, (c) => c.toUpperCase());
   const value = (name, v) => {
     if (name.endsWith('_bps')) return bps(v);
     if (name === 'uptime_secs') return duration(v);
