@@ -89,7 +89,7 @@ pub struct NodeFeed {
     latest: watch::Sender<Option<Arc<FleetUpdate>>>,
     /// Signalled by a dashboard socket that opened with no recent update to show.
     wanted: Notify,
-    /// Set when a node was created, renamed or deleted through this manager.
+    /// Set when a node is renamed through this manager.
     names_stale: std::sync::atomic::AtomicBool,
 }
 
