@@ -172,3 +172,29 @@ test('a viewer sees nodes but no controls to create, delete or command them', as
   page.assertClean(['403']);
   await page.context().close();
 });
+
+test('the nodes views at phone width', async () => {
+  const created = await fg.api('POST', '/api/v1/nodes', { name: 'edge-phone', description: 'A node seen on a phone' });
+  const node = await connectNode(fg);
+  const reply = await node.auth({ registration_token: created.registration_token, software_version: '0.5.3', protocol_version: 1 });
+  node.send('health', { status: 'ok', version: '0.5.3', uptime_secs: 0, active_flows: 1, total_flows: 1,
+    api_addr: '127.0.0.1:8080', monitor_addr: null });
+  node.send('stats', { uptime_secs: 5, active_flows: 1, total_flows: 1, tunnels: [], flows: [{
+    flow_id: 'cam-2', flow_name: 'Camera 2 with a rather long name', state: 'running', health: 'warning',
+    input: { input_type: 'rtp', packets_received: 1_234_567, bitrate_bps: 12_500_000, packets_lost: 0 },
+    outputs: [{ output_id: 'o', output_name: 'Backup SRT', output_type: 'srt', state: 'connecting',
+      packets_sent: 0, bitrate_bps: 0, packets_dropped: 0 }] }] });
+  const page = await newPage(browser, { width: 390, height: 844 });
+  await login(page, fg);
+  for (const [view, ready] of [['nodes', '#nodes'], [`nodes/${reply.payload.node_id}`, '#flows-table']]) {
+    await page.goto(`${fg.url}/#/${view}`);
+    await page.locator(ready).waitFor({ timeout: 10_000 });
+    await page.waitForTimeout(600);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 1, `#/${view} scrolls sideways by ${overflow}px`);
+    await screenshot(page, `nodes-phone-${view.split('/')[0]}${view.includes('/') ? '-one' : ''}`);
+  }
+  node.close();
+  page.assertClean();
+  await page.context().close();
+});
