@@ -29,6 +29,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
+use crate::nodes::replicas::{self, LiveView};
 use crate::nodes::NodeSession;
 use crate::AppState;
 
@@ -133,6 +134,7 @@ impl NodeFeed {
 /// What the store says of a node, as far as the update needs it.
 struct Known {
     name: String,
+    device_type: DeviceType,
     software_version: Option<String>,
 }
 
@@ -145,15 +147,14 @@ struct Names {
 impl Names {
     /// Reads the names again when asked to, when they are old, or when a connected
     /// node is not among them (created since they were read).
-    async fn refresh(&mut self, state: &AppState, sessions: &[Arc<NodeSession>]) {
+    async fn refresh<'a>(&mut self, state: &AppState, connected: impl Iterator<Item = &'a str>) {
         let stale = state
             .node_feed
             .names_stale
             .swap(false, std::sync::atomic::Ordering::Relaxed);
         let old = self.read_at.is_none_or(|t| t.elapsed() >= NAMES_TTL);
-        let unknown = sessions
-            .iter()
-            .any(|s| !self.by_id.contains_key(&s.node_id));
+        let mut connected = connected;
+        let unknown = connected.any(|id| !self.by_id.contains_key(id));
         if !(stale || old || unknown) {
             return;
         }
@@ -184,6 +185,8 @@ impl Names {
                 by_id.insert(
                     node.id,
                     Known {
+                        device_type: DeviceType::parse(&node.device_type)
+                            .unwrap_or(DeviceType::Edge),
                         name: node.name,
                         software_version: node.software_version,
                     },
@@ -305,56 +308,111 @@ fn whole(v: f64) -> Value {
     }
 }
 
-/// Serializes the update for `sessions` (sorted by name, then id).
-fn build(mut sessions: Vec<Arc<NodeSession>>, names: &HashMap<String, Known>) -> FleetUpdate {
+/// A connected node: its connection here, or the view of the replica holding it.
+enum Connected {
+    Here(Arc<NodeSession>),
+    Elsewhere(String, Box<LiveView>),
+}
+
+impl Connected {
+    fn node_id(&self) -> &str {
+        match self {
+            Connected::Here(s) => &s.node_id,
+            Connected::Elsewhere(id, _) => id,
+        }
+    }
+}
+
+/// What one node's entry is made of.
+struct NodeLive<'a> {
+    node_id: &'a str,
+    device_type: DeviceType,
+    connected_at: i64,
+    protocol_version: Option<u32>,
+    software_version: Option<&'a str>,
+    stats: Option<&'a Value>,
+    health: Option<&'a Value>,
+}
+
+fn entry_json(n: &NodeLive<'_>, known: Option<&Known>, now: i64) -> serde_json::Result<String> {
+    serde_json::to_string(&Entry {
+        node_id: n.node_id,
+        name: known.map_or("", |k| k.name.as_str()),
+        device_type: n.device_type.as_str(),
+        status: "online",
+        stats: n.stats,
+        health: n.health,
+        software_version: n
+            .software_version
+            .or_else(|| known.and_then(|k| k.software_version.as_deref())),
+        protocol_version: n.protocol_version,
+        uptime_secs: ((now - n.connected_at) / 1000).max(0),
+        driver_metrics: match n.device_type {
+            DeviceType::Relay => relay_metrics(n.stats, n.health),
+            DeviceType::Edge => edge_metrics(n.stats, n.health),
+        },
+    })
+}
+
+/// Serializes the update for the `connected` nodes (sorted by name, then id).
+fn build(mut connected: Vec<Connected>, names: &HashMap<String, Known>) -> FleetUpdate {
     let now = now_ms();
-    let name_of = |s: &NodeSession| names.get(&s.node_id).map_or("", |k| k.name.as_str());
-    sessions.sort_by(|a, b| {
+    let name_of = |c: &Connected| names.get(c.node_id()).map_or("", |k| k.name.as_str());
+    connected.sort_by(|a, b| {
         name_of(a)
             .cmp(name_of(b))
-            .then_with(|| a.node_id.cmp(&b.node_id))
+            .then_with(|| a.node_id().cmp(b.node_id()))
     });
     // The entries, comma-separated, with where each lies.
-    let mut body = String::with_capacity(sessions.len() * 1024);
-    let mut entries = Vec::with_capacity(sessions.len());
-    for s in &sessions {
-        // A session's values stay readable even if a writer panicked.
-        let latest = s.latest.lock().unwrap_or_else(|e| e.into_inner());
-        let stats = latest.stats.as_ref().map(|r| &r.value);
-        let health = latest.health.as_ref().map(|r| &r.value);
-        let known = names.get(&s.node_id);
-        let entry = Entry {
-            node_id: &s.node_id,
-            name: known.map_or("", |k| k.name.as_str()),
-            device_type: s.device_type.as_str(),
-            status: "online",
-            stats,
-            health,
-            software_version: latest
-                .software_version
-                .as_deref()
-                .or_else(|| known.and_then(|k| k.software_version.as_deref())),
-            protocol_version: s.protocol_version,
-            uptime_secs: ((now - s.connected_at) / 1000).max(0),
-            driver_metrics: match s.device_type {
-                DeviceType::Relay => relay_metrics(stats, health),
-                DeviceType::Edge => edge_metrics(stats, health),
-            },
+    let mut body = String::with_capacity(connected.len() * 1024);
+    let mut entries = Vec::with_capacity(connected.len());
+    for c in &connected {
+        let known = names.get(c.node_id());
+        let json = match c {
+            Connected::Here(s) => {
+                // A session's values stay readable even if a writer panicked.
+                let latest = s.latest.lock().unwrap_or_else(|e| e.into_inner());
+                entry_json(
+                    &NodeLive {
+                        node_id: &s.node_id,
+                        device_type: s.device_type,
+                        connected_at: s.connected_at,
+                        protocol_version: s.protocol_version,
+                        software_version: latest.software_version.as_deref(),
+                        stats: latest.stats.as_ref().map(|r| &r.value),
+                        health: latest.health.as_ref().map(|r| &r.value),
+                    },
+                    known,
+                    now,
+                )
+            }
+            Connected::Elsewhere(id, v) => entry_json(
+                &NodeLive {
+                    node_id: id,
+                    device_type: known.map_or(DeviceType::Edge, |k| k.device_type),
+                    connected_at: v.connected_at,
+                    protocol_version: v.protocol_version,
+                    software_version: v.software_version.as_deref(),
+                    stats: v.stats.as_ref(),
+                    health: v.health.as_ref(),
+                },
+                known,
+                now,
+            ),
         };
-        let json = match serde_json::to_string(&entry) {
+        let json = match json {
             Ok(j) => j,
             Err(e) => {
-                tracing::warn!(node = %s.node_id, error = %e, "left a node out of the dashboard update");
+                tracing::warn!(node = %c.node_id(), error = %e, "left a node out of the dashboard update");
                 continue;
             }
         };
-        drop(latest);
         if !entries.is_empty() {
             body.push(',');
         }
         let start = body.len();
         body.push_str(&json);
-        entries.push((s.node_id.clone(), start..body.len()));
+        entries.push((c.node_id().to_string(), start..body.len()));
     }
     let head = format!(r#"{HEAD}{},"nodes":["#, entries.len());
     for (_, r) in &mut entries {
@@ -366,6 +424,43 @@ fn build(mut sessions: Vec<Arc<NodeSession>>, names: &HashMap<String, Known>) ->
         entries,
         built_at: Instant::now(),
     }
+}
+
+/// The nodes connected to other live replicas of this installation (not also
+/// connected here), with what their replicas report of them; a node whose
+/// replica does not answer in time is listed without stats and health.
+async fn elsewhere(state: &AppState, here: &[Arc<NodeSession>]) -> Vec<Connected> {
+    let presence = match state
+        .store
+        .node_presence(None, now_ms() - replicas::ALIVE_MS)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read node presence for the dashboard");
+            return Vec::new();
+        }
+    };
+    let here: HashSet<&str> = here.iter().map(|s| s.node_id.as_str()).collect();
+    let remote: Vec<_> = presence
+        .into_iter()
+        .filter(|p| p.replica != state.instance && !here.contains(p.node_id.as_str()))
+        .collect();
+    if remote.is_empty() {
+        return Vec::new();
+    }
+    let mut views = state.remote_views(&remote, true).await;
+    remote
+        .into_iter()
+        .map(|p| {
+            let view = views.remove(&p.node_id).unwrap_or_else(|| LiveView {
+                connected_at: p.connected_at,
+                protocol_version: p.protocol_version.and_then(|v| u32::try_from(v).ok()),
+                ..LiveView::default()
+            });
+            Connected::Elsewhere(p.node_id, Box::new(view))
+        })
+        .collect()
 }
 
 /// Keeps [`NodeFeed`] current while dashboards are open: an update every
@@ -407,9 +502,13 @@ pub fn spawn_builder(
                 continue;
             }
             let sessions = state.nodes.sessions();
-            names.refresh(&state, &sessions).await;
+            let mut connected = elsewhere(&state, &sessions).await;
+            connected.extend(sessions.into_iter().map(Connected::Here));
+            names
+                .refresh(&state, connected.iter().map(Connected::node_id))
+                .await;
             let by_id = names.by_id.clone();
-            match tokio::task::spawn_blocking(move || build(sessions, &by_id)).await {
+            match tokio::task::spawn_blocking(move || build(connected, &by_id)).await {
                 Ok(update) => {
                     state.node_feed.latest.send_replace(Some(Arc::new(update)));
                 }
@@ -443,6 +542,10 @@ mod tests {
         session
     }
 
+    fn here(hub: &NodeHub) -> Vec<Connected> {
+        hub.sessions().into_iter().map(Connected::Here).collect()
+    }
+
     fn names(pairs: &[(&str, &str)]) -> HashMap<String, Known> {
         pairs
             .iter()
@@ -451,6 +554,7 @@ mod tests {
                     id.to_string(),
                     Known {
                         name: name.to_string(),
+                        device_type: DeviceType::Edge,
                         software_version: Some("0.5.3".into()),
                     },
                 )
@@ -468,10 +572,7 @@ mod tests {
             "uptime_secs": 7});
         connect(&hub, "n2", DeviceType::Edge, Some(stats));
         connect(&hub, "n1", DeviceType::Relay, None);
-        let u = build(
-            hub.sessions(),
-            &names(&[("n1", "b-relay"), ("n2", "a-edge")]),
-        );
+        let u = build(here(&hub), &names(&[("n1", "b-relay"), ("n2", "a-edge")]));
         let all: Value = serde_json::from_str(u.text_for(None).as_str()).expect("json");
         assert_eq!(all["type"], "dashboard_update");
         assert_eq!(all["online_count"], 2);
@@ -527,10 +628,56 @@ mod tests {
         assert!(!m.has_changed().expect("open"));
         assert!(hub.detach(&second));
         assert!(m.has_changed().expect("open"));
-        let u = build(hub.sessions(), &HashMap::new());
+        let u = build(here(&hub), &HashMap::new());
         assert_eq!(
             u.text_for(None).as_str(),
             r#"{"type":"dashboard_update","online_count":0,"nodes":[]}"#
         );
+    }
+
+    #[test]
+    fn nodes_held_by_other_replicas_are_listed_with_their_view() {
+        let hub = NodeHub::default();
+        connect(&hub, "n1", DeviceType::Edge, None);
+        let mut known = names(&[("n1", "b-here"), ("r1", "a-there")]);
+        if let Some(k) = known.get_mut("r1") {
+            k.device_type = DeviceType::Relay;
+        }
+        let mut connected = here(&hub);
+        connected.push(Connected::Elsewhere(
+            "r1".into(),
+            Box::new(LiveView {
+                connected_at: now_ms() - 61_000,
+                protocol_version: Some(1),
+                software_version: Some("0.2.3".into()),
+                stats: Some(json!({"tunnels": [{"id": "t"}], "connected_edges": 2,
+                                   "total_bandwidth_bps": 8000, "uptime_secs": 90})),
+                ..LiveView::default()
+            }),
+        ));
+        let u = build(connected, &known);
+        let all: Value = serde_json::from_str(u.text_for(None).as_str()).expect("json");
+        assert_eq!(all["online_count"], 2);
+        let relay = &all["nodes"][0];
+        assert_eq!(relay["node_id"], "r1");
+        assert_eq!(relay["device_type"], "relay");
+        assert_eq!(relay["software_version"], "0.2.3");
+        assert!(
+            relay["uptime_secs"].as_i64().is_some_and(|s| s >= 60),
+            "{relay}"
+        );
+        assert_eq!(
+            relay["driver_metrics"]["metrics"],
+            json!([
+                ["connected_edges", 2],
+                ["active_tunnels", 0],
+                ["total_tunnels", 1],
+                ["total_bandwidth_bps", 8000],
+                ["total_bytes_forwarded", 0],
+                ["uptime_secs", 90]
+            ])
+        );
+        assert_eq!(relay["driver_metrics"]["items"], json!([{"id": "t"}]));
+        assert_eq!(all["nodes"][1]["node_id"], "n1");
     }
 }

@@ -165,10 +165,18 @@ async function renderList(main, ctx) {
       + 'token over the node listener (/ws/node, TLS) and reconnects with the secret it is given.'),
     h('section', { class: 'panel' }, box, pagerBox));
   await load();
-  // A node going online or offline shows without a reload.
+  // A node going online or offline shows without a reload: the list is read
+  // again when the connected nodes change from one update to the next (or, at
+  // the first update, differ from the list).
+  let before = null;
   const off = subscribe('dashboard_update', (u) => {
     const online = new Set((u.nodes || []).map((n) => n.node_id));
-    if (shown.some((n) => (n.status === 'online') !== online.has(n.id))) load().catch(() => {});
+    const key = [...online].sort().join(' ');
+    const changed = before === null
+      ? shown.some((n) => (n.status === 'online') !== online.has(n.id))
+      : key !== before;
+    before = key;
+    if (changed) load().catch(() => {});
   });
   return off;
 }
