@@ -1,6 +1,7 @@
 //! The fleet part of `/ws/dashboard`: Bilbycast's `dashboard_update`, a bare JSON
 //! object (not the `{"type","data"}` frames of the rest of the feed) listing the
-//! nodes connected to this manager with their latest stats and health:
+//! connected nodes with their latest stats and health: those connected here, and
+//! in a cluster those held by the other live replicas (as those report them):
 //!
 //! ```json
 //! {"type":"dashboard_update","online_count":1,"nodes":[{"node_id":"…","name":"…",
@@ -9,8 +10,9 @@
 //!  "driver_metrics":{"metrics":[["active_flows",1],…],"items":[…]}}]}
 //! ```
 //!
-//! It is built every [`UPDATE_EVERY`] and shortly after nodes connect or
-//! disconnect (changes within [`SETTLE`] of each other as one), not per stats
+//! It is built every [`UPDATE_EVERY`] and shortly after nodes connect to or
+//! disconnect from this replica (changes within [`SETTLE`] of each other as one;
+//! those of other replicas show at the next period), not per stats
 //! message: with thousands of nodes that would be thousands of updates a second.
 //! It is serialized once and the text shared by every dashboard socket; a socket
 //! limited to some nodes gets the same entries, cut from that text. Nothing is

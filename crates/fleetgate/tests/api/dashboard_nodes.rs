@@ -1,7 +1,8 @@
 //! Bilbycast's `dashboard_update` on `/ws/dashboard`, through a real manager and a
 //! scripted node over the TLS node listener: a browser session sees a connected
 //! node with its stats and health within one update period, a user limited to
-//! other nodes does not see it, and its disconnection is reported.
+//! other nodes does not see it, and its disconnection is reported; with two
+//! manager replicas, a dashboard on one lists a node connected to the other.
 
 use std::time::{Duration, Instant};
 
@@ -201,4 +202,71 @@ async fn dashboard_update_lists_connected_nodes_with_stats_for_those_allowed_to_
         .expect("node");
     assert_eq!(r.json::<Value>().await.expect("json")["status"], "offline");
     app.stop().await;
+}
+
+/// Two managers on one PostgreSQL and NATS: a dashboard open on B lists a node
+/// connected to A, with the stats A holds, and stops listing it once it is gone.
+#[tokio::test]
+async fn dashboard_update_lists_nodes_held_by_another_replica() {
+    let Ok(nats) = std::env::var("FLEETGATE_TEST_NATS_URL") else {
+        eprintln!("skipping two-replica dashboard case: FLEETGATE_TEST_NATS_URL is not set");
+        return;
+    };
+    let Some(url) = crate::support::postgres_schema_url().await else {
+        return;
+    };
+    let (a, b) = crate::scale_out::pair_on(&url, Some(&nats)).await;
+    let created = create_node(&a, json!({"name": "edge-on-a"})).await;
+    let mut node = connect(&a).await;
+    let reply = node
+        .auth(json!({"registration_token": created["registration_token"], "protocol_version": 1}))
+        .await;
+    assert_eq!(reply["type"], "register_ack", "{reply}");
+    let id = reply["payload"]["node_id"]
+        .as_str()
+        .expect("node_id")
+        .to_string();
+    node.send("health", json!({"status": "ok", "version": "0.5.3"}))
+        .await;
+    node.send(
+        "stats",
+        json!({"flows": [{"flow_id": "f1", "input": {"bitrate_bps": 1000}}],
+               "active_flows": 1, "total_flows": 1}),
+    )
+    .await;
+
+    let (cookie, _) = login_cookies(&b.url("/api/v1/auth/login")).await;
+    let mut on_b = open_dashboard(&b, &cookie).await;
+    let update = update_where(
+        &mut on_b,
+        Duration::from_secs(12),
+        "from the other replica",
+        |u| {
+            u["nodes"].as_array().is_some_and(|n| {
+                n.iter()
+                    .any(|n| n["node_id"] == id && n["stats"]["total_flows"] == 1)
+            })
+        },
+    )
+    .await;
+    let entry = &update["nodes"][0];
+    assert_eq!(entry["name"], "edge-on-a");
+    assert_eq!(entry["device_type"], "edge");
+    assert_eq!(entry["health"]["version"], "0.5.3");
+    assert_eq!(entry["software_version"], "0.5.3");
+    assert_eq!(
+        entry["driver_metrics"]["metrics"][4],
+        json!(["total_bitrate_bps", 1000])
+    );
+
+    drop(node);
+    update_where(
+        &mut on_b,
+        Duration::from_secs(12),
+        "without the node",
+        |u| !lists(u, &id),
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
 }
