@@ -3,11 +3,13 @@
 // screenshots. Nothing here reaches the internet.
 
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import crypto from 'node:crypto';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
@@ -33,17 +35,20 @@ export function freePort() {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/// A running Fleetgate: `url` (manager and dashboard), `gw` (gateway), `api()`.
+/// A running Fleetgate: `url` (manager and dashboard), `gw` (gateway), `nodeUrl`
+/// (its node listener, for `startEdge`), `dir` (its data directory), `api()`.
 export async function startFleetgate(extraEnv = {}) {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'fleetgate-e2e-'));
   const port = await freePort();
   const gwPort = await freePort();
+  const nodePort = await freePort();
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('FLEETGATE_')));
   Object.assign(env, {
     FLEETGATE_DATA_DIR: dir,
     FLEETGATE_BOOTSTRAP_TOKEN: TOKEN,
     FLEETGATE_ADMIN_PASSWORD: ADMIN_PASSWORD,
     FLEETGATE_LOG_LEVEL: 'warn',
+    FLEETGATE_MANAGER_NODE_LISTEN: `127.0.0.1:${nodePort}`,
     ...extraEnv,
   });
   const child = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`,
@@ -56,6 +61,8 @@ export async function startFleetgate(extraEnv = {}) {
   const fg = {
     url,
     gw: `http://127.0.0.1:${gwPort}`,
+    nodeUrl: `wss://localhost:${nodePort}`,
+    dir,
     log: () => log,
     async api(method, p, body) {
       const r = await fetch(url + p, {
@@ -87,6 +94,110 @@ export async function startFleetgate(extraEnv = {}) {
     await sleep(50);
   }
   return fg;
+}
+
+/// A `fleetgate edge` process registering with `fg`'s node listener with `token`
+/// (trusting the certificate the manager generated); `stop()` ends it.
+export async function startEdge(fg, token) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'fleetgate-e2e-edge-'));
+  const gwPort = await freePort();
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('FLEETGATE_')));
+  env.FLEETGATE_LOG_LEVEL = 'warn';
+  env.FLEETGATE_EDGE_TOKEN = token;
+  const child = spawn(BIN, ['edge', '--data-dir', dir, '--manager', fg.nodeUrl,
+    '--manager-ca-cert', path.join(fg.dir, 'node-tls.crt'),
+    '--gateway-listen', `127.0.0.1:${gwPort}`, '--gateway-tls-listen', '127.0.0.1:0'],
+  { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout.on('data', (d) => { log += d; });
+  child.stderr.on('data', (d) => { log += d; });
+  return {
+    log: () => log,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await new Promise((r) => { if (child.exitCode !== null) r(); else child.once('exit', r); });
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/// A node under the test's control speaking Bilbycast's `/ws/node` protocol (as
+/// an edge that reports flows would) to `fg`'s node listener over TLS: a minimal
+/// WebSocket client for text frames. `auth(payload)` sends the auth frame and
+/// resolves to the reply; `send(type, payload)` sends an enveloped message;
+/// `close()` drops the connection.
+export async function connectNode(fg) {
+  const port = Number(fg.nodeUrl.split(':').pop());
+  const sock = tls.connect({ host: '127.0.0.1', port, servername: 'localhost',
+    ca: readFileSync(path.join(fg.dir, 'node-tls.crt')) });
+  await new Promise((resolve, reject) => { sock.once('secureConnect', resolve); sock.once('error', reject); });
+  const key = crypto.randomBytes(16).toString('base64');
+  sock.write(`GET /ws/node HTTP/1.1\r\nHost: localhost:${port}\r\nUpgrade: websocket\r\n`
+    + `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+  let buf = Buffer.alloc(0);
+  let upgraded = false;
+  const texts = [];
+  const waiting = [];
+  const frame = (opcode, payload) => {
+    const mask = crypto.randomBytes(4);
+    const n = payload.length;
+    const head = n < 126 ? Buffer.from([0x80 | opcode, 0x80 | n])
+      : n < 65536 ? Buffer.from([0x80 | opcode, 0x80 | 126, n >> 8, n & 255])
+        : Buffer.concat([Buffer.from([0x80 | opcode, 0x80 | 127]), (() => {
+          const b = Buffer.alloc(8); b.writeBigUInt64BE(BigInt(n)); return b;
+        })()]);
+    const body = Buffer.from(payload.map((b, i) => b ^ mask[i % 4]));
+    sock.write(Buffer.concat([head, mask, body]));
+  };
+  const deliver = (text) => {
+    const w = waiting.shift();
+    if (w) w(text); else texts.push(text);
+  };
+  const upgrade = new Promise((resolve, reject) => {
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      if (!upgraded) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const status = buf.subarray(0, end).toString().split('\r\n')[0];
+        if (!status.includes(' 101 ')) { reject(new Error(`no upgrade: ${status}`)); return; }
+        upgraded = true;
+        buf = buf.subarray(end + 4);
+        resolve();
+      }
+      for (;;) {
+        if (buf.length < 2) return;
+        const opcode = buf[0] & 0x0f;
+        let len = buf[1] & 0x7f;
+        let at = 2;
+        if (len === 126) { if (buf.length < 4) return; len = buf.readUInt16BE(2); at = 4; }
+        else if (len === 127) { if (buf.length < 10) return; len = Number(buf.readBigUInt64BE(2)); at = 10; }
+        if (buf.length < at + len) return;
+        const payload = buf.subarray(at, at + len);
+        buf = buf.subarray(at + len);
+        if (opcode === 1) deliver(payload.toString());
+        else if (opcode === 9) frame(10, [...payload]);
+      }
+    });
+    sock.once('error', reject);
+  });
+  await upgrade;
+  const sendText = (text) => frame(1, [...Buffer.from(text)]);
+  const next = () => new Promise((resolve) => {
+    if (texts.length) resolve(texts.shift()); else waiting.push(resolve);
+  });
+  return {
+    async auth(payload) {
+      sendText(JSON.stringify({ type: 'auth', payload }));
+      return JSON.parse(await next());
+    },
+    send(type, payload) {
+      sendText(JSON.stringify({ type, timestamp: new Date().toISOString(), payload }));
+    },
+    close() { sock.destroy(); },
+  };
 }
 
 /// A local upstream answering every request with `state.status`.

@@ -59,6 +59,8 @@ static ASSETS: &[Asset] = assets![
     "js/pages/upstreams.js" => JS,
     "js/pages/breakers.js" => JS,
     "js/pages/revisions.js" => JS,
+    // Fleet views.
+    "js/pages/nodes.js" => JS,
 ];
 
 /// Content Security Policy of the dashboard: only its own scripts, styles and

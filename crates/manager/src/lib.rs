@@ -17,6 +17,7 @@ pub mod events;
 pub mod extract;
 pub mod metrics;
 pub mod middleware;
+pub mod node_feed;
 pub mod nodes;
 pub mod openapi;
 pub mod ratelimit;
@@ -124,6 +125,8 @@ pub struct Inner {
     pub nodes: nodes::NodeHub,
     /// This manager process's id among the replicas sharing its store (random).
     pub instance: String,
+    /// The `dashboard_update` of `/ws/dashboard`, shared by every dashboard socket.
+    pub node_feed: node_feed::NodeFeed,
 }
 
 /// Shared state of every handler.
@@ -192,6 +195,7 @@ impl AppState {
             refused_revision: std::sync::atomic::AtomicI64::new(0),
             nodes: nodes::NodeHub::default(),
             instance: uuid::Uuid::new_v4().simple().to_string(),
+            node_feed: node_feed::NodeFeed::default(),
         }));
         state.publish_latest().await?;
         state.publish_certificates().await?;
@@ -255,6 +259,7 @@ impl AppState {
         webhooks::spawn_worker(self.clone(), self.webhooks_wake.clone(), shutdown.clone());
         traffic::spawn_sampler(self.clone(), shutdown.clone());
         alerts::spawn_evaluator(self.clone(), shutdown.clone());
+        node_feed::spawn_builder(self.clone(), shutdown.clone());
         let state = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

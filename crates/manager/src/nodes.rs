@@ -149,6 +149,9 @@ pub struct NodeHub {
     sync: Mutex<HashMap<String, ConfigSyncState>>,
     /// The stats and health of the nodes connected here, downsampled.
     pub history: history::History,
+    /// Counts connections and disconnections: changes when the set of connected
+    /// nodes does.
+    membership: watch::Sender<u64>,
 }
 
 impl Default for NodeHub {
@@ -166,6 +169,7 @@ impl Default for NodeHub {
             snapshot_wanted: tokio::sync::Notify::new(),
             sync: Mutex::default(),
             history: history::History::default(),
+            membership: watch::Sender::new(0),
         }
     }
 }
@@ -212,6 +216,7 @@ impl NodeHub {
         if let Some(old) = &old {
             old.closed.notify_one();
         }
+        self.membership.send_modify(|n| *n += 1);
         (session, rx, old)
     }
 
@@ -228,6 +233,9 @@ impl NodeHub {
                 false
             }
         });
+        if removed {
+            self.membership.send_modify(|n| *n += 1);
+        }
         // Whoever waits on this connection will not hear from it.
         let gone = |w: &Waiter| w.node_id == session.node_id && w.conn_id == session.conn_id;
         if let Ok(mut acks) = self.acks.lock() {
@@ -286,6 +294,19 @@ impl NodeHub {
 
     pub fn session(&self, node_id: &str) -> Option<Arc<NodeSession>> {
         self.sessions.lock().ok()?.get(node_id).cloned()
+    }
+
+    /// Every current connection (one per connected node).
+    pub fn sessions(&self) -> Vec<Arc<NodeSession>> {
+        self.sessions
+            .lock()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Changes whenever a node connects or disconnects.
+    pub fn membership(&self) -> watch::Receiver<u64> {
+        self.membership.subscribe()
     }
 
     pub fn connected_count(&self) -> usize {

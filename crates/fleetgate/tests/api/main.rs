@@ -8,6 +8,7 @@ mod cluster;
 mod config;
 mod config_path;
 mod conventions;
+mod dashboard_nodes;
 mod edge_sync;
 mod events;
 mod flows;

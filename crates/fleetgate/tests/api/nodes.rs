@@ -16,13 +16,13 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 /// A node under the test's control.
-struct TestNode {
+pub(crate) struct TestNode {
     ws: Ws,
 }
 
 /// Opens a TLS WebSocket to the app's node listener, trusting the certificate the
 /// manager generated in its data directory (checked for the name `localhost`).
-async fn connect(app: &TestApp) -> TestNode {
+pub(crate) async fn connect(app: &TestApp) -> TestNode {
     let pem = std::fs::read(app.config.data_dir.join("node-tls.crt")).expect("node cert");
     connect_trusting(app, &pem).await.expect("TLS connect")
 }
@@ -61,7 +61,7 @@ impl TestNode {
             .expect("send");
     }
 
-    async fn send(&mut self, kind: &str, payload: Value) {
+    pub(crate) async fn send(&mut self, kind: &str, payload: Value) {
         self.send_text(
             json!({"type": kind, "timestamp": "2026-01-01T00:00:00Z", "payload": payload})
                 .to_string(),
@@ -85,7 +85,7 @@ impl TestNode {
     }
 
     /// Sends the auth frame (no timestamp, as edges do) and returns the reply.
-    async fn auth(&mut self, payload: Value) -> Value {
+    pub(crate) async fn auth(&mut self, payload: Value) -> Value {
         self.send_text(json!({"type": "auth", "payload": payload}).to_string())
             .await;
         self.recv().await.expect("an auth reply")
@@ -112,7 +112,7 @@ impl TestNode {
     }
 }
 
-async fn create_node(app: &TestApp, body: Value) -> Value {
+pub(crate) async fn create_node(app: &TestApp, body: Value) -> Value {
     let r = app
         .admin(Method::POST, "/api/v1/nodes")
         .json(&body)

@@ -12,6 +12,7 @@ const VIEWS = [
   { path: 'upstreams', label: 'Upstreams', module: './pages/upstreams.js' },
   { path: 'breakers', label: 'Breakers & limits', module: './pages/breakers.js' },
   { path: 'redirects', label: 'Redirects & pages', module: './pages/redirects.js' },
+  { path: 'nodes', label: 'Nodes', module: './pages/nodes.js' },
   { path: 'events', label: 'Events', module: './pages/events.js' },
   { path: 'incidents', label: 'Incidents', module: './pages/incidents.js' },
   { path: 'alert-rules', label: 'Alert rules', module: './pages/alert-rules.js', hidden: true },

@@ -1,13 +1,17 @@
 // The dashboard's live feed (/ws/dashboard), shared by every view: one socket,
-// reconnected with backoff, fanned out to subscribers by message type.
+// reconnected with backoff, fanned out to subscribers by message type. Besides
+// the `{type, data}` frames, the socket carries `dashboard_update` as a bare
+// object (the connected nodes, every 5 s); its subscribers get the whole object.
 
-const handlers = { metrics: new Set(), event: new Set(), status: new Set() };
+const handlers = { metrics: new Set(), event: new Set(), status: new Set(), dashboard_update: new Set() };
 let socket = null;
 let retry = 0;
 let timer = null;
 let wanted = false;
 // The socket's last status, told at once to a view that subscribes later.
 let lastStatus = null;
+// The latest node list, told at once to a view that subscribes later.
+let lastFleet = null;
 
 function connect() {
   timer = null;
@@ -17,10 +21,12 @@ function connect() {
   socket.addEventListener('message', (m) => {
     let msg;
     try { msg = JSON.parse(m.data); } catch { return; }
-    emit(msg.type, msg.data);
+    if (msg.type === 'dashboard_update') emit(msg.type, msg);
+    else emit(msg.type, msg.data);
   });
   socket.addEventListener('close', () => {
     socket = null;
+    lastFleet = null;
     emit('status', 'reconnecting');
     if (!wanted) return;
     retry = Math.min(retry + 1, 6);
@@ -30,18 +36,22 @@ function connect() {
 
 function emit(type, data) {
   if (type === 'status') lastStatus = data;
+  if (type === 'dashboard_update') lastFleet = data;
   for (const fn of handlers[type] || []) {
     try { fn(data); } catch (e) { console.warn('live handler failed', e); }
   }
 }
 
-/// Calls `fn(data)` for each message of `type` ('metrics', 'event' or 'status');
-/// returns the function that unsubscribes.
+/// Calls `fn(data)` for each message of `type` ('metrics', 'event', 'status' or
+/// 'dashboard_update'); returns the function that unsubscribes.
 export function subscribe(type, fn) {
   handlers[type].add(fn);
   if (!socket && !timer) { wanted = true; connect(); }
   if (type === 'status' && lastStatus && socket) {
     try { fn(lastStatus); } catch (e) { console.warn('live handler failed', e); }
+  }
+  if (type === 'dashboard_update' && lastFleet && socket) {
+    try { fn(lastFleet); } catch (e) { console.warn('live handler failed', e); }
   }
   return () => handlers[type].delete(fn);
 }
@@ -49,6 +59,7 @@ export function subscribe(type, fn) {
 /// Closes the socket (on sign-out).
 export function stop() {
   wanted = false;
+  lastFleet = null;
   clearTimeout(timer);
   timer = null;
   if (socket) socket.close();

@@ -2,7 +2,11 @@
 //! `{"type": ..., "data": ...}`:
 //! - `hello` once: who is connected and the unacknowledged event counts;
 //! - `metrics` every second: the live traffic snapshot (as `/api/v1/metrics`);
-//! - `event` for each event as it is stored (as in `/api/v1/events`).
+//! - `event` for each event as it is stored (as in `/api/v1/events`);
+//! - Bilbycast's `dashboard_update` (a bare object, without `data`): the connected
+//!   nodes with their latest stats and health, every 5 s and when nodes connect or
+//!   disconnect (see [`crate::node_feed`]); a caller limited to some nodes sees
+//!   only those.
 //!
 //! The client may send `{"type":"ping"}` and gets `{"type":"pong"}`. A client that
 //! falls more than the live buffer behind on events, or does not take a frame
@@ -77,6 +81,8 @@ async fn send(socket: &mut WebSocket, msg: Message) -> bool {
 async fn feed(state: AppState, auth: AuthContext, mut socket: WebSocket) {
     let mut events = state.events.subscribe();
     let mut metrics = state.traffic.subscribe();
+    let (mut fleet, current) = state.node_feed.subscribe();
+    let allowed = super::nodes::allowed(&auth).map(Vec::as_slice);
     let counts = state.store.count_unacked().await.ok();
     let hello = json!({
         "user": auth.actor.name,
@@ -86,8 +92,24 @@ async fn feed(state: AppState, auth: AuthContext, mut socket: WebSocket) {
     if !send(&mut socket, frame("hello", hello)).await {
         return;
     }
+    if let Some(update) = current {
+        if !send(&mut socket, Message::Text(update.text_for(allowed))).await {
+            return;
+        }
+    }
     loop {
         tokio::select! {
+            changed = fleet.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let update = fleet.borrow_and_update().clone();
+                if let Some(update) = update {
+                    if !send(&mut socket, Message::Text(update.text_for(allowed))).await {
+                        return;
+                    }
+                }
+            }
             changed = metrics.changed() => {
                 if changed.is_err() {
                     return;

@@ -206,7 +206,7 @@ async fn view_one(state: &AppState, n: &NodeRecord) -> NodeView {
 }
 
 /// The node ids the caller is limited to, or `None` for all.
-fn allowed(auth: &AuthContext) -> Option<&Vec<String>> {
+pub(crate) fn allowed(auth: &AuthContext) -> Option<&Vec<String>> {
     auth.user.as_ref().and_then(|u| u.allowed_node_ids.as_ref())
 }
 
@@ -491,6 +491,7 @@ pub async fn update(
     }
     n.updated_at = now_ms();
     let saved = state.store.update_node(&auth.actor, &n, expected).await?;
+    state.node_feed.names_changed();
     Ok(json_with_etag(
         StatusCode::OK,
         saved.version,
