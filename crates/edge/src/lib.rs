@@ -146,6 +146,9 @@ pub fn stored_snapshot(data_dir: &std::path::Path) -> Option<StoredSnapshot> {
     files::load_snapshot(data_dir)
 }
 
+/// `auth_error` texts saying the manager does not know the node id and secret.
+const IDENTITY_UNKNOWN: [&str; 2] = ["Node not registered", "Invalid node secret"];
+
 /// The agent: one per edge process.
 pub struct EdgeAgent {
     options: EdgeOptions,
@@ -157,6 +160,9 @@ pub struct EdgeAgent {
     applied: Mutex<AppliedConfig>,
     /// The snapshot `applied` names, which a `config_delta` applies to.
     served: Mutex<Option<Arc<DataPlaneConfig>>>,
+    /// The manager refused the stored identity as unknown (the node was deleted,
+    /// or its secret changed): the next attempt registers with the token, if any.
+    identity_refused: std::sync::atomic::AtomicBool,
     started: Instant,
     flows: FlowEngine,
     /// Events for the manager, sent while connected (one session at a time).
@@ -216,6 +222,7 @@ impl EdgeAgent {
             status,
             applied: Mutex::new(applied),
             served: Mutex::new(took.map(|s| Arc::new(s.config.clone()))),
+            identity_refused: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
             flows,
             events: tokio::sync::Mutex::new(events),
@@ -291,7 +298,11 @@ impl EdgeAgent {
         let mut ws = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
             .await
             .map_err(|_| "connecting timed out".to_string())??;
-        let identity = Self::identity(&self.options);
+        let refused = self
+            .identity_refused
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let identity =
+            Self::identity(&self.options).filter(|_| !(refused && self.options.token.is_some()));
         let mut payload = json!({
             "software_version": env!("CARGO_PKG_VERSION"),
             "protocol_version": PROTOCOL_VERSION,
@@ -336,6 +347,8 @@ impl EdgeAgent {
                     },
                 )
                 .map_err(|e| format!("cannot store the node identity: {e}"))?;
+                self.identity_refused
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(node = %node_id, "registered with the manager");
             }
             Some("auth_ok") => {
@@ -346,6 +359,15 @@ impl EdgeAgent {
                     .get("message")
                     .and_then(Value::as_str)
                     .unwrap_or("no reason given");
+                // The manager no longer knows this identity: a token given to the
+                // edge registers it again (the manager decides whether it may).
+                if identity.is_some() && IDENTITY_UNKNOWN.contains(&msg) {
+                    self.identity_refused
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    if self.options.token.is_some() {
+                        tracing::warn!(reason = msg, "the manager refused the stored node identity; registering with the token next");
+                    }
+                }
                 return Err(format!(
                     "the manager refused authentication: {}",
                     truncate(msg.to_string(), 256)

@@ -313,3 +313,44 @@ async fn without_the_manager_the_edge_serves_its_stored_snapshot_and_reconciles_
     edge.shutdown().await.expect("edge stops");
     app.stop().await;
 }
+
+/// An edge whose stored identity the manager no longer knows (its node was
+/// deleted) registers again with the token it is given, as the new node.
+#[tokio::test]
+async fn an_edge_whose_identity_is_unknown_registers_again_with_its_token() {
+    let mdir = tempfile::tempdir().expect("tempdir");
+    let app = start_manager(config_in(mdir.path())).await;
+    let (old_id, token) = create_node(&app, "edge-old").await;
+    let edir = tempfile::tempdir().expect("tempdir");
+    let edge = fleetgate::start_edge(
+        edge_config(&app, edir.path(), Some(token)),
+        std::future::pending(),
+    )
+    .await
+    .expect("edge starts");
+    node_until(&app, &old_id, "in sync", in_sync).await;
+    edge.shutdown().await.expect("edge stops");
+    let r = app
+        .admin(Method::DELETE, &format!("/api/v1/nodes/{old_id}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    let (new_id, new_token) = create_node(&app, "edge-new").await;
+    let edge = fleetgate::start_edge(
+        edge_config(&app, edir.path(), Some(new_token)),
+        std::future::pending(),
+    )
+    .await
+    .expect("edge starts again");
+    let v = node_until(&app, &new_id, "registered and in sync", in_sync).await;
+    assert_eq!(v["status"], "online");
+    let stored = std::fs::read_to_string(edir.path().join("edge-node.json")).expect("identity");
+    assert!(
+        stored.contains(&new_id) && !stored.contains(&old_id),
+        "{stored}"
+    );
+    edge.shutdown().await.expect("edge stops");
+    app.stop().await;
+}
