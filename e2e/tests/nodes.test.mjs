@@ -66,6 +66,13 @@ test('a node created in the UI registers with its one-time token, goes live, ans
   await page.locator('#node-health dt', { hasText: 'version' }).waitFor();
   assert.match(await page.locator('#node-health').textContent(), /ok/);
   await page.locator('#node-flows').getByText('The node reports no flows.').waitFor();
+  // Its history: the minute in progress, charted for a metric it reports.
+  await page.locator('#node-history svg.chart').waitFor({ timeout: 15_000 });
+  const metrics = await page.locator('#node-history-metric option').allTextContents();
+  assert.ok(metrics.includes('health.ok') && metrics.includes('uptime_secs'), metrics.join(','));
+  await page.locator('#node-history-metric').selectOption('health.ok');
+  await page.locator('#node-history', { hasText: 'health.ok avg: 1' }).waitFor();
+  assert.match(await page.locator('#node-history').textContent(), /still in progress/);
   await until('the edge to apply the configuration', async () =>
     /in sync/.test(await page.locator('#node-sync').textContent()), 20_000);
   const applied = await page.locator('#config-sync [data-key="applied"]').textContent();

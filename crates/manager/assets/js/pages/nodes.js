@@ -6,6 +6,7 @@
 
 import { get, post, put, del, enc, getVersioned } from '../api.js';
 import { subscribe } from '../live.js';
+import { LineChart } from '../chart.js';
 import { h, mount, table, field, values, badge, time, num, toast, attempt, confirm, parseJsonField } from '../ui.js';
 import { formDialog, fieldError, pager, showSecret, fact, etagOf, stack } from '../widgets.js';
 
@@ -311,6 +312,55 @@ function commandBox(n, types) {
   return h('div', {}, form, result);
 }
 
+/// The node's stored history (GET /nodes/{id}/history): one metric at a time,
+/// its average and maximum per interval, the interval in progress last.
+function historyPanel(base) {
+  const box = h('div', { id: 'node-history' });
+  const metric = h('select', { 'aria-label': 'Metric', id: 'node-history-metric' });
+  const resolution = h('select', { 'aria-label': 'Resolution', id: 'node-history-resolution' },
+    h('option', { value: '60' }, 'per minute, last 3 hours'),
+    h('option', { value: '3600' }, 'per hour, last 7 days'));
+  let points = [];
+
+  function draw() {
+    const name = metric.value;
+    if (!points.length || !name) {
+      mount(box, h('p', { class: 'empty' }, 'No history yet: it is kept while the node is connected.'));
+      return;
+    }
+    const fmt = (v) => num(v, 1);
+    const chart = new LineChart([{ label: `${name} avg`, format: fmt }, { label: `${name} max`, format: fmt }],
+      { capacity: Math.max(points.length, 2), height: 160, label: `History of ${name}` });
+    for (const p of points) {
+      const m = p.metrics[name];
+      chart.push(m ? [m.avg, m.max] : [null, null]);
+    }
+    const first = points[0].ts;
+    const last = points[points.length - 1];
+    mount(box, chart.el, chart.legend,
+      h('p', { class: 'muted' }, `${points.length} interval(s) from ${time(first)}`,
+        last.partial ? ' (the last one still in progress)' : ''));
+  }
+
+  async function load() {
+    const r = await attempt(() => get(`${base}/history?resolution=${resolution.value}`));
+    if (!r) return;
+    points = r.points || [];
+    const names = [...new Set(points.flatMap((p) => Object.keys(p.metrics)))].sort();
+    const keep = names.includes(metric.value) ? metric.value
+      : (names.find((x) => x === 'flows.input_bitrate_bps') || names[0] || '');
+    mount(metric, ...names.map((x) => h('option', { value: x }, x)));
+    metric.value = keep;
+    draw();
+  }
+
+  metric.addEventListener('change', draw);
+  resolution.addEventListener('change', load);
+  const el = h('section', { class: 'panel' },
+    h('div', { class: 'panel-head' }, h('h2', { class: 'grow' }, 'History'), metric, resolution), box);
+  return { el, load, empty: () => points.length === 0 };
+}
+
 async function renderOne(main, ctx, id) {
   const base = `/api/v1/nodes/${enc(id)}`;
   const types = await deviceTypes();
@@ -381,11 +431,16 @@ async function renderOne(main, ctx, id) {
         : h('p', { class: 'empty' }, `${(entry.driver_metrics.items || []).length} tunnel(s) reported.`));
     }
     mount(updated, `Updated ${new Date().toLocaleTimeString()}`);
+    // A node that just connected has history as soon as it reports.
+    if (entry && history.empty()) history.load();
     // Revisions and status come from the node API; read it again with each update.
     if (wasOnline !== !!entry || n.config) refresh();
   }
 
   drawHead();
+  const history = historyPanel(base);
+  history.load();
+  const historyTimer = setInterval(() => { if (alive) history.load(); }, 60_000);
   mount(main, head,
     h('section', { class: 'panel' },
       h('div', { class: 'panel-head' }, h('h2', { class: 'grow' }, 'Live stats ', liveBadge), updated),
@@ -394,11 +449,12 @@ async function renderOne(main, ctx, id) {
       h('section', { class: 'panel' }, h('h2', {}, 'Health'), healthBox),
       h('section', { class: 'panel' }, h('h2', {}, 'Config sync'), syncBox)),
     h('section', { class: 'panel' }, h('h2', {}, 'Flows'), flowsBox),
+    history.el,
     h('section', { class: 'panel', id: 'node-command' }, h('h2', {}, 'Command'),
       ctx.canEdit ? commandBox(n, types)
         : h('p', { class: 'empty' }, 'Sending commands needs the operator role.')));
   mount(healthBox, h('p', { class: 'empty' }, 'Waiting for the live feed…'));
   mount(flowsBox, h('p', { class: 'empty' }, 'Waiting for the live feed…'));
   const off = subscribe('dashboard_update', showLive);
-  return () => { alive = false; off(); };
+  return () => { alive = false; off(); clearInterval(historyTimer); };
 }
