@@ -18,6 +18,7 @@ mod metrics;
 mod nodes;
 mod redirects;
 mod sql;
+mod tunnels;
 mod webhooks;
 
 use async_trait::async_trait;
@@ -43,6 +44,7 @@ pub use redirects::{
     RuleTable, TokenScope, PUBLISH_CHANGES_LISTED,
 };
 pub use sql::{Backend, SqlStore, StoreOptions};
+pub use tunnels::{Leg, LegState, TunnelRecord, TunnelStore};
 pub use webhooks::{AttemptOutcome, AttemptRecord, DeliveryRecord, WebhookRecord, WebhookStore};
 
 /// Result of store operations.
@@ -165,6 +167,7 @@ pub trait Store:
     + AlertStore
     + NodeStore
     + FleetStore
+    + TunnelStore
     + Send
     + Sync
     + 'static

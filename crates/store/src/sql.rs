@@ -134,6 +134,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0010_node_presence_and_history.sql"),
         include_str!("../migrations/postgres/0010_node_presence_and_history.sql"),
     ),
+    (
+        11,
+        "tunnels",
+        include_str!("../migrations/sqlite/0011_tunnels.sql"),
+        include_str!("../migrations/postgres/0011_tunnels.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

@@ -17,6 +17,7 @@ use fleetgate_store::{
 use fleetgate_store::{AttemptOutcome, DeliveryRecord, WebhookRecord, WebhookStore};
 use fleetgate_store::{AuditStore, AuthStore, CertificateStore};
 use fleetgate_store::{FleetStore, NodePresence, NodeSample};
+use fleetgate_store::{Leg, LegState, TunnelRecord, TunnelStore};
 use fleetgate_store::{LoginAttempt, MetricPoint, MetricStore};
 use fleetgate_store::{NodeFilter, NodeRecord, NodeStore};
 use serde_json::json;
@@ -114,6 +115,7 @@ conformance!(
     incident_timelines_filters_and_deletion,
     nodes_crud_tokens_and_registration,
     fleet_presence_follows_live_replicas_and_samples_roll,
+    tunnels_crud_legs_and_audit_without_secrets,
 );
 
 fn actor() -> Actor {
@@ -2343,4 +2345,114 @@ async fn fleet_presence_follows_live_replicas_and_samples_roll(s: &SqlStore) {
         .await
         .expect("gone")
         .is_empty());
+}
+
+fn tunnel(id: &str, ingress: &str, egress: &str, relay: Option<&str>) -> TunnelRecord {
+    TunnelRecord {
+        id: id.into(),
+        name: format!("tunnel {id}"),
+        protocol: "tcp".into(),
+        mode: if relay.is_some() { "relay" } else { "direct" }.into(),
+        ingress_node_id: ingress.into(),
+        ingress_listen_port: 9000,
+        egress_node_id: egress.into(),
+        egress_forward_addr: "127.0.0.1:22".into(),
+        egress_peer_addr: relay.is_none().then(|| "198.51.100.7:4444".to_string()),
+        relay_addr: relay.map(|_| "198.51.100.9:4433".to_string()),
+        relay_node_id: relay.map(str::to_string),
+        enabled: true,
+        associated_flow_ids: json!(["f1"]),
+        secrets_sealed: "sealed-secret-material".into(),
+        ingress: LegState::pending(),
+        egress: LegState::pending(),
+        relay: relay.map(|_| LegState::pending()),
+        version: 1,
+        created_at: now_ms(),
+        updated_at: now_ms(),
+    }
+}
+
+async fn tunnels_crud_legs_and_audit_without_secrets(s: &SqlStore) {
+    let a = actor();
+    let t1 = tunnel("t1", "e1", "e2", Some("r1"));
+    s.create_tunnel(&a, &t1).await.expect("create");
+    s.create_tunnel(&a, &tunnel("t2", "e3", "e2", None))
+        .await
+        .expect("create direct");
+    assert!(matches!(
+        s.create_tunnel(&a, &t1).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.get_tunnel("t1").await.expect("get"), Some(t1.clone()));
+    let listed = s.list_tunnels(page(1, 1)).await.expect("list");
+    assert_eq!((listed.total, listed.items[0].id.as_str()), (2, "t2"));
+    let of_e2: Vec<String> = s
+        .tunnels_of_node("e2")
+        .await
+        .expect("of e2")
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(of_e2, ["t1", "t2"]);
+    assert_eq!(s.tunnels_of_node("r1").await.expect("of r1").len(), 1);
+
+    s.set_tunnel_leg(
+        "t1",
+        Leg::Relay,
+        &LegState {
+            status: "failed".into(),
+            error: Some("relay not connected".into()),
+        },
+    )
+    .await
+    .expect("leg");
+    s.set_tunnel_leg(
+        "t1",
+        Leg::Ingress,
+        &LegState {
+            status: "pushed".into(),
+            error: None,
+        },
+    )
+    .await
+    .expect("leg");
+    let got = s.get_tunnel("t1").await.expect("get").expect("t1");
+    assert_eq!(got.ingress.status, "pushed");
+    assert_eq!(
+        got.relay.as_ref().and_then(|l| l.error.as_deref()),
+        Some("relay not connected")
+    );
+    assert_eq!(got.version, 1, "leg states are not edits");
+
+    let mut edit = got.clone();
+    edit.name = "renamed".into();
+    edit.enabled = false;
+    let saved = s.update_tunnel(&a, &edit, Some(1)).await.expect("update");
+    assert_eq!(
+        (saved.version, saved.name.as_str(), saved.enabled),
+        (2, "renamed", false)
+    );
+    assert!(matches!(
+        s.update_tunnel(&a, &edit, Some(1)).await,
+        Err(StoreError::VersionMismatch { current: 2 })
+    ));
+    let gone = s.delete_tunnel(&a, "t1").await.expect("delete");
+    assert_eq!(gone.name, "renamed");
+    assert!(s.get_tunnel("t1").await.expect("get").is_none());
+    assert!(matches!(
+        s.delete_tunnel(&a, "t1").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                target_type: Some("tunnel".into()),
+                ..Default::default()
+            },
+            page(100, 0),
+        )
+        .await
+        .expect("audit");
+    assert_eq!(audit.items.len(), 4, "create ×2, update, delete");
+    assert!(!format!("{:?}", audit.items).contains("sealed-secret-material"));
 }
