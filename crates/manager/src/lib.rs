@@ -25,6 +25,7 @@ pub mod revisions;
 pub mod secrets;
 pub mod server;
 pub mod traffic;
+pub mod tunnels;
 pub mod webhooks;
 
 use std::ops::Deref;
@@ -250,6 +251,7 @@ impl AppState {
         }
         nodes::replicas::spawn(self.clone(), shutdown.clone()).await;
         nodes::history::spawn(self.clone(), shutdown.clone());
+        tunnels::spawn_retry(self.clone(), shutdown.clone());
         self.follow_store(shutdown.clone());
         self.events.spawn_writer(
             self.store.clone(),

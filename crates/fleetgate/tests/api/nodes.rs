@@ -92,7 +92,7 @@ impl TestNode {
     }
 
     /// Waits for a `command` and returns its payload.
-    async fn next_command(&mut self) -> Value {
+    pub(crate) async fn next_command(&mut self) -> Value {
         loop {
             let f = self.recv().await.expect("a command");
             if f["type"] == "command" {
@@ -101,7 +101,7 @@ impl TestNode {
         }
     }
 
-    async fn closed(&mut self) -> bool {
+    pub(crate) async fn closed(&mut self) -> bool {
         loop {
             match tokio::time::timeout(Duration::from_secs(5), self.ws.next()).await {
                 Err(_) => return false,
@@ -124,7 +124,7 @@ pub(crate) async fn create_node(app: &TestApp, body: Value) -> Value {
 }
 
 /// A registered, connected edge: (node, node id, secret).
-async fn registered(app: &TestApp, device_type: &str) -> (TestNode, String, String) {
+pub(crate) async fn registered(app: &TestApp, device_type: &str) -> (TestNode, String, String) {
     let created = create_node(app, json!({"name": "edge-1", "device_type": device_type})).await;
     let mut node = connect(app).await;
     let reply = node
@@ -534,7 +534,7 @@ async fn a_silent_connection_is_refused_after_ten_seconds() {
 }
 
 /// Answers the next command as `reply` says and returns the command.
-async fn answer(
+pub(crate) async fn answer(
     node: &mut TestNode,
     reply: impl FnOnce(&Value) -> Option<(String, Value)>,
 ) -> Value {

@@ -20,6 +20,7 @@ pub mod revisions;
 pub mod session;
 pub mod settings;
 pub mod troubleshooting;
+pub mod tunnels;
 pub mod users;
 pub mod webhooks;
 
@@ -107,6 +108,8 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(nodes::regenerate_token))
         .routes(routes!(nodes::config))
         .routes(routes!(nodes::history))
+        .routes(routes!(tunnels::list, tunnels::create))
+        .routes(routes!(tunnels::get, tunnels::update, tunnels::delete))
         .routes(routes!(nodes::device_types))
         .merge(
             OpenApiRouter::new()

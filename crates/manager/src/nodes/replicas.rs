@@ -206,6 +206,32 @@ impl AppState {
         outcome(self.ask(&p.replica, &req, wait + RELAY_MARGIN).await?)
     }
 
+    /// Sends a command to a node wherever it is connected (checked against the
+    /// node's command sheet first).
+    pub async fn command_anywhere(
+        &self,
+        node_id: &str,
+        action: &Value,
+        wait: Duration,
+    ) -> Result<CommandAck, RemoteFailure> {
+        match self.whereabouts(node_id).await {
+            Whereabouts::Local(s) => {
+                let spec = validate_command(s.device_type, action).map_err(|e| {
+                    RemoteFailure::Node(CommandFailure::Refused(CommandAck {
+                        command_id: String::new(),
+                        success: false,
+                        error: Some(e.to_string()),
+                        error_code: Some("invalid_command".into()),
+                        data: None,
+                    }))
+                })?;
+                Ok(self.nodes.command(node_id, spec, action, wait).await?)
+            }
+            Whereabouts::Remote(p) => self.remote_command(&p, action, wait).await,
+            Whereabouts::Offline => Err(CommandFailure::NotConnected.into()),
+        }
+    }
+
     /// The configuration of a node connected to another replica.
     pub async fn remote_config(
         &self,

@@ -291,6 +291,8 @@ async fn run(state: AppState, mut socket: WebSocket, peer: SocketAddr) {
         state.emit(e);
     }
     tracing::info!(node = %node.id, %peer, "node connected");
+    // Its tunnels go to it again: it may have lost them.
+    crate::tunnels::node_connected(&state, &node.id);
     serve(&state, socket, &session, outbox).await;
     let offline = state.nodes.detach(&session);
     if let Err(e) = state.store.node_seen(&node.id, now_ms(), None, None).await {
