@@ -113,7 +113,20 @@ impl Api {
         }
     }
 
+    /// One request; a kept-alive connection the manager closed meanwhile is
+    /// replaced once.
     async fn call(&mut self, method: &str, path: &str, body: &Value) -> Result<Value> {
+        let reused = self.conn.is_some();
+        match self.try_call(method, path, body).await {
+            Err(e) if reused && e.downcast_ref::<std::io::Error>().is_some() => {
+                self.conn = None;
+                self.try_call(method, path, body).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_call(&mut self, method: &str, path: &str, body: &Value) -> Result<Value> {
         let body = body.to_string();
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
@@ -132,7 +145,9 @@ impl Api {
         };
         conn.get_mut().write_all(request.as_bytes()).await?;
         let mut line = String::new();
-        conn.read_line(&mut line).await?;
+        if conn.read_line(&mut line).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
         let status: u16 = line
             .split_whitespace()
             .nth(1)

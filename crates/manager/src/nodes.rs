@@ -6,10 +6,12 @@
 //! - [`listener`]: the TLS listener serving `/ws/node`;
 //! - [`session`]: one node connection, from its first frame to its close;
 //! - [`lockout`]: 5 failed authentications in 60 s lock a node id or token prefix;
+//! - [`seen`]: when nodes were last seen, written to the store in batches;
 //! - [`tls`]: the listener's certificate (generated on first start, or uploaded).
 
 pub mod listener;
 pub mod lockout;
+pub mod seen;
 pub mod session;
 pub mod tls;
 
@@ -129,6 +131,8 @@ pub struct NodeHub {
     configs: Mutex<HashMap<String, Reported>>,
     next_conn: AtomicU64,
     pub lockout: lockout::Lockout,
+    /// When nodes were seen, until the next batch write.
+    pub(crate) seen: seen::SeenBuffer,
     /// The node listener's certificate; set when the listener starts.
     pub tls: OnceLock<Arc<tls::NodeTls>>,
     /// Becomes true when the node listener shuts down: sessions close.
@@ -151,6 +155,7 @@ impl Default for NodeHub {
             configs: Mutex::default(),
             next_conn: AtomicU64::new(0),
             lockout: lockout::Lockout::default(),
+            seen: seen::SeenBuffer::default(),
             tls: OnceLock::new(),
             closing: tokio::sync::watch::Sender::new(false),
             snapshots: watch::Sender::new(None),

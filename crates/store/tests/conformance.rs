@@ -17,7 +17,7 @@ use fleetgate_store::{
 use fleetgate_store::{AttemptOutcome, DeliveryRecord, WebhookRecord, WebhookStore};
 use fleetgate_store::{AuditStore, AuthStore, CertificateStore};
 use fleetgate_store::{LoginAttempt, MetricPoint, MetricStore};
-use fleetgate_store::{NodeFilter, NodeRecord, NodeStore};
+use fleetgate_store::{NodeFilter, NodeRecord, NodeSeen, NodeStore};
 use serde_json::json;
 
 struct Harness {
@@ -2174,6 +2174,26 @@ async fn nodes_crud_tokens_and_registration(s: &SqlStore) {
     assert_eq!(seen.last_seen_at, Some(now + 1));
     assert_eq!(seen.software_version.as_deref(), Some("0.5.3"));
     assert_eq!(seen.protocol_version, Some(1));
+
+    // Many at once: each row as node_seen would write it; unknown ids are skipped.
+    let batch: Vec<NodeSeen> = ["n1", "n2", "gone"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| NodeSeen {
+            id: (*id).to_string(),
+            at: now + 10 + i as i64,
+            software_version: (i == 1).then(|| "0.6.0".to_string()),
+            protocol_version: None,
+        })
+        .collect();
+    s.nodes_seen(&batch).await.expect("seen in a batch");
+    let n1 = s.get_node("n1").await.expect("get").expect("n1");
+    assert_eq!(n1.last_seen_at, Some(now + 10));
+    assert_eq!(n1.software_version.as_deref(), Some("0.5.3"));
+    assert_eq!(n1.protocol_version, Some(1));
+    let n2 = s.get_node("n2").await.expect("get").expect("n2");
+    assert_eq!(n2.last_seen_at, Some(now + 11));
+    assert_eq!(n2.software_version.as_deref(), Some("0.6.0"));
 
     s.delete_node(&a, "n2").await.expect("delete");
     assert!(s.get_node("n2").await.expect("get").is_none());

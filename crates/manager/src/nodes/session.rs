@@ -39,7 +39,8 @@ const IDLE_LIMIT: Duration = Duration::from_secs(45);
 /// The socket refuses messages above this (and closes); between
 /// [`node::MAX_MESSAGE_BYTES`] and this, text frames are dropped and the node stays.
 const HARD_MESSAGE_LIMIT: usize = 8 * 1024 * 1024;
-/// `last_seen_at` is written at most this often per node (besides connect and close).
+/// `last_seen_at` is recorded at most this often per node (besides connect and
+/// close), and written with other nodes' in the next batch (see [`super::seen`]).
 const SEEN_EVERY_MS: i64 = 60_000;
 
 const LOCKED_TOKEN: &str = "Too many failed attempts. Try again later.";
@@ -209,18 +210,12 @@ async fn run(state: AppState, mut socket: WebSocket, peer: SocketAddr) {
     };
     let node = admitted.node;
     let device_type = DeviceType::parse(&node.device_type).unwrap_or(DeviceType::Edge);
-    if let Err(e) = state
-        .store
-        .node_seen(
-            &node.id,
-            now_ms(),
-            admitted.software_version.as_deref(),
-            admitted.protocol_version.map(i64::from),
-        )
-        .await
-    {
-        tracing::warn!(node = %node.id, error = %e, "could not record that the node was seen");
-    }
+    state.nodes.seen.record(
+        &node.id,
+        now_ms(),
+        admitted.software_version.clone(),
+        admitted.protocol_version.map(i64::from),
+    );
     // Attached before the node hears it is in, so that a command sent as soon as it
     // knows finds it connected; queued commands go out after the reply.
     let (session, outbox, replaced) = state.nodes.attach(
@@ -282,9 +277,7 @@ async fn run(state: AppState, mut socket: WebSocket, peer: SocketAddr) {
     tracing::info!(node = %node.id, %peer, "node connected");
     serve(&state, socket, &session, outbox).await;
     let offline = state.nodes.detach(&session);
-    if let Err(e) = state.store.node_seen(&node.id, now_ms(), None, None).await {
-        tracing::warn!(node = %node.id, error = %e, "could not record that the node was seen");
-    }
+    state.nodes.seen.record(&node.id, now_ms(), None, None);
     tracing::info!(node = %node.id, %peer, "node disconnected");
     if offline {
         state.emit(connection_event(
@@ -404,8 +397,8 @@ async fn serve(
                         let now = now_ms();
                         if now - last_seen_write >= SEEN_EVERY_MS {
                             last_seen_write = now;
-                            let version = session.latest().software_version;
-                            let _ = state.store.node_seen(&session.node_id, now, version.as_deref(), None).await;
+                            let version = session.latest.lock().ok().and_then(|l| l.software_version.clone());
+                            state.nodes.seen.record(&session.node_id, now, version, None);
                         }
                     }
                     Message::Close(_) => break,
