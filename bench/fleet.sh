@@ -13,10 +13,17 @@
 # /proc/<pid>/stat, in % of one core) and its memory (VmRSS, VmHWM); then it makes
 # CHANGES route creations through the API, one every ~2 s, each timed from just
 # before the write to the last `config_ack` of the fleet for the new revision.
+# Every session parses and checks the first copy of a snapshot frame it is sent;
+# a copy identical to one another session already checked is acked without
+# parsing it again (VERIFY_EACH=1: every session parses every copy, as ten
+# thousand real edges would, each on its own CPU, at ~0.2 ms of the simulator's
+# one core per copy). The manager's threads' run-queue wait (schedstat) shows how
+# much other processes on its core held it up.
 #
 # Usage:  bench/fleet.sh
 # Env:    SESSIONS="1000 10000" STEADY=30 CHANGES=5 ROUTES=20 CONNECT_PARALLEL=256
-#         NO_BUILD=1 FLEETGATE=<binary> SIM=<fleet-sim binary> KEEP_TMP=1 OUT=BENCHMARKS.md
+#         VERIFY_EACH=1 PERF=1 NO_BUILD=1 FLEETGATE=<binary> SIM=<fleet-sim binary> KEEP_TMP=1
+#         OUT=BENCHMARKS.md
 # Writes the section `fleet` of BENCHMARKS.md; raw outputs go to
 # bench/out/fleet-<timestamp>/ (git-ignored).
 set -euo pipefail
@@ -96,9 +103,18 @@ print(json.dumps({
 EOF
     api POST /api/v1/import -H 'Content-Type: application/json' --data-binary @"$WORK/config.json" >/dev/null
     log "fleet of $n: running the simulator"
+    if [[ -n ${PERF:-} ]]; then
+        # Profiles of the manager: the steady window, then the changes.
+        (
+            until grep -q 'steady window' "$RAW/sim-$n.log" 2>/dev/null; do sleep 0.2; done
+            perf record -q -e cpu-clock -F 499 -p "$PID" -o "$RAW/perf-steady-$n.data" -- sleep "$STEADY" 2>/dev/null
+            perf record -q -e cpu-clock -F 499 -p "$PID" -o "$RAW/perf-changes-$n.data" -- sleep $((CHANGES * 4)) 2>/dev/null
+        ) &
+    fi
     taskset -c 0 "$SIM" --api "127.0.0.1:${API##*:}" --token "$TOKEN" --node "127.0.0.1:$NODE_PORT" \
         --pid "$PID" --sessions "$n" --steady "$STEADY" --changes "$CHANGES" \
-        --connect-parallel "$CONNECT_PARALLEL" >"$RAW/result-$n.json" 2>"$RAW/sim-$n.log" ||
+        --connect-parallel "$CONNECT_PARALLEL" ${VERIFY_EACH:+--verify-each} \
+        >"$RAW/result-$n.json" 2>"$RAW/sim-$n.log" ||
         die "the simulator failed; see $RAW/sim-$n.log"
     kill "$PID" && wait "$PID" 2>/dev/null || true
     PID=""
@@ -131,15 +147,22 @@ row("all connected and registered", lambda r: f(r["connect"]["all_connected_s"],
 row("per-session setup p50 / p99", lambda r: f'{f(r["connect"]["per_session_ms"]["p50"])} / {f(r["connect"]["per_session_ms"]["p99"], " ms")}')
 row("manager CPU while connecting", lambda r: f(r["connect"]["manager_cpu_pct"], " %"))
 row("manager CPU, steady", lambda r: f(r["steady"]["manager_cpu_pct"], " %"))
+row("manager run-queue wait, steady", lambda r: f(r["steady"].get("manager_wait_pct"), " %"))
 row("simulator CPU, steady", lambda r: f(r["steady"]["sim_cpu_pct"], " %"))
 row("manager RSS, steady", lambda r: f(r["steady"]["memory"]["rss_mib"], " MiB"), "< 1024 MiB")
 row("manager RSS after the changes / VmHWM", lambda r: f'{f(r["changes"]["memory"]["rss_mib"])} / {f(r["changes"]["memory"]["hwm_mib"], " MiB")}', "< 1024 MiB")
 row("change → last ack, p50 / max", lambda r: f'{f(r["changes"]["last_ack_ms"]["p50"])} / {f(r["changes"]["last_ack_ms"]["max"], " ms")}', "< 1000 ms")
 row("API write, p50", lambda r: f(sorted(c["write_ms"] for c in r["changes"]["each"])[len(r["changes"]["each"]) // 2], " ms"))
-row("manager CPU during a change (mean)", lambda r: f(round(sum(c.get("manager_cpu_pct") or 0 for c in r["changes"]["each"]) / max(1, len(r["changes"]["each"])), 1), " %"))
+def mean(r, k):
+    xs = [c.get(k) for c in r["changes"]["each"] if c.get(k) is not None]
+    return round(sum(xs) / len(xs), 1) if xs else None
+row("manager CPU / run-queue wait during a change (mean)", lambda r: f'{f(mean(r, "manager_cpu_pct"))} / {f(mean(r, "manager_wait_pct"), " %")}')
+row("simulator CPU during a change (mean)", lambda r: f(mean(r, "sim_cpu_pct"), " %"))
+row("change → last ack, each", lambda r: ", ".join(f(c["last_ack_ms"]) for c in r["changes"]["each"]) + " ms")
 row("snapshot frame", lambda r: f(r["snapshot_frame_bytes"], " B"))
 row("manager RSS idle (nodes created)", lambda r: f(r["memory_idle"]["rss_mib"], " MiB"))
 row("disconnects / refused snapshots / digest mismatches", lambda r: f'{r["disconnects"]} / {r["refused_snapshots"]} / {r["digest_mismatches"]}')
+row("every session parses every snapshot", lambda r: "yes" if r.get("verify_each") else "first copy only")
 EOF
     echo
     echo "Raw results: \`bench/out/fleet-$STAMP/\` (not committed)."

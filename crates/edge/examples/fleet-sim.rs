@@ -4,7 +4,9 @@
 //! session per node on a single-threaded runtime, each as a Fleetgate edge would:
 //! registers with its token, sends `config_status`, answers every
 //! `config_snapshot` (joined and checked with the protocol crate, the digest
-//! compared with the digest of the configuration as parsed) with `config_ack`,
+//! compared with the digest of the configuration as parsed; a frame identical to
+//! one already checked by another session is taken as checked unless
+//! `--verify-each`) with `config_ack`,
 //! sends `stats` every second (two flows) and `health` every 15 s. It then measures
 //! the manager's CPU and memory over a steady window and times `--changes` route
 //! creations from the API write to the last `config_ack` of the fleet.
@@ -14,7 +16,7 @@
 //! ```text
 //! fleet-sim --api 127.0.0.1:8080 --token T --node 127.0.0.1:3443 --pid 1234 \
 //!     --sessions 1000 [--steady 30] [--changes 5] [--connect-parallel 256] \
-//!     [--create-parallel 8] [--upstream up]
+//!     [--create-parallel 8] [--upstream up] [--verify-each]
 //! ```
 
 use std::collections::HashMap;
@@ -51,6 +53,7 @@ struct Options {
     connect_parallel: usize,
     create_parallel: usize,
     upstream: String,
+    verify_each: bool,
 }
 
 fn options() -> Result<Options> {
@@ -65,6 +68,7 @@ fn options() -> Result<Options> {
         connect_parallel: 256,
         create_parallel: 8,
         upstream: "up".into(),
+        verify_each: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -80,6 +84,7 @@ fn options() -> Result<Options> {
             "--connect-parallel" => o.connect_parallel = value()?.parse::<usize>()?.max(1),
             "--create-parallel" => o.create_parallel = value()?.parse::<usize>()?.max(1),
             "--upstream" => o.upstream = value()?,
+            "--verify-each" => o.verify_each = true,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -245,6 +250,10 @@ struct Fleet {
     disconnects: AtomicUsize,
     /// The largest `config_snapshot` frame received, in bytes.
     snapshot_frame_bytes: AtomicUsize,
+    /// The last single-frame snapshot verified, and what it holds.
+    verified: Mutex<Option<(String, AppliedConfig)>>,
+    /// Every session parses and checks every snapshot itself.
+    verify_each: bool,
     stop: watch::Receiver<bool>,
 }
 
@@ -423,35 +432,59 @@ async fn serve(
                 _ => return false,
             },
         };
-        let Ok(Value::Object(mut msg)) = serde_json::from_str::<Value>(&text) else {
-            continue;
+        // A frame byte for byte like one another session verified gives the same
+        // snapshot: unless --verify-each, its result is taken over, so that the
+        // simulator's one core does not parse the same snapshot ten thousand times.
+        let known = if fleet.verify_each {
+            None
+        } else {
+            fleet.verified.lock().ok().and_then(|v| {
+                v.as_ref()
+                    .filter(|(frame, _)| *frame == text)
+                    .map(|(_, a)| a.clone())
+            })
         };
-        if msg.get("type").and_then(Value::as_str) != Some(sync::CONFIG_SNAPSHOT) {
-            continue;
-        }
-        fleet
-            .snapshot_frame_bytes
-            .fetch_max(text.len(), Ordering::Relaxed);
-        drop(text);
-        let payload = msg.remove("payload").unwrap_or(Value::Null);
-        let snap = match assembler.accept(payload) {
-            Ok(Some(s)) => s,
-            Ok(None) => continue,
-            Err(e) => {
-                log(format!("session {index}: snapshot refused: {e}"));
-                fleet.refused_snapshots.fetch_add(1, Ordering::Relaxed);
+        let revision = if let Some(known) = known {
+            *applied = known;
+            applied.revision
+        } else {
+            let Ok(Value::Object(mut msg)) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            if msg.get("type").and_then(Value::as_str) != Some(sync::CONFIG_SNAPSHOT) {
                 continue;
             }
-        };
-        // The digest is of the manager's JSON text; parsed and written again the
-        // configuration must give the same text.
-        let again = serde_json::to_string(&snap.config).unwrap_or_default();
-        if sync::digest(&again) != snap.digest {
-            fleet.digest_mismatches.fetch_add(1, Ordering::Relaxed);
-        }
-        *applied = AppliedConfig {
-            revision: snap.revision,
-            digest: Some(snap.digest),
+            fleet
+                .snapshot_frame_bytes
+                .fetch_max(text.len(), Ordering::Relaxed);
+            let payload = msg.remove("payload").unwrap_or(Value::Null);
+            let inline = payload.get("config").is_some();
+            let snap = match assembler.accept(payload) {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => {
+                    log(format!("session {index}: snapshot refused: {e}"));
+                    fleet.refused_snapshots.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            // The digest is of the manager's JSON text; parsed and written again
+            // the configuration must give the same text.
+            let again = serde_json::to_string(&snap.config).unwrap_or_default();
+            if sync::digest(&again) != snap.digest {
+                fleet.digest_mismatches.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            *applied = AppliedConfig {
+                revision: snap.revision,
+                digest: Some(snap.digest),
+            };
+            if inline {
+                if let Ok(mut v) = fleet.verified.lock() {
+                    *v = Some((text, applied.clone()));
+                }
+            }
+            applied.revision
         };
         let ack = envelope(
             sync::CONFIG_ACK,
@@ -462,7 +495,7 @@ async fn serve(
         }
         let now = Instant::now();
         if let Ok(mut acks) = fleet.acks.lock() {
-            let a = acks.entry(snap.revision).or_insert(Acks {
+            let a = acks.entry(revision).or_insert(Acks {
                 count: 0,
                 first: now,
                 last: now,
@@ -482,6 +515,24 @@ fn cpu_ticks(pid: &str) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// Time the threads of a process spent runnable but waiting for a CPU, in ns
+/// (the second field of /proc/<pid>/task/<tid>/schedstat, summed).
+fn run_queue_wait_ns(pid: &str) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(task) = task else { continue };
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        total += stat
+            .split_whitespace()
+            .nth(1)
+            .and_then(|w| w.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(total)
+}
+
 /// A `kB` line of /proc/<pid>/status, in MiB.
 fn status_mib(pid: &str, key: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -493,11 +544,14 @@ fn status_mib(pid: &str, key: &str) -> Option<f64> {
 /// Clock ticks per second of /proc/<pid>/stat (USER_HZ, 100 on Linux).
 const TICKS_PER_SEC: f64 = 100.0;
 
-/// CPU use of the manager and of this process over a window, in % of one core.
+/// CPU use of the manager and of this process over a window, in % of one core,
+/// and how long the manager's threads waited for a CPU while runnable (other
+/// processes on its core), in % of the window.
 struct CpuWindow {
     pid: Option<String>,
     at: Instant,
     manager: Option<u64>,
+    manager_wait: Option<u64>,
     me: Option<u64>,
 }
 
@@ -507,17 +561,25 @@ impl CpuWindow {
             pid: pid.cloned(),
             at: Instant::now(),
             manager: pid.and_then(|p| cpu_ticks(p)),
+            manager_wait: pid.and_then(|p| run_queue_wait_ns(p)),
             me: cpu_ticks("self"),
         }
     }
 
-    fn end(&self) -> (Option<f64>, Option<f64>) {
+    /// (manager CPU, manager run-queue wait, simulator CPU)
+    fn end(&self) -> (Option<f64>, Option<f64>, Option<f64>) {
         let secs = self.at.elapsed().as_secs_f64();
         let pct = |a: Option<u64>, b: Option<u64>| {
             Some((b?.saturating_sub(a?)) as f64 / TICKS_PER_SEC / secs * 100.0)
         };
+        let pid = self.pid.as_deref();
+        let wait = self
+            .manager_wait
+            .zip(pid.and_then(run_queue_wait_ns))
+            .map(|(a, b)| b.saturating_sub(a) as f64 / 1e9 / secs * 100.0);
         (
-            pct(self.manager, self.pid.as_deref().and_then(cpu_ticks)),
+            pct(self.manager, pid.and_then(cpu_ticks)),
+            wait,
             pct(self.me, cpu_ticks("self")),
         )
     }
@@ -600,6 +662,8 @@ async fn run(o: Options) -> Result<Value> {
         digest_mismatches: AtomicUsize::new(0),
         disconnects: AtomicUsize::new(0),
         snapshot_frame_bytes: AtomicUsize::new(0),
+        verified: Mutex::default(),
+        verify_each: o.verify_each,
         stop,
     });
 
@@ -623,7 +687,7 @@ async fn run(o: Options) -> Result<Value> {
     let connect_s = t.elapsed().as_secs_f64();
     let synced = wait_acks(&fleet, 0, n, Duration::from_secs(300)).await;
     let synced_s = t.elapsed().as_secs_f64();
-    let (m_cpu, s_cpu) = cpu.end();
+    let (m_cpu, m_wait, s_cpu) = cpu.end();
     let times = fleet
         .connect_ms
         .lock()
@@ -634,6 +698,7 @@ async fn run(o: Options) -> Result<Value> {
         "all_synced_s": synced.map(|_| round1(synced_s)),
         "per_session_ms": {"p50": round1(quantile(&times, 0.5)), "p99": round1(quantile(&times, 0.99)), "max": round1(quantile(&times, 1.0))},
         "manager_cpu_pct": m_cpu.map(round1),
+        "manager_wait_pct": m_wait.map(round1),
         "sim_cpu_pct": s_cpu.map(round1),
         "memory": memory(pid.as_ref()),
     });
@@ -646,10 +711,11 @@ async fn run(o: Options) -> Result<Value> {
     log(format!("steady window of {} s", o.steady_secs));
     let cpu = CpuWindow::start(pid.as_ref());
     tokio::time::sleep(Duration::from_secs(o.steady_secs)).await;
-    let (m_cpu, s_cpu) = cpu.end();
+    let (m_cpu, m_wait, s_cpu) = cpu.end();
     out["steady"] = json!({
         "secs": o.steady_secs,
         "manager_cpu_pct": m_cpu.map(round1),
+        "manager_wait_pct": m_wait.map(round1),
         "sim_cpu_pct": s_cpu.map(round1),
         "memory": memory(pid.as_ref()),
     });
@@ -671,7 +737,7 @@ async fn run(o: Options) -> Result<Value> {
         .await?;
         let write_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let done = wait_acks(&fleet, before, n, Duration::from_secs(60)).await;
-        let (m_cpu, s_cpu) = cpu.end();
+        let (m_cpu, m_wait, s_cpu) = cpu.end();
         let entry = match done {
             Some((revision, a)) => {
                 let first = a.first.duration_since(t0).as_secs_f64() * 1000.0;
@@ -681,6 +747,7 @@ async fn run(o: Options) -> Result<Value> {
                 ));
                 json!({"revision": revision, "write_ms": round1(write_ms), "first_ack_ms": round1(first),
                        "last_ack_ms": round1(last), "manager_cpu_pct": m_cpu.map(round1),
+                       "manager_wait_pct": m_wait.map(round1),
                        "sim_cpu_pct": s_cpu.map(round1)})
             }
             None => {
@@ -708,6 +775,7 @@ async fn run(o: Options) -> Result<Value> {
         "memory": memory(pid.as_ref()),
     });
     out["snapshot_frame_bytes"] = json!(fleet.snapshot_frame_bytes.load(Ordering::Relaxed));
+    out["verify_each"] = json!(o.verify_each);
     out["refused_snapshots"] = json!(fleet.refused_snapshots.load(Ordering::Relaxed));
     out["digest_mismatches"] = json!(fleet.digest_mismatches.load(Ordering::Relaxed));
     out["disconnects"] = json!(fleet.disconnects.load(Ordering::Relaxed));
