@@ -17,8 +17,9 @@
 # a copy identical to one another session already checked is acked without
 # parsing it again (VERIFY_EACH=1: every session parses every copy, as ten
 # thousand real edges would, each on its own CPU, at ~0.2 ms of the simulator's
-# one core per copy). The manager's threads' run-queue wait (schedstat) shows how
-# much other processes on its core held it up.
+# one core per copy). The run-queue wait (schedstat, summed over the manager's
+# threads) is how long they were runnable but not running: behind other
+# processes on CPU 1, or behind each other.
 #
 # Usage:  bench/fleet.sh
 # Env:    SESSIONS="1000 10000" STEADY=30 CHANGES=5 ROUTES=20 CONNECT_PARALLEL=256

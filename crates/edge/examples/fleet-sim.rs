@@ -545,8 +545,8 @@ fn status_mib(pid: &str, key: &str) -> Option<f64> {
 const TICKS_PER_SEC: f64 = 100.0;
 
 /// CPU use of the manager and of this process over a window, in % of one core,
-/// and how long the manager's threads waited for a CPU while runnable (other
-/// processes on its core), in % of the window.
+/// and how long the manager's threads waited for a CPU while runnable (behind
+/// other processes or each other), in % of the window.
 struct CpuWindow {
     pid: Option<String>,
     at: Instant,

@@ -14,9 +14,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
+use bytes::Bytes;
 use fleetgate_core::events::{NewEvent, Severity};
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
@@ -433,15 +434,15 @@ async fn send_snapshot(
     socket: &mut WebSocket,
     session: &NodeSession,
     sync: &mut EdgeSync,
-    snap: &EncodedSnapshot,
+    snap: &Arc<EncodedSnapshot>,
 ) -> bool {
     let digest = Some(&snap.digest);
     if sync.applied_digest.as_ref() == digest || sync.sent_digest.as_ref() == digest {
         return true;
     }
-    for frame in &snap.frames {
+    for index in 0..snap.frames.len() {
         if socket
-            .send(Message::Text(frame.as_str().into()))
+            .send(Message::Text(shared_frame(snap, index)))
             .await
             .is_err()
         {
@@ -454,6 +455,19 @@ async fn send_snapshot(
         .nodes
         .update_sync(&session.node_id, |r| r.sent_revision = Some(snap.revision));
     true
+}
+
+/// Frame `index` of `snap` as WebSocket text, sharing the snapshot's copy (every
+/// session sends the same frames) instead of copying it per session.
+fn shared_frame(snap: &Arc<EncodedSnapshot>, index: usize) -> Utf8Bytes {
+    struct Frame(Arc<EncodedSnapshot>, usize);
+    impl AsRef<[u8]> for Frame {
+        fn as_ref(&self) -> &[u8] {
+            self.0.frames[self.1].as_bytes()
+        }
+    }
+    Utf8Bytes::try_from(Bytes::from_owner(Frame(snap.clone(), index)))
+        .unwrap_or_else(|_| snap.frames[index].as_str().into())
 }
 
 /// One message of an authenticated node (config sync aside).
