@@ -2,13 +2,15 @@
 #
 # start_fleetgate DATA_DIR LOG: starts the release binary $FLEETGATE on CPU 1 with one
 # gateway worker, a fresh bootstrap token and free ports, and waits for its API. Sets
-# PID, TOKEN, API (base URL), GW (gateway base URL) and GW_PORT. Needs `die` and python3.
+# PID, TOKEN, API (base URL), GW (gateway base URL), GW_PORT and NODE_PORT (the node
+# listener). Needs `die` and python3.
 start_fleetgate() {
     local data=$1 log=$2 api_port tls_port
     free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
     api_port=$(free_port)
     GW_PORT=$(free_port)
     tls_port=$(free_port)
+    NODE_PORT=$(free_port)
     TOKEN="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     (
         while read -r var; do unset "$var"; done < <(compgen -e | grep '^FLEETGATE_' || true)
@@ -16,7 +18,7 @@ start_fleetgate() {
         export FLEETGATE_LOG_LEVEL=warn FLEETGATE_GATEWAY_WORKERS=1
         exec taskset -c 1 "$FLEETGATE" serve --data-dir "$data" \
             --listen "127.0.0.1:$api_port" --gateway-listen "127.0.0.1:$GW_PORT" \
-            --gateway-tls-listen "127.0.0.1:$tls_port"
+            --gateway-tls-listen "127.0.0.1:$tls_port" --node-listen "127.0.0.1:$NODE_PORT"
     ) >"$log" 2>&1 &
     PID=$!
     API="http://127.0.0.1:$api_port"

@@ -8,12 +8,14 @@
 //! - [`replicas`]: nodes connected to other manager replicas (presence, requests);
 //! - [`history`]: the nodes' stats and health, downsampled and stored;
 //! - [`lockout`]: 5 failed authentications in 60 s lock a node id or token prefix;
+//! - [`seen`]: when nodes were last seen, written to the store in batches;
 //! - [`tls`]: the listener's certificate (generated on first start, or uploaded).
 
 pub mod history;
 pub mod listener;
 pub mod lockout;
 pub mod replicas;
+pub mod seen;
 pub mod session;
 pub mod tls;
 
@@ -136,6 +138,8 @@ pub struct NodeHub {
     configs: Mutex<HashMap<String, Reported>>,
     next_conn: AtomicU64,
     pub lockout: lockout::Lockout,
+    /// When nodes were seen, until the next batch write.
+    pub(crate) seen: seen::SeenBuffer,
     /// The node listener's certificate; set when the listener starts.
     pub tls: OnceLock<Arc<tls::NodeTls>>,
     /// Becomes true when the node listener shuts down: sessions close.
@@ -149,6 +153,8 @@ pub struct NodeHub {
     sync: Mutex<HashMap<String, ConfigSyncState>>,
     /// The stats and health of the nodes connected here, downsampled.
     pub history: history::History,
+    /// Nodes whose presence is to be written.
+    pub presence: replicas::PresenceBuffer,
     /// Counts connections and disconnections: changes when the set of connected
     /// nodes does.
     membership: watch::Sender<u64>,
@@ -163,12 +169,14 @@ impl Default for NodeHub {
             configs: Mutex::default(),
             next_conn: AtomicU64::new(0),
             lockout: lockout::Lockout::default(),
+            seen: seen::SeenBuffer::default(),
             tls: OnceLock::new(),
             closing: tokio::sync::watch::Sender::new(false),
             snapshots: watch::Sender::new(None),
             snapshot_wanted: tokio::sync::Notify::new(),
             sync: Mutex::default(),
             history: history::History::default(),
+            presence: replicas::PresenceBuffer::default(),
             membership: watch::Sender::new(0),
         }
     }

@@ -46,6 +46,14 @@ pub trait FleetStore: Send + Sync {
     /// Removes the presence of that connection; `false` when a later connection
     /// (on any replica) had replaced it.
     async fn node_disconnected(&self, node_id: &str, replica: &str, conn_id: i64) -> Result<bool>;
+    /// Records in one transaction that `replica` holds the connections `connected`
+    /// (replacing any other presence of those nodes) and none of the nodes `gone`.
+    async fn record_presence(
+        &self,
+        replica: &str,
+        connected: &[NodePresence],
+        gone: &[String],
+    ) -> Result<()>;
     /// The presence of the nodes `ids` (all nodes when `None`) held by replicas
     /// seen since `alive_since`.
     async fn node_presence(
@@ -142,6 +150,66 @@ impl FleetStore for SqlStore {
         .await?
         .rows_affected();
         Ok(n > 0)
+    }
+
+    async fn record_presence(
+        &self,
+        replica: &str,
+        connected: &[NodePresence],
+        gone: &[String],
+    ) -> Result<()> {
+        if connected.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for chunk in connected.chunks(SAMPLE_CHUNK) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 6;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO node_presence (node_id, replica, conn_id, connected_at, peer, protocol_version) \
+                 VALUES {} ON CONFLICT (node_id) DO UPDATE SET replica = excluded.replica, \
+                 conn_id = excluded.conn_id, connected_at = excluded.connected_at, \
+                 peer = excluded.peer, protocol_version = excluded.protocol_version",
+                rows.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for p in chunk {
+                q = q
+                    .bind(p.node_id.clone())
+                    .bind(p.replica.clone())
+                    .bind(p.conn_id)
+                    .bind(p.connected_at)
+                    .bind(p.peer.clone())
+                    .bind(p.protocol_version);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in gone.chunks(SAMPLE_CHUNK) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "DELETE FROM node_presence WHERE replica = $1 AND node_id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(replica.to_string());
+            for id in chunk {
+                q = q.bind(id.clone());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn node_presence(

@@ -37,7 +37,7 @@ pub use config::{
 pub use events::{EventFilter, EventRecord, EventStore, UnackedCounts};
 pub use fleet::{FleetStore, NodePresence, NodeSample};
 pub use metrics::{MetricPoint, MetricStore, RESOLUTIONS};
-pub use nodes::{NodeFilter, NodeRecord, NodeStore};
+pub use nodes::{NodeFilter, NodeRecord, NodeSeen, NodeStore};
 pub use redirects::{
     change_view, AgentRecord, ChangeCounts, DraftState, Drafts, ImportSummary, NamespaceRecord,
     ProjectRecord, ProjectTokenRecord, PublishRecord, RedirectStore, RuleData, RuleFilter, RuleRow,

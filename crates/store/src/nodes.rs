@@ -106,7 +106,37 @@ pub trait NodeStore: Send + Sync {
         software_version: Option<&str>,
         protocol_version: Option<i64>,
     ) -> Result<()>;
+    /// [`NodeStore::node_seen`] for many nodes, in as few writes as the store can.
+    async fn nodes_seen(&self, seen: &[NodeSeen]) -> Result<()> {
+        for n in seen {
+            self.node_seen(
+                &n.id,
+                n.at,
+                n.software_version.as_deref(),
+                n.protocol_version,
+            )
+            .await?;
+        }
+        Ok(())
+    }
 }
+
+/// That a node was seen at `at` (Unix ms), with the versions it reported, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSeen {
+    pub id: String,
+    pub at: i64,
+    pub software_version: Option<String>,
+    pub protocol_version: Option<i64>,
+}
+
+/// Rows of [`NodeStore::nodes_seen`] per transaction: each holds SQLite's write
+/// lock only briefly, so that configuration writes wait little behind it.
+const SEEN_PER_WRITE: usize = 500;
+
+const NODE_SEEN_SQL: &str = "UPDATE nodes SET last_seen_at = $1, \
+     software_version = COALESCE($2, software_version), \
+     protocol_version = COALESCE($3, protocol_version) WHERE id = $4";
 
 const NODE_COLS: &str = "id, name, description, device_type, secret_hash, token_hash, \
      token_prefix, token_expires_at, token_used_at, expires_at, metadata, software_version, \
@@ -401,17 +431,32 @@ impl NodeStore for SqlStore {
         software_version: Option<&str>,
         protocol_version: Option<i64>,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE nodes SET last_seen_at = $1, \
-             software_version = COALESCE($2, software_version), \
-             protocol_version = COALESCE($3, protocol_version) WHERE id = $4",
-        )
-        .bind(at)
-        .bind(software_version.map(str::to_string))
-        .bind(protocol_version)
-        .bind(id.to_string())
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(NODE_SEEN_SQL)
+            .bind(at)
+            .bind(software_version.map(str::to_string))
+            .bind(protocol_version)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn nodes_seen(&self, seen: &[NodeSeen]) -> Result<()> {
+        // One transaction per chunk: a commit (and its sync to disk) per chunk
+        // rather than per node.
+        for chunk in seen.chunks(SEEN_PER_WRITE) {
+            let mut tx = self.begin_write().await?;
+            for n in chunk {
+                sqlx::query(NODE_SEEN_SQL)
+                    .bind(n.at)
+                    .bind(n.software_version.clone())
+                    .bind(n.protocol_version)
+                    .bind(n.id.clone())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ use fleetgate_store::{AuditStore, AuthStore, CertificateStore};
 use fleetgate_store::{FleetStore, NodePresence, NodeSample};
 use fleetgate_store::{Leg, LegState, TunnelRecord, TunnelStore};
 use fleetgate_store::{LoginAttempt, MetricPoint, MetricStore};
-use fleetgate_store::{NodeFilter, NodeRecord, NodeStore};
+use fleetgate_store::{NodeFilter, NodeRecord, NodeSeen, NodeStore};
 use serde_json::json;
 
 struct Harness {
@@ -2179,6 +2179,26 @@ async fn nodes_crud_tokens_and_registration(s: &SqlStore) {
     assert_eq!(seen.software_version.as_deref(), Some("0.5.3"));
     assert_eq!(seen.protocol_version, Some(1));
 
+    // Many at once: each row as node_seen would write it; unknown ids are skipped.
+    let batch: Vec<NodeSeen> = ["n1", "n2", "gone"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| NodeSeen {
+            id: (*id).to_string(),
+            at: now + 10 + i as i64,
+            software_version: (i == 1).then(|| "0.6.0".to_string()),
+            protocol_version: None,
+        })
+        .collect();
+    s.nodes_seen(&batch).await.expect("seen in a batch");
+    let n1 = s.get_node("n1").await.expect("get").expect("n1");
+    assert_eq!(n1.last_seen_at, Some(now + 10));
+    assert_eq!(n1.software_version.as_deref(), Some("0.5.3"));
+    assert_eq!(n1.protocol_version, Some(1));
+    let n2 = s.get_node("n2").await.expect("get").expect("n2");
+    assert_eq!(n2.last_seen_at, Some(now + 11));
+    assert_eq!(n2.software_version.as_deref(), Some("0.6.0"));
+
     s.delete_node(&a, "n2").await.expect("delete");
     assert!(s.get_node("n2").await.expect("get").is_none());
     assert!(matches!(
@@ -2278,11 +2298,39 @@ async fn fleet_presence_follows_live_replicas_and_samples_roll(s: &SqlStore) {
         .expect("p1");
     assert_eq!((p1[0].replica.as_str(), p1[0].conn_id), ("r-b", 7));
     assert!(s.node_disconnected("p1", "r-b", 7).await.expect("close"));
+    // Batched: 450 nodes connect to r-b at once; then 300 of them go, and a node
+    // held by r-a is not r-b's to remove.
+    let ids: Vec<String> = (0..450).map(|i| format!("b{i:03}")).collect();
+    let batch: Vec<NodePresence> = ids.iter().map(|id| presence(id, "r-b", 3)).collect();
+    s.record_presence("r-b", &batch, &[]).await.expect("batch");
+    s.node_connected(&presence("a1", "r-a", 1))
+        .await
+        .expect("a1");
+    assert_eq!(
+        s.node_presence(None, now - 30_000)
+            .await
+            .expect("all")
+            .len(),
+        452
+    );
+    let mut leaving: Vec<String> = ids[..300].to_vec();
+    leaving.push("a1".into());
+    s.record_presence("r-b", &[presence("b449", "r-b", 4)], &leaving)
+        .await
+        .expect("leave");
+    let left = s.node_presence(None, now - 30_000).await.expect("left");
+    assert_eq!(left.len(), 152, "150 of the batch, p2, and r-a's a1");
+    assert!(left.iter().any(|p| p.node_id == "b449" && p.conn_id == 4));
+    s.record_presence("r-b", &[], &ids).await.expect("all gone");
+    s.record_presence("r-b", &[], &[]).await.expect("nothing");
     // A replica that stopped announcing itself is pruned with its nodes' presence.
     s.replica_alive("r-b", now - 1000, now - 120_000)
         .await
         .expect("b stale");
     assert_eq!(s.prune_replicas(now - 60_000).await.expect("prune"), 1);
+    s.record_presence("r-a", &[], &["a1".to_string()])
+        .await
+        .expect("a1 gone");
     assert!(s
         .node_presence(None, 0)
         .await

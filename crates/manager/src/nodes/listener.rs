@@ -38,6 +38,7 @@ pub async fn serve(listener: TcpListener, state: AppState, mut shutdown: watch::
         return;
     };
     let encoder = super::spawn_snapshot_encoder(state.clone(), shutdown.clone());
+    let seen_writer = super::seen::spawn_writer(state.clone(), shutdown.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
     let app = router(state.clone());
     let mut conns = JoinSet::new();
@@ -67,6 +68,9 @@ pub async fn serve(listener: TcpListener, state: AppState, mut shutdown: watch::
     .await;
     conns.abort_all();
     let _ = encoder.await;
+    let _ = seen_writer.await;
+    // What the closed sessions recorded last.
+    state.nodes.seen.flush(&state).await;
 }
 
 async fn connection(

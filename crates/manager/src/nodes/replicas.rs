@@ -43,6 +43,62 @@ const VIEWS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Beyond the command's own wait, for the two hops over NATS.
 const RELAY_MARGIN: Duration = Duration::from_secs(2);
 
+/// How often the presence of nodes that connected or left here is written.
+pub const PRESENCE_EVERY: Duration = Duration::from_secs(1);
+
+/// Nodes whose connection here began or ended since presence was last written.
+/// Writing what the hub holds at that moment (rather than each event) keeps
+/// thousands of nodes connecting at once from queueing one write each.
+#[derive(Debug, Default)]
+pub struct PresenceBuffer {
+    changed: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl PresenceBuffer {
+    /// Notes that node `id` connected here or left.
+    pub fn touch(&self, id: &str) {
+        if let Ok(mut c) = self.changed.lock() {
+            c.insert(id.to_string());
+        }
+    }
+
+    /// Writes the presence of the nodes noted: held here now, or not.
+    pub async fn flush(&self, state: &AppState) {
+        let ids: Vec<String> = match self.changed.lock() {
+            Ok(mut c) => c.drain().collect(),
+            Err(_) => return,
+        };
+        if ids.is_empty() {
+            return;
+        }
+        let mut connected = Vec::new();
+        let mut gone = Vec::new();
+        for id in ids {
+            match state.nodes.session(&id) {
+                Some(s) => connected.push(NodePresence {
+                    node_id: id,
+                    replica: state.instance.clone(),
+                    conn_id: s.conn_id as i64,
+                    connected_at: s.connected_at,
+                    peer: s.peer.clone(),
+                    protocol_version: s.protocol_version.map(i64::from),
+                }),
+                None => gone.push(id),
+            }
+        }
+        if let Err(e) = state
+            .store
+            .record_presence(&state.instance, &connected, &gone)
+            .await
+        {
+            tracing::warn!(error = %e, "could not record where nodes are connected; trying again");
+            for id in connected.iter().map(|p| &p.node_id).chain(&gone) {
+                self.touch(id);
+            }
+        }
+    }
+}
+
 /// What the replica holding a node knows of it live.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LiveView {
@@ -475,6 +531,18 @@ pub async fn spawn(state: AppState, mut shutdown: watch::Receiver<bool>) {
     {
         tracing::warn!(error = %e, "could not record this manager replica");
     }
+    let s = state.clone();
+    let mut stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PRESENCE_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|d| *d) => return,
+            }
+            s.nodes.presence.flush(&s).await;
+        }
+    });
     let s = state.clone();
     let mut stop = shutdown.clone();
     tokio::spawn(async move {

@@ -14,9 +14,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
+use bytes::Bytes;
 use fleetgate_core::events::{NewEvent, Severity};
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
@@ -39,11 +40,18 @@ const IDLE_LIMIT: Duration = Duration::from_secs(45);
 /// The socket refuses messages above this (and closes); between
 /// [`node::MAX_MESSAGE_BYTES`] and this, text frames are dropped and the node stays.
 const HARD_MESSAGE_LIMIT: usize = 8 * 1024 * 1024;
-/// `last_seen_at` is written at most this often per node (besides connect and close).
+/// `last_seen_at` is recorded at most this often per node (besides connect and
+/// close), and written with other nodes' in the next batch (see [`super::seen`]).
 const SEEN_EVERY_MS: i64 = 60_000;
 
 const LOCKED_TOKEN: &str = "Too many failed attempts. Try again later.";
 const LOCKED_NODE: &str = "Too many failed authentication attempts. Locked out for 60 seconds.";
+
+/// A connection's read buffer: allocated at the upgrade and kept for the
+/// connection's life, and zero-filled up to this size before every read. The
+/// 128 KiB default costs every connected node 128 KiB of memory and every frame
+/// read a 128 KiB fill; a node's frames are a few KiB (a larger one grows it).
+const READ_BUFFER: usize = 8 * 1024;
 
 /// `GET /ws/node` on the node listener.
 pub async fn upgrade(
@@ -53,6 +61,7 @@ pub async fn upgrade(
 ) -> Response {
     ws.max_message_size(HARD_MESSAGE_LIMIT)
         .max_frame_size(HARD_MESSAGE_LIMIT)
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| run(state, socket, peer))
 }
 
@@ -209,18 +218,12 @@ async fn run(state: AppState, mut socket: WebSocket, peer: SocketAddr) {
     };
     let node = admitted.node;
     let device_type = DeviceType::parse(&node.device_type).unwrap_or(DeviceType::Edge);
-    if let Err(e) = state
-        .store
-        .node_seen(
-            &node.id,
-            now_ms(),
-            admitted.software_version.as_deref(),
-            admitted.protocol_version.map(i64::from),
-        )
-        .await
-    {
-        tracing::warn!(node = %node.id, error = %e, "could not record that the node was seen");
-    }
+    state.nodes.seen.record(
+        &node.id,
+        now_ms(),
+        admitted.software_version.clone(),
+        admitted.protocol_version.map(i64::from),
+    );
     // Attached before the node hears it is in, so that a command sent as soon as it
     // knows finds it connected; queued commands go out after the reply.
     let (session, outbox, replaced) = state.nodes.attach(
@@ -237,17 +240,7 @@ async fn run(state: AppState, mut socket: WebSocket, peer: SocketAddr) {
         state.nodes.detach(&session);
         return;
     }
-    let presence = fleetgate_store::NodePresence {
-        node_id: node.id.clone(),
-        replica: state.instance.clone(),
-        conn_id: session.conn_id as i64,
-        connected_at: session.connected_at,
-        peer: peer.to_string(),
-        protocol_version: admitted.protocol_version.map(i64::from),
-    };
-    if let Err(e) = state.store.node_connected(&presence).await {
-        tracing::warn!(node = %node.id, error = %e, "could not record where the node is connected");
-    }
+    state.nodes.presence.touch(&node.id);
     if let Some(old) = replaced {
         state.emit(connection_event(
             "node.replaced",
@@ -295,18 +288,10 @@ async fn run(state: AppState, mut socket: WebSocket, peer: SocketAddr) {
     crate::tunnels::node_connected(&state, &node.id);
     serve(&state, socket, &session, outbox).await;
     let offline = state.nodes.detach(&session);
-    if let Err(e) = state.store.node_seen(&node.id, now_ms(), None, None).await {
-        tracing::warn!(node = %node.id, error = %e, "could not record that the node was seen");
-    }
+    state.nodes.seen.record(&node.id, now_ms(), None, None);
     tracing::info!(node = %node.id, %peer, "node disconnected");
     if offline {
-        if let Err(e) = state
-            .store
-            .node_disconnected(&node.id, &state.instance, presence.conn_id)
-            .await
-        {
-            tracing::warn!(node = %node.id, error = %e, "could not record that the node disconnected");
-        }
+        state.nodes.presence.touch(&node.id);
         state.emit(connection_event(
             "node.offline",
             Severity::Critical,
@@ -427,8 +412,8 @@ async fn serve(
                         let now = now_ms();
                         if now - last_seen_write >= SEEN_EVERY_MS {
                             last_seen_write = now;
-                            let version = session.latest().software_version;
-                            let _ = state.store.node_seen(&session.node_id, now, version.as_deref(), None).await;
+                            let version = session.latest.lock().ok().and_then(|l| l.software_version.clone());
+                            state.nodes.seen.record(&session.node_id, now, version, None);
                         }
                     }
                     Message::Close(_) => break,
@@ -456,7 +441,7 @@ async fn send_snapshot(
     socket: &mut WebSocket,
     session: &NodeSession,
     sync: &mut EdgeSync,
-    snap: &EncodedSnapshot,
+    snap: &Arc<EncodedSnapshot>,
 ) -> bool {
     let digest = Some(&snap.digest);
     if sync.applied_digest.as_ref() == digest || sync.sent_digest.as_ref() == digest {
@@ -467,17 +452,24 @@ async fn send_snapshot(
         let base = Some(&d.base_digest);
         sync.sent_digest.as_ref().or(sync.applied_digest.as_ref()) == base
     });
-    let frames: &[String] = match delta {
-        Some(d) => std::slice::from_ref(&d.frame),
-        None => &snap.frames,
-    };
-    for frame in frames {
+    if let Some(d) = delta {
+        // A delta is small: copied per session.
         if socket
-            .send(Message::Text(frame.as_str().into()))
+            .send(Message::Text(d.frame.as_str().into()))
             .await
             .is_err()
         {
             return false;
+        }
+    } else {
+        for index in 0..snap.frames.len() {
+            if socket
+                .send(Message::Text(shared_frame(snap, index)))
+                .await
+                .is_err()
+            {
+                return false;
+            }
         }
     }
     sync.sent_digest = Some(snap.digest.clone());
@@ -487,6 +479,19 @@ async fn send_snapshot(
         r.sent_as = Some(if delta.is_some() { "delta" } else { "snapshot" }.into());
     });
     true
+}
+
+/// Frame `index` of `snap` as WebSocket text, sharing the snapshot's copy (every
+/// session sends the same frames) instead of copying it per session.
+fn shared_frame(snap: &Arc<EncodedSnapshot>, index: usize) -> Utf8Bytes {
+    struct Frame(Arc<EncodedSnapshot>, usize);
+    impl AsRef<[u8]> for Frame {
+        fn as_ref(&self) -> &[u8] {
+            self.0.frames[self.1].as_bytes()
+        }
+    }
+    Utf8Bytes::try_from(Bytes::from_owner(Frame(snap.clone(), index)))
+        .unwrap_or_else(|_| snap.frames[index].as_str().into())
 }
 
 /// One message of an authenticated node (config sync aside).
