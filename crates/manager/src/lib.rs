@@ -128,6 +128,8 @@ pub struct Inner {
     pub instance: String,
     /// The `dashboard_update` of `/ws/dashboard`, shared by every dashboard socket.
     pub node_feed: node_feed::NodeFeed,
+    /// Nodes taking part in tunnels (see [`tunnels::TunnelNodes`]).
+    pub tunnel_nodes: tunnels::TunnelNodes,
 }
 
 /// Shared state of every handler.
@@ -197,6 +199,7 @@ impl AppState {
             nodes: nodes::NodeHub::default(),
             instance: uuid::Uuid::new_v4().simple().to_string(),
             node_feed: node_feed::NodeFeed::default(),
+            tunnel_nodes: tunnels::TunnelNodes::default(),
         }));
         state.publish_latest().await?;
         state.publish_certificates().await?;

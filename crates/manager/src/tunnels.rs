@@ -207,8 +207,44 @@ pub async fn withdraw(state: &AppState, t: &TunnelRecord) {
     }
 }
 
+/// The nodes that take part in some tunnel, as last read (every [`RETRY_EVERY`],
+/// and after each change made here), so that a node connecting costs a store read
+/// only when it has tunnels.
+#[derive(Debug, Default)]
+pub struct TunnelNodes(std::sync::RwLock<std::collections::HashSet<String>>);
+
+impl TunnelNodes {
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.read().is_ok_and(|s| s.contains(id))
+    }
+
+    pub fn add(&self, t: &TunnelRecord) {
+        if let Ok(mut s) = self.0.write() {
+            s.extend(
+                [
+                    Some(&t.ingress_node_id),
+                    Some(&t.egress_node_id),
+                    t.relay_node_id.as_ref(),
+                ]
+                .into_iter()
+                .flatten()
+                .cloned(),
+            );
+        }
+    }
+
+    fn replace(&self, all: std::collections::HashSet<String>) {
+        if let Ok(mut s) = self.0.write() {
+            *s = all;
+        }
+    }
+}
+
 /// A node connected here: its legs are pushed again (it may have lost them).
 pub fn node_connected(state: &AppState, node_id: &str) {
+    if !state.tunnel_nodes.contains(node_id) {
+        return;
+    }
     let state = state.clone();
     let node_id = node_id.to_string();
     tokio::spawn(async move {
@@ -233,19 +269,29 @@ pub fn node_connected(state: &AppState, node_id: &str) {
 pub fn spawn_retry(state: AppState, mut shutdown: watch::Receiver<bool>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(RETRY_EVERY);
-        tick.tick().await;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.wait_for(|d| *d) => return,
             }
             let mut offset = 0;
+            let mut involved = std::collections::HashSet::new();
             loop {
                 let page = PageRequest { limit: 200, offset };
                 let Ok(p) = state.store.list_tunnels(page).await else {
                     break;
                 };
                 for t in &p.items {
+                    involved.extend(
+                        [
+                            Some(&t.ingress_node_id),
+                            Some(&t.egress_node_id),
+                            t.relay_node_id.as_ref(),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .cloned(),
+                    );
                     push(&state, t, |leg, st| {
                         st.status != "pushed"
                             && node_of(t, leg).is_some_and(|n| state.nodes.session(n).is_some())
@@ -254,6 +300,7 @@ pub fn spawn_retry(state: AppState, mut shutdown: watch::Receiver<bool>) {
                 }
                 offset += 200;
                 if offset >= p.total {
+                    state.tunnel_nodes.replace(std::mem::take(&mut involved));
                     break;
                 }
             }

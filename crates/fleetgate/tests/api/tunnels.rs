@@ -269,3 +269,48 @@ async fn tunnels_are_checked_before_they_are_stored() {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     drop(f);
 }
+
+/// A node that connects again gets its tunnels again (it may have lost them).
+#[tokio::test]
+async fn a_reconnecting_edge_gets_its_tunnels_again() {
+    let app = spawn_app().await;
+    let (mut entry, entry_id, secret) = registered(&app, "edge").await;
+    let (mut exit, exit_id, _) = registered(&app, "edge").await;
+    let r = post(
+        &app,
+        json!({"name": "direct", "protocol": "udp", "mode": "direct",
+            "ingress_node_id": entry_id, "ingress_listen_port": 5000,
+            "egress_node_id": exit_id, "egress_forward_addr": "127.0.0.1:5001",
+            "egress_peer_addr": "127.0.0.1:4444"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let first = answer(&mut entry, ack).await;
+    let psk = first["action"]["tunnel"]["tunnel_psk"]
+        .as_str()
+        .expect("psk")
+        .to_string();
+    assert_eq!(first["action"]["tunnel"]["peer_addr"], "127.0.0.1:4444");
+    let other = answer(&mut exit, ack).await;
+    assert_eq!(
+        other["action"]["tunnel"]["direct_listen_addr"],
+        "0.0.0.0:4444"
+    );
+    assert_eq!(other["action"]["tunnel"]["tunnel_psk"], psk.as_str());
+    wait_status(&app, &id, "active").await;
+
+    drop(entry);
+    let mut again = crate::nodes::connect(&app).await;
+    let reply = again
+        .auth(json!({"node_id": entry_id, "node_secret": secret, "protocol_version": 1}))
+        .await;
+    assert_eq!(reply["type"], "auth_ok", "{reply}");
+    let pushed = answer(&mut again, ack).await;
+    assert_eq!(pushed["action"]["type"], "create_tunnel");
+    assert_eq!(pushed["action"]["tunnel"]["id"], id.as_str());
+    assert_eq!(pushed["action"]["tunnel"]["tunnel_psk"], psk.as_str());
+}

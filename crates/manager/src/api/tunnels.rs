@@ -444,6 +444,7 @@ pub async fn create(
     };
     check(&state, &auth, &t).await?;
     state.store.create_tunnel(&auth.actor, &t).await?;
+    state.tunnel_nodes.add(&t);
     let s = state.clone();
     let pushed = t.clone();
     tokio::spawn(async move { tunnels::push(&s, &pushed, |_, _| true).await });
