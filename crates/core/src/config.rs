@@ -190,7 +190,7 @@ impl ConfigDocument {
                             e.push(format!("settings.{name}"), "unknown settings object");
                             continue;
                         }
-                        match serde_json::from_value::<Settings>(body.clone()) {
+                        match Settings::deserialize(body) {
                             Ok(s) => doc.settings = s,
                             Err(err) => e.push("settings", err.to_string()),
                         }
@@ -198,7 +198,7 @@ impl ConfigDocument {
                 }
                 UPSTREAM_KIND => {
                     for (name, body) in objects {
-                        match serde_json::from_value::<Upstream>(body.clone()) {
+                        match Upstream::deserialize(body) {
                             Ok(u) => doc.upstreams.push(u),
                             Err(err) => e.push(format!("upstreams.{name}"), err.to_string()),
                         }
@@ -206,7 +206,7 @@ impl ConfigDocument {
                 }
                 ROUTE_KIND => {
                     for (id, body) in objects {
-                        match serde_json::from_value::<Route>(body.clone()) {
+                        match Route::deserialize(body) {
                             Ok(r) => doc.routes.push(r),
                             Err(err) => e.push(format!("routes.{id}"), err.to_string()),
                         }
