@@ -220,16 +220,7 @@ impl TunnelNodes {
 
     pub fn add(&self, t: &TunnelRecord) {
         if let Ok(mut s) = self.0.write() {
-            s.extend(
-                [
-                    Some(&t.ingress_node_id),
-                    Some(&t.egress_node_id),
-                    t.relay_node_id.as_ref(),
-                ]
-                .into_iter()
-                .flatten()
-                .cloned(),
-            );
+            s.extend(t.node_ids().cloned());
         }
     }
 
@@ -282,16 +273,7 @@ pub fn spawn_retry(state: AppState, mut shutdown: watch::Receiver<bool>) {
                     break;
                 };
                 for t in &p.items {
-                    involved.extend(
-                        [
-                            Some(&t.ingress_node_id),
-                            Some(&t.egress_node_id),
-                            t.relay_node_id.as_ref(),
-                        ]
-                        .into_iter()
-                        .flatten()
-                        .cloned(),
-                    );
+                    involved.extend(t.node_ids().cloned());
                     push(&state, t, |leg, st| {
                         st.status != "pushed"
                             && node_of(t, leg).is_some_and(|n| state.nodes.session(n).is_some())

@@ -90,11 +90,15 @@ impl TunnelRecord {
                "associated_flow_ids": self.associated_flow_ids})
     }
 
-    /// Whether `node_id` takes part in the tunnel.
-    pub fn involves(&self, node_id: &str) -> bool {
-        self.ingress_node_id == node_id
-            || self.egress_node_id == node_id
-            || self.relay_node_id.as_deref() == Some(node_id)
+    /// The nodes taking part: the entry edge, the exit edge, the relay if any.
+    pub fn node_ids(&self) -> impl Iterator<Item = &String> {
+        [
+            Some(&self.ingress_node_id),
+            Some(&self.egress_node_id),
+            self.relay_node_id.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 

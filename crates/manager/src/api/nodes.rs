@@ -294,7 +294,8 @@ pub struct NewToken {
     pub registration_token_expires_at: String,
 }
 
-fn check_name(name: &str) -> ApiResult<String> {
+/// A display name: 1 to 128 characters, no control characters (nodes, tunnels).
+pub(crate) fn check_name(name: &str) -> ApiResult<String> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
         return Err(ApiError::bad_request(

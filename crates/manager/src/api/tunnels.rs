@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
+use super::nodes::check_name;
 use super::rfc3339;
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
@@ -123,17 +124,7 @@ fn view(t: &TunnelRecord, live: &HashMap<String, LiveView>) -> TunnelView {
 
 /// The live views of the nodes of `tunnels` (here, or asked of their replicas).
 async fn live_of(state: &AppState, tunnels: &[TunnelRecord]) -> HashMap<String, LiveView> {
-    let mut ids: Vec<String> = tunnels
-        .iter()
-        .flat_map(|t| {
-            [
-                Some(t.ingress_node_id.clone()),
-                Some(t.egress_node_id.clone()),
-                t.relay_node_id.clone(),
-            ]
-        })
-        .flatten()
-        .collect();
+    let mut ids: Vec<String> = tunnels.iter().flat_map(|t| t.node_ids().cloned()).collect();
     ids.sort();
     ids.dedup();
     let mut out = HashMap::new();
@@ -156,16 +147,7 @@ fn allowed(auth: &AuthContext) -> Option<&Vec<String>> {
 }
 
 fn may_see(auth: &AuthContext, t: &TunnelRecord) -> bool {
-    allowed(auth).is_none_or(|ids| {
-        [
-            Some(&t.ingress_node_id),
-            Some(&t.egress_node_id),
-            t.relay_node_id.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .all(|n| ids.contains(n))
-    })
+    allowed(auth).is_none_or(|ids| t.node_ids().all(|n| ids.contains(n)))
 }
 
 async fn visible(state: &AppState, auth: &AuthContext, id: &str) -> ApiResult<TunnelRecord> {
@@ -227,17 +209,6 @@ pub struct UpdateTunnel {
     pub egress_peer_addr: Option<String>,
     pub relay_addr: Option<String>,
     pub associated_flow_ids: Option<Vec<String>>,
-}
-
-fn check_name(name: &str) -> ApiResult<String> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "name",
-            "must be 1 to 128 characters without control characters",
-        ));
-    }
-    Ok(name.to_string())
 }
 
 /// A `host:port` with a port from 1 to 65535 and a host without spaces.
