@@ -149,11 +149,17 @@ test('a relay tunnel created in the UI reaches its nodes; clash, refusal, disabl
   dlg = await openNewTunnel(page);
   await fillRelayTunnel(dlg, { name: 'media-b' });
   await dlg.getByRole('button', { name: 'Create tunnel' }).click();
-  const clash = dlg.locator('.form-error');
+  const clash = dlg.locator('[data-field="ingress_listen_port"].invalid .error');
   await clash.getByText('already listens').waitFor();
   const clashText = await clash.textContent();
   assert.match(clashText, /edge-a already listens on tcp port 2222 for tunnel ssh-b/);
   assert.ok(!clashText.includes(fleet.entry.id), 'the node is named, not its id');
+  await clash.evaluate((el) => new Promise((resolve) => setTimeout(resolve, 300)));
+  assert.ok(await dlg.getByLabel('Listen port').evaluate((el) => {
+    const r = el.getBoundingClientRect();
+    const d = el.closest('.dialog-body').getBoundingClientRect();
+    return r.top >= d.top && r.bottom <= d.bottom;
+  }), 'the port with the clash is scrolled into view');
   await screenshot(page, 'tunnels-clash');
 
   // On UDP it is another listener: created, and the exit edge's refusal shows.

@@ -79,17 +79,27 @@ function legBadges(t) {
   }));
 }
 
-/// An ApiError whose node ids are replaced by the nodes' names (409 LISTEN_CLASH
-/// names the node by id), and whose 412 says what to do.
-function explain(e, dir) {
+/// A refused save made clearer for `form`: 409 LISTEN_CLASH names the node by its
+/// name (the API gives its id) and goes next to the port it is about (the listen
+/// port, or the exit edge's address in direct mode); a 412 says what to do. A
+/// message for no field is scrolled into view (the dialog may be scrolled down).
+function explain(e, dir, form, body) {
   if (!(e instanceof ApiError)) return e;
   if (e.status === 409 && e.code === 'LISTEN_CLASH') {
     let text = e.message;
     for (const n of dir.nodes) text = text.split(n.id).join(n.name);
     e.message = `${text}. Choose another port, or another protocol or edge.`;
+    const port = Number((/ port (\d+) /.exec(text) || [])[1]);
+    const where = port === body.ingress_listen_port ? 'ingress_listen_port'
+      : body.egress_peer_addr && form.querySelector('[data-field="egress_peer_addr"]') ? 'egress_peer_addr' : null;
+    if (where) e.errors = [{ field: where, message: e.message }];
   } else if (e.status === 412) {
     e.message = 'This tunnel was changed by someone else after you opened it, so your changes were not saved. '
       + 'Close this dialog and open it again to edit the current version.';
+    e.errors = [];
+  }
+  if (!e.errors.length) {
+    setTimeout(() => form.querySelector('.form-error')?.scrollIntoView({ block: 'nearest' }), 0);
   }
   return e;
 }
@@ -184,7 +194,7 @@ function createDialog(dir) {
       body.egress_peer_addr = required(v.egress_peer_addr, 'egress_peer_addr', 'host:port is required', errors);
     }
     problems(errors);
-    return post('/api/v1/tunnels', body).catch((e) => { throw explain(e, dir); });
+    return post('/api/v1/tunnels', body).catch((e) => { throw explain(e, dir, form, body); });
   }, { submit: 'Create tunnel', intro });
 }
 
@@ -211,7 +221,7 @@ function editDialog(t, etag, dir) {
     else body.egress_peer_addr = required(v.egress_peer_addr, 'egress_peer_addr', 'host:port is required', errors);
     problems(errors);
     return put(`/api/v1/tunnels/${enc(t.id)}`, body, { etag: etag || etagOf(t.version) })
-      .catch((e) => { throw explain(e, dir); });
+      .catch((e) => { throw explain(e, dir, form, body); });
   }, { intro: 'The nodes, protocol and mode stay as they are (create another tunnel to change them). '
     + 'Saving sends the new configuration to the nodes; each leg is pending until its node answers.' });
 }
