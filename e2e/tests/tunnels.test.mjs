@@ -217,6 +217,18 @@ test('a relay tunnel created in the UI reaches its nodes; clash, refusal, disabl
   assert.deepEqual(left.items.map((t) => t.id), [mediaId]);
   await until('the relay to revoke it again', () => actions(fleet.relay, 'revoke_tunnel')
     .filter((a) => a.tunnel_id === id).length >= 2);
+
+  // A node's page lists the tunnels through it, linked.
+  await page.goto(`${fg.url}/#/nodes/${fleet.relay.id}`);
+  const through = page.locator(`#node-tunnels li[data-tunnel="${mediaId}"]`);
+  await through.waitFor();
+  assert.match(await through.textContent(), /media-b error relay/);
+  await page.goto(`${fg.url}/#/nodes/${fleet.entry.id}`);
+  await through.getByText('entry, port 2222/udp').waitFor();
+  assert.equal(await page.locator('#node-tunnels li').count(), 1);
+  await through.getByRole('link', { name: 'media-b' }).click();
+  await page.waitForURL(new RegExp(`#/tunnels/${mediaId}$`));
+  await page.locator('#tunnel-name', { hasText: 'media-b' }).waitFor();
   page.assertClean(['400', '409']);
   await page.context().close();
 });
