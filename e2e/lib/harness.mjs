@@ -1,6 +1,9 @@
 // Starts a real `fleetgate serve` (SQLite in a temporary directory, free loopback
 // ports), a local upstream, and headless Chromium; collects console errors and
-// screenshots. Nothing here reaches the internet.
+// screenshots. Nothing here reaches the internet. While working on the dashboard,
+// FLEETGATE_E2E_ASSETS=../crates/manager/assets makes the browser load its files
+// from that directory instead of those compiled into the binary (no rebuild for
+// each change); the tests are meant to pass without it.
 
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';

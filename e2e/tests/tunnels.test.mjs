@@ -179,6 +179,7 @@ test('a relay tunnel created in the UI reaches its nodes; clash, refusal, disabl
   const failed = mediaRow.locator('.legs .badge[data-leg="egress"]');
   assert.equal(await failed.textContent(), 'exit failed');
   assert.equal(await failed.getAttribute('title'), 'port 22 unreachable');
+  assert.equal(await mediaRow.locator('.leg-error').textContent(), 'exit: port 22 unreachable');
   await screenshot(page, 'tunnels-list');
 
   // Disabled: withdrawn from the nodes; enabled: sent again, active again.

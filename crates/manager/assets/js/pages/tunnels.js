@@ -67,16 +67,21 @@ function legsOf(t) {
   return LEGS.filter(([key]) => t[key]).map(([key, label, short]) => [key, label, short, t[key]]);
 }
 
-/// One badge per leg: "entry pushed", "relay failed" (the error as its tooltip).
+/// One badge per leg: "entry pushed", "relay failed" (the error as its tooltip),
+/// then each failed leg's error, short.
 function legBadges(t) {
-  return h('span', { class: 'badges legs' }, legsOf(t).map(([key, , short, l]) => {
+  const legs = legsOf(t);
+  const errors = legs.filter(([, , , l]) => l.push_error)
+    .map(([key, , short, l]) => h('div', { class: 'error-text leg-error', dataset: { leg: key } },
+      `${short}: ${l.push_error.length > 80 ? `${l.push_error.slice(0, 79)}…` : l.push_error}`));
+  return [h('span', { class: 'badges legs' }, legs.map(([key, , short, l]) => {
     const b = pushBadge(l.push_status, `${short} ${l.push_status}`);
     b.dataset.leg = key;
     b.dataset.push = l.push_status;
     const tip = [l.push_error, l.live_state ? `live: ${l.live_state}` : null].filter(Boolean).join(' · ');
     if (tip) b.title = tip;
     return b;
-  }));
+  })), errors];
 }
 
 /// A refused save made clearer for `form`: 409 LISTEN_CLASH names the node by its
