@@ -5,8 +5,9 @@
 // reports of it live; the secrets never reach the page. A second tunnel on the
 // same port and protocol is refused with the clash shown in the dialog; on UDP it
 // is created, and the exit edge's refusal shows as that leg's error. Disable,
-// enable, edit and delete reach the nodes. A viewer sees no controls; the views
-// fit a phone's width.
+// enable, edit and delete reach the nodes; a node's page lists its tunnels. A
+// direct tunnel's clash on the exit edge's address shows on that field. A viewer
+// sees no controls; the views fit a phone's width.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -261,6 +262,39 @@ test('a viewer sees tunnels and their legs but no controls to change them', asyn
   }, t.id);
   assert.equal(status, 403);
   page.assertClean(['403']);
+  await page.context().close();
+});
+
+test('a direct tunnel made in the UI: a clash on the exit edge\'s address is shown on that field', async () => {
+  const page = await newPage(browser);
+  await login(page, fg);
+  await page.goto(`${fg.url}/#/tunnels`);
+  const dlg = await openNewTunnel(page);
+  await dlg.getByLabel('Name', { exact: true }).fill('direct-c');
+  await dlg.getByLabel('Mode').selectOption('direct');
+  await dlg.getByLabel('Entry edge').selectOption(fleet.entry.id);
+  await dlg.getByLabel('Listen port').fill('2500');
+  await dlg.getByLabel('Exit edge', { exact: true }).selectOption(fleet.exit.id);
+  await dlg.getByLabel('Forward to').fill('127.0.0.1:9000');
+  // The exit edge already listens on UDP 4434 for the tunnel "watched".
+  await dlg.getByLabel('Exit edge address').fill('127.0.0.1:4434');
+  await dlg.getByRole('button', { name: 'Create tunnel' }).click();
+  const clash = dlg.locator('[data-field="egress_peer_addr"].invalid .error');
+  await clash.getByText('edge-b already listens on udp port 4434 for tunnel watched').waitFor();
+  assert.equal(await dlg.locator('[data-field="ingress_listen_port"] .error').textContent(), '');
+  await dlg.getByLabel('Exit edge address').fill('127.0.0.1:4435');
+  await dlg.getByRole('button', { name: 'Create tunnel' }).click();
+  await page.waitForURL(/#\/tunnels\/[0-9a-f-]{36}$/);
+  const id = page.url().split('/').pop();
+  await page.locator('#tunnel-status', { hasText: 'active' }).waitFor({ timeout: 15_000 });
+  assert.equal(await page.locator('#tunnel-legs tbody tr').count(), 2);
+  assert.match(await page.locator('.facts').textContent(), /Exit edge address127\.0\.0\.1:4435/);
+  const exitSide = actions(fleet.exit, 'create_tunnel').find((a) => a.tunnel.id === id).tunnel;
+  assert.equal(exitSide.direct_listen_addr, '0.0.0.0:4435');
+  const entrySide = actions(fleet.entry, 'create_tunnel').find((a) => a.tunnel.id === id).tunnel;
+  assert.equal(entrySide.peer_addr, '127.0.0.1:4435');
+  assert.ok(!(await page.content()).includes(entrySide.tunnel_psk), 'the pre-shared key is not in the page');
+  page.assertClean(['409']);
   await page.context().close();
 });
 
