@@ -189,6 +189,7 @@ test('a relay tunnel created in the UI reaches its nodes; clash, refusal, disabl
   await page.getByRole('button', { name: 'Disable' }).click();
   await page.getByRole('dialog').getByRole('button', { name: 'Disable' }).click();
   await page.locator('#tunnel-status', { hasText: 'disabled' }).waitFor();
+  await leg(page, 'relay').getByText('not sent (disabled)').waitFor();
   await until('the relay to revoke it', () => actions(fleet.relay, 'revoke_tunnel').some((a) => a.tunnel_id === id));
   await until('the edges to delete it', () => [fleet.entry, fleet.exit]
     .every((n) => actions(n, 'delete_tunnel').some((a) => a.tunnel_id === id)));

@@ -52,10 +52,18 @@ async function nodeDirectory() {
   const byId = new Map(nodes.map((n) => [n.id, n]));
   return {
     nodes,
-    has: (id) => byId.has(id),
     name: (id) => (id ? (byId.get(id) || {}).name || id : '—'),
+    /// Whether the nodes should be read again: a node in `ids` is not known yet.
+    /// (Each unknown id once, so a node that stays unknown is not asked for every 5 s.)
+    stale(ids) {
+      const fresh = ids.filter((id) => id && !byId.has(id) && !unknown.has(id));
+      for (const id of fresh) unknown.add(id);
+      return fresh.length > 0;
+    },
   };
 }
+
+const unknown = new Set();
 
 function nodeLink(dir, id) {
   if (!id) return h('span', { class: 'muted' }, '—');
@@ -74,6 +82,13 @@ function legBadges(t) {
   const errors = legs.filter(([, , , l]) => l.push_error)
     .map(([key, , short, l]) => h('div', { class: 'error-text leg-error', dataset: { leg: key } },
       `${short}: ${l.push_error.length > 80 ? `${l.push_error.slice(0, 79)}…` : l.push_error}`));
+  if (!t.enabled) {
+    return h('span', { class: 'badges legs' }, legs.map(([key, , short]) => {
+      const b = badge(`${short} off`, 'muted');
+      b.dataset.leg = key;
+      return b;
+    }));
+  }
   return [h('span', { class: 'badges legs' }, legs.map(([key, , short, l]) => {
     const b = pushBadge(l.push_status, `${short} ${l.push_status}`);
     b.dataset.leg = key;
@@ -270,8 +285,9 @@ async function renderList(main, ctx) {
   async function load(force = true) {
     const r = await get(`/api/v1/tunnels?limit=${LIMIT}&offset=${offset}`);
     if (!alive) return;
-    const ids = r.items.flatMap((t) => [t.ingress_node_id, t.egress_node_id, t.relay_node_id]).filter(Boolean);
-    if (ids.some((n) => !dir.has(n))) dir = await nodeDirectory();
+    if (dir.stale(r.items.flatMap((t) => [t.ingress_node_id, t.egress_node_id, t.relay_node_id]))) {
+      dir = await nodeDirectory();
+    }
     // The periodic reading redraws only what changed (a focused button stays).
     const key = JSON.stringify([r.items, r.total, offset]);
     if (!force && key === drawn) return;
@@ -333,7 +349,8 @@ function legsTable(t, dir) {
   return table([
     { label: 'Leg', render: ([, label]) => h('strong', {}, label) },
     { label: 'Node', render: ([, , , l]) => nodeLink(dir, l.node_id) },
-    { label: 'Push status', render: ([, , , l]) => pushBadge(l.push_status) },
+    { label: 'Push status', render: ([, , , l]) => (t.enabled ? pushBadge(l.push_status)
+      : badge('not sent (disabled)', 'muted')) },
     { label: 'Error', render: ([, , , l]) => (l.push_error
       ? h('span', { class: 'error-text push-error' }, l.push_error) : h('span', { class: 'muted' }, 'none')) },
     { label: 'Live state', render: ([, , , l]) => (l.live_state
@@ -393,8 +410,7 @@ async function renderOne(main, ctx, id) {
     try {
       ({ data: t, etag } = await getVersioned(base));
       if (!alive) return;
-      const ids = [t.ingress_node_id, t.egress_node_id, t.relay_node_id].filter(Boolean);
-      if (ids.some((n) => !dir.has(n))) dir = await nodeDirectory();
+      if (dir.stale([t.ingress_node_id, t.egress_node_id, t.relay_node_id])) dir = await nodeDirectory();
       draw();
       mount(updated, `Updated ${new Date().toLocaleTimeString()}`);
     } catch (e) {
