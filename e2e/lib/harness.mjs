@@ -1,6 +1,9 @@
 // Starts a real `fleetgate serve` (SQLite in a temporary directory, free loopback
 // ports), a local upstream, and headless Chromium; collects console errors and
-// screenshots. Nothing here reaches the internet.
+// screenshots. Nothing here reaches the internet. While working on the dashboard,
+// FLEETGATE_E2E_ASSETS=../crates/manager/assets makes the browser load its files
+// from that directory instead of those compiled into the binary (no rebuild for
+// each change); the tests are meant to pass without it.
 
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -127,7 +130,11 @@ export async function startEdge(fg, token) {
 /// an edge that reports flows would) to `fg`'s node listener over TLS: a minimal
 /// WebSocket client for text frames. `auth(payload)` sends the auth frame and
 /// resolves to the reply; `send(type, payload)` sends an enveloped message;
-/// `close()` drops the connection.
+/// `close()` drops the connection. Every `command` the manager sends is kept in
+/// `commands` (its payload: `command_id`, `action`); once `answer(fn)` is set,
+/// each is answered with a `command_ack` built from `fn(payload)`: `true` or
+/// `undefined` for success, `false` or a string (the error) for a refusal, an
+/// object for the ack's other fields, `null` for no answer at all.
 export async function connectNode(fg) {
   const port = Number(fg.nodeUrl.split(':').pop());
   const sock = tls.connect({ host: '127.0.0.1', port, servername: 'localhost',
@@ -151,9 +158,28 @@ export async function connectNode(fg) {
     const body = Buffer.from(payload.map((b, i) => b ^ mask[i % 4]));
     sock.write(Buffer.concat([head, mask, body]));
   };
+  const commands = [];
+  let answerer = null;
   const deliver = (text) => {
+    let msg = null;
+    try { msg = JSON.parse(text); } catch { /* not JSON: queued as it is */ }
+    if (msg && msg.type === 'command' && msg.payload) {
+      commands.push(msg.payload);
+      if (answerer) answerCommand(msg.payload);
+      return;
+    }
     const w = waiting.shift();
     if (w) w(text); else texts.push(text);
+  };
+  const answerCommand = (cmd) => {
+    const verdict = answerer(cmd);
+    if (verdict === null) return;
+    let ack = { success: true, error: null };
+    if (verdict === false) ack = { success: false, error: 'refused' };
+    else if (typeof verdict === 'string') ack = { success: false, error: verdict };
+    else if (verdict && typeof verdict === 'object') ack = { ...ack, ...verdict };
+    sendText(JSON.stringify({ type: 'command_ack', timestamp: new Date().toISOString(),
+      payload: { command_id: cmd.command_id, ...ack } }));
   };
   const upgrade = new Promise((resolve, reject) => {
     sock.on('data', (d) => {
@@ -189,6 +215,13 @@ export async function connectNode(fg) {
     if (texts.length) resolve(texts.shift()); else waiting.push(resolve);
   });
   return {
+    commands,
+    /// Answers every later command (and those received but not answered yet).
+    answer(fn) {
+      const first = answerer === null;
+      answerer = fn;
+      if (first) for (const c of commands) answerCommand(c);
+    },
     async auth(payload) {
       sendText(JSON.stringify({ type: 'auth', payload }));
       return JSON.parse(await next());
@@ -227,6 +260,23 @@ export async function launch() {
 /// fails the test if the page logged any.
 export async function newPage(browser, { width = 1280, height = 860 } = {}) {
   const context = await browser.newContext({ viewport: { width, height } });
+  if (process.env.FLEETGATE_E2E_ASSETS) {
+    // Development only: the dashboard's files from this directory instead of those
+    // compiled into the binary (no rebuild for each change to them).
+    const dir = path.resolve(process.env.FLEETGATE_E2E_ASSETS);
+    await context.route('**/assets/**', (route) => {
+      const rel = new URL(route.request().url()).pathname.replace(/^\/assets\//, '');
+      const file = path.join(dir, rel);
+      if (!file.startsWith(dir + path.sep)) return route.continue();
+      const type = rel.endsWith('.js') ? 'text/javascript' : rel.endsWith('.css') ? 'text/css'
+        : rel.endsWith('.svg') ? 'image/svg+xml' : 'text/html';
+      try {
+        return route.fulfill({ status: 200, contentType: type, body: readFileSync(file) });
+      } catch {
+        return route.continue();
+      }
+    });
+  }
   const page = await context.newPage();
   const problems = [];
   page.on('console', (m) => {

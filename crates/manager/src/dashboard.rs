@@ -61,6 +61,7 @@ static ASSETS: &[Asset] = assets![
     "js/pages/revisions.js" => JS,
     // Fleet views.
     "js/pages/nodes.js" => JS,
+    "js/pages/tunnels.js" => JS,
 ];
 
 /// Content Security Policy of the dashboard: only its own scripts, styles and

@@ -13,6 +13,7 @@ const VIEWS = [
   { path: 'breakers', label: 'Breakers & limits', module: './pages/breakers.js' },
   { path: 'redirects', label: 'Redirects & pages', module: './pages/redirects.js' },
   { path: 'nodes', label: 'Nodes', module: './pages/nodes.js' },
+  { path: 'tunnels', label: 'Tunnels', module: './pages/tunnels.js' },
   { path: 'events', label: 'Events', module: './pages/events.js' },
   { path: 'incidents', label: 'Incidents', module: './pages/incidents.js' },
   { path: 'alert-rules', label: 'Alert rules', module: './pages/alert-rules.js', hidden: true },

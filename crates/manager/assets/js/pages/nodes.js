@@ -4,7 +4,7 @@
 // stats and health from the dashboard feed (`dashboard_update`), its flows, its
 // config sync, and a box to send it a command.
 
-import { get, post, put, del, enc, getVersioned } from '../api.js';
+import { get, post, put, del, enc, getAll, getVersioned } from '../api.js';
 import { subscribe } from '../live.js';
 import { LineChart } from '../chart.js';
 import { h, mount, table, field, values, badge, time, num, toast, attempt, confirm, parseJsonField } from '../ui.js';
@@ -361,6 +361,27 @@ function historyPanel(base) {
   return { el, load, empty: () => points.length === 0 };
 }
 
+/// The tunnels this node is part of (entry, exit or relay), each linked to its page.
+async function tunnelsPanel(id) {
+  const box = h('div', { id: 'node-tunnels' });
+  let all;
+  try {
+    all = await getAll('/api/v1/tunnels');
+  } catch {
+    return mount(box, h('p', { class: 'empty' }, 'The tunnels could not be read.'));
+  }
+  const roles = (t) => [
+    t.ingress_node_id === id ? `entry, port ${t.ingress_listen_port}/${t.protocol}` : null,
+    t.egress_node_id === id ? 'exit' : null,
+    t.relay_node_id === id ? 'relay' : null].filter(Boolean);
+  const mine = all.filter((t) => roles(t).length);
+  if (!mine.length) return mount(box, h('p', { class: 'empty' }, 'No tunnel goes through this node.'));
+  const kind = { active: 'ok', pending: 'info', error: 'bad' };
+  return mount(box, h('ul', { class: 'plain-list' }, mine.map((t) => h('li', { dataset: { tunnel: t.id } },
+    h('a', { href: `#/tunnels/${enc(t.id)}`, class: 'strong' }, t.name), ' ',
+    badge(t.status, kind[t.status] || 'muted'), ' ', h('span', { class: 'muted' }, roles(t).join(', '))))));
+}
+
 async function renderOne(main, ctx, id) {
   const base = `/api/v1/nodes/${enc(id)}`;
   const types = await deviceTypes();
@@ -438,6 +459,7 @@ async function renderOne(main, ctx, id) {
   }
 
   drawHead();
+  const tunnels = await tunnelsPanel(id);
   const history = historyPanel(base);
   history.load();
   const historyTimer = setInterval(() => { if (alive) history.load(); }, 60_000);
@@ -450,6 +472,7 @@ async function renderOne(main, ctx, id) {
       h('section', { class: 'panel' }, h('h2', {}, 'Config sync'), syncBox)),
     h('section', { class: 'panel' }, h('h2', {}, 'Flows'), flowsBox),
     history.el,
+    h('section', { class: 'panel' }, h('h2', {}, 'Tunnels'), tunnels),
     h('section', { class: 'panel', id: 'node-command' }, h('h2', {}, 'Command'),
       ctx.canEdit ? commandBox(n, types)
         : h('p', { class: 'empty' }, 'Sending commands needs the operator role.')));
