@@ -894,11 +894,22 @@ async fn preflights_cookies_forwarded_for_and_get_bodies() {
 
 #[tokio::test]
 async fn rate_limit_counters_survive_a_configuration_change() {
+    // Windows are aligned to the clock: start with at least 30 s of this window
+    // left, so that the counts below are not reset by the next one.
+    const WINDOW_MS: u64 = 600_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let left = WINDOW_MS - now % WINDOW_MS;
+    if left < 30_000 {
+        tokio::time::sleep(Duration::from_millis(left + 100)).await;
+    }
     let app = spawn_app().await;
     let up = upstream::spawn("up").await;
     app.route(
         json!({"id": "limited", "path": "/limited", "upstream": up.url(),
-                     "rate_limit": {"max": 3, "window_ms": 60000}}),
+                     "rate_limit": {"max": 3, "window_ms": WINDOW_MS}}),
     )
     .await;
     app.settle().await;
@@ -917,7 +928,7 @@ async fn rate_limit_counters_survive_a_configuration_change() {
         .admin(Method::PUT, "/api/v1/routes/limited")
         .json(
             &json!({"id": "limited", "path": "/limited", "upstream": up.url(),
-                      "rate_limit": {"max": 5, "window_ms": 60000}}),
+                      "rate_limit": {"max": 5, "window_ms": WINDOW_MS}}),
         )
         .send()
         .await
