@@ -6,7 +6,9 @@
 //! `config_snapshot` (joined and checked with the protocol crate, the digest
 //! compared with the digest of the configuration as parsed; a frame identical to
 //! one already checked by another session is taken as checked unless
-//! `--verify-each`) with `config_ack`,
+//! `--verify-each`) and every `config_delta` (applied to the configuration held and
+//! checked against its digest; else `config_status` asks for the whole snapshot)
+//! with `config_ack`,
 //! sends `stats` every second (two flows) and `health` every 15 s. It then measures
 //! the manager's CPU and memory over a steady window and times `--changes` route
 //! creations from the API write to the last `config_ack` of the fleet.
@@ -26,7 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fleetgate_edge::tls::{client_config, Trust};
+use fleetgate_protocol::delta::{self, ConfigDelta};
 use fleetgate_protocol::sync::{self, AppliedConfig, SnapshotAssembler};
+use fleetgate_protocol::DataPlaneConfig;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -250,8 +254,9 @@ struct Fleet {
     disconnects: AtomicUsize,
     /// The largest `config_snapshot` frame received, in bytes.
     snapshot_frame_bytes: AtomicUsize,
-    /// The last single-frame snapshot verified, and what it holds.
-    verified: Mutex<Option<(String, AppliedConfig)>>,
+    /// The last single-frame snapshot or delta verified, what it leads to, and the
+    /// configuration (a delta applies to it).
+    verified: Mutex<Option<(String, AppliedConfig, Arc<DataPlaneConfig>)>>,
     /// Every session parses and checks every snapshot itself.
     verify_each: bool,
     stop: watch::Receiver<bool>,
@@ -409,6 +414,8 @@ async fn serve(
         HEALTH_EVERY,
     );
     let mut assembler = SnapshotAssembler::default();
+    // The configuration `applied` names, which a config_delta applies to.
+    let mut held: Option<Arc<DataPlaneConfig>> = None;
     loop {
         let text = tokio::select! {
             () = async { let _ = stop.wait_for(|s| *s).await; } => return true,
@@ -440,18 +447,52 @@ async fn serve(
         } else {
             fleet.verified.lock().ok().and_then(|v| {
                 v.as_ref()
-                    .filter(|(frame, _)| *frame == text)
-                    .map(|(_, a)| a.clone())
+                    .filter(|(frame, _, _)| *frame == text)
+                    .map(|(_, a, c)| (a.clone(), c.clone()))
             })
         };
-        let revision = if let Some(known) = known {
+        let revision = if let Some((known, config)) = known {
             *applied = known;
+            held = Some(config);
             applied.revision
         } else {
             let Ok(Value::Object(mut msg)) = serde_json::from_str::<Value>(&text) else {
                 continue;
             };
-            if msg.get("type").and_then(Value::as_str) != Some(sync::CONFIG_SNAPSHOT) {
+            let kind = msg.get("type").and_then(Value::as_str).unwrap_or_default();
+            if kind == delta::CONFIG_DELTA {
+                let payload = msg.remove("payload").unwrap_or(Value::Null);
+                match apply_delta(payload, applied, held.as_deref()) {
+                    Ok((a, config)) => {
+                        *applied = a;
+                        held = Some(config.clone());
+                        if let Ok(mut v) = fleet.verified.lock() {
+                            *v = Some((text, applied.clone(), config));
+                        }
+                    }
+                    Err(e) => {
+                        // As an edge does: say what is held, and get the whole snapshot.
+                        log(format!("session {index}: delta not applied: {e}"));
+                        fleet.refused_snapshots.fetch_add(1, Ordering::Relaxed);
+                        let status = serde_json::to_string(&*applied).unwrap_or_default();
+                        let frame = envelope(sync::CONFIG_STATUS, &status);
+                        if ws.send(Message::Text(frame.into())).await.is_err() {
+                            return false;
+                        }
+                        continue;
+                    }
+                }
+                let ack = envelope(
+                    sync::CONFIG_ACK,
+                    &serde_json::to_string(&*applied).unwrap_or_default(),
+                );
+                if ws.send(Message::Text(ack.into())).await.is_err() {
+                    return false;
+                }
+                count_ack(fleet, applied.revision);
+                continue;
+            }
+            if kind != sync::CONFIG_SNAPSHOT {
                 continue;
             }
             fleet
@@ -479,9 +520,11 @@ async fn serve(
                 revision: snap.revision,
                 digest: Some(snap.digest),
             };
+            let config = Arc::new(snap.config);
+            held = Some(config.clone());
             if inline {
                 if let Ok(mut v) = fleet.verified.lock() {
-                    *v = Some((text, applied.clone()));
+                    *v = Some((text, applied.clone(), config));
                 }
             }
             applied.revision
@@ -493,17 +536,46 @@ async fn serve(
         if ws.send(Message::Text(ack.into())).await.is_err() {
             return false;
         }
-        let now = Instant::now();
-        if let Ok(mut acks) = fleet.acks.lock() {
-            let a = acks.entry(revision).or_insert(Acks {
-                count: 0,
-                first: now,
-                last: now,
-            });
-            a.count += 1;
-            a.last = now;
-        }
+        count_ack(fleet, revision);
     }
+}
+
+/// Counts a `config_ack` of `revision`.
+fn count_ack(fleet: &Fleet, revision: u64) {
+    let now = Instant::now();
+    if let Ok(mut acks) = fleet.acks.lock() {
+        let a = acks.entry(revision).or_insert(Acks {
+            count: 0,
+            first: now,
+            last: now,
+        });
+        a.count += 1;
+        a.last = now;
+    }
+}
+
+/// Applies a `config_delta` to the configuration held, as an edge does: only to
+/// the snapshot it names as its base, and only if the result has its digest.
+fn apply_delta(
+    payload: Value,
+    applied: &AppliedConfig,
+    held: Option<&DataPlaneConfig>,
+) -> Result<(AppliedConfig, Arc<DataPlaneConfig>)> {
+    let d: ConfigDelta = serde_json::from_value(payload)?;
+    let base = held
+        .filter(|_| applied.digest.as_deref() == Some(d.base_digest.as_str()))
+        .ok_or("it applies to another snapshot")?;
+    let config = d.apply(base);
+    if sync::digest(&serde_json::to_string(&config)?) != d.digest {
+        return Err("the result does not have its digest".into());
+    }
+    Ok((
+        AppliedConfig {
+            revision: d.revision,
+            digest: Some(d.digest),
+        },
+        Arc::new(config),
+    ))
 }
 
 /// utime + stime of a process, in clock ticks.
