@@ -23,7 +23,7 @@
 #
 # Usage:  bench/fleet.sh
 # Env:    SESSIONS="1000 10000" STEADY=30 CHANGES=5 ROUTES=20 CONNECT_PARALLEL=256
-#         VERIFY_EACH=1 PERF=1 NO_BUILD=1 FLEETGATE=<binary> SIM=<fleet-sim binary> KEEP_TMP=1
+#         FLEETGATE_CPUS=1 SIM_CPUS=0 (taskset lists) VERIFY_EACH=1 PERF=1 NO_BUILD=1 FLEETGATE=<binary> SIM=<fleet-sim binary> KEEP_TMP=1
 #         OUT=BENCHMARKS.md
 # Writes the section `fleet` of BENCHMARKS.md; raw outputs go to
 # bench/out/fleet-<timestamp>/ (git-ignored).
@@ -112,7 +112,7 @@ EOF
             perf record -q -e cpu-clock -F 499 -p "$PID" -o "$RAW/perf-changes-$n.data" -- sleep $((CHANGES * 4)) 2>/dev/null
         ) &
     fi
-    taskset -c 0 "$SIM" --api "127.0.0.1:${API##*:}" --token "$TOKEN" --node "127.0.0.1:$NODE_PORT" \
+    taskset -c "${SIM_CPUS:-0}" "$SIM" --api "127.0.0.1:${API##*:}" --token "$TOKEN" --node "127.0.0.1:$NODE_PORT" \
         --pid "$PID" --sessions "$n" --steady "$STEADY" --changes "$CHANGES" \
         --connect-parallel "$CONNECT_PARALLEL" ${VERIFY_EACH:+--verify-each} \
         >"$RAW/result-$n.json" 2>"$RAW/sim-$n.log" ||
@@ -127,8 +127,8 @@ SECTION="$WORK/section.md"
 {
     echo "## Fleet: one manager, thousands of edge sessions"
     echo
-    echo "\`bench/fleet.sh\` at $(git rev-parse --short HEAD) ($(date -u +%Y-%m-%d)): \`fleetgate serve\` (release, SQLite) on CPU 1"
-    echo "with $ROUTES routes; the simulator (\`fleet-sim\`, one thread) on CPU 0. Sessions register with"
+    echo "\`bench/fleet.sh\` at $(git rev-parse --short HEAD) ($(date -u +%Y-%m-%d)): \`fleetgate serve\` (release, SQLite) on CPU ${FLEETGATE_CPUS:-1}"
+    echo "with $ROUTES routes; the simulator (\`fleet-sim\`, one thread) on CPU ${SIM_CPUS:-0}. Sessions register with"
     echo "their token (full TLS handshake each, $CONNECT_PARALLEL setting up at once), join config sync, send"
     echo "\`stats\` every second and \`health\` every 15 s. Steady window $STEADY s; $CHANGES route creations"
     echo "through the API, each timed from just before the write to the last \`config_ack\` of the fleet."

@@ -1,6 +1,7 @@
 # Sourced by bench scripts that drive one `fleetgate serve` through its API.
 #
-# start_fleetgate DATA_DIR LOG: starts the release binary $FLEETGATE on CPU 1 with one
+# start_fleetgate DATA_DIR LOG: starts the release binary $FLEETGATE on CPU 1 (or on the
+# CPUs in $FLEETGATE_CPUS, a taskset list) with one
 # gateway worker, a fresh bootstrap token and free ports, and waits for its API. Sets
 # PID, TOKEN, API (base URL), GW (gateway base URL), GW_PORT and NODE_PORT (the node
 # listener). Needs `die` and python3.
@@ -16,7 +17,7 @@ start_fleetgate() {
         while read -r var; do unset "$var"; done < <(compgen -e | grep '^FLEETGATE_' || true)
         export FLEETGATE_BOOTSTRAP_TOKEN="$TOKEN" FLEETGATE_ADMIN_PASSWORD="$TOKEN-admin"
         export FLEETGATE_LOG_LEVEL=warn FLEETGATE_GATEWAY_WORKERS=1
-        exec taskset -c 1 "$FLEETGATE" serve --data-dir "$data" \
+        exec taskset -c "${FLEETGATE_CPUS:-1}" "$FLEETGATE" serve --data-dir "$data" \
             --listen "127.0.0.1:$api_port" --gateway-listen "127.0.0.1:$GW_PORT" \
             --gateway-tls-listen "127.0.0.1:$tls_port" --node-listen "127.0.0.1:$NODE_PORT"
     ) >"$log" 2>&1 &

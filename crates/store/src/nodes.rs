@@ -130,8 +130,9 @@ pub struct NodeSeen {
     pub protocol_version: Option<i64>,
 }
 
-/// Rows of [`NodeStore::nodes_seen`] per transaction: each holds SQLite's write
-/// lock only briefly, so that configuration writes wait little behind it.
+/// Rows of [`NodeStore::nodes_seen`] per statement (4 parameters each): each holds
+/// SQLite's write lock only briefly, so that configuration writes wait little
+/// behind it.
 const SEEN_PER_WRITE: usize = 500;
 
 const NODE_SEEN_SQL: &str = "UPDATE nodes SET last_seen_at = $1, \
@@ -442,20 +443,32 @@ impl NodeStore for SqlStore {
     }
 
     async fn nodes_seen(&self, seen: &[NodeSeen]) -> Result<()> {
-        // One transaction per chunk: a commit (and its sync to disk) per chunk
-        // rather than per node.
+        // One statement per chunk: a statement per node costs the store's writer
+        // (SQLite's only one) a round trip each, and configuration writes wait
+        // behind them.
         for chunk in seen.chunks(SEEN_PER_WRITE) {
-            let mut tx = self.begin_write().await?;
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = 4 * i;
+                    format!("(${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4)
+                })
+                .collect();
+            let sql = format!(
+                "UPDATE nodes SET last_seen_at = v.column2, \
+                 software_version = COALESCE(v.column3, nodes.software_version), \
+                 protocol_version = COALESCE(v.column4, nodes.protocol_version) \
+                 FROM (VALUES {}) AS v WHERE nodes.id = v.column1",
+                rows.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
             for n in chunk {
-                sqlx::query(NODE_SEEN_SQL)
+                q = q
+                    .bind(n.id.clone())
                     .bind(n.at)
                     .bind(n.software_version.clone())
-                    .bind(n.protocol_version)
-                    .bind(n.id.clone())
-                    .execute(&mut *tx)
-                    .await?;
+                    .bind(n.protocol_version);
             }
-            tx.commit().await?;
+            q.execute(&self.pool).await?;
         }
         Ok(())
     }

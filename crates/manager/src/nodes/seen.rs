@@ -1,6 +1,6 @@
 //! When nodes were last seen, written to the store in batches: sessions record it
 //! here (at connect, at close, and at most once a minute in between) and a writer
-//! stores what accumulated every [`FLUSH_EVERY`], in a few transactions. One
+//! stores what accumulated every [`FLUSH_EVERY`], in a few statements. One
 //! write per node and event would, with thousands of nodes connecting at once,
 //! keep SQLite's single writer busy and configuration writes waiting behind it.
 
