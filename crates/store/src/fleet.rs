@@ -252,8 +252,10 @@ impl FleetStore for SqlStore {
         if samples.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin_write().await?;
+        // A transaction per chunk: a configuration write waits for one chunk at
+        // most, not for the whole fleet's samples.
         for chunk in samples.chunks(SAMPLE_CHUNK) {
+            let mut tx = self.begin_write().await?;
             let rows: Vec<String> = (0..chunk.len())
                 .map(|i| {
                     let b = i * 4;
@@ -274,8 +276,8 @@ impl FleetStore for SqlStore {
                     .bind(s.metrics.to_string());
             }
             q.execute(&mut *tx).await?;
+            tx.commit().await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 

@@ -762,7 +762,7 @@ const MAX_HISTORY_POINTS: i64 = 2000;
 
 #[utoipa::path(get, path = "/api/v1/nodes/{id}/history", operation_id = "get_node_history", tag = "nodes",
     params(("id" = String, Path, description = "Node id"),
-           ("resolution" = Option<i64>, Query, description = "60 (default, kept 48 h) or 3600 (kept 90 days)"),
+           ("resolution" = Option<i64>, Query, description = "60 (default, kept 24 h) or 3600 (kept 30 days)"),
            ("from" = Option<String>, Query, description = "RFC 3339; default 3 hours (60) or 7 days (3600) before `to`"),
            ("to" = Option<String>, Query, description = "RFC 3339; default now")),
     responses((status = 200, description = "The node's stats and health, downsampled: the top-level numbers of its messages, totals over its flows and tunnels, and health.ok", body = NodeHistory)))]
