@@ -16,6 +16,7 @@ mod udp;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -46,7 +47,10 @@ struct RunningTunnel {
     config: TunnelConfig,
     shared: Arc<TunnelShared>,
     /// Dropping the set aborts every task of the tunnel.
-    _tasks: JoinSet<()>,
+    tasks: JoinSet<()>,
+    /// Direct mode exit: the QUIC listener, closed explicitly so its port is free
+    /// once [`EdgeTunnels::stop`] returns.
+    listener: Option<quinn::Endpoint>,
 }
 
 impl EdgeTunnels {
@@ -70,28 +74,37 @@ impl EdgeTunnels {
     /// A disabled tunnel is only remembered.
     pub async fn start(&self, config: TunnelConfig) -> Result<(), TunnelError> {
         let plan = Plan::from_config(&config)?;
-        self.stop(&config.id);
+        self.stop(&config.id).await;
         let shared = Arc::new(TunnelShared::new(&config));
         let mut tasks = JoinSet::new();
-        if config.enabled {
-            launch(&plan, &config, &shared, &self.identity, &mut tasks).await?;
+        let listener = if config.enabled {
+            launch(&plan, &config, &shared, &self.identity, &mut tasks).await?
         } else {
             shared.set_state("disabled");
-        }
-        self.running().insert(
-            config.id.clone(),
-            RunningTunnel {
-                config,
-                shared,
-                _tasks: tasks,
-            },
-        );
+            None
+        };
+        let running = RunningTunnel {
+            config,
+            shared,
+            tasks,
+            listener,
+        };
+        self.running().insert(running.config.id.clone(), running);
         Ok(())
     }
 
-    /// Stops a tunnel end. Whether it was running.
-    pub fn stop(&self, tunnel_id: &str) -> bool {
-        self.running().remove(tunnel_id).is_some()
+    /// Stops a tunnel end and waits until its sockets are released. Whether it
+    /// was running.
+    pub async fn stop(&self, tunnel_id: &str) -> bool {
+        let Some(mut old) = self.running().remove(tunnel_id) else {
+            return false;
+        };
+        old.tasks.shutdown().await;
+        if let Some(endpoint) = old.listener {
+            endpoint.close(quinn::VarInt::from_u32(0), b"tunnel stopped");
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
+        true
     }
 
     /// The configurations of the tunnels held, secrets included.
@@ -194,14 +207,15 @@ impl Plan {
     }
 }
 
-/// Binds the tunnel's sockets and spawns its tasks.
+/// Binds the tunnel's sockets and spawns its tasks; returns the direct-mode
+/// listener, if the end has one.
 async fn launch(
     plan: &Plan,
     config: &TunnelConfig,
     shared: &Arc<TunnelShared>,
     identity: &Arc<EdgeIdentity>,
     tasks: &mut JoinSet<()>,
-) -> Result<(), TunnelError> {
+) -> Result<Option<quinn::Endpoint>, TunnelError> {
     let inbound = match (plan.protocol, plan.direction) {
         (TunnelProtocol::Tcp, TunnelDirection::Egress) => {
             let listener = tokio::net::TcpListener::bind(&plan.local_addr).await?;
@@ -238,8 +252,9 @@ async fn launch(
             let addr = quic::resolve(listen_addr).await?;
             let endpoint = quic::server(addr, ALPN_DIRECT, identity)?;
             shared.set_state("waiting");
-            tasks.spawn(link::direct_listen(endpoint, ctx));
+            tasks.spawn(link::direct_listen(endpoint.clone(), ctx));
+            return Ok(Some(endpoint));
         }
     }
-    Ok(())
+    Ok(None)
 }
