@@ -14,7 +14,9 @@
 //! It also runs the edge's L4 flows ([`flows`]): the manager's flow commands
 //! (`create_flow` … `remove_output`, and the flows of `update_config`) are
 //! carried out and acked, the flows' counters go out in every `stats`, and
-//! their failures as `event`s (queued while the manager is away).
+//! their failures as `event`s (queued while the manager is away). Its tunnel
+//! ends ([`tunnels`]) are created and deleted by `create_tunnel` / `delete_tunnel`
+//! and reported in `stats.tunnels`.
 //!
 //! The manager being unreachable never stops the gateway: it serves the last
 //! applied snapshot, from disk after a restart.
@@ -22,6 +24,7 @@
 pub mod files;
 pub mod flows;
 pub mod tls;
+pub mod tunnels;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -42,6 +45,7 @@ use tokio_tungstenite::tungstenite::Message;
 pub use files::StoredSnapshot;
 use flows::FlowEngine;
 pub use tls::Trust;
+use tunnels::TunnelEngine;
 
 /// Waits between failed connection attempts: doubling from 1 s to this.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -165,6 +169,7 @@ pub struct EdgeAgent {
     identity_refused: std::sync::atomic::AtomicBool,
     started: Instant,
     flows: FlowEngine,
+    tunnels: TunnelEngine,
     /// Events for the manager, sent while connected (one session at a time).
     events: tokio::sync::Mutex<mpsc::Receiver<Value>>,
 }
@@ -214,6 +219,8 @@ impl EdgeAgent {
         };
         let (events_tx, events) = mpsc::channel(flows::EVENT_QUEUE);
         let flows = FlowEngine::open(options.data_dir.clone(), events_tx);
+        let node_id = Self::identity(&options).map(|c| c.node_id);
+        let tunnels = TunnelEngine::open(options.data_dir.clone(), node_id);
         Ok(Self {
             options,
             url,
@@ -225,6 +232,7 @@ impl EdgeAgent {
             identity_refused: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
             flows,
+            tunnels,
             events: tokio::sync::Mutex::new(events),
         })
     }
@@ -239,11 +247,13 @@ impl EdgeAgent {
         self.applied.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
-    /// Starts the stored flows, then connects, and reconnects, until
-    /// `shutdown` becomes true (which stops the flows).
+    /// Starts the stored flows and tunnels, then connects, and reconnects, until
+    /// `shutdown` becomes true (which stops them).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         self.flows.start_stored().await;
+        self.tunnels.start_stored().await;
         self.connect_until(&mut shutdown).await;
+        self.tunnels.shutdown().await;
         self.flows.shutdown().await;
     }
 
@@ -349,6 +359,7 @@ impl EdgeAgent {
                 .map_err(|e| format!("cannot store the node identity: {e}"))?;
                 self.identity_refused
                     .store(false, std::sync::atomic::Ordering::Relaxed);
+                self.tunnels.set_edge_id(Some(node_id.clone()));
                 tracing::info!(node = %node_id, "registered with the manager");
             }
             Some("auth_ok") => {
@@ -635,7 +646,7 @@ impl EdgeAgent {
             "total_flows": flows.len(),
             "active_flows": active,
             "flows": flows,
-            "tunnels": [],
+            "tunnels": self.tunnels.statuses(),
             "uptime_secs": self.started.elapsed().as_secs(),
             "gateway": {
                 "revision": status.applied.revision,
@@ -646,7 +657,8 @@ impl EdgeAgent {
     }
 
     /// Answers a node-protocol `command`: `get_config` with what is served (no
-    /// secrets) and the flows, the flow commands through the flow engine,
+    /// secrets) and the flows, the flow commands through the flow engine, the
+    /// tunnel commands through the tunnel engine,
     /// anything else as not supported by this edge.
     async fn command(&self, payload: &Value) -> String {
         let id = payload
@@ -663,9 +675,11 @@ impl EdgeAgent {
         if action == "get_config" {
             return sync::envelope("config_response", &self.config_document().await);
         }
+        let params = payload.get("action").unwrap_or(&Value::Null);
         let result = if flows::commands::ACTIONS.contains(&action.as_str()) {
-            let params = payload.get("action").unwrap_or(&Value::Null);
             flows::commands::execute(&self.flows, &action, params).await
+        } else if tunnels::ACTIONS.contains(&action.as_str()) {
+            tunnels::execute(&self.tunnels, &action, params).await
         } else {
             Err(flows::FlowError::new(format!("Unknown command: {action}")))
         };
@@ -681,18 +695,24 @@ impl EdgeAgent {
     }
 
     /// What `get_config` answers: the node protocol's configuration shape
-    /// (`version`, `device_name`, `flows`) with the gateway revision served.
+    /// (`version`, `device_name`, `flows`, `tunnels` without their secrets and
+    /// omitted when there are none) with the gateway revision served.
     async fn config_document(&self) -> Value {
         let applied = self.applied();
         let status = self.status.latest();
-        json!({
+        let tunnels = self.tunnels.configs_without_secrets().await;
+        let mut doc = json!({
             "version": 1,
             "device_name": device_name(),
             "flows": self.flows.configs().await,
             "revision": applied.revision,
             "digest": applied.digest,
             "routes": status.routes,
-        })
+        });
+        if !tunnels.is_empty() {
+            doc["tunnels"] = json!(tunnels);
+        }
+        doc
     }
 }
 

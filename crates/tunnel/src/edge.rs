@@ -31,7 +31,7 @@ pub(crate) use stats::TunnelShared;
 
 /// The tunnel ends an edge runs, by tunnel id.
 pub struct EdgeTunnels {
-    identity: Arc<EdgeIdentity>,
+    identity: Mutex<EdgeIdentity>,
     running: Mutex<HashMap<String, RunningTunnel>>,
 }
 
@@ -57,12 +57,20 @@ impl EdgeTunnels {
     /// No tunnels yet; `edge_id` is the manager's node id, if registered.
     pub fn new(edge_id: Option<String>) -> Self {
         EdgeTunnels {
-            identity: Arc::new(EdgeIdentity {
+            identity: Mutex::new(EdgeIdentity {
                 edge_id,
                 software_version: env!("CARGO_PKG_VERSION").to_owned(),
             }),
             running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sets the manager node id sent to relays by tunnels started from now on.
+    pub fn set_edge_id(&self, edge_id: Option<String>) {
+        self.identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .edge_id = edge_id;
     }
 
     fn running(&self) -> MutexGuard<'_, HashMap<String, RunningTunnel>> {
@@ -78,7 +86,13 @@ impl EdgeTunnels {
         let shared = Arc::new(TunnelShared::new(&config));
         let mut tasks = JoinSet::new();
         let listener = if config.enabled {
-            launch(&plan, &config, &shared, &self.identity, &mut tasks).await?
+            let identity = Arc::new(
+                self.identity
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            );
+            launch(&plan, &config, &shared, &identity, &mut tasks).await?
         } else {
             shared.set_state("disabled");
             None
