@@ -18,6 +18,9 @@
 //! ends ([`tunnels`]) are created and deleted by `create_tunnel` / `delete_tunnel`
 //! and reported in `stats.tunnels`.
 //!
+//! The connection to the manager itself is [`node_link`], shared with the
+//! relay role of `fleetgate relay`.
+//!
 //! The manager being unreachable never stops the gateway: it serves the last
 //! applied snapshot, from disk after a restart.
 

@@ -166,7 +166,8 @@ async fn open_pump<W: AsyncWrite + Unpin>(
     cipher: &TunnelCipher,
     shared: &TunnelShared,
 ) -> Result<(), TunnelError> {
-    while let Some(mut unit) = read_chunk(recv).await? {
+    let mut unit = Vec::with_capacity(CHUNK + SEAL_OVERHEAD);
+    while read_chunk(recv, &mut unit).await? {
         let plain = cipher.open_in_place(&mut unit)?;
         local.write_all(plain).await?;
         TunnelShared::add(&shared.counters.bytes_received, plain.len() as u64);
@@ -176,11 +177,12 @@ async fn open_pump<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-async fn read_chunk(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, TunnelError> {
+/// Reads the next chunk's sealed unit into `unit`; false at the stream's end.
+async fn read_chunk(recv: &mut quinn::RecvStream, unit: &mut Vec<u8>) -> Result<bool, TunnelError> {
     let mut prefix = [0u8; 4];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(false),
         Err(quinn::ReadExactError::FinishedEarly(_)) => {
             return Err(TunnelError::Protocol(
                 "stream ended inside a chunk length".into(),
@@ -192,14 +194,14 @@ async fn read_chunk(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, Tun
     if len > wire::MAX_FRAME {
         return Err(TunnelError::FrameTooLarge(len));
     }
-    let mut unit = vec![0u8; len];
-    recv.read_exact(&mut unit).await.map_err(|e| match e {
+    unit.resize(len, 0);
+    recv.read_exact(unit).await.map_err(|e| match e {
         quinn::ReadExactError::ReadError(e) => TunnelError::from(e),
         quinn::ReadExactError::FinishedEarly(_) => {
             TunnelError::Protocol("stream ended inside a chunk".into())
         }
     })?;
-    Ok(Some(unit))
+    Ok(true)
 }
 
 fn reset(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
