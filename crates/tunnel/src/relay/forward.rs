@@ -12,8 +12,8 @@ use crate::TunnelError;
 
 /// How long an edge may take to send a data stream's header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Copy buffer per direction of a stream.
-const COPY_BUFFER: usize = 64 * 1024;
+/// Largest chunk taken from a stream at a time.
+const COPY_CHUNK: usize = 256 * 1024;
 
 /// Forwards one data stream opened by `conn_id`; resets both sides on any failure
 /// or when the tunnel is closed.
@@ -85,14 +85,14 @@ async fn copy(
     from: &mut quinn::RecvStream,
     to: &mut quinn::SendStream,
 ) -> Result<(), TunnelError> {
-    let mut buf = vec![0u8; COPY_BUFFER];
-    while let Some(n) = from.read(&mut buf).await? {
-        let chunk = &buf[..n];
+    // Chunks move from one stream to the other without being copied.
+    while let Some(chunk) = from.read_chunk(COPY_CHUNK, true).await? {
+        let n = chunk.bytes.len();
         count_in(shared, n);
         if let Some(observe) = &shared.observer {
-            observe(chunk);
+            observe(&chunk.bytes);
         }
-        to.write_all(chunk).await?;
+        to.write_chunk(chunk.bytes).await?;
         count_out(shared, per_tunnel, n);
     }
     // Finishing an already reset stream is not an error worth reporting.
