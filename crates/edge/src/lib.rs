@@ -410,7 +410,9 @@ impl EdgeAgent {
             return sync::envelope("config_response", &self.config_document().await);
         }
         let params = payload.get("action").unwrap_or(&Value::Null);
-        let result = if flows::commands::ACTIONS.contains(&action.as_str()) {
+        let result = if action == "update_config" {
+            self.update_config(params).await
+        } else if flows::commands::ACTIONS.contains(&action.as_str()) {
             flows::commands::execute(&self.flows, &action, params).await
         } else if tunnels::ACTIONS.contains(&action.as_str()) {
             tunnels::execute(&self.tunnels, &action, params).await
@@ -422,6 +424,24 @@ impl EdgeAgent {
             (e.message, e.code)
         });
         node_link::command_ack(&id, result)
+    }
+
+    /// `update_config`: the configuration's `flows` and `tunnels`, each applied as
+    /// far as it can be; the errors of both are reported together.
+    async fn update_config(&self, params: &Value) -> Result<(), flows::FlowError> {
+        let flows = flows::commands::execute(&self.flows, "update_config", params).await;
+        let tunnels = match params.get("config").filter(|c| c.is_object()) {
+            Some(config) => tunnels::update_config(&self.tunnels, config).await,
+            None => Ok(()),
+        };
+        match (flows, tunnels) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Err(f), Err(t)) => Err(flows::FlowError {
+                message: format!("{}; {}", f.message, t.message),
+                code: f.code,
+            }),
+        }
     }
 
     /// Answers a `config_delta` or `config_snapshot` frame.

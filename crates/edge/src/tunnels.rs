@@ -115,6 +115,50 @@ impl TunnelEngine {
         self.persist(&configs).await
     }
 
+    /// `update_config`'s `tunnels`: makes the tunnels those of `target`, starting,
+    /// stopping or restarting only those that differ. A tunnel sent without its
+    /// secrets (as `get_config` shows it) keeps the ones this edge holds.
+    pub async fn replace_all(&self, target: Vec<TunnelConfig>) -> Result<(), FlowError> {
+        if target.len() > MAX_TUNNELS {
+            return Err(FlowError::new(format!(
+                "config.tunnels has {} tunnels; this edge runs at most {MAX_TUNNELS}",
+                target.len()
+            )));
+        }
+        for (i, t) in target.iter().enumerate() {
+            if target[..i].iter().any(|p| p.id == t.id) {
+                return Err(FlowError::new(format!("Duplicate tunnel ID: {}", t.id)));
+            }
+        }
+        let current = self.configs.lock().await.clone();
+        let mut failures = Vec::new();
+        for old in current
+            .iter()
+            .filter(|c| !target.iter().any(|t| t.id == c.id))
+        {
+            if let Err(e) = self.delete(&old.id).await {
+                failures.push(e.message);
+            }
+        }
+        for mut t in target {
+            let held = current.iter().find(|c| c.id == t.id);
+            if let Some(held) = held {
+                keep_secrets(&mut t, held);
+                if *held == t {
+                    continue;
+                }
+            }
+            if let Err(e) = self.create(t).await {
+                failures.push(e.message);
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(FlowError::new(failures.join("; ")))
+        }
+    }
+
     /// The tunnels' configurations without their secrets, for `get_config`.
     pub async fn configs_without_secrets(&self) -> Vec<TunnelConfig> {
         let configs = self.configs.lock().await;
@@ -139,6 +183,31 @@ impl TunnelEngine {
             Err(e) => Err(FlowError::new(format!("storing the tunnels failed: {e}"))),
         }
     }
+}
+
+/// Fills the secrets `t` lacks from the same tunnel as held.
+fn keep_secrets(t: &mut TunnelConfig, held: &TunnelConfig) {
+    let fill = |field: &mut Option<String>, from: &Option<String>| {
+        if field.is_none() {
+            field.clone_from(from);
+        }
+    };
+    fill(&mut t.tunnel_encryption_key, &held.tunnel_encryption_key);
+    fill(&mut t.tunnel_bind_secret, &held.tunnel_bind_secret);
+    fill(&mut t.tunnel_psk, &held.tunnel_psk);
+    fill(&mut t.tls_cert_pem, &held.tls_cert_pem);
+    fill(&mut t.tls_key_pem, &held.tls_key_pem);
+}
+
+/// `update_config`: on this edge the `tunnels` of the configuration replace the
+/// tunnels; a configuration without `tunnels` leaves them as they are.
+pub async fn update_config(engine: &TunnelEngine, config: &Value) -> Result<(), FlowError> {
+    let Some(tunnels) = config.get("tunnels") else {
+        return Ok(());
+    };
+    let parsed: Vec<TunnelConfig> = serde_json::from_value(tunnels.clone())
+        .map_err(|e| FlowError::new(format!("config.tunnels is not valid: {e}")))?;
+    engine.replace_all(parsed).await
 }
 
 /// Carries out `action` (whose `type` is one of [`ACTIONS`]).
@@ -239,6 +308,41 @@ mod tests {
         assert!(again.statuses().is_empty());
         let stored = load(dir.path()).expect("load");
         assert!(stored.tunnels.is_empty());
+    }
+
+    #[tokio::test]
+    async fn update_config_keeps_held_secrets_and_removes_what_is_gone() {
+        let dir = tempfile::tempdir().expect("dir");
+        let engine = TunnelEngine::open(dir.path().to_path_buf(), None);
+        let a = "6f0a3a4e-0d3b-4d4c-8a53-0c8f4f8b1a11";
+        let b = "7f0a3a4e-0d3b-4d4c-8a53-0c8f4f8b1a12";
+        for id in [a, b] {
+            let action = json!({"tunnel": entry_tunnel(id, free_port())});
+            execute(&engine, "create_tunnel", &action)
+                .await
+                .expect("created");
+        }
+        // What get_config showed, renamed: a stays (secrets from the edge), b goes.
+        let mut shown =
+            serde_json::to_value(&engine.configs_without_secrets().await[0]).expect("json");
+        assert_eq!(shown["id"], a);
+        shown["name"] = json!("renamed");
+        update_config(&engine, &json!({"tunnels": [shown]}))
+            .await
+            .expect("applied");
+        let held = engine.configs.lock().await.clone();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].name, "renamed");
+        assert_eq!(
+            held[0].tunnel_encryption_key.as_deref(),
+            Some(hex64().as_str())
+        );
+        assert_eq!(engine.statuses().len(), 1);
+        // Without `tunnels`, nothing changes.
+        update_config(&engine, &json!({"flows": []}))
+            .await
+            .expect("no-op");
+        assert_eq!(engine.statuses().len(), 1);
     }
 
     #[tokio::test]
