@@ -567,3 +567,33 @@ async fn stopping_a_tunnel_frees_its_port() {
         .expect("port free again");
     assert!(pair.entry.statuses().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_of_unbound_tunnels_are_dropped_and_counted() {
+    let relay = start_relay(&Seen::default());
+    let addr = relay.local_addr().expect("addr");
+    let endpoint = quic::client(ALPN_RELAY, addr).expect("client");
+    let conn = endpoint
+        .connect(addr, "relay")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    // The relay reads an edge's datagrams once its control stream is open.
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    let hello = ControlMessage::Hello {
+        protocol_version: 1,
+        software_version: "raw".into(),
+    };
+    wire::write_json(&mut send, &hello).await.expect("hello");
+    let mut datagram = Uuid::new_v4().as_bytes().to_vec();
+    datagram.extend_from_slice(b"sealed bytes of nobody");
+    conn.send_datagram(datagram.into()).expect("send");
+    conn.send_datagram(bytes::Bytes::from_static(b"short"))
+        .expect("send");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while relay.stats().udp_datagrams_dropped < 2 {
+        assert!(Instant::now() < deadline, "{:?}", relay.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(relay.stats().total_bytes_forwarded, 0);
+}
