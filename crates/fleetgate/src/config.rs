@@ -22,6 +22,7 @@ pub struct Config {
     pub nats: UrlSection,
     pub flecto: FlectoSection,
     pub edge: EdgeSection,
+    pub relay: RelaySection,
     pub shutdown: ShutdownSection,
     pub log: LogSection,
 }
@@ -120,6 +121,23 @@ pub struct EdgeSection {
     pub insecure_skip_verify: bool,
 }
 
+/// `fleetgate relay`: the QUIC relay joining tunnel ends between edges. It reaches
+/// its manager with the `edge.*` settings (the same node protocol).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelaySection {
+    /// The QUIC address edges connect to (ALPN `bilbycast-relay`).
+    pub quic_listen: SocketAddr,
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        Self {
+            quic_listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
+        }
+    }
+}
+
 /// Sync redirects and pages from a Flecto-compatible manager, as one of its agents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -203,6 +221,7 @@ impl Default for Config {
             nats: UrlSection::default(),
             flecto: FlectoSection::default(),
             edge: EdgeSection::default(),
+            relay: RelaySection::default(),
             shutdown: ShutdownSection::default(),
             log: LogSection::default(),
         }
@@ -404,6 +423,11 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         Kind::Bool,
     ),
     (
+        "FLEETGATE_RELAY_QUIC_LISTEN",
+        "relay.quic_listen",
+        Kind::Text,
+    ),
+    (
         "FLEETGATE_SHUTDOWN_DRAIN_TIMEOUT_SECS",
         "shutdown.drain_timeout_secs",
         Kind::Int,
@@ -462,6 +486,9 @@ pub struct Overrides {
     /// `edge`: accept any manager certificate (trials only).
     #[arg(long = "insecure-skip-verify")]
     pub edge_insecure_skip_verify: bool,
+    /// `relay`: the QUIC address edges connect to (default 0.0.0.0:4433).
+    #[arg(long = "relay-listen", value_name = "ADDR")]
+    pub relay_quic_listen: Option<SocketAddr>,
     /// Sync redirects and pages from this Flecto-compatible manager.
     #[arg(long, value_name = "URL")]
     pub flecto_url: Option<String>,
@@ -575,6 +602,9 @@ impl Config {
         }
         if let Some(v) = &flags.edge_manager_fingerprint {
             config.edge.manager_fingerprint = Some(v.clone());
+        }
+        if let Some(v) = flags.relay_quic_listen {
+            config.relay.quic_listen = v;
         }
         if flags.edge_insecure_skip_verify {
             config.edge.insecure_skip_verify = true;

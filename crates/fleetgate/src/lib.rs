@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod flecto_agent;
+pub mod relay_node;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -412,28 +413,10 @@ pub async fn start_edge(
         }
         None => None,
     };
-    let edge_task = match &config.edge.manager_url {
-        Some(url) => {
-            let e = &config.edge;
-            let trust = if let Some(path) = &e.ca_cert {
-                fleetgate_edge::Trust::CaFile(path.clone())
-            } else if let Some(fp) = &e.manager_fingerprint {
-                fleetgate_edge::Trust::Fingerprint(fp.clone())
-            } else if e.insecure_skip_verify {
-                tracing::warn!(
-                    "edge.insecure_skip_verify: the manager's certificate is not checked"
-                );
-                fleetgate_edge::Trust::Insecure
-            } else {
-                fleetgate_edge::Trust::System
-            };
+    let edge_task = match node_options(&config) {
+        Some(options) => {
             let agent = fleetgate_edge::EdgeAgent::new(
-                fleetgate_edge::EdgeOptions {
-                    manager_url: url.clone(),
-                    token: e.token.clone().filter(|t| !t.is_empty()),
-                    data_dir: config.data_dir.clone(),
-                    trust,
-                },
+                options,
                 feed.clone(),
                 gw.report_status(STATUS_EVERY),
                 stored.as_ref(),
@@ -511,4 +494,101 @@ pub fn init_logging(config: &Config) {
     } else {
         builder.try_init()
     };
+}
+
+/// How this node reaches its manager (`edge.*`), if it has one.
+fn node_options(config: &Config) -> Option<fleetgate_edge::EdgeOptions> {
+    let e = &config.edge;
+    let url = e.manager_url.as_ref()?;
+    let trust = if let Some(path) = &e.ca_cert {
+        fleetgate_edge::Trust::CaFile(path.clone())
+    } else if let Some(fp) = &e.manager_fingerprint {
+        fleetgate_edge::Trust::Fingerprint(fp.clone())
+    } else if e.insecure_skip_verify {
+        tracing::warn!("edge.insecure_skip_verify: the manager's certificate is not checked");
+        fleetgate_edge::Trust::Insecure
+    } else {
+        fleetgate_edge::Trust::System
+    };
+    Some(fleetgate_edge::EdgeOptions {
+        manager_url: url.clone(),
+        token: e.token.clone().filter(|t| !t.is_empty()),
+        data_dir: config.data_dir.clone(),
+        trust,
+    })
+}
+
+/// A running relay.
+pub struct RunningRelay {
+    /// The QUIC address edges connect to.
+    pub quic_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningRelay {
+    /// Closes every edge connection and the endpoint.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.context("relay task panicked")?
+    }
+
+    /// Waits until the relay ends by itself (for `main`).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("relay task panicked")?
+    }
+}
+
+/// Starts a relay: the QUIC tunnel relay on `relay.quic_listen`, and, with
+/// `edge.manager_url`, its node connection to a Fleetgate manager (registration,
+/// relay stats and health, the relay commands). Without a manager every tunnel
+/// binds in open mode.
+pub async fn start_relay(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RunningRelay> {
+    let relay =
+        fleetgate_tunnel::Relay::bind(fleetgate_tunnel::RelayConfig::new(config.relay.quic_listen))
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (relay.quic_listen)",
+                    config.relay.quic_listen
+                )
+            })?;
+    let link = match node_options(&config) {
+        Some(options) => Some(fleetgate_edge::NodeLink::new(options)?),
+        None => {
+            tracing::warn!("no edge.manager_url: the relay accepts any tunnel (open mode)");
+            None
+        }
+    };
+    let node = relay_node::RelayNode::new(relay, config.edge.manager_url.clone())?;
+    let quic_addr = node.relay.local_addr()?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (down_tx, mut down_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let serve = async {
+            match &link {
+                Some(link) => link.run(&node, &mut down_rx).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = serve => {}
+            () = shutdown => {}
+            _ = stop_rx => {}
+        }
+        let _ = down_tx.send(true);
+        node.relay.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    });
+    tracing::info!(quic = %quic_addr, "fleetgate relay is running");
+    Ok(RunningRelay {
+        quic_addr,
+        stop: Some(stop_tx),
+        task,
+    })
 }

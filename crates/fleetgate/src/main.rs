@@ -66,6 +66,11 @@ enum Command {
     /// redirects and pages of a Flecto-compatible manager's project (--flecto-url,
     /// -namespace, -project, -token).
     Edge(#[command(flatten)] Overrides),
+    /// Tunnel relay: a QUIC server (--relay-listen, default 0.0.0.0:4433) joining
+    /// the tunnel ends of edges, managed by a Fleetgate manager like an edge
+    /// (--manager wss://host:3443 --token <registration token>) or, without one,
+    /// accepting any tunnel.
+    Relay(#[command(flatten)] Overrides),
     /// Apply the store's migrations and exit.
     Migrate(#[command(flatten)] Overrides),
     /// Configuration file commands.
@@ -118,6 +123,17 @@ async fn run(cli: Cli) -> Result<(), ExitCode> {
             let config = load(&cli.config, &flags)?;
             init_logging(&config);
             let running = fleetgate::start_edge(config, shutdown_signal())
+                .await
+                .map_err(|e| {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                })?;
+            running.wait().await.map_err(fail)
+        }
+        Command::Relay(flags) => {
+            let config = load(&cli.config, &flags)?;
+            init_logging(&config);
+            let running = fleetgate::start_relay(config, shutdown_signal())
                 .await
                 .map_err(|e| {
                     eprintln!("error: {e:#}");

@@ -13,6 +13,7 @@
 pub mod delta;
 pub mod node;
 pub mod sync;
+pub mod tunnel;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -24,6 +24,7 @@ mod redirects;
 mod scale_out;
 mod support;
 mod tls;
+mod tunnel_fleet;
 mod tunnels;
 mod upstream;
 mod users;
