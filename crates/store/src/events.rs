@@ -36,6 +36,9 @@ pub struct EventFilter {
     pub unacknowledged: Option<bool>,
     /// Only these events (acknowledging a selection).
     pub ids: Option<Vec<i64>>,
+    /// Only events of no node or of one of these nodes (a caller limited to some
+    /// nodes); `None` does not restrict.
+    pub node_ids: Option<Vec<String>>,
 }
 
 impl EventFilter {
@@ -62,6 +65,10 @@ impl EventFilter {
             && self.until.is_none_or(|t| e.created_at <= t)
             && self.unacknowledged.is_none_or(|u| u != acknowledged)
             && self.ids.is_none()
+            && self
+                .node_ids
+                .as_ref()
+                .is_none_or(|ids| e.node_id.as_ref().is_none_or(|n| ids.contains(n)))
     }
 
     /// The WHERE clause and its text arguments, numbered from `first`.
@@ -116,6 +123,18 @@ impl EventFilter {
         }
         if let Some(t) = self.until {
             push("created_at <= ?", Arg::Int(t), &mut parts, &mut args);
+        }
+        if let Some(nodes) = &self.node_ids {
+            let mut marks = Vec::new();
+            for n in nodes {
+                args.push(Arg::Text(n.clone()));
+                marks.push(format!("${}", first + args.len() - 1));
+            }
+            parts.push(if marks.is_empty() {
+                "node_id IS NULL".into()
+            } else {
+                format!("(node_id IS NULL OR node_id IN ({}))", marks.join(", "))
+            });
         }
         if let Some(ids) = &self.ids {
             // Integers only, so they are written into the statement as they are.

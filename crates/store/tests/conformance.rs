@@ -116,6 +116,7 @@ conformance!(
     nodes_crud_tokens_and_registration,
     fleet_presence_follows_live_replicas_and_samples_roll,
     tunnels_crud_legs_and_audit_without_secrets,
+    events_of_limited_callers,
 );
 
 fn actor() -> Actor {
@@ -2503,4 +2504,35 @@ async fn tunnels_crud_legs_and_audit_without_secrets(s: &SqlStore) {
         .expect("audit");
     assert_eq!(audit.items.len(), 4, "create ×2, update, delete");
     assert!(!format!("{:?}", audit.items).contains("sealed-secret-material"));
+}
+
+async fn events_of_limited_callers(s: &SqlStore) {
+    let mk = |node: Option<&str>| {
+        let mut e = NewEvent::new("node.event", Severity::Info, "m");
+        e.node_id = node.map(str::to_string);
+        e
+    };
+    let batch = [mk(Some("n1")), mk(Some("n2")), mk(None)];
+    s.insert_events(&batch).await.expect("insert");
+    for (ids, want) in [
+        (vec!["n1".to_string()], 2),
+        (vec![], 1),
+        (vec!["n1".into(), "n2".into()], 3),
+    ] {
+        let f = EventFilter {
+            node_ids: Some(ids.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.list_events(&f, page(10, 0)).await.expect("list").total,
+            want,
+            "{ids:?}"
+        );
+        // The live rule agrees with the stored one.
+        assert_eq!(
+            batch.iter().filter(|e| f.accepts(e, false)).count() as i64,
+            want,
+            "{ids:?}"
+        );
+    }
 }

@@ -1043,3 +1043,98 @@ async fn stats_and_health_become_history() {
         .expect("get");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+/// A user limited to some nodes sees, streams and acknowledges only the events
+/// of those nodes (and events of no node).
+#[tokio::test]
+async fn limited_users_see_only_their_nodes_events() {
+    let app = spawn_app().await;
+    let (mut mine, mine_id, _) = registered(&app, "edge").await;
+    let (mut other, other_id, _) = registered(&app, "edge").await;
+    let key = app.key_for_role("limited-ev", "operator").await;
+    let users = app.get_json("/api/v1/users?limit=100").await;
+    let uid = users["items"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["username"] == "limited-ev")
+        .expect("user")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let r = app
+        .admin(Method::PUT, &format!("/api/v1/users/{uid}"))
+        .json(&json!({"allowed_node_ids": [mine_id]}))
+        .send()
+        .await
+        .expect("limit");
+    assert_eq!(r.status(), StatusCode::OK);
+    // The stream opens before the nodes report.
+    let mut stream = app
+        .anon(Method::GET, "/api/v1/stream/events?type=node.event")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), StatusCode::OK);
+    for (node, text) in [(&mut other, "other-secret-event"), (&mut mine, "my-event")] {
+        node.send(
+            "event",
+            json!({"severity": "warning", "category": "flow", "message": text}),
+        )
+        .await;
+    }
+    wait_for_event(&app, "node.event", &other_id, 1).await;
+    wait_for_event(&app, "node.event", &mine_id, 1).await;
+    // Listing: everyone's for the admin, only its node's for the limited user.
+    let all = app.get_json("/api/v1/events?type=node.event").await;
+    assert_eq!(all["total"], 2);
+    let seen: Value = app
+        .anon(Method::GET, "/api/v1/events?type=node.event")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(seen["total"], 1, "{seen}");
+    assert_eq!(seen["items"][0]["node_id"], mine_id.as_str());
+    // Streaming: the other node's event never arrives, its own does.
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !text.contains("my-event") && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(500), stream.chunk()).await {
+            Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
+            Ok(_) => break,
+            Err(_) => {}
+        }
+    }
+    assert!(text.contains("my-event"), "{text}");
+    assert!(!text.contains("other-secret-event"), "{text}");
+    // Acknowledging the other node's event: not found for this user.
+    let other_event = all["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|e| e["node_id"] == other_id.as_str())
+        .expect("other's event")["id"]
+        .clone();
+    let r = app
+        .anon(Method::POST, &format!("/api/v1/events/{other_event}/ack"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("ack");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Acknowledging "everything" acknowledges only what it may see.
+    let r = app
+        .anon(Method::POST, "/api/v1/events/ack")
+        .bearer_auth(&key)
+        .json(&json!({"type": "node.event"}))
+        .send()
+        .await
+        .expect("ack all");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.expect("json")["acknowledged"], 1);
+}

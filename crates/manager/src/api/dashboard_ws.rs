@@ -121,6 +121,10 @@ async fn feed(state: AppState, auth: AuthContext, mut socket: WebSocket) {
                 }
             }
             e = events.recv() => match e {
+                // Events of nodes the caller may not see are not sent.
+                Ok(r) if r.event.node_id.as_ref().is_some_and(|n| {
+                    allowed.is_some_and(|ids| !ids.contains(n))
+                }) => {}
                 Ok(r) => {
                     let data = serde_json::to_value(event_view(&r)).unwrap_or(Value::Null);
                     if !send(&mut socket, frame("event", data)).await {

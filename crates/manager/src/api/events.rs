@@ -71,6 +71,13 @@ pub fn event_view(r: &EventRecord) -> EventView {
     }
 }
 
+/// `filter`, kept to the events a caller limited to some nodes may see: those of
+/// no node and of its nodes.
+pub(crate) fn limited(mut filter: EventFilter, auth: &AuthContext) -> EventFilter {
+    filter.node_ids = super::nodes::allowed(auth).cloned();
+    filter
+}
+
 /// The filter named by query parameters (`severity`, `category`, `type`, `node_id`,
 /// `route_id`, `upstream`, `since`, `until`, `acknowledged`).
 fn filter_of(q: &QueryParams) -> ApiResult<EventFilter> {
@@ -122,11 +129,11 @@ fn filter_of(q: &QueryParams) -> ApiResult<EventFilter> {
     responses((status = 200, description = "Events, newest first", body = ListEnvelope<EventView>)))]
 pub async fn list(
     State(state): State<AppState>,
-    _auth: AuthContext,
+    auth: AuthContext,
     q: QueryParams,
     Pagination(page): Pagination,
 ) -> ApiResult<Json<ListEnvelope<EventView>>> {
-    let filter = filter_of(&q)?;
+    let filter = limited(filter_of(&q)?, &auth);
     let p = state.store.list_events(&filter, page).await?;
     Ok(Json(ListEnvelope::new(
         p.items.iter().map(event_view).collect(),
@@ -159,6 +166,17 @@ pub async fn ack(
     Path(id): Path<String>,
 ) -> ApiResult<Json<EventView>> {
     let id = event_id(&id)?;
+    let e = state
+        .store
+        .get_event(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("event {id}")))?;
+    if !limited(EventFilter::default(), &auth)
+        .node_ids
+        .is_none_or(|ids| e.event.node_id.as_ref().is_none_or(|n| ids.contains(n)))
+    {
+        return Err(ApiError::not_found(format!("event {id}")));
+    }
     if state
         .store
         .ack_event(id, &auth.actor.name, now_ms())
@@ -242,6 +260,7 @@ pub async fn ack_many(
         ids: body.ids,
         ..Default::default()
     };
+    let filter = limited(filter, &auth);
     let n = state
         .store
         .ack_events(&filter, &auth.actor.name, now_ms())
@@ -389,11 +408,11 @@ pub(crate) fn sse(
     responses((status = 200, description = "Server-sent events: each event's id, type and JSON", content_type = "text/event-stream", body = String)))]
 pub async fn stream_events(
     State(state): State<AppState>,
-    _auth: AuthContext,
+    auth: AuthContext,
     headers: HeaderMap,
     q: QueryParams,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
-    let filter = filter_of(&q)?;
+    let filter = limited(filter_of(&q)?, &auth);
     let after = last_event_id(&headers, &q)?;
     Ok(sse(event_stream(state, filter, after)))
 }
@@ -403,14 +422,17 @@ pub async fn stream_events(
     responses((status = 200, description = "Server-sent warning and critical events", content_type = "text/event-stream", body = String)))]
 pub async fn stream_alerts(
     State(state): State<AppState>,
-    _auth: AuthContext,
+    auth: AuthContext,
     headers: HeaderMap,
     q: QueryParams,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
-    let filter = EventFilter {
-        min_severity: Some(Severity::Warning),
-        ..Default::default()
-    };
+    let filter = limited(
+        EventFilter {
+            min_severity: Some(Severity::Warning),
+            ..Default::default()
+        },
+        &auth,
+    );
     let after = last_event_id(&headers, &q)?;
     Ok(sse(event_stream(state, filter, after)))
 }
