@@ -231,7 +231,8 @@ pub trait EventStore: Send + Sync {
     async fn ack_event(&self, id: i64, by: &str, at: i64) -> Result<bool>;
     /// Acknowledges every unacknowledged event the filter selects; returns how many.
     async fn ack_events(&self, filter: &EventFilter, by: &str, at: i64) -> Result<u64>;
-    async fn count_unacked(&self) -> Result<UnackedCounts>;
+    /// Unacknowledged events passing `filter`, by severity.
+    async fn count_unacked(&self, filter: &EventFilter) -> Result<UnackedCounts>;
     /// Deletes events older than `before` and all but the newest `keep` events.
     async fn prune_events(&self, before: i64, keep: i64) -> Result<u64>;
 }
@@ -363,12 +364,15 @@ impl EventStore for SqlStore {
         )
     }
 
-    async fn count_unacked(&self) -> Result<UnackedCounts> {
-        let rows = sqlx::query(
-            "SELECT severity, COUNT(*) FROM events WHERE acknowledged_at IS NULL GROUP BY severity",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+    async fn count_unacked(&self, filter: &EventFilter) -> Result<UnackedCounts> {
+        let (clause, args) = filter.sql(1);
+        let sql = format!(
+            "SELECT severity, COUNT(*) FROM events WHERE acknowledged_at IS NULL AND {clause} \
+             GROUP BY severity"
+        );
+        let rows = bind_all(sqlx::query(&sql), &args)
+            .fetch_all(&self.pool)
+            .await?;
         let mut c = UnackedCounts::default();
         for r in rows {
             let sev: String = r.try_get(0)?;

@@ -1289,7 +1289,10 @@ async fn events_filters_ack_and_retention(s: &SqlStore) {
         .expect("get")
         .expect("exists");
     assert_eq!(got.acknowledged_by.as_deref(), Some("alice"));
-    let counts = s.count_unacked().await.expect("count");
+    let counts = s
+        .count_unacked(&EventFilter::default())
+        .await
+        .expect("count");
     assert_eq!(
         (counts.critical, counts.warning, counts.info, counts.total),
         (1, 2, 2, 5)

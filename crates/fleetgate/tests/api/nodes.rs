@@ -1112,6 +1112,27 @@ async fn limited_users_see_only_their_nodes_events() {
     }
     assert!(text.contains("my-event"), "{text}");
     assert!(!text.contains("other-secret-event"), "{text}");
+    // Counting: the other node's events are not counted for this user.
+    let counted: Value = app
+        .anon(Method::GET, "/api/v1/events/count")
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("count")
+        .json()
+        .await
+        .expect("json");
+    let everyone = app.get_json("/api/v1/events/count").await;
+    let others = app
+        .get_json(&format!(
+            "/api/v1/events?node_id={other_id}&acknowledged=false"
+        ))
+        .await;
+    assert_eq!(
+        counted["total"].as_i64().expect("total"),
+        everyone["total"].as_i64().expect("total") - others["total"].as_i64().expect("total"),
+        "{counted} {everyone} {others}"
+    );
     // Acknowledging the other node's event: not found for this user.
     let other_event = all["items"]
         .as_array()

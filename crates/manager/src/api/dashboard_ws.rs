@@ -83,7 +83,11 @@ async fn feed(state: AppState, auth: AuthContext, mut socket: WebSocket) {
     let mut metrics = state.traffic.subscribe();
     let (mut fleet, current) = state.node_feed.subscribe();
     let allowed = super::nodes::allowed(&auth).map(Vec::as_slice);
-    let counts = state.store.count_unacked().await.ok();
+    let counts = state
+        .store
+        .count_unacked(&super::events::limited(Default::default(), &auth))
+        .await
+        .ok();
     let hello = json!({
         "user": auth.actor.name,
         "role": auth.role.to_string(),

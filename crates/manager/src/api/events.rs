@@ -146,9 +146,10 @@ pub async fn list(
     responses((status = 200, description = "Unacknowledged events by severity", body = Object)))]
 pub async fn count(
     State(state): State<AppState>,
-    _auth: AuthContext,
+    auth: AuthContext,
 ) -> ApiResult<Json<UnackedCounts>> {
-    Ok(Json(state.store.count_unacked().await?))
+    let filter = limited(EventFilter::default(), &auth);
+    Ok(Json(state.store.count_unacked(&filter).await?))
 }
 
 fn event_id(raw: &str) -> ApiResult<i64> {
