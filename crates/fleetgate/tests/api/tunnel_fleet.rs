@@ -133,6 +133,7 @@ async fn a_tcp_tunnel_through_a_managed_relay() {
         if t["status"] == "active"
             && t["ingress"]["live_state"] == "ready"
             && t["egress"]["live_state"] == "ready"
+            && t["relay"]["live_state"] == "ready"
         {
             break;
         }

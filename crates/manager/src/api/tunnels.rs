@@ -80,7 +80,10 @@ fn status(t: &TunnelRecord) -> &'static str {
 /// What a node's latest stats say of tunnel `id`.
 fn live_state(live: &HashMap<String, LiveView>, node: &str, id: &str) -> Option<String> {
     let tunnels = live.get(node)?.stats.as_ref()?.get("tunnels")?.as_array()?;
-    let t = tunnels.iter().find(|t| t["id"] == id)?;
+    // Edges name the tunnel `id`; relays `tunnel_id`.
+    let t = tunnels
+        .iter()
+        .find(|t| t["id"] == id || t["tunnel_id"] == id)?;
     t.get("state").and_then(Value::as_str).map(str::to_string)
 }
 
