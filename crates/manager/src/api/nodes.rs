@@ -23,7 +23,7 @@ use super::rfc3339;
 use crate::auth::{hash_token, random_token, AuthContext};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json_with_etag, IfMatch, JsonBody, ListEnvelope, Pagination, QueryParams};
-use crate::nodes::replicas::{LiveView, RemoteFailure, Whereabouts};
+use crate::nodes::replicas::{LiveView, Online, RemoteFailure, Whereabouts};
 use crate::nodes::{CommandFailure, COMMAND_TIMEOUT, CONFIG_FETCH_TIMEOUT};
 use crate::AppState;
 
@@ -104,58 +104,19 @@ fn sync_view(live: &LiveView) -> Option<ConfigSyncView> {
     })
 }
 
-/// A connected node as the replica holding it reports it.
-struct Online {
-    live: LiveView,
-    /// The manager replica holding the connection.
-    replica: String,
-}
-
-/// What is known live of `nodes`: those connected here, and those connected to
-/// other live replicas (with what those replicas say of them, when they answer).
+/// What is known live of `nodes` (see [`AppState::online`]); nodes never
+/// registered cannot be connected and are not looked for.
 async fn online(
     state: &AppState,
     nodes: &[NodeRecord],
     with_stats: bool,
 ) -> HashMap<String, Online> {
-    let mut out = HashMap::new();
-    let mut elsewhere = Vec::new();
-    for n in nodes {
-        match state.nodes.session(&n.id) {
-            Some(s) => {
-                let mut live = LiveView::of(state, &s);
-                if !with_stats {
-                    live.stats = None;
-                }
-                out.insert(
-                    n.id.clone(),
-                    Online {
-                        live,
-                        replica: state.instance.clone(),
-                    },
-                );
-            }
-            None if n.secret_hash.is_some() => elsewhere.push(n.id.clone()),
-            None => {}
-        }
-    }
-    let remote = state.remote_presence(&elsewhere).await;
-    let mut views = state.remote_views(&remote, with_stats).await;
-    for p in remote {
-        let live = views.remove(&p.node_id).unwrap_or_else(|| LiveView {
-            connected_at: p.connected_at,
-            protocol_version: p.protocol_version.and_then(|v| u32::try_from(v).ok()),
-            ..LiveView::default()
-        });
-        out.insert(
-            p.node_id,
-            Online {
-                live,
-                replica: p.replica,
-            },
-        );
-    }
-    out
+    let ids: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.secret_hash.is_some())
+        .map(|n| n.id.clone())
+        .collect();
+    state.online(&ids, with_stats).await
 }
 
 fn view(n: &NodeRecord, online: Option<&Online>) -> NodeView {

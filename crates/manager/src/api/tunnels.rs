@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
-use super::nodes::check_name;
+use super::nodes::{allowed, check_name};
 use super::rfc3339;
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
@@ -130,23 +130,8 @@ async fn live_of(state: &AppState, tunnels: &[TunnelRecord]) -> HashMap<String, 
     let mut ids: Vec<String> = tunnels.iter().flat_map(|t| t.node_ids().cloned()).collect();
     ids.sort();
     ids.dedup();
-    let mut out = HashMap::new();
-    let mut elsewhere = Vec::new();
-    for id in ids {
-        match state.nodes.session(&id) {
-            Some(s) => {
-                out.insert(id, LiveView::of(state, &s));
-            }
-            None => elsewhere.push(id),
-        }
-    }
-    let remote = state.remote_presence(&elsewhere).await;
-    out.extend(state.remote_views(&remote, true).await);
-    out
-}
-
-fn allowed(auth: &AuthContext) -> Option<&Vec<String>> {
-    auth.user.as_ref().and_then(|u| u.allowed_node_ids.as_ref())
+    let online = state.online(&ids, true).await;
+    online.into_iter().map(|(id, o)| (id, o.live)).collect()
 }
 
 fn may_see(auth: &AuthContext, t: &TunnelRecord) -> bool {

@@ -114,6 +114,14 @@ pub struct LiveView {
     pub desired_digest: Option<String>,
 }
 
+/// A connected node as the replica holding it reports it.
+#[derive(Debug, Clone)]
+pub struct Online {
+    pub live: LiveView,
+    /// The manager replica holding the connection.
+    pub replica: String,
+}
+
 impl LiveView {
     /// The live view of a session on this replica.
     pub fn of(state: &AppState, session: &NodeSession) -> Self {
@@ -213,6 +221,39 @@ impl AppState {
         }
     }
 
+    /// What is known live of the nodes `ids`: those connected here, and those
+    /// connected to other live replicas (with what those replicas say of them, or
+    /// only their presence when they do not answer). Stats only `with_stats`.
+    pub async fn online(&self, ids: &[String], with_stats: bool) -> HashMap<String, Online> {
+        let mut out = HashMap::new();
+        let mut elsewhere = Vec::new();
+        for id in ids {
+            match self.nodes.session(id) {
+                Some(s) => {
+                    let mut live = LiveView::of(self, &s);
+                    if !with_stats {
+                        live.stats = None;
+                    }
+                    let replica = self.instance.clone();
+                    out.insert(id.clone(), Online { live, replica });
+                }
+                None => elsewhere.push(id.clone()),
+            }
+        }
+        let remote = self.remote_presence(&elsewhere).await;
+        let mut views = self.remote_views(&remote, with_stats).await;
+        for p in remote {
+            let live = views.remove(&p.node_id).unwrap_or_else(|| LiveView {
+                connected_at: p.connected_at,
+                protocol_version: p.protocol_version.and_then(|v| u32::try_from(v).ok()),
+                ..LiveView::default()
+            });
+            let replica = p.replica;
+            out.insert(p.node_id, Online { live, replica });
+        }
+        out
+    }
+
     /// The live views of remote nodes, asked of their replicas at once; nodes
     /// whose replica does not answer are left out.
     pub async fn remote_views(
@@ -272,15 +313,7 @@ impl AppState {
     ) -> Result<CommandAck, RemoteFailure> {
         match self.whereabouts(node_id).await {
             Whereabouts::Local(s) => {
-                let spec = validate_command(s.device_type, action).map_err(|e| {
-                    RemoteFailure::Node(CommandFailure::Refused(CommandAck {
-                        command_id: String::new(),
-                        success: false,
-                        error: Some(e.to_string()),
-                        error_code: Some("invalid_command".into()),
-                        data: None,
-                    }))
-                })?;
+                let spec = validate_command(s.device_type, action).map_err(invalid)?;
                 Ok(self.nodes.command(node_id, spec, action, wait).await?)
             }
             Whereabouts::Remote(p) => self.remote_command(&p, action, wait).await,
@@ -410,6 +443,17 @@ fn failure_reply(f: CommandFailure) -> Reply {
     }
 }
 
+/// A command the node's sheet does not accept, as a refusal.
+fn invalid(e: fleetgate_protocol::node::CommandError) -> CommandFailure {
+    CommandFailure::Refused(CommandAck {
+        command_id: String::new(),
+        success: false,
+        error: Some(e.to_string()),
+        error_code: Some("invalid_command".into()),
+        data: None,
+    })
+}
+
 /// Caps a wait asked by another replica.
 fn wait_of(ms: u64) -> Duration {
     Duration::from_millis(ms).min(super::COMMAND_TIMEOUT)
@@ -447,15 +491,7 @@ async fn answer(state: &AppState, req: Request) -> Reply {
             // Checked again here: the sheet is this replica's to enforce.
             let spec = match validate_command(session.device_type, &action) {
                 Ok(s) => s,
-                Err(e) => {
-                    return failure_reply(CommandFailure::Refused(CommandAck {
-                        command_id: String::new(),
-                        success: false,
-                        error: Some(e.to_string()),
-                        error_code: Some("invalid_command".into()),
-                        data: None,
-                    }))
-                }
+                Err(e) => return failure_reply(invalid(e)),
             };
             match state
                 .nodes
@@ -506,15 +542,7 @@ impl AppState {
             .session(node_id)
             .ok_or(CommandFailure::NotConnected)?;
         let action = json!({"type": "get_config"});
-        let spec = validate_command(session.device_type, &action).map_err(|e| {
-            CommandFailure::Refused(CommandAck {
-                command_id: String::new(),
-                success: false,
-                error: Some(e.to_string()),
-                error_code: None,
-                data: None,
-            })
-        })?;
+        let spec = validate_command(session.device_type, &action).map_err(invalid)?;
         self.nodes.command(node_id, spec, &action, wait).await
     }
 }
