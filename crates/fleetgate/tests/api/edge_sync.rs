@@ -105,6 +105,25 @@ async fn edge_serves(
     }
 }
 
+/// A manager without the API rate limit, for tests that poll the nodes' stats, and
+/// its data directory (the caller keeps it while the manager runs).
+pub async fn start_unlimited_manager() -> (TestApp, tempfile::TempDir) {
+    let mdir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_with(
+        config_in(mdir.path()),
+        tempfile::tempdir().expect("tempdir"),
+    )
+    .await;
+    let r = app
+        .admin(Method::PUT, "/api/v1/settings")
+        .json(&json!({"api": {"rate_limit_per_minute": 0}}))
+        .send()
+        .await
+        .expect("settings");
+    assert_eq!(r.status(), StatusCode::OK);
+    (app, mdir)
+}
+
 async fn start_manager(config: Config) -> TestApp {
     // The data directory belongs to the test (it outlives a manager restart).
     spawn_with(config, tempfile::tempdir().expect("tempdir")).await

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::net::UdpSocket;
 
 use crate::edge_sync::{create_node, edge_config, node_until};
-use crate::support::{config_in, spawn_with, TestApp};
+use crate::support::TestApp;
 
 /// A manager, an edge registered with it (online), and the node's id.
 struct Fleet {
@@ -27,20 +27,8 @@ struct Fleet {
 
 impl Fleet {
     async fn start() -> Fleet {
-        let mdir = tempfile::tempdir().expect("tempdir");
-        let app = spawn_with(
-            config_in(mdir.path()),
-            tempfile::tempdir().expect("tempdir"),
-        )
-        .await;
-        // The tests poll the node's stats: no API rate limit.
-        let r = app
-            .admin(Method::PUT, "/api/v1/settings")
-            .json(&json!({"api": {"rate_limit_per_minute": 0}}))
-            .send()
-            .await
-            .expect("settings");
-        assert_eq!(r.status(), StatusCode::OK);
+        // The test polls the nodes' stats: no API rate limit.
+        let (app, mdir) = crate::edge_sync::start_unlimited_manager().await;
         let (node, token) = create_node(&app, "flows-edge").await;
         let edir = tempfile::tempdir().expect("tempdir");
         let edge = fleetgate::start_edge(

@@ -112,6 +112,34 @@ impl TestNode {
     }
 }
 
+/// An API key of a new operator `username` limited to the nodes `ids`.
+async fn limited_key(app: &TestApp, username: &str, ids: &[&str]) -> String {
+    let key = app.key_for_role(username, "operator").await;
+    let users = app.get_json("/api/v1/users?limit=100").await;
+    let uid = users["items"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["username"] == username)
+        .expect("user")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let r = app
+        .admin(Method::PUT, &format!("/api/v1/users/{uid}"))
+        .json(&json!({ "allowed_node_ids": ids }))
+        .send()
+        .await
+        .expect("limit");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    key
+}
+
 pub(crate) async fn create_node(app: &TestApp, body: Value) -> Value {
     let r = app
         .admin(Method::POST, "/api/v1/nodes")
@@ -325,29 +353,7 @@ async fn nodes_crud_tokens_and_device_types() {
         .await
         .expect("create");
     expect_error(r, StatusCode::FORBIDDEN, "FORBIDDEN").await;
-    let operator = app.key_for_role("nodeop", "operator").await;
-    let users = app.get_json("/api/v1/users?limit=100").await;
-    let uid = users["items"]
-        .as_array()
-        .expect("users")
-        .iter()
-        .find(|u| u["username"] == "nodeop")
-        .expect("user")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let r = app
-        .admin(Method::PUT, &format!("/api/v1/users/{uid}"))
-        .json(&json!({"allowed_node_ids": [id]}))
-        .send()
-        .await
-        .expect("limit");
-    assert_eq!(
-        r.status(),
-        StatusCode::OK,
-        "{}",
-        r.text().await.unwrap_or_default()
-    );
+    let operator = limited_key(&app, "nodeop", &[&id]).await;
     let limited: Value = app
         .anon(Method::GET, "/api/v1/nodes")
         .bearer_auth(&operator)
@@ -1051,24 +1057,7 @@ async fn limited_users_see_only_their_nodes_events() {
     let app = spawn_app().await;
     let (mut mine, mine_id, _) = registered(&app, "edge").await;
     let (mut other, other_id, _) = registered(&app, "edge").await;
-    let key = app.key_for_role("limited-ev", "operator").await;
-    let users = app.get_json("/api/v1/users?limit=100").await;
-    let uid = users["items"]
-        .as_array()
-        .expect("users")
-        .iter()
-        .find(|u| u["username"] == "limited-ev")
-        .expect("user")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let r = app
-        .admin(Method::PUT, &format!("/api/v1/users/{uid}"))
-        .json(&json!({"allowed_node_ids": [mine_id]}))
-        .send()
-        .await
-        .expect("limit");
-    assert_eq!(r.status(), StatusCode::OK);
+    let key = limited_key(&app, "limited-ev", &[&mine_id]).await;
     // The stream opens before the nodes report.
     let mut stream = app
         .anon(Method::GET, "/api/v1/stream/events?type=node.event")
