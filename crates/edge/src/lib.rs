@@ -189,8 +189,8 @@ impl EdgeAgent {
         };
         let (events_tx, events) = mpsc::channel(flows::EVENT_QUEUE);
         let data_dir = link.options().data_dir.clone();
-        let flows = FlowEngine::open(data_dir.clone(), events_tx);
-        let tunnels = TunnelEngine::open(data_dir, link.node_id());
+        let flows = FlowEngine::open(data_dir.clone(), events_tx.clone());
+        let tunnels = TunnelEngine::open(data_dir, link.node_id(), events_tx);
         Ok(Self {
             link,
             feed,
@@ -366,12 +366,15 @@ impl EdgeAgent {
     async fn health(&self) -> Value {
         let status = self.status.latest();
         let (active, total) = self.flows.counts().await;
+        let (ready_tunnels, total_tunnels) = self.tunnels.counts();
         json!({
             "status": if status.errors.is_empty() { "ok" } else { "degraded" },
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_secs": self.started.elapsed().as_secs(),
             "active_flows": active,
             "total_flows": total,
+            "active_tunnels": ready_tunnels,
+            "total_tunnels": total_tunnels,
             "config_revision": self.applied().revision,
             "routes": status.routes,
             "capabilities": {

@@ -6,11 +6,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
+use fleetgate_tunnel::quic::PinnedCertificate;
+use rustls::pki_types::CertificateDer;
+use rustls::ClientConfig;
 
 /// Which certificates of the manager an edge accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,10 +36,6 @@ pub fn normalize_fingerprint(s: &str) -> Option<String> {
         .collect::<String>()
         .to_ascii_lowercase();
     (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit())).then_some(hex)
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -91,76 +85,17 @@ pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, String> {
             )?;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Verifier {
-                    pin: Some(pin),
-                    algs: provider.signature_verification_algorithms,
-                }))
+                .with_custom_certificate_verifier(Arc::new(PinnedCertificate::pinned(
+                    pin, provider,
+                )))
                 .with_no_client_auth()
         }
         Trust::Insecure => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Verifier {
-                pin: None,
-                algs: provider.signature_verification_algorithms,
-            }))
+            .with_custom_certificate_verifier(Arc::new(PinnedCertificate::any(provider)))
             .with_no_client_auth(),
     };
     Ok(Arc::new(config))
-}
-
-/// Accepts the certificate with the pinned fingerprint (or, without a pin, any);
-/// the handshake signatures are still verified, so the peer holds its key.
-#[derive(Debug)]
-struct Verifier {
-    pin: Option<String>,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Verifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match &self.pin {
-            None => Ok(ServerCertVerified::assertion()),
-            Some(pin) => {
-                let got = hex_lower(&Sha256::digest(end_entity.as_ref()));
-                if got == *pin {
-                    Ok(ServerCertVerified::assertion())
-                } else {
-                    Err(rustls::Error::General(format!(
-                        "the manager's certificate has fingerprint {got}, not the pinned one"
-                    )))
-                }
-            }
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
 }
 
 #[cfg(test)]

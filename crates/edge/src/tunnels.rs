@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use fleetgate_tunnel::{EdgeTunnels, TunnelConfig, TunnelStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 
 use crate::files;
 use crate::flows::FlowError;
@@ -39,7 +39,7 @@ pub struct TunnelEngine {
 impl TunnelEngine {
     /// An engine with the tunnels stored in `data_dir` (not started yet: see
     /// [`TunnelEngine::start_stored`]).
-    pub fn open(data_dir: PathBuf, edge_id: Option<String>) -> Self {
+    pub fn open(data_dir: PathBuf, edge_id: Option<String>, events: mpsc::Sender<Value>) -> Self {
         let stored = match load(&data_dir) {
             Ok(s) => s.tunnels,
             Err(e) => {
@@ -51,7 +51,7 @@ impl TunnelEngine {
             }
         };
         TunnelEngine {
-            running: EdgeTunnels::new(edge_id),
+            running: EdgeTunnels::new(edge_id).with_events(events),
             configs: Mutex::new(stored),
             data_dir,
         }
@@ -170,6 +170,11 @@ impl TunnelEngine {
         self.running.statuses()
     }
 
+    /// How many tunnels are ready, of how many are held.
+    pub fn counts(&self) -> (usize, usize) {
+        self.running.counts()
+    }
+
     async fn persist(&self, configs: &[TunnelConfig]) -> Result<(), FlowError> {
         let stored = StoredTunnels {
             version: 1,
@@ -274,7 +279,7 @@ mod tests {
     #[tokio::test]
     async fn create_persists_privately_and_get_config_has_no_secrets() {
         let dir = tempfile::tempdir().expect("dir");
-        let engine = TunnelEngine::open(dir.path().to_path_buf(), None);
+        let engine = TunnelEngine::open(dir.path().to_path_buf(), None, mpsc::channel(16).0);
         let id = "6f0a3a4e-0d3b-4d4c-8a53-0c8f4f8b1a11";
         let action = json!({"type": "create_tunnel", "tunnel": entry_tunnel(id, free_port())});
         execute(&engine, "create_tunnel", &action)
@@ -299,7 +304,7 @@ mod tests {
 
         // A restart finds it again.
         engine.shutdown().await;
-        let again = TunnelEngine::open(dir.path().to_path_buf(), None);
+        let again = TunnelEngine::open(dir.path().to_path_buf(), None, mpsc::channel(16).0);
         again.start_stored().await;
         assert_eq!(again.statuses().len(), 1);
         execute(&again, "delete_tunnel", &json!({"tunnel_id": id}))
@@ -313,7 +318,7 @@ mod tests {
     #[tokio::test]
     async fn update_config_keeps_held_secrets_and_removes_what_is_gone() {
         let dir = tempfile::tempdir().expect("dir");
-        let engine = TunnelEngine::open(dir.path().to_path_buf(), None);
+        let engine = TunnelEngine::open(dir.path().to_path_buf(), None, mpsc::channel(16).0);
         let a = "6f0a3a4e-0d3b-4d4c-8a53-0c8f4f8b1a11";
         let b = "7f0a3a4e-0d3b-4d4c-8a53-0c8f4f8b1a12";
         for id in [a, b] {
@@ -348,7 +353,7 @@ mod tests {
     #[tokio::test]
     async fn bad_commands_are_refused_with_the_protocol_wording() {
         let dir = tempfile::tempdir().expect("dir");
-        let engine = TunnelEngine::open(dir.path().to_path_buf(), None);
+        let engine = TunnelEngine::open(dir.path().to_path_buf(), None, mpsc::channel(16).0);
         let err = execute(&engine, "delete_tunnel", &json!({}))
             .await
             .expect_err("missing");

@@ -77,9 +77,7 @@ pub fn bind_token(bind_secret: &str, tunnel_id: &str, direction: &str) -> String
 }
 
 /// The port of a `host:port` address.
-pub fn port_of(addr: &str) -> Option<u16> {
-    addr.rsplit_once(':')?.1.parse().ok().filter(|p| *p != 0)
-}
+pub use fleetgate_store::port_of;
 
 /// The `create_tunnel` configuration of one edge of the tunnel.
 pub fn edge_tunnel(t: &TunnelRecord, s: &TunnelSecrets, leg: Leg) -> Value {

@@ -44,7 +44,7 @@ pub use redirects::{
     RuleTable, TokenScope, PUBLISH_CHANGES_LISTED,
 };
 pub use sql::{Backend, SqlStore, StoreOptions};
-pub use tunnels::{Leg, LegState, TunnelRecord, TunnelStore};
+pub use tunnels::{port_of, Leg, LegState, TunnelRecord, TunnelStore};
 pub use webhooks::{AttemptOutcome, AttemptRecord, DeliveryRecord, WebhookRecord, WebhookStore};
 
 /// Result of store operations.

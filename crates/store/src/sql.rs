@@ -140,6 +140,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0011_tunnels.sql"),
         include_str!("../migrations/postgres/0011_tunnels.sql"),
     ),
+    (
+        12,
+        "tunnel listens",
+        include_str!("../migrations/sqlite/0012_tunnel_listens.sql"),
+        include_str!("../migrations/postgres/0012_tunnel_listens.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

@@ -90,6 +90,22 @@ impl TunnelRecord {
                "associated_flow_ids": self.associated_flow_ids})
     }
 
+    /// The ports the tunnel listens on, as (node, protocol, port): the entry
+    /// edge's listener and, in direct mode, the exit edge's QUIC listener (UDP).
+    /// No two tunnels may share one.
+    pub fn listens(&self) -> Vec<(String, &'static str, i64)> {
+        let proto = if self.protocol == "udp" { "udp" } else { "tcp" };
+        let mut v = vec![(
+            self.ingress_node_id.clone(),
+            proto,
+            self.ingress_listen_port,
+        )];
+        if let Some(p) = self.egress_peer_addr.as_deref().and_then(port_of) {
+            v.push((self.egress_node_id.clone(), "udp", i64::from(p)));
+        }
+        v
+    }
+
     /// The nodes taking part: the entry edge, the exit edge, the relay if any.
     pub fn node_ids(&self) -> impl Iterator<Item = &String> {
         [
@@ -102,8 +118,15 @@ impl TunnelRecord {
     }
 }
 
+/// The port of a `host:port` (1 to 65535), whatever the host (`[::1]:443` too).
+pub fn port_of(addr: &str) -> Option<u16> {
+    addr.rsplit_once(':')?.1.parse().ok().filter(|p| *p != 0)
+}
+
 #[async_trait]
 pub trait TunnelStore: Send + Sync {
+    /// Saves a new tunnel. [`StoreError::Conflict`] when one of its
+    /// [listens](TunnelRecord::listens) is another tunnel's, naming that tunnel.
     async fn create_tunnel(&self, actor: &Actor, t: &TunnelRecord) -> Result<()>;
     async fn get_tunnel(&self, id: &str) -> Result<Option<TunnelRecord>>;
     /// Tunnels, oldest first.
@@ -111,6 +134,7 @@ pub trait TunnelStore: Send + Sync {
     /// Every tunnel `node_id` takes part in.
     async fn tunnels_of_node(&self, node_id: &str) -> Result<Vec<TunnelRecord>>;
     /// Saves everything but the id and creation time; the version goes up by one.
+    /// A listen clash is a [`StoreError::Conflict`], as on create.
     async fn update_tunnel(
         &self,
         actor: &Actor,
@@ -205,6 +229,68 @@ async fn locked(conn: &mut sqlx::AnyConnection, id: &str) -> Result<TunnelRecord
         .ok_or_else(|| StoreError::NotFound(format!("tunnel {id}")))
 }
 
+/// Claims the ports `t` listens on (after giving back the ones it held). A port
+/// held by another tunnel fails the statement; the caller's transaction is then
+/// dead and [`clash`] names the holder.
+async fn claim_listens(conn: &mut sqlx::AnyConnection, t: &TunnelRecord) -> Result<bool> {
+    sqlx::query("DELETE FROM tunnel_listens WHERE tunnel_id = $1")
+        .bind(t.id.clone())
+        .execute(&mut *conn)
+        .await?;
+    for (node, proto, port) in t.listens() {
+        let r = sqlx::query(
+            "INSERT INTO tunnel_listens (node_id, protocol, port, tunnel_id) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(node)
+        .bind(proto)
+        .bind(port)
+        .bind(t.id.clone())
+        .execute(&mut *conn)
+        .await;
+        match r {
+            Ok(_) => {}
+            Err(e) if crate::sql::is_unique_violation(&e) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
+
+impl SqlStore {
+    /// The conflict to report when `t` could not claim its ports: which node,
+    /// port and tunnel hold one.
+    async fn clash(&self, t: &TunnelRecord) -> StoreError {
+        for (node, proto, port) in t.listens() {
+            let holder = sqlx::query(
+                "SELECT l.tunnel_id, t.name FROM tunnel_listens l JOIN tunnels t ON t.id = l.tunnel_id \
+                 WHERE l.node_id = $1 AND l.protocol = $2 AND l.port = $3 AND l.tunnel_id <> $4",
+            )
+            .bind(node.clone())
+            .bind(proto)
+            .bind(port)
+            .bind(t.id.clone())
+            .fetch_optional(&self.pool)
+            .await;
+            match holder {
+                Ok(Some(row)) => {
+                    let id: String = row.try_get("tunnel_id").unwrap_or_default();
+                    let name: String = row.try_get("name").unwrap_or_default();
+                    return StoreError::Conflict(format!(
+                        "node {node} already listens on {proto} port {port} for tunnel {name} ({id})"
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => return e.into(),
+            }
+        }
+        // The holder went away between the failed claim and this look.
+        StoreError::Conflict(format!(
+            "another tunnel claimed a port of tunnel {} at the same time; retry",
+            t.name
+        ))
+    }
+}
+
 #[async_trait]
 impl TunnelStore for SqlStore {
     async fn create_tunnel(&self, actor: &Actor, t: &TunnelRecord) -> Result<()> {
@@ -221,6 +307,10 @@ impl TunnelStore for SqlStore {
                     e.into()
                 }
             })?;
+        if !claim_listens(&mut tx, t).await? {
+            drop(tx);
+            return Err(self.clash(t).await);
+        }
         tx.commit(
             actor,
             &AuditEvent::new("tunnel.create", "tunnel", Some(&t.id)).after(t.audit_view()),
@@ -289,6 +379,10 @@ impl TunnelStore for SqlStore {
             .bind(after.id.clone())
             .execute(&mut *tx)
             .await?;
+        if !claim_listens(&mut tx, &after).await? {
+            drop(tx);
+            return Err(self.clash(&after).await);
+        }
         tx.commit(
             actor,
             &AuditEvent::new("tunnel.update", "tunnel", Some(&t.id))
@@ -302,6 +396,10 @@ impl TunnelStore for SqlStore {
     async fn delete_tunnel(&self, actor: &Actor, id: &str) -> Result<TunnelRecord> {
         let mut tx = self.begin_audited().await?;
         let before = locked(&mut tx, id).await?;
+        sqlx::query("DELETE FROM tunnel_listens WHERE tunnel_id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM tunnels WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)

@@ -116,6 +116,7 @@ conformance!(
     nodes_crud_tokens_and_registration,
     fleet_presence_follows_live_replicas_and_samples_roll,
     tunnels_crud_legs_and_audit_without_secrets,
+    tunnel_listens_are_claimed_once,
     events_of_limited_callers,
 );
 
@@ -2538,4 +2539,85 @@ async fn events_of_limited_callers(s: &SqlStore) {
             "{ids:?}"
         );
     }
+}
+
+/// No two tunnels listen on one port of one node, whatever the order or overlap
+/// of their writes; a refused write changes nothing and names the holder.
+async fn tunnel_listens_are_claimed_once(s: &SqlStore) {
+    let a = actor();
+    let clash = |r: Result<(), StoreError>| match r {
+        Err(StoreError::Conflict(m)) => m,
+        other => panic!("expected a listen clash, got {other:?}"),
+    };
+    s.create_tunnel(&a, &tunnel("a", "e1", "e2", Some("r1")))
+        .await
+        .expect("a");
+    let mut b = tunnel("b", "e1", "e3", Some("r1"));
+    let m = clash(s.create_tunnel(&a, &b).await);
+    assert!(
+        m.contains("e1") && m.contains("tcp port 9000") && m.contains("tunnel a"),
+        "{m}"
+    );
+    assert!(
+        s.get_tunnel("b").await.expect("get").is_none(),
+        "nothing half-written"
+    );
+    // UDP on that port is another listener.
+    b.protocol = "udp".into();
+    s.create_tunnel(&a, &b).await.expect("b on udp");
+    // An update onto a held port is refused and leaves the tunnel as it was.
+    let mut onto = b.clone();
+    onto.protocol = "tcp".into();
+    let m = match s.update_tunnel(&a, &onto, Some(1)).await {
+        Err(StoreError::Conflict(m)) => m,
+        other => panic!("expected a clash, got {other:?}"),
+    };
+    assert!(m.contains("tunnel a"), "{m}");
+    let kept = s.get_tunnel("b").await.expect("get").expect("b");
+    assert_eq!((kept.version, kept.protocol.as_str()), (1, "udp"));
+    // A disabled tunnel keeps its port; a deleted one frees it.
+    let mut off = s.get_tunnel("a").await.expect("get").expect("a");
+    off.enabled = false;
+    s.update_tunnel(&a, &off, None).await.expect("disable");
+    clash(
+        s.create_tunnel(&a, &tunnel("c", "e1", "e4", Some("r1")))
+            .await,
+    );
+    s.delete_tunnel(&a, "a").await.expect("delete");
+    s.update_tunnel(&a, &onto, Some(1))
+        .await
+        .expect("b onto the freed port");
+    // Moving frees the old port at once.
+    let mut moved = s.get_tunnel("b").await.expect("get").expect("b");
+    moved.ingress_listen_port = 9001;
+    s.update_tunnel(&a, &moved, None).await.expect("move");
+    s.create_tunnel(&a, &tunnel("c", "e1", "e4", Some("r1")))
+        .await
+        .expect("c on the port b left");
+    // A direct tunnel's exit edge listens for QUIC (UDP) on its peer port.
+    s.create_tunnel(&a, &tunnel("d", "e5", "e6", None))
+        .await
+        .expect("direct");
+    let mut on_peer = tunnel("e", "e6", "e7", Some("r1"));
+    on_peer.protocol = "udp".into();
+    on_peer.ingress_listen_port = 4444;
+    let m = clash(s.create_tunnel(&a, &on_peer).await);
+    assert!(m.contains("udp port 4444") && m.contains("tunnel d"), "{m}");
+    // Ten writers at once for one port: exactly one wins.
+    let racers = (0..10).map(|i| {
+        let a = a.clone();
+        async move {
+            let mut t = tunnel(&format!("race{i}"), "e8", "e9", Some("r1"));
+            t.ingress_listen_port = 7000;
+            s.create_tunnel(&a, &t).await
+        }
+    });
+    let results = futures::future::join_all(racers).await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "{results:?}");
+    assert!(results
+        .iter()
+        .all(|r| r.is_ok() || matches!(r, Err(StoreError::Conflict(_)))));
+    let of_e8 = s.tunnels_of_node("e8").await.expect("of e8");
+    assert_eq!(of_e8.len(), 1);
 }

@@ -18,6 +18,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use serde_json::Value;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -33,6 +35,8 @@ pub(crate) use stats::TunnelShared;
 pub struct EdgeTunnels {
     identity: Mutex<EdgeIdentity>,
     running: Mutex<HashMap<String, RunningTunnel>>,
+    /// Where the tunnels' events go (category `tunnel`), if anywhere.
+    events: Option<mpsc::Sender<Value>>,
 }
 
 /// How this edge introduces itself to relays.
@@ -62,7 +66,15 @@ impl EdgeTunnels {
                 software_version: env!("CARGO_PKG_VERSION").to_owned(),
             }),
             running: Mutex::new(HashMap::new()),
+            events: None,
         }
+    }
+
+    /// Sends the tunnels' events (category `tunnel`: up, lost with why, traffic
+    /// problems) to `events`, as a node reports them to its manager.
+    pub fn with_events(mut self, events: mpsc::Sender<Value>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Sets the manager node id sent to relays by tunnels started from now on.
@@ -83,7 +95,7 @@ impl EdgeTunnels {
     pub async fn start(&self, config: TunnelConfig) -> Result<(), TunnelError> {
         let plan = Plan::from_config(&config)?;
         self.stop(&config.id).await;
-        let shared = Arc::new(TunnelShared::new(&config));
+        let shared = Arc::new(TunnelShared::new(&config, self.events.clone()));
         let mut tasks = JoinSet::new();
         let listener = if config.enabled {
             let identity = Arc::new(
@@ -139,6 +151,17 @@ impl EdgeTunnels {
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
         list
+    }
+
+    /// How many tunnels are ready, of how many are held (the bitrates are left
+    /// alone).
+    pub fn counts(&self) -> (usize, usize) {
+        let running = self.running();
+        let ready = running
+            .values()
+            .filter(|r| r.shared.state() == "ready")
+            .count();
+        (ready, running.len())
     }
 
     /// One tunnel's status.

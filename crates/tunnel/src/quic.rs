@@ -14,6 +14,7 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
 
 use crate::TunnelError;
 
@@ -112,7 +113,7 @@ pub fn client(alpn: &[u8], remote: SocketAddr) -> Result<quinn::Endpoint, Tunnel
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_custom_certificate_verifier(Arc::new(PinnedCertificate::any(provider)))
         .with_no_client_auth();
     tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = QuicClientConfig::try_from(tls)
@@ -129,20 +130,56 @@ pub fn client(alpn: &[u8], remote: SocketAddr) -> Result<quinn::Endpoint, Tunnel
     Ok(endpoint)
 }
 
-/// Accepts any certificate but still checks that the server holds its key.
+/// A client's check of a server certificate when no chain of trust is used: the
+/// certificate with a pinned SHA-256 fingerprint, or (without a pin) any. Either
+/// way the handshake signatures are verified, so the server holds the
+/// certificate's key.
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+pub struct PinnedCertificate {
+    /// 64 lower-case hex digits.
+    pin: Option<String>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for AnyCertificate {
+impl PinnedCertificate {
+    /// Accepts only the certificate whose SHA-256 (64 lower-case hex digits) is `pin`.
+    pub fn pinned(pin: String, provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            pin: Some(pin),
+            provider,
+        }
+    }
+
+    /// Accepts any certificate: tunnels authenticate with their own tokens and
+    /// end-to-end key, not with the relay's certificate.
+    pub fn any(provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            pin: None,
+            provider,
+        }
+    }
+}
+
+impl ServerCertVerifier for PinnedCertificate {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(pin) = &self.pin else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let got = hex::encode(Sha256::digest(end_entity.as_ref()));
+        if got == *pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the server's certificate has fingerprint {got}, not the pinned one"
+            )))
+        }
     }
 
     fn verify_tls12_signature(
@@ -151,12 +188,8 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        let algs = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algs)
     }
 
     fn verify_tls13_signature(
@@ -165,16 +198,14 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        let algs = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -184,4 +215,61 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, TunnelError> {
         .await?
         .next()
         .ok_or_else(|| TunnelError::Config(format!("{addr} resolves to no address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connects to `server` with `verifier` and answers whether the handshake held.
+    async fn handshake(server: &quinn::Endpoint, verifier: PinnedCertificate) -> bool {
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls13")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![ALPN_DIRECT.to_vec()];
+        let crypto = QuicClientConfig::try_from(tls).expect("quic tls");
+        let mut client = quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into())
+            .expect("client endpoint");
+        client.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let addr = server.local_addr().expect("addr");
+        let accept = {
+            let server = server.clone();
+            tokio::spawn(async move {
+                if let Some(incoming) = server.accept().await {
+                    let _ = incoming.await;
+                }
+            })
+        };
+        let ok = client
+            .connect(addr, "relay.test")
+            .expect("connect")
+            .await
+            .is_ok();
+        accept.abort();
+        ok
+    }
+
+    #[tokio::test]
+    async fn a_pinned_certificate_is_the_only_one_accepted() {
+        let identity = ServerIdentity::self_signed("relay.test").expect("identity");
+        let fingerprint = hex::encode(Sha256::digest(identity.chain[0].as_ref()));
+        let server = server(
+            (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+            ALPN_DIRECT,
+            identity,
+        )
+        .expect("server");
+        assert!(handshake(&server, PinnedCertificate::pinned(fingerprint, provider())).await);
+        assert!(
+            !handshake(
+                &server,
+                PinnedCertificate::pinned("00".repeat(32), provider())
+            )
+            .await
+        );
+        assert!(handshake(&server, PinnedCertificate::any(provider())).await);
+    }
 }

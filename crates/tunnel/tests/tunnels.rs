@@ -11,8 +11,10 @@ use fleetgate_tunnel::wire::{self, ControlMessage};
 use fleetgate_tunnel::{
     EdgeTunnels, Relay, RelayConfig, TunnelConfig, TunnelDirection, TunnelMode, TunnelProtocol,
 };
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 const MARKER: &[u8] = b"PLAINTEXT-MARKER-7f3c9e1b-visible-only-at-the-edges";
@@ -101,6 +103,31 @@ struct Pair {
     entry: EdgeTunnels,
     exit: EdgeTunnels,
     entry_addr: String,
+    /// The events each end reported, as its node would send them.
+    entry_events: mpsc::Receiver<Value>,
+    exit_events: mpsc::Receiver<Value>,
+}
+
+/// The next event whose `details.error_code` or `details.state` is `what`,
+/// skipping others; fails after 10 s.
+async fn event(events: &mut mpsc::Receiver<Value>, what: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let e = tokio::time::timeout(left, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} event within 10 s"))
+            .expect("events open");
+        assert_eq!(e["category"], "tunnel", "{e}");
+        if e["details"]["error_code"] == what || e["details"]["state"] == what {
+            return e;
+        }
+    }
+}
+
+/// The events received so far.
+fn drain(events: &mut mpsc::Receiver<Value>) -> Vec<Value> {
+    std::iter::from_fn(|| events.try_recv().ok()).collect()
 }
 
 fn base_config(id: &str, protocol: TunnelProtocol, mode: TunnelMode) -> TunnelConfig {
@@ -140,8 +167,10 @@ fn relay_configs(
 }
 
 async fn start_pair(entry_config: TunnelConfig, exit_config: TunnelConfig) -> Pair {
-    let entry = EdgeTunnels::new(Some("edge-entry".into()));
-    let exit = EdgeTunnels::new(Some("edge-exit".into()));
+    let (entry_tx, entry_events) = mpsc::channel(64);
+    let (exit_tx, exit_events) = mpsc::channel(64);
+    let entry = EdgeTunnels::new(Some("edge-entry".into())).with_events(entry_tx);
+    let exit = EdgeTunnels::new(Some("edge-exit".into())).with_events(exit_tx);
     exit.start(exit_config).await.expect("exit starts");
     entry
         .start(entry_config.clone())
@@ -152,6 +181,8 @@ async fn start_pair(entry_config: TunnelConfig, exit_config: TunnelConfig) -> Pa
         entry_addr: entry_config.local_addr.clone(),
         entry,
         exit,
+        entry_events,
+        exit_events,
     }
 }
 
@@ -314,9 +345,22 @@ async fn direct_mode_with_a_wrong_psk_is_refused() {
     exit.local_addr = target.to_string();
     exit.direct_listen_addr = Some(format!("127.0.0.1:{port}"));
     exit.tunnel_psk = Some(secret());
-    let pair = start_pair(entry, exit).await;
+    let mut pair = start_pair(entry, exit).await;
     wait_state(&pair.entry, &pair.id, "down").await;
     assert_eq!(pair.exit.status(&pair.id).expect("status").state, "waiting");
+    let refused = event(&mut pair.entry_events, "down").await;
+    assert!(
+        refused["message"]
+            .as_str()
+            .expect("msg")
+            .contains("refused"),
+        "{refused}"
+    );
+    let e = event(&mut pair.exit_events, "peer_auth_failed").await;
+    assert!(
+        e["message"].as_str().expect("msg").contains("127.0.0.1"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,14 +464,26 @@ async fn edges_with_authorized_tokens_work_and_a_wrong_secret_stays_down() {
     );
     let mut bad_entry = entry.clone();
     bad_entry.tunnel_bind_secret = Some(secret());
-    let pair = start_pair(bad_entry, exit).await;
+    let mut pair = start_pair(bad_entry, exit).await;
     wait_state(&pair.entry, &pair.id, "down").await;
     wait_state(&pair.exit, &pair.id, "waiting").await;
+    let down = event(&mut pair.entry_events, "down").await;
+    assert_eq!(down["severity"], "critical", "{down}");
+    assert_eq!(down["details"]["tunnel_id"], pair.id.as_str());
+    assert!(
+        down["message"].as_str().expect("message").contains("token"),
+        "the event says why: {down}"
+    );
+    // Retrying (the edge rebinds every ping) does not repeat the event.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(drain(&mut pair.entry_events).is_empty());
     pair.entry
         .start(entry)
         .await
         .expect("restart with the right secret");
     wait_ready(&pair).await;
+    let up = event(&mut pair.entry_events, "ready").await;
+    assert_eq!(up["severity"], "info", "{up}");
     tcp_roundtrip(&pair.entry_addr, b"A", b"authorized").await;
 }
 
@@ -468,8 +524,9 @@ async fn relay_restart_fails_streams_in_flight_and_the_edges_rebind() {
     let seen = Seen::default();
     let relay = start_relay(&seen);
     let addr = relay.local_addr().expect("addr");
-    let pair = relay_pair(&relay, TunnelProtocol::Tcp, tcp_echo(b"A").await).await;
+    let mut pair = relay_pair(&relay, TunnelProtocol::Tcp, tcp_echo(b"A").await).await;
     wait_ready(&pair).await;
+    event(&mut pair.entry_events, "ready").await;
     let mut s = TcpStream::connect(&pair.entry_addr).await.expect("connect");
     let mut one = [0u8; 1];
     s.read_exact(&mut one).await.expect("tag");
@@ -495,12 +552,21 @@ async fn relay_restart_fails_streams_in_flight_and_the_edges_rebind() {
     let _relay = restarted.expect("relay restarts on the same address");
     wait_ready(&pair).await;
     tcp_roundtrip(&pair.entry_addr, b"A", b"after the restart").await;
+    // One event for the loss (however many reconnection attempts failed), one
+    // for the return.
+    let events = drain(&mut pair.entry_events);
+    let states: Vec<&str> = events
+        .iter()
+        .map(|e| e["details"]["state"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(states, ["connecting", "ready"], "{events:?}");
+    assert_eq!(events[0]["severity"], "warning");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_datagram_is_dropped_and_counted() {
     let relay = start_relay(&Seen::default());
-    let pair = relay_pair(&relay, TunnelProtocol::Udp, udp_echo().await).await;
+    let mut pair = relay_pair(&relay, TunnelProtocol::Udp, udp_echo().await).await;
     wait_ready(&pair).await;
     let client = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     // The largest IPv4 UDP payload: sealed and prefixed it exceeds any QUIC
@@ -523,6 +589,9 @@ async fn oversized_datagram_is_dropped_and_counted() {
     }
     let stats = pair.entry.status(&pair.id).expect("status").stats;
     assert_eq!(stats.packets_sent, 0);
+    let e = event(&mut pair.entry_events, "datagram_too_large").await;
+    assert!(e["message"].as_str().expect("msg").contains("65507"), "{e}");
+    assert_eq!(e["details"]["occurrences"], 1);
     udp_roundtrip(&pair.entry_addr, b"small still works").await;
 }
 
@@ -530,7 +599,7 @@ async fn oversized_datagram_is_dropped_and_counted() {
 async fn refused_exit_target_closes_the_stream_and_counts_an_error() {
     let relay = start_relay(&Seen::default());
     let closed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let pair = relay_pair(&relay, TunnelProtocol::Tcp, closed).await;
+    let mut pair = relay_pair(&relay, TunnelProtocol::Tcp, closed).await;
     wait_ready(&pair).await;
     // The entry resets the local connection as soon as the exit reports the
     // refusal, which may already be visible when the connect completes.
@@ -554,6 +623,23 @@ async fn refused_exit_target_closes_the_stream_and_counts_an_error() {
         assert!(Instant::now() < deadline, "refused target not counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let e = event(&mut pair.exit_events, "target_refused").await;
+    assert_eq!(e["severity"], "warning");
+    assert!(
+        e["message"]
+            .as_str()
+            .expect("msg")
+            .contains(&closed.to_string()),
+        "{e}"
+    );
+    // More refusals within 10 s are counted, not reported one by one.
+    for _ in 0..3 {
+        if let Ok(mut s) = TcpStream::connect(&pair.entry_addr).await {
+            let _ = s.read(&mut [0u8; 1]).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(drain(&mut pair.exit_events).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,10 @@
 //! A tunnel across a real fleet: a manager, a `fleetgate relay` and two
 //! `fleetgate edge`s registered with it, the tunnel made through
 //! `POST /api/v1/tunnels` (the manager generates the secrets, authorizes the bind
-//! tokens at the relay and sends each edge its side): TCP echoed through the
-//! relay, each leg pushed and reported ready, the relay holding no secret, and the
-//! tunnel withdrawn from the edges when deleted.
+//! tokens at the relay and sends each edge its side): TCP and UDP echoed through
+//! the relay, each leg pushed and reported ready, the edges' tunnel events stored
+//! by the manager, the relay holding no secret, and the tunnel withdrawn from the
+//! edges when deleted.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use fleetgate::{RunningEdge, RunningRelay};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use crate::edge_sync::{create_node, edge_config, node_until};
 use crate::support::{unused_port, TestApp};
@@ -71,6 +72,57 @@ async fn echo_server() -> String {
     addr
 }
 
+async fn udp_echo_server() -> String {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = socket.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_535];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+/// Creates a tunnel and waits until every leg is pushed and every node, the
+/// relay included, reports it ready; its id.
+async fn tunnel_until_ready(app: &TestApp, body: Value, edges: [&String; 2]) -> String {
+    let r = app
+        .admin(Method::POST, "/api/v1/tunnels")
+        .json(&body)
+        .send()
+        .await
+        .expect("create tunnel");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = app.get_json(&format!("/api/v1/tunnels/{id}")).await;
+        if t["status"] == "active"
+            && t["ingress"]["live_state"] == "ready"
+            && t["egress"]["live_state"] == "ready"
+            && t["relay"]["live_state"] == "ready"
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tunnel never ready: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for node in edges {
+        node_until(app, node, "with the tunnel ready", |v| {
+            tunnel_state(v, &id).as_deref() == Some("ready")
+        })
+        .await;
+    }
+    id
+}
+
 fn tunnel_state(node: &Value, id: &str) -> Option<String> {
     node["last_stats"]["tunnels"]
         .as_array()?
@@ -81,7 +133,7 @@ fn tunnel_state(node: &Value, id: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tcp_tunnel_through_a_managed_relay() {
+async fn tcp_and_udp_tunnels_through_a_managed_relay() {
     // The test polls the nodes' stats: no API rate limit.
     let (app, _mdir) = crate::edge_sync::start_unlimited_manager().await;
 
@@ -101,43 +153,15 @@ async fn a_tcp_tunnel_through_a_managed_relay() {
     let (exit_node, exit, _edir2) = start_edge(&app, "exit").await;
 
     let entry_port = unused_port();
-    let r = app
-        .admin(Method::POST, "/api/v1/tunnels")
-        .json(&json!({"name": "cam", "protocol": "tcp", "mode": "relay",
+    let id = tunnel_until_ready(
+        &app,
+        json!({"name": "cam", "protocol": "tcp", "mode": "relay",
             "ingress_node_id": entry_node, "ingress_listen_port": entry_port,
             "egress_node_id": exit_node, "egress_forward_addr": echo_server().await,
-            "relay_node_id": relay_node, "relay_addr": relay.quic_addr.to_string()}))
-        .send()
-        .await
-        .expect("create tunnel");
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let id = r.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    // Every leg pushed, and both edges report the tunnel ready through the relay.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let t = app.get_json(&format!("/api/v1/tunnels/{id}")).await;
-        if t["status"] == "active"
-            && t["ingress"]["live_state"] == "ready"
-            && t["egress"]["live_state"] == "ready"
-            && t["relay"]["live_state"] == "ready"
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "tunnel never ready: {t}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for node in [&entry_node, &exit_node] {
-        node_until(&app, node, "with the tunnel ready", |v| {
-            tunnel_state(v, &id).as_deref() == Some("ready")
-        })
-        .await;
-    }
+            "relay_node_id": relay_node, "relay_addr": relay.quic_addr.to_string()}),
+        [&entry_node, &exit_node],
+    )
+    .await;
     let mut s = TcpStream::connect(("127.0.0.1", entry_port))
         .await
         .expect("connect");
@@ -151,11 +175,79 @@ async fn a_tcp_tunnel_through_a_managed_relay() {
         .expect("echo");
     assert_eq!(&back, b"through the managed relay");
 
-    let v = node_until(&app, &relay_node, "with the tunnel active", |v| {
-        v["last_stats"]["active_tunnels"] == 1
+    // A UDP tunnel through the same relay, beside the TCP one.
+    let udp_port = unused_port();
+    let udp_id = tunnel_until_ready(
+        &app,
+        json!({"name": "telemetry", "protocol": "udp", "mode": "relay",
+            "ingress_node_id": entry_node, "ingress_listen_port": udp_port,
+            "egress_node_id": exit_node, "egress_forward_addr": udp_echo_server().await,
+            "relay_node_id": relay_node, "relay_addr": relay.quic_addr.to_string()}),
+        [&entry_node, &exit_node],
+    )
+    .await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    client
+        .connect(("127.0.0.1", udp_port))
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let mut echoed = None;
+    // A datagram is not retransmitted: send again until one comes back.
+    for _ in 0..20 {
+        client
+            .send(b"datagram through the relay")
+            .await
+            .expect("send");
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), client.recv(&mut buf)).await
+        {
+            echoed = Some(buf[..n].to_vec());
+            break;
+        }
+    }
+    assert_eq!(echoed.as_deref(), Some(&b"datagram through the relay"[..]));
+
+    let v = node_until(&app, &relay_node, "with both tunnels active", |v| {
+        v["last_stats"]["active_tunnels"] == 2
     })
     .await;
-    assert_eq!(v["last_stats"]["connected_edges"], 2);
+    assert_eq!(
+        v["last_stats"]["connected_edges"], 4,
+        "two links per tunnel"
+    );
+    // Each edge reported its tunnels up as events, stored under its node.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = app
+            .get_json(&format!(
+                "/api/v1/events?category=tunnel&node_id={entry_node}"
+            ))
+            .await;
+        let ups: Vec<&Value> = events["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|e| e["details"]["details"]["state"] == "ready")
+            .collect();
+        // Nothing but the two tunnels coming up: a new tunnel waiting for its
+        // other end is no warning.
+        assert_eq!(events["total"], ups.len(), "{events}");
+        if ups.len() == 2 {
+            assert!(ups.iter().all(|e| e["severity"] == "info"), "{events}");
+            let ids: Vec<&Value> = ups
+                .iter()
+                .map(|e| &e["details"]["details"]["tunnel_id"])
+                .collect();
+            assert!(ids.contains(&&json!(id)) && ids.contains(&&json!(udp_id)));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no tunnel events: {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let listed = command(&app, &relay_node, json!({"type": "list_tunnels"})).await;
     let text = listed.to_string();
     assert!(text.contains(&id), "list_tunnels: {text}");

@@ -257,6 +257,28 @@ async fn tunnels_are_checked_before_they_are_stored() {
     )
     .await;
     assert!(e["error"].as_str().expect("msg").contains("4444"), "{e}");
+    // Ten creates at once for one free port: one is created, nine clash.
+    let racers = (0..10).map(|i| {
+        let mut body = base.clone();
+        body["name"] = json!(format!("racer {i}"));
+        body["ingress_listen_port"] = json!(8100);
+        body["egress_peer_addr"] = json!(format!("203.0.113.4:{}", 5000 + i));
+        post(&app, body)
+    });
+    let mut statuses = Vec::new();
+    for r in futures::future::join_all(racers).await {
+        let status = r.status();
+        if status == StatusCode::CONFLICT {
+            expect_error(r, status, "LISTEN_CLASH").await;
+        }
+        statuses.push(status);
+    }
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "{statuses:?}");
+    assert_eq!(app.get_json("/api/v1/tunnels").await["total"], 2);
     // Viewers cannot create.
     let key = app.key_for_role("viewer-t", "viewer").await;
     let r = app

@@ -11,7 +11,7 @@ use axum::response::Response;
 use axum::Json;
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
-use fleetgate_store::{LegState, NodeRecord, PageRequest, TunnelRecord};
+use fleetgate_store::{LegState, NodeRecord, PageRequest, StoreError, TunnelRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -241,8 +241,9 @@ async fn node_of_kind(
     Ok(n)
 }
 
-/// Checks a tunnel as it would be saved: nodes, addresses, mode fields, and that
-/// no other tunnel listens on the same port of the same node.
+/// Checks a tunnel as it would be saved: nodes, addresses, mode fields. That no
+/// other tunnel listens on the same port of the same node is the store's to say,
+/// in the write itself ([`listen_clash`]).
 async fn check(state: &AppState, auth: &AuthContext, t: &TunnelRecord) -> ApiResult<()> {
     if !matches!(t.protocol.as_str(), "tcp" | "udp") {
         return Err(ApiError::bad_request("protocol", "must be tcp or udp"));
@@ -296,34 +297,15 @@ async fn check(state: &AppState, auth: &AuthContext, t: &TunnelRecord) -> ApiRes
         }
         _ => return Err(ApiError::bad_request("mode", "must be relay or direct")),
     }
-    // One listener per node, port and protocol (direct listeners are QUIC, UDP).
-    let listens = |o: &TunnelRecord| -> Vec<(String, i64, &'static str)> {
-        let proto = if o.protocol == "udp" { "udp" } else { "tcp" };
-        let mut v = vec![(o.ingress_node_id.clone(), o.ingress_listen_port, proto)];
-        if let Some(p) = o.egress_peer_addr.as_deref().and_then(port_of) {
-            v.push((o.egress_node_id.clone(), i64::from(p), "udp"));
-        }
-        v
-    };
-    let mine = listens(t);
-    for node in [&t.ingress_node_id, &t.egress_node_id] {
-        for other in state.store.tunnels_of_node(node).await? {
-            if other.id == t.id {
-                continue;
-            }
-            if let Some(clash) = listens(&other).into_iter().find(|l| mine.contains(l)) {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "LISTEN_CLASH",
-                    format!(
-                        "node {} already listens on {} port {} for tunnel {} ({})",
-                        clash.0, clash.2, clash.1, other.name, other.id
-                    ),
-                ));
-            }
-        }
-    }
     Ok(())
+}
+
+/// A tunnel write's conflict is a port another tunnel listens on (409 `LISTEN_CLASH`).
+fn listen_clash(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "LISTEN_CLASH", m),
+        other => other.into(),
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/tunnels", operation_id = "list_tunnels", tag = "tunnels",
@@ -402,7 +384,11 @@ pub async fn create(
         updated_at: now,
     };
     check(&state, &auth, &t).await?;
-    state.store.create_tunnel(&auth.actor, &t).await?;
+    state
+        .store
+        .create_tunnel(&auth.actor, &t)
+        .await
+        .map_err(listen_clash)?;
     state.tunnel_nodes.add(&t);
     let s = state.clone();
     let pushed = t.clone();
@@ -471,7 +457,11 @@ pub async fn update(
         t.relay = t.relay.as_ref().map(|_| LegState::pending());
     }
     t.updated_at = now_ms();
-    let saved = state.store.update_tunnel(&auth.actor, &t, expected).await?;
+    let saved = state
+        .store
+        .update_tunnel(&auth.actor, &t, expected)
+        .await
+        .map_err(listen_clash)?;
     if nodes_change {
         let s = state.clone();
         let pushed = saved.clone();

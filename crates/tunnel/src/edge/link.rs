@@ -89,12 +89,11 @@ where
         if let Err(e) = &outcome {
             tracing::info!(tunnel_id = %ctx.plan.tunnel_id, error = %e, "tunnel link lost");
         }
-        ctx.shared
-            .set_state(if matches!(outcome, Err(TunnelError::Refused(_))) {
-                "down"
-            } else {
-                "connecting"
-            });
+        match &outcome {
+            Err(TunnelError::Refused(why)) => ctx.shared.lost("down", &format!("refused: {why}")),
+            Err(e) => ctx.shared.lost("connecting", &e.to_string()),
+            Ok(_) => ctx.shared.lost("connecting", "the link closed"),
+        }
         tokio::time::sleep(backoff.next()).await;
     }
 }
@@ -211,6 +210,10 @@ async fn accepted_session(incoming: quinn::Incoming, ctx: Arc<LinkContext>) {
             let _ = send.finish();
             tokio::time::sleep(Duration::from_millis(100)).await;
             connection.close(quinn::VarInt::from_u32(1), b"peer auth failed");
+            let from = connection.remote_address();
+            ctx.shared.problem("peer_auth_failed", || {
+                format!("a peer at {from} failed authentication (wrong tunnel id or token)")
+            });
             return Err(TunnelError::Refused("peer failed authentication".into()));
         }
         wire::write_json(&mut send, &ControlMessage::PeerAuthOk { tunnel_id }).await?;
@@ -223,7 +226,7 @@ async fn accepted_session(incoming: quinn::Incoming, ctx: Arc<LinkContext>) {
             .is_some_and(|c| c.stable_id() == connection.stable_id());
         if is_current {
             ctx.shared.set_link(None);
-            ctx.shared.set_state("waiting");
+            ctx.shared.waiting("the entry edge disconnected");
         }
         result
     };
@@ -233,8 +236,8 @@ async fn accepted_session(incoming: quinn::Incoming, ctx: Arc<LinkContext>) {
 }
 
 fn become_ready(ctx: &LinkContext, connection: &quinn::Connection) {
-    ctx.shared.set_state("ready");
     ctx.shared.set_link(Some(connection.clone()));
+    ctx.shared.up();
 }
 
 /// Which side of the control stream this end is.
@@ -318,7 +321,8 @@ fn on_message(
         }
         ControlMessage::TunnelWaiting { tunnel_id: id } if id == tunnel_id => {
             ctx.shared.set_link(None);
-            ctx.shared.set_state("waiting");
+            ctx.shared
+                .waiting("the other end is not bound to the relay");
         }
         ControlMessage::TunnelDown {
             tunnel_id: id,
@@ -326,7 +330,8 @@ fn on_message(
         } if id == tunnel_id => {
             tracing::info!(%tunnel_id, reason, "relay reports the tunnel down");
             ctx.shared.set_link(None);
-            ctx.shared.set_state("down");
+            ctx.shared
+                .lost("down", &format!("the relay refused it: {reason}"));
         }
         ControlMessage::HelloAck {
             protocol_version,

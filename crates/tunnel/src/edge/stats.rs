@@ -1,11 +1,18 @@
-//! What every task of one tunnel end shares: its state word, its counters and the
-//! link currently usable for traffic.
+//! What every task of one tunnel end shares: its state word, its counters, the
+//! link currently usable for traffic, and its events.
+//!
+//! Events (category `tunnel`) go to the node's event queue on transitions only:
+//! the tunnel up, the tunnel lost (once, with why, until it is up again), and
+//! problems with traffic (a target refusing, an oversized datagram, a peer failing
+//! authentication) at most once per kind every [`PROBLEM_EVERY`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
 
 use fleetgate_protocol::tunnel::{TunnelConfig, TunnelStats, TunnelStatus};
 
@@ -20,6 +27,9 @@ pub(crate) struct Counters {
     pub connections_active: AtomicU64,
 }
 
+/// The shortest time between two events of one kind of traffic problem.
+pub(crate) const PROBLEM_EVERY: Duration = Duration::from_secs(10);
+
 /// The shared state of one tunnel end.
 pub(crate) struct TunnelShared {
     state: Mutex<&'static str>,
@@ -27,16 +37,123 @@ pub(crate) struct TunnelShared {
     /// The connection traffic goes on: set while the tunnel is ready.
     pub link: watch::Sender<Option<quinn::Connection>>,
     rate_mark: Mutex<(Instant, u64, u64)>,
+    events: Option<mpsc::Sender<Value>>,
+    /// The tunnel's id and name, as events name it.
+    id: String,
+    name: String,
+    /// What the last up/lost event said (`None` before the first).
+    reported_up: Mutex<Option<bool>>,
+    /// When each kind of traffic problem was last reported, and how many of it
+    /// happened since.
+    problems: Mutex<HashMap<&'static str, (Instant, u64)>>,
 }
 
 impl TunnelShared {
-    pub fn new(_config: &TunnelConfig) -> Self {
+    pub fn new(config: &TunnelConfig, events: Option<mpsc::Sender<Value>>) -> Self {
         TunnelShared {
             state: Mutex::new("connecting"),
             counters: Counters::default(),
             link: watch::channel(None).0,
             rate_mark: Mutex::new((Instant::now(), 0, 0)),
+            events,
+            id: config.id.clone(),
+            name: config.name.clone(),
+            reported_up: Mutex::new(None),
+            problems: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn emit(&self, severity: &str, message: String, details: Value) {
+        let Some(events) = &self.events else { return };
+        let mut details = details;
+        details["tunnel_id"] = json!(self.id);
+        details["tunnel_name"] = json!(self.name);
+        let event = json!({"severity": severity, "category": "tunnel",
+                           "message": message, "details": details});
+        if events.try_send(event).is_err() {
+            tracing::debug!("event queue full; a tunnel event was dropped");
+        }
+    }
+
+    /// The tunnel carries traffic: state `ready`, and an event if the last one
+    /// said otherwise.
+    pub fn up(&self) {
+        self.set_state("ready");
+        let was = self
+            .reported_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(true);
+        if was != Some(true) {
+            self.emit(
+                "info",
+                format!("tunnel {} is up", self.name),
+                json!({"state": "ready"}),
+            );
+        }
+    }
+
+    /// The tunnel cannot carry traffic (`state` says how), because of `why`: an
+    /// event the first time after it was up (or ever), not on every retry.
+    pub fn lost(&self, state: &'static str, why: &str) {
+        self.set_state(state);
+        let was = self
+            .reported_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(false);
+        if was != Some(false) {
+            let severity = if state == "down" {
+                "critical"
+            } else {
+                "warning"
+            };
+            self.emit(
+                severity,
+                format!("tunnel {} is {state}: {why}", self.name),
+                json!({"state": state, "error": why}),
+            );
+        }
+    }
+
+    /// The other end is not there: state `waiting`; an event only if the tunnel
+    /// was up (a new tunnel waits for its other end without a warning).
+    pub fn waiting(&self, why: &str) {
+        self.set_state("waiting");
+        let mut reported = self.reported_up.lock().unwrap_or_else(|p| p.into_inner());
+        if *reported == Some(true) {
+            *reported = Some(false);
+            drop(reported);
+            self.emit(
+                "warning",
+                format!("tunnel {} is waiting: {why}", self.name),
+                json!({"state": "waiting", "error": why}),
+            );
+        }
+    }
+
+    /// A traffic problem of `kind` (also counted as a send error); reported at
+    /// most once every [`PROBLEM_EVERY`], with how many happened since the last
+    /// report.
+    pub fn problem(&self, kind: &'static str, message: impl FnOnce() -> String) {
+        self.error();
+        let now = Instant::now();
+        let count = {
+            let mut problems = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = problems.entry(kind).or_insert((now - PROBLEM_EVERY, 0));
+            entry.1 += 1;
+            if now.duration_since(entry.0) < PROBLEM_EVERY {
+                return;
+            }
+            let count = entry.1;
+            *entry = (now, 0);
+            count
+        };
+        self.emit(
+            "warning",
+            format!("tunnel {}: {}", self.name, message()),
+            json!({"error_code": kind, "occurrences": count}),
+        );
     }
 
     pub fn set_state(&self, state: &'static str) {

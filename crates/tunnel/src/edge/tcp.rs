@@ -102,7 +102,9 @@ pub(super) async fn exit_stream(
         }
         Err(e) => {
             tracing::info!(target, error = %e, "tunnel target refused");
-            shared.error();
+            shared.problem("target_refused", || {
+                format!("the target {target} refused a connection: {e}")
+            });
             reset(&mut send, &mut recv);
         }
     }

@@ -89,8 +89,14 @@ pub(super) async fn outbound(end: Arc<UdpEnd>, plan: Plan, shared: Arc<TunnelSha
         let n = match end.recv(&mut buf).await {
             Ok(n) => n,
             Err(e) => {
-                // Connected sockets report ICMP errors from earlier sends here.
+                // Connected sockets (the exit's, to its target) report ICMP
+                // errors from earlier sends here.
                 tracing::debug!(error = %e, "tunnel UDP receive error");
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    shared.problem("target_refused", || {
+                        format!("the target {} refused datagrams: {e}", plan.local_addr)
+                    });
+                }
                 continue;
             }
         };
@@ -112,7 +118,10 @@ pub(super) async fn outbound(end: Arc<UdpEnd>, plan: Plan, shared: Arc<TunnelSha
                 len = n,
                 "tunnel UDP datagram too large for the link; dropped"
             );
-            shared.error();
+            let max = connection.max_datagram_size().unwrap_or(0);
+            shared.problem("datagram_too_large", || {
+                format!("a datagram of {n} bytes does not fit the link (at most {max} with the tunnel's overhead); dropped")
+            });
             continue;
         }
         match connection.send_datagram(bytes::Bytes::copy_from_slice(&datagram)) {
