@@ -1,8 +1,13 @@
-//! TCP throughput on loopback: plain (no tunnel), through a tunnel in direct mode,
-//! and through a relay — everything in this one process, each carrying the same
-//! number of bytes from a client to a sink. Run by `bench/tunnel.sh`.
+//! TCP throughput and round-trip latency on loopback: plain (no tunnel), through a
+//! tunnel in direct mode, through a relay — the tunnels in this one process — and,
+//! when `SSH_FORWARD` names one, through an SSH port-forward to this process's
+//! server. Each path carries the same number of bytes from a client to a counting
+//! sink, then the same number of small request/response round trips to an echo.
+//! Run by `bench/tunnel.sh`.
 //!
-//! Usage: `throughput [MiB]` (default 512).
+//! Usage: `throughput [MiB] [round trips]` (defaults 512 and 2000).
+//! Env: `SERVER_PORT` fixes the server's loopback port (an SSH forward points at
+//! it); `SSH_FORWARD=host:port` is the local end of that forward.
 
 use std::time::{Duration, Instant};
 
@@ -19,14 +24,29 @@ fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-/// A sink that counts what it receives and answers with the count when the
-/// sender finishes.
-async fn sink() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+/// The server every path leads to. The client's first byte picks what it does:
+/// `S` counts what it receives and answers with the count when the sender
+/// finishes; `E` echoes each 64-byte message.
+async fn server(port: u16) -> String {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
             tokio::spawn(async move {
+                let mut mode = [0u8; 1];
+                if s.read_exact(&mut mode).await.is_err() {
+                    return;
+                }
+                if mode[0] == b'E' {
+                    let mut msg = [0u8; MESSAGE];
+                    while s.read_exact(&mut msg).await.is_ok() {
+                        if s.write_all(&msg).await.is_err() {
+                            break;
+                        }
+                    }
+                    return;
+                }
                 let mut buf = vec![0u8; 256 * 1024];
                 let mut total = 0u64;
                 while let Ok(n) = s.read(&mut buf).await {
@@ -42,10 +62,14 @@ async fn sink() -> String {
     addr
 }
 
+/// Size of a latency probe message.
+const MESSAGE: usize = 64;
+
 /// Sends `bytes` to `addr`; returns Gbit/s.
 async fn push(addr: &str, bytes: u64) -> f64 {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).expect("nodelay");
+    s.write_all(b"S").await.expect("mode");
     let chunk = vec![0x5au8; 256 * 1024];
     let started = Instant::now();
     let mut sent = 0u64;
@@ -60,6 +84,38 @@ async fn push(addr: &str, bytes: u64) -> f64 {
     let elapsed = started.elapsed().as_secs_f64();
     assert_eq!(u64::from_be_bytes(count), bytes, "bytes lost");
     bytes as f64 * 8.0 / elapsed / 1e9
+}
+
+/// `n` round trips of a 64-byte message on one connection (after 100 unmeasured
+/// ones); the p50 and p99 round-trip times in microseconds.
+async fn ping(addr: &str, n: usize) -> (f64, f64) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.write_all(b"E").await.expect("mode");
+    let msg = [0x42u8; MESSAGE];
+    let mut back = [0u8; MESSAGE];
+    let mut rtts = Vec::with_capacity(n);
+    for i in 0..n + 100 {
+        let started = Instant::now();
+        s.write_all(&msg).await.expect("write");
+        s.read_exact(&mut back).await.expect("echo");
+        if i >= 100 {
+            rtts.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    assert_eq!(back, msg);
+    rtts.sort_by(f64::total_cmp);
+    let at = |q: f64| rtts[((rtts.len() as f64 * q) as usize).min(rtts.len() - 1)];
+    (at(0.50), at(0.99))
+}
+
+/// Prints one path's numbers.
+async fn measure(name: &str, addr: &str, bytes: u64, trips: usize) {
+    let gbps = push(addr, bytes).await;
+    let (p50, p99) = ping(addr, trips).await;
+    println!("{name}_gbps={gbps:.2}");
+    println!("{name}_rtt_p50_us={p50:.1}");
+    println!("{name}_rtt_p99_us={p99:.1}");
 }
 
 fn config(id: &str, mode: TunnelMode, direction: TunnelDirection, local: String) -> TunnelConfig {
@@ -121,20 +177,24 @@ async fn tunnel(
 
 #[tokio::main]
 async fn main() {
-    let mib: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(512);
+    let mut args = std::env::args().skip(1);
+    let mib: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(512);
+    let trips: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
     let bytes = mib * 1024 * 1024;
-    let target = sink().await;
-    let plain = push(&target, bytes).await;
+    let port = std::env::var("SERVER_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let target = server(port).await;
+    println!("bytes_per_run={bytes}");
+    println!("round_trips={trips}");
+    measure("plain_loopback", &target, bytes, trips).await;
     let (_a, _b, direct) = tunnel(TunnelMode::Direct, &target, None).await;
-    let direct = push(&direct, bytes).await;
+    measure("direct_tunnel", &direct, bytes, trips).await;
     let relay = Relay::bind(RelayConfig::new("127.0.0.1:0".parse().expect("addr"))).expect("relay");
     let (_c, _d, via_relay) = tunnel(TunnelMode::Relay, &target, Some(&relay)).await;
-    let relayed = push(&via_relay, bytes).await;
-    println!("bytes_per_run={bytes}");
-    println!("plain_loopback_gbps={plain:.2}");
-    println!("direct_tunnel_gbps={direct:.2}");
-    println!("relay_tunnel_gbps={relayed:.2}");
+    measure("relay_tunnel", &via_relay, bytes, trips).await;
+    if let Ok(forward) = std::env::var("SSH_FORWARD") {
+        measure("ssh_forward", &forward, bytes, trips).await;
+    }
 }
