@@ -541,6 +541,9 @@ impl RunningRelay {
     }
 }
 
+/// Events a relay holds for its manager before dropping new ones.
+const RELAY_EVENT_QUEUE: usize = 256;
+
 /// Starts a relay: the QUIC tunnel relay on `relay.quic_listen`, and, with
 /// `edge.manager_url`, its node connection to a Fleetgate manager (registration,
 /// relay stats and health, the relay commands). Without a manager every tunnel
@@ -549,14 +552,15 @@ pub async fn start_relay(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningRelay> {
-    let relay =
-        fleetgate_tunnel::Relay::bind(fleetgate_tunnel::RelayConfig::new(config.relay.quic_listen))
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (relay.quic_listen)",
-                    config.relay.quic_listen
-                )
-            })?;
+    let (events_tx, events) = tokio::sync::mpsc::channel(RELAY_EVENT_QUEUE);
+    let mut relay_config = fleetgate_tunnel::RelayConfig::new(config.relay.quic_listen);
+    relay_config.events = Some(events_tx);
+    let relay = fleetgate_tunnel::Relay::bind(relay_config).with_context(|| {
+        format!(
+            "cannot listen on {} (relay.quic_listen)",
+            config.relay.quic_listen
+        )
+    })?;
     let link = match node_options(&config) {
         Some(options) => Some(fleetgate_edge::NodeLink::new(options)?),
         None => {
@@ -564,7 +568,7 @@ pub async fn start_relay(
             None
         }
     };
-    let node = relay_node::RelayNode::new(relay, config.edge.manager_url.clone())?;
+    let node = relay_node::RelayNode::new(relay, config.edge.manager_url.clone(), events)?;
     let quic_addr = node.relay.local_addr()?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (down_tx, mut down_rx) = watch::channel(false);

@@ -12,6 +12,7 @@ use fleetgate_edge::NodeRole;
 use fleetgate_protocol::sync;
 use fleetgate_tunnel::Relay;
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// A running relay and what it reports.
@@ -20,6 +21,8 @@ pub struct RelayNode {
     quic_addr: SocketAddr,
     manager_url: Option<String>,
     started: Instant,
+    /// The relay's events (binds it refused), sent while connected.
+    events: tokio::sync::Mutex<mpsc::Receiver<Value>>,
 }
 
 type CommandResult = Result<Option<Value>, (String, Option<&'static str>)>;
@@ -43,13 +46,20 @@ fn tunnel_id(action: &Value) -> Result<Uuid, (String, Option<&'static str>)> {
 }
 
 impl RelayNode {
-    pub fn new(relay: Relay, manager_url: Option<String>) -> anyhow::Result<Self> {
+    /// `events` is the receiving end of the relay's
+    /// [`RelayConfig::events`](fleetgate_tunnel::RelayConfig::events).
+    pub fn new(
+        relay: Relay,
+        manager_url: Option<String>,
+        events: mpsc::Receiver<Value>,
+    ) -> anyhow::Result<Self> {
         let quic_addr = relay.local_addr()?;
         Ok(RelayNode {
             relay,
             quic_addr,
             manager_url,
             started: Instant::now(),
+            events: tokio::sync::Mutex::new(events),
         })
     }
 
@@ -142,6 +152,10 @@ impl NodeRole for RelayNode {
         }
         Some(command_ack(&id, result))
     }
+
+    fn events(&self) -> Option<&tokio::sync::Mutex<mpsc::Receiver<Value>>> {
+        Some(&self.events)
+    }
 }
 
 #[cfg(test)]
@@ -152,7 +166,7 @@ mod tests {
     fn node() -> RelayNode {
         let relay =
             Relay::bind(RelayConfig::new("127.0.0.1:0".parse().expect("addr"))).expect("relay");
-        RelayNode::new(relay, None).expect("node")
+        RelayNode::new(relay, None, mpsc::channel(1).1).expect("node")
     }
 
     async fn ack(node: &RelayNode, action: Value) -> Value {

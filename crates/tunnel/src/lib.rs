@@ -9,6 +9,7 @@
 
 pub mod crypto;
 pub mod edge;
+mod events;
 pub mod quic;
 pub mod relay;
 pub mod wire;

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -41,6 +42,9 @@ pub struct RelayConfig {
     /// Reported in `hello_ack`.
     pub software_version: String,
     pub forward_observer: Option<ForwardObserver>,
+    /// Where the relay's events go (category `tunnel`: binds it refused), if
+    /// anywhere.
+    pub events: Option<mpsc::Sender<Value>>,
 }
 
 impl RelayConfig {
@@ -50,6 +54,7 @@ impl RelayConfig {
             listen_addr,
             software_version: env!("CARGO_PKG_VERSION").to_owned(),
             forward_observer: None,
+            events: None,
         }
     }
 }
@@ -92,6 +97,7 @@ impl Relay {
         let shared = Arc::new(Shared::new(
             config.software_version,
             config.forward_observer,
+            config.events,
         ));
         let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
         Ok(Relay {

@@ -408,7 +408,10 @@ async fn raw_bind(relay: SocketAddr, bind: ControlMessage) -> Vec<ControlMessage
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_bind_token_is_refused_with_tunnel_down() {
-    let relay = start_relay(&Seen::default());
+    let (events_tx, mut events) = mpsc::channel(16);
+    let mut config = Seen::default().config("127.0.0.1:0".parse().expect("addr"));
+    config.events = Some(events_tx);
+    let relay = Relay::bind(config).expect("relay starts");
     let addr = relay.local_addr().expect("addr");
     let tunnel_id = Uuid::new_v4();
     let bind_secret = secret();
@@ -445,6 +448,28 @@ async fn wrong_bind_token_is_refused_with_tunnel_down() {
     }
     let got = raw_bind(addr, bind(Some(bind_token(&bind_secret, &id, "egress")))).await;
     assert_eq!(got[1], ControlMessage::TunnelWaiting { tunnel_id });
+    // The relay reported each reason once (two wrong tokens are one reason), and
+    // the edge that tried.
+    let reported = drain(&mut events);
+    let reasons: Vec<&str> = reported
+        .iter()
+        .map(|e| e["details"]["error"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        reasons,
+        ["invalid bind token", "bind token required"],
+        "{reported:?}"
+    );
+    assert!(reported.iter().all(|e| e["category"] == "tunnel"
+        && e["severity"] == "warning"
+        && e["details"]["tunnel_id"] == id.as_str()));
+    assert!(
+        reported[0]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("entry end"),
+        "{reported:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,15 +4,16 @@
 //! Events (category `tunnel`) go to the node's event queue on transitions only:
 //! the tunnel up, the tunnel lost (once, with why, until it is up again), and
 //! problems with traffic (a target refusing, an oversized datagram, a peer failing
-//! authentication) at most once per kind every [`PROBLEM_EVERY`].
+//! authentication) at most once per kind every [`PROBLEM_EVERY`](crate::events::PROBLEM_EVERY).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
+
+use crate::events::{emit, Throttle};
 
 use fleetgate_protocol::tunnel::{TunnelConfig, TunnelStats, TunnelStatus};
 
@@ -27,9 +28,6 @@ pub(crate) struct Counters {
     pub connections_active: AtomicU64,
 }
 
-/// The shortest time between two events of one kind of traffic problem.
-pub(crate) const PROBLEM_EVERY: Duration = Duration::from_secs(10);
-
 /// The shared state of one tunnel end.
 pub(crate) struct TunnelShared {
     state: Mutex<&'static str>,
@@ -43,9 +41,8 @@ pub(crate) struct TunnelShared {
     name: String,
     /// What the last up/lost event said (`None` before the first).
     reported_up: Mutex<Option<bool>>,
-    /// When each kind of traffic problem was last reported, and how many of it
-    /// happened since.
-    problems: Mutex<HashMap<&'static str, (Instant, u64)>>,
+    /// Traffic problems reported, by kind.
+    problems: Throttle<&'static str>,
 }
 
 impl TunnelShared {
@@ -59,20 +56,14 @@ impl TunnelShared {
             id: config.id.clone(),
             name: config.name.clone(),
             reported_up: Mutex::new(None),
-            problems: Mutex::new(HashMap::new()),
+            problems: Throttle::default(),
         }
     }
 
-    fn emit(&self, severity: &str, message: String, details: Value) {
-        let Some(events) = &self.events else { return };
-        let mut details = details;
+    fn emit(&self, severity: &str, message: String, mut details: Value) {
         details["tunnel_id"] = json!(self.id);
         details["tunnel_name"] = json!(self.name);
-        let event = json!({"severity": severity, "category": "tunnel",
-                           "message": message, "details": details});
-        if events.try_send(event).is_err() {
-            tracing::debug!("event queue full; a tunnel event was dropped");
-        }
+        emit(self.events.as_ref(), severity, message, details);
     }
 
     /// The tunnel carries traffic: state `ready`, and an event if the last one
@@ -133,21 +124,12 @@ impl TunnelShared {
     }
 
     /// A traffic problem of `kind` (also counted as a send error); reported at
-    /// most once every [`PROBLEM_EVERY`], with how many happened since the last
-    /// report.
+    /// most once every [`PROBLEM_EVERY`](crate::events::PROBLEM_EVERY), with how
+    /// many happened since the last report.
     pub fn problem(&self, kind: &'static str, message: impl FnOnce() -> String) {
         self.error();
-        let now = Instant::now();
-        let count = {
-            let mut problems = self.problems.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = problems.entry(kind).or_insert((now - PROBLEM_EVERY, 0));
-            entry.1 += 1;
-            if now.duration_since(entry.0) < PROBLEM_EVERY {
-                return;
-            }
-            let count = entry.1;
-            *entry = (now, 0);
-            count
+        let Some(count) = self.problems.hit(kind) else {
+            return;
         };
         self.emit(
             "warning",

@@ -1,17 +1,19 @@
 //! The relay's tables — connected edges, bound tunnels, authorizations — and its
 //! counters, behind one lock that is never held across an await.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde::Serialize;
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use super::{ForwardObserver, RelayStats};
 use crate::crypto::tokens_equal;
+use crate::events::{emit, Throttle};
 use crate::wire::ControlMessage;
 use fleetgate_protocol::tunnel::{TunnelDirection, TunnelProtocol};
 
@@ -106,9 +108,45 @@ struct Tables {
     edges: HashMap<u64, Edge>,
     tunnels: HashMap<Uuid, Tunnel>,
     authorized: HashMap<Uuid, Authorization>,
-    revoked: HashSet<Uuid>,
+    revoked: Revoked,
     peak_tunnels: u64,
     peak_edges: u64,
+}
+
+/// Revoked tunnel ids, refused at bind; the oldest are forgotten past
+/// [`MAX_REVOKED`]. Forgetting one only makes it an unauthorized id again, which
+/// a relay accepts like any new one (open mode) — the edges holding it were told
+/// to remove it, and its end-to-end key went with them.
+#[derive(Default)]
+struct Revoked {
+    ids: HashSet<Uuid>,
+    order: VecDeque<Uuid>,
+}
+
+/// Revoked ids a relay remembers.
+const MAX_REVOKED: usize = 10_000;
+
+impl Revoked {
+    fn insert(&mut self, id: Uuid) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > MAX_REVOKED {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &Uuid) {
+        if self.ids.remove(id) {
+            self.order.retain(|o| o != id);
+        }
+    }
+
+    fn contains(&self, id: &Uuid) -> bool {
+        self.ids.contains(id)
+    }
 }
 
 impl Tables {
@@ -145,10 +183,17 @@ pub(crate) struct Shared {
     pub observer: Option<ForwardObserver>,
     started: Instant,
     bandwidth_mark: Mutex<(Instant, u64)>,
+    events: Option<mpsc::Sender<Value>>,
+    /// Refused binds reported, by tunnel and reason.
+    refusals: Throttle<(Uuid, &'static str)>,
 }
 
 impl Shared {
-    pub fn new(software_version: String, observer: Option<ForwardObserver>) -> Self {
+    pub fn new(
+        software_version: String,
+        observer: Option<ForwardObserver>,
+        events: Option<mpsc::Sender<Value>>,
+    ) -> Self {
         Shared {
             tables: Mutex::new(Tables::default()),
             counters: Counters::default(),
@@ -156,6 +201,8 @@ impl Shared {
             observer,
             started: Instant::now(),
             bandwidth_mark: Mutex::new((Instant::now(), 0)),
+            events,
+            refusals: Throttle::default(),
         }
     }
 
@@ -219,6 +266,20 @@ impl Shared {
         let mut t = self.tables();
         if let Err(reason) = check_bind(&t, tunnel_id, direction, token) {
             tracing::info!(%tunnel_id, conn_id, reason, "relay refused a tunnel bind");
+            if let Some(count) = self.refusals.hit((tunnel_id, reason)) {
+                let from = t.label(Some(conn_id)).unwrap_or_default();
+                let end = match direction {
+                    TunnelDirection::Ingress => "exit",
+                    TunnelDirection::Egress => "entry",
+                };
+                emit(
+                    self.events.as_ref(),
+                    "warning",
+                    format!("relay refused a bind of tunnel {tunnel_id} ({end} end) from {from}: {reason}"),
+                    json!({"tunnel_id": tunnel_id, "edge": from, "error": reason,
+                           "error_code": "bind_refused", "occurrences": count}),
+                );
+            }
             t.send(
                 conn_id,
                 ControlMessage::TunnelDown {
