@@ -1,0 +1,6 @@
+//! Deployments on a Fleetgate host: an app is a directory holding a compose-style
+//! `compose.yml` (its services) and Fleetgate's `service.yml` (how it is reached:
+//! domains, certificate, health check, rate limit). [`spec`] holds what both files
+//! mean once checked; a [`spec::Driver`] runs the services.
+
+pub mod spec;
