@@ -53,6 +53,16 @@ pub enum ConfigEdit<'a> {
         set: &'a ResourceSet,
         action: &'a str,
     },
+    /// Creates or replaces some objects and deletes others (absent ones are no
+    /// error) as one revision, with no version checks: the objects a feature owns
+    /// (a deployment's route and upstream, say). `action` names the audit entry,
+    /// which holds the touched objects before and after. Changing nothing writes
+    /// nothing.
+    Objects {
+        puts: &'a [(&'a str, &'a str, Value)],
+        deletes: &'a [(&'a str, &'a str)],
+        action: &'a str,
+    },
 }
 
 /// Judges the configuration a change would produce. It runs inside the change's
@@ -434,6 +444,58 @@ impl ConfigStore for SqlStore {
                 let ev = AuditEvent::new(action, "config", Some(&number.to_string()))
                     .before(to_value(&before))
                     .after(to_value(&after));
+                (None, ev)
+            }
+            ConfigEdit::Objects {
+                puts,
+                deletes,
+                action,
+            } => {
+                for (kind, name, body) in puts {
+                    after
+                        .entry(kind.to_string())
+                        .or_default()
+                        .insert(name.to_string(), body.clone());
+                }
+                for (kind, name) in deletes {
+                    if let Some(objects) = after.get_mut(*kind) {
+                        objects.remove(*name);
+                    }
+                }
+                after.retain(|_, objects| !objects.is_empty());
+                if after == before || check.check(&before, &after).await? == Verdict::Unchanged {
+                    tx.rollback().await?;
+                    return self.unchanged(before).await;
+                }
+                let mut was = serde_json::Map::new();
+                let mut now_is = serde_json::Map::new();
+                let key = |kind: &str, name: &str| format!("{kind}/{name}");
+                for (kind, name, body) in puts {
+                    let current = get_resource_in(&mut tx, kind, name).await?;
+                    if current.as_ref().is_some_and(|c| c.body == *body) {
+                        continue;
+                    }
+                    if let Some(c) = &current {
+                        was.insert(key(kind, name), c.body.clone());
+                    }
+                    now_is.insert(key(kind, name), body.clone());
+                    let version = current.as_ref().map_or(1, |b| b.version + 1);
+                    let row = (*kind, *name, body, version, now);
+                    write_resource(&mut tx, current.is_some(), row).await?;
+                }
+                for (kind, name) in deletes {
+                    if let Some(c) = get_resource_in(&mut tx, kind, name).await? {
+                        was.insert(key(kind, name), c.body);
+                        sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
+                            .bind(kind.to_string())
+                            .bind(name.to_string())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                let ev = AuditEvent::new(action, "config", Some(&number.to_string()))
+                    .before(Value::Object(was))
+                    .after(Value::Object(now_is));
                 (None, ev)
             }
         };

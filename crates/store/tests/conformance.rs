@@ -15,7 +15,7 @@ use fleetgate_store::{
     AlertRuleRecord, AlertStore, IncidentFilter, IncidentRecord, NewTimelineEntry,
 };
 use fleetgate_store::{AttemptOutcome, DeliveryRecord, WebhookRecord, WebhookStore};
-use fleetgate_store::{AuditStore, AuthStore, CertificateStore};
+use fleetgate_store::{AuditStore, AuthStore, CertificateStore, ConfigEdit, NoCheck};
 use fleetgate_store::{FleetStore, NodePresence, NodeSample};
 use fleetgate_store::{Leg, LegState, TunnelRecord, TunnelStore};
 use fleetgate_store::{LoginAttempt, MetricPoint, MetricStore};
@@ -98,6 +98,7 @@ conformance!(
     audit_filters_and_pagination,
     resources_and_revisions,
     replace_resources_is_one_revision,
+    object_edits_are_one_revision,
     concurrent_config_writes_get_distinct_revisions,
     concurrent_read_then_write_transactions_all_succeed,
     backup_writes_a_file,
@@ -595,6 +596,71 @@ async fn replace_resources_is_one_revision(s: &SqlStore) {
         audit.items[0].before.as_ref().expect("before")["route"]["old"],
         1
     );
+}
+
+/// Several objects put and deleted as one revision with one audit entry holding
+/// only what was touched; a repeat changes nothing.
+async fn object_edits_are_one_revision(s: &SqlStore) {
+    let a = actor();
+    s.put_resource(&a, "route", "gone", &json!(1), None, "m")
+        .await
+        .expect("put");
+    s.put_resource(&a, "route", "same", &json!(2), None, "m")
+        .await
+        .expect("put");
+    let puts = [
+        ("upstream", "app", json!({"t": 1})),
+        ("route", "app", json!({"r": 1})),
+        ("route", "same", json!(2)),
+    ];
+    let deletes = [("route", "gone"), ("route", "never-was")];
+    let edit = || ConfigEdit::Objects {
+        puts: &puts,
+        deletes: &deletes,
+        action: "deployment.proxy",
+    };
+    let committed = s
+        .write_config(&a, edit(), "proxy for app", &NoCheck)
+        .await
+        .expect("objects");
+    assert!(committed.written);
+    assert_eq!(committed.number, 3);
+    let set = s.resource_set().await.expect("set");
+    assert_eq!(set["route"].keys().collect::<Vec<_>>(), ["app", "same"]);
+    assert_eq!(set["upstream"]["app"], json!({"t": 1}));
+    assert_eq!(committed.after, set);
+    let same = s
+        .get_resource("route", "same")
+        .await
+        .expect("get")
+        .expect("same");
+    assert_eq!(same.version, 1, "an unchanged object keeps its version");
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                action: Some("deployment.proxy".into()),
+                ..Default::default()
+            },
+            page(10, 0),
+        )
+        .await
+        .expect("audit");
+    assert_eq!(audit.total, 1);
+    let entry = &audit.items[0];
+    assert_eq!(
+        entry.before.as_ref().expect("before"),
+        &json!({"route/gone": 1})
+    );
+    assert_eq!(
+        entry.after.as_ref().expect("after"),
+        &json!({"upstream/app": {"t": 1}, "route/app": {"r": 1}})
+    );
+    let again = s
+        .write_config(&a, edit(), "again", &NoCheck)
+        .await
+        .expect("again");
+    assert!(!again.written);
+    assert_eq!(s.latest_revision().await.expect("latest"), 3);
 }
 
 async fn concurrent_config_writes_get_distinct_revisions(s: &SqlStore) {
