@@ -135,6 +135,10 @@ pub struct TunnelStatus {
     pub local_addr: String,
     pub state: String,
     pub stats: TunnelStats,
+    /// Why the tunnel is not up, or the latest problem with its traffic (a target
+    /// refusing, say); cleared when it comes up. A Fleetgate addition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[cfg(test)]

@@ -33,6 +33,8 @@ pub struct LegView {
     pub push_error: Option<String>,
     /// What the node reports of the tunnel now (its `state`), when connected.
     pub live_state: Option<String>,
+    /// Why the node says the tunnel is not up, or its latest traffic problem.
+    pub live_error: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -77,22 +79,33 @@ fn status(t: &TunnelRecord) -> &'static str {
     }
 }
 
-/// What a node's latest stats say of tunnel `id`.
-fn live_state(live: &HashMap<String, LiveView>, node: &str, id: &str) -> Option<String> {
+/// What a node's latest stats say of tunnel `id`: its state and last error.
+fn live_state(
+    live: &HashMap<String, LiveView>,
+    node: &str,
+    id: &str,
+) -> Option<(String, Option<String>)> {
     let tunnels = live.get(node)?.stats.as_ref()?.get("tunnels")?.as_array()?;
     // Edges name the tunnel `id`; relays `tunnel_id`.
     let t = tunnels
         .iter()
         .find(|t| t["id"] == id || t["tunnel_id"] == id)?;
-    t.get("state").and_then(Value::as_str).map(str::to_string)
+    let state = t.get("state").and_then(Value::as_str)?.to_string();
+    let error = t
+        .get("last_error")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Some((state, error))
 }
 
 fn leg(l: &LegState, node: Option<&str>, live: &HashMap<String, LiveView>, id: &str) -> LegView {
+    let live = node.and_then(|n| live_state(live, n, id));
     LegView {
         node_id: node.map(str::to_string),
         push_status: l.status.clone(),
         push_error: l.error.clone(),
-        live_state: node.and_then(|n| live_state(live, n, id)),
+        live_state: live.as_ref().map(|(s, _)| s.clone()),
+        live_error: live.and_then(|(_, e)| e),
     }
 }
 

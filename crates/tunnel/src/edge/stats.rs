@@ -43,6 +43,8 @@ pub(crate) struct TunnelShared {
     reported_up: Mutex<Option<bool>>,
     /// Traffic problems reported, by kind.
     problems: Throttle<&'static str>,
+    /// Why it is not up, or the latest traffic problem; cleared when it is up.
+    last_error: Mutex<Option<String>>,
 }
 
 impl TunnelShared {
@@ -57,6 +59,7 @@ impl TunnelShared {
             name: config.name.clone(),
             reported_up: Mutex::new(None),
             problems: Throttle::default(),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -66,10 +69,15 @@ impl TunnelShared {
         emit(self.events.as_ref(), severity, message, details);
     }
 
+    fn set_error(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
     /// The tunnel carries traffic: state `ready`, and an event if the last one
     /// said otherwise.
     pub fn up(&self) {
         self.set_state("ready");
+        self.set_error(None);
         let was = self
             .reported_up
             .lock()
@@ -88,6 +96,7 @@ impl TunnelShared {
     /// event the first time after it was up (or ever), not on every retry.
     pub fn lost(&self, state: &'static str, why: &str) {
         self.set_state(state);
+        self.set_error(Some(why.to_owned()));
         let was = self
             .reported_up
             .lock()
@@ -111,6 +120,7 @@ impl TunnelShared {
     /// was up (a new tunnel waits for its other end without a warning).
     pub fn waiting(&self, why: &str) {
         self.set_state("waiting");
+        self.set_error(Some(why.to_owned()));
         let mut reported = self.reported_up.lock().unwrap_or_else(|p| p.into_inner());
         if *reported == Some(true) {
             *reported = Some(false);
@@ -131,9 +141,11 @@ impl TunnelShared {
         let Some(count) = self.problems.hit(kind) else {
             return;
         };
+        let message = message();
+        self.set_error(Some(message.clone()));
         self.emit(
             "warning",
-            format!("tunnel {}: {}", self.name, message()),
+            format!("tunnel {}: {message}", self.name),
             json!({"error_code": kind, "occurrences": count}),
         );
     }
@@ -177,6 +189,7 @@ impl TunnelShared {
             direction: config.direction,
             local_addr: config.local_addr.clone(),
             state: self.state().to_owned(),
+            last_error: self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             stats: TunnelStats {
                 packets_sent: c.packets_sent.load(Ordering::Relaxed),
                 packets_received: c.packets_received.load(Ordering::Relaxed),

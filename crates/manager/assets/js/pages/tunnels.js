@@ -93,7 +93,8 @@ function legBadges(t) {
     const b = pushBadge(l.push_status, `${short} ${l.push_status}`);
     b.dataset.leg = key;
     b.dataset.push = l.push_status;
-    const tip = [l.push_error, l.live_state ? `live: ${l.live_state}` : null].filter(Boolean).join(' · ');
+    const tip = [l.push_error, l.live_state ? `live: ${l.live_state}` : null, l.live_error]
+      .filter(Boolean).join(' · ');
     if (tip) b.title = tip;
     return b;
   })), errors];
@@ -354,7 +355,10 @@ function legsTable(t, dir) {
     { label: 'Error', render: ([, , , l]) => (l.push_error
       ? h('span', { class: 'error-text push-error' }, l.push_error) : h('span', { class: 'muted' }, 'none')) },
     { label: 'Live state', render: ([, , , l]) => (l.live_state
-      ? badge(l.live_state, /^(connected|active|running|up|listening)$/i.test(l.live_state) ? 'ok' : 'muted')
+      ? h('span', {}, [
+        badge(l.live_state, /^(ready|connected|active|running|up|listening)$/i.test(l.live_state) ? 'ok' : 'muted'),
+        l.live_error ? h('span', { class: 'error-text live-error' }, ` ${l.live_error}`) : null,
+      ])
       : h('span', { class: 'muted' }, 'not reported')) },
   ], rows, { rowAttrs: ([key, , , l]) => ({ dataset: { leg: key, push: l.push_status } }) });
 }
