@@ -494,7 +494,8 @@ async fn edges_with_authorized_tokens_work_and_a_wrong_secret_stays_down() {
     wait_state(&pair.exit, &pair.id, "waiting").await;
     let why = pair.entry.status(&pair.id).expect("status").last_error;
     assert!(
-        why.as_deref().is_some_and(|w| w.contains("invalid bind token")),
+        why.as_deref()
+            .is_some_and(|w| w.contains("invalid bind token")),
         "{why:?}"
     );
     let down = event(&mut pair.entry_events, "down").await;
@@ -512,7 +513,10 @@ async fn edges_with_authorized_tokens_work_and_a_wrong_secret_stays_down() {
         .await
         .expect("restart with the right secret");
     wait_ready(&pair).await;
-    assert_eq!(pair.entry.status(&pair.id).expect("status").last_error, None);
+    assert_eq!(
+        pair.entry.status(&pair.id).expect("status").last_error,
+        None
+    );
     let up = event(&mut pair.entry_events, "ready").await;
     assert_eq!(up["severity"], "info", "{up}");
     tcp_roundtrip(&pair.entry_addr, b"A", b"authorized").await;

@@ -189,7 +189,11 @@ impl TunnelShared {
             direction: config.direction,
             local_addr: config.local_addr.clone(),
             state: self.state().to_owned(),
-            last_error: self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             stats: TunnelStats {
                 packets_sent: c.packets_sent.load(Ordering::Relaxed),
                 packets_received: c.packets_received.load(Ordering::Relaxed),
