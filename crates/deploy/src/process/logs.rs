@@ -28,11 +28,20 @@ pub const MAX_TAIL: usize = 10_000;
 const FOLLOW_CAPACITY: usize = 1024;
 
 /// The stored form of one line; the service is the file's name.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct StoredLine<'a> {
     at: i64,
     stream: &'a str,
     line: &'a str,
+}
+
+/// [`StoredLine`] read back: owned, because a line with escapes (quotes,
+/// control characters) cannot borrow from the file's bytes.
+#[derive(Deserialize)]
+struct ReadLine {
+    at: i64,
+    stream: String,
+    line: String,
 }
 
 /// Unix milliseconds now.
@@ -322,8 +331,8 @@ fn remove_if_present(path: &Path) -> std::io::Result<()> {
 
 /// One stored JSON line back into a [`LogLine`]; `None` if it is not one.
 fn parse_stored(raw: &[u8], service: &str) -> Option<LogLine> {
-    let stored: StoredLine<'_> = serde_json::from_slice(raw).ok()?;
-    let stream = match stored.stream {
+    let stored: ReadLine = serde_json::from_slice(raw).ok()?;
+    let stream = match stored.stream.as_str() {
         "stdout" => "stdout",
         "stderr" => "stderr",
         "fleetgate" => "fleetgate",
@@ -333,7 +342,7 @@ fn parse_stored(raw: &[u8], service: &str) -> Option<LogLine> {
         at: stored.at,
         service: service.to_string(),
         stream,
-        line: stored.line.to_string(),
+        line: stored.line,
     })
 }
 
@@ -504,28 +513,51 @@ mod tests {
     }
 
     proptest! {
+        // Streams built from runs of one byte (cheap to generate, yet long
+        // lines, bad UTF-8, `\r` and empty lines all come up), fed in chunks
+        // cut at arbitrary points.
         #[test]
         fn splitter_bounds_every_line(
-            chunks in proptest::collection::vec(
-                proptest::collection::vec(
-                    prop_oneof![Just(b'\n'), Just(0xffu8), Just(b'\r'), any::<u8>()],
-                    0..9000,
-                ),
+            runs in proptest::collection::vec(
+                (0usize..20_000, prop_oneof![Just(b'x'), Just(0xffu8), Just(b'\r'), Just(0xe2u8)], any::<bool>()),
                 0..8,
-            )
+            ),
+            cuts in proptest::collection::vec(0usize..50_000, 0..6),
         ) {
+            let mut stream = Vec::new();
+            for (len, byte, newline) in &runs {
+                stream.extend(std::iter::repeat_n(*byte, *len));
+                if *newline {
+                    stream.push(b'\n');
+                }
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(stream.len())).collect();
+            cuts.push(stream.len());
+            cuts.sort_unstable();
             let mut s = LineSplitter::default();
             let mut lines = Vec::new();
-            for c in &chunks {
-                lines.extend(s.push(c));
+            let mut from = 0;
+            for cut in cuts {
+                lines.extend(s.push(&stream[from..cut]));
+                from = cut;
             }
             lines.extend(s.finish());
             for l in &lines {
                 prop_assert!(l.len() <= MAX_LINE_BYTES);
                 prop_assert!(!l.contains('\n'));
             }
-            let newlines = chunks.iter().flatten().filter(|&&b| b == b'\n').count();
+            let newlines = stream.iter().filter(|&&b| b == b'\n').count();
             prop_assert!(lines.len() <= newlines + 1);
+        }
+
+        #[test]
+        fn stored_lines_read_back_whatever_they_hold(line in ".{0,100}", at in any::<i64>()) {
+            let json = serde_json::to_vec(&StoredLine { at, stream: "stderr", line: &line })
+                .expect("serializes");
+            let back = parse_stored(&json, "web").expect("parses");
+            prop_assert_eq!(back.line, line);
+            prop_assert_eq!(back.at, at);
+            prop_assert_eq!(back.stream, "stderr");
         }
 
         #[test]
