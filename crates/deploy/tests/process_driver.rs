@@ -678,10 +678,22 @@ async fn stats_of_a_busy_loop() {
     assert_eq!(first.len(), 2);
     assert_eq!(first[0].name, "spin");
     assert_eq!(first[0].cpu_percent, 0.0);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let second = fx.driver.stats("app").await;
+    // A busy loop takes a whole core on an idle machine, but this one may be
+    // shared (a VM's steal, other tests): pass on any of a few readings.
+    let mut second = Vec::new();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        second = fx.driver.stats("app").await;
+        if second[0].cpu_percent > 20.0 {
+            break;
+        }
+    }
     let spin = &second[0];
     assert!(spin.cpu_percent > 20.0, "{spin:?}");
+    assert!(
+        spin.cpu_percent < 150.0,
+        "one process, one core at most: {spin:?}"
+    );
     assert!(spin.memory_bytes > 0, "{spin:?}");
     assert_eq!(spin.processes, 1);
     assert!(spin.uptime_secs >= 1);

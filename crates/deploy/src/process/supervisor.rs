@@ -439,10 +439,15 @@ async fn wait_for_dependencies(
                     .healthcheck
                     .as_ref()
                     .map(|hc| {
-                        hc.start_period
-                            + hc.interval.max(MIN_HEALTH_INTERVAL) * hc.retries.max(1)
-                            + hc.timeout
-                            + HEALTHY_MARGIN
+                        // Saturating: durations from a file may be absurd,
+                        // and a wait of "forever" beats a panic.
+                        hc.interval
+                            .max(MIN_HEALTH_INTERVAL)
+                            .checked_mul(hc.retries.max(1))
+                            .unwrap_or(Duration::MAX)
+                            .saturating_add(hc.start_period)
+                            .saturating_add(hc.timeout)
+                            .saturating_add(HEALTHY_MARGIN)
                     })
                     .unwrap_or(HEALTHY_MARGIN);
                 let healthy = wait_progress(&mut rx, stop_rx, Some(allowance), |p| {
@@ -708,6 +713,7 @@ async fn health_loop(
     started: Instant,
 ) {
     let interval = hc.interval.max(MIN_HEALTH_INTERVAL);
+    // `retries: 0` would make a service unhealthy before any failure.
     let retries = hc.retries.max(1);
     let mut failures = 0u32;
     loop {
