@@ -177,15 +177,6 @@ fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-/// Where a mapping starts: its first key (the loader's own mark for a block
-/// mapping lies after that key).
-fn map_pos(map: &MarkedMappingNode, node: &Node) -> Position {
-    map.keys()
-        .next()
-        .map(scalar_pos)
-        .unwrap_or_else(|| pos(node))
-}
-
 /// The names under top-level `volumes:` or `networks:` (their options are
 /// Docker's business).
 fn declared_names(c: &mut Checker, node: &Node, what: &str) -> BTreeSet<String> {
@@ -711,7 +702,7 @@ fn port_long(
     }
     if !target {
         c.push(
-            map_pos(map, node),
+            pos(node),
             field,
             "a port in the long form needs target (the container's port)",
         );
@@ -923,7 +914,7 @@ fn volume_long(
     let Some((kind, _, _)) = kind else {
         if ok {
             c.push(
-                map_pos(map, node),
+                pos(node),
                 field,
                 "a volume in the long form needs type (bind, volume or tmpfs)",
             );
@@ -933,7 +924,7 @@ fn volume_long(
     let Some(target) = target else {
         if ok {
             c.push(
-                map_pos(map, node),
+                pos(node),
                 field,
                 "a volume in the long form needs target (an absolute path)",
             );
@@ -946,11 +937,7 @@ fn volume_long(
             return None;
         }
         ("bind", None) => {
-            c.push(
-                map_pos(map, node),
-                field,
-                "a bind volume needs source (a host path)",
-            );
+            c.push(pos(node), field, "a bind volume needs source (a host path)");
             return None;
         }
         (_, None) => None,
@@ -1044,7 +1031,7 @@ fn healthcheck(c: &mut Checker, node: &Node, field: &str) -> Option<HealthCheck>
     }
     if !test_given && !disabled {
         c.push(
-            map_pos(map, node),
+            pos(node),
             field,
             "healthcheck needs a test (or disable: true)",
         );
@@ -1367,3 +1354,6 @@ fn stop_signal(c: &mut Checker, node: &Node, field: &str) -> Option<String> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests;

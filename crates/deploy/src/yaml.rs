@@ -90,7 +90,7 @@ impl Checker {
             return Ok(None);
         }
         self.check_single_document(text);
-        self.check_depth(text);
+        self.scan(text);
         if !self.is_clean() {
             return Err(());
         }
@@ -121,10 +121,7 @@ impl Checker {
                 marker(&m),
                 "keys must be plain words, not lists or mappings".to_string(),
             ),
-            LoadError::UnexpectedTag(m) => (
-                marker(&m),
-                "YAML tags (`!name`) are not supported".to_string(),
-            ),
+            LoadError::UnexpectedTag(m) => (marker(&m), TAGS.to_string()),
             LoadError::ScanError(m, scan) => {
                 let info = scan.info();
                 // An alias (`*name`) of an anchor the loader refused.
@@ -183,12 +180,19 @@ impl Checker {
         }
     }
 
-    /// Counts nesting with the YAML tokenizer (which does not recurse) before
-    /// the parser (which does) sees the text.
-    fn check_depth(&mut self, text: &str) {
+    /// Reads the tokens (the tokenizer does not recurse) before the parser
+    /// (which does) sees the text: nesting deeper than [`MAX_DEPTH`] is
+    /// refused, and so are anchors, aliases and tags, here where their exact
+    /// position is known (the loader places a refused anchor of a mapping
+    /// after the mapping's first key).
+    fn scan(&mut self, text: &str) {
         use yaml_rust2::scanner::{Scanner, TokenType};
         let mut depth = 0usize;
         for token in Scanner::new(text.chars()) {
+            let at = Position {
+                line: token.0.line().max(1),
+                column: token.0.col() + 1,
+            };
             match token.1 {
                 TokenType::BlockSequenceStart
                 | TokenType::BlockMappingStart
@@ -196,10 +200,6 @@ impl Checker {
                 | TokenType::FlowMappingStart => {
                     depth += 1;
                     if depth > MAX_DEPTH {
-                        let at = Position {
-                            line: token.0.line().max(1),
-                            column: token.0.col() + 1,
-                        };
                         self.push(
                             at,
                             "",
@@ -212,6 +212,14 @@ impl Checker {
                 }
                 TokenType::BlockEnd | TokenType::FlowSequenceEnd | TokenType::FlowMappingEnd => {
                     depth = depth.saturating_sub(1);
+                }
+                TokenType::Anchor(_) | TokenType::Alias(_) => {
+                    self.push(at, "", ANCHORS);
+                    return;
+                }
+                TokenType::Tag(..) => {
+                    self.push(at, "", TAGS);
+                    return;
                 }
                 _ => {}
             }
@@ -391,6 +399,7 @@ impl Checker {
 const TOP_LEVEL: &str = "the file must be a mapping of keys to values at the top level";
 const ANCHORS: &str =
     "anchors and aliases (`&name`, `*name`) are not supported; write the value out";
+const TAGS: &str = "YAML tags (`!name`, `!!str`) are not supported";
 const SECOND_DOCUMENT: &str = "a second YAML document starts here; the file must hold exactly one";
 
 /// Whether a line holds more than blanks or a comment.
@@ -419,8 +428,12 @@ fn marker(m: &marked_yaml::Marker) -> Position {
     }
 }
 
-/// Where a node starts.
+/// Where a node starts. The loader marks a block mapping after its first key,
+/// so a mapping is placed at that key.
 pub(crate) fn pos(node: &Node) -> Position {
+    if let Some(first) = node.as_mapping().and_then(|m| m.keys().next()) {
+        return scalar_pos(first);
+    }
     node.span()
         .start()
         .map(marker)
