@@ -128,3 +128,131 @@ pub fn parse_files(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::compose::tests::{assert_positions_in_range, yamlish};
+
+    const TWO: &str = "services:\n  web:\n    command: ./web --port 8080\n    ports: [\"8080:8080\"]\n    depends_on:\n      db:\n        condition: service_healthy\n  db:\n    image: postgres:16\n    healthcheck:\n      test: pg_isready\n";
+
+    fn problems(compose: &str, meta: &str) -> Vec<Problem> {
+        parse_files(compose, meta).expect_err("expected problems")
+    }
+
+    #[track_caller]
+    fn assert_at(p: &Problem, file: &str, line: usize, field: &str, message: &str) {
+        assert_eq!(
+            (p.file.as_str(), p.line, p.field.as_str()),
+            (file, line, field),
+            "{p:#?}"
+        );
+        assert!(
+            p.message.contains(message),
+            "{:?} lacks {message:?}",
+            p.message
+        );
+    }
+
+    #[test]
+    fn both_files_parse_and_agree() {
+        let (compose, meta) =
+            parse_files(TWO, "service: web\ndomains: [app.example.com]\n").expect("valid");
+        assert_eq!(compose.services.len(), 2);
+        assert_eq!(meta.service.as_deref(), Some("web"));
+        // Without `service:`, the first service publishing a port is chosen.
+        let (compose, meta) = parse_files(TWO, "domains: [app.example.com]\n").expect("valid");
+        assert_eq!(
+            default_service(&compose).map(|s| s.name.as_str()),
+            Some("web")
+        );
+        assert!(cross_check(&compose, &meta).is_empty());
+        // An explicit port needs nothing published.
+        parse_files(
+            "services:\n  api:\n    command: ./api\n  worker:\n    command: ./w\n",
+            "service: api\nport: 3000\ndomains: [api.example.com]\ndriver: process\n",
+        )
+        .expect("valid");
+    }
+
+    #[test]
+    fn the_service_must_exist() {
+        let p = problems(TWO, "# routing\nservice: api\n");
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert_at(
+            &p[0],
+            "service.yml",
+            2,
+            "service",
+            "`api` is not a service of compose.yml; its services are: web, db",
+        );
+        assert_eq!(p[0].column, 10);
+    }
+
+    #[test]
+    fn domains_need_a_port() {
+        let p = problems(TWO, "service: db\ndomains: [db.example.com]\n");
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert_at(
+            &p[0],
+            "service.yml",
+            2,
+            "domains",
+            "add `port:` to service.yml, or publish a port of service db",
+        );
+        let p = problems(
+            "services:\n  a:\n    command: ./a\n  b:\n    command: ./b\n",
+            "domains: [x.example.com]\n",
+        );
+        assert_at(
+            &p[0],
+            "service.yml",
+            1,
+            "domains",
+            "add `service:` and `port:`",
+        );
+    }
+
+    #[test]
+    fn the_process_driver_needs_commands() {
+        let p = problems(TWO, "driver: process\n");
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert_at(
+            &p[0],
+            "service.yml",
+            1,
+            "driver",
+            "the process driver runs commands; service db has only an image",
+        );
+        parse_files(TWO, "driver: docker\n").expect("docker runs images");
+    }
+
+    #[test]
+    fn problems_of_both_files_come_compose_first() {
+        let p = problems(
+            "services:\n  web:\n    image: x\n    restart: maybe\n",
+            "port: 0\n",
+        );
+        let files: Vec<_> = p.iter().map(|p| (p.file.as_str(), p.line)).collect();
+        assert_eq!(files, [("compose.yml", 4), ("service.yml", 1)]);
+        let p = problems("", "");
+        assert_eq!(p.len(), 1);
+        assert_at(&p[0], "compose.yml", 0, "", "the file is empty");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn parse_files_never_panics(compose in yamlish(), meta in yamlish()) {
+            if let Err(p) = parse_files(&compose, &meta) {
+                for p in &p {
+                    let text = if p.file == "compose.yml" { &compose } else { &meta };
+                    assert_positions_in_range(text, std::slice::from_ref(p));
+                }
+            }
+        }
+    }
+}

@@ -570,7 +570,7 @@ fn port_short(text: &str) -> Result<PortMapping, String> {
     };
     let (host, container) = match parts.as_slice() {
         [container] => (None, port_number(container, &shown)?),
-        [host, container] if host.is_empty() => (None, port_number(container, &shown)?),
+        ["", container] => (None, port_number(container, &shown)?),
         [host, container] => (
             Some(port_number(host, &shown)?),
             port_number(container, &shown)?,
@@ -1356,4 +1356,4 @@ fn stop_signal(c: &mut Checker, node: &Node, field: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

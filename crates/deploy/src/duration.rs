@@ -133,16 +133,20 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_duration() {
-        assert!(parse("10").unwrap_err().contains("has no unit"));
-        assert!(parse("10x").unwrap_err().contains("unknown unit"));
-        assert!(parse("-1s").unwrap_err().contains("negative"));
-        assert!(parse("s").unwrap_err().contains("not a duration"));
-        assert!(parse("1..2s").unwrap_err().contains("not a duration"));
-        assert!(parse("").unwrap_err().contains("found nothing"));
+        assert!(parse("10").expect_err("an error").contains("has no unit"));
+        assert!(parse("10x").expect_err("an error").contains("unknown unit"));
+        assert!(parse("-1s").expect_err("an error").contains("negative"));
+        assert!(parse("s").expect_err("an error").contains("not a duration"));
+        assert!(parse("1..2s")
+            .expect_err("an error")
+            .contains("not a duration"));
+        assert!(parse("").expect_err("an error").contains("found nothing"));
         assert!(parse("99999999999999999999999h")
-            .unwrap_err()
+            .expect_err("an error")
             .contains("too long"));
-        assert!(parse("6000000h").unwrap_err().contains("too long"));
+        assert!(parse("6000000h")
+            .expect_err("an error")
+            .contains("too long"));
     }
 
     #[test]

@@ -389,3 +389,6 @@ fn driver(c: &mut Checker, node: &Node) -> Option<DriverKind> {
     }
     kind
 }
+
+#[cfg(test)]
+mod tests;

@@ -148,11 +148,11 @@ mod tests {
 
     #[test]
     fn refuses_unterminated_quotes() {
-        let e = split("echo 'abc").unwrap_err();
+        let e = split("echo 'abc").expect_err("an error");
         assert!(e.contains("single quote at character 6"), "{e}");
-        let e = split("echo \"abc").unwrap_err();
+        let e = split("echo \"abc").expect_err("an error");
         assert!(e.contains("double quote at character 6"), "{e}");
-        let e = split("echo \\").unwrap_err();
+        let e = split("echo \\").expect_err("an error");
         assert!(e.contains("backslash"), "{e}");
     }
 

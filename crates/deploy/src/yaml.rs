@@ -170,7 +170,8 @@ impl Checker {
                 content = !rest.is_empty() && !rest.starts_with('#');
             } else if marker_line("...") {
                 ended = true;
-            } else if is_content(line) && !(line.starts_with('%') && !content) {
+            } else if is_content(line) && (content || !line.starts_with('%')) {
+                // (`%` directives before the document are not content.)
                 if ended {
                     self.push(at, "", SECOND_DOCUMENT);
                     return;
