@@ -152,7 +152,7 @@ impl Checker {
     fn check_single_document(&mut self, text: &str) {
         let mut content = false;
         let mut ended = false;
-        for (i, line) in text.lines().enumerate() {
+        for (i, line) in lines(text).enumerate() {
             let marker_line = |m: &str| {
                 line.strip_prefix(m)
                     .is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t']))
@@ -403,6 +403,14 @@ const ANCHORS: &str =
 const TAGS: &str = "YAML tags (`!name`, `!!str`) are not supported";
 const SECOND_DOCUMENT: &str = "a second YAML document starts here; the file must hold exactly one";
 
+/// The lines of `text` as YAML counts them: `\n`, `\r\n` and a lone `\r`
+/// each end one (`str::lines` would miss the last), so that line numbers
+/// found here agree with the loader's.
+pub(crate) fn lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\n')
+        .flat_map(|l| l.strip_suffix('\r').unwrap_or(l).split('\r'))
+}
+
 /// Whether a line holds more than blanks or a comment.
 fn is_content(line: &str) -> bool {
     let t = line.trim();
@@ -411,7 +419,7 @@ fn is_content(line: &str) -> bool {
 
 /// Whether the file holds anything but blanks, comments and document markers.
 fn has_content(text: &str) -> bool {
-    text.lines().any(|l| {
+    lines(text).any(|l| {
         let t = l.trim();
         is_content(l) && t != "---" && t != "..."
     })

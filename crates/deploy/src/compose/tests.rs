@@ -884,7 +884,7 @@ pub(crate) fn yamlish() -> impl Strategy<Value = String> {
 
 #[track_caller]
 pub(crate) fn assert_positions_in_range(text: &str, problems: &[Problem]) {
-    let lines = text.lines().count() + 1;
+    let lines = crate::yaml::lines(text).count() + 1;
     for p in problems {
         if !p.field.is_empty() {
             assert!(p.line >= 1, "{p:#?} in {text:?}");
@@ -918,4 +918,15 @@ proptest! {
             assert_positions_in_range(&text, &p);
         }
     }
+}
+
+#[test]
+fn a_lone_carriage_return_ends_a_line_as_in_yaml() {
+    // Found by fuzzing: YAML counts `\r` as a line break, str::lines does not.
+    let text = "services:\r  web:\r    image: x\r    ports: [\"70000\"]\r";
+    let p = one(text);
+    assert_at(&p, 4, 13, "services.web.ports[0]", "port 70000");
+    assert_positions_in_range(text, &[p]);
+    let p = one("services:\r  web:\r    image: x\r---\rservices: {}\r");
+    assert_at(&p, 4, 1, "", "a second YAML document");
 }
