@@ -1,8 +1,17 @@
 //! Deployments on a Fleetgate host: an app is a directory holding a compose-style
 //! `compose.yml` (its services) and Fleetgate's `service.yml` (how it is reached:
 //! domains, certificate, health check, rate limit). [`spec`] holds what both files
-//! mean once checked; a [`spec::Driver`] runs the services —
+//! mean once checked; [`compose`] and [`meta`] check each file and [`check`] the
+//! one against the other; a [`spec::Driver`] runs the services —
 //! [`process::ProcessDriver`] as supervised processes on this host.
 
+pub mod check;
+pub mod compose;
+pub mod duration;
+pub mod meta;
 pub mod process;
+pub mod shell;
 pub mod spec;
+mod yaml;
+
+pub use check::{cross_check, parse_files};

@@ -178,6 +178,26 @@ pub struct ServiceMeta {
     pub rate_limit: Option<RateLimitMeta>,
     /// Which driver runs it (default [`DriverKind::Auto`]).
     pub driver: DriverKind,
+    /// Where some keys were in `service.yml`, so that problems found later (by
+    /// `check::cross_check`, against `compose.yml`) can still name a line.
+    pub positions: MetaPositions,
+}
+
+/// A 1-based line and column in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// The positions of the keys of `service.yml` that `check::cross_check`
+/// reports on; `None` when the key is absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MetaPositions {
+    pub service: Option<Position>,
+    pub port: Option<Position>,
+    pub domains: Option<Position>,
+    pub driver: Option<Position>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

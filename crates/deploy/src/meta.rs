@@ -1,0 +1,394 @@
+//! `service.yml`: how a deployment is reached through Fleetgate — which
+//! compose service and port receive the traffic, the domains routed to it, its
+//! certificate, the gateway's health check and rate limit, and which driver
+//! runs it — checked into a [`ServiceMeta`]. An empty file is an app without
+//! domains. What depends on `compose.yml` too is checked by
+//! [`crate::check::cross_check`].
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use marked_yaml::Node;
+
+use crate::spec::{DriverKind, HttpCheck, Problem, RateLimitMeta, ServiceMeta, SslMeta};
+use crate::yaml::{is_null, pos, scalar_pos, shorten, Checker};
+
+/// The name problems give the file.
+pub const FILE: &str = "service.yml";
+
+const KEYS: &[&str] = &[
+    "service",
+    "port",
+    "domains",
+    "ssl",
+    "healthcheck",
+    "rate_limit",
+    "driver",
+];
+
+/// Checks `text` as a `service.yml`.
+pub fn parse(text: &str) -> Result<ServiceMeta, Vec<Problem>> {
+    let mut c = Checker::new(FILE);
+    let root = match c.load(text) {
+        Ok(Some(root)) => root,
+        Ok(None) => return Ok(ServiceMeta::default()),
+        Err(()) => return Err(c.into_problems()),
+    };
+    let mut meta = ServiceMeta::default();
+    let mut ssl_at = None;
+    let mut domains_ok = true;
+    for (key, value) in root.iter() {
+        if !c.known_key(key, &shorten(key.as_str()), KEYS, "service.yml") {
+            continue;
+        }
+        let f = key.as_str();
+        match f {
+            "service" => {
+                meta.service = c.string(value, f);
+                meta.positions.service = Some(pos(value));
+            }
+            "port" => {
+                meta.port = c
+                    .number(value, f, 1, 65535)
+                    .and_then(|n| u16::try_from(n).ok());
+                meta.positions.port = Some(pos(value));
+            }
+            "domains" => {
+                meta.positions.domains = Some(scalar_pos(key));
+                match domains(&mut c, value) {
+                    Some(d) => meta.domains = d,
+                    None => domains_ok = false,
+                }
+            }
+            "ssl" => {
+                ssl_at = Some(scalar_pos(key));
+                meta.ssl = ssl(&mut c, value).unwrap_or_default();
+            }
+            "healthcheck" => meta.healthcheck = http_check(&mut c, value),
+            "rate_limit" => meta.rate_limit = rate_limit(&mut c, value),
+            _ => {
+                meta.positions.driver = Some(pos(value));
+                if let Some(d) = driver(&mut c, value) {
+                    meta.driver = d;
+                }
+            }
+        }
+    }
+    if let Some(at) = ssl_at {
+        if meta.ssl.enabled && meta.domains.is_empty() && domains_ok {
+            c.push(
+                at,
+                "ssl",
+                "ssl is enabled but no domains are given; a certificate is for domains",
+            );
+        }
+    }
+    c.finish(meta)
+}
+
+/// `None` when a problem was recorded.
+fn domains(c: &mut Checker, node: &Node) -> Option<Vec<String>> {
+    let list = match node {
+        Node::Scalar(s) if is_null(s) => return Some(Vec::new()),
+        Node::Sequence(list) => list,
+        _ => {
+            c.push(
+                pos(node),
+                "domains",
+                "domains must be a list of host names, like [example.com, www.example.com]",
+            );
+            return None;
+        }
+    };
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut ok = true;
+    for (i, item) in list.iter().enumerate() {
+        let f = format!("domains[{i}]");
+        let Some(text) = c.string(item, &f) else {
+            ok = false;
+            continue;
+        };
+        match domain(&text) {
+            Ok(d) if !seen.insert(d.clone()) => {
+                c.push(pos(item), &f, format!("the domain {d} is listed twice"));
+                ok = false;
+            }
+            Ok(d) => out.push(d),
+            Err(e) => {
+                c.push(pos(item), &f, e);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+/// A host name, lower-cased: labels of 1–63 `[a-z0-9-]` neither starting nor
+/// ending with `-`, at most 253 characters, with a dot (or `localhost`); a
+/// leading `*.` for a wildcard.
+pub fn domain(text: &str) -> Result<String, String> {
+    let lower = text.trim().to_lowercase();
+    let shown = shorten(&lower);
+    if lower.contains("://") {
+        return Err(format!(
+            "`{shown}` has a scheme; give the host name alone, like example.com"
+        ));
+    }
+    if lower.contains('/') {
+        return Err(format!(
+            "`{shown}` has a path; give the host name alone, like example.com"
+        ));
+    }
+    if lower.contains(':') {
+        return Err(format!(
+            "`{shown}` has a port; give the host name alone (the port goes in `port:`)"
+        ));
+    }
+    if lower.ends_with('.') {
+        return Err(format!("`{shown}` ends with a dot; leave it out"));
+    }
+    if lower.len() > 253 {
+        return Err(format!(
+            "`{shown}` is {} characters long; a host name has at most 253",
+            lower.len()
+        ));
+    }
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    if name != "localhost" && !name.contains('.') {
+        return Err(format!(
+            "`{shown}` is not a full host name; it needs a dot (example.com), or to be localhost"
+        ));
+    }
+    for label in name.split('.') {
+        if label.contains('*') {
+            return Err(format!(
+                "`{shown}`: a wildcard is allowed only as the whole first label (*.example.com)"
+            ));
+        }
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!(
+                "`{shown}` has a label of {} characters; each part between dots has 1 to 63",
+                label.len()
+            ));
+        }
+        if let Some(bad) = label
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            return Err(format!(
+                "`{shown}` holds `{bad}`; host names have letters, digits, `-` and dots \
+                 (write international names as xn--…)"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("`{shown}` has a part starting or ending with `-`"));
+        }
+    }
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(format!(
+            "`{shown}` looks like an IP address; domains are host names"
+        ));
+    }
+    Ok(lower)
+}
+
+/// `ssl: true` or `{enabled, email}` (`enabled` defaults to true when the
+/// mapping is written: asking for an email only makes sense with a certificate).
+fn ssl(c: &mut Checker, node: &Node) -> Option<SslMeta> {
+    if let Node::Scalar(_) = node {
+        let enabled = c.boolean(node, "ssl")?;
+        return Some(SslMeta {
+            enabled,
+            email: None,
+        });
+    }
+    let map = c.mapping(node, "ssl", "ssl")?;
+    let mut out = SslMeta {
+        enabled: true,
+        email: None,
+    };
+    for (key, value) in map.iter() {
+        if !c.known_key(key, "ssl", &["enabled", "email"], "ssl") {
+            continue;
+        }
+        let f = format!("ssl.{}", key.as_str());
+        if key.as_str() == "enabled" {
+            if let Some(b) = c.boolean(value, &f) {
+                out.enabled = b;
+            }
+        } else if let Some(email) = c.string(value, &f) {
+            let valid = email.split_once('@').is_some_and(|(user, host)| {
+                !user.is_empty() && !host.is_empty() && !host.contains('@')
+            }) && !email.contains(char::is_whitespace);
+            if valid {
+                out.email = Some(email);
+            } else {
+                c.push(
+                    pos(value),
+                    &f,
+                    format!(
+                        "`{}` is not an email address (name@example.com)",
+                        shorten(&email)
+                    ),
+                );
+            }
+        }
+    }
+    Some(out)
+}
+
+fn positive_duration(c: &mut Checker, node: &Node, field: &str) -> Option<Duration> {
+    let d = c.duration(node, field)?;
+    if d.is_zero() {
+        c.push(pos(node), field, "this must be longer than 0s");
+        return None;
+    }
+    Some(d)
+}
+
+/// `{path, interval, timeout, expected_status}`.
+fn http_check(c: &mut Checker, node: &Node) -> Option<HttpCheck> {
+    let map = c.mapping(node, "healthcheck", "healthcheck")?;
+    let known = ["path", "interval", "timeout", "expected_status"];
+    let mut check = HttpCheck {
+        path: String::new(),
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(5),
+        expected_status: None,
+    };
+    let mut ok = true;
+    for (key, value) in map.iter() {
+        if !c.known_key(key, "healthcheck", &known, "healthcheck") {
+            ok = false;
+            continue;
+        }
+        let f = format!("healthcheck.{}", key.as_str());
+        match key.as_str() {
+            "path" => match c.string(value, &f) {
+                Some(p) if p.starts_with('/') && !p.contains(char::is_whitespace) => {
+                    check.path = p;
+                }
+                Some(p) => {
+                    c.push(
+                        pos(value),
+                        &f,
+                        format!(
+                            "the path `{}` must start with `/` and hold no blanks (like /health)",
+                            shorten(&p)
+                        ),
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            },
+            "interval" => match positive_duration(c, value, &f) {
+                Some(d) => check.interval = d,
+                None => ok = false,
+            },
+            "timeout" => match positive_duration(c, value, &f) {
+                Some(d) => check.timeout = d,
+                None => ok = false,
+            },
+            _ => match c.number(value, &f, 100, 599) {
+                Some(n) => check.expected_status = u16::try_from(n).ok(),
+                None => ok = false,
+            },
+        }
+    }
+    if check.path.is_empty() && ok {
+        let at = map
+            .keys()
+            .next()
+            .map(scalar_pos)
+            .unwrap_or_else(|| pos(node));
+        c.push(at, "healthcheck", "healthcheck needs path (like /health)");
+        return None;
+    }
+    ok.then_some(check)
+}
+
+/// `{requests, window}`.
+fn rate_limit(c: &mut Checker, node: &Node) -> Option<RateLimitMeta> {
+    let map = c.mapping(node, "rate_limit", "rate_limit")?;
+    let mut requests = None;
+    let mut window = None;
+    let mut ok = true;
+    for (key, value) in map.iter() {
+        if !c.known_key(key, "rate_limit", &["requests", "window"], "rate_limit") {
+            ok = false;
+            continue;
+        }
+        let f = format!("rate_limit.{}", key.as_str());
+        if key.as_str() == "requests" {
+            requests = c
+                .number(value, &f, 1, 1_000_000)
+                .and_then(|n| u32::try_from(n).ok());
+            ok &= requests.is_some();
+        } else {
+            match c.duration(value, &f) {
+                Some(d) if d < Duration::from_secs(1) => {
+                    c.push(pos(value), &f, "the window must be at least 1s");
+                    ok = false;
+                }
+                Some(d) => window = Some(d),
+                None => ok = false,
+            }
+        }
+    }
+    if !ok {
+        return None;
+    }
+    let at = map
+        .keys()
+        .next()
+        .map(scalar_pos)
+        .unwrap_or_else(|| pos(node));
+    match (requests, window) {
+        (Some(requests), Some(window)) => Some(RateLimitMeta { requests, window }),
+        (None, _) => {
+            c.push(
+                at,
+                "rate_limit",
+                "rate_limit needs requests (how many per window)",
+            );
+            None
+        }
+        (_, None) => {
+            c.push(
+                at,
+                "rate_limit",
+                "rate_limit needs window (a duration such as 1m)",
+            );
+            None
+        }
+    }
+}
+
+fn driver(c: &mut Checker, node: &Node) -> Option<DriverKind> {
+    let text = c.string(node, "driver")?;
+    let kind = match text.as_str() {
+        "auto" => Some(DriverKind::Auto),
+        "process" => Some(DriverKind::Process),
+        "docker" => Some(DriverKind::Docker),
+        _ => None,
+    };
+    if kind.is_none() {
+        c.push(
+            pos(node),
+            "driver",
+            format!(
+                "unknown driver `{}`; use auto, process or docker",
+                shorten(&text)
+            ),
+        );
+    }
+    kind
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::compose::tests::{assert_positions_in_range, yamlish};
+use crate::spec::{MetaPositions, Position};
+
+fn ok(text: &str) -> ServiceMeta {
+    parse(text).unwrap_or_else(|p| panic!("unexpected problems: {p:#?}"))
+}
+
+fn one(text: &str) -> Problem {
+    let p = parse(text).expect_err("expected problems");
+    assert_eq!(p.len(), 1, "expected one problem: {p:#?}");
+    p.into_iter().next().expect("one")
+}
+
+#[track_caller]
+fn assert_at(p: &Problem, line: usize, column: usize, field: &str, message: &str) {
+    assert_eq!(p.file, "service.yml", "{p:#?}");
+    assert_eq!((p.line, p.column), (line, column), "{p:#?}");
+    assert_eq!(p.field, field, "{p:#?}");
+    assert!(
+        p.message.contains(message),
+        "message {:?} lacks {message:?}",
+        p.message
+    );
+}
+
+fn at(line: usize, column: usize) -> Option<Position> {
+    Some(Position { line, column })
+}
+
+#[test]
+fn an_empty_file_is_an_app_without_domains() {
+    assert_eq!(ok(""), ServiceMeta::default());
+    assert_eq!(ok("# nothing yet\n"), ServiceMeta::default());
+}
+
+#[test]
+fn every_key() {
+    let meta = ok("service: web\nport: 8080\ndomains:\n  - Example.COM\n  - '*.example.com'\n  - localhost\nssl:\n  enabled: true\n  email: ops@example.com\nhealthcheck:\n  path: /health\n  interval: 30s\n  timeout: 2s\n  expected_status: 204\nrate_limit:\n  requests: 100\n  window: 1m\ndriver: process\n");
+    assert_eq!(
+        meta,
+        ServiceMeta {
+            service: Some("web".into()),
+            port: Some(8080),
+            domains: vec![
+                "example.com".into(),
+                "*.example.com".into(),
+                "localhost".into()
+            ],
+            ssl: SslMeta {
+                enabled: true,
+                email: Some("ops@example.com".into()),
+            },
+            healthcheck: Some(HttpCheck {
+                path: "/health".into(),
+                interval: Duration::from_secs(30),
+                timeout: Duration::from_secs(2),
+                expected_status: Some(204),
+            }),
+            rate_limit: Some(RateLimitMeta {
+                requests: 100,
+                window: Duration::from_secs(60),
+            }),
+            driver: DriverKind::Process,
+            positions: MetaPositions {
+                service: at(1, 10),
+                port: at(2, 7),
+                domains: at(3, 1),
+                driver: at(18, 9),
+            },
+        }
+    );
+}
+
+#[test]
+fn short_forms_and_defaults() {
+    let meta = ok("domains: [app.example.org]\nssl: true\nhealthcheck:\n  path: /\n");
+    assert_eq!(
+        meta.ssl,
+        SslMeta {
+            enabled: true,
+            email: None
+        }
+    );
+    assert_eq!(
+        meta.healthcheck,
+        Some(HttpCheck {
+            path: "/".into(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            expected_status: None,
+        })
+    );
+    assert_eq!(meta.driver, DriverKind::Auto);
+    assert_eq!(ok("ssl: false\n").ssl, SslMeta::default());
+}
+
+#[test]
+fn domains_are_checked_as_host_names() {
+    let cases = [
+        ("https://example.com", "has a scheme"),
+        ("example.com:8080", "has a port"),
+        ("example.com/x", "has a path"),
+        ("example", "needs a dot"),
+        ("-a.example.com", "starting or ending with `-`"),
+        ("a_b.example.com", "holds `_`"),
+        ("a..example.com", "label of 0 characters"),
+        ("a.*.example.com", "wildcard is allowed only"),
+        ("example.com.", "ends with a dot"),
+        ("10.0.0.1", "looks like an IP address"),
+    ];
+    for (domain, message) in cases {
+        let p = one(&format!("domains:\n  - {domain}\n"));
+        assert_at(&p, 2, 5, "domains[0]", message);
+    }
+    let long_label = format!("{}.com", "a".repeat(64));
+    assert!(super::domain(&long_label)
+        .expect_err("an error")
+        .contains("label of 64 characters"));
+    let long_name = format!("{}com", "abcdefghi.".repeat(26));
+    assert!(super::domain(&long_name)
+        .expect_err("an error")
+        .contains("at most 253"));
+    assert_eq!(
+        super::domain(" WWW.Example.com "),
+        Ok("www.example.com".into())
+    );
+
+    let p = one("domains:\n  - example.com\n  - EXAMPLE.com\n");
+    assert_at(&p, 3, 5, "domains[1]", "listed twice");
+    let p = one("domains: example.com\n");
+    assert_at(&p, 1, 10, "domains", "must be a list");
+}
+
+#[test]
+fn bad_values_are_placed_exactly() {
+    let p = parse(
+        "service: [web]\nport: 70000\nssl:\n  email: nobody\n  enabled: yes\nhealthcheck:\n  path: health\n  expected_status: 700\nrate_limit:\n  requests: 0\n  window: 500ms\ndriver: kubernetes\ncolor: blue\n",
+    )
+    .expect_err("problems");
+    assert_eq!(p.len(), 11, "{p:#?}");
+    assert_at(&p[0], 1, 10, "service", "found a list");
+    assert_at(&p[1], 2, 7, "port", "70000 is out of range");
+    assert_at(&p[2], 3, 1, "ssl", "no domains are given");
+    let p = &p[1..];
+    assert_at(&p[2], 4, 10, "ssl.email", "not an email address");
+    assert_at(
+        &p[3],
+        5,
+        12,
+        "ssl.enabled",
+        "expected true or false, found `yes`",
+    );
+    assert_at(&p[4], 7, 9, "healthcheck.path", "must start with `/`");
+    assert_at(
+        &p[5],
+        8,
+        20,
+        "healthcheck.expected_status",
+        "from 100 to 599",
+    );
+    assert_at(&p[6], 10, 13, "rate_limit.requests", "out of range");
+    assert_at(&p[7], 11, 11, "rate_limit.window", "at least 1s");
+    assert_at(&p[8], 12, 9, "driver", "unknown driver `kubernetes`");
+    assert_at(&p[9], 13, 1, "color", "unknown key `color` in service.yml");
+}
+
+#[test]
+fn incomplete_sections_are_named() {
+    let p = one("rate_limit:\n  requests: 10\n");
+    assert_at(&p, 2, 3, "rate_limit", "needs window");
+    let p = one("healthcheck:\n  interval: 5s\n");
+    assert_at(&p, 2, 3, "healthcheck", "needs path");
+    let p = one("ssl: true\n");
+    assert_at(&p, 1, 1, "ssl", "no domains are given");
+    let p = one("healthcheck:\n  path: /x\n  timeout: 0s\n");
+    assert_at(&p, 3, 12, "healthcheck.timeout", "longer than 0s");
+}
+
+#[test]
+fn yaml_errors_become_problems() {
+    let p = one("port: 80\nport: 81\n");
+    assert_at(&p, 2, 1, "", "the key `port` appears twice");
+    let p = one("[a, b]\n");
+    assert_at(&p, 1, 1, "", "top level");
+    let p = one("service: &s web\n");
+    assert_at(&p, 1, 10, "", "anchors and aliases");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,200}|[ \\-:\n\\[\\]{}'\"a0#&*!|>]{0,120}") {
+        if let Err(p) = parse(&text) {
+            assert_positions_in_range(&text, &p);
+        }
+    }
+
+    #[test]
+    fn yaml_shaped_text_never_panics(text in yamlish()) {
+        if let Err(p) = parse(&text) {
+            assert_positions_in_range(&text, &p);
+        }
+    }
+}

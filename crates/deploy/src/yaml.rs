@@ -1,0 +1,467 @@
+//! Reading the deployment files as YAML, and the checks both files share. Owns
+//! the limits against hostile input (file size, nesting, string length), turning
+//! the YAML loader's errors into [`Problem`]s a user understands, and the typed
+//! readers of scalars (strings, numbers, booleans, durations) that record a
+//! problem with the node's line and column instead of failing.
+//!
+//! Nodes come from `marked-yaml` (every node knows where it starts); its serde
+//! layer is not used, because a walk over the nodes can name the position and
+//! the field of every problem, and collect them all instead of stopping at the
+//! first.
+
+use std::time::Duration;
+
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::{LoadError, LoaderOptions, Node};
+
+use crate::spec::{Position, Problem};
+
+/// Larger files are refused before they are parsed.
+pub(crate) const MAX_FILE_BYTES: usize = 1 << 20;
+/// Longer strings (keys or values) are refused.
+pub(crate) const MAX_STRING_BYTES: usize = 64 << 10;
+/// Deeper nesting is refused before the tree is built: the YAML parser recurses
+/// once per level, and a few thousand levels (`- - - - …`, 2 bytes each)
+/// would overflow the stack. The deployment files need fewer than 8.
+const MAX_DEPTH: usize = 32;
+
+/// Problems found in one file so far.
+pub(crate) struct Checker {
+    file: &'static str,
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    pub(crate) fn new(file: &'static str) -> Self {
+        Self {
+            file,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Records a problem at `at` with the field path `field`.
+    pub(crate) fn push(&mut self, at: Position, field: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_string(),
+            line: at.line,
+            column: at.column,
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// Records a problem of the whole file (line 0, no field).
+    pub(crate) fn whole(&mut self, message: impl Into<String>) {
+        self.push(Position::default(), "", message);
+    }
+
+    pub(crate) fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The problems sorted by position (the order they were found in for one
+    /// position).
+    pub(crate) fn into_problems(mut self) -> Vec<Problem> {
+        self.problems.sort_by_key(|p| (p.line, p.column));
+        self.problems
+    }
+
+    /// `value` when nothing was wrong, else every problem.
+    pub(crate) fn finish<T>(self, value: T) -> Result<T, Vec<Problem>> {
+        if self.problems.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.into_problems())
+        }
+    }
+
+    /// Loads `text` as a YAML mapping. `None` when the file holds nothing but
+    /// blanks and comments; problems (recorded) when it is not a YAML mapping.
+    pub(crate) fn load(&mut self, text: &str) -> Result<Option<MarkedMappingNode>, ()> {
+        if text.len() > MAX_FILE_BYTES {
+            self.whole(format!(
+                "the file is {} bytes; at most {} (1 MiB) are read",
+                text.len(),
+                MAX_FILE_BYTES
+            ));
+            return Err(());
+        }
+        if !has_content(text) {
+            return Ok(None);
+        }
+        self.check_single_document(text);
+        self.scan(text);
+        if !self.is_clean() {
+            return Err(());
+        }
+        let options = LoaderOptions::default()
+            .error_on_duplicate_keys(true)
+            // Keeps quoted scalars apart from plain ones: `"null"` is a string.
+            .prevent_coercion(true);
+        match marked_yaml::parse_yaml_with_options(0, text, options) {
+            Ok(Node::Mapping(map)) => Ok(Some(map)),
+            Ok(other) => {
+                self.push(pos(&other), "", TOP_LEVEL);
+                Err(())
+            }
+            Err(e) => {
+                self.load_error(e);
+                Err(())
+            }
+        }
+    }
+
+    fn load_error(&mut self, e: LoadError) {
+        let (at, message) = match e {
+            LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => {
+                (marker(&m), TOP_LEVEL.to_string())
+            }
+            LoadError::UnexpectedAnchor(m) => (marker(&m), ANCHORS.to_string()),
+            LoadError::MappingKeyMustBeScalar(m) => (
+                marker(&m),
+                "keys must be plain words, not lists or mappings".to_string(),
+            ),
+            LoadError::UnexpectedTag(m) => (marker(&m), TAGS.to_string()),
+            LoadError::ScanError(m, scan) => {
+                let info = scan.info();
+                // An alias (`*name`) of an anchor the loader refused.
+                let message = if info.contains("anchor") {
+                    ANCHORS.to_string()
+                } else {
+                    format!("this is not valid YAML: {info}")
+                };
+                (marker(&m), message)
+            }
+            LoadError::DuplicateKey(inner) => {
+                let first = scalar_pos(&inner.prev_key);
+                (
+                    scalar_pos(&inner.key),
+                    format!(
+                        "the key `{}` appears twice in one mapping (first on line {})",
+                        shorten(inner.key.as_str()),
+                        first.line
+                    ),
+                )
+            }
+        };
+        self.push(at, "", message);
+    }
+
+    /// The loader reads the first YAML document and silently drops the rest;
+    /// a second document is refused rather than ignored.
+    fn check_single_document(&mut self, text: &str) {
+        let mut content = false;
+        let mut ended = false;
+        for (i, line) in lines(text).enumerate() {
+            let marker_line = |m: &str| {
+                line.strip_prefix(m)
+                    .is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t']))
+            };
+            let at = Position {
+                line: i + 1,
+                column: 1,
+            };
+            if marker_line("---") {
+                if content || ended {
+                    self.push(at, "", SECOND_DOCUMENT);
+                    return;
+                }
+                let rest = line[3..].trim();
+                content = !rest.is_empty() && !rest.starts_with('#');
+            } else if marker_line("...") {
+                ended = true;
+            } else if is_content(line) && (content || !line.starts_with('%')) {
+                // (`%` directives before the document are not content.)
+                if ended {
+                    self.push(at, "", SECOND_DOCUMENT);
+                    return;
+                }
+                content = true;
+            }
+        }
+    }
+
+    /// Reads the tokens (the tokenizer does not recurse) before the parser
+    /// (which does) sees the text: nesting deeper than [`MAX_DEPTH`] is
+    /// refused, and so are anchors, aliases and tags, here where their exact
+    /// position is known (the loader places a refused anchor of a mapping
+    /// after the mapping's first key).
+    fn scan(&mut self, text: &str) {
+        use yaml_rust2::scanner::{Scanner, TokenType};
+        let mut depth = 0usize;
+        for token in Scanner::new(text.chars()) {
+            let at = Position {
+                line: token.0.line().max(1),
+                column: token.0.col() + 1,
+            };
+            match token.1 {
+                TokenType::BlockSequenceStart
+                | TokenType::BlockMappingStart
+                | TokenType::FlowSequenceStart
+                | TokenType::FlowMappingStart => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        self.push(
+                            at,
+                            "",
+                            format!(
+                                "lists and mappings nest more than {MAX_DEPTH} levels deep here"
+                            ),
+                        );
+                        return;
+                    }
+                }
+                TokenType::BlockEnd | TokenType::FlowSequenceEnd | TokenType::FlowMappingEnd => {
+                    depth = depth.saturating_sub(1);
+                }
+                TokenType::Anchor(_) | TokenType::Alias(_) => {
+                    self.push(at, "", ANCHORS);
+                    return;
+                }
+                TokenType::Tag(..) => {
+                    self.push(at, "", TAGS);
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// `node` as a scalar within the length limit; a problem otherwise.
+    pub(crate) fn scalar<'a>(
+        &mut self,
+        node: &'a Node,
+        field: &str,
+        expected: &str,
+    ) -> Option<&'a MarkedScalarNode> {
+        match node {
+            Node::Scalar(s) => self.checked(s, field).then_some(s),
+            Node::Mapping(_) => {
+                self.push(
+                    pos(node),
+                    field,
+                    format!("expected {expected}, found a mapping"),
+                );
+                None
+            }
+            Node::Sequence(_) => {
+                self.push(
+                    pos(node),
+                    field,
+                    format!("expected {expected}, found a list"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Whether a scalar is within the limits (a problem recorded if not).
+    pub(crate) fn checked(&mut self, s: &MarkedScalarNode, field: &str) -> bool {
+        if s.as_str().len() > MAX_STRING_BYTES {
+            self.push(
+                scalar_pos(s),
+                field,
+                format!(
+                    "this string is {} bytes long; at most {} (64 KiB) are allowed",
+                    s.as_str().len(),
+                    MAX_STRING_BYTES
+                ),
+            );
+            false
+        } else if s.as_str().contains('\0') {
+            self.push(scalar_pos(s), field, "this string holds a NUL character");
+            false
+        } else {
+            true
+        }
+    }
+
+    /// A non-empty string (numbers and booleans give their text).
+    pub(crate) fn string(&mut self, node: &Node, field: &str) -> Option<String> {
+        let s = self.scalar(node, field, "a string")?;
+        if is_null(s) || s.as_str().is_empty() {
+            self.push(pos(node), field, "expected a string, found nothing");
+            return None;
+        }
+        Some(s.as_str().to_string())
+    }
+
+    /// A whole number in `min..=max`, written plain or quoted.
+    pub(crate) fn number(&mut self, node: &Node, field: &str, min: u64, max: u64) -> Option<u64> {
+        let expected = format!("a whole number from {min} to {max}");
+        let s = self.scalar(node, field, &expected)?;
+        match s.as_str().trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            Ok(_) => {
+                self.push(
+                    pos(node),
+                    field,
+                    format!("{} is out of range; expected {expected}", s.as_str().trim()),
+                );
+                None
+            }
+            Err(_) => {
+                self.push(
+                    pos(node),
+                    field,
+                    format!("expected {expected}, found `{}`", shorten(s.as_str())),
+                );
+                None
+            }
+        }
+    }
+
+    /// `true` or `false`, unquoted.
+    pub(crate) fn boolean(&mut self, node: &Node, field: &str) -> Option<bool> {
+        let s = self.scalar(node, field, "true or false")?;
+        let value = if s.may_coerce() {
+            match s.as_str() {
+                "true" | "True" | "TRUE" => Some(true),
+                "false" | "False" | "FALSE" => Some(false),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if value.is_none() {
+            self.push(
+                pos(node),
+                field,
+                format!("expected true or false, found `{}`", shorten(s.as_str())),
+            );
+        }
+        value
+    }
+
+    /// A compose duration (`1m30s`).
+    pub(crate) fn duration(&mut self, node: &Node, field: &str) -> Option<Duration> {
+        let s = self.scalar(node, field, "a duration such as 10s or 1m30s")?;
+        match crate::duration::parse(s.as_str()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.push(pos(node), field, e);
+                None
+            }
+        }
+    }
+
+    /// `node` as a mapping (a problem otherwise).
+    pub(crate) fn mapping<'a>(
+        &mut self,
+        node: &'a Node,
+        field: &str,
+        what: &str,
+    ) -> Option<&'a MarkedMappingNode> {
+        match node {
+            Node::Mapping(m) => Some(m),
+            Node::Scalar(s) if is_null(s) => {
+                self.push(pos(node), field, format!("{what} is empty"));
+                None
+            }
+            _ => {
+                self.push(
+                    pos(node),
+                    field,
+                    format!("{what} must be a mapping of keys to values"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Records a problem for a key not in `known`, unless it is within limits
+    /// and known. Returns whether the key is known.
+    pub(crate) fn known_key(
+        &mut self,
+        key: &MarkedScalarNode,
+        field: &str,
+        known: &[&str],
+        within: &str,
+    ) -> bool {
+        if !self.checked(key, field) {
+            return false;
+        }
+        if known.contains(&key.as_str()) {
+            return true;
+        }
+        self.push(
+            scalar_pos(key),
+            field,
+            format!(
+                "unknown key `{}` in {within}; expected one of: {}",
+                shorten(key.as_str()),
+                known.join(", ")
+            ),
+        );
+        false
+    }
+}
+
+const TOP_LEVEL: &str = "the file must be a mapping of keys to values at the top level";
+const ANCHORS: &str =
+    "anchors and aliases (`&name`, `*name`) are not supported; write the value out";
+const TAGS: &str = "YAML tags (`!name`, `!!str`) are not supported";
+const SECOND_DOCUMENT: &str = "a second YAML document starts here; the file must hold exactly one";
+
+/// The lines of `text` as YAML counts them: `\n`, `\r\n` and a lone `\r`
+/// each end one (`str::lines` would miss the last), so that line numbers
+/// found here agree with the loader's.
+pub(crate) fn lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\n')
+        .flat_map(|l| l.strip_suffix('\r').unwrap_or(l).split('\r'))
+}
+
+/// Whether a line holds more than blanks or a comment.
+fn is_content(line: &str) -> bool {
+    let t = line.trim();
+    !t.is_empty() && !t.starts_with('#')
+}
+
+/// Whether the file holds anything but blanks, comments and document markers.
+fn has_content(text: &str) -> bool {
+    lines(text).any(|l| {
+        let t = l.trim();
+        is_content(l) && t != "---" && t != "..."
+    })
+}
+
+/// A null scalar: nothing, `~` or `null`, unquoted.
+pub(crate) fn is_null(s: &MarkedScalarNode) -> bool {
+    s.may_coerce() && matches!(s.as_str(), "" | "~" | "null" | "Null" | "NULL")
+}
+
+fn marker(m: &marked_yaml::Marker) -> Position {
+    Position {
+        line: m.line().max(1),
+        column: m.column().max(1),
+    }
+}
+
+/// Where a node starts. The loader marks a block mapping after its first key,
+/// so a mapping is placed at that key.
+pub(crate) fn pos(node: &Node) -> Position {
+    if let Some(first) = node.as_mapping().and_then(|m| m.keys().next()) {
+        return scalar_pos(first);
+    }
+    node.span()
+        .start()
+        .map(marker)
+        .unwrap_or(Position { line: 1, column: 1 })
+}
+
+/// Where a scalar (a key, say) starts.
+pub(crate) fn scalar_pos(s: &MarkedScalarNode) -> Position {
+    s.span()
+        .start()
+        .map(marker)
+        .unwrap_or(Position { line: 1, column: 1 })
+}
+
+/// The start of a long text, for messages (an unknown key can be 64 KiB).
+pub(crate) fn shorten(text: &str) -> String {
+    const MAX: usize = 60;
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
