@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod bus;
 pub mod dashboard;
+pub mod deployments;
 pub mod destination;
 pub mod error;
 pub mod events;
@@ -130,6 +131,8 @@ pub struct Inner {
     pub node_feed: node_feed::NodeFeed,
     /// Nodes taking part in tunnels (see [`tunnels::TunnelNodes`]).
     pub tunnel_nodes: tunnels::TunnelNodes,
+    /// The deployments of this host and their drivers.
+    pub deployments: Arc<deployments::Deployments>,
 }
 
 /// Shared state of every handler.
@@ -169,6 +172,7 @@ impl AppState {
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
             k
         });
+        let deployments = Arc::new(deployments::Deployments::new(&options.data_dir));
         let state = AppState(Arc::new(Inner {
             store,
             options,
@@ -200,6 +204,7 @@ impl AppState {
             instance: uuid::Uuid::new_v4().simple().to_string(),
             node_feed: node_feed::NodeFeed::default(),
             tunnel_nodes: tunnels::TunnelNodes::default(),
+            deployments,
         }));
         state.publish_latest().await?;
         state.publish_certificates().await?;
@@ -256,6 +261,18 @@ impl AppState {
         nodes::history::spawn(self.clone(), shutdown.clone());
         tunnels::spawn_retry(self.clone(), shutdown.clone());
         self.follow_store(shutdown.clone());
+        // Deployments left running start again, and stop with the manager.
+        let deployments = self.deployments.clone();
+        let mut down = shutdown.clone();
+        tokio::spawn(async move {
+            deployments.resume().await;
+            while !*down.borrow() {
+                if down.changed().await.is_err() {
+                    break;
+                }
+            }
+            deployments.stop_all().await;
+        });
         self.events.spawn_writer(
             self.store.clone(),
             self.webhooks_wake.clone(),

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod certificates;
 pub mod config;
 pub mod dashboard_ws;
+pub mod deployments;
 pub mod events;
 pub mod flecto;
 pub mod gateway;
@@ -111,6 +112,21 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(tunnels::list, tunnels::create))
         .routes(routes!(tunnels::get, tunnels::update, tunnels::delete))
         .routes(routes!(nodes::device_types))
+        .routes(routes!(deployments::list, deployments::create))
+        .routes(routes!(
+            deployments::get,
+            deployments::update,
+            deployments::delete
+        ))
+        .routes(routes!(deployments::start))
+        .routes(routes!(deployments::stop))
+        .routes(routes!(deployments::restart))
+        .routes(routes!(deployments::logs))
+        .routes(routes!(deployments::stats))
+        .routes(routes!(deployments::proxy_status))
+        .routes(routes!(deployments::proxy_setup))
+        .routes(routes!(deployments::proxy_remove))
+        .routes(routes!(deployments::proxy_vhosts))
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(nodes::command))
