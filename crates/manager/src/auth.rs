@@ -183,7 +183,18 @@ pub async fn authenticate(
     let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
     let now = now_ms();
     if let Some(token) = bearer(&parts.headers) {
-        let Some(key) = state.store.find_api_key_by_hash(&hash_token(token)).await? else {
+        let found = if crate::api_tokens::looks_like_token(token) {
+            // A token traded for an API key stands for that key, as long as the
+            // key exists.
+            let claims = state
+                .tokens
+                .check(token, now / 1000)
+                .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+            state.store.get_api_key(&claims.sub).await?
+        } else {
+            state.store.find_api_key_by_hash(&hash_token(token)).await?
+        };
+        let Some(key) = found else {
             return Err(ApiError::unauthorized("invalid API key"));
         };
         let Some((user, role)) = key_owner(state.store.as_ref(), &key).await? else {

@@ -8,6 +8,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod api_tokens;
 pub mod auth;
 pub mod bus;
 pub mod dashboard;
@@ -133,6 +134,8 @@ pub struct Inner {
     pub tunnel_nodes: tunnels::TunnelNodes,
     /// The deployments of this host and their drivers.
     pub deployments: Arc<deployments::Deployments>,
+    /// Signs the short-lived tokens traded for API keys.
+    pub tokens: api_tokens::TokenSigner,
 }
 
 /// Shared state of every handler.
@@ -183,6 +186,7 @@ impl AppState {
             redis,
             data_plane: std::sync::OnceLock::new(),
             secrets: secrets::SecretBox::new(&key),
+            tokens: api_tokens::TokenSigner::new(&key),
             certificates_seen: std::sync::Mutex::new(None),
             sites: tokio::sync::Mutex::new(Default::default()),
             store_changed: tokio::sync::Notify::new(),

@@ -166,3 +166,56 @@ pub async fn method_not_allowed(req: Request) -> ApiError {
 pub fn optional_auth(req: &axum::http::request::Parts) -> Option<Arc<AuthContext>> {
     req.extensions.get::<Arc<AuthContext>>().cloned()
 }
+
+/// The header a client sends to get successful JSON answers wrapped as FlatRun
+/// clients expect them: `{"data": <answer>, "message": "Success"}`. Errors keep
+/// their shape (`{"error", "code", …}`), which FlatRun's already is.
+pub const ENVELOPE_HEADER: &str = "x-response-envelope";
+
+/// Largest answer wrapped; a larger one is sent as it is (with the header
+/// `X-Response-Envelope: none` saying so).
+const ENVELOPE_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// Wraps successful JSON answers in `{"data", "message"}` when the request asks
+/// with `X-Response-Envelope: data`.
+pub async fn response_envelope(req: Request, next: Next) -> Response {
+    let wanted = req
+        .headers()
+        .get(ENVELOPE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("data"));
+    let resp = next.run(req).await;
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !wanted || !json || !resp.status().is_success() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, ENVELOPE_MAX_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "an answer could not be read to wrap it");
+            return crate::error::ApiError::internal("response envelope", e).into_response();
+        }
+    };
+    let data: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(_) => {
+            parts.headers.insert(
+                ENVELOPE_HEADER,
+                axum::http::HeaderValue::from_static("none"),
+            );
+            return Response::from_parts(parts, axum::body::Body::from(bytes));
+        }
+    };
+    let wrapped = serde_json::json!({"data": data, "message": "Success"}).to_string();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        ENVELOPE_HEADER,
+        axum::http::HeaderValue::from_static("data"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(wrapped))
+}

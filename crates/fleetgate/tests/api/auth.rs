@@ -396,3 +396,144 @@ async fn operators_cannot_administer() {
     assert_eq!(keys["total"], 1);
     app.stop().await;
 }
+
+/// FlatRun clients log in with an API key and get a short-lived token, send it as
+/// a bearer credential, and validate it; the token dies with its key.
+#[tokio::test]
+async fn an_api_key_is_traded_for_a_token_that_dies_with_it() {
+    let app = spawn_app().await;
+    let key = app.key_for_role("deployer", "operator").await;
+    let c = Client::new();
+    let r = c
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({ "api_key": key }))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers().get("set-cookie").is_none(),
+        "no session is made"
+    );
+    let v: Value = r.json().await.expect("json");
+    let token = v["token"].as_str().expect("token").to_string();
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(v["expires_in"], 3600);
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    assert!(!token.contains(&key), "the key is not in the token");
+
+    // The token acts as the key: reads, and an operator's mutation.
+    let r = c
+        .get(app.url("/api/v1/auth/validate"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("validate");
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(
+        (
+            v["valid"].as_bool(),
+            v["auth_method"].as_str(),
+            v["role"].as_str()
+        ),
+        (Some(true), Some("token"), Some("operator")),
+        "{v}"
+    );
+    assert!(v["expires_at"].is_string(), "{v}");
+    let r = c
+        .post(app.url("/api/v1/upstreams"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "via-token", "targets": [{"url": "http://127.0.0.1:9"}]}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // Tampered, or not a credential at all: 401.
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    for bad in [forged.as_str(), "eyJ.e30.x"] {
+        let r = c
+            .get(app.url("/api/v1/auth/validate"))
+            .bearer_auth(bad)
+            .send()
+            .await
+            .expect("validate");
+        expect_error(r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+    }
+    // A wrong key, or both forms at once, is refused.
+    let r = c
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({ "api_key": "fg_not_a_key" }))
+        .send()
+        .await
+        .expect("login");
+    expect_error(r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+    let r = c
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({ "api_key": key, "username": "admin" }))
+        .send()
+        .await
+        .expect("login");
+    expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+
+    // Deleting the key ends its tokens.
+    let keys = app.get_json("/api/v1/api-keys").await;
+    let id = keys["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|k| k["name"] == "deployer-key")
+        .and_then(|k| k["id"].as_str())
+        .expect("the key")
+        .to_string();
+    let r = app
+        .admin(Method::DELETE, &format!("/api/v1/api-keys/{id}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = c
+        .get(app.url("/api/v1/auth/validate"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("validate");
+    expect_error(r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+}
+
+/// `X-Response-Envelope: data` wraps successful JSON answers as FlatRun's
+/// `{"data", "message"}`; errors keep `{"error", "code"}`; without the header
+/// nothing changes.
+#[tokio::test]
+async fn the_flatrun_envelope_is_given_to_clients_that_ask() {
+    let app = spawn_app().await;
+    let plain = app.get_json("/api/v1/auth/me").await;
+    assert!(plain.get("data").is_none(), "{plain}");
+    let r = app
+        .admin(Method::GET, "/api/v1/auth/me")
+        .header("x-response-envelope", "data")
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()
+            .get("x-response-envelope")
+            .and_then(|v| v.to_str().ok()),
+        Some("data")
+    );
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["message"], "Success");
+    assert_eq!(v["data"], plain);
+    let r = app
+        .admin(Method::GET, "/api/v1/deployments/nope")
+        .header("x-response-envelope", "data")
+        .send()
+        .await
+        .expect("missing");
+    let e = expect_error(r, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    assert!(e.get("data").is_none(), "{e}");
+}

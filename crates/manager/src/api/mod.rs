@@ -35,7 +35,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::require_auth;
-use crate::middleware::{method_not_allowed, not_found, rate_limit, request_id, track_metrics};
+use crate::middleware::{
+    method_not_allowed, not_found, rate_limit, request_id, response_envelope, track_metrics,
+};
 use crate::openapi::ApiDoc;
 use crate::AppState;
 
@@ -70,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .merge(flecto::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn(response_envelope))
         .layer(from_fn_with_state(state.clone(), rate_limit))
         .layer(from_fn_with_state(state.clone(), track_metrics))
         .layer(from_fn(request_id))
@@ -92,6 +95,7 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
     let protected = OpenApiRouter::new()
         .routes(routes!(session::logout))
         .routes(routes!(session::me))
+        .routes(routes!(session::validate))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::get, users::update, users::delete))
         .routes(routes!(keys::list, keys::create))

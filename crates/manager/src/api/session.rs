@@ -20,11 +20,42 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ClientIp, JsonBody, RequestId};
 use crate::AppState;
 
+/// A user name and password (a session), or an API key (a short-lived token, as
+/// FlatRun clients log in).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    pub username: String,
-    pub password: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Trade this API key for a token valid one hour (send it as
+    /// `Authorization: Bearer <token>`); no session is made.
+    #[serde(default)]
+    pub api_key: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// A JWT (HS256) standing for the API key.
+    pub token: String,
+    /// `Bearer`.
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    pub expires_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ValidateResponse {
+    pub valid: bool,
+    pub role: Role,
+    /// `session`, `api_key` or `token`.
+    pub auth_method: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<String>,
+    /// When a token expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -75,7 +106,8 @@ fn cookie_header(
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, description = "Logged in; sets the session and csrf_token cookies", body = LoginResponse),
+    responses((status = 200, description = "With username and password: logged in, the session and csrf_token cookies set (LoginResponse). With api_key: a token (TokenResponse)", body = LoginResponse),
+              (status = 400, description = "Neither username and password nor api_key, or both", body = crate::error::ErrorBody),
               (status = 401, description = "Wrong user name or password", body = crate::error::ErrorBody),
               (status = 429, description = "Too many failed attempts from this address", body = crate::error::ErrorBody)))]
 pub async fn login(
@@ -112,8 +144,22 @@ pub async fn login(
             ));
         }
     };
-    let user = if body.username.len() <= 64 {
-        state.store.get_user_by_username(&body.username).await?
+    let (username, password) = match (body.username, body.password, body.api_key) {
+        (Some(u), Some(p), None) => (u, p),
+        (None, None, Some(key)) => {
+            let request_id = request_id.map(|r| r.0 .0.clone());
+            return token_login(&state, ip, request_id, attempt_id, &key, now).await;
+        }
+        _ => {
+            state.store.release_login_attempt(attempt_id).await?;
+            return Err(ApiError::bad_request(
+                "api_key",
+                "send username and password, or api_key alone",
+            ));
+        }
+    };
+    let user = if username.len() <= 64 {
+        state.store.get_user_by_username(&username).await?
     } else {
         None
     };
@@ -121,7 +167,6 @@ pub async fn login(
         .as_ref()
         .map(|u| u.password_hash.clone())
         .unwrap_or_else(|| decoy_hash().to_string());
-    let password = body.password;
     let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
         .await
         .map_err(|e| ApiError::internal("password check task failed", e))?;
@@ -134,12 +179,12 @@ pub async fn login(
                 fleetgate_core::events::NewEvent::new(
                     "auth.login_failed",
                     fleetgate_core::events::Severity::Warning,
-                    format!("failed login for {:?} from {ip}", body.username.chars().take(64).collect::<String>()),
+                    format!("failed login for {:?} from {ip}", username.chars().take(64).collect::<String>()),
                 )
-                .details(serde_json::json!({"username": body.username.chars().take(64).collect::<String>(), "client_ip": ip})),
+                .details(serde_json::json!({"username": username.chars().take(64).collect::<String>(), "client_ip": ip})),
             );
             let actor = Actor {
-                name: body.username.chars().take(64).collect(),
+                name: username.chars().take(64).collect(),
                 id: None,
                 role: Role::Viewer,
                 client_ip: Some(ip.clone()),
@@ -196,6 +241,110 @@ pub async fn login(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
+}
+
+/// The API-key half of login: the key is checked under the same limit of failed
+/// attempts as passwords, and traded for a token.
+async fn token_login(
+    state: &AppState,
+    ip: String,
+    request_id: Option<String>,
+    attempt_id: i64,
+    key: &str,
+    now: i64,
+) -> ApiResult<Response> {
+    let found = if key.len() <= 256 {
+        state.store.find_api_key_by_hash(&hash_token(key)).await?
+    } else {
+        None
+    };
+    let owner = match &found {
+        Some(k) => crate::auth::key_owner(state.store.as_ref(), k).await?,
+        None => None,
+    };
+    let (Some(k), Some((_, role))) = (found, owner) else {
+        state.emit(
+            fleetgate_core::events::NewEvent::new(
+                "auth.login_failed",
+                fleetgate_core::events::Severity::Warning,
+                format!("failed API key login from {ip}"),
+            )
+            .details(serde_json::json!({"client_ip": ip, "method": "api_key"})),
+        );
+        let actor = Actor {
+            name: "api_key".into(),
+            id: None,
+            role: Role::Viewer,
+            client_ip: Some(ip),
+            request_id,
+        };
+        state
+            .store
+            .append_audit(
+                &actor,
+                AuditEvent::new("auth.login_failed", "session", None),
+            )
+            .await?;
+        return Err(ApiError::unauthorized("invalid API key"));
+    };
+    state.store.release_login_attempt(attempt_id).await?;
+    let (token, claims) = state.tokens.issue(&k.id, now / 1000);
+    let actor = Actor {
+        name: format!("api_key:{}", k.name),
+        id: Some(k.id.clone()),
+        role,
+        client_ip: Some(ip),
+        request_id,
+    };
+    state
+        .store
+        .append_audit(
+            &actor,
+            AuditEvent::new("auth.token_issued", "api_key", Some(&k.id))
+                .after(serde_json::json!({"expires_at": claims.exp})),
+        )
+        .await?;
+    let mut resp = Json(TokenResponse {
+        token,
+        token_type: "Bearer",
+        expires_in: claims.exp - claims.iat,
+        expires_at: crate::api::rfc3339(claims.exp * 1000),
+    })
+    .into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+#[utoipa::path(get, path = "/api/v1/auth/validate", tag = "auth",
+    responses((status = 200, description = "The credential sent (session, API key or token) is valid; what it acts as", body = ValidateResponse),
+              (status = 401, description = "It is not (expired, revoked, malformed)", body = crate::error::ErrorBody)))]
+pub async fn validate(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    parts: Parts,
+) -> Json<ValidateResponse> {
+    let me = me_of(&auth);
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .map(|(_, t)| t.trim().to_string());
+    let token = bearer
+        .filter(|t| crate::api_tokens::looks_like_token(t))
+        .and_then(|t| state.tokens.check(&t, now_ms() / 1000).ok());
+    Json(ValidateResponse {
+        valid: true,
+        role: auth.role,
+        auth_method: if token.is_some() {
+            "token".into()
+        } else {
+            me.auth_method
+        },
+        api_key_id: me.api_key_id,
+        expires_at: token.map(|c| crate::api::rfc3339(c.exp * 1000)),
+    })
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
