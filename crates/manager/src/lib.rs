@@ -26,6 +26,7 @@ pub mod ratelimit;
 pub mod revisions;
 pub mod secrets;
 pub mod server;
+pub mod templates;
 pub mod traffic;
 pub mod tunnels;
 pub mod webhooks;
@@ -136,6 +137,8 @@ pub struct Inner {
     pub deployments: Arc<deployments::Deployments>,
     /// Signs the short-lived tokens traded for API keys.
     pub tokens: api_tokens::TokenSigner,
+    /// The app templates deployments start from.
+    pub templates: templates::Catalogue,
 }
 
 /// Shared state of every handler.
@@ -176,6 +179,7 @@ impl AppState {
             k
         });
         let deployments = Arc::new(deployments::Deployments::new(&options.data_dir));
+        let templates = templates::Catalogue::load(&options.data_dir);
         let state = AppState(Arc::new(Inner {
             store,
             options,
@@ -187,6 +191,7 @@ impl AppState {
             data_plane: std::sync::OnceLock::new(),
             secrets: secrets::SecretBox::new(&key),
             tokens: api_tokens::TokenSigner::new(&key),
+            templates,
             certificates_seen: std::sync::Mutex::new(None),
             sites: tokio::sync::Mutex::new(Default::default()),
             store_changed: tokio::sync::Notify::new(),

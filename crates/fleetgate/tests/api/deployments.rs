@@ -314,3 +314,77 @@ async fn files_that_do_not_check_are_refused_with_file_line_and_field() {
     assert_eq!(list["total"], 1, "only img was created: {list}");
     app.stop().await;
 }
+
+/// The template catalogue: categories, a template's files, and a deployment made
+/// from the static-site template that serves its files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_is_listed_and_deployed() {
+    let app = spawn_app().await;
+    let list = app.get_json("/api/v1/templates").await;
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    for id in ["static-site", "worker", "postgres", "wordpress"] {
+        assert!(ids.contains(&id), "{ids:?}");
+    }
+    let dbs = app.get_json("/api/v1/templates?category=database").await;
+    assert!(dbs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .all(|t| t["category"] == "database"));
+    let cats = app.get_json("/api/v1/templates/categories").await;
+    assert!(cats["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .any(|c| c["name"] == "web" && c["count"].as_u64() >= Some(2)));
+    let wp = app.get_json("/api/v1/templates/wordpress").await;
+    assert_eq!(wp["source"], "builtin");
+    let (s, _) = send(&app, Method::GET, "/api/v1/templates/nope/compose", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // The static site, on a free port, serving a file the operator put in public/.
+    let files = app.get_json("/api/v1/templates/static-site/compose").await;
+    let port = unused_port();
+    let compose = files["compose"]
+        .as_str()
+        .expect("compose")
+        .replace("8080", &port.to_string());
+    let service = files["service"]
+        .as_str()
+        .expect("service")
+        .replace("8080", &port.to_string())
+        .replace("site.example.com", "static.example.test");
+    let (s, v) = send(
+        &app,
+        Method::POST,
+        "/api/v1/deployments",
+        Some(json!({"name": "static", "compose": compose, "service": service, "start": false})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let public = app.config.data_dir.join("deployments/static/public");
+    std::fs::create_dir_all(&public).expect("public");
+    std::fs::write(public.join("index.html"), "from the template").expect("index");
+    let (s, v) = send(&app, Method::POST, "/api/v1/deployments/static/start", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    until(&app, "static", "running", |v| v["status"] == "running").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = via_gateway(&app, "static.example.test", "/index.html").await;
+        if status == 200 {
+            assert_eq!(body, "from the template");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not served: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, v) = send(&app, Method::POST, "/api/v1/templates/refresh", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["problems"], json!([]));
+    app.stop().await;
+}

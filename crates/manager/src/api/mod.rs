@@ -20,6 +20,7 @@ pub mod redirects;
 pub mod revisions;
 pub mod session;
 pub mod settings;
+pub mod templates;
 pub mod troubleshooting;
 pub mod tunnels;
 pub mod users;
@@ -131,6 +132,11 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(deployments::proxy_setup))
         .routes(routes!(deployments::proxy_remove))
         .routes(routes!(deployments::proxy_vhosts))
+        .routes(routes!(templates::list))
+        .routes(routes!(templates::categories))
+        .routes(routes!(templates::get))
+        .routes(routes!(templates::compose))
+        .routes(routes!(templates::refresh))
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(nodes::command))
