@@ -4,8 +4,11 @@
 // a pid), its logs panel follows the server's lines as a request goes through
 // the gateway with that Host, and stop, start and delete work from the page. A
 // compose.yml with a bad port has that problem shown under it with its line, the
-// line marked, and nothing is created; a bad name is shown next to the name. A
-// viewer sees deployments but no controls to change them.
+// line marked, and nothing is created; a bad name is shown next to the name;
+// files the driver cannot start create a stopped deployment whose page opens. The
+// files editor saves with If-Match, shows problems on their lines, and reloads a
+// version changed meanwhile (412). A viewer sees deployments but no controls to
+// change them.
 
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -13,7 +16,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { freePort, launch, login, newPage, screenshot, startFleetgate, until } from '../lib/harness.mjs';
+import { TOKEN, freePort, launch, login, newPage, screenshot, startFleetgate, until } from '../lib/harness.mjs';
 
 let fg; let browser; let site;
 
@@ -151,7 +154,7 @@ test('an app created from the form runs, is routed, logs, stops, starts and is d
   await page.context().close();
 });
 
-test('a bad port is shown under compose.yml on its line, a bad name by the name, and nothing is created', async () => {
+test('a bad port is shown under compose.yml on its line, a bad name by the name, and nothing is created; a 422 opens the stopped deployment', async () => {
   const page = await newPage(browser);
   await login(page, fg);
   await page.goto(`${fg.url}/#/deployments/_new`);
@@ -185,7 +188,18 @@ test('a bad port is shown under compose.yml on its line, a bad name by the name,
   await form.locator('[data-field="name"].invalid .error', { hasText: 'is not a deployment name' }).waitFor();
   assert.equal(await form.locator('.code-problems li').count(), 0);
   assert.equal((await fg.api('GET', '/api/v1/deployments')).total, 0);
-  page.assertClean(['400']);
+
+  // Files that check but cannot start on this driver (an image, no command): the
+  // deployment is created stopped, the error told, and its page opened.
+  await form.getByLabel('Name').fill('image-only');
+  await setText(page, '#deployment-create textarea[name="compose"]', 'services:\n  db:\n    image: postgres:16\n');
+  await form.getByRole('button', { name: 'Create deployment' }).click();
+  await page.locator('#toasts .toast.bad', { hasText: 'was created but could not start' }).waitFor();
+  await page.waitForURL(/#\/deployments\/image-only$/);
+  await page.locator('#deployment-status [data-status="stopped"]').waitFor();
+  assert.equal((await fg.api('GET', '/api/v1/deployments/image-only')).desired, 'stopped');
+  await fg.api('DELETE', '/api/v1/deployments/image-only');
+  page.assertClean(['400', '422']);
   await page.context().close();
 });
 
@@ -214,5 +228,51 @@ test('a viewer sees deployments but no controls to change them', async () => {
   await page.getByText('Only operators and admins can create deployments.').waitFor();
   await screenshot(page, 'deployments-viewer');
   page.assertClean();
+  await page.context().close();
+});
+
+test('the files editor saves with If-Match, shows problems on their lines, and reloads a newer version', async () => {
+  await fg.api('POST', '/api/v1/deployments', { name: 'editable',
+    compose: 'services:\n  job:\n    command: ["sleep", "700"]\n', start: false });
+  const page = await newPage(browser);
+  await login(page, fg);
+  await page.goto(`${fg.url}/#/deployments/editable`);
+  const files = page.locator('#deployment-files');
+  const compose = files.locator('textarea[name="compose"]');
+  await compose.waitFor();
+  assert.match(await compose.inputValue(), /"700"/);
+
+  // Saved: version 2.
+  await compose.fill('services:\n  job:\n    command: ["sleep", "701"]\n');
+  await files.getByRole('button', { name: 'Save' }).click();
+  await page.locator('#toasts .toast', { hasText: 'Files saved.' }).waitFor();
+  await page.locator('#deployment-facts', { hasText: /Version2/ }).waitFor();
+  assert.match((await fg.api('GET', '/api/v1/deployments/editable')).compose, /"701"/);
+
+  // A problem: under compose.yml, on its line; nothing saved.
+  await compose.fill('services:\n  job:\n    command: ["sleep", "702"]\n    ports:\n      - "70000"\n');
+  await files.getByRole('button', { name: 'Save' }).click();
+  await files.locator('[data-field="compose"] .code-problems li', { hasText: /^line 5, column/ }).waitFor();
+  await files.locator('[data-field="compose"] .code-gutter [data-line="5"].bad').waitFor();
+  assert.equal((await fg.api('GET', '/api/v1/deployments/editable')).version, 2);
+  await screenshot(page, 'deployments-files-problem');
+
+  // Changed by someone else meanwhile: told, and the current files loaded.
+  const r = await fetch(`${fg.url}/api/v1/deployments/editable`, { method: 'PUT',
+    headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', 'if-match': '"2"' },
+    body: JSON.stringify({ compose: 'services:\n  job:\n    command: ["sleep", "800"]\n' }) });
+  assert.equal(r.status, 200, await r.text());
+  await compose.fill('services:\n  job:\n    command: ["sleep", "900"]\n');
+  await files.getByRole('button', { name: 'Save' }).click();
+  await files.locator('.form-error', { hasText: 'changed by someone else' }).waitFor();
+  await until('the current files to be loaded', async () => /"800"/.test(await compose.inputValue()));
+  assert.equal(await files.locator('.code-problems li').count(), 0);
+  assert.match((await fg.api('GET', '/api/v1/deployments/editable')).compose, /"800"/);
+  // Saved again on top of the version now shown.
+  await compose.fill('services:\n  job:\n    command: ["sleep", "901"]\n');
+  await files.getByRole('button', { name: 'Save' }).click();
+  await page.locator('#deployment-facts', { hasText: /Version4/ }).waitFor();
+  assert.match((await fg.api('GET', '/api/v1/deployments/editable')).compose, /"901"/);
+  page.assertClean(['400', '412']);
   await page.context().close();
 });
