@@ -62,6 +62,9 @@ static ASSETS: &[Asset] = assets![
     // Fleet views.
     "js/pages/nodes.js" => JS,
     "js/pages/tunnels.js" => JS,
+    // Deployments (compose.yml + service.yml apps on this host).
+    "js/code.js" => JS,
+    "js/pages/deployments.js" => JS,
 ];
 
 /// Content Security Policy of the dashboard: only its own scripts, styles and
