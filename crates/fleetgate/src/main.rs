@@ -78,6 +78,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Export what this host serves for other software.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
     /// Print the version.
     Version,
 }
@@ -86,6 +91,65 @@ enum Command {
 enum ConfigCommand {
     /// Validate the configuration and print it in effect, secrets redacted.
     Check(#[command(flatten)] Overrides),
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// One nginx vhost file per deployment with domains (fleetgate-<name>.conf in
+    /// --dir), checked with `nginx -t`; if nginx refuses them, the files that were
+    /// there before are put back.
+    Nginx(NginxExport),
+}
+
+#[derive(clap::Args)]
+struct NginxExport {
+    #[command(flatten)]
+    flags: Overrides,
+    /// nginx's include directory for vhosts.
+    #[arg(long, default_value = "/etc/nginx/conf.d")]
+    dir: PathBuf,
+    /// The nginx binary.
+    #[arg(long, default_value = "nginx")]
+    nginx: PathBuf,
+    /// Arguments given to `nginx -t` after `-t` (e.g. `-c /etc/nginx/nginx.conf`);
+    /// repeat for several.
+    #[arg(long = "nginx-arg", allow_hyphen_values = true)]
+    nginx_args: Vec<String>,
+    /// Run `nginx -s reload` after a successful check.
+    #[arg(long)]
+    reload: bool,
+}
+
+async fn export_nginx(file: &Option<PathBuf>, x: NginxExport) -> Result<(), ExitCode> {
+    let config = load(file, &x.flags)?;
+    let deployments = fleetgate_manager::deployments::Deployments::new(&config.data_dir);
+    let vhosts = fleetgate_manager::nginx_export::vhosts(&deployments)
+        .await
+        .map_err(|e| fail(anyhow::anyhow!(e)))?;
+    let mut check = || fleetgate_manager::nginx_export::nginx_test(&x.nginx, &x.nginx_args);
+    let done = fleetgate_manager::nginx_export::write_checked(&x.dir, &vhosts, &mut check)
+        .map_err(|e| fail(anyhow::anyhow!(e)))?;
+    for p in &done.written {
+        println!("wrote {}", p.display());
+    }
+    for p in &done.removed {
+        println!("removed {}", p.display());
+    }
+    if x.reload {
+        let out = std::process::Command::new(&x.nginx)
+            .args(["-s", "reload"])
+            .args(&x.nginx_args)
+            .output()
+            .map_err(|e| fail(anyhow::anyhow!("cannot run {}: {e}", x.nginx.display())))?;
+        if !out.status.success() {
+            return Err(fail(anyhow::anyhow!(
+                "nginx -s reload failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        println!("nginx reloaded");
+    }
+    Ok(())
 }
 
 fn load(cli_config: &Option<PathBuf>, flags: &Overrides) -> Result<Config, ExitCode> {
@@ -108,6 +172,9 @@ async fn run(cli: Cli) -> Result<(), ExitCode> {
             println!("# configuration is valid\n{}", config.redacted_toml());
             Ok(())
         }
+        Command::Export {
+            command: ExportCommand::Nginx(x),
+        } => export_nginx(&cli.config, x).await,
         Command::Migrate(flags) => {
             let config = load(&cli.config, &flags)?;
             init_logging(&config);

@@ -19,6 +19,7 @@ pub mod events;
 pub mod extract;
 pub mod metrics;
 pub mod middleware;
+pub mod nginx_export;
 pub mod node_feed;
 pub mod nodes;
 pub mod openapi;

@@ -738,3 +738,115 @@ fn manager_role_check(env: &[(&str, &str)]) {
         p.log()
     );
 }
+
+/// Writes a deployment's directory as the manager would.
+fn deployment_dir(data: &Path, name: &str, domain: &str, port: u16) {
+    let dir = data.join("deployments").join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("compose.yml"),
+        "services:\n  web:\n    command: [\"true\"]\n",
+    )
+    .expect("compose");
+    std::fs::write(
+        dir.join("service.yml"),
+        format!("domains: [{domain}]\nport: {port}\n"),
+    )
+    .expect("service");
+    std::fs::write(
+        dir.join("deployment.json"),
+        json!({"name": name, "desired": "stopped", "version": 1, "created_at": 0, "updated_at": 0})
+            .to_string(),
+    )
+    .expect("record");
+}
+
+/// `fleetgate export nginx` writes a vhost per deployment that a real `nginx -t`
+/// accepts, and when nginx refuses the result, puts back the files it found.
+#[test]
+fn nginx_export_is_checked_by_nginx_and_rolled_back_when_refused() {
+    let nginx = Path::new("/usr/sbin/nginx");
+    if !nginx.exists() {
+        assert!(
+            std::env::var("FLEETGATE_TEST_NGINX").is_err(),
+            "FLEETGATE_TEST_NGINX is set but /usr/sbin/nginx is missing"
+        );
+        eprintln!(
+            "skipping the nginx export test: nginx is not installed (apt-get install nginx-light)"
+        );
+        return;
+    }
+    let data = tempfile::tempdir().expect("data");
+    let nx = tempfile::tempdir().expect("nginx prefix");
+    let confd = nx.path().join("conf.d");
+    std::fs::create_dir(&confd).expect("conf.d");
+    let conf = nx.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "error_log {p}/error.log;\npid {p}/nginx.pid;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  include {c}/*.conf;\n}}\n",
+            p = nx.path().display(),
+            c = confd.display()
+        ),
+    )
+    .expect("nginx.conf");
+    deployment_dir(data.path(), "blog", "blog.example.com", 8082);
+    deployment_dir(data.path(), "shop", "shop.example.com", 8083);
+    let export = || {
+        command(data.path())
+            .args(["export", "nginx", "--dir"])
+            .arg(&confd)
+            .arg("--nginx")
+            .arg(nginx)
+            .args(["--nginx-arg", "-c", "--nginx-arg"])
+            .arg(&conf)
+            .output()
+            .expect("run")
+    };
+    let out = export();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let blog = std::fs::read_to_string(confd.join("fleetgate-blog.conf")).expect("blog vhost");
+    assert!(blog.contains("server_name blog.example.com;") && blog.contains("127.0.0.1:8082"));
+    assert!(confd.join("fleetgate-shop.conf").exists());
+    let check = Command::new(nginx)
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .expect("nginx -t");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // Something else in the include directory makes nginx refuse the next export:
+    // the files before it stay as they were.
+    std::fs::write(
+        confd.join("zz-other.conf"),
+        "not_a_directive_nginx_knows on;\n",
+    )
+    .expect("other");
+    std::fs::remove_dir_all(data.path().join("deployments/shop")).expect("rm shop");
+    deployment_dir(data.path(), "blog", "news.example.com", 9000);
+    let out = export();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("restored") && err.contains("not_a_directive_nginx_knows"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(confd.join("fleetgate-blog.conf")).expect("blog"),
+        blog,
+        "the working vhost was put back"
+    );
+    assert!(
+        confd.join("fleetgate-shop.conf").exists(),
+        "not removed either"
+    );
+}
