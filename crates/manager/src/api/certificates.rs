@@ -109,9 +109,7 @@ async fn save(
         name,
         cert_pem: body.cert_pem,
         key_encrypted: state.secrets.seal(body.key_pem.as_bytes()),
-        version: 0,
-        created_at: 0,
-        updated_at: 0,
+        ..CertificateRecord::default()
     };
     let stored = state
         .store
