@@ -6,6 +6,7 @@
 //! [`fleetgate_protocol::ConfigFeed`]), together with the certificates and the
 //! published redirect and page sets.
 
+pub mod acme;
 pub mod alerts;
 pub mod api;
 pub mod auth;
@@ -57,6 +58,8 @@ pub struct ManagerOptions {
     pub nats_url: Option<String>,
     /// Key that encrypts secrets at rest; `None` makes an ephemeral one (tests).
     pub secret_key: Option<[u8; 32]>,
+    /// ACME: the CA, its trust, the account contact and the renewal schedule.
+    pub acme: acme::AcmeOptions,
 }
 
 impl Default for ManagerOptions {
@@ -69,6 +72,7 @@ impl Default for ManagerOptions {
             redis_url: None,
             nats_url: None,
             secret_key: None,
+            acme: acme::AcmeOptions::default(),
         }
     }
 }
@@ -133,6 +137,8 @@ pub struct Inner {
     pub tunnel_nodes: tunnels::TunnelNodes,
     /// The deployments of this host and their drivers.
     pub deployments: Arc<deployments::Deployments>,
+    /// The ACME client: account, pending challenges, renewals.
+    pub acme: Arc<acme::Acme>,
 }
 
 /// Shared state of every handler.
@@ -173,6 +179,7 @@ impl AppState {
             k
         });
         let deployments = Arc::new(deployments::Deployments::new(&options.data_dir));
+        let acme = Arc::new(acme::Acme::new(options.acme.clone())?);
         let state = AppState(Arc::new(Inner {
             store,
             options,
@@ -205,6 +212,7 @@ impl AppState {
             node_feed: node_feed::NodeFeed::default(),
             tunnel_nodes: tunnels::TunnelNodes::default(),
             deployments,
+            acme,
         }));
         state.publish_latest().await?;
         state.publish_certificates().await?;
@@ -279,6 +287,7 @@ impl AppState {
             shutdown.clone(),
         );
         webhooks::spawn_worker(self.clone(), self.webhooks_wake.clone(), shutdown.clone());
+        acme::spawn_renewals(self.clone(), shutdown.clone());
         traffic::spawn_sampler(self.clone(), shutdown.clone());
         alerts::spawn_evaluator(self.clone(), shutdown.clone());
         node_feed::spawn_builder(self.clone(), shutdown.clone());
