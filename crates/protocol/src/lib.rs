@@ -505,7 +505,7 @@ mod tests {
         assert_eq!(feed.publish_challenges(BTreeMap::new()), 2);
         assert_eq!(edge.adopt(&feed.current()).challenges, 2);
         // An input from a manager that knows nothing of challenges still parses.
-        let mut old = serde_json::to_value(&*DataPlaneConfig::default()).expect("json");
+        let mut old = serde_json::to_value(DataPlaneConfig::default()).expect("json");
         old.as_object_mut().expect("object").remove("challenges");
         let back: DataPlaneConfig = serde_json::from_value(old).expect("parse");
         assert!(back.challenges.answers.is_empty());
