@@ -25,6 +25,52 @@ pub struct Config {
     pub relay: RelaySection,
     pub shutdown: ShutdownSection,
     pub log: LogSection,
+    pub acme: AcmeSection,
+}
+
+/// ACME certificates (`POST /api/v1/certificates/request` and renewals).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeSection {
+    /// The CA's directory; Let's Encrypt production by default.
+    pub directory_url: String,
+    /// Extra roots (PEM bundle) trusted for the directory's TLS, e.g. a test CA.
+    pub ca_cert: Option<PathBuf>,
+    /// Contact of the ACME account.
+    pub email: Option<String>,
+    /// Renew a certificate this many days before it expires.
+    pub renew_before_days: u64,
+    /// How often the renewal task looks for due certificates.
+    pub check_interval_secs: u64,
+    /// How long one order may take.
+    pub order_timeout_secs: u64,
+}
+
+impl Default for AcmeSection {
+    fn default() -> Self {
+        Self {
+            directory_url: fleetgate_manager::acme::LETS_ENCRYPT_PRODUCTION.into(),
+            ca_cert: None,
+            email: None,
+            renew_before_days: 30,
+            check_interval_secs: 86_400,
+            order_timeout_secs: 90,
+        }
+    }
+}
+
+impl AcmeSection {
+    /// The manager's ACME options.
+    pub fn options(&self) -> fleetgate_manager::acme::AcmeOptions {
+        fleetgate_manager::acme::AcmeOptions {
+            directory_url: self.directory_url.clone(),
+            ca_cert: self.ca_cert.clone(),
+            email: self.email.clone(),
+            renew_before: std::time::Duration::from_secs(self.renew_before_days * 86_400),
+            check_interval: std::time::Duration::from_secs(self.check_interval_secs),
+            order_timeout: std::time::Duration::from_secs(self.order_timeout_secs),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,6 +270,7 @@ impl Default for Config {
             relay: RelaySection::default(),
             shutdown: ShutdownSection::default(),
             log: LogSection::default(),
+            acme: AcmeSection::default(),
         }
     }
 }
@@ -430,6 +477,28 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     (
         "FLEETGATE_SHUTDOWN_DRAIN_TIMEOUT_SECS",
         "shutdown.drain_timeout_secs",
+        Kind::Int,
+    ),
+    (
+        "FLEETGATE_ACME_DIRECTORY_URL",
+        "acme.directory_url",
+        Kind::Text,
+    ),
+    ("FLEETGATE_ACME_CA_CERT", "acme.ca_cert", Kind::Text),
+    ("FLEETGATE_ACME_EMAIL", "acme.email", Kind::Text),
+    (
+        "FLEETGATE_ACME_RENEW_BEFORE_DAYS",
+        "acme.renew_before_days",
+        Kind::Int,
+    ),
+    (
+        "FLEETGATE_ACME_CHECK_INTERVAL_SECS",
+        "acme.check_interval_secs",
+        Kind::Int,
+    ),
+    (
+        "FLEETGATE_ACME_ORDER_TIMEOUT_SECS",
+        "acme.order_timeout_secs",
         Kind::Int,
     ),
     ("FLEETGATE_LOG_LEVEL", "log.level", Kind::Text),
@@ -651,6 +720,23 @@ impl Config {
         }
         fleetgate_proxy::access_log::AccessLog::new(&self.gateway.access_log_fields)
             .map_err(|e| anyhow::anyhow!("gateway.access_log_fields: {e}"))?;
+        if !(self.acme.directory_url.starts_with("https://")
+            || self.acme.directory_url.starts_with("http://"))
+        {
+            bail!(
+                "acme.directory_url must be an http(s) URL, got {:?}",
+                self.acme.directory_url
+            );
+        }
+        if self.acme.renew_before_days > 3650 {
+            bail!("acme.renew_before_days must be between 0 and 3650");
+        }
+        if !(1..=604_800).contains(&self.acme.check_interval_secs) {
+            bail!("acme.check_interval_secs must be between 1 and 604800");
+        }
+        if !(5..=3600).contains(&self.acme.order_timeout_secs) {
+            bail!("acme.order_timeout_secs must be between 5 and 3600");
+        }
         if self.gateway.workers > 256 {
             bail!("gateway.workers must be between 0 (one per CPU) and 256");
         }

@@ -143,6 +143,7 @@ pub async fn start(
         redis_url: config.redis.url.clone(),
         nats_url: config.nats.url.clone(),
         secret_key: Some(secret_key),
+        acme: config.acme.options(),
     };
     let dyn_store: Arc<dyn Store> = store.clone();
     let state = AppState::new(dyn_store, options).await?;

@@ -6,6 +6,7 @@
 //! [`fleetgate_protocol::ConfigFeed`]), together with the certificates and the
 //! published redirect and page sets.
 
+pub mod acme;
 pub mod alerts;
 pub mod api;
 pub mod api_tokens;
@@ -60,6 +61,8 @@ pub struct ManagerOptions {
     pub nats_url: Option<String>,
     /// Key that encrypts secrets at rest; `None` makes an ephemeral one (tests).
     pub secret_key: Option<[u8; 32]>,
+    /// ACME: the CA, its trust, the account contact and the renewal schedule.
+    pub acme: acme::AcmeOptions,
 }
 
 impl Default for ManagerOptions {
@@ -72,6 +75,7 @@ impl Default for ManagerOptions {
             redis_url: None,
             nats_url: None,
             secret_key: None,
+            acme: acme::AcmeOptions::default(),
         }
     }
 }
@@ -140,6 +144,8 @@ pub struct Inner {
     pub tokens: api_tokens::TokenSigner,
     /// The app templates deployments start from.
     pub templates: templates::Catalogue,
+    /// The ACME client: account, pending challenges, renewals.
+    pub acme: Arc<acme::Acme>,
 }
 
 /// Shared state of every handler.
@@ -181,6 +187,7 @@ impl AppState {
         });
         let deployments = Arc::new(deployments::Deployments::new(&options.data_dir));
         let templates = templates::Catalogue::load(&options.data_dir);
+        let acme = Arc::new(acme::Acme::new(options.acme.clone())?);
         let state = AppState(Arc::new(Inner {
             store,
             options,
@@ -215,6 +222,7 @@ impl AppState {
             node_feed: node_feed::NodeFeed::default(),
             tunnel_nodes: tunnels::TunnelNodes::default(),
             deployments,
+            acme,
         }));
         state.publish_latest().await?;
         state.publish_certificates().await?;
@@ -289,6 +297,7 @@ impl AppState {
             shutdown.clone(),
         );
         webhooks::spawn_worker(self.clone(), self.webhooks_wake.clone(), shutdown.clone());
+        acme::spawn_renewals(self.clone(), shutdown.clone());
         traffic::spawn_sampler(self.clone(), shutdown.clone());
         alerts::spawn_evaluator(self.clone(), shutdown.clone());
         node_feed::spawn_builder(self.clone(), shutdown.clone());

@@ -5,7 +5,8 @@
 //! are, each only when it changed: `settings` (the gateway's, whole), `upstreams`
 //! and `routes` (`{"upsert": [...], "remove": ["<name or id>", ...]}`),
 //! `certificates` (the set, whole), `sites` (`{"version", "upsert", "remove"}`, by
-//! project id) and `rate_limits`.
+//! project id), `rate_limits` and `challenges` (the pending ACME HTTP-01 answers,
+//! whole).
 //!
 //! An edge applies a delta only to the snapshot whose digest is `base_digest`,
 //! and only if the result serializes to `digest` (the digest of the full snapshot
@@ -22,7 +23,7 @@ use fleetgate_core::settings::Settings;
 use fleetgate_core::ConfigDocument;
 use serde::{Deserialize, Serialize};
 
-use crate::{Certificates, DataPlaneConfig, RateLimitSettings, Site, Sites};
+use crate::{AcmeChallenges, Certificates, DataPlaneConfig, RateLimitSettings, Site, Sites};
 
 pub const CONFIG_DELTA: &str = "config_delta";
 
@@ -137,6 +138,8 @@ pub struct ConfigDelta {
     pub sites: Option<SitesDelta>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<RateLimitSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenges: Option<Arc<AcmeChallenges>>,
 }
 
 impl ConfigDelta {
@@ -165,6 +168,7 @@ impl ConfigDelta {
                 changes: Changes::between(&old.sites.sites, &new.sites.sites),
             }),
             rate_limits: (old.rate_limits != new.rate_limits).then_some(new.rate_limits),
+            challenges: (old.challenges != new.challenges).then(|| new.challenges.clone()),
         };
         (delta.apply(old) == *new).then_some(delta)
     }
@@ -200,6 +204,10 @@ impl ConfigDelta {
             },
             synced: base.synced.clone(),
             rate_limits: self.rate_limits.unwrap_or(base.rate_limits),
+            challenges: self
+                .challenges
+                .clone()
+                .unwrap_or_else(|| base.challenges.clone()),
         }
     }
 }

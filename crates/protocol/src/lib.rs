@@ -15,6 +15,7 @@ pub mod node;
 pub mod sync;
 pub mod tunnel;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,12 @@ pub struct DataPlaneConfig {
     pub synced: Option<Arc<Site>>,
     /// How route rate limits behave when their shared counter cannot be reached.
     pub rate_limits: RateLimitSettings,
+    /// ACME HTTP-01 answers pending right now, served on
+    /// `/.well-known/acme-challenge/<token>` for any host. They travel with the
+    /// rest of the input so that an edge answers them as the built-in gateway does
+    /// (the CA may reach either); absent in inputs from older managers.
+    #[serde(default)]
+    pub challenges: Arc<AcmeChallenges>,
 }
 
 impl DataPlaneConfig {
@@ -52,8 +59,18 @@ impl DataPlaneConfig {
             certificates: self.certificates.version,
             sites: self.sites.version,
             synced: self.synced.as_ref().map(|s| s.version),
+            challenges: self.challenges.version,
         }
     }
+}
+
+/// Pending ACME HTTP-01 challenges: token → key authorization. `version` changes
+/// whenever the set does. Key authorizations are not secrets (the CA fetches them
+/// over plain HTTP); they are only useful while their order is pending.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmeChallenges {
+    pub version: u64,
+    pub answers: BTreeMap<String, String>,
 }
 
 /// A certificate set; `version` changes whenever the set does.
@@ -109,6 +126,9 @@ pub struct AppliedVersions {
     pub certificates: u64,
     pub sites: u64,
     pub synced: Option<i64>,
+    /// The ACME challenge set answered (0 before any).
+    #[serde(default)]
+    pub challenges: u64,
 }
 
 /// What a data plane reports about itself.
@@ -244,6 +264,20 @@ impl ConfigFeed {
         })
     }
 
+    /// Publishes the pending ACME HTTP-01 answers if they differ from those out;
+    /// returns the version data planes report once they answer them.
+    pub fn publish_challenges(&self, answers: BTreeMap<String, String>) -> u64 {
+        self.tx.send_if_modified(|cur| {
+            if cur.challenges.answers == answers {
+                return false;
+            }
+            let version = cur.challenges.version + 1;
+            Arc::make_mut(cur).challenges = Arc::new(AcmeChallenges { version, answers });
+            true
+        });
+        self.current().challenges.version
+    }
+
     /// Publishes the sites (published rule sets) if any differs from those out.
     pub fn publish_sites(&self, mut sites: Vec<Arc<Site>>) -> bool {
         sites.sort_by(|a, b| a.id.cmp(&b.id));
@@ -289,6 +323,12 @@ impl ConfigFeed {
                 next.sites = Arc::new(Sites {
                     version: next.sites.version + 1,
                     sites: incoming.sites.sites.clone(),
+                });
+            }
+            if next.challenges.answers != incoming.challenges.answers {
+                next.challenges = Arc::new(AcmeChallenges {
+                    version: next.challenges.version + 1,
+                    answers: incoming.challenges.answers.clone(),
                 });
             }
             next.rate_limits = incoming.rate_limits;
@@ -423,7 +463,8 @@ mod tests {
                 revision: 7,
                 certificates: 1,
                 sites: 1,
-                synced: None
+                synced: None,
+                challenges: 0,
             }
         );
     }
@@ -449,6 +490,25 @@ mod tests {
         Arc::make_mut(&mut from_manager.certificates).version = 2;
         let again = feed.adopt(&from_manager);
         assert_eq!(again, v);
+    }
+
+    #[test]
+    fn challenges_are_published_adopted_and_optional_in_old_inputs() {
+        let feed = ConfigFeed::default();
+        let answers = BTreeMap::from([("tok".to_string(), "tok.thumb".to_string())]);
+        assert_eq!(feed.publish_challenges(answers.clone()), 1);
+        assert_eq!(feed.publish_challenges(answers.clone()), 1, "same set");
+        assert_eq!(feed.current().versions().challenges, 1);
+        let edge = ConfigFeed::default();
+        assert_eq!(edge.adopt(&feed.current()).challenges, 1);
+        assert_eq!(edge.current().challenges.answers, answers);
+        assert_eq!(feed.publish_challenges(BTreeMap::new()), 2);
+        assert_eq!(edge.adopt(&feed.current()).challenges, 2);
+        // An input from a manager that knows nothing of challenges still parses.
+        let mut old = serde_json::to_value(DataPlaneConfig::default()).expect("json");
+        old.as_object_mut().expect("object").remove("challenges");
+        let back: DataPlaneConfig = serde_json::from_value(old).expect("parse");
+        assert!(back.challenges.answers.is_empty());
     }
 
     #[test]

@@ -13,6 +13,10 @@
 //! 5. [`respond`] — the response rules, the headers the policies owe the answer,
 //!    metrics and the access log.
 //!
+//! Before all of them, a pending ACME HTTP-01 challenge is answered
+//! ([`acme_challenge`]) for any host, so that issuing a certificate never depends
+//! on a route existing for the name.
+//!
 //! The phases share a [`RequestCtx`] once the request is routed. Bodies stream in
 //! both directions; nothing is buffered.
 
@@ -176,6 +180,28 @@ fn with_request_id(mut resp: Response<ProxyBody>, rid: HeaderValue) -> Response<
     resp
 }
 
+/// Where ACME CAs fetch HTTP-01 key authorizations (RFC 8555, section 8.3).
+const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The key authorization of a pending HTTP-01 challenge, when the request asks
+/// for one (`GET`/`HEAD /.well-known/acme-challenge/<token>`, any host). Unknown
+/// tokens fall through to routing: an application behind the gateway may run its
+/// own ACME client.
+fn acme_challenge(gw: &GatewayInner, parts: &http::request::Parts) -> Option<Response<ProxyBody>> {
+    let token = parts.uri.path().strip_prefix(ACME_CHALLENGE_PREFIX)?;
+    if !matches!(parts.method, http::Method::GET | http::Method::HEAD) || token.is_empty() {
+        return None;
+    }
+    let set = gw.challenges.load();
+    let answer = set.answers.get(token)?;
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(answer.clone()))));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(resp)
+}
+
 /// Handles one request from `peer`: the pipeline of the module documentation.
 pub async fn handle(
     gw: Arc<GatewayInner>,
@@ -187,6 +213,10 @@ pub async fn handle(
     let compiled: Arc<Compiled> = gw.current.load_full();
     let (mut parts, body) = req.into_parts();
     let rid = request_id(&parts.headers);
+
+    if let Some(r) = acme_challenge(&gw, &parts) {
+        return with_request_id(r, rid);
+    }
 
     // 1. Route lookup.
     let (host, name_len) = match route::admit_target(&mut parts) {

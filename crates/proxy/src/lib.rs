@@ -99,6 +99,8 @@ pub struct GatewayInner {
     pub(crate) https_port: std::sync::atomic::AtomicU16,
     /// Certificates of the HTTPS listener, by SNI name.
     pub(crate) tls: Arc<tls::SniResolver>,
+    /// Pending ACME HTTP-01 answers, by token (see `forward::acme_challenge`).
+    pub(crate) challenges: ArcSwap<fleetgate_protocol::AcmeChallenges>,
     /// What has been applied of the input, and what was refused; held while
     /// applying (one apply at a time).
     applied: Mutex<Applied>,
@@ -251,6 +253,7 @@ impl Gateway {
             events: options.events.clone(),
             https_port: std::sync::atomic::AtomicU16::new(0),
             tls: Arc::new(tls::SniResolver::default()),
+            challenges: ArcSwap::from_pointee(Default::default()),
             applied: Mutex::new(Applied::default()),
             reported: Mutex::new(Default::default()),
             applied_notify: tokio::sync::Notify::new(),
@@ -307,6 +310,11 @@ impl Gateway {
         }
         if config.sites.version != applied.versions.sites {
             self.apply_sites(&mut applied, config);
+            changed = true;
+        }
+        if config.challenges.version != applied.versions.challenges {
+            self.inner.challenges.store(config.challenges.clone());
+            applied.versions.challenges = config.challenges.version;
             changed = true;
         }
         let same_synced = match (&applied.synced, &config.synced) {

@@ -405,3 +405,47 @@ async fn breaker_and_ejection_survive_a_revision_that_leaves_the_upstream_unchan
     assert_eq!(gw.served_by("/x").await, "healthy");
     assert_eq!(hits.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn acme_challenges_are_answered_before_routing_for_any_host() {
+    let (up, hits) = upstream("app").await;
+    let snap = snapshot(
+        1,
+        json!([{"name": "app", "targets": [{"url": format!("http://{up}")}]}]),
+        json!([{"id": "all", "path": "/", "upstream": "app"}]),
+    );
+    let running = start(snap.clone()).await;
+    running.publish(snap.clone(), 1).await;
+
+    // No challenge pending: the path is routed like any other.
+    assert_eq!(
+        running.served_by("/.well-known/acme-challenge/tok-1").await,
+        "app"
+    );
+    let mut with = DataPlaneConfig::clone(&snap);
+    with.challenges = Arc::new(fleetgate_protocol::AcmeChallenges {
+        version: 1,
+        answers: [("tok-1".to_string(), "tok-1.thumbprint".to_string())].into(),
+    });
+    running.config.send_replace(Arc::new(with));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = running.get("/.well-known/acme-challenge/tok-1").await;
+        if status == 200 && body == b"tok-1.thumbprint" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "challenge never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = hits.load(Ordering::SeqCst);
+    let (status, body) = running.get("/.well-known/acme-challenge/tok-1").await;
+    assert_eq!((status, body.as_slice()), (200, &b"tok-1.thumbprint"[..]));
+    assert_eq!(hits.load(Ordering::SeqCst), before, "answered, not proxied");
+    // Other tokens still reach the upstream (an app's own ACME client).
+    assert_eq!(
+        running.served_by("/.well-known/acme-challenge/other").await,
+        "app"
+    );
+    let status = running.gateway.status();
+    assert_eq!(status.applied.challenges, 1);
+}

@@ -61,6 +61,7 @@ impl SqlStore {
                 let mut tables = serde_json::Map::new();
                 for table in [
                     "certificates",
+                    "acme_accounts",
                     "namespaces",
                     "projects",
                     "redirects",

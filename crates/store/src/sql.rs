@@ -146,6 +146,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0012_tunnel_listens.sql"),
         include_str!("../migrations/postgres/0012_tunnel_listens.sql"),
     ),
+    (
+        13,
+        "acme",
+        include_str!("../migrations/sqlite/0013_acme.sql"),
+        include_str!("../migrations/postgres/0013_acme.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

@@ -6,10 +6,11 @@ use fleetgate_core::events::{NewEvent, Severity};
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
 use fleetgate_store::{
-    Actor, AgentRecord, ApiKeyRecord, AuditEvent, AuditFilter, CertificateRecord, ConfigStore,
-    DraftState, EventFilter, EventStore, NamespaceRecord, PageRequest, ProjectRecord,
-    ProjectTokenRecord, RedirectStore, ResourceSet, RuleData, RuleFilter, RuleTable, SessionRecord,
-    SqlStore, Store, StoreError, StoreOptions, TokenScope, UserRecord,
+    AcmeAccountRecord, Actor, AgentRecord, ApiKeyRecord, AuditEvent, AuditFilter,
+    CertificateRecord, ConfigStore, DraftState, EventFilter, EventStore, NamespaceRecord,
+    PageRequest, ProjectRecord, ProjectTokenRecord, RedirectStore, ResourceSet, RuleData,
+    RuleFilter, RuleTable, SessionRecord, SqlStore, Store, StoreError, StoreOptions, TokenScope,
+    UserRecord,
 };
 use fleetgate_store::{
     AlertRuleRecord, AlertStore, IncidentFilter, IncidentRecord, NewTimelineEntry,
@@ -104,6 +105,8 @@ conformance!(
     backup_writes_a_file,
     hostile_text_is_stored_verbatim,
     certificates_crud_with_versions,
+    acme_certificates_keep_their_domains_and_renewal_errors,
+    acme_accounts_are_kept_per_directory_encrypted,
     namespaces_and_projects,
     rule_drafts_publish_and_discard,
     rule_import_merge_and_replace,
@@ -759,6 +762,143 @@ async fn hostile_text_is_stored_verbatim(s: &SqlStore) {
     assert_eq!(s.count_users().await.expect("count"), 1);
 }
 
+async fn acme_certificates_keep_their_domains_and_renewal_errors(s: &SqlStore) {
+    let a = actor();
+    let c = CertificateRecord {
+        name: "acme-site".into(),
+        cert_pem: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+        key_encrypted: "v1:opaque-acme".into(),
+        source: "acme".into(),
+        acme_domains: vec!["a.example".into(), "b.example".into()],
+        ..CertificateRecord::default()
+    };
+    let stored = s.put_certificate(&a, &c, Some(0)).await.expect("create");
+    assert_eq!(stored.version, 1);
+    let got = s
+        .get_certificate("acme-site")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(got.source, "acme");
+    assert_eq!(got.acme_domains, ["a.example", "b.example"]);
+    assert_eq!(
+        (got.renewal_error.as_deref(), got.renewal_error_at),
+        (None, None)
+    );
+
+    // A failed renewal is recorded without touching the certificate or its version.
+    s.set_certificate_renewal_error(&a, "acme-site", Some("CA said: \"no\" 'really'"))
+        .await
+        .expect("record failure");
+    let failed = s
+        .get_certificate("acme-site")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        failed.renewal_error.as_deref(),
+        Some("CA said: \"no\" 'really'")
+    );
+    assert!(failed.renewal_error_at.is_some_and(|t| t > 0));
+    assert_eq!(
+        (failed.version, &failed.key_encrypted),
+        (1, &c.key_encrypted)
+    );
+    assert!(matches!(
+        s.set_certificate_renewal_error(&a, "missing", Some("x"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    s.set_certificate_renewal_error(&a, "acme-site", None)
+        .await
+        .expect("clear");
+    let cleared = s
+        .get_certificate("acme-site")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (cleared.renewal_error, cleared.renewal_error_at),
+        (None, None)
+    );
+
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                target_type: Some("certificate".into()),
+                ..Default::default()
+            },
+            page(10, 0),
+        )
+        .await
+        .expect("audit");
+    let actions: Vec<&str> = audit.items.iter().map(|e| e.action.as_str()).collect();
+    assert!(
+        actions.contains(&"certificate.renewal_failed"),
+        "{actions:?}"
+    );
+    assert!(
+        !audit
+            .items
+            .iter()
+            .any(|e| format!("{:?}{:?}", e.before, e.after).contains("opaque-acme")),
+        "keys stay out of the audit log"
+    );
+}
+
+async fn acme_accounts_are_kept_per_directory_encrypted(s: &SqlStore) {
+    let a = actor();
+    let dir = "https://acme.test/dir";
+    assert!(s.get_acme_account(dir).await.expect("get").is_none());
+    let acc = AcmeAccountRecord {
+        directory_url: dir.into(),
+        email: Some("ops@example.com".into()),
+        credentials_encrypted: "v1:sealed-credentials".into(),
+        created_at: 0,
+        updated_at: 0,
+    };
+    s.put_acme_account(&a, &acc).await.expect("create");
+    let got = s.get_acme_account(dir).await.expect("get").expect("exists");
+    assert_eq!(got.credentials_encrypted, acc.credentials_encrypted);
+    assert_eq!(got.email.as_deref(), Some("ops@example.com"));
+    assert!(got.created_at > 0);
+    s.put_acme_account(
+        &a,
+        &AcmeAccountRecord {
+            email: None,
+            credentials_encrypted: "v1:other".into(),
+            ..got.clone()
+        },
+    )
+    .await
+    .expect("replace");
+    let again = s.get_acme_account(dir).await.expect("get").expect("exists");
+    assert_eq!((again.email, again.created_at), (None, got.created_at));
+    assert!(s
+        .get_acme_account("https://other.test/dir")
+        .await
+        .expect("get")
+        .is_none());
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                target_type: Some("acme_account".into()),
+                ..Default::default()
+            },
+            page(10, 0),
+        )
+        .await
+        .expect("audit");
+    assert_eq!(audit.total, 2);
+    assert!(
+        !audit
+            .items
+            .iter()
+            .any(|e| format!("{:?}{:?}", e.before, e.after).contains("sealed-credentials")),
+        "credentials stay out of the audit log"
+    );
+}
+
 async fn certificates_crud_with_versions(s: &SqlStore) {
     let a = actor();
     let c = CertificateRecord {
@@ -768,8 +908,10 @@ async fn certificates_crud_with_versions(s: &SqlStore) {
         version: 0,
         created_at: 0,
         updated_at: 0,
+        ..CertificateRecord::default()
     };
     let stored = s.put_certificate(&a, &c, Some(0)).await.expect("create");
+    assert_eq!(stored.source, "upload");
     assert_eq!(stored.version, 1);
     assert!(matches!(
         s.put_certificate(&a, &c, Some(0)).await,

@@ -2,6 +2,7 @@
 //! real HTTP, a real database (SQLite in a temp dir; PostgreSQL in its own schema
 //! where a case says so and `FLEETGATE_TEST_POSTGRES_URL` is set). One binary.
 
+mod acme;
 mod alerts;
 mod auth;
 mod cluster;

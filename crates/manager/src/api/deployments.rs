@@ -47,6 +47,13 @@ pub struct DeploymentView {
     /// The port its traffic goes to.
     pub port: Option<u16>,
     pub ssl: bool,
+    /// The certificate of `ssl.enabled`: `disabled`, `pending`, `issued`,
+    /// `failed` (see `ssl_error`) or `none` (not requested since the manager
+    /// started). The deployment is served whatever it is.
+    pub ssl_status: &'static str,
+    /// Why the last certificate request failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_error: Option<String>,
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
@@ -96,6 +103,9 @@ fn view(state: &AppState, l: &Loaded, files: bool) -> DeploymentView {
             })
             .collect();
     }
+    let (ssl_status, ssl_error) = state
+        .acme
+        .deployment_status(state, name, l.meta.ssl.enabled);
     DeploymentView {
         name: name.clone(),
         desired: l.record.desired,
@@ -108,6 +118,8 @@ fn view(state: &AppState, l: &Loaded, files: bool) -> DeploymentView {
         domains: l.meta.domains.clone(),
         port: deployments::target_port(&l.compose, &l.meta),
         ssl: l.meta.ssl.enabled,
+        ssl_status,
+        ssl_error,
         version: l.record.version,
         created_at: rfc3339(l.record.created_at),
         updated_at: rfc3339(l.record.updated_at),
@@ -347,6 +359,7 @@ pub async fn create(
         .await?;
         return Err(e);
     }
+    request_certificate(&state, &auth, &l);
     if body.start {
         if let Err(e) = state.deployments.start(&l).await {
             let _ = state.deployments.stop(&l).await;
@@ -420,6 +433,7 @@ pub async fn update(
     )
     .await?;
     apply_proxy(&state, &auth, &after, true).await?;
+    request_certificate(&state, &auth, &after);
     if after.record.desired == Desired::Running {
         state.deployments.start(&after).await?;
     }
@@ -442,6 +456,7 @@ pub async fn delete(
     let l = state.deployments.load(&name).await?;
     apply_proxy(&state, &auth, &l, false).await?;
     let gone = state.deployments.remove(&name).await?;
+    state.acme.forget_deployment(&name);
     audit(
         &state,
         &auth,
@@ -452,6 +467,23 @@ pub async fn delete(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// With `ssl.enabled` and domains, the deployment's certificate is requested in
+/// the background (see [`crate::acme::Acme::request_for_deployment`]); without,
+/// any earlier request is forgotten.
+fn request_certificate(state: &AppState, auth: &AuthContext, l: &Loaded) {
+    if l.meta.ssl.enabled && !l.meta.domains.is_empty() {
+        state.acme.request_for_deployment(
+            state,
+            &auth.actor,
+            &l.record.name,
+            &l.meta.domains,
+            l.meta.ssl.email.clone(),
+        );
+    } else {
+        state.acme.forget_deployment(&l.record.name);
+    }
 }
 
 async fn act(

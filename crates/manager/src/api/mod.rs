@@ -157,6 +157,8 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(gateway::data_plane))
         .routes(routes!(gateway::list_routes, gateway::create_route))
         .routes(routes!(certificates::list, certificates::create))
+        .routes(routes!(certificates::request))
+        .routes(routes!(certificates::renew))
         .routes(routes!(
             certificates::get,
             certificates::replace,
