@@ -68,6 +68,7 @@ fn spec(name: &str, line: usize) -> ServiceSpec {
         working_dir: None,
         stop_grace_period: Duration::from_secs(10),
         stop_signal: "SIGTERM".to_string(),
+        network_mode: None,
     }
 }
 
