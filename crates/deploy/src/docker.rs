@@ -585,8 +585,9 @@ fn log_line(service: &str, stream: &'static str, raw: &str) -> Option<(i64, LogL
     ))
 }
 
-/// The lines of one frame of the engine's log stream.
-fn frame_lines(service: &str, frame: bollard::container::LogOutput) -> Vec<(i64, LogLine)> {
+/// The lines of one frame of the engine's log stream (`docker logs --timestamps`),
+/// each with its time.
+pub fn frame_lines(service: &str, frame: bollard::container::LogOutput) -> Vec<(i64, LogLine)> {
     use bollard::container::LogOutput;
     let (stream, bytes) = match frame {
         LogOutput::StdOut { message } | LogOutput::Console { message } => ("stdout", message),
