@@ -234,7 +234,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = Engine::new(dir.path().join("docker.sock"));
         let started = Instant::now();
-        let err = engine.client().await.err().expect("no engine");
+        let err = engine.client().await.expect_err("no engine");
         assert!(started.elapsed() < Duration::from_secs(1));
         match err {
             EngineError::Unavailable(why) => assert!(why.contains("no socket at"), "{why}"),
@@ -251,7 +251,7 @@ mod tests {
         drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
         let engine = Engine::new(&path);
         let started = Instant::now();
-        let err = engine.client().await.err().expect("no engine");
+        let err = engine.client().await.expect_err("no engine");
         assert!(started.elapsed() < Duration::from_secs(1));
         match err {
             EngineError::Unavailable(why) => {
@@ -269,7 +269,7 @@ mod tests {
         let _listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
         let engine = Engine::new(&path);
         let started = Instant::now();
-        let err = engine.client().await.err().expect("no engine");
+        let err = engine.client().await.expect_err("no engine");
         assert!(started.elapsed() < Duration::from_secs(1));
         match err {
             EngineError::Unavailable(why) => assert!(why.contains("no answer"), "{why}"),
