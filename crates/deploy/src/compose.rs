@@ -8,7 +8,9 @@
 //!
 //! A service: `image`, `command`, `entrypoint`, `environment`, `ports`,
 //! `volumes`, `healthcheck`, `depends_on`, `restart`, `working_dir`,
-//! `stop_grace_period`, `stop_signal`. Keys that only mean something to Docker
+//! `stop_grace_period`, `stop_signal`, `network_mode` (the Docker driver's:
+//! `host`, `none`, `bridge` or a network's name; processes always share the
+//! host's network). Keys that only mean something to Docker
 //! itself — `container_name`, `labels`, `networks`, `hostname`, `expose` — and
 //! `x-…` extensions are accepted and ignored, so that an existing compose file
 //! loads. `env_file`, `user` and `build` are refused with a reason, since
@@ -42,7 +44,7 @@ pub const MAX_SERVICES: usize = 200;
 const DOCKER_ONLY: &[&str] = &["container_name", "labels", "networks", "hostname", "expose"];
 
 const SERVICE_KEYS: &str = "image, command, entrypoint, environment, ports, volumes, healthcheck, \
-depends_on, restart, working_dir, stop_grace_period, stop_signal";
+depends_on, restart, working_dir, stop_grace_period, stop_signal, network_mode";
 
 /// Checks `text` as a `compose.yml`.
 pub fn parse(text: &str) -> Result<ComposeFile, Vec<Problem>> {
@@ -248,6 +250,7 @@ fn service(
         working_dir: None,
         stop_grace_period: Duration::from_secs(10),
         stop_signal: "SIGTERM".to_string(),
+        network_mode: None,
     };
     let mut deps = Vec::new();
     let map = match body {
@@ -309,6 +312,14 @@ fn service(
             "stop_signal" => {
                 if let Some(s) = stop_signal(c, value, &f) {
                     spec.stop_signal = s;
+                }
+            }
+            "network_mode" => {
+                if let Some(mode) = c.string(value, &f) {
+                    match check_network_mode(&mode) {
+                        Ok(()) => spec.network_mode = Some(mode),
+                        Err(why) => c.push(pos(value), &f, why),
+                    }
                 }
             }
             k if DOCKER_ONLY.contains(&k) || k.starts_with("x-") => {}
@@ -1334,6 +1345,33 @@ fn restart(c: &mut Checker, node: &Node, field: &str) -> Option<RestartPolicy> {
 const SIGNALS: &[&str] = &[
     "HUP", "INT", "QUIT", "ABRT", "KILL", "USR1", "USR2", "ALRM", "TERM", "WINCH",
 ];
+
+/// `host`, `none`, `bridge` or a network's name (`[A-Za-z0-9][A-Za-z0-9_.-]*`).
+/// `service:…` and `container:…` are refused: they would tie the service to
+/// another container's life, which the driver does not order.
+fn check_network_mode(mode: &str) -> Result<(), String> {
+    if mode.starts_with("service:") || mode.starts_with("container:") {
+        return Err(format!(
+            "network_mode {mode:?} is not supported; use host, none, bridge or a network's name"
+        ));
+    }
+    let ok = mode.len() <= 128
+        && mode
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && mode
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "network_mode {:?} is not host, none, bridge or a network's name (letters, digits, '_', '.', '-')",
+            shorten(mode)
+        ))
+    }
+}
 
 fn stop_signal(c: &mut Checker, node: &Node, field: &str) -> Option<String> {
     let text = c.string(node, field)?;

@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod compose;
+pub mod docker;
 pub mod duration;
 pub mod meta;
 pub mod process;

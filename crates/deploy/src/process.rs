@@ -163,6 +163,22 @@ fn plan(compose: &ComposeFile) -> Result<Plan, DriverError> {
         };
         services.push(Service::new(spec.clone(), argv, signal));
     }
+    let order = dependency_order(compose)?;
+    Ok(Plan { services, order })
+}
+
+/// Checks the services' names and dependencies and orders them dependencies
+/// first (file order among equals); shared with the Docker driver.
+pub(crate) fn dependency_order(compose: &ComposeFile) -> Result<Vec<usize>, DriverError> {
+    let mut index = HashMap::new();
+    for (i, spec) in compose.services.iter().enumerate() {
+        if index.insert(spec.name.as_str(), i).is_some() {
+            return Err(DriverError::Failed(format!(
+                "service {} is declared twice",
+                spec.name
+            )));
+        }
+    }
     for spec in &compose.services {
         for dep in &spec.depends_on {
             let Some(&target) = index.get(dep.service.as_str()) else {
@@ -213,7 +229,7 @@ fn plan(compose: &ComposeFile) -> Result<Plan, DriverError> {
         placed[next] = true;
         order.push(next);
     }
-    Ok(Plan { services, order })
+    Ok(order)
 }
 
 #[async_trait::async_trait]

@@ -81,6 +81,9 @@ pub struct ServiceSpec {
     pub stop_grace_period: Duration,
     /// `stop_signal` (default `SIGTERM`), as a signal name.
     pub stop_signal: String,
+    /// `network_mode` (Docker only): `host`, `none`, `bridge` or a network's
+    /// name; `None` leaves the engine's default.
+    pub network_mode: Option<String>,
 }
 
 /// A published port: `"8080:80"`, `"127.0.0.1:8080:80/udp"`, `"80"`, `80`, or the

@@ -31,6 +31,7 @@ fn service(name: &str, script: &str) -> ServiceSpec {
         working_dir: None,
         stop_grace_period: Duration::from_secs(10),
         stop_signal: "SIGTERM".into(),
+        network_mode: None,
     }
 }
 

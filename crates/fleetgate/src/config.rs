@@ -23,6 +23,7 @@ pub struct Config {
     pub flecto: FlectoSection,
     pub edge: EdgeSection,
     pub relay: RelaySection,
+    pub docker: DockerSection,
     pub shutdown: ShutdownSection,
     pub log: LogSection,
     pub acme: AcmeSection,
@@ -69,6 +70,24 @@ impl AcmeSection {
             renew_before: std::time::Duration::from_secs(self.renew_before_days * 86_400),
             check_interval: std::time::Duration::from_secs(self.check_interval_secs),
             order_timeout: std::time::Duration::from_secs(self.order_timeout_secs),
+        }
+    }
+}
+
+/// The Docker engine that runs deployments with `driver: docker` (or `auto`)
+/// and answers the container, image, volume and network endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerSection {
+    /// The engine's unix socket; Fleetgate connects when it first needs it, so
+    /// the engine may start later (or never, on a host without Docker).
+    pub socket: PathBuf,
+}
+
+impl Default for DockerSection {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(fleetgate_deploy::docker::DEFAULT_SOCKET),
         }
     }
 }
@@ -268,6 +287,7 @@ impl Default for Config {
             flecto: FlectoSection::default(),
             edge: EdgeSection::default(),
             relay: RelaySection::default(),
+            docker: DockerSection::default(),
             shutdown: ShutdownSection::default(),
             log: LogSection::default(),
             acme: AcmeSection::default(),
@@ -501,6 +521,7 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "acme.order_timeout_secs",
         Kind::Int,
     ),
+    ("FLEETGATE_DOCKER_SOCKET", "docker.socket", Kind::Text),
     ("FLEETGATE_LOG_LEVEL", "log.level", Kind::Text),
     ("FLEETGATE_LOG_FORMAT", "log.format", Kind::Text),
 ];
@@ -702,6 +723,9 @@ impl Config {
         }
         if self.database.max_connections == 0 || self.database.max_connections > 1000 {
             bail!("database.max_connections must be between 1 and 1000");
+        }
+        if self.docker.socket.as_os_str().is_empty() {
+            bail!("docker.socket must be the path of the Docker engine's unix socket");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(

@@ -137,6 +137,7 @@ pub async fn start(
     .map_err(anyhow::Error::msg)?;
     let options = ManagerOptions {
         data_dir: config.data_dir.clone(),
+        docker_socket: config.docker.socket.clone(),
         max_body_bytes: config.manager.max_body_bytes,
         secure_cookies: config.manager.secure_cookies,
         metrics_public: config.manager.metrics_public,

@@ -122,7 +122,8 @@ struct NginxExport {
 
 async fn export_nginx(file: &Option<PathBuf>, x: NginxExport) -> Result<(), ExitCode> {
     let config = load(file, &x.flags)?;
-    let deployments = fleetgate_manager::deployments::Deployments::new(&config.data_dir);
+    let deployments =
+        fleetgate_manager::deployments::Deployments::new(&config.data_dir, &config.docker.socket);
     let vhosts = fleetgate_manager::nginx_export::vhosts(&deployments)
         .await
         .map_err(|e| fail(anyhow::anyhow!(e)))?;

@@ -5,15 +5,26 @@
 //! `service.yml` become a gateway route and upstream (`deploy-<name>`) written as
 //! one configuration revision, like any other change.
 //!
+//! Which driver runs a deployment is `driver:` of its `service.yml`; with
+//! `auto` (the default): a deployment where some service has no image runs as
+//! processes (only they can run it); one where some service has only an image
+//! runs on Docker (only it can; without an engine its start answers
+//! `DOCKER_UNAVAILABLE` saying why); one whose every service has both an image
+//! and a command runs on Docker when the engine answers, as processes when it
+//! does not. A started deployment stays with the driver that started it until
+//! it is stopped, whatever the engine does meanwhile.
+//!
 //! Changes are serialised per host (one lock): files are written whole to a
 //! temporary name and renamed, so a crash leaves either the old or the new file.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use fleetgate_core::config::{ROUTE_KIND, UPSTREAM_KIND};
 use fleetgate_core::gateway::{Route, Upstream};
 use fleetgate_core::time::now_ms;
+use fleetgate_deploy::docker::DockerDriver;
 use fleetgate_deploy::process::ProcessDriver;
 use fleetgate_deploy::spec::{ComposeFile, Deployment, Driver, DriverKind, Problem, ServiceMeta};
 use serde::{Deserialize, Serialize};
@@ -82,6 +93,10 @@ pub enum DeployError {
 pub struct Deployments {
     root: PathBuf,
     process: Arc<ProcessDriver>,
+    docker: Arc<DockerDriver>,
+    /// The driver each started deployment runs on, so that its status, logs
+    /// and stop go there whatever `auto` would choose now.
+    started: Mutex<HashMap<String, DriverKind>>,
     /// Serialises changes (files, starts and stops).
     lock: tokio::sync::Mutex<()>,
 }
@@ -144,12 +159,14 @@ async fn write_whole(path: &Path, text: &[u8]) -> std::io::Result<()> {
 }
 
 impl Deployments {
-    /// The deployments under `<data_dir>/deployments`, their logs under
-    /// `<data_dir>/deployment-logs`.
-    pub fn new(data_dir: &Path) -> Self {
+    /// The deployments under `<data_dir>/deployments`, the process driver's
+    /// logs under `<data_dir>/deployment-logs`, Docker at `docker_socket`.
+    pub fn new(data_dir: &Path, docker_socket: &Path) -> Self {
         Deployments {
             root: data_dir.join("deployments"),
             process: Arc::new(ProcessDriver::new(data_dir.join("deployment-logs"))),
+            docker: Arc::new(DockerDriver::new(docker_socket)),
+            started: Mutex::new(HashMap::new()),
             lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -158,17 +175,79 @@ impl Deployments {
         self.root.join(name)
     }
 
-    /// The driver that runs a deployment.
-    pub fn driver(&self, meta: &ServiceMeta, compose: &ComposeFile) -> Arc<dyn Driver> {
-        let _ = (meta, compose);
-        // Docker is not wired yet: every deployment runs as processes, and a
-        // service that has only an image is refused at start, naming it.
-        self.process.clone()
+    /// The Docker driver (and through it the engine, for the resource
+    /// endpoints).
+    pub fn docker(&self) -> &Arc<DockerDriver> {
+        &self.docker
     }
 
-    /// The driver kind a deployment runs on.
-    pub fn driver_kind(&self, meta: &ServiceMeta, compose: &ComposeFile) -> DriverKind {
-        self.driver(meta, compose).kind()
+    fn started_kind(&self, name: &str) -> Option<DriverKind> {
+        self.started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
+    }
+
+    fn set_started(&self, name: &str, kind: Option<DriverKind>) {
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        match kind {
+            Some(k) => started.insert(name.to_string(), k),
+            None => started.remove(name),
+        };
+    }
+
+    fn by_kind(&self, kind: DriverKind) -> Arc<dyn Driver> {
+        match kind {
+            DriverKind::Docker => self.docker.clone(),
+            _ => self.process.clone(),
+        }
+    }
+
+    /// The driver a deployment would start on now (see the module's doc).
+    pub async fn choose(&self, meta: &ServiceMeta, compose: &ComposeFile) -> DriverKind {
+        match meta.driver {
+            DriverKind::Process => DriverKind::Process,
+            DriverKind::Docker => DriverKind::Docker,
+            DriverKind::Auto => {
+                let all_images = compose.services.iter().all(|s| s.image.is_some());
+                let all_commands = compose
+                    .services
+                    .iter()
+                    .all(|s| s.command.is_some() || s.entrypoint.is_some());
+                if !all_images {
+                    DriverKind::Process
+                } else if !all_commands || self.docker.engine().reachable().await {
+                    DriverKind::Docker
+                } else {
+                    DriverKind::Process
+                }
+            }
+        }
+    }
+
+    /// The driver kind a deployment runs on: the one that started it, or the
+    /// one it would start on now.
+    pub async fn driver_kind(
+        &self,
+        name: &str,
+        meta: &ServiceMeta,
+        compose: &ComposeFile,
+    ) -> DriverKind {
+        match self.started_kind(name) {
+            Some(kind) => kind,
+            None => self.choose(meta, compose).await,
+        }
+    }
+
+    /// The driver that runs a deployment.
+    pub async fn driver(
+        &self,
+        name: &str,
+        meta: &ServiceMeta,
+        compose: &ComposeFile,
+    ) -> Arc<dyn Driver> {
+        self.by_kind(self.driver_kind(name, meta, compose).await)
     }
 
     /// Reads and checks one deployment.
@@ -356,18 +435,27 @@ impl Deployments {
             compose: &loaded.compose,
             meta: &loaded.meta,
         };
-        self.driver(&loaded.meta, &loaded.compose)
-            .start(&deployment)
-            .await?;
+        let name = &loaded.record.name;
+        let kind = self.choose(&loaded.meta, &loaded.compose).await;
+        if let Some(previous) = self.started_kind(name).filter(|p| *p != kind) {
+            // Moving to the other driver: the old instance goes first.
+            self.by_kind(previous).stop(name).await?;
+            self.set_started(name, None);
+        }
+        // Known to the driver even when it fails (it keeps what started, to
+        // show and to stop).
+        self.set_started(name, Some(kind));
+        self.by_kind(kind).start(&deployment).await?;
         Ok(())
     }
 
     /// Stops a deployment's services.
     pub async fn stop(&self, loaded: &Loaded) -> Result<(), DeployError> {
         let _guard = self.lock.lock().await;
-        self.driver(&loaded.meta, &loaded.compose)
-            .stop(&loaded.record.name)
-            .await?;
+        let name = &loaded.record.name;
+        let kind = self.driver_kind(name, &loaded.meta, &loaded.compose).await;
+        self.by_kind(kind).stop(name).await?;
+        self.set_started(name, None);
         Ok(())
     }
 

@@ -50,6 +50,8 @@ use tokio::sync::watch;
 pub struct ManagerOptions {
     /// Where backups are written (`<data_dir>/backups`).
     pub data_dir: PathBuf,
+    /// The Docker engine's unix socket (deployments on Docker, `/api/v1/containers`…).
+    pub docker_socket: PathBuf,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// Mark cookies `Secure` (when the API is served over HTTPS).
@@ -69,6 +71,7 @@ impl Default for ManagerOptions {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./fleetgate-data"),
+            docker_socket: PathBuf::from(fleetgate_deploy::docker::DEFAULT_SOCKET),
             max_body_bytes: 1024 * 1024,
             secure_cookies: false,
             metrics_public: false,
@@ -185,7 +188,10 @@ impl AppState {
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
             k
         });
-        let deployments = Arc::new(deployments::Deployments::new(&options.data_dir));
+        let deployments = Arc::new(deployments::Deployments::new(
+            &options.data_dir,
+            &options.docker_socket,
+        ));
         let templates = templates::Catalogue::load(&options.data_dir);
         let acme = Arc::new(acme::Acme::new(options.acme.clone())?);
         let state = AppState(Arc::new(Inner {

@@ -68,6 +68,7 @@ fn spec(name: &str, line: usize) -> ServiceSpec {
         working_dir: None,
         stop_grace_period: Duration::from_secs(10),
         stop_signal: "SIGTERM".to_string(),
+        network_mode: None,
     }
 }
 
@@ -929,4 +930,25 @@ fn a_lone_carriage_return_ends_a_line_as_in_yaml() {
     assert_positions_in_range(text, &[p]);
     let p = one("services:\r  web:\r    image: x\r---\rservices: {}\r");
     assert_at(&p, 4, 1, "", "a second YAML document");
+}
+
+#[test]
+fn network_mode_is_a_mode_or_a_network_name() {
+    for mode in ["host", "none", "bridge", "apps_net-1.x"] {
+        let s = service(&web(&format!("image: x\nnetwork_mode: {mode}")));
+        assert_eq!(s.network_mode.as_deref(), Some(mode));
+    }
+    assert_eq!(service(&web("image: x")).network_mode, None);
+    let p = problems(&web("image: x\nnetwork_mode: \"service:db\""));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_at(
+        &p[0],
+        4,
+        19,
+        "services.web.network_mode",
+        "is not supported",
+    );
+    let p = problems(&web("image: x\nnetwork_mode: \"a b\""));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].message.contains("is not host, none, bridge"), "{p:#?}");
 }

@@ -419,7 +419,7 @@ impl LineSplitter {
 }
 
 /// `line` shortened at a character boundary so that it and the mark fit.
-fn cut(line: &str) -> String {
+pub(crate) fn cut(line: &str) -> String {
     let mut end = MAX_LINE_BYTES - CUT_MARK.len();
     while !line.is_char_boundary(end) {
         end -= 1;

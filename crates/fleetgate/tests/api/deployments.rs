@@ -297,21 +297,25 @@ async fn files_that_do_not_check_are_refused_with_file_line_and_field() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{name}: {v}");
         assert_eq!(v["details"]["field"], "name", "{v}");
     }
-    // An image-only service cannot run on the process driver: created, left
-    // stopped, and the error names the service.
+    // An image-only service cannot run on the process driver: refused with
+    // the line of `driver:`, naming the service. (With `auto` it goes to
+    // Docker: tests/api/docker.rs.)
     let (s, v) = send(
         &app,
         Method::POST,
         "/api/v1/deployments",
-        Some(json!({"name": "img", "compose": "services:\n  db:\n    image: postgres:16\n"})),
+        Some(json!({"name": "img", "service": "driver: process\n",
+            "compose": "services:\n  db:\n    image: postgres:16\n"})),
     )
     .await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
-    assert!(v["error"].as_str().unwrap_or("").contains("db"), "{v}");
-    let v = app.get_json("/api/v1/deployments/img").await;
-    assert_eq!(v["desired"], "stopped", "{v}");
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["details"]["problems"][0]["field"], "driver", "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("service db"),
+        "{v}"
+    );
     let list = app.get_json("/api/v1/deployments").await;
-    assert_eq!(list["total"], 1, "only img was created: {list}");
+    assert_eq!(list["total"], 0, "nothing was created: {list}");
     app.stop().await;
 }
 

@@ -11,6 +11,7 @@ mod config_path;
 mod conventions;
 mod dashboard_nodes;
 mod deployments;
+mod docker;
 mod edge_sync;
 mod events;
 mod flows;

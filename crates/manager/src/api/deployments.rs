@@ -82,10 +82,11 @@ fn overall(services: &[ServiceStatus]) -> &'static str {
     }
 }
 
-fn view(state: &AppState, l: &Loaded, files: bool) -> DeploymentView {
+async fn view(state: &AppState, l: &Loaded, files: bool) -> DeploymentView {
     let d = &state.deployments;
     let name = &l.record.name;
-    let mut services = d.driver(&l.meta, &l.compose).status(name);
+    let kind = d.driver_kind(name, &l.meta, &l.compose).await;
+    let mut services = d.driver(name, &l.meta, &l.compose).await.status(name);
     if services.is_empty() {
         services = l
             .compose
@@ -110,7 +111,7 @@ fn view(state: &AppState, l: &Loaded, files: bool) -> DeploymentView {
         name: name.clone(),
         desired: l.record.desired,
         status: overall(&services),
-        driver: serde_json::to_value(d.driver_kind(&l.meta, &l.compose))
+        driver: serde_json::to_value(kind)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
@@ -282,7 +283,7 @@ pub async fn list(
     let mut items = Vec::new();
     for name in &names {
         match state.deployments.load(name).await {
-            Ok(l) => items.push(view(&state, &l, false)),
+            Ok(l) => items.push(view(&state, &l, false).await),
             // A directory edited into an invalid state is reported on its own.
             Err(e) => tracing::warn!(deployment = %name, error = %e, "a deployment cannot be read"),
         }
@@ -373,7 +374,7 @@ pub async fn create(
     Ok(json_with_etag(
         StatusCode::CREATED,
         l.record.version,
-        view(&state, &l, true),
+        view(&state, &l, true).await,
     ))
 }
 
@@ -390,7 +391,7 @@ pub async fn get(
     Ok(json_with_etag(
         StatusCode::OK,
         l.record.version,
-        view(&state, &l, files),
+        view(&state, &l, files).await,
     ))
 }
 
@@ -440,7 +441,7 @@ pub async fn update(
     Ok(json_with_etag(
         StatusCode::OK,
         after.record.version,
-        view(&state, &after, true),
+        view(&state, &after, true).await,
     ))
 }
 
@@ -516,7 +517,7 @@ async fn act(
         Some(json!({"desired": desired})),
     )
     .await?;
-    Ok(Json(view(state, &l, false)).into_response())
+    Ok(Json(view(state, &l, false).await).into_response())
 }
 
 #[utoipa::path(post, path = "/api/v1/deployments/{name}/start", operation_id = "start_deployment", tag = "deployments",
@@ -585,7 +586,7 @@ pub async fn logs(
         tail,
         since: q.time("since")?,
     };
-    let driver = state.deployments.driver(&l.meta, &l.compose);
+    let driver = state.deployments.driver(&name, &l.meta, &l.compose).await;
     // Subscribed before the tail is read, so no line falls between the two.
     let follow = q.flag("follow")?.then(|| driver.follow(&name));
     let lines = driver
@@ -665,7 +666,8 @@ pub async fn stats(
     let l = state.deployments.load(&name).await?;
     let services = state
         .deployments
-        .driver(&l.meta, &l.compose)
+        .driver(&name, &l.meta, &l.compose)
+        .await
         .stats(&name)
         .await;
     let total_memory: u64 = services.iter().map(|s| s.memory_bytes).sum();

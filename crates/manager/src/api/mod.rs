@@ -7,6 +7,7 @@ pub mod certificates;
 pub mod config;
 pub mod dashboard_ws;
 pub mod deployments;
+pub mod docker;
 pub mod events;
 pub mod flecto;
 pub mod gateway;
@@ -137,6 +138,26 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(templates::get))
         .routes(routes!(templates::compose))
         .routes(routes!(templates::refresh))
+        .routes(routes!(docker::list_containers))
+        .routes(routes!(docker::start_container))
+        .routes(routes!(docker::stop_container))
+        .routes(routes!(docker::restart_container))
+        .routes(routes!(docker::delete_container))
+        .routes(routes!(docker::container_logs))
+        .routes(routes!(docker::list_images))
+        .merge(
+            // The tarball is streamed to the engine, counted against its own
+            // limit (2 GiB), not the API's JSON body limit.
+            OpenApiRouter::new()
+                .routes(routes!(docker::import_image))
+                .layer(DefaultBodyLimit::max(docker::IMPORT_LIMIT_BYTES as usize)),
+        )
+        .routes(routes!(docker::pull_image))
+        .routes(routes!(docker::delete_image))
+        .routes(routes!(docker::list_volumes, docker::create_volume))
+        .routes(routes!(docker::delete_volume))
+        .routes(routes!(docker::list_networks, docker::create_network))
+        .routes(routes!(docker::delete_network))
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(nodes::command))

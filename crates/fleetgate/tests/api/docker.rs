@@ -1,0 +1,508 @@
+//! The Docker endpoints and Docker deployments through the real server.
+//!
+//! Without an engine (a socket path to nothing): every endpoint answers 503
+//! `DOCKER_UNAVAILABLE` within a second, and an image-only deployment says it
+//! needs the engine. With `FLEETGATE_TEST_DOCKER=1` and Debian's `docker.io`
+//! and `busybox-static`: a private `dockerd` (no bridge, no iptables rules),
+//! a busybox image imported through `POST /api/v1/images/import`, a deployment
+//! of it serving HTTP (`network_mode: host`: without a bridge, published ports
+//! reach nothing), and the container, image, volume and network endpoints.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::{config_in, expect_error, spawn_with, unused_port, TestApp};
+
+async fn spawn_with_socket(socket: impl FnOnce(&Path) -> PathBuf) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config_in(dir.path());
+    config.docker.socket = socket(dir.path());
+    spawn_with(config, dir).await
+}
+
+#[tokio::test]
+async fn without_an_engine_every_docker_endpoint_answers_503_within_a_second() {
+    let app = spawn_with_socket(|d| d.join("no-docker.sock")).await;
+    let calls: Vec<(Method, &str, Option<Value>)> = vec![
+        (Method::GET, "/api/v1/containers", None),
+        (Method::POST, "/api/v1/containers/web/start", None),
+        (Method::POST, "/api/v1/containers/web/stop", None),
+        (Method::POST, "/api/v1/containers/web/restart", None),
+        (Method::DELETE, "/api/v1/containers/web", None),
+        (Method::GET, "/api/v1/containers/web/logs?tail=5", None),
+        (Method::GET, "/api/v1/images", None),
+        (
+            Method::POST,
+            "/api/v1/images/pull",
+            Some(json!({"image": "busybox:1"})),
+        ),
+        (Method::DELETE, "/api/v1/images/busybox", None),
+        (Method::GET, "/api/v1/volumes", None),
+        (
+            Method::POST,
+            "/api/v1/volumes",
+            Some(json!({"name": "data"})),
+        ),
+        (Method::DELETE, "/api/v1/volumes/data", None),
+        (Method::GET, "/api/v1/networks", None),
+        (
+            Method::POST,
+            "/api/v1/networks",
+            Some(json!({"name": "apps"})),
+        ),
+        (Method::DELETE, "/api/v1/networks/apps", None),
+    ];
+    for (method, path, body) in calls {
+        let mut req = app.admin(method.clone(), path);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let started = Instant::now();
+        let r = req.send().await.expect("request");
+        let took = started.elapsed();
+        let body = expect_error(r, StatusCode::SERVICE_UNAVAILABLE, "DOCKER_UNAVAILABLE").await;
+        assert!(
+            took < Duration::from_secs(1),
+            "{method} {path} took {took:?}"
+        );
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no-docker.sock"),
+            "{method} {path}: {body}"
+        );
+    }
+    let started = Instant::now();
+    let r = app
+        .admin(Method::POST, "/api/v1/images/import?repo=fgtest/x&tag=1")
+        .header("content-type", "application/x-tar")
+        .body(vec![0u8; 1024])
+        .send()
+        .await
+        .expect("import");
+    expect_error(r, StatusCode::SERVICE_UNAVAILABLE, "DOCKER_UNAVAILABLE").await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // Names that would reach another engine URL are refused before.
+    let r = app
+        .admin(Method::POST, "/api/v1/containers/..%2Fimages/start")
+        .send()
+        .await
+        .expect("request");
+    expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    let r = app
+        .admin(Method::POST, "/api/v1/images/import?tag=1")
+        .body(vec![0u8; 16])
+        .send()
+        .await
+        .expect("request");
+    expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+
+    // Viewers read but do not change.
+    let viewer = app.key_for_role("viewer1", "viewer").await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/volumes"))
+        .bearer_auth(&viewer)
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // An image-only deployment needs the engine, and says so.
+    let started = Instant::now();
+    let r = app
+        .admin(Method::POST, "/api/v1/deployments")
+        .json(&json!({"name": "img", "compose": "services:\n  web:\n    image: nginx:1\n"}))
+        .send()
+        .await
+        .expect("create");
+    let body = expect_error(r, StatusCode::SERVICE_UNAVAILABLE, "DOCKER_UNAVAILABLE").await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no-docker.sock"),
+        "{body}"
+    );
+    let view = app.get_json("/api/v1/deployments/img").await;
+    assert_eq!(view["driver"], "docker", "{view}");
+    assert_eq!(view["desired"], "stopped", "{view}");
+
+    // With a command too, `auto` runs it as processes when there is no engine.
+    let r = app
+        .admin(Method::POST, "/api/v1/deployments")
+        .json(&json!({"name": "both", "start": false,
+            "compose": "services:\n  web:\n    image: busybox\n    command: [\"sleep\", \"60\"]\n"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let view: Value = r.json().await.expect("json");
+    assert_eq!(view["driver"], "process", "{view}");
+    // And `driver: docker` holds to Docker.
+    let r = app
+        .admin(Method::POST, "/api/v1/deployments")
+        .json(&json!({"name": "pinned", "start": false, "service": "driver: docker\n",
+            "compose": "services:\n  web:\n    image: busybox\n    command: [\"sleep\", \"60\"]\n"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let view: Value = r.json().await.expect("json");
+    assert_eq!(view["driver"], "docker", "{view}");
+    app.stop().await;
+}
+
+/// Why the engine case cannot run here, if it cannot.
+fn missing() -> Option<String> {
+    if std::env::var("FLEETGATE_TEST_DOCKER").ok().as_deref() != Some("1") {
+        return Some("FLEETGATE_TEST_DOCKER is not 1".into());
+    }
+    for tool in ["dockerd", "tar"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !found {
+            return Some(format!("{tool} is not installed (Debian: docker.io)"));
+        }
+    }
+    if !Path::new("/bin/busybox").exists() {
+        return Some("no static busybox at /bin/busybox (Debian: busybox-static)".into());
+    }
+    None
+}
+
+/// A private engine, stopped when dropped.
+struct Dockerd {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Dockerd {
+    fn start() -> Dockerd {
+        let dir = tempfile::Builder::new()
+            .prefix("fgapi")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let log = std::fs::File::create(dir.path().join("dockerd.log")).expect("log");
+        let child = Command::new("dockerd")
+            .arg("--host")
+            .arg(format!(
+                "unix://{}",
+                dir.path().join("docker.sock").display()
+            ))
+            .arg("--data-root")
+            .arg(dir.path().join("data"))
+            .arg("--exec-root")
+            .arg(dir.path().join("exec"))
+            .arg("--pidfile")
+            .arg(dir.path().join("dockerd.pid"))
+            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd starts");
+        let d = Dockerd { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !d.socket().exists() {
+            assert!(Instant::now() < deadline, "dockerd did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("docker.sock")
+    }
+
+    fn rootfs_tarball(&self) -> Vec<u8> {
+        let root = self.dir.path().join("rootfs");
+        for d in ["bin", "www", "tmp"] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy");
+        for applet in ["sh", "httpd", "sleep", "echo", "wget"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("link");
+        }
+        std::fs::write(root.join("www/index.html"), "served from a container\n").expect("write");
+        let tarball = self.dir.path().join("rootfs.tar");
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tarball)
+            .arg(".")
+            .status()
+            .expect("tar")
+            .success();
+        assert!(ok, "tar failed");
+        std::fs::read(tarball).expect("tarball")
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The engine leaves its network namespace file mounted.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|p| Path::new(p).starts_with(self.dir.path()))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").args(["-l", p]).status();
+        }
+    }
+}
+
+async fn send(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = app.admin(method, path);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docker_endpoints_and_a_docker_deployment_on_a_real_engine() {
+    if let Some(why) = missing() {
+        println!("skipped: {why}");
+        return;
+    }
+    let engine = Dockerd::start();
+    let socket = engine.socket();
+    let app = spawn_with_socket(|_| socket.clone()).await;
+
+    // The engine may take a moment to answer after its socket appears.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = send(&app, Method::GET, "/api/v1/images", None).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the engine never answered: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Import a busybox root filesystem as an image.
+    let r = app
+        .admin(
+            Method::POST,
+            "/api/v1/images/import?repo=fgtest/busybox&tag=1",
+        )
+        .header("content-type", "application/x-tar")
+        .body(engine.rootfs_tarball())
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let imported: Value = r.json().await.expect("json");
+    assert_eq!(imported["image"], "fgtest/busybox:1", "{imported}");
+    assert!(
+        imported["id"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("sha256:")),
+        "{imported}"
+    );
+    let images = app.get_json("/api/v1/images").await;
+    assert!(
+        images["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|i| i["tags"]
+                .as_array()
+                .is_some_and(|t| t.contains(&json!("fgtest/busybox:1")))),
+        "{images}"
+    );
+
+    // A pull that cannot reach a registry fails clearly (the registry named
+    // is on loopback, where nothing listens).
+    let started = Instant::now();
+    let port = unused_port();
+    let r = app
+        .admin(Method::POST, "/api/v1/images/pull")
+        .json(&json!({"image": format!("127.0.0.1:{port}/nothing:1")}))
+        .send()
+        .await
+        .expect("pull");
+    let body = expect_error(r, StatusCode::BAD_GATEWAY, "DOCKER_PULL_FAILED").await;
+    assert!(started.elapsed() < Duration::from_secs(60), "{body}");
+
+    // A deployment of it: `auto` picks Docker (an image and a command, and an
+    // engine that answers).
+    let port = unused_port();
+    let compose = format!(
+        "services:\n  web:\n    image: fgtest/busybox:1\n    command: [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"127.0.0.1:{port}\", \"-h\", \"/www\"]\n    network_mode: host\n    restart: always\n    stop_grace_period: 1s\n"
+    );
+    let (status, view) = send(
+        &app,
+        Method::POST,
+        "/api/v1/deployments",
+        Some(json!({"name": "site", "compose": compose, "service": format!("port: {port}\n")})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    assert_eq!(view["driver"], "docker", "{view}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let view = loop {
+        let v = app.get_json("/api/v1/deployments/site").await;
+        if v["status"] == "running" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "never running: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let container_id = view["services"][0]["container_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/index.html"))
+        .await
+        .expect("httpd answers")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(page, "served from a container\n");
+
+    // The container is listed with its deployment, restarted, and its logs read.
+    let containers = app.get_json("/api/v1/containers").await;
+    let web = containers["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|c| c["name"] == "fleetgate-site-web")
+        .unwrap_or_else(|| panic!("{containers}"))
+        .clone();
+    assert_eq!(web["deployment"], "site");
+    assert_eq!(web["service"], "web");
+    assert_eq!(web["state"], "running");
+    assert_eq!(web["id"], container_id.as_str());
+    let (status, _) = send(
+        &app,
+        Method::POST,
+        "/api/v1/containers/fleetgate-site-web/restart",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let logs = app
+        .get_json("/api/v1/containers/fleetgate-site-web/logs?tail=10")
+        .await;
+    assert!(logs["items"].is_array(), "{logs}");
+    let stats = app.get_json("/api/v1/deployments/site/stats").await;
+    assert!(
+        stats["memory_bytes"].as_u64().is_some_and(|m| m > 0),
+        "{stats}"
+    );
+
+    // The image is in use: refused until the deployment is gone.
+    let (status, body) = send(
+        &app,
+        Method::DELETE,
+        "/api/v1/images/fgtest%2Fbusybox:1",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, _) = send(&app, Method::DELETE, "/api/v1/deployments/site", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = send(
+        &app,
+        Method::GET,
+        "/api/v1/containers/fleetgate-site-web/logs",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // Volumes and networks.
+    let (status, v) = send(
+        &app,
+        Method::POST,
+        "/api/v1/volumes",
+        Some(json!({"name": "fg-test-data"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["name"], "fg-test-data");
+    let vols = app.get_json("/api/v1/volumes").await;
+    assert!(vols.to_string().contains("fg-test-data"), "{vols}");
+    let (status, _) = send(&app, Method::DELETE, "/api/v1/volumes/fg-test-data", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = send(&app, Method::DELETE, "/api/v1/volumes/fg-test-data", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // An internal network: no route out, and nothing is sent over it.
+    let (status, n) = send(
+        &app,
+        Method::POST,
+        "/api/v1/networks",
+        Some(json!({"name": "fg-test-net", "driver": "bridge", "internal": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{n}");
+    let nets = app.get_json("/api/v1/networks").await;
+    assert!(nets.to_string().contains("fg-test-net"), "{nets}");
+    let (status, _) = send(&app, Method::DELETE, "/api/v1/networks/fg-test-net", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let (status, _) = send(
+        &app,
+        Method::DELETE,
+        "/api/v1/images/fgtest%2Fbusybox:1",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let audit = app.get_json("/api/v1/audit?limit=200").await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for a in [
+        "image.import",
+        "container.restart",
+        "volume.create",
+        "volume.delete",
+        "network.create",
+        "network.delete",
+        "image.delete",
+    ] {
+        assert!(actions.contains(&a), "{a} not audited: {actions:?}");
+    }
+    app.stop().await;
+}
