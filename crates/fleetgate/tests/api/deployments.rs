@@ -357,11 +357,11 @@ async fn a_template_is_listed_and_deployed() {
     let compose = files["compose"]
         .as_str()
         .expect("compose")
-        .replace("8080", &port.to_string());
+        .replace("8070", &port.to_string());
     let service = files["service"]
         .as_str()
         .expect("service")
-        .replace("8080", &port.to_string())
+        .replace("8070", &port.to_string())
         .replace("site.example.com", "static.example.test");
     let (s, v) = send(
         &app,
