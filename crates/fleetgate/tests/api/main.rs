@@ -9,6 +9,7 @@ mod config;
 mod config_path;
 mod conventions;
 mod dashboard_nodes;
+mod databases;
 mod deployments;
 mod edge_sync;
 mod events;

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod certificates;
 pub mod config;
 pub mod dashboard_ws;
+pub mod databases;
 pub mod deployments;
 pub mod events;
 pub mod flecto;
@@ -137,6 +138,12 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(templates::get))
         .routes(routes!(templates::compose))
         .routes(routes!(templates::refresh))
+        .routes(routes!(databases::test))
+        .routes(routes!(databases::list))
+        .routes(routes!(databases::tables))
+        .routes(routes!(databases::query))
+        .routes(routes!(databases::create))
+        .routes(routes!(databases::create_user))
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(nodes::command))
