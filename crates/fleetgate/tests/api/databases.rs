@@ -110,7 +110,10 @@ async fn count_items(app: &TestApp, s: &Server, db: &str) -> i64 {
 }
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 async fn connection_test_and_listing(s: Server) {
@@ -120,7 +123,10 @@ async fn connection_test_and_listing(s: Server) {
     let server = r["server"].as_str().expect("server");
     match s.kind {
         Kind::Postgres => assert!(server.starts_with("PostgreSQL "), "{server}"),
-        Kind::Mysql => assert!(server.chars().next().is_some_and(|c| c.is_ascii_digit()), "{server}"),
+        Kind::Mysql => assert!(
+            server.chars().next().is_some_and(|c| c.is_ascii_digit()),
+            "{server}"
+        ),
     }
     assert!(r["latency_ms"].is_u64(), "{r}");
 
@@ -131,7 +137,10 @@ async fn connection_test_and_listing(s: Server) {
     let r = post(&app, "test", json!({"connection": closed})).await;
     let e = expect_error(r, StatusCode::BAD_GATEWAY, "DATABASE_UNREACHABLE").await;
     assert!(started.elapsed() < Duration::from_secs(2), "{e}");
-    assert!(e["error"].as_str().expect("error").contains("connect"), "{e}");
+    assert!(
+        e["error"].as_str().expect("error").contains("connect"),
+        "{e}"
+    );
 
     let r = ok_json(post(&app, "list", json!({"connection": s.conn(&s.database)})).await).await;
     let names: Vec<&str> = r["databases"]
@@ -142,7 +151,10 @@ async fn connection_test_and_listing(s: Server) {
         .collect();
     assert!(names.contains(&s.database.as_str()), "{r}");
     if s.kind == Kind::Postgres {
-        assert!(!names.contains(&"template0"), "templates are not listed: {r}");
+        assert!(
+            !names.contains(&"template0"),
+            "templates are not listed: {r}"
+        );
     }
 
     // A Unix socket path is refused before any connection.
@@ -160,17 +172,36 @@ async fn lifecycle(s: Server) {
     let conn = s.conn(&s.database);
 
     // Create the database (admin), a table in it, rows.
-    let r = post(&app, "create", json!({"connection": conn, "database_name": db})).await;
+    let r = post(
+        &app,
+        "create",
+        json!({"connection": conn, "database_name": db}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    let r = post(&app, "create", json!({"connection": conn, "database_name": db})).await;
+    let r = post(
+        &app,
+        "create",
+        json!({"connection": conn, "database_name": db}),
+    )
+    .await;
     expect_error(r, StatusCode::CONFLICT, "CONFLICT").await;
-    let r = post(&app, "create", json!({"connection": conn, "database_name": "bad-name"})).await;
+    let r = post(
+        &app,
+        "create",
+        json!({"connection": conn, "database_name": "bad-name"}),
+    )
+    .await;
     expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
     let create_table = match s.kind {
-        Kind::Postgres => "CREATE TABLE items (id INT PRIMARY KEY, name TEXT, active BOOLEAN, \
-             note TEXT, created_at TIMESTAMPTZ, price NUMERIC(10,3), data JSONB)",
-        Kind::Mysql => "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(50), active BOOLEAN, \
-             note TEXT, created_at TIMESTAMP NULL, price DECIMAL(10,3), data JSON)",
+        Kind::Postgres => {
+            "CREATE TABLE items (id INT PRIMARY KEY, name TEXT, active BOOLEAN, \
+             note TEXT, created_at TIMESTAMPTZ, price NUMERIC(10,3), data JSONB)"
+        }
+        Kind::Mysql => {
+            "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(50), active BOOLEAN, \
+             note TEXT, created_at TIMESTAMP NULL, price DECIMAL(10,3), data JSON)"
+        }
     };
     run(&app, &s, &db, create_table, true).await;
     // PostgreSQL reads the offset; MySQL's session time zone is UTC (sqlx sets it).
@@ -204,7 +235,18 @@ async fn lifecycle(s: Server) {
         .iter()
         .map(|c| c["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(names, ["id", "name", "active", "note", "created_at", "price", "data"]);
+    assert_eq!(
+        names,
+        [
+            "id",
+            "name",
+            "active",
+            "note",
+            "created_at",
+            "price",
+            "data"
+        ]
+    );
     assert_eq!(r["row_count"], 3);
     assert_eq!(r["truncated"], false);
     let row = &r["rows"][0];
@@ -281,7 +323,10 @@ async fn lifecycle(s: Server) {
     )
     .await;
     let e = expect_error(r, StatusCode::UNPROCESSABLE_ENTITY, "READ_ONLY").await;
-    assert!(e["error"].as_str().expect("error").contains("read-only"), "{e}");
+    assert!(
+        e["error"].as_str().expect("error").contains("read-only"),
+        "{e}"
+    );
     assert_eq!(count_items(&app, &s, &db).await, 3);
     // DDL too (on MySQL it would commit the read-only transaction implicitly).
     let r = post(
@@ -303,7 +348,13 @@ async fn lifecycle(s: Server) {
             )
             .await;
             let e = expect_error(r, StatusCode::BAD_REQUEST, "STATEMENT_REJECTED").await;
-            assert!(e["error"].as_str().expect("error").contains("one statement"), "{e}");
+            assert!(
+                e["error"]
+                    .as_str()
+                    .expect("error")
+                    .contains("one statement"),
+                "{e}"
+            );
         }
     }
     assert_eq!(count_items(&app, &s, &db).await, 3);
@@ -347,7 +398,11 @@ async fn lifecycle(s: Server) {
     )
     .await;
     let e = expect_error(r, StatusCode::GATEWAY_TIMEOUT, "QUERY_TIMEOUT").await;
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}: {e}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}: {e}",
+        started.elapsed()
+    );
 
     // A user that can connect and read; its password is nowhere to be seen.
     let user = unique("fg_user");
@@ -377,8 +432,26 @@ async fn lifecycle(s: Server) {
     )
     .await;
     assert_eq!(r["rows"][0][0], 3, "{r}");
+    if s.kind == Kind::Postgres {
+        // Local connections are trusted here, so the password is checked
+        // against the stored SCRAM verifier instead: the manager sent one it
+        // computed, which PostgreSQL would have hashed again had it not taken it
+        // for a verifier.
+        let sql = format!(
+            "SELECT split_part(split_part(rolpassword, '$', 2), ':', 1)::int4, \
+             encode(decode(split_part(split_part(rolpassword, '$', 2), ':', 2), 'base64'), 'hex'), \
+             encode(decode(split_part(split_part(rolpassword, '$', 3), ':', 2), 'base64'), 'hex') \
+             FROM pg_authid WHERE rolname = '{user}'"
+        );
+        let r = run(&app, &s, &s.database, &sql, false).await;
+        let row = &r["rows"][0];
+        let iterations = u32::try_from(row[0].as_i64().expect("iterations")).expect("u32");
+        let salt = hex::decode(row[1].as_str().expect("salt")).expect("hex");
+        let server_key = row[2].as_str().expect("server key");
+        assert_eq!(scram_server_key(&password, &salt, iterations), server_key);
+    }
     if s.kind == Kind::Mysql {
-        // PostgreSQL here trusts local connections; MySQL checks the password.
+        // MySQL checks the password here.
         let mut wrong = as_user.clone();
         wrong["password"] = json!("not-the-password");
         let r = post(&app, "test", json!({"connection": wrong})).await;
@@ -393,25 +466,63 @@ async fn lifecycle(s: Server) {
         .text()
         .await
         .expect("audit text");
-    assert!(!audit.contains(&password), "the password is in the audit log");
+    assert!(
+        !audit.contains(&password),
+        "the password is in the audit log"
+    );
     assert!(audit.contains("database.user_create"), "{audit}");
     assert!(audit.contains("database.query"), "{audit}");
-    assert!(audit.contains("INSERT INTO items VALUES"), "statements are audited");
+    assert!(
+        audit.contains("INSERT INTO items VALUES"),
+        "statements are audited"
+    );
 
     // Clean up: the database and the user.
     match s.kind {
         Kind::Postgres => {
-            run(&app, &s, "postgres", &format!("DROP DATABASE {db} WITH (FORCE)"), true).await;
+            run(
+                &app,
+                &s,
+                "postgres",
+                &format!("DROP DATABASE {db} WITH (FORCE)"),
+                true,
+            )
+            .await;
             run(&app, &s, "postgres", &format!("DROP ROLE {user}"), true).await;
         }
         Kind::Mysql => {
             run(&app, &s, &s.database, &format!("DROP DATABASE {db}"), true).await;
-            run(&app, &s, &s.database, &format!("DROP USER '{user}'@'%'"), true).await;
+            run(
+                &app,
+                &s,
+                &s.database,
+                &format!("DROP USER '{user}'@'%'"),
+                true,
+            )
+            .await;
         }
     }
     let r = ok_json(post(&app, "list", json!({"connection": conn})).await).await;
     assert!(!r.to_string().contains(&db), "{r}");
     app.stop().await;
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("key");
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// SCRAM-SHA-256's ServerKey of `password` (RFC 5802), in hex.
+fn scram_server_key(password: &str, salt: &[u8], iterations: u32) -> String {
+    let mut u = hmac_sha256(password.as_bytes(), &[salt, &1u32.to_be_bytes()].concat());
+    let mut salted = u.clone();
+    for _ in 1..iterations {
+        u = hmac_sha256(password.as_bytes(), &u);
+        salted.iter_mut().zip(&u).for_each(|(s, x)| *s ^= x);
+    }
+    hex::encode(hmac_sha256(&salted, b"Server Key"))
 }
 
 #[tokio::test]

@@ -151,7 +151,11 @@ impl ConnectionSpec {
                 "must be 1 to 128 characters",
             ));
         }
-        if self.password.as_ref().is_some_and(|p| p.chars().count() > 1024) {
+        if self
+            .password
+            .as_ref()
+            .is_some_and(|p| p.chars().count() > 1024)
+        {
             return Err(ApiError::bad_request(
                 "connection.password",
                 "must be at most 1024 characters",
@@ -316,7 +320,10 @@ fn query_timeout(timeout: Duration) -> ApiError {
 /// One open connection, for one request.
 enum Db {
     Pg(PgConnection),
-    My { conn: MySqlConnection, mariadb: bool },
+    My {
+        conn: MySqlConnection,
+        mariadb: bool,
+    },
 }
 
 struct Opened {
@@ -390,7 +397,6 @@ async fn connect(spec: &ConnectionSpec, database: Option<&str>) -> ApiResult<Ope
                     .host(&spec.host)
                     .port(spec.port())
                     .username(&spec.user)
-                    .password(spec.password())
                     .ssl_mode(match spec.tls.unwrap_or_default() {
                         TlsMode::Disable => MySqlSslMode::Disabled,
                         TlsMode::Prefer => MySqlSslMode::Preferred,
@@ -403,6 +409,11 @@ async fn connect(spec: &ConnectionSpec, database: Option<&str>) -> ApiResult<Ope
                     .pipes_as_concat(false)
                     .no_engine_substitution(false)
                     .disable_statement_logging();
+                // An empty password is no password: MySQL answers the
+                // handshake with an empty response then, not a scramble of "".
+                if !spec.password().is_empty() {
+                    opts = opts.password(spec.password());
+                }
                 if let Some(d) = database {
                     opts = opts.database(d);
                 }
@@ -559,16 +570,7 @@ pub async fn list(
     let result = list_databases(spec).await;
     let extra = json!({ "rows": result.as_ref().map(|l| l.databases.len()).ok() });
     let outcome = result.as_ref().map(|_| ()).map_err(clone_error);
-    audit(
-        &state,
-        &auth,
-        "database.list",
-        spec,
-        None,
-        extra,
-        &outcome,
-    )
-    .await?;
+    audit(&state, &auth, "database.list", spec, None, extra, &outcome).await?;
     result.map(Json)
 }
 
@@ -754,7 +756,9 @@ pub struct QueryResult {
     pub columns: Vec<ColumnInfo>,
     /// Each row's values in column order: numbers, text, booleans, JSON, null;
     /// dates and times as RFC 3339 text, numeric/decimal as text, binary as
-    /// base64, and `{"unsupported_type": name}` where no JSON form is known.
+    /// base64 (MySQL: binary that is not UTF-8, since the protocol cannot tell
+    /// `_bin`-collated text from bytes), and `{"unsupported_type": name}` where no
+    /// JSON form is known.
     #[schema(value_type = Vec<Vec<Object>>)]
     pub rows: Vec<Vec<Value>>,
     pub row_count: usize,
@@ -798,7 +802,10 @@ pub async fn query(
     if body.sql.len() > MAX_SQL_BYTES {
         return Err(ApiError::bad_request(
             "sql",
-            format!("is {} bytes; at most {MAX_SQL_BYTES} are accepted", body.sql.len()),
+            format!(
+                "is {} bytes; at most {MAX_SQL_BYTES} are accepted",
+                body.sql.len()
+            ),
         ));
     }
     let max_rows = body.max_rows.unwrap_or(1000);
@@ -1264,9 +1271,17 @@ fn my_cell(row: &MySqlRow, i: usize) -> Value {
         "JSON" => row
             .try_get_unchecked::<String, _>(i)
             .map(|s| serde_json::from_str(&s).unwrap_or(Value::String(s))),
-        "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" | "GEOMETRY" => {
-            row.try_get_unchecked::<Vec<u8>, _>(i).map(base64)
-        }
+        // The protocol flags every `_bin`-collated text column as binary too
+        // (MariaDB's JSON is LONGTEXT COLLATE utf8mb4_bin), and the column's
+        // character set is not exposed by the driver: UTF-8 is text, other
+        // bytes are base64.
+        "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" => row
+            .try_get_unchecked::<Vec<u8>, _>(i)
+            .map(|b| match String::from_utf8(b) {
+                Ok(text) => Value::String(text),
+                Err(e) => base64(e.into_bytes()),
+            }),
+        "GEOMETRY" => row.try_get_unchecked::<Vec<u8>, _>(i).map(base64),
         "DATE" => row
             .try_get::<NaiveDate, _>(i)
             .map(|d| Value::String(d.to_string())),
@@ -1287,7 +1302,11 @@ fn my_cell(row: &MySqlRow, i: usize) -> Value {
 pub struct CreateDatabase {
     pub connection: ConnectionSpec,
     /// `[A-Za-z_][A-Za-z0-9_]{0,62}`.
-    #[schema(min_length = 1, max_length = 63, pattern = "^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+    )]
     pub database_name: String,
 }
 
@@ -1359,14 +1378,22 @@ pub enum Privileges {
 pub struct CreateUser {
     pub connection: ConnectionSpec,
     /// `[A-Za-z_][A-Za-z0-9_]{0,62}`.
-    #[schema(min_length = 1, max_length = 63, pattern = "^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+    )]
     pub username: String,
     /// Never echoed, logged or audited.
     #[schema(min_length = 1, max_length = 1024)]
     pub password: String,
     /// The database to grant on; no grant without it.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 63, pattern = "^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+    )]
     pub database: Option<String>,
     #[serde(default)]
     pub privileges: Option<Privileges>,
@@ -1492,7 +1519,10 @@ async fn make_user(
             let identified = if mariadb {
                 // MariaDB takes the mysql_native_password hash: no plaintext on
                 // the wire or in its logs.
-                format!("IDENTIFIED BY PASSWORD '{}'", native_password_hash(&body.password))
+                format!(
+                    "IDENTIFIED BY PASSWORD '{}'",
+                    native_password_hash(&body.password)
+                )
             } else {
                 // MySQL 8 hashes with caching_sha2_password itself; the literal is
                 // escaped for either setting of NO_BACKSLASH_ESCAPES, forced off.
