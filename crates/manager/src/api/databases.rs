@@ -1149,8 +1149,9 @@ fn interval(v: PgInterval) -> Value {
     let sign = if v.microseconds < 0 { "-" } else { "" };
     let us = v.microseconds.unsigned_abs();
     let mut secs = format!("{sign}{}", us / 1_000_000);
-    if us % 1_000_000 != 0 {
-        let frac = format!("{:06}", us % 1_000_000);
+    let micros = us % 1_000_000;
+    if micros > 0 {
+        let frac = format!("{micros:06}");
         let _ = write!(secs, ".{}", frac.trim_end_matches('0'));
     }
     Value::String(format!("P{}M{}DT{secs}S", v.months, v.days))
