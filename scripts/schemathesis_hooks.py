@@ -25,6 +25,22 @@ def _limit_off(settings):
         api["rate_limit_per_minute"] = 0
 
 
+def _loopback_only(body):
+    """Points a databases request's connection at 127.0.0.1.
+
+    These operations connect wherever `connection.host` says; generated hosts
+    could name any address, and this stage must send traffic to this machine
+    only. A host outside the schema's 1 to 255 characters is left as generated,
+    so that a negative case stays negative (the server refuses it before
+    connecting), and so is every other field.
+    """
+    conn = body.get("connection")
+    if isinstance(conn, dict):
+        host = conn.get("host")
+        if isinstance(host, str) and 1 <= len(host) <= 255:
+            conn["host"] = "127.0.0.1"
+
+
 @schemathesis.hook
 def before_call(ctx, case, **kwargs):
     method = case.operation.method.upper()
@@ -32,6 +48,8 @@ def before_call(ctx, case, **kwargs):
     body = getattr(case, "body", None)
     if method == "PUT" and path == "/api/v1/settings":
         _limit_off(body)
+    elif path.startswith("/api/v1/databases/") and isinstance(body, dict):
+        _loopback_only(body)
     elif method == "POST" and path == "/api/v1/import" and isinstance(body, dict):
         if "settings" not in body:
             body["settings"] = {"api": {"rate_limit_per_minute": 0}}

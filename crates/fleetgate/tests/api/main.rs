@@ -10,6 +10,7 @@ mod config;
 mod config_path;
 mod conventions;
 mod dashboard_nodes;
+mod databases;
 mod deployments;
 mod docker;
 mod edge_sync;

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod certificates;
 pub mod config;
 pub mod dashboard_ws;
+pub mod databases;
 pub mod deployments;
 pub mod docker;
 pub mod events;
@@ -158,6 +159,12 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(docker::delete_volume))
         .routes(routes!(docker::list_networks, docker::create_network))
         .routes(routes!(docker::delete_network))
+        .routes(routes!(databases::test))
+        .routes(routes!(databases::list))
+        .routes(routes!(databases::tables))
+        .routes(routes!(databases::query))
+        .routes(routes!(databases::create))
+        .routes(routes!(databases::create_user))
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(nodes::command))
