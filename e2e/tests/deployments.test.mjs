@@ -154,7 +154,7 @@ test('an app created from the form runs, is routed, logs, stops, starts and is d
   await page.context().close();
 });
 
-test('a bad port is shown under compose.yml on its line, a bad name by the name, and nothing is created; a 422 opens the stopped deployment', async () => {
+test('a bad port is shown under compose.yml on its line, a bad name by the name, and nothing is created; one that cannot start opens the stopped deployment', async () => {
   const page = await newPage(browser);
   await login(page, fg);
   await page.goto(`${fg.url}/#/deployments/_new`);
@@ -189,17 +189,20 @@ test('a bad port is shown under compose.yml on its line, a bad name by the name,
   assert.equal(await form.locator('.code-problems li').count(), 0);
   assert.equal((await fg.api('GET', '/api/v1/deployments')).total, 0);
 
-  // Files that check but cannot start on this driver (an image, no command): the
-  // deployment is created stopped, the error told, and its page opened.
+  // Files that check but cannot start (an image only: the Docker driver, and no
+  // engine answers here, 503): the deployment is created stopped, the error told
+  // with the engine's absence, and its page opened.
   await form.getByLabel('Name').fill('image-only');
   await setText(page, '#deployment-create textarea[name="compose"]', 'services:\n  db:\n    image: postgres:16\n');
   await form.getByRole('button', { name: 'Create deployment' }).click();
   await page.locator('#toasts .toast.bad', { hasText: 'was created but could not start' }).waitFor();
+  assert.match(await page.locator('#toasts .toast.bad').last().innerText(), /Docker engine is unavailable/);
   await page.waitForURL(/#\/deployments\/image-only$/);
   await page.locator('#deployment-status [data-status="stopped"]').waitFor();
   assert.equal((await fg.api('GET', '/api/v1/deployments/image-only')).desired, 'stopped');
   await fg.api('DELETE', '/api/v1/deployments/image-only');
-  page.assertClean(['400', '422']);
+  // 503: the create's start and the page's stats, both needing the engine.
+  page.assertClean(['400', '503']);
   await page.context().close();
 });
 

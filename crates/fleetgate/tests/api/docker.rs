@@ -132,6 +132,7 @@ async fn without_an_engine_every_docker_endpoint_answers_503_within_a_second() {
             .contains("no-docker.sock"),
         "{body}"
     );
+    assert_eq!(body["details"]["created"], true, "{body}");
     let view = app.get_json("/api/v1/deployments/img").await;
     assert_eq!(view["driver"], "docker", "{view}");
     assert_eq!(view["desired"], "stopped", "{view}");

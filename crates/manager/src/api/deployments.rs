@@ -321,7 +321,8 @@ fn yes() -> bool {
 #[utoipa::path(post, path = "/api/v1/deployments", operation_id = "create_deployment", tag = "deployments", request_body = CreateDeployment,
     responses((status = 201, description = "Created (and started unless start is false); its domains are routed", body = DeploymentView),
               (status = 400, description = "The files do not check: details.problems lists each with file, line, column and field"),
-              (status = 422, description = "Created, but it could not start (it is left stopped)")))]
+              (status = 422, description = "Created, but it could not start (it is left stopped; details.created is true)"),
+              (status = 503, description = "Created, but its driver's engine is unavailable (left stopped; details.created is true)")))]
 pub async fn create(
     State(state): State<AppState>,
     auth: AuthContext,
@@ -368,7 +369,9 @@ pub async fn create(
                 .deployments
                 .set_desired(&body.name, Desired::Stopped)
                 .await;
-            return Err(e.into());
+            // The deployment exists (stopped): a client opens it rather than
+            // offering the form again.
+            return Err(ApiError::from(e).with_details(json!({"created": true, "name": body.name})));
         }
     }
     Ok(json_with_etag(
@@ -436,7 +439,11 @@ pub async fn update(
     apply_proxy(&state, &auth, &after, true).await?;
     request_certificate(&state, &auth, &after);
     if after.record.desired == Desired::Running {
-        state.deployments.start(&after).await?;
+        if let Err(e) = state.deployments.start(&after).await {
+            // The new files are saved; only the start failed.
+            return Err(ApiError::from(e)
+                .with_details(json!({"saved": true, "version": after.record.version})));
+        }
     }
     Ok(json_with_etag(
         StatusCode::OK,

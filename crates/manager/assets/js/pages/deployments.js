@@ -207,8 +207,9 @@ async function renderCreate(main, ctx) {
       location.hash = `#/deployments/${enc(name)}`;
     } catch (e) {
       if (showProblems(form, editors, e)) return;
-      if (e.status === 422) {
-        // Created, but it could not start: it is left stopped; its page says more.
+      if (e.details && e.details.created) {
+        // Created, but it could not start (its driver refused it, or the Docker
+        // engine is unavailable): it is left stopped; its page says more.
         toast(`Deployment ${name} was created but could not start: ${e.message}`, 'bad');
         location.hash = `#/deployments/${enc(name)}`;
         return;
@@ -491,7 +492,7 @@ function filesPanel(base, d, etagNow, onSaved) {
         try { await reload(); } catch (e2) { toast(`Cannot read the current files: ${e2.message}`, 'bad'); }
         return;
       }
-      if (e.status === 422) {
+      if (e.details && e.details.saved) {
         // Saved, but it could not start again.
         form.querySelector('.form-error').textContent = `Saved, but the deployment could not start: ${e.message}`;
         try { await reload(); } catch { /* the page's next reading shows it */ }
