@@ -10,22 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::scale_out::pair_on;
-use crate::support::{postgres_schema_url, spawn_app, TestApp};
-
-async fn send(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut r = app.admin(method, path);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.expect("request");
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
+use crate::support::{postgres_schema_url, send, spawn_app, TestApp};
 
 async fn latest_revision(app: &TestApp) -> i64 {
     let v = app.get_json("/api/v1/revisions?limit=1").await;

@@ -10,22 +10,7 @@ use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{spawn_app, unused_port, TestApp};
-
-async fn send(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = app.admin(method, path);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("request");
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
+use crate::support::{send, spawn_app, unused_port, TestApp};
 
 /// Polls the deployment until `pred` holds.
 async fn until(app: &TestApp, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {

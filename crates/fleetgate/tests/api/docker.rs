@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{config_in, expect_error, spawn_with, unused_port, TestApp};
+use crate::support::{config_in, expect_error, send, spawn_with, unused_port, TestApp};
 
 async fn spawn_with_socket(socket: impl FnOnce(&Path) -> PathBuf) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -275,21 +275,6 @@ impl Drop for Dockerd {
             let _ = Command::new("umount").args(["-l", p]).status();
         }
     }
-}
-
-async fn send(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = app.admin(method, path);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("request");
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

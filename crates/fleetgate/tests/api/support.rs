@@ -270,3 +270,20 @@ pub fn listening(port: u16) -> bool {
     )
     .is_ok()
 }
+
+/// Sends a request as the bootstrap admin; its status and JSON body (null when
+/// the body is not JSON).
+pub async fn send(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = app.admin(method, path);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}

@@ -895,58 +895,8 @@ async fn pg_run(c: &mut PgConnection, plan: &Plan<'_>, secrets: &[&str]) -> ApiR
     } else {
         format!("BEGIN READ ONLY; SET LOCAL statement_timeout = {ms}")
     };
-    c.execute(sqlx::raw_sql(&setup))
-        .await
-        .map_err(|e| db_error(e, Phase::Execute, secrets))?;
-    let started = Instant::now();
-    // prepare: one statement through the extended protocol (Parse refuses two).
-    let stmt = c
-        .prepare(plan.sql)
-        .await
-        .map_err(|e| db_error(e, Phase::Prepare, secrets))?;
-    let columns = stmt
-        .columns()
-        .iter()
-        .map(|col| ColumnInfo {
-            name: col.name().to_string(),
-            type_name: col.type_info().name().to_string(),
-        })
-        .collect();
-    let mut result = QueryResult {
-        columns,
-        rows: Vec::new(),
-        row_count: 0,
-        truncated: false,
-        rows_affected: 0,
-        elapsed_ms: 0,
-    };
-    {
-        let mut stream = c.fetch_many(stmt.query());
-        while let Some(step) = stream
-            .try_next()
-            .await
-            .map_err(|e| db_error(e, Phase::Execute, secrets))?
-        {
-            match step {
-                Either::Left(done) => result.rows_affected += done.rows_affected(),
-                Either::Right(row) => {
-                    if result.rows.len() == plan.max_rows {
-                        result.truncated = true;
-                        break;
-                    }
-                    result.rows.push(pg_row(&row));
-                }
-            }
-        }
-    }
-    result.elapsed_ms = millis(started.elapsed());
-    result.row_count = result.rows.len();
-    if !plan.write && !result.truncated {
-        c.execute(sqlx::raw_sql("ROLLBACK"))
-            .await
-            .map_err(|e| db_error(e, Phase::Execute, secrets))?;
-    }
-    Ok(result)
+    let affected = sqlx::postgres::PgQueryResult::rows_affected;
+    run_prepared::<sqlx::Postgres>(c, &setup, plan, secrets, pg_row, affected).await
 }
 
 async fn my_run(
@@ -967,11 +917,32 @@ async fn my_run(
         // The session default too: see the module's documentation.
         format!("SET SESSION TRANSACTION READ ONLY; {timeout}; START TRANSACTION READ ONLY")
     };
-    c.execute(sqlx::raw_sql(&setup))
+    let affected = sqlx::mysql::MySqlQueryResult::rows_affected;
+    run_prepared::<sqlx::MySql>(c, &setup, plan, secrets, my_row, affected).await
+}
+
+/// Runs `setup`, then the plan's SQL as one prepared statement (a prepared
+/// statement cannot hold two commands, so nothing escapes the transaction
+/// `setup` opened), streaming at most `max_rows` rows; a read is rolled back.
+async fn run_prepared<DB>(
+    c: &mut DB::Connection,
+    setup: &str,
+    plan: &Plan<'_>,
+    secrets: &[&str],
+    to_json: fn(&DB::Row) -> Vec<Value>,
+    affected: fn(&DB::QueryResult) -> u64,
+) -> ApiResult<QueryResult>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    (&mut *c)
+        .execute(sqlx::raw_sql(setup))
         .await
         .map_err(|e| db_error(e, Phase::Execute, secrets))?;
     let started = Instant::now();
-    let stmt = c
+    let stmt = (&mut *c)
         .prepare(plan.sql)
         .await
         .map_err(|e| db_error(e, Phase::Prepare, secrets))?;
@@ -992,20 +963,20 @@ async fn my_run(
         elapsed_ms: 0,
     };
     {
-        let mut stream = c.fetch_many(stmt.query());
+        let mut stream = (&mut *c).fetch_many(stmt.query());
         while let Some(step) = stream
             .try_next()
             .await
             .map_err(|e| db_error(e, Phase::Execute, secrets))?
         {
             match step {
-                Either::Left(done) => result.rows_affected += done.rows_affected(),
+                Either::Left(done) => result.rows_affected += affected(&done),
                 Either::Right(row) => {
                     if result.rows.len() == plan.max_rows {
                         result.truncated = true;
                         break;
                     }
-                    result.rows.push(my_row(&row));
+                    result.rows.push(to_json(&row));
                 }
             }
         }
@@ -1013,7 +984,8 @@ async fn my_run(
     result.elapsed_ms = millis(started.elapsed());
     result.row_count = result.rows.len();
     if !plan.write && !result.truncated {
-        c.execute(sqlx::raw_sql("ROLLBACK"))
+        (&mut *c)
+            .execute(sqlx::raw_sql("ROLLBACK"))
             .await
             .map_err(|e| db_error(e, Phase::Execute, secrets))?;
     }
