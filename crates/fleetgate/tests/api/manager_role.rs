@@ -25,26 +25,37 @@ struct Started {
 }
 
 /// Starts Fleetgate in process with the gateway on fixed free ports (not port 0,
-/// so that the test can tell whether anything listens there).
+/// so that the test can tell whether anything listens there). A port found free
+/// can be taken by a parallel test before Fleetgate binds it: then new ports are
+/// tried.
 async fn start(with_gateway: bool, database_url: Option<String>) -> Started {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = config_in(dir.path());
-    config.database.url = database_url;
-    let (gateway_port, tls_port) = (unused_port(), unused_port());
-    config.gateway.listen = ([127, 0, 0, 1], gateway_port).into();
-    config.gateway.tls_listen = ([127, 0, 0, 1], tls_port).into();
-    let secrets = fleetgate::BootstrapSecrets {
-        admin_password: Some(ADMIN_PASSWORD.into()),
-        bootstrap_token: Some(TOKEN.into()),
-    };
-    let running = fleetgate::start(config, secrets, with_gateway, std::future::pending())
-        .await
-        .expect("fleetgate starts");
-    Started {
-        running,
-        gateway_port,
-        tls_port,
-        _dir: dir,
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config_in(dir.path());
+        config.database.url = database_url.clone();
+        let (gateway_port, tls_port) = (unused_port(), unused_port());
+        config.gateway.listen = ([127, 0, 0, 1], gateway_port).into();
+        config.gateway.tls_listen = ([127, 0, 0, 1], tls_port).into();
+        let secrets = fleetgate::BootstrapSecrets {
+            admin_password: Some(ADMIN_PASSWORD.into()),
+            bootstrap_token: Some(TOKEN.into()),
+        };
+        match fleetgate::start(config, secrets, with_gateway, std::future::pending()).await {
+            Ok(running) => {
+                return Started {
+                    running,
+                    gateway_port,
+                    tls_port,
+                    _dir: dir,
+                }
+            }
+            Err(e) if attempt < 5 && format!("{e:#}").contains("Address already in use") => {
+                continue
+            }
+            Err(e) => panic!("fleetgate starts: {e:#}"),
+        }
     }
 }
 
