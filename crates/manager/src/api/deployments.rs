@@ -274,7 +274,8 @@ async fn apply_proxy(
 }
 
 #[utoipa::path(get, path = "/api/v1/deployments", operation_id = "list_deployments", tag = "deployments",
-    responses((status = 200, description = "The deployments of this host, each service's state", body = ListEnvelope<DeploymentView>)))]
+    responses((status = 200, description = "The deployments of this host, each service's state", body = ListEnvelope<DeploymentView>),
+              (status = 503, description = "It runs on Docker and no engine answers (DOCKER_UNAVAILABLE)")))]
 pub async fn list(
     State(state): State<AppState>,
     _auth: AuthContext,
@@ -383,7 +384,8 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/deployments/{name}", operation_id = "get_deployment", tag = "deployments",
     params(("name" = String, Path, description = "Deployment name")),
-    responses((status = 200, description = "The deployment, its services' states and (for operators) its files", body = DeploymentView)))]
+    responses((status = 200, description = "The deployment, its services' states and (for operators) its files", body = DeploymentView),
+              (status = 503, description = "It runs on Docker and no engine answers (DOCKER_UNAVAILABLE)")))]
 pub async fn get(
     State(state): State<AppState>,
     auth: AuthContext,
@@ -409,7 +411,8 @@ pub struct UpdateDeployment {
 
 #[utoipa::path(put, path = "/api/v1/deployments/{name}", operation_id = "update_deployment", tag = "deployments",
     params(("name" = String, Path, description = "Deployment name")), request_body = UpdateDeployment,
-    responses((status = 200, description = "Updated; a running deployment is restarted with the new files", body = DeploymentView)))]
+    responses((status = 200, description = "Updated; a running deployment is restarted with the new files", body = DeploymentView),
+              (status = 503, description = "It runs on Docker and no engine answers (DOCKER_UNAVAILABLE)")))]
 pub async fn update(
     State(state): State<AppState>,
     auth: AuthContext,
@@ -454,7 +457,8 @@ pub async fn update(
 
 #[utoipa::path(delete, path = "/api/v1/deployments/{name}", operation_id = "delete_deployment", tag = "deployments",
     params(("name" = String, Path, description = "Deployment name")),
-    responses((status = 204, description = "Stopped, unrouted and removed (its logs are kept)")))]
+    responses((status = 204, description = "Stopped, unrouted and removed (its logs are kept)"),
+              (status = 503, description = "It runs on Docker and no engine answers (DOCKER_UNAVAILABLE)")))]
 pub async fn delete(
     State(state): State<AppState>,
     auth: AuthContext,
@@ -529,7 +533,8 @@ async fn act(
 
 #[utoipa::path(post, path = "/api/v1/deployments/{name}/start", operation_id = "start_deployment", tag = "deployments",
     params(("name" = String, Path, description = "Deployment name")),
-    responses((status = 200, description = "Started (dependencies first)", body = DeploymentView)))]
+    responses((status = 200, description = "Started (dependencies first)", body = DeploymentView),
+              (status = 503, description = "It runs on Docker and no engine answers (DOCKER_UNAVAILABLE)")))]
 pub async fn start(
     State(state): State<AppState>,
     auth: AuthContext,
@@ -540,7 +545,8 @@ pub async fn start(
 
 #[utoipa::path(post, path = "/api/v1/deployments/{name}/stop", operation_id = "stop_deployment", tag = "deployments",
     params(("name" = String, Path, description = "Deployment name")),
-    responses((status = 200, description = "Stopped (stop signal, then a kill after the grace period)", body = DeploymentView)))]
+    responses((status = 200, description = "Stopped (stop signal, then a kill after the grace period)", body = DeploymentView),
+              (status = 503, description = "It runs on Docker and no engine answers (DOCKER_UNAVAILABLE)")))]
 pub async fn stop(
     State(state): State<AppState>,
     auth: AuthContext,
@@ -551,7 +557,8 @@ pub async fn stop(
 
 #[utoipa::path(post, path = "/api/v1/deployments/{name}/restart", operation_id = "restart_deployment", tag = "deployments",
     params(("name" = String, Path, description = "Deployment name")),
-    responses((status = 200, description = "Stopped and started again", body = DeploymentView)))]
+    responses((status = 200, description = "Stopped and started again", body = DeploymentView),
+              (status = 503, description = "It runs on Docker and no engine answers (DOCKER_UNAVAILABLE)")))]
 pub async fn restart(
     State(state): State<AppState>,
     auth: AuthContext,
@@ -566,7 +573,8 @@ pub async fn restart(
         ("tail" = Option<i64>, Query, description = "The newest lines, at most this many (default 200, at most 10000)"),
         ("since" = Option<String>, Query, description = "Only lines from this time on (RFC 3339 or Unix milliseconds)"),
         ("follow" = Option<bool>, Query, description = "Keep the connection open and send new lines as server-sent events")),
-    responses((status = 200, description = "Lines oldest first ({items}), or with follow=true server-sent events (`log`) of the tail then new lines", body = Object)))]
+    responses((status = 200, description = "Lines oldest first ({items}), or with follow=true server-sent events (`log`) of the tail then new lines", body = Object),
+              (status = 503, description = "It runs on Docker and no engine answers (DOCKER_UNAVAILABLE)")))]
 pub async fn logs(
     State(state): State<AppState>,
     _auth: AuthContext,
@@ -664,7 +672,8 @@ pub async fn logs(
 
 #[utoipa::path(get, path = "/api/v1/deployments/{name}/stats", operation_id = "deployment_stats", tag = "deployments",
     params(("name" = String, Path, description = "Deployment name")),
-    responses((status = 200, description = "Each service's CPU (% of a core since the previous reading), memory, processes, restarts and uptime", body = Object)))]
+    responses((status = 200, description = "Each service's CPU (% of a core since the previous reading), memory, processes, restarts and uptime", body = Object),
+              (status = 503, description = "It runs on Docker and no engine answers (DOCKER_UNAVAILABLE)")))]
 pub async fn stats(
     State(state): State<AppState>,
     _auth: AuthContext,
