@@ -105,6 +105,21 @@ pub fn first_published(service: &ServiceSpec) -> Option<u16> {
     service.ports.iter().find_map(|p| p.host)
 }
 
+/// Where a deployment's traffic goes: `service.yml`'s `port`, or the first host
+/// port of the service receiving the traffic (the one it names, else
+/// [`default_service`]). The cross-check's "domains need a port" follows the
+/// same rule.
+pub fn target_port(compose: &ComposeFile, meta: &ServiceMeta) -> Option<u16> {
+    if meta.port.is_some() {
+        return meta.port;
+    }
+    let service = match &meta.service {
+        Some(name) => compose.service(name),
+        None => default_service(compose),
+    }?;
+    first_published(service)
+}
+
 /// Checks both files of a deployment and the one against the other. Problems
 /// of `compose.yml` come first, each file's sorted by line; the cross-checks
 /// run only when both files are fine on their own.
@@ -213,6 +228,20 @@ mod tests {
             "domains",
             "add `service:` and `port:`",
         );
+    }
+
+    /// A file the cross-check accepts always has the port it found: the first
+    /// service publishing only a container port is passed over for the one
+    /// publishing a host port.
+    #[test]
+    fn the_target_port_is_the_one_the_check_accepted() {
+        let compose = "services:\n  a:\n    command: ./a\n    ports: [\"80\"]\n  b:\n    command: ./b\n    ports: [\"8080:80\"]\n";
+        let (c, m) = parse_files(compose, "domains: [x.example.com]\n").expect("checks");
+        assert_eq!(target_port(&c, &m), Some(8080));
+        let (c, m) = parse_files(compose, "service: a\nport: 9000\n").expect("checks");
+        assert_eq!(target_port(&c, &m), Some(9000));
+        let (c, m) = parse_files(compose, "service: a\n").expect("checks");
+        assert_eq!(target_port(&c, &m), None);
     }
 
     #[test]

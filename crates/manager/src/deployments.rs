@@ -519,19 +519,7 @@ pub fn proxy_id(name: &str) -> String {
     format!("deploy-{name}")
 }
 
-/// Where the deployment's traffic goes: the port of `service.yml`, or the first
-/// host port its service publishes.
-pub fn target_port(compose: &ComposeFile, meta: &ServiceMeta) -> Option<u16> {
-    if meta.port.is_some() {
-        return meta.port;
-    }
-    let service = match &meta.service {
-        Some(s) => compose.service(s),
-        None if compose.services.len() == 1 => compose.services.first(),
-        None => compose.services.iter().find(|s| !s.ports.is_empty()),
-    }?;
-    service.ports.iter().find_map(|p| p.host)
-}
+pub use fleetgate_deploy::check::target_port;
 
 /// The gateway route and upstream serving a deployment's domains; `None` without
 /// domains or a port.

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::deployments::{proxy_objects, Deployments};
+use crate::deployments::{target_port, Deployments};
 
 /// Prefix of the files this export owns in the include directory; files without
 /// it are never touched.
@@ -63,13 +63,9 @@ pub async fn vhosts(deployments: &Deployments) -> Result<Vec<Vhost>, String> {
             .load(&name)
             .await
             .map_err(|e| format!("deployment {name}: {e}"))?;
-        if let Some((_, upstream)) = proxy_objects(&name, &l.compose, &l.meta)? {
-            let port = upstream
-                .targets
-                .first()
-                .and_then(|t| t.url.rsplit_once(':'))
-                .and_then(|(_, p)| p.parse().ok())
-                .ok_or_else(|| format!("deployment {name}: no port"))?;
+        // Routed when it has domains and a port, as the gateway's proxy is.
+        let port = target_port(&l.compose, &l.meta);
+        if let (false, Some(port)) = (l.meta.domains.is_empty(), port) {
             out.push(Vhost {
                 deployment: name,
                 domains: l.meta.domains.clone(),
