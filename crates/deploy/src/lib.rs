@@ -9,6 +9,7 @@ pub mod check;
 pub mod compose;
 pub mod docker;
 pub mod duration;
+pub mod host;
 pub mod meta;
 pub mod process;
 pub mod shell;
