@@ -4,6 +4,10 @@
 //! `fleetgate.deployment` and `fleetgate.service`, made from an image already
 //! on the host (nothing is pulled at start: a host may have no registry); its
 //! named volumes are the engine's volumes `fleetgate-<deployment>-<name>`.
+//! Runs are known by instance key (`<deployment>.<n>`, see
+//! [`crate::spec::instance_key`]): containers are named and labelled after the
+//! instance, while volumes and log followers belong to the deployment, so a new
+//! instance finds the data and the followers of the one it replaces.
 //!
 //! Restarts are the engine's (the compose restart policy becomes the
 //! container's), so the restart count and states come from container inspect;
@@ -36,7 +40,7 @@ use tokio::task::JoinSet;
 use crate::process::logs::{cut, MAX_LINE_BYTES, MAX_TAIL};
 use crate::process::{dependency_order, logs::check_name};
 use crate::spec::{
-    DependencyCondition, Deployment, Driver, DriverError, DriverKind, HealthTest, LogLine,
+    deployment_of, DependencyCondition, Deployment, Driver, DriverError, DriverKind, HealthTest, LogLine,
     LogQuery, PortProtocol, RestartPolicy, ServiceSpec, ServiceState, ServiceStats, ServiceStatus,
 };
 pub use engine::{Engine, EngineError, CALL_TIMEOUT, DEFAULT_SOCKET};
@@ -126,9 +130,10 @@ impl DockerDriver {
         lock(&self.runs).get(name).cloned()
     }
 
+    /// The followers' channel of a deployment, shared by all its instances.
     fn sender(&self, name: &str) -> broadcast::Sender<LogLine> {
         lock(&self.follows)
-            .entry(name.to_string())
+            .entry(deployment_of(name).to_string())
             .or_insert_with(|| broadcast::channel(FOLLOW_CAPACITY).0)
             .clone()
     }
@@ -402,7 +407,7 @@ fn container_body(deployment: &Deployment<'_>, spec: &ServiceSpec) -> ContainerC
             }
             Some(named) => binds.push(format!(
                 "{}:{}{mode}",
-                volume_name(deployment.name, named),
+                volume_name(deployment_of(deployment.name), named),
                 v.target
             )),
         }
@@ -702,7 +707,7 @@ impl DockerDriver {
         named.sort_unstable();
         named.dedup();
         for volume in named {
-            let full = volume_name(deployment.name, volume);
+            let full = volume_name(deployment_of(deployment.name), volume);
             match self
                 .engine
                 .call(
@@ -717,7 +722,10 @@ impl DockerDriver {
                 Err(e) => return Err(e.into()),
             }
             let labels =
-                HashMap::from([(LABEL_DEPLOYMENT.to_string(), deployment.name.to_string())]);
+                HashMap::from([(
+                    LABEL_DEPLOYMENT.to_string(),
+                    deployment_of(deployment.name).to_string(),
+                )]);
             self.engine
                 .call(
                     &format!("creating volume {full}"),

@@ -12,6 +12,7 @@ pub mod duration;
 pub mod host;
 pub mod meta;
 pub mod process;
+pub mod rollout;
 pub mod shell;
 pub mod spec;
 mod yaml;

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use marked_yaml::Node;
 
-use crate::spec::{DriverKind, HttpCheck, Problem, RateLimitMeta, ServiceMeta, SslMeta};
+use crate::spec::{
+    DriverKind, HttpCheck, Problem, RateLimitMeta, RolloutMeta, ServiceMeta, SslMeta, Strategy,
+};
 use crate::yaml::{is_null, pos, scalar_pos, shorten, Checker};
 
 /// The name problems give the file.
@@ -24,6 +26,7 @@ const KEYS: &[&str] = &[
     "healthcheck",
     "rate_limit",
     "driver",
+    "deploy",
 ];
 
 /// Checks `text` as a `service.yml`.
@@ -66,6 +69,7 @@ pub fn parse(text: &str) -> Result<ServiceMeta, Vec<Problem>> {
             }
             "healthcheck" => meta.healthcheck = http_check(&mut c, value),
             "rate_limit" => meta.rate_limit = rate_limit(&mut c, value),
+            "deploy" => meta.rollout = rollout(&mut c, value).unwrap_or_default(),
             _ => {
                 meta.positions.driver = Some(pos(value));
                 if let Some(d) = driver(&mut c, value) {
@@ -367,6 +371,59 @@ fn rate_limit(c: &mut Checker, node: &Node) -> Option<RateLimitMeta> {
             None
         }
     }
+}
+
+/// `{strategy, health_timeout, drain_timeout}`.
+fn rollout(c: &mut Checker, node: &Node) -> Option<RolloutMeta> {
+    let map = c.mapping(node, "deploy", "deploy")?;
+    let mut out = RolloutMeta::default();
+    let known = ["strategy", "health_timeout", "drain_timeout"];
+    let mut ok = true;
+    for (key, value) in map.iter() {
+        if !c.known_key(key, "deploy", &known, "deploy") {
+            ok = false;
+            continue;
+        }
+        let f = format!("deploy.{}", key.as_str());
+        match key.as_str() {
+            "strategy" => {
+                let Some(text) = c.string(value, &f) else {
+                    ok = false;
+                    continue;
+                };
+                out.strategy = match text.as_str() {
+                    "auto" => Strategy::Auto,
+                    "recreate" => Strategy::Recreate,
+                    "blue-green" => Strategy::BlueGreen,
+                    _ => {
+                        c.push(
+                            pos(value),
+                            &f,
+                            format!(
+                                "unknown strategy `{}`; use auto, recreate or blue-green",
+                                shorten(&text)
+                            ),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                };
+            }
+            which => {
+                let limit = Duration::from_secs(3600);
+                match positive_duration(c, value, &f) {
+                    Some(d) if d > limit => {
+                        c.push(pos(value), &f, "this must be at most 1h");
+                        ok = false;
+                    }
+                    Some(d) if which == "health_timeout" => out.health_timeout = d,
+                    Some(d) => out.drain_timeout = d,
+                    None => ok = false,
+                }
+            }
+        }
+    }
+    ok.then_some(out)
 }
 
 fn driver(c: &mut Checker, node: &Node) -> Option<DriverKind> {

@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
 use crate::spec::{
-    ComposeFile, DependencyCondition, Deployment, Driver, DriverError, DriverKind, LogLine,
+    deployment_of, ComposeFile, DependencyCondition, Deployment, Driver, DriverError, DriverKind, LogLine,
     LogQuery, ServiceState, ServiceStats, ServiceStatus,
 };
 use logs::{check_name, LogStore};
@@ -254,7 +254,8 @@ impl Driver for ProcessDriver {
             }
             lock(&self.cpu).retain(|(deployment, _), _| deployment != name);
             let shared = Arc::new(RunShared {
-                name: name.to_string(),
+                // Every instance of a deployment writes to its one log.
+                name: deployment_of(name).to_string(),
                 dir: deployment.dir.to_path_buf(),
                 services: plan.services.into_iter().map(Arc::new).collect(),
                 logs: self.logs.clone(),
@@ -418,7 +419,7 @@ impl Driver for ProcessDriver {
 
     async fn logs(&self, name: &str, query: &LogQuery) -> Result<Vec<LogLine>, DriverError> {
         let store = self.logs.clone();
-        let name = name.to_string();
+        let name = deployment_of(name).to_string();
         let query = query.clone();
         tokio::task::spawn_blocking(move || store.read(&name, &query))
             .await
@@ -426,6 +427,6 @@ impl Driver for ProcessDriver {
     }
 
     fn follow(&self, name: &str) -> broadcast::Receiver<LogLine> {
-        self.logs.follow(name)
+        self.logs.follow(deployment_of(name))
     }
 }

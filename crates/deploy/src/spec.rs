@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One thing wrong with a deployment's files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -181,6 +181,8 @@ pub struct ServiceMeta {
     pub rate_limit: Option<RateLimitMeta>,
     /// Which driver runs it (default [`DriverKind::Auto`]).
     pub driver: DriverKind,
+    /// How a new release replaces the running one (`deploy:`).
+    pub rollout: RolloutMeta,
     /// Where some keys were in `service.yml`, so that problems found later (by
     /// `check::cross_check`, against `compose.yml`) can still name a line.
     pub positions: MetaPositions,
@@ -227,6 +229,65 @@ pub struct HttpCheck {
 pub struct RateLimitMeta {
     pub requests: u32,
     pub window: Duration,
+}
+
+/// `deploy:` of `service.yml`: how a new release replaces the running one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutMeta {
+    pub strategy: Strategy,
+    /// How long a new instance has to pass its checks before the release is
+    /// dropped (default 30 s).
+    pub health_timeout: Duration,
+    /// How long a replaced instance keeps serving the requests and WebSockets
+    /// it already has before it is stopped (default 30 s).
+    pub drain_timeout: Duration,
+}
+
+impl Default for RolloutMeta {
+    fn default() -> Self {
+        RolloutMeta {
+            strategy: Strategy::Auto,
+            health_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `deploy.strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// `blue-green` when each instance can be given its own port (see
+    /// [`crate::host`]), `recreate` otherwise.
+    #[default]
+    Auto,
+    /// Stop the running instance, then start the new one.
+    Recreate,
+    /// Start the new instance beside the running one on ports of its own, switch
+    /// the traffic once it passes its checks, drain and stop the old one.
+    BlueGreen,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Auto => "auto",
+            Strategy::Recreate => "recreate",
+            Strategy::BlueGreen => "blue-green",
+        }
+    }
+}
+
+/// The key a driver knows one running instance of a deployment by:
+/// `<deployment>.<instance>`. Deployment names hold no `.`, so the deployment is
+/// what comes before it ([`deployment_of`]).
+pub fn instance_key(deployment: &str, instance: u64) -> String {
+    format!("{deployment}.{instance}")
+}
+
+/// The deployment an instance key (or a bare deployment name) belongs to.
+pub fn deployment_of(key: &str) -> &str {
+    key.split_once('.').map_or(key, |(d, _)| d)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]

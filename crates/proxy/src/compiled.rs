@@ -99,7 +99,7 @@ impl Compiled {
         let reuse = |u: &Upstream| -> Arc<UpstreamRuntime> {
             match previous.upstreams.get(&u.name) {
                 Some(old) if old.config == *u => old.clone(),
-                _ => UpstreamRuntime::new(u.clone(), events.cloned()),
+                old => UpstreamRuntime::new(u.clone(), events.cloned(), old.map(|o| &**o)),
             }
         };
         for u in &doc.upstreams {

@@ -37,7 +37,11 @@ pub struct TargetState {
     /// Path prefix of the target URL without a trailing slash (often empty).
     pub base_path: String,
     pub weight: u32,
-    pub active: AtomicU64,
+    /// Requests in flight to this target, and upgraded connections (WebSockets)
+    /// open to it. Shared with the runtimes that follow this one while they keep
+    /// the target's URL, so a request sent before a revision is still counted
+    /// after it (a draining target is done when this reaches 0).
+    pub active: Arc<AtomicU64>,
     pub consecutive_failures: AtomicU32,
     pub ejected_until: AtomicU64,
     /// Result of active checks; true until a check says otherwise.
@@ -53,6 +57,7 @@ impl TargetState {
         weight: u32,
         config: &Upstream,
         tls: Option<&Arc<rustls::ClientConfig>>,
+        previous: Option<&UpstreamRuntime>,
     ) -> Option<Self> {
         let timeouts = &config.timeouts;
         let uri: Uri = fleetgate_core::gateway::parse_target_url(url).ok()?;
@@ -78,14 +83,22 @@ impl TargetState {
         } else {
             None
         };
-        let pool = crate::pool::Pool::new(
-            &authority,
-            upstream_tls,
-            Duration::from_millis(timeouts.connect_ms),
-            Duration::from_millis(timeouts.idle_ms),
-            Duration::from_millis(timeouts.read_ms),
-            Duration::from_millis(timeouts.send_ms),
-        );
+        let same_target = previous.and_then(|p| p.targets.iter().find(|t| t.url == url));
+        // A pool is kept when its connections were made the same way.
+        let reused_pool = same_target
+            .zip(previous)
+            .filter(|(_, p)| p.config.timeouts == config.timeouts && p.config.tls == config.tls)
+            .map(|(t, _)| t.pool.clone());
+        let pool = reused_pool.unwrap_or_else(|| {
+            crate::pool::Pool::new(
+                &authority,
+                upstream_tls,
+                Duration::from_millis(timeouts.connect_ms),
+                Duration::from_millis(timeouts.idle_ms),
+                Duration::from_millis(timeouts.read_ms),
+                Duration::from_millis(timeouts.send_ms),
+            )
+        });
         Some(Self {
             pool,
             url: url.to_string(),
@@ -94,7 +107,9 @@ impl TargetState {
             authority,
             base_path,
             weight,
-            active: AtomicU64::new(0),
+            active: same_target
+                .map(|t| t.active.clone())
+                .unwrap_or_default(),
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
@@ -207,8 +222,14 @@ fn hash64(v: impl Hash) -> u64 {
 
 impl UpstreamRuntime {
     /// Builds the runtime; targets whose URL does not parse are skipped (validation
-    /// rejects them before they get here).
-    pub fn new(config: Upstream, events: Option<Arc<dyn EventSink>>) -> Arc<Self> {
+    /// rejects them before they get here). Targets `previous` (the runtime of the
+    /// upstream's earlier configuration) also has keep their in-flight count and,
+    /// when timeouts and TLS settings are unchanged, their pool of connections.
+    pub fn new(
+        config: Upstream,
+        events: Option<Arc<dyn EventSink>>,
+        previous: Option<&UpstreamRuntime>,
+    ) -> Arc<Self> {
         let needs_tls = config.targets.iter().any(|t| t.url.starts_with("https://"));
         let tls = if needs_tls {
             match crate::pool::client_config(&config.tls) {
@@ -224,7 +245,7 @@ impl UpstreamRuntime {
         let targets: Vec<TargetState> = config
             .targets
             .iter()
-            .filter_map(|t| TargetState::new(&t.url, t.weight, &config, tls.as_ref()))
+            .filter_map(|t| TargetState::new(&t.url, t.weight, &config, tls.as_ref(), previous))
             .collect();
         let mut ring = Vec::new();
         for (i, t) in targets.iter().enumerate() {

@@ -4,7 +4,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::compose::tests::{assert_positions_in_range, yamlish};
-use crate::spec::{MetaPositions, Position};
+use crate::spec::{MetaPositions, Position, RolloutMeta, Strategy};
 
 fn ok(text: &str) -> ServiceMeta {
     parse(text).unwrap_or_else(|p| panic!("unexpected problems: {p:#?}"))
@@ -40,7 +40,7 @@ fn an_empty_file_is_an_app_without_domains() {
 
 #[test]
 fn every_key() {
-    let meta = ok("service: web\nport: 8080\ndomains:\n  - Example.COM\n  - '*.example.com'\n  - localhost\nssl:\n  enabled: true\n  email: ops@example.com\nhealthcheck:\n  path: /health\n  interval: 30s\n  timeout: 2s\n  expected_status: 204\nrate_limit:\n  requests: 100\n  window: 1m\ndriver: process\n");
+    let meta = ok("service: web\nport: 8080\ndomains:\n  - Example.COM\n  - '*.example.com'\n  - localhost\nssl:\n  enabled: true\n  email: ops@example.com\nhealthcheck:\n  path: /health\n  interval: 30s\n  timeout: 2s\n  expected_status: 204\nrate_limit:\n  requests: 100\n  window: 1m\ndriver: process\ndeploy:\n  strategy: blue-green\n  health_timeout: 10s\n  drain_timeout: 2m\n");
     assert_eq!(
         meta,
         ServiceMeta {
@@ -66,6 +66,11 @@ fn every_key() {
                 window: Duration::from_secs(60),
             }),
             driver: DriverKind::Process,
+            rollout: RolloutMeta {
+                strategy: Strategy::BlueGreen,
+                health_timeout: Duration::from_secs(10),
+                drain_timeout: Duration::from_secs(120),
+            },
             positions: MetaPositions {
                 service: at(1, 10),
                 port: at(2, 7),
@@ -207,4 +212,24 @@ proptest! {
             assert_positions_in_range(&text, &p);
         }
     }
+}
+
+#[test]
+fn deploy_problems_name_the_field() {
+    let problems = parse("deploy:\n  strategy: rolling\n  drain_timeout: 0s\n  health_timeout: 2h\n  surge: 2\n").expect_err("problems");
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "deploy.strategy",
+            "deploy.drain_timeout",
+            "deploy.health_timeout",
+            "deploy"
+        ],
+        "{problems:?}"
+    );
+    assert_eq!(problems[0].line, 2);
+    assert!(problems[0].message.contains("blue-green"), "{problems:?}");
+    assert_eq!(problems[3].line, 5);
+    assert!(problems[3].message.contains("surge"), "{problems:?}");
 }

@@ -8,7 +8,8 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetgate_core::gateway::{RetryCondition, RetryOn};
@@ -122,7 +123,13 @@ pub(super) async fn forward(
                     }
                 }
                 if status == StatusCode::SWITCHING_PROTOCOLS {
-                    return switch_protocols(up, resp, asked_upgrade.as_ref(), client_upgrade);
+                    return switch_protocols(
+                        up,
+                        &target.active,
+                        resp,
+                        asked_upgrade.as_ref(),
+                        client_upgrade,
+                    );
                 }
                 return respond::upstream_response(rt, resp, out.direct);
             }
@@ -357,9 +364,11 @@ impl<'r> Outgoing<'r> {
 /// An upstream's `101`. A switch nobody asked for, or to another protocol than
 /// asked, would hand the client's connection to something it did not choose: a
 /// `502`. Otherwise the client's and the upstream's upgraded connections are joined
-/// once both are ready.
+/// once both are ready; the joined connection counts as one in flight to the
+/// target (`active`) until either side closes.
 fn switch_protocols(
     up: &UpstreamRuntime,
+    active: &Arc<AtomicU64>,
     mut resp: Response<PooledBody>,
     asked: Option<&HeaderMap>,
     client_upgrade: Option<OnUpgrade>,
@@ -377,7 +386,9 @@ fn switch_protocols(
     }
     if let Some(client_upgrade) = client_upgrade {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let open = InFlight::new(active.clone());
         tokio::spawn(async move {
+            let _open = open;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((c, u)) => {
                     let _ =
@@ -390,4 +401,20 @@ fn switch_protocols(
     }
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, Either::Left(body))
+}
+
+/// One count in a target's `active` for as long as it lives.
+struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    fn new(active: Arc<AtomicU64>) -> Self {
+        active.fetch_add(1, Ordering::Relaxed);
+        InFlight(active)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
