@@ -40,8 +40,9 @@ use tokio::task::JoinSet;
 use crate::process::logs::{cut, MAX_LINE_BYTES, MAX_TAIL};
 use crate::process::{dependency_order, logs::check_name};
 use crate::spec::{
-    deployment_of, DependencyCondition, Deployment, Driver, DriverError, DriverKind, HealthTest, LogLine,
-    LogQuery, PortProtocol, RestartPolicy, ServiceSpec, ServiceState, ServiceStats, ServiceStatus,
+    deployment_of, DependencyCondition, Deployment, Driver, DriverError, DriverKind, HealthTest,
+    LogLine, LogQuery, PortProtocol, RestartPolicy, ServiceSpec, ServiceState, ServiceStats,
+    ServiceStatus,
 };
 pub use engine::{Engine, EngineError, CALL_TIMEOUT, DEFAULT_SOCKET};
 
@@ -721,11 +722,10 @@ impl DockerDriver {
                 Err(EngineError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
             }
-            let labels =
-                HashMap::from([(
-                    LABEL_DEPLOYMENT.to_string(),
-                    deployment_of(deployment.name).to_string(),
-                )]);
+            let labels = HashMap::from([(
+                LABEL_DEPLOYMENT.to_string(),
+                deployment_of(deployment.name).to_string(),
+            )]);
             self.engine
                 .call(
                     &format!("creating volume {full}"),

@@ -20,13 +20,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use crate::docker::DockerDriver;
+use crate::process::ProcessDriver;
+use crate::spec::{ComposeFile, Deployment, Driver, DriverError, DriverKind, Problem, ServiceMeta};
 use fleetgate_core::config::{ROUTE_KIND, UPSTREAM_KIND};
 use fleetgate_core::gateway::{Route, Upstream};
 use fleetgate_core::time::now_ms;
-use crate::docker::DockerDriver;
-use crate::process::ProcessDriver;
-use crate::spec::{ComposeFile, Deployment, Driver, DriverKind, Problem, ServiceMeta};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -57,6 +58,12 @@ pub struct DeploymentRecord {
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The release serving now (0: none went live yet).
+    #[serde(default)]
+    pub release: u64,
+    /// Instances started so far (the next one is this plus one).
+    #[serde(default)]
+    pub instances: u64,
 }
 
 /// A deployment read from its directory and checked.
@@ -82,6 +89,17 @@ pub enum DeployError {
     /// The stored files no longer check (edited by hand, say).
     #[error("deployment {name}: {problems}")]
     Broken { name: String, problems: String },
+    #[error("deployment {name} has no release {release}")]
+    ReleaseNotFound { name: String, release: u64 },
+    #[error("deployment {0} has no earlier release that served to roll back to")]
+    NoRollback(String),
+    /// The new release did not become ready; the running one (if any) serves on.
+    #[error("release {release} of {name} was dropped: {why}")]
+    ReleaseFailed {
+        name: String,
+        release: u64,
+        why: String,
+    },
     #[error("If-Match does not match the current version {0}")]
     VersionMismatch(i64),
     #[error(transparent)]
@@ -95,11 +113,37 @@ pub struct Deployments {
     root: PathBuf,
     process: Arc<ProcessDriver>,
     docker: Arc<DockerDriver>,
-    /// The driver each started deployment runs on, so that its status, logs
-    /// and stop go there whatever `auto` would choose now.
-    started: Mutex<HashMap<String, DriverKind>>,
-    /// Serialises changes (files, starts and stops).
+    /// The instances each started deployment runs: the live one (whose
+    /// status, logs and stop go to the driver that started it, whatever `auto`
+    /// would choose now) and those draining.
+    running: Mutex<HashMap<String, Running>>,
+    /// Serialises the creation and removal of directories.
     lock: tokio::sync::Mutex<()>,
+    /// One deployment's changes take turns (files, starts, stops, releases);
+    /// other deployments go on.
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// One started instance of a deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    /// The driver's key: `<deployment>.<n>`.
+    pub key: String,
+    pub kind: DriverKind,
+    pub release: u64,
+    /// Where its traffic goes.
+    pub target: Option<u16>,
+    pub ports: std::collections::BTreeMap<String, u16>,
+    pub strategy: crate::spec::Strategy,
+    pub started_at: i64,
+}
+
+/// A deployment's instances.
+#[derive(Debug, Clone, Default)]
+struct Running {
+    live: Option<Instance>,
+    /// Replaced instances finishing the requests and WebSockets they have.
+    draining: Vec<Instance>,
 }
 
 /// `[a-z0-9]` then up to 47 of `[a-z0-9-]`, not ending with `-`: a directory name,
@@ -167,9 +211,39 @@ impl Deployments {
             root: data_dir.join("deployments"),
             process: Arc::new(ProcessDriver::new(data_dir.join("deployment-logs"))),
             docker: Arc::new(DockerDriver::new(docker_socket)),
-            started: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
             lock: tokio::sync::Mutex::new(()),
+            turns: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn turn(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn with_running<T>(&self, name: &str, f: impl FnOnce(&mut Running) -> T) -> T {
+        let mut all = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = all.entry(name.to_string()).or_default();
+        let out = f(entry);
+        if entry.live.is_none() && entry.draining.is_empty() {
+            all.remove(name);
+        }
+        out
+    }
+
+    /// The instance serving a deployment now.
+    pub fn live(&self, name: &str) -> Option<Instance> {
+        self.with_running(name, |r| r.live.clone())
+    }
+
+    /// Replaced instances of a deployment still finishing their traffic.
+    pub fn draining(&self, name: &str) -> Vec<Instance> {
+        self.with_running(name, |r| r.draining.clone())
     }
 
     fn dir(&self, name: &str) -> PathBuf {
@@ -183,19 +257,7 @@ impl Deployments {
     }
 
     fn started_kind(&self, name: &str) -> Option<DriverKind> {
-        self.started
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .copied()
-    }
-
-    fn set_started(&self, name: &str, kind: Option<DriverKind>) {
-        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
-        match kind {
-            Some(k) => started.insert(name.to_string(), k),
-            None => started.remove(name),
-        };
+        self.live(name).map(|i| i.kind)
     }
 
     fn by_kind(&self, kind: DriverKind) -> Arc<dyn Driver> {
@@ -241,14 +303,22 @@ impl Deployments {
         }
     }
 
-    /// The driver that runs a deployment.
+    /// The driver that runs a deployment and the key its live instance has
+    /// there (the deployment's name when none runs: the driver then reports it
+    /// stopped, and its logs are the deployment's).
     pub async fn driver(
         &self,
         name: &str,
         meta: &ServiceMeta,
         compose: &ComposeFile,
-    ) -> Arc<dyn Driver> {
-        self.by_kind(self.driver_kind(name, meta, compose).await)
+    ) -> (Arc<dyn Driver>, String) {
+        match self.live(name) {
+            Some(i) => (self.by_kind(i.kind), i.key),
+            None => (
+                self.by_kind(self.choose(meta, compose).await),
+                name.to_string(),
+            ),
+        }
     }
 
     /// Reads and checks one deployment.
@@ -351,6 +421,8 @@ impl Deployments {
             version: 1,
             created_at: now,
             updated_at: now,
+            release: 0,
+            instances: 0,
         };
         let written = async {
             tokio::fs::write(tmp.join(COMPOSE_FILE), compose).await?;
@@ -380,7 +452,8 @@ impl Deployments {
         service: Option<&str>,
         expected_version: Option<i64>,
     ) -> Result<(Loaded, Loaded), DeployError> {
-        let _guard = self.lock.lock().await;
+        let turn = self.turn(name);
+        let _turn = turn.lock().await;
         let before = self.load(name).await?;
         if let Some(v) = expected_version {
             if v != before.record.version {
@@ -417,6 +490,8 @@ impl Deployments {
 
     /// Records what an operator wants of the deployment (kept across restarts).
     pub async fn set_desired(&self, name: &str, desired: Desired) -> Result<Loaded, DeployError> {
+        let turn = self.turn(name);
+        let _turn = turn.lock().await;
         let mut loaded = self.load(name).await?;
         if loaded.record.desired != desired {
             loaded.record.desired = desired;
@@ -426,38 +501,206 @@ impl Deployments {
         Ok(loaded)
     }
 
-    /// Starts (or restarts) a deployment's services.
-    pub async fn start(&self, loaded: &Loaded) -> Result<(), DeployError> {
-        let _guard = self.lock.lock().await;
-        let dir = self.dir(&loaded.record.name);
-        let deployment = Deployment {
-            name: &loaded.record.name,
-            dir: &dir,
-            compose: &loaded.compose,
-            meta: &loaded.meta,
-        };
-        let name = &loaded.record.name;
-        let kind = self.choose(&loaded.meta, &loaded.compose).await;
-        if let Some(previous) = self.started_kind(name).filter(|p| *p != kind) {
-            // Moving to the other driver: the old instance goes first.
-            self.by_kind(previous).stop(name).await?;
-            self.set_started(name, None);
-        }
-        // Known to the driver even when it fails (it keeps what started, to
-        // show and to stop).
-        self.set_started(name, Some(kind));
-        self.by_kind(kind).start(&deployment).await?;
-        Ok(())
+    /// Starts a new instance of a deployment's current files as a release and
+    /// makes it the one serving (see [`crate::rollout`] and the module's doc):
+    /// with `blue-green`, beside the running instance, which keeps serving until
+    /// the new one is ready, then drains; with `recreate`, after stopping it. A
+    /// release that is not ready within `deploy.health_timeout` is dropped
+    /// (stopped, marked failed) and the running instance keeps serving.
+    pub async fn start(
+        self: &Arc<Self>,
+        loaded: &Loaded,
+        router: &Arc<dyn Router>,
+    ) -> Result<Instance, DeployError> {
+        self.start_release(loaded, router, None).await
     }
 
-    /// Stops a deployment's services.
-    pub async fn stop(&self, loaded: &Loaded) -> Result<(), DeployError> {
-        let _guard = self.lock.lock().await;
+    async fn start_release(
+        self: &Arc<Self>,
+        loaded: &Loaded,
+        router: &Arc<dyn Router>,
+        rollback_of: Option<u64>,
+    ) -> Result<Instance, DeployError> {
+        let name = loaded.record.name.clone();
+        let turn = self.turn(&name);
+        let _turn = turn.lock().await;
+        let mut record = self.load(&name).await?.record;
+        let kind = self.choose(&loaded.meta, &loaded.compose).await;
+        let mut release = self.release_for(&name, loaded, kind, rollback_of).await?;
+        record.instances += 1;
+        self.save_record(&record).await?;
+        let placement = crate::rollout::place(&loaded.compose, &loaded.meta, kind)?;
+        let instance = Instance {
+            key: crate::spec::instance_key(&name, record.instances),
+            kind,
+            release: release.number,
+            target: placement.target,
+            ports: placement.ports.clone(),
+            strategy: placement.strategy,
+            started_at: now_ms(),
+        };
+        let old = self.live(&name);
+        let side_by_side = old.as_ref().is_some_and(|o| {
+            placement.strategy == crate::spec::Strategy::BlueGreen && o.kind == kind
+        });
+        if !side_by_side {
+            if let Some(old) = &old {
+                // Recreate (or a move to the other driver): the old instance goes first.
+                self.by_kind(old.kind).stop(&old.key).await?;
+                self.with_running(&name, |r| r.live = None);
+            }
+        }
+        let dir = self.dir(&name);
+        let deployment = Deployment {
+            name: &instance.key,
+            dir: &dir,
+            compose: &placement.compose,
+            meta: &loaded.meta,
+        };
+        let driver = self.by_kind(kind);
+        let ready = match driver.start(&deployment).await {
+            Ok(()) => {
+                crate::rollout::wait_ready(
+                    driver.as_ref(),
+                    &instance.key,
+                    &placement,
+                    loaded.meta.healthcheck.as_ref(),
+                    loaded.meta.rollout.health_timeout,
+                )
+                .await
+            }
+            Err(DriverError::Unavailable(why)) => {
+                let _ = driver.stop(&instance.key).await;
+                self.finish_release(&name, &mut release, Err(why.clone()))
+                    .await;
+                return Err(DriverError::Unavailable(why).into());
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = ready {
+            if side_by_side {
+                // The running instance keeps serving; the new one goes.
+                let _ = driver.stop(&instance.key).await;
+            } else {
+                // Nothing else serves: what started stays, to show and to stop.
+                self.with_running(&name, |r| r.live = Some(instance.clone()));
+                let targets = self.targets(&name);
+                let _ = router.route(loaded, &targets).await;
+            }
+            self.finish_release(&name, &mut release, Err(why.clone()))
+                .await;
+            return Err(DeployError::ReleaseFailed {
+                name,
+                release: release.number,
+                why,
+            });
+        }
+        self.with_running(&name, |r| {
+            if let Some(old) = r.live.replace(instance.clone()) {
+                r.draining.push(old);
+            }
+        });
+        if let Err(why) = router.route(loaded, &self.targets(&name)).await {
+            // Back as it was: the gateway refused the switch.
+            let _ = driver.stop(&instance.key).await;
+            self.with_running(&name, |r| {
+                r.live = r.draining.pop();
+            });
+            self.finish_release(&name, &mut release, Err(why.clone()))
+                .await;
+            return Err(DeployError::ReleaseFailed {
+                name,
+                release: release.number,
+                why,
+            });
+        }
+        self.finish_release(&name, &mut release, Ok(())).await;
+        if side_by_side {
+            if let Some(old) = old {
+                let me = self.clone();
+                let router = router.clone();
+                let loaded = loaded.clone();
+                tokio::spawn(async move { me.drain(&loaded, old, &router).await });
+            }
+        }
+        Ok(instance)
+    }
+
+    /// Where the gateway sends a deployment's traffic: the live instance's
+    /// port (weight 1) and the draining ones' (weight 0: no new requests).
+    pub fn targets(&self, name: &str) -> Vec<(u16, u32)> {
+        self.with_running(name, |r| {
+            let mut out: Vec<(u16, u32)> = Vec::new();
+            for (i, weight) in r
+                .live
+                .iter()
+                .map(|i| (i, 1))
+                .chain(r.draining.iter().map(|i| (i, 0)))
+            {
+                if let Some(port) = i.target {
+                    if !out.iter().any(|(p, _)| *p == port) {
+                        out.push((port, weight));
+                    }
+                }
+            }
+            out
+        })
+    }
+
+    /// Waits until the gateway has nothing in flight to a replaced instance (or
+    /// `deploy.drain_timeout` passes), takes it out of the route and stops it.
+    async fn drain(self: &Arc<Self>, loaded: &Loaded, old: Instance, router: &Arc<dyn Router>) {
         let name = &loaded.record.name;
-        let kind = self.driver_kind(name, &loaded.meta, &loaded.compose).await;
-        self.by_kind(kind).stop(name).await?;
-        self.set_started(name, None);
-        Ok(())
+        let deadline = tokio::time::Instant::now() + loaded.meta.rollout.drain_timeout;
+        if let Some(port) = old.target {
+            // The switch is applied: new requests go to the new instance. Give
+            // requests already sent a moment to be counted, then wait for 0.
+            tokio::time::sleep(DRAIN_SETTLE).await;
+            loop {
+                match router.in_flight(name, port).await {
+                    Some(0) | None => break,
+                    Some(_) if tokio::time::Instant::now() >= deadline => {
+                        tracing::info!(deployment = %name, instance = %old.key, "drain timeout; stopping with traffic in flight");
+                        break;
+                    }
+                    Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+        let turn = self.turn(name);
+        let _turn = turn.lock().await;
+        self.with_running(name, |r| r.draining.retain(|i| i.key != old.key));
+        if let Ok(current) = self.load(name).await {
+            if let Err(e) = router.route(&current, &self.targets(name)).await {
+                tracing::warn!(deployment = %name, error = %e, "the drained instance could not be taken out of the route");
+            }
+        }
+        if let Err(e) = self.by_kind(old.kind).stop(&old.key).await {
+            tracing::warn!(deployment = %name, instance = %old.key, error = %e, "a drained instance did not stop cleanly");
+        }
+    }
+
+    /// Stops a deployment's services: its live instance and any draining.
+    pub async fn stop(&self, loaded: &Loaded) -> Result<(), DeployError> {
+        let name = &loaded.record.name;
+        let turn = self.turn(name);
+        let _turn = turn.lock().await;
+        let running = self.with_running(name, std::mem::take);
+        let mut first_error = None;
+        for i in running.live.iter().chain(running.draining.iter()) {
+            if let Err(e) = self.by_kind(i.kind).stop(&i.key).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        if running.live.is_none() {
+            // Started by an earlier version of Fleetgate under the bare name.
+            let kind = self.choose(&loaded.meta, &loaded.compose).await;
+            self.by_kind(kind).stop(name).await?;
+        }
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 
     /// Stops a deployment and removes its directory (its logs are kept).
@@ -477,7 +720,7 @@ impl Deployments {
     }
 
     /// Starts the deployments an operator left running (at manager start).
-    pub async fn resume(&self) {
+    pub async fn resume(self: &Arc<Self>, router: &Arc<dyn Router>) {
         let names = match self.names().await {
             Ok(n) => n,
             Err(e) => {
@@ -488,7 +731,7 @@ impl Deployments {
         for name in names {
             match self.load(&name).await {
                 Ok(l) if l.record.desired == Desired::Running => {
-                    if let Err(e) = self.start(&l).await {
+                    if let Err(e) = self.start(&l, router).await {
                         tracing::error!(deployment = %name, error = %e, "a deployment cannot start");
                     }
                 }
@@ -513,6 +756,245 @@ impl Deployments {
             }
         }
     }
+
+    // ----- releases -----
+
+    fn releases_dir(&self, name: &str) -> PathBuf {
+        self.dir(name).join(RELEASES_DIR)
+    }
+
+    /// A deployment's releases, newest first.
+    pub async fn releases(&self, name: &str) -> Result<Vec<Release>, DeployError> {
+        self.load(name).await?;
+        let mut out = Vec::new();
+        let mut entries = match tokio::fs::read_dir(self.releases_dir(name)).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        while let Some(entry) = entries.next_entry().await? {
+            let Ok(bytes) = tokio::fs::read(entry.path().join(RELEASE_FILE)).await else {
+                continue;
+            };
+            if let Ok(r) = serde_json::from_slice::<Release>(&bytes) {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| b.number.cmp(&a.number));
+        Ok(out)
+    }
+
+    /// One release and its files (`compose.yml`, `service.yml`).
+    pub async fn release(
+        &self,
+        name: &str,
+        number: u64,
+    ) -> Result<(Release, String, String), DeployError> {
+        let dir = self.releases_dir(name).join(number.to_string());
+        let missing = || DeployError::ReleaseNotFound {
+            name: name.to_string(),
+            release: number,
+        };
+        let bytes = tokio::fs::read(dir.join(RELEASE_FILE))
+            .await
+            .map_err(|_| missing())?;
+        let release: Release = serde_json::from_slice(&bytes).map_err(|_| missing())?;
+        let compose = tokio::fs::read_to_string(dir.join(COMPOSE_FILE)).await?;
+        let service = tokio::fs::read_to_string(dir.join(SERVICE_FILE))
+            .await
+            .unwrap_or_default();
+        Ok((release, compose, service))
+    }
+
+    async fn save_release(&self, name: &str, release: &Release) -> Result<(), DeployError> {
+        let dir = self.releases_dir(name).join(release.number.to_string());
+        let bytes = serde_json::to_vec_pretty(release).map_err(std::io::Error::other)?;
+        write_whole(&dir.join(RELEASE_FILE), &bytes).await?;
+        Ok(())
+    }
+
+    /// The release a start runs: the newest one when it was made from these
+    /// files (a restart), a new one otherwise (its files kept beside it).
+    async fn release_for(
+        &self,
+        name: &str,
+        loaded: &Loaded,
+        kind: DriverKind,
+        rollback_of: Option<u64>,
+    ) -> Result<Release, DeployError> {
+        let releases = self.releases(name).await?;
+        let now = now_ms();
+        if let Some(newest) = releases.first() {
+            if newest.version == loaded.record.version && rollback_of.is_none() {
+                let mut again = newest.clone();
+                again.state = ReleaseState::Deploying;
+                again.error = None;
+                again.driver = kind;
+                self.save_release(name, &again).await?;
+                return Ok(again);
+            }
+        }
+        let number = releases.first().map_or(1, |r| r.number + 1);
+        let release = Release {
+            number,
+            version: loaded.record.version,
+            state: ReleaseState::Deploying,
+            created_at: now,
+            live_at: None,
+            ended_at: None,
+            error: None,
+            driver: kind,
+            strategy: crate::rollout::strategy(&loaded.compose, &loaded.meta, kind),
+            rollback_of,
+        };
+        let dir = self.releases_dir(name).join(number.to_string());
+        tokio::fs::create_dir_all(&dir).await?;
+        write_whole(&dir.join(COMPOSE_FILE), loaded.compose_text.as_bytes()).await?;
+        write_whole(&dir.join(SERVICE_FILE), loaded.service_text.as_bytes()).await?;
+        self.save_release(name, &release).await?;
+        // Old releases go, except the one serving.
+        let serving = releases
+            .iter()
+            .find(|r| r.state == ReleaseState::Live)
+            .map(|r| r.number);
+        for old in releases.iter().skip(KEEP_RELEASES - 1) {
+            if Some(old.number) != serving {
+                let _ =
+                    tokio::fs::remove_dir_all(self.releases_dir(name).join(old.number.to_string()))
+                        .await;
+            }
+        }
+        Ok(release)
+    }
+
+    /// Records how a release ended: live (the one before it replaced) or
+    /// failed.
+    async fn finish_release(&self, name: &str, release: &mut Release, outcome: Result<(), String>) {
+        let now = now_ms();
+        match outcome {
+            Ok(()) => {
+                release.state = ReleaseState::Live;
+                release.live_at = Some(now);
+                release.error = None;
+                if let Ok(all) = self.releases(name).await {
+                    for mut r in all {
+                        if r.number != release.number && r.state == ReleaseState::Live {
+                            r.state = ReleaseState::Replaced;
+                            r.ended_at = Some(now);
+                            let _ = self.save_release(name, &r).await;
+                        }
+                    }
+                }
+                if let Ok(mut l) = self.load(name).await {
+                    l.record.release = release.number;
+                    let _ = self.save_record(&l.record).await;
+                }
+            }
+            Err(why) => {
+                release.state = ReleaseState::Failed;
+                release.ended_at = Some(now);
+                release.error = Some(why);
+            }
+        }
+        if let Err(e) = self.save_release(name, release).await {
+            tracing::warn!(deployment = %name, error = %e, "a release's record could not be saved");
+        }
+    }
+
+    /// Makes the files of release `number` the deployment's files again (a new
+    /// version); without `number`, those of the newest release before the one
+    /// serving that once served. Returns the files before and after, and the
+    /// release restored; [`Deployments::start_rollback`] then serves them.
+    pub async fn rollback(
+        &self,
+        name: &str,
+        number: Option<u64>,
+    ) -> Result<(Loaded, Loaded, u64), DeployError> {
+        let current = self.load(name).await?;
+        let number = match number {
+            Some(n) => n,
+            None => {
+                let serving = current.record.release;
+                self.releases(name)
+                    .await?
+                    .into_iter()
+                    .find(|r| r.number < serving && r.live_at.is_some())
+                    .map(|r| r.number)
+                    .ok_or_else(|| DeployError::NoRollback(name.to_string()))?
+            }
+        };
+        let (_, compose, service) = self.release(name, number).await?;
+        let (before, after) = self
+            .update(name, Some(&compose), Some(&service), None)
+            .await?;
+        Ok((before, after, number))
+    }
+
+    /// Starts restored files (see [`Deployments::rollback`]) as a new release
+    /// that records the release it restored.
+    pub async fn start_rollback(
+        self: &Arc<Self>,
+        loaded: &Loaded,
+        restored: u64,
+        router: &Arc<dyn Router>,
+    ) -> Result<Instance, DeployError> {
+        self.start_release(loaded, router, Some(restored)).await
+    }
+}
+
+/// Time between a switch and the first look at what the replaced instance
+/// still has in flight.
+const DRAIN_SETTLE: Duration = Duration::from_millis(250);
+/// Release directories kept per deployment (the serving one always).
+const KEEP_RELEASES: usize = 20;
+/// Where a deployment's releases are kept, one directory each.
+pub const RELEASES_DIR: &str = "releases";
+const RELEASE_FILE: &str = "release.json";
+
+/// What a release is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseState {
+    /// Starting; not serving yet.
+    Deploying,
+    /// Serving.
+    Live,
+    /// Did not become ready (or the gateway refused it); it was dropped.
+    Failed,
+    /// Served, then replaced by a newer release.
+    Replaced,
+}
+
+/// One release of a deployment: a version of its files that was started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    pub number: u64,
+    /// The files' version it was made from.
+    pub version: i64,
+    pub state: ReleaseState,
+    pub created_at: i64,
+    pub live_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    pub driver: DriverKind,
+    /// `recreate` or `blue-green`.
+    pub strategy: crate::spec::Strategy,
+    /// The release whose files it restored, for a rollback.
+    pub rollback_of: Option<u64>,
+}
+
+/// How a host's deployments reach the gateway: the manager writes a revision,
+/// an edge its local configuration.
+#[async_trait::async_trait]
+pub trait Router: Send + Sync {
+    /// Serves the deployment's domains from these local ports (weight 0: no new
+    /// requests, the instance drains), and returns once the gateway does.
+    async fn route(&self, loaded: &Loaded, targets: &[(u16, u32)]) -> Result<(), String>;
+    /// Requests and upgraded connections the gateway has in flight to a port
+    /// of the deployment (`None`: unknown, taken as none).
+    async fn in_flight(&self, name: &str, port: u16) -> Option<u64>;
 }
 
 /// The route and upstream ids of a deployment's proxy.
@@ -523,21 +1005,30 @@ pub fn proxy_id(name: &str) -> String {
 pub use crate::check::target_port;
 
 /// The gateway route and upstream serving a deployment's domains; `None` without
-/// domains or a port.
+/// domains or a port. `targets` are the local ports of its instances with their
+/// weights (see [`Router::route`]); empty, the port its files give.
 pub fn proxy_objects(
     name: &str,
     compose: &ComposeFile,
     meta: &ServiceMeta,
+    targets: &[(u16, u32)],
 ) -> Result<Option<(Route, Upstream)>, String> {
     if meta.domains.is_empty() {
         return Ok(None);
     }
-    let Some(port) = target_port(compose, meta) else {
-        return Ok(None);
+    let targets: Vec<Value> = if targets.is_empty() {
+        let Some(port) = target_port(compose, meta) else {
+            return Ok(None);
+        };
+        vec![json!({"url": format!("http://127.0.0.1:{port}")})]
+    } else {
+        targets
+            .iter()
+            .map(|(port, weight)| json!({"url": format!("http://127.0.0.1:{port}"), "weight": weight}))
+            .collect()
     };
     let id = proxy_id(name);
-    let mut upstream =
-        json!({"name": id, "targets": [{"url": format!("http://127.0.0.1:{port}")}]});
+    let mut upstream = json!({"name": id, "targets": targets});
     if let Some(h) = &meta.healthcheck {
         let mut active = json!({"path": h.path,
             "interval_ms": h.interval.as_millis() as u64,

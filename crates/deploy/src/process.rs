@@ -18,8 +18,8 @@ use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
 use crate::spec::{
-    deployment_of, ComposeFile, DependencyCondition, Deployment, Driver, DriverError, DriverKind, LogLine,
-    LogQuery, ServiceState, ServiceStats, ServiceStatus,
+    deployment_of, ComposeFile, DependencyCondition, Deployment, Driver, DriverError, DriverKind,
+    LogLine, LogQuery, ServiceState, ServiceStats, ServiceStatus,
 };
 use logs::{check_name, LogStore};
 use supervisor::{parse_signal, RunShared, Service};

@@ -229,13 +229,13 @@ pub fn place(
     })
 }
 
-/// Waits until the instance `key` runs on `driver` and its routed `target`
-/// answers (see the module's doc), at most `timeout`. The error says what was
-/// still wrong.
+/// Waits until the instance `key` runs on `driver`, every other service's
+/// port accepts connections and its routed `target` answers (see the module's
+/// doc), at most `timeout`. The error says what was still wrong.
 pub async fn wait_ready(
     driver: &dyn Driver,
     key: &str,
-    target: Option<u16>,
+    placement: &Placement,
     check: Option<&HttpCheck>,
     timeout: Duration,
 ) -> Result<(), String> {
@@ -245,12 +245,9 @@ pub async fn wait_ready(
         match services_ready(driver, key) {
             Err(failed) => return Err(failed),
             Ok(Some(waiting)) => last = waiting,
-            Ok(None) => match target {
-                None => return Ok(()),
-                Some(port) => match probe(port, check).await {
-                    Ok(()) => return Ok(()),
-                    Err(e) => last = e,
-                },
+            Ok(None) => match listening(placement, check).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
             },
         }
         if Instant::now() >= deadline {
@@ -260,6 +257,21 @@ pub async fn wait_ready(
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The services' ports accept connections, the routed one passing `check`.
+async fn listening(placement: &Placement, check: Option<&HttpCheck>) -> Result<(), String> {
+    for (service, port) in &placement.ports {
+        if Some(*port) != placement.target {
+            probe(*port, None)
+                .await
+                .map_err(|e| format!("service {service}: {e}"))?;
+        }
+    }
+    match placement.target {
+        Some(port) => probe(port, check).await,
+        None => Ok(()),
     }
 }
 

@@ -290,7 +290,7 @@ pub fn deployment_of(key: &str) -> &str {
     key.split_once('.').map_or(key, |(d, _)| d)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DriverKind {
     /// Docker when every service has an image and an engine is reachable,

@@ -49,6 +49,22 @@ impl ApiError {
         self
     }
 
+    /// Adds the fields of `more` to the details (an object), keeping those
+    /// already there.
+    pub fn and_details(mut self, more: Value) -> Self {
+        if let Value::Object(more) = more {
+            if !self.details.is_object() {
+                self.details = Value::Object(Default::default());
+            }
+            if let Value::Object(d) = &mut self.details {
+                for (k, v) in more {
+                    d.entry(k).or_insert(v);
+                }
+            }
+        }
+        self
+    }
+
     pub fn bad_request(field: &str, message: impl Into<String>) -> Self {
         let message = message.into();
         Self::new(

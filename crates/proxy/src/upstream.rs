@@ -107,9 +107,7 @@ impl TargetState {
             authority,
             base_path,
             weight,
-            active: same_target
-                .map(|t| t.active.clone())
-                .unwrap_or_default(),
+            active: same_target.map(|t| t.active.clone()).unwrap_or_default(),
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             healthy: AtomicBool::new(true),

@@ -216,7 +216,10 @@ proptest! {
 
 #[test]
 fn deploy_problems_name_the_field() {
-    let problems = parse("deploy:\n  strategy: rolling\n  drain_timeout: 0s\n  health_timeout: 2h\n  surge: 2\n").expect_err("problems");
+    let problems = parse(
+        "deploy:\n  strategy: rolling\n  drain_timeout: 0s\n  health_timeout: 2h\n  surge: 2\n",
+    )
+    .expect_err("problems");
     let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(
         fields,

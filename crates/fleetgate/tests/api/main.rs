@@ -25,6 +25,7 @@ mod metrics;
 mod nodes;
 mod process;
 mod redirects;
+mod releases;
 mod scale_out;
 mod support;
 mod tls;

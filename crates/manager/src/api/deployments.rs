@@ -6,6 +6,7 @@
 //! operators and admins only: environment values in them may be secrets.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -14,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleetgate_core::user::Role;
 use fleetgate_deploy::spec::{LogQuery, Problem, ServiceState, ServiceStatus};
-use fleetgate_store::{AuditEvent, ConfigEdit, StoreError};
+use fleetgate_store::{Actor, AuditEvent, ConfigEdit, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -23,9 +24,9 @@ use utoipa::ToSchema;
 use super::events::{async_stream, sse};
 use super::rfc3339;
 use crate::auth::AuthContext;
-use crate::deployments::{self, DeployError, Desired, Loaded};
+use crate::deployments::{self, DeployError, Desired, Loaded, Router};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json_with_etag, IfMatch, JsonBody, ListEnvelope, QueryParams};
+use crate::extract::{json_with_etag, IfMatch, JsonBody, ListEnvelope, OptionalJson, QueryParams};
 use crate::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -55,6 +56,18 @@ pub struct DeploymentView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssl_error: Option<String>,
     pub version: i64,
+    /// The release serving (0 before one went live).
+    pub release: u64,
+    /// How the next release replaces the running one: `recreate` or
+    /// `blue-green` (what `deploy.strategy: auto` comes to on this driver).
+    pub strategy: &'static str,
+    /// The live instance: its key, the local port the gateway sends traffic to
+    /// and each service's port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub instance: Option<Value>,
+    /// Replaced instances still finishing their requests and WebSockets.
+    pub draining: Vec<String>,
     pub created_at: String,
     pub updated_at: String,
     /// `compose.yml` (operators and admins only, on a single deployment).
@@ -86,7 +99,9 @@ async fn view(state: &AppState, l: &Loaded, files: bool) -> DeploymentView {
     let d = &state.deployments;
     let name = &l.record.name;
     let kind = d.driver_kind(name, &l.meta, &l.compose).await;
-    let mut services = d.driver(name, &l.meta, &l.compose).await.status(name);
+    let (driver, key) = d.driver(name, &l.meta, &l.compose).await;
+    let mut services = driver.status(&key);
+    let live = d.live(name);
     if services.is_empty() {
         services = l
             .compose
@@ -117,11 +132,21 @@ async fn view(state: &AppState, l: &Loaded, files: bool) -> DeploymentView {
             .unwrap_or_default(),
         services,
         domains: l.meta.domains.clone(),
-        port: deployments::target_port(&l.compose, &l.meta),
+        port: live.as_ref().map_or_else(
+            || deployments::target_port(&l.compose, &l.meta),
+            |i| i.target,
+        ),
         ssl: l.meta.ssl.enabled,
         ssl_status,
         ssl_error,
         version: l.record.version,
+        release: l.record.release,
+        strategy: fleetgate_deploy::rollout::strategy(&l.compose, &l.meta, kind).as_str(),
+        instance: live.map(|i| {
+            json!({"key": i.key, "release": i.release, "target": i.target, "ports": i.ports,
+                   "started_at": rfc3339(i.started_at)})
+        }),
+        draining: d.draining(name).into_iter().map(|i| i.key).collect(),
         created_at: rfc3339(l.record.created_at),
         updated_at: rfc3339(l.record.updated_at),
         compose: files.then(|| l.compose_text.clone()),
@@ -170,6 +195,20 @@ impl From<DeployError> for ApiError {
                 "DEPLOYMENT_FAILED",
                 e.to_string(),
             ),
+            DeployError::ReleaseNotFound { name, release } => {
+                ApiError::not_found(format!("release {release} of deployment {name}"))
+            }
+            DeployError::NoRollback(name) => ApiError::new(
+                StatusCode::CONFLICT,
+                "NO_ROLLBACK",
+                format!("deployment {name} has no earlier release that served to roll back to"),
+            ),
+            DeployError::ReleaseFailed { name, release, why } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "RELEASE_FAILED",
+                format!("release {release} of deployment {name} was dropped: {why}"),
+            )
+            .with_details(json!({"release": release})),
             DeployError::Io(e) => ApiError::internal("deployment files", e),
         }
     }
@@ -228,19 +267,30 @@ async fn audit(
 }
 
 /// Makes the gateway serve the deployment's domains (or stop serving them) as one
-/// revision. `None` when nothing changed.
+/// revision: at its live instances' ports when it runs, at the port its files
+/// give otherwise. `None` when nothing changed.
 async fn apply_proxy(
     state: &AppState,
     auth: &AuthContext,
     l: &Loaded,
     serve: bool,
 ) -> ApiResult<Option<i64>> {
+    let targets = state.deployments.targets(&l.record.name);
+    write_proxy(state, &auth.actor, l, serve.then_some(targets.as_slice())).await
+}
+
+/// [`apply_proxy`] with the targets given (`None`: not served).
+async fn write_proxy(
+    state: &AppState,
+    actor: &Actor,
+    l: &Loaded,
+    targets: Option<&[(u16, u32)]>,
+) -> ApiResult<Option<i64>> {
     let name = &l.record.name;
-    let objects = if serve {
-        deployments::proxy_objects(name, &l.compose, &l.meta)
-            .map_err(|m| ApiError::bad_request("service", m))?
-    } else {
-        None
+    let objects = match targets {
+        Some(targets) => deployments::proxy_objects(name, &l.compose, &l.meta, targets)
+            .map_err(|m| ApiError::bad_request("service", m))?,
+        None => None,
     };
     let edit = deployments::proxy_edit(name, objects.as_ref());
     let puts: Vec<(&str, &str, Value)> = edit
@@ -251,7 +301,7 @@ async fn apply_proxy(
     let deletes: Vec<(&str, &str)> = edit.deletes.iter().map(|(k, n)| (*k, n.as_str())).collect();
     let committed = state
         .change_config(
-            &auth.actor,
+            actor,
             ConfigEdit::Objects {
                 puts: &puts,
                 deletes: &deletes,
@@ -271,6 +321,56 @@ async fn apply_proxy(
             other => other.into(),
         })?;
     Ok(committed.written.then_some(committed.number))
+}
+
+/// The gateway of this manager as a deployment's [`Router`]: a switch is a
+/// revision, done once this process's gateway (if it runs one) applied it.
+pub struct GatewayRouter {
+    pub state: AppState,
+    pub actor: Actor,
+}
+
+impl GatewayRouter {
+    pub fn new(state: &AppState, actor: &Actor) -> Arc<dyn Router> {
+        Arc::new(GatewayRouter {
+            state: state.clone(),
+            actor: actor.clone(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Router for GatewayRouter {
+    async fn route(&self, loaded: &Loaded, targets: &[(u16, u32)]) -> Result<(), String> {
+        let written = write_proxy(&self.state, &self.actor, loaded, Some(targets))
+            .await
+            .map_err(|e| e.message)?;
+        let (Some(revision), Some(dp)) = (written, self.state.data_plane.get()) else {
+            return Ok(());
+        };
+        let revision = u64::try_from(revision).unwrap_or(0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while dp.status.latest().applied.revision < revision {
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "the gateway did not apply revision {revision} within 10 s"
+                ));
+            }
+            dp.status.fresh(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    async fn in_flight(&self, name: &str, port: u16) -> Option<u64> {
+        let dp = self.state.data_plane.get()?;
+        let report = dp.status.fresh(std::time::Duration::from_millis(500)).await;
+        let suffix = format!(":{port}");
+        report
+            .upstream_health(&deployments::proxy_id(name))?
+            .iter()
+            .find(|t| t.url.trim_end_matches('/').ends_with(&suffix))
+            .map(|t| t.active_connections)
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/deployments", operation_id = "list_deployments", tag = "deployments",
@@ -364,7 +464,8 @@ pub async fn create(
     }
     request_certificate(&state, &auth, &l);
     if body.start {
-        if let Err(e) = state.deployments.start(&l).await {
+        let router = GatewayRouter::new(&state, &auth.actor);
+        if let Err(e) = state.deployments.start(&l, &router).await {
             let _ = state.deployments.stop(&l).await;
             let _ = state
                 .deployments
@@ -372,9 +473,10 @@ pub async fn create(
                 .await;
             // The deployment exists (stopped): a client opens it rather than
             // offering the form again.
-            return Err(ApiError::from(e).with_details(json!({"created": true, "name": body.name})));
+            return Err(ApiError::from(e).and_details(json!({"created": true, "name": body.name})));
         }
     }
+    let l = state.deployments.load(&body.name).await?;
     Ok(json_with_etag(
         StatusCode::CREATED,
         l.record.version,
@@ -442,12 +544,15 @@ pub async fn update(
     apply_proxy(&state, &auth, &after, true).await?;
     request_certificate(&state, &auth, &after);
     if after.record.desired == Desired::Running {
-        if let Err(e) = state.deployments.start(&after).await {
-            // The new files are saved; only the start failed.
+        let router = GatewayRouter::new(&state, &auth.actor);
+        if let Err(e) = state.deployments.start(&after, &router).await {
+            // The new files are saved; only the start failed (the release
+            // serving before, if any, serves on).
             return Err(ApiError::from(e)
-                .with_details(json!({"saved": true, "version": after.record.version})));
+                .and_details(json!({"saved": true, "version": after.record.version})));
         }
     }
+    let after = state.deployments.load(&name).await?;
     Ok(json_with_etag(
         StatusCode::OK,
         after.record.version,
@@ -511,14 +616,7 @@ async fn act(
         Desired::Running
     };
     let l = state.deployments.set_desired(name, desired).await?;
-    match action {
-        "stop" => state.deployments.stop(&l).await?,
-        "restart" => {
-            state.deployments.stop(&l).await?;
-            state.deployments.start(&l).await?;
-        }
-        _ => state.deployments.start(&l).await?,
-    }
+    // Audited before it is tried: the operator's wish is recorded either way.
     audit(
         state,
         auth,
@@ -528,6 +626,16 @@ async fn act(
         Some(json!({"desired": desired})),
     )
     .await?;
+    let router = GatewayRouter::new(state, &auth.actor);
+    match action {
+        "stop" => state.deployments.stop(&l).await?,
+        // A new instance replaces the running one as a release does (with
+        // blue-green, without a gap).
+        _ => {
+            state.deployments.start(&l, &router).await?;
+        }
+    }
+    let l = state.deployments.load(name).await?;
     Ok(Json(view(state, &l, false).await).into_response())
 }
 
@@ -567,6 +675,158 @@ pub async fn restart(
     act(&state, &auth, &name, "restart").await
 }
 
+/// One release as the API shows it.
+#[derive(Serialize, ToSchema)]
+pub struct ReleaseView {
+    pub number: u64,
+    /// The files' version it was made from.
+    pub version: i64,
+    /// `deploying`, `live`, `failed` or `replaced`.
+    pub state: deployments::ReleaseState,
+    pub created_at: String,
+    pub live_at: Option<String>,
+    pub ended_at: Option<String>,
+    /// Why it was dropped.
+    pub error: Option<String>,
+    /// `process` or `docker`.
+    #[schema(value_type = String)]
+    pub driver: fleetgate_deploy::spec::DriverKind,
+    /// `recreate` or `blue-green`.
+    #[schema(value_type = String)]
+    pub strategy: fleetgate_deploy::spec::Strategy,
+    /// The release whose files a rollback restored.
+    pub rollback_of: Option<u64>,
+    pub compose_sha256: String,
+    pub service_sha256: String,
+    /// Its `compose.yml` and `service.yml` (operators and admins, one release).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compose: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+fn release_view(r: deployments::Release, compose: &str, service: &str, files: bool) -> ReleaseView {
+    ReleaseView {
+        number: r.number,
+        version: r.version,
+        state: r.state,
+        created_at: rfc3339(r.created_at),
+        live_at: r.live_at.map(rfc3339),
+        ended_at: r.ended_at.map(rfc3339),
+        error: r.error,
+        driver: r.driver,
+        strategy: r.strategy,
+        rollback_of: r.rollback_of,
+        compose_sha256: digest(compose),
+        service_sha256: digest(service),
+        compose: files.then(|| compose.to_string()),
+        service: files.then(|| service.to_string()),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments/{name}/releases", operation_id = "list_deployment_releases", tag = "deployments",
+    params(("name" = String, Path, description = "Deployment name")),
+    responses((status = 200, description = "Its releases, newest first (the last 20, and the one serving)", body = ListEnvelope<ReleaseView>),
+              (status = 404, description = "No such deployment")))]
+pub async fn releases(
+    State(state): State<AppState>,
+    _auth: AuthContext,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ListEnvelope<ReleaseView>>> {
+    let mut items = Vec::new();
+    for r in state.deployments.releases(&name).await? {
+        let (r, compose, service) = state.deployments.release(&name, r.number).await?;
+        items.push(release_view(r, &compose, &service, false));
+    }
+    let total = items.len() as i64;
+    Ok(Json(ListEnvelope::new(
+        items,
+        total,
+        fleetgate_store::PageRequest {
+            limit: total.max(1),
+            offset: 0,
+        },
+    )))
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments/{name}/releases/{number}", operation_id = "get_deployment_release", tag = "deployments",
+    params(("name" = String, Path, description = "Deployment name"), ("number" = u64, Path, description = "Release number")),
+    responses((status = 200, description = "The release, with its files for operators and admins", body = ReleaseView),
+              (status = 404, description = "No such deployment or release")))]
+pub async fn release(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path((name, number)): Path<(String, String)>,
+) -> ApiResult<Json<ReleaseView>> {
+    let number: u64 = number.parse().map_err(|_| {
+        ApiError::bad_request("number", format!("{number:?} is not a release number"))
+    })?;
+    state.deployments.load(&name).await?;
+    let (r, compose, service) = state.deployments.release(&name, number).await?;
+    Ok(Json(release_view(
+        r,
+        &compose,
+        &service,
+        auth.role >= Role::Operator,
+    )))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The release whose files come back (default: the newest release before
+    /// the one serving that once served).
+    pub release: Option<u64>,
+}
+
+#[utoipa::path(post, path = "/api/v1/deployments/{name}/rollback", operation_id = "rollback_deployment", tag = "deployments",
+    params(("name" = String, Path, description = "Deployment name")), request_body = RollbackRequest,
+    responses((status = 200, description = "The release's files (image or command, environment, domains, certificate) are the deployment's again, and a running deployment serves them as a new release", body = DeploymentView),
+              (status = 404, description = "No such deployment or release"),
+              (status = 409, description = "No earlier release served (NO_ROLLBACK)"),
+              (status = 422, description = "The restored release did not become ready and was dropped (RELEASE_FAILED); the one serving serves on"),
+              (status = 503, description = "It runs on Docker and no engine answers (DOCKER_UNAVAILABLE)")))]
+pub async fn rollback(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(name): Path<String>,
+    OptionalJson(body): OptionalJson<RollbackRequest>,
+) -> ApiResult<Response> {
+    auth.require(Role::Operator)?;
+    let wanted = body.unwrap_or_default().release;
+    let (before, after, restored) = state.deployments.rollback(&name, wanted).await?;
+    let mut audited = audit_view(&after);
+    audited["restored_release"] = json!(restored);
+    audit(
+        &state,
+        &auth,
+        "deployment.rollback",
+        &name,
+        Some(audit_view(&before)),
+        Some(audited),
+    )
+    .await?;
+    apply_proxy(&state, &auth, &after, true).await?;
+    request_certificate(&state, &auth, &after);
+    if after.record.desired == Desired::Running {
+        let router = GatewayRouter::new(&state, &auth.actor);
+        if let Err(e) = state
+            .deployments
+            .start_rollback(&after, restored, &router)
+            .await
+        {
+            return Err(ApiError::from(e)
+                .and_details(json!({"saved": true, "version": after.record.version})));
+        }
+    }
+    let after = state.deployments.load(&name).await?;
+    Ok(json_with_etag(
+        StatusCode::OK,
+        after.record.version,
+        view(&state, &after, true).await,
+    ))
+}
+
 #[utoipa::path(get, path = "/api/v1/deployments/{name}/logs", operation_id = "deployment_logs", tag = "deployments",
     params(("name" = String, Path, description = "Deployment name"),
         ("service" = Option<String>, Query, description = "Only this service's lines"),
@@ -601,13 +861,10 @@ pub async fn logs(
         tail,
         since: q.time("since")?,
     };
-    let driver = state.deployments.driver(&name, &l.meta, &l.compose).await;
+    let (driver, key) = state.deployments.driver(&name, &l.meta, &l.compose).await;
     // Subscribed before the tail is read, so no line falls between the two.
-    let follow = q.flag("follow")?.then(|| driver.follow(&name));
-    let lines = driver
-        .logs(&name, &query)
-        .await
-        .map_err(DeployError::from)?;
+    let follow = q.flag("follow")?.then(|| driver.follow(&key));
+    let lines = driver.logs(&key, &query).await.map_err(DeployError::from)?;
     let Some(mut live) = follow else {
         return Ok(Json(json!({ "items": lines })).into_response());
     };
@@ -680,12 +937,8 @@ pub async fn stats(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let l = state.deployments.load(&name).await?;
-    let services = state
-        .deployments
-        .driver(&name, &l.meta, &l.compose)
-        .await
-        .stats(&name)
-        .await;
+    let (driver, key) = state.deployments.driver(&name, &l.meta, &l.compose).await;
+    let services = driver.stats(&key).await;
     let total_memory: u64 = services.iter().map(|s| s.memory_bytes).sum();
     let total_cpu: f64 = services.iter().map(|s| s.cpu_percent).sum();
     Ok(Json(json!({
@@ -721,7 +974,8 @@ async fn proxy_status_of(state: &AppState, l: &Loaded) -> ApiResult<ProxyStatus>
         .store
         .get_resource(fleetgate_core::config::UPSTREAM_KIND, &id)
         .await?;
-    let wanted = deployments::proxy_objects(name, &l.compose, &l.meta)
+    let targets = state.deployments.targets(name);
+    let wanted = deployments::proxy_objects(name, &l.compose, &l.meta, &targets)
         .map_err(|m| ApiError::bad_request("service", m))?;
     let up_to_date = match (&wanted, &route, &upstream) {
         (None, None, None) => true,
@@ -765,7 +1019,7 @@ pub async fn proxy_setup(
 ) -> ApiResult<Json<ProxyStatus>> {
     auth.require(Role::Operator)?;
     let l = state.deployments.load(&name).await?;
-    if deployments::proxy_objects(&name, &l.compose, &l.meta)
+    if deployments::proxy_objects(&name, &l.compose, &l.meta, &[])
         .map_err(|m| ApiError::bad_request("service", m))?
         .is_none()
     {
