@@ -388,23 +388,24 @@ async fn the_docker_endpoints_and_a_docker_deployment_on_a_real_engine() {
         .as_array()
         .expect("items")
         .iter()
-        .find(|c| c["name"] == "fleetgate-site-web")
+        .find(|c| c["name"] == "fleetgate-site.1-web")
         .unwrap_or_else(|| panic!("{containers}"))
         .clone();
     assert_eq!(web["deployment"], "site");
+    assert_eq!(web["instance"], "site.1");
     assert_eq!(web["service"], "web");
     assert_eq!(web["state"], "running");
     assert_eq!(web["id"], container_id.as_str());
     let (status, _) = send(
         &app,
         Method::POST,
-        "/api/v1/containers/fleetgate-site-web/restart",
+        "/api/v1/containers/fleetgate-site.1-web/restart",
         None,
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let logs = app
-        .get_json("/api/v1/containers/fleetgate-site-web/logs?tail=10")
+        .get_json("/api/v1/containers/fleetgate-site.1-web/logs?tail=10")
         .await;
     assert!(logs["items"].is_array(), "{logs}");
     let stats = app.get_json("/api/v1/deployments/site/stats").await;
@@ -427,7 +428,7 @@ async fn the_docker_endpoints_and_a_docker_deployment_on_a_real_engine() {
     let (status, body) = send(
         &app,
         Method::GET,
-        "/api/v1/containers/fleetgate-site-web/logs",
+        "/api/v1/containers/fleetgate-site.1-web/logs",
         None,
     )
     .await;

@@ -180,6 +180,8 @@ pub struct ContainerView {
     pub created_at: String,
     /// The deployment and service that own it (`fleetgate.*` labels), if any.
     pub deployment: Option<String>,
+    /// The instance of the deployment it belongs to (`<deployment>.<n>`).
+    pub instance: Option<String>,
     pub service: Option<String>,
     #[schema(value_type = Object)]
     pub labels: HashMap<String, String>,
@@ -225,6 +227,10 @@ pub async fn list_containers(
                 created_at: unix_rfc3339(c.created.unwrap_or(0)),
                 deployment: labels
                     .get(fleetgate_deploy::docker::LABEL_DEPLOYMENT)
+                    .map(|k| fleetgate_deploy::spec::deployment_of(k).to_string()),
+                instance: labels
+                    .get(fleetgate_deploy::docker::LABEL_DEPLOYMENT)
+                    .filter(|k| k.contains('.'))
                     .cloned(),
                 service: labels.get(fleetgate_deploy::docker::LABEL_SERVICE).cloned(),
                 labels,
