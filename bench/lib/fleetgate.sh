@@ -17,6 +17,8 @@ start_fleetgate() {
         while read -r var; do unset "$var"; done < <(compgen -e | grep '^FLEETGATE_' || true)
         export FLEETGATE_BOOTSTRAP_TOKEN="$TOKEN" FLEETGATE_ADMIN_PASSWORD="$TOKEN-admin"
         export FLEETGATE_LOG_LEVEL=warn FLEETGATE_GATEWAY_WORKERS=1
+        # A private Docker engine of the calling script, if it started one.
+        if [[ -n ${BENCH_DOCKER_SOCKET:-} ]]; then export FLEETGATE_DOCKER_SOCKET=$BENCH_DOCKER_SOCKET; fi
         exec taskset -c "${FLEETGATE_CPUS:-1}" "$FLEETGATE" serve --data-dir "$data" \
             --listen "127.0.0.1:$api_port" --gateway-listen "127.0.0.1:$GW_PORT" \
             --gateway-tls-listen "127.0.0.1:$tls_port" --node-listen "127.0.0.1:$NODE_PORT"
@@ -28,11 +30,14 @@ start_fleetgate() {
     curl -fs "$API/health" >/dev/null || die "fleetgate did not start; see $log"
 }
 
-# api METHOD PATH [curl args...]: prints the body, dies on a non-2xx answer.
+# api METHOD PATH [curl args...]: prints the body, dies on a non-2xx answer (with the body).
 api() {
     local m=$1 p=$2
     shift 2
-    curl -fsS -X "$m" -H "Authorization: Bearer $TOKEN" "$@" "$API$p" || die "API $m $p failed"
+    local out
+    out=$(curl -sS -X "$m" -H "Authorization: Bearer $TOKEN" -w "\n%{http_code}" "$@" "$API$p") || die "API $m $p failed"
+    [[ ${out##*$'\n'} == 2?? ]] || die "API $m $p answered ${out##*$'\n'}: ${out%$'\n'*}"
+    printf "%s\n" "${out%$'\n'*}"
 }
 
 # json METHOD PATH BODY: a JSON request whose answer is not needed.
