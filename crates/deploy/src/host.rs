@@ -780,7 +780,7 @@ impl Deployments {
                 out.push(r);
             }
         }
-        out.sort_by(|a, b| b.number.cmp(&a.number));
+        out.sort_by_key(|r| std::cmp::Reverse(r.number));
         Ok(out)
     }
 

@@ -393,18 +393,24 @@ mod tests {
             "services:\n  web:\n    command: serve --port $PORT --api http://127.0.0.1:${PORT_API}\n    ports: [\"8080:8080\"]\n  api:\n    command: api --listen 127.0.0.1:$PORT\n    ports: [\"9000:9000\"]\n",
             "domains: [app.example.com]\nservice: web\n",
         )
-        .unwrap();
+        .expect("test value");
         assert_eq!(
             strategy(&compose, &meta, DriverKind::Process),
             Strategy::BlueGreen
         );
-        let p = place(&compose, &meta, DriverKind::Process).unwrap();
+        let p = place(&compose, &meta, DriverKind::Process).expect("test value");
         let web = p.ports["web"];
         let api = p.ports["api"];
         assert_ne!(web, 8080);
         assert_ne!(api, 9000);
         assert_eq!(p.target, Some(web));
-        let cmd = p.compose.service("web").unwrap().command.clone().unwrap();
+        let cmd = p
+            .compose
+            .service("web")
+            .expect("test value")
+            .command
+            .clone()
+            .expect("test value");
         assert_eq!(
             cmd,
             vec![
@@ -415,7 +421,7 @@ mod tests {
                 format!("http://127.0.0.1:{api}")
             ]
         );
-        let env = &p.compose.service("api").unwrap().environment;
+        let env = &p.compose.service("api").expect("test value").environment;
         assert_eq!(env["PORT"], api.to_string());
         assert_eq!(env["PORT_WEB"], web.to_string());
     }
@@ -426,12 +432,12 @@ mod tests {
             "services:\n  web:\n    command: serve --port 8080\n    ports: [\"8080:8080\"]\n",
             "domains: [app.example.com]\n",
         )
-        .unwrap();
-        let p = place(&compose, &meta, DriverKind::Process).unwrap();
+        .expect("test value");
+        let p = place(&compose, &meta, DriverKind::Process).expect("test value");
         assert_eq!(p.strategy, Strategy::Recreate);
         assert_eq!(p.target, Some(8080));
         assert_eq!(
-            p.compose.service("web").unwrap().environment["PORT"],
+            p.compose.service("web").expect("test value").environment["PORT"],
             "8080"
         );
     }
@@ -442,10 +448,10 @@ mod tests {
             "services:\n  web:\n    image: busybox\n    ports: [\"8080:80\"]\n",
             "domains: [app.example.com]\n",
         )
-        .unwrap();
-        let p = place(&compose, &meta, DriverKind::Docker).unwrap();
+        .expect("test value");
+        let p = place(&compose, &meta, DriverKind::Docker).expect("test value");
         assert_eq!(p.strategy, Strategy::BlueGreen);
-        let web = p.compose.service("web").unwrap();
+        let web = p.compose.service("web").expect("test value");
         assert_eq!(web.ports[0].container, 80);
         assert_eq!(web.ports[0].host, p.target);
         assert_eq!(web.ports[0].host_ip.as_deref(), Some("127.0.0.1"));
@@ -458,7 +464,7 @@ mod tests {
             "services:\n  web:\n    command: serve $PORT\n    ports: [\"8080:8080\"]\n",
             "domains: [app.example.com]\ndeploy:\n  strategy: recreate\n",
         )
-        .unwrap();
+        .expect("test value");
         assert_eq!(
             strategy(&compose, &meta, DriverKind::Process),
             Strategy::Recreate

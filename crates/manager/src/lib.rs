@@ -287,7 +287,8 @@ impl AppState {
         self.follow_store(shutdown.clone());
         // Deployments left running start again, and stop with the manager.
         let deployments = self.deployments.clone();
-        let router = api::deployments::GatewayRouter::new(self, &fleetgate_store::Actor::system());
+        let router =
+            api::deployments::GatewayRouter::shared(self, &fleetgate_store::Actor::system());
         let mut down = shutdown.clone();
         tokio::spawn(async move {
             deployments.resume(&router).await;

@@ -103,7 +103,7 @@ impl Load {
                             Ok(_) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(e) => failures.lock().unwrap().push(e),
+                            Err(e) => failures.lock().expect("failures").push(e),
                         }
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
@@ -123,7 +123,7 @@ impl Load {
         for t in self.tasks {
             t.await.expect("load task");
         }
-        let failures = self.failures.lock().unwrap().clone();
+        let failures = self.failures.lock().expect("failures").clone();
         (self.ok.load(Ordering::Relaxed), failures)
     }
 }
@@ -282,7 +282,12 @@ async fn redeploys_switch_without_a_failed_request_or_a_closed_websocket() {
     let list = releases(&app, "rel").await;
     let states: Vec<(u64, &str)> = list
         .iter()
-        .map(|r| (r["number"].as_u64().unwrap(), r["state"].as_str().unwrap()))
+        .map(|r| {
+            (
+                r["number"].as_u64().expect("number"),
+                r["state"].as_str().expect("state"),
+            )
+        })
         .collect();
     assert_eq!(
         states,
@@ -357,7 +362,10 @@ async fn a_failing_release_is_dropped_and_a_rollback_restores_an_earlier_one() {
     let took = started.elapsed();
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(v["code"], "RELEASE_FAILED", "{v}");
-    assert!(v["error"].as_str().unwrap().contains("/health"), "{v}");
+    assert!(
+        v["error"].as_str().expect("text").contains("/health"),
+        "{v}"
+    );
     assert_eq!(v["details"]["release"], 3);
     assert_eq!(v["details"]["saved"], true);
     assert!(took < Duration::from_secs(30), "dropped after {took:?}");
@@ -373,7 +381,7 @@ async fn a_failing_release_is_dropped_and_a_rollback_restores_an_earlier_one() {
     assert_eq!(list[0]["number"], 3);
     assert_eq!(list[0]["state"], "failed");
     assert!(
-        list[0]["error"].as_str().unwrap().contains("503"),
+        list[0]["error"].as_str().expect("text").contains("503"),
         "{}",
         list[0]
     );
@@ -448,7 +456,7 @@ async fn a_failing_release_is_dropped_and_a_rollback_restores_an_earlier_one() {
         .await;
     let actions: Vec<&str> = audit["items"]
         .as_array()
-        .unwrap()
+        .expect("test value")
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();

@@ -331,7 +331,8 @@ pub struct GatewayRouter {
 }
 
 impl GatewayRouter {
-    pub fn new(state: &AppState, actor: &Actor) -> Arc<dyn Router> {
+    /// A router acting as `actor`, shared by a release and its drain.
+    pub fn shared(state: &AppState, actor: &Actor) -> Arc<dyn Router> {
         Arc::new(GatewayRouter {
             state: state.clone(),
             actor: actor.clone(),
@@ -464,7 +465,7 @@ pub async fn create(
     }
     request_certificate(&state, &auth, &l);
     if body.start {
-        let router = GatewayRouter::new(&state, &auth.actor);
+        let router = GatewayRouter::shared(&state, &auth.actor);
         if let Err(e) = state.deployments.start(&l, &router).await {
             let _ = state.deployments.stop(&l).await;
             let _ = state
@@ -544,7 +545,7 @@ pub async fn update(
     apply_proxy(&state, &auth, &after, true).await?;
     request_certificate(&state, &auth, &after);
     if after.record.desired == Desired::Running {
-        let router = GatewayRouter::new(&state, &auth.actor);
+        let router = GatewayRouter::shared(&state, &auth.actor);
         if let Err(e) = state.deployments.start(&after, &router).await {
             // The new files are saved; only the start failed (the release
             // serving before, if any, serves on).
@@ -626,7 +627,7 @@ async fn act(
         Some(json!({"desired": desired})),
     )
     .await?;
-    let router = GatewayRouter::new(state, &auth.actor);
+    let router = GatewayRouter::shared(state, &auth.actor);
     match action {
         "stop" => state.deployments.stop(&l).await?,
         // A new instance replaces the running one as a release does (with
@@ -809,7 +810,7 @@ pub async fn rollback(
     apply_proxy(&state, &auth, &after, true).await?;
     request_certificate(&state, &auth, &after);
     if after.record.desired == Desired::Running {
-        let router = GatewayRouter::new(&state, &auth.actor);
+        let router = GatewayRouter::shared(&state, &auth.actor);
         if let Err(e) = state
             .deployments
             .start_rollback(&after, restored, &router)
