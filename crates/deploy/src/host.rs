@@ -21,12 +21,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use fleetgate_core::config::{ROUTE_KIND, UPSTREAM_KIND};
-use fleetgate_core::gateway::{Route, Upstream};
-use fleetgate_core::time::now_ms;
 use crate::docker::DockerDriver;
 use crate::process::ProcessDriver;
 use crate::spec::{ComposeFile, Deployment, Driver, DriverKind, Problem, ServiceMeta};
+use fleetgate_core::config::{ROUTE_KIND, UPSTREAM_KIND};
+use fleetgate_core::gateway::{Route, Upstream};
+use fleetgate_core::time::now_ms;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
