@@ -4,11 +4,24 @@
 //! - The ACME account is one per directory URL, created on first use; its
 //!   credentials (account key and URL) are stored sealed with the installation's
 //!   secret key (`acme_accounts`), never in clear and never logged.
-//! - An order's HTTP-01 key authorizations go into the data-plane input
-//!   ([`fleetgate_protocol::AcmeChallenges`]) before the CA is told to validate;
-//!   the manager waits until its in-process gateway reports answering them (edges
-//!   receive the same set with their configuration). The gateway answers
-//!   `/.well-known/acme-challenge/<token>` for any host before routing.
+//! - An order's HTTP-01 key authorizations are stored (`acme_challenges`, one
+//!   row per token with an expiry) before the CA is told to validate, so that
+//!   every manager sharing the store answers them, whichever placed the order:
+//!   each one publishes the live rows into its data-plane input
+//!   ([`fleetgate_protocol::AcmeChallenges`]) from its store follower
+//!   ([`AppState::follow_store`], woken over NATS `fleetgate.config.<cluster>` or
+//!   by polling), and edges receive the set with their configuration. The
+//!   gateway answers `/.well-known/acme-challenge/<token>` for any host before
+//!   routing.
+//! - Before telling the CA to validate, the ordering manager waits (up to
+//!   [`ANSWER_WAIT`] each) until its in-process gateway reports answering the new
+//!   set, and until the other live replicas do: with NATS it asks each of them
+//!   (they publish from the store at once and answer when their gateway applied
+//!   it); without NATS it waits two of their polling periods.
+//! - The rows go when the order finishes, however it ends. A row whose manager
+//!   stopped mid-order expires [`CHALLENGE_SLACK`] after the order's own timeout:
+//!   an expired row is never published (the followers wake at the soonest expiry
+//!   to withdraw it) and is pruned.
 //! - The issued chain and its new key are stored like an uploaded certificate
 //!   (key sealed, `source = acme`, the ordered names kept for renewals).
 //! - Renewals: [`spawn_renewals`] checks at start and then every
@@ -16,15 +29,23 @@
 //!   expires. A success raises `certificate.renewed`; a failure records the
 //!   CA's problem on the certificate and raises `certificate.renewal_failed`
 //!   (warning) while the old certificate keeps serving.
+//! - A deleted deployment's certificate (`deploy-<name>`, issued through ACME)
+//!   is deleted with it ([`Acme::remove_deployment_certificate`]) unless a route
+//!   or another deployment still names one of its domains (a route host equal to
+//!   the name, or a wildcard host covering it; a route without hosts does not
+//!   count). A kept certificate raises `certificate.kept` naming who uses it and
+//!   is renewed like any ACME certificate until deleted by hand. An uploaded
+//!   certificate of that name is the operator's and is never deleted this way.
 //!
 //! Settings are process configuration (`[acme]`), not part of the revisions: the
 //! CA bundle is a file of this machine, and switching CAs is an operator's
 //! decision at start, like the database URL.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -32,7 +53,9 @@ use bytes::Bytes;
 use fleetgate_core::events::{NewEvent, Severity};
 use fleetgate_core::time::{now_ms, rfc3339};
 use fleetgate_core::tls::inspect;
-use fleetgate_store::{AcmeAccountRecord, Actor, CertificateRecord, StoreError, SOURCE_ACME};
+use fleetgate_store::{
+    AcmeAccountRecord, AcmeChallengeRecord, Actor, CertificateRecord, StoreError, SOURCE_ACME,
+};
 use http_body_util::BodyExt;
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType,
@@ -51,9 +74,14 @@ pub const LETS_ENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/
 /// Most names one certificate is ordered for (Let's Encrypt's limit).
 pub const MAX_DOMAINS: usize = 100;
 
-/// How long the manager waits for its gateway to answer a new challenge before
-/// telling the CA to validate anyway (the CA then reports what it saw).
-const ANSWER_WAIT: Duration = Duration::from_secs(5);
+/// How long the manager waits for its gateway (and, apart, for the other live
+/// replicas) to answer a new challenge before telling the CA to validate anyway
+/// (the CA then reports what it saw).
+pub const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// A stored challenge answer lives this long beyond the order's own timeout
+/// (`order_timeout`), for the validations asked before the order is polled.
+pub const CHALLENGE_SLACK: Duration = Duration::from_secs(120);
 
 /// ACME settings (process configuration `[acme]`).
 #[derive(Debug, Clone)]
@@ -215,8 +243,12 @@ pub struct Acme {
     http: reqwest::Client,
     /// The account, once loaded or created.
     account: tokio::sync::Mutex<Option<Account>>,
-    /// Pending HTTP-01 answers of every order in progress, by token.
-    challenges: Mutex<BTreeMap<String, String>>,
+    /// One publication of the stored challenge answers at a time, so that a set
+    /// read earlier is never published over one read later.
+    publishing: tokio::sync::Mutex<()>,
+    /// When expired challenge rows are next to be pruned (Unix ms): at the
+    /// first publication, then at the soonest expiry seen.
+    prune_at: AtomicI64,
     /// One renewal pass (background or API) at a time.
     renewing: tokio::sync::Mutex<()>,
     /// Certificates requested for deployments (`ssl.enabled`), by deployment
@@ -322,7 +354,8 @@ impl Acme {
             options,
             http,
             account: tokio::sync::Mutex::new(None),
-            challenges: Mutex::new(BTreeMap::new()),
+            publishing: tokio::sync::Mutex::new(()),
+            prune_at: AtomicI64::new(0),
             renewing: tokio::sync::Mutex::new(()),
             deployments: Mutex::new(HashMap::new()),
         })
@@ -430,34 +463,120 @@ impl Acme {
         Ok(account)
     }
 
-    /// Publishes the pending answers; returns the version of the set out.
-    fn publish_answers(&self, state: &AppState) -> u64 {
-        let answers = self
-            .challenges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        state.feed.publish_challenges(answers)
+    /// How long a stored challenge answer lives.
+    fn challenge_ttl(&self) -> Duration {
+        self.options.order_timeout + CHALLENGE_SLACK
     }
 
-    /// Waits until the gateway of this process answers challenge set `version`
-    /// (the CA may validate at once). Without a gateway here (the `manager`
+    /// Publishes the live challenge answers of every order in progress (placed
+    /// here or by another manager on the store) into this process's data-plane
+    /// input. Returns the version of the set out and the soonest expiry among
+    /// them (the follower wakes then to withdraw it). Expired rows are pruned
+    /// once one is due.
+    pub async fn publish_challenges(
+        &self,
+        state: &AppState,
+    ) -> Result<(u64, Option<i64>), StoreError> {
+        let _one = self.publishing.lock().await;
+        let now = now_ms();
+        if self.prune_at.load(Ordering::Relaxed) <= now {
+            self.prune_at.store(i64::MAX, Ordering::Relaxed);
+            match state.store.prune_acme_challenges(now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "pruned expired ACME challenge answers"),
+                Err(e) => {
+                    self.prune_at.store(now, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "could not prune expired ACME challenge answers");
+                }
+            }
+        }
+        let rows = state.store.live_acme_challenges(now).await?;
+        let soonest = rows.iter().map(|r| r.expires_at).min();
+        if let Some(at) = soonest {
+            self.prune_at.fetch_min(at, Ordering::Relaxed);
+        }
+        let answers: BTreeMap<String, String> = rows
+            .into_iter()
+            .map(|r| (r.token, r.key_authorization))
+            .collect();
+        Ok((state.feed.publish_challenges(answers), soonest))
+    }
+
+    /// Waits (up to `wait`) until the gateway of this process answers challenge
+    /// set `version`; `true` when it does. Without a gateway here (the `manager`
     /// role), there is nothing to wait for: edges get the set with their input.
-    async fn wait_answered(&self, state: &AppState, version: u64) {
+    async fn gateway_answers(state: &AppState, version: u64, wait: Duration) -> bool {
         let Some(dp) = state.data_plane.get() else {
-            return;
+            return true;
         };
-        let deadline = Instant::now() + ANSWER_WAIT;
-        while Instant::now() < deadline {
+        let deadline = Instant::now() + wait;
+        loop {
             if dp.status.latest().applied.challenges >= version {
-                return;
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
             }
             dp.status.fresh(Duration::from_millis(200)).await;
         }
-        tracing::warn!(
-            version,
-            "the gateway did not report answering the ACME challenges in time"
-        );
+    }
+
+    /// On another replica's request: publishes the stored answers now and waits
+    /// (up to `wait`) until this process's gateway answers every one of
+    /// `tokens`; whether it does.
+    pub async fn answer_here(&self, state: &AppState, tokens: &[String], wait: Duration) -> bool {
+        let version = match self.publish_challenges(state).await {
+            Ok((version, _)) => version,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the ACME challenge answers another replica asked about");
+                return false;
+            }
+        };
+        let current = state.feed.current();
+        if !tokens
+            .iter()
+            .all(|t| current.challenges.answers.contains_key(t))
+        {
+            return false;
+        }
+        Self::gateway_answers(state, version, wait).await
+    }
+
+    /// Waits until the gateway of this process answers challenge set `version`
+    /// and the other live replicas answer `token` (see the module notes); the CA
+    /// may validate at once.
+    async fn wait_answered(&self, state: &AppState, version: u64, token: &str) {
+        if !Self::gateway_answers(state, version, ANSWER_WAIT).await {
+            tracing::warn!(
+                version,
+                "the gateway did not report answering the ACME challenges in time"
+            );
+        }
+        let alive_since = now_ms() - crate::nodes::replicas::ALIVE_MS;
+        let others: Vec<String> = match state.store.live_replicas(alive_since).await {
+            Ok(all) => all.into_iter().filter(|r| *r != state.instance).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the other manager replicas; not waiting for them");
+                Vec::new()
+            }
+        };
+        if others.is_empty() {
+            return;
+        }
+        if state.peers.client().is_some() {
+            let silent = state
+                .challenge_answered_by_replicas(&others, token, ANSWER_WAIT)
+                .await;
+            if !silent.is_empty() {
+                tracing::warn!(
+                    replicas = ?silent,
+                    "other manager replicas did not confirm answering the ACME challenge in time"
+                );
+            }
+        } else {
+            // Their followers poll the store: two periods cover one full pass.
+            tokio::time::sleep(crate::revisions::POLL_WITHOUT_NATS * 2).await;
+        }
     }
 
     /// Orders a certificate for `req.domains`, answers its HTTP-01 challenges,
@@ -483,13 +602,15 @@ impl Acme {
             .complete_order(state, &mut order, &mut tokens, &req.domains)
             .await;
         // The answers are withdrawn whatever happened: they serve this order only.
-        {
-            let mut map = self.challenges.lock().unwrap_or_else(|p| p.into_inner());
-            for t in &tokens {
-                map.remove(t);
+        if !tokens.is_empty() {
+            if let Err(e) = state.store.delete_acme_challenges(&tokens).await {
+                tracing::warn!(error = %e, "could not remove the answers of a finished ACME order; they expire");
             }
+            if let Err(e) = self.publish_challenges(state).await {
+                tracing::warn!(error = %e, "could not publish the ACME challenge answers");
+            }
+            state.refresh_data_plane();
         }
-        self.publish_answers(state);
         let (chain, key_pem) = result?;
         inspect(&chain)
             .map_err(|e| AcmeError::failed(format!("the CA's certificate does not parse: {e}")))?;
@@ -542,14 +663,23 @@ impl Acme {
                 ))
             })?;
             let token = challenge.token.clone();
-            let answer = challenge.key_authorization().as_str().to_string();
-            self.challenges
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(token.clone(), answer);
-            tokens.push(token);
-            let version = self.publish_answers(state);
-            self.wait_answered(state, version).await;
+            let now = now_ms();
+            let ttl = i64::try_from(self.challenge_ttl().as_millis()).unwrap_or(i64::MAX);
+            state
+                .store
+                .put_acme_challenge(&AcmeChallengeRecord {
+                    token: token.clone(),
+                    key_authorization: challenge.key_authorization().as_str().to_string(),
+                    identifier: identifier.clone(),
+                    expires_at: now.saturating_add(ttl),
+                    created_at: now,
+                })
+                .await?;
+            tokens.push(token.clone());
+            let (version, _) = self.publish_challenges(state).await?;
+            // The other managers' followers look at the store now.
+            state.peers.announce(0);
+            self.wait_answered(state, version, &token).await;
             challenge
                 .set_ready()
                 .await
@@ -658,6 +788,17 @@ impl Acme {
                     outcome: "renewed".into(),
                     not_after,
                     error: None,
+                }
+            }
+            Err(AcmeError::Store(StoreError::VersionMismatch { current: 0 })) => {
+                // Deleted while being renewed (with its deployment, say): there
+                // is nothing left to renew, nor to warn about.
+                tracing::info!(certificate = %rec.name, "certificate deleted while being renewed; the new one is dropped");
+                RenewOutcome {
+                    name: rec.name.clone(),
+                    outcome: "failed".into(),
+                    not_after: None,
+                    error: Some("the certificate was deleted while being renewed".into()),
                 }
             }
             Err(e) => {
@@ -816,20 +957,44 @@ impl Acme {
         tokio::spawn(async move {
             let outcome =
                 deployment_certificate_now(&state, &actor, &deployment, &domains, email).await;
-            let mut map = state
-                .acme
-                .deployments
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            // Whether the request was still on record (not forgotten meanwhile).
+            let on_record = {
+                let mut map = state
+                    .acme
+                    .deployments
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                match &outcome {
+                    Ok(()) => map.remove(&deployment).is_some(),
+                    Err(message) => match map.get_mut(&deployment) {
+                        Some(entry) => {
+                            entry.error = Some(message.clone());
+                            true
+                        }
+                        None => false,
+                    },
+                }
+            };
             match outcome {
                 Ok(()) => {
-                    map.remove(&deployment);
+                    // Deleted while its certificate was being issued: the
+                    // certificate goes as if it had been there at the delete.
+                    if !on_record
+                        && matches!(
+                            state.deployments.load(&deployment).await,
+                            Err(crate::deployments::DeployError::NotFound(_))
+                        )
+                    {
+                        if let Err(e) = state
+                            .acme
+                            .remove_deployment_certificate(&state, &actor, &deployment)
+                            .await
+                        {
+                            tracing::warn!(deployment = %deployment, error = %e, "could not remove the certificate of a deleted deployment");
+                        }
+                    }
                 }
                 Err(message) => {
-                    if let Some(entry) = map.get_mut(&deployment) {
-                        entry.error = Some(message.clone());
-                    }
-                    drop(map);
                     state.emit(
                         NewEvent::new(
                             "certificate.request_failed",
@@ -850,6 +1015,55 @@ impl Acme {
         });
     }
 
+    /// After deployment `deployment` was deleted: deletes its certificate
+    /// (`deploy-<name>`) when Fleetgate issued it through ACME and no route or
+    /// other deployment names any of its domains; otherwise keeps it (raising
+    /// `certificate.kept` with who uses it). Audited as `certificate.delete` by
+    /// `actor`; the gateways stop serving it and renewals stop with it.
+    pub async fn remove_deployment_certificate(
+        &self,
+        state: &AppState,
+        actor: &Actor,
+        deployment: &str,
+    ) -> Result<DeploymentCertificate, StoreError> {
+        let name = deployment_certificate(deployment);
+        let Some(rec) = state.store.get_certificate(&name).await? else {
+            return Ok(DeploymentCertificate::None);
+        };
+        if rec.source != SOURCE_ACME {
+            return Ok(DeploymentCertificate::NotIssued);
+        }
+        let users = names_in_use(state, deployment, &rec.acme_domains).await?;
+        if !users.is_empty() {
+            state.emit(
+                NewEvent::new(
+                    "certificate.kept",
+                    Severity::Info,
+                    format!(
+                        "certificate {name} of deleted deployment {deployment} is kept and renewed: {} still use its names",
+                        users.join(", ")
+                    ),
+                )
+                .details(json!({
+                    "certificate": name,
+                    "deployment": deployment,
+                    "domains": rec.acme_domains,
+                    "used_by": users,
+                })),
+            );
+            return Ok(DeploymentCertificate::Kept(users));
+        }
+        match state.store.delete_certificate(actor, &name).await {
+            Ok(()) => {}
+            Err(StoreError::NotFound(_)) => return Ok(DeploymentCertificate::None),
+            Err(e) => return Err(e),
+        }
+        state.publish_certificates().await?;
+        state.refresh_data_plane();
+        tracing::info!(certificate = %name, deployment, "deleted the certificate of a deleted deployment");
+        Ok(DeploymentCertificate::Deleted)
+    }
+
     /// Asks again for the deployments whose request failed.
     fn retry_deployments(&self, state: &AppState) {
         let failed: Vec<(String, DeploymentSsl)> = self
@@ -864,6 +1078,66 @@ impl Acme {
             self.request_for_deployment(state, &Actor::system(), &name, &d.domains, d.email);
         }
     }
+}
+
+/// What became of a deleted deployment's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeploymentCertificate {
+    /// There was none.
+    None,
+    /// One of that name was uploaded: the operator's, left alone.
+    NotIssued,
+    /// Deleted.
+    Deleted,
+    /// Kept: these routes and deployments still name its domains.
+    Kept(Vec<String>),
+}
+
+/// The routes (of the newest revision) and deployments, other than
+/// `deployment` and its route, that name any of `names`: a host equal to the
+/// name or a wildcard covering it. A route without hosts answers any host but
+/// names none, so it does not count.
+async fn names_in_use(
+    state: &AppState,
+    deployment: &str,
+    names: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let uses = |hosts: &[String]| {
+        hosts.iter().any(|h| {
+            let h = h.trim_end_matches('.');
+            names.iter().any(|n| san_covers(h, n))
+        })
+    };
+    let own_route = deployment_certificate(deployment);
+    let deployments = state.deployments.names().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not list the deployments");
+        Vec::new()
+    });
+    let mut users = BTreeSet::new();
+    let latest = state.store.latest_revision().await?;
+    if let Some(doc) = state.document_at(latest).await? {
+        for r in doc
+            .routes
+            .iter()
+            .filter(|r| r.id != own_route && uses(&r.hosts))
+        {
+            // A deployment's route is named after the deployment.
+            match r.id.strip_prefix("deploy-") {
+                Some(d) if deployments.iter().any(|n| n == d) => {
+                    users.insert(format!("deployment {d}"))
+                }
+                _ => users.insert(format!("route {}", r.id)),
+            };
+        }
+    }
+    for other in deployments.iter().filter(|n| *n != deployment) {
+        if let Ok(l) = state.deployments.load(other).await {
+            if uses(&l.meta.domains) {
+                users.insert(format!("deployment {other}"));
+            }
+        }
+    }
+    Ok(users.into_iter().collect())
 }
 
 /// One deployment's certificate, now; the error as text.

@@ -16,7 +16,9 @@
 //! when configured) or by polling the store, and publish exactly that revision's
 //! stored document ([`AppState::follow_store`]). The same loop keeps the other
 //! parts of the input current: the published redirect and page sets of every
-//! project (each with its published version) and the certificates.
+//! project (each with its published version), the certificates, and the pending
+//! ACME challenge answers of every manager's orders (see [`crate::acme`]; the
+//! loop also wakes when the soonest of those expires, to withdraw it).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -29,6 +31,7 @@ use fleetgate_core::events::{NewEvent, Severity};
 use fleetgate_core::redirects::{
     Page, PageContentType, PageType, Redirect, RedirectStatus, RedirectType,
 };
+use fleetgate_core::time::now_ms;
 use fleetgate_core::{ConfigDocument, ValidationError};
 use fleetgate_protocol::Site;
 use fleetgate_store::{
@@ -62,7 +65,7 @@ const FALLBACK_SEARCH: i64 = 100;
 
 /// How often the store is polled for changes made elsewhere: without NATS, and as a
 /// safety net for a missed NATS message.
-const POLL_WITHOUT_NATS: Duration = Duration::from_secs(1);
+pub(crate) const POLL_WITHOUT_NATS: Duration = Duration::from_secs(1);
 const POLL_WITH_NATS: Duration = Duration::from_secs(30);
 
 /// Rows read per query while loading a published rule set.
@@ -412,10 +415,21 @@ impl AppState {
                 if let Err(e) = state.publish_certificates().await {
                     tracing::warn!(error = %e, "could not load certificates");
                 }
+                let mut wait = poll;
+                match state.acme.publish_challenges(&state).await {
+                    Ok((_, Some(expiry))) => {
+                        let left = u64::try_from(expiry - now_ms()).unwrap_or(0);
+                        wait = wait.min(Duration::from_millis(left + 1));
+                    }
+                    Ok((_, None)) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not load the ACME challenge answers")
+                    }
+                }
                 tokio::select! {
                     () = state.store_changed.notified() => {}
                     () = state.peers.changed() => {}
-                    _ = tokio::time::sleep(poll) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => return,
                 }
                 if *shutdown.borrow() {

@@ -3,6 +3,12 @@
 //! A certificate issued through ACME also keeps the names it is renewed for and the
 //! outcome of its last renewal; the ACME accounts (one per directory) live here too,
 //! their credentials encrypted by the caller like the keys.
+//!
+//! The HTTP-01 answers of orders in progress are kept here as well, so that every
+//! manager sharing the database can answer the CA, whichever placed the order.
+//! They are transient protocol state rather than changes an operator makes (the
+//! order's outcome is audited with the certificate it stores), so writing them
+//! leaves no audit entry.
 
 use async_trait::async_trait;
 use fleetgate_core::time::now_ms;
@@ -66,6 +72,19 @@ pub struct AcmeAccountRecord {
     pub updated_at: i64,
 }
 
+/// The answer to one pending ACME HTTP-01 challenge: served on
+/// `/.well-known/acme-challenge/<token>` by every gateway until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeChallengeRecord {
+    pub token: String,
+    pub key_authorization: String,
+    /// The name the challenge proves (for whoever reads the table).
+    pub identifier: String,
+    /// Unix ms after which the row is neither listed as live nor served.
+    pub expires_at: i64,
+    pub created_at: i64,
+}
+
 /// TLS certificates.
 #[async_trait]
 pub trait CertificateStore: Send + Sync {
@@ -92,6 +111,16 @@ pub trait CertificateStore: Send + Sync {
     /// Creates or replaces the account of `directory_url` (audited without its
     /// credentials).
     async fn put_acme_account(&self, actor: &Actor, account: &AcmeAccountRecord) -> Result<()>;
+    /// Creates or replaces the answer of challenge `c.token` (not audited: see
+    /// the module notes).
+    async fn put_acme_challenge(&self, c: &AcmeChallengeRecord) -> Result<()>;
+    /// Removes the answers of `tokens` (those of a finished order); returns how
+    /// many there were.
+    async fn delete_acme_challenges(&self, tokens: &[String]) -> Result<u64>;
+    /// The answers still live at `now` (`expires_at > now`), by token.
+    async fn live_acme_challenges(&self, now: i64) -> Result<Vec<AcmeChallengeRecord>>;
+    /// Removes the answers expired at `now`; returns how many.
+    async fn prune_acme_challenges(&self, now: i64) -> Result<u64>;
 }
 
 const CERT_COLUMNS: &str = "name, cert_pem, key_encrypted, source, acme_domains, renewal_error, \
@@ -319,5 +348,70 @@ impl CertificateStore for SqlStore {
             .after(serde_json::json!({ "directory_url": a.directory_url, "email": a.email })),
         )
         .await
+    }
+
+    async fn put_acme_challenge(&self, c: &AcmeChallengeRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO acme_challenges (token, key_authorization, identifier, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (token) DO UPDATE SET \
+             key_authorization = excluded.key_authorization, identifier = excluded.identifier, \
+             expires_at = excluded.expires_at, created_at = excluded.created_at",
+        )
+        .bind(c.token.clone())
+        .bind(c.key_authorization.clone())
+        .bind(c.identifier.clone())
+        .bind(c.expires_at)
+        .bind(if c.created_at > 0 { c.created_at } else { now_ms() })
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_acme_challenges(&self, tokens: &[String]) -> Result<u64> {
+        if tokens.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        let mut n = 0;
+        for t in tokens {
+            n += sqlx::query("DELETE FROM acme_challenges WHERE token = $1")
+                .bind(t.clone())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn live_acme_challenges(&self, now: i64) -> Result<Vec<AcmeChallengeRecord>> {
+        let rows = sqlx::query(
+            "SELECT token, key_authorization, identifier, expires_at, created_at \
+             FROM acme_challenges WHERE expires_at > $1 ORDER BY token",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AcmeChallengeRecord {
+                    token: r.try_get("token")?,
+                    key_authorization: r.try_get("key_authorization")?,
+                    identifier: r.try_get("identifier")?,
+                    expires_at: r.try_get("expires_at")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_acme_challenges(&self, now: i64) -> Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM acme_challenges WHERE expires_at <= $1")
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 }

@@ -41,6 +41,8 @@ pub trait FleetStore: Send + Sync {
     /// Removes the replicas not seen since `before` and the presence rows naming
     /// them (or naming no recorded replica). Returns the presence rows removed.
     async fn prune_replicas(&self, before: i64) -> Result<u64>;
+    /// The instance ids of the replicas seen since `alive_since`, sorted.
+    async fn live_replicas(&self, alive_since: i64) -> Result<Vec<String>>;
     /// Records that `p.replica` holds the node's connection (replacing any other).
     async fn node_connected(&self, p: &NodePresence) -> Result<()>;
     /// Removes the presence of that connection; `false` when a later connection
@@ -118,6 +120,18 @@ impl FleetStore for SqlStore {
         .rows_affected();
         tx.commit().await?;
         Ok(gone)
+    }
+
+    async fn live_replicas(&self, alive_since: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT instance FROM manager_replicas WHERE seen_at >= $1 ORDER BY instance",
+        )
+        .bind(alive_since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get("instance").map_err(StoreError::from))
+            .collect()
     }
 
     async fn node_connected(&self, p: &NodePresence) -> Result<()> {

@@ -30,7 +30,8 @@ pub use alerts::{
 pub use audit::{AuditEvent, AuditFilter, AuditRecord, AuditStore};
 pub use auth::{ApiKeyRecord, AuthStore, LoginAttempt, SessionRecord, UserRecord};
 pub use certificates::{
-    AcmeAccountRecord, CertificateRecord, CertificateStore, SOURCE_ACME, SOURCE_UPLOAD,
+    AcmeAccountRecord, AcmeChallengeRecord, CertificateRecord, CertificateStore, SOURCE_ACME,
+    SOURCE_UPLOAD,
 };
 pub use config::{
     CommittedRevision, ConfigCheck, ConfigEdit, ConfigStore, NoCheck, ResourceRecord, ResourceSet,

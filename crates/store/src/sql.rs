@@ -152,6 +152,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0013_acme.sql"),
         include_str!("../migrations/postgres/0013_acme.sql"),
     ),
+    (
+        14,
+        "acme challenges",
+        include_str!("../migrations/sqlite/0014_acme_challenges.sql"),
+        include_str!("../migrations/postgres/0014_acme_challenges.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

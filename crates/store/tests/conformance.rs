@@ -6,11 +6,11 @@ use fleetgate_core::events::{NewEvent, Severity};
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
 use fleetgate_store::{
-    AcmeAccountRecord, Actor, AgentRecord, ApiKeyRecord, AuditEvent, AuditFilter,
-    CertificateRecord, ConfigStore, DraftState, EventFilter, EventStore, NamespaceRecord,
-    PageRequest, ProjectRecord, ProjectTokenRecord, RedirectStore, ResourceSet, RuleData,
-    RuleFilter, RuleTable, SessionRecord, SqlStore, Store, StoreError, StoreOptions, TokenScope,
-    UserRecord,
+    AcmeAccountRecord, AcmeChallengeRecord, Actor, AgentRecord, ApiKeyRecord, AuditEvent,
+    AuditFilter, CertificateRecord, ConfigStore, DraftState, EventFilter, EventStore,
+    NamespaceRecord, PageRequest, ProjectRecord, ProjectTokenRecord, RedirectStore, ResourceSet,
+    RuleData, RuleFilter, RuleTable, SessionRecord, SqlStore, Store, StoreError, StoreOptions,
+    TokenScope, UserRecord,
 };
 use fleetgate_store::{
     AlertRuleRecord, AlertStore, IncidentFilter, IncidentRecord, NewTimelineEntry,
@@ -107,6 +107,7 @@ conformance!(
     certificates_crud_with_versions,
     acme_certificates_keep_their_domains_and_renewal_errors,
     acme_accounts_are_kept_per_directory_encrypted,
+    acme_challenges_are_live_until_they_expire,
     namespaces_and_projects,
     rule_drafts_publish_and_discard,
     rule_import_merge_and_replace,
@@ -844,6 +845,57 @@ async fn acme_certificates_keep_their_domains_and_renewal_errors(s: &SqlStore) {
             .any(|e| format!("{:?}{:?}", e.before, e.after).contains("opaque-acme")),
         "keys stay out of the audit log"
     );
+}
+
+async fn acme_challenges_are_live_until_they_expire(s: &SqlStore) {
+    let now = now_ms();
+    let challenge = |token: &str, expires_at: i64| AcmeChallengeRecord {
+        token: token.into(),
+        key_authorization: format!("{token}.thumbprint"),
+        identifier: "a.example".into(),
+        expires_at,
+        created_at: 0,
+    };
+    assert!(s.live_acme_challenges(now).await.expect("none").is_empty());
+    s.put_acme_challenge(&challenge("tok-b", now + 60_000))
+        .await
+        .expect("b");
+    s.put_acme_challenge(&challenge("tok-a", now + 60_000))
+        .await
+        .expect("a");
+    s.put_acme_challenge(&challenge("tok-old", now - 1))
+        .await
+        .expect("old");
+    // Replacing a token's answer keeps one row.
+    let mut again = challenge("tok-b", now + 120_000);
+    again.key_authorization = "tok-b.other".into();
+    s.put_acme_challenge(&again).await.expect("replace");
+
+    // The expired row is not live; the others are, by token.
+    let live = s.live_acme_challenges(now).await.expect("live");
+    let tokens: Vec<&str> = live.iter().map(|c| c.token.as_str()).collect();
+    assert_eq!(tokens, ["tok-a", "tok-b"]);
+    assert_eq!(live[1].key_authorization, "tok-b.other");
+    assert_eq!(live[1].expires_at, now + 120_000);
+    assert_eq!(live[0].identifier, "a.example");
+    assert!(live[0].created_at > 0);
+    // Expiry is exclusive: at `expires_at` the row is gone.
+    let at_a = s.live_acme_challenges(now + 60_000).await.expect("later");
+    assert_eq!(at_a.len(), 1, "{at_a:?}");
+    assert_eq!(at_a[0].token, "tok-b");
+
+    assert_eq!(s.prune_acme_challenges(now).await.expect("prune"), 1);
+    assert_eq!(s.prune_acme_challenges(now).await.expect("again"), 0);
+    assert_eq!(
+        s.delete_acme_challenges(&["tok-a".into(), "missing".into()])
+            .await
+            .expect("delete"),
+        1
+    );
+    assert_eq!(s.delete_acme_challenges(&[]).await.expect("nothing"), 0);
+    let left = s.live_acme_challenges(now).await.expect("left");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].token, "tok-b");
 }
 
 async fn acme_accounts_are_kept_per_directory_encrypted(s: &SqlStore) {
@@ -2478,6 +2530,14 @@ async fn fleet_presence_follows_live_replicas_and_samples_roll(s: &SqlStore) {
     s.node_connected(&presence("p2", "r-b", 1))
         .await
         .expect("p2");
+    assert_eq!(
+        s.live_replicas(now - 30_000).await.expect("live replicas"),
+        ["r-a"]
+    );
+    assert_eq!(
+        s.live_replicas(now - 120_000).await.expect("all replicas"),
+        ["r-a", "r-b"]
+    );
     // Only presence on replicas seen since the cut-off counts.
     let live = s.node_presence(None, now - 30_000).await.expect("presence");
     assert_eq!(live.len(), 1, "{live:?}");

@@ -10,6 +10,12 @@
 //! own listener, so the test makes a CA and a certificate for 127.0.0.1 and
 //! hands the CA to Fleetgate as `acme.ca_cert`.
 //!
+//! With two managers on one PostgreSQL (and NATS when `FLEETGATE_TEST_NATS_URL`
+//! is set), pebble validates against the gateway of the manager that did not
+//! place the order: the pending answers are shared through the store. A stored
+//! answer past its expiry is not served. Deleting a deployment deletes the
+//! certificate issued for it, unless a route still names its domains.
+//!
 //! Without pebble the tests skip with the reason, unless `FLEETGATE_TEST_PEBBLE=1`
 //! says they must run (CI).
 
@@ -23,7 +29,9 @@ use reqwest::{Method, StatusCode};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 
-use crate::support::{config_in, expect_error, spawn_with, unused_port, TestApp};
+use crate::support::{
+    config_in, expect_error, postgres_schema_url, send, spawn_app, spawn_with, unused_port, TestApp,
+};
 
 /// The pebble binary, or `None` (with the reason printed) when the tests may skip.
 fn pebble_binary() -> Option<PathBuf> {
@@ -441,6 +449,11 @@ async fn acme_renewals_raise_events_and_a_failure_keeps_the_old_certificate() {
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["results"][0]["outcome"], "renewed", "{body}");
     let root = pebble.issuing_root().await;
+    let before = stored_pem(&app, "renew.fleetgate.test").await;
+    assert_eq!(
+        served_leaf(&app, &root, "renew.fleetgate.test").await,
+        leaf_of(&before)
+    );
 
     // The CA goes away: the next renewal fails, raises a warning, and the
     // certificate in force keeps serving.
@@ -464,11 +477,15 @@ async fn acme_renewals_raise_events_and_a_failure_keeps_the_old_certificate() {
         .await;
     assert!(view["renewal_error"].is_string(), "{view}");
     assert!(view["renewal_error_at"].is_string(), "{view}");
-    let pem = stored_pem(&app, "renew.fleetgate.test").await;
+    assert_eq!(
+        stored_pem(&app, "renew.fleetgate.test").await,
+        before,
+        "the stored certificate is the one in force before the failure"
+    );
     assert_eq!(
         served_leaf(&app, &root, "renew.fleetgate.test").await,
-        leaf_of(&pem),
-        "the old certificate keeps serving"
+        leaf_of(&before),
+        "the old certificate keeps serving over TLS"
     );
 
     // Renewing an uploaded certificate is refused with the reason.
@@ -482,5 +499,398 @@ async fn acme_renewals_raise_events_and_a_failure_keeps_the_old_certificate() {
         .expect("renew");
     let e = expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
     assert_eq!(e["details"]["field"], "name");
+    app.stop().await;
+}
+
+/// GET `/.well-known/acme-challenge/<token>` through the gateway: status and body.
+async fn challenge_via(gateway: std::net::SocketAddr, token: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .get(format!(
+            "http://{gateway}/.well-known/acme-challenge/{token}"
+        ))
+        .header("host", "any.fleetgate.test")
+        .send()
+        .await
+        .expect("gateway request");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn stored_challenge_answers_are_served_until_they_expire() {
+    use fleetgate_store::AcmeChallengeRecord;
+    let app = spawn_app().await;
+    let gateway = app.gateway.expect("gateway");
+    let store = app.running.as_ref().expect("running").state.store.clone();
+    let now = fleetgate_core::time::now_ms();
+    let row = |token: &str, expires_at: i64| AcmeChallengeRecord {
+        token: token.into(),
+        key_authorization: format!("{token}.key"),
+        identifier: "any.fleetgate.test".into(),
+        expires_at,
+        created_at: 0,
+    };
+    // As another manager would store them: one live for a minute, one already
+    // expired (its manager stopped mid-order), one expiring in a few seconds.
+    for r in [
+        row("tok-live", now + 60_000),
+        row("tok-expired", now - 1),
+        row("tok-soon", now + 5_000),
+    ] {
+        store.put_acme_challenge(&r).await.expect("put");
+    }
+    // The follower polls the store (no NATS here): both live answers are served
+    // within a period or two.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        let live = challenge_via(gateway, "tok-live").await;
+        let soon = challenge_via(gateway, "tok-soon").await;
+        if live == (200, "tok-live.key".into()) && soon == (200, "tok-soon.key".into()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stored answers were not served: {live:?} {soon:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = challenge_via(gateway, "tok-expired").await;
+    assert_eq!(status, 404, "an expired answer is not served");
+    let answers = &app
+        .running
+        .as_ref()
+        .expect("running")
+        .state
+        .feed
+        .current()
+        .challenges
+        .answers
+        .clone();
+    assert!(!answers.contains_key("tok-expired"), "{answers:?}");
+
+    // At its expiry an answer is withdrawn with nothing else changing, and the
+    // expired rows are pruned.
+    let expiry = now + 5_000;
+    loop {
+        let (status, _) = challenge_via(gateway, "tok-soon").await;
+        if status == 404 {
+            break;
+        }
+        assert!(
+            fleetgate_core::time::now_ms() < expiry + 3_000,
+            "an answer was served 3 s past its expiry"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(fleetgate_core::time::now_ms() >= expiry, "withdrawn early");
+    assert_eq!(challenge_via(gateway, "tok-live").await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store
+        .prune_acme_challenges(fleetgate_core::time::now_ms())
+        .await
+        .expect("prune")
+        != 0
+    {
+        // The manager's own pruning races this one; either removes them.
+        assert!(Instant::now() < deadline);
+    }
+    let live = store
+        .live_acme_challenges(fleetgate_core::time::now_ms())
+        .await
+        .expect("live");
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].token, "tok-live");
+    app.stop().await;
+}
+
+/// Two managers sharing a fresh PostgreSQL schema and a secret key (and `nats`
+/// when given), both trusting pebble's CA; pebble validates HTTP-01 against the
+/// gateway of the second one only.
+async fn two_managers_and_pebble(
+    bin: &Path,
+    url: &str,
+    nats: Option<&str>,
+) -> (TestApp, TestApp, Pebble, tempfile::TempDir) {
+    let pebble_dir = tempfile::tempdir().expect("tempdir");
+    let dir_port = unused_port();
+    pebble_tls(pebble_dir.path());
+    let key = hex::encode(
+        [
+            uuid::Uuid::new_v4().into_bytes(),
+            uuid::Uuid::new_v4().into_bytes(),
+        ]
+        .concat(),
+    );
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("secret.key"), &key).expect("key file");
+        let mut c = config_in(dir.path());
+        c.database.url = Some(url.to_string());
+        c.nats.url = nats.map(str::to_string);
+        c.acme.directory_url = format!("https://127.0.0.1:{dir_port}/dir");
+        c.acme.ca_cert = Some(pebble_dir.path().join("ca.pem"));
+        c.acme.order_timeout_secs = 20;
+        apps.push((c, dir));
+    }
+    let (cb, db) = apps.pop().expect("b");
+    let (ca, da) = apps.pop().expect("a");
+    let (a, b) = tokio::join!(spawn_with(ca, da), spawn_with(cb, db));
+    if nats.is_some() {
+        for app in [&a, &b] {
+            crate::scale_out::wait_for_bus(app, Duration::from_secs(15)).await;
+        }
+    }
+    let dns = spawn_dns();
+    let b_port = b.gateway.expect("gateway of B").port();
+    let pebble = start_pebble(bin, pebble_dir.path(), dir_port, b_port, dns).await;
+    (a, b, pebble, pebble_dir)
+}
+
+/// An order placed through manager A is validated by pebble against manager B's
+/// gateway alone: B answers from the shared store, and serves the certificate.
+async fn order_on_one_manager_validated_on_the_other(nats: Option<&str>) {
+    let Some(bin) = pebble_binary() else { return };
+    let Some(url) = postgres_schema_url().await else {
+        return;
+    };
+    let (a, b, pebble, _pebble_dir) = two_managers_and_pebble(&bin, &url, nats).await;
+    let started = Instant::now();
+    let r = a
+        .admin(Method::POST, "/api/v1/certificates/request")
+        .json(&json!({ "domains": ["shared.fleetgate.test", "www.shared.fleetgate.test"] }))
+        .send()
+        .await
+        .expect("post");
+    let took = started.elapsed();
+    let status = r.status();
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["source"], "acme");
+    assert!(took <= Duration::from_secs(20), "issuance took {took:?}");
+
+    // B serves the certificate too (its follower loads it from the store).
+    let root = pebble.issuing_root().await;
+    let pem = stored_pem(&a, "shared.fleetgate.test").await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let state_b = b.running.as_ref().expect("running").state.clone();
+    while !state_b
+        .feed
+        .current()
+        .certificates
+        .bundles
+        .iter()
+        .any(|c| c.name == "shared.fleetgate.test")
+    {
+        assert!(Instant::now() < deadline, "B never loaded the certificate");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        served_leaf(&b, &root, "www.shared.fleetgate.test").await,
+        leaf_of(&pem)
+    );
+
+    // The answers are gone from the store and, soon, from both data planes.
+    let store = state_b.store.clone();
+    let live = fleetgate_store::CertificateStore::live_acme_challenges(
+        store.as_ref(),
+        fleetgate_core::time::now_ms(),
+    )
+    .await
+    .expect("live");
+    assert!(live.is_empty(), "{live:?}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    for app in [&a, &b] {
+        let state = app.running.as_ref().expect("running").state.clone();
+        while !state.feed.current().challenges.answers.is_empty() {
+            assert!(Instant::now() < deadline, "answers left published");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_order_placed_on_one_manager_is_answered_by_another_polling_the_store() {
+    order_on_one_manager_validated_on_the_other(None).await;
+}
+
+#[tokio::test]
+async fn an_order_placed_on_one_manager_is_answered_by_another_told_over_nats() {
+    let Ok(nats) = std::env::var("FLEETGATE_TEST_NATS_URL") else {
+        eprintln!("skipping: FLEETGATE_TEST_NATS_URL is not set");
+        return;
+    };
+    order_on_one_manager_validated_on_the_other(Some(&nats)).await;
+}
+
+/// Creates a deployment (not started) routing `domain`, with `ssl` as given.
+async fn deployment(app: &TestApp, name: &str, domain: &str, ssl: bool) {
+    let compose = "services:\n  web:\n    command: [\"sleep\", \"600\"]\n";
+    let service = format!("domains: [{domain}]\nport: {}\nssl: {ssl}\n", unused_port());
+    let (s, v) = send(
+        app,
+        Method::POST,
+        "/api/v1/deployments",
+        Some(json!({"name": name, "compose": compose, "service": service, "start": false})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}
+
+/// Waits until deployment `name`'s certificate is issued.
+async fn ssl_issued(app: &TestApp, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = app.get_json(&format!("/api/v1/deployments/{name}")).await;
+        if v["ssl_status"] == "issued" {
+            return;
+        }
+        assert!(
+            v["ssl_status"] != "failed" && Instant::now() < deadline,
+            "certificate of {name} not issued: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn certificate_status(app: &TestApp, name: &str) -> StatusCode {
+    app.admin(Method::GET, &format!("/api/v1/certificates/{name}"))
+        .send()
+        .await
+        .expect("get")
+        .status()
+}
+
+/// How many `certificate.renewed` events name certificate `name`.
+async fn renewals_of(app: &TestApp, name: &str) -> usize {
+    events_of(app, "certificate.renewed")
+        .await
+        .iter()
+        .filter(|e| e["details"]["certificate"] == name)
+        .count()
+}
+
+#[tokio::test]
+async fn deleting_a_deployment_deletes_its_certificate_unless_its_names_are_still_routed() {
+    let Some(bin) = pebble_binary() else { return };
+    // Every ACME certificate is due at once and the renewal task looks every 2 s:
+    // renewals run all along, so a deleted certificate would show up again.
+    let (app, _pebble, _pebble_dir) = fleetgate_and_pebble(&bin, 3650, 2).await;
+    deployment(&app, "shop", "shop.fleetgate.test", true).await;
+    deployment(&app, "blog", "blog.fleetgate.test", true).await;
+    ssl_issued(&app, "shop").await;
+    ssl_issued(&app, "blog").await;
+    assert_eq!(
+        certificate_status(&app, "deploy-shop").await,
+        StatusCode::OK
+    );
+    // A route of its own still names blog's domain.
+    let (s, v) = send(
+        &app,
+        Method::POST,
+        "/api/v1/upstreams",
+        Some(json!({"name": "admin", "targets": [{"url": "http://127.0.0.1:9"}]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = send(
+        &app,
+        Method::POST,
+        "/api/v1/routes",
+        Some(json!({"id": "blog-admin", "hosts": ["blog.fleetgate.test"], "path": "/admin", "upstream": "admin"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // An uploaded certificate named like a deployment's is the operator's.
+    deployment(&app, "plain", "plain.fleetgate.test", false).await;
+    let up = crate::tls::cert(&["plain.fleetgate.test"], 90);
+    assert_eq!(
+        crate::tls::upload(&app, "deploy-plain", &up).await.status(),
+        StatusCode::CREATED
+    );
+
+    // Deleting shop deletes its certificate, audited, and no longer serves it.
+    let (s, _) = send(&app, Method::DELETE, "/api/v1/deployments/shop", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        certificate_status(&app, "deploy-shop").await,
+        StatusCode::NOT_FOUND
+    );
+    let audit = app
+        .get_json("/api/v1/audit?target_type=certificate&action=certificate.delete&limit=100")
+        .await;
+    let deleted = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|e| e["action"] == "certificate.delete" && e["target_id"] == "deploy-shop")
+        .cloned()
+        .unwrap_or_else(|| panic!("no certificate.delete of deploy-shop: {audit}"));
+    assert_ne!(deleted["actor"], "system", "{deleted}");
+    let state = app.running.as_ref().expect("running").state.clone();
+    assert!(!state
+        .feed
+        .current()
+        .certificates
+        .bundles
+        .iter()
+        .any(|b| b.name == "deploy-shop"));
+
+    // Blog's names are still routed: its certificate is kept, said so, and
+    // renewed on.
+    let (s, _) = send(&app, Method::DELETE, "/api/v1/deployments/blog", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        certificate_status(&app, "deploy-blog").await,
+        StatusCode::OK
+    );
+    // Events are stored in the background: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let kept = loop {
+        let kept = events_of(&app, "certificate.kept").await;
+        if !kept.is_empty() || Instant::now() > deadline {
+            break kept;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0]["details"]["certificate"], "deploy-blog");
+    assert_eq!(kept[0]["details"]["used_by"], json!(["route blog-admin"]));
+
+    let (s, _) = send(&app, Method::DELETE, "/api/v1/deployments/plain", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        certificate_status(&app, "deploy-plain").await,
+        StatusCode::OK
+    );
+
+    // Renewals go on for blog and never bring shop's back.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (shop_before, blog_before) = (
+        renewals_of(&app, "deploy-shop").await,
+        renewals_of(&app, "deploy-blog").await,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while renewals_of(&app, "deploy-blog").await == blog_before {
+        assert!(
+            Instant::now() < deadline,
+            "the kept certificate is not renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(renewals_of(&app, "deploy-shop").await, shop_before);
+    assert_eq!(
+        certificate_status(&app, "deploy-shop").await,
+        StatusCode::NOT_FOUND
+    );
+    let failed = events_of(&app, "certificate.renewal_failed").await;
+    assert!(
+        !failed
+            .iter()
+            .any(|e| e["details"]["certificate"] == "deploy-shop"),
+        "{failed:?}"
+    );
     app.stop().await;
 }

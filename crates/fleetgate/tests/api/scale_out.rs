@@ -66,7 +66,7 @@ async fn bus_status(app: &TestApp) -> Value {
 }
 
 /// Waits until the manager is connected to NATS and receives other managers' events.
-async fn wait_for_bus(app: &TestApp, wait: Duration) {
+pub(crate) async fn wait_for_bus(app: &TestApp, wait: Duration) {
     let deadline = Instant::now() + wait;
     loop {
         let bus = bus_status(app).await;

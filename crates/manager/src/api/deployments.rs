@@ -563,7 +563,7 @@ pub async fn update(
 
 #[utoipa::path(delete, path = "/api/v1/deployments/{name}", operation_id = "delete_deployment", tag = "deployments",
     params(("name" = String, Path, description = "Deployment name")),
-    responses((status = 204, description = "Stopped, unrouted and removed (its logs are kept)"),
+    responses((status = 204, description = "Stopped, unrouted and removed (its logs are kept); its ACME certificate `deploy-<name>` is deleted too unless a route or another deployment still names its domains"),
               (status = 503, description = "It runs on Docker and no engine answers (DOCKER_UNAVAILABLE)")))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -584,6 +584,15 @@ pub async fn delete(
         None,
     )
     .await?;
+    // The deployment is gone whatever becomes of its certificate: a failure here
+    // is logged and the certificate can be deleted by hand.
+    if let Err(e) = state
+        .acme
+        .remove_deployment_certificate(&state, &auth.actor, &name)
+        .await
+    {
+        tracing::warn!(deployment = %name, error = %e, "could not remove the certificate of the deleted deployment");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

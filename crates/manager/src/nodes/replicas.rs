@@ -14,7 +14,10 @@
 //!   `{"failure": "not_connected" | "timeout" | "disconnected" | "refused", "ack"?}`;
 //! - `{"op": "config", "node_id", "wait_ms"}` → the same, the configuration in the
 //!   ack's `data` (the cached one when there is one);
-//! - `{"op": "disconnect", "node_id"}` → `{}` (the node was deleted).
+//! - `{"op": "disconnect", "node_id"}` → `{}` (the node was deleted);
+//! - `{"op": "acme_challenge", "token", "wait_ms"}` → `{"answering": bool}`: the
+//!   replica publishes the stored ACME challenge answers at once and answers
+//!   when its gateway serves `token` (see [`crate::acme`]).
 //!
 //! Without NATS a replica still shows remote nodes as online, but cannot reach them.
 
@@ -170,6 +173,10 @@ enum Request {
     Disconnect {
         node_id: String,
     },
+    AcmeChallenge {
+        token: String,
+        wait_ms: u64,
+    },
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -180,6 +187,8 @@ struct Reply {
     ack: Option<CommandAck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failure: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    answering: Option<bool>,
 }
 
 fn subject(cluster: &str, instance: &str) -> String {
@@ -348,6 +357,36 @@ impl AppState {
         }
     }
 
+    /// Asks the replicas `others` at once to answer the ACME challenge `token`
+    /// through their gateways, waiting up to `wait`; returns those that did not
+    /// confirm (no NATS, no answer in time, or no gateway update).
+    pub async fn challenge_answered_by_replicas(
+        &self,
+        others: &[String],
+        token: &str,
+        wait: Duration,
+    ) -> Vec<String> {
+        let asks = others.iter().map(|replica| async move {
+            let req = Request::AcmeChallenge {
+                token: token.to_string(),
+                wait_ms: wait.as_millis() as u64,
+            };
+            let confirmed = matches!(
+                self.ask(replica, &req, wait + RELAY_MARGIN).await,
+                Ok(Reply {
+                    answering: Some(true),
+                    ..
+                })
+            );
+            (!confirmed).then(|| replica.clone())
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     async fn ask(
         &self,
         replica: &str,
@@ -439,7 +478,7 @@ fn failure_reply(f: CommandFailure) -> Reply {
     Reply {
         failure: Some(name.into()),
         ack,
-        views: None,
+        ..Reply::default()
     }
 }
 
@@ -518,6 +557,15 @@ async fn answer(state: &AppState, req: Request) -> Reply {
             state.nodes.disconnect(&node_id);
             Reply::default()
         }
+        Request::AcmeChallenge { token, wait_ms } => Reply {
+            answering: Some(
+                state
+                    .acme
+                    .answer_here(state, &[token], wait_of(wait_ms))
+                    .await,
+            ),
+            ..Reply::default()
+        },
     }
 }
 
