@@ -21,12 +21,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::docker::DockerDriver;
+use crate::process::ProcessDriver;
+use crate::spec::{AppProtocol, ComposeFile, Deployment, Driver, DriverKind, Problem, ServiceMeta};
 use fleetgate_core::config::{ROUTE_KIND, UPSTREAM_KIND};
 use fleetgate_core::gateway::{Route, Upstream};
 use fleetgate_core::time::now_ms;
-use crate::docker::DockerDriver;
-use crate::process::ProcessDriver;
-use crate::spec::{ComposeFile, Deployment, Driver, DriverKind, Problem, ServiceMeta};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -536,8 +536,14 @@ pub fn proxy_objects(
         return Ok(None);
     };
     let id = proxy_id(name);
+    let scheme = meta.protocol.scheme();
     let mut upstream =
-        json!({"name": id, "targets": [{"url": format!("http://127.0.0.1:{port}")}]});
+        json!({"name": id, "targets": [{"url": format!("{scheme}://127.0.0.1:{port}")}]});
+    if meta.protocol == AppProtocol::Https {
+        // The hop is this host's loopback, and the app's certificate names its
+        // domains, not 127.0.0.1 (see `AppProtocol::Https`).
+        upstream["tls"] = json!({"verify": false});
+    }
     if let Some(h) = &meta.healthcheck {
         let mut active = json!({"path": h.path,
             "interval_ms": h.interval.as_millis() as u64,
