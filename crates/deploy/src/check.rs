@@ -5,17 +5,27 @@
 //!
 //! Where the gateway sends a deployment's traffic ([`target_port`]): it always
 //! connects to `127.0.0.1`, so the port must be one the routed service is
-//! reached at on this host. `port:` (or `networking.container_port:`) is the
-//! port the app listens on; when the service runs from an image on a network
-//! of its own and publishes that port (`ports: ["8080:80"]` for `port: 80`),
-//! traffic goes to the host port it is published on, otherwise to the port
-//! itself (processes and `network_mode: host` listen on the host). Without
-//! `port:`, traffic goes to the first host port the service publishes over
-//! TCP. A routed port published without a host port (`"80"`,
-//! `"127.0.0.1::80"`) is refused: the engine would pick another one at every
-//! start and the route, written from the files, could not follow it. So is
-//! one published only on an address other than 127.0.0.1 or every address,
-//! where `127.0.0.1` does not reach it.
+//! reached at on this host.
+//!
+//! - `port:` (or `networking.container_port:`) is the port the app listens
+//!   on. When the service runs from an image off the host's network and
+//!   publishes that container port (`ports: ["8080:80"]` for `port: 80`),
+//!   traffic goes to the host port it is published on. A port that is one of
+//!   the service's published host ports (`port: 8080` there) is taken as it
+//!   is, as is any port of a service that only runs as processes or on
+//!   `network_mode: host` (they listen on the host; `ports` mean nothing
+//!   there).
+//! - Without `port:`, traffic goes to the first host port the service
+//!   publishes over TCP.
+//!
+//! With domains, the cross-check refuses a route that could not work: the
+//! routed port published only without a host port (`"80"`,
+//! `"127.0.0.1::80"` — the engine would pick another one at every start, and
+//! the route, written from the files, could not follow it; publish a fixed
+//! one), published only on an address other than `127.0.0.1` or every
+//! address (the gateway would not reach it), or, on a deployment that runs on
+//! Docker whatever the engine does, not published at all by a service on a
+//! network of its own (the port is inside the container).
 
 use std::net::IpAddr;
 

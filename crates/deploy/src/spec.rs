@@ -81,8 +81,9 @@ pub struct ServiceSpec {
     pub stop_grace_period: Duration,
     /// `stop_signal` (default `SIGTERM`), as a signal name.
     pub stop_signal: String,
-    /// `network_mode` (Docker only): `host`, `none`, `bridge` or a network's
-    /// name; `None` leaves the engine's default.
+    /// `network_mode` (Docker only): `host`, `none`, `bridge` (the engine's
+    /// default bridge) or a network's name; `None` puts the service on its
+    /// deployment's own network, where the other services reach it by name.
     pub network_mode: Option<String>,
 }
 

@@ -580,17 +580,7 @@ async fn a_docker_deployment_on_its_own_network_is_routed_through_its_published_
     stop_grace_period: 1s
 "#
     );
-    let service = "name: bridged\nnetworking:\n    expose: true\n    domain: bridged.example.test\n    container_port: 80\n    protocol: http\n    proxy_type: \"\"\n";
-    // FlatRun's `name:` is not a key of Fleetgate's service.yml.
-    let (status, body) = send(
-        &app,
-        Method::POST,
-        "/api/v1/deployments",
-        Some(json!({"name": "bridged", "compose": compose, "service": service})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let service = service.trim_start_matches("name: bridged\n");
+    let service = "networking:\n    expose: true\n    domain: bridged.example.test\n    container_port: 80\n    protocol: http\n    proxy_type: \"\"\n";
     let (status, view) = send(
         &app,
         Method::POST,
