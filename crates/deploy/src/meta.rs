@@ -6,14 +6,15 @@
 //! [`crate::check::cross_check`].
 //!
 //! `networking:` is read as FlatRun writes it: `expose` (false: no route,
-//! whatever the domain), `domain` (one host name, the same as `domains:
-//! [it]`), `container_port` (the same as `port:`), `protocol` (`http`, or
-//! `https` when the app serves TLS itself) and `proxy_type` (which proxy
-//! FlatRun puts in front; Fleetgate's gateway is the proxy, so it is read and
-//! left aside). An empty string or a `container_port` of 0 means "not set", as
-//! FlatRun writes unset fields. Giving a value both there and in Fleetgate's
-//! own key (`domains` and `networking.domain`, `port` and
-//! `networking.container_port`) is a problem, not a choice between them.
+//! whatever the domain; left out, a domain is routed), `domain` (one host
+//! name, the same as `domains: [it]`), `container_port` (the same as
+//! `port:`), `protocol` (`http`, or `https` when the app serves TLS itself)
+//! and `proxy_type` (which proxy FlatRun puts in front; Fleetgate's gateway
+//! is the proxy, so it is read and left aside). An empty string or a
+//! `container_port` of 0 means "not set", as FlatRun writes unset fields.
+//! Giving a value both there and in Fleetgate's own key (`domains` and
+//! `networking.domain`, `port` and `networking.container_port`) is a problem,
+//! not a choice between them.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -328,6 +328,59 @@ proptest! {
         }
     }
 
+    /// Every mix of FlatRun's `networking` fields (set, unset as FlatRun
+    /// writes them, or left out) and Fleetgate's own keys: a conflict is
+    /// always refused, and what is accepted routes exactly the domain given
+    /// unless `expose` is false.
+    #[test]
+    fn networking_and_our_keys_agree(
+        expose in prop::sample::select(vec!["", "  expose: true\n", "  expose: false\n"]),
+        domain in prop::sample::select(vec!["", "  domain: \"\"\n", "  domain: N.example.com\n"]),
+        port in prop::sample::select(vec!["", "  container_port: 0\n", "  container_port: 80\n"]),
+        protocol in prop::sample::select(vec!["", "  protocol: \"\"\n", "  protocol: https\n"]),
+        domains in any::<bool>(),
+        own_port in any::<bool>(),
+    ) {
+        let mut text = format!("networking:\n{expose}{domain}{port}{protocol}  proxy_type: \"\"\n");
+        if domains {
+            text.push_str("domains: [d.example.com]\n");
+        }
+        if own_port {
+            text.push_str("port: 8080\n");
+        }
+        let net_domain = domain.contains("N.example");
+        let net_port = port.contains("80");
+        let unexposed = expose.contains("false");
+        let conflict = (domains && net_domain) || (own_port && net_port) || (domains && unexposed);
+        match parse(&text) {
+            Ok(meta) => {
+                prop_assert!(!conflict, "accepted a conflict: {text}");
+                let want: Vec<String> = match (unexposed, domains, net_domain) {
+                    (true, _, _) => vec![],
+                    (false, true, _) => vec!["d.example.com".into()],
+                    (false, false, true) => vec!["n.example.com".into()],
+                    (false, false, false) => vec![],
+                };
+                prop_assert_eq!(&meta.domains, &want, "{}", text);
+                let port = match (own_port, net_port) {
+                    (true, _) => Some(8080),
+                    (false, true) => Some(80),
+                    (false, false) => None,
+                };
+                prop_assert_eq!(meta.port, port, "{}", text);
+                let https = protocol.contains("https");
+                prop_assert_eq!(meta.protocol == AppProtocol::Https, https);
+            }
+            Err(p) => {
+                prop_assert!(conflict, "refused {text}: {p:#?}");
+                assert_positions_in_range(&text, &p);
+                for p in &p {
+                    prop_assert!(p.field.starts_with("networking."), "{p:#?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn yaml_shaped_text_never_panics(text in yamlish()) {
         if let Err(p) = parse(&text) {
