@@ -9,8 +9,9 @@
 //! A service: `image`, `command`, `entrypoint`, `environment`, `ports`,
 //! `volumes`, `healthcheck`, `depends_on`, `restart`, `working_dir`,
 //! `stop_grace_period`, `stop_signal`, `network_mode` (the Docker driver's:
-//! `host`, `none`, `bridge` or a network's name; processes always share the
-//! host's network). Keys that only mean something to Docker
+//! `host`, `none`, `bridge` or a network's name; without it a service joins
+//! its deployment's own network, as Compose's default network; processes
+//! always share the host's network). Keys that only mean something to Docker
 //! itself — `container_name`, `labels`, `networks`, `hostname`, `expose` — and
 //! `x-…` extensions are accepted and ignored, so that an existing compose file
 //! loads. `env_file`, `user` and `build` are refused with a reason, since

@@ -9,6 +9,16 @@
 //! instance, while volumes and log followers belong to the deployment, so a new
 //! instance finds the data and the followers of the one it replaces.
 //!
+//! Networks follow Compose: the services of a deployment that name no
+//! `network_mode` share the deployment's own bridge network
+//! `fleetgate-<deployment>` (made at start, labelled `fleetgate.deployment`,
+//! removed at stop once its containers are gone), where each is reached by its
+//! service name; their published `ports` are bound on the host by the engine.
+//! A service with `network_mode` gets exactly that (`host`, `none`, `bridge` —
+//! the engine's default bridge — or an existing network's name). The gateway
+//! reaches a routed service through the host port it publishes
+//! ([`crate::check::target_port`]), never through its address on a network.
+//!
 //! Restarts are the engine's (the compose restart policy becomes the
 //! container's), so the restart count and states come from container inspect;
 //! a watcher per started deployment keeps a snapshot of them for `status`,
@@ -24,13 +34,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HealthConfig,
-    HealthStatusEnum, HostConfig, PortBinding, RestartPolicy as DockerRestart,
-    RestartPolicyNameEnum, VolumeCreateOptions,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings,
+    HealthConfig, HealthStatusEnum, HostConfig, NetworkCreateRequest, NetworkingConfig,
+    PortBinding, RestartPolicy as DockerRestart, RestartPolicyNameEnum, VolumeCreateOptions,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, StartContainerOptions, StatsOptions, StopContainerOptions,
+    CreateContainerOptions, InspectContainerOptions, InspectNetworkOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, StartContainerOptions, StatsOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -68,6 +78,17 @@ pub fn container_name(deployment: &str, service: &str) -> String {
 /// The engine volume of a deployment's named volume.
 pub fn volume_name(deployment: &str, volume: &str) -> String {
     format!("fleetgate-{deployment}-{volume}")
+}
+
+/// The network shared by a deployment's services that name no `network_mode`.
+pub fn network_name(deployment: &str) -> String {
+    format!("fleetgate-{deployment}")
+}
+
+/// Whether a service joins its deployment's network (it names no
+/// `network_mode`, as a Compose service joins its project's default network).
+fn on_deployment_network(spec: &ServiceSpec) -> bool {
+    spec.network_mode.is_none()
 }
 
 /// A service of a started deployment.
@@ -413,6 +434,23 @@ fn container_body(deployment: &Deployment<'_>, spec: &ServiceSpec) -> ContainerC
             )),
         }
     }
+    // On the deployment's network the service is known by its name, as in
+    // Compose.
+    let (network_mode, networking_config) = if on_deployment_network(spec) {
+        let network = network_name(deployment.name);
+        let endpoint = EndpointSettings {
+            aliases: Some(vec![spec.name.clone()]),
+            ..Default::default()
+        };
+        (
+            Some(network.clone()),
+            Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(network, endpoint)])),
+            }),
+        )
+    } else {
+        (spec.network_mode.clone(), None)
+    };
     ContainerCreateBody {
         image: spec.image.clone(),
         cmd: spec.command.clone(),
@@ -429,9 +467,10 @@ fn container_body(deployment: &Deployment<'_>, spec: &ServiceSpec) -> ContainerC
             binds: (!binds.is_empty()).then_some(binds),
             port_bindings: (!bindings.is_empty()).then_some(bindings),
             restart_policy: Some(restart_policy(spec.restart)),
-            network_mode: spec.network_mode.clone(),
+            network_mode,
             ..Default::default()
         }),
+        networking_config,
         ..Default::default()
     }
 }
@@ -742,6 +781,114 @@ impl DockerDriver {
         Ok(())
     }
 
+    /// Makes the deployment's network when a service joins it; one left by an
+    /// earlier run of the deployment is used again. A network of that name
+    /// that is not the deployment's is refused rather than joined.
+    async fn ensure_network(
+        &self,
+        docker: &Docker,
+        deployment: &Deployment<'_>,
+    ) -> Result<(), DriverError> {
+        if !deployment
+            .compose
+            .services
+            .iter()
+            .any(on_deployment_network)
+        {
+            return Ok(());
+        }
+        let name = deployment.name;
+        let network = network_name(name);
+        match self
+            .engine
+            .call(
+                &format!("inspecting network {network}"),
+                CALL_TIMEOUT,
+                docker.inspect_network(&network, None::<InspectNetworkOptions>),
+            )
+            .await
+        {
+            Ok(found) => {
+                let owner = found.labels.as_ref().and_then(|l| l.get(LABEL_DEPLOYMENT));
+                return if owner.map(String::as_str) == Some(name) {
+                    Ok(())
+                } else {
+                    Err(DriverError::Failed(format!(
+                        "network {network} exists and is not deployment {name}'s (it has no \
+                         label {LABEL_DEPLOYMENT}={name}); remove or rename it, or give the \
+                         services a network_mode"
+                    )))
+                };
+            }
+            Err(EngineError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let labels = HashMap::from([(LABEL_DEPLOYMENT.to_string(), name.to_string())]);
+        self.engine
+            .call(
+                &format!("creating network {network}"),
+                CALL_TIMEOUT,
+                docker.create_network(NetworkCreateRequest {
+                    name: network.clone(),
+                    driver: Some("bridge".into()),
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                EngineError::Unavailable(why) => DriverError::Unavailable(why),
+                other => DriverError::Failed(format!("network {network}: {other}")),
+            })
+    }
+
+    /// Removes the deployment's network once its containers are gone (none
+    /// made, or gone already, is fine). One that something else still uses is
+    /// left, with a warning: the deployment itself is stopped.
+    async fn remove_network(&self, docker: &Docker, name: &str) {
+        let network = network_name(name);
+        let found = self
+            .engine
+            .call(
+                &format!("inspecting network {network}"),
+                CALL_TIMEOUT,
+                docker.inspect_network(&network, None::<InspectNetworkOptions>),
+            )
+            .await;
+        let ours = match found {
+            Ok(n) => {
+                n.labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_DEPLOYMENT))
+                    .map(String::as_str)
+                    == Some(name)
+            }
+            Err(EngineError::NotFound(_)) => return,
+            Err(e) => {
+                tracing::warn!(deployment = %name, error = %e, "the deployment's network was not removed");
+                return;
+            }
+        };
+        if !ours {
+            return;
+        }
+        match self
+            .engine
+            .call(
+                &format!("removing network {network}"),
+                CALL_TIMEOUT,
+                docker.remove_network(&network),
+            )
+            .await
+        {
+            Ok(()) | Err(EngineError::NotFound(_)) => {}
+            Err(e) => {
+                tracing::warn!(deployment = %name, network = %network, error = %e, "the deployment's network was not removed")
+            }
+        }
+    }
+
     /// Waits until `dependency`'s container meets `condition`.
     async fn wait_for(
         &self,
@@ -963,6 +1110,7 @@ impl Driver for DockerDriver {
             .map_err(DriverError::from)?;
         drop(old);
         self.ensure_volumes(&docker, deployment).await?;
+        self.ensure_network(&docker, deployment).await?;
 
         let run_services: Vec<Arc<RunService>> = services
             .iter()
@@ -1076,6 +1224,7 @@ impl Driver for DockerDriver {
             }
             return Err(e.into());
         }
+        self.remove_network(&docker, name).await;
         Ok(())
     }
 

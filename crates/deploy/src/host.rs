@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use crate::docker::DockerDriver;
 use crate::process::ProcessDriver;
-use crate::spec::{ComposeFile, Deployment, Driver, DriverError, DriverKind, Problem, ServiceMeta};
+use crate::spec::{
+    AppProtocol, ComposeFile, Deployment, Driver, DriverError, DriverKind, Problem, ServiceMeta,
+};
 use fleetgate_core::config::{ROUTE_KIND, UPSTREAM_KIND};
 use fleetgate_core::gateway::{Route, Upstream};
 use fleetgate_core::time::now_ms;
@@ -1016,19 +1018,25 @@ pub fn proxy_objects(
     if meta.domains.is_empty() {
         return Ok(None);
     }
+    let scheme = meta.protocol.scheme();
     let targets: Vec<Value> = if targets.is_empty() {
         let Some(port) = target_port(compose, meta) else {
             return Ok(None);
         };
-        vec![json!({"url": format!("http://127.0.0.1:{port}")})]
+        vec![json!({"url": format!("{scheme}://127.0.0.1:{port}")})]
     } else {
         targets
             .iter()
-            .map(|(port, weight)| json!({"url": format!("http://127.0.0.1:{port}"), "weight": weight}))
+            .map(|(port, weight)| json!({"url": format!("{scheme}://127.0.0.1:{port}"), "weight": weight}))
             .collect()
     };
     let id = proxy_id(name);
     let mut upstream = json!({"name": id, "targets": targets});
+    if meta.protocol == AppProtocol::Https {
+        // The hop is this host's loopback, and the app's certificate names its
+        // domains, not 127.0.0.1 (see `AppProtocol::Https`).
+        upstream["tls"] = json!({"verify": false});
+    }
     if let Some(h) = &meta.healthcheck {
         let mut active = json!({"path": h.path,
             "interval_ms": h.interval.as_millis() as u64,

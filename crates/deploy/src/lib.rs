@@ -3,7 +3,9 @@
 //! domains, certificate, health check, rate limit). [`spec`] holds what both files
 //! mean once checked; [`compose`] and [`meta`] check each file and [`check`] the
 //! one against the other; a [`spec::Driver`] runs the services —
-//! [`process::ProcessDriver`] as supervised processes on this host.
+//! [`process::ProcessDriver`] as supervised processes on this host,
+//! [`docker::DockerDriver`] as containers of a Docker engine — and [`host`]
+//! keeps a host's deployments and their routes.
 
 pub mod check;
 pub mod compose;

@@ -4,6 +4,17 @@
 //! runs it — checked into a [`ServiceMeta`]. An empty file is an app without
 //! domains. What depends on `compose.yml` too is checked by
 //! [`crate::check::cross_check`].
+//!
+//! `networking:` is read as FlatRun writes it: `expose` (false: no route,
+//! whatever the domain; left out, a domain is routed), `domain` (one host
+//! name, the same as `domains: [it]`), `container_port` (the same as
+//! `port:`), `protocol` (`http`, or `https` when the app serves TLS itself)
+//! and `proxy_type` (which proxy FlatRun puts in front; Fleetgate's gateway
+//! is the proxy, so it is read and left aside). An empty string or a
+//! `container_port` of 0 means "not set", as FlatRun writes unset fields.
+//! Giving a value both there and in Fleetgate's own key (`domains` and
+//! `networking.domain`, `port` and `networking.container_port`) is a problem,
+//! not a choice between them.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -11,7 +22,8 @@ use std::time::Duration;
 use marked_yaml::Node;
 
 use crate::spec::{
-    DriverKind, HttpCheck, Problem, RateLimitMeta, RolloutMeta, ServiceMeta, SslMeta, Strategy,
+    AppProtocol, DriverKind, HttpCheck, Position, Problem, RateLimitMeta, RolloutMeta, ServiceMeta,
+    SslMeta, Strategy,
 };
 use crate::yaml::{is_null, pos, scalar_pos, shorten, Checker};
 
@@ -27,6 +39,7 @@ const KEYS: &[&str] = &[
     "rate_limit",
     "driver",
     "deploy",
+    "networking",
 ];
 
 /// Checks `text` as a `service.yml`.
@@ -40,6 +53,7 @@ pub fn parse(text: &str) -> Result<ServiceMeta, Vec<Problem>> {
     let mut meta = ServiceMeta::default();
     let mut ssl_at = None;
     let mut domains_ok = true;
+    let mut net = None;
     for (key, value) in root.iter() {
         if !c.known_key(key, &shorten(key.as_str()), KEYS, "service.yml") {
             continue;
@@ -70,6 +84,7 @@ pub fn parse(text: &str) -> Result<ServiceMeta, Vec<Problem>> {
             "healthcheck" => meta.healthcheck = http_check(&mut c, value),
             "rate_limit" => meta.rate_limit = rate_limit(&mut c, value),
             "deploy" => meta.rollout = rollout(&mut c, value).unwrap_or_default(),
+            "networking" => net = networking(&mut c, value),
             _ => {
                 meta.positions.driver = Some(pos(value));
                 if let Some(d) = driver(&mut c, value) {
@@ -78,16 +93,154 @@ pub fn parse(text: &str) -> Result<ServiceMeta, Vec<Problem>> {
             }
         }
     }
+    let unexposed = net.as_ref().and_then(|n| n.expose).filter(|(e, _)| !e);
+    if let Some(n) = net {
+        merge_networking(&mut c, &mut meta, n, domains_ok);
+    }
     if let Some(at) = ssl_at {
         if meta.ssl.enabled && meta.domains.is_empty() && domains_ok {
-            c.push(
-                at,
-                "ssl",
-                "ssl is enabled but no domains are given; a certificate is for domains",
-            );
+            let why = if unexposed.is_some() {
+                "ssl is enabled but networking.expose is false, so no domain is routed; a \
+                 certificate is for routed domains"
+            } else {
+                "ssl is enabled but no domains are given; a certificate is for domains"
+            };
+            c.push(at, "ssl", why);
         }
     }
     c.finish(meta)
+}
+
+/// `networking:` as read, before it meets the rest of the file.
+#[derive(Default)]
+struct Networking {
+    expose: Option<(bool, Position)>,
+    domain: Option<(String, Position)>,
+    container_port: Option<(u16, Position)>,
+    protocol: Option<AppProtocol>,
+}
+
+/// `{expose, domain, container_port, protocol, proxy_type}`; `None` when it is
+/// not a mapping (a problem recorded).
+fn networking(c: &mut Checker, node: &Node) -> Option<Networking> {
+    let map = c.mapping(node, "networking", "networking")?;
+    let known = [
+        "expose",
+        "domain",
+        "container_port",
+        "protocol",
+        "proxy_type",
+    ];
+    let mut out = Networking::default();
+    for (key, value) in map.iter() {
+        if !c.known_key(key, "networking", &known, "networking") {
+            continue;
+        }
+        let f = format!("networking.{}", key.as_str());
+        match key.as_str() {
+            "expose" => {
+                if let Some(b) = c.boolean(value, &f) {
+                    out.expose = Some((b, pos(value)));
+                }
+            }
+            "domain" => {
+                let Some(text) = unset_or_string(c, value, &f) else {
+                    continue;
+                };
+                match domain(&text) {
+                    Ok(d) => out.domain = Some((d, pos(value))),
+                    Err(e) => c.push(pos(value), &f, e),
+                }
+            }
+            "container_port" => {
+                let zero = matches!(value, Node::Scalar(s) if s.as_str().trim() == "0");
+                let unset = matches!(value, Node::Scalar(s) if is_null(s) || s.as_str().is_empty());
+                if zero || unset {
+                    continue;
+                }
+                if let Some(n) = c.number(value, &f, 1, 65535) {
+                    out.container_port = u16::try_from(n).ok().map(|p| (p, pos(value)));
+                }
+            }
+            "protocol" => {
+                let Some(text) = unset_or_string(c, value, &f) else {
+                    continue;
+                };
+                match text.to_ascii_lowercase().as_str() {
+                    "http" => out.protocol = Some(AppProtocol::Http),
+                    "https" => out.protocol = Some(AppProtocol::Https),
+                    _ => c.push(
+                        pos(value),
+                        &f,
+                        format!(
+                            "unknown protocol `{}`; use http, or https when the app serves \
+                             TLS itself",
+                            shorten(&text)
+                        ),
+                    ),
+                }
+            }
+            // Which proxy FlatRun puts in front: here the gateway is.
+            _ => {
+                c.scalar(value, &f, "a string");
+            }
+        }
+    }
+    Some(out)
+}
+
+/// A string, or `None` for nothing or an empty string (FlatRun's "not set");
+/// a problem when it is a list or a mapping.
+fn unset_or_string(c: &mut Checker, node: &Node, field: &str) -> Option<String> {
+    let s = c.scalar(node, field, "a string")?;
+    if is_null(s) || s.as_str().trim().is_empty() {
+        return None;
+    }
+    Some(s.as_str().to_string())
+}
+
+/// Puts what `networking:` says into `meta`, refusing what contradicts
+/// Fleetgate's own keys.
+fn merge_networking(c: &mut Checker, meta: &mut ServiceMeta, n: Networking, domains_ok: bool) {
+    let exposed = n.expose.is_none_or(|(e, _)| e);
+    if let Some((d, at)) = n.domain {
+        if meta.positions.domains.is_some() {
+            c.push(
+                at,
+                "networking.domain",
+                "both `domains` and `networking.domain` are given; keep one (`domains` can \
+                 list several host names)",
+            );
+        } else if exposed {
+            meta.domains = vec![d];
+            meta.positions.networking_domain = Some(at);
+        }
+    }
+    if let Some((port, at)) = n.container_port {
+        if meta.positions.port.is_some() {
+            c.push(
+                at,
+                "networking.container_port",
+                "both `port` and `networking.container_port` are given; keep one (both name \
+                 the port the app listens on)",
+            );
+        } else {
+            meta.port = Some(port);
+            meta.positions.container_port = Some(at);
+        }
+    }
+    if let Some((false, at)) = n.expose {
+        if meta.positions.domains.is_some() && !meta.domains.is_empty() && domains_ok {
+            c.push(
+                at,
+                "networking.expose",
+                "networking.expose is false (no route), but `domains` are given; remove one",
+            );
+        }
+    }
+    if let Some(p) = n.protocol {
+        meta.protocol = p;
+    }
 }
 
 /// `None` when a problem was recorded.

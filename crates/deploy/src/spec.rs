@@ -81,8 +81,9 @@ pub struct ServiceSpec {
     pub stop_grace_period: Duration,
     /// `stop_signal` (default `SIGTERM`), as a signal name.
     pub stop_signal: String,
-    /// `network_mode` (Docker only): `host`, `none`, `bridge` or a network's
-    /// name; `None` leaves the engine's default.
+    /// `network_mode` (Docker only): `host`, `none`, `bridge` (the engine's
+    /// default bridge) or a network's name; `None` puts the service on its
+    /// deployment's own network, where the other services reach it by name.
     pub network_mode: Option<String>,
 }
 
@@ -171,11 +172,17 @@ pub struct ServiceMeta {
     /// The compose service that receives the traffic (default: the only service,
     /// or the first one publishing a port).
     pub service: Option<String>,
-    /// The port it listens on (default: the first published host port of that
-    /// service).
+    /// The port it listens on (`port:` or `networking.container_port:`):
+    /// inside its container when it publishes that port, the gateway then
+    /// going to the host port it is published on (see `check::target_port`).
+    /// Default: the first host port that service publishes.
     pub port: Option<u16>,
-    /// Host names routed to it through the gateway (lower-case, no port).
+    /// Host names routed to it through the gateway (lower-case, no port), from
+    /// `domains:` or `networking.domain:`; none when `networking.expose` is
+    /// false.
     pub domains: Vec<String>,
+    /// How the gateway speaks to the app (`networking.protocol`).
+    pub protocol: AppProtocol,
     pub ssl: SslMeta,
     pub healthcheck: Option<HttpCheck>,
     pub rate_limit: Option<RateLimitMeta>,
@@ -203,6 +210,33 @@ pub struct MetaPositions {
     pub port: Option<Position>,
     pub domains: Option<Position>,
     pub driver: Option<Position>,
+    /// `networking.domain`, when it gave the domain.
+    pub networking_domain: Option<Position>,
+    /// `networking.container_port`, when it gave the port.
+    pub container_port: Option<Position>,
+}
+
+/// How the gateway speaks to a deployment's app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// Plain HTTP (the default).
+    #[default]
+    Http,
+    /// The app serves HTTPS itself; the gateway connects over TLS without
+    /// checking the app's certificate (the hop is this host's loopback, and
+    /// an app's certificate names its domains, not `127.0.0.1`).
+    Https,
+}
+
+impl AppProtocol {
+    /// The scheme of the upstream URL.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            AppProtocol::Http => "http",
+            AppProtocol::Https => "https",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

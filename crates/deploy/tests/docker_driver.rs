@@ -1,12 +1,20 @@
 //! The Docker driver against a real engine: a private `dockerd` started for
-//! each case (its own socket, data and exec roots in a temporary directory, no
-//! bridge and no iptables rules, so nothing of the host's network changes) and
+//! each case (its own socket, data and exec roots in a temporary directory) and
 //! an image imported from a busybox root filesystem made on the spot.
 //!
+//! The engine runs with `--bridge none --iptables=false`: no default bridge
+//! and no iptables rules, so nothing of the host's firewall changes. A
+//! deployment's own network is a user-defined bridge all the same (the host
+//! has its `br-…` interface while the network exists; it goes with the
+//! network at stop), its services find each other by name through the
+//! engine's DNS, and published ports are bound on the host by the engine's
+//! userland proxy (`docker-proxy`), which needs no iptables rule. The
+//! engine's default bridge (`network_mode: bridge`) does not exist on such an
+//! engine, so that mode is not exercised here.
+//!
 //! The cases that need the engine run when `FLEETGATE_TEST_DOCKER=1` and
-//! `dockerd`, `tar` and a static busybox are installed (Debian: `docker.io`,
-//! `busybox-static`); otherwise they print why and pass. Containers use
-//! `network_mode: host`: without a bridge, published ports would reach nothing.
+//! `dockerd`, `docker-proxy`, `tar` and a static busybox are installed
+//! (Debian: `docker.io`, `busybox-static`); otherwise they print why and pass.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -14,10 +22,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bollard::query_parameters::{CreateImageOptions, ListContainersOptions};
+use bollard::models::NetworkCreateRequest;
+use bollard::query_parameters::{
+    CreateImageOptions, InspectContainerOptions, InspectNetworkOptions, ListContainersOptions,
+};
 use bollard::Docker;
 use fleetgate_deploy::check::parse_files;
-use fleetgate_deploy::docker::{DockerDriver, LABEL_DEPLOYMENT};
+use fleetgate_deploy::docker::{network_name, DockerDriver, LABEL_DEPLOYMENT};
 use fleetgate_deploy::spec::{
     Deployment, Driver, DriverError, LogQuery, ServiceState, ServiceStatus,
 };
@@ -30,7 +41,7 @@ fn missing() -> Option<String> {
     if std::env::var("FLEETGATE_TEST_DOCKER").ok().as_deref() != Some("1") {
         return Some("FLEETGATE_TEST_DOCKER is not 1".into());
     }
-    for tool in ["dockerd", "tar"] {
+    for tool in ["dockerd", "docker-proxy", "tar"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -160,6 +171,19 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        // A case that failed half-way may leave containers and networks; the
+        // networks' bridges would outlive the engine on the host.
+        let host = format!("unix://{}", self.socket.display());
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                "docker -H \"$1\" ps -aq | xargs -r docker -H \"$1\" rm -f; docker -H \"$1\" network prune -f",
+                "sh",
+                &host,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let pid = self.child.id();
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -419,6 +443,186 @@ volumes:
     assert!(http_get(port).is_err(), "httpd still answers after stop");
     // Stopping again is not an error.
     driver.stop("app").await.expect("stop again");
+}
+
+/// Polls `GET /index.html` on a published port until the page holds `want`
+/// (the engine's proxy accepts connections before the server in the
+/// container listens).
+async fn page_on(port: u16, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = tokio::task::spawn_blocking(move || http_get(port))
+            .await
+            .expect("join");
+        match page {
+            Ok(p) if p.contains(want) => return p,
+            other => assert!(
+                Instant::now() < deadline,
+                "port {port} never served {want:?}: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_share_a_network_by_name_and_publish_ports_on_the_host() {
+    if let Some(why) = missing() {
+        println!("skipped: {why}");
+        return;
+    }
+    let engine = Engine::start();
+    let docker = engine.client().await;
+    engine.import_busybox(&docker).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let driver = DockerDriver::new(&engine.socket);
+
+    // web publishes its port 80 twice: on a host port chosen here, and on one
+    // the engine picks. client reaches web by its service name.
+    let port = free_port();
+    let (compose, meta) = files(&format!(
+        r#"services:
+  web:
+    image: {IMAGE}
+    command: ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
+    ports: ["127.0.0.1:{port}:80", "127.0.0.1::80"]
+    stop_grace_period: 1s
+  client:
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", "until wget -q -O /tmp/page http://web/index.html; do sleep 0.2; done; echo fetched: $(cat /tmp/page); exec sleep 3600"]
+    depends_on: [web]
+    stop_grace_period: 1s
+"#
+    ));
+    let deployment = Deployment {
+        name: "net",
+        dir: dir.path(),
+        compose: &compose,
+        meta: &meta,
+    };
+    driver.start(&deployment).await.expect("start");
+    wait_until("both services running", Duration::from_secs(30), || {
+        let s = driver.status("net");
+        s.iter()
+            .all(|x| x.state == ServiceState::Running)
+            .then_some(s)
+    })
+    .await;
+
+    // The deployment's network, labelled as its.
+    let network = docker
+        .inspect_network(&network_name("net"), None::<InspectNetworkOptions>)
+        .await
+        .expect("network fleetgate-net");
+    assert_eq!(network.driver.as_deref(), Some("bridge"));
+    assert_eq!(
+        network
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_DEPLOYMENT))
+            .map(String::as_str),
+        Some("net")
+    );
+
+    // Published on the host port asked for, and on one the engine chose.
+    let page = page_on(port, "from the image").await;
+    assert!(page.starts_with("HTTP/1."), "{page}");
+    let web = docker
+        .inspect_container("fleetgate-net-web", None::<InspectContainerOptions>)
+        .await
+        .expect("inspect web");
+    let bindings = web
+        .network_settings
+        .and_then(|n| n.ports)
+        .and_then(|p| p.get("80/tcp").cloned().flatten())
+        .unwrap_or_default();
+    let host_ports: Vec<u16> = bindings
+        .iter()
+        .filter(|b| b.host_ip.as_deref() == Some("127.0.0.1"))
+        .filter_map(|b| b.host_port.as_deref()?.parse().ok())
+        .collect();
+    assert_eq!(host_ports.len(), 2, "{bindings:?}");
+    assert!(host_ports.contains(&port), "{bindings:?}");
+    let picked = host_ports
+        .iter()
+        .copied()
+        .find(|p| *p != port)
+        .expect("a picked port");
+    page_on(picked, "from the image").await;
+
+    // client fetched web's page by its service name.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lines = driver
+            .logs(
+                "net",
+                &LogQuery {
+                    service: Some("client".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("logs");
+        if lines.iter().any(|l| l.line == "fetched: from the image") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "client never reached web by name: {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Stop: the containers, the network and the host ports go.
+    driver.stop("net").await.expect("stop");
+    assert!(containers(&docker, "net").await.is_empty());
+    let gone = docker
+        .inspect_network(&network_name("net"), None::<InspectNetworkOptions>)
+        .await;
+    assert!(
+        gone.is_err(),
+        "the network outlived the deployment: {gone:?}"
+    );
+    assert!(http_get(port).is_err(), "port {port} still answers");
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the host port is free again");
+
+    // A network of that name that is not the deployment's is not joined.
+    docker
+        .create_network(NetworkCreateRequest {
+            name: network_name("squat"),
+            driver: Some("bridge".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("create network");
+    let (compose, meta) = files(&format!(
+        "services:\n  web:\n    image: {IMAGE}\n    command: [\"/bin/busybox\", \"sleep\", \"60\"]\n"
+    ));
+    let err = driver
+        .start(&Deployment {
+            name: "squat",
+            dir: dir.path(),
+            compose: &compose,
+            meta: &meta,
+        })
+        .await
+        .expect_err("a network that is not the deployment's");
+    assert!(
+        err.to_string()
+            .contains("network fleetgate-squat exists and is not deployment squat's"),
+        "{err}"
+    );
+    assert!(containers(&docker, "squat").await.is_empty());
+    driver.stop("squat").await.expect("stop");
+    // Not the deployment's: left alone.
+    docker
+        .inspect_network(&network_name("squat"), None::<InspectNetworkOptions>)
+        .await
+        .expect("the other network stays");
+    docker
+        .remove_network(&network_name("squat"))
+        .await
+        .expect("remove");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

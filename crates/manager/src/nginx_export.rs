@@ -20,6 +20,9 @@ pub struct Vhost {
     pub deployment: String,
     pub domains: Vec<String>,
     pub port: u16,
+    /// `https` when the app serves TLS itself (`networking.protocol`), else
+    /// `http`.
+    pub scheme: &'static str,
     /// Paths of the certificate and key nginx should serve (both, or none).
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -27,7 +30,7 @@ pub struct Vhost {
 /// The text of a vhost file.
 pub fn render(v: &Vhost) -> String {
     let names = v.domains.join(" ");
-    let upstream = format!("http://127.0.0.1:{}", v.port);
+    let upstream = format!("{}://127.0.0.1:{}", v.scheme, v.port);
     let proxy = format!(
         "    location / {{\n        proxy_pass {upstream};\n        proxy_http_version 1.1;\n        proxy_set_header Host $host;\n        proxy_set_header X-Real-IP $remote_addr;\n        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n        proxy_set_header X-Forwarded-Proto $scheme;\n        proxy_set_header Upgrade $http_upgrade;\n        proxy_set_header Connection $fleetgate_connection_upgrade;\n    }}\n"
     );
@@ -70,6 +73,7 @@ pub async fn vhosts(deployments: &Deployments) -> Result<Vec<Vhost>, String> {
                 deployment: name,
                 domains: l.meta.domains.clone(),
                 port,
+                scheme: l.meta.protocol.scheme(),
                 tls: None,
             });
         }
@@ -178,6 +182,7 @@ mod tests {
             deployment: name.into(),
             domains: vec![format!("{name}.example.com")],
             port,
+            scheme: "http",
             tls: None,
         }
     }
@@ -193,6 +198,15 @@ mod tests {
             ..vhost("blog", 1)
         });
         assert!(tls.contains("listen 443 ssl;") && tls.contains("ssl_certificate /c.pem;"));
+        // An app serving TLS itself is proxied over TLS.
+        let https = render(&Vhost {
+            scheme: "https",
+            ..vhost("secure", 8443)
+        });
+        assert!(
+            https.contains("proxy_pass https://127.0.0.1:8443;"),
+            "{https}"
+        );
     }
 
     #[test]

@@ -831,6 +831,13 @@ pub(crate) fn yamlish() -> impl Strategy<Value = String> {
         "enabled",
         "email",
         "path",
+        "networking",
+        "expose",
+        "domain",
+        "container_port",
+        "protocol",
+        "proxy_type",
+        "network_mode",
     ]);
     let scalar = prop::sample::select(vec![
         "",
@@ -865,6 +872,11 @@ pub(crate) fn yamlish() -> impl Strategy<Value = String> {
         "#",
         "---",
         "a: b",
+        "0",
+        "https",
+        "host",
+        "127.0.0.1::80",
+        "192.0.2.7:8080:80",
     ]);
     let line = (0usize..8, any::<bool>(), key, any::<bool>(), scalar).prop_map(
         |(indent, dash, key, with_key, scalar)| {

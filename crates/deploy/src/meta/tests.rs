@@ -4,7 +4,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::compose::tests::{assert_positions_in_range, yamlish};
-use crate::spec::{MetaPositions, Position, RolloutMeta, Strategy};
+use crate::spec::{AppProtocol, MetaPositions, Position, RolloutMeta, Strategy};
 
 fn ok(text: &str) -> ServiceMeta {
     parse(text).unwrap_or_else(|p| panic!("unexpected problems: {p:#?}"))
@@ -51,6 +51,7 @@ fn every_key() {
                 "*.example.com".into(),
                 "localhost".into()
             ],
+            protocol: AppProtocol::Http,
             ssl: SslMeta {
                 enabled: true,
                 email: Some("ops@example.com".into()),
@@ -76,6 +77,8 @@ fn every_key() {
                 port: at(2, 7),
                 domains: at(3, 1),
                 driver: at(18, 9),
+                networking_domain: None,
+                container_port: None,
             },
         }
     );
@@ -196,6 +199,130 @@ fn yaml_errors_become_problems() {
     assert_at(&p, 1, 10, "", "anchors and aliases");
 }
 
+/// `networking:` as FlatRun writes it (every key, unset ones empty).
+const FLATRUN: &str = "networking:\n    expose: true\n    domain: App.Example.com\n    container_port: 80\n    protocol: http\n    proxy_type: \"\"\n";
+
+#[test]
+fn flatrun_networking_gives_the_domain_and_port() {
+    let meta = ok(FLATRUN);
+    assert_eq!(meta.domains, ["app.example.com"]);
+    assert_eq!(meta.port, Some(80));
+    assert_eq!(meta.protocol, AppProtocol::Http);
+    assert_eq!(meta.positions.networking_domain, at(3, 13));
+    assert_eq!(meta.positions.container_port, at(4, 21));
+    assert_eq!(meta.positions.domains, None);
+    assert_eq!(meta.positions.port, None);
+
+    // The rest of the file as Fleetgate writes it.
+    let meta = ok(&format!(
+        "service: web\n{FLATRUN}ssl: true\nhealthcheck:\n  path: /\n"
+    ));
+    assert_eq!(meta.service.as_deref(), Some("web"));
+    assert!(meta.ssl.enabled);
+    assert_eq!(meta.domains, ["app.example.com"]);
+}
+
+#[test]
+fn unset_networking_fields_are_left_out() {
+    // What FlatRun writes for an app without a route.
+    let meta = ok("networking:\n    expose: false\n    domain: \"\"\n    container_port: 0\n    protocol: \"\"\n    proxy_type: \"\"\n");
+    assert_eq!(meta, ServiceMeta::default());
+    let meta = ok("networking:\n  domain: ~\n  protocol:\n");
+    assert_eq!(meta, ServiceMeta::default());
+    // No `expose` with a domain: routed (FlatRun always writes `expose`).
+    assert_eq!(
+        ok("networking:\n  domain: a.example.com\n").domains,
+        ["a.example.com"]
+    );
+}
+
+#[test]
+fn expose_false_means_no_route() {
+    let meta =
+        ok("networking:\n  expose: false\n  domain: a.example.com\n  container_port: 8080\n");
+    assert!(meta.domains.is_empty(), "{meta:?}");
+    assert_eq!(meta.positions.networking_domain, None);
+    // The port stays: it is the app's, routed or not.
+    assert_eq!(meta.port, Some(8080));
+    let p = one("networking:\n  expose: false\n  domain: a.example.com\nssl: true\n");
+    assert_at(&p, 4, 1, "ssl", "networking.expose is false");
+}
+
+#[test]
+fn https_apps_are_reached_over_tls() {
+    let meta =
+        ok("networking:\n  domain: a.example.com\n  container_port: 8443\n  protocol: https\n");
+    assert_eq!(meta.protocol, AppProtocol::Https);
+    assert_eq!(AppProtocol::Https.scheme(), "https");
+    assert_eq!(ok("").protocol.scheme(), "http");
+}
+
+#[test]
+fn networking_conflicts_with_our_own_keys_are_named() {
+    let p = one("domains: [a.example.com]\nnetworking:\n  domain: b.example.com\n");
+    assert_at(
+        &p,
+        3,
+        11,
+        "networking.domain",
+        "both `domains` and `networking.domain` are given",
+    );
+    let p = one("networking:\n  container_port: 80\nport: 8080\n");
+    assert_at(
+        &p,
+        2,
+        19,
+        "networking.container_port",
+        "both `port` and `networking.container_port` are given",
+    );
+    let p = one("domains: [a.example.com]\nnetworking:\n  expose: false\n");
+    assert_at(
+        &p,
+        3,
+        11,
+        "networking.expose",
+        "networking.expose is false (no route), but `domains` are given",
+    );
+    // Unset FlatRun fields conflict with nothing.
+    let meta = ok("domains: [a.example.com]\nport: 8080\nnetworking:\n  expose: true\n  domain: \"\"\n  container_port: 0\n");
+    assert_eq!(meta.domains, ["a.example.com"]);
+    assert_eq!(meta.port, Some(8080));
+    assert_eq!(meta.positions.container_port, None);
+}
+
+#[test]
+fn bad_networking_values_are_placed_exactly() {
+    let p = one("networking: [a]\n");
+    assert_at(&p, 1, 13, "networking", "must be a mapping");
+    let p = parse(
+        "networking:\n  expose: \"yes\"\n  domain: https://a.example.com\n  container_port: 70000\n  protocol: tcp\n  proxy_type: [nginx]\n  tls: true\n",
+    )
+    .expect_err("problems");
+    assert_eq!(p.len(), 6, "{p:#?}");
+    assert_at(&p[0], 2, 11, "networking.expose", "expected true or false");
+    assert_at(&p[1], 3, 11, "networking.domain", "has a scheme");
+    assert_at(
+        &p[2],
+        4,
+        19,
+        "networking.container_port",
+        "70000 is out of range",
+    );
+    assert_at(
+        &p[3],
+        5,
+        13,
+        "networking.protocol",
+        "unknown protocol `tcp`",
+    );
+    assert_at(&p[4], 6, 15, "networking.proxy_type", "found a list");
+    assert_at(&p[5], 7, 3, "networking", "unknown key `tls` in networking");
+    let p = one("networking:\n  container_port: [80]\n");
+    assert_at(&p, 2, 19, "networking.container_port", "found a list");
+    let p = one("networking:\n  domain: {a: b}\n");
+    assert_at(&p, 2, 12, "networking.domain", "found a mapping");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -203,6 +330,59 @@ proptest! {
     fn arbitrary_text_never_panics(text in "\\PC{0,200}|[ \\-:\n\\[\\]{}'\"a0#&*!|>]{0,120}") {
         if let Err(p) = parse(&text) {
             assert_positions_in_range(&text, &p);
+        }
+    }
+
+    /// Every mix of FlatRun's `networking` fields (set, unset as FlatRun
+    /// writes them, or left out) and Fleetgate's own keys: a conflict is
+    /// always refused, and what is accepted routes exactly the domain given
+    /// unless `expose` is false.
+    #[test]
+    fn networking_and_our_keys_agree(
+        expose in prop::sample::select(vec!["", "  expose: true\n", "  expose: false\n"]),
+        domain in prop::sample::select(vec!["", "  domain: \"\"\n", "  domain: N.example.com\n"]),
+        port in prop::sample::select(vec!["", "  container_port: 0\n", "  container_port: 80\n"]),
+        protocol in prop::sample::select(vec!["", "  protocol: \"\"\n", "  protocol: https\n"]),
+        domains in any::<bool>(),
+        own_port in any::<bool>(),
+    ) {
+        let mut text = format!("networking:\n{expose}{domain}{port}{protocol}  proxy_type: \"\"\n");
+        if domains {
+            text.push_str("domains: [d.example.com]\n");
+        }
+        if own_port {
+            text.push_str("port: 8080\n");
+        }
+        let net_domain = domain.contains("N.example");
+        let net_port = port.contains("80");
+        let unexposed = expose.contains("false");
+        let conflict = (domains && net_domain) || (own_port && net_port) || (domains && unexposed);
+        match parse(&text) {
+            Ok(meta) => {
+                prop_assert!(!conflict, "accepted a conflict: {text}");
+                let want: Vec<String> = match (unexposed, domains, net_domain) {
+                    (true, _, _) => vec![],
+                    (false, true, _) => vec!["d.example.com".into()],
+                    (false, false, true) => vec!["n.example.com".into()],
+                    (false, false, false) => vec![],
+                };
+                prop_assert_eq!(&meta.domains, &want, "{}", text);
+                let port = match (own_port, net_port) {
+                    (true, _) => Some(8080),
+                    (false, true) => Some(80),
+                    (false, false) => None,
+                };
+                prop_assert_eq!(meta.port, port, "{}", text);
+                let https = protocol.contains("https");
+                prop_assert_eq!(meta.protocol == AppProtocol::Https, https);
+            }
+            Err(p) => {
+                prop_assert!(conflict, "refused {text}: {p:#?}");
+                assert_positions_in_range(&text, &p);
+                for p in &p {
+                    prop_assert!(p.field.starts_with("networking."), "{p:#?}");
+                }
+            }
         }
     }
 

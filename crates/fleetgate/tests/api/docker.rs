@@ -3,10 +3,13 @@
 //! Without an engine (a socket path to nothing): every endpoint answers 503
 //! `DOCKER_UNAVAILABLE` within a second, and an image-only deployment says it
 //! needs the engine. With `FLEETGATE_TEST_DOCKER=1` and Debian's `docker.io`
-//! and `busybox-static`: a private `dockerd` (no bridge, no iptables rules),
-//! a busybox image imported through `POST /api/v1/images/import`, a deployment
-//! of it serving HTTP (`network_mode: host`: without a bridge, published ports
-//! reach nothing), and the container, image, volume and network endpoints.
+//! and `busybox-static`: a private `dockerd` (no default bridge, no iptables
+//! rules), a busybox image imported through `POST /api/v1/images/import`, a
+//! deployment of it on the host's network serving HTTP, the container, image,
+//! volume and network endpoints, and a deployment on its own bridge network:
+//! published on a host port of 127.0.0.1 (bound by the engine's userland
+//! proxy, which needs no iptables rule), routed by its domain through the
+//! gateway, its services reaching each other by name.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -167,7 +170,7 @@ fn missing() -> Option<String> {
     if std::env::var("FLEETGATE_TEST_DOCKER").ok().as_deref() != Some("1") {
         return Some("FLEETGATE_TEST_DOCKER is not 1".into());
     }
-    for tool in ["dockerd", "tar"] {
+    for tool in ["dockerd", "docker-proxy", "tar"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -254,6 +257,19 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
+        // A case that failed half-way may leave containers and networks; the
+        // networks' bridges would outlive the engine on the host.
+        let host = format!("unix://{}", self.socket().display());
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                "docker -H \"$1\" ps -aq | xargs -r docker -H \"$1\" rm -f; docker -H \"$1\" network prune -f",
+                "sh",
+                &host,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -491,5 +507,213 @@ async fn the_docker_endpoints_and_a_docker_deployment_on_a_real_engine() {
     ] {
         assert!(actions.contains(&a), "{a} not audited: {actions:?}");
     }
+    app.stop().await;
+}
+
+/// Waits until the server reaches the engine, then imports the busybox image
+/// as `fgtest/busybox:1`.
+async fn import_busybox(app: &TestApp, engine: &Dockerd) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = send(app, Method::GET, "/api/v1/images", None).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the engine never answered: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = app
+        .admin(
+            Method::POST,
+            "/api/v1/images/import?repo=fgtest/busybox&tag=1",
+        )
+        .header("content-type", "application/x-tar")
+        .body(engine.rootfs_tarball())
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+/// GET through the gateway with a Host header.
+async fn via_gateway(app: &TestApp, host: &str, path: &str) -> (StatusCode, String) {
+    let gw = app.gateway.expect("gateway");
+    let r = reqwest::Client::new()
+        .get(format!("http://{gw}{path}"))
+        .header("host", host)
+        .send()
+        .await
+        .expect("gateway request");
+    (r.status(), r.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_deployment_on_its_own_network_is_routed_through_its_published_port() {
+    if let Some(why) = missing() {
+        println!("skipped: {why}");
+        return;
+    }
+    let engine = Dockerd::start();
+    let socket = engine.socket();
+    let app = spawn_with_socket(|_| socket.clone()).await;
+    import_busybox(&app, &engine).await;
+
+    // web listens on port 80 of its container, published on a free port of
+    // 127.0.0.1; probe reaches it by its service name. service.yml is
+    // FlatRun's: its container_port is web's port 80, reached at the host
+    // port.
+    let port = unused_port();
+    let compose = format!(
+        r#"services:
+  web:
+    image: fgtest/busybox:1
+    command: ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
+    ports: ["127.0.0.1:{port}:80"]
+    restart: always
+    stop_grace_period: 1s
+  probe:
+    image: fgtest/busybox:1
+    command: ["/bin/sh", "-c", "until wget -q -O - http://web/index.html; do sleep 1; done; exec sleep 3600"]
+    depends_on: [web]
+    stop_grace_period: 1s
+"#
+    );
+    let service = "networking:\n    expose: true\n    domain: bridged.example.test\n    container_port: 80\n    protocol: http\n    proxy_type: \"\"\n";
+    let (status, view) = send(
+        &app,
+        Method::POST,
+        "/api/v1/deployments",
+        Some(json!({"name": "bridged", "compose": compose, "service": service})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    assert_eq!(view["driver"], "docker", "{view}");
+    assert_eq!(view["domains"], json!(["bridged.example.test"]), "{view}");
+    assert_eq!(view["port"], port, "{view}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = app.get_json("/api/v1/deployments/bridged").await;
+        if v["status"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never running: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Through the gateway by its domain, to the published port.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = via_gateway(&app, "bridged.example.test", "/index.html").await;
+        if status == StatusCode::OK {
+            assert_eq!(body, "served from a container\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never reached the app: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _) = via_gateway(&app, "other.example.test", "/index.html").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The services share the deployment's network: probe fetched web's page
+    // by name.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let logs = app
+            .get_json("/api/v1/deployments/bridged/logs?service=probe&tail=20")
+            .await;
+        let fetched = logs["items"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|i| i["line"] == "served from a container"));
+        if fetched {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "probe never reached web by name: {logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let nets = app.get_json("/api/v1/networks").await;
+    assert!(nets.to_string().contains("fleetgate-bridged"), "{nets}");
+    let stats = app.get_json("/api/v1/deployments/bridged/stats").await;
+    assert!(
+        stats["memory_bytes"].as_u64().is_some_and(|m| m > 0),
+        "{stats}"
+    );
+
+    // Stop: the host port is free again and the network is gone.
+    let (status, v) = send(&app, Method::POST, "/api/v1/deployments/bridged/stop", None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the published port is released");
+    let nets = app.get_json("/api/v1/networks").await;
+    assert!(!nets.to_string().contains("fleetgate-bridged"), "{nets}");
+    let (status, _) = via_gateway(&app, "bridged.example.test", "/index.html").await;
+    assert!(status.is_server_error(), "{status}");
+
+    // Started again on the same files, then deleted with its route.
+    let (status, v) = send(
+        &app,
+        Method::POST,
+        "/api/v1/deployments/bridged/start",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while via_gateway(&app, "bridged.example.test", "/index.html")
+        .await
+        .0
+        != StatusCode::OK
+    {
+        assert!(Instant::now() < deadline, "not served after a restart");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _) = send(&app, Method::DELETE, "/api/v1/deployments/bridged", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = via_gateway(&app, "bridged.example.test", "/index.html").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the published port is released");
+    let containers = app.get_json("/api/v1/containers").await;
+    assert!(
+        !containers.to_string().contains("fleetgate-bridged"),
+        "{containers}"
+    );
+    let nets = app.get_json("/api/v1/networks").await;
+    assert!(!nets.to_string().contains("fleetgate-bridged"), "{nets}");
+
+    // A routed port the engine would pick at each start is refused, naming
+    // where.
+    let (status, body) = send(
+        &app,
+        Method::POST,
+        "/api/v1/deployments",
+        Some(json!({"name": "picked", "start": false,
+            "compose": "services:\n  web:\n    image: fgtest/busybox:1\n    ports: [\"80\"]\n",
+            "service": "networking:\n  domain: picked.example.test\n  container_port: 80\n"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let p = &body["details"]["problems"][0];
+    assert_eq!(
+        (&p["file"], &p["line"], &p["field"]),
+        (
+            &json!("service.yml"),
+            &json!(3),
+            &json!("networking.container_port")
+        ),
+        "{body}"
+    );
+    assert!(
+        p["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("without a host port (services.web.ports[0]")),
+        "{body}"
+    );
     app.stop().await;
 }
