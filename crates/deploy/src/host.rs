@@ -66,6 +66,10 @@ pub struct DeploymentRecord {
     /// Instances started so far (the next one is this plus one).
     #[serde(default)]
     pub instances: u64,
+    /// The local port the serving release receives its traffic on (with
+    /// blue-green, each release's own).
+    #[serde(default)]
+    pub serving_port: Option<u16>,
 }
 
 /// A deployment read from its directory and checked.
@@ -425,6 +429,7 @@ impl Deployments {
             updated_at: now,
             release: 0,
             instances: 0,
+            serving_port: None,
         };
         let written = async {
             tokio::fs::write(tmp.join(COMPOSE_FILE), compose).await?;
@@ -889,6 +894,7 @@ impl Deployments {
                 }
                 if let Ok(mut l) = self.load(name).await {
                     l.record.release = release.number;
+                    l.record.serving_port = self.live(name).and_then(|i| i.target);
                     let _ = self.save_record(&l.record).await;
                 }
             }

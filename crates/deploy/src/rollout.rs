@@ -13,9 +13,10 @@
 //!   `_`), and `$PORT`, `${PORT}`, `$PORT_<SERVICE>` and `${PORT_<SERVICE>}` in
 //!   a command, an entrypoint or an environment value are replaced by the port;
 //! - on Docker outside the host network, a moved service keeps its container
-//!   port and `PORT` is that container port; only the host side of its first
-//!   published port changes (bound on 127.0.0.1 unless the file names an
-//!   address).
+//!   port and `PORT` is that container port; only the host side of the mapping
+//!   that publishes its port changes (bound on 127.0.0.1 unless the file names
+//!   an address). Its other published ports stay as written, so a second
+//!   instance cannot bind them: such a service is better `recreate`d.
 //!
 //! `auto` is `blue-green` when every service with a port can be moved that
 //! way: on Docker outside the host network, or when the service refers to its
@@ -174,7 +175,14 @@ pub fn place(
         let own = match (ports.get(&s.name), bridge) {
             (Some(host), true) => {
                 let moved = strategy == Strategy::BlueGreen;
-                match s.ports.first_mut() {
+                // The mapping the files' port is published by (the first, failing that).
+                let fixed_port = fixed.get(&s.name).copied();
+                let at = s
+                    .ports
+                    .iter()
+                    .position(|m| m.host.is_some() && m.host == fixed_port)
+                    .unwrap_or(0);
+                match s.ports.get_mut(at) {
                     Some(mapping) => {
                         if moved {
                             mapping.host = Some(*host);
@@ -455,6 +463,21 @@ mod tests {
         assert_eq!(web.ports[0].container, 80);
         assert_eq!(web.ports[0].host, p.target);
         assert_eq!(web.ports[0].host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(web.environment["PORT"], "80");
+    }
+
+    #[test]
+    fn docker_bridge_moves_the_routed_mapping() {
+        let (compose, meta) = parse_files(
+            "services:\n  web:\n    image: busybox\n    ports: [\"127.0.0.1:9000:9000\", \"127.0.0.1:8081:80\"]\n",
+            "domains: [app.example.com]\nport: 80\n",
+        )
+        .expect("test value");
+        let p = place(&compose, &meta, DriverKind::Docker).expect("test value");
+        let web = p.compose.service("web").expect("test value");
+        assert_eq!(web.ports[0].host, Some(9000), "left alone");
+        assert_eq!(web.ports[1].host, p.target);
+        assert_ne!(p.target, Some(8081));
         assert_eq!(web.environment["PORT"], "80");
     }
 

@@ -3,7 +3,9 @@
 //! port, WebSockets passed through), written into nginx's include directory,
 //! checked with `nginx -t`, and rolled back to the files that were there before
 //! when nginx refuses them — a vhost that fails validation never replaces a
-//! working one.
+//! working one. A deployment released blue-green listens on a new port with
+//! each release: run the export again after a release, or give it
+//! `deploy.strategy: recreate`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,8 +68,14 @@ pub async fn vhosts(deployments: &Deployments) -> Result<Vec<Vhost>, String> {
             .load(&name)
             .await
             .map_err(|e| format!("deployment {name}: {e}"))?;
-        // Routed when it has domains and a port, as the gateway's proxy is.
-        let port = target_port(&l.compose, &l.meta);
+        // Routed when it has domains and a port, as the gateway's proxy is: at
+        // the port its serving release listens on (blue-green releases each
+        // have their own, so the export is run again after a release), else
+        // the port its files give.
+        let port = l
+            .record
+            .serving_port
+            .or_else(|| target_port(&l.compose, &l.meta));
         if let (false, Some(port)) = (l.meta.domains.is_empty(), port) {
             out.push(Vhost {
                 deployment: name,
