@@ -6,8 +6,9 @@ argument) and answers:
   GET /                200 "release <RELEASE> <BACKEND>", where BACKEND is what
                        GET / of $BACKEND_URL answered (a second service), if set
   WebSocket upgrade    echoes every text or binary frame back
-On SIGTERM it stops accepting, lets open connections finish for up to
-$GRACE seconds (default 30), then exits.
+On SIGTERM it stops accepting, closes idle keep-alive connections, lets
+requests and WebSockets in progress finish for up to $GRACE seconds (default
+30), then exits.
 """
 
 import asyncio
@@ -22,6 +23,8 @@ RELEASE = os.environ.get("RELEASE", "0")
 BACKEND = os.environ.get("BACKEND_URL")
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 open_connections = set()
+idle_writers = {}  # connections waiting for their next request: closed at SIGTERM
+stopping = False
 
 
 def backend_answer():
@@ -89,11 +92,14 @@ async def handle(reader, writer):
     task = asyncio.current_task()
     open_connections.add(task)
     try:
-        while True:
+        while not stopping:
+            idle_writers[task] = writer
             try:
                 method, path, headers = await read_head(reader)
             except (asyncio.IncompleteReadError, ConnectionError, ValueError):
                 return
+            finally:
+                idle_writers.pop(task, None)
             if headers.get("upgrade", "").lower() == "websocket":
                 await websocket(reader, writer, headers)
                 return
@@ -108,8 +114,8 @@ async def handle(reader, writer):
                     status, body = 502, "backend: %s" % e
             data = body.encode()
             writer.write(
-                b"HTTP/1.1 %d X\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
-                % (status, len(data))
+                b"HTTP/1.1 %d X\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n"
+                % (status, len(data), b"Connection: close\r\n" if stopping else b"")
                 + data
             )
             await writer.drain()
@@ -127,7 +133,11 @@ async def main():
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("listening on %d (release %s)" % (port, RELEASE), flush=True)
     await stop.wait()
+    global stopping
+    stopping = True
     server.close()
+    for writer in list(idle_writers.values()):
+        writer.close()
     grace = float(os.environ.get("GRACE", "30"))
     if open_connections:
         await asyncio.wait(list(open_connections), timeout=grace)

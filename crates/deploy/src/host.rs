@@ -578,7 +578,7 @@ impl Deployments {
             }
             Err(DriverError::Unavailable(why)) => {
                 let _ = driver.stop(&instance.key).await;
-                self.finish_release(&name, &mut release, Err(why.clone()))
+                self.finish_release(router, &name, &mut release, Err(why.clone()))
                     .await;
                 return Err(DriverError::Unavailable(why).into());
             }
@@ -594,7 +594,7 @@ impl Deployments {
                 let targets = self.targets(&name);
                 let _ = router.route(loaded, &targets).await;
             }
-            self.finish_release(&name, &mut release, Err(why.clone()))
+            self.finish_release(router, &name, &mut release, Err(why.clone()))
                 .await;
             return Err(DeployError::ReleaseFailed {
                 name,
@@ -613,7 +613,7 @@ impl Deployments {
             self.with_running(&name, |r| {
                 r.live = r.draining.pop();
             });
-            self.finish_release(&name, &mut release, Err(why.clone()))
+            self.finish_release(router, &name, &mut release, Err(why.clone()))
                 .await;
             return Err(DeployError::ReleaseFailed {
                 name,
@@ -621,7 +621,8 @@ impl Deployments {
                 why,
             });
         }
-        self.finish_release(&name, &mut release, Ok(())).await;
+        self.finish_release(router, &name, &mut release, Ok(()))
+            .await;
         if side_by_side {
             if let Some(old) = old {
                 let me = self.clone();
@@ -876,7 +877,13 @@ impl Deployments {
 
     /// Records how a release ended: live (the one before it replaced) or
     /// failed.
-    async fn finish_release(&self, name: &str, release: &mut Release, outcome: Result<(), String>) {
+    async fn finish_release(
+        &self,
+        router: &Arc<dyn Router>,
+        name: &str,
+        release: &mut Release,
+        outcome: Result<(), String>,
+    ) {
         let now = now_ms();
         match outcome {
             Ok(()) => {
@@ -907,6 +914,7 @@ impl Deployments {
         if let Err(e) = self.save_release(name, release).await {
             tracing::warn!(deployment = %name, error = %e, "a release's record could not be saved");
         }
+        router.released(name, release);
     }
 
     /// Makes the files of release `number` the deployment's files again (a new
@@ -1003,6 +1011,8 @@ pub trait Router: Send + Sync {
     /// Requests and upgraded connections the gateway has in flight to a port
     /// of the deployment (`None`: unknown, taken as none).
     async fn in_flight(&self, name: &str, port: u16) -> Option<u64>;
+    /// A release went live or was dropped (to raise an event, say).
+    fn released(&self, _name: &str, _release: &Release) {}
 }
 
 /// The route and upstream ids of a deployment's proxy.

@@ -385,11 +385,38 @@ async fn a_failing_release_is_dropped_and_a_rollback_restores_an_earlier_one() {
         "{}",
         list[0]
     );
-    assert_eq!(
-        processes_with(&script),
-        2,
-        "the failed instance was stopped"
-    );
+    // The failed instance was stopped (and release 1's, drained, too).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while processes_with(&script) != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "instances other than the serving one still run: {}",
+            processes_with(&script)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The drop is an event (events are written in the background).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = app
+            .get_json("/api/v1/events?type=deployment.release_failed")
+            .await;
+        let items = events["items"].as_array().expect("items");
+        if let Some(e) = items.first() {
+            assert_eq!(e["severity"], "warning", "{e}");
+            assert_eq!(e["details"]["release"], 3, "{e}");
+            assert!(
+                e["message"].as_str().expect("message").contains("503"),
+                "{e}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no deployment.release_failed event"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Roll back (to release 1, the newest before the one serving): files,
     // answer and route come back together, within 5 s.

@@ -362,6 +362,31 @@ impl Router for GatewayRouter {
         Ok(())
     }
 
+    fn released(&self, name: &str, release: &deployments::Release) {
+        use fleetgate_core::events::{NewEvent, Severity};
+        let details = json!({"deployment": name, "release": release.number,
+            "version": release.version, "strategy": release.strategy,
+            "rollback_of": release.rollback_of, "error": release.error});
+        let event = match release.state {
+            deployments::ReleaseState::Live => NewEvent::new(
+                "deployment.released",
+                Severity::Info,
+                format!("release {} of deployment {name} serves", release.number),
+            ),
+            deployments::ReleaseState::Failed => NewEvent::new(
+                "deployment.release_failed",
+                Severity::Warning,
+                format!(
+                    "release {} of deployment {name} was dropped: {}",
+                    release.number,
+                    release.error.as_deref().unwrap_or("not ready")
+                ),
+            ),
+            _ => return,
+        };
+        self.state.emit(event.details(details));
+    }
+
     async fn in_flight(&self, name: &str, port: u16) -> Option<u64> {
         let dp = self.state.data_plane.get()?;
         let report = dp.status.fresh(std::time::Duration::from_millis(500)).await;
