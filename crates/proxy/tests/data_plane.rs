@@ -291,8 +291,11 @@ async fn published_sites_and_synced_rules_come_in_the_same_input() {
         redirects: vec![redirect("/old", "/new")],
         pages: vec![],
     })]);
-    let status = link.fresh(Duration::from_secs(5)).await;
-    assert_eq!(status.applied.sites, 1);
+    // A report may come before the set is compiled: wait for the one that has it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while link.fresh(Duration::from_secs(1)).await.applied.sites != 1 {
+        assert!(Instant::now() < deadline, "the published set never applied");
+    }
     assert_eq!(
         location("site.test", "/old").await,
         (302, Some("/new".to_string()))
