@@ -452,3 +452,98 @@ async fn acme_challenges_are_answered_before_routing_for_any_host() {
     let status = running.gateway.status();
     assert_eq!(status.applied.challenges, 1);
 }
+
+/// An upstream that answers each request `delay` after reading its head.
+async fn slow_upstream(delay: Duration) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                let body = r#"{"server":"slow"}"#;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// What the gateway reports in flight to the target at `addr` of `upstream`.
+fn in_flight(gw: &Gateway, upstream: &str, addr: SocketAddr) -> Option<u64> {
+    gw.upstream_health(upstream)?
+        .into_iter()
+        .find(|t| t.url == format!("http://{addr}"))
+        .map(|t| t.active_connections)
+}
+
+#[tokio::test]
+async fn a_target_in_flight_stays_counted_across_a_revision_and_weight_zero_drains_it() {
+    let old = slow_upstream(Duration::from_millis(800)).await;
+    let (new, new_hits) = upstream("new").await;
+    let gw = start(snapshot(
+        1,
+        json!([{"name": "app", "targets": [{"url": format!("http://{old}")}]}]),
+        json!([{"id": "all", "path": "/", "upstream": "app"}]),
+    ))
+    .await;
+    // A request to the old target is on its way when the switch comes.
+    let addr = gw.addr;
+    let pending = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.expect("read");
+        String::from_utf8_lossy(&got).to_string()
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while in_flight(&gw.gateway, "app", old) != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the old target"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Revision 2: the new target takes the traffic, the old one drains (weight 0).
+    gw.publish(
+        snapshot(
+            2,
+            json!([{"name": "app", "targets": [
+                {"url": format!("http://{new}"), "weight": 1},
+                {"url": format!("http://{old}"), "weight": 0}]}]),
+            json!([{"id": "all", "path": "/", "upstream": "app"}]),
+        ),
+        2,
+    )
+    .await;
+    // The request sent before the revision is still counted after it.
+    assert_eq!(in_flight(&gw.gateway, "app", old), Some(1));
+    for _ in 0..10 {
+        assert_eq!(gw.served_by("/x").await, "new");
+    }
+    assert_eq!(new_hits.load(Ordering::SeqCst), 10);
+    let answer = pending.await.expect("the old request");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("slow"), "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while in_flight(&gw.gateway, "app", old) != Some(0) {
+        assert!(Instant::now() < deadline, "the old target never drained");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
