@@ -197,6 +197,37 @@ impl DockerDriver {
             .collect())
     }
 
+    /// The instance keys of `deployment` that have containers on the engine
+    /// (running or not): those an earlier run of Fleetgate left, say. Empty
+    /// when the engine cannot be reached.
+    pub async fn instance_keys(&self, deployment: &str) -> Vec<String> {
+        let Ok(docker) = self.engine.client().await else {
+            return Vec::new();
+        };
+        let filters = HashMap::from([("label".to_string(), vec![LABEL_DEPLOYMENT.to_string()])]);
+        let listed = self
+            .engine
+            .call(
+                &format!("listing the containers of {deployment}"),
+                CALL_TIMEOUT,
+                docker.list_containers(Some(ListContainersOptions {
+                    all: true,
+                    filters: Some(filters),
+                    ..Default::default()
+                })),
+            )
+            .await;
+        let mut keys: Vec<String> = listed
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| c.labels?.remove(LABEL_DEPLOYMENT))
+            .filter(|key| deployment_of(key) == deployment)
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     /// Stops then removes one container (gone already is fine).
     async fn stop_and_remove(
         &self,

@@ -546,7 +546,10 @@ impl Deployments {
             strategy: placement.strategy,
             started_at: now_ms(),
         };
-        let old = self.live(&name);
+        let mut old = self.live(&name);
+        if old.is_none() && kind == DriverKind::Docker {
+            old = self.adopt_leftovers(&loaded.record, kind).await;
+        }
         let side_by_side = old.as_ref().is_some_and(|o| {
             placement.strategy == crate::spec::Strategy::BlueGreen && o.kind == kind
         });
@@ -632,6 +635,38 @@ impl Deployments {
             }
         }
         Ok(instance)
+    }
+
+    /// Containers an earlier run of Fleetgate left on the engine (they outlive
+    /// it): the newest instance is taken as the one serving — at the port the
+    /// record says it served on — so that the new release replaces it as any
+    /// other (blue-green: without a gap); older ones are stopped.
+    async fn adopt_leftovers(
+        &self,
+        record: &DeploymentRecord,
+        kind: DriverKind,
+    ) -> Option<Instance> {
+        let name = &record.name;
+        let mut keys = self.docker.instance_keys(name).await;
+        let number = |k: &str| k.rsplit_once('.').and_then(|(_, n)| n.parse::<u64>().ok());
+        keys.sort_by_key(|k| number(k).unwrap_or(0));
+        let newest = keys.pop()?;
+        for stale in keys {
+            if let Err(e) = self.docker.stop(&stale).await {
+                tracing::warn!(deployment = %name, instance = %stale, error = %e, "a left-over instance did not stop");
+            }
+        }
+        let adopted = Instance {
+            key: newest,
+            kind,
+            release: record.release,
+            target: record.serving_port,
+            ports: Default::default(),
+            strategy: crate::spec::Strategy::BlueGreen,
+            started_at: now_ms(),
+        };
+        self.with_running(name, |r| r.live = Some(adopted.clone()));
+        Some(adopted)
     }
 
     /// Where the gateway sends a deployment's traffic: the live instance's

@@ -756,3 +756,93 @@ async fn without_an_engine_every_call_says_so_within_a_second() {
     assert!(driver.status("app").is_empty());
     assert!(driver.stats("app").await.is_empty());
 }
+
+/// A router that remembers what it was asked to route.
+#[derive(Default)]
+struct Recorder {
+    routes: std::sync::Mutex<Vec<Vec<(u16, u32)>>>,
+}
+
+#[async_trait::async_trait]
+impl fleetgate_deploy::host::Router for Recorder {
+    async fn route(
+        &self,
+        _loaded: &fleetgate_deploy::host::Loaded,
+        targets: &[(u16, u32)],
+    ) -> Result<(), String> {
+        self.routes.lock().expect("routes").push(targets.to_vec());
+        Ok(())
+    }
+
+    async fn in_flight(&self, _name: &str, _port: u16) -> Option<u64> {
+        Some(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_run_of_fleetgate_takes_over_from_the_containers_an_earlier_one_left() {
+    use fleetgate_deploy::host::{Deployments, Desired, Router};
+    use std::sync::Arc;
+    if let Some(why) = missing() {
+        println!("skipped: {why}");
+        return;
+    }
+    let engine = Engine::start();
+    let docker = engine.client().await;
+    engine.import_busybox(&docker).await;
+    let data = tempfile::tempdir().expect("data dir");
+    let port = free_port();
+    let compose = format!(
+        "services:\n  web:\n    image: {IMAGE}\n    command: [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n    ports: [\"127.0.0.1:{port}:80\"]\n    stop_grace_period: 1s\n"
+    );
+    let service = "domains: [left.example.test]\nport: 80\ndriver: docker\n";
+    let recorder = Arc::new(Recorder::default());
+    let router: Arc<dyn Router> = recorder.clone();
+
+    // The first run starts release 1 and then ends without stopping it (a
+    // crash): its containers outlive it.
+    let first = Arc::new(Deployments::new(data.path(), &engine.socket));
+    let loaded = first
+        .create("left", &compose, service, Desired::Running)
+        .await
+        .expect("create");
+    let one = first.start(&loaded, &router).await.expect("start");
+    let old_port = one.target.expect("a target");
+    assert_ne!(old_port, port, "blue-green: a host port of its own");
+    assert!(http_get(old_port)
+        .expect("served")
+        .contains("from the image"));
+    drop(first);
+    assert_eq!(containers(&docker, "left.1").await.len(), 1);
+
+    // The next run finds them, serves on from them while its own instance
+    // starts, switches and stops them.
+    let second = Arc::new(Deployments::new(data.path(), &engine.socket));
+    let loaded = second.load("left").await.expect("load");
+    assert_eq!(loaded.record.serving_port, Some(old_port));
+    let two = second.start(&loaded, &router).await.expect("start again");
+    assert_eq!(two.key, "left.2");
+    let new_port = two.target.expect("a target");
+    let routes = recorder.routes.lock().expect("routes").clone();
+    assert!(
+        routes.contains(&vec![(new_port, 1), (old_port, 0)]),
+        "the left-over instance drains: {routes:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containers(&docker, "left.1").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the left-over instance was not stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        recorder.routes.lock().expect("routes").last(),
+        Some(&vec![(new_port, 1)])
+    );
+    assert!(http_get(new_port)
+        .expect("served")
+        .contains("from the image"));
+    second.stop(&loaded).await.expect("stop");
+    assert!(containers(&docker, "left.2").await.is_empty());
+}
