@@ -621,7 +621,7 @@ mod tests {
             "networking:\n  domain: a.example.com\n  container_port: 443\n  protocol: https\n",
         )
         .expect("checks");
-        let (route, upstream) = crate::host::proxy_objects("app", &c, &m)
+        let (route, upstream) = crate::host::proxy_objects("app", &c, &m, &[])
             .expect("valid")
             .expect("routed");
         assert_eq!(route.hosts, ["a.example.com"]);
@@ -629,7 +629,7 @@ mod tests {
         assert!(!upstream.tls.verify);
         let (c, m) =
             parse_files(&bridged("\"18080:80\""), "domains: [a.example.com]\n").expect("checks");
-        let (_, upstream) = crate::host::proxy_objects("app", &c, &m)
+        let (_, upstream) = crate::host::proxy_objects("app", &c, &m, &[])
             .expect("valid")
             .expect("routed");
         assert_eq!(upstream.targets[0].url, "http://127.0.0.1:18080");
@@ -640,7 +640,7 @@ mod tests {
             "networking:\n  expose: false\n  domain: a.example.com\n",
         )
         .expect("checks");
-        assert!(crate::host::proxy_objects("app", &c, &m)
+        assert!(crate::host::proxy_objects("app", &c, &m, &[])
             .expect("valid")
             .is_none());
     }
