@@ -838,6 +838,10 @@ pub(crate) fn yamlish() -> impl Strategy<Value = String> {
         "protocol",
         "proxy_type",
         "network_mode",
+        "deploy",
+        "strategy",
+        "health_timeout",
+        "drain_timeout",
     ]);
     let scalar = prop::sample::select(vec![
         "",
@@ -852,6 +856,8 @@ pub(crate) fn yamlish() -> impl Strategy<Value = String> {
         "10s",
         "1m30s",
         "service_healthy",
+        "blue-green",
+        "$PORT",
         "true",
         "~",
         "&a x",
