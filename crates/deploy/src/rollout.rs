@@ -499,5 +499,22 @@ mod tests {
         fn substitute_leaves_text_without_the_variable_alone(text in "[^$]{0,40}") {
             proptest::prop_assert_eq!(substitute(&text, "PORT", "1"), text);
         }
+
+        #[test]
+        fn any_checked_files_are_placed(
+            compose in crate::compose::tests::yamlish(),
+            meta in crate::compose::tests::yamlish(),
+        ) {
+            if let Ok((compose, meta)) = parse_files(&compose, &meta) {
+                for kind in [DriverKind::Process, DriverKind::Docker] {
+                    let p = place(&compose, &meta, kind).expect("placed");
+                    proptest::prop_assert!(p.strategy != Strategy::Auto);
+                    if let Some(target) = p.target {
+                        proptest::prop_assert!(p.ports.values().any(|port| *port == target));
+                    }
+                    proptest::prop_assert_eq!(p.compose.services.len(), compose.services.len());
+                }
+            }
+        }
     }
 }
