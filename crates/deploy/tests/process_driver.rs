@@ -824,3 +824,84 @@ async fn health_moves_between_starting_running_and_unhealthy() {
     );
     fx.driver.stop("app").await.expect("stop");
 }
+
+/// A router that refuses every switch after the first `allowed` ones, as a
+/// gateway refusing a configuration would.
+struct Refusing {
+    allowed: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl fleetgate_deploy::host::Router for Refusing {
+    async fn route(
+        &self,
+        _loaded: &fleetgate_deploy::host::Loaded,
+        _targets: &[(u16, u32)],
+    ) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        let left = self.allowed.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err("the gateway refused the configuration".into());
+        }
+        self.allowed.store(left - 1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn in_flight(&self, _name: &str, _port: u16) -> Option<u64> {
+        Some(0)
+    }
+}
+
+/// A switch the gateway refuses never replaces the serving release: the new
+/// instance is stopped, the old one serves on, and the release is recorded
+/// failed with the gateway's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_switch_leaves_the_serving_release_in_place() {
+    use fleetgate_deploy::host::{DeployError, Deployments, Desired, ReleaseState, Router};
+    let data = tempfile::tempdir().expect("data");
+    let hosts = Arc::new(Deployments::new(
+        data.path(),
+        &data.path().join("no-docker.sock"),
+    ));
+    let compose = |release: &str| {
+        format!(
+            "services:\n  web:\n    command: [\"python3\", \"-m\", \"http.server\", \"$PORT\", \"--bind\", \"127.0.0.1\"]\n    environment:\n      RELEASE: \"{release}\"\n"
+        )
+    };
+    let service = "domains: [refused.example.test]\nport: 8000\ndeploy:\n  health_timeout: 10s\n";
+    let refusing = Arc::new(Refusing {
+        allowed: std::sync::atomic::AtomicUsize::new(1),
+    });
+    let router: Arc<dyn Router> = refusing;
+    let loaded = hosts
+        .create("refused", &compose("1"), service, Desired::Running)
+        .await
+        .expect("create");
+    let one = hosts.start(&loaded, &router).await.expect("release 1");
+    let (_, after) = hosts
+        .update("refused", Some(&compose("2")), None, None)
+        .await
+        .expect("update");
+    let err = hosts
+        .start(&after, &router)
+        .await
+        .expect_err("the switch is refused");
+    match &err {
+        DeployError::ReleaseFailed { release, why, .. } => {
+            assert_eq!(*release, 2);
+            assert!(why.contains("refused the configuration"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let live = hosts.live("refused").expect("still serving");
+    assert_eq!(live.key, one.key);
+    assert!(hosts.draining("refused").is_empty());
+    let releases = hosts.releases("refused").await.expect("releases");
+    assert_eq!(releases[0].state, ReleaseState::Failed);
+    assert_eq!(releases[1].state, ReleaseState::Live);
+    assert_eq!(hosts.load("refused").await.expect("load").record.release, 1);
+    // The old instance answers; the new one is gone.
+    let port = one.target.expect("port");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    hosts.stop(&after).await.expect("stop");
+}
