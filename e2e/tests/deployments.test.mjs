@@ -332,6 +332,8 @@ test('releases are listed, rolled back from the page, and a dropped release is t
       RELEASE: "${release}"
       GRACE: "2"
 ${env}`;
+  // A failing release is dropped after health_timeout: long enough for a busy
+  // machine to start the app, short enough for the test.
   const service = `domains: [${host}]
 port: ${port}
 healthcheck:
@@ -339,7 +341,7 @@ healthcheck:
   interval: 1s
   timeout: 1s
 deploy:
-  health_timeout: 3s
+  health_timeout: 6s
   drain_timeout: 30s
 `;
   const answers = (release) => until(`the gateway to answer release ${release}`, async () => {
