@@ -7,16 +7,22 @@
 // line marked, and nothing is created; a bad name is shown next to the name;
 // files the driver cannot start create a stopped deployment whose page opens. The
 // files editor saves with If-Match, shows problems on their lines, and reloads a
-// version changed meanwhile (412). A viewer sees deployments but no controls to
-// change them.
+// version changed meanwhile (412). Releases (bench/lib/release_app.py, deployed
+// blue-green): redeployed over the API, listed with their states, one's files
+// shown; a rollback from the page makes the gateway answer with the restored
+// release while the replaced instance drains; files saved from the page whose
+// release fails its health check say that release was dropped and which one
+// still serves; a rollback whose release fails says so in the panel. A viewer
+// sees deployments and their releases but no controls to change them.
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import crypto from 'node:crypto';
+import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { TOKEN, freePort, launch, login, newPage, screenshot, startFleetgate, until } from '../lib/harness.mjs';
+import { ROOT, TOKEN, freePort, launch, login, newPage, screenshot, startFleetgate, until } from '../lib/harness.mjs';
 
 let fg; let browser; let site;
 
@@ -46,6 +52,21 @@ function viaGateway(host, p) {
       res.on('data', (c) => { body += c; });
       res.on('end', () => resolve({ status: res.statusCode, body }));
     });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/// A WebSocket through the gateway with a Host header, left open (the raw socket
+/// after the upgrade: `destroy()` closes it).
+function openWebSocket(host) {
+  const u = new URL(fg.gw);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: u.hostname, port: u.port, path: '/ws', headers: { host,
+      connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13',
+      'sec-websocket-key': crypto.randomBytes(16).toString('base64') } });
+    req.on('upgrade', (_res, socket) => resolve(socket));
+    req.on('response', (res) => reject(new Error(`no upgrade: ${res.statusCode}`)));
     req.on('error', reject);
     req.end();
   });
@@ -210,6 +231,13 @@ test('a viewer sees deployments but no controls to change them', async () => {
   await fg.api('POST', '/api/v1/users', { username: 'dwatcher', password: 'Password-123', role: 'viewer' });
   await fg.api('POST', '/api/v1/deployments', { name: 'watched',
     compose: 'services:\n  sleeper:\n    command: ["sleep", "600"]\n', start: true });
+  // A second release: the first one served, so an operator could roll back to it.
+  const v = await fg.api('PUT', '/api/v1/deployments/watched', {
+    compose: 'services:\n  sleeper:\n    command: ["sleep", "601"]\n' });
+  assert.equal(v.release, 2);
+  const { items } = await fg.api('GET', '/api/v1/deployments/watched/releases');
+  assert.deepEqual(items.map((r) => [r.number, r.state]), [[2, 'live'], [1, 'replaced']]);
+  assert.ok(items[1].live_at, 'release 1 served');
   const page = await newPage(browser);
   await login(page, fg, 'dwatcher', 'Password-123');
   await page.goto(`${fg.url}/#/deployments`);
@@ -221,6 +249,14 @@ test('a viewer sees deployments but no controls to change them', async () => {
   for (const name of ['Start', 'Stop', 'Restart', 'Delete', 'Set up proxy', 'Remove proxy', 'Save']) {
     assert.equal(await page.getByRole('button', { name, exact: true }).count(), 0, `no ${name} button`);
   }
+  // The releases are listed, with no rollback (nor their files, which may hold
+  // secrets).
+  const releases = page.locator('#deployment-releases tbody tr[data-release]');
+  await page.locator('#deployment-releases tbody tr[data-release="1"][data-state="replaced"]').waitFor();
+  assert.equal(await releases.count(), 2);
+  assert.equal(await page.locator('#deployment-release').getAttribute('data-release'), '2');
+  assert.equal(await page.getByRole('button', { name: /Roll back/ }).count(), 0, 'no rollback button');
+  assert.equal(await page.locator('#deployment-releases button').count(), 0, 'no button in the releases');
   // The files (their environment may hold secrets) are not shown to viewers.
   assert.equal(await page.locator('#deployment-files-panel').count(), 0);
   assert.equal(await page.locator('textarea').count(), 0);
@@ -278,4 +314,155 @@ test('the files editor saves with If-Match, shows problems on their lines, and r
   assert.match((await fg.api('GET', '/api/v1/deployments/editable')).compose, /"901"/);
   page.assertClean(['400', '412']);
   await page.context().close();
+});
+
+test('releases are listed, rolled back from the page, and a dropped release is told where it happened', async () => {
+  // The app of the release tests, copied so its processes are this test's.
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'fleetgate-e2e-rel-'));
+  const script = path.join(dir, 'release_app.py');
+  copyFileSync(path.join(ROOT, 'bench', 'lib', 'release_app.py'), script);
+  // While this file exists, a newly started instance fails its health check.
+  const marker = path.join(dir, 'fail-health');
+  const host = 'rel.e2e.test';
+  const port = await freePort();
+  const compose = (release, env = '') => `services:
+  web:
+    command: ["sh", "-c", "test -e '${marker}' && export FAIL_HEALTH=1; exec python3 -u '${script}' $PORT"]
+    environment:
+      RELEASE: "${release}"
+      GRACE: "2"
+${env}`;
+  // A failing release is dropped after health_timeout: long enough for a busy
+  // machine to start the app, short enough for the test.
+  const service = `domains: [${host}]
+port: ${port}
+healthcheck:
+  path: /health
+  interval: 1s
+  timeout: 1s
+deploy:
+  health_timeout: 6s
+  drain_timeout: 30s
+`;
+  const answers = (release) => until(`the gateway to answer release ${release}`, async () => {
+    const res = await viaGateway(host, '/');
+    return res.status === 200 && res.body === `release ${release}`;
+  }, 20_000);
+
+  try {
+    // Deployed and redeployed twice over the API: three releases, blue-green.
+    let v = await fg.api('POST', '/api/v1/deployments', { name: 'rel-app', compose: compose(1), service });
+    assert.equal(v.release, 1);
+    assert.equal(v.strategy, 'blue-green');
+    await answers(1);
+    for (const n of [2, 3]) {
+      v = await fg.api('PUT', '/api/v1/deployments/rel-app', { compose: compose(n) });
+      assert.equal(v.release, n);
+    }
+    await answers(3);
+
+    const page = await newPage(browser);
+    await login(page, fg);
+    await page.goto(`${fg.url}/#/deployments/rel-app`);
+    const rel = (n) => page.locator(`#deployment-releases tbody tr[data-release="${n}"]`);
+    // The serving release, the strategy and the live instance with its port.
+    await page.locator('#deployment-release[data-release="3"]').waitFor();
+    assert.equal(await page.locator('#deployment-release').textContent(), '#3');
+    assert.equal(await page.locator('#deployment-strategy').textContent(), 'blue-green');
+    const instance = page.locator('#deployment-instance');
+    assert.equal(await instance.getAttribute('data-key'), v.instance.key);
+    assert.match(await instance.textContent(), new RegExp(`^${v.instance.key.replace('.', '\\.')} port ${v.instance.target} `));
+    // The releases, newest first, with their states; the serving one marked.
+    await rel(1).waitFor();
+    assert.deepEqual(await page.locator('#deployment-releases tbody tr[data-release]').evaluateAll(
+      (rows) => rows.map((r) => [r.dataset.release, r.dataset.state])), [['3', 'live'], ['2', 'replaced'], ['1', 'replaced']]);
+    assert.match(await rel(3).textContent(), /serving/);
+    assert.match(await rel(3).textContent(), /blue-green/);
+    // A rollback to each earlier release that served, none to the serving one.
+    const rollbackTo = (n) => rel(n).getByRole('button', { name: 'Roll back to this release' });
+    assert.equal(await rollbackTo(3).count(), 0);
+    assert.equal(await rollbackTo(2).count(), 1);
+    assert.equal(await rollbackTo(1).count(), 1);
+    await screenshot(page, 'deployments-releases');
+
+    // A release's files, on demand.
+    await rel(2).getByRole('button', { name: 'Files' }).click();
+    const files2 = page.locator('#deployment-releases tr[data-files-of="2"]');
+    await files2.locator('figure[data-file="compose"] pre', { hasText: 'RELEASE: "2"' }).waitFor();
+    assert.match(await files2.locator('figure[data-file="service"] pre').textContent(), /rel\.e2e\.test/);
+    await screenshot(page, 'deployments-release-files');
+    await rel(2).getByRole('button', { name: 'Hide files' }).click();
+    await files2.waitFor({ state: 'detached' });
+
+    // Roll back to release 1 from the page, with a WebSocket open to release
+    // 3's instance: it drains while release 4 (release 1's files) serves.
+    const socket = await openWebSocket(host);
+    const replaced = v.instance.key;
+    await rollbackTo(1).click();
+    const dialog = page.getByRole('dialog');
+    assert.match(await dialog.textContent(), /Roll back rel-app to release 1\?.*release 3 serves until/);
+    await dialog.getByRole('button', { name: 'Roll back' }).click();
+    await page.locator('#toasts .toast', { hasText: 'Rolled back: release 4 serves the files of release 1.' }).waitFor({ timeout: 20_000 });
+    await page.locator('#deployment-release[data-release="4"]').waitFor();
+    await answers(1);
+    await rel(4).locator('[data-state="live"]').waitFor();
+    assert.match(await rel(4).textContent(), /rollback of #1/);
+    assert.match(await rel(4).textContent(), /serving/);
+    await rel(3).locator('[data-state="replaced"]').waitFor();
+    assert.equal(await rollbackTo(3).count(), 1, 'release 3 served: it can be rolled back to');
+    const now = await fg.api('GET', '/api/v1/deployments/rel-app');
+    assert.equal(now.release, 4);
+    assert.notEqual(now.instance.key, replaced);
+    assert.equal(await page.locator('#deployment-instance').getAttribute('data-key'), now.instance.key);
+    await page.locator('#deployment-draining .badge', { hasText: replaced }).waitFor();
+    // The editor shows the files now in force: release 1's.
+    const editor = page.locator('#deployment-files textarea[name="compose"]');
+    assert.match(await editor.inputValue(), /RELEASE: "1"/);
+    await screenshot(page, 'deployments-rollback');
+    socket.destroy();
+    await page.locator('#deployment-draining[data-count="0"]').waitFor({ timeout: 15_000 });
+
+    // New files saved from the page whose release fails its health check: the
+    // release is dropped, release 4 serves on, and the form says so.
+    await editor.fill(compose(5, '      FAIL_HEALTH: "1"\n'));
+    await page.locator('#deployment-files').getByRole('button', { name: 'Save' }).click();
+    const formError = page.locator('#deployment-files .form-error');
+    await formError.filter({ hasText: 'was dropped' }).waitFor({ timeout: 20_000 });
+    const said = await formError.textContent();
+    assert.match(said, /^The files were saved, but their new release 5 was dropped: it did not become ready\. Release 4 still serves\. Reason: /);
+    assert.match(said, /503/);
+    await rel(5).locator('[data-state="failed"]').waitFor();
+    assert.match(await rel(5).locator('.release-error').textContent(), /503/);
+    assert.equal(await rollbackTo(5).count(), 0, 'release 5 never served');
+    assert.equal(await page.locator('#deployment-release').getAttribute('data-release'), '4');
+    assert.equal((await viaGateway(host, '/')).body, 'release 1');
+    await screenshot(page, 'deployments-release-dropped');
+
+    // A rollback whose release does not become ready: told in the panel, and
+    // release 4 serves on.
+    writeFileSync(marker, '');
+    await rollbackTo(2).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Roll back' }).click();
+    const panelError = page.locator('#releases-error');
+    await panelError.filter({ hasText: 'was dropped' }).waitFor({ timeout: 20_000 });
+    assert.equal(await panelError.getAttribute('data-code'), 'RELEASE_FAILED');
+    const told = await panelError.textContent();
+    assert.match(told, /^The rollback to release 2 was dropped: release 6, made from its files, did not become ready\. Release 4 still serves\. /);
+    assert.match(told, /Reason: .*503/);
+    await rel(6).locator('[data-state="failed"]').waitFor();
+    assert.match(await rel(6).textContent(), /rollback of #2/);
+    assert.equal(await page.locator('#deployment-release').getAttribute('data-release'), '4');
+    assert.equal((await viaGateway(host, '/')).body, 'release 1');
+    // The files are release 2's now (saved, not served): the editor shows them,
+    // and what it said of the earlier save is gone.
+    assert.match(await editor.inputValue(), /RELEASE: "2"/);
+    assert.equal(await formError.textContent(), '');
+    await screenshot(page, 'deployments-rollback-dropped');
+    // The failed fetches of the 422s are logged by the browser.
+    page.assertClean(['422']);
+    await page.context().close();
+  } finally {
+    await fg.api('DELETE', '/api/v1/deployments/rel-app').catch(() => {});
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

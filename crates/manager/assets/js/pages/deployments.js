@@ -3,6 +3,8 @@
 // A new one (#/deployments/_new): the two files checked by the API, each problem
 // listed under its file with its line marked. One deployment (#/deployments/{name}):
 // its services and resource use (read again every 3 s while the page is visible),
+// the release serving, its live instance and those still draining, its releases
+// (each one's files on demand; operators roll back to one that served),
 // start/stop/restart/delete, the gateway proxy of its domains, its files (saved
 // with If-Match) and its logs, as a tail or followed live.
 
@@ -36,6 +38,7 @@ export async function render(main, ctx, params) {
 }
 
 const STATUS_KIND = { running: 'ok', starting: 'info', degraded: 'warn', failed: 'bad', stopped: 'muted' };
+const RELEASE_KIND = { live: 'ok', deploying: 'info', failed: 'bad', replaced: 'muted' };
 const SERVICE_KIND = { running: 'ok', starting: 'info', unhealthy: 'warn', restarting: 'warn', failed: 'bad',
   exited: 'muted', stopped: 'muted' };
 
@@ -77,6 +80,17 @@ export function bytes(n) {
   let i = 0;
   while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
   return `${i ? v.toFixed(1) : v} ${units[i]}`;
+}
+
+/// The live instance: its key, the local port the gateway sends traffic to
+/// (each service's port in the title) and since when it runs.
+function instanceFact(i) {
+  if (!i) return h('span', { id: 'deployment-instance', class: 'muted' }, 'none');
+  const ports = Object.entries(i.ports || {}).map(([s, p]) => `${s}: ${p}`).join(', ');
+  return h('span', { id: 'deployment-instance', dataset: { key: i.key, target: String(i.target ?? '') },
+    title: ports ? `Services' ports: ${ports}` : undefined },
+  h('code', {}, i.key), ' ', h('span', { class: 'instance-port' }, i.target ? `port ${i.target}` : 'no port'),
+  h('span', { class: 'muted small' }, ' · started ', time(i.started_at)));
 }
 
 // ---------------------------------------------------------------------------
@@ -302,6 +316,13 @@ async function renderOne(main, ctx, name) {
       fact('Driver', d.driver),
       fact('Domains', domainLinks(d)),
       fact('Port', d.port ? String(d.port) : '—'),
+      fact('Release', h('span', { id: 'deployment-release', dataset: { release: String(d.release) } },
+        d.release ? `#${d.release}` : h('span', { class: 'muted' }, 'none yet'))),
+      fact('Strategy', h('span', { id: 'deployment-strategy' }, d.strategy)),
+      fact('Live instance', instanceFact(d.instance)),
+      fact('Draining', h('span', { id: 'deployment-draining', dataset: { count: String(d.draining.length) } },
+        d.draining.length ? h('span', { class: 'badges' }, d.draining.map((k) => badge(k, 'warn')))
+          : h('span', { class: 'muted' }, 'none'))),
       fact('CPU', h('span', { id: 'deployment-cpu' }, stats ? `${stats.cpu_percent.toFixed(1)} %` : '—')),
       fact('Memory', h('span', { id: 'deployment-memory' }, stats ? bytes(stats.memory_bytes) : '—')),
       fact('Version', String(d.version)),
@@ -390,6 +411,7 @@ async function renderOne(main, ctx, name) {
       drawHead();
       drawFacts();
       drawServices();
+      await releases.load(false);
       mount(updated, `Updated ${new Date().toLocaleTimeString()}`);
     } catch (e) {
       if (!alive) return;
@@ -409,8 +431,22 @@ async function renderOne(main, ctx, name) {
 
   const logs = logsPanel(base, d);
   cleanups.push(logs.stop);
+  // A rollback changes the files: the editor shows them unless it holds edits
+  // not saved yet (their save is then refused as made on an older version).
+  const releases = releasesPanel(base, ctx, () => d, async () => {
+    if (files) await files.reload({ keepEdits: true }).catch(() => {});
+    await refresh();
+  });
   const files = ctx.canEdit && typeof d.compose === 'string'
-    ? filesPanel(base, d, () => etag, (next) => { d = next.data; etag = next.etag; drawHead(); drawFacts(); drawServices(); readProxy(); })
+    ? filesPanel(base, d, () => etag, (next) => {
+      d = next.data;
+      etag = next.etag;
+      drawHead();
+      drawFacts();
+      drawServices();
+      readProxy();
+      releases.load();
+    })
     : null;
 
   mount(main, head, facts,
@@ -418,11 +454,13 @@ async function renderOne(main, ctx, name) {
       h('div', { class: 'panel-head' }, h('h2', { class: 'grow' }, 'Services'), updated),
       h('p', { class: 'muted' }, 'Each service\'s state and resource use, read again every 3 s.'),
       servicesBox),
+    releases.el,
     h('section', { class: 'panel' }, proxyBox),
     logs.el,
-    files);
+    files && files.el);
   readProxy();
   logs.load();
+  await releases.load();
 
   let ticking = false;
   const timer = setInterval(async () => {
@@ -441,11 +479,209 @@ async function renderOne(main, ctx, name) {
 }
 
 // ---------------------------------------------------------------------------
+// Releases
+
+/// Each start of new files is a release; when one fails, the server's text is
+/// "release N of deployment X was dropped: <why>". The why alone.
+function dropReason(e) {
+  return String(e.message || '').replace(/^release \d+ of deployment \S+ was dropped: /, '');
+}
+
+/// Who serves now, said after a release was dropped.
+function stillServes(d) {
+  return d.instance ? `Release ${d.instance.release} still serves.` : 'No release serves the deployment now.';
+}
+
+/// The releases panel: the deployment's releases, newest first, with their
+/// state, times, strategy, the error of a failed one and the release a rollback
+/// restored; for operators, each one's files on demand and a rollback to each
+/// earlier release that served (confirmed first). A rollback's failure is told
+/// in the panel with the server's reason. `current()` is the deployment as the
+/// page last read it; `onChanged()` reads it again after a rollback changed its
+/// files.
+function releasesPanel(base, ctx, current, onChanged) {
+  const box = h('div', { class: 'table-wrap', id: 'deployment-releases' });
+  const error = h('div', { class: 'form-error', id: 'releases-error', role: 'alert', tabindex: '-1' });
+  const status = h('span', { class: 'muted', id: 'releases-status' });
+  let items = null;
+  let drawn = null;
+  // The release a rollback to is under way, if any.
+  let rolling = null;
+  // The rows whose files are shown: number -> {files} | {error} | {} (reading).
+  const open = new Map();
+  let openSeq = 0;
+
+  async function load(force = true) {
+    try {
+      const r = await get(`${base}/releases`);
+      items = r.items;
+      if (rolling === null) mount(status);
+      draw(force);
+    } catch (e) {
+      // A deployment gone is the page's to tell.
+      if (e.status !== 404) mount(status, h('span', { class: 'error-text' }, `Cannot read the releases: ${e.message}`));
+    }
+  }
+
+  function draw(force = true) {
+    if (!items) return;
+    const d = current();
+    const key = JSON.stringify([items, d.release, d.desired, Boolean(d.instance), rolling, openSeq]);
+    if (!force && key === drawn) return;
+    drawn = key;
+    const serving = d.release;
+    const canRollBack = (r) => ctx.canEdit && r.live_at && r.number < serving;
+    const columns = [
+      { label: 'Release', render: (r) => [h('strong', {}, `#${r.number}`),
+        r.number === serving && d.instance ? [' ', badge('serving', 'ok')] : null] },
+      { label: 'State', render: (r) => {
+        const b = badge(r.state, RELEASE_KIND[r.state] || 'muted');
+        b.dataset.state = r.state;
+        return b;
+      } },
+      { label: 'Version', class: 'num', render: (r) => String(r.version) },
+      { label: 'Strategy', class: 'nowrap', render: (r) => r.strategy },
+      { label: 'Started', class: 'nowrap', render: (r) => time(r.created_at) },
+      { label: 'Live', class: 'nowrap', render: (r) => time(r.live_at) },
+      { label: 'Ended', class: 'nowrap', render: (r) => time(r.ended_at) },
+      { label: 'Notes', class: 'notes', render: (r) => h('div', { class: 'release-notes' },
+        r.rollback_of ? h('span', { class: 'release-rollback-of' }, `rollback of #${r.rollback_of}`) : null,
+        r.error ? h('span', { class: 'error-text release-error' }, r.error) : null,
+        !r.rollback_of && !r.error ? h('span', { class: 'muted' }, '—') : null) },
+    ];
+    if (ctx.canEdit) {
+      columns.push({ label: h('span', { class: 'sr-only' }, 'Actions'), class: 'actions', render: (r) => [
+        h('button', { type: 'button', class: 'small release-files-toggle', 'aria-expanded': String(open.has(r.number)),
+          onclick: () => toggleFiles(r.number) },
+        open.has(r.number) ? 'Hide files' : 'Files', h('span', { class: 'sr-only' }, ` of release ${r.number}`)),
+        canRollBack(r) ? [' ', h('button', { type: 'button', class: 'small release-rollback', disabled: rolling !== null,
+          onclick: () => rollback(r) },
+        rolling === r.number ? 'Rolling back…' : 'Roll back to this release',
+        h('span', { class: 'sr-only' }, ` (release ${r.number})`))] : null,
+      ] });
+    }
+    const t = table(columns, items, {
+      empty: 'No releases yet: one is made each time the deployment starts with new files.',
+      rowAttrs: (r) => ({ dataset: { release: String(r.number), state: r.state } }),
+    });
+    if (t.tagName === 'TABLE') {
+      for (const [n, shown] of open) {
+        const tr = t.querySelector(`tbody tr[data-release="${n}"]`);
+        if (tr) tr.after(filesRow(n, shown, columns.length));
+      }
+    }
+    mount(box, stack(t));
+  }
+
+  function filesRow(n, shown, span) {
+    let body;
+    if (shown.error) body = h('p', { class: 'error-text' }, `Cannot read the files of release ${n}: ${shown.error}`);
+    else if (!shown.files) body = h('p', { class: 'muted' }, 'Reading the files…');
+    else {
+      const f = shown.files;
+      const file = (name, text, digest) => h('figure', { dataset: { file: name } },
+        h('figcaption', {}, `${name}.yml `, h('span', { class: 'muted', title: `sha256 ${digest}` },
+          `sha256 ${digest.slice(0, 12)}…`)),
+        text ? h('pre', { class: 'mono' }, text) : h('p', { class: 'muted' }, 'empty'));
+      body = h('div', { class: 'release-files' },
+        file('compose', f.compose, f.compose_sha256), file('service', f.service, f.service_sha256));
+    }
+    return h('tr', { class: 'release-files-row', dataset: { filesOf: String(n) } },
+      h('td', { colspan: String(span), dataset: { label: '' } }, body));
+  }
+
+  async function toggleFiles(n) {
+    if (open.has(n)) {
+      open.delete(n);
+      openSeq++;
+      draw();
+      return;
+    }
+    open.set(n, {});
+    openSeq++;
+    draw();
+    let shown;
+    try {
+      // A release's files never change: read once.
+      shown = { files: await get(`${base}/releases/${n}`) };
+    } catch (e) {
+      shown = { error: e.message };
+    }
+    if (!open.has(n)) return;
+    open.set(n, shown);
+    openSeq++;
+    draw();
+  }
+
+  function showError(n, e) {
+    let text;
+    if (e.code === 'RELEASE_FAILED') {
+      const made = e.details.release ? `release ${e.details.release}, made from its files,` : 'the release made from its files';
+      text = `The rollback to release ${n} was dropped: ${made} did not become ready. ${stillServes(current())} `
+        + `${e.details.saved ? `The deployment's files are now those of release ${n}. ` : ''}Reason: ${dropReason(e)}`;
+    } else if (e.code === 'NO_ROLLBACK') {
+      text = `Nothing to roll back to: ${e.message}.`;
+    } else {
+      text = `Cannot roll back to release ${n}: ${e.message}.`;
+    }
+    error.dataset.code = e.code || String(e.status);
+    mount(error, text);
+    error.focus();
+  }
+
+  async function rollback(r) {
+    if (rolling !== null) return;
+    const d = current();
+    const what = 'its files (command or image, environment, domains, certificate) become the deployment\'s again';
+    const message = d.desired === 'running'
+      ? `Roll back ${d.name} to release ${r.number}? ${what[0].toUpperCase()}${what.slice(1)} and start as a new `
+        + `release; ${d.instance ? `release ${d.instance.release}` : 'the release serving'} serves until that one `
+        + 'is ready, and serves on if it does not become ready.'
+      : `Roll back ${d.name} to release ${r.number}? ${what[0].toUpperCase()}${what.slice(1)}; the deployment `
+        + 'is stopped, so they serve when it starts.';
+    if (!await confirm(message, { action: 'Roll back' })) return;
+    rolling = r.number;
+    mount(error);
+    delete error.dataset.code;
+    mount(status, `Rolling back to release ${r.number}…`);
+    draw();
+    try {
+      const after = await post(`${base}/rollback`, { release: r.number });
+      mount(status);
+      toast(after.desired === 'running'
+        ? `Rolled back: release ${after.release} serves the files of release ${r.number}.`
+        : `The files of release ${r.number} are the deployment's again; they serve when it starts.`);
+      await onChanged();
+    } catch (e) {
+      mount(status);
+      // Saved, though not served: the page shows the files now in force.
+      if (e.details && e.details.saved) await onChanged();
+      showError(r.number, e);
+    } finally {
+      rolling = null;
+      await load();
+    }
+  }
+
+  const el = h('section', { class: 'panel', id: 'deployment-releases-panel' },
+    h('div', { class: 'panel-head' }, h('h2', { class: 'grow' }, 'Releases'), status),
+    h('p', { class: 'muted' }, 'Each start of new files is a release; the one serving is replaced only once the new '
+      + 'one is ready.', ctx.canEdit ? ' Rolling back makes an earlier release\'s files the deployment\'s again, '
+      + 'started as a new release.' : ''),
+    error,
+    box);
+  return { el, load, draw };
+}
+
+// ---------------------------------------------------------------------------
 // Files
 
-/// The files editor: both files, saved with If-Match (a running deployment is
-/// restarted with them). `etagNow()` is the version the page last read;
-/// `onSaved({data, etag})` tells the page of the saved deployment.
+/// The files editor: both files, saved with If-Match (a running deployment
+/// starts them as a new release). `etagNow()` is the version the page last
+/// read; `onSaved({data, etag})` tells the page of the saved deployment.
+/// Returns {el, reload({keepEdits})}: `reload` shows the current files (with
+/// `keepEdits`, only when the editors hold no change of the user's, and the
+/// form's message of an earlier save cleared).
 function filesPanel(base, d, etagNow, onSaved) {
   const editors = {
     compose: codeEditor({ name: 'compose', label: 'compose.yml', value: d.compose, rows: 14 }),
@@ -453,22 +689,37 @@ function filesPanel(base, d, etagNow, onSaved) {
   };
   // The version the editors show: a save must not overwrite a newer one.
   let shown = etagNow();
+  // The files as read or saved, to tell the user's edits.
+  let loaded = { compose: d.compose, service: d.service };
+  const edited = () => editors.compose.area.value !== loaded.compose
+    || editors.service.area.value !== loaded.service;
   const save = h('button', { type: 'submit', class: 'primary', id: 'files-save' }, 'Save');
   const form = h('form', { id: 'deployment-files', novalidate: true },
     h('div', { class: 'form-error', role: 'alert' }),
     editors.compose.el, editors.service.el,
     h('div', { class: 'form-actions' }, save,
-      h('span', { class: 'muted' }, d.desired === 'running' ? 'Saving restarts the deployment with the new files.'
-        : 'The deployment is stopped; the new files are used when it starts.')));
+      h('span', { class: 'muted' }, d.desired !== 'running'
+        ? 'The deployment is stopped; the new files are used when it starts.'
+        : d.strategy === 'recreate'
+          ? 'Saving starts the new files as a new release; with recreate, the running instance stops first.'
+          : 'Saving starts the new files as a new release; the one serving serves until it is ready, and serves on '
+            + 'if it does not become ready.')));
 
-  async function reload() {
+  /// Reads the current files into the editors; resolves to the deployment.
+  async function reload({ keepEdits = false } = {}) {
+    if (keepEdits && edited()) return null;
     const r = await getVersioned(base);
+    // Changed elsewhere (a rollback): what the form said of an earlier save
+    // is no longer about the files shown.
+    if (keepEdits) clearErrors(form);
     editors.compose.area.value = r.data.compose;
     editors.service.area.value = r.data.service;
     editors.compose.clear();
     editors.service.clear();
+    loaded = { compose: r.data.compose, service: r.data.service };
     shown = r.etag;
     onSaved(r);
+    return r.data;
   }
 
   form.addEventListener('submit', async (ev) => {
@@ -482,7 +733,8 @@ function filesPanel(base, d, etagNow, onSaved) {
         { etag: shown, raw: true });
       const data = await r.json();
       shown = r.headers.get('etag');
-      toast(data.desired === 'running' ? 'Files saved; the deployment was restarted with them.' : 'Files saved.');
+      loaded = { compose: data.compose, service: data.service };
+      toast(data.desired === 'running' ? `Files saved; release ${data.release} serves them.` : 'Files saved.');
       onSaved({ data, etag: shown });
     } catch (e) {
       if (showProblems(form, editors, e)) return;
@@ -493,9 +745,19 @@ function filesPanel(base, d, etagNow, onSaved) {
         return;
       }
       if (e.details && e.details.saved) {
-        // Saved, but it could not start again.
-        form.querySelector('.form-error').textContent = `Saved, but the deployment could not start: ${e.message}`;
-        try { await reload(); } catch { /* the page's next reading shows it */ }
+        let now = null;
+        try { now = await reload(); } catch { /* the page's next reading shows it */ }
+        const box = form.querySelector('.form-error');
+        if (e.code === 'RELEASE_FAILED') {
+          // Saved, but the release made from them did not become ready: it was
+          // dropped, and what served before serves on.
+          const serves = now ? ` ${stillServes(now)}` : '';
+          box.textContent = `The files were saved, but their new release${e.details.release ? ` ${e.details.release}` : ''} `
+            + `was dropped: it did not become ready.${serves} Reason: ${dropReason(e)}`;
+        } else {
+          // Saved, but it could not start again.
+          box.textContent = `Saved, but the deployment could not start: ${e.message}`;
+        }
         return;
       }
       showErrors(form, e);
@@ -503,10 +765,11 @@ function filesPanel(base, d, etagNow, onSaved) {
       save.disabled = false;
     }
   });
-  return h('section', { class: 'panel', id: 'deployment-files-panel' },
+  const el = h('section', { class: 'panel', id: 'deployment-files-panel' },
     h('h2', {}, 'Files'),
     h('p', { class: 'muted' }, 'Checked when saved: each problem is listed under its file and its line marked.'),
     form);
+  return { el, reload };
 }
 
 // ---------------------------------------------------------------------------
