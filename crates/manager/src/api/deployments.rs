@@ -998,6 +998,16 @@ pub struct ProxyStatus {
     pub ssl: bool,
 }
 
+/// The port the gateway sends a deployment's traffic to: its live instance's,
+/// or the one its files give when it does not run.
+fn serving_port(state: &AppState, l: &Loaded) -> Option<u16> {
+    state
+        .deployments
+        .live(&l.record.name)
+        .and_then(|i| i.target)
+        .or_else(|| deployments::target_port(&l.compose, &l.meta))
+}
+
 async fn proxy_status_of(state: &AppState, l: &Loaded) -> ApiResult<ProxyStatus> {
     let name = &l.record.name;
     let id = deployments::proxy_id(name);
@@ -1023,7 +1033,7 @@ async fn proxy_status_of(state: &AppState, l: &Loaded) -> ApiResult<ProxyStatus>
     Ok(ProxyStatus {
         name: name.clone(),
         domains: l.meta.domains.clone(),
-        port: deployments::target_port(&l.compose, &l.meta),
+        port: serving_port(&state, &l),
         route_id: id,
         configured: route.is_some(),
         up_to_date,
@@ -1116,7 +1126,7 @@ pub async fn proxy_vhosts(
                 Vhost {
                     domain: d.clone(),
                     deployment: name.clone(),
-                    port: deployments::target_port(&l.compose, &l.meta),
+                    port: serving_port(&state, &l),
                     ssl: l.meta.ssl.enabled,
                     configured,
                 },
