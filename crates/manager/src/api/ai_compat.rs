@@ -29,17 +29,27 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
 use crate::AppState;
 
-/// A vendor name as the seeds send it: `openai`, `anthropic` (or `claude`),
-/// `gemini` (or `google`). An OpenAI-compatible server needs a base URL, which
-/// these shapes cannot carry.
-fn vendor(field: &str, name: &str) -> ApiResult<ProviderKind> {
-    match name.parse::<ProviderKind>() {
-        Ok(ProviderKind::OpenAiCompatible) => Err(ApiError::bad_request(
-            field,
-            "an openai_compatible provider needs a base URL: create it at /api/v1/ai/providers",
-        )),
-        Ok(k) => Ok(k),
-        Err(e) => Err(ApiError::bad_request(field, e)),
+/// A vendor as the seeds name it. An OpenAI-compatible server needs a base
+/// URL, which these shapes cannot carry: it is made at /api/v1/ai/providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Vendor {
+    Openai,
+    Anthropic,
+    /// Anthropic, as some clients call it.
+    Claude,
+    Gemini,
+    /// Gemini, as some clients call it.
+    Google,
+}
+
+impl From<Vendor> for ProviderKind {
+    fn from(v: Vendor) -> Self {
+        match v {
+            Vendor::Openai => ProviderKind::OpenAi,
+            Vendor::Anthropic | Vendor::Claude => ProviderKind::Anthropic,
+            Vendor::Gemini | Vendor::Google => ProviderKind::Gemini,
+        }
     }
 }
 
@@ -144,9 +154,7 @@ pub async fn list_keys(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreKeyInput {
-    /// `openai`, `anthropic` (or `claude`) or `gemini` (or `google`).
-    #[schema(min_length = 1, max_length = 50)]
-    pub provider: String,
+    pub provider: Vendor,
     /// 1 to 512 visible ASCII characters; stored sealed, never returned.
     #[schema(min_length = 1, max_length = 512, pattern = r"^[!-~]+$")]
     pub api_key: String,
@@ -177,7 +185,7 @@ pub async fn store_key(
     JsonBody(body): JsonBody<StoreKeyInput>,
 ) -> ApiResult<Json<StoredKey>> {
     auth.require(Role::Admin)?;
-    let kind = vendor("provider", &body.provider)?;
+    let kind = ProviderKind::from(body.provider);
     check_key("api_key", &body.api_key)?;
     if let Some(m) = &body.model_preference {
         check_model("model_preference", m, Some(kind))?;
@@ -214,9 +222,7 @@ pub async fn store_key(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteKeyInput {
-    /// `openai`, `anthropic` (or `claude`) or `gemini` (or `google`).
-    #[schema(min_length = 1, max_length = 50)]
-    pub provider: String,
+    pub provider: Vendor,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -234,7 +240,7 @@ pub async fn delete_key(
     JsonBody(body): JsonBody<DeleteKeyInput>,
 ) -> ApiResult<Json<DeletedKey>> {
     auth.require(Role::Admin)?;
-    let kind = vendor("provider", &body.provider)?;
+    let kind = ProviderKind::from(body.provider);
     let providers = state.store.list_ai_providers().await?;
     let Some(p) = keyholder(&providers, kind)? else {
         return Err(ApiError::not_found(format!("an {kind} key")));
@@ -334,8 +340,7 @@ pub struct AiSettingsInput {
     /// current default's makes that vendor's provider (created if need be)
     /// the default.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 50)]
-    pub provider: Option<String>,
+    pub provider: Option<Vendor>,
     /// A new key (empty or absent: keep the stored one).
     #[serde(default, alias = "api_key")]
     #[schema(max_length = 512, pattern = r"^[!-~]*$")]
@@ -382,11 +387,7 @@ async fn save_settings(
     body: &AiSettingsInput,
 ) -> ApiResult<AiSettingsSaved> {
     auth.require(Role::Admin)?;
-    let kind = body
-        .provider
-        .as_deref()
-        .map(|p| vendor("provider", p))
-        .transpose()?;
+    let kind = body.provider.map(ProviderKind::from);
     let key = body.api_key.as_deref().filter(|k| !k.is_empty());
     if let Some(k) = key {
         check_key("apiKey", k)?;
