@@ -224,8 +224,16 @@ enum Format {
 }
 
 impl FakeLlm {
-    /// Starts a fake that accepts only `key` (any key, or none, when `None`).
+    /// Starts a fake on 127.0.0.1, port 0, that accepts only `key` (any key,
+    /// or none, when `None`).
     pub async fn start(key: Option<&str>) -> FakeLlm {
+        Self::start_on("127.0.0.1:0", key)
+            .await
+            .expect("bind the fake provider")
+    }
+
+    /// Starts a fake listening on `addr`.
+    pub async fn start_on(addr: &str, key: Option<&str>) -> std::io::Result<FakeLlm> {
         let shared = Arc::new(Shared {
             key: key.map(str::to_string),
             models: vec!["fake-model-1".into(), "fake-model-2".into()],
@@ -238,14 +246,12 @@ impl FakeLlm {
             .route("/v1beta/models", get(gemini_models))
             .route("/v1beta/models/{action}", post(gemini_generate))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the fake provider");
-        let addr = listener.local_addr().expect("fake provider address");
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        FakeLlm { addr, shared, task }
+        Ok(FakeLlm { addr, shared, task })
     }
 
     pub fn addr(&self) -> SocketAddr {
