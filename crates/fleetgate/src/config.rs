@@ -532,6 +532,7 @@ const OTHER_VARS: &[&str] = &[
     "FLEETGATE_ADMIN_PASSWORD",
     "FLEETGATE_BOOTSTRAP_TOKEN",
     "FLEETGATE_SECRET_KEY",
+    "FLEETGATE_MASTER_KEY",
 ];
 
 /// Flags that override the file and environment.

@@ -130,8 +130,9 @@ pub async fn start(
         tracing::info!("created the bootstrap API key from FLEETGATE_BOOTSTRAP_TOKEN");
     }
 
-    let secret_key = fleetgate_manager::secrets::load_or_create_key(
+    let secret_key = fleetgate_manager::secrets::load_or_create_key_from_env(
         std::env::var("FLEETGATE_SECRET_KEY").ok().as_deref(),
+        std::env::var("FLEETGATE_MASTER_KEY").ok().as_deref(),
         &config.data_dir,
     )
     .map_err(anyhow::Error::msg)?;

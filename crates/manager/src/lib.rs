@@ -7,6 +7,7 @@
 //! published redirect and page sets.
 
 pub mod acme;
+pub mod ai;
 pub mod alerts;
 pub mod api;
 pub mod api_tokens;
@@ -149,6 +150,11 @@ pub struct Inner {
     pub templates: templates::Catalogue,
     /// The ACME client: account, pending challenges, renewals.
     pub acme: Arc<acme::Acme>,
+    /// Outgoing HTTP to AI providers (see [`ai`]): no redirects, no pooled
+    /// state shared with the webhook client and its destination policy, since
+    /// a provider's base URL is set by an admin and may be a model server on
+    /// this host.
+    pub ai_http: reqwest::Client,
 }
 
 /// Shared state of every handler.
@@ -229,6 +235,7 @@ impl AppState {
             tunnel_nodes: tunnels::TunnelNodes::default(),
             deployments,
             acme,
+            ai_http: fleetgate_ai::http_client().map_err(|e| anyhow::anyhow!("{e}"))?,
         }));
         state.publish_latest().await?;
         state.publish_certificates().await?;

@@ -1,4 +1,4 @@
-//! Encryption of secrets at rest (private keys, later provider keys): ChaCha20-
+//! Encryption of secrets at rest (private keys, AI provider keys): ChaCha20-
 //! Poly1305 with the installation's 32-byte secret key and a random nonce per
 //! value. Stored form: `v1:` + base64(nonce ‖ ciphertext ‖ tag).
 
@@ -65,6 +65,37 @@ impl SecretBox {
         self.cipher
             .decrypt(Nonce::from_slice(nonce), ct)
             .map_err(|_| "secret does not decrypt with this installation's key (was FLEETGATE_SECRET_KEY changed?)".into())
+    }
+}
+
+/// The key from the environment — `FLEETGATE_SECRET_KEY`, or its other name
+/// `FLEETGATE_MASTER_KEY` (the master key that seals AI provider keys is this
+/// same key) — or else from `<data_dir>/secret.key` (see [`load_or_create_key`]).
+/// Both variables may be set only to the same key.
+pub fn load_or_create_key_from_env(
+    secret_key: Option<&str>,
+    master_key: Option<&str>,
+    data_dir: &std::path::Path,
+) -> Result<[u8; 32], String> {
+    fn given(v: Option<&str>) -> Option<&str> {
+        v.filter(|v| !v.trim().is_empty())
+    }
+    match (given(secret_key), given(master_key)) {
+        (Some(s), Some(m)) => {
+            let a = SecretBox::parse_key(s).map_err(|e| format!("FLEETGATE_SECRET_KEY: {e}"))?;
+            let b = SecretBox::parse_key(m).map_err(|e| format!("FLEETGATE_MASTER_KEY: {e}"))?;
+            if a != b {
+                return Err(
+                    "FLEETGATE_SECRET_KEY and FLEETGATE_MASTER_KEY are both set, to different keys; they name the same key: set one"
+                        .into(),
+                );
+            }
+            Ok(a)
+        }
+        (None, Some(m)) => {
+            SecretBox::parse_key(m).map_err(|e| format!("FLEETGATE_MASTER_KEY: {e}"))
+        }
+        (s, None) => load_or_create_key(s, data_dir),
     }
 }
 
@@ -158,6 +189,26 @@ mod tests {
             [0x11; 32]
         );
         assert!(load_or_create_key(Some("short"), &dir).is_err());
+        // FLEETGATE_MASTER_KEY is the same key under another name.
+        let other = "22".repeat(32);
+        assert_eq!(
+            load_or_create_key_from_env(None, Some(&hexkey), &dir).expect("master"),
+            [0x11; 32]
+        );
+        assert_eq!(
+            load_or_create_key_from_env(Some(&hexkey), Some(&hexkey), &dir).expect("both"),
+            [0x11; 32]
+        );
+        let clash =
+            load_or_create_key_from_env(Some(&hexkey), Some(&other), &dir).expect_err("two keys");
+        assert!(clash.contains("FLEETGATE_MASTER_KEY"), "{clash}");
+        assert!(load_or_create_key_from_env(None, Some("short"), &dir)
+            .expect_err("bad")
+            .starts_with("FLEETGATE_MASTER_KEY"));
+        assert_eq!(
+            load_or_create_key_from_env(None, Some(" "), &dir).expect("file"),
+            k1
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -408,10 +408,13 @@ impl AuthStore for SqlStore {
         if before.role == Role::SuperAdmin && !before.disabled {
             keep_a_super_admin(&mut tx, id).await?;
         }
-        // Sessions and keys go with the user (explicitly, whatever the FK settings).
+        // Sessions, keys and AI preferences go with the user (explicitly, whatever
+        // the FK settings).
         for sql in [
             "DELETE FROM sessions WHERE user_id = $1",
             "DELETE FROM api_keys WHERE user_id = $1",
+            "DELETE FROM ai_model_preferences WHERE owner_id = $1",
+            "DELETE FROM ai_preferences WHERE owner_id = $1",
             "DELETE FROM users WHERE id = $1",
         ] {
             sqlx::query(sql)

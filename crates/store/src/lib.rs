@@ -5,6 +5,7 @@
 //! same transaction, so no change can land without its record. Configuration
 //! changes also record a numbered revision holding the whole configuration document.
 
+mod ai;
 mod alerts;
 mod audit;
 mod auth;
@@ -24,6 +25,7 @@ mod webhooks;
 use async_trait::async_trait;
 use fleetgate_core::user::Role;
 
+pub use ai::{AiPreferencesRecord, AiProviderRecord, AiStore};
 pub use alerts::{
     AlertRuleRecord, AlertStore, IncidentFilter, IncidentRecord, NewTimelineEntry, TimelineEntry,
 };
@@ -171,6 +173,7 @@ pub trait Store:
     + NodeStore
     + FleetStore
     + TunnelStore
+    + AiStore
     + Send
     + Sync
     + 'static

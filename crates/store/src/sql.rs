@@ -158,6 +158,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0014_acme_challenges.sql"),
         include_str!("../migrations/postgres/0014_acme_challenges.sql"),
     ),
+    (
+        15,
+        "ai",
+        include_str!("../migrations/sqlite/0015_ai.sql"),
+        include_str!("../migrations/postgres/0015_ai.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

@@ -12,6 +12,7 @@ use fleetgate_store::{
     RuleData, RuleFilter, RuleTable, SessionRecord, SqlStore, Store, StoreError, StoreOptions,
     TokenScope, UserRecord,
 };
+use fleetgate_store::{AiPreferencesRecord, AiProviderRecord, AiStore};
 use fleetgate_store::{
     AlertRuleRecord, AlertStore, IncidentFilter, IncidentRecord, NewTimelineEntry,
 };
@@ -123,6 +124,8 @@ conformance!(
     tunnels_crud_legs_and_audit_without_secrets,
     tunnel_listens_are_claimed_once,
     events_of_limited_callers,
+    ai_providers_crud_default_and_audit_without_keys,
+    ai_preferences_follow_their_providers_and_users,
 );
 
 fn actor() -> Actor {
@@ -2888,4 +2891,204 @@ async fn tunnel_listens_are_claimed_once(s: &SqlStore) {
         .all(|r| r.is_ok() || matches!(r, Err(StoreError::Conflict(_)))));
     let of_e8 = s.tunnels_of_node("e8").await.expect("of e8");
     assert_eq!(of_e8.len(), 1);
+}
+
+fn ai_provider(id: &str, name: &str, is_default: bool) -> AiProviderRecord {
+    AiProviderRecord {
+        id: id.into(),
+        name: name.into(),
+        kind: "openai".into(),
+        base_url: Some("http://127.0.0.1:9/v1".into()),
+        api_key_sealed: Some("v1:sealed-provider-key".into()),
+        api_key_hint: Some("sk-…abcd".into()),
+        default_model: "gpt-4o-mini".into(),
+        max_tokens: 1024,
+        temperature: 0.25,
+        timeout_ms: 60_000,
+        enabled: true,
+        is_default,
+        version: 1,
+        created_at: now_ms(),
+        updated_at: now_ms(),
+    }
+}
+
+async fn ai_providers_crud_default_and_audit_without_keys(s: &SqlStore) {
+    let a = actor();
+    let p1 = ai_provider("p1", "openai", true);
+    s.create_ai_provider(&a, &p1).await.expect("create");
+    assert_eq!(
+        s.get_ai_provider("p1").await.expect("get"),
+        Some(p1.clone())
+    );
+    // Ids and names are unique.
+    assert!(matches!(
+        s.create_ai_provider(&a, &ai_provider("p1", "other", false))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.create_ai_provider(&a, &ai_provider("p9", "openai", false))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    // A second default takes the mark from the first, whose version goes up.
+    let mut p2 = ai_provider("p2", "anthropic", true);
+    p2.kind = "anthropic".into();
+    p2.base_url = None;
+    p2.api_key_sealed = None;
+    p2.api_key_hint = None;
+    s.create_ai_provider(&a, &p2).await.expect("create p2");
+    let listed = s.list_ai_providers().await.expect("list");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|p| (p.id.as_str(), p.is_default, p.version))
+            .collect::<Vec<_>>(),
+        [("p1", false, 2), ("p2", true, 1)]
+    );
+    assert_eq!(listed[1], p2, "no key: stored as none");
+
+    let mut edit = listed[0].clone();
+    edit.is_default = true;
+    edit.api_key_sealed = Some("v1:another-sealed-key".into());
+    edit.temperature = 1.5;
+    edit.name = "anthropic".into();
+    assert!(
+        matches!(
+            s.update_ai_provider(&a, &edit, Some(2)).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "the name is p2's"
+    );
+    edit.name = "openai-main".into();
+    assert!(matches!(
+        s.update_ai_provider(&a, &edit, Some(1)).await,
+        Err(StoreError::VersionMismatch { current: 2 })
+    ));
+    let saved = s
+        .update_ai_provider(&a, &edit, Some(2))
+        .await
+        .expect("update");
+    assert_eq!((saved.version, saved.temperature), (3, 1.5));
+    let p2_now = s.get_ai_provider("p2").await.expect("get").expect("p2");
+    assert!(!p2_now.is_default);
+    assert_eq!(p2_now.version, 2);
+    assert!(matches!(
+        s.update_ai_provider(&a, &ai_provider("nope", "x", false), None)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let gone = s.delete_ai_provider(&a, "p1").await.expect("delete");
+    assert_eq!(gone.name, "openai-main");
+    assert!(s.get_ai_provider("p1").await.expect("get").is_none());
+    assert!(matches!(
+        s.delete_ai_provider(&a, "p1").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                target_type: Some("ai_provider".into()),
+                ..Default::default()
+            },
+            page(100, 0),
+        )
+        .await
+        .expect("audit");
+    assert_eq!(audit.items.len(), 4, "create ×2, update, delete");
+    let text = format!("{:?}", audit.items);
+    assert!(!text.contains("sealed"), "{text}");
+    assert!(text.contains("sk-…abcd"));
+    let update = audit
+        .items
+        .iter()
+        .find(|e| e.action == "ai_provider.update")
+        .expect("update entry");
+    assert_eq!(
+        update.after.as_ref().map(|v| v["api_key_changed"].clone()),
+        Some(json!(true))
+    );
+}
+
+async fn ai_preferences_follow_their_providers_and_users(s: &SqlStore) {
+    let a = actor();
+    s.create_ai_provider(&a, &ai_provider("p1", "one", false))
+        .await
+        .expect("p1");
+    s.create_ai_provider(&a, &ai_provider("p2", "two", false))
+        .await
+        .expect("p2");
+    s.create_user(&a, &user("u1", "alice", Role::Operator))
+        .await
+        .expect("user");
+    let empty = s.get_ai_preferences("u1").await.expect("get");
+    assert_eq!(
+        (empty.version, empty.provider_id, empty.models.len()),
+        (0, None, 0)
+    );
+
+    let mut prefs = AiPreferencesRecord {
+        owner_id: "u1".into(),
+        provider_id: Some("p1".into()),
+        models: [
+            ("p1".to_string(), "gpt-4.1".to_string()),
+            ("p2".to_string(), "o3".to_string()),
+        ]
+        .into(),
+        version: 0,
+        updated_at: now_ms(),
+    };
+    let saved = s
+        .put_ai_preferences(&a, &prefs, Some(0))
+        .await
+        .expect("put");
+    assert_eq!(saved.version, 1);
+    assert_eq!(s.get_ai_preferences("u1").await.expect("get"), saved);
+    assert!(matches!(
+        s.put_ai_preferences(&a, &prefs, Some(0)).await,
+        Err(StoreError::VersionMismatch { current: 1 })
+    ));
+    prefs.provider_id = Some("missing".into());
+    assert!(matches!(
+        s.put_ai_preferences(&a, &prefs, None).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(s.get_ai_preferences("u1").await.expect("get").version, 1);
+    // An owner's preferences are theirs alone.
+    let other = AiPreferencesRecord {
+        owner_id: "key:k1".into(),
+        provider_id: Some("p2".into()),
+        ..Default::default()
+    };
+    s.put_ai_preferences(&a, &other, None).await.expect("other");
+
+    // Deleting a provider drops what named it.
+    s.delete_ai_provider(&a, "p1").await.expect("delete p1");
+    let after = s.get_ai_preferences("u1").await.expect("get");
+    assert_eq!(after.provider_id, None);
+    assert_eq!(after.models, [("p2".to_string(), "o3".to_string())].into());
+    // Deleting the user drops the user's preferences, not others'.
+    s.delete_user(&a, "u1", None).await.expect("delete user");
+    assert_eq!(s.get_ai_preferences("u1").await.expect("get").version, 0);
+    assert_eq!(
+        s.get_ai_preferences("key:k1")
+            .await
+            .expect("get")
+            .provider_id
+            .as_deref(),
+        Some("p2")
+    );
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                target_type: Some("ai_preferences".into()),
+                ..Default::default()
+            },
+            page(100, 0),
+        )
+        .await
+        .expect("audit");
+    assert_eq!(audit.items.len(), 2);
 }

@@ -3,6 +3,7 @@
 //! where a case says so and `FLEETGATE_TEST_POSTGRES_URL` is set). One binary.
 
 mod acme;
+mod ai;
 mod alerts;
 mod auth;
 mod cluster;

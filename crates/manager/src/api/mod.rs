@@ -1,5 +1,7 @@
 //! The admin API's routes, assembled with their OpenAPI description.
 
+pub mod ai;
+pub mod ai_compat;
 pub mod alert_rules;
 pub mod audit;
 pub mod backup;
@@ -217,6 +219,21 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
             alert_rules::get,
             alert_rules::update,
             alert_rules::delete
+        ))
+        .routes(routes!(ai::list, ai::create))
+        .routes(routes!(ai::get, ai::update, ai::delete))
+        .routes(routes!(ai::models))
+        .routes(routes!(ai::health))
+        .routes(routes!(ai::get_preferences, ai::put_preferences))
+        .routes(routes!(
+            ai_compat::list_keys,
+            ai_compat::store_key,
+            ai_compat::delete_key
+        ))
+        .routes(routes!(
+            ai_compat::get_settings,
+            ai_compat::put_settings,
+            ai_compat::post_settings
         ))
         .routes(routes!(incidents::list, incidents::create))
         .routes(routes!(
