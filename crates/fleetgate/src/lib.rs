@@ -517,6 +517,7 @@ fn node_options(config: &Config) -> Option<fleetgate_edge::EdgeOptions> {
         token: e.token.clone().filter(|t| !t.is_empty()),
         data_dir: config.data_dir.clone(),
         trust,
+        docker_socket: config.docker.socket.clone(),
     })
 }
 
