@@ -171,7 +171,7 @@ async fn an_app_is_deployed_on_an_edge_by_command_and_served_by_the_edges_gatewa
     let (app, _mdir) = crate::edge_sync::start_unlimited_manager().await;
     let (node, token) = create_node(&app, "deploy-edge").await;
     let edir = tempfile::tempdir().expect("tempdir");
-    let edge = fleetgate::start_edge(
+    let mut edge = fleetgate::start_edge(
         edge_config(&app, edir.path(), Some(token)),
         std::future::pending(),
     )
@@ -296,6 +296,48 @@ async fn an_app_is_deployed_on_an_edge_by_command_and_served_by_the_edges_gatewa
     assert_eq!(r.status(), StatusCode::OK, "the manager's route is served");
     assert_eq!(via_edge(&client, &edge).await.as_deref(), Ok("release 1"));
 
+    // A manager route matching the same requests wins on the edge: the
+    // deployment is left out (said in its view and by an event), and served
+    // again once the manager's route is gone.
+    let (s, v) = send(
+        &app,
+        Method::POST,
+        "/api/v1/routes",
+        Some(json!({"id": "clash", "path": "/", "hosts": [HOST], "upstream": up.url()})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let revision = app.running.as_ref().expect("running").state.revision();
+    node_until(&app, &node, "applied the clashing route", |v| {
+        v["config"]["applied_revision"] == revision
+    })
+    .await;
+    let served = via_edge(&client, &edge).await.expect("the manager's route");
+    assert_ne!(served, "release 1");
+    let v = app.get_json(&one).await;
+    assert_eq!(v["proxy"]["served"], false, "{v}");
+    assert!(
+        v["proxy"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("manager")),
+        "{v}"
+    );
+    let events = until_deployment(
+        &app,
+        &format!("/api/v1/events?node_id={node}&category=deployment"),
+        "reported",
+        |v| v["items"].as_array().is_some_and(|i| !i.is_empty()),
+    )
+    .await;
+    assert_eq!(events["items"][0]["severity"], "warning", "{events}");
+    let (s, _) = send(&app, Method::DELETE, "/api/v1/routes/clash", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    until_edge(&edge, "served the deployment again", |r| {
+        r.as_deref() == Ok("release 1")
+    })
+    .await;
+    assert_eq!(app.get_json(&one).await["proxy"]["served"], true);
+
     // Redeployed under load: blue-green on the edge, no request fails.
     let load = Load::start(&edge, 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -372,6 +414,17 @@ async fn an_app_is_deployed_on_an_edge_by_command_and_served_by_the_edges_gatewa
     assert_eq!(items[0]["rollback_of"], 1);
     assert_eq!(items[0]["compose_sha256"], items[2]["compose_sha256"]);
     assert_eq!(items[1]["state"], "replaced");
+
+    // The edge restarts: its deployments run and are served again.
+    edge.shutdown().await.expect("edge stops");
+    edge = fleetgate::start_edge(edge_config(&app, edir.path(), None), std::future::pending())
+        .await
+        .expect("edge starts again");
+    until_edge(&edge, "served after a restart", |r| {
+        r.as_deref() == Ok("release 1")
+    })
+    .await;
+    node_until(&app, &node, "online again", |v| v["status"] == "online").await;
 
     // Viewers read, never change; a user limited to another node gets 403.
     let viewer = app.key_for_role("viewer-edge", "viewer").await;
@@ -491,6 +544,50 @@ async fn an_app_is_deployed_on_an_edge_by_command_and_served_by_the_edges_gatewa
         !text.contains("release_app.py"),
         "files are not audited: {text}"
     );
+
+    // Documented, with their error codes and the edge's deployment schema.
+    let spec: Value = app
+        .anon(Method::GET, "/api/v1/openapi.json")
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    let paths = &spec["paths"];
+    for (path, method, code) in [
+        ("/api/v1/nodes/{id}/deployments", "post", "400"),
+        ("/api/v1/nodes/{id}/deployments", "get", "502"),
+        ("/api/v1/nodes/{id}/deployments/{name}", "put", "412"),
+        ("/api/v1/nodes/{id}/deployments/{name}", "delete", "504"),
+        (
+            "/api/v1/nodes/{id}/deployments/{name}/rollback",
+            "post",
+            "422",
+        ),
+        ("/api/v1/nodes/{id}/deployments/{name}/logs", "get", "404"),
+        (
+            "/api/v1/nodes/{id}/deployments/{name}/releases",
+            "get",
+            "200",
+        ),
+    ] {
+        assert!(
+            paths[path][method]["responses"][code].is_object(),
+            "{method} {path} {code}"
+        );
+    }
+    for schema in [
+        "EdgeDeployment",
+        "EdgeRelease",
+        "EdgeLogs",
+        "CreateEdgeDeployment",
+    ] {
+        assert!(
+            spec["components"]["schemas"][schema].is_object(),
+            "{schema}"
+        );
+    }
 
     edge.shutdown().await.expect("edge stops");
     app.stop().await;
