@@ -1033,7 +1033,7 @@ async fn proxy_status_of(state: &AppState, l: &Loaded) -> ApiResult<ProxyStatus>
     Ok(ProxyStatus {
         name: name.clone(),
         domains: l.meta.domains.clone(),
-        port: serving_port(&state, &l),
+        port: serving_port(state, l),
         route_id: id,
         configured: route.is_some(),
         up_to_date,
