@@ -213,6 +213,18 @@ async fn an_app_is_deployed_on_an_edge_by_command_and_served_by_the_edges_gatewa
     assert_eq!(v["details"]["problems"][0]["file"], "service.yml", "{v}");
     assert_eq!(v["details"]["problems"][0]["line"], 1, "{v}");
 
+    for bad in ["", "Not_A_Name"] {
+        let (s, v) = send(
+            &app,
+            Method::POST,
+            &base,
+            Some(json!({"name": bad, "compose": compose})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad:?}: {v}");
+        assert_eq!(v["details"]["field"], "name", "{v}");
+    }
+
     // Deployed: started, health-checked and routed on the edge before the answer.
     let (compose, service) = files(&script, "1", port);
     let (s, v) = send(

@@ -24,7 +24,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use fleetgate_core::user::Role;
-use fleetgate_protocol::node::{CommandAck, DeviceType};
+use fleetgate_protocol::node::{validate_command, CommandAck, DeviceType};
 use fleetgate_store::AuditEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -238,9 +238,12 @@ fn refused(id: &str, name: Option<&str>, ack: CommandAck) -> ApiError {
                 .with_details(data)
                 .and_details(json!({"node_id": id}))
         }
-        Some("BAD_REQUEST") => ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_FAILED", message)
-            .with_details(data)
-            .and_details(json!({"node_id": id})),
+        // A parameter the edge (or, before sending, the command sheet) refused.
+        Some("BAD_REQUEST" | "invalid_command") => {
+            ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_FAILED", message)
+                .with_details(data)
+                .and_details(json!({"node_id": id}))
+        }
         Some("NOT_FOUND") => ApiError::not_found(what(name)),
         Some("RELEASE_NOT_FOUND") => ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", message),
         Some("EXISTS") => ApiError::conflict(format!("{} already exists", what(name))),
@@ -271,6 +274,12 @@ enum Outcome {
 
 async fn send(state: &AppState, id: &str, action: &Value, wait: Duration) -> Outcome {
     let name = action.get("name").and_then(Value::as_str);
+    // Checked against the command sheet here, to name the request's field.
+    if let Err(e) = validate_command(DeviceType::Edge, action) {
+        let field = e.field();
+        let field = field.strip_prefix("action.").unwrap_or(&field);
+        return Outcome::Refused(ApiError::bad_request(field, e.to_string()));
+    }
     match state.command_anywhere(id, action, wait).await {
         Ok(ack) => Outcome::Done(ack.data.unwrap_or(Value::Null)),
         Err(RemoteFailure::Node(CommandFailure::Refused(ack))) => {
