@@ -69,7 +69,8 @@ pub const ACTIONS: &[&str] = &[
 /// Log lines a `get_deployment_logs` answers by default, and at most.
 pub const DEFAULT_LOG_LINES: usize = 200;
 pub const MAX_LOG_LINES: usize = 1000;
-/// The lines of one answer take at most this many bytes (the newest kept).
+/// The lines of one answer take at most this many bytes of JSON (the newest
+/// kept), well under the node protocol's frame limit.
 pub const MAX_LOG_BYTES: usize = 1024 * 1024;
 /// How long a switch may take the edge's gateway to apply.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -746,11 +747,11 @@ impl EdgeDeployments {
         };
         let (driver, key) = self.host.driver(&name, &l.meta, &l.compose).await;
         let mut lines = driver.logs(&key, &query).await.map_err(DeployError::from)?;
-        // The newest lines that fit.
+        // The newest lines that fit, counted as they are sent (JSON).
         let mut bytes = 0;
         let mut keep = lines.len();
         while keep > 0 {
-            let size = lines[keep - 1].line.len() + lines[keep - 1].service.len() + 64;
+            let size = serde_json::to_string(&lines[keep - 1]).map_or(0, |t| t.len()) + 1;
             if bytes + size > MAX_LOG_BYTES {
                 break;
             }

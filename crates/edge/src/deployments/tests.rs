@@ -203,3 +203,75 @@ fn payloads_are_checked_before_anything_is_done() {
     assert!(count(&json!({"tail": -1}), "tail").is_err());
     assert_eq!(count(&json!({"tail": 5}), "tail"), Ok(Some(5)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_a_bounded_tail_and_changes_answer_with_the_deployment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = Arc::new(EdgeFeed::new(ConfigFeed::default()));
+    let (_reporter, status) = fleetgate_protocol::status_link();
+    let (events, _rx) = mpsc::channel(8);
+    let engine = EdgeDeployments::open(
+        dir.path(),
+        &dir.path().join("no-docker.sock"),
+        feed,
+        status,
+        events,
+    );
+    // 200 lines of 15,000 characters: 3 MB, more than one answer holds.
+    let compose = "services:\n  talk:\n    command: [\"python3\", \"-c\", \"[print('x' * 15000, flush=True) for _ in range(200)]\"]\n";
+    let created = engine
+        .execute(
+            "create_deployment",
+            &json!({"type": "create_deployment", "name": "talk", "compose": compose}),
+        )
+        .await
+        .expect("created");
+    assert_eq!(created["deployment"]["name"], "talk", "{created}");
+    assert_eq!(created["deployment"]["driver"], "process");
+    assert!(created["deployment"].get("compose").is_none());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let logs = loop {
+        let logs = engine
+            .execute(
+                "get_deployment_logs",
+                &json!({"name": "talk", "tail": 1000, "service": "talk"}),
+            )
+            .await
+            .expect("logs");
+        if logs["truncated"] == true {
+            break logs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never more than fits: {}",
+            logs["items"].as_array().map_or(0, Vec::len)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let text = serde_json::to_string(&logs).expect("json");
+    assert!(text.len() <= MAX_LOG_BYTES + 100, "{}", text.len());
+    assert!(logs["items"].as_array().expect("items").len() > 10);
+    let refused = engine
+        .execute(
+            "get_deployment_logs",
+            &json!({"name": "talk", "tail": 5000}),
+        )
+        .await
+        .expect_err("too many");
+    assert_eq!(refused.code, "BAD_REQUEST");
+    let got = engine
+        .execute("get_deployment", &json!({"name": "talk", "files": true}))
+        .await
+        .expect("get");
+    assert_eq!(got["deployment"]["compose"], compose);
+    let gone = engine
+        .execute("delete_deployment", &json!({"name": "talk"}))
+        .await
+        .expect("deleted");
+    assert_eq!(gone["deployment"]["name"], "talk");
+    let missing = engine
+        .execute("get_deployment", &json!({"name": "talk"}))
+        .await
+        .expect_err("gone");
+    assert_eq!(missing.code, "NOT_FOUND");
+}
