@@ -16,7 +16,10 @@
 //! carried out and acked, the flows' counters go out in every `stats`, and
 //! their failures as `event`s (queued while the manager is away). Its tunnel
 //! ends ([`tunnels`]) are created and deleted by `create_tunnel` / `delete_tunnel`
-//! and reported in `stats.tunnels`.
+//! and reported in `stats.tunnels`. Its deployments ([`deployments`]) are
+//! created, changed and read by the deployment commands (carried out in the
+//! background, acked when done) and routed by the edge's own gateway: their
+//! routes are merged into the gateway's input on top of every snapshot.
 //!
 //! The connection to the manager itself is [`node_link`], shared with the
 //! relay role of `fleetgate relay`.
@@ -24,6 +27,7 @@
 //! The manager being unreachable never stops the gateway: it serves the last
 //! applied snapshot, from disk after a restart.
 
+pub mod deployments;
 pub mod files;
 pub mod flows;
 pub mod node_link;
@@ -44,6 +48,7 @@ use fleetgate_protocol::{ConfigFeed, DataPlaneConfig, StatusLink};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
+use deployments::{EdgeDeployments, EdgeFeed};
 pub use files::StoredSnapshot;
 use flows::FlowEngine;
 pub use tls::Trust;
@@ -52,6 +57,8 @@ use tunnels::TunnelEngine;
 pub use node_link::{NodeLink, NodeRole, MAX_BACKOFF};
 /// The gateway must apply a snapshot within this, or it is nacked.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Acks of background commands waiting to be sent.
+const REPLY_QUEUE: usize = 256;
 
 /// How an edge reaches its manager.
 #[derive(Debug, Clone)]
@@ -60,9 +67,12 @@ pub struct EdgeOptions {
     pub manager_url: String,
     /// The single-use registration token, for the first connection.
     pub token: Option<String>,
-    /// Where the identity and the last applied snapshot are kept.
+    /// Where the identity, the last applied snapshot and the deployments are
+    /// kept.
     pub data_dir: PathBuf,
     pub trust: Trust,
+    /// The Docker engine's unix socket, for deployments on Docker.
+    pub docker_socket: PathBuf,
 }
 
 /// Why an edge cannot start.
@@ -146,7 +156,9 @@ pub fn stored_snapshot(data_dir: &std::path::Path) -> Option<StoredSnapshot> {
 /// The agent: one per edge process.
 pub struct EdgeAgent {
     link: NodeLink,
-    feed: ConfigFeed,
+    /// The gateway's input: the manager's snapshots with the deployments'
+    /// routes on top.
+    feed: Arc<EdgeFeed>,
     status: StatusLink,
     /// What the gateway serves of the manager's snapshots.
     applied: Mutex<AppliedConfig>,
@@ -155,8 +167,12 @@ pub struct EdgeAgent {
     started: Instant,
     flows: FlowEngine,
     tunnels: TunnelEngine,
+    deployments: Arc<EdgeDeployments>,
     /// Events for the manager, sent while connected (one session at a time).
     events: tokio::sync::Mutex<mpsc::Receiver<Value>>,
+    /// Acks of the commands carried out in the background, and their sender.
+    replies: tokio::sync::Mutex<mpsc::Receiver<String>>,
+    replies_tx: mpsc::Sender<String>,
     /// The parts of a snapshot being received (one session at a time).
     assembler: Mutex<SnapshotAssembler>,
 }
@@ -188,8 +204,17 @@ impl EdgeAgent {
             None => AppliedConfig::default(),
         };
         let (events_tx, events) = mpsc::channel(flows::EVENT_QUEUE);
+        let (replies_tx, replies) = mpsc::channel(REPLY_QUEUE);
         let data_dir = link.options().data_dir.clone();
         let flows = FlowEngine::open(data_dir.clone(), events_tx.clone());
+        let feed = Arc::new(EdgeFeed::new(feed));
+        let deployments = Arc::new(EdgeDeployments::open(
+            &data_dir,
+            &link.options().docker_socket,
+            feed.clone(),
+            status.clone(),
+            events_tx.clone(),
+        ));
         let tunnels = TunnelEngine::open(data_dir, link.node_id(), events_tx);
         Ok(Self {
             link,
@@ -200,7 +225,10 @@ impl EdgeAgent {
             started: Instant::now(),
             flows,
             tunnels,
+            deployments,
             events: tokio::sync::Mutex::new(events),
+            replies: tokio::sync::Mutex::new(replies),
+            replies_tx,
             assembler: Mutex::new(SnapshotAssembler::default()),
         })
     }
@@ -210,12 +238,17 @@ impl EdgeAgent {
         self.applied.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
-    /// Starts the stored flows and tunnels, then connects, and reconnects, until
-    /// `shutdown` becomes true (which stops them).
+    /// Starts the stored flows and tunnels (and, meanwhile, the deployments left
+    /// running), then connects, and reconnects, until `shutdown` becomes true
+    /// (which stops them all).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         self.flows.start_stored().await;
         self.tunnels.start_stored().await;
+        let deployments = self.deployments.clone();
+        let resumed = tokio::spawn(async move { deployments.start_stored().await });
         self.link.run(&self, &mut shutdown).await;
+        resumed.abort();
+        self.deployments.shutdown().await;
         self.tunnels.shutdown().await;
         self.flows.shutdown().await;
     }
@@ -261,7 +294,7 @@ impl EdgeAgent {
     /// `config_nack` to send.
     async fn apply(&self, snap: ReceivedSnapshot) -> String {
         match self.apply_inner(&snap).await {
-            Ok(()) => {
+            Ok(left_out) => {
                 let applied = AppliedConfig {
                     revision: snap.revision,
                     digest: Some(snap.digest.clone()),
@@ -272,6 +305,7 @@ impl EdgeAgent {
                 if let Ok(mut s) = self.served.lock() {
                     *s = Some(Arc::new(snap.config.clone()));
                 }
+                self.deployments.report_left_out(left_out);
                 tracing::info!(
                     revision = snap.revision,
                     "applied the manager's configuration"
@@ -295,6 +329,10 @@ impl EdgeAgent {
             }
             Err(error) => {
                 tracing::warn!(revision = snap.revision, %error, "refused the manager's configuration; the previous one keeps serving");
+                // The deployments' routes go on top of what is served.
+                let served = self.served.lock().ok().and_then(|s| s.clone());
+                self.feed
+                    .restore(served.unwrap_or_else(|| Arc::new(DataPlaneConfig::default())));
                 sync::envelope(
                     sync::CONFIG_NACK,
                     &ConfigNack {
@@ -307,7 +345,9 @@ impl EdgeAgent {
         }
     }
 
-    async fn apply_inner(&self, snap: &ReceivedSnapshot) -> Result<(), String> {
+    /// Has the gateway serve `snap` with the deployments' routes on top; the
+    /// deployments it leaves out (newly), with why.
+    async fn apply_inner(&self, snap: &ReceivedSnapshot) -> Result<Vec<(String, String)>, String> {
         if snap.config.revision != snap.revision {
             return Err(format!(
                 "snapshot says revision {} but holds revision {}",
@@ -322,7 +362,7 @@ impl EdgeAgent {
             ));
         }
         let since = now_ms();
-        let target = self.feed.adopt(&snap.config);
+        let (target, left_out) = self.feed.adopt(&snap.config);
         let mut link = self.status.clone();
         let waited = tokio::time::timeout(APPLY_TIMEOUT, async {
             loop {
@@ -354,13 +394,15 @@ impl EdgeAgent {
             }
         })
         .await;
-        waited.unwrap_or_else(|_| {
-            Err(format!(
-                "the gateway did not apply revision {} within {} s",
-                snap.revision,
-                APPLY_TIMEOUT.as_secs()
-            ))
-        })
+        waited
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the gateway did not apply revision {} within {} s",
+                    snap.revision,
+                    APPLY_TIMEOUT.as_secs()
+                ))
+            })
+            .map(|()| left_out)
     }
 
     async fn health(&self) -> Value {
@@ -377,9 +419,11 @@ impl EdgeAgent {
             "total_tunnels": total_tunnels,
             "config_revision": self.applied().revision,
             "routes": status.routes,
+            "total_deployments": self.deployments.count().await,
             "capabilities": {
                 "flow_inputs": flows::INPUT_TYPES,
                 "flow_outputs": flows::OUTPUT_TYPES,
+                "deployments": true,
             },
         })
     }
@@ -405,14 +449,36 @@ impl EdgeAgent {
 
     /// Answers a node-protocol `command`: `get_config` with what is served (no
     /// secrets) and the flows, the flow commands through the flow engine, the
-    /// tunnel commands through the tunnel engine,
-    /// anything else as not supported by this edge.
-    async fn command(&self, payload: &Value) -> String {
+    /// tunnel commands through the tunnel engine, the deployment commands in
+    /// the background (acked when done, see [`deployments`]), anything else as
+    /// not supported by this edge.
+    async fn command(&self, payload: &Value) -> Option<String> {
         let (id, action) = node_link::command_parts(payload);
         if action == "get_config" {
-            return sync::envelope("config_response", &self.config_document().await);
+            return Some(sync::envelope(
+                "config_response",
+                &self.config_document().await,
+            ));
         }
         let params = payload.get("action").unwrap_or(&Value::Null);
+        if deployments::ACTIONS.contains(&action.as_str()) {
+            let engine = self.deployments.clone();
+            let replies = self.replies_tx.clone();
+            let params = params.clone();
+            tokio::spawn(async move {
+                let frame = match engine.execute(&action, &params).await {
+                    Ok(data) => node_link::command_ack(&id, Ok(Some(data))),
+                    Err(r) => {
+                        tracing::info!(command = %action, error = %r.message, "refused a manager command");
+                        node_link::command_refused(&id, r.message, r.code, r.data)
+                    }
+                };
+                if replies.send(frame).await.is_err() {
+                    tracing::debug!(command = %action, "the agent stopped before the ack was sent");
+                }
+            });
+            return None;
+        }
         let result = if action == "update_config" {
             self.update_config(params).await
         } else if flows::commands::ACTIONS.contains(&action.as_str()) {
@@ -426,7 +492,7 @@ impl EdgeAgent {
             tracing::info!(command = %action, error = %e, "refused a manager command");
             (e.message, e.code)
         });
-        node_link::command_ack(&id, result)
+        Some(node_link::command_ack(&id, result))
     }
 
     /// `update_config`: the configuration's `flows` and `tunnels`, each applied as
@@ -503,6 +569,10 @@ impl NodeRole for EdgeAgent {
         if let Ok(mut a) = self.assembler.lock() {
             *a = SnapshotAssembler::default();
         }
+        // Acks for an earlier session: nobody waits for them any more.
+        if let Ok(mut r) = self.replies.try_lock() {
+            while r.try_recv().is_ok() {}
+        }
         vec![sync::envelope(sync::CONFIG_STATUS, &self.applied())]
     }
 
@@ -517,7 +587,7 @@ impl NodeRole for EdgeAgent {
     async fn frame(&self, kind: &str, payload: Value) -> Option<String> {
         match kind {
             delta::CONFIG_DELTA | sync::CONFIG_SNAPSHOT => self.config_frame(kind, payload).await,
-            "command" => Some(self.command(&payload).await),
+            "command" => self.command(&payload).await,
             _ => None,
         }
     }
@@ -528,6 +598,10 @@ impl NodeRole for EdgeAgent {
 
     fn events(&self) -> Option<&tokio::sync::Mutex<mpsc::Receiver<Value>>> {
         Some(&self.events)
+    }
+
+    fn replies(&self) -> Option<&tokio::sync::Mutex<mpsc::Receiver<String>>> {
+        Some(&self.replies)
     }
 }
 

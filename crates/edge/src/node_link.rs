@@ -60,6 +60,30 @@ pub trait NodeRole: Send + Sync {
     fn events(&self) -> Option<&tokio::sync::Mutex<mpsc::Receiver<Value>>> {
         None
     }
+
+    /// Whole frames to send as they come, if the role answers some frames later
+    /// than [`NodeRole::frame`] returns (the ack of a command carried out in
+    /// the background, so that `health`, `stats` and other commands go on
+    /// meanwhile).
+    fn replies(&self) -> Option<&tokio::sync::Mutex<mpsc::Receiver<String>>> {
+        None
+    }
+}
+
+/// A refused `command_ack` carrying `data` (what the refusal is about: the
+/// problems found in a file, say).
+pub fn command_refused(
+    command_id: &str,
+    message: String,
+    code: &str,
+    data: Option<Value>,
+) -> String {
+    let mut ack = json!({"command_id": command_id, "success": false,
+        "error": truncate(message, MAX_ERROR_BYTES), "error_code": code});
+    if let Some(data) = data {
+        ack["data"] = data;
+    }
+    sync::envelope("command_ack", &ack)
 }
 
 /// A `command_ack` frame.
@@ -299,6 +323,10 @@ async fn serve(ws: &mut Ws, role: &dyn NodeRole, shutdown: &mut watch::Receiver<
         Some(e) => Some(e.lock().await),
         None => None,
     };
+    let mut replies = match role.replies() {
+        Some(r) => Some(r.lock().await),
+        None => None,
+    };
     let mut health = tokio::time::interval(HEALTH_EVERY);
     health.tick().await;
     let mut stats = tokio::time::interval(STATS_EVERY);
@@ -325,6 +353,17 @@ async fn serve(ws: &mut Ws, role: &dyn NodeRole, shutdown: &mut watch::Receiver<
                 }
             } => {
                 if let Err(e) = send(ws, sync::envelope("event", &event)).await {
+                    return Ended::AfterAuth(e);
+                }
+                continue;
+            }
+            Some(reply) = async {
+                match replies.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Err(e) = send(ws, reply).await {
                     return Ended::AfterAuth(e);
                 }
                 continue;

@@ -362,7 +362,9 @@ impl RunningEdge {
 /// edge agent registers over `/ws/node`, applies the snapshots it is sent and
 /// serves the last applied one from `data_dir` while the manager is away), and/or
 /// its redirects and pages from a Flecto-compatible manager (`flecto.*`). One of
-/// the two is required.
+/// the two is required. With a Fleetgate manager the edge also runs the
+/// deployments it is sent (under `data_dir`, Docker at `docker.socket`), routed by
+/// this gateway (see `fleetgate_edge::deployments`).
 pub async fn start_edge(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -518,6 +520,7 @@ fn node_options(config: &Config) -> Option<fleetgate_edge::EdgeOptions> {
         token: e.token.clone().filter(|t| !t.is_empty()),
         data_dir: config.data_dir.clone(),
         trust,
+        docker_socket: config.docker.socket.clone(),
     })
 }
 

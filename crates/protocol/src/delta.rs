@@ -208,6 +208,7 @@ impl ConfigDelta {
                 .challenges
                 .clone()
                 .unwrap_or_else(|| base.challenges.clone()),
+            local: base.local,
         }
     }
 }

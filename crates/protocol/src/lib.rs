@@ -49,6 +49,18 @@ pub struct DataPlaneConfig {
     /// (the CA may reach either); absent in inputs from older managers.
     #[serde(default)]
     pub challenges: Arc<AcmeChallenges>,
+    /// The version of the objects the data plane's own host merged into
+    /// `gateway` on top of revision `revision` (an edge's deployments, see
+    /// `fleetgate_edge::deployments`); 0 when none were. A data plane compiles
+    /// `gateway` again when this changes, the revision staying the same. Never
+    /// set by a manager (and left out of the JSON while 0, so that the
+    /// snapshots' digests do not change).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub local: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl DataPlaneConfig {
@@ -60,6 +72,7 @@ impl DataPlaneConfig {
             sites: self.sites.version,
             synced: self.synced.as_ref().map(|s| s.version),
             challenges: self.challenges.version,
+            local: self.local,
         }
     }
 }
@@ -129,6 +142,10 @@ pub struct AppliedVersions {
     /// The ACME challenge set answered (0 before any).
     #[serde(default)]
     pub challenges: u64,
+    /// The version of the host's own objects merged into the revision served
+    /// (see [`DataPlaneConfig::local`]).
+    #[serde(default)]
+    pub local: u64,
 }
 
 /// What a data plane reports about itself.
@@ -303,9 +320,10 @@ impl ConfigFeed {
     }
 
     /// Takes a whole configuration made elsewhere (an edge's manager): the revision,
-    /// its document and the rate-limit behaviour as given; the certificates and the
-    /// sites get this feed's own version numbers, moved on only when their contents
-    /// differ (the sender numbers its parts its own way). Synced rules are kept.
+    /// its document, its local version and the rate-limit behaviour as given; the
+    /// certificates and the sites get this feed's own version numbers, moved on
+    /// only when their contents differ (the sender numbers its parts its own way).
+    /// Synced rules are kept.
     /// The data plane is always told, and skips what it already serves. Returns
     /// the versions the data plane reports once it serves the result.
     pub fn adopt(&self, incoming: &DataPlaneConfig) -> AppliedVersions {
@@ -332,6 +350,7 @@ impl ConfigFeed {
                 });
             }
             next.rate_limits = incoming.rate_limits;
+            next.local = incoming.local;
         });
         self.current().versions()
     }
@@ -465,6 +484,7 @@ mod tests {
                 sites: 1,
                 synced: None,
                 challenges: 0,
+                local: 0,
             }
         );
     }
@@ -524,8 +544,21 @@ mod tests {
         })]);
         let cfg = feed.current();
         let text = serde_json::to_string(&*cfg).expect("serialize");
+        assert!(
+            !text.contains("\"local\""),
+            "no local version while 0: {text}"
+        );
         let back: DataPlaneConfig = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, *cfg);
+        let merged = DataPlaneConfig {
+            local: 3,
+            ..(*cfg).clone()
+        };
+        let text = serde_json::to_string(&merged).expect("serialize");
+        let back: DataPlaneConfig = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back.local, 3);
+        let edge = ConfigFeed::default();
+        assert_eq!(edge.adopt(&merged).local, 3);
     }
 
     #[tokio::test]

@@ -369,8 +369,14 @@ pub fn command(command_id: &str, action: &Value) -> String {
 /// The JSON kind a command parameter must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParamKind {
+    /// A non-empty string.
     String,
     Object,
+    /// Any string, empty included (a file's text).
+    Text,
+    Bool,
+    /// A whole number from 0 up.
+    Count,
 }
 
 /// A command a kind of node accepts, and what it needs.
@@ -400,9 +406,9 @@ const fn spec(
     }
 }
 
-use ParamKind::{Object as O, String as S};
+use ParamKind::{Bool as B, Count as N, Object as O, String as S, Text as T};
 
-/// Commands of an edge (protocol v1).
+/// Commands of an edge: protocol v1's, then Fleetgate's additions (deployments).
 pub const EDGE_COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         answered_by_config: true,
@@ -454,6 +460,89 @@ pub const EDGE_COMMANDS: &[CommandSpec] = &[
         "Stop and remove a tunnel",
         &[("tunnel_id", S)],
     ),
+    // Fleetgate additions (not in protocol v1): the deployments of the edge
+    // (see `fleetgate_deploy::host`), answered with the deployment in the ack's
+    // `data`, or refused with an `error_code` (`VALIDATION_FAILED` with
+    // `data.problems`, each naming its file, line and field, `NOT_FOUND`,
+    // `EXISTS`, …). A node without them answers "Unknown command".
+    CommandSpec {
+        optional: &[("service", T), ("start", B)],
+        ..spec(
+            "create_deployment",
+            "Create a deployment from its compose.yml and service.yml (started unless start is false)",
+            &[("name", S), ("compose", T)],
+        )
+    },
+    CommandSpec {
+        optional: &[("compose", T), ("service", T), ("version", N)],
+        ..spec(
+            "update_deployment",
+            "Replace a deployment's files (version: only if it is still this one); a running deployment serves them as a new release",
+            &[("name", S)],
+        )
+    },
+    spec(
+        "delete_deployment",
+        "Stop a deployment, unroute it and remove it",
+        &[("name", S)],
+    ),
+    spec(
+        "start_deployment",
+        "Start a deployment",
+        &[("name", S)],
+    ),
+    spec("stop_deployment", "Stop a deployment", &[("name", S)]),
+    spec(
+        "restart_deployment",
+        "Serve a deployment from a new instance",
+        &[("name", S)],
+    ),
+    CommandSpec {
+        optional: &[("release", N)],
+        ..spec(
+            "rollback_deployment",
+            "Restore the files of an earlier release (default: the one that served before) and serve them",
+            &[("name", S)],
+        )
+    },
+    spec(
+        "list_deployments",
+        "List the deployments and their state",
+        &[],
+    ),
+    CommandSpec {
+        optional: &[("files", B)],
+        ..spec(
+            "get_deployment",
+            "A deployment's state (and, with files, its compose.yml and service.yml)",
+            &[("name", S)],
+        )
+    },
+    CommandSpec {
+        optional: &[("service", S), ("tail", N), ("since", N)],
+        ..spec(
+            "get_deployment_logs",
+            "The newest lines of a deployment's logs (a bounded tail)",
+            &[("name", S)],
+        )
+    },
+    spec(
+        "list_deployment_releases",
+        "A deployment's releases, newest first",
+        &[("name", S)],
+    ),
+];
+
+/// The edge commands that change a deployment: the manager sends them through
+/// its deployments endpoints only, which audit them.
+pub const DEPLOYMENT_CHANGES: &[&str] = &[
+    "create_deployment",
+    "update_deployment",
+    "delete_deployment",
+    "start_deployment",
+    "stop_deployment",
+    "restart_deployment",
+    "rollback_deployment",
 ];
 
 /// Commands of a relay (protocol v1).
@@ -530,6 +619,9 @@ fn kind_name(k: ParamKind) -> &'static str {
     match k {
         ParamKind::String => "a non-empty string",
         ParamKind::Object => "an object",
+        ParamKind::Text => "a string",
+        ParamKind::Bool => "true or false",
+        ParamKind::Count => "a whole number from 0 up",
     }
 }
 
@@ -537,6 +629,9 @@ fn kind_ok(k: ParamKind, v: &Value) -> bool {
     match k {
         ParamKind::String => v.as_str().is_some_and(|s| !s.is_empty()),
         ParamKind::Object => v.is_object(),
+        ParamKind::Text => v.is_string(),
+        ParamKind::Bool => v.is_boolean(),
+        ParamKind::Count => v.is_u64(),
     }
 }
 
@@ -741,6 +836,52 @@ mod tests {
             validate_command(DeviceType::Edge, &json!({"type":"get_config"}))
                 .is_ok_and(|s| s.answered_by_config)
         );
+    }
+
+    #[test]
+    fn deployment_commands_check_their_payloads() {
+        let ok = validate_command(
+            DeviceType::Edge,
+            &json!({"type":"create_deployment","name":"web","compose":"services: {}\n","service":"","start":false}),
+        );
+        assert_eq!(ok.map(|s| s.name), Ok("create_deployment"));
+        let e = validate_command(
+            DeviceType::Edge,
+            &json!({"type":"create_deployment","name":"web"}),
+        );
+        assert_eq!(
+            e.as_ref().map_err(CommandError::field),
+            Err("action.compose".to_string())
+        );
+        let e = validate_command(
+            DeviceType::Edge,
+            &json!({"type":"create_deployment","name":"web","compose":"x","start":"yes"}),
+        );
+        assert!(
+            matches!(e, Err(CommandError::WrongKind { param: "start", .. })),
+            "{e:?}"
+        );
+        for bad in [json!(-1), json!(1.5), json!("10")] {
+            let e = validate_command(
+                DeviceType::Edge,
+                &json!({"type":"get_deployment_logs","name":"web","tail":bad}),
+            );
+            assert!(
+                matches!(e, Err(CommandError::WrongKind { param: "tail", .. })),
+                "{e:?}"
+            );
+        }
+        assert!(validate_command(DeviceType::Edge, &json!({"type":"list_deployments"})).is_ok());
+        assert!(
+            validate_command(DeviceType::Relay, &json!({"type":"list_deployments"})).is_err(),
+            "relays run no deployments"
+        );
+        for name in DEPLOYMENT_CHANGES {
+            assert!(
+                EDGE_COMMANDS.iter().any(|c| c.name == *name),
+                "{name} is on the sheet"
+            );
+        }
     }
 
     proptest! {

@@ -348,7 +348,9 @@ impl Gateway {
     }
 
     /// The routes, upstreams and settings part: compiled when the revision is newer
-    /// than the one served (or, before the first revision, when it differs).
+    /// than the one served (or, before the first revision, when it differs), or
+    /// when the host's own objects merged into it changed (`local`, an edge's
+    /// deployments) at the revision served.
     fn apply_revision(&self, applied: &mut Applied, config: &DataPlaneConfig) -> bool {
         let previous = self.inner.current.load_full();
         if applied
@@ -356,10 +358,13 @@ impl Gateway {
             .as_ref()
             .is_some_and(|d| Arc::ptr_eq(d, &config.gateway) || **d == *config.gateway)
             && applied.versions.revision == config.revision
+            && applied.versions.local == config.local
         {
             return false;
         }
-        if config.revision != 0 && config.revision <= previous.revision {
+        let local_only =
+            config.revision == previous.revision && config.local != applied.versions.local;
+        if config.revision != 0 && config.revision <= previous.revision && !local_only {
             return false;
         }
         // What arrives is checked as the manager checked it before committing (an
@@ -400,6 +405,7 @@ impl Gateway {
                 );
                 self.inner.current.store(Arc::new(c));
                 applied.versions.revision = config.revision;
+                applied.versions.local = config.local;
                 applied.served = Some(config.gateway.clone());
                 true
             }
@@ -416,8 +422,14 @@ impl Gateway {
                     )
                     .details(serde_json::json!({"revision": config.revision, "error": e})),
                 );
-                let version = i64::try_from(config.revision).unwrap_or(i64::MAX);
-                applied.fault("revision", version, e);
+                // Refused host objects alone are a fault of their own: the
+                // revision served is still the one it was.
+                let (part, version) = if local_only {
+                    ("local", config.local)
+                } else {
+                    ("revision", config.revision)
+                };
+                applied.fault(part, i64::try_from(version).unwrap_or(i64::MAX), e);
                 true
             }
         }

@@ -547,3 +547,64 @@ async fn a_target_in_flight_stays_counted_across_a_revision_and_weight_zero_drai
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn host_objects_merged_into_the_revision_served_apply_on_their_own() {
+    let (a, _) = upstream("a").await;
+    let (b, _) = upstream("b").await;
+    let ups = json!([{"name": "a", "targets": [{"url": format!("http://{a}")}]}]);
+    let all = json!({"id": "all", "path": "/", "upstream": "a"});
+    let gw = start(snapshot(4, ups.clone(), json!([all.clone()]))).await;
+    assert_eq!(gw.served_by("/x").await, "a");
+
+    // The host merges a route of its own into revision 4 (local version 1):
+    // compiled although the revision is the same.
+    let with_local = |local: u64, upstream: &str| {
+        let mut snap = (*snapshot(
+            4,
+            json!([{"name": "a", "targets": [{"url": format!("http://{a}")}]},
+                   {"name": "b", "targets": [{"url": format!("http://{b}")}]}]),
+            json!([all.clone(), {"id": "mine", "path": "/mine", "upstream": upstream}]),
+        ))
+        .clone();
+        snap.local = local;
+        Arc::new(snap)
+    };
+    gw.config.send_replace(with_local(1, "b"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.gateway.status().applied.local != 1 {
+        assert!(Instant::now() < deadline, "local version 1 never applied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gw.gateway.revision(), 4);
+    assert_eq!(gw.served_by("/mine").await, "b");
+
+    // Refused host objects are a fault of their own; what served serves on.
+    gw.config.send_replace(with_local(2, "missing"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let fault = loop {
+        let status = gw.gateway.status();
+        if let Some(f) = status.errors.last() {
+            break f.clone();
+        }
+        assert!(Instant::now() < deadline, "the refusal is never reported");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!((fault.part.as_str(), fault.version), ("local", 2));
+    assert_eq!(gw.gateway.status().applied.local, 1);
+    assert_eq!(gw.served_by("/mine").await, "b");
+
+    // A later local version applies; an older revision is still never applied
+    // over a newer one, whatever its local version.
+    gw.config.send_replace(with_local(3, "a"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.gateway.status().applied.local != 3 {
+        assert!(Instant::now() < deadline, "local version 3 never applied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gw.served_by("/mine").await, "a");
+    let mut old = (*with_local(9, "b")).clone();
+    old.revision = 3;
+    gw.publish(Arc::new(old), 4).await;
+    assert_eq!(gw.served_by("/mine").await, "a");
+}

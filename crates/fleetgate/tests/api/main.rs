@@ -14,6 +14,7 @@ mod dashboard_nodes;
 mod databases;
 mod deployments;
 mod docker;
+mod edge_deployments;
 mod edge_sync;
 mod events;
 mod flows;

@@ -113,7 +113,7 @@ impl TestNode {
 }
 
 /// An API key of a new operator `username` limited to the nodes `ids`.
-async fn limited_key(app: &TestApp, username: &str, ids: &[&str]) -> String {
+pub(crate) async fn limited_key(app: &TestApp, username: &str, ids: &[&str]) -> String {
     let key = app.key_for_role(username, "operator").await;
     let users = app.get_json("/api/v1/users?limit=100").await;
     let uid = users["items"]

@@ -18,6 +18,7 @@ pub mod health;
 pub mod incidents;
 pub mod keys;
 pub mod metrics;
+pub mod node_deployments;
 pub mod node_tls;
 pub mod nodes;
 pub mod redirects;
@@ -118,6 +119,18 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(nodes::regenerate_token))
         .routes(routes!(nodes::config))
         .routes(routes!(nodes::history))
+        .routes(routes!(node_deployments::list, node_deployments::create))
+        .routes(routes!(
+            node_deployments::get,
+            node_deployments::update,
+            node_deployments::delete
+        ))
+        .routes(routes!(node_deployments::start))
+        .routes(routes!(node_deployments::stop))
+        .routes(routes!(node_deployments::restart))
+        .routes(routes!(node_deployments::rollback))
+        .routes(routes!(node_deployments::logs))
+        .routes(routes!(node_deployments::releases))
         .routes(routes!(tunnels::list, tunnels::create))
         .routes(routes!(tunnels::get, tunnels::update, tunnels::delete))
         .routes(routes!(nodes::device_types))

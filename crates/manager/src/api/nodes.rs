@@ -13,7 +13,7 @@ use axum::response::Response;
 use axum::Json;
 use fleetgate_core::time::{now_ms, parse_rfc3339};
 use fleetgate_core::user::Role;
-use fleetgate_protocol::node::{validate_command, DeviceType};
+use fleetgate_protocol::node::{validate_command, DeviceType, DEPLOYMENT_CHANGES};
 use fleetgate_store::{NodeFilter, NodeRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -172,7 +172,11 @@ pub(crate) fn allowed(auth: &AuthContext) -> Option<&Vec<String>> {
 }
 
 /// The node, if it exists and the caller may see it.
-async fn visible_node(state: &AppState, auth: &AuthContext, id: &str) -> ApiResult<NodeRecord> {
+pub(crate) async fn visible_node(
+    state: &AppState,
+    auth: &AuthContext,
+    id: &str,
+) -> ApiResult<NodeRecord> {
     if allowed(auth).is_some_and(|ids| !ids.iter().any(|i| i == id)) {
         return Err(ApiError::forbidden(format!(
             "you are not allowed to access node {id}"
@@ -570,7 +574,7 @@ pub struct CommandResult {
     pub data: Option<Value>,
 }
 
-fn failure(id: &str, f: CommandFailure) -> ApiError {
+pub(crate) fn failure(id: &str, f: CommandFailure) -> ApiError {
     match f {
         CommandFailure::NotConnected => ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -606,7 +610,7 @@ fn failure(id: &str, f: CommandFailure) -> ApiError {
 }
 
 /// A command's failure on another replica, as the API reports it.
-fn remote_failure(id: &str, f: RemoteFailure) -> ApiError {
+pub(crate) fn remote_failure(id: &str, f: RemoteFailure) -> ApiError {
     match f {
         RemoteFailure::Node(f) => failure(id, f),
         RemoteFailure::Timeout => failure(id, CommandFailure::Timeout),
@@ -621,7 +625,7 @@ fn remote_failure(id: &str, f: RemoteFailure) -> ApiError {
 #[utoipa::path(post, path = "/api/v1/nodes/{id}/command", operation_id = "send_node_command", tag = "nodes",
     params(("id" = String, Path, description = "Node id")), request_body = CommandRequest,
     responses((status = 200, description = "The node carried the command out", body = CommandResult),
-              (status = 400, description = "Not a command of this kind of node, or a parameter is missing"),
+              (status = 400, description = "Not a command of this kind of node, a parameter is missing, or a deployment change (sent through /api/v1/nodes/{id}/deployments)"),
               (status = 413, description = "Body over 50 KiB"),
               (status = 422, description = "The node refused (its error is in the message and details)"),
               (status = 502, description = "The node is not connected"),
@@ -637,6 +641,16 @@ pub async fn command(
     let device = DeviceType::parse(&n.device_type).unwrap_or(DeviceType::Edge);
     let spec = validate_command(device, &body.action)
         .map_err(|e| ApiError::bad_request(&e.field(), e.to_string()))?;
+    if DEPLOYMENT_CHANGES.contains(&spec.name) {
+        // They are audited there (with the files' digests).
+        return Err(ApiError::bad_request(
+            "action.type",
+            format!(
+                "{} is sent through /api/v1/nodes/{id}/deployments, which audits it",
+                spec.name
+            ),
+        ));
+    }
     let ack = match state.whereabouts(&id).await {
         Whereabouts::Local(_) => state
             .nodes
