@@ -384,6 +384,24 @@ pub struct ServiceStatus {
     pub last_error: Option<String>,
 }
 
+/// A deployment's state from its services': `stopped`, `failed`, `running`
+/// (every service up and healthy), `starting` or `degraded`.
+pub fn overall(services: &[ServiceStatus]) -> &'static str {
+    let any = |s: ServiceState| services.iter().any(|x| x.state == s);
+    let all = |f: &dyn Fn(ServiceState) -> bool| services.iter().all(|x| f(x.state));
+    if services.is_empty() || all(&|s| matches!(s, ServiceState::Stopped | ServiceState::Exited)) {
+        "stopped"
+    } else if any(ServiceState::Failed) {
+        "failed"
+    } else if all(&|s| s == ServiceState::Running) {
+        "running"
+    } else if all(&|s| matches!(s, ServiceState::Running | ServiceState::Starting)) {
+        "starting"
+    } else {
+        "degraded"
+    }
+}
+
 /// A service's resource use.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceStats {

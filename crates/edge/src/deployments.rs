@@ -801,7 +801,7 @@ impl EdgeDeployments {
         let mut v = json!({
             "name": name,
             "desired": l.record.desired,
-            "status": overall(&services),
+            "status": fleetgate_deploy::spec::overall(&services),
             "driver": kind,
             "services": services,
             "domains": l.meta.domains,
@@ -824,23 +824,6 @@ impl EdgeDeployments {
             v["service"] = json!(l.service_text);
         }
         v
-    }
-}
-
-/// The deployment's state from its services'.
-fn overall(services: &[ServiceStatus]) -> &'static str {
-    let any = |s: ServiceState| services.iter().any(|x| x.state == s);
-    let all = |f: &dyn Fn(ServiceState) -> bool| services.iter().all(|x| f(x.state));
-    if services.is_empty() || all(&|s| matches!(s, ServiceState::Stopped | ServiceState::Exited)) {
-        "stopped"
-    } else if any(ServiceState::Failed) {
-        "failed"
-    } else if all(&|s| s == ServiceState::Running) {
-        "running"
-    } else if all(&|s| matches!(s, ServiceState::Running | ServiceState::Starting)) {
-        "starting"
-    } else {
-        "degraded"
     }
 }
 

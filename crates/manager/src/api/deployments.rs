@@ -78,23 +78,6 @@ pub struct DeploymentView {
     pub service: Option<String>,
 }
 
-/// The deployment's state from its services'.
-fn overall(services: &[ServiceStatus]) -> &'static str {
-    let any = |s: ServiceState| services.iter().any(|x| x.state == s);
-    let all = |f: &dyn Fn(ServiceState) -> bool| services.iter().all(|x| f(x.state));
-    if services.is_empty() || all(&|s| matches!(s, ServiceState::Stopped | ServiceState::Exited)) {
-        "stopped"
-    } else if any(ServiceState::Failed) {
-        "failed"
-    } else if all(&|s| s == ServiceState::Running) {
-        "running"
-    } else if all(&|s| matches!(s, ServiceState::Running | ServiceState::Starting)) {
-        "starting"
-    } else {
-        "degraded"
-    }
-}
-
 async fn view(state: &AppState, l: &Loaded, files: bool) -> DeploymentView {
     let d = &state.deployments;
     let name = &l.record.name;
@@ -125,7 +108,7 @@ async fn view(state: &AppState, l: &Loaded, files: bool) -> DeploymentView {
     DeploymentView {
         name: name.clone(),
         desired: l.record.desired,
-        status: overall(&services),
+        status: fleetgate_deploy::spec::overall(&services),
         driver: serde_json::to_value(kind)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
