@@ -327,6 +327,30 @@ impl Deployments {
         }
     }
 
+    /// Each service's state on the driver that runs the deployment, in file
+    /// order; all `stopped` when it does not run.
+    pub async fn statuses(&self, l: &Loaded) -> Vec<crate::spec::ServiceStatus> {
+        let (driver, key) = self.driver(&l.record.name, &l.meta, &l.compose).await;
+        let services = driver.status(&key);
+        if !services.is_empty() {
+            return services;
+        }
+        l.compose
+            .services
+            .iter()
+            .map(|s| crate::spec::ServiceStatus {
+                name: s.name.clone(),
+                state: crate::spec::ServiceState::Stopped,
+                pid: None,
+                container_id: None,
+                restarts: 0,
+                started_at: None,
+                exit_code: None,
+                last_error: None,
+            })
+            .collect()
+    }
+
     /// Reads and checks one deployment.
     pub async fn load(&self, name: &str) -> Result<Loaded, DeployError> {
         if check_name(name).is_err() {

@@ -45,7 +45,7 @@ use fleetgate_core::config::ConfigDocument;
 use fleetgate_core::gateway::{Route, Upstream};
 use fleetgate_core::time::{now_ms, rfc3339};
 use fleetgate_deploy::host::{self, DeployError, Deployments, Desired, Loaded, Release, Router};
-use fleetgate_deploy::spec::{DriverError, LogQuery, ServiceState, ServiceStatus};
+use fleetgate_deploy::spec::{DriverError, LogQuery};
 use fleetgate_protocol::{AppliedVersions, ConfigFeed, DataPlaneConfig, StatusLink};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -777,25 +777,7 @@ impl EdgeDeployments {
         let d = &self.host;
         let name = &l.record.name;
         let kind = d.driver_kind(name, &l.meta, &l.compose).await;
-        let (driver, key) = d.driver(name, &l.meta, &l.compose).await;
-        let mut services = driver.status(&key);
-        if services.is_empty() {
-            services = l
-                .compose
-                .services
-                .iter()
-                .map(|s| ServiceStatus {
-                    name: s.name.clone(),
-                    state: ServiceState::Stopped,
-                    pid: None,
-                    container_id: None,
-                    restarts: 0,
-                    started_at: None,
-                    exit_code: None,
-                    last_error: None,
-                })
-                .collect();
-        }
+        let services = d.statuses(l).await;
         let live = d.live(name);
         let (served, error) = self.feed.proxy_state(name);
         let mut v = json!({

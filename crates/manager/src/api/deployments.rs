@@ -14,7 +14,7 @@ use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleetgate_core::user::Role;
-use fleetgate_deploy::spec::{LogQuery, Problem, ServiceState, ServiceStatus};
+use fleetgate_deploy::spec::{LogQuery, Problem, ServiceStatus};
 use fleetgate_store::{Actor, AuditEvent, ConfigEdit, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -82,26 +82,8 @@ async fn view(state: &AppState, l: &Loaded, files: bool) -> DeploymentView {
     let d = &state.deployments;
     let name = &l.record.name;
     let kind = d.driver_kind(name, &l.meta, &l.compose).await;
-    let (driver, key) = d.driver(name, &l.meta, &l.compose).await;
-    let mut services = driver.status(&key);
+    let services = d.statuses(l).await;
     let live = d.live(name);
-    if services.is_empty() {
-        services = l
-            .compose
-            .services
-            .iter()
-            .map(|s| ServiceStatus {
-                name: s.name.clone(),
-                state: ServiceState::Stopped,
-                pid: None,
-                container_id: None,
-                restarts: 0,
-                started_at: None,
-                exit_code: None,
-                last_error: None,
-            })
-            .collect();
-    }
     let (ssl_status, ssl_error) = state
         .acme
         .deployment_status(state, name, l.meta.ssl.enabled);
