@@ -187,6 +187,167 @@ pub fn resolve(
     }))
 }
 
+/// Object keys whose values are never sent to a model: keys, tokens,
+/// passwords, sealed values and the like.
+fn secret_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n == "key"
+        || n.ends_with("_key")
+        || n.ends_with("-key")
+        || n.ends_with("key_pem")
+        || [
+            "password",
+            "passwd",
+            "secret",
+            "token",
+            "apikey",
+            "api_key",
+            "private",
+            "sealed",
+            "authorization",
+            "credential",
+            "cookie",
+            "signature",
+        ]
+        .iter()
+        .any(|s| n.contains(s))
+}
+
+/// The credentials of a URL (`scheme://user:pass@host`) replaced.
+fn strip_userinfo(s: &str) -> Option<String> {
+    let start = s.find("://")? + 3;
+    let rest = &s[start..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..end].rfind('@')?;
+    Some(format!("{}[redacted]{}", &s[..start], &rest[at..]))
+}
+
+/// Removes from `v` everything that must not reach a model: the values of
+/// secret-named fields (and of `{name, value}` pairs with a secret name, such
+/// as an `Authorization` header) and the credentials of URLs.
+pub fn strip_secrets(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let pair_is_secret = map
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(secret_name);
+            for (k, val) in map.iter_mut() {
+                let secret = secret_name(k) || (pair_is_secret && k == "value");
+                if secret && !val.is_null() && *val != Value::Bool(false) {
+                    *val = Value::String("[redacted]".into());
+                } else {
+                    strip_secrets(val);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_secrets),
+        Value::String(s) => {
+            if let Some(clean) = strip_userinfo(s) {
+                *s = clean;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The JSON object a model answered with: the whole text, or one fenced
+/// code block that is the whole text. `Err` says what is wrong with it.
+pub fn answer_object(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix("```json")
+        .or_else(|| t.strip_prefix("```"))
+        .and_then(|r| r.strip_suffix("```"))
+        .map(str::trim)
+        .unwrap_or(t);
+    if t.is_empty() {
+        return Err("the answer is empty".into());
+    }
+    match serde_json::from_str::<serde_json::Value>(t) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err("the answer is JSON but not an object".into()),
+        Err(e) => Err(format!("the answer is not JSON ({e})")),
+    }
+}
+
+/// At most `n` characters of `s`, for error details.
+pub fn clip(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// A provider's answer that is not what was asked for: 502 naming what is
+/// wrong, with the start of the answer.
+pub fn invalid_answer(what: impl Into<String>, raw: &str) -> ApiError {
+    let what = what.into();
+    ApiError::new(
+        axum::http::StatusCode::BAD_GATEWAY,
+        "AI_ANSWER_INVALID",
+        format!("the AI provider's answer was refused: {what}"),
+    )
+    .with_details(serde_json::json!({ "reason": what, "raw_response": clip(raw, 2000) }))
+}
+
+/// One model call made for a caller.
+pub struct Asked {
+    pub resolved: Resolved,
+    pub completion: fleetgate_ai::Completion,
+}
+
+/// Asks the provider the caller's request goes to (see [`resolve`]; `model`
+/// overrides the chosen model) for a JSON answer to `prompt`.
+pub async fn ask(
+    state: &AppState,
+    auth: &AuthContext,
+    provider: Option<&str>,
+    model: Option<&str>,
+    system: &str,
+    prompt: String,
+) -> ApiResult<Asked> {
+    let providers = state.store.list_ai_providers().await?;
+    let prefs = state.store.get_ai_preferences(&owner_of(auth)).await?;
+    let Some(mut resolved) = resolve(&providers, &prefs, provider)? else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "AI_PROVIDER_NOT_CONFIGURED",
+            "no AI provider can be chosen: add one at /api/v1/ai/providers (or mark one as the default)",
+        ));
+    };
+    if !resolved.provider.enabled {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "AI_PROVIDER_NOT_CONFIGURED",
+            format!("AI provider {} is disabled", resolved.provider.name),
+        ));
+    }
+    if let Some(m) = model {
+        crate::api::ai::check_model("model", m, kind_of(&resolved.provider).ok())?;
+        resolved.model = m.to_string();
+    }
+    let client =
+        client_for(state, &resolved.provider).map_err(|e| crate::api::ai::provider_failure(&e))?;
+    let p = &resolved.provider;
+    let req = fleetgate_ai::ChatRequest::new(resolved.model.clone(), prompt)
+        .system(system)
+        .json_output()
+        .max_tokens(p.max_tokens.clamp(1, u32::MAX as i64) as u32)
+        .temperature(p.temperature as f32);
+    let completion = client
+        .complete(&req)
+        .await
+        .map_err(|e| crate::api::ai::provider_failure(&e))?;
+    tracing::info!(provider = %p.name, model = %resolved.model, input_tokens = completion.usage.input_tokens,
+        output_tokens = completion.usage.output_tokens, actor = %auth.actor.name, "AI provider answered");
+    Ok(Asked {
+        resolved,
+        completion,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +370,41 @@ mod tests {
             created_at: 0,
             updated_at: 0,
         }
+    }
+
+    #[test]
+    fn secrets_are_stripped() {
+        let mut v = serde_json::json!({
+            "id": "r1", "upstream": "api", "api_key": "sk-1", "jwt_secret": "s",
+            "auth": {"password": "p", "users": [{"name": "a", "password_hash": "h"}]},
+            "headers": [{"name": "Authorization", "value": "Bearer x"}, {"name": "X-Trace", "value": "1"}],
+            "targets": ["http://user:pw@10.0.0.1:80/x", "http://10.0.0.2"],
+            "tls": {"key_pem": "-----BEGIN", "cert_pem": "c"}, "keepalive": 5,
+        });
+        strip_secrets(&mut v);
+        let text = v.to_string();
+        for secret in ["sk-1", "\"s\"", "\"p\"", "Bearer", "pw@", "BEGIN", "\"h\""] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert_eq!(v["headers"][1]["value"], "1");
+        assert_eq!(v["targets"][0], "http://[redacted]@10.0.0.1:80/x");
+        assert_eq!(
+            (v["keepalive"].as_i64(), v["upstream"].as_str()),
+            (Some(5), Some("api"))
+        );
+    }
+
+    #[test]
+    fn answers_are_json_objects() {
+        assert!(answer_object("{\"a\": 1}").is_ok());
+        assert!(answer_object("```json\n{\"a\": 1}\n```").is_ok());
+        assert!(answer_object("sure! {\"a\": 1}")
+            .expect_err("refused")
+            .contains("not JSON"));
+        assert!(answer_object("[1]")
+            .expect_err("refused")
+            .contains("not an object"));
+        assert!(answer_object("  ").expect_err("refused").contains("empty"));
     }
 
     #[test]

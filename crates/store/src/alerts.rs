@@ -56,7 +56,8 @@ pub struct IncidentRecord {
     pub acknowledged_at: Option<i64>,
     pub resolved_by: Option<String>,
     pub resolved_at: Option<i64>,
-    /// Reserved for AI analysis (JSON); nothing writes it yet.
+    /// The newest AI analysis (JSON: [`IncidentAnalysisRecord::view`]), written
+    /// by [`AlertStore::record_incident_analysis`].
     pub analysis: Option<Value>,
     pub version: i64,
 }
@@ -65,6 +66,45 @@ impl IncidentRecord {
     fn audit_view(&self) -> Value {
         json!({"id": self.id, "title": self.title, "status": self.status,
                "severity": self.severity, "rule_id": self.rule_id})
+    }
+}
+
+/// One AI analysis of an incident, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentAnalysisRecord {
+    pub id: String,
+    pub incident_id: String,
+    pub summary: String,
+    pub probable_cause: String,
+    pub suggested_actions: Vec<String>,
+    /// The provider asked; it may have been deleted since.
+    pub provider_id: Option<String>,
+    pub provider_name: String,
+    pub model: String,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// What the model was given, described (counts, names), not the context itself.
+    pub context: Value,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+impl IncidentAnalysisRecord {
+    /// The analysis as the incident carries it (`incidents.analysis`).
+    pub fn view(&self) -> Value {
+        json!({
+            "id": self.id,
+            "summary": self.summary,
+            "probable_cause": self.probable_cause,
+            "suggested_actions": self.suggested_actions,
+            "provider_id": self.provider_id,
+            "provider": self.provider_name,
+            "model": self.model,
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
+            "context": self.context,
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+        })
     }
 }
 
@@ -229,6 +269,17 @@ pub trait AlertStore: Send + Sync {
     ) -> Result<(IncidentRecord, u64)>;
     /// The whole timeline, oldest first.
     async fn incident_timeline(&self, id: &str) -> Result<Vec<TimelineEntry>>;
+    /// Stores an AI analysis of the incident, makes it the incident's current
+    /// analysis and bumps the incident's version, audited as `incident.analyze`
+    /// (the analysis, without its context). [`StoreError::NotFound`] when the
+    /// incident does not exist.
+    async fn record_incident_analysis(
+        &self,
+        actor: &Actor,
+        analysis: &IncidentAnalysisRecord,
+    ) -> Result<IncidentRecord>;
+    /// Every analysis of the incident, oldest first.
+    async fn incident_analyses(&self, incident_id: &str) -> Result<Vec<IncidentAnalysisRecord>>;
     async fn delete_incident(
         &self,
         actor: &Actor,
@@ -242,6 +293,9 @@ const RULE_COLS: &str = "id, name, description, enabled, severity, condition_jso
 const INCIDENT_COLS: &str = "id, title, status, severity, rule_id, created_at, updated_at, \
      acknowledged_by, acknowledged_at, resolved_by, resolved_at, analysis, version";
 const TIMELINE_COLS: &str = "id, at, kind, message, actor, event_id, event_type, status";
+const ANALYSIS_COLS: &str = "id, incident_id, summary, probable_cause, suggested_actions, \
+     provider_id, provider_name, model, input_tokens, output_tokens, context_json, created_by, \
+     created_at";
 
 fn corrupt(what: &str, v: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} {v:?}"))
@@ -289,6 +343,29 @@ fn incident_from_row(r: &AnyRow) -> Result<IncidentRecord> {
             .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()?,
         version: r.try_get("version")?,
+    })
+}
+
+fn analysis_from_row(r: &AnyRow) -> Result<IncidentAnalysisRecord> {
+    let actions: String = r.try_get("suggested_actions")?;
+    let context: String = r.try_get("context_json")?;
+    let bad = |what: &str, e: serde_json::Error| {
+        StoreError::Corrupt(format!("incident analysis {what}: {e}"))
+    };
+    Ok(IncidentAnalysisRecord {
+        id: r.try_get("id")?,
+        incident_id: r.try_get("incident_id")?,
+        summary: r.try_get("summary")?,
+        probable_cause: r.try_get("probable_cause")?,
+        suggested_actions: serde_json::from_str(&actions).map_err(|e| bad("actions", e))?,
+        provider_id: r.try_get("provider_id")?,
+        provider_name: r.try_get("provider_name")?,
+        model: r.try_get("model")?,
+        input_tokens: r.try_get("input_tokens")?,
+        output_tokens: r.try_get("output_tokens")?,
+        context: serde_json::from_str(&context).map_err(|e| bad("context", e))?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
     })
 }
 
@@ -811,6 +888,77 @@ impl AlertStore for SqlStore {
         .collect()
     }
 
+    async fn record_incident_analysis(
+        &self,
+        actor: &Actor,
+        a: &IncidentAnalysisRecord,
+    ) -> Result<IncidentRecord> {
+        let mut tx = self.begin_audited().await?;
+        let view = a.view();
+        // The row lock (and SQLite's write lock) first, then the write.
+        let n = sqlx::query(
+            "UPDATE incidents SET analysis = $1, version = version + 1, \
+             updated_at = CASE WHEN updated_at > $2 THEN updated_at ELSE $2 END WHERE id = $3",
+        )
+        .bind(view.to_string())
+        .bind(a.created_at)
+        .bind(a.incident_id.clone())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("incident {}", a.incident_id)));
+        }
+        let actions = serde_json::to_string(&a.suggested_actions)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query(&format!(
+            "INSERT INTO incident_analyses ({ANALYSIS_COLS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        ))
+        .bind(a.id.clone())
+        .bind(a.incident_id.clone())
+        .bind(a.summary.clone())
+        .bind(a.probable_cause.clone())
+        .bind(actions)
+        .bind(a.provider_id.clone())
+        .bind(a.provider_name.clone())
+        .bind(a.model.clone())
+        .bind(a.input_tokens)
+        .bind(a.output_tokens)
+        .bind(a.context.to_string())
+        .bind(a.created_by.clone())
+        .bind(a.created_at)
+        .execute(&mut *tx)
+        .await?;
+        let after = get_incident_in(&mut tx, &a.incident_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("incident {}", a.incident_id)))?;
+        let mut audited = view;
+        if let Some(o) = audited.as_object_mut() {
+            o.remove("context");
+        }
+        tx.commit(
+            actor,
+            &AuditEvent::new("incident.analyze", "incident", Some(&a.incident_id))
+                .after(json!({ "analysis": audited })),
+        )
+        .await?;
+        Ok(after)
+    }
+
+    async fn incident_analyses(&self, incident_id: &str) -> Result<Vec<IncidentAnalysisRecord>> {
+        sqlx::query(&format!(
+            "SELECT {ANALYSIS_COLS} FROM incident_analyses WHERE incident_id = $1 \
+             ORDER BY created_at, id"
+        ))
+        .bind(incident_id.to_string())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(analysis_from_row)
+        .collect()
+    }
+
     async fn delete_incident(
         &self,
         actor: &Actor,
@@ -823,6 +971,10 @@ impl AlertStore for SqlStore {
             .ok_or_else(|| StoreError::NotFound(format!("incident {id}")))?;
         check_version(expected_version, before.version)?;
         sqlx::query("DELETE FROM incident_timeline WHERE incident_id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM incident_analyses WHERE incident_id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;

@@ -27,7 +27,8 @@ use fleetgate_core::user::Role;
 
 pub use ai::{AiPreferencesRecord, AiProviderRecord, AiStore};
 pub use alerts::{
-    AlertRuleRecord, AlertStore, IncidentFilter, IncidentRecord, NewTimelineEntry, TimelineEntry,
+    AlertRuleRecord, AlertStore, IncidentAnalysisRecord, IncidentFilter, IncidentRecord,
+    NewTimelineEntry, TimelineEntry,
 };
 pub use audit::{AuditEvent, AuditFilter, AuditRecord, AuditStore};
 pub use auth::{ApiKeyRecord, AuthStore, LoginAttempt, SessionRecord, UserRecord};

@@ -164,6 +164,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0015_ai.sql"),
         include_str!("../migrations/postgres/0015_ai.sql"),
     ),
+    (
+        16,
+        "incident analyses",
+        include_str!("../migrations/sqlite/0016_incident_analyses.sql"),
+        include_str!("../migrations/postgres/0016_incident_analyses.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

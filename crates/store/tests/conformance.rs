@@ -14,7 +14,8 @@ use fleetgate_store::{
 };
 use fleetgate_store::{AiPreferencesRecord, AiProviderRecord, AiStore};
 use fleetgate_store::{
-    AlertRuleRecord, AlertStore, IncidentFilter, IncidentRecord, NewTimelineEntry,
+    AlertRuleRecord, AlertStore, IncidentAnalysisRecord, IncidentFilter, IncidentRecord,
+    NewTimelineEntry,
 };
 use fleetgate_store::{AttemptOutcome, DeliveryRecord, WebhookRecord, WebhookStore};
 use fleetgate_store::{AuditStore, AuthStore, CertificateStore, ConfigEdit, NoCheck};
@@ -119,6 +120,7 @@ conformance!(
     alert_rules_crud_with_versions,
     one_active_incident_per_rule,
     incident_timelines_filters_and_deletion,
+    incident_analyses_are_kept_shown_and_audited,
     nodes_crud_tokens_and_registration,
     fleet_presence_follows_live_replicas_and_samples_roll,
     tunnels_crud_legs_and_audit_without_secrets,
@@ -2286,6 +2288,89 @@ async fn incident_timelines_filters_and_deletion(s: &SqlStore) {
             "incident.create"
         ]
     );
+}
+
+fn analysis(id: &str, incident_id: &str, at: i64, summary: &str) -> IncidentAnalysisRecord {
+    IncidentAnalysisRecord {
+        id: id.into(),
+        incident_id: incident_id.into(),
+        summary: summary.into(),
+        probable_cause: "upstream 'api' refused connections".into(),
+        suggested_actions: vec!["check the api pool".into(), "raise the timeout'; --".into()],
+        provider_id: Some("p1".into()),
+        provider_name: "openai".into(),
+        model: "gpt-4.1-mini".into(),
+        input_tokens: 1200,
+        output_tokens: 80,
+        context: json!({"events": 3, "routes": ["r1"]}),
+        created_by: "tester".into(),
+        created_at: at,
+    }
+}
+
+async fn incident_analyses_are_kept_shown_and_audited(s: &SqlStore) {
+    let now = now_ms();
+    s.create_incident(
+        &actor(),
+        &incident("an1", None, Severity::Critical, now),
+        &[],
+    )
+    .await
+    .expect("create");
+    // An incident that does not exist gets no analysis.
+    assert!(matches!(
+        s.record_incident_analysis(&actor(), &analysis("x0", "nope", now, "s"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let first = analysis("a1", "an1", now + 1, "first");
+    let i = s
+        .record_incident_analysis(&actor(), &first)
+        .await
+        .expect("record");
+    assert_eq!(i.version, 2, "an analysis bumps the version");
+    assert_eq!(i.analysis, Some(first.view()));
+    let second = analysis("a2", "an1", now + 2, "second");
+    s.record_incident_analysis(&actor(), &second)
+        .await
+        .expect("record");
+    let i = s.get_incident("an1").await.expect("get").expect("incident");
+    assert_eq!(
+        i.analysis.as_ref().map(|a| a["summary"].clone()),
+        Some(json!("second"))
+    );
+    assert_eq!((i.version, i.updated_at), (3, now + 2));
+    // Every analysis is kept, oldest first, text verbatim.
+    let all = s.incident_analyses("an1").await.expect("list");
+    assert_eq!(all, vec![first, second]);
+    // An update of the incident keeps the analysis.
+    let mut changed = i.clone();
+    changed.title = "renamed".into();
+    let after = s
+        .update_incident(&actor(), &changed, Some(3), &[])
+        .await
+        .expect("update");
+    assert_eq!(after.analysis, i.analysis);
+    // Audited, without the context sent.
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                action: Some("incident.analyze".into()),
+                ..Default::default()
+            },
+            page(10, 0),
+        )
+        .await
+        .expect("audit");
+    assert_eq!(audit.items.len(), 2);
+    let after = audit.items[0].after.clone().expect("after");
+    assert_eq!(after["analysis"]["summary"], "second");
+    assert!(after["analysis"].get("context").is_none());
+    // Deleting the incident deletes its analyses.
+    s.delete_incident(&actor(), "an1", None)
+        .await
+        .expect("delete");
+    assert!(s.incident_analyses("an1").await.expect("list").is_empty());
 }
 
 fn node(id: &str, device_type: &str, token_hash: &str) -> NodeRecord {

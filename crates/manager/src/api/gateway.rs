@@ -346,7 +346,7 @@ pub async fn data_plane(
 /// Judges a route in the document it goes into (inside the write): its
 /// references, and that no other route has the same match. The route table of the
 /// whole document is compiled by the standard check.
-fn check_route(doc: &ConfigDocument, route: &Route) -> Result<(), StoreError> {
+pub(crate) fn check_route(doc: &ConfigDocument, route: &Route) -> Result<(), StoreError> {
     let twin = doc
         .routes
         .iter()

@@ -1,6 +1,7 @@
 //! The admin API's routes, assembled with their OpenAPI description.
 
 pub mod ai;
+pub mod ai_actions;
 pub mod ai_compat;
 pub mod alert_rules;
 pub mod audit;
@@ -237,6 +238,8 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(ai::get, ai::update, ai::delete))
         .routes(routes!(ai::models))
         .routes(routes!(ai::health))
+        .routes(routes!(ai_actions::generate_config))
+        .routes(routes!(ai_actions::apply))
         .routes(routes!(ai::get_preferences, ai::put_preferences))
         .routes(routes!(
             ai_compat::list_keys,
@@ -256,6 +259,8 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(incidents::add_note))
         .routes(routes!(incidents::link_event))
+        .routes(routes!(incidents::analyze))
+        .routes(routes!(incidents::analyses))
         .routes(routes!(
             gateway::get_route,
             gateway::update_route,

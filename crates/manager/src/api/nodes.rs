@@ -637,9 +637,20 @@ pub async fn command(
     JsonBody(body): JsonBody<CommandRequest>,
 ) -> ApiResult<Json<CommandResult>> {
     auth.require(Role::Operator)?;
-    let n = visible_node(&state, &auth, &id).await?;
+    Ok(Json(send_command(&state, &auth, &id, &body.action).await?))
+}
+
+/// Validates `action` for node `id` (visible to the caller) and has the node
+/// carry it out, wherever it is connected.
+pub(crate) async fn send_command(
+    state: &AppState,
+    auth: &AuthContext,
+    id: &str,
+    action: &Value,
+) -> ApiResult<CommandResult> {
+    let n = visible_node(state, auth, id).await?;
     let device = DeviceType::parse(&n.device_type).unwrap_or(DeviceType::Edge);
-    let spec = validate_command(device, &body.action)
+    let spec = validate_command(device, action)
         .map_err(|e| ApiError::bad_request(&e.field(), e.to_string()))?;
     if DEPLOYMENT_CHANGES.contains(&spec.name) {
         // They are audited there (with the files' digests).
@@ -651,24 +662,24 @@ pub async fn command(
             ),
         ));
     }
-    let ack = match state.whereabouts(&id).await {
+    let ack = match state.whereabouts(id).await {
         Whereabouts::Local(_) => state
             .nodes
-            .command(&id, spec, &body.action, COMMAND_TIMEOUT)
+            .command(id, spec, action, COMMAND_TIMEOUT)
             .await
-            .map_err(|f| failure(&id, f))?,
+            .map_err(|f| failure(id, f))?,
         Whereabouts::Remote(p) => state
-            .remote_command(&p, &body.action, COMMAND_TIMEOUT)
+            .remote_command(&p, action, COMMAND_TIMEOUT)
             .await
-            .map_err(|f| remote_failure(&id, f))?,
-        Whereabouts::Offline => return Err(failure(&id, CommandFailure::NotConnected)),
+            .map_err(|f| remote_failure(id, f))?,
+        Whereabouts::Offline => return Err(failure(id, CommandFailure::NotConnected)),
     };
     tracing::info!(node = %id, command = spec.name, actor = %auth.actor.name, "node command carried out");
-    Ok(Json(CommandResult {
+    Ok(CommandResult {
         command_id: ack.command_id,
         success: true,
         data: ack.data,
-    }))
+    })
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes/{id}/config", operation_id = "get_node_config", tag = "nodes",

@@ -1,0 +1,474 @@
+//! AI operations over the API, against the local fake provider (never the
+//! internet): incident analysis (the context sent, secrets stripped; stored,
+//! shown and audited; a malformed answer refused with nothing stored).
+
+use std::time::{Duration, Instant};
+
+use fleetgate_core::events::{NewEvent, Severity};
+use fleetgate_store::MetricPoint;
+use fleetgate_test_support::fake_llm::{FakeLlm, Reply};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::{expect_error, send, spawn_app, TestApp};
+
+const KEY: &str = "sk-live-0123456789abcdefWXYZ";
+const ROUTE_SECRET: &str = "Bearer route-sekrit-4242";
+
+/// The fake provider, made the default provider.
+async fn with_provider(app: &TestApp) -> FakeLlm {
+    let fake = FakeLlm::start(Some(KEY)).await;
+    let (status, v) = send(
+        app,
+        Method::POST,
+        "/api/v1/ai/providers",
+        Some(
+            json!({"name": "fake", "kind": "openai", "base_url": fake.openai_url(),
+                    "api_key": KEY, "default_model": "gpt-test", "is_default": true}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    fake
+}
+
+/// An upstream `api` and a route `orders` whose request headers hold a secret.
+async fn gateway_config(app: &TestApp) {
+    for (path, body) in [
+        (
+            "/api/v1/upstreams",
+            json!({"name": "api", "targets": [{"url": "http://127.0.0.1:9"}]}),
+        ),
+        (
+            "/api/v1/routes",
+            json!({"id": "orders", "path": "/orders", "upstream": "api",
+                   "requestHeaders": {"set": {"authorization": ROUTE_SECRET}}}),
+        ),
+    ] {
+        let (status, v) = send(app, Method::POST, path, Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+    }
+}
+
+/// An incident with an event of route `orders` linked, and traffic around it.
+async fn incident_with_traffic(app: &TestApp) -> String {
+    let state = app.running.as_ref().expect("running").state.clone();
+    let mut e = NewEvent::new(
+        "route.errors_high",
+        Severity::Critical,
+        "route orders answers 5xx",
+    )
+    .details(json!({"error_rate": 0.4, "token": "event-sekrit-77"}));
+    e.route_id = Some("orders".into());
+    e.upstream = Some("api".into());
+    state.emit(e);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event_id = loop {
+        let v = app
+            .get_json("/api/v1/events?type=route.errors_high&limit=1")
+            .await;
+        if let Some(id) = v["items"][0]["id"].as_i64() {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "the event was not stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let now = fleetgate_core::time::now_ms();
+    let ts = now - now.rem_euclid(10_000) - 60_000;
+    state
+        .store
+        .record_metric_points(&[
+            MetricPoint {
+                ts,
+                scope: "route:orders".into(),
+                source: "gw1".into(),
+                requests: 120,
+                errors: 48,
+                latency_count: 120,
+                p95_weighted: 120.0 * 900.0,
+                ..Default::default()
+            },
+            MetricPoint {
+                ts,
+                scope: String::new(),
+                source: "gw1".into(),
+                requests: 500,
+                errors: 48,
+                ..Default::default()
+            },
+        ])
+        .await
+        .expect("metrics");
+    let (status, v) = send(
+        app,
+        Method::POST,
+        "/api/v1/incidents",
+        Some(json!({"title": "orders failing", "severity": "critical",
+                    "note": "customers report errors", "event_ids": [event_id]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    v["id"].as_str().expect("id").to_string()
+}
+
+#[tokio::test]
+async fn incident_analysis_is_stored_shown_and_audited() {
+    let app = spawn_app().await;
+    let fake = with_provider(&app).await;
+    gateway_config(&app).await;
+    let id = incident_with_traffic(&app).await;
+    fake.push(Reply::text(
+        json!({"summary": "Route orders failed: upstream api refused connections.",
+               "probable_cause": "The api pool has no healthy target.",
+               "suggested_actions": ["Check the targets of upstream api", "Roll back the last deploy"]})
+        .to_string(),
+    ));
+    let (status, v) = send(
+        &app,
+        Method::POST,
+        &format!("/api/v1/incidents/{id}/analyze"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let a = &v["analysis"];
+    assert_eq!(
+        a["summary"],
+        "Route orders failed: upstream api refused connections."
+    );
+    assert_eq!(a["probable_cause"], "The api pool has no healthy target.");
+    assert_eq!(a["suggested_actions"][1], "Roll back the last deploy");
+    assert_eq!(
+        (a["provider"].as_str(), a["model"].as_str()),
+        (Some("fake"), Some("gpt-test"))
+    );
+    assert!(a["usage"]["input_tokens"].as_i64() > Some(0));
+    assert_eq!(a["created_by"], "api_key:bootstrap");
+    assert_eq!(a["context"]["routes"], json!(["orders"]));
+    assert_eq!(a["context"]["upstreams"], json!(["api"]));
+    assert_eq!(a["context"]["events"], 1);
+
+    // What the provider was sent: the events, the traffic, the route's
+    // configuration, and no secret.
+    let reqs = fake.requests();
+    let sent = reqs.last().expect("a request").body.to_string();
+    for needle in [
+        "route orders answers 5xx",
+        "customers report errors",
+        "/orders",
+        "errors_5xx",
+        "\\\"requests\\\": 120",
+    ] {
+        assert!(sent.contains(needle), "{needle} not sent: {sent}");
+    }
+    for secret in [ROUTE_SECRET, "route-sekrit", "event-sekrit-77", KEY] {
+        assert!(!sent.contains(secret), "{secret} was sent to the provider");
+    }
+
+    // GET shows it; the history keeps every analysis; it is audited.
+    let got = app.get_json(&format!("/api/v1/incidents/{id}")).await;
+    assert_eq!(got["analysis"], v["analysis"]);
+    let history = app
+        .get_json(&format!("/api/v1/incidents/{id}/analyses"))
+        .await;
+    assert_eq!(history.as_array().map(Vec::len), Some(1));
+    let audit = app.get_json("/api/v1/audit?action=incident.analyze").await;
+    assert_eq!(audit["total"], 1, "{audit}");
+    assert_eq!(audit["items"][0]["target_id"], id.as_str());
+
+    // A viewer may read it but not ask for one.
+    let viewer = app.key_for_role("ai-viewer", "viewer").await;
+    let r = app
+        .client
+        .post(app.url(&format!("/api/v1/incidents/{id}/analyze")))
+        .bearer_auth(&viewer)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("post");
+    expect_error(r, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_analysis_is_refused_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let fake = with_provider(&app).await;
+    let id = incident_with_traffic(&app).await;
+    let before = app.get_json(&format!("/api/v1/incidents/{id}")).await;
+    for (reply, named) in [
+        (
+            Reply::text("The incident was caused by a bad deploy."),
+            "not JSON",
+        ),
+        (Reply::text("[1, 2]"), "not an object"),
+        (
+            Reply::text(json!({"summary": "s", "probable_cause": "c"}).to_string()),
+            "`suggested_actions` is missing",
+        ),
+        (
+            Reply::text(
+                json!({"summary": "s", "probable_cause": 7, "suggested_actions": []}).to_string(),
+            ),
+            "`probable_cause` must be a string",
+        ),
+        (
+            Reply::text(
+                json!({"summary": "s", "probable_cause": "c", "suggested_actions": [{"do": "x"}]})
+                    .to_string(),
+            ),
+            "`suggested_actions[0]` must be a string",
+        ),
+    ] {
+        fake.push(reply);
+        let r = app
+            .admin(Method::POST, &format!("/api/v1/incidents/{id}/analyze"))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("post");
+        let e = expect_error(r, StatusCode::BAD_GATEWAY, "AI_ANSWER_INVALID").await;
+        let msg = e["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(named), "{named}: {e}");
+        assert!(e["details"]["raw_response"].is_string());
+    }
+    // A provider error is a 502 of its own kind.
+    fake.push(Reply::error(500, "overloaded"));
+    let r = app
+        .admin(Method::POST, &format!("/api/v1/incidents/{id}/analyze"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("post");
+    expect_error(r, StatusCode::BAD_GATEWAY, "AI_PROVIDER_ERROR").await;
+    // An unknown provider or a bad model names the field.
+    for (body, field) in [
+        (json!({"provider": "nope"}), "provider"),
+        (json!({"model": "bad model!"}), "model"),
+        (json!({"temperature": 1}), "temperature"),
+    ] {
+        let r = app
+            .admin(Method::POST, &format!("/api/v1/incidents/{id}/analyze"))
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        let e = expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+        assert!(e.to_string().contains(field), "{body}: {e}");
+    }
+    // Nothing was stored or audited.
+    let after = app.get_json(&format!("/api/v1/incidents/{id}")).await;
+    assert_eq!(after["analysis"], Value::Null);
+    assert_eq!(after["version"], before["version"]);
+    let audit = app.get_json("/api/v1/audit?action=incident.analyze").await;
+    assert_eq!(audit["total"], 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn analysis_without_a_provider_is_a_conflict() {
+    let app = spawn_app().await;
+    let id = incident_with_traffic(&app).await;
+    let r = app
+        .admin(Method::POST, &format!("/api/v1/incidents/{id}/analyze"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("post");
+    expect_error(r, StatusCode::CONFLICT, "AI_PROVIDER_NOT_CONFIGURED").await;
+    let r = app
+        .admin(Method::POST, "/api/v1/incidents/nope/analyze")
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("post");
+    expect_error(r, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    app.stop().await;
+}
+
+/// Asks generate-config with the fake provider answering `answer`.
+async fn generate(app: &TestApp, fake: &FakeLlm, answer: &str) -> reqwest::Response {
+    fake.push(Reply::text(answer));
+    app.admin(Method::POST, "/api/v1/ai/generate-config")
+        .json(&json!({"prompt": "route /shop to the api upstream", "provider": "fake"}))
+        .send()
+        .await
+        .expect("post")
+}
+
+async fn revision_now(app: &TestApp) -> Value {
+    app.get_json("/api/v1/export").await
+}
+
+#[tokio::test]
+async fn generated_route_is_checked_and_diffed_and_changes_nothing_until_applied() {
+    let app = spawn_app().await;
+    let fake = with_provider(&app).await;
+    gateway_config(&app).await;
+    let before = revision_now(&app).await;
+    let proposal = json!({"action": "create_route", "explanation": "a shop route",
+        "route": {"id": "shop", "path": "/shop", "upstream": "api", "methods": ["GET"]}});
+    let r = generate(&app, &fake, &proposal.to_string()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(
+        (v["success"].as_bool(), v["applied"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(v["config"], proposal);
+    assert_eq!(v["raw_response"], proposal.to_string());
+    assert_eq!(v["destructive"], false);
+    let changes = v["changes"].to_string();
+    assert!(
+        changes.contains("shop"),
+        "the diff shows the route: {changes}"
+    );
+    // The model saw the configuration without its secrets.
+    let sent = fake.requests().last().expect("request").body.to_string();
+    assert!(
+        sent.contains("/orders") && !sent.contains("route-sekrit"),
+        "{sent}"
+    );
+    // Nothing changed.
+    assert_eq!(revision_now(&app).await, before);
+    let (status, _) = send(&app, Method::GET, "/api/v1/routes/shop", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A viewer cannot apply it.
+    let viewer = app.key_for_role("ai-viewer", "viewer").await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/ai/actions/apply"))
+        .bearer_auth(&viewer)
+        .json(&json!({"config": v["config"]}))
+        .send()
+        .await
+        .expect("post");
+    expect_error(r, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    assert_eq!(revision_now(&app).await, before);
+
+    // Applying writes one revision, audited.
+    let revs = app.get_json("/api/v1/revisions?limit=1").await;
+    let (status, applied) = send(
+        &app,
+        Method::POST,
+        "/api/v1/ai/actions/apply",
+        Some(json!({"config": v["config"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{applied}");
+    assert_eq!(applied["applied"], true);
+    let rev = applied["revision"].as_i64().expect("revision");
+    assert_eq!(
+        Some(rev),
+        revs["items"][0]["number"].as_i64().map(|n| n + 1),
+        "{revs}"
+    );
+    assert_eq!(applied["changes"], v["changes"]);
+    let route = app.get_json("/api/v1/routes/shop").await;
+    assert_eq!(route["upstream"], "api");
+    let audit = app.get_json("/api/v1/audit?action=ai.apply").await;
+    assert_eq!(audit["total"], 1, "{audit}");
+    // Applying it again is refused: the route exists now.
+    let r = app
+        .admin(Method::POST, "/api/v1/ai/actions/apply")
+        .json(&json!({"config": v["config"]}))
+        .send()
+        .await
+        .expect("post");
+    expect_error(r, StatusCode::CONFLICT, "CONFLICT").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_model_output_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    let fake = with_provider(&app).await;
+    gateway_config(&app).await;
+    let before = revision_now(&app).await;
+    for (answer, named) in [
+        ("Sure! Here is your route: create /shop".to_string(), "not JSON"),
+        (json!({"action": "drop_database"}).to_string(), "is not an action"),
+        (json!({"action": "delete_route", "id": "*"}).to_string(), "there is no route \\\"*\\\""),
+        (
+            json!({"action": "create_route", "route": {"id": "x", "path": "/x", "upstream": "nope"}}).to_string(),
+            "nope",
+        ),
+        (
+            json!({"action": "create_route", "route": {"id": "y", "path": "no-slash", "upstream": "api"}}).to_string(),
+            "path",
+        ),
+        (
+            json!({"action": "create_route", "apply_now": true, "route": {"id": "z", "path": "/z", "upstream": "api"}}).to_string(),
+            "apply_now",
+        ),
+        (
+            json!({"action": "multiple", "actions": [{"action": "multiple", "actions": []}]}).to_string(),
+            "not an action inside multiple",
+        ),
+        (
+            json!({"action": "start_flow", "flow_id": "f1"}).to_string(),
+            "node_id",
+        ),
+    ] {
+        let r = generate(&app, &fake, &answer).await;
+        let e = expect_error(r, StatusCode::BAD_GATEWAY, "AI_ANSWER_INVALID").await;
+        assert!(e.to_string().contains(named), "{answer}: {e}");
+    }
+    // A prompt-injected "delete everything" is only ever a proposal: shown as
+    // destructive, with its diff, and nothing is deleted.
+    let injected = json!({"action": "multiple", "actions": [
+        {"action": "delete_route", "id": "orders"},
+        {"action": "delete_upstream", "name": "api"}]});
+    let r = generate(&app, &fake, &injected.to_string()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(
+        (v["destructive"].as_bool(), v["applied"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert!(v["changes"].to_string().contains("orders"));
+    assert_eq!(revision_now(&app).await, before, "nothing changed");
+    // Apply checks again: an invalid envelope is a 400 naming the field.
+    for (config, field) in [
+        (json!({"action": "delete_route"}), "config.id"),
+        (
+            json!({"action": "delete_upstream", "name": "api"}),
+            "used by routes",
+        ),
+        (json!([1]), "config"),
+    ] {
+        let r = app
+            .admin(Method::POST, "/api/v1/ai/actions/apply")
+            .json(&json!({"config": config}))
+            .send()
+            .await
+            .expect("post");
+        assert!(r.status().is_client_error());
+        let e: Value = r.json().await.expect("json");
+        assert!(e.to_string().contains(field), "{config}: {e}");
+    }
+    assert_eq!(revision_now(&app).await, before, "nothing changed");
+    let audit = app.get_json("/api/v1/audit?action=ai.apply").await;
+    assert_eq!(audit["total"], 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_ai_operation_is_documented() {
+    let app = spawn_app().await;
+    let spec = app.get_json("/api/v1/openapi.json").await;
+    for (path, m, code) in [
+        ("/api/v1/incidents/{id}/analyze", "post", "502"),
+        ("/api/v1/incidents/{id}/analyses", "get", "200"),
+        ("/api/v1/ai/generate-config", "post", "502"),
+        ("/api/v1/ai/actions/apply", "post", "409"),
+    ] {
+        let op = &spec["paths"][path][m];
+        assert!(op.is_object(), "{m} {path} is not documented");
+        for c in ["200", "400", "401", "403", code] {
+            assert!(op["responses"][c].is_object(), "{m} {path} lacks {c}");
+        }
+    }
+    app.stop().await;
+}
