@@ -16,8 +16,12 @@
 # private dockerd (no bridge: host network) and runs them in containers made from a
 # busybox-static rootfs with the host's /usr mounted read-only (python3).
 #
+# PAUSE seconds pass between one redeploy's answer and the next PUT (default 1; 0 sends
+# them back to back, when the new instances' start-up competes for the host's CPU with
+# the gateway and the load).
+#
 # Usage:  bench/redeploy.sh [REDEPLOYS=20] [RATE=500] [WEBSOCKETS=50] [STEADY=20]
-# Env:    FLEETGATE=target/release/fleetgate  DRIVER=process|docker
+# Env:    FLEETGATE=target/release/fleetgate  DRIVER=process|docker  PAUSE=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REDEPLOYS=${1:-20}
@@ -25,6 +29,7 @@ RATE=${2:-500}
 SOCKETS=${3:-50}
 STEADY=${4:-20}
 DRIVER=${DRIVER:-process}
+PAUSE=${PAUSE:-1}
 FLEETGATE=${FLEETGATE:-target/release/fleetgate}
 die() { echo "redeploy.sh: $*" >&2; exit 1; }
 for c in curl jq python3 taskset; do command -v $c >/dev/null || die "$c is missing"; done
@@ -131,6 +136,7 @@ for r in $(seq 2 $((REDEPLOYS + 1))); do
         -H 'Content-Type: application/json' --data "$(jq -n --arg c "$(compose "$r")" '{compose:$c}')" \
         "$API/api/v1/deployments/bench")
     [[ $code == 200 ]] || die "redeploy $r answered $code: $(cat "$WORK/put.json")"
+    sleep "$PAUSE"
 done
 t1=$(date +%s.%N)
 sleep 3
@@ -140,6 +146,6 @@ releases=$(api GET /api/v1/deployments/bench/releases | jq '[.items[] | .state] 
 steady=$(cat "$WORK/steady.json")
 during=$(cat "$WORK/redeploys.json")
 echo "driver=$DRIVER steady: $steady"
-echo "driver=$DRIVER redeploys ($REDEPLOYS in $(echo "$t1 - $t0" | bc) s): $during"
+echo "driver=$DRIVER redeploys ($REDEPLOYS in $(echo "$t1 - $t0" | bc) s, pause $PAUSE s): $during"
 echo "driver=$DRIVER releases: $releases"
 echo "driver=$DRIVER p99 ratio (redeploys / steady): $(jq -n --argjson a "$during" --argjson b "$steady" '($a.p99_ms / $b.p99_ms * 100 | round) / 100')"
