@@ -20,6 +20,10 @@
 # them back to back, when the new instances' start-up competes for the host's CPU with
 # the gateway and the load).
 #
+# CONTROL=1 (process driver only) replaces each redeploy by a start of the same two app
+# processes outside Fleetgate (same program, ports of their own, stopped once both
+# listen): the start-ups' cost to the host without any switch, for comparison.
+#
 # Usage:  bench/redeploy.sh [REDEPLOYS=20] [RATE=500] [WEBSOCKETS=50] [STEADY=20]
 # Env:    FLEETGATE=target/release/fleetgate  DRIVER=process|docker  PAUSE=1
 set -euo pipefail
@@ -132,6 +136,15 @@ phase redeploys
 sleep 3
 t0=$(date +%s.%N)
 for r in $(seq 2 $((REDEPLOYS + 1))); do
+    if [[ ${CONTROL:-0} == 1 ]]; then
+        p1=$(free_port); p2=$(free_port)
+        RELEASE=$r python3 -u "$APP" "$p1" >/dev/null 2>&1 & c1=$!
+        RELEASE=$r python3 -u "$APP" "$p2" >/dev/null 2>&1 & c2=$!
+        until curl -fs "http://127.0.0.1:$p1/health" >/dev/null && curl -fs "http://127.0.0.1:$p2/health" >/dev/null; do sleep 0.05; done
+        kill "$c1" "$c2"; wait "$c1" "$c2" 2>/dev/null || true
+        sleep "$PAUSE"
+        continue
+    fi
     code=$(curl -s -o "$WORK/put.json" -w '%{http_code}' -X PUT -H "Authorization: Bearer $TOKEN" \
         -H 'Content-Type: application/json' --data "$(jq -n --arg c "$(compose "$r")" '{compose:$c}')" \
         "$API/api/v1/deployments/bench")
