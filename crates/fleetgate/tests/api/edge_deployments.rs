@@ -9,8 +9,6 @@
 //! check answered with file, line and field; viewers and users limited to other
 //! nodes refused; every change audited without the files.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetgate::RunningEdge;
@@ -18,7 +16,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::edge_sync::{create_node, edge_config, node_until};
-use crate::support::{send, unused_port, TestApp};
+use crate::support::{send, unused_port, GatewayLoad, TestApp};
 
 const HOST: &str = "edge-app.example.test";
 
@@ -70,65 +68,6 @@ async fn until_edge(edge: &RunningEdge, what: &str, ok: impl Fn(&Result<String, 
         }
         assert!(Instant::now() < deadline, "the edge never {what}: {got:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Requests through the edge's gateway from `workers` loops until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(edge: &RunningEdge, workers: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let gw = edge.gateway_addr;
-        let tasks = (0..workers)
-            .map(|_| {
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                tokio::spawn(async move {
-                    let client = reqwest::Client::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let r = client
-                            .get(format!("http://{gw}/"))
-                            .header("host", HOST)
-                            .timeout(Duration::from_secs(5))
-                            .send()
-                            .await;
-                        match r {
-                            Ok(r) if r.status() == StatusCode::OK => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(r) => failures
-                                .lock()
-                                .expect("failures")
-                                .push(r.status().to_string()),
-                            Err(e) => failures.lock().expect("failures").push(e.to_string()),
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failures,
-            tasks,
-        }
-    }
-
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        let failures = self.failures.lock().expect("failures").clone();
-        (self.ok.load(Ordering::Relaxed), failures)
     }
 }
 
@@ -351,7 +290,7 @@ async fn an_app_is_deployed_on_an_edge_by_command_and_served_by_the_edges_gatewa
     assert_eq!(app.get_json(&one).await["proxy"]["served"], true);
 
     // Redeployed under load: blue-green on the edge, no request fails.
-    let load = Load::start(&edge, 2);
+    let load = GatewayLoad::start(edge.gateway_addr, HOST, 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (compose2, _) = files(&script, "2", port);
     let (s, v) = send(

@@ -5,8 +5,6 @@
 //! running one serves on; a rollback restores the files of an earlier release
 //! and serves them.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -14,7 +12,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
-use crate::support::{send, spawn_app, unused_port, TestApp};
+use crate::support::{send, spawn_app, unused_port, GatewayLoad, TestApp};
 
 const HOST: &str = "rel.example.test";
 
@@ -75,56 +73,6 @@ async fn until_answer(app: &TestApp, want: &str) {
             "the gateway never answered {want:?}: {got:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Requests through the gateway from `workers` loops until stopped; failures
-/// are kept with their reason.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(app: &TestApp, workers: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let tasks = (0..workers)
-            .map(|_| {
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                let gw = app.gateway.expect("gateway");
-                tokio::spawn(async move {
-                    let client = reqwest::Client::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        match via_gateway(&client, gw).await {
-                            Ok(_) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => failures.lock().expect("failures").push(e),
-                        }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failures,
-            tasks,
-        }
-    }
-
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.expect("load task");
-        }
-        let failures = self.failures.lock().expect("failures").clone();
-        (self.ok.load(Ordering::Relaxed), failures)
     }
 }
 
@@ -214,7 +162,7 @@ async fn redeploys_switch_without_a_failed_request_or_a_closed_websocket() {
     );
     until_answer(&app, "release 1 release api-1").await;
 
-    let load = Load::start(&app, 4);
+    let load = GatewayLoad::start(app.gateway.expect("gateway"), HOST, 4);
     let mut sockets = Vec::new();
     for _ in 0..5 {
         let mut ws = open_ws(&app).await;
@@ -342,7 +290,7 @@ async fn a_failing_release_is_dropped_and_a_rollback_restores_an_earlier_one() {
 
     // Release 3 never passes its health check: dropped within its 3 s, with no
     // failed request meanwhile.
-    let load = Load::start(&app, 3);
+    let load = GatewayLoad::start(app.gateway.expect("gateway"), HOST, 3);
     let (compose3, _) = files(
         &script,
         "3",

@@ -287,3 +287,72 @@ pub async fn send(
     let status = r.status();
     (status, r.json().await.unwrap_or(Value::Null))
 }
+
+/// `GET /` with a Host header through a gateway, from `workers` loops (10 ms
+/// apart each) until [`GatewayLoad::finish`]; answers other than 200 and
+/// failed exchanges are kept with their reason.
+pub struct GatewayLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl GatewayLoad {
+    pub fn start(gateway: SocketAddr, host: &str, workers: usize) -> GatewayLoad {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                let host = host.to_string();
+                tokio::spawn(async move {
+                    let client = Client::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = client
+                            .get(format!("http://{gateway}/"))
+                            .header("host", &host)
+                            .timeout(std::time::Duration::from_secs(5))
+                            .send()
+                            .await;
+                        let failed = match r {
+                            Ok(r) if r.status() == StatusCode::OK => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                None
+                            }
+                            Ok(r) => {
+                                let status = r.status();
+                                Some(format!("{status}: {}", r.text().await.unwrap_or_default()))
+                            }
+                            Err(e) => Some(e.to_string()),
+                        };
+                        if let Some(f) = failed {
+                            failures.lock().expect("failures").push(f);
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                })
+            })
+            .collect();
+        GatewayLoad {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    /// Stops the loops: the requests answered 200 and the failures.
+    pub async fn finish(self) -> (u64, Vec<String>) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("a load task");
+        }
+        let failures = self.failures.lock().expect("failures").clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
