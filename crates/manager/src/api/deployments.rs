@@ -220,13 +220,11 @@ async fn audit(
     before: Option<Value>,
     after: Option<Value>,
 ) -> ApiResult<()> {
-    let mut ev = AuditEvent::new(action, "deployment", Some(name));
-    if let Some(b) = before {
-        ev = ev.before(b);
-    }
-    if let Some(a) = after {
-        ev = ev.after(a);
-    }
+    let ev = AuditEvent {
+        before,
+        after,
+        ..AuditEvent::new(action, "deployment", Some(name))
+    };
     state.store.append_audit(&auth.actor, ev).await?;
     Ok(())
 }

@@ -155,10 +155,10 @@ async fn audit(
     id: &str,
     after: Option<Value>,
 ) -> ApiResult<()> {
-    let mut ev = AuditEvent::new(action, kind, Some(id));
-    if let Some(a) = after {
-        ev = ev.after(a);
-    }
+    let ev = AuditEvent {
+        after,
+        ..AuditEvent::new(action, kind, Some(id))
+    };
     state.store.append_audit(&auth.actor, ev).await?;
     Ok(())
 }

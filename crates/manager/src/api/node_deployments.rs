@@ -363,17 +363,15 @@ async fn audit(
     after: Option<Value>,
 ) -> ApiResult<()> {
     let target = format!("{id}/{name}");
-    let mut ev = AuditEvent::new(
-        &format!("node.deployment.{action}"),
-        "node_deployment",
-        Some(&target),
-    );
-    if let Some(b) = before {
-        ev = ev.before(b);
-    }
-    if let Some(a) = after {
-        ev = ev.after(a);
-    }
+    let ev = AuditEvent {
+        before,
+        after,
+        ..AuditEvent::new(
+            &format!("node.deployment.{action}"),
+            "node_deployment",
+            Some(&target),
+        )
+    };
     state.store.append_audit(&auth.actor, ev).await?;
     Ok(())
 }
