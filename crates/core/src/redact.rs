@@ -107,7 +107,8 @@ mod tests {
     const PASSWORD: &str = "[!-~]{1,24}";
     const USER: &str = "[a-z0-9_.-]{0,12}";
     const HOST: &str = "[a-z0-9.-]{1,20}(:[0-9]{1,5})?";
-    const TAIL: &str = "(/[a-zA-Z0-9_./-]{0,20})?(\\?[a-z_]{1,8}=[a-z0-9]{0,8})?";
+    /// No `Z` in the tail: `ZZ` marks the password below.
+    const TAIL: &str = "(/[a-yA-Y0-9_./-]{0,20})?(\\?[a-z_]{1,8}=[a-z0-9]{0,8})?";
 
     proptest! {
         #[test]
