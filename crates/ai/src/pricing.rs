@@ -520,16 +520,22 @@ mod tests {
     #[test]
     fn names_find_their_family() {
         let t = PriceTable::builtin();
-        assert_eq!(t.get("gpt-4o-2024-08-06").unwrap().0, "gpt-4o");
-        assert_eq!(t.get("gpt-4o-mini-2024-07-18").unwrap().0, "gpt-4o-mini");
-        assert_eq!(t.get("GPT-4o").unwrap().0, "gpt-4o");
-        assert_eq!(t.get("openai/gpt-4.1-mini").unwrap().0, "gpt-4.1-mini");
+        assert_eq!(t.get("gpt-4o-2024-08-06").expect("present").0, "gpt-4o");
         assert_eq!(
-            t.get("claude-sonnet-4-5-20250929").unwrap().0,
+            t.get("gpt-4o-mini-2024-07-18").expect("present").0,
+            "gpt-4o-mini"
+        );
+        assert_eq!(t.get("GPT-4o").expect("present").0, "gpt-4o");
+        assert_eq!(
+            t.get("openai/gpt-4.1-mini").expect("present").0,
+            "gpt-4.1-mini"
+        );
+        assert_eq!(
+            t.get("claude-sonnet-4-5-20250929").expect("present").0,
             "claude-sonnet-4-5"
         );
         assert_eq!(
-            t.get("claude-sonnet-4-20250514").unwrap().0,
+            t.get("claude-sonnet-4-20250514").expect("present").0,
             "claude-sonnet-4"
         );
         assert!(t.get("gpt-4").is_none());
@@ -569,7 +575,7 @@ mod tests {
             t.cost("gpt-4o", &usage(1_000, 500, 0, 1_000, 0)),
             Some(3_000)
         );
-        assert_eq!(t.get("local-llama").unwrap().0, "local-llama");
+        assert_eq!(t.get("local-llama").expect("present").0, "local-llama");
         assert_eq!(t.len(), PriceTable::builtin().len() + 1);
     }
 
@@ -579,26 +585,27 @@ mod tests {
             r#"{"m": {"input": 1000000, "output": 2000000,
                       "tiers": [{"above_input_tokens": 10, "input": 3000000, "output": 4000000}]}}"#,
         )
-        .unwrap();
-        t.validate().unwrap();
+        .expect("present");
+        t.validate().expect("present");
         assert_eq!(t.cost("m", &usage(11, 0, 0, 1, 0)), Some(37));
         let err =
             serde_json::from_str::<PriceTable>(r#"{"m": {"input": 1, "output": 1, "inptu": 2}}"#)
-                .unwrap_err();
+                .expect_err("refused");
         assert!(err.to_string().contains("inptu"), "{err}");
         let t: PriceTable = serde_json::from_str(
             r#"{"m": {"input": 1, "output": 1, "tiers": [
                 {"above_input_tokens": 5, "input": 1, "output": 1},
                 {"above_input_tokens": 5, "input": 2, "output": 2}]}}"#,
         )
-        .unwrap();
+        .expect("present");
         assert_eq!(
-            t.validate().unwrap_err().field,
+            t.validate().expect_err("refused").field,
             "m.tiers[1].above_input_tokens"
         );
         let t: PriceTable =
-            serde_json::from_str(r#"{"m": {"input": 1, "output": 100000000000001}}"#).unwrap();
-        assert_eq!(t.validate().unwrap_err().field, "m.output");
+            serde_json::from_str(r#"{"m": {"input": 1, "output": 100000000000001}}"#)
+                .expect("present");
+        assert_eq!(t.validate().expect_err("refused").field, "m.output");
     }
 
     #[test]
