@@ -3,7 +3,7 @@
 // `render(main, ctx, params)` and may return a function that stops its live parts.
 
 import { api, ApiError, get, post } from './api.js';
-import { h, mount, field, values, showErrors } from './ui.js';
+import { h, mount, field, values, showErrors, toast } from './ui.js';
 import { stop as stopLive } from './live.js';
 
 const VIEWS = [
@@ -36,7 +36,16 @@ function atLeast(role, wanted) {
   return order.indexOf(role) >= order.indexOf(wanted);
 }
 
+// One notice per burst of rate-limited calls, not one per call.
+let limitedUntil = 0;
+
 async function boot() {
+  window.addEventListener('fg:ratelimited', (ev) => {
+    const now = Date.now();
+    if (now < limitedUntil) return;
+    limitedUntil = now + ev.detail.seconds * 1000;
+    toast(`The API's rate limit was reached; retrying in ${ev.detail.seconds} s.`);
+  });
   window.addEventListener('fg:unauthorized', () => {
     if (state.user !== null) {
       state.user = null;
