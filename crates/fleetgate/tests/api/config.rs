@@ -357,9 +357,7 @@ async fn backups_are_consistent_files_with_safe_names() {
     let body = r.bytes().await.expect("body");
     assert_eq!(body, std::fs::read(&path).expect("backup file"));
     assert!(body.starts_with(b"SQLite format 3\0"));
-    let audit = app
-        .get_json("/api/v1/audit?action=backup.download")
-        .await;
+    let audit = app.get_json("/api/v1/audit?action=backup.download").await;
     assert_eq!(audit["total"], 1);
     assert_eq!(audit["items"][0]["target_id"], "nightly-1");
     for name in ["nope", ".hidden", "nightly-1.sqlite", "a..b"] {
@@ -371,7 +369,12 @@ async fn backups_are_consistent_files_with_safe_names() {
         expect_error(r, StatusCode::NOT_FOUND, "NOT_FOUND").await;
     }
     // Encoded traversal is refused before or by the handler, never served.
-    for name in ["%2E%2E%2Fconfig", "%2E%2E", "x%00y", "..%2F..%2Fetc%2Fpasswd"] {
+    for name in [
+        "%2E%2E%2Fconfig",
+        "%2E%2E",
+        "x%00y",
+        "..%2F..%2Fetc%2Fpasswd",
+    ] {
         let r = app
             .admin(Method::GET, &format!("/api/v1/settings/backups/{name}"))
             .send()
