@@ -28,7 +28,7 @@ const VIEWS = [
   { path: 'users', label: 'Users', module: './pages/users.js', min: 'admin' },
 ];
 
-const state = { user: null, role: null, cleanup: null };
+const state = { user: null, role: null, cleanup: null, instance: null };
 
 function canEdit(role) {
   return role && role !== 'viewer';
@@ -43,6 +43,7 @@ function atLeast(role, wanted) {
 let limitedUntil = 0;
 
 async function boot() {
+  window.addEventListener('fg:instance', (ev) => showInstance(ev.detail));
   window.addEventListener('fg:ratelimited', (ev) => {
     const now = Date.now();
     if (now < limitedUntil) return;
@@ -88,11 +89,26 @@ function showLogin(message) {
   form.querySelector('input').focus();
 }
 
-function signedIn(me) {
+async function signedIn(me) {
   state.user = me.user ? me.user.username : 'api key';
   state.role = me.role;
+  try {
+    state.instance = (await get('/api/v1/settings')).general.instance_name;
+  } catch { state.instance = null; }
   renderShell();
   route();
+}
+
+/// The instance's name (settings: general.instance_name) in the brand and the
+/// window title, when it is not the default.
+function showInstance(name) {
+  state.instance = name;
+  const named = name && name !== 'fleetgate';
+  document.title = named ? `${name} · Fleetgate` : 'Fleetgate';
+  const brand = document.querySelector('.side .brand .name');
+  if (brand) brand.textContent = named ? name : 'Fleetgate';
+  const sub = document.querySelector('.side .brand .sub');
+  if (sub) sub.hidden = !named;
 }
 
 function renderShell() {
@@ -100,7 +116,8 @@ function renderShell() {
     VIEWS.filter((v) => !v.hidden && (!v.min || atLeast(state.role, v.min)))
       .map((v) => h('a', { href: `#/${v.path}`, dataset: { view: v.path } }, v.label)));
   const side = h('aside', { class: 'side' },
-    h('div', { class: 'brand' }, h('img', { src: '/assets/favicon.svg', alt: '' }), 'Fleetgate'),
+    h('div', { class: 'brand' }, h('img', { src: '/assets/favicon.svg', alt: '' }),
+      h('span', { class: 'brand-text' }, h('span', { class: 'name' }, 'Fleetgate'), h('span', { class: 'sub', hidden: true }, 'Fleetgate'))),
     h('button', { class: 'menu-toggle small', type: 'button', 'aria-label': 'Menu',
       onclick: () => side.classList.toggle('open') }, 'Menu'),
     nav,
@@ -113,6 +130,7 @@ function renderShell() {
   mount(document.getElementById('app'),
     h('a', { class: 'skip', href: '#main' }, 'Skip to content'),
     h('div', { class: 'shell' }, side, h('main', { id: 'main', tabindex: '-1' })));
+  showInstance(state.instance);
 }
 
 async function logout() {

@@ -4,7 +4,7 @@
 import { get } from '../api.js';
 import { LineChart } from '../chart.js';
 import { subscribe } from '../live.js';
-import { h, mount, table, num, pct, ms, time, badge, severityBadge, stateBadge } from '../ui.js';
+import { h, mount, table, num, pct, ms, time, badge, severityBadge, stateBadge, nextTrial } from '../ui.js';
 
 export async function render(main, ctx) {
   const [snap, counts, events, revisions] = await Promise.all([
@@ -65,10 +65,10 @@ export async function render(main, ctx) {
     const notClosed = (s.breakers || []).filter((b) => b.state !== 'closed');
     mount(breakersBox, notClosed.length
       ? table([
-        { label: 'Upstream', key: 'upstream' },
+        { label: 'Upstream', render: (b) => h('a', { href: `#/upstreams/view/${encodeURIComponent(b.upstream)}` }, b.upstream) },
         { label: 'State', render: (b) => stateBadge(b.state) },
         { label: 'Failure rate', render: (b) => pct(b.failure_rate) },
-        { label: 'Next trial', render: (b) => time(b.next_trial_at) },
+        { label: 'Next trial', render: nextTrial },
       ], notClosed)
       : h('p', { class: 'empty' }, s.data_plane ? 'All circuit breakers are closed.' : 'No data plane runs in this process.'));
     mount(routesBox, table([

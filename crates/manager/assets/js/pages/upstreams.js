@@ -9,7 +9,7 @@ import {
 import { subscribe, onEvents } from '../live.js';
 import {
   attempt, badge, clearErrors, confirm, h, mount, ms, num, pct, search, severityBadge,
-  stateBadge, table, time, toast,
+  stateBadge, table, targetBadge, time, toast,
 } from '../ui.js';
 
 // Target health is read again on every event of the upstream (a target down or
@@ -181,7 +181,7 @@ async function detail(main, ctx, name) {
       const weights = new Map(u.targets.map((t) => [t.url, t.weight]));
       mount(healthBox, table([
         { label: 'Target', render: (t) => h('code', {}, t.url) },
-        { label: 'Health', render: (t) => stateBadge(t.state) },
+        { label: 'Health', render: (t) => targetBadge(t, u.health_check && u.health_check.active) },
         { label: 'Weight', class: 'hide-narrow num', render: (t) => num(weights.get(t.url)) },
         { label: 'Failures in a row', class: 'hide-narrow num', render: (t) => num(t.consecutive_failures) },
         { label: 'Connections', class: 'hide-narrow num', render: (t) => num(t.active_connections) },
