@@ -39,6 +39,7 @@ static ASSETS: &[Asset] = assets![
     "js/api.js" => JS,
     "js/app.js" => JS,
     "js/chart.js" => JS,
+    "js/history.js" => JS,
     "js/live.js" => JS,
     "js/ui.js" => JS,
     "js/pages/alert-rules.js" => JS,

@@ -1,8 +1,9 @@
-// Overview: live traffic (requests/s, error rate, p50/p99 latency, every second),
+// Overview: traffic (requests/s, error rate, p50/p99 latency) from the stored series
+// for a picked range, moving live every second,
 // breakers that are not closed, unacknowledged events, recent events and revisions.
 
 import { get } from '../api.js';
-import { LineChart } from '../chart.js';
+import { historyCharts } from '../history.js';
 import { subscribe } from '../live.js';
 import { h, mount, table, num, pct, ms, time, badge, severityBadge, stateBadge, nextTrial } from '../ui.js';
 
@@ -22,12 +23,14 @@ export async function render(main, ctx) {
     requests: h('div', { class: 'value', id: 'stat-requests' }),
   };
   const card = (label, el) => h('div', { class: 'card' }, h('div', { class: 'label' }, label), el);
-  const traffic = new LineChart([{ label: 'requests/s', format: (v) => num(v, 1) }], { label: 'Requests per second' });
-  const latency = new LineChart([
-    { label: 'p50', format: (v) => ms(v) },
-    { label: 'p99', format: (v) => ms(v) },
-  ], { label: 'Latency' });
-  const errorChart = new LineChart([{ label: 'error rate', format: (v) => pct(v) }], { label: 'Error rate' });
+  const history = historyCharts([
+    { title: 'Requests per second', series: [{ metric: 'requests_per_second', label: 'requests/s', format: (v) => num(v, 1) }] },
+    { title: 'Latency', series: [
+      { metric: 'latency_p50_ms', label: 'p50', format: (v) => ms(v) },
+      { metric: 'latency_p99_ms', label: 'p99', format: (v) => ms(v) },
+    ] },
+    { title: 'Error rate', series: [{ metric: 'error_rate', label: 'error rate', format: (v) => pct(v) }] },
+  ], {}, { id: 'overview-history' });
   const liveBadge = badge('connecting', 'muted');
   liveBadge.id = 'live-status';
   const breakersBox = h('div', { id: 'breakers' });
@@ -59,9 +62,7 @@ export async function render(main, ctx) {
     cards.p50.textContent = ms(t.latency_ms.p50);
     cards.p99.textContent = ms(t.latency_ms.p99);
     cards.requests.textContent = num(t.requests);
-    traffic.push([t.requests_per_second]);
-    latency.push([t.latency_ms.p50, t.latency_ms.p99]);
-    errorChart.push([t.error_rate]);
+    history.push(Date.now(), [[t.requests_per_second], [t.latency_ms.p50, t.latency_ms.p99], [t.error_rate]]);
     const notClosed = (s.breakers || []).filter((b) => b.state !== 'closed');
     mount(breakersBox, notClosed.length
       ? table([
@@ -86,12 +87,8 @@ export async function render(main, ctx) {
       card('Requests/s', cards.rps), card('Error rate', cards.errors),
       card('p50 latency', cards.p50), card('p99 latency', cards.p99),
       card('Requests (10 s)', cards.requests)),
-    h('div', { class: 'two' },
-      h('section', { class: 'panel' }, h('h2', {}, 'Requests per second'), traffic.el, traffic.legend),
-      h('section', { class: 'panel' }, h('h2', {}, 'Latency'), latency.el, latency.legend)),
-    h('div', { class: 'two' },
-      h('section', { class: 'panel' }, h('h2', {}, 'Error rate'), errorChart.el, errorChart.legend),
-      h('section', { class: 'panel' }, h('h2', {}, 'Circuit breakers not closed'), breakersBox)),
+    history.el,
+    h('section', { class: 'panel' }, h('h2', {}, 'Circuit breakers not closed'), breakersBox),
     h('section', { class: 'panel' }, h('h2', {}, 'Busiest routes'), routesBox),
     h('h2', {}, 'Unacknowledged events'),
     countsBox,
@@ -105,6 +102,7 @@ export async function render(main, ctx) {
           { label: 'When', render: (r) => time(r.created_at) },
         ], revisions.items, { empty: 'No revisions yet.' }))));
 
+  await history.load();
   update(snap);
   renderCounts(counts);
   renderEvents();

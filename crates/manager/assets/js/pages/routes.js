@@ -7,8 +7,9 @@ import {
   changedFields, clone, control, crumbs, duration, FieldErrors, readInto, report, section, showStale,
 } from '../forms.js';
 import { subscribe, onEvents } from '../live.js';
+import { historyCharts } from '../history.js';
 import {
-  attempt, badge, clearErrors, confirm, h, mount, num, pct, search, toast,
+  attempt, badge, clearErrors, confirm, h, mount, ms, num, pct, search, toast,
 } from '../ui.js';
 
 export async function render(main, ctx, params) {
@@ -438,15 +439,30 @@ async function editor(main, ctx, id) {
   }
 
   build(original);
+  // An existing route's traffic: stored history, moving live.
+  const history = id ? historyCharts([
+    { title: 'Latency', series: [
+      { metric: 'latency_p50_ms', label: 'p50', format: (v) => ms(v) },
+      { metric: 'latency_p99_ms', label: 'p99', format: (v) => ms(v) },
+    ] },
+    { title: 'Errors', series: [{ metric: 'error_rate', label: 'error rate', format: (v) => pct(v) }] },
+  ], { route: id }, { id: 'route-history' }) : null;
   mount(main,
     crumbs(['Routes', '#/routes'], id || 'New'),
     h('div', { class: 'toolbar' }, h('h1', { class: 'grow' }, title,
       id ? h('span', { class: 'title-badge' }, badge(original.enabled ? 'enabled' : 'disabled', original.enabled ? 'ok' : 'muted')) : null)),
     datalist,
-    form);
-  if (!readonly) {
+    form,
+    history ? history.el : null);
+  // No keyboard popping up over the form on a phone.
+  if (!readonly && window.matchMedia('(min-width: 900px)').matches) {
     const first = form.querySelector(id ? '[data-field="path"] input' : '[data-field="id"] input');
-    if (first) first.focus();
+    if (first) first.focus({ preventScroll: true });
   }
-  return undefined;
+  if (!history) return undefined;
+  await history.load();
+  return subscribe('metrics', (snap) => {
+    const r = (snap.routes || []).find((x) => x.route === id);
+    if (r) history.push(Date.now(), [[r.latency_ms.p50, r.latency_ms.p99], [r.error_rate]]);
+  });
 }

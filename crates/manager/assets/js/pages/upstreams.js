@@ -7,6 +7,7 @@ import {
   changedFields, clone, control, crumbs, duration, FieldErrors, readInto, report, section, showStale, showWhen,
 } from '../forms.js';
 import { subscribe, onEvents } from '../live.js';
+import { historyCharts } from '../history.js';
 import {
   attempt, badge, clearErrors, confirm, h, mount, ms, num, pct, search, severityBadge,
   stateBadge, table, targetBadge, time, toast,
@@ -200,9 +201,18 @@ async function detail(main, ctx, name) {
     updated.textContent = lastHealth ? `updated ${Math.round((Date.now() - lastHealth) / 1000)} s ago · every ${HEALTH_EVERY_MS / 1000} s` : '';
   }
 
+  const history = historyCharts([
+    { title: 'Latency', series: [
+      { metric: 'latency_p50_ms', label: 'p50', format: (v) => ms(v) },
+      { metric: 'latency_p99_ms', label: 'p99', format: (v) => ms(v) },
+    ] },
+    { title: 'Failed attempts', series: [{ metric: 'upstream_failure_rate', label: 'failure rate', format: (v) => pct(v) }] },
+  ], { upstream: name }, { id: 'upstream-history' });
+
   function update(s) {
     const t = (s.upstreams || []).find((x) => x.upstream === name);
     const b = (s.breakers || []).find((x) => x.upstream === name);
+    if (t) history.push(Date.now(), [[t.latency_ms ? t.latency_ms.p50 : null, t.latency_ms ? t.latency_ms.p99 : null], [t.failure_rate]]);
     cards.breaker.replaceChildren(breakerBadge(b ? b.state : t && t.breaker));
     cards.rps.textContent = t ? num(t.requests_per_second, 1) : '—';
     cards.failures.textContent = t ? pct(t.failure_rate) : '—';
@@ -245,6 +255,7 @@ async function detail(main, ctx, name) {
     h('div', { class: 'grid' },
       card('Circuit breaker', cards.breaker), card('Requests/s', cards.rps), card('Failed attempts', cards.failures),
       card('p99 latency', cards.p99), card('Retries (10 s)', cards.retries)),
+    history.el,
     h('section', { class: 'panel' },
       h('div', { class: 'panel-head' }, h('h2', {}, 'Targets'), updated),
       healthBox),
@@ -265,6 +276,7 @@ async function detail(main, ctx, name) {
           : h('p', { class: 'empty' }, 'No route sends traffic here.'))),
     h('section', { class: 'panel' }, h('h2', {}, 'Recent events'), eventsBox));
 
+  await history.load();
   if (snap) update(snap);
   renderEvents();
   await refreshHealth();
