@@ -17,7 +17,7 @@ const VIEWS = [
   { path: 'deployments', label: 'Deployments', module: './pages/deployments.js' },
   { path: 'events', label: 'Events', module: './pages/events.js' },
   { path: 'incidents', label: 'Incidents', module: './pages/incidents.js' },
-  { path: 'alert-rules', label: 'Alert rules', module: './pages/alert-rules.js', hidden: true },
+  { path: 'alert-rules', label: 'Alert rules', module: './pages/alert-rules.js' },
   { path: 'webhooks', label: 'Webhooks', module: './pages/webhooks.js' },
   { path: 'revisions', label: 'Revisions', module: './pages/revisions.js' },
   { path: 'certificates', label: 'Certificates', module: './pages/certificates.js' },
