@@ -6,6 +6,7 @@ import { ApiError, del, enc, get, getAll, getVersioned, post, put } from '../api
 import {
   changedFields, clone, control, crumbs, duration, FieldErrors, readInto, report, section, showStale, showWhen,
 } from '../forms.js';
+import { revisionToast } from '../widgets.js';
 import { subscribe, onEvents } from '../live.js';
 import { historyCharts } from '../history.js';
 import {
@@ -46,12 +47,23 @@ function healthBadges(u) {
   return out.length ? out : h('span', { class: 'muted' }, 'none');
 }
 
+/// A short summary of targets' health: `healthy`, `1 of 3 down`, `all down`,
+/// or `not probed` when no check has run.
+export function healthSummary(targets) {
+  if (!targets || !targets.length) return badge('no targets', 'muted');
+  const down = targets.filter((t) => t.state !== 'healthy').length;
+  const probed = targets.some((t) => t.last_check || t.state !== 'healthy');
+  if (!probed) return badge('not probed', 'muted');
+  if (!down) return badge('healthy', 'ok');
+  return badge(down === targets.length ? 'all down' : `${down} of ${targets.length} down`, down === targets.length ? 'bad' : 'warn');
+}
+
 function breakerText(b) {
   if (!b.enabled) return 'off';
   return `opens at ${b.failure_rate_percent}% of ≥${b.min_requests} req in ${duration(b.window_ms)}, for ${duration(b.open_ms)}`;
 }
 
-function breakerBadge(state) {
+export function breakerBadge(state) {
   return state ? stateBadge(state) : badge('no traffic yet', 'muted');
 }
 
@@ -469,7 +481,7 @@ async function editor(main, ctx, name) {
       const saved = name
         ? await put(`/api/v1/upstreams/${enc(name)}`, u, { etag })
         : await post('/api/v1/upstreams', u);
-      toast(name ? `Upstream ${saved.name} saved.` : `Upstream ${saved.name} created.`);
+      revisionToast(name ? `Upstream ${saved.name} saved.` : `Upstream ${saved.name} created.`, saved.name);
       location.hash = `#/upstreams/view/${enc(saved.name)}`;
     } catch (e) {
       if (e instanceof ApiError && e.status === 412) {
