@@ -4,6 +4,7 @@
 
 import { get } from '../api.js';
 import { historyCharts } from '../history.js';
+import { stack } from '../widgets.js';
 import { subscribe } from '../live.js';
 import { h, mount, table, num, pct, ms, time, badge, severityBadge, stateBadge, nextTrial } from '../ui.js';
 
@@ -47,12 +48,12 @@ export async function render(main, ctx) {
   }
 
   function renderEvents() {
-    mount(eventsBox, table([
+    mount(eventsBox, stack(table([
       { label: 'Severity', render: (e) => severityBadge(e.severity) },
       { label: 'Type', render: (e) => h('code', {}, e.type) },
       { label: 'Message', key: 'message' },
       { label: 'When', render: (e) => time(e.created_at) },
-    ], recent, { empty: 'No events yet.' }));
+    ], recent, { empty: 'No events yet.' })));
   }
 
   function update(s) {
@@ -65,20 +66,20 @@ export async function render(main, ctx) {
     history.push(Date.now(), [[t.requests_per_second], [t.latency_ms.p50, t.latency_ms.p99], [t.error_rate]]);
     const notClosed = (s.breakers || []).filter((b) => b.state !== 'closed');
     mount(breakersBox, notClosed.length
-      ? table([
+      ? stack(table([
         { label: 'Upstream', render: (b) => h('a', { href: `#/upstreams/view/${encodeURIComponent(b.upstream)}` }, b.upstream) },
         { label: 'State', render: (b) => stateBadge(b.state) },
         { label: 'Failure rate', render: (b) => pct(b.failure_rate) },
         { label: 'Next trial', render: nextTrial },
-      ], notClosed)
+      ], notClosed))
       : h('p', { class: 'empty' }, s.data_plane ? 'All circuit breakers are closed.' : 'No data plane runs in this process.'));
-    mount(routesBox, table([
+    mount(routesBox, stack(table([
       { label: 'Route', render: (r) => h('a', { href: `#/routes/edit/${encodeURIComponent(r.route)}` }, r.route) },
       { label: 'Req/s', render: (r) => num(r.requests_per_second, 1) },
       { label: 'Errors', render: (r) => pct(r.error_rate) },
       { label: 'p99', render: (r) => ms(r.latency_ms.p99) },
       { label: 'Limited', render: (r) => num(r.rate_limited) },
-    ], s.routes.slice(0, 8), { empty: 'No traffic in the last seconds.' }));
+    ], s.routes.slice(0, 8), { empty: 'No traffic in the last seconds.' })));
   }
 
   mount(main,
@@ -95,12 +96,12 @@ export async function render(main, ctx) {
     h('div', { class: 'two' },
       h('section', { class: 'panel' }, h('h2', {}, h('a', { href: '#/events' }, 'Recent events')), eventsBox),
       h('section', { class: 'panel' }, h('h2', {}, h('a', { href: '#/revisions' }, 'Recent configuration changes')),
-        table([
+        stack(table([
           { label: '#', render: (r) => h('a', { href: `#/revisions/${r.number}` }, `#${r.number}`) },
           { label: 'Change', key: 'message' },
           { label: 'By', key: 'author' },
           { label: 'When', render: (r) => time(r.created_at) },
-        ], revisions.items, { empty: 'No revisions yet.' }))));
+        ], revisions.items, { empty: 'No revisions yet.' })))));
 
   await history.load();
   update(snap);

@@ -6,7 +6,7 @@ import { ApiError, del, enc, get, getAll, getVersioned, post, put } from '../api
 import {
   changedFields, clone, control, crumbs, duration, FieldErrors, readInto, report, section, showStale, showWhen,
 } from '../forms.js';
-import { revisionToast } from '../widgets.js';
+import { revisionToast, stack } from '../widgets.js';
 import { subscribe, onEvents } from '../live.js';
 import { historyCharts } from '../history.js';
 import {
@@ -113,7 +113,7 @@ async function list(main, ctx) {
         ctx.canEdit ? ' to give routes a pool of targets with health checks and a circuit breaker.' : null));
       return;
     }
-    mount(box, table([
+    mount(box, stack(table([
       { label: 'Name', render: (u) => h('a', { href: `#/upstreams/view/${enc(u.name)}`, class: 'strong' }, u.name) },
       { label: 'Targets', render: (u) => h('div', {}, u.targets.slice(0, 3).map((t) => h('div', {}, h('code', {}, t.url),
         u.load_balancing === 'weighted' ? h('span', { class: 'muted small' }, ` ×${t.weight}`) : null)),
@@ -130,7 +130,7 @@ async function list(main, ctx) {
         h('a', { class: 'button small', href: `#/upstreams/edit/${enc(u.name)}`, 'aria-label': `Edit upstream ${u.name}` }, 'Edit'), ' ',
         h('button', { type: 'button', class: 'small danger', 'aria-label': `Delete upstream ${u.name}`, onclick: () => remove(u) }, 'Delete'),
       ] : h('a', { class: 'button small', href: `#/upstreams/view/${enc(u.name)}` }, 'Details')) },
-    ], shown, { empty: 'No upstream matches the search.', rowAttrs: (u) => ({ dataset: { upstream: u.name } }) }));
+    ], shown, { empty: 'No upstream matches the search.', rowAttrs: (u) => ({ dataset: { upstream: u.name } }) })));
   }
 
   function update(s) {
