@@ -40,6 +40,7 @@ static ASSETS: &[Asset] = assets![
     "js/app.js" => JS,
     "js/chart.js" => JS,
     "js/history.js" => JS,
+    "js/search.js" => JS,
     "js/live.js" => JS,
     "js/ui.js" => JS,
     "js/pages/alert-rules.js" => JS,

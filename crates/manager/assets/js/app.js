@@ -5,6 +5,7 @@
 import { api, ApiError, get, post } from './api.js';
 import { h, mount, field, values, showErrors, toast } from './ui.js';
 import { stop as stopLive } from './live.js';
+import { installSearchKey, openSearch } from './search.js';
 
 const VIEWS = [
   { path: 'overview', label: 'Overview', module: './pages/overview.js' },
@@ -39,10 +40,40 @@ function atLeast(role, wanted) {
   return order.indexOf(role) >= order.indexOf(wanted);
 }
 
+// The colour theme: the system's (auto), or light or dark as chosen here,
+// remembered by this browser.
+const THEMES = ['auto', 'dark', 'light'];
+
+function theme() {
+  const t = localStorage.getItem('fg-theme');
+  return THEMES.includes(t) ? t : 'auto';
+}
+
+function applyTheme(t) {
+  if (t === 'auto') document.documentElement.removeAttribute('data-theme');
+  else document.documentElement.setAttribute('data-theme', t);
+}
+
+applyTheme(theme());
+
+function themeButton() {
+  const b = h('button', { type: 'button', class: 'theme-toggle small', id: 'theme-toggle' });
+  const label = () => { b.textContent = `Theme: ${theme()}`; b.setAttribute('aria-label', `Colour theme: ${theme()} (change)`); };
+  b.addEventListener('click', () => {
+    const next = THEMES[(THEMES.indexOf(theme()) + 1) % THEMES.length];
+    localStorage.setItem('fg-theme', next);
+    applyTheme(next);
+    label();
+  });
+  label();
+  return b;
+}
+
 // One notice per burst of rate-limited calls, not one per call.
 let limitedUntil = 0;
 
 async function boot() {
+  installSearchKey();
   window.addEventListener('fg:instance', (ev) => showInstance(ev.detail));
   window.addEventListener('fg:ratelimited', (ev) => {
     const now = Date.now();
@@ -120,12 +151,15 @@ function renderShell() {
       h('span', { class: 'brand-text' }, h('span', { class: 'name' }, 'Fleetgate'), h('span', { class: 'sub', hidden: true }, 'Fleetgate'))),
     h('button', { class: 'menu-toggle small', type: 'button', 'aria-label': 'Menu',
       onclick: () => side.classList.toggle('open') }, 'Menu'),
+    h('button', { type: 'button', class: 'search-open small', id: 'search-open', onclick: () => openSearch(),
+      title: 'Search everything (press /)' }, 'Search', h('kbd', {}, '/')),
     nav,
     h('a', { class: 'api-docs', href: '/api/v1/docs', target: '_blank', rel: 'noopener' }, 'API reference ↗'),
     h('div', { class: 'who' },
       h('div', {}, 'Signed in as ', h('strong', { id: 'who-user' }, state.user)),
       h('div', {}, 'Role: ', h('span', { id: 'who-role' }, state.role)),
-      h('button', { type: 'button', id: 'logout', onclick: logout }, 'Sign out')));
+      h('button', { type: 'button', id: 'logout', onclick: logout }, 'Sign out'),
+      themeButton()));
   nav.addEventListener('click', () => side.classList.remove('open'));
   mount(document.getElementById('app'),
     h('a', { class: 'skip', href: '#main' }, 'Skip to content'),
