@@ -12,11 +12,11 @@ use serde_json::{json, Value};
 
 use crate::support::{expect_error, send, spawn_app, TestApp};
 
-const KEY: &str = "sk-live-0123456789abcdefWXYZ";
-const ROUTE_SECRET: &str = "Bearer route-sekrit-4242";
+pub(crate) const KEY: &str = "sk-live-0123456789abcdefWXYZ";
+pub(crate) const ROUTE_SECRET: &str = "Bearer route-sekrit-4242";
 
 /// The fake provider, made the default provider.
-async fn with_provider(app: &TestApp) -> FakeLlm {
+pub(crate) async fn with_provider(app: &TestApp) -> FakeLlm {
     let fake = FakeLlm::start(Some(KEY)).await;
     let (status, v) = send(
         app,
@@ -33,7 +33,7 @@ async fn with_provider(app: &TestApp) -> FakeLlm {
 }
 
 /// An upstream `api` and a route `orders` whose request headers hold a secret.
-async fn gateway_config(app: &TestApp) {
+pub(crate) async fn gateway_config(app: &TestApp) {
     for (path, body) in [
         (
             "/api/v1/upstreams",

@@ -956,12 +956,14 @@ pub async fn apply(
     let mut commands = Vec::new();
     for c in &p.commands {
         let r = super::nodes::send_command(&state, &auth, &c.node_id, &c.command).await?;
+        let mut audited = c.command.clone();
+        crate::ai::strip_secrets(&mut audited);
         state
             .store
             .append_audit(
                 &auth.actor,
                 AuditEvent::new("ai.apply.command", "node", Some(&c.node_id))
-                    .after(json!({"command": c.command, "command_id": r.command_id})),
+                    .after(json!({"command": audited, "command_id": r.command_id})),
             )
             .await?;
         commands.push(CommandOutcome {
