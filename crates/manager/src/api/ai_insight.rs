@@ -1251,6 +1251,88 @@ pub async fn analyze(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn model_answers_never_panic(raw in "\\PC{0,300}") {
+            let _ = parse_answer(&raw);
+            let _ = parse_explanation(&raw);
+        }
+
+        #[test]
+        fn json_shaped_answers_never_panic(
+            key in prop_oneof![
+                Just("answer".to_string()),
+                Just("summary".to_string()),
+                Just("likely_causes".to_string()),
+                "[a-z]{1,8}",
+            ],
+            v in prop_oneof![
+                any::<i64>().prop_map(|n| json!(n)),
+                "\\PC{0,50}".prop_map(|s| json!(s)),
+                proptest::collection::vec("\\PC{0,20}", 0..15).prop_map(|v| json!(v)),
+                Just(json!(null)),
+                Just(json!({"x": [1, {"y": 2}]})),
+            ],
+        ) {
+            let mut obj = serde_json::Map::new();
+            obj.insert("summary".into(), json!("s"));
+            obj.insert(key, v);
+            let raw = Value::Object(obj).to_string();
+            let _ = parse_answer(&raw);
+            let _ = parse_explanation(&raw);
+            let fenced = format!("```json\n{raw}\n```");
+            prop_assert_eq!(parse_explanation(&raw).is_ok(), parse_explanation(&fenced).is_ok());
+        }
+
+        #[test]
+        fn a_string_answer_comes_back_trimmed(s in "[^\\x00-\\x1f]{1,200}") {
+            let raw = json!({"answer": s}).to_string();
+            match parse_answer(&raw) {
+                Ok(a) => prop_assert_eq!(a, s.trim()),
+                Err(e) => prop_assert!(s.trim().is_empty(), "{}", e),
+            }
+        }
+
+        #[test]
+        fn window_times_never_panic(s in "\\PC{0,40}", n in any::<i64>(), f in any::<f64>()) {
+            let _ = time_of("from", &json!(s));
+            let _ = time_of("from", &json!(f));
+            let got = time_of("from", &json!(n));
+            prop_assert_eq!(got.is_ok(), n >= 0);
+            if n >= 0 {
+                prop_assert_eq!(got.ok(), Some(n));
+                prop_assert_eq!(time_of("from", &json!(n.to_string())).ok(), Some(n));
+            }
+        }
+
+        #[test]
+        fn series_findings_are_finite_and_ordered(
+            bins in proptest::collection::vec(
+                (0i64..500, 0i64..600, 0i64..500, 0.0f64..5000.0, 0i64..200), 0..60),
+        ) {
+            let points: Vec<MetricPoint> = bins
+                .iter()
+                .enumerate()
+                .map(|(i, (req, err, lat, p99, rl))| MetricPoint {
+                    ts: i as i64 * 60_000,
+                    requests: *req,
+                    errors: *err,
+                    latency_count: *lat,
+                    p99_weighted: p99 * *lat as f64,
+                    rate_limited: *rl,
+                    ..Default::default()
+                })
+                .collect();
+            for f in series_findings("route:r", &points, 60_000) {
+                prop_assert!(f.value.is_finite());
+                prop_assert!(f.baseline.is_none_or(f64::is_finite));
+                prop_assert!(f.from < f.to, "{} {}", f.from, f.to);
+                prop_assert!(f.value >= f.baseline.unwrap_or(0.0));
+            }
+        }
+    }
 
     fn bin(ts: i64, requests: i64, errors: i64, p99_ms: f64, rate_limited: i64) -> MetricPoint {
         MetricPoint {
