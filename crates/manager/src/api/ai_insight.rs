@@ -340,7 +340,7 @@ async fn live_state(state: &AppState, auth: &AuthContext, q: &str) -> ApiResult<
             name,
             kind,
             items,
-            total: total.max(0),
+            total,
         });
     }
     Ok(out)
@@ -799,8 +799,9 @@ pub fn event_findings(events: &[EventFact], series_bursts: &[String]) -> Vec<Fin
     let mut out = Vec::new();
     // Breakers opened, per upstream.
     let mut opened: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
-    // Health transitions, per (upstream, target): downs and ups.
-    let mut health: BTreeMap<(&str, String), (Vec<i64>, Vec<i64>)> = BTreeMap::new();
+    // Health transitions, per (upstream, target): when it went down, when up.
+    type Transitions = (Vec<i64>, Vec<i64>);
+    let mut health: BTreeMap<(&str, String), Transitions> = BTreeMap::new();
     // Rate-limit refusals told by events, per route.
     let mut limited: BTreeMap<&str, (i64, Vec<i64>)> = BTreeMap::new();
     for e in events {
