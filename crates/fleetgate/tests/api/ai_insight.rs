@@ -392,6 +392,35 @@ async fn anomalies_are_found_without_a_provider() {
     assert_eq!(status, StatusCode::OK, "{v}");
     assert!(!kinds(&v).iter().any(|(_, s)| s == "all"), "{v}");
     assert_eq!(v["scopes"], json!(["route:orders", "upstream:api"]));
+    // One upstream: its series and its events only.
+    let (status, v) = send(
+        &app,
+        Method::POST,
+        "/api/v1/ai/analyze",
+        Some(json!({"from": start, "to": to, "upstream": "api"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["scopes"], json!(["upstream:api"]));
+    let mut found = kinds(&v);
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("breaker_opened".to_string(), "upstream:api".to_string()),
+            ("health_flap".to_string(), "upstream:api".to_string())
+        ]
+    );
+    // Both: no scope twice.
+    let (status, v) = send(
+        &app,
+        Method::POST,
+        "/api/v1/ai/analyze",
+        Some(json!({"from": start, "to": to, "route": "orders", "upstream": "api"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["scopes"], json!(["route:orders", "upstream:api"]));
     // A quiet window has no anomalies and asks no one.
     let (status, v) = send(
         &app,

@@ -103,6 +103,8 @@ struct Plan {
     base: ConfigDocument,
     after: ConfigDocument,
     changes: Vec<Change>,
+    /// The gateway configuration changes (its diff is not empty).
+    gateway_changed: bool,
     commands: Vec<NodeCommand>,
     redirects: Vec<RedirectOp>,
     /// Deletes something (a route, an upstream, a flow, an output).
@@ -559,6 +561,7 @@ async fn plan(
         after: base.clone(),
         base,
         changes: Vec::new(),
+        gateway_changed: false,
         commands: Vec::new(),
         redirects: Vec::new(),
         destructive: false,
@@ -649,6 +652,7 @@ async fn plan(
         let mut base = p.base.clone();
         base.normalize();
         p.changes = diff(&document_value(&base), &document_value(&p.after));
+        p.gateway_changed = !p.changes.is_empty();
     }
     p.changes.extend(redirect_changes);
     Ok(p)
@@ -877,7 +881,7 @@ pub async fn apply(
     auth.require(Role::Operator)?;
     let p = plan(&state, &auth, &body.config, body.node_id.as_deref()).await?;
     let mut revision = None;
-    if p.after != p.base {
+    if p.gateway_changed {
         let mut base = p.base.clone();
         base.normalize();
         let unchanged = move |before: &fleetgate_store::ResourceSet, _: &ConfigDocument| {

@@ -117,7 +117,6 @@ pub struct QueryResult {
 /// relevant first, and how many there were before any was left out.
 struct Section {
     name: &'static str,
-    kind: &'static str,
     items: Vec<(Source, Value)>,
     total: usize,
 }
@@ -336,12 +335,7 @@ async fn live_state(state: &AppState, auth: &AuthContext, q: &str) -> ApiResult<
         for (_, v) in items.iter_mut() {
             crate::ai::strip_secrets(v);
         }
-        out.push(Section {
-            name,
-            kind,
-            items,
-            total,
-        });
+        out.push(Section { name, items, total });
     }
     Ok(out)
 }
@@ -373,7 +367,6 @@ pub async fn query(
             Value::Array(s.items.iter().map(|(_, v)| v.clone()).collect()),
         );
         sources.extend(s.items.iter().map(|(src, _)| src.clone()));
-        debug_assert!(s.items.iter().all(|(src, _)| src.kind == s.kind));
     }
     context.insert("now".into(), json!(rfc3339(now_ms())));
     if let Some(n) = &note {
@@ -1010,6 +1003,16 @@ pub async fn analyze(
     if let Some(m) = &body.model {
         crate::api::ai::check_model("model", m, None)?;
     }
+    // A provider that does not exist is bad input, whether or not it is asked.
+    if let Some(p) = body.provider.as_deref().filter(|p| !p.is_empty()) {
+        let providers = state.store.list_ai_providers().await?;
+        if !providers.iter().any(|x| x.id == p || x.name == p) {
+            return Err(ApiError::bad_request(
+                "provider",
+                format!("there is no AI provider {:?}", crate::ai::clip(p, 200)),
+            ));
+        }
+    }
     let doc = super::config::current_document(&state).await?;
     if let Some(r) = &body.route {
         if !doc.routes.iter().any(|x| &x.id == r) {
@@ -1029,24 +1032,27 @@ pub async fn analyze(
     }
     let mut notes = Vec::new();
     // The series examined.
-    let mut routes: Vec<String> = doc.routes.iter().map(|r| r.id.clone()).collect();
-    let mut upstreams: Vec<String> = doc.upstreams.iter().map(|u| u.name.clone()).collect();
     let whole = body.route.is_none() && body.upstream.is_none();
-    if let Some(r) = &body.route {
-        routes.retain(|x| x == r);
-        upstreams = doc
+    let (mut routes, mut upstreams): (Vec<String>, Vec<String>) = if whole {
+        (
+            doc.routes.iter().map(|r| r.id.clone()).collect(),
+            doc.upstreams.iter().map(|u| u.name.clone()).collect(),
+        )
+    } else {
+        // The route asked for and its upstream, and the upstream asked for.
+        let mut upstreams: Vec<String> = doc
             .routes
             .iter()
-            .filter(|x| &x.id == r)
+            .filter(|x| body.route.as_ref() == Some(&x.id))
             .map(|x| x.upstream.clone())
             .collect();
-    }
-    if let Some(u) = &body.upstream {
-        upstreams.retain(|x| x == u);
-        if body.route.is_none() {
-            routes.clear();
+        if let Some(u) = &body.upstream {
+            if !upstreams.contains(u) {
+                upstreams.push(u.clone());
+            }
         }
-    }
+        (body.route.iter().cloned().collect(), upstreams)
+    };
     for (list, what) in [(&mut routes, "routes"), (&mut upstreams, "upstreams")] {
         if list.len() > MAX_SCOPES {
             notes.push(format!(
@@ -1461,13 +1467,11 @@ mod tests {
         let mut s = vec![
             Section {
                 name: "routes",
-                kind: "route",
                 items: big("route", 100),
                 total: 100,
             },
             Section {
                 name: "nodes",
-                kind: "node",
                 items: big("node", 2),
                 total: 2,
             },
@@ -1478,7 +1482,6 @@ mod tests {
         assert!(note.contains("of 100 routes"), "{note}");
         let mut small = vec![Section {
             name: "nodes",
-            kind: "node",
             items: big("node", 2),
             total: 2,
         }];
