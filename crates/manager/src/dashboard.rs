@@ -58,6 +58,10 @@ static ASSETS: &[Asset] = assets![
     "js/pages/routes.js" => JS,
     "js/pages/upstreams.js" => JS,
     "js/pages/breakers.js" => JS,
+    // Administration pages.
+    "js/pages/certificates.js" => JS,
+    "js/pages/audit.js" => JS,
+    "js/pages/backups.js" => JS,
     "js/pages/revisions.js" => JS,
     // Fleet views.
     "js/pages/nodes.js" => JS,

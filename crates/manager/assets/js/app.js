@@ -3,7 +3,7 @@
 // `render(main, ctx, params)` and may return a function that stops its live parts.
 
 import { api, ApiError, get, post } from './api.js';
-import { h, mount, field, values, showErrors } from './ui.js';
+import { h, mount, field, values, showErrors, toast } from './ui.js';
 import { stop as stopLive } from './live.js';
 
 const VIEWS = [
@@ -20,6 +20,9 @@ const VIEWS = [
   { path: 'alert-rules', label: 'Alert rules', module: './pages/alert-rules.js', hidden: true },
   { path: 'webhooks', label: 'Webhooks', module: './pages/webhooks.js' },
   { path: 'revisions', label: 'Revisions', module: './pages/revisions.js' },
+  { path: 'certificates', label: 'Certificates', module: './pages/certificates.js' },
+  { path: 'audit', label: 'Audit log', module: './pages/audit.js' },
+  { path: 'backups', label: 'Backup & restore', module: './pages/backups.js', min: 'admin' },
   { path: 'settings', label: 'Settings', module: './pages/settings.js' },
   { path: 'keys', label: 'API keys', module: './pages/keys.js' },
   { path: 'users', label: 'Users', module: './pages/users.js', min: 'admin' },
@@ -36,7 +39,16 @@ function atLeast(role, wanted) {
   return order.indexOf(role) >= order.indexOf(wanted);
 }
 
+// One notice per burst of rate-limited calls, not one per call.
+let limitedUntil = 0;
+
 async function boot() {
+  window.addEventListener('fg:ratelimited', (ev) => {
+    const now = Date.now();
+    if (now < limitedUntil) return;
+    limitedUntil = now + ev.detail.seconds * 1000;
+    toast(`The API's rate limit was reached; retrying in ${ev.detail.seconds} s.`);
+  });
   window.addEventListener('fg:unauthorized', () => {
     if (state.user !== null) {
       state.user = null;
@@ -92,6 +104,7 @@ function renderShell() {
     h('button', { class: 'menu-toggle small', type: 'button', 'aria-label': 'Menu',
       onclick: () => side.classList.toggle('open') }, 'Menu'),
     nav,
+    h('a', { class: 'api-docs', href: '/api/v1/docs', target: '_blank', rel: 'noopener' }, 'API reference ↗'),
     h('div', { class: 'who' },
       h('div', {}, 'Signed in as ', h('strong', { id: 'who-user' }, state.user)),
       h('div', {}, 'Role: ', h('span', { id: 'who-role' }, state.role)),
@@ -118,7 +131,8 @@ function stopView() {
 
 async function route() {
   if (state.user === null) return;
-  const raw = location.hash.replace(/^#\/?/, '') || 'overview';
+  // A view may keep its filters after a `?` (#/audit?actor=admin).
+  const raw = location.hash.replace(/^#\/?/, '').split('?')[0] || 'overview';
   const parts = raw.split('/').map(decodeURIComponent);
   const view = VIEWS.find((v) => v.path === parts[0]) || VIEWS[0];
   for (const a of document.querySelectorAll('.side nav a')) {

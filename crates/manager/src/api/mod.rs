@@ -192,6 +192,7 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         )
         .routes(routes!(backup::create))
         .routes(routes!(backup::list))
+        .routes(routes!(backup::download))
         .routes(routes!(config::export))
         .routes(routes!(config::import))
         .routes(routes!(gateway::list_upstreams, gateway::create_upstream))

@@ -12,7 +12,10 @@ import {
   stateBadge, table, time, toast,
 } from '../ui.js';
 
-const HEALTH_EVERY_MS = 3000;
+// Target health is read again on every event of the upstream (a target down or
+// up, a breaker change) and otherwise this often while the page is visible: the
+// dashboard's own calls must leave room in the session's API allowance.
+const HEALTH_EVERY_MS = 15000;
 
 export async function render(main, ctx, params) {
   if (params[0] === 'new') return editor(main, ctx, null);
@@ -265,17 +268,20 @@ async function detail(main, ctx, name) {
   if (snap) update(snap);
   renderEvents();
   await refreshHealth();
-  const timer = setInterval(refreshHealth, HEALTH_EVERY_MS);
+  const timer = setInterval(() => { if (!document.hidden) refreshHealth(); }, HEALTH_EVERY_MS);
   const ticker = setInterval(tick, 1000);
+  let soon = null;
   const offs = [
     subscribe('metrics', update),
     subscribe('event', (e) => {
       if (e.upstream !== name) return;
       recent = [e, ...recent].slice(0, 10);
       renderEvents();
+      clearTimeout(soon);
+      soon = setTimeout(refreshHealth, 250);
     }),
   ];
-  return () => { clearInterval(timer); clearInterval(ticker); offs.forEach((off) => off()); };
+  return () => { clearInterval(timer); clearInterval(ticker); clearTimeout(soon); offs.forEach((off) => off()); };
 }
 
 // ---------------------------------------------------------------- editor
