@@ -307,25 +307,12 @@ async fn live_state(state: &AppState, auth: &AuthContext, q: &str) -> ApiResult<
         }
     });
     let mut out = Vec::new();
-    for (name, kind, mut items, cap, total) in [
-        ("routes", "route", routes, MAX_ROUTES, doc.routes.len()),
-        (
-            "upstreams",
-            "upstream",
-            upstreams,
-            MAX_UPSTREAMS,
-            doc.upstreams.len(),
-        ),
-        (
-            "nodes",
-            "node",
-            nodes,
-            MAX_NODES,
-            page.total.max(0) as usize,
-        ),
+    for (name, mut items, cap, total) in [
+        ("routes", routes, MAX_ROUTES, doc.routes.len()),
+        ("upstreams", upstreams, MAX_UPSTREAMS, doc.upstreams.len()),
+        ("nodes", nodes, MAX_NODES, page.total.max(0) as usize),
         (
             "recent events",
-            "event",
             events,
             RECENT_EVENTS as usize,
             events_total,
