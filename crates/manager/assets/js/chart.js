@@ -8,6 +8,24 @@ function svg(tag, attrs) {
   return el;
 }
 
+const W = 600;
+const PAD = 18;
+
+/// Clears `el` and draws the frame both charts share: four grid lines and the
+/// top of the scale; returns that top (the largest value, plus headroom).
+function frame(el, height, values, format) {
+  const max = Math.max(1e-9, ...values.filter((v) => v !== null && Number.isFinite(v))) * 1.15;
+  el.replaceChildren();
+  for (let i = 0; i <= 3; i += 1) {
+    const y = PAD + ((height - 2 * PAD) * i) / 3;
+    el.append(svg('line', { class: 'grid-line', x1: 0, x2: W, y1: y, y2: y }));
+  }
+  const top = svg('text', { class: 'axis', x: 4, y: PAD - 6 });
+  top.textContent = format ? format(max) : max.toFixed(1);
+  el.append(top);
+  return max;
+}
+
 export class LineChart {
   /// series: [{label, format(v)}]; capacity: samples kept.
   constructor(series, { capacity = 120, height = 180, label = 'chart' } = {}) {
@@ -30,19 +48,10 @@ export class LineChart {
   }
 
   draw() {
-    const w = 600;
+    const w = W;
     const h = this.height;
-    const pad = 18;
-    const all = this.series.flatMap((s) => s.values).filter((v) => v !== null && Number.isFinite(v));
-    const max = Math.max(1e-9, ...all) * 1.15;
-    this.el.replaceChildren();
-    for (let i = 0; i <= 3; i += 1) {
-      const y = pad + ((h - 2 * pad) * i) / 3;
-      this.el.append(svg('line', { class: 'grid-line', x1: 0, x2: w, y1: y, y2: y }));
-    }
-    const top = svg('text', { class: 'axis', x: 4, y: pad - 6 });
-    top.textContent = this.series[0].format ? this.series[0].format(max) : max.toFixed(1);
-    this.el.append(top);
+    const pad = PAD;
+    const max = frame(this.el, h, this.series.flatMap((s) => s.values), this.series[0].format);
     this.series.forEach((s, i) => {
       let d = '';
       const n = this.capacity;
@@ -104,20 +113,11 @@ export class TimeChart {
   }
 
   draw() {
-    const w = 600;
+    const w = W;
     const h = this.height;
-    const pad = 18;
+    const pad = PAD;
     const span = Math.max(1, this.to - this.from);
-    const all = this.series.flatMap((s) => s.points.map(([, v]) => v)).filter((v) => v !== null && Number.isFinite(v));
-    const max = Math.max(1e-9, ...all) * 1.15;
-    this.el.replaceChildren();
-    for (let i = 0; i <= 3; i += 1) {
-      const y = pad + ((h - 2 * pad) * i) / 3;
-      this.el.append(svg('line', { class: 'grid-line', x1: 0, x2: w, y1: y, y2: y }));
-    }
-    const top = svg('text', { class: 'axis', x: 4, y: pad - 6 });
-    top.textContent = this.series[0].format ? this.series[0].format(max) : max.toFixed(1);
-    this.el.append(top);
+    const max = frame(this.el, h, this.series.flatMap((s) => s.points.map(([, v]) => v)), this.series[0].format);
     this.series.forEach((s, i) => {
       let d = '';
       const pts = s.points.map(([t, v]) => (v === null || !Number.isFinite(v) ? null
