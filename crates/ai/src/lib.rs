@@ -24,4 +24,7 @@ pub use client::{
 pub use error::AiError;
 pub use kind::ProviderKind;
 pub use mask::mask_key;
-pub use types::{ChatMessage, ChatRequest, Completion, FinishReason, MessageRole, Usage};
+pub use types::{
+    ChatMessage, ChatRequest, Completion, FinishReason, MessageRole, ToolCall, ToolDefinition,
+    ToolResult, Usage,
+};

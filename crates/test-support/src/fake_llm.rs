@@ -10,7 +10,9 @@
 //! With no script it echoes the last user message. [`FakeLlm::push`] queues
 //! answers for the next requests, whatever their endpoint: a given text with
 //! given token counts, a provider error, a verbatim body (malformed JSON, an
-//! HTML page), a stream cut after some events, a delay. A wrong key gets each
+//! HTML page), a stream cut after some events, a delay, or tool calls
+//! ([`Reply::tool_calls`]) in each format's own shape (OpenAI `tool_calls`,
+//! Anthropic `tool_use` blocks, Gemini `functionCall` parts; whole answers). A wrong key gets each
 //! provider's own refusal, with the key echoed back (as a careless provider
 //! might) so that tests can check that it is scrubbed. Every request is
 //! recorded for assertions.
@@ -57,6 +59,9 @@ enum Scripted {
         usage: Option<FakeUsage>,
         finish: FakeFinish,
         model: Option<String>,
+        /// Tool calls asked for: a name and the arguments (a JSON string is
+        /// sent as the arguments' text verbatim, so it may be invalid JSON).
+        calls: Vec<(String, Value)>,
     },
     Error {
         status: u16,
@@ -104,6 +109,22 @@ impl Reply {
             usage: None,
             finish: FakeFinish::Stop,
             model: None,
+            calls: Vec::new(),
+        })
+    }
+
+    /// An answer asking for these tool calls (`(name, arguments)`), in the
+    /// format asked: OpenAI `tool_calls` (arguments as a JSON string),
+    /// Anthropic `tool_use` blocks (`input`), Gemini `functionCall` parts
+    /// (`args`). Arguments given as a JSON string go verbatim in every format
+    /// (a hostile model's invalid JSON).
+    pub fn tool_calls(calls: Vec<(&str, Value)>) -> Self {
+        Self::of(Scripted::Text {
+            text: String::new(),
+            usage: None,
+            finish: FakeFinish::Stop,
+            model: None,
+            calls: calls.into_iter().map(|(n, a)| (n.to_string(), a)).collect(),
         })
     }
 
@@ -450,6 +471,15 @@ struct Answer {
     usage: FakeUsage,
     finish: FakeFinish,
     model: String,
+    calls: Vec<(String, Value)>,
+}
+
+/// Arguments as OpenAI sends them: JSON text.
+fn arguments_text(a: &Value) -> String {
+    match a {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn sse(events: Vec<String>, reply: &Reply) -> Response {
@@ -509,7 +539,7 @@ async fn answer(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    let (text, usage, finish, model) = match &reply.body {
+    let (text, usage, finish, model, calls) = match &reply.body {
         Scripted::Error { status, message } => {
             return json_response(*status, error_body(format, *status, message))
         }
@@ -529,7 +559,8 @@ async fn answer(
             usage,
             finish,
             model,
-        } => (text, usage, finish, model),
+            calls,
+        } => (text, usage, finish, model, calls),
     };
     let (prompt_words, _) = prompt_of(format, body);
     let a = Answer {
@@ -541,6 +572,7 @@ async fn answer(
         }),
         finish: *finish,
         model: model.clone().unwrap_or_else(|| asked_model.to_string()),
+        calls: calls.clone(),
     };
     let parts = pieces(&a.text, reply.pieces);
     match (format, stream) {
@@ -573,16 +605,32 @@ fn openai_usage(u: &FakeUsage) -> Value {
 }
 
 fn openai_whole(a: &Answer) -> Value {
-    let finish = match a.finish {
+    let mut finish = match a.finish {
         FakeFinish::Stop => "stop",
         FakeFinish::Length => "length",
     };
+    let mut message = json!({"role": "assistant", "content": a.text});
+    if !a.calls.is_empty() {
+        finish = "tool_calls";
+        if a.text.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = a
+            .calls
+            .iter()
+            .enumerate()
+            .map(|(i, (name, args))| {
+                json!({"id": format!("call_fake_{i}"), "type": "function",
+                       "function": {"name": name, "arguments": arguments_text(args)}})
+            })
+            .collect();
+    }
     json!({
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 0,
         "model": a.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": a.text}, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": openai_usage(&a.usage),
     })
 }
@@ -637,13 +685,27 @@ fn anthropic_stop(f: FakeFinish) -> &'static str {
 }
 
 fn anthropic_whole(a: &Answer) -> Value {
+    let mut content = Vec::new();
+    if !a.text.is_empty() || a.calls.is_empty() {
+        content.push(json!({"type": "text", "text": a.text}));
+    }
+    for (i, (name, args)) in a.calls.iter().enumerate() {
+        content.push(
+            json!({"type": "tool_use", "id": format!("toolu_fake_{i}"), "name": name, "input": args}),
+        );
+    }
+    let stop = if a.calls.is_empty() {
+        anthropic_stop(a.finish)
+    } else {
+        "tool_use"
+    };
     json!({
         "id": "msg_fake",
         "type": "message",
         "role": "assistant",
         "model": a.model,
-        "content": [{"type": "text", "text": a.text}],
-        "stop_reason": anthropic_stop(a.finish),
+        "content": content,
+        "stop_reason": stop,
         "stop_sequence": null,
         "usage": anthropic_usage(&a.usage),
     })
@@ -685,8 +747,16 @@ fn anthropic_events(a: &Answer, parts: &[String]) -> Vec<String> {
 /// One Gemini answer (or chunk of one); `last` carries the finish reason.
 /// Gemini counts thoughts apart from the candidates.
 fn gemini_chunk(a: &Answer, text: &str, last: bool) -> Value {
-    let mut candidate =
-        json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
+    let mut parts = vec![json!({"text": text})];
+    if last && !a.calls.is_empty() {
+        if text.is_empty() {
+            parts.clear();
+        }
+        for (name, args) in &a.calls {
+            parts.push(json!({"functionCall": {"name": name, "args": args}}));
+        }
+    }
+    let mut candidate = json!({"content": {"role": "model", "parts": parts}, "index": 0});
     if last {
         candidate["finishReason"] = json!(match a.finish {
             FakeFinish::Stop => "STOP",
