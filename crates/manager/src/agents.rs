@@ -196,13 +196,19 @@ pub async fn run(
         "testing" if start.may_test => {}
         "testing" => {
             return Err(not_runnable(
-                format!("agent {} is in testing: only an admin may run it", agent.name),
+                format!(
+                    "agent {} is in testing: only an admin may run it",
+                    agent.name
+                ),
                 &agent.status,
             ))
         }
         other => {
             return Err(not_runnable(
-                format!("agent {} is {other}: only active agents run (and testing ones, by an admin)", agent.name),
+                format!(
+                    "agent {} is {other}: only active agents run (and testing ones, by an admin)",
+                    agent.name
+                ),
                 other,
             ))
         }
@@ -629,7 +635,10 @@ impl Loop<'_> {
         } else {
             Err((
                 out,
-                format!("the tool answered {status}: {}", crate::ai::clip(&body, 500)),
+                format!(
+                    "the tool answered {status}: {}",
+                    crate::ai::clip(&body, 500)
+                ),
             ))
         }
     }
@@ -955,7 +964,10 @@ mod tests {
                 .timestamp_millis()
         };
         assert_eq!(period_bounds("day", t), (at(2026, 12, 9), at(2026, 12, 10)));
-        assert_eq!(period_bounds("week", t), (at(2026, 12, 7), at(2026, 12, 14)));
+        assert_eq!(
+            period_bounds("week", t),
+            (at(2026, 12, 7), at(2026, 12, 14))
+        );
         assert_eq!(period_bounds("month", t), (at(2026, 12, 1), at(2027, 1, 1)));
     }
 
