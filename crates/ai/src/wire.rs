@@ -155,6 +155,12 @@ pub struct StreamParser {
     done: bool,
     /// Anthropic reports the prompt at the start and the output at the end.
     anthropic: anthropic::Counts,
+    /// Tool calls as they arrive: OpenAI and Anthropic stream a call's
+    /// arguments in fragments, appended here until the answer ends.
+    tool_calls: Vec<ToolCall>,
+    /// The stream's index of each call (OpenAI's `index`, Anthropic's content
+    /// block index) → its place in `tool_calls`.
+    tool_slots: Vec<(u64, usize)>,
 }
 
 impl StreamParser {
@@ -169,7 +175,30 @@ impl StreamParser {
             usage: Usage::default(),
             done: false,
             anthropic: anthropic::Counts::default(),
+            tool_calls: Vec::new(),
+            tool_slots: Vec::new(),
         }
+    }
+
+    /// The call at stream index `index`, made (with `id` or a made-up one)
+    /// when it is new.
+    fn tool_slot(&mut self, index: u64, id: Option<String>) -> &mut ToolCall {
+        let pos = match self.tool_slots.iter().find(|(i, _)| *i == index) {
+            Some((_, pos)) => *pos,
+            None => {
+                let pos = self.tool_calls.len();
+                self.tool_calls.push(ToolCall {
+                    id: id
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| made_up_id(pos)),
+                    name: String::new(),
+                    arguments: String::new(),
+                });
+                self.tool_slots.push((index, pos));
+                pos
+            }
+        };
+        &mut self.tool_calls[pos]
     }
 
     /// Reads one event; returns the text it adds (empty when it adds none). An
@@ -202,10 +231,19 @@ impl StreamParser {
             finish_reason: self.finish.clone().unwrap_or(FinishReason::Unknown),
             usage: self.usage,
             response_id: self.response_id.clone(),
-            // Tool calls are read from whole answers only; a streamed answer
-            // that asks for tools ends with finish reason `tool_calls` and no
-            // calls (the agent loop asks for whole answers).
-            tool_calls: Vec::new(),
+            tool_calls: self
+                .tool_calls
+                .iter()
+                .map(|c| ToolCall {
+                    // A call whose arguments never came has none.
+                    arguments: if c.arguments.is_empty() {
+                        "{}".into()
+                    } else {
+                        c.arguments.clone()
+                    },
+                    ..c.clone()
+                })
+                .collect(),
         }
     }
 
@@ -512,6 +550,62 @@ mod tool_tests {
                     prop_assert!(matches!(e, AiError::Malformed(_) | AiError::Provider { .. }), "{e:?}");
                 }
             }
+        }
+
+        /// A call's arguments streamed in any fragments come back whole, in
+        /// the formats that stream fragments (OpenAI, Anthropic).
+        #[test]
+        fn streamed_arguments_any_fragments(args in json_object(), cuts in proptest::collection::vec(0usize..400, 0..6), anthropic in any::<bool>()) {
+            let text = args.to_string();
+            let mut points: Vec<usize> = cuts.into_iter().map(|c| c % (text.len() + 1)).filter(|c| text.is_char_boundary(*c)).collect();
+            points.sort_unstable();
+            points.dedup();
+            let mut pieces = Vec::new();
+            let mut last = 0;
+            for p in points.into_iter().chain([text.len()]) {
+                pieces.push(&text[last..p]);
+                last = p;
+            }
+            let ev = |data: Value| SseEvent { event: String::new(), data: data.to_string() };
+            let (kind, events): (ProviderKind, Vec<SseEvent>) = if anthropic {
+                let mut e = vec![ev(json!({"type": "content_block_start", "index": 1,
+                    "content_block": {"type": "tool_use", "id": "t1", "name": "f", "input": {}}}))];
+                e.extend(pieces.iter().map(|p| ev(json!({"type": "content_block_delta", "index": 1,
+                    "delta": {"type": "input_json_delta", "partial_json": p}}))));
+                e.push(ev(json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}})));
+                (ProviderKind::Anthropic, e)
+            } else {
+                let mut e = vec![ev(json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+                    {"index": 0, "id": "c1", "function": {"name": "f", "arguments": ""}}]}}]}))];
+                e.extend(pieces.iter().map(|p| ev(json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+                    {"index": 0, "function": {"arguments": p}}]}}]}))));
+                e.push(ev(json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})));
+                (ProviderKind::OpenAi, e)
+            };
+            let mut p = StreamParser::new(kind, "m");
+            for e in &events {
+                p.feed(e).expect("feed");
+            }
+            let c = p.completion();
+            prop_assert_eq!(c.tool_calls.len(), 1);
+            prop_assert_eq!(&c.tool_calls[0].name, "f");
+            let back: Value = serde_json::from_str(&c.tool_calls[0].arguments).expect("JSON");
+            prop_assert_eq!(back, args);
+            prop_assert_eq!(c.finish_reason, FinishReason::ToolCalls);
+        }
+
+        /// Arbitrary JSON events never panic a stream parser.
+        #[test]
+        fn hostile_stream_events_never_panic(kind in kind(), events in proptest::collection::vec(json_object(), 0..6)) {
+            let mut p = StreamParser::new(kind, "m");
+            for e in events {
+                for data in [e.clone(), json!({"type": "content_block_start", "index": 0, "content_block": e.clone()}),
+                             json!({"choices": [{"delta": {"tool_calls": [e.clone()]}}]}),
+                             json!({"candidates": [{"content": {"parts": [{"functionCall": e}]}}]})] {
+                    let _ = p.feed(&SseEvent { event: String::new(), data: data.to_string() });
+                }
+            }
+            let _ = p.completion();
         }
 
         /// Arbitrary bytes are a parse error, never a panic.

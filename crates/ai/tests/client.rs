@@ -496,3 +496,44 @@ async fn tool_calls_in_every_format() {
         assert!(sent.contains("result of lookup"), "{kind}: {sent}");
     }
 }
+
+/// Streamed answers that ask for tools give the same calls, their arguments
+/// put together from the fragments each format streams.
+#[tokio::test]
+async fn streamed_tool_calls_in_every_format() {
+    use serde_json::json;
+    let fake = FakeLlm::start(Some(KEY)).await;
+    for kind in KINDS {
+        fake.push(Reply::tool_calls(vec![
+            ("lookup", json!({"host": "db-1", "port": 5432})),
+            ("ping", json!({"target": "héllo wörld"})),
+        ]));
+        let c = client(&fake, kind, Some(KEY))
+            .stream(&request())
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"))
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(c.finish_reason, FinishReason::ToolCalls, "{kind}");
+        let got: Vec<(String, serde_json::Value)> = c
+            .tool_calls
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    serde_json::from_str(&t.arguments).unwrap_or_else(|e| panic!("{kind}: {e}")),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("lookup".to_string(), json!({"host": "db-1", "port": 5432})),
+                ("ping".to_string(), json!({"target": "héllo wörld"})),
+            ],
+            "{kind}"
+        );
+        assert_ne!(c.tool_calls[0].id, c.tool_calls[1].id, "{kind}");
+    }
+}

@@ -12,7 +12,9 @@
 //! given token counts, a provider error, a verbatim body (malformed JSON, an
 //! HTML page), a stream cut after some events, a delay, or tool calls
 //! ([`Reply::tool_calls`]) in each format's own shape (OpenAI `tool_calls`,
-//! Anthropic `tool_use` blocks, Gemini `functionCall` parts; whole answers). A wrong key gets each
+//! Anthropic `tool_use` blocks, Gemini `functionCall` parts; whole and
+//! streamed, the arguments of a streamed call in fragments where the format
+//! streams them so). A wrong key gets each
 //! provider's own refusal, with the key echoed back (as a careless provider
 //! might) so that tests can check that it is scrubbed. Every request is
 //! recorded for assertions.
@@ -642,7 +644,7 @@ fn openai_events(a: &Answer, parts: &[String], include_usage: bool) -> Vec<Strin
             json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": a.model, "choices": choices})
         )
     };
-    let finish = match a.finish {
+    let mut finish = match a.finish {
         FakeFinish::Stop => "stop",
         FakeFinish::Length => "length",
     };
@@ -653,6 +655,23 @@ fn openai_events(a: &Answer, parts: &[String], include_usage: bool) -> Vec<Strin
         out.push(chunk(
             json!([{"index": 0, "delta": {"content": p}, "finish_reason": null}]),
         ));
+    }
+    // Each call: its id and name first, then its arguments in two fragments.
+    for (i, (name, args)) in a.calls.iter().enumerate() {
+        finish = "tool_calls";
+        let text = arguments_text(args);
+        let cut = text
+            .char_indices()
+            .nth(text.chars().count() / 2)
+            .map_or(0, |(b, _)| b);
+        out.push(chunk(json!([{"index": 0, "delta": {"tool_calls": [{"index": i, "id": format!("call_fake_{i}"),
+            "type": "function", "function": {"name": name, "arguments": ""}}]}, "finish_reason": null}])));
+        for part in [&text[..cut], &text[cut..]] {
+            out.push(chunk(
+                json!([{"index": 0, "delta": {"tool_calls": [{"index": i,
+                "function": {"arguments": part}}]}, "finish_reason": null}]),
+            ));
+        }
     }
     out.push(chunk(
         json!([{"index": 0, "delta": {}, "finish_reason": finish}]),
@@ -736,9 +755,39 @@ fn anthropic_events(a: &Answer, parts: &[String]) -> Vec<String> {
         "content_block_stop",
         json!({"type": "content_block_stop", "index": 0}),
     ));
+    // Each call a `tool_use` block whose input comes in two JSON fragments.
+    for (i, (name, args)) in a.calls.iter().enumerate() {
+        let index = i + 1;
+        let text = arguments_text(args);
+        let cut = text
+            .char_indices()
+            .nth(text.chars().count() / 2)
+            .map_or(0, |(b, _)| b);
+        out.push(ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use",
+                   "id": format!("toolu_fake_{i}"), "name": name, "input": {}}}),
+        ));
+        for part in [&text[..cut], &text[cut..]] {
+            out.push(ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index,
+                       "delta": {"type": "input_json_delta", "partial_json": part}}),
+            ));
+        }
+        out.push(ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        ));
+    }
+    let stop = if a.calls.is_empty() {
+        anthropic_stop(a.finish)
+    } else {
+        "tool_use"
+    };
     out.push(ev(
         "message_delta",
-        json!({"type": "message_delta", "delta": {"stop_reason": anthropic_stop(a.finish), "stop_sequence": null}, "usage": {"output_tokens": a.usage.output}}),
+        json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": a.usage.output}}),
     ));
     out.push(ev("message_stop", json!({"type": "message_stop"})));
     out

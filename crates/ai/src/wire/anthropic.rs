@@ -198,14 +198,34 @@ pub(super) fn feed(p: &mut StreamParser, event: &SseEvent) -> Result<String, AiE
         }
         "content_block_start" => {
             let b = v.get("content_block").unwrap_or(&Value::Null);
-            if b.get("type").and_then(Value::as_str) == Some("text") {
-                delta = text_of(b.get("text")).unwrap_or_default();
+            match b.get("type").and_then(Value::as_str) {
+                Some("text") => delta = text_of(b.get("text")).unwrap_or_default(),
+                Some("tool_use") => {
+                    let index = v.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                    let call = p.tool_slot(index, text_of(b.get("id")));
+                    call.name = text_of(b.get("name")).unwrap_or_default();
+                    // The input comes in `input_json_delta` fragments; one
+                    // given whole here (not the empty `{}`) is kept.
+                    if let Some(input) = b
+                        .get("input")
+                        .filter(|i| !i.is_null() && i.as_object().is_none_or(|o| !o.is_empty()))
+                    {
+                        call.arguments = arguments_text(Some(input));
+                    }
+                }
+                _ => {}
             }
         }
         "content_block_delta" => {
             let d = v.get("delta").unwrap_or(&Value::Null);
-            if d.get("type").and_then(Value::as_str) == Some("text_delta") {
-                delta = text_of(d.get("text")).unwrap_or_default();
+            match d.get("type").and_then(Value::as_str) {
+                Some("text_delta") => delta = text_of(d.get("text")).unwrap_or_default(),
+                Some("input_json_delta") => {
+                    let index = v.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                    let part = text_of(d.get("partial_json")).unwrap_or_default();
+                    p.tool_slot(index, None).arguments.push_str(&part);
+                }
+                _ => {}
             }
         }
         "message_delta" => {

@@ -215,8 +215,25 @@ pub(super) fn feed(p: &mut StreamParser, event: &SseEvent) -> Result<String, AiE
         .and_then(|c| c.first())
     {
         delta = candidate_text(c);
+        // Gemini streams each call whole, in some chunk's parts.
+        for f in c
+            .pointer("/content/parts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|part| part.get("functionCall"))
+        {
+            let index = p.tool_calls.len() as u64;
+            let slot = p.tool_slot(index, text_of(f.get("id")));
+            slot.name = text_of(f.get("name")).unwrap_or_default();
+            slot.arguments = arguments_text(f.get("args"));
+        }
         if let Some(r) = c.get("finishReason").and_then(Value::as_str) {
-            p.finish = Some(finish_reason(r));
+            p.finish = Some(if p.tool_calls.is_empty() {
+                finish_reason(r)
+            } else {
+                FinishReason::ToolCalls
+            });
             p.done = true;
         }
     } else if v.pointer("/promptFeedback/blockReason").is_some() {

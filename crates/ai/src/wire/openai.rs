@@ -200,6 +200,24 @@ pub(super) fn feed(p: &mut StreamParser, event: &SseEvent) -> Result<String, AiE
         .and_then(|c| c.first())
     {
         delta = content_text(choice.pointer("/delta/content"));
+        for (i, tc) in choice
+            .pointer("/delta/tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let index = tc.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
+            let call = p.tool_slot(index, text_of(tc.get("id")));
+            if let Some(name) = tc.pointer("/function/name").and_then(Value::as_str) {
+                call.name.push_str(name);
+            }
+            match tc.pointer("/function/arguments") {
+                Some(Value::String(part)) => call.arguments.push_str(part),
+                Some(v) if !v.is_null() => call.arguments.push_str(&v.to_string()),
+                _ => {}
+            }
+        }
         if let Some(r) = choice.get("finish_reason").and_then(Value::as_str) {
             p.finish = Some(finish_reason(r));
             // Servers that send no `[DONE]` still said the answer is over;
