@@ -35,7 +35,7 @@ const DEFAULT_MAX_STEPS: i64 = 10;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BudgetInput {
+pub struct AgentBudgetInput {
     /// `day`, `week` or `month` (calendar periods in UTC).
     pub period: String,
     /// The most the agent's runs may cost in a period, in USD (at most six
@@ -78,8 +78,8 @@ pub struct AgentInput {
     pub max_steps: Option<i64>,
     /// A spending limit per period; null removes it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<BudgetInput>)]
-    pub budget: Option<Option<BudgetInput>>,
+    #[schema(value_type = Option<AgentBudgetInput>)]
+    pub budget: Option<Option<AgentBudgetInput>>,
     /// On update: promote the version this change makes at once (default false:
     /// it waits for `POST /agents/{id}/versions/{n}/promote`).
     #[serde(default)]
@@ -87,7 +87,7 @@ pub struct AgentInput {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct BudgetView {
+pub struct AgentBudgetView {
     pub period: String,
     pub limit_usd: String,
     /// Spent by the agent's runs in the current period.
@@ -97,14 +97,14 @@ pub struct BudgetView {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct SplitView {
+pub struct AgentSplitView {
     pub a: i64,
     pub b: i64,
     pub percent_b: i64,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct AgentView {
+pub struct AiAgentView {
     pub id: String,
     pub name: String,
     pub description: String,
@@ -120,8 +120,8 @@ pub struct AgentView {
     pub tools: Vec<String>,
     pub promoted_version: i64,
     pub latest_version: i64,
-    pub split: Option<SplitView>,
-    pub budget: Option<BudgetView>,
+    pub split: Option<AgentSplitView>,
+    pub budget: Option<AgentBudgetView>,
     pub max_steps: i64,
     pub version: i64,
     pub created_at: String,
@@ -144,14 +144,14 @@ async fn version_of(state: &AppState, a: &AiAgentRecord, n: i64) -> ApiResult<Ag
         .ok_or_else(|| ApiError::not_found(format!("version {n} of agent {}", a.id)))
 }
 
-async fn view(state: &AppState, a: &AiAgentRecord) -> ApiResult<AgentView> {
+async fn view(state: &AppState, a: &AiAgentRecord) -> ApiResult<AiAgentView> {
     let v = version_of(state, a, a.promoted_version).await?;
     let budget = match &a.budget {
         Some(b) => {
             let now = now_ms();
             let (since, resets) = runtime::period_bounds(&b.period, now);
             let spent = state.store.agent_spend_since(&a.id, since).await?;
-            Some(BudgetView {
+            Some(AgentBudgetView {
                 period: b.period.clone(),
                 limit_usd: runtime::usd(b.limit_micro_usd),
                 spent_usd: runtime::usd(spent),
@@ -161,7 +161,7 @@ async fn view(state: &AppState, a: &AiAgentRecord) -> ApiResult<AgentView> {
         }
         None => None,
     };
-    Ok(AgentView {
+    Ok(AiAgentView {
         id: a.id.clone(),
         name: a.name.clone(),
         description: a.description.clone(),
@@ -177,7 +177,7 @@ async fn view(state: &AppState, a: &AiAgentRecord) -> ApiResult<AgentView> {
         tools: v.tools,
         promoted_version: a.promoted_version,
         latest_version: a.latest_version,
-        split: a.split.map(|s| SplitView {
+        split: a.split.map(|s| AgentSplitView {
             a: s.a,
             b: s.b,
             percent_b: s.percent_b,
@@ -278,7 +278,7 @@ async fn check_provider(state: &AppState, p: &str) -> ApiResult<String> {
         .ok_or_else(|| ApiError::bad_request("provider", format!("there is no AI provider {p:?}")))
 }
 
-fn check_budget(b: &BudgetInput) -> ApiResult<AgentBudget> {
+fn check_budget(b: &AgentBudgetInput) -> ApiResult<AgentBudget> {
     if !matches!(b.period.as_str(), "day" | "week" | "month") {
         return Err(ApiError::bad_request(
             "budget.period",
@@ -310,12 +310,12 @@ fn check_max_steps(n: i64) -> ApiResult<i64> {
 
 #[utoipa::path(get, path = "/api/v1/agents", operation_id = "list_agents", tag = "agents",
     params(crate::extract::PageParams),
-    responses((status = 200, description = "Agents by name, each with its promoted version's model, prompt and tools", body = ListEnvelope<AgentView>)))]
+    responses((status = 200, description = "Agents by name, each with its promoted version's model, prompt and tools", body = ListEnvelope<AiAgentView>)))]
 pub async fn list(
     State(state): State<AppState>,
     _auth: AuthContext,
     Pagination(page): Pagination,
-) -> ApiResult<Json<ListEnvelope<AgentView>>> {
+) -> ApiResult<Json<ListEnvelope<AiAgentView>>> {
     let p = state.store.list_ai_agents(page).await?;
     let mut items = Vec::with_capacity(p.items.len());
     for a in &p.items {
@@ -325,7 +325,7 @@ pub async fn list(
 }
 
 #[utoipa::path(post, path = "/api/v1/agents", operation_id = "create_agent", tag = "agents", request_body = AgentInput,
-    responses((status = 201, description = "Created in draft, with version 1 promoted", body = AgentView)))]
+    responses((status = 201, description = "Created in draft, with version 1 promoted", body = AiAgentView)))]
 pub async fn create(
     State(state): State<AppState>,
     auth: AuthContext,
@@ -389,7 +389,7 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/agents/{id}", operation_id = "get_agent", tag = "agents",
     params(("id" = String, Path, description = "Agent id")),
-    responses((status = 200, description = "The agent, with its budget's spend in the current period", body = AgentView)))]
+    responses((status = 200, description = "The agent, with its budget's spend in the current period", body = AiAgentView)))]
 pub async fn get(
     State(state): State<AppState>,
     _auth: AuthContext,
@@ -401,7 +401,7 @@ pub async fn get(
 
 #[utoipa::path(put, path = "/api/v1/agents/{id}", operation_id = "update_agent", tag = "agents",
     params(("id" = String, Path, description = "Agent id")), request_body = AgentInput,
-    responses((status = 200, description = "Updated; fields left out keep their values. A change of model, provider, system prompt or tools makes a new version (promoted only with `promote: true`)", body = AgentView)))]
+    responses((status = 200, description = "Updated; fields left out keep their values. A change of model, provider, system prompt or tools makes a new version (promoted only with `promote: true`)", body = AiAgentView)))]
 pub async fn update(
     State(state): State<AppState>,
     auth: AuthContext,
@@ -485,15 +485,15 @@ pub async fn delete(
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LifecycleInput {
+pub struct AgentLifecycleInput {
     /// The new status: `draft`, `testing`, `active`, `suspended` or `archived`.
     pub status: String,
 }
 
 #[utoipa::path(post, path = "/api/v1/agents/{id}/lifecycle", operation_id = "transition_agent", tag = "agents",
-    params(("id" = String, Path, description = "Agent id")), request_body = LifecycleInput,
+    params(("id" = String, Path, description = "Agent id")), request_body = AgentLifecycleInput,
     responses(
-        (status = 200, description = "Moved (draft→testing|archived, testing→draft|active|archived, active→suspended|archived, suspended→active|archived)", body = AgentView),
+        (status = 200, description = "Moved (draft→testing|archived, testing→draft|active|archived, active→suspended|archived, suspended→active|archived)", body = AiAgentView),
         (status = 409, description = "Not a legal transition (INVALID_TRANSITION; details: from, to, allowed)", body = crate::error::ErrorBody),
     ))]
 pub async fn lifecycle(
@@ -501,7 +501,7 @@ pub async fn lifecycle(
     auth: AuthContext,
     Path(id): Path<String>,
     IfMatch(expected): IfMatch,
-    JsonBody(body): JsonBody<LifecycleInput>,
+    JsonBody(body): JsonBody<AgentLifecycleInput>,
 ) -> ApiResult<Response> {
     auth.require(Role::Operator)?;
     if !runtime::STATUSES.contains(&body.status.as_str()) {
@@ -530,7 +530,7 @@ pub async fn lifecycle(
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct VersionView {
+pub struct AgentVersionView {
     pub number: i64,
     pub model: String,
     pub provider_id: Option<String>,
@@ -542,8 +542,8 @@ pub struct VersionView {
     pub created_at: String,
 }
 
-fn version_view(a: &AiAgentRecord, v: AgentVersionRecord) -> VersionView {
-    VersionView {
+fn version_view(a: &AiAgentRecord, v: AgentVersionRecord) -> AgentVersionView {
+    AgentVersionView {
         promoted: v.number == a.promoted_version,
         number: v.number,
         model: v.model,
@@ -557,14 +557,14 @@ fn version_view(a: &AiAgentRecord, v: AgentVersionRecord) -> VersionView {
 
 #[utoipa::path(get, path = "/api/v1/agents/{id}/versions", operation_id = "list_agent_versions", tag = "agents",
     params(("id" = String, Path, description = "Agent id")),
-    responses((status = 200, description = "Every version, oldest first (versions never change)", body = ListEnvelope<VersionView>)))]
+    responses((status = 200, description = "Every version, oldest first (versions never change)", body = ListEnvelope<AgentVersionView>)))]
 pub async fn versions(
     State(state): State<AppState>,
     _auth: AuthContext,
     Path(id): Path<String>,
-) -> ApiResult<Json<ListEnvelope<VersionView>>> {
+) -> ApiResult<Json<ListEnvelope<AgentVersionView>>> {
     let a = agent(&state, &id).await?;
-    let items: Vec<VersionView> = state
+    let items: Vec<AgentVersionView> = state
         .store
         .list_ai_agent_versions(&a.id)
         .await?
@@ -584,7 +584,7 @@ pub async fn versions(
 
 #[utoipa::path(post, path = "/api/v1/agents/{id}/versions/{n}/promote", operation_id = "promote_agent_version", tag = "agents",
     params(("id" = String, Path, description = "Agent id"), ("n" = i64, Path, description = "Version number")),
-    responses((status = 200, description = "That version now serves runs (a split, if any, still decides between its two)", body = AgentView)))]
+    responses((status = 200, description = "That version now serves runs (a split, if any, still decides between its two)", body = AiAgentView)))]
 pub async fn promote(
     State(state): State<AppState>,
     auth: AuthContext,
@@ -624,7 +624,7 @@ pub async fn promote(
 #[utoipa::path(post, path = "/api/v1/agents/{id}/rollback", operation_id = "rollback_agent", tag = "agents",
     params(("id" = String, Path, description = "Agent id")),
     responses(
-        (status = 200, description = "The version promoted before the current one serves runs again", body = AgentView),
+        (status = 200, description = "The version promoted before the current one serves runs again", body = AiAgentView),
         (status = 409, description = "No earlier promotion to go back to", body = crate::error::ErrorBody),
     ))]
 pub async fn rollback(
@@ -661,7 +661,7 @@ pub async fn rollback(
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SplitInput {
+pub struct AgentSplitInput {
     /// A version number.
     pub a: i64,
     /// Another version number.
@@ -673,14 +673,14 @@ pub struct SplitInput {
 }
 
 #[utoipa::path(put, path = "/api/v1/agents/{id}/split", operation_id = "put_agent_split", tag = "agents",
-    params(("id" = String, Path, description = "Agent id")), request_body = SplitInput,
-    responses((status = 200, description = "Runs are split between the two versions", body = AgentView)))]
+    params(("id" = String, Path, description = "Agent id")), request_body = AgentSplitInput,
+    responses((status = 200, description = "Runs are split between the two versions", body = AiAgentView)))]
 pub async fn put_split(
     State(state): State<AppState>,
     auth: AuthContext,
     Path(id): Path<String>,
     IfMatch(expected): IfMatch,
-    JsonBody(body): JsonBody<SplitInput>,
+    JsonBody(body): JsonBody<AgentSplitInput>,
 ) -> ApiResult<Response> {
     auth.require(Role::Operator)?;
     let mut a = agent(&state, &id).await?;
@@ -721,7 +721,7 @@ pub async fn put_split(
 
 #[utoipa::path(delete, path = "/api/v1/agents/{id}/split", operation_id = "delete_agent_split", tag = "agents",
     params(("id" = String, Path, description = "Agent id")),
-    responses((status = 200, description = "No split: the promoted version serves every run", body = AgentView)))]
+    responses((status = 200, description = "No split: the promoted version serves every run", body = AiAgentView)))]
 pub async fn delete_split(
     State(state): State<AppState>,
     auth: AuthContext,
@@ -741,7 +741,7 @@ pub async fn delete_split(
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RunInput {
+pub struct AgentRunInput {
     /// The user's message, 1 to 100,000 characters.
     #[schema(min_length = 1, max_length = 100_000)]
     pub input: String,
@@ -752,7 +752,7 @@ pub struct RunInput {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct StepView {
+pub struct AgentStepView {
     pub seq: i64,
     /// `model` or `tool`.
     pub kind: String,
@@ -777,7 +777,7 @@ pub struct StepView {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct RunView {
+pub struct AgentRunView {
     pub id: String,
     pub agent_id: String,
     /// The version that served the run.
@@ -805,11 +805,11 @@ pub struct RunView {
     pub created_by: String,
     /// The step trace (only on a single run).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub steps: Option<Vec<StepView>>,
+    pub steps: Option<Vec<AgentStepView>>,
 }
 
-fn step_view(s: AgentStepRecord) -> StepView {
-    StepView {
+fn step_view(s: AgentStepRecord) -> AgentStepView {
+    AgentStepView {
         seq: s.seq,
         kind: s.kind,
         name: s.name,
@@ -828,8 +828,8 @@ fn step_view(s: AgentStepRecord) -> StepView {
     }
 }
 
-fn run_view(r: AgentRunRecord, steps: Option<Vec<AgentStepRecord>>) -> RunView {
-    RunView {
+fn run_view(r: AgentRunRecord, steps: Option<Vec<AgentStepRecord>>) -> AgentRunView {
+    AgentRunView {
         cost_usd: runtime::usd(r.cost_micro_usd),
         id: r.id,
         agent_id: r.agent_id,
@@ -855,9 +855,9 @@ fn run_view(r: AgentRunRecord, steps: Option<Vec<AgentStepRecord>>) -> RunView {
 }
 
 #[utoipa::path(post, path = "/api/v1/agents/{id}/runs", operation_id = "create_agent_run", tag = "agents",
-    params(("id" = String, Path, description = "Agent id")), request_body = RunInput,
+    params(("id" = String, Path, description = "Agent id")), request_body = AgentRunInput,
     responses(
-        (status = 201, description = "The run, finished, with its step trace (its status says how it ended: succeeded, failed, max_steps or budget_exceeded)", body = RunView),
+        (status = 201, description = "The run, finished, with its step trace (its status says how it ended: succeeded, failed, max_steps or budget_exceeded)", body = AgentRunView),
         (status = 409, description = "The agent does not run now (AGENT_NOT_RUNNABLE: not active, or testing and the caller is not an admin; or no provider)", body = crate::error::ErrorBody),
         (status = 429, description = "The agent's budget for the period is spent (AGENT_BUDGET_EXCEEDED; details name the budget, period, amount left and reset time)", body = crate::error::ErrorBody),
     ))]
@@ -865,7 +865,7 @@ pub async fn create_run(
     State(state): State<AppState>,
     auth: AuthContext,
     Path(id): Path<String>,
-    JsonBody(body): JsonBody<RunInput>,
+    JsonBody(body): JsonBody<AgentRunInput>,
 ) -> ApiResult<Response> {
     auth.require(Role::Operator)?;
     if body.input.is_empty() || body.input.chars().count() > 100_000 {
@@ -896,13 +896,13 @@ pub async fn create_run(
 
 #[utoipa::path(get, path = "/api/v1/agents/{id}/runs", operation_id = "list_agent_runs", tag = "agents",
     params(("id" = String, Path, description = "Agent id"), crate::extract::PageParams),
-    responses((status = 200, description = "The agent's runs, newest first (without their steps)", body = ListEnvelope<RunView>)))]
+    responses((status = 200, description = "The agent's runs, newest first (without their steps)", body = ListEnvelope<AgentRunView>)))]
 pub async fn list_runs(
     State(state): State<AppState>,
     _auth: AuthContext,
     Path(id): Path<String>,
     Pagination(page): Pagination,
-) -> ApiResult<Json<ListEnvelope<RunView>>> {
+) -> ApiResult<Json<ListEnvelope<AgentRunView>>> {
     agent(&state, &id).await?;
     let p = state.store.list_agent_runs(&id, page).await?;
     let items = p.items.into_iter().map(|r| run_view(r, None)).collect();
@@ -911,12 +911,12 @@ pub async fn list_runs(
 
 #[utoipa::path(get, path = "/api/v1/runs/{id}", operation_id = "get_agent_run", tag = "agents",
     params(("id" = String, Path, description = "Run id")),
-    responses((status = 200, description = "The run with its step trace: each model call and tool call with inputs, outputs, tokens, latency and cost", body = RunView)))]
+    responses((status = 200, description = "The run with its step trace: each model call and tool call with inputs, outputs, tokens, latency and cost", body = AgentRunView)))]
 pub async fn get_run(
     State(state): State<AppState>,
     _auth: AuthContext,
     Path(id): Path<String>,
-) -> ApiResult<Json<RunView>> {
+) -> ApiResult<Json<AgentRunView>> {
     let (run, steps) = state
         .store
         .get_agent_run(&id)
@@ -950,7 +950,7 @@ pub async fn run_trace(
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ScheduleInput {
+pub struct AgentScheduleInput {
     /// A cron expression in UTC: 5 fields, or 6 with seconds first. Give this or `interval_seconds`.
     #[serde(default)]
     #[schema(max_length = 200)]
@@ -971,7 +971,7 @@ pub struct ScheduleInput {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct ScheduleView {
+pub struct AgentScheduleView {
     pub id: String,
     pub agent_id: String,
     pub cron: Option<String>,
@@ -987,8 +987,8 @@ pub struct ScheduleView {
     pub created_at: String,
 }
 
-fn schedule_view(s: AgentScheduleRecord) -> ScheduleView {
-    ScheduleView {
+fn schedule_view(s: AgentScheduleRecord) -> AgentScheduleView {
+    AgentScheduleView {
         id: s.id,
         agent_id: s.agent_id,
         cron: s.cron,
@@ -1006,14 +1006,14 @@ fn schedule_view(s: AgentScheduleRecord) -> ScheduleView {
 
 #[utoipa::path(get, path = "/api/v1/agents/{id}/schedules", operation_id = "list_agent_schedules", tag = "agents",
     params(("id" = String, Path, description = "Agent id")),
-    responses((status = 200, description = "The agent's schedules with their last and next run times", body = ListEnvelope<ScheduleView>)))]
+    responses((status = 200, description = "The agent's schedules with their last and next run times", body = ListEnvelope<AgentScheduleView>)))]
 pub async fn list_schedules(
     State(state): State<AppState>,
     _auth: AuthContext,
     Path(id): Path<String>,
-) -> ApiResult<Json<ListEnvelope<ScheduleView>>> {
+) -> ApiResult<Json<ListEnvelope<AgentScheduleView>>> {
     agent(&state, &id).await?;
-    let items: Vec<ScheduleView> = state
+    let items: Vec<AgentScheduleView> = state
         .store
         .list_agent_schedules(&id)
         .await?
@@ -1032,13 +1032,13 @@ pub async fn list_schedules(
 }
 
 #[utoipa::path(post, path = "/api/v1/agents/{id}/schedules", operation_id = "create_agent_schedule", tag = "agents",
-    params(("id" = String, Path, description = "Agent id")), request_body = ScheduleInput,
-    responses((status = 201, description = "Created; the manager runs it when due (one replica per due time)", body = ScheduleView)))]
+    params(("id" = String, Path, description = "Agent id")), request_body = AgentScheduleInput,
+    responses((status = 201, description = "Created; the manager runs it when due (one replica per due time)", body = AgentScheduleView)))]
 pub async fn create_schedule(
     State(state): State<AppState>,
     auth: AuthContext,
     Path(id): Path<String>,
-    JsonBody(body): JsonBody<ScheduleInput>,
+    JsonBody(body): JsonBody<AgentScheduleInput>,
 ) -> ApiResult<Response> {
     auth.require(Role::Operator)?;
     agent(&state, &id).await?;
@@ -1118,12 +1118,12 @@ async fn schedule_of(state: &AppState, id: &str, sid: &str) -> ApiResult<AgentSc
 
 #[utoipa::path(get, path = "/api/v1/agents/{id}/schedules/{sid}", operation_id = "get_agent_schedule", tag = "agents",
     params(("id" = String, Path, description = "Agent id"), ("sid" = String, Path, description = "Schedule id")),
-    responses((status = 200, description = "The schedule with its last and next run times", body = ScheduleView)))]
+    responses((status = 200, description = "The schedule with its last and next run times", body = AgentScheduleView)))]
 pub async fn get_schedule(
     State(state): State<AppState>,
     _auth: AuthContext,
     Path((id, sid)): Path<(String, String)>,
-) -> ApiResult<Json<ScheduleView>> {
+) -> ApiResult<Json<AgentScheduleView>> {
     Ok(Json(schedule_view(schedule_of(&state, &id, &sid).await?)))
 }
 
@@ -1143,7 +1143,7 @@ pub async fn delete_schedule(
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ToolInput {
+pub struct AgentToolInput {
     /// What the model calls it: 1 to 64 letters, digits, `_` or `-`; unique.
     #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$")]
     pub name: String,
@@ -1173,7 +1173,7 @@ pub struct ToolInput {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct ToolView {
+pub struct AgentToolView {
     pub id: String,
     pub name: String,
     pub description: String,
@@ -1189,8 +1189,8 @@ pub struct ToolView {
     pub updated_at: String,
 }
 
-fn tool_view(t: &AgentToolRecord) -> ToolView {
-    ToolView {
+fn tool_view(t: &AgentToolRecord) -> AgentToolView {
+    AgentToolView {
         id: t.id.clone(),
         name: t.name.clone(),
         description: t.description.clone(),
@@ -1205,7 +1205,11 @@ fn tool_view(t: &AgentToolRecord) -> ToolView {
     }
 }
 
-async fn apply_tool(state: &AppState, t: &mut AgentToolRecord, body: &ToolInput) -> ApiResult<()> {
+async fn apply_tool(
+    state: &AppState,
+    t: &mut AgentToolRecord,
+    body: &AgentToolInput,
+) -> ApiResult<()> {
     check_tool_name("name", &body.name)?;
     t.name = body.name.clone();
     if let Some(d) = &body.description {
@@ -1297,12 +1301,12 @@ async fn tool(state: &AppState, id: &str) -> ApiResult<AgentToolRecord> {
 }
 
 #[utoipa::path(get, path = "/api/v1/agent-tools", operation_id = "list_agent_tools", tag = "agents",
-    responses((status = 200, description = "HTTP tools agents may call, by name (header values never shown)", body = ListEnvelope<ToolView>)))]
+    responses((status = 200, description = "HTTP tools agents may call, by name (header values never shown)", body = ListEnvelope<AgentToolView>)))]
 pub async fn list_tools(
     State(state): State<AppState>,
     _auth: AuthContext,
-) -> ApiResult<Json<ListEnvelope<ToolView>>> {
-    let items: Vec<ToolView> = state
+) -> ApiResult<Json<ListEnvelope<AgentToolView>>> {
+    let items: Vec<AgentToolView> = state
         .store
         .list_agent_tools()
         .await?
@@ -1320,12 +1324,12 @@ pub async fn list_tools(
     )))
 }
 
-#[utoipa::path(post, path = "/api/v1/agent-tools", operation_id = "create_agent_tool", tag = "agents", request_body = ToolInput,
-    responses((status = 201, description = "Created (header values stored sealed)", body = ToolView)))]
+#[utoipa::path(post, path = "/api/v1/agent-tools", operation_id = "create_agent_tool", tag = "agents", request_body = AgentToolInput,
+    responses((status = 201, description = "Created (header values stored sealed)", body = AgentToolView)))]
 pub async fn create_tool(
     State(state): State<AppState>,
     auth: AuthContext,
-    JsonBody(body): JsonBody<ToolInput>,
+    JsonBody(body): JsonBody<AgentToolInput>,
 ) -> ApiResult<Response> {
     auth.require(Role::Admin)?;
     let now = now_ms();
@@ -1353,7 +1357,7 @@ pub async fn create_tool(
 
 #[utoipa::path(get, path = "/api/v1/agent-tools/{id}", operation_id = "get_agent_tool", tag = "agents",
     params(("id" = String, Path, description = "Tool id")),
-    responses((status = 200, description = "The tool (header values never shown)", body = ToolView)))]
+    responses((status = 200, description = "The tool (header values never shown)", body = AgentToolView)))]
 pub async fn get_tool(
     State(state): State<AppState>,
     _auth: AuthContext,
@@ -1364,14 +1368,14 @@ pub async fn get_tool(
 }
 
 #[utoipa::path(put, path = "/api/v1/agent-tools/{id}", operation_id = "update_agent_tool", tag = "agents",
-    params(("id" = String, Path, description = "Tool id")), request_body = ToolInput,
-    responses((status = 200, description = "Updated (agents naming the old name no longer find it)", body = ToolView)))]
+    params(("id" = String, Path, description = "Tool id")), request_body = AgentToolInput,
+    responses((status = 200, description = "Updated (agents naming the old name no longer find it)", body = AgentToolView)))]
 pub async fn update_tool(
     State(state): State<AppState>,
     auth: AuthContext,
     Path(id): Path<String>,
     IfMatch(expected): IfMatch,
-    JsonBody(body): JsonBody<ToolInput>,
+    JsonBody(body): JsonBody<AgentToolInput>,
 ) -> ApiResult<Response> {
     auth.require(Role::Admin)?;
     let mut t = tool(&state, &id).await?;
