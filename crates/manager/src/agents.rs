@@ -384,7 +384,19 @@ impl Loop<'_> {
             }
             if let Some(b) = &self.agent.budget {
                 let so_far: i64 = steps.iter().map(|s| s.cost_micro_usd).sum();
-                let spent = self.spent_before + so_far;
+                // What the store says the agent spent (other runs under way
+                // included, this one's progress recorded after each model
+                // call), or at least what this process knows of.
+                let (since, _) = period_bounds(&b.period, now_ms());
+                let spent = match self
+                    .state
+                    .store
+                    .agent_spend_since(&self.agent.id, since)
+                    .await
+                {
+                    Ok(s) => s.max(self.spent_before + so_far),
+                    Err(_) => self.spent_before + so_far,
+                };
                 if spent >= b.limit_micro_usd {
                     let e = budget_refusal(self.agent, b, spent, now_ms());
                     run.status = "budget_exceeded".into();
@@ -459,6 +471,22 @@ impl Loop<'_> {
                 latency_ms,
                 started_at: started,
             });
+            if self.agent.budget.is_some() {
+                let sum = |f: fn(&AgentStepRecord) -> i64| steps.iter().map(f).sum::<i64>();
+                if let Err(e) = self
+                    .state
+                    .store
+                    .record_agent_run_progress(
+                        &run.id,
+                        sum(|s| s.input_tokens),
+                        sum(|s| s.output_tokens),
+                        sum(|s| s.cost_micro_usd),
+                    )
+                    .await
+                {
+                    tracing::warn!(run = %run.id, error = %e, "agent run: progress not recorded");
+                }
+            }
             if c.tool_calls.is_empty() {
                 run.status = "succeeded".into();
                 run.output = Some(c.text);

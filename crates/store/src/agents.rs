@@ -260,6 +260,15 @@ pub trait AgentStore: Send + Sync {
 
     /// Records a run as started (audited: who ran which agent with what input).
     async fn start_agent_run(&self, actor: &Actor, run: &AgentRunRecord) -> Result<()>;
+    /// Notes a running run's cost and tokens so far, so that the agent's spend
+    /// ([`AgentStore::agent_spend_since`]) counts runs still under way.
+    async fn record_agent_run_progress(
+        &self,
+        run_id: &str,
+        input_tokens: i64,
+        output_tokens: i64,
+        cost_micro_usd: i64,
+    ) -> Result<()>;
     /// Writes the run's outcome and all its steps in one transaction.
     async fn finish_agent_run(&self, run: &AgentRunRecord, steps: &[AgentStepRecord])
         -> Result<()>;
@@ -281,6 +290,14 @@ pub trait AgentStore: Send + Sync {
     async fn get_agent_schedule(&self, id: &str) -> Result<Option<AgentScheduleRecord>>;
     /// An agent's schedules, oldest first.
     async fn list_agent_schedules(&self, agent_id: &str) -> Result<Vec<AgentScheduleRecord>>;
+    /// Saves a schedule's definition and next time (the version goes up by
+    /// one); its last run is kept.
+    async fn update_agent_schedule(
+        &self,
+        actor: &Actor,
+        s: &AgentScheduleRecord,
+        expected_version: Option<i64>,
+    ) -> Result<AgentScheduleRecord>;
     async fn delete_agent_schedule(&self, actor: &Actor, id: &str) -> Result<AgentScheduleRecord>;
     /// Enabled schedules due at `now`, most overdue first.
     async fn due_agent_schedules(&self, now: i64, limit: i64) -> Result<Vec<AgentScheduleRecord>>;
@@ -890,6 +907,26 @@ impl AgentStore for SqlStore {
         .await
     }
 
+    async fn record_agent_run_progress(
+        &self,
+        run_id: &str,
+        input_tokens: i64,
+        output_tokens: i64,
+        cost_micro_usd: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE ai_agent_runs SET input_tokens = $2, output_tokens = $3, cost_micro_usd = $4 \
+             WHERE id = $1 AND status = 'running'",
+        )
+        .bind(run_id.to_string())
+        .bind(input_tokens)
+        .bind(output_tokens)
+        .bind(cost_micro_usd)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn finish_agent_run(
         &self,
         run: &AgentRunRecord,
@@ -1070,6 +1107,62 @@ impl AgentStore for SqlStore {
         .iter()
         .map(schedule_from_row)
         .collect()
+    }
+
+    async fn update_agent_schedule(
+        &self,
+        actor: &Actor,
+        s: &AgentScheduleRecord,
+        expected_version: Option<i64>,
+    ) -> Result<AgentScheduleRecord> {
+        let mut tx = self.begin_audited().await?;
+        sqlx::query("UPDATE ai_agent_schedules SET version = version WHERE id = $1")
+            .bind(s.id.clone())
+            .execute(&mut *tx)
+            .await?;
+        let before = sqlx::query(&format!(
+            "SELECT {SCHEDULE_COLS} FROM ai_agent_schedules WHERE id = $1"
+        ))
+        .bind(s.id.clone())
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(schedule_from_row)
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound(format!("schedule {}", s.id)))?;
+        check_version(expected_version, before.version)?;
+        let after = AgentScheduleRecord {
+            agent_id: before.agent_id.clone(),
+            last_run_at: before.last_run_at,
+            last_run_id: before.last_run_id.clone(),
+            last_status: before.last_status.clone(),
+            version: before.version + 1,
+            created_at: before.created_at,
+            ..s.clone()
+        };
+        sqlx::query(
+            "UPDATE ai_agent_schedules SET cron = $2, interval_ms = $3, input = $4, run_key = $5, \
+             enabled = $6, next_run_at = $7, version = $8, updated_at = $9 WHERE id = $1",
+        )
+        .bind(after.id.clone())
+        .bind(after.cron.clone())
+        .bind(after.interval_ms)
+        .bind(after.input.clone())
+        .bind(after.run_key.clone())
+        .bind(i64::from(after.enabled))
+        .bind(after.next_run_at)
+        .bind(after.version)
+        .bind(after.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit(
+            actor,
+            &AuditEvent::new("agent_schedule.update", "agent_schedule", Some(&after.id))
+                .before(before.audit_view())
+                .after(after.audit_view()),
+        )
+        .await?;
+        Ok(after)
     }
 
     async fn delete_agent_schedule(&self, actor: &Actor, id: &str) -> Result<AgentScheduleRecord> {

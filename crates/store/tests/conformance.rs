@@ -3536,6 +3536,36 @@ async fn agent_schedules_are_claimed_once(s: &SqlStore) {
         (Some(now + 60_000), Some(now), Some("r9"), Some("succeeded"))
     );
     assert_eq!(s.list_agent_schedules("ag1").await.expect("list").len(), 1);
+    // An update keeps the last run and moves the version on.
+    let mut changed = got.clone();
+    changed.enabled = false;
+    changed.interval_ms = Some(5_000);
+    let updated = s
+        .update_agent_schedule(&a, &changed, Some(1))
+        .await
+        .expect("update");
+    assert_eq!(
+        (
+            updated.version,
+            updated.enabled,
+            updated.last_run_id.as_deref()
+        ),
+        (2, false, Some("r9"))
+    );
+    assert!(matches!(
+        s.update_agent_schedule(&a, &changed, Some(1)).await,
+        Err(StoreError::VersionMismatch { current: 2 })
+    ));
+    // A disabled schedule is never due, nor claimed.
+    assert!(s
+        .due_agent_schedules(now + 10_000_000, 10)
+        .await
+        .expect("due")
+        .is_empty());
+    assert!(!s
+        .claim_agent_schedule("s1", now + 60_000, Some(now + 70_000), now)
+        .await
+        .expect("claim"));
     s.delete_agent_schedule(&a, "s1").await.expect("delete");
     assert!(s.get_agent_schedule("s1").await.expect("get").is_none());
 }

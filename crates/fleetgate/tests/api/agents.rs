@@ -920,6 +920,26 @@ async fn an_interval_schedule_fires() {
         (Some("schedule"), Some(sid), Some("status report"))
     );
     assert_eq!(r["output"], "echo: status report");
+    // Paused, it fires no more; its last run is kept.
+    let (status, paused) = send(
+        &app,
+        Method::PUT,
+        &format!("{path}/{sid}"),
+        Some(json!({"interval_seconds": 1, "input": "status report", "enabled": false})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{paused}");
+    assert_eq!(
+        (paused["enabled"].as_bool(), paused["last_run_id"].as_str()),
+        (Some(false), Some(rid))
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let count = app.get_json(&format!("/api/v1/agents/{id}/runs")).await["total"].clone();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        app.get_json(&format!("/api/v1/agents/{id}/runs")).await["total"],
+        count
+    );
     let (status, _) = send(&app, Method::DELETE, &format!("{path}/{sid}"), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let listed = app.get_json(&path).await;

@@ -984,6 +984,7 @@ pub struct AgentScheduleView {
     pub last_run_id: Option<String>,
     /// How the last run ended (`running` while it runs).
     pub last_status: Option<String>,
+    pub version: i64,
     pub created_at: String,
 }
 
@@ -1000,6 +1001,7 @@ fn schedule_view(s: AgentScheduleRecord) -> AgentScheduleView {
         last_run_at: s.last_run_at.map(rfc3339),
         last_run_id: s.last_run_id.filter(|r| !r.is_empty()),
         last_status: s.last_status,
+        version: s.version,
         created_at: rfc3339(s.created_at),
     }
 }
@@ -1042,6 +1044,38 @@ pub async fn create_schedule(
 ) -> ApiResult<Response> {
     auth.require(Role::Operator)?;
     agent(&state, &id).await?;
+    let now = now_ms();
+    let mut s = AgentScheduleRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        agent_id: id,
+        cron: None,
+        interval_ms: None,
+        input: String::new(),
+        run_key: None,
+        enabled: true,
+        next_run_at: None,
+        last_run_at: None,
+        last_run_id: None,
+        last_status: None,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    apply_schedule(&mut s, body, now)?;
+    state.store.create_agent_schedule(&auth.actor, &s).await?;
+    Ok(json_with_etag(
+        StatusCode::CREATED,
+        s.version,
+        schedule_view(s),
+    ))
+}
+
+/// Applies a schedule's input, validated, and works out its next time.
+fn apply_schedule(
+    s: &mut AgentScheduleRecord,
+    body: AgentScheduleInput,
+    now: i64,
+) -> ApiResult<()> {
     if body.input.is_empty() || body.input.chars().count() > 100_000 {
         return Err(ApiError::bad_request(
             "input",
@@ -1069,14 +1103,14 @@ pub async fn create_schedule(
             })?;
             (Some(c.trim().to_string()), None)
         }
-        (None, Some(s)) => {
-            if !(1..=31_536_000).contains(&s) {
+        (None, Some(secs)) => {
+            if !(1..=31_536_000).contains(&secs) {
                 return Err(ApiError::bad_request(
                     "interval_seconds",
                     "must be 1 to 31536000",
                 ));
             }
-            (None, Some(s * 1000))
+            (None, Some(secs * 1000))
         }
         _ => {
             return Err(ApiError::bad_request(
@@ -1085,26 +1119,35 @@ pub async fn create_schedule(
             ))
         }
     };
-    let now = now_ms();
-    let mut s = AgentScheduleRecord {
-        id: uuid::Uuid::new_v4().to_string(),
-        agent_id: id,
-        cron,
-        interval_ms,
-        input: body.input,
-        run_key: body.run_key,
-        enabled: body.enabled.unwrap_or(true),
-        next_run_at: None,
-        last_run_at: None,
-        last_run_id: None,
-        last_status: None,
-        version: 1,
-        created_at: now,
-        updated_at: now,
-    };
-    s.next_run_at = runtime::next_due(&s, now);
-    state.store.create_agent_schedule(&auth.actor, &s).await?;
-    Ok((StatusCode::CREATED, Json(schedule_view(s))).into_response())
+    s.cron = cron;
+    s.interval_ms = interval_ms;
+    s.input = body.input;
+    s.run_key = body.run_key;
+    s.enabled = body.enabled.unwrap_or(true);
+    s.updated_at = now;
+    s.next_run_at = runtime::next_due(s, now);
+    Ok(())
+}
+
+#[utoipa::path(put, path = "/api/v1/agents/{id}/schedules/{sid}", operation_id = "update_agent_schedule", tag = "agents",
+    params(("id" = String, Path, description = "Agent id"), ("sid" = String, Path, description = "Schedule id")),
+    request_body = AgentScheduleInput,
+    responses((status = 200, description = "Replaced (the next time worked out anew from now; the last run kept); `enabled: false` pauses it", body = AgentScheduleView)))]
+pub async fn update_schedule(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path((id, sid)): Path<(String, String)>,
+    IfMatch(expected): IfMatch,
+    JsonBody(body): JsonBody<AgentScheduleInput>,
+) -> ApiResult<Response> {
+    auth.require(Role::Operator)?;
+    let mut s = schedule_of(&state, &id, &sid).await?;
+    apply_schedule(&mut s, body, now_ms())?;
+    let s = state
+        .store
+        .update_agent_schedule(&auth.actor, &s, expected)
+        .await?;
+    Ok(json_with_etag(StatusCode::OK, s.version, schedule_view(s)))
 }
 
 async fn schedule_of(state: &AppState, id: &str, sid: &str) -> ApiResult<AgentScheduleRecord> {

@@ -253,7 +253,11 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(agents::get_run))
         .routes(routes!(agents::run_trace))
         .routes(routes!(agents::list_schedules, agents::create_schedule))
-        .routes(routes!(agents::get_schedule, agents::delete_schedule))
+        .routes(routes!(
+            agents::get_schedule,
+            agents::update_schedule,
+            agents::delete_schedule
+        ))
         .routes(routes!(agents::list_tools, agents::create_tool))
         .routes(routes!(
             agents::get_tool,
