@@ -281,12 +281,13 @@ fn arguments_text(v: Option<&Value>) -> String {
 }
 
 /// Arguments as the JSON object Anthropic's `input` and Gemini's `args` must
-/// be: the parsed arguments when they are an object, else the text as it was
-/// (so that a model sees back exactly what it wrote, even when invalid).
+/// be (both refuse anything else): the parsed arguments when they are an
+/// object, else the text the model wrote under `_invalid_arguments`, so that
+/// the conversation stays acceptable and the model still sees what it wrote.
 fn arguments_value(call: &ToolCall) -> Value {
     match serde_json::from_str::<Value>(&call.arguments) {
         Ok(v @ Value::Object(_)) => v,
-        _ => Value::String(call.arguments.clone()),
+        _ => serde_json::json!({ "_invalid_arguments": call.arguments }),
     }
 }
 
@@ -423,6 +424,17 @@ mod tool_tests {
             ge.body["contents"][2]["parts"][0]["functionResponse"]["response"]["result"],
             "10.0.0.1"
         );
+        // Invalid arguments echoed back stay an object where one is required.
+        let mut bad = conversation();
+        bad.messages[1].tool_calls[0].arguments = "{not json".into();
+        for kind in [ProviderKind::Anthropic, ProviderKind::Gemini] {
+            let call = chat_call(kind, "http://x", &bad, false).expect("call");
+            let text = call.body.to_string();
+            assert!(
+                text.contains(r#"{"_invalid_arguments":"{not json"}"#),
+                "{kind}: {text}"
+            );
+        }
     }
 
     #[test]

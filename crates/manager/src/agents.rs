@@ -372,6 +372,9 @@ impl Loop<'_> {
         let mut messages = vec![ChatMessage::user(run.input.clone())];
         let defs = self.definitions();
         let mut model_calls = 0;
+        // How many messages earlier model steps' traces already hold: each
+        // step keeps only what is new to it, not the whole conversation again.
+        let mut traced = 0;
         loop {
             if model_calls >= self.agent.max_steps {
                 run.status = "max_steps".into();
@@ -419,8 +422,11 @@ impl Loop<'_> {
             let clock = Instant::now();
             let answer = self.client.complete(&req).await;
             let latency_ms = clock.elapsed().as_millis() as i64;
-            let input = json!({"system": req.system, "messages": req.messages,
+            let input = json!({"system": if traced == 0 { req.system.clone() } else { None },
+                               "new_messages": &req.messages[traced..],
+                               "messages_total": req.messages.len(),
                                "tools": defs.iter().map(|d| d.name.clone()).collect::<Vec<_>>()});
+            traced = req.messages.len();
             let c = match answer {
                 Ok(c) => c,
                 Err(e) => {
