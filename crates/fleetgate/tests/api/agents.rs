@@ -27,7 +27,7 @@ struct Hit {
 }
 
 /// A local HTTP tool server: every path answers `{"tool": path, "got": body}`
-/// and records the request.
+/// and records the request; `/slow` answers after 300 ms.
 struct ToolServer {
     url: String,
     hits: Arc<Mutex<Vec<Hit>>>,
@@ -50,6 +50,9 @@ impl ToolServer {
             body: axum::body::Bytes,
         ) -> Json<Value> {
             let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if path == "slow" {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
             hits.lock().expect("hits").push(Hit {
                 path: path.clone(),
                 body: body.clone(),
@@ -570,6 +573,49 @@ async fn budgets_refuse_runs_and_stop_before_the_next_model_call() {
     assert_eq!(status, StatusCode::OK, "{v}");
     let r = run(&app, id, json!({"input": "again"})).await;
     assert_eq!(r["status"], "succeeded");
+    app.stop().await;
+}
+
+/// Two runs at once share one budget: each sees the other's spend as it goes
+/// and stops before its next model call, instead of each spending the whole
+/// budget on its own.
+#[tokio::test]
+async fn concurrent_runs_count_each_others_spend() {
+    let (app, fake, tools) = setup().await;
+    let pid = provider(&app, &fake, "openai").await;
+    let (status, v) = send(
+        &app,
+        Method::POST,
+        "/api/v1/agent-tools",
+        Some(json!({"name": "slow", "url": format!("{}/slow", tools.url), "input_schema": {"type": "object"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    // 500 micro-USD a day; each model call costs 270: one call each fits, two each do not.
+    let a = create_agent(
+        &app,
+        json!({"name": "shared", "model": "gpt-4o-mini", "provider": pid, "tools": ["slow"],
+               "budget": {"period": "day", "limit_usd": "0.0005"}}),
+    )
+    .await;
+    let id = a["id"].as_str().expect("id");
+    activate(&app, id).await;
+    for _ in 0..6 {
+        fake.push(Reply::tool_calls(vec![("slow", json!({}))]).usage(usage()));
+    }
+    // Each run's first model call ends, then its tool takes 300 ms: by its
+    // next budget check the other run's first call is on record.
+    let (x, y) = tokio::join!(
+        run(&app, id, json!({"input": "one"})),
+        run(&app, id, json!({"input": "two"}))
+    );
+    for r in [&x, &y] {
+        assert_eq!(r["status"], "budget_exceeded", "{r}");
+        assert_eq!(r["cost_micro_usd"], 270, "{r}");
+    }
+    assert_eq!(fake.pending(), 4, "two model calls in all");
+    let got = app.get_json(&format!("/api/v1/agents/{id}")).await;
+    assert_eq!(got["budget"]["spent_usd"], "0.000540");
     app.stop().await;
 }
 
