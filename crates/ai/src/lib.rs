@@ -26,4 +26,7 @@ pub use error::AiError;
 pub use kind::ProviderKind;
 pub use mask::mask_key;
 pub use pricing::{Micros, ModelPrice, PriceTable};
-pub use types::{ChatMessage, ChatRequest, Completion, FinishReason, MessageRole, Usage};
+pub use types::{
+    ChatMessage, ChatRequest, Completion, FinishReason, MessageRole, ToolCall, ToolDefinition,
+    ToolResult, Usage,
+};

@@ -8,12 +8,57 @@ use serde::{Deserialize, Serialize};
 pub enum MessageRole {
     User,
     Assistant,
+    /// The results of tool calls the assistant asked for, sent back to it
+    /// (OpenAI's `tool` messages, Anthropic's `tool_result` blocks in a user
+    /// turn, Gemini's `functionResponse` parts).
+    Tool,
+}
+
+/// A tool the model may ask to call: its name, what it does, and the JSON
+/// schema of its arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolDefinition {
+    pub name: String,
+    pub description: String,
+    /// A JSON schema (an object schema) of the arguments.
+    pub parameters: serde_json::Value,
+}
+
+/// A call of a tool the model asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The provider's id of the call (made up as `call_<n>` when the provider
+    /// gives none, as Gemini may not), echoed with its result.
+    pub id: String,
+    pub name: String,
+    /// The arguments as the model wrote them: JSON text, not yet checked (a
+    /// model can write anything here, invalid JSON included).
+    pub arguments: String,
+}
+
+/// The result of one tool call, sent back to the model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolResult {
+    /// The [`ToolCall::id`] it answers.
+    pub call_id: String,
+    /// The tool's name (Gemini matches results by name).
+    pub name: String,
+    /// What the tool returned, or why the call failed.
+    pub content: String,
+    /// The call failed (refused arguments, an unknown tool, an error answer).
+    pub is_error: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: MessageRole,
     pub content: String,
+    /// An assistant message: the tool calls it asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// A tool message: the results of the previous assistant message's calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_results: Vec<ToolResult>,
 }
 
 impl ChatMessage {
@@ -21,6 +66,8 @@ impl ChatMessage {
         Self {
             role: MessageRole::User,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_results: Vec::new(),
         }
     }
 
@@ -28,6 +75,26 @@ impl ChatMessage {
         Self {
             role: MessageRole::Assistant,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_results: Vec::new(),
+        }
+    }
+
+    /// The assistant's turn that asked for tool calls (with any text it said).
+    pub fn assistant_calls(content: impl Into<String>, calls: Vec<ToolCall>) -> Self {
+        Self {
+            tool_calls: calls,
+            ..Self::assistant(content)
+        }
+    }
+
+    /// The results of the previous turn's tool calls.
+    pub fn tool_results(results: Vec<ToolResult>) -> Self {
+        Self {
+            role: MessageRole::Tool,
+            content: String::new(),
+            tool_calls: Vec::new(),
+            tool_results: results,
         }
     }
 }
@@ -48,6 +115,9 @@ pub struct ChatRequest {
     /// (OpenAI's `response_format`, Gemini's `responseMimeType`; Anthropic has
     /// no such switch and relies on the prompt).
     pub json_output: bool,
+    /// Tools the model may ask to call (none: a plain chat).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolDefinition>,
 }
 
 /// Sent as Anthropic's required `max_tokens` when a request sets none.
@@ -63,6 +133,7 @@ impl ChatRequest {
             max_tokens: None,
             temperature: None,
             json_output: false,
+            tools: Vec::new(),
         }
     }
 
@@ -78,6 +149,11 @@ impl ChatRequest {
 
     pub fn temperature(mut self, t: f32) -> Self {
         self.temperature = Some(t);
+        self
+    }
+
+    pub fn tools(mut self, tools: Vec<ToolDefinition>) -> Self {
+        self.tools = tools;
         self
     }
 
@@ -180,4 +256,7 @@ pub struct Completion {
     pub usage: Usage,
     /// The provider's id of the answer, when it gives one.
     pub response_id: Option<String>,
+    /// The tool calls the model asked for, in its order (none: a final answer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
 }

@@ -91,6 +91,7 @@ async fn whole_answers_in_every_format() {
                 finish_reason: FinishReason::Length,
                 usage: expected_usage(kind),
                 response_id: c.response_id.clone(),
+                tool_calls: Vec::new(),
             },
             "{kind}"
         );
@@ -439,4 +440,100 @@ async fn a_server_that_ignores_stream_still_answers() {
     let (pieces, done) = read_stream(&c, &request()).await;
     assert_eq!(pieces, ["whole"]);
     assert_eq!(done.usage.total_tokens(), 4);
+}
+
+/// Tool calls scripted in each format come back as the same calls, and the
+/// results sent back reach the provider in its own shape.
+#[tokio::test]
+async fn tool_calls_in_every_format() {
+    use fleetgate_ai::{ChatMessage, ToolDefinition, ToolResult};
+    use serde_json::json;
+    let fake = FakeLlm::start(Some(KEY)).await;
+    for kind in KINDS {
+        fake.push(Reply::tool_calls(vec![
+            ("lookup", json!({"host": "db-1"})),
+            ("ping", json!("{not json")),
+        ]));
+        let mut req = request().tools(vec![ToolDefinition {
+            name: "lookup".into(),
+            description: "Looks a host up".into(),
+            parameters: json!({"type": "object"}),
+        }]);
+        let c = client(&fake, kind, Some(KEY))
+            .complete(&req)
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(c.finish_reason, FinishReason::ToolCalls, "{kind}");
+        assert_eq!(c.tool_calls.len(), 2, "{kind}");
+        assert_eq!(c.tool_calls[0].name, "lookup");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&c.tool_calls[0].arguments).expect("json"),
+            json!({"host": "db-1"}),
+            "{kind}"
+        );
+        assert_eq!(c.tool_calls[1].arguments, "{not json", "{kind}");
+        req.messages
+            .push(ChatMessage::assistant_calls("", c.tool_calls.clone()));
+        req.messages.push(ChatMessage::tool_results(
+            c.tool_calls
+                .iter()
+                .map(|t| ToolResult {
+                    call_id: t.id.clone(),
+                    name: t.name.clone(),
+                    content: format!("result of {}", t.name),
+                    is_error: false,
+                })
+                .collect(),
+        ));
+        fake.push(Reply::text("db-1 is 10.0.0.5"));
+        let c = client(&fake, kind, Some(KEY))
+            .complete(&req)
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(c.text, "db-1 is 10.0.0.5");
+        assert!(c.tool_calls.is_empty());
+        let sent = fake.requests().last().expect("request").body.to_string();
+        assert!(sent.contains("result of lookup"), "{kind}: {sent}");
+    }
+}
+
+/// Streamed answers that ask for tools give the same calls, their arguments
+/// put together from the fragments each format streams.
+#[tokio::test]
+async fn streamed_tool_calls_in_every_format() {
+    use serde_json::json;
+    let fake = FakeLlm::start(Some(KEY)).await;
+    for kind in KINDS {
+        fake.push(Reply::tool_calls(vec![
+            ("lookup", json!({"host": "db-1", "port": 5432})),
+            ("ping", json!({"target": "héllo wörld"})),
+        ]));
+        let c = client(&fake, kind, Some(KEY))
+            .stream(&request())
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"))
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(c.finish_reason, FinishReason::ToolCalls, "{kind}");
+        let got: Vec<(String, serde_json::Value)> = c
+            .tool_calls
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    serde_json::from_str(&t.arguments).unwrap_or_else(|e| panic!("{kind}: {e}")),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("lookup".to_string(), json!({"host": "db-1", "port": 5432})),
+                ("ping".to_string(), json!({"target": "héllo wörld"})),
+            ],
+            "{kind}"
+        );
+        assert_ne!(c.tool_calls[0].id, c.tool_calls[1].id, "{kind}");
+    }
 }

@@ -7,6 +7,7 @@
 //! published redirect and page sets.
 
 pub mod acme;
+pub mod agents;
 pub mod ai;
 pub mod alerts;
 pub mod api;
@@ -315,6 +316,7 @@ impl AppState {
         acme::spawn_renewals(self.clone(), shutdown.clone());
         traffic::spawn_sampler(self.clone(), shutdown.clone());
         alerts::spawn_evaluator(self.clone(), shutdown.clone());
+        agents::spawn_scheduler(self.clone(), Duration::from_secs(1), shutdown.clone());
         node_feed::spawn_builder(self.clone(), shutdown.clone());
         let state = self.clone();
         tokio::spawn(async move {

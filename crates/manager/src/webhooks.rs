@@ -131,7 +131,7 @@ pub async fn check_destination(url: &str, allow_private: bool) -> Result<(), Str
 /// The scheme check, and the policy for a host written as an IP address. Names are
 /// not looked up here: the delivery client's resolver ([`crate::destination::PolicyResolver`])
 /// checks the addresses it connects to, so a name is resolved once per attempt.
-fn check_before_send(url: &str, allow_private: bool) -> Result<(), String> {
+pub(crate) fn check_before_send(url: &str, allow_private: bool) -> Result<(), String> {
     let (host, _) = http_host_port(url)?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     match bare.parse::<IpAddr>() {

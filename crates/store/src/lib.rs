@@ -5,6 +5,7 @@
 //! same transaction, so no change can land without its record. Configuration
 //! changes also record a numbered revision holding the whole configuration document.
 
+mod agents;
 mod ai;
 mod alerts;
 mod audit;
@@ -25,6 +26,10 @@ mod webhooks;
 use async_trait::async_trait;
 use fleetgate_core::user::Role;
 
+pub use agents::{
+    AgentBudget, AgentRunRecord, AgentScheduleRecord, AgentSplit, AgentStepRecord, AgentStore,
+    AgentToolRecord, AgentVersionRecord, AiAgentRecord,
+};
 pub use ai::{AiPreferencesRecord, AiProviderRecord, AiStore};
 pub use alerts::{
     AlertRuleRecord, AlertStore, IncidentAnalysisRecord, IncidentFilter, IncidentRecord,
@@ -175,6 +180,7 @@ pub trait Store:
     + FleetStore
     + TunnelStore
     + AiStore
+    + AgentStore
     + Send
     + Sync
     + 'static

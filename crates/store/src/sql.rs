@@ -170,6 +170,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0016_incident_analyses.sql"),
         include_str!("../migrations/postgres/0016_incident_analyses.sql"),
     ),
+    (
+        18,
+        "agents",
+        include_str!("../migrations/sqlite/0018_agents.sql"),
+        include_str!("../migrations/postgres/0018_agents.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

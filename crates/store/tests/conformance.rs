@@ -12,6 +12,10 @@ use fleetgate_store::{
     RuleData, RuleFilter, RuleTable, SessionRecord, SqlStore, Store, StoreError, StoreOptions,
     TokenScope, UserRecord,
 };
+use fleetgate_store::{
+    AgentBudget, AgentRunRecord, AgentScheduleRecord, AgentSplit, AgentStepRecord, AgentStore,
+    AgentToolRecord, AgentVersionRecord, AiAgentRecord,
+};
 use fleetgate_store::{AiPreferencesRecord, AiProviderRecord, AiStore};
 use fleetgate_store::{
     AlertRuleRecord, AlertStore, IncidentAnalysisRecord, IncidentFilter, IncidentRecord,
@@ -128,6 +132,10 @@ conformance!(
     events_of_limited_callers,
     ai_providers_crud_default_and_audit_without_keys,
     ai_preferences_follow_their_providers_and_users,
+    agents_versions_promotions_and_audit,
+    agent_tools_keep_header_values_out_of_the_audit,
+    agent_runs_steps_and_spend,
+    agent_schedules_are_claimed_once,
 );
 
 fn actor() -> Actor {
@@ -3183,4 +3191,388 @@ async fn ai_preferences_follow_their_providers_and_users(s: &SqlStore) {
         .await
         .expect("audit");
     assert_eq!(audit.items.len(), 2);
+}
+
+fn agent_record(id: &str, name: &str) -> AiAgentRecord {
+    let now = now_ms();
+    AiAgentRecord {
+        id: id.into(),
+        name: name.into(),
+        description: "answers questions".into(),
+        tags: vec!["ops".into()],
+        status: "draft".into(),
+        promoted_version: 0,
+        latest_version: 0,
+        promotions: Vec::new(),
+        split: None,
+        budget: None,
+        max_steps: 8,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn agent_version(model: &str) -> AgentVersionRecord {
+    AgentVersionRecord {
+        agent_id: String::new(),
+        number: 0,
+        provider_id: None,
+        model: model.into(),
+        system_prompt: "be brief".into(),
+        tools: vec!["lookup".into()],
+        created_by: "tester".into(),
+        created_at: now_ms(),
+    }
+}
+
+async fn agents_versions_promotions_and_audit(s: &SqlStore) {
+    let a = actor();
+    let created = s
+        .create_ai_agent(&a, &agent_record("ag1", "helper"), &agent_version("m-1"))
+        .await
+        .expect("create");
+    assert_eq!(
+        (
+            created.promoted_version,
+            created.latest_version,
+            created.promotions.clone()
+        ),
+        (1, 1, vec![1])
+    );
+    assert!(matches!(
+        s.create_ai_agent(&a, &agent_record("ag2", "helper"), &agent_version("m"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    // A new version, not promoted; then one promoted.
+    let mut edited = created.clone();
+    edited.tags = vec!["ops".into(), "beta".into()];
+    let v2 = s
+        .update_ai_agent(
+            &a,
+            "agent.update",
+            &edited,
+            Some(&agent_version("m-2")),
+            false,
+            Some(1),
+        )
+        .await
+        .expect("v2");
+    assert_eq!(
+        (v2.latest_version, v2.promoted_version, v2.version),
+        (2, 1, 2)
+    );
+    let v3 = s
+        .update_ai_agent(
+            &a,
+            "agent.update",
+            &v2,
+            Some(&agent_version("m-3")),
+            true,
+            None,
+        )
+        .await
+        .expect("v3");
+    assert_eq!((v3.latest_version, v3.promoted_version), (3, 3));
+    assert_eq!(v3.promotions, vec![1, 3]);
+    // A stale version is refused.
+    assert!(matches!(
+        s.update_ai_agent(&a, "agent.update", &v3, None, false, Some(1))
+            .await,
+        Err(StoreError::VersionMismatch { current: 3 })
+    ));
+    let mut split = v3.clone();
+    split.split = Some(AgentSplit {
+        a: 1,
+        b: 3,
+        percent_b: 25,
+    });
+    split.budget = Some(AgentBudget {
+        period: "day".into(),
+        limit_micro_usd: 5_000,
+    });
+    let saved = s
+        .update_ai_agent(&a, "agent.split", &split, None, false, None)
+        .await
+        .expect("split");
+    assert_eq!(
+        s.get_ai_agent("ag1").await.expect("get"),
+        Some(saved.clone())
+    );
+    let versions = s.list_ai_agent_versions("ag1").await.expect("versions");
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| (v.number, v.model.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(1, "m-1"), (2, "m-2"), (3, "m-3")]
+    );
+    assert_eq!(
+        s.get_ai_agent_version("ag1", 2)
+            .await
+            .expect("v")
+            .map(|v| v.tools),
+        Some(vec!["lookup".to_string()])
+    );
+    assert!(s.get_ai_agent_version("ag1", 9).await.expect("v").is_none());
+    let listed = s.list_ai_agents(page(10, 0)).await.expect("list");
+    assert_eq!((listed.total, listed.items.len()), (1, 1));
+    // Every change was audited.
+    let audit = s
+        .list_audit(&AuditFilter::default(), page(50, 0))
+        .await
+        .expect("audit");
+    let actions: Vec<&str> = audit.items.iter().map(|e| e.action.as_str()).collect();
+    for want in ["agent.create", "agent.update", "agent.split"] {
+        assert!(actions.contains(&want), "{want} in {actions:?}");
+    }
+    s.delete_ai_agent(&a, "ag1").await.expect("delete");
+    assert!(s.get_ai_agent("ag1").await.expect("get").is_none());
+    assert!(s.list_ai_agent_versions("ag1").await.expect("v").is_empty());
+}
+
+async fn agent_tools_keep_header_values_out_of_the_audit(s: &SqlStore) {
+    let a = actor();
+    let now = now_ms();
+    let tool = AgentToolRecord {
+        id: "t1".into(),
+        name: "lookup".into(),
+        description: "Looks a host up".into(),
+        url: "https://tools.example.test/lookup".into(),
+        method: "POST".into(),
+        input_schema: json!({"type": "object", "required": ["host"]}),
+        timeout_ms: 5000,
+        headers: vec![("authorization".into(), "SEALED-VALUE-123".into())],
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    s.create_agent_tool(&a, &tool).await.expect("create");
+    assert_eq!(
+        s.get_agent_tool("t1").await.expect("get"),
+        Some(tool.clone())
+    );
+    assert_eq!(
+        s.get_agent_tool_by_name("lookup")
+            .await
+            .expect("by name")
+            .map(|t| t.id),
+        Some("t1".to_string())
+    );
+    let dup = AgentToolRecord {
+        id: "t2".into(),
+        ..tool.clone()
+    };
+    assert!(matches!(
+        s.create_agent_tool(&a, &dup).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut changed = tool.clone();
+    changed.headers = vec![("authorization".into(), "SEALED-OTHER".into())];
+    let after = s
+        .update_agent_tool(&a, &changed, Some(1))
+        .await
+        .expect("update");
+    assert_eq!(after.version, 2);
+    assert!(matches!(
+        s.update_agent_tool(&a, &changed, Some(1)).await,
+        Err(StoreError::VersionMismatch { current: 2 })
+    ));
+    assert_eq!(s.list_agent_tools().await.expect("list").len(), 1);
+    s.delete_agent_tool(&a, "t1").await.expect("delete");
+    let audit = s
+        .list_audit(&AuditFilter::default(), page(50, 0))
+        .await
+        .expect("audit");
+    let text = format!("{:?}", audit.items);
+    assert!(text.contains("agent_tool.update") && text.contains("headers_changed"));
+    assert!(
+        !text.contains("SEALED-"),
+        "a header value reached the audit log"
+    );
+}
+
+async fn agent_runs_steps_and_spend(s: &SqlStore) {
+    let a = actor();
+    s.create_ai_agent(&a, &agent_record("ag1", "runner"), &agent_version("m"))
+        .await
+        .expect("agent");
+    let now = now_ms();
+    let run = |id: &str, started_at: i64| AgentRunRecord {
+        id: id.into(),
+        agent_id: "ag1".into(),
+        agent_version: 1,
+        split_arm: None,
+        run_key: Some("k".into()),
+        trigger: "api".into(),
+        schedule_id: None,
+        status: "running".into(),
+        input: "hello".into(),
+        output: None,
+        error: None,
+        error_code: None,
+        steps: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_micro_usd: 0,
+        started_at,
+        finished_at: None,
+        created_by: "tester".into(),
+    };
+    s.start_agent_run(&a, &run("r1", now - 1000))
+        .await
+        .expect("start");
+    let step = |seq: i64, kind: &str, cost: i64| AgentStepRecord {
+        run_id: "r1".into(),
+        seq,
+        kind: kind.into(),
+        name: "x".into(),
+        status: "ok".into(),
+        provider: Some("openai".into()),
+        model: Some("m".into()),
+        call_id: None,
+        input: json!({"messages": ["ʕ•ᴥ•ʔ 'quoted' \"x\""]}),
+        output: json!({"text": "done"}),
+        error: None,
+        input_tokens: 10,
+        output_tokens: 5,
+        cost_micro_usd: cost,
+        latency_ms: 3,
+        started_at: now,
+    };
+    let steps = vec![
+        step(1, "model", 120),
+        step(2, "tool", 0),
+        step(3, "model", 80),
+    ];
+    let mut done = run("r1", now - 1000);
+    done.status = "succeeded".into();
+    done.output = Some("done".into());
+    done.steps = 3;
+    done.cost_micro_usd = 200;
+    done.finished_at = Some(now);
+    s.finish_agent_run(&done, &steps).await.expect("finish");
+    let (got, got_steps) = s.get_agent_run("r1").await.expect("get").expect("found");
+    assert_eq!(got, done);
+    assert_eq!(got_steps, steps);
+    let mut old = run("r0", now - 86_400_000);
+    old.cost_micro_usd = 999;
+    s.start_agent_run(&a, &old).await.expect("old");
+    assert_eq!(
+        s.agent_spend_since("ag1", now - 5000).await.expect("spend"),
+        200
+    );
+    assert_eq!(s.agent_spend_since("ag1", 0).await.expect("spend"), 1199);
+    assert_eq!(s.agent_spend_since("other", 0).await.expect("spend"), 0);
+    let runs = s.list_agent_runs("ag1", page(10, 0)).await.expect("runs");
+    assert_eq!(runs.total, 2);
+    assert_eq!(runs.items[0].id, "r1", "newest first");
+    assert!(s.get_agent_run("nope").await.expect("get").is_none());
+    // Deleting the agent takes its runs and steps.
+    s.delete_ai_agent(&a, "ag1").await.expect("delete");
+    assert!(s.get_agent_run("r1").await.expect("get").is_none());
+}
+
+async fn agent_schedules_are_claimed_once(s: &SqlStore) {
+    let a = actor();
+    s.create_ai_agent(&a, &agent_record("ag1", "sched"), &agent_version("m"))
+        .await
+        .expect("agent");
+    let now = now_ms();
+    let sched = AgentScheduleRecord {
+        id: "s1".into(),
+        agent_id: "ag1".into(),
+        cron: None,
+        interval_ms: Some(60_000),
+        input: "tick".into(),
+        run_key: None,
+        enabled: true,
+        next_run_at: Some(now - 10),
+        last_run_at: None,
+        last_run_id: None,
+        last_status: None,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    s.create_agent_schedule(&a, &sched).await.expect("create");
+    let missing = AgentScheduleRecord {
+        id: "s2".into(),
+        agent_id: "nope".into(),
+        ..sched.clone()
+    };
+    assert!(matches!(
+        s.create_agent_schedule(&a, &missing).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let due = s.due_agent_schedules(now, 10).await.expect("due");
+    assert_eq!(due.len(), 1);
+    // Two replicas claim the same due schedule at once: exactly one wins.
+    let (x, y) = tokio::join!(
+        s.claim_agent_schedule("s1", now - 10, Some(now + 60_000), now),
+        s.claim_agent_schedule("s1", now - 10, Some(now + 60_000), now)
+    );
+    assert_eq!(
+        [x.expect("x"), y.expect("y")]
+            .iter()
+            .filter(|w| **w)
+            .count(),
+        1
+    );
+    assert!(s
+        .due_agent_schedules(now, 10)
+        .await
+        .expect("due")
+        .is_empty());
+    s.record_agent_schedule_run("s1", "r9", "succeeded")
+        .await
+        .expect("record");
+    let got = s
+        .get_agent_schedule("s1")
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(
+        (
+            got.next_run_at,
+            got.last_run_at,
+            got.last_run_id.as_deref(),
+            got.last_status.as_deref()
+        ),
+        (Some(now + 60_000), Some(now), Some("r9"), Some("succeeded"))
+    );
+    assert_eq!(s.list_agent_schedules("ag1").await.expect("list").len(), 1);
+    // An update keeps the last run and moves the version on.
+    let mut changed = got.clone();
+    changed.enabled = false;
+    changed.interval_ms = Some(5_000);
+    let updated = s
+        .update_agent_schedule(&a, &changed, Some(1))
+        .await
+        .expect("update");
+    assert_eq!(
+        (
+            updated.version,
+            updated.enabled,
+            updated.last_run_id.as_deref()
+        ),
+        (2, false, Some("r9"))
+    );
+    assert!(matches!(
+        s.update_agent_schedule(&a, &changed, Some(1)).await,
+        Err(StoreError::VersionMismatch { current: 2 })
+    ));
+    // A disabled schedule is never due, nor claimed.
+    assert!(s
+        .due_agent_schedules(now + 10_000_000, 10)
+        .await
+        .expect("due")
+        .is_empty());
+    assert!(!s
+        .claim_agent_schedule("s1", now + 60_000, Some(now + 70_000), now)
+        .await
+        .expect("claim"));
+    s.delete_agent_schedule(&a, "s1").await.expect("delete");
+    assert!(s.get_agent_schedule("s1").await.expect("get").is_none());
 }

@@ -10,7 +10,11 @@
 //! With no script it echoes the last user message. [`FakeLlm::push`] queues
 //! answers for the next requests, whatever their endpoint: a given text with
 //! given token counts, a provider error, a verbatim body (malformed JSON, an
-//! HTML page), a stream cut after some events, a delay. A wrong key gets each
+//! HTML page), a stream cut after some events, a delay, or tool calls
+//! ([`Reply::tool_calls`]) in each format's own shape (OpenAI `tool_calls`,
+//! Anthropic `tool_use` blocks, Gemini `functionCall` parts; whole and
+//! streamed, the arguments of a streamed call in fragments where the format
+//! streams them so). A wrong key gets each
 //! provider's own refusal, with the key echoed back (as a careless provider
 //! might) so that tests can check that it is scrubbed. Every request is
 //! recorded for assertions.
@@ -57,6 +61,9 @@ enum Scripted {
         usage: Option<FakeUsage>,
         finish: FakeFinish,
         model: Option<String>,
+        /// Tool calls asked for: a name and the arguments (a JSON string is
+        /// sent as the arguments' text verbatim, so it may be invalid JSON).
+        calls: Vec<(String, Value)>,
     },
     Error {
         status: u16,
@@ -104,6 +111,22 @@ impl Reply {
             usage: None,
             finish: FakeFinish::Stop,
             model: None,
+            calls: Vec::new(),
+        })
+    }
+
+    /// An answer asking for these tool calls (`(name, arguments)`), in the
+    /// format asked: OpenAI `tool_calls` (arguments as a JSON string),
+    /// Anthropic `tool_use` blocks (`input`), Gemini `functionCall` parts
+    /// (`args`). Arguments given as a JSON string go verbatim in every format
+    /// (a hostile model's invalid JSON).
+    pub fn tool_calls(calls: Vec<(&str, Value)>) -> Self {
+        Self::of(Scripted::Text {
+            text: String::new(),
+            usage: None,
+            finish: FakeFinish::Stop,
+            model: None,
+            calls: calls.into_iter().map(|(n, a)| (n.to_string(), a)).collect(),
         })
     }
 
@@ -450,6 +473,15 @@ struct Answer {
     usage: FakeUsage,
     finish: FakeFinish,
     model: String,
+    calls: Vec<(String, Value)>,
+}
+
+/// Arguments as OpenAI sends them: JSON text.
+fn arguments_text(a: &Value) -> String {
+    match a {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn sse(events: Vec<String>, reply: &Reply) -> Response {
@@ -509,7 +541,7 @@ async fn answer(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    let (text, usage, finish, model) = match &reply.body {
+    let (text, usage, finish, model, calls) = match &reply.body {
         Scripted::Error { status, message } => {
             return json_response(*status, error_body(format, *status, message))
         }
@@ -529,7 +561,8 @@ async fn answer(
             usage,
             finish,
             model,
-        } => (text, usage, finish, model),
+            calls,
+        } => (text, usage, finish, model, calls),
     };
     let (prompt_words, _) = prompt_of(format, body);
     let a = Answer {
@@ -541,6 +574,7 @@ async fn answer(
         }),
         finish: *finish,
         model: model.clone().unwrap_or_else(|| asked_model.to_string()),
+        calls: calls.clone(),
     };
     let parts = pieces(&a.text, reply.pieces);
     match (format, stream) {
@@ -573,16 +607,32 @@ fn openai_usage(u: &FakeUsage) -> Value {
 }
 
 fn openai_whole(a: &Answer) -> Value {
-    let finish = match a.finish {
+    let mut finish = match a.finish {
         FakeFinish::Stop => "stop",
         FakeFinish::Length => "length",
     };
+    let mut message = json!({"role": "assistant", "content": a.text});
+    if !a.calls.is_empty() {
+        finish = "tool_calls";
+        if a.text.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = a
+            .calls
+            .iter()
+            .enumerate()
+            .map(|(i, (name, args))| {
+                json!({"id": format!("call_fake_{i}"), "type": "function",
+                       "function": {"name": name, "arguments": arguments_text(args)}})
+            })
+            .collect();
+    }
     json!({
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 0,
         "model": a.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": a.text}, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": openai_usage(&a.usage),
     })
 }
@@ -594,7 +644,7 @@ fn openai_events(a: &Answer, parts: &[String], include_usage: bool) -> Vec<Strin
             json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": a.model, "choices": choices})
         )
     };
-    let finish = match a.finish {
+    let mut finish = match a.finish {
         FakeFinish::Stop => "stop",
         FakeFinish::Length => "length",
     };
@@ -605,6 +655,23 @@ fn openai_events(a: &Answer, parts: &[String], include_usage: bool) -> Vec<Strin
         out.push(chunk(
             json!([{"index": 0, "delta": {"content": p}, "finish_reason": null}]),
         ));
+    }
+    // Each call: its id and name first, then its arguments in two fragments.
+    for (i, (name, args)) in a.calls.iter().enumerate() {
+        finish = "tool_calls";
+        let text = arguments_text(args);
+        let cut = text
+            .char_indices()
+            .nth(text.chars().count() / 2)
+            .map_or(0, |(b, _)| b);
+        out.push(chunk(json!([{"index": 0, "delta": {"tool_calls": [{"index": i, "id": format!("call_fake_{i}"),
+            "type": "function", "function": {"name": name, "arguments": ""}}]}, "finish_reason": null}])));
+        for part in [&text[..cut], &text[cut..]] {
+            out.push(chunk(
+                json!([{"index": 0, "delta": {"tool_calls": [{"index": i,
+                "function": {"arguments": part}}]}, "finish_reason": null}]),
+            ));
+        }
     }
     out.push(chunk(
         json!([{"index": 0, "delta": {}, "finish_reason": finish}]),
@@ -637,13 +704,27 @@ fn anthropic_stop(f: FakeFinish) -> &'static str {
 }
 
 fn anthropic_whole(a: &Answer) -> Value {
+    let mut content = Vec::new();
+    if !a.text.is_empty() || a.calls.is_empty() {
+        content.push(json!({"type": "text", "text": a.text}));
+    }
+    for (i, (name, args)) in a.calls.iter().enumerate() {
+        content.push(
+            json!({"type": "tool_use", "id": format!("toolu_fake_{i}"), "name": name, "input": args}),
+        );
+    }
+    let stop = if a.calls.is_empty() {
+        anthropic_stop(a.finish)
+    } else {
+        "tool_use"
+    };
     json!({
         "id": "msg_fake",
         "type": "message",
         "role": "assistant",
         "model": a.model,
-        "content": [{"type": "text", "text": a.text}],
-        "stop_reason": anthropic_stop(a.finish),
+        "content": content,
+        "stop_reason": stop,
         "stop_sequence": null,
         "usage": anthropic_usage(&a.usage),
     })
@@ -674,9 +755,39 @@ fn anthropic_events(a: &Answer, parts: &[String]) -> Vec<String> {
         "content_block_stop",
         json!({"type": "content_block_stop", "index": 0}),
     ));
+    // Each call a `tool_use` block whose input comes in two JSON fragments.
+    for (i, (name, args)) in a.calls.iter().enumerate() {
+        let index = i + 1;
+        let text = arguments_text(args);
+        let cut = text
+            .char_indices()
+            .nth(text.chars().count() / 2)
+            .map_or(0, |(b, _)| b);
+        out.push(ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use",
+                   "id": format!("toolu_fake_{i}"), "name": name, "input": {}}}),
+        ));
+        for part in [&text[..cut], &text[cut..]] {
+            out.push(ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index,
+                       "delta": {"type": "input_json_delta", "partial_json": part}}),
+            ));
+        }
+        out.push(ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        ));
+    }
+    let stop = if a.calls.is_empty() {
+        anthropic_stop(a.finish)
+    } else {
+        "tool_use"
+    };
     out.push(ev(
         "message_delta",
-        json!({"type": "message_delta", "delta": {"stop_reason": anthropic_stop(a.finish), "stop_sequence": null}, "usage": {"output_tokens": a.usage.output}}),
+        json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": a.usage.output}}),
     ));
     out.push(ev("message_stop", json!({"type": "message_stop"})));
     out
@@ -685,8 +796,16 @@ fn anthropic_events(a: &Answer, parts: &[String]) -> Vec<String> {
 /// One Gemini answer (or chunk of one); `last` carries the finish reason.
 /// Gemini counts thoughts apart from the candidates.
 fn gemini_chunk(a: &Answer, text: &str, last: bool) -> Value {
-    let mut candidate =
-        json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
+    let mut parts = vec![json!({"text": text})];
+    if last && !a.calls.is_empty() {
+        if text.is_empty() {
+            parts.clear();
+        }
+        for (name, args) in &a.calls {
+            parts.push(json!({"functionCall": {"name": name, "args": args}}));
+        }
+    }
+    let mut candidate = json!({"content": {"role": "model", "parts": parts}, "index": 0});
     if last {
         candidate["finishReason"] = json!(match a.finish {
             FakeFinish::Stop => "STOP",

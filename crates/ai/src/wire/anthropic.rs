@@ -2,10 +2,10 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{text_of, ChatCall, StreamParser};
+use super::{arguments_text, arguments_value, made_up_id, text_of, ChatCall, StreamParser};
 use crate::sse::SseEvent;
 use crate::types::DEFAULT_MAX_TOKENS;
-use crate::{AiError, ChatRequest, Completion, FinishReason, MessageRole, Usage};
+use crate::{AiError, ChatRequest, Completion, FinishReason, MessageRole, ToolCall, Usage};
 
 /// The API version every request names (`anthropic-version`).
 pub const API_VERSION: &str = "2023-06-01";
@@ -14,12 +14,34 @@ pub(super) fn chat_call(base: &str, req: &ChatRequest, stream: bool) -> ChatCall
     let messages: Vec<Value> = req
         .messages
         .iter()
-        .map(|m| {
-            let role = match m.role {
-                MessageRole::User => "user",
-                MessageRole::Assistant => "assistant",
-            };
-            json!({"role": role, "content": m.content})
+        .map(|m| match m.role {
+            MessageRole::User => json!({"role": "user", "content": m.content}),
+            MessageRole::Assistant if m.tool_calls.is_empty() => {
+                json!({"role": "assistant", "content": m.content})
+            }
+            MessageRole::Assistant => {
+                let mut blocks = Vec::new();
+                if !m.content.is_empty() {
+                    blocks.push(json!({"type": "text", "text": m.content}));
+                }
+                for c in &m.tool_calls {
+                    blocks.push(json!({"type": "tool_use", "id": c.id, "name": c.name,
+                                       "input": arguments_value(c)}));
+                }
+                json!({"role": "assistant", "content": blocks})
+            }
+            // Results go back in a user turn, one block per call.
+            MessageRole::Tool => {
+                let blocks: Vec<Value> = m
+                    .tool_results
+                    .iter()
+                    .map(|r| {
+                        json!({"type": "tool_result", "tool_use_id": r.call_id,
+                               "content": r.content, "is_error": r.is_error})
+                    })
+                    .collect();
+                json!({"role": "user", "content": blocks})
+            }
         })
         .collect();
     let mut body = Map::new();
@@ -34,6 +56,14 @@ pub(super) fn chat_call(base: &str, req: &ChatRequest, stream: bool) -> ChatCall
     body.insert("messages".into(), Value::Array(messages));
     if let Some(t) = req.temperature {
         body.insert("temperature".into(), json!(t));
+    }
+    if !req.tools.is_empty() {
+        let tools: Vec<Value> = req
+            .tools
+            .iter()
+            .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.parameters}))
+            .collect();
+        body.insert("tools".into(), Value::Array(tools));
     }
     if stream {
         body.insert("stream".into(), json!(true));
@@ -104,6 +134,27 @@ fn text_blocks(content: Option<&Value>) -> String {
         .unwrap_or_default()
 }
 
+/// The `tool_use` blocks of an answer.
+fn tool_uses(content: Option<&Value>) -> Vec<ToolCall> {
+    content
+        .and_then(Value::as_array)
+        .map(|blocks| {
+            blocks
+                .iter()
+                .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
+                .enumerate()
+                .map(|(i, b)| ToolCall {
+                    id: text_of(b.get("id"))
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| made_up_id(i)),
+                    name: text_of(b.get("name")).unwrap_or_default(),
+                    arguments: arguments_text(b.get("input")),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub(super) fn parse_completion(v: &Value) -> Result<Completion, AiError> {
     if !v.get("content").is_some_and(Value::is_array) {
         return Err(AiError::Malformed(
@@ -123,6 +174,7 @@ pub(super) fn parse_completion(v: &Value) -> Result<Completion, AiError> {
             .map_or(FinishReason::Unknown, finish_reason),
         usage: counts.usage(),
         response_id: text_of(v.get("id")),
+        tool_calls: tool_uses(v.get("content")),
     })
 }
 
@@ -146,14 +198,34 @@ pub(super) fn feed(p: &mut StreamParser, event: &SseEvent) -> Result<String, AiE
         }
         "content_block_start" => {
             let b = v.get("content_block").unwrap_or(&Value::Null);
-            if b.get("type").and_then(Value::as_str) == Some("text") {
-                delta = text_of(b.get("text")).unwrap_or_default();
+            match b.get("type").and_then(Value::as_str) {
+                Some("text") => delta = text_of(b.get("text")).unwrap_or_default(),
+                Some("tool_use") => {
+                    let index = v.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                    let call = p.tool_slot(index, text_of(b.get("id")));
+                    call.name = text_of(b.get("name")).unwrap_or_default();
+                    // The input comes in `input_json_delta` fragments; one
+                    // given whole here (not the empty `{}`) is kept.
+                    if let Some(input) = b
+                        .get("input")
+                        .filter(|i| !i.is_null() && i.as_object().is_none_or(|o| !o.is_empty()))
+                    {
+                        call.arguments = arguments_text(Some(input));
+                    }
+                }
+                _ => {}
             }
         }
         "content_block_delta" => {
             let d = v.get("delta").unwrap_or(&Value::Null);
-            if d.get("type").and_then(Value::as_str) == Some("text_delta") {
-                delta = text_of(d.get("text")).unwrap_or_default();
+            match d.get("type").and_then(Value::as_str) {
+                Some("text_delta") => delta = text_of(d.get("text")).unwrap_or_default(),
+                Some("input_json_delta") => {
+                    let index = v.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                    let part = text_of(d.get("partial_json")).unwrap_or_default();
+                    p.tool_slot(index, None).arguments.push_str(&part);
+                }
+                _ => {}
             }
         }
         "message_delta" => {

@@ -2,9 +2,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{count, text_of, ChatCall, StreamParser};
+use super::{arguments_text, arguments_value, count, made_up_id, text_of, ChatCall, StreamParser};
 use crate::sse::SseEvent;
-use crate::{AiError, ChatRequest, Completion, FinishReason, MessageRole, Usage};
+use crate::{AiError, ChatRequest, Completion, FinishReason, MessageRole, ToolCall, Usage};
 
 /// The model's id as it goes in the URL: `models/` dropped, and only
 /// characters that cannot change the path (`/`, `?`, `:` would).
@@ -27,12 +27,35 @@ pub(super) fn chat_call(base: &str, req: &ChatRequest, stream: bool) -> Result<C
     let contents: Vec<Value> = req
         .messages
         .iter()
-        .map(|m| {
-            let role = match m.role {
-                MessageRole::User => "user",
-                MessageRole::Assistant => "model",
-            };
-            json!({"role": role, "parts": [{"text": m.content}]})
+        .map(|m| match m.role {
+            MessageRole::User => json!({"role": "user", "parts": [{"text": m.content}]}),
+            MessageRole::Assistant if m.tool_calls.is_empty() => {
+                json!({"role": "model", "parts": [{"text": m.content}]})
+            }
+            MessageRole::Assistant => {
+                let mut parts = Vec::new();
+                if !m.content.is_empty() {
+                    parts.push(json!({"text": m.content}));
+                }
+                for c in &m.tool_calls {
+                    parts.push(json!({"functionCall": {"id": c.id, "name": c.name, "args": arguments_value(c)}}));
+                }
+                json!({"role": "model", "parts": parts})
+            }
+            // Gemini wants an object as the response: the text under `result`
+            // (or `error` when the call failed).
+            MessageRole::Tool => {
+                let parts: Vec<Value> = m
+                    .tool_results
+                    .iter()
+                    .map(|r| {
+                        let key = if r.is_error { "error" } else { "result" };
+                        json!({"functionResponse": {"id": r.call_id, "name": r.name,
+                                                    "response": {key: r.content}}})
+                    })
+                    .collect();
+                json!({"role": "user", "parts": parts})
+            }
         })
         .collect();
     let mut body = Map::new();
@@ -55,6 +78,14 @@ pub(super) fn chat_call(base: &str, req: &ChatRequest, stream: bool) -> Result<C
     }
     if !config.is_empty() {
         body.insert("generationConfig".into(), Value::Object(config));
+    }
+    if !req.tools.is_empty() {
+        let decls: Vec<Value> = req
+            .tools
+            .iter()
+            .map(|t| json!({"name": t.name, "description": t.description, "parameters": t.parameters}))
+            .collect();
+        body.insert("tools".into(), json!([{"functionDeclarations": decls}]));
     }
     let url = if stream {
         format!("{base}/v1beta/models/{model}:streamGenerateContent?alt=sse")
@@ -109,9 +140,31 @@ fn model_of(v: &Value) -> Option<String> {
     text_of(v.get("modelVersion")).filter(|m| !m.is_empty())
 }
 
+/// The `functionCall` parts of a candidate.
+fn function_calls(c: &Value) -> Vec<ToolCall> {
+    c.pointer("/content/parts")
+        .and_then(Value::as_array)
+        .map(|parts| {
+            parts
+                .iter()
+                .filter_map(|p| p.get("functionCall"))
+                .enumerate()
+                .map(|(i, f)| ToolCall {
+                    id: text_of(f.get("id"))
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| made_up_id(i)),
+                    name: text_of(f.get("name")).unwrap_or_default(),
+                    arguments: arguments_text(f.get("args")),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub(super) fn parse_completion(v: &Value) -> Result<Completion, AiError> {
     let candidates = v.get("candidates").and_then(Value::as_array);
     let first = candidates.and_then(|c| c.first());
+    let calls = first.map(function_calls).unwrap_or_default();
     let (text, finish) = match first {
         Some(c) => (
             candidate_text(c),
@@ -127,12 +180,19 @@ pub(super) fn parse_completion(v: &Value) -> Result<Completion, AiError> {
             return Err(AiError::Malformed("the answer has no candidates".into()));
         }
     };
+    // Gemini says STOP when it asks for calls; say what it did.
+    let finish = if calls.is_empty() {
+        finish
+    } else {
+        FinishReason::ToolCalls
+    };
     Ok(Completion {
         text,
         model: model_of(v).unwrap_or_default(),
         finish_reason: finish,
         usage: v.get("usageMetadata").map(usage).unwrap_or_default(),
         response_id: text_of(v.get("responseId")),
+        tool_calls: calls,
     })
 }
 
@@ -155,8 +215,25 @@ pub(super) fn feed(p: &mut StreamParser, event: &SseEvent) -> Result<String, AiE
         .and_then(|c| c.first())
     {
         delta = candidate_text(c);
+        // Gemini streams each call whole, in some chunk's parts.
+        for f in c
+            .pointer("/content/parts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|part| part.get("functionCall"))
+        {
+            let index = p.tool_calls.len() as u64;
+            let slot = p.tool_slot(index, text_of(f.get("id")));
+            slot.name = text_of(f.get("name")).unwrap_or_default();
+            slot.arguments = arguments_text(f.get("args"));
+        }
         if let Some(r) = c.get("finishReason").and_then(Value::as_str) {
-            p.finish = Some(finish_reason(r));
+            p.finish = Some(if p.tool_calls.is_empty() {
+                finish_reason(r)
+            } else {
+                FinishReason::ToolCalls
+            });
             p.done = true;
         }
     } else if v.pointer("/promptFeedback/blockReason").is_some() {

@@ -2,9 +2,11 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{count, text_of, ChatCall, StreamParser};
+use super::{arguments_text, count, made_up_id, text_of, ChatCall, StreamParser};
 use crate::sse::SseEvent;
-use crate::{AiError, ChatRequest, Completion, FinishReason, MessageRole, ProviderKind, Usage};
+use crate::{
+    AiError, ChatRequest, Completion, FinishReason, MessageRole, ProviderKind, ToolCall, Usage,
+};
 
 pub(super) fn chat_call(
     kind: ProviderKind,
@@ -17,11 +19,37 @@ pub(super) fn chat_call(
         messages.push(json!({"role": "system", "content": system}));
     }
     for m in &req.messages {
-        let role = match m.role {
-            MessageRole::User => "user",
-            MessageRole::Assistant => "assistant",
-        };
-        messages.push(json!({"role": role, "content": m.content}));
+        match m.role {
+            MessageRole::User => messages.push(json!({"role": "user", "content": m.content})),
+            MessageRole::Assistant if m.tool_calls.is_empty() => {
+                messages.push(json!({"role": "assistant", "content": m.content}))
+            }
+            MessageRole::Assistant => {
+                let calls: Vec<Value> = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| {
+                        json!({"id": c.id, "type": "function",
+                               "function": {"name": c.name, "arguments": c.arguments}})
+                    })
+                    .collect();
+                let content = if m.content.is_empty() {
+                    Value::Null
+                } else {
+                    json!(m.content)
+                };
+                messages
+                    .push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
+            }
+            // One `tool` message per result, each naming the call it answers.
+            MessageRole::Tool => {
+                for r in &m.tool_results {
+                    messages.push(
+                        json!({"role": "tool", "tool_call_id": r.call_id, "content": r.content}),
+                    );
+                }
+            }
+        }
     }
     let mut body = Map::new();
     body.insert("model".into(), json!(req.model));
@@ -41,6 +69,17 @@ pub(super) fn chat_call(
     }
     if req.json_output {
         body.insert("response_format".into(), json!({"type": "json_object"}));
+    }
+    if !req.tools.is_empty() {
+        let tools: Vec<Value> = req
+            .tools
+            .iter()
+            .map(|t| {
+                json!({"type": "function", "function": {
+                    "name": t.name, "description": t.description, "parameters": t.parameters}})
+            })
+            .collect();
+        body.insert("tools".into(), Value::Array(tools));
     }
     if stream {
         body.insert("stream".into(), json!(true));
@@ -86,6 +125,35 @@ fn content_text(c: Option<&Value>) -> String {
     }
 }
 
+/// The tool calls of an answer's message (`tool_calls`, or the older single
+/// `function_call`).
+fn tool_calls(message: &Value) -> Vec<ToolCall> {
+    if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+        return calls
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let f = c.get("function")?;
+                Some(ToolCall {
+                    id: text_of(c.get("id"))
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| made_up_id(i)),
+                    name: text_of(f.get("name")).unwrap_or_default(),
+                    arguments: arguments_text(f.get("arguments")),
+                })
+            })
+            .collect();
+    }
+    match message.get("function_call") {
+        Some(f) if f.is_object() => vec![ToolCall {
+            id: made_up_id(0),
+            name: text_of(f.get("name")).unwrap_or_default(),
+            arguments: arguments_text(f.get("arguments")),
+        }],
+        _ => Vec::new(),
+    }
+}
+
 pub(super) fn parse_completion(v: &Value) -> Result<Completion, AiError> {
     let choice = v
         .get("choices")
@@ -105,6 +173,7 @@ pub(super) fn parse_completion(v: &Value) -> Result<Completion, AiError> {
             .map_or(FinishReason::Unknown, finish_reason),
         usage: v.get("usage").map(usage).unwrap_or_default(),
         response_id: text_of(v.get("id")),
+        tool_calls: tool_calls(message),
     })
 }
 
@@ -131,6 +200,24 @@ pub(super) fn feed(p: &mut StreamParser, event: &SseEvent) -> Result<String, AiE
         .and_then(|c| c.first())
     {
         delta = content_text(choice.pointer("/delta/content"));
+        for (i, tc) in choice
+            .pointer("/delta/tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let index = tc.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
+            let call = p.tool_slot(index, text_of(tc.get("id")));
+            if let Some(name) = tc.pointer("/function/name").and_then(Value::as_str) {
+                call.name.push_str(name);
+            }
+            match tc.pointer("/function/arguments") {
+                Some(Value::String(part)) => call.arguments.push_str(part),
+                Some(v) if !v.is_null() => call.arguments.push_str(&v.to_string()),
+                _ => {}
+            }
+        }
         if let Some(r) = choice.get("finish_reason").and_then(Value::as_str) {
             p.finish = Some(finish_reason(r));
             // Servers that send no `[DONE]` still said the answer is over;

@@ -3,6 +3,7 @@
 //! where a case says so and `FLEETGATE_TEST_POSTGRES_URL` is set). One binary.
 
 mod acme;
+mod agents;
 mod ai;
 mod ai_insight;
 mod ai_ops;

@@ -5,7 +5,7 @@
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{spawn_app, TestApp};
+use crate::support::{put_settings, spawn_app, TestApp};
 
 /// The id of the user called `username`.
 async fn user_id(app: &TestApp, username: &str) -> String {
@@ -203,16 +203,6 @@ async fn successful_logins_do_not_use_up_the_limit() {
 
 // ---------------------------------------------------------------------------
 // Item 16: outbound destinations of test-upstream and webhooks.
-
-async fn put_settings(app: &TestApp, body: Value) {
-    let r = app
-        .admin(Method::PUT, "/api/v1/settings")
-        .json(&body)
-        .send()
-        .await
-        .expect("settings");
-    assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
-}
 
 #[tokio::test]
 async fn test_upstream_applies_the_destination_policy() {

@@ -157,6 +157,17 @@ impl TestApp {
     }
 }
 
+/// Saves settings (a partial document) as the bootstrap admin.
+pub async fn put_settings(app: &TestApp, body: Value) {
+    let r = app
+        .admin(Method::PUT, "/api/v1/settings")
+        .json(&body)
+        .send()
+        .await
+        .expect("settings");
+    assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
+}
+
 /// Asserts the error envelope and returns it.
 pub async fn expect_error(r: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(r.status(), status, "status");

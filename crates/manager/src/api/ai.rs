@@ -50,7 +50,7 @@ impl From<KindName> for ProviderKind {
 }
 
 /// `null` and absent told apart: `Some(None)` is an explicit `null`.
-fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+pub(crate) fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)

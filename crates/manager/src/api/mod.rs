@@ -1,5 +1,6 @@
 //! The admin API's routes, assembled with their OpenAPI description.
 
+pub mod agents;
 pub mod ai;
 pub mod ai_actions;
 pub mod ai_compat;
@@ -245,6 +246,28 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(ai_insight::query))
         .routes(routes!(ai_insight::analyze))
         .routes(routes!(ai::get_preferences, ai::put_preferences))
+        .routes(routes!(agents::list, agents::create))
+        .routes(routes!(agents::get, agents::update, agents::delete))
+        .routes(routes!(agents::lifecycle))
+        .routes(routes!(agents::versions))
+        .routes(routes!(agents::promote))
+        .routes(routes!(agents::rollback))
+        .routes(routes!(agents::put_split, agents::delete_split))
+        .routes(routes!(agents::list_runs, agents::create_run))
+        .routes(routes!(agents::get_run))
+        .routes(routes!(agents::run_trace))
+        .routes(routes!(agents::list_schedules, agents::create_schedule))
+        .routes(routes!(
+            agents::get_schedule,
+            agents::update_schedule,
+            agents::delete_schedule
+        ))
+        .routes(routes!(agents::list_tools, agents::create_tool))
+        .routes(routes!(
+            agents::get_tool,
+            agents::update_tool,
+            agents::delete_tool
+        ))
         .routes(routes!(
             ai_compat::list_keys,
             ai_compat::store_key,
