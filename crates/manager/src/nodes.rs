@@ -435,6 +435,8 @@ impl NodeHub {
 pub fn edge_config(current: &DataPlaneConfig) -> DataPlaneConfig {
     DataPlaneConfig {
         synced: None,
+        // Provider keys never leave the manager's process.
+        ai: Default::default(),
         ..current.clone()
     }
 }

@@ -1,0 +1,779 @@
+//! The AI gateway: what an `ai` route does instead of the exchange with an
+//! upstream. It takes OpenAI-compatible requests (`POST …/chat/completions`,
+//! `GET …/models`) from callers holding a Fleetgate API key, and relays them to
+//! the route's AI provider with the provider's own key:
+//!
+//! 1. the caller is identified by its API key (`Authorization: Bearer` or
+//!    `x-api-key`), hashed and looked up among the keys the manager published
+//!    (the same SHA-256 the store keeps); the key never goes further;
+//! 2. the request body is read (it is small JSON), its model checked against the
+//!    route's list and the price table, `max_tokens` set to the route's default
+//!    when absent, and, on a stream, `stream_options.include_usage` asked for;
+//! 3. every budget the route names (and that applies to the caller) reserves the
+//!    request's worst-case cost — its whole body counted as prompt tokens plus
+//!    `max_tokens` of output — or refuses it with 429 (see [`ledger`]);
+//! 4. the answer is relayed chunk by chunk while [`meter`] reads its usage; at
+//!    its end (or when it is cut or the client leaves) the real cost settles the
+//!    reservations and a usage record goes to the manager through the
+//!    [`AiUsageSink`](fleetgate_protocol::ai::AiUsageSink).
+//!
+//! Only providers speaking OpenAI's chat completions (`openai`,
+//! `openai_compatible`) can be relayed for now; a route on an Anthropic or
+//! Gemini provider answers 400 saying so. Nothing here touches the store.
+
+pub mod ledger;
+pub mod meter;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fleetgate_ai::pricing::{format_usd, PriceTable};
+use fleetgate_ai::ProviderKind;
+use fleetgate_core::ai_gateway::AiRoute;
+use fleetgate_core::events::{emit, NewEvent, Severity};
+use fleetgate_protocol::ai::{AiGatewayInput, AiUsageRecord};
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::forward::{json_error, ProxyBody};
+use crate::pool::{BoxError, PooledBody};
+use crate::GatewayInner;
+use ledger::{BudgetLedger, Crossing, Hold, Refusal};
+use meter::{Metered, MeteredBody};
+
+/// Largest request body an `ai` route reads when the route sets no limit.
+const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// One provider, ready to relay to.
+struct ProviderRt {
+    id: String,
+    name: String,
+    kind: Option<ProviderKind>,
+    kind_name: String,
+    base_url: String,
+    auth: Option<HeaderValue>,
+    timeout: Duration,
+}
+
+struct Caller {
+    id: String,
+}
+
+struct BudgetRt {
+    ledger: Arc<BudgetLedger>,
+    api_key_id: Option<String>,
+}
+
+/// The AI gateway input compiled: providers by name and id, callers by key
+/// hash, budgets by name with their ledgers (kept across inputs).
+pub struct AiRuntime {
+    pub version: u64,
+    providers: HashMap<String, Arc<ProviderRt>>,
+    callers: HashMap<String, Caller>,
+    budgets: HashMap<String, Arc<BudgetRt>>,
+    ledgers_by_id: HashMap<String, Arc<BudgetLedger>>,
+    prices: PriceTable,
+}
+
+impl Default for AiRuntime {
+    fn default() -> Self {
+        Self {
+            version: 0,
+            providers: HashMap::new(),
+            callers: HashMap::new(),
+            budgets: HashMap::new(),
+            ledgers_by_id: HashMap::new(),
+            prices: PriceTable::builtin(),
+        }
+    }
+}
+
+impl AiRuntime {
+    /// Compiles `input`; budgets known to `previous` keep their ledgers (the
+    /// spend and reservations of requests in flight).
+    pub fn build(input: &AiGatewayInput, previous: &AiRuntime) -> Self {
+        let now = fleetgate_core::time::now_ms();
+        let mut providers = HashMap::new();
+        for p in &input.providers {
+            let auth = p
+                .api_key
+                .as_ref()
+                .and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok())
+                .map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                });
+            let rt = Arc::new(ProviderRt {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                kind: p.kind.parse().ok(),
+                kind_name: p.kind.clone(),
+                base_url: p.base_url.trim_end_matches('/').to_string(),
+                auth,
+                timeout: Duration::from_millis(p.timeout_ms.max(1)),
+            });
+            providers.insert(p.name.clone(), rt.clone());
+            providers.insert(p.id.clone(), rt);
+        }
+        let callers = input
+            .keys
+            .iter()
+            .map(|k| (k.key_hash.clone(), Caller { id: k.id.clone() }))
+            .collect();
+        let mut budgets = HashMap::new();
+        let mut ledgers_by_id = HashMap::new();
+        for b in &input.budgets {
+            let ledger = match previous.ledgers_by_id.get(&b.id) {
+                Some(l) => {
+                    l.update(b.clone(), now);
+                    l.clone()
+                }
+                None => BudgetLedger::new(b.clone(), now),
+            };
+            ledgers_by_id.insert(b.id.clone(), ledger.clone());
+            budgets.insert(
+                b.name.clone(),
+                Arc::new(BudgetRt {
+                    ledger,
+                    api_key_id: b.api_key_id.clone(),
+                }),
+            );
+        }
+        Self {
+            version: input.version,
+            providers,
+            callers,
+            budgets,
+            ledgers_by_id,
+            prices: PriceTable::builtin(),
+        }
+    }
+}
+
+thread_local! {
+    /// One HTTP client per gateway worker: its connections belong to the
+    /// worker's runtime.
+    static CLIENT: RefCell<Option<reqwest::Client>> = const { RefCell::new(None) };
+}
+
+fn client() -> Result<reqwest::Client, String> {
+    CLIENT.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some(c) = c.as_ref() {
+            return Ok(c.clone());
+        }
+        let built = fleetgate_ai::http_client().map_err(|e| e.to_string())?;
+        *c = Some(built.clone());
+        Ok(built)
+    })
+}
+
+/// The caller's API key: `Authorization: Bearer <key>`, else `x-api-key`.
+fn presented_key(parts: &Parts) -> Option<&str> {
+    if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let (scheme, rest) = v.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim());
+    }
+    parts
+        .headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+    json_error(status, code, message, None)
+}
+
+/// What a relayed request has to finish with when its answer ends.
+struct Pending {
+    gw_events: Option<Arc<dyn fleetgate_core::events::EventSink>>,
+    sink: Option<fleetgate_protocol::ai::UsageSink>,
+    holds: Vec<Hold>,
+    prices_cost: Box<dyn Fn(&str, &fleetgate_ai::Usage) -> Option<u64> + Send>,
+    record: AiUsageRecord,
+    started: Instant,
+}
+
+impl Pending {
+    fn finish(mut self, m: Metered) {
+        let now = fleetgate_core::time::now_ms();
+        let r = &mut self.record;
+        if let Some(model) = m.model {
+            r.model = model;
+        }
+        r.input_tokens = m.usage.input_tokens;
+        r.output_tokens = m.usage.output_tokens;
+        r.cached_input_tokens = m.usage.cached_input_tokens;
+        r.cache_write_input_tokens = m.usage.cache_write_input_tokens;
+        r.reasoning_tokens = m.usage.reasoning_tokens;
+        r.estimated = m.estimated;
+        r.outcome = m.ending.as_str().into();
+        // The provider's own model name may be a dated snapshot; the price of
+        // the model asked for applies when the answered one has none.
+        r.cost_micros = (self.prices_cost)(&r.model, &m.usage).unwrap_or(0);
+        r.latency_ms = self.started.elapsed().as_millis() as u64;
+        let cost = r.cost_micros;
+        let route = r.route_id.clone();
+        for hold in std::mem::take(&mut self.holds) {
+            let ledger = hold.ledger().cloned();
+            let crossings = hold.settle(cost, now);
+            if let Some(l) = ledger {
+                raise(self.gw_events.as_ref(), &route, &l, &crossings, now);
+            }
+        }
+        if let Some(sink) = &self.sink {
+            sink.record(self.record);
+        }
+    }
+}
+
+fn raise(
+    sink: Option<&Arc<dyn fleetgate_core::events::EventSink>>,
+    route: &str,
+    ledger: &BudgetLedger,
+    crossings: &[Crossing],
+    now: i64,
+) {
+    if crossings.is_empty() {
+        return;
+    }
+    let name = ledger.name();
+    let period_start = ledger.reading(now).period_start;
+    for c in crossings {
+        let ev = match *c {
+            Crossing::Threshold { spent, limit, pct } => NewEvent::new(
+                "ai.budget.threshold",
+                Severity::Warning,
+                format!(
+                    "AI budget {name}: ${} spent of ${} ({pct}% threshold reached)",
+                    format_usd(spent),
+                    format_usd(limit)
+                ),
+            )
+            .details(json!({"budget": name, "spent_usd": format_usd(spent), "limit_usd": format_usd(limit),
+                            "threshold_pct": pct, "period_start": fleetgate_core::time::rfc3339(period_start)})),
+            Crossing::Exceeded { spent, limit } => NewEvent::new(
+                "ai.budget.exceeded",
+                Severity::Critical,
+                format!(
+                    "AI budget {name} is exceeded: ${} spent of ${}",
+                    format_usd(spent),
+                    format_usd(limit)
+                ),
+            )
+            .details(json!({"budget": name, "spent_usd": format_usd(spent), "limit_usd": format_usd(limit),
+                            "period_start": fleetgate_core::time::rfc3339(period_start)})),
+        };
+        emit(sink, ev.route(route));
+    }
+}
+
+/// The 429 of a budget that refuses a request: it names the budget, its
+/// period, when it resets and what is left; `Retry-After` says when to come
+/// back (the reset, or a second for a throttled request).
+fn refusal(r: &Refusal, now_ms: i64) -> Response<ProxyBody> {
+    let reset_secs = ((r.reset_at_ms - now_ms).max(0) as u64).div_ceil(1000).max(1);
+    let (code, message, retry) = if r.throttled {
+        (
+            "AI_BUDGET_THROTTLED",
+            format!(
+                "AI budget {:?} ({}) is past its alert threshold and throttled to one request at a time; ${} left until it resets at {}",
+                r.budget, r.period, format_usd(r.left), fleetgate_core::time::rfc3339(r.reset_at_ms)
+            ),
+            1,
+        )
+    } else {
+        (
+            "AI_BUDGET_EXCEEDED",
+            format!(
+                "AI budget {:?} ({}) cannot cover this request: ${} left of ${} until it resets at {}",
+                r.budget,
+                r.period,
+                format_usd(r.left),
+                format_usd(r.limit),
+                fleetgate_core::time::rfc3339(r.reset_at_ms)
+            ),
+            reset_secs,
+        )
+    };
+    let mut resp = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        code,
+        &message,
+        Some((
+            "details",
+            json!({
+                "budget": r.budget,
+                "period": r.period,
+                "action": r.action.as_str(),
+                "limit_usd": format_usd(r.limit),
+                "spent_usd": format_usd(r.spent),
+                "left_usd": format_usd(r.left),
+                "reset_at": fleetgate_core::time::rfc3339(r.reset_at_ms),
+            }),
+        )),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry));
+    resp
+}
+
+/// Relays one request of an `ai` route.
+pub(crate) async fn forward(
+    gw: &GatewayInner,
+    route_id: &str,
+    ai: &AiRoute,
+    parts: &mut Parts,
+    body: Option<Incoming>,
+    max_body: Option<u64>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let at_ms = fleetgate_core::time::now_ms();
+    let rt = gw.ai.load_full();
+    let path = parts.uri.path();
+    let chat = path.ends_with("/chat/completions");
+    let models = path.ends_with("/models");
+    if !chat && !models {
+        return error(
+            StatusCode::NOT_FOUND,
+            "AI_ENDPOINT_NOT_FOUND",
+            &format!("{path} is not an endpoint of this AI route; it serves …/chat/completions and …/models"),
+        );
+    }
+    // 1. The caller.
+    let Some(key) = presented_key(parts) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "AI_KEY_REQUIRED",
+            "an API key is required: Authorization: Bearer <key> or x-api-key",
+        );
+    };
+    let hash = hex::encode(Sha256::digest(key.as_bytes()));
+    let Some(caller) = rt.callers.get(&hash) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "AI_KEY_INVALID",
+            "the API key is not valid",
+        );
+    };
+    let Some(provider) = rt.providers.get(&ai.provider).cloned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "AI_PROVIDER_UNAVAILABLE",
+            &format!(
+                "AI provider {:?} is not configured or is disabled",
+                ai.provider
+            ),
+        );
+    };
+    let Some(kind) = provider.kind.filter(|k| k.speaks_openai()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "AI_PROVIDER_UNSUPPORTED",
+            &format!(
+                "AI provider {} is of kind {}; ai routes relay only to providers speaking OpenAI's chat completions (openai, openai_compatible) for now",
+                provider.name, provider.kind_name
+            ),
+        );
+    };
+    let client = match client() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "no HTTP client for the AI gateway");
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "AI_PROVIDER_UNREACHABLE",
+                "the gateway cannot build its HTTP client",
+            );
+        }
+    };
+    if models {
+        if parts.method != Method::GET {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "…/models takes GET",
+            );
+        }
+        let url = format!("{}/models", provider.base_url);
+        let mut req = client.get(url);
+        if let Some(a) = &provider.auth {
+            req = req.header(header::AUTHORIZATION, a.clone());
+        }
+        return match tokio::time::timeout(provider.timeout, async {
+            let resp = req.send().await?;
+            let status = resp.status();
+            let ct = resp.headers().get(header::CONTENT_TYPE).cloned();
+            resp.bytes().await.map(|b| (status, ct, b))
+        })
+        .await
+        {
+            Ok(Ok((status, ct, bytes))) => {
+                let mut r = Response::new(Either::Right(Full::new(bytes)));
+                *r.status_mut() = status;
+                if let Some(ct) = ct {
+                    r.headers_mut().insert(header::CONTENT_TYPE, ct);
+                }
+                r
+            }
+            _ => error(
+                StatusCode::BAD_GATEWAY,
+                "AI_PROVIDER_UNREACHABLE",
+                &format!("AI provider {} did not answer", provider.name),
+            ),
+        };
+    }
+    if parts.method != Method::POST {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "…/chat/completions takes POST",
+        );
+    }
+
+    // 2. The request.
+    let limit = max_body
+        .map(|m| m.min(usize::MAX as u64) as usize)
+        .unwrap_or(DEFAULT_MAX_BODY);
+    let raw = match body {
+        None => Bytes::new(),
+        Some(b) => {
+            match tokio::time::timeout(gw.client_body_timeout, Limited::new(b, limit).collect())
+                .await
+            {
+                Ok(Ok(c)) => c.to_bytes(),
+                Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "PAYLOAD_TOO_LARGE",
+                        &format!("request bodies on this route are limited to {limit} bytes"),
+                    )
+                }
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "BAD_REQUEST",
+                        "the request body could not be read",
+                    )
+                }
+            }
+        }
+    };
+    let mut doc: serde_json::Map<String, Value> = match serde_json::from_slice(&raw) {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "the request body must be a JSON object",
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                &format!("the request body is not JSON: {e}"),
+            )
+        }
+    };
+    let model = match doc.get("model").and_then(Value::as_str) {
+        Some(m) if !m.is_empty() && m.len() <= 256 => m.to_string(),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "model: must name a model",
+            )
+        }
+    };
+    if !ai.allows(&model) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "AI_MODEL_NOT_ALLOWED",
+            &format!(
+                "model: {model:?} is not allowed on this route (allowed: {})",
+                ai.models.join(", ")
+            ),
+        );
+    }
+    let streamed = match doc.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "stream: must be true or false",
+            )
+        }
+    };
+    let mut max_tokens = None;
+    for field in ["max_completion_tokens", "max_tokens"] {
+        match doc.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_u64().filter(|n| *n > 0 && *n <= u64::from(u32::MAX)) {
+                Some(n) => max_tokens = Some(max_tokens.map_or(n, |m: u64| m.min(n))),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "BAD_REQUEST",
+                        &format!("{field}: must be a positive integer"),
+                    )
+                }
+            },
+        }
+    }
+    let max_tokens = match max_tokens {
+        Some(n) => n,
+        None => {
+            let n = u64::from(ai.default_max_tokens);
+            let field = if kind == ProviderKind::OpenAi {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            };
+            doc.insert(field.into(), json!(n));
+            n
+        }
+    };
+    if streamed {
+        let opts = doc
+            .entry("stream_options")
+            .or_insert_with(|| json!({}));
+        match opts {
+            Value::Object(o) => {
+                o.insert("include_usage".into(), Value::Bool(true));
+            }
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_REQUEST",
+                    "stream_options: must be an object",
+                )
+            }
+        }
+    }
+    // Every byte of the body counted as a prompt token: more than the prompt
+    // can hold, so the reservation is never below the real cost.
+    let input_bound = raw.len() as u64;
+
+    // 3. Budgets.
+    let applicable: Vec<&Arc<BudgetRt>> = {
+        let mut v = Vec::with_capacity(ai.budgets.len());
+        for name in &ai.budgets {
+            match rt.budgets.get(name) {
+                Some(b) if b.api_key_id.as_ref().is_none_or(|k| *k == caller.id) => v.push(b),
+                Some(_) => {}
+                None => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "AI_BUDGET_UNKNOWN",
+                        &format!("AI budget {name:?} named by this route does not exist; requests are refused until it does"),
+                    )
+                }
+            }
+        }
+        v
+    };
+    let worst = match rt.prices.worst_case(&model, input_bound, max_tokens) {
+        Some(w) => w,
+        None if applicable.is_empty() => 0,
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "AI_MODEL_UNPRICED",
+                &format!("model: {model:?} has no price, so the budgets of this route cannot be enforced"),
+            )
+        }
+    };
+    let mut holds = Vec::with_capacity(applicable.len());
+    for b in &applicable {
+        match b.ledger.reserve(worst, at_ms) {
+            Ok((hold, crossing)) => {
+                if let Some(c) = crossing {
+                    raise(gw.events.as_ref(), route_id, &b.ledger, &[c], at_ms);
+                }
+                holds.push(hold);
+            }
+            Err((r, crossing)) => {
+                if let Some(c) = crossing {
+                    raise(gw.events.as_ref(), route_id, &b.ledger, &[c], at_ms);
+                }
+                // The holds taken so far are released as they drop.
+                return refusal(&r, at_ms);
+            }
+        }
+    }
+    let budgets_charged = holds
+        .iter()
+        .filter_map(|h| h.ledger().map(|l| (l.name(), h.period_start())))
+        .collect();
+
+    // 4. The exchange.
+    let record = AiUsageRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        at_ms,
+        route_id: route_id.to_string(),
+        api_key_id: caller.id.clone(),
+        provider_id: provider.id.clone(),
+        model: model.clone(),
+        input_tokens: 0,
+        output_tokens: 0,
+        cached_input_tokens: 0,
+        cache_write_input_tokens: 0,
+        reasoning_tokens: 0,
+        cost_micros: 0,
+        status: 0,
+        outcome: String::new(),
+        latency_ms: 0,
+        streamed,
+        estimated: false,
+        budgets: budgets_charged,
+    };
+    let asked_model = model.clone();
+    let prices = rt.clone();
+    let mut pending = Pending {
+        gw_events: gw.events.clone(),
+        sink: gw.ai_usage.clone(),
+        holds,
+        prices_cost: Box::new(move |answered, usage| {
+            prices
+                .prices
+                .cost(answered, usage)
+                .or_else(|| prices.prices.cost(&asked_model, usage))
+        }),
+        record,
+        started,
+    };
+    let out = match serde_json::to_vec(&Value::Object(doc)) {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "the request body cannot be re-encoded",
+            )
+        }
+    };
+    let mut req = client
+        .post(format!("{}/chat/completions", provider.base_url))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(out);
+    if let Some(a) = &provider.auth {
+        req = req.header(header::AUTHORIZATION, a.clone());
+    }
+    if streamed {
+        req = req.header(header::ACCEPT, "text/event-stream");
+    }
+    let resp = match tokio::time::timeout(provider.timeout, req.send()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(provider = %provider.name, error = %e, "AI provider unreachable");
+            return failed(
+                pending,
+                StatusCode::BAD_GATEWAY,
+                "AI_PROVIDER_UNREACHABLE",
+                &format!("AI provider {} could not be reached", provider.name),
+            );
+        }
+        Err(_) => {
+            return failed(
+                pending,
+                StatusCode::GATEWAY_TIMEOUT,
+                "AI_PROVIDER_TIMEOUT",
+                &format!(
+                    "AI provider {} did not answer within {} ms",
+                    provider.name,
+                    provider.timeout.as_millis()
+                ),
+            );
+        }
+    };
+    let status = resp.status();
+    pending.record.status = status.as_u16();
+    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    if !status.is_success() {
+        // The provider refused: nothing generated, nothing charged; its error
+        // body is relayed as it is.
+        let bytes = tokio::time::timeout(provider.timeout, resp.bytes())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        pending.holds.clear();
+        pending.record.outcome = "provider_error".into();
+        pending.record.latency_ms = started.elapsed().as_millis() as u64;
+        if let Some(sink) = &pending.sink {
+            sink.record(pending.record.clone());
+        }
+        let mut r = Response::new(Either::Right(Full::new(bytes)));
+        *r.status_mut() = status;
+        if let Some(ct) = content_type {
+            r.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        return r;
+    }
+    let idle = provider.timeout;
+    let chunks: meter::ChunkStream = Box::pin(futures::stream::unfold(
+        Some(resp),
+        move |state| async move {
+            let mut resp = state?;
+            match tokio::time::timeout(idle, resp.chunk()).await {
+                Ok(Ok(Some(c))) => Some((Ok(c), Some(resp))),
+                Ok(Ok(None)) => None,
+                Ok(Err(e)) => Some((Err(BoxError::from(e)), None)),
+                Err(_) => Some((
+                    Err(BoxError::from("the AI provider stalled mid-answer")),
+                    None,
+                )),
+            }
+        },
+    ));
+    let body = MeteredBody::new(
+        chunks,
+        kind,
+        &model,
+        streamed,
+        input_bound.div_ceil(4),
+        Box::new(move |m| pending.finish(m)),
+    );
+    let mut r = Response::new(Either::Left(PooledBody::Relayed(Box::pin(body))));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    if let Some(ct) = content_type {
+        h.insert(header::CONTENT_TYPE, ct);
+    }
+    if streamed {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    }
+    r
+}
+
+/// A request that never got an answer: its reservations released, its usage
+/// record (nothing generated; the prompt estimated) sent, the gateway's error.
+fn failed(
+    mut pending: Pending,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> Response<ProxyBody> {
+    pending.holds.clear();
+    pending.record.status = status.as_u16();
+    pending.record.outcome = "provider_error".into();
+    pending.record.latency_ms = pending.started.elapsed().as_millis() as u64;
+    if let Some(sink) = &pending.sink {
+        sink.record(pending.record.clone());
+    }
+    error(status, code, message)
+}
