@@ -14,6 +14,7 @@ pub mod client;
 pub mod error;
 pub mod kind;
 pub mod mask;
+pub mod pricing;
 pub mod sse;
 pub mod types;
 pub mod wire;
@@ -24,4 +25,5 @@ pub use client::{
 pub use error::AiError;
 pub use kind::ProviderKind;
 pub use mask::mask_key;
+pub use pricing::{Micros, ModelPrice, PriceTable};
 pub use types::{ChatMessage, ChatRequest, Completion, FinishReason, MessageRole, Usage};
