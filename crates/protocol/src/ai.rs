@@ -117,7 +117,7 @@ pub struct AiUsageRecord {
     /// The provider never reported usage: the counts are estimated from the
     /// bytes relayed (about four bytes a token).
     pub estimated: bool,
-    /// Names of the budgets the cost was charged to, with their period start.
+    /// Ids of the budgets the cost was charged to, with their period start.
     pub budgets: Vec<(String, i64)>,
 }
 

@@ -616,7 +616,7 @@ pub(crate) async fn forward(
     }
     let budgets_charged = holds
         .iter()
-        .filter_map(|h| h.ledger().map(|l| (l.name(), h.period_start())))
+        .filter_map(|h| h.ledger().map(|l| (l.id(), h.period_start())))
         .collect();
 
     // 4. The exchange.

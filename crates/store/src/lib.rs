@@ -6,6 +6,7 @@
 //! changes also record a numbered revision holding the whole configuration document.
 
 mod ai;
+mod ai_gateway;
 mod alerts;
 mod audit;
 mod auth;
@@ -26,6 +27,7 @@ use async_trait::async_trait;
 use fleetgate_core::user::Role;
 
 pub use ai::{AiPreferencesRecord, AiProviderRecord, AiStore};
+pub use ai_gateway::{AiBudgetRecord, AiGatewayStore, AiUsageRow, UsageGroup, UsageTotals};
 pub use alerts::{
     AlertRuleRecord, AlertStore, IncidentAnalysisRecord, IncidentFilter, IncidentRecord,
     NewTimelineEntry, TimelineEntry,
@@ -175,6 +177,7 @@ pub trait Store:
     + FleetStore
     + TunnelStore
     + AiStore
+    + AiGatewayStore
     + Send
     + Sync
     + 'static

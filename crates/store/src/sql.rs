@@ -170,6 +170,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0016_incident_analyses.sql"),
         include_str!("../migrations/postgres/0016_incident_analyses.sql"),
     ),
+    (
+        17,
+        "ai gateway",
+        include_str!("../migrations/sqlite/0017_ai_gateway.sql"),
+        include_str!("../migrations/postgres/0017_ai_gateway.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

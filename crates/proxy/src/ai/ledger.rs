@@ -112,6 +112,10 @@ impl BudgetLedger {
         s.def = def;
     }
 
+    pub fn id(&self) -> String {
+        self.lock().def.id.clone()
+    }
+
     pub fn name(&self) -> String {
         self.lock().def.name.clone()
     }
