@@ -599,12 +599,7 @@ pub(crate) async fn forward(
     let mut holds = Vec::with_capacity(applicable.len());
     for b in &applicable {
         match b.ledger.reserve(worst, at_ms) {
-            Ok((hold, crossing)) => {
-                if let Some(c) = crossing {
-                    raise(gw.events.as_ref(), route_id, &b.ledger, &[c], at_ms);
-                }
-                holds.push(hold);
-            }
+            Ok(hold) => holds.push(hold),
             Err((r, crossing)) => {
                 if let Some(c) = crossing {
                     raise(gw.events.as_ref(), route_id, &b.ledger, &[c], at_ms);

@@ -4,6 +4,7 @@
 
 mod acme;
 mod ai;
+mod ai_gateway;
 mod ai_ops;
 mod alerts;
 mod auth;

@@ -131,14 +131,13 @@ impl BudgetLedger {
         }
     }
 
-    /// Reserves `amount` micro-USD for a request, or refuses it. An
-    /// `alert_only` budget never refuses; the crossing it reports says when
-    /// the request goes past the limit.
+    /// Reserves `amount` micro-USD for a request, or refuses it (with the
+    /// `Exceeded` crossing the first time). An `alert_only` budget never refuses.
     pub fn reserve(
         self: &Arc<Self>,
         amount: u64,
         now_ms: i64,
-    ) -> Result<(Hold, Option<Crossing>), (Refusal, Option<Crossing>)> {
+    ) -> Result<Hold, (Refusal, Option<Crossing>)> {
         let mut s = self.lock();
         s.roll(now_ms);
         let limit = s.def.limit_micros;
@@ -156,40 +155,29 @@ impl BudgetLedger {
             reset_at_ms: s.period_end,
             throttled,
         };
-        let mut crossing = None;
         match action {
             BudgetAction::Block | BudgetAction::Throttle if !fits => {
-                if !s.exceeded_raised {
-                    s.exceeded_raised = true;
-                    crossing = Some(Crossing::Exceeded {
-                        spent: s.spent,
-                        limit,
-                    });
-                }
+                let crossing = (!s.exceeded_raised).then(|| Crossing::Exceeded {
+                    spent: s.spent,
+                    limit,
+                });
+                s.exceeded_raised = true;
                 return Err((refuse(&s, false), crossing));
             }
             BudgetAction::Throttle if past_threshold && s.in_flight > 0 => {
                 return Err((refuse(&s, true), None));
             }
-            BudgetAction::AlertOnly if !fits && !s.exceeded_raised => {
-                s.exceeded_raised = true;
-                crossing = Some(Crossing::Exceeded {
-                    spent: s.spent,
-                    limit,
-                });
-            }
+            // An `alert_only` budget says it is exceeded when its spend is
+            // (see `finish`), not when a worst case merely might be.
             _ => {}
         }
         s.reserved = s.reserved.saturating_add(amount);
         s.in_flight += 1;
-        Ok((
-            Hold {
-                ledger: Some(self.clone()),
-                amount,
-                period_start: s.period_start,
-            },
-            crossing,
-        ))
+        Ok(Hold {
+            ledger: Some(self.clone()),
+            amount,
+            period_start: s.period_start,
+        })
     }
 
     /// Ends a reservation: `charge` (the real cost) is added to the spend
@@ -313,7 +301,7 @@ mod tests {
     #[test]
     fn block_refuses_what_does_not_fit_and_names_what_is_left() {
         let l = BudgetLedger::new(def(1_000, BudgetAction::Block), NOW);
-        let (a, _) = l.reserve(600, NOW).expect("fits");
+        let a = l.reserve(600, NOW).expect("fits");
         let (refusal, crossing) = l.reserve(500, NOW).err().expect("refused");
         assert_eq!(refusal.left, 400);
         assert_eq!(refusal.reset_at_ms, BudgetPeriod::Daily.window(NOW).1);
@@ -321,7 +309,7 @@ mod tests {
         // Settled below the reservation, the rest is free again.
         let c = a.settle(300, NOW);
         assert!(c.is_empty());
-        let (b, _) = l.reserve(700, NOW).expect("fits now");
+        let b = l.reserve(700, NOW).expect("fits now");
         assert_eq!(b.settle(700, NOW), vec![Crossing::Threshold { spent: 1_000, limit: 1_000, pct: 80 }]);
         assert_eq!(l.reading(NOW).spent, 1_000);
     }
@@ -343,7 +331,7 @@ mod tests {
         d.spent_micros = 850;
         d.period_start_ms = BudgetPeriod::Daily.window(NOW).0;
         let l = BudgetLedger::new(d, NOW);
-        let (h, _) = l.reserve(10, NOW).expect("first");
+        let h = l.reserve(10, NOW).expect("first");
         let (r, _) = l.reserve(10, NOW).err().expect("second waits");
         assert!(r.throttled);
         drop(h);
@@ -353,17 +341,22 @@ mod tests {
     #[test]
     fn alert_only_lets_everything_through_and_says_so_once() {
         let l = BudgetLedger::new(def(100, BudgetAction::AlertOnly), NOW);
-        let (h, c) = l.reserve(150, NOW).expect("through");
-        assert_eq!(c, Some(Crossing::Exceeded { spent: 0, limit: 100 }));
-        let (_h2, c) = l.reserve(150, NOW).expect("through");
-        assert_eq!(c, None);
-        assert_eq!(h.settle(150, NOW), vec![Crossing::Threshold { spent: 150, limit: 100, pct: 80 }]);
+        let h = l.reserve(150, NOW).expect("through");
+        let h2 = l.reserve(150, NOW).expect("through");
+        assert_eq!(
+            h.settle(150, NOW),
+            vec![
+                Crossing::Threshold { spent: 150, limit: 100, pct: 80 },
+                Crossing::Exceeded { spent: 150, limit: 100 }
+            ]
+        );
+        assert!(h2.settle(150, NOW).is_empty(), "once per period");
     }
 
     #[test]
     fn a_new_period_starts_from_nothing() {
         let l = BudgetLedger::new(def(100, BudgetAction::Block), NOW);
-        l.reserve(100, NOW).expect("fits").0.settle(100, NOW);
+        l.reserve(100, NOW).expect("fits").settle(100, NOW);
         assert!(l.reserve(1, NOW).is_err());
         let next = BudgetPeriod::Daily.window(NOW).1;
         assert!(l.reserve(100, next).is_ok());
@@ -378,7 +371,7 @@ mod tests {
             let l = BudgetLedger::new(def(1_000, BudgetAction::Block), NOW);
             let mut held = Vec::new();
             for (amount, pct, settle) in ops {
-                if let Ok((h, _)) = l.reserve(amount, NOW) {
+                if let Ok(h) = l.reserve(amount, NOW) {
                     held.push((h, amount * pct / 100, settle));
                 }
                 if held.len() > 5 {
