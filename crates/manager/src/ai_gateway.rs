@@ -166,6 +166,7 @@ impl AppState {
     /// changed. A provider whose key does not open is left out (its routes
     /// answer 503) and logged.
     pub async fn publish_ai(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.ai_publish.lock().await;
         let store = self.store.as_ref();
         let mut providers = Vec::new();
         for p in store.list_ai_providers().await? {

@@ -158,6 +158,9 @@ pub struct Inner {
     pub ai_http: reqwest::Client,
     /// Usage records of the AI gateway's data plane, on their way to the store.
     pub ai_usage: Arc<ai_gateway::UsageQueue>,
+    /// Held while the AI gateway input is read and published, so that an
+    /// input read earlier is never published over one read later.
+    pub ai_publish: tokio::sync::Mutex<()>,
 }
 
 /// Shared state of every handler.
@@ -240,6 +243,7 @@ impl AppState {
             acme,
             ai_http: fleetgate_ai::http_client().map_err(|e| anyhow::anyhow!("{e}"))?,
             ai_usage: Arc::new(ai_gateway::UsageQueue::default()),
+            ai_publish: tokio::sync::Mutex::new(()),
         }));
         state.publish_latest().await?;
         state.publish_certificates().await?;

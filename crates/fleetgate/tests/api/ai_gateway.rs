@@ -81,6 +81,15 @@ async fn settle_ai(app: &TestApp) {
     }
 }
 
+/// Asserts a 200, showing the body otherwise.
+async fn expect_ok(r: reqwest::Response) -> reqwest::Response {
+    if r.status() != StatusCode::OK {
+        let status = r.status();
+        panic!("{status}: {}", r.text().await.unwrap_or_default());
+    }
+    r
+}
+
 fn client() -> Client {
     Client::builder().build().expect("client")
 }
@@ -232,8 +241,10 @@ async fn relays_whole_and_streamed_answers_and_records_their_cost() {
     assert_eq!(by_key["groups"][0]["requests"], 2);
     let by_day = s.app.get_json("/api/v1/ai/usage?group_by=day").await;
     assert_eq!(by_day["groups"][0]["key"].as_str().map(str::len), Some(10));
-    let r = s.app.admin(Method::GET, "/api/v1/ai/usage?group_by=colour").send().await.expect("get");
-    expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    for bad in ["group_by=colour", "from=-5", "to=99999999999999999", "from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "limit=501"] {
+        let r = s.app.admin(Method::GET, &format!("/api/v1/ai/usage?{bad}")).send().await.expect("get");
+        expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    }
 
     // The model list is relayed.
     let r = client()
@@ -244,6 +255,15 @@ async fn relays_whole_and_streamed_answers_and_records_their_cost() {
         .expect("models");
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.text().await.expect("body").contains("fake-model-1"));
+
+    // The endpoints and the route's `ai` block are in the API description.
+    let spec = s.app.get_json("/api/v1/openapi.json").await;
+    for path in ["/api/v1/ai/budgets", "/api/v1/ai/budgets/{id}", "/api/v1/ai/usage"] {
+        assert!(spec["paths"][path].is_object(), "{path} missing");
+    }
+    for schema in ["BudgetView", "BudgetInput", "UsageReport", "AiRoute"] {
+        assert!(spec["components"]["schemas"][schema].is_object(), "{schema} missing");
+    }
 
     // Neither key is in the revision, the route, the usage or the audit log.
     for path in [
@@ -660,7 +680,7 @@ async fn cancelled_and_cut_streams_release_their_reservation_and_get_a_usage_row
             .chunk_delay(Duration::from_millis(300)),
     );
     let r = post_chat(&s, &chat(MODEL, 2000, json!({"max_tokens": 1000, "stream": true}))).await;
-    assert_eq!(r.status(), StatusCode::OK);
+    let r = expect_ok(r).await;
     let mut body = r.bytes_stream();
     body.next().await.expect("a frame").expect("bytes");
     // While it runs, its reservation leaves no room for another.

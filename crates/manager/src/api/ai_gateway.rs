@@ -376,9 +376,21 @@ pub async fn usage(
     _auth: AuthContext,
     q: QueryParams,
 ) -> ApiResult<axum::Json<UsageReport>> {
+    // Year 0 to 9999: beyond that no usage exists and the hour arithmetic
+    // of the sums would overflow.
+    const LATEST: i64 = 253_402_300_799_999;
+    let in_range = |name: &str, v: Option<i64>| -> ApiResult<Option<i64>> {
+        match v {
+            Some(t) if !(0..=LATEST).contains(&t) => Err(ApiError::bad_request(
+                name,
+                "must be between 1970-01-01 and 9999-12-31",
+            )),
+            v => Ok(v),
+        }
+    };
     let now = now_ms();
-    let to = q.time("to")?.unwrap_or(now + 1);
-    let from = q.time("from")?.unwrap_or(to - 30 * 86_400_000);
+    let to = in_range("to", q.time("to")?)?.unwrap_or(now + 1);
+    let from = in_range("from", q.time("from")?)?.unwrap_or((to - 30 * 86_400_000).max(0));
     if from >= to {
         return Err(ApiError::bad_request("from", "must be before to"));
     }
