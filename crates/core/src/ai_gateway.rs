@@ -70,7 +70,10 @@ impl AiRoute {
                     "must be a budget name (1 to 64 characters of letters, digits, _ - .)",
                 );
             } else if self.budgets[..i].contains(b) {
-                e.push(format!("budgets[{i}]"), format!("budget {b:?} is listed twice"));
+                e.push(
+                    format!("budgets[{i}]"),
+                    format!("budget {b:?} is listed twice"),
+                );
             }
         }
         if self.default_max_tokens == 0 || self.default_max_tokens > MAX_DEFAULT_MAX_TOKENS {

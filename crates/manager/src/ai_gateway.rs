@@ -75,7 +75,11 @@ impl UsageQueue {
     /// left. A batch the store refuses is tried again (rows are written once
     /// by id, so a retry never counts twice), a few times, then logged and
     /// dropped.
-    pub fn spawn_writer(self: &Arc<Self>, store: Arc<dyn Store>, mut shutdown: watch::Receiver<bool>) {
+    pub fn spawn_writer(
+        self: &Arc<Self>,
+        store: Arc<dyn Store>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let Some(mut rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
@@ -141,8 +145,10 @@ pub async fn budget_input(
     b: &fleetgate_store::AiBudgetRecord,
     now_ms: i64,
 ) -> Result<Option<AiBudgetInput>, StoreError> {
-    let (Some(period), Some(action)) = (BudgetPeriod::parse(&b.period), BudgetAction::parse(&b.action))
-    else {
+    let (Some(period), Some(action)) = (
+        BudgetPeriod::parse(&b.period),
+        BudgetAction::parse(&b.action),
+    ) else {
         tracing::error!(budget = %b.name, "stored AI budget has an unknown period or action; not enforced");
         return Ok(None);
     };
@@ -173,7 +179,9 @@ impl AppState {
             if !p.enabled {
                 continue;
             }
-            let Some(base_url) = endpoint(&p) else { continue };
+            let Some(base_url) = endpoint(&p) else {
+                continue;
+            };
             let api_key = match &p.api_key_sealed {
                 None => None,
                 Some(sealed) => match self.secrets.open(sealed).map(String::from_utf8) {

@@ -282,7 +282,9 @@ fn raise(
 /// period, when it resets and what is left; `Retry-After` says when to come
 /// back (the reset, or a second for a throttled request).
 fn refusal(r: &Refusal, now_ms: i64) -> Response<ProxyBody> {
-    let reset_secs = ((r.reset_at_ms - now_ms).max(0) as u64).div_ceil(1000).max(1);
+    let reset_secs = ((r.reset_at_ms - now_ms).max(0) as u64)
+        .div_ceil(1000)
+        .max(1);
     let (code, message, retry) = if r.throttled {
         (
             "AI_BUDGET_THROTTLED",
@@ -326,6 +328,105 @@ fn refusal(r: &Refusal, now_ms: i64) -> Response<ProxyBody> {
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(retry));
     resp
+}
+
+/// A chat request checked and made ready for the provider.
+#[derive(Debug)]
+pub struct PreparedChat {
+    /// The body to send.
+    pub body: Vec<u8>,
+    pub model: String,
+    pub streamed: bool,
+    /// The most output tokens the answer can have: the token limit (the
+    /// route's default when the request sets none, the larger one when it
+    /// sets both spellings) times the number of choices asked for.
+    pub output_bound: u64,
+}
+
+/// Most choices (`n`) a request may ask for.
+const MAX_CHOICES: u64 = 128;
+
+/// Checks a chat request's body (a JSON object naming a model the route
+/// allows, well-typed `stream`, token limits and `n`), sets the token limit
+/// when it has none and, on a stream, asks for usage in the last chunk.
+/// Errors are `(code, message naming the field)`.
+pub fn prepare_chat(
+    raw: &[u8],
+    ai: &AiRoute,
+    kind: ProviderKind,
+) -> Result<PreparedChat, (&'static str, String)> {
+    let bad = |m: String| ("BAD_REQUEST", m);
+    let mut doc: serde_json::Map<String, Value> = match serde_json::from_slice(raw) {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => return Err(bad("the request body must be a JSON object".into())),
+        Err(e) => return Err(bad(format!("the request body is not JSON: {e}"))),
+    };
+    let model = match doc.get("model").and_then(Value::as_str) {
+        Some(m) if !m.is_empty() && m.len() <= 256 => m.to_string(),
+        _ => return Err(bad("model: must name a model".into())),
+    };
+    if !ai.allows(&model) {
+        return Err((
+            "AI_MODEL_NOT_ALLOWED",
+            format!(
+                "model: {model:?} is not allowed on this route (allowed: {})",
+                ai.models.join(", ")
+            ),
+        ));
+    }
+    let streamed = match doc.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("stream: must be true or false".into())),
+    };
+    let positive = |field: &str, max: u64| -> Result<Option<u64>, (&'static str, String)> {
+        match doc.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .filter(|n| (1..=max).contains(n))
+                .map(Some)
+                .ok_or_else(|| bad(format!("{field}: must be an integer from 1 to {max}"))),
+        }
+    };
+    let limit = u64::from(u32::MAX);
+    let asked = match (
+        positive("max_completion_tokens", limit)?,
+        positive("max_tokens", limit)?,
+    ) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let choices = positive("n", MAX_CHOICES)?.unwrap_or(1);
+    let max_tokens = match asked {
+        Some(n) => n,
+        None => {
+            let n = u64::from(ai.default_max_tokens);
+            let field = if kind == ProviderKind::OpenAi {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            };
+            doc.insert(field.into(), json!(n));
+            n
+        }
+    };
+    if streamed {
+        match doc.entry("stream_options").or_insert_with(|| json!({})) {
+            Value::Object(o) => {
+                o.insert("include_usage".into(), Value::Bool(true));
+            }
+            _ => return Err(bad("stream_options: must be an object".into())),
+        }
+    }
+    let body = serde_json::to_vec(&Value::Object(doc))
+        .map_err(|_| bad("the request body cannot be encoded again".into()))?;
+    Ok(PreparedChat {
+        body,
+        model,
+        streamed,
+        output_bound: max_tokens * choices,
+    })
 }
 
 /// Relays one request of an `ai` route.
@@ -452,7 +553,10 @@ pub(crate) async fn forward(
                 .await
             {
                 Ok(Ok(c)) => c.to_bytes(),
-                Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                Ok(Err(e))
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some() =>
+                {
                     return error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "PAYLOAD_TOO_LARGE",
@@ -469,102 +573,18 @@ pub(crate) async fn forward(
             }
         }
     };
-    let mut doc: serde_json::Map<String, Value> = match serde_json::from_slice(&raw) {
-        Ok(Value::Object(o)) => o,
-        Ok(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
-                "the request body must be a JSON object",
-            )
-        }
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
-                &format!("the request body is not JSON: {e}"),
-            )
-        }
+    let chat = match prepare_chat(&raw, ai, kind) {
+        Ok(c) => c,
+        Err((code, message)) => return error(StatusCode::BAD_REQUEST, code, &message),
     };
-    let model = match doc.get("model").and_then(Value::as_str) {
-        Some(m) if !m.is_empty() && m.len() <= 256 => m.to_string(),
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
-                "model: must name a model",
-            )
-        }
-    };
-    if !ai.allows(&model) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "AI_MODEL_NOT_ALLOWED",
-            &format!(
-                "model: {model:?} is not allowed on this route (allowed: {})",
-                ai.models.join(", ")
-            ),
-        );
-    }
-    let streamed = match doc.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
-                "stream: must be true or false",
-            )
-        }
-    };
-    let mut max_tokens = None;
-    for field in ["max_completion_tokens", "max_tokens"] {
-        match doc.get(field) {
-            None | Some(Value::Null) => {}
-            Some(v) => match v.as_u64().filter(|n| *n > 0 && *n <= u64::from(u32::MAX)) {
-                Some(n) => max_tokens = Some(max_tokens.map_or(n, |m: u64| m.min(n))),
-                None => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "BAD_REQUEST",
-                        &format!("{field}: must be a positive integer"),
-                    )
-                }
-            },
-        }
-    }
-    let max_tokens = match max_tokens {
-        Some(n) => n,
-        None => {
-            let n = u64::from(ai.default_max_tokens);
-            let field = if kind == ProviderKind::OpenAi {
-                "max_completion_tokens"
-            } else {
-                "max_tokens"
-            };
-            doc.insert(field.into(), json!(n));
-            n
-        }
-    };
-    if streamed {
-        let opts = doc
-            .entry("stream_options")
-            .or_insert_with(|| json!({}));
-        match opts {
-            Value::Object(o) => {
-                o.insert("include_usage".into(), Value::Bool(true));
-            }
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "BAD_REQUEST",
-                    "stream_options: must be an object",
-                )
-            }
-        }
-    }
-    // Every byte of the body counted as a prompt token: more than the prompt
-    // can hold, so the reservation is never below the real cost.
+    let PreparedChat {
+        body: out,
+        model,
+        streamed,
+        output_bound,
+    } = chat;
+    // Every byte of the body counted as a prompt token: more than a text
+    // prompt can hold, so the reservation is never below the real cost.
     let input_bound = raw.len() as u64;
 
     // 3. Budgets.
@@ -585,16 +605,16 @@ pub(crate) async fn forward(
         }
         v
     };
-    let worst = match rt.prices.worst_case(&model, input_bound, max_tokens) {
+    let worst = match rt.prices.worst_case(&model, input_bound, output_bound) {
         Some(w) => w,
         None if applicable.is_empty() => 0,
-        None => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "AI_MODEL_UNPRICED",
-                &format!("model: {model:?} has no price, so the budgets of this route cannot be enforced"),
-            )
-        }
+        None => return error(
+            StatusCode::BAD_REQUEST,
+            "AI_MODEL_UNPRICED",
+            &format!(
+                "model: {model:?} has no price, so the budgets of this route cannot be enforced"
+            ),
+        ),
     };
     let mut holds = Vec::with_capacity(applicable.len());
     for b in &applicable {
@@ -649,16 +669,6 @@ pub(crate) async fn forward(
         }),
         record,
         started,
-    };
-    let out = match serde_json::to_vec(&Value::Object(doc)) {
-        Ok(b) => b,
-        Err(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
-                "the request body cannot be re-encoded",
-            )
-        }
     };
     let mut req = client
         .post(format!("{}/chat/completions", provider.base_url))
@@ -771,4 +781,108 @@ fn failed(
         sink.record(pending.record.clone());
     }
     error(status, code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn route(models: &[&str]) -> AiRoute {
+        AiRoute {
+            provider: "p".into(),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            budgets: vec![],
+            default_max_tokens: 500,
+        }
+    }
+
+    fn body_of(p: &PreparedChat) -> Value {
+        serde_json::from_slice(&p.body).expect("json")
+    }
+
+    #[test]
+    fn limits_and_stream_usage_are_set() {
+        let r = route(&[]);
+        let p = prepare_chat(
+            br#"{"model":"m","stream":true,"messages":[]}"#,
+            &r,
+            ProviderKind::OpenAiCompatible,
+        )
+        .expect("ok");
+        let b = body_of(&p);
+        assert_eq!(b["max_tokens"], 500);
+        assert_eq!(b["stream_options"]["include_usage"], true);
+        assert_eq!((p.streamed, p.output_bound), (true, 500));
+        let p = prepare_chat(
+            br#"{"model":"m","max_tokens":10,"max_completion_tokens":300,"n":3,"stream_options":{"x":1}}"#,
+            &r,
+            ProviderKind::OpenAi,
+        )
+        .expect("ok");
+        assert_eq!(p.output_bound, 900, "the larger limit, times the choices");
+        assert!(!p.streamed);
+        assert_eq!(body_of(&p)["stream_options"], json!({"x": 1}));
+        let p = prepare_chat(br#"{"model":"m"}"#, &r, ProviderKind::OpenAi).expect("ok");
+        assert_eq!(body_of(&p)["max_completion_tokens"], 500);
+    }
+
+    #[test]
+    fn bad_bodies_name_their_field() {
+        let r = route(&["gpt-4o"]);
+        for (body, code, field) in [
+            (&b"[1]"[..], "BAD_REQUEST", "JSON object"),
+            (b"{", "BAD_REQUEST", "not JSON"),
+            (br#"{"model":""}"#, "BAD_REQUEST", "model"),
+            (br#"{"model":"o3"}"#, "AI_MODEL_NOT_ALLOWED", "model"),
+            (br#"{"model":"gpt-4o","stream":1}"#, "BAD_REQUEST", "stream"),
+            (
+                br#"{"model":"gpt-4o","max_tokens":0}"#,
+                "BAD_REQUEST",
+                "max_tokens",
+            ),
+            (br#"{"model":"gpt-4o","n":1000}"#, "BAD_REQUEST", "n:"),
+            (
+                br#"{"model":"GPT-4o","stream":true,"stream_options":3}"#,
+                "BAD_REQUEST",
+                "stream_options",
+            ),
+        ] {
+            let (c, m) = prepare_chat(body, &r, ProviderKind::OpenAi).expect_err("refused");
+            assert_eq!(c, code, "{m}");
+            assert!(m.contains(field), "{m}");
+        }
+    }
+
+    proptest! {
+        /// Any bytes: an answer, never a panic; whatever is accepted goes
+        /// out as a JSON object with a token limit, asking for usage when
+        /// streamed, and its output bound covers every choice.
+        #[test]
+        fn any_body_is_prepared_or_refused(
+            raw in proptest::collection::vec(any::<u8>(), 0..300),
+            max in proptest::option::of(0u64..5_000_000_000),
+            n in proptest::option::of(0u64..300),
+            stream in any::<bool>(),
+        ) {
+            let r = route(&[]);
+            let _ = prepare_chat(&raw, &r, ProviderKind::OpenAi);
+            let mut v = json!({"model": "m", "stream": stream});
+            if let Some(m) = max { v["max_tokens"] = json!(m); }
+            if let Some(n) = n { v["n"] = json!(n); }
+            let raw = serde_json::to_vec(&v).expect("json");
+            match prepare_chat(&raw, &r, ProviderKind::OpenAiCompatible) {
+                Ok(p) => {
+                    let b = body_of(&p);
+                    let limit = b["max_tokens"].as_u64().expect("a limit");
+                    prop_assert_eq!(p.output_bound, limit * n.unwrap_or(1));
+                    prop_assert_eq!(b["stream_options"]["include_usage"] == true, stream);
+                }
+                Err((code, _)) => {
+                    prop_assert_eq!(code, "BAD_REQUEST");
+                    prop_assert!(max.is_some_and(|m| m == 0 || m > u64::from(u32::MAX)) || n.is_some_and(|n| n == 0 || n > MAX_CHOICES));
+                }
+            }
+        }
+    }
 }

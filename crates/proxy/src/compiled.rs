@@ -147,11 +147,8 @@ impl Compiled {
             });
             routes.push(RouteRuntime {
                 route: r.clone(),
-                upstream_metrics: metrics.upstream(
-                    upstream
-                        .as_ref()
-                        .map_or(AI_UPSTREAM, |u| u.name.as_str()),
-                ),
+                upstream_metrics: metrics
+                    .upstream(upstream.as_ref().map_or(AI_UPSTREAM, |u| u.name.as_str())),
                 upstream,
                 limiter,
                 allow: r.ip_allow.iter().filter_map(|c| parse_cidr(c)).collect(),

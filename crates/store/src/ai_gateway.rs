@@ -137,8 +137,12 @@ pub trait AiGatewayStore: Send + Sync {
         group: Option<UsageGroup>,
     ) -> Result<Vec<UsageTotals>>;
     /// The newest usage rows in `[from_ms, to_ms)`, newest first.
-    async fn recent_ai_usage(&self, from_ms: i64, to_ms: i64, limit: i64)
-        -> Result<Vec<AiUsageRow>>;
+    async fn recent_ai_usage(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<AiUsageRow>>;
 }
 
 const COLS: &str = "id, name, period, limit_micros, alert_threshold_pct, action, api_key_id, \
@@ -234,7 +238,10 @@ impl AiGatewayStore for SqlStore {
     async fn create_ai_budget(&self, actor: &Actor, b: &AiBudgetRecord) -> Result<()> {
         let mut tx = self.begin_audited().await?;
         let marks: Vec<String> = (1..=11).map(|i| format!("${i}")).collect();
-        let sql = format!("INSERT INTO ai_budgets ({COLS}) VALUES ({})", marks.join(", "));
+        let sql = format!(
+            "INSERT INTO ai_budgets ({COLS}) VALUES ({})",
+            marks.join(", ")
+        );
         bind_fields(sqlx::query(&sql).bind(b.id.clone()), b)
             .execute(&mut *tx)
             .await
@@ -257,14 +264,12 @@ impl AiGatewayStore for SqlStore {
     }
 
     async fn list_ai_budgets(&self) -> Result<Vec<AiBudgetRecord>> {
-        sqlx::query(&format!(
-            "SELECT {COLS} FROM ai_budgets ORDER BY name, id"
-        ))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(budget_row)
-        .collect()
+        sqlx::query(&format!("SELECT {COLS} FROM ai_budgets ORDER BY name, id"))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(budget_row)
+            .collect()
     }
 
     async fn update_ai_budget(
@@ -317,8 +322,7 @@ impl AiGatewayStore for SqlStore {
         }
         tx.commit(
             actor,
-            &AuditEvent::new("ai_budget.delete", "ai_budget", Some(id))
-                .before(before.audit_view()),
+            &AuditEvent::new("ai_budget.delete", "ai_budget", Some(id)).before(before.audit_view()),
         )
         .await?;
         Ok(before)

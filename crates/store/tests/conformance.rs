@@ -3225,7 +3225,10 @@ async fn ai_budgets_crud_with_versions_and_audit(s: &SqlStore) {
         s.update_ai_budget(&a, &edit, Some(5)).await,
         Err(StoreError::VersionMismatch { current: 1 })
     ));
-    let saved = s.update_ai_budget(&a, &edit, Some(1)).await.expect("update");
+    let saved = s
+        .update_ai_budget(&a, &edit, Some(1))
+        .await
+        .expect("update");
     assert_eq!((saved.version, saved.limit_micros), (2, 7_000_000));
     edit.name = "alpha".into();
     assert!(matches!(
@@ -3244,7 +3247,11 @@ async fn ai_budgets_crud_with_versions_and_audit(s: &SqlStore) {
     assert_eq!(s.ai_budget_spent("b1", 0).await.expect("spent"), 5);
     let gone = s.delete_ai_budget(&a, "b1").await.expect("delete");
     assert_eq!(gone.limit_micros, 7_000_000);
-    assert_eq!(s.ai_budget_spent("b1", 0).await.expect("spent"), 0, "its spend goes with it");
+    assert_eq!(
+        s.ai_budget_spent("b1", 0).await.expect("spent"),
+        0,
+        "its spend goes with it"
+    );
     assert!(matches!(
         s.delete_ai_budget(&a, "b1").await,
         Err(StoreError::NotFound(_))
@@ -3263,7 +3270,12 @@ async fn ai_budgets_crud_with_versions_and_audit(s: &SqlStore) {
     actions.sort_unstable();
     assert_eq!(
         actions,
-        ["ai_budget.create", "ai_budget.create", "ai_budget.delete", "ai_budget.update"]
+        [
+            "ai_budget.create",
+            "ai_budget.create",
+            "ai_budget.delete",
+            "ai_budget.update"
+        ]
     );
 }
 
@@ -3306,16 +3318,30 @@ async fn ai_usage_batches_roll_up_and_charge_budgets(s: &SqlStore) {
 
     assert_eq!(s.ai_key_spend("k1", 0, 2 * H).await.expect("spend"), 307);
     assert_eq!(s.ai_key_spend("k1", 0, H).await.expect("spend"), 300);
-    assert_eq!(s.ai_key_spend("k1", H + 1, 2 * H).await.expect("spend"), 7, "from the hour holding from");
+    assert_eq!(
+        s.ai_key_spend("k1", H + 1, 2 * H).await.expect("spend"),
+        7,
+        "from the hour holding from"
+    );
     assert_eq!(s.ai_key_spend("k2", 0, DAY).await.expect("spend"), 0);
-    assert_eq!(s.ai_key_spend("nobody", 0, 10 * DAY).await.expect("spend"), 0);
+    assert_eq!(
+        s.ai_key_spend("nobody", 0, 10 * DAY).await.expect("spend"),
+        0
+    );
     assert_eq!(s.ai_budget_spent("b1", 0).await.expect("spent"), 1_307);
     assert_eq!(s.ai_budget_spent("b1", DAY).await.expect("spent"), 0);
 
     let all = s.ai_usage_totals(0, 2 * DAY, None).await.expect("totals");
     assert_eq!(all.len(), 1);
     assert_eq!(
-        (all[0].requests, all[0].input_tokens, all[0].output_tokens, all[0].cached_input_tokens, all[0].reasoning_tokens, all[0].cost_micros),
+        (
+            all[0].requests,
+            all[0].input_tokens,
+            all[0].output_tokens,
+            all[0].cached_input_tokens,
+            all[0].reasoning_tokens,
+            all[0].cost_micros
+        ),
         (4, 40, 80, 16, 12, 1_307)
     );
     let by_key = s
@@ -3323,7 +3349,10 @@ async fn ai_usage_batches_roll_up_and_charge_budgets(s: &SqlStore) {
         .await
         .expect("by key");
     assert_eq!(
-        by_key.iter().map(|t| (t.key.as_str(), t.requests, t.cost_micros)).collect::<Vec<_>>(),
+        by_key
+            .iter()
+            .map(|t| (t.key.as_str(), t.requests, t.cost_micros))
+            .collect::<Vec<_>>(),
         [("k2", 1, 1_000), ("k1", 3, 307)]
     );
     let by_model = s
@@ -3331,7 +3360,10 @@ async fn ai_usage_batches_roll_up_and_charge_budgets(s: &SqlStore) {
         .await
         .expect("by model");
     assert_eq!(
-        by_model.iter().map(|t| (t.key.as_str(), t.cost_micros)).collect::<Vec<_>>(),
+        by_model
+            .iter()
+            .map(|t| (t.key.as_str(), t.cost_micros))
+            .collect::<Vec<_>>(),
         [("gpt-4o", 300), ("gpt-4o-mini", 7)]
     );
     let by_day = s
@@ -3339,11 +3371,17 @@ async fn ai_usage_batches_roll_up_and_charge_budgets(s: &SqlStore) {
         .await
         .expect("by day");
     assert_eq!(
-        by_day.iter().map(|t| (t.key.as_str(), t.cost_micros)).collect::<Vec<_>>(),
+        by_day
+            .iter()
+            .map(|t| (t.key.as_str(), t.cost_micros))
+            .collect::<Vec<_>>(),
         [(DAY.to_string().as_str(), 1_000), ("0", 307)]
     );
     let recent = s.recent_ai_usage(0, 2 * DAY, 2).await.expect("recent");
-    assert_eq!(recent.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["u4", "u3"]);
+    assert_eq!(
+        recent.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["u4", "u3"]
+    );
     assert!(recent[0].streamed && !recent[0].estimated);
     assert_eq!(recent[0].reasoning_tokens, 3);
 }

@@ -76,7 +76,10 @@ async fn settle_ai(app: &TestApp) {
         if link.fresh(Duration::from_secs(1)).await.applied.ai >= want {
             return;
         }
-        assert!(Instant::now() < deadline, "the gateway never applied AI input {want}");
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never applied AI input {want}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -96,7 +99,8 @@ fn client() -> Client {
 
 /// A chat request of about `pad` bytes of prompt.
 fn chat(model: &str, pad: usize, extra: Value) -> Value {
-    let mut body = json!({"model": model, "messages": [{"role": "user", "content": "x".repeat(pad)}]});
+    let mut body =
+        json!({"model": model, "messages": [{"role": "user", "content": "x".repeat(pad)}]});
     if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
         b.extend(e);
     }
@@ -117,7 +121,9 @@ async fn post_chat(s: &Setup, body: &Value) -> reqwest::Response {
 async fn usage_with(app: &TestApp, n: i64, query: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v = app.get_json(&format!("/api/v1/ai/usage?limit=500{query}")).await;
+        let v = app
+            .get_json(&format!("/api/v1/ai/usage?limit=500{query}"))
+            .await;
         if v["totals"]["requests"].as_i64() == Some(n) {
             return v;
         }
@@ -177,8 +183,11 @@ async fn relays_whole_and_streamed_answers_and_records_their_cost() {
         cache_write: 0,
         reasoning: 100,
     };
-    s.fake
-        .push(Reply::text("hello there").usage(whole_usage).model("gpt-4o-2024-08-06"));
+    s.fake.push(
+        Reply::text("hello there")
+            .usage(whole_usage)
+            .model("gpt-4o-2024-08-06"),
+    );
     let r = post_chat(&s, &chat("gpt-4o", 10, json!({}))).await;
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.expect("json");
@@ -186,7 +195,10 @@ async fn relays_whole_and_streamed_answers_and_records_their_cost() {
 
     // The provider got its own key, never the caller's, and a max_tokens.
     let seen = s.fake.requests();
-    assert_eq!(seen[0].headers["authorization"], format!("Bearer {PROVIDER_KEY}"));
+    assert_eq!(
+        seen[0].headers["authorization"],
+        format!("Bearer {PROVIDER_KEY}")
+    );
     assert!(!format!("{:?}", seen[0]).contains(&s.key));
     assert_eq!(seen[0].body["max_tokens"], 4096);
 
@@ -195,9 +207,16 @@ async fn relays_whole_and_streamed_answers_and_records_their_cost() {
         output: 4,
         ..Default::default()
     };
-    s.fake
-        .push(Reply::text("one two three four").usage(stream_usage).pieces(4));
-    let r = post_chat(&s, &chat(MODEL, 10, json!({"stream": true, "max_tokens": 64}))).await;
+    s.fake.push(
+        Reply::text("one two three four")
+            .usage(stream_usage)
+            .pieces(4),
+    );
+    let r = post_chat(
+        &s,
+        &chat(MODEL, 10, json!({"stream": true, "max_tokens": 64})),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let text = r.text().await.expect("body");
@@ -217,17 +236,30 @@ async fn relays_whole_and_streamed_answers_and_records_their_cost() {
         "{v}"
     );
     let recent = v["recent"].as_array().expect("recent");
-    let whole = recent.iter().find(|r| !r["streamed"].as_bool().unwrap_or(true)).expect("whole row");
-    assert_eq!(whole["model"], "gpt-4o-2024-08-06", "the model that answered");
+    let whole = recent
+        .iter()
+        .find(|r| !r["streamed"].as_bool().unwrap_or(true))
+        .expect("whole row");
+    assert_eq!(
+        whole["model"], "gpt-4o-2024-08-06",
+        "the model that answered"
+    );
     assert_eq!(whole["cost_micros"].as_i64(), Some(want_whole));
     assert_eq!(
-        (whole["input_tokens"].as_i64(), whole["cached_input_tokens"].as_i64(), whole["reasoning_tokens"].as_i64()),
+        (
+            whole["input_tokens"].as_i64(),
+            whole["cached_input_tokens"].as_i64(),
+            whole["reasoning_tokens"].as_i64()
+        ),
         (Some(1200), Some(400), Some(100))
     );
     assert_eq!(whole["api_key_id"], s.key_id.as_str());
     assert_eq!(whole["route_id"], "llm");
     assert_eq!(whole["outcome"], "ok");
-    let streamed = recent.iter().find(|r| r["streamed"] == true).expect("streamed row");
+    let streamed = recent
+        .iter()
+        .find(|r| r["streamed"] == true)
+        .expect("streamed row");
     assert_eq!(streamed["cost_micros"].as_i64(), Some(want_stream));
     assert_eq!(streamed["estimated"], false);
 
@@ -235,14 +267,27 @@ async fn relays_whole_and_streamed_answers_and_records_their_cost() {
     let by_model = s.app.get_json("/api/v1/ai/usage?group_by=model").await;
     let groups = by_model["groups"].as_array().expect("groups");
     assert_eq!(groups.len(), 2);
-    assert!(groups.iter().any(|g| g["key"] == MODEL && g["cost_micros"].as_i64() == Some(want_stream)));
+    assert!(groups
+        .iter()
+        .any(|g| g["key"] == MODEL && g["cost_micros"].as_i64() == Some(want_stream)));
     let by_key = s.app.get_json("/api/v1/ai/usage?group_by=key").await;
     assert_eq!(by_key["groups"][0]["key"], s.key_id.as_str());
     assert_eq!(by_key["groups"][0]["requests"], 2);
     let by_day = s.app.get_json("/api/v1/ai/usage?group_by=day").await;
     assert_eq!(by_day["groups"][0]["key"].as_str().map(str::len), Some(10));
-    for bad in ["group_by=colour", "from=-5", "to=99999999999999999", "from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "limit=501"] {
-        let r = s.app.admin(Method::GET, &format!("/api/v1/ai/usage?{bad}")).send().await.expect("get");
+    for bad in [
+        "group_by=colour",
+        "from=-5",
+        "to=99999999999999999",
+        "from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "limit=501",
+    ] {
+        let r = s
+            .app
+            .admin(Method::GET, &format!("/api/v1/ai/usage?{bad}"))
+            .send()
+            .await
+            .expect("get");
         expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
     }
 
@@ -258,11 +303,18 @@ async fn relays_whole_and_streamed_answers_and_records_their_cost() {
 
     // The endpoints and the route's `ai` block are in the API description.
     let spec = s.app.get_json("/api/v1/openapi.json").await;
-    for path in ["/api/v1/ai/budgets", "/api/v1/ai/budgets/{id}", "/api/v1/ai/usage"] {
+    for path in [
+        "/api/v1/ai/budgets",
+        "/api/v1/ai/budgets/{id}",
+        "/api/v1/ai/usage",
+    ] {
         assert!(spec["paths"][path].is_object(), "{path} missing");
     }
     for schema in ["BudgetView", "BudgetInput", "UsageReport", "AiRoute"] {
-        assert!(spec["components"]["schemas"][schema].is_object(), "{schema} missing");
+        assert!(
+            spec["components"]["schemas"][schema].is_object(),
+            "{schema} missing"
+        );
     }
 
     // Neither key is in the revision, the route, the usage or the audit log.
@@ -277,7 +329,10 @@ async fn relays_whole_and_streamed_answers_and_records_their_cost() {
         let r = s.app.admin(Method::GET, path).send().await.expect("get");
         assert_eq!(r.status(), StatusCode::OK, "{path}");
         let text = r.text().await.expect("body");
-        assert!(!text.contains(PROVIDER_KEY), "{path} shows the provider key");
+        assert!(
+            !text.contains(PROVIDER_KEY),
+            "{path} shows the provider key"
+        );
         assert!(!text.contains(&s.key), "{path} shows the caller key");
     }
     s.app.stop().await;
@@ -307,14 +362,22 @@ async fn callers_models_and_bodies_are_checked_before_anything_is_sent() {
         "AI_MODEL_NOT_ALLOWED",
     )
     .await;
-    assert!(e["error"].as_str().expect("message").contains("\"o3\""), "{e}");
+    assert!(
+        e["error"].as_str().expect("message").contains("\"o3\""),
+        "{e}"
+    );
     for bad in [
         json!({"messages": []}),
         json!({"model": MODEL, "stream": "yes"}),
         json!({"model": MODEL, "max_tokens": -3}),
         json!([1, 2]),
     ] {
-        expect_error(post_chat(&s, &bad).await, StatusCode::BAD_REQUEST, "BAD_REQUEST").await;
+        expect_error(
+            post_chat(&s, &bad).await,
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+        )
+        .await;
     }
     let r = client()
         .post(s.app.gw("/v1/chat/completions"))
@@ -336,7 +399,13 @@ async fn callers_models_and_bodies_are_checked_before_anything_is_sent() {
     assert!(s.fake.requests().is_empty(), "nothing reached the provider");
 
     // A deleted key is refused once the change is published.
-    let (status, _) = send(&s.app, Method::DELETE, &format!("/api/v1/api-keys/{}", s.key_id), None).await;
+    let (status, _) = send(
+        &s.app,
+        Method::DELETE,
+        &format!("/api/v1/api-keys/{}", s.key_id),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     settle_ai(&s.app).await;
     expect_error(
@@ -363,15 +432,38 @@ async fn callers_models_and_bodies_are_checked_before_anything_is_sent() {
         assert!(text.contains(field), "{field} not named: {text}");
     }
     for (body, field) in [
-        (json!({"name": "b", "period": "daily", "limit_usd": -1}), "limit_usd"),
-        (json!({"name": "b", "period": "daily", "limit_usd": "1.0000001"}), "limit_usd"),
-        (json!({"name": "b", "period": "daily", "limit_usd": 0}), "limit_usd"),
-        (json!({"name": "b c", "period": "daily", "limit_usd": 1}), "name"),
-        (json!({"name": "b", "period": "daily", "limit_usd": 1, "alert_threshold": 0}), "alert_threshold"),
-        (json!({"name": "b", "period": "daily", "limit_usd": 1, "api_key_id": "nope"}), "api_key_id"),
+        (
+            json!({"name": "b", "period": "daily", "limit_usd": -1}),
+            "limit_usd",
+        ),
+        (
+            json!({"name": "b", "period": "daily", "limit_usd": "1.0000001"}),
+            "limit_usd",
+        ),
+        (
+            json!({"name": "b", "period": "daily", "limit_usd": 0}),
+            "limit_usd",
+        ),
+        (
+            json!({"name": "b c", "period": "daily", "limit_usd": 1}),
+            "name",
+        ),
+        (
+            json!({"name": "b", "period": "daily", "limit_usd": 1, "alert_threshold": 0}),
+            "alert_threshold",
+        ),
+        (
+            json!({"name": "b", "period": "daily", "limit_usd": 1, "api_key_id": "nope"}),
+            "api_key_id",
+        ),
     ] {
         let e = expect_error(
-            s.app.admin(Method::POST, "/api/v1/ai/budgets").json(&body).send().await.expect("post"),
+            s.app
+                .admin(Method::POST, "/api/v1/ai/budgets")
+                .json(&body)
+                .send()
+                .await
+                .expect("post"),
             StatusCode::BAD_REQUEST,
             "VALIDATION_FAILED",
         )
@@ -414,7 +506,13 @@ async fn an_anthropic_provider_is_refused_naming_what_is_supported() {
         .await
         .expect("post");
     let e = expect_error(r, StatusCode::BAD_REQUEST, "AI_PROVIDER_UNSUPPORTED").await;
-    assert!(e["error"].as_str().expect("msg").contains("openai_compatible"), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .expect("msg")
+            .contains("openai_compatible"),
+        "{e}"
+    );
     s.app.stop().await;
 }
 
@@ -479,8 +577,10 @@ async fn a_blocking_budget_refuses_naming_budget_period_reset_and_what_is_left()
     assert!(per < reserve);
     // Two requests fit; the third's worst case does not.
     let limit = 2 * per + reserve - 1;
-    let s = setup(&[json!({"name": "team", "period": "daily", "limit_usd": format!("0.{limit:06}"),
-                             "alert_threshold": 0.5, "action_on_exceed": "block"})])
+    let s = setup(&[
+        json!({"name": "team", "period": "daily", "limit_usd": format!("0.{limit:06}"),
+                             "alert_threshold": 0.5, "action_on_exceed": "block"}),
+    ])
     .await;
     for _ in 0..3 {
         s.fake.push(Reply::text("ok").usage(priced_usage()));
@@ -491,7 +591,11 @@ async fn a_blocking_budget_refuses_naming_budget_period_reset_and_what_is_left()
         r.bytes().await.expect("body");
     }
     let r = post_chat(&s, &priced_request()).await;
-    let retry: u64 = r.headers()["retry-after"].to_str().expect("text").parse().expect("secs");
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("secs");
     let e = expect_error(r, StatusCode::TOO_MANY_REQUESTS, "AI_BUDGET_EXCEEDED").await;
     let d = &e["details"];
     assert_eq!(d["budget"], "team");
@@ -504,8 +608,15 @@ async fn a_blocking_budget_refuses_naming_budget_period_reset_and_what_is_left()
     assert_eq!(d["reset_at"], fleetgate_core::time::rfc3339(reset));
     assert!(retry >= 1 && retry <= 86_400);
     let msg = e["error"].as_str().expect("message");
-    assert!(msg.contains("team") && msg.contains("daily") && msg.contains("left"), "{msg}");
-    assert_eq!(s.fake.requests().len(), 2, "the refused request was never sent");
+    assert!(
+        msg.contains("team") && msg.contains("daily") && msg.contains("left"),
+        "{msg}"
+    );
+    assert_eq!(
+        s.fake.requests().len(),
+        2,
+        "the refused request was never sent"
+    );
 
     // Events at the threshold (50%) and on exceeding.
     let t = wait_event(&s.app, "ai.budget.threshold").await;
@@ -532,8 +643,10 @@ async fn a_blocking_budget_refuses_naming_budget_period_reset_and_what_is_left()
 #[tokio::test]
 async fn a_throttled_budget_lets_one_request_at_a_time_past_its_threshold() {
     let per = cost(MODEL, priced_usage());
-    let s = setup(&[json!({"name": "slow", "period": "weekly", "limit_usd": format!("0.{:06}", 10 * per),
-                             "alert_threshold": 0.1, "action_on_exceed": "throttle"})])
+    let s = setup(&[
+        json!({"name": "slow", "period": "weekly", "limit_usd": format!("0.{:06}", 10 * per),
+                             "alert_threshold": 0.1, "action_on_exceed": "throttle"}),
+    ])
     .await;
     // Past the threshold (a tenth of the limit) after one request.
     s.fake.push(Reply::text("ok").usage(priced_usage()));
@@ -541,8 +654,11 @@ async fn a_throttled_budget_lets_one_request_at_a_time_past_its_threshold() {
     assert_eq!(r.status(), StatusCode::OK);
     r.bytes().await.expect("body");
     // One slow request in flight; a second one is throttled.
-    s.fake
-        .push(Reply::text("slow").usage(priced_usage()).delay(Duration::from_millis(800)));
+    s.fake.push(
+        Reply::text("slow")
+            .usage(priced_usage())
+            .delay(Duration::from_millis(800)),
+    );
     let slow = tokio::spawn({
         let url = s.app.gw("/v1/chat/completions");
         let key = s.key.clone();
@@ -559,7 +675,10 @@ async fn a_throttled_budget_lets_one_request_at_a_time_past_its_threshold() {
     });
     let deadline = Instant::now() + Duration::from_secs(5);
     while s.fake.requests().len() < 2 {
-        assert!(Instant::now() < deadline, "the slow request never reached the fake");
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never reached the fake"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let r = post_chat(&s, &priced_request()).await;
@@ -579,8 +698,10 @@ async fn a_throttled_budget_lets_one_request_at_a_time_past_its_threshold() {
 #[tokio::test]
 async fn an_alert_only_budget_lets_requests_through_and_raises_its_events() {
     let per = cost(MODEL, priced_usage());
-    let s = setup(&[json!({"name": "watch", "period": "monthly", "limit_usd": format!("0.{:06}", per + 1),
-                             "action_on_exceed": "alert_only", "api_key_id": "caller"})])
+    let s = setup(&[
+        json!({"name": "watch", "period": "monthly", "limit_usd": format!("0.{:06}", per + 1),
+                             "action_on_exceed": "alert_only", "api_key_id": "caller"}),
+    ])
     .await;
     for _ in 0..3 {
         s.fake.push(Reply::text("ok").usage(priced_usage()));
@@ -645,7 +766,10 @@ async fn two_hundred_concurrent_requests_never_spend_past_the_limit() {
     }
     assert_eq!(ok + refused, 200);
     assert!(refused > 0, "the budget refused none");
-    assert!(ok * per <= limit, "{ok} requests of {per} passed a limit of {limit}");
+    assert!(
+        ok * per <= limit,
+        "{ok} requests of {per} passed a limit of {limit}"
+    );
     // Every admitted request was recorded, and the spend is exactly theirs.
     let v = usage_with(&s.app, ok, "").await;
     assert_eq!(v["totals"]["cost_micros"].as_i64(), Some(ok * per));
@@ -661,7 +785,10 @@ async fn two_hundred_concurrent_requests_never_spend_past_the_limit() {
     // Nothing is left reserved: what remains is usable again.
     if limit - ok * per >= reserve {
         s.fake.push(Reply::text("ok").usage(priced_usage()));
-        assert_eq!(post_chat(&s, &priced_request()).await.status(), StatusCode::OK);
+        assert_eq!(
+            post_chat(&s, &priced_request()).await.status(),
+            StatusCode::OK
+        );
     }
     s.app.stop().await;
 }
@@ -679,7 +806,11 @@ async fn cancelled_and_cut_streams_release_their_reservation_and_get_a_usage_row
             .pieces(8)
             .chunk_delay(Duration::from_millis(300)),
     );
-    let r = post_chat(&s, &chat(MODEL, 2000, json!({"max_tokens": 1000, "stream": true}))).await;
+    let r = post_chat(
+        &s,
+        &chat(MODEL, 2000, json!({"max_tokens": 1000, "stream": true})),
+    )
+    .await;
     let r = expect_ok(r).await;
     let mut body = r.bytes_stream();
     body.next().await.expect("a frame").expect("bytes");
@@ -705,7 +836,11 @@ async fn cancelled_and_cut_streams_release_their_reservation_and_get_a_usage_row
 
     // A stream the provider breaks off is cut, priced from what it sent.
     s.fake.push(Reply::text("x y z").pieces(3).abort_after(2));
-    let r = post_chat(&s, &chat(MODEL, 10, json!({"stream": true, "max_tokens": 10}))).await;
+    let r = post_chat(
+        &s,
+        &chat(MODEL, 10, json!({"stream": true, "max_tokens": 10})),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     let _ = r.bytes().await;
     let v = usage_with(&s.app, 3, "").await;

@@ -112,7 +112,9 @@ fn limit_of(v: &Value) -> ApiResult<i64> {
         Value::Number(n) => n
             .as_f64()
             .ok_or_else(|| ApiError::bad_request("limit_usd", "must be a number of USD"))
-            .and_then(|f| usd_from_f64(f).map_err(|e| ApiError::bad_request("limit_usd", e.to_string())))?,
+            .and_then(|f| {
+                usd_from_f64(f).map_err(|e| ApiError::bad_request("limit_usd", e.to_string()))
+            })?,
         Value::String(s) => {
             parse_usd(s.trim()).map_err(|e| ApiError::bad_request("limit_usd", e.to_string()))?
         }

@@ -239,7 +239,11 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(ai::get, ai::update, ai::delete))
         .routes(routes!(ai::models))
         .routes(routes!(ai_gateway::list, ai_gateway::create))
-        .routes(routes!(ai_gateway::get, ai_gateway::update, ai_gateway::delete))
+        .routes(routes!(
+            ai_gateway::get,
+            ai_gateway::update,
+            ai_gateway::delete
+        ))
         .routes(routes!(ai_gateway::usage))
         .routes(routes!(ai::health))
         .routes(routes!(ai_actions::generate_config))

@@ -105,7 +105,9 @@ impl BudgetLedger {
         if def.period_start_ms == s.period_start {
             s.spent = s.spent.max(def.spent_micros);
         }
-        if def.limit_micros != s.def.limit_micros || def.alert_threshold_pct != s.def.alert_threshold_pct {
+        if def.limit_micros != s.def.limit_micros
+            || def.alert_threshold_pct != s.def.alert_threshold_pct
+        {
             s.threshold_raised = false;
             s.exceeded_raised = false;
         }
@@ -182,7 +184,13 @@ impl BudgetLedger {
 
     /// Ends a reservation: `charge` (the real cost) is added to the spend
     /// when the reservation was made in the current period.
-    fn finish(&self, amount: u64, period_start: i64, charge: Option<u64>, now_ms: i64) -> Vec<Crossing> {
+    fn finish(
+        &self,
+        amount: u64,
+        period_start: i64,
+        charge: Option<u64>,
+        now_ms: i64,
+    ) -> Vec<Crossing> {
         let mut s = self.lock();
         s.roll(now_ms);
         let mut out = Vec::new();
@@ -305,12 +313,25 @@ mod tests {
         let (refusal, crossing) = l.reserve(500, NOW).err().expect("refused");
         assert_eq!(refusal.left, 400);
         assert_eq!(refusal.reset_at_ms, BudgetPeriod::Daily.window(NOW).1);
-        assert_eq!(crossing, Some(Crossing::Exceeded { spent: 0, limit: 1_000 }));
+        assert_eq!(
+            crossing,
+            Some(Crossing::Exceeded {
+                spent: 0,
+                limit: 1_000
+            })
+        );
         // Settled below the reservation, the rest is free again.
         let c = a.settle(300, NOW);
         assert!(c.is_empty());
         let b = l.reserve(700, NOW).expect("fits now");
-        assert_eq!(b.settle(700, NOW), vec![Crossing::Threshold { spent: 1_000, limit: 1_000, pct: 80 }]);
+        assert_eq!(
+            b.settle(700, NOW),
+            vec![Crossing::Threshold {
+                spent: 1_000,
+                limit: 1_000,
+                pct: 80
+            }]
+        );
         assert_eq!(l.reading(NOW).spent, 1_000);
     }
 
@@ -346,8 +367,15 @@ mod tests {
         assert_eq!(
             h.settle(150, NOW),
             vec![
-                Crossing::Threshold { spent: 150, limit: 100, pct: 80 },
-                Crossing::Exceeded { spent: 150, limit: 100 }
+                Crossing::Threshold {
+                    spent: 150,
+                    limit: 100,
+                    pct: 80
+                },
+                Crossing::Exceeded {
+                    spent: 150,
+                    limit: 100
+                }
             ]
         );
         assert!(h2.settle(150, NOW).is_empty(), "once per period");

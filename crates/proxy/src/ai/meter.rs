@@ -166,7 +166,11 @@ impl MeteredBody {
                     Some(c.model).filter(|m| !m.is_empty()),
                 )
             }
-            Reader::Whole { kind, buf, overflow } => {
+            Reader::Whole {
+                kind,
+                buf,
+                overflow,
+            } => {
                 if *overflow || ending != Ending::Complete {
                     (None, None)
                 } else {
@@ -174,7 +178,10 @@ impl MeteredBody {
                         Ok(c) => {
                             let u = c.usage;
                             let reported = u.input_tokens > 0 || u.output_tokens > 0;
-                            (reported.then_some(u), Some(c.model).filter(|m| !m.is_empty()))
+                            (
+                                reported.then_some(u),
+                                Some(c.model).filter(|m| !m.is_empty()),
+                            )
                         }
                         Err(_) => (None, None),
                     }
@@ -280,7 +287,10 @@ mod tests {
         }
     }
 
-    fn body(chunks: Vec<Result<&'static str, &'static str>>, streamed: bool) -> (MeteredBody, Arc<Mutex<Vec<Metered>>>) {
+    fn body(
+        chunks: Vec<Result<&'static str, &'static str>>,
+        streamed: bool,
+    ) -> (MeteredBody, Arc<Mutex<Vec<Metered>>>) {
         let out = Arc::new(Mutex::new(Vec::new()));
         let o = out.clone();
         let b = MeteredBody::new(
@@ -310,7 +320,10 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].ending, Ending::Complete);
         assert!(!out[0].estimated);
-        assert_eq!((out[0].usage.input_tokens, out[0].usage.output_tokens), (5, 2));
+        assert_eq!(
+            (out[0].usage.input_tokens, out[0].usage.output_tokens),
+            (5, 2)
+        );
     }
 
     #[tokio::test]
@@ -326,7 +339,10 @@ mod tests {
         let out = out.lock().expect("lock");
         assert_eq!(out[0].ending, Ending::Cut);
         assert!(out[0].estimated);
-        assert_eq!((out[0].usage.input_tokens, out[0].usage.output_tokens), (7, 2));
+        assert_eq!(
+            (out[0].usage.input_tokens, out[0].usage.output_tokens),
+            (7, 2)
+        );
     }
 
     #[tokio::test]
