@@ -199,7 +199,10 @@ struct Pending {
     gw_events: Option<Arc<dyn fleetgate_core::events::EventSink>>,
     sink: Option<fleetgate_protocol::ai::UsageSink>,
     holds: Vec<Hold>,
-    prices_cost: Box<dyn Fn(&str, &fleetgate_ai::Usage) -> Option<u64> + Send>,
+    /// The price table in force when the request came, and the model asked
+    /// for (priced when the model that answered has no price of its own).
+    runtime: Arc<AiRuntime>,
+    asked_model: String,
     record: AiUsageRecord,
     started: Instant,
 }
@@ -220,7 +223,11 @@ impl Pending {
         r.outcome = m.ending.as_str().into();
         // The provider's own model name may be a dated snapshot; the price of
         // the model asked for applies when the answered one has none.
-        r.cost_micros = (self.prices_cost)(&r.model, &m.usage).unwrap_or(0);
+        let prices = &self.runtime.prices;
+        r.cost_micros = prices
+            .cost(&r.model, &m.usage)
+            .or_else(|| prices.cost(&self.asked_model, &m.usage))
+            .unwrap_or(0);
         r.latency_ms = self.started.elapsed().as_millis() as u64;
         let cost = r.cost_micros;
         let route = r.route_id.clone();
@@ -608,13 +615,15 @@ pub(crate) async fn forward(
     let worst = match rt.prices.worst_case(&model, input_bound, output_bound) {
         Some(w) => w,
         None if applicable.is_empty() => 0,
-        None => return error(
-            StatusCode::BAD_REQUEST,
-            "AI_MODEL_UNPRICED",
-            &format!(
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "AI_MODEL_UNPRICED",
+                &format!(
                 "model: {model:?} has no price, so the budgets of this route cannot be enforced"
             ),
-        ),
+            )
+        }
     };
     let mut holds = Vec::with_capacity(applicable.len());
     for b in &applicable {
@@ -655,18 +664,12 @@ pub(crate) async fn forward(
         estimated: false,
         budgets: budgets_charged,
     };
-    let asked_model = model.clone();
-    let prices = rt.clone();
     let mut pending = Pending {
         gw_events: gw.events.clone(),
         sink: gw.ai_usage.clone(),
         holds,
-        prices_cost: Box::new(move |answered, usage| {
-            prices
-                .prices
-                .cost(answered, usage)
-                .or_else(|| prices.prices.cost(&asked_model, usage))
-        }),
+        runtime: rt.clone(),
+        asked_model: model.clone(),
         record,
         started,
     };

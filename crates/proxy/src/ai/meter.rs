@@ -55,14 +55,15 @@ pub struct Metered {
     pub model: Option<String>,
 }
 
+struct SseReader {
+    decoder: SseDecoder,
+    parser: StreamParser,
+    /// The decoder gave up (an oversized event): the rest is relayed unread.
+    broken: bool,
+}
+
 enum Reader {
-    Sse {
-        decoder: SseDecoder,
-        parser: StreamParser,
-        /// The decoder or parser gave up (an oversized or malformed event):
-        /// the rest is relayed unread.
-        broken: bool,
-    },
+    Sse(Box<SseReader>),
     Whole {
         kind: ProviderKind,
         buf: Vec<u8>,
@@ -93,11 +94,11 @@ impl MeteredBody {
         finish: Finisher,
     ) -> Self {
         let reader = if streamed {
-            Reader::Sse {
+            Reader::Sse(Box::new(SseReader {
                 decoder: SseDecoder::default(),
                 parser: StreamParser::new(kind, model),
                 broken: false,
-            }
+            }))
         } else {
             Reader::Whole {
                 kind,
@@ -117,23 +118,19 @@ impl MeteredBody {
     fn read(&mut self, chunk: &[u8]) {
         self.seen += chunk.len() as u64;
         match &mut self.reader {
-            Reader::Sse {
-                decoder,
-                parser,
-                broken,
-            } => {
-                if *broken {
+            Reader::Sse(r) => {
+                if r.broken {
                     return;
                 }
-                match decoder.feed(chunk) {
+                match r.decoder.feed(chunk) {
                     Ok(events) => {
                         for ev in &events {
                             // An error event or a chunk that is not JSON leaves
                             // the usage read so far; the client sees it as is.
-                            let _ = parser.feed(ev);
+                            let _ = r.parser.feed(ev);
                         }
                     }
-                    Err(_) => *broken = true,
+                    Err(_) => r.broken = true,
                 }
             }
             Reader::Whole { buf, overflow, .. } => {
@@ -152,14 +149,12 @@ impl MeteredBody {
             return;
         };
         let (usage, model) = match &mut self.reader {
-            Reader::Sse {
-                decoder, parser, ..
-            } => {
-                if let Some(ev) = decoder.finish() {
-                    let _ = parser.feed(&ev);
+            Reader::Sse(r) => {
+                if let Some(ev) = r.decoder.finish() {
+                    let _ = r.parser.feed(&ev);
                 }
-                let c = parser.completion();
-                let u = parser.usage();
+                let c = r.parser.completion();
+                let u = r.parser.usage();
                 let reported = u.input_tokens > 0 || u.output_tokens > 0;
                 (
                     reported.then_some(u),
@@ -210,7 +205,7 @@ impl MeteredBody {
     /// generated text (of the whole body when the text cannot be read).
     fn estimate(&self) -> Usage {
         let text_bytes = match &self.reader {
-            Reader::Sse { parser, .. } => parser.completion().text.len() as u64,
+            Reader::Sse(r) => r.parser.completion().text.len() as u64,
             Reader::Whole { .. } => self.seen,
         };
         Usage {
