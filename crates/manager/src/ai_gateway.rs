@@ -201,6 +201,20 @@ impl AppState {
                 timeout_ms: u64::try_from(p.timeout_ms).unwrap_or(60_000),
             });
         }
+        // Keys of disabled or deleted users call nothing, as on the API.
+        let mut active_users = std::collections::HashSet::new();
+        let mut offset = 0;
+        loop {
+            let page = store
+                .list_users(PageRequest { limit: 500, offset })
+                .await?;
+            let n = page.items.len() as i64;
+            active_users.extend(page.items.into_iter().filter(|u| !u.disabled).map(|u| u.id));
+            offset += n;
+            if n == 0 || offset >= page.total {
+                break;
+            }
+        }
         let mut keys = Vec::new();
         let mut offset = 0;
         loop {
@@ -209,8 +223,7 @@ impl AppState {
                 .await?;
             let n = page.items.len() as i64;
             for k in page.items {
-                // Keys of disabled or deleted users call nothing, as on the API.
-                if crate::auth::key_owner(store, &k).await?.is_some() {
+                if k.user_id.as_ref().is_none_or(|u| active_users.contains(u)) {
                     keys.push(AiCallerKey {
                         id: k.id,
                         name: k.name,
