@@ -205,9 +205,7 @@ impl AppState {
         let mut active_users = std::collections::HashSet::new();
         let mut offset = 0;
         loop {
-            let page = store
-                .list_users(PageRequest { limit: 500, offset })
-                .await?;
+            let page = store.list_users(PageRequest { limit: 500, offset }).await?;
             let n = page.items.len() as i64;
             active_users.extend(page.items.into_iter().filter(|u| !u.disabled).map(|u| u.id));
             offset += n;

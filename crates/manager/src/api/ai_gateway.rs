@@ -13,7 +13,6 @@ use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
 use fleetgate_store::{AiBudgetRecord, PageRequest, UsageGroup, UsageTotals};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::rfc3339;
@@ -30,10 +29,9 @@ pub struct BudgetInput {
     #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_.-]+$")]
     pub name: String,
     pub period: BudgetPeriod,
-    /// The cap in USD: a number or a decimal string with at most six decimals,
-    /// more than 0.
-    #[schema(value_type = f64, minimum = 0.000001)]
-    pub limit_usd: Value,
+    /// The cap in USD, more than 0: a number, or a decimal string with at most
+    /// six decimals (`"12.50"`).
+    pub limit_usd: UsdAmount,
     /// Share of the cap at which `ai.budget.threshold` is raised: a fraction
     /// (0.8) or a percentage above 1 (80). Default 0.8.
     #[serde(default)]
@@ -48,6 +46,14 @@ pub struct BudgetInput {
     #[serde(default)]
     #[schema(max_length = 1000)]
     pub description: Option<String>,
+}
+
+/// An amount of USD as a number (`12.5`) or an exact decimal string (`"12.50"`).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum UsdAmount {
+    Number(f64),
+    Text(String),
 }
 
 #[derive(Serialize, ToSchema)]
@@ -107,24 +113,12 @@ async fn respond(state: &AppState, status: StatusCode, b: &AiBudgetRecord) -> Ap
     Ok(json_with_etag(status, b.version, view(state, b).await?))
 }
 
-fn limit_of(v: &Value) -> ApiResult<i64> {
+fn limit_of(v: &UsdAmount) -> ApiResult<i64> {
     let micros = match v {
-        Value::Number(n) => n
-            .as_f64()
-            .ok_or_else(|| ApiError::bad_request("limit_usd", "must be a number of USD"))
-            .and_then(|f| {
-                usd_from_f64(f).map_err(|e| ApiError::bad_request("limit_usd", e.to_string()))
-            })?,
-        Value::String(s) => {
-            parse_usd(s.trim()).map_err(|e| ApiError::bad_request("limit_usd", e.to_string()))?
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "limit_usd",
-                "must be a number of USD or a decimal string (\"12.50\")",
-            ))
-        }
-    };
+        UsdAmount::Number(f) => usd_from_f64(*f),
+        UsdAmount::Text(s) => parse_usd(s),
+    }
+    .map_err(|e| ApiError::bad_request("limit_usd", e.to_string()))?;
     if micros == 0 {
         return Err(ApiError::bad_request("limit_usd", "must be more than 0"));
     }
@@ -133,18 +127,18 @@ fn limit_of(v: &Value) -> ApiResult<i64> {
 
 fn threshold_of(v: Option<f64>) -> ApiResult<i64> {
     let Some(t) = v else { return Ok(80) };
-    let pct = if t <= 1.0 { t * 100.0 } else { t };
-    if !t.is_finite() || !(1.0..=100.0).contains(&pct.round()) || t <= 0.0 {
+    if !(t.is_finite() && (0.01..=100.0).contains(&t)) {
         return Err(ApiError::bad_request(
             "alert_threshold",
-            "must be a fraction of the limit (0.01 to 1) or a percentage (1 to 100)",
+            "must be a fraction of the limit (0.01 to 1) or a percentage (above 1, up to 100)",
         ));
     }
-    Ok(pct.round() as i64)
+    let pct = if t <= 1.0 { t * 100.0 } else { t };
+    Ok((pct.round() as i64).clamp(1, 100))
 }
 
 async fn apply(state: &AppState, b: &mut AiBudgetRecord, body: &BudgetInput) -> ApiResult<()> {
-    let name = body.name.trim();
+    let name = body.name.as_str();
     if !valid_budget_name(name) {
         return Err(ApiError::bad_request(
             "name",
