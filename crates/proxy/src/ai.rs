@@ -205,12 +205,24 @@ struct Pending {
     asked_model: String,
     record: AiUsageRecord,
     started: Instant,
+    /// Prompt tokens estimated from the request, for an answer that never came.
+    input_estimate: u64,
+    /// The record went out.
+    done: bool,
 }
 
 impl Pending {
-    fn finish(mut self, m: Metered) {
+    /// Prices what was metered, settles the reservations and sends the record.
+    fn finish(&mut self, m: Metered) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
         let now = fleetgate_core::time::now_ms();
         let r = &mut self.record;
+        if r.status == 0 {
+            // The client left before the provider's answer began (nginx's 499).
+            r.status = 499;
+        }
         if let Some(model) = m.model {
             r.model = model;
         }
@@ -239,7 +251,41 @@ impl Pending {
             }
         }
         if let Some(sink) = &self.sink {
-            sink.record(self.record);
+            sink.record(self.record.clone());
+        }
+    }
+
+    /// A request that got no answer to meter: its reservations released
+    /// (nothing generated, nothing charged), its record sent.
+    fn fail(&mut self, status: StatusCode) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        self.holds.clear();
+        self.record.status = status.as_u16();
+        self.record.outcome = "provider_error".into();
+        self.record.latency_ms = self.started.elapsed().as_millis() as u64;
+        if let Some(sink) = &self.sink {
+            sink.record(self.record.clone());
+        }
+    }
+}
+
+impl Drop for Pending {
+    /// The client went away while the provider was still to answer: the
+    /// prompt was sent and may be billed, so it is charged as estimated.
+    fn drop(&mut self) {
+        if !self.done {
+            let usage = fleetgate_ai::Usage {
+                input_tokens: self.input_estimate,
+                ..Default::default()
+            };
+            self.finish(Metered {
+                usage,
+                estimated: true,
+                ending: meter::Ending::Cancelled,
+                model: None,
+            });
         }
     }
 }
@@ -672,6 +718,8 @@ pub(crate) async fn forward(
         asked_model: model.clone(),
         record,
         started,
+        input_estimate: input_bound.div_ceil(4),
+        done: false,
     };
     let mut req = client
         .post(format!("{}/chat/completions", provider.base_url))
@@ -713,17 +761,12 @@ pub(crate) async fn forward(
     if !status.is_success() {
         // The provider refused: nothing generated, nothing charged; its error
         // body is relayed as it is.
+        pending.fail(status);
         let bytes = tokio::time::timeout(provider.timeout, resp.bytes())
             .await
             .ok()
             .and_then(Result::ok)
             .unwrap_or_default();
-        pending.holds.clear();
-        pending.record.outcome = "provider_error".into();
-        pending.record.latency_ms = started.elapsed().as_millis() as u64;
-        if let Some(sink) = &pending.sink {
-            sink.record(pending.record.clone());
-        }
         let mut r = Response::new(Either::Right(Full::new(bytes)));
         *r.status_mut() = status;
         if let Some(ct) = content_type {
@@ -753,7 +796,10 @@ pub(crate) async fn forward(
         &model,
         streamed,
         input_bound.div_ceil(4),
-        Box::new(move |m| pending.finish(m)),
+        Box::new(move |m| {
+            let mut pending = pending;
+            pending.finish(m);
+        }),
     );
     let mut r = Response::new(Either::Left(PooledBody::Relayed(Box::pin(body))));
     *r.status_mut() = status;
@@ -776,13 +822,7 @@ fn failed(
     code: &str,
     message: &str,
 ) -> Response<ProxyBody> {
-    pending.holds.clear();
-    pending.record.status = status.as_u16();
-    pending.record.outcome = "provider_error".into();
-    pending.record.latency_ms = pending.started.elapsed().as_millis() as u64;
-    if let Some(sink) = &pending.sink {
-        sink.record(pending.record.clone());
-    }
+    pending.fail(status);
     error(status, code, message)
 }
 

@@ -859,3 +859,58 @@ async fn cancelled_and_cut_streams_release_their_reservation_and_get_a_usage_row
     assert!(cut["cost_micros"].as_i64().unwrap_or(0) > 0);
     s.app.stop().await;
 }
+
+#[tokio::test]
+async fn provider_errors_and_callers_leaving_early_release_their_reservation() {
+    let reserve = worst(MODEL, &priced_request(), 1000);
+    let limit = reserve + reserve / 2;
+    let s = setup(&[json!({"name": "one", "period": "daily",
+                             "limit_usd": format!("0.{limit:06}")})])
+    .await;
+    // The provider refuses: its error is relayed, nothing is charged.
+    s.fake.push(Reply::error(503, "overloaded"));
+    let r = post_chat(&s, &priced_request()).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.text().await.expect("body").contains("overloaded"));
+    // The caller gives up before the provider answers at all.
+    s.fake.push(
+        Reply::text("late")
+            .usage(priced_usage())
+            .delay(Duration::from_millis(1500)),
+    );
+    let gave_up = Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("client")
+        .post(s.app.gw("/v1/chat/completions"))
+        .bearer_auth(&s.key)
+        .json(&priced_request())
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the caller timed out");
+    let v = usage_with(&s.app, 2, "").await;
+    let rows = v["recent"].as_array().expect("rows");
+    let error = rows
+        .iter()
+        .find(|r| r["outcome"] == "provider_error")
+        .expect("error row");
+    assert_eq!(
+        (error["status"].as_i64(), error["cost_micros"].as_i64()),
+        (Some(503), Some(0))
+    );
+    let left = rows
+        .iter()
+        .find(|r| r["outcome"] == "cancelled")
+        .expect("cancelled row");
+    assert_eq!(left["status"], 499);
+    assert_eq!(left["estimated"], true);
+    assert!(
+        left["cost_micros"].as_i64().unwrap_or(0) > 0,
+        "the prompt was sent: {left}"
+    );
+    // Both reservations were released: a whole worst case fits again.
+    s.fake.push(Reply::text("ok").usage(priced_usage()));
+    let r = expect_ok(post_chat(&s, &priced_request()).await).await;
+    r.bytes().await.expect("body");
+    s.app.stop().await;
+}
