@@ -182,12 +182,16 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BudgetAction {
-    /// Refused with 429 until the period resets.
+    /// A request whose worst-case cost does not fit in what is left is
+    /// refused with 429 (`AI_BUDGET_EXCEEDED`, `Retry-After` until the period
+    /// resets).
     Block,
-    /// Refused with 429 and a `Retry-After` of the time left in the period:
-    /// the same refusal as `block`, phrased for clients that back off and retry.
+    /// Past the alert threshold, one request at a time: others are refused
+    /// with 429 (`AI_BUDGET_THROTTLED`, `Retry-After: 1`) while one is in
+    /// flight. Past the limit, refused as `block` refuses.
     Throttle,
-    /// Let through; `ai.budget.exceeded` is raised.
+    /// Never refused; `ai.budget.threshold` and `ai.budget.exceeded` are
+    /// raised as the spend passes them.
     AlertOnly,
 }
 

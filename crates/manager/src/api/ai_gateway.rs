@@ -37,7 +37,11 @@ pub struct BudgetInput {
     #[serde(default)]
     #[schema(minimum = 0.01, maximum = 100.0)]
     pub alert_threshold: Option<f64>,
-    /// Default `block`.
+    /// `block` (default): a request whose worst-case cost does not fit in
+    /// what is left is refused, 429 `AI_BUDGET_EXCEEDED` with `Retry-After`
+    /// until the reset. `throttle`: past the alert threshold one request at a
+    /// time (others 429 `AI_BUDGET_THROTTLED`, `Retry-After: 1`), past the
+    /// limit refused as `block`. `alert_only`: never refused, events only.
     #[serde(default)]
     pub action_on_exceed: Option<BudgetAction>,
     /// Count only this API key's requests; all callers' when absent.

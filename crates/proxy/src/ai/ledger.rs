@@ -95,10 +95,14 @@ impl BudgetLedger {
         let mut s = self.lock();
         s.roll(now_ms);
         if def.period != s.def.period {
+            // A new period, as when one turns: requests in flight settle into
+            // the old one (see `finish`).
             let (start, end) = def.period.window(now_ms);
             s.period_start = start;
             s.period_end = end;
             s.spent = 0;
+            s.reserved = 0;
+            s.in_flight = 0;
             s.threshold_raised = false;
             s.exceeded_raised = false;
         }
@@ -388,6 +392,19 @@ mod tests {
         assert!(l.reserve(1, NOW).is_err());
         let next = BudgetPeriod::Daily.window(NOW).1;
         assert!(l.reserve(100, next).is_ok());
+    }
+
+    #[test]
+    fn a_changed_period_leaves_nothing_reserved() {
+        let l = BudgetLedger::new(def(1_000, BudgetAction::Block), NOW);
+        let h = l.reserve(900, NOW).expect("fits");
+        let mut d = def(1_000, BudgetAction::Block);
+        d.period = BudgetPeriod::Hourly;
+        l.update(d, NOW);
+        drop(h);
+        let r = l.reading(NOW);
+        assert_eq!((r.reserved, r.in_flight), (0, 0));
+        assert!(l.reserve(1_000, NOW).is_ok());
     }
 
     proptest! {
