@@ -134,3 +134,48 @@ impl<F: Fn(AiUsageRecord) + Send + Sync> AiUsageSink for F {
 
 /// A shared sink.
 pub type UsageSink = Arc<dyn AiUsageSink>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_provider_key() {
+        let input = AiGatewayInput {
+            version: 3,
+            providers: vec![AiProviderInput {
+                id: "p1".into(),
+                name: "openai".into(),
+                kind: "openai".into(),
+                base_url: "https://api.openai.com/v1".into(),
+                api_key: Some("sk-live-SECRET-123".into()),
+                timeout_ms: 1000,
+            }],
+            keys: vec![AiCallerKey {
+                id: "k1".into(),
+                name: "caller".into(),
+                key_hash: "abcdef".into(),
+            }],
+            budgets: vec![],
+        };
+        let config = crate::DataPlaneConfig {
+            ai: Arc::new(input.clone()),
+            ..Default::default()
+        };
+        for text in [
+            format!("{input:?}"),
+            format!("{config:?}"),
+            format!("{config:#?}"),
+        ] {
+            assert!(!text.contains("SECRET"), "{text}");
+            assert!(!text.contains("abcdef"), "{text}");
+            assert!(text.contains("<set>"), "{text}");
+        }
+        // Nor is it serialized with the rest of the input (edges never get it).
+        let json = serde_json::to_string(&config).expect("json");
+        assert!(
+            !json.contains("SECRET") && !json.contains("openai"),
+            "{json}"
+        );
+    }
+}

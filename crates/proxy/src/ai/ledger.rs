@@ -7,6 +7,15 @@
 //! exchange, a cancelled stream), so no reservation outlives its request. Spent plus
 //! reserved never passes the limit for `block` and `throttle` budgets: a request
 //! that would not fit is refused before it is sent. Nothing here touches the store.
+//!
+//! The cap holds within one gateway process. Processes sharing one store (two
+//! `fleetgate serve` on one PostgreSQL) each start from the spend the store
+//! recorded and take the larger of theirs and the store's whenever the manager
+//! publishes again, but do not coordinate requests in flight: together they
+//! can pass the limit by what the others spent since their last publish.
+//! Making that exact means spending from an allowance leased atomically from
+//! the store's remainder instead of from `limit - spent` (see the AI gateway
+//! notes of issue 18).
 
 use std::sync::{Arc, Mutex};
 
