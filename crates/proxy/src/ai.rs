@@ -17,9 +17,13 @@
 //!    reservations and a usage record goes to the manager through the
 //!    [`AiUsageSink`](fleetgate_protocol::ai::AiUsageSink).
 //!
-//! Only providers speaking OpenAI's chat completions (`openai`,
-//! `openai_compatible`) can be relayed for now; a route on an Anthropic or
-//! Gemini provider answers 400 saying so. Nothing here touches the store.
+//! Providers speaking OpenAI's chat completions (`openai`, `openai_compatible`)
+//! get the request as sent (plus the fields above) and their answer is relayed
+//! as it comes, streams included. For Anthropic and Gemini providers the
+//! request is translated (`translate_request`, text chat only: no tools, no
+//! images, one choice) with `fleetgate_ai::wire`, sent whole, and the answer
+//! given back in OpenAI's shape; a stream asked of them is refused with 400
+//! (`AI_PROVIDER_UNSUPPORTED`) for now. Nothing here touches the store.
 
 pub mod ledger;
 pub mod meter;
@@ -59,8 +63,33 @@ struct ProviderRt {
     kind: Option<ProviderKind>,
     kind_name: String,
     base_url: String,
+    /// `Bearer <key>`, for providers speaking OpenAI's API.
     auth: Option<HeaderValue>,
+    /// The key alone, for Anthropic's `x-api-key` and Gemini's `x-goog-api-key`.
+    key: Option<HeaderValue>,
     timeout: Duration,
+}
+
+impl ProviderRt {
+    /// The provider's key on `rb`, the way its kind expects it.
+    fn authorized(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.kind {
+            Some(ProviderKind::Anthropic) => match &self.key {
+                Some(k) => rb
+                    .header("x-api-key", k.clone())
+                    .header("anthropic-version", fleetgate_ai::wire::ANTHROPIC_VERSION),
+                None => rb,
+            },
+            Some(ProviderKind::Gemini) => match &self.key {
+                Some(k) => rb.header("x-goog-api-key", k.clone()),
+                None => rb,
+            },
+            _ => match &self.auth {
+                Some(a) => rb.header(header::AUTHORIZATION, a.clone()),
+                None => rb,
+            },
+        }
+    }
 }
 
 struct Caller {
@@ -111,7 +140,16 @@ impl AiRuntime {
                     v.set_sensitive(true);
                     v
                 });
+            let key = p
+                .api_key
+                .as_ref()
+                .and_then(|k| HeaderValue::from_str(k).ok())
+                .map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                });
             let rt = Arc::new(ProviderRt {
+                key,
                 id: p.id.clone(),
                 name: p.name.clone(),
                 kind: p.kind.parse().ok(),
@@ -530,12 +568,12 @@ pub(crate) async fn forward(
             ),
         );
     };
-    let Some(kind) = provider.kind.filter(|k| k.speaks_openai()) else {
+    let Some(kind) = provider.kind else {
         return error(
-            StatusCode::BAD_REQUEST,
-            "AI_PROVIDER_UNSUPPORTED",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "AI_PROVIDER_UNAVAILABLE",
             &format!(
-                "AI provider {} is of kind {}; ai routes relay only to providers speaking OpenAI's chat completions (openai, openai_compatible) for now",
+                "AI provider {} is of an unknown kind {:?}",
                 provider.name, provider.kind_name
             ),
         );
@@ -559,11 +597,8 @@ pub(crate) async fn forward(
                 "…/models takes GET",
             );
         }
-        let url = format!("{}/models", provider.base_url);
-        let mut req = client.get(url);
-        if let Some(a) = &provider.auth {
-            req = req.header(header::AUTHORIZATION, a.clone());
-        }
+        let url = fleetgate_ai::wire::models_url(kind, &provider.base_url);
+        let req = provider.authorized(client.get(url));
         return match tokio::time::timeout(provider.timeout, async {
             let resp = req.send().await?;
             let status = resp.status();
@@ -572,6 +607,14 @@ pub(crate) async fn forward(
         })
         .await
         {
+            Ok(Ok((status, _, bytes))) if !kind.speaks_openai() => {
+                translated_answer(status, kind, &bytes, |b| {
+                    let ids = fleetgate_ai::wire::parse_models(kind, b).ok()?;
+                    Some(json!({"object": "list", "data": ids.iter()
+                        .map(|id| json!({"id": id, "object": "model", "owned_by": provider.kind_name}))
+                        .collect::<Vec<_>>()}))
+                })
+            }
             Ok(Ok((status, ct, bytes))) => {
                 let mut r = Response::new(Either::Right(Full::new(bytes)));
                 *r.status_mut() = status;
@@ -639,6 +682,28 @@ pub(crate) async fn forward(
     // Every byte of the body counted as a prompt token: more than a text
     // prompt can hold, so the reservation is never below the real cost.
     let input_bound = raw.len() as u64;
+    // Other providers' requests are written from the OpenAI one: whole
+    // answers only, text only.
+    let translated = if kind.speaks_openai() {
+        None
+    } else if streamed {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "AI_PROVIDER_UNSUPPORTED",
+            &format!(
+                "stream: AI provider {} is of kind {}; ai routes stream only from providers speaking OpenAI's chat completions (openai, openai_compatible) for now",
+                provider.name, provider.kind_name
+            ),
+        );
+    } else {
+        match translate_request(&raw, &model, output_bound).and_then(|r| {
+            fleetgate_ai::wire::chat_call(kind, &provider.base_url, &r, false)
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(call) => Some(call),
+            Err(m) => return error(StatusCode::BAD_REQUEST, "AI_REQUEST_UNSUPPORTED", &m),
+        }
+    };
 
     // 3. Budgets.
     let applicable: Vec<&Arc<BudgetRt>> = {
@@ -721,13 +786,15 @@ pub(crate) async fn forward(
         input_estimate: input_bound.div_ceil(4),
         done: false,
     };
-    let mut req = client
-        .post(format!("{}/chat/completions", provider.base_url))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(out);
-    if let Some(a) = &provider.auth {
-        req = req.header(header::AUTHORIZATION, a.clone());
+    if let Some(call) = translated {
+        return relay_translated(pending, &client, &provider, kind, call, &model).await;
     }
+    let mut req = provider.authorized(
+        client
+            .post(format!("{}/chat/completions", provider.base_url))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(out),
+    );
     if streamed {
         req = req.header(header::ACCEPT, "text/event-stream");
     }
@@ -816,6 +883,226 @@ pub(crate) async fn forward(
 
 /// A request that never got an answer: its reservations released, its usage
 /// record (nothing generated; the prompt estimated) sent, the gateway's error.
+/// An OpenAI chat request as Fleetgate's provider-neutral [`ChatRequest`]:
+/// system (and developer) messages become the system prompt, user and
+/// assistant messages the conversation; text only (a string, or `text`
+/// parts), one choice, no tools.
+pub fn translate_request(
+    raw: &[u8],
+    model: &str,
+    max_tokens: u64,
+) -> Result<fleetgate_ai::ChatRequest, String> {
+    use fleetgate_ai::{ChatMessage, ChatRequest, MessageRole};
+    let doc: serde_json::Map<String, Value> = match serde_json::from_slice(raw) {
+        Ok(Value::Object(o)) => o,
+        _ => return Err("the request body must be a JSON object".into()),
+    };
+    for field in ["tools", "functions", "tool_choice", "logprobs", "audio"] {
+        if doc.get(field).is_some_and(|v| !v.is_null()) {
+            return Err(format!(
+                "{field}: not relayed to this provider (only text chat is, for now)"
+            ));
+        }
+    }
+    if doc.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Err("n: this provider answers one choice".into());
+    }
+    let Some(messages) = doc.get("messages").and_then(Value::as_array) else {
+        return Err("messages: must be a list of messages".into());
+    };
+    let mut system: Vec<String> = Vec::new();
+    let mut conversation = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let text = match m.get("content") {
+            Some(Value::String(t)) => t.clone(),
+            Some(Value::Array(parts)) => {
+                let mut t = String::new();
+                for (j, p) in parts.iter().enumerate() {
+                    match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                        (Some("text") | None, Some(x)) => t.push_str(x),
+                        _ => {
+                            return Err(format!(
+                                "messages[{i}].content[{j}]: only text parts are relayed to this provider"
+                            ))
+                        }
+                    }
+                }
+                t
+            }
+            _ => return Err(format!("messages[{i}].content: must be text")),
+        };
+        match m.get("role").and_then(Value::as_str) {
+            Some("system" | "developer") => system.push(text),
+            Some("user") => conversation.push(ChatMessage {
+                role: MessageRole::User,
+                content: text,
+            }),
+            Some("assistant") => conversation.push(ChatMessage {
+                role: MessageRole::Assistant,
+                content: text,
+            }),
+            _ => {
+                return Err(format!(
+                    "messages[{i}].role: must be system, developer, user or assistant for this provider"
+                ))
+            }
+        }
+    }
+    if conversation.is_empty() {
+        return Err("messages: must hold a user message".into());
+    }
+    let temperature = match doc.get("temperature") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_f64()
+                .filter(|t| (0.0..=2.0).contains(t))
+                .ok_or("temperature: must be a number from 0 to 2")? as f32,
+        ),
+    };
+    let json_output = doc
+        .get("response_format")
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t == "json_object" || t == "json_schema");
+    Ok(ChatRequest {
+        model: model.to_string(),
+        system: (!system.is_empty()).then(|| system.join("\n\n")),
+        messages: conversation,
+        max_tokens: Some(u32::try_from(max_tokens).unwrap_or(u32::MAX)),
+        temperature,
+        json_output,
+    })
+}
+
+/// An OpenAI answer (`convert` on a success), or the provider's error in
+/// OpenAI's error shape, with the provider's status.
+fn translated_answer(
+    status: StatusCode,
+    kind: ProviderKind,
+    body: &[u8],
+    convert: impl FnOnce(&[u8]) -> Option<Value>,
+) -> Response<ProxyBody> {
+    let (status, v) = if status.is_success() {
+        match convert(body) {
+            Some(v) => (status, v),
+            None => (
+                StatusCode::BAD_GATEWAY,
+                json!({"error": {"message": format!("the {kind} provider's answer could not be read"), "type": "provider_error", "code": "AI_PROVIDER_MALFORMED"}}),
+            ),
+        }
+    } else {
+        (
+            status,
+            json!({"error": {"message": fleetgate_ai::wire::error_message(body), "type": "provider_error", "code": "AI_PROVIDER_ERROR"}}),
+        )
+    };
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(v.to_string()))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A completion in OpenAI's chat completion shape.
+fn openai_completion(c: &fleetgate_ai::Completion) -> Value {
+    let u = &c.usage;
+    json!({
+        "id": c.response_id.clone().unwrap_or_else(|| format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())),
+        "object": "chat.completion",
+        "created": fleetgate_core::time::now_ms() / 1000,
+        "model": c.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
+                     "finish_reason": c.finish_reason.as_str()}],
+        "usage": {"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
+                  "total_tokens": u.total_tokens(),
+                  "prompt_tokens_details": {"cached_tokens": u.cached_input_tokens},
+                  "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens}},
+    })
+}
+
+/// Sends a request written for an Anthropic or Gemini provider and answers
+/// in OpenAI's shape, metered from the provider's own usage.
+async fn relay_translated(
+    mut pending: Pending,
+    client: &reqwest::Client,
+    provider: &ProviderRt,
+    kind: ProviderKind,
+    call: fleetgate_ai::wire::ChatCall,
+    model: &str,
+) -> Response<ProxyBody> {
+    let req = provider.authorized(client.post(&call.url).json(&call.body));
+    let answer = tokio::time::timeout(provider.timeout, async {
+        let resp = req.send().await?;
+        let status = resp.status();
+        resp.bytes().await.map(|b| (status, b))
+    })
+    .await;
+    let (status, bytes) = match answer {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            tracing::warn!(provider = %provider.name, error = %e, "AI provider unreachable");
+            return failed(
+                pending,
+                StatusCode::BAD_GATEWAY,
+                "AI_PROVIDER_UNREACHABLE",
+                &format!("AI provider {} could not be reached", provider.name),
+            );
+        }
+        Err(_) => {
+            return failed(
+                pending,
+                StatusCode::GATEWAY_TIMEOUT,
+                "AI_PROVIDER_TIMEOUT",
+                &format!("AI provider {} did not answer in time", provider.name),
+            );
+        }
+    };
+    pending.record.status = status.as_u16();
+    if !status.is_success() {
+        pending.fail(status);
+        return translated_answer(status, kind, &bytes, |_| None);
+    }
+    match fleetgate_ai::wire::parse_completion(kind, &bytes, model) {
+        Ok(c) => {
+            let reported = c.usage.input_tokens > 0 || c.usage.output_tokens > 0;
+            let usage = if reported {
+                c.usage
+            } else {
+                fleetgate_ai::Usage {
+                    input_tokens: pending.input_estimate,
+                    output_tokens: (c.text.len() as u64).div_ceil(4),
+                    ..Default::default()
+                }
+            };
+            pending.finish(Metered {
+                usage,
+                estimated: !reported,
+                ending: meter::Ending::Complete,
+                model: Some(c.model.clone()).filter(|m| !m.is_empty()),
+            });
+            translated_answer(status, kind, &bytes, |_| Some(openai_completion(&c)))
+        }
+        Err(e) => {
+            tracing::warn!(provider = %provider.name, error = %e, "AI provider answer unreadable");
+            // Something was generated and may be billed: priced as estimated.
+            pending.record.status = StatusCode::BAD_GATEWAY.as_u16();
+            pending.finish(Metered {
+                usage: fleetgate_ai::Usage {
+                    input_tokens: pending.input_estimate,
+                    output_tokens: (bytes.len() as u64).div_ceil(4),
+                    ..Default::default()
+                },
+                estimated: true,
+                ending: meter::Ending::Cut,
+                model: None,
+            });
+            translated_answer(StatusCode::OK, kind, &bytes, |_| None)
+        }
+    }
+}
+
 fn failed(
     mut pending: Pending,
     status: StatusCode,
@@ -897,7 +1184,57 @@ mod tests {
         }
     }
 
+    #[test]
+    fn openai_requests_translate_to_text_chat() {
+        let r = translate_request(
+            br#"{"model":"m","temperature":0.5,"response_format":{"type":"json_object"},"messages":[
+                {"role":"system","content":"a"},{"role":"developer","content":"b"},
+                {"role":"user","content":[{"type":"text","text":"x"},{"text":"y"}]},
+                {"role":"assistant","content":"z"}]}"#,
+            "m",
+            300,
+        )
+        .expect("translated");
+        assert_eq!(r.system.as_deref(), Some("a\n\nb"));
+        assert_eq!(r.messages.len(), 2);
+        assert_eq!(r.messages[0].content, "xy");
+        assert_eq!((r.max_tokens, r.json_output), (Some(300), true));
+        for (body, field) in [
+            (
+                &br#"{"messages":[{"role":"tool","content":"x"}]}"#[..],
+                "messages[0].role",
+            ),
+            (
+                br#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
+                "messages[0].content[0]",
+            ),
+            (
+                br#"{"messages":[{"role":"system","content":"only"}]}"#,
+                "user message",
+            ),
+            (
+                br#"{"messages":[{"role":"user","content":"x"}],"n":2}"#,
+                "n:",
+            ),
+            (
+                br#"{"messages":[{"role":"user","content":"x"}],"temperature":9}"#,
+                "temperature",
+            ),
+            (br#"{"tools":[],"messages":[]}"#, "tools"),
+            (br#"{}"#, "messages"),
+        ] {
+            let e = translate_request(body, "m", 1).expect_err("refused");
+            assert!(e.contains(field), "{e}");
+        }
+    }
+
     proptest! {
+        /// Any bytes given to the translation: a request or a refusal, never a panic.
+        #[test]
+        fn any_body_translates_or_is_refused(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = translate_request(&raw, "m", 10);
+        }
+
         /// Any bytes: an answer, never a panic; whatever is accepted goes
         /// out as a JSON object with a token limit, asking for usage when
         /// streamed, and its output bound covers every choice.

@@ -482,22 +482,93 @@ async fn callers_models_and_bodies_are_checked_before_anything_is_sent() {
 }
 
 #[tokio::test]
-async fn an_anthropic_provider_is_refused_naming_what_is_supported() {
+async fn anthropic_and_gemini_providers_answer_whole_requests_in_openai_shape() {
     let s = setup(&[]).await;
-    s.app
-        .post_ok(
-            "/api/v1/ai/providers",
-            json!({"name": "claude", "kind": "anthropic", "base_url": s.fake.url(), "api_key": PROVIDER_KEY}),
-        )
-        .await;
-    s.app
-        .post_ok(
-            "/api/v1/routes",
-            json!({"id": "claude", "path": "/claude", "ai": {"provider": "claude"}}),
-        )
-        .await;
+    for (name, kind, base, model) in [
+        ("claude", "anthropic", s.fake.url(), "claude-sonnet-4"),
+        ("gemini", "gemini", s.fake.url(), "gemini-2.0-flash"),
+    ] {
+        s.app
+            .post_ok(
+                "/api/v1/ai/providers",
+                json!({"name": name, "kind": kind, "base_url": base, "api_key": PROVIDER_KEY, "default_model": model}),
+            )
+            .await;
+        s.app
+            .post_ok(
+                "/api/v1/routes",
+                json!({"id": name, "path": format!("/{name}"), "ai": {"provider": name}}),
+            )
+            .await;
+    }
     s.app.settle().await;
     settle_ai(&s.app).await;
+    let mut costs = 0;
+    for (name, model, header) in [
+        ("claude", "claude-sonnet-4", "x-api-key"),
+        ("gemini", "gemini-2.0-flash", "x-goog-api-key"),
+    ] {
+        let usage = FakeUsage {
+            input: 700,
+            output: 120,
+            cached: 200,
+            ..Default::default()
+        };
+        s.fake
+            .push(Reply::text(format!("hi from {name}")).usage(usage));
+        let before = s.fake.requests().len();
+        let r = client()
+            .post(s.app.gw(&format!("/{name}/v1/chat/completions")))
+            .bearer_auth(&s.key)
+            .json(&json!({"model": model, "max_tokens": 200, "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hello"}]}]}))
+            .send()
+            .await
+            .expect("post");
+        let v: Value = expect_ok(r).await.json().await.expect("json");
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            format!("hi from {name}")
+        );
+        assert_eq!(v["usage"]["prompt_tokens"], 700);
+        assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 200);
+        let sent = &s.fake.requests()[before];
+        assert_eq!(
+            sent.headers[header], PROVIDER_KEY,
+            "{name} got its own key header"
+        );
+        assert!(!format!("{sent:?}").contains(&s.key));
+        costs += cost(model, usage);
+
+        // Streams and tools are not translated (yet): refused naming why.
+        let r = client()
+            .post(s.app.gw(&format!("/{name}/v1/chat/completions")))
+            .bearer_auth(&s.key)
+            .json(&chat(model, 1, json!({"stream": true})))
+            .send()
+            .await
+            .expect("post");
+        let e = expect_error(r, StatusCode::BAD_REQUEST, "AI_PROVIDER_UNSUPPORTED").await;
+        assert!(
+            e["error"]
+                .as_str()
+                .expect("msg")
+                .contains("openai_compatible"),
+            "{e}"
+        );
+        let r = client()
+            .post(s.app.gw(&format!("/{name}/v1/chat/completions")))
+            .bearer_auth(&s.key)
+            .json(&chat(model, 1, json!({"tools": [{"type": "function"}]})))
+            .send()
+            .await
+            .expect("post");
+        expect_error(r, StatusCode::BAD_REQUEST, "AI_REQUEST_UNSUPPORTED").await;
+    }
+    // The provider's refusal comes back in OpenAI's error shape.
+    s.fake.push(Reply::error(429, "slow down"));
     let r = client()
         .post(s.app.gw("/claude/v1/chat/completions"))
         .bearer_auth(&s.key)
@@ -505,14 +576,11 @@ async fn an_anthropic_provider_is_refused_naming_what_is_supported() {
         .send()
         .await
         .expect("post");
-    let e = expect_error(r, StatusCode::BAD_REQUEST, "AI_PROVIDER_UNSUPPORTED").await;
-    assert!(
-        e["error"]
-            .as_str()
-            .expect("msg")
-            .contains("openai_compatible"),
-        "{e}"
-    );
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["message"], "slow down");
+    let v = usage_with(&s.app, 3, "").await;
+    assert_eq!(v["totals"]["cost_micros"].as_i64(), Some(costs));
     s.app.stop().await;
 }
 
