@@ -563,7 +563,7 @@ pub(crate) async fn forward(
             StatusCode::SERVICE_UNAVAILABLE,
             "AI_PROVIDER_UNAVAILABLE",
             &format!(
-                "AI provider {:?} is not configured or is disabled",
+                "AI provider {:?} is not available here: it is not configured or is disabled, or this data plane is a remote edge (ai routes are served by the built-in gateway of the manager's process only, for now)",
                 ai.provider
             ),
         );
