@@ -62,6 +62,11 @@ pub struct ApiSettings {
     /// under `/api/namespace/` has its own limit); 0 turns the limit off.
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1_000_000))]
     pub rate_limit_per_minute: u32,
+    /// Requests per minute per signed-in dashboard session: the dashboard's own
+    /// pages (live views, detail pages in several tabs) need more than an
+    /// automation key; 0 turns the limit off for sessions.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1_000_000))]
+    pub session_rate_limit_per_minute: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +225,7 @@ impl Default for ApiSettings {
     fn default() -> Self {
         Self {
             rate_limit_per_minute: 100,
+            session_rate_limit_per_minute: 1200,
         }
     }
 }
@@ -259,6 +265,12 @@ impl Settings {
         if self.api.rate_limit_per_minute > 1_000_000 {
             e.push(
                 "api.rate_limit_per_minute",
+                "must be at most 1000000 (0 turns the limit off)",
+            );
+        }
+        if self.api.session_rate_limit_per_minute > 1_000_000 {
+            e.push(
+                "api.session_rate_limit_per_minute",
                 "must be at most 1000000 (0 turns the limit off)",
             );
         }

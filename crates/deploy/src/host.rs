@@ -764,6 +764,18 @@ impl Deployments {
             let kind = self.choose(&loaded.meta, &loaded.compose).await;
             self.by_kind(kind).stop(name).await?;
         }
+        // The release that served says it no longer does.
+        if let Ok(all) = self.releases(name).await {
+            for mut r in all {
+                if r.state == ReleaseState::Live {
+                    r.state = ReleaseState::Stopped;
+                    r.ended_at = Some(now_ms());
+                    if let Err(e) = self.save_release(name, &r).await {
+                        tracing::warn!(deployment = %name, error = %e, "a release's record could not be saved");
+                    }
+                }
+            }
+        }
         match first_error {
             Some(e) => Err(e.into()),
             None => Ok(()),
@@ -919,10 +931,10 @@ impl Deployments {
         write_whole(&dir.join(COMPOSE_FILE), loaded.compose_text.as_bytes()).await?;
         write_whole(&dir.join(SERVICE_FILE), loaded.service_text.as_bytes()).await?;
         self.save_release(name, &release).await?;
-        // Old releases go, except the one serving.
+        // Old releases go, except the one serving (or that served until a stop).
         let serving = releases
             .iter()
-            .find(|r| r.state == ReleaseState::Live)
+            .find(|r| matches!(r.state, ReleaseState::Live | ReleaseState::Stopped))
             .map(|r| r.number);
         for old in releases.iter().skip(KEEP_RELEASES - 1) {
             if Some(old.number) != serving {
@@ -948,10 +960,13 @@ impl Deployments {
             Ok(()) => {
                 release.state = ReleaseState::Live;
                 release.live_at = Some(now);
+                release.ended_at = None;
                 release.error = None;
                 if let Ok(all) = self.releases(name).await {
                     for mut r in all {
-                        if r.number != release.number && r.state == ReleaseState::Live {
+                        if r.number != release.number
+                            && matches!(r.state, ReleaseState::Live | ReleaseState::Stopped)
+                        {
                             r.state = ReleaseState::Replaced;
                             r.ended_at = Some(now);
                             let _ = self.save_release(name, &r).await;
@@ -1039,6 +1054,9 @@ pub enum ReleaseState {
     Failed,
     /// Served, then replaced by a newer release.
     Replaced,
+    /// Was serving when the deployment was stopped; serves again (live) when
+    /// the deployment starts with the same files.
+    Stopped,
 }
 
 /// One release of a deployment: a version of its files that was started.

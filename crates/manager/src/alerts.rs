@@ -62,6 +62,14 @@ use tokio::sync::watch;
 /// Called once per metric rule per second from the evaluator task: must not block.
 pub trait MetricReader: Send + Sync {
     fn value(&self, metric: &str, route: Option<&str>, upstream: Option<&str>) -> Option<f64>;
+
+    /// Whether the state an event announced still holds now: `Some(true)` while
+    /// the breaker of the upstream a `circuit_breaker.opened` reported is not
+    /// closed. `None` when this reader cannot tell (another event type, no data
+    /// plane in this process).
+    fn still_holds(&self, _event_type: &str, _upstream: Option<&str>) -> Option<bool> {
+        None
+    }
 }
 
 /// How often rules are reloaded, metric rules evaluated and quiet event rules cleared.
@@ -80,6 +88,69 @@ struct Seen {
     at: i64,
     event_type: String,
     message: String,
+    route: Option<String>,
+    upstream: Option<String>,
+    node: Option<String>,
+}
+
+impl Seen {
+    fn of(r: &EventRecord) -> Self {
+        Seen {
+            id: r.id,
+            at: r.event.created_at,
+            event_type: r.event.event_type.clone(),
+            message: r.event.message.clone(),
+            route: r.event.route_id.clone(),
+            upstream: r.event.upstream.clone(),
+            node: r.event.node_id.clone(),
+        }
+    }
+
+    /// What the event is about: `upstream shop`, `route api`, `node edge-1`.
+    fn subject(&self) -> Option<String> {
+        if let Some(u) = &self.upstream {
+            Some(format!("upstream {u}"))
+        } else if let Some(r) = &self.route {
+            Some(format!("route {r}"))
+        } else {
+            self.node.as_ref().map(|n| format!("node {n}"))
+        }
+    }
+}
+
+/// An incident's title: the rule's name and what fired it, naming the routes,
+/// upstreams or nodes of the events that did (`Breakers: circuit_breaker.opened
+/// on upstream shop`), not only the condition.
+fn incident_title(rule: &AlertRuleRecord, what: &str, trigger: &[Seen]) -> String {
+    let mut types: Vec<&str> = Vec::new();
+    let mut subjects: Vec<String> = Vec::new();
+    for s in trigger {
+        if !types.contains(&s.event_type.as_str()) {
+            types.push(&s.event_type);
+        }
+        if let Some(x) = s.subject() {
+            if !subjects.contains(&x) {
+                subjects.push(x);
+            }
+        }
+    }
+    if subjects.is_empty() {
+        return cut(&format!("{}: {what}", rule.name), 200);
+    }
+    let shown = subjects
+        .iter()
+        .take(3)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = match subjects.len() {
+        n if n > 3 => format!(" and {} more", n - 3),
+        _ => String::new(),
+    };
+    cut(
+        &format!("{}: {} on {shown}{more}", rule.name, types.join(", ")),
+        200,
+    )
 }
 
 enum Eval {
@@ -109,6 +180,21 @@ struct Tracked {
     needs_open: bool,
     /// The last metric value read (metric rules).
     last_value: Option<f64>,
+    /// An event rule whose window went quiet while the state its events
+    /// announced still holds (a breaker still open): its incident stays open
+    /// until that state ends.
+    deferred: bool,
+}
+
+impl Tracked {
+    /// The first remembered event whose announced state still holds, per `reader`.
+    fn holding(&self, reader: Option<&dyn MetricReader>) -> Option<&Seen> {
+        let reader = reader?;
+        self.seen
+            .iter()
+            .rev()
+            .find(|s| reader.still_holds(&s.event_type, s.upstream.as_deref()) == Some(true))
+    }
 }
 
 /// The evaluator's state: every enabled rule with its state machine.
@@ -214,6 +300,7 @@ impl Evaluator {
                     linked: 0,
                     needs_open: false,
                     last_value: None,
+                    deferred: false,
                 },
             );
         }
@@ -258,12 +345,7 @@ impl Evaluator {
                 page.items
                     .into_iter()
                     .filter(|r| c.matches(&r.event))
-                    .map(|r| Seen {
-                        id: r.id,
-                        at: r.event.created_at,
-                        event_type: r.event.event_type,
-                        message: r.event.message,
-                    }),
+                    .map(|r| Seen::of(&r)),
             );
             if n < RECOUNT_PAGE {
                 break;
@@ -290,12 +372,7 @@ impl Evaluator {
             let Eval::Event(w) = &mut t.eval else {
                 continue;
             };
-            let seen = Seen {
-                id: e.id,
-                at: e.event.created_at,
-                event_type: e.event.event_type.clone(),
-                message: e.event.message.clone(),
-            };
+            let seen = Seen::of(e);
             let was_firing = w.is_firing();
             let transition = w.observe(e.id, e.event.created_at, now);
             if !t.seen.iter().any(|s| s.id == e.id) {
@@ -305,11 +382,16 @@ impl Evaluator {
                 }
             }
             match transition {
+                // Quiet but held open: the same incident goes on.
+                Transition::Fire if t.deferred => {
+                    t.deferred = false;
+                    self.link(&id, &seen).await;
+                }
                 Transition::Fire => {
                     t.needs_open = true;
                     self.open(&id, now).await;
                 }
-                _ if was_firing => self.link(&id, &seen).await,
+                _ if was_firing || t.deferred => self.link(&id, &seen).await,
                 _ => {}
             }
         }
@@ -336,14 +418,59 @@ impl Evaluator {
                 (Eval::Metric(_), AlertCondition::Event(_)) => Transition::Stay,
             };
             match transition {
+                Transition::Fire if t.deferred => t.deferred = false,
                 Transition::Fire => {
                     t.needs_open = true;
                     self.open(&id, now).await;
                 }
-                Transition::Clear => self.clear(&id, now).await,
+                Transition::Clear => {
+                    let held = t.incident.as_ref().and_then(|_| t.holding(reader)).cloned();
+                    match held {
+                        // The window is quiet but what its events reported is
+                        // not over (the breaker is still open): keep the
+                        // incident, and say so on its timeline once.
+                        Some(seen) => {
+                            t.deferred = true;
+                            self.note_held(&id, &seen, now).await;
+                        }
+                        None => self.clear(&id, now).await,
+                    }
+                }
+                Transition::Stay if t.deferred => {
+                    if t.holding(reader).is_none() {
+                        t.deferred = false;
+                        self.clear(&id, now).await;
+                    }
+                }
                 Transition::Stay if t.needs_open && t.eval.is_firing() => self.open(&id, now).await,
                 Transition::Stay => {}
             }
+        }
+    }
+
+    /// A timeline note on the rule's incident: it stays open while `seen`'s state holds.
+    async fn note_held(&mut self, id: &str, seen: &Seen, now: i64) {
+        let Some(incident) = self.rules.get(id).and_then(|t| t.incident.clone()) else {
+            return;
+        };
+        let what = match (seen.event_type.as_str(), seen.subject()) {
+            ("circuit_breaker.opened", Some(s)) => {
+                format!("the circuit breaker of {s} is still open")
+            }
+            (t, Some(s)) => format!("{t} on {s} still holds"),
+            (t, None) => format!("{t} still holds"),
+        };
+        let entry = NewTimelineEntry::note(
+            now,
+            format!("no new matching event, but {what}: the incident stays open until it ends"),
+            "system",
+        );
+        if let Err(e) = self
+            .store
+            .append_incident_timeline(&system(), &incident, &[entry], None)
+            .await
+        {
+            tracing::warn!(error = %e, incident = %incident, "could not note a held incident");
         }
     }
 
@@ -377,7 +504,7 @@ impl Evaluator {
         let incident_id = uuid::Uuid::new_v4().to_string();
         let record = IncidentRecord {
             id: incident_id.clone(),
-            title: cut(&format!("{}: {what}", rule.name), 200),
+            title: incident_title(&rule, &what, &trigger),
             status: IncidentStatus::Open,
             severity: rule.severity,
             rule_id: Some(rule.id.clone()),
@@ -922,5 +1049,119 @@ mod tests {
             .expect("disable");
         ev.reload(last + 11_000).await.expect("reload");
         assert!(ev.rules.is_empty());
+    }
+
+    /// Breaker states as a data plane would report them.
+    #[derive(Default)]
+    struct Breakers(Mutex<Vec<String>>);
+
+    impl MetricReader for Breakers {
+        fn value(&self, _: &str, _: Option<&str>, _: Option<&str>) -> Option<f64> {
+            None
+        }
+        fn still_holds(&self, event_type: &str, upstream: Option<&str>) -> Option<bool> {
+            (event_type == "circuit_breaker.opened").then(|| {
+                let open = self.0.lock().expect("lock");
+                upstream.is_some_and(|u| open.iter().any(|o| o == u))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_breaker_incident_names_its_upstream_and_stays_open_while_the_breaker_does() {
+        let (s, _dir) = store().await;
+        let sink = Arc::new(Collect::default());
+        let t0 = now_ms();
+        s.create_alert_rule(
+            &Actor::system(),
+            &rule(
+                "b1",
+                AlertCondition::Event(EventCondition {
+                    kind: EventKind::Event,
+                    event_type: "circuit_breaker.opened".into(),
+                    count: 1,
+                    window_secs: 5,
+                    filter: EventRuleFilter::default(),
+                }),
+                t0,
+            ),
+        )
+        .await
+        .expect("rule");
+        let mut ev = Evaluator::new(s.clone(), sink.clone());
+        ev.reload(t0).await.expect("reload");
+        let mut opened =
+            NewEvent::new("circuit_breaker.opened", Severity::Critical, "opened").upstream("shop");
+        opened.created_at = t0 + 1;
+        let stored = s.insert_events(&[opened]).await.expect("event");
+        ev.on_event(&stored[0], t0 + 1).await;
+        assert!(ev.is_firing("b1"));
+        let incident = s
+            .active_incident_of_rule("b1")
+            .await
+            .expect("read")
+            .expect("open");
+        assert_eq!(
+            incident.title,
+            "rule b1: circuit_breaker.opened on upstream shop"
+        );
+
+        // The window goes quiet while the breaker is still open: no resolve.
+        let reader = Breakers::default();
+        reader.0.lock().expect("lock").push("shop".into());
+        ev.tick(t0 + 6_001, Some(&reader)).await;
+        ev.tick(t0 + 7_000, Some(&reader)).await;
+        assert_eq!(sink.types(), vec!["alert.fired"]);
+        let still = s
+            .active_incident_of_rule("b1")
+            .await
+            .expect("read")
+            .expect("still open");
+        assert_eq!(still.id, incident.id);
+        let notes: Vec<String> = s
+            .incident_timeline(&incident.id)
+            .await
+            .expect("timeline")
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert!(
+            notes
+                .iter()
+                .any(|m| m.contains("the circuit breaker of upstream shop is still open")),
+            "{notes:?}"
+        );
+        assert_eq!(
+            notes.iter().filter(|m| m.contains("still open")).count(),
+            1,
+            "noted once: {notes:?}"
+        );
+        // The breaker closes: resolved at the next evaluation.
+        reader.0.lock().expect("lock").clear();
+        ev.tick(t0 + 8_000, Some(&reader)).await;
+        assert_eq!(sink.types(), vec!["alert.fired", "alert.resolved"]);
+        assert!(s
+            .active_incident_of_rule("b1")
+            .await
+            .expect("read")
+            .is_none());
+
+        // Without a reader that can tell (no data plane here), a quiet window
+        // resolves as before.
+        let mut again =
+            NewEvent::new("circuit_breaker.opened", Severity::Critical, "again").upstream("cart");
+        again.created_at = t0 + 9_000;
+        let stored = s.insert_events(&[again]).await.expect("event");
+        ev.on_event(&stored[0], t0 + 9_000).await;
+        ev.tick(t0 + 14_001, None).await;
+        assert_eq!(
+            sink.types(),
+            vec![
+                "alert.fired",
+                "alert.resolved",
+                "alert.fired",
+                "alert.resolved"
+            ]
+        );
     }
 }

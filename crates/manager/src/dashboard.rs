@@ -39,6 +39,8 @@ static ASSETS: &[Asset] = assets![
     "js/api.js" => JS,
     "js/app.js" => JS,
     "js/chart.js" => JS,
+    "js/history.js" => JS,
+    "js/search.js" => JS,
     "js/live.js" => JS,
     "js/ui.js" => JS,
     "js/pages/alert-rules.js" => JS,
@@ -58,6 +60,10 @@ static ASSETS: &[Asset] = assets![
     "js/pages/routes.js" => JS,
     "js/pages/upstreams.js" => JS,
     "js/pages/breakers.js" => JS,
+    // Administration pages.
+    "js/pages/certificates.js" => JS,
+    "js/pages/audit.js" => JS,
+    "js/pages/backups.js" => JS,
     "js/pages/revisions.js" => JS,
     // Fleet views.
     "js/pages/nodes.js" => JS,

@@ -90,32 +90,42 @@ pub async fn track_metrics(State(state): State<AppState>, req: Request, next: Ne
 
 /// The admin API rate limit on `/api/*` except the agent sync API, keyed by API key,
 /// session or client IP, with `X-RateLimit-*` headers on every response it covers.
+/// API keys and anonymous callers get `api.rate_limit_per_minute`, dashboard
+/// sessions `api.session_rate_limit_per_minute`.
 pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     // The agent sync API counts per token under its own limit (see `api::flecto`).
     let path = req.uri().path();
     if !path.starts_with("/api/") || path.starts_with(crate::api::flecto::SYNC_PREFIX) {
         return next.run(req).await;
     }
-    let limit = state.settings().api.rate_limit_per_minute;
-    if limit == 0 {
+    let api = state.settings().api.clone();
+    if api.rate_limit_per_minute == 0 && api.session_rate_limit_per_minute == 0 {
         return next.run(req).await;
     }
     let (mut parts, body) = req.into_parts();
     // Resolve the caller once; the auth layer reuses it. Bad credentials are
-    // rejected there, here they only mean "count by IP".
-    let key = match authenticate(&state, &parts).await {
+    // rejected there, here they only mean "count by IP". Signed-in dashboard
+    // sessions count under their own allowance.
+    let (key, limit) = match authenticate(&state, &parts).await {
         Ok(Some(ctx)) => {
-            let key = match &ctx.credential {
-                Credential::ApiKey(k) => format!("key:{}", k.id),
-                Credential::Session { token_hash } => {
-                    format!("session:{}", &token_hash[..16.min(token_hash.len())])
-                }
+            let counted = match &ctx.credential {
+                Credential::ApiKey(k) => (format!("key:{}", k.id), api.rate_limit_per_minute),
+                Credential::Session { token_hash } => (
+                    format!("session:{}", &token_hash[..16.min(token_hash.len())]),
+                    api.session_rate_limit_per_minute,
+                ),
             };
             parts.extensions.insert(Arc::new(ctx));
-            key
+            counted
         }
-        Ok(None) | Err(_) => format!("ip:{}", client_ip(&parts)),
+        Ok(None) | Err(_) => (
+            format!("ip:{}", client_ip(&parts)),
+            api.rate_limit_per_minute,
+        ),
     };
+    if limit == 0 {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
     let d = state.limiter.check(&key, limit, now_ms()).await;
     let mut resp = if d.allowed {
         next.run(Request::from_parts(parts, body)).await

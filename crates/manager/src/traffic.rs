@@ -174,6 +174,19 @@ impl crate::alerts::MetricReader for SnapshotReader {
     fn value(&self, metric: &str, route: Option<&str>, upstream: Option<&str>) -> Option<f64> {
         self.0.borrow().value(metric, route, upstream)
     }
+
+    fn still_holds(&self, event_type: &str, upstream: Option<&str>) -> Option<bool> {
+        let snap = self.0.borrow();
+        if !snap.data_plane || event_type != "circuit_breaker.opened" {
+            return None;
+        }
+        let upstream = upstream?;
+        Some(
+            snap.breakers
+                .iter()
+                .any(|b| b.upstream == upstream && b.state != "closed"),
+        )
+    }
 }
 
 fn per_second(n: u64, secs: f64) -> f64 {

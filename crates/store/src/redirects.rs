@@ -292,6 +292,14 @@ pub trait RedirectStore: Send + Sync {
         project_id: &str,
         id: i64,
     ) -> Result<Option<RuleRow>>;
+    /// The rule of the working set whose key (a redirect's source, a page's path)
+    /// is `key`; a rule deleted in the draft is not in the working set.
+    async fn rule_by_key(
+        &self,
+        table: RuleTable,
+        project_id: &str,
+        key: &str,
+    ) -> Result<Option<RuleRow>>;
     /// Adds a draft rule; its key must not be in the working set.
     async fn create_rule(
         &self,
@@ -1112,6 +1120,18 @@ impl RedirectStore for SqlStore {
     ) -> Result<Option<RuleRow>> {
         let mut conn = self.pool.acquire().await?;
         get_rule_in(&mut conn, table, project_id, id).await
+    }
+
+    async fn rule_by_key(
+        &self,
+        table: RuleTable,
+        project_id: &str,
+        key: &str,
+    ) -> Result<Option<RuleRow>> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(get_rule_by_key(&mut conn, table, project_id, key)
+            .await?
+            .filter(|r| r.state != DraftState::Deleted))
     }
 
     async fn create_rule(

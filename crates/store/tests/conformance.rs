@@ -1227,6 +1227,13 @@ async fn rule_drafts_publish_and_discard(s: &SqlStore) {
         .create_rule(&actor(), t, &p.id, &rd("BASIC", "/c", "/x"))
         .await
         .expect("c");
+    // Looked up by key: the working set only (a rule deleted in the draft is gone).
+    let by_key = s.rule_by_key(t, &p.id, "/c").await.expect("by key");
+    assert_eq!(by_key.map(|r| r.id), Some(c.id));
+    let gone = s.rule_by_key(t, &p.id, "^/b/(.*)$").await.expect("by key");
+    assert!(gone.is_none(), "deleted in the draft: {gone:?}");
+    let absent = s.rule_by_key(t, &p.id, "/nope").await.expect("by key");
+    assert!(absent.is_none());
     let drafts = s.drafts(&p.id, 10).await.expect("drafts");
     assert_eq!(
         (

@@ -12,11 +12,11 @@ use serde_json::{json, Value};
 
 use crate::support::{expect_error, send, spawn_app, TestApp};
 
-const KEY: &str = "sk-live-0123456789abcdefWXYZ";
-const ROUTE_SECRET: &str = "Bearer route-sekrit-4242";
+pub(crate) const KEY: &str = "sk-live-0123456789abcdefWXYZ";
+pub(crate) const ROUTE_SECRET: &str = "Bearer route-sekrit-4242";
 
 /// The fake provider, made the default provider.
-async fn with_provider(app: &TestApp) -> FakeLlm {
+pub(crate) async fn with_provider(app: &TestApp) -> FakeLlm {
     let fake = FakeLlm::start(Some(KEY)).await;
     let (status, v) = send(
         app,
@@ -33,7 +33,7 @@ async fn with_provider(app: &TestApp) -> FakeLlm {
 }
 
 /// An upstream `api` and a route `orders` whose request headers hold a secret.
-async fn gateway_config(app: &TestApp) {
+pub(crate) async fn gateway_config(app: &TestApp) {
     for (path, body) in [
         (
             "/api/v1/upstreams",
@@ -451,6 +451,258 @@ async fn hostile_model_output_is_refused_and_changes_nothing() {
     assert_eq!(revision_now(&app).await, before, "nothing changed");
     let audit = app.get_json("/api/v1/audit?action=ai.apply").await;
     assert_eq!(audit["total"], 0);
+    app.stop().await;
+}
+
+/// Generates `answer` and expects a checked proposal; returns it.
+async fn proposal(app: &TestApp, fake: &FakeLlm, answer: &Value) -> Value {
+    let r = generate(app, fake, &answer.to_string()).await;
+    let status = r.status();
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(status, StatusCode::OK, "{answer}: {v}");
+    assert_eq!(v["applied"], false);
+    v
+}
+
+async fn apply(app: &TestApp, config: &Value) -> Value {
+    let (status, v) = send(
+        app,
+        Method::POST,
+        "/api/v1/ai/actions/apply",
+        Some(json!({"config": config})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{config}: {v}");
+    assert_eq!(v["applied"], true);
+    v
+}
+
+#[tokio::test]
+async fn every_gateway_action_is_diffed_and_applied_as_one_revision() {
+    let app = spawn_app().await;
+    let fake = with_provider(&app).await;
+    gateway_config(&app).await;
+    let before = revision_now(&app).await;
+    let build = json!({"action": "multiple", "actions": [
+        {"action": "create_upstream", "upstream": {"name": "billing", "targets": [{"url": "http://127.0.0.1:7001"}]}},
+        {"action": "update_upstream", "name": "api", "upstream": {"targets": [{"url": "http://127.0.0.1:7002"}]}},
+        {"action": "update_route", "id": "orders", "route": {"path": "/orders", "upstream": "billing"}},
+        {"action": "create_route", "route": {"id": "pay", "path": "/pay", "upstream": "billing"}}]});
+    let v = proposal(&app, &fake, &build).await;
+    assert_eq!(v["destructive"], false);
+    let changes = v["changes"].to_string();
+    for shown in ["billing", "7001", "7002", "pay"] {
+        assert!(
+            changes.contains(shown),
+            "{shown} not in the diff: {changes}"
+        );
+    }
+    assert_eq!(
+        revision_now(&app).await,
+        before,
+        "generating changed nothing"
+    );
+    let applied = apply(&app, &v["config"]).await;
+    assert!(applied["revision"].as_i64().is_some(), "{applied}");
+    assert_eq!(applied["changes"], v["changes"]);
+    assert_eq!(
+        app.get_json("/api/v1/routes/orders").await["upstream"],
+        "billing"
+    );
+    assert_eq!(
+        app.get_json("/api/v1/routes/pay").await["upstream"],
+        "billing"
+    );
+    let api = app.get_json("/api/v1/upstreams/api").await;
+    assert_eq!(api["targets"][0]["url"], "http://127.0.0.1:7002", "{api}");
+    // update_route replaces the route as PUT does: the header it did not repeat is gone.
+    let orders = app.get_json("/api/v1/routes/orders").await;
+    assert!(!orders.to_string().contains("route-sekrit"), "{orders}");
+
+    // Deleting: destructive, diffed, and applied only when asked.
+    let teardown = json!({"action": "multiple", "actions": [
+        {"action": "delete_route", "id": "pay"},
+        {"action": "delete_route", "id": "orders"},
+        {"action": "delete_upstream", "name": "api"},
+        {"action": "delete_upstream", "name": "billing"}]});
+    let v = proposal(&app, &fake, &teardown).await;
+    assert_eq!(v["destructive"], true);
+    let ops: Vec<&str> = v["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter_map(|c| c["op"].as_str())
+        .collect();
+    assert!(ops.contains(&"remove"), "{ops:?}");
+    let (status, _) = send(&app, Method::GET, "/api/v1/routes/pay", None).await;
+    assert_eq!(status, StatusCode::OK, "not deleted before applying");
+    apply(&app, &v["config"]).await;
+    for path in [
+        "/api/v1/routes/pay",
+        "/api/v1/routes/orders",
+        "/api/v1/upstreams/api",
+        "/api/v1/upstreams/billing",
+    ] {
+        let (status, _) = send(&app, Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let audit = app.get_json("/api/v1/audit?action=ai.apply").await;
+    assert_eq!(audit["total"], 2, "{audit}");
+
+    // An upstream still in use cannot be deleted, even inside a proposal
+    // that deletes something else first: nothing of it is applied.
+    gateway_config(&app).await;
+    let now = revision_now(&app).await;
+    let r = generate(
+        &app,
+        &fake,
+        &json!({"action": "multiple", "actions": [
+            {"action": "create_upstream", "upstream": {"name": "spare", "targets": [{"url": "http://127.0.0.1:7003"}]}},
+            {"action": "delete_upstream", "name": "api"}]})
+        .to_string(),
+    )
+    .await;
+    let e = expect_error(r, StatusCode::BAD_GATEWAY, "AI_ANSWER_INVALID").await;
+    assert!(e.to_string().contains("used by routes"), "{e}");
+    assert_eq!(revision_now(&app).await, now);
+    let (status, _) = send(&app, Method::GET, "/api/v1/upstreams/spare", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+async fn redirects_project(app: &TestApp) {
+    for (path, body) in [
+        ("/api/v1/namespaces", json!({"name": "prod"})),
+        (
+            "/api/v1/namespaces/prod/projects",
+            json!({"name": "site", "hosts": ["site.test"]}),
+        ),
+    ] {
+        let (status, v) = send(app, Method::POST, path, Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+    }
+}
+
+const RULES: &str = "/api/v1/namespaces/prod/projects/site/redirects";
+
+#[tokio::test]
+async fn redirect_actions_are_checked_diffed_and_applied_as_drafts() {
+    let app = spawn_app().await;
+    let fake = with_provider(&app).await;
+    redirects_project(&app).await;
+    let add = json!({"action": "add_redirect", "namespace": "prod", "project": "site",
+        "explanation": "the old blog moved",
+        "redirect": {"type": "BASIC", "source": "/old", "target": "/new", "status": "MOVED_PERMANENT"}});
+    let v = proposal(&app, &fake, &add).await;
+    assert_eq!(v["destructive"], false);
+    assert_eq!(
+        v["changes"],
+        json!([{"op": "add", "path": "/redirects/prod/site/~1old",
+                "after": {"type": "BASIC", "source": "/old", "target": "/new", "status": "MOVED_PERMANENT"}}])
+    );
+    // The model was told which projects there are.
+    let sent = fake.requests().last().expect("request").body.to_string();
+    assert!(
+        sent.contains("redirect_projects") && sent.contains("site.test"),
+        "{sent}"
+    );
+    assert_eq!(
+        app.get_json(RULES).await["total"],
+        0,
+        "generating wrote nothing"
+    );
+
+    let applied = apply(&app, &v["config"]).await;
+    assert_eq!(
+        applied["revision"],
+        Value::Null,
+        "no gateway change: {applied}"
+    );
+    assert_eq!(applied["redirects"][0]["action"], "add_redirect");
+    assert_eq!(applied["redirects"][0]["project"], "prod/site");
+    let rules = app.get_json(RULES).await;
+    assert_eq!(rules["total"], 1, "{rules}");
+    let rule = &rules["items"][0];
+    assert_eq!(
+        (
+            rule["source"].as_str(),
+            rule["target"].as_str(),
+            rule["state"].as_str()
+        ),
+        (Some("/old"), Some("/new"), Some("created")),
+        "a draft, as the redirects API writes it"
+    );
+    assert_eq!(rule["id"], applied["redirects"][0]["id"]);
+    for action in ["redirect.create", "ai.apply.redirect.add"] {
+        let audit = app
+            .get_json(&format!("/api/v1/audit?action={action}"))
+            .await;
+        assert_eq!(audit["total"], 1, "{action}: {audit}");
+    }
+
+    // Hostile or invalid redirect actions: refused with the validation error, nothing written.
+    for (answer, named) in [
+        (add.clone(), "already has a redirect from"),
+        (
+            json!({"action": "add_redirect", "namespace": "prod", "project": "site",
+                   "redirect": {"type": "BASIC", "source": "old", "target": "/new"}}),
+            "config.redirect.source",
+        ),
+        (
+            json!({"action": "add_redirect", "namespace": "prod", "project": "site",
+                   "redirect": {"type": "BASIC", "source": "/a", "target": "/b", "code": 301}}),
+            "code",
+        ),
+        (
+            json!({"action": "add_redirect", "namespace": "prod", "project": "nope",
+                   "redirect": {"type": "BASIC", "source": "/a", "target": "/b"}}),
+            "there is no redirects project prod/nope",
+        ),
+        (
+            json!({"action": "remove_redirect", "namespace": "prod", "project": "site", "source": "*"}),
+            "has no redirect from",
+        ),
+        (
+            json!({"action": "remove_redirect", "namespace": "prod", "project": "site", "id": 1}),
+            "config.id",
+        ),
+        (
+            json!({"action": "multiple", "actions": [
+                {"action": "remove_redirect", "namespace": "prod", "project": "site", "source": "/old"},
+                {"action": "remove_redirect", "namespace": "prod", "project": "site", "source": "/old"}]}),
+            "has no redirect from",
+        ),
+    ] {
+        let r = generate(&app, &fake, &answer.to_string()).await;
+        let e = expect_error(r, StatusCode::BAD_GATEWAY, "AI_ANSWER_INVALID").await;
+        assert!(e.to_string().contains(named), "{answer}: {e}");
+    }
+    assert_eq!(app.get_json(RULES).await["total"], 1);
+
+    // Removing is destructive, shows the rule removed, and happens on apply only.
+    let remove = json!({"action": "remove_redirect", "namespace": "prod", "project": "site", "source": "/old"});
+    let v = proposal(&app, &fake, &remove).await;
+    assert_eq!(v["destructive"], true);
+    assert_eq!(v["changes"][0]["op"], "remove");
+    assert_eq!(v["changes"][0]["before"]["target"], "/new");
+    assert_eq!(app.get_json(RULES).await["total"], 1);
+    apply(&app, &v["config"]).await;
+    assert_eq!(app.get_json(RULES).await["total"], 0);
+    for action in ["redirect.delete", "ai.apply.redirect.remove"] {
+        let audit = app
+            .get_json(&format!("/api/v1/audit?action={action}"))
+            .await;
+        assert_eq!(audit["total"], 1, "{action}: {audit}");
+    }
+    // Applying the same removal again: the rule is gone, a 400 naming the field.
+    let r = app
+        .admin(Method::POST, "/api/v1/ai/actions/apply")
+        .json(&json!({"config": remove}))
+        .send()
+        .await
+        .expect("post");
+    let e = expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    assert_eq!(e["details"]["field"], "config.source", "{e}");
     app.stop().await;
 }
 

@@ -341,6 +341,59 @@ async fn backups_are_consistent_files_with_safe_names() {
     assert_eq!(list["total"], 2);
     let audit = app.get_json("/api/v1/audit?action=backup.create").await;
     assert_eq!(audit["total"], 2);
+
+    // A backup downloads whole, as an attachment, and the download is audited.
+    let r = app
+        .admin(Method::GET, "/api/v1/settings/backups/nightly-1")
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["content-disposition"],
+        "attachment; filename=\"nightly-1.sqlite\""
+    );
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body = r.bytes().await.expect("body");
+    assert_eq!(body, std::fs::read(&path).expect("backup file"));
+    assert!(body.starts_with(b"SQLite format 3\0"));
+    let audit = app.get_json("/api/v1/audit?action=backup.download").await;
+    assert_eq!(audit["total"], 1);
+    assert_eq!(audit["items"][0]["target_id"], "nightly-1");
+    for name in ["nope", ".hidden", "nightly-1.sqlite", "a..b"] {
+        let r = app
+            .admin(Method::GET, &format!("/api/v1/settings/backups/{name}"))
+            .send()
+            .await
+            .expect("download");
+        expect_error(r, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    }
+    // Encoded traversal is refused before or by the handler, never served.
+    for name in [
+        "%2E%2E%2Fconfig",
+        "%2E%2E",
+        "x%00y",
+        "..%2F..%2Fetc%2Fpasswd",
+    ] {
+        let r = app
+            .admin(Method::GET, &format!("/api/v1/settings/backups/{name}"))
+            .send()
+            .await
+            .expect("download");
+        assert!(
+            [StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND].contains(&r.status()),
+            "{name}: {}",
+            r.status()
+        );
+    }
+    let viewer = app.key_for_role("backup-viewer", "viewer").await;
+    let r = reqwest::Client::new()
+        .get(app.url("/api/v1/settings/backups/nightly-1"))
+        .bearer_auth(viewer)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
     tokio::time::sleep(Duration::from_millis(1)).await;
     app.stop().await;
 }

@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{config_in, expect_error, spawn_app, spawn_with};
+use crate::support::{config_in, expect_error, login_cookies, spawn_app, spawn_with};
 
 #[tokio::test]
 async fn unknown_paths_and_methods_get_json_errors() {
@@ -218,6 +218,77 @@ async fn admin_api_is_rate_limited_per_key() {
     assert_eq!(r.status(), StatusCode::OK);
     let r = app.anon(Method::GET, "/health").send().await.expect("req");
     assert!(!r.headers().contains_key("x-ratelimit-limit"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn dashboard_sessions_count_under_their_own_allowance() {
+    let app = spawn_app().await;
+    let r = app
+        .admin(Method::PUT, "/api/v1/settings")
+        .json(&json!({"api": {"rate_limit_per_minute": 3, "session_rate_limit_per_minute": 40}}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::OK);
+    let (cookie, _) = login_cookies(&app.url("/api/v1/auth/login")).await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..45 {
+        let r = client
+            .get(app.url("/api/v1/auth/me"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(r.headers()["x-ratelimit-limit"], "40");
+        statuses.push(r.status().as_u16());
+    }
+    // Far more than an API key's 3, up to the session's 40 (the window may
+    // roll over once during the loop).
+    let allowed = statuses.iter().filter(|s| **s == 200).count();
+    assert!((40..=45).contains(&allowed), "{statuses:?}");
+    if allowed < 45 {
+        assert_eq!(statuses[40], 429, "{statuses:?}");
+    }
+    // 0 lifts the limit for sessions only.
+    let r = app
+        .admin(Method::PUT, "/api/v1/settings")
+        .json(&json!({"api": {"rate_limit_per_minute": 3, "session_rate_limit_per_minute": 0}}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::OK);
+    for _ in 0..50 {
+        let r = client
+            .get(app.url("/api/v1/auth/me"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(!r.headers().contains_key("x-ratelimit-limit"));
+    }
+    let r = app
+        .admin(Method::PUT, "/api/v1/settings")
+        .json(&json!({"api": {"session_rate_limit_per_minute": 1000001}}))
+        .send()
+        .await
+        .expect("put");
+    let e = expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    assert_eq!(e["details"]["field"], "api.session_rate_limit_per_minute");
+    // An API key still has the smaller limit (it made three calls above).
+    let mut key_statuses = Vec::new();
+    for _ in 0..5 {
+        let r = app
+            .admin(Method::GET, "/api/v1/auth/me")
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(r.headers()["x-ratelimit-limit"], "3");
+        key_statuses.push(r.status().as_u16());
+    }
+    assert!(key_statuses.contains(&429), "{key_statuses:?}");
     app.stop().await;
 }
 

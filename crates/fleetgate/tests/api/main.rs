@@ -5,6 +5,7 @@
 mod acme;
 mod ai;
 mod ai_gateway;
+mod ai_insight;
 mod ai_ops;
 mod alerts;
 mod auth;

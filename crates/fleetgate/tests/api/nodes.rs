@@ -668,6 +668,11 @@ async fn commands_round_trip_with_each_status() {
     );
     expect_error(r, StatusCode::GATEWAY_TIMEOUT, "NODE_TIMEOUT").await;
     assert!(started.elapsed() >= Duration::from_secs(9));
+    // Sent and unanswered: it may have changed the node, so it is audited.
+    let audit = command_audit(&app).await;
+    let newest = &audit["items"][0];
+    assert_eq!(newest["after"]["outcome"], "no answer", "{audit}");
+    assert_eq!(newest["after"]["command"]["type"], "restart_flow");
 
     // 502: not connected.
     drop(node);
@@ -683,6 +688,92 @@ async fn commands_round_trip_with_each_status() {
         "NODE_NOT_CONNECTED",
     )
     .await;
+    app.stop().await;
+}
+
+async fn command_audit(app: &TestApp) -> Value {
+    app.get_json("/api/v1/audit?action=node.command&target_type=node")
+        .await
+}
+
+#[tokio::test]
+async fn commands_that_change_a_node_are_audited_with_secrets_redacted() {
+    let app = spawn_app().await;
+    let (mut node, id, _) = registered(&app, "edge").await;
+    let ack = |c: &Value| {
+        Some((
+            "command_ack".to_string(),
+            json!({"command_id": c["command_id"], "success": true}),
+        ))
+    };
+    // Carried out: audited with its command and command id.
+    let (r, cmd) = tokio::join!(
+        command(
+            &app,
+            &id,
+            json!({"action": {"type": "stop_flow", "flow_id": "f1"}})
+        ),
+        answer(&mut node, ack)
+    );
+    assert_eq!(r.status(), StatusCode::OK);
+    let a = command_audit(&app).await;
+    assert_eq!(a["total"], 1, "{a}");
+    let entry = &a["items"][0];
+    assert_eq!(entry["target_type"], "node");
+    assert_eq!(entry["actor"], "api_key:bootstrap", "{entry}");
+    assert_eq!(entry["after"]["outcome"], "done");
+    assert_eq!(entry["after"]["command_id"], cmd["command_id"]);
+    assert_eq!(
+        entry["after"]["command"],
+        json!({"type": "stop_flow", "flow_id": "f1"})
+    );
+
+    // A secret in the command reaches the node but not the audit log.
+    let output = json!({"id": "o1", "type": "http", "url": "http://user:pw-in-url@10.0.0.1/in",
+                        "password": "pw-sekrit-99"});
+    let (r, cmd) = tokio::join!(
+        command(
+            &app,
+            &id,
+            json!({"action": {"type": "add_output", "flow_id": "f1", "output": output}})
+        ),
+        answer(&mut node, ack)
+    );
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(cmd["action"]["output"]["password"], "pw-sekrit-99");
+    let a = command_audit(&app).await;
+    assert_eq!(a["total"], 2, "{a}");
+    let text = a.to_string();
+    assert!(
+        !text.contains("pw-sekrit-99") && !text.contains("pw-in-url"),
+        "{text}"
+    );
+    assert_eq!(a["items"][0]["after"]["command"]["output"]["id"], "o1");
+
+    // Refused by the node, refused before sending, or only reading: not audited.
+    let (r, _) = tokio::join!(
+        command(
+            &app,
+            &id,
+            json!({"action": {"type": "start_flow", "flow_id": "x"}})
+        ),
+        answer(&mut node, |c| Some((
+            "command_ack".into(),
+            json!({"command_id": c["command_id"], "success": false, "error": "no such flow"})
+        )))
+    );
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let r = command(&app, &id, json!({"action": {"type": "reboot"}})).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let (r, _) = tokio::join!(
+        command(&app, &id, json!({"action": {"type": "get_config"}})),
+        answer(&mut node, |_| Some((
+            "config_response".into(),
+            json!({"version": 1, "flows": []})
+        )))
+    );
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(command_audit(&app).await["total"], 2);
     app.stop().await;
 }
 

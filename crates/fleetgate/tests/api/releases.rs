@@ -446,3 +446,88 @@ async fn a_failing_release_is_dropped_and_a_rollback_restores_an_earlier_one() {
     let (s, _) = send(&app, Method::DELETE, "/api/v1/deployments/fall", None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_deployments_release_says_so_and_is_live_again_on_start() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = app_script(dir.path());
+    let (web_port, api_port) = (unused_port(), unused_port());
+    let (compose1, service) = files(&script, "1", web_port, api_port, "", "");
+    let (s, v) = send(
+        &app,
+        Method::POST,
+        "/api/v1/deployments",
+        Some(json!({"name": "halt", "compose": compose1, "service": service})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    until_answer(&app, "release 1 release api-1").await;
+    let list = releases(&app, "halt").await;
+    assert_eq!(
+        (list[0]["number"].as_u64(), list[0]["state"].as_str()),
+        (Some(1), Some("live"))
+    );
+    assert_eq!(list[0]["ended_at"], Value::Null);
+
+    // Stopped: the release that served says it no longer does.
+    let (s, v) = send(&app, Method::POST, "/api/v1/deployments/halt/stop", None).await;
+    assert!(s.is_success(), "{s}: {v}");
+    let list = releases(&app, "halt").await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["state"], "stopped", "{}", list[0]);
+    assert!(list[0]["ended_at"].is_string(), "{}", list[0]);
+    let (s, one) = send(
+        &app,
+        Method::GET,
+        "/api/v1/deployments/halt/releases/1",
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(one["state"], "stopped");
+
+    // Started again with the same files: the same release is live again.
+    let (s, v) = send(&app, Method::POST, "/api/v1/deployments/halt/start", None).await;
+    assert!(s.is_success(), "{s}: {v}");
+    until_answer(&app, "release 1 release api-1").await;
+    let list = releases(&app, "halt").await;
+    assert_eq!(list.len(), 1, "a restart is no new release");
+    assert_eq!(list[0]["state"], "live", "{}", list[0]);
+    assert_eq!(list[0]["ended_at"], Value::Null, "{}", list[0]);
+
+    // Stopped, given new files, started: the new release is live and the
+    // stopped one is replaced.
+    let (s, _) = send(&app, Method::POST, "/api/v1/deployments/halt/stop", None).await;
+    assert!(s.is_success());
+    let (compose2, _) = files(&script, "2", web_port, api_port, "", "");
+    let (s, v) = send(
+        &app,
+        Method::PUT,
+        "/api/v1/deployments/halt",
+        Some(json!({ "compose": compose2 })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(releases(&app, "halt").await[0]["state"], "stopped");
+    let (s, v) = send(&app, Method::POST, "/api/v1/deployments/halt/start", None).await;
+    assert!(s.is_success(), "{s}: {v}");
+    until_answer(&app, "release 2 release api-2").await;
+    let states: Vec<(u64, String)> = releases(&app, "halt")
+        .await
+        .iter()
+        .map(|r| {
+            (
+                r["number"].as_u64().expect("number"),
+                r["state"].as_str().expect("state").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [(2, "live".to_string()), (1, "replaced".to_string())]
+    );
+    let (s, _) = send(&app, Method::DELETE, "/api/v1/deployments/halt", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    app.stop().await;
+}

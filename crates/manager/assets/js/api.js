@@ -25,6 +25,18 @@ export function cookie(name) {
 
 const SAFE = new Set(['GET', 'HEAD']);
 
+// How often a request answered 429 is asked again, and the longest wait.
+const RETRIES_429 = 3;
+const MAX_WAIT_S = 60;
+
+async function waitRetryAfter(r) {
+  let secs = Number.parseInt(r.headers.get('retry-after') || '', 10);
+  if (!Number.isFinite(secs) || secs < 1) secs = 1;
+  secs = Math.min(secs, MAX_WAIT_S);
+  window.dispatchEvent(new CustomEvent('fg:ratelimited', { detail: { seconds: secs } }));
+  await new Promise((resolve) => setTimeout(resolve, secs * 1000));
+}
+
 /// Calls the API; resolves to parsed JSON (or text), or throws ApiError.
 /// Options: headers, raw (the Response itself), etag (sent as If-Match).
 export async function api(method, path, body, opts = {}) {
@@ -40,10 +52,16 @@ export async function api(method, path, body, opts = {}) {
   }
   if (opts.etag) headers['if-match'] = opts.etag;
   let r;
-  try {
-    r = await fetch(path, { method, headers, body: payload, credentials: 'same-origin' });
-  } catch (e) {
-    throw new ApiError(0, { error: `cannot reach Fleetgate: ${e.message}` });
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      r = await fetch(path, { method, headers, body: payload, credentials: 'same-origin' });
+    } catch (e) {
+      throw new ApiError(0, { error: `cannot reach Fleetgate: ${e.message}` });
+    }
+    // A 429 was not acted on: wait as long as it says and ask again, keeping
+    // the page as it is (a few times, then the error is shown).
+    if (r.status !== 429 || attempt >= RETRIES_429) break;
+    await waitRetryAfter(r);
   }
   if (r.status === 401 && !path.startsWith('/api/v1/auth/login')) {
     window.dispatchEvent(new CustomEvent('fg:unauthorized'));

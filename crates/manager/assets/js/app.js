@@ -3,8 +3,9 @@
 // `render(main, ctx, params)` and may return a function that stops its live parts.
 
 import { api, ApiError, get, post } from './api.js';
-import { h, mount, field, values, showErrors } from './ui.js';
+import { h, mount, field, values, showErrors, toast } from './ui.js';
 import { stop as stopLive } from './live.js';
+import { installSearchKey, openSearch } from './search.js';
 
 const VIEWS = [
   { path: 'overview', label: 'Overview', module: './pages/overview.js' },
@@ -17,15 +18,18 @@ const VIEWS = [
   { path: 'deployments', label: 'Deployments', module: './pages/deployments.js' },
   { path: 'events', label: 'Events', module: './pages/events.js' },
   { path: 'incidents', label: 'Incidents', module: './pages/incidents.js' },
-  { path: 'alert-rules', label: 'Alert rules', module: './pages/alert-rules.js', hidden: true },
+  { path: 'alert-rules', label: 'Alert rules', module: './pages/alert-rules.js' },
   { path: 'webhooks', label: 'Webhooks', module: './pages/webhooks.js' },
   { path: 'revisions', label: 'Revisions', module: './pages/revisions.js' },
+  { path: 'certificates', label: 'Certificates', module: './pages/certificates.js' },
+  { path: 'audit', label: 'Audit log', module: './pages/audit.js' },
+  { path: 'backups', label: 'Backup & restore', module: './pages/backups.js', min: 'admin' },
   { path: 'settings', label: 'Settings', module: './pages/settings.js' },
   { path: 'keys', label: 'API keys', module: './pages/keys.js' },
   { path: 'users', label: 'Users', module: './pages/users.js', min: 'admin' },
 ];
 
-const state = { user: null, role: null, cleanup: null };
+const state = { user: null, role: null, cleanup: null, instance: null };
 
 function canEdit(role) {
   return role && role !== 'viewer';
@@ -36,7 +40,47 @@ function atLeast(role, wanted) {
   return order.indexOf(role) >= order.indexOf(wanted);
 }
 
+// The colour theme: the system's (auto), or light or dark as chosen here,
+// remembered by this browser.
+const THEMES = ['auto', 'dark', 'light'];
+
+function theme() {
+  const t = localStorage.getItem('fg-theme');
+  return THEMES.includes(t) ? t : 'auto';
+}
+
+function applyTheme(t) {
+  if (t === 'auto') document.documentElement.removeAttribute('data-theme');
+  else document.documentElement.setAttribute('data-theme', t);
+}
+
+applyTheme(theme());
+
+function themeButton() {
+  const b = h('button', { type: 'button', class: 'theme-toggle small', id: 'theme-toggle' });
+  const label = () => { b.textContent = `Theme: ${theme()}`; b.setAttribute('aria-label', `Colour theme: ${theme()} (change)`); };
+  b.addEventListener('click', () => {
+    const next = THEMES[(THEMES.indexOf(theme()) + 1) % THEMES.length];
+    localStorage.setItem('fg-theme', next);
+    applyTheme(next);
+    label();
+  });
+  label();
+  return b;
+}
+
+// One notice per burst of rate-limited calls, not one per call.
+let limitedUntil = 0;
+
 async function boot() {
+  installSearchKey();
+  window.addEventListener('fg:instance', (ev) => showInstance(ev.detail));
+  window.addEventListener('fg:ratelimited', (ev) => {
+    const now = Date.now();
+    if (now < limitedUntil) return;
+    limitedUntil = now + ev.detail.seconds * 1000;
+    toast(`The API's rate limit was reached; retrying in ${ev.detail.seconds} s.`);
+  });
   window.addEventListener('fg:unauthorized', () => {
     if (state.user !== null) {
       state.user = null;
@@ -76,11 +120,26 @@ function showLogin(message) {
   form.querySelector('input').focus();
 }
 
-function signedIn(me) {
+async function signedIn(me) {
   state.user = me.user ? me.user.username : 'api key';
   state.role = me.role;
+  try {
+    state.instance = (await get('/api/v1/settings')).general.instance_name;
+  } catch { state.instance = null; }
   renderShell();
   route();
+}
+
+/// The instance's name (settings: general.instance_name) in the brand and the
+/// window title, when it is not the default.
+function showInstance(name) {
+  state.instance = name;
+  const named = name && name !== 'fleetgate';
+  document.title = named ? `${name} · Fleetgate` : 'Fleetgate';
+  const brand = document.querySelector('.side .brand .name');
+  if (brand) brand.textContent = named ? name : 'Fleetgate';
+  const sub = document.querySelector('.side .brand .sub');
+  if (sub) sub.hidden = !named;
 }
 
 function renderShell() {
@@ -88,18 +147,24 @@ function renderShell() {
     VIEWS.filter((v) => !v.hidden && (!v.min || atLeast(state.role, v.min)))
       .map((v) => h('a', { href: `#/${v.path}`, dataset: { view: v.path } }, v.label)));
   const side = h('aside', { class: 'side' },
-    h('div', { class: 'brand' }, h('img', { src: '/assets/favicon.svg', alt: '' }), 'Fleetgate'),
+    h('div', { class: 'brand' }, h('img', { src: '/assets/favicon.svg', alt: '' }),
+      h('span', { class: 'brand-text' }, h('span', { class: 'name' }, 'Fleetgate'), h('span', { class: 'sub', hidden: true }, 'Fleetgate'))),
     h('button', { class: 'menu-toggle small', type: 'button', 'aria-label': 'Menu',
       onclick: () => side.classList.toggle('open') }, 'Menu'),
+    h('button', { type: 'button', class: 'search-open small', id: 'search-open', onclick: () => openSearch(),
+      title: 'Search everything (press /)' }, 'Search', h('kbd', {}, '/')),
     nav,
+    h('a', { class: 'api-docs', href: '/api/v1/docs', target: '_blank', rel: 'noopener' }, 'API reference ↗'),
     h('div', { class: 'who' },
       h('div', {}, 'Signed in as ', h('strong', { id: 'who-user' }, state.user)),
       h('div', {}, 'Role: ', h('span', { id: 'who-role' }, state.role)),
-      h('button', { type: 'button', id: 'logout', onclick: logout }, 'Sign out')));
+      h('button', { type: 'button', id: 'logout', onclick: logout }, 'Sign out'),
+      themeButton()));
   nav.addEventListener('click', () => side.classList.remove('open'));
   mount(document.getElementById('app'),
     h('a', { class: 'skip', href: '#main' }, 'Skip to content'),
     h('div', { class: 'shell' }, side, h('main', { id: 'main', tabindex: '-1' })));
+  showInstance(state.instance);
 }
 
 async function logout() {
@@ -118,7 +183,8 @@ function stopView() {
 
 async function route() {
   if (state.user === null) return;
-  const raw = location.hash.replace(/^#\/?/, '') || 'overview';
+  // A view may keep its filters after a `?` (#/audit?actor=admin).
+  const raw = location.hash.replace(/^#\/?/, '').split('?')[0] || 'overview';
   const parts = raw.split('/').map(decodeURIComponent);
   const view = VIEWS.find((v) => v.path === parts[0]) || VIEWS[0];
   for (const a of document.querySelectorAll('.side nav a')) {

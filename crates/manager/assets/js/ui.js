@@ -216,6 +216,29 @@ export function stateBadge(state) {
   return badge(state, kind);
 }
 
+/// A target's health as the data plane reports it, truthfully: a target no
+/// active check has probed yet is "not probed", not healthy.
+export function targetBadge(t, activeCheck) {
+  if (t.state === 'healthy' && !t.last_check) {
+    const b = badge('not probed', 'muted');
+    b.title = activeCheck
+      ? 'The first active health check has not run yet.'
+      : 'No active health check is configured: only failed requests (passive checks) would mark it down.';
+    return b;
+  }
+  return stateBadge(t.state);
+}
+
+/// When an open breaker lets trial requests through. Once that time has passed
+/// the breaker only waits for the next request, which is the trial.
+export function nextTrial(b) {
+  if (b.state === 'open' && b.next_trial_at && Date.parse(b.next_trial_at) <= Date.now()) {
+    const d = new Date(b.next_trial_at);
+    return h('span', { class: 'muted', title: `Trial requests allowed since ${d.toISOString()}` }, 'waiting for traffic');
+  }
+  return time(b.next_trial_at);
+}
+
 /// A search box that calls `onInput(text)` as the user types.
 export function search(placeholder, onInput) {
   return h('input', { type: 'search', placeholder, 'aria-label': placeholder,

@@ -2,7 +2,7 @@
 // settings, keys, users): form dialogs, tabs, a pager, filter buttons, a
 // shown-once secret with a copy button.
 
-import { ApiError } from './api.js';
+import { ApiError, get } from './api.js';
 import { h, mount, dialog, showErrors, clearErrors, toast } from './ui.js';
 
 let formSeq = 0;
@@ -167,4 +167,16 @@ export function stackRow(tr, heads) {
     td.append(inner);
   });
   return tr;
+}
+
+/// A toast after a configuration change, linking the revision it made: the
+/// newest revision whose message names `subject` (a route id, an upstream name).
+export async function revisionToast(text, subject) {
+  let link = null;
+  try {
+    const r = await get('/api/v1/revisions?limit=5');
+    const rev = (r.items || []).find((x) => (x.message || '').includes(subject));
+    if (rev) link = h('a', { href: `#/revisions/${rev.number}`, class: 'toast-link' }, `revision #${rev.number}`);
+  } catch { /* the toast goes without its link */ }
+  toast(link ? h('span', {}, `${text} `, '(', link, ')') : text);
 }

@@ -6,29 +6,35 @@
 //! edge flow actions (`create_flow`, `update_flow`, `delete_flow`,
 //! `add_output`, `remove_output`, `start_flow`, `stop_flow`, `restart_flow`),
 //! a gateway action (`create_route`, `update_route`, `delete_route`,
-//! `create_upstream`, `update_upstream`, `delete_upstream`), `info` (an answer
-//! in words) or `multiple` (`actions`: several of those). Generating never
-//! changes anything: every action is checked as the API checks the same write
-//! (gateway objects with their own rules, their references and the whole route
-//! table compiled; flow actions as the node command they become), and gateway
-//! actions are shown as the diff of the configuration they would produce.
-//! Applying checks the proposal again against the configuration of the moment,
-//! writes all its gateway changes as one revision and sends its flow commands
-//! to the node, each audited.
+//! `create_upstream`, `update_upstream`, `delete_upstream`), a redirect action
+//! (`add_redirect`, `remove_redirect`: draft rules of a redirects project, as
+//! the redirects API writes them), `info` (an answer in words) or `multiple`
+//! (`actions`: several of those). Generating never changes anything: every
+//! action is checked as the API checks the same write (gateway objects with
+//! their own rules, their references and the whole route table compiled;
+//! redirects with the rule's own checks and its project's working set; flow
+//! actions as the node command they become), and gateway and redirect actions
+//! are shown as the diff they would produce. Applying checks the proposal again
+//! against the state of the moment, writes all its gateway changes as one
+//! revision, its redirects as drafts and sends its flow commands to the node,
+//! each audited.
 
 use axum::extract::State;
 use axum::Json;
+use fleetgate_core::diff::ChangeOp;
 use fleetgate_core::diff::{diff, Change};
 use fleetgate_core::gateway::{Route, Upstream};
+use fleetgate_core::redirects::Redirect;
 use fleetgate_core::user::Role;
 use fleetgate_core::ConfigDocument;
 use fleetgate_protocol::node::{validate_command, DeviceType};
-use fleetgate_store::{AuditEvent, ConfigEdit, StoreError};
+use fleetgate_store::{AuditEvent, ConfigEdit, ProjectRecord, RuleTable, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 
 use super::config::{current_document, validate_document};
+use super::redirects::Rule;
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
@@ -53,6 +59,9 @@ const GATEWAY_ACTIONS: &[&str] = &[
     "update_upstream",
     "delete_upstream",
 ];
+const REDIRECT_ACTIONS: &[&str] = &["add_redirect", "remove_redirect"];
+/// Redirects projects named to the model, at most.
+const MAX_PROJECTS_SENT: usize = 100;
 /// Actions one `multiple` may hold.
 const MAX_ACTIONS: usize = 20;
 
@@ -60,6 +69,7 @@ fn all_actions() -> String {
     FLOW_ACTIONS
         .iter()
         .chain(GATEWAY_ACTIONS)
+        .chain(REDIRECT_ACTIONS)
         .chain(&["info", "multiple"])
         .copied()
         .collect::<Vec<_>>()
@@ -75,12 +85,28 @@ pub struct NodeCommand {
     pub command: Value,
 }
 
+/// A redirect rule a proposal adds or removes (a draft of its project).
+enum RedirectOp {
+    Add {
+        project: ProjectRecord,
+        rule: Redirect,
+    },
+    Remove {
+        project: ProjectRecord,
+        id: i64,
+        rule: Redirect,
+    },
+}
+
 /// A proposal checked against the configuration of the moment.
 struct Plan {
     base: ConfigDocument,
     after: ConfigDocument,
     changes: Vec<Change>,
+    /// The gateway configuration changes (its diff is not empty).
+    gateway_changed: bool,
     commands: Vec<NodeCommand>,
+    redirects: Vec<RedirectOp>,
     /// Deletes something (a route, an upstream, a flow, an output).
     destructive: bool,
     /// What the proposal does, in words, for the revision message.
@@ -386,6 +412,143 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The source a redirect action names, not yet removed or added by this plan.
+    fn touched(&self, project: &ProjectRecord, source: &str) -> Option<bool> {
+        self.redirects.iter().rev().find_map(|op| match op {
+            RedirectOp::Add { project: p, rule } if p.id == project.id && rule.source == source => {
+                Some(true)
+            }
+            RedirectOp::Remove {
+                project: p, rule, ..
+            } if p.id == project.id && rule.source == source => Some(false),
+            _ => None,
+        })
+    }
+
+    /// One redirect action: a draft rule of a project, checked as the
+    /// redirects API checks the same write (the rule's own checks, and a
+    /// source that is unique in the project's working set).
+    async fn redirect(
+        &mut self,
+        state: &AppState,
+        name: &str,
+        obj: &Map<String, Value>,
+        at: &str,
+    ) -> ApiResult<()> {
+        let fields: &[&str] = if name == "add_redirect" {
+            &["namespace", "project", "redirect"]
+        } else {
+            &["namespace", "project", "source"]
+        };
+        only_fields(obj, at, fields)?;
+        let ns = text(obj, at, "namespace")?;
+        let pname = text(obj, at, "project")?;
+        let project = state.store.get_project(ns, pname).await?.ok_or_else(|| {
+            ApiError::bad_request(
+                &field_of(at, "project"),
+                format!("there is no redirects project {ns}/{pname}"),
+            )
+        })?;
+        let label = format!("{ns}/{pname}");
+        if name == "add_redirect" {
+            let (rule, _): (Redirect, _) = object(obj, at, "redirect")?;
+            rule.check(&state.settings()).map_err(|e| {
+                let mut out = fleetgate_core::ValidationError::new();
+                out.extend_prefixed(&field_of(at, "redirect"), e);
+                ApiError::from(out)
+            })?;
+            let exists = match self.touched(&project, &rule.source) {
+                Some(added) => added,
+                None => state
+                    .store
+                    .rule_by_key(RuleTable::Redirects, &project.id, &rule.source)
+                    .await?
+                    .is_some(),
+            };
+            if exists {
+                return Err(ApiError::bad_request(
+                    &format!("{at}.redirect.source"),
+                    format!(
+                        "project {label} already has a redirect from {:?}",
+                        rule.source
+                    ),
+                ));
+            }
+            self.changes.push(Change {
+                op: ChangeOp::Add,
+                path: redirect_path(&project, &rule.source),
+                before: None,
+                after: Some(serde_json::to_value(&rule).unwrap_or(Value::Null)),
+            });
+            self.summary
+                .push(format!("add redirect {} in {label}", rule.source));
+            self.redirects.push(RedirectOp::Add { project, rule });
+        } else {
+            let source = match obj.get("source") {
+                Some(Value::String(s)) if !s.is_empty() && s.len() <= 2048 => s.clone(),
+                None | Some(Value::Null) => {
+                    return Err(ApiError::bad_request(
+                        &field_of(at, "source"),
+                        "is required",
+                    ))
+                }
+                _ => {
+                    return Err(ApiError::bad_request(
+                        &field_of(at, "source"),
+                        "must be a string of 1 to 2048 characters",
+                    ))
+                }
+            };
+            let row = match self.touched(&project, &source) {
+                // Added or removed by this proposal already: not a stored rule to remove.
+                Some(_) => None,
+                None => {
+                    state
+                        .store
+                        .rule_by_key(RuleTable::Redirects, &project.id, &source)
+                        .await?
+                }
+            };
+            let Some(row) = row else {
+                let shown: String = source.chars().take(200).collect();
+                return Err(ApiError::bad_request(
+                    &field_of(at, "source"),
+                    format!("project {label} has no redirect from {shown:?}"),
+                ));
+            };
+            let rule = Redirect::from_data(&row.working)?;
+            self.changes.push(Change {
+                op: ChangeOp::Remove,
+                path: redirect_path(&project, &source),
+                before: Some(serde_json::to_value(&rule).unwrap_or(Value::Null)),
+                after: None,
+            });
+            self.destructive = true;
+            self.summary
+                .push(format!("remove redirect {source} in {label}"));
+            self.redirects.push(RedirectOp::Remove {
+                project,
+                id: row.id,
+                rule,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where a redirect rule shows in a proposal's diff:
+/// `/redirects/<namespace>/<project>/<source>` (each segment a JSON Pointer one).
+fn redirect_path(p: &ProjectRecord, source: &str) -> String {
+    let esc = |s: &str| s.replace('~', "~0").replace('/', "~1");
+    format!(
+        "/redirects/{}/{}/{}",
+        esc(&p.namespace),
+        esc(&p.name),
+        esc(source)
+    )
+}
+
 /// Checks the action envelope `config` against the configuration of the moment.
 async fn plan(
     state: &AppState,
@@ -398,7 +561,9 @@ async fn plan(
         after: base.clone(),
         base,
         changes: Vec::new(),
+        gateway_changed: false,
         commands: Vec::new(),
+        redirects: Vec::new(),
         destructive: false,
         summary: Vec::new(),
     };
@@ -453,6 +618,8 @@ async fn plan(
             p.gateway(&name, obj, &at)?;
         } else if FLOW_ACTIONS.contains(&name.as_str()) {
             p.flow(state, auth, &name, obj, &at, node).await?;
+        } else if REDIRECT_ACTIONS.contains(&name.as_str()) {
+            p.redirect(state, &name, obj, &at).await?;
         } else if name == "info" {
             only_fields(obj, &at, &["message"])?;
             if !obj.get("message").is_some_and(Value::is_string) {
@@ -477,13 +644,17 @@ async fn plan(
             ));
         }
     }
+    // The gateway's diff first, then the redirects in the order proposed.
+    let redirect_changes = std::mem::take(&mut p.changes);
     if p.after != p.base {
         p.after.normalize();
         validate_document(&p.after).await?;
         let mut base = p.base.clone();
         base.normalize();
         p.changes = diff(&document_value(&base), &document_value(&p.after));
+        p.gateway_changed = !p.changes.is_empty();
     }
+    p.changes.extend(redirect_changes);
     Ok(p)
 }
 
@@ -494,7 +665,10 @@ else. Actions: gateway routes and upstreams — {\"action\":\"create_route\",\"r
 {\"action\":\"create_upstream\",\"upstream\":{\"name\":...,\"targets\":[{\"url\":...}]}}, \
 {\"action\":\"update_upstream\",\"name\":...,\"upstream\":{...}}, \
 {\"action\":\"delete_upstream\",\"name\":...} (a route is {\"id\",\"path\",\"upstream\",\"methods\",\
-\"hosts\",\"stripPath\",...}); edge flows — {\"action\":\"create_flow\",\"flow\":{...}}, \
+\"hosts\",\"stripPath\",...}); redirects of a project — {\"action\":\"add_redirect\",\"namespace\":...,\
+\"project\":...,\"redirect\":{\"type\":\"BASIC\"|\"BASIC_HOST\"|\"REGEX\"|\"REGEX_HOST\",\"source\":...,\
+\"target\":...,\"status\":\"MOVED_PERMANENT\"|\"FOUND\"|\"TEMPORARY_REDIRECT\"|\"PERMANENT_REDIRECT\"}}, {\"action\":\"remove_redirect\",\"namespace\":...,\
+\"project\":...,\"source\":...}; edge flows — {\"action\":\"create_flow\",\"flow\":{...}}, \
 {\"action\":\"update_flow\",\"flow_id\":...,\"flow\":{...}}, {\"action\":\"delete_flow\"|\
 \"start_flow\"|\"stop_flow\"|\"restart_flow\",\"flow_id\":...}, \
 {\"action\":\"add_output\",\"flow_id\":...,\"output\":{...}}, \
@@ -537,7 +711,9 @@ pub struct GenerateResult {
     pub config: Value,
     /// The model's answer, verbatim.
     pub raw_response: String,
-    /// What applying would change in the gateway configuration (empty for flow and info actions).
+    /// What applying would change: the gateway configuration (JSON Pointers of
+    /// the configuration document), then redirects
+    /// (`/redirects/<namespace>/<project>/<source>`); empty for flow and info actions.
     pub changes: Vec<Change>,
     /// The node commands applying would send.
     pub commands: Vec<NodeCommand>,
@@ -591,8 +767,17 @@ pub async fn generate_config(
     let mut flows = Value::Array(flows);
     crate::ai::strip_secrets(&mut gateway);
     crate::ai::strip_secrets(&mut flows);
+    // The redirects projects by name (their rules are not sent: there may be many).
+    let projects: Vec<Value> = state
+        .store
+        .all_projects()
+        .await?
+        .iter()
+        .take(MAX_PROJECTS_SENT)
+        .map(|p| json!({"namespace": p.namespace, "project": p.name, "hosts": p.hosts}))
+        .collect();
     let context = json!({"gateway": {"upstreams": gateway["upstreams"], "routes": gateway["routes"]},
-        "node_id": body.node_id, "existing_flows": flows});
+        "redirect_projects": projects, "node_id": body.node_id, "existing_flows": flows});
     let prompt = format!(
         "Context (JSON):\n{}\n\nOperator's request:\n{prompt}",
         serde_json::to_string(&context).unwrap_or_default()
@@ -663,14 +848,28 @@ pub struct ApplyResult {
     /// The revision the gateway changes were written as; null when there were none.
     pub revision: Option<i64>,
     pub changes: Vec<Change>,
+    /// The redirect rules written as drafts of their project (publish the
+    /// project to serve them), in order.
+    pub redirects: Vec<RedirectOutcome>,
     /// The node commands carried out, in order.
     pub commands: Vec<CommandOutcome>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RedirectOutcome {
+    /// `add_redirect` or `remove_redirect`.
+    pub action: String,
+    /// `namespace/project`.
+    pub project: String,
+    pub source: String,
+    /// The rule's id in its project.
+    pub id: i64,
 }
 
 #[utoipa::path(post, path = "/api/v1/ai/actions/apply", operation_id = "ai_apply_action", tag = "ai",
     request_body = ApplyInput,
     responses(
-        (status = 200, description = "Applied: the gateway changes as one revision (audited `ai.apply`), then each node command (audited `ai.apply.command`)", body = ApplyResult),
+        (status = 200, description = "Applied: the gateway changes as one revision (audited `ai.apply`), then each redirect as a draft of its project (audited `redirect.create`/`redirect.delete` and `ai.apply.redirect.add`/`ai.apply.redirect.remove`), then each node command (audited `ai.apply.command`)", body = ApplyResult),
         (status = 409, description = "An object to create exists, an upstream to delete is in use, or the configuration changed while applying", body = crate::error::ErrorBody),
         (status = 502, description = "A node is not connected", body = crate::error::ErrorBody),
     ))]
@@ -682,7 +881,7 @@ pub async fn apply(
     auth.require(Role::Operator)?;
     let p = plan(&state, &auth, &body.config, body.node_id.as_deref()).await?;
     let mut revision = None;
-    if !p.changes.is_empty() {
+    if p.gateway_changed {
         let mut base = p.base.clone();
         base.normalize();
         let unchanged = move |before: &fleetgate_store::ResourceSet, _: &ConfigDocument| {
@@ -712,15 +911,63 @@ pub async fn apply(
             .await?;
         revision = committed.written.then_some(committed.number);
     }
+    let mut redirects = Vec::new();
+    for op in &p.redirects {
+        let (verb, project, source, row_id) = match op {
+            RedirectOp::Add { project, rule } => {
+                let row = state
+                    .store
+                    .create_rule(
+                        &auth.actor,
+                        RuleTable::Redirects,
+                        &project.id,
+                        &rule.to_data(),
+                    )
+                    .await?;
+                ("add", project, &rule.source, row.id)
+            }
+            RedirectOp::Remove { project, id, rule } => {
+                state
+                    .store
+                    .delete_rule(&auth.actor, RuleTable::Redirects, &project.id, *id)
+                    .await?;
+                ("remove", project, &rule.source, *id)
+            }
+        };
+        let label = format!("{}/{}", project.namespace, project.name);
+        let rule = match op {
+            RedirectOp::Add { rule, .. } | RedirectOp::Remove { rule, .. } => rule,
+        };
+        let view = json!({"project": label, "id": row_id, "rule": rule});
+        let ev = AuditEvent::new(
+            &format!("ai.apply.redirect.{verb}"),
+            "redirect",
+            Some(&row_id.to_string()),
+        );
+        let ev = if verb == "add" {
+            ev.after(view)
+        } else {
+            ev.before(view)
+        };
+        state.store.append_audit(&auth.actor, ev).await?;
+        redirects.push(RedirectOutcome {
+            action: format!("{verb}_redirect"),
+            project: label,
+            source: source.clone(),
+            id: row_id,
+        });
+    }
     let mut commands = Vec::new();
     for c in &p.commands {
         let r = super::nodes::send_command(&state, &auth, &c.node_id, &c.command).await?;
+        let mut audited = c.command.clone();
+        crate::ai::strip_secrets(&mut audited);
         state
             .store
             .append_audit(
                 &auth.actor,
                 AuditEvent::new("ai.apply.command", "node", Some(&c.node_id))
-                    .after(json!({"command": c.command, "command_id": r.command_id})),
+                    .after(json!({"command": audited, "command_id": r.command_id})),
             )
             .await?;
         commands.push(CommandOutcome {
@@ -734,6 +981,7 @@ pub async fn apply(
         applied: true,
         revision,
         changes: p.changes,
+        redirects,
         commands,
     }))
 }

@@ -152,3 +152,74 @@ pub async fn list(
     };
     Ok(Json(ListEnvelope::new(items, total, page)))
 }
+
+#[utoipa::path(get, path = "/api/v1/settings/backups/{name}", operation_id = "download_backup", tag = "settings",
+    params(("name" = String, Path, description = "Backup name, as listed")),
+    responses(
+        (status = 200, description = "The backup file, as an attachment", content_type = "application/octet-stream"),
+        (status = 404, description = "No backup of that name", body = crate::error::ErrorBody)))]
+pub async fn download(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> ApiResult<axum::response::Response> {
+    use axum::http::header;
+    use futures::StreamExt;
+    use tokio::io::AsyncReadExt;
+
+    auth.require(Role::Admin)?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no backup named {name:?}"),
+        )
+    };
+    if !valid_name(&name) {
+        return Err(not_found());
+    }
+    let dir = state.options.data_dir.join("backups");
+    let mut found = None;
+    for ext in ["sqlite", "json"] {
+        let file = format!("{name}.{ext}");
+        if let Ok(f) = tokio::fs::File::open(dir.join(&file)).await {
+            let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+            found = Some((file, f, len));
+            break;
+        }
+    }
+    let (file, f, len) = found.ok_or_else(not_found)?;
+    // A backup holds password hashes and sealed secrets: who took one away is
+    // worth a line in the audit log.
+    state
+        .store
+        .append_audit(
+            &auth.actor,
+            AuditEvent::new("backup.download", "backup", Some(&name))
+                .after(serde_json::json!({ "file": file, "size_bytes": len })),
+        )
+        .await?;
+    let chunks = futures::stream::unfold(Some(f), |f| async move {
+        let mut f = f?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), Some(f)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+    .boxed();
+    axum::response::Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len)
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{file}\""),
+        )
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(axum::body::Body::from_stream(chunks))
+        .map_err(|e| ApiError::internal("backup download", e))
+}

@@ -679,7 +679,8 @@ pub struct ReleaseView {
     pub number: u64,
     /// The files' version it was made from.
     pub version: i64,
-    /// `deploying`, `live`, `failed` or `replaced`.
+    /// `deploying`, `live`, `failed`, `replaced`, or `stopped` (it served
+    /// until the deployment was stopped; live again on start with the same files).
     pub state: deployments::ReleaseState,
     pub created_at: String,
     pub live_at: Option<String>,

@@ -4,6 +4,7 @@ pub mod ai;
 pub mod ai_actions;
 pub mod ai_compat;
 pub mod ai_gateway;
+pub mod ai_insight;
 pub mod alert_rules;
 pub mod audit;
 pub mod backup;
@@ -192,6 +193,7 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         )
         .routes(routes!(backup::create))
         .routes(routes!(backup::list))
+        .routes(routes!(backup::download))
         .routes(routes!(config::export))
         .routes(routes!(config::import))
         .routes(routes!(gateway::list_upstreams, gateway::create_upstream))
@@ -248,6 +250,8 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(ai::health))
         .routes(routes!(ai_actions::generate_config))
         .routes(routes!(ai_actions::apply))
+        .routes(routes!(ai_insight::query))
+        .routes(routes!(ai_insight::analyze))
         .routes(routes!(ai::get_preferences, ai::put_preferences))
         .routes(routes!(
             ai_compat::list_keys,

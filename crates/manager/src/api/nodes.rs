@@ -14,7 +14,7 @@ use axum::Json;
 use fleetgate_core::time::{now_ms, parse_rfc3339};
 use fleetgate_core::user::Role;
 use fleetgate_protocol::node::{validate_command, DeviceType, DEPLOYMENT_CHANGES};
-use fleetgate_store::{NodeFilter, NodeRecord};
+use fleetgate_store::{AuditEvent, NodeFilter, NodeRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -106,7 +106,7 @@ fn sync_view(live: &LiveView) -> Option<ConfigSyncView> {
 
 /// What is known live of `nodes` (see [`AppState::online`]); nodes never
 /// registered cannot be connected and are not looked for.
-async fn online(
+pub(crate) async fn online(
     state: &AppState,
     nodes: &[NodeRecord],
     with_stats: bool,
@@ -119,7 +119,7 @@ async fn online(
     state.online(&ids, with_stats).await
 }
 
-fn view(n: &NodeRecord, online: Option<&Online>) -> NodeView {
+pub(crate) fn view(n: &NodeRecord, online: Option<&Online>) -> NodeView {
     let live = online.map(|o| &o.live);
     let status = if online.is_some() {
         "online"
@@ -637,8 +637,47 @@ pub async fn command(
     JsonBody(body): JsonBody<CommandRequest>,
 ) -> ApiResult<Json<CommandResult>> {
     auth.require(Role::Operator)?;
-    Ok(Json(send_command(&state, &auth, &id, &body.action).await?))
+    let sent = send_command(&state, &auth, &id, &body.action).await;
+    let name = body
+        .action
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !READ_ONLY_COMMANDS.contains(&name) {
+        // What may have changed the node: carried out, or sent and unanswered.
+        let outcome = match &sent {
+            Ok(r) => Some(json!({"outcome": "done", "command_id": r.command_id})),
+            Err(e) if matches!(e.code, "NODE_TIMEOUT" | "NODE_DISCONNECTED") => {
+                Some(json!({"outcome": "no answer", "error": e.message}))
+            }
+            Err(_) => None,
+        };
+        if let Some(mut after) = outcome {
+            let mut command = body.action.clone();
+            crate::ai::strip_secrets(&mut command);
+            after["command"] = command;
+            state
+                .store
+                .append_audit(
+                    &auth.actor,
+                    AuditEvent::new("node.command", "node", Some(&id)).after(after),
+                )
+                .await?;
+        }
+    }
+    Ok(Json(sent?))
 }
+
+/// Commands that only read: carried out unaudited (they change nothing).
+const READ_ONLY_COMMANDS: &[&str] = &[
+    "get_config",
+    "list_deployments",
+    "get_deployment",
+    "get_deployment_logs",
+    "list_deployment_releases",
+    "list_tunnels",
+    "list_edges",
+];
 
 /// Validates `action` for node `id` (visible to the caller) and has the node
 /// carry it out, wherever it is connected.

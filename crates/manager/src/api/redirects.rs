@@ -394,7 +394,7 @@ pub async fn delete_project(
 // --------------------------------------------------------------------- rules
 
 /// Converts between the API's rules and the store's four strings.
-trait Rule: Sized {
+pub(crate) trait Rule: Sized {
     const TABLE: RuleTable;
     /// The field that must be unique within a project.
     const KEY_FIELD: &'static str;
@@ -489,7 +489,7 @@ pub struct PageView {
     pub updated_at: String,
 }
 
-fn row_json<R: Rule + Serialize>(row: &RuleRow) -> ApiResult<Value> {
+pub(crate) fn row_json<R: Rule + Serialize>(row: &RuleRow) -> ApiResult<Value> {
     let rule = R::from_data(&row.working)?;
     let published = row.published.as_ref().map(R::from_data).transpose()?;
     let mut v = serde_json::to_value(&rule).map_err(|e| ApiError::internal("json", e))?;

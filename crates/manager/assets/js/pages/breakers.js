@@ -6,7 +6,7 @@ import { enc, get, getAll } from '../api.js';
 import { duration } from '../forms.js';
 import { subscribe } from '../live.js';
 import {
-  badge, h, mount, num, pct, severityBadge, stateBadge, table, time,
+  badge, h, mount, nextTrial, num, pct, severityBadge, stateBadge, table, time,
 } from '../ui.js';
 import { limitText } from './routes.js';
 
@@ -71,7 +71,7 @@ export async function render(main) {
       { label: 'Requests in window', class: 'num hide-narrow', render: (b) => num(b.requests_in_window) },
       { label: 'Rejected (10 s)', class: 'num hide-narrow', render: (b) => num(upTraffic.get(b.upstream)?.breaker_rejections ?? 0) },
       { label: 'Opened', class: 'hide-narrow', render: (b) => time(b.opened_at) },
-      { label: 'Next trial', class: 'hide-narrow', render: (b) => time(b.next_trial_at) },
+      { label: 'Next trial', class: 'hide-narrow', render: nextTrial },
       { label: 'Opens at', class: 'hide-narrow', render: (b) => (b.config ? (b.config.enabled
         ? `${b.config.failure_rate_percent}% of ≥${b.config.min_requests} in ${duration(b.config.window_ms)}; open ${duration(b.config.open_ms)}`
         : 'breaker off') : '—') },

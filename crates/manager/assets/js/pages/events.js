@@ -2,10 +2,10 @@
 // events join live (from /ws/dashboard) when they match the filters, and
 // acknowledgement of one event, of a selection, or of everything the filter selects.
 
-import { get, post } from '../api.js';
+import { get, post, enc, getAll } from '../api.js';
 import { subscribe } from '../live.js';
-import { h, mount, badge, time, num, toast, attempt, confirm, severityBadge } from '../ui.js';
-import { pager, debounce, stack, stackRow } from '../widgets.js';
+import { h, mount, badge, time, num, toast, attempt, confirm, severityBadge, field, values } from '../ui.js';
+import { pager, debounce, stack, stackRow, formDialog } from '../widgets.js';
 
 const LIMIT = 50;
 const SINCE = [
@@ -123,7 +123,35 @@ export async function render(main, ctx) {
       h('td', { class: 'actions' }, acked
         ? h('span', { class: 'muted', title: `by ${e.acknowledged_by}` }, '✓ acknowledged')
         : (canAck ? h('button', { type: 'button', class: 'small', 'aria-label': `Acknowledge event ${e.id}`,
-          onclick: () => ackOne(e) }, 'Acknowledge') : h('span', { class: 'muted' }, 'open'))));
+          onclick: () => ackOne(e) }, 'Acknowledge') : h('span', { class: 'muted' }, 'open')),
+      canAck ? [' ', h('button', { type: 'button', class: 'small', 'aria-label': `Incident for event ${e.id}`,
+        onclick: () => toIncident(e) }, 'Incident…')] : null));
+  }
+
+  /// Opens an incident from an event, or adds the event to an active one.
+  async function toIncident(e) {
+    const active = (await getAll('/api/v1/incidents?status=open').catch(() => []))
+      .concat(await getAll('/api/v1/incidents?status=acknowledged').catch(() => []));
+    const NEW = '';
+    const done = await formDialog(`Event ${e.id} and incidents`, [
+      field({ name: 'incident', label: 'Incident', type: 'select', value: NEW,
+        options: [[NEW, 'Open a new incident'], ...active.map((i) => [i.id, `Add to: ${i.title}`])] }),
+      field({ name: 'title', label: 'Title of a new incident', value: e.message.slice(0, 200),
+        help: 'Only for a new incident.' }),
+      field({ name: 'severity', label: 'Severity of a new incident', type: 'select', value: e.severity,
+        options: [['critical', 'Critical'], ['warning', 'Warning'], ['info', 'Info']] }),
+    ], async (form) => {
+      const v = values(form);
+      if (v.incident === NEW) {
+        const created = await post('/api/v1/incidents', { title: v.title, severity: v.severity, event_ids: [e.id] });
+        return { id: created.id, created: true };
+      }
+      await post(`/api/v1/incidents/${enc(v.incident)}/events`, { event_id: e.id });
+      return { id: v.incident, created: false };
+    }, { submit: 'Save' });
+    if (!done) return;
+    toast(done.created ? 'Incident opened.' : 'Event added to the incident.');
+    location.hash = `#/incidents/${enc(done.id)}`;
   }
 
   function draw() {

@@ -1,9 +1,9 @@
 // Incidents: the list (status and severity filters), a manual incident, and one
 // incident's page with its timeline of status changes and related events, notes,
-// and the acknowledge / resolve / reopen actions. Alert rules open and resolve
+// and the acknowledge / resolve / reopen (of a resolved one) actions. Alert rules open and resolve
 // incidents by themselves (#/alert-rules).
 
-import { get, post, patch, del, enc } from '../api.js';
+import { get, getAll, post, patch, del, enc } from '../api.js';
 import { onEvents } from '../live.js';
 import {
   h, mount, table, field, values, showErrors, confirm, dialog, toast, attempt, time,
@@ -28,12 +28,12 @@ async function renderList(main, ctx) {
     const q = new URLSearchParams({ limit: '100' });
     if (filters.status) q.set('status', filters.status);
     if (filters.severity) q.set('severity', filters.severity);
-    const page = await get(`/api/v1/incidents?${q}`);
+    const [page, rules] = await Promise.all([get(`/api/v1/incidents?${q}`), ruleNames()]);
     mount(listBox, table([
       { label: 'Incident', render: (i) => h('a', { href: `#/incidents/${enc(i.id)}` }, i.title) },
       { label: 'Status', render: (i) => statusBadge(i.status) },
       { label: 'Severity', render: (i) => severityBadge(i.severity) },
-      { label: 'From', render: (i) => (i.rule_id ? h('a', { href: '#/alert-rules' }, 'alert rule') : 'manual'), class: 'hide-narrow' },
+      { label: 'From', render: (i) => (i.rule_id ? h('a', { href: '#/alert-rules' }, `rule ${rules.get(i.rule_id) || i.rule_id}`) : 'manual'), class: 'hide-narrow' },
       { label: 'Opened', render: (i) => time(i.created_at) },
       { label: 'Updated', render: (i) => time(i.updated_at), class: 'hide-narrow' },
     ], page.items, { empty: 'No incidents match.' }),
@@ -90,8 +90,17 @@ async function renderOne(main, ctx, id) {
   }, 500);
 }
 
+/// Alert rules' names by id (incidents name their rule by id).
+async function ruleNames() {
+  try {
+    return new Map((await getAll('/api/v1/alert-rules')).map((r) => [r.id, r.name]));
+  } catch {
+    return new Map();
+  }
+}
+
 async function showOne(main, ctx, id) {
-  const inc = await get(`/api/v1/incidents/${enc(id)}`);
+  const [inc, rules] = await Promise.all([get(`/api/v1/incidents/${enc(id)}`), ruleNames()]);
   const reload = () => showOne(main, ctx, id);
   const setStatus = (status) => attempt(async () => {
     await patch(`/api/v1/incidents/${enc(id)}`, { status });
@@ -101,7 +110,7 @@ async function showOne(main, ctx, id) {
   if (ctx.canEdit) {
     if (inc.status === 'open') actions.push(h('button', { class: 'primary', type: 'button', onclick: () => setStatus('acknowledged') }, 'Acknowledge'));
     if (inc.status !== 'resolved') actions.push(h('button', { type: 'button', onclick: () => setStatus('resolved') }, 'Resolve'));
-    if (inc.status !== 'open') actions.push(h('button', { type: 'button', onclick: () => setStatus('open') }, 'Reopen'));
+    if (inc.status === 'resolved') actions.push(h('button', { type: 'button', onclick: () => setStatus('open') }, 'Reopen'));
     if (ctx.atLeast('admin')) {
       actions.push(h('button', { class: 'danger', type: 'button', onclick: async () => {
         if (await confirm(`Delete the incident "${inc.title}" and its timeline?`, { action: 'Delete' })) {
@@ -153,7 +162,7 @@ async function showOne(main, ctx, id) {
       h('div', { class: 'card' }, h('div', { class: 'label' }, 'Resolved'),
         h('div', {}, inc.resolved_at ? [time(inc.resolved_at), ` by ${inc.resolved_by || 'its rule'}`] : '—')),
       h('div', { class: 'card' }, h('div', { class: 'label' }, 'Source'),
-        h('div', {}, inc.rule_id ? h('a', { href: '#/alert-rules' }, `alert rule ${inc.rule_id}`) : 'opened by hand'))),
+        h('div', {}, inc.rule_id ? h('a', { href: '#/alert-rules', title: inc.rule_id }, `alert rule ${rules.get(inc.rule_id) || inc.rule_id}`) : 'opened by hand'))),
     h('div', { class: 'two' },
       h('section', { class: 'panel' }, h('h2', {}, 'Timeline'),
         inc.timeline.length ? h('ul', { class: 'diff-list', id: 'timeline' }, inc.timeline.map(entry)) : h('p', { class: 'empty' }, 'Nothing yet.'),

@@ -6,9 +6,12 @@ import { ApiError, del, enc, get, getAll, getVersioned, post, put } from '../api
 import {
   changedFields, clone, control, crumbs, duration, FieldErrors, readInto, report, section, showStale,
 } from '../forms.js';
+import { revisionToast } from '../widgets.js';
 import { subscribe, onEvents } from '../live.js';
+import { historyCharts } from '../history.js';
+import { breakerBadge, healthSummary } from './upstreams.js';
 import {
-  attempt, badge, clearErrors, confirm, h, mount, num, pct, search, toast,
+  attempt, badge, clearErrors, confirm, h, mount, ms, num, pct, search, toast,
 } from '../ui.js';
 
 export async function render(main, ctx, params) {
@@ -76,6 +79,28 @@ async function list(main, ctx) {
   ]);
   const traffic = new Map();
   const trafficCells = new Map();
+  // Breaker state (live) and target health beside each named upstream.
+  const breakers = new Map();
+  const health = new Map();
+  const statusCells = new Map();
+  const named = [...new Set(routes.map((r) => r.upstream).filter((u) => !isUrl(u)))];
+  async function loadHealth() {
+    // One reading per upstream; a large installation shows breakers only.
+    if (named.length > 30) return;
+    await Promise.all(named.map(async (u) => {
+      try { health.set(u, await get(`/api/v1/upstreams/${enc(u)}/health`)); } catch { health.delete(u); }
+    }));
+    drawStatus();
+  }
+  function statusOf(name) {
+    if (isUrl(name)) return null;
+    return h('span', { class: 'upstream-status' },
+      health.has(name) ? healthSummary(health.get(name)) : null, ' ',
+      breakers.has(name) ? breakerBadge(breakers.get(name)) : null);
+  }
+  function drawStatus() {
+    for (const [name, cells] of statusCells) for (const c of cells) c.replaceChildren(statusOf(name) || '');
+  }
   const countEl = h('span', { class: 'muted', id: 'route-count' });
   const tableBox = h('div', { class: 'panel', id: 'routes-table' });
 
@@ -146,6 +171,7 @@ async function list(main, ctx) {
 
   function draw() {
     const shown = routes.filter(matches);
+    statusCells.clear();
     countEl.textContent = shown.length === routes.length
       ? `${routes.length} route${routes.length === 1 ? '' : 's'}`
       : `${shown.length} of ${routes.length} routes`;
@@ -175,7 +201,12 @@ async function list(main, ctx) {
           h('td', {}, h('a', { href: `#/routes/edit/${enc(r.id)}`, class: 'strong' }, r.id),
             r.description ? h('div', { class: 'muted small' }, r.description) : null),
           h('td', {}, matchCell(r), h('div', { class: 'show-narrow muted small' }, '→ ', r.upstream)),
-          h('td', { class: 'hide-narrow' }, upstreamLink(r.upstream)),
+          h('td', { class: 'hide-narrow' }, upstreamLink(r.upstream), (() => {
+            const c = h('div', { class: 'small' }, statusOf(r.upstream) || '');
+            if (!statusCells.has(r.upstream)) statusCells.set(r.upstream, []);
+            statusCells.get(r.upstream).push(c);
+            return c;
+          })()),
           h('td', { class: 'hide-narrow' }, h('div', { class: 'badges' }, features(r))),
           tcell,
           h('td', { class: 'actions' }, ctx.canEdit ? [
@@ -208,6 +239,11 @@ async function list(main, ctx) {
     traffic.clear();
     for (const r of s.routes || []) traffic.set(r.route, r);
     for (const [id, cell] of trafficCells) cell.replaceChildren(trafficText(id));
+    const before = JSON.stringify([...breakers]);
+    breakers.clear();
+    for (const u of s.upstreams || []) if (u.breaker) breakers.set(u.upstream, u.breaker);
+    for (const b of s.breakers || []) breakers.set(b.upstream, b.state);
+    if (JSON.stringify([...breakers]) !== before) drawStatus();
   };
   if (snap) updateTraffic(snap);
   draw();
@@ -221,9 +257,11 @@ async function list(main, ctx) {
       draw();
     } catch { /* the next change tries again */ }
   };
+  loadHealth();
   const offs = [
     subscribe('metrics', updateTraffic),
     onEvents((e) => e.type === 'config.changed', reload),
+    onEvents((e) => e.type.startsWith('health.'), loadHealth, 500),
   ];
   return () => offs.forEach((off) => off());
 }
@@ -411,7 +449,7 @@ async function editor(main, ctx, id) {
       const saved = id
         ? await put(`/api/v1/routes/${enc(id)}`, route, { etag })
         : await post('/api/v1/routes', route);
-      toast(id ? `Route ${saved.id} saved.` : `Route ${saved.id} created.`);
+      revisionToast(id ? `Route ${saved.id} saved.` : `Route ${saved.id} created.`, saved.id);
       location.hash = '#/routes';
     } catch (e) {
       if (e instanceof ApiError && e.status === 412) {
@@ -434,19 +472,59 @@ async function editor(main, ctx, id) {
     Object.assign(original, fresh.data);
     clearErrors(form);
     build(original);
+    upstreamStatus();
     toast('Loaded the current version.');
   }
 
+  /// Health and breaker state of the upstream named in the form, under its field.
+  async function upstreamStatus() {
+    const f = form.querySelector('[data-field="upstream"]');
+    const input = f && f.querySelector('input');
+    if (!input) return;
+    let line = f.querySelector('.upstream-status-line');
+    if (!line) {
+      line = h('div', { class: 'upstream-status-line small', 'aria-live': 'polite' });
+      f.append(line);
+      input.addEventListener('change', upstreamStatus);
+    }
+    const name = input.value.trim();
+    if (!name || isUrl(name) || !upstreams.some((u) => u.name === name)) { mount(line); return; }
+    const [targets, snap] = await Promise.all([
+      get(`/api/v1/upstreams/${enc(name)}/health`).catch(() => null),
+      get('/api/v1/metrics').catch(() => null),
+    ]);
+    const live = snap && (snap.upstreams || []).find((u) => u.upstream === name);
+    const b = snap && (snap.breakers || []).find((x) => x.upstream === name);
+    mount(line, 'Upstream ', upstreamLink(name), ': ', targets ? healthSummary(targets) : null, ' breaker ',
+      breakerBadge(b ? b.state : live && live.breaker));
+  }
+
   build(original);
+  upstreamStatus();
+  // An existing route's traffic: stored history, moving live.
+  const history = id ? historyCharts([
+    { title: 'Latency', series: [
+      { metric: 'latency_p50_ms', label: 'p50', format: (v) => ms(v) },
+      { metric: 'latency_p99_ms', label: 'p99', format: (v) => ms(v) },
+    ] },
+    { title: 'Errors', series: [{ metric: 'error_rate', label: 'error rate', format: (v) => pct(v) }] },
+  ], { route: id }, { id: 'route-history' }) : null;
   mount(main,
     crumbs(['Routes', '#/routes'], id || 'New'),
     h('div', { class: 'toolbar' }, h('h1', { class: 'grow' }, title,
       id ? h('span', { class: 'title-badge' }, badge(original.enabled ? 'enabled' : 'disabled', original.enabled ? 'ok' : 'muted')) : null)),
     datalist,
-    form);
-  if (!readonly) {
+    form,
+    history ? history.el : null);
+  // No keyboard popping up over the form on a phone.
+  if (!readonly && window.matchMedia('(min-width: 900px)').matches) {
     const first = form.querySelector(id ? '[data-field="path"] input' : '[data-field="id"] input');
-    if (first) first.focus();
+    if (first) first.focus({ preventScroll: true });
   }
-  return undefined;
+  if (!history) return undefined;
+  await history.load();
+  return subscribe('metrics', (snap) => {
+    const r = (snap.routes || []).find((x) => x.route === id);
+    if (r) history.push(Date.now(), [[r.latency_ms.p50, r.latency_ms.p99], [r.error_rate]]);
+  });
 }

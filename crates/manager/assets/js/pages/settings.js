@@ -117,6 +117,7 @@ export async function render(main, ctx) {
       try {
         const r = await api('PUT', '/api/v1/settings', { ...settings, [name]: section }, { raw: true, etag });
         settings = await r.json();
+        window.dispatchEvent(new CustomEvent('fg:instance', { detail: settings.general.instance_name }));
         etag = r.headers.get('etag');
         status.textContent = 'Saved.';
         setTimeout(() => { status.textContent = ''; }, 4000);

@@ -6,13 +6,18 @@ import { ApiError, del, enc, get, getAll, getVersioned, post, put } from '../api
 import {
   changedFields, clone, control, crumbs, duration, FieldErrors, readInto, report, section, showStale, showWhen,
 } from '../forms.js';
+import { revisionToast, stack } from '../widgets.js';
 import { subscribe, onEvents } from '../live.js';
+import { historyCharts } from '../history.js';
 import {
   attempt, badge, clearErrors, confirm, h, mount, ms, num, pct, search, severityBadge,
-  stateBadge, table, time, toast,
+  stateBadge, table, targetBadge, time, toast,
 } from '../ui.js';
 
-const HEALTH_EVERY_MS = 3000;
+// Target health is read again on every event of the upstream (a target down or
+// up, a breaker change) and otherwise this often while the page is visible: the
+// dashboard's own calls must leave room in the session's API allowance.
+const HEALTH_EVERY_MS = 15000;
 
 export async function render(main, ctx, params) {
   if (params[0] === 'new') return editor(main, ctx, null);
@@ -42,12 +47,23 @@ function healthBadges(u) {
   return out.length ? out : h('span', { class: 'muted' }, 'none');
 }
 
+/// A short summary of targets' health: `healthy`, `1 of 3 down`, `all down`,
+/// or `not probed` when no check has run.
+export function healthSummary(targets) {
+  if (!targets || !targets.length) return badge('no targets', 'muted');
+  const down = targets.filter((t) => t.state !== 'healthy').length;
+  const probed = targets.some((t) => t.last_check || t.state !== 'healthy');
+  if (!probed) return badge('not probed', 'muted');
+  if (!down) return badge('healthy', 'ok');
+  return badge(down === targets.length ? 'all down' : `${down} of ${targets.length} down`, down === targets.length ? 'bad' : 'warn');
+}
+
 function breakerText(b) {
   if (!b.enabled) return 'off';
   return `opens at ${b.failure_rate_percent}% of ≥${b.min_requests} req in ${duration(b.window_ms)}, for ${duration(b.open_ms)}`;
 }
 
-function breakerBadge(state) {
+export function breakerBadge(state) {
   return state ? stateBadge(state) : badge('no traffic yet', 'muted');
 }
 
@@ -97,7 +113,7 @@ async function list(main, ctx) {
         ctx.canEdit ? ' to give routes a pool of targets with health checks and a circuit breaker.' : null));
       return;
     }
-    mount(box, table([
+    mount(box, stack(table([
       { label: 'Name', render: (u) => h('a', { href: `#/upstreams/view/${enc(u.name)}`, class: 'strong' }, u.name) },
       { label: 'Targets', render: (u) => h('div', {}, u.targets.slice(0, 3).map((t) => h('div', {}, h('code', {}, t.url),
         u.load_balancing === 'weighted' ? h('span', { class: 'muted small' }, ` ×${t.weight}`) : null)),
@@ -114,7 +130,7 @@ async function list(main, ctx) {
         h('a', { class: 'button small', href: `#/upstreams/edit/${enc(u.name)}`, 'aria-label': `Edit upstream ${u.name}` }, 'Edit'), ' ',
         h('button', { type: 'button', class: 'small danger', 'aria-label': `Delete upstream ${u.name}`, onclick: () => remove(u) }, 'Delete'),
       ] : h('a', { class: 'button small', href: `#/upstreams/view/${enc(u.name)}` }, 'Details')) },
-    ], shown, { empty: 'No upstream matches the search.', rowAttrs: (u) => ({ dataset: { upstream: u.name } }) }));
+    ], shown, { empty: 'No upstream matches the search.', rowAttrs: (u) => ({ dataset: { upstream: u.name } }) })));
   }
 
   function update(s) {
@@ -178,7 +194,7 @@ async function detail(main, ctx, name) {
       const weights = new Map(u.targets.map((t) => [t.url, t.weight]));
       mount(healthBox, table([
         { label: 'Target', render: (t) => h('code', {}, t.url) },
-        { label: 'Health', render: (t) => stateBadge(t.state) },
+        { label: 'Health', render: (t) => targetBadge(t, u.health_check && u.health_check.active) },
         { label: 'Weight', class: 'hide-narrow num', render: (t) => num(weights.get(t.url)) },
         { label: 'Failures in a row', class: 'hide-narrow num', render: (t) => num(t.consecutive_failures) },
         { label: 'Connections', class: 'hide-narrow num', render: (t) => num(t.active_connections) },
@@ -197,9 +213,18 @@ async function detail(main, ctx, name) {
     updated.textContent = lastHealth ? `updated ${Math.round((Date.now() - lastHealth) / 1000)} s ago · every ${HEALTH_EVERY_MS / 1000} s` : '';
   }
 
+  const history = historyCharts([
+    { title: 'Latency', series: [
+      { metric: 'latency_p50_ms', label: 'p50', format: (v) => ms(v) },
+      { metric: 'latency_p99_ms', label: 'p99', format: (v) => ms(v) },
+    ] },
+    { title: 'Failed attempts', series: [{ metric: 'upstream_failure_rate', label: 'failure rate', format: (v) => pct(v) }] },
+  ], { upstream: name }, { id: 'upstream-history' });
+
   function update(s) {
     const t = (s.upstreams || []).find((x) => x.upstream === name);
     const b = (s.breakers || []).find((x) => x.upstream === name);
+    if (t) history.push(Date.now(), [[t.latency_ms ? t.latency_ms.p50 : null, t.latency_ms ? t.latency_ms.p99 : null], [t.failure_rate]]);
     cards.breaker.replaceChildren(breakerBadge(b ? b.state : t && t.breaker));
     cards.rps.textContent = t ? num(t.requests_per_second, 1) : '—';
     cards.failures.textContent = t ? pct(t.failure_rate) : '—';
@@ -242,6 +267,7 @@ async function detail(main, ctx, name) {
     h('div', { class: 'grid' },
       card('Circuit breaker', cards.breaker), card('Requests/s', cards.rps), card('Failed attempts', cards.failures),
       card('p99 latency', cards.p99), card('Retries (10 s)', cards.retries)),
+    history.el,
     h('section', { class: 'panel' },
       h('div', { class: 'panel-head' }, h('h2', {}, 'Targets'), updated),
       healthBox),
@@ -262,20 +288,24 @@ async function detail(main, ctx, name) {
           : h('p', { class: 'empty' }, 'No route sends traffic here.'))),
     h('section', { class: 'panel' }, h('h2', {}, 'Recent events'), eventsBox));
 
+  await history.load();
   if (snap) update(snap);
   renderEvents();
   await refreshHealth();
-  const timer = setInterval(refreshHealth, HEALTH_EVERY_MS);
+  const timer = setInterval(() => { if (!document.hidden) refreshHealth(); }, HEALTH_EVERY_MS);
   const ticker = setInterval(tick, 1000);
+  let soon = null;
   const offs = [
     subscribe('metrics', update),
     subscribe('event', (e) => {
       if (e.upstream !== name) return;
       recent = [e, ...recent].slice(0, 10);
       renderEvents();
+      clearTimeout(soon);
+      soon = setTimeout(refreshHealth, 250);
     }),
   ];
-  return () => { clearInterval(timer); clearInterval(ticker); offs.forEach((off) => off()); };
+  return () => { clearInterval(timer); clearInterval(ticker); clearTimeout(soon); offs.forEach((off) => off()); };
 }
 
 // ---------------------------------------------------------------- editor
@@ -451,7 +481,7 @@ async function editor(main, ctx, name) {
       const saved = name
         ? await put(`/api/v1/upstreams/${enc(name)}`, u, { etag })
         : await post('/api/v1/upstreams', u);
-      toast(name ? `Upstream ${saved.name} saved.` : `Upstream ${saved.name} created.`);
+      revisionToast(name ? `Upstream ${saved.name} saved.` : `Upstream ${saved.name} created.`, saved.name);
       location.hash = `#/upstreams/view/${enc(saved.name)}`;
     } catch (e) {
       if (e instanceof ApiError && e.status === 412) {
