@@ -71,6 +71,26 @@ struct ProviderRt {
 }
 
 impl ProviderRt {
+    /// `body` without the provider's key: a provider that refuses a key may
+    /// echo it in its error, which goes back to the caller.
+    fn scrubbed(&self, body: Bytes) -> Bytes {
+        let Some(key) = self.key.as_ref().map(HeaderValue::as_bytes) else {
+            return body;
+        };
+        if key.is_empty() || !body.windows(key.len()).any(|w| w == key) {
+            return body;
+        }
+        let mut out = Vec::with_capacity(body.len());
+        let mut rest = &body[..];
+        while let Some(at) = rest.windows(key.len()).position(|w| w == key) {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(b"[redacted]");
+            rest = &rest[at + key.len()..];
+        }
+        out.extend_from_slice(rest);
+        Bytes::from(out)
+    }
+
     /// The provider's key on `rb`, the way its kind expects it.
     fn authorized(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match self.kind {
@@ -608,6 +628,7 @@ pub(crate) async fn forward(
         .await
         {
             Ok(Ok((status, _, bytes))) if !kind.speaks_openai() => {
+                let bytes = provider.scrubbed(bytes);
                 translated_answer(status, kind, &bytes, |b| {
                     let ids = fleetgate_ai::wire::parse_models(kind, b).ok()?;
                     Some(json!({"object": "list", "data": ids.iter()
@@ -616,7 +637,7 @@ pub(crate) async fn forward(
                 })
             }
             Ok(Ok((status, ct, bytes))) => {
-                let mut r = Response::new(Either::Right(Full::new(bytes)));
+                let mut r = Response::new(Either::Right(Full::new(provider.scrubbed(bytes))));
                 *r.status_mut() = status;
                 if let Some(ct) = ct {
                     r.headers_mut().insert(header::CONTENT_TYPE, ct);
@@ -834,6 +855,7 @@ pub(crate) async fn forward(
             .ok()
             .and_then(Result::ok)
             .unwrap_or_default();
+        let bytes = provider.scrubbed(bytes);
         let mut r = Response::new(Either::Right(Full::new(bytes)));
         *r.status_mut() = status;
         if let Some(ct) = content_type {
@@ -1040,7 +1062,7 @@ async fn relay_translated(
     })
     .await;
     let (status, bytes) = match answer {
-        Ok(Ok(a)) => a,
+        Ok(Ok((status, bytes))) => (status, provider.scrubbed(bytes)),
         Ok(Err(e)) => {
             tracing::warn!(provider = %provider.name, error = %e, "AI provider unreachable");
             return failed(
