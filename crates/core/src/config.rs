@@ -134,7 +134,10 @@ impl ConfigDocument {
     pub fn check_compiles(&self) -> Result<(), ValidationError> {
         let mut e = ValidationError::new();
         for (i, r) in self.routes.iter().enumerate() {
-            if !r.upstream.contains("://") && !self.upstreams.iter().any(|u| u.name == r.upstream) {
+            if r.ai.is_none()
+                && !r.upstream.contains("://")
+                && !self.upstreams.iter().any(|u| u.name == r.upstream)
+            {
                 e.push(
                     format!("routes[{i}].upstream"),
                     format!("route {:?}: no upstream named {:?}", r.id, r.upstream),
@@ -151,7 +154,10 @@ impl ConfigDocument {
     /// no other route (`twin`) matches exactly the same requests.
     pub fn check_route_refs(&self, r: &Route, twin: Option<&str>) -> ValidationError {
         let mut e = ValidationError::new();
-        if !r.upstream.contains("://") && !self.upstreams.iter().any(|u| u.name == r.upstream) {
+        if r.ai.is_none()
+            && !r.upstream.contains("://")
+            && !self.upstreams.iter().any(|u| u.name == r.upstream)
+        {
             e.push("upstream", format!("no upstream named {:?}", r.upstream));
         }
         if let Some(other) = twin {

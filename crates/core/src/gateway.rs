@@ -290,7 +290,9 @@ pub struct Route {
     /// 1–64 characters of `[A-Za-z0-9_.-]`.
     pub id: String,
     pub path: String,
-    /// An upstream's name, or a URL for a one-target upstream.
+    /// An upstream's name, or a URL for a one-target upstream; empty (left
+    /// out) on an `ai` route, which relays to its AI provider instead.
+    #[serde(default)]
     pub upstream: String,
     /// Allowed methods; empty allows all.
     #[serde(default)]
@@ -337,6 +339,10 @@ pub struct Route {
     /// Answer plain-HTTP requests with a redirect to HTTPS.
     #[serde(default, alias = "httpsRedirect")]
     pub https_redirect: bool,
+    /// Makes the route an AI gateway route: OpenAI-compatible requests relayed
+    /// to an AI provider, metered and held to budgets (see [`crate::ai_gateway`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai: Option<crate::ai_gateway::AiRoute>,
 }
 
 fn yes() -> bool {
@@ -700,7 +706,17 @@ impl Route {
                 }
             }
         }
-        if self.upstream.contains("://") {
+        if let Some(ai) = &self.ai {
+            if !self.upstream.is_empty() {
+                e.push(
+                    "upstream",
+                    "must be left out on an ai route (it relays to its AI provider)",
+                );
+            }
+            if let Err(err) = ai.validate() {
+                e.extend_prefixed("ai", err);
+            }
+        } else if self.upstream.contains("://") {
             if let Err(m) = parse_target_url(&self.upstream) {
                 e.push("upstream", m);
             }

@@ -4,6 +4,7 @@
 //! Nothing here performs I/O; the store, the manager and the data plane all build on
 //! these types.
 
+pub mod ai_gateway;
 pub mod alerts;
 pub mod breaker;
 pub mod config;

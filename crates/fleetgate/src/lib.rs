@@ -228,10 +228,9 @@ pub async fn start(
         state.feed.publish_rate_limits(RateLimitSettings {
             fail_open: config.gateway.rate_limit_fail_open,
         });
-        let gw = Gateway::new(
-            state.subscribe(),
-            gateway_options(&config, Some(state.event_sink()))?,
-        );
+        let mut options = gateway_options(&config, Some(state.event_sink()))?;
+        options.ai_usage = Some(state.ai_usage_sink());
+        let gw = Gateway::new(state.subscribe(), options);
         if config.flecto.url.is_some() {
             let mut cfg = config.flecto.clone();
             cfg.agent_name = cfg.effective_agent_name();
@@ -324,6 +323,7 @@ fn gateway_options(
         client_body_timeout: Duration::from_millis(config.gateway.client_body_timeout_ms),
         client_send_timeout: Duration::from_millis(config.gateway.client_send_timeout_ms),
         events,
+        ai_usage: None,
     })
 }
 

@@ -9,6 +9,7 @@
 pub mod acme;
 pub mod agents;
 pub mod ai;
+pub mod ai_gateway;
 pub mod alerts;
 pub mod api;
 pub mod api_tokens;
@@ -156,6 +157,11 @@ pub struct Inner {
     /// a provider's base URL is set by an admin and may be a model server on
     /// this host.
     pub ai_http: reqwest::Client,
+    /// Usage records of the AI gateway's data plane, on their way to the store.
+    pub ai_usage: Arc<ai_gateway::UsageQueue>,
+    /// Held while the AI gateway input is read and published, so that an
+    /// input read earlier is never published over one read later.
+    pub ai_publish: tokio::sync::Mutex<()>,
 }
 
 /// Shared state of every handler.
@@ -237,10 +243,13 @@ impl AppState {
             deployments,
             acme,
             ai_http: fleetgate_ai::http_client().map_err(|e| anyhow::anyhow!("{e}"))?,
+            ai_usage: Arc::new(ai_gateway::UsageQueue::default()),
+            ai_publish: tokio::sync::Mutex::new(()),
         }));
         state.publish_latest().await?;
         state.publish_certificates().await?;
         state.publish_sites().await?;
+        state.publish_ai().await?;
         Ok(state)
     }
 
@@ -262,6 +271,11 @@ impl AppState {
     /// Where the gateway in this process sends its events.
     pub fn event_sink(&self) -> Arc<dyn fleetgate_core::events::EventSink> {
         Arc::new(events::HubSink(self.events.clone()))
+    }
+
+    /// Where the built-in gateway sends the usage records of its `ai` routes.
+    pub fn ai_usage_sink(&self) -> fleetgate_protocol::ai::UsageSink {
+        self.ai_usage.clone()
     }
 
     /// Logs, stores and streams an event raised by the manager.
@@ -293,6 +307,8 @@ impl AppState {
         nodes::history::spawn(self.clone(), shutdown.clone());
         tunnels::spawn_retry(self.clone(), shutdown.clone());
         self.follow_store(shutdown.clone());
+        self.ai_usage
+            .spawn_writer(self.store.clone(), shutdown.clone());
         // Deployments left running start again, and stop with the manager.
         let deployments = self.deployments.clone();
         let router =

@@ -435,6 +435,8 @@ impl NodeHub {
 pub fn edge_config(current: &DataPlaneConfig) -> DataPlaneConfig {
     DataPlaneConfig {
         synced: None,
+        // Provider keys never leave the manager's process.
+        ai: Default::default(),
         ..current.clone()
     }
 }
@@ -479,6 +481,10 @@ pub fn spawn_snapshot_encoder(
             }
             let current = input.borrow_and_update().clone();
             let config = edge_config(&current);
+            if previous.as_ref().is_some_and(|(c, _)| *c == config) {
+                // A change edges do not see (the AI gateway's input).
+                continue;
+            }
             let before = previous.take();
             let encoded = tokio::task::spawn_blocking(move || {
                 let base = before.as_ref().map(|(c, d)| (c, d.as_str()));

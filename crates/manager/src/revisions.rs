@@ -415,6 +415,9 @@ impl AppState {
                 if let Err(e) = state.publish_certificates().await {
                     tracing::warn!(error = %e, "could not load certificates");
                 }
+                if let Err(e) = state.publish_ai().await {
+                    tracing::warn!(error = %e, "could not load the AI gateway input");
+                }
                 let mut wait = poll;
                 match state.acme.publish_challenges(&state).await {
                     Ok((_, Some(expiry))) => {

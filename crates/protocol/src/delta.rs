@@ -209,6 +209,7 @@ impl ConfigDelta {
                 .clone()
                 .unwrap_or_else(|| base.challenges.clone()),
             local: base.local,
+            ai: base.ai.clone(),
         }
     }
 }

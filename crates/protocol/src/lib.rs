@@ -10,6 +10,7 @@
 //! the [`StatusLink`] (the manager for its in-process gateway, the node connection
 //! for an edge) reads it the same way.
 
+pub mod ai;
 pub mod delta;
 pub mod node;
 pub mod sync;
@@ -57,6 +58,11 @@ pub struct DataPlaneConfig {
     /// snapshots' digests do not change).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub local: u64,
+    /// The AI gateway's providers (keys opened), callers and budgets. Never
+    /// serialized: provider keys stay in the manager's process, so only the
+    /// built-in gateway of `fleetgate serve` serves `ai` routes (see [`ai`]).
+    #[serde(skip)]
+    pub ai: Arc<ai::AiGatewayInput>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -73,6 +79,7 @@ impl DataPlaneConfig {
             synced: self.synced.as_ref().map(|s| s.version),
             challenges: self.challenges.version,
             local: self.local,
+            ai: self.ai.version,
         }
     }
 }
@@ -146,6 +153,9 @@ pub struct AppliedVersions {
     /// (see [`DataPlaneConfig::local`]).
     #[serde(default)]
     pub local: u64,
+    /// The AI gateway input applied (0 before any).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ai: u64,
 }
 
 /// What a data plane reports about itself.
@@ -355,6 +365,20 @@ impl ConfigFeed {
         self.current().versions()
     }
 
+    /// Publishes the AI gateway input if it differs from the one out; its
+    /// version is the next number.
+    pub fn publish_ai(&self, mut input: ai::AiGatewayInput) -> bool {
+        self.tx.send_if_modified(|cur| {
+            input.version = cur.ai.version;
+            if *cur.ai == input {
+                return false;
+            }
+            input.version += 1;
+            Arc::make_mut(cur).ai = Arc::new(input);
+            true
+        })
+    }
+
     /// Sets the rate-limit behaviour.
     pub fn publish_rate_limits(&self, settings: RateLimitSettings) -> bool {
         self.tx.send_if_modified(|cur| {
@@ -485,6 +509,7 @@ mod tests {
                 synced: None,
                 challenges: 0,
                 local: 0,
+                ai: 0,
             }
         );
     }

@@ -55,9 +55,13 @@ impl HeaderOps {
     }
 }
 
+/// The upstream name `ai` routes are counted and logged under.
+pub const AI_UPSTREAM: &str = "ai";
+
 pub struct RouteRuntime {
     pub route: Route,
-    pub upstream: Arc<UpstreamRuntime>,
+    /// `None` on an `ai` route, which relays to its AI provider instead.
+    pub upstream: Option<Arc<UpstreamRuntime>>,
     pub upstream_metrics: Arc<UpstreamMetrics>,
     pub limiter: Option<Arc<RouteLimiter>>,
     pub allow: Vec<IpNet>,
@@ -113,19 +117,21 @@ impl Compiled {
             .collect();
         let mut routes = Vec::with_capacity(doc.routes.len());
         for r in &doc.routes {
-            let upstream = if r.upstream.contains("://") {
+            let upstream = if r.ai.is_some() {
+                None
+            } else if r.upstream.contains("://") {
                 // A URL upstream: a one-target pool of its own, named after the route.
                 let u = Upstream::single(format!("route:{}", r.id), r.upstream.clone());
                 let rt = reuse(&u);
                 upstreams.insert(u.name.clone(), rt.clone());
-                rt
+                Some(rt)
             } else {
-                upstreams.get(&r.upstream).cloned().ok_or_else(|| {
+                Some(upstreams.get(&r.upstream).cloned().ok_or_else(|| {
                     format!(
                         "route {:?} refers to unknown upstream {:?}",
                         r.id, r.upstream
                     )
-                })?
+                })?)
             };
             // A route whose limit did not change keeps its counters.
             let limiter = r.rate_limit.as_ref().filter(|l| l.enabled).map(|l| {
@@ -141,7 +147,8 @@ impl Compiled {
             });
             routes.push(RouteRuntime {
                 route: r.clone(),
-                upstream_metrics: metrics.upstream(&upstream.name),
+                upstream_metrics: metrics
+                    .upstream(upstream.as_ref().map_or(AI_UPSTREAM, |u| u.name.as_str())),
                 upstream,
                 limiter,
                 allow: r.ip_allow.iter().filter_map(|c| parse_cidr(c)).collect(),
@@ -154,9 +161,13 @@ impl Compiled {
         for u in upstreams.values() {
             u.start_health_checks();
         }
+        let ai_routes = doc.routes.iter().any(|r| r.ai.is_some());
         metrics.retain(
             doc.routes.iter().map(|r| r.id.as_str()),
-            upstreams.keys().map(String::as_str),
+            upstreams
+                .keys()
+                .map(String::as_str)
+                .chain(ai_routes.then_some(AI_UPSTREAM)),
         );
         Ok(Self {
             revision,

@@ -270,10 +270,24 @@ pub async fn handle(
         let refused = policy::body_limit(&ctx, &parts)
             // 3. The upstream's circuit breaker.
             .or_else(|| target::circuit_breaker(&ctx));
-        let mut resp = match refused {
-            Some(r) => r,
+        let mut resp = match (refused, &rt.route.ai) {
+            (Some(r), _) => r,
+            // 4. An `ai` route relays to its AI provider instead (crate::ai).
+            (None, Some(ai)) => {
+                let mut r = crate::ai::forward(
+                    &gw,
+                    &rt.route.id,
+                    ai,
+                    &mut parts,
+                    body,
+                    rt.route.max_body_bytes,
+                )
+                .await;
+                rt.response_headers.apply(r.headers_mut());
+                r
+            }
             // 4. The exchange with the upstream (and 5., its response rules).
-            None => exchange::forward(&ctx, &mut parts, body).await,
+            (None, None) => exchange::forward(&ctx, &mut parts, body).await,
         };
         // 5. What the policies owe the answer.
         respond::policy_headers(&ctx, &mut resp, &admitted);

@@ -12,6 +12,7 @@
 //! with an event and the last good one keeps serving.
 
 pub mod access_log;
+pub mod ai;
 mod clock;
 pub mod compiled;
 mod forward;
@@ -51,7 +52,7 @@ pub use forward::ProxyBody;
 use metrics::MetricsRegistry;
 
 /// Start-up options of the gateway.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GatewayOptions {
     /// Print one JSON line per proxied request on standard output.
     pub access_log: Option<access_log::AccessLog>,
@@ -67,6 +68,23 @@ pub struct GatewayOptions {
     pub client_send_timeout: Duration,
     /// Where the gateway's events go (the manager's event hub).
     pub events: Option<Arc<dyn EventSink>>,
+    /// Where `ai` routes send a usage record per relayed request (the
+    /// manager's batch writer).
+    pub ai_usage: Option<fleetgate_protocol::ai::UsageSink>,
+}
+
+impl std::fmt::Debug for GatewayOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayOptions")
+            .field("access_log", &self.access_log)
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("client_body_timeout", &self.client_body_timeout)
+            .field("client_send_timeout", &self.client_send_timeout)
+            .field("events", &self.events)
+            .field("ai_usage", &self.ai_usage.is_some())
+            .finish()
+    }
 }
 
 impl Default for GatewayOptions {
@@ -78,6 +96,7 @@ impl Default for GatewayOptions {
             client_body_timeout: Duration::from_secs(60),
             client_send_timeout: Duration::from_secs(60),
             events: None,
+            ai_usage: None,
         }
     }
 }
@@ -95,6 +114,9 @@ pub struct GatewayInner {
     pub(crate) client_body_timeout: Duration,
     pub(crate) client_send_timeout: Duration,
     pub(crate) events: Option<Arc<dyn EventSink>>,
+    /// The AI gateway's providers, callers and budget ledgers.
+    pub(crate) ai: ArcSwap<ai::AiRuntime>,
+    pub(crate) ai_usage: Option<fleetgate_protocol::ai::UsageSink>,
     /// Port of the HTTPS listener once bound, for HTTP→HTTPS redirects (0 = none).
     pub(crate) https_port: std::sync::atomic::AtomicU16,
     /// Certificates of the HTTPS listener, by SNI name.
@@ -251,6 +273,8 @@ impl Gateway {
             client_body_timeout: options.client_body_timeout,
             client_send_timeout: options.client_send_timeout,
             events: options.events.clone(),
+            ai: ArcSwap::from_pointee(ai::AiRuntime::default()),
+            ai_usage: options.ai_usage.clone(),
             https_port: std::sync::atomic::AtomicU16::new(0),
             tls: Arc::new(tls::SniResolver::default()),
             challenges: ArcSwap::from_pointee(Default::default()),
@@ -310,6 +334,14 @@ impl Gateway {
         }
         if config.sites.version != applied.versions.sites {
             self.apply_sites(&mut applied, config);
+            changed = true;
+        }
+        if config.ai.version != applied.versions.ai {
+            let previous = self.inner.ai.load_full();
+            self.inner
+                .ai
+                .store(Arc::new(ai::AiRuntime::build(&config.ai, &previous)));
+            applied.versions.ai = config.ai.version;
             changed = true;
         }
         if config.challenges.version != applied.versions.challenges {

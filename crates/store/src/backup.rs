@@ -83,6 +83,8 @@ impl SqlStore {
                     "revisions",
                     "audit_log",
                     "counters",
+                    "ai_budgets",
+                    "ai_budget_spend",
                     "_sqlx_migrations",
                 ] {
                     let sql = format!("SELECT row_to_json(t)::text FROM {table} t");

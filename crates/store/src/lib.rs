@@ -7,6 +7,7 @@
 
 mod agents;
 mod ai;
+mod ai_gateway;
 mod alerts;
 mod audit;
 mod auth;
@@ -31,6 +32,7 @@ pub use agents::{
     AgentToolRecord, AgentVersionRecord, AiAgentRecord,
 };
 pub use ai::{AiPreferencesRecord, AiProviderRecord, AiStore};
+pub use ai_gateway::{AiBudgetRecord, AiGatewayStore, AiUsageRow, UsageGroup, UsageTotals};
 pub use alerts::{
     AlertRuleRecord, AlertStore, IncidentAnalysisRecord, IncidentFilter, IncidentRecord,
     NewTimelineEntry, TimelineEntry,
@@ -181,6 +183,7 @@ pub trait Store:
     + TunnelStore
     + AiStore
     + AgentStore
+    + AiGatewayStore
     + Send
     + Sync
     + 'static

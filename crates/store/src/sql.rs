@@ -171,6 +171,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/postgres/0016_incident_analyses.sql"),
     ),
     (
+        17,
+        "ai gateway",
+        include_str!("../migrations/sqlite/0017_ai_gateway.sql"),
+        include_str!("../migrations/postgres/0017_ai_gateway.sql"),
+    ),
+    (
         18,
         "agents",
         include_str!("../migrations/sqlite/0018_agents.sql"),

@@ -16,6 +16,7 @@ use fleetgate_store::{
     AgentBudget, AgentRunRecord, AgentScheduleRecord, AgentSplit, AgentStepRecord, AgentStore,
     AgentToolRecord, AgentVersionRecord, AiAgentRecord,
 };
+use fleetgate_store::{AiBudgetRecord, AiGatewayStore, AiUsageRow, UsageGroup};
 use fleetgate_store::{AiPreferencesRecord, AiProviderRecord, AiStore};
 use fleetgate_store::{
     AlertRuleRecord, AlertStore, IncidentAnalysisRecord, IncidentFilter, IncidentRecord,
@@ -136,6 +137,8 @@ conformance!(
     agent_tools_keep_header_values_out_of_the_audit,
     agent_runs_steps_and_spend,
     agent_schedules_are_claimed_once,
+    ai_budgets_crud_with_versions_and_audit,
+    ai_usage_batches_roll_up_and_charge_budgets,
 );
 
 fn actor() -> Actor {
@@ -3575,4 +3578,209 @@ async fn agent_schedules_are_claimed_once(s: &SqlStore) {
         .expect("claim"));
     s.delete_agent_schedule(&a, "s1").await.expect("delete");
     assert!(s.get_agent_schedule("s1").await.expect("get").is_none());
+}
+
+fn ai_budget(id: &str, name: &str) -> AiBudgetRecord {
+    AiBudgetRecord {
+        id: id.into(),
+        name: name.into(),
+        period: "daily".into(),
+        limit_micros: 5_000_000,
+        alert_threshold_pct: 80,
+        action: "block".into(),
+        api_key_id: None,
+        description: "team budget".into(),
+        version: 1,
+        created_at: 1_000,
+        updated_at: 1_000,
+    }
+}
+
+async fn ai_budgets_crud_with_versions_and_audit(s: &SqlStore) {
+    let a = actor();
+    let b1 = ai_budget("b1", "team-a");
+    s.create_ai_budget(&a, &b1).await.expect("create");
+    assert_eq!(s.get_ai_budget("b1").await.expect("get"), Some(b1.clone()));
+    assert!(matches!(
+        s.create_ai_budget(&a, &ai_budget("b2", "team-a")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut b2 = ai_budget("b2", "alpha");
+    b2.api_key_id = Some("k1".into());
+    b2.action = "alert_only".into();
+    s.create_ai_budget(&a, &b2).await.expect("create b2");
+    assert_eq!(
+        s.list_ai_budgets()
+            .await
+            .expect("list")
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect::<Vec<_>>(),
+        ["alpha", "team-a"]
+    );
+    let mut edit = b1.clone();
+    edit.limit_micros = 7_000_000;
+    assert!(matches!(
+        s.update_ai_budget(&a, &edit, Some(5)).await,
+        Err(StoreError::VersionMismatch { current: 1 })
+    ));
+    let saved = s
+        .update_ai_budget(&a, &edit, Some(1))
+        .await
+        .expect("update");
+    assert_eq!((saved.version, saved.limit_micros), (2, 7_000_000));
+    edit.name = "alpha".into();
+    assert!(matches!(
+        s.update_ai_budget(&a, &edit, None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.record_ai_usage(&[AiUsageRow {
+        id: "u-b".into(),
+        at_ms: 10,
+        cost_micros: 5,
+        budgets: vec![("b1".into(), 0)],
+        ..Default::default()
+    }])
+    .await
+    .expect("usage");
+    assert_eq!(s.ai_budget_spent("b1", 0).await.expect("spent"), 5);
+    let gone = s.delete_ai_budget(&a, "b1").await.expect("delete");
+    assert_eq!(gone.limit_micros, 7_000_000);
+    assert_eq!(
+        s.ai_budget_spent("b1", 0).await.expect("spent"),
+        0,
+        "its spend goes with it"
+    );
+    assert!(matches!(
+        s.delete_ai_budget(&a, "b1").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                target_type: Some("ai_budget".into()),
+                ..Default::default()
+            },
+            page(100, 0),
+        )
+        .await
+        .expect("audit");
+    let mut actions: Vec<&str> = audit.items.iter().map(|e| e.action.as_str()).collect();
+    actions.sort_unstable();
+    assert_eq!(
+        actions,
+        [
+            "ai_budget.create",
+            "ai_budget.create",
+            "ai_budget.delete",
+            "ai_budget.update"
+        ]
+    );
+}
+
+fn usage_row(id: &str, at_ms: i64, key: &str, model: &str, cost: i64) -> AiUsageRow {
+    AiUsageRow {
+        id: id.into(),
+        at_ms,
+        route_id: "r1".into(),
+        api_key_id: key.into(),
+        provider_id: "p1".into(),
+        model: model.into(),
+        input_tokens: 10,
+        output_tokens: 20,
+        cached_input_tokens: 4,
+        cache_write_input_tokens: 0,
+        reasoning_tokens: 3,
+        cost_micros: cost,
+        status: 200,
+        outcome: "ok".into(),
+        latency_ms: 12,
+        streamed: true,
+        estimated: false,
+        budgets: vec![("b1".into(), 0)],
+    }
+}
+
+async fn ai_usage_batches_roll_up_and_charge_budgets(s: &SqlStore) {
+    const H: i64 = 3_600_000;
+    const DAY: i64 = 24 * H;
+    let batch = vec![
+        usage_row("u1", 10, "k1", "gpt-4o", 100),
+        usage_row("u2", H - 1, "k1", "gpt-4o", 200),
+        usage_row("u3", H + 5, "k1", "gpt-4o-mini", 7),
+        usage_row("u4", DAY + 5, "k2", "gpt-4o", 1_000),
+    ];
+    s.record_ai_usage(&batch).await.expect("record");
+    // The same batch again (a retry) counts once.
+    s.record_ai_usage(&batch).await.expect("record again");
+    s.record_ai_usage(&[]).await.expect("empty batch");
+
+    assert_eq!(s.ai_key_spend("k1", 0, 2 * H).await.expect("spend"), 307);
+    assert_eq!(s.ai_key_spend("k1", 0, H).await.expect("spend"), 300);
+    assert_eq!(
+        s.ai_key_spend("k1", H + 1, 2 * H).await.expect("spend"),
+        7,
+        "from the hour holding from"
+    );
+    assert_eq!(s.ai_key_spend("k2", 0, DAY).await.expect("spend"), 0);
+    assert_eq!(
+        s.ai_key_spend("nobody", 0, 10 * DAY).await.expect("spend"),
+        0
+    );
+    assert_eq!(s.ai_budget_spent("b1", 0).await.expect("spent"), 1_307);
+    assert_eq!(s.ai_budget_spent("b1", DAY).await.expect("spent"), 0);
+
+    let all = s.ai_usage_totals(0, 2 * DAY, None).await.expect("totals");
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (
+            all[0].requests,
+            all[0].input_tokens,
+            all[0].output_tokens,
+            all[0].cached_input_tokens,
+            all[0].reasoning_tokens,
+            all[0].cost_micros
+        ),
+        (4, 40, 80, 16, 12, 1_307)
+    );
+    let by_key = s
+        .ai_usage_totals(0, 2 * DAY, Some(UsageGroup::Key))
+        .await
+        .expect("by key");
+    assert_eq!(
+        by_key
+            .iter()
+            .map(|t| (t.key.as_str(), t.requests, t.cost_micros))
+            .collect::<Vec<_>>(),
+        [("k2", 1, 1_000), ("k1", 3, 307)]
+    );
+    let by_model = s
+        .ai_usage_totals(0, DAY, Some(UsageGroup::Model))
+        .await
+        .expect("by model");
+    assert_eq!(
+        by_model
+            .iter()
+            .map(|t| (t.key.as_str(), t.cost_micros))
+            .collect::<Vec<_>>(),
+        [("gpt-4o", 300), ("gpt-4o-mini", 7)]
+    );
+    let by_day = s
+        .ai_usage_totals(0, 2 * DAY, Some(UsageGroup::Day))
+        .await
+        .expect("by day");
+    assert_eq!(
+        by_day
+            .iter()
+            .map(|t| (t.key.as_str(), t.cost_micros))
+            .collect::<Vec<_>>(),
+        [(DAY.to_string().as_str(), 1_000), ("0", 307)]
+    );
+    let recent = s.recent_ai_usage(0, 2 * DAY, 2).await.expect("recent");
+    assert_eq!(
+        recent.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["u4", "u3"]
+    );
+    assert!(recent[0].streamed && !recent[0].estimated);
+    assert_eq!(recent[0].reasoning_tokens, 3);
 }

@@ -5,6 +5,7 @@
 mod acme;
 mod agents;
 mod ai;
+mod ai_gateway;
 mod ai_insight;
 mod ai_ops;
 mod alerts;

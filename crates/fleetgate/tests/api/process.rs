@@ -266,7 +266,7 @@ fn migrate_prepares_the_store() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout)
-        .contains("[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18]"));
+        .contains("[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]"));
     assert!(dir.path().join("fleetgate.db").exists());
 }
 
@@ -848,4 +848,105 @@ fn nginx_export_is_checked_by_nginx_and_rolled_back_when_refused() {
         confd.join("fleetgate-shop.conf").exists(),
         "not removed either"
     );
+}
+
+/// The AI gateway through the binary with debug logs and the access log on:
+/// neither the provider's key nor the caller's appears in its output, nor in
+/// what a caller gets back from a provider that echoes a refused key.
+#[test]
+fn ai_keys_never_reach_the_logs() {
+    const PROVIDER_KEY: &str = "sk-provider-LOGCHECK-0123456789";
+    const WRONG_KEY: &str = "sk-wrong-LOGCHECK-9876543210";
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let fake = rt.block_on(fleetgate_test_support::fake_llm::FakeLlm::start(Some(
+        PROVIDER_KEY,
+    )));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Proc::start(
+        dir.path(),
+        &[
+            ("FLEETGATE_LOG_LEVEL", "debug"),
+            ("FLEETGATE_GATEWAY_ACCESS_LOG", "true"),
+        ],
+    );
+    let auth = bearer();
+    let post = |path: &str, body: Value| -> Value {
+        let (status, text) =
+            http(p.port, "POST", path, Some(&body), &[(auth.0, &auth.1)]).expect("manager answers");
+        assert_eq!(status, 201, "POST {path}: {text}");
+        serde_json::from_str(&text).expect("json")
+    };
+    for (name, key) in [("good", PROVIDER_KEY), ("bad", WRONG_KEY)] {
+        post(
+            "/api/v1/ai/providers",
+            json!({"name": name, "kind": "openai_compatible", "base_url": fake.openai_url(),
+                   "api_key": key, "default_model": "gpt-4o-mini"}),
+        );
+        post(
+            "/api/v1/routes",
+            json!({"id": name, "path": format!("/{name}"), "ai": {"provider": name}}),
+        );
+    }
+    let caller = post("/api/v1/api-keys", json!({"name": "caller"}))["key"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    let caller_auth = format!("Bearer {caller}");
+    let chat = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = http(
+            p.gw,
+            "POST",
+            "/good/v1/chat/completions",
+            Some(&chat),
+            &[("Authorization", &caller_auth)],
+        );
+        if got.as_ref().is_some_and(|(s, _)| *s == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ai route never answered: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = http(
+        p.gw,
+        "POST",
+        "/bad/v1/chat/completions",
+        Some(&chat),
+        &[("Authorization", &caller_auth)],
+    )
+    .expect("gateway answers");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("Incorrect API key"), "{body}");
+    assert!(
+        !body.contains(WRONG_KEY),
+        "the echoed key reached the caller: {body}"
+    );
+    // A refused caller key is not logged either.
+    let (status, _) = http(
+        p.gw,
+        "POST",
+        "/good/v1/chat/completions",
+        Some(&chat),
+        &[("Authorization", "Bearer fgk_LOGCHECK_not_a_key")],
+    )
+    .expect("gateway answers");
+    assert_eq!(status, 401);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = format!("{}{}", p.log(), p.stdout.lock().expect("lock"));
+    assert!(
+        out.contains("/good/v1/chat/completions"),
+        "the access log is on"
+    );
+    for secret in [
+        PROVIDER_KEY,
+        WRONG_KEY,
+        caller.as_str(),
+        "fgk_LOGCHECK_not_a_key",
+    ] {
+        assert!(!out.contains(secret), "{secret} is in the output");
+    }
 }

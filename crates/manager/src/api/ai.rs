@@ -378,6 +378,7 @@ pub async fn create(
     let mut p = new_record();
     apply(&state, &mut p, &body)?;
     state.store.create_ai_provider(&auth.actor, &p).await?;
+    state.refresh_ai().await;
     Ok(respond(StatusCode::CREATED, &p))
 }
 
@@ -415,6 +416,7 @@ pub async fn update(
         .store
         .update_ai_provider(&auth.actor, &p, expected)
         .await?;
+    state.refresh_ai().await;
     Ok(respond(StatusCode::OK, &p))
 }
 
@@ -428,6 +430,7 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     auth.require(Role::Admin)?;
     state.store.delete_ai_provider(&auth.actor, &id).await?;
+    state.refresh_ai().await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -94,17 +94,19 @@ async fn save(
     p: AiProviderRecord,
     is_new: bool,
 ) -> ApiResult<AiProviderRecord> {
-    if is_new {
+    let saved = if is_new {
         state.store.create_ai_provider(&auth.actor, &p).await?;
-        Ok(p)
+        p
     } else {
         let mut p = p;
         p.updated_at = now_ms();
-        Ok(state
+        state
             .store
             .update_ai_provider(&auth.actor, &p, None)
-            .await?)
-    }
+            .await?
+    };
+    state.refresh_ai().await;
+    Ok(saved)
 }
 
 #[derive(Serialize, ToSchema)]
@@ -246,6 +248,7 @@ pub async fn delete_key(
         return Err(ApiError::not_found(format!("an {kind} key")));
     };
     state.store.delete_ai_provider(&auth.actor, &p.id).await?;
+    state.refresh_ai().await;
     Ok(Json(DeletedKey {
         success: true,
         id: p.id.clone(),

@@ -121,6 +121,7 @@ pub async fn create(
         last_used_at: None,
     };
     state.store.create_api_key(&auth.actor, &record).await?;
+    state.refresh_ai().await;
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiKey {
@@ -153,5 +154,6 @@ pub async fn delete(
         ));
     }
     state.store.delete_api_key(&auth.actor, &id).await?;
+    state.refresh_ai().await;
     Ok(StatusCode::NO_CONTENT)
 }

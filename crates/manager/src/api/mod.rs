@@ -4,6 +4,7 @@ pub mod agents;
 pub mod ai;
 pub mod ai_actions;
 pub mod ai_compat;
+pub mod ai_gateway;
 pub mod ai_insight;
 pub mod alert_rules;
 pub mod audit;
@@ -240,6 +241,13 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(ai::list, ai::create))
         .routes(routes!(ai::get, ai::update, ai::delete))
         .routes(routes!(ai::models))
+        .routes(routes!(ai_gateway::list, ai_gateway::create))
+        .routes(routes!(
+            ai_gateway::get,
+            ai_gateway::update,
+            ai_gateway::delete
+        ))
+        .routes(routes!(ai_gateway::usage))
         .routes(routes!(ai::health))
         .routes(routes!(ai_actions::generate_config))
         .routes(routes!(ai_actions::apply))

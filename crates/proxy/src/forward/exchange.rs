@@ -46,7 +46,15 @@ pub(super) async fn forward(
     body: Option<Incoming>,
 ) -> Response<ProxyBody> {
     let rt = ctx.rt;
-    let up = &rt.upstream;
+    let Some(up) = &rt.upstream else {
+        // Routes without an upstream (`ai` routes) never come here.
+        return json_error(
+            StatusCode::BAD_GATEWAY,
+            "NO_UPSTREAM",
+            "this route has no upstream",
+            None,
+        );
+    };
     let upgrade = upgrade_allowed(&rt.route, &req.headers);
     // What the client asked to switch to, to check the upstream's answer against.
     let asked_upgrade = upgrade.then(|| {
@@ -203,7 +211,9 @@ fn bodyless(body: &Option<Incoming>) -> bool {
 }
 
 fn retry_on(rt: &RouteRuntime, cond: RetryOn) -> bool {
-    rt.upstream.config.retries.on.contains(&cond)
+    rt.upstream
+        .as_ref()
+        .is_some_and(|u| u.config.retries.on.contains(&cond))
 }
 
 /// The request as it goes upstream, prepared once for every attempt.

@@ -84,7 +84,10 @@ pub(super) fn log(
             query: req.uri.query(),
             status,
             route: &rt.route.id,
-            upstream: &rt.upstream.name,
+            upstream: rt
+                .upstream
+                .as_ref()
+                .map_or(crate::compiled::AI_UPSTREAM, |u| u.name.as_str()),
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
             user_agent: user_agent.and_then(|v| v.to_str().ok()),
         });

@@ -17,7 +17,7 @@ use crate::upstream::UpstreamRuntime;
 /// (with `Retry-After`) of an open breaker.
 #[inline]
 pub(super) fn circuit_breaker(ctx: &RequestCtx<'_>) -> Option<Response<ProxyBody>> {
-    let up = &ctx.rt.upstream;
+    let up = ctx.rt.upstream.as_ref()?;
     match up.admit() {
         Admission::Allowed => None,
         Admission::Rejected { retry_after_ms } => {

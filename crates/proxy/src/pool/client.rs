@@ -594,6 +594,9 @@ pub enum PooledBody {
     },
     /// A body still being read off its connection.
     Stream(Box<StreamBody>),
+    /// A body relayed from a client other than the pool's: an `ai` route's
+    /// provider answer, metered as it passes (see `crate::ai::meter`).
+    Relayed(Pin<Box<crate::ai::meter::MeteredBody>>),
 }
 
 impl PooledBody {
@@ -603,6 +606,7 @@ impl PooledBody {
             PooledBody::Hyper { .. } => None,
             PooledBody::Whole { raw, .. } => raw.take(),
             PooledBody::Stream(s) => s.raw.take(),
+            PooledBody::Relayed(_) => None,
         }
     }
 }
@@ -627,6 +631,7 @@ impl Body for PooledBody {
             }
             PooledBody::Whole { data, .. } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             PooledBody::Stream(s) => s.poll_frame(cx),
+            PooledBody::Relayed(b) => b.as_mut().poll_frame(cx),
         }
     }
 
@@ -635,6 +640,7 @@ impl Body for PooledBody {
             PooledBody::Hyper { inner, .. } => inner.get_ref().is_end_stream(),
             PooledBody::Whole { data, .. } => data.is_none(),
             PooledBody::Stream(s) => s.conn.is_none(),
+            PooledBody::Relayed(b) => b.is_end_stream(),
         }
     }
 
@@ -648,6 +654,7 @@ impl Body for PooledBody {
                 Remaining::Length(n) => SizeHint::with_exact(n),
                 _ => SizeHint::default(),
             },
+            PooledBody::Relayed(b) => b.size_hint(),
         }
     }
 }

@@ -1,0 +1,382 @@
+//! The provider's answer on its way to the client, metered as it passes: each
+//! chunk goes out as it arrives (nothing is held back), while an SSE decoder and
+//! the provider's stream parser (or, for a whole answer, a copy of the JSON)
+//! read the usage from it. When the body ends — completely, cut by the provider,
+//! or dropped because the client went away — the request is priced, its budget
+//! reservations settled and its usage record sent, exactly once.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use fleetgate_ai::sse::SseDecoder;
+use fleetgate_ai::wire::{parse_completion, StreamParser};
+use fleetgate_ai::{ProviderKind, Usage};
+use futures::Stream;
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::pool::BoxError;
+
+/// Chunks of the provider's body.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>;
+
+/// Largest whole (not streamed) answer kept to read its usage from; a larger
+/// one is still relayed whole, its usage estimated.
+const MAX_WHOLE: usize = 16 * 1024 * 1024;
+
+/// How the answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Complete,
+    /// The provider's body broke off or stalled.
+    Cut,
+    /// The client went away before the end.
+    Cancelled,
+}
+
+impl Ending {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Complete => "ok",
+            Ending::Cut => "cut",
+            Ending::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What the meter read, handed to the request's finisher once.
+#[derive(Debug, Clone)]
+pub struct Metered {
+    pub usage: Usage,
+    /// The provider reported no usage: `usage` is an estimate.
+    pub estimated: bool,
+    pub ending: Ending,
+    /// The model the provider said answered, when it said.
+    pub model: Option<String>,
+}
+
+struct SseReader {
+    decoder: SseDecoder,
+    parser: StreamParser,
+    /// The decoder gave up (an oversized event): the rest is relayed unread.
+    broken: bool,
+}
+
+enum Reader {
+    Sse(Box<SseReader>),
+    Whole {
+        kind: ProviderKind,
+        buf: Vec<u8>,
+        overflow: bool,
+    },
+}
+
+/// Called once with what was metered.
+pub type Finisher = Box<dyn FnOnce(Metered) + Send>;
+
+pub struct MeteredBody {
+    inner: ChunkStream,
+    reader: Reader,
+    /// Bytes relayed.
+    seen: u64,
+    /// Prompt tokens estimated from the request, for when usage never comes.
+    input_estimate: u64,
+    finish: Option<Finisher>,
+}
+
+impl MeteredBody {
+    pub fn new(
+        inner: ChunkStream,
+        kind: ProviderKind,
+        model: &str,
+        streamed: bool,
+        input_estimate: u64,
+        finish: Finisher,
+    ) -> Self {
+        let reader = if streamed {
+            Reader::Sse(Box::new(SseReader {
+                decoder: SseDecoder::default(),
+                parser: StreamParser::new(kind, model),
+                broken: false,
+            }))
+        } else {
+            Reader::Whole {
+                kind,
+                buf: Vec::new(),
+                overflow: false,
+            }
+        };
+        Self {
+            inner,
+            reader,
+            seen: 0,
+            input_estimate,
+            finish: Some(finish),
+        }
+    }
+
+    fn read(&mut self, chunk: &[u8]) {
+        self.seen += chunk.len() as u64;
+        match &mut self.reader {
+            Reader::Sse(r) => {
+                if r.broken {
+                    return;
+                }
+                match r.decoder.feed(chunk) {
+                    Ok(events) => {
+                        for ev in &events {
+                            // An error event or a chunk that is not JSON leaves
+                            // the usage read so far; the client sees it as is.
+                            let _ = r.parser.feed(ev);
+                        }
+                    }
+                    Err(_) => r.broken = true,
+                }
+            }
+            Reader::Whole { buf, overflow, .. } => {
+                if !*overflow && buf.len() + chunk.len() <= MAX_WHOLE {
+                    buf.extend_from_slice(chunk);
+                } else {
+                    *overflow = true;
+                    buf.clear();
+                }
+            }
+        }
+    }
+
+    fn end(&mut self, ending: Ending) {
+        let Some(finish) = self.finish.take() else {
+            return;
+        };
+        let (usage, model) = match &mut self.reader {
+            Reader::Sse(r) => {
+                if let Some(ev) = r.decoder.finish() {
+                    let _ = r.parser.feed(&ev);
+                }
+                let c = r.parser.completion();
+                let u = r.parser.usage();
+                let reported = u.input_tokens > 0 || u.output_tokens > 0;
+                (
+                    reported.then_some(u),
+                    Some(c.model).filter(|m| !m.is_empty()),
+                )
+            }
+            Reader::Whole {
+                kind,
+                buf,
+                overflow,
+            } => {
+                if *overflow || ending != Ending::Complete {
+                    (None, None)
+                } else {
+                    match parse_completion(*kind, buf, "") {
+                        Ok(c) => {
+                            let u = c.usage;
+                            let reported = u.input_tokens > 0 || u.output_tokens > 0;
+                            (
+                                reported.then_some(u),
+                                Some(c.model).filter(|m| !m.is_empty()),
+                            )
+                        }
+                        Err(_) => (None, None),
+                    }
+                }
+            }
+        };
+        let metered = match usage {
+            Some(usage) => Metered {
+                usage,
+                estimated: false,
+                ending,
+                model,
+            },
+            None => Metered {
+                usage: self.estimate(),
+                estimated: true,
+                ending,
+                model,
+            },
+        };
+        finish(metered);
+    }
+
+    /// Usage when the provider reported none: the prompt as estimated from
+    /// the request, and about one output token for every four bytes of
+    /// generated text (of the whole body when the text cannot be read).
+    fn estimate(&self) -> Usage {
+        let text_bytes = match &self.reader {
+            Reader::Sse(r) => r.parser.completion().text.len() as u64,
+            Reader::Whole { .. } => self.seen,
+        };
+        Usage {
+            input_tokens: self.input_estimate,
+            output_tokens: text_bytes.div_ceil(4),
+            ..Usage::default()
+        }
+    }
+}
+
+impl Body for MeteredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.finish.is_none() {
+            return Poll::Ready(None);
+        }
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.read(&chunk);
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.end(Ending::Cut);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.end(Ending::Complete);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finish.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        self.end(Ending::Cancelled);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::{Arc, Mutex};
+
+    fn stream_of(chunks: Vec<Result<&'static str, &'static str>>) -> ChunkStream {
+        Box::pin(futures::stream::iter(chunks.into_iter().map(|c| {
+            c.map(Bytes::from_static_str)
+                .map_err(|e| -> BoxError { e.into() })
+        })))
+    }
+
+    trait FromStatic {
+        fn from_static_str(s: &'static str) -> Bytes;
+    }
+    impl FromStatic for Bytes {
+        fn from_static_str(s: &'static str) -> Bytes {
+            Bytes::from_static(s.as_bytes())
+        }
+    }
+
+    fn body(
+        chunks: Vec<Result<&'static str, &'static str>>,
+        streamed: bool,
+    ) -> (MeteredBody, Arc<Mutex<Vec<Metered>>>) {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let o = out.clone();
+        let b = MeteredBody::new(
+            stream_of(chunks),
+            ProviderKind::OpenAiCompatible,
+            "m",
+            streamed,
+            7,
+            Box::new(move |m| o.lock().expect("lock").push(m)),
+        );
+        (b, out)
+    }
+
+    #[tokio::test]
+    async fn a_stream_with_usage_is_metered_once() {
+        let (b, out) = body(
+            vec![
+                Ok("data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n"),
+                Ok("data: {\"choices\":[{\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n"),
+                Ok("data: [DONE]\n\n"),
+            ],
+            true,
+        );
+        let bytes = b.collect().await.expect("body").to_bytes();
+        assert!(bytes.ends_with(b"[DONE]\n\n"));
+        let out = out.lock().expect("lock");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].ending, Ending::Complete);
+        assert!(!out[0].estimated);
+        assert_eq!(
+            (out[0].usage.input_tokens, out[0].usage.output_tokens),
+            (5, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cut_stream_is_estimated() {
+        let (b, out) = body(
+            vec![
+                Ok("data: {\"choices\":[{\"delta\":{\"content\":\"12345678\"}}]}\n\n"),
+                Err("reset"),
+            ],
+            true,
+        );
+        assert!(b.collect().await.is_err());
+        let out = out.lock().expect("lock");
+        assert_eq!(out[0].ending, Ending::Cut);
+        assert!(out[0].estimated);
+        assert_eq!(
+            (out[0].usage.input_tokens, out[0].usage.output_tokens),
+            (7, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_body_is_cancelled() {
+        let (mut b, out) = body(vec![Ok("{\"choices\":"), Ok("[]}")], false);
+        let _ = b.frame().await;
+        drop(b);
+        let out = out.lock().expect("lock");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].ending, Ending::Cancelled);
+        assert!(out[0].estimated);
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_reads_its_usage() {
+        let (b, out) = body(
+            vec![Ok("{\"model\":\"m-1\",\"choices\":[{\"message\":{\"content\":\"hi\"}}],"), Ok("\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"prompt_tokens_details\":{\"cached_tokens\":2}}}")],
+            false,
+        );
+        b.collect().await.expect("body");
+        let out = out.lock().expect("lock");
+        assert_eq!(out[0].usage.cached_input_tokens, 2);
+        assert_eq!(out[0].model.as_deref(), Some("m-1"));
+    }
+
+    proptest::proptest! {
+        /// Any bytes, cut anywhere: relayed unchanged, metered exactly once, no panic.
+        #[test]
+        fn any_bytes_are_relayed_unchanged(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000), cut in 0usize..2000, streamed in proptest::prelude::any::<bool>()) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
+            let cut = cut.min(data.len());
+            let (a, b) = data.split_at(cut);
+            let chunks: Vec<Result<Bytes, BoxError>> = vec![Ok(Bytes::copy_from_slice(a)), Ok(Bytes::copy_from_slice(b))];
+            let out = Arc::new(Mutex::new(0));
+            let o = out.clone();
+            let body = MeteredBody::new(Box::pin(futures::stream::iter(chunks)), ProviderKind::OpenAi, "m", streamed, 0, Box::new(move |_| *o.lock().expect("lock") += 1));
+            let got = rt.block_on(body.collect()).expect("body").to_bytes();
+            proptest::prop_assert_eq!(&got[..], &data[..]);
+            proptest::prop_assert_eq!(*out.lock().expect("lock"), 1);
+        }
+    }
+}
