@@ -1,5 +1,5 @@
 // The administration pages the API already served: certificates (upload, status
-// valid/expiring, SNI names, a refused upload shown on its field, delete), the
+// valid/expiring, SNI names, sortable columns, a refused upload shown on its field, delete), the
 // audit log (filters in the URL, before/after of an entry), backup & restore
 // (take, list, download; export; import after a dry-run diff, refused documents
 // shown on their field) and the API reference linked from the navigation.
@@ -70,6 +70,16 @@ test('certificates: upload, valid and expiring status with SNI names, a refused 
   assert.equal(await soonRow.getAttribute('data-status'), 'expiring');
   assert.match(await soonRow.textContent(), /expiring/);
   await screenshot(page, 'certificates');
+
+  // Columns sort: by expiry, then reversed.
+  const order = () => page.locator('#certificates tbody tr').evaluateAll((rs) => rs.map((r) => r.dataset.name));
+  const expires = page.locator('#certificates th').filter({ hasText: 'Expires' });
+  await expires.getByRole('button').click();
+  assert.deepEqual(await order(), ['soon', 'shop']);
+  assert.equal(await expires.getAttribute('aria-sort'), 'ascending');
+  await expires.getByRole('button').click();
+  assert.deepEqual(await order(), ['shop', 'soon']);
+  assert.equal(await expires.getAttribute('aria-sort'), 'descending');
 
   // A key that does not match its certificate: the API's error lands on the key field.
   await page.getByRole('button', { name: 'Upload certificate' }).click();

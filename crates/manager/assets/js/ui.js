@@ -29,13 +29,63 @@ export function mount(container, ...children) {
   return container;
 }
 
-/// A table; columns: [{label, render(row) | key, class}].
+/// A table; columns: [{label, render(row) | key, class, sort}]. A column with
+/// `sort` (true for its `key`, or a function of the row giving the value to
+/// order by) gets a header button that orders the rows, again to reverse.
 export function table(columns, rows, { empty = 'Nothing here yet.', rowAttrs } = {}) {
   if (!rows.length) return h('p', { class: 'empty' }, empty);
-  return h('table', {},
-    h('thead', {}, h('tr', {}, columns.map((c) => h('th', { class: c.class, scope: 'col' }, c.label)))),
-    h('tbody', {}, rows.map((r) => h('tr', rowAttrs ? rowAttrs(r) : {},
-      columns.map((c) => h('td', { class: c.class }, c.render ? c.render(r) : fmt(r[c.key])))))));
+  const body = h('tbody', {});
+  const fill = (list) => {
+    body.replaceChildren(...list.map((r) => h('tr', rowAttrs ? rowAttrs(r) : {},
+      columns.map((c) => h('td', { class: c.class }, c.render ? c.render(r) : fmt(r[c.key]))))));
+    // A table stacked as cards on a phone (widgets.stack) keeps its labels.
+    const t = body.parentElement;
+    if (t && t.classList.contains('stack')) {
+      const heads = [...t.querySelectorAll(':scope > thead > tr > th')].map((th) => (
+        th.classList.contains('actions') || th.classList.contains('select') ? '' : th.textContent.trim()));
+      for (const tr of body.children) stackRow(tr, heads);
+    }
+  };
+  let by = null;
+  let dir = 1;
+  const heads = columns.map((c, i) => {
+    if (!c.sort) return h('th', { class: c.class, scope: 'col' }, c.label);
+    const key = typeof c.sort === 'function' ? c.sort : (r) => r[c.key];
+    const th = h('th', { class: c.class, scope: 'col', 'aria-sort': 'none' });
+    th.append(h('button', { type: 'button', class: 'sort', onclick: () => {
+      dir = by === i ? -dir : 1;
+      by = i;
+      for (const x of th.parentElement.children) x.setAttribute('aria-sort', 'none');
+      th.setAttribute('aria-sort', dir === 1 ? 'ascending' : 'descending');
+      const sorted = [...rows].sort((a, b) => dir * compare(key(a), key(b)));
+      fill(sorted);
+    } }, c.label));
+    return th;
+  });
+  const t = h('table', {}, h('thead', {}, h('tr', {}, heads)), body);
+  fill(rows);
+  return t;
+}
+
+/// Orders numbers as numbers, the rest as text; empty values last.
+function compare(a, b) {
+  const empty = (v) => v === null || v === undefined || v === '';
+  if (empty(a) || empty(b)) return empty(a) - empty(b);
+  if (typeof a === 'number' && typeof b === 'number') return a - b;
+  return String(a).localeCompare(String(b), undefined, { numeric: true, sensitivity: 'base' });
+}
+
+/// One row of a table stacked as cards: each cell labelled with its column.
+export function stackRow(tr, heads) {
+  [...tr.children].forEach((td, i) => {
+    if (td.dataset.label !== undefined) return;
+    td.dataset.label = heads[i] || '';
+    const inner = document.createElement('div');
+    inner.className = 'cell';
+    inner.append(...td.childNodes);
+    td.append(inner);
+  });
+  return tr;
 }
 
 function fmt(v) {

@@ -3,7 +3,7 @@
 // shown-once secret with a copy button.
 
 import { ApiError, get } from './api.js';
-import { h, mount, dialog, showErrors, clearErrors, toast } from './ui.js';
+import { h, mount, dialog, showErrors, clearErrors, toast, stackRow } from './ui.js';
 
 let formSeq = 0;
 
@@ -157,17 +157,7 @@ export function stack(el) {
 }
 
 /// One row of a stacked table (also for rows added later).
-export function stackRow(tr, heads) {
-  [...tr.children].forEach((td, i) => {
-    if (td.dataset.label !== undefined) return;
-    td.dataset.label = heads[i] || '';
-    const inner = document.createElement('div');
-    inner.className = 'cell';
-    inner.append(...td.childNodes);
-    td.append(inner);
-  });
-  return tr;
-}
+export { stackRow };
 
 /// A toast after a configuration change, linking the revision it made: the
 /// newest revision whose message names `subject` (a route id, an upstream name).

@@ -32,12 +32,12 @@ export async function render(main, ctx) {
   async function load() {
     const certs = await getAll('/api/v1/certificates');
     const cols = [
-      { label: 'Name', render: (c) => h('strong', {}, c.name) },
+      { label: 'Name', sort: (c) => c.name, render: (c) => h('strong', {}, c.name) },
       { label: 'SNI names', render: (c) => (c.sans.length ? c.sans.map((s, i) => [i ? ', ' : '', h('code', {}, s)])
         : h('span', { class: 'muted' }, c.subject)) },
-      { label: 'Status', render: statusBadge },
-      { label: 'Expires', class: 'hide-narrow', render: (c) => h('span', { title: c.not_after }, new Date(c.not_after).toLocaleDateString()) },
-      { label: 'Issuer', class: 'hide-narrow', render: (c) => (c.self_signed ? h('span', { class: 'muted' }, 'self-signed') : c.issuer) },
+      { label: 'Status', sort: (c) => c.days_left, render: statusBadge },
+      { label: 'Expires', class: 'hide-narrow', sort: (c) => Date.parse(c.not_after), render: (c) => h('span', { title: c.not_after }, new Date(c.not_after).toLocaleDateString()) },
+      { label: 'Issuer', class: 'hide-narrow', sort: (c) => (c.self_signed ? '' : c.issuer), render: (c) => (c.self_signed ? h('span', { class: 'muted' }, 'self-signed') : c.issuer) },
       { label: 'Source', class: 'hide-narrow', render: (c) => [badge(c.source === 'acme' ? 'ACME' : 'upload', 'muted'),
         c.renew_after ? h('div', { class: 'muted small' }, 'renews from ', time(c.renew_after)) : null] },
       { label: 'Renewal', render: (c) => (c.renewal_error

@@ -23,17 +23,17 @@ export async function render(main, ctx) {
   async function load() {
     const r = await get(`/api/v1/api-keys?limit=${LIMIT}&offset=0`);
     const cols = [
-      { label: 'Name', render: (k) => h('strong', {}, k.name) },
+      { label: 'Name', sort: (k) => k.name, render: (k) => h('strong', {}, k.name) },
       { label: 'Key', render: (k) => h('code', {}, `${k.prefix}…`) },
-      { label: 'Role', render: (k) => badge(k.role, 'muted') },
+      { label: 'Role', sort: (k) => ROLES.indexOf(k.role), render: (k) => badge(k.role, 'muted') },
     ];
     if (admin) {
       cols.push({ label: 'Owner', class: 'hide-narrow', render: (k) => (k.user_id
         ? (owners.get(k.user_id) || k.user_id) : h('span', { class: 'muted' }, 'bootstrap')) });
     }
     cols.push(
-      { label: 'Created', class: 'hide-narrow', render: (k) => time(k.created_at) },
-      { label: 'Last used', render: (k) => (k.last_used_at ? time(k.last_used_at) : h('span', { class: 'muted' }, 'never')) },
+      { label: 'Created', class: 'hide-narrow', sort: (k) => Date.parse(k.created_at), render: (k) => time(k.created_at) },
+      { label: 'Last used', sort: (k) => (k.last_used_at ? Date.parse(k.last_used_at) : null), render: (k) => (k.last_used_at ? time(k.last_used_at) : h('span', { class: 'muted' }, 'never')) },
     );
     if (ctx.canEdit) {
       cols.push({ label: 'Actions', class: 'actions', render: (k) => (ROLES.indexOf(k.role) > myRank ? '' : h('button', {

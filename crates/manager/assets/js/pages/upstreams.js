@@ -114,14 +114,14 @@ async function list(main, ctx) {
       return;
     }
     mount(box, stack(table([
-      { label: 'Name', render: (u) => h('a', { href: `#/upstreams/view/${enc(u.name)}`, class: 'strong' }, u.name) },
+      { label: 'Name', sort: (u) => u.name, render: (u) => h('a', { href: `#/upstreams/view/${enc(u.name)}`, class: 'strong' }, u.name) },
       { label: 'Targets', render: (u) => h('div', {}, u.targets.slice(0, 3).map((t) => h('div', {}, h('code', {}, t.url),
         u.load_balancing === 'weighted' ? h('span', { class: 'muted small' }, ` ×${t.weight}`) : null)),
       u.targets.length > 3 ? h('div', { class: 'muted small' }, `and ${u.targets.length - 3} more`) : null) },
-      { label: 'Balancing', class: 'hide-narrow', render: (u) => lbLabel(u.load_balancing) },
+      { label: 'Balancing', class: 'hide-narrow', sort: (u) => lbLabel(u.load_balancing), render: (u) => lbLabel(u.load_balancing) },
       { label: 'Health checks', class: 'hide-narrow', render: (u) => h('div', { class: 'badges' }, healthBadges(u)) },
-      { label: 'Breaker', render: (u) => { const c = h('span', {}, liveCells(u.name)[0]); cells.set(`${u.name}:b`, c); return c; } },
-      { label: 'Traffic', class: 'hide-narrow', render: (u) => { const c = h('span', {}, liveCells(u.name)[1]); cells.set(`${u.name}:t`, c); return c; } },
+      { label: 'Breaker', sort: (u) => live.get(u.name)?.breaker, render: (u) => { const c = h('span', {}, liveCells(u.name)[0]); cells.set(`${u.name}:b`, c); return c; } },
+      { label: 'Traffic', class: 'hide-narrow', sort: (u) => live.get(u.name)?.requests_per_second, render: (u) => { const c = h('span', {}, liveCells(u.name)[1]); cells.set(`${u.name}:t`, c); return c; } },
       { label: 'Routes', class: 'hide-narrow', render: (u) => {
         const ids = usedBy(u.name);
         return ids.length ? ids.map((id, i) => [i ? ', ' : '', h('a', { href: `#/routes/edit/${enc(id)}` }, id)]) : h('span', { class: 'muted' }, 'none');
