@@ -1,6 +1,6 @@
 // Status and links where people look: the routes list and the route editor show
-// the upstream's target health and breaker state beside it, and a save's toast
-// links the revision it made.
+// the upstream's target health and breaker state beside it, a save's toast links the
+// revision it made, and routes are enabled, disabled and deleted in bulk.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -42,11 +42,45 @@ test('the routes list and the editor show the upstream\'s health and breaker; a 
 
   await page.locator('[data-field="description"] textarea').fill('health shown');
   await page.getByRole('button', { name: 'Save changes' }).click();
-  const revisions = await fg.api('GET', '/api/v1/revisions?limit=1');
   const link = page.locator('.toast a.toast-link');
   await link.waitFor();
+  const revisions = await fg.api('GET', '/api/v1/revisions?limit=1');
   assert.equal(await link.textContent(), `revision #${revisions.items[0].number}`);
   assert.equal(await link.getAttribute('href'), `#/revisions/${revisions.items[0].number}`);
+  page.assertClean();
+  await page.context().close();
+});
+
+test('routes are disabled, enabled and deleted in bulk from the list', async () => {
+  for (const id of ['bulk-1', 'bulk-2', 'bulk-3']) {
+    await fg.api('POST', '/api/v1/routes', { id, path: `/${id}`, upstream: 'checked' });
+  }
+  const page = await newPage(browser);
+  await login(page, fg);
+  await page.goto(`${fg.url}/#/routes`);
+  await page.getByLabel('Select route bulk-1').check();
+  await page.getByLabel('Select route bulk-2').check();
+  const bar = page.locator('#routes-bulk');
+  await bar.getByText('2 selected').waitFor();
+  await bar.getByRole('button', { name: 'Disable' }).click();
+  await page.locator('.toast').filter({ hasText: '2 routes disabled.' }).waitFor();
+  for (const id of ['bulk-1', 'bulk-2']) assert.equal((await fg.api('GET', `/api/v1/routes/${id}`)).enabled, false);
+  assert.equal((await fg.api('GET', '/api/v1/routes/bulk-3')).enabled, true);
+
+  await page.getByLabel('Select route bulk-1').check();
+  await page.getByLabel('Select route bulk-2').check();
+  await bar.getByRole('button', { name: 'Enable' }).click();
+  await page.locator('.toast').filter({ hasText: '2 routes enabled.' }).waitFor();
+  for (const id of ['bulk-1', 'bulk-2']) assert.equal((await fg.api('GET', `/api/v1/routes/${id}`)).enabled, true);
+
+  await page.getByLabel('Select route bulk-1').check();
+  await page.getByLabel('Select route bulk-3').check();
+  await bar.getByRole('button', { name: 'Delete' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Delete routes' }).click();
+  await page.locator('.toast').filter({ hasText: '2 routes deleted.' }).waitFor();
+  await page.locator('tr[data-route="bulk-1"]').waitFor({ state: 'detached' });
+  const left = (await fg.api('GET', '/api/v1/routes')).items.map((r) => r.id);
+  assert.ok(left.includes('bulk-2') && !left.includes('bulk-1') && !left.includes('bulk-3'), left.join(','));
   page.assertClean();
   await page.context().close();
 });

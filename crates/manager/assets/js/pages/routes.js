@@ -169,7 +169,56 @@ async function list(main, ctx) {
     }
   }
 
+  // Routes picked for a bulk action, by id.
+  const selected = new Set();
+  const bulkBox = h('div', { class: 'bulk', id: 'routes-bulk' });
+
+  function drawBulk() {
+    for (const id of [...selected]) if (!routes.some((r) => r.id === id)) selected.delete(id);
+    const n = selected.size;
+    if (!ctx.canEdit || !n) { mount(bulkBox); return; }
+    mount(bulkBox, h('span', { class: 'muted' }, `${n} selected`),
+      h('button', { type: 'button', class: 'small', onclick: () => bulk('enable') }, 'Enable'),
+      h('button', { type: 'button', class: 'small', onclick: () => bulk('disable') }, 'Disable'),
+      h('button', { type: 'button', class: 'small danger', onclick: () => bulk('delete') }, 'Delete'),
+      h('button', { type: 'button', class: 'small', onclick: () => { selected.clear(); draw(); } }, 'Clear'));
+  }
+
+  /// Enables, disables or deletes the selected routes, one change each (each
+  /// a revision), and says how many succeeded and what failed.
+  async function bulk(action) {
+    const ids = [...selected];
+    if (action === 'delete' && !await confirm(`Delete ${ids.length} route${ids.length === 1 ? '' : 's'} (${ids.join(', ')})? `
+      + 'Each deletion is a revision and can be rolled back.', { action: 'Delete routes' })) return;
+    const failed = [];
+    let done = 0;
+    for (const id of ids) {
+      try {
+        if (action === 'delete') {
+          await del(`/api/v1/routes/${enc(id)}`);
+          routes.splice(routes.findIndex((r) => r.id === id), 1);
+        } else {
+          const { data, etag } = await getVersioned(`/api/v1/routes/${enc(id)}`);
+          const want = action === 'enable';
+          if (data.enabled !== want) {
+            const saved = await put(`/api/v1/routes/${enc(id)}`, { ...data, enabled: want }, { etag });
+            Object.assign(routes.find((r) => r.id === id), saved);
+          }
+        }
+        selected.delete(id);
+        done += 1;
+      } catch (e) {
+        failed.push(`${id}: ${e.message}`);
+      }
+    }
+    const verb = { enable: 'enabled', disable: 'disabled', delete: 'deleted' }[action];
+    toast(failed.length ? `${done} ${verb}; ${failed.length} failed: ${failed.join('; ')}` : `${done} route${done === 1 ? '' : 's'} ${verb}.`,
+      failed.length ? 'bad' : '');
+    draw();
+  }
+
   function draw() {
+    drawBulk();
     const shown = routes.filter(matches);
     statusCells.clear();
     countEl.textContent = shown.length === routes.length
@@ -189,6 +238,9 @@ async function list(main, ctx) {
     }
     mount(tableBox, h('table', { class: 'routes' },
       h('thead', {}, h('tr', {},
+        ctx.canEdit ? h('th', { scope: 'col', class: 'select' }, h('input', { type: 'checkbox', 'aria-label': 'Select all shown routes',
+          checked: shown.every((r) => selected.has(r.id)),
+          onchange: (ev) => { for (const r of shown) { if (ev.target.checked) selected.add(r.id); else selected.delete(r.id); } draw(); } })) : null,
         h('th', { scope: 'col' }, 'State'), h('th', { scope: 'col' }, 'Route'),
         h('th', { scope: 'col' }, 'Match'), h('th', { scope: 'col', class: 'hide-narrow' }, 'Upstream'),
         h('th', { scope: 'col', class: 'hide-narrow' }, 'Policies'), h('th', { scope: 'col', class: 'hide-narrow' }, 'Traffic'),
@@ -197,6 +249,9 @@ async function list(main, ctx) {
         const tcell = h('td', { class: 'hide-narrow num' }, trafficText(r.id));
         trafficCells.set(r.id, tcell);
         return h('tr', { dataset: { route: r.id }, class: r.enabled ? '' : 'disabled' },
+          ctx.canEdit ? h('td', { class: 'select' }, h('input', { type: 'checkbox', 'aria-label': `Select route ${r.id}`,
+            checked: selected.has(r.id),
+            onchange: (ev) => { if (ev.target.checked) selected.add(r.id); else selected.delete(r.id); drawBulk(); } })) : null,
           h('td', {}, stateControl(r)),
           h('td', {}, h('a', { href: `#/routes/edit/${enc(r.id)}`, class: 'strong' }, r.id),
             r.description ? h('div', { class: 'muted small' }, r.description) : null),
@@ -233,6 +288,7 @@ async function list(main, ctx) {
       h('h1', { class: 'grow' }, 'Routes ', countEl),
       ctx.canEdit ? h('a', { class: 'button primary', href: '#/routes/new' }, 'New route') : null),
     h('div', { class: 'filters' }, searchBox, enabledSel, upstreamSel, tagSel),
+    bulkBox,
     tableBox);
 
   const updateTraffic = (s) => {
