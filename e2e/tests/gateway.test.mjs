@@ -357,7 +357,7 @@ test('the gateway views are usable at phone width', async () => {
   for (const [view, ready, name] of [
     ['routes', '#routes-table tr[data-route="shop"]', 'routes-phone'],
     ['routes/edit/shop', '[data-field="path"] input', 'route-form-phone'],
-    ['upstreams/view/shop', '#target-health tr', 'upstream-phone'],
+    ['upstreams/view/shop', '#target-health tbody tr', 'upstream-phone'],
     ['upstreams/edit/shop', '.target-row input', 'upstream-form-phone'],
     ['breakers', '#breakers-table tr[data-upstream="shop"]', 'breakers-phone'],
   ]) {

@@ -6,7 +6,7 @@ import { ApiError, del, enc, get, getAll, getVersioned, post, put } from '../api
 import {
   changedFields, clone, control, crumbs, duration, FieldErrors, readInto, report, section, showStale,
 } from '../forms.js';
-import { revisionToast } from '../widgets.js';
+import { revisionToast, stack } from '../widgets.js';
 import { subscribe, onEvents } from '../live.js';
 import { historyCharts } from '../history.js';
 import { breakerBadge, healthSummary } from './upstreams.js';
@@ -236,7 +236,7 @@ async function list(main, ctx) {
         h('button', { type: 'button', class: 'small', onclick: reset }, 'Clear filters')));
       return;
     }
-    mount(tableBox, h('table', { class: 'routes' },
+    mount(tableBox, stack(h('table', { class: 'routes' },
       h('thead', {}, h('tr', {},
         ctx.canEdit ? h('th', { scope: 'col', class: 'select' }, h('input', { type: 'checkbox', 'aria-label': 'Select all shown routes',
           checked: shown.every((r) => selected.has(r.id)),
@@ -246,8 +246,9 @@ async function list(main, ctx) {
         h('th', { scope: 'col', class: 'hide-narrow' }, 'Policies'), h('th', { scope: 'col', class: 'hide-narrow' }, 'Traffic'),
         h('th', { scope: 'col', class: 'actions' }, h('span', { class: 'sr-only' }, 'Actions')))),
       h('tbody', {}, shown.map((r) => {
-        const tcell = h('td', { class: 'hide-narrow num' }, trafficText(r.id));
-        trafficCells.set(r.id, tcell);
+        const tspan = h('span', {}, trafficText(r.id));
+        const tcell = h('td', { class: 'hide-narrow num' }, tspan);
+        trafficCells.set(r.id, tspan);
         return h('tr', { dataset: { route: r.id }, class: r.enabled ? '' : 'disabled' },
           ctx.canEdit ? h('td', { class: 'select' }, h('input', { type: 'checkbox', 'aria-label': `Select route ${r.id}`,
             checked: selected.has(r.id),
@@ -269,7 +270,7 @@ async function list(main, ctx) {
             ' ',
             h('button', { type: 'button', class: 'small danger', 'aria-label': `Delete route ${r.id}`, onclick: () => remove(r) }, 'Delete'),
           ] : h('a', { class: 'button small', href: `#/routes/edit/${enc(r.id)}`, 'aria-label': `View route ${r.id}` }, 'View')));
-      }))));
+      })))));
   }
 
   const enabledSel = select('Filter by state', 'enabled', [['', 'Any state'], ['on', 'Enabled'], ['off', 'Disabled']]);

@@ -192,7 +192,7 @@ async function detail(main, ctx, name) {
       const targets = await get(`/api/v1/upstreams/${enc(name)}/health`);
       lastHealth = Date.now();
       const weights = new Map(u.targets.map((t) => [t.url, t.weight]));
-      mount(healthBox, table([
+      mount(healthBox, stack(table([
         { label: 'Target', render: (t) => h('code', {}, t.url) },
         { label: 'Health', render: (t) => targetBadge(t, u.health_check && u.health_check.active) },
         { label: 'Weight', class: 'hide-narrow num', render: (t) => num(weights.get(t.url)) },
@@ -200,7 +200,7 @@ async function detail(main, ctx, name) {
         { label: 'Connections', class: 'hide-narrow num', render: (t) => num(t.active_connections) },
         { label: 'Last check', class: 'hide-narrow', render: (t) => time(t.last_check) },
         { label: 'Last error', render: (t) => (t.last_error ? h('span', { class: 'error-text' }, t.last_error) : h('span', { class: 'muted' }, '—')) },
-      ], targets, { empty: 'The gateway has not loaded this upstream yet.', rowAttrs: (t) => ({ dataset: { target: t.url, state: t.state } }) }));
+      ], targets, { empty: 'The gateway has not loaded this upstream yet.', rowAttrs: (t) => ({ dataset: { target: t.url, state: t.state } }) })));
     } catch (e) {
       if (e instanceof ApiError && e.status === 401) return;
       mount(healthBox, h('p', { class: 'empty' }, e.code === 'NO_DATA_PLANE'
