@@ -310,6 +310,19 @@ async fn nodes_crud_tokens_and_device_types() {
     assert_eq!(r.status(), StatusCode::OK);
     let t: Value = r.json().await.expect("json");
     assert_ne!(t["registration_token"].as_str(), Some(token));
+    // A validity given but empty, or not a number, is refused naming it.
+    for bad in ["", "abc", "1.5", "-60", "5"] {
+        let r = app
+            .admin(
+                Method::POST,
+                &format!("/api/v1/nodes/{id}/token?token_ttl_secs={bad}"),
+            )
+            .send()
+            .await
+            .expect("token");
+        let e = expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+        assert_eq!(e["details"]["field"], "token_ttl_secs", "{bad:?}");
+    }
 
     let types = app.get_json("/api/v1/device-types").await;
     let edge = &types["device_types"][0];

@@ -494,7 +494,8 @@ pub async fn regenerate_token(
 ) -> ApiResult<Json<NewToken>> {
     auth.require(Role::Operator)?;
     visible_node(&state, &auth, &id).await?;
-    let ttl = match query.text("token_ttl_secs") {
+    // Present but empty (`?token_ttl_secs=`) is a bad value, not the default.
+    let ttl = match query.0.get("token_ttl_secs").map(String::as_str) {
         Some(v) => token_ttl(Some(v.parse().map_err(|_| {
             ApiError::bad_request(
                 "token_ttl_secs",
