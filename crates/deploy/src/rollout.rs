@@ -283,8 +283,12 @@ async fn listening(placement: &Placement, check: Option<&HttpCheck>) -> Result<(
     }
 }
 
-/// `Err` when a service failed for good; `Ok(Some(why))` while one is not
-/// running yet; `Ok(None)` when all run.
+/// Restarts of a service, before its new instance was ready, after which the
+/// release is dropped rather than waited for.
+const CRASH_LOOP_RESTARTS: u32 = 3;
+
+/// `Err` when a service failed for good (or crash-loops); `Ok(Some(why))`
+/// while one is not running yet; `Ok(None)` when all run.
 fn services_ready(driver: &dyn Driver, key: &str) -> Result<Option<String>, String> {
     let statuses = driver.status(key);
     if statuses.is_empty() {
@@ -303,6 +307,16 @@ fn services_ready(driver: &dyn Driver, key: &str) -> Result<Option<String>, Stri
                     "service {} exited with status {}: {}",
                     s.name,
                     s.exit_code.unwrap_or(-1),
+                    why()
+                ));
+            }
+            // A service that keeps exiting before the instance was ever ready
+            // will not become ready by waiting out the health timeout.
+            ServiceState::Restarting if s.restarts >= CRASH_LOOP_RESTARTS => {
+                return Err(format!(
+                    "service {} keeps exiting ({} restarts before it was ready): {}",
+                    s.name,
+                    s.restarts,
                     why()
                 ));
             }
