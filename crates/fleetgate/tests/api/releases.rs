@@ -531,3 +531,32 @@ async fn a_stopped_deployments_release_says_so_and_is_live_again_on_start() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_service_that_keeps_exiting_drops_its_release_without_waiting_out_the_health_timeout() {
+    let app = crate::support::spawn_app().await;
+    let port = unused_port();
+    let started = std::time::Instant::now();
+    let r = app
+        .admin(reqwest::Method::POST, "/api/v1/deployments")
+        .json(&serde_json::json!({
+            "name": "crashloop",
+            "compose": format!("services:\n  web:\n    command: [\"sh\", \"-c\", \"exit 3\"]\n    ports: [\"127.0.0.1:{port}:{port}\"]\n    restart: always\n"),
+        }))
+        .send()
+        .await
+        .expect("create");
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert!(
+        status.is_client_error() || status.is_server_error(),
+        "{status} {body}"
+    );
+    assert_eq!(body["code"], "RELEASE_FAILED", "{body}");
+    let error = body["error"].as_str().expect("error");
+    assert!(error.contains("service web keeps exiting"), "{error}");
+    assert!(error.contains("exited with status 3"), "{error}");
+    // Well under the 30 s health timeout.
+    assert!(started.elapsed() < std::time::Duration::from_secs(25));
+    app.stop().await;
+}
