@@ -7,6 +7,7 @@ import { get } from '../api.js';
 import { h, mount, table, field, values, badge, time, num } from '../ui.js';
 import { pager, stack } from '../widgets.js';
 import { sideBySide } from '../diff.js';
+import { pointerList } from './revisions.js';
 
 const LIMIT = 50;
 const FILTERS = ['actor', 'action', 'target_type', 'since', 'until'];
@@ -43,17 +44,10 @@ function toLocalInput(rfc) {
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
 }
 
-function short(v) {
-  const s = JSON.stringify(v);
-  return s === undefined ? '—' : s.length > 100 ? `${s.slice(0, 97)}…` : s;
-}
-
 function entryDetail(e) {
   const parts = [];
   if (e.changes && e.changes.length) {
-    parts.push(h('ul', { class: 'diff-list' }, e.changes.map((c) => h('li', { class: `op-${c.op}` },
-      h('code', {}, `${c.op} ${c.path || '/'}`), ' ',
-      h('span', { class: 'muted' }, c.op === 'add' ? short(c.after) : c.op === 'remove' ? short(c.before) : `${short(c.before)} → ${short(c.after)}`)))));
+    parts.push(pointerList(e.changes, 100));
   }
   if (e.before !== null && e.before !== undefined && e.after !== null && e.after !== undefined) {
     parts.push(sideBySide(JSON.stringify(e.before, null, 2), JSON.stringify(e.after, null, 2),

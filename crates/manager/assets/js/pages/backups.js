@@ -5,7 +5,7 @@
 import { api, get, post, enc } from '../api.js';
 import { h, mount, table, field, values, time, num, toast, confirm, showErrors, clearErrors } from '../ui.js';
 import { formDialog, stack } from '../widgets.js';
-import { summarize, summaryList } from './revisions.js';
+import { pointerList, summarize, summaryList } from './revisions.js';
 
 function size(bytes) {
   if (bytes >= 1 << 20) return `${(bytes / (1 << 20)).toFixed(1)} MiB`;
@@ -21,11 +21,6 @@ function saveAs(blob, name) {
   a.click();
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
-}
-
-function short(v) {
-  const s = JSON.stringify(v);
-  return s === undefined ? '—' : s.length > 100 ? `${s.slice(0, 97)}…` : s;
 }
 
 export async function render(main) {
@@ -117,9 +112,7 @@ export async function render(main) {
         h('h3', {}, r.changes.length ? `${num(r.changes.length)} change${r.changes.length === 1 ? '' : 's'} would be made` : 'Nothing would change'),
         summaryList(items, { verb: 'future' }),
         r.changes.length ? h('details', { class: 'raw-changes' }, h('summary', {}, 'As JSON Pointers'),
-          h('ul', { class: 'diff-list' }, r.changes.map((c) => h('li', { class: `op-${c.op}` },
-            h('code', {}, `${c.op} ${c.path}`), ' ',
-            h('span', { class: 'muted' }, c.op === 'add' ? short(c.after) : c.op === 'remove' ? short(c.before) : `${short(c.before)} → ${short(c.after)}`))))) : null);
+          pointerList(r.changes, 100)) : null);
       checked = { doc, changes: r.changes.length };
       applyBtn.disabled = r.changes.length === 0;
     } catch (e) {

@@ -176,9 +176,19 @@ function plural(n, word) {
   return `${num(n)} ${word}${n === 1 ? '' : 's'}`;
 }
 
-function short(v) {
+/// A JSON value in one line of at most `max` characters.
+function short(v, max = 80) {
   const s = JSON.stringify(v);
-  return s === undefined ? '—' : s.length > 80 ? `${s.slice(0, 77)}…` : s;
+  return s === undefined ? '—' : s.length > max ? `${s.slice(0, max - 3)}…` : s;
+}
+
+/// JSON-Pointer changes (op, path, before, after) as a list; an empty path is
+/// the document's root, shown as `/`.
+export function pointerList(changes, max = 80) {
+  return h('ul', { class: 'diff-list' }, changes.map((c) => h('li', { class: `op-${c.op}` },
+    h('code', {}, `${c.op} ${c.path || '/'}`), ' ',
+    h('span', { class: 'muted' }, c.op === 'add' ? short(c.after, max) : c.op === 'remove' ? short(c.before, max)
+      : `${short(c.before, max)} → ${short(c.after, max)}`))));
 }
 
 /// A readable list of what changes from `before` to `after`.
@@ -249,8 +259,7 @@ async function detail(main, ctx, n, against) {
       summaryList(items),
       apiDiff.changes.length ? h('details', { class: 'raw-changes' },
         h('summary', {}, `${num(apiDiff.changes.length)} change${apiDiff.changes.length === 1 ? '' : 's'} as JSON Pointers (from #${apiDiff.from} to #${apiDiff.to})`),
-        h('ul', { class: 'diff-list' }, apiDiff.changes.map((c) => h('li', { class: `op-${c.op}` },
-          h('code', {}, `${c.op} ${c.path}`), ' ', h('span', { class: 'muted' }, c.op === 'add' ? short(c.after) : c.op === 'remove' ? short(c.before) : `${short(c.before)} → ${short(c.after)}`))))) : null),
+        pointerList(apiDiff.changes)) : null),
     h('section', { class: 'panel', id: 'side-by-side' },
       h('div', { class: 'panel-head' }, h('h2', {}, 'Side by side'),
         h('span', { class: 'muted small' }, sbs.changed ? `${num(sbs.changed)} line${sbs.changed === 1 ? '' : 's'} differ` : 'identical')),
