@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { launch, login, newPage, screenshot, startFleetgate } from '../lib/harness.mjs';
+import { launch, login, newPage, screenshot, startFleetgate, until } from '../lib/harness.mjs';
 
 let fg; let browser;
 
@@ -77,7 +77,12 @@ test('Alert rules are in the navigation; an event row opens an incident or adds 
   // Two configuration changes: two events to work with.
   await fg.api('POST', '/api/v1/upstreams', { name: 'inc-a', targets: [{ url: 'http://127.0.0.1:9', weight: 1 }] });
   await fg.api('POST', '/api/v1/upstreams', { name: 'inc-b', targets: [{ url: 'http://127.0.0.1:9', weight: 1 }] });
-  const events = await fg.api('GET', '/api/v1/events?type=config.changed&limit=2');
+  // Events are written behind the request: wait until the last one is stored.
+  const latest = (await fg.api('GET', '/api/v1/revisions?limit=1')).items[0].number;
+  const events = await until('two config.changed events', async () => {
+    const page = await fg.api('GET', '/api/v1/events?type=config.changed&limit=2');
+    return page.items.length === 2 && page.items[0].message.endsWith(`revision ${latest}`) ? page : null;
+  });
   const [second, first] = events.items;
   const page = await newPage(browser);
   await login(page, fg);
