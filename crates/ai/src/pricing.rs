@@ -276,7 +276,7 @@ impl PriceTable {
     /// This table with `overrides` added, replacing entries of the same name.
     pub fn with_overrides(mut self, overrides: &PriceTable) -> Self {
         for (name, price) in &overrides.models {
-            self.models.insert(name.clone(), price.clone());
+            self.insert(name.clone(), price.clone());
         }
         self
     }

@@ -12,7 +12,6 @@
 //! policy (the same as webhooks').
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -69,11 +68,6 @@ pub fn check_transition(from: &str, to: &str) -> ApiResult<()> {
 
 /// Most tool-result bytes fed back to a model and kept in a trace.
 const MAX_TOOL_OUTPUT: usize = 64 * 1024;
-
-fn prices() -> &'static PriceTable {
-    static PRICES: OnceLock<PriceTable> = OnceLock::new();
-    PRICES.get_or_init(PriceTable::builtin)
-}
 
 /// The start of the calendar period (UTC) that `now` is in, and the start of
 /// the next one, in ms.
@@ -261,6 +255,8 @@ pub async fn run(
     let client = crate::ai::client_for(state, &resolved.provider)
         .map_err(|e| crate::api::ai::provider_failure(&e))?;
     let tools = ready_tools(state, &version).await?;
+    // The built-in prices with the operators' overrides, as they are now.
+    let prices = crate::ai_gateway::price_table(state.store.as_ref()).await?;
 
     let mut record = AgentRunRecord {
         id: uuid::Uuid::new_v4().to_string(),
@@ -294,6 +290,7 @@ pub async fn run(
         max_tokens: resolved.provider.max_tokens,
         temperature: resolved.provider.temperature,
         tools: &tools,
+        prices: &prices,
         spent_before,
     };
     let steps = loop_ctx.go(&mut record).await;
@@ -341,6 +338,7 @@ struct Loop<'a> {
     max_tokens: i64,
     temperature: f64,
     tools: &'a HashMap<String, ReadyTool>,
+    prices: &'a PriceTable,
     spent_before: i64,
 }
 
@@ -454,9 +452,10 @@ impl Loop<'_> {
                     return steps;
                 }
             };
-            let priced = prices()
+            let priced = self
+                .prices
                 .cost(&c.model, &c.usage)
-                .or_else(|| prices().cost(&self.version.model, &c.usage));
+                .or_else(|| self.prices.cost(&self.version.model, &c.usage));
             steps.push(AgentStepRecord {
                 run_id: run.id.clone(),
                 seq,

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleetgate_ai::ProviderKind;
+use fleetgate_ai::{ModelPrice, PriceTable, ProviderKind};
 use fleetgate_core::ai_gateway::{BudgetAction, BudgetPeriod};
 use fleetgate_protocol::ai::{
     AiBudgetInput, AiCallerKey, AiGatewayInput, AiProviderInput, AiUsageRecord, AiUsageSink,
@@ -167,6 +167,27 @@ pub async fn budget_input(
     }))
 }
 
+/// The operators' price overrides as a price table. A stored override that
+/// no longer reads as a price is left out (the built-in price, if any, holds)
+/// and logged.
+pub async fn price_overrides(store: &dyn Store) -> Result<PriceTable, StoreError> {
+    let mut table = PriceTable::new();
+    for p in store.list_ai_prices().await? {
+        match serde_json::from_value::<ModelPrice>(p.price) {
+            Ok(price) if price.validate().is_ok() => table.insert(p.model, price),
+            _ => {
+                tracing::error!(model = %p.model, "stored AI price override does not read as a price; not used")
+            }
+        }
+    }
+    Ok(table)
+}
+
+/// The built-in price table with the operators' overrides.
+pub async fn price_table(store: &dyn Store) -> Result<PriceTable, StoreError> {
+    Ok(PriceTable::builtin().with_overrides(&price_overrides(store).await?))
+}
+
 impl AppState {
     /// Builds the AI gateway's input from the store and publishes it if it
     /// changed. A provider whose key does not open is left out (its routes
@@ -241,11 +262,13 @@ impl AppState {
                 budgets.push(input);
             }
         }
+        let prices = price_overrides(store).await?;
         self.feed.publish_ai(AiGatewayInput {
             version: 0,
             providers,
             keys,
             budgets,
+            prices,
         });
         Ok(())
     }

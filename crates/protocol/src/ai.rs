@@ -23,6 +23,9 @@ pub struct AiGatewayInput {
     /// API keys that may call `ai` routes.
     pub keys: Vec<AiCallerKey>,
     pub budgets: Vec<AiBudgetInput>,
+    /// The operators' price overrides (`/api/v1/ai/prices`): they replace or
+    /// add to the built-in price table when requests are priced.
+    pub prices: fleetgate_ai::PriceTable,
 }
 
 impl std::fmt::Debug for AiGatewayInput {
@@ -32,6 +35,7 @@ impl std::fmt::Debug for AiGatewayInput {
             .field("providers", &self.providers)
             .field("keys", &self.keys.len())
             .field("budgets", &self.budgets)
+            .field("prices", &self.prices.len())
             .finish()
     }
 }
@@ -157,6 +161,7 @@ mod tests {
                 key_hash: "abcdef".into(),
             }],
             budgets: vec![],
+            prices: Default::default(),
         };
         let config = crate::DataPlaneConfig {
             ai: Arc::new(input.clone()),

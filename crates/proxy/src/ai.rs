@@ -211,7 +211,7 @@ impl AiRuntime {
             callers,
             budgets,
             ledgers_by_id,
-            prices: PriceTable::builtin(),
+            prices: PriceTable::builtin().with_overrides(&input.prices),
         }
     }
 }

@@ -40,6 +40,18 @@ impl AiBudgetRecord {
     }
 }
 
+/// An operator's price for one model, replacing or adding to the built-in
+/// table: `price` is a model price's JSON (rates in micro-USD per million
+/// tokens), checked by the manager before it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AiPriceRecord {
+    /// Lower case; unique.
+    pub model: String,
+    pub price: Value,
+    pub version: i64,
+    pub updated_at: i64,
+}
+
 /// One relayed request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AiUsageRow {
@@ -118,6 +130,15 @@ pub trait AiGatewayStore: Send + Sync {
     ) -> Result<AiBudgetRecord>;
     /// Deletes the budget and its recorded spend.
     async fn delete_ai_budget(&self, actor: &Actor, id: &str) -> Result<AiBudgetRecord>;
+
+    /// Operators' price overrides, by model name.
+    async fn list_ai_prices(&self) -> Result<Vec<AiPriceRecord>>;
+    /// Sets the override of `p.model` (created or replaced; the version counts
+    /// up from the replaced one's), audited; returns what was stored.
+    async fn put_ai_price(&self, actor: &Actor, p: &AiPriceRecord) -> Result<AiPriceRecord>;
+    /// Drops the override of `model`, audited; [`StoreError::NotFound`] when
+    /// there is none.
+    async fn delete_ai_price(&self, actor: &Actor, model: &str) -> Result<AiPriceRecord>;
 
     /// Writes a batch of usage rows, their hourly rollups and the spend of the
     /// budgets they were charged to, in one transaction. A row whose id is
@@ -205,6 +226,33 @@ async fn locked(conn: &mut sqlx::AnyConnection, id: &str) -> Result<AiBudgetReco
         .map(budget_row)
         .transpose()?
         .ok_or_else(|| StoreError::NotFound(format!("AI budget {id}")))
+}
+
+fn price_row(r: &AnyRow) -> Result<AiPriceRecord> {
+    let price: String = r.try_get("price")?;
+    Ok(AiPriceRecord {
+        model: r.try_get("model")?,
+        price: serde_json::from_str(&price).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        version: r.try_get("version")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+async fn price_locked(
+    conn: &mut sqlx::AnyConnection,
+    model: &str,
+) -> Result<Option<AiPriceRecord>> {
+    sqlx::query("UPDATE ai_prices SET version = version WHERE model = $1")
+        .bind(model.to_string())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SELECT model, price, version, updated_at FROM ai_prices WHERE model = $1")
+        .bind(model.to_string())
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(price_row)
+        .transpose()
 }
 
 const HOUR: i64 = 3_600_000;
@@ -323,6 +371,73 @@ impl AiGatewayStore for SqlStore {
         tx.commit(
             actor,
             &AuditEvent::new("ai_budget.delete", "ai_budget", Some(id)).before(before.audit_view()),
+        )
+        .await?;
+        Ok(before)
+    }
+
+    async fn list_ai_prices(&self) -> Result<Vec<AiPriceRecord>> {
+        sqlx::query("SELECT model, price, version, updated_at FROM ai_prices ORDER BY model")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(price_row)
+            .collect()
+    }
+
+    async fn put_ai_price(&self, actor: &Actor, p: &AiPriceRecord) -> Result<AiPriceRecord> {
+        let mut tx = self.begin_audited().await?;
+        let before = price_locked(&mut tx, &p.model).await?;
+        let after = AiPriceRecord {
+            version: before.as_ref().map_or(1, |b| b.version + 1),
+            ..p.clone()
+        };
+        let body =
+            serde_json::to_string(&after.price).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let sql = if before.is_some() {
+            "UPDATE ai_prices SET price = $2, version = $3, updated_at = $4 WHERE model = $1"
+        } else {
+            "INSERT INTO ai_prices (model, price, version, updated_at) VALUES ($1, $2, $3, $4)"
+        };
+        sqlx::query(sql)
+            .bind(after.model.clone())
+            .bind(body)
+            .bind(after.version)
+            .bind(after.updated_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                if crate::sql::is_unique_violation(&e) {
+                    StoreError::Conflict(format!(
+                        "the price of {:?} was set by another request at the same time; try again",
+                        after.model
+                    ))
+                } else {
+                    e.into()
+                }
+            })?;
+        let mut event = AuditEvent::new("ai_price.set", "ai_price", Some(&after.model))
+            .after(after.price.clone());
+        if let Some(b) = before {
+            event = event.before(b.price);
+        }
+        tx.commit(actor, &event).await?;
+        Ok(after)
+    }
+
+    async fn delete_ai_price(&self, actor: &Actor, model: &str) -> Result<AiPriceRecord> {
+        let mut tx = self.begin_audited().await?;
+        let before = price_locked(&mut tx, model)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("AI price override of {model:?}")))?;
+        sqlx::query("DELETE FROM ai_prices WHERE model = $1")
+            .bind(model.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit(
+            actor,
+            &AuditEvent::new("ai_price.delete", "ai_price", Some(model))
+                .before(before.price.clone()),
         )
         .await?;
         Ok(before)

@@ -85,6 +85,7 @@ impl SqlStore {
                     "counters",
                     "ai_budgets",
                     "ai_budget_spend",
+                    "ai_prices",
                     "_sqlx_migrations",
                 ] {
                     let sql = format!("SELECT row_to_json(t)::text FROM {table} t");

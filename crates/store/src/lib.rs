@@ -32,7 +32,9 @@ pub use agents::{
     AgentToolRecord, AgentVersionRecord, AiAgentRecord,
 };
 pub use ai::{AiPreferencesRecord, AiProviderRecord, AiStore};
-pub use ai_gateway::{AiBudgetRecord, AiGatewayStore, AiUsageRow, UsageGroup, UsageTotals};
+pub use ai_gateway::{
+    AiBudgetRecord, AiGatewayStore, AiPriceRecord, AiUsageRow, UsageGroup, UsageTotals,
+};
 pub use alerts::{
     AlertRuleRecord, AlertStore, IncidentAnalysisRecord, IncidentFilter, IncidentRecord,
     NewTimelineEntry, TimelineEntry,

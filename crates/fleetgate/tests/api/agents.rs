@@ -992,3 +992,37 @@ async fn an_interval_schedule_fires() {
     assert_eq!(listed["total"], 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn runs_are_priced_with_the_operators_price_overrides() {
+    let (app, fake, _tools) = setup().await;
+    let pid = provider(&app, &fake, "openai").await;
+    // A model the built-in table does not know: unpriced until an override.
+    let a = create_agent(
+        &app,
+        json!({"name": "local", "model": "house-llm-7b", "provider": pid}),
+    )
+    .await;
+    let id = a["id"].as_str().expect("id");
+    activate(&app, id).await;
+    fake.push(Reply::text("free").usage(usage()));
+    let r = run(&app, id, json!({"input": "one"})).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["cost_micro_usd"], 0, "{r}");
+
+    let (status, v) = send(
+        &app,
+        Method::PUT,
+        "/api/v1/ai/prices/house-llm-7b",
+        Some(json!({"input_usd_per_million": "0.50", "output_usd_per_million": "1.5"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["replaces_builtin"], false);
+    // 1,000 × $0.50/M + 200 × $1.50/M = $0.0005 + $0.0003.
+    fake.push(Reply::text("priced").usage(usage()));
+    let r = run(&app, id, json!({"input": "two"})).await;
+    assert_eq!(r["cost_micro_usd"], 800, "{r}");
+    assert_eq!(r["cost_micro_usd"].as_i64(), Some(step_costs_sum(&r)));
+    app.stop().await;
+}

@@ -982,3 +982,163 @@ async fn provider_errors_and_callers_leaving_early_release_their_reservation() {
     r.bytes().await.expect("body");
     s.app.stop().await;
 }
+
+/// Sets the price of `model` through the API.
+async fn set_price(app: &TestApp, model: &str, body: Value) -> reqwest::Response {
+    app.admin(Method::PUT, &format!("/api/v1/ai/prices/{model}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("put price")
+}
+
+#[tokio::test]
+async fn a_price_override_prices_the_next_metered_request_and_dropping_it_restores_the_list_price()
+{
+    let s = setup(&[]).await;
+    let usage = FakeUsage {
+        input: 1000,
+        output: 500,
+        ..Default::default()
+    };
+    let list_price = cost(MODEL, usage);
+    // USD 1 per million prompt tokens and USD 2 per million generated:
+    // 1,000 × $1/M + 500 × $2/M = $0.002.
+    let overridden = 2_000;
+    assert_ne!(list_price, overridden);
+
+    let r = expect_ok(
+        set_price(
+            &s.app,
+            "GPT-4o-Mini",
+            json!({"input_usd_per_million": "1.00", "output_usd_per_million": 2}),
+        )
+        .await,
+    )
+    .await;
+    let row: Value = r.json().await.expect("json");
+    assert_eq!(row["model"], MODEL);
+    assert_eq!(row["source"], "override");
+    assert_eq!(row["replaces_builtin"], true);
+    assert_eq!(row["input_usd_per_million"], "1.000000");
+    assert_eq!(row["cached_input_usd_per_million"], "1.000000");
+    assert_eq!(row["output_usd_per_million"], "2.000000");
+    assert_eq!(row["version"], 1);
+    let table = s.app.get_json("/api/v1/ai/prices").await;
+    let rows = table["items"].as_array().expect("items");
+    let find = |m: &str| rows.iter().find(|r| r["model"] == m).cloned();
+    assert_eq!(find(MODEL).expect("listed")["source"], "override");
+    let builtin = find("gpt-4o").expect("builtin listed");
+    assert_eq!(builtin["source"], "builtin");
+    assert_eq!(builtin["input_usd_per_million"], "2.500000");
+    assert!(builtin["version"].is_null());
+    settle_ai(&s.app).await;
+
+    s.fake
+        .push(Reply::text("priced by the override").usage(usage));
+    expect_ok(post_chat(&s, &chat(MODEL, 10, json!({}))).await).await;
+    let v = usage_with(&s.app, 1, "").await;
+    assert_eq!(v["totals"]["cost_micros"].as_i64(), Some(overridden), "{v}");
+
+    // Dropped: the list price holds again from the next request.
+    let r = s
+        .app
+        .admin(Method::DELETE, &format!("/api/v1/ai/prices/{MODEL}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = s
+        .app
+        .admin(Method::DELETE, &format!("/api/v1/ai/prices/{MODEL}"))
+        .send()
+        .await
+        .expect("delete again");
+    expect_error(r, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    settle_ai(&s.app).await;
+    s.fake.push(Reply::text("list price").usage(usage));
+    expect_ok(post_chat(&s, &chat(MODEL, 10, json!({}))).await).await;
+    let v = usage_with(&s.app, 2, "").await;
+    assert_eq!(
+        v["totals"]["cost_micros"].as_i64(),
+        Some(overridden + list_price),
+        "{v}"
+    );
+
+    // Both changes are audited with the rates stored.
+    let audit = s
+        .app
+        .get_json("/api/v1/audit?target_type=ai_price&limit=10")
+        .await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(actions.contains(&"ai_price.set"), "{audit}");
+    assert!(actions.contains(&"ai_price.delete"), "{audit}");
+}
+
+#[tokio::test]
+async fn bad_prices_are_refused_naming_the_field_and_viewers_change_nothing() {
+    let app = spawn_app().await;
+    for (model, body, field) in [
+        (
+            "m1",
+            json!({"input_usd_per_million": -1, "output_usd_per_million": 1}),
+            "input_usd_per_million",
+        ),
+        (
+            "m1",
+            json!({"input_usd_per_million": "1.1234567", "output_usd_per_million": 1}),
+            "input_usd_per_million",
+        ),
+        (
+            "m1",
+            json!({"input_usd_per_million": 1, "output_usd_per_million": "1,5"}),
+            "output_usd_per_million",
+        ),
+        (
+            "m1",
+            json!({"input_usd_per_million": 1, "output_usd_per_million": 1,
+                   "tiers": [{"above_input_tokens": 100, "input_usd_per_million": 2, "output_usd_per_million": 2},
+                             {"above_input_tokens": 100, "input_usd_per_million": 3, "output_usd_per_million": 3}]}),
+            "tiers[1].above_input_tokens",
+        ),
+        (
+            "m1",
+            json!({"input_usd_per_million": 1, "output_usd_per_million": 1,
+                   "tiers": [{"above_input_tokens": 10, "input_usd_per_million": 1, "output_usd_per_million": 1,
+                              "cached_input_usd_per_million": "999999999"}]}),
+            "tiers[0].cached_input_usd_per_million",
+        ),
+        (
+            "a%20b",
+            json!({"input_usd_per_million": 1, "output_usd_per_million": 1}),
+            "model",
+        ),
+    ] {
+        let r = set_price(&app, model, body.clone()).await;
+        let e = expect_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+        assert_eq!(e["details"]["field"], field, "{body}: {e}");
+    }
+    let key = app.key_for_role("watcher", "viewer").await;
+    let r = client()
+        .put(app.url("/api/v1/ai/prices/m1"))
+        .bearer_auth(&key)
+        .json(&json!({"input_usd_per_million": 1, "output_usd_per_million": 1}))
+        .send()
+        .await
+        .expect("put");
+    expect_error(r, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    let table = app.get_json("/api/v1/ai/prices").await;
+    assert!(
+        table["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .all(|r| r["source"] == "builtin"),
+        "{table}"
+    );
+}

@@ -6,6 +6,7 @@ pub mod ai_actions;
 pub mod ai_compat;
 pub mod ai_gateway;
 pub mod ai_insight;
+pub mod ai_prices;
 pub mod alert_rules;
 pub mod audit;
 pub mod backup;
@@ -248,6 +249,8 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
             ai_gateway::delete
         ))
         .routes(routes!(ai_gateway::usage))
+        .routes(routes!(ai_prices::list))
+        .routes(routes!(ai_prices::put, ai_prices::delete))
         .routes(routes!(ai::health))
         .routes(routes!(ai_actions::generate_config))
         .routes(routes!(ai_actions::apply))
