@@ -296,6 +296,22 @@ export async function screenshot(page, name) {
   await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
 }
 
+/// Elements sticking out to the right of the viewport, by a short description.
+export async function overflow(page) {
+  return page.evaluate(() => {
+    const width = document.documentElement.clientWidth;
+    const out = [];
+    if (document.documentElement.scrollWidth > width + 1) out.push(`page scrolls sideways (${document.documentElement.scrollWidth} > ${width})`);
+    for (const el of document.querySelectorAll('main .panel, main .card, main .toolbar, main table:not(.table-wrap table)')) {
+      const r = el.getBoundingClientRect();
+      if (r.width && r.right > width + 1) {
+        out.push(`${el.tagName.toLowerCase()}.${[...el.classList].join('.')}#${el.id} ends at ${Math.round(r.right)} > ${width}`);
+      }
+    }
+    return out;
+  });
+}
+
 export async function login(page, fg, username = 'admin', password = ADMIN_PASSWORD) {
   await page.goto(fg.url + '/');
   await page.getByLabel('Username').fill(username);

@@ -5,13 +5,13 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { launch, login, newPage, screenshot, startFleetgate, startUpstream, until } from '../lib/harness.mjs';
+import { launch, login, newPage, overflow, screenshot, startFleetgate, startUpstream, until } from '../lib/harness.mjs';
 
 let fg; let browser; let upstream;
 
 const PAGES = ['overview', 'routes', 'upstreams', 'upstreams/view/shop', 'breakers', 'redirects', 'nodes', 'tunnels',
   'deployments', 'events', 'incidents', 'alert-rules', 'webhooks', 'revisions', 'certificates', 'audit', 'backups',
-  'settings', 'keys', 'users'];
+  'settings', 'keys', 'users', 'ai/providers', 'ai/budgets', 'ai/usage', 'ai/prices', 'ai/agents'];
 
 before(async () => {
   [fg, browser, upstream] = await Promise.all([startFleetgate(), launch(), startUpstream()]);
@@ -32,22 +32,6 @@ after(async () => {
   await fg?.stop();
   await upstream?.stop();
 });
-
-/// Elements sticking out to the right of the viewport, by a short description.
-async function overflow(page) {
-  return page.evaluate(() => {
-    const width = document.documentElement.clientWidth;
-    const out = [];
-    if (document.documentElement.scrollWidth > width + 1) out.push(`page scrolls sideways (${document.documentElement.scrollWidth} > ${width})`);
-    for (const el of document.querySelectorAll('main .panel, main .card, main .toolbar, main table:not(.table-wrap table)')) {
-      const r = el.getBoundingClientRect();
-      if (r.width && r.right > width + 1) {
-        out.push(`${el.tagName.toLowerCase()}.${[...el.classList].join('.')}#${el.id} ends at ${Math.round(r.right)} > ${width}`);
-      }
-    }
-    return out;
-  });
-}
 
 for (const width of [1280, 390]) {
   test(`every page fits ${width} px`, async () => {

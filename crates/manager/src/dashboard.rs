@@ -71,6 +71,9 @@ static ASSETS: &[Asset] = assets![
     // Deployments (compose.yml + service.yml apps on this host).
     "js/code.js" => JS,
     "js/pages/deployments.js" => JS,
+    // AI: providers, budgets, usage, prices and agents.
+    "js/pages/ai.js" => JS,
+    "js/pages/agents.js" => JS,
 ];
 
 /// Content Security Policy of the dashboard: only its own scripts, styles and

@@ -16,6 +16,7 @@ const VIEWS = [
   { path: 'nodes', label: 'Nodes', module: './pages/nodes.js' },
   { path: 'tunnels', label: 'Tunnels', module: './pages/tunnels.js' },
   { path: 'deployments', label: 'Deployments', module: './pages/deployments.js' },
+  { path: 'ai', label: 'AI', module: './pages/ai.js' },
   { path: 'events', label: 'Events', module: './pages/events.js' },
   { path: 'incidents', label: 'Incidents', module: './pages/incidents.js' },
   { path: 'alert-rules', label: 'Alert rules', module: './pages/alert-rules.js' },
