@@ -168,6 +168,17 @@ pub async fn put_settings(app: &TestApp, body: Value) {
     assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
 }
 
+/// The actions of the audit entries `query` selects (`target_type=…&limit=…`), newest first.
+pub async fn audit_actions(app: &TestApp, query: &str) -> Vec<String> {
+    let audit = app.get_json(&format!("/api/v1/audit?{query}")).await;
+    audit["items"]
+        .as_array()
+        .expect("audit items")
+        .iter()
+        .filter_map(|e| e["action"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// Asserts the error envelope and returns it.
 pub async fn expect_error(r: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(r.status(), status, "status");
