@@ -16,7 +16,7 @@ use fleetgate_store::{
     AgentBudget, AgentRunRecord, AgentScheduleRecord, AgentSplit, AgentStepRecord, AgentStore,
     AgentToolRecord, AgentVersionRecord, AiAgentRecord,
 };
-use fleetgate_store::{AiBudgetRecord, AiGatewayStore, AiUsageRow, UsageGroup};
+use fleetgate_store::{AiBudgetRecord, AiGatewayStore, AiPriceRecord, AiUsageRow, UsageGroup};
 use fleetgate_store::{AiPreferencesRecord, AiProviderRecord, AiStore};
 use fleetgate_store::{
     AlertRuleRecord, AlertStore, IncidentAnalysisRecord, IncidentFilter, IncidentRecord,
@@ -138,6 +138,7 @@ conformance!(
     agent_runs_steps_and_spend,
     agent_schedules_are_claimed_once,
     ai_budgets_crud_with_versions_and_audit,
+    ai_prices_set_replace_drop_and_audit,
     ai_usage_batches_roll_up_and_charge_budgets,
 );
 
@@ -3675,6 +3676,60 @@ async fn ai_budgets_crud_with_versions_and_audit(s: &SqlStore) {
             "ai_budget.delete",
             "ai_budget.update"
         ]
+    );
+}
+
+async fn ai_prices_set_replace_drop_and_audit(s: &SqlStore) {
+    let a = actor();
+    let price = |input: i64| AiPriceRecord {
+        model: "house-llm".into(),
+        price: serde_json::json!({"input": input, "output": 2_000_000}),
+        version: 0,
+        updated_at: 10,
+    };
+    assert!(s.list_ai_prices().await.expect("list").is_empty());
+    let first = s.put_ai_price(&a, &price(1_000_000)).await.expect("set");
+    assert_eq!(first.version, 1);
+    let second = s
+        .put_ai_price(&a, &price(3_000_000))
+        .await
+        .expect("replace");
+    assert_eq!(second.version, 2);
+    assert_eq!(
+        s.list_ai_prices().await.expect("list"),
+        vec![AiPriceRecord {
+            version: 2,
+            ..price(3_000_000)
+        }]
+    );
+    let gone = s.delete_ai_price(&a, "house-llm").await.expect("drop");
+    assert_eq!(gone.price["input"], 3_000_000);
+    assert!(matches!(
+        s.delete_ai_price(&a, "house-llm").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(s.list_ai_prices().await.expect("list").is_empty());
+    let audit = s
+        .list_audit(
+            &AuditFilter {
+                target_type: Some("ai_price".into()),
+                ..Default::default()
+            },
+            page(100, 0),
+        )
+        .await
+        .expect("audit");
+    let mut actions: Vec<&str> = audit.items.iter().map(|e| e.action.as_str()).collect();
+    actions.sort_unstable();
+    assert_eq!(actions, ["ai_price.delete", "ai_price.set", "ai_price.set"]);
+    let replaced = audit
+        .items
+        .iter()
+        .find(|e| e.action == "ai_price.set" && e.before.is_some())
+        .expect("the replacement keeps what it replaced");
+    assert_eq!(
+        replaced.before.as_ref().expect("before")["input"],
+        1_000_000
     );
 }
 
