@@ -24,6 +24,8 @@ use crate::AppState;
 
 /// Most tiers one price may have.
 const MAX_TIERS: usize = 8;
+/// Largest prompt size a tier may start above (far beyond any context window).
+const MAX_TIER_TOKENS: u64 = 1_000_000_000_000;
 
 /// Rates of a model in USD per million tokens: a number (`2.5`) or an exact
 /// decimal string with at most six decimals (`"2.50"`), 0 or more. Cache
@@ -52,8 +54,8 @@ pub struct PriceInput {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TierInput {
-    /// More than 0; distinct among the tiers of one price.
-    #[schema(minimum = 1)]
+    /// More than 0 and at most 10^12; distinct among the tiers of one price.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub above_input_tokens: u64,
     pub input_usd_per_million: UsdAmount,
     #[serde(default)]
@@ -178,10 +180,10 @@ fn price_of(body: &PriceInput) -> ApiResult<ModelPrice> {
     let mut tiers = Vec::with_capacity(body.tiers.len());
     for (n, t) in body.tiers.iter().enumerate() {
         let f = |name: &str| format!("tiers[{n}].{name}");
-        if t.above_input_tokens == 0 {
+        if t.above_input_tokens == 0 || t.above_input_tokens > MAX_TIER_TOKENS {
             return Err(ApiError::bad_request(
                 &f("above_input_tokens"),
-                "must be more than 0: a tier prices prompts above a size (the base rates price the rest)",
+                format!("must be more than 0 and at most {MAX_TIER_TOKENS}: a tier prices prompts above a size (the base rates price the rest)"),
             ));
         }
         tiers.push(PriceTier {
