@@ -238,6 +238,19 @@ impl<T> ListEnvelope<T> {
             offset: page.offset,
         }
     }
+
+    /// A list that is never paged: every item in one page.
+    pub fn whole(items: Vec<T>) -> Self {
+        let total = items.len() as i64;
+        Self::new(
+            items,
+            total,
+            PageRequest {
+                limit: total.max(1),
+                offset: 0,
+            },
+        )
+    }
 }
 
 /// The version an `If-Match` header demands; `None` without the header or with `*`.

@@ -3656,17 +3656,8 @@ async fn ai_budgets_crud_with_versions_and_audit(s: &SqlStore) {
         s.delete_ai_budget(&a, "b1").await,
         Err(StoreError::NotFound(_))
     ));
-    let audit = s
-        .list_audit(
-            &AuditFilter {
-                target_type: Some("ai_budget".into()),
-                ..Default::default()
-            },
-            page(100, 0),
-        )
-        .await
-        .expect("audit");
-    let mut actions: Vec<&str> = audit.items.iter().map(|e| e.action.as_str()).collect();
+    let audit = audited(s, "ai_budget").await;
+    let mut actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
     actions.sort_unstable();
     assert_eq!(
         actions,
@@ -3677,6 +3668,20 @@ async fn ai_budgets_crud_with_versions_and_audit(s: &SqlStore) {
             "ai_budget.update"
         ]
     );
+}
+
+/// The audit entries about `target_type` (at most 100).
+async fn audited(s: &SqlStore, target_type: &str) -> Vec<fleetgate_store::AuditRecord> {
+    s.list_audit(
+        &AuditFilter {
+            target_type: Some(target_type.into()),
+            ..Default::default()
+        },
+        page(100, 0),
+    )
+    .await
+    .expect("audit")
+    .items
 }
 
 async fn ai_prices_set_replace_drop_and_audit(s: &SqlStore) {
@@ -3709,21 +3714,11 @@ async fn ai_prices_set_replace_drop_and_audit(s: &SqlStore) {
         Err(StoreError::NotFound(_))
     ));
     assert!(s.list_ai_prices().await.expect("list").is_empty());
-    let audit = s
-        .list_audit(
-            &AuditFilter {
-                target_type: Some("ai_price".into()),
-                ..Default::default()
-            },
-            page(100, 0),
-        )
-        .await
-        .expect("audit");
-    let mut actions: Vec<&str> = audit.items.iter().map(|e| e.action.as_str()).collect();
+    let audit = audited(s, "ai_price").await;
+    let mut actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
     actions.sort_unstable();
     assert_eq!(actions, ["ai_price.delete", "ai_price.set", "ai_price.set"]);
     let replaced = audit
-        .items
         .iter()
         .find(|e| e.action == "ai_price.set" && e.before.is_some())
         .expect("the replacement keeps what it replaced");

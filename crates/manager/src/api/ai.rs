@@ -12,7 +12,7 @@ use axum::response::Response;
 use fleetgate_ai::{mask_key, ProviderKind};
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
-use fleetgate_store::{AiPreferencesRecord, AiProviderRecord, PageRequest};
+use fleetgate_store::{AiPreferencesRecord, AiProviderRecord};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
@@ -356,15 +356,7 @@ pub async fn list(
         .iter()
         .map(view)
         .collect();
-    let total = items.len() as i64;
-    Ok(axum::Json(ListEnvelope::new(
-        items,
-        total,
-        PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(axum::Json(ListEnvelope::whole(items)))
 }
 
 #[utoipa::path(post, path = "/api/v1/ai/providers", operation_id = "create_ai_provider", tag = "ai", request_body = ProviderInput,

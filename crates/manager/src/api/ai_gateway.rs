@@ -11,7 +11,7 @@ use fleetgate_ai::pricing::{format_usd, parse_usd, usd_from_f64};
 use fleetgate_core::ai_gateway::{valid_budget_name, BudgetAction, BudgetPeriod};
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
-use fleetgate_store::{AiBudgetRecord, PageRequest, UsageGroup, UsageTotals};
+use fleetgate_store::{AiBudgetRecord, UsageGroup, UsageTotals};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -199,15 +199,7 @@ pub async fn list(
     for b in state.store.list_ai_budgets().await? {
         items.push(view(&state, &b).await?);
     }
-    let total = items.len() as i64;
-    Ok(axum::Json(ListEnvelope::new(
-        items,
-        total,
-        PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(axum::Json(ListEnvelope::whole(items)))
 }
 
 #[utoipa::path(post, path = "/api/v1/ai/budgets", operation_id = "create_ai_budget", tag = "ai", request_body = BudgetInput,

@@ -11,7 +11,7 @@ use fleetgate_ai::pricing::{format_usd, parse_usd, usd_from_f64, ModelPrice, Pri
 use fleetgate_ai::PriceTable;
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
-use fleetgate_store::{AiPriceRecord, PageRequest};
+use fleetgate_store::AiPriceRecord;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -272,15 +272,7 @@ pub async fn list(
     _auth: AuthContext,
 ) -> ApiResult<axum::Json<ListEnvelope<PriceRow>>> {
     let items = rows(&state).await?;
-    let total = items.len() as i64;
-    Ok(axum::Json(ListEnvelope::new(
-        items,
-        total,
-        PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(axum::Json(ListEnvelope::whole(items)))
 }
 
 #[utoipa::path(put, path = "/api/v1/ai/prices/{model}", operation_id = "put_ai_price", tag = "ai",

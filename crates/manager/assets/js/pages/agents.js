@@ -123,6 +123,7 @@ export async function renderAgent(box, ctx, id) {
   const lastRun = h('div', { id: 'run-result', 'aria-live': 'polite' });
   let agent;
   let offset = 0;
+  let running = false;
 
   async function loadHead() {
     agent = await get(base);
@@ -212,6 +213,7 @@ export async function renderAgent(box, ctx, id) {
     const v = values(runForm);
     const button = runForm.querySelector('button[type="submit"]');
     button.disabled = true;
+    running = true;
     mount(lastRun, h('p', { class: 'muted' }, 'Running…'));
     try {
       if (!v.input.trim()) throw fieldError('input', 'write a message for the agent');
@@ -226,6 +228,7 @@ export async function renderAgent(box, ctx, id) {
       showErrors(runForm, e);
     } finally {
       button.disabled = false;
+      running = false;
     }
   });
 
@@ -237,4 +240,11 @@ export async function renderAgent(box, ctx, id) {
       } }, 'Roll back') : null), versionsBox),
     h('section', { class: 'panel' }, h('h2', {}, 'Runs'), runsBox, runsPager, runTrace));
   await reload();
+  // Live: the status, budget and runs (scheduled ones too) are read again every
+  // few seconds, except while a run or a dialog is open.
+  const timer = setInterval(() => {
+    if (running || document.querySelector('dialog[open]')) return;
+    Promise.all([loadHead(), loadRuns()]).catch(() => {});
+  }, 5000);
+  return () => clearInterval(timer);
 }

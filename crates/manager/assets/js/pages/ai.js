@@ -218,6 +218,11 @@ async function renderBudgets(box, ctx) {
       } }, 'New budget') : null),
     h('section', { class: 'panel' }, list));
   await load();
+  // Live: what the budgets spent, read again every 10 s unless a dialog is open.
+  const timer = setInterval(() => {
+    if (!document.querySelector('dialog[open]')) load().catch(() => {});
+  }, 10_000);
+  return () => clearInterval(timer);
 }
 
 // ---------------------------------------------------------------- usage
