@@ -230,6 +230,7 @@ pub async fn start(
         });
         let mut options = gateway_options(&config, Some(state.event_sink()))?;
         options.ai_usage = Some(state.ai_usage_sink());
+        options.ai_allowances = Some(state.ai_allowances());
         let gw = Gateway::new(state.subscribe(), options);
         if config.flecto.url.is_some() {
             let mut cfg = config.flecto.clone();
@@ -247,6 +248,7 @@ pub async fn start(
         None
     };
     let task_state = state.clone();
+    let stopping_gateway = gw.clone();
     let manager_limits = fleetgate_manager::server::ServerLimits {
         header_read_timeout: Duration::from_millis(config.manager.header_read_timeout_ms),
         body_read_timeout: Duration::from_millis(config.manager.body_read_timeout_ms),
@@ -287,6 +289,11 @@ pub async fn start(
         for t in [gateway_task, tls_task].into_iter().flatten() {
             let _ = t.await;
         }
+        if let Some(gw) = stopping_gateway {
+            // Drained: what this process leased of AI budgets and will not
+            // spend goes back for the other processes.
+            gw.give_back_ai_allowances().await;
+        }
         let _ = node_task.await;
         let _ = background.await;
         task_state.store.close().await;
@@ -324,6 +331,7 @@ fn gateway_options(
         client_send_timeout: Duration::from_millis(config.gateway.client_send_timeout_ms),
         events,
         ai_usage: None,
+        ai_allowances: None,
     })
 }
 

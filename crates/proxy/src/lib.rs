@@ -71,6 +71,10 @@ pub struct GatewayOptions {
     /// Where `ai` routes send a usage record per relayed request (the
     /// manager's batch writer).
     pub ai_usage: Option<fleetgate_protocol::ai::UsageSink>,
+    /// Where `ai` routes' `block` and `throttle` budgets lease allowance from
+    /// (the store shared by every gateway process); without it a budget's
+    /// limit is this process's own.
+    pub ai_allowances: Option<Arc<dyn fleetgate_protocol::ai::BudgetAllowances>>,
 }
 
 impl std::fmt::Debug for GatewayOptions {
@@ -83,6 +87,7 @@ impl std::fmt::Debug for GatewayOptions {
             .field("client_send_timeout", &self.client_send_timeout)
             .field("events", &self.events)
             .field("ai_usage", &self.ai_usage.is_some())
+            .field("ai_allowances", &self.ai_allowances.is_some())
             .finish()
     }
 }
@@ -97,6 +102,7 @@ impl Default for GatewayOptions {
             client_send_timeout: Duration::from_secs(60),
             events: None,
             ai_usage: None,
+            ai_allowances: None,
         }
     }
 }
@@ -117,6 +123,7 @@ pub struct GatewayInner {
     /// The AI gateway's providers, callers and budget ledgers.
     pub(crate) ai: ArcSwap<ai::AiRuntime>,
     pub(crate) ai_usage: Option<fleetgate_protocol::ai::UsageSink>,
+    pub(crate) ai_allowances: Option<Arc<dyn fleetgate_protocol::ai::BudgetAllowances>>,
     /// Port of the HTTPS listener once bound, for HTTP→HTTPS redirects (0 = none).
     pub(crate) https_port: std::sync::atomic::AtomicU16,
     /// Certificates of the HTTPS listener, by SNI name.
@@ -275,6 +282,7 @@ impl Gateway {
             events: options.events.clone(),
             ai: ArcSwap::from_pointee(ai::AiRuntime::default()),
             ai_usage: options.ai_usage.clone(),
+            ai_allowances: options.ai_allowances.clone(),
             https_port: std::sync::atomic::AtomicU16::new(0),
             tls: Arc::new(tls::SniResolver::default()),
             challenges: ArcSwap::from_pointee(Default::default()),
@@ -338,9 +346,11 @@ impl Gateway {
         }
         if config.ai.version != applied.versions.ai {
             let previous = self.inner.ai.load_full();
-            self.inner
-                .ai
-                .store(Arc::new(ai::AiRuntime::build(&config.ai, &previous)));
+            self.inner.ai.store(Arc::new(ai::AiRuntime::build(
+                &config.ai,
+                &previous,
+                self.inner.ai_allowances.as_ref(),
+            )));
             applied.versions.ai = config.ai.version;
             changed = true;
         }
@@ -792,6 +802,16 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Gives back the AI budget allowance this process leased and will not
+    /// spend (call once it has drained, as it stops).
+    pub async fn give_back_ai_allowances(&self) {
+        self.inner
+            .ai
+            .load_full()
+            .give_back_allowances(Duration::from_secs(2))
+            .await;
+    }
+
     /// Target health of one upstream, or `None` when the gateway has no such upstream.
     pub fn upstream_health(&self, upstream: &str) -> Option<Vec<TargetHealth>> {
         self.inner

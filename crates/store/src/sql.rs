@@ -182,6 +182,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0018_agents.sql"),
         include_str!("../migrations/postgres/0018_agents.sql"),
     ),
+    (
+        19,
+        "ai budget allowances",
+        include_str!("../migrations/sqlite/0019_ai_budget_allowances.sql"),
+        include_str!("../migrations/postgres/0019_ai_budget_allowances.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {
