@@ -27,7 +27,10 @@ struct Setup {
 }
 
 async fn setup(budgets: &[Value]) -> Setup {
-    let app = spawn_app().await;
+    setup_on(spawn_app().await, budgets).await
+}
+
+async fn setup_on(app: TestApp, budgets: &[Value]) -> Setup {
     let fake = FakeLlm::start(Some(PROVIDER_KEY)).await;
     app.post_ok(
         "/api/v1/ai/providers",
@@ -857,6 +860,126 @@ async fn two_hundred_concurrent_requests_never_spend_past_the_limit() {
     // Nothing is left reserved: what remains is usable again.
     if limit - ok * per >= reserve {
         s.fake.push(Reply::text("ok").usage(priced_usage()));
+        assert_eq!(
+            post_chat(&s, &priced_request()).await.status(),
+            StatusCode::OK
+        );
+    }
+    s.app.stop().await;
+}
+
+/// Waits until `app`'s gateway serves the route `llm` and an AI input with
+/// `budgets` budgets and the caller `key_id` (learned from the store, as a
+/// replica does).
+async fn wait_for_replica(app: &TestApp, key_id: &str, budgets: usize) {
+    let state = &app.running.as_ref().expect("running").state;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = {
+            let input = state.subscribe().borrow().clone();
+            input.ai.budgets.len() == budgets
+                && input.ai.keys.iter().any(|k| k.id == key_id)
+                && !input.ai.providers.is_empty()
+                && input.gateway.routes.iter().any(|r| r.id == "llm")
+        };
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never learned of the AI setup"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.settle().await;
+    settle_ai(app).await;
+}
+
+#[tokio::test]
+async fn two_gateway_processes_never_spend_past_a_budget_together() {
+    let Some(url) = crate::support::postgres_schema_url().await else {
+        return;
+    };
+    let (a, b) = crate::scale_out::pair_on(&url, None).await;
+    let per = cost(MODEL, priced_usage());
+    let reserve = worst(MODEL, &priced_request(), 1000);
+    // Room for about 20 worst cases at once, over both processes.
+    let limit = 20 * reserve + reserve / 2;
+    let s = setup_on(
+        a,
+        &[json!({"name": "shared", "period": "daily",
+                  "limit_usd": format!("0.{limit:06}"), "action_on_exceed": "block"})],
+    )
+    .await;
+    wait_for_replica(&b, &s.key_id, 1).await;
+    for _ in 0..201 {
+        s.fake.push(
+            Reply::text("ok")
+                .usage(priced_usage())
+                .delay(Duration::from_millis(20)),
+        );
+    }
+    let c = client();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let c = c.clone();
+        let url = if i % 2 == 0 {
+            s.app.gw("/v1/chat/completions")
+        } else {
+            b.gw("/v1/chat/completions")
+        };
+        let key = s.key.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(url)
+                .bearer_auth(key)
+                .json(&priced_request())
+                .send()
+                .await
+                .expect("post");
+            let status = r.status();
+            let body: Value = r.json().await.expect("json body");
+            (i % 2, status, body)
+        }));
+    }
+    let mut ok = [0i64; 2];
+    let mut refused = 0i64;
+    for t in tasks {
+        let (which, status, body) = t.await.expect("task");
+        match status {
+            StatusCode::OK => ok[which] += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                assert_eq!(body["details"]["budget"], "shared", "{body}");
+                let m = body["error"].as_str().unwrap_or_default();
+                assert!(
+                    m.contains("\"shared\" (daily)"),
+                    "the refusal names the budget: {body}"
+                );
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let total = ok[0] + ok[1];
+    assert_eq!(total + refused, 200);
+    assert!(refused > 0, "the budget refused none");
+    assert!(
+        ok[0] > 0 && ok[1] > 0,
+        "both processes relayed requests: {ok:?}"
+    );
+    // Zero overshoot: together they spent no more than the limit.
+    assert!(
+        total * per <= limit,
+        "{total} requests of {per} passed a limit of {limit} (by process: {ok:?})"
+    );
+    let v = usage_with(&s.app, total, "").await;
+    assert_eq!(v["totals"]["cost_micros"].as_i64(), Some(total * per));
+    // The replica stops and gives back what it holds unspent: what is left
+    // of the budget is usable from the other process.
+    b.stop().await;
+    // (The other trusts for a moment that too little was unleased.)
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    if limit - total * per >= reserve {
         assert_eq!(
             post_chat(&s, &priced_request()).await.status(),
             StatusCode::OK

@@ -507,7 +507,7 @@ impl LedgerState {
 
     /// `Exceeded`, the first time in the period.
     fn exceeded_crossing(&mut self) -> Option<Crossing> {
-        let c = (!self.exceeded_raised).then(|| Crossing::Exceeded {
+        let c = (!self.exceeded_raised).then_some(Crossing::Exceeded {
             spent: self.spent,
             limit: self.def.limit_micros,
         });
@@ -905,11 +905,9 @@ mod tests {
                     if what == 0 {
                         if let Some(f) = l.give_back() { f.await.expect("given back"); }
                     }
-                    if held.len() > 4 || what == 1 {
-                        if !held.is_empty() {
-                            let (h, cost) = held.remove(0);
-                            if what % 2 == 0 { spent += cost; h.settle(cost, NOW); } else { drop(h); }
-                        }
+                    if (held.len() > 4 || what == 1) && !held.is_empty() {
+                        let (h, cost) = held.remove(0);
+                        if what % 2 == 0 { spent += cost; h.settle(cost, NOW); } else { drop(h); }
                     }
                     prop_assert!(pool.granted() <= 1_000);
                     let reserved: u64 = ledgers.iter().map(|l| l.reading(NOW).reserved).sum();
