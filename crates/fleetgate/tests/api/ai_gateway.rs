@@ -616,6 +616,79 @@ async fn sse_frames_reach_the_client_before_the_provider_finishes() {
     s.app.stop().await;
 }
 
+/// The text of a streamed OpenAI answer (its deltas joined), and whether it
+/// ended with `[DONE]` after a usage event.
+fn stream_text(body: &str) -> (String, bool) {
+    let mut text = String::new();
+    let mut usage = false;
+    let mut done = false;
+    for event in body.split("\n\n").filter(|e| !e.trim().is_empty()) {
+        let data = event.strip_prefix("data: ").expect("a data event");
+        assert!(!done, "an event after [DONE]: {data}");
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).expect("an event is JSON");
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        usage |= v["usage"].is_object();
+    }
+    (text, done && usage)
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_streams_lose_no_frame() {
+    const STREAMS: usize = 1000;
+    let s = setup(&[]).await;
+    let mut sent = std::collections::BTreeSet::new();
+    for i in 0..STREAMS {
+        let text = format!("stream {i} says one two three four five six seven");
+        s.fake.push(
+            Reply::text(text.clone())
+                .pieces(8)
+                .chunk_delay(Duration::from_millis(5)),
+        );
+        sent.insert(text);
+    }
+    // One connection per stream, all open at once.
+    let c = Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let url = s.app.gw("/v1/chat/completions");
+    let mut tasks = Vec::new();
+    for _ in 0..STREAMS {
+        let (c, url, key) = (c.clone(), url.clone(), s.key.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(url)
+                .bearer_auth(key)
+                .json(&chat(MODEL, 1, json!({"stream": true})))
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(r.status(), StatusCode::OK);
+            String::from_utf8(r.bytes().await.expect("body").to_vec()).expect("utf-8")
+        }));
+    }
+    let mut got = std::collections::BTreeSet::new();
+    for t in tasks {
+        let (text, complete) = stream_text(&t.await.expect("task"));
+        assert!(
+            complete,
+            "a stream ended without usage and [DONE]: {text:?}"
+        );
+        assert!(got.insert(text.clone()), "a stream came twice: {text:?}");
+    }
+    // Every stream whole: each text the provider sent arrived exactly, once.
+    assert_eq!(got, sent);
+    let v = usage_with(&s.app, STREAMS as i64, "").await;
+    assert_eq!(v["totals"]["requests"].as_i64(), Some(STREAMS as i64));
+    s.app.stop().await;
+}
+
 /// Each request of these tests: a prompt of 2,000 bytes, 500 prompt tokens
 /// and 1,000 output tokens reported, `max_tokens` 1,000.
 fn priced_usage() -> FakeUsage {
