@@ -877,36 +877,12 @@ async fn two_hundred_concurrent_requests_never_spend_past_the_limit() {
     let s = setup(&[json!({"name": "tight", "period": "daily",
                              "limit_usd": format!("0.{limit:06}"), "action_on_exceed": "block"})])
     .await;
-    for _ in 0..200 {
-        s.fake.push(
-            Reply::text("ok")
-                .usage(priced_usage())
-                .delay(Duration::from_millis(20)),
-        );
-    }
-    let c = client();
-    let mut tasks = Vec::new();
-    for _ in 0..200 {
-        let c = c.clone();
-        let url = s.app.gw("/v1/chat/completions");
-        let key = s.key.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = c
-                .post(url)
-                .bearer_auth(key)
-                .json(&priced_request())
-                .send()
-                .await
-                .expect("post");
-            let status = r.status();
-            r.bytes().await.expect("body");
-            status
-        }));
-    }
+    let urls = vec![s.app.gw("/v1/chat/completions"); 200];
+    let tasks = priced_burst(&s, urls);
     let mut ok = 0i64;
     let mut refused = 0i64;
     for t in tasks {
-        match t.await.expect("task") {
+        match t.await.expect("task").0 {
             StatusCode::OK => ok += 1,
             StatusCode::TOO_MANY_REQUESTS => refused += 1,
             other => panic!("unexpected {other}"),
@@ -939,6 +915,35 @@ async fn two_hundred_concurrent_requests_never_spend_past_the_limit() {
         );
     }
     s.app.stop().await;
+}
+
+/// One priced request (answered after 20 ms) to each of `urls` at once; each
+/// task gives the status and the JSON body.
+fn priced_burst(s: &Setup, urls: Vec<String>) -> Vec<tokio::task::JoinHandle<(StatusCode, Value)>> {
+    for _ in 0..=urls.len() {
+        s.fake.push(
+            Reply::text("ok")
+                .usage(priced_usage())
+                .delay(Duration::from_millis(20)),
+        );
+    }
+    let c = client();
+    urls.into_iter()
+        .map(|url| {
+            let (c, key) = (c.clone(), s.key.clone());
+            tokio::spawn(async move {
+                let r = c
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&priced_request())
+                    .send()
+                    .await
+                    .expect("post");
+                let status = r.status();
+                (status, r.json().await.expect("json body"))
+            })
+        })
+        .collect()
 }
 
 /// Waits until `app`'s gateway serves the route `llm` and an AI input with
@@ -985,40 +990,21 @@ async fn two_gateway_processes_never_spend_past_a_budget_together() {
     )
     .await;
     wait_for_replica(&b, &s.key_id, 1).await;
-    for _ in 0..201 {
-        s.fake.push(
-            Reply::text("ok")
-                .usage(priced_usage())
-                .delay(Duration::from_millis(20)),
-        );
-    }
-    let c = client();
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let c = c.clone();
-        let url = if i % 2 == 0 {
-            s.app.gw("/v1/chat/completions")
-        } else {
-            b.gw("/v1/chat/completions")
-        };
-        let key = s.key.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = c
-                .post(url)
-                .bearer_auth(key)
-                .json(&priced_request())
-                .send()
-                .await
-                .expect("post");
-            let status = r.status();
-            let body: Value = r.json().await.expect("json body");
-            (i % 2, status, body)
-        }));
-    }
+    let urls = (0..200)
+        .map(|i| {
+            if i % 2 == 0 {
+                s.app.gw("/v1/chat/completions")
+            } else {
+                b.gw("/v1/chat/completions")
+            }
+        })
+        .collect();
+    let tasks = priced_burst(&s, urls);
     let mut ok = [0i64; 2];
     let mut refused = 0i64;
-    for t in tasks {
-        let (which, status, body) = t.await.expect("task");
+    for (i, t) in tasks.into_iter().enumerate() {
+        let which = i % 2;
+        let (status, body) = t.await.expect("task");
         match status {
             StatusCode::OK => ok[which] += 1,
             StatusCode::TOO_MANY_REQUESTS => {

@@ -748,6 +748,16 @@ mod tests {
         }
     }
 
+    /// A ledger of `def(limit, action)` leasing from `pool` as `holder`.
+    fn leased(
+        pool: &Arc<Pool>,
+        limit: u64,
+        action: BudgetAction,
+        holder: &str,
+    ) -> Arc<BudgetLedger> {
+        BudgetLedger::with_allowances(def(limit, action), NOW, Some(pool.holder(holder)))
+    }
+
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .build()
@@ -758,16 +768,8 @@ mod tests {
     fn two_processes_leasing_from_one_store_never_pass_the_limit_together() {
         rt().block_on(async {
             let pool = Pool::new(1_000);
-            let a = BudgetLedger::with_allowances(
-                def(1_000, BudgetAction::Block),
-                NOW,
-                Some(pool.holder("a")),
-            );
-            let b = BudgetLedger::with_allowances(
-                def(1_000, BudgetAction::Block),
-                NOW,
-                Some(pool.holder("b")),
-            );
+            let a = leased(&pool, 1_000, BudgetAction::Block, "a");
+            let b = leased(&pool, 1_000, BudgetAction::Block, "b");
             // Each alone sees the whole limit free; together they get 1,000.
             let mut held = Vec::new();
             let mut exceeded = 0;
@@ -806,16 +808,8 @@ mod tests {
     fn what_a_stopping_process_gives_back_another_can_lease() {
         rt().block_on(async {
             let pool = Pool::new(1_000);
-            let a = BudgetLedger::with_allowances(
-                def(1_000, BudgetAction::Block),
-                NOW,
-                Some(pool.holder("a")),
-            );
-            let b = BudgetLedger::with_allowances(
-                def(1_000, BudgetAction::Block),
-                NOW,
-                Some(pool.holder("b")),
-            );
+            let a = leased(&pool, 1_000, BudgetAction::Block, "a");
+            let b = leased(&pool, 1_000, BudgetAction::Block, "b");
             let h = a.acquire(900, NOW).await.expect("fits");
             h.settle(300, NOW);
             assert!(b.acquire(500, NOW).await.is_err(), "a holds 900 of it");
@@ -840,11 +834,7 @@ mod tests {
         rt().block_on(async {
             let pool = Pool::new(1_000);
             pool.down.store(true, Ordering::Relaxed);
-            let a = BudgetLedger::with_allowances(
-                def(1_000, BudgetAction::Block),
-                NOW,
-                Some(pool.holder("a")),
-            );
+            let a = leased(&pool, 1_000, BudgetAction::Block, "a");
             let (r, crossing) = a.acquire(10, NOW).await.err().expect("refused");
             assert_eq!(r.budget, "team");
             assert_eq!(crossing, None, "the budget is not spent");
@@ -852,11 +842,7 @@ mod tests {
             assert!(a.acquire(10, NOW).await.is_ok());
             // An alert_only budget leases nothing and refuses nothing.
             let before = pool.leases.load(Ordering::Relaxed);
-            let o = BudgetLedger::with_allowances(
-                def(100, BudgetAction::AlertOnly),
-                NOW,
-                Some(pool.holder("o")),
-            );
+            let o = leased(&pool, 100, BudgetAction::AlertOnly, "o");
             assert!(o.acquire(500, NOW).await.is_ok());
             assert_eq!(pool.leases.load(Ordering::Relaxed), before);
         });
@@ -866,11 +852,7 @@ mod tests {
     fn requests_within_the_allowance_decide_without_the_store() {
         rt().block_on(async {
             let pool = Pool::new(16_000);
-            let a = BudgetLedger::with_allowances(
-                def(16_000, BudgetAction::Block),
-                NOW,
-                Some(pool.holder("a")),
-            );
+            let a = leased(&pool, 16_000, BudgetAction::Block, "a");
             // The first request leases a chunk (a sixteenth of the limit);
             // the next ones fit it and ask the store nothing.
             a.acquire(100, NOW).await.expect("fits").settle(100, NOW);
@@ -892,8 +874,8 @@ mod tests {
             rt().block_on(async {
                 let pool = Pool::new(1_000);
                 let ledgers = [
-                    BudgetLedger::with_allowances(def(1_000, BudgetAction::Block), NOW, Some(pool.holder("a"))),
-                    BudgetLedger::with_allowances(def(1_000, BudgetAction::Block), NOW, Some(pool.holder("b"))),
+                    leased(&pool, 1_000, BudgetAction::Block, "a"),
+                    leased(&pool, 1_000, BudgetAction::Block, "b"),
                 ];
                 let mut held = Vec::new();
                 let mut spent = 0;
