@@ -490,23 +490,50 @@ pub async fn shutdown_signal() {
 /// Installs the log subscriber (stderr, text or JSON lines).
 pub fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("RUST_LOG")
+    let (filter, level) = match std::env::var("RUST_LOG")
         .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(&config.log.level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if config.log.format == "json" {
-        builder
+        .and_then(|f| EnvFilter::try_new(&f).ok().map(|e| (e, f)))
+    {
+        Some(found) => found,
+        None => match EnvFilter::try_new(&config.log.level) {
+            Ok(e) => (e, config.log.level.clone()),
+            Err(_) => (EnvFilter::new("info"), "info".into()),
+        },
+    };
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // The filter can be replaced while the process runs (`/api/v1/settings/logging`).
+    let installed = if config.log.format == "json" {
+        let b = builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init()
+            .with_env_filter(filter)
+            .with_filter_reloading();
+        let handle = b.reload_handle();
+        b.try_init().ok().map(|()| {
+            Box::new(move |f: &str| {
+                let e = EnvFilter::try_new(f).map_err(|e| e.to_string())?;
+                handle.reload(e).map_err(|e| e.to_string())
+            }) as Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>
+        })
     } else {
-        builder.try_init()
+        let b = builder.with_env_filter(filter).with_filter_reloading();
+        let handle = b.reload_handle();
+        b.try_init().ok().map(|()| {
+            Box::new(move |f: &str| {
+                let e = EnvFilter::try_new(f).map_err(|e| e.to_string())?;
+                handle.reload(e).map_err(|e| e.to_string())
+            }) as Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>
+        })
     };
+    if let Some(apply) = installed {
+        let format = if config.log.format == "json" {
+            "json"
+        } else {
+            "pretty"
+        };
+        fleetgate_manager::logging::install(&level, format, apply);
+    }
 }
 
 /// How this node reaches its manager (`edge.*`), if it has one.

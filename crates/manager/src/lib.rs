@@ -21,6 +21,7 @@ pub mod destination;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod logging;
 pub mod metrics;
 pub mod middleware;
 pub mod nginx_export;

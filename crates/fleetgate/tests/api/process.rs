@@ -1111,3 +1111,84 @@ fn the_systemd_unit_verifies_and_is_locked_down() {
     );
     assert!(text.contains("Overall exposure level"), "{text}");
 }
+
+#[test]
+fn the_log_filter_changes_while_the_process_runs_and_the_change_is_audited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Proc::start(dir.path(), &[("FLEETGATE_LOG_LEVEL", "warn")]);
+    let (k, v) = bearer();
+    let auth = [(k, v.as_str())];
+    let (status, body) = http(p.port, "GET", "/api/v1/settings/logging", None, &auth).expect("get");
+    assert_eq!(status, 200, "{body}");
+    let view: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (view["level"].as_str(), view["format"].as_str()),
+        (Some("warn"), Some("pretty"))
+    );
+    let put = |level: &str| {
+        http(
+            p.port,
+            "PUT",
+            "/api/v1/settings/logging",
+            Some(&json!({ "level": level })),
+            &auth,
+        )
+        .expect("put")
+    };
+    // At info, the change's own info line is written (after the change).
+    let (status, body) = put("info,fleetgate_proxy=debug");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["level"],
+        "info,fleetgate_proxy=debug"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !p.log().contains("log filter changed") {
+        assert!(
+            Instant::now() < deadline,
+            "no info line at info:\n{}",
+            p.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // At error, it is not.
+    assert_eq!(put("error").0, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        p.log().matches("log filter changed").count(),
+        1,
+        "{}",
+        p.log()
+    );
+    // Refused, naming what is wrong; nothing changes.
+    for bad in ["loud", "info,", "fleetgate proxy=debug"] {
+        let (status, body) = put(bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("level:"), "{body}");
+    }
+    let (_, body) = http(p.port, "GET", "/api/v1/settings/logging", None, &auth).expect("get");
+    assert!(body.contains("\"level\":\"error\""), "{body}");
+    // Without credentials: refused.
+    let (status, _) = http(
+        p.port,
+        "PUT",
+        "/api/v1/settings/logging",
+        Some(&json!({"level": "trace"})),
+        &[],
+    )
+    .expect("put");
+    assert_eq!(status, 401);
+    let (_, body) = http(
+        p.port,
+        "GET",
+        "/api/v1/audit?action=settings.logging.update",
+        None,
+        &auth,
+    )
+    .expect("audit");
+    let audit: Value = serde_json::from_str(&body).expect("json");
+    let items = audit["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{audit}");
+    assert_eq!(items[0]["before"]["level"], "info,fleetgate_proxy=debug");
+    assert_eq!(items[0]["after"]["level"], "error");
+}

@@ -116,6 +116,7 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(revisions::diff_revisions))
         .routes(routes!(revisions::rollback))
         .routes(routes!(settings::get, settings::put))
+        .routes(routes!(settings::get_logging, settings::put_logging))
         .routes(routes!(node_tls::get))
         .routes(routes!(node_tls::upload))
         .routes(routes!(nodes::list, nodes::create))
