@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use fleetgate::cli::declarative;
 use fleetgate::config::{Config, Overrides};
 use fleetgate::{init_logging, open_store, shutdown_signal, start, BootstrapSecrets};
 use fleetgate_store::Store;
@@ -87,10 +88,21 @@ enum Command {
     Version,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate the configuration and print it in effect, secrets redacted.
     Check(#[command(flatten)] Overrides),
+    /// Print a running manager's configuration as a fleet file (YAML or JSON):
+    /// settings, upstreams, routes and certificates by reference.
+    Dump(declarative::DumpArgs),
+    /// Compare a fleet file with a running manager's configuration: exit 0
+    /// when they match, 2 when they differ (the differences printed).
+    Diff(declarative::DiffArgs),
+    /// Make a running manager's configuration what a fleet file says, as one
+    /// revision (all or nothing; none when nothing changes).
+    Apply(declarative::ApplyArgs),
 }
 
 #[derive(Subcommand)]
@@ -173,6 +185,15 @@ async fn run(cli: Cli) -> Result<(), ExitCode> {
             println!("# configuration is valid\n{}", config.redacted_toml());
             Ok(())
         }
+        Command::Config {
+            command: ConfigCommand::Dump(a),
+        } => remote(declarative::dump(a).await),
+        Command::Config {
+            command: ConfigCommand::Diff(a),
+        } => remote(declarative::diff_cmd(a).await),
+        Command::Config {
+            command: ConfigCommand::Apply(a),
+        } => remote(declarative::apply(a).await),
         Command::Export {
             command: ExportCommand::Nginx(x),
         } => export_nginx(&cli.config, x).await,
@@ -228,6 +249,19 @@ async fn serve(
     .await
     .map_err(fail)?;
     running.wait().await.map_err(fail)
+}
+
+/// The outcome of a command against a running manager: its own exit code, or
+/// 1 with the error printed.
+fn remote(r: anyhow::Result<ExitCode>) -> Result<(), ExitCode> {
+    match r {
+        Ok(code) if code == ExitCode::SUCCESS => Ok(()),
+        Ok(code) => Err(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Err(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {
