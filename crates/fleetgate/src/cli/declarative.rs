@@ -352,6 +352,8 @@ pub fn desired(l: &Loaded, live: &Live, flag: Option<&str>) -> Result<ConfigDocu
                     .routes
                     .iter()
                     .filter(|r| !r.tags.iter().any(|t| t == tag))
+                    // (A file's route of the same id is refused above.)
+                    .filter(|r| !file_routes.iter().any(|f| f.id == r.id))
                     .cloned(),
             );
             doc
