@@ -609,3 +609,71 @@ pub fn pointer_field(pointer: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_values_keep_their_types_and_positions() {
+        let text =
+            "a: 1\nb:\n  - \"2\"\n  - true\n  - ~\n  - 1.5\n  - 18446744073709551615\nc: {d: x}\n";
+        let (v, at) = load_json("f.yaml", text, 1 << 20).expect("loads");
+        assert_eq!(
+            v,
+            json!({"a": 1, "b": ["2", true, null, 1.5, 18446744073709551615u64], "c": {"d": "x"}})
+        );
+        let line = |p: &str| at.get(p).map(|p| (p.line, p.column));
+        assert_eq!(line("/a"), Some((1, 1)));
+        assert_eq!(line("/b/1"), Some((4, 5)));
+        assert_eq!(line("/c/d"), Some((8, 5)));
+        assert_eq!(pointer_field("/b/1/x~1y"), "b[1].x/y");
+        let e = load_json("f.yaml", "a: 1\na: 2\n", 1 << 20).expect_err("duplicate");
+        assert_eq!(
+            e[0].to_string(),
+            "f.yaml:2:1: the key `a` appears twice in one mapping (first on line 1)"
+        );
+        let e = load_json("f.yaml", "a: 1\n", 3).expect_err("too large");
+        assert!(e[0].message.contains("at most 3"), "{}", e[0]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any text: a value, or problems placed within the file; no panic.
+        #[test]
+        fn any_text_loads_or_is_refused_within_the_file(
+            text in prop_oneof![
+                ".{0,200}",
+                prop::collection::vec(
+                    prop::sample::select(vec![
+                        "a:", " ", "  ", "- ", "\n", "\"", "'", "{", "}", "[", "]", ",", "#", "&x",
+                        "*x", "!t", "---", "...", "~", "1", "-1.5e3", "true", ":", "|", ">", "\t",
+                        "\r", "?", "%YAML 1.2", "b: c", "\\u0000",
+                    ]),
+                    0..60,
+                )
+                .prop_map(|parts| parts.concat()),
+            ]
+        ) {
+            let lines = lines(&text).count();
+            match load_json("f.yaml", &text, 1 << 20) {
+                Ok((value, positions)) => {
+                    prop_assert!(value.is_object());
+                    for p in positions.values() {
+                        prop_assert!(p.line >= 1 && p.line <= lines, "{:?} in {} lines", p, lines);
+                    }
+                }
+                Err(problems) => {
+                    prop_assert!(!problems.is_empty());
+                    for p in &problems {
+                        prop_assert!(p.line <= lines + 1, "{} in {} lines", p, lines);
+                        prop_assert!(!p.message.is_empty());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -717,3 +717,52 @@ pub async fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
 fn count(lines: &[String]) -> usize {
     lines.iter().filter(|l| !l.starts_with(' ')).count()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn field_paths_become_pointers() {
+        assert_eq!(
+            field_pointer("routes[0].targets[1].url"),
+            "/routes/0/targets/1/url"
+        );
+        assert_eq!(field_pointer("settings.api"), "/settings/api");
+        assert_eq!(field_pointer("format_version"), "/format_version");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any text is a fleet file or refused with problems that name the
+        /// file; never a panic.
+        #[test]
+        fn any_text_is_read_or_refused_naming_the_file(
+            text in prop_oneof![
+                ".{0,200}",
+                prop::collection::vec(
+                    prop::sample::select(vec![
+                        "format_version: 1\n", "routes:\n", "  - id: a\n", "    path: /a\n",
+                        "    upstream: u\n", "    tags: [t]\n", "upstreams:\n", "  - name: u\n",
+                        "    targets: []\n", "settings: {}\n", "select_tag: t\n", "x: 1\n",
+                        "certificates:\n", "  - name: c\n", "    sans: [a]\n", "  ", "- ", ":",
+                    ]),
+                    0..20,
+                )
+                .prop_map(|parts| parts.concat()),
+            ]
+        ) {
+            match parse("f.yaml", &text) {
+                Ok(l) => prop_assert_eq!(l.file.format_version, FORMAT_VERSION),
+                Err(problems) => {
+                    prop_assert!(!problems.is_empty());
+                    for p in &problems {
+                        prop_assert!(p.starts_with("f.yaml"), "{}", p);
+                    }
+                }
+            }
+        }
+    }
+}
