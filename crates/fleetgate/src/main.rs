@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fleetgate::cli::declarative;
+use fleetgate::cli::{declarative, resources};
 use fleetgate::config::{Config, Overrides};
 use fleetgate::{init_logging, open_store, shutdown_signal, start, BootstrapSecrets};
 use fleetgate_store::Store;
@@ -83,6 +83,26 @@ enum Command {
     Export {
         #[command(subcommand)]
         command: ExportCommand,
+    },
+    /// Routes of a running manager (--manager URL, key in FLEETGATE_TOKEN).
+    Routes {
+        #[command(subcommand)]
+        command: resources::RoutesCommand,
+    },
+    /// Upstreams of a running manager.
+    Upstreams {
+        #[command(subcommand)]
+        command: resources::UpstreamsCommand,
+    },
+    /// Configuration revisions of a running manager.
+    Revisions {
+        #[command(subcommand)]
+        command: resources::RevisionsCommand,
+    },
+    /// Events of a running manager.
+    Events {
+        #[command(subcommand)]
+        command: resources::EventsCommand,
     },
     /// Print the version.
     Version,
@@ -194,6 +214,10 @@ async fn run(cli: Cli) -> Result<(), ExitCode> {
         Command::Config {
             command: ConfigCommand::Apply(a),
         } => remote(declarative::apply(a).await),
+        Command::Routes { command } => remote(resources::routes(command).await),
+        Command::Upstreams { command } => remote(resources::upstreams(command).await),
+        Command::Revisions { command } => remote(resources::revisions(command).await),
+        Command::Events { command } => remote(resources::events(command).await),
         Command::Export {
             command: ExportCommand::Nginx(x),
         } => export_nginx(&cli.config, x).await,

@@ -8,6 +8,7 @@
 //! others. The key is sent as a bearer token and never printed.
 
 pub mod declarative;
+pub mod resources;
 pub mod yaml_out;
 
 use std::path::{Path, PathBuf};
@@ -208,6 +209,23 @@ impl Client {
         serde_json::from_slice(&bytes).with_context(|| {
             format!("{method} {path}: the manager's answer is not the JSON expected")
         })
+    }
+
+    /// Sends a request whose answer has no body to read (a 204).
+    pub async fn call_empty(&self, method: Method, path: &str) -> anyhow::Result<()> {
+        let resp = self
+            .http
+            .request(method.clone(), self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the manager at {}", self.base))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.unwrap_or_default();
+            return Err(failure(status, &bytes).into());
+        }
+        Ok(())
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {

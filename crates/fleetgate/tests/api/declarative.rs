@@ -476,3 +476,120 @@ async fn the_key_comes_from_a_private_cli_config_file_and_is_never_echoed() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn routes_upstreams_revisions_and_events_commands() {
+    let app = spawn_app().await;
+    let home = tempfile::tempdir().expect("home");
+    let h = home.path();
+    let example = example().display().to_string();
+    let o = cli(&app, h, &["config", "apply", "-f", &example]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+
+    let o = cli(&app, h, &["routes", "list"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", o.stdout);
+    assert!(lines[0].starts_with("ID "), "{}", o.stdout);
+    assert!(
+        lines[1].starts_with("orders-api  /api/orders "),
+        "{}",
+        o.stdout
+    );
+    assert!(lines[2].ends_with("team-web"), "{}", o.stdout);
+    let o = cli(&app, h, &["routes", "list", "-o", "json"]).await;
+    let v: Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v.as_array().expect("array").len(), 2);
+    let o = cli(&app, h, &["routes", "get", "site", "-o", "json"]).await;
+    let v: Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v["hosts"], json!(["www.example.com"]));
+    let o = cli(&app, h, &["upstreams", "list"]).await;
+    assert!(
+        o.stdout
+            .contains("orders  least_connections  http://127.0.0.1:9101,http://127.0.0.1:9102"),
+        "{}",
+        o.stdout
+    );
+    let o = cli(&app, h, &["upstreams", "get", "web", "-o", "json"]).await;
+    let v: Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v["targets"][0]["url"], "http://127.0.0.1:9200");
+
+    // Delete: a revision; then the route is gone, and a second delete says so.
+    let o = cli(&app, h, &["routes", "delete", "site"]).await;
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "deleted route site\n"),
+        "{}",
+        o.stderr
+    );
+    let o = cli(&app, h, &["routes", "get", "site"]).await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("the manager answered 404"),
+        "{}",
+        o.stderr
+    );
+
+    // Revisions: 1 (apply) and 2 (delete); the diff names the route; rollback to 1.
+    let o = cli(&app, h, &["revisions", "list"]).await;
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", o.stdout);
+    assert!(lines[1].starts_with("2 "), "{}", o.stdout);
+    let o = cli(&app, h, &["revisions", "diff", "2"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .starts_with("revision 2 against 1\n  - routes[1]: "),
+        "{}",
+        o.stdout
+    );
+    let o = cli(&app, h, &["revisions", "rollback", "1"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .ends_with("rolled back to revision 1: revision 3\n"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(app.get_json("/api/v1/routes/site").await["path"], "/");
+    let o = cli(&app, h, &["revisions", "rollback", "3"]).await;
+    assert_eq!(
+        o.stdout,
+        "revision 3 is already in force: no revision made\n"
+    );
+
+    // The event stream from the first stored event: the revisions made above.
+    let o = cli(
+        &app,
+        h,
+        &[
+            "events",
+            "tail",
+            "--after",
+            "0",
+            "--type",
+            "config.changed",
+            "--count",
+            "3",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let events: Vec<Value> = o
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one event a line"))
+        .collect();
+    assert_eq!(events.len(), 3);
+    assert!(events.iter().all(|e| e["type"] == "config.changed"));
+    assert!(
+        events[2]["message"]
+            .as_str()
+            .expect("message")
+            .contains("revision 3"),
+        "{events:?}"
+    );
+    app.stop().await;
+}
