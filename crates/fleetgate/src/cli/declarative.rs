@@ -92,8 +92,9 @@ pub struct DumpArgs {
     pub output: Format,
 }
 
+/// The file a `diff` or an `apply` reads, and the part of it in force.
 #[derive(clap::Args, Debug)]
-pub struct DiffArgs {
+pub struct FileArgs {
     #[command(flatten)]
     pub remote: Remote,
     /// The fleet file (YAML or JSON); `-` reads standard input.
@@ -105,15 +106,15 @@ pub struct DiffArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub file: FileArgs,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct ApplyArgs {
     #[command(flatten)]
-    pub remote: Remote,
-    /// The fleet file (YAML or JSON); `-` reads standard input.
-    #[arg(short = 'f', long = "file", value_name = "FILE")]
-    pub file: PathBuf,
-    /// Only the routes carrying this tag (as `select_tag` in the file).
-    #[arg(long = "select-tag", value_name = "TAG")]
-    pub select_tag: Option<String>,
+    pub file: FileArgs,
     /// Check the file with the manager and print what would change; write nothing.
     #[arg(long = "dry-run")]
     pub dry_run: bool,
@@ -588,15 +589,14 @@ fn read_file(path: &PathBuf) -> anyhow::Result<(String, String)> {
 /// Loads the file and what is live, and works out the desired document; the
 /// problems of the file printed, if any.
 async fn prepare(
-    remote: &Remote,
-    path: &PathBuf,
-    flag: Option<&str>,
+    a: &FileArgs,
 ) -> anyhow::Result<Result<(Client, Loaded, Live, ConfigDocument), ExitCode>> {
+    let flag = a.select_tag.as_deref();
     if let Some(t) = flag {
         check_tag(t)?;
     }
-    let client = remote.client()?;
-    let (name, text) = read_file(path)?;
+    let client = a.remote.client()?;
+    let (name, text) = read_file(&a.file)?;
     let loaded = match parse(&name, &text) {
         Ok(l) => l,
         Err(problems) => return Ok(Err(report(&problems))),
@@ -638,11 +638,10 @@ pub async fn dump(a: DumpArgs) -> anyhow::Result<ExitCode> {
 
 /// `config diff`: exit 0 when the file matches what is live, 2 when not.
 pub async fn diff_cmd(a: DiffArgs) -> anyhow::Result<ExitCode> {
-    let (_client, _loaded, live, doc) =
-        match prepare(&a.remote, &a.file, a.select_tag.as_deref()).await? {
-            Ok(v) => v,
-            Err(code) => return Ok(code),
-        };
+    let (_client, _loaded, live, doc) = match prepare(&a.file).await? {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
+    };
     let lines = describe(&live.doc, &doc);
     if lines.is_empty() {
         println!("no differences");
@@ -656,11 +655,10 @@ pub async fn diff_cmd(a: DiffArgs) -> anyhow::Result<ExitCode> {
 
 /// `config apply`: one import, hence one revision (none when nothing changed).
 pub async fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
-    let (client, loaded, live, doc) =
-        match prepare(&a.remote, &a.file, a.select_tag.as_deref()).await? {
-            Ok(v) => v,
-            Err(code) => return Ok(code),
-        };
+    let (client, loaded, live, doc) = match prepare(&a.file).await? {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
+    };
     let path = if a.dry_run {
         "/api/v1/import?dry_run=true"
     } else {
@@ -678,7 +676,7 @@ pub async fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
             if let Some(f) = e.downcast_ref::<ApiFailure>() {
                 if !f.details.is_empty() && f.status.is_client_error() {
                     let file_routes = loaded.file.routes.as_ref().map_or(0, Vec::len);
-                    let tagged = effective_tag(&loaded, a.select_tag.as_deref())
+                    let tagged = effective_tag(&loaded, a.file.select_tag.as_deref())
                         .ok()
                         .flatten()
                         .is_some();

@@ -179,66 +179,18 @@ impl Client {
         format!("{}{}", self.base, path)
     }
 
-    /// Sends a request and reads a JSON answer; an error answer becomes an
-    /// [`ApiFailure`].
-    pub async fn call<T: DeserializeOwned>(
+    /// Sends a request with the key; an error answer becomes an [`ApiFailure`].
+    async fn send(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<T> {
-        let mut req = self
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
+        let req = self
             .http
-            .request(method.clone(), self.url(path))
+            .request(method, self.url(path))
             .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the manager at {}", self.base))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .with_context(|| format!("{method} {path}: the answer was cut short"))?;
-        if !status.is_success() {
-            return Err(failure(status, &bytes).into());
-        }
-        serde_json::from_slice(&bytes).with_context(|| {
-            format!("{method} {path}: the manager's answer is not the JSON expected")
-        })
-    }
-
-    /// Sends a request whose answer has no body to read (a 204).
-    pub async fn call_empty(&self, method: Method, path: &str) -> anyhow::Result<()> {
-        let resp = self
-            .http
-            .request(method.clone(), self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the manager at {}", self.base))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let bytes = resp.bytes().await.unwrap_or_default();
-            return Err(failure(status, &bytes).into());
-        }
-        Ok(())
-    }
-
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.call(Method::GET, path, None).await
-    }
-
-    /// A GET whose answer is streamed (the event stream).
-    pub async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(&self.token)
-            .header("accept", "text/event-stream")
+        let resp = build(req)
             .send()
             .await
             .with_context(|| format!("cannot reach the manager at {}", self.base))?;
@@ -248,6 +200,45 @@ impl Client {
             return Err(failure(status, &bytes).into());
         }
         Ok(resp)
+    }
+
+    /// Sends a request (with a JSON body, if any) and reads a JSON answer.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .send(method.clone(), path, |r| match body {
+                Some(b) => r.json(b),
+                None => r,
+            })
+            .await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .with_context(|| format!("{method} {path}: the answer was cut short"))?;
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!("{method} {path}: the manager's answer is not the JSON expected")
+        })
+    }
+
+    /// Sends a request whose answer has no body to read (a 204).
+    pub async fn call_empty(&self, method: Method, path: &str) -> anyhow::Result<()> {
+        self.send(method, path, |r| r).await.map(drop)
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// A GET whose answer is streamed (the event stream).
+    pub async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        self.send(Method::GET, path, |r| {
+            r.header("accept", "text/event-stream")
+        })
+        .await
     }
 }
 

@@ -57,6 +57,16 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     p.display().to_string()
 }
 
+/// A server with the example file applied, and a HOME for the CLI.
+async fn with_example() -> (TestApp, tempfile::TempDir) {
+    let app = spawn_app().await;
+    let home = tempfile::tempdir().expect("home");
+    let example = example().display().to_string();
+    let o = cli(&app, home.path(), &["config", "apply", "-f", &example]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    (app, home)
+}
+
 async fn revisions(app: &TestApp) -> i64 {
     app.get_json("/api/v1/revisions").await["total"]
         .as_i64()
@@ -200,12 +210,8 @@ async fn dump_apply_dump_round_trips_and_unchanged_files_make_no_revision() {
 
 #[tokio::test]
 async fn select_tag_applies_the_routes_of_one_tag_and_leaves_the_others() {
-    let app = spawn_app().await;
-    let home = tempfile::tempdir().expect("home");
+    let (app, home) = with_example().await;
     let h = home.path();
-    let example = example().display().to_string();
-    let o = cli(&app, h, &["config", "apply", "-f", &example]).await;
-    assert_eq!(o.code, 0, "{}", o.stderr);
     let orders_before = app.get_json("/api/v1/routes/orders-api").await;
 
     // The web team's part: its routes only, the tag written in the file.
@@ -479,12 +485,8 @@ async fn the_key_comes_from_a_private_cli_config_file_and_is_never_echoed() {
 
 #[tokio::test]
 async fn routes_upstreams_revisions_and_events_commands() {
-    let app = spawn_app().await;
-    let home = tempfile::tempdir().expect("home");
+    let (app, home) = with_example().await;
     let h = home.path();
-    let example = example().display().to_string();
-    let o = cli(&app, h, &["config", "apply", "-f", &example]).await;
-    assert_eq!(o.code, 0, "{}", o.stderr);
 
     let o = cli(&app, h, &["routes", "list"]).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
