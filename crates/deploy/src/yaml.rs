@@ -635,6 +635,11 @@ mod tests {
             e[0].to_string(),
             "f.yaml:2:1: the key `a` appears twice in one mapping (first on line 1)"
         );
+        // Found by the property test below: positions may fall on the line
+        // after the last.
+        if let Ok((_, at)) = load_json("f.yaml", "\t\0", 1 << 20) {
+            assert!(at.values().all(|p| p.line <= 2), "{at:?}");
+        }
         let e = load_json("f.yaml", "a: 1\n", 3).expect_err("too large");
         assert!(e[0].message.contains("at most 3"), "{}", e[0]);
     }
