@@ -668,6 +668,17 @@ pub async fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
     struct ImportResult {
         revision: Option<i64>,
     }
+    // A tagged file's document keeps the manager's other routes as they were
+    // read: if they changed since (another team's apply), that change would be
+    // undone. The import takes no expected revision, so this narrows the
+    // window rather than closing it.
+    if loaded.file.select_tag.is_some() || a.file.select_tag.is_some() {
+        let mut now: ConfigDocument = client.get("/api/v1/export").await?;
+        now.normalize();
+        if now != live.doc {
+            bail!("the manager's configuration changed while the file was checked; nothing was written: run the command again");
+        }
+    }
     let body = to_value(&doc);
     let result: ImportResult = match client.call(Method::POST, path, Some(&body)).await {
         Ok(r) => r,
