@@ -1,6 +1,7 @@
 //! The `fleetgate` binary's assembly: configuration, logging, and the roles it runs
 //! (`serve` = manager + built-in gateway, `manager`), with graceful shutdown.
 
+pub mod cli;
 pub mod config;
 pub mod flecto_agent;
 pub mod relay_node;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use fleetgate::cli::{declarative, resources};
 use fleetgate::config::{Config, Overrides};
 use fleetgate::{init_logging, open_store, shutdown_signal, start, BootstrapSecrets};
 use fleetgate_store::Store;
@@ -85,6 +86,26 @@ enum Command {
         #[command(subcommand)]
         command: ExportCommand,
     },
+    /// Routes of a running manager (--manager URL, key in FLEETGATE_TOKEN).
+    Routes {
+        #[command(subcommand)]
+        command: resources::RoutesCommand,
+    },
+    /// Upstreams of a running manager.
+    Upstreams {
+        #[command(subcommand)]
+        command: resources::UpstreamsCommand,
+    },
+    /// Configuration revisions of a running manager.
+    Revisions {
+        #[command(subcommand)]
+        command: resources::RevisionsCommand,
+    },
+    /// Events of a running manager.
+    Events {
+        #[command(subcommand)]
+        command: resources::EventsCommand,
+    },
     /// Print the version, the commit it was built from and the build profile.
     Version,
     /// Print a shell completion script (bash: `source <(fleetgate completions
@@ -115,10 +136,21 @@ enum CompletionShell {
     Fish,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate the configuration and print it in effect, secrets redacted.
     Check(#[command(flatten)] Overrides),
+    /// Print a running manager's configuration as a fleet file (YAML or JSON):
+    /// settings, upstreams, routes and certificates by reference.
+    Dump(declarative::DumpArgs),
+    /// Compare a fleet file with a running manager's configuration: exit 0
+    /// when they match, 2 when they differ (the differences printed).
+    Diff(declarative::DiffArgs),
+    /// Make a running manager's configuration what a fleet file says, as one
+    /// revision (all or nothing; none when nothing changes).
+    Apply(declarative::ApplyArgs),
 }
 
 #[derive(Subcommand)]
@@ -269,6 +301,19 @@ async fn run(cli: Cli) -> Result<(), ExitCode> {
             println!("# configuration is valid\n{}", config.redacted_toml());
             Ok(())
         }
+        Command::Config {
+            command: ConfigCommand::Dump(a),
+        } => remote(declarative::dump(a).await),
+        Command::Config {
+            command: ConfigCommand::Diff(a),
+        } => remote(declarative::diff_cmd(a).await),
+        Command::Config {
+            command: ConfigCommand::Apply(a),
+        } => remote(declarative::apply(a).await),
+        Command::Routes { command } => remote(resources::routes(command).await),
+        Command::Upstreams { command } => remote(resources::upstreams(command).await),
+        Command::Revisions { command } => remote(resources::revisions(command).await),
+        Command::Events { command } => remote(resources::events(command).await),
         Command::Export {
             command: ExportCommand::Nginx(x),
         } => export_nginx(&cli.config, x).await,
@@ -324,6 +369,19 @@ async fn serve(
     .await
     .map_err(fail)?;
     running.wait().await.map_err(fail)
+}
+
+/// The outcome of a command against a running manager: its own exit code, or
+/// 1 with the error printed.
+fn remote(r: anyhow::Result<ExitCode>) -> Result<(), ExitCode> {
+    match r {
+        Ok(code) if code == ExitCode::SUCCESS => Ok(()),
+        Ok(code) => Err(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Err(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {

@@ -16,6 +16,7 @@ mod config_path;
 mod conventions;
 mod dashboard_nodes;
 mod databases;
+mod declarative;
 mod deployments;
 mod docker;
 mod edge_deployments;
