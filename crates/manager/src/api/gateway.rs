@@ -308,6 +308,56 @@ pub async fn circuit_breakers(
     Ok(Json(dp.fresh().await.breakers()))
 }
 
+/// A breaker closed by hand.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BreakerResetView {
+    /// `closed`, `open` or `half_open` before the reset.
+    pub was: String,
+    /// Whether the reset changed anything (false: it was closed already).
+    pub changed: bool,
+    pub breaker: BreakerStatus,
+}
+
+#[utoipa::path(post, path = "/api/v1/circuit-breakers/{upstream}/reset", operation_id = "reset_circuit_breaker", tag = "gateway",
+    params(("upstream" = String, Path, description = "Upstream name")),
+    responses(
+        (status = 200, description = "The breaker is closed: requests flow to the upstream again (admins only; audited)", body = BreakerResetView),
+        (status = 403, description = "Not an admin"),
+        (status = 404, description = "The data plane has no such upstream")))]
+pub async fn reset_circuit_breaker(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(upstream): Path<String>,
+) -> ApiResult<Json<BreakerResetView>> {
+    auth.require(Role::Admin)?;
+    let Some(dp) = state.data_plane.get() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NO_DATA_PLANE",
+            "no gateway runs in this process",
+        ));
+    };
+    let reset = dp
+        .control
+        .reset_breaker(&upstream)
+        .ok_or_else(|| ApiError::not_found(format!("upstream {upstream:?} in the data plane")))?;
+    let changed = reset.was != "closed";
+    state
+        .store
+        .append_audit(
+            &auth.actor,
+            fleetgate_store::AuditEvent::new("circuit_breaker.reset", "upstream", Some(&upstream))
+                .before(serde_json::json!({ "state": reset.was }))
+                .after(serde_json::json!({ "state": reset.breaker.state })),
+        )
+        .await?;
+    Ok(Json(BreakerResetView {
+        was: reset.was,
+        changed,
+        breaker: reset.breaker,
+    }))
+}
+
 /// The data plane in this process as it reports itself.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct DataPlaneView {
