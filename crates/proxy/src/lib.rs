@@ -171,34 +171,44 @@ impl Applied {
 /// source, or same type and path) from the set it replaces.
 fn carry_hits(old: &Site, old_set: &RuleSet, new: &Site, new_set: &RuleSet) {
     use fleetgate_core::redirects::matcher::RuleRef;
-    let hits = old_set.redirect_hits();
-    let before: HashMap<(_, &str), u64> = old
-        .redirects
-        .iter()
-        .zip(&hits)
-        .filter(|(_, &n)| n > 0)
-        .map(|(r, &n)| ((r.kind, r.source.as_str()), n))
-        .collect();
-    if !before.is_empty() {
-        for (i, r) in new.redirects.iter().enumerate() {
-            if let Some(&n) = before.get(&(r.kind, r.source.as_str())) {
-                new_set.add_hits(RuleRef::Redirect(i), n);
-            }
-        }
+    fn redirect_key(r: &fleetgate_core::redirects::Redirect) -> (&str, &str) {
+        (r.kind.as_str(), r.source.as_str())
     }
-    let hits = old_set.page_hits();
-    let before: HashMap<(_, &str), u64> = old
-        .pages
-        .iter()
-        .zip(&hits)
+    fn page_key(p: &fleetgate_core::redirects::Page) -> (&str, &str) {
+        (p.kind.as_str(), p.path.as_str())
+    }
+    carry(
+        old.redirects.iter().map(redirect_key),
+        &old_set.redirect_hits(),
+        new.redirects.iter().map(redirect_key),
+        |i, n| new_set.add_hits(RuleRef::Redirect(i), n),
+    );
+    carry(
+        old.pages.iter().map(page_key),
+        &old_set.page_hits(),
+        new.pages.iter().map(page_key),
+        |i, n| new_set.add_hits(RuleRef::Page(i), n),
+    );
+}
+
+/// Gives each new rule the count of the old rule with its key.
+fn carry<'a>(
+    old: impl Iterator<Item = (&'a str, &'a str)>,
+    hits: &[u64],
+    new: impl Iterator<Item = (&'a str, &'a str)>,
+    add: impl Fn(usize, u64),
+) {
+    let before: HashMap<(&str, &str), u64> = old
+        .zip(hits)
         .filter(|(_, &n)| n > 0)
-        .map(|(p, &n)| ((p.kind, p.path.as_str()), n))
+        .map(|(k, &n)| (k, n))
         .collect();
-    if !before.is_empty() {
-        for (i, p) in new.pages.iter().enumerate() {
-            if let Some(&n) = before.get(&(p.kind, p.path.as_str())) {
-                new_set.add_hits(RuleRef::Page(i), n);
-            }
+    if before.is_empty() {
+        return;
+    }
+    for (i, k) in new.enumerate() {
+        if let Some(&n) = before.get(&k) {
+            add(i, n);
         }
     }
 }

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
+use crate::gateway::breaker_setup;
+use crate::redirects::gateway_until;
 use crate::support::{expect_error, spawn_app, TestApp};
-use crate::upstream;
 
 const P: &str = "/api/v1/namespaces/web/projects/site";
 
@@ -28,6 +29,16 @@ async fn rule(app: &TestApp, kind: &str, body: Value) -> i64 {
     app.post_ok(&format!("{P}/{kind}"), body).await["id"]
         .as_i64()
         .expect("id")
+}
+
+/// A BASIC redirect from `source` to `/x`; its id.
+async fn basic(app: &TestApp, source: &str) -> i64 {
+    rule(
+        app,
+        "redirects",
+        json!({"type": "BASIC", "source": source, "target": "/x"}),
+    )
+    .await
 }
 
 async fn try_url(app: &TestApp, query: &[(&str, &str)]) -> reqwest::Response {
@@ -187,25 +198,10 @@ async fn the_url_tester_names_the_rule_that_answers_in_the_draft_or_the_publishe
 async fn drafts_only_lists_the_unpublished_changes() {
     let app = spawn_app().await;
     project(&app).await;
-    let a = rule(
-        &app,
-        "redirects",
-        json!({"type": "BASIC", "source": "/a", "target": "/x"}),
-    )
-    .await;
-    let b = rule(
-        &app,
-        "redirects",
-        json!({"type": "BASIC", "source": "/b", "target": "/x"}),
-    )
-    .await;
+    let a = basic(&app, "/a").await;
+    let b = basic(&app, "/b").await;
     publish(&app).await;
-    let c = rule(
-        &app,
-        "redirects",
-        json!({"type": "BASIC", "source": "/c", "target": "/x"}),
-    )
-    .await;
+    let c = basic(&app, "/c").await;
     app.admin(Method::PUT, &format!("{P}/redirects/{a}"))
         .json(&json!({"type": "BASIC", "source": "/a", "target": "/y"}))
         .send()
@@ -239,37 +235,10 @@ async fn drafts_only_lists_the_unpublished_changes() {
 }
 
 /// Sends `n` requests for `uri` on `host` to the gateway, waiting first until the
-/// gateway answers it with `status`.
+/// gateway answers it with `status` (an answer without a rule counts no hit).
 async fn hit(app: &TestApp, host: &str, uri: &str, status: u16, n: usize) {
-    let http = Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = http
-            .get(app.gw(uri))
-            .header("host", host)
-            .send()
-            .await
-            .expect("gateway");
-        if r.status().as_u16() == status {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{host}{uri} never answered {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for _ in 1..n {
-        let r = http
-            .get(app.gw(uri))
-            .header("host", host)
-            .send()
-            .await
-            .expect("gateway");
-        assert_eq!(r.status().as_u16(), status);
+    for _ in 0..n {
+        gateway_until(app, host, uri, |r| r.status().as_u16() == status).await;
     }
 }
 
@@ -287,24 +256,14 @@ fn hits_of(list: &Value, key: &str, value: &str) -> Value {
 async fn the_gateway_counts_hits_per_published_rule_and_keeps_them_over_a_publish() {
     let app = spawn_app().await;
     project(&app).await;
-    rule(
-        &app,
-        "redirects",
-        json!({"type": "BASIC", "source": "/a", "target": "/x"}),
-    )
-    .await;
+    basic(&app, "/a").await;
     rule(
         &app,
         "redirects",
         json!({"type": "REGEX", "source": "^/r/(.*)$", "target": "/y/$1"}),
     )
     .await;
-    rule(
-        &app,
-        "redirects",
-        json!({"type": "BASIC", "source": "/quiet", "target": "/x"}),
-    )
-    .await;
+    basic(&app, "/quiet").await;
     rule(
         &app,
         "pages",
@@ -330,12 +289,7 @@ async fn the_gateway_counts_hits_per_published_rule_and_keeps_them_over_a_publis
     assert_eq!(hits_of(&pages, "path", "/robots.txt"), 4, "{pages}");
 
     // A new version keeps the counts of the rules it kept; a new rule starts at 0.
-    rule(
-        &app,
-        "redirects",
-        json!({"type": "BASIC", "source": "/b", "target": "/x"}),
-    )
-    .await;
+    basic(&app, "/b").await;
     publish(&app).await;
     hit(&app, "site.test", "/b", 302, 1).await;
     hit(&app, "site.test", "/a", 302, 1).await;
@@ -345,31 +299,24 @@ async fn the_gateway_counts_hits_per_published_rule_and_keeps_them_over_a_publis
     assert_eq!(hits_of(&list, "source", "^/r/(.*)$"), 3);
 }
 
+async fn breaker_state(app: &TestApp) -> String {
+    let breakers = app.get_json("/api/v1/circuit-breakers").await;
+    breakers[0]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[tokio::test]
 async fn an_admin_resets_an_open_breaker_audited_and_others_may_not() {
     let app = spawn_app().await;
-    let up = upstream::spawn("flaky").await;
-    app.post_ok(
-        "/api/v1/upstreams",
-        json!({"name": "svc", "targets": [{"url": up.url()}], "retries": {"attempts": 0},
-               "circuit_breaker": {"open_ms": 600_000}}),
-    )
-    .await;
-    app.post_ok(
-        "/api/v1/routes",
-        json!({"id": "r", "path": "/", "upstream": "svc"}),
-    )
-    .await;
-    app.settle().await;
+    let up = breaker_setup(&app, 600_000).await;
     let c = Client::new();
     up.status.store(500, Ordering::Relaxed);
     for _ in 0..10 {
         c.get(app.gw("/x")).send().await.expect("req");
     }
-    assert_eq!(
-        app.get_json("/api/v1/circuit-breakers").await[0]["state"],
-        "open"
-    );
+    assert_eq!(breaker_state(&app).await, "open");
     assert_eq!(
         c.get(app.gw("/x")).send().await.expect("req").status(),
         StatusCode::SERVICE_UNAVAILABLE
@@ -386,10 +333,7 @@ async fn an_admin_resets_an_open_breaker_audited_and_others_may_not() {
             .expect("reset");
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "{role}");
     }
-    assert_eq!(
-        app.get_json("/api/v1/circuit-breakers").await[0]["state"],
-        "open"
-    );
+    assert_eq!(breaker_state(&app).await, "open");
 
     let r = app
         .admin(Method::POST, "/api/v1/circuit-breakers/svc/reset")
@@ -403,10 +347,7 @@ async fn an_admin_resets_an_open_breaker_audited_and_others_may_not() {
         (Some("open"), Some(true))
     );
     assert_eq!(v["breaker"]["state"], "closed");
-    assert_eq!(
-        app.get_json("/api/v1/circuit-breakers").await[0]["state"],
-        "closed"
-    );
+    assert_eq!(breaker_state(&app).await, "closed");
     up.status.store(200, Ordering::Relaxed);
     assert_eq!(
         c.get(app.gw("/x")).send().await.expect("req").status(),

@@ -275,13 +275,7 @@ pub async fn upstream_health(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Vec<TargetHealth>>> {
     load(&state, UPSTREAM_KIND, &name, "upstream").await?;
-    let Some(dp) = state.data_plane.get() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NO_DATA_PLANE",
-            "no gateway runs in this process",
-        ));
-    };
+    let dp = in_process_data_plane(&state)?;
     // The data plane may not have applied the newest revision yet.
     let status = dp.fresh().await;
     Ok(Json(
@@ -298,14 +292,19 @@ pub async fn circuit_breakers(
     State(state): State<AppState>,
     _auth: AuthContext,
 ) -> ApiResult<Json<Vec<BreakerStatus>>> {
-    let Some(dp) = state.data_plane.get() else {
-        return Err(ApiError::new(
+    let dp = in_process_data_plane(&state)?;
+    Ok(Json(dp.fresh().await.breakers()))
+}
+
+/// The gateway running in this process, or 503 `NO_DATA_PLANE`.
+fn in_process_data_plane(state: &AppState) -> ApiResult<&crate::DataPlane> {
+    state.data_plane.get().ok_or_else(|| {
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "NO_DATA_PLANE",
             "no gateway runs in this process",
-        ));
-    };
-    Ok(Json(dp.fresh().await.breakers()))
+        )
+    })
 }
 
 /// A breaker closed by hand.
@@ -330,13 +329,7 @@ pub async fn reset_circuit_breaker(
     Path(upstream): Path<String>,
 ) -> ApiResult<Json<BreakerResetView>> {
     auth.require(Role::Admin)?;
-    let Some(dp) = state.data_plane.get() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NO_DATA_PLANE",
-            "no gateway runs in this process",
-        ));
-    };
+    let dp = in_process_data_plane(&state)?;
     let reset = dp
         .control
         .reset_breaker(&upstream)
@@ -375,13 +368,7 @@ pub async fn data_plane(
     State(state): State<AppState>,
     _auth: AuthContext,
 ) -> ApiResult<Json<DataPlaneView>> {
-    let Some(dp) = state.data_plane.get() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NO_DATA_PLANE",
-            "no gateway runs in this process",
-        ));
-    };
+    let dp = in_process_data_plane(&state)?;
     let status = dp.fresh().await;
     let published_revision = state.revision();
     Ok(Json(DataPlaneView {
