@@ -243,6 +243,7 @@ pub async fn start(
         let _ = state.data_plane.set(fleetgate_manager::DataPlane {
             status: gw.report_status(STATUS_EVERY),
             metrics: Arc::new(move |out: &mut String| metrics.render_metrics(out)),
+            control: Arc::new(gw.clone()),
         });
         Some(gw)
     } else {

@@ -1279,6 +1279,33 @@ async fn rule_drafts_publish_and_discard(s: &SqlStore) {
             .total,
         3
     );
+    // Drafts only: the created and the updated rule, and the deleted one on request.
+    let drafts_only = RuleFilter {
+        drafts_only: true,
+        ..Default::default()
+    };
+    let ids = |p: fleetgate_store::Page<fleetgate_store::RuleRow>| {
+        p.items.iter().map(|r| r.id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(s
+            .list_rules(t, &p.id, &drafts_only, page(10, 0))
+            .await
+            .expect("drafts only")),
+        vec![a.id, c.id]
+    );
+    let all_drafts = RuleFilter {
+        drafts_only: true,
+        include_deleted: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(s
+            .list_rules(t, &p.id, &all_drafts, page(10, 0))
+            .await
+            .expect("drafts with deleted")),
+        vec![a.id, b.id, c.id]
+    );
     let q = RuleFilter {
         q: Some("/C".into()),
         ..Default::default()

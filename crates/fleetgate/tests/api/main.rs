@@ -21,6 +21,7 @@ mod deployments;
 mod docker;
 mod edge_deployments;
 mod edge_sync;
+mod ergonomics;
 mod events;
 mod flows;
 mod gateway;
