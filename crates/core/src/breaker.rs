@@ -216,6 +216,21 @@ impl CircuitBreaker {
         }
     }
 
+    /// Closes the breaker by hand (an operator's reset): the window starts empty and
+    /// requests flow at once. The transition, if it was not closed already.
+    pub fn reset(&mut self) -> Option<Transition> {
+        let from = self.state;
+        self.state = BreakerState::Closed;
+        self.buckets.clear();
+        self.opened_with = (0, 0);
+        self.trials_started = 0;
+        self.trials_succeeded = 0;
+        (from != BreakerState::Closed).then_some(Transition {
+            from,
+            to: BreakerState::Closed,
+        })
+    }
+
     fn open(&mut self, now: u64) {
         // From half-open the window is empty: the failed trial and those before it.
         let w = self.window(now);
@@ -239,6 +254,39 @@ mod tests {
 
     fn breaker() -> CircuitBreaker {
         CircuitBreaker::new(BreakerConfig::default())
+    }
+
+    #[test]
+    fn a_reset_closes_an_open_or_half_open_breaker_with_an_empty_window() {
+        let mut b = breaker();
+        assert_eq!(b.reset(), None, "a closed breaker has nothing to reset");
+        for i in 0..10 {
+            b.admit(i);
+            b.record(i, false);
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(matches!(b.admit(11).0, Admission::Rejected { .. }));
+        assert_eq!(
+            b.reset(),
+            Some(Transition {
+                from: BreakerState::Open,
+                to: BreakerState::Closed
+            })
+        );
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.admit(12).0, Admission::Allowed);
+        assert_eq!(b.window(12), (0, 0));
+        // Nine failures after the reset are below the minimum again.
+        for i in 13..22 {
+            assert_eq!(b.record(i, false), None);
+        }
+        // Half-open resets too.
+        b.record(22, false);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.admit(22 + 30_000).0, Admission::Allowed);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert_eq!(b.reset().map(|t| t.from), Some(BreakerState::HalfOpen));
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]

@@ -19,4 +19,6 @@ pub mod shell;
 pub mod spec;
 mod yaml;
 
+pub use yaml::{load_json, pointer_field, JsonPositions};
+
 pub use check::{cross_check, parse_files};

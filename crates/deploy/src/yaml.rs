@@ -27,14 +27,17 @@ const MAX_DEPTH: usize = 32;
 
 /// Problems found in one file so far.
 pub(crate) struct Checker {
-    file: &'static str,
+    file: String,
+    /// Larger files are refused before they are parsed.
+    max_bytes: usize,
     problems: Vec<Problem>,
 }
 
 impl Checker {
-    pub(crate) fn new(file: &'static str) -> Self {
+    pub(crate) fn new(file: impl Into<String>) -> Self {
         Self {
-            file,
+            file: file.into(),
+            max_bytes: MAX_FILE_BYTES,
             problems: Vec::new(),
         }
     }
@@ -42,7 +45,7 @@ impl Checker {
     /// Records a problem at `at` with the field path `field`.
     pub(crate) fn push(&mut self, at: Position, field: &str, message: impl Into<String>) {
         self.problems.push(Problem {
-            file: self.file.to_string(),
+            file: self.file.clone(),
             line: at.line,
             column: at.column,
             field: field.to_string(),
@@ -78,11 +81,12 @@ impl Checker {
     /// Loads `text` as a YAML mapping. `None` when the file holds nothing but
     /// blanks and comments; problems (recorded) when it is not a YAML mapping.
     pub(crate) fn load(&mut self, text: &str) -> Result<Option<MarkedMappingNode>, ()> {
-        if text.len() > MAX_FILE_BYTES {
+        if text.len() > self.max_bytes {
             self.whole(format!(
-                "the file is {} bytes; at most {} (1 MiB) are read",
+                "the file is {} bytes; at most {} ({} MiB) are read",
                 text.len(),
-                MAX_FILE_BYTES
+                self.max_bytes,
+                self.max_bytes >> 20
             ));
             return Err(());
         }
@@ -463,5 +467,219 @@ pub(crate) fn shorten(text: &str) -> String {
     match text.char_indices().nth(MAX) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_string(),
+    }
+}
+
+/// Where each value of a document loaded by [`load_json`] was written, by the
+/// value's JSON Pointer (RFC 6901; the root is `""`). A mapping's entry is
+/// placed at its key, a list's item at the item.
+pub type JsonPositions = std::collections::BTreeMap<String, Position>;
+
+/// Loads `text` (YAML, or JSON, which YAML reads too) as a JSON value, with
+/// the same limits and messages as the deployment files (nesting, anchors,
+/// tags, duplicate keys, several documents, `max_bytes`) and the position of
+/// every value. Problems are reported against `file`.
+///
+/// Plain scalars are typed as YAML 1.2's core schema types them (`null`, `~`
+/// and nothing are null, `true`/`false` booleans, numbers numbers); quoted
+/// and block scalars are always strings. An empty file is an empty mapping.
+pub fn load_json(
+    file: &str,
+    text: &str,
+    max_bytes: usize,
+) -> Result<(serde_json::Value, JsonPositions), Vec<Problem>> {
+    let mut c = Checker::new(file);
+    c.max_bytes = max_bytes;
+    let root = match c.load(text) {
+        Ok(Some(root)) => root,
+        Ok(None) => {
+            return Ok((
+                serde_json::Value::Object(Default::default()),
+                JsonPositions::new(),
+            ))
+        }
+        Err(()) => return Err(c.into_problems()),
+    };
+    let mut positions = JsonPositions::new();
+    let root = Node::Mapping(root);
+    positions.insert(String::new(), pos(&root));
+    let mut path = String::new();
+    let value = to_json(&mut c, &root, &mut path, &mut positions);
+    c.finish((value, positions))
+}
+
+fn to_json(
+    c: &mut Checker,
+    node: &Node,
+    path: &mut String,
+    positions: &mut JsonPositions,
+) -> serde_json::Value {
+    use serde_json::Value;
+    let field = pointer_field(path);
+    match node {
+        Node::Scalar(s) => {
+            if !c.checked(s, &field) {
+                return Value::Null;
+            }
+            scalar_json(s)
+        }
+        Node::Sequence(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                path.push('/');
+                path.push_str(&i.to_string());
+                positions.insert(path.clone(), pos(item));
+                out.push(to_json(c, item, path, positions));
+                path.truncate(len);
+            }
+            Value::Array(out)
+        }
+        Node::Mapping(map) => {
+            let mut out = serde_json::Map::new();
+            for (key, value) in map.iter() {
+                if !c.checked(key, &field) {
+                    continue;
+                }
+                let len = path.len();
+                path.push('/');
+                path.push_str(&key.as_str().replace('~', "~0").replace('/', "~1"));
+                positions.insert(path.clone(), scalar_pos(key));
+                let v = to_json(c, value, path, positions);
+                out.insert(key.as_str().to_string(), v);
+                path.truncate(len);
+            }
+            Value::Object(out)
+        }
+    }
+}
+
+/// A scalar as YAML 1.2's core schema types it (quoted scalars stay strings).
+fn scalar_json(s: &MarkedScalarNode) -> serde_json::Value {
+    use serde_json::Value;
+    let text = s.as_str();
+    if !s.may_coerce() {
+        return Value::String(text.to_string());
+    }
+    if is_null(s) {
+        return Value::Null;
+    }
+    match text {
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        _ => {}
+    }
+    let looks_numeric = text
+        .trim_start_matches(['-', '+'])
+        .starts_with(|ch: char| ch.is_ascii_digit() || ch == '.');
+    if looks_numeric {
+        if let Ok(n) = text.parse::<i64>() {
+            return Value::from(n);
+        }
+        if let Ok(n) = text.parse::<u64>() {
+            return Value::from(n);
+        }
+        if let Some(n) = text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+        {
+            return Value::Number(n);
+        }
+    }
+    Value::String(text.to_string())
+}
+
+/// A JSON Pointer as a field path for messages: `/routes/0/path` is
+/// `routes[0].path`.
+pub fn pointer_field(pointer: &str) -> String {
+    let mut out = String::new();
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(&segment);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&segment);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_values_keep_their_types_and_positions() {
+        let text =
+            "a: 1\nb:\n  - \"2\"\n  - true\n  - ~\n  - 1.5\n  - 18446744073709551615\nc: {d: x}\n";
+        let (v, at) = load_json("f.yaml", text, 1 << 20).expect("loads");
+        assert_eq!(
+            v,
+            json!({"a": 1, "b": ["2", true, null, 1.5, 18446744073709551615u64], "c": {"d": "x"}})
+        );
+        let line = |p: &str| at.get(p).map(|p| (p.line, p.column));
+        assert_eq!(line("/a"), Some((1, 1)));
+        assert_eq!(line("/b/1"), Some((4, 5)));
+        assert_eq!(line("/c/d"), Some((8, 5)));
+        assert_eq!(pointer_field("/b/1/x~1y"), "b[1].x/y");
+        let e = load_json("f.yaml", "a: 1\na: 2\n", 1 << 20).expect_err("duplicate");
+        assert_eq!(
+            e[0].to_string(),
+            "f.yaml:2:1: the key `a` appears twice in one mapping (first on line 1)"
+        );
+        // Found by the property test below: positions may fall on the line
+        // after the last.
+        if let Ok((_, at)) = load_json("f.yaml", "\t\0", 1 << 20) {
+            assert!(at.values().all(|p| p.line <= 2), "{at:?}");
+        }
+        let e = load_json("f.yaml", "a: 1\n", 3).expect_err("too large");
+        assert!(e[0].message.contains("at most 3"), "{}", e[0]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any text: a value, or problems placed within the file; no panic.
+        #[test]
+        fn any_text_loads_or_is_refused_within_the_file(
+            text in prop_oneof![
+                ".{0,200}",
+                prop::collection::vec(
+                    prop::sample::select(vec![
+                        "a:", " ", "  ", "- ", "\n", "\"", "'", "{", "}", "[", "]", ",", "#", "&x",
+                        "*x", "!t", "---", "...", "~", "1", "-1.5e3", "true", ":", "|", ">", "\t",
+                        "\r", "?", "%YAML 1.2", "b: c", "\\u0000",
+                    ]),
+                    0..60,
+                )
+                .prop_map(|parts| parts.concat()),
+            ]
+        ) {
+            let lines = lines(&text).count();
+            match load_json("f.yaml", &text, 1 << 20) {
+                Ok((value, positions)) => {
+                    prop_assert!(value.is_object());
+                    for p in positions.values() {
+                        // (The loader may place the end of input on the line after.)
+                        prop_assert!(p.line >= 1 && p.line <= lines + 1, "{:?} in {} lines", p, lines);
+                    }
+                }
+                Err(problems) => {
+                    prop_assert!(!problems.is_empty());
+                    for p in &problems {
+                        prop_assert!(p.line <= lines + 1, "{} in {} lines", p, lines);
+                        prop_assert!(!p.message.is_empty());
+                    }
+                }
+            }
+        }
     }
 }

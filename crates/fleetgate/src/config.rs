@@ -533,6 +533,10 @@ const OTHER_VARS: &[&str] = &[
     "FLEETGATE_BOOTSTRAP_TOKEN",
     "FLEETGATE_SECRET_KEY",
     "FLEETGATE_MASTER_KEY",
+    // The command line against a running manager (`cli`), not the server.
+    "FLEETGATE_MANAGER",
+    "FLEETGATE_TOKEN",
+    "FLEETGATE_CLI_CONFIG",
 ];
 
 /// Flags that override the file and environment.
@@ -956,6 +960,13 @@ mod tests {
             .contains("FLEETGATE_SHUTDOWN_DRAIN_TIMEOUT_SECS"));
         let bad = Config::load(None, env(&[("FLEETGATE_NOPE", "1")]), &Overrides::default());
         assert!(format!("{:#}", bad.expect_err("unknown")).contains("FLEETGATE_NOPE"));
+        // The command line's own variables may stay exported where a server starts.
+        let cli = env(&[
+            ("FLEETGATE_MANAGER", "http://127.0.0.1:3001"),
+            ("FLEETGATE_TOKEN", "key"),
+            ("FLEETGATE_CLI_CONFIG", "cli.toml"),
+        ]);
+        assert!(Config::load(None, cli, &Overrides::default()).is_ok());
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f.toml");
         std::fs::write(&path, "[manager]\nlisten = 5\n").expect("write");

@@ -1,6 +1,7 @@
 //! The `fleetgate` binary's assembly: configuration, logging, and the roles it runs
 //! (`serve` = manager + built-in gateway, `manager`), with graceful shutdown.
 
+pub mod cli;
 pub mod config;
 pub mod flecto_agent;
 pub mod relay_node;
@@ -230,6 +231,7 @@ pub async fn start(
         });
         let mut options = gateway_options(&config, Some(state.event_sink()))?;
         options.ai_usage = Some(state.ai_usage_sink());
+        options.ai_allowances = Some(state.ai_allowances());
         let gw = Gateway::new(state.subscribe(), options);
         if config.flecto.url.is_some() {
             let mut cfg = config.flecto.clone();
@@ -241,12 +243,14 @@ pub async fn start(
         let _ = state.data_plane.set(fleetgate_manager::DataPlane {
             status: gw.report_status(STATUS_EVERY),
             metrics: Arc::new(move |out: &mut String| metrics.render_metrics(out)),
+            control: Arc::new(gw.clone()),
         });
         Some(gw)
     } else {
         None
     };
     let task_state = state.clone();
+    let stopping_gateway = gw.clone();
     let manager_limits = fleetgate_manager::server::ServerLimits {
         header_read_timeout: Duration::from_millis(config.manager.header_read_timeout_ms),
         body_read_timeout: Duration::from_millis(config.manager.body_read_timeout_ms),
@@ -287,6 +291,11 @@ pub async fn start(
         for t in [gateway_task, tls_task].into_iter().flatten() {
             let _ = t.await;
         }
+        if let Some(gw) = stopping_gateway {
+            // Drained: what this process leased of AI budgets and will not
+            // spend goes back for the other processes.
+            gw.give_back_ai_allowances().await;
+        }
         let _ = node_task.await;
         let _ = background.await;
         task_state.store.close().await;
@@ -324,6 +333,7 @@ fn gateway_options(
         client_send_timeout: Duration::from_millis(config.gateway.client_send_timeout_ms),
         events,
         ai_usage: None,
+        ai_allowances: None,
     })
 }
 
@@ -482,23 +492,50 @@ pub async fn shutdown_signal() {
 /// Installs the log subscriber (stderr, text or JSON lines).
 pub fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("RUST_LOG")
+    let (filter, level) = match std::env::var("RUST_LOG")
         .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(&config.log.level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if config.log.format == "json" {
-        builder
+        .and_then(|f| EnvFilter::try_new(&f).ok().map(|e| (e, f)))
+    {
+        Some(found) => found,
+        None => match EnvFilter::try_new(&config.log.level) {
+            Ok(e) => (e, config.log.level.clone()),
+            Err(_) => (EnvFilter::new("info"), "info".into()),
+        },
+    };
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // The filter can be replaced while the process runs (`/api/v1/settings/logging`).
+    let installed = if config.log.format == "json" {
+        let b = builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init()
+            .with_env_filter(filter)
+            .with_filter_reloading();
+        let handle = b.reload_handle();
+        b.try_init().ok().map(|()| {
+            Box::new(move |f: &str| {
+                let e = EnvFilter::try_new(f).map_err(|e| e.to_string())?;
+                handle.reload(e).map_err(|e| e.to_string())
+            }) as Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>
+        })
     } else {
-        builder.try_init()
+        let b = builder.with_env_filter(filter).with_filter_reloading();
+        let handle = b.reload_handle();
+        b.try_init().ok().map(|()| {
+            Box::new(move |f: &str| {
+                let e = EnvFilter::try_new(f).map_err(|e| e.to_string())?;
+                handle.reload(e).map_err(|e| e.to_string())
+            }) as Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>
+        })
     };
+    if let Some(apply) = installed {
+        let format = if config.log.format == "json" {
+            "json"
+        } else {
+            "pretty"
+        };
+        fleetgate_manager::logging::install(&level, format, apply);
+    }
 }
 
 /// How this node reaches its manager (`edge.*`), if it has one.

@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
+use fleetgate::cli::{declarative, resources};
 use fleetgate::config::{Config, Overrides};
 use fleetgate::{init_logging, open_store, shutdown_signal, start, BootstrapSecrets};
 use fleetgate_store::Store;
@@ -83,14 +86,71 @@ enum Command {
         #[command(subcommand)]
         command: ExportCommand,
     },
-    /// Print the version.
+    /// Routes of a running manager (--manager URL, key in FLEETGATE_TOKEN).
+    Routes {
+        #[command(subcommand)]
+        command: resources::RoutesCommand,
+    },
+    /// Upstreams of a running manager.
+    Upstreams {
+        #[command(subcommand)]
+        command: resources::UpstreamsCommand,
+    },
+    /// Configuration revisions of a running manager.
+    Revisions {
+        #[command(subcommand)]
+        command: resources::RevisionsCommand,
+    },
+    /// Events of a running manager.
+    Events {
+        #[command(subcommand)]
+        command: resources::EventsCommand,
+    },
+    /// Print the version, the commit it was built from and the build profile.
     Version,
+    /// Print a shell completion script (bash: `source <(fleetgate completions
+    /// bash)`; zsh: into a directory of `$fpath` as `_fleetgate`; fish: into
+    /// `~/.config/fish/completions/fleetgate.fish`).
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the manual page (roff: `fleetgate man | man -l -`).
+    Man,
+    /// Ask this host's manager whether it is ready (`GET /health/ready` on
+    /// `manager.listen`, a wildcard address asked on loopback): exit 0 when
+    /// it is, 1 otherwise; for container health checks.
+    Healthcheck {
+        #[command(flatten)]
+        flags: Overrides,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
+    },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate the configuration and print it in effect, secrets redacted.
     Check(#[command(flatten)] Overrides),
+    /// Print a running manager's configuration as a fleet file (YAML or JSON):
+    /// settings, upstreams, routes and certificates by reference.
+    Dump(declarative::DumpArgs),
+    /// Compare a fleet file with a running manager's configuration: exit 0
+    /// when they match, 2 when they differ (the differences printed).
+    Diff(declarative::DiffArgs),
+    /// Make a running manager's configuration what a fleet file says, as one
+    /// revision (all or nothing; none when nothing changes).
+    Apply(declarative::ApplyArgs),
 }
 
 #[derive(Subcommand)]
@@ -153,6 +213,40 @@ async fn export_nginx(file: &Option<PathBuf>, x: NginxExport) -> Result<(), Exit
     Ok(())
 }
 
+/// `fleetgate healthcheck`: the manager at `listen` answers `/health/ready`
+/// with 200 within `timeout`.
+async fn healthcheck(listen: std::net::SocketAddr, timeout: Duration) -> Result<(), ExitCode> {
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let url = format!("http://{addr}/health/ready");
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| fail(anyhow::anyhow!("HTTP client: {e}")))?;
+    match client.get(&url).send().await {
+        Ok(r) if r.status().is_success() => {
+            println!("ready: {url}");
+            Ok(())
+        }
+        Ok(r) => {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            eprintln!("not ready: {url} answered {status}: {}", body.trim());
+            Err(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("not ready: {url}: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn load(cli_config: &Option<PathBuf>, flags: &Overrides) -> Result<Config, ExitCode> {
     Config::load(cli_config.as_deref(), std::env::vars(), flags).map_err(|e| {
         eprintln!("error: {e:#}");
@@ -163,7 +257,41 @@ fn load(cli_config: &Option<PathBuf>, flags: &Overrides) -> Result<Config, ExitC
 async fn run(cli: Cli) -> Result<(), ExitCode> {
     match cli.command {
         Command::Version => {
-            println!("fleetgate {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "fleetgate {} (commit {}, {} build)",
+                env!("CARGO_PKG_VERSION"),
+                env!("FLEETGATE_COMMIT"),
+                env!("FLEETGATE_PROFILE")
+            );
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "fleetgate", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Healthcheck {
+            flags,
+            timeout_secs,
+        } => {
+            let config = load(&cli.config, &flags)?;
+            healthcheck(config.manager.listen, Duration::from_secs(timeout_secs)).await
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .map_err(|e| fail(anyhow::anyhow!("cannot render the manual page: {e}")))?;
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(&out)
+                .map_err(|e| fail(anyhow::anyhow!("cannot write the manual page: {e}")))?;
             Ok(())
         }
         Command::Config {
@@ -173,6 +301,19 @@ async fn run(cli: Cli) -> Result<(), ExitCode> {
             println!("# configuration is valid\n{}", config.redacted_toml());
             Ok(())
         }
+        Command::Config {
+            command: ConfigCommand::Dump(a),
+        } => remote(declarative::dump(a).await),
+        Command::Config {
+            command: ConfigCommand::Diff(a),
+        } => remote(declarative::diff_cmd(a).await),
+        Command::Config {
+            command: ConfigCommand::Apply(a),
+        } => remote(declarative::apply(a).await),
+        Command::Routes { command } => remote(resources::routes(command).await),
+        Command::Upstreams { command } => remote(resources::upstreams(command).await),
+        Command::Revisions { command } => remote(resources::revisions(command).await),
+        Command::Events { command } => remote(resources::events(command).await),
         Command::Export {
             command: ExportCommand::Nginx(x),
         } => export_nginx(&cli.config, x).await,
@@ -228,6 +369,19 @@ async fn serve(
     .await
     .map_err(fail)?;
     running.wait().await.map_err(fail)
+}
+
+/// The outcome of a command against a running manager: its own exit code, or
+/// 1 with the error printed.
+fn remote(r: anyhow::Result<ExitCode>) -> Result<(), ExitCode> {
+    match r {
+        Ok(code) if code == ExitCode::SUCCESS => Ok(()),
+        Ok(code) => Err(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Err(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {

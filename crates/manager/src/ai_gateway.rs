@@ -11,6 +11,7 @@ use fleetgate_ai::{ModelPrice, PriceTable, ProviderKind};
 use fleetgate_core::ai_gateway::{BudgetAction, BudgetPeriod};
 use fleetgate_protocol::ai::{
     AiBudgetInput, AiCallerKey, AiGatewayInput, AiProviderInput, AiUsageRecord, AiUsageSink,
+    AllowanceFuture, AllowanceGrant, BudgetAllowances,
 };
 use fleetgate_store::{AiUsageRow, PageRequest, Store, StoreError};
 use tokio::sync::{mpsc, watch};
@@ -127,6 +128,54 @@ async fn write(store: &dyn Store, batch: &[AiUsageRow]) {
     }
 }
 
+/// Budget allowances leased from the store for this process's gateway
+/// (`holder` is the manager's instance id).
+pub struct StoreAllowances {
+    pub store: Arc<dyn Store>,
+    pub holder: String,
+}
+
+impl BudgetAllowances for StoreAllowances {
+    fn lease(
+        &self,
+        budget_id: &str,
+        period_start: i64,
+        need: u64,
+        want: u64,
+    ) -> AllowanceFuture<AllowanceGrant> {
+        let store = self.store.clone();
+        let holder = self.holder.clone();
+        let budget_id = budget_id.to_string();
+        Box::pin(async move {
+            let need = i64::try_from(need).unwrap_or(i64::MAX);
+            let want = i64::try_from(want).unwrap_or(i64::MAX);
+            let now = fleetgate_core::time::now_ms();
+            let (granted, left) = store
+                .lease_ai_allowance(&budget_id, period_start, &holder, need, want, now)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(AllowanceGrant {
+                granted: u64::try_from(granted).unwrap_or(0),
+                left: u64::try_from(left).unwrap_or(0),
+            })
+        })
+    }
+
+    fn give_back(&self, budget_id: &str, period_start: i64, amount: u64) -> AllowanceFuture<()> {
+        let store = self.store.clone();
+        let holder = self.holder.clone();
+        let budget_id = budget_id.to_string();
+        Box::pin(async move {
+            let amount = i64::try_from(amount).unwrap_or(i64::MAX);
+            let now = fleetgate_core::time::now_ms();
+            store
+                .return_ai_allowance(&budget_id, period_start, &holder, amount, now)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 /// The endpoint requests to `p` go to.
 pub fn endpoint(p: &fleetgate_store::AiProviderRecord) -> Option<String> {
     p.base_url.clone().or_else(|| {
@@ -189,6 +238,14 @@ pub async fn price_table(store: &dyn Store) -> Result<PriceTable, StoreError> {
 }
 
 impl AppState {
+    /// Where this process's gateway leases budget allowance from.
+    pub fn ai_allowances(&self) -> Arc<dyn BudgetAllowances> {
+        Arc::new(StoreAllowances {
+            store: self.store.clone(),
+            holder: self.instance.clone(),
+        })
+    }
+
     /// Builds the AI gateway's input from the store and publishes it if it
     /// changed. A provider whose key does not open is left out (its routes
     /// answer 503) and logged.

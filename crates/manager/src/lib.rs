@@ -21,6 +21,7 @@ pub mod destination;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod logging;
 pub mod metrics;
 pub mod middleware;
 pub mod nginx_export;
@@ -92,6 +93,8 @@ impl Default for ManagerOptions {
 pub struct DataPlane {
     pub status: StatusLink,
     pub metrics: Arc<dyn Fn(&mut String) + Send + Sync>,
+    /// Breaker resets and redirect hit counts, asked of the data plane directly.
+    pub control: Arc<dyn fleetgate_protocol::DataPlaneControl>,
 }
 
 impl DataPlane {

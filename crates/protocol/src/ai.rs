@@ -139,6 +139,41 @@ impl<F: Fn(AiUsageRecord) + Send + Sync> AiUsageSink for F {
 /// A shared sink.
 pub type UsageSink = Arc<dyn AiUsageSink>;
 
+/// What a lease of budget allowance got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowanceGrant {
+    /// Micro-USD added to this process's allowance (0 up to what was asked).
+    pub granted: u64,
+    /// What is still unleased in the period after this grant, micro-USD.
+    pub left: u64,
+}
+
+/// A future returned by [`BudgetAllowances`].
+pub type AllowanceFuture<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send>>;
+
+/// Where the data plane leases budget allowance from, so that gateway
+/// processes sharing one store never spend past a `block` or `throttle`
+/// budget's limit together: each process spends only from what it was granted,
+/// and the store never grants more, over all processes, than the limit less
+/// what was already spent. Only a process that runs out of allowance waits for
+/// a lease; the rest of its requests decide in memory.
+pub trait BudgetAllowances: Send + Sync {
+    /// Grants this process up to `want` micro-USD more of `budget_id`'s period
+    /// starting at `period_start`, or nothing when less than `need` is left
+    /// (a grant too small to use would be stranded here).
+    fn lease(
+        &self,
+        budget_id: &str,
+        period_start: i64,
+        need: u64,
+        want: u64,
+    ) -> AllowanceFuture<AllowanceGrant>;
+    /// Returns `amount` of this process's allowance it will not spend (it is
+    /// stopping), so that other processes may lease it.
+    fn give_back(&self, budget_id: &str, period_start: i64, amount: u64) -> AllowanceFuture<()>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

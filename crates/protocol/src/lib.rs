@@ -158,6 +158,36 @@ pub struct AppliedVersions {
     pub ai: u64,
 }
 
+/// Requests a data plane answered with each rule of one published set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteHits {
+    /// The published version counted (the [`Site::version`] served).
+    pub version: i64,
+    /// By position in [`Site::redirects`].
+    pub redirects: Vec<u64>,
+    /// By position in [`Site::pages`].
+    pub pages: Vec<u64>,
+}
+
+/// A breaker closed by hand: the state it was in, and how it reads now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BreakerReset {
+    /// `closed`, `open` or `half_open` before the reset.
+    pub was: String,
+    pub breaker: BreakerStatus,
+}
+
+/// What the manager may ask of a data plane in its own process, beyond its config
+/// and status: answered at once, never through the config feed.
+pub trait DataPlaneControl: Send + Sync {
+    /// Closes the circuit breaker of `upstream`; `None` when the data plane has no
+    /// such upstream.
+    fn reset_breaker(&self, upstream: &str) -> Option<BreakerReset>;
+    /// The hit counts of the published set `site_id` (a project's id); `None` when
+    /// the data plane serves no such set.
+    fn site_hits(&self, site_id: &str) -> Option<SiteHits>;
+}
+
 /// What a data plane reports about itself.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -38,7 +38,7 @@ use fleetgate_ai::pricing::{format_usd, PriceTable};
 use fleetgate_ai::ProviderKind;
 use fleetgate_core::ai_gateway::AiRoute;
 use fleetgate_core::events::{emit, NewEvent, Severity};
-use fleetgate_protocol::ai::{AiGatewayInput, AiUsageRecord};
+use fleetgate_protocol::ai::{AiGatewayInput, AiUsageRecord, BudgetAllowances};
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
@@ -147,8 +147,13 @@ impl Default for AiRuntime {
 
 impl AiRuntime {
     /// Compiles `input`; budgets known to `previous` keep their ledgers (the
-    /// spend and reservations of requests in flight).
-    pub fn build(input: &AiGatewayInput, previous: &AiRuntime) -> Self {
+    /// spend, reservations and allowance of requests in flight); new ones
+    /// lease from `allowances`.
+    pub fn build(
+        input: &AiGatewayInput,
+        previous: &AiRuntime,
+        allowances: Option<&Arc<dyn BudgetAllowances>>,
+    ) -> Self {
         let now = fleetgate_core::time::now_ms();
         let mut providers = HashMap::new();
         for p in &input.providers {
@@ -194,7 +199,12 @@ impl AiRuntime {
                     l.update(b.clone(), now);
                     l.clone()
                 }
-                None => BudgetLedger::new(b.clone(), now),
+                None => {
+                    let l = BudgetLedger::with_allowances(b.clone(), now, allowances.cloned());
+                    // A first share of the period, before the first request.
+                    l.top_up_if_low();
+                    l
+                }
             };
             ledgers_by_id.insert(b.id.clone(), ledger.clone());
             budgets.insert(
@@ -212,6 +222,29 @@ impl AiRuntime {
             budgets,
             ledgers_by_id,
             prices: PriceTable::builtin().with_overrides(&input.prices),
+        }
+    }
+}
+
+impl AiRuntime {
+    /// Gives back what every budget's allowance holds unspent and unreserved
+    /// (the process is stopping); waits at most `within`.
+    pub async fn give_back_allowances(&self, within: Duration) {
+        let returns: Vec<_> = self
+            .ledgers_by_id
+            .values()
+            .filter_map(|l| l.give_back())
+            .collect();
+        if returns.is_empty() {
+            return;
+        }
+        match tokio::time::timeout(within, futures::future::join_all(returns)).await {
+            Ok(results) => {
+                for e in results.into_iter().filter_map(Result::err) {
+                    tracing::warn!(error = %e, "could not give back an AI budget allowance; it stays leased until the period ends");
+                }
+            }
+            Err(_) => tracing::warn!("giving back AI budget allowances timed out; what was not given back stays leased until the period ends"),
         }
     }
 }
@@ -759,7 +792,7 @@ pub(crate) async fn forward(
     };
     let mut holds = Vec::with_capacity(applicable.len());
     for b in &applicable {
-        match b.ledger.reserve(worst, at_ms) {
+        match b.ledger.acquire(worst, at_ms).await {
             Ok(hold) => holds.push(hold),
             Err((r, crossing)) => {
                 if let Some(c) = crossing {

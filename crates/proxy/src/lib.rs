@@ -71,6 +71,10 @@ pub struct GatewayOptions {
     /// Where `ai` routes send a usage record per relayed request (the
     /// manager's batch writer).
     pub ai_usage: Option<fleetgate_protocol::ai::UsageSink>,
+    /// Where `ai` routes' `block` and `throttle` budgets lease allowance from
+    /// (the store shared by every gateway process); without it a budget's
+    /// limit is this process's own.
+    pub ai_allowances: Option<Arc<dyn fleetgate_protocol::ai::BudgetAllowances>>,
 }
 
 impl std::fmt::Debug for GatewayOptions {
@@ -83,6 +87,7 @@ impl std::fmt::Debug for GatewayOptions {
             .field("client_send_timeout", &self.client_send_timeout)
             .field("events", &self.events)
             .field("ai_usage", &self.ai_usage.is_some())
+            .field("ai_allowances", &self.ai_allowances.is_some())
             .finish()
     }
 }
@@ -97,6 +102,7 @@ impl Default for GatewayOptions {
             client_send_timeout: Duration::from_secs(60),
             events: None,
             ai_usage: None,
+            ai_allowances: None,
         }
     }
 }
@@ -105,6 +111,8 @@ pub struct GatewayInner {
     pub(crate) current: ArcSwap<Compiled>,
     /// Published redirect and page rules of the manager's projects, by host.
     pub(crate) redirects: ArcSwap<HostRules>,
+    /// The same sets by site id with their version, for hit counts.
+    pub(crate) site_sets: ArcSwap<HashMap<String, (i64, Arc<RuleSet>)>>,
     /// Rules synced from a Flecto-compatible manager, for every other host.
     pub(crate) remote_redirects: arc_swap::ArcSwapOption<RuleSet>,
     pub(crate) metrics: MetricsRegistry,
@@ -117,6 +125,7 @@ pub struct GatewayInner {
     /// The AI gateway's providers, callers and budget ledgers.
     pub(crate) ai: ArcSwap<ai::AiRuntime>,
     pub(crate) ai_usage: Option<fleetgate_protocol::ai::UsageSink>,
+    pub(crate) ai_allowances: Option<Arc<dyn fleetgate_protocol::ai::BudgetAllowances>>,
     /// Port of the HTTPS listener once bound, for HTTP→HTTPS redirects (0 = none).
     pub(crate) https_port: std::sync::atomic::AtomicU16,
     /// Certificates of the HTTPS listener, by SNI name.
@@ -144,8 +153,8 @@ struct Applied {
     document: Option<Arc<ConfigDocument>>,
     /// The document served: its objects were validated when it was applied.
     served: Option<Arc<ConfigDocument>>,
-    /// Compiled rule sets by site id, with the version they were built from.
-    sites: HashMap<String, (i64, Arc<RuleSet>)>,
+    /// Compiled rule sets by site id, with the site they were built from.
+    sites: HashMap<String, (Arc<Site>, Arc<RuleSet>)>,
     /// The synced site compiled last.
     synced: Option<Arc<Site>>,
     faults: VecDeque<ConfigFault>,
@@ -162,6 +171,52 @@ impl Applied {
             message,
             at_ms: fleetgate_core::time::now_ms(),
         });
+    }
+}
+
+/// Carries the hit counts of the rules a new version of a site kept (same type and
+/// source, or same type and path) from the set it replaces.
+fn carry_hits(old: &Site, old_set: &RuleSet, new: &Site, new_set: &RuleSet) {
+    use fleetgate_core::redirects::matcher::RuleRef;
+    fn redirect_key(r: &fleetgate_core::redirects::Redirect) -> (&str, &str) {
+        (r.kind.as_str(), r.source.as_str())
+    }
+    fn page_key(p: &fleetgate_core::redirects::Page) -> (&str, &str) {
+        (p.kind.as_str(), p.path.as_str())
+    }
+    carry(
+        old.redirects.iter().map(redirect_key),
+        &old_set.redirect_hits(),
+        new.redirects.iter().map(redirect_key),
+        |i, n| new_set.add_hits(RuleRef::Redirect(i), n),
+    );
+    carry(
+        old.pages.iter().map(page_key),
+        &old_set.page_hits(),
+        new.pages.iter().map(page_key),
+        |i, n| new_set.add_hits(RuleRef::Page(i), n),
+    );
+}
+
+/// Gives each new rule the count of the old rule with its key.
+fn carry<'a>(
+    old: impl Iterator<Item = (&'a str, &'a str)>,
+    hits: &[u64],
+    new: impl Iterator<Item = (&'a str, &'a str)>,
+    add: impl Fn(usize, u64),
+) {
+    let before: HashMap<(&str, &str), u64> = old
+        .zip(hits)
+        .filter(|(_, &n)| n > 0)
+        .map(|(k, &n)| (k, n))
+        .collect();
+    if before.is_empty() {
+        return;
+    }
+    for (i, k) in new.enumerate() {
+        if let Some(&n) = before.get(&k) {
+            add(i, n);
+        }
     }
 }
 
@@ -266,6 +321,7 @@ impl Gateway {
         let inner = Arc::new(GatewayInner {
             current: ArcSwap::from_pointee(Compiled::empty()),
             redirects: ArcSwap::from_pointee(HostRules::default()),
+            site_sets: ArcSwap::from_pointee(HashMap::new()),
             remote_redirects: arc_swap::ArcSwapOption::empty(),
             metrics: MetricsRegistry::default(),
             access_log: options.access_log,
@@ -275,6 +331,7 @@ impl Gateway {
             events: options.events.clone(),
             ai: ArcSwap::from_pointee(ai::AiRuntime::default()),
             ai_usage: options.ai_usage.clone(),
+            ai_allowances: options.ai_allowances.clone(),
             https_port: std::sync::atomic::AtomicU16::new(0),
             tls: Arc::new(tls::SniResolver::default()),
             challenges: ArcSwap::from_pointee(Default::default()),
@@ -338,9 +395,11 @@ impl Gateway {
         }
         if config.ai.version != applied.versions.ai {
             let previous = self.inner.ai.load_full();
-            self.inner
-                .ai
-                .store(Arc::new(ai::AiRuntime::build(&config.ai, &previous)));
+            self.inner.ai.store(Arc::new(ai::AiRuntime::build(
+                &config.ai,
+                &previous,
+                self.inner.ai_allowances.as_ref(),
+            )));
             applied.versions.ai = config.ai.version;
             changed = true;
         }
@@ -471,11 +530,12 @@ impl Gateway {
     /// their compiled rules; the host map is rebuilt and swapped whole.
     fn apply_sites(&self, applied: &mut Applied, config: &DataPlaneConfig) {
         let mut compiled = HashMap::with_capacity(config.sites.sites.len());
+        let mut by_site = HashMap::with_capacity(config.sites.sites.len());
         let mut rules = HostRules::default();
         for site in &config.sites.sites {
             let set = match applied.sites.remove(&site.id) {
-                Some((v, set)) if v == site.version => set,
-                _ => {
+                Some((old, set)) if old.version == site.version => set,
+                before => {
                     let started = std::time::Instant::now();
                     let set = Arc::new(compile_site(site));
                     tracing::info!(
@@ -486,16 +546,21 @@ impl Gateway {
                         ms = started.elapsed().as_millis() as u64,
                         "compiled published rules"
                     );
+                    if let Some((old, old_set)) = before {
+                        carry_hits(&old, &old_set, site, &set);
+                    }
                     set
                 }
             };
             for h in &site.hosts {
                 rules.by_host.insert(h.clone(), set.clone());
             }
-            compiled.insert(site.id.clone(), (site.version, set));
+            by_site.insert(site.id.clone(), (site.version, set.clone()));
+            compiled.insert(site.id.clone(), (site.clone(), set));
         }
         applied.sites = compiled;
         self.inner.redirects.store(Arc::new(rules));
+        self.inner.site_sets.store(Arc::new(by_site));
         applied.versions.sites = config.sites.version;
     }
 
@@ -792,6 +857,16 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Gives back the AI budget allowance this process leased and will not
+    /// spend (call once it has drained, as it stops).
+    pub async fn give_back_ai_allowances(&self) {
+        self.inner
+            .ai
+            .load_full()
+            .give_back_allowances(Duration::from_secs(2))
+            .await;
+    }
+
     /// Target health of one upstream, or `None` when the gateway has no such upstream.
     pub fn upstream_health(&self, upstream: &str) -> Option<Vec<TargetHealth>> {
         self.inner
@@ -812,6 +887,35 @@ impl Gateway {
             .collect();
         out.sort_by(|a, b| a.upstream.cmp(&b.upstream));
         out
+    }
+
+    /// Closes `upstream`'s circuit breaker by hand; `None` without such an upstream.
+    pub fn reset_breaker(&self, upstream: &str) -> Option<fleetgate_protocol::BreakerReset> {
+        let compiled = self.inner.current.load();
+        let u = compiled.upstreams.get(upstream)?;
+        let was = {
+            let b = u.breaker.lock().unwrap_or_else(|p| p.into_inner());
+            b.state().as_str().to_string()
+        };
+        let was = match u.reset_breaker() {
+            Some(t) => t.from.as_str().to_string(),
+            None => was,
+        };
+        Some(fleetgate_protocol::BreakerReset {
+            was,
+            breaker: breaker_status(u),
+        })
+    }
+
+    /// The hit counts of the published set `site_id`, as served now.
+    pub fn site_hits(&self, site_id: &str) -> Option<fleetgate_protocol::SiteHits> {
+        let sets = self.inner.site_sets.load();
+        let (version, set) = sets.get(site_id)?;
+        Some(fleetgate_protocol::SiteHits {
+            version: *version,
+            redirects: set.redirect_hits(),
+            pages: set.page_hits(),
+        })
     }
 
     /// A reading of the gateway's cumulative traffic counters.
@@ -835,5 +939,15 @@ fn breaker_status(u: &upstream::UpstreamRuntime) -> BreakerStatus {
         requests_in_window: u64::from(total),
         opened_at: b.opened_at().map(clock::rfc3339),
         next_trial_at: b.next_trial_at().map(clock::rfc3339),
+    }
+}
+
+impl fleetgate_protocol::DataPlaneControl for Gateway {
+    fn reset_breaker(&self, upstream: &str) -> Option<fleetgate_protocol::BreakerReset> {
+        Gateway::reset_breaker(self, upstream)
+    }
+
+    fn site_hits(&self, site_id: &str) -> Option<fleetgate_protocol::SiteHits> {
+        Gateway::site_hits(self, site_id)
     }
 }

@@ -448,6 +448,21 @@ impl UpstreamRuntime {
         adm
     }
 
+    /// Closes the breaker by hand; the transition (also raised as an event) if it
+    /// was open or half-open.
+    pub fn reset_breaker(&self) -> Option<Transition> {
+        let t = {
+            let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+            let t = b.reset();
+            self.note_state(&b);
+            t
+        };
+        if let Some(t) = &t {
+            emit(self.events.as_ref(), transition_event(&self.name, t));
+        }
+        t
+    }
+
     /// Mirrors the breaker's state into `breaker_closed` (called under its lock).
     #[inline]
     fn note_state(&self, b: &CircuitBreaker) {

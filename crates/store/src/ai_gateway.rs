@@ -147,6 +147,33 @@ pub trait AiGatewayStore: Send + Sync {
     async fn record_ai_usage(&self, rows: &[AiUsageRow]) -> Result<()>;
     /// What `budget_id` spent in the period starting at `period_start`.
     async fn ai_budget_spent(&self, budget_id: &str, period_start: i64) -> Result<i64>;
+    /// Grants `holder` up to `want` micro-USD more of `budget_id`'s period
+    /// starting at `period_start`, in one transaction holding the budget's
+    /// lock: never more than the limit less what the period's holders were
+    /// granted (and what it had recorded as spent before its first grant), and
+    /// nothing when that is less than `need`. Returns what was granted and what is left
+    /// unleased after it. Grants of other periods of
+    /// the budget are dropped on the way. [`StoreError::NotFound`] when the
+    /// budget does not exist.
+    async fn lease_ai_allowance(
+        &self,
+        budget_id: &str,
+        period_start: i64,
+        holder: &str,
+        need: i64,
+        want: i64,
+        now_ms: i64,
+    ) -> Result<(i64, i64)>;
+    /// Takes back up to `amount` of `holder`'s grant in the period (what it
+    /// will not spend).
+    async fn return_ai_allowance(
+        &self,
+        budget_id: &str,
+        period_start: i64,
+        holder: &str,
+        amount: i64,
+        now_ms: i64,
+    ) -> Result<()>;
     /// One key's spend over `[from_ms, to_ms)`, summed over whole hours (the
     /// hour holding `from_ms` and those up to `to_ms`).
     async fn ai_key_spend(&self, api_key_id: &str, from_ms: i64, to_ms: i64) -> Result<i64>;
@@ -361,6 +388,7 @@ impl AiGatewayStore for SqlStore {
         let before = locked(&mut tx, id).await?;
         for sql in [
             "DELETE FROM ai_budget_spend WHERE budget_id = $1",
+            "DELETE FROM ai_budget_allowances WHERE budget_id = $1",
             "DELETE FROM ai_budgets WHERE id = $1",
         ] {
             sqlx::query(sql)
@@ -535,6 +563,110 @@ impl AiGatewayStore for SqlStore {
         .map(|r| r.try_get(0))
         .transpose()?;
         Ok(v.unwrap_or(0))
+    }
+
+    async fn lease_ai_allowance(
+        &self,
+        budget_id: &str,
+        period_start: i64,
+        holder: &str,
+        need: i64,
+        want: i64,
+        now_ms: i64,
+    ) -> Result<(i64, i64)> {
+        if need < 0 || want < need {
+            return Err(StoreError::Invalid(format!(
+                "an allowance of {need} to {want} micro-USD cannot be leased"
+            )));
+        }
+        let mut tx = self.begin_write().await?;
+        // The budget's lock: leases of one budget take turns.
+        let budget = locked(&mut tx, budget_id).await?;
+        sqlx::query("DELETE FROM ai_budget_allowances WHERE budget_id = $1 AND period_start <> $2")
+            .bind(budget_id.to_string())
+            .bind(period_start)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(granted_micros), 0) AS BIGINT) FROM ai_budget_allowances \
+             WHERE budget_id = $1 AND period_start = $2",
+        )
+        .bind(budget_id.to_string())
+        .bind(period_start)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (holders, mut granted): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        if holders == 0 {
+            // The period's first lease: what it recorded as spent before
+            // (spent while the budget only alerted, or before allowances
+            // existed) is held by no process and leased to none.
+            let spent: i64 = sqlx::query(
+                "SELECT CAST(COALESCE(MAX(spent_micros), 0) AS BIGINT) FROM ai_budget_spend \
+                 WHERE budget_id = $1 AND period_start = $2",
+            )
+            .bind(budget_id.to_string())
+            .bind(period_start)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+            sqlx::query(
+                "INSERT INTO ai_budget_allowances (budget_id, period_start, holder, granted_micros, updated_at) \
+                 VALUES ($1, $2, '', $3, $4)",
+            )
+            .bind(budget_id.to_string())
+            .bind(period_start)
+            .bind(spent.max(0))
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            granted = spent.max(0);
+        }
+        let available = budget.limit_micros.saturating_sub(granted).max(0);
+        let grant = if available < need {
+            0
+        } else {
+            want.min(available)
+        };
+        if grant > 0 {
+            sqlx::query(
+                "INSERT INTO ai_budget_allowances (budget_id, period_start, holder, granted_micros, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (budget_id, period_start, holder) DO UPDATE SET \
+                 granted_micros = ai_budget_allowances.granted_micros + excluded.granted_micros, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(budget_id.to_string())
+            .bind(period_start)
+            .bind(holder.to_string())
+            .bind(grant)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((grant, available - grant))
+    }
+
+    async fn return_ai_allowance(
+        &self,
+        budget_id: &str,
+        period_start: i64,
+        holder: &str,
+        amount: i64,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE ai_budget_allowances SET granted_micros = CASE WHEN granted_micros > $4 \
+             THEN granted_micros - $4 ELSE 0 END, updated_at = $5 \
+             WHERE budget_id = $1 AND period_start = $2 AND holder = $3",
+        )
+        .bind(budget_id.to_string())
+        .bind(period_start)
+        .bind(holder.to_string())
+        .bind(amount.max(0))
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn ai_key_spend(&self, api_key_id: &str, from_ms: i64, to_ms: i64) -> Result<i64> {

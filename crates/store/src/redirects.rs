@@ -133,6 +133,9 @@ pub struct RuleFilter {
     pub q: Option<String>,
     /// Also list rules deleted in the draft.
     pub include_deleted: bool,
+    /// Only rules with an unpublished change (created, updated, or deleted when
+    /// `include_deleted`).
+    pub drafts_only: bool,
 }
 
 /// What an import changed.
@@ -1072,6 +1075,9 @@ impl RedirectStore for SqlStore {
         let mut args: Vec<String> = vec![project_id.to_string()];
         if !filter.include_deleted {
             wh.push_str(" AND deleted = 0");
+        }
+        if filter.drafts_only {
+            wh.push_str(" AND pending = 1");
         }
         if let Some(kind) = &filter.kind {
             args.push(kind.clone());

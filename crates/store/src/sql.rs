@@ -184,9 +184,15 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     ),
     (
         19,
+        "ai budget allowances",
+        include_str!("../migrations/sqlite/0019_ai_budget_allowances.sql"),
+        include_str!("../migrations/postgres/0019_ai_budget_allowances.sql"),
+    ),
+    (
+        20,
         "ai prices",
-        include_str!("../migrations/sqlite/0019_ai_prices.sql"),
-        include_str!("../migrations/postgres/0019_ai_prices.sql"),
+        include_str!("../migrations/sqlite/0020_ai_prices.sql"),
+        include_str!("../migrations/postgres/0020_ai_prices.sql"),
     ),
 ];
 

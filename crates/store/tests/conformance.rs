@@ -140,6 +140,7 @@ conformance!(
     ai_budgets_crud_with_versions_and_audit,
     ai_prices_set_replace_drop_and_audit,
     ai_usage_batches_roll_up_and_charge_budgets,
+    ai_allowances_never_lease_past_the_limit,
 );
 
 fn actor() -> Actor {
@@ -1278,6 +1279,33 @@ async fn rule_drafts_publish_and_discard(s: &SqlStore) {
             .expect("list")
             .total,
         3
+    );
+    // Drafts only: the created and the updated rule, and the deleted one on request.
+    let drafts_only = RuleFilter {
+        drafts_only: true,
+        ..Default::default()
+    };
+    let ids = |p: fleetgate_store::Page<fleetgate_store::RuleRow>| {
+        p.items.iter().map(|r| r.id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(s
+            .list_rules(t, &p.id, &drafts_only, page(10, 0))
+            .await
+            .expect("drafts only")),
+        vec![a.id, c.id]
+    );
+    let all_drafts = RuleFilter {
+        drafts_only: true,
+        include_deleted: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(s
+            .list_rules(t, &p.id, &all_drafts, page(10, 0))
+            .await
+            .expect("drafts with deleted")),
+        vec![a.id, b.id, c.id]
     );
     let q = RuleFilter {
         q: Some("/C".into()),
@@ -3749,6 +3777,86 @@ fn usage_row(id: &str, at_ms: i64, key: &str, model: &str, cost: i64) -> AiUsage
         estimated: false,
         budgets: vec![("b1".into(), 0)],
     }
+}
+
+async fn ai_allowances_never_lease_past_the_limit(s: &SqlStore) {
+    let a = actor();
+    // A limit of 5,000,000 micro-USD; 700,000 already recorded as spent in the
+    // period (as before any allowance was leased).
+    s.create_ai_budget(&a, &ai_budget("lb", "leased"))
+        .await
+        .expect("create");
+    let mut charged = usage_row("lu1", 100, "k1", "gpt-4o", 700_000);
+    charged.budgets = vec![("lb".into(), 0)];
+    s.record_ai_usage(&[charged]).await.expect("record");
+    // Forty holders racing for 200,000 each: exactly the 4,300,000 left is
+    // granted, never more.
+    let racers = (0..40).map(|i| {
+        let holder = format!("h{}", i % 4);
+        async move { s.lease_ai_allowance("lb", 0, &holder, 1, 200_000, 1).await }
+    });
+    let grants = futures::future::join_all(racers).await;
+    let total: i64 = grants.iter().map(|g| g.as_ref().expect("lease").0).sum();
+    assert_eq!(total, 4_300_000);
+    assert!(grants.iter().all(|g| g.as_ref().expect("lease").1 >= 0));
+    assert_eq!(
+        s.lease_ai_allowance("lb", 0, "h0", 1, 1, 2)
+            .await
+            .expect("lease"),
+        (0, 0)
+    );
+    // What a holder gives back can be leased again, by anyone; never more than
+    // it held.
+    s.return_ai_allowance("lb", 0, "h1", 300_000, 3)
+        .await
+        .expect("give back");
+    assert_eq!(
+        s.lease_ai_allowance("lb", 0, "h9", 1, 1_000_000, 4)
+            .await
+            .expect("lease"),
+        (300_000, 0)
+    );
+    // Less than needed is left: nothing is granted.
+    s.return_ai_allowance("lb", 0, "h2", 50_000, 5)
+        .await
+        .expect("give back");
+    assert_eq!(
+        s.lease_ai_allowance("lb", 0, "h9", 50_001, 60_000, 5)
+            .await
+            .expect("lease"),
+        (0, 50_000)
+    );
+    assert_eq!(
+        s.lease_ai_allowance("lb", 0, "h9", 50_000, 60_000, 5)
+            .await
+            .expect("lease"),
+        (50_000, 0)
+    );
+    s.return_ai_allowance("lb", 0, "nobody", 1_000_000, 5)
+        .await
+        .expect("a holder without a grant gives back nothing");
+    assert_eq!(
+        s.lease_ai_allowance("lb", 0, "h9", 1, 1, 6)
+            .await
+            .expect("lease"),
+        (0, 0)
+    );
+    // A new period starts with the whole limit (and drops the old grants).
+    assert_eq!(
+        s.lease_ai_allowance("lb", 86_400_000, "h0", 1, 6_000_000, 7)
+            .await
+            .expect("lease"),
+        (5_000_000, 0)
+    );
+    assert!(matches!(
+        s.lease_ai_allowance("lb", 0, "h0", -1, 1, 8).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        s.lease_ai_allowance("missing", 0, "h0", 1, 1, 8).await,
+        Err(StoreError::NotFound(_))
+    ));
+    s.delete_ai_budget(&a, "lb").await.expect("delete");
 }
 
 async fn ai_usage_batches_roll_up_and_charge_budgets(s: &SqlStore) {

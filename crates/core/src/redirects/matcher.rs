@@ -65,11 +65,12 @@ mod regexes;
 mod tests;
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
 pub use prefix::literal_prefix;
-pub use reference::naive_lookup;
+pub use reference::{naive_lookup, naive_lookup_rule};
 
 use super::{
     encode_location, Page, PageContentType, PageType, Redirect, RedirectStatus, RedirectType,
@@ -85,6 +86,14 @@ pub struct Skipped {
     /// Position in the list given to [`RuleSet::build`].
     pub index: usize,
     pub message: String,
+}
+
+/// Which rule answered a request: a redirect or a page, by its position in the
+/// lists given to [`RuleSet::build`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuleRef {
+    Redirect(usize),
+    Page(usize),
 }
 
 /// What a request matched.
@@ -108,6 +117,8 @@ struct PageBody {
 struct Target {
     target: Box<str>,
     status: RedirectStatus,
+    /// Position of the redirect in the list given to [`RuleSet::build`].
+    index: u32,
 }
 
 /// One project's compiled pages and redirects. Immutable once built; shared between
@@ -125,6 +136,10 @@ pub struct RuleSet {
     skipped: Vec<Skipped>,
     redirect_count: usize,
     page_count: usize,
+    /// Requests answered by each redirect and page, by position in the lists given
+    /// to [`RuleSet::build`] (see [`RuleSet::count_hit`]).
+    redirect_hits: Box<[AtomicU64]>,
+    page_hits: Box<[AtomicU64]>,
 }
 
 impl Default for RuleSet {
@@ -156,6 +171,8 @@ impl RuleSet {
             skipped: Vec::new(),
             redirect_count: 0,
             page_count: 0,
+            redirect_hits: Box::default(),
+            page_hits: Box::default(),
         }
     }
 
@@ -181,6 +198,8 @@ impl RuleSet {
             exact: ExactTable::new(false, plain),
             targets: Vec::with_capacity(redirects.len()),
             pages: Vec::with_capacity(pages.len()),
+            redirect_hits: (0..redirects.len()).map(|_| AtomicU64::new(0)).collect(),
+            page_hits: (0..pages.len()).map(|_| AtomicU64::new(0)).collect(),
             ..Self::empty()
         };
         let mut host_regexes = Vec::new();
@@ -198,6 +217,7 @@ impl RuleSet {
                     set.targets.push(Target {
                         target: target.into_boxed_str(),
                         status: r.status,
+                        index: index as u32,
                     });
                     let table = if r.kind == RedirectType::Basic {
                         &mut set.exact
@@ -219,7 +239,7 @@ impl RuleSet {
                         }
                     };
                     let rule = Analyzed {
-                        rule: RegexRule::new(r.source, r.target, r.status),
+                        rule: RegexRule::new(r.source, r.target, r.status, index as u32),
                         analysis,
                     };
                     if r.kind == RedirectType::Regex {
@@ -275,6 +295,11 @@ impl RuleSet {
     /// The page or redirect answering `host` (the raw `Host` header, port included,
     /// as sent) and `uri` (the request-target with its query string), if any.
     pub fn lookup(&self, host: &str, uri: &str) -> Option<Hit<'_>> {
+        self.lookup_rule(host, uri).map(|(_, hit)| hit)
+    }
+
+    /// As [`lookup`](Self::lookup), with the rule that answered.
+    pub fn lookup_rule(&self, host: &str, uri: &str) -> Option<(RuleRef, Hit<'_>)> {
         let exact = if self.exact.is_empty() && self.host_exact.is_empty() {
             None
         } else {
@@ -299,10 +324,13 @@ impl RuleSet {
                 Cow::Borrowed(b) => encode_location(b),
                 Cow::Owned(o) => Cow::Owned(encode_location(&o).into_owned()),
             };
-            return Some(Hit::Redirect {
-                status: rule.status,
-                location,
-            });
+            return Some((
+                RuleRef::Redirect(rule.index as usize),
+                Hit::Redirect {
+                    status: rule.status,
+                    location,
+                },
+            ));
         }
         // Then pages: BASIC_HOST, BASIC.
         let page = exact?
@@ -331,19 +359,66 @@ impl RuleSet {
         [by_host, by_uri]
     }
 
-    fn redirect(&self, i: u32) -> Hit<'_> {
+    fn redirect(&self, i: u32) -> (RuleRef, Hit<'_>) {
         let t = &self.targets[i as usize];
-        Hit::Redirect {
-            status: t.status,
-            location: Cow::Borrowed(&t.target),
+        (
+            RuleRef::Redirect(t.index as usize),
+            Hit::Redirect {
+                status: t.status,
+                location: Cow::Borrowed(&t.target),
+            },
+        )
+    }
+
+    fn page(&self, i: u32) -> (RuleRef, Hit<'_>) {
+        // Every page is kept, so its slot is its position in the list.
+        let p = &self.pages[i as usize];
+        (
+            RuleRef::Page(i as usize),
+            Hit::Page {
+                content: &p.content,
+                content_type: p.content_type,
+            },
+        )
+    }
+
+    fn hit_counter(&self, rule: RuleRef) -> Option<&AtomicU64> {
+        match rule {
+            RuleRef::Redirect(i) => self.redirect_hits.get(i),
+            RuleRef::Page(i) => self.page_hits.get(i),
         }
     }
 
-    fn page(&self, i: u32) -> Hit<'_> {
-        let p = &self.pages[i as usize];
-        Hit::Page {
-            content: &p.content,
-            content_type: p.content_type,
+    /// Counts one request answered by `rule`: one relaxed atomic add, no lock and no
+    /// allocation. A rule the set does not have is ignored.
+    #[inline]
+    pub fn count_hit(&self, rule: RuleRef) {
+        if let Some(c) = self.hit_counter(rule) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Adds `n` to `rule`'s count (a count carried over from an earlier set).
+    pub fn add_hits(&self, rule: RuleRef, n: u64) {
+        if let Some(c) = self.hit_counter(rule) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests counted for each redirect, by position in the list given to
+    /// [`build`](Self::build) (skipped rules stay at 0).
+    pub fn redirect_hits(&self) -> Vec<u64> {
+        self.redirect_hits
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Requests counted for each page, by position.
+    pub fn page_hits(&self) -> Vec<u64> {
+        self.page_hits
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
     }
 }

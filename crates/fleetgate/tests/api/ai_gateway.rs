@@ -27,7 +27,10 @@ struct Setup {
 }
 
 async fn setup(budgets: &[Value]) -> Setup {
-    let app = spawn_app().await;
+    setup_on(spawn_app().await, budgets).await
+}
+
+async fn setup_on(app: TestApp, budgets: &[Value]) -> Setup {
     let fake = FakeLlm::start(Some(PROVIDER_KEY)).await;
     app.post_ok(
         "/api/v1/ai/providers",
@@ -613,6 +616,79 @@ async fn sse_frames_reach_the_client_before_the_provider_finishes() {
     s.app.stop().await;
 }
 
+/// The text of a streamed OpenAI answer (its deltas joined), and whether it
+/// ended with `[DONE]` after a usage event.
+fn stream_text(body: &str) -> (String, bool) {
+    let mut text = String::new();
+    let mut usage = false;
+    let mut done = false;
+    for event in body.split("\n\n").filter(|e| !e.trim().is_empty()) {
+        let data = event.strip_prefix("data: ").expect("a data event");
+        assert!(!done, "an event after [DONE]: {data}");
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).expect("an event is JSON");
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        usage |= v["usage"].is_object();
+    }
+    (text, done && usage)
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_streams_lose_no_frame() {
+    const STREAMS: usize = 1000;
+    let s = setup(&[]).await;
+    let mut sent = std::collections::BTreeSet::new();
+    for i in 0..STREAMS {
+        let text = format!("stream {i} says one two three four five six seven");
+        s.fake.push(
+            Reply::text(text.clone())
+                .pieces(8)
+                .chunk_delay(Duration::from_millis(5)),
+        );
+        sent.insert(text);
+    }
+    // One connection per stream, all open at once.
+    let c = Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let url = s.app.gw("/v1/chat/completions");
+    let mut tasks = Vec::new();
+    for _ in 0..STREAMS {
+        let (c, url, key) = (c.clone(), url.clone(), s.key.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(url)
+                .bearer_auth(key)
+                .json(&chat(MODEL, 1, json!({"stream": true})))
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(r.status(), StatusCode::OK);
+            String::from_utf8(r.bytes().await.expect("body").to_vec()).expect("utf-8")
+        }));
+    }
+    let mut got = std::collections::BTreeSet::new();
+    for t in tasks {
+        let (text, complete) = stream_text(&t.await.expect("task"));
+        assert!(
+            complete,
+            "a stream ended without usage and [DONE]: {text:?}"
+        );
+        assert!(got.insert(text.clone()), "a stream came twice: {text:?}");
+    }
+    // Every stream whole: each text the provider sent arrived exactly, once.
+    assert_eq!(got, sent);
+    let v = usage_with(&s.app, STREAMS as i64, "").await;
+    assert_eq!(v["totals"]["requests"].as_i64(), Some(STREAMS as i64));
+    s.app.stop().await;
+}
+
 /// Each request of these tests: a prompt of 2,000 bytes, 500 prompt tokens
 /// and 1,000 output tokens reported, `max_tokens` 1,000.
 fn priced_usage() -> FakeUsage {
@@ -801,36 +877,12 @@ async fn two_hundred_concurrent_requests_never_spend_past_the_limit() {
     let s = setup(&[json!({"name": "tight", "period": "daily",
                              "limit_usd": format!("0.{limit:06}"), "action_on_exceed": "block"})])
     .await;
-    for _ in 0..200 {
-        s.fake.push(
-            Reply::text("ok")
-                .usage(priced_usage())
-                .delay(Duration::from_millis(20)),
-        );
-    }
-    let c = client();
-    let mut tasks = Vec::new();
-    for _ in 0..200 {
-        let c = c.clone();
-        let url = s.app.gw("/v1/chat/completions");
-        let key = s.key.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = c
-                .post(url)
-                .bearer_auth(key)
-                .json(&priced_request())
-                .send()
-                .await
-                .expect("post");
-            let status = r.status();
-            r.bytes().await.expect("body");
-            status
-        }));
-    }
+    let urls = vec![s.app.gw("/v1/chat/completions"); 200];
+    let tasks = priced_burst(&s, urls);
     let mut ok = 0i64;
     let mut refused = 0i64;
     for t in tasks {
-        match t.await.expect("task") {
+        match t.await.expect("task").0 {
             StatusCode::OK => ok += 1,
             StatusCode::TOO_MANY_REQUESTS => refused += 1,
             other => panic!("unexpected {other}"),
@@ -857,6 +909,136 @@ async fn two_hundred_concurrent_requests_never_spend_past_the_limit() {
     // Nothing is left reserved: what remains is usable again.
     if limit - ok * per >= reserve {
         s.fake.push(Reply::text("ok").usage(priced_usage()));
+        assert_eq!(
+            post_chat(&s, &priced_request()).await.status(),
+            StatusCode::OK
+        );
+    }
+    s.app.stop().await;
+}
+
+/// One priced request (answered after 20 ms) to each of `urls` at once; each
+/// task gives the status and the JSON body.
+fn priced_burst(s: &Setup, urls: Vec<String>) -> Vec<tokio::task::JoinHandle<(StatusCode, Value)>> {
+    for _ in 0..=urls.len() {
+        s.fake.push(
+            Reply::text("ok")
+                .usage(priced_usage())
+                .delay(Duration::from_millis(20)),
+        );
+    }
+    let c = client();
+    urls.into_iter()
+        .map(|url| {
+            let (c, key) = (c.clone(), s.key.clone());
+            tokio::spawn(async move {
+                let r = c
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&priced_request())
+                    .send()
+                    .await
+                    .expect("post");
+                let status = r.status();
+                (status, r.json().await.expect("json body"))
+            })
+        })
+        .collect()
+}
+
+/// Waits until `app`'s gateway serves the route `llm` and an AI input with
+/// `budgets` budgets and the caller `key_id` (learned from the store, as a
+/// replica does).
+async fn wait_for_replica(app: &TestApp, key_id: &str, budgets: usize) {
+    let state = &app.running.as_ref().expect("running").state;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = {
+            let input = state.subscribe().borrow().clone();
+            input.ai.budgets.len() == budgets
+                && input.ai.keys.iter().any(|k| k.id == key_id)
+                && !input.ai.providers.is_empty()
+                && input.gateway.routes.iter().any(|r| r.id == "llm")
+        };
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never learned of the AI setup"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.settle().await;
+    settle_ai(app).await;
+}
+
+#[tokio::test]
+async fn two_gateway_processes_never_spend_past_a_budget_together() {
+    let Some(url) = crate::support::postgres_schema_url().await else {
+        return;
+    };
+    let (a, b) = crate::scale_out::pair_on(&url, None).await;
+    let per = cost(MODEL, priced_usage());
+    let reserve = worst(MODEL, &priced_request(), 1000);
+    // Room for about 20 worst cases at once, over both processes.
+    let limit = 20 * reserve + reserve / 2;
+    let s = setup_on(
+        a,
+        &[json!({"name": "shared", "period": "daily",
+                  "limit_usd": format!("0.{limit:06}"), "action_on_exceed": "block"})],
+    )
+    .await;
+    wait_for_replica(&b, &s.key_id, 1).await;
+    let urls = (0..200)
+        .map(|i| {
+            if i % 2 == 0 {
+                s.app.gw("/v1/chat/completions")
+            } else {
+                b.gw("/v1/chat/completions")
+            }
+        })
+        .collect();
+    let tasks = priced_burst(&s, urls);
+    let mut ok = [0i64; 2];
+    let mut refused = 0i64;
+    for (i, t) in tasks.into_iter().enumerate() {
+        let which = i % 2;
+        let (status, body) = t.await.expect("task");
+        match status {
+            StatusCode::OK => ok[which] += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                assert_eq!(body["details"]["budget"], "shared", "{body}");
+                let m = body["error"].as_str().unwrap_or_default();
+                assert!(
+                    m.contains("\"shared\" (daily)"),
+                    "the refusal names the budget: {body}"
+                );
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let total = ok[0] + ok[1];
+    assert_eq!(total + refused, 200);
+    assert!(refused > 0, "the budget refused none");
+    assert!(
+        ok[0] > 0 && ok[1] > 0,
+        "both processes relayed requests: {ok:?}"
+    );
+    // Zero overshoot: together they spent no more than the limit.
+    assert!(
+        total * per <= limit,
+        "{total} requests of {per} passed a limit of {limit} (by process: {ok:?})"
+    );
+    let v = usage_with(&s.app, total, "").await;
+    assert_eq!(v["totals"]["cost_micros"].as_i64(), Some(total * per));
+    // The replica stops and gives back what it holds unspent: what is left
+    // of the budget is usable from the other process.
+    b.stop().await;
+    // (The other trusts for a moment that too little was unleased.)
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    if limit - total * per >= reserve {
         assert_eq!(
             post_chat(&s, &priced_request()).await.status(),
             StatusCode::OK

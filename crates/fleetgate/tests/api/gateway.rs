@@ -368,14 +368,14 @@ async fn active_health_checks_eject_and_restore_targets() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn circuit_breaker_opens_half_opens_and_closes_with_exact_counts() {
-    let app = spawn_app().await;
+/// An upstream `svc` without retries whose breaker stays open `open_ms`, behind route
+/// `r` at `/`, served by the gateway.
+pub async fn breaker_setup(app: &TestApp, open_ms: u64) -> upstream::Upstream {
     let up = upstream::spawn("flaky").await;
     app.post_ok(
         "/api/v1/upstreams",
         json!({"name": "svc", "targets": [{"url": up.url()}], "retries": {"attempts": 0},
-               "circuit_breaker": {"open_ms": 700}}),
+               "circuit_breaker": {"open_ms": open_ms}}),
     )
     .await;
     app.post_ok(
@@ -384,6 +384,13 @@ async fn circuit_breaker_opens_half_opens_and_closes_with_exact_counts() {
     )
     .await;
     app.settle().await;
+    up
+}
+
+#[tokio::test]
+async fn circuit_breaker_opens_half_opens_and_closes_with_exact_counts() {
+    let app = spawn_app().await;
+    let up = breaker_setup(&app, 700).await;
     let c = Client::new();
     // 5 successes then 5 failures: the 10th request makes 50% of 10 and opens it.
     for i in 0..10 {

@@ -186,7 +186,8 @@ fn bearer() -> (&'static str, String) {
 
 #[test]
 fn version_and_config_check() {
-    let out = Command::new(BIN).arg("version").output().expect("run");
+    // (`version` itself: version_names_the_commit_and_the_build_profile.)
+    let out = Command::new(BIN).arg("--version").output().expect("run");
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -266,7 +267,7 @@ fn migrate_prepares_the_store() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout)
-        .contains("[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]"));
+        .contains("[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]"));
     assert!(dir.path().join("fleetgate.db").exists());
 }
 
@@ -949,4 +950,245 @@ fn ai_keys_never_reach_the_logs() {
     ] {
         assert!(!out.contains(secret), "{secret} is in the output");
     }
+}
+
+#[test]
+fn version_names_the_commit_and_the_build_profile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = command(dir.path()).arg("version").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rest = text
+        .trim()
+        .strip_prefix(&format!("fleetgate {} (commit ", env!("CARGO_PKG_VERSION")))
+        .unwrap_or_else(|| panic!("{text}"));
+    let (commit, profile) = rest.split_once(", ").unwrap_or_else(|| panic!("{text}"));
+    let hash = commit.strip_suffix("+dirty").unwrap_or(commit);
+    assert!(
+        hash == "unknown" || (hash.len() == 12 && hash.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{text}"
+    );
+    // The tests run a debug build.
+    assert_eq!(profile, "debug build)", "{text}");
+}
+
+/// Each shell's completion script, checked by that shell's own parser;
+/// a shell that is not installed is skipped (CI installs them all and sets
+/// `FLEETGATE_TEST_SHELLS`, so there none may be missing).
+#[test]
+fn completion_scripts_parse_in_their_shells_and_the_manual_page_lists_the_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let required = std::env::var_os("FLEETGATE_TEST_SHELLS").is_some();
+    for (shell, check) in [
+        ("bash", &["-n"][..]),
+        ("zsh", &["-n"][..]),
+        ("fish", &["--no-execute"][..]),
+    ] {
+        let out = command(dir.path())
+            .args(["completions", shell])
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = String::from_utf8_lossy(&out.stdout).to_string();
+        for sub in ["serve", "manager", "edge", "completions", "version"] {
+            assert!(script.contains(sub), "{shell} completes {sub}");
+        }
+        let file = dir.path().join(format!("fleetgate.{shell}"));
+        std::fs::write(&file, &script).expect("write script");
+        match Command::new(shell).args(check).arg(&file).output() {
+            Ok(parsed) => assert!(
+                parsed.status.success(),
+                "{shell} refuses the completion script: {}",
+                String::from_utf8_lossy(&parsed.stderr)
+            ),
+            Err(e) if !required => eprintln!("skipping the {shell} check: cannot run {shell}: {e}"),
+            Err(e) => panic!("cannot run {shell} (FLEETGATE_TEST_SHELLS is set): {e}"),
+        }
+    }
+    let out = command(dir.path())
+        .args(["completions", "powershell"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("powershell"));
+
+    let out = command(dir.path()).arg("man").output().expect("run");
+    assert!(out.status.success());
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie"),
+        "roff: {}",
+        &page[..page.len().min(200)]
+    );
+    assert!(page.contains(".TH fleetgate"), "a manual page title");
+    for sub in [
+        "serve",
+        "manager",
+        "edge",
+        "relay",
+        "migrate",
+        "completions",
+    ] {
+        assert!(page.contains(sub), "the manual page lists {sub}");
+    }
+}
+
+#[test]
+fn healthcheck_exits_zero_for_a_ready_manager_and_one_otherwise() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Proc::start(dir.path(), &[]);
+    let out = command(dir.path())
+        .args(["healthcheck", "--listen", &format!("0.0.0.0:{}", p.port)])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A wildcard listen address is asked on loopback.
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains(&format!("ready: http://127.0.0.1:{}/health/ready", p.port)));
+    drop(p);
+    let closed = free_port();
+    let out = command(dir.path())
+        .args([
+            "healthcheck",
+            "--listen",
+            &format!("127.0.0.1:{closed}"),
+            "--timeout-secs",
+            "2",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not ready"));
+}
+
+/// The shipped systemd unit passes `systemd-analyze verify` (with this
+/// build's binary in ExecStart) and its sandbox scores OK (exposure under
+/// 2.0 of 10) in `systemd-analyze security`; skipped without systemd-analyze.
+#[test]
+fn the_systemd_unit_verifies_and_is_locked_down() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/systemd/fleetgate.service"),
+    )
+    .expect("the unit file");
+    assert!(unit.contains("ExecStart=/usr/local/bin/fleetgate serve"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("fleetgate.service");
+    std::fs::write(&file, unit.replace("/usr/local/bin/fleetgate", BIN)).expect("write");
+    let verify = match Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&file)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("skipping the unit check: cannot run systemd-analyze: {e}");
+            return;
+        }
+    };
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=19"])
+        .arg(&file)
+        .output()
+        .expect("systemd-analyze security");
+    let text = String::from_utf8_lossy(&security.stdout);
+    assert!(
+        security.status.success(),
+        "exposure above 1.9: {}",
+        text.lines().last().unwrap_or_default()
+    );
+    assert!(text.contains("Overall exposure level"), "{text}");
+}
+
+#[test]
+fn the_log_filter_changes_while_the_process_runs_and_the_change_is_audited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Proc::start(dir.path(), &[("FLEETGATE_LOG_LEVEL", "warn")]);
+    let (k, v) = bearer();
+    let auth = [(k, v.as_str())];
+    let (status, body) = http(p.port, "GET", "/api/v1/settings/logging", None, &auth).expect("get");
+    assert_eq!(status, 200, "{body}");
+    let view: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (view["level"].as_str(), view["format"].as_str()),
+        (Some("warn"), Some("pretty"))
+    );
+    let put = |level: &str| {
+        http(
+            p.port,
+            "PUT",
+            "/api/v1/settings/logging",
+            Some(&json!({ "level": level })),
+            &auth,
+        )
+        .expect("put")
+    };
+    // At info, the change's own info line is written (after the change).
+    let (status, body) = put("info,fleetgate_proxy=debug");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["level"],
+        "info,fleetgate_proxy=debug"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !p.log().contains("log filter changed") {
+        assert!(
+            Instant::now() < deadline,
+            "no info line at info:\n{}",
+            p.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // At error, it is not.
+    assert_eq!(put("error").0, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        p.log().matches("log filter changed").count(),
+        1,
+        "{}",
+        p.log()
+    );
+    // Refused, naming what is wrong; nothing changes.
+    for bad in ["loud", "info,", "fleetgate proxy=debug"] {
+        let (status, body) = put(bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("level:"), "{body}");
+    }
+    let (_, body) = http(p.port, "GET", "/api/v1/settings/logging", None, &auth).expect("get");
+    assert!(body.contains("\"level\":\"error\""), "{body}");
+    // Without credentials: refused.
+    let (status, _) = http(
+        p.port,
+        "PUT",
+        "/api/v1/settings/logging",
+        Some(&json!({"level": "trace"})),
+        &[],
+    )
+    .expect("put");
+    assert_eq!(status, 401);
+    let (_, body) = http(
+        p.port,
+        "GET",
+        "/api/v1/audit?action=settings.logging.update",
+        None,
+        &auth,
+    )
+    .expect("audit");
+    let audit: Value = serde_json::from_str(&body).expect("json");
+    let items = audit["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{audit}");
+    assert_eq!(items[0]["before"]["level"], "info,fleetgate_proxy=debug");
+    assert_eq!(items[0]["after"]["level"], "error");
 }

@@ -697,7 +697,7 @@ async fn a_flecto_agent_syncs_from_fleetgate() {
 }
 
 /// Polls the gateway until `check` accepts its answer for `host` + `uri`.
-async fn gateway_until(
+pub(crate) async fn gateway_until(
     app: &TestApp,
     host: &str,
     uri: &str,

@@ -51,7 +51,7 @@ async function find(q) {
       .map(({ ns, project, rule }) => [`#/redirects/${enc(ns)}/${enc(project)}`, rule.source || rule.path || rule.id,
         `${ns}/${project}${rule.destination ? ` → ${rule.destination}` : ''}`])],
     ['Events', events.filter((e) => hit([e.type, e.message, e.route_id || '', e.upstream || '', e.node_id || ''], ws)).slice(0, PER_KIND)
-      .map((e) => ['#/events', e.message, e.type])],
+      .map((e) => [`#/events/${e.id}`, e.message, e.type])],
   ];
 }
 

@@ -68,7 +68,7 @@ export function table(columns, rows, { empty = 'Nothing here yet.', rowAttrs } =
 }
 
 /// Orders numbers as numbers, the rest as text; empty values last.
-function compare(a, b) {
+export function compare(a, b) {
   const empty = (v) => v === null || v === undefined || v === '';
   if (empty(a) || empty(b)) return empty(a) - empty(b);
   if (typeof a === 'number' && typeof b === 'number') return a - b;

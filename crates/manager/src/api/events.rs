@@ -158,6 +158,34 @@ fn event_id(raw: &str) -> ApiResult<i64> {
     })
 }
 
+/// The event `id` if the caller may see it (a node-scoped key sees its nodes' events).
+async fn visible_event(state: &AppState, auth: &AuthContext, id: i64) -> ApiResult<EventRecord> {
+    let e = state
+        .store
+        .get_event(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("event {id}")))?;
+    if !limited(EventFilter::default(), auth)
+        .node_ids
+        .is_none_or(|ids| e.event.node_id.as_ref().is_none_or(|n| ids.contains(n)))
+    {
+        return Err(ApiError::not_found(format!("event {id}")));
+    }
+    Ok(e)
+}
+
+#[utoipa::path(get, path = "/api/v1/events/{id}", operation_id = "get_event", tag = "events",
+    params(("id" = String, Path, description = "Event id")),
+    responses((status = 200, description = "The event", body = EventView)))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EventView>> {
+    let id = event_id(&id)?;
+    Ok(Json(event_view(&visible_event(&state, &auth, id).await?)))
+}
+
 #[utoipa::path(post, path = "/api/v1/events/{id}/ack", operation_id = "ack_event", tag = "events",
     params(("id" = String, Path, description = "Event id")),
     responses((status = 200, description = "Acknowledged (or already acknowledged)", body = EventView)))]
@@ -167,17 +195,7 @@ pub async fn ack(
     Path(id): Path<String>,
 ) -> ApiResult<Json<EventView>> {
     let id = event_id(&id)?;
-    let e = state
-        .store
-        .get_event(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("event {id}")))?;
-    if !limited(EventFilter::default(), &auth)
-        .node_ids
-        .is_none_or(|ids| e.event.node_id.as_ref().is_none_or(|n| ids.contains(n)))
-    {
-        return Err(ApiError::not_found(format!("event {id}")));
-    }
+    visible_event(&state, &auth, id).await?;
     if state
         .store
         .ack_event(id, &auth.actor.name, now_ms())

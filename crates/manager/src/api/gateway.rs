@@ -275,13 +275,7 @@ pub async fn upstream_health(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Vec<TargetHealth>>> {
     load(&state, UPSTREAM_KIND, &name, "upstream").await?;
-    let Some(dp) = state.data_plane.get() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NO_DATA_PLANE",
-            "no gateway runs in this process",
-        ));
-    };
+    let dp = in_process_data_plane(&state)?;
     // The data plane may not have applied the newest revision yet.
     let status = dp.fresh().await;
     Ok(Json(
@@ -298,14 +292,63 @@ pub async fn circuit_breakers(
     State(state): State<AppState>,
     _auth: AuthContext,
 ) -> ApiResult<Json<Vec<BreakerStatus>>> {
-    let Some(dp) = state.data_plane.get() else {
-        return Err(ApiError::new(
+    let dp = in_process_data_plane(&state)?;
+    Ok(Json(dp.fresh().await.breakers()))
+}
+
+/// The gateway running in this process, or 503 `NO_DATA_PLANE`.
+fn in_process_data_plane(state: &AppState) -> ApiResult<&crate::DataPlane> {
+    state.data_plane.get().ok_or_else(|| {
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "NO_DATA_PLANE",
             "no gateway runs in this process",
-        ));
-    };
-    Ok(Json(dp.fresh().await.breakers()))
+        )
+    })
+}
+
+/// A breaker closed by hand.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BreakerResetView {
+    /// `closed`, `open` or `half_open` before the reset.
+    pub was: String,
+    /// Whether the reset changed anything (false: it was closed already).
+    pub changed: bool,
+    pub breaker: BreakerStatus,
+}
+
+#[utoipa::path(post, path = "/api/v1/circuit-breakers/{upstream}/reset", operation_id = "reset_circuit_breaker", tag = "gateway",
+    params(("upstream" = String, Path, description = "Upstream name")),
+    responses(
+        (status = 200, description = "The breaker is closed: requests flow to the upstream again (admins only; audited)", body = BreakerResetView),
+        (status = 403, description = "Not an admin"),
+        (status = 404, description = "The data plane has no such upstream")))]
+pub async fn reset_circuit_breaker(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    Path(upstream): Path<String>,
+) -> ApiResult<Json<BreakerResetView>> {
+    auth.require(Role::Admin)?;
+    let dp = in_process_data_plane(&state)?;
+    let reset = dp
+        .control
+        .reset_breaker(&upstream)
+        .ok_or_else(|| ApiError::not_found(format!("upstream {upstream:?} in the data plane")))?;
+    let changed = reset.was != "closed";
+    state
+        .store
+        .append_audit(
+            &auth.actor,
+            fleetgate_store::AuditEvent::new("circuit_breaker.reset", "upstream", Some(&upstream))
+                .before(serde_json::json!({ "state": reset.was }))
+                .after(serde_json::json!({ "state": reset.breaker.state })),
+        )
+        .await?;
+    Ok(Json(BreakerResetView {
+        was: reset.was,
+        changed,
+        breaker: reset.breaker,
+    }))
 }
 
 /// The data plane in this process as it reports itself.
@@ -325,13 +368,7 @@ pub async fn data_plane(
     State(state): State<AppState>,
     _auth: AuthContext,
 ) -> ApiResult<Json<DataPlaneView>> {
-    let Some(dp) = state.data_plane.get() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NO_DATA_PLANE",
-            "no gateway runs in this process",
-        ));
-    };
+    let dp = in_process_data_plane(&state)?;
     let status = dp.fresh().await;
     let published_revision = state.revision();
     Ok(Json(DataPlaneView {

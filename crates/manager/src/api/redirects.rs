@@ -475,6 +475,10 @@ pub struct RedirectView {
     /// The rule as agents are served it now, if it was ever published.
     pub published: Option<Redirect>,
     pub updated_at: String,
+    /// In listings: requests the gateway in this process answered with the published
+    /// rule since it started (null for a rule never published); absent when no
+    /// gateway runs here.
+    pub hits: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -487,6 +491,8 @@ pub struct PageView {
     pub state: DraftState,
     pub published: Option<Page>,
     pub updated_at: String,
+    /// In listings: requests answered with the published page (see `RedirectView`).
+    pub hits: Option<u64>,
 }
 
 pub(crate) fn row_json<R: Rule + Serialize>(row: &RuleRow) -> ApiResult<Value> {
@@ -538,17 +544,62 @@ async fn list_rules<R: Rule + Serialize>(
         kind,
         q: q.text("q").map(str::to_string),
         include_deleted: q.flag("include_deleted")?,
+        drafts_only: q.flag("drafts")?,
     };
     let rows = state
         .store
         .list_rules(R::TABLE, &p.id, &filter, page)
         .await?;
+    let hits = published_hits(state, &p, R::TABLE).await;
     let items = rows
         .items
         .iter()
-        .map(row_json::<R>)
+        .map(|row| {
+            let mut v = row_json::<R>(row)?;
+            if let (Value::Object(m), Some(hits)) = (&mut v, &hits) {
+                // Requests the gateway answered with the published rule, if published.
+                let n = row.published.as_ref().map(|d| {
+                    hits.get(&(d.kind.clone(), d.key.clone()))
+                        .copied()
+                        .unwrap_or(0)
+                });
+                m.insert("hits".into(), json!(n));
+            }
+            Ok(v)
+        })
         .collect::<ApiResult<_>>()?;
     Ok(Json(ListEnvelope::new(items, rows.total, page)))
+}
+
+/// Requests the gateway in this process answered with each published rule of
+/// `table` in project `p`, by (type, source or path): counted since the gateway
+/// started, carried over publishes for rules that stayed. `None` without a gateway
+/// here or before it serves the version published.
+async fn published_hits(
+    state: &AppState,
+    p: &ProjectRecord,
+    table: RuleTable,
+) -> Option<std::collections::HashMap<(String, String), u64>> {
+    let dp = state.data_plane.get()?;
+    let hits = dp.control.site_hits(&p.id)?;
+    let site = state.sites.lock().await.get(&p.id).cloned()?;
+    if site.version != hits.version {
+        return None;
+    }
+    Some(match table {
+        RuleTable::Redirects => site
+            .redirects
+            .iter()
+            .zip(hits.redirects)
+            .map(|(r, n)| ((r.kind.as_str().to_string(), r.source.clone()), n))
+            .collect(),
+        RuleTable::Pages => site
+            .pages
+            .iter()
+            .zip(hits.pages)
+            .map(|(pg, n)| ((pg.kind.as_str().to_string(), pg.path.clone()), n))
+            .collect(),
+    })
 }
 
 async fn create_rule<R: Rule + Serialize>(
@@ -631,6 +682,8 @@ pub struct RuleQuery {
     pub q: Option<String>,
     /// Also list rules deleted in the draft.
     pub include_deleted: Option<bool>,
+    /// Only rules with an unpublished change (drafts).
+    pub drafts: Option<bool>,
     pub limit: Option<i64>,
     pub offset: Option<i64>,
 }
@@ -1542,4 +1595,212 @@ mod tests {
             }
         }
     }
+}
+
+/// Which rule set a URL is tried against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TestSet {
+    /// The working set: the published rules with the drafts applied.
+    Draft,
+    /// The rules served now.
+    Published,
+}
+
+/// The rule a URL matched.
+#[derive(Serialize, ToSchema)]
+pub struct MatchedRule {
+    /// `redirect` or `page`.
+    pub kind: &'static str,
+    pub id: i64,
+    /// `BASIC`, `BASIC_HOST`, `REGEX` or `REGEX_HOST`.
+    #[serde(rename = "type")]
+    pub rule_type: String,
+    /// The redirect's source or the page's path.
+    pub source: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UrlTestResult {
+    /// The rule set tried: `draft` or `published`.
+    pub which: &'static str,
+    /// The `Host` and request-target the URL was matched as.
+    pub host: String,
+    pub uri: String,
+    /// Whether a rule answers the URL.
+    pub matched: bool,
+    pub rule: Option<MatchedRule>,
+    /// The answer's status: 301, 302, 307 or 308 for a redirect, 200 for a page.
+    pub status: Option<u16>,
+    /// The redirect's `Location`.
+    pub location: Option<String>,
+    /// The page's media type and its first 2,000 characters.
+    pub content_type: Option<String>,
+    pub content: Option<String>,
+    /// Rules left out of the set because they cannot be compiled.
+    pub skipped: usize,
+}
+
+/// Longest URL the tester takes.
+const MAX_TEST_URL: usize = 4096;
+
+/// Splits a tester URL into the raw `Host` and the request-target.
+fn split_test_url(url: &str, default_host: &str) -> ApiResult<(String, String)> {
+    let bad = |m: &str| ApiError::bad_request("url", m.to_string());
+    if url.is_empty() {
+        return Err(bad("is required"));
+    }
+    if url.len() > MAX_TEST_URL {
+        return Err(bad(&format!("must be at most {MAX_TEST_URL} bytes")));
+    }
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(bad("must not contain spaces or control characters"));
+    }
+    // A fragment never reaches the server.
+    let url = url.split('#').next().unwrap_or_default();
+    if url.starts_with('/') && !url.starts_with("//") {
+        return Ok((default_host.to_string(), url.to_string()));
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| bad("must start with http:// or https://, or be a path starting with /"))?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (host, target) = rest.split_at(end);
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    if host.contains('@') {
+        return Err(bad("must not contain user information (user@)"));
+    }
+    let uri = match target.chars().next() {
+        None => "/".to_string(),
+        Some('?') => format!("/{target}"),
+        Some(_) => target.to_string(),
+    };
+    Ok((host.to_string(), uri))
+}
+
+/// Every rule row of `table` in the project, deleted drafts included, in id order.
+async fn all_rows(state: &AppState, table: RuleTable, project_id: &str) -> ApiResult<Vec<RuleRow>> {
+    let filter = RuleFilter {
+        include_deleted: true,
+        ..Default::default()
+    };
+    let mut out: Vec<RuleRow> = Vec::new();
+    loop {
+        let page = PageRequest {
+            limit: crate::extract::MAX_PAGE,
+            offset: out.len() as i64,
+        };
+        let got = state
+            .store
+            .list_rules(table, project_id, &filter, page)
+            .await?;
+        let n = got.items.len();
+        out.extend(got.items);
+        if n == 0 || out.len() as i64 >= got.total {
+            return Ok(out);
+        }
+    }
+}
+
+/// The rules of one set with their ids: the working set or the published one.
+fn set_of<R: Rule>(rows: &[RuleRow], which: TestSet) -> ApiResult<Vec<(i64, R)>> {
+    rows.iter()
+        .filter_map(|row| {
+            match which {
+                TestSet::Draft => (row.state != DraftState::Deleted).then_some(&row.working),
+                TestSet::Published => row.published.as_ref(),
+            }
+            .map(|d| R::from_data(d).map(|r| (row.id, r)))
+        })
+        .collect()
+}
+
+/// A read, so viewers may use it too: nothing is written and no hit is counted.
+#[utoipa::path(get, path = "/api/v1/namespaces/{ns}/projects/{project}/test", operation_id = "test_project_url", tag = "redirects",
+    params(("ns" = String, Path, description = "Namespace"), ("project" = String, Path, description = "Project"),
+        ("url" = String, Query, description = "`http://host[:port]/path?query` (the host as a client sends it in `Host`), or a path starting with `/`, tried on the project's first host; at most 4096 bytes"),
+        ("which" = Option<String>, Query, description = "`draft` (the default: the published rules with the unpublished changes applied) or `published` (the rules served now)")),
+    responses((status = 200, description = "What the rule set answers the URL with: the rule that matches and its answer, or that none does", body = UrlTestResult)))]
+pub async fn test_url(
+    State(state): State<AppState>,
+    _auth: AuthContext,
+    Path((ns, name)): Path<(String, String)>,
+    q: QueryParams,
+) -> ApiResult<Json<UrlTestResult>> {
+    let which = match q.text("which") {
+        None | Some("draft") => TestSet::Draft,
+        Some("published") => TestSet::Published,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "which",
+                format!("must be draft or published, got {other:?}"),
+            ))
+        }
+    };
+    let url = q.text("url").unwrap_or_default().to_string();
+    let p = project(&state, &ns, &name).await?;
+    let default_host = p.hosts.first().map(String::as_str).unwrap_or("");
+    let (host, uri) = split_test_url(&url, default_host)?;
+    let redirects: Vec<(i64, Redirect)> =
+        set_of(&all_rows(&state, RuleTable::Redirects, &p.id).await?, which)?;
+    let pages: Vec<(i64, Page)> = set_of(&all_rows(&state, RuleTable::Pages, &p.id).await?, which)?;
+    let set = fleetgate_core::redirects::matcher::RuleSet::build(
+        redirects.iter().map(|(_, r)| r.clone()).collect(),
+        pages.iter().map(|(_, r)| r.clone()).collect(),
+    );
+    let mut out = UrlTestResult {
+        which: match which {
+            TestSet::Draft => "draft",
+            TestSet::Published => "published",
+        },
+        host,
+        uri,
+        matched: false,
+        rule: None,
+        status: None,
+        location: None,
+        content_type: None,
+        content: None,
+        skipped: set.skipped().len(),
+    };
+    use fleetgate_core::redirects::matcher::{Hit, RuleRef};
+    if let Some((rule, hit)) = set.lookup_rule(&out.host, &out.uri) {
+        out.matched = true;
+        out.rule = match rule {
+            RuleRef::Redirect(i) => redirects.get(i).map(|(id, r)| MatchedRule {
+                kind: "redirect",
+                id: *id,
+                rule_type: r.kind.as_str().into(),
+                source: r.source.clone(),
+            }),
+            RuleRef::Page(i) => pages.get(i).map(|(id, pg)| MatchedRule {
+                kind: "page",
+                id: *id,
+                rule_type: pg.kind.as_str().into(),
+                source: pg.path.clone(),
+            }),
+        };
+        match hit {
+            Hit::Redirect { status, location } => {
+                out.status = Some(status.code());
+                out.location = Some(location.into_owned());
+            }
+            Hit::Page {
+                content,
+                content_type,
+            } => {
+                out.status = Some(200);
+                out.content_type = Some(content_type.mime().into());
+                out.content = Some(
+                    String::from_utf8_lossy(content)
+                        .chars()
+                        .take(2000)
+                        .collect(),
+                );
+            }
+        }
+    }
+    Ok(Json(out))
 }

@@ -63,3 +63,84 @@ pub async fn put(
     let version = committed.record.map_or(0, |r| r.version);
     Ok(respond(&settings, version))
 }
+
+/// The log filter in force in this process.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct LoggingView {
+    /// Comma-separated directives: a level (`info`) or `module=level`.
+    pub level: String,
+    /// `pretty` or `json` (set at start by `log.format`).
+    pub format: String,
+    /// What a change applies to.
+    pub scope: &'static str,
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingInput {
+    /// Comma-separated directives, each a level (`off`, `error`, `warn`,
+    /// `info`, `debug`, `trace`) or `module::path=level`.
+    #[schema(example = "info,fleetgate_proxy=debug")]
+    pub level: String,
+}
+
+const LOGGING_SCOPE: &str = "this process, until it restarts (then log.level applies)";
+
+fn logging_view() -> ApiResult<LoggingView> {
+    let (level, format) = crate::logging::current().ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "LOGGING_NOT_CHANGEABLE",
+            "this process's logging was not set up to be changed while it runs",
+        )
+    })?;
+    Ok(LoggingView {
+        level,
+        format,
+        scope: LOGGING_SCOPE,
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/settings/logging", operation_id = "get_logging", tag = "settings",
+    responses(
+        (status = 200, description = "The log filter in force in this process", body = LoggingView),
+        (status = 503, description = "This process's logging cannot be changed", body = crate::error::ErrorBody),
+    ))]
+pub async fn get_logging(_auth: AuthContext) -> ApiResult<Json<LoggingView>> {
+    Ok(Json(logging_view()?))
+}
+
+#[utoipa::path(put, path = "/api/v1/settings/logging", operation_id = "put_logging", tag = "settings", request_body = LoggingInput,
+    responses(
+        (status = 200, description = "The new filter is in force in this process (audited `settings.logging.update`)", body = LoggingView),
+        (status = 400, description = "The filter is not valid", body = crate::error::ErrorBody),
+        (status = 503, description = "This process's logging cannot be changed", body = crate::error::ErrorBody),
+    ))]
+pub async fn put_logging(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    JsonBody(input): JsonBody<LoggingInput>,
+) -> ApiResult<Json<LoggingView>> {
+    auth.require(Role::Admin)?;
+    let (before, after) = crate::logging::set(&input.level).map_err(|e| match e {
+        crate::logging::SetError::Invalid(m) => ApiError::bad_request("level", m),
+        crate::logging::SetError::NotInstalled => logging_view()
+            .err()
+            .unwrap_or_else(|| ApiError::bad_request("level", "not changeable")),
+    })?;
+    tracing::info!(before = %before, after = %after, by = %auth.actor.name, "log filter changed");
+    state
+        .store
+        .append_audit(
+            &auth.actor,
+            fleetgate_store::AuditEvent::new(
+                "settings.logging.update",
+                "settings",
+                Some("logging"),
+            )
+            .before(serde_json::json!({ "level": before }))
+            .after(serde_json::json!({ "level": after })),
+        )
+        .await?;
+    Ok(Json(logging_view()?))
+}

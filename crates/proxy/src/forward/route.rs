@@ -155,7 +155,8 @@ pub(super) fn redirect_or_page(
     }
     let set = local.for_host(host).or(remote.as_deref())?;
     let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let hit = set.lookup(host, target)?;
+    let (rule, hit) = set.lookup_rule(host, target)?;
+    set.count_hit(rule);
     let mut resp = match hit {
         Hit::Page {
             content,

@@ -4,7 +4,7 @@
 
 use crate::redirects::{compile_regex, encode_location, Page, PageType, Redirect, RedirectType};
 
-use super::literal_prefix;
+use super::{literal_prefix, RuleRef};
 
 /// The answer for `host` and `uri` over `redirects` and `pages`, found by trying every
 /// rule (see the [module documentation](super) for the rule): the status (200 for a
@@ -15,33 +15,49 @@ pub fn naive_lookup(
     host: &str,
     uri: &str,
 ) -> Option<(u16, String)> {
+    naive_lookup_rule(redirects, pages, host, uri).map(|(_, status, answer)| (status, answer))
+}
+
+/// As [`naive_lookup`], with the rule that answered (its position in `redirects` or
+/// `pages`).
+pub fn naive_lookup_rule(
+    redirects: &[Redirect],
+    pages: &[Page],
+    host: &str,
+    uri: &str,
+) -> Option<(RuleRef, u16, String)> {
     let host_uri = format!("{host}{uri}");
     // Redirects before pages. Exact types: the last rule with the key wins.
     for (kind, key) in [
         (RedirectType::BasicHost, host_uri.as_str()),
         (RedirectType::Basic, uri),
     ] {
-        if let Some(r) = redirects
+        if let Some(i) = redirects
             .iter()
-            .rev()
-            .find(|r| r.kind == kind && r.source == key)
+            .rposition(|r| r.kind == kind && r.source == key)
         {
-            return Some((r.status.code(), encode_location(&r.target).into_owned()));
+            let r = &redirects[i];
+            return Some((
+                RuleRef::Redirect(i),
+                r.status.code(),
+                encode_location(&r.target).into_owned(),
+            ));
         }
     }
     for (kind, key) in [
         (RedirectType::RegexHost, host_uri.as_str()),
         (RedirectType::Regex, uri),
     ] {
-        let mut candidates: Vec<(&Redirect, regex::bytes::Regex)> = redirects
+        let mut candidates: Vec<(usize, &Redirect, regex::bytes::Regex)> = redirects
             .iter()
-            .filter(|r| r.kind == kind)
-            .filter(|r| key.starts_with(literal_prefix(&r.source).as_str()))
-            .filter_map(|r| Some((r, compile_regex(&r.source).ok()?)))
+            .enumerate()
+            .filter(|(_, r)| r.kind == kind)
+            .filter(|(_, r)| key.starts_with(literal_prefix(&r.source).as_str()))
+            .filter_map(|(i, r)| Some((i, r, compile_regex(&r.source).ok()?)))
             .collect();
         // Stable: equal lengths keep list order.
-        candidates.sort_by_key(|(r, _)| std::cmp::Reverse(r.source.len()));
-        for (r, re) in candidates {
+        candidates.sort_by_key(|(_, r, _)| std::cmp::Reverse(r.source.len()));
+        for (i, r, re) in candidates {
             let Some(caps) = re.captures(key.as_bytes()) else {
                 continue;
             };
@@ -59,15 +75,19 @@ pub fn naive_lookup(
                 };
                 location = location.replace(&placeholder, &group(i));
             }
-            return Some((r.status.code(), encode_location(&location).into_owned()));
+            return Some((
+                RuleRef::Redirect(i),
+                r.status.code(),
+                encode_location(&location).into_owned(),
+            ));
         }
     }
     for (kind, key) in [
         (PageType::BasicHost, host_uri.as_str()),
         (PageType::Basic, uri),
     ] {
-        if let Some(p) = pages.iter().rev().find(|p| p.kind == kind && p.path == key) {
-            return Some((200, p.content.clone()));
+        if let Some(i) = pages.iter().rposition(|p| p.kind == kind && p.path == key) {
+            return Some((RuleRef::Page(i), 200, pages[i].content.clone()));
         }
     }
     None

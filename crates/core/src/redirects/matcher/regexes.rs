@@ -139,15 +139,18 @@ pub(super) struct RegexRule {
     pub source: Box<str>,
     pub target: Box<str>,
     pub status: RedirectStatus,
+    /// Position of the redirect in the list the set was built from.
+    pub index: u32,
     engine: OnceLock<Option<Engine>>,
 }
 
 impl RegexRule {
-    pub fn new(source: String, target: String, status: RedirectStatus) -> Self {
+    pub fn new(source: String, target: String, status: RedirectStatus, index: u32) -> Self {
         Self {
             source: source.into_boxed_str(),
             target: target.into_boxed_str(),
             status,
+            index,
             engine: OnceLock::new(),
         }
     }

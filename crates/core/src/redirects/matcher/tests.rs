@@ -26,10 +26,14 @@ fn page(kind: PageType, path: &str, content: &str, ct: PageContentType) -> Page 
 }
 
 fn answer(set: &RuleSet, host: &str, uri: &str) -> Option<(u16, String)> {
-    set.lookup(host, uri).map(|h| match h {
+    set.lookup(host, uri).map(hit_answer)
+}
+
+fn hit_answer(h: Hit<'_>) -> (u16, String) {
+    match h {
         Hit::Page { content, .. } => (200, String::from_utf8_lossy(content).into_owned()),
         Hit::Redirect { status, location } => (status.code(), location.into_owned()),
-    })
+    }
 }
 
 /// Both the compiled set and the reference give `want`.
@@ -671,6 +675,43 @@ proptest! {
     ) {
         let set = RuleSet::build(redirects.clone(), pages.clone());
         prop_assert_eq!(answer(&set, host, &uri), naive_lookup(&redirects, &pages, host, &uri));
+    }
+
+    /// The rule a lookup reports is the one whose answer it returns: the reference
+    /// names the same rule, that rule alone gives the same answer, and its hit is
+    /// counted on it and nowhere else.
+    #[test]
+    fn the_rule_reported_is_the_one_that_answers(
+        redirects in arb_rules(),
+        pages in arb_pages(),
+        host in prop::sample::select(vec!["h", "h:1", "x", "h/a", "h/b", "", "H"]),
+        uri in "/[abxyA./?=1z]{0,8}|[ab*]{0,2}",
+    ) {
+        let set = RuleSet::build(redirects.clone(), pages.clone());
+        let got = set.lookup_rule(host, &uri).map(|(rule, hit)| {
+            let (status, text) = hit_answer(hit);
+            (rule, status, text)
+        });
+        prop_assert_eq!(&got, &naive_lookup_rule(&redirects, &pages, host, &uri));
+        let Some((rule, status, text)) = got else {
+            prop_assert_eq!(set.redirect_hits().iter().sum::<u64>(), 0);
+            return Ok(());
+        };
+        let alone = match rule {
+            RuleRef::Redirect(i) => RuleSet::build(vec![redirects[i].clone()], vec![]),
+            RuleRef::Page(i) => RuleSet::build(vec![], vec![pages[i].clone()]),
+        };
+        prop_assert_eq!(answer(&alone, host, &uri), Some((status, text)));
+        set.count_hit(rule);
+        set.count_hit(rule);
+        let mut want_redirects = vec![0; redirects.len()];
+        let mut want_pages = vec![0; pages.len()];
+        match rule {
+            RuleRef::Redirect(i) => want_redirects[i] = 2,
+            RuleRef::Page(i) => want_pages[i] = 2,
+        }
+        prop_assert_eq!(set.redirect_hits(), want_redirects);
+        prop_assert_eq!(set.page_hits(), want_pages);
     }
 
     #[test]

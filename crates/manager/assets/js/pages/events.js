@@ -6,6 +6,7 @@ import { get, post, enc, getAll } from '../api.js';
 import { subscribe } from '../live.js';
 import { h, mount, badge, time, num, toast, attempt, confirm, severityBadge, field, values } from '../ui.js';
 import { pager, debounce, stack, stackRow, formDialog } from '../widgets.js';
+import { crumbs } from '../forms.js';
 
 const LIMIT = 50;
 const SINCE = [
@@ -20,7 +21,8 @@ const SINCE_MS = { '1h': 3600e3, '24h': 86400e3, '7d': 7 * 86400e3, '30d': 30 * 
 // Kept while the dashboard is open, so coming back shows the same selection.
 const filters = { severity: '', category: '', type: '', acknowledged: '', since: '' };
 
-export async function render(main, ctx) {
+export async function render(main, ctx, params = []) {
+  if (params[0]) return detail(main, ctx, params[0]);
   const canAck = ctx.canEdit;
   let offset = 0;
   let items = [];
@@ -98,13 +100,13 @@ export async function render(main, ctx) {
   function detailsOf(e) {
     const facts = [
       ['Source', e.source], ['Category', e.category], ['Route', e.route_id], ['Upstream', e.upstream],
-      ['Node', e.node_id], ['Flow', e.flow_id], ['Event id', e.id],
+      ['Node', e.node_id], ['Flow', e.flow_id], ['Event id', h('a', { href: `#/events/${enc(e.id)}` }, String(e.id))],
       ['Acknowledged', e.acknowledged_at ? `${new Date(e.acknowledged_at).toLocaleString()} by ${e.acknowledged_by}` : null],
     ].filter(([, v]) => v !== null && v !== undefined && v !== '');
     const hasDetails = e.details && typeof e.details === 'object' && Object.keys(e.details).length;
     return h('details', { class: 'event-details' },
       h('summary', {}, e.message),
-      h('dl', {}, facts.map(([k, v]) => [h('dt', {}, k), h('dd', {}, String(v))])),
+      h('dl', {}, facts.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v instanceof Node ? v : String(v))])),
       hasDetails ? h('pre', {}, JSON.stringify(e.details, null, 2)) : null);
   }
 
@@ -343,3 +345,45 @@ export async function render(main, ctx) {
   return () => { alive = false; refreshCounts.cancel(); offs.forEach((off) => off()); };
 }
 
+
+/// One event at #/events/<id>: its message, facts, details and acknowledgement,
+/// the address webhook deliveries and other pages link to.
+async function detail(main, ctx, id) {
+  let e;
+  try {
+    e = await get(`/api/v1/events/${enc(id)}`);
+  } catch (err) {
+    mount(main, crumbs(['Events', '#/events'], `Event ${id}`),
+      h('h1', {}, `Event ${id}`), h('p', { class: 'error-text', role: 'alert' }, err.message));
+    return undefined;
+  }
+  const box = h('section', { class: 'panel', id: 'event-detail' });
+  const link = (label, href, text) => (text ? [h('dt', {}, label), h('dd', {}, h('a', { href }, text))] : null);
+  const fact = (label, v) => (v === null || v === undefined || v === '' ? null : [h('dt', {}, label), h('dd', {}, String(v))]);
+  function draw() {
+    const acked = !!e.acknowledged_at;
+    const hasDetails = e.details && typeof e.details === 'object' && Object.keys(e.details).length;
+    mount(box,
+      h('p', { class: 'event-message' }, severityBadge(e.severity), ' ', e.message),
+      h('dl', { class: 'facts' },
+        fact('Type', e.type), fact('Category', e.category), fact('Source', e.source),
+        [h('dt', {}, 'When'), h('dd', {}, time(e.created_at))],
+        link('Route', `#/routes/edit/${enc(e.route_id)}`, e.route_id),
+        link('Upstream', `#/upstreams/view/${enc(e.upstream)}`, e.upstream),
+        fact('Node', e.node_id), fact('Flow', e.flow_id),
+        [h('dt', {}, 'Status'), h('dd', {}, acked
+          ? `acknowledged ${new Date(e.acknowledged_at).toLocaleString()} by ${e.acknowledged_by}`
+          : 'unacknowledged')]),
+      hasDetails ? h('pre', {}, JSON.stringify(e.details, null, 2)) : null,
+      !acked && ctx.canEdit ? h('button', { type: 'button', id: 'ack-event', onclick: async () => {
+        const r = await attempt(() => post(`/api/v1/events/${enc(e.id)}/ack`), 'Event acknowledged.');
+        if (r) { e = r; draw(); }
+      } }, 'Acknowledge') : null);
+  }
+  draw();
+  mount(main,
+    crumbs(['Events', '#/events'], `Event ${e.id}`),
+    h('h1', {}, `Event ${e.id}: `, h('code', {}, e.type)),
+    box);
+  return undefined;
+}

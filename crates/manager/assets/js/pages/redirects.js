@@ -263,15 +263,54 @@ function stateBadgeOf(state) {
 
 /// A table of rules with type filter, search, paging and add/edit/delete.
 function ruleList(p, spec) {
-  const st = { type: '', q: '', offset: 0, deleted: false, seq: 0 };
+  const st = { type: '', q: '', offset: 0, deleted: false, drafts: false, seq: 0 };
   const tableBox = h('div', { class: 'table-wrap', id: `${spec.kind}-table` });
   const pagerBox = h('div');
+  // Rules picked for a bulk deletion (ids on the page shown), and that page's rows.
+  const selected = new Set();
+  let rows = [];
+  const bulkBox = h('div', { class: 'bulk', id: `${spec.kind}-bulk` });
+
+  function drawBulk() {
+    const n = selected.size;
+    if (!p.operator || !n) { mount(bulkBox); return; }
+    mount(bulkBox, h('span', { class: 'muted' }, `${n} selected`),
+      h('button', { type: 'button', class: 'small danger', onclick: bulkDelete }, 'Delete'),
+      h('button', { type: 'button', class: 'small', onclick: () => { selected.clear(); load(); } }, 'Clear'));
+  }
+
+  /// Deletes the selected rules in the draft, one request each, and says how many
+  /// succeeded and what failed (a rule with no enabled flag has no enable/disable).
+  async function bulkDelete() {
+    const picked = rows.filter((r) => selected.has(r.id));
+    const n = picked.length;
+    const fresh = picked.filter((r) => r.state === 'created').length;
+    if (!await confirm(`Delete ${n} ${spec.noun}${n === 1 ? '' : 's'} in the draft (${picked.map((r) => r[spec.key]).join(', ')})? `
+      + `${fresh ? `${fresh} never published ${fresh === 1 ? 'is' : 'are'} dropped; ` : ''}published ones stay served until you publish.`,
+    { action: `Delete ${spec.noun}s` })) return;
+    const failed = [];
+    let done = 0;
+    for (const r of picked) {
+      try {
+        await del(`${p.base}/${spec.kind}/${r.id}`);
+        selected.delete(r.id);
+        done += 1;
+      } catch (e) {
+        failed.push(`${r[spec.key]}: ${e.message}`);
+      }
+    }
+    toast(failed.length ? `${done} deleted; ${failed.length} failed: ${failed.join('; ')}`
+      : `${done} ${spec.noun}${done === 1 ? '' : 's'} deleted in the draft.`, failed.length ? 'bad' : '');
+    await load();
+    p.refreshHead();
+  }
 
   async function load() {
     const qs = new URLSearchParams({ limit: String(LIMIT), offset: String(st.offset) });
     if (st.type) qs.set('type', st.type);
     if (st.q) qs.set('q', st.q);
     if (st.deleted) qs.set('include_deleted', 'true');
+    if (st.drafts) qs.set('drafts', 'true');
     const seq = ++st.seq;
     const r = await get(`${p.base}/${spec.kind}?${qs}`);
     if (seq !== st.seq) return undefined; // a newer filter's answer wins
@@ -279,7 +318,22 @@ function ruleList(p, spec) {
       st.offset = Math.max(0, Math.floor((r.total - 1) / LIMIT) * LIMIT);
       return load();
     }
+    rows = r.items;
+    for (const id of [...selected]) if (!rows.some((x) => x.id === id && x.state !== 'deleted')) selected.delete(id);
+    const selectable = rows.filter((x) => x.state !== 'deleted');
     const cols = [...spec.columns, { label: 'State', render: (row) => stateBadgeOf(row.state) }];
+    if (p.operator && selectable.length) {
+      const all = h('input', { type: 'checkbox', 'aria-label': `Select all ${spec.noun}s shown`,
+        checked: selectable.every((x) => selected.has(x.id)),
+        onchange: (ev) => {
+          for (const x of selectable) { if (ev.target.checked) selected.add(x.id); else selected.delete(x.id); }
+          for (const box of tableBox.querySelectorAll('input[data-pick]')) box.checked = ev.target.checked;
+          drawBulk();
+        } });
+      cols.unshift({ label: all, class: 'select', render: (row) => (row.state === 'deleted' ? '' : h('input', {
+        type: 'checkbox', 'aria-label': `Select ${row[spec.key]}`, checked: selected.has(row.id), dataset: { pick: '1' },
+        onchange: (ev) => { if (ev.target.checked) selected.add(row.id); else selected.delete(row.id); drawBulk(); } })) });
+    }
     if (p.operator) {
       cols.push({ label: 'Actions', class: 'actions', render: (row) => (row.state === 'deleted' ? '' : [
         h('button', { type: 'button', class: 'small', 'aria-label': `Edit ${row[spec.key]}`,
@@ -287,7 +341,8 @@ function ruleList(p, spec) {
         h('button', { type: 'button', class: 'small danger', 'aria-label': `Delete ${row[spec.key]}`,
           onclick: () => remove(row) }, 'Delete')]) });
     }
-    const filtered = st.type || st.q;
+    const filtered = st.type || st.q || st.drafts;
+    drawBulk();
     mount(tableBox, stack(table(cols, r.items, {
       empty: filtered ? `No ${spec.noun}s match.` : `No ${spec.noun}s yet.`,
       rowAttrs: (row) => ({ class: row.state === 'deleted' ? 'deleted' : undefined, dataset: { id: row.id } }),
@@ -324,6 +379,10 @@ function ruleList(p, spec) {
   const deletedBox = h('label', { class: 'check' },
     h('input', { type: 'checkbox', onchange: (e) => { st.deleted = e.target.checked; st.offset = 0; load(); } }),
     'Show deleted drafts');
+  const draftsBox = h('label', { class: 'check' },
+    h('input', { type: 'checkbox', id: `${spec.kind}-drafts-only`,
+      onchange: (e) => { st.drafts = e.target.checked; st.offset = 0; load(); } }),
+    'Drafts only');
   const el = h('section', { class: 'panel' },
     h('div', { class: 'panel-head' },
       h('h2', { class: 'grow' }, spec.heading),
@@ -334,8 +393,8 @@ function ruleList(p, spec) {
       segmented('Type', [['', 'All'], ...spec.types.map(([t]) => [t, t])], '', (t) => {
         st.type = t; st.offset = 0; load();
       }),
-      searchBox, deletedBox),
-    tableBox, pagerBox);
+      searchBox, draftsBox, deletedBox),
+    bulkBox, tableBox, pagerBox);
   return { el, load };
 }
 
@@ -358,11 +417,61 @@ async function redirectsTab(p) {
         r.published && r.state === 'updated' && (r.published.target !== r.target || r.published.source !== r.source)
           ? h('div', { class: 'was' }, 'published: ', code(`${r.published.source} → ${r.published.target}`)) : null] },
       { label: 'Status', render: (r) => h('span', { title: r.status }, String(STATUS_CODE[r.status] || r.status)) },
+      hitsColumn,
     ],
     dialog: (row) => redirectDialog(p, row),
   });
-  mount(p.body, list.el);
+  mount(p.body, urlTester(p), list.el);
   await list.load();
+}
+
+/// Requests the gateway answered with the published rule (since it started).
+const hitsColumn = { label: 'Hits', class: 'num', render: (r) => {
+  if (r.hits === undefined) return h('span', { class: 'muted', title: 'No gateway runs in this process' }, '—');
+  if (r.hits === null) return h('span', { class: 'muted', title: 'Not published yet' }, '—');
+  return h('span', { title: 'Requests the gateway answered with the published rule since it started' }, num(r.hits));
+} };
+
+/// "What does this URL do": a URL tried against the draft or the published
+/// rules, answered with the rule that matches and what it sends back.
+function urlTester(p) {
+  const out = h('div', { id: 'url-test-result', 'aria-live': 'polite' });
+  const input = h('input', { type: 'text', name: 'url', id: 'url-test-url', required: true, autocomplete: 'off',
+    placeholder: `http://${p.project().hosts[0] || 'example.com'}/old-page`, 'aria-label': 'URL to test' });
+  const which = h('select', { name: 'which', id: 'url-test-which', 'aria-label': 'Rules to test against' },
+    h('option', { value: 'draft' }, 'Draft (with unpublished changes)'),
+    h('option', { value: 'published' }, 'Published (served now)'));
+  async function run(ev) {
+    ev.preventDefault();
+    const url = input.value.trim();
+    if (!url) return;
+    let r;
+    try {
+      r = await get(`${p.base}/test?${new URLSearchParams({ url, which: which.value })}`);
+    } catch (e) {
+      mount(out, h('p', { class: 'error-text', role: 'alert' }, e.message));
+      return;
+    }
+    const where = h('span', { class: 'muted' }, ` (${r.which}, as Host `, h('code', {}, r.host || '(none)'), ' and ', h('code', {}, r.uri), ')');
+    if (!r.matched) {
+      mount(out, h('p', {}, badge('no match', 'muted'), ' No rule answers this URL; the request goes on to the routes.', where));
+      return;
+    }
+    const rule = r.rule;
+    const ruleText = [rule.kind === 'page' ? 'page ' : 'redirect ', badge(rule.type, 'muted'), ' ', code(rule.source),
+      h('span', { class: 'muted' }, ` #${rule.id}`)];
+    mount(out,
+      h('p', {}, badge(String(r.status), r.status === 200 ? 'ok' : 'info'), ' ',
+        r.location !== null && r.location !== undefined ? ['→ ', code(r.location, 'location')] : `${r.content_type} page`, where),
+      h('p', {}, 'Matched by ', ruleText),
+      r.content !== null && r.content !== undefined ? h('pre', { class: 'preview' }, r.content) : null,
+      r.skipped ? h('p', { class: 'muted small' }, `${r.skipped} rule${r.skipped === 1 ? '' : 's'} could not be compiled and ${r.skipped === 1 ? 'was' : 'were'} left out.`) : null);
+  }
+  return h('section', { class: 'panel', id: 'url-tester' },
+    h('h2', {}, 'What does this URL do?'),
+    h('form', { class: 'toolbar filters-row', onsubmit: run },
+      input, which, h('button', { type: 'submit', class: 'primary' }, 'Test URL')),
+    out);
 }
 
 function redirectDialog(p, row) {
@@ -398,6 +507,7 @@ async function pagesTab(p) {
       { label: 'Content type', class: 'hide-narrow', render: (r) => (r.content_type === 'XML' ? 'application/xml' : 'text/plain') },
       { label: 'Size', class: 'hide-narrow', render: (r) => bytes(new TextEncoder().encode(r.content).length) },
       { label: 'Content', class: 'hide-narrow', render: (r) => h('span', { class: 'preview' }, r.content.slice(0, 80)) },
+      hitsColumn,
     ],
     dialog: (row) => pageDialog(p, row),
   });

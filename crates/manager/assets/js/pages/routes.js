@@ -11,7 +11,7 @@ import { subscribe, onEvents } from '../live.js';
 import { historyCharts } from '../history.js';
 import { breakerBadge, healthSummary } from './upstreams.js';
 import {
-  attempt, badge, clearErrors, confirm, h, mount, ms, num, pct, search, toast,
+  attempt, badge, clearErrors, compare, confirm, h, mount, ms, num, pct, search, toast,
 } from '../ui.js';
 
 export async function render(main, ctx, params) {
@@ -22,6 +22,8 @@ export async function render(main, ctx, params) {
 
 // Filters survive leaving the list and coming back.
 const filters = { text: '', enabled: '', upstream: '', tag: '' };
+// The column the list is ordered by (null: the API's order) and its direction.
+const order = { by: null, dir: 1 };
 
 const DEFAULT_LIMIT = { enabled: true, max: 100, window_ms: 60_000, message: 'Too many requests, please try again later.', key: 'ip' };
 const DEFAULT_CORS = {
@@ -217,9 +219,32 @@ async function list(main, ctx) {
     draw();
   }
 
+  // What each sortable column orders by.
+  const sortKeys = {
+    state: (r) => (r.enabled ? 0 : 1),
+    route: (r) => r.id,
+    match: (r) => r.path,
+    upstream: (r) => r.upstream,
+    traffic: (r) => traffic.get(r.id)?.requests_per_second ?? null,
+  };
+  /// A column header that orders the list by `key` (again to reverse).
+  function sortHead(label, key, cls) {
+    const sort = order.by === key ? (order.dir === 1 ? 'ascending' : 'descending') : 'none';
+    return h('th', { scope: 'col', class: cls, 'aria-sort': sort },
+      h('button', { type: 'button', class: 'sort', onclick: () => {
+        order.dir = order.by === key ? -order.dir : 1;
+        order.by = key;
+        draw();
+      } }, label));
+  }
+
   function draw() {
     drawBulk();
     const shown = routes.filter(matches);
+    if (order.by && sortKeys[order.by]) {
+      const key = sortKeys[order.by];
+      shown.sort((a, b) => order.dir * compare(key(a), key(b)));
+    }
     statusCells.clear();
     countEl.textContent = shown.length === routes.length
       ? `${routes.length} route${routes.length === 1 ? '' : 's'}`
@@ -241,9 +266,9 @@ async function list(main, ctx) {
         ctx.canEdit ? h('th', { scope: 'col', class: 'select' }, h('input', { type: 'checkbox', 'aria-label': 'Select all shown routes',
           checked: shown.every((r) => selected.has(r.id)),
           onchange: (ev) => { for (const r of shown) { if (ev.target.checked) selected.add(r.id); else selected.delete(r.id); } draw(); } })) : null,
-        h('th', { scope: 'col' }, 'State'), h('th', { scope: 'col' }, 'Route'),
-        h('th', { scope: 'col' }, 'Match'), h('th', { scope: 'col', class: 'hide-narrow' }, 'Upstream'),
-        h('th', { scope: 'col', class: 'hide-narrow' }, 'Policies'), h('th', { scope: 'col', class: 'hide-narrow' }, 'Traffic'),
+        sortHead('State', 'state'), sortHead('Route', 'route'),
+        sortHead('Match', 'match'), sortHead('Upstream', 'upstream', 'hide-narrow'),
+        h('th', { scope: 'col', class: 'hide-narrow' }, 'Policies'), sortHead('Traffic', 'traffic', 'hide-narrow'),
         h('th', { scope: 'col', class: 'actions' }, h('span', { class: 'sr-only' }, 'Actions')))),
       h('tbody', {}, shown.map((r) => {
         const tspan = h('span', {}, trafficText(r.id));

@@ -186,6 +186,28 @@ async function detail(main, ctx, name) {
   const eventsBox = h('div', { id: 'upstream-events' });
   let recent = events.items;
   let lastHealth = null;
+  // Admins may close the breaker by hand (audited); others do not see the button.
+  const canReset = ctx.canEdit && ctx.atLeast('admin');
+  const resetButton = canReset ? h('button', { type: 'button', class: 'small', id: 'reset-breaker',
+    title: 'Close the circuit breaker now: requests flow to the upstream again', onclick: resetBreaker }, 'Reset breaker') : null;
+  function showBreaker(state) {
+    cards.breaker.replaceChildren(breakerBadge(state));
+    if (resetButton) {
+      const closed = (state && typeof state === 'object' ? state.state : state) === 'closed';
+      resetButton.disabled = closed;
+      resetButton.title = closed ? 'The breaker is closed' : 'Close the circuit breaker now: requests flow to the upstream again';
+    }
+  }
+  async function resetBreaker() {
+    const ok = await confirm(h('span', {}, 'Reset the circuit breaker of ', h('strong', {}, name), '? ',
+      'It closes at once and requests go to the upstream again, failing or not. The reset is recorded in the audit log.'),
+    { action: 'Reset breaker' });
+    if (!ok) return;
+    const r = await attempt(() => post(`/api/v1/circuit-breakers/${enc(name)}/reset`));
+    if (!r) return;
+    toast(r.changed ? `Circuit breaker of ${name} reset (was ${r.was.replace('_', '-')}).` : `The breaker of ${name} was already closed.`);
+    showBreaker(r.breaker.state);
+  }
 
   async function refreshHealth() {
     try {
@@ -225,7 +247,7 @@ async function detail(main, ctx, name) {
     const t = (s.upstreams || []).find((x) => x.upstream === name);
     const b = (s.breakers || []).find((x) => x.upstream === name);
     if (t) history.push(Date.now(), [[t.latency_ms ? t.latency_ms.p50 : null, t.latency_ms ? t.latency_ms.p99 : null], [t.failure_rate]]);
-    cards.breaker.replaceChildren(breakerBadge(b ? b.state : t && t.breaker));
+    showBreaker(b ? b.state : t && t.breaker);
     cards.rps.textContent = t ? num(t.requests_per_second, 1) : '—';
     cards.failures.textContent = t ? pct(t.failure_rate) : '—';
     cards.p99.textContent = t && t.latency_ms ? ms(t.latency_ms.p99) : '—';
@@ -265,7 +287,8 @@ async function detail(main, ctx, name) {
         h('button', { type: 'button', class: 'danger', onclick: remove }, 'Delete'),
       ] : null),
     h('div', { class: 'grid' },
-      card('Circuit breaker', cards.breaker), card('Requests/s', cards.rps), card('Failed attempts', cards.failures),
+      h('div', { class: 'card' }, h('div', { class: 'label' }, 'Circuit breaker'), cards.breaker, resetButton),
+      card('Requests/s', cards.rps), card('Failed attempts', cards.failures),
       card('p99 latency', cards.p99), card('Retries (10 s)', cards.retries)),
     history.el,
     h('section', { class: 'panel' },

@@ -174,7 +174,7 @@ async function renderOne(main, ctx, id) {
     if (!alive) return;
     const cols = [
       { label: 'Created', render: (d) => time(d.created_at) },
-      { label: 'Event', render: (d) => [h('code', {}, d.type), d.event_id ? h('div', { class: 'muted' }, `event ${d.event_id}`) : null] },
+      { label: 'Event', render: (d) => [h('code', {}, d.type), d.event_id ? h('div', { class: 'muted' }, h('a', { href: `#/events/${encodeURIComponent(d.event_id)}`, 'aria-label': `Event ${d.event_id}` }, `event ${d.event_id}`)) : null] },
       { label: 'Status', render: (d) => statusBadge(d.status) },
       { label: 'HTTP', render: (d) => (d.last_status_code ? String(d.last_status_code) : '—') },
       { label: 'Latency', render: (d) => (d.last_latency_ms !== null && d.last_latency_ms !== undefined ? `${d.last_latency_ms} ms` : '—') },

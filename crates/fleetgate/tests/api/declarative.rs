@@ -1,0 +1,597 @@
+//! `fleetgate config dump|diff|apply`: the real binary against the real server
+//! (port 0, SQLite), with the key from the environment or a CLI config file.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::support::{spawn_app, TestApp, TOKEN};
+use crate::tls::{cert, upload};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the CLI against `app` with the key in FLEETGATE_TOKEN; no other
+/// FLEETGATE_ variable, and a HOME of its own (no stray cli.toml).
+async fn cli(app: &TestApp, home: &Path, args: &[&str]) -> Out {
+    cli_env(app, home, args, &[("FLEETGATE_TOKEN", TOKEN)]).await
+}
+
+async fn cli_env(app: &TestApp, home: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut c = tokio::process::Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLEETGATE_") || k == "XDG_CONFIG_HOME" {
+            c.env_remove(k);
+        }
+    }
+    c.env("HOME", home)
+        .env("FLEETGATE_MANAGER", app.url(""))
+        .args(args)
+        .kill_on_drop(true);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), c.output())
+        .await
+        .expect("the CLI finishes")
+        .expect("the CLI runs");
+    Out {
+        code: out.status.code().expect("exit code"),
+        stdout: String::from_utf8(out.stdout).expect("utf-8"),
+        stderr: String::from_utf8(out.stderr).expect("utf-8"),
+    }
+}
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fleet.yaml")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p.display().to_string()
+}
+
+/// A server with the example file applied, and a HOME for the CLI.
+async fn with_example() -> (TestApp, tempfile::TempDir) {
+    let app = spawn_app().await;
+    let home = tempfile::tempdir().expect("home");
+    let example = example().display().to_string();
+    let o = cli(&app, home.path(), &["config", "apply", "-f", &example]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    (app, home)
+}
+
+async fn revisions(app: &TestApp) -> i64 {
+    app.get_json("/api/v1/revisions").await["total"]
+        .as_i64()
+        .expect("total")
+}
+
+#[tokio::test]
+async fn dump_apply_dump_round_trips_and_unchanged_files_make_no_revision() {
+    let app = spawn_app().await;
+    let home = tempfile::tempdir().expect("home");
+    let h = home.path();
+    let example = example().display().to_string();
+
+    // The example differs from an empty manager: exit 2, each resource named.
+    let o = cli(&app, h, &["config", "diff", "-f", &example]).await;
+    assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("+ upstream orders"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("+ route site: www.example.com / → web"),
+        "{}",
+        o.stdout
+    );
+
+    // A dry run writes nothing.
+    let before = revisions(&app).await;
+    let o = cli(&app, h, &["config", "apply", "--dry-run", "-f", &example]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains("dry run: 4 resources would change"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(revisions(&app).await, before);
+
+    // Apply: one revision, its number printed.
+    let o = cli(&app, h, &["config", "apply", "-f", &example]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let after = revisions(&app).await;
+    assert_eq!(after, before + 1);
+    let top = app.get_json("/api/v1/revisions?limit=1").await;
+    let n = top["items"][0]["number"].as_i64().expect("number");
+    assert!(
+        o.stdout.contains(&format!("applied: revision {n}\n")),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(
+        app.get_json("/api/v1/export").await["routes"]
+            .as_array()
+            .expect("routes")
+            .len(),
+        2
+    );
+
+    // The same file again: no differences, no revision.
+    let o = cli(&app, h, &["config", "diff", "-f", &example]).await;
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "no differences\n"),
+        "{}",
+        o.stderr
+    );
+    let o = cli(&app, h, &["config", "apply", "-f", &example]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout, "no changes: no revision made\n");
+    assert_eq!(revisions(&app).await, after);
+
+    // A certificate, by reference: its name and names, never its key.
+    let c = cert(&["www.example.com"], 90);
+    assert!(upload(&app, "www", &c).await.status().is_success());
+
+    // dump → apply → dump is byte for byte the same, and makes no revision.
+    let d1 = cli(&app, h, &["config", "dump"]).await;
+    assert_eq!(d1.code, 0, "{}", d1.stderr);
+    assert!(
+        d1.stdout.starts_with("format_version: 1\nsettings:\n"),
+        "{}",
+        d1.stdout
+    );
+    assert!(
+        d1.stdout
+            .contains("certificates:\n  - name: www\n    sans:\n      - www.example.com\n"),
+        "{}",
+        d1.stdout
+    );
+    assert!(!d1.stdout.contains("PRIVATE KEY"));
+    let dumped = write(h, "dump.yaml", &d1.stdout);
+    let revs = revisions(&app).await;
+    let o = cli(&app, h, &["config", "apply", "-f", &dumped]).await;
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "no changes: no revision made\n"),
+        "{}",
+        o.stderr
+    );
+    let d2 = cli(&app, h, &["config", "dump"]).await;
+    assert_eq!(d1.stdout, d2.stdout);
+    assert_eq!(revisions(&app).await, revs);
+
+    // JSON too.
+    let j = cli(&app, h, &["config", "dump", "-o", "json"]).await;
+    assert_eq!(j.code, 0, "{}", j.stderr);
+    let v: Value = serde_json::from_str(&j.stdout).expect("json dump");
+    assert_eq!(
+        v["certificates"],
+        json!([{"name": "www", "sans": ["www.example.com"]}])
+    );
+    let jf = write(h, "dump.json", &j.stdout);
+    let o = cli(&app, h, &["config", "diff", "-f", &jf]).await;
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+
+    // A change shows field by field, and applies as one revision.
+    let changed = write(
+        h,
+        "changed.yaml",
+        &d1.stdout
+            .replace("path: /api/orders", "path: /api/v2/orders")
+            .replace("rate_limit_per_minute: 100", "rate_limit_per_minute: 250"),
+    );
+    let o = cli(&app, h, &["config", "diff", "-f", &changed]).await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .contains("~ route orders-api\n    ~ path: \"/api/orders\" → \"/api/v2/orders\"\n"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout
+            .contains("~ settings\n    ~ api.rate_limit_per_minute: 100 → 250\n"),
+        "{}",
+        o.stdout
+    );
+    let o = cli(&app, h, &["config", "apply", "-f", &changed]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(revisions(&app).await, revs + 1);
+    let d3 = cli(&app, h, &["config", "dump"]).await;
+    assert_eq!(d3.stdout, std::fs::read_to_string(&changed).expect("read"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn select_tag_applies_the_routes_of_one_tag_and_leaves_the_others() {
+    let (app, home) = with_example().await;
+    let h = home.path();
+    let orders_before = app.get_json("/api/v1/routes/orders-api").await;
+
+    // The web team's part: its routes only, the tag written in the file.
+    let d = cli(&app, h, &["config", "dump", "--select-tag", "team-web"]).await;
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    assert!(
+        d.stdout
+            .starts_with("format_version: 1\nselect_tag: team-web\nroutes:\n  - id: site\n"),
+        "{}",
+        d.stdout
+    );
+    assert!(!d.stdout.contains("orders"), "{}", d.stdout);
+    assert!(!d.stdout.contains("upstreams:"), "{}", d.stdout);
+
+    // Change its route, add one: the orders team's route is untouched.
+    let added = "  - id: blog\n    path: /blog\n    upstream: web\n    tags: [team-web]\n";
+    let web = write(
+        h,
+        "web.yaml",
+        &format!("{}{added}", d.stdout.replace("path: /\n", "path: /home\n")),
+    );
+    let revs = revisions(&app).await;
+    let o = cli(&app, h, &["config", "apply", "-f", &web]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("+ route blog"), "{}", o.stdout);
+    assert!(!o.stdout.contains("orders"), "{}", o.stdout);
+    assert_eq!(revisions(&app).await, revs + 1);
+    assert_eq!(
+        app.get_json("/api/v1/routes/orders-api").await,
+        orders_before
+    );
+    assert_eq!(app.get_json("/api/v1/routes/site").await["path"], "/home");
+
+    // A route left out of the tagged file is deleted; others stay.
+    let only_blog = write(
+        h,
+        "blog.yaml",
+        &format!("format_version: 1\nselect_tag: team-web\nroutes:\n{added}"),
+    );
+    let o = cli(&app, h, &["config", "diff", "-f", &only_blog]).await;
+    assert_eq!(o.code, 2);
+    assert!(o.stdout.contains("- route site"), "{}", o.stdout);
+    let o = cli(&app, h, &["config", "apply", "-f", &only_blog]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let ids: Vec<Value> = app.get_json("/api/v1/export").await["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    assert_eq!(ids, vec![json!("blog"), json!("orders-api")]);
+
+    // Refused: a route without the tag, a route of another team, other
+    // sections, a flag that disagrees with the file; nothing is written.
+    let revs = revisions(&app).await;
+    let bad = write(
+        h,
+        "bad-tag.yaml",
+        "format_version: 1\nselect_tag: team-web\nupstreams: []\nroutes:\n  - id: x\n    path: /x\n    upstream: web\n  - id: orders-api\n    path: /o\n    upstream: orders\n    tags: [team-web]\n",
+    );
+    let o = cli(&app, h, &["config", "apply", "-f", &bad]).await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stderr
+            .contains(&format!("{bad}:3:1: upstreams: upstreams carry no tags")),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains(&format!(
+            "{bad}:5:5: routes[0].tags: route \"x\" does not carry the tag \"team-web\""
+        )),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains(&format!("{bad}:8:5: routes[1].id: route \"orders-api\" exists on the manager without the tag \"team-web\"")), "{}", o.stderr);
+    assert!(o.stderr.contains("refused (3 problems)"), "{}", o.stderr);
+    let o = cli(
+        &app,
+        h,
+        &[
+            "config",
+            "apply",
+            "--select-tag",
+            "team-orders",
+            "-f",
+            &only_blog,
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("select_tag: the file owns the routes tagged \"team-web\" but --select-tag asks for \"team-orders\""), "{}", o.stderr);
+    assert_eq!(revisions(&app).await, revs);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_files_are_refused_with_file_line_and_field() {
+    let app = spawn_app().await;
+    let home = tempfile::tempdir().expect("home");
+    let h = home.path();
+    let revs = revisions(&app).await;
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "unknown.yaml",
+            "format_version: 1\nroutes:\n  - id: a\n    path: /a\n    upstream: http://127.0.0.1:9\n    pathh: /b\n",
+            ":6:5: routes[0].pathh: unknown field `pathh`",
+        ),
+        (
+            "nested.yaml",
+            "format_version: 1\nsettings:\n  api:\n    rate_limit: 5\n",
+            ":4:5: settings.api.rate_limit: unknown field `rate_limit`",
+        ),
+        (
+            "reference.yaml",
+            "format_version: 1\nupstreams: []\nroutes:\n  - id: a\n    path: /a\n    upstream: nowhere\n",
+            ":6:5: routes[0].upstream: no upstream named \"nowhere\"",
+        ),
+        (
+            "certificate.yaml",
+            "format_version: 1\ncertificates:\n  - name: absent\n",
+            ":3:5: certificates[0].name: the manager holds no certificate named \"absent\"",
+        ),
+        (
+            "type.yaml",
+            "format_version: 1\nupstreams:\n  - name: u\n    targets: nope\n",
+            ":4:5: upstreams[0].targets: invalid type: string \"nope\", expected a sequence",
+        ),
+        (
+            "syntax.yaml",
+            "format_version: 1\nroutes:\n  - id: a\n   path: [\n",
+            ":4:",
+        ),
+        (
+            "version.yaml",
+            "format_version: 7\n",
+            ":1:1: format_version: unsupported format version 7",
+        ),
+        (
+            "anchor.json",
+            "{\"format_version\": 1,\n \"routes\": [&r {\"id\": \"a\"}]}\n",
+            ":2:13: anchors and aliases",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = write(h, name, text);
+        for cmd in ["diff", "apply"] {
+            let o = cli(&app, h, &["config", cmd, "-f", &path]).await;
+            assert_eq!(o.code, 1, "{name} {cmd}: {}{}", o.stdout, o.stderr);
+            assert!(
+                o.stderr.contains(&format!("error: {path}{expected}")),
+                "{name} {cmd}: {}",
+                o.stderr
+            );
+            assert!(o.stderr.contains("nothing was changed"), "{}", o.stderr);
+        }
+    }
+    // The manager's own refusals are placed in the file as well.
+    let path = write(
+        h,
+        "invalid.yaml",
+        "format_version: 1\nroutes:\n  - id: a\n    path: no-slash\n    upstream: http://127.0.0.1:9\n",
+    );
+    let o = cli(&app, h, &["config", "apply", "-f", &path]).await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains(&format!("{path}:4:5: routes[0].path:")),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(revisions(&app).await, revs);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_key_comes_from_a_private_cli_config_file_and_is_never_echoed() {
+    let app = spawn_app().await;
+    let home = tempfile::tempdir().expect("home");
+    let h = home.path();
+    let dir = h.join(".config/fleetgate");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("cli.toml");
+    std::fs::write(&file, format!("token = \"{TOKEN}\"\n")).expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |m: u32| {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(m)).expect("chmod")
+    };
+
+    // Readable by others: refused, as ssh refuses such a key file.
+    mode(0o644);
+    let o = cli_env(&app, h, &["config", "dump"], &[]).await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stderr.contains("is readable by others (mode 0644)"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("chmod 600"), "{}", o.stderr);
+    assert!(!o.stderr.contains(TOKEN) && !o.stdout.contains(TOKEN));
+
+    // Private: used (the default path under HOME, and one named by flag).
+    mode(0o600);
+    let o = cli_env(&app, h, &["config", "dump"], &[]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let named = h.join("other.toml");
+    std::fs::rename(&file, &named).expect("move");
+    let named = named.display().to_string();
+    let o = cli_env(&app, h, &["config", "dump", "--cli-config", &named], &[]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+
+    // A bad key: the manager's refusal, without the key.
+    let o = cli_env(
+        &app,
+        h,
+        &["config", "dump"],
+        &[("FLEETGATE_TOKEN", "wrong-key-abcdef")],
+    )
+    .await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("the manager answered 401"),
+        "{}",
+        o.stderr
+    );
+    assert!(!o.stderr.contains("wrong-key-abcdef"), "{}", o.stderr);
+
+    // No key at all, no manager at all: say where they come from.
+    let o = cli_env(&app, h, &["config", "dump"], &[]).await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("no API key given: set FLEETGATE_TOKEN"),
+        "{}",
+        o.stderr
+    );
+    let o = cli_env(
+        &app,
+        h,
+        &["config", "dump"],
+        &[("FLEETGATE_MANAGER", ""), ("FLEETGATE_TOKEN", TOKEN)],
+    )
+    .await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("--manager"), "{}", o.stderr);
+
+    // A viewer's key dumps but cannot apply.
+    let key = app.key_for_role("reader", "viewer").await;
+    let o = cli_env(
+        &app,
+        h,
+        &["config", "dump", "-o", "json"],
+        &[("FLEETGATE_TOKEN", &key)],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let f = write(h, "all.json", &o.stdout);
+    let o = cli_env(
+        &app,
+        h,
+        &["config", "apply", "-f", &f],
+        &[("FLEETGATE_TOKEN", &key)],
+    )
+    .await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("the manager answered 403"),
+        "{}",
+        o.stderr
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn routes_upstreams_revisions_and_events_commands() {
+    let (app, home) = with_example().await;
+    let h = home.path();
+
+    let o = cli(&app, h, &["routes", "list"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", o.stdout);
+    assert!(lines[0].starts_with("ID "), "{}", o.stdout);
+    assert!(
+        lines[1].starts_with("orders-api  /api/orders "),
+        "{}",
+        o.stdout
+    );
+    assert!(lines[2].ends_with("team-web"), "{}", o.stdout);
+    let o = cli(&app, h, &["routes", "list", "-o", "json"]).await;
+    let v: Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v.as_array().expect("array").len(), 2);
+    let o = cli(&app, h, &["routes", "get", "site", "-o", "json"]).await;
+    let v: Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v["hosts"], json!(["www.example.com"]));
+    let o = cli(&app, h, &["upstreams", "list"]).await;
+    assert!(
+        o.stdout
+            .contains("orders  least_connections  http://127.0.0.1:9101,http://127.0.0.1:9102"),
+        "{}",
+        o.stdout
+    );
+    let o = cli(&app, h, &["upstreams", "get", "web", "-o", "json"]).await;
+    let v: Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v["targets"][0]["url"], "http://127.0.0.1:9200");
+
+    // Delete: a revision; then the route is gone, and a second delete says so.
+    let o = cli(&app, h, &["routes", "delete", "site"]).await;
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "deleted route site\n"),
+        "{}",
+        o.stderr
+    );
+    let o = cli(&app, h, &["routes", "get", "site"]).await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("the manager answered 404"),
+        "{}",
+        o.stderr
+    );
+
+    // Revisions: 1 (apply) and 2 (delete); the diff names the route; rollback to 1.
+    let o = cli(&app, h, &["revisions", "list"]).await;
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", o.stdout);
+    assert!(lines[1].starts_with("2 "), "{}", o.stdout);
+    let o = cli(&app, h, &["revisions", "diff", "2"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .starts_with("revision 2 against 1\n  - routes[1]: "),
+        "{}",
+        o.stdout
+    );
+    let o = cli(&app, h, &["revisions", "rollback", "1"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .ends_with("rolled back to revision 1: revision 3\n"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(app.get_json("/api/v1/routes/site").await["path"], "/");
+    let o = cli(&app, h, &["revisions", "rollback", "3"]).await;
+    assert_eq!(
+        o.stdout,
+        "revision 3 is already in force: no revision made\n"
+    );
+
+    // The event stream from the first stored event: the revisions made above.
+    let o = cli(
+        &app,
+        h,
+        &[
+            "events",
+            "tail",
+            "--after",
+            "0",
+            "--type",
+            "config.changed",
+            "--count",
+            "3",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let events: Vec<Value> = o
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one event a line"))
+        .collect();
+    assert_eq!(events.len(), 3);
+    assert!(events.iter().all(|e| e["type"] == "config.changed"));
+    assert!(
+        events[2]["message"]
+            .as_str()
+            .expect("message")
+            .contains("revision 3"),
+        "{events:?}"
+    );
+    app.stop().await;
+}
