@@ -512,21 +512,11 @@ pub fn init_logging(config: &Config) {
             .with_env_filter(filter)
             .with_filter_reloading();
         let handle = b.reload_handle();
-        b.try_init().ok().map(|()| {
-            Box::new(move |f: &str| {
-                let e = EnvFilter::try_new(f).map_err(|e| e.to_string())?;
-                handle.reload(e).map_err(|e| e.to_string())
-            }) as Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>
-        })
+        b.try_init().ok().map(|()| reloader(handle))
     } else {
         let b = builder.with_env_filter(filter).with_filter_reloading();
         let handle = b.reload_handle();
-        b.try_init().ok().map(|()| {
-            Box::new(move |f: &str| {
-                let e = EnvFilter::try_new(f).map_err(|e| e.to_string())?;
-                handle.reload(e).map_err(|e| e.to_string())
-            }) as Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>
-        })
+        b.try_init().ok().map(|()| reloader(handle))
     };
     if let Some(apply) = installed {
         let format = if config.log.format == "json" {
@@ -536,6 +526,16 @@ pub fn init_logging(config: &Config) {
         };
         fleetgate_manager::logging::install(&level, format, apply);
     }
+}
+
+/// Replaces the log filter through `handle` with a filter given as text.
+fn reloader<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) -> fleetgate_manager::logging::ApplyFilter {
+    Box::new(move |f: &str| {
+        let e = tracing_subscriber::EnvFilter::try_new(f).map_err(|e| e.to_string())?;
+        handle.reload(e).map_err(|e| e.to_string())
+    })
 }
 
 /// How this node reaches its manager (`edge.*`), if it has one.

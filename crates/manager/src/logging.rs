@@ -6,10 +6,11 @@
 
 use std::sync::{Mutex, OnceLock};
 
-type Apply = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+/// How a new filter, given as text, is put in force.
+pub type ApplyFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 struct Control {
-    apply: Apply,
+    apply: ApplyFilter,
     level: Mutex<String>,
     format: String,
 }
@@ -18,7 +19,7 @@ static CONTROL: OnceLock<Control> = OnceLock::new();
 
 /// Installs the filter in force (`level`), the output format, and how to
 /// replace the filter; once per process (later calls are ignored).
-pub fn install(level: &str, format: &str, apply: Apply) {
+pub fn install(level: &str, format: &str, apply: ApplyFilter) {
     let _ = CONTROL.set(Control {
         apply,
         level: Mutex::new(level.to_string()),
