@@ -346,13 +346,9 @@ impl AiStore for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| {
-                if crate::sql::is_unique_violation(&e) {
-                    StoreError::Conflict(format!(
-                        "the preferences of {owner} were saved at the same time; retry"
-                    ))
-                } else {
-                    e.into()
-                }
+                crate::sql::conflict_if_unique(e, || {
+                    format!("the preferences of {owner} were saved at the same time; retry")
+                })
             })?;
         } else {
             sqlx::query(

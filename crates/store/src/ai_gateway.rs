@@ -435,14 +435,12 @@ impl AiGatewayStore for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| {
-                if crate::sql::is_unique_violation(&e) {
-                    StoreError::Conflict(format!(
+                crate::sql::conflict_if_unique(e, || {
+                    format!(
                         "the price of {:?} was set by another request at the same time; try again",
                         after.model
-                    ))
-                } else {
-                    e.into()
-                }
+                    )
+                })
             })?;
         let mut event = AuditEvent::new("ai_price.set", "ai_price", Some(&after.model))
             .after(after.price.clone());

@@ -368,6 +368,16 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
+/// `e` as a store error: [`StoreError::Conflict`] with `message()` when it is
+/// a unique violation (another writer got there first), else as it is.
+pub(crate) fn conflict_if_unique(e: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
+    if is_unique_violation(&e) {
+        StoreError::Conflict(message())
+    } else {
+        e.into()
+    }
+}
+
 pub(crate) async fn insert_audit(
     conn: &mut AnyConnection,
     actor: &Actor,
