@@ -34,12 +34,21 @@ pub fn current() -> Option<(String, String)> {
     Some((level, c.format.clone()))
 }
 
+/// The longest filter taken (32 directives of long module paths fit).
+const MAX_FILTER_BYTES: usize = 4096;
+
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
 /// Checks a filter: comma-separated directives, each a level (`debug`) or
 /// `target=level` where the target is a Rust module path
 /// (`fleetgate_proxy=trace`). Returns the filter normalized (no blanks).
 pub fn parse(filter: &str) -> Result<String, String> {
+    if filter.len() > MAX_FILTER_BYTES {
+        return Err(format!(
+            "{} bytes: a filter is at most {MAX_FILTER_BYTES}",
+            filter.len()
+        ));
+    }
     let mut out = Vec::new();
     for d in filter.split(',').map(str::trim) {
         if d.is_empty() {
@@ -122,6 +131,8 @@ mod tests {
         }
         let many = vec!["info"; 33].join(",");
         assert!(parse(&many).is_err());
+        let long = format!("{}=info", "a".repeat(MAX_FILTER_BYTES));
+        assert!(parse(&long).expect_err("too long").contains("at most 4096"));
     }
 
     proptest! {
