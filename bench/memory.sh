@@ -9,14 +9,22 @@
 # (shared libraries), mimalloc's arena, the C allocator's heaps (SQLite allocates through
 # malloc), stacks and other anonymous memory. The smaps files are kept in $OUT.
 #
+# With MODE=edge, the process measured is a gateway-only `fleetgate edge` (CPU 1,
+# TOKIO_WORKER_THREADS=1) registered with a `fleetgate manager` on CPU 0: the routes are
+# created through the manager's API as before, reach the edge over the node link, and wrk
+# runs against the edge's gateway. That is the data plane of a fleet, without the store,
+# the API and the dashboard in its process.
+#
 # Usage:  bench/memory.sh            Env: FLEETGATE=target/release/fleetgate DURATION=10
-#                                         OUT=bench/out/memory-<timestamp>
+#                                         MODE=serve|edge OUT=bench/out/memory-<timestamp>
 # Needs nginx, wrk, curl and taskset (bench/proxy.sh installs them). Not a quiet-host
 # measurement like bench/proxy.sh; memory hardly depends on CPU contention.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FLEETGATE=${FLEETGATE:-target/release/fleetgate}
 DURATION=${DURATION:-10}
+MODE=${MODE:-serve}
+[[ $MODE == serve || $MODE == edge ]] || { echo "memory.sh: MODE must be serve or edge" >&2; exit 1; }
 OUT=${OUT:-bench/out/memory-$(date -u +%Y%m%dT%H%M%SZ)}
 ROUTES=1000
 die() { echo "memory.sh: $*" >&2; exit 1; }
@@ -29,7 +37,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(port) API_PORT=$(port) GW=$(port) TLS=$(port)
+UP=$(port) API_PORT=$(port) GW=$(port) TLS=$(port) NODE_PORT=$(port)
 
 mkdir -p "$WORK/up"
 BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
@@ -53,13 +61,39 @@ TOKEN="memory-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     while read -r var; do unset "$var"; done < <(compgen -e | grep '^FLEETGATE_' || true)
     export FLEETGATE_BOOTSTRAP_TOKEN=$TOKEN FLEETGATE_ADMIN_PASSWORD="$TOKEN-admin"
     export FLEETGATE_LOG_LEVEL=warn TOKIO_WORKER_THREADS=1
+    if [[ $MODE == edge ]]; then
+        exec taskset -c 0 "$FLEETGATE" manager --data-dir "$WORK/data" --listen "127.0.0.1:$API_PORT" \
+            --node-listen "127.0.0.1:$NODE_PORT"
+    fi
     exec taskset -c 1 "$FLEETGATE" serve --data-dir "$WORK/data" --listen "127.0.0.1:$API_PORT" \
-        --gateway-listen "127.0.0.1:$GW" --gateway-tls-listen "127.0.0.1:$TLS"
+        --gateway-listen "127.0.0.1:$GW" --gateway-tls-listen "127.0.0.1:$TLS" \
+        --node-listen "127.0.0.1:$NODE_PORT"
 ) >"$OUT/fleetgate.log" 2>&1 &
 PID=$!
 PIDS+=("$PID")
 API="http://127.0.0.1:$API_PORT"
 for _ in $(seq 300); do curl -s -o /dev/null --max-time 1 "$API/health" && break; sleep 0.1; done
+
+if [[ $MODE == edge ]]; then
+    # The measured process is the edge; the manager only configures it.
+    node=$(curl -sS -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+        --data '{"name":"memory-edge"}' "$API/api/v1/nodes")
+    NODE_ID=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$node")
+    (
+        while read -r var; do unset "$var"; done < <(compgen -e | grep '^FLEETGATE_' || true)
+        export FLEETGATE_EDGE_TOKEN
+        FLEETGATE_EDGE_TOKEN=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["registration_token"])' "$node")
+        export FLEETGATE_LOG_LEVEL=warn TOKIO_WORKER_THREADS=1
+        exec taskset -c 1 "$FLEETGATE" edge --data-dir "$WORK/edge" --gateway-listen "127.0.0.1:$GW" \
+            --manager "wss://localhost:$NODE_PORT" --manager-ca-cert "$WORK/data/node-tls.crt"
+    ) >"$OUT/edge.log" 2>&1 &
+    PID=$!
+    PIDS+=("$PID")
+    for _ in $(seq 300); do
+        curl -s -H "Authorization: Bearer $TOKEN" "$API/api/v1/nodes/$NODE_ID" | grep -q '"status":"online"' && break
+        sleep 0.1
+    done
+fi
 
 # snap FILE LABEL: VmRSS and its split by mapping, from /proc/$PID/smaps (kept as smaps-FILE.txt).
 snap() {
@@ -113,7 +147,12 @@ created=$(curl -K "$WORK/routes.curl" | grep -c '^201$' || true)
 for _ in $(seq 600); do
     h=$(curl -s "$API/health")
     rev=$(grep -o '"revision":[0-9]*' <<<"$h" | cut -d: -f2 || true)
-    [[ -n $rev && $rev == "$(grep -o '"gateway_revision":[0-9]*' <<<"$h" | cut -d: -f2 || true)" ]] && break
+    if [[ $MODE == edge ]]; then
+        n=$(curl -s -H "Authorization: Bearer $TOKEN" "$API/api/v1/nodes/$NODE_ID")
+        [[ -n $rev && $(grep -o '"applied_revision":[0-9]*' <<<"$n" | cut -d: -f2 || true) == "$rev" ]] && break
+    else
+        [[ -n $rev && $rev == "$(grep -o '"gateway_revision":[0-9]*' <<<"$h" | cut -d: -f2 || true)" ]] && break
+    fi
     sleep 0.1
 done
 [[ $(curl -s -o /dev/null -w '%{http_code} %{size_download}' "http://127.0.0.1:$GW/bench") == "200 1024" ]] ||

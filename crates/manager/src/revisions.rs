@@ -108,8 +108,7 @@ impl ConfigCheck for Judge<'_> {
             }
         }
         // Compiling many regex routes takes a while: off the async runtime.
-        let checked = doc.clone();
-        tokio::task::spawn_blocking(move || checked.check_compiles())
+        let doc = tokio::task::spawn_blocking(move || doc.check_compiles().map(|()| doc))
             .await
             .map_err(|e| StoreError::Invalid(format!("configuration check failed: {e}")))?
             .map_err(rejected)?;

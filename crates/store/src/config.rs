@@ -6,6 +6,16 @@
 //! takes SQLite's write lock at once (no deferred-transaction upgrade can fail later)
 //! and on PostgreSQL serializes concurrent managers on the row lock, so revision
 //! numbers are dense and never handed out twice.
+//!
+//! Each store keeps the configuration of the last revision it committed (or read
+//! inside a configuration write) with that revision's number. The objects change
+//! only in configuration writes, and every one of them takes the next number first,
+//! so when the number a write takes follows the kept one, the objects in the
+//! database are exactly the kept configuration and are not read again; when another
+//! manager sharing the store wrote in between, the numbers do not follow and the
+//! write reads them.
+
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use fleetgate_core::time::now_ms;
@@ -105,9 +115,9 @@ pub struct CommittedRevision {
     /// was recorded.
     pub written: bool,
     /// The configuration the change replaced.
-    pub before: ResourceSet,
+    pub before: Arc<ResourceSet>,
     /// The configuration of revision `number`.
-    pub after: ResourceSet,
+    pub after: Arc<ResourceSet>,
     /// The object a `Put` stored, with its new version.
     pub record: Option<ResourceRecord>,
 }
@@ -239,16 +249,37 @@ async fn resource_set_in(conn: &mut AnyConnection) -> Result<ResourceSet> {
     Ok(set)
 }
 
+/// The configuration of one revision, kept by the store that committed it (see the
+/// module notes).
+#[derive(Default)]
+pub(crate) struct CommittedConfig(Mutex<Option<(i64, Arc<ResourceSet>)>>);
+
+impl CommittedConfig {
+    /// The kept configuration if it is revision `number`'s.
+    fn of(&self, number: i64) -> Option<Arc<ResourceSet>> {
+        match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((n, set)) if *n == number => Some(set.clone()),
+            _ => None,
+        }
+    }
+
+    fn keep(&self, number: i64, set: Arc<ResourceSet>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((number, set));
+    }
+}
+
 impl SqlStore {
-    /// The answer to a configuration change that wrote nothing.
-    async fn unchanged(&self, current: ResourceSet) -> Result<CommittedRevision> {
-        Ok(CommittedRevision {
-            number: self.latest_revision().await?,
+    /// The answer to a configuration change that wrote nothing; `current` is the
+    /// configuration of the last revision, `number`.
+    fn unchanged(&self, number: i64, current: Arc<ResourceSet>) -> CommittedRevision {
+        self.committed_config.keep(number, current.clone());
+        CommittedRevision {
+            number,
             written: false,
             before: current.clone(),
             after: current,
             record: None,
-        })
+        }
     }
 }
 
@@ -340,8 +371,11 @@ impl ConfigStore for SqlStore {
         let mut tx = self.begin_write().await?;
         // The counter row is the lock every configuration write takes first.
         let number = next_revision(&mut tx).await?;
-        let before = resource_set_in(&mut tx).await?;
-        let mut after = before.clone();
+        let before = match self.committed_config.of(number - 1) {
+            Some(set) => set,
+            None => Arc::new(resource_set_in(&mut tx).await?),
+        };
+        let mut after = (*before).clone();
         let now = now_ms();
         let (record, audit) = match edit {
             ConfigEdit::Put {
@@ -358,7 +392,7 @@ impl ConfigStore for SqlStore {
                     .insert(name.to_string(), body.clone());
                 if check.check(&before, &after).await? == Verdict::Unchanged {
                     tx.rollback().await?;
-                    return self.unchanged(before).await;
+                    return Ok(self.unchanged(number - 1, before));
                 }
                 let version = current.as_ref().map_or(1, |b| b.version + 1);
                 let row = (kind, name, body, version, now);
@@ -399,7 +433,7 @@ impl ConfigStore for SqlStore {
                 }
                 if check.check(&before, &after).await? == Verdict::Unchanged {
                     tx.rollback().await?;
-                    return self.unchanged(before).await;
+                    return Ok(self.unchanged(number - 1, before));
                 }
                 sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
                     .bind(kind.to_string())
@@ -413,10 +447,10 @@ impl ConfigStore for SqlStore {
             ConfigEdit::Replace { set, action } => {
                 after = set.clone();
                 after.retain(|_, objects| !objects.is_empty());
-                if after == before || check.check(&before, &after).await? == Verdict::Unchanged {
+                if after == *before || check.check(&before, &after).await? == Verdict::Unchanged {
                     // Nothing to record: give the number back with the transaction.
                     tx.rollback().await?;
-                    return self.unchanged(before).await;
+                    return Ok(self.unchanged(number - 1, before));
                 }
                 let old_versions: std::collections::HashMap<(String, String), i64> =
                     sqlx::query("SELECT kind, name, version FROM resources")
@@ -463,9 +497,9 @@ impl ConfigStore for SqlStore {
                     }
                 }
                 after.retain(|_, objects| !objects.is_empty());
-                if after == before || check.check(&before, &after).await? == Verdict::Unchanged {
+                if after == *before || check.check(&before, &after).await? == Verdict::Unchanged {
                     tx.rollback().await?;
-                    return self.unchanged(before).await;
+                    return Ok(self.unchanged(number - 1, before));
                 }
                 let mut was = serde_json::Map::new();
                 let mut now_is = serde_json::Map::new();
@@ -502,6 +536,8 @@ impl ConfigStore for SqlStore {
         insert_revision(&mut tx, number, actor, message, &after).await?;
         insert_audit(&mut tx, actor, &audit).await?;
         tx.commit().await?;
+        let after = Arc::new(after);
+        self.committed_config.keep(number, after.clone());
         Ok(CommittedRevision {
             number,
             written: true,

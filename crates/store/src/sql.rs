@@ -223,6 +223,10 @@ pub struct SqlStore {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
     max_connections: u32,
+    /// The configuration of the last revision this store committed or read, with
+    /// its number: a configuration write whose number follows it starts from it
+    /// instead of reading every object again (see `crate::config`).
+    pub(crate) committed_config: crate::config::CommittedConfig,
 }
 
 static DRIVERS: Once = Once::new();
@@ -270,6 +274,7 @@ impl SqlStore {
             pool,
             backend,
             max_connections: options.max_connections.max(1),
+            committed_config: Default::default(),
         })
     }
 

@@ -108,6 +108,7 @@ conformance!(
     replace_resources_is_one_revision,
     object_edits_are_one_revision,
     concurrent_config_writes_get_distinct_revisions,
+    a_config_write_starts_from_what_another_manager_committed,
     concurrent_read_then_write_transactions_all_succeed,
     backup_writes_a_file,
     hostile_text_is_stored_verbatim,
@@ -650,7 +651,7 @@ async fn object_edits_are_one_revision(s: &SqlStore) {
     let set = s.resource_set().await.expect("set");
     assert_eq!(set["route"].keys().collect::<Vec<_>>(), ["app", "same"]);
     assert_eq!(set["upstream"]["app"], json!({"t": 1}));
-    assert_eq!(committed.after, set);
+    assert_eq!(*committed.after, set);
     let same = s
         .get_resource("route", "same")
         .await
@@ -683,6 +684,62 @@ async fn object_edits_are_one_revision(s: &SqlStore) {
         .expect("again");
     assert!(!again.written);
     assert_eq!(s.latest_revision().await.expect("latest"), 3);
+}
+
+/// A store keeps the configuration it last committed and starts its next write
+/// from it; when another manager sharing the database wrote in between (here by
+/// hand: the next revision number, an object and the revision row), the write
+/// reads the objects again and keeps the other manager's object.
+async fn a_config_write_starts_from_what_another_manager_committed(s: &SqlStore) {
+    let a = actor();
+    s.put_resource(&a, "route", "mine", &json!(1), None, "first")
+        .await
+        .expect("put");
+    for sql in [
+        "UPDATE counters SET value = value + 1 WHERE name = 'revision'",
+        "INSERT INTO resources (kind, name, body, version, updated_at) \
+         VALUES ('route', 'theirs', '2', 1, 0)",
+        "INSERT INTO revisions (number, created_at, author, message, snapshot) \
+         VALUES (2, 0, 'other', 'other manager', '{\"route\":{\"mine\":1,\"theirs\":2}}')",
+    ] {
+        s.execute_raw(sql).await.expect("the other manager's write");
+    }
+    let committed = s
+        .write_config(
+            &a,
+            ConfigEdit::Put {
+                kind: "route",
+                name: "next",
+                body: &json!(3),
+                expected_version: None,
+            },
+            "after the other manager",
+            &NoCheck,
+        )
+        .await
+        .expect("write");
+    assert_eq!(committed.number, 3);
+    let want = json!({"route": {"mine": 1, "next": 3, "theirs": 2}});
+    assert_eq!(
+        serde_json::to_value(&*committed.before).expect("json"),
+        json!({"route": {"mine": 1, "theirs": 2}})
+    );
+    assert_eq!(serde_json::to_value(&*committed.after).expect("json"), want);
+    let stored = s.get_revision(3).await.expect("get").expect("revision 3");
+    assert_eq!(
+        serde_json::to_value(stored.snapshot.expect("snapshot")).expect("json"),
+        want
+    );
+    // The next write starts from what this one kept, and it matches the database.
+    let again = s
+        .delete_resource(&a, "route", "mine", None, "delete")
+        .await
+        .expect("delete");
+    assert_eq!(again, 4);
+    assert_eq!(
+        serde_json::to_value(s.resource_set().await.expect("set")).expect("json"),
+        json!({"route": {"next": 3, "theirs": 2}})
+    );
 }
 
 async fn concurrent_config_writes_get_distinct_revisions(s: &SqlStore) {

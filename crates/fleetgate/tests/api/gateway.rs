@@ -34,7 +34,7 @@ impl TestApp {
     pub async fn settle(&self) {
         let state = &self.running.as_ref().expect("running").state;
         let want = state.subscribe().borrow().revision;
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let served = self.get_json("/health").await["gateway_revision"].as_u64();
             if served == Some(want) {
