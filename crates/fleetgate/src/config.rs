@@ -87,12 +87,13 @@ impl TracingSection {
         let Some(endpoint) = &self.endpoint else {
             return Ok(None);
         };
-        let protocol = Protocol::parse(&self.protocol)
-            .map_err(|e| anyhow::anyhow!("tracing.protocol {e}"))?;
+        let protocol =
+            Protocol::parse(&self.protocol).map_err(|e| anyhow::anyhow!("tracing.protocol {e}"))?;
         let ca_pem = match &self.ca_cert {
-            Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
-                format!("cannot read tracing.ca_cert {}", path.display())
-            })?),
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read tracing.ca_cert {}", path.display()))?,
+            ),
             None => None,
         };
         let mut c = ExporterConfig::new(endpoint.clone(), protocol);
@@ -117,8 +118,8 @@ impl TracingSection {
 
     fn validate(&self) -> anyhow::Result<()> {
         use fleetgate_shared::otel::{check_endpoint, check_headers, Protocol};
-        let protocol = Protocol::parse(&self.protocol)
-            .map_err(|e| anyhow::anyhow!("tracing.protocol {e}"))?;
+        let protocol =
+            Protocol::parse(&self.protocol).map_err(|e| anyhow::anyhow!("tracing.protocol {e}"))?;
         if let Some(url) = &self.endpoint {
             check_endpoint(url, protocol).map_err(|e| anyhow::anyhow!("tracing.endpoint {e}"))?;
         }
@@ -801,7 +802,10 @@ impl Config {
                         let Some((k, v)) = pair.split_once('=') else {
                             bail!("{name} must be name=value pairs separated by commas");
                         };
-                        t.insert(k.trim().to_string(), toml::Value::String(v.trim().to_string()));
+                        t.insert(
+                            k.trim().to_string(),
+                            toml::Value::String(v.trim().to_string()),
+                        );
                     }
                     toml::Value::Table(t)
                 }

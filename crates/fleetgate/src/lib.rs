@@ -337,8 +337,8 @@ fn start_tracing(
         return Ok((None, None));
     };
     tracing::info!(endpoint = %fleetgate_core::redact::redact_url(&exporter.endpoint), protocol = %config.tracing.protocol, "exporting traces");
-    let (tracer, task) =
-        fleetgate_shared::otel::Tracer::start(exporter).map_err(|e| anyhow::anyhow!("tracing.{e}"))?;
+    let (tracer, task) = fleetgate_shared::otel::Tracer::start(exporter)
+        .map_err(|e| anyhow::anyhow!("tracing.{e}"))?;
     Ok((Some(tracer), Some(task)))
 }
 

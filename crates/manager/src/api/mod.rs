@@ -47,7 +47,8 @@ use utoipa_axum::routes;
 
 use crate::auth::require_auth;
 use crate::middleware::{
-    method_not_allowed, not_found, rate_limit, request_id, response_envelope, trace_span, track_metrics,
+    method_not_allowed, not_found, rate_limit, request_id, response_envelope, trace_span,
+    track_metrics,
 };
 use crate::openapi::ApiDoc;
 use crate::AppState;

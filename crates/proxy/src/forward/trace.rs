@@ -80,7 +80,11 @@ pub(super) fn start(
 }
 
 #[cold]
-fn begin(parent: Option<TraceParent>, headers: &mut HeaderMap, started: Instant) -> Option<ActiveSpan> {
+fn begin(
+    parent: Option<TraceParent>,
+    headers: &mut HeaderMap,
+    started: Instant,
+) -> Option<ActiveSpan> {
     let span_id = otel::new_span_id();
     let trace_id = parent.map_or_else(otel::new_trace_id, |p| p.trace_id);
     // One `tracestate` line that may be forwarded stays with the trace; several
@@ -163,7 +167,10 @@ pub(super) fn finish(
     );
     s.attr("http.response.status_code", status);
     s.attr("fleetgate.route", rt.route.id.clone());
-    s.attr("fleetgate.request_id", ctx.rid.to_str().unwrap_or("").to_string());
+    s.attr(
+        "fleetgate.request_id",
+        ctx.rid.to_str().unwrap_or("").to_string(),
+    );
     match &rt.upstream {
         Some(up) => {
             s.attr("fleetgate.upstream", up.name.clone());

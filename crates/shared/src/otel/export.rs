@@ -560,12 +560,18 @@ impl Client {
         let mut req = Request::builder().method(Method::POST);
         let (content_type, body) = match self.protocol {
             Protocol::HttpProtobuf => {
-                req = req.uri(&e.path).header(http::header::HOST, e.authority.clone());
+                req = req
+                    .uri(&e.path)
+                    .header(http::header::HOST, e.authority.clone());
                 ("application/x-protobuf", body)
             }
             Protocol::Grpc => {
                 req = req
-                    .uri(format!("{scheme}://{}{}", e.authority.to_str().unwrap_or(""), e.path))
+                    .uri(format!(
+                        "{scheme}://{}{}",
+                        e.authority.to_str().unwrap_or(""),
+                        e.path
+                    ))
                     .header(http::header::TE, "trailers");
                 // Length-prefixed message: not compressed, 4-byte big-endian length.
                 let mut framed = Vec::with_capacity(5 + body.len());
@@ -624,7 +630,9 @@ impl Client {
                     .as_ref()
                     .and_then(grpc_status)
                     .or(grpc_in_headers)
-                    .ok_or_else(|| ExportError::retry("the receiver's answer has no grpc-status"))?;
+                    .ok_or_else(|| {
+                        ExportError::retry("the receiver's answer has no grpc-status")
+                    })?;
                 if code != 0 {
                     let text = format!("the receiver answered grpc-status {code}: {message}");
                     // CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED,
@@ -658,14 +666,19 @@ fn grpc_status(h: &HeaderMap) -> Option<(u32, String)> {
 }
 
 /// TLS to the receiver: the system's roots plus `ca_pem`, ALPN for the protocol.
-fn tls_config(protocol: Protocol, ca_pem: Option<&str>) -> Result<tokio_rustls::TlsConnector, String> {
+fn tls_config(
+    protocol: Protocol,
+    ca_pem: Option<&str>,
+) -> Result<tokio_rustls::TlsConnector, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
     }
     if let Some(pem) = ca_pem {
-        for der in fleetgate_core::tls::pem_certificates(pem).map_err(|e| format!("ca_cert: {e}"))? {
+        for der in
+            fleetgate_core::tls::pem_certificates(pem).map_err(|e| format!("ca_cert: {e}"))?
+        {
             roots
                 .add(rustls::pki_types::CertificateDer::from(der))
                 .map_err(|e| format!("ca_cert: {e}"))?;
@@ -690,10 +703,19 @@ mod tests {
     #[test]
     fn endpoints_are_checked_for_their_protocol() {
         let e = parse_endpoint("http://127.0.0.1:4318", Protocol::HttpProtobuf).expect("http");
-        assert_eq!((e.port, e.path.as_str(), e.tls), (4318, "/v1/traces", false));
-        let e = parse_endpoint("https://otel.example/otlp/v1/traces", Protocol::HttpProtobuf)
-            .expect("custom path");
-        assert_eq!((e.port, e.path.as_str(), e.tls), (443, "/otlp/v1/traces", true));
+        assert_eq!(
+            (e.port, e.path.as_str(), e.tls),
+            (4318, "/v1/traces", false)
+        );
+        let e = parse_endpoint(
+            "https://otel.example/otlp/v1/traces",
+            Protocol::HttpProtobuf,
+        )
+        .expect("custom path");
+        assert_eq!(
+            (e.port, e.path.as_str(), e.tls),
+            (443, "/otlp/v1/traces", true)
+        );
         let e = parse_endpoint("http://[::1]:4317", Protocol::Grpc).expect("grpc");
         assert_eq!((e.host.as_str(), e.path.as_str()), ("::1", GRPC_PATH));
         assert!(parse_endpoint("http://c:4317/v1/traces", Protocol::Grpc)
