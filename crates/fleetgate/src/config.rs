@@ -1174,6 +1174,68 @@ mod tests {
     }
 
     #[test]
+    fn tracing_from_env_is_checked_and_its_headers_never_printed() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("FLEETGATE_TRACING_ENDPOINT", "http://127.0.0.1:4317"),
+                ("FLEETGATE_TRACING_PROTOCOL", "grpc"),
+                (
+                    "FLEETGATE_TRACING_HEADERS",
+                    "x-api-key=s3cret, x-tenant=blue",
+                ),
+            ]),
+            &Overrides::default(),
+        )
+        .expect("tracing config");
+        assert_eq!(
+            c.tracing.headers.get("x-tenant").map(String::as_str),
+            Some("blue")
+        );
+        let text = c.redacted_toml();
+        assert!(
+            !text.contains("s3cret") && text.contains("x-api-key = \"***\""),
+            "{text}"
+        );
+        let exporter = c.tracing.exporter("edge").expect("exporter").expect("on");
+        assert!(!format!("{exporter:?}").contains("s3cret"));
+        assert!(c.tracing.exporter("edge").is_ok());
+        for (vars, field) in [
+            (
+                vec![("FLEETGATE_TRACING_PROTOCOL", "http/json")],
+                "tracing.protocol",
+            ),
+            (
+                vec![("FLEETGATE_TRACING_ENDPOINT", "127.0.0.1:4318")],
+                "tracing.endpoint",
+            ),
+            (
+                vec![("FLEETGATE_TRACING_HEADERS", "x-api-key")],
+                "FLEETGATE_TRACING_HEADERS",
+            ),
+            (
+                vec![("FLEETGATE_TRACING_HEADERS", "bad name=s3cret")],
+                "tracing.headers",
+            ),
+            (
+                vec![("FLEETGATE_TRACING_QUEUE_SIZE", "0")],
+                "tracing.queue_size",
+            ),
+        ] {
+            let err = Config::load(None, env(&vars), &Overrides::default())
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(field) && !err.contains("s3cret"), "{err}");
+        }
+        let off = Config::load(None, env(&[]), &Overrides::default()).expect("defaults");
+        assert!(off
+            .tracing
+            .exporter("serve")
+            .expect("no endpoint")
+            .is_none());
+    }
+
+    #[test]
     fn redacts_secrets() {
         let c = Config {
             database: DatabaseSection {
