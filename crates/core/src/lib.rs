@@ -23,6 +23,7 @@ pub mod routing;
 pub mod settings;
 pub mod time;
 pub mod tls;
+pub mod trace_context;
 pub mod user;
 
 pub use config::{ConfigDocument, ResourceSet};

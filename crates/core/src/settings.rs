@@ -20,6 +20,7 @@ pub struct Settings {
     pub redirects: RedirectSettings,
     pub events: EventSettings,
     pub metrics: MetricSettings,
+    pub tracing: TracingSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +168,35 @@ impl Default for MetricSettings {
             minute_retention_days: 7,
             hour_retention_days: 90,
             max_series_scopes: 500,
+        }
+    }
+}
+
+/// Which requests are traced (OpenTelemetry). Where spans are sent is each
+/// process's start-up configuration (`[tracing]`: endpoint, protocol, headers);
+/// these apply to every gateway and manager of the installation as soon as a
+/// revision carries them, without a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingSettings {
+    /// Share of requests that start a new trace, from 0.0 (none) to 1.0 (all;
+    /// the default). Decided per trace, so a trace is whole or absent.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
+    pub sample_ratio: f64,
+    /// A request whose caller sent a valid W3C `traceparent` follows the
+    /// caller's decision (its `sampled` flag) instead of the ratio (default true).
+    pub parent_based: bool,
+}
+
+// `sample_ratio` is never NaN once validated (and JSON cannot spell one).
+impl Eq for TracingSettings {}
+
+impl Default for TracingSettings {
+    fn default() -> Self {
+        Self {
+            sample_ratio: 1.0,
+            parent_based: true,
         }
     }
 }
@@ -337,6 +367,12 @@ impl Settings {
                 "must be at most 1000000 (0 turns the limit off)",
             );
         }
+        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
+            e.push(
+                "tracing.sample_ratio",
+                "must be a number between 0.0 and 1.0",
+            );
+        }
         e.into_result()
     }
 }
@@ -367,5 +403,11 @@ mod tests {
         assert_eq!(err.first_field(), Some("security.login_window_secs"));
         assert_eq!(err.errors.len(), 2);
         assert!(serde_json::from_str::<Settings>(r#"{"api":{"nope":1}}"#).is_err());
+        let mut s = Settings::default();
+        s.tracing.sample_ratio = 1.5;
+        let err = s.validate().expect_err("ratio above 1");
+        assert_eq!(err.first_field(), Some("tracing.sample_ratio"));
+        s.tracing.sample_ratio = f64::NAN;
+        assert!(s.validate().is_err());
     }
 }

@@ -27,6 +27,126 @@ pub struct Config {
     pub shutdown: ShutdownSection,
     pub log: LogSection,
     pub acme: AcmeSection,
+    pub tracing: TracingSection,
+}
+
+/// Where this process sends its OpenTelemetry traces (the gateway's spans, the
+/// manager API's spans). Which requests are traced is the runtime setting
+/// `settings.tracing` (sample ratio, parent-based), carried by revisions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingSection {
+    /// The OTLP receiver (an OpenTelemetry Collector): `http://host:4318` for
+    /// `http/protobuf` (spans go to `/v1/traces` unless the URL has a path),
+    /// `http://host:4317` for `grpc`; `https://` for TLS. Unset: no tracing.
+    pub endpoint: Option<String>,
+    /// `http/protobuf` (the default) or `grpc`.
+    pub protocol: String,
+    /// Headers sent with every export (an API key, a tenant). Secrets: never
+    /// printed or logged.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The `service.name` of the spans.
+    pub service_name: String,
+    /// PEM certificate(s) trusted for an `https://` endpoint besides the
+    /// system's roots.
+    pub ca_cert: Option<PathBuf>,
+    /// One export may take this long, connecting included.
+    pub timeout_ms: u64,
+    /// Spans waiting for export at most; more are dropped (and counted).
+    pub queue_size: usize,
+    /// Spans per export at most.
+    pub batch_size: usize,
+    /// A span waits at most this long before its batch is sent.
+    pub interval_ms: u64,
+}
+
+impl Default for TracingSection {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            protocol: "http/protobuf".into(),
+            headers: Default::default(),
+            service_name: "fleetgate".into(),
+            ca_cert: None,
+            timeout_ms: 10_000,
+            queue_size: 2048,
+            batch_size: 512,
+            interval_ms: 2000,
+        }
+    }
+}
+
+impl TracingSection {
+    /// The exporter's settings, or `None` without an endpoint; `role` is the
+    /// command (`serve`, `manager`, `edge`), a resource attribute.
+    pub fn exporter(
+        &self,
+        role: &str,
+    ) -> anyhow::Result<Option<fleetgate_shared::otel::ExporterConfig>> {
+        use fleetgate_shared::otel::{ExporterConfig, Protocol};
+        let Some(endpoint) = &self.endpoint else {
+            return Ok(None);
+        };
+        let protocol =
+            Protocol::parse(&self.protocol).map_err(|e| anyhow::anyhow!("tracing.protocol {e}"))?;
+        let ca_pem = match &self.ca_cert {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read tracing.ca_cert {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let mut c = ExporterConfig::new(endpoint.clone(), protocol);
+        c.headers = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        c.ca_pem = ca_pem;
+        c.resource = vec![
+            ("service.name", self.service_name.clone()),
+            ("service.version", env!("CARGO_PKG_VERSION").to_string()),
+            ("service.instance.id", uuid::Uuid::new_v4().to_string()),
+            ("fleetgate.role", role.to_string()),
+        ];
+        c.timeout = std::time::Duration::from_millis(self.timeout_ms);
+        c.queue_size = self.queue_size;
+        c.batch_size = self.batch_size;
+        c.interval = std::time::Duration::from_millis(self.interval_ms);
+        Ok(Some(c))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        use fleetgate_shared::otel::{check_endpoint, check_headers, Protocol};
+        let protocol =
+            Protocol::parse(&self.protocol).map_err(|e| anyhow::anyhow!("tracing.protocol {e}"))?;
+        if let Some(url) = &self.endpoint {
+            check_endpoint(url, protocol).map_err(|e| anyhow::anyhow!("tracing.endpoint {e}"))?;
+        }
+        let pairs: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        check_headers(&pairs).map_err(|e| anyhow::anyhow!("tracing.headers: {e}"))?;
+        let name = &self.service_name;
+        if name.trim().is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+            bail!("tracing.service_name must be 1 to 200 characters without control characters");
+        }
+        if !(100..=120_000).contains(&self.timeout_ms) {
+            bail!("tracing.timeout_ms must be between 100 and 120000");
+        }
+        if !(1..=1_000_000).contains(&self.queue_size) {
+            bail!("tracing.queue_size must be between 1 and 1000000");
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            bail!("tracing.batch_size must be between 1 and 10000");
+        }
+        if !(100..=60_000).contains(&self.interval_ms) {
+            bail!("tracing.interval_ms must be between 100 and 60000");
+        }
+        Ok(())
+    }
 }
 
 /// ACME certificates (`POST /api/v1/certificates/request` and renewals).
@@ -291,6 +411,7 @@ impl Default for Config {
             shutdown: ShutdownSection::default(),
             log: LogSection::default(),
             acme: AcmeSection::default(),
+            tracing: TracingSection::default(),
         }
     }
 }
@@ -361,6 +482,8 @@ enum Kind {
     List,
     Int,
     Bool,
+    /// Comma-separated `name=value` pairs, into a table.
+    Pairs,
 }
 
 /// The environment variables that override configuration keys.
@@ -524,6 +647,35 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("FLEETGATE_DOCKER_SOCKET", "docker.socket", Kind::Text),
     ("FLEETGATE_LOG_LEVEL", "log.level", Kind::Text),
     ("FLEETGATE_LOG_FORMAT", "log.format", Kind::Text),
+    ("FLEETGATE_TRACING_ENDPOINT", "tracing.endpoint", Kind::Text),
+    ("FLEETGATE_TRACING_PROTOCOL", "tracing.protocol", Kind::Text),
+    ("FLEETGATE_TRACING_HEADERS", "tracing.headers", Kind::Pairs),
+    (
+        "FLEETGATE_TRACING_SERVICE_NAME",
+        "tracing.service_name",
+        Kind::Text,
+    ),
+    ("FLEETGATE_TRACING_CA_CERT", "tracing.ca_cert", Kind::Text),
+    (
+        "FLEETGATE_TRACING_TIMEOUT_MS",
+        "tracing.timeout_ms",
+        Kind::Int,
+    ),
+    (
+        "FLEETGATE_TRACING_QUEUE_SIZE",
+        "tracing.queue_size",
+        Kind::Int,
+    ),
+    (
+        "FLEETGATE_TRACING_BATCH_SIZE",
+        "tracing.batch_size",
+        Kind::Int,
+    ),
+    (
+        "FLEETGATE_TRACING_INTERVAL_MS",
+        "tracing.interval_ms",
+        Kind::Int,
+    ),
 ];
 
 /// Variables read elsewhere (secrets, the config path, tests), not config keys.
@@ -643,6 +795,20 @@ impl Config {
                         .parse()
                         .with_context(|| format!("{name} must be an integer, got {value:?}"))?,
                 ),
+                Kind::Pairs => {
+                    let mut t = toml::Table::new();
+                    for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                        // The value is never quoted back: it may be a secret.
+                        let Some((k, v)) = pair.split_once('=') else {
+                            bail!("{name} must be name=value pairs separated by commas");
+                        };
+                        t.insert(
+                            k.trim().to_string(),
+                            toml::Value::String(v.trim().to_string()),
+                        );
+                    }
+                    toml::Value::Table(t)
+                }
                 Kind::Bool => toml::Value::Boolean(match value.trim() {
                     "true" | "1" => true,
                     "false" | "0" => false,
@@ -849,6 +1015,7 @@ impl Config {
         if let Some(u) = &self.nats.url {
             fleetgate_manager::bus::check_url(u).map_err(|e| anyhow::anyhow!("nats.url {e}"))?;
         }
+        self.tracing.validate()?;
         Ok(())
     }
 
@@ -871,6 +1038,9 @@ impl Config {
         }
         if c.edge.token.is_some() {
             c.edge.token = Some("***".into());
+        }
+        for v in c.tracing.headers.values_mut() {
+            *v = "***".into();
         }
         toml::to_string_pretty(&c).unwrap_or_default()
     }
@@ -1001,6 +1171,68 @@ mod tests {
             assert!(err.contains("nats.url"), "{err}");
             assert!(!err.contains("pw"), "credentials are not shown: {err}");
         }
+    }
+
+    #[test]
+    fn tracing_from_env_is_checked_and_its_headers_never_printed() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("FLEETGATE_TRACING_ENDPOINT", "http://127.0.0.1:4317"),
+                ("FLEETGATE_TRACING_PROTOCOL", "grpc"),
+                (
+                    "FLEETGATE_TRACING_HEADERS",
+                    "x-api-key=s3cret, x-tenant=blue",
+                ),
+            ]),
+            &Overrides::default(),
+        )
+        .expect("tracing config");
+        assert_eq!(
+            c.tracing.headers.get("x-tenant").map(String::as_str),
+            Some("blue")
+        );
+        let text = c.redacted_toml();
+        assert!(
+            !text.contains("s3cret") && text.contains("x-api-key = \"***\""),
+            "{text}"
+        );
+        let exporter = c.tracing.exporter("edge").expect("exporter").expect("on");
+        assert!(!format!("{exporter:?}").contains("s3cret"));
+        assert!(c.tracing.exporter("edge").is_ok());
+        for (vars, field) in [
+            (
+                vec![("FLEETGATE_TRACING_PROTOCOL", "http/json")],
+                "tracing.protocol",
+            ),
+            (
+                vec![("FLEETGATE_TRACING_ENDPOINT", "127.0.0.1:4318")],
+                "tracing.endpoint",
+            ),
+            (
+                vec![("FLEETGATE_TRACING_HEADERS", "x-api-key")],
+                "FLEETGATE_TRACING_HEADERS",
+            ),
+            (
+                vec![("FLEETGATE_TRACING_HEADERS", "bad name=s3cret")],
+                "tracing.headers",
+            ),
+            (
+                vec![("FLEETGATE_TRACING_QUEUE_SIZE", "0")],
+                "tracing.queue_size",
+            ),
+        ] {
+            let err = Config::load(None, env(&vars), &Overrides::default())
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(field) && !err.contains("s3cret"), "{err}");
+        }
+        let off = Config::load(None, env(&[]), &Overrides::default()).expect("defaults");
+        assert!(off
+            .tracing
+            .exporter("serve")
+            .expect("no endpoint")
+            .is_none());
     }
 
     #[test]

@@ -137,6 +137,8 @@ pub async fn start(
         &config.data_dir,
     )
     .map_err(anyhow::Error::msg)?;
+    let role = if with_gateway { "serve" } else { "manager" };
+    let (tracer, export) = start_tracing(&config, role)?;
     let options = ManagerOptions {
         data_dir: config.data_dir.clone(),
         docker_socket: config.docker.socket.clone(),
@@ -147,6 +149,7 @@ pub async fn start(
         nats_url: config.nats.url.clone(),
         secret_key: Some(secret_key),
         acme: config.acme.options(),
+        tracer: tracer.clone(),
     };
     let dyn_store: Arc<dyn Store> = store.clone();
     let state = AppState::new(dyn_store, options).await?;
@@ -230,6 +233,7 @@ pub async fn start(
             fail_open: config.gateway.rate_limit_fail_open,
         });
         let mut options = gateway_options(&config, Some(state.event_sink()))?;
+        options.tracer = tracer.clone();
         options.ai_usage = Some(state.ai_usage_sink());
         options.ai_allowances = Some(state.ai_allowances());
         let gw = Gateway::new(state.subscribe(), options);
@@ -298,6 +302,9 @@ pub async fn start(
         }
         let _ = node_task.await;
         let _ = background.await;
+        if let Some(export) = export {
+            export.shutdown(TRACE_FLUSH).await;
+        }
         task_state.store.close().await;
         tracing::info!("stopped");
         Ok(())
@@ -313,6 +320,26 @@ pub async fn start(
         stop: Some(stop_tx),
         task,
     })
+}
+
+/// How long stopping waits for the spans still queued to be sent.
+const TRACE_FLUSH: Duration = Duration::from_secs(5);
+
+/// The trace exporter of `tracing.endpoint`, when set.
+fn start_tracing(
+    config: &Config,
+    role: &str,
+) -> anyhow::Result<(
+    Option<fleetgate_shared::otel::Tracer>,
+    Option<fleetgate_shared::otel::ExportTask>,
+)> {
+    let Some(exporter) = config.tracing.exporter(role)? else {
+        return Ok((None, None));
+    };
+    tracing::info!(endpoint = %fleetgate_core::redact::redact_url(&exporter.endpoint), protocol = %config.tracing.protocol, "exporting traces");
+    let (tracer, task) = fleetgate_shared::otel::Tracer::start(exporter)
+        .map_err(|e| anyhow::anyhow!("tracing.{e}"))?;
+    Ok((Some(tracer), Some(task)))
 }
 
 /// The gateway's options from the configuration; `events` go to the manager's hub.
@@ -334,6 +361,7 @@ fn gateway_options(
         events,
         ai_usage: None,
         ai_allowances: None,
+        tracer: None,
     })
 }
 
@@ -416,7 +444,10 @@ pub async fn start_edge(
         );
         feed.adopt(&s.config);
     }
-    let gw = Gateway::new(feed.subscribe(), gateway_options(&config, None)?);
+    let (tracer, export) = start_tracing(&config, "edge")?;
+    let mut options = gateway_options(&config, None)?;
+    options.tracer = tracer;
+    let gw = Gateway::new(feed.subscribe(), options);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (down_tx, down_rx) = watch::channel(false);
     let agent_task = match &config.flecto.url {
@@ -453,6 +484,9 @@ pub async fn start_edge(
         let _ = gateway_task.await;
         for t in [agent_task, edge_task].into_iter().flatten() {
             let _ = t.await;
+        }
+        if let Some(export) = export {
+            export.shutdown(TRACE_FLUSH).await;
         }
         // The feed lives until here, so the gateway never sees its configuration end.
         drop(feed);

@@ -278,6 +278,7 @@ pub async fn require_auth(
     if is_mutation(&parts.method) && !ctx.role.can_mutate() && !logout {
         return Err(ApiError::forbidden("viewers cannot change anything"));
     }
+    crate::middleware::TraceActor::note(&parts.extensions, &ctx);
     parts.extensions.insert(Arc::new(ctx));
     Ok(next.run(Request::from_parts(parts, body)).await)
 }

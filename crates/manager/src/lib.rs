@@ -69,6 +69,9 @@ pub struct ManagerOptions {
     pub secret_key: Option<[u8; 32]>,
     /// ACME: the CA, its trust, the account contact and the renewal schedule.
     pub acme: acme::AcmeOptions,
+    /// Where the spans of traced API requests go (OpenTelemetry); `None`
+    /// traces nothing. Which are traced is the revision's `settings.tracing`.
+    pub tracer: Option<fleetgate_shared::otel::Tracer>,
 }
 
 impl Default for ManagerOptions {
@@ -83,6 +86,7 @@ impl Default for ManagerOptions {
             nats_url: None,
             secret_key: None,
             acme: acme::AcmeOptions::default(),
+            tracer: None,
         }
     }
 }

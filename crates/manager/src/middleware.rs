@@ -115,6 +115,7 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
                     api.session_rate_limit_per_minute,
                 ),
             };
+            TraceActor::note(&parts.extensions, &ctx);
             parts.extensions.insert(Arc::new(ctx));
             counted
         }
@@ -228,4 +229,96 @@ pub async fn response_envelope(req: Request, next: Next) -> Response {
         axum::http::HeaderValue::from_static("data"),
     );
     Response::from_parts(parts, axum::body::Body::from(wrapped))
+}
+
+/// Who made a traced API request: the authentication layers note the actor's
+/// name here (never a token) when the request carries one.
+#[derive(Clone, Default)]
+pub struct TraceActor(Arc<std::sync::OnceLock<String>>);
+
+impl TraceActor {
+    /// Notes `ctx`'s actor on a traced request (nothing otherwise).
+    pub fn note(extensions: &axum::http::Extensions, ctx: &AuthContext) {
+        if let Some(slot) = extensions.get::<TraceActor>() {
+            let _ = slot.0.set(ctx.actor.name.clone());
+        }
+    }
+}
+
+/// A span per API request (OpenTelemetry) when the manager has an exporter and
+/// the request is sampled: by its caller's W3C `traceparent` when
+/// `settings.tracing.parent_based`, otherwise by `settings.tracing.sample_ratio`
+/// — the settings of the revision in force. Named by method and route template
+/// (`GET /api/v1/routes/{id}`); it carries the status and the actor's name.
+pub async fn trace_span(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    use fleetgate_core::trace_context::TraceParent;
+    use fleetgate_shared::otel;
+    let Some(tracer) = state.options.tracer.clone() else {
+        return next.run(req).await;
+    };
+    let parent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| TraceParent::parse(v.as_bytes()).ok());
+    let sampled = {
+        let current = state.feed.current();
+        let t = &current.gateway.settings.tracing;
+        match parent {
+            Some(p) if t.parent_based => p.sampled(),
+            _ => otel::sample_root(otel::ratio_threshold(t.sample_ratio)),
+        }
+    };
+    if !sampled {
+        return next.run(req).await;
+    }
+    let start = otel::unix_now_ns();
+    let actor = TraceActor::default();
+    req.extensions_mut().insert(actor.clone());
+    let template = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+    let client = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let mut span = otel::Span {
+        scope: otel::Scope::Manager,
+        trace_id: parent.map_or_else(otel::new_trace_id, |p| p.trace_id),
+        span_id: otel::new_span_id(),
+        parent_span_id: parent.map_or([0; 8], |p| p.parent_id),
+        remote_parent: parent.is_some(),
+        trace_state: None,
+        name: match &template {
+            Some(t) => format!("{method} {t}"),
+            None => method.clone(),
+        },
+        kind: otel::SpanKind::Server,
+        start_unix_ns: start,
+        end_unix_ns: otel::unix_now_ns(),
+        attributes: Vec::with_capacity(8),
+        error: (status >= 500).then(|| format!("answered {status}")),
+    };
+    span.attr("http.request.method", method);
+    if let Some(t) = template {
+        span.attr("http.route", t);
+    }
+    span.attr("url.path", path);
+    span.attr("http.response.status_code", status);
+    if let Some(id) = request_id {
+        span.attr("fleetgate.request_id", id);
+    }
+    if let Some(ip) = client {
+        span.attr("client.address", ip);
+    }
+    if let Some(name) = actor.0.get() {
+        span.attr("enduser.id", name.clone());
+    }
+    tracer.record(span);
+    resp
 }

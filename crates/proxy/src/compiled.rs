@@ -77,6 +77,11 @@ pub struct Compiled {
     /// Parallel to the document's routes (disabled ones included, for indices).
     pub routes: Vec<RouteRuntime>,
     pub upstreams: HashMap<String, Arc<UpstreamRuntime>>,
+    /// `settings.tracing.sample_ratio` as a bound on a random `u64`
+    /// (`fleetgate_shared::otel::ratio_threshold`).
+    pub trace_threshold: u64,
+    /// `settings.tracing.parent_based`.
+    pub trace_parent_based: bool,
 }
 
 impl Compiled {
@@ -86,6 +91,8 @@ impl Compiled {
             table: RouteTable::default(),
             routes: Vec::new(),
             upstreams: HashMap::new(),
+            trace_threshold: u64::MAX,
+            trace_parent_based: true,
         }
     }
 
@@ -169,11 +176,14 @@ impl Compiled {
                 .map(String::as_str)
                 .chain(ai_routes.then_some(AI_UPSTREAM)),
         );
+        let tracing = &doc.settings.tracing;
         Ok(Self {
             revision,
             table,
             routes,
             upstreams,
+            trace_threshold: fleetgate_shared::otel::ratio_threshold(tracing.sample_ratio),
+            trace_parent_based: tracing.parent_based,
         })
     }
 }

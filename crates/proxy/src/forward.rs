@@ -13,6 +13,9 @@
 //! 5. [`respond`] — the response rules, the headers the policies owe the answer,
 //!    metrics and the access log.
 //!
+//! A routed request may be traced ([`trace`]): decided as it is routed, its span
+//! recorded as it is answered.
+//!
 //! Before all of them, a pending ACME HTTP-01 challenge is answered
 //! ([`acme_challenge`]) for any host, so that issuing a certificate never depends
 //! on a route existing for the name.
@@ -26,6 +29,7 @@ mod policy;
 mod respond;
 mod route;
 mod target;
+mod trace;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -171,6 +175,8 @@ struct RequestCtx<'a> {
     rt: &'a RouteRuntime,
     /// How much of the path the route's prefix matched (`strip_path` removes it).
     matched_len: usize,
+    /// The request's span when it is traced.
+    span: Option<&'a trace::ActiveSpan>,
 }
 
 /// A response the gateway answers before a route is known, with the request's id.
@@ -237,6 +243,12 @@ pub async fn handle(
     } else {
         None
     };
+    // Traced or not (one branch when tracing is off); a traced request's
+    // upstream gets the gateway's `traceparent`.
+    let span = match &gw.tracer {
+        None => None,
+        Some(_) => trace::start(&compiled, &mut parts.headers, started),
+    };
     let ctx = RequestCtx {
         gw: &gw,
         peer: &peer,
@@ -245,6 +257,7 @@ pub async fn handle(
         tls,
         rt,
         matched_len,
+        span: span.as_ref(),
     };
     let mut resp = 'answer: {
         if let Some(r) = route::https_redirect(&ctx, &parts) {
@@ -294,7 +307,10 @@ pub async fn handle(
         resp
     };
 
-    // 5. Metrics and the access log.
+    // 5. Metrics, the access log and the span.
     respond::log(&ctx, &parts, &mut resp, started, user_agent.as_ref());
+    if let (Some(tracer), Some(span)) = (&gw.tracer, &span) {
+        trace::finish(tracer, span, &ctx, &parts, resp.status().as_u16());
+    }
     resp
 }

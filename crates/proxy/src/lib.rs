@@ -75,6 +75,10 @@ pub struct GatewayOptions {
     /// (the store shared by every gateway process); without it a budget's
     /// limit is this process's own.
     pub ai_allowances: Option<Arc<dyn fleetgate_protocol::ai::BudgetAllowances>>,
+    /// Where the spans of traced requests go (OpenTelemetry); `None` traces
+    /// nothing. Which requests are traced is the revision's
+    /// `settings.tracing`.
+    pub tracer: Option<fleetgate_shared::otel::Tracer>,
 }
 
 impl std::fmt::Debug for GatewayOptions {
@@ -88,6 +92,7 @@ impl std::fmt::Debug for GatewayOptions {
             .field("events", &self.events)
             .field("ai_usage", &self.ai_usage.is_some())
             .field("ai_allowances", &self.ai_allowances.is_some())
+            .field("tracer", &self.tracer.is_some())
             .finish()
     }
 }
@@ -103,6 +108,7 @@ impl Default for GatewayOptions {
             events: None,
             ai_usage: None,
             ai_allowances: None,
+            tracer: None,
         }
     }
 }
@@ -126,6 +132,8 @@ pub struct GatewayInner {
     pub(crate) ai: ArcSwap<ai::AiRuntime>,
     pub(crate) ai_usage: Option<fleetgate_protocol::ai::UsageSink>,
     pub(crate) ai_allowances: Option<Arc<dyn fleetgate_protocol::ai::BudgetAllowances>>,
+    /// Where traced requests' spans go (see `forward::trace`).
+    pub(crate) tracer: Option<fleetgate_shared::otel::Tracer>,
     /// Port of the HTTPS listener once bound, for HTTP→HTTPS redirects (0 = none).
     pub(crate) https_port: std::sync::atomic::AtomicU16,
     /// Certificates of the HTTPS listener, by SNI name.
@@ -332,6 +340,7 @@ impl Gateway {
             ai: ArcSwap::from_pointee(ai::AiRuntime::default()),
             ai_usage: options.ai_usage.clone(),
             ai_allowances: options.ai_allowances.clone(),
+            tracer: options.tracer.clone(),
             https_port: std::sync::atomic::AtomicU16::new(0),
             tls: Arc::new(tls::SniResolver::default()),
             challenges: ArcSwap::from_pointee(Default::default()),
@@ -832,9 +841,12 @@ impl Gateway {
         }
     }
 
-    /// Prometheus lines of the gateway's metrics.
+    /// Prometheus lines of the gateway's metrics (and of its trace exporter's).
     pub fn render_metrics(&self, out: &mut String) {
         self.inner.metrics.render(out);
+        if let Some(t) = &self.inner.tracer {
+            t.render_metrics(out);
+        }
         let mut e = fleetgate_core::prom::Encoder::new(out);
         e.family(
             "fleetgate_circuit_breaker_state",

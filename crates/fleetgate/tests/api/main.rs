@@ -31,6 +31,7 @@ mod manager_hardening;
 mod manager_role;
 mod metrics;
 mod nodes;
+mod otel;
 mod process;
 mod redirects;
 mod releases;

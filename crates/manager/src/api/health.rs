@@ -248,8 +248,12 @@ fn render_metrics(state: &AppState) -> impl IntoResponse {
         state.store.pool_stats(),
         state.started_at.elapsed().as_secs_f64(),
     );
+    // The gateway in this process renders the trace exporter's counters it
+    // shares with the manager; without one the manager renders them.
     if let Some(dp) = state.data_plane.get() {
         (dp.metrics)(&mut text);
+    } else if let Some(t) = &state.options.tracer {
+        t.render_metrics(&mut text);
     }
     (
         [(

@@ -47,7 +47,8 @@ use utoipa_axum::routes;
 
 use crate::auth::require_auth;
 use crate::middleware::{
-    method_not_allowed, not_found, rate_limit, request_id, response_envelope, track_metrics,
+    method_not_allowed, not_found, rate_limit, request_id, response_envelope, trace_span,
+    track_metrics,
 };
 use crate::openapi::ApiDoc;
 use crate::AppState;
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn(response_envelope))
         .layer(from_fn_with_state(state.clone(), rate_limit))
+        .layer(from_fn_with_state(state.clone(), trace_span))
         .layer(from_fn_with_state(state.clone(), track_metrics))
         .layer(from_fn(request_id))
         .layer(DefaultBodyLimit::max(state.options.max_body_bytes))

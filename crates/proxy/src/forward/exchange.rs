@@ -89,6 +89,9 @@ pub(super) async fn forward(
         }
         rt.upstream_metrics.requests.fetch_add(1, Ordering::Relaxed);
         let target = &up.targets[ti];
+        if let Some(span) = ctx.span {
+            span.attempt(ti);
+        }
         let more = attempt + 1 < attempts;
         target.active.fetch_add(1, Ordering::Relaxed);
         let sent = Instant::now();
