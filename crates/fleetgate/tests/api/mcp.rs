@@ -544,7 +544,7 @@ async fn a_streamable_http_server_is_listed_and_called_with_its_headers() {
     let st = steps(&r);
     assert_eq!(st[1]["status"], "ok", "{}", st[1]);
     assert_eq!(st[1]["output"]["body"], "5");
-    assert_eq!(st[1]["output"]["structured_content"], json!({"sum": 5.0}));
+    assert_eq!(st[1]["output"]["structured_content"], json!({"sum": 5}));
     assert_eq!(st[2]["status"], "error");
     assert!(st[2]["error"].as_str().unwrap_or("").contains("not allowed"));
     assert_eq!(st[3]["status"], "error");
