@@ -361,6 +361,13 @@ impl Session {
                 "MCP server {} refused the call of {tool}: {} (code {})",
                 self.server, e.message, e.code.0
             )),
+            Ok(Err(rmcp::ServiceError::TransportClosed)) => {
+                let why = format!(
+                    "MCP server {} closed the connection during the call of {tool}",
+                    self.server
+                );
+                Err(self.failed(why).await)
+            }
             Ok(Err(e)) => {
                 let why = format!("MCP server {} failed the call of {tool}: {e}", self.server);
                 Err(self.failed(why).await)
@@ -456,7 +463,11 @@ async fn finish_failed(
         // Its stderr is at its end once the process is gone.
         let _ = tokio::time::timeout(Duration::from_millis(500), task).await;
     }
-    let tail = diag.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let tail = diag
+        .stderr
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let tail = String::from_utf8_lossy(&tail);
     let tail = tail.trim();
     if !tail.is_empty() {
@@ -586,7 +597,10 @@ mod tests {
         assert_eq!(model_name("files", "read"), Some("files__read".into()));
         assert_eq!(model_name("files", "read.file"), None);
         assert_eq!(model_name("files", &"x".repeat(60)), None);
-        assert_eq!(split_model_name("files__read_all"), Some(("files", "read_all")));
+        assert_eq!(
+            split_model_name("files__read_all"),
+            Some(("files", "read_all"))
+        );
         assert_eq!(parse_ref("mcp:files/read_*"), Some(("files", "read_*")));
         assert_eq!(parse_ref("files/read"), None);
     }

@@ -584,14 +584,16 @@ fn mcp_name_taken(e: sqlx::Error, name: &str) -> StoreError {
 }
 
 async fn mcp_by_id(conn: &mut sqlx::AnyConnection, id: &str) -> Result<McpServerRecord> {
-    sqlx::query(&format!("SELECT {MCP_COLS} FROM ai_mcp_servers WHERE id = $1"))
-        .bind(id.to_string())
-        .fetch_optional(conn)
-        .await?
-        .as_ref()
-        .map(mcp_from_row)
-        .transpose()?
-        .ok_or_else(|| StoreError::NotFound(format!("MCP server {id}")))
+    sqlx::query(&format!(
+        "SELECT {MCP_COLS} FROM ai_mcp_servers WHERE id = $1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(conn)
+    .await?
+    .as_ref()
+    .map(mcp_from_row)
+    .transpose()?
+    .ok_or_else(|| StoreError::NotFound(format!("MCP server {id}")))
 }
 
 const RUN_COLS: &str =
@@ -1007,13 +1009,15 @@ impl AgentStore for SqlStore {
     }
 
     async fn get_mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>> {
-        sqlx::query(&format!("SELECT {MCP_COLS} FROM ai_mcp_servers WHERE id = $1"))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(mcp_from_row)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {MCP_COLS} FROM ai_mcp_servers WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(mcp_from_row)
+        .transpose()
     }
 
     async fn get_mcp_server_by_name(&self, name: &str) -> Result<Option<McpServerRecord>> {

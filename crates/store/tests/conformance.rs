@@ -3518,7 +3518,12 @@ async fn mcp_servers_keep_secret_values_out_of_the_audit(s: &SqlStore) {
         .await
         .expect("audit");
     let text = format!("{:?}", audit.items);
-    for want in ["mcp_server.create", "mcp_server.update", "mcp_server.delete", "env_changed"] {
+    for want in [
+        "mcp_server.create",
+        "mcp_server.update",
+        "mcp_server.delete",
+        "env_changed",
+    ] {
         assert!(text.contains(want), "{want} in the audit log");
     }
     assert!(

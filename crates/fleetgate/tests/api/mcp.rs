@@ -144,21 +144,60 @@ async fn registrations_are_validated_and_secrets_never_shown() {
     let (app, _fake, dir) = setup().await;
     let log = dir.path().join("calls.jsonl");
     for (body, field) in [
-        (json!({"name": "bad name", "transport": "stdio", "command": "node"}), "name"),
-        (json!({"name": "x", "transport": "carrier-pigeon"}), "transport"),
+        (
+            json!({"name": "bad name", "transport": "stdio", "command": "node"}),
+            "name",
+        ),
+        (
+            json!({"name": "x", "transport": "carrier-pigeon"}),
+            "transport",
+        ),
         (json!({"name": "x", "transport": "stdio"}), "command"),
-        (json!({"name": "x", "transport": "stdio", "command": "node", "url": "http://127.0.0.1:1/mcp"}), "url"),
-        (json!({"name": "x", "transport": "stdio", "command": "node", "env": {"1BAD": "v"}}), "env.1BAD"),
-        (json!({"name": "x", "transport": "stdio", "command": "node", "env": {"PATH": "/tmp"}}), "env.PATH"),
-        (json!({"name": "x", "transport": "stdio", "command": "node", "allow": ["ok", "no spaces"]}), "allow[1]"),
-        (json!({"name": "x", "transport": "stdio", "command": "node", "deny": [""]}), "deny[0]"),
-        (json!({"name": "x", "transport": "stdio", "command": "node", "timeout_ms": 5}), "timeout_ms"),
+        (
+            json!({"name": "x", "transport": "stdio", "command": "node", "url": "http://127.0.0.1:1/mcp"}),
+            "url",
+        ),
+        (
+            json!({"name": "x", "transport": "stdio", "command": "node", "env": {"1BAD": "v"}}),
+            "env.1BAD",
+        ),
+        (
+            json!({"name": "x", "transport": "stdio", "command": "node", "env": {"PATH": "/tmp"}}),
+            "env.PATH",
+        ),
+        (
+            json!({"name": "x", "transport": "stdio", "command": "node", "allow": ["ok", "no spaces"]}),
+            "allow[1]",
+        ),
+        (
+            json!({"name": "x", "transport": "stdio", "command": "node", "deny": [""]}),
+            "deny[0]",
+        ),
+        (
+            json!({"name": "x", "transport": "stdio", "command": "node", "timeout_ms": 5}),
+            "timeout_ms",
+        ),
         (json!({"name": "x", "transport": "http"}), "url"),
-        (json!({"name": "x", "transport": "http", "url": "ftp://127.0.0.1/mcp"}), "url"),
-        (json!({"name": "x", "transport": "http", "url": "http://127.0.0.1:1/mcp", "command": "node"}), "command"),
-        (json!({"name": "x", "transport": "http", "url": "http://127.0.0.1:1/mcp", "headers": {"bad header": "v"}}), "headers.bad header"),
+        (
+            json!({"name": "x", "transport": "http", "url": "ftp://127.0.0.1/mcp"}),
+            "url",
+        ),
+        (
+            json!({"name": "x", "transport": "http", "url": "http://127.0.0.1:1/mcp", "command": "node"}),
+            "command",
+        ),
+        (
+            json!({"name": "x", "transport": "http", "url": "http://127.0.0.1:1/mcp", "headers": {"bad header": "v"}}),
+            "headers.bad header",
+        ),
     ] {
-        let (status, e) = send(&app, Method::POST, "/api/v1/mcp-servers", Some(body.clone())).await;
+        let (status, e) = send(
+            &app,
+            Method::POST,
+            "/api/v1/mcp-servers",
+            Some(body.clone()),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body} -> {e}");
         assert_eq!(e["details"]["field"], field, "{body} -> {e}");
     }
@@ -172,7 +211,10 @@ async fn registrations_are_validated_and_secrets_never_shown() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
 
     let created = stdio_server(&app, "files", &log, json!({})).await;
-    assert_eq!(created["env_names"], json!(["FAKE_MCP_LOG", "FAKE_MCP_TOKEN"]));
+    assert_eq!(
+        created["env_names"],
+        json!(["FAKE_MCP_LOG", "FAKE_MCP_TOKEN"])
+    );
     let id = created["id"].as_str().expect("id");
     let (status, dup) = send(
         &app,
@@ -187,8 +229,10 @@ async fn registrations_are_validated_and_secrets_never_shown() {
         &app,
         Method::PUT,
         &format!("/api/v1/mcp-servers/{id}"),
-        Some(json!({"name": "files", "transport": "stdio", "command": "node", "args": [script()],
-                    "allow": ["echo"], "timeout_ms": 4000})),
+        Some(
+            json!({"name": "files", "transport": "stdio", "command": "node", "args": [script()],
+                    "allow": ["echo"], "timeout_ms": 4000}),
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{updated}");
@@ -198,8 +242,10 @@ async fn registrations_are_validated_and_secrets_never_shown() {
         &app,
         Method::POST,
         "/api/v1/mcp-servers",
-        Some(json!({"name": "web", "transport": "http", "url": "http://127.0.0.1:1/mcp",
-                    "headers": {"Authorization": HEADER_SECRET}, "allow": ["*"]})),
+        Some(
+            json!({"name": "web", "transport": "http", "url": "http://127.0.0.1:1/mcp",
+                    "headers": {"Authorization": HEADER_SECRET}, "allow": ["*"]}),
+        ),
     )
     .await;
     assert_eq!(http.0, StatusCode::CREATED, "{}", http.1);
@@ -223,25 +269,43 @@ async fn registrations_are_validated_and_secrets_never_shown() {
     // Secret values appear in no answer and not in the audit log.
     let shown = [
         app.get_json("/api/v1/mcp-servers").await.to_string(),
-        app.get_json(&format!("/api/v1/mcp-servers/{id}")).await.to_string(),
+        app.get_json(&format!("/api/v1/mcp-servers/{id}"))
+            .await
+            .to_string(),
         created.to_string(),
         updated.to_string(),
         http.1.to_string(),
     ];
     for text in &shown {
-        assert!(!text.contains(ENV_SECRET) && !text.contains("header-secret"), "{text}");
+        assert!(
+            !text.contains(ENV_SECRET) && !text.contains("header-secret"),
+            "{text}"
+        );
     }
     let audit = app.get_json("/api/v1/audit?limit=500").await.to_string();
     assert!(!audit.contains(ENV_SECRET) && !audit.contains("header-secret"));
     assert!(audit.contains("mcp_server.create") && audit.contains("mcp_server.update"));
-    let (status, _) = send(&app, Method::DELETE, &format!("/api/v1/mcp-servers/{id}"), None).await;
+    let (status, _) = send(
+        &app,
+        Method::DELETE,
+        &format!("/api/v1/mcp-servers/{id}"),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let audit = app.get_json("/api/v1/audit?limit=500").await.to_string();
     assert!(audit.contains("mcp_server.delete"));
     // The OpenAPI document describes the endpoints.
     let doc = app.get_json("/api/v1/openapi.json").await;
-    for path in ["/api/v1/mcp-servers", "/api/v1/mcp-servers/{id}", "/api/v1/mcp-servers/{id}/tools"] {
-        assert!(doc["paths"][path].is_object(), "{path} in the OpenAPI document");
+    for path in [
+        "/api/v1/mcp-servers",
+        "/api/v1/mcp-servers/{id}",
+        "/api/v1/mcp-servers/{id}/tools",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} in the OpenAPI document"
+        );
     }
     app.stop().await;
 }
@@ -258,7 +322,10 @@ async fn listing_shows_only_the_tools_the_rules_allow() {
     )
     .await;
     let listed = app
-        .get_json(&format!("/api/v1/mcp-servers/{}/tools", s["id"].as_str().expect("id")))
+        .get_json(&format!(
+            "/api/v1/mcp-servers/{}/tools",
+            s["id"].as_str().expect("id")
+        ))
         .await;
     let names: Vec<&str> = listed["tools"]
         .as_array()
@@ -270,11 +337,17 @@ async fn listing_shows_only_the_tools_the_rules_allow() {
     assert_eq!(listed["hidden"], 4);
     assert_eq!(listed["tools"][0]["model_name"], "files__echo");
     assert_eq!(listed["tools"][0]["reference"], "mcp:files/echo");
-    assert_eq!(listed["tools"][0]["input_schema"]["required"], json!(["text"]));
+    assert_eq!(
+        listed["tools"][0]["input_schema"]["required"],
+        json!(["text"])
+    );
     // With no allow pattern nothing is allowed.
     let none = stdio_server(&app, "closed", &log, json!({"allow": [], "deny": []})).await;
     let listed = app
-        .get_json(&format!("/api/v1/mcp-servers/{}/tools", none["id"].as_str().expect("id")))
+        .get_json(&format!(
+            "/api/v1/mcp-servers/{}/tools",
+            none["id"].as_str().expect("id")
+        ))
         .await;
     assert_eq!(listed["tools"], json!([]));
     assert_eq!(listed["hidden"], 7);
@@ -289,7 +362,10 @@ async fn listing_shows_only_the_tools_the_rules_allow() {
     let r = app
         .admin(
             Method::GET,
-            &format!("/api/v1/mcp-servers/{}/tools", broken["id"].as_str().expect("id")),
+            &format!(
+                "/api/v1/mcp-servers/{}/tools",
+                broken["id"].as_str().expect("id")
+            ),
         )
         .send()
         .await
@@ -297,7 +373,13 @@ async fn listing_shows_only_the_tools_the_rules_allow() {
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
     let e: Value = r.json().await.expect("json");
     assert_eq!(e["code"], "MCP_SERVER_FAILED", "{e}");
-    assert!(e["error"].as_str().unwrap_or("").contains("could not be started"), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("could not be started"),
+        "{e}"
+    );
     // Listing calls no tool.
     assert!(calls(&log).is_empty());
     app.stop().await;
@@ -329,7 +411,10 @@ async fn a_run_calls_allowed_mcp_tools_and_refuses_denied_ones_without_sending_t
     );
     let s = steps(&r);
     assert_eq!(s.len(), 5, "{r}");
-    assert_eq!((s[1]["kind"].as_str(), s[1]["status"].as_str()), (Some("tool"), Some("ok")));
+    assert_eq!(
+        (s[1]["kind"].as_str(), s[1]["status"].as_str()),
+        (Some("tool"), Some("ok"))
+    );
     assert_eq!(s[1]["name"], "files__echo");
     assert_eq!(s[1]["input"]["arguments"], json!({"text": "hello"}));
     assert_eq!(s[1]["output"]["body"], "echo: hello", "{}", s[1]);
@@ -343,14 +428,20 @@ async fn a_run_calls_allowed_mcp_tools_and_refuses_denied_ones_without_sending_t
     );
     // The server got its environment (and the secret value), nothing else of the manager's.
     let env = s[3]["output"]["body"].as_str().unwrap_or("");
-    assert!(env.contains("FAKE_MCP_TOKEN") && env.contains("PATH"), "{env}");
+    assert!(
+        env.contains("FAKE_MCP_TOKEN") && env.contains("PATH"),
+        "{env}"
+    );
     assert!(!env.contains("FLEETGATE"), "{env}");
     // The server saw the allowed calls only.
     let seen: Vec<String> = calls(&log).into_iter().map(|c| c.0).collect();
     assert_eq!(seen, ["echo", "env_names"]);
     // The model got the result and the refusal.
     let last = fake.requests().last().expect("request").body.to_string();
-    assert!(last.contains("echo: hello") && last.contains("not allowed"), "{last}");
+    assert!(
+        last.contains("echo: hello") && last.contains("not allowed"),
+        "{last}"
+    );
     // The OpenTelemetry export has the tool spans.
     let rid = r["id"].as_str().expect("run id");
     let trace = app
@@ -379,7 +470,11 @@ async fn a_run_calls_allowed_mcp_tools_and_refuses_denied_ones_without_sending_t
     let s = steps(&r);
     assert_eq!(s[1]["status"], "error", "{r}");
     assert!(s[1]["error"].as_str().unwrap_or("").contains("not allowed"));
-    assert_eq!(calls(&log).len(), 2, "the add call never reached the server");
+    assert_eq!(
+        calls(&log).len(),
+        2,
+        "the add call never reached the server"
+    );
 
     // Rules changed after the version was made apply to the next run.
     let servers = app.get_json("/api/v1/mcp-servers").await;
@@ -388,8 +483,10 @@ async fn a_run_calls_allowed_mcp_tools_and_refuses_denied_ones_without_sending_t
         &app,
         Method::PUT,
         &format!("/api/v1/mcp-servers/{sid}"),
-        Some(json!({"name": "files", "transport": "stdio", "command": "node", "args": [script()],
-                    "allow": ["*"], "deny": ["echo"]})),
+        Some(
+            json!({"name": "files", "transport": "stdio", "command": "node", "args": [script()],
+                    "allow": ["*"], "deny": ["echo"]}),
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{v}");
@@ -418,13 +515,20 @@ async fn a_hanging_tool_times_out_and_the_run_ends() {
     .await;
     let id = agent(&app, "mcp-hang", json!(["mcp:slow/*"])).await;
     fake.push(
-        Reply::tool_calls(vec![("slow__hang", json!({})), ("slow__echo", json!({"text": "after"}))])
-            .usage(usage()),
+        Reply::tool_calls(vec![
+            ("slow__hang", json!({})),
+            ("slow__echo", json!({"text": "after"})),
+        ])
+        .usage(usage()),
     );
     fake.push(Reply::text("gave up").usage(usage()));
     let clock = Instant::now();
     let r = run(&app, &id).await;
-    assert!(clock.elapsed() < Duration::from_secs(10), "{:?}", clock.elapsed());
+    assert!(
+        clock.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        clock.elapsed()
+    );
     assert_eq!(r["status"], "succeeded", "{r}");
     let s = steps(&r);
     assert_eq!(s[1]["status"], "error");
@@ -463,7 +567,10 @@ async fn hostile_output_is_cut_refused_or_explained() {
     let s = steps(&r);
     // Big but under the message limit: kept, cut to 64 KiB for the model and the trace.
     assert_eq!(s[1]["status"], "ok");
-    assert_eq!(s[1]["output"]["body"].as_str().map(str::len), Some(64 * 1024));
+    assert_eq!(
+        s[1]["output"]["body"].as_str().map(str::len),
+        Some(64 * 1024)
+    );
     assert_eq!(s[1]["output"]["truncated"], true);
     // Over the message limit: the connection is dropped with the reason.
     assert_eq!(s[2]["status"], "error");
@@ -479,7 +586,10 @@ async fn hostile_output_is_cut_refused_or_explained() {
     assert_eq!(s[4]["output"]["body"], "echo: still here");
     // Arguments that do not match the tool's schema are refused before sending.
     assert_eq!(s[5]["status"], "error");
-    assert!(s[5]["error"].as_str().unwrap_or("").contains("input schema"));
+    assert!(s[5]["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("input schema"));
     let seen: Vec<String> = calls(&log).into_iter().map(|c| c.0).collect();
     assert_eq!(seen, ["big", "big", "crash", "echo"]);
     app.stop().await;
@@ -518,7 +628,9 @@ async fn a_streamable_http_server_is_listed_and_called_with_its_headers() {
     assert_eq!(status, StatusCode::CREATED, "{s}");
     assert!(!s.to_string().contains("header-secret"));
     let sid = s["id"].as_str().expect("id");
-    let listed = app.get_json(&format!("/api/v1/mcp-servers/{sid}/tools")).await;
+    let listed = app
+        .get_json(&format!("/api/v1/mcp-servers/{sid}/tools"))
+        .await;
     let names: Vec<&str> = listed["tools"]
         .as_array()
         .expect("tools")
@@ -546,12 +658,23 @@ async fn a_streamable_http_server_is_listed_and_called_with_its_headers() {
     assert_eq!(st[1]["output"]["body"], "5");
     assert_eq!(st[1]["output"]["structured_content"], json!({"sum": 5}));
     assert_eq!(st[2]["status"], "error");
-    assert!(st[2]["error"].as_str().unwrap_or("").contains("not allowed"));
+    assert!(st[2]["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("not allowed"));
     assert_eq!(st[3]["status"], "error");
-    assert!(st[3]["error"].as_str().unwrap_or("").contains("800 ms"), "{}", st[3]);
+    assert!(
+        st[3]["error"].as_str().unwrap_or("").contains("800 ms"),
+        "{}",
+        st[3]
+    );
     let seen = calls(&log);
     let names: Vec<&str> = seen.iter().map(|c| c.0.as_str()).collect();
-    assert_eq!(names, ["add", "hang"], "the denied call never reached the server");
+    assert_eq!(
+        names,
+        ["add", "hang"],
+        "the denied call never reached the server"
+    );
     assert_eq!(seen[0].1, json!({"a": 2, "b": 3}));
     assert_eq!(seen[0].2.as_deref(), Some(HEADER_SECRET));
     // Without the header the server refuses: the listing says so.
@@ -566,7 +689,10 @@ async fn a_streamable_http_server_is_listed_and_called_with_its_headers() {
     let r = app
         .admin(
             Method::GET,
-            &format!("/api/v1/mcp-servers/{}/tools", bare["id"].as_str().expect("id")),
+            &format!(
+                "/api/v1/mcp-servers/{}/tools",
+                bare["id"].as_str().expect("id")
+            ),
         )
         .send()
         .await
@@ -597,10 +723,7 @@ fn processes_with(tag: &str) -> usize {
         .map(|e| e.path())
         .filter(|p: &PathBuf| {
             std::fs::read(p.join("cmdline"))
-                .map(|c| {
-                    c.split(|&b| b == 0)
-                        .any(|arg| arg == tag.as_bytes())
-                })
+                .map(|c| c.split(|&b| b == 0).any(|arg| arg == tag.as_bytes()))
                 .unwrap_or(false)
         })
         .count()

@@ -330,12 +330,7 @@ async fn apply(state: &AppState, m: &mut McpServerRecord, body: &McpServerInput)
             m.args = Vec::new();
             m.env = Vec::new();
         }
-        _ => {
-            return Err(ApiError::bad_request(
-                "transport",
-                "must be stdio or http",
-            ))
-        }
+        _ => return Err(ApiError::bad_request("transport", "must be stdio or http")),
     }
     m.transport = body.transport.clone();
     m.allow = patterns("allow", body.allow.as_deref().unwrap_or(&[]))?;
@@ -475,12 +470,10 @@ pub async fn tools(
     // Listing starts the server's command or connects to it.
     auth.require(Role::Operator)?;
     let m = server(&state, &id).await?;
-    let (tools, hidden) = crate::mcp::allowed_tools(&state, &m)
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::BAD_GATEWAY, "MCP_SERVER_FAILED", e)
-                .with_details(json!({"server": m.name, "transport": m.transport}))
-        })?;
+    let (tools, hidden) = crate::mcp::allowed_tools(&state, &m).await.map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "MCP_SERVER_FAILED", e)
+            .with_details(json!({"server": m.name, "transport": m.transport}))
+    })?;
     let tools = tools
         .into_iter()
         .map(|t| McpToolView {
