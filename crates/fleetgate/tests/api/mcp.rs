@@ -210,6 +210,25 @@ async fn registrations_are_validated_and_secrets_never_shown() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
 
+    // A stdio server runs a command on the manager's host: an admin may not
+    // register one (a super admin may), but may register an HTTP one.
+    let admin = app.key_for_role("mcp-admin", "admin").await;
+    let r = app
+        .anon(Method::POST, "/api/v1/mcp-servers")
+        .bearer_auth(&admin)
+        .json(&json!({"name": "sneaky", "transport": "stdio", "command": "sh"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = app
+        .anon(Method::POST, "/api/v1/mcp-servers")
+        .bearer_auth(&admin)
+        .json(&json!({"name": "remote", "transport": "http", "url": "http://127.0.0.1:1/mcp"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::CREATED);
     let created = stdio_server(&app, "files", &log, json!({})).await;
     assert_eq!(
         created["env_names"],

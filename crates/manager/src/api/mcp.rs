@@ -5,8 +5,10 @@
 //! like provider keys and never shown. `GET /api/v1/mcp-servers/{id}/tools`
 //! connects and lists the tools the rules allow. An agent names them in its
 //! `tools` as `mcp:<server>/<tool>` (the tool may be a pattern such as
-//! `mcp:files/*`); its model calls them as `<server>__<tool>`. Every change
-//! is audited.
+//! `mcp:files/*`); its model calls them as `<server>__<tool>`. A stdio
+//! server runs a command on the manager's host: only a super admin may
+//! register, change or remove one (an admin may for HTTP servers). Every
+//! change is audited.
 
 use std::collections::BTreeMap;
 
@@ -344,6 +346,16 @@ async fn apply(state: &AppState, m: &mut McpServerRecord, body: &McpServerInput)
     Ok(())
 }
 
+/// Who may change a server: a stdio server runs a command on the manager's
+/// host, which only a super admin may set; an HTTP one needs an admin.
+fn require_for(auth: &AuthContext, transport: &str) -> ApiResult<()> {
+    if transport == "stdio" {
+        auth.require(Role::SuperAdmin)
+    } else {
+        auth.require(Role::Admin)
+    }
+}
+
 async fn server(state: &AppState, id: &str) -> ApiResult<McpServerRecord> {
     state
         .store
@@ -377,13 +389,14 @@ pub async fn list(
 }
 
 #[utoipa::path(post, path = "/api/v1/mcp-servers", operation_id = "create_mcp_server", tag = "agents", request_body = McpServerInput,
-    responses((status = 201, description = "Registered (environment and header values stored sealed)", body = McpServerView)))]
+    responses((status = 201, description = "Registered (environment and header values stored sealed)", body = McpServerView),
+              (status = 403, description = "A stdio server needs a super admin, an HTTP one an admin")))]
 pub async fn create(
     State(state): State<AppState>,
     auth: AuthContext,
     JsonBody(body): JsonBody<McpServerInput>,
 ) -> ApiResult<Response> {
-    auth.require(Role::Admin)?;
+    require_for(&auth, &body.transport)?;
     let now = now_ms();
     let mut m = McpServerRecord {
         id: uuid::Uuid::new_v4().to_string(),
@@ -429,8 +442,9 @@ pub async fn update(
     IfMatch(expected): IfMatch,
     JsonBody(body): JsonBody<McpServerInput>,
 ) -> ApiResult<Response> {
-    auth.require(Role::Admin)?;
     let mut m = server(&state, &id).await?;
+    require_for(&auth, &m.transport)?;
+    require_for(&auth, &body.transport)?;
     if m.transport != body.transport {
         // Secrets of the other transport do not carry over.
         m.env = Vec::new();
@@ -453,7 +467,8 @@ pub async fn delete(
     auth: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    auth.require(Role::Admin)?;
+    let m = server(&state, &id).await?;
+    require_for(&auth, &m.transport)?;
     state.store.delete_mcp_server(&auth.actor, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
