@@ -15,7 +15,8 @@
 //! stderr is kept (the last few KiB) to explain a failure; a message longer than
 //! [`MAX_MESSAGE`] ends the connection; the process is killed and reaped when
 //! the connection ends. An HTTP server is reached under the manager's outbound
-//! destination policy, with its registered headers. Connecting and each call
+//! destination policy, with its registered headers; its messages too are held
+//! to [`MAX_MESSAGE`] bytes. Connecting and each call
 //! are bounded by the server's `timeout_ms`.
 
 use std::pin::Pin;
@@ -25,14 +26,25 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fleetgate_store::McpServerRecord;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use reqwest::header::ACCEPT;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientInfo, Implementation, PaginatedRequestParams, Tool,
 };
+use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
 use rmcp::service::RunningService;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::common::http_header::{
+    EVENT_STREAM_MIME_TYPE, HEADER_LAST_EVENT_ID, HEADER_SESSION_ID, JSON_MIME_TYPE,
+};
+use rmcp::transport::streamable_http_client::{
+    StreamableHttpClient, StreamableHttpClientTransportConfig, StreamableHttpError,
+    StreamableHttpPostResponse,
+};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Map, Value};
+use sse_stream::{Error as SseError, Sse, SseStream};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -141,6 +153,159 @@ impl<R: AsyncRead + Unpin> AsyncRead for CappedLines<R> {
                 Poll::Ready(Ok(()))
             }
             other => other,
+        }
+    }
+}
+
+/// The manager's reqwest client for streamable HTTP, with each message from
+/// the server held to [`MAX_MESSAGE`] bytes: a JSON answer is read up to
+/// that, and an SSE stream fails once one event runs past it.
+#[derive(Clone)]
+struct CappedHttp(reqwest::Client);
+
+type HttpError = StreamableHttpError<reqwest::Error>;
+
+fn over_limit() -> HttpError {
+    StreamableHttpError::UnexpectedServerResponse(
+        format!("a message from the server is over {MAX_MESSAGE} bytes").into(),
+    )
+}
+
+/// A response body as SSE events, failing once one event is over the limit.
+fn capped_sse(res: reqwest::Response) -> BoxStream<'static, Result<Sse, SseError>> {
+    // Bytes since the last blank line (the end of an event), and whether the
+    // last byte ended a line.
+    let mut since = 0usize;
+    let mut at_line_start = true;
+    let bytes = res.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        for &b in chunk.iter() {
+            match b {
+                b'\n' if at_line_start => since = 0,
+                b'\n' => at_line_start = true,
+                b'\r' => {}
+                _ => {
+                    at_line_start = false;
+                    since += 1;
+                }
+            }
+        }
+        if since > MAX_MESSAGE {
+            return Err(std::io::Error::other(format!(
+                "an event from the server is over {MAX_MESSAGE} bytes"
+            )));
+        }
+        Ok(chunk)
+    });
+    SseStream::from_bytes_stream(bytes).boxed()
+}
+
+impl StreamableHttpClient for CappedHttp {
+    type Error = reqwest::Error;
+
+    async fn post_message(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+    ) -> Result<StreamableHttpPostResponse, HttpError> {
+        let mut req = self
+            .0
+            .post(uri.as_ref())
+            .header(ACCEPT, [EVENT_STREAM_MIME_TYPE, JSON_MIME_TYPE].join(", "));
+        if let Some(token) = auth_header {
+            req = req.bearer_auth(token);
+        }
+        if let Some(id) = session_id {
+            req = req.header(HEADER_SESSION_ID, id.as_ref());
+        }
+        let mut res = req.json(&message).send().await?;
+        let status = res.status();
+        if matches!(
+            status,
+            reqwest::StatusCode::ACCEPTED | reqwest::StatusCode::NO_CONTENT
+        ) {
+            return Ok(StreamableHttpPostResponse::Accepted);
+        }
+        if !status.is_success() {
+            return Err(StreamableHttpError::UnexpectedServerResponse(
+                format!("the server answered {status}").into(),
+            ));
+        }
+        let session = res
+            .headers()
+            .get(HEADER_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let content_type = res
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        match content_type.as_deref() {
+            Some(ct) if ct.starts_with(EVENT_STREAM_MIME_TYPE) => {
+                Ok(StreamableHttpPostResponse::Sse(capped_sse(res), session))
+            }
+            Some(ct) if ct.starts_with(JSON_MIME_TYPE) => {
+                let mut body = Vec::new();
+                while let Some(chunk) = res.chunk().await? {
+                    if body.len() + chunk.len() > MAX_MESSAGE {
+                        return Err(over_limit());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                let message: ServerJsonRpcMessage = serde_json::from_slice(&body)?;
+                Ok(StreamableHttpPostResponse::Json(message, session))
+            }
+            other => Err(StreamableHttpError::UnexpectedContentType(
+                other.map(str::to_string),
+            )),
+        }
+    }
+
+    async fn delete_session(
+        &self,
+        uri: Arc<str>,
+        session_id: Arc<str>,
+        auth_header: Option<String>,
+    ) -> Result<(), HttpError> {
+        self.0.delete_session(uri, session_id, auth_header).await
+    }
+
+    async fn get_stream(
+        &self,
+        uri: Arc<str>,
+        session_id: Arc<str>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+    ) -> Result<BoxStream<'static, Result<Sse, SseError>>, HttpError> {
+        let mut req = self
+            .0
+            .get(uri.as_ref())
+            .header(ACCEPT, [EVENT_STREAM_MIME_TYPE, JSON_MIME_TYPE].join(", "))
+            .header(HEADER_SESSION_ID, session_id.as_ref());
+        if let Some(id) = last_event_id {
+            req = req.header(HEADER_LAST_EVENT_ID, id);
+        }
+        if let Some(token) = auth_header {
+            req = req.bearer_auth(token);
+        }
+        let res = req.send().await?;
+        if res.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED {
+            return Err(StreamableHttpError::ServerDoesNotSupportSse);
+        }
+        let res = res.error_for_status()?;
+        let ct = res
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        match ct {
+            Some(ct)
+                if ct.starts_with(EVENT_STREAM_MIME_TYPE) || ct.starts_with(JSON_MIME_TYPE) =>
+            {
+                Ok(capped_sse(res))
+            }
+            other => Err(StreamableHttpError::UnexpectedContentType(other)),
         }
     }
 }
@@ -274,7 +439,7 @@ impl Session {
             .build()
             .map_err(|e| format!("the HTTP client could not be built: {e}"))?;
         let transport = StreamableHttpClientTransport::with_client(
-            client,
+            CappedHttp(client),
             StreamableHttpClientTransportConfig::with_uri(rec.url.clone()),
         );
         let service = match tokio::time::timeout(timeout, client_info().serve(transport)).await {

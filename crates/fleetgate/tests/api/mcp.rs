@@ -641,7 +641,7 @@ async fn a_streamable_http_server_is_listed_and_called_with_its_headers() {
         "/api/v1/mcp-servers",
         Some(json!({"name": "web", "transport": "http", "url": url,
                     "headers": {"Authorization": HEADER_SECRET},
-                    "allow": ["echo", "add", "hang"], "timeout_ms": 800})),
+                    "allow": ["echo", "add", "hang", "big"], "timeout_ms": 800})),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{s}");
@@ -656,14 +656,16 @@ async fn a_streamable_http_server_is_listed_and_called_with_its_headers() {
         .iter()
         .filter_map(|t| t["name"].as_str())
         .collect();
-    assert_eq!(names, ["echo", "add", "hang"], "{listed}");
-    assert_eq!(listed["hidden"], 4);
+    assert_eq!(names, ["echo", "add", "hang", "big"], "{listed}");
+    assert_eq!(listed["hidden"], 3);
     let id = agent(&app, "mcp-http", json!(["mcp:web/*"])).await;
     fake.push(
         Reply::tool_calls(vec![
             ("web__add", json!({"a": 2, "b": 3})),
             ("web__delete_everything", json!({})),
             ("web__hang", json!({})),
+            ("web__big", json!({"bytes": 3_000_000})),
+            ("web__echo", json!({"text": "still here"})),
         ])
         .usage(usage()),
     );
@@ -687,11 +689,17 @@ async fn a_streamable_http_server_is_listed_and_called_with_its_headers() {
         "{}",
         st[3]
     );
+    // An answer over the message limit is not read past it.
+    assert_eq!(st[4]["status"], "error");
+    let e = st[4]["error"].as_str().unwrap_or("");
+    assert!(e.contains("over 1048576 bytes"), "{e}");
+    assert_eq!(st[5]["status"], "ok", "{}", st[5]);
+    assert_eq!(st[5]["output"]["body"], "echo: still here");
     let seen = calls(&log);
     let names: Vec<&str> = seen.iter().map(|c| c.0.as_str()).collect();
     assert_eq!(
         names,
-        ["add", "hang"],
+        ["add", "hang", "big", "echo"],
         "the denied call never reached the server"
     );
     assert_eq!(seen[0].1, json!({"a": 2, "b": 3}));
