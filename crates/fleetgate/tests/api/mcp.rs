@@ -331,7 +331,7 @@ async fn registrations_are_validated_and_secrets_never_shown() {
 
 #[tokio::test]
 async fn listing_shows_only_the_tools_the_rules_allow() {
-    let (app, _fake, dir) = setup().await;
+    let (app, fake, dir) = setup().await;
     let log = dir.path().join("calls.jsonl");
     let s = stdio_server(
         &app,
@@ -399,6 +399,28 @@ async fn listing_shows_only_the_tools_the_rules_allow() {
             .contains("could not be started"),
         "{e}"
     );
+    // A run of an agent using it goes on without its tools, the failure in a step.
+    let id = agent(&app, "mcp-broken", json!(["mcp:broken/*"])).await;
+    fake.push(Reply::text("fine without").usage(usage()));
+    let r = run(&app, &id).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let st = steps(&r);
+    assert_eq!(st.len(), 2, "{r}");
+    assert_eq!(
+        (
+            st[0]["kind"].as_str(),
+            st[0]["status"].as_str(),
+            st[0]["name"].as_str()
+        ),
+        (Some("tool"), Some("error"), Some("mcp:broken"))
+    );
+    let e = st[0]["error"].as_str().unwrap_or("");
+    assert!(
+        e.contains("could not be started") && e.contains("not offered"),
+        "{e}"
+    );
+    assert_eq!(st[1]["kind"], "model");
+    assert_eq!(offered(&fake), Vec::<String>::new());
     // Listing calls no tool.
     assert!(calls(&log).is_empty());
     app.stop().await;
