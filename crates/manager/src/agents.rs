@@ -165,10 +165,21 @@ pub struct RunStart {
     pub may_test: bool,
 }
 
-/// A tool ready to be called: its record and its compiled argument schema.
+/// A tool ready to be called: what the model is told of it, its compiled
+/// argument schema, and where a call goes.
 struct ReadyTool {
-    record: AgentToolRecord,
+    name: String,
+    description: String,
+    parameters: Value,
     schema: jsonschema::Validator,
+    target: Target,
+}
+
+enum Target {
+    /// An HTTP endpoint.
+    Http(AgentToolRecord),
+    /// A tool of an MCP server (by the server's name and the tool's own name).
+    Mcp { server: String, tool: String },
 }
 
 /// The error that ends a run before it starts (not runnable, no provider).
@@ -254,7 +265,9 @@ pub async fn run(
     }
     let client = crate::ai::client_for(state, &resolved.provider)
         .map_err(|e| crate::api::ai::provider_failure(&e))?;
-    let tools = ready_tools(state, &version).await?;
+    let mcp = McpTools::new(state, &version).await?;
+    let mut opening = Vec::new();
+    let tools = ready_tools(state, &version, &mcp, &mut opening).await?;
     // The built-in prices with the operators' overrides, as they are now.
     let prices = crate::ai_gateway::price_table(state.store.as_ref()).await?;
 
@@ -292,8 +305,10 @@ pub async fn run(
         tools: &tools,
         prices: &prices,
         spent_before,
+        mcp: &mcp,
     };
-    let steps = loop_ctx.go(&mut record).await;
+    let steps = loop_ctx.go(&mut record, opening).await;
+    mcp.close().await;
     record.steps = steps.len() as i64;
     record.input_tokens = steps.iter().map(|s| s.input_tokens).sum();
     record.output_tokens = steps.iter().map(|s| s.output_tokens).sum();
@@ -307,19 +322,107 @@ pub async fn run(
 }
 
 /// The tools of a version that exist, with their schemas compiled. A tool
-/// deleted since is left out (a call of it is an unknown tool).
+/// deleted since is left out (a call of it is an unknown tool). The MCP
+/// servers the version names are connected to and listed: the tools offered
+/// are those the server's access rules allow and the version's patterns
+/// name. A server that cannot be reached adds a failed step to `opening`
+/// (the run goes on without its tools).
 async fn ready_tools(
     state: &AppState,
     version: &AgentVersionRecord,
+    mcp: &McpTools,
+    opening: &mut Vec<AgentStepRecord>,
 ) -> ApiResult<HashMap<String, ReadyTool>> {
     let mut out = HashMap::new();
+    for (server, rec) in &mcp.servers {
+        let started = now_ms();
+        let clock = Instant::now();
+        let listed = match crate::mcp::Session::connect(state, rec).await {
+            Ok(mut session) => {
+                let listed = session.list_tools().await;
+                if listed.is_ok() {
+                    mcp.sessions.lock().await.insert(server.clone(), session);
+                } else {
+                    session.close().await;
+                }
+                listed
+            }
+            Err(e) => Err(e),
+        };
+        let listed = match listed {
+            Ok(l) => l,
+            Err(e) => {
+                opening.push(AgentStepRecord {
+                    run_id: String::new(),
+                    seq: 0,
+                    kind: "tool".into(),
+                    name: format!("mcp:{server}"),
+                    status: "error".into(),
+                    provider: None,
+                    model: None,
+                    call_id: None,
+                    input: json!({"mcp_server": server, "method": "tools/list"}),
+                    output: Value::Null,
+                    error: Some(format!("{e}; its tools are not offered in this run")),
+                    input_tokens: 0,
+                    output_tokens: 0,
+                    cost_micro_usd: 0,
+                    latency_ms: clock.elapsed().as_millis() as i64,
+                    started_at: started,
+                });
+                continue;
+            }
+        };
+        for t in listed {
+            let tool = t.name.to_string();
+            if !mcp.permits(server, &tool) {
+                continue;
+            }
+            let Some(name) = crate::mcp::model_name(server, &tool) else {
+                continue;
+            };
+            let listed = crate::mcp::listed_tool(t);
+            match jsonschema::validator_for(&listed.input_schema) {
+                Ok(schema) => {
+                    out.insert(
+                        name.clone(),
+                        ReadyTool {
+                            name,
+                            description: listed.description,
+                            parameters: listed.input_schema,
+                            schema,
+                            target: Target::Mcp {
+                                server: server.clone(),
+                                tool,
+                            },
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(server = %server, tool = %tool, error = %e, "an MCP tool's schema does not compile; the tool is left out")
+                }
+            }
+        }
+    }
     for name in &version.tools {
+        if crate::mcp::parse_ref(name).is_some() {
+            continue;
+        }
         let Some(record) = state.store.get_agent_tool_by_name(name).await? else {
             continue;
         };
         match jsonschema::validator_for(&record.input_schema) {
             Ok(schema) => {
-                out.insert(name.clone(), ReadyTool { record, schema });
+                out.insert(
+                    name.clone(),
+                    ReadyTool {
+                        name: record.name.clone(),
+                        description: record.description.clone(),
+                        parameters: record.input_schema.clone(),
+                        schema,
+                        target: Target::Http(record),
+                    },
+                );
             }
             Err(e) => {
                 tracing::warn!(tool = %name, error = %e, "stored tool schema does not compile; the tool is left out")
@@ -327,6 +430,135 @@ async fn ready_tools(
         }
     }
     Ok(out)
+}
+
+/// The MCP servers a run's version names, the version's patterns per
+/// server, and the connections opened during the run.
+struct McpTools {
+    servers: HashMap<String, fleetgate_store::McpServerRecord>,
+    patterns: HashMap<String, Vec<String>>,
+    sessions: tokio::sync::Mutex<HashMap<String, crate::mcp::Session>>,
+}
+
+impl McpTools {
+    async fn new(state: &AppState, version: &AgentVersionRecord) -> ApiResult<McpTools> {
+        let mut servers = HashMap::new();
+        let mut patterns: HashMap<String, Vec<String>> = HashMap::new();
+        for entry in &version.tools {
+            let Some((server, pattern)) = crate::mcp::parse_ref(entry) else {
+                continue;
+            };
+            if !servers.contains_key(server) {
+                // A server deleted since is left out: a call of its tools is refused.
+                let Some(rec) = state.store.get_mcp_server_by_name(server).await? else {
+                    continue;
+                };
+                servers.insert(server.to_string(), rec);
+            }
+            patterns
+                .entry(server.to_string())
+                .or_default()
+                .push(pattern.to_string());
+        }
+        Ok(McpTools {
+            servers,
+            patterns,
+            sessions: tokio::sync::Mutex::default(),
+        })
+    }
+
+    /// Whether the server's access rules allow `tool` and the version names it.
+    fn permits(&self, server: &str, tool: &str) -> bool {
+        let (Some(rec), Some(patterns)) = (self.servers.get(server), self.patterns.get(server))
+        else {
+            return false;
+        };
+        crate::mcp::allowed(rec, tool) && patterns.iter().any(|p| crate::mcp::glob(p, tool))
+    }
+
+    /// Calls a tool, checking the rules again first: a tool they leave out
+    /// is never sent. A connection that failed or timed out is closed (a
+    /// later call connects anew).
+    async fn call(
+        &self,
+        state: &AppState,
+        server: &str,
+        tool: &str,
+        args: &Value,
+    ) -> Result<Value, (Value, String)> {
+        if !self.permits(server, tool) {
+            return Err((Value::Null, refusal(server, tool)));
+        }
+        let Some(rec) = self.servers.get(server) else {
+            return Err((Value::Null, refusal(server, tool)));
+        };
+        let mut sessions = self.sessions.lock().await;
+        let mut session = match sessions.remove(server) {
+            Some(s) => s,
+            None => crate::mcp::Session::connect(state, rec)
+                .await
+                .map_err(|e| (Value::Null, e))?,
+        };
+        let args = args.as_object().cloned().unwrap_or_default();
+        match session.call(tool, args).await {
+            Ok(r) => {
+                sessions.insert(server.to_string(), session);
+                let text = crate::mcp::result_text(&r);
+                let truncated = text.len() > MAX_TOOL_OUTPUT;
+                let text = clip_bytes(&text, MAX_TOOL_OUTPUT);
+                let structured = r
+                    .structured_content
+                    .as_ref()
+                    .filter(|v| v.to_string().len() <= MAX_TOOL_OUTPUT);
+                let out = json!({"mcp_server": server, "tool": tool, "body": text,
+                                 "truncated": truncated, "structured_content": structured,
+                                 "is_error": r.is_error.unwrap_or(false)});
+                if r.is_error == Some(true) {
+                    let why = format!(
+                        "MCP server {server} answered that {tool} failed: {}",
+                        crate::ai::clip(&text, 500)
+                    );
+                    Err((out, why))
+                } else {
+                    Ok(out)
+                }
+            }
+            Err(e) => {
+                session.close().await;
+                Err((Value::Null, e))
+            }
+        }
+    }
+
+    /// Ends every connection (stdio servers' processes are killed and reaped).
+    async fn close(&self) {
+        let sessions: Vec<crate::mcp::Session> =
+            self.sessions.lock().await.drain().map(|(_, s)| s).collect();
+        for s in sessions {
+            s.close().await;
+        }
+    }
+}
+
+/// Why a call of an MCP tool the rules leave out is refused.
+fn refusal(server: &str, tool: &str) -> String {
+    format!(
+        "tool {:?} of MCP server {server} is not allowed for this agent (the server's access rules \
+         or the agent's tools leave it out); the call was refused and not sent to the server",
+        crate::ai::clip(tool, 100)
+    )
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn clip_bytes(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 struct Loop<'a> {
@@ -340,6 +572,7 @@ struct Loop<'a> {
     tools: &'a HashMap<String, ReadyTool>,
     prices: &'a PriceTable,
     spent_before: i64,
+    mcp: &'a McpTools,
 }
 
 /// What a tool call came to: the result fed back, and the step's trace.
@@ -354,9 +587,9 @@ impl Loop<'_> {
             .tools
             .values()
             .map(|t| ToolDefinition {
-                name: t.record.name.clone(),
-                description: t.record.description.clone(),
-                parameters: t.record.input_schema.clone(),
+                name: t.name.clone(),
+                description: t.description.clone(),
+                parameters: t.parameters.clone(),
             })
             .collect();
         defs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -365,8 +598,18 @@ impl Loop<'_> {
 
     /// Model calls until a final answer, a failure, the step limit or the
     /// budget; sets the run's status, output and error; returns the steps.
-    async fn go(&self, run: &mut AgentRunRecord) -> Vec<AgentStepRecord> {
-        let mut steps: Vec<AgentStepRecord> = Vec::new();
+    /// `opening` are steps recorded before the first model call (MCP servers
+    /// that could not be listed).
+    async fn go(
+        &self,
+        run: &mut AgentRunRecord,
+        opening: Vec<AgentStepRecord>,
+    ) -> Vec<AgentStepRecord> {
+        let mut steps: Vec<AgentStepRecord> = opening;
+        for (i, s) in steps.iter_mut().enumerate() {
+            s.run_id = run.id.clone();
+            s.seq = i as i64 + 1;
+        }
         let mut messages = vec![ChatMessage::user(run.input.clone())];
         let defs = self.definitions();
         let mut model_calls = 0;
@@ -563,6 +806,11 @@ impl Loop<'_> {
     /// The tool and its parsed arguments, or why the call is refused.
     fn checked(&self, call: &ToolCall) -> Result<(&ReadyTool, Value), String> {
         let Some(tool) = self.tools.get(&call.name) else {
+            if let Some((server, tool)) = crate::mcp::split_model_name(&call.name) {
+                if self.mcp.servers.contains_key(server) {
+                    return Err(refusal(server, tool));
+                }
+            }
             let mut names: Vec<&str> = self.tools.keys().map(String::as_str).collect();
             names.sort_unstable();
             return Err(format!(
@@ -609,7 +857,12 @@ impl Loop<'_> {
     /// Calls the tool's endpoint: the arguments as a JSON body (as query
     /// parameters for GET and DELETE), its headers opened for the call.
     async fn send(&self, tool: &ReadyTool, args: &Value) -> Result<Value, (Value, String)> {
-        let t = &tool.record;
+        let t = match &tool.target {
+            Target::Http(record) => record,
+            Target::Mcp { server, tool } => {
+                return self.mcp.call(self.state, server, tool, args).await
+            }
+        };
         let allow = self.state.settings().webhooks.allow_private_targets;
         crate::webhooks::check_before_send(&t.url, allow).map_err(|e| (Value::Null, e))?;
         let method = reqwest::Method::from_bytes(t.method.as_bytes())
@@ -889,6 +1142,9 @@ pub fn otel_trace(agent: &AiAgentRecord, run: &AgentRunRecord, steps: &[AgentSte
             attrs.push(attr("gen_ai.tool.type", json!("extension")));
             if let Some(id) = &s.call_id {
                 attrs.push(attr("gen_ai.tool.call.id", json!(id)));
+            }
+            if let Some(server) = s.output.get("mcp_server").and_then(Value::as_str) {
+                attrs.push(attr("fleetgate.mcp.server", json!(server)));
             }
             format!("execute_tool {}", s.name)
         };

@@ -22,6 +22,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod logging;
+pub mod mcp;
 pub mod metrics;
 pub mod middleware;
 pub mod nginx_export;

@@ -1,5 +1,5 @@
-//! AI agents: the agent, its immutable versions, the HTTP tools agents call,
-//! runs with their step traces, and schedules.
+//! AI agents: the agent, its immutable versions, the HTTP tools and MCP
+//! servers agents call, runs with their step traces, and schedules.
 //!
 //! An agent's versioned fields (provider, model, system prompt, tools) live in
 //! [`AgentVersionRecord`]s that are never changed once written; the agent row
@@ -119,6 +119,47 @@ impl AgentToolRecord {
         json!({"id": self.id, "name": self.name, "description": self.description, "url": self.url,
                "method": self.method, "input_schema": self.input_schema,
                "timeout_ms": self.timeout_ms, "header_names": names})
+    }
+}
+
+/// An MCP server agents may use as a tool source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpServerRecord {
+    pub id: String,
+    /// Unique; agents name its tools `mcp:<name>/<tool>`.
+    pub name: String,
+    pub description: String,
+    /// `stdio` or `http`.
+    pub transport: String,
+    /// The command started (stdio; empty for http).
+    pub command: String,
+    pub args: Vec<String>,
+    /// Environment variable names and their values sealed by the manager (stdio).
+    pub env: Vec<(String, String)>,
+    /// The streamable-HTTP endpoint (http; empty for stdio).
+    pub url: String,
+    /// Header names and their values sealed by the manager (http).
+    pub headers: Vec<(String, String)>,
+    /// Tool-name patterns allowed (`*` matches any run of characters).
+    pub allow: Vec<String>,
+    /// Tool-name patterns denied; a deny wins over an allow.
+    pub deny: Vec<String>,
+    /// The most a connection or one call may take.
+    pub timeout_ms: i64,
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl McpServerRecord {
+    /// Environment and header names only: their values are secrets.
+    fn audit_view(&self) -> Value {
+        let env: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        let headers: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        json!({"id": self.id, "name": self.name, "description": self.description,
+               "transport": self.transport, "command": self.command, "args": self.args,
+               "env_names": env, "url": self.url, "header_names": headers,
+               "allow": self.allow, "deny": self.deny, "timeout_ms": self.timeout_ms})
     }
 }
 
@@ -257,6 +298,22 @@ pub trait AgentStore: Send + Sync {
         expected_version: Option<i64>,
     ) -> Result<AgentToolRecord>;
     async fn delete_agent_tool(&self, actor: &Actor, id: &str) -> Result<AgentToolRecord>;
+
+    /// [`StoreError::Conflict`] when the name is taken.
+    async fn create_mcp_server(&self, actor: &Actor, server: &McpServerRecord) -> Result<()>;
+    async fn get_mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>>;
+    async fn get_mcp_server_by_name(&self, name: &str) -> Result<Option<McpServerRecord>>;
+    /// Every MCP server, by name.
+    async fn list_mcp_servers(&self) -> Result<Vec<McpServerRecord>>;
+    /// Saves its fields (the version goes up by one); `expected_version` is
+    /// checked under the row lock.
+    async fn update_mcp_server(
+        &self,
+        actor: &Actor,
+        server: &McpServerRecord,
+        expected_version: Option<i64>,
+    ) -> Result<McpServerRecord>;
+    async fn delete_mcp_server(&self, actor: &Actor, id: &str) -> Result<McpServerRecord>;
 
     /// Records a run as started (audited: who ran which agent with what input).
     async fn start_agent_run(&self, actor: &Actor, run: &AgentRunRecord) -> Result<()>;
@@ -474,6 +531,69 @@ fn tool_name_taken(e: sqlx::Error, name: &str) -> StoreError {
     } else {
         e.into()
     }
+}
+
+const MCP_COLS: &str = "id, name, description, transport, command, args, env, url, headers, \
+     allow_tools, deny_tools, timeout_ms, version, created_at, updated_at";
+
+fn mcp_from_row(r: &AnyRow) -> Result<McpServerRecord> {
+    let text = |c: &str| -> Result<String> { Ok(r.try_get::<String, _>(c)?) };
+    Ok(McpServerRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        description: r.try_get("description")?,
+        transport: r.try_get("transport")?,
+        command: r.try_get("command")?,
+        args: from_json(&text("args")?)?,
+        env: from_json(&text("env")?)?,
+        url: r.try_get("url")?,
+        headers: from_json(&text("headers")?)?,
+        allow: from_json(&text("allow_tools")?)?,
+        deny: from_json(&text("deny_tools")?)?,
+        timeout_ms: r.try_get("timeout_ms")?,
+        version: r.try_get("version")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+/// Binds the server's columns after `id`, in [`MCP_COLS`] order.
+fn bind_mcp<'q>(q: Query<'q>, m: &McpServerRecord) -> Query<'q> {
+    q.bind(m.name.clone())
+        .bind(m.description.clone())
+        .bind(m.transport.clone())
+        .bind(m.command.clone())
+        .bind(to_json(&m.args))
+        .bind(to_json(&m.env))
+        .bind(m.url.clone())
+        .bind(to_json(&m.headers))
+        .bind(to_json(&m.allow))
+        .bind(to_json(&m.deny))
+        .bind(m.timeout_ms)
+        .bind(m.version)
+        .bind(m.created_at)
+        .bind(m.updated_at)
+}
+
+fn mcp_name_taken(e: sqlx::Error, name: &str) -> StoreError {
+    if crate::sql::is_unique_violation(&e) {
+        StoreError::Conflict(format!("an MCP server named {name:?} already exists"))
+    } else {
+        e.into()
+    }
+}
+
+async fn mcp_by_id(conn: &mut sqlx::AnyConnection, id: &str) -> Result<McpServerRecord> {
+    sqlx::query(&format!(
+        "SELECT {MCP_COLS} FROM ai_mcp_servers WHERE id = $1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(conn)
+    .await?
+    .as_ref()
+    .map(mcp_from_row)
+    .transpose()?
+    .ok_or_else(|| StoreError::NotFound(format!("MCP server {id}")))
 }
 
 const RUN_COLS: &str =
@@ -864,6 +984,116 @@ impl AgentStore for SqlStore {
         tx.commit(
             actor,
             &AuditEvent::new("agent_tool.delete", "agent_tool", Some(id))
+                .before(before.audit_view()),
+        )
+        .await?;
+        Ok(before)
+    }
+
+    async fn create_mcp_server(&self, actor: &Actor, server: &McpServerRecord) -> Result<()> {
+        let mut tx = self.begin_audited().await?;
+        let sql = format!(
+            "INSERT INTO ai_mcp_servers ({MCP_COLS}) VALUES ({})",
+            marks(15)
+        );
+        bind_mcp(sqlx::query(&sql).bind(server.id.clone()), server)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| mcp_name_taken(e, &server.name))?;
+        tx.commit(
+            actor,
+            &AuditEvent::new("mcp_server.create", "mcp_server", Some(&server.id))
+                .after(server.audit_view()),
+        )
+        .await
+    }
+
+    async fn get_mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>> {
+        sqlx::query(&format!(
+            "SELECT {MCP_COLS} FROM ai_mcp_servers WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(mcp_from_row)
+        .transpose()
+    }
+
+    async fn get_mcp_server_by_name(&self, name: &str) -> Result<Option<McpServerRecord>> {
+        sqlx::query(&format!(
+            "SELECT {MCP_COLS} FROM ai_mcp_servers WHERE name = $1"
+        ))
+        .bind(name.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(mcp_from_row)
+        .transpose()
+    }
+
+    async fn list_mcp_servers(&self) -> Result<Vec<McpServerRecord>> {
+        sqlx::query(&format!(
+            "SELECT {MCP_COLS} FROM ai_mcp_servers ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(mcp_from_row)
+        .collect()
+    }
+
+    async fn update_mcp_server(
+        &self,
+        actor: &Actor,
+        server: &McpServerRecord,
+        expected_version: Option<i64>,
+    ) -> Result<McpServerRecord> {
+        let mut tx = self.begin_audited().await?;
+        // A no-op write takes the row's lock on PostgreSQL before it is read.
+        sqlx::query("UPDATE ai_mcp_servers SET version = version WHERE id = $1")
+            .bind(server.id.clone())
+            .execute(&mut *tx)
+            .await?;
+        let before = mcp_by_id(&mut tx, &server.id).await?;
+        check_version(expected_version, before.version)?;
+        let after = McpServerRecord {
+            version: before.version + 1,
+            created_at: before.created_at,
+            ..server.clone()
+        };
+        let (set, n) = sets(MCP_COLS);
+        let sql = format!("UPDATE ai_mcp_servers SET {set} WHERE id = ${}", n + 1);
+        bind_mcp(sqlx::query(&sql), &after)
+            .bind(after.id.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| mcp_name_taken(e, &after.name))?;
+        let mut ev = AuditEvent::new("mcp_server.update", "mcp_server", Some(&after.id))
+            .before(before.audit_view())
+            .after(after.audit_view());
+        if let Some(Value::Object(o)) = ev.after.as_mut() {
+            if before.env != after.env {
+                o.insert("env_changed".into(), Value::Bool(true));
+            }
+            if before.headers != after.headers {
+                o.insert("headers_changed".into(), Value::Bool(true));
+            }
+        }
+        tx.commit(actor, &ev).await?;
+        Ok(after)
+    }
+
+    async fn delete_mcp_server(&self, actor: &Actor, id: &str) -> Result<McpServerRecord> {
+        let mut tx = self.begin_audited().await?;
+        let before = mcp_by_id(&mut tx, id).await?;
+        sqlx::query("DELETE FROM ai_mcp_servers WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit(
+            actor,
+            &AuditEvent::new("mcp_server.delete", "mcp_server", Some(id))
                 .before(before.audit_view()),
         )
         .await?;

@@ -29,7 +29,7 @@ use fleetgate_core::user::Role;
 
 pub use agents::{
     AgentBudget, AgentRunRecord, AgentScheduleRecord, AgentSplit, AgentStepRecord, AgentStore,
-    AgentToolRecord, AgentVersionRecord, AiAgentRecord,
+    AgentToolRecord, AgentVersionRecord, AiAgentRecord, McpServerRecord,
 };
 pub use ai::{AiPreferencesRecord, AiProviderRecord, AiStore};
 pub use ai_gateway::{

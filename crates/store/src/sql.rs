@@ -194,6 +194,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0020_ai_prices.sql"),
         include_str!("../migrations/postgres/0020_ai_prices.sql"),
     ),
+    (
+        21,
+        "ai mcp servers",
+        include_str!("../migrations/sqlite/0021_ai_mcp_servers.sql"),
+        include_str!("../migrations/postgres/0021_ai_mcp_servers.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

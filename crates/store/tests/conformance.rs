@@ -14,7 +14,7 @@ use fleetgate_store::{
 };
 use fleetgate_store::{
     AgentBudget, AgentRunRecord, AgentScheduleRecord, AgentSplit, AgentStepRecord, AgentStore,
-    AgentToolRecord, AgentVersionRecord, AiAgentRecord,
+    AgentToolRecord, AgentVersionRecord, AiAgentRecord, McpServerRecord,
 };
 use fleetgate_store::{AiBudgetRecord, AiGatewayStore, AiPriceRecord, AiUsageRow, UsageGroup};
 use fleetgate_store::{AiPreferencesRecord, AiProviderRecord, AiStore};
@@ -136,6 +136,7 @@ conformance!(
     ai_preferences_follow_their_providers_and_users,
     agents_versions_promotions_and_audit,
     agent_tools_keep_header_values_out_of_the_audit,
+    mcp_servers_keep_secret_values_out_of_the_audit,
     agent_runs_steps_and_spend,
     agent_schedules_are_claimed_once,
     ai_budgets_crud_with_versions_and_audit,
@@ -3479,6 +3480,112 @@ async fn agent_tools_keep_header_values_out_of_the_audit(s: &SqlStore) {
     assert!(
         !text.contains("SEALED-"),
         "a header value reached the audit log"
+    );
+}
+
+async fn mcp_servers_keep_secret_values_out_of_the_audit(s: &SqlStore) {
+    let a = actor();
+    let now = now_ms();
+    let server = McpServerRecord {
+        id: "m1".into(),
+        name: "files".into(),
+        description: "Reads files".into(),
+        transport: "stdio".into(),
+        command: "node".into(),
+        args: vec!["server.mjs".into(), "--root=/srv".into()],
+        env: vec![("API_TOKEN".into(), "SEALED-ENV-1".into())],
+        url: String::new(),
+        headers: Vec::new(),
+        allow: vec!["read_*".into(), "list".into()],
+        deny: vec!["read_secret".into()],
+        timeout_ms: 5000,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    s.create_mcp_server(&a, &server).await.expect("create");
+    assert_eq!(
+        s.get_mcp_server("m1").await.expect("get"),
+        Some(server.clone())
+    );
+    assert_eq!(
+        s.get_mcp_server_by_name("files")
+            .await
+            .expect("by name")
+            .map(|m| m.id),
+        Some("m1".to_string())
+    );
+    let dup = McpServerRecord {
+        id: "m2".into(),
+        ..server.clone()
+    };
+    assert!(matches!(
+        s.create_mcp_server(&a, &dup).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let web = McpServerRecord {
+        id: "m3".into(),
+        name: "web".into(),
+        transport: "http".into(),
+        command: String::new(),
+        args: Vec::new(),
+        env: Vec::new(),
+        url: "https://mcp.example.test/mcp".into(),
+        headers: vec![("authorization".into(), "SEALED-HEADER-1".into())],
+        ..server.clone()
+    };
+    s.create_mcp_server(&a, &web).await.expect("create http");
+    let mut changed = server.clone();
+    changed.env = vec![("API_TOKEN".into(), "SEALED-ENV-2".into())];
+    changed.deny.push("write_*".into());
+    let after = s
+        .update_mcp_server(&a, &changed, Some(1))
+        .await
+        .expect("update");
+    assert_eq!(after.version, 2);
+    assert_eq!(after.deny, vec!["read_secret", "write_*"]);
+    assert!(matches!(
+        s.update_mcp_server(&a, &changed, Some(1)).await,
+        Err(StoreError::VersionMismatch { current: 2 })
+    ));
+    let renamed = McpServerRecord {
+        name: "web".into(),
+        ..after.clone()
+    };
+    assert!(matches!(
+        s.update_mcp_server(&a, &renamed, None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let names: Vec<String> = s
+        .list_mcp_servers()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["files", "web"]);
+    s.delete_mcp_server(&a, "m1").await.expect("delete");
+    assert!(s.get_mcp_server("m1").await.expect("get").is_none());
+    assert!(matches!(
+        s.delete_mcp_server(&a, "m1").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let audit = s
+        .list_audit(&AuditFilter::default(), page(50, 0))
+        .await
+        .expect("audit");
+    let text = format!("{:?}", audit.items);
+    for want in [
+        "mcp_server.create",
+        "mcp_server.update",
+        "mcp_server.delete",
+        "env_changed",
+    ] {
+        assert!(text.contains(want), "{want} in the audit log");
+    }
+    assert!(
+        !text.contains("SEALED-"),
+        "an environment or header value reached the audit log"
     );
 }
 

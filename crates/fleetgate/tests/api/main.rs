@@ -29,6 +29,7 @@ mod hardening;
 mod health;
 mod manager_hardening;
 mod manager_role;
+mod mcp;
 mod metrics;
 mod nodes;
 mod otel;

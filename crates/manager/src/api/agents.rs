@@ -4,7 +4,7 @@
 //! period; their runs (`/api/v1/agents/{id}/runs`, `/api/v1/runs/{id}` with
 //! step traces, `/api/v1/runs/{id}/trace?format=otel`), their schedules, and
 //! the HTTP tools they call (`/api/v1/agent-tools`, header values sealed like
-//! provider keys). Every change is audited.
+//! provider keys; MCP servers are in `api::mcp`). Every change is audited.
 
 use std::collections::BTreeMap;
 
@@ -69,7 +69,10 @@ pub struct AgentInput {
     #[serde(default)]
     #[schema(max_length = 100_000)]
     pub system_prompt: Option<String>,
-    /// Names of tools (see /api/v1/agent-tools), at most 50. Versioned.
+    /// Names of tools (see /api/v1/agent-tools), and MCP tools as
+    /// `mcp:<server>/<tool>` where the tool may be a pattern (`mcp:files/*`;
+    /// see /api/v1/mcp-servers: only what the server's access rules allow is
+    /// offered), at most 50 entries. Versioned.
     #[serde(default)]
     pub tools: Option<Vec<String>>,
     /// Most model calls of one run, 1 to 50 (default 10).
@@ -253,6 +256,26 @@ async fn check_tools(state: &AppState, tools: &[String]) -> ApiResult<Vec<String
     let mut out: Vec<String> = Vec::with_capacity(tools.len());
     for (i, name) in tools.iter().enumerate() {
         let field = format!("tools[{i}]");
+        if let Some(rest) = name.strip_prefix("mcp:") {
+            let Some((server, pattern)) = rest.split_once('/') else {
+                return Err(ApiError::bad_request(
+                    &field,
+                    "an MCP tool is named mcp:<server>/<tool> (the tool may be a pattern such as *)",
+                ));
+            };
+            super::mcp::check_server_name(&field, server)?;
+            super::mcp::check_pattern(&field, pattern)?;
+            if state.store.get_mcp_server_by_name(server).await?.is_none() {
+                return Err(ApiError::bad_request(
+                    &field,
+                    format!("there is no MCP server named {server:?} (register it at /api/v1/mcp-servers)"),
+                ));
+            }
+            if !out.contains(name) {
+                out.push(name.clone());
+            }
+            continue;
+        }
         check_tool_name(&field, name)?;
         if state.store.get_agent_tool_by_name(name).await?.is_none() {
             return Err(ApiError::bad_request(

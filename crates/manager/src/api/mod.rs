@@ -22,6 +22,7 @@ pub mod gateway;
 pub mod health;
 pub mod incidents;
 pub mod keys;
+pub mod mcp;
 pub mod metrics;
 pub mod node_deployments;
 pub mod node_tls;
@@ -284,6 +285,9 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
             agents::update_tool,
             agents::delete_tool
         ))
+        .routes(routes!(mcp::list, mcp::create))
+        .routes(routes!(mcp::get, mcp::update, mcp::delete))
+        .routes(routes!(mcp::tools))
         .routes(routes!(
             ai_compat::list_keys,
             ai_compat::store_key,
