@@ -58,37 +58,21 @@ impl SqlStore {
                 sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     .execute(&mut *tx)
                     .await?;
+                // Every table of the store's schema, read from the catalog in the
+                // same snapshot: a table added by a later migration is never left out.
+                let names: Vec<String> = sqlx::query(
+                    "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() \
+                     ORDER BY tablename",
+                )
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<_, _>>()?;
                 let mut tables = serde_json::Map::new();
-                for table in [
-                    "certificates",
-                    "acme_accounts",
-                    "namespaces",
-                    "projects",
-                    "redirects",
-                    "pages",
-                    "project_versions",
-                    "project_tokens",
-                    "project_agents",
-                    "events",
-                    "webhooks",
-                    "webhook_deliveries",
-                    "webhook_attempts",
-                    "alert_rules",
-                    "incidents",
-                    "incident_timeline",
-                    "users",
-                    "api_keys",
-                    "nodes",
-                    "resources",
-                    "revisions",
-                    "audit_log",
-                    "counters",
-                    "ai_budgets",
-                    "ai_budget_spend",
-                    "ai_prices",
-                    "_sqlx_migrations",
-                ] {
-                    let sql = format!("SELECT row_to_json(t)::text FROM {table} t");
+                for table in names {
+                    let quoted = table.replace('"', "\"\"");
+                    let sql = format!("SELECT row_to_json(t)::text FROM \"{quoted}\" t");
                     let rows = sqlx::query(&sql).fetch_all(&mut *tx).await?;
                     let mut out = Vec::with_capacity(rows.len());
                     for r in rows {
@@ -98,7 +82,7 @@ impl SqlStore {
                                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                         );
                     }
-                    tables.insert(table.to_string(), Value::Array(out));
+                    tables.insert(table, Value::Array(out));
                 }
                 tx.commit().await?;
                 let doc = serde_json::json!({
