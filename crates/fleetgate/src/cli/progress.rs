@@ -1,0 +1,186 @@
+//! Progress of the CLI's long work (uploads, downloads, the manager's work on
+//! them), always on standard error so that standard output keeps only the
+//! result: a bar when standard error is a terminal, plain lines otherwise
+//! (`uploading 3.20 MB of 12.00 MB`, at most one a second), which read well in
+//! a log or a CI job.
+
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{DecimalBytes, ProgressBar, ProgressStyle};
+
+/// Plain lines are written at most this often while bytes move.
+const PLAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// Where progress goes.
+#[derive(Clone)]
+pub struct Progress {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None` when standard error is not a terminal: plain lines then.
+    bar: Option<ProgressBar>,
+    plain: Mutex<Plain>,
+}
+
+struct Plain {
+    /// What moves (`uploading`), its past (`uploaded`) and the whole, if known.
+    verb: &'static str,
+    done_verb: &'static str,
+    total: Option<u64>,
+    moved: u64,
+    last_line: Option<Instant>,
+}
+
+/// `3.20 MB`.
+pub fn bytes(n: u64) -> String {
+    DecimalBytes(n).to_string()
+}
+
+/// The plain line for bytes moved so far: `uploading 3.20 MB of 12.00 MB`.
+pub fn moving_line(verb: &str, moved: u64, total: Option<u64>) -> String {
+    match total {
+        Some(t) => format!("{verb} {} of {}", bytes(moved), bytes(t)),
+        None => format!("{verb} {}", bytes(moved)),
+    }
+}
+
+impl Progress {
+    /// Progress on standard error, drawn as a bar when it is a terminal.
+    pub fn stderr() -> Progress {
+        let bar = std::io::stderr().is_terminal().then(ProgressBar::hidden);
+        if let Some(b) = &bar {
+            b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        Progress {
+            inner: Arc::new(Inner {
+                bar,
+                plain: Mutex::new(Plain {
+                    verb: "",
+                    done_verb: "",
+                    total: None,
+                    moved: 0,
+                    last_line: None,
+                }),
+            }),
+        }
+    }
+
+    /// A step without a measure (`the manager is importing 100000 rows`): a
+    /// spinner on a terminal, one line otherwise.
+    pub fn step(&self, message: impl Into<String>) {
+        let message = message.into();
+        match &self.inner.bar {
+            Some(b) => {
+                b.reset();
+                b.set_length(0);
+                b.set_style(
+                    ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                b.set_message(message);
+                b.enable_steady_tick(Duration::from_millis(120));
+            }
+            None => eprintln!("{message}"),
+        }
+    }
+
+    /// Starts counting bytes: `verb` while they move, `done_verb` once all did.
+    pub fn start_bytes(&self, verb: &'static str, done_verb: &'static str, total: Option<u64>) {
+        if let Ok(mut p) = self.inner.plain.lock() {
+            *p = Plain {
+                verb,
+                done_verb,
+                total,
+                moved: 0,
+                last_line: None,
+            };
+        }
+        if let Some(b) = &self.inner.bar {
+            b.disable_steady_tick();
+            b.reset();
+            let style = match total {
+                Some(t) => {
+                    b.set_length(t);
+                    "{msg} [{bar:30}] {decimal_bytes}/{decimal_total_bytes} ({decimal_bytes_per_sec}, {eta})"
+                }
+                None => "{spinner} {msg} {decimal_bytes} ({decimal_bytes_per_sec})",
+            };
+            b.set_style(
+                ProgressStyle::with_template(style)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            b.set_message(verb);
+        }
+    }
+
+    /// `n` more bytes moved.
+    pub fn advance(&self, n: u64) {
+        if let Some(b) = &self.inner.bar {
+            b.inc(n);
+            return;
+        }
+        let Ok(mut p) = self.inner.plain.lock() else {
+            return;
+        };
+        p.moved += n;
+        let now = Instant::now();
+        // The first line once something moved, then one a second; the last
+        // one is `finish_bytes`'s.
+        let due = p
+            .last_line
+            .is_none_or(|t| now.duration_since(t) >= PLAIN_EVERY);
+        if due && p.total.is_none_or(|t| p.moved < t) {
+            p.last_line = Some(now);
+            eprintln!("{}", moving_line(p.verb, p.moved, p.total));
+        }
+    }
+
+    /// All bytes moved: `uploaded 12.00 MB`.
+    pub fn finish_bytes(&self) {
+        let (done_verb, moved) = match self.inner.plain.lock() {
+            Ok(p) => (p.done_verb, p.moved),
+            Err(_) => return,
+        };
+        match &self.inner.bar {
+            Some(b) => {
+                let moved = b.position();
+                b.finish_and_clear();
+                eprintln!("{done_verb} {}", bytes(moved));
+            }
+            None => eprintln!("{done_verb} {}", bytes(moved)),
+        }
+    }
+
+    /// Clears a spinner or bar still drawn (before the result is printed).
+    pub fn clear(&self) {
+        if let Some(b) = &self.inner.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_lines_name_what_moved_and_of_how_much() {
+        assert_eq!(
+            moving_line("uploading", 3_200_000, Some(12_000_000)),
+            "uploading 3.20 MB of 12.00 MB"
+        );
+        assert_eq!(moving_line("downloading", 512, None), "downloading 512 B");
+    }
+}
