@@ -236,20 +236,25 @@ impl Client {
         let total = data.len() as u64;
         progress.start_bytes("uploading", "uploaded", Some(total));
         let counted = progress.clone();
-        let finished = progress.clone();
         let working = working.to_string();
-        let chunks = (0..data.len().div_ceil(CHUNK)).map(move |i| {
-            let chunk = data.slice(i * CHUNK..((i + 1) * CHUNK).min(data.len()));
+        let len = data.len();
+        if len == 0 {
+            progress.finish_bytes();
+            progress.step(working.clone());
+        }
+        let chunks = (0..len.div_ceil(CHUNK)).map(move |i| {
+            let end = ((i + 1) * CHUNK).min(len);
+            let chunk = data.slice(i * CHUNK..end);
             counted.advance(chunk.len() as u64);
+            if end == len {
+                // The body's last bytes (the client stops reading the body
+                // at its length): the rest is the manager's.
+                counted.finish_bytes();
+                counted.step(working.clone());
+            }
             Ok::<_, std::io::Error>(chunk)
         });
-        let stream = futures::stream::iter(chunks).chain(futures::stream::once(async move {
-            // The body's end: the rest is the manager's.
-            finished.finish_bytes();
-            finished.step(working);
-            Ok(bytes::Bytes::new())
-        }));
-        use futures::StreamExt;
+        let stream = futures::stream::iter(chunks);
         let resp = self
             .send(method.clone(), path, |r| {
                 r.header(reqwest::header::CONTENT_TYPE, content_type)
