@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use indicatif::{DecimalBytes, ProgressBar, ProgressStyle};
+use indicatif::{DecimalBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Plain lines are written at most this often while bytes move.
 const PLAIN_EVERY: Duration = Duration::from_secs(1);
@@ -50,10 +50,8 @@ pub fn moving_line(verb: &str, moved: u64, total: Option<u64>) -> String {
 impl Progress {
     /// Progress on standard error, drawn as a bar when it is a terminal.
     pub fn stderr() -> Progress {
+        // Hidden until its first style is set (the default one would flash).
         let bar = std::io::stderr().is_terminal().then(ProgressBar::hidden);
-        if let Some(b) = &bar {
-            b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        }
         Progress {
             inner: Arc::new(Inner {
                 bar,
@@ -100,12 +98,8 @@ impl Progress {
         }
         if let Some(b) = &self.inner.bar {
             b.disable_steady_tick();
-            b.reset();
             let style = match total {
-                Some(t) => {
-                    b.set_length(t);
-                    "{msg} [{bar:30}] {decimal_bytes}/{decimal_total_bytes} ({decimal_bytes_per_sec}, {eta})"
-                }
+                Some(_) => "{msg} [{bar:30}] {decimal_bytes}/{decimal_total_bytes} ({eta})",
                 None => "{spinner} {msg} {decimal_bytes} ({decimal_bytes_per_sec})",
             };
             b.set_style(
@@ -113,7 +107,10 @@ impl Progress {
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> "),
             );
+            b.reset();
+            b.set_length(total.unwrap_or(0));
             b.set_message(verb);
+            b.set_draw_target(ProgressDrawTarget::stderr());
         }
     }
 

@@ -139,6 +139,12 @@ pub async fn redirects(cmd: RedirectsCommand) -> anyhow::Result<ExitCode> {
 
 pub async fn backup(b: Backup) -> anyhow::Result<ExitCode> {
     let client = b.common.remote.client()?;
+    // With --out, the file is made first: an existing one stops the command
+    // before the manager writes a backup.
+    let mut target = match &b.out {
+        Some(p) if !b.no_download => Some((p.clone(), create_private(p)?)),
+        _ => None,
+    };
     let progress = Progress::stderr();
     progress.step("the manager is writing the backup");
     let body = b.name.as_ref().map(|n| serde_json::json!({ "name": n }));
@@ -146,7 +152,16 @@ pub async fn backup(b: Backup) -> anyhow::Result<ExitCode> {
         .call::<Value>(Method::POST, "/api/v1/settings/backup", body.as_ref())
         .await;
     progress.clear();
-    let made = made?;
+    let made = match made {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some((p, f)) = target.take() {
+                drop(f);
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
+        }
+    };
     let name = made["name"].as_str().unwrap_or_default().to_string();
     let file = made["file"].as_str().unwrap_or_default().to_string();
     let size = made["size_bytes"].as_u64();
@@ -161,28 +176,20 @@ pub async fn backup(b: Backup) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    // The manager's file name is checked by it (letters, digits, `_-.`), but
-    // only its last component is ever used here.
-    let out = match &b.out {
-        Some(p) => p.clone(),
+    let (out, mut f) = match target {
+        Some(t) => t,
+        // The manager's file name is checked by it (letters, digits, `_-.`),
+        // but only its last component is ever used here.
         None => match std::path::Path::new(&file).file_name() {
-            Some(f) if !file.is_empty() => PathBuf::from(f),
+            Some(f) if !file.is_empty() => {
+                let p = PathBuf::from(f);
+                let created = create_private(&p)?;
+                (p, created)
+            }
             _ => bail!("the manager named no backup file"),
         },
     };
     let shown = out.display().to_string();
-    // A backup holds password hashes and sealed secrets: created 0600, and
-    // never over an existing file.
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options.open(&out).with_context(|| {
-        format!("cannot create {shown} (an existing file is never overwritten)")
-    })?;
     let result = download(&client, &name, &mut f, &progress).await;
     if result.is_err() {
         drop(f);
@@ -198,6 +205,24 @@ pub async fn backup(b: Backup) -> anyhow::Result<ExitCode> {
         Output::Table => println!("backup {name} saved to {shown} ({})", bytes(written)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A new file only the user may read: a backup holds password hashes and
+/// sealed secrets. An existing file is never overwritten.
+fn create_private(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).with_context(|| {
+        format!(
+            "cannot create {} (an existing file is never overwritten)",
+            path.display()
+        )
+    })
 }
 
 async fn download(

@@ -1016,7 +1016,7 @@ async fn backup_is_made_and_downloaded_with_progress_and_never_overwrites() {
         assert_eq!(mode, 0o600);
     }
 
-    // An existing file is left alone.
+    // An existing file is left alone, and no backup is made for it.
     std::fs::write(&out, b"keep").expect("write");
     let o = cli(&app, h, &["backup", "--out", &out_s]).await;
     assert_eq!(o.code, 1);
@@ -1026,6 +1026,7 @@ async fn backup_is_made_and_downloaded_with_progress_and_never_overwrites() {
         o.stderr
     );
     assert_eq!(std::fs::read(&out).expect("read"), b"keep");
+    assert_eq!(app.get_json("/api/v1/settings/backups").await["total"], 1);
 
     // On the manager only.
     let o = cli(
@@ -1045,6 +1046,6 @@ async fn backup_is_made_and_downloaded_with_progress_and_never_overwrites() {
     let v: Value = serde_json::from_str(&o.stdout).expect("json");
     assert_eq!(v["file"], "only-here.sqlite");
     let listed = app.get_json("/api/v1/settings/backups").await;
-    assert_eq!(listed["total"], 3, "{listed}");
+    assert_eq!(listed["total"], 2, "{listed}");
     app.stop().await;
 }
