@@ -4,7 +4,7 @@
 //! (`uploading 3.20 MB of 12.00 MB`, at most one a second), which read well in
 //! a log or a CI job.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,8 @@ struct Inner {
     /// `None` when standard error is not a terminal: plain lines then.
     bar: Option<ProgressBar>,
     plain: Mutex<Plain>,
+    /// Where plain lines (and a bar's closing line) go: standard error.
+    out: Mutex<Box<dyn std::io::Write + Send>>,
 }
 
 struct Plain {
@@ -52,6 +54,10 @@ impl Progress {
     pub fn stderr() -> Progress {
         // Hidden until its first style is set (the default one would flash).
         let bar = std::io::stderr().is_terminal().then(ProgressBar::hidden);
+        Progress::new(bar, Box::new(std::io::stderr()))
+    }
+
+    fn new(bar: Option<ProgressBar>, out: Box<dyn std::io::Write + Send>) -> Progress {
         Progress {
             inner: Arc::new(Inner {
                 bar,
@@ -62,7 +68,15 @@ impl Progress {
                     moved: 0,
                     last_line: None,
                 }),
+                out: Mutex::new(out),
             }),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        if let Ok(mut out) = self.inner.out.lock() {
+            // Progress is best effort: a closed standard error stops nothing.
+            let _ = writeln!(out, "{text}");
         }
     }
 
@@ -81,7 +95,7 @@ impl Progress {
                 b.set_message(message);
                 b.enable_steady_tick(Duration::from_millis(120));
             }
-            None => eprintln!("{message}"),
+            None => self.line(&message),
         }
     }
 
@@ -132,7 +146,9 @@ impl Progress {
             .is_none_or(|t| now.duration_since(t) >= PLAIN_EVERY);
         if due && p.total.is_none_or(|t| p.moved < t) {
             p.last_line = Some(now);
-            eprintln!("{}", moving_line(p.verb, p.moved, p.total));
+            let text = moving_line(p.verb, p.moved, p.total);
+            drop(p);
+            self.line(&text);
         }
     }
 
@@ -146,9 +162,9 @@ impl Progress {
             Some(b) => {
                 let moved = b.position();
                 b.finish_and_clear();
-                eprintln!("{done_verb} {}", bytes(moved));
+                self.line(&format!("{done_verb} {}", bytes(moved)));
             }
-            None => eprintln!("{done_verb} {}", bytes(moved)),
+            None => self.line(&format!("{done_verb} {}", bytes(moved))),
         }
     }
 
@@ -179,5 +195,43 @@ mod tests {
             "uploading 3.20 MB of 12.00 MB"
         );
         assert_eq!(moving_line("downloading", 512, None), "downloading 512 B");
+    }
+
+    /// A sink the test reads back.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("sink").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn plain_lines_come_at_most_once_a_second_then_the_total_and_the_steps() {
+        let sink = Sink::default();
+        let p = Progress::new(None, Box::new(sink.clone()));
+        p.start_bytes("uploading", "uploaded", Some(1_000_000));
+        // Many chunks within a second: one line, the first.
+        for _ in 0..9 {
+            p.advance(100_000);
+        }
+        p.advance(100_000);
+        p.finish_bytes();
+        p.step("the manager is importing the rows");
+        // A download of unknown length.
+        p.start_bytes("downloading", "downloaded", None);
+        p.advance(2_500);
+        p.finish_bytes();
+        let text = String::from_utf8(sink.0.lock().expect("sink").clone()).expect("utf-8");
+        assert_eq!(
+            text,
+            "uploading 100.00 kB of 1.00 MB\nuploaded 1.00 MB\nthe manager is importing the rows\n\
+             downloading 2.50 kB\ndownloaded 2.50 kB\n"
+        );
     }
 }
