@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use fleetgate::cli::{declarative, resources};
+use fleetgate::cli::{declarative, resources, transfer};
 use fleetgate::config::{Config, Overrides};
 use fleetgate::{init_logging, open_store, shutdown_signal, start, BootstrapSecrets};
 use fleetgate_store::Store;
@@ -111,6 +111,13 @@ enum Command {
         #[command(subcommand)]
         command: resources::EventsCommand,
     },
+    /// Redirect rules of a running manager's projects.
+    Redirects {
+        #[command(subcommand)]
+        command: transfer::RedirectsCommand,
+    },
+    /// Make a backup of a running manager's store and download it.
+    Backup(transfer::Backup),
     /// Print the version, the commit it was built from and the build profile.
     Version,
     /// Print a shell completion script (bash: `source <(fleetgate completions
@@ -319,6 +326,8 @@ async fn run(cli: Cli) -> Result<(), ExitCode> {
         Command::Upstreams { command } => remote(resources::upstreams(command).await),
         Command::Revisions { command } => remote(resources::revisions(command).await),
         Command::Events { command } => remote(resources::events(command).await),
+        Command::Redirects { command } => remote(transfer::redirects(command).await),
+        Command::Backup(b) => remote(transfer::backup(b).await),
         Command::Export {
             command: ExportCommand::Nginx(x),
         } => export_nginx(&cli.config, x).await,

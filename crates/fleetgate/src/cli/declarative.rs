@@ -679,8 +679,24 @@ pub async fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
             bail!("the manager's configuration changed while the file was checked; nothing was written: run the command again");
         }
     }
-    let body = to_value(&doc);
-    let result: ImportResult = match client.call(Method::POST, path, Some(&body)).await {
+    let body = bytes::Bytes::from(serde_json::to_vec(&doc)?);
+    let progress = super::progress::Progress::stderr();
+    let working = if a.dry_run {
+        "the manager is checking the configuration"
+    } else {
+        "the manager is applying the configuration"
+    };
+    let uploaded = client
+        .upload(
+            Method::POST,
+            path,
+            "application/json",
+            body,
+            &progress,
+            working,
+        )
+        .await;
+    let result: ImportResult = match uploaded {
         Ok(r) => r,
         Err(e) => {
             // The manager's own refusal, placed in the file where it can be.

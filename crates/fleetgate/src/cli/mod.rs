@@ -8,7 +8,9 @@
 //! others. The key is sent as a bearer token and never printed.
 
 pub mod declarative;
+pub mod progress;
 pub mod resources;
+pub mod transfer;
 pub mod yaml_out;
 
 use std::path::{Path, PathBuf};
@@ -215,13 +217,85 @@ impl Client {
                 None => r,
             })
             .await?;
-        let bytes = resp
-            .bytes()
-            .await
-            .with_context(|| format!("{method} {path}: the answer was cut short"))?;
-        serde_json::from_slice(&bytes).with_context(|| {
-            format!("{method} {path}: the manager's answer is not the JSON expected")
-        })
+        read_json(resp, &method, path).await
+    }
+
+    /// Sends `data` as the body, in chunks counted on `progress` as they
+    /// leave, and reads a JSON answer; the manager's work after the upload is
+    /// shown as a step named `working`.
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        data: bytes::Bytes,
+        progress: &progress::Progress,
+        working: &str,
+    ) -> anyhow::Result<T> {
+        const CHUNK: usize = 64 * 1024;
+        let total = data.len() as u64;
+        progress.start_bytes("uploading", "uploaded", Some(total));
+        let counted = progress.clone();
+        let working = working.to_string();
+        let len = data.len();
+        if len == 0 {
+            progress.finish_bytes();
+            progress.step(working.clone());
+        }
+        let chunks = (0..len.div_ceil(CHUNK)).map(move |i| {
+            let end = ((i + 1) * CHUNK).min(len);
+            let chunk = data.slice(i * CHUNK..end);
+            counted.advance(chunk.len() as u64);
+            if end == len {
+                // The body's last bytes (the client stops reading the body
+                // at its length): the rest is the manager's.
+                counted.finish_bytes();
+                counted.step(working.clone());
+            }
+            Ok::<_, std::io::Error>(chunk)
+        });
+        let stream = futures::stream::iter(chunks);
+        let resp = self
+            .send(method.clone(), path, |r| {
+                r.header(reqwest::header::CONTENT_TYPE, content_type)
+                    .header(reqwest::header::CONTENT_LENGTH, total)
+                    .body(reqwest::Body::wrap_stream(stream))
+            })
+            .await;
+        progress.clear();
+        read_json(resp?, &method, path).await
+    }
+
+    /// A GET of a JSON object with its version (the `ETag`), to send back as
+    /// `If-Match` with a change.
+    pub async fn get_versioned(&self, path: &str) -> anyhow::Result<(Value, Option<String>)> {
+        let resp = self.send(Method::GET, path, |r| r).await?;
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok((read_json(resp, &Method::GET, path).await?, etag))
+    }
+
+    /// A PUT of a JSON body, refused by the manager if the object is no longer
+    /// at version `etag`.
+    pub async fn put_if_match(
+        &self,
+        path: &str,
+        body: &Value,
+        etag: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let resp = self
+            .send(Method::PUT, path, |r| {
+                let r = r.json(body);
+                match etag {
+                    Some(e) => r.header(reqwest::header::IF_MATCH, e),
+                    None => r,
+                }
+            })
+            .await?;
+        read_json(resp, &Method::PUT, path).await
     }
 
     /// Sends a request whose answer has no body to read (a 204).
@@ -233,6 +307,11 @@ impl Client {
         self.call(Method::GET, path, None).await
     }
 
+    /// A GET whose answer is read as it comes (a download).
+    pub async fn get_raw(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        self.send(Method::GET, path, |r| r).await
+    }
+
     /// A GET whose answer is streamed (the event stream).
     pub async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
         self.send(Method::GET, path, |r| {
@@ -240,6 +319,19 @@ impl Client {
         })
         .await
     }
+}
+
+async fn read_json<T: DeserializeOwned>(
+    resp: reqwest::Response,
+    method: &Method,
+    path: &str,
+) -> anyhow::Result<T> {
+    let bytes = resp
+        .bytes()
+        .await
+        .with_context(|| format!("{method} {path}: the answer was cut short"))?;
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("{method} {path}: the manager's answer is not the JSON expected"))
 }
 
 fn failure(status: StatusCode, body: &[u8]) -> ApiFailure {
@@ -261,7 +353,12 @@ fn failure(status: StatusCode, body: &[u8]) -> ApiFailure {
                         .iter()
                         .map(|e| {
                             let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-                            (text("field"), text("message"))
+                            // A row of an import names its line too.
+                            let field = match e["line"].as_u64() {
+                                Some(line) => format!("line {line}: {}", text("field")),
+                                None => text("field"),
+                            };
+                            (field, text("message"))
                         })
                         .collect()
                 })

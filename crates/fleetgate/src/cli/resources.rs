@@ -1,11 +1,12 @@
 //! `fleetgate routes|upstreams|revisions|events …` against a running manager:
 //! tables by default, the API's JSON with `-o json`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::{Client, Remote};
 
@@ -31,6 +32,11 @@ pub enum RoutesCommand {
     List(Common),
     /// One route.
     Get(Named),
+    /// Create a route (a new revision), from flags or a whole object (-f).
+    Create(RouteCreate),
+    /// Change a route (a new revision): the flags given replace those fields;
+    /// -f replaces the whole route.
+    Update(RouteUpdate),
     /// Delete a route (a new revision).
     Delete(Named),
 }
@@ -41,6 +47,10 @@ pub enum UpstreamsCommand {
     List(Common),
     /// One upstream.
     Get(Named),
+    /// Create an upstream (a new revision), from flags or a whole object (-f).
+    Create(UpstreamCreate),
+    /// Delete an upstream no route uses (a new revision).
+    Delete(Named),
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -65,6 +75,94 @@ pub struct Named {
     pub common: Common,
     /// The route's id or the upstream's name.
     pub name: String,
+}
+
+/// The fields of a route that flags set; each one given replaces the
+/// object's (from -f, or the manager's for `update`).
+#[derive(clap::Args, Debug)]
+pub struct RouteFields {
+    /// A JSON or YAML file holding the whole route; the flags given change it.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The path matched (`/api`).
+    #[arg(long)]
+    pub path: Option<String>,
+    /// A host name matched (`api.example.com`, `*.example.com`); repeatable.
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Methods allowed (`GET,POST`); none allows all.
+    #[arg(long = "methods", value_name = "METHODS", value_delimiter = ',')]
+    pub methods: Vec<String>,
+    /// The upstream's name, or a URL for a one-target upstream.
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// Remove the matched prefix before forwarding (`--strip-path=false` to stop).
+    #[arg(long = "strip-path", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub strip_path: Option<bool>,
+    /// How the path matches.
+    #[arg(long = "match", value_enum)]
+    pub match_type: Option<MatchType>,
+    /// Among equally specific matches, higher wins.
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// A tag; repeatable.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// What the route is for.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Whether the route serves (`--enabled=false` to switch it off).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub enabled: Option<bool>,
+    /// Answer plain-HTTP requests with a redirect to HTTPS.
+    #[arg(long = "https-redirect", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub https_redirect: Option<bool>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum MatchType {
+    Prefix,
+    Exact,
+    Regex,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RouteCreate {
+    #[command(flatten)]
+    pub common: Common,
+    /// The route's id (1 to 64 of `A-Za-z0-9_.-`); generated when absent.
+    #[arg(long)]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub fields: RouteFields,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RouteUpdate {
+    #[command(flatten)]
+    pub common: Common,
+    /// The route's id.
+    pub id: String,
+    #[command(flatten)]
+    pub fields: RouteFields,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UpstreamCreate {
+    #[command(flatten)]
+    pub common: Common,
+    /// A JSON or YAML file holding the whole upstream; the flags given change it.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The upstream's name (1 to 64 of `A-Za-z0-9_.-`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A target's URL (`http://10.0.0.5:8080`); repeatable.
+    #[arg(long = "target", value_name = "URL")]
+    pub targets: Vec<String>,
+    /// round_robin, least_connections, weighted or consistent_hash.
+    #[arg(long = "balancing", value_name = "HOW")]
+    pub load_balancing: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -106,7 +204,7 @@ pub struct Tail {
 }
 
 /// A path segment, percent-encoded.
-fn segment(s: &str) -> String {
+pub(crate) fn segment(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -116,6 +214,89 @@ fn segment(s: &str) -> String {
         }
     }
     out
+}
+
+/// Largest object file read by `create`/`update -f`.
+const MAX_OBJECT_FILE: usize = 1 << 20;
+
+/// A JSON or YAML file holding one object; problems named with line and field.
+fn read_object(path: &PathBuf) -> anyhow::Result<Map<String, Value>> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
+    let (value, _) =
+        fleetgate_deploy::load_json(&name, &text, MAX_OBJECT_FILE).map_err(|problems| {
+            anyhow!(
+                "{}",
+                problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
+    match value {
+        Value::Object(o) => Ok(o),
+        _ => bail!("{name}: the file must hold one object (a mapping of fields)"),
+    }
+}
+
+impl RouteFields {
+    /// Sets the fields given on `obj`.
+    fn apply(&self, obj: &mut Map<String, Value>) {
+        let mut set = |k: &str, v: Value| {
+            obj.insert(k.to_string(), v);
+        };
+        let strings = |v: &[String]| Value::from(v.to_vec());
+        if let Some(p) = &self.path {
+            set("path", p.clone().into());
+        }
+        if !self.hosts.is_empty() {
+            set("hosts", strings(&self.hosts));
+        }
+        if !self.methods.is_empty() {
+            let m: Vec<String> = self
+                .methods
+                .iter()
+                .map(|m| m.trim().to_ascii_uppercase())
+                .collect();
+            set("methods", strings(&m));
+        }
+        if let Some(u) = &self.upstream {
+            set("upstream", u.clone().into());
+        }
+        if let Some(b) = self.strip_path {
+            set("strip_path", b.into());
+        }
+        if let Some(m) = self.match_type {
+            let m = match m {
+                MatchType::Prefix => "prefix",
+                MatchType::Exact => "exact",
+                MatchType::Regex => "regex",
+            };
+            set("match", m.into());
+        }
+        if let Some(p) = self.priority {
+            set("priority", p.into());
+        }
+        if !self.tags.is_empty() {
+            set("tags", strings(&self.tags));
+        }
+        if let Some(d) = &self.description {
+            set("description", d.clone().into());
+        }
+        if let Some(b) = self.enabled {
+            set("enabled", b.into());
+        }
+        if let Some(b) = self.https_redirect {
+            set("https_redirect", b.into());
+        }
+    }
+
+    fn any_flag(&self) -> bool {
+        let mut probe = Map::new();
+        self.apply(&mut probe);
+        !probe.is_empty()
+    }
 }
 
 /// Every item of a paginated listing.
@@ -135,7 +316,7 @@ async fn list_all(client: &Client, path: &str) -> anyhow::Result<Vec<Value>> {
     }
 }
 
-fn print_json(v: &Value) -> anyhow::Result<()> {
+pub(crate) fn print_json(v: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -233,6 +414,61 @@ pub async fn routes(cmd: RoutesCommand) -> anyhow::Result<ExitCode> {
                 Output::Table => print_table(ROUTE_HEADER, &[route_row(&r)]),
             }
         }
+        RoutesCommand::Create(c) => {
+            let mut obj = match &c.fields.file {
+                Some(f) => read_object(f)?,
+                None => Map::new(),
+            };
+            if let Some(id) = &c.id {
+                obj.insert("id".into(), id.clone().into());
+            }
+            c.fields.apply(&mut obj);
+            if c.fields.file.is_none() && !obj.contains_key("path") {
+                bail!("a route needs --path (or -f FILE with the whole route)");
+            }
+            let client = c.common.remote.client()?;
+            let r: Value = client
+                .call(Method::POST, "/api/v1/routes", Some(&Value::Object(obj)))
+                .await?;
+            match c.common.output {
+                Output::Json => print_json(&r)?,
+                Output::Table => {
+                    println!("created route {}", text(&r["id"]));
+                    print_table(ROUTE_HEADER, &[route_row(&r)]);
+                }
+            }
+        }
+        RoutesCommand::Update(u) => {
+            if u.fields.file.is_none() && !u.fields.any_flag() {
+                bail!("nothing to change: give the fields to set (--path, --host, …) or -f FILE");
+            }
+            let client = u.common.remote.client()?;
+            let path = format!("/api/v1/routes/{}", segment(&u.id));
+            // From the file, the whole route; from flags, the manager's route
+            // with those fields changed, written only if nobody changed it
+            // in between (If-Match).
+            let (mut obj, etag) = match &u.fields.file {
+                Some(f) => (read_object(f)?, None),
+                None => {
+                    let (current, etag) = client.get_versioned(&path).await?;
+                    match current {
+                        Value::Object(o) => (o, etag),
+                        _ => bail!("GET {path}: the manager's answer is not a route"),
+                    }
+                }
+            };
+            u.fields.apply(&mut obj);
+            let r = client
+                .put_if_match(&path, &Value::Object(obj), etag.as_deref())
+                .await?;
+            match u.common.output {
+                Output::Json => print_json(&r)?,
+                Output::Table => {
+                    println!("updated route {}", text(&r["id"]));
+                    print_table(ROUTE_HEADER, &[route_row(&r)]);
+                }
+            }
+        }
         RoutesCommand::Delete(n) => {
             let client = n.common.remote.client()?;
             client
@@ -271,6 +507,53 @@ pub async fn upstreams(cmd: UpstreamsCommand) -> anyhow::Result<ExitCode> {
             match n.common.output {
                 Output::Json => print_json(&u)?,
                 Output::Table => print_table(UPSTREAM_HEADER, &[upstream_row(&u)]),
+            }
+        }
+        UpstreamsCommand::Create(c) => {
+            let mut obj = match &c.file {
+                Some(f) => read_object(f)?,
+                None => Map::new(),
+            };
+            if let Some(n) = &c.name {
+                obj.insert("name".into(), n.clone().into());
+            }
+            if !c.targets.is_empty() {
+                let targets: Vec<Value> = c
+                    .targets
+                    .iter()
+                    .map(|t| serde_json::json!({ "url": t }))
+                    .collect();
+                obj.insert("targets".into(), targets.into());
+            }
+            if let Some(b) = &c.load_balancing {
+                obj.insert("load_balancing".into(), b.clone().into());
+            }
+            if c.file.is_none() && (c.name.is_none() || c.targets.is_empty()) {
+                bail!("an upstream needs --name and at least one --target URL (or -f FILE with the whole upstream)");
+            }
+            let client = c.common.remote.client()?;
+            let u: Value = client
+                .call(Method::POST, "/api/v1/upstreams", Some(&Value::Object(obj)))
+                .await?;
+            match c.common.output {
+                Output::Json => print_json(&u)?,
+                Output::Table => {
+                    println!("created upstream {}", text(&u["name"]));
+                    print_table(UPSTREAM_HEADER, &[upstream_row(&u)]);
+                }
+            }
+        }
+        UpstreamsCommand::Delete(n) => {
+            let client = n.common.remote.client()?;
+            client
+                .call_empty(
+                    Method::DELETE,
+                    &format!("/api/v1/upstreams/{}", segment(&n.name)),
+                )
+                .await?;
+            match n.common.output {
+                Output::Json => print_json(&serde_json::json!({"deleted": n.name}))?,
+                Output::Table => println!("deleted upstream {}", n.name),
             }
         }
     }

@@ -101,9 +101,15 @@ async fn dump_apply_dump_round_trips_and_unchanged_files_make_no_revision() {
     );
     assert_eq!(revisions(&app).await, before);
 
-    // Apply: one revision, its number printed.
+    // Apply: one revision, its number printed; the upload's progress in
+    // plain lines on standard error (a pipe here).
     let o = cli(&app, h, &["config", "apply", "-f", &example]).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
+    // (One chunk: no `uploading … of …` line before it is all sent.)
+    let progress: Vec<&str> = o.stderr.lines().collect();
+    assert_eq!(progress.len(), 2, "{}", o.stderr);
+    assert!(progress[0].starts_with("uploaded "), "{}", o.stderr);
+    assert_eq!(progress[1], "the manager is applying the configuration");
     let after = revisions(&app).await;
     assert_eq!(after, before + 1);
     let top = app.get_json("/api/v1/revisions?limit=1").await;
@@ -593,5 +599,453 @@ async fn routes_upstreams_revisions_and_events_commands() {
             .contains("revision 3"),
         "{events:?}"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn routes_and_upstreams_are_created_updated_and_deleted() {
+    let app = spawn_app().await;
+    let home = tempfile::tempdir().expect("home");
+    let h = home.path();
+
+    // An upstream from flags: -o json prints the created object.
+    let o = cli(
+        &app,
+        h,
+        &[
+            "upstreams",
+            "create",
+            "--name",
+            "api",
+            "--target",
+            "http://127.0.0.1:9301",
+            "--target",
+            "http://127.0.0.1:9302",
+            "--balancing",
+            "least_connections",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v: Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v["name"], "api");
+    assert_eq!(v["load_balancing"], "least_connections");
+    assert_eq!(v["targets"][1]["url"], "http://127.0.0.1:9302");
+    assert_eq!(app.get_json("/api/v1/upstreams/api").await["name"], "api");
+
+    // From a YAML file, as a table.
+    let file = write(
+        h,
+        "web.yaml",
+        "name: web\ntargets:\n  - url: http://127.0.0.1:9400\n    weight: 3\n",
+    );
+    let o = cli(&app, h, &["upstreams", "create", "-f", &file]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        o.stdout,
+        "created upstream web\nNAME  BALANCING    TARGETS\nweb   round_robin  http://127.0.0.1:9400\n"
+    );
+
+    // The manager's refusal names the field; the exit code is 1.
+    let o = cli(
+        &app,
+        h,
+        &[
+            "upstreams",
+            "create",
+            "--name",
+            "bad",
+            "--target",
+            "ftp://x",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stderr.contains("the manager answered 400") && o.stderr.contains("\n  targets[0].url: "),
+        "{}",
+        o.stderr
+    );
+    let o = cli(
+        &app,
+        h,
+        &[
+            "upstreams",
+            "create",
+            "--name",
+            "api",
+            "--target",
+            "http://127.0.0.1:1",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("the manager answered 409"),
+        "{}",
+        o.stderr
+    );
+    let o = cli(&app, h, &["upstreams", "create", "--name", "x"]).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("at least one --target"), "{}", o.stderr);
+
+    // A route from flags.
+    let o = cli(
+        &app,
+        h,
+        &[
+            "routes",
+            "create",
+            "--id",
+            "api",
+            "--path",
+            "/api",
+            "--host",
+            "api.example.com",
+            "--host",
+            "*.api.example.com",
+            "--methods",
+            "GET,post",
+            "--upstream",
+            "api",
+            "--strip-path",
+            "--tag",
+            "team-api",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r: Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(r["hosts"], json!(["api.example.com", "*.api.example.com"]));
+    assert_eq!(r["methods"], json!(["GET", "POST"]));
+    assert_eq!(r["strip_path"], true);
+    assert_eq!(r["tags"], json!(["team-api"]));
+    assert_eq!(app.get_json("/api/v1/routes/api").await["upstream"], "api");
+
+    // From a JSON file, a flag changing one of its fields; the id generated.
+    let file = write(
+        h,
+        "route.json",
+        r#"{"path": "/web", "upstream": "web", "description": "from a file"}"#,
+    );
+    let o = cli(
+        &app,
+        h,
+        &[
+            "routes", "create", "-f", &file, "--match", "exact", "-o", "json",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r: Value = serde_json::from_str(&o.stdout).expect("json");
+    assert!(r["id"].as_str().expect("id").starts_with("route-"), "{r}");
+    assert_eq!(
+        (r["match"].as_str(), r["description"].as_str()),
+        (Some("exact"), Some("from a file"))
+    );
+
+    // Refusals: a field of the file unknown to the manager, an unknown
+    // upstream, a taken id, a missing path.
+    let bad = write(h, "bad.yaml", "path: /x\nupstream: web\ncolour: blue\n");
+    let o = cli(&app, h, &["routes", "create", "-f", &bad]).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("colour"), "{}", o.stderr);
+    let o = cli(
+        &app,
+        h,
+        &["routes", "create", "--path", "/y", "--upstream", "nowhere"],
+    )
+    .await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("upstream"), "{}", o.stderr);
+    assert!(o.stderr.contains("nowhere"), "{}", o.stderr);
+    let o = cli(
+        &app,
+        h,
+        &[
+            "routes",
+            "create",
+            "--id",
+            "api",
+            "--path",
+            "/z",
+            "--upstream",
+            "web",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("the manager answered 409"),
+        "{}",
+        o.stderr
+    );
+    let o = cli(&app, h, &["routes", "create", "--upstream", "web"]).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("a route needs --path"), "{}", o.stderr);
+
+    // Update: the flags given change those fields, the others stay.
+    let o = cli(
+        &app,
+        h,
+        &[
+            "routes",
+            "update",
+            "api",
+            "--path",
+            "/v2/api",
+            "--strip-path=false",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.starts_with("updated route api\nID "),
+        "{}",
+        o.stdout
+    );
+    let r = app.get_json("/api/v1/routes/api").await;
+    assert_eq!(
+        (r["path"].as_str(), r["strip_path"].as_bool()),
+        (Some("/v2/api"), Some(false))
+    );
+    assert_eq!(r["hosts"], json!(["api.example.com", "*.api.example.com"]));
+    let o = cli(&app, h, &["routes", "update", "api"]).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("nothing to change"), "{}", o.stderr);
+    let o = cli(&app, h, &["routes", "update", "nope", "--path", "/n"]).await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("the manager answered 404"),
+        "{}",
+        o.stderr
+    );
+
+    // An upstream in use is not deleted; once its route is gone, it is.
+    let o = cli(&app, h, &["upstreams", "delete", "api"]).await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("the manager answered 409") && o.stderr.contains("used by routes api"),
+        "{}",
+        o.stderr
+    );
+    let o = cli(&app, h, &["routes", "delete", "api"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = cli(&app, h, &["upstreams", "delete", "api", "-o", "json"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        serde_json::from_str::<Value>(&o.stdout).expect("json"),
+        json!({"deleted": "api"})
+    );
+    let o = cli(&app, h, &["upstreams", "get", "api"]).await;
+    assert!(
+        o.stderr.contains("the manager answered 404"),
+        "{}",
+        o.stderr
+    );
+    app.stop().await;
+}
+
+/// Plain progress lines on standard error when it is a pipe, the result alone
+/// on standard output.
+#[tokio::test]
+async fn redirects_import_uploads_with_plain_progress_lines_on_a_pipe() {
+    let app = spawn_app().await;
+    let home = tempfile::tempdir().expect("home");
+    let h = home.path();
+    for (path, body) in [
+        ("/api/v1/namespaces", json!({"name": "shop"})),
+        (
+            "/api/v1/namespaces/shop/projects",
+            json!({"name": "site", "hosts": ["shop.test"]}),
+        ),
+    ] {
+        let r = app
+            .admin(reqwest::Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+    let mut csv = String::from("type,source,target,status\n");
+    for i in 0..20_000 {
+        csv.push_str(&format!(
+            "BASIC,/old/page-{i}.html,/new/{i},MOVED_PERMANENT\n"
+        ));
+    }
+    let file = write(h, "rules.csv", &csv);
+    let size = csv.len();
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "redirects",
+            "import",
+            "--namespace",
+            "shop",
+            "--project",
+            "site",
+            "-f",
+        ];
+        a.push(Box::leak(file.clone().into_boxed_str()));
+        a.extend_from_slice(extra);
+        a
+    };
+
+    // A dry run checks every row and writes nothing.
+    let o = cli(&app, h, &args(&["--dry-run"])).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        o.stdout,
+        "dry run: 20000 rows are valid; nothing was written\n"
+    );
+    assert!(
+        o.stderr.contains("the manager is checking the rows\n"),
+        "{}",
+        o.stderr
+    );
+
+    let o = cli(&app, h, &args(&[])).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        o.stdout,
+        "imported 20000 rows into the drafts of shop/site: 20000 created, 0 updated, 0 unchanged, 0 deleted\n"
+    );
+    let total = format!("{:.2} MB", size as f64 / 1e6);
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    // No bar, no terminal escapes: lines, the first as soon as bytes move.
+    assert!(
+        !o.stderr.contains('\u{1b}') && !o.stderr.contains('\r'),
+        "{:?}",
+        o.stderr
+    );
+    assert!(
+        lines[0].starts_with("uploading ") && lines[0].ends_with(&format!(" of {total}")),
+        "{lines:?}"
+    );
+    let done = lines.iter().position(|l| *l == format!("uploaded {total}"));
+    let done = done.unwrap_or_else(|| panic!("an `uploaded {total}` line: {lines:?}"));
+    assert_eq!(
+        lines.get(done + 1),
+        Some(&"the manager is importing the rows"),
+        "{lines:?}"
+    );
+    assert_eq!(lines.len(), done + 2, "{lines:?}");
+    let drafts = app
+        .get_json("/api/v1/namespaces/shop/projects/site/drafts")
+        .await;
+    assert_eq!(drafts["total"], 20000, "{drafts}");
+
+    // Again, as JSON: nothing changes.
+    let o = cli(&app, h, &args(&["-o", "json"])).await;
+    let v: Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(
+        (v["rows"].as_u64(), v["unchanged"].as_u64()),
+        (Some(20000), Some(20000))
+    );
+
+    // A bad row: nothing imported, the line and the field named.
+    let bad = write(
+        h,
+        "bad.csv",
+        "type,source,target,status\nBASIC,/a,/b,FOUND\nBASIC,/a,/c,FOUND\n",
+    );
+    let o = cli(
+        &app,
+        h,
+        &[
+            "redirects",
+            "import",
+            "--namespace",
+            "shop",
+            "--project",
+            "site",
+            "-f",
+            &bad,
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stderr.contains("the manager answered 400")
+            && o.stderr
+                .contains("\n  line 3: source: duplicate source \"/a\" (first on line 2)"),
+        "{}",
+        o.stderr
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn backup_is_made_and_downloaded_with_progress_and_never_overwrites() {
+    let app = spawn_app().await;
+    let home = tempfile::tempdir().expect("home");
+    let h = home.path();
+    let out = h.join("store.sqlite");
+    let out_s = out.display().to_string();
+    let o = cli(&app, h, &["backup", "--name", "nightly", "--out", &out_s]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let data = std::fs::read(&out).expect("the backup was written");
+    assert!(data.starts_with(b"SQLite format 3\0"), "a SQLite database");
+    // The size shown is the bytes written, in the progress lines' units.
+    let size = o
+        .stdout
+        .strip_prefix(&format!("backup nightly saved to {out_s} ("))
+        .and_then(|s| s.strip_suffix(")\n"))
+        .unwrap_or_else(|| panic!("{}", o.stdout));
+    assert_eq!(size, indicatif::DecimalBytes(data.len() as u64).to_string());
+    assert!(
+        o.stderr.starts_with(
+            "the manager is writing the backup\nbackup nightly written on the manager ("
+        ),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.ends_with(&format!("\ndownloaded {size}\n")),
+        "{}",
+        o.stderr
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    // An existing file is left alone, and no backup is made for it.
+    std::fs::write(&out, b"keep").expect("write");
+    let o = cli(&app, h, &["backup", "--out", &out_s]).await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("an existing file is never overwritten"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(std::fs::read(&out).expect("read"), b"keep");
+    assert_eq!(app.get_json("/api/v1/settings/backups").await["total"], 1);
+
+    // On the manager only.
+    let o = cli(
+        &app,
+        h,
+        &[
+            "backup",
+            "--name",
+            "only-here",
+            "--no-download",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v: Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v["file"], "only-here.sqlite");
+    let listed = app.get_json("/api/v1/settings/backups").await;
+    assert_eq!(listed["total"], 2, "{listed}");
     app.stop().await;
 }
