@@ -594,15 +594,7 @@ pub async fn versions(
         .into_iter()
         .map(|v| version_view(&a, v))
         .collect();
-    let total = items.len() as i64;
-    Ok(Json(ListEnvelope::new(
-        items,
-        total,
-        fleetgate_store::PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(Json(ListEnvelope::whole(items)))
 }
 
 #[utoipa::path(post, path = "/api/v1/agents/{id}/versions/{n}/promote", operation_id = "promote_agent_version", tag = "agents",
@@ -1045,15 +1037,7 @@ pub async fn list_schedules(
         .into_iter()
         .map(schedule_view)
         .collect();
-    let total = items.len() as i64;
-    Ok(Json(ListEnvelope::new(
-        items,
-        total,
-        fleetgate_store::PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(Json(ListEnvelope::whole(items)))
 }
 
 #[utoipa::path(post, path = "/api/v1/agents/{id}/schedules", operation_id = "create_agent_schedule", tag = "agents",
@@ -1379,15 +1363,7 @@ pub async fn list_tools(
         .iter()
         .map(tool_view)
         .collect();
-    let total = items.len() as i64;
-    Ok(Json(ListEnvelope::new(
-        items,
-        total,
-        fleetgate_store::PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(Json(ListEnvelope::whole(items)))
 }
 
 #[utoipa::path(post, path = "/api/v1/agent-tools", operation_id = "create_agent_tool", tag = "agents", request_body = AgentToolInput,

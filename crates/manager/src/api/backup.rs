@@ -144,13 +144,8 @@ pub async fn list(
         }
     }
     items.sort_by_key(|item| std::cmp::Reverse(item.0));
-    let total = items.len() as i64;
     let items: Vec<_> = items.into_iter().map(|(_, v)| v).collect();
-    let page = fleetgate_store::PageRequest {
-        limit: total.max(1),
-        offset: 0,
-    };
-    Ok(Json(ListEnvelope::new(items, total, page)))
+    Ok(Json(ListEnvelope::whole(items)))
 }
 
 #[utoipa::path(get, path = "/api/v1/settings/backups/{name}", operation_id = "download_backup", tag = "settings",

@@ -153,15 +153,7 @@ pub async fn list(
         .iter()
         .map(|r| stored_view(&state, r))
         .collect::<ApiResult<Vec<_>>>()?;
-    let total = items.len() as i64;
-    Ok(Json(ListEnvelope::new(
-        items,
-        total,
-        fleetgate_store::PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(Json(ListEnvelope::whole(items)))
 }
 
 #[utoipa::path(post, path = "/api/v1/certificates", operation_id = "create_certificate", tag = "certificates", request_body = CertificateUpload,

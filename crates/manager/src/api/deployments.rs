@@ -378,15 +378,7 @@ pub async fn list(
             Err(e) => tracing::warn!(deployment = %name, error = %e, "a deployment cannot be read"),
         }
     }
-    let total = items.len() as i64;
-    Ok(Json(ListEnvelope::new(
-        items,
-        total,
-        fleetgate_store::PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(Json(ListEnvelope::whole(items)))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -737,15 +729,7 @@ pub async fn releases(
         let (r, compose, service) = state.deployments.release(&name, r.number).await?;
         items.push(release_view(r, &compose, &service, false));
     }
-    let total = items.len() as i64;
-    Ok(Json(ListEnvelope::new(
-        items,
-        total,
-        fleetgate_store::PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(Json(ListEnvelope::whole(items)))
 }
 
 #[utoipa::path(get, path = "/api/v1/deployments/{name}/releases/{number}", operation_id = "get_deployment_release", tag = "deployments",
@@ -1098,13 +1082,5 @@ pub async fn proxy_vhosts(
         }
     }
     let items: Vec<Vhost> = by_domain.into_values().collect();
-    let total = items.len() as i64;
-    Ok(Json(ListEnvelope::new(
-        items,
-        total,
-        fleetgate_store::PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(Json(ListEnvelope::whole(items)))
 }

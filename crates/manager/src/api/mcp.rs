@@ -377,15 +377,7 @@ pub async fn list(
         .iter()
         .map(view)
         .collect();
-    let total = items.len() as i64;
-    Ok(Json(ListEnvelope::new(
-        items,
-        total,
-        fleetgate_store::PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(Json(ListEnvelope::whole(items)))
 }
 
 #[utoipa::path(post, path = "/api/v1/mcp-servers", operation_id = "create_mcp_server", tag = "agents", request_body = McpServerInput,

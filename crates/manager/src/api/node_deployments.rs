@@ -446,15 +446,7 @@ pub async fn list(
     let items: Vec<EdgeDeployment> =
         serde_json::from_value(data.get("items").cloned().unwrap_or(Value::Null))
             .map_err(|e| bad_answer(&id, "a list of deployments", e))?;
-    let total = items.len() as i64;
-    Ok(Json(ListEnvelope::new(
-        items,
-        total,
-        fleetgate_store::PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(Json(ListEnvelope::whole(items)))
 }
 
 #[utoipa::path(post, path = "/api/v1/nodes/{id}/deployments", operation_id = "create_edge_deployment", tag = "nodes",
@@ -710,13 +702,5 @@ pub async fn releases(
     let items: Vec<EdgeRelease> =
         serde_json::from_value(data.get("items").cloned().unwrap_or(Value::Null))
             .map_err(|e| bad_answer(&id, "a list of releases", e))?;
-    let total = items.len() as i64;
-    Ok(Json(ListEnvelope::new(
-        items,
-        total,
-        fleetgate_store::PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(Json(ListEnvelope::whole(items)))
 }

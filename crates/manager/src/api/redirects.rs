@@ -1290,15 +1290,7 @@ pub async fn list_tokens(
         .iter()
         .map(|t| token_view(t, None))
         .collect();
-    let total = items.len() as i64;
-    Ok(Json(ListEnvelope::new(
-        items,
-        total,
-        PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(Json(ListEnvelope::whole(items)))
 }
 
 #[utoipa::path(post, path = "/api/v1/namespaces/{ns}/projects/{project}/tokens", operation_id = "create_project_token", tag = "redirects",
@@ -1495,15 +1487,7 @@ pub async fn list_agents(
         .iter()
         .map(|a| agent_view(a, p.published_version, stale_ms, now))
         .collect();
-    let total = items.len() as i64;
-    Ok(Json(ListEnvelope::new(
-        items,
-        total,
-        PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(Json(ListEnvelope::whole(items)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/namespaces/{ns}/projects/{project}/agents/{agent}", operation_id = "delete_project_agent", tag = "redirects",

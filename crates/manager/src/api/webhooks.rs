@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleetgate_core::time::now_ms;
 use fleetgate_core::user::Role;
-use fleetgate_store::{AttemptOutcome, DeliveryRecord, PageRequest, WebhookRecord};
+use fleetgate_store::{AttemptOutcome, DeliveryRecord, WebhookRecord};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -173,15 +173,7 @@ pub async fn list(
         .iter()
         .map(|w| view(w, None))
         .collect();
-    let total = items.len() as i64;
-    Ok(Json(ListEnvelope::new(
-        items,
-        total,
-        PageRequest {
-            limit: total.max(1),
-            offset: 0,
-        },
-    )))
+    Ok(Json(ListEnvelope::whole(items)))
 }
 
 #[utoipa::path(post, path = "/api/v1/webhooks", operation_id = "create_webhook", tag = "webhooks", request_body = WebhookInput,
