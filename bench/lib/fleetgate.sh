@@ -4,7 +4,8 @@
 # CPUs in $FLEETGATE_CPUS, a taskset list) with one
 # gateway worker, a fresh bootstrap token and free ports, and waits for its API. Sets
 # PID, TOKEN, API (base URL), GW (gateway base URL), GW_PORT and NODE_PORT (the node
-# listener). Needs `die` and python3.
+# listener). $BENCH_CONFIG, when set, is a TOML configuration file passed with --config.
+# Needs `die` and python3.
 start_fleetgate() {
     local data=$1 log=$2 api_port tls_port
     free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -19,7 +20,9 @@ start_fleetgate() {
         export FLEETGATE_LOG_LEVEL=warn FLEETGATE_GATEWAY_WORKERS=1
         # A private Docker engine of the calling script, if it started one.
         if [[ -n ${BENCH_DOCKER_SOCKET:-} ]]; then export FLEETGATE_DOCKER_SOCKET=$BENCH_DOCKER_SOCKET; fi
-        exec taskset -c "${FLEETGATE_CPUS:-1}" "$FLEETGATE" serve --data-dir "$data" \
+        local config=()
+        if [[ -n ${BENCH_CONFIG:-} ]]; then config=(--config "$BENCH_CONFIG"); fi
+        exec taskset -c "${FLEETGATE_CPUS:-1}" "$FLEETGATE" "${config[@]}" serve --data-dir "$data" \
             --listen "127.0.0.1:$api_port" --gateway-listen "127.0.0.1:$GW_PORT" \
             --gateway-tls-listen "127.0.0.1:$tls_port" --node-listen "127.0.0.1:$NODE_PORT"
     ) >"$log" 2>&1 &
