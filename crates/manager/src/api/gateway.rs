@@ -82,9 +82,9 @@ async fn save(
         }
         Err(e) => return Err(e.into()),
     };
-    committed
-        .record
-        .ok_or_else(|| ApiError::internal("save", "the store returned no object"))
+    let fleetgate_store::CommittedRevision { record, before, .. } = committed;
+    crate::revisions::drop_later(before);
+    record.ok_or_else(|| ApiError::internal("save", "the store returned no object"))
 }
 
 /// Deletes one object as a new revision and publishes it.
@@ -102,9 +102,10 @@ async fn remove(
         name,
         expected_version: expected,
     };
-    state
+    let committed = state
         .change_config(&auth.actor, edit, &message, extra)
         .await?;
+    crate::revisions::drop_later(committed.before);
     Ok(())
 }
 
