@@ -1320,26 +1320,36 @@ async fn apply_tool(
         t.timeout_ms = ms;
     }
     if let Some(h) = &body.headers {
-        if h.len() > 20 {
-            return Err(ApiError::bad_request("headers", "at most 20 headers"));
-        }
-        let mut sealed = Vec::with_capacity(h.len());
-        for (k, v) in h {
-            let field = format!("headers.{k}");
-            if axum::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-                return Err(ApiError::bad_request(&field, "is not a valid header name"));
-            }
-            if v.len() > 4096 || axum::http::HeaderValue::from_str(v).is_err() {
-                return Err(ApiError::bad_request(
-                    &field,
-                    "must be a header value of at most 4096 visible characters",
-                ));
-            }
-            sealed.push((k.to_ascii_lowercase(), state.secrets.seal(v.as_bytes())));
-        }
-        t.headers = sealed;
+        t.headers = seal_headers(state, h)?;
     }
     Ok(())
+}
+
+/// Checks the headers an outbound call (an HTTP tool, an MCP server) is to send
+/// and seals their values: at most 20, valid names, visible values of at most
+/// 4096 characters; names lower-cased.
+pub(crate) fn seal_headers(
+    state: &AppState,
+    headers: &BTreeMap<String, String>,
+) -> ApiResult<Vec<(String, String)>> {
+    if headers.len() > 20 {
+        return Err(ApiError::bad_request("headers", "at most 20 headers"));
+    }
+    let mut sealed = Vec::with_capacity(headers.len());
+    for (k, v) in headers {
+        let field = format!("headers.{k}");
+        if axum::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            return Err(ApiError::bad_request(&field, "is not a valid header name"));
+        }
+        if v.len() > 4096 || axum::http::HeaderValue::from_str(v).is_err() {
+            return Err(ApiError::bad_request(
+                &field,
+                "must be a header value of at most 4096 visible characters",
+            ));
+        }
+        sealed.push((k.to_ascii_lowercase(), state.secrets.seal(v.as_bytes())));
+    }
+    Ok(sealed)
 }
 
 async fn tool(state: &AppState, id: &str) -> ApiResult<AgentToolRecord> {

@@ -309,24 +309,7 @@ async fn apply(state: &AppState, m: &mut McpServerRecord, body: &McpServerInput)
                 .map_err(|e| ApiError::bad_request("url", e))?;
             m.url = url.to_string();
             if let Some(h) = &body.headers {
-                if h.len() > 20 {
-                    return Err(ApiError::bad_request("headers", "at most 20 headers"));
-                }
-                let mut sealed = Vec::with_capacity(h.len());
-                for (k, v) in h {
-                    let field = format!("headers.{k}");
-                    if axum::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-                        return Err(ApiError::bad_request(&field, "is not a valid header name"));
-                    }
-                    if v.len() > 4096 || axum::http::HeaderValue::from_str(v).is_err() {
-                        return Err(ApiError::bad_request(
-                            &field,
-                            "must be a header value of at most 4096 visible characters",
-                        ));
-                    }
-                    sealed.push((k.to_ascii_lowercase(), state.secrets.seal(v.as_bytes())));
-                }
-                m.headers = sealed;
+                m.headers = super::agents::seal_headers(state, h)?;
             }
             m.command = String::new();
             m.args = Vec::new();
