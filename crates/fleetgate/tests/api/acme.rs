@@ -247,31 +247,50 @@ async fn fleetgate_and_pebble(
     (app, pebble, pebble_dir)
 }
 
-/// Connects to the gateway's TLS listener with `sni`, trusting `root`; the leaf served.
-async fn served_leaf(app: &TestApp, root: &[u8], sni: &str) -> Vec<u8> {
+/// Connects to the gateway's TLS listener with `sni`, trusting `root`, until
+/// the leaf served is `expected`: the gateway applies a certificate set it is
+/// given in the background, so the first handshakes after a write may still
+/// meet the set before it. Panics with what was served after 15 s.
+async fn assert_serves(app: &TestApp, root: &[u8], sni: &str, expected: &[u8], why: &str) {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from(root.to_vec()))
         .expect("root");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
     let addr = app
         .running
         .as_ref()
         .expect("running")
         .gateway_tls_addr
         .expect("tls listener");
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from(sni.to_string()).expect("name"), tcp)
-        .await
-        .expect("TLS handshake with the ACME certificate");
-    stream.get_ref().1.peer_certificates().expect("peer certs")[0].to_vec()
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+        let served = match tokio_rustls::TlsConnector::from(config.clone())
+            .connect(ServerName::try_from(sni.to_string()).expect("name"), tcp)
+            .await
+        {
+            Ok(stream) => match stream.get_ref().1.peer_certificates() {
+                Some(chain) if chain[0].as_ref() == expected => return,
+                Some(_) => "another certificate".to_string(),
+                None => "no certificate".to_string(),
+            },
+            Err(e) => format!("a failed handshake: {e}"),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{why}: {sni} still gets {served} after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn leaf_of(pem: &str) -> Vec<u8> {
@@ -355,10 +374,14 @@ async fn acme_certificate_is_issued_over_http01_and_served_by_sni() {
     // The gateway serves it by SNI, chaining to pebble's issuing root.
     let root = pebble.issuing_root().await;
     let pem = stored_pem(&app, "app.fleetgate.test").await;
-    assert_eq!(
-        served_leaf(&app, &root, "app.fleetgate.test").await,
-        leaf_of(&pem)
-    );
+    assert_serves(
+        &app,
+        &root,
+        "app.fleetgate.test",
+        &leaf_of(&pem),
+        "the certificate is served by SNI",
+    )
+    .await;
 
     // The challenge answers are gone once the order is done.
     let current = app.running.as_ref().expect("running").state.feed.current();
@@ -450,10 +473,14 @@ async fn acme_renewals_raise_events_and_a_failure_keeps_the_old_certificate() {
     assert_eq!(body["results"][0]["outcome"], "renewed", "{body}");
     let root = pebble.issuing_root().await;
     let before = stored_pem(&app, "renew.fleetgate.test").await;
-    assert_eq!(
-        served_leaf(&app, &root, "renew.fleetgate.test").await,
-        leaf_of(&before)
-    );
+    assert_serves(
+        &app,
+        &root,
+        "renew.fleetgate.test",
+        &leaf_of(&before),
+        "the certificate is served by SNI",
+    )
+    .await;
 
     // The CA goes away: the next renewal fails, raises a warning, and the
     // certificate in force keeps serving.
@@ -482,11 +509,14 @@ async fn acme_renewals_raise_events_and_a_failure_keeps_the_old_certificate() {
         before,
         "the stored certificate is the one in force before the failure"
     );
-    assert_eq!(
-        served_leaf(&app, &root, "renew.fleetgate.test").await,
-        leaf_of(&before),
-        "the old certificate keeps serving over TLS"
-    );
+    assert_serves(
+        &app,
+        &root,
+        "renew.fleetgate.test",
+        &leaf_of(&before),
+        "the old certificate keeps serving over TLS",
+    )
+    .await;
 
     // Renewing an uploaded certificate is refused with the reason.
     let up = crate::tls::cert(&["up.fleetgate.test"], 90);
@@ -684,10 +714,14 @@ async fn order_on_one_manager_validated_on_the_other(nats: Option<&str>) {
         assert!(Instant::now() < deadline, "B never loaded the certificate");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        served_leaf(&b, &root, "www.shared.fleetgate.test").await,
-        leaf_of(&pem)
-    );
+    assert_serves(
+        &b,
+        &root,
+        "www.shared.fleetgate.test",
+        &leaf_of(&pem),
+        "the certificate is served by SNI",
+    )
+    .await;
 
     // The answers are gone from the store and, soon, from both data planes.
     let store = state_b.store.clone();
