@@ -1,6 +1,19 @@
-//! The configuration and its revisions: every change is one revision holding the
-//! whole configuration, written in one transaction with its audit entry after a
-//! [`ConfigCheck`] judged it (see [`ConfigStore::write_config`]).
+//! The configuration and its revisions: every change is one revision, written in
+//! one transaction with its audit entry after a [`ConfigCheck`] judged it (see
+//! [`ConfigStore::write_config`]).
+//!
+//! # How revisions are stored
+//!
+//! A revision row holds either the whole configuration (`snapshot`, a keyframe)
+//! or the objects it changed from the revision before it (`delta`: the objects
+//! put, with their bodies, and the objects deleted). A change to one route of a
+//! thousand writes that route, not the thousand: the row, the WAL and the
+//! checkpoints that follow stay small whatever the size of the configuration.
+//! Keyframes are written with the first revision, with every whole replacement
+//! (import, rollback), when the revision before is not in the table, and — off the
+//! write, after its commit — for every [`KEYFRAME_EVERY`]th revision. Revision N is
+//! read as the newest keyframe at or before N with the deltas after it, applied in
+//! order; a gap in that chain is reported as corruption, never papered over.
 //!
 //! Configuration writes start by bumping the revision counter row. That first write
 //! takes SQLite's write lock at once (no deferred-transaction upgrade can fail later)
@@ -24,6 +37,11 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use crate::sql::{check_version, insert_audit, SqlStore};
+
+/// A keyframe is written (after the commit, off the write) for every revision
+/// whose number is a multiple of this; reading a revision applies at most this
+/// many deltas when every keyframe was written.
+pub const KEYFRAME_EVERY: i64 = 64;
 use crate::{Actor, AuditEvent, Page, PageRequest, Result, StoreError};
 
 /// A configuration object (settings, routes, upstreams, …) with its version.
@@ -306,26 +324,188 @@ async fn write_resource(
     Ok(())
 }
 
+/// What a revision row holds: the whole configuration, or what changed.
+enum Stored<'a> {
+    Keyframe(&'a ResourceSet),
+    Delta(String),
+}
+
+/// The objects one change put (with their bodies as the revision holds them)
+/// and deleted, from the revision before it to this one.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Delta {
+    #[serde(default, skip_serializing_if = "ResourceSet::is_empty")]
+    put: ResourceSet,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    delete: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Delta {
+    /// The delta from the configuration before to `after` over the objects a
+    /// change touched (each one put if `after` holds it, deleted otherwise).
+    fn over<'k>(
+        after: &ResourceSet,
+        touched: impl IntoIterator<Item = (&'k str, &'k str)>,
+    ) -> Self {
+        let mut delta = Delta::default();
+        for (kind, name) in touched {
+            match after.get(kind).and_then(|objects| objects.get(name)) {
+                Some(body) => {
+                    delta
+                        .put
+                        .entry(kind.to_string())
+                        .or_default()
+                        .insert(name.to_string(), body.clone());
+                }
+                None => delta
+                    .delete
+                    .entry(kind.to_string())
+                    .or_default()
+                    .push(name.to_string()),
+            }
+        }
+        delta
+    }
+
+    fn apply(self, set: &mut ResourceSet) {
+        for (kind, names) in self.delete {
+            if let Some(objects) = set.get_mut(&kind) {
+                for name in names {
+                    objects.remove(&name);
+                }
+                if objects.is_empty() {
+                    set.remove(&kind);
+                }
+            }
+        }
+        for (kind, objects) in self.put {
+            set.entry(kind).or_default().extend(objects);
+        }
+    }
+}
+
 async fn insert_revision(
     conn: &mut AnyConnection,
     number: i64,
     actor: &Actor,
     message: &str,
-    set: &ResourceSet,
+    stored: Stored<'_>,
 ) -> Result<()> {
-    let snapshot = serde_json::to_string(set).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let (snapshot, delta) = match stored {
+        Stored::Keyframe(set) => (
+            Some(serde_json::to_string(set).map_err(|e| StoreError::Invalid(e.to_string()))?),
+            None,
+        ),
+        Stored::Delta(text) => (None, Some(text)),
+    };
     sqlx::query(
-        "INSERT INTO revisions (number, created_at, author, message, snapshot) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO revisions (number, created_at, author, message, snapshot, delta) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(number)
     .bind(now_ms())
     .bind(actor.name.clone())
     .bind(message.to_string())
     .bind(snapshot)
+    .bind(delta)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Writes revision `number`'s keyframe into its row (which holds its delta),
+/// after the write that made it: serialized on a blocking thread, stored unless
+/// the row has one already. A failure is logged and costs nothing but longer
+/// reads until the next keyframe.
+fn keyframe_later(pool: sqlx::AnyPool, number: i64, set: Arc<ResourceSet>) {
+    tokio::spawn(async move {
+        let text = match tokio::task::spawn_blocking(move || serde_json::to_string(&*set)).await {
+            Ok(Ok(text)) => text,
+            Ok(Err(e)) => {
+                tracing::warn!(revision = number, error = %e, "could not serialize a revision keyframe");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(revision = number, error = %e, "revision keyframe task failed");
+                return;
+            }
+        };
+        let written = sqlx::query(
+            "UPDATE revisions SET snapshot = $1 WHERE number = $2 AND snapshot IS NULL",
+        )
+        .bind(text)
+        .bind(number)
+        .execute(&pool)
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(revision = number, error = %e, "could not store a revision keyframe");
+        }
+    });
+}
+
+/// The configuration of revision `number` rebuilt from its newest keyframe and
+/// the deltas after it; `None` when there is no such revision.
+async fn revision_set(pool: &sqlx::AnyPool, number: i64) -> Result<Option<ResourceSet>> {
+    let Some(base) = sqlx::query(
+        "SELECT number FROM revisions WHERE number <= $1 AND snapshot IS NOT NULL \
+         ORDER BY number DESC LIMIT 1",
+    )
+    .bind(number)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return match sqlx::query("SELECT number FROM revisions WHERE number = $1")
+            .bind(number)
+            .fetch_optional(pool)
+            .await?
+        {
+            Some(_) => Err(StoreError::Corrupt(format!(
+                "revision {number} has no keyframe at or before it"
+            ))),
+            None => Ok(None),
+        };
+    };
+    let base: i64 = base.try_get(0)?;
+    let rows = sqlx::query(
+        "SELECT number, snapshot, delta FROM revisions WHERE number >= $1 AND number <= $2 \
+         ORDER BY number",
+    )
+    .bind(base)
+    .bind(number)
+    .fetch_all(pool)
+    .await?;
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+    let mut set = ResourceSet::new();
+    let mut expected = base;
+    for (i, row) in rows.iter().enumerate() {
+        let n: i64 = row.try_get("number")?;
+        if n != expected {
+            return Err(StoreError::Corrupt(format!(
+                "revision {expected} is missing between keyframe {base} and revision {number}"
+            )));
+        }
+        expected += 1;
+        if i == 0 {
+            let text: String = row.try_get("snapshot")?;
+            set = serde_json::from_str(&text).map_err(corrupt)?;
+            continue;
+        }
+        let delta: Option<String> = row.try_get("delta")?;
+        match delta {
+            Some(text) => serde_json::from_str::<Delta>(&text)
+                .map_err(corrupt)?
+                .apply(&mut set),
+            // A keyframe written after its delta was: the two agree.
+            None => {
+                let text: String = row.try_get("snapshot")?;
+                set = serde_json::from_str(&text).map_err(corrupt)?;
+            }
+        }
+    }
+    if expected != number + 1 {
+        return Ok(None);
+    }
+    Ok(Some(set))
 }
 
 async fn get_resource_in(
@@ -371,12 +551,23 @@ impl ConfigStore for SqlStore {
         let mut tx = self.begin_write().await?;
         // The counter row is the lock every configuration write takes first.
         let number = next_revision(&mut tx).await?;
-        let before = match self.committed_config.of(number - 1) {
-            Some(set) => set,
-            None => Arc::new(resource_set_in(&mut tx).await?),
+        // Whether the revision before this one is in the table: a delta needs it.
+        let (before, follows) = match self.committed_config.of(number - 1) {
+            Some(set) => (set, true),
+            None => {
+                let set = Arc::new(resource_set_in(&mut tx).await?);
+                let follows = sqlx::query("SELECT number FROM revisions WHERE number = $1")
+                    .bind(number - 1)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                (set, follows)
+            }
         };
         let mut after = (*before).clone();
         let now = now_ms();
+        // The objects the change touched, for its delta; `None` for a keyframe.
+        let mut touched: Option<Vec<(&str, &str)>> = None;
         let (record, audit) = match edit {
             ConfigEdit::Put {
                 kind,
@@ -394,6 +585,7 @@ impl ConfigStore for SqlStore {
                     tx.rollback().await?;
                     return Ok(self.unchanged(number - 1, before));
                 }
+                touched = Some(vec![(kind, name)]);
                 let version = current.as_ref().map_or(1, |b| b.version + 1);
                 let row = (kind, name, body, version, now);
                 write_resource(&mut tx, current.is_some(), row).await?;
@@ -435,6 +627,7 @@ impl ConfigStore for SqlStore {
                     tx.rollback().await?;
                     return Ok(self.unchanged(number - 1, before));
                 }
+                touched = Some(vec![(kind, name)]);
                 sqlx::query("DELETE FROM resources WHERE kind = $1 AND name = $2")
                     .bind(kind.to_string())
                     .bind(name.to_string())
@@ -501,6 +694,12 @@ impl ConfigStore for SqlStore {
                     tx.rollback().await?;
                     return Ok(self.unchanged(number - 1, before));
                 }
+                touched = Some(
+                    puts.iter()
+                        .map(|(kind, name, _)| (*kind, *name))
+                        .chain(deletes.iter().copied())
+                        .collect(),
+                );
                 let mut was = serde_json::Map::new();
                 let mut now_is = serde_json::Map::new();
                 let key = |kind: &str, name: &str| format!("{kind}/{name}");
@@ -533,11 +732,25 @@ impl ConfigStore for SqlStore {
                 (None, ev)
             }
         };
-        insert_revision(&mut tx, number, actor, message, &after).await?;
+        let stored = match touched {
+            Some(touched) if follows && number > 1 => {
+                let delta = Delta::over(&after, touched);
+                Stored::Delta(
+                    serde_json::to_string(&delta)
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                )
+            }
+            _ => Stored::Keyframe(&after),
+        };
+        let keyframe_due = matches!(stored, Stored::Delta(_)) && number % KEYFRAME_EVERY == 0;
+        insert_revision(&mut tx, number, actor, message, stored).await?;
         insert_audit(&mut tx, actor, &audit).await?;
         tx.commit().await?;
         let after = Arc::new(after);
         self.committed_config.keep(number, after.clone());
+        if keyframe_due {
+            keyframe_later(self.pool.clone(), number, after.clone());
+        }
         Ok(CommittedRevision {
             number,
             written: true,
@@ -584,21 +797,34 @@ impl ConfigStore for SqlStore {
 
     async fn get_revision(&self, number: i64) -> Result<Option<RevisionRecord>> {
         let row = sqlx::query(
-            "SELECT number, created_at, author, message, snapshot FROM revisions WHERE number = $1",
+            "SELECT number, created_at, author, message FROM revisions WHERE number = $1",
         )
         .bind(number)
         .fetch_optional(&self.pool)
         .await?;
         let Some(r) = row else { return Ok(None) };
-        let snapshot: String = r.try_get("snapshot")?;
+        let Some(snapshot) = revision_set(&self.pool, number).await? else {
+            return Ok(None);
+        };
         Ok(Some(RevisionRecord {
             number: r.try_get("number")?,
             created_at: r.try_get("created_at")?,
             author: r.try_get("author")?,
             message: r.try_get("message")?,
-            snapshot: Some(
-                serde_json::from_str(&snapshot).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            ),
+            snapshot: Some(snapshot),
         }))
+    }
+}
+
+impl SqlStore {
+    /// The numbers of the revisions stored whole (keyframes), oldest first: for
+    /// tools and tests that look at how revisions are kept.
+    pub async fn revision_keyframes(&self) -> Result<Vec<i64>> {
+        sqlx::query("SELECT number FROM revisions WHERE snapshot IS NOT NULL ORDER BY number")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok(r.try_get(0)?))
+            .collect()
     }
 }

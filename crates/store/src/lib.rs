@@ -47,7 +47,7 @@ pub use certificates::{
 };
 pub use config::{
     CommittedRevision, ConfigCheck, ConfigEdit, ConfigStore, NoCheck, ResourceRecord, ResourceSet,
-    RevisionRecord, Verdict,
+    RevisionRecord, Verdict, KEYFRAME_EVERY,
 };
 pub use events::{EventFilter, EventRecord, EventStore, UnackedCounts};
 pub use fleet::{FleetStore, NodePresence, NodeSample};

@@ -109,6 +109,7 @@ conformance!(
     object_edits_are_one_revision,
     concurrent_config_writes_get_distinct_revisions,
     a_config_write_starts_from_what_another_manager_committed,
+    revisions_are_deltas_between_keyframes,
     concurrent_read_then_write_transactions_all_succeed,
     backup_writes_a_file,
     hostile_text_is_stored_verbatim,
@@ -740,6 +741,138 @@ async fn a_config_write_starts_from_what_another_manager_committed(s: &SqlStore)
     assert_eq!(
         serde_json::to_value(s.resource_set().await.expect("set")).expect("json"),
         json!({"route": {"next": 3, "theirs": 2}})
+    );
+}
+
+/// Every revision reads back as the configuration its write committed, whether
+/// its row is a keyframe or a delta, across puts, deletes, object edits and
+/// whole replacements; a revision whose delta chain has a gap is reported as
+/// corrupt. Keyframes: the first revision, each replacement, and (after the
+/// write) every `KEYFRAME_EVERY`th revision.
+async fn revisions_are_deltas_between_keyframes(s: &SqlStore) {
+    use fleetgate_store::KEYFRAME_EVERY;
+    let a = actor();
+    let mut committed: Vec<(i64, ResourceSet)> = Vec::new();
+    let mut replaced = Vec::new();
+    let total = 2 * KEYFRAME_EVERY + 5;
+    for i in 1..=total {
+        let edit_body = json!({"path": format!("/p{i}"), "n": i});
+        let puts = [
+            ("route", "shared", json!({"seen": i})),
+            ("upstream", "u", json!({"targets": [i]})),
+        ];
+        let deletes = [("route", "r1")];
+        let mut replacement = ResourceSet::new();
+        replacement
+            .entry("route".into())
+            .or_default()
+            .insert("only".into(), json!({"i": i}));
+        let name = format!("r{}", i % 7);
+        let edit = match i % 9 {
+            // A delete of an object that exists (r{i-1 mod 7} was put before).
+            4 => ConfigEdit::Delete {
+                kind: "route",
+                name: "r3",
+                expected_version: None,
+            },
+            6 => ConfigEdit::Objects {
+                puts: &puts,
+                deletes: &deletes,
+                action: "test.objects",
+            },
+            8 if i > 20 => ConfigEdit::Replace {
+                set: &replacement,
+                action: "test.replace",
+            },
+            _ => ConfigEdit::Put {
+                kind: "route",
+                name: &name,
+                body: &edit_body,
+                expected_version: None,
+            },
+        };
+        let is_replace = matches!(edit, ConfigEdit::Replace { .. });
+        let result = s.write_config(&a, edit, "step", &NoCheck).await;
+        let c = match result {
+            Ok(c) => c,
+            // r3 deleted already: put it back instead.
+            Err(StoreError::NotFound(_)) => s
+                .write_config(
+                    &a,
+                    ConfigEdit::Put {
+                        kind: "route",
+                        name: "r3",
+                        body: &edit_body,
+                        expected_version: None,
+                    },
+                    "step",
+                    &NoCheck,
+                )
+                .await
+                .expect("put r3"),
+            Err(e) => panic!("write {i}: {e:?}"),
+        };
+        assert!(c.written, "write {i} changed something");
+        if is_replace {
+            replaced.push(c.number);
+        }
+        committed.push((c.number, (*c.after).clone()));
+    }
+    let check_all = |label: &'static str| {
+        let committed = &committed;
+        async move {
+            for (n, want) in committed {
+                let got = s
+                    .get_revision(*n)
+                    .await
+                    .unwrap_or_else(|e| panic!("{label}: revision {n}: {e:?}"))
+                    .unwrap_or_else(|| panic!("{label}: revision {n} missing"));
+                assert_eq!(got.snapshot.as_ref(), Some(want), "{label}: revision {n}");
+            }
+        }
+    };
+    check_all("right after the writes").await;
+
+    // Keyframes: revision 1 and every replacement at once, every
+    // KEYFRAME_EVERY-th revision soon after its write, nothing else.
+    let mut want: Vec<i64> = vec![1];
+    want.extend(&replaced);
+    want.extend((1..=total / KEYFRAME_EVERY).map(|k| k * KEYFRAME_EVERY));
+    want.sort_unstable();
+    want.dedup();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let got = s.revision_keyframes().await.expect("keyframes");
+        if got == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keyframes {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    check_all("with the later keyframes").await;
+
+    // A gap in a chain is corruption, named; revisions before it still read.
+    let gap = KEYFRAME_EVERY + 3;
+    assert!(!want.contains(&gap) && !want.contains(&(gap + 1)));
+    s.execute_raw(&format!("DELETE FROM revisions WHERE number = {gap}"))
+        .await
+        .expect("delete a revision row");
+    let broken = s.get_revision(gap + 1).await;
+    assert!(
+        matches!(&broken, Err(StoreError::Corrupt(m)) if m.contains(&gap.to_string())),
+        "{broken:?}"
+    );
+    assert!(s.get_revision(gap).await.expect("get").is_none());
+    let before_gap = s.get_revision(gap - 1).await.expect("get").expect("exists");
+    assert_eq!(
+        before_gap.snapshot.as_ref(),
+        committed
+            .iter()
+            .find(|(n, _)| *n == gap - 1)
+            .map(|(_, set)| set)
     );
 }
 
