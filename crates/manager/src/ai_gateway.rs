@@ -21,6 +21,12 @@ use crate::AppState;
 /// Most usage rows written in one transaction.
 const BATCH: usize = 500;
 
+/// How long the writer gathers records after the first of a batch before it
+/// writes them: one transaction (and one disk sync) per half second at most
+/// under steady traffic, instead of one per request, and no store work woken
+/// between two requests of a caller.
+const LINGER: Duration = Duration::from_millis(500);
+
 /// Usage records on their way to the store. The data plane's end
 /// ([`AiUsageSink::record`]) never blocks: records queue in memory while the
 /// store is slow.
@@ -72,8 +78,8 @@ fn row(r: AiUsageRecord) -> AiUsageRow {
 }
 
 impl UsageQueue {
-    /// Writes queued records in batches until `shutdown`, then writes what is
-    /// left. A batch the store refuses is tried again (rows are written once
+    /// Writes queued records in batches (gathered for up to [`LINGER`] after
+    /// the first) until `shutdown`, then writes what is left at once. A batch the store refuses is tried again (rows are written once
     /// by id, so a retry never counts twice), a few times, then logged and
     /// dropped.
     pub fn spawn_writer(
@@ -99,10 +105,23 @@ impl UsageQueue {
                 };
                 let Some(first) = first else { return };
                 let mut batch = vec![row(first)];
+                let until = tokio::time::Instant::now() + LINGER;
                 while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(r) => batch.push(row(r)),
-                        Err(_) => break,
+                    if stopping || *shutdown.borrow() {
+                        // No lingering on the way out: what is queued now goes.
+                        match rx.try_recv() {
+                            Ok(r) => batch.push(row(r)),
+                            Err(_) => break,
+                        }
+                        continue;
+                    }
+                    tokio::select! {
+                        r = rx.recv() => match r {
+                            Some(r) => batch.push(row(r)),
+                            None => break,
+                        },
+                        () = tokio::time::sleep_until(until) => break,
+                        _ = shutdown.wait_for(|d| *d) => {}
                     }
                 }
                 write(store.as_ref(), &batch).await;
