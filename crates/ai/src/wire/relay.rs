@@ -441,7 +441,7 @@ mod tests {
 
         // The body ends before message_stop: cut.
         let cut = ANTHROPIC.find("event: message_delta").expect("cut");
-        let (r, out) = run(ProviderKind::Anthropic, &[ANTHROPIC[..cut].as_bytes()]);
+        let (r, out) = run(ProviderKind::Anthropic, &[&ANTHROPIC.as_bytes()[..cut]]);
         assert_eq!(r.error_code(), Some("AI_PROVIDER_CUT"));
         let ev = events(&out);
         assert_eq!(ev.last().expect("last")["error"]["code"], "AI_PROVIDER_CUT");
@@ -459,7 +459,7 @@ mod tests {
         let mut out = Vec::new();
         r.feed(&GEMINI.as_bytes()[..40], &mut out);
         r.cut("connection reset", &mut out);
-        r.feed(GEMINI[40..].as_bytes(), &mut out);
+        r.feed(&GEMINI.as_bytes()[40..], &mut out);
         r.finish(&mut out);
         let ev = events(&String::from_utf8(out).expect("utf-8"));
         assert_eq!(ev.len(), 1);
