@@ -8,7 +8,9 @@
 //! use it: the manager (incident analysis, config generation, agents) calls
 //! providers through [`ProviderClient`], and the gateway's `ai` route relays
 //! requests to them and meters what it relays with the same wire formats
-//! ([`wire`]) and SSE decoder ([`sse`]), without depending on the manager.
+//! ([`wire`]) and SSE decoder ([`sse`]), without depending on the manager;
+//! it rewrites Anthropic and Gemini streams into OpenAI's chunks with
+//! [`wire::ChunkRelay`].
 
 pub mod client;
 pub mod error;

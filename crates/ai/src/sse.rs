@@ -53,12 +53,20 @@ impl SseDecoder {
     /// `\n`, `\r\n` or `\r`; a blank line dispatches the event.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, TooLarge> {
         let mut out = Vec::new();
+        self.feed_into(bytes, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`feed`](SseDecoder::feed) appending to `out`: on a refusal, the events
+    /// completed before the oversized one are in `out` all the same, so what
+    /// comes out does not depend on how the bytes were cut.
+    pub fn feed_into(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), TooLarge> {
         for &b in bytes {
             match b {
                 b'\n' if self.after_cr => self.after_cr = false,
                 b'\n' | b'\r' => {
                     self.after_cr = b == b'\r';
-                    self.end_line(&mut out)?;
+                    self.end_line(out)?;
                 }
                 _ => {
                     self.after_cr = false;
@@ -69,7 +77,7 @@ impl SseDecoder {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The end of the body: an event left without its blank line is dispatched

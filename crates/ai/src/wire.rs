@@ -7,8 +7,10 @@
 mod anthropic;
 mod gemini;
 mod openai;
+mod relay;
 
 pub use anthropic::API_VERSION as ANTHROPIC_VERSION;
+pub use relay::{openai_usage, ChunkRelay, RelayState, MAX_RELAY_EVENT_BYTES};
 
 use serde_json::Value;
 
@@ -221,6 +223,21 @@ impl StreamParser {
     /// The usage counted so far.
     pub fn usage(&self) -> Usage {
         self.usage
+    }
+
+    /// The model answering: the one the stream named, else the one asked for.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Bytes of text read so far.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Why the answer stopped, once the provider said.
+    pub fn finish_reason(&self) -> Option<&FinishReason> {
+        self.finish.as_ref()
     }
 
     /// The answer as far as it went.

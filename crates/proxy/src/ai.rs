@@ -21,9 +21,16 @@
 //! get the request as sent (plus the fields above) and their answer is relayed
 //! as it comes, streams included. For Anthropic and Gemini providers the
 //! request is translated (`translate_request`, text chat only: no tools, no
-//! images, one choice) with `fleetgate_ai::wire`, sent whole, and the answer
-//! given back in OpenAI's shape; a stream asked of them is refused with 400
-//! (`AI_PROVIDER_UNSUPPORTED`) for now. Nothing here touches the store.
+//! images, one choice) with `fleetgate_ai::wire` and the answer given back in
+//! OpenAI's shape. A whole answer is read whole and rewritten; a stream
+//! (Anthropic's messages with `stream: true`, Gemini's
+//! `streamGenerateContent?alt=sse`) is rewritten event by event into OpenAI
+//! `chat.completion.chunk` events as it arrives
+//! ([`ChunkRelay`](fleetgate_ai::wire::ChunkRelay)), ending with a usage chunk
+//! and `data: [DONE]`, or with an OpenAI-shaped error chunk when the provider
+//! sends an error event, something unreadable, or breaks off. Such a stream is
+//! metered from the provider's own counts; one cut or abandoned is priced
+//! from what it sent so far. Nothing here touches the store.
 
 pub mod ledger;
 pub mod meter;
@@ -736,22 +743,12 @@ pub(crate) async fn forward(
     // Every byte of the body counted as a prompt token: more than a text
     // prompt can hold, so the reservation is never below the real cost.
     let input_bound = raw.len() as u64;
-    // Other providers' requests are written from the OpenAI one: whole
-    // answers only, text only.
+    // Other providers' requests are written from the OpenAI one: text only.
     let translated = if kind.speaks_openai() {
         None
-    } else if streamed {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "AI_PROVIDER_UNSUPPORTED",
-            &format!(
-                "stream: AI provider {} is of kind {}; ai routes stream only from providers speaking OpenAI's chat completions (openai, openai_compatible) for now",
-                provider.name, provider.kind_name
-            ),
-        );
     } else {
         match translate_request(&raw, &model, output_bound).and_then(|r| {
-            fleetgate_ai::wire::chat_call(kind, &provider.base_url, &r, false)
+            fleetgate_ai::wire::chat_call(kind, &provider.base_url, &r, streamed)
                 .map_err(|e| e.to_string())
         }) {
             Ok(call) => Some(call),
@@ -841,6 +838,9 @@ pub(crate) async fn forward(
         done: false,
     };
     if let Some(call) = translated {
+        if streamed {
+            return relay_translated_stream(pending, &client, &provider, kind, call, &model).await;
+        }
         return relay_translated(pending, &client, &provider, kind, call, &model).await;
     }
     let mut req = provider.authorized(
@@ -896,22 +896,7 @@ pub(crate) async fn forward(
         }
         return r;
     }
-    let idle = provider.timeout;
-    let chunks: meter::ChunkStream = Box::pin(futures::stream::unfold(
-        Some(resp),
-        move |state| async move {
-            let mut resp = state?;
-            match tokio::time::timeout(idle, resp.chunk()).await {
-                Ok(Ok(Some(c))) => Some((Ok(c), Some(resp))),
-                Ok(Ok(None)) => None,
-                Ok(Err(e)) => Some((Err(BoxError::from(e)), None)),
-                Err(_) => Some((
-                    Err(BoxError::from("the AI provider stalled mid-answer")),
-                    None,
-                )),
-            }
-        },
-    ));
+    let chunks = provider_chunks(resp, provider.timeout);
     let body = MeteredBody::new(
         chunks,
         kind,
@@ -933,6 +918,104 @@ pub(crate) async fn forward(
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
+    r
+}
+
+/// The provider's body as it arrives; a pause longer than `idle` between two
+/// chunks is an error (the provider stalled).
+fn provider_chunks(resp: reqwest::Response, idle: Duration) -> meter::ChunkStream {
+    Box::pin(futures::stream::unfold(
+        Some(resp),
+        move |state| async move {
+            let mut resp = state?;
+            match tokio::time::timeout(idle, resp.chunk()).await {
+                Ok(Ok(Some(c))) => Some((Ok(c), Some(resp))),
+                Ok(Ok(None)) => None,
+                Ok(Err(e)) => Some((Err(BoxError::from(e)), None)),
+                Err(_) => Some((
+                    Err(BoxError::from("the AI provider stalled mid-answer")),
+                    None,
+                )),
+            }
+        },
+    ))
+}
+
+/// Sends a streamed request written for an Anthropic or Gemini provider and
+/// relays its stream as OpenAI chunks, event by event, metered from the
+/// provider's own usage (see [`meter::MeteredBody::relayed`]). A refusal
+/// before the stream starts comes back whole, in OpenAI's error shape.
+async fn relay_translated_stream(
+    mut pending: Pending,
+    client: &reqwest::Client,
+    provider: &ProviderRt,
+    kind: ProviderKind,
+    call: fleetgate_ai::wire::ChatCall,
+    model: &str,
+) -> Response<ProxyBody> {
+    let req = provider.authorized(
+        client
+            .post(&call.url)
+            .header(header::ACCEPT, "text/event-stream")
+            .json(&call.body),
+    );
+    let resp = match tokio::time::timeout(provider.timeout, req.send()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(provider = %provider.name, error = %e, "AI provider unreachable");
+            return failed(
+                pending,
+                StatusCode::BAD_GATEWAY,
+                "AI_PROVIDER_UNREACHABLE",
+                &format!("AI provider {} could not be reached", provider.name),
+            );
+        }
+        Err(_) => {
+            return failed(
+                pending,
+                StatusCode::GATEWAY_TIMEOUT,
+                "AI_PROVIDER_TIMEOUT",
+                &format!("AI provider {} did not answer in time", provider.name),
+            );
+        }
+    };
+    let status = resp.status();
+    pending.record.status = status.as_u16();
+    if !status.is_success() {
+        pending.fail(status);
+        let bytes = tokio::time::timeout(provider.timeout, resp.bytes())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        return translated_answer(status, kind, &provider.scrubbed(bytes), |_| None);
+    }
+    let relay = fleetgate_ai::wire::ChunkRelay::new(
+        kind,
+        model,
+        format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        fleetgate_core::time::now_ms() / 1000,
+        fleetgate_ai::wire::MAX_RELAY_EVENT_BYTES,
+    );
+    let input_estimate = pending.input_estimate;
+    let body = MeteredBody::relayed(
+        provider_chunks(resp, provider.timeout),
+        relay,
+        input_estimate,
+        Box::new(move |m| {
+            let mut pending = pending;
+            pending.finish(m);
+        }),
+    );
+    let mut r = Response::new(Either::Left(PooledBody::Relayed(Box::pin(body))));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
 }
 
@@ -1065,10 +1148,7 @@ fn openai_completion(c: &fleetgate_ai::Completion) -> Value {
         "model": c.model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
                      "finish_reason": c.finish_reason.as_str()}],
-        "usage": {"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
-                  "total_tokens": u.total_tokens(),
-                  "prompt_tokens_details": {"cached_tokens": u.cached_input_tokens},
-                  "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens}},
+        "usage": fleetgate_ai::wire::openai_usage(u),
     })
 }
 

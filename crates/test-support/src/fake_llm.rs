@@ -10,7 +10,9 @@
 //! With no script it echoes the last user message. [`FakeLlm::push`] queues
 //! answers for the next requests, whatever their endpoint: a given text with
 //! given token counts, a provider error, a verbatim body (malformed JSON, an
-//! HTML page), a stream cut after some events, a delay, or tool calls
+//! HTML page), a stream cut after some events, a stream that sends the
+//! format's error event after some events ([`Reply::error_event_after`]), a
+//! delay, or tool calls
 //! ([`Reply::tool_calls`]) in each format's own shape (OpenAI `tool_calls`,
 //! Anthropic `tool_use` blocks, Gemini `functionCall` parts; whole and
 //! streamed, the arguments of a streamed call in fragments where the format
@@ -90,6 +92,9 @@ pub struct Reply {
     cut_after: Option<usize>,
     /// With `cut_after`: break the connection rather than end the body.
     abort: bool,
+    /// With `cut_after`: send the format's error event with this message,
+    /// then end the body.
+    error_event: Option<String>,
 }
 
 impl Reply {
@@ -101,6 +106,7 @@ impl Reply {
             pieces: 3,
             cut_after: None,
             abort: false,
+            error_event: None,
         }
     }
 
@@ -197,6 +203,15 @@ impl Reply {
     pub fn abort_after(mut self, n: usize) -> Self {
         self.cut_after = Some(n);
         self.abort = true;
+        self
+    }
+
+    /// Streamed: the first `n` events, then the format's error event
+    /// (Anthropic's `event: error`, an `{"error": …}` chunk for Gemini and
+    /// OpenAI) saying `message`, then the body ends.
+    pub fn error_event_after(mut self, n: usize, message: impl Into<String>) -> Self {
+        self.cut_after = Some(n);
+        self.error_event = Some(message.into());
         self
     }
 }
@@ -484,12 +499,33 @@ fn arguments_text(a: &Value) -> String {
     }
 }
 
-fn sse(events: Vec<String>, reply: &Reply) -> Response {
+/// The error event a stream of `format` ends with when it fails midway.
+fn error_event(format: Format, message: &str) -> String {
+    match format {
+        Format::Anthropic => format!(
+            "event: error\ndata: {}\n\n",
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": message}})
+        ),
+        Format::Gemini => format!(
+            "data: {}\r\n\r\n",
+            json!({"error": {"code": 503, "message": message, "status": "UNAVAILABLE"}})
+        ),
+        Format::OpenAi => format!(
+            "data: {}\n\n",
+            json!({"error": {"message": message, "type": "server_error", "code": null}})
+        ),
+    }
+}
+
+fn sse(format: Format, events: Vec<String>, reply: &Reply) -> Response {
     let mut events = events;
     let mut abort = false;
     if let Some(n) = reply.cut_after {
         events.truncate(n);
         abort = reply.abort;
+        if let Some(m) = &reply.error_event {
+            events.push(error_event(format, m));
+        }
     }
     let delay = reply.chunk_delay;
     let items = events.into_iter().map(Bytes::from).collect::<VecDeque<_>>();
@@ -579,9 +615,13 @@ async fn answer(
     let parts = pieces(&a.text, reply.pieces);
     match (format, stream) {
         (Format::OpenAi, false) => json_response(200, openai_whole(&a)),
-        (Format::OpenAi, true) => sse(openai_events(&a, &parts, include_usage), &reply),
+        (Format::OpenAi, true) => sse(
+            Format::OpenAi,
+            openai_events(&a, &parts, include_usage),
+            &reply,
+        ),
         (Format::Anthropic, false) => json_response(200, anthropic_whole(&a)),
-        (Format::Anthropic, true) => sse(anthropic_events(&a, &parts), &reply),
+        (Format::Anthropic, true) => sse(Format::Anthropic, anthropic_events(&a, &parts), &reply),
         (Format::Gemini, false) => json_response(200, gemini_chunk(&a, &a.text, true)),
         (Format::Gemini, true) => {
             let n = parts.len().max(1);
@@ -591,7 +631,7 @@ async fn answer(
                     format!("data: {}\r\n\r\n", gemini_chunk(&a, piece, i + 1 == n))
                 })
                 .collect();
-            sse(events, &reply)
+            sse(Format::Gemini, events, &reply)
         }
     }
 }

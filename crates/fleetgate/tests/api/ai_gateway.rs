@@ -545,22 +545,7 @@ async fn anthropic_and_gemini_providers_answer_whole_requests_in_openai_shape() 
         assert!(!format!("{sent:?}").contains(&s.key));
         costs += cost(model, usage);
 
-        // Streams and tools are not translated (yet): refused naming why.
-        let r = client()
-            .post(s.app.gw(&format!("/{name}/v1/chat/completions")))
-            .bearer_auth(&s.key)
-            .json(&chat(model, 1, json!({"stream": true})))
-            .send()
-            .await
-            .expect("post");
-        let e = expect_error(r, StatusCode::BAD_REQUEST, "AI_PROVIDER_UNSUPPORTED").await;
-        assert!(
-            e["error"]
-                .as_str()
-                .expect("msg")
-                .contains("openai_compatible"),
-            "{e}"
-        );
+        // Tools are not translated (yet): refused naming why.
         let r = client()
             .post(s.app.gw(&format!("/{name}/v1/chat/completions")))
             .bearer_auth(&s.key)
@@ -1313,4 +1298,392 @@ async fn bad_prices_are_refused_naming_the_field_and_viewers_change_nothing() {
             .all(|r| r["source"] == "builtin"),
         "{table}"
     );
+}
+
+/// Adds providers `claude` (Anthropic) and `gemini` (Gemini), both the fake,
+/// with routes `/claude` and `/gemini` naming the budgets given for each.
+async fn add_translated(s: &Setup, budgets: [&[&str]; 2]) {
+    for ((name, kind, model), budgets) in [
+        ("claude", "anthropic", "claude-sonnet-4"),
+        ("gemini", "gemini", "gemini-2.0-flash"),
+    ]
+    .into_iter()
+    .zip(budgets)
+    {
+        s.app
+            .post_ok(
+                "/api/v1/ai/providers",
+                json!({"name": name, "kind": kind, "base_url": s.fake.url(), "api_key": PROVIDER_KEY, "default_model": model}),
+            )
+            .await;
+        s.app
+            .post_ok(
+                "/api/v1/routes",
+                json!({"id": name, "path": format!("/{name}"), "ai": {"provider": name, "budgets": budgets}}),
+            )
+            .await;
+    }
+    s.app.settle().await;
+    settle_ai(&s.app).await;
+}
+
+async fn post_to(s: &Setup, route: &str, body: &Value) -> reqwest::Response {
+    client()
+        .post(s.app.gw(&format!("/{route}/v1/chat/completions")))
+        .bearer_auth(&s.key)
+        .json(body)
+        .send()
+        .await
+        .expect("gateway answers")
+}
+
+/// The events of an OpenAI stream: each `data:` as JSON, `[DONE]` as a string.
+fn stream_events(body: &str) -> Vec<Value> {
+    assert!(body.ends_with("\n\n"), "whole events: {body:?}");
+    body.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let data = e
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("a data event: {e:?}"));
+            if data == "[DONE]" {
+                Value::String(data.into())
+            } else {
+                serde_json::from_str(data).unwrap_or_else(|_| panic!("JSON: {data}"))
+            }
+        })
+        .collect()
+}
+
+fn holds(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A worst-case request to `route` fits (nothing is left reserved) and is
+/// charged `usage`.
+async fn fits(s: &Setup, route: &str, body: &Value, usage: FakeUsage) {
+    s.fake.push(Reply::text("ok").usage(usage));
+    let r = expect_ok(post_to(s, route, body).await).await;
+    r.bytes().await.expect("body");
+}
+
+/// The row of `route` with `outcome` among the `n` recorded so far.
+async fn row_of(app: &TestApp, n: i64, route: &str, outcome: &str) -> Value {
+    let v = usage_with(app, n, "").await;
+    v["recent"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["route_id"] == route && r["outcome"] == outcome)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {outcome} row of {route}: {v}"))
+}
+
+#[tokio::test]
+async fn anthropic_and_gemini_streams_arrive_as_openai_chunks_priced_from_their_usage() {
+    let s = setup(&[]).await;
+    s.app
+        .post_ok(
+            "/api/v1/ai/budgets",
+            json!({"name": "big", "period": "daily", "limit_usd": "100"}),
+        )
+        .await;
+    add_translated(&s, [&["big"], &["big"]]).await;
+    let text = "The quick brown fox jumps over the lazy dog";
+    let mut total = 0;
+    for (i, (route, model, usage)) in [
+        (
+            "claude",
+            "claude-sonnet-4",
+            FakeUsage {
+                input: 900,
+                output: 120,
+                cached: 300,
+                cache_write: 100,
+                reasoning: 0,
+            },
+        ),
+        (
+            "gemini",
+            "gemini-2.0-flash",
+            FakeUsage {
+                input: 800,
+                output: 150,
+                cached: 200,
+                cache_write: 0,
+                reasoning: 50,
+            },
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let gap = Duration::from_millis(250);
+        s.fake
+            .push(Reply::text(text).usage(usage).pieces(6).chunk_delay(gap));
+        let before = s.fake.requests().len();
+        let started = Instant::now();
+        let r = expect_ok(
+            post_to(
+                &s,
+                route,
+                &json!({"model": model, "stream": true, "max_tokens": 300, "messages": [
+                    {"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        // Read as it comes: the first piece of text arrives long before the
+        // provider's last event.
+        let mut body = r.bytes_stream();
+        let mut raw = Vec::new();
+        let mut first_text_at = None;
+        while let Some(chunk) = body.next().await {
+            raw.extend_from_slice(&chunk.expect("bytes"));
+            if first_text_at.is_none() && holds(&raw, b"\"content\":\"T") {
+                first_text_at = Some(started.elapsed());
+            }
+        }
+        let all_at = started.elapsed();
+        let first_text_at = first_text_at.expect("text arrived");
+        assert!(all_at >= gap * 5, "the fake paced its events: {all_at:?}");
+        assert!(
+            first_text_at < all_at - gap * 3,
+            "{route}: the first text came at {first_text_at:?} of {all_at:?}: held back"
+        );
+        let body = String::from_utf8(raw).expect("utf-8");
+        let events = stream_events(&body);
+        let n = events.len();
+        assert_eq!(events[n - 1], "[DONE]", "{body}");
+        let id = events[0]["id"].as_str().expect("id");
+        assert!(id.starts_with("chatcmpl-"), "{id}");
+        let mut got = String::new();
+        let mut finishes = Vec::new();
+        for e in &events[..n - 1] {
+            assert_eq!(e["object"], "chat.completion.chunk", "{e}");
+            assert_eq!(e["id"], id, "one id for the whole answer");
+            assert_eq!(e["model"], model);
+            if let Some(c) = e["choices"][0]["delta"]["content"].as_str() {
+                got.push_str(c);
+            }
+            if let Some(f) = e["choices"][0]["finish_reason"].as_str() {
+                finishes.push(f.to_string());
+            }
+        }
+        assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(got, text, "{route}: the exact text, in order");
+        assert!(
+            n >= 10,
+            "the role, a chunk per piece (6), the finish, the usage, [DONE]: {body}"
+        );
+        assert_eq!(finishes, ["stop"]);
+        let last = &events[n - 2];
+        assert_eq!(last["choices"], json!([]));
+        assert_eq!(
+            last["usage"],
+            json!({"prompt_tokens": usage.input, "completion_tokens": usage.output,
+                   "total_tokens": usage.input + usage.output,
+                   "prompt_tokens_details": {"cached_tokens": usage.cached},
+                   "completion_tokens_details": {"reasoning_tokens": usage.reasoning}}),
+            "{route}"
+        );
+        // The provider was asked for its own stream.
+        let sent = &s.fake.requests()[before];
+        if route == "claude" {
+            assert_eq!(sent.path, "/v1/messages");
+            assert_eq!(sent.body["stream"], true);
+            assert_eq!(sent.body["system"], "be brief");
+            assert_eq!(sent.body["max_tokens"], 300);
+        } else {
+            assert_eq!(
+                sent.path,
+                "/v1beta/models/gemini-2.0-flash:streamGenerateContent"
+            );
+            assert_eq!(sent.query.as_deref(), Some("alt=sse"));
+            assert_eq!(sent.body["generationConfig"]["maxOutputTokens"], 300);
+        }
+        // Its usage row: priced from the provider's own counts.
+        let want = cost(model, usage);
+        assert!(want > 0);
+        total += want;
+        let row = row_of(&s.app, i as i64 + 1, route, "ok").await;
+        assert_eq!(row["cost_micros"].as_i64(), Some(want), "{row}");
+        assert_eq!(row["streamed"], true);
+        assert_eq!(row["estimated"], false);
+        assert_eq!(row["status"], 200);
+        assert_eq!(row["model"], model);
+        assert_eq!(
+            (
+                row["input_tokens"].as_i64(),
+                row["output_tokens"].as_i64(),
+                row["cached_input_tokens"].as_i64(),
+                row["cache_write_input_tokens"].as_i64(),
+                row["reasoning_tokens"].as_i64()
+            ),
+            (
+                Some(usage.input as i64),
+                Some(usage.output as i64),
+                Some(usage.cached as i64),
+                Some(usage.cache_write as i64),
+                Some(usage.reasoning as i64)
+            )
+        );
+    }
+    // The budget settled at exactly what the rows cost.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let b = budget(&s.app, "big").await;
+        if b["spent_micros"].as_i64() == Some(total) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "budget spend {b}, want {total}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.app.stop().await;
+}
+
+#[tokio::test]
+async fn cut_failing_and_abandoned_anthropic_and_gemini_streams_are_priced_and_release_their_reservation(
+) {
+    let s = setup(&[]).await;
+    let models = [
+        ("claude", "claude-sonnet-4"),
+        ("gemini", "gemini-2.0-flash"),
+    ];
+    let streamed = |m: &str| chat(m, 2000, json!({"max_tokens": 1000, "stream": true}));
+    let whole = |m: &str| chat(m, 2000, json!({"max_tokens": 1000}));
+    // Each route's budget has room for one worst case at a time.
+    for (route, model) in models {
+        let reserve = worst(model, &streamed(model), 1000);
+        let limit = reserve + reserve / 2;
+        s.app
+            .post_ok(
+                "/api/v1/ai/budgets",
+                json!({"name": format!("one-{route}"), "period": "daily",
+                       "limit_usd": format!("0.{limit:06}")}),
+            )
+            .await;
+    }
+    add_translated(&s, [&["one-claude"], &["one-gemini"]]).await;
+    let usage = FakeUsage {
+        input: 120,
+        output: 30,
+        ..Default::default()
+    };
+    let small = FakeUsage {
+        input: 50,
+        output: 5,
+        ..Default::default()
+    };
+    let mut rows = 0;
+    for (route, model) in models {
+        // Where each format's stream is cut: after the second piece of text
+        // (Anthropic: message_start, content_block_start, ping, then text).
+        let after = if route == "claude" { 5 } else { 2 };
+        // The provider breaks the connection midway.
+        s.fake.push(
+            Reply::text("abc def ghi jkl")
+                .usage(usage)
+                .pieces(4)
+                .abort_after(after),
+        );
+        let r = expect_ok(post_to(&s, route, &streamed(model)).await).await;
+        let body = r.text().await.expect("an error chunk ends the body");
+        let events = stream_events(&body);
+        let last = events.last().expect("events");
+        assert_eq!(last["error"]["code"], "AI_PROVIDER_CUT", "{body}");
+        assert!(!body.contains("[DONE]"), "{body}");
+        let text: String = events
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, "abc def ", "{route}: what was sent, in order");
+        rows += 1;
+        let cut = row_of(&s.app, rows, route, "cut").await;
+        assert_eq!(cut["estimated"], true, "{cut}");
+        assert_eq!(cut["streamed"], true);
+        assert_eq!(cut["input_tokens"].as_i64(), Some(usage.input as i64));
+        // At least what the text seen makes (8 bytes: 2 tokens), though
+        // Anthropic had reported 1 so far.
+        assert!(cut["output_tokens"].as_i64().unwrap_or(0) >= 2, "{cut}");
+        assert!(cut["cost_micros"].as_i64().unwrap_or(0) > 0, "{cut}");
+        fits(&s, route, &whole(model), small).await;
+        rows += 1;
+
+        // The provider sends an error event midway.
+        s.fake.push(
+            Reply::text("abc def ghi jkl")
+                .usage(usage)
+                .pieces(4)
+                .error_event_after(after, "Overloaded"),
+        );
+        let r = expect_ok(post_to(&s, route, &streamed(model)).await).await;
+        let body = r.text().await.expect("body");
+        let events = stream_events(&body);
+        assert_eq!(
+            events.last().expect("events")["error"],
+            json!({"message": "Overloaded", "type": "provider_error", "code": "AI_PROVIDER_ERROR"}),
+            "{body}"
+        );
+        assert!(!body.contains("[DONE]"), "{body}");
+        rows += 1;
+        let failed = row_of(&s.app, rows, route, "provider_error").await;
+        assert_eq!(failed["estimated"], true, "{failed}");
+        assert_eq!(failed["input_tokens"].as_i64(), Some(usage.input as i64));
+        assert!(failed["cost_micros"].as_i64().unwrap_or(0) > 0, "{failed}");
+        fits(&s, route, &whole(model), small).await;
+        rows += 1;
+
+        // The client goes away midway.
+        s.fake.push(
+            Reply::text("a b c d e f g h")
+                .usage(usage)
+                .pieces(8)
+                .chunk_delay(Duration::from_millis(300)),
+        );
+        let r = expect_ok(post_to(&s, route, &streamed(model)).await).await;
+        let mut body = r.bytes_stream();
+        let mut seen = Vec::new();
+        while !holds(&seen, b"\"content\":\"a") {
+            seen.extend_from_slice(&body.next().await.expect("a frame").expect("bytes"));
+        }
+        // While it runs, its reservation leaves no room for another.
+        let e = expect_error(
+            post_to(&s, route, &whole(model)).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "AI_BUDGET_EXCEEDED",
+        )
+        .await;
+        assert_eq!(e["details"]["budget"], format!("one-{route}"));
+        drop(body);
+        rows += 1;
+        let left = row_of(&s.app, rows, route, "cancelled").await;
+        assert_eq!(left["estimated"], true, "{left}");
+        assert_eq!(left["input_tokens"].as_i64(), Some(usage.input as i64));
+        assert!(left["cost_micros"].as_i64().unwrap_or(0) > 0, "{left}");
+        fits(&s, route, &whole(model), small).await;
+        rows += 1;
+    }
+    // Each budget spent exactly what its rows cost.
+    let v = usage_with(&s.app, rows, "").await;
+    for (route, _) in models {
+        let want: i64 = v["recent"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .filter(|r| r["route_id"] == route)
+            .map(|r| r["cost_micros"].as_i64().unwrap_or(0))
+            .sum();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let b = budget(&s.app, &format!("one-{route}")).await;
+            if b["spent_micros"].as_i64() == Some(want) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "budget spend {b}, want {want}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    s.app.stop().await;
 }

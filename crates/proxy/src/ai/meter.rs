@@ -4,13 +4,18 @@
 //! read the usage from it. When the body ends — completely, cut by the provider,
 //! or dropped because the client went away — the request is priced, its budget
 //! reservations settled and its usage record sent, exactly once.
+//!
+//! The stream of an Anthropic or Gemini provider is not relayed as it is but
+//! rewritten into OpenAI's chunks by a [`ChunkRelay`] (`MeteredBody::relayed`),
+//! which meters it as it reads it: each chunk of the provider gives its
+//! OpenAI chunks as soon as its events are whole.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use fleetgate_ai::sse::SseDecoder;
-use fleetgate_ai::wire::{parse_completion, StreamParser};
+use fleetgate_ai::wire::{parse_completion, ChunkRelay, RelayState, StreamParser};
 use fleetgate_ai::{ProviderKind, Usage};
 use futures::Stream;
 use hyper::body::{Body, Frame, SizeHint};
@@ -32,6 +37,8 @@ pub enum Ending {
     Cut,
     /// The client went away before the end.
     Cancelled,
+    /// The provider sent an error in the middle of its stream.
+    ProviderError,
 }
 
 impl Ending {
@@ -40,6 +47,7 @@ impl Ending {
             Ending::Complete => "ok",
             Ending::Cut => "cut",
             Ending::Cancelled => "cancelled",
+            Ending::ProviderError => "provider_error",
         }
     }
 }
@@ -69,6 +77,8 @@ enum Reader {
         buf: Vec<u8>,
         overflow: bool,
     },
+    /// A provider stream rewritten into OpenAI's chunks.
+    Relay(Box<ChunkRelay>),
 }
 
 /// Called once with what was metered.
@@ -77,7 +87,7 @@ pub type Finisher = Box<dyn FnOnce(Metered) + Send>;
 pub struct MeteredBody {
     inner: ChunkStream,
     reader: Reader,
-    /// Bytes relayed.
+    /// Bytes read from the provider.
     seen: u64,
     /// Prompt tokens estimated from the request, for when usage never comes.
     input_estimate: u64,
@@ -115,6 +125,32 @@ impl MeteredBody {
         }
     }
 
+    /// A provider stream rewritten into OpenAI's chunks by `relay` as it is
+    /// read, metered from the usage the provider reports in it.
+    pub fn relayed(
+        inner: ChunkStream,
+        relay: ChunkRelay,
+        input_estimate: u64,
+        finish: Finisher,
+    ) -> Self {
+        Self {
+            inner,
+            reader: Reader::Relay(Box::new(relay)),
+            seen: 0,
+            input_estimate,
+            finish: Some(finish),
+        }
+    }
+
+    /// How a relayed stream that stopped ended.
+    fn relay_ending(relay: &ChunkRelay) -> Ending {
+        match (relay.state(), relay.error_code()) {
+            (RelayState::Failed, Some("AI_PROVIDER_ERROR")) => Ending::ProviderError,
+            (RelayState::Failed, _) => Ending::Cut,
+            _ => Ending::Complete,
+        }
+    }
+
     fn read(&mut self, chunk: &[u8]) {
         self.seen += chunk.len() as u64;
         match &mut self.reader {
@@ -133,6 +169,8 @@ impl MeteredBody {
                     Err(_) => r.broken = true,
                 }
             }
+            // Read as it is rewritten, in `poll_frame`.
+            Reader::Relay(_) => {}
             Reader::Whole { buf, overflow, .. } => {
                 if !*overflow && buf.len() + chunk.len() <= MAX_WHOLE {
                     buf.extend_from_slice(chunk);
@@ -149,6 +187,36 @@ impl MeteredBody {
             return;
         };
         let (usage, model) = match &mut self.reader {
+            Reader::Relay(r) => {
+                let u = r.usage();
+                let model = Some(r.model().to_string()).filter(|m| !m.is_empty());
+                let reported = u.input_tokens > 0 || u.output_tokens > 0;
+                if r.state() == RelayState::Done && reported {
+                    (Some(u), model)
+                } else if reported {
+                    // Cut short: the provider's counts so far (Anthropic gives
+                    // the prompt at the start and the output only at the end),
+                    // the output at least what the text seen makes.
+                    let metered = Metered {
+                        usage: Usage {
+                            input_tokens: if u.input_tokens > 0 {
+                                u.input_tokens
+                            } else {
+                                self.input_estimate
+                            },
+                            output_tokens: u.output_tokens.max((r.text_len() as u64).div_ceil(4)),
+                            ..u
+                        },
+                        estimated: true,
+                        ending,
+                        model,
+                    };
+                    finish(metered);
+                    return;
+                } else {
+                    (None, model)
+                }
+            }
             Reader::Sse(r) => {
                 if let Some(ev) = r.decoder.finish() {
                     let _ = r.parser.feed(&ev);
@@ -206,12 +274,56 @@ impl MeteredBody {
     fn estimate(&self) -> Usage {
         let text_bytes = match &self.reader {
             Reader::Sse(r) => r.parser.completion().text.len() as u64,
+            Reader::Relay(r) => r.text_len() as u64,
             Reader::Whole { .. } => self.seen,
         };
         Usage {
             input_tokens: self.input_estimate,
             output_tokens: text_bytes.div_ceil(4),
             ..Usage::default()
+        }
+    }
+}
+
+impl MeteredBody {
+    /// `poll_frame` of a relayed stream: reads the provider's chunks until
+    /// they make some OpenAI chunks (or the stream ends) and gives those. A
+    /// provider body that breaks off ends in an error chunk, not a broken
+    /// response: the caller learns why.
+    fn poll_relayed(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.finish.is_none() {
+                return Poll::Ready(None);
+            }
+            let mut out = Vec::new();
+            let polled = self.inner.as_mut().poll_next(cx);
+            let Reader::Relay(relay) = &mut self.reader else {
+                return Poll::Ready(None);
+            };
+            match polled {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    self.seen += chunk.len() as u64;
+                    relay.feed(&chunk, &mut out);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    relay.cut(
+                        &format!("the AI provider's stream broke off: {e}"),
+                        &mut out,
+                    );
+                }
+                Poll::Ready(None) => relay.finish(&mut out),
+            }
+            if relay.state() != RelayState::Open {
+                let ending = Self::relay_ending(relay);
+                self.end(ending);
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+            }
         }
     }
 }
@@ -225,6 +337,9 @@ impl Body for MeteredBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Reader::Relay(_) = this.reader {
+            return this.poll_relayed(cx);
+        }
         if this.finish.is_none() {
             return Poll::Ready(None);
         }
@@ -361,6 +476,111 @@ mod tests {
         let out = out.lock().expect("lock");
         assert_eq!(out[0].usage.cached_input_tokens, 2);
         assert_eq!(out[0].model.as_deref(), Some("m-1"));
+    }
+
+    fn relayed(
+        chunks: Vec<Result<&'static str, &'static str>>,
+    ) -> (MeteredBody, Arc<Mutex<Vec<Metered>>>) {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let o = out.clone();
+        let b = MeteredBody::relayed(
+            stream_of(chunks),
+            ChunkRelay::new(
+                ProviderKind::Anthropic,
+                "claude-x",
+                "chatcmpl-t",
+                0,
+                1 << 20,
+            ),
+            7,
+            Box::new(move |m| o.lock().expect("lock").push(m)),
+        );
+        (b, out)
+    }
+
+    const START: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x-1\",\"usage\":{\"input_tokens\":30,\"output_tokens\":1}}}\n\n";
+    const DELTA: &str = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"0123456789abcdef0123\"}}\n\n";
+
+    #[tokio::test]
+    async fn a_relayed_stream_is_rewritten_and_metered_from_the_provider() {
+        let (b, out) = relayed(vec![
+            Ok(START),
+            Ok("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"),
+            Ok("\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n"),
+            Ok("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}\n\n"),
+            Ok("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+        ]);
+        let bytes = b.collect().await.expect("body").to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).expect("utf-8");
+        assert!(text.contains("\"content\":\"Hi\""), "{text}");
+        assert!(text.contains("\"finish_reason\":\"stop\""), "{text}");
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        let out = out.lock().expect("lock");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].ending, Ending::Complete);
+        assert!(!out[0].estimated);
+        assert_eq!(
+            (out[0].usage.input_tokens, out[0].usage.output_tokens),
+            (30, 9)
+        );
+        assert_eq!(out[0].model.as_deref(), Some("claude-x-1"));
+    }
+
+    #[tokio::test]
+    async fn a_relayed_stream_cut_or_failing_ends_with_an_error_chunk() {
+        // Broken off after 20 bytes of text: the prompt as the provider
+        // counted it, the output from the text seen.
+        let (b, out) = relayed(vec![Ok(START), Ok(DELTA), Err("reset")]);
+        let bytes = b
+            .collect()
+            .await
+            .expect("an error chunk, not a broken body")
+            .to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).expect("utf-8");
+        assert!(
+            text.contains("AI_PROVIDER_CUT") && !text.contains("[DONE]"),
+            "{text}"
+        );
+        {
+            let out = out.lock().expect("lock");
+            assert_eq!(out[0].ending, Ending::Cut);
+            assert!(out[0].estimated);
+            assert_eq!(
+                (out[0].usage.input_tokens, out[0].usage.output_tokens),
+                (30, 5)
+            );
+        }
+        let (b, out) = relayed(vec![
+            Ok(DELTA),
+            Ok("event: error\ndata: {\"type\":\"error\",\"error\":{\"message\":\"Overloaded\"}}\n\n"),
+            Ok(DELTA),
+        ]);
+        let text =
+            String::from_utf8(b.collect().await.expect("body").to_bytes().to_vec()).expect("utf-8");
+        assert!(text.ends_with("\"code\":\"AI_PROVIDER_ERROR\",\"message\":\"Overloaded\",\"type\":\"provider_error\"}}\n\n"), "{text}");
+        let out = out.lock().expect("lock");
+        assert_eq!(out[0].ending, Ending::ProviderError);
+        assert_eq!(
+            (out[0].usage.input_tokens, out[0].usage.output_tokens),
+            (7, 5),
+            "nothing reported: the request's estimate and the text"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_relayed_stream_is_cancelled() {
+        let (mut b, out) = relayed(vec![Ok(START), Ok(DELTA), Ok(DELTA)]);
+        let _ = b.frame().await;
+        let _ = b.frame().await;
+        drop(b);
+        let out = out.lock().expect("lock");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].ending, Ending::Cancelled);
+        assert!(out[0].estimated);
+        assert_eq!(
+            (out[0].usage.input_tokens, out[0].usage.output_tokens),
+            (30, 5)
+        );
     }
 
     proptest::proptest! {
