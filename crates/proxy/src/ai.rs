@@ -81,21 +81,12 @@ impl ProviderRt {
     /// `body` without the provider's key: a provider that refuses a key may
     /// echo it in its error, which goes back to the caller.
     fn scrubbed(&self, body: Bytes) -> Bytes {
-        let Some(key) = self.key.as_ref().map(HeaderValue::as_bytes) else {
-            return body;
-        };
-        if key.is_empty() || !body.windows(key.len()).any(|w| w == key) {
-            return body;
-        }
-        let mut out = Vec::with_capacity(body.len());
-        let mut rest = &body[..];
-        while let Some(at) = rest.windows(key.len()).position(|w| w == key) {
-            out.extend_from_slice(&rest[..at]);
-            out.extend_from_slice(b"[redacted]");
-            rest = &rest[at + key.len()..];
-        }
-        out.extend_from_slice(rest);
-        Bytes::from(out)
+        meter::redact(self.key_bytes(), body)
+    }
+
+    /// The provider's key as sent, or nothing.
+    fn key_bytes(&self) -> &[u8] {
+        self.key.as_ref().map_or(&[], HeaderValue::as_bytes)
     }
 
     /// The provider's key on `rb`, the way its kind expects it.
@@ -1006,6 +997,7 @@ async fn relay_translated_stream(
             let mut pending = pending;
             pending.finish(m);
         }),
+        Bytes::copy_from_slice(provider.key_bytes()),
     );
     let mut r = Response::new(Either::Left(PooledBody::Relayed(Box::pin(body))));
     *r.status_mut() = status;

@@ -92,6 +92,25 @@ pub struct MeteredBody {
     /// Prompt tokens estimated from the request, for when usage never comes.
     input_estimate: u64,
     finish: Option<Finisher>,
+    /// Taken out of every chunk a relay writes (the provider's key, which an
+    /// error event could echo); empty for none.
+    secret: Bytes,
+}
+
+/// `body` with every occurrence of `secret` replaced by `[redacted]`.
+pub fn redact(secret: &[u8], body: Bytes) -> Bytes {
+    if secret.is_empty() || !body.windows(secret.len()).any(|w| w == secret) {
+        return body;
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest = &body[..];
+    while let Some(at) = rest.windows(secret.len()).position(|w| w == secret) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(b"[redacted]");
+        rest = &rest[at + secret.len()..];
+    }
+    out.extend_from_slice(rest);
+    Bytes::from(out)
 }
 
 impl MeteredBody {
@@ -122,16 +141,20 @@ impl MeteredBody {
             seen: 0,
             input_estimate,
             finish: Some(finish),
+            secret: Bytes::new(),
         }
     }
 
     /// A provider stream rewritten into OpenAI's chunks by `relay` as it is
-    /// read, metered from the usage the provider reports in it.
+    /// read, metered from the usage the provider reports in it. `secret` (the
+    /// provider's key) is taken out of every chunk written: the relay writes
+    /// whole events, so a key inside one never straddles two chunks.
     pub fn relayed(
         inner: ChunkStream,
         relay: ChunkRelay,
         input_estimate: u64,
         finish: Finisher,
+        secret: Bytes,
     ) -> Self {
         Self {
             inner,
@@ -139,6 +162,7 @@ impl MeteredBody {
             seen: 0,
             input_estimate,
             finish: Some(finish),
+            secret,
         }
     }
 
@@ -322,7 +346,8 @@ impl MeteredBody {
                 self.end(ending);
             }
             if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                let out = redact(&self.secret, Bytes::from(out));
+                return Poll::Ready(Some(Ok(Frame::data(out))));
             }
         }
     }
@@ -414,6 +439,22 @@ mod tests {
         (b, out)
     }
 
+    /// The provider key the relayed bodies of these tests take out.
+    const SECRET: &str = "sk-ant-provider-secret";
+
+    #[tokio::test]
+    async fn a_provider_key_echoed_in_an_error_event_is_redacted() {
+        let (b, _out) = relayed(vec![
+            Ok(START),
+            Ok("event: error\ndata: {\"type\":\"error\",\"error\":{\"message\":\"key sk-ant-provider-secret is not valid\"}}\n\n"),
+        ]);
+        let text =
+            String::from_utf8(b.collect().await.expect("body").to_bytes().to_vec()).expect("utf-8");
+        assert!(text.contains("AI_PROVIDER_ERROR"), "{text}");
+        assert!(text.contains("key [redacted] is not valid"), "{text}");
+        assert!(!text.contains(SECRET), "{text}");
+    }
+
     #[tokio::test]
     async fn a_stream_with_usage_is_metered_once() {
         let (b, out) = body(
@@ -494,6 +535,7 @@ mod tests {
             ),
             7,
             Box::new(move |m| o.lock().expect("lock").push(m)),
+            Bytes::from_static(SECRET.as_bytes()),
         );
         (b, out)
     }
