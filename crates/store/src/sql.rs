@@ -200,6 +200,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0021_ai_mcp_servers.sql"),
         include_str!("../migrations/postgres/0021_ai_mcp_servers.sql"),
     ),
+    (
+        22,
+        "ai agent reservations",
+        include_str!("../migrations/sqlite/0022_ai_agent_reservations.sql"),
+        include_str!("../migrations/postgres/0022_ai_agent_reservations.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {
