@@ -1349,7 +1349,7 @@ impl AgentStore for SqlStore {
         }
         let mut tx = self.begin_write().await?;
         // The agent's lock: reservations of one agent take turns.
-        locked_agent(&mut *tx, &r.agent_id).await?;
+        locked_agent(&mut tx, &r.agent_id).await?;
         sqlx::query("DELETE FROM ai_agent_reservations WHERE agent_id = $1 AND expires_at <= $2")
             .bind(r.agent_id.clone())
             .bind(r.created_at)
