@@ -732,6 +732,82 @@ async fn concurrent_runs_never_spend_past_the_budget() {
     app.stop().await;
 }
 
+/// Two manager replicas sharing one PostgreSQL store run one agent at once:
+/// the reservations are decided in the store, so together they never spend
+/// past the budget either.
+#[tokio::test]
+async fn replicas_sharing_a_store_never_spend_past_the_budget() {
+    let Some(url) = crate::support::postgres_schema_url().await else {
+        return;
+    };
+    let (a, b) = crate::scale_out::pair_on(&url, None).await;
+    let fake = FakeLlm::start(Some(KEY)).await;
+    let pid = bounded_provider(&a, &fake, 200, 30_000).await;
+    let agent = create_agent(
+        &a,
+        json!({"name": "replicated", "model": "gpt-4o-mini", "provider": pid,
+               "budget": {"period": "day", "limit_usd": "0.0005"}}),
+    )
+    .await;
+    let id = agent["id"].as_str().expect("id").to_string();
+    activate(&a, &id).await;
+    // Each call costs 75 and reserves more than 120, and takes 300 ms: ten
+    // runs would spend 750 unchecked.
+    for _ in 0..10 {
+        fake.push(
+            Reply::text("done")
+                .usage(small_usage())
+                .delay(Duration::from_millis(300)),
+        );
+    }
+    let start = |app: &TestApp, i: usize| {
+        app.admin(Method::POST, &format!("/api/v1/agents/{id}/runs"))
+            .json(&json!({"input": format!("run {i}")}))
+            .send()
+    };
+    let sent =
+        futures::future::join_all((0..10).map(|i| start(if i % 2 == 0 { &a } else { &b }, i)))
+            .await;
+    let mut total = 0;
+    let mut refused = 0;
+    for r in sent {
+        let r = r.expect("run");
+        let status = r.status();
+        let v: Value = r.json().await.expect("json");
+        match status {
+            StatusCode::CREATED => {
+                total += v["cost_micro_usd"].as_i64().expect("cost");
+                match v["status"].as_str() {
+                    Some("succeeded") => {}
+                    Some("budget_exceeded") => {
+                        refused += 1;
+                        assert_budget_refusal(&v, "agent:replicated:day");
+                    }
+                    other => panic!("unexpected status {other:?}: {v}"),
+                }
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                assert_eq!(v["code"], "AGENT_BUDGET_EXCEEDED", "{v}");
+                assert_eq!(v["details"]["budget"], "agent:replicated:day", "{v}");
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert!(total <= 500, "the replicas spent {total} of a 500 budget");
+    assert!(refused >= 1, "ten calls cannot all fit");
+    assert_eq!(
+        total,
+        (10 - fake.pending() as i64) * 75,
+        "every call sent was paid for"
+    );
+    for app in [&a, &b] {
+        assert_eq!(budget_of(app, &id).await, (total, 0, 500 - total));
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
 /// A call that fails (a provider error, a timeout) or is cancelled (the
 /// client that started the run went away) gives its reservation back.
 #[tokio::test]
