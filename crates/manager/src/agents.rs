@@ -101,15 +101,33 @@ pub fn usd(micros: i64) -> String {
     fleetgate_ai::pricing::format_usd(micros.max(0) as u64)
 }
 
+/// How much longer than its provider's timeout a model call's reservation
+/// lives: a call cannot still be running after it (the client gives up at the
+/// timeout), so an older reservation is one a stopped replica left behind.
+const RESERVATION_GRACE_MS: i64 = 10_000;
+
 /// The refusal of a run (or of its next model call) by the agent's budget.
-fn budget_refusal(agent: &AiAgentRecord, b: &AgentBudget, spent: i64, now: i64) -> ApiError {
+/// `spent` is what runs of the period recorded, `reserved` what model calls
+/// under way hold; `need` is the worst-case cost of the call refused (none:
+/// the run itself is refused, nothing being left).
+fn budget_refusal(
+    agent: &AiAgentRecord,
+    b: &AgentBudget,
+    spent: i64,
+    reserved: i64,
+    need: Option<i64>,
+    now: i64,
+) -> ApiError {
     let (_, resets) = period_bounds(&b.period, now);
-    let left = (b.limit_micro_usd - spent).max(0);
-    let mut e = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "AGENT_BUDGET_EXCEEDED",
-        format!(
-            "the {} budget of agent {} ({} USD) is spent: {} USD used this {}, {} USD left; it resets at {}",
+    let left = (b.limit_micro_usd - spent - reserved).max(0);
+    let held = if reserved > 0 {
+        format!(", {} USD held by model calls under way", usd(reserved))
+    } else {
+        String::new()
+    };
+    let message = match need {
+        None => format!(
+            "the {} budget of agent {} ({} USD) is spent: {} USD used this {}{held}, {} USD left; it resets at {}",
             b.period,
             agent.name,
             usd(b.limit_micro_usd),
@@ -118,17 +136,97 @@ fn budget_refusal(agent: &AiAgentRecord, b: &AgentBudget, spent: i64, now: i64) 
             usd(left),
             crate::api::rfc3339(resets)
         ),
+        Some(need) => format!(
+            "the {} budget of agent {} ({} USD) cannot cover the next model call, which may cost up to {} USD: {} USD used this {}{held}, {} USD left; it resets at {}",
+            b.period,
+            agent.name,
+            usd(b.limit_micro_usd),
+            usd(need),
+            usd(spent),
+            b.period,
+            usd(left),
+            crate::api::rfc3339(resets)
+        ),
+    };
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "AGENT_BUDGET_EXCEEDED",
+        message,
     )
     .with_details(json!({
         "budget": format!("agent:{}:{}", agent.name, b.period),
         "period": b.period,
         "limit_usd": usd(b.limit_micro_usd),
         "spent_usd": usd(spent),
+        "reserved_usd": usd(reserved),
         "remaining_usd": usd(left),
+        "needed_usd": need.map(usd),
         "resets_at": crate::api::rfc3339(resets),
     }));
     e.retry_after = Some(((resets - now).max(0) as u64).div_ceil(1000));
     e
+}
+
+/// A model call's reservation of its agent's budget. Settled or released
+/// explicitly; dropped while still held (the run's future was cancelled mid
+/// call: its HTTP client went away), a task of its own releases it. A
+/// replica that stops mid-call leaves it to expire ([`RESERVATION_GRACE_MS`]).
+struct Hold {
+    store: std::sync::Arc<dyn fleetgate_store::Store>,
+    id: Option<String>,
+}
+
+impl Hold {
+    /// Records the run's totals with the call's real cost in them and frees
+    /// the reservation, at once.
+    async fn settle(mut self, run_id: &str, input_tokens: i64, output_tokens: i64, cost: i64) {
+        let Some(id) = self.id.take() else { return };
+        match self
+            .store
+            .settle_agent_reservation(&id, run_id, input_tokens, output_tokens, cost)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(run = %run_id, reservation = %id,
+                    "agent run: the model call's reservation had expired before it settled")
+            }
+            Err(e) => {
+                tracing::warn!(run = %run_id, reservation = %id, error = %e,
+                    "agent run: the model call did not settle; its reservation expires instead");
+                // The cost at least is recorded when the store is back.
+                let _ = self
+                    .store
+                    .record_agent_run_progress(run_id, input_tokens, output_tokens, cost)
+                    .await;
+            }
+        }
+    }
+
+    /// Frees the reservation of a call that failed.
+    async fn release(mut self) {
+        if let Some(id) = self.id.take() {
+            if let Err(e) = self.store.release_agent_reservation(&id).await {
+                tracing::warn!(reservation = %id, error = %e,
+                    "agent run: a failed model call's reservation was not released; it expires instead");
+            }
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        let store = self.store.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.release_agent_reservation(&id).await {
+                    tracing::warn!(reservation = %id, error = %e,
+                        "agent run: a cancelled model call's reservation was not released; it expires instead");
+                }
+            });
+        }
+    }
 }
 
 /// Which version serves a run, and which arm of the split chose it. With a
@@ -225,17 +323,17 @@ pub async fn run(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("version {number} of agent {}", agent.id)))?;
     let now = now_ms();
-    let spent_before = match &agent.budget {
-        Some(b) => {
-            let (since, _) = period_bounds(&b.period, now);
-            let spent = state.store.agent_spend_since(&agent.id, since).await?;
-            if spent >= b.limit_micro_usd {
-                return Err(budget_refusal(agent, b, spent, now));
-            }
-            spent
+    if let Some(b) = &agent.budget {
+        // Nothing left (spent, or held by calls under way): the run is
+        // refused before it starts. Otherwise each model call reserves its
+        // worst case as it comes (see `Loop::reserve`).
+        let (since, _) = period_bounds(&b.period, now);
+        let spent = state.store.agent_spend_since(&agent.id, since).await?;
+        let reserved = state.store.agent_reserved(&agent.id, now).await?;
+        if spent.saturating_add(reserved) >= b.limit_micro_usd {
+            return Err(budget_refusal(agent, b, spent, reserved, None, now));
         }
-        None => 0,
-    };
+    }
     let providers = state.store.list_ai_providers().await?;
     let resolved = crate::ai::resolve(
         &providers,
@@ -304,7 +402,7 @@ pub async fn run(
         temperature: resolved.provider.temperature,
         tools: &tools,
         prices: &prices,
-        spent_before,
+        call_timeout_ms: resolved.provider.timeout_ms.max(1),
         mcp: &mcp,
     };
     let steps = loop_ctx.go(&mut record, opening).await;
@@ -571,7 +669,9 @@ struct Loop<'a> {
     temperature: f64,
     tools: &'a HashMap<String, ReadyTool>,
     prices: &'a PriceTable,
-    spent_before: i64,
+    /// The provider's timeout of one call: how long a reservation may be
+    /// needed.
+    call_timeout_ms: i64,
     mcp: &'a McpTools,
 }
 
@@ -594,6 +694,70 @@ impl Loop<'_> {
             .collect();
         defs.sort_by(|a, b| a.name.cmp(&b.name));
         defs
+    }
+
+    /// Reserves the worst-case cost of `req` in the agent's budget: every
+    /// byte of the request counted as a prompt token (more than it can hold)
+    /// and all of `max_tokens` generated, at the model's price with the
+    /// operators' overrides. The error is the refusal that stops the run:
+    /// the budget cannot cover it, the model has no price (so the budget
+    /// could not be enforced), or the store could not be asked (the call is
+    /// not made unchecked).
+    async fn reserve(
+        &self,
+        b: &AgentBudget,
+        run_id: &str,
+        req: &ChatRequest,
+    ) -> Result<Hold, Box<ApiError>> {
+        let bytes = serde_json::to_vec(req)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX) as u64;
+        let max_out = u64::from(req.max_tokens.unwrap_or(u32::MAX));
+        let Some(worst) = self.prices.worst_case(&self.version.model, bytes, max_out) else {
+            return Err(Box::new(ApiError::new(
+                StatusCode::CONFLICT,
+                "AGENT_MODEL_UNPRICED",
+                format!(
+                    "model {:?} has no price, so the {} budget of agent {} cannot be enforced: set its price at /api/v1/ai/prices",
+                    self.version.model, b.period, self.agent.name
+                ),
+            )));
+        };
+        let worst = worst.min(i64::MAX as u64) as i64;
+        let now = now_ms();
+        let (since, _) = period_bounds(&b.period, now);
+        let r = fleetgate_store::AgentReservation {
+            id: uuid::Uuid::new_v4().to_string(),
+            agent_id: self.agent.id.clone(),
+            run_id: run_id.to_string(),
+            amount_micro_usd: worst,
+            created_at: now,
+            expires_at: now
+                .saturating_add(self.call_timeout_ms)
+                .saturating_add(RESERVATION_GRACE_MS),
+        };
+        match self
+            .state
+            .store
+            .reserve_agent_budget(&r, since, b.limit_micro_usd)
+            .await
+        {
+            Ok(fleetgate_store::AgentReserve::Reserved { .. }) => Ok(Hold {
+                store: self.state.store.clone(),
+                id: Some(r.id),
+            }),
+            Ok(fleetgate_store::AgentReserve::Refused { spent, reserved }) => Err(Box::new(
+                budget_refusal(self.agent, b, spent, reserved, Some(worst), now),
+            )),
+            Err(e) => Err(Box::new(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "AGENT_BUDGET_UNCHECKED",
+                format!(
+                    "the {} budget of agent {} could not be checked ({e}), so no model call was made",
+                    b.period, self.agent.name
+                ),
+            ))),
+        }
     }
 
     /// Model calls until a final answer, a failure, the step limit or the
@@ -626,29 +790,6 @@ impl Loop<'_> {
                 ));
                 return steps;
             }
-            if let Some(b) = &self.agent.budget {
-                let so_far: i64 = steps.iter().map(|s| s.cost_micro_usd).sum();
-                // What the store says the agent spent (other runs under way
-                // included, this one's progress recorded after each model
-                // call), or at least what this process knows of.
-                let (since, _) = period_bounds(&b.period, now_ms());
-                let spent = match self
-                    .state
-                    .store
-                    .agent_spend_since(&self.agent.id, since)
-                    .await
-                {
-                    Ok(s) => s.max(self.spent_before + so_far),
-                    Err(_) => self.spent_before + so_far,
-                };
-                if spent >= b.limit_micro_usd {
-                    let e = budget_refusal(self.agent, b, spent, now_ms());
-                    run.status = "budget_exceeded".into();
-                    run.error_code = Some("AGENT_BUDGET_EXCEEDED".into());
-                    run.error = Some(format!("stopped before the next model call: {}", e.message));
-                    return steps;
-                }
-            }
             model_calls += 1;
             let mut req = ChatRequest::new(self.version.model.clone(), "")
                 .max_tokens(self.max_tokens.clamp(1, i64::from(u32::MAX)) as u32)
@@ -659,6 +800,44 @@ impl Loop<'_> {
                 req.system = Some(self.version.system_prompt.clone());
             }
             let seq = steps.len() as i64 + 1;
+            let hold = match &self.agent.budget {
+                Some(b) => match self.reserve(b, &run.id, &req).await {
+                    Ok(hold) => Some(hold),
+                    Err(refused) => {
+                        let refused = *refused;
+                        steps.push(AgentStepRecord {
+                            run_id: run.id.clone(),
+                            seq,
+                            kind: "model".into(),
+                            name: self.version.model.clone(),
+                            status: "error".into(),
+                            provider: Some(self.provider_kind.as_str().into()),
+                            model: Some(self.version.model.clone()),
+                            call_id: None,
+                            input: json!({"messages_total": req.messages.len()}),
+                            output: json!({"refused": refused.details}),
+                            error: Some(refused.message.clone()),
+                            input_tokens: 0,
+                            output_tokens: 0,
+                            cost_micro_usd: 0,
+                            latency_ms: 0,
+                            started_at: now_ms(),
+                        });
+                        run.status = if refused.code == "AGENT_BUDGET_EXCEEDED" {
+                            "budget_exceeded".into()
+                        } else {
+                            "failed".into()
+                        };
+                        run.error_code = Some(refused.code.to_string());
+                        run.error = Some(format!(
+                            "stopped before the next model call: {}",
+                            refused.message
+                        ));
+                        return steps;
+                    }
+                },
+                None => None,
+            };
             let started = now_ms();
             let clock = Instant::now();
             let answer = self.client.complete(&req).await;
@@ -671,6 +850,9 @@ impl Loop<'_> {
             let c = match answer {
                 Ok(c) => c,
                 Err(e) => {
+                    if let Some(hold) = hold {
+                        hold.release().await;
+                    }
                     steps.push(AgentStepRecord {
                         run_id: run.id.clone(),
                         seq,
@@ -719,21 +901,15 @@ impl Loop<'_> {
                 latency_ms,
                 started_at: started,
             });
-            if self.agent.budget.is_some() {
+            if let Some(hold) = hold {
                 let sum = |f: fn(&AgentStepRecord) -> i64| steps.iter().map(f).sum::<i64>();
-                if let Err(e) = self
-                    .state
-                    .store
-                    .record_agent_run_progress(
-                        &run.id,
-                        sum(|s| s.input_tokens),
-                        sum(|s| s.output_tokens),
-                        sum(|s| s.cost_micro_usd),
-                    )
-                    .await
-                {
-                    tracing::warn!(run = %run.id, error = %e, "agent run: progress not recorded");
-                }
+                hold.settle(
+                    &run.id,
+                    sum(|s| s.input_tokens),
+                    sum(|s| s.output_tokens),
+                    sum(|s| s.cost_micro_usd),
+                )
+                .await;
             }
             if c.tool_calls.is_empty() {
                 run.status = "succeeded".into();

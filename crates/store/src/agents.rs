@@ -219,6 +219,32 @@ pub struct AgentStepRecord {
     pub started_at: i64,
 }
 
+/// A model call's hold on its agent's budget while the call is under way: the
+/// call's worst-case cost, until it settles to the real cost or fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentReservation {
+    pub id: String,
+    pub agent_id: String,
+    /// The run making the call.
+    pub run_id: String,
+    pub amount_micro_usd: i64,
+    pub created_at: i64,
+    /// After this the call cannot still be running (its timeout and a
+    /// grace): the reservation is counted no more and is reclaimed.
+    pub expires_at: i64,
+}
+
+/// What [`AgentStore::reserve_agent_budget`] decided. `spent` is the period's
+/// recorded spend and `reserved` what other calls' live reservations held, as
+/// they were under the agent's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentReserve {
+    /// The reservation is held.
+    Reserved { spent: i64, reserved: i64 },
+    /// It does not fit under the limit: nothing is held.
+    Refused { spent: i64, reserved: i64 },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentScheduleRecord {
     pub id: String,
@@ -342,6 +368,36 @@ pub trait AgentStore: Send + Sync {
     ) -> Result<Page<AgentRunRecord>>;
     /// The cost of the agent's runs started at or after `since`, in micro-USD.
     async fn agent_spend_since(&self, agent_id: &str, since: i64) -> Result<i64>;
+    /// Holds `r.amount_micro_usd` of the agent's budget for one model call,
+    /// only if the spend of runs started at or after `since`, plus every live
+    /// reservation of the agent (`expires_at` after `r.created_at`), plus it
+    /// is at most `limit_micro_usd`. Decided under the agent's row lock, so
+    /// replicas sharing the store never hold more than the limit together;
+    /// expired reservations of the agent are deleted on the way.
+    /// [`StoreError::NotFound`] when the agent does not exist.
+    async fn reserve_agent_budget(
+        &self,
+        r: &AgentReservation,
+        since: i64,
+        limit_micro_usd: i64,
+    ) -> Result<AgentReserve>;
+    /// Settles a reservation: notes the running run's cost and tokens so far
+    /// (as [`AgentStore::record_agent_run_progress`]) and deletes the
+    /// reservation, in one transaction: the call's cost is never counted
+    /// twice, nor missed, by a reservation deciding meanwhile.
+    /// `false` when the reservation was no longer there (reclaimed).
+    async fn settle_agent_reservation(
+        &self,
+        reservation_id: &str,
+        run_id: &str,
+        input_tokens: i64,
+        output_tokens: i64,
+        cost_micro_usd: i64,
+    ) -> Result<bool>;
+    /// Deletes a reservation whose call failed; `false` when it was gone.
+    async fn release_agent_reservation(&self, reservation_id: &str) -> Result<bool>;
+    /// What the agent's live reservations (`expires_at` after `now`) hold.
+    async fn agent_reserved(&self, agent_id: &str, now: i64) -> Result<i64>;
 
     async fn create_agent_schedule(&self, actor: &Actor, s: &AgentScheduleRecord) -> Result<()>;
     async fn get_agent_schedule(&self, id: &str) -> Result<Option<AgentScheduleRecord>>;
@@ -820,6 +876,7 @@ impl AgentStore for SqlStore {
         for sql in [
             "DELETE FROM ai_agent_run_steps WHERE run_id IN (SELECT id FROM ai_agent_runs WHERE agent_id = $1)",
             "DELETE FROM ai_agent_runs WHERE agent_id = $1",
+            "DELETE FROM ai_agent_reservations WHERE agent_id = $1",
             "DELETE FROM ai_agent_schedules WHERE agent_id = $1",
             "DELETE FROM ai_agent_versions WHERE agent_id = $1",
             "DELETE FROM ai_agents WHERE id = $1",
@@ -1276,6 +1333,114 @@ impl AgentStore for SqlStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get("spent")?)
+    }
+
+    async fn reserve_agent_budget(
+        &self,
+        r: &AgentReservation,
+        since: i64,
+        limit_micro_usd: i64,
+    ) -> Result<AgentReserve> {
+        if r.amount_micro_usd < 0 {
+            return Err(StoreError::Invalid(format!(
+                "a reservation of {} micro-USD cannot be held",
+                r.amount_micro_usd
+            )));
+        }
+        let mut tx = self.begin_write().await?;
+        // The agent's lock: reservations of one agent take turns.
+        locked_agent(&mut tx, &r.agent_id).await?;
+        sqlx::query("DELETE FROM ai_agent_reservations WHERE agent_id = $1 AND expires_at <= $2")
+            .bind(r.agent_id.clone())
+            .bind(r.created_at)
+            .execute(&mut *tx)
+            .await?;
+        // One statement, so one snapshot: a settlement committing meanwhile
+        // (its cost recorded and its reservation gone together) is seen
+        // whole or not at all.
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE((SELECT SUM(cost_micro_usd) FROM ai_agent_runs \
+             WHERE agent_id = $1 AND started_at >= $2), 0) AS BIGINT) AS spent, \
+             CAST(COALESCE((SELECT SUM(amount_micro_usd) FROM ai_agent_reservations \
+             WHERE agent_id = $3 AND expires_at > $4), 0) AS BIGINT) AS reserved",
+        )
+        .bind(r.agent_id.clone())
+        .bind(since)
+        .bind(r.agent_id.clone())
+        .bind(r.created_at)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (spent, reserved): (i64, i64) = (row.try_get("spent")?, row.try_get("reserved")?);
+        let total = spent
+            .saturating_add(reserved)
+            .saturating_add(r.amount_micro_usd);
+        if total > limit_micro_usd {
+            tx.commit().await?;
+            return Ok(AgentReserve::Refused { spent, reserved });
+        }
+        sqlx::query(
+            "INSERT INTO ai_agent_reservations (id, agent_id, run_id, amount_micro_usd, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(r.id.clone())
+        .bind(r.agent_id.clone())
+        .bind(r.run_id.clone())
+        .bind(r.amount_micro_usd)
+        .bind(r.created_at)
+        .bind(r.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(AgentReserve::Reserved { spent, reserved })
+    }
+
+    async fn settle_agent_reservation(
+        &self,
+        reservation_id: &str,
+        run_id: &str,
+        input_tokens: i64,
+        output_tokens: i64,
+        cost_micro_usd: i64,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE ai_agent_runs SET input_tokens = $2, output_tokens = $3, cost_micro_usd = $4 \
+             WHERE id = $1 AND status = 'running'",
+        )
+        .bind(run_id.to_string())
+        .bind(input_tokens)
+        .bind(output_tokens)
+        .bind(cost_micro_usd)
+        .execute(&mut *tx)
+        .await?;
+        let gone = sqlx::query("DELETE FROM ai_agent_reservations WHERE id = $1")
+            .bind(reservation_id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(gone > 0)
+    }
+
+    async fn release_agent_reservation(&self, reservation_id: &str) -> Result<bool> {
+        let gone = sqlx::query("DELETE FROM ai_agent_reservations WHERE id = $1")
+            .bind(reservation_id.to_string())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(gone > 0)
+    }
+
+    async fn agent_reserved(&self, agent_id: &str, now: i64) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(amount_micro_usd), 0) AS BIGINT) AS reserved \
+             FROM ai_agent_reservations WHERE agent_id = $1 AND expires_at > $2",
+        )
+        .bind(agent_id.to_string())
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("reserved")?)
     }
 
     async fn create_agent_schedule(&self, actor: &Actor, s: &AgentScheduleRecord) -> Result<()> {

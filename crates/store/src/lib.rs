@@ -28,8 +28,9 @@ use async_trait::async_trait;
 use fleetgate_core::user::Role;
 
 pub use agents::{
-    AgentBudget, AgentRunRecord, AgentScheduleRecord, AgentSplit, AgentStepRecord, AgentStore,
-    AgentToolRecord, AgentVersionRecord, AiAgentRecord, McpServerRecord,
+    AgentBudget, AgentReservation, AgentReserve, AgentRunRecord, AgentScheduleRecord, AgentSplit,
+    AgentStepRecord, AgentStore, AgentToolRecord, AgentVersionRecord, AiAgentRecord,
+    McpServerRecord,
 };
 pub use ai::{AiPreferencesRecord, AiProviderRecord, AiStore};
 pub use ai_gateway::{

@@ -206,6 +206,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0022_revision_deltas.sql"),
         include_str!("../migrations/postgres/0022_revision_deltas.sql"),
     ),
+    (
+        23,
+        "ai agent reservations",
+        include_str!("../migrations/sqlite/0023_ai_agent_reservations.sql"),
+        include_str!("../migrations/postgres/0023_ai_agent_reservations.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

@@ -13,8 +13,9 @@ use fleetgate_store::{
     TokenScope, UserRecord,
 };
 use fleetgate_store::{
-    AgentBudget, AgentRunRecord, AgentScheduleRecord, AgentSplit, AgentStepRecord, AgentStore,
-    AgentToolRecord, AgentVersionRecord, AiAgentRecord, McpServerRecord,
+    AgentBudget, AgentReservation, AgentReserve, AgentRunRecord, AgentScheduleRecord, AgentSplit,
+    AgentStepRecord, AgentStore, AgentToolRecord, AgentVersionRecord, AiAgentRecord,
+    McpServerRecord,
 };
 use fleetgate_store::{AiBudgetRecord, AiGatewayStore, AiPriceRecord, AiUsageRow, UsageGroup};
 use fleetgate_store::{AiPreferencesRecord, AiProviderRecord, AiStore};
@@ -139,6 +140,7 @@ conformance!(
     agent_tools_keep_header_values_out_of_the_audit,
     mcp_servers_keep_secret_values_out_of_the_audit,
     agent_runs_steps_and_spend,
+    agent_budget_reservations_never_pass_the_limit,
     agent_schedules_are_claimed_once,
     ai_budgets_crud_with_versions_and_audit,
     ai_prices_set_replace_drop_and_audit,
@@ -3735,6 +3737,160 @@ async fn mcp_servers_keep_secret_values_out_of_the_audit(s: &SqlStore) {
         !text.contains("SEALED-"),
         "an environment or header value reached the audit log"
     );
+}
+
+async fn agent_budget_reservations_never_pass_the_limit(s: &SqlStore) {
+    let a = actor();
+    s.create_ai_agent(&a, &agent_record("ag1", "capped"), &agent_version("m"))
+        .await
+        .expect("agent");
+    let now = now_ms();
+    let mut r1 = AgentRunRecord {
+        id: "r1".into(),
+        agent_id: "ag1".into(),
+        agent_version: 1,
+        split_arm: None,
+        run_key: None,
+        trigger: "api".into(),
+        schedule_id: None,
+        status: "running".into(),
+        input: "go".into(),
+        output: None,
+        error: None,
+        error_code: None,
+        steps: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_micro_usd: 0,
+        started_at: now,
+        finished_at: None,
+        created_by: "tester".into(),
+    };
+    s.start_agent_run(&a, &r1).await.expect("start");
+    let hold = |id: String, amount: i64, at: i64, ttl: i64| AgentReservation {
+        id,
+        agent_id: "ag1".into(),
+        run_id: "r1".into(),
+        amount_micro_usd: amount,
+        created_at: at,
+        expires_at: at + ttl,
+    };
+    // Forty calls racing for 100 each under a limit of 1,000: exactly ten
+    // are held, never more.
+    let racers = (0..40).map(|i| {
+        let r = hold(format!("h{i}"), 100, now, 60_000);
+        async move { (r.id.clone(), s.reserve_agent_budget(&r, 0, 1000).await) }
+    });
+    let decided = futures::future::join_all(racers).await;
+    let held: Vec<String> = decided
+        .iter()
+        .filter(|(_, d)| matches!(d, Ok(AgentReserve::Reserved { .. })))
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(held.len(), 10, "{decided:?}");
+    assert!(decided.iter().all(|(_, d)| d.is_ok()), "{decided:?}");
+    assert_eq!(s.agent_reserved("ag1", now).await.expect("reserved"), 1000);
+    assert_eq!(
+        s.reserve_agent_budget(&hold("late".into(), 1, now, 60_000), 0, 1000)
+            .await
+            .expect("reserve"),
+        AgentReserve::Refused {
+            spent: 0,
+            reserved: 1000
+        }
+    );
+    // Settling one to a real cost of 40 records the cost and frees the rest.
+    assert!(s
+        .settle_agent_reservation(&held[0], "r1", 100, 10, 40)
+        .await
+        .expect("settle"));
+    assert_eq!(s.agent_spend_since("ag1", 0).await.expect("spend"), 40);
+    assert_eq!(s.agent_reserved("ag1", now).await.expect("reserved"), 900);
+    assert!(matches!(
+        s.reserve_agent_budget(&hold("x61".into(), 61, now, 60_000), 0, 1000)
+            .await
+            .expect("reserve"),
+        AgentReserve::Refused {
+            spent: 40,
+            reserved: 900
+        }
+    ));
+    assert_eq!(
+        s.reserve_agent_budget(&hold("x60".into(), 60, now, 60_000), 0, 1000)
+            .await
+            .expect("reserve"),
+        AgentReserve::Reserved {
+            spent: 40,
+            reserved: 900
+        }
+    );
+    // A failed call's release frees its hold once.
+    assert!(s
+        .release_agent_reservation(&held[1])
+        .await
+        .expect("release"));
+    assert!(!s.release_agent_reservation(&held[1]).await.expect("again"));
+    assert!(!s
+        .settle_agent_reservation(&held[1], "r1", 0, 0, 40)
+        .await
+        .expect("settle gone"));
+    assert_eq!(s.agent_reserved("ag1", now).await.expect("reserved"), 860);
+    // A spend before `since` (an earlier period) does not count.
+    assert_eq!(
+        s.reserve_agent_budget(&hold("p".into(), 140, now, 60_000), now + 1, 1000)
+            .await
+            .expect("reserve"),
+        AgentReserve::Reserved {
+            spent: 0,
+            reserved: 860
+        }
+    );
+    // Reservations past their expiry (a replica that stopped mid-call) are
+    // counted no more and are reclaimed by the next reservation.
+    let later = now + 60_001;
+    assert_eq!(s.agent_reserved("ag1", later).await.expect("reserved"), 0);
+    assert_eq!(
+        s.reserve_agent_budget(&hold("after".into(), 960, later, 1000), 0, 1000)
+            .await
+            .expect("reserve"),
+        AgentReserve::Reserved {
+            spent: 40,
+            reserved: 0
+        }
+    );
+    assert!(
+        !s.release_agent_reservation(&held[2]).await.expect("gone"),
+        "reclaimed"
+    );
+    assert_eq!(s.agent_reserved("ag1", later).await.expect("reserved"), 960);
+    // No reservation of a negative amount, nor of an agent that does not exist.
+    assert!(matches!(
+        s.reserve_agent_budget(&hold("neg".into(), -1, later, 1000), 0, 1000)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let mut ghost = hold("ghost".into(), 1, later, 1000);
+    ghost.agent_id = "nope".into();
+    assert!(matches!(
+        s.reserve_agent_budget(&ghost, 0, 1000).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // A settlement after the run finished records no cost (the run holds its own).
+    r1.status = "failed".into();
+    r1.cost_micro_usd = 40;
+    r1.finished_at = Some(later);
+    s.finish_agent_run(&r1, &[]).await.expect("finish");
+    assert!(s
+        .settle_agent_reservation("after", "r1", 0, 0, 5000)
+        .await
+        .expect("settle"));
+    assert_eq!(s.agent_spend_since("ag1", 0).await.expect("spend"), 40);
+    // Deleting the agent takes its reservations.
+    s.reserve_agent_budget(&hold("last".into(), 10, later, 1000), 0, 1000)
+        .await
+        .expect("reserve");
+    s.delete_ai_agent(&a, "ag1").await.expect("delete");
+    assert_eq!(s.agent_reserved("ag1", later).await.expect("reserved"), 0);
 }
 
 async fn agent_runs_steps_and_spend(s: &SqlStore) {

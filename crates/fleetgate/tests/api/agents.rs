@@ -514,39 +514,131 @@ async fn max_steps_stops_a_run() {
     app.stop().await;
 }
 
+/// An OpenAI provider on the fake whose calls generate at most
+/// `max_tokens` and give up after `timeout_ms`.
+async fn bounded_provider(
+    app: &TestApp,
+    fake: &FakeLlm,
+    max_tokens: i64,
+    timeout_ms: i64,
+) -> String {
+    let (status, v) = send(
+        app,
+        Method::POST,
+        "/api/v1/ai/providers",
+        Some(
+            json!({"name": "p-bounded", "kind": "openai", "base_url": fake.openai_url(),
+                    "api_key": KEY, "max_tokens": max_tokens, "timeout_ms": timeout_ms}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    v["id"].as_str().expect("id").to_string()
+}
+
+/// What a truthful provider reports for one call of the bounded provider:
+/// 100 prompt tokens (fewer than the request's bytes) and 100 generated (no
+/// more than `max_tokens`). On gpt-4o-mini: 15 + 60 = 75 micro-USD.
+fn small_usage() -> FakeUsage {
+    FakeUsage {
+        input: 100,
+        output: 100,
+        ..Default::default()
+    }
+}
+
+fn micros(usd: &Value) -> i64 {
+    let text = usd.as_str().expect("a USD amount");
+    let (whole, frac) = text.split_once('.').expect("six decimals");
+    whole.parse::<i64>().expect("whole") * 1_000_000 + frac.parse::<i64>().expect("fraction")
+}
+
+/// The budget's view of the agent: (spent, reserved, remaining) in micro-USD.
+async fn budget_of(app: &TestApp, id: &str) -> (i64, i64, i64) {
+    let got = app.get_json(&format!("/api/v1/agents/{id}")).await;
+    let b = &got["budget"];
+    (
+        micros(&b["spent_usd"]),
+        micros(&b["reserved_usd"]),
+        micros(&b["remaining_usd"]),
+    )
+}
+
+/// The last step of a run refused by the budget names it.
+fn assert_budget_refusal(r: &Value, budget: &str) {
+    assert_eq!(r["status"], "budget_exceeded", "{r}");
+    assert_eq!(r["error_code"], "AGENT_BUDGET_EXCEEDED", "{r}");
+    let err = r["error"].as_str().expect("error");
+    for part in ["budget of agent", "USD left", "resets at", "may cost up to"] {
+        assert!(err.contains(part), "{part:?} in {err}");
+    }
+    let last = r["steps"]
+        .as_array()
+        .expect("steps")
+        .last()
+        .expect("a step")
+        .clone();
+    assert_eq!(
+        (last["kind"].as_str(), last["status"].as_str()),
+        (Some("model"), Some("error")),
+        "{last}"
+    );
+    assert_eq!(last["cost_micro_usd"], 0);
+    let d = &last["output"]["refused"];
+    assert_eq!(d["budget"], budget, "{last}");
+    assert_eq!(d["period"], "day");
+    assert!(
+        d["resets_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{d}"
+    );
+    assert!(
+        micros(&d["needed_usd"]) > micros(&d["remaining_usd"]),
+        "{d}"
+    );
+}
+
 #[tokio::test]
 async fn budgets_refuse_runs_and_stop_before_the_next_model_call() {
     let (app, fake, tools) = setup().await;
-    let pid = provider(&app, &fake, "openai").await;
+    // At most 200 tokens generated: a call reserves 120 micro-USD of output
+    // and its request's bytes at the input price.
+    let pid = bounded_provider(&app, &fake, 200, 30_000).await;
     lookup_tool(&app, &tools).await;
-    // 500 micro-USD a day; each model call costs 270.
+    // 200 micro-USD a day: the first call's worst case fits; after it cost
+    // 75, the 125 left cannot cover the next call's 120 of output alone.
     let a = create_agent(
         &app,
         json!({"name": "thrifty", "model": "gpt-4o-mini", "provider": pid, "tools": ["lookup"],
-               "budget": {"period": "day", "limit_usd": 0.0005}}),
+               "budget": {"period": "day", "limit_usd": 0.0002}}),
     )
     .await;
     let id = a["id"].as_str().expect("id");
-    assert_eq!(a["budget"]["limit_usd"], "0.000500");
+    assert_eq!(a["budget"]["limit_usd"], "0.000200");
+    assert_eq!(a["budget"]["reserved_usd"], "0.000000");
     activate(&app, id).await;
-    fake.push(Reply::tool_calls(vec![("lookup", json!({"host": "a"}))]).usage(usage()));
-    fake.push(Reply::tool_calls(vec![("lookup", json!({"host": "b"}))]).usage(usage()));
-    fake.push(Reply::text("never asked").usage(usage()));
+    fake.push(Reply::tool_calls(vec![("lookup", json!({"host": "a"}))]).usage(small_usage()));
+    fake.push(Reply::text("never asked").usage(small_usage()));
     let r = run(&app, id, json!({"input": "go"})).await;
-    assert_eq!(r["status"], "budget_exceeded", "{r}");
-    assert_eq!(r["cost_micro_usd"], 540);
+    assert_budget_refusal(&r, "agent:thrifty:day");
+    assert_eq!(r["cost_micro_usd"], 75);
     assert_eq!(
-        kinds_of(&r["steps"]).len(),
-        4,
-        "stopped before the third model call"
+        kinds_of(&r["steps"]),
+        [("model", "ok"), ("tool", "ok"), ("model", "error")]
+            .map(|(a, b)| (a.to_string(), b.to_string())),
+        "stopped before the second model call"
     );
-    let err = r["error"].as_str().expect("error");
-    assert!(
-        err.contains("day") && err.contains("0.000000 USD left"),
-        "{err}"
-    );
-    assert_eq!(fake.pending(), 1);
-    // The next run is refused before anything runs, naming the budget.
+    assert_eq!(fake.pending(), 1, "the refused call was not sent");
+    assert_eq!(budget_of(&app, id).await, (75, 0, 125));
+    // Lowered below what was spent, the budget refuses the next run before
+    // anything runs, naming the budget.
+    let (status, v) = send(
+        &app,
+        Method::PUT,
+        &format!("/api/v1/agents/{id}"),
+        Some(json!({"budget": {"period": "day", "limit_usd": "0.00005"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
     let resp = app
         .admin(Method::POST, &format!("/api/v1/agents/{id}/runs"))
         .json(&json!({"input": "again"}))
@@ -558,10 +650,9 @@ async fn budgets_refuse_runs_and_stop_before_the_next_model_call() {
     assert_eq!(e["details"]["period"], "day");
     assert_eq!(e["details"]["remaining_usd"], "0.000000");
     assert_eq!(e["details"]["budget"], "agent:thrifty:day");
+    assert!(e["details"]["resets_at"].is_string());
     let runs = app.get_json(&format!("/api/v1/agents/{id}/runs")).await;
     assert_eq!(runs["total"], 1, "a refused run is not recorded");
-    let got = app.get_json(&format!("/api/v1/agents/{id}")).await;
-    assert_eq!(got["budget"]["spent_usd"], "0.000540");
     // Raising the budget lets runs through again.
     let (status, v) = send(
         &app,
@@ -572,17 +663,19 @@ async fn budgets_refuse_runs_and_stop_before_the_next_model_call() {
     .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let r = run(&app, id, json!({"input": "again"})).await;
-    assert_eq!(r["status"], "succeeded");
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(budget_of(&app, id).await, (150, 0, 1_000_000 - 150));
     app.stop().await;
 }
 
-/// Two runs at once share one budget: each sees the other's spend as it goes
-/// and stops before its next model call, instead of each spending the whole
-/// budget on its own.
+/// Runs at once share one budget as a hard cap: each model call reserves its
+/// worst case before it is sent, so together they never spend past the limit
+/// (checking the spend instead let each run pass the check and overspend by a
+/// call each), and the runs the budget stops say which budget stopped them.
 #[tokio::test]
-async fn concurrent_runs_count_each_others_spend() {
+async fn concurrent_runs_never_spend_past_the_budget() {
     let (app, fake, tools) = setup().await;
-    let pid = provider(&app, &fake, "openai").await;
+    let pid = bounded_provider(&app, &fake, 200, 30_000).await;
     let (status, v) = send(
         &app,
         Method::POST,
@@ -591,31 +684,193 @@ async fn concurrent_runs_count_each_others_spend() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
-    // 500 micro-USD a day; each model call costs 270: one call each fits, two each do not.
+    // 500 micro-USD a day; every call costs 75 and reserves more than 120.
+    // Six runs of up to three calls each would spend 1,350 unchecked.
     let a = create_agent(
         &app,
         json!({"name": "shared", "model": "gpt-4o-mini", "provider": pid, "tools": ["slow"],
-               "budget": {"period": "day", "limit_usd": "0.0005"}}),
+               "max_steps": 3, "budget": {"period": "day", "limit_usd": "0.0005"}}),
     )
     .await;
     let id = a["id"].as_str().expect("id");
     activate(&app, id).await;
-    for _ in 0..6 {
-        fake.push(Reply::tool_calls(vec![("slow", json!({}))]).usage(usage()));
+    for _ in 0..18 {
+        fake.push(Reply::tool_calls(vec![("slow", json!({}))]).usage(small_usage()));
     }
-    // Each run's first model call ends, then its tool takes 300 ms: by its
-    // next budget check the other run's first call is on record.
-    let (x, y) = tokio::join!(
-        run(&app, id, json!({"input": "one"})),
-        run(&app, id, json!({"input": "two"}))
+    let runs = futures::future::join_all(
+        (0..6).map(|i| run(&app, id, json!({"input": format!("run {i}")}))),
+    )
+    .await;
+    let total: i64 = runs
+        .iter()
+        .map(|r| r["cost_micro_usd"].as_i64().expect("cost"))
+        .sum();
+    assert!(total <= 500, "the runs spent {total} of a 500 budget");
+    let model_calls = 18 - fake.pending() as i64;
+    assert_eq!(total, model_calls * 75, "every call sent was paid for");
+    let mut refused = 0;
+    for r in &runs {
+        assert_eq!(
+            step_costs_sum(r),
+            r["cost_micro_usd"].as_i64().expect("cost")
+        );
+        match r["status"].as_str() {
+            Some("budget_exceeded") => {
+                refused += 1;
+                assert_budget_refusal(r, "agent:shared:day");
+            }
+            Some("max_steps") => {}
+            other => panic!("unexpected status {other:?}: {r}"),
+        }
+    }
+    assert!(refused >= 1, "six runs cannot all finish in the budget");
+    assert_eq!(
+        budget_of(&app, id).await,
+        (total, 0, 500 - total),
+        "no reservation is left"
     );
-    for r in [&x, &y] {
-        assert_eq!(r["status"], "budget_exceeded", "{r}");
-        assert_eq!(r["cost_micro_usd"], 270, "{r}");
+    app.stop().await;
+}
+
+/// Two manager replicas sharing one PostgreSQL store run one agent at once:
+/// the reservations are decided in the store, so together they never spend
+/// past the budget either.
+#[tokio::test]
+async fn replicas_sharing_a_store_never_spend_past_the_budget() {
+    let Some(url) = crate::support::postgres_schema_url().await else {
+        return;
+    };
+    let (a, b) = crate::scale_out::pair_on(&url, None).await;
+    let fake = FakeLlm::start(Some(KEY)).await;
+    let pid = bounded_provider(&a, &fake, 200, 30_000).await;
+    let agent = create_agent(
+        &a,
+        json!({"name": "replicated", "model": "gpt-4o-mini", "provider": pid,
+               "budget": {"period": "day", "limit_usd": "0.0005"}}),
+    )
+    .await;
+    let id = agent["id"].as_str().expect("id").to_string();
+    activate(&a, &id).await;
+    // Each call costs 75 and reserves more than 120, and takes 300 ms: ten
+    // runs would spend 750 unchecked.
+    for _ in 0..10 {
+        fake.push(
+            Reply::text("done")
+                .usage(small_usage())
+                .delay(Duration::from_millis(300)),
+        );
     }
-    assert_eq!(fake.pending(), 4, "two model calls in all");
-    let got = app.get_json(&format!("/api/v1/agents/{id}")).await;
-    assert_eq!(got["budget"]["spent_usd"], "0.000540");
+    let start = |app: &TestApp, i: usize| {
+        app.admin(Method::POST, &format!("/api/v1/agents/{id}/runs"))
+            .json(&json!({"input": format!("run {i}")}))
+            .send()
+    };
+    let sent =
+        futures::future::join_all((0..10).map(|i| start(if i % 2 == 0 { &a } else { &b }, i)))
+            .await;
+    let mut total = 0;
+    let mut refused = 0;
+    for r in sent {
+        let r = r.expect("run");
+        let status = r.status();
+        let v: Value = r.json().await.expect("json");
+        match status {
+            StatusCode::CREATED => {
+                total += v["cost_micro_usd"].as_i64().expect("cost");
+                match v["status"].as_str() {
+                    Some("succeeded") => {}
+                    Some("budget_exceeded") => {
+                        refused += 1;
+                        assert_budget_refusal(&v, "agent:replicated:day");
+                    }
+                    other => panic!("unexpected status {other:?}: {v}"),
+                }
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                assert_eq!(v["code"], "AGENT_BUDGET_EXCEEDED", "{v}");
+                assert_eq!(v["details"]["budget"], "agent:replicated:day", "{v}");
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert!(total <= 500, "the replicas spent {total} of a 500 budget");
+    assert!(refused >= 1, "ten calls cannot all fit");
+    assert_eq!(
+        total,
+        (10 - fake.pending() as i64) * 75,
+        "every call sent was paid for"
+    );
+    for app in [&a, &b] {
+        assert_eq!(budget_of(app, &id).await, (total, 0, 500 - total));
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A call that fails (a provider error, a timeout) or is cancelled (the
+/// client that started the run went away) gives its reservation back.
+#[tokio::test]
+async fn failed_and_cancelled_model_calls_leave_no_reservation() {
+    let (app, fake, _tools) = setup().await;
+    let pid = bounded_provider(&app, &fake, 200, 1_000).await;
+    let a = create_agent(
+        &app,
+        json!({"name": "careful", "model": "gpt-4o-mini", "provider": pid,
+               "budget": {"period": "day", "limit_usd": "0.01"}}),
+    )
+    .await;
+    let id = a["id"].as_str().expect("id");
+    activate(&app, id).await;
+    // A provider error.
+    fake.push(Reply::error(400, "context_length_exceeded"));
+    let r = run(&app, id, json!({"input": "one"})).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(budget_of(&app, id).await, (0, 0, 10_000));
+    // A timeout (the provider answers after the 1 s the provider allows).
+    fake.push(
+        Reply::text("late")
+            .usage(small_usage())
+            .delay(Duration::from_secs(3)),
+    );
+    let r = run(&app, id, json!({"input": "two"})).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(budget_of(&app, id).await, (0, 0, 10_000));
+    // A run whose client goes away mid-call: the call holds its reservation
+    // while it is under way, and gives it back when the run is dropped.
+    fake.push(
+        Reply::text("slow")
+            .usage(small_usage())
+            .delay(Duration::from_millis(900)),
+    );
+    let call = app
+        .admin(Method::POST, &format!("/api/v1/agents/{id}/runs"))
+        .json(&json!({"input": "three"}))
+        .send();
+    let held = async {
+        loop {
+            let (_, reserved, _) = budget_of(&app, id).await;
+            if reserved > 0 {
+                return reserved;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let reserved = tokio::select! {
+        r = held => r,
+        _ = call => panic!("the run ended before its reservation was seen"),
+    };
+    assert!(reserved > 120, "the worst case is reserved: {reserved}");
+    // The request future is dropped: the connection closes mid-call.
+    let mut freed = false;
+    for _ in 0..250 {
+        if budget_of(&app, id).await.1 == 0 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "the cancelled call's reservation was released");
     app.stop().await;
 }
 

@@ -706,6 +706,92 @@ async fn redirect_actions_are_checked_diffed_and_applied_as_drafts() {
     app.stop().await;
 }
 
+/// Applying checks every action of a `multiple` before it changes anything:
+/// a last part that does not validate (or a command to a node that is not
+/// connected) leaves the gateway, the redirects and the audit as they were.
+#[tokio::test]
+async fn a_multiple_whose_last_part_is_invalid_changes_nothing() {
+    let app = spawn_app().await;
+    gateway_config(&app).await;
+    redirects_project(&app).await;
+    let before = revision_now(&app).await;
+    let revisions = app.get_json("/api/v1/revisions?limit=1").await["total"].clone();
+    let (offline, _) = crate::edge_sync::create_node(&app, "offline-edge").await;
+    let parts = || {
+        vec![
+            json!({"action": "create_upstream", "upstream": {"name": "billing", "targets": [{"url": "http://127.0.0.1:7001"}]}}),
+            json!({"action": "create_route", "route": {"id": "pay", "path": "/pay", "upstream": "billing"}}),
+            json!({"action": "add_redirect", "namespace": "prod", "project": "site",
+                   "redirect": {"type": "BASIC", "source": "/old", "target": "/new"}}),
+        ]
+    };
+    for (last, status, named) in [
+        (
+            json!({"action": "delete_route", "id": "nope"}),
+            StatusCode::BAD_REQUEST,
+            "config.actions[3].id",
+        ),
+        (
+            json!({"action": "create_route", "route": {"id": "x", "path": "/x", "upstream": "missing"}}),
+            StatusCode::BAD_REQUEST,
+            "missing",
+        ),
+        (
+            json!({"action": "drop_everything"}),
+            StatusCode::BAD_REQUEST,
+            "config.actions[3].action",
+        ),
+        (
+            json!({"action": "start_flow", "node_id": offline, "flow_id": "f1"}),
+            StatusCode::BAD_GATEWAY,
+            "not connected",
+        ),
+    ] {
+        let mut actions = parts();
+        actions.push(last.clone());
+        let r = app
+            .admin(Method::POST, "/api/v1/ai/actions/apply")
+            .json(&json!({"config": {"action": "multiple", "actions": actions}}))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), status, "{last}");
+        let e: Value = r.json().await.expect("json");
+        assert!(e.to_string().contains(named), "{last}: {e}");
+        assert_eq!(
+            revision_now(&app).await,
+            before,
+            "{last}: the gateway is unchanged"
+        );
+        assert_eq!(
+            app.get_json("/api/v1/revisions?limit=1").await["total"],
+            revisions,
+            "{last}: no revision"
+        );
+        assert_eq!(
+            app.get_json(RULES).await["total"],
+            0,
+            "{last}: no redirect draft"
+        );
+    }
+    for action in [
+        "ai.apply",
+        "ai.apply.redirect.add",
+        "redirect.create",
+        "ai.apply.command",
+    ] {
+        let audit = app
+            .get_json(&format!("/api/v1/audit?action={action}"))
+            .await;
+        assert_eq!(audit["total"], 0, "{action}: {audit}");
+    }
+    // The same parts without the bad one apply whole.
+    let applied = apply(&app, &json!({"action": "multiple", "actions": parts()})).await;
+    assert!(applied["revision"].as_i64().is_some(), "{applied}");
+    assert_eq!(applied["redirects"].as_array().map(Vec::len), Some(1));
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn every_ai_operation_is_documented() {
     let app = spawn_app().await;

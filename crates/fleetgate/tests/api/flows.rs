@@ -460,3 +460,78 @@ async fn update_config_sets_the_flows_and_keeps_those_unchanged_running() {
     assert_eq!(ids, ["keep", "add"]);
     f.stop().await;
 }
+
+/// An AI action applied in parts: its gateway revision and redirect draft are
+/// written, then the edge refuses its flow command (no such flow). What was
+/// written is rolled back, and the error says exactly which part failed, what
+/// was rolled back, what is still in force and what was never applied.
+#[tokio::test]
+async fn an_ai_action_whose_node_command_fails_is_rolled_back_and_reported() {
+    let f = Fleet::start().await;
+    let app = &f.app;
+    for (path, body) in [
+        ("/api/v1/namespaces", json!({"name": "prod"})),
+        (
+            "/api/v1/namespaces/prod/projects",
+            json!({"name": "site", "hosts": ["site.test"]}),
+        ),
+    ] {
+        let (status, v) = crate::support::send(app, Method::POST, path, Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+    }
+    let rules = "/api/v1/namespaces/prod/projects/site/redirects";
+    let before = app.get_json("/api/v1/export").await;
+    let config = json!({"action": "multiple", "actions": [
+        {"action": "create_upstream", "upstream": {"name": "billing", "targets": [{"url": "http://127.0.0.1:7001"}]}},
+        {"action": "create_route", "route": {"id": "pay", "path": "/pay", "upstream": "billing"}},
+        {"action": "add_redirect", "namespace": "prod", "project": "site",
+         "redirect": {"type": "BASIC", "source": "/old", "target": "/new"}},
+        {"action": "start_flow", "flow_id": "ghost"},
+        {"action": "stop_flow", "flow_id": "ghost"}]});
+    let r = app
+        .admin(Method::POST, "/api/v1/ai/actions/apply")
+        .json(&json!({"config": config, "node_id": f.node}))
+        .send()
+        .await
+        .expect("apply");
+    let status = r.status();
+    let e: Value = r.json().await.expect("json");
+    assert!(
+        status.is_client_error() || status.is_server_error(),
+        "{status}: {e}"
+    );
+    assert_eq!(e["code"], "AI_APPLY_INCOMPLETE", "{e}");
+    let d = &e["details"];
+    assert_eq!(d["failed"]["part"]["part"], "command", "{e}");
+    assert_eq!(d["failed"]["part"]["type"], "start_flow", "{e}");
+    let rolled: Vec<&str> = d["rolled_back"]
+        .as_array()
+        .expect("rolled_back")
+        .iter()
+        .filter_map(|p| p["part"].as_str())
+        .collect();
+    assert_eq!(rolled, ["redirect", "gateway"], "{e}");
+    assert_eq!(d["in_force"], json!([]), "{e}");
+    let not: Vec<Value> = d["not_applied"]
+        .as_array()
+        .expect("not_applied")
+        .iter()
+        .map(|p| p["type"].clone())
+        .collect();
+    assert_eq!(not, [json!("start_flow"), json!("stop_flow")], "{e}");
+    // The gateway is as before (a rollback revision after the AI's), the
+    // draft is gone, and the whole story is audited.
+    let after = app.get_json("/api/v1/export").await;
+    assert_eq!(after["routes"], before["routes"]);
+    assert_eq!(after["upstreams"], before["upstreams"]);
+    let (status, _) = crate::support::send(app, Method::GET, "/api/v1/routes/pay", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(app.get_json(rules).await["total"], 0);
+    for action in ["ai.apply", "ai.apply.rollback", "ai.apply.incomplete"] {
+        let audit = app
+            .get_json(&format!("/api/v1/audit?action={action}"))
+            .await;
+        assert_eq!(audit["total"], 1, "{action}: {audit}");
+    }
+    f.stop().await;
+}

@@ -95,6 +95,10 @@ pub struct AgentBudgetView {
     pub limit_usd: String,
     /// Spent by the agent's runs in the current period.
     pub spent_usd: String,
+    /// Held by model calls under way: each reserves its worst-case cost
+    /// before it is sent and settles to its real cost when it ends.
+    pub reserved_usd: String,
+    /// What the limit leaves after the spend and the reservations.
     pub remaining_usd: String,
     pub resets_at: String,
 }
@@ -154,11 +158,13 @@ async fn view(state: &AppState, a: &AiAgentRecord) -> ApiResult<AiAgentView> {
             let now = now_ms();
             let (since, resets) = runtime::period_bounds(&b.period, now);
             let spent = state.store.agent_spend_since(&a.id, since).await?;
+            let reserved = state.store.agent_reserved(&a.id, now).await?;
             Some(AgentBudgetView {
                 period: b.period.clone(),
                 limit_usd: runtime::usd(b.limit_micro_usd),
                 spent_usd: runtime::usd(spent),
-                remaining_usd: runtime::usd(b.limit_micro_usd - spent),
+                reserved_usd: runtime::usd(reserved),
+                remaining_usd: runtime::usd(b.limit_micro_usd - spent - reserved),
                 resets_at: rfc3339(resets),
             })
         }

@@ -866,12 +866,163 @@ pub struct RedirectOutcome {
     pub id: i64,
 }
 
+/// A part of a proposal as the apply call reports it.
+fn part_of_redirect(op: &RedirectOp) -> Value {
+    let (action, project, rule) = match op {
+        RedirectOp::Add { project, rule } => ("add_redirect", project, rule),
+        RedirectOp::Remove { project, rule, .. } => ("remove_redirect", project, rule),
+    };
+    json!({"part": "redirect", "action": action,
+           "project": format!("{}/{}", project.namespace, project.name), "source": rule.source})
+}
+
+fn part_of_command(c: &NodeCommand) -> Value {
+    json!({"part": "command", "node_id": c.node_id, "type": c.command.get("type")})
+}
+
+/// What an apply did before one of its parts failed, to undo what can be.
+#[derive(Default)]
+struct Applied {
+    /// The gateway revision written.
+    revision: Option<i64>,
+    /// Redirect drafts written, with the id each got (an add's new row).
+    redirects: Vec<(usize, i64)>,
+    /// Node commands carried out: they cannot be taken back.
+    commands: Vec<usize>,
+}
+
+/// Undoes what `done` wrote when the part `failed_part` of `p` failed with
+/// `cause`, and says exactly what is in force, what was rolled back and what
+/// was never applied. The redirects written are undone (an added draft
+/// deleted, a removed one written again as a draft); the gateway revision is
+/// undone by a revision putting the configuration of before back, unless the
+/// configuration changed since (then it stays, and says so); node commands
+/// carried out stay carried out.
+async fn incomplete(
+    state: &AppState,
+    auth: &AuthContext,
+    p: &Plan,
+    done: Applied,
+    failed_part: Value,
+    cause: ApiError,
+) -> ApiError {
+    let mut in_force = Vec::new();
+    let mut rolled_back = Vec::new();
+    for &(i, row_id) in done.redirects.iter().rev() {
+        let op = &p.redirects[i];
+        let mut part = part_of_redirect(op);
+        part["id"] = json!(row_id);
+        let undone = match op {
+            RedirectOp::Add { project, .. } => state
+                .store
+                .delete_rule(&auth.actor, RuleTable::Redirects, &project.id, row_id)
+                .await
+                .map(|_| ()),
+            RedirectOp::Remove { project, rule, .. } => state
+                .store
+                .create_rule(
+                    &auth.actor,
+                    RuleTable::Redirects,
+                    &project.id,
+                    &rule.to_data(),
+                )
+                .await
+                .map(|row| part["restored_as"] = json!(row.id)),
+        };
+        match undone {
+            Ok(()) => rolled_back.push(part),
+            Err(e) => {
+                part["rollback_error"] = json!(e.to_string());
+                in_force.push(part);
+            }
+        }
+    }
+    if let Some(n) = done.revision {
+        let mut after = p.after.clone();
+        after.normalize();
+        let still_ours = move |before: &fleetgate_store::ResourceSet, _: &ConfigDocument| {
+            let mut now = ConfigDocument::from_resources(before)
+                .map_err(|e| StoreError::Corrupt(format!("stored configuration: {e}")))?;
+            now.normalize();
+            if now != after {
+                return Err(StoreError::Conflict(format!(
+                    "the configuration changed after revision {n}: it is not rolled back"
+                )));
+            }
+            Ok(())
+        };
+        let set = p.base.to_resources();
+        let undone = state
+            .change_config(
+                &auth.actor,
+                ConfigEdit::Replace {
+                    set: &set,
+                    action: "ai.apply.rollback",
+                },
+                &format!("rollback of revision {n}: a later part of its AI action failed"),
+                Some(&still_ours),
+            )
+            .await;
+        match undone {
+            Ok(c) => rolled_back.push(json!({"part": "gateway", "revision": n,
+                "rolled_back_by": c.written.then_some(c.number)})),
+            Err(e) => in_force.push(json!({"part": "gateway", "revision": n,
+                "rollback_error": e.to_string()})),
+        }
+    }
+    for &i in &done.commands {
+        in_force.push(part_of_command(&p.commands[i]));
+    }
+    // What was never applied: the failed part and those after it.
+    let mut parts: Vec<Value> = Vec::new();
+    if p.gateway_changed {
+        parts.push(json!({"part": "gateway"}));
+    }
+    parts.extend(p.redirects.iter().map(part_of_redirect));
+    parts.extend(p.commands.iter().map(part_of_command));
+    // (It is called once the gateway part, the first, was applied.)
+    let first_not = usize::from(p.gateway_changed) + done.redirects.len() + done.commands.len();
+    let not_applied: Vec<Value> = parts.into_iter().skip(first_not).collect();
+    let message = format!(
+        "the proposal was not applied whole: {} failed ({}); {} part(s) rolled back, {} still in force, {} not applied",
+        failed_part["part"].as_str().unwrap_or("a part"),
+        cause.message,
+        rolled_back.len(),
+        in_force.len(),
+        not_applied.len(),
+    );
+    state.emit(
+        fleetgate_core::events::NewEvent::new(
+            "ai.apply.incomplete",
+            fleetgate_core::events::Severity::Warning,
+            message.clone(),
+        )
+        .details(json!({"actor": auth.actor.name, "failed": failed_part})),
+    );
+    let _ = state
+        .store
+        .append_audit(
+            &auth.actor,
+            AuditEvent::new("ai.apply.incomplete", "ai_action", None).after(json!({
+                "failed": failed_part, "cause": cause.code, "rolled_back": rolled_back,
+                "in_force": in_force, "not_applied": not_applied})),
+        )
+        .await;
+    ApiError::new(cause.status, "AI_APPLY_INCOMPLETE", message).with_details(json!({
+        "failed": {"part": failed_part, "code": cause.code, "message": cause.message,
+                   "details": cause.details},
+        "in_force": in_force,
+        "rolled_back": rolled_back,
+        "not_applied": not_applied,
+    }))
+}
+
 #[utoipa::path(post, path = "/api/v1/ai/actions/apply", operation_id = "ai_apply_action", tag = "ai",
     request_body = ApplyInput,
     responses(
-        (status = 200, description = "Applied: the gateway changes as one revision (audited `ai.apply`), then each redirect as a draft of its project (audited `redirect.create`/`redirect.delete` and `ai.apply.redirect.add`/`ai.apply.redirect.remove`), then each node command (audited `ai.apply.command`)", body = ApplyResult),
-        (status = 409, description = "An object to create exists, an upstream to delete is in use, or the configuration changed while applying", body = crate::error::ErrorBody),
-        (status = 502, description = "A node is not connected", body = crate::error::ErrorBody),
+        (status = 200, description = "Applied: every action of the envelope was checked first (a 4xx naming the field, and nothing changed, when one does not validate; every node a command goes to must be connected), then the gateway changes as one revision (audited `ai.apply`), then each redirect as a draft of its project (audited `redirect.create`/`redirect.delete` and `ai.apply.redirect.add`/`ai.apply.redirect.remove`), then each node command (audited `ai.apply.command`)", body = ApplyResult),
+        (status = 409, description = "An object to create exists, an upstream to delete is in use, or the configuration changed while applying; or (AI_APPLY_INCOMPLETE, with the status of the part that failed) a part failed after earlier ones were applied: the redirects written and the gateway revision are rolled back (the revision by a new one, unless the configuration changed since), node commands carried out stay; `details` lists `failed`, `rolled_back`, `in_force` and `not_applied`", body = crate::error::ErrorBody),
+        (status = 502, description = "A node is not connected (nothing was changed), or a node command failed after earlier parts were applied (AI_APPLY_INCOMPLETE)", body = crate::error::ErrorBody),
     ))]
 pub async fn apply(
     State(state): State<AppState>,
@@ -879,8 +1030,23 @@ pub async fn apply(
     JsonBody(body): JsonBody<ApplyInput>,
 ) -> ApiResult<Json<ApplyResult>> {
     auth.require(Role::Operator)?;
+    // Every action is checked against the state of the moment before
+    // anything changes.
     let p = plan(&state, &auth, &body.config, body.node_id.as_deref()).await?;
-    let mut revision = None;
+    // A command to a node that is not connected would fail after the rest
+    // was written: refused now, with nothing changed.
+    for c in &p.commands {
+        if matches!(
+            state.whereabouts(&c.node_id).await,
+            crate::nodes::replicas::Whereabouts::Offline
+        ) {
+            return Err(super::nodes::failure(
+                &c.node_id,
+                crate::nodes::CommandFailure::NotConnected,
+            ));
+        }
+    }
+    let mut done = Applied::default();
     if p.gateway_changed {
         let mut base = p.base.clone();
         base.normalize();
@@ -898,6 +1064,7 @@ pub async fn apply(
         };
         let set = p.after.to_resources();
         let message = format!("AI action: {}", p.summary.join(", "));
+        // The first part: when it fails nothing was changed.
         let committed = state
             .change_config(
                 &auth.actor,
@@ -909,31 +1076,35 @@ pub async fn apply(
                 Some(&unchanged),
             )
             .await?;
-        revision = committed.written.then_some(committed.number);
+        done.revision = committed.written.then_some(committed.number);
     }
     let mut redirects = Vec::new();
-    for op in &p.redirects {
-        let (verb, project, source, row_id) = match op {
-            RedirectOp::Add { project, rule } => {
-                let row = state
-                    .store
-                    .create_rule(
-                        &auth.actor,
-                        RuleTable::Redirects,
-                        &project.id,
-                        &rule.to_data(),
-                    )
-                    .await?;
-                ("add", project, &rule.source, row.id)
-            }
-            RedirectOp::Remove { project, id, rule } => {
-                state
-                    .store
-                    .delete_rule(&auth.actor, RuleTable::Redirects, &project.id, *id)
-                    .await?;
-                ("remove", project, &rule.source, *id)
+    for (i, op) in p.redirects.iter().enumerate() {
+        let written = match op {
+            RedirectOp::Add { project, rule } => state
+                .store
+                .create_rule(
+                    &auth.actor,
+                    RuleTable::Redirects,
+                    &project.id,
+                    &rule.to_data(),
+                )
+                .await
+                .map(|row| ("add", project, &rule.source, row.id)),
+            RedirectOp::Remove { project, id, rule } => state
+                .store
+                .delete_rule(&auth.actor, RuleTable::Redirects, &project.id, *id)
+                .await
+                .map(|_| ("remove", project, &rule.source, *id)),
+        };
+        let (verb, project, source, row_id) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                let part = part_of_redirect(op);
+                return Err(incomplete(&state, &auth, &p, done, part, e.into()).await);
             }
         };
+        done.redirects.push((i, row_id));
         let label = format!("{}/{}", project.namespace, project.name);
         let rule = match op {
             RedirectOp::Add { rule, .. } | RedirectOp::Remove { rule, .. } => rule,
@@ -958,8 +1129,15 @@ pub async fn apply(
         });
     }
     let mut commands = Vec::new();
-    for c in &p.commands {
-        let r = super::nodes::send_command(&state, &auth, &c.node_id, &c.command).await?;
+    for (i, c) in p.commands.iter().enumerate() {
+        let r = match super::nodes::send_command(&state, &auth, &c.node_id, &c.command).await {
+            Ok(r) => r,
+            Err(e) => {
+                let part = part_of_command(c);
+                return Err(incomplete(&state, &auth, &p, done, part, e).await);
+            }
+        };
+        done.commands.push(i);
         let mut audited = c.command.clone();
         crate::ai::strip_secrets(&mut audited);
         state
@@ -979,7 +1157,7 @@ pub async fn apply(
     }
     Ok(Json(ApplyResult {
         applied: true,
-        revision,
+        revision: done.revision,
         changes: p.changes,
         redirects,
         commands,

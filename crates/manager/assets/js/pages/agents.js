@@ -146,7 +146,7 @@ export async function renderAgent(box, ctx, id) {
         fact('Promoted version', `v${a.promoted_version} of ${a.latest_version}`),
         fact('Tools', a.tools.length ? a.tools.join(', ') : 'none'),
         fact('Most model calls', String(a.max_steps)),
-        fact('Budget', a.budget ? `${a.budget.spent_usd} of ${a.budget.limit_usd} this ${a.budget.period}, resets ${new Date(a.budget.resets_at).toUTCString()}` : 'none'),
+        fact('Budget', a.budget ? `${a.budget.spent_usd} of ${a.budget.limit_usd} this ${a.budget.period}${Number(a.budget.reserved_usd) > 0 ? ` (${a.budget.reserved_usd} held by model calls under way)` : ''}, resets ${new Date(a.budget.resets_at).toUTCString()}` : 'none'),
         a.split ? fact('A/B split', `v${a.split.a} / v${a.split.b} (${a.split.percent_b}% to v${a.split.b})`) : null),
       a.system_prompt ? h('details', { class: 'event-details' }, h('summary', {}, 'System prompt'), json(a.system_prompt)) : null);
   }
