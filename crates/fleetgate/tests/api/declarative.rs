@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::redirects::{gateway_until, location};
 use crate::support::{spawn_app, TestApp, TOKEN};
 use crate::tls::{cert, upload};
 
@@ -89,17 +90,29 @@ async fn dump_apply_dump_round_trips_and_unchanged_files_make_no_revision() {
         "{}",
         o.stdout
     );
+    assert!(
+        o.stdout.contains(
+            "+ redirect_project marketing/old-shop: shop.example.com (2 redirects, 1 page)\n"
+        ),
+        "{}",
+        o.stdout
+    );
 
     // A dry run writes nothing.
     let before = revisions(&app).await;
     let o = cli(&app, h, &["config", "apply", "--dry-run", "-f", &example]).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(
-        o.stdout.contains("dry run: 4 resources would change"),
+        o.stdout.contains("dry run: 5 resources would change"),
         "{}",
         o.stdout
     );
     assert_eq!(revisions(&app).await, before);
+    assert_eq!(
+        app.get_json("/api/v1/namespaces").await["total"],
+        json!(0),
+        "a dry run creates no project"
+    );
 
     // Apply: one revision, its number printed; the upload's progress in
     // plain lines on standard error (a pipe here).
@@ -118,6 +131,32 @@ async fn dump_apply_dump_round_trips_and_unchanged_files_make_no_revision() {
         o.stdout.contains(&format!("applied: revision {n}\n")),
         "{}",
         o.stdout
+    );
+    assert!(
+        o.stdout.contains(
+            "applied: redirect project marketing/old-shop (create), published version 2\n"
+        ),
+        "{}",
+        o.stdout
+    );
+    // The project's rules are published and served by the gateway.
+    let r = gateway_until(&app, "shop.example.com", "/catalog", |r| {
+        r.status().is_redirection()
+    })
+    .await;
+    assert_eq!(
+        (r.status().as_u16(), location(&r)),
+        (301, "https://www.example.com/products")
+    );
+    let r = gateway_until(&app, "shop.example.com", "/item/7", |_| true).await;
+    assert_eq!(
+        (r.status().as_u16(), location(&r)),
+        (302, "https://www.example.com/products/7")
+    );
+    let r = gateway_until(&app, "shop.example.com", "/robots.txt", |_| true).await;
+    assert_eq!(
+        r.text().await.expect("body"),
+        "User-agent: *\nDisallow: /\n"
     );
     assert_eq!(
         app.get_json("/api/v1/export").await["routes"]
@@ -184,13 +223,38 @@ async fn dump_apply_dump_round_trips_and_unchanged_files_make_no_revision() {
     let o = cli(&app, h, &["config", "diff", "-f", &jf]).await;
     assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
 
-    // A change shows field by field, and applies as one revision.
+    assert!(
+        d1.stdout
+            .contains("redirect_projects:\n  - namespace: marketing\n    name: old-shop\n"),
+        "{}",
+        d1.stdout
+    );
+
+    // A change shows field by field, and applies as one revision; the
+    // project's rules are changed, added and deleted by source, and published.
     let changed = write(
         h,
         "changed.yaml",
         &d1.stdout
             .replace("path: /api/orders", "path: /api/v2/orders")
-            .replace("rate_limit_per_minute: 100", "rate_limit_per_minute: 250"),
+            .replace("rate_limit_per_minute: 100", "rate_limit_per_minute: 250")
+            .replace(
+                "target: https://www.example.com/products\n",
+                "target: https://www.example.com/catalog\n",
+            )
+            .replace(
+                "      - type: REGEX\n        source: \"^/item/(\\\\d+)$\"\n        target: \"https://www.example.com/products/$1\"\n        status: FOUND\n",
+                "      - type: BASIC\n        source: /sale\n        target: https://www.example.com/offers\n        status: TEMPORARY_REDIRECT\n",
+            ),
+    );
+    assert_ne!(
+        std::fs::read_to_string(&changed)
+            .expect("read")
+            .matches("/sale")
+            .count(),
+        0,
+        "the regex rule was replaced in the file: {}",
+        d1.stdout
     );
     let o = cli(&app, h, &["config", "diff", "-f", &changed]).await;
     assert_eq!(o.code, 2, "{}", o.stderr);
@@ -206,11 +270,70 @@ async fn dump_apply_dump_round_trips_and_unchanged_files_make_no_revision() {
         "{}",
         o.stdout
     );
+    assert!(
+        o.stdout.contains(concat!(
+            "~ redirect_project marketing/old-shop\n",
+            "    ~ redirect /catalog: target: \"https://www.example.com/products\" → \"https://www.example.com/catalog\"\n",
+            "    - redirect ^/item/(\\d+)$ → https://www.example.com/products/$1 (FOUND)\n",
+            "    + redirect /sale → https://www.example.com/offers (TEMPORARY_REDIRECT)\n",
+        )),
+        "{}",
+        o.stdout
+    );
     let o = cli(&app, h, &["config", "apply", "-f", &changed]).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains(
+            "applied: redirect project marketing/old-shop (update), published version 3\n"
+        ),
+        "{}",
+        o.stdout
+    );
     assert_eq!(revisions(&app).await, revs + 1);
     let d3 = cli(&app, h, &["config", "dump"]).await;
     assert_eq!(d3.stdout, std::fs::read_to_string(&changed).expect("read"));
+    let r = gateway_until(&app, "shop.example.com", "/sale", |r| {
+        r.status().is_redirection()
+    })
+    .await;
+    assert_eq!(
+        (r.status().as_u16(), location(&r)),
+        (307, "https://www.example.com/offers")
+    );
+    let r = gateway_until(&app, "shop.example.com", "/catalog", |r| {
+        location(r) == "https://www.example.com/catalog"
+    })
+    .await;
+    assert_eq!(r.status().as_u16(), 301);
+    let r = gateway_until(&app, "shop.example.com", "/item/7", |r| {
+        !r.status().is_redirection()
+    })
+    .await;
+    assert_eq!(r.status().as_u16(), 404);
+    // Only the rules changed (the configuration as it is): a publish, no revision.
+    let only_rules = write(h, "rules.yaml", &d3.stdout.replace("/offers", "/deals"));
+    let revs = revisions(&app).await;
+    let o = cli(&app, h, &["config", "apply", "-f", &only_rules]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.ends_with(concat!(
+            "applied: redirect project marketing/old-shop (update), published version 4\n",
+            "the configuration is unchanged: no revision made\n"
+        )),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(revisions(&app).await, revs);
+    let o = cli(&app, h, &["config", "apply", "-f", &only_rules]).await;
+    assert_eq!(o.stdout, "no changes: no revision made\n", "{}", o.stderr);
+    let versions = app
+        .get_json("/api/v1/namespaces/marketing/projects/old-shop")
+        .await;
+    assert_eq!(
+        versions["version"],
+        json!(4),
+        "an unchanged file publishes nothing"
+    );
     app.stop().await;
 }
 
