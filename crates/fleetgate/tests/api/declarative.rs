@@ -1172,3 +1172,298 @@ async fn backup_is_made_and_downloaded_with_progress_and_never_overwrites() {
     assert_eq!(listed["total"], 2, "{listed}");
     app.stop().await;
 }
+
+/// The example's project as the API lists it, and its published version.
+async fn shop_project(app: &TestApp) -> (Value, Value) {
+    let p = app
+        .get_json("/api/v1/namespaces/marketing/projects/old-shop")
+        .await;
+    let r = app
+        .get_json("/api/v1/namespaces/marketing/projects/old-shop/redirects")
+        .await;
+    (p["version"].clone(), r["items"].clone())
+}
+
+#[tokio::test]
+async fn redirect_projects_apply_all_or_nothing() {
+    let (app, home) = with_example().await;
+    let h = home.path();
+    let d = cli(&app, h, &["config", "dump"]).await;
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    assert_eq!(d.stderr, "", "no drafts, no note");
+    let revs = revisions(&app).await;
+    let before = shop_project(&app).await;
+    let export = app.get_json("/api/v1/export").await;
+
+    // A bad rule next to a route change: refused by the CLI with the file's
+    // line and field, and nothing is written.
+    let bad = write(
+        h,
+        "bad-rule.yaml",
+        &d.stdout
+            .replace("path: /api/orders", "path: /api/v2/orders")
+            .replace(
+                "target: https://www.example.com/products\n",
+                "target: \"\"\n",
+            ),
+    );
+    let line = d
+        .stdout
+        .lines()
+        .position(|l| l == "        target: https://www.example.com/products")
+        .expect("the target's line")
+        + 1;
+    let o = cli(&app, h, &["config", "apply", "-f", &bad]).await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stderr.contains(&format!(
+            "{bad}:{line}:9: redirect_projects[0].redirects[0].target: "
+        )),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("nothing was changed"), "{}", o.stderr);
+
+    // The manager checks the same on its own, every rule named by field.
+    let mut body = json!({
+        "config": export,
+        "redirect_projects": [{
+            "namespace": "marketing", "name": "old-shop", "hosts": ["shop.example.com"],
+            "redirects": [
+                {"type": "BASIC", "source": "/ok", "target": "/fine"},
+                {"type": "BASIC", "source": "/bad", "target": ""},
+                {"type": "BASIC", "source": "/ok", "target": "/twice"},
+            ],
+        }],
+    });
+    body["config"]["routes"][0]["path"] = json!("/api/v3/orders");
+    let r = app
+        .admin(reqwest::Method::POST, "/api/v1/config/apply")
+        .json(&body)
+        .send()
+        .await
+        .expect("apply");
+    let e = crate::support::expect_error(r, reqwest::StatusCode::BAD_REQUEST, "VALIDATION_FAILED")
+        .await;
+    let fields: Vec<&str> = e["details"]["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|x| x["field"].as_str())
+        .collect();
+    assert!(
+        fields.contains(&"redirect_projects[0].redirects[1].target"),
+        "{e}"
+    );
+    assert!(
+        fields.contains(&"redirect_projects[0].redirects[2].source"),
+        "{e}"
+    );
+
+    // A project to change holds drafts: 409, and the route change that came
+    // with it in the same file is not written either (one transaction).
+    let r = app
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/namespaces/marketing/projects/old-shop/redirects",
+        )
+        .json(&json!({"type": "BASIC", "source": "/draft", "target": "/d"}))
+        .send()
+        .await
+        .expect("draft");
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    let changed = write(
+        h,
+        "changed.yaml",
+        &d.stdout
+            .replace("path: /api/orders", "path: /api/v2/orders")
+            .replace("/products\n", "/everything\n"),
+    );
+    let o = cli(&app, h, &["config", "apply", "-f", &changed]).await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stderr
+            .contains("project marketing/old-shop has 1 unpublished redirect change(s)"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(revisions(&app).await, revs);
+    assert_eq!(app.get_json("/api/v1/export").await, export);
+    assert_eq!(shop_project(&app).await.0, before.0);
+    // The dump says why: the drafts are not in the file.
+    let d2 = cli(&app, h, &["config", "dump"]).await;
+    assert_eq!(d2.stdout, d.stdout);
+    assert_eq!(
+        d2.stderr,
+        "note: redirect project marketing/old-shop has 1 unpublished change (the file holds its published rules)\n"
+    );
+    // A file that leaves the project's rules as published applies around the drafts.
+    let route_only = write(
+        h,
+        "route.yaml",
+        &d.stdout
+            .replace("path: /api/orders", "path: /api/v2/orders"),
+    );
+    let o = cli(&app, h, &["config", "apply", "-f", &route_only]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(revisions(&app).await, revs + 1);
+    let r = app
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/namespaces/marketing/projects/old-shop/discard",
+        )
+        .send()
+        .await
+        .expect("discard");
+    assert!(r.status().is_success(), "{}", r.status());
+
+    // Leaving a project out of `redirect_projects` deletes it; an empty
+    // list deletes all; without the section they are left alone.
+    let no_section = write(
+        h,
+        "no-section.yaml",
+        &d.stdout[..d.stdout.find("redirect_projects:").expect("section")],
+    );
+    let o = cli(&app, h, &["config", "diff", "-f", &no_section]).await;
+    assert!(!o.stdout.contains("redirect_project"), "{}", o.stdout);
+    let empty = write(
+        h,
+        "empty.yaml",
+        &format!("{}redirect_projects: []\n", &route_only_text(&d.stdout)),
+    );
+    let o = cli(&app, h, &["config", "diff", "-f", &empty]).await;
+    assert_eq!(o.code, 2);
+    assert_eq!(
+        o.stdout,
+        "- redirect_project marketing/old-shop: shop.example.com (2 redirects, 1 page)\n"
+    );
+    let revs = revisions(&app).await;
+    let o = cli(&app, h, &["config", "apply", "-f", &empty]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        o.stdout,
+        concat!(
+            "- redirect_project marketing/old-shop: shop.example.com (2 redirects, 1 page)\n",
+            "applied: redirect project marketing/old-shop (delete)\n",
+            "the configuration is unchanged: no revision made\n"
+        )
+    );
+    assert_eq!(revisions(&app).await, revs);
+    let r = app
+        .admin(
+            reqwest::Method::GET,
+            "/api/v1/namespaces/marketing/projects/old-shop",
+        )
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND);
+    let r = gateway_until(&app, "shop.example.com", "/catalog", |r| {
+        !r.status().is_redirection()
+    })
+    .await;
+    assert_eq!(r.status().as_u16(), 404);
+    let actions = crate::support::audit_actions(&app, "").await;
+    assert!(actions.iter().any(|a| a == "project.delete"), "{actions:?}");
+    app.stop().await;
+}
+
+/// The dump with the route change of the test above, without its projects.
+fn route_only_text(dump: &str) -> String {
+    dump[..dump.find("redirect_projects:").expect("section")]
+        .replace("path: /api/orders", "path: /api/v2/orders")
+}
+
+#[tokio::test]
+async fn a_change_made_since_the_file_was_read_is_a_conflict() {
+    let (app, home) = with_example().await;
+    let h = home.path();
+    let declared = app.get_json("/api/v1/config/declared").await;
+    let read = declared["revision"].as_i64().expect("revision");
+    assert_eq!(read, revisions(&app).await);
+
+    // Someone changes a route after the file was read.
+    let mut route = app.get_json("/api/v1/routes/site").await;
+    route["path"] = json!("/elsewhere");
+    let r = app
+        .admin(reqwest::Method::PUT, "/api/v1/routes/site")
+        .json(&route)
+        .send()
+        .await
+        .expect("put");
+    assert!(r.status().is_success(), "{}", r.status());
+    let revs = revisions(&app).await;
+
+    // An apply or import made against the revision read is refused: 409,
+    // nothing written, the other change kept.
+    let mut config = declared["config"].clone();
+    config["routes"][0]["path"] = json!("/api/v2/orders");
+    let r = app
+        .admin(reqwest::Method::POST, "/api/v1/config/apply")
+        .json(&json!({"expected_revision": read, "config": config}))
+        .send()
+        .await
+        .expect("apply");
+    let e = crate::support::expect_error(r, reqwest::StatusCode::CONFLICT, "CONFLICT").await;
+    assert!(
+        e["error"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("not {read}"))),
+        "{e}"
+    );
+    let r = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/import?expected_revision={read}"),
+        )
+        .json(&config)
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(r.status(), reqwest::StatusCode::CONFLICT);
+    let r = app
+        .admin(reqwest::Method::POST, "/api/v1/import")
+        .header("if-match", format!("\"{read}\""))
+        .json(&config)
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(r.status(), reqwest::StatusCode::CONFLICT);
+    assert_eq!(revisions(&app).await, revs);
+    assert_eq!(
+        app.get_json("/api/v1/routes/site").await["path"],
+        "/elsewhere"
+    );
+
+    // Against the revision in force it applies.
+    let r = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/import?expected_revision={revs}"),
+        )
+        .json(&config)
+        .send()
+        .await
+        .expect("import");
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(revisions(&app).await, revs + 1);
+
+    // A tagged file may not hold redirect projects: they carry no tags.
+    let tagged = write(
+        h,
+        "tagged.yaml",
+        "format_version: 1\nselect_tag: team-web\nroutes: []\nredirect_projects: []\n",
+    );
+    let o = cli(&app, h, &["config", "apply", "-f", &tagged]).await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains(&format!(
+            "{tagged}:4:1: redirect_projects: redirect_projects carry no tags"
+        )),
+        "{}",
+        o.stderr
+    );
+    let d = cli(&app, h, &["config", "dump", "--select-tag", "team-web"]).await;
+    assert!(!d.stdout.contains("redirect_projects"), "{}", d.stdout);
+    app.stop().await;
+}
