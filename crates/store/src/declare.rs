@@ -7,8 +7,9 @@
 //! drafts until published. A declaration gives each project's published rules;
 //! the apply writes the differences as drafts and publishes them in the same
 //! transaction, so agents and the gateway never see half of it. A project whose
-//! rules must change while it holds unpublished drafts is refused (a conflict):
-//! the apply would otherwise publish or drop someone's pending work.
+//! rules must change, or that must be deleted, while it holds unpublished
+//! drafts is refused (a conflict): the apply would otherwise publish or drop
+//! someone's pending work.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -220,8 +221,25 @@ async fn declare_projects(
     for old in &existing {
         if !seen.contains(&(old.namespace.as_str(), old.name.as_str())) {
             lock_project(&mut *conn, &old.id).await?;
-            delete_project_rows(&mut *conn, &old.id).await?;
             let name = format!("{}/{}", old.namespace, old.name);
+            // Unpublished work is not deleted by a file that never saw it.
+            let mut drafts = 0;
+            for table in RuleTable::ALL {
+                drafts += sqlx::query(&format!(
+                    "SELECT COUNT(*) FROM {} WHERE project_id = $1 AND pending = 1",
+                    table.table()
+                ))
+                .bind(old.id.clone())
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get::<i64, _>(0)?;
+            }
+            if drafts > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "project {name} has {drafts} unpublished change(s): publish or discard them before applying a file that deletes it"
+                )));
+            }
+            delete_project_rows(&mut *conn, &old.id).await?;
             audits.push(
                 AuditEvent::new("project.delete", "project", Some(&name)).before(old.audit_view()),
             );

@@ -4324,7 +4324,25 @@ async fn declare_writes_config_and_projects_in_one_transaction(s: &SqlStore) {
         1
     );
 
-    // A project left out is deleted; hosts move between projects in one apply.
+    // A project left out is deleted, but not while it holds drafts; hosts
+    // move between projects in one apply.
+    let projects3 = vec![declared(
+        "two",
+        &["one.test"],
+        vec![rd("BASIC", "/t", "/two")],
+    )];
+    assert!(matches!(
+        s.declare(
+            &actor(),
+            decl(None, Some(&projects3), None, false),
+            "m",
+            &NoCheck
+        )
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.get_project("decl", "two").await.expect("get").is_none());
+    s.discard_drafts(&actor(), &p.id).await.expect("discard");
     let projects3 = vec![declared(
         "two",
         &["one.test"],
