@@ -1089,6 +1089,8 @@ mod tests {
                         "    upstream: u\n", "    tags: [t]\n", "upstreams:\n", "  - name: u\n",
                         "    targets: []\n", "settings: {}\n", "select_tag: t\n", "x: 1\n",
                         "certificates:\n", "  - name: c\n", "    sans: [a]\n", "  ", "- ", ":",
+                        "redirect_projects:\n", "  - namespace: n\n", "    redirects:\n",
+                        "      - type: BASIC\n", "        source: /a\n", "        target: /b\n",
                     ]),
                     0..20,
                 )
