@@ -203,6 +203,92 @@ impl AppState {
         Ok((changes, committed.written.then_some(committed.number)))
     }
 
+    /// A declarative apply ([`fleetgate_store::Declaration`]): the whole
+    /// configuration `doc` (validated whole, judged as an import is) and the
+    /// redirect `projects`, in one transaction, against `expected_revision` when
+    /// given. Publishes what was committed. Returns what changed in the
+    /// configuration and what the store did.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn declare_config(
+        &self,
+        actor: &Actor,
+        doc: Option<&ConfigDocument>,
+        projects: Option<&[fleetgate_store::DeclaredProject]>,
+        expected_revision: Option<i64>,
+        action: &str,
+        message: &str,
+        dry_run: bool,
+    ) -> Result<(Vec<Change>, fleetgate_store::Declared), StoreError> {
+        let doc = match doc {
+            Some(doc) => {
+                let doc = doc.clone();
+                let doc = tokio::task::spawn_blocking(move || doc.validate_objects().map(|()| doc))
+                    .await
+                    .map_err(|e| StoreError::Invalid(format!("configuration check failed: {e}")))?
+                    .map_err(rejected)
+                    .map(|mut d| {
+                        d.normalize();
+                        d
+                    })?;
+                Some(doc)
+            }
+            None => None,
+        };
+        let set = doc.as_ref().map(ConfigDocument::to_resources);
+        let judge = Judge {
+            extra: None,
+            replace: true,
+            judged: Mutex::new(None),
+        };
+        let declaration = fleetgate_store::Declaration {
+            set: set.as_ref(),
+            projects,
+            expected_revision,
+            action,
+            dry_run,
+        };
+        let declared = self
+            .store
+            .declare(actor, declaration, message, &judge)
+            .await?;
+        let changes = match &doc {
+            Some(doc) => {
+                let before =
+                    ConfigDocument::from_resources(&declared.committed.before).map_err(|e| {
+                        StoreError::Corrupt(format!("stored configuration does not validate: {e}"))
+                    })?;
+                diff(&document_value(&before), &document_value(doc))
+            }
+            None => Vec::new(),
+        };
+        if dry_run {
+            return Ok((changes, declared));
+        }
+        if declared.committed.written {
+            let document = judge
+                .judged
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .ok_or_else(|| StoreError::Invalid("a written revision was not judged".into()))?;
+            let number = declared.committed.number;
+            self.feed
+                .publish_revision(number as u64, Arc::new(document));
+            self.peers.announce(number);
+            self.emit(
+                NewEvent::new(
+                    "config.changed",
+                    Severity::Info,
+                    format!("{} made revision {number}", actor.name),
+                )
+                .details(serde_json::json!({"revision": number, "actor": actor.name})),
+            );
+        }
+        if !declared.projects.is_empty() {
+            self.refresh_data_plane();
+        }
+        Ok((changes, declared))
+    }
+
     /// What changed from revision `against` to revision `n` (0: the empty
     /// configuration).
     pub async fn revision_diff(&self, n: i64, against: i64) -> Result<Vec<Change>, StoreError> {

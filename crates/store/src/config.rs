@@ -226,6 +226,17 @@ pub trait ConfigStore: Send + Sync {
             .await?
             .number)
     }
+    /// A declarative apply: the whole configuration (one revision when it changes)
+    /// and the redirect projects with their published rules, in one transaction
+    /// with the audit entries of every change (see [`crate::Declaration`]).
+    /// Nothing is written when nothing changes or for a dry run.
+    async fn declare(
+        &self,
+        actor: &Actor,
+        declaration: crate::Declaration<'_>,
+        message: &str,
+        check: &dyn ConfigCheck,
+    ) -> Result<crate::Declared>;
     async fn latest_revision(&self) -> Result<i64>;
     async fn list_revisions(&self, page: PageRequest) -> Result<Page<RevisionRecord>>;
     async fn get_revision(&self, number: i64) -> Result<Option<RevisionRecord>>;
@@ -243,7 +254,7 @@ fn resource_from_row(r: &AnyRow) -> Result<ResourceRecord> {
 }
 
 /// Takes the next revision number; the first write of every configuration change.
-async fn next_revision(conn: &mut AnyConnection) -> Result<i64> {
+pub(crate) async fn next_revision(conn: &mut AnyConnection) -> Result<i64> {
     let row = sqlx::query(
         "UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value",
     )
@@ -252,7 +263,7 @@ async fn next_revision(conn: &mut AnyConnection) -> Result<i64> {
     Ok(row.try_get(0)?)
 }
 
-async fn resource_set_in(conn: &mut AnyConnection) -> Result<ResourceSet> {
+pub(crate) async fn resource_set_in(conn: &mut AnyConnection) -> Result<ResourceSet> {
     let rows = sqlx::query("SELECT kind, name, body FROM resources ORDER BY kind, name")
         .fetch_all(conn)
         .await?;
@@ -274,14 +285,14 @@ pub(crate) struct CommittedConfig(Mutex<Option<(i64, Arc<ResourceSet>)>>);
 
 impl CommittedConfig {
     /// The kept configuration if it is revision `number`'s.
-    fn of(&self, number: i64) -> Option<Arc<ResourceSet>> {
+    pub(crate) fn of(&self, number: i64) -> Option<Arc<ResourceSet>> {
         match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
             Some((n, set)) if *n == number => Some(set.clone()),
             _ => None,
         }
     }
 
-    fn keep(&self, number: i64, set: Arc<ResourceSet>) {
+    pub(crate) fn keep(&self, number: i64, set: Arc<ResourceSet>) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((number, set));
     }
 }
@@ -289,7 +300,7 @@ impl CommittedConfig {
 impl SqlStore {
     /// The answer to a configuration change that wrote nothing; `current` is the
     /// configuration of the last revision, `number`.
-    fn unchanged(&self, number: i64, current: Arc<ResourceSet>) -> CommittedRevision {
+    pub(crate) fn unchanged(&self, number: i64, current: Arc<ResourceSet>) -> CommittedRevision {
         self.committed_config.keep(number, current.clone());
         CommittedRevision {
             number,
@@ -325,7 +336,7 @@ async fn write_resource(
 }
 
 /// What a revision row holds: the whole configuration, or what changed.
-enum Stored<'a> {
+pub(crate) enum Stored<'a> {
     Keyframe(&'a ResourceSet),
     Delta(String),
 }
@@ -384,7 +395,40 @@ impl Delta {
     }
 }
 
-async fn insert_revision(
+/// Replaces every configuration row with `after` (which replaces `before`); an
+/// object left as it was keeps its version.
+pub(crate) async fn replace_rows(
+    conn: &mut AnyConnection,
+    before: &ResourceSet,
+    after: &ResourceSet,
+    now: i64,
+) -> Result<()> {
+    let old_versions: std::collections::HashMap<(String, String), i64> =
+        sqlx::query("SELECT kind, name, version FROM resources")
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)))
+            .collect::<Result<_>>()?;
+    sqlx::query("DELETE FROM resources")
+        .execute(&mut *conn)
+        .await?;
+    for (kind, objects) in after {
+        for (name, body) in objects {
+            let unchanged = before.get(kind).and_then(|m| m.get(name)) == Some(body);
+            let version = match old_versions.get(&(kind.clone(), name.clone())) {
+                Some(v) if unchanged => *v,
+                Some(v) => v + 1,
+                None => 1,
+            };
+            let row = (kind.as_str(), name.as_str(), body, version, now);
+            write_resource(&mut *conn, false, row).await?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn insert_revision(
     conn: &mut AnyConnection,
     number: i64,
     actor: &Actor,
@@ -645,28 +689,7 @@ impl ConfigStore for SqlStore {
                     tx.rollback().await?;
                     return Ok(self.unchanged(number - 1, before));
                 }
-                let old_versions: std::collections::HashMap<(String, String), i64> =
-                    sqlx::query("SELECT kind, name, version FROM resources")
-                        .fetch_all(&mut *tx)
-                        .await?
-                        .iter()
-                        .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)))
-                        .collect::<Result<_>>()?;
-                sqlx::query("DELETE FROM resources")
-                    .execute(&mut *tx)
-                    .await?;
-                for (kind, objects) in &after {
-                    for (name, body) in objects {
-                        let unchanged = before.get(kind).and_then(|m| m.get(name)) == Some(body);
-                        let version = match old_versions.get(&(kind.clone(), name.clone())) {
-                            Some(v) if unchanged => *v,
-                            Some(v) => v + 1,
-                            None => 1,
-                        };
-                        let row = (kind.as_str(), name.as_str(), body, version, now);
-                        write_resource(&mut tx, false, row).await?;
-                    }
-                }
+                replace_rows(&mut tx, &before, &after, now).await?;
                 let to_value = |s: &ResourceSet| serde_json::to_value(s).unwrap_or(Value::Null);
                 let ev = AuditEvent::new(action, "config", Some(&number.to_string()))
                     .before(to_value(&before))
@@ -758,6 +781,16 @@ impl ConfigStore for SqlStore {
             after,
             record,
         })
+    }
+
+    async fn declare(
+        &self,
+        actor: &Actor,
+        declaration: crate::Declaration<'_>,
+        message: &str,
+        check: &dyn ConfigCheck,
+    ) -> Result<crate::Declared> {
+        self.declare_in(actor, declaration, message, check).await
     }
 
     async fn resource_set(&self) -> Result<ResourceSet> {

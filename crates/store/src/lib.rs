@@ -14,6 +14,7 @@ mod auth;
 mod backup;
 mod certificates;
 mod config;
+mod declare;
 mod events;
 pub mod files;
 mod fleet;
@@ -50,6 +51,7 @@ pub use config::{
     CommittedRevision, ConfigCheck, ConfigEdit, ConfigStore, NoCheck, ResourceRecord, ResourceSet,
     RevisionRecord, Verdict, KEYFRAME_EVERY,
 };
+pub use declare::{Declaration, Declared, DeclaredProject, ProjectChange};
 pub use events::{EventFilter, EventRecord, EventStore, UnackedCounts};
 pub use fleet::{FleetStore, NodePresence, NodeSample};
 pub use metrics::{MetricPoint, MetricStore, RESOLUTIONS};

@@ -49,7 +49,7 @@ pub struct ProjectRecord {
 }
 
 impl ProjectRecord {
-    fn audit_view(&self) -> Value {
+    pub(crate) fn audit_view(&self) -> Value {
         json!({
             "id": self.id, "namespace": self.namespace, "name": self.name,
             "description": self.description, "hosts": self.hosts,
@@ -68,7 +68,7 @@ pub enum RuleTable {
 impl RuleTable {
     pub const ALL: [RuleTable; 2] = [RuleTable::Redirects, RuleTable::Pages];
 
-    fn table(self) -> &'static str {
+    pub(crate) fn table(self) -> &'static str {
         match self {
             RuleTable::Redirects => "redirects",
             RuleTable::Pages => "pages",
@@ -84,7 +84,7 @@ impl RuleTable {
     }
 
     /// Column names of (key, value, flavor).
-    fn cols(self) -> (&'static str, &'static str, &'static str) {
+    pub(crate) fn cols(self) -> (&'static str, &'static str, &'static str) {
         match self {
             RuleTable::Redirects => ("source", "target", "status"),
             RuleTable::Pages => ("path", "content", "content_type"),
@@ -384,10 +384,11 @@ fn ns_from_row(r: &AnyRow) -> Result<NamespaceRecord> {
     })
 }
 
-const PROJECT_COLS: &str = "id, namespace, name, description, hosts, published_version, \
+pub(crate) const PROJECT_COLS: &str =
+    "id, namespace, name, description, hosts, published_version, \
      published_at, version, created_at, updated_at";
 
-fn project_from_row(r: &AnyRow) -> Result<ProjectRecord> {
+pub(crate) fn project_from_row(r: &AnyRow) -> Result<ProjectRecord> {
     let hosts: String = r.try_get("hosts")?;
     Ok(ProjectRecord {
         id: r.try_get("id")?,
@@ -403,12 +404,12 @@ fn project_from_row(r: &AnyRow) -> Result<ProjectRecord> {
     })
 }
 
-fn rule_cols(table: RuleTable) -> String {
+pub(crate) fn rule_cols(table: RuleTable) -> String {
     let (k, v, f) = table.cols();
     format!("id, kind, {k}, {v}, {f}, pub_kind, pub_{k}, pub_{v}, pub_{f}, deleted, pending, updated_at")
 }
 
-fn rule_from_row(r: &AnyRow) -> Result<RuleRow> {
+pub(crate) fn rule_from_row(r: &AnyRow) -> Result<RuleRow> {
     let working = RuleData {
         kind: r.try_get(1)?,
         key: r.try_get(2)?,
@@ -491,7 +492,7 @@ fn publish_from_row(r: &AnyRow) -> Result<PublishRecord> {
 
 /// Locks the project row for the rest of the transaction (PostgreSQL row lock; SQLite
 /// takes its write lock) so concurrent edits of one project are serialized.
-async fn lock_project(conn: &mut AnyConnection, project_id: &str) -> Result<()> {
+pub(crate) async fn lock_project(conn: &mut AnyConnection, project_id: &str) -> Result<()> {
     let n = sqlx::query("UPDATE projects SET updated_at = updated_at WHERE id = $1")
         .bind(project_id.to_string())
         .execute(conn)
@@ -547,7 +548,7 @@ async fn get_rule_by_key(
 }
 
 /// Sets a row's working copy; pending unless it equals the published copy.
-async fn write_working(
+pub(crate) async fn write_working(
     conn: &mut AnyConnection,
     table: RuleTable,
     row: &RuleRow,
@@ -586,7 +587,7 @@ fn key_conflict(e: sqlx::Error, table: RuleTable, key: &str) -> StoreError {
     }
 }
 
-async fn insert_rules(
+pub(crate) async fn insert_rules(
     conn: &mut AnyConnection,
     table: RuleTable,
     project_id: &str,
@@ -713,6 +714,107 @@ pub fn change_view(table: RuleTable, row: &RuleRow) -> Value {
     })
 }
 
+/// Publishes every draft of a project and bumps its published version, inside the
+/// caller's transaction; returns the record and the audit entry to commit with it.
+/// A conflict when there is nothing to publish.
+pub(crate) async fn publish_in(
+    tx: &mut AnyConnection,
+    actor: &Actor,
+    project_id: &str,
+) -> Result<(PublishRecord, AuditEvent)> {
+    lock_project(&mut *tx, project_id).await?;
+    let drafts = drafts_in(&mut *tx, project_id, PUBLISH_CHANGES_LISTED).await?;
+    let total = drafts.redirects.total() + drafts.pages.total();
+    if total == 0 {
+        return Err(StoreError::Conflict(
+            "nothing to publish: there are no drafts".into(),
+        ));
+    }
+    for table in RuleTable::ALL {
+        let (k, v, f) = table.cols();
+        sqlx::query(&format!(
+            "DELETE FROM {} WHERE project_id = $1 AND deleted = 1",
+            table.table()
+        ))
+        .bind(project_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "UPDATE {} SET pub_kind = kind, pub_{k} = {k}, pub_{v} = {v}, pub_{f} = {f}, pending = 0 \
+             WHERE project_id = $1 AND pending = 1",
+            table.table()
+        ))
+        .bind(project_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let now = now_ms();
+    let version: i64 = sqlx::query(
+        "UPDATE projects SET published_version = published_version + 1, published_at = $1 \
+         WHERE id = $2 RETURNING published_version",
+    )
+    .bind(now)
+    .bind(project_id.to_string())
+    .fetch_one(&mut *tx)
+    .await?
+    .try_get(0)?;
+    let changes: Vec<Value> = drafts
+        .changes
+        .iter()
+        .map(|(t, r)| change_view(*t, r))
+        .collect();
+    let summary = json!({
+        "redirects": drafts.redirects,
+        "pages": drafts.pages,
+        "changes": changes,
+        "truncated": total > changes.len() as i64,
+    });
+    sqlx::query(
+        "INSERT INTO project_versions (project_id, version, published_at, author, summary) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(project_id.to_string())
+    .bind(version)
+    .bind(now)
+    .bind(actor.name.clone())
+    .bind(summary.to_string())
+    .execute(&mut *tx)
+    .await?;
+    let ev = AuditEvent::new("project.publish", "project", Some(project_id)).after(json!({
+        "version": version, "redirects": drafts.redirects, "pages": drafts.pages,
+    }));
+    Ok((
+        PublishRecord {
+            version,
+            published_at: now,
+            author: actor.name.clone(),
+            summary,
+        },
+        ev,
+    ))
+}
+
+/// Deletes a project's row with its rules, versions, tokens and agents.
+pub(crate) async fn delete_project_rows(conn: &mut AnyConnection, project_id: &str) -> Result<()> {
+    for table in [
+        "redirects",
+        "pages",
+        "project_versions",
+        "project_tokens",
+        "project_agents",
+    ] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE project_id = $1"))
+            .bind(project_id.to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("DELETE FROM projects WHERE id = $1")
+        .bind(project_id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 fn escape_like(q: &str) -> String {
     let mut s = String::with_capacity(q.len() + 2);
     s.push('%');
@@ -758,7 +860,7 @@ impl SqlStore {
     }
 }
 
-fn hosts_text(hosts: &[String]) -> Result<String> {
+pub(crate) fn hosts_text(hosts: &[String]) -> Result<String> {
     serde_json::to_string(hosts).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
@@ -1037,22 +1139,7 @@ impl RedirectStore for SqlStore {
         .await
         .map_err(StoreError::from)
         .and_then(|r| project_from_row(&r))?;
-        for table in [
-            "redirects",
-            "pages",
-            "project_versions",
-            "project_tokens",
-            "project_agents",
-        ] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE project_id = $1"))
-                .bind(project_id.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("DELETE FROM projects WHERE id = $1")
-            .bind(project_id.to_string())
-            .execute(&mut *tx)
-            .await?;
+        delete_project_rows(&mut tx, project_id).await?;
         let ev = AuditEvent::new(
             "project.delete",
             "project",
@@ -1394,74 +1481,9 @@ impl RedirectStore for SqlStore {
 
     async fn publish(&self, actor: &Actor, project_id: &str) -> Result<PublishRecord> {
         let mut tx = self.begin_audited().await?;
-        lock_project(&mut tx, project_id).await?;
-        let drafts = drafts_in(&mut tx, project_id, PUBLISH_CHANGES_LISTED).await?;
-        let total = drafts.redirects.total() + drafts.pages.total();
-        if total == 0 {
-            return Err(StoreError::Conflict(
-                "nothing to publish: there are no drafts".into(),
-            ));
-        }
-        for table in RuleTable::ALL {
-            let (k, v, f) = table.cols();
-            sqlx::query(&format!(
-                "DELETE FROM {} WHERE project_id = $1 AND deleted = 1",
-                table.table()
-            ))
-            .bind(project_id.to_string())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(&format!(
-                "UPDATE {} SET pub_kind = kind, pub_{k} = {k}, pub_{v} = {v}, pub_{f} = {f}, pending = 0 \
-                 WHERE project_id = $1 AND pending = 1",
-                table.table()
-            ))
-            .bind(project_id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        }
-        let now = now_ms();
-        let version: i64 = sqlx::query(
-            "UPDATE projects SET published_version = published_version + 1, published_at = $1 \
-             WHERE id = $2 RETURNING published_version",
-        )
-        .bind(now)
-        .bind(project_id.to_string())
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-        let changes: Vec<Value> = drafts
-            .changes
-            .iter()
-            .map(|(t, r)| change_view(*t, r))
-            .collect();
-        let summary = json!({
-            "redirects": drafts.redirects,
-            "pages": drafts.pages,
-            "changes": changes,
-            "truncated": total > changes.len() as i64,
-        });
-        sqlx::query(
-            "INSERT INTO project_versions (project_id, version, published_at, author, summary) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(project_id.to_string())
-        .bind(version)
-        .bind(now)
-        .bind(actor.name.clone())
-        .bind(summary.to_string())
-        .execute(&mut *tx)
-        .await?;
-        let ev = AuditEvent::new("project.publish", "project", Some(project_id)).after(json!({
-            "version": version, "redirects": drafts.redirects, "pages": drafts.pages,
-        }));
+        let (rec, ev) = publish_in(&mut tx, actor, project_id).await?;
         tx.commit(actor, &ev).await?;
-        Ok(PublishRecord {
-            version,
-            published_at: now,
-            author: actor.name.clone(),
-            summary,
-        })
+        Ok(rec)
     }
 
     async fn discard_drafts(&self, actor: &Actor, project_id: &str) -> Result<i64> {

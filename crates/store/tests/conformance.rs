@@ -25,6 +25,7 @@ use fleetgate_store::{
 };
 use fleetgate_store::{AttemptOutcome, DeliveryRecord, WebhookRecord, WebhookStore};
 use fleetgate_store::{AuditStore, AuthStore, CertificateStore, ConfigEdit, NoCheck};
+use fleetgate_store::{Declaration, DeclaredProject};
 use fleetgate_store::{FleetStore, NodePresence, NodeSample};
 use fleetgate_store::{Leg, LegState, TunnelRecord, TunnelStore};
 use fleetgate_store::{LoginAttempt, MetricPoint, MetricStore};
@@ -121,6 +122,7 @@ conformance!(
     namespaces_and_projects,
     rule_drafts_publish_and_discard,
     rule_import_merge_and_replace,
+    declare_writes_config_and_projects_in_one_transaction,
     project_tokens_and_agents,
     events_filters_ack_and_retention,
     webhook_deliveries_are_claimed_once,
@@ -4409,4 +4411,263 @@ async fn ai_usage_batches_roll_up_and_charge_budgets(s: &SqlStore) {
     );
     assert!(recent[0].streamed && !recent[0].estimated);
     assert_eq!(recent[0].reasoning_tokens, 3);
+}
+
+fn declared(name: &str, hosts: &[&str], redirects: Vec<RuleData>) -> DeclaredProject {
+    DeclaredProject {
+        namespace: "decl".into(),
+        name: name.into(),
+        description: format!("project {name}"),
+        hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        redirects,
+        pages: Vec::new(),
+        new_id: uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+fn set_with(route: &str) -> ResourceSet {
+    let mut set = ResourceSet::new();
+    set.entry("route".into()).or_default().insert(
+        route.into(),
+        json!({"id": route, "path": format!("/{route}")}),
+    );
+    set
+}
+
+async fn declare_writes_config_and_projects_in_one_transaction(s: &SqlStore) {
+    let t = RuleTable::Redirects;
+    let decl = |set, projects, expected, dry_run| Declaration {
+        set,
+        projects,
+        expected_revision: expected,
+        action: "config.apply",
+        dry_run,
+    };
+    let rev0 = s.latest_revision().await.expect("rev");
+    let set1 = set_with("a");
+    let projects = vec![declared(
+        "one",
+        &["one.test"],
+        vec![rd("BASIC", "/a", "/x"), rd("BASIC", "/b", "/y")],
+    )];
+
+    // A dry run checks everything and writes nothing.
+    let d = s
+        .declare(
+            &actor(),
+            decl(Some(&set1), Some(&projects), Some(rev0), true),
+            "m",
+            &NoCheck,
+        )
+        .await
+        .expect("dry run");
+    assert!(!d.committed.written);
+    assert_eq!(d.projects.len(), 1);
+    assert_eq!(d.projects[0].action, "create");
+    assert_eq!(s.latest_revision().await.expect("rev"), rev0);
+    assert!(s.get_project("decl", "one").await.expect("get").is_none());
+    assert!(s.get_namespace("decl").await.expect("ns").is_none());
+
+    // For real: one revision, the namespace and project created, the rules published.
+    let d = s
+        .declare(
+            &actor(),
+            decl(Some(&set1), Some(&projects), Some(rev0), false),
+            "m",
+            &NoCheck,
+        )
+        .await
+        .expect("declare");
+    assert!(d.committed.written);
+    assert_eq!(d.committed.number, rev0 + 1);
+    assert_eq!(d.projects[0].published_version, Some(2));
+    assert_eq!(d.projects[0].redirects.created, 2);
+    assert_eq!(s.resource_set().await.expect("set"), set1);
+    let p = s
+        .get_project("decl", "one")
+        .await
+        .expect("get")
+        .expect("one");
+    assert_eq!(p.published_version, 2);
+    assert_eq!(p.hosts, vec!["one.test".to_string()]);
+    let served = s
+        .published_rules(t, &p.id, page(10, 0))
+        .await
+        .expect("published");
+    assert_eq!(
+        served.items,
+        vec![rd("BASIC", "/a", "/x"), rd("BASIC", "/b", "/y")]
+    );
+
+    // The same again writes nothing: no revision, no publish, no audit entry.
+    let audits = s
+        .list_audit(&AuditFilter::default(), page(1000, 0))
+        .await
+        .expect("audit")
+        .total;
+    let d = s
+        .declare(
+            &actor(),
+            decl(Some(&set1), Some(&projects), None, false),
+            "m",
+            &NoCheck,
+        )
+        .await
+        .expect("unchanged");
+    assert!(!d.committed.written);
+    assert!(d.projects.is_empty());
+    assert_eq!(s.latest_revision().await.expect("rev"), rev0 + 1);
+    let after = s
+        .list_audit(&AuditFilter::default(), page(1000, 0))
+        .await
+        .expect("audit")
+        .total;
+    assert_eq!(after, audits);
+
+    // Rules only: a publish, no revision, and the revision counter stays dense.
+    let projects2 = vec![declared(
+        "one",
+        &["one.test"],
+        vec![rd("BASIC", "/a", "/changed"), rd("BASIC", "/c", "/z")],
+    )];
+    let d = s
+        .declare(
+            &actor(),
+            decl(Some(&set1), Some(&projects2), Some(rev0 + 1), false),
+            "m",
+            &NoCheck,
+        )
+        .await
+        .expect("rules only");
+    assert!(!d.committed.written);
+    assert_eq!(d.committed.number, rev0 + 1);
+    let c = &d.projects[0];
+    assert_eq!(
+        (
+            c.redirects.created,
+            c.redirects.updated,
+            c.redirects.deleted,
+            c.published_version
+        ),
+        (1, 1, 1, Some(3))
+    );
+    let served = s
+        .published_rules(t, &p.id, page(10, 0))
+        .await
+        .expect("published");
+    assert_eq!(
+        served.items,
+        vec![rd("BASIC", "/a", "/changed"), rd("BASIC", "/c", "/z")]
+    );
+    s.put_resource(&actor(), "route", "b", &json!({"id": "b"}), None, "m")
+        .await
+        .expect("put");
+    assert_eq!(s.latest_revision().await.expect("rev"), rev0 + 2);
+
+    // A stale expected revision is a conflict, and nothing is written.
+    let set2 = set_with("c");
+    assert!(matches!(
+        s.declare(
+            &actor(),
+            decl(Some(&set2), Some(&projects), Some(rev0 + 1), false),
+            "m",
+            &NoCheck
+        )
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+    // A project with drafts whose rules must change: the config part is
+    // rolled back with it.
+    s.create_rule(&actor(), t, &p.id, &rd("BASIC", "/draft", "/d"))
+        .await
+        .expect("draft");
+    assert!(matches!(
+        s.declare(
+            &actor(),
+            decl(Some(&set2), Some(&projects), Some(rev0 + 2), false),
+            "m",
+            &NoCheck
+        )
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.latest_revision().await.expect("rev"), rev0 + 2);
+    assert!(s.resource_set().await.expect("set")["route"].contains_key("b"));
+    let served = s
+        .published_rules(t, &p.id, page(10, 0))
+        .await
+        .expect("published");
+    assert_eq!(served.total, 2);
+    // Leaving the project's rules as published applies around the drafts.
+    s.declare(
+        &actor(),
+        decl(Some(&set2), Some(&projects2), Some(rev0 + 2), false),
+        "m",
+        &NoCheck,
+    )
+    .await
+    .expect("around drafts");
+    assert_eq!(s.resource_set().await.expect("set"), set2);
+    assert_eq!(
+        s.drafts(&p.id, 10).await.expect("drafts").redirects.created,
+        1
+    );
+
+    // A project left out is deleted, but not while it holds drafts; hosts
+    // move between projects in one apply.
+    let projects3 = vec![declared(
+        "two",
+        &["one.test"],
+        vec![rd("BASIC", "/t", "/two")],
+    )];
+    assert!(matches!(
+        s.declare(
+            &actor(),
+            decl(None, Some(&projects3), None, false),
+            "m",
+            &NoCheck
+        )
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.get_project("decl", "two").await.expect("get").is_none());
+    s.discard_drafts(&actor(), &p.id).await.expect("discard");
+    let projects3 = vec![declared(
+        "two",
+        &["one.test"],
+        vec![rd("BASIC", "/t", "/two")],
+    )];
+    let d = s
+        .declare(
+            &actor(),
+            decl(None, Some(&projects3), None, false),
+            "m",
+            &NoCheck,
+        )
+        .await
+        .expect("replace projects");
+    let actions: Vec<&str> = d.projects.iter().map(|c| c.action.as_str()).collect();
+    assert_eq!(actions, vec!["create", "delete"]);
+    assert!(s.get_project("decl", "one").await.expect("get").is_none());
+    let two = s
+        .get_project("decl", "two")
+        .await
+        .expect("get")
+        .expect("two");
+    assert_eq!(two.hosts, vec!["one.test".to_string()]);
+    // Two projects claiming one host: refused.
+    let clash = vec![
+        declared("two", &["one.test"], Vec::new()),
+        declared("three", &["one.test"], Vec::new()),
+    ];
+    assert!(s
+        .declare(
+            &actor(),
+            decl(None, Some(&clash), None, false),
+            "m",
+            &NoCheck
+        )
+        .await
+        .is_err());
+    assert!(s.get_project("decl", "three").await.expect("get").is_none());
 }

@@ -639,3 +639,24 @@ mod tests {
         assert!(!re.is_match("/١٢".as_bytes()));
     }
 }
+
+/// A redirect project as a fleet file declares it (`fleetgate config apply`):
+/// its settings and its published rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ProjectSpec {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Hosts the gateway answers with the project's rules (lower case).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The published redirects, one per source.
+    #[serde(default)]
+    pub redirects: Vec<Redirect>,
+    /// The published pages, one per path.
+    #[serde(default)]
+    pub pages: Vec<Page>,
+}

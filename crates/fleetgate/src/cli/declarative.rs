@@ -2,15 +2,26 @@
 //! running manager.
 //!
 //! A fleet file (YAML, or JSON) holds the configuration document the manager
-//! exports (settings, upstreams, routes) and the certificates it serves, by
+//! exports (settings, upstreams, routes), the certificates it serves, by
 //! name and names covered (never keys: certificates are uploaded or ordered,
-//! and a file only refers to them). `apply` sends the whole result as one
-//! import: one revision, all or nothing, and none when nothing changed.
+//! and a file only refers to them), and the redirect projects with their
+//! published redirects and pages. `apply` sends the whole result to the
+//! manager's `/api/v1/config/apply` with the revision it read: one store
+//! transaction writes the configuration (one revision, none when it did not
+//! change) and the projects (their changed rules published), all or nothing,
+//! and is refused (409) if the configuration changed since it was read.
+//!
+//! Redirect projects: the file holds each project's *published* rules. A dump
+//! notes on standard error the projects holding unpublished drafts (they are
+//! not in the file); an apply that must change the rules of such a project is
+//! refused until the drafts are published or discarded. Without a
+//! `redirect_projects` section the projects are left as they are; with one,
+//! the projects it leaves out are deleted (with their tokens and agents).
 //!
 //! With a tag (`--select-tag T`, or `select_tag: T` in the file) a file owns
 //! only the routes carrying T: those the file leaves out are deleted, routes
-//! without T are left as they are. Upstreams, settings and certificates carry
-//! no tags, so such a file holds routes only.
+//! without T are left as they are. Upstreams, settings, certificates and
+//! redirect projects carry no tags, so such a file holds routes only.
 //!
 //! Every problem of a file is reported with the file's name, the line and
 //! column, and the field (`routes[2].upstream`).
@@ -22,6 +33,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use fleetgate_core::diff::{diff, ChangeOp};
 use fleetgate_core::gateway::{Route, Upstream};
+use fleetgate_core::redirects::ProjectSpec;
 use fleetgate_core::{ConfigDocument, Settings};
 use fleetgate_deploy::{load_json, pointer_field, JsonPositions};
 use reqwest::Method;
@@ -53,6 +65,10 @@ pub struct FleetFile {
     /// Certificates the manager must hold, by reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificates: Option<Vec<CertificateRef>>,
+    /// Every redirect project with its published rules; absent: the projects
+    /// are left as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_projects: Option<Vec<ProjectSpec>>,
 }
 
 /// A certificate by name and the names it covers; its key stays on the manager.
@@ -176,6 +192,7 @@ pub fn parse(name: &str, text: &str) -> Result<Loaded, Vec<String>> {
                     upstreams: None,
                     routes: None,
                     certificates: None,
+                    redirect_projects: None,
                 },
                 positions,
             };
@@ -218,13 +235,32 @@ impl Loaded {
 
 /// What the manager holds now.
 pub struct Live {
+    /// The revision in force when this was read.
+    pub revision: i64,
     pub doc: ConfigDocument,
     pub certificates: Vec<CertificateRef>,
+    /// Every redirect project with its published rules.
+    pub projects: Vec<ProjectSpec>,
+    /// Projects holding unpublished changes, with how many.
+    pub drafts: Vec<(String, i64)>,
 }
 
 impl Live {
     pub async fn fetch(client: &Client) -> anyhow::Result<Live> {
-        let mut doc: ConfigDocument = client.get("/api/v1/export").await?;
+        #[derive(Deserialize)]
+        struct Declared {
+            revision: i64,
+            config: ConfigDocument,
+            redirect_projects: Vec<ProjectSpec>,
+            drafts: Vec<Drafts>,
+        }
+        #[derive(Deserialize)]
+        struct Drafts {
+            project: String,
+            changes: i64,
+        }
+        let declared: Declared = client.get("/api/v1/config/declared").await?;
+        let mut doc = declared.config;
         doc.normalize();
         #[derive(Deserialize)]
         struct List {
@@ -246,7 +282,27 @@ impl Live {
             })
             .collect();
         certificates.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Live { doc, certificates })
+        Ok(Live {
+            revision: declared.revision,
+            doc,
+            certificates,
+            projects: declared.redirect_projects,
+            drafts: declared
+                .drafts
+                .into_iter()
+                .map(|d| (d.project, d.changes))
+                .collect(),
+        })
+    }
+
+    /// Notes on standard error for the projects holding unpublished drafts.
+    fn note_drafts(&self) {
+        for (project, n) in &self.drafts {
+            eprintln!(
+                "note: redirect project {project} has {n} unpublished change{} (the file holds its published rules)",
+                if *n == 1 { "" } else { "s" }
+            );
+        }
     }
 
     /// The fleet file of what is live, or of the routes carrying `tag`.
@@ -259,6 +315,7 @@ impl Live {
                 upstreams: Some(self.doc.upstreams.clone()),
                 routes: Some(self.doc.routes.clone()),
                 certificates: Some(self.certificates.clone()),
+                redirect_projects: Some(self.projects.clone()),
             },
             Some(tag) => FleetFile {
                 format_version: FORMAT_VERSION,
@@ -274,6 +331,7 @@ impl Live {
                         .collect(),
                 ),
                 certificates: None,
+                redirect_projects: None,
             },
         }
     }
@@ -314,6 +372,7 @@ pub fn desired(l: &Loaded, live: &Live, flag: Option<&str>) -> Result<ConfigDocu
                 ("settings", l.file.settings.is_some()),
                 ("upstreams", l.file.upstreams.is_some()),
                 ("certificates", l.file.certificates.is_some()),
+                ("redirect_projects", l.file.redirect_projects.is_some()),
             ] {
                 if present {
                     problems.push(l.problem(
@@ -406,6 +465,217 @@ pub fn desired(l: &Loaded, live: &Live, flag: Option<&str>) -> Result<ConfigDocu
     } else {
         problems.dedup();
         Err(problems)
+    }
+}
+
+/// The redirect projects the file asks for (`None`: left as they are),
+/// checked as the manager checks them: rules valid, sources and paths unique
+/// in a project, hosts in lower case and owned by one project.
+pub fn desired_projects(
+    l: &Loaded,
+    doc: &ConfigDocument,
+) -> Result<Option<Vec<ProjectSpec>>, Vec<String>> {
+    let Some(projects) = &l.file.redirect_projects else {
+        return Ok(None);
+    };
+    let mut problems = Vec::new();
+    let limit = usize::try_from(doc.settings.redirects.page_size_limit_bytes).unwrap_or(usize::MAX);
+    let mut names = BTreeMap::new();
+    let mut hosts = BTreeMap::new();
+    for (i, p) in projects.iter().enumerate() {
+        let at = format!("/redirect_projects/{i}");
+        for (field, v) in [("namespace", &p.namespace), ("name", &p.name)] {
+            let ok = !v.is_empty()
+                && v.len() <= 50
+                && v.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                });
+            if !ok {
+                problems.push(l.problem(
+                    &format!("{at}/{field}"),
+                    "must be 1 to 50 characters of a-z, 0-9, _ and -",
+                ));
+            }
+        }
+        if let Some(first) = names.insert((p.namespace.clone(), p.name.clone()), i) {
+            problems.push(l.problem(
+                &format!("{at}/name"),
+                format!(
+                    "project {}/{} is declared twice (first at redirect_projects[{first}])",
+                    p.namespace, p.name
+                ),
+            ));
+        }
+        for (j, h) in p.hosts.iter().enumerate() {
+            if *h != h.trim().to_ascii_lowercase() {
+                problems.push(l.problem(
+                    &format!("{at}/hosts/{j}"),
+                    "must be written in lower case, without spaces",
+                ));
+            }
+            if let Some(other) = hosts.insert(h.clone(), i) {
+                problems.push(l.problem(
+                    &format!("{at}/hosts/{j}"),
+                    if other == i {
+                        format!("host {h} is listed twice")
+                    } else {
+                        format!("host {h} is also declared by redirect_projects[{other}]")
+                    },
+                ));
+            }
+        }
+        let mut sources = BTreeMap::new();
+        for (j, r) in p.redirects.iter().enumerate() {
+            if let Err(e) = r.validate() {
+                for fe in &e.errors {
+                    problems
+                        .push(l.problem(&format!("{at}/redirects/{j}/{}", fe.field), &fe.message));
+                }
+            }
+            if let Some(first) = sources.insert(r.source.clone(), j) {
+                problems.push(l.problem(
+                    &format!("{at}/redirects/{j}/source"),
+                    format!(
+                        "duplicate source {:?} (first at redirects[{first}])",
+                        r.source
+                    ),
+                ));
+            }
+        }
+        let mut paths = BTreeMap::new();
+        for (j, pg) in p.pages.iter().enumerate() {
+            if let Err(e) = pg.validate(limit) {
+                for fe in &e.errors {
+                    problems.push(l.problem(&format!("{at}/pages/{j}/{}", fe.field), &fe.message));
+                }
+            }
+            if let Some(first) = paths.insert(pg.path.clone(), j) {
+                problems.push(l.problem(
+                    &format!("{at}/pages/{j}/path"),
+                    format!("duplicate path {:?} (first at pages[{first}])", pg.path),
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(Some(projects.clone()))
+    } else {
+        Err(problems)
+    }
+}
+
+/// The changes from the live projects to the file's, one project at a time:
+/// `+ redirect_project ns/name`, `- …`, `~ …` with its settings and its rules
+/// (`+ redirect /old → /new (MOVED_PERMANENT)`, by source or path) that change.
+pub fn describe_projects(live: &[ProjectSpec], desired: Option<&[ProjectSpec]>) -> Vec<String> {
+    let Some(desired) = desired else {
+        return Vec::new();
+    };
+    let key = |p: &ProjectSpec| format!("{}/{}", p.namespace, p.name);
+    let summary = |p: &ProjectSpec| {
+        let n = |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
+        format!(
+            "{} ({}, {})",
+            if p.hosts.is_empty() {
+                "no hosts".to_string()
+            } else {
+                p.hosts.join(",")
+            },
+            n(p.redirects.len(), "redirect"),
+            n(p.pages.len(), "page")
+        )
+    };
+    let live_by: BTreeMap<String, &ProjectSpec> = live.iter().map(|p| (key(p), p)).collect();
+    let desired_by: BTreeMap<String, &ProjectSpec> = desired.iter().map(|p| (key(p), p)).collect();
+    let mut out = Vec::new();
+    for (name, before) in &live_by {
+        let Some(after) = desired_by.get(name) else {
+            out.push(format!("- redirect_project {name}: {}", summary(before)));
+            continue;
+        };
+        let mut lines = Vec::new();
+        for (field, a, b) in [
+            (
+                "description",
+                to_value(&before.description),
+                to_value(&after.description),
+            ),
+            ("hosts", to_value(&before.hosts), to_value(&after.hosts)),
+        ] {
+            if a != b {
+                lines.push(format!("    ~ {field}: {} → {}", compact(&a), compact(&b)));
+            }
+        }
+        let redirect = |r: &fleetgate_core::redirects::Redirect| {
+            (
+                r.source.clone(),
+                to_value(r),
+                format!("{} ({})", r.target, r.status.as_str()),
+            )
+        };
+        let page = |p: &fleetgate_core::redirects::Page| {
+            (
+                p.path.clone(),
+                to_value(p),
+                format!("{} bytes of {}", p.content.len(), p.content_type.as_str()),
+            )
+        };
+        rules(
+            &mut lines,
+            "redirect",
+            before.redirects.iter().map(redirect).collect(),
+            after.redirects.iter().map(redirect).collect(),
+        );
+        rules(
+            &mut lines,
+            "page",
+            before.pages.iter().map(page).collect(),
+            after.pages.iter().map(page).collect(),
+        );
+        if !lines.is_empty() {
+            out.push(format!("~ redirect_project {name}"));
+            out.extend(lines);
+        }
+    }
+    for (name, after) in &desired_by {
+        if !live_by.contains_key(name) {
+            out.push(format!("+ redirect_project {name}: {}", summary(after)));
+        }
+    }
+    out
+}
+
+/// The rules of one kind that change, by key: `(key, value, summary)` each.
+fn rules(
+    out: &mut Vec<String>,
+    kind: &str,
+    live: Vec<(String, Value, String)>,
+    desired: Vec<(String, Value, String)>,
+) {
+    let live: BTreeMap<String, (Value, String)> =
+        live.into_iter().map(|(k, v, s)| (k, (v, s))).collect();
+    let desired: BTreeMap<String, (Value, String)> =
+        desired.into_iter().map(|(k, v, s)| (k, (v, s))).collect();
+    for (k, (before, summary)) in &live {
+        match desired.get(k) {
+            None => out.push(format!("    - {kind} {k} → {summary}")),
+            Some((after, _)) => {
+                for c in diff(before, after) {
+                    let show = |v: &Option<Value>| v.as_ref().map(compact).unwrap_or_default();
+                    out.push(format!(
+                        "    ~ {kind} {k}: {}: {} → {}",
+                        pointer_field(&c.path),
+                        show(&c.before),
+                        show(&c.after)
+                    ));
+                }
+            }
+        }
+    }
+    for (k, (_, summary)) in &desired {
+        if !live.contains_key(k) {
+            out.push(format!("    + {kind} {k} → {summary}"));
+        }
     }
 }
 
@@ -586,11 +856,18 @@ fn read_file(path: &PathBuf) -> anyhow::Result<(String, String)> {
     Ok((name, text))
 }
 
-/// Loads the file and what is live, and works out the desired document; the
+/// What a file asks for: the configuration and the redirect projects (`None`:
+/// left as they are).
+pub struct Desired {
+    pub doc: ConfigDocument,
+    pub projects: Option<Vec<ProjectSpec>>,
+}
+
+/// Loads the file and what is live, and works out what the file asks for; the
 /// problems of the file printed, if any.
 async fn prepare(
     a: &FileArgs,
-) -> anyhow::Result<Result<(Client, Loaded, Live, ConfigDocument), ExitCode>> {
+) -> anyhow::Result<Result<(Client, Loaded, Live, Desired), ExitCode>> {
     let flag = a.select_tag.as_deref();
     if let Some(t) = flag {
         check_tag(t)?;
@@ -602,10 +879,21 @@ async fn prepare(
         Err(problems) => return Ok(Err(report(&problems))),
     };
     let live = Live::fetch(&client).await?;
-    match desired(&loaded, &live, flag) {
-        Ok(doc) => Ok(Ok((client, loaded, live, doc))),
+    let doc = match desired(&loaded, &live, flag) {
+        Ok(doc) => doc,
+        Err(problems) => return Ok(Err(report(&problems))),
+    };
+    match desired_projects(&loaded, &doc) {
+        Ok(projects) => Ok(Ok((client, loaded, live, Desired { doc, projects }))),
         Err(problems) => Ok(Err(report(&problems))),
     }
+}
+
+/// Everything that changes from what is live to what the file asks for.
+fn describe_all(live: &Live, d: &Desired) -> Vec<String> {
+    let mut lines = describe(&live.doc, &d.doc);
+    lines.extend(describe_projects(&live.projects, d.projects.as_deref()));
+    lines
 }
 
 fn report(problems: &[String]) -> ExitCode {
@@ -627,6 +915,9 @@ pub async fn dump(a: DumpArgs) -> anyhow::Result<ExitCode> {
     }
     let client = a.remote.client()?;
     let live = Live::fetch(&client).await?;
+    if a.select_tag.is_none() {
+        live.note_drafts();
+    }
     let file = live.to_file(a.select_tag.as_deref());
     let text = match a.output {
         Format::Yaml => super::yaml_out::to_yaml(&file)?,
@@ -638,11 +929,14 @@ pub async fn dump(a: DumpArgs) -> anyhow::Result<ExitCode> {
 
 /// `config diff`: exit 0 when the file matches what is live, 2 when not.
 pub async fn diff_cmd(a: DiffArgs) -> anyhow::Result<ExitCode> {
-    let (_client, _loaded, live, doc) = match prepare(&a.file).await? {
+    let (_client, _loaded, live, d) = match prepare(&a.file).await? {
         Ok(v) => v,
         Err(code) => return Ok(code),
     };
-    let lines = describe(&live.doc, &doc);
+    if d.projects.is_some() {
+        live.note_drafts();
+    }
+    let lines = describe_all(&live, &d);
     if lines.is_empty() {
         println!("no differences");
         return Ok(ExitCode::SUCCESS);
@@ -655,31 +949,43 @@ pub async fn diff_cmd(a: DiffArgs) -> anyhow::Result<ExitCode> {
 
 /// `config apply`: one import, hence one revision (none when nothing changed).
 pub async fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
-    let (client, loaded, live, doc) = match prepare(&a.file).await? {
+    let (client, loaded, live, desired) = match prepare(&a.file).await? {
         Ok(v) => v,
         Err(code) => return Ok(code),
     };
+    let doc = &desired.doc;
     let path = if a.dry_run {
-        "/api/v1/import?dry_run=true"
+        "/api/v1/config/apply?dry_run=true"
     } else {
-        "/api/v1/import"
+        "/api/v1/config/apply"
     };
     #[derive(Deserialize)]
-    struct ImportResult {
+    struct ApplyResult {
         revision: Option<i64>,
+        projects: Vec<ProjectResult>,
     }
-    // A tagged file's document keeps the manager's other routes as they were
-    // read: if they changed since (another team's apply), that change would be
-    // undone. The import takes no expected revision, so this narrows the
-    // window rather than closing it.
-    if loaded.file.select_tag.is_some() || a.file.select_tag.is_some() {
-        let mut now: ConfigDocument = client.get("/api/v1/export").await?;
-        now.normalize();
-        if now != live.doc {
-            bail!("the manager's configuration changed while the file was checked; nothing was written: run the command again");
-        }
+    #[derive(Deserialize)]
+    struct ProjectResult {
+        project: String,
+        action: String,
+        published_version: Option<i64>,
     }
-    let body = bytes::Bytes::from(serde_json::to_vec(&doc)?);
+    // The revision read goes with the file: a tagged file's document keeps the
+    // manager's other routes as they were read, and if anything changed since
+    // (another team's apply) the manager refuses (409) rather than undo it.
+    #[derive(Serialize)]
+    struct ApplyInput<'a> {
+        expected_revision: i64,
+        config: &'a ConfigDocument,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        redirect_projects: Option<&'a Vec<ProjectSpec>>,
+    }
+    let input = ApplyInput {
+        expected_revision: live.revision,
+        config: doc,
+        redirect_projects: desired.projects.as_ref(),
+    };
+    let body = bytes::Bytes::from(serde_json::to_vec(&input)?);
     let progress = super::progress::Progress::stderr();
     let working = if a.dry_run {
         "the manager is checking the configuration"
@@ -696,7 +1002,7 @@ pub async fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
             working,
         )
         .await;
-    let result: ImportResult = match uploaded {
+    let result: ApplyResult = match uploaded {
         Ok(r) => r,
         Err(e) => {
             // The manager's own refusal, placed in the file where it can be.
@@ -710,7 +1016,7 @@ pub async fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
                     let problems: Vec<String> = f
                         .details
                         .iter()
-                        .map(|(field, m)| locate(&loaded, &doc, file_routes, tagged, field, m))
+                        .map(|(field, m)| locate(&loaded, doc, file_routes, tagged, field, m))
                         .collect();
                     eprintln!("error: {}", f.message);
                     return Ok(report(&problems));
@@ -719,7 +1025,7 @@ pub async fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
             return Err(e);
         }
     };
-    let lines = describe(&live.doc, &doc);
+    let lines = describe_all(&live, &desired);
     for l in &lines {
         println!("{l}");
     }
@@ -730,9 +1036,19 @@ pub async fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
             if count(&lines) == 1 { "" } else { "s" }
         );
     } else {
+        for p in &result.projects {
+            match p.published_version {
+                Some(v) => println!(
+                    "applied: redirect project {} ({}), published version {v}",
+                    p.project, p.action
+                ),
+                None => println!("applied: redirect project {} ({})", p.project, p.action),
+            }
+        }
         match result.revision {
             Some(n) => println!("applied: revision {n}"),
-            None => println!("no changes: no revision made"),
+            None if result.projects.is_empty() => println!("no changes: no revision made"),
+            None => println!("the configuration is unchanged: no revision made"),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -773,6 +1089,8 @@ mod tests {
                         "    upstream: u\n", "    tags: [t]\n", "upstreams:\n", "  - name: u\n",
                         "    targets: []\n", "settings: {}\n", "select_tag: t\n", "x: 1\n",
                         "certificates:\n", "  - name: c\n", "    sans: [a]\n", "  ", "- ", ":",
+                        "redirect_projects:\n", "  - namespace: n\n", "    redirects:\n",
+                        "      - type: BASIC\n", "        source: /a\n", "        target: /b\n",
                     ]),
                     0..20,
                 )

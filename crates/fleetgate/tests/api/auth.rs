@@ -322,6 +322,7 @@ async fn viewers_can_read_everything_and_change_nothing() {
         ),
         (Method::POST, "/api/v1/api-keys", json!({"name": "k"})),
         (Method::POST, "/api/v1/import", json!({"format_version": 1})),
+        (Method::POST, "/api/v1/config/apply", json!({})),
         (Method::POST, "/api/v1/revisions/1/rollback", json!({})),
         (Method::POST, "/api/v1/settings/backup", json!({})),
         (Method::DELETE, "/api/v1/users/someone", json!({})),

@@ -312,6 +312,8 @@ async fn openapi_document_and_offline_docs() {
         "/api/v1/users/{id}",
         "/api/v1/revisions/{n}/diff",
         "/api/v1/import",
+        "/api/v1/config/apply",
+        "/api/v1/config/declared",
         "/health/deep",
         "/api/v1/auth/login",
     ] {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::redirects::{gateway_until, location};
 use crate::support::{spawn_app, TestApp, TOKEN};
 use crate::tls::{cert, upload};
 
@@ -89,17 +90,29 @@ async fn dump_apply_dump_round_trips_and_unchanged_files_make_no_revision() {
         "{}",
         o.stdout
     );
+    assert!(
+        o.stdout.contains(
+            "+ redirect_project marketing/old-shop: shop.example.com (2 redirects, 1 page)\n"
+        ),
+        "{}",
+        o.stdout
+    );
 
     // A dry run writes nothing.
     let before = revisions(&app).await;
     let o = cli(&app, h, &["config", "apply", "--dry-run", "-f", &example]).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(
-        o.stdout.contains("dry run: 4 resources would change"),
+        o.stdout.contains("dry run: 5 resources would change"),
         "{}",
         o.stdout
     );
     assert_eq!(revisions(&app).await, before);
+    assert_eq!(
+        app.get_json("/api/v1/namespaces").await["total"],
+        json!(0),
+        "a dry run creates no project"
+    );
 
     // Apply: one revision, its number printed; the upload's progress in
     // plain lines on standard error (a pipe here).
@@ -118,6 +131,32 @@ async fn dump_apply_dump_round_trips_and_unchanged_files_make_no_revision() {
         o.stdout.contains(&format!("applied: revision {n}\n")),
         "{}",
         o.stdout
+    );
+    assert!(
+        o.stdout.contains(
+            "applied: redirect project marketing/old-shop (create), published version 2\n"
+        ),
+        "{}",
+        o.stdout
+    );
+    // The project's rules are published and served by the gateway.
+    let r = gateway_until(&app, "shop.example.com", "/catalog", |r| {
+        r.status().is_redirection()
+    })
+    .await;
+    assert_eq!(
+        (r.status().as_u16(), location(&r)),
+        (301, "https://www.example.com/products")
+    );
+    let r = gateway_until(&app, "shop.example.com", "/item/7", |_| true).await;
+    assert_eq!(
+        (r.status().as_u16(), location(&r)),
+        (302, "https://www.example.com/products/7")
+    );
+    let r = gateway_until(&app, "shop.example.com", "/robots.txt", |_| true).await;
+    assert_eq!(
+        r.text().await.expect("body"),
+        "User-agent: *\nDisallow: /\n"
     );
     assert_eq!(
         app.get_json("/api/v1/export").await["routes"]
@@ -184,13 +223,38 @@ async fn dump_apply_dump_round_trips_and_unchanged_files_make_no_revision() {
     let o = cli(&app, h, &["config", "diff", "-f", &jf]).await;
     assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
 
-    // A change shows field by field, and applies as one revision.
+    assert!(
+        d1.stdout
+            .contains("redirect_projects:\n  - namespace: marketing\n    name: old-shop\n"),
+        "{}",
+        d1.stdout
+    );
+
+    // A change shows field by field, and applies as one revision; the
+    // project's rules are changed, added and deleted by source, and published.
     let changed = write(
         h,
         "changed.yaml",
         &d1.stdout
             .replace("path: /api/orders", "path: /api/v2/orders")
-            .replace("rate_limit_per_minute: 100", "rate_limit_per_minute: 250"),
+            .replace("rate_limit_per_minute: 100", "rate_limit_per_minute: 250")
+            .replace(
+                "target: https://www.example.com/products\n",
+                "target: https://www.example.com/catalog\n",
+            )
+            .replace(
+                "      - type: REGEX\n        source: \"^/item/(\\\\d+)$\"\n        target: \"https://www.example.com/products/$1\"\n        status: FOUND\n",
+                "      - type: BASIC\n        source: /sale\n        target: https://www.example.com/offers\n        status: TEMPORARY_REDIRECT\n",
+            ),
+    );
+    assert_ne!(
+        std::fs::read_to_string(&changed)
+            .expect("read")
+            .matches("/sale")
+            .count(),
+        0,
+        "the regex rule was replaced in the file: {}",
+        d1.stdout
     );
     let o = cli(&app, h, &["config", "diff", "-f", &changed]).await;
     assert_eq!(o.code, 2, "{}", o.stderr);
@@ -206,11 +270,70 @@ async fn dump_apply_dump_round_trips_and_unchanged_files_make_no_revision() {
         "{}",
         o.stdout
     );
+    assert!(
+        o.stdout.contains(concat!(
+            "~ redirect_project marketing/old-shop\n",
+            "    ~ redirect /catalog: target: \"https://www.example.com/products\" → \"https://www.example.com/catalog\"\n",
+            "    - redirect ^/item/(\\d+)$ → https://www.example.com/products/$1 (FOUND)\n",
+            "    + redirect /sale → https://www.example.com/offers (TEMPORARY_REDIRECT)\n",
+        )),
+        "{}",
+        o.stdout
+    );
     let o = cli(&app, h, &["config", "apply", "-f", &changed]).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains(
+            "applied: redirect project marketing/old-shop (update), published version 3\n"
+        ),
+        "{}",
+        o.stdout
+    );
     assert_eq!(revisions(&app).await, revs + 1);
     let d3 = cli(&app, h, &["config", "dump"]).await;
     assert_eq!(d3.stdout, std::fs::read_to_string(&changed).expect("read"));
+    let r = gateway_until(&app, "shop.example.com", "/sale", |r| {
+        r.status().is_redirection()
+    })
+    .await;
+    assert_eq!(
+        (r.status().as_u16(), location(&r)),
+        (307, "https://www.example.com/offers")
+    );
+    let r = gateway_until(&app, "shop.example.com", "/catalog", |r| {
+        location(r) == "https://www.example.com/catalog"
+    })
+    .await;
+    assert_eq!(r.status().as_u16(), 301);
+    let r = gateway_until(&app, "shop.example.com", "/item/7", |r| {
+        !r.status().is_redirection()
+    })
+    .await;
+    assert_eq!(r.status().as_u16(), 404);
+    // Only the rules changed (the configuration as it is): a publish, no revision.
+    let only_rules = write(h, "rules.yaml", &d3.stdout.replace("/offers", "/deals"));
+    let revs = revisions(&app).await;
+    let o = cli(&app, h, &["config", "apply", "-f", &only_rules]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.ends_with(concat!(
+            "applied: redirect project marketing/old-shop (update), published version 4\n",
+            "the configuration is unchanged: no revision made\n"
+        )),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(revisions(&app).await, revs);
+    let o = cli(&app, h, &["config", "apply", "-f", &only_rules]).await;
+    assert_eq!(o.stdout, "no changes: no revision made\n", "{}", o.stderr);
+    let versions = app
+        .get_json("/api/v1/namespaces/marketing/projects/old-shop")
+        .await;
+    assert_eq!(
+        versions["version"],
+        json!(4),
+        "an unchanged file publishes nothing"
+    );
     app.stop().await;
 }
 
@@ -1047,5 +1170,300 @@ async fn backup_is_made_and_downloaded_with_progress_and_never_overwrites() {
     assert_eq!(v["file"], "only-here.sqlite");
     let listed = app.get_json("/api/v1/settings/backups").await;
     assert_eq!(listed["total"], 2, "{listed}");
+    app.stop().await;
+}
+
+/// The example's project as the API lists it, and its published version.
+async fn shop_project(app: &TestApp) -> (Value, Value) {
+    let p = app
+        .get_json("/api/v1/namespaces/marketing/projects/old-shop")
+        .await;
+    let r = app
+        .get_json("/api/v1/namespaces/marketing/projects/old-shop/redirects")
+        .await;
+    (p["version"].clone(), r["items"].clone())
+}
+
+#[tokio::test]
+async fn redirect_projects_apply_all_or_nothing() {
+    let (app, home) = with_example().await;
+    let h = home.path();
+    let d = cli(&app, h, &["config", "dump"]).await;
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    assert_eq!(d.stderr, "", "no drafts, no note");
+    let revs = revisions(&app).await;
+    let before = shop_project(&app).await;
+    let export = app.get_json("/api/v1/export").await;
+
+    // A bad rule next to a route change: refused by the CLI with the file's
+    // line and field, and nothing is written.
+    let bad = write(
+        h,
+        "bad-rule.yaml",
+        &d.stdout
+            .replace("path: /api/orders", "path: /api/v2/orders")
+            .replace(
+                "target: https://www.example.com/products\n",
+                "target: \"\"\n",
+            ),
+    );
+    let line = d
+        .stdout
+        .lines()
+        .position(|l| l == "        target: https://www.example.com/products")
+        .expect("the target's line")
+        + 1;
+    let o = cli(&app, h, &["config", "apply", "-f", &bad]).await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stderr.contains(&format!(
+            "{bad}:{line}:9: redirect_projects[0].redirects[0].target: "
+        )),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("nothing was changed"), "{}", o.stderr);
+
+    // The manager checks the same on its own, every rule named by field.
+    let mut body = json!({
+        "config": export,
+        "redirect_projects": [{
+            "namespace": "marketing", "name": "old-shop", "hosts": ["shop.example.com"],
+            "redirects": [
+                {"type": "BASIC", "source": "/ok", "target": "/fine"},
+                {"type": "BASIC", "source": "/bad", "target": ""},
+                {"type": "BASIC", "source": "/ok", "target": "/twice"},
+            ],
+        }],
+    });
+    body["config"]["routes"][0]["path"] = json!("/api/v3/orders");
+    let r = app
+        .admin(reqwest::Method::POST, "/api/v1/config/apply")
+        .json(&body)
+        .send()
+        .await
+        .expect("apply");
+    let e = crate::support::expect_error(r, reqwest::StatusCode::BAD_REQUEST, "VALIDATION_FAILED")
+        .await;
+    let fields: Vec<&str> = e["details"]["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|x| x["field"].as_str())
+        .collect();
+    assert!(
+        fields.contains(&"redirect_projects[0].redirects[1].target"),
+        "{e}"
+    );
+    assert!(
+        fields.contains(&"redirect_projects[0].redirects[2].source"),
+        "{e}"
+    );
+
+    // A project to change holds drafts: 409, and the route change that came
+    // with it in the same file is not written either (one transaction).
+    let r = app
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/namespaces/marketing/projects/old-shop/redirects",
+        )
+        .json(&json!({"type": "BASIC", "source": "/draft", "target": "/d"}))
+        .send()
+        .await
+        .expect("draft");
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    let changed = write(
+        h,
+        "changed.yaml",
+        &d.stdout
+            .replace("path: /api/orders", "path: /api/v2/orders")
+            .replace("/products\n", "/everything\n"),
+    );
+    let o = cli(&app, h, &["config", "apply", "-f", &changed]).await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stderr
+            .contains("project marketing/old-shop has 1 unpublished redirect change(s)"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(revisions(&app).await, revs);
+    assert_eq!(app.get_json("/api/v1/export").await, export);
+    assert_eq!(shop_project(&app).await.0, before.0);
+    // The dump says why: the drafts are not in the file.
+    let d2 = cli(&app, h, &["config", "dump"]).await;
+    assert_eq!(d2.stdout, d.stdout);
+    assert_eq!(
+        d2.stderr,
+        "note: redirect project marketing/old-shop has 1 unpublished change (the file holds its published rules)\n"
+    );
+    // A file that leaves the project's rules as published applies around the drafts.
+    let route_only = write(
+        h,
+        "route.yaml",
+        &d.stdout
+            .replace("path: /api/orders", "path: /api/v2/orders"),
+    );
+    let o = cli(&app, h, &["config", "apply", "-f", &route_only]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(revisions(&app).await, revs + 1);
+    let r = app
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/namespaces/marketing/projects/old-shop/discard",
+        )
+        .send()
+        .await
+        .expect("discard");
+    assert!(r.status().is_success(), "{}", r.status());
+
+    // Leaving a project out of `redirect_projects` deletes it; an empty
+    // list deletes all; without the section they are left alone.
+    let no_section = write(
+        h,
+        "no-section.yaml",
+        &d.stdout[..d.stdout.find("redirect_projects:").expect("section")],
+    );
+    let o = cli(&app, h, &["config", "diff", "-f", &no_section]).await;
+    assert!(!o.stdout.contains("redirect_project"), "{}", o.stdout);
+    let empty = write(
+        h,
+        "empty.yaml",
+        &format!("{}redirect_projects: []\n", &route_only_text(&d.stdout)),
+    );
+    let o = cli(&app, h, &["config", "diff", "-f", &empty]).await;
+    assert_eq!(o.code, 2);
+    assert_eq!(
+        o.stdout,
+        "- redirect_project marketing/old-shop: shop.example.com (2 redirects, 1 page)\n"
+    );
+    let revs = revisions(&app).await;
+    let o = cli(&app, h, &["config", "apply", "-f", &empty]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        o.stdout,
+        concat!(
+            "- redirect_project marketing/old-shop: shop.example.com (2 redirects, 1 page)\n",
+            "applied: redirect project marketing/old-shop (delete)\n",
+            "the configuration is unchanged: no revision made\n"
+        )
+    );
+    assert_eq!(revisions(&app).await, revs);
+    let r = app
+        .admin(
+            reqwest::Method::GET,
+            "/api/v1/namespaces/marketing/projects/old-shop",
+        )
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND);
+    let r = gateway_until(&app, "shop.example.com", "/catalog", |r| {
+        !r.status().is_redirection()
+    })
+    .await;
+    assert_eq!(r.status().as_u16(), 404);
+    let actions = crate::support::audit_actions(&app, "").await;
+    assert!(actions.iter().any(|a| a == "project.delete"), "{actions:?}");
+    app.stop().await;
+}
+
+/// The dump with the route change of the test above, without its projects.
+fn route_only_text(dump: &str) -> String {
+    dump[..dump.find("redirect_projects:").expect("section")]
+        .replace("path: /api/orders", "path: /api/v2/orders")
+}
+
+#[tokio::test]
+async fn a_change_made_since_the_file_was_read_is_a_conflict() {
+    let (app, home) = with_example().await;
+    let h = home.path();
+    let declared = app.get_json("/api/v1/config/declared").await;
+    let read = declared["revision"].as_i64().expect("revision");
+    assert_eq!(read, revisions(&app).await);
+
+    // Someone changes a route after the file was read.
+    let mut route = app.get_json("/api/v1/routes/site").await;
+    route["path"] = json!("/elsewhere");
+    let r = app
+        .admin(reqwest::Method::PUT, "/api/v1/routes/site")
+        .json(&route)
+        .send()
+        .await
+        .expect("put");
+    assert!(r.status().is_success(), "{}", r.status());
+    let revs = revisions(&app).await;
+
+    // An apply or import made against the revision read is refused: 409,
+    // nothing written, the other change kept.
+    let mut config = declared["config"].clone();
+    config["routes"][0]["path"] = json!("/api/v2/orders");
+    let r = app
+        .admin(reqwest::Method::POST, "/api/v1/config/apply")
+        .json(&json!({"expected_revision": read, "config": config}))
+        .send()
+        .await
+        .expect("apply");
+    let e = crate::support::expect_error(r, reqwest::StatusCode::CONFLICT, "CONFLICT").await;
+    assert!(
+        e["error"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("not {read}"))),
+        "{e}"
+    );
+    let r = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/import?expected_revision={read}"),
+        )
+        .json(&config)
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(r.status(), reqwest::StatusCode::CONFLICT);
+    let r = app
+        .admin(reqwest::Method::POST, "/api/v1/import")
+        .header("if-match", format!("\"{read}\""))
+        .json(&config)
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(r.status(), reqwest::StatusCode::CONFLICT);
+    assert_eq!(revisions(&app).await, revs);
+    assert_eq!(
+        app.get_json("/api/v1/routes/site").await["path"],
+        "/elsewhere"
+    );
+
+    // Against the revision in force it applies.
+    let r = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/import?expected_revision={revs}"),
+        )
+        .json(&config)
+        .send()
+        .await
+        .expect("import");
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(revisions(&app).await, revs + 1);
+
+    // A tagged file may not hold redirect projects: they carry no tags.
+    let tagged = write(
+        h,
+        "tagged.yaml",
+        "format_version: 1\nselect_tag: team-web\nroutes: []\nredirect_projects: []\n",
+    );
+    let o = cli(&app, h, &["config", "apply", "-f", &tagged]).await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains(&format!(
+            "{tagged}:4:1: redirect_projects: redirect_projects carry no tags"
+        )),
+        "{}",
+        o.stderr
+    );
+    let d = cli(&app, h, &["config", "dump", "--select-tag", "team-web"]).await;
+    assert!(!d.stdout.contains("redirect_projects"), "{}", d.stdout);
     app.stop().await;
 }

@@ -728,7 +728,7 @@ pub(crate) async fn gateway_until(
     }
 }
 
-fn location(r: &reqwest::Response) -> &str {
+pub(crate) fn location(r: &reqwest::Response) -> &str {
     r.headers()
         .get("location")
         .and_then(|v| v.to_str().ok())

@@ -202,6 +202,8 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(backup::download))
         .routes(routes!(config::export))
         .routes(routes!(config::import))
+        .routes(routes!(config::declared))
+        .routes(routes!(config::apply))
         .routes(routes!(gateway::list_upstreams, gateway::create_upstream))
         .routes(routes!(
             gateway::get_upstream,

@@ -241,6 +241,11 @@ fn project_view(p: &ProjectRecord) -> ProjectView {
 
 /// Lower-cased, checked hosts, in the order given, without duplicates.
 fn clean_hosts(hosts: &[String]) -> ApiResult<Vec<String>> {
+    checked_hosts(hosts).map_err(|(field, message)| ApiError::bad_request(&field, message))
+}
+
+/// [`clean_hosts`], its refusal as the field (`hosts[2]`) and the message.
+pub(crate) fn checked_hosts(hosts: &[String]) -> Result<Vec<String>, (String, &'static str)> {
     let mut out: Vec<String> = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
         let h = h.trim().to_ascii_lowercase();
@@ -254,8 +259,8 @@ fn clean_hosts(hosts: &[String]) -> ApiResult<Vec<String>> {
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             });
         if !ok {
-            return Err(ApiError::bad_request(
-                &format!("hosts[{i}]"),
+            return Err((
+                format!("hosts[{i}]"),
                 "must be a host name such as example.com (no scheme, port or path)",
             ));
         }
@@ -264,10 +269,7 @@ fn clean_hosts(hosts: &[String]) -> ApiResult<Vec<String>> {
         }
     }
     if out.len() > 100 {
-        return Err(ApiError::bad_request(
-            "hosts",
-            "at most 100 hosts per project",
-        ));
+        return Err(("hosts".into(), "at most 100 hosts per project"));
     }
     Ok(out)
 }
