@@ -477,30 +477,33 @@ async fn lifecycle(s: Server) {
         "statements are audited"
     );
 
-    // Clean up: the database and the user.
-    match s.kind {
-        Kind::Postgres => {
-            run(
+    // Clean up: the database and the user. Dropping a database makes the
+    // server write a checkpoint, which can take seconds on a busy disk: these
+    // statements get the longest timeout a query may ask for.
+    let drops = match s.kind {
+        Kind::Postgres => [
+            (
+                "postgres".to_string(),
+                format!("DROP DATABASE {db} WITH (FORCE)"),
+            ),
+            ("postgres".to_string(), format!("DROP ROLE {user}")),
+        ],
+        Kind::Mysql => [
+            (s.database.clone(), format!("DROP DATABASE {db}")),
+            (s.database.clone(), format!("DROP USER '{user}'@'%'")),
+        ],
+    };
+    for (database, sql) in drops {
+        ok_json(
+            post(
                 &app,
-                &s,
-                "postgres",
-                &format!("DROP DATABASE {db} WITH (FORCE)"),
-                true,
+                "query",
+                json!({"connection": s.conn(&database), "sql": sql, "write": true,
+                       "timeout_ms": 60_000}),
             )
-            .await;
-            run(&app, &s, "postgres", &format!("DROP ROLE {user}"), true).await;
-        }
-        Kind::Mysql => {
-            run(&app, &s, &s.database, &format!("DROP DATABASE {db}"), true).await;
-            run(
-                &app,
-                &s,
-                &s.database,
-                &format!("DROP USER '{user}'@'%'"),
-                true,
-            )
-            .await;
-        }
+            .await,
+        )
+        .await;
     }
     let r = ok_json(post(&app, "list", json!({"connection": conn})).await).await;
     assert!(!r.to_string().contains(&db), "{r}");
