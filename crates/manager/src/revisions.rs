@@ -151,12 +151,24 @@ impl AppState {
         if !committed.written {
             return Ok(committed);
         }
+        self.publish_judged(actor, committed.number, judge)?;
+        Ok(committed)
+    }
+
+    /// Publishes the document `judge` passed as revision `number`, which was
+    /// just committed: to this process's data plane, to the other managers, and
+    /// as a `config.changed` event.
+    fn publish_judged(
+        &self,
+        actor: &Actor,
+        number: i64,
+        judge: Judge<'_>,
+    ) -> Result<(), StoreError> {
         let document = judge
             .judged
             .into_inner()
             .unwrap_or_else(|p| p.into_inner())
             .ok_or_else(|| StoreError::Invalid("a written revision was not judged".into()))?;
-        let number = committed.number;
         self.feed
             .publish_revision(number as u64, Arc::new(document));
         self.peers.announce(number);
@@ -168,7 +180,7 @@ impl AppState {
             )
             .details(serde_json::json!({"revision": number, "actor": actor.name})),
         );
-        Ok(committed)
+        Ok(())
     }
 
     /// Replaces the whole configuration with `doc` (import, rollback) as one
@@ -265,23 +277,7 @@ impl AppState {
             return Ok((changes, declared));
         }
         if declared.committed.written {
-            let document = judge
-                .judged
-                .into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .ok_or_else(|| StoreError::Invalid("a written revision was not judged".into()))?;
-            let number = declared.committed.number;
-            self.feed
-                .publish_revision(number as u64, Arc::new(document));
-            self.peers.announce(number);
-            self.emit(
-                NewEvent::new(
-                    "config.changed",
-                    Severity::Info,
-                    format!("{} made revision {number}", actor.name),
-                )
-                .details(serde_json::json!({"revision": number, "actor": actor.name})),
-            );
+            self.publish_judged(actor, declared.committed.number, judge)?;
         }
         if !declared.projects.is_empty() {
             self.refresh_data_plane();

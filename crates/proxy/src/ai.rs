@@ -817,7 +817,7 @@ pub(crate) async fn forward(
         estimated: false,
         budgets: budgets_charged,
     };
-    let mut pending = Pending {
+    let pending = Pending {
         gw_events: gw.events.clone(),
         sink: gw.ai_usage.clone(),
         holds,
@@ -843,29 +843,9 @@ pub(crate) async fn forward(
     if streamed {
         req = req.header(header::ACCEPT, "text/event-stream");
     }
-    let resp = match tokio::time::timeout(provider.timeout, req.send()).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::warn!(provider = %provider.name, error = %e, "AI provider unreachable");
-            return failed(
-                pending,
-                StatusCode::BAD_GATEWAY,
-                "AI_PROVIDER_UNREACHABLE",
-                &format!("AI provider {} could not be reached", provider.name),
-            );
-        }
-        Err(_) => {
-            return failed(
-                pending,
-                StatusCode::GATEWAY_TIMEOUT,
-                "AI_PROVIDER_TIMEOUT",
-                &format!(
-                    "AI provider {} did not answer within {} ms",
-                    provider.name,
-                    provider.timeout.as_millis()
-                ),
-            );
-        }
+    let (mut pending, resp) = match send(pending, &provider, req).await {
+        Ok(sent) => sent,
+        Err(answer) => return answer,
     };
     let status = resp.status();
     pending.record.status = status.as_u16();
@@ -937,7 +917,7 @@ fn provider_chunks(resp: reqwest::Response, idle: Duration) -> meter::ChunkStrea
 /// provider's own usage (see [`meter::MeteredBody::relayed`]). A refusal
 /// before the stream starts comes back whole, in OpenAI's error shape.
 async fn relay_translated_stream(
-    mut pending: Pending,
+    pending: Pending,
     client: &reqwest::Client,
     provider: &ProviderRt,
     kind: ProviderKind,
@@ -950,25 +930,9 @@ async fn relay_translated_stream(
             .header(header::ACCEPT, "text/event-stream")
             .json(&call.body),
     );
-    let resp = match tokio::time::timeout(provider.timeout, req.send()).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::warn!(provider = %provider.name, error = %e, "AI provider unreachable");
-            return failed(
-                pending,
-                StatusCode::BAD_GATEWAY,
-                "AI_PROVIDER_UNREACHABLE",
-                &format!("AI provider {} could not be reached", provider.name),
-            );
-        }
-        Err(_) => {
-            return failed(
-                pending,
-                StatusCode::GATEWAY_TIMEOUT,
-                "AI_PROVIDER_TIMEOUT",
-                &format!("AI provider {} did not answer in time", provider.name),
-            );
-        }
+    let (mut pending, resp) = match send(pending, provider, req).await {
+        Ok(sent) => sent,
+        Err(answer) => return answer,
     };
     let status = resp.status();
     pending.record.status = status.as_u16();
@@ -1222,6 +1186,38 @@ async fn relay_translated(
             });
             translated_answer(StatusCode::OK, kind, &bytes, |_| None)
         }
+    }
+}
+
+/// Sends `req` to the provider within its timeout: the answer's head with
+/// `pending` back, or the gateway's own answer when the provider could not be
+/// reached or did not answer in time (the reservation released).
+async fn send(
+    pending: Pending,
+    provider: &ProviderRt,
+    req: reqwest::RequestBuilder,
+) -> Result<(Pending, reqwest::Response), Response<ProxyBody>> {
+    match tokio::time::timeout(provider.timeout, req.send()).await {
+        Ok(Ok(r)) => Ok((pending, r)),
+        Ok(Err(e)) => {
+            tracing::warn!(provider = %provider.name, error = %e, "AI provider unreachable");
+            Err(failed(
+                pending,
+                StatusCode::BAD_GATEWAY,
+                "AI_PROVIDER_UNREACHABLE",
+                &format!("AI provider {} could not be reached", provider.name),
+            ))
+        }
+        Err(_) => Err(failed(
+            pending,
+            StatusCode::GATEWAY_TIMEOUT,
+            "AI_PROVIDER_TIMEOUT",
+            &format!(
+                "AI provider {} did not answer within {} ms",
+                provider.name,
+                provider.timeout.as_millis()
+            ),
+        )),
     }
 }
 
