@@ -837,7 +837,8 @@ async fn failed_and_cancelled_model_calls_leave_no_reservation() {
     assert_eq!(r["status"], "failed", "{r}");
     assert_eq!(budget_of(&app, id).await, (0, 0, 10_000));
     // A run whose client goes away mid-call: the call holds its reservation
-    // while it is under way, and gives it back when the run is dropped.
+    // while it is under way; the run goes on without its caller, settles the
+    // call and ends as it would have (not left `running`).
     fake.push(
         Reply::text("slow")
             .usage(small_usage())
@@ -870,7 +871,20 @@ async fn failed_and_cancelled_model_calls_leave_no_reservation() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(freed, "the cancelled call's reservation was released");
+    assert!(freed, "the call's reservation was settled");
+    let mut ended = Value::Null;
+    for _ in 0..250 {
+        let runs = app.get_json(&format!("/api/v1/agents/{id}/runs")).await;
+        let last = runs["items"][0].clone();
+        if last["status"] != "running" {
+            ended = last;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    assert_eq!(ended["input"], "three", "{ended}");
+    assert!(ended["cost_micro_usd"].as_i64().unwrap_or(0) > 0, "{ended}");
     app.stop().await;
 }
 

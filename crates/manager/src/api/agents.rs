@@ -911,7 +911,14 @@ pub async fn create_run(
         schedule_id: None,
         may_test: auth.role >= Role::Admin,
     };
-    let (run, steps) = runtime::run(&state, &auth.actor, &a, start).await?;
+    // Once started, a run is the server's work: a caller that goes away (a
+    // client timeout, a closed tab) does not cut it short, and its record ends
+    // as the run did instead of staying `running`.
+    let (task_state, actor) = (state.clone(), auth.actor.clone());
+    let (run, steps) =
+        tokio::spawn(async move { runtime::run(&task_state, &actor, &a, start).await })
+            .await
+            .map_err(|e| ApiError::internal("agent run task", e))??;
     Ok((StatusCode::CREATED, Json(run_view(run, Some(steps)))).into_response())
 }
 
