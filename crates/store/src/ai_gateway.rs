@@ -479,12 +479,14 @@ impl AiGatewayStore for SqlStore {
             "INSERT INTO ai_usage ({USAGE_COLS}) VALUES ({}) ON CONFLICT (id) DO NOTHING",
             marks.join(", ")
         );
+        // One roll-up row and one spend row per group of the batch, not per
+        // request: a batch of one caller's requests is its inserts plus two.
         let rollup = "INSERT INTO ai_usage_hourly (hour_ms, api_key_id, route_id, provider_id, model, \
              requests, input_tokens, output_tokens, cached_input_tokens, cache_write_input_tokens, \
              reasoning_tokens, cost_micros, estimated) \
-             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $12) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (hour_ms, api_key_id, route_id, provider_id, model) DO UPDATE SET \
-             requests = ai_usage_hourly.requests + 1, \
+             requests = ai_usage_hourly.requests + excluded.requests, \
              input_tokens = ai_usage_hourly.input_tokens + excluded.input_tokens, \
              output_tokens = ai_usage_hourly.output_tokens + excluded.output_tokens, \
              cached_input_tokens = ai_usage_hourly.cached_input_tokens + excluded.cached_input_tokens, \
@@ -495,6 +497,12 @@ impl AiGatewayStore for SqlStore {
         let spend = "INSERT INTO ai_budget_spend (budget_id, period_start, spent_micros) \
              VALUES ($1, $2, $3) ON CONFLICT (budget_id, period_start) DO UPDATE SET \
              spent_micros = ai_budget_spend.spent_micros + excluded.spent_micros";
+        // requests, input, output, cached input, cache write, reasoning, cost, estimated
+        type Sums = [i64; 8];
+        let mut hourly: std::collections::BTreeMap<(i64, &str, &str, &str, &str), Sums> =
+            std::collections::BTreeMap::new();
+        let mut spends: std::collections::BTreeMap<(&str, i64), i64> =
+            std::collections::BTreeMap::new();
         for r in rows {
             let inserted = sqlx::query(&insert)
                 .bind(r.id.clone())
@@ -517,34 +525,52 @@ impl AiGatewayStore for SqlStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            // A row written before (a retried batch) is counted once, then.
             if inserted == 0 {
                 continue;
             }
-            sqlx::query(rollup)
-                .bind(r.at_ms.div_euclid(HOUR) * HOUR)
-                .bind(r.api_key_id.clone())
-                .bind(r.route_id.clone())
-                .bind(r.provider_id.clone())
-                .bind(r.model.clone())
-                .bind(r.input_tokens)
-                .bind(r.output_tokens)
-                .bind(r.cached_input_tokens)
-                .bind(r.cache_write_input_tokens)
-                .bind(r.reasoning_tokens)
-                .bind(r.cost_micros)
-                .bind(i64::from(r.estimated))
-                .execute(&mut *tx)
-                .await?;
+            let hour = r.at_ms.div_euclid(HOUR) * HOUR;
+            let sums = hourly
+                .entry((hour, &r.api_key_id, &r.route_id, &r.provider_id, &r.model))
+                .or_default();
+            for (sum, v) in sums.iter_mut().zip([
+                1,
+                r.input_tokens,
+                r.output_tokens,
+                r.cached_input_tokens,
+                r.cache_write_input_tokens,
+                r.reasoning_tokens,
+                r.cost_micros,
+                i64::from(r.estimated),
+            ]) {
+                *sum = sum.saturating_add(v);
+            }
             if r.cost_micros > 0 {
                 for (budget, start) in &r.budgets {
-                    sqlx::query(spend)
-                        .bind(budget.clone())
-                        .bind(*start)
-                        .bind(r.cost_micros)
-                        .execute(&mut *tx)
-                        .await?;
+                    let spent = spends.entry((budget, *start)).or_default();
+                    *spent = spent.saturating_add(r.cost_micros);
                 }
             }
+        }
+        for ((hour, key, route, provider, model), sums) in hourly {
+            let mut q = sqlx::query(rollup)
+                .bind(hour)
+                .bind(key.to_string())
+                .bind(route.to_string())
+                .bind(provider.to_string())
+                .bind(model.to_string());
+            for v in sums {
+                q = q.bind(v);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for ((budget, start), amount) in spends {
+            sqlx::query(spend)
+                .bind(budget.to_string())
+                .bind(start)
+                .bind(amount)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
