@@ -199,7 +199,8 @@ test('an admin resets an open breaker from the upstream page; a viewer cannot', 
   await page.goto(`${fg.url}/#/upstreams/view/flaky-pool`);
   const reset = page.locator('#reset-breaker');
   await until('reset enabled', async () => (await reset.count()) === 1 && !(await reset.isDisabled()));
-  assert.match(await page.locator('#up-breaker').textContent(), /open/);
+  // The badge and the button are drawn from separate answers: wait for the badge too.
+  await until('open badge', async () => /open/.test(await page.locator('#up-breaker').textContent()));
   await screenshot(page, 'upstream-breaker-open');
   await reset.click();
   await page.getByRole('dialog').getByRole('button', { name: 'Reset breaker' }).click();
