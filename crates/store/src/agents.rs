@@ -1201,17 +1201,15 @@ impl AgentStore for SqlStore {
         output_tokens: i64,
         cost_micro_usd: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE ai_agent_runs SET input_tokens = $2, output_tokens = $3, cost_micro_usd = $4 \
-             WHERE id = $1 AND status = 'running'",
+        let mut conn = self.pool.acquire().await?;
+        run_progress_in(
+            &mut conn,
+            run_id,
+            input_tokens,
+            output_tokens,
+            cost_micro_usd,
         )
-        .bind(run_id.to_string())
-        .bind(input_tokens)
-        .bind(output_tokens)
-        .bind(cost_micro_usd)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn finish_agent_run(
@@ -1403,16 +1401,7 @@ impl AgentStore for SqlStore {
         cost_micro_usd: i64,
     ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "UPDATE ai_agent_runs SET input_tokens = $2, output_tokens = $3, cost_micro_usd = $4 \
-             WHERE id = $1 AND status = 'running'",
-        )
-        .bind(run_id.to_string())
-        .bind(input_tokens)
-        .bind(output_tokens)
-        .bind(cost_micro_usd)
-        .execute(&mut *tx)
-        .await?;
+        run_progress_in(&mut tx, run_id, input_tokens, output_tokens, cost_micro_usd).await?;
         let gone = sqlx::query("DELETE FROM ai_agent_reservations WHERE id = $1")
             .bind(reservation_id.to_string())
             .execute(&mut *tx)
@@ -1631,4 +1620,25 @@ impl AgentStore for SqlStore {
         .await?;
         Ok(())
     }
+}
+
+/// Notes a running run's tokens and cost so far (a finished run is left as it is).
+async fn run_progress_in(
+    conn: &mut sqlx::AnyConnection,
+    run_id: &str,
+    input_tokens: i64,
+    output_tokens: i64,
+    cost_micro_usd: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE ai_agent_runs SET input_tokens = $2, output_tokens = $3, cost_micro_usd = $4 \
+         WHERE id = $1 AND status = 'running'",
+    )
+    .bind(run_id.to_string())
+    .bind(input_tokens)
+    .bind(output_tokens)
+    .bind(cost_micro_usd)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
