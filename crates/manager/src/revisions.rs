@@ -93,6 +93,21 @@ struct Judge<'a> {
     judged: Mutex<Option<ConfigDocument>>,
 }
 
+/// A whole document that replaces the configuration, each object validated on
+/// its own (a regex route's own regex is compiled) off the runtime, normalized.
+/// The route table of the whole document is compiled by the write's check, once.
+async fn validated_whole(doc: &ConfigDocument) -> Result<ConfigDocument, StoreError> {
+    let doc = doc.clone();
+    tokio::task::spawn_blocking(move || doc.validate_objects().map(|()| doc))
+        .await
+        .map_err(|e| StoreError::Invalid(format!("configuration check failed: {e}")))?
+        .map_err(rejected)
+        .map(|mut d| {
+            d.normalize();
+            d
+        })
+}
+
 fn rejected(e: ValidationError) -> StoreError {
     StoreError::Rejected(e)
 }
@@ -193,18 +208,7 @@ impl AppState {
         action: &str,
         message: &str,
     ) -> Result<(Vec<Change>, Option<i64>), StoreError> {
-        let doc = doc.clone();
-        // Every object on its own (a regex route's own regex is compiled): off the
-        // runtime. The route table of the whole document is compiled by the write's
-        // check, once.
-        let doc = tokio::task::spawn_blocking(move || doc.validate_objects().map(|()| doc))
-            .await
-            .map_err(|e| StoreError::Invalid(format!("configuration check failed: {e}")))?
-            .map_err(rejected)
-            .map(|mut d| {
-                d.normalize();
-                d
-            })?;
+        let doc = validated_whole(doc).await?;
         let set = doc.to_resources();
         let edit = ConfigEdit::Replace { set: &set, action };
         let committed = self.change_config(actor, edit, message, None).await?;
@@ -232,18 +236,7 @@ impl AppState {
         dry_run: bool,
     ) -> Result<(Vec<Change>, fleetgate_store::Declared), StoreError> {
         let doc = match doc {
-            Some(doc) => {
-                let doc = doc.clone();
-                let doc = tokio::task::spawn_blocking(move || doc.validate_objects().map(|()| doc))
-                    .await
-                    .map_err(|e| StoreError::Invalid(format!("configuration check failed: {e}")))?
-                    .map_err(rejected)
-                    .map(|mut d| {
-                        d.normalize();
-                        d
-                    })?;
-                Some(doc)
-            }
+            Some(doc) => Some(validated_whole(doc).await?),
             None => None,
         };
         let set = doc.as_ref().map(ConfigDocument::to_resources);
